@@ -1,0 +1,251 @@
+//! The streamed response body: passes upstream bytes through untouched while reading the
+//! last `promptTokenCount`, enforces the idle gap and the whole-request deadline, and settles
+//! the reservation when the stream ends, fails or the client goes away.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use memchr::memmem;
+use tokio::time::{Instant, Sleep};
+
+use crate::quota::{QuotaStore, Reservation};
+
+/// Finds the last reported input-token count in a byte stream, whatever its framing (JSON,
+/// SSE, JSON array), without parsing JSON and without copying the body. Google's stream usage
+/// is cumulative, so the last value seen is the total.
+#[derive(Debug, Default)]
+pub struct UsageScanner {
+    last: Option<u64>,
+    /// The tail of the previous chunk, for a match split across two chunks.
+    carry: Vec<u8>,
+}
+
+const NEEDLES: [&[u8]; 2] = [b"\"promptTokenCount\"", b"\"prompt_tokens\""];
+/// Longer than a needle, a colon, some spaces and a 20-digit number.
+const WINDOW: usize = 48;
+
+impl UsageScanner {
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if !self.carry.is_empty() {
+            let head = &chunk[..chunk.len().min(WINDOW)];
+            let mut joined = std::mem::take(&mut self.carry);
+            joined.extend_from_slice(head);
+            self.scan(&joined);
+        }
+        self.scan(chunk);
+        let tail = &chunk[chunk.len().saturating_sub(WINDOW)..];
+        self.carry.clear();
+        self.carry.extend_from_slice(tail);
+    }
+
+    fn scan(&mut self, hay: &[u8]) {
+        for needle in NEEDLES {
+            for pos in memmem::find_iter(hay, needle) {
+                if let Some(n) = number_after(&hay[pos + needle.len()..]) {
+                    self.last = Some(n);
+                }
+            }
+        }
+    }
+
+    /// The count in a whole body.
+    pub fn scan_all(body: &[u8]) -> Option<u64> {
+        let mut s = UsageScanner::default();
+        s.scan(body);
+        s.last
+    }
+
+    /// The last count seen, if any.
+    pub fn tokens(&self) -> Option<u64> {
+        self.last
+    }
+}
+
+/// `  : 1234` → 1234. `None` when no complete number follows.
+fn number_after(rest: &[u8]) -> Option<u64> {
+    let mut i = 0;
+    while i < rest.len() && rest[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    if rest.get(i) != Some(&b':') {
+        return None;
+    }
+    i += 1;
+    while i < rest.len() && rest[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    let start = i;
+    while i < rest.len() && rest[i].is_ascii_digit() {
+        i += 1;
+    }
+    // A number running into the end of the buffer may continue in the next chunk.
+    if i == start || i == rest.len() {
+        return None;
+    }
+    std::str::from_utf8(&rest[start..i]).ok()?.parse().ok()
+}
+
+/// Settles one reservation exactly once.
+pub struct Settlement {
+    pub store: Arc<dyn QuotaStore>,
+    pub reservation: Reservation,
+}
+
+impl Settlement {
+    /// Replace the estimate with `tokens` (0 refunds), off the response path.
+    pub fn settle(self, tokens: Option<u64>) {
+        let Settlement { store, reservation } = self;
+        let actual = tokens.unwrap_or(0);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = store.settle(&reservation, actual).await {
+                    tracing::warn!(error = %e, "settling a reservation failed: its estimate stays counted");
+                }
+            });
+        }
+    }
+}
+
+type Inner = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+/// Why a stream stopped early.
+#[derive(Debug, thiserror::Error)]
+enum StreamCut {
+    #[error("upstream sent nothing for {0:?}")]
+    Idle(Duration),
+    #[error("upstream did not finish within the request timeout")]
+    Deadline,
+    #[error("upstream stream failed: {0}")]
+    Upstream(String),
+}
+
+/// The body handed to the client.
+pub struct ProxyBody {
+    inner: Inner,
+    idle: Duration,
+    idle_timer: Pin<Box<Sleep>>,
+    deadline: Option<Pin<Box<Sleep>>>,
+    scanner: Option<UsageScanner>,
+    settlement: Option<Settlement>,
+    done: bool,
+}
+
+impl ProxyBody {
+    /// `deadline`: the whole-request limit for non-streaming answers; streams only get `idle`.
+    pub fn new(
+        inner: Inner,
+        idle: Duration,
+        deadline: Option<Instant>,
+        settlement: Option<Settlement>,
+    ) -> Self {
+        ProxyBody {
+            inner,
+            idle,
+            idle_timer: Box::pin(tokio::time::sleep(idle)),
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            scanner: settlement.as_ref().map(|_| UsageScanner::default()),
+            settlement,
+            done: false,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        if let Some(s) = self.settlement.take() {
+            s.settle(self.scanner.as_ref().and_then(UsageScanner::tokens));
+        }
+    }
+
+    fn cut(&mut self, why: StreamCut) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+        tracing::warn!(reason = %why, "response stream cut");
+        self.finish();
+        Poll::Ready(Some(Err(std::io::Error::other(why))))
+    }
+}
+
+impl Stream for ProxyBody {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(d) = this.deadline.as_mut()
+            && d.as_mut().poll(cx).is_ready()
+        {
+            return this.cut(StreamCut::Deadline);
+        }
+        match this.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                if let Some(s) = this.scanner.as_mut() {
+                    s.feed(&chunk);
+                }
+                let idle = this.idle;
+                this.idle_timer.as_mut().reset(Instant::now() + idle);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => this.cut(StreamCut::Upstream(e.without_url().to_string())),
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.idle_timer.as_mut().poll(cx).is_ready() {
+                    let idle = this.idle;
+                    return this.cut(StreamCut::Idle(idle));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // The client went away (or the server is shutting down): what was seen still settles.
+        if !self.done {
+            self.finish();
+        }
+    }
+}
+
+use std::future::Future;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_in_pieces(s: &str, piece: usize) -> Option<u64> {
+        let mut sc = UsageScanner::default();
+        for c in s.as_bytes().chunks(piece) {
+            sc.feed(c);
+        }
+        sc.tokens()
+    }
+
+    #[test]
+    fn keeps_the_last_cumulative_count_never_a_sum() {
+        let sse = "data: {\"usageMetadata\": {\"promptTokenCount\": 12, \"totalTokenCount\": 14}}\r\n\r\n\
+                   data: {\"usageMetadata\": {\"promptTokenCount\": 12, \"totalTokenCount\": 30}}\r\n\r\n";
+        for piece in [1, 2, 3, 7, 16, 1000] {
+            assert_eq!(scan_in_pieces(sse, piece), Some(12), "piece {piece}");
+        }
+        let grows = "[{\"usageMetadata\":{\"promptTokenCount\":5}},\n{\"usageMetadata\":{\"promptTokenCount\": 1234}}]";
+        for piece in [1, 5, 9, 1000] {
+            assert_eq!(scan_in_pieces(grows, piece), Some(1234), "piece {piece}");
+        }
+    }
+
+    #[test]
+    fn ignores_the_name_inside_generated_text_and_reads_openai_usage() {
+        let body = r#"{"candidates":[{"content":{"parts":[{"text":"say \"promptTokenCount\": 99"}]}}]}"#;
+        assert_eq!(scan_in_pieces(body, 1000), None);
+        let openai = r#"{"usage":{"prompt_tokens": 77,"completion_tokens":3}}"#;
+        assert_eq!(scan_in_pieces(openai, 4), Some(77));
+    }
+}

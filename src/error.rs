@@ -1,0 +1,238 @@
+//! `ApiError`: every error the proxy itself makes, written as Google's envelope
+//! `{"error":{"code","message","status","details"}}`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// Which limit refused a request at the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    RequestsPerMinute,
+    TokensPerMinute,
+    RequestsPerDay,
+}
+
+impl LimitKind {
+    /// A Google-style quota id, so clients that read `QuotaFailure` see a familiar name.
+    pub fn quota_id(self) -> &'static str {
+        match self {
+            LimitKind::RequestsPerMinute => "GenerateRequestsPerMinutePerProjectPerModel",
+            LimitKind::TokensPerMinute => "GenerateContentInputTokensPerModelPerMinute",
+            LimitKind::RequestsPerDay => "GenerateRequestsPerDayPerProjectPerModel",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::RequestsPerMinute => "requests_per_minute",
+            LimitKind::TokensPerMinute => "input_tokens_per_minute",
+            LimitKind::RequestsPerDay => "requests_per_day",
+        }
+    }
+}
+
+/// An error answered by the proxy, not by Google.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// Refused by the proxy's own quota accounting.
+    #[error("{message}")]
+    QuotaExceeded {
+        message: String,
+        limit: LimitKind,
+        model: String,
+        limit_value: u64,
+        retry_after_ms: u64,
+    },
+    /// The whole pool is unusable (all keys disabled, or backing off) for longer than we wait.
+    #[error("{message}")]
+    PoolExhausted { message: String, retry_after_ms: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    BadGateway(String),
+    #[error("{0}")]
+    GatewayTimeout(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            ApiError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::QuotaExceeded { .. } | ApiError::PoolExhausted { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Google's canonical status name for this error.
+    pub fn status_name(&self) -> &'static str {
+        match self {
+            ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
+            ApiError::PermissionDenied(_) => "PERMISSION_DENIED",
+            ApiError::InvalidArgument(_) | ApiError::PayloadTooLarge(_) => "INVALID_ARGUMENT",
+            ApiError::NotFound(_) => "NOT_FOUND",
+            ApiError::MethodNotAllowed(_) => "UNIMPLEMENTED",
+            ApiError::RequestTimeout(_) => "DEADLINE_EXCEEDED",
+            ApiError::QuotaExceeded { .. } | ApiError::PoolExhausted { .. } => {
+                "RESOURCE_EXHAUSTED"
+            }
+            ApiError::Unavailable(_) => "UNAVAILABLE",
+            ApiError::BadGateway(_) => "UNAVAILABLE",
+            ApiError::GatewayTimeout(_) => "DEADLINE_EXCEEDED",
+            ApiError::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// Milliseconds until a retry may succeed, for the errors that know it.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            ApiError::QuotaExceeded { retry_after_ms, .. }
+            | ApiError::PoolExhausted { retry_after_ms, .. } => Some(*retry_after_ms),
+            _ => None,
+        }
+    }
+
+    fn details(&self) -> Vec<Value> {
+        let mut details = Vec::new();
+        if let ApiError::QuotaExceeded {
+            limit,
+            model,
+            limit_value,
+            ..
+        } = self
+        {
+            details.push(json!({
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [{
+                    "quotaMetric": format!("gemini-quota-proxy/{}", limit.as_str()),
+                    "quotaId": limit.quota_id(),
+                    "quotaDimensions": {"model": model},
+                    "quotaValue": limit_value.to_string(),
+                    "subject": "gemini-quota-proxy",
+                    "description": self.to_string(),
+                }]
+            }));
+        }
+        if let Some(ms) = self.retry_after_ms() {
+            details.push(json!({
+                "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                "retryDelay": format_retry_delay(ms),
+            }));
+        }
+        details
+    }
+
+    /// The JSON envelope, for callers that need the body without a response.
+    pub fn envelope(&self) -> Value {
+        let mut error = json!({
+            "code": self.status_code().as_u16(),
+            "message": self.to_string(),
+            "status": self.status_name(),
+        });
+        let details = self.details();
+        if !details.is_empty() {
+            error["details"] = Value::Array(details);
+        }
+        json!({ "error": error })
+    }
+}
+
+/// Google writes durations as seconds with an `s` suffix, fractions allowed.
+pub fn format_retry_delay(ms: u64) -> String {
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{}.{:03}s", ms / 1000, ms % 1000)
+    }
+}
+
+/// `Retry-After` is whole seconds; round up so a client that obeys it is never early.
+pub fn retry_after_secs(ms: u64) -> u64 {
+    ms.div_ceil(1000).max(1)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        let body = self.envelope().to_string();
+        let mut resp = (status, body).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=UTF-8"),
+        );
+        if let Some(ms) = self.retry_after_ms()
+            && let Ok(v) = HeaderValue::from_str(&retry_after_secs(ms).to_string())
+        {
+            h.insert(header::RETRY_AFTER, v);
+        }
+        h.insert(
+            "x-gemini-quota-proxy-error",
+            HeaderValue::from_static("true"),
+        );
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_error_carries_quota_failure_retry_info_and_retry_after() {
+        let e = ApiError::QuotaExceeded {
+            message: "over".into(),
+            limit: LimitKind::RequestsPerMinute,
+            model: "gemini-2.5-flash".into(),
+            limit_value: 3,
+            retry_after_ms: 12_300,
+        };
+        let v = e.envelope();
+        assert_eq!(v["error"]["code"], 429);
+        assert_eq!(v["error"]["status"], "RESOURCE_EXHAUSTED");
+        let details = v["error"]["details"].as_array().unwrap();
+        assert_eq!(
+            details[0]["@type"],
+            "type.googleapis.com/google.rpc.QuotaFailure"
+        );
+        assert_eq!(details[0]["violations"][0]["quotaValue"], "3");
+        assert_eq!(details[1]["retryDelay"], "12.300s");
+        let resp = e.into_response();
+        assert_eq!(resp.headers()["retry-after"], "13");
+    }
+
+    #[test]
+    fn plain_errors_have_no_details() {
+        let v = ApiError::Unauthenticated("no key".into()).envelope();
+        assert_eq!(v["error"]["code"], 401);
+        assert_eq!(v["error"]["status"], "UNAUTHENTICATED");
+        assert!(v["error"].get("details").is_none());
+    }
+}

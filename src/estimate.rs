@@ -1,0 +1,517 @@
+//! Request body → estimated input tokens (text, system instruction, tools, inline media), plus
+//! what the body tells routing: the OpenAI `model` and `stream` fields and referenced resources.
+
+use base64::Engine;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::route::{QuotaFamily, Route, valid_name};
+
+/// Google: about four characters a token.
+const CHARS_PER_TOKEN: u64 = 4;
+/// Google: an image with both sides <= 384 px is 258 tokens; larger ones 258 per 768x768 tile.
+const IMAGE_TILE_TOKENS: u64 = 258;
+/// Google: 258 tokens a PDF page.
+const PDF_PAGE_TOKENS: u64 = 258;
+/// Google: 32 tokens a second of audio, 263 a second of video.
+const AUDIO_TOKENS_PER_SEC: u64 = 32;
+const VIDEO_TOKENS_PER_SEC: u64 = 263;
+/// When a compressed audio or video duration cannot be read from its header, assume these
+/// bitrates (64 kbit/s audio, 1 Mbit/s video) to turn its size into seconds.
+const ASSUMED_AUDIO_BYTES_PER_SEC: u64 = 8_000;
+const ASSUMED_VIDEO_BYTES_PER_SEC: u64 = 125_000;
+/// A `fileData` reference's size is unknown before upload metadata is read: count it as one
+/// image tile (documented guess; settlement corrects TPM with Google's own count).
+const FILE_REFERENCE_TOKENS: u64 = 258;
+
+/// What the body says, for admission and routing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Estimate {
+    pub tokens: u64,
+    /// OpenAI-compatible calls name the model in the body.
+    pub model: Option<String>,
+    /// OpenAI-compatible `"stream": true`.
+    pub stream: bool,
+    /// Resources the body references (`files/x`, `cachedContents/x`): key affinity.
+    pub references: Vec<String>,
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::InvalidArgument(msg.into())
+}
+
+/// Estimate the input tokens of a quota-spending request. Free calls are not parsed.
+/// Malformed or wrongly shaped JSON is an `InvalidArgument` naming what is wrong.
+pub fn estimate(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
+    if route.family == QuotaFamily::Free {
+        return Ok(Estimate::default());
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(bad("request body is empty: expected a JSON object"));
+    }
+    // serde_json refuses nesting deeper than 128 levels, so hostile depth is an error, not a crash.
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        bad(format!(
+            "Invalid JSON payload received. {}",
+            e.to_string().chars().take(200).collect::<String>()
+        ))
+    })?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("Invalid JSON payload received. Expected a JSON object"))?;
+    let mut acc = Acc::default();
+    let mut est = Estimate::default();
+
+    if route.openai {
+        if let Some(m) = obj.get("model") {
+            let m = m
+                .as_str()
+                .ok_or_else(|| bad("Invalid value at 'model': expected a string"))?;
+            let m = m.strip_prefix("models/").unwrap_or(m);
+            if !valid_name(m) {
+                return Err(bad(format!(
+                    "model name {:?} is not valid",
+                    m.chars().take(80).collect::<String>()
+                )));
+            }
+            est.model = Some(m.to_string());
+        } else {
+            return Err(bad("Invalid value at 'model': required"));
+        }
+        est.stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        match route.family {
+            QuotaFamily::Embed => match obj.get("input") {
+                Some(Value::String(s)) => acc.text(s),
+                Some(Value::Array(items)) => {
+                    for i in items {
+                        match i {
+                            Value::String(s) => acc.text(s),
+                            other => acc.chars += json_text_len(other),
+                        }
+                    }
+                }
+                _ => return Err(bad("Invalid value at 'input': expected a string or an array")),
+            },
+            _ => {
+                let msgs = obj
+                    .get("messages")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| bad("Invalid value at 'messages': expected an array"))?;
+                for m in msgs {
+                    match m.get("content") {
+                        Some(Value::String(s)) => acc.text(s),
+                        Some(Value::Array(parts)) => {
+                            for p in parts {
+                                acc.openai_part(p);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(t) = obj.get("tools") {
+                    acc.chars += json_text_len(t);
+                }
+            }
+        }
+    } else {
+        match route.action.as_deref() {
+            Some("embedContent") => {
+                let content = obj
+                    .get("content")
+                    .ok_or_else(|| bad("Invalid value at 'content': required"))?;
+                acc.content(content, "content")?;
+            }
+            Some("batchEmbedContents") => {
+                let reqs = obj
+                    .get("requests")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| bad("Invalid value at 'requests': expected an array"))?;
+                for (i, r) in reqs.iter().enumerate() {
+                    if let Some(c) = r.get("content") {
+                        acc.content(c, &format!("requests[{i}].content"))?;
+                    }
+                }
+            }
+            _ => {
+                let contents = match obj.get("contents") {
+                    Some(Value::Array(a)) => a,
+                    Some(_) => {
+                        return Err(bad(
+                            "Invalid value at 'contents': expected an array of Content objects",
+                        ));
+                    }
+                    None => return Err(bad("Invalid value at 'contents': required")),
+                };
+                for (i, c) in contents.iter().enumerate() {
+                    acc.content(c, &format!("contents[{i}]"))?;
+                }
+                if let Some(si) = obj.get("systemInstruction").or_else(|| obj.get("system_instruction")) {
+                    acc.content(si, "systemInstruction")?;
+                }
+                if let Some(t) = obj.get("tools") {
+                    acc.chars += json_text_len(t);
+                }
+                if let Some(Value::String(cc)) = obj.get("cachedContent") {
+                    acc.references.push(cc.clone());
+                }
+            }
+        }
+    }
+    est.tokens = acc.chars.div_ceil(CHARS_PER_TOKEN) + acc.media_tokens;
+    est.references = acc.references;
+    Ok(est)
+}
+
+#[derive(Default)]
+struct Acc {
+    chars: u64,
+    media_tokens: u64,
+    references: Vec<String>,
+}
+
+impl Acc {
+    fn text(&mut self, s: &str) {
+        self.chars += s.chars().count() as u64;
+    }
+
+    /// A Content object: `{"role": ..., "parts": [...]}`. A bare string is tolerated as text.
+    fn content(&mut self, c: &Value, at: &str) -> Result<(), ApiError> {
+        match c {
+            Value::Object(o) => match o.get("parts") {
+                Some(Value::Array(parts)) => {
+                    for (j, p) in parts.iter().enumerate() {
+                        self.part(p, at, j)?;
+                    }
+                    Ok(())
+                }
+                None => Ok(()),
+                Some(_) => Err(bad(format!("Invalid value at '{at}.parts': expected an array"))),
+            },
+            Value::String(s) => {
+                self.text(s);
+                Ok(())
+            }
+            _ => Err(bad(format!("Invalid value at '{at}': expected a Content object"))),
+        }
+    }
+
+    fn part(&mut self, p: &Value, at: &str, j: usize) -> Result<(), ApiError> {
+        let Some(o) = p.as_object() else {
+            return Err(bad(format!("Invalid value at '{at}.parts[{j}]': expected a Part object")));
+        };
+        if let Some(t) = o.get("text") {
+            match t {
+                Value::String(s) => self.text(s),
+                _ => return Err(bad(format!("Invalid value at '{at}.parts[{j}].text': expected a string"))),
+            }
+        }
+        if let Some(d) = o.get("inlineData").or_else(|| o.get("inline_data")) {
+            let mime = d
+                .get("mimeType")
+                .or_else(|| d.get("mime_type"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let data = d.get("data").and_then(Value::as_str).unwrap_or("");
+            self.media_tokens += media_tokens(mime, data);
+        }
+        if let Some(f) = o.get("fileData").or_else(|| o.get("file_data")) {
+            self.media_tokens += FILE_REFERENCE_TOKENS;
+            if let Some(uri) = f.get("fileUri").or_else(|| f.get("file_uri")).and_then(Value::as_str)
+                && let Some(i) = uri.find("files/")
+            {
+                let name = &uri[i + "files/".len()..];
+                let name = name.split(['?', '/', ':']).next().unwrap_or("");
+                if valid_name(name) {
+                    self.references.push(format!("files/{name}"));
+                }
+            }
+        }
+        for k in ["functionCall", "functionResponse", "executableCode", "codeExecutionResult"] {
+            if let Some(v) = o.get(k) {
+                self.chars += json_text_len(v);
+            }
+        }
+        Ok(())
+    }
+
+    fn openai_part(&mut self, p: &Value) {
+        match p.get("type").and_then(Value::as_str) {
+            Some("text") => {
+                if let Some(s) = p.get("text").and_then(Value::as_str) {
+                    self.text(s);
+                }
+            }
+            Some("image_url") => {
+                let url = p
+                    .get("image_url")
+                    .and_then(|u| u.get("url").or(Some(u)))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                self.media_tokens += match url.strip_prefix("data:").and_then(|r| r.split_once(";base64,")) {
+                    Some((mime, data)) => media_tokens(mime, data),
+                    None => IMAGE_TILE_TOKENS,
+                };
+            }
+            Some("input_audio") => {
+                let data = p
+                    .get("input_audio")
+                    .and_then(|a| a.get("data"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                self.media_tokens += media_tokens("audio/unknown", data);
+            }
+            _ => self.chars += json_text_len(p),
+        }
+    }
+}
+
+/// Total length of every string and object key in a JSON value: a cheap stand-in for its
+/// serialized size, used for tool declarations and function calls.
+fn json_text_len(v: &Value) -> u64 {
+    match v {
+        Value::String(s) => s.len() as u64,
+        Value::Array(a) => a.iter().map(json_text_len).sum(),
+        Value::Object(o) => o.iter().map(|(k, v)| k.len() as u64 + json_text_len(v)).sum(),
+        Value::Number(_) | Value::Bool(_) => 4,
+        Value::Null => 0,
+    }
+}
+
+/// Size in bytes of base64 data without decoding it.
+fn decoded_len(b64: &str) -> u64 {
+    let trimmed = b64.trim_end_matches('=');
+    (trimmed.len() as u64 * 3) / 4
+}
+
+/// Decode at most `max_chars` of base64 (rounded to whole groups). Bad base64 gives nothing.
+fn decode_prefix(b64: &str, max_chars: usize) -> Vec<u8> {
+    let take = b64.len().min(max_chars) / 4 * 4;
+    let prefix = b64.get(..take).unwrap_or("");
+    base64::engine::general_purpose::STANDARD
+        .decode(prefix.trim_end_matches('='))
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(prefix.trim_end_matches('=')))
+        .unwrap_or_default()
+}
+
+/// Tokens of one inline media part, by Google's published rules.
+pub fn media_tokens(mime: &str, b64: &str) -> u64 {
+    let mime = mime.to_ascii_lowercase();
+    let bytes = decoded_len(b64);
+    if mime.starts_with("image/") {
+        let head = decode_prefix(b64, 96 * 1024);
+        match image_size(&head) {
+            Some((w, h)) => image_tokens(w, h),
+            None => IMAGE_TILE_TOKENS,
+        }
+    } else if mime == "application/pdf" {
+        let data = decode_prefix(b64, usize::MAX);
+        pdf_pages(&data).max(1) * PDF_PAGE_TOKENS
+    } else if mime.starts_with("audio/") {
+        let head = decode_prefix(b64, 64);
+        let secs = wav_seconds(&head, bytes).unwrap_or_else(|| bytes.div_ceil(ASSUMED_AUDIO_BYTES_PER_SEC));
+        secs.max(1) * AUDIO_TOKENS_PER_SEC
+    } else if mime.starts_with("video/") {
+        bytes.div_ceil(ASSUMED_VIDEO_BYTES_PER_SEC).max(1) * VIDEO_TOKENS_PER_SEC
+    } else {
+        // Text-like inline data (text/plain, application/json, code): four bytes a token.
+        bytes.div_ceil(CHARS_PER_TOKEN)
+    }
+}
+
+/// 258 tokens when both sides are at most 384 px, else 258 per 768x768 tile.
+pub fn image_tokens(w: u32, h: u32) -> u64 {
+    if w <= 384 && h <= 384 {
+        IMAGE_TILE_TOKENS
+    } else {
+        u64::from(w.div_ceil(768).max(1)) * u64::from(h.div_ceil(768).max(1)) * IMAGE_TILE_TOKENS
+    }
+}
+
+/// Width and height from a PNG, GIF, WebP or JPEG header.
+fn image_size(d: &[u8]) -> Option<(u32, u32)> {
+    let be32 = |i: usize| -> Option<u32> { Some(u32::from_be_bytes(d.get(i..i + 4)?.try_into().ok()?)) };
+    let le16 = |i: usize| -> Option<u32> { Some(u32::from(u16::from_le_bytes(d.get(i..i + 2)?.try_into().ok()?))) };
+    let be16 = |i: usize| -> Option<u32> { Some(u32::from(u16::from_be_bytes(d.get(i..i + 2)?.try_into().ok()?))) };
+    if d.starts_with(b"\x89PNG\r\n\x1a\n") {
+        return Some((be32(16)?, be32(20)?));
+    }
+    if d.starts_with(b"GIF8") {
+        return Some((le16(6)?, le16(8)?));
+    }
+    if d.len() >= 30 && &d[0..4] == b"RIFF" && &d[8..12] == b"WEBP" {
+        return match &d[12..16] {
+            b"VP8X" => {
+                let w = u32::from_le_bytes([d[24], d[25], d[26], 0]) + 1;
+                let h = u32::from_le_bytes([d[27], d[28], d[29], 0]) + 1;
+                Some((w, h))
+            }
+            b"VP8 " => Some((le16(26)? & 0x3fff, le16(28)? & 0x3fff)),
+            b"VP8L" => {
+                let b = u32::from_le_bytes(d.get(21..25)?.try_into().ok()?);
+                Some(((b & 0x3fff) + 1, ((b >> 14) & 0x3fff) + 1))
+            }
+            _ => None,
+        };
+    }
+    if d.starts_with(&[0xff, 0xd8]) {
+        let mut i = 2;
+        while i + 9 < d.len() {
+            if d[i] != 0xff {
+                i += 1;
+                continue;
+            }
+            let marker = d[i + 1];
+            if marker == 0xff {
+                i += 1;
+                continue;
+            }
+            // Start-of-frame markers (not DHT c4, JPG c8, DAC cc) hold the size.
+            if (0xc0..=0xcf).contains(&marker) && !matches!(marker, 0xc4 | 0xc8 | 0xcc) {
+                return Some((be16(i + 7)?, be16(i + 5)?));
+            }
+            let len = be16(i + 2)? as usize;
+            i += 2 + len;
+        }
+    }
+    None
+}
+
+/// Pages of a PDF: `/Type /Page` objects (not `/Pages`). Compressed object streams hide them,
+/// in which case the caller counts one page.
+fn pdf_pages(d: &[u8]) -> u64 {
+    let mut n = 0;
+    let mut i = 0;
+    while let Some(pos) = find(&d[i..], b"/Type") {
+        let mut j = i + pos + 5;
+        while j < d.len() && d[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if d[j..].starts_with(b"/Page") && d.get(j + 5) != Some(&b's') {
+            n += 1;
+        }
+        i = j;
+    }
+    n
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Duration of a PCM WAV file from its header.
+fn wav_seconds(head: &[u8], total: u64) -> Option<u64> {
+    if head.len() < 44 || &head[0..4] != b"RIFF" || &head[8..12] != b"WAVE" {
+        return None;
+    }
+    let byte_rate = u64::from(u32::from_le_bytes(head[28..32].try_into().ok()?));
+    if byte_rate == 0 {
+        return None;
+    }
+    Some(total.saturating_sub(44).div_ceil(byte_rate))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+
+    fn gen_route() -> Route {
+        Route::parse(&Method::POST, "/v1beta/models/gemini-2.5-flash:generateContent", None).unwrap()
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    #[test]
+    fn text_is_four_characters_a_token_across_contents_system_and_tools() {
+        let body = serde_json::json!({
+            "contents": [{"role": "user", "parts": [{"text": "a".repeat(400)}]},
+                         {"role": "model", "parts": [{"text": "b".repeat(100)}]}],
+            "systemInstruction": {"parts": [{"text": "c".repeat(100)}]},
+        });
+        let e = estimate(&gen_route(), body.to_string().as_bytes()).unwrap();
+        assert_eq!(e.tokens, 150);
+    }
+
+    #[test]
+    fn tool_declarations_add_tokens() {
+        let without = serde_json::json!({"contents": [{"parts": [{"text": "hi"}]}]});
+        let with = serde_json::json!({"contents": [{"parts": [{"text": "hi"}]}],
+            "tools": [{"functionDeclarations": [{"name": "get_weather", "description": "x".repeat(400)}]}]});
+        let a = estimate(&gen_route(), without.to_string().as_bytes()).unwrap().tokens;
+        let b = estimate(&gen_route(), with.to_string().as_bytes()).unwrap().tokens;
+        assert!(b >= a + 100, "{a} {b}");
+    }
+
+    #[test]
+    fn small_png_is_one_tile_and_large_png_is_tiled() {
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+        png.extend_from_slice(&300u32.to_be_bytes());
+        png.extend_from_slice(&200u32.to_be_bytes());
+        png.extend_from_slice(&[8, 6, 0, 0, 0]);
+        assert_eq!(media_tokens("image/png", &b64(&png)), 258);
+        png[16..20].copy_from_slice(&1600u32.to_be_bytes());
+        png[20..24].copy_from_slice(&800u32.to_be_bytes());
+        // 1600x800: 3 x 2 tiles of 768.
+        assert_eq!(media_tokens("image/png", &b64(&png)), 6 * 258);
+    }
+
+    #[test]
+    fn jpeg_size_is_read_from_its_frame_header() {
+        let mut jpg = vec![0xff, 0xd8, 0xff, 0xe0, 0x00, 0x04, 0x00, 0x00];
+        jpg.extend_from_slice(&[0xff, 0xc0, 0x00, 0x11, 0x08]);
+        jpg.extend_from_slice(&1000u16.to_be_bytes()); // height
+        jpg.extend_from_slice(&2000u16.to_be_bytes()); // width
+        jpg.extend_from_slice(&[0; 12]);
+        assert_eq!(media_tokens("image/jpeg", &b64(&jpg)), 3 * 2 * 258);
+    }
+
+    #[test]
+    fn pdf_counts_pages_and_wav_counts_seconds() {
+        let pdf = b"%PDF-1.4 /Type /Pages /Type /Page x /Type/Page y /Type /Page";
+        assert_eq!(media_tokens("application/pdf", &b64(pdf)), 3 * 258);
+        let mut wav = b"RIFF\0\0\0\0WAVEfmt ".to_vec();
+        wav.resize(44, 0);
+        wav[28..32].copy_from_slice(&16_000u32.to_le_bytes());
+        wav.resize(44 + 16_000 * 10, 0);
+        assert_eq!(media_tokens("audio/wav", &b64(&wav)), 10 * 32);
+    }
+
+    #[test]
+    fn openai_chat_reads_model_stream_and_messages() {
+        let r = Route::parse(&Method::POST, "/v1beta/openai/chat/completions", None).unwrap();
+        let body = serde_json::json!({"model": "models/gemini-2.5-flash", "stream": true,
+            "messages": [{"role": "user", "content": "x".repeat(40)}]});
+        let e = estimate(&r, body.to_string().as_bytes()).unwrap();
+        assert_eq!(e.model.as_deref(), Some("gemini-2.5-flash"));
+        assert!(e.stream);
+        assert_eq!(e.tokens, 10);
+    }
+
+    #[test]
+    fn file_and_cache_references_are_collected() {
+        let body = serde_json::json!({"cachedContent": "cachedContents/c1",
+            "contents": [{"parts": [{"fileData": {"fileUri": "https://generativelanguage.googleapis.com/v1beta/files/abc123", "mimeType": "image/png"}}]}]});
+        let e = estimate(&gen_route(), body.to_string().as_bytes()).unwrap();
+        assert_eq!(e.references, vec!["files/abc123".to_string(), "cachedContents/c1".to_string()]);
+    }
+
+    #[test]
+    fn malformed_and_misshaped_bodies_are_invalid_argument() {
+        let deep = "[".repeat(100_000);
+        for body in [
+            &b"{not json"[..],
+            b"",
+            b"[]",
+            b"{\"contents\": \"hello\"}",
+            b"{\"contents\": [1]}",
+            b"{\"contents\": [{\"parts\": [{\"text\": 5}]}]}",
+            b"{\"contents\": [{\"parts\": [{\"text\": \"\xff\xfe\"}]}]}",
+            deep.as_bytes(),
+        ] {
+            let e = estimate(&gen_route(), body).unwrap_err();
+            assert!(matches!(e, ApiError::InvalidArgument(_)), "{e:?}");
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Command line: load the config, start logging, build the state, serve until SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use gemini_quota_proxy::{AppState, Config, Sources, serve, server::shutdown_signal, telemetry};
+
+/// A Gemini API reverse proxy that pools keys and keeps every request inside its quota.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML config file layered over the embedded defaults (also PROXY_CONFIG).
+    #[arg(long, value_name = "FILE")]
+    config: Option<String>,
+    /// Print the embedded default config and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.print_default_config {
+        print!("{}", gemini_quota_proxy::config::DEFAULT_TOML);
+        return ExitCode::SUCCESS;
+    }
+    let sources = Sources::from_process(cli.config);
+    let config = match Config::load(&sources) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gemini-quota-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_format, sources.env.get("RUST_LOG").map(String::as_str));
+    let listen = config.listen;
+    let state = match AppState::new(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gemini-quota-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("gemini-quota-proxy: cannot listen on {listen}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(
+        addr = %addr,
+        keys = state.pool.keys.len(),
+        store = state.store.backend(),
+        upstream = %state.config.upstream_url,
+        "listening"
+    );
+    match serve(listener, state, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gemini-quota-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

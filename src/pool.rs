@@ -1,0 +1,128 @@
+//! The key pool: pooled keys with their ids, masks, names and projects, turn-taking, and the
+//! admission candidates for a (model, quota family).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::{Config, LimitOverride, LimitsConfig, Strategy};
+use crate::error::LimitKind;
+use crate::quota::{Candidate, limits};
+use crate::route::QuotaFamily;
+use crate::secret::Secret;
+
+/// One pooled Gemini key.
+#[derive(Debug)]
+pub struct PooledKey {
+    pub key: Secret,
+    /// First 16 hex digits of SHA-256 of the key: safe to store, log and label.
+    pub kid: Arc<str>,
+    /// `AIza...0001`: for people.
+    pub masked: String,
+    pub name: String,
+    /// The Google project; a key configured without one is its own project, `key-<kid>`.
+    pub project: Arc<str>,
+}
+
+/// All pooled keys, in configuration order.
+#[derive(Debug)]
+pub struct Pool {
+    pub keys: Vec<PooledKey>,
+    pub strategy: Strategy,
+    limits: LimitsConfig,
+    turn: AtomicU64,
+    /// Limits Google reported lower than configured, by (project, model).
+    learned: RwLock<HashMap<(String, String), LimitOverride>>,
+}
+
+impl Pool {
+    pub fn new(cfg: &Config) -> Pool {
+        let keys = cfg
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let kid: Arc<str> = hex::encode(&k.key.digest()[..8]).into();
+                let project: Arc<str> = match &k.project {
+                    Some(p) => p.as_str().into(),
+                    None => format!("key-{kid}").into(),
+                };
+                PooledKey {
+                    masked: k.key.masked(),
+                    name: k.name.clone().unwrap_or_else(|| format!("key{}", i + 1)),
+                    key: k.key.clone(),
+                    kid,
+                    project,
+                }
+            })
+            .collect();
+        Pool {
+            keys,
+            strategy: cfg.strategy,
+            limits: cfg.limits.clone(),
+            turn: AtomicU64::new(0),
+            learned: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// A number that grows by one per call: where ties start, so equal keys take turns.
+    pub fn next_turn(&self) -> u64 {
+        self.turn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn by_kid(&self, kid: &str) -> Option<(usize, &PooledKey)> {
+        self.keys.iter().enumerate().find(|(_, k)| &*k.kid == kid)
+    }
+
+    pub fn limits_config(&self) -> &LimitsConfig {
+        &self.limits
+    }
+
+    /// Every key (or just `only`) as an admission candidate for `model`, with its project's limits.
+    pub fn candidates(&self, model: &str, family: QuotaFamily, only: Option<usize>) -> Vec<Candidate> {
+        self.keys
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| only.is_none_or(|o| o == *i))
+            .map(|(i, k)| Candidate {
+                index: i,
+                kid: k.kid.clone(),
+                project: k.project.clone(),
+                limits: self.limits_for(&k.project, model, family),
+            })
+            .collect()
+    }
+
+    /// Configured limits, lowered by what Google reported for this (project, model).
+    pub fn limits_for(&self, project: &str, model: &str, family: QuotaFamily) -> crate::quota::Limits {
+        let mut l = limits::resolve(&self.limits, project, model, family);
+        let learned = self.learned.read().unwrap_or_else(|p| p.into_inner());
+        if !learned.is_empty()
+            && let Some(o) = learned.get(&(project.to_string(), model.to_string()))
+        {
+            l.minute = l.minute.min(o.minute.unwrap_or(u64::MAX));
+            l.daily = l.daily.min(o.daily.unwrap_or(u64::MAX));
+            l.token_minute = l.token_minute.min(o.token_minute.unwrap_or(u64::MAX));
+        }
+        l
+    }
+
+    /// Adopt a limit Google reported (a 429's `quotaValue`) when it is lower than configured.
+    pub fn learn(&self, project: &str, model: &str, kind: LimitKind, value: u64) {
+        if value == 0 {
+            return;
+        }
+        let current = self.limits_for(project, model, QuotaFamily::Generate);
+        let (now, slot): (u64, fn(&mut LimitOverride) -> &mut Option<u64>) = match kind {
+            LimitKind::RequestsPerMinute => (current.minute, |o| &mut o.minute),
+            LimitKind::TokensPerMinute => (current.token_minute, |o| &mut o.token_minute),
+            LimitKind::RequestsPerDay => (current.daily, |o| &mut o.daily),
+        };
+        if value < now {
+            tracing::warn!(project, model, limit = kind.as_str(), configured = now, reported = value,
+                "Gemini API reports a lower limit than configured: adopting it");
+            let mut learned = self.learned.write().unwrap_or_else(|p| p.into_inner());
+            *slot(learned.entry((project.to_string(), model.to_string())).or_default()) = Some(value);
+        }
+    }
+}

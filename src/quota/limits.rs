@@ -1,0 +1,104 @@
+//! Resolving the limits of one (project, model): defaults < per-model < per-project <
+//! per-project-per-model, with the embed family starting from its own defaults.
+
+use crate::config::{LimitOverride, LimitsConfig};
+use crate::route::QuotaFamily;
+
+/// The limits of one (project, model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Limits {
+    /// Requests in any 60 s span.
+    pub minute: u64,
+    /// Input tokens in any 60 s span.
+    pub token_minute: u64,
+    /// Requests per quota day.
+    pub daily: u64,
+    /// Largest estimate one request may have.
+    pub max_request_tokens: u64,
+}
+
+impl Limits {
+    fn apply(&mut self, o: &LimitOverride) {
+        if let Some(v) = o.minute {
+            self.minute = v;
+        }
+        if let Some(v) = o.token_minute {
+            self.token_minute = v;
+        }
+        if let Some(v) = o.daily {
+            self.daily = v;
+        }
+        if let Some(v) = o.max_request_tokens {
+            self.max_request_tokens = v;
+        }
+    }
+}
+
+/// The limits for `model` in `project` for a call of `family`.
+pub fn resolve(cfg: &LimitsConfig, project: &str, model: &str, family: QuotaFamily) -> Limits {
+    let d = match family {
+        QuotaFamily::Embed => cfg.embed,
+        _ => cfg.generate,
+    };
+    let mut l = Limits {
+        minute: d.minute,
+        token_minute: d.token_minute,
+        daily: d.daily,
+        max_request_tokens: cfg.max_request_tokens,
+    };
+    if let Some(o) = cfg.models.get(model) {
+        l.apply(o);
+    }
+    if let Some(p) = cfg.projects.get(project) {
+        l.apply(&p.all_models);
+        if let Some(o) = p.models.get(model) {
+            l.apply(o);
+        }
+    }
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Sources};
+
+    #[test]
+    fn overrides_apply_from_model_to_project_to_project_model() {
+        let dir = std::env::temp_dir().join(format!("gqp-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            r#"
+[limits]
+minute = 10
+embed_minute = 50
+[limits.models.m1]
+minute = 5
+daily = 7
+[limits.projects.p]
+minute = 3
+[limits.projects.p.models.m1]
+token_minute = 99
+"#,
+        )
+        .unwrap();
+        let c = Config::load(&Sources {
+            file: Some(path.to_string_lossy().into_owned()),
+            env: [
+                ("GEMINI_API_KEY".to_string(), "k".to_string()),
+                ("PROXY_CLIENT_KEYS".to_string(), "c".to_string()),
+            ]
+            .into(),
+        })
+        .unwrap();
+        let l = &c.limits;
+        assert_eq!(resolve(l, "q", "other", QuotaFamily::Generate).minute, 10);
+        assert_eq!(resolve(l, "q", "other", QuotaFamily::Embed).minute, 50);
+        let m1 = resolve(l, "q", "m1", QuotaFamily::Generate);
+        assert_eq!((m1.minute, m1.daily), (5, 7));
+        let pm1 = resolve(l, "p", "m1", QuotaFamily::Generate);
+        assert_eq!((pm1.minute, pm1.daily, pm1.token_minute), (3, 7, 99));
+    }
+}

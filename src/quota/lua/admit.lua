@@ -1,0 +1,112 @@
+-- Choose a key whose project has room and reserve one request, `tokens` input tokens and one
+-- daily request, atomically.
+-- ARGV: prefix, model, tokens, strategy (h|o), rotation, tz offset ms, next midnight ms,
+--       now override ('' = Redis TIME), n, then n x (kid, project, rpm, tpm, rpd).
+-- Returns {1, candidate index (0-based), id, remaining requests, remaining tokens}
+--      or {0, limit code (1 rpm, 2 tpm, 3 rpd), limit value, retry after ms}
+--      or {2, earliest cooldown end in ms or -1 when every key is disabled}.
+local model = ARGV[2]
+local tokens = tonumber(ARGV[3])
+local strategy = ARGV[4]
+local rotation = tonumber(ARGV[5])
+local offset = tonumber(ARGV[6])
+local next_mid = tonumber(ARGV[7])
+local now = now_ms(ARGV[8])
+local n = tonumber(ARGV[9])
+local day = math.floor((now + offset) / 86400000)
+if next_mid <= now then next_mid = (day + 1) * 86400000 - offset end
+
+local projects, by_name = {}, {}
+for i = 0, n - 1 do
+  local b = 10 + i * 5
+  local kid, project = ARGV[b], ARGV[b + 1]
+  if redis.call('EXISTS', P .. ':dis:' .. kid) == 0 then
+    local e = by_name[project]
+    if not e then
+      e = {name = project, keys = {}, rpm = tonumber(ARGV[b + 2]), tpm = tonumber(ARGV[b + 3]),
+           rpd = tonumber(ARGV[b + 4])}
+      projects[#projects + 1] = e
+      by_name[project] = e
+    end
+    e.keys[#e.keys + 1] = i
+  end
+end
+
+local hold, refused, open = nil, nil, {}
+for pos = 1, #projects do
+  local e = projects[pos]
+  local cd = math.max(redis.call('PTTL', P .. ':cd:' .. e.name .. ':' .. model),
+                      redis.call('PTTL', P .. ':cd:' .. e.name .. ':*'))
+  if cd > 0 then
+    if not hold or cd < hold then hold = cd end
+  else
+    local rq, tk, ts = prune(e.name, model, now)
+    local count = redis.call('ZCARD', rq)
+    local tsum = tonumber(redis.call('GET', ts) or '0')
+    local dcount = tonumber(redis.call('GET', day_key(e.name, model, day)) or '0')
+    local why = nil
+    if dcount >= e.rpd then
+      why = {3, e.rpd, math.max(next_mid - now, 1)}
+    else
+      if count >= e.rpm then
+        local r = redis.call('ZRANGE', rq, count - e.rpm, count - e.rpm, 'WITHSCORES')
+        why = {1, e.rpm, math.max(tonumber(r[2]) + 60000 - now, 1)}
+      end
+      if tsum + tokens > e.tpm then
+        local need, freed, wait = tsum + tokens - e.tpm, 0, 60000
+        local ids = redis.call('ZRANGE', rq, 0, -1, 'WITHSCORES')
+        for j = 1, #ids, 2 do
+          freed = freed + (tonumber(redis.call('HGET', tk, ids[j])) or 0)
+          if freed >= need then wait = math.max(tonumber(ids[j + 1]) + 60000 - now, 1); break end
+        end
+        if not why or wait > why[3] then why = {2, e.tpm, wait} end
+      end
+    end
+    if why then
+      if not refused or why[3] < refused[3] then refused = why end
+    else
+      local h = math.min((e.rpm - count - 1) / e.rpm, (e.tpm - tsum - tokens) / e.tpm,
+                         (e.rpd - dcount - 1) / e.rpd)
+      open[#open + 1] = {e = e, h = h, count = count, tsum = tsum}
+    end
+  end
+end
+
+if #open == 0 then
+  if refused then
+    if hold and hold < refused[3] then refused[3] = hold end
+    return {0, refused[1], refused[2], refused[3]}
+  end
+  return {2, hold or -1}
+end
+
+-- Most headroom first, ties in turn from `rotation`; or the first open project in order.
+local best
+if strategy == 'o' then
+  best = open[1]
+else
+  local start = rotation % #open
+  for k = 0, #open - 1 do
+    local c = open[(start + k) % #open + 1]
+    if not best or c.h > best.h then best = c end
+  end
+end
+local e = best.e
+local cand = e.keys[1]
+if strategy ~= 'o' then cand = e.keys[(rotation % #e.keys) + 1] end
+
+local rq, tk, ts = bucket(e.name, model)
+local seq = P .. ':seq'
+local id = redis.call('INCR', seq)
+redis.call('PEXPIRE', seq, 172800000)
+redis.call('ZADD', rq, now, id)
+redis.call('HSET', tk, id, tokens)
+redis.call('INCRBY', ts, tokens)
+for _, k in ipairs({rq, tk, ts}) do redis.call('PEXPIRE', k, 120000) end
+local dk = day_key(e.name, model, day)
+redis.call('INCR', dk)
+redis.call('PEXPIRE', dk, math.max(next_mid - now, 1) + 60000)
+local pairs_key = P .. ':pairs'
+redis.call('SADD', pairs_key, e.name .. '|' .. model)
+redis.call('PEXPIRE', pairs_key, 172800000)
+return {1, cand, id, e.rpm - best.count - 1, e.tpm - best.tsum - tokens}

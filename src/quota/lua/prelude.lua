@@ -1,0 +1,34 @@
+-- Shared by every script: the clock and the sliding-window pruning of one (project, model).
+-- All keys start with ARGV[1], a prefix holding one {hash tag}, so a script touches one slot.
+local P = ARGV[1]
+
+local function now_ms(override)
+  if override ~= nil and override ~= '' then return tonumber(override) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function bucket(project, model)
+  local b = P .. ':' .. project .. ':' .. model
+  return b .. ':rq', b .. ':tk', b .. ':ts'
+end
+
+-- Drop admissions 60 s old or older; the window is (now - 60 s, now].
+local function prune(project, model, now)
+  local rq, tk, ts = bucket(project, model)
+  local old = redis.call('ZRANGEBYSCORE', rq, '-inf', now - 60000)
+  if #old > 0 then
+    local sum = 0
+    for i = 1, #old do
+      sum = sum + (tonumber(redis.call('HGET', tk, old[i])) or 0)
+      redis.call('HDEL', tk, old[i])
+    end
+    redis.call('ZREMRANGEBYSCORE', rq, '-inf', now - 60000)
+    redis.call('DECRBY', ts, sum)
+  end
+  return rq, tk, ts
+end
+
+local function day_key(project, model, day)
+  return P .. ':' .. project .. ':' .. model .. ':day:' .. day
+end

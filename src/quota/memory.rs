@@ -1,0 +1,451 @@
+//! In-memory `QuotaStore`: one sliding log per (project, model), each behind its own mutex
+//! (sharded; no lock is ever held across an `.await`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
+use chrono_tz::Tz;
+
+use super::{
+    AdmitOutcome, AdmitRequest, Candidate, Clock, Cooldown, DayInfo, KeyState, Limits, MINUTE_MS,
+    QuotaStore, Reservation, ResetKind, ResetScope, StoreError, Usage, headroom,
+};
+use crate::config::Strategy;
+use crate::error::LimitKind;
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    id: u64,
+    at_ms: i64,
+    tokens: u64,
+}
+
+/// The counters of one (project, model).
+#[derive(Debug, Default)]
+struct Bucket {
+    /// Admissions of the last 60 s, oldest first; ids increase along the queue.
+    log: VecDeque<Entry>,
+    tokens: u64,
+    day: i64,
+    day_requests: u64,
+    next_id: u64,
+}
+
+impl Bucket {
+    /// Forget admissions that are 60 s old or older: the window is (now - 60 s, now].
+    fn prune(&mut self, now: i64, day: i64) {
+        while let Some(e) = self.log.front() {
+            if e.at_ms > now - MINUTE_MS {
+                break;
+            }
+            self.tokens -= e.tokens;
+            self.log.pop_front();
+        }
+        if self.day != day {
+            self.day = day;
+            self.day_requests = 0;
+        }
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            minute_requests: self.log.len() as u64,
+            minute_tokens: self.tokens,
+            daily_requests: self.day_requests,
+        }
+    }
+
+    /// `None` if there is room; else the limit holding the request back and how long until
+    /// it would fit.
+    fn refusal(&self, l: &Limits, tokens: u64, now: i64, di: &DayInfo) -> Option<(LimitKind, u64, u64)> {
+        if self.day_requests >= l.daily {
+            let wait = (di.next_midnight_ms - now).max(1) as u64;
+            return Some((LimitKind::RequestsPerDay, l.daily, wait));
+        }
+        let mut worst: Option<(LimitKind, u64, u64)> = None;
+        let n = self.log.len() as u64;
+        if n >= l.minute {
+            // The (n - limit + 1)-th oldest entry must leave the window.
+            let e = self.log[(n - l.minute) as usize];
+            let wait = (e.at_ms + MINUTE_MS - now).max(1) as u64;
+            worst = Some((LimitKind::RequestsPerMinute, l.minute, wait));
+        }
+        if self.tokens + tokens > l.token_minute {
+            let need = self.tokens + tokens - l.token_minute;
+            let mut freed = 0;
+            let mut wait = MINUTE_MS as u64;
+            for e in &self.log {
+                freed += e.tokens;
+                if freed >= need {
+                    wait = (e.at_ms + MINUTE_MS - now).max(1) as u64;
+                    break;
+                }
+            }
+            if worst.is_none_or(|w| wait > w.2) {
+                worst = Some((LimitKind::TokensPerMinute, l.token_minute, wait));
+            }
+        }
+        worst
+    }
+
+    fn reserve(&mut self, tokens: u64, now: i64) -> u64 {
+        self.next_id += 1;
+        self.log.push_back(Entry {
+            id: self.next_id,
+            at_ms: now,
+            tokens,
+        });
+        self.tokens += tokens;
+        self.day_requests += 1;
+        self.next_id
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Hold {
+    until_ms: i64,
+    reason: String,
+}
+
+/// Quota state in this process's memory.
+#[derive(Debug)]
+pub struct MemoryStore {
+    clock: Arc<dyn Clock>,
+    tz: Tz,
+    buckets: RwLock<HashMap<(Arc<str>, String), Arc<Mutex<Bucket>>>>,
+    cooldowns: Mutex<HashMap<(String, String), Hold>>,
+    disabled: Mutex<HashMap<String, String>>,
+    affinity: Mutex<HashMap<String, (String, i64)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves plain counters behind: keep using them.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl MemoryStore {
+    pub fn new(clock: Arc<dyn Clock>, tz: Tz) -> Self {
+        MemoryStore {
+            clock,
+            tz,
+            buckets: RwLock::new(HashMap::new()),
+            cooldowns: Mutex::new(HashMap::new()),
+            disabled: Mutex::new(HashMap::new()),
+            affinity: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn bucket(&self, project: &Arc<str>, model: &str) -> Arc<Mutex<Bucket>> {
+        let key = (project.clone(), model.to_string());
+        if let Some(b) = self
+            .buckets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return b.clone();
+        }
+        self.buckets
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .clone()
+    }
+
+    /// Remaining cooldown of (project, model) or the whole project, in ms.
+    fn held(&self, project: &str, model: &str, now: i64) -> Option<u64> {
+        let holds = lock(&self.cooldowns);
+        let mut worst: Option<u64> = None;
+        for m in [model, "*"] {
+            if let Some(h) = holds.get(&(project.to_string(), m.to_string()))
+                && h.until_ms > now
+            {
+                let left = (h.until_ms - now) as u64;
+                worst = Some(worst.map_or(left, |w| w.max(left)));
+            }
+        }
+        worst
+    }
+}
+
+/// Candidates grouped by project, keeping first-appearance order.
+pub(crate) fn by_project(cands: &[Candidate]) -> Vec<(Arc<str>, Vec<&Candidate>)> {
+    let mut out: Vec<(Arc<str>, Vec<&Candidate>)> = Vec::new();
+    for c in cands {
+        match out.iter_mut().find(|(p, _)| *p == c.project) {
+            Some((_, v)) => v.push(c),
+            None => out.push((c.project.clone(), vec![c])),
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl QuotaStore for MemoryStore {
+    async fn admit(&self, req: &AdmitRequest) -> Result<AdmitOutcome, StoreError> {
+        // Each pass either decides or follows another task's admission, so this loop ends.
+        loop {
+            if let Some(outcome) = self.admit_pass(req) {
+                return Ok(outcome);
+            }
+        }
+    }
+
+    async fn settle(&self, r: &Reservation, actual_tokens: u64) -> Result<(), StoreError> {
+        if r.uncounted {
+            return Ok(());
+        }
+        let bucket = self.bucket(&r.project, &r.model);
+        let mut b = lock(&bucket);
+        if let Ok(i) = b.log.binary_search_by_key(&r.id, |e| e.id) {
+            let old = b.log[i].tokens;
+            b.log[i].tokens = actual_tokens;
+            b.tokens = b.tokens - old + actual_tokens;
+        }
+        Ok(())
+    }
+
+    async fn usage(&self) -> Result<Vec<(String, String, Usage)>, StoreError> {
+        let now = self.clock.now_ms();
+        let di = DayInfo::at(self.tz, now);
+        let buckets: Vec<_> = self
+            .buckets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for ((project, model), b) in buckets {
+            let mut b = lock(&b);
+            b.prune(now, di.day);
+            let u = b.usage();
+            if u != Usage::default() {
+                out.push((project.to_string(), model, u));
+            }
+        }
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        Ok(out)
+    }
+
+    async fn cool_down(&self, project: &str, model: &str, ms: u64, reason: &str) -> Result<(), StoreError> {
+        let until_ms = self.clock.now_ms() + ms as i64;
+        let mut holds = lock(&self.cooldowns);
+        let e = holds
+            .entry((project.to_string(), model.to_string()))
+            .or_insert(Hold {
+                until_ms,
+                reason: reason.to_string(),
+            });
+        // The longest hold wins.
+        if until_ms >= e.until_ms {
+            e.until_ms = until_ms;
+            e.reason = reason.to_string();
+        }
+        Ok(())
+    }
+
+    async fn cooldowns(&self) -> Result<Vec<Cooldown>, StoreError> {
+        let now = self.clock.now_ms();
+        let mut holds = lock(&self.cooldowns);
+        holds.retain(|_, h| h.until_ms > now);
+        let mut out: Vec<Cooldown> = holds
+            .iter()
+            .map(|((p, m), h)| Cooldown {
+                project: p.clone(),
+                model: m.clone(),
+                remaining_ms: (h.until_ms - now) as u64,
+                reason: h.reason.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.project, &a.model).cmp(&(&b.project, &b.model)));
+        Ok(out)
+    }
+
+    async fn disable_key(&self, kid: &str, reason: &str) -> Result<(), StoreError> {
+        lock(&self.disabled).insert(kid.to_string(), reason.to_string());
+        Ok(())
+    }
+
+    async fn key_states(&self, kids: &[Arc<str>]) -> Result<Vec<KeyState>, StoreError> {
+        let d = lock(&self.disabled);
+        Ok(kids
+            .iter()
+            .map(|k| match d.get(&**k) {
+                Some(reason) => KeyState::Disabled {
+                    reason: reason.clone(),
+                },
+                None => KeyState::Active,
+            })
+            .collect())
+    }
+
+    async fn set_affinity(&self, resource: &str, kid: &str, ttl_ms: u64) -> Result<(), StoreError> {
+        let until = self.clock.now_ms() + ttl_ms as i64;
+        let mut a = lock(&self.affinity);
+        let now = self.clock.now_ms();
+        if a.len() > 100_000 {
+            a.retain(|_, (_, t)| *t > now);
+        }
+        a.insert(resource.to_string(), (kid.to_string(), until));
+        Ok(())
+    }
+
+    async fn affinity(&self, resource: &str) -> Result<Option<String>, StoreError> {
+        let now = self.clock.now_ms();
+        Ok(lock(&self.affinity)
+            .get(resource)
+            .filter(|(_, until)| *until > now)
+            .map(|(kid, _)| kid.clone()))
+    }
+
+    async fn reset(&self, kind: ResetKind, scope: &ResetScope) -> Result<(), StoreError> {
+        let in_scope = |project: &str, model: &str| {
+            scope
+                .projects
+                .as_ref()
+                .is_none_or(|ps| ps.iter().any(|p| p == project))
+                && scope.model.as_ref().is_none_or(|m| m == model)
+        };
+        if kind == ResetKind::Cooldowns {
+            lock(&self.cooldowns).retain(|(p, m), _| !(in_scope(p, m) || (m == "*" && in_scope(p, scope.model.as_deref().unwrap_or("*")))));
+            let mut d = lock(&self.disabled);
+            match &scope.kids {
+                Some(kids) => kids.iter().for_each(|k| {
+                    d.remove(k);
+                }),
+                None => d.clear(),
+            }
+            return Ok(());
+        }
+        let buckets: Vec<_> = self
+            .buckets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|((p, m), _)| in_scope(p, m))
+            .map(|(_, v)| v.clone())
+            .collect();
+        for b in buckets {
+            let mut b = lock(&b);
+            if matches!(kind, ResetKind::Minute | ResetKind::All) {
+                b.log.clear();
+                b.tokens = 0;
+            }
+            if kind == ResetKind::Tokens {
+                for e in b.log.iter_mut() {
+                    e.tokens = 0;
+                }
+                b.tokens = 0;
+            }
+            if matches!(kind, ResetKind::Daily | ResetKind::All) {
+                b.day_requests = 0;
+            }
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+}
+
+impl MemoryStore {
+    /// One pass of admission: `None` when every project that had room lost it to a concurrent
+    /// admission between the look and the reservation.
+    fn admit_pass(&self, req: &AdmitRequest) -> Option<AdmitOutcome> {
+        let now = self.clock.now_ms();
+        let di = DayInfo::at(self.tz, now);
+        let disabled = lock(&self.disabled).clone();
+        let mut earliest_hold: Option<u64> = None;
+        // (project position, usable keys, bucket, headroom)
+        let mut open = Vec::new();
+        let mut refused: Option<(LimitKind, u64, u64)> = None;
+        for (pos, (project, keys)) in by_project(&req.candidates).into_iter().enumerate() {
+            let keys: Vec<&Candidate> = keys
+                .into_iter()
+                .filter(|c| !disabled.contains_key(&*c.kid))
+                .collect();
+            if keys.is_empty() {
+                continue;
+            }
+            if let Some(left) = self.held(&project, &req.model, now) {
+                earliest_hold = Some(earliest_hold.map_or(left, |e| e.min(left)));
+                continue;
+            }
+            let limits = keys[0].limits;
+            let bucket = self.bucket(&project, &req.model);
+            let mut b = lock(&bucket);
+            b.prune(now, di.day);
+            match b.refusal(&limits, req.tokens, now, &di) {
+                Some(r) => {
+                    if refused.is_none_or(|w| r.2 < w.2) {
+                        refused = Some(r);
+                    }
+                }
+                None => {
+                    let h = headroom(&limits, &b.usage(), req.tokens);
+                    drop(b);
+                    open.push((pos, keys, bucket, h, limits));
+                }
+            }
+        }
+        if open.is_empty() {
+            return Some(match (refused, earliest_hold) {
+                (Some((limit, limit_value, wait)), hold) => AdmitOutcome::Refused {
+                    limit,
+                    limit_value,
+                    retry_after_ms: hold.map_or(wait, |h| h.min(wait)),
+                },
+                (None, hold) => AdmitOutcome::Unavailable {
+                    retry_after_ms: hold,
+                },
+            });
+        }
+        // Order the open projects: most headroom first (ties in turn), or configuration order.
+        let n = open.len();
+        let start = (req.rotation % n as u64) as usize;
+        let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
+        if req.strategy == Strategy::Headroom {
+            order.sort_by(|&a, &b| open[b].3.total_cmp(&open[a].3));
+        } else {
+            order.sort_by_key(|&i| open[i].0);
+        }
+        for i in order {
+            let (_, keys, bucket, _, limits) = &open[i];
+            let mut b = lock(bucket);
+            b.prune(now, di.day);
+            // Another task may have taken the room since we looked: check again under the lock.
+            if b.refusal(limits, req.tokens, now, &di).is_some() {
+                continue;
+            }
+            let id = b.reserve(req.tokens, now);
+            let u = b.usage();
+            let key = if req.strategy == Strategy::Ordered {
+                keys[0]
+            } else {
+                keys[(req.rotation % keys.len() as u64) as usize]
+            };
+            return Some(AdmitOutcome::Admitted(Reservation {
+                index: key.index,
+                kid: key.kid.clone(),
+                project: key.project.clone(),
+                model: req.model.clone(),
+                id,
+                tokens: req.tokens,
+                remaining_requests: limits.minute.saturating_sub(u.minute_requests),
+                remaining_tokens: limits.token_minute.saturating_sub(u.minute_tokens),
+                uncounted: false,
+            }));
+        }
+        // Every open project filled up while we chose: the caller asks again.
+        None
+    }
+
+}

@@ -1,0 +1,168 @@
+//! Quota accounting: limits per (project, model), the sliding minute and the Pacific day, and
+//! the [`QuotaStore`] trait with its in-memory and Redis implementations.
+
+pub mod clock;
+pub mod limits;
+pub mod memory;
+pub mod redis;
+pub mod resilient;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use clock::{Clock, DayInfo, ManualClock, SystemClock};
+pub use limits::Limits;
+
+use crate::config::Strategy;
+use crate::error::LimitKind;
+
+/// Length of the sliding window, in milliseconds.
+pub const MINUTE_MS: i64 = 60_000;
+
+/// One key that may serve a request, with the limits of its (project, model).
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Position in the pool (configuration order).
+    pub index: usize,
+    /// Stable key id (a hash of the key; never the key).
+    pub kid: Arc<str>,
+    pub project: Arc<str>,
+    pub limits: Limits,
+}
+
+/// What admission is asked to do.
+#[derive(Debug, Clone)]
+pub struct AdmitRequest {
+    pub model: String,
+    /// Estimated input tokens.
+    pub tokens: u64,
+    /// Keys that may serve it, in configuration order.
+    pub candidates: Vec<Candidate>,
+    pub strategy: Strategy,
+    /// Where ties start, so equal keys take turns.
+    pub rotation: u64,
+}
+
+/// A granted admission: counted in all three windows until settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// Index of the chosen key in the pool.
+    pub index: usize,
+    pub kid: Arc<str>,
+    pub project: Arc<str>,
+    pub model: String,
+    /// Store-assigned id of this admission.
+    pub id: u64,
+    /// Tokens reserved (the estimate).
+    pub tokens: u64,
+    /// Remaining after this admission, for `x-ratelimit-remaining-*` headers.
+    pub remaining_requests: u64,
+    pub remaining_tokens: u64,
+    /// True when the store was unreachable and nothing was counted (fail-open).
+    pub uncounted: bool,
+}
+
+/// Why and until when admission said no.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdmitOutcome {
+    Admitted(Reservation),
+    /// Every usable key's project is at a limit. `retry_after_ms`: the earliest moment this
+    /// request could be admitted; `limit` names the limit that holds it back there.
+    Refused {
+        limit: LimitKind,
+        limit_value: u64,
+        retry_after_ms: u64,
+    },
+    /// No key usable: all disabled, or cooling down after Google's 429s. `retry_after_ms` is
+    /// when the first cooldown ends (`None`: every key is disabled).
+    Unavailable { retry_after_ms: Option<u64> },
+}
+
+/// Counters of one (project, model) right now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub minute_requests: u64,
+    pub minute_tokens: u64,
+    pub daily_requests: u64,
+}
+
+/// A key's standing in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyState {
+    Active,
+    Disabled { reason: String },
+}
+
+/// A cooldown on a (project, model), or on a whole project when `model` is `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cooldown {
+    pub project: String,
+    pub model: String,
+    pub remaining_ms: u64,
+    pub reason: String,
+}
+
+/// Which counters an admin reset clears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetKind {
+    Minute,
+    Daily,
+    Tokens,
+    All,
+    Cooldowns,
+}
+
+/// Narrows a reset. `None` means every project / model.
+#[derive(Debug, Clone, Default)]
+pub struct ResetScope {
+    pub projects: Option<Vec<String>>,
+    pub kids: Option<Vec<String>>,
+    pub model: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("quota store unreachable: {0}")]
+    Unreachable(String),
+    #[error("quota store did not answer within {0} ms")]
+    Timeout(u64),
+    #[error("quota store answered something unexpected: {0}")]
+    Protocol(String),
+}
+
+/// Shared quota state. Both implementations keep the same semantics; `tests/store_suite.rs`
+/// runs one suite against each.
+#[async_trait]
+pub trait QuotaStore: Send + Sync {
+    /// Choose a key with room and reserve one request and `tokens` in the minute window and one
+    /// request in the day, in one atomic step.
+    async fn admit(&self, req: &AdmitRequest) -> Result<AdmitOutcome, StoreError>;
+    /// Replace the reserved tokens with the real count (0 refunds them). The request stays.
+    async fn settle(&self, r: &Reservation, actual_tokens: u64) -> Result<(), StoreError>;
+    /// Current counters of every (project, model) that has any.
+    async fn usage(&self) -> Result<Vec<(String, String, Usage)>, StoreError>;
+    /// Put a (project, model) on hold; `model` `*` holds the whole project.
+    async fn cool_down(&self, project: &str, model: &str, ms: u64, reason: &str) -> Result<(), StoreError>;
+    async fn cooldowns(&self) -> Result<Vec<Cooldown>, StoreError>;
+    /// Never use this key again until re-enabled.
+    async fn disable_key(&self, kid: &str, reason: &str) -> Result<(), StoreError>;
+    async fn key_states(&self, kids: &[Arc<str>]) -> Result<Vec<KeyState>, StoreError>;
+    /// Remember which key created a resource (file, cache, upload session, ...).
+    async fn set_affinity(&self, resource: &str, kid: &str, ttl_ms: u64) -> Result<(), StoreError>;
+    async fn affinity(&self, resource: &str) -> Result<Option<String>, StoreError>;
+    /// Clear counters (or cooldowns and disabled keys) for every replica sharing the store.
+    async fn reset(&self, kind: ResetKind, scope: &ResetScope) -> Result<(), StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// `memory` or `redis`.
+    fn backend(&self) -> &'static str;
+}
+
+/// The fraction of room a project would have left after this request: the smallest of the three.
+pub(crate) fn headroom(l: &Limits, u: &Usage, tokens: u64) -> f64 {
+    let r = (l.minute.saturating_sub(u.minute_requests + 1)) as f64 / l.minute.max(1) as f64;
+    let t = (l.token_minute.saturating_sub(u.minute_tokens + tokens)) as f64
+        / l.token_minute.max(1) as f64;
+    let d = (l.daily.saturating_sub(u.daily_requests + 1)) as f64 / l.daily.max(1) as f64;
+    r.min(t).min(d)
+}

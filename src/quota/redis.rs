@@ -1,0 +1,374 @@
+//! Redis `QuotaStore`: one `EVALSHA` of a Lua script (Redis `TIME`, one `{hash tag}`) admits a
+//! request; every call has a deadline; raw API keys never reach Redis (key ids only).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono_tz::Tz;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{FromRedisValue, Script, Value};
+
+use super::{
+    AdmitOutcome, AdmitRequest, Clock, Cooldown, DayInfo, KeyState, QuotaStore, Reservation,
+    ResetKind, ResetScope, StoreError, SystemClock, Usage,
+};
+use crate::config::Strategy;
+use crate::error::LimitKind;
+use crate::secret::Secret;
+
+macro_rules! lua {
+    ($file:literal) => {
+        concat!(include_str!("lua/prelude.lua"), include_str!(concat!("lua/", $file)))
+    };
+}
+
+/// Quota state shared by every replica pointed at one Redis.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    /// `{namespace}`: every key starts with it, so all keys share one cluster slot.
+    prefix: String,
+    timeout: Duration,
+    tz: Tz,
+    /// `None` in production (Redis `TIME`); tests inject a clock to travel in time.
+    clock: Option<Arc<dyn Clock>>,
+    admit: Script,
+    settle: Script,
+    usage: Script,
+    cooldown: Script,
+    reset: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("prefix", &self.prefix).finish()
+    }
+}
+
+fn store_err(e: redis::RedisError) -> StoreError {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        StoreError::Unreachable(e.to_string())
+    } else {
+        StoreError::Protocol(e.to_string())
+    }
+}
+
+impl RedisStore {
+    /// Connects lazily: construction never waits for Redis, so the proxy starts (degraded)
+    /// while Redis is down and attaches when it comes up.
+    pub fn new(url: &Secret, namespace: &str, timeout: Duration, tz: Tz) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url.expose())
+            .map_err(|e| StoreError::Unreachable(format!("invalid Redis URL: {:?}", e.kind())))?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client, cfg).map_err(store_err)?;
+        Ok(RedisStore {
+            conn,
+            prefix: format!("{{{namespace}}}"),
+            timeout,
+            tz,
+            clock: None,
+            admit: Script::new(lua!("admit.lua")),
+            settle: Script::new(lua!("settle.lua")),
+            usage: Script::new(lua!("usage.lua")),
+            cooldown: Script::new(lua!("cooldown.lua")),
+            reset: Script::new(lua!("reset.lua")),
+        })
+    }
+
+    /// Use `clock` instead of Redis `TIME` (tests only: lets one suite travel in time).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    fn now_arg(&self) -> String {
+        self.clock.as_ref().map(|c| c.now_ms().to_string()).unwrap_or_default()
+    }
+
+    fn day(&self) -> DayInfo {
+        let now = match &self.clock {
+            Some(c) => c.now_ms(),
+            None => SystemClock.now_ms(),
+        };
+        DayInfo::at(self.tz, now)
+    }
+
+    /// The routing key every script declares (all keys it builds share its hash tag).
+    fn route_key(&self) -> String {
+        format!("{}:seq", self.prefix)
+    }
+
+    async fn run<T: FromRedisValue>(&self, inv: redis::ScriptInvocation<'_>) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
+            Ok(r) => r.map_err(store_err),
+            Err(_) => Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
+        }
+    }
+
+    async fn cmd<T: FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
+            Ok(r) => r.map_err(store_err),
+            Err(_) => Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
+        }
+    }
+}
+
+fn int(v: &Value) -> Result<i64, StoreError> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        other => Err(StoreError::Protocol(format!("expected an integer, got {other:?}"))),
+    }
+}
+
+#[async_trait]
+impl QuotaStore for RedisStore {
+    async fn admit(&self, req: &AdmitRequest) -> Result<AdmitOutcome, StoreError> {
+        let di = self.day();
+        let mut inv = self.admit.prepare_invoke();
+        inv.key(self.route_key())
+            .arg(&self.prefix)
+            .arg(&req.model)
+            .arg(req.tokens)
+            .arg(if req.strategy == Strategy::Ordered { "o" } else { "h" })
+            .arg(req.rotation)
+            .arg(di.offset_ms)
+            .arg(di.next_midnight_ms)
+            .arg(self.now_arg())
+            .arg(req.candidates.len());
+        for c in &req.candidates {
+            inv.arg(&*c.kid)
+                .arg(&*c.project)
+                .arg(c.limits.minute)
+                .arg(c.limits.token_minute)
+                .arg(c.limits.daily);
+        }
+        let v: Vec<Value> = self.run(inv).await?;
+        let code = v.first().map(int).transpose()?.unwrap_or(-1);
+        match (code, v.len()) {
+            (1, 5) => {
+                let pos = usize::try_from(int(&v[1])?)
+                    .map_err(|_| StoreError::Protocol("negative candidate".into()))?;
+                let c = req
+                    .candidates
+                    .get(pos)
+                    .ok_or_else(|| StoreError::Protocol("candidate out of range".into()))?;
+                Ok(AdmitOutcome::Admitted(Reservation {
+                    index: c.index,
+                    kid: c.kid.clone(),
+                    project: c.project.clone(),
+                    model: req.model.clone(),
+                    id: int(&v[2])? as u64,
+                    tokens: req.tokens,
+                    remaining_requests: int(&v[3])?.max(0) as u64,
+                    remaining_tokens: int(&v[4])?.max(0) as u64,
+                    uncounted: false,
+                }))
+            }
+            (0, 4) => Ok(AdmitOutcome::Refused {
+                limit: match int(&v[1])? {
+                    1 => LimitKind::RequestsPerMinute,
+                    2 => LimitKind::TokensPerMinute,
+                    _ => LimitKind::RequestsPerDay,
+                },
+                limit_value: int(&v[2])?.max(0) as u64,
+                retry_after_ms: int(&v[3])?.max(1) as u64,
+            }),
+            (2, 2) => {
+                let ms = int(&v[1])?;
+                Ok(AdmitOutcome::Unavailable {
+                    retry_after_ms: (ms > 0).then_some(ms as u64),
+                })
+            }
+            _ => Err(StoreError::Protocol(format!("admission script answered {v:?}"))),
+        }
+    }
+
+    async fn settle(&self, r: &Reservation, actual_tokens: u64) -> Result<(), StoreError> {
+        if r.uncounted {
+            return Ok(());
+        }
+        let mut inv = self.settle.prepare_invoke();
+        inv.key(self.route_key())
+            .arg(&self.prefix)
+            .arg(&*r.project)
+            .arg(&r.model)
+            .arg(r.id)
+            .arg(actual_tokens);
+        let _: i64 = self.run(inv).await?;
+        Ok(())
+    }
+
+    async fn usage(&self) -> Result<Vec<(String, String, Usage)>, StoreError> {
+        let di = self.day();
+        let mut inv = self.usage.prepare_invoke();
+        inv.key(self.route_key())
+            .arg(&self.prefix)
+            .arg(di.offset_ms)
+            .arg(self.now_arg());
+        let v: Vec<Value> = self.run(inv).await?;
+        let mut out = Vec::new();
+        for chunk in v.chunks(4) {
+            let [pm, c, t, d] = chunk else {
+                return Err(StoreError::Protocol("usage script answered a partial row".into()));
+            };
+            let pm = String::from_redis_value(pm.clone())
+                .map_err(|e| StoreError::Protocol(e.to_string()))?;
+            let Some((project, model)) = pm.split_once('|') else {
+                continue;
+            };
+            out.push((
+                project.to_string(),
+                model.to_string(),
+                Usage {
+                    minute_requests: int(c)?.max(0) as u64,
+                    minute_tokens: int(t)?.max(0) as u64,
+                    daily_requests: int(d)?.max(0) as u64,
+                },
+            ));
+        }
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        Ok(out)
+    }
+
+    async fn cool_down(&self, project: &str, model: &str, ms: u64, reason: &str) -> Result<(), StoreError> {
+        let mut inv = self.cooldown.prepare_invoke();
+        inv.key(self.route_key())
+            .arg(&self.prefix)
+            .arg(project)
+            .arg(model)
+            .arg(ms.max(1))
+            .arg(reason);
+        let _: i64 = self.run(inv).await?;
+        Ok(())
+    }
+
+    async fn cooldowns(&self) -> Result<Vec<Cooldown>, StoreError> {
+        let members: Vec<String> = self
+            .cmd(redis::cmd("SMEMBERS").arg(format!("{}:cds", self.prefix)).clone())
+            .await?;
+        let mut pipe = redis::pipe();
+        for pm in &members {
+            if let Some((p, m)) = pm.split_once('|') {
+                let k = format!("{}:cd:{p}:{m}", self.prefix);
+                pipe.cmd("PTTL").arg(&k).cmd("GET").arg(&k);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let v: Vec<Value> = match tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await {
+            Ok(r) => r.map_err(store_err)?,
+            Err(_) => return Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
+        };
+        let mut out = Vec::new();
+        for (pm, pair) in members.iter().filter(|pm| pm.contains('|')).zip(v.chunks(2)) {
+            let (p, m) = pm.split_once('|').unwrap_or_default();
+            let ttl = pair.first().map(int).transpose()?.unwrap_or(-2);
+            if ttl > 0 {
+                let reason = pair
+                    .get(1)
+                    .and_then(|r| String::from_redis_value(r.clone()).ok())
+                    .unwrap_or_default();
+                out.push(Cooldown {
+                    project: p.to_string(),
+                    model: m.to_string(),
+                    remaining_ms: ttl as u64,
+                    reason,
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.project, &a.model).cmp(&(&b.project, &b.model)));
+        Ok(out)
+    }
+
+    async fn disable_key(&self, kid: &str, reason: &str) -> Result<(), StoreError> {
+        // Thirty days: long enough to mean "until an admin acts", short enough to expire.
+        let _: () = self
+            .cmd(
+                redis::cmd("SET")
+                    .arg(format!("{}:dis:{kid}", self.prefix))
+                    .arg(reason)
+                    .arg("PX")
+                    .arg(30u64 * 86_400_000)
+                    .clone(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn key_states(&self, kids: &[Arc<str>]) -> Result<Vec<KeyState>, StoreError> {
+        if kids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for k in kids {
+            cmd.arg(format!("{}:dis:{k}", self.prefix));
+        }
+        let v: Vec<Option<String>> = self.cmd(cmd).await?;
+        Ok(v
+            .into_iter()
+            .map(|r| match r {
+                Some(reason) => KeyState::Disabled { reason },
+                None => KeyState::Active,
+            })
+            .collect())
+    }
+
+    async fn set_affinity(&self, resource: &str, kid: &str, ttl_ms: u64) -> Result<(), StoreError> {
+        let _: () = self
+            .cmd(
+                redis::cmd("SET")
+                    .arg(format!("{}:aff:{resource}", self.prefix))
+                    .arg(kid)
+                    .arg("PX")
+                    .arg(ttl_ms.max(1))
+                    .clone(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn affinity(&self, resource: &str) -> Result<Option<String>, StoreError> {
+        self.cmd(redis::cmd("GET").arg(format!("{}:aff:{resource}", self.prefix)).clone())
+            .await
+    }
+
+    async fn reset(&self, kind: ResetKind, scope: &ResetScope) -> Result<(), StoreError> {
+        let di = self.day();
+        let kind = match kind {
+            ResetKind::Minute => "minute",
+            ResetKind::Daily => "daily",
+            ResetKind::Tokens => "tokens",
+            ResetKind::All => "all",
+            ResetKind::Cooldowns => "cooldowns",
+        };
+        let mut inv = self.reset.prepare_invoke();
+        inv.key(self.route_key())
+            .arg(&self.prefix)
+            .arg(kind)
+            .arg(di.offset_ms)
+            .arg(scope.projects.as_ref().map(|p| p.join("|")).unwrap_or_default())
+            .arg(scope.model.clone().unwrap_or_default())
+            .arg(scope.kids.as_ref().map(|k| k.join("|")).unwrap_or_default())
+            .arg(self.now_arg());
+        let _: i64 = self.run(inv).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let pong: String = self.cmd(redis::cmd("PING")).await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::Protocol(format!("PING answered {pong:?}")))
+        }
+    }
+
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+}

@@ -1,0 +1,108 @@
+//! `Secret`: a string that cannot be printed by accident (Debug and Display show `***`).
+
+use serde::{Deserialize, Deserializer};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// A credential: a pooled Gemini key, a client key or the admin token.
+///
+/// It has no `Display`, and its `Debug` prints `Secret(***)`, so a `{:?}` of a config or a
+/// request context never leaks it. Read the value with [`Secret::expose`] only where it is sent.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The raw value. Call sites are the few places that put it on the wire.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// SHA-256 of the value: used for constant-time comparison and for stable key ids.
+    pub fn digest(&self) -> [u8; 32] {
+        Sha256::digest(self.0.as_bytes()).into()
+    }
+
+    /// Constant-time equality against a presented credential. Both sides are hashed first, so
+    /// neither the content nor the length of the secret shows in the timing.
+    pub fn matches(&self, presented: &str) -> bool {
+        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        bool::from(self.digest().ct_eq(&presented))
+    }
+
+    /// `AIza...0001`: the first four and last four characters, for display. Keys shorter than
+    /// 12 characters show only `...` and their last two, so most of a short secret stays hidden.
+    pub fn masked(&self) -> String {
+        let chars: Vec<char> = self.0.chars().collect();
+        if chars.len() >= 12 {
+            let head: String = chars[..4].iter().collect();
+            let tail: String = chars[chars.len() - 4..].iter().collect();
+            format!("{head}...{tail}")
+        } else if chars.len() >= 4 {
+            let tail: String = chars[chars.len() - 2..].iter().collect();
+            format!("...{tail}")
+        } else {
+            "...".to_string()
+        }
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// True if `presented` equals any of `secrets`, checking every one (no early exit).
+pub fn matches_any(secrets: &[Secret], presented: &str) -> bool {
+    let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    let mut found = subtle::Choice::from(0u8);
+    for s in secrets {
+        found |= s.digest().ct_eq(&presented);
+    }
+    bool::from(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let s = Secret::new("AIzaSyTopSecret0001");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        assert!(!format!("{:?}", vec![s.clone()]).contains("TopSecret"));
+    }
+
+    #[test]
+    fn masked_keeps_only_head_and_tail() {
+        assert_eq!(
+            Secret::new("AIzaSyTopSecret0001").masked(),
+            "AIza...0001"
+        );
+        assert_eq!(Secret::new("short1").masked(), "...t1");
+    }
+
+    #[test]
+    fn matches_compares_whole_values() {
+        let keys = vec![Secret::new("alpha"), Secret::new("beta")];
+        assert!(matches_any(&keys, "beta"));
+        assert!(!matches_any(&keys, "bet"));
+        assert!(!matches_any(&keys, ""));
+        assert!(Secret::new("alpha").matches("alpha"));
+        assert!(!Secret::new("alpha").matches("alphb"));
+    }
+}

@@ -1,0 +1,83 @@
+//! `AppState`: what every handler shares (config, pool, store, HTTP client, metrics) and the
+//! little this replica remembers on its own (disabled keys seen, backoff for bare 429s).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono_tz::Tz;
+
+use crate::config::Config;
+use crate::error::LimitKind;
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::proxy::DisabledKeys;
+use crate::quota::memory::MemoryStore;
+use crate::quota::redis::RedisStore;
+use crate::quota::resilient::ResilientStore;
+use crate::quota::{Clock, QuotaStore, StoreError, SystemClock};
+
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub pool: Pool,
+    pub store: Arc<dyn QuotaStore>,
+    pub client: reqwest::Client,
+    pub metrics: Metrics,
+    pub disabled: DisabledKeys,
+    /// Consecutive bare 429s per project, for their growing cooldown.
+    bare_429: Mutex<HashMap<String, u32>>,
+}
+
+impl AppState {
+    /// Build the state with the store the config names (needs a Tokio runtime for Redis).
+    pub fn new(config: Config) -> Result<Arc<AppState>, StoreError> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let store = build_store(&config, clock)?;
+        Ok(Self::with_store(config, store))
+    }
+
+    /// Build the state around a given store (tests inject clocks this way).
+    pub fn with_store(config: Config, store: Arc<dyn QuotaStore>) -> Arc<AppState> {
+        Arc::new(AppState {
+            pool: Pool::new(&config),
+            client: crate::upstream::build_client(&config),
+            config: Arc::new(config),
+            store,
+            metrics: Metrics::new(),
+            disabled: Mutex::new(HashMap::new()),
+            bare_429: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Google reported a limit (`quotaValue`) lower than configured: use it from now on.
+    pub fn learn_limit(&self, project: &str, model: &str, kind: LimitKind, value: u64) {
+        self.pool.learn(project, model, kind, value);
+    }
+
+    /// Cooldown for a 429 without details: 1 s, doubling while they repeat, at most 60 s.
+    pub fn bare_429_backoff(&self, project: &str) -> u64 {
+        let mut m = self.bare_429.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(project.to_string()).or_insert(0);
+        *n = (*n + 1).min(7);
+        (1000u64 << (*n - 1)).min(60_000)
+    }
+
+    pub fn timezone(&self) -> Tz {
+        self.config.limits.timezone
+    }
+}
+
+/// Memory by default; Redis (behind the failure policy) when a URL is configured.
+pub fn build_store(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<dyn QuotaStore>, StoreError> {
+    let tz = config.limits.timezone;
+    match &config.redis_url {
+        None => Ok(Arc::new(MemoryStore::new(clock, tz))),
+        Some(url) => {
+            let redis = RedisStore::new(url, &config.store_namespace, config.store_timeout, tz)?;
+            Ok(Arc::new(ResilientStore::new(
+                Arc::new(redis),
+                MemoryStore::new(clock, tz),
+                config.store_on_error,
+            )))
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! The reqwest client, building the upstream request (client credentials out, pooled key in),
+//! and reading Google's error answers (QuotaFailure / RetryInfo / ErrorInfo) into a verdict.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::error::LimitKind;
+use crate::quota::{DayInfo, MINUTE_MS};
+use crate::route::Route;
+use crate::secret::Secret;
+
+/// Headers that belong to one connection, never forwarded (RFC 9110 section 7.6.1), plus those
+/// the proxy sets itself.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
+/// Client credentials: removed before the pooled key is added.
+const CREDENTIAL_HEADERS: &[&str] = &["x-goog-api-key", "authorization"];
+
+pub fn build_client(cfg: &Config) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(cfg.connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        // Compression is left to the client and Google; the proxy reads usage from plain bytes.
+        .no_proxy()
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// The query without `key` / `$key` (client credentials).
+pub fn strip_credentials_from_query(query: &str) -> String {
+    query
+        .split('&')
+        .filter(|p| {
+            let name = p.split('=').next().unwrap_or("");
+            !(name == "key" || name == "$key" || name == "%24key")
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The credential a client presented: `x-goog-api-key`, `?key=` / `?$key=`, or Bearer.
+pub fn client_credential<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
+    if let Some(v) = headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim());
+    }
+    if let Some(v) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+    {
+        return Some(v.trim());
+    }
+    query?.split('&').find_map(|p| {
+        let (name, value) = p.split_once('=')?;
+        (name == "key" || name == "$key" || name == "%24key").then_some(value)
+    })
+}
+
+/// Build the request to Google: same method, path and query (credentials removed), headers
+/// minus hop-by-hop and credentials, plus the pooled key.
+pub fn build_request(
+    client: &reqwest::Client,
+    base: &str,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Bytes,
+    route: &Route,
+    key: &Secret,
+) -> reqwest::RequestBuilder {
+    let mut url = String::with_capacity(base.len() + path.len() + 64);
+    url.push_str(base);
+    url.push_str(path);
+    if let Some(q) = query {
+        let q = strip_credentials_from_query(q);
+        if !q.is_empty() {
+            url.push('?');
+            url.push_str(&q);
+        }
+    }
+    let mut out = HeaderMap::with_capacity(headers.len() + 1);
+    for (name, value) in headers {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || CREDENTIAL_HEADERS.contains(&n) || n == "accept-encoding" {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    let (name, value) = if route.openai {
+        (
+            http::header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {}", key.expose())),
+        )
+    } else {
+        (
+            HeaderName::from_static("x-goog-api-key"),
+            HeaderValue::from_str(key.expose()),
+        )
+    };
+    if let Ok(mut v) = value {
+        // Sensitive: never printed by http's Debug, never indexed by HPACK.
+        v.set_sensitive(true);
+        out.insert(name, v);
+    }
+    client
+        .request(method.clone(), url)
+        .headers(out)
+        .body(body)
+}
+
+/// Response headers to pass back: all but hop-by-hop (content-length is kept: bytes pass as-is).
+pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(upstream.len());
+    for (name, value) in upstream {
+        let n = name.as_str();
+        if n != "content-length" && HOP_BY_HOP.contains(&n) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// What an upstream answer means for the key that got it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Pass it to the client.
+    Deliver,
+    /// A 429 naming the quota that ran out: hold the (project, model) for `cooldown_ms`.
+    QuotaExhausted {
+        cooldown_ms: u64,
+        kinds: Vec<LimitKind>,
+        /// Limits Google reported (`quotaValue`), by kind.
+        reported: Vec<(LimitKind, u64)>,
+    },
+    /// A 429 without details (or an IP-level throttle).
+    RateLimited { retry_delay_ms: Option<u64> },
+    /// The key is dead: invalid, leaked or blocked.
+    DeadKey { reason: String },
+    /// 5xx: try again, preferably on another key.
+    Transient,
+}
+
+/// `"26s"`, `"0s"`, `"38.962214405s"` → milliseconds.
+pub fn parse_duration_ms(s: &str) -> Option<u64> {
+    let secs: f64 = s.trim().strip_suffix('s')?.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| (secs * 1000.0).ceil() as u64)
+}
+
+/// Read an error answer from Google. `body` may be a plain envelope or a JSON-array stream's
+/// `[{"error": ...}]`.
+pub fn classify(status: u16, body: &[u8], day: &DayInfo, now_ms: i64) -> Verdict {
+    if status < 400 {
+        return Verdict::Deliver;
+    }
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let err = parsed.as_ref().and_then(|v| match v {
+        Value::Array(a) => a.first().and_then(|e| e.get("error")),
+        other => other.get("error"),
+    });
+    let message = err
+        .and_then(|e| e.get("message"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let details: &[Value] = err
+        .and_then(|e| e.get("details"))
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let reasons: Vec<&str> = details
+        .iter()
+        .filter(|d| type_is(d, "ErrorInfo"))
+        .filter_map(|d| d.get("reason").and_then(Value::as_str))
+        .collect();
+
+    match status {
+        429 => {
+            let retry_delay_ms = details
+                .iter()
+                .filter(|d| type_is(d, "RetryInfo"))
+                .find_map(|d| d.get("retryDelay").and_then(Value::as_str))
+                .and_then(parse_duration_ms);
+            let mut kinds = Vec::new();
+            let mut reported = Vec::new();
+            for d in details.iter().filter(|d| type_is(d, "QuotaFailure")) {
+                for v in d.get("violations").and_then(Value::as_array).into_iter().flatten() {
+                    let id = v.get("quotaId").and_then(Value::as_str).unwrap_or("");
+                    let metric = v.get("quotaMetric").and_then(Value::as_str).unwrap_or("");
+                    let kind = if id.contains("PerDay") || metric.contains("per_day") {
+                        LimitKind::RequestsPerDay
+                    } else if id.contains("InputTokens") || metric.contains("input_token") {
+                        LimitKind::TokensPerMinute
+                    } else if id.contains("PerMinute") || metric.contains("requests") {
+                        LimitKind::RequestsPerMinute
+                    } else {
+                        continue;
+                    };
+                    kinds.push(kind);
+                    let value = v.get("quotaValue").and_then(|q| match q {
+                        Value::String(s) => s.parse::<u64>().ok(),
+                        Value::Number(n) => n.as_u64(),
+                        _ => None,
+                    });
+                    if let Some(value) = value {
+                        reported.push((kind, value));
+                    }
+                }
+            }
+            if kinds.is_empty() {
+                return Verdict::RateLimited { retry_delay_ms };
+            }
+            // A per-day violation holds until midnight whatever retryDelay says; several: the
+            // longest wins.
+            let cooldown_ms = kinds
+                .iter()
+                .map(|k| match k {
+                    LimitKind::RequestsPerDay => (day.next_midnight_ms - now_ms).max(1) as u64,
+                    _ => retry_delay_ms.unwrap_or(MINUTE_MS as u64).max(1),
+                })
+                .max()
+                .unwrap_or(MINUTE_MS as u64);
+            Verdict::QuotaExhausted {
+                cooldown_ms,
+                kinds,
+                reported,
+            }
+        }
+        400 if reasons.contains(&"API_KEY_INVALID") || message.contains("API key not valid") => {
+            Verdict::DeadKey {
+                reason: "API_KEY_INVALID: API key not valid".into(),
+            }
+        }
+        401 if reasons.iter().any(|r| r.starts_with("API_KEY")) => Verdict::DeadKey {
+            reason: format!("{}: key rejected", reasons[0]),
+        },
+        403 if reasons.contains(&"API_KEY_SERVICE_BLOCKED") => Verdict::DeadKey {
+            reason: "API_KEY_SERVICE_BLOCKED".into(),
+        },
+        403 if message.to_ascii_lowercase().contains("leaked") => Verdict::DeadKey {
+            reason: "PERMISSION_DENIED: key reported as leaked".into(),
+        },
+        500 | 502 | 503 | 504 => Verdict::Transient,
+        _ => Verdict::Deliver,
+    }
+}
+
+fn type_is(detail: &Value, name: &str) -> bool {
+    detail
+        .get("@type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.ends_with(&format!("google.rpc.{name}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono_tz::America::Los_Angeles;
+
+    fn day(now: i64) -> DayInfo {
+        DayInfo::at(Los_Angeles, now)
+    }
+
+    #[test]
+    fn per_minute_429_cools_for_retry_delay() {
+        let body = br#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED","details":[
+          {"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaMetric":"generativelanguage.googleapis.com/generate_content_free_tier_requests","quotaId":"GenerateRequestsPerMinutePerProjectPerModel-FreeTier","quotaValue":"10"}]},
+          {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"38.962214405s"}]}}"#;
+        let now = 1_780_000_000_000;
+        match classify(429, body, &day(now), now) {
+            Verdict::QuotaExhausted { cooldown_ms, kinds, reported } => {
+                assert_eq!(cooldown_ms, 38_963);
+                assert_eq!(kinds, vec![LimitKind::RequestsPerMinute]);
+                assert_eq!(reported, vec![(LimitKind::RequestsPerMinute, 10)]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn per_day_429_cools_until_pacific_midnight_whatever_retry_delay_says() {
+        let body = br#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[
+          {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"5s"},
+          {"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[
+            {"quotaId":"GenerateRequestsPerMinutePerProjectPerModel-FreeTier"},
+            {"quotaId":"GenerateRequestsPerDayPerProjectPerModel-FreeTier","quotaValue":"250"}]}]}}"#;
+        let now = 1_780_000_000_000;
+        let d = day(now);
+        match classify(429, body, &d, now) {
+            Verdict::QuotaExhausted { cooldown_ms, .. } => {
+                assert_eq!(cooldown_ms as i64, d.next_midnight_ms - now)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bare_429_dead_keys_and_5xx_are_told_apart() {
+        let now = 0;
+        let bare = br#"{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED"}}"#;
+        assert_eq!(classify(429, bare, &day(now), now), Verdict::RateLimited { retry_delay_ms: None });
+        let invalid = br#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}"#;
+        assert!(matches!(classify(400, invalid, &day(now), now), Verdict::DeadKey { .. }));
+        let leaked = br#"{"error":{"code":403,"message":"Your API key was reported as leaked. Please use another API key.","status":"PERMISSION_DENIED"}}"#;
+        assert!(matches!(classify(403, leaked, &day(now), now), Verdict::DeadKey { .. }));
+        let file = br#"{"error":{"code":403,"message":"You do not have permission to access the File abc or it may not exist.","status":"PERMISSION_DENIED"}}"#;
+        assert_eq!(classify(403, file, &day(now), now), Verdict::Deliver);
+        assert_eq!(classify(503, b"{}", &day(now), now), Verdict::Transient);
+        assert_eq!(classify(400, b"not json", &day(now), now), Verdict::Deliver);
+        let wrapped = br#"[{"error":{"code":400,"message":"API key not valid.","status":"INVALID_ARGUMENT"}}]"#;
+        assert!(matches!(classify(400, wrapped, &day(now), now), Verdict::DeadKey { .. }));
+    }
+
+    #[test]
+    fn credentials_are_found_and_stripped_from_queries() {
+        assert_eq!(strip_credentials_from_query("alt=sse&key=abc"), "alt=sse");
+        assert_eq!(strip_credentials_from_query("$key=abc&x=1"), "x=1");
+        let h = HeaderMap::new();
+        assert_eq!(client_credential(&h, Some("alt=sse&key=abc")), Some("abc"));
+    }
+}
