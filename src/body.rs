@@ -30,16 +30,21 @@ const WINDOW: usize = 48;
 
 impl UsageScanner {
     pub fn feed(&mut self, chunk: &[u8]) {
-        if !self.carry.is_empty() {
-            let head = &chunk[..chunk.len().min(WINDOW)];
-            let mut joined = std::mem::take(&mut self.carry);
-            joined.extend_from_slice(head);
-            self.scan(&joined);
-        }
+        // Matches that start in the carried tail of the stream and end in this chunk.
+        let head = &chunk[..chunk.len().min(WINDOW)];
+        self.carry.extend_from_slice(head);
+        let joined = std::mem::take(&mut self.carry);
+        self.scan(&joined);
+        self.carry = joined;
         self.scan(chunk);
-        let tail = &chunk[chunk.len().saturating_sub(WINDOW)..];
-        self.carry.clear();
-        self.carry.extend_from_slice(tail);
+        // Keep the last WINDOW bytes of the stream so far.
+        if chunk.len() >= WINDOW {
+            self.carry.clear();
+            self.carry.extend_from_slice(&chunk[chunk.len() - WINDOW..]);
+        } else {
+            let excess = self.carry.len().saturating_sub(WINDOW);
+            self.carry.drain(..excess);
+        }
     }
 
     fn scan(&mut self, hay: &[u8]) {

@@ -1,0 +1,392 @@
+//! A fake Gemini API on 127.0.0.1:0 that speaks Google's wire format: generate, SSE and
+//! JSON-array streams with cumulative usageMetadata, countTokens, embed, models, OpenAI chat,
+//! the resumable upload handshake, 429 with QuotaFailure + RetryInfo, 400 API_KEY_INVALID and
+//! 5xx. It records every request so tests can assert what the proxy sent.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// One request as the fake received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    /// The key the request carried (`x-goog-api-key` or Bearer).
+    pub fn key(&self) -> Option<String> {
+        if let Some(k) = self.headers.get("x-goog-api-key") {
+            return k.to_str().ok().map(str::to_string);
+        }
+        self.headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string)
+    }
+}
+
+/// A forced answer.
+#[derive(Debug, Clone)]
+pub enum Scripted {
+    /// Google's envelope with this status (503 UNAVAILABLE, 500 INTERNAL, ...).
+    Status(u16),
+    /// 429 with a per-day QuotaFailure.
+    PerDay429,
+    /// 429 without details.
+    Bare429,
+}
+
+/// How the fake behaves; tests change it while it runs.
+#[derive(Debug, Default)]
+pub struct Behaviour {
+    /// Keys Google does not know: 400 API_KEY_INVALID.
+    pub invalid_keys: HashSet<String>,
+    /// Real per-key limit: requests a minute before a 429 with QuotaFailure + RetryInfo.
+    pub per_key_rpm: Option<usize>,
+    /// Next answers, in order, before normal behaviour resumes.
+    pub script: VecDeque<Scripted>,
+    /// Answer every generate call with this status.
+    pub always_status: Option<u16>,
+    /// Pause between stream events.
+    pub stream_delay: Duration,
+    /// Number of events in a stream.
+    pub stream_events: usize,
+    /// promptTokenCount to report instead of characters / 4.
+    pub prompt_tokens: Option<u64>,
+}
+
+#[derive(Default)]
+pub struct FakeState {
+    pub behaviour: Mutex<Behaviour>,
+    pub recorded: Mutex<Vec<Recorded>>,
+    /// Stream events written so far (all streams).
+    pub events_sent: AtomicUsize,
+    /// Generate calls per key, with their times (for per_key_rpm).
+    key_calls: Mutex<HashMap<String, Vec<Instant>>>,
+    uploads: Mutex<HashMap<String, (String, Vec<u8>)>>,
+    upload_seq: AtomicUsize,
+}
+
+pub struct FakeUpstream {
+    pub url: String,
+    pub state: Arc<FakeState>,
+}
+
+impl FakeUpstream {
+    pub async fn start() -> FakeUpstream {
+        let state = Arc::new(FakeState::default());
+        state.behaviour.lock().unwrap().stream_events = 3;
+        let app = Router::new().fallback(handle).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        FakeUpstream { url, state }
+    }
+
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.state.recorded.lock().unwrap().clone()
+    }
+
+    /// Requests whose path contains `part`.
+    pub fn calls(&self, part: &str) -> Vec<Recorded> {
+        self.recorded().into_iter().filter(|r| r.path.contains(part)).collect()
+    }
+
+    pub fn behave(&self, f: impl FnOnce(&mut Behaviour)) {
+        f(&mut self.state.behaviour.lock().unwrap());
+    }
+}
+
+fn google_error(code: u16, status: &str, message: &str, details: Vec<Value>) -> Response {
+    let mut err = json!({"code": code, "message": message, "status": status});
+    if !details.is_empty() {
+        err["details"] = Value::Array(details);
+    }
+    (
+        StatusCode::from_u16(code).unwrap(),
+        [("content-type", "application/json; charset=UTF-8")],
+        json!({"error": err}).to_string(),
+    )
+        .into_response()
+}
+
+fn scripted(s: &Scripted) -> Response {
+    match s {
+        Scripted::Status(503) => google_error(503, "UNAVAILABLE", "The model is overloaded. Please try again later.", vec![]),
+        Scripted::Status(504) => google_error(504, "DEADLINE_EXCEEDED", "Deadline expired before operation could complete.", vec![]),
+        Scripted::Status(code) => google_error(*code, "INTERNAL", "An internal error has occurred.", vec![]),
+        Scripted::Bare429 => google_error(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).", vec![]),
+        Scripted::PerDay429 => google_error(
+            429,
+            "RESOURCE_EXHAUSTED",
+            "You exceeded your current quota, please check your plan and billing details.",
+            vec![
+                json!({"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+                    "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                    "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+                    "quotaDimensions": {"location": "global", "model": "gemini-2.5-flash"},
+                    "quotaValue": "250"}]}),
+                json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "17s"}),
+            ],
+        ),
+    }
+}
+
+/// Characters of every `text` in the body / 4, rounded up.
+fn text_tokens(body: &Value) -> u64 {
+    fn walk(v: &Value, acc: &mut u64) {
+        match v {
+            Value::Object(o) => {
+                for (k, v) in o {
+                    if (k == "text" || k == "content") && v.is_string() {
+                        *acc += v.as_str().unwrap().chars().count() as u64;
+                    } else {
+                        walk(v, acc);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| walk(v, acc)),
+            _ => {}
+        }
+    }
+    let mut chars = 0;
+    walk(body, &mut chars);
+    chars.div_ceil(4)
+}
+
+fn first_text(body: &Value) -> String {
+    body.pointer("/contents/0/parts/0/text")
+        .or_else(|| body.pointer("/messages/0/content"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .chars()
+        .take(40)
+        .collect()
+}
+
+fn candidate(text: &str, usage: Value, finish: bool) -> Value {
+    let mut c = json!({"content": {"role": "model", "parts": [{"text": text}]}, "index": 0});
+    if finish {
+        c["finishReason"] = json!("STOP");
+    }
+    json!({"candidates": [c], "usageMetadata": usage, "modelVersion": "gemini-2.5-flash", "responseId": "fake-1"})
+}
+
+fn usage(prompt: u64, out: u64) -> Value {
+    json!({"promptTokenCount": prompt, "candidatesTokenCount": out, "totalTokenCount": prompt + out,
+           "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}]})
+}
+
+async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().map(str::to_string);
+    let rec = Recorded {
+        method: parts.method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    };
+    let key = rec.key();
+    st.recorded.lock().unwrap().push(rec);
+
+    let Some(key) = key else {
+        return google_error(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.", vec![]);
+    };
+    if st.behaviour.lock().unwrap().invalid_keys.contains(&key) {
+        return google_error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.", vec![
+            json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID", "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}}),
+            json!({"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": "API key not valid. Please pass a valid API key."}),
+        ]);
+    }
+    let json_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let is_generate = path.contains(":generateContent") || path.contains(":streamGenerateContent") || path.ends_with("/chat/completions");
+
+    if is_generate {
+        let (forced, always, rpm) = {
+            let mut b = st.behaviour.lock().unwrap();
+            (b.script.pop_front(), b.always_status, b.per_key_rpm)
+        };
+        if let Some(s) = forced {
+            return scripted(&s);
+        }
+        if let Some(code) = always {
+            return scripted(&Scripted::Status(code));
+        }
+        if let Some(limit) = rpm {
+            let mut calls = st.key_calls.lock().unwrap();
+            let v = calls.entry(key.clone()).or_default();
+            v.retain(|t| t.elapsed() < Duration::from_secs(60));
+            if v.len() >= limit {
+                let wait = 60.0 - v[0].elapsed().as_secs_f64();
+                return google_error(429, "RESOURCE_EXHAUSTED", "You exceeded your current quota, please check your plan and billing details.", vec![
+                    json!({"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+                        "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                        "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                        "quotaDimensions": {"location": "global", "model": "gemini-2.5-flash"},
+                        "quotaValue": limit.to_string()}]}),
+                    json!({"@type": "type.googleapis.com/google.rpc.Help", "links": [{"description": "Learn more", "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]}),
+                    json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{wait:.6}s")}),
+                ]);
+            }
+            v.push(Instant::now());
+        }
+    }
+    let prompt = st.behaviour.lock().unwrap().prompt_tokens.unwrap_or_else(|| text_tokens(&json_body));
+
+    if path.ends_with("/openai/chat/completions") {
+        return axum::Json(json!({
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": json_body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("echo: {}", first_text(&json_body))}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": 3, "total_tokens": prompt + 3}
+        })).into_response();
+    }
+    if path.contains(":generateContent") {
+        return axum::Json(candidate(&format!("echo: {}", first_text(&json_body)), usage(prompt, 3), true)).into_response();
+    }
+    if path.contains(":streamGenerateContent") {
+        let sse = query.as_deref().is_some_and(|q| q.contains("alt=sse"));
+        let (delay, n) = {
+            let b = st.behaviour.lock().unwrap();
+            (b.stream_delay, b.stream_events.max(1))
+        };
+        let st2 = st.clone();
+        let stream = async_stream(n, delay, sse, prompt, st2);
+        let ct = if sse { "text/event-stream" } else { "application/json; charset=UTF-8" };
+        return Response::builder()
+            .status(200)
+            .header("content-type", ct)
+            .body(Body::from_stream(stream))
+            .unwrap();
+    }
+    if path.contains(":countTokens") {
+        return axum::Json(json!({"totalTokens": text_tokens(&json_body), "promptTokensDetails": [{"modality": "TEXT", "tokenCount": text_tokens(&json_body)}]})).into_response();
+    }
+    if path.contains(":batchEmbedContents") {
+        let n = json_body["requests"].as_array().map_or(1, Vec::len);
+        return axum::Json(json!({"embeddings": (0..n).map(|_| json!({"values": [0.1, 0.2, 0.3]})).collect::<Vec<_>>()})).into_response();
+    }
+    if path.contains(":embedContent") {
+        return axum::Json(json!({"embedding": {"values": [0.1, 0.2, 0.3]}})).into_response();
+    }
+    if path.ends_with("/models") {
+        return axum::Json(json!({"models": [model_json("gemini-2.5-flash"), model_json("gemini-2.5-pro"), model_json("gemini-embedding-001")]})).into_response();
+    }
+    if let Some(m) = path.strip_prefix("/v1beta/models/") {
+        return axum::Json(model_json(m)).into_response();
+    }
+    if path == "/upload/v1beta/files" {
+        return upload(&st, &parts.headers, query.as_deref(), &key, &json_body, body).await;
+    }
+    if let Some(id) = path.strip_prefix("/v1beta/files/") {
+        let uploads = st.uploads.lock().unwrap();
+        return match uploads.values().find(|(name, _)| name == &format!("files/{id}")) {
+            Some((name, data)) => axum::Json(file_json(name, data.len())).into_response(),
+            None => google_error(403, "PERMISSION_DENIED", &format!("You do not have permission to access the File {id} or it may not exist."), vec![]),
+        };
+    }
+    google_error(404, "NOT_FOUND", &format!("fake upstream has no {path}"), vec![])
+}
+
+fn model_json(m: &str) -> Value {
+    json!({"name": format!("models/{m}"), "version": "001", "displayName": m, "inputTokenLimit": 1048576,
+           "outputTokenLimit": 65536, "supportedGenerationMethods": ["generateContent", "countTokens"]})
+}
+
+fn file_json(name: &str, size: usize) -> Value {
+    json!({"name": name, "mimeType": "text/plain", "sizeBytes": size.to_string(), "state": "ACTIVE",
+           "uri": format!("https://generativelanguage.googleapis.com/v1beta/{name}"),
+           "createTime": "2026-01-01T00:00:00Z", "updateTime": "2026-01-01T00:00:00Z", "expirationTime": "2026-01-03T00:00:00Z",
+           "sha256Hash": "ZmFrZQ==", "source": "UPLOADED"})
+}
+
+async fn upload(st: &FakeState, headers: &HeaderMap, query: Option<&str>, key: &str, meta: &Value, body: Bytes) -> Response {
+    let command = headers.get("x-goog-upload-command").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if command == "start" {
+        let id = format!("UP{}", st.upload_seq.fetch_add(1, Ordering::SeqCst) + 1);
+        let name = meta.pointer("/file/name").and_then(Value::as_str).map(str::to_string)
+            .unwrap_or_else(|| format!("files/f{}", id.to_lowercase()));
+        st.uploads.lock().unwrap().insert(id.clone(), (name, Vec::new()));
+        // Google answers with its own absolute URL; the proxy must point it at itself.
+        let url = format!("https://generativelanguage.googleapis.com/upload/v1beta/files?upload_id={id}&upload_protocol=resumable");
+        let _ = key;
+        return Response::builder()
+            .status(200)
+            .header("x-goog-upload-url", url)
+            .header("x-goog-upload-status", "active")
+            .header("x-goog-upload-chunk-granularity", "8388608")
+            .header("content-type", "application/json; charset=UTF-8")
+            .body(Body::from("{}"))
+            .unwrap();
+    }
+    let id = query.and_then(|q| q.split('&').find_map(|p| p.strip_prefix("upload_id="))).unwrap_or("");
+    let mut uploads = st.uploads.lock().unwrap();
+    let Some((name, data)) = uploads.get_mut(id) else {
+        return google_error(404, "NOT_FOUND", "unknown upload session", vec![]);
+    };
+    data.extend_from_slice(&body);
+    if command.contains("finalize") {
+        let j = json!({"file": file_json(name, data.len())});
+        return Response::builder()
+            .status(200)
+            .header("x-goog-upload-status", "final")
+            .header("content-type", "application/json; charset=UTF-8")
+            .body(Body::from(j.to_string()))
+            .unwrap();
+    }
+    Response::builder().status(200).header("x-goog-upload-status", "active").body(Body::empty()).unwrap()
+}
+
+/// SSE: `data: {...}\r\n\r\n` per event; JSON array: `[{...}\n,\r\n{...}]` in uneven pieces.
+fn async_stream(
+    n: usize,
+    delay: Duration,
+    sse: bool,
+    prompt: u64,
+    st: Arc<FakeState>,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    futures_util::stream::unfold(0usize, move |i| {
+        let st = st.clone();
+        async move {
+            if i > n {
+                return None;
+            }
+            if i > 0 && i < n && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if i == n {
+                // Closing piece.
+                return if sse { None } else { Some((Ok(Bytes::from_static(b"]")), i + 1)) };
+            }
+            let ev = candidate(&format!("chunk {i} "), usage(prompt, (i as u64 + 1) * 2), i + 1 == n).to_string();
+            st.events_sent.fetch_add(1, Ordering::SeqCst);
+            let piece = if sse {
+                format!("data: {ev}\r\n\r\n")
+            } else if i == 0 {
+                format!("[{ev}")
+            } else {
+                format!("\n,\r\n{ev}")
+            };
+            Some((Ok(Bytes::from(piece)), i + 1))
+        }
+    })
+}

@@ -1,0 +1,234 @@
+//! Shared test harness: the fake upstream, an in-process proxy on 127.0.0.1:0, and a private
+//! `redis-server` on a free port.
+#![allow(dead_code)]
+
+pub mod fake_upstream;
+
+use std::collections::HashMap;
+use std::net::TcpListener as StdListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gemini_quota_proxy::quota::QuotaStore;
+use gemini_quota_proxy::{AppState, Config, Sources};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+#[allow(unused_imports)]
+pub use fake_upstream::{FakeUpstream, Scripted};
+
+pub const CLIENT_KEY: &str = "client-key-0123456789";
+pub const ADMIN_TOKEN: &str = "admin-token-9876543210";
+
+/// A proxy running in this process.
+pub struct Proxy {
+    pub url: String,
+    pub state: Arc<AppState>,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Stop accepting and drain (SIGTERM's path).
+    pub fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Settings for a test proxy: pooled keys, env variables and an optional TOML file body.
+pub struct ProxyOpts {
+    pub env: HashMap<String, String>,
+    pub toml: Option<String>,
+    pub store: Option<Arc<dyn QuotaStore>>,
+}
+
+impl ProxyOpts {
+    pub fn keys(keys: &[&str]) -> ProxyOpts {
+        let mut env = HashMap::new();
+        env.insert("GEMINI_API_KEYS".to_string(), keys.join(","));
+        env.insert("PROXY_CLIENT_KEYS".to_string(), CLIENT_KEY.to_string());
+        env.insert("PROXY_ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string());
+        ProxyOpts { env, toml: None, store: None }
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.insert(k.to_string(), v.to_string());
+        self
+    }
+
+    pub fn toml(mut self, t: &str) -> Self {
+        self.toml = Some(t.to_string());
+        self
+    }
+
+    pub fn store(mut self, s: Arc<dyn QuotaStore>) -> Self {
+        self.store = Some(s);
+        self
+    }
+
+    pub fn config(&self, upstream: &str) -> Config {
+        let mut env = self.env.clone();
+        env.insert("GEMINI_UPSTREAM_URL".to_string(), upstream.to_string());
+        env.insert("PROXY_LISTEN".to_string(), "127.0.0.1:0".to_string());
+        let file = self.toml.as_ref().map(|t| {
+            let path = std::env::temp_dir().join(format!(
+                "gqp-test-{}-{}.toml",
+                std::process::id(),
+                fastrand::u64(..)
+            ));
+            std::fs::write(&path, t).unwrap();
+            path.to_string_lossy().into_owned()
+        });
+        Config::load(&Sources { file, env }).expect("test config loads")
+    }
+}
+
+pub async fn start_proxy(upstream: &str, opts: ProxyOpts) -> Proxy {
+    let config = opts.config(upstream);
+    let state = match opts.store.clone() {
+        Some(s) => AppState::with_store(config, s),
+        None => AppState::new(config).expect("state"),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel::<()>();
+    let st = state.clone();
+    let task = tokio::spawn(async move {
+        gemini_quota_proxy::serve(listener, st, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    Proxy {
+        url,
+        state,
+        stop: Some(tx),
+        task,
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// POST a generateContent with a prompt of `text`.
+pub async fn generate(proxy: &str, model: &str, text: &str) -> reqwest::Response {
+    http()
+        .post(format!("{proxy}/v1beta/models/{model}:generateContent"))
+        .header("x-goog-api-key", CLIENT_KEY)
+        .json(&serde_json::json!({"contents": [{"role": "user", "parts": [{"text": text}]}]}))
+        .send()
+        .await
+        .unwrap()
+}
+
+pub async fn json_of(resp: reqwest::Response) -> Value {
+    let text = resp.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Wait until `f` holds, up to `within`.
+pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f()
+}
+
+/// A private `redis-server` on a free port, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    pub url: String,
+    child: Child,
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new(&bin)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("these tests need a Redis server: could not run `{bin}` ({e}). Install it (apt-get install redis-server) or set REDIS_SERVER_BIN")
+                });
+            let mut server = RedisServer {
+                port,
+                url: format!("redis://127.0.0.1:{port}"),
+                child,
+            };
+            if server.wait_ready(Duration::from_secs(5)) {
+                return server;
+            }
+            let _ = server.child.kill();
+        }
+        panic!("redis-server did not start on a free port after 5 tries");
+    }
+
+    fn wait_ready(&mut self, within: Duration) -> bool {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if self.cli(&["PING"]).is_some_and(|o| o.trim() == "PONG") {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Run a command through a plain TCP RESP exchange (no redis-cli needed).
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut cmd = format!("*{}\r\n", args.len());
+        for a in args {
+            cmd.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+        }
+        s.write_all(cmd.as_bytes()).ok()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let n = s.read(&mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        Some(text.trim_start_matches(['+', ':']).to_string())
+    }
+
+    /// Every key in this Redis, with its value dumped as text (for secret scans).
+    pub fn all_keys(&self) -> String {
+        self.cli(&["KEYS", "*"]).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
