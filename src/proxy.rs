@@ -107,8 +107,20 @@ async fn pipeline(
 ) -> Result<Response, ApiError> {
     let cfg = &state.config;
     let query = parts.uri.query();
-    authenticate(cfg, &parts.headers, query)?;
     let route = Route::parse(&parts.method, parts.uri.path(), query)?;
+    if let Err(e) = authenticate(cfg, &parts.headers, query) {
+        // SDKs send upload chunks to the session URL without a key, as Google allows: the
+        // upload_id is the capability. Accept it only for sessions this proxy started.
+        let known_session = match (&e, route.upload, &route.resource) {
+            (ApiError::Unauthenticated(_), true, Some(r)) => {
+                matches!(state.store.affinity(r).await, Ok(Some(_)))
+            }
+            _ => false,
+        };
+        if !known_session {
+            return Err(e);
+        }
+    }
     if let Some(len) = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
@@ -590,7 +602,7 @@ async fn remember_created(state: &AppState, body: &[u8], index: usize) {
 /// 404 for anything outside the Gemini surface and the proxy's own endpoints.
 pub async fn not_found(req: Request) -> Response {
     let path: String = req.uri().path().chars().take(120).collect();
-    ApiError::NotFound(format!("Nothing here: {path}. The proxy serves /v1beta/, /v1/ and /upload/v1beta/."))
+    ApiError::NotFound(format!("Nothing here: {path}. The proxy serves /v1beta/, /v1/ and /upload/."))
         .into_response()
 }
 

@@ -99,9 +99,6 @@ impl Route {
         } else {
             return Err(not_found());
         };
-        if upload && version != "v1beta" {
-            return Err(not_found());
-        }
         let segments: Vec<&str> = rest.split('/').collect();
         if segments.iter().any(|s| s.is_empty()) {
             return Err(not_found());
@@ -317,7 +314,7 @@ mod tests {
 
     #[test]
     fn paths_outside_the_surface_are_not_found() {
-        for p in ["/", "/v2/models", "/admin", "/v1beta", "/upload/v1/files", "/v1beta//x"] {
+        for p in ["/", "/v2/models", "/admin", "/v1beta", "/upload/v2/files", "/v1beta//x"] {
             assert!(matches!(post(p).unwrap_err(), ApiError::NotFound(_)), "{p}");
         }
     }

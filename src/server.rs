@@ -28,6 +28,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1beta/{*rest}", any(proxy::handle))
         .route("/v1/{*rest}", any(proxy::handle))
         .route("/upload/v1beta/{*rest}", any(proxy::handle))
+        .route("/upload/v1/{*rest}", any(proxy::handle))
         .fallback(proxy::not_found)
         .with_state(state)
 }

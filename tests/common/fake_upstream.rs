@@ -294,10 +294,10 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
     if let Some(m) = path.strip_prefix("/v1beta/models/") {
         return axum::Json(model_json(m)).into_response();
     }
-    if path == "/upload/v1beta/files" {
-        return upload(&st, &parts.headers, query.as_deref(), &key, &json_body, body).await;
+    if path == "/upload/v1beta/files" || path == "/upload/v1/files" {
+        return upload(&st, &path, &parts.headers, query.as_deref(), &json_body, body).await;
     }
-    if let Some(id) = path.strip_prefix("/v1beta/files/") {
+    if let Some(id) = path.strip_prefix("/v1beta/files/").or_else(|| path.strip_prefix("/v1/files/")) {
         let uploads = st.uploads.lock().unwrap();
         return match uploads.values().find(|(name, _)| name == &format!("files/{id}")) {
             Some((name, data)) => axum::Json(file_json(name, data.len())).into_response(),
@@ -319,7 +319,7 @@ fn file_json(name: &str, size: usize) -> Value {
            "sha256Hash": "ZmFrZQ==", "source": "UPLOADED"})
 }
 
-async fn upload(st: &FakeState, headers: &HeaderMap, query: Option<&str>, key: &str, meta: &Value, body: Bytes) -> Response {
+async fn upload(st: &FakeState, path: &str, headers: &HeaderMap, query: Option<&str>, meta: &Value, body: Bytes) -> Response {
     let command = headers.get("x-goog-upload-command").and_then(|v| v.to_str().ok()).unwrap_or("");
     if command == "start" {
         let id = format!("UP{}", st.upload_seq.fetch_add(1, Ordering::SeqCst) + 1);
@@ -327,8 +327,7 @@ async fn upload(st: &FakeState, headers: &HeaderMap, query: Option<&str>, key: &
             .unwrap_or_else(|| format!("files/f{}", id.to_lowercase()));
         st.uploads.lock().unwrap().insert(id.clone(), (name, Vec::new()));
         // Google answers with its own absolute URL; the proxy must point it at itself.
-        let url = format!("https://generativelanguage.googleapis.com/upload/v1beta/files?upload_id={id}&upload_protocol=resumable");
-        let _ = key;
+        let url = format!("https://generativelanguage.googleapis.com{}?upload_id={id}&upload_protocol=resumable", path);
         return Response::builder()
             .status(200)
             .header("x-goog-upload-url", url)
