@@ -252,6 +252,9 @@ impl QuotaStore for RedisStore {
         let members: Vec<String> = self
             .cmd(redis::cmd("SMEMBERS").arg(format!("{}:cds", self.prefix)).clone())
             .await?;
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for pm in &members {
             if let Some((p, m)) = pm.split_once('|') {

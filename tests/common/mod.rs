@@ -156,8 +156,18 @@ pub struct RedisServer {
     child: Child,
 }
 
+/// A port free right now and never handed out before in this process (tests run in parallel
+/// threads; two Redis servers racing for one port would share state).
 fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static USED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut used = USED.lock().unwrap();
+        if !used.contains(&port) {
+            used.push(port);
+            return port;
+        }
+    }
 }
 
 impl RedisServer {
@@ -193,7 +203,9 @@ impl RedisServer {
                 return false;
             }
             if self.cli(&["PING"]).is_some_and(|o| o.trim() == "PONG") {
-                return true;
+                // Make sure the server that answered is ours (it did not lose the port).
+                std::thread::sleep(Duration::from_millis(30));
+                return matches!(self.child.try_wait(), Ok(None));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

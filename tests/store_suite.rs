@@ -1,0 +1,317 @@
+//! One suite, two stores: every test runs against the in-memory store and against a real,
+//! private Redis, both on an injected clock. Plus the sliding-window invariant as a property
+//! test, and real concurrency on Redis.
+
+mod common;
+
+use std::sync::Arc;
+
+use chrono_tz::America::Los_Angeles;
+use common::RedisServer;
+use gemini_quota_proxy::config::Strategy;
+use gemini_quota_proxy::error::LimitKind;
+use gemini_quota_proxy::quota::memory::MemoryStore;
+use gemini_quota_proxy::quota::redis::RedisStore;
+use gemini_quota_proxy::quota::{
+    AdmitOutcome, AdmitRequest, Candidate, Clock, DayInfo, KeyState, Limits, ManualClock,
+    QuotaStore, ResetKind, ResetScope,
+};
+use gemini_quota_proxy::secret::Secret;
+
+/// 2026-01-31 10:30:00 UTC (02:30 in Los Angeles).
+const T0: i64 = 1_769_855_400_000;
+
+fn limits(minute: u64, token_minute: u64, daily: u64) -> Limits {
+    Limits { minute, token_minute, daily, max_request_tokens: u64::MAX }
+}
+
+fn cand(index: usize, project: &str, l: Limits) -> Candidate {
+    Candidate { index, kid: format!("kid{index}").into(), project: project.into(), limits: l }
+}
+
+fn req(tokens: u64, cands: Vec<Candidate>) -> AdmitRequest {
+    AdmitRequest { model: "gemini-2.5-flash".into(), tokens, candidates: cands, strategy: Strategy::Headroom, rotation: 0 }
+}
+
+struct Harness {
+    store: Arc<dyn QuotaStore>,
+    clock: Arc<ManualClock>,
+    _redis: Option<Arc<RedisServer>>,
+}
+
+fn memory() -> Harness {
+    let clock = Arc::new(ManualClock::new(T0));
+    Harness { store: Arc::new(MemoryStore::new(clock.clone(), Los_Angeles)), clock, _redis: None }
+}
+
+fn redis() -> Harness {
+    let server = RedisServer::start();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = RedisStore::new(&Secret::new(server.url.clone()), "suite", std::time::Duration::from_secs(2), Los_Angeles)
+        .unwrap()
+        .with_clock(clock.clone());
+    Harness { store: Arc::new(store), clock, _redis: Some(Arc::new(server)) }
+}
+
+/// Declare a test that runs against both stores.
+macro_rules! both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test]
+            async fn memory_store() {
+                ($body)(memory()).await
+            }
+            #[tokio::test]
+            async fn redis_store() {
+                let h = redis();
+                // Closures capture fields, not the whole harness: keep the server alive here.
+                let _server = h._redis.clone();
+                ($body)(h).await
+            }
+        }
+    };
+}
+
+async fn admitted(h: &Harness, r: &AdmitRequest) -> bool {
+    matches!(h.store.admit(r).await.unwrap(), AdmitOutcome::Admitted(_))
+}
+
+both!(sliding_minute_refuses_at_the_limit_and_frees_exactly_sixty_seconds_later, |h: Harness| async move {
+    let r = req(1, vec![cand(0, "p", limits(3, 1000, 100))]);
+    for i in 0..3 {
+        assert!(admitted(&h, &r).await);
+        h.clock.advance(10_000 * (i + 1));
+    }
+    // Admissions at T0, T0+10s, T0+30s; now T0+60s: the first left the window exactly now.
+    assert!(admitted(&h, &r).await, "the oldest admission should have expired at 60 s");
+    h.clock.advance(1_000);
+    match h.store.admit(&r).await.unwrap() {
+        AdmitOutcome::Refused { limit, limit_value, retry_after_ms } => {
+            assert_eq!(limit, LimitKind::RequestsPerMinute);
+            assert_eq!(limit_value, 3);
+            // The T0+10s admission leaves at T0+70s; now is T0+61s.
+            assert_eq!(retry_after_ms, 9_000);
+        }
+        other => panic!("{other:?}"),
+    }
+    h.clock.advance(9_000);
+    assert!(admitted(&h, &r).await);
+});
+
+both!(tokens_are_counted_and_settlement_replaces_the_estimate, |h: Harness| async move {
+    let r = req(300, vec![cand(0, "p", limits(100, 500, 100))]);
+    let AdmitOutcome::Admitted(first) = h.store.admit(&r).await.unwrap() else { panic!() };
+    assert_eq!(first.remaining_tokens, 200);
+    match h.store.admit(&r).await.unwrap() {
+        AdmitOutcome::Refused { limit, retry_after_ms, .. } => {
+            assert_eq!(limit, LimitKind::TokensPerMinute);
+            assert_eq!(retry_after_ms, 60_000);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Google says the first one was only 100 tokens: now 300 more fit.
+    h.store.settle(&first, 100).await.unwrap();
+    assert!(admitted(&h, &r).await);
+    let usage = h.store.usage().await.unwrap();
+    assert_eq!(usage.len(), 1);
+    assert_eq!((usage[0].2.minute_requests, usage[0].2.minute_tokens, usage[0].2.daily_requests), (2, 400, 2));
+});
+
+both!(day_limit_holds_until_pacific_midnight_then_resets, |h: Harness| async move {
+    let r = req(1, vec![cand(0, "p", limits(100, 1000, 2))]);
+    assert!(admitted(&h, &r).await);
+    assert!(admitted(&h, &r).await);
+    let midnight = DayInfo::at(Los_Angeles, h.clock.now_ms()).next_midnight_ms;
+    match h.store.admit(&r).await.unwrap() {
+        AdmitOutcome::Refused { limit, retry_after_ms, .. } => {
+            assert_eq!(limit, LimitKind::RequestsPerDay);
+            assert_eq!(retry_after_ms as i64, midnight - h.clock.now_ms());
+        }
+        other => panic!("{other:?}"),
+    }
+    h.clock.set(midnight - 1);
+    assert!(!admitted(&h, &r).await);
+    h.clock.set(midnight);
+    assert!(admitted(&h, &r).await, "a new Pacific day starts at midnight");
+});
+
+both!(keys_of_one_project_share_counters_and_other_projects_take_over, |h: Harness| async move {
+    let l = limits(2, 1000, 100);
+    let cands = vec![cand(0, "shared", l), cand(1, "shared", l), cand(2, "other", l)];
+    let mut projects = Vec::new();
+    for i in 0..4 {
+        let mut r = req(1, cands.clone());
+        r.rotation = i;
+        match h.store.admit(&r).await.unwrap() {
+            AdmitOutcome::Admitted(res) => projects.push(res.project.to_string()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(projects.iter().filter(|p| *p == "shared").count(), 2);
+    assert_eq!(projects.iter().filter(|p| *p == "other").count(), 2);
+    assert!(!admitted(&h, &req(1, cands)).await);
+});
+
+both!(ordered_strategy_fills_the_primary_first, |h: Harness| async move {
+    let l = limits(2, 1000, 100);
+    let mut r = req(1, vec![cand(0, "a", l), cand(1, "b", l)]);
+    r.strategy = Strategy::Ordered;
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        let AdmitOutcome::Admitted(res) = h.store.admit(&r).await.unwrap() else { panic!() };
+        order.push(res.index);
+    }
+    assert_eq!(order, [0, 0, 1, 1]);
+});
+
+both!(cooldowns_and_disabled_keys_are_skipped, |h: Harness| async move {
+    let l = limits(100, 1000, 100);
+    let r = req(1, vec![cand(0, "a", l), cand(1, "b", l)]);
+    h.store.cool_down("a", "gemini-2.5-flash", 30_000, "429 per minute").await.unwrap();
+    h.store.disable_key("kid1", "API_KEY_INVALID").await.unwrap();
+    match h.store.admit(&r).await.unwrap() {
+        AdmitOutcome::Unavailable { retry_after_ms: Some(ms) } => assert!(ms > 25_000 && ms <= 30_000, "{ms}"),
+        other => panic!("{other:?}"),
+    }
+    let states = h.store.key_states(&["kid0".into(), "kid1".into()]).await.unwrap();
+    assert_eq!(states[0], KeyState::Active);
+    assert!(matches!(&states[1], KeyState::Disabled { reason } if reason == "API_KEY_INVALID"));
+    let cds = h.store.cooldowns().await.unwrap();
+    assert_eq!(cds.len(), 1);
+    assert_eq!(cds[0].project, "a");
+    h.store
+        .reset(ResetKind::Cooldowns, &ResetScope { kids: Some(vec!["kid0".into(), "kid1".into()]), ..Default::default() })
+        .await
+        .unwrap();
+    assert!(admitted(&h, &r).await);
+    assert!(h.store.cooldowns().await.unwrap().is_empty());
+});
+
+both!(resets_clear_what_they_name_and_nothing_else, |h: Harness| async move {
+    let r = req(10, vec![cand(0, "p", limits(100, 1000, 100))]);
+    for _ in 0..3 {
+        assert!(admitted(&h, &r).await);
+    }
+    h.store.reset(ResetKind::Minute, &ResetScope::default()).await.unwrap();
+    let u = h.store.usage().await.unwrap()[0].2;
+    assert_eq!((u.minute_requests, u.minute_tokens, u.daily_requests), (0, 0, 3));
+    assert!(admitted(&h, &r).await);
+    h.store.reset(ResetKind::Tokens, &ResetScope::default()).await.unwrap();
+    let u = h.store.usage().await.unwrap()[0].2;
+    assert_eq!((u.minute_requests, u.minute_tokens, u.daily_requests), (1, 0, 4));
+    h.store.reset(ResetKind::All, &ResetScope::default()).await.unwrap();
+    assert!(h.store.usage().await.unwrap().is_empty());
+});
+
+both!(affinity_remembers_the_creating_key_until_it_expires, |h: Harness| async move {
+    h.store.set_affinity("files/abc", "kid7", 60_000).await.unwrap();
+    assert_eq!(h.store.affinity("files/abc").await.unwrap().as_deref(), Some("kid7"));
+    assert_eq!(h.store.affinity("files/other").await.unwrap(), None);
+});
+
+/// Check the invariant on a log of admissions: any 60 s span holds at most `rpm` requests and
+/// `tpm` tokens.
+fn assert_no_over_admission(log: &[(i64, u64)], rpm: u64, tpm: u64) {
+    for (i, &(t, _)) in log.iter().enumerate() {
+        let window: Vec<&(i64, u64)> = log[i..].iter().take_while(|(u, _)| *u < t + 60_000).collect();
+        assert!(window.len() as u64 <= rpm, "{} requests within 60 s of {t}", window.len());
+        let tokens: u64 = window.iter().map(|(_, k)| k).sum();
+        assert!(tokens <= tpm, "{tokens} tokens within 60 s of {t}");
+    }
+}
+
+mod property {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn memory_store_never_over_admits_at_random_arrival_times(
+            gaps in proptest::collection::vec(0i64..20_000, 1..150),
+            sizes in proptest::collection::vec(0u64..400, 150),
+            rpm in 1u64..8,
+            tpm in 400u64..2000,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let h = memory();
+                let mut log = Vec::new();
+                let mut refused_with_room = 0;
+                for (i, gap) in gaps.iter().enumerate() {
+                    h.clock.advance(*gap);
+                    let r = req(sizes[i], vec![cand(0, "p", limits(rpm, tpm, 1_000_000))]);
+                    match h.store.admit(&r).await.unwrap() {
+                        AdmitOutcome::Admitted(_) => log.push((h.clock.now_ms(), sizes[i])),
+                        AdmitOutcome::Refused { retry_after_ms, .. } => {
+                            // The promised moment really admits this request.
+                            let now = h.clock.now_ms();
+                            let in_window: Vec<_> = log.iter().filter(|(t, _)| *t > now - 60_000).collect();
+                            if (in_window.len() as u64) < rpm && in_window.iter().map(|(_, k)| k).sum::<u64>() + sizes[i] <= tpm {
+                                refused_with_room += 1;
+                            }
+                            prop_assert!(retry_after_ms > 0 && retry_after_ms <= 60_000);
+                        }
+                        AdmitOutcome::Unavailable { .. } => prop_assert!(false),
+                    }
+                }
+                prop_assert_eq!(refused_with_room, 0, "refused a request that had room");
+                assert_no_over_admission(&log, rpm, tpm);
+                Ok(())
+            })?;
+        }
+    }
+}
+
+#[tokio::test]
+async fn redis_store_never_over_admits_at_random_arrival_times() {
+    let h = redis();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let (rpm, tpm) = (5, 1000);
+    let mut log = Vec::new();
+    for _ in 0..300 {
+        h.clock.advance(rng.i64(0..15_000));
+        let tokens = rng.u64(0..400);
+        if let AdmitOutcome::Admitted(_) = h.store.admit(&req(tokens, vec![cand(0, "p", limits(rpm, tpm, 1_000_000))])).await.unwrap() {
+            log.push((h.clock.now_ms(), tokens));
+        }
+    }
+    assert!(log.len() > 50, "only {} admitted", log.len());
+    assert_no_over_admission(&log, rpm, tpm);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_admissions_on_shared_redis_grant_exactly_the_limit() {
+    let server = RedisServer::start();
+    // Three "replicas": separate connections to one Redis, real Redis TIME.
+    let stores: Vec<Arc<dyn QuotaStore>> = (0..3)
+        .map(|_| {
+            Arc::new(RedisStore::new(&Secret::new(server.url.clone()), "conc", std::time::Duration::from_secs(2), Los_Angeles).unwrap())
+                as Arc<dyn QuotaStore>
+        })
+        .collect();
+    let l = limits(5, 1_000_000, 1000);
+    let cands = vec![cand(0, "a", l), cand(1, "b", l), cand(2, "c", l)];
+    let mut tasks = Vec::new();
+    for i in 0..120 {
+        let s = stores[i % 3].clone();
+        let mut r = req(10, cands.clone());
+        r.rotation = i as u64;
+        tasks.push(tokio::spawn(async move { s.admit(&r).await.unwrap() }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        if let AdmitOutcome::Admitted(_) = t.await.unwrap() {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 15);
+    // Raw keys never reach Redis; every key has an expiry.
+    let keys = server.cli(&["KEYS", "*"]).unwrap();
+    assert!(!keys.contains("AIza"));
+    for k in keys.lines().filter(|l| l.starts_with('{')) {
+        let ttl = server.cli(&["PTTL", k]).unwrap();
+        assert!(!ttl.trim().starts_with("-1"), "{k} has no expiry");
+    }
+}
