@@ -1,0 +1,96 @@
+//! Several proxy processes (the real binary) sharing one real Redis.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+struct Replica {
+    url: String,
+    child: Child,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_replica(upstream: &str, redis_url: &str, keys: &str, extra: &[(&str, &str)]) -> Replica {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gemini-quota-proxy"));
+    cmd.env_clear()
+        .env("GEMINI_API_KEYS", keys)
+        .env("PROXY_CLIENT_KEYS", CLIENT_KEY)
+        .env("GEMINI_UPSTREAM_URL", upstream)
+        .env("PROXY_LISTEN", "127.0.0.1:0")
+        .env("REDIS_URL", redis_url)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("proxy binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(i) = line.find("addr=") {
+                let addr: String = line[i + 5..].chars().take_while(|c| !c.is_whitespace()).collect();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("replica logged its address");
+    Replica { url: format!("http://{addr}"), child }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_on_one_redis_admit_exactly_the_pool_limit() {
+    let redis = RedisServer::start();
+    let fake = FakeUpstream::start().await;
+    let keys = "AIzaReplicaKey000001,AIzaReplicaKey000002,AIzaReplicaKey000003";
+    let replicas: Vec<Replica> = (0..3)
+        .map(|_| start_replica(&fake.url, &redis.url, keys, &[("GEMINI_MINUTE_LIMIT", "5")]))
+        .collect();
+    let mut tasks = Vec::new();
+    for i in 0..90 {
+        let url = replicas[i % 3].url.clone();
+        tasks.push(tokio::spawn(async move { generate(&url, "gemini-2.5-flash", "race").await.status().as_u16() }));
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap());
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 15, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 75, "{codes:?}");
+    assert_eq!(fake.calls(":generateContent").len(), 15);
+    // No pooled key in Redis.
+    assert!(!redis.all_keys().contains("AIza"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_429_seen_by_one_replica_makes_the_other_skip_that_key() {
+    let redis = RedisServer::start();
+    let fake = FakeUpstream::start().await;
+    let keys = "AIzaSkipKey000000001,AIzaSkipKey000000002";
+    let a = start_replica(&fake.url, &redis.url, keys, &[("PROXY_CLIENT_KEYS", CLIENT_KEY)]);
+    let b = start_replica(&fake.url, &redis.url, keys, &[]);
+    // The first call through A gets Google's per-day 429 on whichever key it used; A retries on
+    // the other key, and from then on B never sends to the exhausted key either.
+    fake.behave(|f| f.script.push_back(Scripted::PerDay429));
+    assert_eq!(generate(&a.url, "gemini-2.5-flash", "one").await.status(), 200);
+    let calls = fake.calls(":generateContent");
+    assert_eq!(calls.len(), 2);
+    let exhausted = calls[0].key().unwrap();
+    for _ in 0..4 {
+        assert_eq!(generate(&b.url, "gemini-2.5-flash", "two").await.status(), 200);
+    }
+    let later = &fake.calls(":generateContent")[2..];
+    assert_eq!(later.len(), 4);
+    assert!(later.iter().all(|r| r.key().unwrap() != exhausted), "B used the key A saw exhausted");
+}
