@@ -262,7 +262,13 @@ async fn forward_with_retries(
                 s.settle(None);
             }
             let retry = react(state, index, quota_model.as_deref(), &verdict).await;
-            if retry && !last_try {
+            // A 429 or a dead key takes that key out of the running, so trying the others is
+            // bounded by the pool; 5xx get `max_attempts`.
+            let budget = match verdict {
+                Verdict::Transient | Verdict::Deliver => cfg.max_attempts,
+                _ => cfg.max_attempts + state.pool.keys.len() as u32,
+            };
+            if retry && attempt < budget && Instant::now() < deadline {
                 if matches!(verdict, Verdict::DeadKey { .. } | Verdict::Transient) {
                     avoid.push(index);
                 }
