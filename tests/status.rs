@@ -1,0 +1,123 @@
+//! `/api/ai/quota-status/` (the seed's JSON, exact), admin reset rules, metrics and headers.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+const KEYS: [&str; 2] = ["AIzaStatusKey0000001", "AIzaStatusKey0000002"];
+
+async fn status(proxy: &str, cred: &str) -> (u16, Value) {
+    let r = http().get(format!("{proxy}/api/ai/quota-status/")).header("x-goog-api-key", cred).send().await.unwrap();
+    (r.status().as_u16(), json_of(r).await)
+}
+
+async fn reset(proxy: &str, auth: Option<&str>, body: &str) -> (u16, Value) {
+    let mut req = http().post(format!("{proxy}/api/ai/quota-status/")).header("content-type", "application/json").body(body.to_string());
+    if let Some(a) = auth {
+        req = req.header("authorization", format!("Bearer {a}"));
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), json_of(r).await)
+}
+
+#[tokio::test]
+async fn four_requests_on_two_keys_at_the_seed_defaults() {
+    let fake = FakeUpstream::start().await;
+    fake.behave(|b| b.prompt_tokens = Some(500));
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS)).await;
+    for _ in 0..4 {
+        let r = generate(&proxy.url, "gemini-2.5-flash", "hello").await;
+        assert_eq!(r.status(), 200);
+        assert!(r.headers().contains_key("x-ratelimit-remaining-requests"));
+        assert!(r.headers().contains_key("x-ratelimit-remaining-tokens"));
+        r.text().await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (code, v) = status(&proxy.url, CLIENT_KEY).await;
+    assert_eq!(code, 200);
+    assert_eq!(v["success"], true);
+    let q = &v["quota_status"];
+    let u = &q["usage"];
+    assert_eq!(u["minute_requests"], 4);
+    assert_eq!(u["minute_limit"], 30);
+    assert_eq!(u["minute_remaining"], 26);
+    assert_eq!(u["daily_requests"], 4);
+    assert_eq!(u["daily_limit"], 3000);
+    assert_eq!(u["daily_remaining"], 2996);
+    assert_eq!(u["minute_tokens"], 2000);
+    assert_eq!(u["token_minute_limit"], 2_000_000);
+    assert_eq!(u["token_minute_remaining"], 1_998_000);
+    assert_eq!(u["usage_percentage"], json!({"minute": 13.3, "daily": 0.1, "tokens": 0.1}));
+    assert_eq!(q["healthy"], true);
+    assert_eq!(q["store"]["backend"], "memory");
+    assert_eq!(q["keys"].as_array().unwrap().len(), 2);
+    assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+    let text = v.to_string();
+    for k in KEYS {
+        assert!(!text.contains(k), "full key in the status");
+    }
+    assert!(text.contains("AIza...0001"));
+    // The admin token reads it too; nothing else does.
+    assert_eq!(status(&proxy.url, ADMIN_TOKEN).await.0, 200);
+    assert_eq!(status(&proxy.url, "nope").await.0, 401);
+    let r = http().get(format!("{}/api/ai/quota-status/", proxy.url)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn health_warns_at_eighty_percent_and_errs_above_ninety_five() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&["AIzaHealthKey0000001"]).env("GEMINI_MINUTE_LIMIT", "10")).await;
+    for _ in 0..8 {
+        generate(&proxy.url, "gemini-2.5-flash", "x").await;
+    }
+    let (_, v) = status(&proxy.url, CLIENT_KEY).await;
+    let q = &v["quota_status"];
+    assert_eq!(q["warnings"].as_array().unwrap().len(), 1, "{q}");
+    assert!(q["errors"].as_array().unwrap().is_empty());
+    assert_eq!(q["healthy"], true);
+    for _ in 0..2 {
+        generate(&proxy.url, "gemini-2.5-flash", "x").await;
+    }
+    let (_, v) = status(&proxy.url, CLIENT_KEY).await;
+    let q = &v["quota_status"];
+    assert!(!q["errors"].as_array().unwrap().is_empty());
+    assert_eq!(q["healthy"], false);
+}
+
+#[tokio::test]
+async fn reset_rules() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS)).await;
+    for _ in 0..3 {
+        generate(&proxy.url, "gemini-2.5-flash", "x").await;
+    }
+    assert_eq!(reset(&proxy.url, None, r#"{"quota_type":"minute"}"#).await.0, 401);
+    assert_eq!(reset(&proxy.url, Some(CLIENT_KEY), r#"{"quota_type":"minute"}"#).await.0, 403);
+    let (code, v) = reset(&proxy.url, Some(ADMIN_TOKEN), r#"{"quota_type":"hourly"}"#).await;
+    assert_eq!(code, 400);
+    assert!(v["error"]["message"].as_str().unwrap().contains("\"minute\""));
+    assert_eq!(reset(&proxy.url, Some(ADMIN_TOKEN), "{not json").await.0, 400);
+    let (code, v) = reset(&proxy.url, Some(ADMIN_TOKEN), r#"{"quota_type":"minute"}"#).await;
+    assert_eq!(code, 200);
+    assert_eq!(v["quota_status"]["usage"]["minute_requests"], 0);
+    assert_eq!(v["quota_status"]["usage"]["daily_requests"], 3);
+    let (code, v) = reset(&proxy.url, Some(ADMIN_TOKEN), r#"{"quota_type":"all"}"#).await;
+    assert_eq!(code, 200);
+    assert_eq!(v["quota_status"]["usage"]["daily_requests"], 0);
+    assert_eq!(v["quota_status"]["usage"]["minute_tokens"], 0);
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_with_masked_keys_only() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS)).await;
+    generate(&proxy.url, "gemini-2.5-flash", "x").await.text().await.unwrap();
+    let text = http().get(format!("{}/metrics", proxy.url)).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("gqp_requests_total"), "{text}");
+    assert!(text.contains("gqp_proxy_overhead_seconds"));
+    for k in KEYS {
+        assert!(!text.contains(k));
+    }
+}
