@@ -18,7 +18,11 @@ pub enum Caller {
 }
 
 /// Check the credential a request presents. Missing: 401; unknown: 403.
-pub fn authenticate(cfg: &Config, headers: &HeaderMap, query: Option<&str>) -> Result<Caller, ApiError> {
+pub fn authenticate(
+    cfg: &Config,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Caller, ApiError> {
     let presented = client_credential(headers, query).filter(|c| !c.is_empty());
     match presented {
         None if cfg.allow_anonymous => Ok(Caller::Anonymous),

@@ -248,7 +248,8 @@ mod tests {
 
     #[test]
     fn ignores_the_name_inside_generated_text_and_reads_openai_usage() {
-        let body = r#"{"candidates":[{"content":{"parts":[{"text":"say \"promptTokenCount\": 99"}]}}]}"#;
+        let body =
+            r#"{"candidates":[{"content":{"parts":[{"text":"say \"promptTokenCount\": 99"}]}}]}"#;
         assert_eq!(scan_in_pieces(body, 1000), None);
         let openai = r#"{"usage":{"prompt_tokens": 77,"completion_tokens":3}}"#;
         assert_eq!(scan_in_pieces(openai, 4), Some(77));

@@ -298,9 +298,9 @@ impl Config {
         }
         for (var, key) in ENV_NUMBERS {
             if let Some(v) = env_value(env, var) {
-                let n: u64 = v.parse().map_err(|_| {
-                    bad(*var, format!("expected a whole number, got {v:?}"))
-                })?;
+                let n: u64 = v
+                    .parse()
+                    .map_err(|_| bad(*var, format!("expected a whole number, got {v:?}")))?;
                 builder = builder
                     .set_override(*key, n)
                     .map_err(|e| bad(*var, e.to_string()))?;
@@ -372,7 +372,10 @@ impl Config {
         let listen: SocketAddr = raw.server.listen.parse().map_err(|_| {
             bad(
                 "server.listen (PROXY_LISTEN)",
-                format!("expected host:port such as 127.0.0.1:8080, got {:?}", raw.server.listen),
+                format!(
+                    "expected host:port such as 127.0.0.1:8080, got {:?}",
+                    raw.server.listen
+                ),
             )
         })?;
         let upstream_url = check_url("upstream.url (GEMINI_UPSTREAM_URL)", &raw.upstream.url)?;
@@ -429,8 +432,14 @@ impl Config {
         for (name, v) in [
             ("limits.minute (GEMINI_MINUTE_LIMIT)", l.minute),
             ("limits.daily (GEMINI_DAILY_LIMIT)", l.daily),
-            ("limits.token_minute (GEMINI_TOKEN_MINUTE_LIMIT)", l.token_minute),
-            ("limits.max_request_tokens (GEMINI_MAX_REQUEST_TOKENS)", l.max_request_tokens),
+            (
+                "limits.token_minute (GEMINI_TOKEN_MINUTE_LIMIT)",
+                l.token_minute,
+            ),
+            (
+                "limits.max_request_tokens (GEMINI_MAX_REQUEST_TOKENS)",
+                l.max_request_tokens,
+            ),
             ("limits.embed_minute", l.embed_minute),
             ("limits.embed_daily", l.embed_daily),
             ("limits.embed_token_minute", l.embed_token_minute),
@@ -473,19 +482,34 @@ impl Config {
             listen,
             public_url,
             max_body_bytes: usize::try_from(raw.server.max_body_bytes).unwrap_or(usize::MAX),
-            header_read_timeout: secs("server.header_read_timeout_secs", raw.server.header_read_timeout_secs)?,
-            body_read_timeout: secs("server.body_read_timeout_secs", raw.server.body_read_timeout_secs)?,
+            header_read_timeout: secs(
+                "server.header_read_timeout_secs",
+                raw.server.header_read_timeout_secs,
+            )?,
+            body_read_timeout: secs(
+                "server.body_read_timeout_secs",
+                raw.server.body_read_timeout_secs,
+            )?,
             max_connections: usize::try_from(raw.server.max_connections).unwrap_or(usize::MAX),
             shutdown_grace: secs("server.shutdown_grace_secs", raw.server.shutdown_grace_secs)?,
             upstream_url,
-            connect_timeout: secs("upstream.connect_timeout_secs", raw.upstream.connect_timeout_secs)?,
-            request_timeout: secs("upstream.request_timeout_secs", raw.upstream.request_timeout_secs)?,
+            connect_timeout: secs(
+                "upstream.connect_timeout_secs",
+                raw.upstream.connect_timeout_secs,
+            )?,
+            request_timeout: secs(
+                "upstream.request_timeout_secs",
+                raw.upstream.request_timeout_secs,
+            )?,
             stream_idle_timeout: secs(
                 "upstream.stream_idle_timeout_secs",
                 raw.upstream.stream_idle_timeout_secs,
             )?,
             max_attempts: u32::try_from(raw.upstream.max_attempts.min(20)).unwrap_or(20),
-            retry_deadline: secs("upstream.retry_deadline_secs", raw.upstream.retry_deadline_secs)?,
+            retry_deadline: secs(
+                "upstream.retry_deadline_secs",
+                raw.upstream.retry_deadline_secs,
+            )?,
             max_wait: secs_or_zero("upstream.max_wait_secs", raw.upstream.max_wait_secs)?,
             client_keys,
             allow_anonymous: raw.auth.allow_anonymous,
@@ -521,7 +545,10 @@ fn secs(name: &str, v: f64) -> Result<Duration, ConfigError> {
     if v.is_finite() && v > 0.0 && v < 1.0e7 {
         Ok(Duration::from_secs_f64(v))
     } else {
-        Err(bad(name, format!("expected a positive number of seconds, got {v}")))
+        Err(bad(
+            name,
+            format!("expected a positive number of seconds, got {v}"),
+        ))
     }
 }
 
@@ -545,7 +572,9 @@ fn check_url(name: &str, url: &str) -> Result<String, ConfigError> {
         }
         _ => Err(bad(
             name,
-            format!("expected an http(s) URL such as https://generativelanguage.googleapis.com, got {url:?}"),
+            format!(
+                "expected an http(s) URL such as https://generativelanguage.googleapis.com, got {url:?}"
+            ),
         )),
     }
 }
@@ -608,8 +637,11 @@ mod tests {
 
     #[test]
     fn embedded_defaults_with_one_key_and_client_key_load() {
-        let c = Config::load(&env(&[("GEMINI_API_KEY", "k1"), ("PROXY_CLIENT_KEYS", "c1")]))
-            .expect("loads");
+        let c = Config::load(&env(&[
+            ("GEMINI_API_KEY", "k1"),
+            ("PROXY_CLIENT_KEYS", "c1"),
+        ]))
+        .expect("loads");
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.upstream_url, "https://generativelanguage.googleapis.com");
         assert_eq!(c.limits.generate.minute, 15);

@@ -60,7 +60,10 @@ pub enum ApiError {
     },
     /// The whole pool is unusable (all keys disabled, or backing off) for longer than we wait.
     #[error("{message}")]
-    PoolExhausted { message: String, retry_after_ms: u64 },
+    PoolExhausted {
+        message: String,
+        retry_after_ms: u64,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -100,9 +103,7 @@ impl ApiError {
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::MethodNotAllowed(_) => "UNIMPLEMENTED",
             ApiError::RequestTimeout(_) => "DEADLINE_EXCEEDED",
-            ApiError::QuotaExceeded { .. } | ApiError::PoolExhausted { .. } => {
-                "RESOURCE_EXHAUSTED"
-            }
+            ApiError::QuotaExceeded { .. } | ApiError::PoolExhausted { .. } => "RESOURCE_EXHAUSTED",
             ApiError::Unavailable(_) => "UNAVAILABLE",
             ApiError::BadGateway(_) => "UNAVAILABLE",
             ApiError::GatewayTimeout(_) => "DEADLINE_EXCEEDED",
@@ -166,7 +167,7 @@ impl ApiError {
 
 /// Google writes durations as seconds with an `s` suffix, fractions allowed.
 pub fn format_retry_delay(ms: u64) -> String {
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{}.{:03}s", ms / 1000, ms % 1000)

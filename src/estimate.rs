@@ -90,7 +90,11 @@ pub fn estimate(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
                         }
                     }
                 }
-                _ => return Err(bad("Invalid value at 'input': expected a string or an array")),
+                _ => {
+                    return Err(bad(
+                        "Invalid value at 'input': expected a string or an array",
+                    ));
+                }
             },
             _ => {
                 let msgs = obj
@@ -145,7 +149,10 @@ pub fn estimate(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
                 for (i, c) in contents.iter().enumerate() {
                     acc.content(c, &format!("contents[{i}]"))?;
                 }
-                if let Some(si) = obj.get("systemInstruction").or_else(|| obj.get("system_instruction")) {
+                if let Some(si) = obj
+                    .get("systemInstruction")
+                    .or_else(|| obj.get("system_instruction"))
+                {
                     acc.content(si, "systemInstruction")?;
                 }
                 if let Some(t) = obj.get("tools") {
@@ -185,24 +192,34 @@ impl Acc {
                     Ok(())
                 }
                 None => Ok(()),
-                Some(_) => Err(bad(format!("Invalid value at '{at}.parts': expected an array"))),
+                Some(_) => Err(bad(format!(
+                    "Invalid value at '{at}.parts': expected an array"
+                ))),
             },
             Value::String(s) => {
                 self.text(s);
                 Ok(())
             }
-            _ => Err(bad(format!("Invalid value at '{at}': expected a Content object"))),
+            _ => Err(bad(format!(
+                "Invalid value at '{at}': expected a Content object"
+            ))),
         }
     }
 
     fn part(&mut self, p: &Value, at: &str, j: usize) -> Result<(), ApiError> {
         let Some(o) = p.as_object() else {
-            return Err(bad(format!("Invalid value at '{at}.parts[{j}]': expected a Part object")));
+            return Err(bad(format!(
+                "Invalid value at '{at}.parts[{j}]': expected a Part object"
+            )));
         };
         if let Some(t) = o.get("text") {
             match t {
                 Value::String(s) => self.text(s),
-                _ => return Err(bad(format!("Invalid value at '{at}.parts[{j}].text': expected a string"))),
+                _ => {
+                    return Err(bad(format!(
+                        "Invalid value at '{at}.parts[{j}].text': expected a string"
+                    )));
+                }
             }
         }
         if let Some(d) = o.get("inlineData").or_else(|| o.get("inline_data")) {
@@ -216,7 +233,10 @@ impl Acc {
         }
         if let Some(f) = o.get("fileData").or_else(|| o.get("file_data")) {
             self.media_tokens += FILE_REFERENCE_TOKENS;
-            if let Some(uri) = f.get("fileUri").or_else(|| f.get("file_uri")).and_then(Value::as_str)
+            if let Some(uri) = f
+                .get("fileUri")
+                .or_else(|| f.get("file_uri"))
+                .and_then(Value::as_str)
                 && let Some(i) = uri.find("files/")
             {
                 let name = &uri[i + "files/".len()..];
@@ -226,7 +246,12 @@ impl Acc {
                 }
             }
         }
-        for k in ["functionCall", "functionResponse", "executableCode", "codeExecutionResult"] {
+        for k in [
+            "functionCall",
+            "functionResponse",
+            "executableCode",
+            "codeExecutionResult",
+        ] {
             if let Some(v) = o.get(k) {
                 self.chars += json_text_len(v);
             }
@@ -247,7 +272,10 @@ impl Acc {
                     .and_then(|u| u.get("url").or(Some(u)))
                     .and_then(Value::as_str)
                     .unwrap_or("");
-                self.media_tokens += match url.strip_prefix("data:").and_then(|r| r.split_once(";base64,")) {
+                self.media_tokens += match url
+                    .strip_prefix("data:")
+                    .and_then(|r| r.split_once(";base64,"))
+                {
                     Some((mime, data)) => media_tokens(mime, data),
                     None => IMAGE_TILE_TOKENS,
                 };
@@ -271,7 +299,10 @@ fn json_text_len(v: &Value) -> u64 {
     match v {
         Value::String(s) => s.len() as u64,
         Value::Array(a) => a.iter().map(json_text_len).sum(),
-        Value::Object(o) => o.iter().map(|(k, v)| k.len() as u64 + json_text_len(v)).sum(),
+        Value::Object(o) => o
+            .iter()
+            .map(|(k, v)| k.len() as u64 + json_text_len(v))
+            .sum(),
         Value::Number(_) | Value::Bool(_) => 4,
         Value::Null => 0,
     }
@@ -289,7 +320,9 @@ fn decode_prefix(b64: &str, max_chars: usize) -> Vec<u8> {
     let prefix = b64.get(..take).unwrap_or("");
     base64::engine::general_purpose::STANDARD
         .decode(prefix.trim_end_matches('='))
-        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(prefix.trim_end_matches('=')))
+        .or_else(|_| {
+            base64::engine::general_purpose::STANDARD_NO_PAD.decode(prefix.trim_end_matches('='))
+        })
         .unwrap_or_default()
 }
 
@@ -308,7 +341,8 @@ pub fn media_tokens(mime: &str, b64: &str) -> u64 {
         pdf_pages(&data).max(1) * PDF_PAGE_TOKENS
     } else if mime.starts_with("audio/") {
         let head = decode_prefix(b64, 64);
-        let secs = wav_seconds(&head, bytes).unwrap_or_else(|| bytes.div_ceil(ASSUMED_AUDIO_BYTES_PER_SEC));
+        let secs = wav_seconds(&head, bytes)
+            .unwrap_or_else(|| bytes.div_ceil(ASSUMED_AUDIO_BYTES_PER_SEC));
         secs.max(1) * AUDIO_TOKENS_PER_SEC
     } else if mime.starts_with("video/") {
         bytes.div_ceil(ASSUMED_VIDEO_BYTES_PER_SEC).max(1) * VIDEO_TOKENS_PER_SEC
@@ -329,9 +363,18 @@ pub fn image_tokens(w: u32, h: u32) -> u64 {
 
 /// Width and height from a PNG, GIF, WebP or JPEG header.
 fn image_size(d: &[u8]) -> Option<(u32, u32)> {
-    let be32 = |i: usize| -> Option<u32> { Some(u32::from_be_bytes(d.get(i..i + 4)?.try_into().ok()?)) };
-    let le16 = |i: usize| -> Option<u32> { Some(u32::from(u16::from_le_bytes(d.get(i..i + 2)?.try_into().ok()?))) };
-    let be16 = |i: usize| -> Option<u32> { Some(u32::from(u16::from_be_bytes(d.get(i..i + 2)?.try_into().ok()?))) };
+    let be32 =
+        |i: usize| -> Option<u32> { Some(u32::from_be_bytes(d.get(i..i + 4)?.try_into().ok()?)) };
+    let le16 = |i: usize| -> Option<u32> {
+        Some(u32::from(u16::from_le_bytes(
+            d.get(i..i + 2)?.try_into().ok()?,
+        )))
+    };
+    let be16 = |i: usize| -> Option<u32> {
+        Some(u32::from(u16::from_be_bytes(
+            d.get(i..i + 2)?.try_into().ok()?,
+        )))
+    };
     if d.starts_with(b"\x89PNG\r\n\x1a\n") {
         return Some((be32(16)?, be32(20)?));
     }
@@ -416,7 +459,12 @@ mod tests {
     use http::Method;
 
     fn gen_route() -> Route {
-        Route::parse(&Method::POST, "/v1beta/models/gemini-2.5-flash:generateContent", None).unwrap()
+        Route::parse(
+            &Method::POST,
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            None,
+        )
+        .unwrap()
     }
 
     fn b64(bytes: &[u8]) -> String {
@@ -439,8 +487,12 @@ mod tests {
         let without = serde_json::json!({"contents": [{"parts": [{"text": "hi"}]}]});
         let with = serde_json::json!({"contents": [{"parts": [{"text": "hi"}]}],
             "tools": [{"functionDeclarations": [{"name": "get_weather", "description": "x".repeat(400)}]}]});
-        let a = estimate(&gen_route(), without.to_string().as_bytes()).unwrap().tokens;
-        let b = estimate(&gen_route(), with.to_string().as_bytes()).unwrap().tokens;
+        let a = estimate(&gen_route(), without.to_string().as_bytes())
+            .unwrap()
+            .tokens;
+        let b = estimate(&gen_route(), with.to_string().as_bytes())
+            .unwrap()
+            .tokens;
         assert!(b >= a + 100, "{a} {b}");
     }
 
@@ -494,7 +546,10 @@ mod tests {
         let body = serde_json::json!({"cachedContent": "cachedContents/c1",
             "contents": [{"parts": [{"fileData": {"fileUri": "https://generativelanguage.googleapis.com/v1beta/files/abc123", "mimeType": "image/png"}}]}]});
         let e = estimate(&gen_route(), body.to_string().as_bytes()).unwrap();
-        assert_eq!(e.references, vec!["files/abc123".to_string(), "cachedContents/c1".to_string()]);
+        assert_eq!(
+            e.references,
+            vec!["files/abc123".to_string(), "cachedContents/c1".to_string()]
+        );
     }
 
     #[test]

@@ -32,7 +32,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(config.log_format, sources.env.get("RUST_LOG").map(String::as_str));
+    telemetry::init(
+        config.log_format,
+        sources.env.get("RUST_LOG").map(String::as_str),
+    );
     let listen = config.listen;
     let state = match AppState::new(config) {
         Ok(s) => s,
@@ -48,7 +51,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     tracing::info!(
         addr = %addr,
         keys = state.pool.keys.len(),

@@ -17,8 +17,8 @@ pub struct Metrics {
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
 impl Metrics {
@@ -40,7 +40,14 @@ impl Metrics {
         self.handle.as_ref().map(|h| h.render()).unwrap_or_default()
     }
 
-    pub fn request(&self, model: Option<&str>, key: Option<&str>, status: u16, total: Duration, upstream: Duration) {
+    pub fn request(
+        &self,
+        model: Option<&str>,
+        key: Option<&str>,
+        status: u16,
+        total: Duration,
+        upstream: Duration,
+    ) {
         let outcome = match status {
             200..=299 => "ok",
             429 => "rate_limited",
@@ -55,7 +62,8 @@ impl Metrics {
         histogram!("gqp_request_duration_seconds").record(total.as_secs_f64());
         if !upstream.is_zero() {
             histogram!("gqp_upstream_duration_seconds").record(upstream.as_secs_f64());
-            histogram!("gqp_proxy_overhead_seconds").record(total.saturating_sub(upstream).as_secs_f64());
+            histogram!("gqp_proxy_overhead_seconds")
+                .record(total.saturating_sub(upstream).as_secs_f64());
         }
     }
 

@@ -2,8 +2,8 @@
 //! admission candidates for a (model, quota family).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use crate::config::{Config, LimitOverride, LimitsConfig, Strategy};
 use crate::error::LimitKind;
@@ -79,7 +79,12 @@ impl Pool {
     }
 
     /// Every key (or just `only`) as an admission candidate for `model`, with its project's limits.
-    pub fn candidates(&self, model: &str, family: QuotaFamily, only: Option<usize>) -> Vec<Candidate> {
+    pub fn candidates(
+        &self,
+        model: &str,
+        family: QuotaFamily,
+        only: Option<usize>,
+    ) -> Vec<Candidate> {
         self.keys
             .iter()
             .enumerate()
@@ -94,7 +99,12 @@ impl Pool {
     }
 
     /// Configured limits, lowered by what Google reported for this (project, model).
-    pub fn limits_for(&self, project: &str, model: &str, family: QuotaFamily) -> crate::quota::Limits {
+    pub fn limits_for(
+        &self,
+        project: &str,
+        model: &str,
+        family: QuotaFamily,
+    ) -> crate::quota::Limits {
         let mut l = limits::resolve(&self.limits, project, model, family);
         let learned = self.learned.read().unwrap_or_else(|p| p.into_inner());
         if !learned.is_empty()
@@ -119,10 +129,20 @@ impl Pool {
             LimitKind::RequestsPerDay => (current.daily, |o| &mut o.daily),
         };
         if value < now {
-            tracing::warn!(project, model, limit = kind.as_str(), configured = now, reported = value,
-                "Gemini API reports a lower limit than configured: adopting it");
+            tracing::warn!(
+                project,
+                model,
+                limit = kind.as_str(),
+                configured = now,
+                reported = value,
+                "Gemini API reports a lower limit than configured: adopting it"
+            );
             let mut learned = self.learned.write().unwrap_or_else(|p| p.into_inner());
-            *slot(learned.entry((project.to_string(), model.to_string())).or_default()) = Some(value);
+            *slot(
+                learned
+                    .entry((project.to_string(), model.to_string()))
+                    .or_default(),
+            ) = Some(value);
         }
     }
 }

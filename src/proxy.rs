@@ -361,7 +361,9 @@ async fn admit(
     loop {
         let t0 = Instant::now();
         let outcome = state.store.admit(&request).await;
-        state.metrics.store_call("admit", t0.elapsed(), outcome.is_ok());
+        state
+            .metrics
+            .store_call("admit", t0.elapsed(), outcome.is_ok());
         match outcome {
             Ok(AdmitOutcome::Admitted(r)) => return Ok(r),
             Ok(AdmitOutcome::Refused {
@@ -441,7 +443,12 @@ fn free_key(state: &AppState, pinned: Option<usize>, avoid: &[usize]) -> usize {
 }
 
 /// Act on an upstream error. Returns whether another attempt makes sense.
-async fn react(state: &Arc<AppState>, index: usize, model: Option<&str>, verdict: &Verdict) -> bool {
+async fn react(
+    state: &Arc<AppState>,
+    index: usize,
+    model: Option<&str>,
+    verdict: &Verdict,
+) -> bool {
     let key = &state.pool.keys[index];
     let model = model.unwrap_or("*");
     match verdict {
@@ -463,10 +470,18 @@ async fn react(state: &Arc<AppState>, index: usize, model: Option<&str>, verdict
             }
             let reason = format!(
                 "Gemini API 429: {} exhausted",
-                kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                kinds
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             tracing::warn!(key = %key.masked, project = %key.project, model, cooldown_ms, "{reason}");
-            if let Err(e) = state.store.cool_down(&key.project, model, *cooldown_ms, &reason).await {
+            if let Err(e) = state
+                .store
+                .cool_down(&key.project, model, *cooldown_ms, &reason)
+                .await
+            {
                 tracing::warn!(error = %e, "could not record a cooldown");
             }
             true
@@ -522,12 +537,19 @@ async fn read_limited(resp: reqwest::Response, limit: usize, timeout: Duration) 
         }
         Bytes::from(out)
     };
-    tokio::time::timeout(timeout, read).await.unwrap_or_default()
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or_default()
 }
 
 /// The upstream's resumable-upload URL points at Google: point it at this proxy instead, and
 /// remember which key started the session.
-async fn rewrite_upload_url(state: &AppState, parts: &Parts, headers: &mut http::HeaderMap, index: usize) {
+async fn rewrite_upload_url(
+    state: &AppState,
+    parts: &Parts,
+    headers: &mut http::HeaderMap,
+    index: usize,
+) {
     let Some(url) = headers
         .get("x-goog-upload-url")
         .and_then(|v| v.to_str().ok())
@@ -581,9 +603,14 @@ async fn remember_created(state: &AppState, body: &[u8], index: usize) {
         return;
     };
     let mut names = Vec::new();
-    for candidate in [Some(&v), v.get("file"), v.get("metadata"), v.get("response")]
-        .into_iter()
-        .flatten()
+    for candidate in [
+        Some(&v),
+        v.get("file"),
+        v.get("metadata"),
+        v.get("response"),
+    ]
+    .into_iter()
+    .flatten()
     {
         if let Some(n) = candidate.get("name").and_then(|n| n.as_str()) {
             names.push(n.to_string());
@@ -594,11 +621,22 @@ async fn remember_created(state: &AppState, body: &[u8], index: usize) {
         let Some((collection, id)) = name.split_once('/') else {
             continue;
         };
-        if ["files", "cachedContents", "batches", "tunedModels", "fileSearchStores"].contains(&collection)
+        if [
+            "files",
+            "cachedContents",
+            "batches",
+            "tunedModels",
+            "fileSearchStores",
+        ]
+        .contains(&collection)
             && crate::route::valid_name(id.split('/').next().unwrap_or(""))
         {
             let resource = format!("{collection}/{}", id.split('/').next().unwrap_or(""));
-            if let Err(e) = state.store.set_affinity(&resource, kid, AFFINITY_TTL_MS).await {
+            if let Err(e) = state
+                .store
+                .set_affinity(&resource, kid, AFFINITY_TTL_MS)
+                .await
+            {
                 tracing::warn!(error = %e, "could not remember the key of a created resource");
             }
         }
@@ -608,8 +646,10 @@ async fn remember_created(state: &AppState, body: &[u8], index: usize) {
 /// 404 for anything outside the Gemini surface and the proxy's own endpoints.
 pub async fn not_found(req: Request) -> Response {
     let path: String = req.uri().path().chars().take(120).collect();
-    ApiError::NotFound(format!("Nothing here: {path}. The proxy serves /v1beta/, /v1/ and /upload/."))
-        .into_response()
+    ApiError::NotFound(format!(
+        "Nothing here: {path}. The proxy serves /v1beta/, /v1/ and /upload/."
+    ))
+    .into_response()
 }
 
 /// Disabled keys this replica learned (by pool index), with their reasons.

@@ -86,7 +86,11 @@ impl Route {
     /// Parse `path` (raw, still percent-encoded) and `query`. Paths outside the Gemini surface
     /// are `NotFound`; names outside Google's alphabet (including encoded `/` and `..`) are
     /// `InvalidArgument`.
-    pub fn parse(method: &http::Method, path: &str, query: Option<&str>) -> Result<Route, ApiError> {
+    pub fn parse(
+        method: &http::Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<Route, ApiError> {
         let not_found = || ApiError::NotFound(format!("no Gemini API method at {}", shorten(path)));
         let (upload, rest) = match path.strip_prefix("/upload/") {
             Some(r) => (true, r),
@@ -263,7 +267,10 @@ mod tests {
     fn embed_calls_spend_embed_quota() {
         let r = post("/v1beta/models/gemini-embedding-001:batchEmbedContents").unwrap();
         assert_eq!(r.family, QuotaFamily::Embed);
-        assert_eq!(post("/v1beta/openai/embeddings").unwrap().family, QuotaFamily::Embed);
+        assert_eq!(
+            post("/v1beta/openai/embeddings").unwrap().family,
+            QuotaFamily::Embed
+        );
     }
 
     #[test]
@@ -304,7 +311,10 @@ mod tests {
             "/v1beta/models/gemini:gen%20erate",
         ] {
             let e = post(p).unwrap_err();
-            assert!(matches!(e, ApiError::InvalidArgument(_) | ApiError::NotFound(_)), "{p}: {e:?}");
+            assert!(
+                matches!(e, ApiError::InvalidArgument(_) | ApiError::NotFound(_)),
+                "{p}: {e:?}"
+            );
         }
         assert!(matches!(
             post("/v1beta/models/:generateContent").unwrap_err(),
@@ -314,7 +324,14 @@ mod tests {
 
     #[test]
     fn paths_outside_the_surface_are_not_found() {
-        for p in ["/", "/v2/models", "/admin", "/v1beta", "/upload/v2/files", "/v1beta//x"] {
+        for p in [
+            "/",
+            "/v2/models",
+            "/admin",
+            "/v1beta",
+            "/upload/v2/files",
+            "/v1beta//x",
+        ] {
             assert!(matches!(post(p).unwrap_err(), ApiError::NotFound(_)), "{p}");
         }
     }

@@ -89,10 +89,7 @@ mod tests {
 
     #[test]
     fn masked_keeps_only_head_and_tail() {
-        assert_eq!(
-            Secret::new("AIzaSyTopSecret0001").masked(),
-            "AIza...0001"
-        );
+        assert_eq!(Secret::new("AIzaSyTopSecret0001").masked(), "AIza...0001");
         assert_eq!(Secret::new("short1").masked(), "...t1");
     }
 

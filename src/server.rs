@@ -87,7 +87,10 @@ pub async fn serve(
         }
     }
     drop(listener);
-    tracing::info!(grace_secs = cfg.shutdown_grace.as_secs_f64(), "shutting down: draining open requests");
+    tracing::info!(
+        grace_secs = cfg.shutdown_grace.as_secs_f64(),
+        "shutting down: draining open requests"
+    );
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(cfg.shutdown_grace) => tracing::warn!("grace period over: closing remaining connections"),

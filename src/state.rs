@@ -67,7 +67,10 @@ impl AppState {
 }
 
 /// Memory by default; Redis (behind the failure policy) when a URL is configured.
-pub fn build_store(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<dyn QuotaStore>, StoreError> {
+pub fn build_store(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<dyn QuotaStore>, StoreError> {
     let tz = config.limits.timezone;
     match &config.redis_url {
         None => Ok(Arc::new(MemoryStore::new(clock, tz))),

@@ -50,15 +50,23 @@ pub async fn quota_status(State(state): State<Arc<AppState>>, req: Request) -> R
     let result = match parts.method {
         Method::GET => get_status(&state, &parts.headers, parts.uri.query()).await,
         Method::POST => {
-            let body = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+            let body = axum::body::to_bytes(body, 64 * 1024)
+                .await
+                .unwrap_or_default();
             post_reset(&state, &parts.headers, parts.uri.query(), body).await
         }
-        _ => Err(ApiError::MethodNotAllowed("use GET to read or POST to reset".into())),
+        _ => Err(ApiError::MethodNotAllowed(
+            "use GET to read or POST to reset".into(),
+        )),
     };
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn get_status(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Result<Response, ApiError> {
+async fn get_status(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
     let mut cfg = (*state.config).clone();
     // Reading the status always needs a credential, even where anonymous Gemini calls are allowed.
     cfg.allow_anonymous = false;
@@ -148,7 +156,11 @@ async fn post_reset(
         .collect();
     let scope = ResetScope {
         projects: req.key.as_ref().map(|_| projects),
-        kids: Some(keys.iter().map(|&i| state.pool.keys[i].kid.to_string()).collect()),
+        kids: Some(
+            keys.iter()
+                .map(|&i| state.pool.keys[i].kid.to_string())
+                .collect(),
+        ),
         model: req.model.clone(),
     };
     state
@@ -240,8 +252,11 @@ pub async fn snapshot(state: &AppState) -> Value {
         .collect();
     let defaults = state.pool.limits_config().generate;
     let n = enabled_projects.len() as u64;
-    let (minute_limit, daily_limit, token_limit) =
-        (defaults.minute * n, defaults.daily * n, defaults.token_minute * n);
+    let (minute_limit, daily_limit, token_limit) = (
+        defaults.minute * n,
+        defaults.daily * n,
+        defaults.token_minute * n,
+    );
 
     let mut warnings: Vec<String> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
@@ -269,7 +284,10 @@ pub async fn snapshot(state: &AppState) -> Value {
         let (state_name, reason) = match (s, cd) {
             (KeyState::Disabled { reason }, _) => {
                 disabled_n += 1;
-                warnings.push(format!("key {} ({}) is disabled: {}", k.masked, k.name, reason));
+                warnings.push(format!(
+                    "key {} ({}) is disabled: {}",
+                    k.masked, k.name, reason
+                ));
                 ("disabled", Some(reason.clone()))
             }
             (KeyState::Active, Some(c)) if c.model == "*" => {
@@ -296,9 +314,24 @@ pub async fn snapshot(state: &AppState) -> Value {
         for (p, m, u) in &usage {
             if p == &*k.project {
                 let l = state.pool.limits_for(p, m, QuotaFamily::Generate);
-                state.metrics.remaining(&k.masked, m, "minute", l.minute.saturating_sub(u.minute_requests));
-                state.metrics.remaining(&k.masked, m, "daily", l.daily.saturating_sub(u.daily_requests));
-                state.metrics.remaining(&k.masked, m, "tokens", l.token_minute.saturating_sub(u.minute_tokens));
+                state.metrics.remaining(
+                    &k.masked,
+                    m,
+                    "minute",
+                    l.minute.saturating_sub(u.minute_requests),
+                );
+                state.metrics.remaining(
+                    &k.masked,
+                    m,
+                    "daily",
+                    l.daily.saturating_sub(u.daily_requests),
+                );
+                state.metrics.remaining(
+                    &k.masked,
+                    m,
+                    "tokens",
+                    l.token_minute.saturating_sub(u.minute_tokens),
+                );
                 models.insert(m.clone(), usage_json(u, l.minute, l.daily, l.token_minute));
             }
         }
@@ -313,9 +346,10 @@ pub async fn snapshot(state: &AppState) -> Value {
             "models": models,
         }));
     }
-    let all_cooling_or_disabled = state.pool.keys.iter().zip(&key_states).all(|(k, s)| {
-        *s != KeyState::Active || cooldowns.iter().any(|c| c.project == *k.project)
-    });
+    let all_cooling_or_disabled =
+        state.pool.keys.iter().zip(&key_states).all(|(k, s)| {
+            *s != KeyState::Active || cooldowns.iter().any(|c| c.project == *k.project)
+        });
     if all_cooling_or_disabled {
         errors.push("every key is disabled or cooling down".into());
     }

@@ -64,7 +64,10 @@ pub fn client_credential<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> 
     if let Some(v) = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
     {
         return Some(v.trim());
     }
@@ -76,6 +79,7 @@ pub fn client_credential<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> 
 
 /// Build the request to Google: same method, path and query (credentials removed), headers
 /// minus hop-by-hop and credentials, plus the pooled key.
+#[allow(clippy::too_many_arguments)]
 pub fn build_request(
     client: &reqwest::Client,
     base: &str,
@@ -121,10 +125,7 @@ pub fn build_request(
         v.set_sensitive(true);
         out.insert(name, v);
     }
-    client
-        .request(method.clone(), url)
-        .headers(out)
-        .body(body)
+    client.request(method.clone(), url).headers(out).body(body)
 }
 
 /// Response headers to pass back: all but hop-by-hop (content-length is kept: bytes pass as-is).
@@ -202,7 +203,12 @@ pub fn classify(status: u16, body: &[u8], day: &DayInfo, now_ms: i64) -> Verdict
             let mut kinds = Vec::new();
             let mut reported = Vec::new();
             for d in details.iter().filter(|d| type_is(d, "QuotaFailure")) {
-                for v in d.get("violations").and_then(Value::as_array).into_iter().flatten() {
+                for v in d
+                    .get("violations")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     let id = v.get("quotaId").and_then(Value::as_str).unwrap_or("");
                     let metric = v.get("quotaMetric").and_then(Value::as_str).unwrap_or("");
                     let kind = if id.contains("PerDay") || metric.contains("per_day") {
@@ -286,7 +292,11 @@ mod tests {
           {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"38.962214405s"}]}}"#;
         let now = 1_780_000_000_000;
         match classify(429, body, &day(now), now) {
-            Verdict::QuotaExhausted { cooldown_ms, kinds, reported } => {
+            Verdict::QuotaExhausted {
+                cooldown_ms,
+                kinds,
+                reported,
+            } => {
                 assert_eq!(cooldown_ms, 38_963);
                 assert_eq!(kinds, vec![LimitKind::RequestsPerMinute]);
                 assert_eq!(reported, vec![(LimitKind::RequestsPerMinute, 10)]);
@@ -316,17 +326,31 @@ mod tests {
     fn bare_429_dead_keys_and_5xx_are_told_apart() {
         let now = 0;
         let bare = br#"{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED"}}"#;
-        assert_eq!(classify(429, bare, &day(now), now), Verdict::RateLimited { retry_delay_ms: None });
+        assert_eq!(
+            classify(429, bare, &day(now), now),
+            Verdict::RateLimited {
+                retry_delay_ms: None
+            }
+        );
         let invalid = br#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}"#;
-        assert!(matches!(classify(400, invalid, &day(now), now), Verdict::DeadKey { .. }));
+        assert!(matches!(
+            classify(400, invalid, &day(now), now),
+            Verdict::DeadKey { .. }
+        ));
         let leaked = br#"{"error":{"code":403,"message":"Your API key was reported as leaked. Please use another API key.","status":"PERMISSION_DENIED"}}"#;
-        assert!(matches!(classify(403, leaked, &day(now), now), Verdict::DeadKey { .. }));
+        assert!(matches!(
+            classify(403, leaked, &day(now), now),
+            Verdict::DeadKey { .. }
+        ));
         let file = br#"{"error":{"code":403,"message":"You do not have permission to access the File abc or it may not exist.","status":"PERMISSION_DENIED"}}"#;
         assert_eq!(classify(403, file, &day(now), now), Verdict::Deliver);
         assert_eq!(classify(503, b"{}", &day(now), now), Verdict::Transient);
         assert_eq!(classify(400, b"not json", &day(now), now), Verdict::Deliver);
         let wrapped = br#"[{"error":{"code":400,"message":"API key not valid.","status":"INVALID_ARGUMENT"}}]"#;
-        assert!(matches!(classify(400, wrapped, &day(now), now), Verdict::DeadKey { .. }));
+        assert!(matches!(
+            classify(400, wrapped, &day(now), now),
+            Verdict::DeadKey { .. }
+        ));
     }
 
     #[test]

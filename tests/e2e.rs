@@ -17,15 +17,37 @@ async fn generate_goes_out_with_a_pooled_key_and_never_the_clients() {
     let proxy = start_proxy(&fake.url, ProxyOpts::keys(&POOL)).await;
     // The three ways a client presents its key.
     let c = http();
-    let url = format!("{}/v1beta/models/gemini-2.5-flash:generateContent", proxy.url);
+    let url = format!(
+        "{}/v1beta/models/gemini-2.5-flash:generateContent",
+        proxy.url
+    );
     let body = json!({"contents": [{"parts": [{"text": "hello"}]}]});
-    let r1 = c.post(&url).header("x-goog-api-key", CLIENT_KEY).json(&body).send().await.unwrap();
-    let r2 = c.post(format!("{url}?key={CLIENT_KEY}")).json(&body).send().await.unwrap();
-    let r3 = c.post(format!("{url}?$key={CLIENT_KEY}&alt=json")).json(&body).send().await.unwrap();
+    let r1 = c
+        .post(&url)
+        .header("x-goog-api-key", CLIENT_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let r2 = c
+        .post(format!("{url}?key={CLIENT_KEY}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let r3 = c
+        .post(format!("{url}?$key={CLIENT_KEY}&alt=json"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     for r in [r1, r2, r3] {
         assert_eq!(r.status(), 200);
         let v = json_of(r).await;
-        assert_eq!(v["candidates"][0]["content"]["parts"][0]["text"], "echo: hello");
+        assert_eq!(
+            v["candidates"][0]["content"]["parts"][0]["text"],
+            "echo: hello"
+        );
     }
     let seen = fake.calls(":generateContent");
     assert_eq!(seen.len(), 3);
@@ -33,9 +55,15 @@ async fn generate_goes_out_with_a_pooled_key_and_never_the_clients() {
         let key = r.key().unwrap();
         assert!(POOL.contains(&key.as_str()), "upstream saw {key}");
         let q = r.query.clone().unwrap_or_default();
-        assert!(!q.contains(CLIENT_KEY) && !q.contains("key="), "query leaked: {q}");
+        assert!(
+            !q.contains(CLIENT_KEY) && !q.contains("key="),
+            "query leaked: {q}"
+        );
         for (name, v) in &r.headers {
-            assert!(!v.to_str().unwrap_or("").contains(CLIENT_KEY), "header {name} leaked the client key");
+            assert!(
+                !v.to_str().unwrap_or("").contains(CLIENT_KEY),
+                "header {name} leaked the client key"
+            );
         }
     }
     assert_eq!(seen[2].query.as_deref(), Some("alt=json"));
@@ -48,21 +76,42 @@ async fn generate_goes_out_with_a_pooled_key_and_never_the_clients() {
 async fn missing_or_wrong_client_keys_are_refused_in_googles_envelope_without_upstream_calls() {
     let fake = FakeUpstream::start().await;
     let proxy = start_proxy(&fake.url, ProxyOpts::keys(&POOL)).await;
-    let url = format!("{}/v1beta/models/gemini-2.5-flash:generateContent", proxy.url);
+    let url = format!(
+        "{}/v1beta/models/gemini-2.5-flash:generateContent",
+        proxy.url
+    );
     let body = json!({"contents": [{"parts": [{"text": "hello"}]}]});
     let r = http().post(&url).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let v = json_of(r).await;
     assert_eq!(v["error"]["code"], 401);
     assert_eq!(v["error"]["status"], "UNAUTHENTICATED");
-    let r = http().post(&url).header("x-goog-api-key", "not-a-client-key").json(&body).send().await.unwrap();
+    let r = http()
+        .post(&url)
+        .header("x-goog-api-key", "not-a-client-key")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     let v = json_of(r).await;
     assert_eq!(v["error"]["status"], "PERMISSION_DENIED");
-    let r = http().post(&url).header("authorization", "Bearer also-wrong").json(&body).send().await.unwrap();
+    let r = http()
+        .post(&url)
+        .header("authorization", "Bearer also-wrong")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     // A pooled key is not a client credential either.
-    let r = http().post(&url).header("x-goog-api-key", POOL[0]).json(&body).send().await.unwrap();
+    let r = http()
+        .post(&url)
+        .header("x-goog-api-key", POOL[0])
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     assert!(fake.recorded().is_empty(), "upstream was called");
 }
@@ -76,7 +125,10 @@ async fn sse_events_reach_the_client_while_the_upstream_is_still_streaming() {
     });
     let proxy = start_proxy(&fake.url, ProxyOpts::keys(&POOL)).await;
     let resp = http()
-        .post(format!("{}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", proxy.url))
+        .post(format!(
+            "{}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            proxy.url
+        ))
         .header("x-goog-api-key", CLIENT_KEY)
         .json(&json!({"contents": [{"parts": [{"text": "stream please"}]}]}))
         .send()
@@ -88,7 +140,10 @@ async fn sse_events_reach_the_client_while_the_upstream_is_still_streaming() {
     let first = stream.next().await.unwrap().unwrap();
     let sent_when_first_arrived = fake.state.events_sent.load(Ordering::SeqCst);
     assert!(String::from_utf8_lossy(&first).starts_with("data: "));
-    assert!(sent_when_first_arrived < 4, "first event only arrived after {sent_when_first_arrived} of 4 were sent");
+    assert!(
+        sent_when_first_arrived < 4,
+        "first event only arrived after {sent_when_first_arrived} of 4 were sent"
+    );
     let mut rest = first.to_vec();
     while let Some(c) = stream.next().await {
         rest.extend_from_slice(&c.unwrap());
@@ -105,7 +160,10 @@ async fn json_array_stream_passes_byte_for_byte() {
     let proxy = start_proxy(&fake.url, ProxyOpts::keys(&POOL)).await;
     let body = json!({"contents": [{"parts": [{"text": "array stream"}]}]});
     let via_proxy = http()
-        .post(format!("{}/v1beta/models/gemini-2.5-flash:streamGenerateContent", proxy.url))
+        .post(format!(
+            "{}/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+            proxy.url
+        ))
         .header("x-goog-api-key", CLIENT_KEY)
         .json(&body)
         .send()
@@ -115,7 +173,10 @@ async fn json_array_stream_passes_byte_for_byte() {
         .await
         .unwrap();
     let direct = http()
-        .post(format!("{}/v1beta/models/gemini-2.5-flash:streamGenerateContent", fake.url))
+        .post(format!(
+            "{}/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+            fake.url
+        ))
         .header("x-goog-api-key", POOL[0])
         .json(&body)
         .send()
@@ -145,7 +206,10 @@ async fn openai_chat_works_with_a_bearer_client_key_and_goes_out_with_a_bearer_p
     let seen = fake.calls("/openai/chat/completions");
     assert_eq!(seen.len(), 1);
     let auth = seen[0].headers["authorization"].to_str().unwrap();
-    assert!(auth == format!("Bearer {}", POOL[0]) || auth == format!("Bearer {}", POOL[1]), "{auth}");
+    assert!(
+        auth == format!("Bearer {}", POOL[0]) || auth == format!("Bearer {}", POOL[1]),
+        "{auth}"
+    );
     assert!(seen[0].headers.get("x-goog-api-key").is_none());
 }
 
@@ -190,8 +254,14 @@ async fn resumable_upload_is_pointed_at_the_proxy_and_chunks_use_the_starting_ke
         .await
         .unwrap();
     assert_eq!(start.status(), 200);
-    let upload_url = start.headers()["x-goog-upload-url"].to_str().unwrap().to_string();
-    assert!(upload_url.starts_with(&proxy.url), "{upload_url} does not point at the proxy");
+    let upload_url = start.headers()["x-goog-upload-url"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        upload_url.starts_with(&proxy.url),
+        "{upload_url} does not point at the proxy"
+    );
     assert!(upload_url.contains("upload_id="));
     // Other traffic in between moves the round robin on.
     for _ in 0..3 {
@@ -212,7 +282,11 @@ async fn resumable_upload_is_pointed_at_the_proxy_and_chunks_use_the_starting_ke
     assert_eq!(v["file"]["sizeBytes"], "11");
     let uploads = fake.calls("/upload/v1beta/files");
     assert_eq!(uploads.len(), 2);
-    assert_eq!(uploads[0].key(), uploads[1].key(), "chunk went out with another key");
+    assert_eq!(
+        uploads[0].key(),
+        uploads[1].key(),
+        "chunk went out with another key"
+    );
     // Reading the file back also goes to the key that owns it.
     for _ in 0..2 {
         let r = c
@@ -231,12 +305,24 @@ async fn resumable_upload_is_pointed_at_the_proxy_and_chunks_use_the_starting_ke
 async fn health_readiness_and_unknown_paths() {
     let fake = FakeUpstream::start().await;
     let proxy = start_proxy(&fake.url, ProxyOpts::keys(&POOL)).await;
-    let r = http().get(format!("{}/healthz", proxy.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/healthz", proxy.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = http().get(format!("{}/readyz", proxy.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/readyz", proxy.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(json_of(r).await["store"], "memory");
-    let r = http().get(format!("{}/admin/secret", proxy.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/admin/secret", proxy.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(json_of(r).await["error"]["status"], "NOT_FOUND");
     assert!(fake.recorded().is_empty());
@@ -251,7 +337,10 @@ async fn graceful_shutdown_lets_an_in_flight_stream_finish() {
     });
     let mut proxy = start_proxy(&fake.url, ProxyOpts::keys(&POOL)).await;
     let resp = http()
-        .post(format!("{}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", proxy.url))
+        .post(format!(
+            "{}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            proxy.url
+        ))
         .header("x-goog-api-key", CLIENT_KEY)
         .json(&json!({"contents": [{"parts": [{"text": "long"}]}]}))
         .send()
@@ -259,8 +348,21 @@ async fn graceful_shutdown_lets_an_in_flight_stream_finish() {
         .unwrap();
     proxy.shutdown();
     let text = resp.text().await.unwrap();
-    assert_eq!(text.matches("data: ").count(), 4, "stream cut by shutdown: {text}");
+    assert_eq!(
+        text.matches("data: ").count(),
+        4,
+        "stream cut by shutdown: {text}"
+    );
     // New connections are refused once draining has begun.
-    tokio::time::timeout(Duration::from_secs(5), &mut proxy.task).await.unwrap().unwrap();
-    assert!(http().get(format!("{}/healthz", proxy.url)).send().await.is_err());
+    tokio::time::timeout(Duration::from_secs(5), &mut proxy.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        http()
+            .get(format!("{}/healthz", proxy.url))
+            .send()
+            .await
+            .is_err()
+    );
 }

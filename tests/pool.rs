@@ -12,22 +12,45 @@ use serde_json::json;
 async fn learns_real_limits_from_googles_429s_and_stops_sending_during_the_cooldown() {
     let fake = FakeUpstream::start().await;
     fake.behave(|b| b.per_key_rpm = Some(2));
-    let keys = ["AIzaRealLimit0000001", "AIzaRealLimit0000002", "AIzaRealLimit0000003"];
+    let keys = [
+        "AIzaRealLimit0000001",
+        "AIzaRealLimit0000002",
+        "AIzaRealLimit0000003",
+    ];
     let proxy = start_proxy(&fake.url, ProxyOpts::keys(&keys)).await;
     for i in 0..6 {
-        assert_eq!(generate(&proxy.url, "gemini-2.5-flash", "hi").await.status(), 200, "request {i}");
+        assert_eq!(
+            generate(&proxy.url, "gemini-2.5-flash", "hi")
+                .await
+                .status(),
+            200,
+            "request {i}"
+        );
     }
     let r = generate(&proxy.url, "gemini-2.5-flash", "seventh").await;
     assert_eq!(r.status(), 429);
-    let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(wait > 10 && wait <= 61, "Retry-After {wait}");
     let v = json_of(r).await;
     assert_eq!(v["error"]["status"], "RESOURCE_EXHAUSTED");
     let before = fake.calls(":generateContent").len();
     for _ in 0..5 {
-        assert_eq!(generate(&proxy.url, "gemini-2.5-flash", "during cooldown").await.status(), 429);
+        assert_eq!(
+            generate(&proxy.url, "gemini-2.5-flash", "during cooldown")
+                .await
+                .status(),
+            429
+        );
     }
-    assert_eq!(fake.calls(":generateContent").len(), before, "requests reached Google during the cooldown");
+    assert_eq!(
+        fake.calls(":generateContent").len(),
+        before,
+        "requests reached Google during the cooldown"
+    );
 }
 
 #[tokio::test]
@@ -39,12 +62,29 @@ async fn an_invalid_key_is_disabled_after_one_try_and_shown_in_the_status() {
     });
     let proxy = start_proxy(&fake.url, ProxyOpts::keys(&[bad, "AIzaGoodKey000000001"])).await;
     for _ in 0..6 {
-        assert_eq!(generate(&proxy.url, "gemini-2.5-flash", "hi").await.status(), 200);
+        assert_eq!(
+            generate(&proxy.url, "gemini-2.5-flash", "hi")
+                .await
+                .status(),
+            200
+        );
     }
-    let sent_bad = fake.recorded().iter().filter(|r| r.key().as_deref() == Some(bad)).count();
-    assert!(sent_bad <= 1, "the invalid key went upstream {sent_bad} times");
+    let sent_bad = fake
+        .recorded()
+        .iter()
+        .filter(|r| r.key().as_deref() == Some(bad))
+        .count();
+    assert!(
+        sent_bad <= 1,
+        "the invalid key went upstream {sent_bad} times"
+    );
     let status = json_of(
-        http().get(format!("{}/api/ai/quota-status/", proxy.url)).header("x-goog-api-key", CLIENT_KEY).send().await.unwrap(),
+        http()
+            .get(format!("{}/api/ai/quota-status/", proxy.url))
+            .header("x-goog-api-key", CLIENT_KEY)
+            .send()
+            .await
+            .unwrap(),
     )
     .await;
     let keys = status["quota_status"]["keys"].as_array().unwrap();
@@ -61,13 +101,25 @@ async fn transient_5xx_are_retried_before_the_first_byte() {
         b.script.push_back(Scripted::Status(503));
         b.script.push_back(Scripted::Status(503));
     });
-    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&["AIzaRetryKey00000001", "AIzaRetryKey00000002"])).await;
-    assert_eq!(generate(&proxy.url, "gemini-2.5-flash", "hi").await.status(), 200);
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&["AIzaRetryKey00000001", "AIzaRetryKey00000002"]),
+    )
+    .await;
+    assert_eq!(
+        generate(&proxy.url, "gemini-2.5-flash", "hi")
+            .await
+            .status(),
+        200
+    );
     assert_eq!(fake.calls(":generateContent").len(), 3);
     // One 503 before a stream: the stream is retried and arrives whole.
     fake.behave(|b| b.script.push_back(Scripted::Status(503)));
     let r = http()
-        .post(format!("{}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", proxy.url))
+        .post(format!(
+            "{}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            proxy.url
+        ))
         .header("x-goog-api-key", CLIENT_KEY)
         .json(&json!({"contents": [{"parts": [{"text": "s"}]}]}))
         .send()
@@ -84,7 +136,8 @@ async fn an_upstream_that_always_fails_gets_a_bounded_number_of_attempts() {
     fake.behave(|b| b.always_status = Some(500));
     let proxy = start_proxy(
         &fake.url,
-        ProxyOpts::keys(&["AIzaFailKey000000001", "AIzaFailKey000000002"]).toml("[upstream]\nretry_deadline_secs = 5\n"),
+        ProxyOpts::keys(&["AIzaFailKey000000001", "AIzaFailKey000000002"])
+            .toml("[upstream]\nretry_deadline_secs = 5\n"),
     )
     .await;
     let started = std::time::Instant::now();
@@ -101,14 +154,27 @@ async fn an_upstream_that_always_fails_gets_a_bounded_number_of_attempts() {
 async fn a_per_day_429_cools_the_key_until_pacific_midnight() {
     let fake = FakeUpstream::start().await;
     fake.behave(|b| b.script.push_back(Scripted::PerDay429));
-    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&["AIzaDayKey0000000001", "AIzaDayKey0000000002"])).await;
-    assert_eq!(generate(&proxy.url, "gemini-2.5-flash", "hi").await.status(), 200);
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&["AIzaDayKey0000000001", "AIzaDayKey0000000002"]),
+    )
+    .await;
+    assert_eq!(
+        generate(&proxy.url, "gemini-2.5-flash", "hi")
+            .await
+            .status(),
+        200
+    );
     let cds = proxy.state.store.cooldowns().await.unwrap();
     assert_eq!(cds.len(), 1);
     let now = chrono::Utc::now().timestamp_millis();
-    let midnight = gemini_quota_proxy::quota::DayInfo::at(chrono_tz::America::Los_Angeles, now).next_midnight_ms;
+    let midnight = gemini_quota_proxy::quota::DayInfo::at(chrono_tz::America::Los_Angeles, now)
+        .next_midnight_ms;
     let diff = (midnight - now) - cds[0].remaining_ms as i64;
-    assert!(diff.abs() < 5_000, "cooldown ends {diff} ms away from Pacific midnight");
+    assert!(
+        diff.abs() < 5_000,
+        "cooldown ends {diff} ms away from Pacific midnight"
+    );
     // RetryInfo said 17 s: ignored for a per-day violation.
     assert!(cds[0].remaining_ms > 17_000 || midnight - now < 17_000);
 }

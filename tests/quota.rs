@@ -9,7 +9,11 @@ use common::*;
 use serde_json::json;
 
 fn retry_after(r: &reqwest::Response) -> u64 {
-    r.headers()["retry-after"].to_str().unwrap().parse().unwrap()
+    r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -17,7 +21,8 @@ async fn two_keys_at_three_a_minute_let_exactly_six_of_ten_through() {
     let fake = FakeUpstream::start().await;
     let proxy = start_proxy(
         &fake.url,
-        ProxyOpts::keys(&["AIzaQuotaKey00000001", "AIzaQuotaKey00000002"]).env("GEMINI_MINUTE_LIMIT", "3"),
+        ProxyOpts::keys(&["AIzaQuotaKey00000001", "AIzaQuotaKey00000002"])
+            .env("GEMINI_MINUTE_LIMIT", "3"),
     )
     .await;
     let mut ok = 0;
@@ -31,10 +36,20 @@ async fn two_keys_at_three_a_minute_let_exactly_six_of_ten_through() {
                 let v = json_of(r).await;
                 assert_eq!(v["error"]["status"], "RESOURCE_EXHAUSTED");
                 let details = v["error"]["details"].as_array().unwrap();
-                let qf = details.iter().find(|d| d["@type"] == "type.googleapis.com/google.rpc.QuotaFailure").unwrap();
-                assert_eq!(qf["violations"][0]["quotaDimensions"]["model"], "gemini-2.5-flash");
+                let qf = details
+                    .iter()
+                    .find(|d| d["@type"] == "type.googleapis.com/google.rpc.QuotaFailure")
+                    .unwrap();
+                assert_eq!(
+                    qf["violations"][0]["quotaDimensions"]["model"],
+                    "gemini-2.5-flash"
+                );
                 assert_eq!(qf["violations"][0]["quotaValue"], "3");
-                assert!(details.iter().any(|d| d["@type"] == "type.googleapis.com/google.rpc.RetryInfo"));
+                assert!(
+                    details
+                        .iter()
+                        .any(|d| d["@type"] == "type.googleapis.com/google.rpc.RetryInfo")
+                );
             }
             other => panic!("unexpected status {other}"),
         }
@@ -55,7 +70,12 @@ async fn token_minute_limit_refuses_the_third_two_hundred_token_prompt() {
     let codes: Vec<u16> = {
         let mut v = Vec::new();
         for _ in 0..3 {
-            v.push(generate(&proxy.url, "gemini-2.5-flash", &prompt).await.status().as_u16());
+            v.push(
+                generate(&proxy.url, "gemini-2.5-flash", &prompt)
+                    .await
+                    .status()
+                    .as_u16(),
+            );
         }
         v
     };
@@ -89,7 +109,12 @@ async fn daily_limit_retry_after_is_the_time_to_pacific_midnight() {
     )
     .await;
     for _ in 0..2 {
-        assert_eq!(generate(&proxy.url, "gemini-2.5-flash", "hi").await.status(), 200);
+        assert_eq!(
+            generate(&proxy.url, "gemini-2.5-flash", "hi")
+                .await
+                .status(),
+            200
+        );
     }
     let r = generate(&proxy.url, "gemini-2.5-flash", "hi").await;
     assert_eq!(r.status(), 429);
@@ -106,9 +131,15 @@ async fn daily_limit_retry_after_is_the_time_to_pacific_midnight() {
         .earliest()
         .unwrap();
     let want = (midnight.timestamp_millis() - now.timestamp_millis()) / 1000;
-    assert!((got - want).abs() <= 60, "Retry-After {got}s, next Pacific midnight in {want}s");
+    assert!(
+        (got - want).abs() <= 60,
+        "Retry-After {got}s, next Pacific midnight in {want}s"
+    );
     let v = json_of(r).await;
-    assert_eq!(v["error"]["details"][0]["violations"][0]["quotaId"], "GenerateRequestsPerDayPerProjectPerModel");
+    assert_eq!(
+        v["error"]["details"][0]["violations"][0]["quotaId"],
+        "GenerateRequestsPerDayPerProjectPerModel"
+    );
 }
 
 #[tokio::test]
@@ -116,24 +147,44 @@ async fn count_tokens_and_model_listing_never_use_generate_quota() {
     let fake = FakeUpstream::start().await;
     let proxy = start_proxy(
         &fake.url,
-        ProxyOpts::keys(&["AIzaFreeKey000000001"]).env("GEMINI_MINUTE_LIMIT", "1").env("GEMINI_DAILY_LIMIT", "1"),
+        ProxyOpts::keys(&["AIzaFreeKey000000001"])
+            .env("GEMINI_MINUTE_LIMIT", "1")
+            .env("GEMINI_DAILY_LIMIT", "1"),
     )
     .await;
     let c = http();
     for _ in 0..5 {
         let r = c
-            .post(format!("{}/v1beta/models/gemini-2.5-flash:countTokens", proxy.url))
+            .post(format!(
+                "{}/v1beta/models/gemini-2.5-flash:countTokens",
+                proxy.url
+            ))
             .header("x-goog-api-key", CLIENT_KEY)
             .json(&json!({"contents": [{"parts": [{"text": "count me"}]}]}))
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        let r = c.get(format!("{}/v1beta/models", proxy.url)).header("x-goog-api-key", CLIENT_KEY).send().await.unwrap();
+        let r = c
+            .get(format!("{}/v1beta/models", proxy.url))
+            .header("x-goog-api-key", CLIENT_KEY)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
-    assert_eq!(generate(&proxy.url, "gemini-2.5-flash", "now generate").await.status(), 200);
-    assert_eq!(generate(&proxy.url, "gemini-2.5-flash", "again").await.status(), 429);
+    assert_eq!(
+        generate(&proxy.url, "gemini-2.5-flash", "now generate")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        generate(&proxy.url, "gemini-2.5-flash", "again")
+            .await
+            .status(),
+        429
+    );
 }
 
 #[tokio::test]
@@ -142,9 +193,17 @@ async fn settlement_replaces_the_estimate_with_googles_prompt_token_count() {
     fake.behave(|b| b.prompt_tokens = Some(777));
     let proxy = start_proxy(&fake.url, ProxyOpts::keys(&["AIzaSettleKey0000001"])).await;
     // A JSON answer and an SSE stream (cumulative usage on every chunk: never summed).
-    assert_eq!(generate(&proxy.url, "gemini-2.5-flash", "short").await.status(), 200);
+    assert_eq!(
+        generate(&proxy.url, "gemini-2.5-flash", "short")
+            .await
+            .status(),
+        200
+    );
     let r = http()
-        .post(format!("{}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", proxy.url))
+        .post(format!(
+            "{}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            proxy.url
+        ))
         .header("x-goog-api-key", CLIENT_KEY)
         .json(&json!({"contents": [{"parts": [{"text": "short"}]}]}))
         .send()
@@ -184,7 +243,10 @@ async fn embed_calls_spend_the_embed_quota_not_the_generate_quota() {
     .await;
     let embed = || async {
         http()
-            .post(format!("{}/v1beta/models/gemini-embedding-001:embedContent", proxy.url))
+            .post(format!(
+                "{}/v1beta/models/gemini-embedding-001:embedContent",
+                proxy.url
+            ))
             .header("x-goog-api-key", CLIENT_KEY)
             .json(&json!({"content": {"parts": [{"text": "embed me"}]}}))
             .send()
@@ -193,6 +255,14 @@ async fn embed_calls_spend_the_embed_quota_not_the_generate_quota() {
             .status()
             .as_u16()
     };
-    assert_eq!([embed().await, embed().await, embed().await], [200, 200, 429]);
-    assert_eq!(generate(&proxy.url, "gemini-2.5-flash", "gen").await.status(), 200);
+    assert_eq!(
+        [embed().await, embed().await, embed().await],
+        [200, 200, 429]
+    );
+    assert_eq!(
+        generate(&proxy.url, "gemini-2.5-flash", "gen")
+            .await
+            .status(),
+        200
+    );
 }

@@ -40,13 +40,21 @@ fn start_replica(upstream: &str, redis_url: &str, keys: &str, extra: &[(&str, &s
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(i) = line.find("addr=") {
-                let addr: String = line[i + 5..].chars().take_while(|c| !c.is_whitespace()).collect();
+                let addr: String = line[i + 5..]
+                    .chars()
+                    .take_while(|c| !c.is_whitespace())
+                    .collect();
                 let _ = tx.send(addr);
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("replica logged its address");
-    Replica { url: format!("http://{addr}"), child }
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("replica logged its address");
+    Replica {
+        url: format!("http://{addr}"),
+        child,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -60,7 +68,12 @@ async fn three_replicas_on_one_redis_admit_exactly_the_pool_limit() {
     let mut tasks = Vec::new();
     for i in 0..90 {
         let url = replicas[i % 3].url.clone();
-        tasks.push(tokio::spawn(async move { generate(&url, "gemini-2.5-flash", "race").await.status().as_u16() }));
+        tasks.push(tokio::spawn(async move {
+            generate(&url, "gemini-2.5-flash", "race")
+                .await
+                .status()
+                .as_u16()
+        }));
     }
     let mut codes = Vec::new();
     for t in tasks {
@@ -78,19 +91,33 @@ async fn a_429_seen_by_one_replica_makes_the_other_skip_that_key() {
     let redis = RedisServer::start();
     let fake = FakeUpstream::start().await;
     let keys = "AIzaSkipKey000000001,AIzaSkipKey000000002";
-    let a = start_replica(&fake.url, &redis.url, keys, &[("PROXY_CLIENT_KEYS", CLIENT_KEY)]);
+    let a = start_replica(
+        &fake.url,
+        &redis.url,
+        keys,
+        &[("PROXY_CLIENT_KEYS", CLIENT_KEY)],
+    );
     let b = start_replica(&fake.url, &redis.url, keys, &[]);
     // The first call through A gets Google's per-day 429 on whichever key it used; A retries on
     // the other key, and from then on B never sends to the exhausted key either.
     fake.behave(|f| f.script.push_back(Scripted::PerDay429));
-    assert_eq!(generate(&a.url, "gemini-2.5-flash", "one").await.status(), 200);
+    assert_eq!(
+        generate(&a.url, "gemini-2.5-flash", "one").await.status(),
+        200
+    );
     let calls = fake.calls(":generateContent");
     assert_eq!(calls.len(), 2);
     let exhausted = calls[0].key().unwrap();
     for _ in 0..4 {
-        assert_eq!(generate(&b.url, "gemini-2.5-flash", "two").await.status(), 200);
+        assert_eq!(
+            generate(&b.url, "gemini-2.5-flash", "two").await.status(),
+            200
+        );
     }
     let later = &fake.calls(":generateContent")[2..];
     assert_eq!(later.len(), 4);
-    assert!(later.iter().all(|r| r.key().unwrap() != exhausted), "B used the key A saw exhausted");
+    assert!(
+        later.iter().all(|r| r.key().unwrap() != exhausted),
+        "B used the key A saw exhausted"
+    );
 }

@@ -40,17 +40,38 @@ async fn google_genai_sdk_works_through_the_proxy() {
         .expect("python runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "SDK script failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "SDK script failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("google-genai SDK checks passed"));
 
     let seen = fake.recorded();
-    for path in [":generateContent", ":streamGenerateContent", ":countTokens", "/models", "/upload/", "/files/"] {
-        assert!(seen.iter().any(|r| r.path.contains(path)), "the SDK never reached {path}");
+    for path in [
+        ":generateContent",
+        ":streamGenerateContent",
+        ":countTokens",
+        "/models",
+        "/upload/",
+        "/files/",
+    ] {
+        assert!(
+            seen.iter().any(|r| r.path.contains(path)),
+            "the SDK never reached {path}"
+        );
     }
     for r in &seen {
         let key = r.key().unwrap_or_default();
-        assert!(pool.contains(&key.as_str()), "{} went out with {key:?}", r.path);
+        assert!(
+            pool.contains(&key.as_str()),
+            "{} went out with {key:?}",
+            r.path
+        );
     }
     // The wrong key never reached the upstream.
-    assert!(!seen.iter().any(|r| format!("{:?}", r.headers).contains("wrong-key")));
+    assert!(
+        !seen
+            .iter()
+            .any(|r| format!("{:?}", r.headers).contains("wrong-key"))
+    );
 }

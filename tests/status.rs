@@ -8,12 +8,20 @@ use serde_json::{Value, json};
 const KEYS: [&str; 2] = ["AIzaStatusKey0000001", "AIzaStatusKey0000002"];
 
 async fn status(proxy: &str, cred: &str) -> (u16, Value) {
-    let r = http().get(format!("{proxy}/api/ai/quota-status/")).header("x-goog-api-key", cred).send().await.unwrap();
+    let r = http()
+        .get(format!("{proxy}/api/ai/quota-status/"))
+        .header("x-goog-api-key", cred)
+        .send()
+        .await
+        .unwrap();
     (r.status().as_u16(), json_of(r).await)
 }
 
 async fn reset(proxy: &str, auth: Option<&str>, body: &str) -> (u16, Value) {
-    let mut req = http().post(format!("{proxy}/api/ai/quota-status/")).header("content-type", "application/json").body(body.to_string());
+    let mut req = http()
+        .post(format!("{proxy}/api/ai/quota-status/"))
+        .header("content-type", "application/json")
+        .body(body.to_string());
     if let Some(a) = auth {
         req = req.header("authorization", format!("Bearer {a}"));
     }
@@ -48,7 +56,10 @@ async fn four_requests_on_two_keys_at_the_seed_defaults() {
     assert_eq!(u["minute_tokens"], 2000);
     assert_eq!(u["token_minute_limit"], 2_000_000);
     assert_eq!(u["token_minute_remaining"], 1_998_000);
-    assert_eq!(u["usage_percentage"], json!({"minute": 13.3, "daily": 0.1, "tokens": 0.1}));
+    assert_eq!(
+        u["usage_percentage"],
+        json!({"minute": 13.3, "daily": 0.1, "tokens": 0.1})
+    );
     assert_eq!(q["healthy"], true);
     assert_eq!(q["store"]["backend"], "memory");
     assert_eq!(q["keys"].as_array().unwrap().len(), 2);
@@ -61,14 +72,22 @@ async fn four_requests_on_two_keys_at_the_seed_defaults() {
     // The admin token reads it too; nothing else does.
     assert_eq!(status(&proxy.url, ADMIN_TOKEN).await.0, 200);
     assert_eq!(status(&proxy.url, "nope").await.0, 401);
-    let r = http().get(format!("{}/api/ai/quota-status/", proxy.url)).send().await.unwrap();
+    let r = http()
+        .get(format!("{}/api/ai/quota-status/", proxy.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
 }
 
 #[tokio::test]
 async fn health_warns_at_eighty_percent_and_errs_above_ninety_five() {
     let fake = FakeUpstream::start().await;
-    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&["AIzaHealthKey0000001"]).env("GEMINI_MINUTE_LIMIT", "10")).await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&["AIzaHealthKey0000001"]).env("GEMINI_MINUTE_LIMIT", "10"),
+    )
+    .await;
     for _ in 0..8 {
         generate(&proxy.url, "gemini-2.5-flash", "x").await;
     }
@@ -93,12 +112,30 @@ async fn reset_rules() {
     for _ in 0..3 {
         generate(&proxy.url, "gemini-2.5-flash", "x").await;
     }
-    assert_eq!(reset(&proxy.url, None, r#"{"quota_type":"minute"}"#).await.0, 401);
-    assert_eq!(reset(&proxy.url, Some(CLIENT_KEY), r#"{"quota_type":"minute"}"#).await.0, 403);
+    assert_eq!(
+        reset(&proxy.url, None, r#"{"quota_type":"minute"}"#)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        reset(&proxy.url, Some(CLIENT_KEY), r#"{"quota_type":"minute"}"#)
+            .await
+            .0,
+        403
+    );
     let (code, v) = reset(&proxy.url, Some(ADMIN_TOKEN), r#"{"quota_type":"hourly"}"#).await;
     assert_eq!(code, 400);
-    assert!(v["error"]["message"].as_str().unwrap().contains("\"minute\""));
-    assert_eq!(reset(&proxy.url, Some(ADMIN_TOKEN), "{not json").await.0, 400);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"minute\"")
+    );
+    assert_eq!(
+        reset(&proxy.url, Some(ADMIN_TOKEN), "{not json").await.0,
+        400
+    );
     let (code, v) = reset(&proxy.url, Some(ADMIN_TOKEN), r#"{"quota_type":"minute"}"#).await;
     assert_eq!(code, 200);
     assert_eq!(v["quota_status"]["usage"]["minute_requests"], 0);
@@ -113,8 +150,19 @@ async fn reset_rules() {
 async fn metrics_are_prometheus_text_with_masked_keys_only() {
     let fake = FakeUpstream::start().await;
     let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS)).await;
-    generate(&proxy.url, "gemini-2.5-flash", "x").await.text().await.unwrap();
-    let text = http().get(format!("{}/metrics", proxy.url)).send().await.unwrap().text().await.unwrap();
+    generate(&proxy.url, "gemini-2.5-flash", "x")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let text = http()
+        .get(format!("{}/metrics", proxy.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(text.contains("gqp_requests_total"), "{text}");
     assert!(text.contains("gqp_proxy_overhead_seconds"));
     for k in KEYS {

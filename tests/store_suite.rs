@@ -22,15 +22,31 @@ use gemini_quota_proxy::secret::Secret;
 const T0: i64 = 1_769_855_400_000;
 
 fn limits(minute: u64, token_minute: u64, daily: u64) -> Limits {
-    Limits { minute, token_minute, daily, max_request_tokens: u64::MAX }
+    Limits {
+        minute,
+        token_minute,
+        daily,
+        max_request_tokens: u64::MAX,
+    }
 }
 
 fn cand(index: usize, project: &str, l: Limits) -> Candidate {
-    Candidate { index, kid: format!("kid{index}").into(), project: project.into(), limits: l }
+    Candidate {
+        index,
+        kid: format!("kid{index}").into(),
+        project: project.into(),
+        limits: l,
+    }
 }
 
 fn req(tokens: u64, cands: Vec<Candidate>) -> AdmitRequest {
-    AdmitRequest { model: "gemini-2.5-flash".into(), tokens, candidates: cands, strategy: Strategy::Headroom, rotation: 0 }
+    AdmitRequest {
+        model: "gemini-2.5-flash".into(),
+        tokens,
+        candidates: cands,
+        strategy: Strategy::Headroom,
+        rotation: 0,
+    }
 }
 
 struct Harness {
@@ -41,16 +57,29 @@ struct Harness {
 
 fn memory() -> Harness {
     let clock = Arc::new(ManualClock::new(T0));
-    Harness { store: Arc::new(MemoryStore::new(clock.clone(), Los_Angeles)), clock, _redis: None }
+    Harness {
+        store: Arc::new(MemoryStore::new(clock.clone(), Los_Angeles)),
+        clock,
+        _redis: None,
+    }
 }
 
 fn redis() -> Harness {
     let server = RedisServer::start();
     let clock = Arc::new(ManualClock::new(T0));
-    let store = RedisStore::new(&Secret::new(server.url.clone()), "suite", std::time::Duration::from_secs(2), Los_Angeles)
-        .unwrap()
-        .with_clock(clock.clone());
-    Harness { store: Arc::new(store), clock, _redis: Some(Arc::new(server)) }
+    let store = RedisStore::new(
+        &Secret::new(server.url.clone()),
+        "suite",
+        std::time::Duration::from_secs(2),
+        Los_Angeles,
+    )
+    .unwrap()
+    .with_clock(clock.clone());
+    Harness {
+        store: Arc::new(store),
+        clock,
+        _redis: Some(Arc::new(server)),
+    }
 }
 
 /// Declare a test that runs against both stores.
@@ -77,145 +106,248 @@ async fn admitted(h: &Harness, r: &AdmitRequest) -> bool {
     matches!(h.store.admit(r).await.unwrap(), AdmitOutcome::Admitted(_))
 }
 
-both!(sliding_minute_refuses_at_the_limit_and_frees_exactly_sixty_seconds_later, |h: Harness| async move {
-    let r = req(1, vec![cand(0, "p", limits(3, 1000, 100))]);
-    for i in 0..3 {
-        assert!(admitted(&h, &r).await);
-        h.clock.advance(10_000 * (i + 1));
-    }
-    // Admissions at T0, T0+10s, T0+30s; now T0+60s: the first left the window exactly now.
-    assert!(admitted(&h, &r).await, "the oldest admission should have expired at 60 s");
-    h.clock.advance(1_000);
-    match h.store.admit(&r).await.unwrap() {
-        AdmitOutcome::Refused { limit, limit_value, retry_after_ms } => {
-            assert_eq!(limit, LimitKind::RequestsPerMinute);
-            assert_eq!(limit_value, 3);
-            // The T0+10s admission leaves at T0+70s; now is T0+61s.
-            assert_eq!(retry_after_ms, 9_000);
+both!(
+    sliding_minute_refuses_at_the_limit_and_frees_exactly_sixty_seconds_later,
+    |h: Harness| async move {
+        let r = req(1, vec![cand(0, "p", limits(3, 1000, 100))]);
+        for i in 0..3 {
+            assert!(admitted(&h, &r).await);
+            h.clock.advance(10_000 * (i + 1));
         }
-        other => panic!("{other:?}"),
-    }
-    h.clock.advance(9_000);
-    assert!(admitted(&h, &r).await);
-});
-
-both!(tokens_are_counted_and_settlement_replaces_the_estimate, |h: Harness| async move {
-    let r = req(300, vec![cand(0, "p", limits(100, 500, 100))]);
-    let AdmitOutcome::Admitted(first) = h.store.admit(&r).await.unwrap() else { panic!() };
-    assert_eq!(first.remaining_tokens, 200);
-    match h.store.admit(&r).await.unwrap() {
-        AdmitOutcome::Refused { limit, retry_after_ms, .. } => {
-            assert_eq!(limit, LimitKind::TokensPerMinute);
-            assert_eq!(retry_after_ms, 60_000);
-        }
-        other => panic!("{other:?}"),
-    }
-    // Google says the first one was only 100 tokens: now 300 more fit.
-    h.store.settle(&first, 100).await.unwrap();
-    assert!(admitted(&h, &r).await);
-    let usage = h.store.usage().await.unwrap();
-    assert_eq!(usage.len(), 1);
-    assert_eq!((usage[0].2.minute_requests, usage[0].2.minute_tokens, usage[0].2.daily_requests), (2, 400, 2));
-});
-
-both!(day_limit_holds_until_pacific_midnight_then_resets, |h: Harness| async move {
-    let r = req(1, vec![cand(0, "p", limits(100, 1000, 2))]);
-    assert!(admitted(&h, &r).await);
-    assert!(admitted(&h, &r).await);
-    let midnight = DayInfo::at(Los_Angeles, h.clock.now_ms()).next_midnight_ms;
-    match h.store.admit(&r).await.unwrap() {
-        AdmitOutcome::Refused { limit, retry_after_ms, .. } => {
-            assert_eq!(limit, LimitKind::RequestsPerDay);
-            assert_eq!(retry_after_ms as i64, midnight - h.clock.now_ms());
-        }
-        other => panic!("{other:?}"),
-    }
-    h.clock.set(midnight - 1);
-    assert!(!admitted(&h, &r).await);
-    h.clock.set(midnight);
-    assert!(admitted(&h, &r).await, "a new Pacific day starts at midnight");
-});
-
-both!(keys_of_one_project_share_counters_and_other_projects_take_over, |h: Harness| async move {
-    let l = limits(2, 1000, 100);
-    let cands = vec![cand(0, "shared", l), cand(1, "shared", l), cand(2, "other", l)];
-    let mut projects = Vec::new();
-    for i in 0..4 {
-        let mut r = req(1, cands.clone());
-        r.rotation = i;
+        // Admissions at T0, T0+10s, T0+30s; now T0+60s: the first left the window exactly now.
+        assert!(
+            admitted(&h, &r).await,
+            "the oldest admission should have expired at 60 s"
+        );
+        h.clock.advance(1_000);
         match h.store.admit(&r).await.unwrap() {
-            AdmitOutcome::Admitted(res) => projects.push(res.project.to_string()),
+            AdmitOutcome::Refused {
+                limit,
+                limit_value,
+                retry_after_ms,
+            } => {
+                assert_eq!(limit, LimitKind::RequestsPerMinute);
+                assert_eq!(limit_value, 3);
+                // The T0+10s admission leaves at T0+70s; now is T0+61s.
+                assert_eq!(retry_after_ms, 9_000);
+            }
             other => panic!("{other:?}"),
         }
-    }
-    assert_eq!(projects.iter().filter(|p| *p == "shared").count(), 2);
-    assert_eq!(projects.iter().filter(|p| *p == "other").count(), 2);
-    assert!(!admitted(&h, &req(1, cands)).await);
-});
-
-both!(ordered_strategy_fills_the_primary_first, |h: Harness| async move {
-    let l = limits(2, 1000, 100);
-    let mut r = req(1, vec![cand(0, "a", l), cand(1, "b", l)]);
-    r.strategy = Strategy::Ordered;
-    let mut order = Vec::new();
-    for _ in 0..4 {
-        let AdmitOutcome::Admitted(res) = h.store.admit(&r).await.unwrap() else { panic!() };
-        order.push(res.index);
-    }
-    assert_eq!(order, [0, 0, 1, 1]);
-});
-
-both!(cooldowns_and_disabled_keys_are_skipped, |h: Harness| async move {
-    let l = limits(100, 1000, 100);
-    let r = req(1, vec![cand(0, "a", l), cand(1, "b", l)]);
-    h.store.cool_down("a", "gemini-2.5-flash", 30_000, "429 per minute").await.unwrap();
-    h.store.disable_key("kid1", "API_KEY_INVALID").await.unwrap();
-    match h.store.admit(&r).await.unwrap() {
-        AdmitOutcome::Unavailable { retry_after_ms: Some(ms) } => assert!(ms > 25_000 && ms <= 30_000, "{ms}"),
-        other => panic!("{other:?}"),
-    }
-    let states = h.store.key_states(&["kid0".into(), "kid1".into()]).await.unwrap();
-    assert_eq!(states[0], KeyState::Active);
-    assert!(matches!(&states[1], KeyState::Disabled { reason } if reason == "API_KEY_INVALID"));
-    let cds = h.store.cooldowns().await.unwrap();
-    assert_eq!(cds.len(), 1);
-    assert_eq!(cds[0].project, "a");
-    h.store
-        .reset(ResetKind::Cooldowns, &ResetScope { kids: Some(vec!["kid0".into(), "kid1".into()]), ..Default::default() })
-        .await
-        .unwrap();
-    assert!(admitted(&h, &r).await);
-    assert!(h.store.cooldowns().await.unwrap().is_empty());
-});
-
-both!(resets_clear_what_they_name_and_nothing_else, |h: Harness| async move {
-    let r = req(10, vec![cand(0, "p", limits(100, 1000, 100))]);
-    for _ in 0..3 {
+        h.clock.advance(9_000);
         assert!(admitted(&h, &r).await);
     }
-    h.store.reset(ResetKind::Minute, &ResetScope::default()).await.unwrap();
-    let u = h.store.usage().await.unwrap()[0].2;
-    assert_eq!((u.minute_requests, u.minute_tokens, u.daily_requests), (0, 0, 3));
-    assert!(admitted(&h, &r).await);
-    h.store.reset(ResetKind::Tokens, &ResetScope::default()).await.unwrap();
-    let u = h.store.usage().await.unwrap()[0].2;
-    assert_eq!((u.minute_requests, u.minute_tokens, u.daily_requests), (1, 0, 4));
-    h.store.reset(ResetKind::All, &ResetScope::default()).await.unwrap();
-    assert!(h.store.usage().await.unwrap().is_empty());
-});
+);
 
-both!(affinity_remembers_the_creating_key_until_it_expires, |h: Harness| async move {
-    h.store.set_affinity("files/abc", "kid7", 60_000).await.unwrap();
-    assert_eq!(h.store.affinity("files/abc").await.unwrap().as_deref(), Some("kid7"));
-    assert_eq!(h.store.affinity("files/other").await.unwrap(), None);
-});
+both!(
+    tokens_are_counted_and_settlement_replaces_the_estimate,
+    |h: Harness| async move {
+        let r = req(300, vec![cand(0, "p", limits(100, 500, 100))]);
+        let AdmitOutcome::Admitted(first) = h.store.admit(&r).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(first.remaining_tokens, 200);
+        match h.store.admit(&r).await.unwrap() {
+            AdmitOutcome::Refused {
+                limit,
+                retry_after_ms,
+                ..
+            } => {
+                assert_eq!(limit, LimitKind::TokensPerMinute);
+                assert_eq!(retry_after_ms, 60_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Google says the first one was only 100 tokens: now 300 more fit.
+        h.store.settle(&first, 100).await.unwrap();
+        assert!(admitted(&h, &r).await);
+        let usage = h.store.usage().await.unwrap();
+        assert_eq!(usage.len(), 1);
+        assert_eq!(
+            (
+                usage[0].2.minute_requests,
+                usage[0].2.minute_tokens,
+                usage[0].2.daily_requests
+            ),
+            (2, 400, 2)
+        );
+    }
+);
+
+both!(
+    day_limit_holds_until_pacific_midnight_then_resets,
+    |h: Harness| async move {
+        let r = req(1, vec![cand(0, "p", limits(100, 1000, 2))]);
+        assert!(admitted(&h, &r).await);
+        assert!(admitted(&h, &r).await);
+        let midnight = DayInfo::at(Los_Angeles, h.clock.now_ms()).next_midnight_ms;
+        match h.store.admit(&r).await.unwrap() {
+            AdmitOutcome::Refused {
+                limit,
+                retry_after_ms,
+                ..
+            } => {
+                assert_eq!(limit, LimitKind::RequestsPerDay);
+                assert_eq!(retry_after_ms as i64, midnight - h.clock.now_ms());
+            }
+            other => panic!("{other:?}"),
+        }
+        h.clock.set(midnight - 1);
+        assert!(!admitted(&h, &r).await);
+        h.clock.set(midnight);
+        assert!(
+            admitted(&h, &r).await,
+            "a new Pacific day starts at midnight"
+        );
+    }
+);
+
+both!(
+    keys_of_one_project_share_counters_and_other_projects_take_over,
+    |h: Harness| async move {
+        let l = limits(2, 1000, 100);
+        let cands = vec![
+            cand(0, "shared", l),
+            cand(1, "shared", l),
+            cand(2, "other", l),
+        ];
+        let mut projects = Vec::new();
+        for i in 0..4 {
+            let mut r = req(1, cands.clone());
+            r.rotation = i;
+            match h.store.admit(&r).await.unwrap() {
+                AdmitOutcome::Admitted(res) => projects.push(res.project.to_string()),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(projects.iter().filter(|p| *p == "shared").count(), 2);
+        assert_eq!(projects.iter().filter(|p| *p == "other").count(), 2);
+        assert!(!admitted(&h, &req(1, cands)).await);
+    }
+);
+
+both!(
+    ordered_strategy_fills_the_primary_first,
+    |h: Harness| async move {
+        let l = limits(2, 1000, 100);
+        let mut r = req(1, vec![cand(0, "a", l), cand(1, "b", l)]);
+        r.strategy = Strategy::Ordered;
+        let mut order = Vec::new();
+        for _ in 0..4 {
+            let AdmitOutcome::Admitted(res) = h.store.admit(&r).await.unwrap() else {
+                panic!()
+            };
+            order.push(res.index);
+        }
+        assert_eq!(order, [0, 0, 1, 1]);
+    }
+);
+
+both!(
+    cooldowns_and_disabled_keys_are_skipped,
+    |h: Harness| async move {
+        let l = limits(100, 1000, 100);
+        let r = req(1, vec![cand(0, "a", l), cand(1, "b", l)]);
+        h.store
+            .cool_down("a", "gemini-2.5-flash", 30_000, "429 per minute")
+            .await
+            .unwrap();
+        h.store
+            .disable_key("kid1", "API_KEY_INVALID")
+            .await
+            .unwrap();
+        match h.store.admit(&r).await.unwrap() {
+            AdmitOutcome::Unavailable {
+                retry_after_ms: Some(ms),
+            } => assert!(ms > 25_000 && ms <= 30_000, "{ms}"),
+            other => panic!("{other:?}"),
+        }
+        let states = h
+            .store
+            .key_states(&["kid0".into(), "kid1".into()])
+            .await
+            .unwrap();
+        assert_eq!(states[0], KeyState::Active);
+        assert!(matches!(&states[1], KeyState::Disabled { reason } if reason == "API_KEY_INVALID"));
+        let cds = h.store.cooldowns().await.unwrap();
+        assert_eq!(cds.len(), 1);
+        assert_eq!(cds[0].project, "a");
+        h.store
+            .reset(
+                ResetKind::Cooldowns,
+                &ResetScope {
+                    kids: Some(vec!["kid0".into(), "kid1".into()]),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(admitted(&h, &r).await);
+        assert!(h.store.cooldowns().await.unwrap().is_empty());
+    }
+);
+
+both!(
+    resets_clear_what_they_name_and_nothing_else,
+    |h: Harness| async move {
+        let r = req(10, vec![cand(0, "p", limits(100, 1000, 100))]);
+        for _ in 0..3 {
+            assert!(admitted(&h, &r).await);
+        }
+        h.store
+            .reset(ResetKind::Minute, &ResetScope::default())
+            .await
+            .unwrap();
+        let u = h.store.usage().await.unwrap()[0].2;
+        assert_eq!(
+            (u.minute_requests, u.minute_tokens, u.daily_requests),
+            (0, 0, 3)
+        );
+        assert!(admitted(&h, &r).await);
+        h.store
+            .reset(ResetKind::Tokens, &ResetScope::default())
+            .await
+            .unwrap();
+        let u = h.store.usage().await.unwrap()[0].2;
+        assert_eq!(
+            (u.minute_requests, u.minute_tokens, u.daily_requests),
+            (1, 0, 4)
+        );
+        h.store
+            .reset(ResetKind::All, &ResetScope::default())
+            .await
+            .unwrap();
+        assert!(h.store.usage().await.unwrap().is_empty());
+    }
+);
+
+both!(
+    affinity_remembers_the_creating_key_until_it_expires,
+    |h: Harness| async move {
+        h.store
+            .set_affinity("files/abc", "kid7", 60_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            h.store.affinity("files/abc").await.unwrap().as_deref(),
+            Some("kid7")
+        );
+        assert_eq!(h.store.affinity("files/other").await.unwrap(), None);
+    }
+);
 
 /// Check the invariant on a log of admissions: any 60 s span holds at most `rpm` requests and
 /// `tpm` tokens.
 fn assert_no_over_admission(log: &[(i64, u64)], rpm: u64, tpm: u64) {
     for (i, &(t, _)) in log.iter().enumerate() {
-        let window: Vec<&(i64, u64)> = log[i..].iter().take_while(|(u, _)| *u < t + 60_000).collect();
-        assert!(window.len() as u64 <= rpm, "{} requests within 60 s of {t}", window.len());
+        let window: Vec<&(i64, u64)> = log[i..]
+            .iter()
+            .take_while(|(u, _)| *u < t + 60_000)
+            .collect();
+        assert!(
+            window.len() as u64 <= rpm,
+            "{} requests within 60 s of {t}",
+            window.len()
+        );
         let tokens: u64 = window.iter().map(|(_, k)| k).sum();
         assert!(tokens <= tpm, "{tokens} tokens within 60 s of {t}");
     }
@@ -273,7 +405,15 @@ async fn redis_store_never_over_admits_at_random_arrival_times() {
     for _ in 0..300 {
         h.clock.advance(rng.i64(0..15_000));
         let tokens = rng.u64(0..400);
-        if let AdmitOutcome::Admitted(_) = h.store.admit(&req(tokens, vec![cand(0, "p", limits(rpm, tpm, 1_000_000))])).await.unwrap() {
+        if let AdmitOutcome::Admitted(_) = h
+            .store
+            .admit(&req(
+                tokens,
+                vec![cand(0, "p", limits(rpm, tpm, 1_000_000))],
+            ))
+            .await
+            .unwrap()
+        {
             log.push((h.clock.now_ms(), tokens));
         }
     }
@@ -287,8 +427,15 @@ async fn concurrent_admissions_on_shared_redis_grant_exactly_the_limit() {
     // Three "replicas": separate connections to one Redis, real Redis TIME.
     let stores: Vec<Arc<dyn QuotaStore>> = (0..3)
         .map(|_| {
-            Arc::new(RedisStore::new(&Secret::new(server.url.clone()), "conc", std::time::Duration::from_secs(2), Los_Angeles).unwrap())
-                as Arc<dyn QuotaStore>
+            Arc::new(
+                RedisStore::new(
+                    &Secret::new(server.url.clone()),
+                    "conc",
+                    std::time::Duration::from_secs(2),
+                    Los_Angeles,
+                )
+                .unwrap(),
+            ) as Arc<dyn QuotaStore>
         })
         .collect();
     let l = limits(5, 1_000_000, 1000);

@@ -93,7 +93,9 @@ mod tests {
     use chrono_tz::America::Los_Angeles;
 
     fn ms(s: &str) -> i64 {
-        chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .timestamp_millis()
     }
 
     #[test]
@@ -118,6 +120,9 @@ mod tests {
         assert_eq!(next.day, spring.day + 1);
         let fall = DayInfo::at(Los_Angeles, ms("2026-11-01T08:00:00Z")); // 01:00 PDT
         assert_eq!(fall.next_midnight_ms, ms("2026-11-02T08:00:00Z"));
-        assert_eq!(DayInfo::at(Los_Angeles, ms("2026-11-02T07:59:59Z")).day, fall.day);
+        assert_eq!(
+            DayInfo::at(Los_Angeles, ms("2026-11-02T07:59:59Z")).day,
+            fall.day
+        );
     }
 }

@@ -58,7 +58,13 @@ impl Bucket {
 
     /// `None` if there is room; else the limit holding the request back and how long until
     /// it would fit.
-    fn refusal(&self, l: &Limits, tokens: u64, now: i64, di: &DayInfo) -> Option<(LimitKind, u64, u64)> {
+    fn refusal(
+        &self,
+        l: &Limits,
+        tokens: u64,
+        now: i64,
+        di: &DayInfo,
+    ) -> Option<(LimitKind, u64, u64)> {
         if self.day_requests >= l.daily {
             let wait = (di.next_midnight_ms - now).max(1) as u64;
             return Some((LimitKind::RequestsPerDay, l.daily, wait));
@@ -102,6 +108,9 @@ impl Bucket {
     }
 }
 
+/// (project, model).
+type BucketKey = (Arc<str>, String);
+
 #[derive(Debug, Clone)]
 struct Hold {
     until_ms: i64,
@@ -113,7 +122,7 @@ struct Hold {
 pub struct MemoryStore {
     clock: Arc<dyn Clock>,
     tz: Tz,
-    buckets: RwLock<HashMap<(Arc<str>, String), Arc<Mutex<Bucket>>>>,
+    buckets: RwLock<HashMap<BucketKey, Arc<Mutex<Bucket>>>>,
     cooldowns: Mutex<HashMap<(String, String), Hold>>,
     disabled: Mutex<HashMap<String, String>>,
     affinity: Mutex<HashMap<String, (String, i64)>>,
@@ -230,7 +239,13 @@ impl QuotaStore for MemoryStore {
         Ok(out)
     }
 
-    async fn cool_down(&self, project: &str, model: &str, ms: u64, reason: &str) -> Result<(), StoreError> {
+    async fn cool_down(
+        &self,
+        project: &str,
+        model: &str,
+        ms: u64,
+        reason: &str,
+    ) -> Result<(), StoreError> {
         let until_ms = self.clock.now_ms() + ms as i64;
         let mut holds = lock(&self.cooldowns);
         let e = holds
@@ -310,7 +325,10 @@ impl QuotaStore for MemoryStore {
                 && scope.model.as_ref().is_none_or(|m| m == model)
         };
         if kind == ResetKind::Cooldowns {
-            lock(&self.cooldowns).retain(|(p, m), _| !(in_scope(p, m) || (m == "*" && in_scope(p, scope.model.as_deref().unwrap_or("*")))));
+            lock(&self.cooldowns).retain(|(p, m), _| {
+                !(in_scope(p, m)
+                    || (m == "*" && in_scope(p, scope.model.as_deref().unwrap_or("*"))))
+            });
             let mut d = lock(&self.disabled);
             match &scope.kids {
                 Some(kids) => kids.iter().for_each(|k| {
@@ -447,5 +465,4 @@ impl MemoryStore {
         // Every open project filled up while we chose: the caller asks again.
         None
     }
-
 }

@@ -76,7 +76,9 @@ pub enum AdmitOutcome {
     },
     /// No key usable: all disabled, or cooling down after Google's 429s. `retry_after_ms` is
     /// when the first cooldown ends (`None`: every key is disabled).
-    Unavailable { retry_after_ms: Option<u64> },
+    Unavailable {
+        retry_after_ms: Option<u64>,
+    },
 }
 
 /// Counters of one (project, model) right now.
@@ -143,7 +145,13 @@ pub trait QuotaStore: Send + Sync {
     /// Current counters of every (project, model) that has any.
     async fn usage(&self) -> Result<Vec<(String, String, Usage)>, StoreError>;
     /// Put a (project, model) on hold; `model` `*` holds the whole project.
-    async fn cool_down(&self, project: &str, model: &str, ms: u64, reason: &str) -> Result<(), StoreError>;
+    async fn cool_down(
+        &self,
+        project: &str,
+        model: &str,
+        ms: u64,
+        reason: &str,
+    ) -> Result<(), StoreError>;
     async fn cooldowns(&self) -> Result<Vec<Cooldown>, StoreError>;
     /// Never use this key again until re-enabled.
     async fn disable_key(&self, kid: &str, reason: &str) -> Result<(), StoreError>;

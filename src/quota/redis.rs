@@ -19,7 +19,10 @@ use crate::secret::Secret;
 
 macro_rules! lua {
     ($file:literal) => {
-        concat!(include_str!("lua/prelude.lua"), include_str!(concat!("lua/", $file)))
+        concat!(
+            include_str!("lua/prelude.lua"),
+            include_str!(concat!("lua/", $file))
+        )
     };
 }
 
@@ -41,7 +44,9 @@ pub struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore").field("prefix", &self.prefix).finish()
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish()
     }
 }
 
@@ -56,7 +61,12 @@ fn store_err(e: redis::RedisError) -> StoreError {
 impl RedisStore {
     /// Connects lazily: construction never waits for Redis, so the proxy starts (degraded)
     /// while Redis is down and attaches when it comes up.
-    pub fn new(url: &Secret, namespace: &str, timeout: Duration, tz: Tz) -> Result<Self, StoreError> {
+    pub fn new(
+        url: &Secret,
+        namespace: &str,
+        timeout: Duration,
+        tz: Tz,
+    ) -> Result<Self, StoreError> {
         let client = redis::Client::open(url.expose())
             .map_err(|e| StoreError::Unreachable(format!("invalid Redis URL: {:?}", e.kind())))?;
         let cfg = ConnectionManagerConfig::new()
@@ -86,7 +96,10 @@ impl RedisStore {
     }
 
     fn now_arg(&self) -> String {
-        self.clock.as_ref().map(|c| c.now_ms().to_string()).unwrap_or_default()
+        self.clock
+            .as_ref()
+            .map(|c| c.now_ms().to_string())
+            .unwrap_or_default()
     }
 
     fn day(&self) -> DayInfo {
@@ -102,7 +115,10 @@ impl RedisStore {
         format!("{}:seq", self.prefix)
     }
 
-    async fn run<T: FromRedisValue>(&self, inv: redis::ScriptInvocation<'_>) -> Result<T, StoreError> {
+    async fn run<T: FromRedisValue>(
+        &self,
+        inv: redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.conn.clone();
         match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
             Ok(r) => r.map_err(store_err),
@@ -122,7 +138,9 @@ impl RedisStore {
 fn int(v: &Value) -> Result<i64, StoreError> {
     match v {
         Value::Int(i) => Ok(*i),
-        other => Err(StoreError::Protocol(format!("expected an integer, got {other:?}"))),
+        other => Err(StoreError::Protocol(format!(
+            "expected an integer, got {other:?}"
+        ))),
     }
 }
 
@@ -135,7 +153,11 @@ impl QuotaStore for RedisStore {
             .arg(&self.prefix)
             .arg(&req.model)
             .arg(req.tokens)
-            .arg(if req.strategy == Strategy::Ordered { "o" } else { "h" })
+            .arg(if req.strategy == Strategy::Ordered {
+                "o"
+            } else {
+                "h"
+            })
             .arg(req.rotation)
             .arg(di.offset_ms)
             .arg(di.next_midnight_ms)
@@ -185,7 +207,9 @@ impl QuotaStore for RedisStore {
                     retry_after_ms: (ms > 0).then_some(ms as u64),
                 })
             }
-            _ => Err(StoreError::Protocol(format!("admission script answered {v:?}"))),
+            _ => Err(StoreError::Protocol(format!(
+                "admission script answered {v:?}"
+            ))),
         }
     }
 
@@ -215,7 +239,9 @@ impl QuotaStore for RedisStore {
         let mut out = Vec::new();
         for chunk in v.chunks(4) {
             let [pm, c, t, d] = chunk else {
-                return Err(StoreError::Protocol("usage script answered a partial row".into()));
+                return Err(StoreError::Protocol(
+                    "usage script answered a partial row".into(),
+                ));
             };
             let pm = String::from_redis_value(pm.clone())
                 .map_err(|e| StoreError::Protocol(e.to_string()))?;
@@ -236,7 +262,13 @@ impl QuotaStore for RedisStore {
         Ok(out)
     }
 
-    async fn cool_down(&self, project: &str, model: &str, ms: u64, reason: &str) -> Result<(), StoreError> {
+    async fn cool_down(
+        &self,
+        project: &str,
+        model: &str,
+        ms: u64,
+        reason: &str,
+    ) -> Result<(), StoreError> {
         let mut inv = self.cooldown.prepare_invoke();
         inv.key(self.route_key())
             .arg(&self.prefix)
@@ -250,7 +282,11 @@ impl QuotaStore for RedisStore {
 
     async fn cooldowns(&self) -> Result<Vec<Cooldown>, StoreError> {
         let members: Vec<String> = self
-            .cmd(redis::cmd("SMEMBERS").arg(format!("{}:cds", self.prefix)).clone())
+            .cmd(
+                redis::cmd("SMEMBERS")
+                    .arg(format!("{}:cds", self.prefix))
+                    .clone(),
+            )
             .await?;
         if members.is_empty() {
             return Ok(Vec::new());
@@ -263,12 +299,17 @@ impl QuotaStore for RedisStore {
             }
         }
         let mut conn = self.conn.clone();
-        let v: Vec<Value> = match tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await {
-            Ok(r) => r.map_err(store_err)?,
-            Err(_) => return Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
-        };
+        let v: Vec<Value> =
+            match tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await {
+                Ok(r) => r.map_err(store_err)?,
+                Err(_) => return Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
+            };
         let mut out = Vec::new();
-        for (pm, pair) in members.iter().filter(|pm| pm.contains('|')).zip(v.chunks(2)) {
+        for (pm, pair) in members
+            .iter()
+            .filter(|pm| pm.contains('|'))
+            .zip(v.chunks(2))
+        {
             let (p, m) = pm.split_once('|').unwrap_or_default();
             let ttl = pair.first().map(int).transpose()?.unwrap_or(-2);
             if ttl > 0 {
@@ -312,8 +353,7 @@ impl QuotaStore for RedisStore {
             cmd.arg(format!("{}:dis:{k}", self.prefix));
         }
         let v: Vec<Option<String>> = self.cmd(cmd).await?;
-        Ok(v
-            .into_iter()
+        Ok(v.into_iter()
             .map(|r| match r {
                 Some(reason) => KeyState::Disabled { reason },
                 None => KeyState::Active,
@@ -336,8 +376,12 @@ impl QuotaStore for RedisStore {
     }
 
     async fn affinity(&self, resource: &str) -> Result<Option<String>, StoreError> {
-        self.cmd(redis::cmd("GET").arg(format!("{}:aff:{resource}", self.prefix)).clone())
-            .await
+        self.cmd(
+            redis::cmd("GET")
+                .arg(format!("{}:aff:{resource}", self.prefix))
+                .clone(),
+        )
+        .await
     }
 
     async fn reset(&self, kind: ResetKind, scope: &ResetScope) -> Result<(), StoreError> {
@@ -354,7 +398,13 @@ impl QuotaStore for RedisStore {
             .arg(&self.prefix)
             .arg(kind)
             .arg(di.offset_ms)
-            .arg(scope.projects.as_ref().map(|p| p.join("|")).unwrap_or_default())
+            .arg(
+                scope
+                    .projects
+                    .as_ref()
+                    .map(|p| p.join("|"))
+                    .unwrap_or_default(),
+            )
             .arg(scope.model.clone().unwrap_or_default())
             .arg(scope.kids.as_ref().map(|k| k.join("|")).unwrap_or_default())
             .arg(self.now_arg());

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 
 use super::memory::MemoryStore;
 use super::{
-    AdmitOutcome, AdmitRequest, Cooldown, KeyState, QuotaStore, Reservation, ResetKind,
-    ResetScope, StoreError, Usage,
+    AdmitOutcome, AdmitRequest, Cooldown, KeyState, QuotaStore, Reservation, ResetKind, ResetScope,
+    StoreError, Usage,
 };
 use crate::config::StoreFailurePolicy;
 
@@ -25,7 +25,11 @@ pub struct ResilientStore {
 
 impl ResilientStore {
     /// Wraps `primary` and starts the probe that brings it back (needs a Tokio runtime).
-    pub fn new(primary: Arc<dyn QuotaStore>, local: MemoryStore, policy: StoreFailurePolicy) -> Self {
+    pub fn new(
+        primary: Arc<dyn QuotaStore>,
+        local: MemoryStore,
+        policy: StoreFailurePolicy,
+    ) -> Self {
         let degraded = Arc::new(AtomicBool::new(false));
         let probe_store = Arc::downgrade(&primary);
         let probe_flag = degraded.clone();
@@ -34,10 +38,15 @@ impl ResilientStore {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let Some(store) = probe_store.upgrade() else { return };
+                let Some(store) = probe_store.upgrade() else {
+                    return;
+                };
                 if probe_flag.load(Ordering::Relaxed) && store.ping().await.is_ok() {
                     probe_flag.store(false, Ordering::Relaxed);
-                    tracing::warn!(backend = store.backend(), "quota store reachable again: shared counting resumed");
+                    tracing::warn!(
+                        backend = store.backend(),
+                        "quota store reachable again: shared counting resumed"
+                    );
                 }
             }
         });
@@ -87,7 +96,9 @@ impl QuotaStore for ResilientStore {
     async fn admit(&self, req: &AdmitRequest) -> Result<AdmitOutcome, StoreError> {
         let open = || {
             req.candidates.first().map_or(
-                AdmitOutcome::Unavailable { retry_after_ms: None },
+                AdmitOutcome::Unavailable {
+                    retry_after_ms: None,
+                },
                 |c| {
                     AdmitOutcome::Admitted(Reservation {
                         index: c.index,
@@ -114,7 +125,13 @@ impl QuotaStore for ResilientStore {
         with_fallback!(self, usage(), Vec::new())
     }
 
-    async fn cool_down(&self, project: &str, model: &str, ms: u64, reason: &str) -> Result<(), StoreError> {
+    async fn cool_down(
+        &self,
+        project: &str,
+        model: &str,
+        ms: u64,
+        reason: &str,
+    ) -> Result<(), StoreError> {
         with_fallback!(self, cool_down(project, model, ms, reason), ())
     }
 
@@ -127,7 +144,11 @@ impl QuotaStore for ResilientStore {
     }
 
     async fn key_states(&self, kids: &[Arc<str>]) -> Result<Vec<KeyState>, StoreError> {
-        with_fallback!(self, key_states(kids), kids.iter().map(|_| KeyState::Active).collect())
+        with_fallback!(
+            self,
+            key_states(kids),
+            kids.iter().map(|_| KeyState::Active).collect()
+        )
     }
 
     async fn set_affinity(&self, resource: &str, kid: &str, ttl_ms: u64) -> Result<(), StoreError> {

@@ -106,7 +106,10 @@ impl FakeUpstream {
 
     /// Requests whose path contains `part`.
     pub fn calls(&self, part: &str) -> Vec<Recorded> {
-        self.recorded().into_iter().filter(|r| r.path.contains(part)).collect()
+        self.recorded()
+            .into_iter()
+            .filter(|r| r.path.contains(part))
+            .collect()
     }
 
     pub fn behave(&self, f: impl FnOnce(&mut Behaviour)) {
@@ -129,10 +132,27 @@ fn google_error(code: u16, status: &str, message: &str, details: Vec<Value>) -> 
 
 fn scripted(s: &Scripted) -> Response {
     match s {
-        Scripted::Status(503) => google_error(503, "UNAVAILABLE", "The model is overloaded. Please try again later.", vec![]),
-        Scripted::Status(504) => google_error(504, "DEADLINE_EXCEEDED", "Deadline expired before operation could complete.", vec![]),
-        Scripted::Status(code) => google_error(*code, "INTERNAL", "An internal error has occurred.", vec![]),
-        Scripted::Bare429 => google_error(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).", vec![]),
+        Scripted::Status(503) => google_error(
+            503,
+            "UNAVAILABLE",
+            "The model is overloaded. Please try again later.",
+            vec![],
+        ),
+        Scripted::Status(504) => google_error(
+            504,
+            "DEADLINE_EXCEEDED",
+            "Deadline expired before operation could complete.",
+            vec![],
+        ),
+        Scripted::Status(code) => {
+            google_error(*code, "INTERNAL", "An internal error has occurred.", vec![])
+        }
+        Scripted::Bare429 => google_error(
+            429,
+            "RESOURCE_EXHAUSTED",
+            "Resource has been exhausted (e.g. check quota).",
+            vec![],
+        ),
         Scripted::PerDay429 => google_error(
             429,
             "RESOURCE_EXHAUSTED",
@@ -196,7 +216,9 @@ fn usage(prompt: u64, out: u64) -> Value {
 
 async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
     let path = parts.uri.path().to_string();
     let query = parts.uri.query().map(str::to_string);
     let rec = Recorded {
@@ -210,16 +232,28 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
     st.recorded.lock().unwrap().push(rec);
 
     let Some(key) = key else {
-        return google_error(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.", vec![]);
+        return google_error(
+            403,
+            "PERMISSION_DENIED",
+            "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.",
+            vec![],
+        );
     };
     if st.behaviour.lock().unwrap().invalid_keys.contains(&key) {
-        return google_error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.", vec![
-            json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID", "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}}),
-            json!({"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": "API key not valid. Please pass a valid API key."}),
-        ]);
+        return google_error(
+            400,
+            "INVALID_ARGUMENT",
+            "API key not valid. Please pass a valid API key.",
+            vec![
+                json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID", "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}}),
+                json!({"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": "API key not valid. Please pass a valid API key."}),
+            ],
+        );
     }
     let json_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let is_generate = path.contains(":generateContent") || path.contains(":streamGenerateContent") || path.ends_with("/chat/completions");
+    let is_generate = path.contains(":generateContent")
+        || path.contains(":streamGenerateContent")
+        || path.ends_with("/chat/completions");
 
     if is_generate {
         let (forced, always, rpm) = {
@@ -238,20 +272,30 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
             v.retain(|t| t.elapsed() < Duration::from_secs(60));
             if v.len() >= limit {
                 let wait = 60.0 - v[0].elapsed().as_secs_f64();
-                return google_error(429, "RESOURCE_EXHAUSTED", "You exceeded your current quota, please check your plan and billing details.", vec![
-                    json!({"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+                return google_error(
+                    429,
+                    "RESOURCE_EXHAUSTED",
+                    "You exceeded your current quota, please check your plan and billing details.",
+                    vec![
+                        json!({"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
                         "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
                         "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
                         "quotaDimensions": {"location": "global", "model": "gemini-2.5-flash"},
                         "quotaValue": limit.to_string()}]}),
-                    json!({"@type": "type.googleapis.com/google.rpc.Help", "links": [{"description": "Learn more", "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]}),
-                    json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{wait:.6}s")}),
-                ]);
+                        json!({"@type": "type.googleapis.com/google.rpc.Help", "links": [{"description": "Learn more", "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]}),
+                        json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{wait:.6}s")}),
+                    ],
+                );
             }
             v.push(Instant::now());
         }
     }
-    let prompt = st.behaviour.lock().unwrap().prompt_tokens.unwrap_or_else(|| text_tokens(&json_body));
+    let prompt = st
+        .behaviour
+        .lock()
+        .unwrap()
+        .prompt_tokens
+        .unwrap_or_else(|| text_tokens(&json_body));
 
     if path.ends_with("/openai/chat/completions") {
         return axum::Json(json!({
@@ -261,7 +305,12 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         })).into_response();
     }
     if path.contains(":generateContent") {
-        return axum::Json(candidate(&format!("echo: {}", first_text(&json_body)), usage(prompt, 3), true)).into_response();
+        return axum::Json(candidate(
+            &format!("echo: {}", first_text(&json_body)),
+            usage(prompt, 3),
+            true,
+        ))
+        .into_response();
     }
     if path.contains(":streamGenerateContent") {
         let sse = query.as_deref().is_some_and(|q| q.contains("alt=sse"));
@@ -271,7 +320,11 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         };
         let st2 = st.clone();
         let stream = async_stream(n, delay, sse, prompt, st2);
-        let ct = if sse { "text/event-stream" } else { "application/json; charset=UTF-8" };
+        let ct = if sse {
+            "text/event-stream"
+        } else {
+            "application/json; charset=UTF-8"
+        };
         return Response::builder()
             .status(200)
             .header("content-type", ct)
@@ -295,16 +348,40 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         return axum::Json(model_json(m)).into_response();
     }
     if path == "/upload/v1beta/files" || path == "/upload/v1/files" {
-        return upload(&st, &path, &parts.headers, query.as_deref(), &json_body, body).await;
+        return upload(
+            &st,
+            &path,
+            &parts.headers,
+            query.as_deref(),
+            &json_body,
+            body,
+        )
+        .await;
     }
-    if let Some(id) = path.strip_prefix("/v1beta/files/").or_else(|| path.strip_prefix("/v1/files/")) {
+    if let Some(id) = path
+        .strip_prefix("/v1beta/files/")
+        .or_else(|| path.strip_prefix("/v1/files/"))
+    {
         let uploads = st.uploads.lock().unwrap();
-        return match uploads.values().find(|(name, _)| name == &format!("files/{id}")) {
+        return match uploads
+            .values()
+            .find(|(name, _)| name == &format!("files/{id}"))
+        {
             Some((name, data)) => axum::Json(file_json(name, data.len())).into_response(),
-            None => google_error(403, "PERMISSION_DENIED", &format!("You do not have permission to access the File {id} or it may not exist."), vec![]),
+            None => google_error(
+                403,
+                "PERMISSION_DENIED",
+                &format!("You do not have permission to access the File {id} or it may not exist."),
+                vec![],
+            ),
         };
     }
-    google_error(404, "NOT_FOUND", &format!("fake upstream has no {path}"), vec![])
+    google_error(
+        404,
+        "NOT_FOUND",
+        &format!("fake upstream has no {path}"),
+        vec![],
+    )
 }
 
 fn model_json(m: &str) -> Value {
@@ -319,15 +396,34 @@ fn file_json(name: &str, size: usize) -> Value {
            "sha256Hash": "ZmFrZQ==", "source": "UPLOADED"})
 }
 
-async fn upload(st: &FakeState, path: &str, headers: &HeaderMap, query: Option<&str>, meta: &Value, body: Bytes) -> Response {
-    let command = headers.get("x-goog-upload-command").and_then(|v| v.to_str().ok()).unwrap_or("");
+async fn upload(
+    st: &FakeState,
+    path: &str,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    meta: &Value,
+    body: Bytes,
+) -> Response {
+    let command = headers
+        .get("x-goog-upload-command")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if command == "start" {
         let id = format!("UP{}", st.upload_seq.fetch_add(1, Ordering::SeqCst) + 1);
-        let name = meta.pointer("/file/name").and_then(Value::as_str).map(str::to_string)
+        let name = meta
+            .pointer("/file/name")
+            .and_then(Value::as_str)
+            .map(str::to_string)
             .unwrap_or_else(|| format!("files/f{}", id.to_lowercase()));
-        st.uploads.lock().unwrap().insert(id.clone(), (name, Vec::new()));
+        st.uploads
+            .lock()
+            .unwrap()
+            .insert(id.clone(), (name, Vec::new()));
         // Google answers with its own absolute URL; the proxy must point it at itself.
-        let url = format!("https://generativelanguage.googleapis.com{}?upload_id={id}&upload_protocol=resumable", path);
+        let url = format!(
+            "https://generativelanguage.googleapis.com{}?upload_id={id}&upload_protocol=resumable",
+            path
+        );
         return Response::builder()
             .status(200)
             .header("x-goog-upload-url", url)
@@ -337,7 +433,9 @@ async fn upload(st: &FakeState, path: &str, headers: &HeaderMap, query: Option<&
             .body(Body::from("{}"))
             .unwrap();
     }
-    let id = query.and_then(|q| q.split('&').find_map(|p| p.strip_prefix("upload_id="))).unwrap_or("");
+    let id = query
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("upload_id=")))
+        .unwrap_or("");
     let mut uploads = st.uploads.lock().unwrap();
     let Some((name, data)) = uploads.get_mut(id) else {
         return google_error(404, "NOT_FOUND", "unknown upload session", vec![]);
@@ -352,7 +450,11 @@ async fn upload(st: &FakeState, path: &str, headers: &HeaderMap, query: Option<&
             .body(Body::from(j.to_string()))
             .unwrap();
     }
-    Response::builder().status(200).header("x-goog-upload-status", "active").body(Body::empty()).unwrap()
+    Response::builder()
+        .status(200)
+        .header("x-goog-upload-status", "active")
+        .body(Body::empty())
+        .unwrap()
 }
 
 /// SSE: `data: {...}\r\n\r\n` per event; JSON array: `[{...}\n,\r\n{...}]` in uneven pieces.
@@ -374,9 +476,18 @@ fn async_stream(
             }
             if i == n {
                 // Closing piece.
-                return if sse { None } else { Some((Ok(Bytes::from_static(b"]")), i + 1)) };
+                return if sse {
+                    None
+                } else {
+                    Some((Ok(Bytes::from_static(b"]")), i + 1))
+                };
             }
-            let ev = candidate(&format!("chunk {i} "), usage(prompt, (i as u64 + 1) * 2), i + 1 == n).to_string();
+            let ev = candidate(
+                &format!("chunk {i} "),
+                usage(prompt, (i as u64 + 1) * 2),
+                i + 1 == n,
+            )
+            .to_string();
             st.events_sent.fetch_add(1, Ordering::SeqCst);
             let piece = if sse {
                 format!("data: {ev}\r\n\r\n")

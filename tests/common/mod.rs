@@ -57,7 +57,11 @@ impl ProxyOpts {
         env.insert("GEMINI_API_KEYS".to_string(), keys.join(","));
         env.insert("PROXY_CLIENT_KEYS".to_string(), CLIENT_KEY.to_string());
         env.insert("PROXY_ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string());
-        ProxyOpts { env, toml: None, store: None }
+        ProxyOpts {
+            env,
+            toml: None,
+            store: None,
+        }
     }
 
     pub fn env(mut self, k: &str, v: &str) -> Self {
@@ -161,7 +165,11 @@ pub struct RedisServer {
 fn free_port() -> u16 {
     static USED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
-        let port = StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = StdListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut used = USED.lock().unwrap();
         if !used.contains(&port) {
             used.push(port);
