@@ -6,6 +6,7 @@
 //! both: the upstream's answer decides the next admission.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -217,6 +218,7 @@ async fn forward_with_retries(
         let resp = match tokio::time::timeout(header_timeout, request.send()).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) | Err(_) if !last_try => {
+                state.upstream_failures.fetch_add(1, Ordering::Relaxed);
                 if let Some(s) = settlement {
                     s.settle(None);
                 }
@@ -261,6 +263,9 @@ async fn forward_with_retries(
             if let Some(s) = settlement {
                 s.settle(None);
             }
+            if verdict == Verdict::Transient {
+                state.upstream_failures.fetch_add(1, Ordering::Relaxed);
+            }
             let retry = react(state, index, quota_model.as_deref(), &verdict).await;
             // A 429 or a dead key takes that key out of the running, so trying the others is
             // bounded by the pool; 5xx get `max_attempts`.
@@ -285,6 +290,7 @@ async fn forward_with_retries(
         }
 
         // Success: pass the answer through, streaming.
+        state.upstream_failures.store(0, Ordering::Relaxed);
         rewrite_upload_url(state, parts, &mut headers, index).await;
         if let Some(s) = &settlement {
             let r = &s.reservation;
@@ -496,6 +502,29 @@ async fn react(
                 .await
             {
                 tracing::warn!(error = %e, "could not record a cooldown");
+            }
+            if state.throttled_globally() {
+                tracing::warn!(
+                    cooldown_ms = ms,
+                    "most keys got 429s without details at once (an IP-level throttle?): backing off the whole pool"
+                );
+                let projects: std::collections::BTreeSet<&str> =
+                    state.pool.keys.iter().map(|k| &*k.project).collect();
+                for p in projects {
+                    if let Err(e) = state
+                        .store
+                        .cool_down(
+                            p,
+                            "*",
+                            ms,
+                            "global backoff: Gemini API throttling this proxy",
+                        )
+                        .await
+                    {
+                        tracing::warn!(error = %e, "could not record a cooldown");
+                    }
+                }
+                // The next admission sees every project on hold: it waits or answers 429.
             }
             true
         }

@@ -23,8 +23,10 @@ pub struct AppState {
     pub client: reqwest::Client,
     pub metrics: Metrics,
     pub disabled: DisabledKeys,
-    /// Consecutive bare 429s per project, for their growing cooldown.
-    bare_429: Mutex<HashMap<String, u32>>,
+    /// Upstream 5xx and network failures in a row (any key); a success resets it.
+    pub upstream_failures: std::sync::atomic::AtomicU32,
+    /// Consecutive bare 429s per project and when the last one came, for their growing cooldown.
+    bare_429: Mutex<HashMap<String, (u32, std::time::Instant)>>,
 }
 
 impl AppState {
@@ -44,6 +46,7 @@ impl AppState {
             store,
             metrics: Metrics::new(),
             disabled: Mutex::new(HashMap::new()),
+            upstream_failures: std::sync::atomic::AtomicU32::new(0),
             bare_429: Mutex::new(HashMap::new()),
         })
     }
@@ -53,12 +56,31 @@ impl AppState {
         self.pool.learn(project, model, kind, value);
     }
 
-    /// Cooldown for a 429 without details: 1 s, doubling while they repeat, at most 60 s.
+    /// Cooldown for a 429 without details: 1 s, doubling while they repeat (within a minute),
+    /// at most 60 s.
     pub fn bare_429_backoff(&self, project: &str) -> u64 {
         let mut m = self.bare_429.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(project.to_string()).or_insert(0);
-        *n = (*n + 1).min(7);
-        (1000u64 << (*n - 1)).min(60_000)
+        let now = std::time::Instant::now();
+        let e = m.entry(project.to_string()).or_insert((0, now));
+        if now.duration_since(e.1) > std::time::Duration::from_secs(60) {
+            e.0 = 0;
+        }
+        e.0 = (e.0 + 1).min(7);
+        e.1 = now;
+        (1000u64 << (e.0 - 1)).min(60_000)
+    }
+
+    /// True when most of the pool's projects got a 429 without details in the last 10 s: Google
+    /// is throttling this proxy's address, not one project, so rotating keys only burns them.
+    pub fn throttled_globally(&self) -> bool {
+        let m = self.bare_429.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = m
+            .values()
+            .filter(|(_, at)| at.elapsed() < std::time::Duration::from_secs(10))
+            .count();
+        let projects: std::collections::HashSet<&str> =
+            self.pool.keys.iter().map(|k| &*k.project).collect();
+        recent >= 2 && recent * 2 > projects.len()
     }
 
     pub fn timezone(&self) -> Tz {

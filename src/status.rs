@@ -353,6 +353,14 @@ pub async fn snapshot(state: &AppState) -> Value {
     if all_cooling_or_disabled {
         errors.push("every key is disabled or cooling down".into());
     }
+    let failures = state
+        .upstream_failures
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if failures >= 3 {
+        warnings.push(format!(
+            "{failures} upstream failures (5xx or unreachable) in a row"
+        ));
+    }
     if !reachable {
         warnings.push("quota store unreachable: counting in this replica only".into());
     }

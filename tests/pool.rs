@@ -178,3 +178,36 @@ async fn a_per_day_429_cools_the_key_until_pacific_midnight() {
     // RetryInfo said 17 s: ignored for a per-day violation.
     assert!(cds[0].remaining_ms > 17_000 || midnight - now < 17_000);
 }
+
+#[tokio::test]
+async fn bare_429s_on_most_keys_back_off_the_whole_pool_instead_of_burning_it() {
+    let fake = FakeUpstream::start().await;
+    let keys = [
+        "AIzaThrottle00000001",
+        "AIzaThrottle00000002",
+        "AIzaThrottle00000003",
+    ];
+    fake.behave(|b| {
+        for _ in 0..10 {
+            b.script.push_back(Scripted::Bare429);
+        }
+    });
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&keys).toml("[upstream]\nmax_wait_secs = 0\n"),
+    )
+    .await;
+    let r = generate(&proxy.url, "gemini-2.5-flash", "hi").await;
+    // Two keys got a bare 429: that is most of three projects, so the pool backs off at once
+    // instead of trying the third key, and says when to come back.
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(fake.calls(":generateContent").len(), 2);
+    let cds = proxy.state.store.cooldowns().await.unwrap();
+    assert_eq!(cds.iter().filter(|c| c.model == "*").count(), 3, "{cds:?}");
+    // While the pool backs off, nothing reaches Google.
+    let r = generate(&proxy.url, "gemini-2.5-flash", "hi").await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(fake.calls(":generateContent").len(), 2);
+}

@@ -169,3 +169,33 @@ async fn metrics_are_prometheus_text_with_masked_keys_only() {
         assert!(!text.contains(k));
     }
 }
+
+#[tokio::test]
+async fn repeated_upstream_failures_are_a_warning_and_a_success_clears_it() {
+    let fake = FakeUpstream::start().await;
+    fake.behave(|b| b.always_status = Some(503));
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&KEYS).toml("[upstream]\nretry_deadline_secs = 2\n"),
+    )
+    .await;
+    assert_eq!(
+        generate(&proxy.url, "gemini-2.5-flash", "x").await.status(),
+        503
+    );
+    let (_, v) = status(&proxy.url, CLIENT_KEY).await;
+    let warnings = v["quota_status"]["warnings"].to_string();
+    assert!(warnings.contains("upstream failures"), "{warnings}");
+    assert_eq!(v["quota_status"]["healthy"], true);
+    fake.behave(|b| b.always_status = None);
+    assert_eq!(
+        generate(&proxy.url, "gemini-2.5-flash", "x").await.status(),
+        200
+    );
+    let (_, v) = status(&proxy.url, CLIENT_KEY).await;
+    assert!(
+        !v["quota_status"]["warnings"]
+            .to_string()
+            .contains("upstream failures")
+    );
+}

@@ -76,6 +76,8 @@ pub struct FakeState {
     pub recorded: Mutex<Vec<Recorded>>,
     /// Stream events written so far (all streams).
     pub events_sent: AtomicUsize,
+    /// Streams still being written (a client that went away must make this fall back to 0).
+    pub open_streams: Arc<AtomicUsize>,
     /// Generate calls per key, with their times (for per_key_rpm).
     key_calls: Mutex<HashMap<String, Vec<Instant>>>,
     uploads: Mutex<HashMap<String, (String, Vec<u8>)>>,
@@ -465,8 +467,10 @@ fn async_stream(
     prompt: u64,
     st: Arc<FakeState>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    let guard = OpenStream::new(st.open_streams.clone());
     futures_util::stream::unfold(0usize, move |i| {
         let st = st.clone();
+        let _alive = &guard;
         async move {
             if i > n {
                 return None;
@@ -499,4 +503,20 @@ fn async_stream(
             Some((Ok(Bytes::from(piece)), i + 1))
         }
     })
+}
+
+/// Counts an open stream until the stream is dropped (finished or abandoned).
+struct OpenStream(Arc<AtomicUsize>);
+
+impl OpenStream {
+    fn new(n: Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        OpenStream(n)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }

@@ -241,6 +241,33 @@ impl RedisServer {
         self.cli(&["KEYS", "*"]).unwrap_or_default()
     }
 
+    /// Start again on the same port (after `stop`), with empty data.
+    pub fn restart(&mut self) {
+        let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+        self.child = Command::new(&bin)
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server restarts");
+        assert!(
+            self.wait_ready(Duration::from_secs(5)),
+            "redis-server did not come back on port {}",
+            self.port
+        );
+    }
+
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
