@@ -132,4 +132,5 @@ async fn main() {
         "redis round trips per admission (EVALSHA calls): {trips:.3}; commands run inside the script: {inside:.1}"
     );
     let _ = child.kill();
+    let _ = child.wait();
 }
