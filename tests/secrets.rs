@@ -1,0 +1,246 @@
+//! The proxy at `RUST_LOG=trace`, driven through every path, never prints, answers, labels or
+//! stores a pooled key, a client key or the admin token.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const POOLED: [&str; 3] = [
+    "AIzaSecretPooledKeyAAAA1111",
+    "AIzaSecretPooledKeyBBBB2222",
+    "AIzaSecretPooledKeyDEAD3333",
+];
+const CLIENT: &str = "client-secret-key-CCCC4444";
+const ADMIN: &str = "admin-secret-token-DDDD5555";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_appears_in_logs_responses_metrics_or_redis() {
+    let redis = RedisServer::start();
+    let fake = FakeUpstream::start().await;
+    fake.behave(|b| {
+        b.invalid_keys.insert(POOLED[2].to_string());
+        b.script.push_back(Scripted::PerDay429);
+        b.script.push_back(Scripted::Status(503));
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let proxy_url = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gemini-quota-proxy"))
+        .env_clear()
+        .env("GEMINI_API_KEYS", POOLED.join(","))
+        .env("PROXY_CLIENT_KEYS", CLIENT)
+        .env("PROXY_ADMIN_TOKEN", ADMIN)
+        .env("GEMINI_UPSTREAM_URL", &fake.url)
+        .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("REDIS_URL", &redis.url)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let up = {
+        let mut ok = false;
+        for _ in 0..200 {
+            if let Ok(r) = http().get(format!("{proxy_url}/healthz")).send().await
+                && r.status() == 200
+            {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        ok
+    };
+    assert!(up, "proxy did not start");
+
+    let c = http();
+    let mut answers = String::new();
+    let body_of = |text: &str| json!({"contents": [{"parts": [{"text": text}]}]});
+    let base = format!("{proxy_url}/v1beta/models/gemini-2.5-flash");
+    let push = |r: reqwest::Response, answers: &mut String| {
+        answers.push_str(&format!("{:?}\n", r.headers()));
+        r
+    };
+    // generate (through a per-day 429, a 503 and a dead key), stream, count, list, embed, openai
+    for _ in 0..4 {
+        let r = push(
+            c.post(format!("{base}:generateContent"))
+                .header("x-goog-api-key", CLIENT)
+                .json(&body_of("hi"))
+                .send()
+                .await
+                .unwrap(),
+            &mut answers,
+        );
+        answers.push_str(&r.text().await.unwrap());
+    }
+    let r = push(
+        c.post(format!("{base}:streamGenerateContent?alt=sse&key={CLIENT}"))
+            .json(&body_of("s"))
+            .send()
+            .await
+            .unwrap(),
+        &mut answers,
+    );
+    answers.push_str(&r.text().await.unwrap());
+    let r = push(
+        c.post(format!("{base}:countTokens"))
+            .header("x-goog-api-key", CLIENT)
+            .json(&body_of("c"))
+            .send()
+            .await
+            .unwrap(),
+        &mut answers,
+    );
+    answers.push_str(&r.text().await.unwrap());
+    let r = push(
+        c.get(format!("{proxy_url}/v1beta/models?$key={CLIENT}"))
+            .send()
+            .await
+            .unwrap(),
+        &mut answers,
+    );
+    answers.push_str(&r.text().await.unwrap());
+    let r = push(c.post(format!("{proxy_url}/v1beta/openai/chat/completions")).header("authorization", format!("Bearer {CLIENT}"))
+        .json(&json!({"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "o"}]})).send().await.unwrap(), &mut answers);
+    answers.push_str(&r.text().await.unwrap());
+    // upload
+    let r = c
+        .post(format!("{proxy_url}/upload/v1beta/files"))
+        .header("x-goog-api-key", CLIENT)
+        .header("x-goog-upload-protocol", "resumable")
+        .header("x-goog-upload-command", "start")
+        .json(&json!({"file": {"display_name": "s"}}))
+        .send()
+        .await
+        .unwrap();
+    let upload_url = r.headers()["x-goog-upload-url"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    answers.push_str(&format!("{:?}", r.headers()));
+    let r = c
+        .post(&upload_url)
+        .header("x-goog-upload-command", "upload, finalize")
+        .header("x-goog-upload-offset", "0")
+        .body("data")
+        .send()
+        .await
+        .unwrap();
+    answers.push_str(&r.text().await.unwrap());
+    // wrong credentials: a pooled key as a client key, a wrong admin token
+    let r = c
+        .post(format!("{base}:generateContent"))
+        .header("x-goog-api-key", POOLED[0])
+        .json(&body_of("x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    answers.push_str(&r.text().await.unwrap());
+    let r = c
+        .post(format!("{proxy_url}/api/ai/quota-status/"))
+        .header("authorization", format!("Bearer {CLIENT}"))
+        .body(r#"{"quota_type":"all"}"#)
+        .send()
+        .await
+        .unwrap();
+    answers.push_str(&r.text().await.unwrap());
+    // status, admin reset, metrics
+    let r = c
+        .get(format!("{proxy_url}/api/ai/quota-status/"))
+        .header("x-goog-api-key", CLIENT)
+        .send()
+        .await
+        .unwrap();
+    let status = r.text().await.unwrap();
+    assert!(
+        status.contains("\"disabled\""),
+        "the dead key should show as disabled: {status}"
+    );
+    answers.push_str(&status);
+    let r = c
+        .post(format!("{proxy_url}/api/ai/quota-status/"))
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(r#"{"quota_type":"cooldowns"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    answers.push_str(&r.text().await.unwrap());
+    answers.push_str(
+        &c.get(format!("{proxy_url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    answers.push_str(
+        &c.get(format!("{proxy_url}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+
+    // Everything Redis holds: key names and values.
+    let mut stored = String::new();
+    for k in redis.all_keys().lines().filter(|l| l.starts_with('{')) {
+        stored.push_str(k);
+        stored.push_str(&redis.cli(&["DUMP", k]).unwrap_or_default());
+        stored.push('\n');
+    }
+    assert!(
+        stored.contains("gemini-2.5-flash"),
+        "Redis holds no counters: {stored}"
+    );
+
+    // Stop the proxy and read everything it printed.
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "proxy exited with {exit:?}");
+    assert!(
+        logs.contains("TRACE") || logs.contains("trace"),
+        "not running at trace level"
+    );
+    assert!(
+        logs.contains("pooled key disabled"),
+        "dead key was not logged"
+    );
+
+    for secret in POOLED.iter().chain([CLIENT, ADMIN].iter()) {
+        // Also look for a distinctive fragment, in case something truncates or quotes it.
+        let fragment = &secret[secret.len() - 12..];
+        for (place, text) in [("logs", &logs), ("responses", &answers), ("redis", &stored)] {
+            assert!(!text.contains(fragment), "{secret} leaked into {place}");
+        }
+    }
+}
