@@ -86,7 +86,7 @@ pub fn estimate(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
                     for i in items {
                         match i {
                             Value::String(s) => acc.text(s),
-                            other => acc.chars += json_text_len(other),
+                            other => acc.add_chars(json_text_len(other)),
                         }
                     }
                 }
@@ -113,7 +113,7 @@ pub fn estimate(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
                     }
                 }
                 if let Some(t) = obj.get("tools") {
-                    acc.chars += json_text_len(t);
+                    acc.add_chars(json_text_len(t));
                 }
             }
         }
@@ -156,7 +156,7 @@ pub fn estimate(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
                     acc.content(si, "systemInstruction")?;
                 }
                 if let Some(t) = obj.get("tools") {
-                    acc.chars += json_text_len(t);
+                    acc.add_chars(json_text_len(t));
                 }
                 if let Some(Value::String(cc)) = obj.get("cachedContent") {
                     acc.references.push(cc.clone());
@@ -164,7 +164,12 @@ pub fn estimate(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
             }
         }
     }
-    est.tokens = acc.chars.div_ceil(CHARS_PER_TOKEN) + acc.media_tokens;
+    // Saturating: thousands of images claiming 4294967295 px sides must not wrap the sum to a
+    // small number (release) or panic (debug); u64::MAX is simply over every limit.
+    est.tokens = acc
+        .chars
+        .div_ceil(CHARS_PER_TOKEN)
+        .saturating_add(acc.media_tokens);
     est.references = acc.references;
     Ok(est)
 }
@@ -178,7 +183,15 @@ struct Acc {
 
 impl Acc {
     fn text(&mut self, s: &str) {
-        self.chars += s.chars().count() as u64;
+        self.add_chars(s.chars().count() as u64);
+    }
+
+    fn add_chars(&mut self, n: u64) {
+        self.chars = self.chars.saturating_add(n);
+    }
+
+    fn add_media(&mut self, tokens: u64) {
+        self.media_tokens = self.media_tokens.saturating_add(tokens);
     }
 
     /// A Content object: `{"role": ..., "parts": [...]}`. A bare string is tolerated as text.
@@ -229,10 +242,10 @@ impl Acc {
                 .and_then(Value::as_str)
                 .unwrap_or("");
             let data = d.get("data").and_then(Value::as_str).unwrap_or("");
-            self.media_tokens += media_tokens(mime, data);
+            self.add_media(media_tokens(mime, data));
         }
         if let Some(f) = o.get("fileData").or_else(|| o.get("file_data")) {
-            self.media_tokens += FILE_REFERENCE_TOKENS;
+            self.add_media(FILE_REFERENCE_TOKENS);
             if let Some(uri) = f
                 .get("fileUri")
                 .or_else(|| f.get("file_uri"))
@@ -253,7 +266,7 @@ impl Acc {
             "codeExecutionResult",
         ] {
             if let Some(v) = o.get(k) {
-                self.chars += json_text_len(v);
+                self.add_chars(json_text_len(v));
             }
         }
         Ok(())
@@ -272,13 +285,15 @@ impl Acc {
                     .and_then(|u| u.get("url").or(Some(u)))
                     .and_then(Value::as_str)
                     .unwrap_or("");
-                self.media_tokens += match url
-                    .strip_prefix("data:")
-                    .and_then(|r| r.split_once(";base64,"))
-                {
-                    Some((mime, data)) => media_tokens(mime, data),
-                    None => IMAGE_TILE_TOKENS,
-                };
+                self.add_media(
+                    match url
+                        .strip_prefix("data:")
+                        .and_then(|r| r.split_once(";base64,"))
+                    {
+                        Some((mime, data)) => media_tokens(mime, data),
+                        None => IMAGE_TILE_TOKENS,
+                    },
+                );
             }
             Some("input_audio") => {
                 let data = p
@@ -286,9 +301,9 @@ impl Acc {
                     .and_then(|a| a.get("data"))
                     .and_then(Value::as_str)
                     .unwrap_or("");
-                self.media_tokens += media_tokens("audio/unknown", data);
+                self.add_media(media_tokens("audio/unknown", data));
             }
-            _ => self.chars += json_text_len(p),
+            _ => self.add_chars(json_text_len(p)),
         }
     }
 }
@@ -338,14 +353,17 @@ pub fn media_tokens(mime: &str, b64: &str) -> u64 {
         }
     } else if mime == "application/pdf" {
         let data = decode_prefix(b64, usize::MAX);
-        pdf_pages(&data).max(1) * PDF_PAGE_TOKENS
+        pdf_pages(&data).max(1).saturating_mul(PDF_PAGE_TOKENS)
     } else if mime.starts_with("audio/") {
         let head = decode_prefix(b64, 64);
         let secs = wav_seconds(&head, bytes)
             .unwrap_or_else(|| bytes.div_ceil(ASSUMED_AUDIO_BYTES_PER_SEC));
-        secs.max(1) * AUDIO_TOKENS_PER_SEC
+        secs.max(1).saturating_mul(AUDIO_TOKENS_PER_SEC)
     } else if mime.starts_with("video/") {
-        bytes.div_ceil(ASSUMED_VIDEO_BYTES_PER_SEC).max(1) * VIDEO_TOKENS_PER_SEC
+        bytes
+            .div_ceil(ASSUMED_VIDEO_BYTES_PER_SEC)
+            .max(1)
+            .saturating_mul(VIDEO_TOKENS_PER_SEC)
     } else {
         // Text-like inline data (text/plain, application/json, code): four bytes a token.
         bytes.div_ceil(CHARS_PER_TOKEN)
@@ -550,6 +568,17 @@ mod tests {
             e.references,
             vec!["files/abc123".to_string(), "cachedContents/c1".to_string()]
         );
+    }
+
+    #[test]
+    fn many_huge_images_saturate_instead_of_overflowing() {
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+        png.extend_from_slice(&u32::MAX.to_be_bytes());
+        png.extend_from_slice(&u32::MAX.to_be_bytes());
+        let part = serde_json::json!({"inlineData": {"mimeType": "image/png", "data": b64(&png)}});
+        let body = serde_json::json!({"contents": [{"parts": vec![part; 3000]}]});
+        let e = estimate(&gen_route(), body.to_string().as_bytes()).unwrap();
+        assert_eq!(e.tokens, u64::MAX);
     }
 
     #[test]
