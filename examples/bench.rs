@@ -46,22 +46,23 @@ async fn fake(req: Request<hyper::body::Incoming>) -> Result<Response<BoxBody>, 
                 9 + i
             ))
         };
-        let stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>> =
-            if mb > 0 {
-                let chunk = event(0, 64 * 1024);
-                let n = mb * 1024 * 1024 / chunk.len() + 1;
-                Box::pin(futures_util::stream::iter(0..n).map(move |_| Ok(Frame::data(chunk.clone()))))
-            } else {
-                Box::pin(futures_util::stream::unfold(0usize, move |i| async move {
-                    if i == 3 {
-                        return None;
-                    }
-                    if i > 0 {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    Some((Ok(Frame::data(event(i, 0))), i + 1))
-                }))
-            };
+        let stream: std::pin::Pin<
+            Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>,
+        > = if mb > 0 {
+            let chunk = event(0, 64 * 1024);
+            let n = mb * 1024 * 1024 / chunk.len() + 1;
+            Box::pin(futures_util::stream::iter(0..n).map(move |_| Ok(Frame::data(chunk.clone()))))
+        } else {
+            Box::pin(futures_util::stream::unfold(0usize, move |i| async move {
+                if i == 3 {
+                    return None;
+                }
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Some((Ok(Frame::data(event(i, 0))), i + 1))
+            }))
+        };
         let body = BodyExt::boxed_unsync(StreamBody::new(stream));
         return Ok(Response::builder()
             .header("content-type", "text/event-stream")
@@ -70,7 +71,9 @@ async fn fake(req: Request<hyper::body::Incoming>) -> Result<Response<BoxBody>, 
     }
     Ok(Response::builder()
         .header("content-type", "application/json; charset=UTF-8")
-        .body(BodyExt::boxed_unsync(Full::new(Bytes::from_static(GENERATE_ANSWER.as_bytes()))))
+        .body(BodyExt::boxed_unsync(Full::new(Bytes::from_static(
+            GENERATE_ANSWER.as_bytes(),
+        ))))
         .unwrap())
 }
 
@@ -79,11 +82,16 @@ fn start_fake() -> u16 {
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(async move {
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -97,7 +105,11 @@ fn start_fake() -> u16 {
 }
 
 fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_port(port: u16) {
@@ -124,14 +136,23 @@ fn start_proxy(upstream: u16, redis: Option<&str>) -> (u16, Proc) {
     let port = free_port();
     let mut cmd = Command::new(bin);
     cmd.env_clear()
-        .env("GEMINI_API_KEYS", "AIzaBenchKey0000000001,AIzaBenchKey0000000002")
+        .env(
+            "GEMINI_API_KEYS",
+            "AIzaBenchKey0000000001,AIzaBenchKey0000000002",
+        )
         .env("PROXY_CLIENT_KEYS", CLIENT_KEY)
-        .env("GEMINI_UPSTREAM_URL", format!("http://127.0.0.1:{upstream}"))
+        .env(
+            "GEMINI_UPSTREAM_URL",
+            format!("http://127.0.0.1:{upstream}"),
+        )
         .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
         .env("GEMINI_MINUTE_LIMIT", "100000000")
         .env("GEMINI_DAILY_LIMIT", "1000000000")
         .env("GEMINI_TOKEN_MINUTE_LIMIT", "100000000000")
-        .env("RUST_LOG", std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     if let Some(url) = redis {
@@ -145,7 +166,14 @@ fn start_proxy(upstream: u16, redis: Option<&str>) -> (u16, Proc) {
 fn start_redis() -> (u16, Proc) {
     let port = free_port();
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server");
@@ -154,7 +182,9 @@ fn start_redis() -> (u16, Proc) {
 }
 
 fn start_nginx(upstream: u16, dir: &std::path::Path) -> Option<(u16, Proc)> {
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists())?;
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
     let port = free_port();
     let conf = format!(
         "worker_processes 1;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\ndaemon off;\n\
@@ -168,7 +198,14 @@ http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).ok()?;
     let child = Command::new(nginx)
-        .args(["-c", path.to_str()?, "-p", dir.to_str()?, "-e", dir.join("error.log").to_str()?])
+        .args([
+            "-c",
+            path.to_str()?,
+            "-p",
+            dir.to_str()?,
+            "-e",
+            dir.join("error.log").to_str()?,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -207,7 +244,10 @@ fn wrk(port: u16, conns: u32, secs: u32, script: &std::path::Path) -> Load {
         .lines()
         .find(|l| l.starts_with("RESULT "))
         .unwrap_or_else(|| panic!("wrk printed no RESULT:\n{text}"));
-    let v: Vec<f64> = line[7..].split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    let v: Vec<f64> = line[7..]
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
     Load {
         requests: v[0] as u64,
         rps: v[1],
@@ -237,7 +277,14 @@ fn evalsha_calls(port: u16) -> u64 {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .sum()
 }
 
@@ -259,6 +306,9 @@ async fn ttfe(port: u16, n: usize) -> f64 {
         let _ = s.next().await;
         v.push(t.elapsed().as_secs_f64() * 1e6);
         while s.next().await.is_some() {}
+        // Streams are not fired back to back in real use: give the upstream connection time to
+        // return to its pool (on both paths alike).
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     v.sort_by(f64::total_cmp);
     v[n / 2]
@@ -271,7 +321,9 @@ async fn big_stream(port: u16, mb: usize, pid: u32) -> (f64, i64) {
     let mut peak = before;
     let t = Instant::now();
     let r = client
-        .post(format!("http://127.0.0.1:{port}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"))
+        .post(format!(
+            "http://127.0.0.1:{port}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+        ))
         .header("x-goog-api-key", CLIENT_KEY)
         .header("x-bench-stream-mb", mb.to_string())
         .header("content-type", "application/json")
@@ -285,7 +337,7 @@ async fn big_stream(port: u16, mb: usize, pid: u32) -> (f64, i64) {
     while let Some(c) = s.next().await {
         total += c.unwrap().len();
         chunks += 1;
-        if chunks % 64 == 0 {
+        if chunks.is_multiple_of(64) {
             peak = peak.max(rss_kb(pid) as i64);
         }
     }
@@ -323,8 +375,14 @@ fn row(name: &str, l: &Load) {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let secs: u32 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
-    let conns: u32 = std::env::var("BENCH_CONNS").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
+    let secs: u32 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let conns: u32 = std::env::var("BENCH_CONNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64);
     let dir = std::env::temp_dir().join(format!("gqp-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let script = lua_script(&dir);
@@ -333,19 +391,39 @@ async fn main() {
     wait_port(upstream);
     let (redis_port, _redis) = start_redis();
     let (mem_port, mem_proc) = start_proxy(upstream, None);
-    let (red_port, red_proc) = start_proxy(upstream, Some(&format!("redis://127.0.0.1:{redis_port}")));
+    let (red_port, red_proc) =
+        start_proxy(upstream, Some(&format!("redis://127.0.0.1:{redis_port}")));
     let nginx = start_nginx(upstream, &dir);
 
-    println!("machine: {} cores, {}", std::thread::available_parallelism().map_or(0, |n| n.get()), cpu_model());
-    println!("load: wrk -t1 -c{conns} -d{secs}s POST generateContent ({} byte body), proxy RUST_LOG={}", REQUEST_BODY.len(),
-        std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()));
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model()
+    );
+    println!(
+        "load: wrk -t1 -c{conns} -d{secs}s POST generateContent ({} byte body), proxy RUST_LOG={}",
+        REQUEST_BODY.len(),
+        std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into())
+    );
     // Warm up every target.
-    for p in [Some(upstream), Some(mem_port), Some(red_port), nginx.as_ref().map(|n| n.0)].into_iter().flatten() {
+    for p in [
+        Some(upstream),
+        Some(mem_port),
+        Some(red_port),
+        nginx.as_ref().map(|n| n.0),
+    ]
+    .into_iter()
+    .flatten()
+    {
         wrk(p, 8, 1, &script);
     }
     println!();
-    println!("| target                 | req/s     | p50 us   | p99 us   | p99.9 us  | requests | errors |");
-    println!("|------------------------|-----------|----------|----------|-----------|----------|--------|");
+    println!(
+        "| target                 | req/s     | p50 us   | p99 us   | p99.9 us  | requests | errors |"
+    );
+    println!(
+        "|------------------------|-----------|----------|----------|-----------|----------|--------|"
+    );
     let direct = wrk(upstream, conns, secs, &script);
     row("upstream direct", &direct);
     let nginx_load = nginx.as_ref().map(|n| wrk(n.0, conns, secs, &script));
@@ -359,43 +437,86 @@ async fn main() {
     let calls = evalsha_calls(redis_port) - calls_before;
     row("proxy, redis store", &red);
     println!();
-    println!("throughput ratios: memory/direct {:.2}, redis/direct {:.2}, redis/memory {:.2}",
-        mem.rps / direct.rps, red.rps / direct.rps, red.rps / mem.rps);
+    println!(
+        "throughput ratios: memory/direct {:.2}, redis/direct {:.2}, redis/memory {:.2}",
+        mem.rps / direct.rps,
+        red.rps / direct.rps,
+        red.rps / mem.rps
+    );
     if let Some(n) = &nginx_load {
-        println!("                   memory/nginx {:.2}, redis/nginx {:.2}", mem.rps / n.rps, red.rps / n.rps);
+        println!(
+            "                   memory/nginx {:.2}, redis/nginx {:.2}",
+            mem.rps / n.rps,
+            red.rps / n.rps
+        );
     }
-    println!("redis round trips (EVALSHA) per request: {:.3}", calls as f64 / red.requests.max(1) as f64);
-    println!("proxy RSS after load: memory store {:.1} MB ({} requests), redis store {:.1} MB ({} requests)",
-        rss_kb(mem_proc.0.id()) as f64 / 1024.0, mem.requests + 8,
-        rss_kb(red_proc.0.id()) as f64 / 1024.0, red.requests + 8);
+    println!(
+        "redis round trips (EVALSHA) per request: {:.3}",
+        calls as f64 / red.requests.max(1) as f64
+    );
+    println!(
+        "proxy RSS after load: memory store {:.1} MB ({} requests), redis store {:.1} MB ({} requests)",
+        rss_kb(mem_proc.0.id()) as f64 / 1024.0,
+        mem.requests + 8,
+        rss_kb(red_proc.0.id()) as f64 / 1024.0,
+        red.requests + 8
+    );
 
     // Added latency at concurrency 1.
     let d1 = wrk(upstream, 1, secs / 2, &script);
     let m1 = wrk(mem_port, 1, secs / 2, &script);
     let r1 = wrk(red_port, 1, secs / 2, &script);
     println!();
-    println!("concurrency 1: direct p50 {:.0} us p99 {:.0} us", d1.p50_us, d1.p99_us);
-    println!("  added by proxy, memory store: p50 {:+.0} us, p99 {:+.0} us", m1.p50_us - d1.p50_us, m1.p99_us - d1.p99_us);
-    println!("  added by proxy, redis store:  p50 {:+.0} us, p99 {:+.0} us", r1.p50_us - d1.p50_us, r1.p99_us - d1.p99_us);
+    println!(
+        "concurrency 1: direct p50 {:.0} us p99 {:.0} us",
+        d1.p50_us, d1.p99_us
+    );
+    println!(
+        "  added by proxy, memory store: p50 {:+.0} us, p99 {:+.0} us",
+        m1.p50_us - d1.p50_us,
+        m1.p99_us - d1.p99_us
+    );
+    println!(
+        "  added by proxy, redis store:  p50 {:+.0} us, p99 {:+.0} us",
+        r1.p50_us - d1.p50_us,
+        r1.p99_us - d1.p99_us
+    );
     if let Some(n) = &nginx {
         let n1 = wrk(n.0, 1, secs / 2, &script);
-        println!("  added by nginx:               p50 {:+.0} us, p99 {:+.0} us", n1.p50_us - d1.p50_us, n1.p99_us - d1.p99_us);
+        println!(
+            "  added by nginx:               p50 {:+.0} us, p99 {:+.0} us",
+            n1.p50_us - d1.p50_us,
+            n1.p99_us - d1.p99_us
+        );
     }
 
     // Streaming.
     let t_direct = ttfe(upstream, 200).await;
     let t_mem = ttfe(mem_port, 200).await;
     println!();
-    println!("time to first SSE event (p50 of 200): direct {t_direct:.0} us, via proxy {t_mem:.0} us, added {:+.0} us", t_mem - t_direct);
+    println!(
+        "time to first SSE event (p50 of 200): direct {t_direct:.0} us, via proxy {t_mem:.0} us, added {:+.0} us",
+        t_mem - t_direct
+    );
     let (rate, growth) = big_stream(mem_port, 100, mem_proc.0.id()).await;
-    println!("100 MB SSE stream through the proxy: {rate:.0} MB/s, proxy RSS growth {:.1} MB", growth as f64 / 1024.0);
-    println!("proxy RSS at the end: {:.1} MB", rss_kb(mem_proc.0.id()) as f64 / 1024.0);
+    println!(
+        "100 MB SSE stream through the proxy: {rate:.0} MB/s, proxy RSS growth {:.1} MB",
+        growth as f64 / 1024.0
+    );
+    println!(
+        "proxy RSS at the end: {:.1} MB",
+        rss_kb(mem_proc.0.id()) as f64 / 1024.0
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into())
 }

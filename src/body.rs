@@ -105,6 +105,9 @@ impl Settlement {
     pub fn settle(self, tokens: Option<u64>) {
         let Settlement { store, reservation } = self;
         let actual = tokens.unwrap_or(0);
+        if store.settle_now(&reservation, actual) {
+            return;
+        }
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 if let Err(e) = store.settle(&reservation, actual).await {

@@ -2,6 +2,11 @@
 
 use std::process::ExitCode;
 
+/// mimalloc: the proxy allocates small, short-lived buffers on every request from several
+/// threads, where glibc's allocator spends a fifth of the CPU time (measured with perf).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use gemini_quota_proxy::{AppState, Config, Sources, serve, server::shutdown_signal, telemetry};
 

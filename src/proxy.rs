@@ -38,7 +38,8 @@ const CREATE_BODY_LIMIT: usize = 4 * 1024 * 1024;
 #[derive(Default)]
 struct Trace {
     model: Option<String>,
-    key: Option<String>,
+    /// Pool index of the key used last.
+    key: Option<usize>,
     attempts: u32,
     tokens: u64,
     /// Time from sending to the upstream's response head (the last attempt).
@@ -55,20 +56,21 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
         Err(e) => e.into_response(),
     };
     let status = resp.status().as_u16();
+    let key = trace.key.map(|i| state.pool.keys[i].masked.as_str());
     tracing::info!(
         method = %parts.method,
         path = parts.uri.path(),
         model = trace.model.as_deref().unwrap_or("-"),
         status,
         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-        key = trace.key.as_deref().unwrap_or("-"),
+        key = key.unwrap_or("-"),
         attempts = trace.attempts,
         est_tokens = trace.tokens,
         "request"
     );
     state.metrics.request(
         trace.model.as_deref(),
-        trace.key.as_deref(),
+        key,
         status,
         started.elapsed(),
         trace.upstream,
@@ -192,7 +194,7 @@ async fn forward_with_retries(
             None => free_key(state, pinned, &avoid),
         };
         let key = &state.pool.keys[index];
-        trace.key = Some(key.masked.clone());
+        trace.key = Some(index);
         let settlement = reservation.map(|reservation| Settlement {
             store: state.store.clone(),
             reservation,

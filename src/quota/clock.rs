@@ -87,6 +87,45 @@ impl DayInfo {
     }
 }
 
+/// `DayInfo::at` is a time-zone conversion; admission needs it on every request. This keeps the
+/// answer for up to a minute and never past the next midnight, so the day still changes on time.
+#[derive(Debug)]
+pub struct DayCache {
+    tz: Tz,
+    /// (computed at, valid until, answer)
+    cached: std::sync::Mutex<Option<(i64, i64, DayInfo)>>,
+}
+
+impl DayCache {
+    pub fn new(tz: Tz) -> Self {
+        DayCache {
+            tz,
+            cached: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn tz(&self) -> Tz {
+        self.tz
+    }
+
+    pub fn at(&self, now_ms: i64) -> DayInfo {
+        let mut c = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((from, until, d)) = *c
+            && now_ms >= from
+            && now_ms < until
+        {
+            return DayInfo {
+                offset_ms: d.offset_ms,
+                day: d.day,
+                next_midnight_ms: d.next_midnight_ms,
+            };
+        }
+        let d = DayInfo::at(self.tz, now_ms);
+        *c = Some((now_ms, d.next_midnight_ms.min(now_ms + 60_000), d));
+        d
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +146,16 @@ mod tests {
         // 2026-07-01 12:00 UTC = 05:00 PDT; next midnight 07-02 00:00 PDT = 07:00 UTC.
         let d = DayInfo::at(Los_Angeles, ms("2026-07-01T12:00:00Z"));
         assert_eq!(d.next_midnight_ms, ms("2026-07-02T07:00:00Z"));
+    }
+
+    #[test]
+    fn the_cache_changes_day_exactly_at_midnight() {
+        let c = DayCache::new(Los_Angeles);
+        let d = c.at(ms("2026-01-31T10:30:00Z"));
+        assert_eq!(c.at(d.next_midnight_ms - 1).day, d.day);
+        assert_eq!(c.at(d.next_midnight_ms).day, d.day + 1);
+        // Going back in time (a test clock) recomputes.
+        assert_eq!(c.at(ms("2026-01-31T10:30:00Z")).day, d.day);
     }
 
     #[test]

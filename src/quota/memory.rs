@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use chrono_tz::Tz;
 
 use super::{
-    AdmitOutcome, AdmitRequest, Candidate, Clock, Cooldown, DayInfo, KeyState, Limits, MINUTE_MS,
-    QuotaStore, Reservation, ResetKind, ResetScope, StoreError, Usage, headroom,
+    AdmitOutcome, AdmitRequest, Candidate, Clock, Cooldown, DayCache, DayInfo, KeyState, Limits,
+    MINUTE_MS, QuotaStore, Reservation, ResetKind, ResetScope, StoreError, Usage, headroom,
 };
 use crate::config::Strategy;
 use crate::error::LimitKind;
@@ -121,7 +121,7 @@ struct Hold {
 #[derive(Debug)]
 pub struct MemoryStore {
     clock: Arc<dyn Clock>,
-    tz: Tz,
+    days: DayCache,
     buckets: RwLock<HashMap<BucketKey, Arc<Mutex<Bucket>>>>,
     cooldowns: Mutex<HashMap<(String, String), Hold>>,
     disabled: Mutex<HashMap<String, String>>,
@@ -137,7 +137,7 @@ impl MemoryStore {
     pub fn new(clock: Arc<dyn Clock>, tz: Tz) -> Self {
         MemoryStore {
             clock,
-            tz,
+            days: DayCache::new(tz),
             buckets: RwLock::new(HashMap::new()),
             cooldowns: Mutex::new(HashMap::new()),
             disabled: Mutex::new(HashMap::new()),
@@ -203,8 +203,13 @@ impl QuotaStore for MemoryStore {
     }
 
     async fn settle(&self, r: &Reservation, actual_tokens: u64) -> Result<(), StoreError> {
+        self.settle_now(r, actual_tokens);
+        Ok(())
+    }
+
+    fn settle_now(&self, r: &Reservation, actual_tokens: u64) -> bool {
         if r.uncounted {
-            return Ok(());
+            return true;
         }
         let bucket = self.bucket(&r.project, &r.model);
         let mut b = lock(&bucket);
@@ -213,12 +218,12 @@ impl QuotaStore for MemoryStore {
             b.log[i].tokens = actual_tokens;
             b.tokens = b.tokens - old + actual_tokens;
         }
-        Ok(())
+        true
     }
 
     async fn usage(&self) -> Result<Vec<(String, String, Usage)>, StoreError> {
         let now = self.clock.now_ms();
-        let di = DayInfo::at(self.tz, now);
+        let di = self.days.at(now);
         let buckets: Vec<_> = self
             .buckets
             .read()
@@ -379,7 +384,7 @@ impl MemoryStore {
     /// admission between the look and the reservation.
     fn admit_pass(&self, req: &AdmitRequest) -> Option<AdmitOutcome> {
         let now = self.clock.now_ms();
-        let di = DayInfo::at(self.tz, now);
+        let di = self.days.at(now);
         let disabled = lock(&self.disabled).clone();
         let mut earliest_hold: Option<u64> = None;
         // (project position, usable keys, bucket, headroom)

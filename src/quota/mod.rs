@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use clock::{Clock, DayInfo, ManualClock, SystemClock};
+pub use clock::{Clock, DayCache, DayInfo, ManualClock, SystemClock};
 pub use limits::Limits;
 
 use crate::config::Strategy;
@@ -142,6 +142,11 @@ pub trait QuotaStore: Send + Sync {
     async fn admit(&self, req: &AdmitRequest) -> Result<AdmitOutcome, StoreError>;
     /// Replace the reserved tokens with the real count (0 refunds them). The request stays.
     async fn settle(&self, r: &Reservation, actual_tokens: u64) -> Result<(), StoreError>;
+    /// Settle without waiting when the store can do it on the spot (memory): saves a task spawn
+    /// per request. Returns false when the caller must use [`QuotaStore::settle`].
+    fn settle_now(&self, _r: &Reservation, _actual_tokens: u64) -> bool {
+        false
+    }
     /// Current counters of every (project, model) that has any.
     async fn usage(&self) -> Result<Vec<(String, String, Usage)>, StoreError>;
     /// Put a (project, model) on hold; `model` `*` holds the whole project.

@@ -10,8 +10,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Script, Value};
 
 use super::{
-    AdmitOutcome, AdmitRequest, Clock, Cooldown, DayInfo, KeyState, QuotaStore, Reservation,
-    ResetKind, ResetScope, StoreError, SystemClock, Usage,
+    AdmitOutcome, AdmitRequest, Clock, Cooldown, DayCache, DayInfo, KeyState, QuotaStore,
+    Reservation, ResetKind, ResetScope, StoreError, SystemClock, Usage,
 };
 use crate::config::Strategy;
 use crate::error::LimitKind;
@@ -32,7 +32,7 @@ pub struct RedisStore {
     /// `{namespace}`: every key starts with it, so all keys share one cluster slot.
     prefix: String,
     timeout: Duration,
-    tz: Tz,
+    days: DayCache,
     /// `None` in production (Redis `TIME`); tests inject a clock to travel in time.
     clock: Option<Arc<dyn Clock>>,
     admit: Script,
@@ -79,7 +79,7 @@ impl RedisStore {
             conn,
             prefix: format!("{{{namespace}}}"),
             timeout,
-            tz,
+            days: DayCache::new(tz),
             clock: None,
             admit: Script::new(lua!("admit.lua")),
             settle: Script::new(lua!("settle.lua")),
@@ -107,7 +107,7 @@ impl RedisStore {
             Some(c) => c.now_ms(),
             None => SystemClock.now_ms(),
         };
-        DayInfo::at(self.tz, now)
+        self.days.at(now)
     }
 
     /// The routing key every script declares (all keys it builds share its hash tag).
