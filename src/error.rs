@@ -49,6 +49,8 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     RequestTimeout(String),
+    #[error("{0}")]
+    HeadersTooLarge(String),
     /// Refused by the proxy's own quota accounting.
     #[error("{message}")]
     QuotaExceeded {
@@ -84,6 +86,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::QuotaExceeded { .. } | ApiError::PoolExhausted { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -99,7 +102,9 @@ impl ApiError {
         match self {
             ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
             ApiError::PermissionDenied(_) => "PERMISSION_DENIED",
-            ApiError::InvalidArgument(_) | ApiError::PayloadTooLarge(_) => "INVALID_ARGUMENT",
+            ApiError::InvalidArgument(_)
+            | ApiError::PayloadTooLarge(_)
+            | ApiError::HeadersTooLarge(_) => "INVALID_ARGUMENT",
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::MethodNotAllowed(_) => "UNIMPLEMENTED",
             ApiError::RequestTimeout(_) => "DEADLINE_EXCEEDED",

@@ -6,6 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -14,8 +17,29 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::error::ApiError;
 use crate::state::AppState;
 use crate::{proxy, status};
+
+/// Largest total of header names and values a request may carry. hyper's read buffer limit is
+/// only enforced while headers are incomplete, so a kept-alive connection can slip a larger
+/// block through; this check holds for every request.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+async fn limit_headers(req: Request, next: Next) -> Response {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if size > MAX_HEADER_BYTES {
+        return ApiError::HeadersTooLarge(format!(
+            "Request headers total {size} bytes, over the limit of {MAX_HEADER_BYTES} bytes."
+        ))
+        .into_response();
+    }
+    next.run(req).await
+}
 
 /// Every route of the proxy.
 pub fn app(state: Arc<AppState>) -> Router {
@@ -30,6 +54,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/upload/v1beta/{*rest}", any(proxy::handle))
         .route("/upload/v1/{*rest}", any(proxy::handle))
         .fallback(proxy::not_found)
+        .layer(axum::middleware::from_fn(limit_headers))
         .with_state(state)
 }
 
