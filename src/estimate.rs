@@ -158,7 +158,10 @@ pub fn estimate(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
                 if let Some(t) = obj.get("tools") {
                     acc.add_chars(json_text_len(t));
                 }
-                if let Some(Value::String(cc)) = obj.get("cachedContent") {
+                if let Some(Value::String(cc)) = obj.get("cachedContent")
+                    && let Some(id) = cc.strip_prefix("cachedContents/")
+                    && valid_name(id)
+                {
                     acc.references.push(cc.clone());
                 }
             }

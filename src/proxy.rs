@@ -258,7 +258,17 @@ async fn forward_with_retries(
 
         if status.as_u16() >= 400 {
             // Small error body: read it whole to learn what happened, then pass it on unchanged.
-            let bytes = read_limited(resp, ERROR_BODY_LIMIT, cfg.request_timeout).await;
+            let bytes = match read_limited(resp, ERROR_BODY_LIMIT, cfg.request_timeout).await {
+                Ok(b) => b,
+                Err(e) => {
+                    if let Some(s) = settlement {
+                        s.settle(None);
+                    }
+                    return Err(e);
+                }
+            };
+            // The body may have been cut at the limit: let the server count what is sent.
+            headers.remove(http::header::CONTENT_LENGTH);
             let now = chrono::Utc::now().timestamp_millis();
             let day = DayInfo::at(cfg.limits.timezone, now);
             let verdict = upstream::classify(status.as_u16(), &bytes, &day, now);
@@ -276,6 +286,13 @@ async fn forward_with_retries(
                 _ => cfg.max_attempts + state.pool.keys.len() as u32,
             };
             if retry && attempt < budget && Instant::now() < deadline {
+                match verdict {
+                    Verdict::QuotaExhausted { .. } | Verdict::RateLimited { .. } => {
+                        state.metrics.retry("upstream_429")
+                    }
+                    Verdict::DeadKey { .. } => state.metrics.retry("dead_key"),
+                    _ => {}
+                }
                 if matches!(verdict, Verdict::DeadKey { .. } | Verdict::Transient) {
                     avoid.push(index);
                 }
@@ -305,7 +322,15 @@ async fn forward_with_retries(
         }
         trace.upstream = sent_at.elapsed();
         if route.creates_resource && !streaming {
-            let bytes = read_limited(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await;
+            let bytes = match read_limited(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await {
+                Ok(b) => b,
+                Err(e) => {
+                    if let Some(s) = settlement {
+                        s.settle(None);
+                    }
+                    return Err(e);
+                }
+            };
             remember_created(state, &bytes, index).await;
             if let Some(s) = settlement {
                 s.settle(crate::body::UsageScanner::scan_all(&bytes));
@@ -442,11 +467,22 @@ fn free_key(state: &AppState, pinned: Option<usize>, avoid: &[usize]) -> usize {
         return p;
     }
     let n = state.pool.keys.len();
-    let disabled = state.disabled.lock().map(|d| d.clone()).unwrap_or_default();
+    // What this replica saw die recently; the store stays the truth (an admin may re-enable a
+    // key through another replica), so a local entry only counts for DISABLED_MEMORY.
+    let disabled: Vec<usize> = state
+        .disabled
+        .lock()
+        .map(|d| {
+            d.iter()
+                .filter(|(_, (_, at))| at.elapsed() < DISABLED_MEMORY)
+                .map(|(i, _)| *i)
+                .collect()
+        })
+        .unwrap_or_default();
     let start = state.pool.next_turn() as usize;
     (0..n)
         .map(|i| (start + i) % n)
-        .find(|i| !avoid.contains(i) && !disabled.contains_key(i))
+        .find(|i| !avoid.contains(i) && !disabled.contains(i))
         .unwrap_or(start % n)
 }
 
@@ -533,7 +569,7 @@ async fn react(
         Verdict::DeadKey { reason } => {
             tracing::error!(key = %key.masked, name = %key.name, reason = %reason, "pooled key disabled");
             if let Ok(mut d) = state.disabled.lock() {
-                d.insert(index, reason.clone());
+                d.insert(index, (reason.clone(), Instant::now()));
             }
             if let Err(e) = state.store.disable_key(&key.kid, reason).await {
                 tracing::warn!(error = %e, "could not record a disabled key in the store");
@@ -555,22 +591,37 @@ async fn backoff(attempt: u32, deadline: Instant) {
     tokio::time::sleep_until(until).await;
 }
 
-async fn read_limited(resp: reqwest::Response, limit: usize, timeout: Duration) -> Bytes {
+/// Read a small answer whole: at most `limit` bytes (the rest is dropped), within `timeout`.
+async fn read_limited(
+    resp: reqwest::Response,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
     let read = async {
         let mut out = Vec::new();
         let mut stream = resp.bytes_stream();
-        while let Some(Ok(chunk)) = stream.next().await {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::BadGateway(format!(
+                    "the Gemini API answer broke off: {}",
+                    e.without_url()
+                ))
+            })?;
             let room = limit.saturating_sub(out.len());
             out.extend_from_slice(&chunk[..chunk.len().min(room)]);
             if out.len() >= limit {
                 break;
             }
         }
-        Bytes::from(out)
+        Ok(Bytes::from(out))
     };
-    tokio::time::timeout(timeout, read)
-        .await
-        .unwrap_or_default()
+    match tokio::time::timeout(timeout, read).await {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::GatewayTimeout(format!(
+            "the Gemini API answer did not finish within {}s",
+            timeout.as_secs()
+        ))),
+    }
 }
 
 /// The upstream's resumable-upload URL points at Google: point it at this proxy instead, and
@@ -678,10 +729,13 @@ async fn remember_created(state: &AppState, body: &[u8], index: usize) {
 pub async fn not_found(req: Request) -> Response {
     let path: String = req.uri().path().chars().take(120).collect();
     ApiError::NotFound(format!(
-        "Nothing here: {path}. The proxy serves /v1beta/, /v1/ and /upload/."
+        "Nothing here: {path}. The proxy serves /v1beta/, /v1/, /upload/v1beta/ and /upload/v1/."
     ))
     .into_response()
 }
 
-/// Disabled keys this replica learned (by pool index), with their reasons.
-pub type DisabledKeys = Mutex<HashMap<usize, String>>;
+/// Disabled keys this replica learned (by pool index), with their reasons and when.
+pub type DisabledKeys = Mutex<HashMap<usize, (String, Instant)>>;
+
+/// How long a key this replica saw die is skipped for free calls without asking the store.
+const DISABLED_MEMORY: Duration = Duration::from_secs(60);

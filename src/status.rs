@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::{Caller, authenticate};
+use crate::config::StoreFailurePolicy;
 use crate::error::ApiError;
 use crate::quota::{KeyState, ResetKind, ResetScope, Usage};
 use crate::route::QuotaFamily;
@@ -22,15 +23,32 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when the config is loaded (it is, or we would not run) and the store answers.
+/// Ready when the config is loaded (it is, or we would not run) and the store answers. While a
+/// shared store is down the proxy still serves under the `local` and `fail-open` policies, so it
+/// stays ready (200, `"status": "degraded"`); under `fail-closed` it refuses work, so 503.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     match state.store.ping().await {
         Ok(()) => Json(json!({"status": "ready", "store": state.store.backend()})).into_response(),
-        Err(e) => (
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "degraded", "store": state.store.backend(), "error": e.to_string()})),
-        )
-            .into_response(),
+        Err(e) => {
+            let code = match state.config.store_on_error {
+                StoreFailurePolicy::FailClosed => http::StatusCode::SERVICE_UNAVAILABLE,
+                _ => http::StatusCode::OK,
+            };
+            (
+                code,
+                Json(json!({"status": "degraded", "store": state.store.backend(),
+                    "policy": policy_name(state.config.store_on_error), "error": e.to_string()})),
+            )
+                .into_response()
+        }
+    }
+}
+
+fn policy_name(p: StoreFailurePolicy) -> &'static str {
+    match p {
+        StoreFailurePolicy::Local => "local",
+        StoreFailurePolicy::FailClosed => "fail-closed",
+        StoreFailurePolicy::FailOpen => "fail-open",
     }
 }
 
@@ -220,22 +238,10 @@ pub async fn snapshot(state: &AppState) -> Value {
     let usage = store.usage().await.unwrap_or_default();
     let cooldowns = store.cooldowns().await.unwrap_or_default();
     let kids: Vec<Arc<str>> = state.pool.keys.iter().map(|k| k.kid.clone()).collect();
-    let mut key_states = store
+    let key_states = store
         .key_states(&kids)
         .await
         .unwrap_or_else(|_| kids.iter().map(|_| KeyState::Active).collect());
-    if let Ok(local) = state.disabled.lock() {
-        for (i, reason) in local.iter() {
-            if let Some(s) = key_states.get_mut(*i)
-                && *s == KeyState::Active
-            {
-                *s = KeyState::Disabled {
-                    reason: reason.clone(),
-                };
-            }
-        }
-    }
-
     let mut total = Usage::default();
     for (_, _, u) in &usage {
         total.minute_requests += u.minute_requests;
@@ -274,7 +280,6 @@ pub async fn snapshot(state: &AppState) -> Value {
     }
 
     let mut keys_json = Vec::new();
-    let mut usable = 0;
     let (mut cooling_n, mut disabled_n) = (0, 0);
     for (k, s) in state.pool.keys.iter().zip(&key_states) {
         let cd = cooldowns
@@ -295,15 +300,11 @@ pub async fn snapshot(state: &AppState) -> Value {
                 ("cooldown", Some(c.reason.clone()))
             }
             (KeyState::Active, Some(c)) => {
-                // A hold on one model leaves the key usable for others.
-                usable += 1;
+                // A hold on one model: the key still serves others, but shows as cooling.
                 cooling_n += 1;
                 ("cooldown", Some(c.reason.clone()))
             }
-            (KeyState::Active, None) => {
-                usable += 1;
-                ("active", None)
-            }
+            (KeyState::Active, None) => ("active", None),
         };
         let now = chrono::Utc::now();
         let cooldown_until = cd.map(|c| {
@@ -362,9 +363,19 @@ pub async fn snapshot(state: &AppState) -> Value {
         ));
     }
     if !reachable {
-        warnings.push("quota store unreachable: counting in this replica only".into());
+        warnings.push(
+            match state.config.store_on_error {
+                StoreFailurePolicy::Local => {
+                    "quota store unreachable: counting in this replica only"
+                }
+                StoreFailurePolicy::FailOpen => {
+                    "quota store unreachable: admitting without counting"
+                }
+                StoreFailurePolicy::FailClosed => "quota store unreachable: refusing requests",
+            }
+            .to_string(),
+        );
     }
-    let _ = usable;
     state.metrics.key_gauges(cooling_n, disabled_n);
 
     json!({

@@ -95,24 +95,27 @@ macro_rules! with_fallback {
 impl QuotaStore for ResilientStore {
     async fn admit(&self, req: &AdmitRequest) -> Result<AdmitOutcome, StoreError> {
         let open = || {
-            req.candidates.first().map_or(
-                AdmitOutcome::Unavailable {
-                    retry_after_ms: None,
-                },
-                |c| {
-                    AdmitOutcome::Admitted(Reservation {
-                        index: c.index,
-                        kid: c.kid.clone(),
-                        project: c.project.clone(),
-                        model: req.model.clone(),
-                        id: 0,
-                        tokens: req.tokens,
-                        remaining_requests: c.limits.minute,
-                        remaining_tokens: c.limits.token_minute,
-                        uncounted: true,
-                    })
-                },
-            )
+            let n = req.candidates.len().max(1);
+            req.candidates
+                .get((req.rotation % n as u64) as usize)
+                .map_or(
+                    AdmitOutcome::Unavailable {
+                        retry_after_ms: None,
+                    },
+                    |c| {
+                        AdmitOutcome::Admitted(Reservation {
+                            index: c.index,
+                            kid: c.kid.clone(),
+                            project: c.project.clone(),
+                            model: req.model.clone(),
+                            id: 0,
+                            tokens: req.tokens,
+                            remaining_requests: c.limits.minute,
+                            remaining_tokens: c.limits.token_minute,
+                            uncounted: true,
+                        })
+                    },
+                )
         };
         with_fallback!(self, admit(req), open())
     }
