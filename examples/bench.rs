@@ -20,7 +20,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-const GENERATE_ANSWER: &str = r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Hello! How can I help you today?"}]},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":9,"totalTokenCount":18},"modelVersion":"gemini-2.5-flash","responseId":"bench"}"#;
+const GENERATE_ANSWER: &str = r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Hello! How can I help you today?"}]},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":12,"candidatesTokenCount":9,"totalTokenCount":21},"modelVersion":"gemini-2.5-flash","responseId":"bench"}"#;
 const REQUEST_BODY: &str =
     r#"{"contents":[{"role":"user","parts":[{"text":"Write one short friendly greeting."}]}]}"#;
 const PATH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";

@@ -105,7 +105,11 @@ impl Settlement {
     pub fn settle(self, tokens: Option<u64>) {
         let Settlement { store, reservation } = self;
         let actual = tokens.unwrap_or(0);
-        if store.settle_now(&reservation, actual) {
+        // Nothing changes when Google counted what we estimated.
+        if actual == reservation.tokens
+            || store.settle_now(&reservation, actual)
+            || store.settle_later(&reservation, actual)
+        {
             return;
         }
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -135,7 +139,8 @@ enum StreamCut {
 pub struct ProxyBody {
     inner: Inner,
     idle: Duration,
-    idle_timer: Pin<Box<Sleep>>,
+    /// Streams only: the longest gap between chunks.
+    idle_timer: Option<Pin<Box<Sleep>>>,
     deadline: Option<Pin<Box<Sleep>>>,
     scanner: Option<UsageScanner>,
     settlement: Option<Settlement>,
@@ -143,7 +148,8 @@ pub struct ProxyBody {
 }
 
 impl ProxyBody {
-    /// `deadline`: the whole-request limit for non-streaming answers; streams only get `idle`.
+    /// `deadline`: the whole-request limit of a non-streaming answer; without one (a stream)
+    /// the body gets the idle-gap limit instead.
     pub fn new(
         inner: Inner,
         idle: Duration,
@@ -153,7 +159,9 @@ impl ProxyBody {
         ProxyBody {
             inner,
             idle,
-            idle_timer: Box::pin(tokio::time::sleep(idle)),
+            idle_timer: deadline
+                .is_none()
+                .then(|| Box::pin(tokio::time::sleep(idle))),
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             scanner: settlement.as_ref().map(|_| UsageScanner::default()),
             settlement,
@@ -194,7 +202,9 @@ impl Stream for ProxyBody {
                     s.feed(&chunk);
                 }
                 let idle = this.idle;
-                this.idle_timer.as_mut().reset(Instant::now() + idle);
+                if let Some(t) = this.idle_timer.as_mut() {
+                    t.as_mut().reset(Instant::now() + idle);
+                }
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(Some(Err(e))) => this.cut(StreamCut::Upstream(e.without_url().to_string())),
@@ -203,7 +213,9 @@ impl Stream for ProxyBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if this.idle_timer.as_mut().poll(cx).is_ready() {
+                if let Some(t) = this.idle_timer.as_mut()
+                    && t.as_mut().poll(cx).is_ready()
+                {
                     let idle = this.idle;
                     return this.cut(StreamCut::Idle(idle));
                 }

@@ -347,6 +347,18 @@ impl Config {
                 }
             }
         }
+        if let Some(k) = keys
+            .iter()
+            .find(|k| !k.key.expose().bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(bad(
+                "GEMINI_API_KEY / keys[].key",
+                format!(
+                    "the key {} holds spaces or characters an HTTP header cannot carry",
+                    k.key.masked()
+                ),
+            ));
+        }
         if keys.is_empty() {
             return Err(bad(
                 "GEMINI_API_KEY",
@@ -566,7 +578,8 @@ fn check_url(name: &str, url: &str) -> Result<String, ConfigError> {
         Ok(u)
             if matches!(u.scheme_str(), Some("http") | Some("https"))
                 && u.host().is_some()
-                && u.query().is_none() =>
+                && u.query().is_none()
+                && reqwest::Url::parse(url).is_ok() =>
         {
             Ok(url.to_string())
         }
@@ -694,6 +707,17 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(e.to_string().contains("GEMINI_DAILY_LIMIT"), "{e}");
+    }
+
+    #[test]
+    fn keys_that_cannot_travel_in_a_header_are_refused_without_showing_them() {
+        let e = Config::load(&env(&[
+            ("GEMINI_API_KEY", "AIzaBad Key\u{7f}000001"),
+            ("PROXY_CLIENT_KEYS", "c"),
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("GEMINI_API_KEY"), "{e}");
+        assert!(!e.to_string().contains("Bad Key"), "{e}");
     }
 
     #[test]

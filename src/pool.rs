@@ -15,6 +15,8 @@ use crate::secret::Secret;
 #[derive(Debug)]
 pub struct PooledKey {
     pub key: Secret,
+    /// The key as the header it travels in (built once).
+    pub headers: crate::upstream::KeyHeaders,
     /// First 16 hex digits of SHA-256 of the key: safe to store, log and label.
     pub kid: Arc<str>,
     /// `AIza...0001`: for people.
@@ -48,6 +50,9 @@ impl Pool {
                     None => format!("key-{kid}").into(),
                 };
                 PooledKey {
+                    headers: crate::upstream::KeyHeaders::new(&k.key).unwrap_or_else(|| {
+                        crate::upstream::KeyHeaders::new(&Secret::new("invalid")).expect("ascii")
+                    }),
                     masked: k.key.masked(),
                     name: k.name.clone().unwrap_or_else(|| format!("key{}", i + 1)),
                     key: k.key.clone(),

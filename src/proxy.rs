@@ -206,14 +206,14 @@ async fn forward_with_retries(
         };
         let request = upstream::build_request(
             &state.client,
-            &cfg.upstream_url,
+            &state.upstream,
             &parts.method,
             parts.uri.path(),
             parts.uri.query(),
             &parts.headers,
             body.clone(),
             route,
-            &key.key,
+            &key.headers,
         );
         let last_try = attempt >= cfg.max_attempts || Instant::now() >= deadline;
         let sent_at = Instant::now();

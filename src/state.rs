@@ -21,6 +21,7 @@ pub struct AppState {
     pub pool: Pool,
     pub store: Arc<dyn QuotaStore>,
     pub client: reqwest::Client,
+    pub upstream: crate::upstream::Upstream,
     pub metrics: Metrics,
     pub disabled: DisabledKeys,
     /// Upstream 5xx and network failures in a row (any key); a success resets it.
@@ -42,6 +43,8 @@ impl AppState {
         Arc::new(AppState {
             pool: Pool::new(&config),
             client: crate::upstream::build_client(&config),
+            upstream: crate::upstream::Upstream::new(&config.upstream_url)
+                .expect("upstream.url was validated at load"),
             config: Arc::new(config),
             store,
             metrics: Metrics::new(),

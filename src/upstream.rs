@@ -77,30 +77,69 @@ pub fn client_credential<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> 
     })
 }
 
+/// Where requests go: the upstream base URL, parsed once (parsing a URL per request, host
+/// name processing included, showed in profiles).
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    base: reqwest::Url,
+    base_path: String,
+}
+
+impl Upstream {
+    pub fn new(base: &str) -> Result<Upstream, String> {
+        let base = reqwest::Url::parse(base).map_err(|e| e.to_string())?;
+        let base_path = base.path().trim_end_matches('/').to_string();
+        Ok(Upstream { base, base_path })
+    }
+
+    /// The upstream URL for a client's path and query (credentials removed from the query).
+    pub fn url(&self, path: &str, query: Option<&str>) -> reqwest::Url {
+        let mut url = self.base.clone();
+        if self.base_path.is_empty() {
+            url.set_path(path);
+        } else {
+            url.set_path(&format!("{}{}", self.base_path, path));
+        }
+        let q = query
+            .map(strip_credentials_from_query)
+            .filter(|q| !q.is_empty());
+        url.set_query(q.as_deref());
+        url
+    }
+}
+
+/// The pooled key as the header it travels in, built once per key, marked sensitive (never
+/// printed by `http`'s Debug, never indexed by HPACK).
+#[derive(Debug, Clone)]
+pub struct KeyHeaders {
+    pub goog: HeaderValue,
+    pub bearer: HeaderValue,
+}
+
+impl KeyHeaders {
+    pub fn new(key: &Secret) -> Option<KeyHeaders> {
+        let mut goog = HeaderValue::from_str(key.expose()).ok()?;
+        goog.set_sensitive(true);
+        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", key.expose())).ok()?;
+        bearer.set_sensitive(true);
+        Some(KeyHeaders { goog, bearer })
+    }
+}
+
 /// Build the request to Google: same method, path and query (credentials removed), headers
 /// minus hop-by-hop and credentials, plus the pooled key.
 #[allow(clippy::too_many_arguments)]
 pub fn build_request(
     client: &reqwest::Client,
-    base: &str,
+    upstream: &Upstream,
     method: &Method,
     path: &str,
     query: Option<&str>,
     headers: &HeaderMap,
     body: Bytes,
     route: &Route,
-    key: &Secret,
+    key: &KeyHeaders,
 ) -> reqwest::RequestBuilder {
-    let mut url = String::with_capacity(base.len() + path.len() + 64);
-    url.push_str(base);
-    url.push_str(path);
-    if let Some(q) = query {
-        let q = strip_credentials_from_query(q);
-        if !q.is_empty() {
-            url.push('?');
-            url.push_str(&q);
-        }
-    }
     let mut out = HeaderMap::with_capacity(headers.len() + 1);
     for (name, value) in headers {
         let n = name.as_str();
@@ -109,23 +148,15 @@ pub fn build_request(
         }
         out.append(name.clone(), value.clone());
     }
-    let (name, value) = if route.openai {
-        (
-            http::header::AUTHORIZATION,
-            HeaderValue::from_str(&format!("Bearer {}", key.expose())),
-        )
+    if route.openai {
+        out.insert(http::header::AUTHORIZATION, key.bearer.clone());
     } else {
-        (
-            HeaderName::from_static("x-goog-api-key"),
-            HeaderValue::from_str(key.expose()),
-        )
-    };
-    if let Ok(mut v) = value {
-        // Sensitive: never printed by http's Debug, never indexed by HPACK.
-        v.set_sensitive(true);
-        out.insert(name, v);
+        out.insert(HeaderName::from_static("x-goog-api-key"), key.goog.clone());
     }
-    client.request(method.clone(), url).headers(out).body(body)
+    client
+        .request(method.clone(), upstream.url(path, query))
+        .headers(out)
+        .body(body)
 }
 
 /// Response headers to pass back: all but hop-by-hop (content-length is kept: bytes pass as-is).
@@ -351,6 +382,24 @@ mod tests {
             classify(400, wrapped, &day(now), now),
             Verdict::DeadKey { .. }
         ));
+    }
+
+    #[test]
+    fn upstream_urls_keep_path_and_query_and_drop_credentials() {
+        let u = Upstream::new("https://generativelanguage.googleapis.com").unwrap();
+        assert_eq!(
+            u.url(
+                "/v1beta/models/m:streamGenerateContent",
+                Some("alt=sse&key=secret")
+            )
+            .as_str(),
+            "https://generativelanguage.googleapis.com/v1beta/models/m:streamGenerateContent?alt=sse"
+        );
+        let u = Upstream::new("http://gw.local:8080/gemini/").unwrap();
+        assert_eq!(
+            u.url("/v1beta/files/a%2Fb", None).as_str(),
+            "http://gw.local:8080/gemini/v1beta/files/a%2Fb"
+        );
     }
 
     #[test]

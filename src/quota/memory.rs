@@ -465,6 +465,7 @@ impl MemoryStore {
                 remaining_requests: limits.minute.saturating_sub(u.minute_requests),
                 remaining_tokens: limits.token_minute.saturating_sub(u.minute_tokens),
                 uncounted: false,
+                local: false,
             }));
         }
         // Every open project filled up while we chose: the caller asks again.

@@ -61,6 +61,8 @@ pub struct Reservation {
     pub remaining_tokens: u64,
     /// True when the store was unreachable and nothing was counted (fail-open).
     pub uncounted: bool,
+    /// Counted in this replica's fallback memory while the shared store was down: settle there.
+    pub local: bool,
 }
 
 /// Why and until when admission said no.
@@ -145,6 +147,11 @@ pub trait QuotaStore: Send + Sync {
     /// Settle without waiting when the store can do it on the spot (memory): saves a task spawn
     /// per request. Returns false when the caller must use [`QuotaStore::settle`].
     fn settle_now(&self, _r: &Reservation, _actual_tokens: u64) -> bool {
+        false
+    }
+    /// Queue a settlement to be written in the background, batched with others (Redis).
+    /// Returns false when the store has no such queue and the caller must spawn `settle`.
+    fn settle_later(&self, _r: &Reservation, _actual_tokens: u64) -> bool {
         false
     }
     /// Current counters of every (project, model) that has any.

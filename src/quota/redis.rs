@@ -40,7 +40,23 @@ pub struct RedisStore {
     usage: Script,
     cooldown: Script,
     reset: Script,
+    /// Settlements waiting for the batch writer.
+    settle_queue: tokio::sync::mpsc::Sender<PendingSettle>,
 }
+
+/// One settlement on its way to Redis.
+struct PendingSettle {
+    project: Arc<str>,
+    model: String,
+    id: u64,
+    tokens: u64,
+}
+
+/// Settlements in one batch at most (one EVALSHA).
+const SETTLE_BATCH: usize = 256;
+/// Settlements queued at most; past that they are dropped (their estimates stay counted, which
+/// errs on the safe side) and a warning is logged.
+const SETTLE_QUEUE: usize = 16_384;
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,14 +91,25 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
         let conn = ConnectionManager::new_lazy_with_config(client, cfg).map_err(store_err)?;
+        let prefix = format!("{{{namespace}}}");
+        let settle = Script::new(lua!("settle.lua"));
+        let (settle_queue, rx) = tokio::sync::mpsc::channel(SETTLE_QUEUE);
+        tokio::spawn(settle_writer(
+            rx,
+            conn.clone(),
+            settle.clone(),
+            prefix.clone(),
+            timeout,
+        ));
         Ok(RedisStore {
             conn,
-            prefix: format!("{{{namespace}}}"),
+            prefix,
             timeout,
             days: DayCache::new(tz),
             clock: None,
             admit: Script::new(lua!("admit.lua")),
-            settle: Script::new(lua!("settle.lua")),
+            settle,
+            settle_queue,
             usage: Script::new(lua!("usage.lua")),
             cooldown: Script::new(lua!("cooldown.lua")),
             reset: Script::new(lua!("reset.lua")),
@@ -132,6 +159,38 @@ impl RedisStore {
             Ok(r) => r.map_err(store_err),
             Err(_) => Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
         }
+    }
+}
+
+/// Writes queued settlements: waits for one, takes whatever else is already queued (up to a
+/// batch), and sends them in one `EVALSHA`. Under load that is one call for many requests; when
+/// idle it adds no delay.
+async fn settle_writer(
+    mut rx: tokio::sync::mpsc::Receiver<PendingSettle>,
+    conn: ConnectionManager,
+    script: Script,
+    prefix: String,
+    timeout: Duration,
+) {
+    let mut batch: Vec<PendingSettle> = Vec::with_capacity(SETTLE_BATCH);
+    while rx.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
+        let mut inv = script.prepare_invoke();
+        inv.key(format!("{prefix}:seq")).arg(&prefix);
+        for p in &batch {
+            inv.arg(&*p.project).arg(&p.model).arg(p.id).arg(p.tokens);
+        }
+        let mut c = conn.clone();
+        match tokio::time::timeout(timeout, inv.invoke_async::<i64>(&mut c)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, settlements = batch.len(), "settling in Redis failed: estimates stay counted")
+            }
+            Err(_) => tracing::warn!(
+                settlements = batch.len(),
+                "settling in Redis timed out: estimates stay counted"
+            ),
+        }
+        batch.clear();
     }
 }
 
@@ -190,6 +249,7 @@ impl QuotaStore for RedisStore {
                     remaining_requests: int(&v[3])?.max(0) as u64,
                     remaining_tokens: int(&v[4])?.max(0) as u64,
                     uncounted: false,
+                    local: false,
                 }))
             }
             (0, 4) => Ok(AdmitOutcome::Refused {
@@ -226,6 +286,22 @@ impl QuotaStore for RedisStore {
             .arg(actual_tokens);
         let _: i64 = self.run(inv).await?;
         Ok(())
+    }
+
+    fn settle_later(&self, r: &Reservation, actual_tokens: u64) -> bool {
+        if r.uncounted {
+            return true;
+        }
+        let pending = PendingSettle {
+            project: r.project.clone(),
+            model: r.model.clone(),
+            id: r.id,
+            tokens: actual_tokens,
+        };
+        if self.settle_queue.try_send(pending).is_err() {
+            tracing::warn!("settlement queue full: this request's estimate stays counted");
+        }
+        true
     }
 
     async fn usage(&self) -> Result<Vec<(String, String, Usage)>, StoreError> {

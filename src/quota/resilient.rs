@@ -113,15 +113,53 @@ impl QuotaStore for ResilientStore {
                             remaining_requests: c.limits.minute,
                             remaining_tokens: c.limits.token_minute,
                             uncounted: true,
+                            local: false,
                         })
                     },
                 )
         };
-        with_fallback!(self, admit(req), open())
+        if !self.is_down() {
+            match self.primary.admit(req).await {
+                Ok(v) => return Ok(v),
+                Err(e @ StoreError::Protocol(_)) => return Err(e),
+                Err(e) => self.mark_down(&e),
+            }
+        }
+        match self.policy {
+            StoreFailurePolicy::Local => Ok(match self.local.admit(req).await? {
+                AdmitOutcome::Admitted(mut r) => {
+                    r.local = true;
+                    AdmitOutcome::Admitted(r)
+                }
+                other => other,
+            }),
+            StoreFailurePolicy::FailClosed => Err(StoreError::Unreachable(
+                "shared quota store is down (fail-closed)".into(),
+            )),
+            StoreFailurePolicy::FailOpen => Ok(open()),
+        }
     }
 
+    /// A reservation settles where it was counted: in local memory, or in the shared store
+    /// (if that is down now, its estimate simply stays counted there).
     async fn settle(&self, r: &Reservation, actual_tokens: u64) -> Result<(), StoreError> {
-        with_fallback!(self, settle(r, actual_tokens), ())
+        if r.local {
+            return self.local.settle(r, actual_tokens).await;
+        }
+        if r.uncounted || self.is_down() {
+            return Ok(());
+        }
+        self.primary.settle(r, actual_tokens).await
+    }
+
+    fn settle_later(&self, r: &Reservation, actual_tokens: u64) -> bool {
+        if r.local {
+            return self.local.settle_now(r, actual_tokens);
+        }
+        if r.uncounted || self.is_down() {
+            return true;
+        }
+        self.primary.settle_later(r, actual_tokens)
     }
 
     async fn usage(&self) -> Result<Vec<(String, String, Usage)>, StoreError> {

@@ -1,8 +1,13 @@
--- Replace a reservation's tokens with the real count. ARGV: prefix, project, model, id, tokens.
-local rq, tk, ts = bucket(ARGV[2], ARGV[3])
-local old = redis.call('HGET', tk, ARGV[4])
-if old then
-  redis.call('HSET', tk, ARGV[4], ARGV[5])
-  redis.call('INCRBY', ts, tonumber(ARGV[5]) - tonumber(old))
+-- Replace reservations' tokens with the real counts, many at once.
+-- ARGV: prefix, then (project, model, id, tokens) per reservation.
+local n = 0
+for i = 2, #ARGV - 3, 4 do
+  local rq, tk, ts = bucket(ARGV[i], ARGV[i + 1])
+  local old = redis.call('HGET', tk, ARGV[i + 2])
+  if old then
+    redis.call('HSET', tk, ARGV[i + 2], ARGV[i + 3])
+    redis.call('INCRBY', ts, tonumber(ARGV[i + 3]) - tonumber(old))
+    n = n + 1
+  end
 end
-return 1
+return n
