@@ -351,7 +351,8 @@ impl QuotaStore for RedisStore {
             .arg(project)
             .arg(model)
             .arg(ms.max(1))
-            .arg(reason);
+            .arg(reason)
+            .arg(self.now_arg());
         let _: i64 = self.run(inv).await?;
         Ok(())
     }
@@ -389,9 +390,11 @@ impl QuotaStore for RedisStore {
             let (p, m) = pm.split_once('|').unwrap_or_default();
             let ttl = pair.first().map(int).transpose()?.unwrap_or(-2);
             if ttl > 0 {
+                // The value is "until_ms|reason".
                 let reason = pair
                     .get(1)
                     .and_then(|r| String::from_redis_value(r.clone()).ok())
+                    .map(|v| v.split_once('|').map_or(v.clone(), |(_, r)| r.to_string()))
                     .unwrap_or_default();
                 out.push(Cooldown {
                     project: p.to_string(),

@@ -16,11 +16,16 @@ local n = tonumber(ARGV[9])
 local day = math.floor((now + offset) / 86400000)
 if next_mid <= now then next_mid = (day + 1) * 86400000 - offset end
 
+-- One MGET for every disabled-key flag.
+local dis_keys = {}
+for i = 0, n - 1 do dis_keys[i + 1] = P .. ':dis:' .. ARGV[10 + i * 5] end
+local disabled = redis.call('MGET', unpack(dis_keys))
+
 local projects, by_name = {}, {}
 for i = 0, n - 1 do
   local b = 10 + i * 5
-  local kid, project = ARGV[b], ARGV[b + 1]
-  if redis.call('EXISTS', P .. ':dis:' .. kid) == 0 then
+  local project = ARGV[b + 1]
+  if not disabled[i + 1] then
     local e = by_name[project]
     if not e then
       e = {name = project, keys = {}, rpm = tonumber(ARGV[b + 2]), tpm = tonumber(ARGV[b + 3]),
@@ -31,18 +36,31 @@ for i = 0, n - 1 do
     e.keys[#e.keys + 1] = i
   end
 end
+if #projects == 0 then return {2, -1} end
+
+-- One MGET for every cooldown (this model, and the whole project).
+local cd_keys = {}
+for p = 1, #projects do
+  cd_keys[#cd_keys + 1] = cooldown_key(projects[p].name, model)
+  cd_keys[#cd_keys + 1] = cooldown_key(projects[p].name, '*')
+end
+local holds = redis.call('MGET', unpack(cd_keys))
+local function held_ms(v)
+  if not v then return 0 end
+  local until_ms = tonumber(string.match(v, '^(%d+)')) or 0
+  return until_ms - now
+end
 
 local hold, refused, open = nil, nil, {}
 for pos = 1, #projects do
   local e = projects[pos]
-  local cd = math.max(redis.call('PTTL', P .. ':cd:' .. e.name .. ':' .. model),
-                      redis.call('PTTL', P .. ':cd:' .. e.name .. ':*'))
+  local cd = math.max(held_ms(holds[pos * 2 - 1]), held_ms(holds[pos * 2]))
   if cd > 0 then
     if not hold or cd < hold then hold = cd end
   else
-    local rq, tk, ts = prune(e.name, model, now)
+    local rq, tk = prune(e.name, model, now)
     local count = redis.call('ZCARD', rq)
-    local tsum = tonumber(redis.call('GET', ts) or '0')
+    local tsum = tonumber(redis.call('HGET', tk, 'sum') or '0')
     local dcount = tonumber(redis.call('GET', day_key(e.name, model, day)) or '0')
     local why = nil
     if dcount >= e.rpd then
@@ -95,18 +113,25 @@ local e = best.e
 local cand = e.keys[1]
 if strategy ~= 'o' then cand = e.keys[(rotation % #e.keys) + 1] end
 
-local rq, tk, ts = bucket(e.name, model)
+local rq, tk = bucket(e.name, model)
 local seq = P .. ':seq'
 local id = redis.call('INCR', seq)
-redis.call('PEXPIRE', seq, 172800000)
+local pairs_key = P .. ':pairs'
+-- Long-lived bookkeeping keys get their expiry refreshed now and then, not on every call.
+if id % 1024 == 1 then
+  redis.call('PEXPIRE', seq, 172800000)
+  redis.call('PEXPIRE', pairs_key, 172800000)
+end
 redis.call('ZADD', rq, now, id)
 redis.call('HSET', tk, id, tokens)
-redis.call('INCRBY', ts, tokens)
-for _, k in ipairs({rq, tk, ts}) do redis.call('PEXPIRE', k, 120000) end
+redis.call('HINCRBY', tk, 'sum', tokens)
+redis.call('PEXPIRE', rq, 120000)
+redis.call('PEXPIRE', tk, 120000)
 local dk = day_key(e.name, model, day)
-redis.call('INCR', dk)
-redis.call('PEXPIRE', dk, math.max(next_mid - now, 1) + 60000)
-local pairs_key = P .. ':pairs'
-redis.call('SADD', pairs_key, e.name .. '|' .. model)
-redis.call('PEXPIRE', pairs_key, 172800000)
+if redis.call('INCR', dk) == 1 then
+  redis.call('PEXPIRE', dk, math.max(next_mid - now, 1) + 60000)
+end
+if redis.call('SADD', pairs_key, e.name .. '|' .. model) == 1 then
+  redis.call('PEXPIRE', pairs_key, 172800000)
+end
 return {1, cand, id, e.rpm - best.count - 1, e.tpm - best.tsum - tokens}

@@ -1,5 +1,7 @@
 -- Shared by every script: the clock and the sliding-window pruning of one (project, model).
 -- All keys start with ARGV[1], a prefix holding one {hash tag}, so a script touches one slot.
+-- A (project, model) has two keys: `rq`, a sorted set of admission ids scored by time, and
+-- `tk`, a hash of id -> reserved tokens plus the field `sum`, their total.
 local P = ARGV[1]
 
 local function now_ms(override)
@@ -10,12 +12,12 @@ end
 
 local function bucket(project, model)
   local b = P .. ':' .. project .. ':' .. model
-  return b .. ':rq', b .. ':tk', b .. ':ts'
+  return b .. ':rq', b .. ':tk'
 end
 
 -- Drop admissions 60 s old or older; the window is (now - 60 s, now].
 local function prune(project, model, now)
-  local rq, tk, ts = bucket(project, model)
+  local rq, tk = bucket(project, model)
   local old = redis.call('ZRANGEBYSCORE', rq, '-inf', now - 60000)
   if #old > 0 then
     local sum = 0
@@ -24,11 +26,16 @@ local function prune(project, model, now)
       redis.call('HDEL', tk, old[i])
     end
     redis.call('ZREMRANGEBYSCORE', rq, '-inf', now - 60000)
-    redis.call('DECRBY', ts, sum)
+    redis.call('HINCRBY', tk, 'sum', -sum)
   end
-  return rq, tk, ts
+  return rq, tk
 end
 
 local function day_key(project, model, day)
   return P .. ':' .. project .. ':' .. model .. ':day:' .. day
+end
+
+-- A cooldown key holds "until_ms|reason" and expires at until_ms.
+local function cooldown_key(project, model)
+  return P .. ':cd:' .. project .. ':' .. model
 end

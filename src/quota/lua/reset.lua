@@ -16,7 +16,7 @@ if kind == 'cooldowns' then
   for _, pm in ipairs(redis.call('SMEMBERS', P .. ':cds')) do
     local project, model = split(pm)
     if wanted(project, model) then
-      redis.call('DEL', P .. ':cd:' .. project .. ':' .. model)
+      redis.call('DEL', cooldown_key(project, model))
       redis.call('SREM', P .. ':cds', pm)
     end
   end
@@ -30,12 +30,11 @@ local day = math.floor((now + offset) / 86400000)
 for _, pm in ipairs(redis.call('SMEMBERS', P .. ':pairs')) do
   local project, model = split(pm)
   if wanted(project, model) then
-    local rq, tk, ts = bucket(project, model)
-    if kind == 'minute' or kind == 'all' then redis.call('DEL', rq, tk, ts) end
+    local rq, tk = bucket(project, model)
+    if kind == 'minute' or kind == 'all' then redis.call('DEL', rq, tk) end
     if kind == 'tokens' then
       local ids = redis.call('HKEYS', tk)
       for i = 1, #ids do redis.call('HSET', tk, ids[i], 0) end
-      redis.call('SET', ts, 0, 'KEEPTTL')
     end
     if kind == 'daily' or kind == 'all' then redis.call('DEL', day_key(project, model, day)) end
   end

@@ -2,11 +2,11 @@
 -- ARGV: prefix, then (project, model, id, tokens) per reservation.
 local n = 0
 for i = 2, #ARGV - 3, 4 do
-  local rq, tk, ts = bucket(ARGV[i], ARGV[i + 1])
+  local rq, tk = bucket(ARGV[i], ARGV[i + 1])
   local old = redis.call('HGET', tk, ARGV[i + 2])
   if old then
     redis.call('HSET', tk, ARGV[i + 2], ARGV[i + 3])
-    redis.call('INCRBY', ts, tonumber(ARGV[i + 3]) - tonumber(old))
+    redis.call('HINCRBY', tk, 'sum', tonumber(ARGV[i + 3]) - tonumber(old))
     n = n + 1
   end
 end
