@@ -178,6 +178,9 @@ async fn a_thousand_mid_stream_disconnects_drop_the_upstream_and_settle() {
         "{}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
         proxy.url
     );
+    let tasks_before = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
     let mut tasks = Vec::new();
     for _batch in 0..20 {
         for _ in 0..50 {
@@ -224,6 +227,21 @@ async fn a_thousand_mid_stream_disconnects_drop_the_upstream_and_settle() {
     assert!(
         settled,
         "reservations did not settle to the usage seen before the disconnect"
+    );
+    // No task is left behind per disconnect (a few come and go with the pools).
+    let mut tasks_after = usize::MAX;
+    for _ in 0..100 {
+        tasks_after = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        if tasks_after <= tasks_before + 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        tasks_after <= tasks_before + 20,
+        "{tasks_before} tasks before, {tasks_after} after 1000 disconnects"
     );
     // The proxy still serves.
     assert_eq!(
@@ -346,4 +364,141 @@ async fn connections_over_the_cap_are_refused_cleanly() {
             .status(),
         200
     );
+}
+
+async fn minute_tokens(proxy: &Proxy) -> (u64, u64) {
+    let usage = proxy.state.store.usage().await.unwrap();
+    usage.iter().fold((0, 0), |a, (_, _, u)| {
+        (a.0 + u.minute_requests, a.1 + u.minute_tokens)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_mid_way_reaches_the_client_as_a_failure_and_still_settles() {
+    let fake = FakeUpstream::start().await;
+    fake.behave(|b| {
+        b.stream_events = 5;
+        b.stream_delay = Duration::from_millis(100);
+        b.cut_stream_after = Some(2);
+        b.prompt_tokens = Some(11);
+    });
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS)).await;
+    let r = http()
+        .post(format!(
+            "{}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            proxy.url
+        ))
+        .header("x-goog-api-key", CLIENT_KEY)
+        .json(
+            &json!({"contents": [{"parts": [{"text": "a long prompt of many many characters"}]}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut s = r.bytes_stream();
+    let mut got = Vec::new();
+    let mut failed = false;
+    while let Some(c) = s.next().await {
+        match c {
+            Ok(b) => got.extend_from_slice(&b),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(failed, "the cut was hidden from the client");
+    // Events sent before the cut may or may not be flushed; at least the first arrived.
+    let events = String::from_utf8_lossy(&got).matches("data: ").count();
+    assert!((1..=2).contains(&events), "{events} events before the cut");
+    // Only one try: once bytes flowed, nothing is retried.
+    assert_eq!(fake.calls(":streamGenerateContent").len(), 1);
+    let mut last = (0, 0);
+    for _ in 0..100 {
+        last = minute_tokens(&proxy).await;
+        if last == (1, 11) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        last,
+        (1, 11),
+        "the reservation did not settle to the usage seen before the cut"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_with_a_malformed_body_passes_through_and_refunds_the_tokens() {
+    let fake = FakeUpstream::start().await;
+    fake.behave(|b| b.malformed_200 = true);
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS)).await;
+    let r = generate(&proxy.url, "gemini-2.5-flash", &"q".repeat(400)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "{\"candidates\": [{\"content\": <<<not json"
+    );
+    let mut last = (0, 0);
+    for _ in 0..100 {
+        last = minute_tokens(&proxy).await;
+        if last == (1, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        last,
+        (1, 0),
+        "no usage in the answer: tokens refunded, request still counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_gets_504_at_the_request_timeout() {
+    let fake = FakeUpstream::start().await;
+    fake.behave(|b| b.answer_delay = Duration::from_secs(5));
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&KEYS).toml("[upstream]\nrequest_timeout_secs = 1\nmax_attempts = 1\n"),
+    )
+    .await;
+    let t = Instant::now();
+    let r = generate(&proxy.url, "gemini-2.5-flash", "x").await;
+    assert_eq!(r.status(), 504);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(json_of(r).await["error"]["status"], "DEADLINE_EXCEEDED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_resets_are_retried_then_answered_502_in_googles_envelope() {
+    // An "upstream" that accepts and slams every connection shut.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            count.fetch_add(1, Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    let proxy = start_proxy(
+        &url,
+        ProxyOpts::keys(&KEYS).toml("[upstream]\nretry_deadline_secs = 5\n"),
+    )
+    .await;
+    let t = Instant::now();
+    let r = generate(&proxy.url, "gemini-2.5-flash", "x").await;
+    assert_eq!(r.status(), 502);
+    assert!(t.elapsed() < Duration::from_secs(6));
+    let v = json_of(r).await;
+    assert_eq!(v["error"]["status"], "UNAVAILABLE");
+    let n = accepted.load(Ordering::SeqCst);
+    assert!((2..=6).contains(&n), "{n} connection attempts");
 }

@@ -68,6 +68,12 @@ pub struct Behaviour {
     pub stream_events: usize,
     /// promptTokenCount to report instead of characters / 4.
     pub prompt_tokens: Option<u64>,
+    /// Streams break off (the connection is cut) after this many events.
+    pub cut_stream_after: Option<usize>,
+    /// generateContent answers 200 with a body that is not JSON.
+    pub malformed_200: bool,
+    /// Wait this long before answering a generate call.
+    pub answer_delay: Duration,
 }
 
 #[derive(Default)]
@@ -258,10 +264,26 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         || path.ends_with("/chat/completions");
 
     if is_generate {
-        let (forced, always, rpm) = {
+        let (forced, always, rpm, delay, malformed) = {
             let mut b = st.behaviour.lock().unwrap();
-            (b.script.pop_front(), b.always_status, b.per_key_rpm)
+            (
+                b.script.pop_front(),
+                b.always_status,
+                b.per_key_rpm,
+                b.answer_delay,
+                b.malformed_200,
+            )
         };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if malformed && path.contains(":generateContent") {
+            return Response::builder()
+                .status(200)
+                .header("content-type", "application/json; charset=UTF-8")
+                .body(Body::from("{\"candidates\": [{\"content\": <<<not json"))
+                .unwrap();
+        }
         if let Some(s) = forced {
             return scripted(&s);
         }
@@ -316,12 +338,26 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
     }
     if path.contains(":streamGenerateContent") {
         let sse = query.as_deref().is_some_and(|q| q.contains("alt=sse"));
-        let (delay, n) = {
+        let (delay, n, cut) = {
             let b = st.behaviour.lock().unwrap();
-            (b.stream_delay, b.stream_events.max(1))
+            (b.stream_delay, b.stream_events.max(1), b.cut_stream_after)
         };
         let st2 = st.clone();
         let stream = async_stream(n, delay, sse, prompt, st2);
+        let stream: std::pin::Pin<
+            Box<dyn futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send>,
+        > = match cut {
+            // An error item makes the server abort the connection mid-body.
+            Some(k) => Box::pin(futures_util::StreamExt::chain(
+                futures_util::StreamExt::map(futures_util::StreamExt::take(stream, k), |r| {
+                    r.map_err(|e| match e {})
+                }),
+                futures_util::stream::once(async { Err(std::io::Error::other("cut")) }),
+            )),
+            None => Box::pin(futures_util::StreamExt::map(stream, |r| {
+                r.map_err(|e| match e {})
+            })),
+        };
         let ct = if sse {
             "text/event-stream"
         } else {
