@@ -158,6 +158,10 @@ fn start_proxy(upstream: u16, redis: Option<&str>) -> (u16, Proc) {
     if let Some(url) = redis {
         cmd.env("REDIS_URL", url);
     }
+    // Allocator tuning can be tried without a rebuild.
+    for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("MIMALLOC_")) {
+        cmd.env(k, v);
+    }
     let child = cmd.spawn().unwrap();
     wait_port(port);
     (port, Proc(child))
