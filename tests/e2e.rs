@@ -124,16 +124,7 @@ async fn sse_events_reach_the_client_while_the_upstream_is_still_streaming() {
         b.stream_events = 4;
     });
     let proxy = start_proxy(&fake.url, ProxyOpts::keys(&POOL)).await;
-    let resp = http()
-        .post(format!(
-            "{}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
-            proxy.url
-        ))
-        .header("x-goog-api-key", CLIENT_KEY)
-        .json(&json!({"contents": [{"parts": [{"text": "stream please"}]}]}))
-        .send()
-        .await
-        .unwrap();
+    let resp = stream_sse(&proxy.url, "stream please").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let mut stream = resp.bytes_stream();
@@ -336,16 +327,7 @@ async fn graceful_shutdown_lets_an_in_flight_stream_finish() {
         b.stream_events = 4;
     });
     let mut proxy = start_proxy(&fake.url, ProxyOpts::keys(&POOL)).await;
-    let resp = http()
-        .post(format!(
-            "{}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
-            proxy.url
-        ))
-        .header("x-goog-api-key", CLIENT_KEY)
-        .json(&json!({"contents": [{"parts": [{"text": "long"}]}]}))
-        .send()
-        .await
-        .unwrap();
+    let resp = stream_sse(&proxy.url, "long").await;
     proxy.shutdown();
     let text = resp.text().await.unwrap();
     assert_eq!(

@@ -383,18 +383,7 @@ async fn a_stream_cut_mid_way_reaches_the_client_as_a_failure_and_still_settles(
         b.prompt_tokens = Some(11);
     });
     let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS)).await;
-    let r = http()
-        .post(format!(
-            "{}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
-            proxy.url
-        ))
-        .header("x-goog-api-key", CLIENT_KEY)
-        .json(
-            &json!({"contents": [{"parts": [{"text": "a long prompt of many many characters"}]}]}),
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = stream_sse(&proxy.url, "a long prompt of many many characters").await;
     assert_eq!(r.status(), 200);
     let mut s = r.bytes_stream();
     let mut got = Vec::new();

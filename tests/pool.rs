@@ -6,7 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::json;
 
 #[tokio::test]
 async fn learns_real_limits_from_googles_429s_and_stops_sending_during_the_cooldown() {
@@ -115,16 +114,7 @@ async fn transient_5xx_are_retried_before_the_first_byte() {
     assert_eq!(fake.calls(":generateContent").len(), 3);
     // One 503 before a stream: the stream is retried and arrives whole.
     fake.behave(|b| b.script.push_back(Scripted::Status(503)));
-    let r = http()
-        .post(format!(
-            "{}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
-            proxy.url
-        ))
-        .header("x-goog-api-key", CLIENT_KEY)
-        .json(&json!({"contents": [{"parts": [{"text": "s"}]}]}))
-        .send()
-        .await
-        .unwrap();
+    let r = stream_sse(&proxy.url, "s").await;
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
     assert_eq!(text.matches("data: ").count(), 3);

@@ -199,16 +199,7 @@ async fn settlement_replaces_the_estimate_with_googles_prompt_token_count() {
             .status(),
         200
     );
-    let r = http()
-        .post(format!(
-            "{}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
-            proxy.url
-        ))
-        .header("x-goog-api-key", CLIENT_KEY)
-        .json(&json!({"contents": [{"parts": [{"text": "short"}]}]}))
-        .send()
-        .await
-        .unwrap();
+    let r = stream_sse(&proxy.url, "short").await;
     r.text().await.unwrap();
     let store = proxy.state.store.clone();
     let mut tokens = 0;

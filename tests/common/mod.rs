@@ -127,8 +127,25 @@ pub fn http() -> reqwest::Client {
 
 /// POST a generateContent with a prompt of `text`.
 pub async fn generate(proxy: &str, model: &str, text: &str) -> reqwest::Response {
+    post_prompt(
+        &format!("{proxy}/v1beta/models/{model}:generateContent"),
+        text,
+    )
+    .await
+}
+
+/// POST a streamGenerateContent (`alt=sse`) to gemini-2.5-flash with a prompt of `text`.
+pub async fn stream_sse(proxy: &str, text: &str) -> reqwest::Response {
+    post_prompt(
+        &format!("{proxy}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"),
+        text,
+    )
+    .await
+}
+
+async fn post_prompt(url: &str, text: &str) -> reqwest::Response {
     http()
-        .post(format!("{proxy}/v1beta/models/{model}:generateContent"))
+        .post(url)
         .header("x-goog-api-key", CLIENT_KEY)
         .json(&serde_json::json!({"contents": [{"role": "user", "parts": [{"text": text}]}]}))
         .send()
