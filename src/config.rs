@@ -66,6 +66,7 @@ struct Raw {
 struct RawServer {
     listen: String,
     public_url: String,
+    path_prefix: String,
     max_body_bytes: u64,
     header_read_timeout_secs: f64,
     body_read_timeout_secs: f64,
@@ -220,6 +221,9 @@ pub struct LimitsConfig {
 pub struct Config {
     pub listen: SocketAddr,
     pub public_url: Option<String>,
+    /// Also serve the Gemini surface under this prefix (`/gemini` for a base URL of
+    /// `http://proxy/gemini`); `None`: only at the root.
+    pub path_prefix: Option<String>,
     pub max_body_bytes: usize,
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
@@ -255,6 +259,7 @@ const ENV_SETTINGS: &[(&str, &str)] = &[
     ("GEMINI_UPSTREAM_URL", "upstream.url"),
     ("PROXY_LISTEN", "server.listen"),
     ("PROXY_PUBLIC_URL", "server.public_url"),
+    ("PROXY_PATH_PREFIX", "server.path_prefix"),
     ("PROXY_ADMIN_TOKEN", "auth.admin_token"),
     ("REDIS_URL", "store.redis_url"),
     ("PROXY_LOG_FORMAT", "log.format"),
@@ -400,6 +405,32 @@ impl Config {
             )?)
         };
 
+        let path_prefix = match raw.server.path_prefix.trim().trim_end_matches('/') {
+            "" => None,
+            p if p.starts_with('/')
+                && p[1..].split('/').all(|seg| {
+                    !seg.is_empty()
+                        && seg != ".."
+                        && seg
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                })
+                && ![
+                    "/v1", "/v1beta", "/upload", "/api", "/healthz", "/readyz", "/metrics",
+                ]
+                .contains(&p) =>
+            {
+                Some(p.to_string())
+            }
+            p => {
+                return Err(bad(
+                    "server.path_prefix (PROXY_PATH_PREFIX)",
+                    format!(
+                        "expected a path such as /gemini (letters, digits, '-', '_', '.'), not clashing with the proxy's own paths; got {p:?}"
+                    ),
+                ));
+            }
+        };
         let strategy = match raw.pool.strategy.as_str() {
             "headroom" => Strategy::Headroom,
             "ordered" => Strategy::Ordered,
@@ -493,6 +524,7 @@ impl Config {
         Ok(Config {
             listen,
             public_url,
+            path_prefix,
             max_body_bytes: usize::try_from(raw.server.max_body_bytes).unwrap_or(usize::MAX),
             header_read_timeout: secs(
                 "server.header_read_timeout_secs",
@@ -727,6 +759,8 @@ mod tests {
             ("GEMINI_UPSTREAM_URL", "ftp://x"),
             ("PROXY_LOG_FORMAT", "xml"),
             ("REDIS_URL", "localhost:6379"),
+            ("PROXY_PATH_PREFIX", "gemini"),
+            ("PROXY_PATH_PREFIX", "/v1beta"),
         ] {
             let e = Config::load(&env(&[
                 ("GEMINI_API_KEY", "k"),

@@ -660,7 +660,13 @@ async fn rewrite_upload_url(
             format!("{proto}://{host}")
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&format!("{base}{path_and_query}")) {
+    // A request that came in under the path prefix gets an upload URL under it too.
+    let prefix = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .and_then(|o| o.0.path().strip_suffix(parts.uri.path()))
+        .unwrap_or("");
+    if let Ok(v) = HeaderValue::from_str(&format!("{base}{prefix}{path_and_query}")) {
         headers.insert("x-goog-upload-url", v);
     }
     if let Some(id) = uri

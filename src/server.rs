@@ -41,18 +41,28 @@ async fn limit_headers(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// The Gemini surface: everything the proxy forwards.
+fn gemini_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1beta/{*rest}", any(proxy::handle))
+        .route("/v1/{*rest}", any(proxy::handle))
+        .route("/upload/v1beta/{*rest}", any(proxy::handle))
+        .route("/upload/v1/{*rest}", any(proxy::handle))
+}
+
 /// Every route of the proxy.
 pub fn app(state: Arc<AppState>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz))
         .route("/metrics", get(status::metrics))
         .route("/api/ai/quota-status/", any(status::quota_status))
         .route("/api/ai/quota-status", any(status::quota_status))
-        .route("/v1beta/{*rest}", any(proxy::handle))
-        .route("/v1/{*rest}", any(proxy::handle))
-        .route("/upload/v1beta/{*rest}", any(proxy::handle))
-        .route("/upload/v1/{*rest}", any(proxy::handle))
+        .merge(gemini_routes());
+    if let Some(prefix) = &state.config.path_prefix {
+        router = router.nest(prefix, gemini_routes());
+    }
+    router
         .fallback(proxy::not_found)
         .layer(axum::middleware::from_fn(limit_headers))
         .with_state(state)

@@ -348,3 +348,58 @@ async fn graceful_shutdown_lets_an_in_flight_stream_finish() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn a_base_url_with_a_path_prefix_works_and_the_prefix_is_not_forwarded() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&POOL).env("PROXY_PATH_PREFIX", "/gemini"),
+    )
+    .await;
+    let base = format!("{}/gemini", proxy.url);
+    assert_eq!(
+        generate(&base, "gemini-2.5-flash", "prefixed")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        generate(&proxy.url, "gemini-2.5-flash", "root")
+            .await
+            .status(),
+        200
+    );
+    let seen = fake.calls(":generateContent");
+    assert!(
+        seen.iter()
+            .all(|r| r.path == "/v1beta/models/gemini-2.5-flash:generateContent"),
+        "{seen:?}"
+    );
+    let start = http()
+        .post(format!("{base}/upload/v1beta/files"))
+        .header("x-goog-api-key", CLIENT_KEY)
+        .header("x-goog-upload-protocol", "resumable")
+        .header("x-goog-upload-command", "start")
+        .json(&json!({"file": {"display_name": "p"}}))
+        .send()
+        .await
+        .unwrap();
+    let upload_url = start.headers()["x-goog-upload-url"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        upload_url.starts_with(&format!("{base}/upload/v1beta/files?upload_id=")),
+        "{upload_url}"
+    );
+    let fin = http()
+        .post(&upload_url)
+        .header("x-goog-upload-command", "upload, finalize")
+        .header("x-goog-upload-offset", "0")
+        .body("abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fin.status(), 200);
+}
