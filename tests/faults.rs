@@ -54,15 +54,7 @@ async fn redis_outage_degrades_within_the_deadline_and_recovers_without_a_restar
     // Still serving (local counting), so still ready, but degraded.
     assert_eq!(r.status(), 200);
     assert_eq!(json_of(r).await["status"], "degraded");
-    let s = json_of(
-        http()
-            .get(format!("{}/api/ai/quota-status/", proxy.url))
-            .header("x-goog-api-key", CLIENT_KEY)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let s = quota_status(&proxy.url, CLIENT_KEY).await.1;
     assert_eq!(s["quota_status"]["store"]["reachable"], false);
 
     redis.restart();

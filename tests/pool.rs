@@ -77,15 +77,7 @@ async fn an_invalid_key_is_disabled_after_one_try_and_shown_in_the_status() {
         sent_bad <= 1,
         "the invalid key went upstream {sent_bad} times"
     );
-    let status = json_of(
-        http()
-            .get(format!("{}/api/ai/quota-status/", proxy.url))
-            .header("x-goog-api-key", CLIENT_KEY)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let status = quota_status(&proxy.url, CLIENT_KEY).await.1;
     let keys = status["quota_status"]["keys"].as_array().unwrap();
     let k = keys.iter().find(|k| k["id"] == "AIza...0001").unwrap();
     assert_eq!(k["state"], "disabled");

@@ -7,16 +7,6 @@ use serde_json::{Value, json};
 
 const KEYS: [&str; 2] = ["AIzaStatusKey0000001", "AIzaStatusKey0000002"];
 
-async fn status(proxy: &str, cred: &str) -> (u16, Value) {
-    let r = http()
-        .get(format!("{proxy}/api/ai/quota-status/"))
-        .header("x-goog-api-key", cred)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), json_of(r).await)
-}
-
 async fn reset(proxy: &str, auth: Option<&str>, body: &str) -> (u16, Value) {
     let mut req = http()
         .post(format!("{proxy}/api/ai/quota-status/"))
@@ -42,7 +32,7 @@ async fn four_requests_on_two_keys_at_the_seed_defaults() {
         r.text().await.unwrap();
     }
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let (code, v) = status(&proxy.url, CLIENT_KEY).await;
+    let (code, v) = quota_status(&proxy.url, CLIENT_KEY).await;
     assert_eq!(code, 200);
     assert_eq!(v["success"], true);
     let q = &v["quota_status"];
@@ -70,8 +60,8 @@ async fn four_requests_on_two_keys_at_the_seed_defaults() {
     }
     assert!(text.contains("AIza...0001"));
     // The admin token reads it too; nothing else does.
-    assert_eq!(status(&proxy.url, ADMIN_TOKEN).await.0, 200);
-    assert_eq!(status(&proxy.url, "nope").await.0, 401);
+    assert_eq!(quota_status(&proxy.url, ADMIN_TOKEN).await.0, 200);
+    assert_eq!(quota_status(&proxy.url, "nope").await.0, 401);
     let r = http()
         .get(format!("{}/api/ai/quota-status/", proxy.url))
         .send()
@@ -91,7 +81,7 @@ async fn health_warns_at_eighty_percent_and_errs_above_ninety_five() {
     for _ in 0..8 {
         generate(&proxy.url, "gemini-2.5-flash", "x").await;
     }
-    let (_, v) = status(&proxy.url, CLIENT_KEY).await;
+    let (_, v) = quota_status(&proxy.url, CLIENT_KEY).await;
     let q = &v["quota_status"];
     assert_eq!(q["warnings"].as_array().unwrap().len(), 1, "{q}");
     assert!(q["errors"].as_array().unwrap().is_empty());
@@ -99,7 +89,7 @@ async fn health_warns_at_eighty_percent_and_errs_above_ninety_five() {
     for _ in 0..2 {
         generate(&proxy.url, "gemini-2.5-flash", "x").await;
     }
-    let (_, v) = status(&proxy.url, CLIENT_KEY).await;
+    let (_, v) = quota_status(&proxy.url, CLIENT_KEY).await;
     let q = &v["quota_status"];
     assert!(!q["errors"].as_array().unwrap().is_empty());
     assert_eq!(q["healthy"], false);
@@ -183,7 +173,7 @@ async fn repeated_upstream_failures_are_a_warning_and_a_success_clears_it() {
         generate(&proxy.url, "gemini-2.5-flash", "x").await.status(),
         503
     );
-    let (_, v) = status(&proxy.url, CLIENT_KEY).await;
+    let (_, v) = quota_status(&proxy.url, CLIENT_KEY).await;
     let warnings = v["quota_status"]["warnings"].to_string();
     assert!(warnings.contains("upstream failures"), "{warnings}");
     assert_eq!(v["quota_status"]["healthy"], true);
@@ -192,7 +182,7 @@ async fn repeated_upstream_failures_are_a_warning_and_a_success_clears_it() {
         generate(&proxy.url, "gemini-2.5-flash", "x").await.status(),
         200
     );
-    let (_, v) = status(&proxy.url, CLIENT_KEY).await;
+    let (_, v) = quota_status(&proxy.url, CLIENT_KEY).await;
     assert!(
         !v["quota_status"]["warnings"]
             .to_string()

@@ -153,6 +153,17 @@ async fn post_prompt(url: &str, text: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// GET `/api/ai/quota-status/` with `cred` as `x-goog-api-key`: (status code, JSON).
+pub async fn quota_status(proxy: &str, cred: &str) -> (u16, Value) {
+    let r = http()
+        .get(format!("{proxy}/api/ai/quota-status/"))
+        .header("x-goog-api-key", cred)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), json_of(r).await)
+}
+
 pub async fn json_of(resp: reqwest::Response) -> Value {
     let text = resp.text().await.unwrap();
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
