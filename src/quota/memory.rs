@@ -109,7 +109,8 @@ impl Bucket {
 }
 
 /// (project, model).
-type BucketKey = (Arc<str>, String);
+/// project -> model -> counters: two lookups by `&str`, no key built per request.
+type Buckets = HashMap<Arc<str>, HashMap<String, Arc<Mutex<Bucket>>>>;
 
 #[derive(Debug, Clone)]
 struct Hold {
@@ -122,7 +123,7 @@ struct Hold {
 pub struct MemoryStore {
     clock: Arc<dyn Clock>,
     days: DayCache,
-    buckets: RwLock<HashMap<BucketKey, Arc<Mutex<Bucket>>>>,
+    buckets: RwLock<Buckets>,
     cooldowns: Mutex<HashMap<(String, String), Hold>>,
     disabled: Mutex<HashMap<String, String>>,
     affinity: Mutex<HashMap<String, (String, i64)>>,
@@ -146,26 +147,43 @@ impl MemoryStore {
     }
 
     fn bucket(&self, project: &Arc<str>, model: &str) -> Arc<Mutex<Bucket>> {
-        let key = (project.clone(), model.to_string());
         if let Some(b) = self
             .buckets
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
+            .get(&**project)
+            .and_then(|m| m.get(model))
         {
             return b.clone();
         }
         self.buckets
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
+            .entry(project.clone())
+            .or_default()
+            .entry(model.to_string())
             .or_default()
             .clone()
+    }
+
+    /// Every bucket with its (project, model).
+    fn all_buckets(&self) -> Vec<(Arc<str>, String, Arc<Mutex<Bucket>>)> {
+        let b = self.buckets.read().unwrap_or_else(|p| p.into_inner());
+        b.iter()
+            .flat_map(|(p, models)| {
+                models
+                    .iter()
+                    .map(move |(m, b)| (p.clone(), m.clone(), b.clone()))
+            })
+            .collect()
     }
 
     /// Remaining cooldown of (project, model) or the whole project, in ms.
     fn held(&self, project: &str, model: &str, now: i64) -> Option<u64> {
         let holds = lock(&self.cooldowns);
+        if holds.is_empty() {
+            return None;
+        }
         let mut worst: Option<u64> = None;
         for m in [model, "*"] {
             if let Some(h) = holds.get(&(project.to_string(), m.to_string()))
@@ -224,15 +242,8 @@ impl QuotaStore for MemoryStore {
     async fn usage(&self) -> Result<Vec<(String, String, Usage)>, StoreError> {
         let now = self.clock.now_ms();
         let di = self.days.at(now);
-        let buckets: Vec<_> = self
-            .buckets
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
         let mut out = Vec::new();
-        for ((project, model), b) in buckets {
+        for (project, model, b) in self.all_buckets() {
             let mut b = lock(&b);
             b.prune(now, di.day);
             let u = b.usage();
@@ -343,15 +354,11 @@ impl QuotaStore for MemoryStore {
             }
             return Ok(());
         }
-        let buckets: Vec<_> = self
-            .buckets
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|((p, m), _)| in_scope(p, m))
-            .map(|(_, v)| v.clone())
-            .collect();
-        for b in buckets {
+        for (_, _, b) in self
+            .all_buckets()
+            .into_iter()
+            .filter(|(p, m, _)| in_scope(p, m))
+        {
             let mut b = lock(&b);
             if matches!(kind, ResetKind::Minute | ResetKind::All) {
                 b.log.clear();
@@ -385,16 +392,28 @@ impl MemoryStore {
     fn admit_pass(&self, req: &AdmitRequest) -> Option<AdmitOutcome> {
         let now = self.clock.now_ms();
         let di = self.days.at(now);
-        let disabled = lock(&self.disabled).clone();
+        // Usable keys by project, read under the disabled-keys lock and no longer.
+        let groups: Vec<(Arc<str>, Vec<&Candidate>)> = {
+            let disabled = lock(&self.disabled);
+            by_project(&req.candidates)
+                .into_iter()
+                .map(|(p, keys)| {
+                    let keys = if disabled.is_empty() {
+                        keys
+                    } else {
+                        keys.into_iter()
+                            .filter(|c| !disabled.contains_key(&*c.kid))
+                            .collect()
+                    };
+                    (p, keys)
+                })
+                .collect()
+        };
         let mut earliest_hold: Option<u64> = None;
         // (project position, usable keys, bucket, headroom)
         let mut open = Vec::new();
         let mut refused: Option<(LimitKind, u64, u64)> = None;
-        for (pos, (project, keys)) in by_project(&req.candidates).into_iter().enumerate() {
-            let keys: Vec<&Candidate> = keys
-                .into_iter()
-                .filter(|c| !disabled.contains_key(&*c.kid))
-                .collect();
+        for (pos, (project, keys)) in groups.into_iter().enumerate() {
             if keys.is_empty() {
                 continue;
             }
