@@ -509,16 +509,23 @@ impl Config {
         check_name("store.namespace", &raw.store.namespace)?;
 
         let redis_url = Some(raw.store.redis_url).filter(|u| !u.is_empty());
-        if let Some(u) = &redis_url
-            && !(u.expose().starts_with("redis://")
-                || u.expose().starts_with("rediss://")
+        if let Some(u) = &redis_url {
+            if u.expose().starts_with("rediss://") {
+                return Err(bad(
+                    "store.redis_url (REDIS_URL)",
+                    "rediss:// (TLS) is not built into this proxy: reach Redis over redis:// on a \
+                     private network, or through a TLS tunnel such as stunnel",
+                ));
+            }
+            if !(u.expose().starts_with("redis://")
                 || u.expose().starts_with("redis+unix://")
                 || u.expose().starts_with("unix://"))
-        {
-            return Err(bad(
-                "store.redis_url (REDIS_URL)",
-                "expected a URL starting with redis://, rediss:// or unix://",
-            ));
+            {
+                return Err(bad(
+                    "store.redis_url (REDIS_URL)",
+                    "expected a URL starting with redis:// or unix://",
+                ));
+            }
         }
 
         Ok(Config {
@@ -759,6 +766,7 @@ mod tests {
             ("GEMINI_UPSTREAM_URL", "ftp://x"),
             ("PROXY_LOG_FORMAT", "xml"),
             ("REDIS_URL", "localhost:6379"),
+            ("REDIS_URL", "rediss://cache.example:6380"),
             ("PROXY_PATH_PREFIX", "gemini"),
             ("PROXY_PATH_PREFIX", "/v1beta"),
         ] {
