@@ -101,13 +101,15 @@ impl RedisStore {
             prefix.clone(),
             timeout,
         ));
+        let admit = Script::new(lua!("admit.lua"));
+        tokio::spawn(preload(conn.clone(), vec![admit.clone(), settle.clone()]));
         Ok(RedisStore {
             conn,
             prefix,
             timeout,
             days: DayCache::new(tz),
             clock: None,
-            admit: Script::new(lua!("admit.lua")),
+            admit,
             settle,
             settle_queue,
             usage: Script::new(lua!("usage.lua")),
@@ -159,6 +161,22 @@ impl RedisStore {
             Ok(r) => r.map_err(store_err),
             Err(_) => Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
         }
+    }
+}
+
+/// Loads the request-path scripts once Redis answers, so the first burst of requests does not
+/// each pay a `NOSCRIPT` round trip. (After a Redis restart the client reloads on `NOSCRIPT`.)
+async fn preload(conn: ConnectionManager, scripts: Vec<Script>) {
+    for _ in 0..120 {
+        let mut c = conn.clone();
+        let mut ok = true;
+        for s in &scripts {
+            ok &= s.load_async(&mut c).await.is_ok();
+        }
+        if ok {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
