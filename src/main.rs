@@ -37,7 +37,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(
+    // Held to the end of main: dropping it flushes the log queue.
+    let _log_guard = telemetry::init(
         config.log_format,
         sources.env.get("RUST_LOG").map(String::as_str),
     );

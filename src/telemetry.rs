@@ -1,22 +1,36 @@
-//! Logging: `RUST_LOG` filter (default `info`), text or JSON lines on stderr.
+//! Logging: `RUST_LOG` filter (default `info`), text or JSON lines on stderr, written by a
+//! background thread so a slow stderr (a pipe, a journal) never blocks request handling.
 
 use std::io::IsTerminal;
 
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Install the global subscriber. Safe to call twice (the second call does nothing).
-pub fn init(format: LogFormat, rust_log: Option<&str>) {
-    let filter = rust_log
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+/// Install the global subscriber. Keep the returned guard alive until exit: dropping it flushes
+/// what is still queued. Safe to call twice (the second call installs nothing).
+pub fn init(format: LogFormat, rust_log: Option<&str>) -> WorkerGuard {
+    let filter = match rust_log.map(EnvFilter::try_new) {
+        None => EnvFilter::new("info"),
+        Some(Ok(f)) => f,
+        Some(Err(e)) => {
+            eprintln!("gemini-quota-proxy: RUST_LOG is not a valid filter ({e}); using \"info\"");
+            EnvFilter::new("info")
+        }
+    };
+    // Lossy: when 128k lines are queued, further lines are dropped rather than stalling requests.
+    let (writer, guard) = NonBlockingBuilder::default()
+        .buffered_lines_limit(128_000)
+        .lossy(true)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    guard
 }
