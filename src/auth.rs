@@ -23,9 +23,28 @@ pub fn authenticate(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Caller, ApiError> {
+    check(cfg, headers, query, cfg.allow_anonymous)
+}
+
+/// Like [`authenticate`], but a credential is always required, even where anonymous Gemini
+/// calls are allowed (the status page and admin calls).
+pub fn authenticate_strict(
+    cfg: &Config,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Caller, ApiError> {
+    check(cfg, headers, query, false)
+}
+
+fn check(
+    cfg: &Config,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    allow_anonymous: bool,
+) -> Result<Caller, ApiError> {
     let presented = client_credential(headers, query).filter(|c| !c.is_empty());
     match presented {
-        None if cfg.allow_anonymous => Ok(Caller::Anonymous),
+        None if allow_anonymous => Ok(Caller::Anonymous),
         None => Err(ApiError::Unauthenticated(
             "Missing client credential: send it as the x-goog-api-key header, the key query \
              parameter, or Authorization: Bearer"
@@ -38,7 +57,7 @@ pub fn authenticate(
                 Ok(Caller::Admin)
             } else if client {
                 Ok(Caller::Client)
-            } else if cfg.allow_anonymous && cfg.client_keys.is_empty() {
+            } else if allow_anonymous && cfg.client_keys.is_empty() {
                 Ok(Caller::Anonymous)
             } else {
                 Err(ApiError::PermissionDenied(

@@ -2,6 +2,7 @@
 //! last `promptTokenCount`, enforces the idle gap and the whole-request deadline, and settles
 //! the reservation when the stream ends, fails or the client goes away.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -94,16 +95,36 @@ fn number_after(rest: &[u8]) -> Option<u64> {
     std::str::from_utf8(&rest[start..i]).ok()?.parse().ok()
 }
 
-/// Settles one reservation exactly once.
+/// Settles one reservation exactly once: with the tokens Google reported, or, if it is dropped
+/// unsettled (an upstream error, a retry, a timeout), as a refund of the estimate.
 pub struct Settlement {
-    pub store: Arc<dyn QuotaStore>,
-    pub reservation: Reservation,
+    store: Arc<dyn QuotaStore>,
+    reservation: Option<Reservation>,
 }
 
 impl Settlement {
-    /// Replace the estimate with `tokens` (0 refunds), off the response path.
-    pub fn settle(self, tokens: Option<u64>) {
-        let Settlement { store, reservation } = self;
+    pub fn new(store: Arc<dyn QuotaStore>, reservation: Reservation) -> Self {
+        Settlement {
+            store,
+            reservation: Some(reservation),
+        }
+    }
+
+    /// The reservation being settled (`None` only after settling).
+    pub fn reservation(&self) -> Option<&Reservation> {
+        self.reservation.as_ref()
+    }
+
+    /// Replace the estimate with `tokens` (`None` refunds), off the response path.
+    pub fn settle(mut self, tokens: Option<u64>) {
+        self.finish(tokens);
+    }
+
+    fn finish(&mut self, tokens: Option<u64>) {
+        let Some(reservation) = self.reservation.take() else {
+            return;
+        };
+        let store = &self.store;
         let actual = tokens.unwrap_or(0);
         // Nothing changes when Google counted what we estimated.
         if actual == reservation.tokens
@@ -113,12 +134,19 @@ impl Settlement {
             return;
         }
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let store = store.clone();
             handle.spawn(async move {
                 if let Err(e) = store.settle(&reservation, actual).await {
                     tracing::warn!(error = %e, "settling a reservation failed: its estimate stays counted");
                 }
             });
         }
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        self.finish(None);
     }
 }
 
@@ -233,8 +261,6 @@ impl Drop for ProxyBody {
         }
     }
 }
-
-use std::future::Future;
 
 #[cfg(test)]
 mod tests {

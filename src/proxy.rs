@@ -195,10 +195,8 @@ async fn forward_with_retries(
         };
         let key = &state.pool.keys[index];
         trace.key = Some(index);
-        let settlement = reservation.map(|reservation| Settlement {
-            store: state.store.clone(),
-            reservation,
-        });
+        // Dropped unsettled (an error, a retry) it refunds the estimate by itself.
+        let settlement = reservation.map(|r| Settlement::new(state.store.clone(), r));
         let header_timeout = if streaming {
             cfg.stream_idle_timeout.min(cfg.request_timeout)
         } else {
@@ -221,19 +219,14 @@ async fn forward_with_retries(
             Ok(Ok(r)) => r,
             Ok(Err(_)) | Err(_) if !last_try => {
                 state.upstream_failures.fetch_add(1, Ordering::Relaxed);
-                if let Some(s) = settlement {
-                    s.settle(None);
-                }
                 state.metrics.retry("network");
+                drop(settlement);
                 tracing::warn!(key = %key.masked, attempt, "upstream unreachable or silent: retrying");
                 avoid.push(index);
                 backoff(attempt, deadline).await;
                 continue;
             }
             Ok(Err(e)) => {
-                if let Some(s) = settlement {
-                    s.settle(None);
-                }
                 return Err(if e.is_timeout() {
                     ApiError::GatewayTimeout("the Gemini API did not answer in time".into())
                 } else {
@@ -244,9 +237,6 @@ async fn forward_with_retries(
                 });
             }
             Err(_) => {
-                if let Some(s) = settlement {
-                    s.settle(None);
-                }
                 return Err(ApiError::GatewayTimeout(format!(
                     "the Gemini API did not answer within {}s",
                     header_timeout.as_secs()
@@ -258,23 +248,14 @@ async fn forward_with_retries(
 
         if status.as_u16() >= 400 {
             // Small error body: read it whole to learn what happened, then pass it on unchanged.
-            let bytes = match read_limited(resp, ERROR_BODY_LIMIT, cfg.request_timeout).await {
-                Ok(b) => b,
-                Err(e) => {
-                    if let Some(s) = settlement {
-                        s.settle(None);
-                    }
-                    return Err(e);
-                }
-            };
+            let bytes = read_limited(resp, ERROR_BODY_LIMIT, cfg.request_timeout).await?;
+            // An error answer carries no usage: refund now, before any backoff.
+            drop(settlement);
             // The body may have been cut at the limit: let the server count what is sent.
             headers.remove(http::header::CONTENT_LENGTH);
             let now = chrono::Utc::now().timestamp_millis();
             let day = DayInfo::at(cfg.limits.timezone, now);
             let verdict = upstream::classify(status.as_u16(), &bytes, &day, now);
-            if let Some(s) = settlement {
-                s.settle(None);
-            }
             if verdict == Verdict::Transient {
                 state.upstream_failures.fetch_add(1, Ordering::Relaxed);
             }
@@ -311,8 +292,7 @@ async fn forward_with_retries(
         // Success: pass the answer through, streaming.
         state.upstream_failures.store(0, Ordering::Relaxed);
         rewrite_upload_url(state, parts, &mut headers, index).await;
-        if let Some(s) = &settlement {
-            let r = &s.reservation;
+        if let Some(r) = settlement.as_ref().and_then(Settlement::reservation) {
             if let Ok(v) = HeaderValue::from_str(&r.remaining_requests.to_string()) {
                 headers.insert("x-ratelimit-remaining-requests", v);
             }
@@ -322,15 +302,7 @@ async fn forward_with_retries(
         }
         trace.upstream = sent_at.elapsed();
         if route.creates_resource && !streaming {
-            let bytes = match read_limited(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await {
-                Ok(b) => b,
-                Err(e) => {
-                    if let Some(s) = settlement {
-                        s.settle(None);
-                    }
-                    return Err(e);
-                }
-            };
+            let bytes = read_limited(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;
             remember_created(state, &bytes, index).await;
             if let Some(s) = settlement {
                 s.settle(crate::body::UsageScanner::scan_all(&bytes));
@@ -510,7 +482,7 @@ async fn react(
                 });
             }
             for (kind, value) in reported {
-                state.learn_limit(&key.project, model, *kind, *value);
+                state.pool.learn(&key.project, model, *kind, *value);
             }
             let reason = format!(
                 "Gemini API 429: {} exhausted",

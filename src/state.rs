@@ -4,10 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use chrono_tz::Tz;
-
 use crate::config::Config;
-use crate::error::LimitKind;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::proxy::DisabledKeys;
@@ -54,11 +51,6 @@ impl AppState {
         })
     }
 
-    /// Google reported a limit (`quotaValue`) lower than configured: use it from now on.
-    pub fn learn_limit(&self, project: &str, model: &str, kind: LimitKind, value: u64) {
-        self.pool.learn(project, model, kind, value);
-    }
-
     /// Cooldown for a 429 without details: 1 s, doubling while they repeat (within a minute),
     /// at most 60 s.
     pub fn bare_429_backoff(&self, project: &str) -> u64 {
@@ -84,10 +76,6 @@ impl AppState {
         let projects: std::collections::HashSet<&str> =
             self.pool.keys.iter().map(|k| &*k.project).collect();
         recent >= 2 && recent * 2 > projects.len()
-    }
-
-    pub fn timezone(&self) -> Tz {
-        self.config.limits.timezone
     }
 }
 

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::{Caller, authenticate};
+use crate::auth::{Caller, authenticate_strict};
 use crate::config::StoreFailurePolicy;
 use crate::error::ApiError;
 use crate::quota::{KeyState, ResetKind, ResetScope, Usage};
@@ -85,10 +85,8 @@ async fn get_status(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let mut cfg = (*state.config).clone();
     // Reading the status always needs a credential, even where anonymous Gemini calls are allowed.
-    cfg.allow_anonymous = false;
-    authenticate(&cfg, headers, query).map_err(|e| match e {
+    authenticate_strict(&state.config, headers, query).map_err(|e| match e {
         ApiError::PermissionDenied(m) => ApiError::Unauthenticated(m),
         other => other,
     })?;
@@ -118,9 +116,7 @@ async fn post_reset(
             "admin endpoints are not configured: set PROXY_ADMIN_TOKEN".into(),
         ));
     };
-    let mut cfg = (*state.config).clone();
-    cfg.allow_anonymous = false;
-    match authenticate(&cfg, headers, query)? {
+    match authenticate_strict(&state.config, headers, query)? {
         Caller::Admin => {}
         _ => {
             return Err(ApiError::PermissionDenied(

@@ -38,7 +38,7 @@ pub fn build_client(cfg: &Config) -> reqwest::Client {
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
-        // Compression is left to the client and Google; the proxy reads usage from plain bytes.
+        // The upstream is named in the config: no HTTP(S)_PROXY detour.
         .no_proxy()
         .build()
         .unwrap_or_else(|_| reqwest::Client::new())

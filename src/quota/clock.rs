@@ -104,10 +104,6 @@ impl DayCache {
         }
     }
 
-    pub fn tz(&self) -> Tz {
-        self.tz
-    }
-
     pub fn at(&self, now_ms: i64) -> DayInfo {
         let mut c = self.cached.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((from, until, d)) = *c

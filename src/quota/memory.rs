@@ -333,18 +333,19 @@ impl QuotaStore for MemoryStore {
     }
 
     async fn reset(&self, kind: ResetKind, scope: &ResetScope) -> Result<(), StoreError> {
+        // As in reset.lua: a model filter also takes in holds on the whole project (`*`).
         let in_scope = |project: &str, model: &str| {
             scope
                 .projects
                 .as_ref()
                 .is_none_or(|ps| ps.iter().any(|p| p == project))
-                && scope.model.as_ref().is_none_or(|m| m == model)
+                && scope
+                    .model
+                    .as_ref()
+                    .is_none_or(|m| m == model || model == "*")
         };
         if kind == ResetKind::Cooldowns {
-            lock(&self.cooldowns).retain(|(p, m), _| {
-                !(in_scope(p, m)
-                    || (m == "*" && in_scope(p, scope.model.as_deref().unwrap_or("*"))))
-            });
+            lock(&self.cooldowns).retain(|(p, m), _| !in_scope(p, m));
             let mut d = lock(&self.disabled);
             match &scope.kids {
                 Some(kids) => kids.iter().for_each(|k| {

@@ -149,7 +149,15 @@ impl RedisStore {
         inv: redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
+        self.deadline(inv.invoke_async(&mut conn)).await
+    }
+
+    /// Every store call gets `timeout`; Redis errors become `StoreError`s.
+    async fn deadline<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(r) => r.map_err(store_err),
             Err(_) => Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
         }
@@ -157,10 +165,7 @@ impl RedisStore {
 
     async fn cmd<T: FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
-            Ok(r) => r.map_err(store_err),
-            Err(_) => Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
-        }
+        self.deadline(cmd.query_async(&mut conn)).await
     }
 }
 
@@ -394,11 +399,7 @@ impl QuotaStore for RedisStore {
             }
         }
         let mut conn = self.conn.clone();
-        let v: Vec<Value> =
-            match tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await {
-                Ok(r) => r.map_err(store_err)?,
-                Err(_) => return Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
-            };
+        let v: Vec<Value> = self.deadline(pipe.query_async(&mut conn)).await?;
         let mut out = Vec::new();
         for (pm, pair) in members
             .iter()
