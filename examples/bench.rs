@@ -159,7 +159,9 @@ fn start_proxy(upstream: u16, redis: Option<&str>) -> (u16, Proc) {
         cmd.env("REDIS_URL", url);
     }
     // Allocator tuning can be tried without a rebuild.
-    for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("MIMALLOC_")) {
+    for (k, v) in
+        std::env::vars().filter(|(k, _)| k.starts_with("MIMALLOC_") || k == "TOKIO_WORKER_THREADS")
+    {
         cmd.env(k, v);
     }
     let child = cmd.spawn().unwrap();
@@ -226,10 +228,45 @@ struct Load {
     p999_us: f64,
     requests: u64,
     errors: u64,
+    /// CPU time (user + system) the target's processes spent per request, in microseconds.
+    cpu_us: f64,
 }
 
 /// wrk with a POST body and a Lua `done` that prints what we need.
 fn wrk(port: u16, conns: u32, secs: u32, script: &std::path::Path) -> Load {
+    wrk_cpu(port, conns, secs, script, None)
+}
+
+/// CPU ticks (user + system) of `pid` and its child processes (nginx's worker).
+fn cpu_ticks(pid: u32) -> u64 {
+    let ticks = |stat: &str| -> Option<(u32, u64)> {
+        // Fields after the parenthesised command name: state ppid ... utime(14) stime(15).
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Some((
+            f[1].parse().ok()?,
+            f[11].parse::<u64>().ok()? + f[12].parse::<u64>().ok()?,
+        ))
+    };
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Some((ppid, t)) = std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .ok()
+            .and_then(|s| ticks(&s))
+            && (p == pid || ppid == pid)
+        {
+            total += t;
+        }
+    }
+    total
+}
+
+/// `wrk`, and when `pid` is given the CPU time that process tree spent per request.
+fn wrk_cpu(port: u16, conns: u32, secs: u32, script: &std::path::Path, pid: Option<u32>) -> Load {
+    let before = pid.map(cpu_ticks);
     let out = Command::new("wrk")
         .args([
             "-t1",
@@ -252,7 +289,13 @@ fn wrk(port: u16, conns: u32, secs: u32, script: &std::path::Path) -> Load {
         .split_whitespace()
         .map(|x| x.parse().unwrap_or(0.0))
         .collect();
+    // Linux reports process CPU time in clock ticks of 10 ms (USER_HZ = 100).
+    let cpu_us = match (pid, before) {
+        (Some(p), Some(b)) => (cpu_ticks(p) - b) as f64 * 10_000.0 / v[0].max(1.0),
+        _ => f64::NAN,
+    };
     Load {
+        cpu_us,
         requests: v[0] as u64,
         rps: v[1],
         p50_us: v[2],
@@ -372,8 +415,8 @@ end
 
 fn row(name: &str, l: &Load) {
     println!(
-        "| {name:<22} | {:>9.0} | {:>8.0} | {:>8.0} | {:>9.0} | {:>8} | {:>6} |",
-        l.rps, l.p50_us, l.p99_us, l.p999_us, l.requests, l.errors
+        "| {name:<22} | {:>9.0} | {:>8.0} | {:>8.0} | {:>9.0} | {:>8} | {:>6} | {:>10.1} |",
+        l.rps, l.p50_us, l.p99_us, l.p999_us, l.requests, l.errors, l.cpu_us
     );
 }
 
@@ -423,21 +466,23 @@ async fn main() {
     }
     println!();
     println!(
-        "| target                 | req/s     | p50 us   | p99 us   | p99.9 us  | requests | errors |"
+        "| target                 | req/s     | p50 us   | p99 us   | p99.9 us  | requests | errors | CPU us/req |"
     );
     println!(
-        "|------------------------|-----------|----------|----------|-----------|----------|--------|"
+        "|------------------------|-----------|----------|----------|-----------|----------|--------|------------|"
     );
-    let direct = wrk(upstream, conns, secs, &script);
+    let direct = wrk_cpu(upstream, conns, secs, &script, Some(std::process::id()));
     row("upstream direct", &direct);
-    let nginx_load = nginx.as_ref().map(|n| wrk(n.0, conns, secs, &script));
+    let nginx_load = nginx
+        .as_ref()
+        .map(|n| wrk_cpu(n.0, conns, secs, &script, Some(n.1.0.id())));
     if let Some(l) = &nginx_load {
         row("nginx (1 worker)", l);
     }
-    let mem = wrk(mem_port, conns, secs, &script);
+    let mem = wrk_cpu(mem_port, conns, secs, &script, Some(mem_proc.0.id()));
     row("proxy, memory store", &mem);
     let calls_before = evalsha_calls(redis_port);
-    let red = wrk(red_port, conns, secs, &script);
+    let red = wrk_cpu(red_port, conns, secs, &script, Some(red_proc.0.id()));
     let calls = evalsha_calls(redis_port) - calls_before;
     row("proxy, redis store", &red);
     println!();
@@ -466,6 +511,9 @@ async fn main() {
         red.requests + 8
     );
 
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "throughput") {
+        return;
+    }
     // Added latency at concurrency 1.
     let d1 = wrk(upstream, 1, secs / 2, &script);
     let m1 = wrk(mem_port, 1, secs / 2, &script);

@@ -5,7 +5,7 @@ use axum::http::HeaderMap;
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::secret::matches_any;
+use crate::secret::{matches_any_digest, presented_digest};
 use crate::upstream::client_credential;
 
 /// Who presented what.
@@ -51,8 +51,12 @@ fn check(
                 .into(),
         )),
         Some(c) => {
-            let admin = cfg.admin_token.as_ref().is_some_and(|t| t.matches(c));
-            let client = matches_any(&cfg.client_keys, c);
+            let digest = presented_digest(c);
+            let admin = cfg
+                .admin_token
+                .as_ref()
+                .is_some_and(|t| t.matches_digest(&digest));
+            let client = matches_any_digest(&cfg.client_keys, &digest);
             if admin {
                 Ok(Caller::Admin)
             } else if client {

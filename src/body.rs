@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::Stream;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use memchr::memmem;
 use tokio::time::{Instant, Sleep};
 
@@ -26,6 +26,9 @@ pub struct UsageScanner {
 }
 
 const NEEDLES: [&[u8]; 2] = [b"\"promptTokenCount\"", b"\"prompt_tokens\""];
+/// The needles' searchers, built once (building one per chunk showed in profiles).
+static FINDERS: std::sync::LazyLock<[memmem::Finder<'static>; 2]> =
+    std::sync::LazyLock::new(|| NEEDLES.map(memmem::Finder::new));
 /// Longer than a needle, a colon, some spaces and a 20-digit number.
 const WINDOW: usize = 48;
 
@@ -49,9 +52,10 @@ impl UsageScanner {
     }
 
     fn scan(&mut self, hay: &[u8]) {
-        for needle in NEEDLES {
-            for pos in memmem::find_iter(hay, needle) {
-                if let Some(n) = number_after(&hay[pos + needle.len()..]) {
+        for finder in FINDERS.iter() {
+            let len = finder.needle().len();
+            for pos in finder.find_iter(hay) {
+                if let Some(n) = number_after(&hay[pos + len..]) {
                     self.last = Some(n);
                 }
             }
@@ -150,8 +154,6 @@ impl Drop for Settlement {
     }
 }
 
-type Inner = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
-
 /// Why a stream stopped early.
 #[derive(Debug, thiserror::Error)]
 enum StreamCut {
@@ -163,9 +165,10 @@ enum StreamCut {
     Upstream(String),
 }
 
-/// The body handed to the client.
+/// The body handed to the client: hyper's upstream body polled frame by frame (no stream
+/// adapter, no copy).
 pub struct ProxyBody {
-    inner: Inner,
+    inner: Incoming,
     idle: Duration,
     /// Streams only: the longest gap between chunks.
     idle_timer: Option<Pin<Box<Sleep>>>,
@@ -179,7 +182,7 @@ impl ProxyBody {
     /// `deadline`: the whole-request limit of a non-streaming answer; without one (a stream)
     /// the body gets the idle-gap limit instead.
     pub fn new(
-        inner: Inner,
+        inner: Incoming,
         idle: Duration,
         deadline: Option<Instant>,
         settlement: Option<Settlement>,
@@ -204,17 +207,21 @@ impl ProxyBody {
         }
     }
 
-    fn cut(&mut self, why: StreamCut) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+    fn cut(&mut self, why: StreamCut) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         tracing::warn!(reason = %why, "response stream cut");
         self.finish();
         Poll::Ready(Some(Err(std::io::Error::other(why))))
     }
 }
 
-impl Stream for ProxyBody {
-    type Item = Result<Bytes, std::io::Error>;
+impl HttpBody for ProxyBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = &mut *self;
         if this.done {
             return Poll::Ready(None);
@@ -224,18 +231,22 @@ impl Stream for ProxyBody {
         {
             return this.cut(StreamCut::Deadline);
         }
-        match this.inner.as_mut().poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                if let Some(s) = this.scanner.as_mut() {
-                    s.feed(&chunk);
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(chunk) = frame.data_ref() {
+                    if let Some(s) = this.scanner.as_mut() {
+                        s.feed(chunk);
+                    }
+                    let idle = this.idle;
+                    if let Some(t) = this.idle_timer.as_mut() {
+                        t.as_mut().reset(Instant::now() + idle);
+                    }
                 }
-                let idle = this.idle;
-                if let Some(t) = this.idle_timer.as_mut() {
-                    t.as_mut().reset(Instant::now() + idle);
-                }
-                Poll::Ready(Some(Ok(chunk)))
+                Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => this.cut(StreamCut::Upstream(e.without_url().to_string())),
+            Poll::Ready(Some(Err(e))) => {
+                this.cut(StreamCut::Upstream(crate::upstream::describe_error(&e)))
+            }
             Poll::Ready(None) => {
                 this.finish();
                 Poll::Ready(None)
@@ -249,6 +260,18 @@ impl Stream for ProxyBody {
                 }
                 Poll::Pending
             }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.done {
+            SizeHint::with_exact(0)
+        } else {
+            self.inner.size_hint()
         }
     }
 }

@@ -618,7 +618,7 @@ fn check_url(name: &str, url: &str) -> Result<String, ConfigError> {
             if matches!(u.scheme_str(), Some("http") | Some("https"))
                 && u.host().is_some()
                 && u.query().is_none()
-                && reqwest::Url::parse(url).is_ok() =>
+                && crate::upstream::Upstream::new(url).is_ok() =>
         {
             Ok(url.to_string())
         }

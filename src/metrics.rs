@@ -2,7 +2,8 @@
 //! by kind, retries, latency of the whole request and of the proxy's own share, store calls.
 //! Labels carry masked key ids and model names only.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
@@ -18,7 +19,16 @@ pub struct Metrics {
     total: metrics::Histogram,
     upstream: metrics::Histogram,
     overhead: metrics::Histogram,
+    admit: metrics::Histogram,
+    /// `gqp_requests_total` handles by model, then by key slot and outcome: a registry lookup
+    /// (labels allocated and hashed) once per combination instead of once per request.
+    requests: Arc<RwLock<RequestCounters>>,
 }
+
+/// Model → counters by `key slot * 4 + outcome`.
+type RequestCounters = HashMap<Box<str>, Vec<Option<metrics::Counter>>>;
+
+const OUTCOMES: [&str; 4] = ["ok", "rate_limited", "client_error", "server_error"];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,6 +57,16 @@ impl Metrics {
             total: histogram!("gqp_request_duration_seconds"),
             upstream: histogram!("gqp_upstream_duration_seconds"),
             overhead: histogram!("gqp_proxy_overhead_seconds"),
+            admit: histogram!("gqp_store_duration_seconds", "op" => "admit"),
+            requests: Arc::default(),
+        }
+    }
+
+    /// Fold the samples recorded since the last call into the histograms. The exporter keeps
+    /// raw samples until then, so without this memory would grow between scrapes.
+    pub fn upkeep(&self) {
+        if let Some(h) = &self.handle {
+            h.run_upkeep();
         }
     }
 
@@ -55,25 +75,48 @@ impl Metrics {
         self.handle.as_ref().map(|h| h.render()).unwrap_or_default()
     }
 
+    /// One finished request. `key`: the pool index and masked id of the key used last.
     pub fn request(
         &self,
         model: Option<&str>,
-        key: Option<&str>,
+        key: Option<(usize, &str)>,
         status: u16,
         total: Duration,
         upstream: Duration,
     ) {
         let outcome = match status {
-            200..=299 => "ok",
-            429 => "rate_limited",
-            400..=499 => "client_error",
-            _ => "server_error",
+            200..=299 => 0,
+            429 => 1,
+            400..=499 => 2,
+            _ => 3,
         };
-        counter!("gqp_requests_total",
-            "model" => model.unwrap_or("-").to_string(),
-            "outcome" => outcome,
-            "key" => key.unwrap_or("-").to_string())
-        .increment(1);
+        let model = model.unwrap_or("-");
+        // Slot 0 is "no key"; key i is slot i + 1.
+        let slot = key.map_or(0, |(i, _)| i + 1) * OUTCOMES.len() + outcome;
+        let cached = self
+            .requests
+            .read()
+            .ok()
+            .and_then(|m| m.get(model)?.get(slot)?.clone());
+        let counter = cached.unwrap_or_else(|| {
+            let c = counter!("gqp_requests_total",
+                "model" => model.to_string(),
+                "outcome" => OUTCOMES[outcome],
+                "key" => key.map_or("-", |(_, k)| k).to_string());
+            // Bounded: models come from validated paths, but a client can name many; past
+            // 1,000 of them the handle is simply not cached.
+            if let Ok(mut m) = self.requests.write()
+                && (m.len() < 1000 || m.contains_key(model))
+            {
+                let v = m.entry(model.into()).or_default();
+                if v.len() <= slot {
+                    v.resize(slot + 1, None);
+                }
+                v[slot] = Some(c.clone());
+            }
+            c
+        });
+        counter.increment(1);
         self.total.record(total.as_secs_f64());
         if !upstream.is_zero() {
             self.upstream.record(upstream.as_secs_f64());
@@ -95,7 +138,11 @@ impl Metrics {
     }
 
     pub fn store_call(&self, op: &'static str, took: Duration, ok: bool) {
-        histogram!("gqp_store_duration_seconds", "op" => op).record(took.as_secs_f64());
+        if op == "admit" {
+            self.admit.record(took.as_secs_f64());
+        } else {
+            histogram!("gqp_store_duration_seconds", "op" => op).record(took.as_secs_f64());
+        }
         if !ok {
             counter!("gqp_store_errors_total", "op" => op).increment(1);
         }

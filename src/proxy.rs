@@ -15,7 +15,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, request::Parts};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::auth::authenticate;
@@ -56,14 +57,14 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
         Err(e) => e.into_response(),
     };
     let status = resp.status().as_u16();
-    let key = trace.key.map(|i| state.pool.keys[i].masked.as_str());
+    let key = trace.key.map(|i| (i, state.pool.keys[i].masked.as_str()));
     tracing::info!(
         method = %parts.method,
         path = parts.uri.path(),
         model = trace.model.as_deref().unwrap_or("-"),
         status,
         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-        key = key.unwrap_or("-"),
+        key = key.map_or("-", |(_, k)| k),
         attempts = trace.attempts,
         est_tokens = trace.tokens,
         "request"
@@ -202,8 +203,7 @@ async fn forward_with_retries(
         } else {
             cfg.request_timeout
         };
-        let request = upstream::build_request(
-            &state.client,
+        let Some(request) = upstream::build_request(
             &state.upstream,
             &parts.method,
             parts.uri.path(),
@@ -212,10 +212,14 @@ async fn forward_with_retries(
             body.clone(),
             route,
             &key.headers,
-        );
+        ) else {
+            return Err(ApiError::InvalidArgument(
+                "the request path cannot be forwarded".into(),
+            ));
+        };
         let last_try = attempt >= cfg.max_attempts || Instant::now() >= deadline;
         let sent_at = Instant::now();
-        let resp = match tokio::time::timeout(header_timeout, request.send()).await {
+        let resp = match tokio::time::timeout(header_timeout, state.client.request(request)).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) | Err(_) if !last_try => {
                 state.upstream_failures.fetch_add(1, Ordering::Relaxed);
@@ -227,14 +231,10 @@ async fn forward_with_retries(
                 continue;
             }
             Ok(Err(e)) => {
-                return Err(if e.is_timeout() {
-                    ApiError::GatewayTimeout("the Gemini API did not answer in time".into())
-                } else {
-                    ApiError::BadGateway(format!(
-                        "the Gemini API could not be reached: {}",
-                        e.without_url()
-                    ))
-                });
+                return Err(ApiError::BadGateway(format!(
+                    "the Gemini API could not be reached: {}",
+                    upstream::describe_error(&e)
+                )));
             }
             Err(_) => {
                 return Err(ApiError::GatewayTimeout(format!(
@@ -315,12 +315,12 @@ async fn forward_with_retries(
         }
         let deadline = (!streaming).then(|| sent_at + cfg.request_timeout);
         let stream = ProxyBody::new(
-            resp.bytes_stream().boxed(),
+            resp.into_body(),
             cfg.stream_idle_timeout,
             deadline,
             settlement,
         );
-        let mut out = Response::new(Body::from_stream(stream));
+        let mut out = Response::new(Body::new(stream));
         *out.status_mut() = status;
         *out.headers_mut() = headers;
         return Ok(out);
@@ -565,20 +565,23 @@ async fn backoff(attempt: u32, deadline: Instant) {
 
 /// Read a small answer whole: at most `limit` bytes (the rest is dropped), within `timeout`.
 async fn read_limited(
-    resp: reqwest::Response,
+    resp: http::Response<Incoming>,
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, ApiError> {
     let read = async {
         let mut out = Vec::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
                 ApiError::BadGateway(format!(
                     "the Gemini API answer broke off: {}",
-                    e.without_url()
+                    upstream::describe_error(&e)
                 ))
             })?;
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
             let room = limit.saturating_sub(out.len());
             out.extend_from_slice(&chunk[..chunk.len().min(room)]);
             if out.len() >= limit {

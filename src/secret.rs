@@ -9,11 +9,13 @@ use subtle::ConstantTimeEq;
 /// It has no `Display`, and its `Debug` prints `Secret(***)`, so a `{:?}` of a config or a
 /// request context never leaks it. Read the value with [`Secret::expose`] only where it is sent.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Secret(String);
+pub struct Secret(String, [u8; 32]);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        let value = value.into();
+        let digest = Sha256::digest(value.as_bytes()).into();
+        Secret(value, digest)
     }
 
     /// The raw value. Call sites are the few places that put it on the wire.
@@ -25,16 +27,22 @@ impl Secret {
         self.0.is_empty()
     }
 
-    /// SHA-256 of the value: used for constant-time comparison and for stable key ids.
+    /// SHA-256 of the value (computed once): used for constant-time comparison and for stable
+    /// key ids.
     pub fn digest(&self) -> [u8; 32] {
-        Sha256::digest(self.0.as_bytes()).into()
+        self.1
     }
 
     /// Constant-time equality against a presented credential. Both sides are hashed first, so
     /// neither the content nor the length of the secret shows in the timing.
     pub fn matches(&self, presented: &str) -> bool {
-        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        bool::from(self.digest().ct_eq(&presented))
+        self.matches_digest(&presented_digest(presented))
+    }
+
+    /// [`Secret::matches`] for a credential already hashed with [`presented_digest`] (one hash
+    /// serves several comparisons).
+    pub fn matches_digest(&self, presented: &[u8; 32]) -> bool {
+        bool::from(self.digest().ct_eq(presented))
     }
 
     /// `AIza...0001`: the first four and last four characters, for display. Keys shorter than
@@ -62,16 +70,25 @@ impl std::fmt::Debug for Secret {
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
+        String::deserialize(d).map(Secret::new)
     }
 }
 
 /// True if `presented` equals any of `secrets`, checking every one (no early exit).
 pub fn matches_any(secrets: &[Secret], presented: &str) -> bool {
-    let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    matches_any_digest(secrets, &presented_digest(presented))
+}
+
+/// The SHA-256 of a presented credential, for the `*_digest` comparisons.
+pub fn presented_digest(presented: &str) -> [u8; 32] {
+    Sha256::digest(presented.as_bytes()).into()
+}
+
+/// [`matches_any`] for a credential already hashed with [`presented_digest`].
+pub fn matches_any_digest(secrets: &[Secret], presented: &[u8; 32]) -> bool {
     let mut found = subtle::Choice::from(0u8);
     for s in secrets {
-        found |= s.digest().ct_eq(&presented);
+        found |= s.digest().ct_eq(presented);
     }
     bool::from(found)
 }

@@ -26,28 +26,94 @@ use crate::{proxy, status};
 /// block through; this check holds for every request.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
-async fn limit_headers(req: Request, next: Next) -> Response {
-    let size: usize = req
-        .headers()
+/// The refusal for a header block over [`MAX_HEADER_BYTES`], if it is.
+fn oversized_headers(headers: &http::HeaderMap) -> Option<Response> {
+    let size: usize = headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
-    if size > MAX_HEADER_BYTES {
-        return ApiError::HeadersTooLarge(format!(
+    (size > MAX_HEADER_BYTES).then(|| {
+        ApiError::HeadersTooLarge(format!(
             "Request headers total {size} bytes, over the limit of {MAX_HEADER_BYTES} bytes."
         ))
-        .into_response();
+        .into_response()
+    })
+}
+
+async fn limit_headers(req: Request, next: Next) -> Response {
+    match oversized_headers(req.headers()) {
+        Some(refusal) => refusal,
+        None => next.run(req).await,
     }
-    next.run(req).await
+}
+
+/// Where the Gemini surface starts: everything under these is forwarded.
+const GEMINI_ROOTS: [&str; 4] = ["/v1beta/", "/v1/", "/upload/v1beta/", "/upload/v1/"];
+
+/// A path the proxy forwards (a root and something after it).
+fn is_gemini_path(path: &str) -> bool {
+    GEMINI_ROOTS
+        .iter()
+        .any(|root| path.len() > root.len() && path.starts_with(root))
 }
 
 /// The Gemini surface: everything the proxy forwards.
 fn gemini_routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/v1beta/{*rest}", any(proxy::handle))
-        .route("/v1/{*rest}", any(proxy::handle))
-        .route("/upload/v1beta/{*rest}", any(proxy::handle))
-        .route("/upload/v1/{*rest}", any(proxy::handle))
+    let mut router = Router::new();
+    for root in GEMINI_ROOTS {
+        router = router.route(&format!("{root}{{*rest}}"), any(proxy::handle));
+    }
+    router
+}
+
+/// `/prefix/v1beta/...` → `/v1beta/...`, keeping the original URI for the handler (as the
+/// router's `nest` does). False, and the request untouched, for anything else.
+fn strip_path_prefix(req: &mut Request, prefix: &str) -> bool {
+    let Some(rest) = req.uri().path().strip_prefix(prefix) else {
+        return false;
+    };
+    if !is_gemini_path(rest) {
+        return false;
+    }
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    let Ok(pq) = path_and_query.parse() else {
+        return false;
+    };
+    parts.path_and_query = Some(pq);
+    let Ok(uri) = http::Uri::from_parts(parts) else {
+        return false;
+    };
+    let original = std::mem::replace(req.uri_mut(), uri);
+    req.extensions_mut()
+        .insert(axum::extract::OriginalUri(original));
+    true
+}
+
+/// One request: Gemini paths go straight to the proxy handler (the router's layers cost more
+/// than the routing at tens of thousands of requests a second); the rest to the router.
+async fn dispatch(
+    state: Arc<AppState>,
+    router: Router,
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<Response, std::convert::Infallible> {
+    let mut req = req.map(axum::body::Body::new);
+    if let Some(refusal) = oversized_headers(req.headers()) {
+        return Ok(refusal);
+    }
+    let direct = is_gemini_path(req.uri().path())
+        || state
+            .config
+            .path_prefix
+            .as_deref()
+            .is_some_and(|p| strip_path_prefix(&mut req, p));
+    if direct {
+        return Ok(proxy::handle(axum::extract::State(state), req).await);
+    }
+    hyper::service::Service::call(&TowerToHyperService::new(router), req).await
 }
 
 /// Every route of the proxy.
@@ -77,7 +143,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let cfg = state.config.clone();
-    let router = app(state);
+    let router = app(state.clone());
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -88,6 +154,18 @@ pub async fn serve(
         .max_buf_size(64 * 1024);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
+    // The exporter keeps histogram samples raw until upkeep folds them in: without it memory
+    // grows with every request between scrapes.
+    let upkeep = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                state.metrics.upkeep();
+            }
+        })
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -110,7 +188,10 @@ pub async fn serve(
                     });
                     continue;
                 };
-                let service = TowerToHyperService::new(router.clone());
+                let (state, router) = (state.clone(), router.clone());
+                let service = hyper::service::service_fn(move |req| {
+                    dispatch(state.clone(), router.clone(), req)
+                });
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
@@ -122,6 +203,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    upkeep.abort();
     tracing::info!(
         grace_secs = cfg.shutdown_grace.as_secs_f64(),
         "shutting down: draining open requests"

@@ -17,7 +17,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub pool: Pool,
     pub store: Arc<dyn QuotaStore>,
-    pub client: reqwest::Client,
+    pub client: crate::upstream::HttpClient,
     pub upstream: crate::upstream::Upstream,
     pub metrics: Metrics,
     pub disabled: DisabledKeys,
