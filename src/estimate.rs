@@ -123,7 +123,7 @@ pub fn estimate(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
                 let content = obj
                     .get("content")
                     .ok_or_else(|| bad("Invalid value at 'content': required"))?;
-                acc.content(content, "content")?;
+                acc.content(content, &"content")?;
             }
             Some("batchEmbedContents") => {
                 let reqs = obj
@@ -132,7 +132,7 @@ pub fn estimate(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
                     .ok_or_else(|| bad("Invalid value at 'requests': expected an array"))?;
                 for (i, r) in reqs.iter().enumerate() {
                     if let Some(c) = r.get("content") {
-                        acc.content(c, &format!("requests[{i}].content"))?;
+                        acc.content(c, &format_args!("requests[{i}].content"))?;
                     }
                 }
             }
@@ -147,13 +147,13 @@ pub fn estimate(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
                     None => return Err(bad("Invalid value at 'contents': required")),
                 };
                 for (i, c) in contents.iter().enumerate() {
-                    acc.content(c, &format!("contents[{i}]"))?;
+                    acc.content(c, &format_args!("contents[{i}]"))?;
                 }
                 if let Some(si) = obj
                     .get("systemInstruction")
                     .or_else(|| obj.get("system_instruction"))
                 {
-                    acc.content(si, "systemInstruction")?;
+                    acc.content(si, &"systemInstruction")?;
                 }
                 if let Some(t) = obj.get("tools") {
                     acc.add_chars(json_text_len(t));
@@ -198,7 +198,8 @@ impl Acc {
     }
 
     /// A Content object: `{"role": ..., "parts": [...]}`. A bare string is tolerated as text.
-    fn content(&mut self, c: &Value, at: &str) -> Result<(), ApiError> {
+    /// `at` names it in error messages (formatted only when there is an error).
+    fn content(&mut self, c: &Value, at: &dyn std::fmt::Display) -> Result<(), ApiError> {
         match c {
             Value::Object(o) => match o.get("parts") {
                 Some(Value::Array(parts)) => {
@@ -222,7 +223,7 @@ impl Acc {
         }
     }
 
-    fn part(&mut self, p: &Value, at: &str, j: usize) -> Result<(), ApiError> {
+    fn part(&mut self, p: &Value, at: &dyn std::fmt::Display, j: usize) -> Result<(), ApiError> {
         let Some(o) = p.as_object() else {
             return Err(bad(format!(
                 "Invalid value at '{at}.parts[{j}]': expected a Part object"
