@@ -462,3 +462,46 @@ async fn concurrent_admissions_on_shared_redis_grant_exactly_the_limit() {
         assert!(!ttl.trim().starts_with("-1"), "{k} has no expiry");
     }
 }
+
+/// The window keys (sorted set and token hash) are not refreshed on every admission, only
+/// when less than a minute of their life is left: after any admission they must still outlive
+/// it by a minute, in the script's own time (the `exp` field) and in Redis's (their TTL).
+#[tokio::test]
+async fn redis_window_keys_always_outlive_the_newest_admission_by_a_minute() {
+    let h = redis();
+    let server = h._redis.clone().unwrap();
+    let r = req(1, vec![cand(0, "p", limits(1000, 1_000_000, 100_000))]);
+    let last_line = |s: String| {
+        s.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    for step in 0..40 {
+        h.clock.advance(if step % 10 == 9 { 61_000 } else { 7_000 });
+        assert!(admitted(&h, &r).await);
+        let keys = server.cli(&["KEYS", "*:p:*"]).unwrap();
+        let window: Vec<&str> = keys
+            .lines()
+            .filter(|l| l.ends_with(":rq") || l.ends_with(":tk"))
+            .collect();
+        assert_eq!(window.len(), 2, "{keys}");
+        for k in &window {
+            let ttl: i64 = last_line(server.cli(&["PTTL", k]).unwrap())
+                .parse()
+                .unwrap();
+            assert!(ttl > 60_000 && ttl <= 120_000, "{k}: PTTL {ttl}");
+        }
+        let tk = window.iter().find(|k| k.ends_with(":tk")).unwrap();
+        let exp: i64 = last_line(server.cli(&["HGET", tk, "exp"]).unwrap())
+            .parse()
+            .unwrap();
+        assert!(
+            exp >= h.clock.now_ms() + 60_000,
+            "step {step}: window keys expire at {exp}, under a minute after {}",
+            h.clock.now_ms()
+        );
+    }
+}

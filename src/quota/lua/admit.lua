@@ -16,16 +16,26 @@ local n = tonumber(ARGV[9])
 local day = math.floor((now + offset) / 86400000)
 if next_mid <= now then next_mid = (day + 1) * 86400000 - offset end
 
--- One MGET for every disabled-key flag.
-local dis_keys = {}
-for i = 0, n - 1 do dis_keys[i + 1] = P .. ':dis:' .. ARGV[10 + i * 5] end
-local disabled = redis.call('MGET', unpack(dis_keys))
+-- One MGET for every disabled-key flag, then every cooldown (this model, and the whole project).
+-- Projects are known only after the flags are read, so cooldowns of every candidate's project
+-- are fetched; keys of one project share them.
+local flag_keys, seen, names = {}, {}, {}
+for i = 0, n - 1 do
+  flag_keys[#flag_keys + 1] = P .. ':dis:' .. ARGV[10 + i * 5]
+  local project = ARGV[11 + i * 5]
+  if not seen[project] then seen[project] = true; names[#names + 1] = project end
+end
+for p = 1, #names do
+  flag_keys[#flag_keys + 1] = cooldown_key(names[p], model)
+  flag_keys[#flag_keys + 1] = cooldown_key(names[p], '*')
+end
+local flags = redis.call('MGET', unpack(flag_keys))
 
 local projects, by_name = {}, {}
 for i = 0, n - 1 do
   local b = 10 + i * 5
   local project = ARGV[b + 1]
-  if not disabled[i + 1] then
+  if not flags[i + 1] then
     local e = by_name[project]
     if not e then
       e = {name = project, keys = {}, rpm = tonumber(ARGV[b + 2]), tpm = tonumber(ARGV[b + 3]),
@@ -37,56 +47,63 @@ for i = 0, n - 1 do
   end
 end
 if #projects == 0 then return {2, -1} end
-
--- One MGET for every cooldown (this model, and the whole project).
-local cd_keys = {}
-for p = 1, #projects do
-  cd_keys[#cd_keys + 1] = cooldown_key(projects[p].name, model)
-  cd_keys[#cd_keys + 1] = cooldown_key(projects[p].name, '*')
-end
-local holds = redis.call('MGET', unpack(cd_keys))
 local function held_ms(v)
   if not v then return 0 end
   local until_ms = tonumber(string.match(v, '^(%d+)')) or 0
   return until_ms - now
 end
+local cd_at = {}
+for p = 1, #names do cd_at[names[p]] = n + p * 2 - 1 end
 
-local hold, refused, open = nil, nil, {}
+-- Projects not on hold: prune their windows, then read every day count in one MGET.
+local hold, live, day_keys = nil, {}, {}
 for pos = 1, #projects do
   local e = projects[pos]
-  local cd = math.max(held_ms(holds[pos * 2 - 1]), held_ms(holds[pos * 2]))
+  local at = cd_at[e.name]
+  local cd = math.max(held_ms(flags[at]), held_ms(flags[at + 1]))
   if cd > 0 then
     if not hold or cd < hold then hold = cd end
   else
-    local rq, tk = prune(e.name, model, now)
-    local count = redis.call('ZCARD', rq)
-    local tsum = tonumber(redis.call('HGET', tk, 'sum') or '0')
-    local dcount = tonumber(redis.call('GET', day_key(e.name, model, day)) or '0')
-    local why = nil
-    if dcount >= e.rpd then
-      why = {3, e.rpd, math.max(next_mid - now, 1)}
-    else
-      if count >= e.rpm then
-        local r = redis.call('ZRANGE', rq, count - e.rpm, count - e.rpm, 'WITHSCORES')
-        why = {1, e.rpm, math.max(tonumber(r[2]) + 60000 - now, 1)}
-      end
-      if tsum + tokens > e.tpm then
-        local need, freed, wait = tsum + tokens - e.tpm, 0, 60000
-        local ids = redis.call('ZRANGE', rq, 0, -1, 'WITHSCORES')
-        for j = 1, #ids, 2 do
-          freed = freed + (tonumber(redis.call('HGET', tk, ids[j])) or 0)
-          if freed >= need then wait = math.max(tonumber(ids[j + 1]) + 60000 - now, 1); break end
-        end
-        if not why or wait > why[3] then why = {2, e.tpm, wait} end
-      end
+    live[#live + 1] = e
+    day_keys[#day_keys + 1] = day_key(e.name, model, day)
+  end
+end
+local days = {}
+if #live > 0 then days = redis.call('MGET', unpack(day_keys)) end
+
+local refused, open = nil, {}
+for pos = 1, #live do
+  local e = live[pos]
+  local rq, tk = prune(e.name, model, now)
+  local count = redis.call('ZCARD', rq)
+  local st = redis.call('HMGET', tk, 'sum', 'exp')
+  local tsum = tonumber(st[1] or '0')
+  e.exp = tonumber(st[2] or '0')
+  local dcount = tonumber(days[pos] or '0')
+  local why = nil
+  if dcount >= e.rpd then
+    why = {3, e.rpd, math.max(next_mid - now, 1)}
+  else
+    if count >= e.rpm then
+      local r = redis.call('ZRANGE', rq, count - e.rpm, count - e.rpm, 'WITHSCORES')
+      why = {1, e.rpm, math.max(tonumber(r[2]) + 60000 - now, 1)}
     end
-    if why then
-      if not refused or why[3] < refused[3] then refused = why end
-    else
-      local h = math.min((e.rpm - count - 1) / e.rpm, (e.tpm - tsum - tokens) / e.tpm,
-                         (e.rpd - dcount - 1) / e.rpd)
-      open[#open + 1] = {e = e, h = h, count = count, tsum = tsum}
+    if tsum + tokens > e.tpm then
+      local need, freed, wait = tsum + tokens - e.tpm, 0, 60000
+      local ids = redis.call('ZRANGE', rq, 0, -1, 'WITHSCORES')
+      for j = 1, #ids, 2 do
+        freed = freed + (tonumber(redis.call('HGET', tk, ids[j])) or 0)
+        if freed >= need then wait = math.max(tonumber(ids[j + 1]) + 60000 - now, 1); break end
+      end
+      if not why or wait > why[3] then why = {2, e.tpm, wait} end
     end
+  end
+  if why then
+    if not refused or why[3] < refused[3] then refused = why end
+  else
+    local h = math.min((e.rpm - count - 1) / e.rpm, (e.tpm - tsum - tokens) / e.tpm,
+                       (e.rpd - dcount - 1) / e.rpd)
+    open[#open + 1] = {e = e, h = h, count = count, tsum = tsum}
   end
 end
 
@@ -125,13 +142,19 @@ end
 redis.call('ZADD', rq, now, id)
 redis.call('HSET', tk, id, tokens)
 redis.call('HINCRBY', tk, 'sum', tokens)
-redis.call('PEXPIRE', rq, 120000)
-redis.call('PEXPIRE', tk, 120000)
+-- The window's keys must outlive their newest entry by 60 s: they expire 120 s after a
+-- refresh, refreshed when less than 60 s of that is left (so about once a minute, not per call).
+if e.exp < now + 60000 then
+  redis.call('HSET', tk, 'exp', now + 120000)
+  redis.call('PEXPIRE', rq, 120000)
+  redis.call('PEXPIRE', tk, 120000)
+end
 local dk = day_key(e.name, model, day)
 if redis.call('INCR', dk) == 1 then
   redis.call('PEXPIRE', dk, math.max(next_mid - now, 1) + 60000)
-end
-if redis.call('SADD', pairs_key, e.name .. '|' .. model) == 1 then
-  redis.call('PEXPIRE', pairs_key, 172800000)
+  -- A new day count: make sure the status page lists this pair.
+  if redis.call('SADD', pairs_key, e.name .. '|' .. model) == 1 then
+    redis.call('PEXPIRE', pairs_key, 172800000)
+  end
 end
 return {1, cand, id, e.rpm - best.count - 1, e.tpm - best.tsum - tokens}
