@@ -436,7 +436,7 @@ async fn main() {
 
     let upstream = start_fake();
     wait_port(upstream);
-    let (redis_port, _redis) = start_redis();
+    let (redis_port, redis_proc) = start_redis();
     let (mem_port, mem_proc) = start_proxy(upstream, None);
     let (red_port, red_proc) =
         start_proxy(upstream, Some(&format!("redis://127.0.0.1:{redis_port}")));
@@ -482,8 +482,11 @@ async fn main() {
     let mem = wrk_cpu(mem_port, conns, secs, &script, Some(mem_proc.0.id()));
     row("proxy, memory store", &mem);
     let calls_before = evalsha_calls(redis_port);
+    let redis_ticks = cpu_ticks(redis_proc.0.id());
     let red = wrk_cpu(red_port, conns, secs, &script, Some(red_proc.0.id()));
     let calls = evalsha_calls(redis_port) - calls_before;
+    let redis_cpu_us =
+        (cpu_ticks(redis_proc.0.id()) - redis_ticks) as f64 * 10_000.0 / red.requests.max(1) as f64;
     row("proxy, redis store", &red);
     println!();
     println!(
@@ -500,7 +503,7 @@ async fn main() {
         );
     }
     println!(
-        "redis round trips (EVALSHA) per request: {:.3}",
+        "redis round trips (EVALSHA) per request: {:.3}; redis-server CPU per request: {redis_cpu_us:.1} us",
         calls as f64 / red.requests.max(1) as f64
     );
     println!(
