@@ -192,8 +192,9 @@ fn start_nginx(upstream: u16, dir: &std::path::Path) -> Option<(u16, Proc)> {
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())?;
     let port = free_port();
+    // One process doing the work of one worker (no master): killing it leaves no orphan.
     let conf = format!(
-        "worker_processes 1;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\ndaemon off;\n\
+        "master_process off;\nworker_processes 1;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\ndaemon off;\n\
 events {{ worker_connections 4096; }}\n\
 http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
   upstream gemini {{ server 127.0.0.1:{upstream}; keepalive 256; }}\n\

@@ -15,6 +15,9 @@ local now = now_ms(ARGV[8])
 local n = tonumber(ARGV[9])
 local day = math.floor((now + offset) / 86400000)
 if next_mid <= now then next_mid = (day + 1) * 86400000 - offset end
+-- Numbers used in key names and arguments, turned into strings once (each conversion costs
+-- about as much as a command).
+local day_s, cut = tostring(day), tostring(now - 60000)
 
 -- One MGET for every disabled-key flag, then every cooldown (this model, and the whole project).
 -- Projects are known only after the flags are read, so cooldowns of every candidate's project
@@ -65,7 +68,7 @@ for pos = 1, #projects do
     if not hold or cd < hold then hold = cd end
   else
     live[#live + 1] = e
-    day_keys[#day_keys + 1] = day_key(e.name, model, day)
+    day_keys[#day_keys + 1] = day_key(e.name, model, day_s)
   end
 end
 local days = {}
@@ -74,7 +77,7 @@ if #live > 0 then days = redis.call('MGET', unpack(day_keys)) end
 local refused, open = nil, {}
 for pos = 1, #live do
   local e = live[pos]
-  local rq, tk = prune(e.name, model, now)
+  local rq, tk = prune(e.name, model, now, cut)
   local count = redis.call('ZCARD', rq)
   local st = redis.call('HMGET', tk, 'sum', 'exp')
   local tsum = tonumber(st[1] or '0')
@@ -139,9 +142,10 @@ if id % 1024 == 1 then
   redis.call('PEXPIRE', seq, 172800000)
   redis.call('PEXPIRE', pairs_key, 172800000)
 end
-redis.call('ZADD', rq, now, id)
-redis.call('HSET', tk, id, tokens)
-redis.call('HINCRBY', tk, 'sum', tokens)
+local id_s = tostring(id)
+redis.call('ZADD', rq, now, id_s)
+redis.call('HSET', tk, id_s, ARGV[3])
+redis.call('HINCRBY', tk, 'sum', ARGV[3])
 -- The window's keys must outlive their newest entry by 60 s: they expire 120 s after a
 -- refresh, refreshed when less than 60 s of that is left (so about once a minute, not per call).
 if e.exp < now + 60000 then
@@ -149,7 +153,7 @@ if e.exp < now + 60000 then
   redis.call('PEXPIRE', rq, 120000)
   redis.call('PEXPIRE', tk, 120000)
 end
-local dk = day_key(e.name, model, day)
+local dk = day_key(e.name, model, day_s)
 if redis.call('INCR', dk) == 1 then
   redis.call('PEXPIRE', dk, math.max(next_mid - now, 1) + 60000)
   -- A new day count: make sure the status page lists this pair.

@@ -15,17 +15,19 @@ local function bucket(project, model)
   return b .. ':rq', b .. ':tk'
 end
 
--- Drop admissions 60 s old or older; the window is (now - 60 s, now].
-local function prune(project, model, now)
+-- Drop admissions 60 s old or older; the window is (now - 60 s, now]. `cut`, the string of
+-- now - 60 s, may be passed in: turning a number into a string costs more than the command.
+local function prune(project, model, now, cut)
+  cut = cut or tostring(now - 60000)
   local rq, tk = bucket(project, model)
-  local old = redis.call('ZRANGEBYSCORE', rq, '-inf', now - 60000)
+  local old = redis.call('ZRANGEBYSCORE', rq, '-inf', cut)
   if #old > 0 then
     local sum = 0
     for i = 1, #old do
       sum = sum + (tonumber(redis.call('HGET', tk, old[i])) or 0)
       redis.call('HDEL', tk, old[i])
     end
-    redis.call('ZREMRANGEBYSCORE', rq, '-inf', now - 60000)
+    redis.call('ZREMRANGEBYSCORE', rq, '-inf', cut)
     redis.call('HINCRBY', tk, 'sum', -sum)
   end
   return rq, tk
