@@ -50,9 +50,15 @@ pub fn build_client(cfg: &Config) -> HttpClient {
     http.set_nodelay(true);
     http.set_connect_timeout(Some(cfg.connect_timeout));
     http.enforce_http(false);
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("the ring provider supports the default TLS versions")
+    .with_root_certificates(trust_roots())
+    .with_no_client_auth();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .expect("the ring provider supports the default TLS versions")
+        .with_tls_config(tls)
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(http);
@@ -62,6 +68,22 @@ pub fn build_client(cfg: &Config) -> HttpClient {
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .build(https)
+}
+
+/// Mozilla's roots (built in, so a bare container works) plus the system's store (so a
+/// corporate TLS-inspecting gateway's CA, installed the usual way, is trusted too).
+fn trust_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let native = rustls_native_certs::load_native_certs();
+    let (added, unparsable) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(
+        system_roots = added,
+        unparsable,
+        errors = native.errors.len(),
+        "TLS trust roots loaded"
+    );
+    roots
 }
 
 fn is_credential_param(param: &str) -> bool {
