@@ -137,28 +137,26 @@ local rq, tk = bucket(e.name, model)
 local seq = P .. ':seq'
 local id = redis.call('INCR', seq)
 local pairs_key = P .. ':pairs'
--- Long-lived bookkeeping keys get their expiry refreshed now and then, not on every call.
-if id % 1024 == 1 then
-  redis.call('PEXPIRE', seq, 172800000)
-  redis.call('PEXPIRE', pairs_key, 172800000)
-end
+-- The id counter's expiry is refreshed now and then, not on every call (a new counter starts
+-- at 1, so it gets one at once).
+if id % 1024 == 1 then redis.call('PEXPIRE', seq, 172800000) end
 local id_s = tostring(id)
 redis.call('ZADD', rq, now, id_s)
 redis.call('HSET', tk, id_s, ARGV[3])
 redis.call('HINCRBY', tk, 'sum', ARGV[3])
 -- The window's keys must outlive their newest entry by 60 s: they expire 120 s after a
--- refresh, refreshed when less than 60 s of that is left (so about once a minute, not per call).
-if e.exp < now + 60000 then
+-- refresh, refreshed when 60 s or less of that is left (about once a minute, not per call), or
+-- when the sorted set was empty (Redis deleted it; ZADD just made it anew, without expiry).
+local dk = day_key(e.name, model, day_s)
+local new_day = redis.call('INCR', dk) == 1
+if new_day then redis.call('PEXPIRE', dk, math.max(next_mid - now, 1) + 60000) end
+if new_day or best.count == 0 or e.exp <= now + 60000 then
   redis.call('HSET', tk, 'exp', now + 120000)
   redis.call('PEXPIRE', rq, 120000)
   redis.call('PEXPIRE', tk, 120000)
-end
-local dk = day_key(e.name, model, day_s)
-if redis.call('INCR', dk) == 1 then
-  redis.call('PEXPIRE', dk, math.max(next_mid - now, 1) + 60000)
-  -- A new day count: make sure the status page lists this pair.
-  if redis.call('SADD', pairs_key, e.name .. '|' .. model) == 1 then
-    redis.call('PEXPIRE', pairs_key, 172800000)
-  end
+  -- The status page and admin resets find pairs in this set: keep this one in it (the set
+  -- may have expired or been evicted since the pair's day began).
+  redis.call('SADD', pairs_key, e.name .. '|' .. model)
+  redis.call('PEXPIRE', pairs_key, 172800000)
 end
 return {1, cand, id, e.rpm - best.count - 1, e.tpm - best.tsum - tokens}
