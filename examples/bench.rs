@@ -1,5 +1,6 @@
 //! The benchmark: in ONE run on loopback, the fake Gemini upstream directly, the proxy with the
-//! memory store, the proxy with the Redis store, and nginx as a plain forwarding proxy, all under
+//! memory store, the proxy with the Redis store, nginx as a plain forwarding proxy and a bare
+//! hyper forwarder (`examples/forwarder.rs`, the proxy's HTTP stack without its work), all under
 //! the same wrk load; then added latency at concurrency 1, RSS, Redis calls per request, time to
 //! first SSE event, and a 100 MB stream through the proxy.
 //!
@@ -167,6 +168,26 @@ fn start_proxy(upstream: u16, redis: Option<&str>) -> (u16, Proc) {
     let child = cmd.spawn().unwrap();
     wait_port(port);
     (port, Proc(child))
+}
+
+/// The bare hyper forwarder (`examples/forwarder.rs`): the stack's own cost.
+fn start_forwarder(upstream: u16) -> Option<(u16, Proc)> {
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/examples/forwarder");
+    if !bin.exists() {
+        eprintln!("no forwarder reference: cargo build --release --example forwarder");
+        return None;
+    }
+    let port = free_port();
+    let child = Command::new(bin)
+        .args([
+            format!("127.0.0.1:{port}"),
+            format!("http://127.0.0.1:{upstream}"),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .ok()?;
+    wait_port(port);
+    Some((port, Proc(child)))
 }
 
 fn start_redis() -> (u16, Proc) {
@@ -442,6 +463,7 @@ async fn main() {
     let (red_port, red_proc) =
         start_proxy(upstream, Some(&format!("redis://127.0.0.1:{redis_port}")));
     let nginx = start_nginx(upstream, &dir);
+    let forwarder = start_forwarder(upstream);
 
     println!(
         "machine: {} cores, {}",
@@ -459,6 +481,7 @@ async fn main() {
         Some(mem_port),
         Some(red_port),
         nginx.as_ref().map(|n| n.0),
+        forwarder.as_ref().map(|f| f.0),
     ]
     .into_iter()
     .flatten()
@@ -479,6 +502,12 @@ async fn main() {
         .map(|n| wrk_cpu(n.0, conns, secs, &script, Some(n.1.0.id())));
     if let Some(l) = &nginx_load {
         row("nginx (1 worker)", l);
+    }
+    let forwarder_load = forwarder
+        .as_ref()
+        .map(|f| wrk_cpu(f.0, conns, secs, &script, Some(f.1.0.id())));
+    if let Some(l) = &forwarder_load {
+        row("bare hyper forwarder", l);
     }
     let mem = wrk_cpu(mem_port, conns, secs, &script, Some(mem_proc.0.id()));
     row("proxy, memory store", &mem);
@@ -501,6 +530,13 @@ async fn main() {
             "                   memory/nginx {:.2}, redis/nginx {:.2}",
             mem.rps / n.rps,
             red.rps / n.rps
+        );
+    }
+    if let Some(f) = &forwarder_load {
+        println!(
+            "                   memory/bare hyper forwarder {:.2} (CPU per request {:.2}x)",
+            mem.rps / f.rps,
+            mem.cpu_us / f.cpu_us
         );
     }
     println!(
