@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::body::{Body as HttpBody, Frame, Incoming};
 use memchr::memmem;
 use tokio::time::{Instant, Sleep};
 
@@ -263,16 +263,10 @@ impl HttpBody for ProxyBody {
         }
     }
 
+    // No size hint: the upstream's content-length header, passed on, tells the client; an
+    // exact hint that disagreed with it (a 304's empty body) would trip hyper's checks.
     fn is_end_stream(&self) -> bool {
         self.done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        if self.done {
-            SizeHint::with_exact(0)
-        } else {
-            self.inner.size_hint()
-        }
     }
 }
 

@@ -613,6 +613,17 @@ fn secs_or_zero(name: &str, v: f64) -> Result<Duration, ConfigError> {
 
 fn check_url(name: &str, url: &str) -> Result<String, ConfigError> {
     let url = url.trim().trim_end_matches('/');
+    if url
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.split('/').next().unwrap_or("").contains('@'))
+    {
+        // Not echoed: the part before @ is a credential.
+        return Err(bad(
+            name,
+            "credentials in the URL (user:password@host) are not supported; the upstream \
+             client would not send them",
+        ));
+    }
     match url.parse::<http::Uri>() {
         Ok(u)
             if matches!(u.scheme_str(), Some("http") | Some("https"))
@@ -778,6 +789,23 @@ mod tests {
             .unwrap_err();
             assert!(e.to_string().contains(var), "{var}: {e}");
         }
+    }
+
+    #[test]
+    fn upstream_url_with_credentials_is_refused_without_echoing_them() {
+        let e = Config::load(&env(&[
+            ("GEMINI_API_KEY", "k"),
+            ("PROXY_CLIENT_KEYS", "c"),
+            (
+                "GEMINI_UPSTREAM_URL",
+                "https://gw:Sup3rSecret@gw.example/gemini",
+            ),
+        ]))
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("GEMINI_UPSTREAM_URL"), "{text}");
+        assert!(text.contains("credentials"), "{text}");
+        assert!(!text.contains("Sup3rSecret"), "{text}");
     }
 
     #[test]

@@ -230,6 +230,12 @@ async fn forward_with_retries(
                 backoff(attempt, deadline).await;
                 continue;
             }
+            Ok(Err(e)) if upstream::is_timeout(&e) => {
+                return Err(ApiError::GatewayTimeout(format!(
+                    "the Gemini API did not answer in time: {}",
+                    upstream::describe_error(&e)
+                )));
+            }
             Ok(Err(e)) => {
                 return Err(ApiError::BadGateway(format!(
                     "the Gemini API could not be reached: {}",

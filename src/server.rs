@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -38,13 +37,6 @@ fn oversized_headers(headers: &http::HeaderMap) -> Option<Response> {
         ))
         .into_response()
     })
-}
-
-async fn limit_headers(req: Request, next: Next) -> Response {
-    match oversized_headers(req.headers()) {
-        Some(refusal) => refusal,
-        None => next.run(req).await,
-    }
 }
 
 /// Where the Gemini surface starts: everything under these is forwarded.
@@ -116,7 +108,7 @@ async fn dispatch(
     hyper::service::Service::call(&TowerToHyperService::new(router), req).await
 }
 
-/// Every route of the proxy.
+/// Every route of the proxy (`dispatch` checks the header size before any of them).
 pub fn app(state: Arc<AppState>) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(status::healthz))
@@ -128,10 +120,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     if let Some(prefix) = &state.config.path_prefix {
         router = router.nest(prefix, gemini_routes());
     }
-    router
-        .fallback(proxy::not_found)
-        .layer(axum::middleware::from_fn(limit_headers))
-        .with_state(state)
+    router.fallback(proxy::not_found).with_state(state)
 }
 
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 113\r\n\r\n{\"error\":{\"code\":503,\"message\":\"The proxy has too many open connections; retry shortly.\",\"status\":\"UNAVAILABLE\"}}";

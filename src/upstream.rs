@@ -40,7 +40,54 @@ const HOP_BY_HOP: &[&str] = &[
 const CREDENTIAL_HEADERS: &[&str] = &["x-goog-api-key", "authorization"];
 
 /// The pooled client to the upstream: HTTP/1.1, or HTTP/2 when TLS negotiates it.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type HttpClient = Client<Timed<HttpsConnector<HttpConnector>>, Full<Bytes>>;
+
+/// A connector bounded as a whole, TCP and TLS handshake together (the TCP connector's own
+/// timeout stops at the socket, and a handshake that stalls would otherwise hold a request
+/// until its overall timeout).
+#[derive(Clone)]
+pub struct Timed<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<C> tower_service::Service<Uri> for Timed<C>
+where
+    C: tower_service::Service<Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(done) => done.map_err(Into::into),
+                Err(_) => Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no connection (TCP and TLS) within {}s",
+                        timeout.as_secs_f64()
+                    ),
+                )) as BoxError),
+            }
+        })
+    }
+}
 
 /// hyper's client straight, not a higher-level one: per request it does no URL parsing, no
 /// redirect policy and no extra service layers (they were a third of the proxy's CPU time).
@@ -49,6 +96,11 @@ pub fn build_client(cfg: &Config) -> HttpClient {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(cfg.connect_timeout));
+    // A long generation leaves the connection silent for minutes: keepalive probes keep NAT
+    // and firewall state alive and find dead peers.
+    http.set_keepalive(Some(Duration::from_secs(15)));
+    http.set_keepalive_interval(Some(Duration::from_secs(15)));
+    http.set_keepalive_retries(Some(3));
     http.enforce_http(false);
     let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -62,12 +114,16 @@ pub fn build_client(cfg: &Config) -> HttpClient {
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(http);
+    let connector = Timed {
+        inner: https,
+        timeout: cfg.connect_timeout,
+    };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .build(https)
+        .build(connector)
 }
 
 /// Mozilla's roots (built in, so a bare container works) plus the system's store (so a
@@ -224,6 +280,20 @@ pub fn build_request(
     *req.uri_mut() = upstream.url(path, query)?;
     *req.headers_mut() = out;
     Some(req)
+}
+
+/// Whether an upstream client error comes from a timeout (connecting included).
+pub fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// An upstream client error with its causes ("client error (Connect): tcp connect error:

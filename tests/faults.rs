@@ -457,6 +457,36 @@ async fn a_slow_upstream_gets_504_at_the_request_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_that_stalls_is_cut_at_the_connect_timeout_with_504() {
+    // An HTTPS "upstream" that accepts TCP and then says nothing: the TLS handshake never ends.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming() {
+            held.push(s);
+        }
+    });
+    let proxy = start_proxy(
+        &url,
+        ProxyOpts::keys(&KEYS).toml(
+            "[upstream]\nconnect_timeout_secs = 1\nrequest_timeout_secs = 30\nmax_attempts = 1\n",
+        ),
+    )
+    .await;
+    let t = Instant::now();
+    let r = generate(&proxy.url, "gemini-2.5-flash", "x").await;
+    assert_eq!(r.status(), 504);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "the connect timeout did not cover the handshake: {:?}",
+        t.elapsed()
+    );
+    let body = json_of(r).await;
+    assert_eq!(body["error"]["status"], "DEADLINE_EXCEEDED", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_resets_are_retried_then_answered_502_in_googles_envelope() {
     // An "upstream" that accepts and slams every connection shut.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

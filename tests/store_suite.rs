@@ -515,7 +515,11 @@ async fn redis_recreated_window_and_lost_pairs_set_recover() {
     let r = req(1, vec![cand(0, "p", limits(1000, 1_000_000, 100_000))]);
     assert!(admitted(&h, &r).await);
     let keys = server.cli(&["KEYS", "*:p:*:rq"]).unwrap();
-    let rq = keys.lines().find(|l| l.ends_with(":rq")).unwrap().to_string();
+    let rq = keys
+        .lines()
+        .find(|l| l.ends_with(":rq"))
+        .unwrap()
+        .to_string();
     let pairs = server
         .cli(&["KEYS", "*:pairs"])
         .unwrap()
@@ -528,12 +532,19 @@ async fn redis_recreated_window_and_lost_pairs_set_recover() {
     h.clock.advance(1_000);
     assert!(admitted(&h, &r).await);
     let ttl = server.cli(&["PTTL", &rq]).unwrap();
-    assert!(!ttl.trim().starts_with('-'), "{rq} came back without expiry: {ttl}");
+    assert!(
+        !ttl.trim().starts_with('-'),
+        "{rq} came back without expiry: {ttl}"
+    );
     // The pairs set goes mid-day: within a minute the pair is listed again.
     server.cli(&["DEL", &pairs]).unwrap();
     h.clock.advance(61_000);
     assert!(admitted(&h, &r).await);
     let usage = h.store.usage().await.unwrap();
-    assert_eq!(usage.len(), 1, "the pair is missing from the usage: {usage:?}");
+    assert_eq!(
+        usage.len(),
+        1,
+        "the pair is missing from the usage: {usage:?}"
+    );
     assert_eq!(usage[0].2.daily_requests, 3);
 }
