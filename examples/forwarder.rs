@@ -49,7 +49,9 @@ async fn main() {
     let client: Upstream = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(256)
         .build(connector);
-    let listener = tokio::net::TcpListener::bind(&listen).await.expect("listen");
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .expect("listen");
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
