@@ -136,6 +136,8 @@ async fn pipeline(
             cfg.max_body_bytes
         )));
     }
+    // Known from the path already: a request refused from here on is logged with its model.
+    trace.model = route.model.clone();
     let body = read_body(body, cfg.max_body_bytes, cfg.body_read_timeout).await?;
     let est = estimate(&route, &body)?;
     let model = route.model.clone().or_else(|| est.model.clone());

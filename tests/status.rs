@@ -160,6 +160,67 @@ async fn metrics_are_prometheus_text_with_masked_keys_only() {
     }
 }
 
+/// The request counter's labels: model, outcome and masked key, each counted where it belongs
+/// (the counter handles are cached per combination; a wrong slot would show here).
+#[tokio::test]
+async fn request_counters_carry_model_outcome_and_key() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS)).await;
+    let model = "gemini-label-check";
+    for _ in 0..3 {
+        assert_eq!(generate(&proxy.url, model, "x").await.status(), 200);
+    }
+    let bad = http()
+        .post(format!(
+            "{}/v1beta/models/{model}:generateContent",
+            proxy.url
+        ))
+        .header("x-goog-api-key", CLIENT_KEY)
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let text = http()
+        .get(format!("{}/metrics", proxy.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |outcome: &str, key: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with("gqp_requests_total{"))
+            .filter(|l| l.contains(&format!("model=\"{model}\"")))
+            .filter(|l| l.contains(&format!("outcome=\"{outcome}\"")))
+            .filter(|l| l.contains(&format!("key=\"{key}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    // Keys are taken in turn: three answers spread over both masked keys.
+    let masked: Vec<String> = KEYS
+        .iter()
+        .map(|k| format!("{}...{}", &k[..4], &k[k.len() - 4..]))
+        .collect();
+    assert_eq!(
+        count("ok", &masked[0]) + count("ok", &masked[1]),
+        3,
+        "{text}"
+    );
+    assert!(
+        count("ok", &masked[0]) >= 1 && count("ok", &masked[1]) >= 1,
+        "{text}"
+    );
+    assert_eq!(count("client_error", "-"), 1, "{text}");
+    assert_eq!(
+        count("ok", "-") + count("rate_limited", &masked[0]),
+        0,
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn repeated_upstream_failures_are_a_warning_and_a_success_clears_it() {
     let fake = FakeUpstream::start().await;
