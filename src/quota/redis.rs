@@ -10,8 +10,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Script, Value};
 
 use super::{
-    AdmitOutcome, AdmitRequest, Clock, Cooldown, DayCache, DayInfo, KeyState, QuotaStore,
-    Reservation, ResetKind, ResetScope, StoreError, SystemClock, Usage,
+    AdmitOutcome, AdmitRequest, Candidate, Clock, Cooldown, DayCache, DayInfo, KeyState,
+    QuotaStore, Reservation, ResetKind, ResetScope, StoreError, SystemClock, Usage,
 };
 use crate::config::Strategy;
 use crate::error::LimitKind;
@@ -230,10 +230,26 @@ fn int(v: &Value) -> Result<i64, StoreError> {
 impl QuotaStore for RedisStore {
     async fn admit(&self, req: &AdmitRequest) -> Result<AdmitOutcome, StoreError> {
         let di = self.day();
+        let (p, model) = (&self.prefix, &req.model);
+        // Projects in order of first appearance (their limits: their first key's), and each
+        // key's project number. Key names are built here, not in Lua (see admit.lua), exactly
+        // as prelude.lua's `bucket`, `day_key` and `cooldown_key` build them.
+        let mut projects: Vec<&Candidate> = Vec::new();
+        let mut project_of: Vec<usize> = Vec::with_capacity(req.candidates.len());
+        for c in &req.candidates {
+            let at = match projects.iter().position(|f| f.project == c.project) {
+                Some(at) => at,
+                None => {
+                    projects.push(c);
+                    projects.len() - 1
+                }
+            };
+            project_of.push(at + 1);
+        }
         let mut inv = self.admit.prepare_invoke();
         inv.key(self.route_key())
-            .arg(&self.prefix)
-            .arg(&req.model)
+            .arg(p)
+            .arg(model)
             .arg(req.tokens)
             .arg(if req.strategy == Strategy::Ordered {
                 "o"
@@ -244,14 +260,32 @@ impl QuotaStore for RedisStore {
             .arg(di.offset_ms)
             .arg(di.next_midnight_ms)
             .arg(self.now_arg())
-            .arg(req.candidates.len());
+            .arg(di.day)
+            .arg(req.candidates.len())
+            .arg(projects.len());
         for c in &req.candidates {
-            inv.arg(&*c.kid)
-                .arg(&*c.project)
-                .arg(c.limits.minute)
-                .arg(c.limits.token_minute)
-                .arg(c.limits.daily);
+            inv.arg(format!("{p}:dis:{}", c.kid));
         }
+        for f in &projects {
+            inv.arg(format!("{p}:cd:{}:{model}", f.project))
+                .arg(format!("{p}:cd:{}:*", f.project));
+        }
+        for f in &projects {
+            inv.arg(format!("{p}:{}:{model}:day:{}", f.project, di.day));
+        }
+        for at in &project_of {
+            inv.arg(*at);
+        }
+        for f in &projects {
+            inv.arg(f.limits.minute)
+                .arg(f.limits.token_minute)
+                .arg(f.limits.daily)
+                .arg(format!("{p}:{}:{model}:rq", f.project))
+                .arg(format!("{p}:{}:{model}:tk", f.project))
+                .arg(format!("{}|{model}", f.project))
+                .arg(&*f.project);
+        }
+        inv.arg(format!("{p}:seq")).arg(format!("{p}:pairs"));
         let v: Vec<Value> = self.run(inv).await?;
         let code = v.first().map(int).transpose()?.unwrap_or(-1);
         match (code, v.len()) {

@@ -1,7 +1,14 @@
 -- Choose a key whose project has room and reserve one request, `tokens` input tokens and one
 -- daily request, atomically.
--- ARGV: prefix, model, tokens, strategy (h|o), rotation, tz offset ms, next midnight ms,
---       now override ('' = Redis TIME), n, then n x (kid, project, rpm, tpm, rpd).
+--
+-- The proxy names every key this script touches (building a key name in Lua costs about as
+-- much as a command), so ARGV is, with n keys and m projects (in order of first appearance):
+--   1 prefix, 2 model, 3 tokens, 4 strategy (h|o), 5 rotation, 6 tz offset ms,
+--   7 next midnight ms, 8 now override ('' = Redis TIME), 9 the proxy's day number, 10 n, 11 m,
+--   then n disabled-flag keys, then m x (cooldown key for this model, for '*'),
+--   then m day-count keys (for the proxy's day), then n project numbers (1-based, per key),
+--   then m x (rpm, tpm, rpd, window set key, token hash key, 'project|model', project),
+--   then the id counter key and the pairs set key.
 -- Returns {1, candidate index (0-based), id, remaining requests, remaining tokens}
 --      or {0, limit code (1 rpm, 2 tpm, 3 rpd), limit value, retry after ms}
 --      or {2, earliest cooldown end in ms or -1 when every key is disabled}.
@@ -12,101 +19,93 @@ local rotation = tonumber(ARGV[5])
 local offset = tonumber(ARGV[6])
 local next_mid = tonumber(ARGV[7])
 local now = now_ms(ARGV[8])
-local n = tonumber(ARGV[9])
+local n, m = tonumber(ARGV[10]), tonumber(ARGV[11])
 local day = math.floor((now + offset) / 86400000)
 if next_mid <= now then next_mid = (day + 1) * 86400000 - offset end
--- Numbers used in key names and arguments, turned into strings once (each conversion costs
--- about as much as a command).
-local day_s, cut = tostring(day), tostring(now - 60000)
+local cut = tostring(now - 60000)
+-- Where each part of ARGV starts (the part's first element is at base + 1).
+local CD = 11 + n
+local DAY = CD + 2 * m
+local OF = DAY + m
+local PJ = OF + n
+local TAIL = PJ + 7 * m
 
--- One MGET for every disabled-key flag, then every cooldown (this model, and the whole project).
--- Projects are known only after the flags are read, so cooldowns of every candidate's project
--- are fetched; keys of one project share them.
-local flag_keys, seen, names = {}, {}, {}
-for i = 0, n - 1 do
-  flag_keys[#flag_keys + 1] = P .. ':dis:' .. ARGV[10 + i * 5]
-  local project = ARGV[11 + i * 5]
-  if not seen[project] then seen[project] = true; names[#names + 1] = project end
-end
-for p = 1, #names do
-  flag_keys[#flag_keys + 1] = cooldown_key(names[p], model)
-  flag_keys[#flag_keys + 1] = cooldown_key(names[p], '*')
-end
-local flags = redis.call('MGET', unpack(flag_keys))
-
-local projects, by_name = {}, {}
-for i = 0, n - 1 do
-  local b = 10 + i * 5
-  local project = ARGV[b + 1]
-  if not flags[i + 1] then
-    local e = by_name[project]
-    if not e then
-      e = {name = project, keys = {}, rpm = tonumber(ARGV[b + 2]), tpm = tonumber(ARGV[b + 3]),
-           rpd = tonumber(ARGV[b + 4])}
-      projects[#projects + 1] = e
-      by_name[project] = e
-    end
-    e.keys[#e.keys + 1] = i
+-- One MGET for every disabled flag and every cooldown (they are contiguous in ARGV).
+local flags = redis.call('MGET', unpack(ARGV, 12, DAY))
+-- Day counts: the proxy's keys when Redis's clock agrees on the day (always, but for a moment
+-- around midnight), else named here.
+local day_keys = nil
+if day ~= tonumber(ARGV[9]) then
+  day_keys = {}
+  for p = 1, m do
+    day_keys[p] = ARGV[1] .. ':' .. ARGV[PJ + p * 7] .. ':' .. model .. ':day:' .. day
   end
 end
-if #projects == 0 then return {2, -1} end
+local days
+if day_keys then
+  days = redis.call('MGET', unpack(day_keys))
+else
+  days = redis.call('MGET', unpack(ARGV, DAY + 1, DAY + m))
+end
+
 local function held_ms(v)
   if not v then return 0 end
   local until_ms = tonumber(string.match(v, '^(%d+)')) or 0
   return until_ms - now
 end
-local cd_at = {}
-for p = 1, #names do cd_at[names[p]] = n + p * 2 - 1 end
 
--- Projects not on hold: prune their windows, then read every day count in one MGET.
-local hold, live, day_keys = nil, {}, {}
-for pos = 1, #projects do
-  local e = projects[pos]
-  local at = cd_at[e.name]
-  local cd = math.max(held_ms(flags[at]), held_ms(flags[at + 1]))
+-- Projects with an enabled key, in the order of their first enabled key.
+local order, enabled = {}, {}
+for i = 1, n do
+  if not flags[i] then
+    local p = tonumber(ARGV[OF + i])
+    if not enabled[p] then order[#order + 1] = p; enabled[p] = 0 end
+    enabled[p] = enabled[p] + 1
+  end
+end
+if #order == 0 then return {2, -1} end
+
+local hold, refused = nil, nil
+local open, heads, counts, sums, exps = {}, {}, {}, {}, {}
+for _, p in ipairs(order) do
+  local b = PJ + (p - 1) * 7
+  local cd = math.max(held_ms(flags[n + 2 * p - 1]), held_ms(flags[n + 2 * p]))
   if cd > 0 then
     if not hold or cd < hold then hold = cd end
   else
-    live[#live + 1] = e
-    day_keys[#day_keys + 1] = day_key(e.name, model, day_s)
-  end
-end
-local days = {}
-if #live > 0 then days = redis.call('MGET', unpack(day_keys)) end
-
-local refused, open = nil, {}
-for pos = 1, #live do
-  local e = live[pos]
-  local rq, tk = prune(e.name, model, now, cut)
-  local count = redis.call('ZCARD', rq)
-  local st = redis.call('HMGET', tk, 'sum', 'exp')
-  local tsum = tonumber(st[1] or '0')
-  e.exp = tonumber(st[2] or '0')
-  local dcount = tonumber(days[pos] or '0')
-  local why = nil
-  if dcount >= e.rpd then
-    why = {3, e.rpd, math.max(next_mid - now, 1)}
-  else
-    if count >= e.rpm then
-      local r = redis.call('ZRANGE', rq, count - e.rpm, count - e.rpm, 'WITHSCORES')
-      why = {1, e.rpm, math.max(tonumber(r[2]) + 60000 - now, 1)}
-    end
-    if tsum + tokens > e.tpm then
-      local need, freed, wait = tsum + tokens - e.tpm, 0, 60000
-      local ids = redis.call('ZRANGE', rq, 0, -1, 'WITHSCORES')
-      for j = 1, #ids, 2 do
-        freed = freed + (tonumber(redis.call('HGET', tk, ids[j])) or 0)
-        if freed >= need then wait = math.max(tonumber(ids[j + 1]) + 60000 - now, 1); break end
+    local rpm, tpm, rpd = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+    local rq, tk = ARGV[b + 4], ARGV[b + 5]
+    prune_keys(rq, tk, cut)
+    local count = redis.call('ZCARD', rq)
+    local st = redis.call('HMGET', tk, 'sum', 'exp')
+    local tsum = tonumber(st[1] or '0')
+    local dcount = tonumber(days[p] or '0')
+    local why = nil
+    if dcount >= rpd then
+      why = {3, rpd, math.max(next_mid - now, 1)}
+    else
+      if count >= rpm then
+        local r = redis.call('ZRANGE', rq, count - rpm, count - rpm, 'WITHSCORES')
+        why = {1, rpm, math.max(tonumber(r[2]) + 60000 - now, 1)}
       end
-      if not why or wait > why[3] then why = {2, e.tpm, wait} end
+      if tsum + tokens > tpm then
+        local need, freed, wait = tsum + tokens - tpm, 0, 60000
+        local ids = redis.call('ZRANGE', rq, 0, -1, 'WITHSCORES')
+        for j = 1, #ids, 2 do
+          freed = freed + (tonumber(redis.call('HGET', tk, ids[j])) or 0)
+          if freed >= need then wait = math.max(tonumber(ids[j + 1]) + 60000 - now, 1); break end
+        end
+        if not why or wait > why[3] then why = {2, tpm, wait} end
+      end
     end
-  end
-  if why then
-    if not refused or why[3] < refused[3] then refused = why end
-  else
-    local h = math.min((e.rpm - count - 1) / e.rpm, (e.tpm - tsum - tokens) / e.tpm,
-                       (e.rpd - dcount - 1) / e.rpd)
-    open[#open + 1] = {e = e, h = h, count = count, tsum = tsum}
+    if why then
+      if not refused or why[3] < refused[3] then refused = why end
+    else
+      open[#open + 1] = p
+      heads[p] = math.min((rpm - count - 1) / rpm, (tpm - tsum - tokens) / tpm,
+                          (rpd - dcount - 1) / rpd)
+      counts[p], sums[p], exps[p] = count, tsum, tonumber(st[2] or '0')
+    end
   end
 end
 
@@ -125,18 +124,26 @@ if strategy == 'o' then
 else
   local start = rotation % #open
   for k = 0, #open - 1 do
-    local c = open[(start + k) % #open + 1]
-    if not best or c.h > best.h then best = c end
+    local p = open[(start + k) % #open + 1]
+    if not best or heads[p] > heads[best] then best = p end
   end
 end
-local e = best.e
-local cand = e.keys[1]
-if strategy ~= 'o' then cand = e.keys[(rotation % #e.keys) + 1] end
+-- The key: the project's first enabled key, or (headroom) the next in turn among them.
+local want = 1
+if strategy ~= 'o' then want = rotation % enabled[best] + 1 end
+local cand, seen = 0, 0
+for i = 1, n do
+  if not flags[i] and tonumber(ARGV[OF + i]) == best then
+    seen = seen + 1
+    if seen == want then cand = i - 1; break end
+  end
+end
 
-local rq, tk = bucket(e.name, model)
-local seq = P .. ':seq'
+local b = PJ + (best - 1) * 7
+local rpm, tpm = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+local rq, tk = ARGV[b + 4], ARGV[b + 5]
+local seq, pairs_key = ARGV[TAIL + 1], ARGV[TAIL + 2]
 local id = redis.call('INCR', seq)
-local pairs_key = P .. ':pairs'
 -- The id counter's expiry is refreshed now and then, not on every call (a new counter starts
 -- at 1, so it gets one at once).
 if id % 1024 == 1 then redis.call('PEXPIRE', seq, 172800000) end
@@ -147,16 +154,17 @@ redis.call('HINCRBY', tk, 'sum', ARGV[3])
 -- The window's keys must outlive their newest entry by 60 s: they expire 120 s after a
 -- refresh, refreshed when 60 s or less of that is left (about once a minute, not per call), or
 -- when the sorted set was empty (Redis deleted it; ZADD just made it anew, without expiry).
-local dk = day_key(e.name, model, day_s)
+local dk = ARGV[DAY + best]
+if day_keys then dk = day_keys[best] end
 local new_day = redis.call('INCR', dk) == 1
 if new_day then redis.call('PEXPIRE', dk, math.max(next_mid - now, 1) + 60000) end
-if new_day or best.count == 0 or e.exp <= now + 60000 then
+if new_day or counts[best] == 0 or exps[best] <= now + 60000 then
   redis.call('HSET', tk, 'exp', now + 120000)
   redis.call('PEXPIRE', rq, 120000)
   redis.call('PEXPIRE', tk, 120000)
   -- The status page and admin resets find pairs in this set: keep this one in it (the set
   -- may have expired or been evicted since the pair's day began).
-  redis.call('SADD', pairs_key, e.name .. '|' .. model)
+  redis.call('SADD', pairs_key, ARGV[b + 6])
   redis.call('PEXPIRE', pairs_key, 172800000)
 end
-return {1, cand, id, e.rpm - best.count - 1, e.tpm - best.tsum - tokens}
+return {1, cand, id, rpm - counts[best] - 1, tpm - sums[best] - tokens}

@@ -1,7 +1,9 @@
 -- Shared by every script: the clock and the sliding-window pruning of one (project, model).
 -- All keys start with ARGV[1], a prefix holding one {hash tag}, so a script touches one slot.
 -- A (project, model) has two keys: `rq`, a sorted set of admission ids scored by time, and
--- `tk`, a hash of id -> reserved tokens plus the field `sum`, their total.
+-- `tk`, a hash of id -> reserved tokens plus the fields `sum`, their total, and `exp`, when the
+-- pair's keys expire. The admission script gets these names ready-made from
+-- `RedisStore::admit` (src/quota/redis.rs), which must build them exactly as below.
 local P = ARGV[1]
 
 local function now_ms(override)
@@ -15,11 +17,9 @@ local function bucket(project, model)
   return b .. ':rq', b .. ':tk'
 end
 
--- Drop admissions 60 s old or older; the window is (now - 60 s, now]. `cut`, the string of
--- now - 60 s, may be passed in: turning a number into a string costs more than the command.
-local function prune(project, model, now, cut)
-  cut = cut or tostring(now - 60000)
-  local rq, tk = bucket(project, model)
+-- Drop admissions 60 s old or older from a window; the window is (now - 60 s, now]. `cut` is
+-- the string of now - 60 s (turning a number into a string costs more than a command).
+local function prune_keys(rq, tk, cut)
   local old = redis.call('ZRANGEBYSCORE', rq, '-inf', cut)
   if #old > 0 then
     local sum = 0
@@ -30,6 +30,11 @@ local function prune(project, model, now, cut)
     redis.call('ZREMRANGEBYSCORE', rq, '-inf', cut)
     redis.call('HINCRBY', tk, 'sum', -sum)
   end
+end
+
+local function prune(project, model, now)
+  local rq, tk = bucket(project, model)
+  prune_keys(rq, tk, tostring(now - 60000))
   return rq, tk
 end
 
