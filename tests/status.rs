@@ -145,14 +145,7 @@ async fn metrics_are_prometheus_text_with_masked_keys_only() {
         .text()
         .await
         .unwrap();
-    let text = http()
-        .get(format!("{}/metrics", proxy.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&proxy.url).await;
     assert!(text.contains("gqp_requests_total"), "{text}");
     assert!(text.contains("gqp_proxy_overhead_seconds"));
     for k in KEYS {
@@ -182,14 +175,7 @@ async fn request_counters_carry_model_outcome_and_key() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
-    let text = http()
-        .get(format!("{}/metrics", proxy.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&proxy.url).await;
     let count = |outcome: &str, key: &str| -> u64 {
         text.lines()
             .filter(|l| l.starts_with("gqp_requests_total{"))

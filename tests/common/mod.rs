@@ -164,6 +164,18 @@ pub async fn quota_status(proxy: &str, cred: &str) -> (u16, Value) {
     (r.status().as_u16(), json_of(r).await)
 }
 
+/// The proxy's Prometheus text.
+pub async fn metrics_text(proxy: &str) -> String {
+    http()
+        .get(format!("{proxy}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub async fn json_of(resp: reqwest::Response) -> Value {
     let text = resp.text().await.unwrap();
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
