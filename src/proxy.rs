@@ -140,8 +140,11 @@ async fn pipeline(
     trace.model = route.model.clone();
     let body = read_body(body, cfg.max_body_bytes, cfg.body_read_timeout).await?;
     let est = estimate(&route, &body)?;
-    let model = route.model.clone().or_else(|| est.model.clone());
-    trace.model = model.clone();
+    // OpenAI-compatible calls name the model in the body.
+    if trace.model.is_none() {
+        trace.model = est.model.clone();
+    }
+    let model = trace.model.clone();
     trace.tokens = est.tokens;
 
     // Key affinity: a resource lives in the project of the key that created it.
