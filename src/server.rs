@@ -39,7 +39,8 @@ fn oversized_headers(headers: &http::HeaderMap) -> Option<Response> {
     })
 }
 
-/// Where the Gemini surface starts: everything under these is forwarded.
+/// Where the Gemini surface starts: everything under these (and under `server.path_prefix`
+/// followed by these) is forwarded.
 const GEMINI_ROOTS: [&str; 4] = ["/v1beta/", "/v1/", "/upload/v1beta/", "/upload/v1/"];
 
 /// A path the proxy forwards (a root and something after it).
@@ -47,15 +48,6 @@ fn is_gemini_path(path: &str) -> bool {
     GEMINI_ROOTS
         .iter()
         .any(|root| path.len() > root.len() && path.starts_with(root))
-}
-
-/// The Gemini surface: everything the proxy forwards.
-fn gemini_routes() -> Router<Arc<AppState>> {
-    let mut router = Router::new();
-    for root in GEMINI_ROOTS {
-        router = router.route(&format!("{root}{{*rest}}"), any(proxy::handle));
-    }
-    router
 }
 
 /// `/prefix/v1beta/...` → `/v1beta/...`, keeping the original URI for the handler (as the
@@ -108,19 +100,17 @@ async fn dispatch(
     hyper::service::Service::call(&TowerToHyperService::new(router), req).await
 }
 
-/// Every route of the proxy (`dispatch` checks the header size before any of them).
+/// The proxy's own endpoints. Gemini paths never reach this router: `dispatch` sends them to
+/// the handler directly (and checks the header size of every request first).
 pub fn app(state: Arc<AppState>) -> Router {
-    let mut router = Router::new()
+    Router::new()
         .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz))
         .route("/metrics", get(status::metrics))
         .route("/api/ai/quota-status/", any(status::quota_status))
         .route("/api/ai/quota-status", any(status::quota_status))
-        .merge(gemini_routes());
-    if let Some(prefix) = &state.config.path_prefix {
-        router = router.nest(prefix, gemini_routes());
-    }
-    router.fallback(proxy::not_found).with_state(state)
+        .fallback(proxy::not_found)
+        .with_state(state)
 }
 
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 113\r\n\r\n{\"error\":{\"code\":503,\"message\":\"The proxy has too many open connections; retry shortly.\",\"status\":\"UNAVAILABLE\"}}";
