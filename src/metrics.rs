@@ -137,14 +137,11 @@ impl Metrics {
         counter!("gqp_retries_total", "reason" => why).increment(1);
     }
 
-    pub fn store_call(&self, op: &'static str, took: Duration, ok: bool) {
-        if op == "admit" {
-            self.admit.record(took.as_secs_f64());
-        } else {
-            histogram!("gqp_store_duration_seconds", "op" => op).record(took.as_secs_f64());
-        }
+    /// One admission call to the quota store (the only store call on the request path).
+    pub fn store_admit(&self, took: Duration, ok: bool) {
+        self.admit.record(took.as_secs_f64());
         if !ok {
-            counter!("gqp_store_errors_total", "op" => op).increment(1);
+            counter!("gqp_store_errors_total", "op" => "admit").increment(1);
         }
     }
 

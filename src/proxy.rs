@@ -377,9 +377,7 @@ async fn admit(
     loop {
         let t0 = Instant::now();
         let outcome = state.store.admit(&request).await;
-        state
-            .metrics
-            .store_call("admit", t0.elapsed(), outcome.is_ok());
+        state.metrics.store_admit(t0.elapsed(), outcome.is_ok());
         match outcome {
             Ok(AdmitOutcome::Admitted(r)) => return Ok(r),
             Ok(AdmitOutcome::Refused {
