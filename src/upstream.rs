@@ -282,32 +282,31 @@ pub fn build_request(
     Some(req)
 }
 
+/// An error and its causes, outermost first.
+fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |c| c.source())
+}
+
 /// Whether an upstream client error comes from a timeout (connecting included).
 pub fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(e);
-    while let Some(c) = cause {
-        if c.downcast_ref::<std::io::Error>()
+    causes(e).any(|c| {
+        c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
+    })
 }
 
 /// An upstream client error with its causes ("client error (Connect): tcp connect error:
 /// Connection refused"): the chain holds no URL and no header.
 pub fn describe_error(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
+    for cause in causes(e).skip(1) {
+        let text = cause.to_string();
         if !out.contains(&text) {
             out.push_str(": ");
             out.push_str(&text);
         }
-        source = s.source();
     }
     out
 }
