@@ -5,7 +5,7 @@ use axum::http::HeaderMap;
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::secret::{matches_any_digest, presented_digest};
+use crate::secret::{matches_any, presented_digest};
 use crate::upstream::client_credential;
 
 /// Who presented what.
@@ -52,11 +52,8 @@ fn check(
         )),
         Some(c) => {
             let digest = presented_digest(c);
-            let admin = cfg
-                .admin_token
-                .as_ref()
-                .is_some_and(|t| t.matches_digest(&digest));
-            let client = matches_any_digest(&cfg.client_keys, &digest);
+            let admin = cfg.admin_token.as_ref().is_some_and(|t| t.matches(&digest));
+            let client = matches_any(&cfg.client_keys, &digest);
             if admin {
                 Ok(Caller::Admin)
             } else if client {

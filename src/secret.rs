@@ -33,15 +33,10 @@ impl Secret {
         self.1
     }
 
-    /// Constant-time equality against a presented credential. Both sides are hashed first, so
-    /// neither the content nor the length of the secret shows in the timing.
-    pub fn matches(&self, presented: &str) -> bool {
-        self.matches_digest(&presented_digest(presented))
-    }
-
-    /// [`Secret::matches`] for a credential already hashed with [`presented_digest`] (one hash
-    /// serves several comparisons).
-    pub fn matches_digest(&self, presented: &[u8; 32]) -> bool {
+    /// Constant-time equality against a presented credential, hashed with [`presented_digest`]
+    /// (both sides hashed, so neither the content nor the length of the secret shows in the
+    /// timing; one hash of the credential serves every comparison).
+    pub fn matches(&self, presented: &[u8; 32]) -> bool {
         bool::from(self.digest().ct_eq(presented))
     }
 
@@ -74,18 +69,14 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-/// True if `presented` equals any of `secrets`, checking every one (no early exit).
-pub fn matches_any(secrets: &[Secret], presented: &str) -> bool {
-    matches_any_digest(secrets, &presented_digest(presented))
-}
-
-/// The SHA-256 of a presented credential, for the `*_digest` comparisons.
+/// The SHA-256 of a presented credential, for [`Secret::matches`] and [`matches_any`].
 pub fn presented_digest(presented: &str) -> [u8; 32] {
     Sha256::digest(presented.as_bytes()).into()
 }
 
-/// [`matches_any`] for a credential already hashed with [`presented_digest`].
-pub fn matches_any_digest(secrets: &[Secret], presented: &[u8; 32]) -> bool {
+/// True if the presented credential (hashed with [`presented_digest`]) equals any of
+/// `secrets`, checking every one (no early exit).
+pub fn matches_any(secrets: &[Secret], presented: &[u8; 32]) -> bool {
     let mut found = subtle::Choice::from(0u8);
     for s in secrets {
         found |= s.digest().ct_eq(presented);
@@ -113,10 +104,10 @@ mod tests {
     #[test]
     fn matches_compares_whole_values() {
         let keys = vec![Secret::new("alpha"), Secret::new("beta")];
-        assert!(matches_any(&keys, "beta"));
-        assert!(!matches_any(&keys, "bet"));
-        assert!(!matches_any(&keys, ""));
-        assert!(Secret::new("alpha").matches("alpha"));
-        assert!(!Secret::new("alpha").matches("alphb"));
+        assert!(matches_any(&keys, &presented_digest("beta")));
+        assert!(!matches_any(&keys, &presented_digest("bet")));
+        assert!(!matches_any(&keys, &presented_digest("")));
+        assert!(Secret::new("alpha").matches(&presented_digest("alpha")));
+        assert!(!Secret::new("alpha").matches(&presented_digest("alphb")));
     }
 }
