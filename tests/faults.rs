@@ -445,15 +445,22 @@ async fn a_slow_upstream_gets_504_at_the_request_timeout() {
         ProxyOpts::keys(&KEYS).toml("[upstream]\nrequest_timeout_secs = 1\nmax_attempts = 1\n"),
     )
     .await;
+    expect_deadline_exceeded(&proxy.url, Duration::from_secs(3), "the request timeout").await;
+}
+
+/// A generate call through `proxy` answers 504 DEADLINE_EXCEEDED within `within`: `what` is
+/// the limit that should have cut it.
+async fn expect_deadline_exceeded(proxy: &str, within: Duration, what: &str) {
     let t = Instant::now();
-    let r = generate(&proxy.url, "gemini-2.5-flash", "x").await;
+    let r = generate(proxy, "gemini-2.5-flash", "x").await;
     assert_eq!(r.status(), 504);
     assert!(
-        t.elapsed() < Duration::from_secs(3),
-        "took {:?}",
+        t.elapsed() < within,
+        "{what} did not cut the request: {:?}",
         t.elapsed()
     );
-    assert_eq!(json_of(r).await["error"]["status"], "DEADLINE_EXCEEDED");
+    let body = json_of(r).await;
+    assert_eq!(body["error"]["status"], "DEADLINE_EXCEEDED", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,16 +481,12 @@ async fn a_tls_handshake_that_stalls_is_cut_at_the_connect_timeout_with_504() {
         ),
     )
     .await;
-    let t = Instant::now();
-    let r = generate(&proxy.url, "gemini-2.5-flash", "x").await;
-    assert_eq!(r.status(), 504);
-    assert!(
-        t.elapsed() < Duration::from_secs(3),
-        "the connect timeout did not cover the handshake: {:?}",
-        t.elapsed()
-    );
-    let body = json_of(r).await;
-    assert_eq!(body["error"]["status"], "DEADLINE_EXCEEDED", "{body}");
+    expect_deadline_exceeded(
+        &proxy.url,
+        Duration::from_secs(3),
+        "the connect timeout (TCP and TLS)",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
