@@ -2,7 +2,9 @@
 //!
 //! `cargo run --release --example admission_bench` (starts its own redis-server on a free port).
 
-use std::process::{Command, Stdio};
+mod support;
+
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,24 +95,7 @@ async fn main() {
         "memory store: {mem_mean:.2} us/admission mean, {mem_p50:.2} us p50 ({N} admissions, 3 projects)"
     );
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    std::thread::sleep(Duration::from_millis(300));
+    let (port, _redis) = support::start_redis();
     let store = RedisStore::new(
         &Secret::new(format!("redis://127.0.0.1:{port}")),
         "bench",
@@ -131,6 +116,4 @@ async fn main() {
     println!(
         "redis round trips per admission (EVALSHA calls): {trips:.3}; commands run inside the script: {inside:.1}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -6,11 +6,13 @@
 //!
 //! Run with `scripts/bench` (installs wrk and nginx-light, builds in release mode).
 
+mod support;
+
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,6 +22,7 @@ use hyper::body::Frame;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::{Proc, free_port, start_redis, wait_port};
 
 const GENERATE_ANSWER: &str = r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Hello! How can I help you today?"}]},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":12,"candidatesTokenCount":9,"totalTokenCount":21},"modelVersion":"gemini-2.5-flash","responseId":"bench"}"#;
 const REQUEST_BODY: &str =
@@ -105,32 +108,6 @@ fn start_fake() -> u16 {
     port
 }
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16) {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("nothing listens on {port}");
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_proxy(upstream: u16, redis: Option<&str>) -> (u16, Proc) {
     let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/gemini-quota-proxy");
     assert!(bin.exists(), "build the proxy first: cargo build --release");
@@ -188,24 +165,6 @@ fn start_forwarder(upstream: u16) -> Option<(u16, Proc)> {
         .ok()?;
     wait_port(port);
     Some((port, Proc(child)))
-}
-
-fn start_redis() -> (u16, Proc) {
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    wait_port(port);
-    (port, Proc(child))
 }
 
 fn start_nginx(upstream: u16, dir: &std::path::Path) -> Option<(u16, Proc)> {
