@@ -344,14 +344,59 @@ pub enum Verdict {
     Transient,
 }
 
-/// `"26s"`, `"0s"`, `"38.962214405s"` → milliseconds.
+/// `"26s"`, `"0s"`, `"38.962214405s"` → milliseconds. A number too large for milliseconds
+/// saturates (callers clamp it to something sensible).
 pub fn parse_duration_ms(s: &str) -> Option<u64> {
     let secs: f64 = s.trim().strip_suffix('s')?.parse().ok()?;
+    // Float-to-integer casts saturate in Rust: 1e300 s becomes u64::MAX ms, never a wrap.
     (secs.is_finite() && secs >= 0.0).then(|| (secs * 1000.0).ceil() as u64)
 }
 
+/// The longest hold a number from Google may cause: until the next quota-day reset plus an
+/// hour. Nothing Google sends can hold a key longer, or overflow a clock reading.
+pub fn max_hold_ms(day: &DayInfo, now_ms: i64) -> u64 {
+    let to_midnight = u64::try_from(day.next_midnight_ms.saturating_sub(now_ms)).unwrap_or(0);
+    to_midnight.saturating_add(3_600_000)
+}
+
+/// `ErrorInfo.reason`s that say the key itself is unusable (never text a client could write).
+const DEAD_KEY_REASONS: &[&str] = &[
+    "API_KEY_INVALID",
+    "API_KEY_EXPIRED",
+    "API_KEY_SERVICE_BLOCKED",
+];
+
+/// Google's fixed message openings for dead keys. Only a *prefix* counts: Google echoes
+/// client-chosen names inside messages ("... the File leaked or it may not exist.", "Unknown
+/// name \"API key not valid\""), so a substring anywhere would let a client disable keys.
+const DEAD_KEY_PREFIXES: &[(u16, &str, &str)] = &[
+    (
+        400,
+        "API key not valid.",
+        "API_KEY_INVALID: API key not valid",
+    ),
+    (
+        403,
+        "Your API key was reported as leaked",
+        "PERMISSION_DENIED: key reported as leaked",
+    ),
+];
+
+/// The dead-key verdict of an error answer, if it is one.
+fn dead_key(status: u16, message: &str, reasons: &[&str]) -> Option<String> {
+    if matches!(status, 400 | 401 | 403)
+        && let Some(r) = reasons.iter().find(|r| DEAD_KEY_REASONS.contains(r))
+    {
+        return Some(format!("{r}: key rejected by the Gemini API"));
+    }
+    DEAD_KEY_PREFIXES
+        .iter()
+        .find(|(code, prefix, _)| *code == status && message.starts_with(prefix))
+        .map(|(_, _, reason)| reason.to_string())
+}
+
 /// Read an error answer from Google. `body` may be a plain envelope or a JSON-array stream's
-/// `[{"error": ...}]`.
+/// `[{"error": ...}]`. Every duration in it is clamped to [`max_hold_ms`].
 pub fn classify(status: u16, body: &[u8], day: &DayInfo, now_ms: i64) -> Verdict {
     if status < 400 {
         return Verdict::Deliver;
@@ -375,6 +420,7 @@ pub fn classify(status: u16, body: &[u8], day: &DayInfo, now_ms: i64) -> Verdict
         .filter(|d| type_is(d, "ErrorInfo"))
         .filter_map(|d| d.get("reason").and_then(Value::as_str))
         .collect();
+    let max_hold = max_hold_ms(day, now_ms);
 
     match status {
         429 => {
@@ -382,7 +428,8 @@ pub fn classify(status: u16, body: &[u8], day: &DayInfo, now_ms: i64) -> Verdict
                 .iter()
                 .filter(|d| type_is(d, "RetryInfo"))
                 .find_map(|d| d.get("retryDelay").and_then(Value::as_str))
-                .and_then(parse_duration_ms);
+                .and_then(parse_duration_ms)
+                .map(|ms| ms.min(max_hold));
             let mut kinds = Vec::new();
             let mut reported = Vec::new();
             for d in details.iter().filter(|d| type_is(d, "QuotaFailure")) {
@@ -422,30 +469,27 @@ pub fn classify(status: u16, body: &[u8], day: &DayInfo, now_ms: i64) -> Verdict
             let cooldown_ms = kinds
                 .iter()
                 .map(|k| match k {
-                    LimitKind::RequestsPerDay => (day.next_midnight_ms - now_ms).max(1) as u64,
+                    LimitKind::RequestsPerDay => {
+                        u64::try_from(day.next_midnight_ms.saturating_sub(now_ms))
+                            .unwrap_or(0)
+                            .max(1)
+                    }
                     _ => retry_delay_ms.unwrap_or(MINUTE_MS as u64).max(1),
                 })
                 .max()
-                .unwrap_or(MINUTE_MS as u64);
+                .unwrap_or(MINUTE_MS as u64)
+                .min(max_hold);
             Verdict::QuotaExhausted {
                 cooldown_ms,
                 kinds,
                 reported,
             }
         }
-        400 if reasons.contains(&"API_KEY_INVALID") || message.contains("API key not valid") => {
-            Verdict::DeadKey {
-                reason: "API_KEY_INVALID: API key not valid".into(),
-            }
-        }
-        401 if reasons.iter().any(|r| r.starts_with("API_KEY")) => Verdict::DeadKey {
-            reason: format!("{}: key rejected", reasons[0]),
-        },
-        403 if reasons.contains(&"API_KEY_SERVICE_BLOCKED") => Verdict::DeadKey {
-            reason: "API_KEY_SERVICE_BLOCKED".into(),
-        },
-        403 if message.to_ascii_lowercase().contains("leaked") => Verdict::DeadKey {
-            reason: "PERMISSION_DENIED: key reported as leaked".into(),
+        400 | 401 | 403 => match dead_key(status, message, &reasons) {
+            Some(reason) => Verdict::DeadKey { reason },
+            // Anything else (an unknown field, a file of another project, ...) is the
+            // client's answer: delivered as Google sent it, never retried on other keys.
+            None => Verdict::Deliver,
         },
         500 | 502 | 503 | 504 => Verdict::Transient,
         _ => Verdict::Deliver,
@@ -534,6 +578,69 @@ mod tests {
             classify(400, wrapped, &day(now), now),
             Verdict::DeadKey { .. }
         ));
+    }
+
+    #[test]
+    fn client_chosen_text_in_a_message_is_never_a_dead_key() {
+        let now = 0;
+        // Google echoes a file name and an unknown field name inside its messages.
+        let file = br#"{"error":{"code":403,"message":"You do not have permission to access the File leaked or it may not exist.","status":"PERMISSION_DENIED"}}"#;
+        assert_eq!(classify(403, file, &day(now), now), Verdict::Deliver);
+        let field = br#"{"error":{"code":400,"message":"Invalid JSON payload received. Unknown name \"API key not valid\": Cannot find field.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.BadRequest","fieldViolations":[{"description":"Invalid JSON payload received. Unknown name \"API key not valid\": Cannot find field."}]}]}}"#;
+        assert_eq!(classify(400, field, &day(now), now), Verdict::Deliver);
+        let leaked_in_middle = br#"{"error":{"code":403,"message":"Model x: Your API key was reported as leaked","status":"PERMISSION_DENIED"}}"#;
+        assert_eq!(
+            classify(403, leaked_in_middle, &day(now), now),
+            Verdict::Deliver
+        );
+    }
+
+    #[test]
+    fn structured_reasons_make_dead_keys_whatever_the_message() {
+        let now = 0;
+        for reason in [
+            "API_KEY_INVALID",
+            "API_KEY_EXPIRED",
+            "API_KEY_SERVICE_BLOCKED",
+        ] {
+            let body = format!(
+                r#"{{"error":{{"code":403,"message":"anything","status":"PERMISSION_DENIED","details":[{{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"{reason}","domain":"googleapis.com"}}]}}}}"#
+            );
+            match classify(403, body.as_bytes(), &day(now), now) {
+                Verdict::DeadKey { reason: r } => assert!(r.starts_with(reason), "{r}"),
+                other => panic!("{reason}: {other:?}"),
+            }
+        }
+        let other_reason = br#"{"error":{"code":403,"message":"x","status":"PERMISSION_DENIED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"SERVICE_DISABLED"}]}}"#;
+        assert_eq!(
+            classify(403, other_reason, &day(now), now),
+            Verdict::Deliver
+        );
+    }
+
+    #[test]
+    fn durations_from_google_are_clamped_to_the_next_reset_plus_an_hour() {
+        let now = 1_780_000_000_000;
+        let d = day(now);
+        let cap = (d.next_midnight_ms - now) as u64 + 3_600_000;
+        let huge = br#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[
+          {"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerMinutePerProjectPerModel"}]},
+          {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"9999999999999999s"}]}}"#;
+        match classify(429, huge, &d, now) {
+            Verdict::QuotaExhausted { cooldown_ms, .. } => assert_eq!(cooldown_ms, cap),
+            other => panic!("{other:?}"),
+        }
+        let bare = br#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[
+          {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"1e300s"}]}}"#;
+        assert_eq!(
+            classify(429, bare, &d, now),
+            Verdict::RateLimited {
+                retry_delay_ms: Some(cap)
+            }
+        );
+        assert_eq!(parse_duration_ms("1e300s"), Some(u64::MAX));
+        assert_eq!(parse_duration_ms("-5s"), None);
+        assert_eq!(parse_duration_ms("NaNs"), None);
     }
 
     #[test]
