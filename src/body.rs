@@ -168,6 +168,9 @@ enum StreamCut {
 /// The body handed to the client: hyper's upstream body polled frame by frame (no stream
 /// adapter, no copy).
 pub struct ProxyBody {
+    /// Bytes already read from `inner` (a create-call answer read to learn a name, found too
+    /// large to hold): sent first.
+    prefix: Option<Bytes>,
     inner: Incoming,
     idle: Duration,
     /// Streams only: the longest gap between chunks.
@@ -188,6 +191,7 @@ impl ProxyBody {
         settlement: Option<Settlement>,
     ) -> Self {
         ProxyBody {
+            prefix: None,
             inner,
             idle,
             idle_timer: deadline
@@ -198,6 +202,15 @@ impl ProxyBody {
             settlement,
             done: false,
         }
+    }
+
+    /// Send `prefix` (already taken from the upstream body) before the rest of the body.
+    pub fn with_prefix(mut self, prefix: Bytes) -> Self {
+        if let Some(s) = self.scanner.as_mut() {
+            s.feed(&prefix);
+        }
+        self.prefix = Some(prefix);
+        self
     }
 
     fn finish(&mut self) {
@@ -225,6 +238,9 @@ impl HttpBody for ProxyBody {
         let this = &mut *self;
         if this.done {
             return Poll::Ready(None);
+        }
+        if let Some(prefix) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
         if let Some(d) = this.deadline.as_mut()
             && d.as_mut().poll(cx).is_ready()

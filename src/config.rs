@@ -57,8 +57,15 @@ struct Raw {
     limits: RawLimits,
     store: RawStore,
     log: RawLog,
+    metrics: RawMetrics,
     #[serde(default)]
     keys: Vec<RawKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    token: Secret,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,6 +191,17 @@ pub enum StoreFailurePolicy {
     FailOpen,
 }
 
+impl StoreFailurePolicy {
+    /// The name used in `store.on_error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreFailurePolicy::Local => "local",
+            StoreFailurePolicy::FailClosed => "fail-closed",
+            StoreFailurePolicy::FailOpen => "fail-open",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -241,6 +259,8 @@ pub struct Config {
     pub client_keys: Vec<Secret>,
     pub allow_anonymous: bool,
     pub admin_token: Option<Secret>,
+    /// Bearer token `/metrics` asks for; `None`: open (it shows masked key ids and projects).
+    pub metrics_token: Option<Secret>,
 
     pub strategy: Strategy,
     pub keys: Vec<KeyConfig>,
@@ -263,6 +283,7 @@ const ENV_SETTINGS: &[(&str, &str)] = &[
     ("PROXY_ADMIN_TOKEN", "auth.admin_token"),
     ("REDIS_URL", "store.redis_url"),
     ("PROXY_LOG_FORMAT", "log.format"),
+    ("PROXY_METRICS_TOKEN", "metrics.token"),
 ];
 
 /// Environment variables holding a whole number.
@@ -565,6 +586,7 @@ impl Config {
             client_keys,
             allow_anonymous: raw.auth.allow_anonymous,
             admin_token: Some(raw.auth.admin_token).filter(|t| !t.is_empty()),
+            metrics_token: Some(raw.metrics.token).filter(|t| !t.is_empty()),
             strategy,
             keys,
             limits: LimitsConfig {

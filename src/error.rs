@@ -14,12 +14,18 @@ pub enum LimitKind {
 }
 
 impl LimitKind {
-    /// A Google-style quota id, so clients that read `QuotaFailure` see a familiar name.
-    pub fn quota_id(self) -> &'static str {
-        match self {
-            LimitKind::RequestsPerMinute => "GenerateRequestsPerMinutePerProjectPerModel",
-            LimitKind::TokensPerMinute => "GenerateContentInputTokensPerModelPerMinute",
-            LimitKind::RequestsPerDay => "GenerateRequestsPerDayPerProjectPerModel",
+    /// A Google-style quota id, so clients that read `QuotaFailure` see a familiar name:
+    /// embedding models get the embed quota's ids.
+    pub fn quota_id(self, embed: bool) -> &'static str {
+        match (self, embed) {
+            (LimitKind::RequestsPerMinute, false) => "GenerateRequestsPerMinutePerProjectPerModel",
+            (LimitKind::TokensPerMinute, false) => "GenerateContentInputTokensPerModelPerMinute",
+            (LimitKind::RequestsPerDay, false) => "GenerateRequestsPerDayPerProjectPerModel",
+            (LimitKind::RequestsPerMinute, true) => {
+                "EmbedContentRequestsPerMinutePerProjectPerModel"
+            }
+            (LimitKind::TokensPerMinute, true) => "EmbedContentInputTokensPerModelPerMinute",
+            (LimitKind::RequestsPerDay, true) => "EmbedContentRequestsPerDayPerProjectPerModel",
         }
     }
 
@@ -57,6 +63,8 @@ pub enum ApiError {
         message: String,
         limit: LimitKind,
         model: String,
+        /// The limit belongs to the embed family (its quota ids differ).
+        embed: bool,
         limit_value: u64,
         retry_after_ms: u64,
     },
@@ -130,6 +138,7 @@ impl ApiError {
         if let ApiError::QuotaExceeded {
             limit,
             model,
+            embed,
             limit_value,
             ..
         } = self
@@ -138,7 +147,7 @@ impl ApiError {
                 "@type": "type.googleapis.com/google.rpc.QuotaFailure",
                 "violations": [{
                     "quotaMetric": format!("gemini-quota-proxy/{}", limit.as_str()),
-                    "quotaId": limit.quota_id(),
+                    "quotaId": limit.quota_id(*embed),
                     "quotaDimensions": {"model": model},
                     "quotaValue": limit_value.to_string(),
                     "subject": "gemini-quota-proxy",
@@ -217,6 +226,7 @@ mod tests {
             message: "over".into(),
             limit: LimitKind::RequestsPerMinute,
             model: "gemini-2.5-flash".into(),
+            embed: false,
             limit_value: 3,
             retry_after_ms: 12_300,
         };
@@ -229,6 +239,10 @@ mod tests {
             "type.googleapis.com/google.rpc.QuotaFailure"
         );
         assert_eq!(details[0]["violations"][0]["quotaValue"], "3");
+        assert_eq!(
+            details[0]["violations"][0]["quotaId"],
+            "GenerateRequestsPerMinutePerProjectPerModel"
+        );
         assert_eq!(details[1]["retryDelay"], "12.300s");
         let resp = e.into_response();
         assert_eq!(resp.headers()["retry-after"], "13");

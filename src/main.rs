@@ -50,6 +50,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    state.check_store_at_start().await;
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {

@@ -115,25 +115,43 @@ impl Pool {
         if !learned.is_empty()
             && let Some(o) = learned.get(&(project.to_string(), model.to_string()))
         {
-            l.minute = l.minute.min(o.minute.unwrap_or(u64::MAX));
-            l.daily = l.daily.min(o.daily.unwrap_or(u64::MAX));
-            l.token_minute = l.token_minute.min(o.token_minute.unwrap_or(u64::MAX));
+            lower(&mut l, o);
         }
         l
     }
 
-    /// Adopt a limit Google reported (a 429's `quotaValue`) when it is lower than configured.
-    pub fn learn(&self, project: &str, model: &str, kind: LimitKind, value: u64) {
+    /// Adopt a limit Google reported (a 429's `quotaValue`) when it is lower than what the
+    /// (project, model) has now for `family`. Checked and written under one lock, so a racing
+    /// higher report can never overwrite a lower one.
+    pub fn learn(
+        &self,
+        project: &str,
+        model: &str,
+        family: QuotaFamily,
+        kind: LimitKind,
+        value: u64,
+    ) {
         if value == 0 {
             return;
         }
-        let current = self.limits_for(project, model, QuotaFamily::Generate);
-        let (now, slot): (u64, fn(&mut LimitOverride) -> &mut Option<u64>) = match kind {
-            LimitKind::RequestsPerMinute => (current.minute, |o| &mut o.minute),
-            LimitKind::TokensPerMinute => (current.token_minute, |o| &mut o.token_minute),
-            LimitKind::RequestsPerDay => (current.daily, |o| &mut o.daily),
+        let pair = (project.to_string(), model.to_string());
+        let mut learned = self.learned.write().unwrap_or_else(|p| p.into_inner());
+        let mut current = limits::resolve(&self.limits, project, model, family);
+        if let Some(o) = learned.get(&pair) {
+            lower(&mut current, o);
+        }
+        let now = match kind {
+            LimitKind::RequestsPerMinute => current.minute,
+            LimitKind::TokensPerMinute => current.token_minute,
+            LimitKind::RequestsPerDay => current.daily,
         };
         if value < now {
+            let entry = learned.entry(pair).or_default();
+            let slot = match kind {
+                LimitKind::RequestsPerMinute => &mut entry.minute,
+                LimitKind::TokensPerMinute => &mut entry.token_minute,
+                LimitKind::RequestsPerDay => &mut entry.daily,
+            };
             tracing::warn!(
                 project,
                 model,
@@ -142,12 +160,103 @@ impl Pool {
                 reported = value,
                 "Gemini API reports a lower limit than configured: adopting it"
             );
-            let mut learned = self.learned.write().unwrap_or_else(|p| p.into_inner());
-            *slot(
-                learned
-                    .entry((project.to_string(), model.to_string()))
-                    .or_default(),
-            ) = Some(value);
+            *slot = Some(value);
+        }
+    }
+}
+
+/// Lower `l` to what Google reported.
+fn lower(l: &mut crate::quota::Limits, o: &LimitOverride) {
+    l.minute = l.minute.min(o.minute.unwrap_or(u64::MAX));
+    l.daily = l.daily.min(o.daily.unwrap_or(u64::MAX));
+    l.token_minute = l.token_minute.min(o.token_minute.unwrap_or(u64::MAX));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Sources;
+
+    fn pool(toml: &str) -> Pool {
+        let path = std::env::temp_dir().join(format!(
+            "gqp-pool-{}-{}.toml",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::write(&path, toml).unwrap();
+        let cfg = Config::load(&Sources {
+            file: Some(path.to_string_lossy().into_owned()),
+            env: [
+                ("GEMINI_API_KEY".to_string(), "k".to_string()),
+                ("PROXY_CLIENT_KEYS".to_string(), "c".to_string()),
+            ]
+            .into(),
+        })
+        .unwrap();
+        Pool::new(&cfg)
+    }
+
+    #[test]
+    fn an_embed_limit_is_learned_against_the_embed_family() {
+        let p = pool("[limits]\nembed_minute = 100\n");
+        p.learn(
+            "p",
+            "gemini-embedding-001",
+            QuotaFamily::Embed,
+            LimitKind::RequestsPerMinute,
+            20,
+        );
+        assert_eq!(
+            p.limits_for("p", "gemini-embedding-001", QuotaFamily::Embed)
+                .minute,
+            20
+        );
+        // A report above what is configured changes nothing and stores nothing.
+        p.learn(
+            "p",
+            "gemini-2.5-flash",
+            QuotaFamily::Generate,
+            LimitKind::RequestsPerMinute,
+            99,
+        );
+        assert_eq!(
+            p.limits_for("p", "gemini-2.5-flash", QuotaFamily::Generate)
+                .minute,
+            15
+        );
+        assert_eq!(p.learned.read().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn racing_reports_always_leave_the_lowest() {
+        let p = std::sync::Arc::new(pool("[limits]\nminute = 100\n"));
+        for round in 0..200 {
+            let model = format!("m{round}");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let threads: Vec<_> = [50, 5, 40, 30]
+                .into_iter()
+                .map(|v| {
+                    let (p, b, m) = (p.clone(), barrier.clone(), model.clone());
+                    std::thread::spawn(move || {
+                        b.wait();
+                        p.learn(
+                            "p",
+                            &m,
+                            QuotaFamily::Generate,
+                            LimitKind::RequestsPerMinute,
+                            v,
+                        );
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(
+                p.limits_for("p", &model, QuotaFamily::Generate).minute,
+                5,
+                "round {round}"
+            );
         }
     }
 }

@@ -30,6 +30,9 @@ use crate::upstream::{self, Verdict};
 
 /// How long an affinity (resource → key) is remembered: Google keeps files 48 h.
 const AFFINITY_TTL_MS: u64 = 7 * 86_400_000;
+/// How long an unfinished resumable upload session accepts keyless chunks: Google's session
+/// URLs last about a week.
+const UPLOAD_SESSION_TTL_MS: u64 = 7 * 86_400_000;
 /// Largest upstream error body read to classify it (they are a few hundred bytes).
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 /// Largest create-call answer read whole to learn the name of what it created.
@@ -79,7 +82,8 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
     resp
 }
 
-async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+/// Read a request body whole: at most `limit` bytes, within `timeout`.
+pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(b)) => Ok(b),
         Ok(Err(e)) => {
@@ -115,12 +119,8 @@ async fn pipeline(
     if let Err(e) = authenticate(cfg, &parts.headers, query) {
         // SDKs send upload chunks to the session URL without a key, as Google allows: the
         // upload_id is the capability. Accept it only for sessions this proxy started.
-        let known_session = match (&e, route.upload, &route.resource) {
-            (ApiError::Unauthenticated(_), true, Some(r)) => {
-                matches!(state.store.affinity(r).await, Ok(Some(_)))
-            }
-            _ => false,
-        };
+        let known_session = matches!(e, ApiError::Unauthenticated(_))
+            && keyless_upload_chunk(state, parts, &route).await;
         if !known_session {
             return Err(e);
         }
@@ -187,6 +187,11 @@ async fn forward_with_retries(
     let streaming = route.streaming || est.stream;
     // Keys that failed this request (dead, or transient errors): avoided while others remain.
     let mut avoid: Vec<usize> = Vec::new();
+    // At most one key is disabled per client request, whatever Google answers.
+    let mut disabled_one = false;
+    // Only a read may be sent again once written: anything else Google may have run (and
+    // billed, or created twice).
+    let idempotent = matches!(parts.method, http::Method::GET | http::Method::HEAD);
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
@@ -224,30 +229,54 @@ async fn forward_with_retries(
         };
         let last_try = attempt >= cfg.max_attempts || Instant::now() >= deadline;
         let sent_at = Instant::now();
-        let resp = match tokio::time::timeout(header_timeout, state.client.request(request)).await {
+        let outcome = tokio::time::timeout(header_timeout, state.client.request(request)).await;
+        let resp = match outcome {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) | Err(_) if !last_try => {
-                state.upstream_failures.fetch_add(1, Ordering::Relaxed);
-                state.metrics.retry("network");
-                drop(settlement);
-                tracing::warn!(key = %key.masked, attempt, "upstream unreachable or silent: retrying");
-                avoid.push(index);
-                backoff(attempt, deadline).await;
-                continue;
-            }
-            Ok(Err(e)) if upstream::is_timeout(&e) => {
-                return Err(ApiError::GatewayTimeout(format!(
-                    "the Gemini API did not answer in time: {}",
-                    upstream::describe_error(&e)
-                )));
-            }
             Ok(Err(e)) => {
-                return Err(ApiError::BadGateway(format!(
-                    "the Gemini API could not be reached: {}",
-                    upstream::describe_error(&e)
-                )));
+                state.upstream_failures.fetch_add(1, Ordering::Relaxed);
+                // Only a request that never left (connect, TLS, refused) or one that spends
+                // nothing may go again: after it was written Google may have run and billed it.
+                let unsent = e.is_connect();
+                if (unsent || idempotent) && !last_try {
+                    state.metrics.retry("network");
+                    drop(settlement);
+                    tracing::warn!(key = %key.masked, attempt, error = %upstream::describe_error(&e), "upstream unreachable: retrying");
+                    avoid.push(index);
+                    backoff(attempt, deadline).await;
+                    continue;
+                }
+                if !unsent {
+                    // It may have run: it stays counted, estimate included.
+                    keep_counted(settlement);
+                }
+                tracing::warn!(key = %key.masked, attempt, sent = !unsent, error = %upstream::describe_error(&e), "upstream request failed");
+                return Err(if upstream::is_timeout(&e) {
+                    ApiError::GatewayTimeout(format!(
+                        "the Gemini API did not answer in time: {}",
+                        upstream::describe_error(&e)
+                    ))
+                } else if unsent {
+                    ApiError::BadGateway(format!(
+                        "the Gemini API could not be reached: {}",
+                        upstream::describe_error(&e)
+                    ))
+                } else {
+                    ApiError::BadGateway(format!(
+                        "the connection to the Gemini API failed after the request was sent ({}); it is not retried, since it may have run",
+                        upstream::describe_error(&e)
+                    ))
+                });
             }
             Err(_) => {
+                state.upstream_failures.fetch_add(1, Ordering::Relaxed);
+                if idempotent && !last_try {
+                    state.metrics.retry("network");
+                    tracing::warn!(key = %key.masked, attempt, "upstream silent: retrying");
+                    avoid.push(index);
+                    backoff(attempt, deadline).await;
+                    continue;
+                }
+                keep_counted(settlement);
                 return Err(ApiError::GatewayTimeout(format!(
                     "the Gemini API did not answer within {}s",
                     header_timeout.as_secs()
@@ -258,19 +287,26 @@ async fn forward_with_retries(
         let mut headers = upstream::response_headers(resp.headers());
 
         if status.as_u16() >= 400 {
-            // Small error body: read it whole to learn what happened, then pass it on unchanged.
-            let bytes = read_limited(resp, ERROR_BODY_LIMIT, cfg.request_timeout).await?;
+            // Error bodies are small: read one to learn what happened, then pass it on
+            // unchanged (one over the limit is classified by its start and passed on whole).
+            let answer = read_upto(resp, ERROR_BODY_LIMIT, cfg.request_timeout).await?;
             // An error answer carries no usage: refund now, before any backoff.
             drop(settlement);
-            // The body may have been cut at the limit: let the server count what is sent.
-            headers.remove(http::header::CONTENT_LENGTH);
             let now = chrono::Utc::now().timestamp_millis();
             let day = DayInfo::at(cfg.limits.timezone, now);
-            let verdict = upstream::classify(status.as_u16(), &bytes, &day, now);
+            let verdict = upstream::classify(status.as_u16(), answer.head(), &day, now);
             if verdict == Verdict::Transient {
                 state.upstream_failures.fetch_add(1, Ordering::Relaxed);
             }
-            let retry = react(state, index, quota_model.as_deref(), &verdict).await;
+            let retry = react(
+                state,
+                index,
+                quota_model.as_deref(),
+                route.family,
+                &verdict,
+                &mut disabled_one,
+            )
+            .await;
             // A 429 or a dead key takes that key out of the running, so trying the others is
             // bounded by the pool; 5xx get `max_attempts`.
             let budget = match verdict {
@@ -293,16 +329,16 @@ async fn forward_with_retries(
                 }
                 continue;
             }
-            let mut out = Response::new(Body::from(bytes));
-            *out.status_mut() = status;
-            *out.headers_mut() = headers;
             trace.upstream = sent_at.elapsed();
-            return Ok(out);
+            return Ok(answer.into_response(status, headers, cfg, None));
         }
 
         // Success: pass the answer through, streaming.
         state.upstream_failures.store(0, Ordering::Relaxed);
-        rewrite_upload_url(state, parts, &mut headers, index).await;
+        if route.upload {
+            rewrite_upload_url(state, parts, &mut headers, index).await;
+            end_upload_session(state, route, &headers).await;
+        }
         if let Some(r) = settlement.as_ref().and_then(Settlement::reservation) {
             if let Ok(v) = HeaderValue::from_str(&r.remaining_requests.to_string()) {
                 headers.insert("x-ratelimit-remaining-requests", v);
@@ -313,16 +349,16 @@ async fn forward_with_retries(
         }
         trace.upstream = sent_at.elapsed();
         if route.creates_resource && !streaming {
-            let bytes = read_limited(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;
-            remember_created(state, &bytes, index).await;
-            if let Some(s) = settlement {
-                s.settle(crate::body::UsageScanner::scan_all(&bytes));
+            let answer = read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;
+            match &answer {
+                Answer::Whole(bytes) => remember_created(state, bytes, index).await,
+                Answer::Over(..) => tracing::warn!(
+                    key = %key.masked,
+                    limit = CREATE_BODY_LIMIT,
+                    "a create call's answer is larger than the proxy reads to learn the created name: passed on whole, its key affinity not recorded"
+                ),
             }
-            headers.remove(http::header::CONTENT_LENGTH);
-            let mut out = Response::new(Body::from(bytes));
-            *out.status_mut() = status;
-            *out.headers_mut() = headers;
-            return Ok(out);
+            return Ok(answer.into_response(status, headers, cfg, settlement));
         }
         let deadline = (!streaming).then(|| sent_at + cfg.request_timeout);
         let stream = ProxyBody::new(
@@ -396,6 +432,7 @@ async fn admit(
                     ),
                     limit,
                     model: model.to_string(),
+                    embed: route.family == QuotaFamily::Embed,
                     limit_value,
                     retry_after_ms,
                 });
@@ -468,11 +505,14 @@ fn free_key(state: &AppState, pinned: Option<usize>, avoid: &[usize]) -> usize {
 }
 
 /// Act on an upstream error. Returns whether another attempt makes sense.
+/// `disabled_one`: whether this client request already disabled a key (at most one may).
 async fn react(
     state: &Arc<AppState>,
     index: usize,
     model: Option<&str>,
+    family: QuotaFamily,
     verdict: &Verdict,
+    disabled_one: &mut bool,
 ) -> bool {
     let key = &state.pool.keys[index];
     let model = model.unwrap_or("*");
@@ -491,7 +531,7 @@ async fn react(
                 });
             }
             for (kind, value) in reported {
-                state.pool.learn(&key.project, model, *kind, *value);
+                state.pool.learn(&key.project, model, family, *kind, *value);
             }
             let reason = format!(
                 "Gemini API 429: {} exhausted",
@@ -548,6 +588,15 @@ async fn react(
             true
         }
         Verdict::DeadKey { reason } => {
+            if *disabled_one {
+                tracing::warn!(key = %key.masked, reason = %reason, "a second key answered as dead in one request: answer delivered, key kept (at most one key is disabled per request)");
+                return false;
+            }
+            if !probe_confirms_dead(state, index).await {
+                tracing::warn!(key = %key.masked, reason = %reason, "the Gemini API answered as if the key were dead, but a probe with it did not confirm it: answer delivered, key kept");
+                return false;
+            }
+            *disabled_one = true;
             tracing::error!(key = %key.masked, name = %key.name, reason = %reason, "pooled key disabled");
             if let Ok(mut d) = state.disabled.lock() {
                 d.insert(index, (reason.clone(), Instant::now()));
@@ -572,15 +621,64 @@ async fn backoff(attempt: u32, deadline: Instant) {
     tokio::time::sleep_until(until).await;
 }
 
-/// Read a small answer whole: at most `limit` bytes (the rest is dropped), within `timeout`.
-async fn read_limited(
+/// An upstream answer read to learn something from it.
+enum Answer {
+    /// The whole body, within the limit.
+    Whole(Bytes),
+    /// Over the limit: what was read, and the rest still to come.
+    Over(Bytes, Incoming),
+}
+
+impl Answer {
+    /// What was read (all of it, or its start).
+    fn head(&self) -> &[u8] {
+        match self {
+            Answer::Whole(b) | Answer::Over(b, _) => b,
+        }
+    }
+
+    /// Pass the answer on unchanged, the unread rest streamed after what was read.
+    fn into_response(
+        self,
+        status: http::StatusCode,
+        headers: http::HeaderMap,
+        cfg: &crate::config::Config,
+        settlement: Option<Settlement>,
+    ) -> Response {
+        let body = match self {
+            Answer::Whole(bytes) => {
+                if let Some(s) = settlement {
+                    s.settle(crate::body::UsageScanner::scan_all(&bytes));
+                }
+                Body::from(bytes)
+            }
+            Answer::Over(head, rest) => Body::new(
+                ProxyBody::new(
+                    rest,
+                    cfg.stream_idle_timeout,
+                    Some(Instant::now() + cfg.request_timeout),
+                    settlement,
+                )
+                .with_prefix(head),
+            ),
+        };
+        let mut out = Response::new(body);
+        *out.status_mut() = status;
+        *out.headers_mut() = headers;
+        out
+    }
+}
+
+/// Read an answer whole if it fits in `limit` bytes, within `timeout`; a larger one stops at
+/// the first chunk over the limit and keeps the rest unread.
+async fn read_upto(
     resp: http::Response<Incoming>,
     limit: usize,
     timeout: Duration,
-) -> Result<Bytes, ApiError> {
+) -> Result<Answer, ApiError> {
+    let mut body = resp.into_body();
     let read = async {
         let mut out = Vec::new();
-        let mut body = resp.into_body();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
                 ApiError::BadGateway(format!(
@@ -591,21 +689,90 @@ async fn read_limited(
             let Ok(chunk) = frame.into_data() else {
                 continue;
             };
-            let room = limit.saturating_sub(out.len());
-            out.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if out.len() >= limit {
-                break;
+            out.extend_from_slice(&chunk);
+            if out.len() > limit {
+                return Ok((false, out));
             }
         }
-        Ok(Bytes::from(out))
+        Ok::<_, ApiError>((true, out))
     };
-    match tokio::time::timeout(timeout, read).await {
-        Ok(r) => r,
-        Err(_) => Err(ApiError::GatewayTimeout(format!(
-            "the Gemini API answer did not finish within {}s",
-            timeout.as_secs()
-        ))),
+    let (whole, head) = match tokio::time::timeout(timeout, read).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(ApiError::GatewayTimeout(format!(
+                "the Gemini API answer did not finish within {}s",
+                timeout.as_secs()
+            )));
+        }
+    };
+    Ok(if whole {
+        Answer::Whole(Bytes::from(head))
+    } else {
+        Answer::Over(Bytes::from(head), body)
+    })
+}
+
+/// An answer that may have been run upstream stays counted as admitted, estimate included
+/// (dropping the settlement would refund the estimate).
+fn keep_counted(settlement: Option<Settlement>) {
+    if let Some(s) = settlement {
+        let estimate = s.reservation().map(|r| r.tokens);
+        s.settle(estimate);
     }
+}
+
+/// Ask Google, with the key alone, whether it is dead: a cheap call that spends no quota
+/// (`GET /v1beta/models?pageSize=1`). Only the same verdict confirms; anything else (an
+/// answer, a timeout, another error) keeps the key.
+async fn probe_confirms_dead(state: &AppState, index: usize) -> bool {
+    let key = &state.pool.keys[index];
+    let Some(uri) = state.upstream.url("/v1beta/models", Some("pageSize=1")) else {
+        return false;
+    };
+    let mut req = http::Request::new(http_body_util::Full::new(Bytes::new()));
+    *req.uri_mut() = uri;
+    req.headers_mut()
+        .insert("x-goog-api-key", key.headers.goog.clone());
+    let timeout = state.config.request_timeout.min(Duration::from_secs(10));
+    let probe = async {
+        let resp = state.client.request(req).await.ok()?;
+        let status = resp.status().as_u16();
+        let answer = read_upto(resp, ERROR_BODY_LIMIT, timeout).await.ok()?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let day = DayInfo::at(state.config.limits.timezone, now);
+        Some(upstream::classify(status, answer.head(), &day, now))
+    };
+    let verdict = tokio::time::timeout(timeout, probe).await.ok().flatten();
+    tracing::info!(key = %key.masked, verdict = ?verdict.as_ref().map(|v| matches!(v, Verdict::DeadKey { .. })), "dead-key probe");
+    matches!(verdict, Some(Verdict::DeadKey { .. }))
+}
+
+/// A chunk of a resumable upload sent without a key: allowed only to the exact session path
+/// this proxy handed out, with the methods of Google's resumable protocol, while the session
+/// is open (it ends at `final` / `cancelled`, or after [`UPLOAD_SESSION_TTL_MS`]).
+async fn keyless_upload_chunk(state: &AppState, parts: &Parts, route: &Route) -> bool {
+    let Some(id) = route
+        .resource
+        .as_deref()
+        .and_then(|r| r.strip_prefix("uploads/"))
+    else {
+        return false;
+    };
+    if !route.upload
+        || parts.method != http::Method::POST
+        || !parts.headers.contains_key("x-goog-upload-command")
+    {
+        return false;
+    }
+    matches!(
+        state.store.affinity(&upload_session(id)).await,
+        Ok(Some(path)) if path == parts.uri.path()
+    )
+}
+
+/// Where an open upload session's path is kept.
+fn upload_session(id: &str) -> String {
+    format!("upload-session/{id}")
 }
 
 /// The upstream's resumable-upload URL points at Google: point it at this proxy instead, and
@@ -659,13 +826,45 @@ async fn rewrite_upload_url(
         && crate::route::valid_name(id)
     {
         let kid = &state.pool.keys[index].kid;
-        if let Err(e) = state
+        let remembered = match state
             .store
             .set_affinity(&format!("uploads/{id}"), kid, AFFINITY_TTL_MS)
             .await
         {
+            Ok(()) => {
+                state
+                    .store
+                    .set_affinity(&upload_session(id), uri.path(), UPLOAD_SESSION_TTL_MS)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = remembered {
             tracing::warn!(error = %e, "could not remember the key of an upload session");
         }
+    }
+}
+
+/// An upload answered `final` or `cancelled` ends its session: later keyless chunks for it
+/// are refused.
+async fn end_upload_session(state: &AppState, route: &Route, headers: &http::HeaderMap) {
+    let ended = headers
+        .get("x-goog-upload-status")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|s| s == "final" || s == "cancelled");
+    let Some(id) = route
+        .resource
+        .as_deref()
+        .and_then(|r| r.strip_prefix("uploads/"))
+    else {
+        return;
+    };
+    if ended
+        // Overwritten with an entry that has already expired: the session is gone for every
+        // replica sharing the store.
+        && let Err(e) = state.store.set_affinity(&upload_session(id), "", 0).await
+    {
+        tracing::warn!(error = %e, "could not end an upload session");
     }
 }
 

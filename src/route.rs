@@ -15,6 +15,17 @@ pub enum QuotaFamily {
 }
 
 impl QuotaFamily {
+    /// The family whose limits a model's stored counters are held against, judged by the
+    /// model's name (Google names its embedding models `*embedding*`). Counters are kept per
+    /// model, so views of them (status, gauges) need this; admission knows the call itself.
+    pub fn of_model(model: &str) -> QuotaFamily {
+        if model.contains("embedding") {
+            QuotaFamily::Embed
+        } else {
+            QuotaFamily::Generate
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             QuotaFamily::Generate => "generate",

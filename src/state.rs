@@ -25,6 +25,8 @@ pub struct AppState {
     pub upstream_failures: std::sync::atomic::AtomicU32,
     /// Consecutive bare 429s per project and when the last one came, for their growing cooldown.
     bare_429: Mutex<HashMap<String, (u32, std::time::Instant)>>,
+    /// When `/metrics` last refreshed the store-derived gauges.
+    pub gauges_refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl AppState {
@@ -48,7 +50,29 @@ impl AppState {
             disabled: Mutex::new(HashMap::new()),
             upstream_failures: std::sync::atomic::AtomicU32::new(0),
             bare_429: Mutex::new(HashMap::new()),
+            gauges_refreshed: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// At start: when the configured shared store does not work (a typo in `REDIS_URL`, a
+    /// Cluster node that does not serve the namespace), say so at once as an error naming it
+    /// (without its password) and the policy now in force, not only later in `/readyz`.
+    pub async fn check_store_at_start(&self) {
+        let Some(url) = &self.config.redis_url else {
+            return;
+        };
+        match self.store.ping().await {
+            Ok(()) => tracing::info!(
+                url = %crate::quota::redis::redact_url(url.expose()),
+                "quota store reachable"
+            ),
+            Err(e) => tracing::error!(
+                url = %crate::quota::redis::redact_url(url.expose()),
+                policy = self.config.store_on_error.as_str(),
+                error = %e,
+                "the quota store does not work at start-up: serving under the store.on_error policy until it does"
+            ),
+        }
     }
 
     /// Cooldown for a 429 without details: 1 s, doubling while they repeat (within a minute),

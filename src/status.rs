@@ -1,11 +1,10 @@
 //! The proxy's own endpoints: `/healthz`, `/readyz`, `/metrics`, and `/api/ai/quota-status/`
 //! (GET: where every quota stands; POST: admin reset).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::response::{IntoResponse, Response};
@@ -15,8 +14,9 @@ use serde_json::{Value, json};
 use crate::auth::{Caller, authenticate_strict};
 use crate::config::StoreFailurePolicy;
 use crate::error::ApiError;
-use crate::quota::{KeyState, ResetKind, ResetScope, Usage};
+use crate::quota::{KeyState, Limits, ResetKind, ResetScope, Usage};
 use crate::route::QuotaFamily;
+use crate::secret::presented_digest;
 use crate::state::AppState;
 
 pub async fn healthz() -> impl IntoResponse {
@@ -37,24 +37,51 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             (
                 code,
                 Json(json!({"status": "degraded", "store": state.store.backend(),
-                    "policy": policy_name(state.config.store_on_error), "error": e.to_string()})),
+                    "policy": state.config.store_on_error.as_str(), "error": e.to_string()})),
             )
                 .into_response()
         }
     }
 }
 
-fn policy_name(p: StoreFailurePolicy) -> &'static str {
-    match p {
-        StoreFailurePolicy::Local => "local",
-        StoreFailurePolicy::FailClosed => "fail-closed",
-        StoreFailurePolicy::FailOpen => "fail-open",
-    }
-}
+/// How long the gauges from one status snapshot serve `/metrics` scrapes: a snapshot asks the
+/// store several things, and scrapes (several Prometheus servers, a curl loop) must not turn
+/// into store load.
+const GAUGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
-pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    // Refresh the gauges that are only known by asking the store.
-    let _ = snapshot(&state).await;
+pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(token) = &state.config.metrics_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        match presented {
+            None => {
+                return ApiError::Unauthenticated(
+                    "/metrics needs the metrics token: Authorization: Bearer TOKEN".into(),
+                )
+                .into_response();
+            }
+            Some(p) if !token.matches(&presented_digest(p)) => {
+                return ApiError::PermissionDenied("the metrics token is not valid".into())
+                    .into_response();
+            }
+            Some(_) => {}
+        }
+    }
+    // Refresh the gauges that are only known by asking the store, at most once a second
+    // (concurrent scrapes wait for the one refresh under way).
+    {
+        let mut last = state.gauges_refreshed.lock().await;
+        if last.is_none_or(|at| at.elapsed() >= GAUGE_REFRESH) {
+            let _ = snapshot(&state).await;
+            *last = Some(std::time::Instant::now());
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -67,12 +94,7 @@ pub async fn quota_status(State(state): State<Arc<AppState>>, req: Request) -> R
     let (parts, body) = req.into_parts();
     let result = match parts.method {
         Method::GET => get_status(&state, &parts.headers, parts.uri.query()).await,
-        Method::POST => {
-            let body = axum::body::to_bytes(body, 64 * 1024)
-                .await
-                .unwrap_or_default();
-            post_reset(&state, &parts.headers, parts.uri.query(), body).await
-        }
+        Method::POST => post_reset(&state, &parts.headers, parts.uri.query(), body).await,
         _ => Err(ApiError::MethodNotAllowed(
             "use GET to read or POST to reset".into(),
         )),
@@ -105,11 +127,14 @@ struct ResetBody {
 
 const QUOTA_TYPES: &str = "\"minute\", \"daily\", \"tokens\", \"all\" or \"cooldowns\"";
 
+/// Largest admin request body read (a reset is a few dozen bytes).
+const ADMIN_BODY_LIMIT: usize = 64 * 1024;
+
 async fn post_reset(
     state: &AppState,
     headers: &HeaderMap,
     query: Option<&str>,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let Some(_) = &state.config.admin_token else {
         return Err(ApiError::PermissionDenied(
@@ -124,6 +149,9 @@ async fn post_reset(
             ));
         }
     }
+    // Only an authenticated admin gets its body read, within the body timeout.
+    let body =
+        crate::proxy::read_body(body, ADMIN_BODY_LIMIT, state.config.body_read_timeout).await?;
     let req: ResetBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::InvalidArgument(format!(
             "expected a JSON body {{\"quota_type\": {QUOTA_TYPES}, \"key\"?: masked id or name, \"model\"?: model}}: {e}"
@@ -238,13 +266,7 @@ pub async fn snapshot(state: &AppState) -> Value {
         .key_states(&kids)
         .await
         .unwrap_or_else(|_| kids.iter().map(|_| KeyState::Active).collect());
-    let mut total = Usage::default();
-    for (_, _, u) in &usage {
-        total.minute_requests += u.minute_requests;
-        total.minute_tokens += u.minute_tokens;
-        total.daily_requests += u.daily_requests;
-    }
-    let enabled_projects: HashSet<&str> = state
+    let enabled_projects: BTreeSet<&str> = state
         .pool
         .keys
         .iter()
@@ -252,28 +274,70 @@ pub async fn snapshot(state: &AppState) -> Value {
         .filter(|(_, s)| **s == KeyState::Active)
         .map(|(k, _)| &*k.project)
         .collect();
-    let defaults = state.pool.limits_config().generate;
-    let n = enabled_projects.len() as u64;
-    let (minute_limit, daily_limit, token_limit) = (
-        defaults.minute * n,
-        defaults.daily * n,
-        defaults.token_minute * n,
-    );
-
-    let mut warnings: Vec<String> = Vec::new();
-    let mut errors: Vec<String> = Vec::new();
-    for (name, used, limit) in [
-        ("minute", total.minute_requests, minute_limit),
-        ("daily", total.daily_requests, daily_limit),
-        ("token", total.minute_tokens, token_limit),
-    ] {
-        let p = pct(used, limit);
-        if p > 95.0 {
-            errors.push(format!("{name} usage at {p}% of the pool's limit"));
-        } else if p >= 80.0 {
-            warnings.push(format!("{name} usage at {p}% of the pool's limit"));
+    // Each model's pool-wide usage against the sum of its limits in every enabled project,
+    // each resolved with the model's family, the overrides and what Google reported.
+    let mut per_model: BTreeMap<&str, (Usage, Limits)> = BTreeMap::new();
+    for (_, m, _) in &usage {
+        per_model.entry(m.as_str()).or_insert_with(|| {
+            let family = QuotaFamily::of_model(m);
+            let mut limit = Limits::default();
+            for p in &enabled_projects {
+                let l = state.pool.limits_for(p, m, family);
+                limit.minute += l.minute;
+                limit.daily += l.daily;
+                limit.token_minute += l.token_minute;
+            }
+            (Usage::default(), limit)
+        });
+    }
+    for (p, m, u) in &usage {
+        if !enabled_projects.contains(p.as_str()) {
+            continue;
+        }
+        if let Some((sum, _)) = per_model.get_mut(m.as_str()) {
+            sum.minute_requests += u.minute_requests;
+            sum.minute_tokens += u.minute_tokens;
+            sum.daily_requests += u.daily_requests;
         }
     }
+    let mut total = Usage::default();
+    let mut total_limit = Limits::default();
+    if per_model.is_empty() {
+        // Nothing used yet: the pool's room for a generate model, project by project.
+        for p in &enabled_projects {
+            let l = state.pool.limits_for(p, "", QuotaFamily::Generate);
+            total_limit.minute += l.minute;
+            total_limit.daily += l.daily;
+            total_limit.token_minute += l.token_minute;
+        }
+    }
+    let mut warnings: Vec<String> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    for (model, (u, l)) in &per_model {
+        total.minute_requests += u.minute_requests;
+        total.minute_tokens += u.minute_tokens;
+        total.daily_requests += u.daily_requests;
+        total_limit.minute += l.minute;
+        total_limit.daily += l.daily;
+        total_limit.token_minute += l.token_minute;
+        for (name, used, limit) in [
+            ("minute", u.minute_requests, l.minute),
+            ("daily", u.daily_requests, l.daily),
+            ("token", u.minute_tokens, l.token_minute),
+        ] {
+            let p = pct(used, limit);
+            if p > 95.0 {
+                errors.push(format!("{model}: {name} usage at {p}% of the pool's limit"));
+            } else if p >= 80.0 {
+                warnings.push(format!("{model}: {name} usage at {p}% of the pool's limit"));
+            }
+        }
+    }
+    let (minute_limit, daily_limit, token_limit) = (
+        total_limit.minute,
+        total_limit.daily,
+        total_limit.token_minute,
+    );
 
     let mut keys_json = Vec::new();
     let (mut cooling_n, mut disabled_n) = (0, 0);
@@ -310,7 +374,7 @@ pub async fn snapshot(state: &AppState) -> Value {
         let mut models = BTreeMap::new();
         for (p, m, u) in &usage {
             if p == &*k.project {
-                let l = state.pool.limits_for(p, m, QuotaFamily::Generate);
+                let l = state.pool.limits_for(p, m, QuotaFamily::of_model(m));
                 state.metrics.remaining(
                     &k.masked,
                     m,

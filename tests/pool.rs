@@ -69,7 +69,7 @@ async fn an_invalid_key_is_disabled_after_one_try_and_shown_in_the_status() {
         );
     }
     let sent_bad = fake
-        .recorded()
+        .calls(":generateContent")
         .iter()
         .filter(|r| r.key().as_deref() == Some(bad))
         .count();
@@ -77,6 +77,13 @@ async fn an_invalid_key_is_disabled_after_one_try_and_shown_in_the_status() {
         sent_bad <= 1,
         "the invalid key went upstream {sent_bad} times"
     );
+    // Disabled only after one probe with it confirmed Google's verdict.
+    let probes = fake
+        .calls("/v1beta/models")
+        .iter()
+        .filter(|r| r.method == "GET" && r.key().as_deref() == Some(bad))
+        .count();
+    assert_eq!(probes, sent_bad, "one confirming probe per dead-key answer");
     let status = quota_status(&proxy.url, CLIENT_KEY).await.1;
     let keys = status["quota_status"]["keys"].as_array().unwrap();
     let k = keys.iter().find(|k| k["id"] == "AIza...0001").unwrap();

@@ -5,7 +5,7 @@ use crate::config::{LimitOverride, LimitsConfig};
 use crate::route::QuotaFamily;
 
 /// The limits of one (project, model).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Limits {
     /// Requests in any 60 s span.
     pub minute: u64,

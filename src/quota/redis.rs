@@ -74,6 +74,18 @@ fn store_err(e: redis::RedisError) -> StoreError {
     }
 }
 
+/// A Redis URL fit for a log line: any user and password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(not a URL)".into();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 impl RedisStore {
     /// Connects lazily: construction never waits for Redis, so the proxy starts (degraded)
     /// while Redis is down and attaches when it comes up.
@@ -544,16 +556,40 @@ impl QuotaStore for RedisStore {
         Ok(())
     }
 
+    /// Reads a key of the namespace rather than sending PING: a node that answers PING but
+    /// does not serve the namespace's slot (a Cluster node: `MOVED`, `CLUSTERDOWN`) or is
+    /// still loading its data (`LOADING`) is not a working store.
     async fn ping(&self) -> Result<(), StoreError> {
-        let pong: String = self.cmd(redis::cmd("PING")).await?;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(StoreError::Protocol(format!("PING answered {pong:?}")))
-        }
+        let _: Option<String> = self
+            .cmd(
+                redis::cmd("GET")
+                    .arg(format!("{}:ping", self.prefix))
+                    .clone(),
+            )
+            .await?;
+        Ok(())
     }
 
     fn backend(&self) -> &'static str {
         "redis"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn urls_are_logged_without_user_or_password() {
+        assert_eq!(
+            redact_url("redis://ops:hunter2@10.0.0.1:6379/0"),
+            "redis://***@10.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_url("rediss://:p@ss@host:6380"),
+            "rediss://***@host:6380"
+        );
+        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+        assert_eq!(redact_url("host:6379"), "(not a URL)");
     }
 }

@@ -63,7 +63,7 @@ impl ResilientStore {
             tracing::error!(
                 error = %e,
                 policy = ?self.policy,
-                "quota store unreachable: serving degraded until it is back"
+                "quota store failing (unreachable, or answering what a working store would not): serving degraded until it is back"
             );
         }
     }
@@ -73,13 +73,13 @@ impl ResilientStore {
     }
 }
 
-/// Run `$call` on the primary unless it is known down; on failure mark it down and fall back.
+/// Run `$call` on the primary unless it is known down; on any failure (no answer, or an answer
+/// that is not the expected one, such as a Cluster's `MOVED`) mark it down and fall back.
 macro_rules! with_fallback {
     ($self:ident, $call:ident ( $($arg:expr),* ), $open:expr) => {{
         if !$self.is_down() {
             match $self.primary.$call($($arg),*).await {
                 Ok(v) => return Ok(v),
-                Err(e @ StoreError::Protocol(_)) => return Err(e),
                 Err(e) => $self.mark_down(&e),
             }
         }
@@ -121,7 +121,6 @@ impl QuotaStore for ResilientStore {
         if !self.is_down() {
             match self.primary.admit(req).await {
                 Ok(v) => return Ok(v),
-                Err(e @ StoreError::Protocol(_)) => return Err(e),
                 Err(e) => self.mark_down(&e),
             }
         }

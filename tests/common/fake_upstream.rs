@@ -1,7 +1,8 @@
 //! A fake Gemini API on 127.0.0.1:0 that speaks Google's wire format: generate, SSE and
 //! JSON-array streams with cumulative usageMetadata, countTokens, embed, models, OpenAI chat,
-//! the resumable upload handshake, 429 with QuotaFailure + RetryInfo, 400 API_KEY_INVALID and
-//! 5xx. It records every request so tests can assert what the proxy sent.
+//! the resumable upload handshake, cachedContents create, 429 with QuotaFailure + RetryInfo,
+//! 400 API_KEY_INVALID, Google's texts that echo client input (an unknown body field, a file
+//! name) and 5xx. It records every request so tests can assert what the proxy sent.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
@@ -49,6 +50,14 @@ pub enum Scripted {
     PerDay429,
     /// 429 without details.
     Bare429,
+    /// 429 with one QuotaFailure violation (`quota_id`, `quota_value`) and a RetryInfo.
+    Quota429 {
+        quota_id: &'static str,
+        quota_value: u64,
+        retry_delay: &'static str,
+    },
+    /// Google's dead-key answer (400 API_KEY_INVALID) once, whatever the key.
+    InvalidKey,
 }
 
 /// How the fake behaves; tests change it while it runs.
@@ -74,6 +83,8 @@ pub struct Behaviour {
     pub malformed_200: bool,
     /// Wait this long before answering a generate call.
     pub answer_delay: Duration,
+    /// Pad the answer to `POST .../cachedContents` to at least this many bytes.
+    pub create_answer_bytes: usize,
 }
 
 #[derive(Default)]
@@ -160,6 +171,32 @@ fn scripted(s: &Scripted) -> Response {
             "RESOURCE_EXHAUSTED",
             "Resource has been exhausted (e.g. check quota).",
             vec![],
+        ),
+        Scripted::Quota429 {
+            quota_id,
+            quota_value,
+            retry_delay,
+        } => google_error(
+            429,
+            "RESOURCE_EXHAUSTED",
+            "You exceeded your current quota, please check your plan and billing details.",
+            vec![
+                json!({"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+                    "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                    "quotaId": quota_id,
+                    "quotaDimensions": {"location": "global", "model": "gemini-2.5-flash"},
+                    "quotaValue": quota_value.to_string()}]}),
+                json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay}),
+            ],
+        ),
+        Scripted::InvalidKey => google_error(
+            400,
+            "INVALID_ARGUMENT",
+            "API key not valid. Please pass a valid API key.",
+            vec![
+                json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID", "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}}),
+                json!({"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": "API key not valid. Please pass a valid API key."}),
+            ],
         ),
         Scripted::PerDay429 => google_error(
             429,
@@ -248,21 +285,51 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         );
     };
     if st.behaviour.lock().unwrap().invalid_keys.contains(&key) {
-        return google_error(
-            400,
-            "INVALID_ARGUMENT",
-            "API key not valid. Please pass a valid API key.",
-            vec![
-                json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID", "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}}),
-                json!({"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": "API key not valid. Please pass a valid API key."}),
-            ],
-        );
+        return scripted(&Scripted::InvalidKey);
     }
     let json_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let is_generate = path.contains(":generateContent")
         || path.contains(":streamGenerateContent")
         || path.ends_with("/chat/completions");
+    let is_embed = path.contains(":embedContent") || path.contains(":batchEmbedContents");
 
+    // Google checks the body against the request's schema and echoes an unknown field's name,
+    // whatever it is, in its message.
+    if path.contains(":generateContent") || path.contains(":streamGenerateContent") {
+        const KNOWN: &[&str] = &[
+            "contents",
+            "tools",
+            "toolConfig",
+            "safetySettings",
+            "systemInstruction",
+            "generationConfig",
+            "cachedContent",
+            "labels",
+            "model",
+        ];
+        if let Some(unknown) = json_body
+            .as_object()
+            .and_then(|o| o.keys().find(|k| !KNOWN.contains(&k.as_str())))
+        {
+            let message = format!(
+                "Invalid JSON payload received. Unknown name \"{unknown}\": Cannot find field."
+            );
+            return google_error(
+                400,
+                "INVALID_ARGUMENT",
+                &message,
+                vec![json!({"@type": "type.googleapis.com/google.rpc.BadRequest",
+                    "fieldViolations": [{"description": message}]})],
+            );
+        }
+    }
+
+    if is_embed {
+        let forced = st.behaviour.lock().unwrap().script.pop_front();
+        if let Some(s) = forced {
+            return scripted(&s);
+        }
+    }
     if is_generate {
         let (forced, always, rpm, delay, malformed) = {
             let mut b = st.behaviour.lock().unwrap();
@@ -378,6 +445,18 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
     }
     if path.contains(":embedContent") {
         return axum::Json(json!({"embedding": {"values": [0.1, 0.2, 0.3]}})).into_response();
+    }
+    if (path == "/v1beta/cachedContents" || path == "/v1/cachedContents") && parts.method == "POST"
+    {
+        // Google's CachedContent answer: the name it made, the model, usage (never the contents).
+        let pad = st.behaviour.lock().unwrap().create_answer_bytes;
+        let mut answer = json!({"name": "cachedContents/c1", "model": json_body["model"],
+            "createTime": "2026-01-01T00:00:00Z", "expireTime": "2026-01-01T01:00:00Z",
+            "usageMetadata": {"totalTokenCount": prompt}});
+        if pad > 0 {
+            answer["displayName"] = json!("d".repeat(pad));
+        }
+        return axum::Json(answer).into_response();
     }
     if path.ends_with("/models") {
         return axum::Json(json!({"models": [model_json("gemini-2.5-flash"), model_json("gemini-2.5-pro"), model_json("gemini-embedding-001")]})).into_response();

@@ -220,11 +220,21 @@ fn free_port() -> u16 {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// A server with extra arguments; `{port}` in them becomes the server's port.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
         for _ in 0..5 {
             let port = free_port();
+            let extra: Vec<String> = extra
+                .iter()
+                .map(|a| a.replace("{port}", &port.to_string()))
+                .collect();
             let child = Command::new(&bin)
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                .args(&extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
