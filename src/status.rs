@@ -368,7 +368,8 @@ pub async fn snapshot(state: &AppState) -> Value {
         };
         let now = chrono::Utc::now();
         let cooldown_until = cd.map(|c| {
-            (now + chrono::Duration::milliseconds(c.remaining_ms as i64))
+            // Bounded before the arithmetic: a store's number never overflows a date.
+            (now + chrono::Duration::milliseconds(c.remaining_ms.min(400 * 86_400_000) as i64))
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         });
         let mut models = BTreeMap::new();
