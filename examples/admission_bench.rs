@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono_tz::America::Los_Angeles;
-use gemini_quota_proxy::config::Strategy;
+use gemini_quota_proxy::quota::Strategy;
 use gemini_quota_proxy::quota::memory::MemoryStore;
 use gemini_quota_proxy::quota::redis::RedisStore;
 use gemini_quota_proxy::quota::{
@@ -96,7 +96,7 @@ async fn main() {
     );
 
     let (port, _redis) = support::start_redis();
-    let store = RedisStore::new(
+    let store = RedisStore::connect(
         &Secret::new(format!("redis://127.0.0.1:{port}")),
         "bench",
         Duration::from_secs(2),

@@ -3,10 +3,12 @@
 
 use axum::http::HeaderMap;
 
-use crate::config::Config;
+use crate::config::AuthConfig;
 use crate::error::ApiError;
 use crate::secret::{matches_any, presented_digest};
-use crate::upstream::client_credential;
+
+/// Query parameters that carry a client credential (`$key` also percent-encoded).
+pub const QUERY_CREDENTIALS: [&str; 3] = ["key", "$key", "%24key"];
 
 /// Who presented what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +21,7 @@ pub enum Caller {
 
 /// Check the credential a request presents. Missing: 401; unknown: 403.
 pub fn authenticate(
-    cfg: &Config,
+    cfg: &AuthConfig,
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Caller, ApiError> {
@@ -29,7 +31,7 @@ pub fn authenticate(
 /// Like [`authenticate`], but a credential is always required, even where anonymous Gemini
 /// calls are allowed (the status page and admin calls).
 pub fn authenticate_strict(
-    cfg: &Config,
+    cfg: &AuthConfig,
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Caller, ApiError> {
@@ -37,7 +39,7 @@ pub fn authenticate_strict(
 }
 
 fn check(
-    cfg: &Config,
+    cfg: &AuthConfig,
     headers: &HeaderMap,
     query: Option<&str>,
     allow_anonymous: bool,
@@ -66,5 +68,42 @@ fn check(
                 ))
             }
         }
+    }
+}
+
+/// The credential a client presented: `x-goog-api-key`, `?key=` / `?$key=`, or Bearer.
+pub fn client_credential<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
+    if let Some(v) = headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim());
+    }
+    if let Some(v) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+    {
+        return Some(v.trim());
+    }
+    query?.split('&').find_map(|p| {
+        let (name, value) = p.split_once('=')?;
+        QUERY_CREDENTIALS.contains(&name).then_some(value)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_credential_is_found_in_the_header_bearer_or_query() {
+        let mut h = HeaderMap::new();
+        assert_eq!(client_credential(&h, Some("alt=sse&key=abc")), Some("abc"));
+        assert_eq!(client_credential(&h, Some("%24key=abc")), Some("abc"));
+        h.insert("authorization", "Bearer tok".parse().unwrap());
+        assert_eq!(client_credential(&h, Some("key=abc")), Some("tok"));
+        h.insert("x-goog-api-key", "goog".parse().unwrap());
+        assert_eq!(client_credential(&h, None), Some("goog"));
     }
 }

@@ -4,16 +4,15 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::{Body as HttpBody, Frame, Incoming};
+use hyper::body::{Body as HttpBody, Frame};
 use memchr::memmem;
 use tokio::time::{Instant, Sleep};
 
-use crate::quota::{QuotaStore, Reservation};
+use crate::quota::Settlement;
 
 /// Finds the last reported input-token count in a byte stream, whatever its framing (JSON,
 /// SSE, JSON array), without parsing JSON and without copying the body. Google's stream usage
@@ -99,61 +98,6 @@ fn number_after(rest: &[u8]) -> Option<u64> {
     std::str::from_utf8(&rest[start..i]).ok()?.parse().ok()
 }
 
-/// Settles one reservation exactly once: with the tokens Google reported, or, if it is dropped
-/// unsettled (an upstream error, a retry, a timeout), as a refund of the estimate.
-pub struct Settlement {
-    store: Arc<dyn QuotaStore>,
-    reservation: Option<Reservation>,
-}
-
-impl Settlement {
-    pub fn new(store: Arc<dyn QuotaStore>, reservation: Reservation) -> Self {
-        Settlement {
-            store,
-            reservation: Some(reservation),
-        }
-    }
-
-    /// The reservation being settled (`None` only after settling).
-    pub fn reservation(&self) -> Option<&Reservation> {
-        self.reservation.as_ref()
-    }
-
-    /// Replace the estimate with `tokens` (`None` refunds), off the response path.
-    pub fn settle(mut self, tokens: Option<u64>) {
-        self.finish(tokens);
-    }
-
-    fn finish(&mut self, tokens: Option<u64>) {
-        let Some(reservation) = self.reservation.take() else {
-            return;
-        };
-        let store = &self.store;
-        let actual = tokens.unwrap_or(0);
-        // Nothing changes when Google counted what we estimated.
-        if actual == reservation.tokens
-            || store.settle_now(&reservation, actual)
-            || store.settle_later(&reservation, actual)
-        {
-            return;
-        }
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let store = store.clone();
-            handle.spawn(async move {
-                if let Err(e) = store.settle(&reservation, actual).await {
-                    tracing::warn!(error = %e, "settling a reservation failed: its estimate stays counted");
-                }
-            });
-        }
-    }
-}
-
-impl Drop for Settlement {
-    fn drop(&mut self) {
-        self.finish(None);
-    }
-}
-
 /// Why a stream stopped early.
 #[derive(Debug, thiserror::Error)]
 enum StreamCut {
@@ -167,11 +111,11 @@ enum StreamCut {
 
 /// The body handed to the client: hyper's upstream body polled frame by frame (no stream
 /// adapter, no copy).
-pub struct ProxyBody {
+pub struct ProxyBody<B> {
     /// Bytes already read from `inner` (a create-call answer read to learn a name, found too
     /// large to hold): sent first.
     prefix: Option<Bytes>,
-    inner: Incoming,
+    inner: B,
     idle: Duration,
     /// Streams only: the longest gap between chunks.
     idle_timer: Option<Pin<Box<Sleep>>>,
@@ -181,11 +125,11 @@ pub struct ProxyBody {
     done: bool,
 }
 
-impl ProxyBody {
+impl<B> ProxyBody<B> {
     /// `deadline`: the whole-request limit of a non-streaming answer; without one (a stream)
     /// the body gets the idle-gap limit instead.
     pub fn new(
-        inner: Incoming,
+        inner: B,
         idle: Duration,
         deadline: Option<Instant>,
         settlement: Option<Settlement>,
@@ -227,7 +171,11 @@ impl ProxyBody {
     }
 }
 
-impl HttpBody for ProxyBody {
+impl<B> HttpBody for ProxyBody<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     type Data = Bytes;
     type Error = std::io::Error;
 
@@ -286,7 +234,7 @@ impl HttpBody for ProxyBody {
     }
 }
 
-impl Drop for ProxyBody {
+impl<B> Drop for ProxyBody<B> {
     fn drop(&mut self) {
         // The client went away (or the server is shutting down): what was seen still settles.
         if !self.done {

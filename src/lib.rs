@@ -1,14 +1,38 @@
 //! gemini-quota-proxy: a reverse proxy for Google's Gemini API that pools keys and admits each
 //! request only when a key's project has quota left.
+//!
+//! A request's way, module by module:
+//!
+//! 1. [`server`]: the accept loop (header timeout, connection cap, graceful drain) dispatches
+//!    Gemini paths to the [`gateway`]'s service and the rest to the proxy's own endpoints
+//!    ([`status`]: health, readiness, metrics, quota status and admin reset).
+//! 2. [`layers`], a tower stack, outermost first:
+//!    - [`layers::authenticate`]: the client credential ([`auth`], [`secret`]);
+//!    - [`layers::estimate`]: the path ([`route`]), the body read once, its input tokens
+//!      ([`estimate`]), the key a named resource belongs to ([`pool::affinity`]);
+//!    - [`layers::quota`]: admission on a key with room ([`quota`] store, [`pool`] candidates
+//!      and limits), Google's answer read ([`upstream::verdict`]), holds, learned limits, dead
+//!      keys ([`pool::health`]) and retries by one table ([`layers::retry`]);
+//!    - [`layers::forward`]: the pooled HTTP client ([`upstream::client`]) with the request
+//!      built for Google ([`upstream::request`]).
+//! 3. [`body`]: the answer streams back untouched while its usage is read; at its end the
+//!    reservation settles ([`quota::Settlement`]).
+//!
+//! Around it: [`config`] (one file per section), [`error`] (Google's error envelope),
+//! [`metrics`], [`telemetry`] (logging) and [`state`] (what every step shares).
+//!
+//! Embedding: build a [`Gateway`] from a [`Config`] and mount [`Gateway::service`] in your own
+//! router (`examples/embed.rs`).
 
 pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
 pub mod estimate;
+pub mod gateway;
+pub mod layers;
 pub mod metrics;
 pub mod pool;
-pub mod proxy;
 pub mod quota;
 pub mod route;
 pub mod secret;
@@ -19,5 +43,6 @@ pub mod telemetry;
 pub mod upstream;
 
 pub use config::{Config, Sources};
+pub use gateway::{Gateway, GatewayBuilder, GeminiService};
 pub use server::{app, serve};
 pub use state::AppState;

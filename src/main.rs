@@ -8,7 +8,7 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use gemini_quota_proxy::{AppState, Config, Sources, serve, server::shutdown_signal, telemetry};
+use gemini_quota_proxy::{Config, Gateway, Sources, serve, server::shutdown_signal, telemetry};
 
 /// A Gemini API reverse proxy that pools keys and keeps every request inside its quota.
 #[derive(Parser)]
@@ -39,17 +39,22 @@ async fn main() -> ExitCode {
     };
     // Held to the end of main: dropping it flushes the log queue.
     let _log_guard = telemetry::init(
-        config.log_format,
+        config.log.format,
         sources.env.get("RUST_LOG").map(String::as_str),
     );
-    let listen = config.listen;
-    let state = match AppState::new(config) {
-        Ok(s) => s,
+    let listen = config.server.listen;
+    let mut builder = Gateway::builder(config);
+    if let Some(handle) = gemini_quota_proxy::metrics::install_prometheus() {
+        builder = builder.prometheus(handle);
+    }
+    let gateway = match builder.build() {
+        Ok(g) => g,
         Err(e) => {
             eprintln!("gemini-quota-proxy: {e}");
             return ExitCode::from(2);
         }
     };
+    let state = gateway.state().clone();
     state.check_store_at_start().await;
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
@@ -66,10 +71,10 @@ async fn main() -> ExitCode {
         addr = %addr,
         keys = state.pool.keys.len(),
         store = state.store.backend(),
-        upstream = %state.config.upstream_url,
+        upstream = %state.config.upstream.url.text,
         "listening"
     );
-    match serve(listener, state, shutdown_signal()).await {
+    match serve(listener, gateway, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gemini-quota-proxy: {e}");

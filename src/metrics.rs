@@ -11,7 +11,23 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
-/// Records metrics; one process-wide recorder serves every app instance (tests run several).
+/// Install the process-wide Prometheus recorder (once; later calls return the same handle).
+/// The application does this (`main`, a test harness, an embedder that wants `/metrics`), not
+/// the library: an embedder may have its own recorder.
+pub fn install_prometheus() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .clone()
+}
+
+/// Records metrics; one process-wide recorder serves every gateway in the process (tests run
+/// several).
 #[derive(Clone)]
 pub struct Metrics {
     handle: Option<PrometheusHandle>,
@@ -42,16 +58,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 impl Metrics {
-    pub fn new() -> Metrics {
-        let handle = HANDLE
-            .get_or_init(|| {
-                PrometheusBuilder::new()
-                    .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                    .ok()?
-                    .install_recorder()
-                    .ok()
-            })
-            .clone();
+    /// Metrics recorded through the `metrics` facade (into whatever recorder is installed);
+    /// `handle` renders `/metrics` (`None`: it renders nothing).
+    pub fn new(handle: Option<PrometheusHandle>) -> Metrics {
         Metrics {
             handle,
             total: histogram!("gqp_request_duration_seconds"),
@@ -159,6 +168,6 @@ impl Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics::new()
+        Metrics::new(None)
     }
 }

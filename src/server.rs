@@ -17,8 +17,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
+use crate::gateway::{Gateway, GeminiService};
 use crate::state::AppState;
-use crate::{proxy, status};
+use crate::status;
 
 /// Largest total of header names and values a request may carry. hyper's read buffer limit is
 /// only enforced while headers are incomplete, so a kept-alive connection can slip a larger
@@ -77,10 +78,11 @@ fn strip_path_prefix(req: &mut Request, prefix: &str) -> bool {
     true
 }
 
-/// One request: Gemini paths go straight to the proxy handler (the router's layers cost more
+/// One request: Gemini paths go straight to the Gemini service (the router's layers cost more
 /// than the routing at tens of thousands of requests a second); the rest to the router.
 async fn dispatch(
-    state: Arc<AppState>,
+    gemini: GeminiService,
+    prefix: Option<Arc<str>>,
     router: Router,
     req: http::Request<hyper::body::Incoming>,
 ) -> Result<Response, std::convert::Infallible> {
@@ -89,13 +91,11 @@ async fn dispatch(
         return Ok(refusal);
     }
     let direct = is_gemini_path(req.uri().path())
-        || state
-            .config
-            .path_prefix
+        || prefix
             .as_deref()
             .is_some_and(|p| strip_path_prefix(&mut req, p));
     if direct {
-        return Ok(proxy::handle(axum::extract::State(state), req).await);
+        return tower::ServiceExt::oneshot(gemini, req).await;
     }
     hyper::service::Service::call(&TowerToHyperService::new(router), req).await
 }
@@ -109,20 +109,32 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/metrics", get(status::metrics))
         .route("/api/ai/quota-status/", any(status::quota_status))
         .route("/api/ai/quota-status", any(status::quota_status))
-        .fallback(proxy::not_found)
+        .fallback(not_found)
         .with_state(state)
+}
+
+/// 404 for anything outside the Gemini surface and the proxy's own endpoints.
+pub async fn not_found(req: Request) -> Response {
+    let path: String = req.uri().path().chars().take(120).collect();
+    ApiError::NotFound(format!(
+        "Nothing here: {path}. The proxy serves /v1beta/, /v1/, /upload/v1beta/ and /upload/v1/."
+    ))
+    .into_response()
 }
 
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 113\r\n\r\n{\"error\":{\"code\":503,\"message\":\"The proxy has too many open connections; retry shortly.\",\"status\":\"UNAVAILABLE\"}}";
 
-/// Serve `state` on `listener` until `shutdown` resolves, then drain for the grace period.
+/// Serve `gateway` on `listener` until `shutdown` resolves, then drain for the grace period.
 pub async fn serve(
     listener: TcpListener,
-    state: Arc<AppState>,
+    gateway: Gateway,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let cfg = state.config.clone();
-    let router = app(state.clone());
+    let state = gateway.state().clone();
+    let cfg = &state.config.server;
+    let router = gateway.router();
+    let gemini = gateway.service();
+    let prefix: Option<Arc<str>> = cfg.path_prefix.as_deref().map(Arc::from);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -167,9 +179,9 @@ pub async fn serve(
                     });
                     continue;
                 };
-                let (state, router) = (state.clone(), router.clone());
+                let (gemini, prefix, router) = (gemini.clone(), prefix.clone(), router.clone());
                 let service = hyper::service::service_fn(move |req| {
-                    dispatch(state.clone(), router.clone(), req)
+                    dispatch(gemini.clone(), prefix.clone(), router.clone(), req)
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use chrono_tz::America::Los_Angeles;
 use common::RedisServer;
-use gemini_quota_proxy::config::Strategy;
 use gemini_quota_proxy::error::LimitKind;
+use gemini_quota_proxy::quota::Strategy;
 use gemini_quota_proxy::quota::memory::MemoryStore;
 use gemini_quota_proxy::quota::redis::RedisStore;
 use gemini_quota_proxy::quota::{
@@ -67,7 +67,7 @@ fn memory() -> Harness {
 fn redis() -> Harness {
     let server = RedisServer::start();
     let clock = Arc::new(ManualClock::new(T0));
-    let store = RedisStore::new(
+    let store = RedisStore::connect(
         &Secret::new(server.url.clone()),
         "suite",
         std::time::Duration::from_secs(2),
@@ -428,7 +428,7 @@ async fn concurrent_admissions_on_shared_redis_grant_exactly_the_limit() {
     let stores: Vec<Arc<dyn QuotaStore>> = (0..3)
         .map(|_| {
             Arc::new(
-                RedisStore::new(
+                RedisStore::connect(
                     &Secret::new(server.url.clone()),
                     "conc",
                     std::time::Duration::from_secs(2),

@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use async_trait::async_trait;
 use chrono_tz::Tz;
 
+use super::Strategy;
 use super::{
     AdmitOutcome, AdmitRequest, Candidate, Clock, Cooldown, DayCache, DayInfo, KeyState, Limits,
     MINUTE_MS, QuotaStore, Reservation, ResetKind, ResetScope, StoreError, Usage, headroom,
 };
-use crate::config::Strategy;
 use crate::error::LimitKind;
 
 /// One admission in 8 bytes, so even a log of millions of admissions a minute stays small.

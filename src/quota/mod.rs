@@ -6,6 +6,7 @@ pub mod limits;
 pub mod memory;
 pub mod redis;
 pub mod resilient;
+pub mod settlement;
 
 use std::sync::Arc;
 
@@ -13,9 +14,18 @@ use async_trait::async_trait;
 
 pub use clock::{Clock, DayCache, DayInfo, ManualClock, SystemClock};
 pub use limits::Limits;
+pub use settlement::Settlement;
 
-use crate::config::Strategy;
 use crate::error::LimitKind;
+
+/// How a key is picked among those whose project has room (the stores implement it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// The key whose project has the most headroom; ties in turn.
+    Headroom,
+    /// The first key in configuration order with room ("primary first, backup after").
+    Ordered,
+}
 
 /// Length of the sliding window, in milliseconds.
 pub const MINUTE_MS: i64 = 60_000;

@@ -9,11 +9,12 @@ use chrono_tz::Tz;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Script, Value};
 
+use super::Strategy;
 use super::{
     AdmitOutcome, AdmitRequest, Candidate, Clock, Cooldown, DayCache, DayInfo, KeyState,
     QuotaStore, Reservation, ResetKind, ResetScope, StoreError, SystemClock, Usage,
 };
-use crate::config::Strategy;
+use crate::config::StoreConfig;
 use crate::error::LimitKind;
 use crate::secret::Secret;
 
@@ -89,7 +90,16 @@ pub fn redact_url(url: &str) -> String {
 impl RedisStore {
     /// Connects lazily: construction never waits for Redis, so the proxy starts (degraded)
     /// while Redis is down and attaches when it comes up.
-    pub fn new(
+    /// The store `cfg` names (`cfg.redis_url` must be set), its day in `tz`.
+    pub fn new(cfg: &StoreConfig, tz: Tz) -> Result<Self, StoreError> {
+        let Some(url) = &cfg.redis_url else {
+            return Err(StoreError::Unreachable("no Redis URL configured".into()));
+        };
+        Self::connect(url, &cfg.namespace, cfg.timeout, tz)
+    }
+
+    /// A store at `url` under `namespace`, each call bounded by `timeout`, its day in `tz`.
+    pub fn connect(
         url: &Secret,
         namespace: &str,
         timeout: Duration,

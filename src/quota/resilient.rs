@@ -13,7 +13,28 @@ use super::{
     AdmitOutcome, AdmitRequest, Cooldown, KeyState, QuotaStore, Reservation, ResetKind, ResetScope,
     StoreError, Usage,
 };
-use crate::config::StoreFailurePolicy;
+
+/// What admission does while the shared store is unreachable (`store.on_error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFailurePolicy {
+    /// Count in this replica's memory until the store is back.
+    Local,
+    /// Refuse with 503.
+    FailClosed,
+    /// Admit without counting.
+    FailOpen,
+}
+
+impl StoreFailurePolicy {
+    /// The name used in `store.on_error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreFailurePolicy::Local => "local",
+            StoreFailurePolicy::FailClosed => "fail-closed",
+            StoreFailurePolicy::FailOpen => "fail-open",
+        }
+    }
+}
 
 /// `primary` (Redis) with a fallback while it is unreachable.
 pub struct ResilientStore {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gemini_quota_proxy::quota::QuotaStore;
-use gemini_quota_proxy::{AppState, Config, Sources};
+use gemini_quota_proxy::{AppState, Config, Gateway, Sources};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -98,16 +98,20 @@ impl ProxyOpts {
 
 pub async fn start_proxy(upstream: &str, opts: ProxyOpts) -> Proxy {
     let config = opts.config(upstream);
-    let state = match opts.store.clone() {
-        Some(s) => AppState::with_store(config, s),
-        None => AppState::new(config).expect("state"),
-    };
+    let mut builder = Gateway::builder(config);
+    if let Some(s) = opts.store.clone() {
+        builder = builder.store(s);
+    }
+    if let Some(h) = gemini_quota_proxy::metrics::install_prometheus() {
+        builder = builder.prometheus(h);
+    }
+    let gateway = builder.build().expect("gateway");
+    let state = gateway.state().clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = oneshot::channel::<()>();
-    let st = state.clone();
     let task = tokio::spawn(async move {
-        gemini_quota_proxy::serve(listener, st, async {
+        gemini_quota_proxy::serve(listener, gateway, async {
             let _ = rx.await;
         })
         .await

@@ -1,13 +1,17 @@
-//! The key pool: pooled keys with their ids, masks, names and projects, turn-taking, and the
-//! admission candidates for a (model, quota family).
+//! The key pool: pooled keys with their ids, masks, names and projects, turn-taking, the
+//! admission candidates for a (model, quota family) with their limits (configured, lowered by
+//! what Google reported), key health ([`health`]) and key affinity ([`affinity`]).
+
+pub mod affinity;
+pub mod health;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::config::{Config, LimitOverride, LimitsConfig, Strategy};
+use crate::config::{LimitOverride, LimitsConfig, PoolConfig};
 use crate::error::LimitKind;
-use crate::quota::{Candidate, limits};
+use crate::quota::{Candidate, Strategy, limits};
 use crate::route::QuotaFamily;
 use crate::secret::Secret;
 
@@ -35,11 +39,13 @@ pub struct Pool {
     turn: AtomicU64,
     /// Limits Google reported lower than configured, by (project, model).
     learned: RwLock<HashMap<(String, String), LimitOverride>>,
+    /// What this replica saw of its keys' health.
+    pub health: health::KeyHealth,
 }
 
 impl Pool {
-    pub fn new(cfg: &Config) -> Pool {
-        let keys = cfg
+    pub fn new(cfg: &PoolConfig, limits: &LimitsConfig) -> Pool {
+        let keys: Vec<PooledKey> = cfg
             .keys
             .iter()
             .enumerate()
@@ -61,12 +67,15 @@ impl Pool {
                 }
             })
             .collect();
+        let projects: std::collections::HashSet<&str> = keys.iter().map(|k| &*k.project).collect();
+        let health = health::KeyHealth::new(projects.len());
         Pool {
             keys,
             strategy: cfg.strategy,
-            limits: cfg.limits.clone(),
+            limits: limits.clone(),
             turn: AtomicU64::new(0),
             learned: RwLock::new(HashMap::new()),
+            health,
         }
     }
 
@@ -175,7 +184,7 @@ fn lower(l: &mut crate::quota::Limits, o: &LimitOverride) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Sources;
+    use crate::config::{Config, Sources};
 
     fn pool(toml: &str) -> Pool {
         let path = std::env::temp_dir().join(format!(
@@ -193,7 +202,7 @@ mod tests {
             .into(),
         })
         .unwrap();
-        Pool::new(&cfg)
+        Pool::new(&cfg.pool, &cfg.limits)
     }
 
     #[test]

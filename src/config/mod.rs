@@ -1,0 +1,350 @@
+//! Typed settings, one section a file: embedded `config/default.toml` < `--config FILE` <
+//! environment, each section validated into its own type whose errors name the setting at
+//! fault. Components take only their section (`build_client(&cfg.upstream)`).
+
+mod auth;
+mod check;
+mod limits;
+mod log;
+mod metrics;
+mod pool;
+mod server;
+mod store;
+mod upstream;
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+pub use self::auth::AuthConfig;
+pub use self::check::{BaseUrl, ConfigError};
+use self::check::{bad, comma_list, env_value};
+pub use self::limits::{LimitOverride, LimitsConfig, ProjectLimits, QuotaDefaults};
+pub use self::log::{LogConfig, LogFormat};
+pub use self::metrics::MetricsConfig;
+pub use self::pool::{KeyConfig, PoolConfig, Strategy};
+pub use self::server::ServerConfig;
+pub use self::store::{StoreConfig, StoreFailurePolicy};
+pub use self::upstream::UpstreamConfig;
+
+/// The defaults compiled into the binary (the repository's `config/default.toml`).
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// Where settings come from besides the embedded defaults. Tests pass their own `env` map so
+/// they never touch the process environment.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    pub file: Option<String>,
+    pub env: HashMap<String, String>,
+}
+
+impl Sources {
+    /// The process environment and the `--config` file (or `PROXY_CONFIG`).
+    pub fn from_process(file: Option<String>) -> Self {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let file = file.or_else(|| env.get("PROXY_CONFIG").cloned().filter(|s| !s.is_empty()));
+        Sources { file, env }
+    }
+}
+
+/// The TOML's shape (every field present thanks to the embedded defaults).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    server: server::Raw,
+    upstream: upstream::Raw,
+    auth: auth::Raw,
+    pool: pool::Raw,
+    limits: limits::Raw,
+    store: store::Raw,
+    log: log::Raw,
+    metrics: metrics::Raw,
+    #[serde(default)]
+    keys: Vec<pool::RawKey>,
+}
+
+/// Everything the proxy needs, validated, by section.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub auth: AuthConfig,
+    pub pool: PoolConfig,
+    pub limits: LimitsConfig,
+    pub store: StoreConfig,
+    pub log: LogConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// Environment variables that map onto one TOML setting each.
+const ENV_SETTINGS: &[(&str, &str)] = &[
+    ("GEMINI_UPSTREAM_URL", "upstream.url"),
+    ("PROXY_LISTEN", "server.listen"),
+    ("PROXY_PUBLIC_URL", "server.public_url"),
+    ("PROXY_PATH_PREFIX", "server.path_prefix"),
+    ("PROXY_ADMIN_TOKEN", "auth.admin_token"),
+    ("REDIS_URL", "store.redis_url"),
+    ("PROXY_LOG_FORMAT", "log.format"),
+    ("PROXY_METRICS_TOKEN", "metrics.token"),
+];
+
+/// Environment variables holding a whole number.
+const ENV_NUMBERS: &[(&str, &str)] = &[
+    ("GEMINI_MINUTE_LIMIT", "limits.minute"),
+    ("GEMINI_DAILY_LIMIT", "limits.daily"),
+    ("GEMINI_TOKEN_MINUTE_LIMIT", "limits.token_minute"),
+    ("GEMINI_MAX_REQUEST_TOKENS", "limits.max_request_tokens"),
+];
+
+impl Config {
+    /// Load and validate. Every failure names the setting (TOML path or variable) at fault.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        use config::{File, FileFormat};
+        let mut builder =
+            config::Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = &sources.file {
+            if !std::path::Path::new(path).is_file() {
+                return Err(bad("--config", format!("no readable file at {path:?}")));
+            }
+            builder = builder.add_source(File::new(path, FileFormat::Toml));
+        }
+        let env = &sources.env;
+        for (var, key) in ENV_SETTINGS {
+            if let Some(v) = env.get(*var) {
+                builder = builder
+                    .set_override(*key, v.trim().to_string())
+                    .map_err(|e| bad(*var, e.to_string()))?;
+            }
+        }
+        for (var, key) in ENV_NUMBERS {
+            if let Some(v) = env_value(env, var) {
+                let n: u64 = v
+                    .parse()
+                    .map_err(|_| bad(*var, format!("expected a whole number, got {v:?}")))?;
+                builder = builder
+                    .set_override(*key, n)
+                    .map_err(|e| bad(*var, e.to_string()))?;
+            }
+        }
+        if let Some(v) = env_value(env, "PROXY_CLIENT_KEYS") {
+            let list: Vec<String> = comma_list(v).map(str::to_string).collect();
+            builder = builder
+                .set_override("auth.client_keys", list)
+                .map_err(|e| bad("PROXY_CLIENT_KEYS", e.to_string()))?;
+        }
+        let raw: Raw = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(describe_config_error)?;
+        Ok(Config {
+            pool: PoolConfig::from_raw(raw.pool, raw.keys, env)?,
+            auth: AuthConfig::from_raw(raw.auth)?,
+            server: ServerConfig::from_raw(raw.server)?,
+            upstream: UpstreamConfig::from_raw(raw.upstream)?,
+            limits: LimitsConfig::from_raw(raw.limits)?,
+            store: StoreConfig::from_raw(raw.store)?,
+            log: LogConfig::from_raw(raw.log)?,
+            metrics: MetricsConfig::from_raw(raw.metrics),
+        })
+    }
+}
+
+/// The `config` crate's messages already name the key; keep them, under a stable prefix.
+fn describe_config_error(e: config::ConfigError) -> ConfigError {
+    let text = e.to_string();
+    let setting = text
+        .split("for key `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or("config file")
+        .to_string();
+    bad(setting, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Sources {
+        Sources {
+            file: None,
+            env: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn embedded_defaults_with_one_key_and_client_key_load() {
+        let c = Config::load(&env(&[
+            ("GEMINI_API_KEY", "k1"),
+            ("PROXY_CLIENT_KEYS", "c1"),
+        ]))
+        .expect("loads");
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            c.upstream.url.text,
+            "https://generativelanguage.googleapis.com"
+        );
+        assert_eq!(c.limits.generate.minute, 15);
+        assert_eq!(c.limits.generate.daily, 1500);
+        assert_eq!(c.limits.generate.token_minute, 1_000_000);
+        assert_eq!(c.limits.max_request_tokens, 32_000);
+        assert_eq!(c.limits.timezone, chrono_tz::America::Los_Angeles);
+        assert!(c.store.redis_url.is_none());
+        assert!(c.auth.admin_token.is_none());
+    }
+
+    #[test]
+    fn key_pool_is_union_of_three_variables_in_order_without_duplicates() {
+        let c = Config::load(&env(&[
+            ("GEMINI_API_KEY", "a"),
+            ("GEMINI_API_KEY_BACKUP", "b"),
+            ("GEMINI_API_KEYS", "c, a ,d,,b"),
+            ("PROXY_CLIENT_KEYS", "x"),
+        ]))
+        .unwrap();
+        let keys: Vec<&str> = c.pool.keys.iter().map(|k| k.key.expose()).collect();
+        assert_eq!(keys, ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn refuses_to_start_without_keys_and_says_what_to_set() {
+        let e = Config::load(&env(&[("PROXY_CLIENT_KEYS", "x")])).unwrap_err();
+        assert!(e.to_string().contains("GEMINI_API_KEY"), "{e}");
+    }
+
+    #[test]
+    fn refuses_to_start_without_client_keys_unless_anonymous_allowed() {
+        let e = Config::load(&env(&[("GEMINI_API_KEY", "k")])).unwrap_err();
+        assert!(e.to_string().contains("PROXY_CLIENT_KEYS"), "{e}");
+    }
+
+    #[test]
+    fn bad_numbers_name_their_variable() {
+        let e = Config::load(&env(&[
+            ("GEMINI_API_KEY", "k"),
+            ("PROXY_CLIENT_KEYS", "c"),
+            ("GEMINI_MINUTE_LIMIT", "ten"),
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("GEMINI_MINUTE_LIMIT"), "{e}");
+        let e = Config::load(&env(&[
+            ("GEMINI_API_KEY", "k"),
+            ("PROXY_CLIENT_KEYS", "c"),
+            ("GEMINI_DAILY_LIMIT", "0"),
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("GEMINI_DAILY_LIMIT"), "{e}");
+    }
+
+    #[test]
+    fn keys_that_cannot_travel_in_a_header_are_refused_without_showing_them() {
+        let e = Config::load(&env(&[
+            ("GEMINI_API_KEY", "AIzaBad Key\u{7f}000001"),
+            ("PROXY_CLIENT_KEYS", "c"),
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("GEMINI_API_KEY"), "{e}");
+        assert!(!e.to_string().contains("Bad Key"), "{e}");
+    }
+
+    #[test]
+    fn bad_listen_url_and_format_name_their_setting() {
+        for (var, val) in [
+            ("PROXY_LISTEN", "nope"),
+            ("GEMINI_UPSTREAM_URL", "ftp://x"),
+            ("PROXY_LOG_FORMAT", "xml"),
+            ("REDIS_URL", "localhost:6379"),
+            ("REDIS_URL", "rediss://cache.example:6380"),
+            ("PROXY_PATH_PREFIX", "gemini"),
+            ("PROXY_PATH_PREFIX", "/v1beta"),
+        ] {
+            let e = Config::load(&env(&[
+                ("GEMINI_API_KEY", "k"),
+                ("PROXY_CLIENT_KEYS", "c"),
+                (var, val),
+            ]))
+            .unwrap_err();
+            assert!(e.to_string().contains(var), "{var}: {e}");
+        }
+    }
+
+    #[test]
+    fn upstream_url_with_credentials_is_refused_without_echoing_them() {
+        let e = Config::load(&env(&[
+            ("GEMINI_API_KEY", "k"),
+            ("PROXY_CLIENT_KEYS", "c"),
+            (
+                "GEMINI_UPSTREAM_URL",
+                "https://gw:Sup3rSecret@gw.example/gemini",
+            ),
+        ]))
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("GEMINI_UPSTREAM_URL"), "{text}");
+        assert!(text.contains("credentials"), "{text}");
+        assert!(!text.contains("Sup3rSecret"), "{text}");
+    }
+
+    #[test]
+    fn toml_file_declares_named_keys_with_projects_and_overrides() {
+        let dir = std::env::temp_dir().join(format!("gqp-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            r#"
+[auth]
+client_keys = ["c1"]
+[limits]
+minute = 7
+[limits.models."gemini-2.5-pro"]
+minute = 5
+[limits.projects.proj-a]
+daily = 99
+[limits.projects.proj-a.models."gemini-2.5-pro"]
+token_minute = 1234
+[[keys]]
+key = "AIzaFirstKey000001"
+name = "first"
+project = "proj-a"
+"#,
+        )
+        .unwrap();
+        let c = Config::load(&Sources {
+            file: Some(path.to_string_lossy().into_owned()),
+            env: [("GEMINI_API_KEY".to_string(), "AIzaSecond0002".to_string())].into(),
+        })
+        .unwrap();
+        assert_eq!(c.pool.keys.len(), 2);
+        assert_eq!(c.pool.keys[0].name.as_deref(), Some("first"));
+        assert_eq!(c.pool.keys[0].project.as_deref(), Some("proj-a"));
+        assert_eq!(c.limits.generate.minute, 7);
+        assert_eq!(c.limits.models["gemini-2.5-pro"].minute, Some(5));
+        assert_eq!(c.limits.projects["proj-a"].all_models.daily, Some(99));
+        assert_eq!(
+            c.limits.projects["proj-a"].models["gemini-2.5-pro"].token_minute,
+            Some(1234)
+        );
+    }
+
+    #[test]
+    fn unknown_toml_keys_are_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("gqp-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "[server]\nlisten_addr = \"x\"\n").unwrap();
+        let e = Config::load(&Sources {
+            file: Some(path.to_string_lossy().into_owned()),
+            env: [
+                ("GEMINI_API_KEY".to_string(), "k".to_string()),
+                ("PROXY_CLIENT_KEYS".to_string(), "c".to_string()),
+            ]
+            .into(),
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("listen_addr"), "{e}");
+    }
+}

@@ -1,0 +1,106 @@
+//! `[server]`: where the proxy listens and what it accepts from clients.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::check::{BaseUrl, ConfigError, bad, secs};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Raw {
+    listen: String,
+    public_url: String,
+    path_prefix: String,
+    max_body_bytes: u64,
+    header_read_timeout_secs: f64,
+    body_read_timeout_secs: f64,
+    max_connections: u64,
+    shutdown_grace_secs: f64,
+}
+
+/// The listening side.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Base URL clients use (resumable-upload URLs are rewritten to it); `None`: derived from
+    /// each request's `Host`.
+    pub public_url: Option<String>,
+    /// Also serve the Gemini surface under this prefix (`/gemini` for a base URL of
+    /// `http://proxy/gemini`); `None`: only at the root.
+    pub path_prefix: Option<String>,
+    pub max_body_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// Paths the proxy serves itself: a prefix may not shadow them.
+const OWN_PATHS: [&str; 7] = [
+    "/v1", "/v1beta", "/upload", "/api", "/healthz", "/readyz", "/metrics",
+];
+
+impl ServerConfig {
+    pub(super) fn from_raw(raw: Raw) -> Result<ServerConfig, ConfigError> {
+        let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+            bad(
+                "server.listen (PROXY_LISTEN)",
+                format!(
+                    "expected host:port such as 127.0.0.1:8080, got {:?}",
+                    raw.listen
+                ),
+            )
+        })?;
+        let public_url = if raw.public_url.trim().is_empty() {
+            None
+        } else {
+            Some(BaseUrl::parse("server.public_url (PROXY_PUBLIC_URL)", &raw.public_url)?.text)
+        };
+        let path_prefix = match raw.path_prefix.trim().trim_end_matches('/') {
+            "" => None,
+            p if p.starts_with('/')
+                && p[1..].split('/').all(|seg| {
+                    !seg.is_empty()
+                        && seg != ".."
+                        && seg
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                })
+                && !OWN_PATHS.contains(&p) =>
+            {
+                Some(p.to_string())
+            }
+            p => {
+                return Err(bad(
+                    "server.path_prefix (PROXY_PATH_PREFIX)",
+                    format!(
+                        "expected a path such as /gemini (letters, digits, '-', '_', '.'), not clashing with the proxy's own paths; got {p:?}"
+                    ),
+                ));
+            }
+        };
+        for (name, v) in [
+            ("server.max_body_bytes", raw.max_body_bytes),
+            ("server.max_connections", raw.max_connections),
+        ] {
+            if v == 0 {
+                return Err(bad(name, "must be at least 1"));
+            }
+        }
+        Ok(ServerConfig {
+            listen,
+            public_url,
+            path_prefix,
+            max_body_bytes: usize::try_from(raw.max_body_bytes).unwrap_or(usize::MAX),
+            header_read_timeout: secs(
+                "server.header_read_timeout_secs",
+                raw.header_read_timeout_secs,
+            )?,
+            body_read_timeout: secs("server.body_read_timeout_secs", raw.body_read_timeout_secs)?,
+            max_connections: usize::try_from(raw.max_connections).unwrap_or(usize::MAX),
+            shutdown_grace: secs("server.shutdown_grace_secs", raw.shutdown_grace_secs)?,
+        })
+    }
+}

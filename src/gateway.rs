@@ -1,0 +1,168 @@
+//! The proxy as a library: [`Gateway::builder`] turns a [`Config`] into the Gemini service (the
+//! tower stack of [`crate::layers`] behind one log line per request) and the router of the
+//! proxy's own endpoints, for [`crate::serve`] or for mounting in another axum application.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::response::Response;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::config::Config;
+use crate::layers::{
+    Authenticate, AuthenticateLayer, EstimateLayer, EstimateStep, Forward, Quota, QuotaLayer,
+    Served, Traced,
+};
+use crate::metrics::Metrics;
+use crate::quota::{QuotaStore, StoreError};
+use crate::state::AppState;
+
+/// The assembled stack, outermost first.
+type Stack = Authenticate<EstimateStep<Quota<Forward>>>;
+
+/// The Gemini surface: every request through the stack, then one log line and its metrics.
+#[derive(Clone)]
+pub struct GeminiService {
+    stack: Stack,
+    state: Arc<AppState>,
+}
+
+impl GeminiService {
+    fn new(state: Arc<AppState>) -> GeminiService {
+        let forward = Forward::new(&state.config.upstream);
+        let quota = QuotaLayer::new(state.clone()).layer(forward);
+        let estimate = EstimateLayer::new(state.clone()).layer(quota);
+        let stack = AuthenticateLayer::new(state.clone()).layer(estimate);
+        GeminiService { stack, state }
+    }
+}
+
+impl Service<http::Request<Body>> for GeminiService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let stack = self.stack.clone();
+        let state = self.state.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let method = req.method().clone();
+            let path = req.uri().path().to_string();
+            let resp = stack.oneshot(req).await?;
+            log_request(&state, &method, &path, &resp, started);
+            Ok(resp)
+        })
+    }
+}
+
+/// One line and the request metrics per request.
+fn log_request(
+    state: &AppState,
+    method: &http::Method,
+    path: &str,
+    resp: &Response,
+    started: Instant,
+) {
+    let traced = resp.extensions().get::<Traced>();
+    let served = resp
+        .extensions()
+        .get::<Served>()
+        .copied()
+        .unwrap_or_default();
+    let model = traced.and_then(|t| t.model.as_deref());
+    let key = served.key.map(|i| (i, state.pool.keys[i].masked.as_str()));
+    let status = resp.status().as_u16();
+    tracing::info!(
+        method = %method,
+        path,
+        model = model.unwrap_or("-"),
+        status,
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        key = key.map_or("-", |(_, k)| k),
+        attempts = served.attempts,
+        est_tokens = traced.map_or(0, |t| t.tokens),
+        "request"
+    );
+    state
+        .metrics
+        .request(model, key, status, started.elapsed(), served.upstream);
+}
+
+/// A running proxy's parts: its shared state, the Gemini service and its own endpoints.
+#[derive(Clone)]
+pub struct Gateway {
+    state: Arc<AppState>,
+    service: GeminiService,
+}
+
+impl Gateway {
+    /// Start building a gateway from a loaded [`Config`].
+    pub fn builder(config: Config) -> GatewayBuilder {
+        GatewayBuilder {
+            config,
+            store: None,
+            prometheus: None,
+        }
+    }
+
+    /// The shared state (config, pool, store, metrics).
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// The Gemini surface (`/v1beta/...`, `/v1/...`, `/upload/...`) as a tower service, to
+    /// mount at the root or under a prefix (`Router::nest_service("/gemini", ...)`).
+    pub fn service(&self) -> GeminiService {
+        self.service.clone()
+    }
+
+    /// The proxy's own endpoints: `/healthz`, `/readyz`, `/metrics`, `/api/ai/quota-status/`.
+    pub fn router(&self) -> axum::Router {
+        crate::server::app(self.state.clone())
+    }
+}
+
+/// Builds a [`Gateway`].
+pub struct GatewayBuilder {
+    config: Config,
+    store: Option<Arc<dyn QuotaStore>>,
+    prometheus: Option<PrometheusHandle>,
+}
+
+impl GatewayBuilder {
+    /// Use this quota store instead of the one the config names (tests inject clocks so).
+    pub fn store(mut self, store: Arc<dyn QuotaStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Render `/metrics` from this Prometheus recorder (installed by the application, see
+    /// [`crate::metrics::install_prometheus`]); without one `/metrics` is empty.
+    pub fn prometheus(mut self, handle: PrometheusHandle) -> Self {
+        self.prometheus = Some(handle);
+        self
+    }
+
+    /// Build the state and the service. Needs a Tokio runtime (the Redis store starts its
+    /// background tasks).
+    pub fn build(self) -> Result<Gateway, StoreError> {
+        let metrics = Metrics::new(self.prometheus);
+        let state = match self.store {
+            Some(store) => AppState::with_store(self.config, store, metrics),
+            None => AppState::new(self.config, metrics)?,
+        };
+        let service = GeminiService::new(state.clone());
+        Ok(Gateway { state, service })
+    }
+}

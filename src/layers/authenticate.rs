@@ -1,0 +1,107 @@
+//! The authenticate step: a request carries a client key (or the admin token), or is allowed
+//! anonymously by configuration, or is a keyless chunk of an upload session this proxy handed
+//! out. Anything else is answered 401/403 here, before its body is read.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use tower::{Layer, Service, ServiceExt};
+
+use crate::auth::{Caller, authenticate};
+use crate::error::ApiError;
+use crate::pool::affinity;
+use crate::route::Route;
+use crate::state::AppState;
+
+/// Adds the authenticate step.
+#[derive(Clone)]
+pub struct AuthenticateLayer {
+    state: Arc<AppState>,
+}
+
+impl AuthenticateLayer {
+    pub fn new(state: Arc<AppState>) -> AuthenticateLayer {
+        AuthenticateLayer { state }
+    }
+}
+
+impl<S> Layer<S> for AuthenticateLayer {
+    type Service = Authenticate<S>;
+
+    fn layer(&self, inner: S) -> Authenticate<S> {
+        Authenticate {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// The authenticate step (see the module docs). The caller travels inward as [`Caller`].
+#[derive(Clone)]
+pub struct Authenticate<S> {
+    inner: S,
+    state: Arc<AppState>,
+}
+
+impl<S> Service<http::Request<Body>> for Authenticate<S>
+where
+    S: Service<http::Request<Body>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let state = self.state.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let (mut parts, body) = req.into_parts();
+            let caller = match authenticate(&state.config.auth, &parts.headers, parts.uri.query()) {
+                Ok(c) => c,
+                Err(e) => match keyless_upload(&state, &parts, e).await {
+                    Ok(()) => Caller::Anonymous,
+                    Err(e) => return Ok(e.into_response()),
+                },
+            };
+            parts.extensions.insert(caller);
+            inner.oneshot(http::Request::from_parts(parts, body)).await
+        })
+    }
+}
+
+/// SDKs send upload chunks to the session URL without a key, as Google allows: the upload_id
+/// is the capability. Accept one only for a session this proxy started; else the refusal.
+async fn keyless_upload(
+    state: &AppState,
+    req: &http::request::Parts,
+    refusal: ApiError,
+) -> Result<(), ApiError> {
+    if !matches!(refusal, ApiError::Unauthenticated(_)) {
+        return Err(refusal);
+    }
+    let Ok(route) = Route::parse(&req.method, req.uri.path(), req.uri.query()) else {
+        return Err(refusal);
+    };
+    let allowed = affinity::keyless_upload_chunk(
+        &*state.store,
+        &req.method,
+        &req.headers,
+        req.uri.path(),
+        &route,
+    )
+    .await;
+    if allowed { Ok(()) } else { Err(refusal) }
+}

@@ -1,0 +1,196 @@
+//! The route-and-estimate step: parse the path (model, action, quota family, resource), read
+//! the body once within its size and time limits, estimate its input tokens, and find the key a
+//! referenced resource belongs to. What it learns travels inward as [`Estimated`], and back out
+//! on the response for the request's log line.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::error::ApiError;
+use crate::estimate::{Estimate, estimate};
+use crate::pool::affinity;
+use crate::route::{QuotaFamily, Route};
+use crate::state::AppState;
+
+/// What this step learned, for the steps inside it.
+#[derive(Debug, Clone)]
+pub struct Estimated {
+    pub route: Route,
+    pub estimate: Estimate,
+    /// The model: from the path, else (OpenAI surface) from the body.
+    pub model: Option<String>,
+    /// The key a resource the request names belongs to.
+    pub pinned: Option<usize>,
+}
+
+impl Estimated {
+    /// The model whose quota this call spends, if it spends any.
+    pub fn quota_model(&self) -> Option<&str> {
+        match self.route.family {
+            QuotaFamily::Generate | QuotaFamily::Embed => self.model.as_deref(),
+            QuotaFamily::Free => None,
+        }
+    }
+
+    /// Whether the answer is a stream.
+    pub fn streaming(&self) -> bool {
+        self.route.streaming || self.estimate.stream
+    }
+}
+
+/// What this step tells the request's log line (on the response): the model as soon as it is
+/// known, so a request refused on the way is still logged with it, and the estimate.
+#[derive(Debug, Clone, Default)]
+pub struct Traced {
+    pub model: Option<String>,
+    pub tokens: u64,
+}
+
+/// Adds the route-and-estimate step.
+#[derive(Clone)]
+pub struct EstimateLayer {
+    state: Arc<AppState>,
+}
+
+impl EstimateLayer {
+    pub fn new(state: Arc<AppState>) -> EstimateLayer {
+        EstimateLayer { state }
+    }
+}
+
+impl<S> Layer<S> for EstimateLayer {
+    type Service = EstimateStep<S>;
+
+    fn layer(&self, inner: S) -> EstimateStep<S> {
+        EstimateStep {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// The route-and-estimate step (see the module docs).
+#[derive(Clone)]
+pub struct EstimateStep<S> {
+    inner: S,
+    state: Arc<AppState>,
+}
+
+impl<S> Service<http::Request<Body>> for EstimateStep<S>
+where
+    S: Service<http::Request<Bytes>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let state = self.state.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let mut traced = Traced::default();
+            let mut resp = match estimated(&state, &parts, body, &mut traced).await {
+                Ok((est, body)) => {
+                    let mut req = http::Request::from_parts(parts, body);
+                    req.extensions_mut().insert(est);
+                    inner.oneshot(req).await?
+                }
+                Err(e) => e.into_response(),
+            };
+            resp.extensions_mut().insert(traced);
+            Ok(resp)
+        })
+    }
+}
+
+/// Route, body and estimate of a request; `traced` learns the model as soon as it is known.
+async fn estimated(
+    state: &AppState,
+    parts: &http::request::Parts,
+    body: Body,
+    traced: &mut Traced,
+) -> Result<(Estimated, Bytes), ApiError> {
+    let limit = state.config.server.max_body_bytes;
+    let route = Route::parse(&parts.method, parts.uri.path(), parts.uri.query())?;
+    traced.model = route.model.clone();
+    if let Some(len) = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "Request payload size exceeds the limit: {limit} bytes."
+        )));
+    }
+    let body = read_body(body, limit, state.config.server.body_read_timeout).await?;
+    let est = estimate(&route, &body)?;
+    // OpenAI-compatible calls name the model in the body.
+    if traced.model.is_none() {
+        traced.model = est.model.clone();
+    }
+    traced.tokens = est.tokens;
+    // Key affinity: a resource lives in the project of the key that created it.
+    let resource = route
+        .resource
+        .as_deref()
+        .or_else(|| est.references.first().map(String::as_str));
+    let pinned = match resource {
+        Some(r) => affinity::owner(&*state.store, r)
+            .await
+            .and_then(|kid| state.pool.by_kid(&kid).map(|(i, _)| i)),
+        None => None,
+    };
+    Ok((
+        Estimated {
+            model: traced.model.clone(),
+            route,
+            estimate: est,
+            pinned,
+        },
+        body,
+    ))
+}
+
+/// Read a request body whole: at most `limit` bytes, within `timeout`.
+pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            let too_big = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            if too_big {
+                Err(ApiError::PayloadTooLarge(format!(
+                    "Request payload size exceeds the limit: {limit} bytes."
+                )))
+            } else {
+                Err(ApiError::InvalidArgument(
+                    "the request body could not be read".into(),
+                ))
+            }
+        }
+        Err(_) => Err(ApiError::RequestTimeout(format!(
+            "the request body was not received within {}s",
+            timeout.as_secs()
+        ))),
+    }
+}

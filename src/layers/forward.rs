@@ -1,0 +1,103 @@
+//! The innermost service: send a request built for Google (the pooled key already in it)
+//! through the pooled hyper-util client, and hand back the answer's head with its body unread.
+//! Its errors say whether the request can have left ([`ForwardError`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tower::Service;
+
+use crate::config::UpstreamConfig;
+use crate::upstream::{self, HttpClient};
+
+/// One attempt, set by the quota layer on the request it sends.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    /// The key's position in the pool.
+    pub index: usize,
+    /// How long to wait for the answer's head.
+    pub head_timeout: Duration,
+}
+
+/// Why no answer came back.
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}")]
+pub struct ForwardError {
+    pub kind: ForwardErrorKind,
+    /// A timeout ended it (connecting, or waiting for the head).
+    pub timed_out: bool,
+    /// The error and its causes (no URL, no header).
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardErrorKind {
+    /// No connection (TCP, TLS, refused, connect timeout): the request never left.
+    Unsent,
+    /// The connection failed after the request was written.
+    Lost,
+    /// No answer head within [`Attempt::head_timeout`].
+    Silent,
+}
+
+/// Sends requests to the Gemini API.
+#[derive(Clone)]
+pub struct Forward {
+    client: HttpClient,
+}
+
+impl Forward {
+    /// A pooled client with the section's connect timeout (built once).
+    pub fn new(cfg: &UpstreamConfig) -> Forward {
+        Forward {
+            client: upstream::build_client(cfg),
+        }
+    }
+}
+
+impl Service<http::Request<Full<Bytes>>> for Forward {
+    type Response = http::Response<Incoming>;
+    type Error = ForwardError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ForwardError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ForwardError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Full<Bytes>>) -> Self::Future {
+        let head_timeout = req
+            .extensions()
+            .get::<Attempt>()
+            .map_or(Duration::from_secs(300), |a| a.head_timeout);
+        let sending = self.client.request(req);
+        Box::pin(async move {
+            match tokio::time::timeout(head_timeout, sending).await {
+                Ok(Ok(resp)) => Ok(resp),
+                Ok(Err(e)) => {
+                    let timed_out = upstream::is_timeout(&e);
+                    Err(ForwardError {
+                        kind: if e.is_connect() {
+                            ForwardErrorKind::Unsent
+                        } else if timed_out {
+                            ForwardErrorKind::Silent
+                        } else {
+                            ForwardErrorKind::Lost
+                        },
+                        timed_out,
+                        detail: upstream::describe_error(&e),
+                    })
+                }
+                Err(_) => Err(ForwardError {
+                    kind: ForwardErrorKind::Silent,
+                    timed_out: true,
+                    detail: format!("no answer within {}s", head_timeout.as_secs()),
+                }),
+            }
+        })
+    }
+}

@@ -1,0 +1,17 @@
+//! The Gemini surface as a tower stack, outermost first: [`authenticate`] (who calls) ->
+//! [`estimate`] (route, the body read once, its tokens, the key a resource belongs to) ->
+//! [`quota`] (admit on a key, read Google's answer, react, retry by the [`retry`] table) ->
+//! [`forward`] (the pooled hyper-util client). Each step passes what it learned inward as a
+//! typed request extension ([`estimate::Estimated`], [`forward::Attempt`]) and outward on the
+//! response for the request's log line ([`estimate::Traced`], [`quota::Served`]).
+
+pub mod authenticate;
+pub mod estimate;
+pub mod forward;
+pub mod quota;
+pub mod retry;
+
+pub use authenticate::{Authenticate, AuthenticateLayer};
+pub use estimate::{EstimateLayer, EstimateStep, Estimated, Traced};
+pub use forward::{Attempt, Forward, ForwardError, ForwardErrorKind};
+pub use quota::{Quota, QuotaLayer, Served};

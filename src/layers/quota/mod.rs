@@ -1,0 +1,378 @@
+//! The quota layer: admit the request on a key whose project has room (or take a free key for
+//! a call that spends nothing), send it through the inner service with that key, read Google's
+//! answer, react (hold, learn, disable) and try again on another key as the [`retry`] table
+//! says, all before the first byte reaches the client. A success streams through, settling
+//! the reservation to Google's usage as it ends.
+//!
+//! [`retry`]: crate::layers::retry
+
+mod admit;
+mod answer;
+mod react;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::HeaderValue;
+use http_body_util::Full;
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+use self::answer::{Answer, backoff, keep_counted, read_upto};
+use self::react::ERROR_BODY_LIMIT;
+use crate::body::ProxyBody;
+use crate::error::ApiError;
+use crate::layers::estimate::Estimated;
+use crate::layers::forward::{Attempt, ForwardError, ForwardErrorKind};
+use crate::layers::retry::{self, Budget, Failure};
+use crate::pool::affinity;
+use crate::quota::{DayInfo, Settlement};
+use crate::state::AppState;
+use crate::upstream::{self, Upstream, Verdict};
+
+/// Largest create-call answer read whole to learn the name of what it created.
+const CREATE_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Wraps a forwarding service in admission and retries.
+#[derive(Clone)]
+pub struct QuotaLayer {
+    state: Arc<AppState>,
+    upstream: Upstream,
+}
+
+impl QuotaLayer {
+    pub fn new(state: Arc<AppState>) -> QuotaLayer {
+        let upstream = Upstream::new(&state.config.upstream.url);
+        QuotaLayer { state, upstream }
+    }
+}
+
+impl<S> Layer<S> for QuotaLayer {
+    type Service = Quota<S>;
+
+    fn layer(&self, inner: S) -> Quota<S> {
+        Quota {
+            inner,
+            state: self.state.clone(),
+            upstream: self.upstream.clone(),
+        }
+    }
+}
+
+/// The quota step (see the module docs).
+#[derive(Clone)]
+pub struct Quota<S> {
+    inner: S,
+    state: Arc<AppState>,
+    upstream: Upstream,
+}
+
+/// What the quota step did, on the response, for the request's log line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Served {
+    /// Pool index of the key used last.
+    pub key: Option<usize>,
+    pub attempts: u32,
+    /// From sending to the answer's head, on the last attempt.
+    pub upstream: Duration,
+}
+
+impl<S, B> Service<http::Request<Bytes>> for Quota<S>
+where
+    S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>, Error = ForwardError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Bytes>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut served = Served::default();
+            let mut resp = this
+                .run(req, &mut served)
+                .await
+                .unwrap_or_else(IntoResponse::into_response);
+            resp.extensions_mut().insert(served);
+            Ok(resp)
+        })
+    }
+}
+
+impl<S, B> Quota<S>
+where
+    S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>, Error = ForwardError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    async fn run(
+        self,
+        req: http::Request<Bytes>,
+        served: &mut Served,
+    ) -> Result<Response, ApiError> {
+        let state = &*self.state;
+        let cfg = &state.config.upstream;
+        let (parts, body) = req.into_parts();
+        let Some(est) = parts.extensions.get::<Estimated>() else {
+            return Err(ApiError::Internal(
+                "the request reached the quota step unestimated".into(),
+            ));
+        };
+        let route = &est.route;
+        let quota_model = est.quota_model();
+        let streaming = est.streaming();
+        let head_timeout = if streaming {
+            cfg.stream_idle_timeout.min(cfg.request_timeout)
+        } else {
+            cfg.request_timeout
+        };
+        let deadline = Instant::now() + cfg.retry_deadline;
+        // Only a read may be sent again once written: anything else Google may have run (and
+        // billed, or created twice).
+        let idempotent = matches!(parts.method, http::Method::GET | http::Method::HEAD);
+        // Keys that failed this request (dead, or transient errors): avoided while others remain.
+        let mut avoid: Vec<usize> = Vec::new();
+        // At most one key is disabled per client request, whatever Google answers.
+        let mut disabled_one = false;
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            served.attempts = attempt;
+            let reservation = match quota_model {
+                Some(model) => Some(
+                    admit::admit(
+                        state,
+                        route,
+                        &est.estimate,
+                        model,
+                        est.pinned,
+                        &avoid,
+                        deadline,
+                    )
+                    .await?,
+                ),
+                None => None,
+            };
+            let index = match &reservation {
+                Some(r) => r.index,
+                None => admit::free_key(state, est.pinned, &avoid),
+            };
+            let key = &state.pool.keys[index];
+            served.key = Some(index);
+            // Dropped unsettled (an error, a retry) it refunds the estimate by itself.
+            let settlement = reservation.map(|r| Settlement::new(state.store.clone(), r));
+            let Some(mut request) = upstream::build_request(
+                &self.upstream,
+                &parts.method,
+                parts.uri.path(),
+                parts.uri.query(),
+                &parts.headers,
+                body.clone(),
+                route.openai,
+                &key.headers,
+            ) else {
+                return Err(ApiError::InvalidArgument(
+                    "the request path cannot be forwarded".into(),
+                ));
+            };
+            request.extensions_mut().insert(Attempt {
+                index,
+                head_timeout,
+            });
+            let last_try = attempt >= cfg.max_attempts || Instant::now() >= deadline;
+            let sent_at = Instant::now();
+            let outcome = self.inner.clone().oneshot(request).await;
+            served.upstream = sent_at.elapsed();
+            let resp = match outcome {
+                Ok(r) => r,
+                Err(e) => {
+                    state.pool.health.failure();
+                    let failure = match e.kind {
+                        ForwardErrorKind::Unsent => Failure::Unsent,
+                        ForwardErrorKind::Lost => Failure::Lost,
+                        ForwardErrorKind::Silent => Failure::Silent,
+                    };
+                    let plan = retry::plan(failure, idempotent);
+                    if plan.retry && !last_try {
+                        state.metrics.retry(plan.reason);
+                        drop(settlement);
+                        tracing::warn!(key = %key.masked, attempt, error = %e.detail, "upstream unreachable: retrying");
+                        avoid.push(index);
+                        backoff(attempt, deadline).await;
+                        continue;
+                    }
+                    if plan.keep_counted {
+                        // It may have run: it stays counted, estimate included.
+                        keep_counted(settlement);
+                    }
+                    tracing::warn!(key = %key.masked, attempt, kind = ?e.kind, error = %e.detail, "upstream request failed");
+                    return Err(network_error(&e));
+                }
+            };
+            let status = resp.status();
+            let mut headers = upstream::response_headers(resp.headers());
+
+            if status.as_u16() >= 400 {
+                // Error bodies are small: read one to learn what happened, then pass it on
+                // unchanged (one over the limit is classified by its start and passed on whole).
+                let answer = read_upto(resp, ERROR_BODY_LIMIT, cfg.request_timeout).await?;
+                // An error answer carries no usage: refund now, before any backoff.
+                drop(settlement);
+                let now = chrono::Utc::now().timestamp_millis();
+                let day = DayInfo::at(state.config.limits.timezone, now);
+                let verdict = upstream::classify(status.as_u16(), answer.head(), &day, now);
+                let mut act = true;
+                match &verdict {
+                    Verdict::Transient => state.pool.health.failure(),
+                    Verdict::DeadKey { reason } => {
+                        act = confirm_dead(
+                            state,
+                            self.inner.clone(),
+                            &self.upstream,
+                            index,
+                            reason,
+                            disabled_one,
+                        )
+                        .await;
+                        if act {
+                            disabled_one = true;
+                            react::disable(state, index, reason).await;
+                        }
+                    }
+                    other => react::hold(state, index, quota_model, route.family, other).await,
+                }
+                let plan = retry::plan(Failure::Answer(&verdict), idempotent);
+                let budget = match plan.budget {
+                    Budget::Attempts => cfg.max_attempts,
+                    Budget::AttemptsAndPool => cfg.max_attempts + state.pool.keys.len() as u32,
+                };
+                if act && plan.retry && attempt < budget && Instant::now() < deadline {
+                    state.metrics.retry(plan.reason);
+                    if plan.avoid_key {
+                        avoid.push(index);
+                    }
+                    if plan.backoff {
+                        backoff(attempt, deadline).await;
+                    }
+                    continue;
+                }
+                return Ok(answer.into_response(status, headers, cfg, None));
+            }
+
+            // Success: pass the answer through, streaming.
+            state.pool.health.success();
+            if route.upload {
+                let original = parts
+                    .extensions
+                    .get::<axum::extract::OriginalUri>()
+                    .map(|o| o.0.path());
+                let base = affinity::client_base(
+                    state.config.server.public_url.as_deref(),
+                    &parts.headers,
+                    original,
+                    parts.uri.path(),
+                );
+                affinity::remember_upload(&*state.store, &mut headers, &base, &key.kid).await;
+                affinity::end_upload_session(&*state.store, route, &headers).await;
+            }
+            if let Some(r) = settlement.as_ref().and_then(Settlement::reservation) {
+                if let Ok(v) = HeaderValue::from_str(&r.remaining_requests.to_string()) {
+                    headers.insert("x-ratelimit-remaining-requests", v);
+                }
+                if let Ok(v) = HeaderValue::from_str(&r.remaining_tokens.to_string()) {
+                    headers.insert("x-ratelimit-remaining-tokens", v);
+                }
+            }
+            if route.creates_resource && !streaming {
+                let answer = read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;
+                match &answer {
+                    Answer::Whole(bytes) => {
+                        affinity::remember_created(&*state.store, bytes, &key.kid).await
+                    }
+                    Answer::Over(..) => tracing::warn!(
+                        key = %key.masked,
+                        limit = CREATE_BODY_LIMIT,
+                        "a create call's answer is larger than the proxy reads to learn the created name: passed on whole, its key affinity not recorded"
+                    ),
+                }
+                return Ok(answer.into_response(status, headers, cfg, settlement));
+            }
+            let body_deadline = (!streaming).then(|| sent_at + cfg.request_timeout);
+            let stream = ProxyBody::new(
+                resp.into_body(),
+                cfg.stream_idle_timeout,
+                body_deadline,
+                settlement,
+            );
+            let mut out = Response::new(Body::new(stream));
+            *out.status_mut() = status;
+            *out.headers_mut() = headers;
+            return Ok(out);
+        }
+    }
+}
+
+/// Whether Google's dead-key answer for key `index` may disable it: not when this request
+/// already disabled one, and only when a probe with the key alone confirms it.
+async fn confirm_dead<S, B>(
+    state: &AppState,
+    inner: S,
+    upstream: &Upstream,
+    index: usize,
+    reason: &str,
+    disabled_one: bool,
+) -> bool
+where
+    S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>, Error = ForwardError>,
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let masked = &state.pool.keys[index].masked;
+    if disabled_one {
+        tracing::warn!(key = %masked, reason, "a second key answered as dead in one request: answer delivered, key kept (at most one key is disabled per request)");
+        return false;
+    }
+    let confirmed = react::probe_confirms_dead(state, inner, upstream, index).await;
+    if !confirmed {
+        tracing::warn!(key = %masked, reason, "the Gemini API answered as if the key were dead, but a probe with it did not confirm it: answer delivered, key kept");
+    }
+    confirmed
+}
+
+/// The client's answer when no upstream answer came.
+fn network_error(e: &ForwardError) -> ApiError {
+    match e.kind {
+        _ if e.timed_out => ApiError::GatewayTimeout(format!(
+            "the Gemini API did not answer in time: {}",
+            e.detail
+        )),
+        ForwardErrorKind::Unsent => {
+            ApiError::BadGateway(format!("the Gemini API could not be reached: {}", e.detail))
+        }
+        ForwardErrorKind::Lost | ForwardErrorKind::Silent => ApiError::BadGateway(format!(
+            "the connection to the Gemini API failed after the request was sent ({}); it is not retried, since it may have run",
+            e.detail
+        )),
+    }
+}

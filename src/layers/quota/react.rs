@@ -1,0 +1,152 @@
+//! Acting on Google's error answers: hold the (project, model) a 429 names, adopt a lower limit
+//! it reports, back the whole pool off from an IP-level throttle, and disable a dead key once a
+//! probe with that key alone has confirmed it.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use tower::{Service, ServiceExt};
+
+use super::answer::read_upto;
+use crate::error::LimitKind;
+use crate::layers::forward::{Attempt, ForwardError};
+use crate::quota::DayInfo;
+use crate::route::QuotaFamily;
+use crate::state::AppState;
+use crate::upstream::{self, Upstream, Verdict};
+
+/// Largest upstream error body read to classify it (they are a few hundred bytes).
+pub(super) const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// Hold what a 429 says ran out (and learn any lower limit it reports); a 429 without details
+/// holds the (project, model) with a growing cooldown, and the whole pool when most projects
+/// get one at once.
+pub(super) async fn hold(
+    state: &AppState,
+    index: usize,
+    model: Option<&str>,
+    family: QuotaFamily,
+    verdict: &Verdict,
+) {
+    let key = &state.pool.keys[index];
+    let model = model.unwrap_or("*");
+    let store = &state.store;
+    match verdict {
+        Verdict::QuotaExhausted {
+            cooldown_ms,
+            kinds,
+            reported,
+        } => {
+            for k in kinds {
+                state.metrics.upstream_429(match k {
+                    LimitKind::RequestsPerMinute => "per_minute",
+                    LimitKind::TokensPerMinute => "tokens",
+                    LimitKind::RequestsPerDay => "per_day",
+                });
+            }
+            for (kind, value) in reported {
+                state.pool.learn(&key.project, model, family, *kind, *value);
+            }
+            let reason = format!(
+                "Gemini API 429: {} exhausted",
+                kinds
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            tracing::warn!(key = %key.masked, project = %key.project, model, cooldown_ms, "{reason}");
+            if let Err(e) = store
+                .cool_down(&key.project, model, *cooldown_ms, &reason)
+                .await
+            {
+                tracing::warn!(error = %e, "could not record a cooldown");
+            }
+        }
+        Verdict::RateLimited { retry_delay_ms } => {
+            state.metrics.upstream_429("unknown");
+            let health = &state.pool.health;
+            let ms = retry_delay_ms.unwrap_or_else(|| health.bare_429_backoff(&key.project));
+            tracing::warn!(key = %key.masked, project = %key.project, model, cooldown_ms = ms, "Gemini API 429 without details");
+            if let Err(e) = store
+                .cool_down(&key.project, model, ms, "Gemini API 429 without details")
+                .await
+            {
+                tracing::warn!(error = %e, "could not record a cooldown");
+            }
+            if health.throttled_globally() {
+                tracing::warn!(
+                    cooldown_ms = ms,
+                    "most keys got 429s without details at once (an IP-level throttle?): backing off the whole pool"
+                );
+                let projects: BTreeSet<&str> =
+                    state.pool.keys.iter().map(|k| &*k.project).collect();
+                for p in projects {
+                    let reason = "global backoff: Gemini API throttling this proxy";
+                    if let Err(e) = store.cool_down(p, "*", ms, reason).await {
+                        tracing::warn!(error = %e, "could not record a cooldown");
+                    }
+                }
+                // The next admission sees every project on hold: it waits or answers 429.
+            }
+        }
+        Verdict::Deliver | Verdict::DeadKey { .. } | Verdict::Transient => {}
+    }
+}
+
+/// Take a key out of the pool, for every replica sharing the store.
+pub(super) async fn disable(state: &AppState, index: usize, reason: &str) {
+    let key = &state.pool.keys[index];
+    tracing::error!(key = %key.masked, name = %key.name, reason = %reason, "pooled key disabled");
+    state.pool.health.saw_dead(index, reason);
+    if let Err(e) = state.store.disable_key(&key.kid, reason).await {
+        tracing::warn!(error = %e, "could not record a disabled key in the store");
+    }
+}
+
+/// Ask Google, with the key alone, whether it is dead: a call that spends no quota
+/// (`GET /v1beta/models?pageSize=1`), sent through the same inner service. Only the same
+/// verdict confirms; anything else (an answer, a timeout, another error) keeps the key.
+pub(super) async fn probe_confirms_dead<S, B>(
+    state: &AppState,
+    inner: S,
+    upstream: &Upstream,
+    index: usize,
+) -> bool
+where
+    S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>, Error = ForwardError>,
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let key = &state.pool.keys[index];
+    let Some(uri) = upstream.url("/v1beta/models", Some("pageSize=1")) else {
+        return false;
+    };
+    let timeout = state
+        .config
+        .upstream
+        .request_timeout
+        .min(Duration::from_secs(10));
+    let mut req = http::Request::new(Full::new(Bytes::new()));
+    *req.uri_mut() = uri;
+    req.headers_mut()
+        .insert("x-goog-api-key", key.headers.goog.clone());
+    req.extensions_mut().insert(Attempt {
+        index,
+        head_timeout: timeout,
+    });
+    let probe = async {
+        let resp = inner.oneshot(req).await.ok()?;
+        let status = resp.status().as_u16();
+        let answer = read_upto(resp, ERROR_BODY_LIMIT, timeout).await.ok()?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let day = DayInfo::at(state.config.limits.timezone, now);
+        Some(upstream::classify(status, answer.head(), &day, now))
+    };
+    let verdict = tokio::time::timeout(timeout, probe).await.ok().flatten();
+    let confirmed = matches!(verdict, Some(Verdict::DeadKey { .. }));
+    tracing::info!(key = %key.masked, confirmed, "dead-key probe");
+    confirmed
+}

@@ -1,0 +1,135 @@
+//! Key health as this replica sees it: keys it saw die (until the store, the truth, is asked
+//! again), the growing cooldown of 429s without details, IP-level throttle detection, and the
+//! run of upstream failures.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a key this replica saw die is skipped for free calls without asking the store.
+const DEAD_MEMORY: Duration = Duration::from_secs(60);
+/// Bare 429s further apart than this start the backoff again.
+const BARE_429_RESET: Duration = Duration::from_secs(60);
+/// Bare 429s from most projects within this window mean an IP-level throttle.
+const THROTTLE_WINDOW: Duration = Duration::from_secs(10);
+
+/// What this replica knows of its keys' health (by pool index and project).
+#[derive(Debug)]
+pub struct KeyHealth {
+    /// Keys seen dead, with the reason and when.
+    dead: Mutex<HashMap<usize, (String, Instant)>>,
+    /// Consecutive bare 429s per project and when the last one came.
+    bare_429: Mutex<HashMap<String, (u32, Instant)>>,
+    /// Distinct projects in the pool.
+    projects: usize,
+    /// Upstream 5xx and network failures in a row (any key); a success resets it.
+    failures: AtomicU32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl KeyHealth {
+    pub fn new(projects: usize) -> KeyHealth {
+        KeyHealth {
+            dead: Mutex::new(HashMap::new()),
+            bare_429: Mutex::new(HashMap::new()),
+            projects,
+            failures: AtomicU32::new(0),
+        }
+    }
+
+    /// Remember that key `index` was disabled.
+    pub fn saw_dead(&self, index: usize, reason: &str) {
+        lock(&self.dead).insert(index, (reason.to_string(), Instant::now()));
+    }
+
+    /// Keys seen dead within the last minute (the store stays the truth: an admin may
+    /// re-enable a key through another replica).
+    pub fn recently_dead(&self) -> Vec<usize> {
+        lock(&self.dead)
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() < DEAD_MEMORY)
+            .map(|(i, _)| *i)
+            .collect()
+    }
+
+    /// Forget what was seen of these keys (an admin re-enabled them).
+    pub fn forget_dead(&self, indexes: &[usize]) {
+        let mut dead = lock(&self.dead);
+        for i in indexes {
+            dead.remove(i);
+        }
+    }
+
+    /// Cooldown for a 429 without details: 1 s, doubling while they repeat (within a minute),
+    /// at most 60 s.
+    pub fn bare_429_backoff(&self, project: &str) -> u64 {
+        let mut m = lock(&self.bare_429);
+        let now = Instant::now();
+        let e = m.entry(project.to_string()).or_insert((0, now));
+        if now.duration_since(e.1) > BARE_429_RESET {
+            e.0 = 0;
+        }
+        e.0 = (e.0 + 1).min(7);
+        e.1 = now;
+        (1000u64 << (e.0 - 1)).min(60_000)
+    }
+
+    /// True when most of the pool's projects got a 429 without details in the last 10 s: Google
+    /// is throttling this proxy's address, not one project, so rotating keys only burns them.
+    pub fn throttled_globally(&self) -> bool {
+        let recent = lock(&self.bare_429)
+            .values()
+            .filter(|(_, at)| at.elapsed() < THROTTLE_WINDOW)
+            .count();
+        recent >= 2 && recent * 2 > self.projects
+    }
+
+    /// One more upstream failure (5xx, network) in a row.
+    pub fn failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An upstream success ends the run of failures.
+    pub fn success(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Upstream failures in a row.
+    pub fn failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_429s_double_the_hold_up_to_a_minute() {
+        let h = KeyHealth::new(3);
+        let holds: Vec<u64> = (0..8).map(|_| h.bare_429_backoff("p")).collect();
+        assert_eq!(holds, [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]);
+    }
+
+    #[test]
+    fn most_projects_throttled_at_once_is_an_address_throttle() {
+        let h = KeyHealth::new(3);
+        h.bare_429_backoff("a");
+        assert!(!h.throttled_globally(), "one project is not the address");
+        h.bare_429_backoff("b");
+        assert!(h.throttled_globally());
+    }
+
+    #[test]
+    fn keys_seen_dead_are_remembered_until_forgotten() {
+        let h = KeyHealth::new(1);
+        h.saw_dead(2, "API_KEY_INVALID");
+        assert_eq!(h.recently_dead(), [2]);
+        h.forget_dead(&[2]);
+        assert!(h.recently_dead().is_empty());
+    }
+}

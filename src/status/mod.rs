@@ -1,0 +1,231 @@
+//! The proxy's own endpoints: `/healthz`, `/readyz`, `/metrics`, and `/api/ai/quota-status/`
+//! (GET: where every quota stands, [`snapshot`]; POST: admin reset).
+
+pub mod snapshot;
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::{Caller, authenticate_strict};
+use crate::error::ApiError;
+use crate::quota::resilient::StoreFailurePolicy;
+use crate::quota::{ResetKind, ResetScope};
+use crate::secret::presented_digest;
+use crate::state::AppState;
+pub use snapshot::{Snapshot, record_gauges, snapshot};
+
+pub async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready when the config is loaded (it is, or we would not run) and the store answers. While a
+/// shared store is down the proxy still serves under the `local` and `fail-open` policies, so it
+/// stays ready (200, `"status": "degraded"`); under `fail-closed` it refuses work, so 503.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(json!({"status": "ready", "store": state.store.backend()})).into_response(),
+        Err(e) => {
+            let code = match state.config.store.on_error {
+                StoreFailurePolicy::FailClosed => http::StatusCode::SERVICE_UNAVAILABLE,
+                _ => http::StatusCode::OK,
+            };
+            (
+                code,
+                Json(json!({"status": "degraded", "store": state.store.backend(),
+                    "policy": state.config.store.on_error.as_str(), "error": e.to_string()})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// How long the gauges from one status snapshot serve `/metrics` scrapes: a snapshot asks the
+/// store several things, and scrapes (several Prometheus servers, a curl loop) must not turn
+/// into store load.
+const GAUGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(token) = &state.config.metrics.token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        match presented {
+            None => {
+                return ApiError::Unauthenticated(
+                    "/metrics needs the metrics token: Authorization: Bearer TOKEN".into(),
+                )
+                .into_response();
+            }
+            Some(p) if !token.matches(&presented_digest(p)) => {
+                return ApiError::PermissionDenied("the metrics token is not valid".into())
+                    .into_response();
+            }
+            Some(_) => {}
+        }
+    }
+    // Refresh the gauges that are only known by asking the store, at most once a second
+    // (concurrent scrapes wait for the one refresh under way).
+    {
+        let mut last = state.gauges_refreshed.lock().await;
+        if last.is_none_or(|at| at.elapsed() >= GAUGE_REFRESH) {
+            record_gauges(&state.metrics, &snapshot(&state).await);
+            *last = Some(std::time::Instant::now());
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// GET and POST `/api/ai/quota-status/`.
+pub async fn quota_status(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let result = match parts.method {
+        Method::GET => get_status(&state, &parts.headers, parts.uri.query()).await,
+        Method::POST => post_reset(&state, &parts.headers, parts.uri.query(), body).await,
+        _ => Err(ApiError::MethodNotAllowed(
+            "use GET to read or POST to reset".into(),
+        )),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn get_status(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    // Reading the status always needs a credential, even where anonymous Gemini calls are allowed.
+    authenticate_strict(&state.config.auth, headers, query).map_err(|e| match e {
+        ApiError::PermissionDenied(m) => ApiError::Unauthenticated(m),
+        other => other,
+    })?;
+    Ok(Json(snapshot(state).await).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetBody {
+    quota_type: String,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+}
+
+const QUOTA_TYPES: &str = "\"minute\", \"daily\", \"tokens\", \"all\" or \"cooldowns\"";
+
+/// Largest admin request body read (a reset is a few dozen bytes).
+const ADMIN_BODY_LIMIT: usize = 64 * 1024;
+
+async fn post_reset(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let Some(_) = &state.config.auth.admin_token else {
+        return Err(ApiError::PermissionDenied(
+            "admin endpoints are not configured: set PROXY_ADMIN_TOKEN".into(),
+        ));
+    };
+    match authenticate_strict(&state.config.auth, headers, query)? {
+        Caller::Admin => {}
+        _ => {
+            return Err(ApiError::PermissionDenied(
+                "resetting quotas needs the admin token".into(),
+            ));
+        }
+    }
+    // Only an authenticated admin gets its body read, within the body timeout.
+    let body = crate::layers::estimate::read_body(
+        body,
+        ADMIN_BODY_LIMIT,
+        state.config.server.body_read_timeout,
+    )
+    .await?;
+    let req: ResetBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::InvalidArgument(format!(
+            "expected a JSON body {{\"quota_type\": {QUOTA_TYPES}, \"key\"?: masked id or name, \"model\"?: model}}: {e}"
+        ))
+    })?;
+    let kind = match req.quota_type.as_str() {
+        "minute" => ResetKind::Minute,
+        "daily" => ResetKind::Daily,
+        "tokens" => ResetKind::Tokens,
+        "all" => ResetKind::All,
+        "cooldowns" => ResetKind::Cooldowns,
+        other => {
+            return Err(ApiError::InvalidArgument(format!(
+                "unknown quota_type {:?}: use {QUOTA_TYPES}",
+                other.chars().take(40).collect::<String>()
+            )));
+        }
+    };
+    let keys: Vec<usize> = match &req.key {
+        None => (0..state.pool.keys.len()).collect(),
+        Some(k) => {
+            let found: Vec<usize> = state
+                .pool
+                .keys
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.masked == *k || p.name == *k)
+                .map(|(i, _)| i)
+                .collect();
+            if found.is_empty() {
+                return Err(ApiError::InvalidArgument(format!(
+                    "no pooled key has the masked id or name {:?}",
+                    k.chars().take(40).collect::<String>()
+                )));
+            }
+            found
+        }
+    };
+    let projects: Vec<String> = keys
+        .iter()
+        .map(|&i| state.pool.keys[i].project.to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let scope = ResetScope {
+        projects: req.key.as_ref().map(|_| projects),
+        kids: Some(
+            keys.iter()
+                .map(|&i| state.pool.keys[i].kid.to_string())
+                .collect(),
+        ),
+        model: req.model.clone(),
+    };
+    state
+        .store
+        .reset(kind, &scope)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("reset failed: {e}")))?;
+    if kind == ResetKind::Cooldowns {
+        state.pool.health.forget_dead(&keys);
+    }
+    tracing::warn!(quota_type = %req.quota_type, key = req.key.as_deref().unwrap_or("*"),
+        model = req.model.as_deref().unwrap_or("*"), "admin reset");
+    let snap = snapshot(state).await;
+    Ok(Json(json!({
+        "success": true,
+        "reset": {"quota_type": req.quota_type, "key": req.key, "model": req.model},
+        "quota_status": snap.quota_status,
+        "timestamp": snap.timestamp,
+    }))
+    .into_response())
+}

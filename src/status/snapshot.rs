@@ -1,0 +1,286 @@
+//! The status document of `/api/ai/quota-status/`, typed: where every quota stands, per key and
+//! model, with health warnings and errors. The Prometheus gauges are set from it separately
+//! ([`record_gauges`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::metrics::Metrics;
+use crate::quota::{KeyState, Limits, Usage};
+use crate::route::QuotaFamily;
+use crate::state::AppState;
+
+/// The whole answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub success: bool,
+    pub quota_status: QuotaStatus,
+    /// RFC 3339, seconds.
+    pub timestamp: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QuotaStatus {
+    /// False exactly when `errors` is not empty.
+    pub healthy: bool,
+    pub warnings: Vec<String>,
+    pub errors: Vec<String>,
+    /// The pool: every (project, model) with recent usage against its limits.
+    pub usage: UsageView,
+    pub keys: Vec<KeyView>,
+    pub store: StoreView,
+}
+
+/// Counters against their limits.
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageView {
+    pub minute_requests: u64,
+    pub minute_limit: u64,
+    pub minute_remaining: u64,
+    pub daily_requests: u64,
+    pub daily_limit: u64,
+    pub daily_remaining: u64,
+    pub minute_tokens: u64,
+    pub token_minute_limit: u64,
+    pub token_minute_remaining: u64,
+    pub usage_percentage: Percentages,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentages {
+    pub minute: f64,
+    pub daily: f64,
+    pub tokens: f64,
+}
+
+/// One pooled key (masked), its state and its project's usage per model.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyView {
+    pub id: String,
+    pub name: String,
+    pub project: String,
+    /// `active`, `cooldown` or `disabled`.
+    pub state: &'static str,
+    pub reason: Option<String>,
+    pub cooldown_until: Option<String>,
+    /// The model held, `*` for the whole project.
+    pub cooldown_model: Option<String>,
+    pub models: BTreeMap<String, UsageView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreView {
+    pub backend: &'static str,
+    pub reachable: bool,
+}
+
+/// `used / limit` in percent, one decimal.
+fn pct(used: u64, limit: u64) -> f64 {
+    if limit == 0 {
+        return 0.0;
+    }
+    ((used as f64 / limit as f64) * 1000.0).round() / 10.0
+}
+
+impl UsageView {
+    fn new(u: &Usage, l: &Limits) -> UsageView {
+        UsageView {
+            minute_requests: u.minute_requests,
+            minute_limit: l.minute,
+            minute_remaining: l.minute.saturating_sub(u.minute_requests),
+            daily_requests: u.daily_requests,
+            daily_limit: l.daily,
+            daily_remaining: l.daily.saturating_sub(u.daily_requests),
+            minute_tokens: u.minute_tokens,
+            token_minute_limit: l.token_minute,
+            token_minute_remaining: l.token_minute.saturating_sub(u.minute_tokens),
+            usage_percentage: Percentages {
+                minute: pct(u.minute_requests, l.minute),
+                daily: pct(u.daily_requests, l.daily),
+                tokens: pct(u.minute_tokens, l.token_minute),
+            },
+        }
+    }
+}
+
+fn add(sum: &mut Limits, l: &Limits) {
+    sum.minute += l.minute;
+    sum.daily += l.daily;
+    sum.token_minute += l.token_minute;
+}
+
+fn add_usage(sum: &mut Usage, u: &Usage) {
+    sum.minute_requests += u.minute_requests;
+    sum.minute_tokens += u.minute_tokens;
+    sum.daily_requests += u.daily_requests;
+}
+
+/// Ask the store and build the document.
+pub async fn snapshot(state: &AppState) -> Snapshot {
+    let store = &state.store;
+    let reachable = store.ping().await.is_ok();
+    let usage = store.usage().await.unwrap_or_default();
+    let cooldowns = store.cooldowns().await.unwrap_or_default();
+    let kids: Vec<Arc<str>> = state.pool.keys.iter().map(|k| k.kid.clone()).collect();
+    let key_states = store
+        .key_states(&kids)
+        .await
+        .unwrap_or_else(|_| kids.iter().map(|_| KeyState::Active).collect());
+    let enabled_projects: BTreeSet<&str> = state
+        .pool
+        .keys
+        .iter()
+        .zip(&key_states)
+        .filter(|(_, s)| **s == KeyState::Active)
+        .map(|(k, _)| &*k.project)
+        .collect();
+    // Each model's pool-wide usage against the sum of its limits in every enabled project,
+    // each resolved with the model's family, the overrides and what Google reported.
+    let mut per_model: BTreeMap<&str, (Usage, Limits)> = BTreeMap::new();
+    for (p, m, u) in &usage {
+        let (sum, _) = per_model.entry(m.as_str()).or_insert_with(|| {
+            let family = QuotaFamily::of_model(m);
+            let mut limit = Limits::default();
+            for p in &enabled_projects {
+                add(&mut limit, &state.pool.limits_for(p, m, family));
+            }
+            (Usage::default(), limit)
+        });
+        if enabled_projects.contains(p.as_str()) {
+            add_usage(sum, u);
+        }
+    }
+    let mut total = Usage::default();
+    let mut total_limit = Limits::default();
+    if per_model.is_empty() {
+        // Nothing used yet: the pool's room for a generate model, project by project.
+        for p in &enabled_projects {
+            add(
+                &mut total_limit,
+                &state.pool.limits_for(p, "", QuotaFamily::Generate),
+            );
+        }
+    }
+    let mut warnings: Vec<String> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    for (model, (u, l)) in &per_model {
+        add_usage(&mut total, u);
+        add(&mut total_limit, l);
+        for (name, used, limit) in [
+            ("minute", u.minute_requests, l.minute),
+            ("daily", u.daily_requests, l.daily),
+            ("token", u.minute_tokens, l.token_minute),
+        ] {
+            let p = pct(used, limit);
+            if p > 95.0 {
+                errors.push(format!("{model}: {name} usage at {p}% of the pool's limit"));
+            } else if p >= 80.0 {
+                warnings.push(format!("{model}: {name} usage at {p}% of the pool's limit"));
+            }
+        }
+    }
+
+    let now = chrono::Utc::now();
+    let mut keys = Vec::with_capacity(state.pool.keys.len());
+    for (k, s) in state.pool.keys.iter().zip(&key_states) {
+        let cd = cooldowns
+            .iter()
+            .filter(|c| c.project == *k.project)
+            .max_by_key(|c| c.remaining_ms);
+        let (state_name, reason) = match (s, cd) {
+            (KeyState::Disabled { reason }, _) => {
+                warnings.push(format!(
+                    "key {} ({}) is disabled: {}",
+                    k.masked, k.name, reason
+                ));
+                ("disabled", Some(reason.clone()))
+            }
+            // A hold on one model: the key still serves others, but shows as cooling.
+            (KeyState::Active, Some(c)) => ("cooldown", Some(c.reason.clone())),
+            (KeyState::Active, None) => ("active", None),
+        };
+        let cooldown_until = cd.map(|c| {
+            // Bounded before the arithmetic: a store's number never overflows a date.
+            (now + chrono::Duration::milliseconds(c.remaining_ms.min(400 * 86_400_000) as i64))
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        });
+        let models = usage
+            .iter()
+            .filter(|(p, _, _)| p == &*k.project)
+            .map(|(p, m, u)| {
+                let l = state.pool.limits_for(p, m, QuotaFamily::of_model(m));
+                (m.clone(), UsageView::new(u, &l))
+            })
+            .collect();
+        keys.push(KeyView {
+            id: k.masked.clone(),
+            name: k.name.clone(),
+            project: k.project.to_string(),
+            state: state_name,
+            reason,
+            cooldown_until,
+            cooldown_model: cd.map(|c| c.model.clone()),
+            models,
+        });
+    }
+    let all_cooling_or_disabled =
+        state.pool.keys.iter().zip(&key_states).all(|(k, s)| {
+            *s != KeyState::Active || cooldowns.iter().any(|c| c.project == *k.project)
+        });
+    if all_cooling_or_disabled {
+        errors.push("every key is disabled or cooling down".into());
+    }
+    let failures = state.pool.health.failures();
+    if failures >= 3 {
+        warnings.push(format!(
+            "{failures} upstream failures (5xx or unreachable) in a row"
+        ));
+    }
+    if !reachable {
+        use crate::quota::resilient::StoreFailurePolicy;
+        warnings.push(
+            match state.config.store.on_error {
+                StoreFailurePolicy::Local => {
+                    "quota store unreachable: counting in this replica only"
+                }
+                StoreFailurePolicy::FailOpen => {
+                    "quota store unreachable: admitting without counting"
+                }
+                StoreFailurePolicy::FailClosed => "quota store unreachable: refusing requests",
+            }
+            .to_string(),
+        );
+    }
+    Snapshot {
+        success: true,
+        quota_status: QuotaStatus {
+            healthy: errors.is_empty(),
+            warnings,
+            errors,
+            usage: UsageView::new(&total, &total_limit),
+            keys,
+            store: StoreView {
+                backend: store.backend(),
+                reachable,
+            },
+        },
+        timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    }
+}
+
+/// Set the gauges the status knows: keys cooling and disabled, and what is left of each
+/// (key, model)'s minute, day and tokens.
+pub fn record_gauges(metrics: &Metrics, snap: &Snapshot) {
+    let keys = &snap.quota_status.keys;
+    let count = |s: &str| keys.iter().filter(|k| k.state == s).count();
+    metrics.key_gauges(count("cooldown"), count("disabled"));
+    for k in keys {
+        for (model, u) in &k.models {
+            metrics.remaining(&k.id, model, "minute", u.minute_remaining);
+            metrics.remaining(&k.id, model, "daily", u.daily_remaining);
+            metrics.remaining(&k.id, model, "tokens", u.token_minute_remaining);
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Building the request to Google (client credentials out, the pooled key in) and the answer's
+//! headers back: where requests go, parsed once.
+
+use std::borrow::Cow;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
+use bytes::Bytes;
+use http_body_util::Full;
+
+use crate::auth::QUERY_CREDENTIALS;
+use crate::config::BaseUrl;
+use crate::secret::Secret;
+
+/// Headers that belong to one connection, never forwarded (RFC 9110 section 7.6.1), plus those
+/// the proxy sets itself.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
+/// Client credentials: removed before the pooled key is added.
+const CREDENTIAL_HEADERS: &[&str] = &["x-goog-api-key", "authorization"];
+
+fn is_credential_param(param: &str) -> bool {
+    let name = param.split('=').next().unwrap_or("");
+    QUERY_CREDENTIALS.contains(&name)
+}
+
+/// The query without `key` / `$key` (client credentials).
+pub fn strip_credentials_from_query(query: &str) -> Cow<'_, str> {
+    if !query.split('&').any(is_credential_param) {
+        return Cow::Borrowed(query);
+    }
+    Cow::Owned(
+        query
+            .split('&')
+            .filter(|p| !is_credential_param(p))
+            .collect::<Vec<_>>()
+            .join("&"),
+    )
+}
+
+/// Where requests go: the upstream base URL, parsed once at load (parsing a URL per request,
+/// host name processing included, showed in profiles).
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    base: BaseUrl,
+}
+
+impl Upstream {
+    pub fn new(base: &BaseUrl) -> Upstream {
+        Upstream { base: base.clone() }
+    }
+
+    /// The upstream URL for a client's path and query (credentials removed from the query).
+    /// The path comes from a request line hyper already validated; `None` if it still will
+    /// not form a URI.
+    pub fn url(&self, path: &str, query: Option<&str>) -> Option<Uri> {
+        let query = query
+            .map(strip_credentials_from_query)
+            .filter(|q| !q.is_empty());
+        let mut pq = String::with_capacity(
+            self.base.path.len() + path.len() + query.as_ref().map_or(0, |q| q.len() + 1),
+        );
+        pq.push_str(&self.base.path);
+        pq.push_str(path);
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(&q);
+        }
+        Uri::builder()
+            .scheme(self.base.scheme.clone())
+            .authority(self.base.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .ok()
+    }
+}
+
+/// The pooled key as the header it travels in, built once per key, marked sensitive (never
+/// printed by `http`'s Debug, never indexed by HPACK).
+#[derive(Debug, Clone)]
+pub struct KeyHeaders {
+    pub goog: HeaderValue,
+    pub bearer: HeaderValue,
+}
+
+impl KeyHeaders {
+    pub fn new(key: &Secret) -> Option<KeyHeaders> {
+        let mut goog = HeaderValue::from_str(key.expose()).ok()?;
+        goog.set_sensitive(true);
+        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", key.expose())).ok()?;
+        bearer.set_sensitive(true);
+        Some(KeyHeaders { goog, bearer })
+    }
+}
+
+/// Build the request to Google: same method, path and query (credentials removed), headers
+/// minus hop-by-hop and credentials, plus the pooled key (as `Authorization: Bearer` when
+/// `bearer`, for the OpenAI surface; else `x-goog-api-key`).
+#[allow(clippy::too_many_arguments)]
+pub fn build_request(
+    upstream: &Upstream,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Bytes,
+    bearer: bool,
+    key: &KeyHeaders,
+) -> Option<Request<Full<Bytes>>> {
+    let mut out = HeaderMap::with_capacity(headers.len() + 1);
+    for (name, value) in headers {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || CREDENTIAL_HEADERS.contains(&n) || n == "accept-encoding" {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    if bearer {
+        out.insert(http::header::AUTHORIZATION, key.bearer.clone());
+    } else {
+        out.insert(HeaderName::from_static("x-goog-api-key"), key.goog.clone());
+    }
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = upstream.url(path, query)?;
+    *req.headers_mut() = out;
+    Some(req)
+}
+
+/// Response headers to pass back: all but hop-by-hop (content-length is kept: bytes pass as-is).
+pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(upstream.len());
+    for (name, value) in upstream {
+        let n = name.as_str();
+        if n != "content-length" && HOP_BY_HOP.contains(&n) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls_keep_path_and_query_and_drop_credentials() {
+        let u = Upstream::new(
+            &BaseUrl::parse("t", "https://generativelanguage.googleapis.com").unwrap(),
+        );
+        assert_eq!(
+            u.url(
+                "/v1beta/models/m:streamGenerateContent",
+                Some("alt=sse&key=secret")
+            )
+            .unwrap()
+            .to_string(),
+            "https://generativelanguage.googleapis.com/v1beta/models/m:streamGenerateContent?alt=sse"
+        );
+        let u = Upstream::new(&BaseUrl::parse("t", "http://gw.local:8080/gemini/").unwrap());
+        assert_eq!(
+            u.url("/v1beta/files/a%2Fb", None).unwrap().to_string(),
+            "http://gw.local:8080/gemini/v1beta/files/a%2Fb"
+        );
+    }
+
+    #[test]
+    fn credentials_are_found_and_stripped_from_queries() {
+        assert_eq!(strip_credentials_from_query("alt=sse&key=abc"), "alt=sse");
+        assert_eq!(strip_credentials_from_query("$key=abc&x=1"), "x=1");
+    }
+}
