@@ -293,7 +293,7 @@ impl MemoryStore {
 
     /// The counters of (project, model), made on first use (with the day count kept aside,
     /// if any). Making one is the slow path, and where the amortised sweep runs.
-    fn bucket(&self, project: &Arc<str>, model: &str, now: i64, day: i64) -> Arc<Mutex<Bucket>> {
+    fn bucket(&self, project: &Arc<str>, model: &str, day: i64) -> Arc<Mutex<Bucket>> {
         if let Some(b) = self.read().get(project, model) {
             return b;
         }
@@ -302,14 +302,15 @@ impl MemoryStore {
             return b;
         }
         if t.live_len >= t.sweep_at || t.swept_day != day {
-            t.sweep(now, day);
+            self.sweep(&mut t);
         }
         let kept = t.days.get_mut(&**project).and_then(|m| m.remove(model));
         let mut b = Bucket {
             next_id: t.retired_ids,
             ..Bucket::default()
         };
-        if let Some(d) = kept.filter(|d| d.day == day) {
+        // A count from a past day is cleared by the next prune, like a live bucket's.
+        if let Some(d) = kept {
             b.day = d.day;
             b.day_requests = d.requests;
         }
@@ -336,6 +337,13 @@ impl MemoryStore {
                     .map(move |(m, b)| (p.clone(), m.clone(), b.clone()))
             })
             .collect()
+    }
+
+    /// Sweep with the time read under the write lock: every admission made before it saw an
+    /// earlier (or equal) time, so no bucket is pruned or reset to a day older than its own.
+    fn sweep(&self, t: &mut Tables) {
+        let now = self.clock.now_ms();
+        t.sweep(now, self.days.at(now).day);
     }
 
     /// How many (project, model) pairs the store holds: buckets with a minute log, and day
@@ -418,7 +426,7 @@ impl QuotaStore for MemoryStore {
         let di = self.days.at(now);
         // Usage is read per scrape or status call and looks at every bucket anyway: a good
         // moment to drop the idle ones.
-        self.write().sweep(now, di.day);
+        self.sweep(&mut self.write());
         // Buckets and kept day counts read under one lock: a pair moving from one to the other
         // meanwhile is seen exactly once.
         let (buckets, mut out) = {
@@ -623,7 +631,7 @@ impl MemoryStore {
                 continue;
             }
             let limits = keys[0].limits;
-            let bucket = self.bucket(&project, &req.model, now, di.day);
+            let bucket = self.bucket(&project, &req.model, di.day);
             let mut b = lock(&bucket);
             b.prune(now, di.day);
             match b.refusal(&limits, req.tokens, now, &di) {
@@ -730,11 +738,11 @@ mod tests {
         let store = MemoryStore::new(Arc::new(ManualClock::new(t0)), chrono_tz::UTC);
         let p: Arc<str> = "p".into();
         let day = store.days.at(t0).day;
-        let held = store.bucket(&p, "held", t0, day);
-        drop(store.bucket(&p, "idle", t0, day));
-        store.write().sweep(t0, day);
+        let held = store.bucket(&p, "held", day);
+        drop(store.bucket(&p, "idle", day));
+        store.sweep(&mut store.write());
         assert_eq!(store.tracked().buckets, 1);
         lock(&held).reserve(1, t0);
-        assert!(Arc::ptr_eq(&held, &store.bucket(&p, "held", t0, day)));
+        assert!(Arc::ptr_eq(&held, &store.bucket(&p, "held", day)));
     }
 }
