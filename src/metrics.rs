@@ -1,15 +1,82 @@
 //! Prometheus metrics through the `metrics` facade: request outcomes, refusals, upstream 429s
 //! by kind, retries, latency of the whole request and of the proxy's own share, store calls.
 //! Labels carry masked key ids and model names only.
+//!
+//! Model names come from clients, so the model label is capped (invariant 9): the first
+//! [`MODEL_LABEL_CAP`] names keep their own series, later ones share [`OVERFLOW_MODEL`]. Gauges
+//! of a (key, model) the store no longer reports are dropped after [`GAUGE_IDLE`].
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Distinct model label values; past this many, a model is labelled [`OVERFLOW_MODEL`].
+/// Well above the number of Gemini models anyone uses, far below what hurts a scrape.
+pub const MODEL_LABEL_CAP: usize = 200;
+
+/// The model label of every model past [`MODEL_LABEL_CAP`].
+pub const OVERFLOW_MODEL: &str = "other";
+
+/// A gauge not set for this long is dropped from the exposition. Every gauge still meaningful
+/// is set again by the status snapshot that `/metrics` takes before rendering, so only those
+/// of (key, model) pairs that left the store's usage go.
+pub const GAUGE_IDLE: Duration = Duration::from_secs(600);
+
+/// The model label values handed out so far. Process-wide like the recorder, so several app
+/// instances in one process (tests) still share one cap.
+static MODEL_LABELS: LazyLock<ModelLabels> = LazyLock::new(|| ModelLabels::new(MODEL_LABEL_CAP));
+
+/// First come, first served: a model keeps the label it got, so a series never changes name.
+#[derive(Debug)]
+pub struct ModelLabels {
+    cap: usize,
+    names: RwLock<HashSet<Arc<str>>>,
+    overflow: Arc<str>,
+    none: Arc<str>,
+}
+
+impl ModelLabels {
+    pub fn new(cap: usize) -> Self {
+        ModelLabels {
+            cap,
+            names: RwLock::new(HashSet::new()),
+            overflow: OVERFLOW_MODEL.into(),
+            none: "-".into(),
+        }
+    }
+
+    /// The label value for `model` (`None`: a request that named no model).
+    pub fn get(&self, model: Option<&str>) -> Arc<str> {
+        let Some(model) = model else {
+            return self.none.clone();
+        };
+        {
+            let names = self.names.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(l) = names.get(model) {
+                return l.clone();
+            }
+            if names.len() >= self.cap {
+                return self.overflow.clone();
+            }
+        }
+        let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = names.get(model) {
+            return l.clone();
+        }
+        if names.len() >= self.cap {
+            return self.overflow.clone();
+        }
+        let l: Arc<str> = model.into();
+        names.insert(l.clone());
+        l
+    }
+}
 
 /// Install the process-wide Prometheus recorder (once; later calls return the same handle).
 /// The application does this (`main`, a test harness, an embedder that wants `/metrics`), not
@@ -20,6 +87,7 @@ pub fn install_prometheus() -> Option<PrometheusHandle> {
             PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
                 .ok()?
+                .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE))
                 .install_recorder()
                 .ok()
         })
@@ -36,13 +104,14 @@ pub struct Metrics {
     upstream: metrics::Histogram,
     overhead: metrics::Histogram,
     admit: metrics::Histogram,
-    /// `gqp_requests_total` handles by model, then by key slot and outcome: a registry lookup
-    /// (labels allocated and hashed) once per combination instead of once per request.
+    /// `gqp_requests_total` handles by model label, then by key slot and outcome: a registry
+    /// lookup (labels allocated and hashed) once per combination instead of once per request.
+    /// As many models as labels: at most `MODEL_LABEL_CAP` + 2.
     requests: Arc<RwLock<RequestCounters>>,
 }
 
-/// Model → counters by `key slot * 4 + outcome`.
-type RequestCounters = HashMap<Box<str>, Vec<Option<metrics::Counter>>>;
+/// Model label → counters by `key slot * 4 + outcome`.
+type RequestCounters = HashMap<Arc<str>, Vec<Option<metrics::Counter>>>;
 
 const OUTCOMES: [&str; 4] = ["ok", "rate_limited", "client_error", "server_error"];
 
@@ -99,25 +168,22 @@ impl Metrics {
             400..=499 => 2,
             _ => 3,
         };
-        let model = model.unwrap_or("-");
+        let model = MODEL_LABELS.get(model);
         // Slot 0 is "no key"; key i is slot i + 1.
         let slot = key.map_or(0, |(i, _)| i + 1) * OUTCOMES.len() + outcome;
         let cached = self
             .requests
             .read()
             .ok()
-            .and_then(|m| m.get(model)?.get(slot)?.clone());
+            .and_then(|m| m.get(&model)?.get(slot)?.clone());
         let counter = cached.unwrap_or_else(|| {
             let c = counter!("gqp_requests_total",
-                "model" => model.to_string(),
+                "model" => model.clone(),
                 "outcome" => OUTCOMES[outcome],
                 "key" => key.map_or("-", |(_, k)| k).to_string());
-            // Bounded: models come from validated paths, but a client can name many; past
-            // 1,000 of them the handle is simply not cached.
-            if let Ok(mut m) = self.requests.write()
-                && (m.len() < 1000 || m.contains_key(model))
-            {
-                let v = m.entry(model.into()).or_default();
+            // Keyed by label, so bounded by the label cap.
+            if let Ok(mut m) = self.requests.write() {
+                let v = m.entry(model).or_default();
                 if v.len() <= slot {
                     v.resize(slot + 1, None);
                 }
@@ -160,8 +226,11 @@ impl Metrics {
         gauge!("gqp_keys_disabled").set(disabled as f64);
     }
 
+    /// What is left of a (key, model)'s window. Models past the label cap share one series,
+    /// which shows whichever of them was set last.
     pub fn remaining(&self, key: &str, model: &str, window: &'static str, value: u64) {
-        gauge!("gqp_quota_remaining", "key" => key.to_string(), "model" => model.to_string(), "window" => window)
+        let model = MODEL_LABELS.get(Some(model));
+        gauge!("gqp_quota_remaining", "key" => key.to_string(), "model" => model, "window" => window)
             .set(value as f64);
     }
 }
@@ -169,5 +238,60 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_labels_past_the_cap_become_other_and_earlier_ones_stay() {
+        let labels = ModelLabels::new(3);
+        for m in ["a", "b", "c"] {
+            assert_eq!(&*labels.get(Some(m)), m);
+        }
+        assert_eq!(&*labels.get(Some("d")), OVERFLOW_MODEL);
+        assert_eq!(&*labels.get(Some("e")), OVERFLOW_MODEL);
+        assert_eq!(&*labels.get(Some("a")), "a", "a model keeps its label");
+        assert_eq!(&*labels.get(None), "-", "no model is not a client's choice");
+        assert_eq!(labels.names.read().unwrap().len(), 3);
+    }
+
+    /// Through the real recorder: however many models are named, the exposition holds at most
+    /// the cap plus `other` (and `-`) as model label values.
+    #[test]
+    fn request_and_gauge_series_stay_within_the_model_label_cap() {
+        let m = Metrics::new(install_prometheus());
+        for i in 0..(MODEL_LABEL_CAP + 500) {
+            let model = format!("unit-flood-{i}");
+            m.request(
+                Some(&model),
+                Some((0, "k...0")),
+                200,
+                Duration::ZERO,
+                Duration::ZERO,
+            );
+            m.remaining("k...0", &model, "minute", 7);
+        }
+        assert!(m.requests.read().unwrap().len() <= MODEL_LABEL_CAP + 2);
+        let text = m.render();
+        if text.is_empty() {
+            // Another recorder was installed first in this process: nothing to read back.
+            return;
+        }
+        let values: HashSet<&str> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("gqp_requests_total{") || l.starts_with("gqp_quota_remaining{")
+            })
+            .filter_map(|l| l.split("model=\"").nth(1)?.split('"').next())
+            .collect();
+        assert!(
+            values.len() <= MODEL_LABEL_CAP + 2,
+            "{} model labels",
+            values.len()
+        );
+        assert!(values.contains(OVERFLOW_MODEL));
     }
 }

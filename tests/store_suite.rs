@@ -548,3 +548,140 @@ async fn redis_recreated_window_and_lost_pairs_set_recover() {
     );
     assert_eq!(usage[0].2.daily_requests, 3);
 }
+
+/// Invariant 9 on the memory store: models a client makes up cost a bucket only while they
+/// have admissions in the window; after that only a day count is kept, until midnight.
+#[tokio::test]
+async fn memory_store_drops_idle_models_but_keeps_their_day_counts_until_midnight() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = MemoryStore::new(clock.clone(), Los_Angeles);
+    let admit = |model: &str, l: Limits| {
+        let mut r = req(1, vec![cand(0, "p", l)]);
+        r.model = model.to_string();
+        let store = &store;
+        async move { store.admit(&r).await.unwrap() }
+    };
+    // A real model uses up its day.
+    let daily = limits(100, 1_000_000, 2);
+    for _ in 0..2 {
+        assert!(matches!(
+            admit("gemini-2.5-flash", daily).await,
+            AdmitOutcome::Admitted(_)
+        ));
+    }
+    // 20,000 made-up names over 20 minutes: a thousand new ones a minute.
+    let roomy = limits(100, 1_000_000, 100);
+    let mut most = 0;
+    for i in 0..20_000 {
+        if i % 1_000 == 0 {
+            clock.advance(60_000);
+        }
+        assert!(matches!(
+            admit(&format!("made-up-{i}"), roomy).await,
+            AdmitOutcome::Admitted(_)
+        ));
+        most = most.max(store.tracked().buckets);
+    }
+    // The sweep runs when the table doubles from what survived the last one, so it never
+    // holds more than twice the models of a minute, or its minimum threshold.
+    assert!(most <= 2_100, "{most} buckets for 1,000 models a minute");
+
+    clock.advance(60_000);
+    store.usage().await.unwrap();
+    let t = store.tracked();
+    assert_eq!(t.buckets, 0, "every window is empty");
+    assert_eq!(
+        t.day_counts, 20_001,
+        "each pair keeps its day count until midnight"
+    );
+
+    // The day count outlived the bucket: the real model is still at its daily limit.
+    let midnight = DayInfo::at(Los_Angeles, clock.now_ms()).next_midnight_ms;
+    match admit("gemini-2.5-flash", daily).await {
+        AdmitOutcome::Refused {
+            limit,
+            retry_after_ms,
+            ..
+        } => {
+            assert_eq!(limit, LimitKind::RequestsPerDay);
+            assert_eq!(retry_after_ms as i64, midnight - clock.now_ms());
+        }
+        other => panic!("{other:?}"),
+    }
+    let usage = store.usage().await.unwrap();
+    assert_eq!(usage.len(), 20_001);
+    let flash = usage
+        .iter()
+        .find(|(_, m, _)| m == "gemini-2.5-flash")
+        .unwrap();
+    assert_eq!(flash.2.daily_requests, 2);
+
+    // A new day: the day counts go too.
+    clock.set(midnight);
+    store.usage().await.unwrap();
+    assert_eq!(store.tracked().day_counts, 0);
+    assert!(matches!(
+        admit("gemini-2.5-flash", daily).await,
+        AdmitOutcome::Admitted(_)
+    ));
+}
+
+/// A settlement that arrives after its bucket was dropped and made anew must not touch the new
+/// bucket's admissions (ids are never reused), or a refund could let tokens over the limit.
+#[tokio::test]
+async fn memory_store_late_settlement_for_a_dropped_bucket_changes_nothing() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = MemoryStore::new(clock.clone(), Los_Angeles);
+    let r = req(300, vec![cand(0, "p", limits(100, 500, 100))]);
+    let AdmitOutcome::Admitted(old) = store.admit(&r).await.unwrap() else {
+        panic!()
+    };
+    clock.advance(60_000);
+    store.usage().await.unwrap();
+    assert_eq!(store.tracked().buckets, 0);
+    let AdmitOutcome::Admitted(new) = store.admit(&r).await.unwrap() else {
+        panic!()
+    };
+    assert_ne!(old.id, new.id);
+    store.settle(&old, 0).await.unwrap();
+    assert!(
+        !matches!(store.admit(&r).await.unwrap(), AdmitOutcome::Admitted(_)),
+        "300 + 300 tokens exceed 500"
+    );
+    let u = store.usage().await.unwrap()[0].2;
+    assert_eq!((u.minute_tokens, u.daily_requests), (300, 2));
+}
+
+/// A reset of the day clears the day counts kept for dropped buckets too.
+#[tokio::test]
+async fn memory_store_daily_reset_clears_kept_day_counts() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = MemoryStore::new(clock.clone(), Los_Angeles);
+    let r = req(1, vec![cand(0, "p", limits(100, 1000, 1))]);
+    assert!(matches!(
+        store.admit(&r).await.unwrap(),
+        AdmitOutcome::Admitted(_)
+    ));
+    clock.advance(60_000);
+    store.usage().await.unwrap();
+    assert_eq!(store.tracked().day_counts, 1);
+    store
+        .reset(ResetKind::Minute, &ResetScope::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.tracked().day_counts,
+        1,
+        "a minute reset leaves days alone"
+    );
+    store
+        .reset(ResetKind::Daily, &ResetScope::default())
+        .await
+        .unwrap();
+    assert_eq!(store.tracked().day_counts, 0);
+    assert!(store.usage().await.unwrap().is_empty());
+    assert!(matches!(
+        store.admit(&r).await.unwrap(),
+        AdmitOutcome::Admitted(_)
+    ));
+}

@@ -1,5 +1,9 @@
 //! In-memory `QuotaStore`: one sliding log per (project, model), each behind its own mutex
 //! (sharded; no lock is ever held across an `.await`).
+//!
+//! Model names come from clients, so the table must not grow with them (invariant 9): a
+//! bucket whose minute window has emptied is dropped by an amortised sweep, and what is left
+//! of it, a day count, waits in a compact side table until the quota day changes.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -145,9 +149,98 @@ impl Bucket {
     }
 }
 
-/// (project, model).
-/// project -> model -> counters: two lookups by `&str`, no key built per request.
-type Buckets = HashMap<Arc<str>, HashMap<String, Arc<Mutex<Bucket>>>>;
+/// Today's admissions of a (project, model) whose bucket was dropped with an empty window.
+#[derive(Debug, Clone, Copy)]
+struct DayCount {
+    day: i64,
+    requests: u64,
+}
+
+/// Sweep no more often than once per this many live buckets: a sweep scans them all, and
+/// doubling the threshold from what survives keeps its cost amortised O(1) per new bucket.
+const MIN_SWEEP_AT: usize = 1024;
+
+/// Every (project, model) the store knows of.
+#[derive(Debug)]
+struct Tables {
+    /// project -> model -> counters: two lookups by `&str`, no key built per request.
+    live: HashMap<Arc<str>, HashMap<String, Arc<Mutex<Bucket>>>>,
+    live_len: usize,
+    /// Day counts of pairs whose bucket was dropped, until their quota day ends: no log, no
+    /// mutex, a few dozen bytes each.
+    days: HashMap<Arc<str>, HashMap<Box<str>, DayCount>>,
+    /// Every id a dropped bucket handed out is at most this. A bucket made later starts above
+    /// it, so a late settlement of a dropped bucket's admission can never match a new entry.
+    retired_ids: u64,
+    /// Sweep when `live_len` reaches this, or when the quota day changes.
+    sweep_at: usize,
+    swept_day: i64,
+}
+
+impl Tables {
+    fn new() -> Self {
+        Tables {
+            live: HashMap::new(),
+            live_len: 0,
+            days: HashMap::new(),
+            retired_ids: 0,
+            sweep_at: MIN_SWEEP_AT,
+            swept_day: i64::MIN,
+        }
+    }
+
+    /// Drop every bucket whose window is empty, keeping a non-zero day count aside, and every
+    /// day count of a past day. A bucket another task holds a handle to is left for the next
+    /// sweep: we hold the write lock, so no new handle can be taken while we look, and an
+    /// unshared bucket can be read and dropped without anyone admitting on it meanwhile.
+    fn sweep(&mut self, now: i64, day: i64) {
+        let Tables {
+            live,
+            days,
+            retired_ids,
+            ..
+        } = self;
+        for (project, models) in live.iter_mut() {
+            models.retain(|model, bucket| {
+                let Some(b) = Arc::get_mut(bucket) else {
+                    return true;
+                };
+                let b = b.get_mut().unwrap_or_else(|p| p.into_inner());
+                b.prune(now, day);
+                if !b.log.is_empty() {
+                    // A burst leaves a large buffer behind; give most of it back.
+                    if b.log.capacity() > 4 * b.log.len() + 64 {
+                        b.log.shrink_to(2 * b.log.len());
+                    }
+                    return true;
+                }
+                *retired_ids = (*retired_ids).max(b.next_id);
+                if b.day_requests > 0 {
+                    days.entry(project.clone()).or_default().insert(
+                        model.as_str().into(),
+                        DayCount {
+                            day: b.day,
+                            requests: b.day_requests,
+                        },
+                    );
+                }
+                false
+            });
+        }
+        live.retain(|_, models| !models.is_empty());
+        for models in days.values_mut() {
+            models.retain(|_, d| d.day == day);
+        }
+        days.retain(|_, models| !models.is_empty());
+        self.live_len = self.live.values().map(HashMap::len).sum();
+        self.sweep_at = (2 * self.live_len).max(MIN_SWEEP_AT);
+        self.swept_day = day;
+    }
+
+    fn get(&self, project: &str, model: &str) -> Option<Arc<Mutex<Bucket>>> {
+        self.live.get(project)?.get(model).cloned()
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Hold {
@@ -160,10 +253,17 @@ struct Hold {
 pub struct MemoryStore {
     clock: Arc<dyn Clock>,
     days: DayCache,
-    buckets: RwLock<Buckets>,
+    tables: RwLock<Tables>,
     cooldowns: Mutex<HashMap<(String, String), Hold>>,
     disabled: Mutex<HashMap<String, String>>,
     affinity: Mutex<HashMap<String, (String, i64)>>,
+}
+
+/// See [`MemoryStore::tracked`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracked {
+    pub buckets: usize,
+    pub day_counts: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -176,43 +276,84 @@ impl MemoryStore {
         MemoryStore {
             clock,
             days: DayCache::new(tz),
-            buckets: RwLock::new(HashMap::new()),
+            tables: RwLock::new(Tables::new()),
             cooldowns: Mutex::new(HashMap::new()),
             disabled: Mutex::new(HashMap::new()),
             affinity: Mutex::new(HashMap::new()),
         }
     }
 
-    fn bucket(&self, project: &Arc<str>, model: &str) -> Arc<Mutex<Bucket>> {
-        if let Some(b) = self
-            .buckets
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&**project)
-            .and_then(|m| m.get(model))
-        {
-            return b.clone();
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Tables> {
+        self.tables.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Tables> {
+        self.tables.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The counters of (project, model), made on first use (with the day count kept aside,
+    /// if any). Making one is the slow path, and where the amortised sweep runs.
+    fn bucket(&self, project: &Arc<str>, model: &str, day: i64) -> Arc<Mutex<Bucket>> {
+        if let Some(b) = self.read().get(project, model) {
+            return b;
         }
-        self.buckets
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
+        let mut t = self.write();
+        if let Some(b) = t.get(project, model) {
+            return b;
+        }
+        if t.live_len >= t.sweep_at || t.swept_day != day {
+            self.sweep(&mut t);
+        }
+        let kept = t.days.get_mut(&**project).and_then(|m| m.remove(model));
+        let mut b = Bucket {
+            next_id: t.retired_ids,
+            ..Bucket::default()
+        };
+        // A count from a past day is cleared by the next prune, like a live bucket's.
+        if let Some(d) = kept {
+            b.day = d.day;
+            b.day_requests = d.requests;
+        }
+        let b = Arc::new(Mutex::new(b));
+        t.live
             .entry(project.clone())
             .or_default()
-            .entry(model.to_string())
-            .or_default()
-            .clone()
+            .insert(model.to_string(), b.clone());
+        t.live_len += 1;
+        b
     }
 
     /// Every bucket with its (project, model).
     fn all_buckets(&self) -> Vec<(Arc<str>, String, Arc<Mutex<Bucket>>)> {
-        let b = self.buckets.read().unwrap_or_else(|p| p.into_inner());
-        b.iter()
+        Self::clone_live(&self.read())
+    }
+
+    fn clone_live(t: &Tables) -> Vec<(Arc<str>, String, Arc<Mutex<Bucket>>)> {
+        t.live
+            .iter()
             .flat_map(|(p, models)| {
                 models
                     .iter()
                     .map(move |(m, b)| (p.clone(), m.clone(), b.clone()))
             })
             .collect()
+    }
+
+    /// Sweep with the time read under the write lock: every admission made before it saw an
+    /// earlier (or equal) time, so no bucket is pruned or reset to a day older than its own.
+    fn sweep(&self, t: &mut Tables) {
+        let now = self.clock.now_ms();
+        t.sweep(now, self.days.at(now).day);
+    }
+
+    /// How many (project, model) pairs the store holds: buckets with a minute log, and day
+    /// counts kept after their bucket was dropped. For tests and diagnostics.
+    pub fn tracked(&self) -> Tracked {
+        let t = self.read();
+        Tracked {
+            buckets: t.live_len,
+            day_counts: t.days.values().map(HashMap::len).sum(),
+        }
     }
 
     /// Remaining cooldown of (project, model) or the whole project, in ms.
@@ -266,7 +407,11 @@ impl QuotaStore for MemoryStore {
         if r.uncounted {
             return true;
         }
-        let bucket = self.bucket(&r.project, &r.model);
+        // No bucket: it was dropped because its window emptied, so this admission has left
+        // the window and there is nothing to correct.
+        let Some(bucket) = self.read().get(&r.project, &r.model) else {
+            return true;
+        };
         let mut b = lock(&bucket);
         let actual = clamp_tokens(actual_tokens);
         if let Some(e) = b.entry_mut(r.id) {
@@ -279,8 +424,29 @@ impl QuotaStore for MemoryStore {
     async fn usage(&self) -> Result<Vec<(String, String, Usage)>, StoreError> {
         let now = self.clock.now_ms();
         let di = self.days.at(now);
-        let mut out = Vec::new();
-        for (project, model, b) in self.all_buckets() {
+        // Usage is read per scrape or status call and looks at every bucket anyway: a good
+        // moment to drop the idle ones.
+        self.sweep(&mut self.write());
+        // Buckets and kept day counts read under one lock: a pair moving from one to the other
+        // meanwhile is seen exactly once.
+        let (buckets, mut out) = {
+            let t = self.read();
+            let kept: Vec<(String, String, Usage)> = t
+                .days
+                .iter()
+                .flat_map(|(p, models)| models.iter().map(move |(m, d)| (p, m, d)))
+                .filter(|(_, _, d)| d.day == di.day)
+                .map(|(p, m, d)| {
+                    let u = Usage {
+                        daily_requests: d.requests,
+                        ..Usage::default()
+                    };
+                    (p.to_string(), m.to_string(), u)
+                })
+                .collect();
+            (Self::clone_live(&t), kept)
+        };
+        for (project, model, b) in buckets {
             let mut b = lock(&b);
             b.prune(now, di.day);
             let u = b.usage();
@@ -412,6 +578,11 @@ impl QuotaStore for MemoryStore {
                 b.day_requests = 0;
             }
         }
+        if matches!(kind, ResetKind::Daily | ResetKind::All) {
+            for (project, models) in self.write().days.iter_mut() {
+                models.retain(|model, _| !in_scope(project, model));
+            }
+        }
         Ok(())
     }
 
@@ -460,7 +631,7 @@ impl MemoryStore {
                 continue;
             }
             let limits = keys[0].limits;
-            let bucket = self.bucket(&project, &req.model);
+            let bucket = self.bucket(&project, &req.model, di.day);
             let mut b = lock(&bucket);
             b.prune(now, di.day);
             match b.refusal(&limits, req.tokens, now, &di) {
@@ -555,5 +726,23 @@ mod tests {
         assert!(b.entry_mut(last - 2).is_none(), "pruned");
         assert!(b.entry_mut(first).is_none());
         assert!(b.entry_mut(last + 1).is_none());
+    }
+
+    /// A task that took a bucket's handle before a sweep may still reserve on it: the sweep
+    /// must leave that bucket in the table, or the reservation would land in a detached copy
+    /// that nobody else counts.
+    #[test]
+    fn a_sweep_leaves_buckets_another_task_holds() {
+        use super::super::ManualClock;
+        let t0 = 1_700_000_000_000;
+        let store = MemoryStore::new(Arc::new(ManualClock::new(t0)), chrono_tz::UTC);
+        let p: Arc<str> = "p".into();
+        let day = store.days.at(t0).day;
+        let held = store.bucket(&p, "held", day);
+        drop(store.bucket(&p, "idle", day));
+        store.sweep(&mut store.write());
+        assert_eq!(store.tracked().buckets, 1);
+        lock(&held).reserve(1, t0);
+        assert!(Arc::ptr_eq(&held, &store.bucket(&p, "held", day)));
     }
 }

@@ -67,8 +67,15 @@ pub struct KeyView {
     pub cooldown_until: Option<String>,
     /// The model held, `*` for the whole project.
     pub cooldown_model: Option<String>,
+    /// The project's models with usage: the busiest [`MODELS_PER_KEY`] of them.
     pub models: BTreeMap<String, UsageView>,
+    /// Models with usage today left out of `models` (client-chosen names can be many).
+    pub models_omitted: usize,
 }
+
+/// Most models listed per key: model names come from clients, so the document (and the gauges
+/// set from it) stays bounded however many a day brings.
+pub const MODELS_PER_KEY: usize = 200;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreView {
@@ -206,9 +213,17 @@ pub async fn snapshot(state: &AppState) -> Snapshot {
             (now + chrono::Duration::milliseconds(c.remaining_ms.min(400 * 86_400_000) as i64))
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         });
-        let models = usage
-            .iter()
-            .filter(|(p, _, _)| p == &*k.project)
+        let mut used: Vec<&(String, String, Usage)> =
+            usage.iter().filter(|(p, _, _)| p == &*k.project).collect();
+        let models_omitted = used.len().saturating_sub(MODELS_PER_KEY);
+        if models_omitted > 0 {
+            used.sort_by_key(|(_, _, u)| {
+                std::cmp::Reverse((u.minute_requests, u.minute_tokens, u.daily_requests))
+            });
+            used.truncate(MODELS_PER_KEY);
+        }
+        let models = used
+            .into_iter()
             .map(|(p, m, u)| {
                 let l = state.pool.limits_for(p, m, QuotaFamily::of_model(m));
                 (m.clone(), UsageView::new(u, &l))
@@ -223,6 +238,7 @@ pub async fn snapshot(state: &AppState) -> Snapshot {
             cooldown_until,
             cooldown_model: cd.map(|c| c.model.clone()),
             models,
+            models_omitted,
         });
     }
     let all_cooling_or_disabled =

@@ -1,0 +1,110 @@
+//! Invariant 9 through the real proxy: a client naming thousands of distinct models leaves the
+//! `/metrics` exposition and the memory store's tables bounded. (Its own test binary: the
+//! metrics recorder and its label cap are process-wide.) The 100,000-name run against the
+//! release binary, with RSS, is `cargo run --release --example model_flood`.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono_tz::America::Los_Angeles;
+use common::{FakeUpstream, ProxyOpts, generate, metrics_text, start_proxy};
+use futures_util::StreamExt;
+use gemini_quota_proxy::metrics::{MODEL_LABEL_CAP, OVERFLOW_MODEL};
+use gemini_quota_proxy::quota::ManualClock;
+use gemini_quota_proxy::quota::memory::MemoryStore;
+
+const NAMES: usize = 4_000;
+/// Names per simulated minute: the store's clock moves on a minute after each batch.
+const PER_MINUTE: usize = 500;
+
+/// 2026-01-31 10:30:00 UTC (02:30 in Los Angeles): far from midnight.
+const T0: i64 = 1_769_855_400_000;
+
+fn model_labels(text: &str) -> HashSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split("model=\"").nth(1)?.split('"').next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_made_up_model_names_leave_metrics_and_quota_state_bounded() {
+    let started = Instant::now();
+    let fake = FakeUpstream::start().await;
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Arc::new(MemoryStore::new(clock.clone(), Los_Angeles));
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&["AIzaFloodKey0000000001", "AIzaFloodKey0000000002"]).store(store.clone()),
+    )
+    .await;
+
+    let mut most_buckets = 0;
+    let mut size_at_half = 0;
+    for batch in 0..NAMES / PER_MINUTE {
+        let names = (batch * PER_MINUTE..(batch + 1) * PER_MINUTE).map(|i| format!("made-up-{i}"));
+        let statuses: Vec<u16> = futures_util::stream::iter(names)
+            .map(|m| {
+                let url = proxy.url.clone();
+                async move { generate(&url, &m, "x").await.status().as_u16() }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        most_buckets = most_buckets.max(store.tracked().buckets);
+        clock.advance(60_000);
+        if batch + 1 == NAMES / PER_MINUTE / 2 {
+            size_at_half = metrics_text(&proxy.url).await.len();
+        }
+    }
+
+    let text = metrics_text(&proxy.url).await;
+    let labels = model_labels(&text);
+    // The cap, `other`, and `-` for requests that named no model.
+    assert!(
+        labels.len() <= MODEL_LABEL_CAP + 2,
+        "{} model label values",
+        labels.len()
+    );
+    assert!(labels.contains(OVERFLOW_MODEL));
+    // Past the cap the exposition stops growing: only counter values change.
+    assert!(
+        text.len() <= size_at_half + 4 * 1024,
+        "/metrics grew from {size_at_half} to {} bytes",
+        text.len()
+    );
+    assert!(text.len() < 200 * 1024, "/metrics is {} bytes", text.len());
+
+    // A minute's names at a time, and the sweep keeps at most about twice that.
+    assert!(
+        most_buckets <= 2 * PER_MINUTE.max(1024),
+        "{most_buckets} buckets"
+    );
+    // The scrape above read usage one minute after the last batch: every window is empty, and
+    // what is left is one day count per name until midnight.
+    let t = store.tracked();
+    assert_eq!(t.buckets, 0);
+    assert_eq!(t.day_counts, NAMES);
+    // The status page lists the busiest models per key and counts the rest.
+    let (_, status) = common::quota_status(&proxy.url, common::CLIENT_KEY).await;
+    let mut seen = 0;
+    for key in status["quota_status"]["keys"].as_array().unwrap() {
+        let listed = key["models"].as_object().unwrap().len();
+        assert!(listed <= 200, "{listed} models listed for one key");
+        seen += listed + key["models_omitted"].as_u64().unwrap() as usize;
+    }
+    // Each key is its own project, and each name was admitted in one of them.
+    assert_eq!(seen, NAMES, "every model with usage is listed or counted");
+    eprintln!(
+        "{NAMES} names: /metrics {} bytes ({} at half), {} model labels, at most {most_buckets} buckets, {:?}",
+        text.len(),
+        size_at_half,
+        labels.len(),
+        started.elapsed()
+    );
+}
