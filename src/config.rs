@@ -84,6 +84,7 @@ struct RawUpstream {
     max_attempts: u64,
     retry_deadline_secs: f64,
     max_wait_secs: f64,
+    ca_file: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -237,6 +238,9 @@ pub struct Config {
     pub max_attempts: u32,
     pub retry_deadline: Duration,
     pub max_wait: Duration,
+    /// Extra trust roots for the upstream's TLS (`upstream.ca_file`), beside Mozilla's and the
+    /// system's.
+    pub upstream_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
 
     pub client_keys: Vec<Secret>,
     pub allow_anonymous: bool,
@@ -257,6 +261,7 @@ pub struct Config {
 /// Environment variables that map onto one TOML setting each.
 const ENV_SETTINGS: &[(&str, &str)] = &[
     ("GEMINI_UPSTREAM_URL", "upstream.url"),
+    ("GEMINI_UPSTREAM_CA_FILE", "upstream.ca_file"),
     ("PROXY_LISTEN", "server.listen"),
     ("PROXY_PUBLIC_URL", "server.public_url"),
     ("PROXY_PATH_PREFIX", "server.path_prefix"),
@@ -396,6 +401,10 @@ impl Config {
             )
         })?;
         let upstream_url = check_url("upstream.url (GEMINI_UPSTREAM_URL)", &raw.upstream.url)?;
+        let upstream_ca = load_ca_file(
+            "upstream.ca_file (GEMINI_UPSTREAM_CA_FILE)",
+            &raw.upstream.ca_file,
+        )?;
         let public_url = if raw.server.public_url.trim().is_empty() {
             None
         } else {
@@ -562,6 +571,7 @@ impl Config {
                 raw.upstream.retry_deadline_secs,
             )?,
             max_wait: secs_or_zero("upstream.max_wait_secs", raw.upstream.max_wait_secs)?,
+            upstream_ca,
             client_keys,
             allow_anonymous: raw.auth.allow_anonymous,
             admin_token: Some(raw.auth.admin_token).filter(|t| !t.is_empty()),
@@ -640,6 +650,43 @@ fn check_url(name: &str, url: &str) -> Result<String, ConfigError> {
             ),
         )),
     }
+}
+
+/// The PEM file of extra upstream trust roots: every certificate in it must be one rustls can
+/// anchor trust on; an empty path means none.
+fn load_ca_file(
+    name: &str,
+    path: &str,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ConfigError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let path = path.trim();
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pem = std::fs::read(path).map_err(|e| bad(name, format!("cannot read {path:?}: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(name, format!("{path:?} is not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad(
+            name,
+            format!("{path:?} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in certs.iter().enumerate() {
+        roots.add(cert.clone()).map_err(|e| {
+            bad(
+                name,
+                format!(
+                    "certificate {} in {path:?} cannot be a trust root: {e}",
+                    i + 1
+                ),
+            )
+        })?;
+    }
+    Ok(certs)
 }
 
 /// Project, model and namespace names end up in store keys: keep them to a safe alphabet.
@@ -806,6 +853,34 @@ mod tests {
         assert!(text.contains("GEMINI_UPSTREAM_URL"), "{text}");
         assert!(text.contains("credentials"), "{text}");
         assert!(!text.contains("Sup3rSecret"), "{text}");
+    }
+
+    #[test]
+    fn upstream_ca_file_that_is_missing_empty_or_not_pem_names_its_setting() {
+        let dir = std::env::temp_dir().join(format!("gqp-config-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let missing = dir.join("missing.pem");
+        for path in [&empty, &garbage, &missing, &dir] {
+            let e = Config::load(&env(&[
+                ("GEMINI_API_KEY", "k"),
+                ("PROXY_CLIENT_KEYS", "c"),
+                ("GEMINI_UPSTREAM_CA_FILE", path.to_str().unwrap()),
+            ]))
+            .unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains("upstream.ca_file"), "{text}");
+            assert!(text.contains("GEMINI_UPSTREAM_CA_FILE"), "{text}");
+        }
+        let c = Config::load(&env(&[("GEMINI_API_KEY", "k"), ("PROXY_CLIENT_KEYS", "c")])).unwrap();
+        assert!(c.upstream_ca.is_empty());
     }
 
     #[test]

@@ -107,7 +107,7 @@ pub fn build_client(cfg: &Config) -> HttpClient {
     ))
     .with_safe_default_protocol_versions()
     .expect("the ring provider supports the default TLS versions")
-    .with_root_certificates(trust_roots())
+    .with_root_certificates(trust_roots(&cfg.upstream_ca))
     .with_no_client_auth();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
@@ -127,16 +127,19 @@ pub fn build_client(cfg: &Config) -> HttpClient {
 }
 
 /// Mozilla's roots (built in, so a bare container works) plus the system's store (so a
-/// corporate TLS-inspecting gateway's CA, installed the usual way, is trusted too).
-fn trust_roots() -> rustls::RootCertStore {
+/// corporate TLS-inspecting gateway's CA, installed the usual way, is trusted too) plus
+/// `upstream.ca_file` (checked at config load, so none is refused here).
+fn trust_roots(extra: &[rustls::pki_types::CertificateDer<'static>]) -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let native = rustls_native_certs::load_native_certs();
     let (added, unparsable) = roots.add_parsable_certificates(native.certs);
+    let (from_file, _) = roots.add_parsable_certificates(extra.iter().cloned());
     tracing::debug!(
         system_roots = added,
         unparsable,
         errors = native.errors.len(),
+        ca_file_roots = from_file,
         "TLS trust roots loaded"
     );
     roots
