@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::{Body as HttpBody, Frame, Incoming};
+use hyper::body::{Body as HttpBody, Frame};
 use memchr::memmem;
 use tokio::time::{Instant, Sleep};
 
@@ -168,7 +168,7 @@ enum StreamCut {
 /// The body handed to the client: hyper's upstream body polled frame by frame (no stream
 /// adapter, no copy).
 pub struct ProxyBody {
-    inner: Incoming,
+    inner: crate::upstream::ResponseBody,
     idle: Duration,
     /// Streams only: the longest gap between chunks.
     idle_timer: Option<Pin<Box<Sleep>>>,
@@ -182,7 +182,7 @@ impl ProxyBody {
     /// `deadline`: the whole-request limit of a non-streaming answer; without one (a stream)
     /// the body gets the idle-gap limit instead.
     pub fn new(
-        inner: Incoming,
+        inner: crate::upstream::ResponseBody,
         idle: Duration,
         deadline: Option<Instant>,
         settlement: Option<Settlement>,

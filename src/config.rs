@@ -85,6 +85,7 @@ struct RawUpstream {
     retry_deadline_secs: f64,
     max_wait_secs: f64,
     ca_file: String,
+    http2: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,6 +242,8 @@ pub struct Config {
     /// Extra trust roots for the upstream's TLS (`upstream.ca_file`), beside Mozilla's and the
     /// system's.
     pub upstream_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Offer HTTP/2 to an https upstream (`upstream.http2`), over several connections.
+    pub upstream_http2: bool,
 
     pub client_keys: Vec<Secret>,
     pub allow_anonymous: bool,
@@ -262,6 +265,7 @@ pub struct Config {
 const ENV_SETTINGS: &[(&str, &str)] = &[
     ("GEMINI_UPSTREAM_URL", "upstream.url"),
     ("GEMINI_UPSTREAM_CA_FILE", "upstream.ca_file"),
+    ("GEMINI_UPSTREAM_HTTP2", "upstream.http2"),
     ("PROXY_LISTEN", "server.listen"),
     ("PROXY_PUBLIC_URL", "server.public_url"),
     ("PROXY_PATH_PREFIX", "server.path_prefix"),
@@ -572,6 +576,7 @@ impl Config {
             )?,
             max_wait: secs_or_zero("upstream.max_wait_secs", raw.upstream.max_wait_secs)?,
             upstream_ca,
+            upstream_http2: raw.upstream.http2,
             client_keys,
             allow_anonymous: raw.auth.allow_anonymous,
             admin_token: Some(raw.auth.admin_token).filter(|t| !t.is_empty()),

@@ -16,7 +16,6 @@ use axum::http::{HeaderValue, request::Parts};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::auth::authenticate;
@@ -235,16 +234,16 @@ async fn forward_with_retries(
                 backoff(attempt, deadline).await;
                 continue;
             }
-            Ok(Err(e)) if upstream::is_timeout(&e) => {
+            Ok(Err(e)) if upstream::is_timeout(&*e) => {
                 return Err(ApiError::GatewayTimeout(format!(
                     "the Gemini API did not answer in time: {}",
-                    upstream::describe_error(&e)
+                    upstream::describe_error(&*e)
                 )));
             }
             Ok(Err(e)) => {
                 return Err(ApiError::BadGateway(format!(
                     "the Gemini API could not be reached: {}",
-                    upstream::describe_error(&e)
+                    upstream::describe_error(&*e)
                 )));
             }
             Err(_) => {
@@ -574,7 +573,7 @@ async fn backoff(attempt: u32, deadline: Instant) {
 
 /// Read a small answer whole: at most `limit` bytes (the rest is dropped), within `timeout`.
 async fn read_limited(
-    resp: http::Response<Incoming>,
+    resp: http::Response<upstream::ResponseBody>,
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, ApiError> {

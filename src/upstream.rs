@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -39,8 +40,77 @@ const HOP_BY_HOP: &[&str] = &[
 /// Client credentials: removed before the pooled key is added.
 const CREDENTIAL_HEADERS: &[&str] = &["x-goog-api-key", "authorization"];
 
-/// The pooled client to the upstream: HTTP/1.1, or HTTP/2 when TLS negotiates it.
-pub type HttpClient = Client<Timed<HttpsConnector<HttpConnector>>, Full<Bytes>>;
+mod h2pool;
+
+/// The client to the upstream. Over https with `upstream.http2` (the default): HTTP/2 over as
+/// many connections as the peer's stream cap requires ([`h2pool`]); else, and when the upstream
+/// does not choose h2 by ALPN, HTTP/1.1 over hyper-util's pool (one connection per request in
+/// flight, kept for reuse).
+pub struct HttpClient {
+    http1: Client<Timed<HttpsConnector<HttpConnector>>, Full<Bytes>>,
+    h2: Option<h2pool::H2Pool>,
+}
+
+impl HttpClient {
+    /// Send `req`; the answer's body streams (nothing is buffered here).
+    pub async fn request(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<ResponseBody>, BoxError> {
+        let req = match &self.h2 {
+            Some(pool) if !pool.refused() => match pool.request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(h2pool::H2Error::Failed(e)) => return Err(e),
+                Err(h2pool::H2Error::NotH2(req)) => *req,
+            },
+            _ => req,
+        };
+        let resp = self.http1.request(req).await?;
+        Ok(resp.map(|body| ResponseBody::new(body, None)))
+    }
+}
+
+/// An upstream answer's body: hyper's, plus (HTTP/2) the stream slot it holds until it ends or
+/// is dropped.
+pub struct ResponseBody {
+    inner: Incoming,
+    slot: Option<h2pool::Slot>,
+}
+
+impl ResponseBody {
+    fn new(inner: Incoming, slot: Option<h2pool::Slot>) -> Self {
+        ResponseBody { inner, slot }
+    }
+}
+
+impl hyper::body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        let ended = match &polled {
+            std::task::Poll::Ready(None | Some(Err(_))) => true,
+            std::task::Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            std::task::Poll::Pending => false,
+        };
+        if ended {
+            self.slot = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// A connector bounded as a whole, TCP and TLS handshake together (the TCP connector's own
 /// timeout stops at the socket, and a handshake that stalls would otherwise hold a request
@@ -109,21 +179,40 @@ pub fn build_client(cfg: &Config) -> HttpClient {
     .expect("the ring provider supports the default TLS versions")
     .with_root_certificates(trust_roots(&cfg.upstream_ca))
     .with_no_client_auth();
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(http);
-    let connector = Timed {
-        inner: https,
+    // HTTP/1.1 only here (ALPN offers only http/1.1): hyper-util's pool would put every
+    // request on one HTTP/2 connection and queue them past the peer's stream cap.
+    let http1_connector = Timed {
+        inner: hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http.clone()),
         timeout: cfg.connect_timeout,
     };
-    Client::builder(TokioExecutor::new())
+    let http1 = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .build(connector)
+        .build(http1_connector);
+    let origin = cfg
+        .upstream_url
+        .parse::<Uri>()
+        .ok()
+        .filter(|u| u.scheme_str() == Some("https"));
+    let h2 = origin.filter(|_| cfg.upstream_http2).map(|origin| {
+        // Offers h2 and http/1.1: an upstream that picks http/1.1 sends the pool to HTTP/1.1.
+        let connector = Timed {
+            inner: hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_only()
+                .enable_all_versions()
+                .wrap_connector(http),
+            timeout: cfg.connect_timeout,
+        };
+        h2pool::H2Pool::new(connector, origin, cfg.connect_timeout)
+    });
+    HttpClient { http1, h2 }
 }
 
 /// Mozilla's roots (built in, so a bare container works) plus the system's store (so a

@@ -80,3 +80,32 @@ async fn twelve_concurrent_one_second_streams_past_a_four_stream_cap_finish_in_o
     );
     assert_eq!(seen.peak_streams.load(Ordering::SeqCst), STREAMS);
 }
+
+#[tokio::test]
+async fn an_https_upstream_that_chooses_http1_is_served_over_http1_with_http2_on_or_off() {
+    let up = H2Upstream::start_http1(Duration::from_millis(100)).await;
+    for http2 in ["true", "false"] {
+        let opts = ProxyOpts::keys(&["AIzaH1Key000000000001"])
+            .env("GEMINI_UPSTREAM_CA_FILE", up.ca_file.to_str().unwrap())
+            .env("GEMINI_UPSTREAM_HTTP2", http2);
+        let proxy = start_proxy(&up.url, opts).await;
+        let (status, body) = stream_to_the_end(&proxy.url).await;
+        assert_eq!(status, 200, "http2 = {http2}: {body}");
+        assert!(body.contains(r#""finishReason":"STOP""#), "{body}");
+        let r = common::generate(&proxy.url, "gemini-2.5-flash", "hi").await;
+        assert_eq!(r.status(), 200, "http2 = {http2}");
+    }
+    assert_eq!(up.seen.h2_requests.load(Ordering::SeqCst), 0);
+    assert_eq!(up.seen.other_requests.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn an_upstream_certificate_outside_the_trust_roots_is_refused() {
+    let up = H2Upstream::start(STREAM_CAP, Duration::from_millis(100)).await;
+    let proxy = start_proxy(&up.url, ProxyOpts::keys(&["AIzaH2Key000000000002"])).await;
+    let r = common::generate(&proxy.url, "gemini-2.5-flash", "hi").await;
+    assert_eq!(r.status(), 502);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("certificate"), "{text}");
+    assert_eq!(up.seen.h2_requests.load(Ordering::SeqCst), 0);
+}

@@ -1,4 +1,4 @@
-//! An HTTPS upstream that speaks HTTP/2 only (ALPN `h2`) and allows few concurrent streams per
+//! An HTTPS upstream that speaks HTTP/2 only (ALPN `h2`; or HTTP/1.1 only) and allows few concurrent streams per
 //! connection, as Google's front end does at about 100. Its CA is made at start (rcgen) and
 //! written to a PEM file for `upstream.ca_file`. `:streamGenerateContent?alt=sse` answers with
 //! events spread over a set time (cumulative usageMetadata, Google's shape); anything else gets
@@ -29,7 +29,7 @@ const GENERATE_ANSWER: &str = r#"{"candidates":[{"content":{"role":"model","part
 pub struct Seen {
     /// Requests that came over HTTP/2.
     pub h2_requests: AtomicUsize,
-    /// Requests that came over anything else (must stay 0: the server only speaks h2).
+    /// Requests that came over anything else (HTTP/1.1).
     pub other_requests: AtomicUsize,
     /// TLS connections accepted.
     pub connections: AtomicUsize,
@@ -122,6 +122,16 @@ impl H2Upstream {
     /// Listen on 127.0.0.1:0 (in the current runtime); each connection allows `max_streams`
     /// concurrent streams; a stream lasts `stream_for`.
     pub async fn start(max_streams: u32, stream_for: Duration) -> H2Upstream {
+        Self::start_with(Some(max_streams), stream_for).await
+    }
+
+    /// The same upstream speaking HTTP/1.1 only (ALPN `http/1.1`), as some TLS gateways do.
+    pub async fn start_http1(stream_for: Duration) -> H2Upstream {
+        Self::start_with(None, stream_for).await
+    }
+
+    /// HTTP/2 with this stream cap, or HTTP/1.1 when `None`.
+    async fn start_with(h2_streams: Option<u32>, stream_for: Duration) -> H2Upstream {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -154,8 +164,11 @@ impl H2Upstream {
             rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
         )
         .unwrap();
-        // HTTP/2 only: a client offering just http/1.1 fails the handshake.
-        tls.alpn_protocols = vec![b"h2".to_vec()];
+        // One protocol only: a client that does not offer it fails the handshake.
+        tls.alpn_protocols = vec![match h2_streams {
+            Some(_) => b"h2".to_vec(),
+            None => b"http/1.1".to_vec(),
+        }];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -176,11 +189,21 @@ impl H2Upstream {
                     };
                     seen.connections.fetch_add(1, Ordering::SeqCst);
                     let service = service_fn(move |req| answer(req, seen.clone(), stream_for));
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .timer(TokioTimer::new())
-                        .max_concurrent_streams(max_streams)
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
+                    let io = TokioIo::new(tls);
+                    let _ = match h2_streams {
+                        Some(cap) => {
+                            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                .timer(TokioTimer::new())
+                                .max_concurrent_streams(cap)
+                                .serve_connection(io, service)
+                                .await
+                        }
+                        None => {
+                            hyper::server::conn::http1::Builder::new()
+                                .serve_connection(io, service)
+                                .await
+                        }
+                    };
                 });
             }
         });
