@@ -38,6 +38,17 @@ pub struct Seen {
     pub peak_streams: AtomicUsize,
 }
 
+/// What the upstream speaks, chosen by ALPN.
+#[derive(Debug, Clone, Copy)]
+pub enum Protocols {
+    /// HTTP/2 only, this many concurrent streams per connection.
+    H2(u32),
+    /// HTTP/1.1 only.
+    Http1,
+    /// Either (HTTP/2 preferred), this many concurrent streams per HTTP/2 connection.
+    Both(u32),
+}
+
 pub struct H2Upstream {
     pub url: String,
     /// PEM of the CA that signed the server's certificate.
@@ -122,16 +133,15 @@ impl H2Upstream {
     /// Listen on 127.0.0.1:0 (in the current runtime); each connection allows `max_streams`
     /// concurrent streams; a stream lasts `stream_for`.
     pub async fn start(max_streams: u32, stream_for: Duration) -> H2Upstream {
-        Self::start_with(Some(max_streams), stream_for).await
+        Self::start_with(Protocols::H2(max_streams), stream_for).await
     }
 
     /// The same upstream speaking HTTP/1.1 only (ALPN `http/1.1`), as some TLS gateways do.
     pub async fn start_http1(stream_for: Duration) -> H2Upstream {
-        Self::start_with(None, stream_for).await
+        Self::start_with(Protocols::Http1, stream_for).await
     }
 
-    /// HTTP/2 with this stream cap, or HTTP/1.1 when `None`.
-    async fn start_with(h2_streams: Option<u32>, stream_for: Duration) -> H2Upstream {
+    pub async fn start_with(protocols: Protocols, stream_for: Duration) -> H2Upstream {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -164,11 +174,12 @@ impl H2Upstream {
             rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
         )
         .unwrap();
-        // One protocol only: a client that does not offer it fails the handshake.
-        tls.alpn_protocols = vec![match h2_streams {
-            Some(_) => b"h2".to_vec(),
-            None => b"http/1.1".to_vec(),
-        }];
+        // A client that offers none of these fails the handshake.
+        tls.alpn_protocols = match protocols {
+            Protocols::H2(_) => vec![b"h2".to_vec()],
+            Protocols::Http1 => vec![b"http/1.1".to_vec()],
+            Protocols::Both(_) => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -189,16 +200,17 @@ impl H2Upstream {
                     };
                     seen.connections.fetch_add(1, Ordering::SeqCst);
                     let service = service_fn(move |req| answer(req, seen.clone(), stream_for));
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                     let io = TokioIo::new(tls);
-                    let _ = match h2_streams {
-                        Some(cap) => {
+                    let _ = match protocols {
+                        Protocols::H2(cap) | Protocols::Both(cap) if h2 => {
                             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                                 .timer(TokioTimer::new())
                                 .max_concurrent_streams(cap)
                                 .serve_connection(io, service)
                                 .await
                         }
-                        None => {
+                        _ => {
                             hyper::server::conn::http1::Builder::new()
                                 .serve_connection(io, service)
                                 .await
