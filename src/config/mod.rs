@@ -79,6 +79,8 @@ pub struct Config {
 /// Environment variables that map onto one TOML setting each.
 const ENV_SETTINGS: &[(&str, &str)] = &[
     ("GEMINI_UPSTREAM_URL", "upstream.url"),
+    ("GEMINI_UPSTREAM_CA_FILE", "upstream.ca_file"),
+    ("GEMINI_UPSTREAM_HTTP2", "upstream.http2"),
     ("PROXY_LISTEN", "server.listen"),
     ("PROXY_PUBLIC_URL", "server.public_url"),
     ("PROXY_PATH_PREFIX", "server.path_prefix"),
@@ -286,6 +288,34 @@ mod tests {
         assert!(text.contains("GEMINI_UPSTREAM_URL"), "{text}");
         assert!(text.contains("credentials"), "{text}");
         assert!(!text.contains("Sup3rSecret"), "{text}");
+    }
+
+    #[test]
+    fn upstream_ca_file_that_is_missing_empty_or_not_pem_names_its_setting() {
+        let dir = std::env::temp_dir().join(format!("gqp-config-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let missing = dir.join("missing.pem");
+        for path in [&empty, &garbage, &missing, &dir] {
+            let e = Config::load(&env(&[
+                ("GEMINI_API_KEY", "k"),
+                ("PROXY_CLIENT_KEYS", "c"),
+                ("GEMINI_UPSTREAM_CA_FILE", path.to_str().unwrap()),
+            ]))
+            .unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains("upstream.ca_file"), "{text}");
+            assert!(text.contains("GEMINI_UPSTREAM_CA_FILE"), "{text}");
+        }
+        let c = Config::load(&env(&[("GEMINI_API_KEY", "k"), ("PROXY_CLIENT_KEYS", "c")])).unwrap();
+        assert!(c.upstream.ca.is_empty());
     }
 
     #[test]

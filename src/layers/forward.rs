@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
+use std::sync::Arc;
 use tower::Service;
 
 use crate::config::UpstreamConfig;
-use crate::upstream::{self, HttpClient};
+use crate::upstream::{self, HttpClient, ResponseBody};
 
 /// One attempt, set by the quota layer on the request it sends.
 #[derive(Debug, Clone, Copy)]
@@ -48,20 +48,20 @@ pub enum ForwardErrorKind {
 /// Sends requests to the Gemini API.
 #[derive(Clone)]
 pub struct Forward {
-    client: HttpClient,
+    client: Arc<HttpClient>,
 }
 
 impl Forward {
     /// A pooled client with the section's connect timeout (built once).
     pub fn new(cfg: &UpstreamConfig) -> Forward {
         Forward {
-            client: upstream::build_client(cfg),
+            client: Arc::new(upstream::build_client(cfg)),
         }
     }
 }
 
 impl Service<http::Request<Full<Bytes>>> for Forward {
-    type Response = http::Response<Incoming>;
+    type Response = http::Response<ResponseBody>;
     type Error = ForwardError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ForwardError>> + Send>>;
 
@@ -74,24 +74,21 @@ impl Service<http::Request<Full<Bytes>>> for Forward {
             .extensions()
             .get::<Attempt>()
             .map_or(Duration::from_secs(300), |a| a.head_timeout);
-        let sending = self.client.request(req);
+        let client = self.client.clone();
         Box::pin(async move {
-            match tokio::time::timeout(head_timeout, sending).await {
+            match tokio::time::timeout(head_timeout, client.request(req)).await {
                 Ok(Ok(resp)) => Ok(resp),
-                Ok(Err(e)) => {
-                    let timed_out = upstream::is_timeout(&e);
-                    Err(ForwardError {
-                        kind: if e.is_connect() {
-                            ForwardErrorKind::Unsent
-                        } else if timed_out {
-                            ForwardErrorKind::Silent
-                        } else {
-                            ForwardErrorKind::Lost
-                        },
-                        timed_out,
-                        detail: upstream::describe_error(&e),
-                    })
-                }
+                Ok(Err(e)) => Err(ForwardError {
+                    kind: if e.unsent {
+                        ForwardErrorKind::Unsent
+                    } else if e.timed_out {
+                        ForwardErrorKind::Silent
+                    } else {
+                        ForwardErrorKind::Lost
+                    },
+                    timed_out: e.timed_out,
+                    detail: e.detail,
+                }),
                 Err(_) => Err(ForwardError {
                     kind: ForwardErrorKind::Silent,
                     timed_out: true,

@@ -1,65 +1,69 @@
-//! The HTTP client to the Gemini API: hyper's pooled client over rustls (HTTP/2 by ALPN),
-//! a connect timeout that covers TCP and TLS, trust roots, and reading its errors.
+//! The HTTP client to the Gemini API: HTTP/2 over as many connections as the peer's stream
+//! cap needs ([`super::h2pool`]), or HTTP/1.1 over hyper-util's pool; rustls with Mozilla's
+//! roots, the system's and `upstream.ca_file`.
 
 use std::time::Duration;
 
-use axum::http::Uri;
 use bytes::Bytes;
+use http::{Request, Uri};
 use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::connect::{Timed, describe_error, is_timeout};
+use super::h2pool::{self, ResponseBody};
 use crate::config::UpstreamConfig;
 
-/// The pooled client to the upstream: HTTP/1.1, or HTTP/2 when TLS negotiates it.
-pub type HttpClient = Client<Timed<HttpsConnector<HttpConnector>>, Full<Bytes>>;
-
-/// A connector bounded as a whole, TCP and TLS handshake together (the TCP connector's own
-/// timeout stops at the socket, and a handshake that stalls would otherwise hold a request
-/// until its overall timeout).
-#[derive(Clone)]
-pub struct Timed<C> {
-    inner: C,
-    timeout: Duration,
+/// The client to the upstream. Over https with `upstream.http2` (the default): HTTP/2 over as
+/// many connections as the peer's stream cap requires ([`h2pool`]); else, and when the upstream
+/// does not choose h2 by ALPN, HTTP/1.1 over hyper-util's pool (one connection per request in
+/// flight, kept for reuse).
+pub struct HttpClient {
+    http1: Client<Timed<HttpsConnector<HttpConnector>>, Full<Bytes>>,
+    h2: Option<h2pool::H2Pool>,
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Why no answer head came back from the client.
+#[derive(Debug)]
+pub struct SendError {
+    /// The request never left: no connection (TCP, TLS, refused, connect timeout), or the
+    /// connection closed before taking it.
+    pub unsent: bool,
+    /// A timeout ended it.
+    pub timed_out: bool,
+    /// The error and its causes (no URL, no header).
+    pub detail: String,
+}
 
-impl<C> tower_service::Service<Uri> for Timed<C>
-where
-    C: tower_service::Service<Uri>,
-    C::Future: Send + 'static,
-    C::Error: Into<BoxError>,
-{
-    type Response = C::Response;
-    type Error = BoxError;
-    type Future =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<C::Response, BoxError>> + Send>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+impl HttpClient {
+    /// Send `req`; the answer's body streams (nothing is buffered here).
+    pub async fn request(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<ResponseBody>, SendError> {
+        let req = match &self.h2 {
+            Some(pool) if !pool.refused() => match pool.request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(h2pool::H2Error::Unsent(e)) => return Err(send_error(true, &*e)),
+                Err(h2pool::H2Error::Failed(e)) => return Err(send_error(false, &*e)),
+                Err(h2pool::H2Error::NotH2(req)) => *req,
+            },
+            _ => req,
+        };
+        match self.http1.request(req).await {
+            Ok(resp) => Ok(resp.map(|body| ResponseBody::new(body, None))),
+            Err(e) => Err(send_error(e.is_connect(), &e)),
+        }
     }
+}
 
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.inner.call(uri);
-        let timeout = self.timeout;
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, connecting).await {
-                Ok(done) => done.map_err(Into::into),
-                Err(_) => Err(Box::new(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "no connection (TCP and TLS) within {}s",
-                        timeout.as_secs_f64()
-                    ),
-                )) as BoxError),
-            }
-        })
+fn send_error(unsent: bool, e: &(dyn std::error::Error + 'static)) -> SendError {
+    SendError {
+        unsent,
+        timed_out: is_timeout(e),
+        detail: describe_error(e),
     }
 }
 
@@ -81,66 +85,61 @@ pub fn build_client(cfg: &UpstreamConfig) -> HttpClient {
     ))
     .with_safe_default_protocol_versions()
     .expect("the ring provider supports the default TLS versions")
-    .with_root_certificates(trust_roots())
+    .with_root_certificates(trust_roots(&cfg.ca))
     .with_no_client_auth();
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(http);
-    let connector = Timed {
-        inner: https,
+    // HTTP/1.1 only here (ALPN offers only http/1.1): hyper-util's pool would put every
+    // request on one HTTP/2 connection and queue them past the peer's stream cap.
+    let http1_connector = Timed {
+        inner: hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http.clone()),
         timeout: cfg.connect_timeout,
     };
-    Client::builder(TokioExecutor::new())
+    let http1 = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .build(connector)
+        .build(http1_connector);
+    let origin = Uri::builder()
+        .scheme(cfg.url.scheme.clone())
+        .authority(cfg.url.authority.clone())
+        .path_and_query("/")
+        .build()
+        .ok()
+        .filter(|u| u.scheme_str() == Some("https"));
+    let h2 = origin.filter(|_| cfg.http2).map(|origin| {
+        // Offers h2 and http/1.1: an upstream that picks http/1.1 sends the pool to HTTP/1.1.
+        let connector = Timed {
+            inner: hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_only()
+                .enable_all_versions()
+                .wrap_connector(http),
+            timeout: cfg.connect_timeout,
+        };
+        h2pool::H2Pool::new(connector, origin, cfg.connect_timeout)
+    });
+    HttpClient { http1, h2 }
 }
 
 /// Mozilla's roots (built in, so a bare container works) plus the system's store (so a
-/// corporate TLS-inspecting gateway's CA, installed the usual way, is trusted too).
-fn trust_roots() -> rustls::RootCertStore {
+/// corporate TLS-inspecting gateway's CA, installed the usual way, is trusted too) plus
+/// `upstream.ca_file` (checked at config load, so none is refused here).
+fn trust_roots(extra: &[rustls::pki_types::CertificateDer<'static>]) -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let native = rustls_native_certs::load_native_certs();
     let (added, unparsable) = roots.add_parsable_certificates(native.certs);
+    let (from_file, _) = roots.add_parsable_certificates(extra.iter().cloned());
     tracing::debug!(
         system_roots = added,
         unparsable,
         errors = native.errors.len(),
+        ca_file_roots = from_file,
         "TLS trust roots loaded"
     );
     roots
-}
-
-/// An error and its causes, outermost first.
-fn causes<'a>(
-    e: &'a (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(e), |c| c.source())
-}
-
-/// Whether an upstream client error comes from a timeout (connecting included).
-pub fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    causes(e).any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-    })
-}
-
-/// An upstream client error with its causes ("client error (Connect): tcp connect error:
-/// Connection refused"): the chain holds no URL and no header.
-pub fn describe_error(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    for cause in causes(e).skip(1) {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-    }
-    out
 }

@@ -1,11 +1,16 @@
-//! The upstream side: the HTTP client to Google ([`client`]), the request it sends and the
-//! answer's headers ([`request`]), and what Google's error answers mean ([`verdict`]).
+//! The upstream side: the HTTP client to Google ([`client`], over [`connect`] and, for HTTP/2,
+//! [`h2pool`]), the request it sends and the answer's headers ([`request`]), and what Google's
+//! error answers mean ([`verdict`]).
 
 pub mod client;
+pub mod connect;
+pub mod h2pool;
 pub mod request;
 pub mod verdict;
 
-pub use client::{HttpClient, Timed, build_client, describe_error, is_timeout};
+pub use client::{HttpClient, SendError, build_client};
+pub use connect::{BoxError, Timed, describe_error, is_timeout};
+pub use h2pool::ResponseBody;
 pub use request::{
     KeyHeaders, Upstream, build_request, response_headers, strip_credentials_from_query,
 };
