@@ -287,6 +287,25 @@ both!(
 );
 
 both!(
+    a_hold_of_any_length_holds_and_never_wraps,
+    |h: Harness| async move {
+        let l = limits(100, 1000, 100);
+        let r = req(1, vec![cand(0, "a", l)]);
+        // The largest number a caller could pass: the store neither wraps nor refuses it.
+        h.store
+            .cool_down("a", "gemini-2.5-flash", u64::MAX, "huge")
+            .await
+            .unwrap();
+        match h.store.admit(&r).await.unwrap() {
+            AdmitOutcome::Unavailable {
+                retry_after_ms: Some(ms),
+            } => assert!(ms > 86_400_000, "{ms}"),
+            other => panic!("{other:?}"),
+        }
+    }
+);
+
+both!(
     resets_clear_what_they_name_and_nothing_else,
     |h: Harness| async move {
         let r = req(10, vec![cand(0, "p", limits(100, 1000, 100))]);

@@ -465,7 +465,11 @@ impl QuotaStore for MemoryStore {
         ms: u64,
         reason: &str,
     ) -> Result<(), StoreError> {
-        let until_ms = self.clock.now_ms() + ms as i64;
+        // Numbers from outside are clamped where they enter; this never wraps either way.
+        let until_ms = self
+            .clock
+            .now_ms()
+            .saturating_add(i64::try_from(ms.min(super::MAX_HOLD_MS)).unwrap_or(i64::MAX));
         let mut holds = lock(&self.cooldowns);
         let e = holds
             .entry((project.to_string(), model.to_string()))
@@ -517,7 +521,10 @@ impl QuotaStore for MemoryStore {
     }
 
     async fn set_affinity(&self, resource: &str, kid: &str, ttl_ms: u64) -> Result<(), StoreError> {
-        let until = self.clock.now_ms() + ttl_ms as i64;
+        let until = self
+            .clock
+            .now_ms()
+            .saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
         let mut a = lock(&self.affinity);
         let now = self.clock.now_ms();
         if a.len() > 100_000 {

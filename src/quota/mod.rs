@@ -27,6 +27,10 @@ pub enum Strategy {
     Ordered,
 }
 
+/// The longest hold a store keeps (about 400 days): a caller's larger number is cut to it, so
+/// no clock arithmetic wraps and Redis accepts every expiry.
+pub const MAX_HOLD_MS: u64 = 400 * 86_400_000;
+
 /// Length of the sliding window, in milliseconds.
 pub const MINUTE_MS: i64 = 60_000;
 

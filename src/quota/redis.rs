@@ -429,7 +429,7 @@ impl QuotaStore for RedisStore {
             .arg(&self.prefix)
             .arg(project)
             .arg(model)
-            .arg(ms.max(1))
+            .arg(ms.clamp(1, super::MAX_HOLD_MS))
             .arg(reason)
             .arg(self.now_arg());
         let _: i64 = self.run(inv).await?;
