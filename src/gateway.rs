@@ -129,7 +129,7 @@ impl Gateway {
 
     /// The proxy's own endpoints: `/healthz`, `/readyz`, `/metrics`, `/api/ai/quota-status/`.
     pub fn router(&self) -> axum::Router {
-        crate::server::app(self.state.clone())
+        crate::status::router(self.state.clone())
     }
 }
 

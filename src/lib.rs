@@ -44,5 +44,6 @@ pub mod upstream;
 
 pub use config::{Config, Sources};
 pub use gateway::{Gateway, GatewayBuilder, GeminiService};
-pub use server::{app, serve};
+pub use server::serve;
 pub use state::AppState;
+pub use status::router;

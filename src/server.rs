@@ -8,7 +8,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -18,8 +17,6 @@ use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
 use crate::gateway::{Gateway, GeminiService};
-use crate::state::AppState;
-use crate::status;
 
 /// Largest total of header names and values a request may carry. hyper's read buffer limit is
 /// only enforced while headers are incomplete, so a kept-alive connection can slip a larger
@@ -98,28 +95,6 @@ async fn dispatch(
         return tower::ServiceExt::oneshot(gemini, req).await;
     }
     hyper::service::Service::call(&TowerToHyperService::new(router), req).await
-}
-
-/// The proxy's own endpoints. Gemini paths never reach this router: `dispatch` sends them to
-/// the handler directly (and checks the header size of every request first).
-pub fn app(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/healthz", get(status::healthz))
-        .route("/readyz", get(status::readyz))
-        .route("/metrics", get(status::metrics))
-        .route("/api/ai/quota-status/", any(status::quota_status))
-        .route("/api/ai/quota-status", any(status::quota_status))
-        .fallback(not_found)
-        .with_state(state)
-}
-
-/// 404 for anything outside the Gemini surface and the proxy's own endpoints.
-pub async fn not_found(req: Request) -> Response {
-    let path: String = req.uri().path().chars().take(120).collect();
-    ApiError::NotFound(format!(
-        "Nothing here: {path}. The proxy serves /v1beta/, /v1/, /upload/v1beta/ and /upload/v1/."
-    ))
-    .into_response()
 }
 
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 113\r\n\r\n{\"error\":{\"code\":503,\"message\":\"The proxy has too many open connections; retry shortly.\",\"status\":\"UNAVAILABLE\"}}";

@@ -1,5 +1,6 @@
 //! `[limits]`: the quota of each (project, model): defaults per family, overrides per model,
-//! per project and per project and model, and the time zone of the quota day.
+//! per project and per project and model, and the time zone of the quota day, validated into
+//! the quota's own [`LimitsConfig`].
 
 use std::collections::BTreeMap;
 
@@ -7,6 +8,7 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 
 use super::check::{ConfigError, bad, check_name};
+use crate::quota::limits::{LimitOverride, LimitsConfig, ProjectLimits, QuotaDefaults};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,103 +27,63 @@ pub(super) struct Raw {
     projects: BTreeMap<String, ProjectLimits>,
 }
 
-/// Limits that replace the defaults for one model or one project (any subset of fields).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct LimitOverride {
-    pub minute: Option<u64>,
-    pub daily: Option<u64>,
-    pub token_minute: Option<u64>,
-    pub max_request_tokens: Option<u64>,
-}
-
-/// A project's own limits, and per-model limits inside that project.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ProjectLimits {
-    #[serde(flatten)]
-    pub all_models: LimitOverride,
-    #[serde(default)]
-    pub models: BTreeMap<String, LimitOverride>,
-}
-
-/// The three limits of one quota family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QuotaDefaults {
-    pub minute: u64,
-    pub daily: u64,
-    pub token_minute: u64,
-}
-
-/// Every limit as configured (`quota::limits::resolve` turns them into one (project, model)'s).
-#[derive(Debug, Clone)]
-pub struct LimitsConfig {
-    pub generate: QuotaDefaults,
-    pub embed: QuotaDefaults,
-    pub max_request_tokens: u64,
-    pub timezone: Tz,
-    pub models: BTreeMap<String, LimitOverride>,
-    pub projects: BTreeMap<String, ProjectLimits>,
-}
-
-impl LimitsConfig {
-    pub(super) fn from_raw(l: Raw) -> Result<LimitsConfig, ConfigError> {
-        let timezone: Tz = l.timezone.parse().map_err(|_| {
-            bad(
-                "limits.timezone",
-                format!(
-                    "{:?} is not an IANA time zone such as America/Los_Angeles",
-                    l.timezone
-                ),
-            )
-        })?;
-        for (name, v) in [
-            ("limits.minute (GEMINI_MINUTE_LIMIT)", l.minute),
-            ("limits.daily (GEMINI_DAILY_LIMIT)", l.daily),
-            (
-                "limits.token_minute (GEMINI_TOKEN_MINUTE_LIMIT)",
-                l.token_minute,
+/// Validate `[limits]` into the quota's own type.
+pub(super) fn from_raw(l: Raw) -> Result<LimitsConfig, ConfigError> {
+    let timezone: Tz = l.timezone.parse().map_err(|_| {
+        bad(
+            "limits.timezone",
+            format!(
+                "{:?} is not an IANA time zone such as America/Los_Angeles",
+                l.timezone
             ),
-            (
-                "limits.max_request_tokens (GEMINI_MAX_REQUEST_TOKENS)",
-                l.max_request_tokens,
-            ),
-            ("limits.embed_minute", l.embed_minute),
-            ("limits.embed_daily", l.embed_daily),
-            ("limits.embed_token_minute", l.embed_token_minute),
-        ] {
-            if v == 0 {
-                return Err(bad(name, "must be at least 1"));
-            }
+        )
+    })?;
+    for (name, v) in [
+        ("limits.minute (GEMINI_MINUTE_LIMIT)", l.minute),
+        ("limits.daily (GEMINI_DAILY_LIMIT)", l.daily),
+        (
+            "limits.token_minute (GEMINI_TOKEN_MINUTE_LIMIT)",
+            l.token_minute,
+        ),
+        (
+            "limits.max_request_tokens (GEMINI_MAX_REQUEST_TOKENS)",
+            l.max_request_tokens,
+        ),
+        ("limits.embed_minute", l.embed_minute),
+        ("limits.embed_daily", l.embed_daily),
+        ("limits.embed_token_minute", l.embed_token_minute),
+    ] {
+        if v == 0 {
+            return Err(bad(name, "must be at least 1"));
         }
-        for (model, o) in &l.models {
-            check_name(&format!("limits.models.{model}"), model)?;
-            check_override(&format!("limits.models.{model}"), o)?;
-        }
-        for (project, p) in &l.projects {
-            check_name(&format!("limits.projects.{project}"), project)?;
-            check_override(&format!("limits.projects.{project}"), &p.all_models)?;
-            for (model, o) in &p.models {
-                check_override(&format!("limits.projects.{project}.models.{model}"), o)?;
-            }
-        }
-        Ok(LimitsConfig {
-            generate: QuotaDefaults {
-                minute: l.minute,
-                daily: l.daily,
-                token_minute: l.token_minute,
-            },
-            embed: QuotaDefaults {
-                minute: l.embed_minute,
-                daily: l.embed_daily,
-                token_minute: l.embed_token_minute,
-            },
-            max_request_tokens: l.max_request_tokens,
-            timezone,
-            models: l.models,
-            projects: l.projects,
-        })
     }
+    for (model, o) in &l.models {
+        check_name(&format!("limits.models.{model}"), model)?;
+        check_override(&format!("limits.models.{model}"), o)?;
+    }
+    for (project, p) in &l.projects {
+        check_name(&format!("limits.projects.{project}"), project)?;
+        check_override(&format!("limits.projects.{project}"), &p.all_models)?;
+        for (model, o) in &p.models {
+            check_override(&format!("limits.projects.{project}.models.{model}"), o)?;
+        }
+    }
+    Ok(LimitsConfig {
+        generate: QuotaDefaults {
+            minute: l.minute,
+            daily: l.daily,
+            token_minute: l.token_minute,
+        },
+        embed: QuotaDefaults {
+            minute: l.embed_minute,
+            daily: l.embed_daily,
+            token_minute: l.embed_token_minute,
+        },
+        max_request_tokens: l.max_request_tokens,
+        timezone,
+        models: l.models,
+        projects: l.projects,
+    })
 }
 
 fn check_override(setting: &str, o: &LimitOverride) -> Result<(), ConfigError> {

@@ -19,13 +19,14 @@ use serde::Deserialize;
 pub use self::auth::AuthConfig;
 pub use self::check::{BaseUrl, ConfigError};
 use self::check::{bad, comma_list, env_value};
-pub use self::limits::{LimitOverride, LimitsConfig, ProjectLimits, QuotaDefaults};
 pub use self::log::{LogConfig, LogFormat};
 pub use self::metrics::MetricsConfig;
 pub use self::pool::{KeyConfig, PoolConfig, Strategy};
 pub use self::server::ServerConfig;
-pub use self::store::{StoreConfig, StoreFailurePolicy};
 pub use self::upstream::UpstreamConfig;
+pub use crate::quota::StoreConfig;
+pub use crate::quota::limits::{LimitOverride, LimitsConfig, ProjectLimits, QuotaDefaults};
+pub use crate::quota::resilient::StoreFailurePolicy;
 
 /// The defaults compiled into the binary (the repository's `config/default.toml`).
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -143,8 +144,8 @@ impl Config {
             auth: AuthConfig::from_raw(raw.auth)?,
             server: ServerConfig::from_raw(raw.server)?,
             upstream: UpstreamConfig::from_raw(raw.upstream)?,
-            limits: LimitsConfig::from_raw(raw.limits)?,
-            store: StoreConfig::from_raw(raw.store)?,
+            limits: limits::from_raw(raw.limits)?,
+            store: store::from_raw(raw.store)?,
             log: LogConfig::from_raw(raw.log)?,
             metrics: MetricsConfig::from_raw(raw.metrics),
         })

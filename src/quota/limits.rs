@@ -1,8 +1,52 @@
-//! Resolving the limits of one (project, model): defaults < per-model < per-project <
-//! per-project-per-model, with the embed family starting from its own defaults.
+//! The limits as configured (`[limits]`, loaded by `config::limits`) and resolving those of one
+//! (project, model): defaults < per-model < per-project < per-project-per-model, with the embed
+//! family starting from its own defaults.
 
-use crate::config::{LimitOverride, LimitsConfig};
+use std::collections::BTreeMap;
+
+use chrono_tz::Tz;
+use serde::Deserialize;
+
 use crate::route::QuotaFamily;
+
+/// Limits that replace the defaults for one model or one project (any subset of fields).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverride {
+    pub minute: Option<u64>,
+    pub daily: Option<u64>,
+    pub token_minute: Option<u64>,
+    pub max_request_tokens: Option<u64>,
+}
+
+/// A project's own limits, and per-model limits inside that project.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectLimits {
+    #[serde(flatten)]
+    pub all_models: LimitOverride,
+    #[serde(default)]
+    pub models: BTreeMap<String, LimitOverride>,
+}
+
+/// The three limits of one quota family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaDefaults {
+    pub minute: u64,
+    pub daily: u64,
+    pub token_minute: u64,
+}
+
+/// Every limit as configured (`quota::limits::resolve` turns them into one (project, model)'s).
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub generate: QuotaDefaults,
+    pub embed: QuotaDefaults,
+    pub max_request_tokens: u64,
+    pub timezone: Tz,
+    pub models: BTreeMap<String, LimitOverride>,
+    pub projects: BTreeMap<String, ProjectLimits>,
+}
 
 /// The limits of one (project, model).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]

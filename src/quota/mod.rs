@@ -9,6 +9,7 @@ pub mod resilient;
 pub mod settlement;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -17,6 +18,7 @@ pub use limits::Limits;
 pub use settlement::Settlement;
 
 use crate::error::LimitKind;
+use crate::secret::Secret;
 
 /// How a key is picked among those whose project has room (the stores implement it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +27,16 @@ pub enum Strategy {
     Headroom,
     /// The first key in configuration order with room ("primary first, backup after").
     Ordered,
+}
+
+/// The quota store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `None`: in-memory counters (one replica).
+    pub redis_url: Option<Secret>,
+    pub namespace: String,
+    pub timeout: Duration,
+    pub on_error: resilient::StoreFailurePolicy,
 }
 
 /// The longest hold a store keeps (about 400 days): a caller's larger number is cut to it, so

@@ -9,12 +9,12 @@ use chrono_tz::Tz;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Script, Value};
 
+use super::StoreConfig;
 use super::Strategy;
 use super::{
     AdmitOutcome, AdmitRequest, Candidate, Clock, Cooldown, DayCache, DayInfo, KeyState,
     QuotaStore, Reservation, ResetKind, ResetScope, StoreError, SystemClock, Usage,
 };
-use crate::config::StoreConfig;
 use crate::error::LimitKind;
 use crate::secret::Secret;
 

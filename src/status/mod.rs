@@ -5,10 +5,11 @@ pub mod snapshot;
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -228,4 +229,26 @@ async fn post_reset(
         "timestamp": snap.timestamp,
     }))
     .into_response())
+}
+
+/// The proxy's own endpoints. Gemini paths never reach this router: the server sends them to
+/// the Gemini service directly (and checks the header size of every request first).
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/ai/quota-status/", any(quota_status))
+        .route("/api/ai/quota-status", any(quota_status))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// 404 for anything outside the Gemini surface and the proxy's own endpoints.
+pub async fn not_found(req: Request) -> Response {
+    let path: String = req.uri().path().chars().take(120).collect();
+    ApiError::NotFound(format!(
+        "Nothing here: {path}. The proxy serves /v1beta/, /v1/, /upload/v1beta/ and /upload/v1/."
+    ))
+    .into_response()
 }

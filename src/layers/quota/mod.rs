@@ -376,3 +376,6 @@ fn network_error(e: &ForwardError) -> ApiError {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,284 @@
+//! The quota step against a scripted upstream service, without sockets, in paused time: every
+//! row of the retry table seen from the outside (what reaches "Google", what the client gets,
+//! what the store keeps).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::config::{Config, Sources};
+use crate::estimate::estimate;
+use crate::metrics::Metrics;
+use crate::quota::memory::MemoryStore;
+use crate::quota::{KeyState, SystemClock};
+use crate::route::Route;
+
+const KEYS: [&str; 3] = [
+    "AIzaScriptKey0000001",
+    "AIzaScriptKey0000002",
+    "AIzaScriptKey0000003",
+];
+
+/// One scripted step: an answer, or a failure of the connection.
+#[derive(Clone)]
+enum Step {
+    Answer(u16, &'static str),
+    Fail(ForwardErrorKind),
+}
+
+/// What the scripted upstream received.
+#[derive(Debug, Clone)]
+struct Seen {
+    key: String,
+    path: String,
+    at: Instant,
+}
+
+/// An upstream that answers from a script, then 200s; it records every request.
+#[derive(Clone, Default)]
+struct Scripted {
+    steps: Arc<Mutex<VecDeque<Step>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Scripted {
+    fn new(steps: impl IntoIterator<Item = Step>) -> Scripted {
+        Scripted {
+            steps: Arc::new(Mutex::new(steps.into_iter().collect())),
+            seen: Arc::default(),
+        }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+const OK: &str = r#"{"candidates":[{"content":{"parts":[{"text":"hi"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":3}}"#;
+const OVERLOADED: &str =
+    r#"{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}"#;
+const PER_MINUTE: &str = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerMinutePerProjectPerModel-FreeTier"}]},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"30s"}]}}"#;
+const DEAD: &str = r#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID"}]}}"#;
+const MODELS: &str = r#"{"models":[{"name":"models/gemini-2.5-flash"}]}"#;
+
+impl Service<http::Request<Full<Bytes>>> for Scripted {
+    type Response = http::Response<Full<Bytes>>;
+    type Error = ForwardError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ForwardError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ForwardError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Full<Bytes>>) -> Self::Future {
+        let key = req
+            .headers()
+            .get("x-goog-api-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let path = req.uri().path().to_string();
+        self.seen.lock().unwrap().push(Seen {
+            key,
+            path,
+            at: Instant::now(),
+        });
+        let step = self.steps.lock().unwrap().pop_front();
+        Box::pin(async move {
+            match step.unwrap_or(Step::Answer(200, OK)) {
+                Step::Answer(status, body) => Ok(http::Response::builder()
+                    .status(status)
+                    .body(Full::new(Bytes::from_static(body.as_bytes())))
+                    .unwrap()),
+                Step::Fail(kind) => Err(ForwardError {
+                    kind,
+                    timed_out: false,
+                    detail: "scripted".into(),
+                }),
+            }
+        })
+    }
+}
+
+fn state(toml_env: &[(&str, &str)]) -> Arc<AppState> {
+    let mut env: std::collections::HashMap<String, String> = [
+        ("GEMINI_API_KEYS".to_string(), KEYS.join(",")),
+        ("PROXY_CLIENT_KEYS".to_string(), "client".to_string()),
+    ]
+    .into();
+    for (k, v) in toml_env {
+        env.insert(k.to_string(), v.to_string());
+    }
+    let config = Config::load(&Sources { file: None, env }).unwrap();
+    let tz = config.limits.timezone;
+    let store = Arc::new(MemoryStore::new(Arc::new(SystemClock), tz));
+    AppState::with_store(config, store, Metrics::new(None))
+}
+
+/// A generateContent request as the estimate step hands it on.
+fn generate(method: http::Method, path: &str) -> http::Request<Bytes> {
+    let body = Bytes::from_static(br#"{"contents":[{"parts":[{"text":"hello there"}]}]}"#);
+    let route = Route::parse(&method, path, None).unwrap();
+    let est = estimate(&route, &body).unwrap();
+    let mut req = http::Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = path.parse().unwrap();
+    req.extensions_mut().insert(Estimated {
+        model: route.model.clone(),
+        route,
+        estimate: est,
+        pinned: None,
+    });
+    req
+}
+
+const GENERATE: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
+
+async fn run(state: &Arc<AppState>, upstream: &Scripted, req: http::Request<Bytes>) -> Response {
+    let service = QuotaLayer::new(state.clone()).layer(upstream.clone());
+    service.oneshot(req).await.unwrap()
+}
+
+fn served(resp: &Response) -> Served {
+    *resp.extensions().get::<Served>().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn five_hundreds_are_tried_again_on_other_keys_after_a_backoff() {
+    let st = state(&[]);
+    let up = Scripted::new([Step::Answer(503, OVERLOADED), Step::Answer(503, OVERLOADED)]);
+    let resp = run(&st, &up, generate(http::Method::POST, GENERATE)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(served(&resp).attempts, 3);
+    let seen = up.seen();
+    let keys: std::collections::HashSet<&str> = seen.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(keys.len(), 3, "each try on another key: {seen:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn five_hundreds_stop_at_max_attempts_and_the_last_answer_is_delivered() {
+    let st = state(&[]);
+    let up = Scripted::new(vec![Step::Answer(503, OVERLOADED); 10]);
+    let resp = run(&st, &up, generate(http::Method::POST, GENERATE)).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(up.seen().len(), 3, "upstream.max_attempts");
+    assert_eq!(st.pool.health.failures(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_retry_deadline_bounds_the_tries_in_time() {
+    let st = state(&[("GEMINI_MINUTE_LIMIT", "100")]);
+    let st = {
+        // 20 tries allowed, but only 1 s for all of them.
+        let mut config = (*st.config).clone();
+        config.upstream.max_attempts = 20;
+        config.upstream.retry_deadline = Duration::from_secs(1);
+        let store = Arc::new(MemoryStore::new(
+            Arc::new(SystemClock),
+            config.limits.timezone,
+        ));
+        AppState::with_store(config, store, Metrics::new(None))
+    };
+    let up = Scripted::new(vec![Step::Answer(503, OVERLOADED); 30]);
+    let t0 = Instant::now();
+    let resp = run(&st, &up, generate(http::Method::POST, GENERATE)).await;
+    assert_eq!(resp.status(), 503);
+    let seen = up.seen();
+    assert!(seen.len() < 20, "{} tries", seen.len());
+    let last = seen.last().unwrap().at - t0;
+    assert!(last <= Duration::from_secs(1), "a try at {last:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quota_429_holds_that_project_and_another_key_serves_at_once() {
+    let st = state(&[]);
+    let up = Scripted::new([Step::Answer(429, PER_MINUTE)]);
+    let resp = run(&st, &up, generate(http::Method::POST, GENERATE)).await;
+    assert_eq!(resp.status(), 200);
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2);
+    assert_ne!(seen[0].key, seen[1].key);
+    assert_eq!(
+        seen[1].at, seen[0].at,
+        "no backoff after a 429 with details"
+    );
+    let holds = st.store.cooldowns().await.unwrap();
+    assert_eq!(holds.len(), 1);
+    assert!(holds[0].remaining_ms > 29_000, "{holds:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_lost_after_sending_is_answered_502_once_and_stays_counted() {
+    let st = state(&[]);
+    let up = Scripted::new([Step::Fail(ForwardErrorKind::Lost)]);
+    let resp = run(&st, &up, generate(http::Method::POST, GENERATE)).await;
+    assert_eq!(resp.status(), 502);
+    assert_eq!(up.seen().len(), 1);
+    let usage = st.store.usage().await.unwrap();
+    assert_eq!(usage.len(), 1);
+    assert_eq!(usage[0].2.minute_requests, 1);
+    assert!(usage[0].2.minute_tokens > 0, "the estimate stays counted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_read_is_sent_again_and_an_unsent_request_too() {
+    let st = state(&[]);
+    let up = Scripted::new([Step::Fail(ForwardErrorKind::Lost)]);
+    let resp = run(&st, &up, generate(http::Method::GET, "/v1beta/models")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(up.seen().len(), 2);
+    let up = Scripted::new([Step::Fail(ForwardErrorKind::Unsent)]);
+    let resp = run(&st, &up, generate(http::Method::POST, GENERATE)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(up.seen().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_key_is_disabled_when_its_probe_agrees_and_kept_when_not() {
+    let st = state(&[]);
+    let up = Scripted::new([Step::Answer(400, DEAD), Step::Answer(400, DEAD)]);
+    let resp = run(&st, &up, generate(http::Method::POST, GENERATE)).await;
+    assert_eq!(resp.status(), 200, "served by another key");
+    let seen = up.seen();
+    assert_eq!(seen[1].path, "/v1beta/models", "the probe");
+    assert_eq!(
+        seen[1].key, seen[0].key,
+        "the probe goes with the suspect key"
+    );
+    let states = st
+        .store
+        .key_states(
+            &st.pool
+                .keys
+                .iter()
+                .map(|k| k.kid.clone())
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        states
+            .iter()
+            .filter(|s| matches!(s, KeyState::Disabled { .. }))
+            .count(),
+        1
+    );
+
+    let st = state(&[]);
+    let up = Scripted::new([Step::Answer(400, DEAD), Step::Answer(200, MODELS)]);
+    let resp = run(&st, &up, generate(http::Method::POST, GENERATE)).await;
+    assert_eq!(resp.status(), 400, "not confirmed: the client's answer");
+    assert_eq!(up.seen().len(), 2);
+    let states = st
+        .store
+        .key_states(
+            &st.pool
+                .keys
+                .iter()
+                .map(|k| k.kid.clone())
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    assert!(states.iter().all(|s| *s == KeyState::Active));
+}
