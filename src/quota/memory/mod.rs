@@ -1,0 +1,407 @@
+//! In-memory `QuotaStore`: one sliding log per (project, model), each behind its own mutex
+//! (sharded; no lock is ever held across an `.await`).
+//!
+//! Model names come from clients, so the table must not grow with them (invariant 9): a
+//! bucket whose minute window has emptied is dropped by an amortised sweep, and what is left
+//! of it, a day count, waits in a compact side table until the quota day changes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
+use chrono_tz::Tz;
+
+use super::{
+    AdmitOutcome, AdmitRequest, Candidate, Clock, Cooldown, DayCache, KeyState, QuotaStore,
+    Reservation, ResetKind, ResetScope, StoreError, Usage,
+};
+
+mod admit;
+mod bucket;
+mod tables;
+
+use self::bucket::{Bucket, clamp_tokens};
+use self::tables::Tables;
+
+#[derive(Debug, Clone)]
+struct Hold {
+    until_ms: i64,
+    reason: String,
+}
+
+/// Quota state in this process's memory.
+#[derive(Debug)]
+pub struct MemoryStore {
+    clock: Arc<dyn Clock>,
+    days: DayCache,
+    tables: RwLock<Tables>,
+    cooldowns: Mutex<HashMap<(String, String), Hold>>,
+    disabled: Mutex<HashMap<String, String>>,
+    affinity: Mutex<HashMap<String, (String, i64)>>,
+}
+
+/// See [`MemoryStore::tracked`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracked {
+    pub buckets: usize,
+    pub day_counts: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves plain counters behind: keep using them.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl MemoryStore {
+    pub fn new(clock: Arc<dyn Clock>, tz: Tz) -> Self {
+        MemoryStore {
+            clock,
+            days: DayCache::new(tz),
+            tables: RwLock::new(Tables::new()),
+            cooldowns: Mutex::new(HashMap::new()),
+            disabled: Mutex::new(HashMap::new()),
+            affinity: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Tables> {
+        self.tables.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Tables> {
+        self.tables.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The counters of (project, model), made on first use (with the day count kept aside,
+    /// if any). Making one is the slow path, and where the amortised sweep runs.
+    fn bucket(&self, project: &Arc<str>, model: &str, day: i64) -> Arc<Mutex<Bucket>> {
+        if let Some(b) = self.read().get(project, model) {
+            return b;
+        }
+        let mut t = self.write();
+        if let Some(b) = t.get(project, model) {
+            return b;
+        }
+        if t.live_len >= t.sweep_at || t.swept_day != day {
+            self.sweep(&mut t);
+        }
+        let kept = t.days.get_mut(&**project).and_then(|m| m.remove(model));
+        let mut b = Bucket {
+            next_id: t.retired_ids,
+            ..Bucket::default()
+        };
+        // A count from a past day is cleared by the next prune, like a live bucket's.
+        if let Some(d) = kept {
+            b.day = d.day;
+            b.day_requests = d.requests;
+        }
+        let b = Arc::new(Mutex::new(b));
+        t.live
+            .entry(project.clone())
+            .or_default()
+            .insert(model.to_string(), b.clone());
+        t.live_len += 1;
+        b
+    }
+
+    /// Every bucket with its (project, model).
+    fn all_buckets(&self) -> Vec<(Arc<str>, String, Arc<Mutex<Bucket>>)> {
+        Self::clone_live(&self.read())
+    }
+
+    fn clone_live(t: &Tables) -> Vec<(Arc<str>, String, Arc<Mutex<Bucket>>)> {
+        t.live
+            .iter()
+            .flat_map(|(p, models)| {
+                models
+                    .iter()
+                    .map(move |(m, b)| (p.clone(), m.clone(), b.clone()))
+            })
+            .collect()
+    }
+
+    /// Sweep with the time read under the write lock: every admission made before it saw an
+    /// earlier (or equal) time, so no bucket is pruned or reset to a day older than its own.
+    fn sweep(&self, t: &mut Tables) {
+        let now = self.clock.now_ms();
+        t.sweep(now, self.days.at(now).day);
+    }
+
+    /// How many (project, model) pairs the store holds: buckets with a minute log, and day
+    /// counts kept after their bucket was dropped. For tests and diagnostics.
+    pub fn tracked(&self) -> Tracked {
+        let t = self.read();
+        Tracked {
+            buckets: t.live_len,
+            day_counts: t.days.values().map(HashMap::len).sum(),
+        }
+    }
+
+    /// Remaining cooldown of (project, model) or the whole project, in ms.
+    fn held(&self, project: &str, model: &str, now: i64) -> Option<u64> {
+        let holds = lock(&self.cooldowns);
+        if holds.is_empty() {
+            return None;
+        }
+        let mut worst: Option<u64> = None;
+        for m in [model, "*"] {
+            if let Some(h) = holds.get(&(project.to_string(), m.to_string()))
+                && h.until_ms > now
+            {
+                let left = (h.until_ms - now) as u64;
+                worst = Some(worst.map_or(left, |w| w.max(left)));
+            }
+        }
+        worst
+    }
+}
+
+/// Candidates grouped by project, keeping first-appearance order.
+pub(crate) fn by_project(cands: &[Candidate]) -> Vec<(Arc<str>, Vec<&Candidate>)> {
+    let mut out: Vec<(Arc<str>, Vec<&Candidate>)> = Vec::new();
+    for c in cands {
+        match out.iter_mut().find(|(p, _)| *p == c.project) {
+            Some((_, v)) => v.push(c),
+            None => out.push((c.project.clone(), vec![c])),
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl QuotaStore for MemoryStore {
+    async fn admit(&self, req: &AdmitRequest) -> Result<AdmitOutcome, StoreError> {
+        // Each pass either decides or follows another task's admission, so this loop ends.
+        loop {
+            if let Some(outcome) = self.admit_pass(req) {
+                return Ok(outcome);
+            }
+        }
+    }
+
+    async fn settle(&self, r: &Reservation, actual_tokens: u64) -> Result<(), StoreError> {
+        self.settle_now(r, actual_tokens);
+        Ok(())
+    }
+
+    fn settle_now(&self, r: &Reservation, actual_tokens: u64) -> bool {
+        if r.uncounted {
+            return true;
+        }
+        // No bucket: it was dropped because its window emptied, so this admission has left
+        // the window and there is nothing to correct.
+        let Some(bucket) = self.read().get(&r.project, &r.model) else {
+            return true;
+        };
+        let mut b = lock(&bucket);
+        let actual = clamp_tokens(actual_tokens);
+        if let Some(e) = b.entry_mut(r.id) {
+            let old = std::mem::replace(&mut e.tokens, actual);
+            b.tokens = b.tokens - u64::from(old) + u64::from(actual);
+        }
+        true
+    }
+
+    async fn usage(&self) -> Result<Vec<(String, String, Usage)>, StoreError> {
+        let now = self.clock.now_ms();
+        let di = self.days.at(now);
+        // Usage is read per scrape or status call and looks at every bucket anyway: a good
+        // moment to drop the idle ones.
+        self.sweep(&mut self.write());
+        // Buckets and kept day counts read under one lock: a pair moving from one to the other
+        // meanwhile is seen exactly once.
+        let (buckets, mut out) = {
+            let t = self.read();
+            let kept: Vec<(String, String, Usage)> = t
+                .days
+                .iter()
+                .flat_map(|(p, models)| models.iter().map(move |(m, d)| (p, m, d)))
+                .filter(|(_, _, d)| d.day == di.day)
+                .map(|(p, m, d)| {
+                    let u = Usage {
+                        daily_requests: d.requests,
+                        ..Usage::default()
+                    };
+                    (p.to_string(), m.to_string(), u)
+                })
+                .collect();
+            (Self::clone_live(&t), kept)
+        };
+        for (project, model, b) in buckets {
+            let mut b = lock(&b);
+            b.prune(now, di.day);
+            let u = b.usage();
+            if u != Usage::default() {
+                out.push((project.to_string(), model, u));
+            }
+        }
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        Ok(out)
+    }
+
+    async fn cool_down(
+        &self,
+        project: &str,
+        model: &str,
+        ms: u64,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        // Numbers from outside are clamped where they enter; this never wraps either way.
+        let until_ms = self
+            .clock
+            .now_ms()
+            .saturating_add(i64::try_from(ms.min(super::MAX_HOLD_MS)).unwrap_or(i64::MAX));
+        let mut holds = lock(&self.cooldowns);
+        let e = holds
+            .entry((project.to_string(), model.to_string()))
+            .or_insert(Hold {
+                until_ms,
+                reason: reason.to_string(),
+            });
+        // The longest hold wins.
+        if until_ms >= e.until_ms {
+            e.until_ms = until_ms;
+            e.reason = reason.to_string();
+        }
+        Ok(())
+    }
+
+    async fn cooldowns(&self) -> Result<Vec<Cooldown>, StoreError> {
+        let now = self.clock.now_ms();
+        let mut holds = lock(&self.cooldowns);
+        holds.retain(|_, h| h.until_ms > now);
+        let mut out: Vec<Cooldown> = holds
+            .iter()
+            .map(|((p, m), h)| Cooldown {
+                project: p.clone(),
+                model: m.clone(),
+                remaining_ms: (h.until_ms - now) as u64,
+                reason: h.reason.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.project, &a.model).cmp(&(&b.project, &b.model)));
+        Ok(out)
+    }
+
+    async fn disable_key(&self, kid: &str, reason: &str) -> Result<(), StoreError> {
+        lock(&self.disabled).insert(kid.to_string(), reason.to_string());
+        Ok(())
+    }
+
+    async fn key_states(&self, kids: &[Arc<str>]) -> Result<Vec<KeyState>, StoreError> {
+        let d = lock(&self.disabled);
+        Ok(kids
+            .iter()
+            .map(|k| match d.get(&**k) {
+                Some(reason) => KeyState::Disabled {
+                    reason: reason.clone(),
+                },
+                None => KeyState::Active,
+            })
+            .collect())
+    }
+
+    async fn set_affinity(&self, resource: &str, kid: &str, ttl_ms: u64) -> Result<(), StoreError> {
+        let until = self
+            .clock
+            .now_ms()
+            .saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
+        let mut a = lock(&self.affinity);
+        let now = self.clock.now_ms();
+        if a.len() > 100_000 {
+            a.retain(|_, (_, t)| *t > now);
+        }
+        a.insert(resource.to_string(), (kid.to_string(), until));
+        Ok(())
+    }
+
+    async fn affinity(&self, resource: &str) -> Result<Option<String>, StoreError> {
+        let now = self.clock.now_ms();
+        Ok(lock(&self.affinity)
+            .get(resource)
+            .filter(|(_, until)| *until > now)
+            .map(|(kid, _)| kid.clone()))
+    }
+
+    async fn reset(&self, kind: ResetKind, scope: &ResetScope) -> Result<(), StoreError> {
+        // As in reset.lua: a model filter also takes in holds on the whole project (`*`).
+        let in_scope = |project: &str, model: &str| {
+            scope
+                .projects
+                .as_ref()
+                .is_none_or(|ps| ps.iter().any(|p| p == project))
+                && scope
+                    .model
+                    .as_ref()
+                    .is_none_or(|m| m == model || model == "*")
+        };
+        if kind == ResetKind::Cooldowns {
+            lock(&self.cooldowns).retain(|(p, m), _| !in_scope(p, m));
+            let mut d = lock(&self.disabled);
+            match &scope.kids {
+                Some(kids) => kids.iter().for_each(|k| {
+                    d.remove(k);
+                }),
+                None => d.clear(),
+            }
+            return Ok(());
+        }
+        for (_, _, b) in self
+            .all_buckets()
+            .into_iter()
+            .filter(|(p, m, _)| in_scope(p, m))
+        {
+            let mut b = lock(&b);
+            if matches!(kind, ResetKind::Minute | ResetKind::All) {
+                b.log.clear();
+                b.tokens = 0;
+            }
+            if kind == ResetKind::Tokens {
+                for e in b.log.iter_mut() {
+                    e.tokens = 0;
+                }
+                b.tokens = 0;
+            }
+            if matches!(kind, ResetKind::Daily | ResetKind::All) {
+                b.day_requests = 0;
+            }
+        }
+        if matches!(kind, ResetKind::Daily | ResetKind::All) {
+            for (project, models) in self.write().days.iter_mut() {
+                models.retain(|model, _| !in_scope(project, model));
+            }
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task that took a bucket's handle before a sweep may still reserve on it: the sweep
+    /// must leave that bucket in the table, or the reservation would land in a detached copy
+    /// that nobody else counts.
+    #[test]
+    fn a_sweep_leaves_buckets_another_task_holds() {
+        use super::super::ManualClock;
+        let t0 = 1_700_000_000_000;
+        let store = MemoryStore::new(Arc::new(ManualClock::new(t0)), chrono_tz::UTC);
+        let p: Arc<str> = "p".into();
+        let day = store.days.at(t0).day;
+        let held = store.bucket(&p, "held", day);
+        drop(store.bucket(&p, "idle", day));
+        store.sweep(&mut store.write());
+        assert_eq!(store.tracked().buckets, 1);
+        lock(&held).reserve(1, t0);
+        assert!(Arc::ptr_eq(&held, &store.bucket(&p, "held", day)));
+    }
+}
