@@ -18,8 +18,8 @@ RUN mkdir src \
     && cargo build --release --locked \
     && rm -rf src
 
-# 2. The real sources. src/config.rs embeds config/default.toml and src/quota/redis.rs embeds
-#    src/quota/lua/*.lua at compile time, so both directories must be present. COPY keeps the
+# 2. The real sources. src/config/mod.rs embeds config/default.toml and src/quota/redis/mod.rs embeds
+#    src/quota/redis/lua/*.lua at compile time, so both directories must be present. COPY keeps the
 #    files' own mtimes, which can be older than the stub build: touch the crate roots so cargo
 #    rebuilds the crate (never the dependencies). The last line fails the build if the stub's
 #    binary survived (it prints nothing).

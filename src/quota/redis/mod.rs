@@ -10,13 +10,16 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Script, Value};
 
 use super::StoreConfig;
-use super::Strategy;
 use super::{
-    AdmitOutcome, AdmitRequest, Candidate, Clock, Cooldown, DayCache, DayInfo, KeyState,
+    AdmitOutcome, AdmitRequest, Clock, Cooldown, DayCache, DayInfo, KeyState,
     QuotaStore, Reservation, ResetKind, ResetScope, StoreError, SystemClock, Usage,
 };
-use crate::error::LimitKind;
 use crate::secret::Secret;
+
+mod admit;
+mod settle;
+
+use self::settle::{PendingSettle, SETTLE_QUEUE, settle_writer};
 
 macro_rules! lua {
     ($file:literal) => {
@@ -44,20 +47,6 @@ pub struct RedisStore {
     /// Settlements waiting for the batch writer.
     settle_queue: tokio::sync::mpsc::Sender<PendingSettle>,
 }
-
-/// One settlement on its way to Redis.
-struct PendingSettle {
-    project: Arc<str>,
-    model: String,
-    id: u64,
-    tokens: u64,
-}
-
-/// Settlements in one batch at most (one EVALSHA).
-const SETTLE_BATCH: usize = 256;
-/// Settlements queued at most; past that they are dropped (their estimates stay counted, which
-/// errs on the safe side) and a warning is logged.
-const SETTLE_QUEUE: usize = 16_384;
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -207,38 +196,7 @@ async fn preload(conn: ConnectionManager, scripts: Vec<Script>) {
     }
 }
 
-/// Writes queued settlements: waits for one, takes whatever else is already queued (up to a
-/// batch), and sends them in one `EVALSHA`. Under load that is one call for many requests; when
-/// idle it adds no delay.
-async fn settle_writer(
-    mut rx: tokio::sync::mpsc::Receiver<PendingSettle>,
-    conn: ConnectionManager,
-    script: Script,
-    prefix: String,
-    timeout: Duration,
-) {
-    let mut batch: Vec<PendingSettle> = Vec::with_capacity(SETTLE_BATCH);
-    while rx.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
-        let mut inv = script.prepare_invoke();
-        inv.key(format!("{prefix}:seq")).arg(&prefix);
-        for p in &batch {
-            inv.arg(&*p.project).arg(&p.model).arg(p.id).arg(p.tokens);
-        }
-        let mut c = conn.clone();
-        match tokio::time::timeout(timeout, inv.invoke_async::<i64>(&mut c)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, settlements = batch.len(), "settling in Redis failed: estimates stay counted")
-            }
-            Err(_) => tracing::warn!(
-                settlements = batch.len(),
-                "settling in Redis timed out: estimates stay counted"
-            ),
-        }
-        batch.clear();
-    }
-}
-
+/// An integer in a script's answer.
 fn int(v: &Value) -> Result<i64, StoreError> {
     match v {
         Value::Int(i) => Ok(*i),
@@ -251,105 +209,7 @@ fn int(v: &Value) -> Result<i64, StoreError> {
 #[async_trait]
 impl QuotaStore for RedisStore {
     async fn admit(&self, req: &AdmitRequest) -> Result<AdmitOutcome, StoreError> {
-        let di = self.day();
-        let (p, model) = (&self.prefix, &req.model);
-        // Projects in order of first appearance (their limits: their first key's), and each
-        // key's project number. Key names are built here, not in Lua (see admit.lua), exactly
-        // as prelude.lua's `bucket`, `day_key` and `cooldown_key` build them.
-        let mut projects: Vec<&Candidate> = Vec::new();
-        let mut project_of: Vec<usize> = Vec::with_capacity(req.candidates.len());
-        for c in &req.candidates {
-            let at = match projects.iter().position(|f| f.project == c.project) {
-                Some(at) => at,
-                None => {
-                    projects.push(c);
-                    projects.len() - 1
-                }
-            };
-            project_of.push(at + 1);
-        }
-        let mut inv = self.admit.prepare_invoke();
-        inv.key(self.route_key())
-            .arg(p)
-            .arg(model)
-            .arg(req.tokens)
-            .arg(if req.strategy == Strategy::Ordered {
-                "o"
-            } else {
-                "h"
-            })
-            .arg(req.rotation)
-            .arg(di.offset_ms)
-            .arg(di.next_midnight_ms)
-            .arg(self.now_arg())
-            .arg(di.day)
-            .arg(req.candidates.len())
-            .arg(projects.len());
-        for c in &req.candidates {
-            inv.arg(format!("{p}:dis:{}", c.kid));
-        }
-        for f in &projects {
-            inv.arg(format!("{p}:cd:{}:{model}", f.project))
-                .arg(format!("{p}:cd:{}:*", f.project));
-        }
-        for f in &projects {
-            inv.arg(format!("{p}:{}:{model}:day:{}", f.project, di.day));
-        }
-        for at in &project_of {
-            inv.arg(*at);
-        }
-        for f in &projects {
-            inv.arg(f.limits.minute)
-                .arg(f.limits.token_minute)
-                .arg(f.limits.daily)
-                .arg(format!("{p}:{}:{model}:rq", f.project))
-                .arg(format!("{p}:{}:{model}:tk", f.project))
-                .arg(format!("{}|{model}", f.project))
-                .arg(&*f.project);
-        }
-        inv.arg(format!("{p}:seq")).arg(format!("{p}:pairs"));
-        let v: Vec<Value> = self.run(inv).await?;
-        let code = v.first().map(int).transpose()?.unwrap_or(-1);
-        match (code, v.len()) {
-            (1, 5) => {
-                let pos = usize::try_from(int(&v[1])?)
-                    .map_err(|_| StoreError::Protocol("negative candidate".into()))?;
-                let c = req
-                    .candidates
-                    .get(pos)
-                    .ok_or_else(|| StoreError::Protocol("candidate out of range".into()))?;
-                Ok(AdmitOutcome::Admitted(Reservation {
-                    index: c.index,
-                    kid: c.kid.clone(),
-                    project: c.project.clone(),
-                    model: req.model.clone(),
-                    id: int(&v[2])? as u64,
-                    tokens: req.tokens,
-                    remaining_requests: int(&v[3])?.max(0) as u64,
-                    remaining_tokens: int(&v[4])?.max(0) as u64,
-                    uncounted: false,
-                    local: false,
-                }))
-            }
-            (0, 4) => Ok(AdmitOutcome::Refused {
-                limit: match int(&v[1])? {
-                    1 => LimitKind::RequestsPerMinute,
-                    2 => LimitKind::TokensPerMinute,
-                    _ => LimitKind::RequestsPerDay,
-                },
-                limit_value: int(&v[2])?.max(0) as u64,
-                retry_after_ms: int(&v[3])?.max(1) as u64,
-            }),
-            (2, 2) => {
-                let ms = int(&v[1])?;
-                Ok(AdmitOutcome::Unavailable {
-                    retry_after_ms: (ms > 0).then_some(ms as u64),
-                })
-            }
-            _ => Err(StoreError::Protocol(format!(
-                "admission script answered {v:?}"
-            ))),
-        }
+        self.admit_script(req).await
     }
 
     async fn settle(&self, r: &Reservation, actual_tokens: u64) -> Result<(), StoreError> {
