@@ -99,4 +99,3 @@ impl Tables {
         self.live.get(project)?.get(model).cloned()
     }
 }
-

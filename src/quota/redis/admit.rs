@@ -10,7 +10,10 @@ use crate::quota::StoreError;
 
 impl RedisStore {
     /// One `EVALSHA` of the admission script: choose a key with room and reserve, atomically.
-    pub(super) async fn admit_script(&self, req: &AdmitRequest) -> Result<AdmitOutcome, StoreError> {
+    pub(super) async fn admit_script(
+        &self,
+        req: &AdmitRequest,
+    ) -> Result<AdmitOutcome, StoreError> {
         let di = self.day();
         let (p, model) = (&self.prefix, &req.model);
         // Projects in order of first appearance (their limits: their first key's), and each

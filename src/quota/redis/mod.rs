@@ -11,8 +11,8 @@ use redis::{FromRedisValue, Script, Value};
 
 use super::StoreConfig;
 use super::{
-    AdmitOutcome, AdmitRequest, Clock, Cooldown, DayCache, DayInfo, KeyState,
-    QuotaStore, Reservation, ResetKind, ResetScope, StoreError, SystemClock, Usage,
+    AdmitOutcome, AdmitRequest, Clock, Cooldown, DayCache, DayInfo, KeyState, QuotaStore,
+    Reservation, ResetKind, ResetScope, StoreError, SystemClock, Usage,
 };
 use crate::secret::Secret;
 

@@ -52,4 +52,3 @@ pub(super) async fn settle_writer(
         batch.clear();
     }
 }
-
