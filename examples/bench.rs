@@ -11,7 +11,7 @@ mod support;
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::TcpListener as StdListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -108,9 +108,21 @@ fn start_fake() -> u16 {
     port
 }
 
+/// This build's release binary.
+fn proxy_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/gemini-quota-proxy")
+}
+
 fn start_proxy(upstream: u16, redis: Option<&str>) -> (u16, Proc) {
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/gemini-quota-proxy");
-    assert!(bin.exists(), "build the proxy first: cargo build --release");
+    start_proxy_bin(&proxy_bin(), upstream, redis)
+}
+
+fn start_proxy_bin(bin: &std::path::Path, upstream: u16, redis: Option<&str>) -> (u16, Proc) {
+    assert!(
+        bin.exists(),
+        "build the proxy first: cargo build --release ({})",
+        bin.display()
+    );
     let port = free_port();
     let mut cmd = Command::new(bin);
     cmd.env_clear()
@@ -401,6 +413,52 @@ fn row(name: &str, l: &Load) {
     );
 }
 
+/// `BENCH_BASELINE=path/to/other/gemini-quota-proxy`: this build against that one, memory
+/// store, in one run: throughput and CPU per request measured twice each, alternating (A B A
+/// B), then the latency each adds at concurrency 1.
+fn compare(upstream: u16, baseline: &std::path::Path, conns: u32, secs: u32, script: &Path) {
+    let (new_port, new_proc) = start_proxy(upstream, None);
+    let (old_port, old_proc) = start_proxy_bin(baseline, upstream, None);
+    for p in [upstream, new_port, old_port] {
+        wrk(p, 8, 1, script);
+    }
+    println!("this build vs BENCH_BASELINE={}", baseline.display());
+    println!(
+        "| target                 | req/s     | p50 us   | p99 us   | p99.9 us  | requests | errors | CPU us/req |"
+    );
+    println!(
+        "|------------------------|-----------|----------|----------|-----------|----------|--------|------------|"
+    );
+    let (mut new, mut old) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        let o = wrk_cpu(old_port, conns, secs, script, Some(old_proc.0.id()));
+        row("baseline, memory store", &o);
+        old.push(o);
+        let n = wrk_cpu(new_port, conns, secs, script, Some(new_proc.0.id()));
+        row("this build, memory", &n);
+        new.push(n);
+    }
+    let mean = |v: &[Load], f: fn(&Load) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
+    let (nr, or) = (mean(&new, |l| l.rps), mean(&old, |l| l.rps));
+    let (nc, oc) = (mean(&new, |l| l.cpu_us), mean(&old, |l| l.cpu_us));
+    println!();
+    println!(
+        "this build / baseline: throughput {:.3} ({nr:.0} / {or:.0} req/s), CPU per request {:.3} ({nc:.1} / {oc:.1} us)",
+        nr / or,
+        nc / oc
+    );
+    let d1 = wrk(upstream, 1, secs / 2, script);
+    let o1 = wrk(old_port, 1, secs / 2, script);
+    let n1 = wrk(new_port, 1, secs / 2, script);
+    println!(
+        "added at concurrency 1: baseline p50 {:+.0} us, p99 {:+.0} us; this build p50 {:+.0} us, p99 {:+.0} us",
+        o1.p50_us - d1.p50_us,
+        o1.p99_us - d1.p99_us,
+        n1.p50_us - d1.p50_us,
+        n1.p99_us - d1.p99_us
+    );
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let secs: u32 = std::env::var("BENCH_SECS")
@@ -417,6 +475,10 @@ async fn main() {
 
     let upstream = start_fake();
     wait_port(upstream);
+    if let Ok(baseline) = std::env::var("BENCH_BASELINE") {
+        compare(upstream, std::path::Path::new(&baseline), conns, secs, &script);
+        return;
+    }
     let (redis_port, redis_proc) = start_redis();
     let (mem_port, mem_proc) = start_proxy(upstream, None);
     let (red_port, red_proc) =
