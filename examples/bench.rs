@@ -476,7 +476,13 @@ async fn main() {
     let upstream = start_fake();
     wait_port(upstream);
     if let Ok(baseline) = std::env::var("BENCH_BASELINE") {
-        compare(upstream, std::path::Path::new(&baseline), conns, secs, &script);
+        compare(
+            upstream,
+            std::path::Path::new(&baseline),
+            conns,
+            secs,
+            &script,
+        );
         return;
     }
     let (redis_port, redis_proc) = start_redis();

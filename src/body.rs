@@ -112,8 +112,8 @@ enum StreamCut {
 /// The body handed to the client: hyper's upstream body polled frame by frame (no stream
 /// adapter, no copy).
 pub struct ProxyBody<B> {
-    /// Bytes already read from `inner` (a create-call answer read to learn a name, found too
-    /// large to hold): sent first.
+    /// Bytes already read from `inner` (an answer read to learn from it, a create call's or an
+    /// error's, found too large to hold): sent first.
     prefix: Option<Bytes>,
     inner: B,
     idle: Duration,

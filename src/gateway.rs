@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::response::Response;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::time::Instant;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 use crate::config::Config;
 use crate::layers::{
@@ -48,19 +48,19 @@ impl Service<http::Request<Body>> for GeminiService {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.stack.poll_ready(cx)
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let stack = self.stack.clone();
+        let started = Instant::now();
+        // Cloned for the log line: the method is a small enum, the URI shares its bytes.
+        let (method, uri) = (req.method().clone(), req.uri().clone());
         let state = self.state.clone();
+        let answer = self.stack.call(req);
         Box::pin(async move {
-            let started = Instant::now();
-            let method = req.method().clone();
-            let path = req.uri().path().to_string();
-            let resp = stack.oneshot(req).await?;
-            log_request(&state, &method, &path, &resp, started);
+            let resp = answer.await?;
+            log_request(&state, &method, uri.path(), &resp, started);
             Ok(resp)
         })
     }
@@ -133,6 +133,22 @@ impl Gateway {
     }
 }
 
+/// The exporter keeps histogram samples raw until upkeep folds them in: without it memory grows
+/// with every request between scrapes (or for ever, where nobody scrapes). Runs while the
+/// gateway's state lives.
+fn spawn_upkeep(state: std::sync::Weak<AppState>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let Some(state) = state.upgrade() else {
+                return;
+            };
+            state.metrics.upkeep();
+        }
+    });
+}
+
 /// Builds a [`Gateway`].
 pub struct GatewayBuilder {
     config: Config,
@@ -157,11 +173,15 @@ impl GatewayBuilder {
     /// Build the state and the service. Needs a Tokio runtime (the Redis store starts its
     /// background tasks).
     pub fn build(self) -> Result<Gateway, StoreError> {
+        let upkeep = self.prometheus.is_some();
         let metrics = Metrics::new(self.prometheus);
         let state = match self.store {
             Some(store) => AppState::with_store(self.config, store, metrics),
             None => AppState::new(self.config, metrics)?,
         };
+        if upkeep {
+            spawn_upkeep(Arc::downgrade(&state));
+        }
         let service = GeminiService::new(state.clone());
         Ok(Gateway { state, service })
     }

@@ -53,6 +53,13 @@ impl ModelLabels {
 
     /// The label value for `model` (`None`: a request that named no model).
     pub fn get(&self, model: Option<&str>) -> Arc<str> {
+        self.label(model, true)
+    }
+
+    /// The label `model` already has, else [`OVERFLOW_MODEL`]; a new label is handed out only
+    /// when `may_add` (a model Google answered for: made-up names, answered 404, never take
+    /// one of the cap's slots).
+    pub fn label(&self, model: Option<&str>, may_add: bool) -> Arc<str> {
         let Some(model) = model else {
             return self.none.clone();
         };
@@ -61,7 +68,7 @@ impl ModelLabels {
             if let Some(l) = names.get(model) {
                 return l.clone();
             }
-            if names.len() >= self.cap {
+            if !may_add || names.len() >= self.cap {
                 return self.overflow.clone();
             }
         }
@@ -168,7 +175,8 @@ impl Metrics {
             400..=499 => 2,
             _ => 3,
         };
-        let model = MODEL_LABELS.get(model);
+        // Only a model Google served gets a label of its own (see `ModelLabels::label`).
+        let model = MODEL_LABELS.label(model, outcome == 0);
         // Slot 0 is "no key"; key i is slot i + 1.
         let slot = key.map_or(0, |(i, _)| i + 1) * OUTCOMES.len() + outcome;
         let cached = self
@@ -229,7 +237,7 @@ impl Metrics {
     /// What is left of a (key, model)'s window. Models past the label cap share one series,
     /// which shows whichever of them was set last.
     pub fn remaining(&self, key: &str, model: &str, window: &'static str, value: u64) {
-        let model = MODEL_LABELS.get(Some(model));
+        let model = MODEL_LABELS.label(Some(model), false);
         gauge!("gqp_quota_remaining", "key" => key.to_string(), "model" => model, "window" => window)
             .set(value as f64);
     }
@@ -255,6 +263,19 @@ mod tests {
         assert_eq!(&*labels.get(Some("e")), OVERFLOW_MODEL);
         assert_eq!(&*labels.get(Some("a")), "a", "a model keeps its label");
         assert_eq!(&*labels.get(None), "-", "no model is not a client's choice");
+        let fresh = ModelLabels::new(3);
+        assert_eq!(&*fresh.label(Some("made-up"), false), OVERFLOW_MODEL);
+        assert_eq!(&*fresh.label(Some("real"), true), "real");
+        assert_eq!(
+            &*fresh.label(Some("real"), false),
+            "real",
+            "kept once given"
+        );
+        assert_eq!(
+            fresh.names.read().unwrap().len(),
+            1,
+            "a refused name takes no slot"
+        );
         assert_eq!(labels.names.read().unwrap().len(), 3);
     }
 

@@ -120,18 +120,6 @@ pub async fn serve(
         .max_buf_size(64 * 1024);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
-    // The exporter keeps histogram samples raw until upkeep folds them in: without it memory
-    // grows with every request between scrapes.
-    let upkeep = {
-        let state = state.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                state.metrics.upkeep();
-            }
-        })
-    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -169,7 +157,6 @@ pub async fn serve(
         }
     }
     drop(listener);
-    upkeep.abort();
     tracing::info!(
         grace_secs = cfg.shutdown_grace.as_secs_f64(),
         "shutting down: draining open requests"

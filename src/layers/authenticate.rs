@@ -10,9 +10,9 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
-use crate::auth::{Caller, authenticate};
+use crate::auth::authenticate;
 use crate::error::ApiError;
 use crate::pool::affinity;
 use crate::route::Route;
@@ -41,7 +41,7 @@ impl<S> Layer<S> for AuthenticateLayer {
     }
 }
 
-/// The authenticate step (see the module docs). The caller travels inward as [`Caller`].
+/// The authenticate step (see the module docs).
 #[derive(Clone)]
 pub struct Authenticate<S> {
     inner: S,
@@ -60,24 +60,28 @@ where
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let refusal = match authenticate(&self.state.config.auth, req.headers(), req.uri().query())
+        {
+            // The common case stays synchronous: straight on to the next step, which
+            // `poll_ready` made ready.
+            Ok(_) => return Box::pin(self.inner.call(req)),
+            Err(e) => e,
+        };
         let state = self.state.clone();
-        let inner = self.inner.clone();
+        // The ready service goes with the future; a clone stays for the next request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let (mut parts, body) = req.into_parts();
-            let caller = match authenticate(&state.config.auth, &parts.headers, parts.uri.query()) {
-                Ok(c) => c,
-                Err(e) => match keyless_upload(&state, &parts, e).await {
-                    Ok(()) => Caller::Anonymous,
-                    Err(e) => return Ok(e.into_response()),
-                },
-            };
-            parts.extensions.insert(caller);
-            inner.oneshot(http::Request::from_parts(parts, body)).await
+            let (parts, body) = req.into_parts();
+            if let Err(e) = keyless_upload(&state, &parts, refusal).await {
+                return Ok(e.into_response());
+            }
+            inner.call(http::Request::from_parts(parts, body)).await
         })
     }
 }

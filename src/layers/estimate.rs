@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 use crate::error::ApiError;
 use crate::estimate::{Estimate, estimate};
@@ -97,13 +97,15 @@ where
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let state = self.state.clone();
-        let inner = self.inner.clone();
+        // The ready service goes with the future; a clone stays for the next request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let (parts, body) = req.into_parts();
             let mut traced = Traced::default();
@@ -111,7 +113,7 @@ where
                 Ok((est, body)) => {
                     let mut req = http::Request::from_parts(parts, body);
                     req.extensions_mut().insert(est);
-                    inner.oneshot(req).await?
+                    inner.call(req).await?
                 }
                 Err(e) => e.into_response(),
             };

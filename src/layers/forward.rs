@@ -1,5 +1,6 @@
 //! The innermost service: send a request built for Google (the pooled key already in it)
-//! through the pooled hyper-util client, and hand back the answer's head with its body unread.
+//! through the upstream client ([`crate::upstream::client`]), and hand back the answer's head
+//! with its body unread.
 //! Its errors say whether the request can have left ([`ForwardError`]).
 
 use std::future::Future;

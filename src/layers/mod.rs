@@ -1,7 +1,8 @@
 //! The Gemini surface as a tower stack, outermost first: [`authenticate`] (who calls) ->
 //! [`estimate`] (route, the body read once, its tokens, the key a resource belongs to) ->
 //! [`quota`] (admit on a key, read Google's answer, react, retry by the [`retry`] table) ->
-//! [`forward`] (the pooled hyper-util client). Each step passes what it learned inward as a
+//! [`forward`] (the upstream client: HTTP/2 over as many connections as Google's stream cap
+//! needs, or HTTP/1.1's pool). Each step passes what it learned inward as a
 //! typed request extension ([`estimate::Estimated`], [`forward::Attempt`]) and outward on the
 //! response for the request's log line ([`estimate::Traced`], [`quota::Served`]).
 

@@ -14,7 +14,8 @@ pub enum Failure<'a> {
     Unsent,
     /// The connection failed after the request was written: Google may have run it.
     Lost,
-    /// No answer head within the timeout: Google may be running it.
+    /// No answer head within the timeout: Google may be running it (the wait can include
+    /// waiting for an HTTP/2 stream slot; then it never left, but cannot be told apart).
     Silent,
 }
 

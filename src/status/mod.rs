@@ -117,7 +117,7 @@ async fn get_status(
     Ok(Json(snapshot(state).await).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 struct ResetBody {
     quota_type: String,
@@ -222,13 +222,22 @@ async fn post_reset(
     tracing::warn!(quota_type = %req.quota_type, key = req.key.as_deref().unwrap_or("*"),
         model = req.model.as_deref().unwrap_or("*"), "admin reset");
     let snap = snapshot(state).await;
-    Ok(Json(json!({
-        "success": true,
-        "reset": {"quota_type": req.quota_type, "key": req.key, "model": req.model},
-        "quota_status": snap.quota_status,
-        "timestamp": snap.timestamp,
-    }))
+    Ok(Json(ResetAnswer {
+        success: true,
+        reset: req,
+        quota_status: snap.quota_status,
+        timestamp: snap.timestamp,
+    })
     .into_response())
+}
+
+/// The answer to an admin reset: what was reset, and where every quota stands now.
+#[derive(serde::Serialize)]
+struct ResetAnswer {
+    success: bool,
+    reset: ResetBody,
+    quota_status: snapshot::QuotaStatus,
+    timestamp: String,
 }
 
 /// The proxy's own endpoints. Gemini paths never reach this router: the server sends them to

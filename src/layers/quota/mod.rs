@@ -20,7 +20,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use http_body_util::Full;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
@@ -37,6 +37,10 @@ use crate::quota::{DayInfo, Settlement};
 use crate::state::AppState;
 use crate::upstream::{self, Upstream, Verdict};
 
+/// What is left in the 60 s window of the (project, model) that served a request.
+const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+
 /// Largest create-call answer read whole to learn the name of what it created.
 const CREATE_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
@@ -44,12 +48,12 @@ const CREATE_BODY_LIMIT: usize = 4 * 1024 * 1024;
 #[derive(Clone)]
 pub struct QuotaLayer {
     state: Arc<AppState>,
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
 }
 
 impl QuotaLayer {
     pub fn new(state: Arc<AppState>) -> QuotaLayer {
-        let upstream = Upstream::new(&state.config.upstream.url);
+        let upstream = Arc::new(Upstream::new(&state.config.upstream.url));
         QuotaLayer { state, upstream }
     }
 }
@@ -71,7 +75,7 @@ impl<S> Layer<S> for QuotaLayer {
 pub struct Quota<S> {
     inner: S,
     state: Arc<AppState>,
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
 }
 
 /// What the quota step did, on the response, for the request's log line.
@@ -202,10 +206,17 @@ where
             });
             let last_try = attempt >= cfg.max_attempts || Instant::now() >= deadline;
             let sent_at = Instant::now();
-            let outcome = self.inner.clone().oneshot(request).await;
-            served.upstream = sent_at.elapsed();
+            let mut inner = self.inner.clone();
+            let outcome = match inner.ready().await {
+                Ok(ready) => ready.call(request).await,
+                Err(e) => Err(e),
+            };
             let resp = match outcome {
-                Ok(r) => r,
+                Ok(r) => {
+                    // Time to the answer's head, for answered attempts only.
+                    served.upstream = sent_at.elapsed();
+                    r
+                }
                 Err(e) => {
                     state.pool.health.failure();
                     let failure = match e.kind {
@@ -269,7 +280,8 @@ where
                 };
                 if act && plan.retry && attempt < budget && Instant::now() < deadline {
                     state.metrics.retry(plan.reason);
-                    if plan.avoid_key {
+                    // A free call's 429 holds nothing in the store: avoid that key instead.
+                    if plan.avoid_key || quota_model.is_none() {
                         avoid.push(index);
                     }
                     if plan.backoff {
@@ -297,12 +309,8 @@ where
                 affinity::end_upload_session(&*state.store, route, &headers).await;
             }
             if let Some(r) = settlement.as_ref().and_then(Settlement::reservation) {
-                if let Ok(v) = HeaderValue::from_str(&r.remaining_requests.to_string()) {
-                    headers.insert("x-ratelimit-remaining-requests", v);
-                }
-                if let Ok(v) = HeaderValue::from_str(&r.remaining_tokens.to_string()) {
-                    headers.insert("x-ratelimit-remaining-tokens", v);
-                }
+                headers.insert(REMAINING_REQUESTS, HeaderValue::from(r.remaining_requests));
+                headers.insert(REMAINING_TOKENS, HeaderValue::from(r.remaining_tokens));
             }
             if route.creates_resource && !streaming {
                 let answer = read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;

@@ -31,8 +31,13 @@ pub(super) async fn hold(
     verdict: &Verdict,
 ) {
     let key = &state.pool.keys[index];
-    let model = model.unwrap_or("*");
     let store = &state.store;
+    // A call that spends no quota (countTokens, files) has limits of its own at Google: its
+    // 429 holds nothing here (holding `*` would stop every model of the project).
+    let Some(model) = model else {
+        state.metrics.upstream_429("free_call");
+        return;
+    };
     match verdict {
         Verdict::QuotaExhausted {
             cooldown_ms,
@@ -138,7 +143,8 @@ where
         head_timeout: timeout,
     });
     let probe = async {
-        let resp = inner.oneshot(req).await.ok()?;
+        let mut inner = inner;
+        let resp = inner.ready().await.ok()?.call(req).await.ok()?;
         let status = resp.status().as_u16();
         let answer = read_upto(resp, ERROR_BODY_LIMIT, timeout).await.ok()?;
         let now = chrono::Utc::now().timestamp_millis();

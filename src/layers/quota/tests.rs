@@ -282,3 +282,18 @@ async fn a_dead_key_is_disabled_when_its_probe_agrees_and_kept_when_not() {
         .unwrap();
     assert!(states.iter().all(|s| *s == KeyState::Active));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_429_on_a_call_that_spends_no_quota_holds_nothing_and_another_key_serves() {
+    let st = state(&[]);
+    let up = Scripted::new([Step::Answer(429, PER_MINUTE)]);
+    let resp = run(&st, &up, generate(http::Method::GET, "/v1beta/models")).await;
+    assert_eq!(resp.status(), 200);
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2);
+    assert_ne!(seen[0].key, seen[1].key, "the key that got the 429 is avoided");
+    assert!(
+        st.store.cooldowns().await.unwrap().is_empty(),
+        "no project is held for a free call's 429"
+    );
+}
