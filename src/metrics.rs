@@ -175,16 +175,22 @@ impl Metrics {
             400..=499 => 2,
             _ => 3,
         };
-        // Only a model Google served gets a label of its own (see `ModelLabels::label`).
-        let model = MODEL_LABELS.label(model, outcome == 0);
         // Slot 0 is "no key"; key i is slot i + 1.
         let slot = key.map_or(0, |(i, _)| i + 1) * OUTCOMES.len() + outcome;
-        let cached = self
-            .requests
-            .read()
-            .ok()
-            .and_then(|m| m.get(&model)?.get(slot)?.clone());
+        let lookup = |name: &str| {
+            self.requests
+                .read()
+                .ok()
+                .and_then(|m| m.get(name)?.get(slot)?.clone())
+        };
+        // A model with a label of its own is cached under its name: one lookup per request.
+        let cached = lookup(model.unwrap_or("-"));
         let counter = cached.unwrap_or_else(|| {
+            // Only a model Google served gets a label of its own (see `ModelLabels::label`).
+            let model = MODEL_LABELS.label(model, outcome == 0);
+            if let Some(c) = lookup(&model) {
+                return c;
+            }
             let c = counter!("gqp_requests_total",
                 "model" => model.clone(),
                 "outcome" => OUTCOMES[outcome],

@@ -92,7 +92,9 @@ async fn dispatch(
             .as_deref()
             .is_some_and(|p| strip_path_prefix(&mut req, p));
     if direct {
-        return tower::ServiceExt::oneshot(gemini, req).await;
+        // Always ready: every step of the stack answers `poll_ready` at once.
+        let mut gemini = gemini;
+        return tower::Service::call(tower::ServiceExt::ready(&mut gemini).await?, req).await;
     }
     hyper::service::Service::call(&TowerToHyperService::new(router), req).await
 }

@@ -102,18 +102,31 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let mut traced = Traced::default();
+        // What needs no waiting is checked before the future is made.
+        let checked = route_of(&self.state, &req, &mut traced);
         let state = self.state.clone();
         // The ready service goes with the future; a clone stays for the next request.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let (parts, body) = req.into_parts();
-            let mut traced = Traced::default();
-            let mut resp = match estimated(&state, &parts, body, &mut traced).await {
-                Ok((est, body)) => {
-                    let mut req = http::Request::from_parts(parts, body);
-                    req.extensions_mut().insert(est);
-                    inner.call(req).await?
+            let mut resp = match checked {
+                Ok(route) => {
+                    let (parts, body) = req.into_parts();
+                    let server = &state.config.server;
+                    let read = read_body(body, server.max_body_bytes, server.body_read_timeout);
+                    match read
+                        .await
+                        .and_then(|body| estimated(route, body, &mut traced))
+                    {
+                        Ok((mut est, body)) => {
+                            est.pinned = pinned(&state, &est).await;
+                            let mut req = http::Request::from_parts(parts, body);
+                            req.extensions_mut().insert(est);
+                            inner.call(req).await?
+                        }
+                        Err(e) => e.into_response(),
+                    }
                 }
                 Err(e) => e.into_response(),
             };
@@ -123,18 +136,18 @@ where
     }
 }
 
-/// Route, body and estimate of a request; `traced` learns the model as soon as it is known.
-async fn estimated(
+/// The route of a request, refused when its announced body is over the limit; `traced` learns
+/// the model from the path.
+fn route_of(
     state: &AppState,
-    parts: &http::request::Parts,
-    body: Body,
+    req: &http::Request<Body>,
     traced: &mut Traced,
-) -> Result<(Estimated, Bytes), ApiError> {
+) -> Result<Route, ApiError> {
     let limit = state.config.server.max_body_bytes;
-    let route = Route::parse(&parts.method, parts.uri.path(), parts.uri.query())?;
+    let route = Route::parse(req.method(), req.uri().path(), req.uri().query())?;
     traced.model = route.model.clone();
-    if let Some(len) = parts
-        .headers
+    if let Some(len) = req
+        .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > limit as u64
@@ -143,33 +156,42 @@ async fn estimated(
             "Request payload size exceeds the limit: {limit} bytes."
         )));
     }
-    let body = read_body(body, limit, state.config.server.body_read_timeout).await?;
+    Ok(route)
+}
+
+/// The estimate of a body read whole; `traced` learns the model (OpenAI: from the body) and
+/// the tokens.
+fn estimated(
+    route: Route,
+    body: Bytes,
+    traced: &mut Traced,
+) -> Result<(Estimated, Bytes), ApiError> {
     let est = estimate(&route, &body)?;
     // OpenAI-compatible calls name the model in the body.
     if traced.model.is_none() {
         traced.model = est.model.clone();
     }
     traced.tokens = est.tokens;
-    // Key affinity: a resource lives in the project of the key that created it.
-    let resource = route
-        .resource
-        .as_deref()
-        .or_else(|| est.references.first().map(String::as_str));
-    let pinned = match resource {
-        Some(r) => affinity::owner(&*state.store, r)
-            .await
-            .and_then(|kid| state.pool.by_kid(&kid).map(|(i, _)| i)),
-        None => None,
-    };
     Ok((
         Estimated {
             model: traced.model.clone(),
             route,
             estimate: est,
-            pinned,
+            pinned: None,
         },
         body,
     ))
+}
+
+/// Key affinity: a resource lives in the project of the key that created it.
+async fn pinned(state: &AppState, est: &Estimated) -> Option<usize> {
+    let resource = est
+        .route
+        .resource
+        .as_deref()
+        .or_else(|| est.estimate.references.first().map(String::as_str))?;
+    let kid = affinity::owner(&*state.store, resource).await?;
+    state.pool.by_kid(&kid).map(|(i, _)| i)
 }
 
 /// Read a request body whole: at most `limit` bytes, within `timeout`.

@@ -16,12 +16,13 @@ use tower::Service;
 use crate::config::UpstreamConfig;
 use crate::upstream::{self, HttpClient, ResponseBody};
 
-/// One attempt, set by the quota layer on the request it sends.
-#[derive(Debug, Clone, Copy)]
-pub struct Attempt {
+/// One attempt, as the quota step sends it: the request built for Google (the pooled key in
+/// it) and how long to wait for the answer's head.
+#[derive(Debug)]
+pub struct Outbound {
+    pub request: http::Request<Full<Bytes>>,
     /// The key's position in the pool.
-    pub index: usize,
-    /// How long to wait for the answer's head.
+    pub key: usize,
     pub head_timeout: Duration,
 }
 
@@ -42,7 +43,7 @@ pub enum ForwardErrorKind {
     Unsent,
     /// The connection failed after the request was written.
     Lost,
-    /// No answer head within [`Attempt::head_timeout`].
+    /// No answer head within [`Outbound::head_timeout`].
     Silent,
 }
 
@@ -61,7 +62,7 @@ impl Forward {
     }
 }
 
-impl Service<http::Request<Full<Bytes>>> for Forward {
+impl Service<Outbound> for Forward {
     type Response = http::Response<ResponseBody>;
     type Error = ForwardError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ForwardError>> + Send>>;
@@ -70,11 +71,8 @@ impl Service<http::Request<Full<Bytes>>> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: http::Request<Full<Bytes>>) -> Self::Future {
-        let head_timeout = req
-            .extensions()
-            .get::<Attempt>()
-            .map_or(Duration::from_secs(300), |a| a.head_timeout);
+    fn call(&mut self, out: Outbound) -> Self::Future {
+        let (req, head_timeout) = (out.request, out.head_timeout);
         let client = self.client.clone();
         Box::pin(async move {
             match tokio::time::timeout(head_timeout, client.request(req)).await {

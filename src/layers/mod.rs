@@ -3,7 +3,8 @@
 //! [`quota`] (admit on a key, read Google's answer, react, retry by the [`retry`] table) ->
 //! [`forward`] (the upstream client: HTTP/2 over as many connections as Google's stream cap
 //! needs, or HTTP/1.1's pool). Each step passes what it learned inward as a
-//! typed request extension ([`estimate::Estimated`], [`forward::Attempt`]) and outward on the
+//! typed request extension ([`estimate::Estimated`]; the forward step takes a
+//! [`forward::Outbound`]) and outward on the
 //! response for the request's log line ([`estimate::Traced`], [`quota::Served`]).
 
 pub mod authenticate;
@@ -14,5 +15,5 @@ pub mod retry;
 
 pub use authenticate::{Authenticate, AuthenticateLayer};
 pub use estimate::{EstimateLayer, EstimateStep, Estimated, Traced};
-pub use forward::{Attempt, Forward, ForwardError, ForwardErrorKind};
+pub use forward::{Forward, ForwardError, ForwardErrorKind, Outbound};
 pub use quota::{Quota, QuotaLayer, Served};

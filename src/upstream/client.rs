@@ -44,7 +44,8 @@ impl HttpClient {
         req: Request<Full<Bytes>>,
     ) -> Result<http::Response<ResponseBody>, SendError> {
         let req = match &self.h2 {
-            Some(pool) if !pool.refused() => match pool.request(req).await {
+            // Boxed: the HTTP/1.1 path (and every caller's future) need not carry its size.
+            Some(pool) if !pool.refused() => match Box::pin(pool.request(req)).await {
                 Ok(resp) => return Ok(resp),
                 Err(h2pool::H2Error::Unsent(e)) => return Err(send_error(true, &*e)),
                 Err(h2pool::H2Error::Failed(e)) => return Err(send_error(false, &*e)),

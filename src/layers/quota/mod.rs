@@ -21,7 +21,6 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use http_body_util::Full;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
@@ -30,7 +29,7 @@ use self::react::ERROR_BODY_LIMIT;
 use crate::body::ProxyBody;
 use crate::error::ApiError;
 use crate::layers::estimate::Estimated;
-use crate::layers::forward::{Attempt, ForwardError, ForwardErrorKind};
+use crate::layers::forward::{ForwardError, ForwardErrorKind, Outbound};
 use crate::layers::retry::{self, Budget, Failure};
 use crate::pool::affinity;
 use crate::quota::{DayInfo, Settlement};
@@ -90,7 +89,7 @@ pub struct Served {
 
 impl<S, B> Service<http::Request<Bytes>> for Quota<S>
 where
-    S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>, Error = ForwardError>
+    S: Service<Outbound, Response = http::Response<B>, Error = ForwardError>
         + Clone
         + Send
         + 'static,
@@ -122,7 +121,7 @@ where
 
 impl<S, B> Quota<S>
 where
-    S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>, Error = ForwardError>
+    S: Service<Outbound, Response = http::Response<B>, Error = ForwardError>
         + Clone
         + Send
         + 'static,
@@ -186,7 +185,7 @@ where
             served.key = Some(index);
             // Dropped unsettled (an error, a retry) it refunds the estimate by itself.
             let settlement = reservation.map(|r| Settlement::new(state.store.clone(), r));
-            let Some(mut request) = upstream::build_request(
+            let Some(request) = upstream::build_request(
                 &self.upstream,
                 &parts.method,
                 parts.uri.path(),
@@ -200,15 +199,20 @@ where
                     "the request path cannot be forwarded".into(),
                 ));
             };
-            request.extensions_mut().insert(Attempt {
-                index,
-                head_timeout,
-            });
+
             let last_try = attempt >= cfg.max_attempts || Instant::now() >= deadline;
             let sent_at = Instant::now();
             let mut inner = self.inner.clone();
             let outcome = match inner.ready().await {
-                Ok(ready) => ready.call(request).await,
+                Ok(ready) => {
+                    ready
+                        .call(Outbound {
+                            request,
+                            key: index,
+                            head_timeout,
+                        })
+                        .await
+                }
                 Err(e) => Err(e),
             };
             let resp = match outcome {
@@ -352,7 +356,7 @@ async fn confirm_dead<S, B>(
     disabled_one: bool,
 ) -> bool
 where
-    S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>, Error = ForwardError>,
+    S: Service<Outbound, Response = http::Response<B>, Error = ForwardError>,
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: std::error::Error + Send + Sync + 'static,
 {

@@ -11,7 +11,7 @@ use tower::{Service, ServiceExt};
 
 use super::answer::read_upto;
 use crate::error::LimitKind;
-use crate::layers::forward::{Attempt, ForwardError};
+use crate::layers::forward::{ForwardError, Outbound};
 use crate::quota::DayInfo;
 use crate::route::QuotaFamily;
 use crate::state::AppState;
@@ -121,7 +121,7 @@ pub(super) async fn probe_confirms_dead<S, B>(
     index: usize,
 ) -> bool
 where
-    S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>, Error = ForwardError>,
+    S: Service<Outbound, Response = http::Response<B>, Error = ForwardError>,
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
@@ -138,13 +138,14 @@ where
     *req.uri_mut() = uri;
     req.headers_mut()
         .insert("x-goog-api-key", key.headers.goog.clone());
-    req.extensions_mut().insert(Attempt {
-        index,
-        head_timeout: timeout,
-    });
     let probe = async {
         let mut inner = inner;
-        let resp = inner.ready().await.ok()?.call(req).await.ok()?;
+        let out = Outbound {
+            request: req,
+            key: index,
+            head_timeout: timeout,
+        };
+        let resp = inner.ready().await.ok()?.call(out).await.ok()?;
         let status = resp.status().as_u16();
         let answer = read_upto(resp, ERROR_BODY_LIMIT, timeout).await.ok()?;
         let now = chrono::Utc::now().timestamp_millis();

@@ -5,6 +5,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use http_body_util::Full;
+
 use super::*;
 use crate::config::{Config, Sources};
 use crate::estimate::estimate;
@@ -61,7 +63,7 @@ const PER_MINUTE: &str = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","
 const DEAD: &str = r#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID"}]}}"#;
 const MODELS: &str = r#"{"models":[{"name":"models/gemini-2.5-flash"}]}"#;
 
-impl Service<http::Request<Full<Bytes>>> for Scripted {
+impl Service<Outbound> for Scripted {
     type Response = http::Response<Full<Bytes>>;
     type Error = ForwardError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ForwardError>> + Send>>;
@@ -70,7 +72,8 @@ impl Service<http::Request<Full<Bytes>>> for Scripted {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: http::Request<Full<Bytes>>) -> Self::Future {
+    fn call(&mut self, out: Outbound) -> Self::Future {
+        let req = out.request;
         let key = req
             .headers()
             .get("x-goog-api-key")
@@ -291,7 +294,10 @@ async fn a_429_on_a_call_that_spends_no_quota_holds_nothing_and_another_key_serv
     assert_eq!(resp.status(), 200);
     let seen = up.seen();
     assert_eq!(seen.len(), 2);
-    assert_ne!(seen[0].key, seen[1].key, "the key that got the 429 is avoided");
+    assert_ne!(
+        seen[0].key, seen[1].key,
+        "the key that got the 429 is avoided"
+    );
     assert!(
         st.store.cooldowns().await.unwrap().is_empty(),
         "no project is held for a free call's 429"
