@@ -54,11 +54,12 @@ where
         + Clone
         + Send
         + 'static,
-    S::Future: Send,
+    S::Future: Send + Unpin,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future =
+        Either<S::Future, Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -69,20 +70,20 @@ where
         {
             // The common case stays synchronous: straight on to the next step, which
             // `poll_ready` made ready.
-            Ok(_) => return Box::pin(self.inner.call(req)),
+            Ok(_) => return Either::Left(self.inner.call(req)),
             Err(e) => e,
         };
         let state = self.state.clone();
         // The ready service goes with the future; a clone stays for the next request.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let (parts, body) = req.into_parts();
             if let Err(e) = keyless_upload(&state, &parts, refusal).await {
                 return Ok(e.into_response());
             }
             inner.call(http::Request::from_parts(parts, body)).await
-        })
+        }))
     }
 }
 
@@ -108,4 +109,26 @@ async fn keyless_upload(
     )
     .await;
     if allowed { Ok(()) } else { Err(refusal) }
+}
+
+/// One of two futures of the same output: the next step's own (the common case, with no
+/// allocation here), or this step's for a request that needs a look in the store first.
+pub enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+impl<A, B, T> Future for Either<A, B>
+where
+    A: Future<Output = T> + Unpin,
+    B: Future<Output = T> + Unpin,
+{
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        match self.get_mut() {
+            Either::Left(a) => Pin::new(a).poll(cx),
+            Either::Right(b) => Pin::new(b).poll(cx),
+        }
+    }
 }
