@@ -25,24 +25,35 @@ pub struct HttpClient {
     h2: Option<h2pool::H2Pool>,
 }
 
-/// Why no answer head came back from the client.
-#[derive(Debug)]
-pub struct SendError {
-    /// The request never left: no connection (TCP, TLS, refused, connect timeout), or the
-    /// connection closed before taking it.
-    pub unsent: bool,
-    /// A timeout ended it.
+/// Why no answer head came back.
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}")]
+pub struct ForwardError {
+    pub kind: ForwardErrorKind,
+    /// A timeout ended it (connecting, or waiting for the head).
     pub timed_out: bool,
     /// The error and its causes (no URL, no header).
     pub detail: String,
 }
 
+/// Whether the request can have left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardErrorKind {
+    /// No connection (TCP, TLS, refused, connect timeout), or the connection closed before
+    /// taking it: the request never left.
+    Unsent,
+    /// The connection failed after the request was written.
+    Lost,
+    /// No answer head in time.
+    Silent,
+}
+
 impl HttpClient {
     /// Send `req`; the answer's body streams (nothing is buffered here).
     pub async fn request(
-        &self,
+        self: std::sync::Arc<Self>,
         req: Request<Full<Bytes>>,
-    ) -> Result<http::Response<ResponseBody>, SendError> {
+    ) -> Result<http::Response<ResponseBody>, ForwardError> {
         let req = match &self.h2 {
             // Boxed: the HTTP/1.1 path (and every caller's future) need not carry its size.
             Some(pool) if !pool.refused() => match Box::pin(pool.request(req)).await {
@@ -60,10 +71,17 @@ impl HttpClient {
     }
 }
 
-fn send_error(unsent: bool, e: &(dyn std::error::Error + 'static)) -> SendError {
-    SendError {
-        unsent,
-        timed_out: is_timeout(e),
+fn send_error(unsent: bool, e: &(dyn std::error::Error + 'static)) -> ForwardError {
+    let timed_out = is_timeout(e);
+    ForwardError {
+        kind: if unsent {
+            ForwardErrorKind::Unsent
+        } else if timed_out {
+            ForwardErrorKind::Silent
+        } else {
+            ForwardErrorKind::Lost
+        },
+        timed_out,
         detail: describe_error(e),
     }
 }

@@ -8,7 +8,7 @@ pub mod h2pool;
 pub mod request;
 pub mod verdict;
 
-pub use client::{HttpClient, SendError, build_client};
+pub use client::{ForwardError, ForwardErrorKind, HttpClient, build_client};
 pub use connect::{BoxError, Timed, describe_error, is_timeout};
 pub use h2pool::ResponseBody;
 pub use request::{

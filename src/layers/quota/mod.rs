@@ -205,13 +205,18 @@ where
             let mut inner = self.inner.clone();
             let outcome = match inner.ready().await {
                 Ok(ready) => {
-                    ready
-                        .call(Outbound {
-                            request,
-                            key: index,
-                            head_timeout,
-                        })
-                        .await
+                    let sending = ready.call(Outbound {
+                        request,
+                        key: index,
+                    });
+                    match tokio::time::timeout(head_timeout, sending).await {
+                        Ok(answered) => answered,
+                        Err(_) => Err(ForwardError {
+                            kind: ForwardErrorKind::Silent,
+                            timed_out: true,
+                            detail: format!("no answer within {}s", head_timeout.as_secs()),
+                        }),
+                    }
                 }
                 Err(e) => Err(e),
             };

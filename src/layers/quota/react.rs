@@ -143,7 +143,6 @@ where
         let out = Outbound {
             request: req,
             key: index,
-            head_timeout: timeout,
         };
         let resp = inner.ready().await.ok()?.call(out).await.ok()?;
         let status = resp.status().as_u16();
