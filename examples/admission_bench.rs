@@ -2,6 +2,8 @@
 //!
 //! `cargo run --release --example admission_bench` (starts its own redis-server on a free port).
 
+// Not every helper is used here (no wrk).
+#[allow(dead_code)]
 mod support;
 
 use std::process::Command;

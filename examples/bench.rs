@@ -260,28 +260,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// `wrk`, and when `pid` is given the CPU time that process tree spent per request.
 fn wrk_cpu(port: u16, conns: u32, secs: u32, script: &std::path::Path, pid: Option<u32>) -> Load {
     let before = pid.map(cpu_ticks);
-    let out = Command::new("wrk")
-        .args([
-            "-t1",
-            &format!("-c{conns}"),
-            &format!("-d{secs}s"),
-            "--timeout",
-            "5s",
-            "-s",
-            script.to_str().unwrap(),
-            &format!("http://127.0.0.1:{port}{PATH}"),
-        ])
-        .output()
-        .expect("wrk (apt-get install wrk)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("RESULT "))
-        .unwrap_or_else(|| panic!("wrk printed no RESULT:\n{text}"));
-    let v: Vec<f64> = line[7..]
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
+    let v = support::wrk_result(port, conns, secs, script, PATH);
     // Linux reports process CPU time in clock ticks of 10 ms (USER_HZ = 100).
     let cpu_us = match (pid, before) {
         (Some(p), Some(b)) => (cpu_ticks(p) - b) as f64 * 10_000.0 / v[0].max(1.0),

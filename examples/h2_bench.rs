@@ -84,28 +84,7 @@ struct Load {
 }
 
 fn wrk(port: u16, conns: u32, secs: u32, script: &Path) -> Load {
-    let out = Command::new("wrk")
-        .args([
-            "-t1",
-            &format!("-c{conns}"),
-            &format!("-d{secs}s"),
-            "--timeout",
-            "5s",
-            "-s",
-            script.to_str().unwrap(),
-            &format!("http://127.0.0.1:{port}{PATH}"),
-        ])
-        .output()
-        .expect("wrk (apt-get install wrk)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("RESULT "))
-        .unwrap_or_else(|| panic!("wrk printed no RESULT:\n{text}"));
-    let v: Vec<f64> = line[7..]
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
+    let v = support::wrk_result(port, conns, secs, script, PATH);
     Load {
         requests: v[0] as u64,
         rps: v[1],
