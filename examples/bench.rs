@@ -9,8 +9,6 @@
 mod support;
 
 use std::convert::Infallible;
-use std::io::Write;
-use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,10 +17,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{Proc, free_port, start_redis, wait_port};
+use support::{
+    Proc, free_port, proxy_bin, serve_http, start_proxy_with, start_redis, wait_port, wrk_script,
+};
 
 const GENERATE_ANSWER: &str = r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Hello! How can I help you today?"}]},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":12,"candidatesTokenCount":9,"totalTokenCount":21},"modelVersion":"gemini-2.5-flash","responseId":"bench"}"#;
 const REQUEST_BODY: &str =
@@ -81,82 +79,25 @@ async fn fake(req: Request<hyper::body::Incoming>) -> Result<Response<BoxBody>, 
         .unwrap())
 }
 
-fn start_fake() -> u16 {
-    let listener = StdListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(async move {
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service_fn(fake))
-                        .await;
-                });
-            }
-        });
-    });
-    port
-}
-
-/// This build's release binary.
-fn proxy_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/gemini-quota-proxy")
-}
-
 fn start_proxy(upstream: u16, redis: Option<&str>) -> (u16, Proc) {
     start_proxy_bin(&proxy_bin(), upstream, redis)
 }
 
-fn start_proxy_bin(bin: &std::path::Path, upstream: u16, redis: Option<&str>) -> (u16, Proc) {
-    assert!(
-        bin.exists(),
-        "build the proxy first: cargo build --release ({})",
-        bin.display()
-    );
-    let port = free_port();
-    let mut cmd = Command::new(bin);
-    cmd.env_clear()
-        .env(
-            "GEMINI_API_KEYS",
-            "AIzaBenchKey0000000001,AIzaBenchKey0000000002",
-        )
-        .env("PROXY_CLIENT_KEYS", CLIENT_KEY)
-        .env(
-            "GEMINI_UPSTREAM_URL",
-            format!("http://127.0.0.1:{upstream}"),
-        )
-        .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("GEMINI_MINUTE_LIMIT", "100000000")
-        .env("GEMINI_DAILY_LIMIT", "1000000000")
-        .env("GEMINI_TOKEN_MINUTE_LIMIT", "100000000000")
-        .env(
-            "RUST_LOG",
-            std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+fn start_proxy_bin(bin: &Path, upstream: u16, redis: Option<&str>) -> (u16, Proc) {
+    let mut extra = vec![(
+        "RUST_LOG",
+        std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+    )];
     if let Some(url) = redis {
-        cmd.env("REDIS_URL", url);
+        extra.push(("REDIS_URL", url.to_string()));
     }
     // Allocator tuning can be tried without a rebuild.
-    for (k, v) in
-        std::env::vars().filter(|(k, _)| k.starts_with("MIMALLOC_") || k == "TOKIO_WORKER_THREADS")
-    {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().unwrap();
-    wait_port(port);
-    (port, Proc(child))
+    let tuning: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("MIMALLOC_") || k == "TOKIO_WORKER_THREADS")
+        .collect();
+    extra.extend(tuning.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    let url = format!("http://127.0.0.1:{upstream}");
+    start_proxy_with(bin, &url, CLIENT_KEY, &extra)
 }
 
 /// The bare hyper forwarder (`examples/forwarder.rs`): the stack's own cost.
@@ -365,26 +306,6 @@ async fn big_stream(port: u16, mb: usize, pid: u32) -> (f64, i64) {
     ((total as f64 / 1048576.0) / secs, peak - before)
 }
 
-fn lua_script(dir: &std::path::Path) -> PathBuf {
-    let path = dir.join("post.lua");
-    let mut f = std::fs::File::create(&path).unwrap();
-    write!(
-        f,
-        r#"wrk.method = "POST"
-wrk.body = '{REQUEST_BODY}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["x-goog-api-key"] = "{CLIENT_KEY}"
-done = function(summary, latency, requests)
-  local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout
-  io.write(string.format("RESULT %d %.1f %.1f %.1f %.1f %d\n", summary.requests, summary.requests / (summary.duration / 1e6),
-    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), errors))
-end
-"#
-    )
-    .unwrap();
-    path
-}
-
 fn row(name: &str, l: &Load) {
     println!(
         "| {name:<22} | {:>9.0} | {:>8.0} | {:>8.0} | {:>9.0} | {:>8} | {:>6} | {:>10.1} |",
@@ -450,9 +371,9 @@ async fn main() {
         .unwrap_or(64);
     let dir = std::env::temp_dir().join(format!("gqp-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let script = lua_script(&dir);
+    let script = wrk_script(&dir, REQUEST_BODY, CLIENT_KEY);
 
-    let upstream = start_fake();
+    let upstream = serve_http(fake);
     wait_port(upstream);
     if let Ok(baseline) = std::env::var("BENCH_BASELINE") {
         compare(

@@ -15,15 +15,13 @@ mod h2_upstream;
 #[allow(dead_code)] // start_redis: not needed here
 mod support;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use h2_upstream::{H2Upstream, Protocols, Seen};
-use support::{Proc, free_port, wait_port};
+use support::{Proc, proxy_bin, start_proxy_with, wrk_script};
 
 const REQUEST_BODY: &str =
     r#"{"contents":[{"role":"user","parts":[{"text":"Write one short friendly greeting."}]}]}"#;
@@ -38,30 +36,14 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 fn start_proxy(upstream: &H2Upstream, http2: bool) -> (u16, Proc) {
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/gemini-quota-proxy");
-    assert!(bin.exists(), "build the proxy first: cargo build --release");
-    let port = free_port();
-    let child = Command::new(bin)
-        .env_clear()
-        .env(
-            "GEMINI_API_KEYS",
-            "AIzaBenchKey0000000001,AIzaBenchKey0000000002",
-        )
-        .env("PROXY_CLIENT_KEYS", CLIENT_KEY)
-        .env("GEMINI_UPSTREAM_URL", &upstream.url)
-        .env("GEMINI_UPSTREAM_CA_FILE", &upstream.ca_file)
-        .env("GEMINI_UPSTREAM_HTTP2", http2.to_string())
-        .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("GEMINI_MINUTE_LIMIT", "100000000")
-        .env("GEMINI_DAILY_LIMIT", "1000000000")
-        .env("GEMINI_TOKEN_MINUTE_LIMIT", "100000000000")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_port(port);
-    (port, Proc(child))
+    let extra = [
+        (
+            "GEMINI_UPSTREAM_CA_FILE",
+            upstream.ca_file.to_string_lossy().into_owned(),
+        ),
+        ("GEMINI_UPSTREAM_HTTP2", http2.to_string()),
+    ];
+    start_proxy_with(&proxy_bin(), &upstream.url, CLIENT_KEY, &extra)
 }
 
 /// CPU ticks (user + system, 10 ms each) `pid` spent so far.
@@ -90,28 +72,8 @@ fn wrk(port: u16, conns: u32, secs: u32, script: &Path) -> Load {
         rps: v[1],
         p50_us: v[2],
         p99_us: v[3],
-        errors: v[4] as u64,
+        errors: v[5] as u64,
     }
-}
-
-fn lua_script(dir: &Path) -> PathBuf {
-    let path = dir.join("post.lua");
-    let mut f = std::fs::File::create(&path).unwrap();
-    write!(
-        f,
-        r#"wrk.method = "POST"
-wrk.body = '{REQUEST_BODY}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["x-goog-api-key"] = "{CLIENT_KEY}"
-done = function(summary, latency, requests)
-  local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout
-  io.write(string.format("RESULT %d %.1f %.1f %.1f %d\n", summary.requests, summary.requests / (summary.duration / 1e6),
-    latency:percentile(50), latency:percentile(99), errors))
-end
-"#
-    )
-    .unwrap();
-    path
 }
 
 /// `n` concurrent SSE streams read to the end: (wall time, streams that were not 200 or cut).
@@ -204,7 +166,7 @@ async fn main() {
     let n: usize = env_or("BENCH_STREAMS", 64);
     let dir = std::env::temp_dir().join(format!("gqp-h2-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let script = lua_script(&dir);
+    let script = wrk_script(&dir, REQUEST_BODY, CLIENT_KEY);
 
     // The upstream on a runtime (one thread) of its own, as a separate server would be.
     let (tx, rx) = std::sync::mpsc::channel();

@@ -12,85 +12,25 @@ mod support;
 
 use std::collections::HashSet;
 use std::convert::Infallible;
-use std::net::TcpListener as StdListener;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{Proc, free_port, wait_port};
+use support::{proxy_bin, serve_http, start_proxy_with};
 
 const ANSWER: &str = r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Hi"}]},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":1,"totalTokenCount":4}}"#;
 const BODY: &str = r#"{"contents":[{"role":"user","parts":[{"text":"Hi"}]}]}"#;
 const CLIENT_KEY: &str = "flood-client-key";
 
-/// An upstream that answers every model the same.
-fn start_upstream() -> u16 {
-    let listener = StdListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                        let _ = req.into_body().collect().await;
-                        Ok::<_, Infallible>(
-                            Response::builder()
-                                .header("content-type", "application/json; charset=UTF-8")
-                                .body(Full::new(Bytes::from_static(ANSWER.as_bytes())))
-                                .unwrap(),
-                        )
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-    });
-    port
-}
-
-fn start_proxy(upstream: u16) -> (u16, Proc) {
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/gemini-quota-proxy");
-    assert!(bin.exists(), "build the proxy first: cargo build --release");
-    let port = free_port();
-    let child = Command::new(bin)
-        .env_clear()
-        .env(
-            "GEMINI_API_KEYS",
-            "AIzaFloodKey0000000001,AIzaFloodKey0000000002",
-        )
-        .env("PROXY_CLIENT_KEYS", CLIENT_KEY)
-        .env(
-            "GEMINI_UPSTREAM_URL",
-            format!("http://127.0.0.1:{upstream}"),
-        )
-        .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("GEMINI_MINUTE_LIMIT", "100000000")
-        .env("GEMINI_DAILY_LIMIT", "1000000000")
-        .env("GEMINI_TOKEN_MINUTE_LIMIT", "100000000000")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_port(port);
-    (port, Proc(child))
+/// The upstream's answer to every model.
+async fn answer(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let _ = req.into_body().collect().await;
+    Ok(Response::builder()
+        .header("content-type", "application/json; charset=UTF-8")
+        .body(Full::new(Bytes::from_static(ANSWER.as_bytes())))
+        .unwrap())
 }
 
 /// A `/proc/PID/status` figure in kB: `VmRSS` (resident now) or `VmHWM` (its peak).
@@ -160,8 +100,9 @@ fn env_num(name: &str, default: u64) -> u64 {
 async fn main() {
     let n = env_num("FLOOD_NAMES", 100_000) as usize;
     let wait = Duration::from_secs(env_num("FLOOD_WAIT_SECS", 61));
-    let upstream = start_upstream();
-    let (port, proxy) = start_proxy(upstream);
+    let upstream = serve_http(answer);
+    let url = format!("http://127.0.0.1:{upstream}");
+    let (port, proxy) = start_proxy_with(&proxy_bin(), &url, CLIENT_KEY, &[]);
     let pid = proxy.0.id();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
 

@@ -84,3 +84,107 @@ pub fn wrk_result(
         .map(|x| x.parse().unwrap_or(0.0))
         .collect()
 }
+
+/// This build's release binary (the calling script builds it).
+pub fn proxy_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/gemini-quota-proxy")
+}
+
+/// The proxy binary `bin` on a free port in front of `upstream_url`: two pooled keys,
+/// `client_key`, limits far above any load, `RUST_LOG=warn`; `extra` variables on top. Returns
+/// once it listens.
+pub fn start_proxy_with(
+    bin: &std::path::Path,
+    upstream_url: &str,
+    client_key: &str,
+    extra: &[(&str, String)],
+) -> (u16, Proc) {
+    assert!(
+        bin.exists(),
+        "build the proxy first: cargo build --release ({})",
+        bin.display()
+    );
+    let port = free_port();
+    let mut cmd = Command::new(bin);
+    cmd.env_clear()
+        .env(
+            "GEMINI_API_KEYS",
+            "AIzaBenchKey0000000001,AIzaBenchKey0000000002",
+        )
+        .env("PROXY_CLIENT_KEYS", client_key)
+        .env("GEMINI_UPSTREAM_URL", upstream_url)
+        .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("GEMINI_MINUTE_LIMIT", "100000000")
+        .env("GEMINI_DAILY_LIMIT", "1000000000")
+        .env("GEMINI_TOKEN_MINUTE_LIMIT", "100000000000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    wait_port(port);
+    (port, Proc(child))
+}
+
+/// An HTTP server (HTTP/1.1 and h2c) on a free port, on a runtime of its own thread, answering
+/// every request with `handler`.
+pub fn serve_http<B, F, Fut>(handler: F) -> u16
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<hyper::Response<B>, std::convert::Infallible>>
+        + Send
+        + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(io, hyper::service::service_fn(handler))
+                    .await;
+                });
+            }
+        });
+    });
+    port
+}
+
+/// A wrk script posting `body` with `client_key`, whose `done` prints
+/// `RESULT requests req/s p50 p99 p99.9 errors` (latencies in µs) for [`wrk_result`].
+pub fn wrk_script(dir: &std::path::Path, body: &str, client_key: &str) -> std::path::PathBuf {
+    let path = dir.join("post.lua");
+    let script = format!(
+        r#"wrk.method = "POST"
+wrk.body = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["x-goog-api-key"] = "{client_key}"
+done = function(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout
+  io.write(string.format("RESULT %d %.1f %.1f %.1f %.1f %d\n", summary.requests, summary.requests / (summary.duration / 1e6),
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), errors))
+end
+"#
+    );
+    std::fs::write(&path, script).unwrap();
+    path
+}
