@@ -152,6 +152,30 @@ impl Config {
     }
 }
 
+/// A config for unit tests: `toml` as the `--config` file (when not empty) and `env`, with one
+/// pooled key and one client key unless `env` names its own.
+#[cfg(test)]
+pub(crate) fn for_test(toml: &str, env: &[(&str, &str)]) -> Config {
+    let file = (!toml.is_empty()).then(|| {
+        let path = std::env::temp_dir().join(format!(
+            "gqp-unit-{}-{}.toml",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::write(&path, toml).unwrap();
+        path.to_string_lossy().into_owned()
+    });
+    let mut vars: HashMap<String, String> = HashMap::new();
+    if !env.iter().any(|(k, _)| k.starts_with("GEMINI_API_KEY")) {
+        vars.insert("GEMINI_API_KEY".to_string(), "k".to_string());
+    }
+    vars.insert("PROXY_CLIENT_KEYS".to_string(), "c".to_string());
+    for (k, v) in env {
+        vars.insert(k.to_string(), v.to_string());
+    }
+    Config::load(&Sources { file, env: vars }).expect("test config loads")
+}
+
 /// The `config` crate's messages already name the key; keep them, under a stable prefix.
 fn describe_config_error(e: config::ConfigError) -> ConfigError {
     let text = e.to_string();

@@ -184,24 +184,9 @@ fn lower(l: &mut crate::quota::Limits, o: &LimitOverride) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, Sources};
 
     fn pool(toml: &str) -> Pool {
-        let path = std::env::temp_dir().join(format!(
-            "gqp-pool-{}-{}.toml",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::write(&path, toml).unwrap();
-        let cfg = Config::load(&Sources {
-            file: Some(path.to_string_lossy().into_owned()),
-            env: [
-                ("GEMINI_API_KEY".to_string(), "k".to_string()),
-                ("PROXY_CLIENT_KEYS".to_string(), "c".to_string()),
-            ]
-            .into(),
-        })
-        .unwrap();
+        let cfg = crate::config::for_test(toml, &[]);
         Pool::new(&cfg.pool, &cfg.limits)
     }
 

@@ -105,15 +105,10 @@ pub fn resolve(cfg: &LimitsConfig, project: &str, model: &str, family: QuotaFami
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, Sources};
 
     #[test]
     fn overrides_apply_from_model_to_project_to_project_model() {
-        let dir = std::env::temp_dir().join(format!("gqp-limits-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("c.toml");
-        std::fs::write(
-            &path,
+        let c = crate::config::for_test(
             r#"
 [limits]
 minute = 10
@@ -126,17 +121,8 @@ minute = 3
 [limits.projects.p.models.m1]
 token_minute = 99
 "#,
-        )
-        .unwrap();
-        let c = Config::load(&Sources {
-            file: Some(path.to_string_lossy().into_owned()),
-            env: [
-                ("GEMINI_API_KEY".to_string(), "k".to_string()),
-                ("PROXY_CLIENT_KEYS".to_string(), "c".to_string()),
-            ]
-            .into(),
-        })
-        .unwrap();
+            &[],
+        );
         let l = &c.limits;
         assert_eq!(resolve(l, "q", "other", QuotaFamily::Generate).minute, 10);
         assert_eq!(resolve(l, "q", "other", QuotaFamily::Embed).minute, 50);

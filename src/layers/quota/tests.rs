@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use http_body_util::Full;
 
 use super::*;
-use crate::config::{Config, Sources};
 use crate::estimate::estimate;
 use crate::metrics::Metrics;
 use crate::quota::memory::MemoryStore;
@@ -103,16 +102,11 @@ impl Service<Outbound> for Scripted {
     }
 }
 
-fn state(toml_env: &[(&str, &str)]) -> Arc<AppState> {
-    let mut env: std::collections::HashMap<String, String> = [
-        ("GEMINI_API_KEYS".to_string(), KEYS.join(",")),
-        ("PROXY_CLIENT_KEYS".to_string(), "client".to_string()),
-    ]
-    .into();
-    for (k, v) in toml_env {
-        env.insert(k.to_string(), v.to_string());
-    }
-    let config = Config::load(&Sources { file: None, env }).unwrap();
+fn state(env: &[(&str, &str)]) -> Arc<AppState> {
+    let keys = KEYS.join(",");
+    let mut vars = vec![("GEMINI_API_KEYS", keys.as_str())];
+    vars.extend_from_slice(env);
+    let config = crate::config::for_test("", &vars);
     let tz = config.limits.timezone;
     let store = Arc::new(MemoryStore::new(Arc::new(SystemClock), tz));
     AppState::with_store(config, store, Metrics::new(None))
@@ -140,6 +134,16 @@ const GENERATE: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
 async fn run(state: &Arc<AppState>, upstream: &Scripted, req: http::Request<Bytes>) -> Response {
     let service = QuotaLayer::new(state.clone()).layer(upstream.clone());
     service.oneshot(req).await.unwrap()
+}
+
+/// How many pooled keys the store has disabled.
+async fn disabled_keys(st: &AppState) -> usize {
+    let kids: Vec<Arc<str>> = st.pool.keys.iter().map(|k| k.kid.clone()).collect();
+    let states = st.store.key_states(&kids).await.unwrap();
+    states
+        .iter()
+        .filter(|s| matches!(s, KeyState::Disabled { .. }))
+        .count()
 }
 
 fn served(resp: &Response) -> Served {
@@ -248,42 +252,14 @@ async fn a_dead_key_is_disabled_when_its_probe_agrees_and_kept_when_not() {
         seen[1].key, seen[0].key,
         "the probe goes with the suspect key"
     );
-    let states = st
-        .store
-        .key_states(
-            &st.pool
-                .keys
-                .iter()
-                .map(|k| k.kid.clone())
-                .collect::<Vec<_>>(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        states
-            .iter()
-            .filter(|s| matches!(s, KeyState::Disabled { .. }))
-            .count(),
-        1
-    );
+    assert_eq!(disabled_keys(&st).await, 1);
 
     let st = state(&[]);
     let up = Scripted::new([Step::Answer(400, DEAD), Step::Answer(200, MODELS)]);
     let resp = run(&st, &up, generate(http::Method::POST, GENERATE)).await;
     assert_eq!(resp.status(), 400, "not confirmed: the client's answer");
     assert_eq!(up.seen().len(), 2);
-    let states = st
-        .store
-        .key_states(
-            &st.pool
-                .keys
-                .iter()
-                .map(|k| k.kid.clone())
-                .collect::<Vec<_>>(),
-        )
-        .await
-        .unwrap();
-    assert!(states.iter().all(|s| *s == KeyState::Active));
+    assert_eq!(disabled_keys(&st).await, 0);
 }
 
 #[tokio::test(start_paused = true)]
