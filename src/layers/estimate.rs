@@ -26,8 +26,6 @@ use crate::state::AppState;
 pub struct Estimated {
     pub route: Route,
     pub estimate: Estimate,
-    /// The model: from the path, else (OpenAI surface) from the body.
-    pub model: Option<String>,
     /// The key a resource the request names belongs to.
     pub pinned: Option<usize>,
 }
@@ -36,9 +34,17 @@ impl Estimated {
     /// The model whose quota this call spends, if it spends any.
     pub fn quota_model(&self) -> Option<&str> {
         match self.route.family {
-            QuotaFamily::Generate | QuotaFamily::Embed => self.model.as_deref(),
+            QuotaFamily::Generate | QuotaFamily::Embed => self.model(),
             QuotaFamily::Free => None,
         }
+    }
+
+    /// The model: from the path, else (OpenAI surface) from the body.
+    pub fn model(&self) -> Option<&str> {
+        self.route
+            .model
+            .as_deref()
+            .or(self.estimate.model.as_deref())
     }
 
     /// Whether the answer is a stream.
@@ -174,7 +180,6 @@ fn estimated(
     traced.tokens = est.tokens;
     Ok((
         Estimated {
-            model: traced.model.clone(),
             route,
             estimate: est,
             pinned: None,

@@ -121,7 +121,6 @@ fn generate(method: http::Method, path: &str) -> http::Request<Bytes> {
     *req.method_mut() = method;
     *req.uri_mut() = path.parse().unwrap();
     req.extensions_mut().insert(Estimated {
-        model: route.model.clone(),
         route,
         estimate: est,
         pinned: None,
