@@ -31,6 +31,7 @@ pub mod error;
 pub mod estimate;
 pub mod gateway;
 pub mod layers;
+pub mod ledger;
 pub mod metrics;
 pub mod pool;
 pub mod quota;

@@ -1,0 +1,1 @@
+//! (being written) The forecast of when a daily quota runs out.

@@ -1,0 +1,1 @@
+//! (being written) Prices per model and the cost of an answer.
