@@ -1,8 +1,318 @@
 //! The usage ledger: per-minute history of requests, tokens and cost per (project, model, key,
 //! client), its prices, and the forecast of when each daily quota runs out.
+//!
+//! Requests are recorded as they end ([`Ledger::count`], [`Tally`]); the numbers live in
+//! fixed rings ([`book`]) in this replica's memory, or, with Redis, in per-minute and
+//! per-hour hashes every replica adds to ([`shared`]), written with the settlement batches and
+//! read back into the same rings. [`query`] answers `/api/ai/usage/`; [`outlook`] gives the
+//! status page its cost and forecast.
 
+pub mod book;
 pub mod forecast;
+pub mod names;
+pub mod outlook;
 pub mod prices;
+pub mod query;
+mod shared;
 pub mod tokens;
 
-pub use tokens::TokenUsage;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+pub use book::{Counters, FIELDS, Series, field};
+pub use prices::{Billing, Prices};
+pub use tokens::{TokenUsage, UsageScanner};
+
+use self::book::Book;
+use self::names::Names;
+use self::shared::Shared;
+use crate::quota::redis::SharedIo;
+use crate::quota::{Clock, SystemClock};
+
+/// Distinct model names the ledger keeps apart; later ones are counted as `other`.
+pub const MODEL_CAP: usize = 200;
+/// Distinct projects, keys and clients kept apart (these come from configuration; the cap only
+/// guards against a shared Redis written by many differently configured replicas).
+pub const NAME_CAP: usize = 4096;
+
+/// A pooled key as the ledger shows it.
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    pub kid: Arc<str>,
+    pub masked: String,
+    pub project: Arc<str>,
+}
+
+/// What the ledger is built from.
+pub struct LedgerSetup {
+    pub prices: Arc<Prices>,
+    /// Billing of each project not billed at list price.
+    pub billing: HashMap<String, Billing>,
+    pub keys: Vec<KeyInfo>,
+    pub timezone: chrono_tz::Tz,
+    /// Redis, when the quota store is shared.
+    pub shared: Option<SharedIo>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The usage ledger (see the module docs).
+pub struct Ledger {
+    pub(crate) projects: Names,
+    pub(crate) models: Names,
+    pub(crate) keys: Names,
+    pub(crate) clients: Names,
+    prices: Arc<Prices>,
+    billing: HashMap<String, Billing>,
+    /// Key id -> masked key, for display.
+    masked: HashMap<Arc<str>, String>,
+    pub(crate) timezone: chrono_tz::Tz,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// The rings: the ledger itself (memory), or a copy of Redis's buckets (shared).
+    pub(crate) book: Mutex<Book>,
+    pub(crate) shared: Option<Shared>,
+    /// When this ledger started recording (memory); Redis keeps its own.
+    started_ms: i64,
+    /// Cost per model since this process started, for `/metrics` (nano-USD).
+    cost_totals: Mutex<HashMap<u32, u64>>,
+    /// `gqp_tokens_total` handles per model, by kind: looked up once, not per request.
+    token_counters: std::sync::RwLock<HashMap<u32, Arc<[metrics::Counter; 5]>>>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("shared", &self.shared.is_some())
+            .finish()
+    }
+}
+
+impl Ledger {
+    pub fn new(setup: LedgerSetup) -> Arc<Ledger> {
+        let started_ms = setup.clock.now_ms();
+        let ledger = Arc::new(Ledger {
+            projects: Names::new(NAME_CAP),
+            models: Names::new(MODEL_CAP),
+            keys: Names::new(NAME_CAP),
+            clients: Names::new(NAME_CAP),
+            prices: setup.prices,
+            billing: setup.billing,
+            masked: setup
+                .keys
+                .iter()
+                .map(|k| (k.kid.clone(), k.masked.clone()))
+                .collect(),
+            timezone: setup.timezone,
+            clock: setup.clock,
+            book: Mutex::new(Book::default()),
+            shared: setup.shared.map(Shared::new),
+            started_ms,
+            cost_totals: Mutex::new(HashMap::new()),
+            token_counters: Default::default(),
+        });
+        if let Some(s) = &ledger.shared {
+            s.attach(Arc::downgrade(&ledger));
+        }
+        ledger
+    }
+
+    /// A ledger in memory with the embedded prices (tests, embedders without a config).
+    pub fn in_memory() -> Arc<Ledger> {
+        Ledger::new(LedgerSetup {
+            prices: Arc::new(Prices::embedded()),
+            billing: HashMap::new(),
+            keys: Vec::new(),
+            timezone: chrono_tz::America::Los_Angeles,
+            shared: None,
+            clock: Arc::new(SystemClock),
+        })
+    }
+
+    /// `memory` or `redis`.
+    pub fn backend(&self) -> &'static str {
+        if self.shared.is_some() {
+            "redis"
+        } else {
+            "memory"
+        }
+    }
+
+    /// The series of a request. `project` and `kid` are `None` for a request no key served
+    /// (refused by the proxy). A model gets a name of its own only when `known` (Google
+    /// answered for it), so made-up names share `other`.
+    pub fn series(
+        &self,
+        project: Option<&str>,
+        model: &str,
+        kid: Option<&str>,
+        client: &str,
+        known: bool,
+    ) -> Series {
+        Series {
+            project: project.map_or(0, |p| self.projects.id(p, true)),
+            model: self.models.id(model.strip_prefix("models/").unwrap_or(model), known),
+            key: kid.map_or(0, |k| self.keys.id(k, true)),
+            client: self.clients.id(client, true),
+        }
+    }
+
+    /// Count one event (`field::REQUESTS`, `UPSTREAM_429`, `REFUSED`, `ERRORS`).
+    pub fn count(&self, series: Series, field: usize) {
+        self.add(series, &Counters::one(field));
+    }
+
+    /// What a request's answer used, for [`Tally::close`].
+    pub fn tally(
+        self: &Arc<Self>,
+        series: Series,
+        model: &str,
+        project: &str,
+        fallback_input: Option<u64>,
+    ) -> Tally {
+        Tally {
+            ledger: self.clone(),
+            series,
+            model: model.strip_prefix("models/").unwrap_or(model).into(),
+            billing: self.billing_of(project),
+            fallback_input,
+        }
+    }
+
+    pub fn billing_of(&self, project: &str) -> Billing {
+        self.billing.get(project).copied().unwrap_or_default()
+    }
+
+    pub fn prices(&self) -> &Prices {
+        &self.prices
+    }
+
+    fn add(&self, series: Series, c: &Counters) {
+        let now = self.clock.now_ms();
+        match &self.shared {
+            Some(s) => s.add(now, series, c),
+            None => self
+                .book
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .add(now, series, c),
+        }
+    }
+
+    /// Since when this ledger's history runs (Unix ms).
+    pub async fn recording_since(&self) -> i64 {
+        match &self.shared {
+            Some(s) => s.since().await.unwrap_or(self.started_ms),
+            None => self.started_ms,
+        }
+    }
+
+    /// A key id as people see it: the masked key when this replica pools it.
+    pub fn key_label(&self, id: u32) -> String {
+        let kid = self.keys.name(id);
+        match self.masked.get(&kid) {
+            Some(m) => m.clone(),
+            None if &*kid == names::NONE || &*kid == names::OVERFLOW => kid.to_string(),
+            None => format!("key-{kid}"),
+        }
+    }
+
+    /// Cost per model since this process started (nano-USD), for `/metrics`.
+    pub fn cost_totals(&self) -> Vec<(Arc<str>, u64)> {
+        let totals = self.cost_totals.lock().unwrap_or_else(|p| p.into_inner());
+        totals
+            .iter()
+            .map(|(m, c)| (self.models.name(*m), *c))
+            .collect()
+    }
+
+    /// Bring the rings up to date with Redis: minute buckets from `minutes_from`, hour buckets
+    /// from `hours_from` (Unix ms; `None`: that ring is not needed). Nothing to do in memory.
+    pub async fn refresh(
+        &self,
+        minutes_from: Option<i64>,
+        hours_from: Option<i64>,
+    ) -> Result<(), crate::quota::StoreError> {
+        match &self.shared {
+            Some(s) => s.refresh(self, minutes_from, hours_from).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// The tokens and cost of one answer, recorded when its body ends (the usage comes last).
+pub struct Tally {
+    ledger: Arc<Ledger>,
+    series: Series,
+    model: Arc<str>,
+    billing: Billing,
+    /// Input tokens to count when the answer reports none (embedding calls): the estimate.
+    fallback_input: Option<u64>,
+}
+
+impl Tally {
+    /// Record `usage` (the last usage object of the answer) and its cost.
+    pub fn close(self, usage: Option<TokenUsage>) {
+        let usage = match (usage, self.fallback_input) {
+            (Some(u), _) => u,
+            (None, Some(input)) => TokenUsage {
+                input,
+                ..TokenUsage::default()
+            },
+            (None, None) => TokenUsage::default(),
+        };
+        let cost = self.ledger.prices.cost(&self.model, &usage, self.billing);
+        let mut c = Counters::default();
+        c.0[field::INPUT] = usage.input;
+        c.0[field::CACHED] = usage.cached;
+        c.0[field::OUTPUT] = usage.output;
+        c.0[field::THINKING] = usage.thinking;
+        c.0[field::TOOL] = usage.tool;
+        c.0[field::COST] = cost.billed_nano;
+        c.0[field::LIST_COST] = cost.list_nano;
+        c.0[field::UNPRICED] = u64::from(!cost.priced);
+        self.ledger.add(self.series, &c);
+        metrics_for(&self.ledger, self.series.model, &usage, cost.billed_nano);
+    }
+}
+
+/// Token kinds of `gqp_tokens_total`, in [`TokenUsage`] order.
+const TOKEN_KINDS: [&str; 5] = ["input", "cached", "output", "thinking", "tool"];
+
+/// `gqp_tokens_total{model,kind}` and the per-model cost total.
+fn metrics_for(ledger: &Ledger, model: u32, usage: &TokenUsage, cost_nano: u64) {
+    let cached = ledger
+        .token_counters
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&model)
+        .cloned();
+    let counters = cached.unwrap_or_else(|| {
+        let name = ledger.models.name(model).to_string();
+        let made = Arc::new(TOKEN_KINDS.map(|kind| {
+            metrics::counter!("gqp_tokens_total", "model" => name.clone(), "kind" => kind)
+        }));
+        ledger
+            .token_counters
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(model, made.clone());
+        made
+    });
+    let values = [
+        usage.input,
+        usage.cached,
+        usage.output,
+        usage.thinking,
+        usage.tool,
+    ];
+    for (c, n) in counters.iter().zip(values) {
+        if n > 0 {
+            c.increment(n);
+        }
+    }
+    let mut totals = ledger.cost_totals.lock().unwrap_or_else(|p| p.into_inner());
+    let t = totals.entry(model).or_default();
+    *t = t.saturating_add(cost_nano);
+}
+
+/// A weak handle for the Redis rider (the ledger owns the rider's slot, not the reverse).
+pub(crate) type LedgerRef = Weak<Ledger>;

@@ -15,3 +15,334 @@ pub struct TokenUsage {
     /// `toolUsePromptTokenCount`.
     pub tool: u64,
 }
+
+impl TokenUsage {
+    /// Field-wise sum.
+    pub fn plus(self, o: TokenUsage) -> TokenUsage {
+        TokenUsage {
+            input: self.input.saturating_add(o.input),
+            cached: self.cached.saturating_add(o.cached),
+            output: self.output.saturating_add(o.output),
+            thinking: self.thinking.saturating_add(o.thinking),
+            tool: self.tool.saturating_add(o.tool),
+        }
+    }
+}
+
+/// Google's `usageMetadata` (unknown fields, such as the per-modality lists, are skipped).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct GeminiUsage {
+    prompt_token_count: u64,
+    cached_content_token_count: u64,
+    candidates_token_count: u64,
+    /// The Live API's name for the candidates' count.
+    response_token_count: u64,
+    thoughts_token_count: u64,
+    tool_use_prompt_token_count: u64,
+}
+
+/// The OpenAI surface's `usage`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct OpenAiUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    prompt_tokens_details: Option<OpenAiPromptDetails>,
+    completion_tokens_details: Option<OpenAiCompletionDetails>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct OpenAiPromptDetails {
+    cached_tokens: u64,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct OpenAiCompletionDetails {
+    reasoning_tokens: u64,
+}
+
+impl From<GeminiUsage> for TokenUsage {
+    fn from(u: GeminiUsage) -> TokenUsage {
+        TokenUsage {
+            input: u.prompt_token_count,
+            cached: u.cached_content_token_count,
+            output: u.candidates_token_count.max(u.response_token_count),
+            thinking: u.thoughts_token_count,
+            tool: u.tool_use_prompt_token_count,
+        }
+    }
+}
+
+impl From<OpenAiUsage> for TokenUsage {
+    fn from(u: OpenAiUsage) -> TokenUsage {
+        // `completion_tokens` includes the reasoning tokens: split them out.
+        let thinking = u.completion_tokens_details.map_or(0, |d| d.reasoning_tokens);
+        TokenUsage {
+            input: u.prompt_tokens,
+            cached: u.prompt_tokens_details.map_or(0, |d| d.cached_tokens),
+            output: u.completion_tokens.saturating_sub(thinking),
+            thinking: thinking.min(u.completion_tokens),
+            tool: 0,
+        }
+    }
+}
+
+/// The object names that hold usage: Google's, then the OpenAI surface's. Inside generated
+/// text a quote is escaped (`\"usage\"`), so the closing quote keeps these from matching there.
+const NEEDLES: [&[u8]; 2] = [b"\"usageMetadata\"", b"\"usage\""];
+/// Their searchers, built once (building one per chunk showed in profiles).
+static FINDERS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> =
+    std::sync::LazyLock::new(|| NEEDLES.map(memchr::memmem::Finder::new));
+/// The longest needle, less one: what a needle split across two chunks can leave in the first.
+const CARRY: usize = 14;
+/// A usage object longer than this is not one (it is abandoned, not buffered on).
+const OBJECT_LIMIT: usize = 8 * 1024;
+
+/// Reads the last usage object of a response body as it streams past, whatever its framing
+/// (JSON, SSE, JSON array), without copying the body: only the small usage object is copied
+/// and parsed. Google's stream usage is cumulative, so the last object seen is the total.
+#[derive(Debug, Default)]
+pub struct UsageScanner {
+    last: Option<TokenUsage>,
+    /// The last bytes of the previous chunk, for a needle split across two chunks.
+    carry: Vec<u8>,
+    /// A usage object being read, when one started.
+    object: Option<Capture>,
+}
+
+/// A usage object being copied out, byte by byte (it is small).
+#[derive(Debug)]
+struct Capture {
+    openai: bool,
+    buf: Vec<u8>,
+    /// Before the object's `{`: the colon seen yet?
+    colon: bool,
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl Capture {
+    fn new(openai: bool) -> Capture {
+        Capture {
+            openai,
+            buf: Vec::new(),
+            colon: false,
+            depth: 0,
+            in_string: false,
+            escaped: false,
+        }
+    }
+}
+
+/// What feeding bytes to a capture came to.
+enum Fed {
+    /// It needs more bytes.
+    More,
+    /// The object ended at this offset (exclusive) of the bytes fed.
+    Done(usize),
+    /// Not a usage object after all (or too long): stop at this offset.
+    Abandon(usize),
+}
+
+impl Capture {
+    fn feed(&mut self, bytes: &[u8]) -> Fed {
+        for (i, &b) in bytes.iter().enumerate() {
+            if self.depth == 0 {
+                match b {
+                    b' ' | b'\t' | b'\r' | b'\n' => continue,
+                    b':' if !self.colon => {
+                        self.colon = true;
+                        continue;
+                    }
+                    b'{' if self.colon => {}
+                    _ => return Fed::Abandon(i),
+                }
+            }
+            self.buf.push(b);
+            if self.buf.len() > OBJECT_LIMIT {
+                return Fed::Abandon(i);
+            }
+            if self.in_string {
+                match (self.escaped, b) {
+                    (true, _) => self.escaped = false,
+                    (false, b'\\') => self.escaped = true,
+                    (false, b'"') => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth -= 1;
+                    if self.depth == 0 {
+                        return Fed::Done(i + 1);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Fed::More
+    }
+
+    fn parse(&self) -> Option<TokenUsage> {
+        if self.openai {
+            serde_json::from_slice::<OpenAiUsage>(&self.buf)
+                .ok()
+                .map(Into::into)
+        } else {
+            serde_json::from_slice::<GeminiUsage>(&self.buf)
+                .ok()
+                .map(Into::into)
+        }
+    }
+}
+
+impl UsageScanner {
+    /// Read the next chunk of the body.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        let mut rest = chunk;
+        // A needle split between the previous chunk and this one.
+        if self.object.is_none() && !self.carry.is_empty() {
+            let mut joined = std::mem::take(&mut self.carry);
+            let carried = joined.len();
+            joined.extend_from_slice(&chunk[..chunk.len().min(CARRY)]);
+            if let Some((start, end, openai)) = first_needle(&joined)
+                && start < carried
+            {
+                // The needle ends inside this chunk.
+                self.object = Some(Capture::new(openai));
+                rest = &chunk[end.saturating_sub(carried)..];
+            }
+        }
+        loop {
+            if let Some(capture) = self.object.as_mut() {
+                match capture.feed(rest) {
+                    Fed::More => {
+                        self.carry.clear();
+                        return;
+                    }
+                    Fed::Done(n) => {
+                        if let Some(u) = capture.parse() {
+                            self.last = Some(u);
+                        }
+                        self.object = None;
+                        rest = &rest[n..];
+                    }
+                    Fed::Abandon(n) => {
+                        self.object = None;
+                        rest = &rest[n..];
+                    }
+                }
+            }
+            match first_needle(rest) {
+                Some((_, end, openai)) => {
+                    self.object = Some(Capture::new(openai));
+                    rest = &rest[end..];
+                }
+                None => break,
+            }
+        }
+        // Keep the tail, for a needle that continues in the next chunk.
+        let tail = &rest[rest.len().saturating_sub(CARRY)..];
+        if tail.len() == CARRY {
+            self.carry.clear();
+            self.carry.extend_from_slice(tail);
+        } else {
+            // A short chunk: what was carried before still counts.
+            self.carry.extend_from_slice(tail);
+            let excess = self.carry.len().saturating_sub(CARRY);
+            self.carry.drain(..excess);
+        }
+    }
+
+    /// The usage in a whole body.
+    pub fn scan_all(body: &[u8]) -> Option<TokenUsage> {
+        let mut s = UsageScanner::default();
+        s.feed(body);
+        s.last
+    }
+
+    /// The last usage object read whole, if any.
+    pub fn usage(&self) -> Option<TokenUsage> {
+        self.last
+    }
+
+    /// The last input-token count read, if any.
+    pub fn tokens(&self) -> Option<u64> {
+        self.last.map(|u| u.input)
+    }
+}
+
+/// The first needle in `hay`: (start, end, is it the OpenAI one).
+fn first_needle(hay: &[u8]) -> Option<(usize, usize, bool)> {
+    let g = FINDERS[0].find(hay).map(|p| (p, p + NEEDLES[0].len(), false));
+    let o = FINDERS[1].find(hay).map(|p| (p, p + NEEDLES[1].len(), true));
+    match (g, o) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_in_pieces(s: &str, piece: usize) -> Option<TokenUsage> {
+        let mut sc = UsageScanner::default();
+        for c in s.as_bytes().chunks(piece) {
+            sc.feed(c);
+        }
+        sc.usage()
+    }
+
+    #[test]
+    fn keeps_the_last_cumulative_usage_never_a_sum() {
+        let sse = "data: {\"usageMetadata\": {\"promptTokenCount\": 12, \"candidatesTokenCount\": 2, \"totalTokenCount\": 14}}\r\n\r\n\
+                   data: {\"usageMetadata\": {\"promptTokenCount\": 12, \"cachedContentTokenCount\": 4, \"candidatesTokenCount\": 18, \"thoughtsTokenCount\": 7, \"toolUsePromptTokenCount\": 3, \"promptTokensDetails\": [{\"modality\": \"TEXT\", \"tokenCount\": 12}]}}\r\n\r\n";
+        let want = TokenUsage {
+            input: 12,
+            cached: 4,
+            output: 18,
+            thinking: 7,
+            tool: 3,
+        };
+        for piece in [1, 2, 3, 7, 16, 1000] {
+            assert_eq!(scan_in_pieces(sse, piece), Some(want), "piece {piece}");
+        }
+        let grows = "[{\"usageMetadata\":{\"promptTokenCount\":5}},\n{\"usageMetadata\":{\"promptTokenCount\": 1234}}]";
+        for piece in [1, 5, 9, 1000] {
+            assert_eq!(scan_in_pieces(grows, piece).map(|u| u.input), Some(1234));
+        }
+    }
+
+    #[test]
+    fn ignores_the_names_inside_generated_text_and_reads_openai_usage() {
+        let body = r#"{"candidates":[{"content":{"parts":[{"text":"say \"usageMetadata\": {\"promptTokenCount\": 99} and \"usage\": {}"}]}}]}"#;
+        assert_eq!(scan_in_pieces(body, 1000), None);
+        let openai = r#"{"choices":[],"usage":{"prompt_tokens": 77,"completion_tokens":30,"prompt_tokens_details":{"cached_tokens":7},"completion_tokens_details":{"reasoning_tokens":20}}}"#;
+        for piece in [1, 4, 1000] {
+            assert_eq!(
+                scan_in_pieces(openai, piece),
+                Some(TokenUsage {
+                    input: 77,
+                    cached: 7,
+                    output: 10,
+                    thinking: 20,
+                    tool: 0
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn a_text_containing_braces_and_quotes_inside_usage_strings_is_read_whole() {
+        let body = r#"{"usageMetadata":{"trafficType":"ON_DEMAND \"}{","promptTokenCount":9}}"#;
+        assert_eq!(scan_in_pieces(body, 3).map(|u| u.input), Some(9));
+    }
+}

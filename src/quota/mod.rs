@@ -202,6 +202,11 @@ pub trait QuotaStore: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
     /// `memory` or `redis`.
     fn backend(&self) -> &'static str;
+    /// The Redis connection and namespace, for the usage ledger to share (`None`: the store
+    /// is this replica's memory, and so is the ledger).
+    fn shared_io(&self) -> Option<redis::SharedIo> {
+        None
+    }
 }
 
 /// The fraction of room a project would have left after this request: the smallest of the three.

@@ -234,4 +234,8 @@ impl QuotaStore for ResilientStore {
     fn backend(&self) -> &'static str {
         self.primary.backend()
     }
+
+    fn shared_io(&self) -> Option<super::redis::SharedIo> {
+        self.primary.shared_io()
+    }
 }

@@ -19,7 +19,8 @@ use crate::secret::Secret;
 mod admit;
 mod settle;
 
-use self::settle::{PendingSettle, SETTLE_QUEUE, settle_writer};
+use self::settle::{PendingSettle, RiderSlot, SETTLE_QUEUE, settle_writer};
+pub use self::settle::{HashAdd, Rider, RiderBatch};
 
 macro_rules! lua {
     ($file:literal) => {
@@ -46,6 +47,69 @@ pub struct RedisStore {
     reset: Script,
     /// Settlements waiting for the batch writer.
     settle_queue: tokio::sync::mpsc::Sender<PendingSettle>,
+    /// What rides along with settlement batches (the usage ledger), once attached.
+    rider: RiderSlot,
+}
+
+/// The usage ledger's way into the same Redis: its sums ride with settlement batches (see
+/// [`Rider`]) and it reads its buckets back with [`SharedIo::read_hashes`]. Cheap to clone.
+#[derive(Clone)]
+pub struct SharedIo {
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    rider: RiderSlot,
+}
+
+impl std::fmt::Debug for SharedIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedIo")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// Hashes read per pipeline (one round trip each).
+const READ_CHUNK: usize = 64;
+
+impl SharedIo {
+    /// Attach the rider (once; a second call is ignored and returns false).
+    pub fn attach(&self, rider: Arc<dyn Rider>) -> bool {
+        self.rider.set(rider).is_ok()
+    }
+
+    /// `HGETALL` of every `{ns}:SUFFIX`, pipelined; a missing hash reads as empty.
+    pub async fn read_hashes(
+        &self,
+        suffixes: &[String],
+    ) -> Result<Vec<Vec<(String, String)>>, StoreError> {
+        let mut out = Vec::with_capacity(suffixes.len());
+        for chunk in suffixes.chunks(READ_CHUNK) {
+            let mut pipe = redis::pipe();
+            for s in chunk {
+                pipe.cmd("HGETALL").arg(format!("{}:{s}", self.prefix));
+            }
+            let mut conn = self.conn.clone();
+            let got: Vec<Vec<(String, String)>> =
+                match tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await {
+                    Ok(r) => r.map_err(store_err)?,
+                    Err(_) => return Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
+                };
+            out.extend(got);
+        }
+        Ok(out)
+    }
+
+    /// `GET {ns}:SUFFIX`.
+    pub async fn get(&self, suffix: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(format!("{}:{suffix}", self.prefix));
+        match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
+            Ok(r) => r.map_err(store_err),
+            Err(_) => Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -105,12 +169,14 @@ impl RedisStore {
         let prefix = format!("{{{namespace}}}");
         let settle = Script::new(lua!("settle.lua"));
         let (settle_queue, rx) = tokio::sync::mpsc::channel(SETTLE_QUEUE);
+        let rider = RiderSlot::default();
         tokio::spawn(settle_writer(
             rx,
             conn.clone(),
             settle.clone(),
             prefix.clone(),
             timeout,
+            rider.clone(),
         ));
         let admit = Script::new(lua!("admit.lua"));
         tokio::spawn(preload(conn.clone(), vec![admit.clone(), settle.clone()]));
@@ -123,10 +189,21 @@ impl RedisStore {
             admit,
             settle,
             settle_queue,
+            rider,
             usage: Script::new(lua!("usage.lua")),
             cooldown: Script::new(lua!("cooldown.lua")),
             reset: Script::new(lua!("reset.lua")),
         })
+    }
+
+    /// The ledger's handle on this Redis (same connection, same namespace).
+    pub fn shared_io(&self) -> SharedIo {
+        SharedIo {
+            conn: self.conn.clone(),
+            prefix: self.prefix.clone(),
+            timeout: self.timeout,
+            rider: self.rider.clone(),
+        }
     }
 
     /// Use `clock` instead of Redis `TIME` (tests only: lets one suite travel in time).
@@ -442,6 +519,10 @@ impl QuotaStore for RedisStore {
 
     fn backend(&self) -> &'static str {
         "redis"
+    }
+
+    fn shared_io(&self) -> Option<SharedIo> {
+        Some(RedisStore::shared_io(self))
     }
 }
 

@@ -1,7 +1,9 @@
 //! Settlements written to Redis off the response path: queued, then sent in batches of up to
-//! [`SETTLE_BATCH`], one `EVALSHA` for all that are waiting.
+//! [`SETTLE_BATCH`], one `EVALSHA` for all that are waiting. Other counters may ride along in
+//! the same call ([`Rider`]: the usage ledger's per-minute sums), so they cost no round trip
+//! of their own.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::Script;
@@ -20,34 +22,97 @@ pub(super) const SETTLE_BATCH: usize = 256;
 /// Settlements queued at most; past that they are dropped (their estimates stay counted, which
 /// errs on the safe side) and a warning is logged.
 pub(super) const SETTLE_QUEUE: usize = 16_384;
+/// How often the writer asks the rider for its sums when no settlement comes to carry them.
+const RIDER_TICK: Duration = Duration::from_secs(1);
+
+/// Hashes of packed counters to add into, sent with a settlement batch.
+#[derive(Debug, Default, Clone)]
+pub struct RiderBatch {
+    pub hashes: Vec<HashAdd>,
+    /// Set once (`SET NX`) under `{ns}:led:since`: when the first batch was written.
+    pub since_ms: i64,
+}
+
+/// Element-wise sums into fields of one hash: each value is space-separated integers, added
+/// to the field's own (a missing field starts at zero).
+#[derive(Debug, Clone)]
+pub struct HashAdd {
+    /// The key after the namespace prefix and a colon (`led:m:29456`).
+    pub suffix: String,
+    /// Seconds the hash lives after this write.
+    pub ttl_secs: u64,
+    pub fields: Vec<(String, String)>,
+}
+
+/// What rides along with settlements. The writer asks at most once a second when idle and at
+/// every batch under load; the rider decides whether anything is due.
+pub trait Rider: Send + Sync {
+    /// Sums due for writing, if any.
+    fn take(&self) -> Option<RiderBatch>;
+    /// A batch that could not be written: keep it for the next call (bounded by the rider).
+    fn put_back(&self, batch: RiderBatch);
+}
+
+/// Where the rider is attached once built (the store exists first).
+pub(super) type RiderSlot = Arc<OnceLock<Arc<dyn Rider>>>;
 
 /// Writes queued settlements: waits for one, takes whatever else is already queued (up to a
-/// batch), and sends them in one `EVALSHA`. Under load that is one call for many requests; when
-/// idle it adds no delay.
+/// batch), and sends them in one `EVALSHA`, with whatever the rider has due. Under load that is
+/// one call for many requests; when idle it adds no delay.
 pub(super) async fn settle_writer(
     mut rx: tokio::sync::mpsc::Receiver<PendingSettle>,
     conn: ConnectionManager,
     script: Script,
     prefix: String,
     timeout: Duration,
+    rider: RiderSlot,
 ) {
     let mut batch: Vec<PendingSettle> = Vec::with_capacity(SETTLE_BATCH);
-    while rx.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
+    let mut tick = tokio::time::interval(RIDER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, SETTLE_BATCH) => if n == 0 { return },
+            _ = tick.tick() => {}
+        }
+        let riding = rider.get().and_then(|r| r.take());
+        if batch.is_empty() && riding.is_none() {
+            continue;
+        }
         let mut inv = script.prepare_invoke();
-        inv.key(format!("{prefix}:seq")).arg(&prefix);
+        inv.key(format!("{prefix}:seq"))
+            .key(format!("{prefix}:led:since"))
+            .arg(&prefix)
+            .arg(batch.len());
         for p in &batch {
             inv.arg(&*p.project).arg(&p.model).arg(p.id).arg(p.tokens);
         }
-        let mut c = conn.clone();
-        match tokio::time::timeout(timeout, inv.invoke_async::<i64>(&mut c)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, settlements = batch.len(), "settling in Redis failed: estimates stay counted")
+        if let Some(r) = &riding {
+            for h in &r.hashes {
+                inv.key(format!("{prefix}:{}", h.suffix))
+                    .arg(h.ttl_secs)
+                    .arg(h.fields.len());
+                for (f, v) in &h.fields {
+                    inv.arg(f).arg(v);
+                }
             }
-            Err(_) => tracing::warn!(
+            inv.arg(r.since_ms);
+        }
+        let mut c = conn.clone();
+        let failed = match tokio::time::timeout(timeout, inv.invoke_async::<i64>(&mut c)).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("timed out".to_string()),
+        };
+        if let Some(error) = failed {
+            tracing::warn!(
+                error,
                 settlements = batch.len(),
-                "settling in Redis timed out: estimates stay counted"
-            ),
+                "settling in Redis failed: estimates stay counted, usage sums kept for the next try"
+            );
+            if let (Some(r), Some(b)) = (rider.get(), riding) {
+                r.put_back(b);
+            }
         }
         batch.clear();
     }

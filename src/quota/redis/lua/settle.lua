@@ -1,13 +1,49 @@
--- Replace reservations' tokens with the real counts, many at once.
--- ARGV: prefix, then (project, model, id, tokens) per reservation.
+-- Replace reservations' tokens with the real counts, many at once, and add the usage sums
+-- riding along (the ledger's per-minute and per-hour buckets).
+-- KEYS: seq (routing), the ledger's `since` key, then one hash per ledger bucket.
+-- ARGV: prefix, n, then (project, model, id, tokens) per reservation; then per ledger hash:
+-- ttl seconds, field count, (field, packed counters) pairs; then the `since` value.
 local n = 0
-for i = 2, #ARGV - 3, 4 do
-  local rq, tk = bucket(ARGV[i], ARGV[i + 1])
-  local old = redis.call('HGET', tk, ARGV[i + 2])
+local a = 3
+for _ = 1, tonumber(ARGV[2]) do
+  local rq, tk = bucket(ARGV[a], ARGV[a + 1])
+  local old = redis.call('HGET', tk, ARGV[a + 2])
   if old then
-    redis.call('HSET', tk, ARGV[i + 2], ARGV[i + 3])
-    redis.call('HINCRBY', tk, 'sum', tonumber(ARGV[i + 3]) - tonumber(old))
+    redis.call('HSET', tk, ARGV[a + 2], ARGV[a + 3])
+    redis.call('HINCRBY', tk, 'sum', tonumber(ARGV[a + 3]) - tonumber(old))
     n = n + 1
   end
+  a = a + 4
+end
+
+-- "1 0 2" + "1 1 0" = "2 1 2": element-wise, a missing field counting as zeros.
+local function add_packed(key, field, packed)
+  local old = redis.call('HGET', key, field)
+  if not old then
+    redis.call('HSET', key, field, packed)
+    return
+  end
+  local prev = {}
+  for v in string.gmatch(old, '%d+') do prev[#prev + 1] = tonumber(v) end
+  local out = {}
+  for v in string.gmatch(packed, '%d+') do
+    local i = #out + 1
+    out[i] = string.format('%d', (prev[i] or 0) + tonumber(v))
+  end
+  for i = #out + 1, #prev do out[i] = string.format('%d', prev[i]) end
+  redis.call('HSET', key, field, table.concat(out, ' '))
+end
+
+for k = 3, #KEYS do
+  local ttl, count = ARGV[a], tonumber(ARGV[a + 1])
+  a = a + 2
+  for _ = 1, count do
+    add_packed(KEYS[k], ARGV[a], ARGV[a + 1])
+    a = a + 2
+  end
+  redis.call('EXPIRE', KEYS[k], ttl)
+end
+if #KEYS > 2 and ARGV[a] then
+  redis.call('SET', KEYS[2], ARGV[a], 'NX')
 end
 return n

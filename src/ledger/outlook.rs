@@ -1,0 +1,387 @@
+//! What the status page adds from the ledger: the cost of today and of this month (billed and
+//! at list price), and the forecast of each daily quota: per (project, model) with a daily
+//! limit, and per model for the whole pool, with a warning when one runs out before the reset.
+
+use std::collections::HashMap;
+
+use chrono::{Datelike, NaiveTime, TimeZone, Utc};
+use serde::Serialize;
+
+use super::Ledger;
+use super::book::{HOUR_MS, HOURS, MINUTE_MS, MINUTES, field};
+use super::forecast::{self, Day, Forecast, History};
+use super::query::{rfc3339, usd};
+
+/// A (project, model) the status page knows, with its daily limit and today's count.
+#[derive(Debug, Clone)]
+pub struct PairInput {
+    pub project: String,
+    pub model: String,
+    pub daily_limit: u64,
+    pub used_today: u64,
+}
+
+/// A model across the pool: the sum of its daily limits and counts in the enabled projects.
+#[derive(Debug, Clone)]
+pub struct PoolInput {
+    pub model: String,
+    pub daily_limit: u64,
+    pub used_today: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct Money {
+    pub cost_usd: f64,
+    pub list_cost_usd: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CostView {
+    /// Since the quota day began (midnight in `limits.timezone`).
+    pub today: Money,
+    /// Since the first of this month, same zone.
+    pub month: Money,
+    /// Requests today whose model has no price (counted at 0).
+    pub unpriced_requests_today: u64,
+    /// `memory` (this replica since it started) or `redis` (every replica).
+    pub source: &'static str,
+}
+
+/// One forecast line.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForecastLine {
+    /// `None` for a pool line (every enabled project).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    pub model: String,
+    pub daily_limit: u64,
+    pub used_today: u64,
+    /// Requests by the reset (today's count included); `None` without enough history.
+    pub projected_requests: Option<u64>,
+    /// When the limit is reached, if before the reset.
+    pub exhausted_at: Option<String>,
+    pub resets_at: String,
+    /// Today's cost (billed) so far plus the projected requests at today's cost per request.
+    pub projected_cost_usd: Option<f64>,
+    pub method: Option<&'static str>,
+    /// Why there is no projection (`insufficient data`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ForecastView {
+    pub pairs: Vec<ForecastLine>,
+    pub pool: Vec<ForecastLine>,
+}
+
+/// The ledger's part of the status page.
+#[derive(Debug, Clone)]
+pub struct Outlook {
+    pub cost: CostView,
+    pub forecast: ForecastView,
+    /// One per quota projected to run out before the reset.
+    pub warnings: Vec<String>,
+}
+
+/// Pair warnings listed one by one at most; the rest are counted in one more line.
+const PAIR_WARNINGS: usize = 5;
+
+/// Requests, billed cost of one (project, model) or model today, from the hour ring.
+#[derive(Default, Clone, Copy)]
+struct Today {
+    requests: u64,
+    cost_nano: u64,
+}
+
+impl Ledger {
+    /// Cost and forecast for the status page (reading Redis first when shared). A store error
+    /// leaves what this replica already holds.
+    pub async fn outlook(&self, pairs: &[PairInput], pools: &[PoolInput]) -> Outlook {
+        let now = self.clock.now_ms();
+        let tz = self.timezone;
+        let day_start = local_midnight(tz, now, false);
+        let month_start = local_midnight(tz, now, true);
+        let reset = crate::quota::DayInfo::at(tz, now).next_midnight_ms;
+        let minutes_from = now - (MINUTES as i64 - 1) * MINUTE_MS;
+        let hours_from = (now - (HOURS as i64 - 1) * HOUR_MS).min(month_start);
+        if let Err(e) = self.refresh(Some(minutes_from), Some(hours_from)).await {
+            tracing::warn!(error = %e, "usage history could not be read from Redis: the status shows what this replica holds");
+        }
+        let since = self.recording_since().await;
+
+        // Ids of what is forecast.
+        let pair_ids: HashMap<(u32, u32), usize> = pairs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                (
+                    (self.projects.id(&p.project, false), self.models.id(&p.model, false)),
+                    i,
+                )
+            })
+            .collect();
+        let pool_ids: HashMap<u32, usize> = pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (self.models.id(&p.model, false), i))
+            .collect();
+        let (m0, m_last) = ring_span(now, MINUTE_MS, MINUTES);
+        let (h0, h_last) = ring_span(now, HOUR_MS, HOURS);
+        let n_min = (m_last - m0 + 1) as usize;
+        let n_hour = (h_last - h0 + 1) as usize;
+        let mut pair_min = vec![vec![0f64; n_min]; pairs.len()];
+        let mut pool_min = vec![vec![0f64; n_min]; pools.len()];
+        let mut pair_hour = vec![vec![0f64; n_hour]; pairs.len()];
+        let mut pool_hour = vec![vec![0f64; n_hour]; pools.len()];
+        let mut pair_today = vec![Today::default(); pairs.len()];
+        let mut pool_today = vec![Today::default(); pools.len()];
+        let mut today = super::Counters::default();
+        let mut month = super::Counters::default();
+        {
+            let book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+            for (i, index) in (m0..=m_last).enumerate() {
+                let Some(slot) = book.minutes.get(index) else {
+                    continue;
+                };
+                for (s, c) in &slot.series {
+                    let r = c.0[field::REQUESTS] as f64;
+                    if let Some(p) = pair_ids.get(&(s.project, s.model)) {
+                        pair_min[*p][i] += r;
+                    }
+                    if let Some(p) = pool_ids.get(&s.model) {
+                        pool_min[*p][i] += r;
+                    }
+                }
+            }
+            for (i, index) in (h0..=h_last).enumerate() {
+                let Some(slot) = book.hours.get(index) else {
+                    continue;
+                };
+                let start = index * HOUR_MS;
+                for (s, c) in &slot.series {
+                    let r = c.0[field::REQUESTS];
+                    let pair = pair_ids.get(&(s.project, s.model));
+                    let pool = pool_ids.get(&s.model);
+                    if let Some(p) = pair {
+                        pair_hour[*p][i] += r as f64;
+                    }
+                    if let Some(p) = pool {
+                        pool_hour[*p][i] += r as f64;
+                    }
+                    if start >= month_start {
+                        month.add(c);
+                    }
+                    if start >= day_start {
+                        today.add(c);
+                        let t = Today {
+                            requests: r,
+                            cost_nano: c.0[field::COST],
+                        };
+                        if let Some(p) = pair {
+                            add_today(&mut pair_today[*p], t);
+                        }
+                        if let Some(p) = pool {
+                            add_today(&mut pool_today[*p], t);
+                        }
+                    }
+                }
+            }
+        }
+
+        let day = Day {
+            now_ms: now,
+            start_ms: day_start,
+            reset_ms: reset,
+        };
+        let line = |project: Option<&str>,
+                    model: &str,
+                    limit: u64,
+                    used: u64,
+                    minutes: &[f64],
+                    hours: &[f64],
+                    t: Today| {
+            let history = History {
+                minutes_start_ms: m0 * MINUTE_MS,
+                minutes,
+                hours_start_ms: h0 * HOUR_MS,
+                hours,
+                recording_since_ms: since,
+            };
+            let mut l = ForecastLine {
+                project: project.map(str::to_string),
+                model: model.to_string(),
+                daily_limit: limit,
+                used_today: used,
+                projected_requests: None,
+                exhausted_at: None,
+                resets_at: rfc3339(reset),
+                projected_cost_usd: None,
+                method: None,
+                reason: None,
+            };
+            let mut runs_out = None;
+            match forecast::forecast(&history, &day, used, (limit > 0).then_some(limit)) {
+                Forecast::Insufficient => l.reason = Some("insufficient data"),
+                Forecast::Projected(p) => {
+                    let per_request = if t.requests > 0 {
+                        t.cost_nano as f64 / t.requests as f64
+                    } else {
+                        0.0
+                    };
+                    l.projected_requests = Some(p.total.max(0.0).round() as u64);
+                    l.exhausted_at = p.exhausted_at_ms.map(rfc3339);
+                    l.projected_cost_usd =
+                        Some(usd(t.cost_nano) + p.remaining.max(0.0) * per_request / 1e9);
+                    l.method = Some(p.method);
+                    // Worth a warning: a limit not yet used up, running out before the reset.
+                    if used < limit {
+                        runs_out = p.exhausted_at_ms.filter(|at| *at < day.reset_ms);
+                    }
+                }
+            }
+            (l, runs_out)
+        };
+        let mut warnings = Vec::new();
+        let mut pool_lines = Vec::with_capacity(pools.len());
+        for (i, p) in pools.iter().enumerate() {
+            let (l, at) = line(
+                None,
+                &p.model,
+                p.daily_limit,
+                p.used_today,
+                &pool_min[i],
+                &pool_hour[i],
+                pool_today[i],
+            );
+            if let Some(at) = at {
+                warnings.push(self.exhaustion_warning(&p.model, None, p.daily_limit, at, reset));
+            }
+            pool_lines.push(l);
+        }
+        let mut pair_lines = Vec::with_capacity(pairs.len());
+        let mut pair_warnings = Vec::new();
+        for (i, p) in pairs.iter().enumerate() {
+            let (l, at) = line(
+                Some(&p.project),
+                &p.model,
+                p.daily_limit,
+                p.used_today,
+                &pair_min[i],
+                &pair_hour[i],
+                pair_today[i],
+            );
+            if let Some(at) = at {
+                pair_warnings.push(self.exhaustion_warning(
+                    &p.model,
+                    Some(&p.project),
+                    p.daily_limit,
+                    at,
+                    reset,
+                ));
+            }
+            pair_lines.push(l);
+        }
+        let more = pair_warnings.len().saturating_sub(PAIR_WARNINGS);
+        warnings.extend(pair_warnings.into_iter().take(PAIR_WARNINGS));
+        if more > 0 {
+            warnings.push(format!(
+                "{more} more projects are projected to reach a daily limit before the reset"
+            ));
+        }
+        Outlook {
+            cost: CostView {
+                today: money(&today),
+                month: money(&month),
+                unpriced_requests_today: today.0[field::UNPRICED],
+                source: self.backend(),
+            },
+            forecast: ForecastView {
+                pairs: pair_lines,
+                pool: pool_lines,
+            },
+            warnings,
+        }
+    }
+
+    fn exhaustion_warning(
+        &self,
+        model: &str,
+        project: Option<&str>,
+        limit: u64,
+        at_ms: i64,
+        reset_ms: i64,
+    ) -> String {
+        let local = Utc
+            .timestamp_millis_opt(at_ms)
+            .single()
+            .unwrap_or_default()
+            .with_timezone(&self.timezone);
+        let hours = (reset_ms - at_ms) as f64 / HOUR_MS as f64;
+        let whose = match project {
+            Some(p) => format!("project {p}'s"),
+            None => "the pool's".to_string(),
+        };
+        format!(
+            "{model}: {whose} daily limit of {limit} requests is projected to run out at {} ({}), {hours:.1} h before the quota resets",
+            local.format("%H:%M %Z"),
+            self.timezone.name()
+        )
+    }
+}
+
+fn add_today(t: &mut Today, o: Today) {
+    t.requests += o.requests;
+    t.cost_nano = t.cost_nano.saturating_add(o.cost_nano);
+}
+
+fn money(c: &super::Counters) -> Money {
+    Money {
+        cost_usd: usd(c.0[field::COST]),
+        list_cost_usd: usd(c.0[field::LIST_COST]),
+    }
+}
+
+/// The first and last bucket index a ring of `len` buckets of `width` holds at `now`.
+fn ring_span(now: i64, width: i64, len: usize) -> (i64, i64) {
+    let last = now.div_euclid(width);
+    (last - len as i64 + 1, last)
+}
+
+/// The last local midnight at or before `now` (of the month's first day when `month`).
+fn local_midnight(tz: chrono_tz::Tz, now: i64, month: bool) -> i64 {
+    let local = Utc
+        .timestamp_millis_opt(now)
+        .single()
+        .unwrap_or_default()
+        .with_timezone(&tz);
+    let mut date = local.date_naive();
+    if month {
+        date = date.with_day(1).unwrap_or(date);
+    }
+    let naive = date.and_time(NaiveTime::MIN);
+    tz.from_local_datetime(&naive)
+        .earliest()
+        .or_else(|| {
+            tz.from_local_datetime(&(naive + chrono::Duration::hours(1)))
+                .earliest()
+        })
+        .map_or(now, |t| t.timestamp_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_midnights_are_in_the_quota_zone() {
+        let tz = chrono_tz::America::Los_Angeles;
+        // 2026-03-15 10:00 UTC = 03:00 PDT.
+        let now = 1_773_568_800_000;
+        let day = local_midnight(tz, now, false);
+        assert_eq!(rfc3339(day), "2026-03-15T07:00:00Z");
+        let month = local_midnight(tz, now, true);
+        // March 1st was still standard time (PST, UTC-8).
+        assert_eq!(rfc3339(month), "2026-03-01T08:00:00Z");
+    }
+}

@@ -1,0 +1,328 @@
+//! `/api/ai/usage/`: the history over a window (`1h`, `24h`, `7d`, `30d`), grouped by model,
+//! key, project, client or nothing, as dense series of points.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{SecondsFormat, TimeZone, Utc};
+use serde::Serialize;
+
+use super::Ledger;
+use super::book::{Counters, HOUR_MS, MINUTE_MS, Series, field};
+
+/// How far back, and the width of a point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+impl Window {
+    pub fn parse(s: &str) -> Option<Window> {
+        Some(match s {
+            "1h" => Window::Hour,
+            "24h" => Window::Day,
+            "7d" => Window::Week,
+            "30d" => Window::Month,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::Hour => "1h",
+            Window::Day => "24h",
+            Window::Week => "7d",
+            Window::Month => "30d",
+        }
+    }
+
+    /// (span, step) in ms. 1 h and 24 h come from minute buckets (60 and 1,440 points), 7 d
+    /// and 30 d from hour buckets (168 and 720 points).
+    pub fn span_step(self) -> (i64, i64) {
+        match self {
+            Window::Hour => (HOUR_MS, MINUTE_MS),
+            Window::Day => (24 * HOUR_MS, MINUTE_MS),
+            Window::Week => (7 * 24 * HOUR_MS, HOUR_MS),
+            Window::Month => (30 * 24 * HOUR_MS, HOUR_MS),
+        }
+    }
+}
+
+/// What a series is grouped by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Model,
+    Key,
+    Project,
+    Client,
+    None,
+}
+
+impl GroupBy {
+    pub fn parse(s: &str) -> Option<GroupBy> {
+        Some(match s {
+            "model" => GroupBy::Model,
+            "key" => GroupBy::Key,
+            "project" => GroupBy::Project,
+            "client" => GroupBy::Client,
+            "none" => GroupBy::None,
+            _ => return None,
+        })
+    }
+
+    fn of(self, s: &Series) -> u32 {
+        match self {
+            GroupBy::Model => s.model,
+            GroupBy::Key => s.key,
+            GroupBy::Project => s.project,
+            GroupBy::Client => s.client,
+            GroupBy::None => 0,
+        }
+    }
+
+    fn name(self) -> Option<&'static str> {
+        match self {
+            GroupBy::Model => Some("model"),
+            GroupBy::Key => Some("key"),
+            GroupBy::Project => Some("project"),
+            GroupBy::Client => Some("client"),
+            GroupBy::None => None,
+        }
+    }
+}
+
+/// A query of `/api/ai/usage/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Query {
+    pub window: Window,
+    pub group_by: GroupBy,
+}
+
+impl Query {
+    /// From the query string; `ignore` names parameters that are not the query's (the
+    /// credential). A bad value or an unknown parameter is an error saying which.
+    pub fn parse(query: Option<&str>, ignore: &[&str]) -> Result<Query, String> {
+        let mut q = Query {
+            window: Window::Hour,
+            group_by: GroupBy::Model,
+        };
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match name {
+                "window" => {
+                    q.window = Window::parse(value).ok_or_else(|| {
+                        format!(
+                            "window must be one of 1h, 24h, 7d, 30d (got {:?})",
+                            shorten(value)
+                        )
+                    })?
+                }
+                "group_by" => {
+                    q.group_by = GroupBy::parse(value).ok_or_else(|| {
+                        format!(
+                            "group_by must be one of model, key, project, client, none (got {:?})",
+                            shorten(value)
+                        )
+                    })?
+                }
+                n if ignore.contains(&n) => {}
+                n => {
+                    return Err(format!(
+                        "unknown parameter {:?}: this endpoint takes window and group_by",
+                        shorten(n)
+                    ));
+                }
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// At most this much of a client's text is echoed back in an error.
+fn shorten(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+/// One point's numbers as JSON: counts, tokens and costs in USD.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Numbers {
+    pub requests: u64,
+    pub upstream_429: u64,
+    pub refused: u64,
+    pub errors: u64,
+    pub input_tokens: u64,
+    pub cached_tokens: u64,
+    pub output_tokens: u64,
+    pub thinking_tokens: u64,
+    pub tool_tokens: u64,
+    pub cost_usd: f64,
+    pub list_cost_usd: f64,
+}
+
+/// Nano-USD as USD.
+pub fn usd(nano: u64) -> f64 {
+    nano as f64 / 1e9
+}
+
+impl From<&Counters> for Numbers {
+    fn from(c: &Counters) -> Numbers {
+        let v = &c.0;
+        Numbers {
+            requests: v[field::REQUESTS],
+            upstream_429: v[field::UPSTREAM_429],
+            refused: v[field::REFUSED],
+            errors: v[field::ERRORS],
+            input_tokens: v[field::INPUT],
+            cached_tokens: v[field::CACHED],
+            output_tokens: v[field::OUTPUT],
+            thinking_tokens: v[field::THINKING],
+            tool_tokens: v[field::TOOL],
+            cost_usd: usd(v[field::COST]),
+            list_cost_usd: usd(v[field::LIST_COST]),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    /// Bucket start, RFC 3339 (UTC).
+    pub t: String,
+    #[serde(flatten)]
+    pub n: Numbers,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SeriesOut {
+    pub group: BTreeMap<&'static str, String>,
+    pub points: Vec<Point>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Totals {
+    #[serde(flatten)]
+    pub n: Numbers,
+    pub unpriced_requests: u64,
+}
+
+/// The answer of `/api/ai/usage/`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub success: bool,
+    pub window: &'static str,
+    pub step_seconds: i64,
+    /// `memory` (this replica since it started) or `redis` (every replica, kept 48 h / 35 d).
+    pub source: &'static str,
+    pub series: Vec<SeriesOut>,
+    pub totals: Totals,
+    pub timestamp: String,
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+impl Ledger {
+    /// Answer a usage query (reading Redis first when the ledger is shared).
+    pub async fn report(&self, q: Query) -> Result<Report, crate::quota::StoreError> {
+        let now = self.clock.now_ms();
+        let (span, step) = q.window.span_step();
+        let points = (span / step) as usize;
+        let last = now.div_euclid(step);
+        let first = last - points as i64 + 1;
+        if step == MINUTE_MS {
+            self.refresh(Some(first * step), None).await?;
+        } else {
+            self.refresh(None, Some(first * step)).await?;
+        }
+        // Group id -> one Counters per point.
+        let mut groups: HashMap<u32, Vec<Counters>> = HashMap::new();
+        let mut totals = Counters::default();
+        {
+            let book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+            let ring = if step == MINUTE_MS {
+                &book.minutes
+            } else {
+                &book.hours
+            };
+            for (i, index) in (first..=last).enumerate() {
+                let Some(slot) = ring.get(index) else {
+                    continue;
+                };
+                for (series, c) in &slot.series {
+                    let g = groups
+                        .entry(q.group_by.of(series))
+                        .or_insert_with(|| vec![Counters::default(); points]);
+                    g[i].add(c);
+                    totals.add(c);
+                }
+            }
+        }
+        let mut series: Vec<SeriesOut> = groups
+            .into_iter()
+            .map(|(id, counters)| SeriesOut {
+                group: self.group_label(q.group_by, id),
+                points: counters
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| Point {
+                        t: rfc3339((first + i as i64) * step),
+                        n: c.into(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        series.sort_by(|a, b| a.group.cmp(&b.group));
+        Ok(Report {
+            success: true,
+            window: q.window.as_str(),
+            step_seconds: step / 1000,
+            source: self.backend(),
+            series,
+            totals: Totals {
+                n: (&totals).into(),
+                unpriced_requests: totals.0[field::UNPRICED],
+            },
+            timestamp: rfc3339(now),
+        })
+    }
+
+    fn group_label(&self, by: GroupBy, id: u32) -> BTreeMap<&'static str, String> {
+        let mut g = BTreeMap::new();
+        if let Some(name) = by.name() {
+            let value = match by {
+                GroupBy::Key => self.key_label(id),
+                GroupBy::Model => self.models.name(id).to_string(),
+                GroupBy::Project => self.projects.name(id).to_string(),
+                GroupBy::Client => self.clients.name(id).to_string(),
+                GroupBy::None => String::new(),
+            };
+            g.insert(name, value);
+        }
+        g
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_parse_and_bad_ones_say_what_is_wrong() {
+        let q = Query::parse(Some("window=24h&group_by=key&key=secret"), &["key"]).unwrap();
+        assert_eq!((q.window, q.group_by), (Window::Day, GroupBy::Key));
+        let d = Query::parse(None, &[]).unwrap();
+        assert_eq!((d.window, d.group_by), (Window::Hour, GroupBy::Model));
+        assert!(Query::parse(Some("window=2h"), &[]).unwrap_err().contains("window"));
+        assert!(Query::parse(Some("group_by=x"), &[]).unwrap_err().contains("group_by"));
+        assert!(Query::parse(Some("step=5"), &[]).unwrap_err().contains("step"));
+        for w in [Window::Hour, Window::Day, Window::Week, Window::Month] {
+            let (span, step) = w.span_step();
+            assert!(span / step <= 1500, "{w:?}");
+        }
+    }
+}
