@@ -197,6 +197,11 @@ fn describe_config_error(e: config::ConfigError) -> ConfigError {
         .split("for key `")
         .nth(1)
         .and_then(|rest| rest.split('`').next())
+        .or_else(|| {
+            text.split("missing configuration field \"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+        })
         .unwrap_or("config file")
         .to_string();
     bad(setting, text)

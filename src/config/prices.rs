@@ -89,6 +89,6 @@ source = "https://example.com/our-contract"
             try_for_test("[prices.\"m\"]\ninput = 1\noutput = 1\ncache = 0.1\n", &[]).unwrap_err();
         assert!(e.to_string().contains("cache"), "{e}");
         let e = try_for_test("[prices.\"m\"]\ninput = 1\n", &[]).unwrap_err();
-        assert!(e.to_string().contains("prices.m.output"), "{e}");
+        assert_eq!(e.setting, "prices.m.output", "{e}");
     }
 }
