@@ -8,11 +8,13 @@ mod limits;
 mod log;
 mod metrics;
 mod pool;
+mod prices;
 mod server;
 mod store;
 mod upstream;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -24,6 +26,7 @@ pub use self::metrics::MetricsConfig;
 pub use self::pool::{KeyConfig, PoolConfig, Strategy};
 pub use self::server::ServerConfig;
 pub use self::upstream::UpstreamConfig;
+pub use crate::ledger::prices::{Billing, PriceEntry, Prices};
 pub use crate::quota::StoreConfig;
 pub use crate::quota::limits::{LimitOverride, LimitsConfig, ProjectLimits, QuotaDefaults};
 pub use crate::quota::resilient::StoreFailurePolicy;
@@ -62,6 +65,8 @@ struct Raw {
     metrics: metrics::Raw,
     #[serde(default)]
     keys: Vec<pool::RawKey>,
+    #[serde(default)]
+    prices: prices::Raw,
 }
 
 /// Everything the proxy needs, validated, by section.
@@ -75,6 +80,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    /// The price table: embedded, with the user's `[prices."MODEL"]` laid over it.
+    pub prices: Arc<Prices>,
 }
 
 /// Environment variables that map onto one TOML setting each.
@@ -148,6 +155,7 @@ impl Config {
             store: store::from_raw(raw.store)?,
             log: LogConfig::from_raw(raw.log)?,
             metrics: MetricsConfig::from_raw(raw.metrics),
+            prices: prices::from_raw(raw.prices)?,
         })
     }
 }
@@ -156,6 +164,12 @@ impl Config {
 /// pooled key and one client key unless `env` names its own.
 #[cfg(test)]
 pub(crate) fn for_test(toml: &str, env: &[(&str, &str)]) -> Config {
+    try_for_test(toml, env).expect("test config loads")
+}
+
+/// [`for_test`] that hands back the error, for tests of refused settings.
+#[cfg(test)]
+pub(crate) fn try_for_test(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
     let file = (!toml.is_empty()).then(|| {
         let path = std::env::temp_dir().join(format!(
             "gqp-unit-{}-{}.toml",
@@ -173,7 +187,7 @@ pub(crate) fn for_test(toml: &str, env: &[(&str, &str)]) -> Config {
     for (k, v) in env {
         vars.insert(k.to_string(), v.to_string());
     }
-    Config::load(&Sources { file, env: vars }).expect("test config loads")
+    Config::load(&Sources { file, env: vars })
 }
 
 /// The `config` crate's messages already name the key; keep them, under a stable prefix.
@@ -183,6 +197,11 @@ fn describe_config_error(e: config::ConfigError) -> ConfigError {
         .split("for key `")
         .nth(1)
         .and_then(|rest| rest.split('`').next())
+        .or_else(|| {
+            text.split("missing configuration field \"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+        })
         .unwrap_or("config file")
         .to_string();
     bad(setting, text)

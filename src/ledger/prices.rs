@@ -1,1 +1,557 @@
-//! (being written) Prices per model and the cost of an answer.
+//! Prices per model and the cost of an answer: the embedded table (`config/prices.toml`) with the
+//! user's `[prices."MODEL"]` entries laid over it, the entry that prices a model (exact name, else
+//! longest prefix), and a [`TokenUsage`]'s cost in nano-USD under a project's [`Billing`].
+//!
+//! Rates are kept as whole nano-USD per token (1 USD per 1M tokens = 1,000 nano-USD per token), so
+//! a cost is an integer and sums of costs stay exact. Every rate in the embedded table is a
+//! multiple of 0.001 USD per 1M tokens, so nothing is lost; a finer user rate is rounded to that.
+
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{LazyLock, Mutex, PoisonError};
+
+use serde::Deserialize;
+
+use super::TokenUsage;
+
+/// The embedded price table (the repository's `config/prices.toml`).
+pub const PRICES_TOML: &str = include_str!("../../config/prices.toml");
+
+/// A prompt (`promptTokenCount`) over this many tokens is billed at the long-context rates of a
+/// model that has them.
+pub const LONG_CONTEXT_TOKENS: u64 = 200_000;
+
+/// Unpriced model names warned about, at most; past that no more warnings, so names clients
+/// choose cannot grow memory.
+const MAX_WARNED: usize = 200;
+
+/// Highest rate accepted, USD per 1M tokens (1 USD a token): far above any real price, low
+/// enough that a rate in nano-USD per token fits comfortably in a `u64`.
+const MAX_RATE: f64 = 1_000_000.0;
+
+/// Billing of a project: `paid` (list price) or `free` (costs 0, list price still shown).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Billing {
+    #[default]
+    Paid,
+    Free,
+}
+
+/// One model's rates as configured (USD per 1M tokens), the TOML shape of `[prices."MODEL"]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceEntry {
+    /// Prompt tokens not served from the cache, and tool-use prompt tokens.
+    pub input: f64,
+    /// Candidates and thinking tokens.
+    pub output: f64,
+    /// Cached prompt tokens; `None`: billed at the input rate.
+    pub cached: Option<f64>,
+    /// `input` for prompts over [`LONG_CONTEXT_TOKENS`]; `None`: `input`.
+    pub input_long: Option<f64>,
+    /// `output` for prompts over [`LONG_CONTEXT_TOKENS`]; `None`: `output`.
+    pub output_long: Option<f64>,
+    /// `cached` for prompts over [`LONG_CONTEXT_TOKENS`]; `None`: `cached`, else `input_long`.
+    pub cached_long: Option<f64>,
+    /// The day the figures were read (`YYYY-MM-DD`).
+    pub as_of: Option<String>,
+    /// The page they were read from.
+    pub source: Option<String>,
+}
+
+/// What one answer cost, in nano-USD (1e-9 USD) so sums stay exact integers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cost {
+    /// What the project pays: the list price, or 0 under [`Billing::Free`].
+    pub billed_nano: u64,
+    /// What it costs at list price, whatever the billing.
+    pub list_nano: u64,
+    /// `false` when no price matched the model (both costs are then 0).
+    pub priced: bool,
+}
+
+/// A price entry at fault: which setting, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct PriceError {
+    /// The TOML path, such as `prices."gemini-2.5-pro".input`.
+    pub setting: String,
+    pub problem: String,
+}
+
+/// The rates of one tier, nano-USD per token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tier {
+    input: u64,
+    output: u64,
+    cached: u64,
+}
+
+/// One model's entry as configured and its rates in nano-USD per token.
+#[derive(Debug, Clone)]
+struct Rates {
+    entry: PriceEntry,
+    short: Tier,
+    /// Present when the entry has any long-context rate.
+    long: Option<Tier>,
+}
+
+impl Rates {
+    /// `(input - cached + tool) x input + cached x cached + (output + thinking) x output`, at the
+    /// tier the prompt's size selects; saturating, never wrapping.
+    fn cost_nano(&self, u: &TokenUsage) -> u64 {
+        let tier = match self.long {
+            Some(long) if u.input > LONG_CONTEXT_TOKENS => long,
+            _ => self.short,
+        };
+        let fresh = u.input.saturating_sub(u.cached).saturating_add(u.tool);
+        fresh
+            .saturating_mul(tier.input)
+            .saturating_add(u.cached.saturating_mul(tier.cached))
+            .saturating_add(
+                u.output
+                    .saturating_add(u.thinking)
+                    .saturating_mul(tier.output),
+            )
+    }
+}
+
+/// The price table: embedded entries with the user's laid over them.
+#[derive(Debug)]
+pub struct Prices {
+    models: BTreeMap<String, Rates>,
+    /// Hashes of the unpriced model names already warned about (at most [`MAX_WARNED`]).
+    warned: Mutex<HashSet<u64>>,
+    hasher: RandomState,
+}
+
+impl Clone for Prices {
+    /// The same table; the clone warns about unpriced models afresh.
+    fn clone(&self) -> Self {
+        Prices::from_models(self.models.clone())
+    }
+}
+
+/// The embedded table, parsed and checked once.
+static EMBEDDED: LazyLock<BTreeMap<String, Rates>> = LazyLock::new(|| {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        prices: BTreeMap<String, PriceEntry>,
+    }
+    let file: File = ::config::Config::builder()
+        .add_source(::config::File::from_str(
+            PRICES_TOML,
+            ::config::FileFormat::Toml,
+        ))
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .unwrap_or_else(|e| panic!("config/prices.toml does not parse: {e}"));
+    let mut models = BTreeMap::new();
+    for (name, entry) in file.prices {
+        let rates = check(&name, entry).unwrap_or_else(|e| panic!("config/prices.toml: {e}"));
+        models.insert(name, rates);
+    }
+    models
+});
+
+impl Prices {
+    /// The embedded table with the user's entries laid over it (a user entry replaces a model's
+    /// whole entry). Err names the setting at fault (e.g. negative or non-finite rate, empty
+    /// model name).
+    pub fn new(overrides: &BTreeMap<String, PriceEntry>) -> Result<Prices, String> {
+        Prices::with_overrides(overrides).map_err(|e| e.to_string())
+    }
+
+    /// [`Prices::new`] with the error's setting and problem apart (for the config's error).
+    pub fn with_overrides(overrides: &BTreeMap<String, PriceEntry>) -> Result<Prices, PriceError> {
+        let mut models = EMBEDDED.clone();
+        for (name, entry) in overrides {
+            let rates = check(name, entry.clone())?;
+            models.insert(name.clone(), rates);
+        }
+        Ok(Prices::from_models(models))
+    }
+
+    /// The embedded table alone.
+    pub fn embedded() -> Prices {
+        Prices::from_models(EMBEDDED.clone())
+    }
+
+    fn from_models(models: BTreeMap<String, Rates>) -> Prices {
+        Prices {
+            models,
+            warned: Mutex::new(HashSet::new()),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// The name of the entry pricing `model`: exact name, else the longest entry name that is a
+    /// prefix of it. Also strip a leading `models/` from `model` first.
+    pub fn entry_for(&self, model: &str) -> Option<&str> {
+        self.rates_for(model).map(|(name, _)| name)
+    }
+
+    /// One entry as configured, by its exact name.
+    pub fn entry(&self, name: &str) -> Option<&PriceEntry> {
+        self.models.get(name).map(|r| &r.entry)
+    }
+
+    /// Every entry as configured, by name.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &PriceEntry)> {
+        self.models.iter().map(|(n, r)| (n.as_str(), &r.entry))
+    }
+
+    fn rates_for(&self, model: &str) -> Option<(&str, &Rates)> {
+        let model = model.strip_prefix("models/").unwrap_or(model);
+        if let Some((name, rates)) = self.models.get_key_value(model) {
+            return Some((name, rates));
+        }
+        // A walk over the entries (a few dozen at most, set by the config), not over the
+        // prefixes of a name a client chose and may have made long.
+        self.models
+            .iter()
+            .filter(|(name, _)| model.starts_with(name.as_str()))
+            .max_by_key(|(name, _)| name.len())
+            .map(|(name, rates)| (name.as_str(), rates))
+    }
+
+    /// Cost of `usage` for `model` under `billing`. Unpriced: all zero, priced=false, and a
+    /// warning once per model name (for the first [`MAX_WARNED`] names only, so client-chosen
+    /// names cannot grow memory).
+    pub fn cost(&self, model: &str, usage: &TokenUsage, billing: Billing) -> Cost {
+        let Some((_, rates)) = self.rates_for(model) else {
+            self.warn_unpriced(model);
+            return Cost::default();
+        };
+        let list_nano = rates.cost_nano(usage);
+        Cost {
+            billed_nano: match billing {
+                Billing::Paid => list_nano,
+                Billing::Free => 0,
+            },
+            list_nano,
+            priced: true,
+        }
+    }
+
+    fn warn_unpriced(&self, model: &str) {
+        let id = self.hasher.hash_one(model);
+        {
+            let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+            if warned.len() >= MAX_WARNED || !warned.insert(id) {
+                return;
+            }
+        }
+        // The name is the client's: shortened, and Debug-quoted so it cannot forge log lines.
+        let shown: String = model.chars().take(128).collect();
+        tracing::warn!(
+            model = ?shown,
+            "no price for this model: its answers cost 0 and count as unpriced; \
+             add [prices.\"MODEL\"] to the config to price it"
+        );
+    }
+}
+
+/// Check one entry and turn its rates into nano-USD per token.
+fn check(name: &str, entry: PriceEntry) -> Result<Rates, PriceError> {
+    let setting = format!("prices.{name:?}");
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(PriceError {
+            setting,
+            problem: format!(
+                "the model name {name:?} must be 1-128 characters of letters, digits, '-', '_' \
+                 or '.' (no `models/`)"
+            ),
+        });
+    }
+    let rate = |field: &str, usd: f64| -> Result<u64, PriceError> {
+        if usd.is_finite() && (0.0..=MAX_RATE).contains(&usd) {
+            // Exact for rates that are multiples of 0.001 USD per 1M tokens; at most 1e9.
+            Ok((usd * 1000.0).round() as u64)
+        } else {
+            Err(PriceError {
+                setting: format!("{setting}.{field}"),
+                problem: format!(
+                    "expected USD per 1M tokens, a number from 0 to {MAX_RATE}, got {usd}"
+                ),
+            })
+        }
+    };
+    let opt = |field: &str, usd: Option<f64>| usd.map(|v| rate(field, v)).transpose();
+    let input = rate("input", entry.input)?;
+    let output = rate("output", entry.output)?;
+    let cached = opt("cached", entry.cached)?;
+    let input_long = opt("input_long", entry.input_long)?;
+    let output_long = opt("output_long", entry.output_long)?;
+    let cached_long = opt("cached_long", entry.cached_long)?;
+    let short = Tier {
+        input,
+        output,
+        cached: cached.unwrap_or(input),
+    };
+    let long =
+        (input_long.is_some() || output_long.is_some() || cached_long.is_some()).then(|| {
+            let input = input_long.unwrap_or(input);
+            Tier {
+                input,
+                output: output_long.unwrap_or(output),
+                cached: cached_long.or(cached).unwrap_or(input),
+            }
+        });
+    Ok(Rates { entry, short, long })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(input: u64, cached: u64, tool: u64, output: u64, thinking: u64) -> TokenUsage {
+        TokenUsage {
+            input,
+            cached,
+            output,
+            thinking,
+            tool,
+        }
+    }
+
+    fn entry(input: f64, output: f64) -> PriceEntry {
+        PriceEntry {
+            input,
+            output,
+            cached: None,
+            input_long: None,
+            output_long: None,
+            cached_long: None,
+            as_of: None,
+            source: None,
+        }
+    }
+
+    #[test]
+    fn embedded_table_parses_and_dates_and_sources_every_entry() {
+        let p = Prices::embedded();
+        for model in [
+            "gemini-2.5-pro",
+            "gemini-2.5-flash",
+            "gemini-2.5-flash-lite",
+            "gemini-2.0-flash",
+            "gemini-2.0-flash-lite",
+            "gemini-3-pro-preview",
+            "gemini-3.1-pro-preview",
+            "gemini-3-flash-preview",
+            "gemini-3.1-flash-lite",
+            "gemini-embedding-001",
+        ] {
+            assert_eq!(p.entry_for(model), Some(model));
+        }
+        for (name, e) in p.entries() {
+            assert_eq!(e.as_of.as_deref(), Some("2026-07-24"), "{name}");
+            assert_eq!(
+                e.source.as_deref(),
+                Some("https://ai.google.dev/gemini-api/docs/pricing"),
+                "{name}"
+            );
+        }
+        // Every table rate is a whole number of nano-USD per token (the rounding loses nothing).
+        for (name, r) in EMBEDDED.iter() {
+            let e = &r.entry;
+            for usd in [e.input, e.output]
+                .into_iter()
+                .chain(e.cached)
+                .chain(e.input_long)
+                .chain(e.output_long)
+                .chain(e.cached_long)
+            {
+                assert!(
+                    ((usd * 1000.0).round() - usd * 1000.0).abs() < 1e-6,
+                    "{name}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pro_costs_fresh_and_tool_input_cached_input_and_output_with_thinking() {
+        let p = Prices::embedded();
+        let c = p.cost(
+            "gemini-2.5-pro",
+            &usage(1000, 200, 50, 300, 100),
+            Billing::Paid,
+        );
+        let want = 850 * 1250 + 200 * 125 + 400 * 10_000;
+        assert_eq!(
+            c,
+            Cost {
+                billed_nano: want,
+                list_nano: want,
+                priced: true
+            }
+        );
+        // 0.005 USD + 0.000025 + 0.004: 5,087,500 nano-USD.
+        assert_eq!(want, 5_087_500);
+    }
+
+    #[test]
+    fn prompts_over_200k_tokens_are_billed_at_the_long_context_rates() {
+        let p = Prices::embedded();
+        let c = p.cost(
+            "gemini-2.5-pro",
+            &usage(250_000, 200, 50, 300, 100),
+            Billing::Paid,
+        );
+        assert_eq!(
+            c.list_nano,
+            (250_000 - 200 + 50) * 2500 + 200 * 250 + 400 * 15_000
+        );
+        // Exactly 200k is still the short tier.
+        let c = p.cost("gemini-2.5-pro", &usage(200_000, 0, 0, 0, 0), Billing::Paid);
+        assert_eq!(c.list_nano, 200_000 * 1250);
+        // A model without a long tier keeps its rates.
+        let c = p.cost(
+            "gemini-2.5-flash",
+            &usage(300_000, 0, 0, 10, 0),
+            Billing::Paid,
+        );
+        assert_eq!(c.list_nano, 300_000 * 300 + 10 * 2500);
+    }
+
+    #[test]
+    fn cached_tokens_without_a_cached_price_cost_the_input_rate() {
+        let p = Prices::embedded();
+        let c = p.cost(
+            "gemini-2.0-flash-lite",
+            &usage(1000, 400, 0, 0, 0),
+            Billing::Paid,
+        );
+        assert_eq!(c.list_nano, 1000 * 75);
+    }
+
+    #[test]
+    fn a_model_is_priced_by_the_longest_entry_its_name_starts_with() {
+        let p = Prices::embedded();
+        assert_eq!(
+            p.entry_for("gemini-2.5-flash-lite-preview-x"),
+            Some("gemini-2.5-flash-lite")
+        );
+        assert_eq!(
+            p.entry_for("gemini-2.5-flash-preview-05-20"),
+            Some("gemini-2.5-flash")
+        );
+        assert_eq!(p.entry_for("models/gemini-2.5-pro"), Some("gemini-2.5-pro"));
+        assert_eq!(
+            p.entry_for("models/gemini-2.5-flash-lite-001"),
+            Some("gemini-2.5-flash-lite")
+        );
+        assert_eq!(p.entry_for("gemini-2"), None);
+        assert_eq!(p.entry_for("xgemini-2.5-pro"), None);
+        assert_eq!(p.entry_for(""), None);
+        let c = p.cost(
+            "models/gemini-2.5-flash-lite-preview-x",
+            &usage(1000, 0, 0, 1000, 0),
+            Billing::Paid,
+        );
+        assert_eq!(c.list_nano, 1000 * 100 + 1000 * 400);
+    }
+
+    #[test]
+    fn an_override_replaces_a_whole_entry_and_a_new_model_is_added() {
+        let mut o = BTreeMap::new();
+        o.insert("gemini-2.5-pro".to_string(), entry(1.0, 8.0));
+        o.insert("my-model".to_string(), entry(0.5, 1.5));
+        let p = Prices::new(&o).unwrap();
+        // The override has no cached or long rates: cached at the input rate, no long tier.
+        let c = p.cost(
+            "gemini-2.5-pro",
+            &usage(300_000, 1000, 0, 10, 0),
+            Billing::Paid,
+        );
+        assert_eq!(c.list_nano, 299_000 * 1000 + 1000 * 1000 + 10 * 8000);
+        assert_eq!(p.entry_for("my-model-v2"), Some("my-model"));
+        let c = p.cost("my-model", &usage(2000, 0, 0, 100, 0), Billing::Paid);
+        assert_eq!(c.list_nano, 2000 * 500 + 100 * 1500);
+        // The rest of the embedded table is still there.
+        assert_eq!(p.entry_for("gemini-2.5-flash"), Some("gemini-2.5-flash"));
+    }
+
+    #[test]
+    fn an_unpriced_model_costs_nothing_and_says_so() {
+        let p = Prices::embedded();
+        let c = p.cost("llama-3", &usage(1000, 0, 0, 1000, 0), Billing::Paid);
+        assert_eq!(c, Cost::default());
+        assert!(!c.priced);
+        // Warned once per name, and never about more than MAX_WARNED names.
+        p.cost("llama-3", &TokenUsage::default(), Billing::Paid);
+        assert_eq!(p.warned.lock().unwrap().len(), 1);
+        for i in 0..1000 {
+            p.cost(&format!("other-{i}"), &TokenUsage::default(), Billing::Paid);
+        }
+        assert_eq!(p.warned.lock().unwrap().len(), MAX_WARNED);
+    }
+
+    #[test]
+    fn a_free_project_pays_nothing_but_sees_the_list_price() {
+        let p = Prices::embedded();
+        let u = usage(1000, 200, 50, 300, 100);
+        let c = p.cost("gemini-2.5-pro", &u, Billing::Free);
+        assert_eq!(
+            c,
+            Cost {
+                billed_nano: 0,
+                list_nano: 5_087_500,
+                priced: true
+            }
+        );
+        assert_eq!(Billing::default(), Billing::Paid);
+    }
+
+    #[test]
+    fn huge_counts_saturate_instead_of_wrapping() {
+        let p = Prices::embedded();
+        let c = p.cost(
+            "gemini-2.5-pro",
+            &usage(u64::MAX, 0, u64::MAX, u64::MAX, 1),
+            Billing::Paid,
+        );
+        assert_eq!(c.list_nano, u64::MAX);
+        // More cached than prompt (a confused report): no underflow.
+        let c = p.cost("gemini-2.5-pro", &usage(10, 20, 0, 0, 0), Billing::Paid);
+        assert_eq!(c.list_nano, 20 * 125);
+    }
+
+    #[test]
+    fn invalid_overrides_are_refused_naming_the_setting() {
+        let cases = [
+            (
+                "gemini-2.5-pro",
+                entry(-1.0, 1.0),
+                "prices.\"gemini-2.5-pro\".input",
+            ),
+            ("m", entry(1.0, f64::NAN), "prices.\"m\".output"),
+            (
+                "m",
+                PriceEntry {
+                    cached_long: Some(f64::INFINITY),
+                    ..entry(1.0, 1.0)
+                },
+                "prices.\"m\".cached_long",
+            ),
+            ("", entry(1.0, 1.0), "prices.\"\""),
+            ("models/m", entry(1.0, 1.0), "prices.\"models/m\""),
+        ];
+        for (name, e, setting) in cases {
+            let o = BTreeMap::from([(name.to_string(), e)]);
+            let err = Prices::with_overrides(&o).unwrap_err();
+            assert_eq!(err.setting, setting);
+            let text = Prices::new(&o).unwrap_err();
+            assert!(text.starts_with(setting), "{text}");
+        }
+    }
+}

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use chrono_tz::Tz;
 use serde::Deserialize;
 
+use crate::ledger::prices::Billing;
 use crate::route::QuotaFamily;
 
 /// Limits that replace the defaults for one model or one project (any subset of fields).
@@ -19,7 +20,7 @@ pub struct LimitOverride {
     pub max_request_tokens: Option<u64>,
 }
 
-/// A project's own limits, and per-model limits inside that project.
+/// A project's own limits, per-model limits inside that project, and how it is billed.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectLimits {
@@ -27,6 +28,9 @@ pub struct ProjectLimits {
     pub all_models: LimitOverride,
     #[serde(default)]
     pub models: BTreeMap<String, LimitOverride>,
+    /// `paid` (list price, the default) or `free` (costs 0; the list price is still shown).
+    #[serde(default)]
+    pub billing: Billing,
 }
 
 /// The three limits of one quota family.
@@ -102,6 +106,14 @@ pub fn resolve(cfg: &LimitsConfig, project: &str, model: &str, family: QuotaFami
     l
 }
 
+/// How `project` is billed: its `limits.projects.P.billing`, else paid.
+pub fn billing(cfg: &LimitsConfig, project: &str) -> Billing {
+    cfg.projects
+        .get(project)
+        .map(|p| p.billing)
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +142,36 @@ token_minute = 99
         assert_eq!((m1.minute, m1.daily), (5, 7));
         let pm1 = resolve(l, "p", "m1", QuotaFamily::Generate);
         assert_eq!((pm1.minute, pm1.daily, pm1.token_minute), (3, 7, 99));
+    }
+
+    #[test]
+    fn a_project_is_billed_as_configured_and_paid_by_default() {
+        let c = crate::config::for_test(
+            r#"
+[limits.projects.free-proj]
+billing = "free"
+[limits.projects.paid-proj]
+billing = "paid"
+[limits.projects.limited]
+minute = 3
+"#,
+            &[],
+        );
+        let l = &c.limits;
+        assert_eq!(billing(l, "free-proj"), Billing::Free);
+        assert_eq!(billing(l, "paid-proj"), Billing::Paid);
+        assert_eq!(billing(l, "limited"), Billing::Paid);
+        assert_eq!(billing(l, "unknown"), Billing::Paid);
+        // billing sits beside the flattened limits without disturbing them.
+        assert_eq!(l.projects["limited"].all_models.minute, Some(3));
+    }
+
+    #[test]
+    fn an_unknown_billing_is_refused_naming_the_setting() {
+        let e = crate::config::try_for_test("[limits.projects.p]\nbilling = \"freee\"\n", &[])
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("billing"), "{text}");
+        assert!(text.contains("freee"), "{text}");
     }
 }
