@@ -5,7 +5,7 @@ use axum::http::HeaderMap;
 
 use crate::config::AuthConfig;
 use crate::error::ApiError;
-use crate::secret::{matches_any, presented_digest};
+use crate::secret::{position, presented_digest};
 
 /// Query parameters that carry a client credential (`$key` also percent-encoded).
 pub const QUERY_CREDENTIALS: [&str; 3] = ["key", "$key", "%24key"];
@@ -14,10 +14,27 @@ pub const QUERY_CREDENTIALS: [&str; 3] = ["key", "$key", "%24key"];
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Caller {
     Admin,
-    Client,
+    /// The client key at this position in `auth.client_keys`.
+    Client(usize),
     /// No credential, allowed because `auth.allow_anonymous` is set.
     Anonymous,
 }
+
+impl Caller {
+    /// The name the usage ledger counts a caller under: never the credential. Client keys are
+    /// `client1..N` by their position in `auth.client_keys`.
+    pub fn ledger_name(self) -> String {
+        match self {
+            Caller::Admin => "admin".into(),
+            Caller::Client(i) => format!("client{}", i + 1),
+            Caller::Anonymous => "anonymous".into(),
+        }
+    }
+}
+
+/// The caller of a request, as the authenticate step found it (a request extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallerTag(pub Caller);
 
 /// Check the credential a request presents. Missing: 401; unknown: 403.
 pub fn authenticate(
@@ -55,11 +72,11 @@ fn check(
         Some(c) => {
             let digest = presented_digest(c);
             let admin = cfg.admin_token.as_ref().is_some_and(|t| t.matches(&digest));
-            let client = matches_any(&cfg.client_keys, &digest);
+            let client = position(&cfg.client_keys, &digest);
             if admin {
                 Ok(Caller::Admin)
-            } else if client {
-                Ok(Caller::Client)
+            } else if let Some(i) = client {
+                Ok(Caller::Client(i))
             } else if allow_anonymous && cfg.client_keys.is_empty() {
                 Ok(Caller::Anonymous)
             } else {

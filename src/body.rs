@@ -1,6 +1,7 @@
 //! The streamed response body: passes upstream bytes through untouched while reading the
-//! last `promptTokenCount`, enforces the idle gap and the whole-request deadline, and settles
-//! the reservation when the stream ends, fails or the client goes away.
+//! last usage object, enforces the idle gap and the whole-request deadline, and settles the
+//! reservation and records the usage ([`AtEnd`]) when the stream ends, fails or the client goes
+//! away.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,93 +10,33 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame};
-use memchr::memmem;
 use tokio::time::{Instant, Sleep};
 
+use crate::ledger::{Tally, TokenUsage, UsageScanner};
 use crate::quota::Settlement;
 
-/// Finds the last reported input-token count in a byte stream, whatever its framing (JSON,
-/// SSE, JSON array), without parsing JSON and without copying the body. Google's stream usage
-/// is cumulative, so the last value seen is the total.
-#[derive(Debug, Default)]
-pub struct UsageScanner {
-    last: Option<u64>,
-    /// The tail of the previous chunk, for a match split across two chunks.
-    carry: Vec<u8>,
+/// What happens when an answer's body ends: its reservation settles to the input tokens Google
+/// reported, and the ledger records its tokens and cost.
+#[derive(Default)]
+pub struct AtEnd {
+    pub settlement: Option<Settlement>,
+    pub tally: Option<Tally>,
 }
 
-const NEEDLES: [&[u8]; 2] = [b"\"promptTokenCount\"", b"\"prompt_tokens\""];
-/// The needles' searchers, built once (building one per chunk showed in profiles).
-static FINDERS: std::sync::LazyLock<[memmem::Finder<'static>; 2]> =
-    std::sync::LazyLock::new(|| NEEDLES.map(memmem::Finder::new));
-/// Longer than a needle, a colon, some spaces and a 20-digit number.
-const WINDOW: usize = 48;
+impl AtEnd {
+    pub fn is_empty(&self) -> bool {
+        self.settlement.is_none() && self.tally.is_none()
+    }
 
-impl UsageScanner {
-    pub fn feed(&mut self, chunk: &[u8]) {
-        // Matches that start in the carried tail of the stream and end in this chunk.
-        let head = &chunk[..chunk.len().min(WINDOW)];
-        self.carry.extend_from_slice(head);
-        let joined = std::mem::take(&mut self.carry);
-        self.scan(&joined);
-        self.carry = joined;
-        self.scan(chunk);
-        // Keep the last WINDOW bytes of the stream so far.
-        if chunk.len() >= WINDOW {
-            self.carry.clear();
-            self.carry.extend_from_slice(&chunk[chunk.len() - WINDOW..]);
-        } else {
-            let excess = self.carry.len().saturating_sub(WINDOW);
-            self.carry.drain(..excess);
+    /// Settle and record with the last usage read (`None`: the answer reported none).
+    pub fn close(self, usage: Option<TokenUsage>) {
+        if let Some(s) = self.settlement {
+            s.settle(usage.map(|u| u.input));
+        }
+        if let Some(t) = self.tally {
+            t.close(usage);
         }
     }
-
-    fn scan(&mut self, hay: &[u8]) {
-        for finder in FINDERS.iter() {
-            let len = finder.needle().len();
-            for pos in finder.find_iter(hay) {
-                if let Some(n) = number_after(&hay[pos + len..]) {
-                    self.last = Some(n);
-                }
-            }
-        }
-    }
-
-    /// The count in a whole body.
-    pub fn scan_all(body: &[u8]) -> Option<u64> {
-        let mut s = UsageScanner::default();
-        s.scan(body);
-        s.last
-    }
-
-    /// The last count seen, if any.
-    pub fn tokens(&self) -> Option<u64> {
-        self.last
-    }
-}
-
-/// `  : 1234` → 1234. `None` when no complete number follows.
-fn number_after(rest: &[u8]) -> Option<u64> {
-    let mut i = 0;
-    while i < rest.len() && rest[i].is_ascii_whitespace() {
-        i += 1;
-    }
-    if rest.get(i) != Some(&b':') {
-        return None;
-    }
-    i += 1;
-    while i < rest.len() && rest[i].is_ascii_whitespace() {
-        i += 1;
-    }
-    let start = i;
-    while i < rest.len() && rest[i].is_ascii_digit() {
-        i += 1;
-    }
-    // A number running into the end of the buffer may continue in the next chunk.
-    if i == start || i == rest.len() {
-        return None;
-    }
-    std::str::from_utf8(&rest[start..i]).ok()?.parse().ok()
 }
 
 /// Why a stream stopped early.
@@ -121,7 +62,7 @@ pub struct ProxyBody<B> {
     idle_timer: Option<Pin<Box<Sleep>>>,
     deadline: Option<Pin<Box<Sleep>>>,
     scanner: Option<UsageScanner>,
-    settlement: Option<Settlement>,
+    at_end: Option<AtEnd>,
     done: bool,
 }
 
@@ -132,8 +73,9 @@ impl<B> ProxyBody<B> {
         inner: B,
         idle: Duration,
         deadline: Option<Instant>,
-        settlement: Option<Settlement>,
+        at_end: AtEnd,
     ) -> Self {
+        let at_end = (!at_end.is_empty()).then_some(at_end);
         ProxyBody {
             prefix: None,
             inner,
@@ -142,8 +84,8 @@ impl<B> ProxyBody<B> {
                 .is_none()
                 .then(|| Box::pin(tokio::time::sleep(idle))),
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
-            scanner: settlement.as_ref().map(|_| UsageScanner::default()),
-            settlement,
+            scanner: at_end.as_ref().map(|_| UsageScanner::default()),
+            at_end,
             done: false,
         }
     }
@@ -159,8 +101,8 @@ impl<B> ProxyBody<B> {
 
     fn finish(&mut self) {
         self.done = true;
-        if let Some(s) = self.settlement.take() {
-            s.settle(self.scanner.as_ref().and_then(UsageScanner::tokens));
+        if let Some(e) = self.at_end.take() {
+            e.close(self.scanner.as_ref().and_then(UsageScanner::usage));
         }
     }
 
@@ -240,40 +182,5 @@ impl<B> Drop for ProxyBody<B> {
         if !self.done {
             self.finish();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn scan_in_pieces(s: &str, piece: usize) -> Option<u64> {
-        let mut sc = UsageScanner::default();
-        for c in s.as_bytes().chunks(piece) {
-            sc.feed(c);
-        }
-        sc.tokens()
-    }
-
-    #[test]
-    fn keeps_the_last_cumulative_count_never_a_sum() {
-        let sse = "data: {\"usageMetadata\": {\"promptTokenCount\": 12, \"totalTokenCount\": 14}}\r\n\r\n\
-                   data: {\"usageMetadata\": {\"promptTokenCount\": 12, \"totalTokenCount\": 30}}\r\n\r\n";
-        for piece in [1, 2, 3, 7, 16, 1000] {
-            assert_eq!(scan_in_pieces(sse, piece), Some(12), "piece {piece}");
-        }
-        let grows = "[{\"usageMetadata\":{\"promptTokenCount\":5}},\n{\"usageMetadata\":{\"promptTokenCount\": 1234}}]";
-        for piece in [1, 5, 9, 1000] {
-            assert_eq!(scan_in_pieces(grows, piece), Some(1234), "piece {piece}");
-        }
-    }
-
-    #[test]
-    fn ignores_the_name_inside_generated_text_and_reads_openai_usage() {
-        let body =
-            r#"{"candidates":[{"content":{"parts":[{"text":"say \"promptTokenCount\": 99"}]}}]}"#;
-        assert_eq!(scan_in_pieces(body, 1000), None);
-        let openai = r#"{"usage":{"prompt_tokens": 77,"completion_tokens":3}}"#;
-        assert_eq!(scan_in_pieces(openai, 4), Some(77));
     }
 }

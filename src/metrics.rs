@@ -85,6 +85,13 @@ impl ModelLabels {
     }
 }
 
+/// A label value as the exposition format writes it: `\`, `"` and newlines escaped.
+pub fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// Install the process-wide Prometheus recorder (once; later calls return the same handle).
 /// The application does this (`main`, a test harness, an embedder that wants `/metrics`), not
 /// the library: an embedder may have its own recorder.

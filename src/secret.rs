@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Deserializer};
 use sha2::{Digest, Sha256};
+use subtle::ConditionallySelectable;
 use subtle::ConstantTimeEq;
 
 /// A credential: a pooled Gemini key, a client key or the admin token.
@@ -77,11 +78,21 @@ pub fn presented_digest(presented: &str) -> [u8; 32] {
 /// True if the presented credential (hashed with [`presented_digest`]) equals any of
 /// `secrets`, checking every one (no early exit).
 pub fn matches_any(secrets: &[Secret], presented: &[u8; 32]) -> bool {
+    position(secrets, presented).is_some()
+}
+
+/// Which of `secrets` the presented credential equals, comparing with every one (no early
+/// exit, no branch on a secret byte).
+pub fn position(secrets: &[Secret], presented: &[u8; 32]) -> Option<usize> {
     let mut found = subtle::Choice::from(0u8);
-    for s in secrets {
-        found |= s.digest().ct_eq(presented);
+    let mut at = 0u64;
+    for (i, s) in secrets.iter().enumerate() {
+        let hit = s.digest().ct_eq(presented);
+        // Keeps the first match; the index is not secret, only the comparison is.
+        at = u64::conditional_select(&at, &(i as u64), hit & !found);
+        found |= hit;
     }
-    bool::from(found)
+    bool::from(found).then_some(at as usize)
 }
 
 #[cfg(test)]
@@ -107,6 +118,9 @@ mod tests {
         assert!(matches_any(&keys, &presented_digest("beta")));
         assert!(!matches_any(&keys, &presented_digest("bet")));
         assert!(!matches_any(&keys, &presented_digest("")));
+        assert_eq!(position(&keys, &presented_digest("beta")), Some(1));
+        assert_eq!(position(&keys, &presented_digest("alpha")), Some(0));
+        assert_eq!(position(&keys, &presented_digest("gamma")), None);
         assert!(Secret::new("alpha").matches(&presented_digest("alpha")));
         assert!(!Secret::new("alpha").matches(&presented_digest("alphb")));
     }

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::ledger::{Billing, KeyInfo, Ledger, LedgerSetup};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::quota::memory::MemoryStore;
-use crate::quota::redis::RedisStore;
+use crate::quota::redis::{RedisStore, SharedIo};
 use crate::quota::resilient::ResilientStore;
 use crate::quota::{Clock, QuotaStore, StoreError, SystemClock};
 
@@ -16,6 +17,8 @@ pub struct AppState {
     pub pool: Pool,
     pub store: Arc<dyn QuotaStore>,
     pub metrics: Metrics,
+    /// The usage ledger: history, cost, forecast (in the same Redis as the store, if any).
+    pub ledger: Arc<Ledger>,
     /// When `/metrics` last refreshed the store-derived gauges.
     pub gauges_refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -34,11 +37,14 @@ impl AppState {
         store: Arc<dyn QuotaStore>,
         metrics: Metrics,
     ) -> Arc<AppState> {
+        let pool = Pool::new(&config.pool, &config.limits);
+        let ledger = build_ledger(&config, &pool, store.shared_io());
         Arc::new(AppState {
-            pool: Pool::new(&config.pool, &config.limits),
+            pool,
             config: Arc::new(config),
             store,
             metrics,
+            ledger,
             gauges_refreshed: tokio::sync::Mutex::new(None),
         })
     }
@@ -63,6 +69,33 @@ impl AppState {
             ),
         }
     }
+}
+
+/// The ledger beside the store: in the store's Redis when it has one, else in memory.
+fn build_ledger(config: &Config, pool: &Pool, shared: Option<SharedIo>) -> Arc<Ledger> {
+    let billing = config
+        .limits
+        .projects
+        .iter()
+        .filter(|(_, p)| p.billing != Billing::Paid)
+        .map(|(name, p)| (name.clone(), p.billing))
+        .collect();
+    Ledger::new(LedgerSetup {
+        prices: config.prices.clone(),
+        billing,
+        keys: pool
+            .keys
+            .iter()
+            .map(|k| KeyInfo {
+                kid: k.kid.clone(),
+                masked: k.masked.clone(),
+                project: k.project.clone(),
+            })
+            .collect(),
+        timezone: config.limits.timezone,
+        shared,
+        clock: Arc::new(SystemClock),
+    })
 }
 
 /// Memory by default; Redis (behind the failure policy) when a URL is configured.

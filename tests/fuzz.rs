@@ -4,7 +4,7 @@
 
 use base64::Engine;
 use chrono_tz::America::Los_Angeles;
-use gemini_quota_proxy::body::UsageScanner;
+use gemini_quota_proxy::ledger::UsageScanner;
 use gemini_quota_proxy::estimate::{estimate, media_tokens};
 use gemini_quota_proxy::quota::DayInfo;
 use gemini_quota_proxy::route::{QuotaFamily, Route};
@@ -841,6 +841,12 @@ proptest! {
                     b"\"promptTokenCount\"".to_vec(),
                     b"\"promptTokenCount\": ".to_vec(),
                     b"\"prompt_tokens\":".to_vec(),
+                    b"\"usageMetadata\": {".to_vec(),
+                    b"\"usage\":{\"prompt_tokens\":".to_vec(),
+                    b"\"usageMeta".to_vec(),
+                    b"data\":{".to_vec(),
+                    b"}}".to_vec(),
+                    b"\\\"".to_vec(),
                     b"\"promptToken".to_vec(),
                     b"Count\":1".to_vec(),
                     b"99999999999999999999999".to_vec(),
@@ -881,7 +887,7 @@ proptest! {
         let mut whole = UsageScanner::default();
         whole.feed(bytes);
         prop_assert_eq!(whole.tokens(), Some(last));
-        prop_assert_eq!(UsageScanner::scan_all(bytes), Some(last));
+        prop_assert_eq!(UsageScanner::scan_all(bytes).map(|u| u.input), Some(last));
 
         let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
         points.push(0);

@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use tower::{Layer, Service};
 
-use crate::auth::authenticate;
+use crate::auth::{Caller, CallerTag, authenticate};
 use crate::error::ApiError;
 use crate::pool::affinity;
 use crate::route::Route;
@@ -65,12 +65,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         let refusal = match authenticate(&self.state.config.auth, req.headers(), req.uri().query())
         {
             // The common case stays synchronous: straight on to the next step, which
             // `poll_ready` made ready.
-            Ok(_) => return Either::Left(self.inner.call(req)),
+            Ok(caller) => {
+                req.extensions_mut().insert(CallerTag(caller));
+                return Either::Left(self.inner.call(req));
+            }
             Err(e) => e,
         };
         let state = self.state.clone();
@@ -82,7 +85,9 @@ where
             if let Err(e) = keyless_upload(&state, &parts, refusal).await {
                 return Ok(e.into_response());
             }
-            inner.call(http::Request::from_parts(parts, body)).await
+            let mut req = http::Request::from_parts(parts, body);
+            req.extensions_mut().insert(CallerTag(Caller::Anonymous));
+            inner.call(req).await
         }))
     }
 }

@@ -29,14 +29,8 @@ const MAX_WARNED: usize = 200;
 /// enough that a rate in nano-USD per token fits comfortably in a `u64`.
 const MAX_RATE: f64 = 1_000_000.0;
 
-/// Billing of a project: `paid` (list price) or `free` (costs 0, list price still shown).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Billing {
-    #[default]
-    Paid,
-    Free,
-}
+/// A project's billing is configured with its limits (`limits.projects.P.billing`).
+pub use crate::quota::limits::Billing;
 
 /// One model's rates as configured (USD per 1M tokens), the TOML shape of `[prices."MODEL"]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

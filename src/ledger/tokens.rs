@@ -209,14 +209,17 @@ impl UsageScanner {
         let mut rest = chunk;
         // A needle split between the previous chunk and this one.
         if self.object.is_none() && !self.carry.is_empty() {
-            let mut joined = std::mem::take(&mut self.carry);
-            let carried = joined.len();
-            joined.extend_from_slice(&chunk[..chunk.len().min(CARRY)]);
-            if let Some((start, end, openai)) = first_needle(&joined)
+            let carried = self.carry.len();
+            self.carry
+                .extend_from_slice(&chunk[..chunk.len().min(CARRY)]);
+            let found = first_needle(&self.carry);
+            self.carry.truncate(carried);
+            if let Some((start, end, openai)) = found
                 && start < carried
             {
                 // The needle ends inside this chunk.
                 self.object = Some(Capture::new(openai));
+                self.carry.clear();
                 rest = &chunk[end.saturating_sub(carried)..];
             }
         }
@@ -243,6 +246,8 @@ impl UsageScanner {
             match first_needle(rest) {
                 Some((_, end, openai)) => {
                     self.object = Some(Capture::new(openai));
+                    // Bytes before an object never join bytes after it.
+                    self.carry.clear();
                     rest = &rest[end..];
                 }
                 None => break,

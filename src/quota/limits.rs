@@ -7,8 +7,16 @@ use std::collections::BTreeMap;
 use chrono_tz::Tz;
 use serde::Deserialize;
 
-use crate::ledger::prices::Billing;
 use crate::route::QuotaFamily;
+
+/// Billing of a project: `paid` (list price) or `free` (costs 0, list price still shown).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Billing {
+    #[default]
+    Paid,
+    Free,
+}
 
 /// Limits that replace the defaults for one model or one project (any subset of fields).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]

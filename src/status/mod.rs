@@ -1,7 +1,9 @@
-//! The proxy's own endpoints: `/healthz`, `/readyz`, `/metrics`, and `/api/ai/quota-status/`
-//! (GET: where every quota stands, [`snapshot`]; POST: admin reset).
+//! The proxy's own endpoints: `/healthz`, `/readyz`, `/metrics`, `/api/ai/quota-status/`
+//! (GET: where every quota stands, [`snapshot`]; POST: admin reset) and `/api/ai/usage/`
+//! ([`usage`]: the ledger's history).
 
 pub mod snapshot;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -80,15 +82,34 @@ pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
     {
         let mut last = state.gauges_refreshed.lock().await;
         if last.is_none_or(|at| at.elapsed() >= GAUGE_REFRESH) {
-            record_gauges(&state.metrics, &snapshot(&state).await);
+            record_gauges(&state.metrics, &snapshot(&state, false).await);
             *last = Some(std::time::Instant::now());
         }
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    let mut text = state.metrics.render();
+    cost_lines(&state, &mut text);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// `gqp_cost_usd_total{model}`: written here because the metrics facade's counters are
+/// integers, and a cost is a fraction of a dollar.
+fn cost_lines(state: &AppState, text: &mut String) {
+    use std::fmt::Write;
+    let mut totals = state.ledger.cost_totals();
+    if totals.is_empty() {
+        return;
+    }
+    totals.sort();
+    text.push_str("# HELP gqp_cost_usd_total Cost of the answers served, in USD at the configured prices (0 for free-tier projects), since this process started.\n");
+    text.push_str("# TYPE gqp_cost_usd_total counter\n");
+    for (model, nano) in totals {
+        let _ = writeln!(
+            text,
+            "gqp_cost_usd_total{{model=\"{}\"}} {}",
+            crate::metrics::escape_label(&model),
+            nano as f64 / 1e9
+        );
+    }
 }
 
 /// GET and POST `/api/ai/quota-status/`.
@@ -114,7 +135,7 @@ async fn get_status(
         ApiError::PermissionDenied(m) => ApiError::Unauthenticated(m),
         other => other,
     })?;
-    Ok(Json(snapshot(state).await).into_response())
+    Ok(Json(snapshot(state, true).await).into_response())
 }
 
 #[derive(Deserialize, serde::Serialize)]
@@ -221,7 +242,7 @@ async fn post_reset(
     }
     tracing::warn!(quota_type = %req.quota_type, key = req.key.as_deref().unwrap_or("*"),
         model = req.model.as_deref().unwrap_or("*"), "admin reset");
-    let snap = snapshot(state).await;
+    let snap = snapshot(state, false).await;
     Ok(Json(ResetAnswer {
         success: true,
         reset: req,
@@ -249,6 +270,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/ai/quota-status/", any(quota_status))
         .route("/api/ai/quota-status", any(quota_status))
+        .route("/api/ai/usage/", any(usage::usage))
+        .route("/api/ai/usage", any(usage::usage))
         .fallback(not_found)
         .with_state(state)
 }

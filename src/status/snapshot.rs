@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::ledger::outlook::{CostView, ForecastView, PairInput, PoolInput};
 use crate::metrics::Metrics;
 use crate::quota::{KeyState, Limits, Usage};
 use crate::route::QuotaFamily;
@@ -31,6 +32,12 @@ pub struct QuotaStatus {
     pub usage: UsageView,
     pub keys: Vec<KeyView>,
     pub store: StoreView,
+    /// What today and this month cost, from the usage ledger (the status page only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostView>,
+    /// When each daily quota runs out, from the usage ledger (the status page only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<ForecastView>,
 }
 
 /// Counters against their limits.
@@ -124,8 +131,9 @@ fn add_usage(sum: &mut Usage, u: &Usage) {
     sum.daily_requests += u.daily_requests;
 }
 
-/// Ask the store and build the document.
-pub async fn snapshot(state: &AppState) -> Snapshot {
+/// Ask the store and build the document; with `outlook`, the ledger's cost and forecast too
+/// (the status page; `/metrics` only needs the counters).
+pub async fn snapshot(state: &AppState, outlook: bool) -> Snapshot {
     let store = &state.store;
     let reachable = store.ping().await.is_ok();
     let usage = store.usage().await.unwrap_or_default();
@@ -269,6 +277,32 @@ pub async fn snapshot(state: &AppState) -> Snapshot {
             .to_string(),
         );
     }
+    let (cost, forecast) = if outlook {
+        let pairs: Vec<PairInput> = usage
+            .iter()
+            .filter(|(p, _, u)| enabled_projects.contains(p.as_str()) && u.daily_requests > 0)
+            .map(|(p, m, u)| PairInput {
+                project: p.clone(),
+                model: m.clone(),
+                daily_limit: state.pool.limits_for(p, m, QuotaFamily::of_model(m)).daily,
+                used_today: u.daily_requests,
+            })
+            .collect();
+        let pools: Vec<PoolInput> = per_model
+            .iter()
+            .filter(|(_, (u, _))| u.daily_requests > 0)
+            .map(|(m, (u, l))| PoolInput {
+                model: m.to_string(),
+                daily_limit: l.daily,
+                used_today: u.daily_requests,
+            })
+            .collect();
+        let o = state.ledger.outlook(&pairs, &pools).await;
+        warnings.extend(o.warnings);
+        (Some(o.cost), Some(o.forecast))
+    } else {
+        (None, None)
+    };
     Snapshot {
         success: true,
         quota_status: QuotaStatus {
@@ -281,6 +315,8 @@ pub async fn snapshot(state: &AppState) -> Snapshot {
                 backend: store.backend(),
                 reachable,
             },
+            cost,
+            forecast,
         },
         timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }

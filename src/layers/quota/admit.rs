@@ -108,6 +108,15 @@ pub(super) async fn admit(
     }
 }
 
+/// Whether admission's error is the proxy refusing for its own limits (429, or a request
+/// over every limit), not a failure.
+pub(super) fn is_refusal(e: &ApiError) -> bool {
+    matches!(
+        e,
+        ApiError::QuotaExceeded { .. } | ApiError::PoolExhausted { .. } | ApiError::InvalidArgument(_)
+    )
+}
+
 fn describe(limit: LimitKind) -> &'static str {
     match limit {
         LimitKind::RequestsPerMinute => "requests-per-minute",

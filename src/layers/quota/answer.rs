@@ -9,7 +9,8 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use crate::body::ProxyBody;
+use crate::body::{AtEnd, ProxyBody};
+use crate::ledger::UsageScanner;
 use crate::config::UpstreamConfig;
 use crate::error::ApiError;
 use crate::quota::Settlement;
@@ -38,18 +39,18 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     /// Pass the answer on unchanged, the unread rest streamed after what was read; the
-    /// settlement (if any) settles to the usage in it.
+    /// settlement and tally (if any) close with the usage in it.
     pub(super) fn into_response(
         self,
         status: http::StatusCode,
         headers: http::HeaderMap,
         cfg: &UpstreamConfig,
-        settlement: Option<Settlement>,
+        at_end: AtEnd,
     ) -> Response {
         let body = match self {
             Answer::Whole(bytes) => {
-                if let Some(s) = settlement {
-                    s.settle(crate::body::UsageScanner::scan_all(&bytes));
+                if !at_end.is_empty() {
+                    at_end.close(UsageScanner::scan_all(&bytes));
                 }
                 Body::from(bytes)
             }
@@ -58,7 +59,7 @@ where
                     rest,
                     cfg.stream_idle_timeout,
                     Some(Instant::now() + cfg.request_timeout),
-                    settlement,
+                    at_end,
                 )
                 .with_prefix(head),
             ),

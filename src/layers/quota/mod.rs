@@ -26,13 +26,16 @@ use tower::{Layer, Service, ServiceExt};
 
 use self::answer::{Answer, backoff, keep_counted, read_upto};
 use self::react::ERROR_BODY_LIMIT;
-use crate::body::ProxyBody;
+use crate::auth::{Caller, CallerTag};
+use crate::body::{AtEnd, ProxyBody};
 use crate::error::ApiError;
 use crate::layers::estimate::Estimated;
 use crate::layers::forward::{ForwardError, ForwardErrorKind, Outbound};
 use crate::layers::retry::{self, Budget, Failure};
+use crate::ledger::{Series, field};
 use crate::pool::affinity;
 use crate::quota::{DayInfo, Settlement};
+use crate::route::QuotaFamily;
 use crate::state::AppState;
 use crate::upstream::{self, Upstream, Verdict};
 
@@ -85,6 +88,56 @@ pub struct Served {
     pub attempts: u32,
     /// From sending to the answer's head, on the last attempt.
     pub upstream: Duration,
+    /// An admitted attempt went out (it may have run upstream).
+    pub sent: bool,
+    /// The proxy answered for its own limits: 429, or 400 for a request over every limit.
+    pub refused: bool,
+}
+
+/// Who the ledger counts a quota-spending request under.
+struct Account {
+    model: String,
+    client: String,
+}
+
+impl Account {
+    fn of(req: &http::Request<Bytes>) -> Option<Account> {
+        let model = req.extensions().get::<Estimated>()?.quota_model()?.to_string();
+        let caller = req
+            .extensions()
+            .get::<CallerTag>()
+            .map_or(Caller::Anonymous, |c| c.0);
+        Some(Account {
+            model,
+            client: caller.ledger_name(),
+        })
+    }
+
+    /// The ledger series of this request on key `index` (`None`: no key served it).
+    fn series(&self, state: &AppState, index: Option<usize>, known: bool) -> Series {
+        let key = index.map(|i| &state.pool.keys[i]);
+        state.ledger.series(
+            key.map(|k| &*k.project),
+            &self.model,
+            key.map(|k| &*k.kid),
+            &self.client,
+            known,
+        )
+    }
+
+    /// Count the request's outcome: sent upstream, refused here, or a 5xx answer.
+    fn record(&self, state: &AppState, served: &Served, status: http::StatusCode) {
+        let series = self.series(state, served.key.filter(|_| served.sent), status.is_success());
+        if served.sent {
+            state.ledger.count(series, field::REQUESTS);
+        }
+        if served.refused {
+            state.ledger.count(series, field::REFUSED);
+        }
+        if status.is_server_error() {
+            state.ledger.count(series, field::ERRORS);
+        }
+    }
 }
 
 impl<S, B> Service<http::Request<Bytes>> for Quota<S>
@@ -109,10 +162,15 @@ where
         let this = self.clone();
         Box::pin(async move {
             let mut served = Served::default();
+            let account = Account::of(&req);
+            let state = this.state.clone();
             let mut resp = this
-                .run(req, &mut served)
+                .run(req, &mut served, account.as_ref())
                 .await
                 .unwrap_or_else(IntoResponse::into_response);
+            if let Some(a) = &account {
+                a.record(&state, &served, resp.status());
+            }
             resp.extensions_mut().insert(served);
             Ok(resp)
         })
@@ -133,6 +191,7 @@ where
         self,
         req: http::Request<Bytes>,
         served: &mut Served,
+        account: Option<&Account>,
     ) -> Result<Response, ApiError> {
         let state = &*self.state;
         let cfg = &state.config.upstream;
@@ -173,7 +232,8 @@ where
                         &avoid,
                         deadline,
                     )
-                    .await?,
+                    .await
+                    .inspect_err(|e| served.refused = admit::is_refusal(e))?,
                 ),
                 None => None,
             };
@@ -224,10 +284,12 @@ where
                 Ok(r) => {
                     // Time to the answer's head, for answered attempts only.
                     served.upstream = sent_at.elapsed();
+                    served.sent |= settlement.is_some();
                     r
                 }
                 Err(e) => {
                     state.pool.health.failure();
+                    served.sent |= settlement.is_some() && e.kind != ForwardErrorKind::Unsent;
                     let failure = match e.kind {
                         ForwardErrorKind::Unsent => Failure::Unsent,
                         ForwardErrorKind::Lost => Failure::Lost,
@@ -259,6 +321,13 @@ where
                 let answer = read_upto(resp, ERROR_BODY_LIMIT, cfg.request_timeout).await?;
                 // An error answer carries no usage: refund now, before any backoff.
                 drop(settlement);
+                if status == http::StatusCode::TOO_MANY_REQUESTS
+                    && let Some(a) = account
+                {
+                    state
+                        .ledger
+                        .count(a.series(state, Some(index), true), field::UPSTREAM_429);
+                }
                 let now = chrono::Utc::now().timestamp_millis();
                 let day = DayInfo::at(state.config.limits.timezone, now);
                 let verdict = upstream::classify(status.as_u16(), answer.head(), &day, now);
@@ -298,7 +367,7 @@ where
                     }
                     continue;
                 }
-                return Ok(answer.into_response(status, headers, cfg, None));
+                return Ok(answer.into_response(status, headers, cfg, AtEnd::default()));
             }
 
             // Success: pass the answer through, streaming.
@@ -321,6 +390,18 @@ where
                 headers.insert(REMAINING_REQUESTS, HeaderValue::from(r.remaining_requests));
                 headers.insert(REMAINING_TOKENS, HeaderValue::from(r.remaining_tokens));
             }
+            // What the answer used, recorded as it ends. Embedding answers report no usage:
+            // their estimate is counted instead.
+            let tally = account.map(|a| {
+                let fallback = (route.family == QuotaFamily::Embed).then_some(est.estimate.tokens);
+                state.ledger.tally(
+                    a.series(state, Some(index), true),
+                    &a.model,
+                    &key.project,
+                    fallback,
+                )
+            });
+            let at_end = AtEnd { settlement, tally };
             if route.creates_resource && !streaming {
                 let answer = read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;
                 match &answer {
@@ -333,14 +414,14 @@ where
                         "a create call's answer is larger than the proxy reads to learn the created name: passed on whole, its key affinity not recorded"
                     ),
                 }
-                return Ok(answer.into_response(status, headers, cfg, settlement));
+                return Ok(answer.into_response(status, headers, cfg, at_end));
             }
             let body_deadline = (!streaming).then(|| sent_at + cfg.request_timeout);
             let stream = ProxyBody::new(
                 resp.into_body(),
                 cfg.stream_idle_timeout,
                 body_deadline,
-                settlement,
+                at_end,
             );
             let mut out = Response::new(Body::new(stream));
             *out.status_mut() = status;
