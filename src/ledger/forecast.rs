@@ -572,4 +572,203 @@ mod tests {
             proptest::prop_assert!(linear(&day, used, limit).remaining >= 0.0);
         }
     }
+
+    /// Poisson draws from a seeded generator (Knuth's method: rates here are under ~20/min).
+    fn poisson(rng: &mut fastrand::Rng, lambda: f64) -> f64 {
+        let l = (-lambda).exp();
+        let (mut k, mut p) = (0.0, rng.f64());
+        while p > l {
+            k += 1.0;
+            p *= rng.f64();
+        }
+        k
+    }
+
+    const DAYS: usize = 14;
+
+    /// Low at night (20 % of the peak around 02:30), peak at 14:30 Pacific, +3 %/day growth over
+    /// the 14 days, each day's level +-10 % and each hour's +-20 % at random, Poisson counts.
+    fn rhythm_and_ramp() -> Sim {
+        let mut rng = fastrand::Rng::with_seed(20260406);
+        let day_level: Vec<f64> = (0..DAYS).map(|_| 0.9 + 0.2 * rng.f64()).collect();
+        let hour_level: Vec<f64> = (0..DAYS * 24).map(|_| 0.8 + 0.4 * rng.f64()).collect();
+        Sim::new(DAYS * 1440, |m| {
+            let hour_of_day = (m % 1440) as f64 / 60.0;
+            let shape = 0.2
+                + 0.8 * (1.0 + (std::f64::consts::TAU * (hour_of_day - 14.5) / 24.0).cos()) / 2.0;
+            let growth = 1.03f64.powf(m as f64 / 1440.0);
+            let lambda = 4.0 * growth * day_level[m / 1440] * hour_level[m / 60] * shape;
+            poisson(&mut rng, lambda)
+        })
+    }
+
+    fn flat() -> Sim {
+        let mut rng = fastrand::Rng::with_seed(7);
+        Sim::new(DAYS * 1440, |_| poisson(&mut rng, 3.0))
+    }
+
+    /// When the day's running count first reaches `limit` (interpolated in its minute), or the
+    /// reset.
+    fn actual_exhaustion(sim: &Sim, day: usize, limit: u64) -> i64 {
+        let mut cum = 0.0;
+        for m in day * 1440..(day + 1) * 1440 {
+            let c = sim.counts[m];
+            if cum + c >= limit as f64 {
+                let within = ((limit as f64 - cum) / c * MINUTE_MS as f64).ceil() as i64;
+                return T0 + m as i64 * MINUTE_MS + within;
+            }
+            cum += c;
+        }
+        T0 + (day as i64 + 1) * DAY_MS
+    }
+
+    #[derive(Default)]
+    struct Errors {
+        n: usize,
+        forecast: f64,
+        linear: f64,
+    }
+
+    impl Errors {
+        fn add(&mut self, forecast: f64, linear: f64) {
+            self.n += 1;
+            self.forecast += forecast;
+            self.linear += linear;
+        }
+        fn mean(&self) -> (f64, f64) {
+            let n = self.n.max(1) as f64;
+            (self.forecast / n, self.linear / n)
+        }
+    }
+
+    /// The forecast moments: every hour of the last 7 days, at a different minute each hour.
+    fn moments() -> impl Iterator<Item = (usize, i64)> {
+        (DAYS - 7..DAYS).flat_map(|day| {
+            (0..24).map(move |hour| {
+                let minute = 20 + (hour * 7) % 40;
+                let now = T0 + day as i64 * DAY_MS + hour * HOUR_MS + minute * MINUTE_MS + 13_000;
+                (day, now)
+            })
+        })
+    }
+
+    /// The end-of-day total's absolute percentage error, overall and by time of day.
+    fn total_errors(sim: &Sim) -> [Errors; 4] {
+        let mut ape: [Errors; 4] = Default::default();
+        for (day, now) in moments() {
+            let actual: f64 = sim.counts[day * 1440..(day + 1) * 1440].iter().sum();
+            let (f, lin) = sim.forecast(now, None);
+            let f = projected(f);
+            assert!(f.method.starts_with("ewma_1h+time_of_day_"), "{}", f.method);
+            let (ef, el) = (
+                (f.total - actual).abs() / actual,
+                (lin.total - actual).abs() / actual,
+            );
+            let period = ((now - T0) % DAY_MS / HOUR_MS / 8) as usize;
+            ape[0].add(ef, el);
+            ape[1 + period].add(ef, el);
+        }
+        ape
+    }
+
+    /// The error on `exhausted_at` in hours ("not before the reset" counts as the reset), at the
+    /// moments when the limit is not reached yet; and on how many of the 7 days it is reached.
+    fn exhaustion_errors(sim: &Sim, limit: u64) -> (Errors, usize) {
+        let mut errors = Errors::default();
+        for (day, now) in moments() {
+            let at = actual_exhaustion(sim, day, limit);
+            if now >= at {
+                continue;
+            }
+            let (f, lin) = sim.forecast(now, Some(limit));
+            let reset = Sim::day(now).reset_ms;
+            let hours = |p: Option<i64>| (p.unwrap_or(reset) - at).abs() as f64 / HOUR_MS as f64;
+            errors.add(
+                hours(projected(f).exhausted_at_ms),
+                hours(lin.exhausted_at_ms),
+            );
+        }
+        let reached = (DAYS - 7..DAYS)
+            .filter(|&d| actual_exhaustion(sim, d, limit) < T0 + (d as i64 + 1) * DAY_MS)
+            .count();
+        (errors, reached)
+    }
+
+    fn sim_cumulative(sim: &Sim, day: usize, minutes: usize) -> f64 {
+        sim.counts[day * 1440..day * 1440 + minutes].iter().sum()
+    }
+
+    /// Run with `cargo test --lib ledger::forecast::tests::backtest -- --nocapture`.
+    #[test]
+    fn backtest_beats_the_straight_line_on_a_daily_rhythm_and_matches_it_on_a_flat_rate() {
+        let rhythm = rhythm_and_ramp();
+        let ape = total_errors(&rhythm);
+        let flat_ape = total_errors(&flat());
+        // Two limits: the count at 15:00 on day 10 (reached in the afternoon), and 95 % of the
+        // mean day (reached late on the busier days only).
+        let mean_day = sim_cumulative(&rhythm, DAYS - 7, 7 * 1440) / 7.0;
+        let limits = [
+            sim_cumulative(&rhythm, 10, 15 * 60) as u64,
+            (0.95 * mean_day) as u64,
+        ];
+
+        println!("forecast back-test, 7 days x 24 forecasts (MAPE of the end-of-day total)");
+        println!(
+            "{:<36} {:>9} {:>9} {:>7}",
+            "", "forecast", "linear", "ratio"
+        );
+        let rows = [
+            ("rhythm+ramp, all hours", &ape[0]),
+            ("  forecast at 00:00-08:00", &ape[1]),
+            ("  forecast at 08:00-16:00", &ape[2]),
+            ("  forecast at 16:00-24:00", &ape[3]),
+            ("flat rate", &flat_ape[0]),
+        ];
+        for (name, e) in rows {
+            let (f, l) = e.mean();
+            println!(
+                "{name:<36} {:>8.1}% {:>8.1}% {:>7.2}",
+                f * 100.0,
+                l * 100.0,
+                f / l
+            );
+        }
+        let mut exhaustion = Vec::new();
+        for limit in limits {
+            let (e, reached) = exhaustion_errors(&rhythm, limit);
+            let (f, l) = e.mean();
+            let name = format!("exhausted_at, limit {limit} ({reached}/7 d)");
+            println!("{name:<36} {f:>8.2}h {l:>8.2}h {:>7.2}", f / l);
+            exhaustion.push((e, reached));
+        }
+        let now = T0 + 13 * DAY_MS + 9 * HOUR_MS + 30 * MINUTE_MS;
+        let (minutes, minutes_start_ms, hours, hours_start_ms) = rhythm.view(now);
+        let h = History {
+            minutes_start_ms,
+            minutes: &minutes,
+            hours_start_ms,
+            hours: &hours,
+            recording_since_ms: T0,
+        };
+        let started = std::time::Instant::now();
+        for _ in 0..1000 {
+            std::hint::black_box(forecast(&h, &Sim::day(now), 2000, Some(limits[0])));
+        }
+        println!("one forecast: {:?} (this build)", started.elapsed() / 1000);
+
+        let (f, l) = ape[0].mean();
+        assert!(f <= 0.6 * l, "forecast MAPE {f} vs linear {l}");
+        let (f, l) = flat_ape[0].mean();
+        assert!(
+            f < 0.03 && f <= l + 0.005,
+            "flat: forecast MAPE {f} vs linear {l}"
+        );
+        let (afternoon, late) = (&exhaustion[0], &exhaustion[1]);
+        assert!(afternoon.1 >= 3 && (1..7).contains(&late.1), "days reached");
+        let (f, l) = afternoon.0.mean();
+        assert!(f <= 0.6 * l, "exhausted_at error {f} h vs {l} h");
+        // Reached late in the day, a "not before the reset" is never far off: a smaller margin.
+        let (f, l) = late.0.mean();
+        assert!(f < l, "exhausted_at error {f} h vs {l} h");
+    }
 }
