@@ -69,12 +69,7 @@ pub struct ProxyBody<B> {
 impl<B> ProxyBody<B> {
     /// `deadline`: the whole-request limit of a non-streaming answer; without one (a stream)
     /// the body gets the idle-gap limit instead.
-    pub fn new(
-        inner: B,
-        idle: Duration,
-        deadline: Option<Instant>,
-        at_end: AtEnd,
-    ) -> Self {
+    pub fn new(inner: B, idle: Duration, deadline: Option<Instant>, at_end: AtEnd) -> Self {
         let at_end = (!at_end.is_empty()).then_some(at_end);
         ProxyBody {
             prefix: None,

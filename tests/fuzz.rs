@@ -4,8 +4,8 @@
 
 use base64::Engine;
 use chrono_tz::America::Los_Angeles;
-use gemini_quota_proxy::ledger::UsageScanner;
 use gemini_quota_proxy::estimate::{estimate, media_tokens};
+use gemini_quota_proxy::ledger::UsageScanner;
 use gemini_quota_proxy::quota::DayInfo;
 use gemini_quota_proxy::route::{QuotaFamily, Route};
 use gemini_quota_proxy::upstream::{Verdict, classify};

@@ -149,7 +149,9 @@ impl Ledger {
     ) -> Series {
         Series {
             project: project.map_or(0, |p| self.projects.id(p, true)),
-            model: self.models.id(model.strip_prefix("models/").unwrap_or(model), known),
+            model: self
+                .models
+                .id(model.strip_prefix("models/").unwrap_or(model), known),
             key: kid.map_or(0, |k| self.keys.id(k, true)),
             client: self.clients.id(client, true),
         }
@@ -287,9 +289,9 @@ fn metrics_for(ledger: &Ledger, model: u32, usage: &TokenUsage, cost_nano: u64) 
         .cloned();
     let counters = cached.unwrap_or_else(|| {
         let name = ledger.models.name(model).to_string();
-        let made = Arc::new(TOKEN_KINDS.map(|kind| {
-            metrics::counter!("gqp_tokens_total", "model" => name.clone(), "kind" => kind)
-        }));
+        let made = Arc::new(TOKEN_KINDS.map(
+            |kind| metrics::counter!("gqp_tokens_total", "model" => name.clone(), "kind" => kind),
+        ));
         ledger
             .token_counters
             .write()

@@ -87,7 +87,11 @@ impl Names {
     }
 
     pub fn len(&self) -> usize {
-        self.inner.read().unwrap_or_else(|p| p.into_inner()).names.len()
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .names
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {

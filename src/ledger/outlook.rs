@@ -116,7 +116,10 @@ impl Ledger {
             .enumerate()
             .map(|(i, p)| {
                 (
-                    (self.projects.id(&p.project, false), self.models.id(&p.model, false)),
+                    (
+                        self.projects.id(&p.project, false),
+                        self.models.id(&p.model, false),
+                    ),
                     i,
                 )
             })

@@ -317,9 +317,21 @@ mod tests {
         assert_eq!((q.window, q.group_by), (Window::Day, GroupBy::Key));
         let d = Query::parse(None, &[]).unwrap();
         assert_eq!((d.window, d.group_by), (Window::Hour, GroupBy::Model));
-        assert!(Query::parse(Some("window=2h"), &[]).unwrap_err().contains("window"));
-        assert!(Query::parse(Some("group_by=x"), &[]).unwrap_err().contains("group_by"));
-        assert!(Query::parse(Some("step=5"), &[]).unwrap_err().contains("step"));
+        assert!(
+            Query::parse(Some("window=2h"), &[])
+                .unwrap_err()
+                .contains("window")
+        );
+        assert!(
+            Query::parse(Some("group_by=x"), &[])
+                .unwrap_err()
+                .contains("group_by")
+        );
+        assert!(
+            Query::parse(Some("step=5"), &[])
+                .unwrap_err()
+                .contains("step")
+        );
         for w in [Window::Hour, Window::Day, Window::Week, Window::Month] {
             let (span, step) = w.span_step();
             assert!(span / step <= 1500, "{w:?}");

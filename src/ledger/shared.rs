@@ -283,4 +283,3 @@ fn parse(ledger: &Ledger, fields: Vec<(String, String)>) -> HashMap<Series, Coun
 fn fields_of(b: &RiderBatch) -> usize {
     b.hashes.iter().map(|h| h.fields.len()).sum()
 }
-

@@ -79,7 +79,9 @@ impl From<GeminiUsage> for TokenUsage {
 impl From<OpenAiUsage> for TokenUsage {
     fn from(u: OpenAiUsage) -> TokenUsage {
         // `completion_tokens` includes the reasoning tokens: split them out.
-        let thinking = u.completion_tokens_details.map_or(0, |d| d.reasoning_tokens);
+        let thinking = u
+            .completion_tokens_details
+            .map_or(0, |d| d.reasoning_tokens);
         TokenUsage {
             input: u.prompt_tokens,
             cached: u.prompt_tokens_details.map_or(0, |d| d.cached_tokens),
@@ -286,8 +288,12 @@ impl UsageScanner {
 
 /// The first needle in `hay`: (start, end, is it the OpenAI one).
 fn first_needle(hay: &[u8]) -> Option<(usize, usize, bool)> {
-    let g = FINDERS[0].find(hay).map(|p| (p, p + NEEDLES[0].len(), false));
-    let o = FINDERS[1].find(hay).map(|p| (p, p + NEEDLES[1].len(), true));
+    let g = FINDERS[0]
+        .find(hay)
+        .map(|p| (p, p + NEEDLES[0].len(), false));
+    let o = FINDERS[1]
+        .find(hay)
+        .map(|p| (p, p + NEEDLES[1].len(), true));
     match (g, o) {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),

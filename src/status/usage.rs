@@ -35,8 +35,7 @@ async fn answer(state: &AppState, req: &http::request::Parts) -> Result<Response
     let report = state.ledger.report(q).await.map_err(|e| {
         tracing::warn!(error = %e, "usage history could not be read");
         ApiError::Unavailable(
-            "The usage history is in the shared store, which did not answer; retry shortly."
-                .into(),
+            "The usage history is in the shared store, which did not answer; retry shortly.".into(),
         )
     })?;
     Ok(Json(report).into_response())

@@ -85,6 +85,21 @@ pub struct Behaviour {
     pub answer_delay: Duration,
     /// Pad the answer to `POST .../cachedContents` to at least this many bytes.
     pub create_answer_bytes: usize,
+    /// Report these too in every usage object (streams: the same on every chunk, as
+    /// cumulative usage of a finished thought and tool call would be).
+    pub usage_extra: UsageExtra,
+}
+
+/// Usage fields beyond the prompt and candidates counts.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UsageExtra {
+    /// `cachedContentTokenCount` (OpenAI: `prompt_tokens_details.cached_tokens`).
+    pub cached: u64,
+    /// `thoughtsTokenCount` (OpenAI: `completion_tokens_details.reasoning_tokens`, included
+    /// in `completion_tokens`).
+    pub thoughts: u64,
+    /// `toolUsePromptTokenCount`.
+    pub tool: u64,
 }
 
 #[derive(Default)]
@@ -254,9 +269,24 @@ fn candidate(text: &str, usage: Value, finish: bool) -> Value {
     json!({"candidates": [c], "usageMetadata": usage, "modelVersion": "gemini-2.5-flash", "responseId": "fake-1"})
 }
 
-fn usage(prompt: u64, out: u64) -> Value {
-    json!({"promptTokenCount": prompt, "candidatesTokenCount": out, "totalTokenCount": prompt + out,
-           "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}]})
+fn usage(prompt: u64, out: u64, x: UsageExtra) -> Value {
+    let mut u = json!({"promptTokenCount": prompt, "candidatesTokenCount": out,
+           "totalTokenCount": prompt + out + x.thoughts + x.tool,
+           "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}]});
+    // Google leaves a zero count out.
+    for (name, v) in [
+        ("cachedContentTokenCount", x.cached),
+        ("thoughtsTokenCount", x.thoughts),
+        ("toolUsePromptTokenCount", x.tool),
+    ] {
+        if v > 0 {
+            u[name] = json!(v);
+        }
+    }
+    if x.cached > 0 {
+        u["cacheTokensDetails"] = json!([{"modality": "TEXT", "tokenCount": x.cached}]);
+    }
+    u
 }
 
 async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
@@ -381,24 +411,28 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
             v.push(Instant::now());
         }
     }
-    let prompt = st
-        .behaviour
-        .lock()
-        .unwrap()
-        .prompt_tokens
-        .unwrap_or_else(|| text_tokens(&json_body));
+    let (prompt, extra) = {
+        let b = st.behaviour.lock().unwrap();
+        (
+            b.prompt_tokens.unwrap_or_else(|| text_tokens(&json_body)),
+            b.usage_extra,
+        )
+    };
 
     if path.ends_with("/openai/chat/completions") {
         return axum::Json(json!({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": json_body["model"],
             "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("echo: {}", first_text(&json_body))}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": 3, "total_tokens": prompt + 3}
+            "usage": {"prompt_tokens": prompt, "completion_tokens": 3 + extra.thoughts,
+                      "total_tokens": prompt + 3 + extra.thoughts,
+                      "prompt_tokens_details": {"cached_tokens": extra.cached},
+                      "completion_tokens_details": {"reasoning_tokens": extra.thoughts}}
         })).into_response();
     }
     if path.contains(":generateContent") {
         return axum::Json(candidate(
             &format!("echo: {}", first_text(&json_body)),
-            usage(prompt, 3),
+            usage(prompt, 3, extra),
             true,
         ))
         .into_response();
@@ -410,7 +444,7 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
             (b.stream_delay, b.stream_events.max(1), b.cut_stream_after)
         };
         let st2 = st.clone();
-        let stream = async_stream(n, delay, sse, prompt, st2);
+        let stream = async_stream(n, delay, sse, prompt, extra, st2);
         let stream: std::pin::Pin<
             Box<dyn futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send>,
         > = match cut {
@@ -580,6 +614,7 @@ fn async_stream(
     delay: Duration,
     sse: bool,
     prompt: u64,
+    extra: UsageExtra,
     st: Arc<FakeState>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
     let guard = OpenStream::new(st.open_streams.clone());
@@ -603,7 +638,7 @@ fn async_stream(
             }
             let ev = candidate(
                 &format!("chunk {i} "),
-                usage(prompt, (i as u64 + 1) * 2),
+                usage(prompt, (i as u64 + 1) * 2, extra),
                 i + 1 == n,
             )
             .to_string();

@@ -113,7 +113,9 @@ pub(super) async fn admit(
 pub(super) fn is_refusal(e: &ApiError) -> bool {
     matches!(
         e,
-        ApiError::QuotaExceeded { .. } | ApiError::PoolExhausted { .. } | ApiError::InvalidArgument(_)
+        ApiError::QuotaExceeded { .. }
+            | ApiError::PoolExhausted { .. }
+            | ApiError::InvalidArgument(_)
     )
 }
 

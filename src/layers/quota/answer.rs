@@ -10,9 +10,9 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use crate::body::{AtEnd, ProxyBody};
-use crate::ledger::UsageScanner;
 use crate::config::UpstreamConfig;
 use crate::error::ApiError;
+use crate::ledger::UsageScanner;
 use crate::quota::Settlement;
 use crate::upstream;
 

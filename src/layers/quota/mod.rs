@@ -102,7 +102,11 @@ struct Account {
 
 impl Account {
     fn of(req: &http::Request<Bytes>) -> Option<Account> {
-        let model = req.extensions().get::<Estimated>()?.quota_model()?.to_string();
+        let model = req
+            .extensions()
+            .get::<Estimated>()?
+            .quota_model()?
+            .to_string();
         let caller = req
             .extensions()
             .get::<CallerTag>()
@@ -127,7 +131,11 @@ impl Account {
 
     /// Count the request's outcome: sent upstream, refused here, or a 5xx answer.
     fn record(&self, state: &AppState, served: &Served, status: http::StatusCode) {
-        let series = self.series(state, served.key.filter(|_| served.sent), status.is_success());
+        let series = self.series(
+            state,
+            served.key.filter(|_| served.sent),
+            status.is_success(),
+        );
         if served.sent {
             state.ledger.count(series, field::REQUESTS);
         }

@@ -19,8 +19,8 @@ use crate::secret::Secret;
 mod admit;
 mod settle;
 
-use self::settle::{PendingSettle, RiderSlot, SETTLE_QUEUE, settle_writer};
 pub use self::settle::{HashAdd, Rider, RiderBatch};
+use self::settle::{PendingSettle, RiderSlot, SETTLE_QUEUE, settle_writer};
 
 macro_rules! lua {
     ($file:literal) => {
