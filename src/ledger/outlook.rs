@@ -374,7 +374,97 @@ fn local_midnight(tz: chrono_tz::Tz, now: i64, month: bool) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::ledger::{Counters, LedgerSetup, Prices};
+    use crate::quota::{Clock, ManualClock};
+
+    fn ledger_at(clock: Arc<ManualClock>) -> Arc<Ledger> {
+        Ledger::new(LedgerSetup {
+            prices: Arc::new(Prices::embedded()),
+            billing: Default::default(),
+            keys: Vec::new(),
+            timezone: chrono_tz::America::Los_Angeles,
+            shared: None,
+            clock,
+        })
+    }
+
+    fn pair(used: u64) -> (Vec<PairInput>, Vec<PoolInput>) {
+        (
+            vec![PairInput {
+                project: "p1".into(),
+                model: "gemini-2.5-pro".into(),
+                daily_limit: 1500,
+                used_today: used,
+            }],
+            vec![PoolInput {
+                model: "gemini-2.5-pro".into(),
+                daily_limit: 1500,
+                used_today: used,
+            }],
+        )
+    }
+
+    #[tokio::test]
+    async fn a_quota_running_out_before_the_reset_is_forecast_and_warned_about() {
+        // 2026-03-16 16:00 UTC = 09:00 PDT; the reset is 15 hours away.
+        let t0 = 1_773_676_800_000;
+        let clock = Arc::new(ManualClock::new(t0 - 3 * HOUR_MS));
+        let ledger = ledger_at(clock.clone());
+        let (pairs, pools) = pair(0);
+        let early = ledger.outlook(&pairs, &pools).await;
+        assert_eq!(early.forecast.pool[0].reason, Some("insufficient data"));
+        assert!(early.forecast.pool[0].projected_requests.is_none());
+        assert!(early.warnings.is_empty());
+
+        // Three hours at 4 requests a minute, each costing something.
+        let series = ledger.series(Some("p1"), "gemini-2.5-pro", Some("kid1"), "client1", true);
+        let mut one = Counters::one(field::REQUESTS);
+        one.0[field::COST] = 1_000_000;
+        while clock.now_ms() < t0 {
+            for _ in 0..4 {
+                ledger.add(series, &one);
+            }
+            clock.advance(MINUTE_MS);
+        }
+        // 1,200 used by 09:00: 300 left at 4 a minute is 75 minutes, far before midnight.
+        let (pairs, pools) = pair(1200);
+        let o = ledger.outlook(&pairs, &pools).await;
+        let line = &o.forecast.pairs[0];
+        assert_eq!(line.reason, None);
+        let method = line.method.unwrap();
+        assert!(method.starts_with("ewma"), "{method}");
+        let at = line.exhausted_at.as_deref().unwrap();
+        let at_ms = chrono::DateTime::parse_from_rfc3339(at)
+            .unwrap()
+            .timestamp_millis();
+        let minutes = (at_ms - t0) / MINUTE_MS;
+        assert!(
+            (60..=90).contains(&minutes),
+            "runs out {minutes} min from now"
+        );
+        assert!(line.projected_requests.unwrap() > 1500);
+        // The ledger saw 720 requests (06:00 to 09:00 Pacific, all today) at 0.001 USD: the
+        // projection adds the rest of the day at that cost per request.
+        let cost = line.projected_cost_usd.unwrap();
+        assert!(cost > 0.72, "{cost}");
+        assert_eq!(o.warnings.len(), 2, "{:?}", o.warnings);
+        let w = &o.warnings[0];
+        assert!(
+            w.starts_with("gemini-2.5-pro: the pool's daily limit of 1500"),
+            "{w}"
+        );
+        assert!(w.contains("PDT (America/Los_Angeles)"), "{w}");
+        assert!(w.contains(" h before the quota resets"), "{w}");
+        assert!(o.warnings[1].contains("project p1's"), "{}", o.warnings[1]);
+        assert!((o.cost.today.cost_usd - 0.72).abs() < 1e-9, "{:?}", o.cost);
+
+        // A limit already used up is no forecast warning (the status has its own error).
+        let (pairs, pools) = pair(1500);
+        assert!(ledger.outlook(&pairs, &pools).await.warnings.is_empty());
+    }
 
     #[test]
     fn local_midnights_are_in_the_quota_zone() {

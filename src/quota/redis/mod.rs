@@ -295,7 +295,9 @@ impl QuotaStore for RedisStore {
         }
         let mut inv = self.settle.prepare_invoke();
         inv.key(self.route_key())
+            .key(format!("{}:led:since", self.prefix))
             .arg(&self.prefix)
+            .arg(1)
             .arg(&*r.project)
             .arg(&r.model)
             .arg(r.id)
