@@ -12,6 +12,7 @@ use std::time::Instant;
 use chrono_tz::America::Los_Angeles;
 use common::{FakeUpstream, ProxyOpts, generate, metrics_text, start_proxy};
 use futures_util::StreamExt;
+use gemini_quota_proxy::ledger::MODEL_CAP;
 use gemini_quota_proxy::metrics::{MODEL_LABEL_CAP, OVERFLOW_MODEL};
 use gemini_quota_proxy::quota::ManualClock;
 use gemini_quota_proxy::quota::memory::MemoryStore;
@@ -90,6 +91,22 @@ async fn thousands_of_made_up_model_names_leave_metrics_and_quota_state_bounded(
     let t = store.tracked();
     assert_eq!(t.buckets, 0);
     assert_eq!(t.day_counts, NAMES);
+    // The usage ledger names the first models it saw answered and counts the rest as `other`:
+    // two keys, one client, at most the cap of models (plus `other` and `-`) per minute.
+    let l = proxy.state.ledger.tracked();
+    assert!(l.models <= MODEL_CAP + 2, "{l:?}");
+    assert!(l.entries <= 2 * 2 * (MODEL_CAP + 2) * (NAMES / PER_MINUTE), "{l:?}");
+    let (_, usage) = {
+        let r = common::http()
+            .get(format!("{}/api/ai/usage/?group_by=model", proxy.url))
+            .header("x-goog-api-key", common::CLIENT_KEY)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), common::json_of(r).await)
+    };
+    assert!(usage["series"].as_array().unwrap().len() <= MODEL_CAP + 2);
+    assert_eq!(usage["totals"]["requests"], NAMES as u64, "every request counted");
     // The status page lists the busiest models per key and counts the rest.
     let (_, status) = common::quota_status(&proxy.url, common::CLIENT_KEY).await;
     let mut seen = 0;

@@ -217,6 +217,19 @@ impl Ledger {
         }
     }
 
+    /// How much the ledger holds: distinct names per dimension and series-bucket entries (the
+    /// bounded-state tests read it).
+    pub fn tracked(&self) -> Tracked {
+        let book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        Tracked {
+            models: self.models.len(),
+            projects: self.projects.len(),
+            keys: self.keys.len(),
+            clients: self.clients.len(),
+            entries: book.minutes.entries() + book.hours.entries(),
+        }
+    }
+
     /// Cost per model since this process started (nano-USD), for `/metrics`.
     pub fn cost_totals(&self) -> Vec<(Arc<str>, u64)> {
         let totals = self.cost_totals.lock().unwrap_or_else(|p| p.into_inner());
@@ -238,6 +251,16 @@ impl Ledger {
             None => Ok(()),
         }
     }
+}
+
+/// What [`Ledger::tracked`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracked {
+    pub models: usize,
+    pub projects: usize,
+    pub keys: usize,
+    pub clients: usize,
+    pub entries: usize,
 }
 
 /// The tokens and cost of one answer, recorded when its body ends (the usage comes last).

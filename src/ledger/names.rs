@@ -9,6 +9,9 @@ use std::sync::{Arc, RwLock};
 pub const OVERFLOW: &str = "other";
 /// The name of "none" (a refused request has no key and no project).
 pub const NONE: &str = "-";
+/// The ids of [`NONE`] and [`OVERFLOW`] in every dimension.
+pub const NONE_ID: u32 = 0;
+pub const OVERFLOW_ID: u32 = 1;
 
 /// One dimension's names.
 #[derive(Debug)]
@@ -57,7 +60,7 @@ impl Names {
             }
             // Two fixed names plus the cap.
             if !may_add || g.names.len() >= self.cap + 2 {
-                return 1;
+                return OVERFLOW_ID;
             }
         }
         if name.contains('|') {
@@ -68,7 +71,7 @@ impl Names {
             return *id;
         }
         if g.names.len() >= self.cap + 2 {
-            return 1;
+            return OVERFLOW_ID;
         }
         let id = g.names.len() as u32;
         let name: Arc<str> = name.into();

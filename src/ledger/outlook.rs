@@ -8,7 +8,8 @@ use chrono::{Datelike, NaiveTime, TimeZone, Utc};
 use serde::Serialize;
 
 use super::Ledger;
-use super::book::{HOUR_MS, HOURS, MINUTE_MS, MINUTES, field};
+use super::book::{HOUR_MS, MINUTE_MS, field};
+use super::names;
 use super::forecast::{self, Day, Forecast, History};
 use super::query::{rfc3339, usd};
 
@@ -71,9 +72,15 @@ pub struct ForecastLine {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ForecastView {
+    /// The busiest [`MAX_PAIRS`] (project, model) pairs with a request today.
     pub pairs: Vec<ForecastLine>,
+    /// Pairs with requests today left out of `pairs`.
+    pub pairs_omitted: usize,
     pub pool: Vec<ForecastLine>,
 }
+
+/// Most (project, model) pairs forecast on one status page.
+pub const MAX_PAIRS: usize = 500;
 
 /// The ledger's part of the status page.
 #[derive(Debug, Clone)]
@@ -86,6 +93,10 @@ pub struct Outlook {
 
 /// Pair warnings listed one by one at most; the rest are counted in one more line.
 const PAIR_WARNINGS: usize = 5;
+/// Minutes of history the forecast reads: its level window (6 h) and the current hour.
+const FORECAST_MINUTES: usize = 7 * 60;
+/// Hours of history the forecast reads: its profile's 7 earlier days, today and a margin.
+const FORECAST_HOURS: usize = 9 * 24;
 
 /// Requests, billed cost of one (project, model) or model today, from the hour ring.
 #[derive(Default, Clone, Copy)]
@@ -96,21 +107,39 @@ struct Today {
 
 impl Ledger {
     /// Cost and forecast for the status page (reading Redis first when shared). A store error
-    /// leaves what this replica already holds.
+    /// leaves what this replica already holds. Pairs past [`MAX_PAIRS`] (the least used) are
+    /// counted, not forecast.
     pub async fn outlook(&self, pairs: &[PairInput], pools: &[PoolInput]) -> Outlook {
+        let mut pairs = pairs.to_vec();
+        let pairs_omitted = pairs.len().saturating_sub(MAX_PAIRS);
+        if pairs_omitted > 0 {
+            pairs.sort_by_key(|p| std::cmp::Reverse(p.used_today));
+            pairs.truncate(MAX_PAIRS);
+        }
+        let pairs = &pairs[..];
         let now = self.clock.now_ms();
         let tz = self.timezone;
         let day_start = local_midnight(tz, now, false);
         let month_start = local_midnight(tz, now, true);
         let reset = crate::quota::DayInfo::at(tz, now).next_midnight_ms;
-        let minutes_from = now - (MINUTES as i64 - 1) * MINUTE_MS;
-        let hours_from = (now - (HOURS as i64 - 1) * HOUR_MS).min(month_start);
-        if let Err(e) = self.refresh(Some(minutes_from), Some(hours_from)).await {
+        // What the forecast reads: the level window's minutes, the profile's days of hours.
+        let m_last = now.div_euclid(MINUTE_MS);
+        let m0 = m_last - FORECAST_MINUTES as i64 + 1;
+        let h_last = now.div_euclid(HOUR_MS);
+        let f0 = h_last - FORECAST_HOURS as i64 + 1;
+        // The month's cost needs up to 31 days of hours.
+        let h0 = f0.min(month_start.div_euclid(HOUR_MS));
+        if let Err(e) = self
+            .refresh(Some(m0 * MINUTE_MS), Some(h0 * HOUR_MS))
+            .await
+        {
             tracing::warn!(error = %e, "usage history could not be read from Redis: the status shows what this replica holds");
         }
         let since = self.recording_since().await;
 
-        // Ids of what is forecast.
+        // Ids of what is forecast. A name the ledger does not keep apart (a model past its cap)
+        // has no history of its own.
+        let tracked = |id: u32| id != names::OVERFLOW_ID;
         let pair_ids: HashMap<(u32, u32), usize> = pairs
             .iter()
             .enumerate()
@@ -123,20 +152,22 @@ impl Ledger {
                     i,
                 )
             })
+            .filter(|((p, m), _)| tracked(*p) && tracked(*m))
             .collect();
         let pool_ids: HashMap<u32, usize> = pools
             .iter()
             .enumerate()
             .map(|(i, p)| (self.models.id(&p.model, false), i))
+            .filter(|(m, _)| tracked(*m))
             .collect();
-        let (m0, m_last) = ring_span(now, MINUTE_MS, MINUTES);
-        let (h0, h_last) = ring_span(now, HOUR_MS, HOURS);
-        let n_min = (m_last - m0 + 1) as usize;
-        let n_hour = (h_last - h0 + 1) as usize;
-        let mut pair_min = vec![vec![0f64; n_min]; pairs.len()];
-        let mut pool_min = vec![vec![0f64; n_min]; pools.len()];
-        let mut pair_hour = vec![vec![0f64; n_hour]; pairs.len()];
-        let mut pool_hour = vec![vec![0f64; n_hour]; pools.len()];
+        let mut pair_tracked = vec![false; pairs.len()];
+        pair_ids.values().for_each(|i| pair_tracked[*i] = true);
+        let mut pool_tracked = vec![false; pools.len()];
+        pool_ids.values().for_each(|i| pool_tracked[*i] = true);
+        let mut pair_min = vec![vec![0f64; FORECAST_MINUTES]; pairs.len()];
+        let mut pool_min = vec![vec![0f64; FORECAST_MINUTES]; pools.len()];
+        let mut pair_hour = vec![vec![0f64; FORECAST_HOURS]; pairs.len()];
+        let mut pool_hour = vec![vec![0f64; FORECAST_HOURS]; pools.len()];
         let mut pair_today = vec![Today::default(); pairs.len()];
         let mut pool_today = vec![Today::default(); pools.len()];
         let mut today = super::Counters::default();
@@ -157,20 +188,23 @@ impl Ledger {
                     }
                 }
             }
-            for (i, index) in (h0..=h_last).enumerate() {
+            for index in h0..=h_last {
                 let Some(slot) = book.hours.get(index) else {
                     continue;
                 };
                 let start = index * HOUR_MS;
+                let fi = (index >= f0).then(|| (index - f0) as usize);
                 for (s, c) in &slot.series {
                     let r = c.0[field::REQUESTS];
                     let pair = pair_ids.get(&(s.project, s.model));
                     let pool = pool_ids.get(&s.model);
-                    if let Some(p) = pair {
-                        pair_hour[*p][i] += r as f64;
-                    }
-                    if let Some(p) = pool {
-                        pool_hour[*p][i] += r as f64;
+                    if let Some(i) = fi {
+                        if let Some(p) = pair {
+                            pair_hour[*p][i] += r as f64;
+                        }
+                        if let Some(p) = pool {
+                            pool_hour[*p][i] += r as f64;
+                        }
                     }
                     if start >= month_start {
                         month.add(c);
@@ -203,11 +237,12 @@ impl Ledger {
                     used: u64,
                     minutes: &[f64],
                     hours: &[f64],
-                    t: Today| {
+                    t: Today,
+                    tracked: bool| {
             let history = History {
                 minutes_start_ms: m0 * MINUTE_MS,
                 minutes,
-                hours_start_ms: h0 * HOUR_MS,
+                hours_start_ms: f0 * HOUR_MS,
                 hours,
                 recording_since_ms: since,
             };
@@ -224,7 +259,15 @@ impl Ledger {
                 reason: None,
             };
             let mut runs_out = None;
-            match forecast::forecast(&history, &day, used, (limit > 0).then_some(limit)) {
+            let projected = if tracked {
+                forecast::forecast(&history, &day, used, (limit > 0).then_some(limit))
+            } else {
+                Forecast::Insufficient
+            };
+            match projected {
+                Forecast::Insufficient if !tracked => {
+                    l.reason = Some("model not tracked by the ledger (past its cap)")
+                }
                 Forecast::Insufficient => l.reason = Some("insufficient data"),
                 Forecast::Projected(p) => {
                     let per_request = if t.requests > 0 {
@@ -256,6 +299,7 @@ impl Ledger {
                 &pool_min[i],
                 &pool_hour[i],
                 pool_today[i],
+                pool_tracked[i],
             );
             if let Some(at) = at {
                 warnings.push(self.exhaustion_warning(&p.model, None, p.daily_limit, at, reset));
@@ -273,6 +317,7 @@ impl Ledger {
                 &pair_min[i],
                 &pair_hour[i],
                 pair_today[i],
+                pair_tracked[i],
             );
             if let Some(at) = at {
                 pair_warnings.push(self.exhaustion_warning(
@@ -301,6 +346,7 @@ impl Ledger {
             },
             forecast: ForecastView {
                 pairs: pair_lines,
+                pairs_omitted,
                 pool: pool_lines,
             },
             warnings,
@@ -343,12 +389,6 @@ fn money(c: &super::Counters) -> Money {
         cost_usd: usd(c.0[field::COST]),
         list_cost_usd: usd(c.0[field::LIST_COST]),
     }
-}
-
-/// The first and last bucket index a ring of `len` buckets of `width` holds at `now`.
-fn ring_span(now: i64, width: i64, len: usize) -> (i64, i64) {
-    let last = now.div_euclid(width);
-    (last - len as i64 + 1, last)
 }
 
 /// The last local midnight at or before `now` (of the month's first day when `month`).
