@@ -313,10 +313,109 @@ fn row(name: &str, l: &Load) {
     );
 }
 
+/// Time Redis spent in scripts (`EVAL`/`EVALSHA`), in microseconds, from `INFO commandstats`.
+fn script_usec(port: u16) -> u64 {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "commandstats"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| l.split("usec=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Redis's side of one binary's load: its own redis-server, alternating runs like `compare`.
+struct RedisSide {
+    port: u16,
+    proc_: Proc,
+    redis_port: u16,
+    redis_proc: Proc,
+    loads: Vec<Load>,
+    /// Per run: (redis-server CPU us per request, script us per request, EVALSHA per request).
+    redis: Vec<(f64, f64, f64)>,
+}
+
+impl RedisSide {
+    fn start(bin: &Path, upstream: u16) -> RedisSide {
+        let (redis_port, redis_proc) = start_redis();
+        let (port, proc_) = start_proxy_bin(
+            bin,
+            upstream,
+            Some(&format!("redis://127.0.0.1:{redis_port}")),
+        );
+        RedisSide {
+            port,
+            proc_,
+            redis_port,
+            redis_proc,
+            loads: Vec::new(),
+            redis: Vec::new(),
+        }
+    }
+
+    fn run(&mut self, label: &str, conns: u32, secs: u32, script: &Path) {
+        let (ticks, usec, calls) = (
+            cpu_ticks(self.redis_proc.0.id()),
+            script_usec(self.redis_port),
+            evalsha_calls(self.redis_port),
+        );
+        let l = wrk_cpu(self.port, conns, secs, script, Some(self.proc_.0.id()));
+        let n = l.requests.max(1) as f64;
+        self.redis.push((
+            (cpu_ticks(self.redis_proc.0.id()) - ticks) as f64 * 10_000.0 / n,
+            (script_usec(self.redis_port) - usec) as f64 / n,
+            (evalsha_calls(self.redis_port) - calls) as f64 / n,
+        ));
+        row(label, &l);
+        self.loads.push(l);
+    }
+}
+
+/// `BENCH_BASELINE` on the Redis store: what Redis spends per request under each build.
+fn compare_redis(upstream: u16, baseline: &Path, conns: u32, secs: u32, script: &Path) {
+    let mut new = RedisSide::start(&proxy_bin(), upstream);
+    let mut old = RedisSide::start(baseline, upstream);
+    for p in [new.port, old.port] {
+        wrk(p, 8, 1, script);
+    }
+    println!();
+    println!("Redis store, each build with its own redis-server:");
+    for _ in 0..2 {
+        old.run("baseline, redis store", conns, secs, script);
+        new.run("this build, redis", conns, secs, script);
+    }
+    let avg = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| {
+        v.iter().map(f).sum::<f64>() / v.len() as f64
+    };
+    let rps = |s: &RedisSide| s.loads.iter().map(|l| l.rps).sum::<f64>() / s.loads.len() as f64;
+    for (name, side) in [("baseline  ", &old), ("this build", &new)] {
+        println!(
+            "{name}: {:.0} req/s; redis-server CPU {:.1} us/req, in scripts {:.1} us/req, {:.3} EVALSHA/req",
+            rps(side),
+            avg(&side.redis, |r| r.0),
+            avg(&side.redis, |r| r.1),
+            avg(&side.redis, |r| r.2)
+        );
+    }
+    println!(
+        "this build / baseline: throughput {:.3}, redis-server CPU per request {:.3}, script time per request {:.3}",
+        rps(&new) / rps(&old),
+        avg(&new.redis, |r| r.0) / avg(&old.redis, |r| r.0),
+        avg(&new.redis, |r| r.1) / avg(&old.redis, |r| r.1)
+    );
+}
+
 /// `BENCH_BASELINE=path/to/other/gemini-quota-proxy`: this build against that one, memory
 /// store, in one run: throughput and CPU per request measured twice each, alternating (A B A
-/// B), then the latency each adds at concurrency 1.
+/// B), then the latency each adds at concurrency 1; then the same on the Redis store, with
+/// what Redis spends per request (`BENCH_ONLY=redis`: that part only).
 fn compare(upstream: u16, baseline: &std::path::Path, conns: u32, secs: u32, script: &Path) {
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("redis") {
+        compare_redis(upstream, baseline, conns, secs, script);
+        return;
+    }
     let (new_port, new_proc) = start_proxy(upstream, None);
     let (old_port, old_proc) = start_proxy_bin(baseline, upstream, None);
     for p in [upstream, new_port, old_port] {
@@ -357,6 +456,8 @@ fn compare(upstream: u16, baseline: &std::path::Path, conns: u32, secs: u32, scr
         n1.p50_us - d1.p50_us,
         n1.p99_us - d1.p99_us
     );
+    drop((new_proc, old_proc));
+    compare_redis(upstream, baseline, conns, secs, script);
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -65,14 +65,16 @@ impl Counters {
         self.0.iter().all(|v| *v == 0)
     }
 
-    /// `"1 0 0 ..."`, the form kept in Redis.
+    /// `"1 0 0 ..."`, the form kept in Redis; trailing zeros left out (they read back as 0).
     pub fn pack(&self) -> String {
+        use std::fmt::Write;
+        let used = self.0.iter().rposition(|v| *v != 0).map_or(1, |i| i + 1);
         let mut s = String::with_capacity(48);
-        for (i, v) in self.0.iter().enumerate() {
+        for (i, v) in self.0[..used].iter().enumerate() {
             if i > 0 {
                 s.push(' ');
             }
-            s.push_str(&v.to_string());
+            let _ = write!(s, "{v}");
         }
         s
     }
@@ -240,6 +242,8 @@ mod tests {
         c.0[field::COST] = 123_456_789_012;
         c.0[field::REQUESTS] = 3;
         assert_eq!(Counters::unpack(&c.pack()), Some(c));
+        assert_eq!(Counters::one(field::REQUESTS).pack(), "1");
+        assert_eq!(Counters::default().pack(), "0");
         assert_eq!(Counters::unpack("1 2").unwrap().0[1], 2);
         assert_eq!(Counters::unpack("1 x"), None);
     }

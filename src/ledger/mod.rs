@@ -187,7 +187,8 @@ impl Ledger {
         &self.prices
     }
 
-    fn add(&self, series: Series, c: &Counters) {
+    /// Add `c` to a series, now (the ledger's clock).
+    pub fn add(&self, series: Series, c: &Counters) {
         let now = self.clock.now_ms();
         match &self.shared {
             Some(s) => s.add(now, series, c),

@@ -205,8 +205,12 @@ impl Shared {
             return Ok(());
         }
         let read = self.io.read_hashes(&suffixes).await?;
-        let parsed: Vec<HashMap<Series, Counters>> =
-            read.into_iter().map(|f| parse(ledger, f)).collect();
+        // The same fields come back bucket after bucket: each name is looked up once.
+        let mut known: HashMap<String, Series> = HashMap::new();
+        let parsed: Vec<HashMap<Series, Counters>> = read
+            .into_iter()
+            .map(|f| parse(ledger, f, &mut known))
+            .collect();
         let mut book = ledger.book.lock().unwrap_or_else(|p| p.into_inner());
         let mut parsed = parsed.into_iter();
         for (index, map) in m.iter().zip(parsed.by_ref()) {
@@ -256,24 +260,39 @@ fn field_name(ledger: &Ledger, s: Series) -> String {
     )
 }
 
-/// A bucket's fields back into series (a field this version cannot read is skipped).
-fn parse(ledger: &Ledger, fields: Vec<(String, String)>) -> HashMap<Series, Counters> {
+/// A bucket's fields back into series (a field this version cannot read is skipped); `known`
+/// remembers the series of each field name already seen.
+fn parse(
+    ledger: &Ledger,
+    fields: Vec<(String, String)>,
+    known: &mut HashMap<String, Series>,
+) -> HashMap<Series, Counters> {
     let mut out: HashMap<Series, Counters> = HashMap::with_capacity(fields.len());
     for (name, packed) in fields {
-        let mut parts = name.splitn(4, '|');
-        let (Some(p), Some(m), Some(k), Some(c)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
         let Some(counters) = Counters::unpack(&packed) else {
             continue;
         };
-        let series = Series {
-            project: ledger.projects.id(p, true),
-            model: ledger.models.id(m, true),
-            key: ledger.keys.id(k, true),
-            client: ledger.clients.id(c, true),
+        let series = match known.get(&name) {
+            Some(s) => *s,
+            None => {
+                let mut parts = name.splitn(4, '|');
+                let (Some(p), Some(m), Some(k), Some(c)) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    continue;
+                };
+                let s = Series {
+                    project: ledger.projects.id(p, true),
+                    model: ledger.models.id(m, true),
+                    key: ledger.keys.id(k, true),
+                    client: ledger.clients.id(c, true),
+                };
+                // Bounded by the names the dimensions keep apart.
+                if known.len() < 1 << 20 {
+                    known.insert(name, s);
+                }
+                s
+            }
         };
         out.entry(series).or_default().add(&counters);
     }

@@ -69,8 +69,9 @@ impl std::fmt::Debug for SharedIo {
     }
 }
 
-/// Hashes read per pipeline (one round trip each).
-const READ_CHUNK: usize = 64;
+/// Hashes read per pipeline (one round trip each, under the store's deadline): a busy minute
+/// of the ledger holds thousands of fields, so a pipeline stays small enough to answer in time.
+const READ_CHUNK: usize = 8;
 
 impl SharedIo {
     /// Attach the rider (once; a second call is ignored and returns false).
