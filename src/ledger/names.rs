@@ -80,6 +80,17 @@ impl Names {
         id
     }
 
+    /// The id `name` already has, if any.
+    pub fn get(&self, name: &str) -> Option<u32> {
+        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        g.ids.get(name).copied()
+    }
+
+    /// Whether new names are counted as [`OVERFLOW`] now.
+    pub fn is_full(&self) -> bool {
+        self.len() >= self.cap + 2
+    }
+
     /// The name of `id`.
     pub fn name(&self, id: u32) -> Arc<str> {
         let g = self.inner.read().unwrap_or_else(|p| p.into_inner());

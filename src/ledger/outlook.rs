@@ -9,7 +9,6 @@ use serde::Serialize;
 
 use super::Ledger;
 use super::book::{HOUR_MS, MINUTE_MS, field};
-use super::names;
 use super::forecast::{self, Day, Forecast, History};
 use super::query::{rfc3339, usd};
 
@@ -137,33 +136,25 @@ impl Ledger {
         }
         let since = self.recording_since().await;
 
-        // Ids of what is forecast. A name the ledger does not keep apart (a model past its cap)
-        // has no history of its own.
-        let tracked = |id: u32| id != names::OVERFLOW_ID;
-        let pair_ids: HashMap<(u32, u32), usize> = pairs
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                (
-                    (
-                        self.projects.id(&p.project, false),
-                        self.models.id(&p.model, false),
-                    ),
-                    i,
-                )
-            })
-            .filter(|((p, m), _)| tracked(*p) && tracked(*m))
-            .collect();
-        let pool_ids: HashMap<u32, usize> = pools
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (self.models.id(&p.model, false), i))
-            .filter(|(m, _)| tracked(*m))
-            .collect();
-        let mut pair_tracked = vec![false; pairs.len()];
-        pair_ids.values().for_each(|i| pair_tracked[*i] = true);
-        let mut pool_tracked = vec![false; pools.len()];
-        pool_ids.values().for_each(|i| pool_tracked[*i] = true);
+        // Ids of what is forecast. A model the ledger has not seen has no history yet; one it
+        // cannot keep apart (past its cap) has none of its own.
+        let untracked = |model: &str| self.models.get(model).is_none() && self.models.is_full();
+        let mut pair_ids: HashMap<(u32, u32), usize> = HashMap::new();
+        for (i, p) in pairs.iter().enumerate() {
+            if let (Some(project), Some(model)) =
+                (self.projects.get(&p.project), self.models.get(&p.model))
+            {
+                pair_ids.insert((project, model), i);
+            }
+        }
+        let mut pool_ids: HashMap<u32, usize> = HashMap::new();
+        for (i, p) in pools.iter().enumerate() {
+            if let Some(model) = self.models.get(&p.model) {
+                pool_ids.insert(model, i);
+            }
+        }
+        let pair_tracked: Vec<bool> = pairs.iter().map(|p| !untracked(&p.model)).collect();
+        let pool_tracked: Vec<bool> = pools.iter().map(|p| !untracked(&p.model)).collect();
         let mut pair_min = vec![vec![0f64; FORECAST_MINUTES]; pairs.len()];
         let mut pool_min = vec![vec![0f64; FORECAST_MINUTES]; pools.len()];
         let mut pair_hour = vec![vec![0f64; FORECAST_HOURS]; pairs.len()];
