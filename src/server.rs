@@ -167,6 +167,8 @@ pub async fn serve(
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(cfg.shutdown_grace) => tracing::warn!("grace period over: closing remaining connections"),
     }
+    // The last second of usage sums, not left for a settlement batch that will not come.
+    state.ledger.flush().await;
     Ok(())
 }
 

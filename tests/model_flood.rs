@@ -95,7 +95,10 @@ async fn thousands_of_made_up_model_names_leave_metrics_and_quota_state_bounded(
     // two keys, one client, at most the cap of models (plus `other` and `-`) per minute.
     let l = proxy.state.ledger.tracked();
     assert!(l.models <= MODEL_CAP + 2, "{l:?}");
-    assert!(l.entries <= 2 * 2 * (MODEL_CAP + 2) * (NAMES / PER_MINUTE), "{l:?}");
+    assert!(
+        l.entries <= 2 * 2 * (MODEL_CAP + 2) * (NAMES / PER_MINUTE),
+        "{l:?}"
+    );
     let (_, usage) = {
         let r = common::http()
             .get(format!("{}/api/ai/usage/?group_by=model", proxy.url))
@@ -106,7 +109,10 @@ async fn thousands_of_made_up_model_names_leave_metrics_and_quota_state_bounded(
         (r.status(), common::json_of(r).await)
     };
     assert!(usage["series"].as_array().unwrap().len() <= MODEL_CAP + 2);
-    assert_eq!(usage["totals"]["requests"], NAMES as u64, "every request counted");
+    assert_eq!(
+        usage["totals"]["requests"], NAMES as u64,
+        "every request counted"
+    );
     // The status page lists the busiest models per key and counts the rest.
     let (_, status) = common::quota_status(&proxy.url, common::CLIENT_KEY).await;
     let mut seen = 0;

@@ -200,6 +200,14 @@ impl Ledger {
         }
     }
 
+    /// Write what this replica has not yet written to Redis (at shutdown; nothing to do in
+    /// memory).
+    pub async fn flush(&self) {
+        if let Some(s) = &self.shared {
+            s.flush(self).await;
+        }
+    }
+
     /// Since when this ledger's history runs (Unix ms).
     pub async fn recording_since(&self) -> i64 {
         match &self.shared {

@@ -128,10 +128,7 @@ impl Ledger {
         let f0 = h_last - FORECAST_HOURS as i64 + 1;
         // The month's cost needs up to 31 days of hours.
         let h0 = f0.min(month_start.div_euclid(HOUR_MS));
-        if let Err(e) = self
-            .refresh(Some(m0 * MINUTE_MS), Some(h0 * HOUR_MS))
-            .await
-        {
+        if let Err(e) = self.refresh(Some(m0 * MINUTE_MS), Some(h0 * HOUR_MS)).await {
             tracing::warn!(error = %e, "usage history could not be read from Redis: the status shows what this replica holds");
         }
         let since = self.recording_since().await;

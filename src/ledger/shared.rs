@@ -91,10 +91,30 @@ impl Shared {
         p.sums.entry((minute, series)).or_default().add(c);
     }
 
+    /// Write what is pending now, in a call of its own (shutdown).
+    pub(crate) async fn flush(&self, ledger: &Ledger) {
+        let mut written = 0;
+        while let Some(batch) = self.take_now(ledger, true) {
+            if let Err(e) = self.io.write_now(&batch).await {
+                tracing::warn!(error = %e, fields = fields_of(&batch), "the usage ledger's last sums could not be written to Redis");
+                return;
+            }
+            written += fields_of(&batch);
+        }
+        if written > 0 {
+            tracing::info!(fields = written, "usage ledger: last sums written");
+        }
+    }
+
     fn take(&self, ledger: &Ledger) -> Option<RiderBatch> {
+        self.take_now(ledger, false)
+    }
+
+    /// What is due (everything when `force`): this second's sums and the oldest backlog batch.
+    fn take_now(&self, ledger: &Ledger, force: bool) -> Option<RiderBatch> {
         let (sums, backlog) = {
             let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            let due = p.last_take.is_none_or(|t| t.elapsed() >= FLUSH_EVERY);
+            let due = force || p.last_take.is_none_or(|t| t.elapsed() >= FLUSH_EVERY);
             if !due || (p.sums.is_empty() && p.backlog.is_empty()) {
                 return None;
             }

@@ -352,6 +352,15 @@ mod tests {
     }
 
     #[test]
+    fn openai_stream_chunks_with_null_usage_are_skipped() {
+        let sse = "data: {\"choices\":[],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
+        for piece in [1, 3, 1000] {
+            let u = scan_in_pieces(sse, piece).unwrap();
+            assert_eq!((u.input, u.output), (5, 2), "piece {piece}");
+        }
+    }
+
+    #[test]
     fn a_text_containing_braces_and_quotes_inside_usage_strings_is_read_whole() {
         let body = r#"{"usageMetadata":{"trafficType":"ON_DEMAND \"}{","promptTokenCount":9}}"#;
         assert_eq!(scan_in_pieces(body, 3).map(|u| u.input), Some(9));

@@ -20,7 +20,7 @@ mod admit;
 mod settle;
 
 pub use self::settle::{HashAdd, Rider, RiderBatch};
-use self::settle::{PendingSettle, RiderSlot, SETTLE_QUEUE, settle_writer};
+use self::settle::{PendingSettle, RiderSlot, SETTLE_QUEUE, settle_call, settle_writer};
 
 macro_rules! lua {
     ($file:literal) => {
@@ -59,6 +59,7 @@ pub struct SharedIo {
     prefix: String,
     timeout: Duration,
     rider: RiderSlot,
+    settle: Script,
 }
 
 impl std::fmt::Debug for SharedIo {
@@ -99,6 +100,17 @@ impl SharedIo {
             out.extend(got);
         }
         Ok(out)
+    }
+
+    /// Add `batch` now, in a call of its own (at shutdown: the last sums, not waiting for the
+    /// next settlement batch).
+    pub async fn write_now(&self, batch: &RiderBatch) -> Result<(), StoreError> {
+        let inv = settle_call(&self.settle, &self.prefix, &[], Some(batch));
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, inv.invoke_async::<i64>(&mut conn)).await {
+            Ok(r) => r.map(|_| ()).map_err(store_err),
+            Err(_) => Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
+        }
     }
 
     /// `GET {ns}:SUFFIX`.
@@ -204,6 +216,7 @@ impl RedisStore {
             prefix: self.prefix.clone(),
             timeout: self.timeout,
             rider: self.rider.clone(),
+            settle: self.settle.clone(),
         }
     }
 

@@ -56,6 +56,35 @@ pub trait Rider: Send + Sync {
 /// Where the rider is attached once built (the store exists first).
 pub(super) type RiderSlot = Arc<OnceLock<Arc<dyn Rider>>>;
 
+/// One call of the settlement script: `batch` settled, `riding` added.
+pub(super) fn settle_call<'a>(
+    script: &'a Script,
+    prefix: &str,
+    batch: &[PendingSettle],
+    riding: Option<&RiderBatch>,
+) -> redis::ScriptInvocation<'a> {
+    let mut inv = script.prepare_invoke();
+    inv.key(format!("{prefix}:seq"))
+        .key(format!("{prefix}:led:since"))
+        .arg(prefix)
+        .arg(batch.len());
+    for p in batch {
+        inv.arg(&*p.project).arg(&p.model).arg(p.id).arg(p.tokens);
+    }
+    if let Some(r) = riding {
+        for h in &r.hashes {
+            inv.key(format!("{prefix}:{}", h.suffix))
+                .arg(h.ttl_secs)
+                .arg(h.fields.len());
+            for (f, v) in &h.fields {
+                inv.arg(f).arg(v);
+            }
+        }
+        inv.arg(r.since_ms);
+    }
+    inv
+}
+
 /// Writes queued settlements: waits for one, takes whatever else is already queued (up to a
 /// batch), and sends them in one `EVALSHA`, with whatever the rider has due. Under load that is
 /// one call for many requests; when idle it adds no delay.
@@ -79,25 +108,7 @@ pub(super) async fn settle_writer(
         if batch.is_empty() && riding.is_none() {
             continue;
         }
-        let mut inv = script.prepare_invoke();
-        inv.key(format!("{prefix}:seq"))
-            .key(format!("{prefix}:led:since"))
-            .arg(&prefix)
-            .arg(batch.len());
-        for p in &batch {
-            inv.arg(&*p.project).arg(&p.model).arg(p.id).arg(p.tokens);
-        }
-        if let Some(r) = &riding {
-            for h in &r.hashes {
-                inv.key(format!("{prefix}:{}", h.suffix))
-                    .arg(h.ttl_secs)
-                    .arg(h.fields.len());
-                for (f, v) in &h.fields {
-                    inv.arg(f).arg(v);
-                }
-            }
-            inv.arg(r.since_ms);
-        }
+        let inv = settle_call(&script, &prefix, &batch, riding.as_ref());
         let mut c = conn.clone();
         let failed = match tokio::time::timeout(timeout, inv.invoke_async::<i64>(&mut c)).await {
             Ok(Ok(_)) => None,
