@@ -376,6 +376,11 @@ impl RedisSide {
             (evalsha_calls(self.redis_port) - calls) as f64 / n,
         ));
         row(label, &l);
+        let r = self.redis[self.redis.len() - 1];
+        println!(
+            "|   redis: CPU {:.1} us/req, scripts {:.1} us/req, {:.3} EVALSHA/req",
+            r.0, r.1, r.2
+        );
         self.loads.push(l);
     }
 }
@@ -389,7 +394,11 @@ fn compare_redis(upstream: u16, baseline: &Path, conns: u32, secs: u32, script: 
     }
     println!();
     println!("Redis store, each build with its own redis-server:");
-    for _ in 0..2 {
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    for _ in 0..rounds {
         old.run("baseline, redis store", conns, secs, script);
         new.run("this build, redis", conns, secs, script);
     }

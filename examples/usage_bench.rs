@@ -46,6 +46,7 @@ fn memory(now: i64) {
         prices: Arc::new(Prices::embedded()),
         billing: Default::default(),
         keys: Vec::new(),
+        clients: 0,
         timezone: chrono_tz::America::Los_Angeles,
         shared: None,
         clock: clock.clone(),

@@ -92,6 +92,7 @@ fn build_ledger(config: &Config, pool: &Pool, shared: Option<SharedIo>) -> Arc<L
                 project: k.project.clone(),
             })
             .collect(),
+        clients: config.auth.client_keys.len(),
         timezone: config.limits.timezone,
         shared,
         clock: Arc::new(SystemClock),

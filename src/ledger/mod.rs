@@ -49,6 +49,8 @@ pub struct LedgerSetup {
     /// Billing of each project not billed at list price.
     pub billing: HashMap<String, Billing>,
     pub keys: Vec<KeyInfo>,
+    /// How many client keys are configured (`client1..N`).
+    pub clients: usize,
     pub timezone: chrono_tz::Tz,
     /// Redis, when the quota store is shared.
     pub shared: Option<SharedIo>,
@@ -65,6 +67,9 @@ pub struct Ledger {
     billing: HashMap<String, Billing>,
     /// Key id -> masked key, for display.
     masked: HashMap<Arc<str>, String>,
+    /// Ids of `client1..N`, made at start so a request does not format its client's name.
+    client_ids: Vec<u32>,
+    anonymous: u32,
     pub(crate) timezone: chrono_tz::Tz,
     pub(crate) clock: Arc<dyn Clock>,
     /// The rings: the ledger itself (memory), or a copy of Redis's buckets (shared).
@@ -89,11 +94,18 @@ impl std::fmt::Debug for Ledger {
 impl Ledger {
     pub fn new(setup: LedgerSetup) -> Arc<Ledger> {
         let started_ms = setup.clock.now_ms();
+        let clients = Names::new(NAME_CAP);
+        let client_ids = (1..=setup.clients.min(NAME_CAP))
+            .map(|i| clients.id(&format!("client{i}"), true))
+            .collect();
+        let anonymous = clients.id("anonymous", true);
         let ledger = Arc::new(Ledger {
             projects: Names::new(NAME_CAP),
             models: Names::new(MODEL_CAP),
             keys: Names::new(NAME_CAP),
-            clients: Names::new(NAME_CAP),
+            clients,
+            client_ids,
+            anonymous,
             prices: setup.prices,
             billing: setup.billing,
             masked: setup
@@ -121,6 +133,7 @@ impl Ledger {
             prices: Arc::new(Prices::embedded()),
             billing: HashMap::new(),
             keys: Vec::new(),
+            clients: 0,
             timezone: chrono_tz::America::Los_Angeles,
             shared: None,
             clock: Arc::new(SystemClock),
@@ -147,14 +160,42 @@ impl Ledger {
         client: &str,
         known: bool,
     ) -> Series {
+        self.series_of(project, model, kid, self.clients.id(client, true), known)
+    }
+
+    /// [`Ledger::series`] with the client's id already known ([`Ledger::client_id`]).
+    pub fn series_of(
+        &self,
+        project: Option<&str>,
+        model: &str,
+        kid: Option<&str>,
+        client: u32,
+        known: bool,
+    ) -> Series {
         Series {
-            project: project.map_or(0, |p| self.projects.id(p, true)),
+            project: project.map_or(names::NONE_ID, |p| self.projects.id(p, true)),
             model: self
                 .models
                 .id(model.strip_prefix("models/").unwrap_or(model), known),
-            key: kid.map_or(0, |k| self.keys.id(k, true)),
-            client: self.clients.id(client, true),
+            key: kid.map_or(names::NONE_ID, |k| self.keys.id(k, true)),
+            client,
         }
+    }
+
+    /// The id of client key `index` (`client1..N`), or of `anonymous` (`None`).
+    pub fn client_id(&self, index: Option<usize>) -> u32 {
+        match index {
+            Some(i) => match self.client_ids.get(i) {
+                Some(id) => *id,
+                None => self.clients.id(&format!("client{}", i + 1), true),
+            },
+            None => self.anonymous,
+        }
+    }
+
+    /// The id of a client by name (`admin`).
+    pub fn client_id_named(&self, name: &str) -> u32 {
+        self.clients.id(name, true)
     }
 
     /// Count one event (`field::REQUESTS`, `UPSTREAM_429`, `REFUSED`, `ERRORS`).
@@ -163,19 +204,21 @@ impl Ledger {
     }
 
     /// What a request's answer used, for [`Tally::close`].
+    /// The tally counts the request (`requests` 1) with its tokens.
     pub fn tally(
         self: &Arc<Self>,
         series: Series,
-        model: &str,
+        model: Arc<str>,
         project: &str,
         fallback_input: Option<u64>,
     ) -> Tally {
         Tally {
             ledger: self.clone(),
             series,
-            model: model.strip_prefix("models/").unwrap_or(model).into(),
+            model,
             billing: self.billing_of(project),
             fallback_input,
+            closed: false,
         }
     }
 
@@ -280,11 +323,19 @@ pub struct Tally {
     billing: Billing,
     /// Input tokens to count when the answer reports none (embedding calls): the estimate.
     fallback_input: Option<u64>,
+    closed: bool,
 }
 
 impl Tally {
-    /// Record `usage` (the last usage object of the answer) and its cost.
-    pub fn close(self, usage: Option<TokenUsage>) {
+    /// Record the request with `usage` (the last usage object of the answer) and its cost.
+    pub fn close(mut self, usage: Option<TokenUsage>) {
+        self.record(usage);
+    }
+
+    fn record(&mut self, usage: Option<TokenUsage>) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
         let usage = match (usage, self.fallback_input) {
             (Some(u), _) => u,
             (None, Some(input)) => TokenUsage {
@@ -294,7 +345,7 @@ impl Tally {
             (None, None) => TokenUsage::default(),
         };
         let cost = self.ledger.prices.cost(&self.model, &usage, self.billing);
-        let mut c = Counters::default();
+        let mut c = Counters::one(field::REQUESTS);
         c.0[field::INPUT] = usage.input;
         c.0[field::CACHED] = usage.cached;
         c.0[field::OUTPUT] = usage.output;
@@ -305,6 +356,13 @@ impl Tally {
         c.0[field::UNPRICED] = u64::from(!cost.priced);
         self.ledger.add(self.series, &c);
         metrics_for(&self.ledger, self.series.model, &usage, cost.billed_nano);
+    }
+}
+
+impl Drop for Tally {
+    /// An answer dropped before its body was read (an error on the way) still counts as sent.
+    fn drop(&mut self) {
+        self.record(None);
     }
 }
 

@@ -413,6 +413,7 @@ mod tests {
             prices: Arc::new(Prices::embedded()),
             billing: Default::default(),
             keys: Vec::new(),
+            clients: 0,
             timezone: chrono_tz::America::Los_Angeles,
             shared: None,
             clock,

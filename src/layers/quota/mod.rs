@@ -92,51 +92,51 @@ pub struct Served {
     pub sent: bool,
     /// The proxy answered for its own limits: 429, or 400 for a request over every limit.
     pub refused: bool,
+    /// The ledger series of a success, whose answer records the request as it ends.
+    pub tallied: Option<Series>,
 }
 
 /// Who the ledger counts a quota-spending request under.
 struct Account {
-    model: String,
-    client: String,
+    model: Arc<str>,
+    client: u32,
 }
 
 impl Account {
-    fn of(req: &http::Request<Bytes>) -> Option<Account> {
-        let model = req
-            .extensions()
-            .get::<Estimated>()?
-            .quota_model()?
-            .to_string();
-        let caller = req
-            .extensions()
-            .get::<CallerTag>()
-            .map_or(Caller::Anonymous, |c| c.0);
-        Some(Account {
-            model,
-            client: caller.ledger_name(),
-        })
+    fn of(state: &AppState, req: &http::Request<Bytes>) -> Option<Account> {
+        let model = req.extensions().get::<Estimated>()?.quota_model()?.into();
+        let client = match req.extensions().get::<CallerTag>().map(|c| c.0) {
+            Some(Caller::Client(i)) => state.ledger.client_id(Some(i)),
+            Some(c @ Caller::Admin) => state.ledger.client_id_named(&c.ledger_name()),
+            Some(Caller::Anonymous) | None => state.ledger.client_id(None),
+        };
+        Some(Account { model, client })
     }
 
     /// The ledger series of this request on key `index` (`None`: no key served it).
     fn series(&self, state: &AppState, index: Option<usize>, known: bool) -> Series {
         let key = index.map(|i| &state.pool.keys[i]);
-        state.ledger.series(
+        state.ledger.series_of(
             key.map(|k| &*k.project),
             &self.model,
             key.map(|k| &*k.kid),
-            &self.client,
+            self.client,
             known,
         )
     }
 
-    /// Count the request's outcome: sent upstream, refused here, or a 5xx answer.
+    /// Count the request's outcome: sent upstream, refused here, or a 5xx answer. A success's
+    /// request is counted by its tally, with its tokens, as the answer ends.
     fn record(&self, state: &AppState, served: &Served, status: http::StatusCode) {
+        if served.tallied.is_some() && !served.refused && !status.is_server_error() {
+            return;
+        }
         let series = self.series(
             state,
             served.key.filter(|_| served.sent),
             status.is_success(),
         );
-        if served.sent {
+        if served.sent && served.tallied.is_none() {
             state.ledger.count(series, field::REQUESTS);
         }
         if served.refused {
@@ -170,7 +170,7 @@ where
         let this = self.clone();
         Box::pin(async move {
             let mut served = Served::default();
-            let account = Account::of(&req);
+            let account = Account::of(&this.state, &req);
             let state = this.state.clone();
             let mut resp = this
                 .run(req, &mut served, account.as_ref())
@@ -402,12 +402,11 @@ where
             // their estimate is counted instead.
             let tally = account.map(|a| {
                 let fallback = (route.family == QuotaFamily::Embed).then_some(est.estimate.tokens);
-                state.ledger.tally(
-                    a.series(state, Some(index), true),
-                    &a.model,
-                    &key.project,
-                    fallback,
-                )
+                let series = a.series(state, Some(index), true);
+                served.tallied = Some(series);
+                state
+                    .ledger
+                    .tally(series, a.model.clone(), &key.project, fallback)
             });
             let at_end = AtEnd { settlement, tally };
             if route.creates_resource && !streaming {
