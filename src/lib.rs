@@ -5,7 +5,7 @@
 //!
 //! 1. [`server`]: the accept loop (header timeout, connection cap, graceful drain) dispatches
 //!    Gemini paths to the [`gateway`]'s service and the rest to the proxy's own endpoints
-//!    ([`status`]: health, readiness, metrics, quota status and admin reset).
+//!    ([`status`]: health, readiness, metrics, quota status and admin reset, usage history).
 //! 2. [`layers`], a tower stack, outermost first:
 //!    - [`layers::authenticate`]: the client credential ([`auth`], [`secret`]);
 //!    - [`layers::estimate`]: the path ([`route`]), the body read once, its input tokens
@@ -16,7 +16,8 @@
 //!    - [`layers::forward`]: the pooled HTTP client ([`upstream::client`]) with the request
 //!      built for Google ([`upstream::request`]).
 //! 3. [`body`]: the answer streams back untouched while its usage is read; at its end the
-//!    reservation settles ([`quota::Settlement`]).
+//!    reservation settles ([`quota::Settlement`]) and the [`ledger`] records its tokens and cost
+//!    (requests, refusals, Google's 429s and 5xx are counted by [`layers::quota`]).
 //!
 //! Around it: [`config`] (one file per section), [`error`] (Google's error envelope),
 //! [`metrics`], [`telemetry`] (logging) and [`state`] (what every step shares).
