@@ -3,7 +3,7 @@
 //!
 //! Requests are recorded as they end ([`Ledger::count`], [`Tally`]); the numbers live in
 //! fixed rings ([`book`]) in this replica's memory, or, with Redis, in per-minute and
-//! per-hour hashes every replica adds to ([`shared`]), written with the settlement batches and
+//! per-hour hashes every replica adds to (`shared`), written with the settlement batches and
 //! read back into the same rings. [`query`] answers `/api/ai/usage/`; [`outlook`] gives the
 //! status page its cost and forecast.
 

@@ -212,7 +212,7 @@ impl Prices {
     }
 
     /// Cost of `usage` for `model` under `billing`. Unpriced: all zero, priced=false, and a
-    /// warning once per model name (for the first [`MAX_WARNED`] names only, so client-chosen
+    /// warning once per model name (for the first `MAX_WARNED` names only, so client-chosen
     /// names cannot grow memory).
     pub fn cost(&self, model: &str, usage: &TokenUsage, billing: Billing) -> Cost {
         let Some((_, rates)) = self.rates_for(model) else {
