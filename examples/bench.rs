@@ -230,6 +230,16 @@ fn rss_kb(pid: u32) -> u64 {
 }
 
 fn evalsha_calls(port: u16) -> u64 {
+    script_stat(port, "calls=")
+}
+
+/// Time Redis spent in scripts (`EVAL`/`EVALSHA`), in microseconds, from `INFO commandstats`.
+fn script_usec(port: u16) -> u64 {
+    script_stat(port, "usec=")
+}
+
+/// One figure (`calls=` or `usec=`) of `EVAL` and `EVALSHA` in `INFO commandstats`, summed.
+fn script_stat(port: u16, name: &str) -> u64 {
     let out = Command::new("redis-cli")
         .args(["-p", &port.to_string(), "INFO", "commandstats"])
         .output()
@@ -237,14 +247,7 @@ fn evalsha_calls(port: u16) -> u64 {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
+        .filter_map(|l| l.split(name).nth(1)?.split(',').next()?.parse::<u64>().ok())
         .sum()
 }
 
@@ -311,26 +314,6 @@ fn row(name: &str, l: &Load) {
         "| {name:<22} | {:>9.0} | {:>8.0} | {:>8.0} | {:>9.0} | {:>8} | {:>6} | {:>10.1} |",
         l.rps, l.p50_us, l.p99_us, l.p999_us, l.requests, l.errors, l.cpu_us
     );
-}
-
-/// Time Redis spent in scripts (`EVAL`/`EVALSHA`), in microseconds, from `INFO commandstats`.
-fn script_usec(port: u16) -> u64 {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "INFO", "commandstats"])
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split("usec=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
 }
 
 /// Redis's side of one binary's load: its own redis-server, alternating runs like `compare`.

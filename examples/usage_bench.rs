@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gemini_quota_proxy::ledger::query::{GroupBy, Query, Window};
-use gemini_quota_proxy::ledger::{Counters, Ledger, LedgerSetup, Prices, field};
+use gemini_quota_proxy::ledger::{Counters, Ledger, field};
 use gemini_quota_proxy::quota::{Clock, ManualClock};
 use support::{proxy_bin, start_proxy_with, start_redis};
 
@@ -42,15 +42,7 @@ fn millis(d: Duration) -> f64 {
 
 fn memory(now: i64) {
     let clock = Arc::new(ManualClock::new(now - (MINUTES - 1) * 60_000));
-    let ledger = Ledger::new(LedgerSetup {
-        prices: Arc::new(Prices::embedded()),
-        billing: Default::default(),
-        keys: Vec::new(),
-        clients: 0,
-        timezone: chrono_tz::America::Los_Angeles,
-        shared: None,
-        clock: clock.clone(),
-    });
+    let ledger = Ledger::in_memory_at(clock.clone());
     let series: Vec<_> = (0..KEYS * MODELS)
         .map(|i| {
             ledger.series(

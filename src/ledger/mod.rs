@@ -129,6 +129,11 @@ impl Ledger {
 
     /// A ledger in memory with the embedded prices (tests, embedders without a config).
     pub fn in_memory() -> Arc<Ledger> {
+        Ledger::in_memory_at(Arc::new(SystemClock))
+    }
+
+    /// [`Ledger::in_memory`] on `clock` (tests and benchmarks travel in time with it).
+    pub fn in_memory_at(clock: Arc<dyn Clock>) -> Arc<Ledger> {
         Ledger::new(LedgerSetup {
             prices: Arc::new(Prices::embedded()),
             billing: HashMap::new(),
@@ -136,7 +141,7 @@ impl Ledger {
             clients: 0,
             timezone: chrono_tz::America::Los_Angeles,
             shared: None,
-            clock: Arc::new(SystemClock),
+            clock,
         })
     }
 

@@ -405,19 +405,11 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::ledger::{Counters, LedgerSetup, Prices};
+    use crate::ledger::Counters;
     use crate::quota::{Clock, ManualClock};
 
     fn ledger_at(clock: Arc<ManualClock>) -> Arc<Ledger> {
-        Ledger::new(LedgerSetup {
-            prices: Arc::new(Prices::embedded()),
-            billing: Default::default(),
-            keys: Vec::new(),
-            clients: 0,
-            timezone: chrono_tz::America::Los_Angeles,
-            shared: None,
-            clock,
-        })
+        Ledger::in_memory_at(clock)
     }
 
     fn pair(used: u64) -> (Vec<PairInput>, Vec<PoolInput>) {
