@@ -59,6 +59,12 @@ fn prompt(text: &str) -> Value {
 }
 
 async fn every_answer_shape_is_recorded_field_by_field(redis: Option<&RedisServer>) {
+    // A model of this test's own (priced as gemini-2.5-pro by prefix): its metrics are its own
+    // in this process.
+    let model = match redis {
+        Some(_) => "gemini-2.5-pro-ledger-redis",
+        None => "gemini-2.5-pro-ledger-memory",
+    };
     let fake = FakeUpstream::start().await;
     fake.behave(|b| {
         b.prompt_tokens = Some(1000);
@@ -70,7 +76,7 @@ async fn every_answer_shape_is_recorded_field_by_field(redis: Option<&RedisServe
         };
     });
     let proxy = start_proxy(&fake.url, redis_env(ProxyOpts::keys(&KEYS), redis)).await;
-    let base = format!("{}/v1beta/models/gemini-2.5-pro", proxy.url);
+    let base = format!("{}/v1beta/models/{model}", proxy.url);
     // JSON: 3 candidates tokens.
     let r = post(format!("{base}:generateContent"), prompt("one")).await;
     assert_eq!(r.status(), 200);
@@ -88,7 +94,7 @@ async fn every_answer_shape_is_recorded_field_by_field(redis: Option<&RedisServe
     // OpenAI: completion 103 with 100 reasoning tokens: 3 output, 100 thinking; no tool count.
     let r = post(
         format!("{}/v1beta/openai/chat/completions", proxy.url),
-        json!({"model": "gemini-2.5-pro", "messages": [{"role": "user", "content": "three"}]}),
+        json!({"model": model, "messages": [{"role": "user", "content": "three"}]}),
     )
     .await;
     assert_eq!(r.status(), 200);
@@ -117,6 +123,9 @@ async fn every_answer_shape_is_recorded_field_by_field(redis: Option<&RedisServe
     assert_eq!(body["window"], "1h");
     let series = body["series"].as_array().unwrap();
     assert_eq!(series.len(), 1);
+    assert_eq!(series[0]["group"], json!({}));
+    let (_, by_model) = usage(&proxy.url, "window=1h&group_by=model").await;
+    assert_eq!(by_model["series"][0]["group"]["model"], model, "{by_model}");
     assert_eq!(series[0]["points"].as_array().unwrap().len(), 60);
     let last = &series[0]["points"][59];
     assert!(
@@ -153,13 +162,25 @@ async fn every_answer_shape_is_recorded_field_by_field(redis: Option<&RedisServe
     assert_close(&qs["cost"]["today"]["cost_usd"], want);
     assert_close(&qs["cost"]["month"]["list_cost_usd"], want);
     let m = metrics_text(&proxy.url).await;
-    assert!(
-        m.contains("gqp_tokens_total{model=\"gemini-2.5-pro\",kind=\"thinking\"}")
-            || m.contains("gqp_tokens_total{kind=\"thinking\",model=\"gemini-2.5-pro\"}"),
-        "{m}"
-    );
+    let value = |prefix: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with(prefix) && l.contains(&format!("model=\"{model}\"")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} for {model}: {m}"))
+    };
+    let tokens = |kind: &str| {
+        m.lines()
+            .filter(|l| l.starts_with("gqp_tokens_total{"))
+            .filter(|l| l.contains(&format!("model=\"{model}\"")))
+            .find(|l| l.contains(&format!("kind=\"{kind}\"")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {kind} tokens for {model}: {m}"))
+    };
+    assert_eq!(tokens("input"), 4000);
+    assert_eq!(tokens("thinking"), 400);
+    assert_eq!(tokens("tool"), 150);
     assert!(m.contains("# TYPE gqp_cost_usd_total counter"));
-    assert!(m.contains("gqp_cost_usd_total{model=\"gemini-2.5-pro\"}"));
+    assert!((value("gqp_cost_usd_total{") * 1e9 - want as f64).abs() < 2.0);
 }
 
 /// A JSON cost equals `nano` nano-USD (to a nano-dollar; JSON carries it as a float).
@@ -455,4 +476,130 @@ async fn bad_parameters_get_google_errors_and_a_credential_is_required() {
     assert_eq!(pool["model"], "gemini-2.5-flash", "{status}");
     assert_eq!(pool["reason"], "insufficient data");
     assert!(pool["projected_requests"].is_null() && pool["resets_at"].is_string());
+}
+
+async fn a_retried_request_counts_once_and_a_client_gone_early_still_counts(
+    redis: Option<&RedisServer>,
+) {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(&fake.url, redis_env(ProxyOpts::keys(&KEYS), redis)).await;
+    // A 503, then a bare 429 on the other key, then success: one request, one Google 429,
+    // no error (the client got 200).
+    fake.behave(|b| {
+        b.script.push_back(Scripted::Status(503));
+        b.script.push_back(Scripted::Bare429);
+    });
+    let r = generate(&proxy.url, "gemini-2.5-flash", "retry me").await;
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    // A client that gives up while Google is still working: the request was sent, it counts.
+    fake.behave(|b| b.answer_delay = Duration::from_millis(1500));
+    let gone = http()
+        .post(format!(
+            "{}/v1beta/models/gemini-2.5-flash:generateContent",
+            proxy.url
+        ))
+        .header("x-goog-api-key", CLIENT_KEY)
+        .timeout(Duration::from_millis(300))
+        .json(&prompt("slow"))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client should have timed out");
+    let body = totals_when(&proxy.url, "group_by=none", 2).await;
+    let t = &body["totals"];
+    assert_eq!(t["requests"], 2, "{body}");
+    assert_eq!(t["upstream_429"], 1, "{body}");
+    assert_eq!(t["errors"], 0, "{body}");
+    assert_eq!(t["refused"], 0, "{body}");
+    assert_eq!(t["input_tokens"], fake_prompt_tokens("retry me"), "{body}");
+}
+
+/// What the fake upstream reports as `promptTokenCount` for a prompt (characters / 4).
+fn fake_prompt_tokens(text: &str) -> u64 {
+    (text.len() as u64).div_ceil(4).max(1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_counts_once_and_a_client_gone_early_still_counts_in_memory() {
+    a_retried_request_counts_once_and_a_client_gone_early_still_counts(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_counts_once_and_a_client_gone_early_still_counts_in_redis() {
+    let redis = RedisServer::start();
+    a_retried_request_counts_once_and_a_client_gone_early_still_counts(Some(&redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sums_made_while_redis_is_down_are_written_when_it_is_back() {
+    let mut redis = RedisServer::start();
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&KEYS)
+            .env("REDIS_URL", &redis.url)
+            .toml("[store]\ntimeout_ms = 200\n"),
+    )
+    .await;
+    for _ in 0..3 {
+        generate(&proxy.url, "gemini-2.5-flash", "before")
+            .await
+            .bytes()
+            .await
+            .unwrap();
+    }
+    totals_when(&proxy.url, "group_by=none", 3).await;
+    redis.stop();
+    // Served under the `local` policy; the ledger keeps its sums.
+    for _ in 0..4 {
+        let r = generate(&proxy.url, "gemini-2.5-flash", "during").await;
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let (code, _) = usage(&proxy.url, "group_by=none").await;
+    assert_eq!(code, 503, "the history is in Redis, which is down");
+    // This Redis keeps nothing across a restart: the three from before are gone with it; the
+    // four counted meanwhile arrive.
+    redis.restart();
+    let body = totals_when(&proxy.url, "group_by=none", 4).await;
+    assert_eq!(body["totals"]["requests"], 4, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sent_again_after_a_timeout_is_added_once() {
+    use gemini_quota_proxy::quota::redis::{HashAdd, RedisStore, RideOutcome, RiderBatch};
+    use gemini_quota_proxy::secret::Secret;
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(
+        &Secret::new(redis.url.clone()),
+        "gqp",
+        Duration::from_secs(2),
+        chrono_tz::America::Los_Angeles,
+    )
+    .unwrap();
+    let io = store.shared_io();
+    let batch = |id: &str| RiderBatch {
+        id: id.into(),
+        hashes: vec![HashAdd {
+            suffix: "led:m:1000".into(),
+            ttl_secs: 60,
+            fields: vec![("p|m|k|c".into(), "1 0 0 0 10".into())],
+        }],
+        since_ms: 60_000_000,
+        late: false,
+    };
+    // The value of a bulk-string reply (`$N` line, then the value).
+    let get = |args: &[&str]| {
+        let raw = redis.cli(args).unwrap_or_default();
+        raw.lines().last().unwrap_or_default().to_string()
+    };
+    // The same batch twice (a call that timed out may have run): added once.
+    for _ in 0..2 {
+        assert_eq!(io.write_now(&batch("r1:7")).await.0, RideOutcome::Written);
+    }
+    assert_eq!(get(&["HGET", "{gqp}:led:m:1000", "p|m|k|c"]), "1 0 0 0 10");
+    // Another batch adds, field by field.
+    io.write_now(&batch("r1:8")).await;
+    assert_eq!(get(&["HGET", "{gqp}:led:m:1000", "p|m|k|c"]), "2 0 0 0 20");
+    assert_eq!(get(&["GET", "{gqp}:led:since"]), "60000000");
 }

@@ -274,6 +274,25 @@ impl Ledger {
         }
     }
 
+    /// Visit buckets `first..=last` of the hour ring (`hourly`) or the minute ring, with their
+    /// position from `first`. The rings are locked one bucket at a time, so requests ending
+    /// meanwhile wait for one bucket's worth of work at most, never for a whole query.
+    pub(crate) fn each_bucket(
+        &self,
+        hourly: bool,
+        first: i64,
+        last: i64,
+        mut f: impl FnMut(usize, i64, &HashMap<Series, Counters>),
+    ) {
+        for (i, index) in (first..=last).enumerate() {
+            let book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+            let ring = if hourly { &book.hours } else { &book.minutes };
+            if let Some(slot) = ring.get(index) {
+                f(i, index, &slot.series);
+            }
+        }
+    }
+
     /// How much the ledger holds: distinct names per dimension and series-bucket entries (the
     /// bounded-state tests read it).
     pub fn tracked(&self) -> Tracked {

@@ -160,59 +160,58 @@ impl Ledger {
         let mut pool_today = vec![Today::default(); pools.len()];
         let mut today = super::Counters::default();
         let mut month = super::Counters::default();
-        {
-            let book = self.book.lock().unwrap_or_else(|p| p.into_inner());
-            for (i, index) in (m0..=m_last).enumerate() {
-                let Some(slot) = book.minutes.get(index) else {
-                    continue;
-                };
-                for (s, c) in &slot.series {
+        // Minutes: the forecast's window, and today (from midnight, in minutes so a zone whose
+        // offset is not whole hours still starts its day on time).
+        let today_m0 = day_start.div_euclid(MINUTE_MS);
+        self.each_bucket(false, m0.min(today_m0), m_last, |_, index, bucket| {
+            let fi = (index >= m0).then(|| (index - m0) as usize);
+            let is_today = index * MINUTE_MS >= day_start;
+            for (s, c) in bucket {
+                let r = c.0[field::REQUESTS];
+                let pair = pair_ids.get(&(s.project, s.model));
+                let pool = pool_ids.get(&s.model);
+                if let Some(i) = fi {
+                    if let Some(p) = pair {
+                        pair_min[*p][i] += r as f64;
+                    }
+                    if let Some(p) = pool {
+                        pool_min[*p][i] += r as f64;
+                    }
+                }
+                if is_today {
+                    today.add(c);
+                    let t = Today {
+                        requests: r,
+                        cost_nano: c.0[field::COST],
+                    };
+                    if let Some(p) = pair {
+                        add_today(&mut pair_today[*p], t);
+                    }
+                    if let Some(p) = pool {
+                        add_today(&mut pool_today[*p], t);
+                    }
+                }
+            }
+        });
+        // Hours: the forecast's days, and the month (from the hour its first midnight falls in).
+        let month_h0 = month_start.div_euclid(HOUR_MS);
+        self.each_bucket(true, h0, h_last, |_, index, bucket| {
+            let fi = (index >= f0).then(|| (index - f0) as usize);
+            for (s, c) in bucket {
+                if let Some(i) = fi {
                     let r = c.0[field::REQUESTS] as f64;
                     if let Some(p) = pair_ids.get(&(s.project, s.model)) {
-                        pair_min[*p][i] += r;
+                        pair_hour[*p][i] += r;
                     }
                     if let Some(p) = pool_ids.get(&s.model) {
-                        pool_min[*p][i] += r;
+                        pool_hour[*p][i] += r;
                     }
                 }
-            }
-            for index in h0..=h_last {
-                let Some(slot) = book.hours.get(index) else {
-                    continue;
-                };
-                let start = index * HOUR_MS;
-                let fi = (index >= f0).then(|| (index - f0) as usize);
-                for (s, c) in &slot.series {
-                    let r = c.0[field::REQUESTS];
-                    let pair = pair_ids.get(&(s.project, s.model));
-                    let pool = pool_ids.get(&s.model);
-                    if let Some(i) = fi {
-                        if let Some(p) = pair {
-                            pair_hour[*p][i] += r as f64;
-                        }
-                        if let Some(p) = pool {
-                            pool_hour[*p][i] += r as f64;
-                        }
-                    }
-                    if start >= month_start {
-                        month.add(c);
-                    }
-                    if start >= day_start {
-                        today.add(c);
-                        let t = Today {
-                            requests: r,
-                            cost_nano: c.0[field::COST],
-                        };
-                        if let Some(p) = pair {
-                            add_today(&mut pair_today[*p], t);
-                        }
-                        if let Some(p) = pool {
-                            add_today(&mut pool_today[*p], t);
-                        }
-                    }
+                if index >= month_h0 {
+                    month.add(c);
                 }
             }
-        }
+        });
 
         let day = Day {
             now_ms: now,

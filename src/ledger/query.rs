@@ -242,26 +242,15 @@ impl Ledger {
         // Group id -> one Counters per point.
         let mut groups: HashMap<u32, Vec<Counters>> = HashMap::new();
         let mut totals = Counters::default();
-        {
-            let book = self.book.lock().unwrap_or_else(|p| p.into_inner());
-            let ring = if step == MINUTE_MS {
-                &book.minutes
-            } else {
-                &book.hours
-            };
-            for (i, index) in (first..=last).enumerate() {
-                let Some(slot) = ring.get(index) else {
-                    continue;
-                };
-                for (series, c) in &slot.series {
-                    let g = groups
-                        .entry(q.group_by.of(series))
-                        .or_insert_with(|| vec![Counters::default(); points]);
-                    g[i].add(c);
-                    totals.add(c);
-                }
+        self.each_bucket(step != MINUTE_MS, first, last, |i, _, bucket| {
+            for (series, c) in bucket {
+                let g = groups
+                    .entry(q.group_by.of(series))
+                    .or_insert_with(|| vec![Counters::default(); points]);
+                g[i].add(c);
+                totals.add(c);
             }
-        }
+        });
         let mut series: Vec<SeriesOut> = groups
             .into_iter()
             .map(|(id, counters)| SeriesOut {

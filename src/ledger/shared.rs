@@ -1,18 +1,20 @@
 //! The ledger in Redis, shared by every replica: each replica sums its own requests per minute
 //! and series for a second, then adds the sums into `{ns}:led:m:MINUTE` and `{ns}:led:h:HOUR`
 //! hashes (field `project|model|key id|client`, value the packed [`Counters`]) riding on the
-//! settlement call; minute hashes expire after 48 h, hour hashes after 35 days. Reads copy the
-//! buckets back into this replica's rings: a closed bucket once, an open one at most once a
-//! second.
+//! settlement call; minute hashes expire after 48 h, hour hashes after 35 days. A batch carries
+//! an id and Redis applies it once, so one sent again after a timeout is not counted twice.
+//! Reads copy the buckets back into this replica's rings: a closed bucket once, an open one at
+//! most once a second, and every bucket again when some replica wrote late (after an outage).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::book::{Counters, HOUR_MS, HOURS, MINUTE_MS, MINUTES, Series};
 use super::{Ledger, LedgerRef};
 use crate::quota::StoreError;
-use crate::quota::redis::{HashAdd, Rider, RiderBatch, SharedIo};
+use crate::quota::redis::{HashAdd, RideOutcome, Rider, RiderBatch, SharedIo};
 
 /// How long a replica sums before writing (the settlement call carries the sums).
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -20,10 +22,13 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const MINUTE_TTL_SECS: u64 = 48 * 3600 + 600;
 const HOUR_TTL_SECS: u64 = 35 * 24 * 3600 + 3600;
 /// A bucket is read once more this long after it ended (writes of other replicas arrive within
-/// a second or two of their requests), then never again.
+/// a second or two of their requests), then only when a late write is announced.
 const SETTLE_GRACE_MS: i64 = 2 * 60_000;
-/// Fields kept for writing while Redis is unreachable; past it the oldest sums are dropped.
-const BACKLOG_FIELDS: usize = 200_000;
+/// (minute, series) sums kept for writing while Redis is unreachable; past it the oldest
+/// minutes are dropped, with a warning.
+const PENDING_CAP: usize = 100_000;
+/// (minute, series) sums in one batch at most: one script call stays short.
+const BATCH_ENTRIES: usize = 5_000;
 
 pub(crate) struct Shared {
     io: SharedIo,
@@ -31,23 +36,29 @@ pub(crate) struct Shared {
     /// Serialises reads back from Redis, and remembers what was read.
     reads: tokio::sync::Mutex<Reads>,
     since: Mutex<Option<i64>>,
+    /// This replica's part of batch ids (random), and the next batch's number.
+    replica: u64,
+    seq: AtomicU64,
+    /// False when another ledger already rides on this store: this one records nothing.
+    attached: AtomicBool,
 }
 
 #[derive(Default)]
 struct Pending {
-    /// Sums per (minute, series) since the last write.
+    /// Sums per (minute, series) not yet in a batch.
     sums: HashMap<(i64, Series), Counters>,
     last_take: Option<Instant>,
-    /// Batches Redis did not take, oldest first.
-    backlog: Vec<RiderBatch>,
-    backlog_fields: usize,
+    /// The batch sent last and not known to be written: sent again, unchanged, until it is.
+    inflight: Option<RiderBatch>,
+    dropped: u64,
 }
 
-/// When each bucket was last read from Redis (Unix ms), per ring.
+/// When each bucket was last read from Redis (Unix ms), per ring, and the `late` counter seen.
 #[derive(Default)]
 struct Reads {
     minutes: HashMap<i64, i64>,
     hours: HashMap<i64, i64>,
+    late: Option<String>,
 }
 
 struct LedgerRider(LedgerRef);
@@ -55,14 +66,14 @@ struct LedgerRider(LedgerRef);
 impl Rider for LedgerRider {
     fn take(&self) -> Option<RiderBatch> {
         let ledger = self.0.upgrade()?;
-        ledger.shared.as_ref()?.take(&ledger)
+        ledger.shared.as_ref()?.take(&ledger, false)
     }
 
-    fn put_back(&self, batch: RiderBatch) {
+    fn done(&self, outcome: RideOutcome) {
         if let Some(ledger) = self.0.upgrade()
             && let Some(s) = &ledger.shared
         {
-            s.put_back(batch);
+            s.done(outcome);
         }
     }
 }
@@ -74,11 +85,16 @@ impl Shared {
             pending: Mutex::new(Pending::default()),
             reads: tokio::sync::Mutex::new(Reads::default()),
             since: Mutex::new(None),
+            replica: fastrand::u64(..),
+            seq: AtomicU64::new(0),
+            attached: AtomicBool::new(false),
         }
     }
 
     pub(crate) fn attach(&self, ledger: LedgerRef) {
-        if !self.io.attach(Arc::new(LedgerRider(ledger))) {
+        let ok = self.io.attach(Arc::new(LedgerRider(ledger)));
+        self.attached.store(ok, Ordering::Relaxed);
+        if !ok {
             tracing::warn!(
                 "a usage ledger is already attached to this Redis store: this one records nothing"
             );
@@ -86,17 +102,29 @@ impl Shared {
     }
 
     pub(crate) fn add(&self, now_ms: i64, series: Series, c: &Counters) {
+        if !self.attached.load(Ordering::Relaxed) {
+            return;
+        }
         let minute = now_ms.div_euclid(MINUTE_MS);
         let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if p.sums.len() >= PENDING_CAP && !p.sums.contains_key(&(minute, series)) {
+            drop_oldest(&mut p);
+        }
         p.sums.entry((minute, series)).or_default().add(c);
     }
 
-    /// Write what is pending now, in a call of its own (shutdown).
+    /// Write what is pending now, in calls of their own (shutdown).
     pub(crate) async fn flush(&self, ledger: &Ledger) {
         let mut written = 0;
-        while let Some(batch) = self.take_now(ledger, true) {
-            if let Err(e) = self.io.write_now(&batch).await {
-                tracing::warn!(error = %e, fields = fields_of(&batch), "the usage ledger's last sums could not be written to Redis");
+        while let Some(batch) = self.take(ledger, true) {
+            let (outcome, error) = self.io.write_now(&batch).await;
+            self.done(outcome);
+            if let Some(error) = error {
+                tracing::warn!(
+                    error,
+                    fields = fields_of(&batch),
+                    "the usage ledger's last sums could not be written to Redis"
+                );
                 return;
             }
             written += fields_of(&batch);
@@ -106,38 +134,70 @@ impl Shared {
         }
     }
 
-    fn take(&self, ledger: &Ledger) -> Option<RiderBatch> {
-        self.take_now(ledger, false)
+    /// The batch to send: the one in flight again, else up to [`BATCH_ENTRIES`] sums, oldest
+    /// minutes first; either once a second (at once when `force`, or when sums were left over).
+    fn take(&self, ledger: &Ledger, force: bool) -> Option<RiderBatch> {
+        let now = ledger.clock.now_ms();
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let due = force || p.last_take.is_none_or(|t| t.elapsed() >= FLUSH_EVERY);
+        if !due {
+            return None;
+        }
+        if let Some(b) = &p.inflight {
+            let b = b.clone();
+            p.last_take = Some(Instant::now());
+            return Some(b);
+        }
+        if p.sums.is_empty() {
+            return None;
+        }
+        let sums: HashMap<(i64, Series), Counters> = if p.sums.len() <= BATCH_ENTRIES {
+            std::mem::take(&mut p.sums)
+        } else {
+            let mut keys: Vec<(i64, Series)> = p.sums.keys().copied().collect();
+            keys.sort_unstable_by_key(|k| k.0);
+            keys.truncate(BATCH_ENTRIES);
+            keys.into_iter()
+                .filter_map(|k| p.sums.remove(&k).map(|c| (k, c)))
+                .collect()
+        };
+        p.last_take = Some(Instant::now());
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let batch = self.batch(ledger, sums, format!("{:016x}:{seq}", self.replica), now);
+        p.inflight = Some(batch.clone());
+        Some(batch)
     }
 
-    /// What is due (everything when `force`): this second's sums and the oldest backlog batch.
-    fn take_now(&self, ledger: &Ledger, force: bool) -> Option<RiderBatch> {
-        let (sums, backlog) = {
-            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            let due = force || p.last_take.is_none_or(|t| t.elapsed() >= FLUSH_EVERY);
-            if !due || (p.sums.is_empty() && p.backlog.is_empty()) {
-                return None;
+    fn done(&self, outcome: RideOutcome) {
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            RideOutcome::Written => {
+                p.inflight = None;
+                // Sums left over go next, without waiting.
+                if !p.sums.is_empty() {
+                    p.last_take = None;
+                }
             }
-            p.last_take = Some(Instant::now());
-            let backlog = if p.backlog.is_empty() {
-                None
-            } else {
-                let b = p.backlog.remove(0);
-                p.backlog_fields -= fields_of(&b);
-                Some(b)
-            };
-            (std::mem::take(&mut p.sums), backlog)
-        };
-        let mut batch = self.batch(ledger, sums);
-        if let Some(old) = backlog {
-            batch.since_ms = batch.since_ms.min(old.since_ms);
-            batch.hashes.extend(old.hashes);
+            RideOutcome::Retry => {}
+            RideOutcome::Rejected => {
+                if let Some(b) = p.inflight.take() {
+                    tracing::warn!(
+                        fields = fields_of(&b),
+                        "Redis rejected a batch of usage ledger sums: dropped"
+                    );
+                }
+            }
         }
-        (!batch.hashes.is_empty()).then_some(batch)
     }
 
     /// The sums as hash additions: each minute's, and the same summed per hour.
-    fn batch(&self, ledger: &Ledger, sums: HashMap<(i64, Series), Counters>) -> RiderBatch {
+    fn batch(
+        &self,
+        ledger: &Ledger,
+        sums: HashMap<(i64, Series), Counters>,
+        id: String,
+        now: i64,
+    ) -> RiderBatch {
         let mut minutes: HashMap<i64, Vec<(String, String)>> = HashMap::new();
         let mut hours: HashMap<(i64, Series), Counters> = HashMap::new();
         let mut first = i64::MAX;
@@ -173,26 +233,11 @@ impl Shared {
             fields,
         }));
         RiderBatch {
+            id,
             hashes,
             since_ms: first,
-        }
-    }
-
-    fn put_back(&self, batch: RiderBatch) {
-        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        p.backlog_fields += fields_of(&batch);
-        p.backlog.push(batch);
-        let mut dropped = 0;
-        while p.backlog_fields > BACKLOG_FIELDS && p.backlog.len() > 1 {
-            let b = p.backlog.remove(0);
-            p.backlog_fields -= fields_of(&b);
-            dropped += fields_of(&b);
-        }
-        if dropped > 0 {
-            tracing::warn!(
-                dropped,
-                "Redis has not taken the usage ledger's sums for a while: the oldest are dropped"
-            );
+            // A minute that ended before the grace: readers may hold it as final.
+            late: first + MINUTE_MS + SETTLE_GRACE_MS <= now,
         }
     }
 
@@ -216,7 +261,14 @@ impl Shared {
     ) -> Result<(), StoreError> {
         let mut reads = self.reads.lock().await;
         let now = ledger.clock.now_ms();
-        let Reads { minutes, hours } = &mut *reads;
+        // A replica wrote into buckets others may hold as final: read everything again.
+        let late = self.io.get("led:late").await?;
+        if late != reads.late {
+            reads.minutes.clear();
+            reads.hours.clear();
+            reads.late = late;
+        }
+        let Reads { minutes, hours, .. } = &mut *reads;
         let m = minutes_from.map_or_else(Vec::new, |f| wanted(minutes, f, now, MINUTE_MS, MINUTES));
         let h = hours_from.map_or_else(Vec::new, |f| wanted(hours, f, now, HOUR_MS, HOURS));
         let mut suffixes: Vec<String> = m.iter().map(|i| format!("led:m:{i}")).collect();
@@ -317,6 +369,24 @@ fn parse(
         out.entry(series).or_default().add(&counters);
     }
     out
+}
+
+/// Make room in the pending sums: the oldest minute goes.
+fn drop_oldest(p: &mut Pending) {
+    let Some(oldest) = p.sums.keys().map(|k| k.0).min() else {
+        return;
+    };
+    let before = p.sums.len();
+    p.sums.retain(|k, _| k.0 != oldest);
+    let dropped = (before - p.sums.len()) as u64;
+    // One warning per 10,000 sums dropped, not one per request.
+    if p.dropped / 10_000 != (p.dropped + dropped) / 10_000 || p.dropped == 0 {
+        tracing::warn!(
+            dropped_total = p.dropped + dropped,
+            "Redis has not taken the usage ledger's sums for a long while: the oldest minutes are dropped"
+        );
+    }
+    p.dropped += dropped;
 }
 
 fn fields_of(b: &RiderBatch) -> usize {

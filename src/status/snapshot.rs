@@ -280,7 +280,7 @@ pub async fn snapshot(state: &AppState, outlook: bool) -> Snapshot {
     let (cost, forecast) = if outlook {
         let pairs: Vec<PairInput> = usage
             .iter()
-            .filter(|(p, _, u)| enabled_projects.contains(p.as_str()) && u.daily_requests > 0)
+            .filter(|(p, _, _)| enabled_projects.contains(p.as_str()))
             .map(|(p, m, u)| PairInput {
                 project: p.clone(),
                 model: m.clone(),
@@ -290,7 +290,6 @@ pub async fn snapshot(state: &AppState, outlook: bool) -> Snapshot {
             .collect();
         let pools: Vec<PoolInput> = per_model
             .iter()
-            .filter(|(_, (u, _))| u.daily_requests > 0)
             .map(|(m, (u, l))| PoolInput {
                 model: m.to_string(),
                 daily_limit: l.daily,

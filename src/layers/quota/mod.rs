@@ -125,16 +125,18 @@ impl Account {
         )
     }
 
-    /// Count the request's outcome: sent upstream, refused here, or a 5xx answer. A success's
-    /// request is counted by its tally, with its tokens, as the answer ends.
-    fn record(&self, state: &AppState, served: &Served, status: http::StatusCode) {
-        if served.tallied.is_some() && !served.refused && !status.is_server_error() {
+    /// Count the request's outcome: sent upstream, refused here, or a 5xx answer (`status`
+    /// `None`: the client went away before the answer). A success's request is counted by its
+    /// tally, with its tokens, as the answer ends.
+    fn record(&self, state: &AppState, served: &Served, status: Option<http::StatusCode>) {
+        let server_error = status.is_some_and(|s| s.is_server_error());
+        if served.tallied.is_some() && !served.refused && !server_error {
             return;
         }
         let series = self.series(
             state,
             served.key.filter(|_| served.sent),
-            status.is_success(),
+            status.is_some_and(|s| s.is_success()),
         );
         if served.sent && served.tallied.is_none() {
             state.ledger.count(series, field::REQUESTS);
@@ -142,7 +144,7 @@ impl Account {
         if served.refused {
             state.ledger.count(series, field::REFUSED);
         }
-        if status.is_server_error() {
+        if server_error {
             state.ledger.count(series, field::ERRORS);
         }
     }
@@ -169,19 +171,37 @@ where
     fn call(&mut self, req: http::Request<Bytes>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let mut served = Served::default();
-            let account = Account::of(&this.state, &req);
-            let state = this.state.clone();
+            let mut rec = Recording {
+                account: Account::of(&this.state, &req),
+                state: this.state.clone(),
+                served: Served::default(),
+                status: None,
+            };
             let mut resp = this
-                .run(req, &mut served, account.as_ref())
+                .run(req, &mut rec.served, rec.account.as_ref())
                 .await
                 .unwrap_or_else(IntoResponse::into_response);
-            if let Some(a) = &account {
-                a.record(&state, &served, resp.status());
-            }
-            resp.extensions_mut().insert(served);
+            rec.status = Some(resp.status());
+            resp.extensions_mut().insert(rec.served);
             Ok(resp)
         })
+    }
+}
+
+/// Records a quota-spending request in the ledger when its step ends: with its answer's status,
+/// or without one when the client went away first (a request already sent still counts).
+struct Recording {
+    state: Arc<AppState>,
+    account: Option<Account>,
+    served: Served,
+    status: Option<http::StatusCode>,
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if let Some(a) = &self.account {
+            a.record(&self.state, &self.served, self.status);
+        }
     }
 }
 
@@ -270,6 +290,10 @@ where
 
             let last_try = attempt >= cfg.max_attempts || Instant::now() >= deadline;
             let sent_at = Instant::now();
+            // Counted as sent from here: a client that leaves while Google works on it still
+            // had the request run (and billed). Taken back below if it never left.
+            let was_sent = served.sent;
+            served.sent |= settlement.is_some();
             let mut inner = self.inner.clone();
             let outcome = match inner.ready().await {
                 Ok(ready) => {
@@ -292,12 +316,13 @@ where
                 Ok(r) => {
                     // Time to the answer's head, for answered attempts only.
                     served.upstream = sent_at.elapsed();
-                    served.sent |= settlement.is_some();
                     r
                 }
                 Err(e) => {
                     state.pool.health.failure();
-                    served.sent |= settlement.is_some() && e.kind != ForwardErrorKind::Unsent;
+                    if e.kind == ForwardErrorKind::Unsent {
+                        served.sent = was_sent;
+                    }
                     let failure = match e.kind {
                         ForwardErrorKind::Unsent => Failure::Unsent,
                         ForwardErrorKind::Lost => Failure::Lost,

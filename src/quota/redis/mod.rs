@@ -19,8 +19,10 @@ use crate::secret::Secret;
 mod admit;
 mod settle;
 
-pub use self::settle::{HashAdd, Rider, RiderBatch};
-use self::settle::{PendingSettle, RiderSlot, SETTLE_QUEUE, settle_call, settle_writer};
+pub use self::settle::{HashAdd, RideOutcome, Rider, RiderBatch};
+use self::settle::{
+    PendingSettle, RiderSlot, SETTLE_QUEUE, ride_outcome, settle_call, settle_writer,
+};
 
 macro_rules! lua {
     ($file:literal) => {
@@ -104,12 +106,13 @@ impl SharedIo {
 
     /// Add `batch` now, in a call of its own (at shutdown: the last sums, not waiting for the
     /// next settlement batch).
-    pub async fn write_now(&self, batch: &RiderBatch) -> Result<(), StoreError> {
+    pub async fn write_now(&self, batch: &RiderBatch) -> (RideOutcome, Option<String>) {
         let inv = settle_call(&self.settle, &self.prefix, &[], Some(batch));
         let mut conn = self.conn.clone();
         match tokio::time::timeout(self.timeout, inv.invoke_async::<i64>(&mut conn)).await {
-            Ok(r) => r.map(|_| ()).map_err(store_err),
-            Err(_) => Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
+            Ok(Ok(_)) => (RideOutcome::Written, None),
+            Ok(Err(e)) => (ride_outcome(&e), Some(e.to_string())),
+            Err(_) => (RideOutcome::Retry, Some("timed out".into())),
         }
     }
 
@@ -310,6 +313,8 @@ impl QuotaStore for RedisStore {
         let mut inv = self.settle.prepare_invoke();
         inv.key(self.route_key())
             .key(format!("{}:led:since", self.prefix))
+            .key(format!("{}:led:done:", self.prefix))
+            .key(format!("{}:led:late", self.prefix))
             .arg(&self.prefix)
             .arg(1)
             .arg(&*r.project)

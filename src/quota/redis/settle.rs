@@ -28,9 +28,15 @@ const RIDER_TICK: Duration = Duration::from_secs(1);
 /// Hashes of packed counters to add into, sent with a settlement batch.
 #[derive(Debug, Default, Clone)]
 pub struct RiderBatch {
+    /// Names this batch (`REPLICA:SEQ`): Redis applies a batch once, however often it is sent
+    /// (a call that timed out may have run).
+    pub id: String,
     pub hashes: Vec<HashAdd>,
     /// Set once (`SET NX`) under `{ns}:led:since`: when the first batch was written.
     pub since_ms: i64,
+    /// It adds into buckets other replicas may have read as final: `{ns}:led:late` is bumped
+    /// so they read them again.
+    pub late: bool,
 }
 
 /// Element-wise sums into fields of one hash: each value is space-separated integers, added
@@ -44,17 +50,37 @@ pub struct HashAdd {
     pub fields: Vec<(String, String)>,
 }
 
-/// What rides along with settlements. The writer asks at most once a second when idle and at
-/// every batch under load; the rider decides whether anything is due.
+/// What rides along with settlements. The writer asks once a second when idle and at every
+/// batch under load; the rider decides whether anything is due.
 pub trait Rider: Send + Sync {
-    /// Sums due for writing, if any.
+    /// Sums due for writing, if any. Until [`Rider::done`] says it was written, the same batch
+    /// (same id, same sums) comes back.
     fn take(&self) -> Option<RiderBatch>;
-    /// A batch that could not be written: keep it for the next call (bounded by the rider).
-    fn put_back(&self, batch: RiderBatch);
+    /// What became of the batch taken last.
+    fn done(&self, outcome: RideOutcome);
+}
+
+/// What became of a rider's batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RideOutcome {
+    Written,
+    /// Not known to be written (Redis unreachable, or no answer in time): send it again.
+    Retry,
+    /// Redis answered with an error: the same batch would fail again, so it is dropped.
+    Rejected,
 }
 
 /// Where the rider is attached once built (the store exists first).
 pub(super) type RiderSlot = Arc<OnceLock<Arc<dyn Rider>>>;
+
+/// Whether a failed call is worth sending again.
+pub(super) fn ride_outcome(e: &redis::RedisError) -> RideOutcome {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        RideOutcome::Retry
+    } else {
+        RideOutcome::Rejected
+    }
+}
 
 /// One call of the settlement script: `batch` settled, `riding` added.
 pub(super) fn settle_call<'a>(
@@ -64,14 +90,18 @@ pub(super) fn settle_call<'a>(
     riding: Option<&RiderBatch>,
 ) -> redis::ScriptInvocation<'a> {
     let mut inv = script.prepare_invoke();
+    let done = riding.map_or_else(String::new, |r| r.id.clone());
     inv.key(format!("{prefix}:seq"))
         .key(format!("{prefix}:led:since"))
+        .key(format!("{prefix}:led:done:{done}"))
+        .key(format!("{prefix}:led:late"))
         .arg(prefix)
         .arg(batch.len());
     for p in batch {
         inv.arg(&*p.project).arg(&p.model).arg(p.id).arg(p.tokens);
     }
     if let Some(r) = riding {
+        inv.arg(u8::from(r.late));
         for h in &r.hashes {
             inv.key(format!("{prefix}:{}", h.suffix))
                 .arg(h.ttl_secs)
@@ -110,20 +140,21 @@ pub(super) async fn settle_writer(
         }
         let inv = settle_call(&script, &prefix, &batch, riding.as_ref());
         let mut c = conn.clone();
-        let failed = match tokio::time::timeout(timeout, inv.invoke_async::<i64>(&mut c)).await {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some("timed out".to_string()),
-        };
-        if let Some(error) = failed {
+        let (outcome, error) =
+            match tokio::time::timeout(timeout, inv.invoke_async::<i64>(&mut c)).await {
+                Ok(Ok(_)) => (RideOutcome::Written, None),
+                Ok(Err(e)) => (ride_outcome(&e), Some(e.to_string())),
+                Err(_) => (RideOutcome::Retry, Some("timed out".to_string())),
+            };
+        if let Some(error) = &error {
             tracing::warn!(
                 error,
                 settlements = batch.len(),
-                "settling in Redis failed: estimates stay counted, usage sums kept for the next try"
+                "settling in Redis failed: estimates stay counted"
             );
-            if let (Some(r), Some(b)) = (rider.get(), riding) {
-                r.put_back(b);
-            }
+        }
+        if let (Some(r), Some(_)) = (rider.get(), &riding) {
+            r.done(outcome);
         }
         batch.clear();
     }

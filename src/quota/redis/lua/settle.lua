@@ -1,8 +1,10 @@
 -- Replace reservations' tokens with the real counts, many at once, and add the usage sums
 -- riding along (the ledger's per-minute and per-hour buckets).
--- KEYS: seq (routing), the ledger's `since` key, then one hash per ledger bucket.
--- ARGV: prefix, n, then (project, model, id, tokens) per reservation; then per ledger hash:
--- ttl seconds, field count, (field, packed counters) pairs; then the `since` value.
+-- KEYS: seq (routing), the ledger's `since` key, this ledger batch's `done` key, the `late`
+-- counter, then one hash per ledger bucket.
+-- ARGV: prefix, n, then (project, model, id, tokens) per reservation; then, with ledger hashes:
+-- late (0/1), per hash: ttl seconds, field count, (field, packed counters) pairs; then the
+-- `since` value. A ledger batch is applied once: its `done` key says it was.
 local n = 0
 local a = 3
 for _ = 1, tonumber(ARGV[2]) do
@@ -34,16 +36,21 @@ local function add_packed(key, field, packed)
   redis.call('HSET', key, field, table.concat(out, ' '))
 end
 
-for k = 3, #KEYS do
-  local ttl, count = ARGV[a], tonumber(ARGV[a + 1])
-  a = a + 2
-  for _ = 1, count do
-    add_packed(KEYS[k], ARGV[a], ARGV[a + 1])
+if #KEYS > 4 and redis.call('SET', KEYS[3], '1', 'NX', 'EX', 3600) then
+  local late = ARGV[a] == '1'
+  a = a + 1
+  for k = 5, #KEYS do
+    local ttl, count = ARGV[a], tonumber(ARGV[a + 1])
     a = a + 2
+    for _ = 1, count do
+      add_packed(KEYS[k], ARGV[a], ARGV[a + 1])
+      a = a + 2
+    end
+    redis.call('EXPIRE', KEYS[k], ttl)
   end
-  redis.call('EXPIRE', KEYS[k], ttl)
-end
-if #KEYS > 2 and ARGV[a] then
   redis.call('SET', KEYS[2], ARGV[a], 'NX')
+  if late then
+    redis.call('INCR', KEYS[4])
+  end
 end
 return n
