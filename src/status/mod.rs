@@ -2,6 +2,7 @@
 //! (GET: where every quota stands, [`snapshot`]; POST: admin reset) and `/api/ai/usage/`
 //! ([`usage`]: the ledger's history).
 
+pub mod dashboard;
 pub mod snapshot;
 pub mod usage;
 
@@ -109,6 +110,18 @@ fn cost_lines(state: &AppState, text: &mut String) {
             crate::metrics::escape_label(&model),
             nano as f64 / 1e9
         );
+    }
+}
+
+/// `GET /api/ai/whoami`: what the presented credential may do (`{"role": "admin"}` or
+/// `"client"`), so the dashboard shows admin controls only to an admin. 401 otherwise.
+pub async fn whoami(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    match authenticate_strict(&state.config.auth, &parts.headers, parts.uri.query()) {
+        Ok(Caller::Admin) => Json(json!({"role": "admin"})).into_response(),
+        Ok(_) => Json(json!({"role": "client"})).into_response(),
+        Err(ApiError::PermissionDenied(m)) => ApiError::Unauthenticated(m).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -270,6 +283,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/ai/quota-status/", any(quota_status))
         .route("/api/ai/quota-status", any(quota_status))
+        .route("/api/ai/whoami", get(whoami))
+        .route("/dashboard", get(dashboard::redirect))
+        .route("/dashboard/", get(dashboard::index))
+        .route("/dashboard/{file}", get(dashboard::file))
         .route("/api/ai/usage/", any(usage::usage))
         .route("/api/ai/usage", any(usage::usage))
         .fallback(not_found)
