@@ -189,30 +189,26 @@
     var timer = setTimeout(function () { ctrl.abort(); }, FETCH_TIMEOUT_MS);
     var headers = { 'x-goog-api-key': S.token || '', 'accept': 'application/json' };
     if (body !== undefined) headers['content-type'] = 'application/json';
+    var status = 0;
     return fetch(path, {
-      method: method || 'GET',
-      headers: headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      cache: 'no-store',
-      credentials: 'omit',
-      signal: ctrl.signal
+      method: method || 'GET', headers: headers, cache: 'no-store', credentials: 'omit', signal: ctrl.signal,
+      body: body === undefined ? undefined : JSON.stringify(body)
     }).then(function (resp) {
-      return resp.text().then(function (text) {
-        var data = null;
-        try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
-        if (!resp.ok) {
-          var msg = data && data.error && data.error.message ? data.error.message : 'HTTP ' + resp.status;
-          throw new ApiError(resp.status, msg);
-        }
-        if (!data) throw new ApiError(resp.status, 'the answer was not JSON');
-        return data;
-      });
-    }, function (e) {
-      throw new ApiError(0, e && e.name === 'AbortError' ? 'the proxy did not answer in time' : 'the proxy could not be reached');
-    }).then(function (d) { clearTimeout(timer); return d; }, function (e) {
+      status = resp.status;
+      return resp.text();
+    }).then(function (text) {
+      clearTimeout(timer);
+      var data = null;
+      try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
+      if (status < 200 || status > 299) {
+        throw new ApiError(status, data && data.error && data.error.message ? data.error.message : 'HTTP ' + status);
+      }
+      if (!data) throw new ApiError(status, 'the answer was not JSON');
+      return data;
+    }).catch(function (e) {
       clearTimeout(timer);
       if (e instanceof ApiError) throw e;
-      throw new ApiError(0, e && e.name === 'AbortError' ? 'the proxy did not answer in time' : 'the answer could not be read');
+      throw new ApiError(0, e && e.name === 'AbortError' ? 'the proxy did not answer in time' : 'the proxy could not be reached');
     });
   }
 
@@ -881,7 +877,10 @@
     var y = function (v) { return M.t + ph - v / ymax * ph; };
     var bw = pw / Math.max(1, days.length);
     var svg = sv('svg', { viewBox: '0 0 ' + W + ' ' + H, width: W, height: H, role: 'img', 'aria-label': 'Cost per day by model, last 30 days' });
-    yAxis(svg, sc, y, M.l, W - M.r, function (v) { return rows.length ? fmtUSD(v) : ''; });
+    var dec = 0;
+    while (dec < 6 && Math.abs(Number(sc.step.toFixed(dec)) - sc.step) > 1e-12) dec++;
+    if (sc.step < 1) dec = Math.max(2, dec);
+    yAxis(svg, sc, y, M.l, W - M.r, function (v) { return rows.length ? '$' + v.toFixed(dec) : ''; });
     var every = Math.max(1, Math.ceil(days.length / Math.max(2, Math.floor(pw / 60))));
     days.forEach(function (day, di) {
       var x0 = M.l + di * bw;
