@@ -142,6 +142,7 @@ impl Gateway {
             config,
             store: None,
             prometheus: None,
+            ledger_clock: None,
         }
     }
 
@@ -178,17 +179,44 @@ fn spawn_upkeep(state: std::sync::Weak<AppState>) {
     });
 }
 
+/// While the status page is watched (a dashboard open), its cost and forecast are computed
+/// here every [`crate::state::OUTLOOK_REFRESH`], so the page itself answers from what is ready.
+/// Runs while the gateway's state lives.
+fn spawn_outlook_refresh(state: std::sync::Weak<AppState>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::state::OUTLOOK_REFRESH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(state) = state.upgrade() else {
+                return;
+            };
+            if state.status_watched() {
+                crate::status::snapshot(&state, crate::status::Outlook::Fresh).await;
+            }
+        }
+    });
+}
+
 /// Builds a [`Gateway`].
 pub struct GatewayBuilder {
     config: Config,
     store: Option<Arc<dyn QuotaStore>>,
     prometheus: Option<PrometheusHandle>,
+    ledger_clock: Option<Arc<dyn crate::quota::Clock>>,
 }
 
 impl GatewayBuilder {
     /// Use this quota store instead of the one the config names (tests inject clocks so).
     pub fn store(mut self, store: Arc<dyn QuotaStore>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Run the usage ledger on this clock (with [`GatewayBuilder::store`]; tests and
+    /// benchmarks fill its history in the past).
+    pub fn ledger_clock(mut self, clock: Arc<dyn crate::quota::Clock>) -> Self {
+        self.ledger_clock = Some(clock);
         self
     }
 
@@ -205,12 +233,16 @@ impl GatewayBuilder {
         let upkeep = self.prometheus.is_some();
         let metrics = Metrics::new(self.prometheus);
         let state = match self.store {
-            Some(store) => AppState::with_store(self.config, store, metrics),
+            Some(store) => match self.ledger_clock {
+                Some(clock) => AppState::with_store_at(self.config, store, metrics, clock),
+                None => AppState::with_store(self.config, store, metrics),
+            },
             None => AppState::new(self.config, metrics)?,
         };
         if upkeep {
             spawn_upkeep(Arc::downgrade(&state));
         }
+        spawn_outlook_refresh(Arc::downgrade(&state));
         let service = GeminiService::new(state.clone());
         Ok(Gateway { state, service })
     }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::ledger::outlook::Outlook;
 use crate::ledger::{Billing, KeyInfo, Ledger, LedgerSetup};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
@@ -21,7 +22,18 @@ pub struct AppState {
     pub ledger: Arc<Ledger>,
     /// When `/metrics` last refreshed the store-derived gauges.
     pub gauges_refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// The status page's cost and forecast, as last computed, and when.
+    outlook: std::sync::Mutex<Option<(std::time::Instant, Arc<Outlook>)>>,
+    /// When the status page was last asked for (the outlook is kept fresh while it is).
+    status_viewed: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// A computed outlook serves the status page this long.
+pub const OUTLOOK_FRESH: std::time::Duration = std::time::Duration::from_secs(10);
+/// The background refresh recomputes the outlook this often while the status page is watched.
+pub const OUTLOOK_REFRESH: std::time::Duration = std::time::Duration::from_secs(4);
+/// The status page counts as watched this long after it was last asked for.
+pub const STATUS_WATCHED: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl AppState {
     /// Build the state with the store the config names (needs a Tokio runtime for Redis).
@@ -37,8 +49,19 @@ impl AppState {
         store: Arc<dyn QuotaStore>,
         metrics: Metrics,
     ) -> Arc<AppState> {
+        Self::with_store_at(config, store, metrics, Arc::new(SystemClock))
+    }
+
+    /// [`AppState::with_store`], the usage ledger on `clock` (tests and benchmarks fill its
+    /// history in the past this way).
+    pub fn with_store_at(
+        config: Config,
+        store: Arc<dyn QuotaStore>,
+        metrics: Metrics,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<AppState> {
         let pool = Pool::new(&config.pool, &config.limits);
-        let ledger = build_ledger(&config, &pool, store.shared_io());
+        let ledger = build_ledger(&config, &pool, store.shared_io(), clock);
         Arc::new(AppState {
             pool,
             config: Arc::new(config),
@@ -46,7 +69,36 @@ impl AppState {
             metrics,
             ledger,
             gauges_refreshed: tokio::sync::Mutex::new(None),
+            outlook: std::sync::Mutex::new(None),
+            status_viewed: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The last outlook, if computed within [`OUTLOOK_FRESH`].
+    pub fn cached_outlook(&self) -> Option<Arc<Outlook>> {
+        let o = self.outlook.lock().unwrap_or_else(|p| p.into_inner());
+        o.as_ref()
+            .filter(|(at, _)| at.elapsed() < OUTLOOK_FRESH)
+            .map(|(_, o)| o.clone())
+    }
+
+    pub fn keep_outlook(&self, o: Arc<Outlook>) {
+        *self.outlook.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::Instant::now(), o));
+    }
+
+    /// The status page was asked for now.
+    pub fn status_viewed(&self) {
+        *self.status_viewed.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now());
+    }
+
+    /// Whether the status page was asked for within [`STATUS_WATCHED`].
+    pub fn status_watched(&self) -> bool {
+        self.status_viewed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() < STATUS_WATCHED)
     }
 
     /// At start: when the configured shared store does not work (a typo in `REDIS_URL`, a
@@ -72,7 +124,12 @@ impl AppState {
 }
 
 /// The ledger beside the store: in the store's Redis when it has one, else in memory.
-fn build_ledger(config: &Config, pool: &Pool, shared: Option<SharedIo>) -> Arc<Ledger> {
+fn build_ledger(
+    config: &Config,
+    pool: &Pool,
+    shared: Option<SharedIo>,
+    clock: Arc<dyn Clock>,
+) -> Arc<Ledger> {
     let billing = config
         .limits
         .projects
@@ -95,7 +152,7 @@ fn build_ledger(config: &Config, pool: &Pool, shared: Option<SharedIo>) -> Arc<L
         clients: config.auth.client_keys.len(),
         timezone: config.limits.timezone,
         shared,
-        clock: Arc::new(SystemClock),
+        clock,
     })
 }
 

@@ -603,3 +603,35 @@ async fn a_batch_sent_again_after_a_timeout_is_added_once() {
     assert_eq!(get(&["HGET", "{gqp}:led:m:1000", "p|m|k|c"]), "2 0 0 0 20");
     assert_eq!(get(&["GET", "{gqp}:led:since"]), "60000000");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_cost_follows_new_requests_while_it_is_watched() {
+    let fake = FakeUpstream::start().await;
+    fake.behave(|b| b.prompt_tokens = Some(1000));
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS)).await;
+    let (_, first) = quota_status(&proxy.url, CLIENT_KEY).await;
+    assert_eq!(first["quota_status"]["cost"]["today"]["cost_usd"], 0.0);
+    generate(&proxy.url, "gemini-2.5-pro", "x")
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    // The page answers from the last computed outlook; the background refresh catches up
+    // within a few seconds while the page is watched.
+    let want = (1000 * 1250 + 3 * 10_000) as f64 / 1e9;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, s) = quota_status(&proxy.url, CLIENT_KEY).await;
+        let got = s["quota_status"]["cost"]["today"]["cost_usd"]
+            .as_f64()
+            .unwrap();
+        if (got - want).abs() < 1e-9 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cost still {got}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -131,9 +131,21 @@ fn add_usage(sum: &mut Usage, u: &Usage) {
     sum.daily_requests += u.daily_requests;
 }
 
-/// Ask the store and build the document; with `outlook`, the ledger's cost and forecast too
-/// (the status page; `/metrics` only needs the counters).
-pub async fn snapshot(state: &AppState, outlook: bool) -> Snapshot {
+/// Whether the document carries the ledger's cost and forecast, and how fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outlook {
+    /// Counters only (`/metrics`, the reset's answer).
+    None,
+    /// The last computed outlook when it is recent ([`crate::state::OUTLOOK_FRESH`]), else a
+    /// new one (the status page: a full day of history for thousands of series takes far
+    /// longer to read than the counters).
+    Cached,
+    /// Computed now (the background refresh).
+    Fresh,
+}
+
+/// Ask the store and build the document, with the ledger's cost and forecast as `outlook` says.
+pub async fn snapshot(state: &AppState, outlook: Outlook) -> Snapshot {
     let store = &state.store;
     let reachable = store.ping().await.is_ok();
     let usage = store.usage().await.unwrap_or_default();
@@ -277,7 +289,14 @@ pub async fn snapshot(state: &AppState, outlook: bool) -> Snapshot {
             .to_string(),
         );
     }
-    let (cost, forecast) = if outlook {
+    let cached = match outlook {
+        Outlook::Cached => state.cached_outlook(),
+        _ => None,
+    };
+    let (cost, forecast) = if let Some(o) = cached {
+        warnings.extend(o.warnings.iter().cloned());
+        (Some(o.cost.clone()), Some(o.forecast.clone()))
+    } else if outlook != Outlook::None {
         let pairs: Vec<PairInput> = usage
             .iter()
             .filter(|(p, _, _)| enabled_projects.contains(p.as_str()))
@@ -296,9 +315,10 @@ pub async fn snapshot(state: &AppState, outlook: bool) -> Snapshot {
                 used_today: u.daily_requests,
             })
             .collect();
-        let o = state.ledger.outlook(&pairs, &pools).await;
-        warnings.extend(o.warnings);
-        (Some(o.cost), Some(o.forecast))
+        let o = Arc::new(state.ledger.outlook(&pairs, &pools).await);
+        state.keep_outlook(o.clone());
+        warnings.extend(o.warnings.iter().cloned());
+        (Some(o.cost.clone()), Some(o.forecast.clone()))
     } else {
         (None, None)
     };
