@@ -21,18 +21,30 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// The name the usage ledger counts a caller under: never the credential. Client keys are
-    /// `client1..N` by their position in `auth.client_keys`.
-    pub fn ledger_name(self) -> String {
+    /// The name a caller is counted and logged under: never the credential. A client key's
+    /// name is the configured one (`[[auth.clients]]`, `name:key`), else `client1..N` by its
+    /// position among the configured clients.
+    pub fn name(self, auth: &AuthConfig) -> &str {
         match self {
-            Caller::Admin => "admin".into(),
-            Caller::Client(i) => format!("client{}", i + 1),
-            Caller::Anonymous => "anonymous".into(),
+            Caller::Admin => "admin",
+            Caller::Client(i) => auth.client_name(i),
+            Caller::Anonymous => "anonymous",
+        }
+    }
+
+    /// A small dense index per caller (anonymous 1, admin 2, client i at 3 + i; 0 is kept for
+    /// "no caller"), for tables bounded by the configured clients.
+    pub fn slot(self) -> usize {
+        match self {
+            Caller::Anonymous => 1,
+            Caller::Admin => 2,
+            Caller::Client(i) => 3 + i,
         }
     }
 }
 
-/// The caller of a request, as the authenticate step found it (a request extension).
+/// The caller of a request, as the authenticate step found it (a request extension, and on
+/// the response for the log line and the request counter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallerTag(pub Caller);
 

@@ -14,6 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
+use crate::auth::CallerTag;
 use crate::config::Config;
 use crate::layers::{
     Authenticate, AuthenticateLayer, EstimateLayer, EstimateStep, Forward, Quota, QuotaLayer,
@@ -112,6 +113,9 @@ fn log_request(
     let model = traced.and_then(|t| t.model.as_deref());
     let key = served.key.map(|i| (i, state.pool.keys[i].masked.as_str()));
     let status = resp.status().as_u16();
+    let caller = resp.extensions().get::<CallerTag>().map(|c| c.0);
+    // The caller's configured name, never its credential; `-` before authentication.
+    let client = caller.map_or((0, "-"), |c| (c.slot(), c.name(&state.config.auth)));
     tracing::info!(
         method = %method,
         path,
@@ -119,13 +123,19 @@ fn log_request(
         status,
         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
         key = key.map_or("-", |(_, k)| k),
+        client = client.1,
         attempts = served.attempts,
         est_tokens = traced.map_or(0, |t| t.tokens),
         "request"
     );
-    state
-        .metrics
-        .request(model, key, status, started.elapsed(), served.upstream);
+    state.metrics.request(
+        model,
+        key,
+        client,
+        status,
+        started.elapsed(),
+        served.upstream,
+    );
 }
 
 /// A running proxy's parts: its shared state, the Gemini service and its own endpoints.

@@ -104,8 +104,75 @@ pub fn install_prometheus() -> Option<PrometheusHandle> {
                 .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE))
                 .install_recorder()
                 .ok()
+                .inspect(|_| describe())
         })
         .clone()
+}
+
+/// `# HELP` text of every family the recorder exports (`gqp_cost_usd_total` is written by
+/// `/metrics` itself, with its own). Told to the recorder once, as it is installed.
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "gqp_requests_total",
+        "Requests to the Gemini surface by model, outcome (ok, rate_limited, client_error, server_error), masked pooled key and client name."
+    );
+    describe_counter!(
+        "gqp_admissions_refused_total",
+        "Requests the proxy refused for its own quota accounting, by reason."
+    );
+    describe_counter!(
+        "gqp_upstream_429_total",
+        "429 answers from Google, by the kind of quota they named."
+    );
+    describe_counter!(
+        "gqp_retries_total",
+        "Requests sent again on another key before any byte reached the client, by reason."
+    );
+    describe_counter!(
+        "gqp_store_errors_total",
+        "Quota store calls that failed or timed out, by operation."
+    );
+    describe_counter!(
+        "gqp_tokens_total",
+        "Tokens in Google's answers by model, kind (input, cached, output, thinking, tool) and client name, since this process started."
+    );
+    describe_histogram!(
+        "gqp_request_duration_seconds",
+        Unit::Seconds,
+        "Time from a request's arrival to its answer's headers, whole request."
+    );
+    describe_histogram!(
+        "gqp_upstream_duration_seconds",
+        Unit::Seconds,
+        "Time spent waiting on Google for a request's answer headers."
+    );
+    describe_histogram!(
+        "gqp_proxy_overhead_seconds",
+        Unit::Seconds,
+        "The proxy's own share of a forwarded request's time (total minus upstream)."
+    );
+    describe_histogram!(
+        "gqp_store_duration_seconds",
+        Unit::Seconds,
+        "Time of quota store calls on the request path, by operation."
+    );
+    describe_gauge!(
+        "gqp_keys_cooling",
+        "Pooled keys whose project is cooling down after a Google 429."
+    );
+    describe_gauge!(
+        "gqp_keys_disabled",
+        "Pooled keys disabled on Google's verdict (invalid, suspended, ...)."
+    );
+    describe_gauge!(
+        "gqp_quota_remaining",
+        "What is left of a window's quota (minute: requests, daily: requests, tokens: input tokens per minute) by masked key, project and model."
+    );
+    describe_gauge!(
+        "gqp_quota_limit",
+        "The limit of a window's quota, labelled like gqp_quota_remaining: 1 - remaining / limit is the share used."
+    );
 }
 
 /// Records metrics; one process-wide recorder serves every gateway in the process (tests run
@@ -124,8 +191,8 @@ pub struct Metrics {
     requests: Arc<RwLock<RequestCounters>>,
 }
 
-/// Model label → counters by `key slot * 4 + outcome`.
-type RequestCounters = HashMap<Arc<str>, Vec<Option<metrics::Counter>>>;
+/// Model label → client slot → counters by `key slot * 4 + outcome`.
+type RequestCounters = HashMap<Arc<str>, Vec<Vec<Option<metrics::Counter>>>>;
 
 const OUTCOMES: [&str; 4] = ["ok", "rate_limited", "client_error", "server_error"];
 
@@ -168,10 +235,12 @@ impl Metrics {
     }
 
     /// One finished request. `key`: the pool index and masked id of the key used last.
+    /// `client`: the caller's slot ([`crate::auth::Caller::slot`], 0 for none) and name.
     pub fn request(
         &self,
         model: Option<&str>,
         key: Option<(usize, &str)>,
+        client: (usize, &str),
         status: u16,
         total: Duration,
         upstream: Duration,
@@ -188,7 +257,7 @@ impl Metrics {
             self.requests
                 .read()
                 .ok()
-                .and_then(|m| m.get(name)?.get(slot)?.clone())
+                .and_then(|m| m.get(name)?.get(client.0)?.get(slot)?.clone())
         };
         // A model with a label of its own is cached under its name: one lookup per request.
         let cached = lookup(model.unwrap_or("-"));
@@ -201,10 +270,16 @@ impl Metrics {
             let c = counter!("gqp_requests_total",
                 "model" => model.clone(),
                 "outcome" => OUTCOMES[outcome],
-                "key" => key.map_or("-", |(_, k)| k).to_string());
-            // Keyed by label, so bounded by the label cap.
+                "key" => key.map_or("-", |(_, k)| k).to_string(),
+                "client" => client.1.to_string());
+            // Keyed by label, then by client and key slots (as many as configured), so bounded
+            // by the label cap and the configuration.
             if let Ok(mut m) = self.requests.write() {
-                let v = m.entry(model).or_default();
+                let by_client = m.entry(model).or_default();
+                if by_client.len() <= client.0 {
+                    by_client.resize(client.0 + 1, Vec::new());
+                }
+                let v = &mut by_client[client.0];
                 if v.len() <= slot {
                     v.resize(slot + 1, None);
                 }
@@ -247,12 +322,27 @@ impl Metrics {
         gauge!("gqp_keys_disabled").set(disabled as f64);
     }
 
-    /// What is left of a (key, model)'s window. Models past the label cap share one series,
-    /// which shows whichever of them was set last.
-    pub fn remaining(&self, key: &str, model: &str, window: &'static str, value: u64) {
+    /// What is left of a (key, model)'s window (`minute`, `daily`, `tokens`), and the
+    /// window's limit, with the same labels so `1 - remaining / limit` is the share used.
+    /// Models past the label cap share one series, which shows whichever of them was set last.
+    pub fn remaining(
+        &self,
+        key: &str,
+        project: &str,
+        model: &str,
+        window: &'static str,
+        remaining: u64,
+        limit: u64,
+    ) {
         let model = MODEL_LABELS.label(Some(model), false);
-        gauge!("gqp_quota_remaining", "key" => key.to_string(), "model" => model, "window" => window)
-            .set(value as f64);
+        let labels = [
+            metrics::Label::new("key", key.to_string()),
+            metrics::Label::new("project", project.to_string()),
+            metrics::Label::new("model", model.to_string()),
+            metrics::Label::new("window", window),
+        ];
+        gauge!("gqp_quota_remaining", labels.to_vec()).set(remaining as f64);
+        gauge!("gqp_quota_limit", labels.to_vec()).set(limit as f64);
     }
 }
 
@@ -302,11 +392,12 @@ mod tests {
             m.request(
                 Some(&model),
                 Some((0, "k...0")),
+                (3, "client1"),
                 200,
                 Duration::ZERO,
                 Duration::ZERO,
             );
-            m.remaining("k...0", &model, "minute", 7);
+            m.remaining("k...0", "p", &model, "minute", 7, 10);
         }
         assert!(m.requests.read().unwrap().len() <= MODEL_LABEL_CAP + 2);
         let text = m.render();

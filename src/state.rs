@@ -149,7 +149,7 @@ fn build_ledger(
                 project: k.project.clone(),
             })
             .collect(),
-        clients: config.auth.client_keys.len(),
+        clients: config.auth.client_names.clone(),
         timezone: config.limits.timezone,
         shared,
         clock,

@@ -136,19 +136,16 @@ impl Config {
                     .map_err(|e| bad(*var, e.to_string()))?;
             }
         }
-        if let Some(v) = env_value(env, "PROXY_CLIENT_KEYS") {
-            let list: Vec<String> = comma_list(v).map(str::to_string).collect();
-            builder = builder
-                .set_override("auth.client_keys", list)
-                .map_err(|e| bad("PROXY_CLIENT_KEYS", e.to_string()))?;
-        }
+        // `name:key` entries are split by the auth section, which names them.
+        let env_clients: Option<Vec<String>> = env_value(env, "PROXY_CLIENT_KEYS")
+            .map(|v| comma_list(v).map(str::to_string).collect());
         let raw: Raw = builder
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(describe_config_error)?;
         Ok(Config {
             pool: PoolConfig::from_raw(raw.pool, raw.keys, env)?,
-            auth: AuthConfig::from_raw(raw.auth)?,
+            auth: AuthConfig::from_raw(raw.auth, env_clients)?,
             server: ServerConfig::from_raw(raw.server)?,
             upstream: UpstreamConfig::from_raw(raw.upstream)?,
             limits: limits::from_raw(raw.limits)?,
@@ -420,5 +417,68 @@ project = "proj-a"
         })
         .unwrap_err();
         assert!(e.to_string().contains("listen_addr"), "{e}");
+    }
+
+    #[test]
+    fn clients_are_named_from_tables_and_name_key_entries_and_plain_keys_by_position() {
+        let toml = "[[auth.clients]]\nname = \"team-a\"\nkey = \"key-of-team-a\"\n";
+        let c = try_for_test(
+            toml,
+            &[("PROXY_CLIENT_KEYS", "plain-key, team-b:key-of-team-b")],
+        )
+        .unwrap();
+        let names: Vec<&str> = c.auth.client_names.iter().map(|n| &**n).collect();
+        assert_eq!(names, ["client1", "team-b", "team-a"]);
+        let keys: Vec<&str> = c.auth.client_keys.iter().map(|k| k.expose()).collect();
+        assert_eq!(keys, ["plain-key", "key-of-team-b", "key-of-team-a"]);
+        // `auth.client_keys` in TOML stays a list of plain keys, named by position.
+        let c = try_for_test("[auth]\nclient_keys = [\"a\", \"b\"]\n", &[]);
+        assert!(c.is_ok());
+    }
+
+    #[test]
+    fn duplicate_reserved_and_bad_client_names_are_refused_naming_the_setting() {
+        let long = format!("{}:SECRETK1", "n".repeat(65));
+        for (toml, env, setting, what) in [
+            (
+                "",
+                "team:SECRETK1,team:SECRETK2",
+                "PROXY_CLIENT_KEYS",
+                "used twice",
+            ),
+            (
+                "",
+                "SECRETK1,client1:SECRETK2",
+                "PROXY_CLIENT_KEYS",
+                "used twice",
+            ),
+            (
+                "",
+                "bad name:SECRETK1",
+                "PROXY_CLIENT_KEYS",
+                "1-64 characters",
+            ),
+            ("", ":SECRETK1", "PROXY_CLIENT_KEYS", "1-64 characters"),
+            ("", &long, "PROXY_CLIENT_KEYS", "1-64 characters"),
+            ("", "admin:SECRETK1", "PROXY_CLIENT_KEYS", "reserved"),
+            ("", "a:SECRETK1,b:SECRETK1", "PROXY_CLIENT_KEYS", "same key"),
+            (
+                "[[auth.clients]]\nname = \"x/y\"\nkey = \"SECRETK9\"\n",
+                "SECRETK1",
+                "auth.clients",
+                "1-64 characters",
+            ),
+            (
+                "[[auth.clients]]\nname = \"team\"\nkey = \"SECRETK9\"\n",
+                "team:SECRETK1",
+                "auth.clients",
+                "used twice",
+            ),
+        ] {
+            let e = try_for_test(toml, &[("PROXY_CLIENT_KEYS", env)]).unwrap_err();
+            assert_eq!(e.setting, setting, "{env}: {e}");
+            assert!(e.to_string().contains(what), "{env}: {e}");
+            assert!(!e.to_string().contains("SECRETK"), "a key in an error: {e}");
+        }
     }
 }

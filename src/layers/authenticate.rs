@@ -58,8 +58,10 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future =
-        Either<S::Future, Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>>;
+    type Future = Either<
+        Tagged<S::Future>,
+        Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -72,7 +74,10 @@ where
             // `poll_ready` made ready.
             Ok(caller) => {
                 req.extensions_mut().insert(CallerTag(caller));
-                return Either::Left(self.inner.call(req));
+                return Either::Left(Tagged {
+                    inner: self.inner.call(req),
+                    caller,
+                });
             }
             Err(e) => e,
         };
@@ -87,7 +92,9 @@ where
             }
             let mut req = http::Request::from_parts(parts, body);
             req.extensions_mut().insert(CallerTag(Caller::Anonymous));
-            inner.call(req).await
+            let mut resp = inner.call(req).await?;
+            resp.extensions_mut().insert(CallerTag(Caller::Anonymous));
+            Ok(resp)
         }))
     }
 }
@@ -114,6 +121,29 @@ async fn keyless_upload(
     )
     .await;
     if allowed { Ok(()) } else { Err(refusal) }
+}
+
+/// The next step's answer, tagged with the caller ([`CallerTag`] on the response) for the log
+/// line and the request counter, which see only the response.
+pub struct Tagged<F> {
+    inner: F,
+    caller: Caller,
+}
+
+impl<F> Future for Tagged<F>
+where
+    F: Future<Output = Result<Response, Infallible>> + Unpin,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Poll::Ready(Ok(mut resp)) = Pin::new(&mut this.inner).poll(cx) else {
+            return Poll::Pending;
+        };
+        resp.extensions_mut().insert(CallerTag(this.caller));
+        Poll::Ready(Ok(resp))
+    }
 }
 
 /// One of two futures of the same output: the next step's own (the common case, with no

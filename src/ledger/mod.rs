@@ -49,8 +49,8 @@ pub struct LedgerSetup {
     /// Billing of each project not billed at list price.
     pub billing: HashMap<String, Billing>,
     pub keys: Vec<KeyInfo>,
-    /// How many client keys are configured (`client1..N`).
-    pub clients: usize,
+    /// The configured clients' names, in client order (`client_id(Some(i))` is the i-th).
+    pub clients: Vec<Arc<str>>,
     pub timezone: chrono_tz::Tz,
     /// Redis, when the quota store is shared.
     pub shared: Option<SharedIo>,
@@ -67,7 +67,7 @@ pub struct Ledger {
     billing: HashMap<String, Billing>,
     /// Key id -> masked key, for display.
     masked: HashMap<Arc<str>, String>,
-    /// Ids of `client1..N`, made at start so a request does not format its client's name.
+    /// Ids of the configured clients, made at start so a request does not look its name up.
     client_ids: Vec<u32>,
     anonymous: u32,
     pub(crate) timezone: chrono_tz::Tz,
@@ -77,10 +77,12 @@ pub struct Ledger {
     pub(crate) shared: Option<Shared>,
     /// When this ledger started recording (memory); Redis keeps its own.
     started_ms: i64,
-    /// Cost per model since this process started, for `/metrics` (nano-USD).
-    cost_totals: Mutex<HashMap<u32, u64>>,
-    /// `gqp_tokens_total` handles per model, by kind: looked up once, not per request.
-    token_counters: std::sync::RwLock<HashMap<u32, Arc<[metrics::Counter; 5]>>>,
+    /// Cost per (model, client) since this process started, for `/metrics` (nano-USD).
+    /// Models are capped at [`MODEL_CAP`]; clients are this replica's configured ones.
+    cost_totals: Mutex<HashMap<(u32, u32), u64>>,
+    /// `gqp_tokens_total` handles per (model, client), by kind: looked up once, not per
+    /// request.
+    token_counters: std::sync::RwLock<HashMap<(u32, u32), TokenCounters>>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -95,8 +97,11 @@ impl Ledger {
     pub fn new(setup: LedgerSetup) -> Arc<Ledger> {
         let started_ms = setup.clock.now_ms();
         let clients = Names::new(NAME_CAP);
-        let client_ids = (1..=setup.clients.min(NAME_CAP))
-            .map(|i| clients.id(&format!("client{i}"), true))
+        let client_ids = setup
+            .clients
+            .iter()
+            .take(NAME_CAP)
+            .map(|name| clients.id(name, true))
             .collect();
         let anonymous = clients.id("anonymous", true);
         let ledger = Arc::new(Ledger {
@@ -138,7 +143,7 @@ impl Ledger {
             prices: Arc::new(Prices::embedded()),
             billing: HashMap::new(),
             keys: Vec::new(),
-            clients: 0,
+            clients: Vec::new(),
             timezone: chrono_tz::America::Los_Angeles,
             shared: None,
             clock,
@@ -187,13 +192,14 @@ impl Ledger {
         }
     }
 
-    /// The id of client key `index` (`client1..N`), or of `anonymous` (`None`).
+    /// The id of configured client `index`, or of `anonymous` (`None`).
     pub fn client_id(&self, index: Option<usize>) -> u32 {
         match index {
-            Some(i) => match self.client_ids.get(i) {
-                Some(id) => *id,
-                None => self.clients.id(&format!("client{}", i + 1), true),
-            },
+            Some(i) => self
+                .client_ids
+                .get(i)
+                .copied()
+                .unwrap_or(names::OVERFLOW_ID),
             None => self.anonymous,
         }
     }
@@ -306,12 +312,12 @@ impl Ledger {
         }
     }
 
-    /// Cost per model since this process started (nano-USD), for `/metrics`.
-    pub fn cost_totals(&self) -> Vec<(Arc<str>, u64)> {
+    /// Cost per (model, client) since this process started (nano-USD), for `/metrics`.
+    pub fn cost_totals(&self) -> Vec<(Arc<str>, Arc<str>, u64)> {
         let totals = self.cost_totals.lock().unwrap_or_else(|p| p.into_inner());
         totals
             .iter()
-            .map(|(m, c)| (self.models.name(*m), *c))
+            .map(|((m, client), c)| (self.models.name(*m), self.clients.name(*client), *c))
             .collect()
     }
 
@@ -379,7 +385,7 @@ impl Tally {
         c.0[field::LIST_COST] = cost.list_nano;
         c.0[field::UNPRICED] = u64::from(!cost.priced);
         self.ledger.add(self.series, &c);
-        metrics_for(&self.ledger, self.series.model, &usage, cost.billed_nano);
+        metrics_for(&self.ledger, self.series, &usage, cost.billed_nano);
     }
 }
 
@@ -390,27 +396,35 @@ impl Drop for Tally {
     }
 }
 
+/// One (model, client)'s `gqp_tokens_total` handles, by kind.
+type TokenCounters = Arc<[metrics::Counter; 5]>;
+
 /// Token kinds of `gqp_tokens_total`, in [`TokenUsage`] order.
 const TOKEN_KINDS: [&str; 5] = ["input", "cached", "output", "thinking", "tool"];
 
-/// `gqp_tokens_total{model,kind}` and the per-model cost total.
-fn metrics_for(ledger: &Ledger, model: u32, usage: &TokenUsage, cost_nano: u64) {
+/// `gqp_tokens_total{model,kind,client}` and the per-(model, client) cost total. The client
+/// of a series recorded here is one of this replica's configured callers, so the tables are
+/// bounded by [`MODEL_CAP`] times the configured clients.
+fn metrics_for(ledger: &Ledger, series: Series, usage: &TokenUsage, cost_nano: u64) {
+    let at = (series.model, series.client);
     let cached = ledger
         .token_counters
         .read()
         .unwrap_or_else(|p| p.into_inner())
-        .get(&model)
+        .get(&at)
         .cloned();
     let counters = cached.unwrap_or_else(|| {
-        let name = ledger.models.name(model).to_string();
-        let made = Arc::new(TOKEN_KINDS.map(
-            |kind| metrics::counter!("gqp_tokens_total", "model" => name.clone(), "kind" => kind),
-        ));
+        let name = ledger.models.name(series.model).to_string();
+        let client = ledger.clients.name(series.client).to_string();
+        let made = Arc::new(TOKEN_KINDS.map(|kind| {
+            metrics::counter!("gqp_tokens_total",
+                "model" => name.clone(), "kind" => kind, "client" => client.clone())
+        }));
         ledger
             .token_counters
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(model, made.clone());
+            .insert(at, made.clone());
         made
     });
     let values = [
@@ -426,7 +440,7 @@ fn metrics_for(ledger: &Ledger, model: u32, usage: &TokenUsage, cost_nano: u64) 
         }
     }
     let mut totals = ledger.cost_totals.lock().unwrap_or_else(|p| p.into_inner());
-    let t = totals.entry(model).or_default();
+    let t = totals.entry(at).or_default();
     *t = t.saturating_add(cost_nano);
 }
 

@@ -92,7 +92,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-/// `gqp_cost_usd_total{model}`: written here because the metrics facade's counters are
+/// `gqp_cost_usd_total{model,client}`: written here because the metrics facade's counters are
 /// integers, and a cost is a fraction of a dollar.
 fn cost_lines(state: &AppState, text: &mut String) {
     use std::fmt::Write;
@@ -103,11 +103,12 @@ fn cost_lines(state: &AppState, text: &mut String) {
     totals.sort();
     text.push_str("# HELP gqp_cost_usd_total Cost of the answers served, in USD at the configured prices (0 for free-tier projects), since this process started.\n");
     text.push_str("# TYPE gqp_cost_usd_total counter\n");
-    for (model, nano) in totals {
+    for (model, client, nano) in totals {
         let _ = writeln!(
             text,
-            "gqp_cost_usd_total{{model=\"{}\"}} {}",
+            "gqp_cost_usd_total{{model=\"{}\",client=\"{}\"}} {}",
             crate::metrics::escape_label(&model),
+            crate::metrics::escape_label(&client),
             nano as f64 / 1e9
         );
     }

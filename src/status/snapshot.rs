@@ -342,16 +342,19 @@ pub async fn snapshot(state: &AppState, outlook: Outlook) -> Snapshot {
 }
 
 /// Set the gauges the status knows: keys cooling and disabled, and what is left of each
-/// (key, model)'s minute, day and tokens.
+/// (key, model)'s minute, day and tokens beside its limit.
 pub fn record_gauges(metrics: &Metrics, snap: &Snapshot) {
     let keys = &snap.quota_status.keys;
     let count = |s: &str| keys.iter().filter(|k| k.state == s).count();
     metrics.key_gauges(count("cooldown"), count("disabled"));
     for k in keys {
         for (model, u) in &k.models {
-            metrics.remaining(&k.id, model, "minute", u.minute_remaining);
-            metrics.remaining(&k.id, model, "daily", u.daily_remaining);
-            metrics.remaining(&k.id, model, "tokens", u.token_minute_remaining);
+            let set = |window, remaining, limit| {
+                metrics.remaining(&k.id, &k.project, model, window, remaining, limit)
+            };
+            set("minute", u.minute_remaining, u.minute_limit);
+            set("daily", u.daily_remaining, u.daily_limit);
+            set("tokens", u.token_minute_remaining, u.token_minute_limit);
         }
     }
 }

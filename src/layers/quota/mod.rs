@@ -107,7 +107,7 @@ impl Account {
         let model = req.extensions().get::<Estimated>()?.quota_model()?.into();
         let client = match req.extensions().get::<CallerTag>().map(|c| c.0) {
             Some(Caller::Client(i)) => state.ledger.client_id(Some(i)),
-            Some(c @ Caller::Admin) => state.ledger.client_id_named(&c.ledger_name()),
+            Some(c @ Caller::Admin) => state.ledger.client_id_named(c.name(&state.config.auth)),
             Some(Caller::Anonymous) | None => state.ledger.client_id(None),
         };
         Some(Account { model, client })
