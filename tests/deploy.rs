@@ -120,13 +120,13 @@ fn exposition(text: &str) -> (HashSet<String>, HashMap<String, String>) {
 /// `X`'s; any other name is its own.
 fn family<'a>(name: &'a str, types: &HashMap<String, String>) -> &'a str {
     for suffix in ["_bucket", "_sum", "_count"] {
-        if let Some(base) = name.strip_suffix(suffix) {
-            if matches!(
+        if let Some(base) = name.strip_suffix(suffix)
+            && matches!(
                 types.get(base).map(String::as_str),
                 Some("histogram" | "summary")
-            ) {
-                return base;
-            }
+            )
+        {
+            return base;
         }
     }
     name
