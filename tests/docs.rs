@@ -279,6 +279,7 @@ fn every_documented_command_is_known_and_its_target_exists() {
     let all = all_extracted();
     let root = Path::new(ROOT);
     let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    let script_test = std::fs::read_to_string(root.join("scripts/test")).unwrap();
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let mut problems = Vec::new();
     for f in &all.commands {
@@ -309,6 +310,12 @@ fn every_documented_command_is_known_and_its_target_exists() {
                     "test" if !ci.contains("scripts/test") => {
                         problems.push(format!("{at}: .ci/run no longer runs scripts/test"))
                     }
+                    // Run by scripts/test, which CI runs.
+                    "check-deploy" if !script_test.contains("scripts/check-deploy") => problems
+                        .push(format!(
+                            "{at}: scripts/test no longer runs scripts/check-deploy"
+                        )),
+                    "check-deploy" => {}
                     // Benchmarks take minutes and a quiet machine: syntax-checked here, their
                     // Rust parts (examples/) are built by CI's clippy --all-targets.
                     "test" | "bench" | "bench-h2" => {}
