@@ -6,10 +6,9 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::binary::Binary;
 use common::*;
 use serde_json::{Value, json};
 
@@ -257,65 +256,28 @@ async fn every_metric_family_in_the_exposition_has_help_text() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_log_line_names_the_client_and_never_its_key() {
     let fake = FakeUpstream::start().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let config = std::env::temp_dir().join(format!("gqp-clients-{}.toml", std::process::id()));
     std::fs::write(
         &config,
         format!("[[auth.clients]]\nname = \"team-a\"\nkey = \"{TEAM_A_KEY}\"\n"),
     )
     .unwrap();
-    let proxy_url = format!("http://127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gemini-quota-proxy"))
-        .arg("--config")
-        .arg(&config)
-        .env_clear()
-        .env("GEMINI_API_KEYS", KEYS.join(","))
-        .env("PROXY_CLIENT_KEYS", format!("team-b:{TEAM_B_KEY}"))
-        .env("GEMINI_UPSTREAM_URL", &fake.url)
-        .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut up = false;
-    for _ in 0..200 {
-        if let Ok(r) = http().get(format!("{proxy_url}/healthz")).send().await
-            && r.status() == 200
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(up, "proxy did not start");
+    let (keys, team_b) = (KEYS.join(","), format!("team-b:{TEAM_B_KEY}"));
+    let proxy = Binary::start(
+        &[
+            ("GEMINI_API_KEYS", keys.as_str()),
+            ("PROXY_CLIENT_KEYS", team_b.as_str()),
+            ("GEMINI_UPSTREAM_URL", fake.url.as_str()),
+        ],
+        &["--config", config.to_str().unwrap()],
+    );
+    let proxy_url = proxy.url.clone();
     for key in [TEAM_A_KEY, TEAM_B_KEY] {
         let r = generate_as(&proxy_url, key, "gemini-2.5-flash").await;
         assert_eq!(r.status(), 200);
         r.bytes().await.unwrap();
     }
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
-    let _ = child.wait();
+    let (logs, _) = proxy.stop();
     let _ = std::fs::remove_file(&config);
     let request_lines: Vec<&str> = logs
         .lines()

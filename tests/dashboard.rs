@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,55 +20,17 @@ use serde_json::{Value, json};
 
 const KEYS: &str = "AIzaDashboardKey0001,AIzaDashboardKey0002";
 
-/// The real proxy binary on 127.0.0.1:0, killed on drop.
-struct ProxyProcess {
-    url: String,
-    child: Child,
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_proxy_process(upstream: &str, extra: &[(&str, &str)]) -> ProxyProcess {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gemini-quota-proxy"));
-    cmd.env_clear()
-        .env("GEMINI_API_KEYS", KEYS)
-        .env("PROXY_CLIENT_KEYS", CLIENT_KEY)
-        .env("PROXY_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("GEMINI_UPSTREAM_URL", upstream)
-        .env("PROXY_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("proxy binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Reads the log to its end, so the proxy never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("addr=") {
-                let addr: String = line[i + 5..]
-                    .chars()
-                    .take_while(|c| !c.is_whitespace())
-                    .collect();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the proxy logged its address");
-    ProxyProcess {
-        url: format!("http://{addr}"),
-        child,
-    }
+/// The real proxy binary in front of `upstream`, with the client key, the admin token and two
+/// pooled keys, and `extra` settings.
+fn start_proxy_process(upstream: &str, extra: &[(&str, &str)]) -> common::binary::Binary {
+    let mut env = vec![
+        ("GEMINI_API_KEYS", KEYS),
+        ("PROXY_CLIENT_KEYS", CLIENT_KEY),
+        ("PROXY_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("GEMINI_UPSTREAM_URL", upstream),
+    ];
+    env.extend_from_slice(extra);
+    common::binary::Binary::start(&env, &[])
 }
 
 /// The first `names` found on PATH.

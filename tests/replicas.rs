@@ -2,59 +2,20 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
+use common::binary::Binary;
 use common::*;
 
-struct Replica {
-    url: String,
-    child: Child,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_replica(upstream: &str, redis_url: &str, keys: &str, extra: &[(&str, &str)]) -> Replica {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gemini-quota-proxy"));
-    cmd.env_clear()
-        .env("GEMINI_API_KEYS", keys)
-        .env("PROXY_CLIENT_KEYS", CLIENT_KEY)
-        .env("GEMINI_UPSTREAM_URL", upstream)
-        .env("PROXY_LISTEN", "127.0.0.1:0")
-        .env("REDIS_URL", redis_url)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("proxy binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("addr=") {
-                let addr: String = line[i + 5..]
-                    .chars()
-                    .take_while(|c| !c.is_whitespace())
-                    .collect();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("replica logged its address");
-    Replica {
-        url: format!("http://{addr}"),
-        child,
-    }
+/// A replica: the real binary with the client key, the pooled `keys` and the shared Redis,
+/// and `extra` settings.
+fn start_replica(upstream: &str, redis_url: &str, keys: &str, extra: &[(&str, &str)]) -> Binary {
+    let mut env = vec![
+        ("GEMINI_API_KEYS", keys),
+        ("PROXY_CLIENT_KEYS", CLIENT_KEY),
+        ("GEMINI_UPSTREAM_URL", upstream),
+        ("REDIS_URL", redis_url),
+    ];
+    env.extend_from_slice(extra);
+    Binary::start(&env, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -62,7 +23,7 @@ async fn three_replicas_on_one_redis_admit_exactly_the_pool_limit() {
     let redis = RedisServer::start();
     let fake = FakeUpstream::start().await;
     let keys = "AIzaReplicaKey000001,AIzaReplicaKey000002,AIzaReplicaKey000003";
-    let replicas: Vec<Replica> = (0..3)
+    let replicas: Vec<Binary> = (0..3)
         .map(|_| start_replica(&fake.url, &redis.url, keys, &[("GEMINI_MINUTE_LIMIT", "5")]))
         .collect();
     let mut tasks = Vec::new();

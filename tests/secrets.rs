@@ -3,10 +3,7 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
+use common::binary::Binary;
 use common::*;
 use serde_json::json;
 
@@ -27,39 +24,19 @@ async fn no_secret_appears_in_logs_responses_metrics_or_redis() {
         b.script.push_back(Scripted::PerDay429);
         b.script.push_back(Scripted::Status(503));
     });
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let proxy_url = format!("http://127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gemini-quota-proxy"))
-        .env_clear()
-        .env("GEMINI_API_KEYS", POOLED.join(","))
-        .env("PROXY_CLIENT_KEYS", CLIENT)
-        .env("PROXY_ADMIN_TOKEN", ADMIN)
-        .env("GEMINI_UPSTREAM_URL", &fake.url)
-        .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("REDIS_URL", &redis.url)
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let up = {
-        let mut ok = false;
-        for _ in 0..200 {
-            if let Ok(r) = http().get(format!("{proxy_url}/healthz")).send().await
-                && r.status() == 200
-            {
-                ok = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        ok
-    };
-    assert!(up, "proxy did not start");
+    let pooled = POOLED.join(",");
+    let proxy = Binary::start(
+        &[
+            ("GEMINI_API_KEYS", pooled.as_str()),
+            ("PROXY_CLIENT_KEYS", CLIENT),
+            ("PROXY_ADMIN_TOKEN", ADMIN),
+            ("GEMINI_UPSTREAM_URL", fake.url.as_str()),
+            ("REDIS_URL", redis.url.as_str()),
+            ("RUST_LOG", "trace"),
+        ],
+        &[],
+    );
+    let proxy_url = proxy.url.clone();
 
     let c = http();
     let mut answers = String::new();
@@ -208,24 +185,7 @@ async fn no_secret_appears_in_logs_responses_metrics_or_redis() {
     );
 
     // Stop the proxy and read everything it printed.
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
-    let exit = child.wait().unwrap();
+    let (logs, exit) = proxy.stop();
     assert!(exit.success(), "proxy exited with {exit:?}");
     assert!(
         logs.contains("TRACE") || logs.contains("trace"),

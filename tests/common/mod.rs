@@ -2,6 +2,7 @@
 //! `redis-server` on a free port.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod fake_upstream;
 
 use std::collections::HashMap;
