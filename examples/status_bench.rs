@@ -97,14 +97,14 @@ async fn main() {
         t.elapsed().as_secs_f64()
     );
 
-    use gemini_quota_proxy::status::Outlook;
+    use gemini_quota_proxy::status::Extras;
     for (label, outlook) in [
         (
             "as the page gets it (cost and forecast computed in the background)",
-            Outlook::Cached,
+            Extras::Cached,
         ),
-        ("computing cost and forecast now", Outlook::Fresh),
-        ("counters only (what /metrics refreshes)", Outlook::None),
+        ("computing cost and forecast now", Extras::Fresh),
+        ("counters only (what /metrics refreshes)", Extras::None),
     ] {
         let mut times = Vec::new();
         let mut size = 0;

@@ -202,7 +202,7 @@ fn spawn_outlook_refresh(state: std::sync::Weak<AppState>) {
                 return;
             };
             if state.status_watched() {
-                crate::status::snapshot(&state, crate::status::Outlook::Fresh).await;
+                crate::status::snapshot(&state, crate::status::Extras::Fresh).await;
             }
         }
     });

@@ -22,7 +22,7 @@ use crate::quota::resilient::StoreFailurePolicy;
 use crate::quota::{ResetKind, ResetScope};
 use crate::secret::presented_digest;
 use crate::state::AppState;
-pub use snapshot::{Outlook, Snapshot, record_gauges, snapshot};
+pub use snapshot::{Extras, Snapshot, record_gauges, snapshot};
 
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
@@ -83,7 +83,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
     {
         let mut last = state.gauges_refreshed.lock().await;
         if last.is_none_or(|at| at.elapsed() >= GAUGE_REFRESH) {
-            record_gauges(&state.metrics, &snapshot(&state, Outlook::None).await);
+            record_gauges(&state.metrics, &snapshot(&state, Extras::None).await);
             *last = Some(std::time::Instant::now());
         }
     }
@@ -150,7 +150,7 @@ async fn get_status(
         other => other,
     })?;
     state.status_viewed();
-    Ok(Json(snapshot(state, Outlook::Cached).await).into_response())
+    Ok(Json(snapshot(state, Extras::Cached).await).into_response())
 }
 
 #[derive(Deserialize, serde::Serialize)]
@@ -257,7 +257,7 @@ async fn post_reset(
     }
     tracing::warn!(quota_type = %req.quota_type, key = req.key.as_deref().unwrap_or("*"),
         model = req.model.as_deref().unwrap_or("*"), "admin reset");
-    let snap = snapshot(state, Outlook::None).await;
+    let snap = snapshot(state, Extras::None).await;
     Ok(Json(ResetAnswer {
         success: true,
         reset: req,

@@ -131,9 +131,10 @@ fn add_usage(sum: &mut Usage, u: &Usage) {
     sum.daily_requests += u.daily_requests;
 }
 
-/// Whether the document carries the ledger's cost and forecast, and how fresh.
+/// Whether the document carries the ledger's cost and forecast (its outlook), and how fresh:
+/// named apart from [`crate::ledger::outlook::Outlook`], which is that part itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outlook {
+pub enum Extras {
     /// Counters only (`/metrics`, the reset's answer).
     None,
     /// The last computed outlook when it is recent ([`crate::state::OUTLOOK_FRESH`]), else a
@@ -145,7 +146,7 @@ pub enum Outlook {
 }
 
 /// Ask the store and build the document, with the ledger's cost and forecast as `outlook` says.
-pub async fn snapshot(state: &AppState, outlook: Outlook) -> Snapshot {
+pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
     let store = &state.store;
     let reachable = store.ping().await.is_ok();
     let usage = store.usage().await.unwrap_or_default();
@@ -290,13 +291,13 @@ pub async fn snapshot(state: &AppState, outlook: Outlook) -> Snapshot {
         );
     }
     let cached = match outlook {
-        Outlook::Cached => state.cached_outlook(),
+        Extras::Cached => state.cached_outlook(),
         _ => None,
     };
     let (cost, forecast) = if let Some(o) = cached {
         warnings.extend(o.warnings.iter().cloned());
         (Some(o.cost.clone()), Some(o.forecast.clone()))
-    } else if outlook != Outlook::None {
+    } else if outlook != Extras::None {
         let pairs: Vec<PairInput> = usage
             .iter()
             .filter(|(p, _, _)| enabled_projects.contains(p.as_str()))
