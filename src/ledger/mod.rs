@@ -237,10 +237,6 @@ impl Ledger {
         self.billing.get(project).copied().unwrap_or_default()
     }
 
-    pub fn prices(&self) -> &Prices {
-        &self.prices
-    }
-
     /// Add `c` to a series, now (the ledger's clock).
     pub fn add(&self, series: Series, c: &Counters) {
         let now = self.clock.now_ms();

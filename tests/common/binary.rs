@@ -100,11 +100,6 @@ impl Binary {
         }
         (self.logs(), status)
     }
-
-    /// The process, for tests that signal it themselves.
-    pub fn child(&mut self) -> &mut Child {
-        &mut self.child
-    }
 }
 
 impl Drop for Binary {
