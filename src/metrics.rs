@@ -86,6 +86,11 @@ impl ModelLabels {
 }
 
 /// A label value as the exposition format writes it: `\`, `"` and newlines escaped.
+/// The model label `model` already has, else the overflow label (never hands out a new one).
+pub fn known_model_label(model: &str) -> Arc<str> {
+    MODEL_LABELS.label(Some(model), false)
+}
+
 pub fn escape_label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -141,6 +146,11 @@ fn describe() {
         "gqp_request_duration_seconds",
         Unit::Seconds,
         "Time from a request's arrival to its answer's headers, whole request."
+    );
+    describe_histogram!(
+        "gqp_queue_wait_seconds",
+        Unit::Seconds,
+        "Time requests spent in the admission queue waiting for quota, admitted or not."
     );
     describe_histogram!(
         "gqp_upstream_duration_seconds",
@@ -302,6 +312,11 @@ impl Metrics {
 
     pub fn upstream_429(&self, kind: &'static str) {
         counter!("gqp_upstream_429_total", "kind" => kind).increment(1);
+    }
+
+    /// A request left the admission queue after `waited` (admitted or not).
+    pub fn queue_wait(&self, waited: Duration) {
+        histogram!("gqp_queue_wait_seconds").record(waited.as_secs_f64());
     }
 
     pub fn retry(&self, why: &'static str) {

@@ -9,6 +9,7 @@ use crate::ledger::{Billing, KeyInfo, Ledger, LedgerSetup};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::quota::memory::MemoryStore;
+use crate::quota::queue::Queues;
 use crate::quota::redis::{RedisStore, SharedIo};
 use crate::quota::resilient::ResilientStore;
 use crate::quota::{Clock, QuotaStore, StoreError, SystemClock};
@@ -20,6 +21,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The usage ledger: history, cost, forecast (in the same Redis as the store, if any).
     pub ledger: Arc<Ledger>,
+    /// Requests waiting for quota, per model (`[queue]`).
+    pub queues: Queues,
     /// When `/metrics` last refreshed the store-derived gauges.
     pub gauges_refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// The status page's cost and forecast, as last computed, and when.
@@ -62,12 +65,14 @@ impl AppState {
     ) -> Arc<AppState> {
         let pool = Pool::new(&config.pool, &config.limits);
         let ledger = build_ledger(&config, &pool, store.shared_io(), clock);
+        let queues = Queues::new(config.queue.max_length);
         Arc::new(AppState {
             pool,
             config: Arc::new(config),
             store,
             metrics,
             ledger,
+            queues,
             gauges_refreshed: tokio::sync::Mutex::new(None),
             outlook: std::sync::Mutex::new(None),
             status_viewed: std::sync::Mutex::new(None),
@@ -162,13 +167,14 @@ pub fn build_store(
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<dyn QuotaStore>, StoreError> {
     let tz = config.limits.timezone;
+    let window = config.limits.window_ms;
     if config.store.redis_url.is_none() {
-        return Ok(Arc::new(MemoryStore::new(clock, tz)));
+        return Ok(Arc::new(MemoryStore::new(clock, tz).with_window(window)));
     }
-    let redis = RedisStore::new(&config.store, tz)?;
+    let redis = RedisStore::new(&config.store, tz)?.with_window(window);
     Ok(Arc::new(ResilientStore::new(
         Arc::new(redis),
-        MemoryStore::new(clock, tz),
+        MemoryStore::new(clock, tz).with_window(window),
         config.store.on_error,
     )))
 }

@@ -75,3 +75,59 @@ async fn google_genai_sdk_works_through_the_proxy() {
             .any(|r| format!("{:?}", r.headers).contains("wrong-key"))
     );
 }
+
+/// Runs tests/python/genai_burst.py (a burst of `burst` generate calls, default SDK options)
+/// against `proxy`: (successes, error texts).
+async fn sdk_burst(proxy: &str, burst: usize) -> (u64, Vec<String>) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/genai_burst.py");
+    let out = tokio::process::Command::new(python())
+        .arg(&script)
+        .env("PROXY_URL", proxy)
+        .env("CLIENT_KEY", CLIENT_KEY)
+        .env("BURST", burst.to_string())
+        .env_remove("GOOGLE_API_KEY")
+        .env_remove("GEMINI_API_KEY")
+        .env_remove("GOOGLE_GEMINI_BASE_URL")
+        .output()
+        .await
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "burst script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let errors = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect();
+    (v["ok"].as_u64().unwrap(), errors)
+}
+
+/// google-genai does not retry by default: a burst over the limit raises 429s unless the
+/// proxy waits for quota. With the queue on, the whole burst completes without an exception.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_google_genai_burst_over_the_limit_completes_with_the_queue_on() {
+    let fake = FakeUpstream::start().await;
+    let window = "[limits]\nwindow_secs = 2\n";
+    let opts = |wait: &str| {
+        ProxyOpts::keys(&["AIzaSdkBurstKey000001"])
+            .env("GEMINI_MINUTE_LIMIT", "3")
+            .env("PROXY_QUEUE_MAX_WAIT_SECS", wait)
+            .toml(window)
+    };
+    let queued = start_proxy(&fake.url, opts("30")).await;
+    let (ok, errors) = sdk_burst(&queued.url, 8).await;
+    assert_eq!((ok, errors.len()), (8, 0), "errors: {errors:?}");
+    assert_eq!(fake.calls(":generateContent").len(), 8);
+
+    // The same burst without the queue: the SDK raises on the 429s (what the queue spares).
+    let unqueued = start_proxy(&fake.url, opts("0")).await;
+    let (ok, errors) = sdk_burst(&unqueued.url, 8).await;
+    assert_eq!(ok, 3, "errors: {errors:?}");
+    assert_eq!(errors.len(), 5);
+    assert!(errors.iter().all(|e| e.contains("429")), "{errors:?}");
+}

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono_tz::Tz;
 use serde::Deserialize;
 
-use super::check::{ConfigError, bad, check_name};
+use super::check::{ConfigError, bad, check_name, secs};
 use crate::quota::limits::{LimitOverride, LimitsConfig, ProjectLimits, QuotaDefaults};
 
 #[derive(Debug, Deserialize)]
@@ -21,6 +21,7 @@ pub(super) struct Raw {
     embed_daily: u64,
     embed_token_minute: u64,
     timezone: String,
+    window_secs: f64,
     #[serde(default)]
     models: BTreeMap<String, LimitOverride>,
     #[serde(default)]
@@ -81,6 +82,9 @@ pub(super) fn from_raw(l: Raw) -> Result<LimitsConfig, ConfigError> {
         },
         max_request_tokens: l.max_request_tokens,
         timezone,
+        window_ms: secs("limits.window_secs", l.window_secs)?
+            .as_millis()
+            .clamp(1, u128::from(crate::quota::MAX_HOLD_MS)) as u64,
         models: l.models,
         projects: l.projects,
     })

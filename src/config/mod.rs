@@ -9,6 +9,7 @@ mod log;
 mod metrics;
 mod pool;
 mod prices;
+mod queue;
 mod server;
 mod store;
 mod upstream;
@@ -24,6 +25,7 @@ use self::check::{bad, comma_list, env_value};
 pub use self::log::{LogConfig, LogFormat};
 pub use self::metrics::MetricsConfig;
 pub use self::pool::{KeyConfig, PoolConfig, Strategy};
+pub use self::queue::QueueConfig;
 pub use self::server::ServerConfig;
 pub use self::upstream::UpstreamConfig;
 pub use crate::ledger::prices::{Billing, PriceEntry, Prices};
@@ -60,6 +62,7 @@ struct Raw {
     auth: auth::Raw,
     pool: pool::Raw,
     limits: limits::Raw,
+    queue: queue::Raw,
     store: store::Raw,
     log: log::Raw,
     metrics: metrics::Raw,
@@ -77,6 +80,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub pool: PoolConfig,
     pub limits: LimitsConfig,
+    pub queue: QueueConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
@@ -104,6 +108,7 @@ const ENV_NUMBERS: &[(&str, &str)] = &[
     ("GEMINI_DAILY_LIMIT", "limits.daily"),
     ("GEMINI_TOKEN_MINUTE_LIMIT", "limits.token_minute"),
     ("GEMINI_MAX_REQUEST_TOKENS", "limits.max_request_tokens"),
+    ("PROXY_QUEUE_MAX_WAIT_SECS", "queue.max_wait_secs"),
 ];
 
 impl Config {
@@ -149,6 +154,7 @@ impl Config {
             server: ServerConfig::from_raw(raw.server)?,
             upstream: UpstreamConfig::from_raw(raw.upstream)?,
             limits: limits::from_raw(raw.limits)?,
+            queue: QueueConfig::from_raw(raw.queue)?,
             store: store::from_raw(raw.store)?,
             log: LogConfig::from_raw(raw.log)?,
             metrics: MetricsConfig::from_raw(raw.metrics),

@@ -56,6 +56,9 @@ pub struct LimitsConfig {
     pub embed: QuotaDefaults,
     pub max_request_tokens: u64,
     pub timezone: Tz,
+    /// Length of the sliding "minute" window in ms (`limits.window_secs`: Google's 60 s;
+    /// tests shorten it).
+    pub window_ms: u64,
     pub models: BTreeMap<String, LimitOverride>,
     pub projects: BTreeMap<String, ProjectLimits>,
 }

@@ -4,6 +4,7 @@
 pub mod clock;
 pub mod limits;
 pub mod memory;
+pub mod queue;
 pub mod redis;
 pub mod resilient;
 pub mod settlement;

@@ -89,7 +89,33 @@ pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
     }
     let mut text = state.metrics.render();
     cost_lines(&state, &mut text);
+    queue_lines(&state, &mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// `gqp_queue_length{model}`: requests waiting for quota in this replica, per model with a
+/// line (read from the queue at scrape time, so a model's series exists only while it waits).
+fn queue_lines(state: &AppState, text: &mut String) {
+    use std::fmt::Write;
+    let mut by_label: std::collections::BTreeMap<std::sync::Arc<str>, usize> = Default::default();
+    for line in state.queues.lines() {
+        *by_label
+            .entry(crate::metrics::known_model_label(&line.model))
+            .or_default() += line.length;
+    }
+    text.push_str("# HELP gqp_queue_waiting Requests waiting in this replica's admission queue for quota, all models.\n");
+    text.push_str("# TYPE gqp_queue_waiting gauge\n");
+    let _ = writeln!(text, "gqp_queue_waiting {}", state.queues.waiting());
+    text.push_str("# HELP gqp_queue_length Requests waiting in this replica's admission queue for quota, by model (present while the model has waiters).\n");
+    text.push_str("# TYPE gqp_queue_length gauge\n");
+    for (model, n) in by_label {
+        let _ = writeln!(
+            text,
+            "gqp_queue_length{{model=\"{}\"}} {}",
+            crate::metrics::escape_label(&model),
+            n
+        );
+    }
 }
 
 /// `gqp_cost_usd_total{model,client}`: written here because the metrics facade's counters are
@@ -255,6 +281,8 @@ async fn post_reset(
     if kind == ResetKind::Cooldowns {
         state.pool.health.forget_dead(&keys);
     }
+    // Room may have freed for requests waiting in this replica's queue: their heads ask now.
+    state.queues.ring_all();
     tracing::warn!(quota_type = %req.quota_type, key = req.key.as_deref().unwrap_or("*"),
         model = req.model.as_deref().unwrap_or("*"), "admin reset");
     let snap = snapshot(state, Extras::None).await;

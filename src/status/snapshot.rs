@@ -32,6 +32,8 @@ pub struct QuotaStatus {
     pub usage: UsageView,
     pub keys: Vec<KeyView>,
     pub store: StoreView,
+    /// Requests waiting for quota in this replica's admission queue.
+    pub queue: QueueView,
     /// What today and this month cost, from the usage ledger (the status page only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<CostView>,
@@ -88,6 +90,48 @@ pub const MODELS_PER_KEY: usize = 200;
 pub struct StoreView {
     pub backend: &'static str,
     pub reachable: bool,
+}
+
+/// This replica's admission queue: per model, how many wait and for how long the oldest has.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueView {
+    /// `queue.max_wait_secs` (0: no queue).
+    pub max_wait_secs: f64,
+    pub waiting: usize,
+    pub models: Vec<QueueLineView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueLineView {
+    pub model: String,
+    /// `generate` or `embed`.
+    pub family: &'static str,
+    pub length: usize,
+    pub oldest_wait_ms: u64,
+}
+
+impl QueueView {
+    fn of(state: &AppState) -> QueueView {
+        let models: Vec<QueueLineView> = state
+            .queues
+            .lines()
+            .into_iter()
+            .map(|l| QueueLineView {
+                model: l.model.to_string(),
+                family: match l.family {
+                    QuotaFamily::Embed => "embed",
+                    _ => "generate",
+                },
+                length: l.length,
+                oldest_wait_ms: l.oldest_wait.as_millis() as u64,
+            })
+            .collect();
+        QueueView {
+            max_wait_secs: state.config.queue.max_wait.as_secs_f64(),
+            waiting: models.iter().map(|l| l.length).sum(),
+            models,
+        }
+    }
 }
 
 /// `used / limit` in percent, one decimal.
@@ -335,6 +379,7 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
                 backend: store.backend(),
                 reachable,
             },
+            queue: QueueView::of(state),
             cost,
             forecast,
         },

@@ -104,6 +104,9 @@ impl KeyHeaders {
     }
 }
 
+/// The client's bound on its wait for quota (read by the proxy, never sent to Google).
+pub const MAX_WAIT_HEADER: &str = "x-gemini-max-wait";
+
 /// Build the request to Google: same method, path and query (credentials removed), headers
 /// minus hop-by-hop and credentials, plus the pooled key (as `Authorization: Bearer` when
 /// `bearer`, for the OpenAI surface; else `x-goog-api-key`).
@@ -121,7 +124,11 @@ pub fn build_request(
     let mut out = HeaderMap::with_capacity(headers.len() + 1);
     for (name, value) in headers {
         let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || CREDENTIAL_HEADERS.contains(&n) || n == "accept-encoding" {
+        if HOP_BY_HOP.contains(&n)
+            || CREDENTIAL_HEADERS.contains(&n)
+            || n == "accept-encoding"
+            || n == MAX_WAIT_HEADER
+        {
             continue;
         }
         out.append(name.clone(), value.clone());

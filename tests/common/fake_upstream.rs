@@ -25,6 +25,8 @@ pub struct Recorded {
     pub query: Option<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 impl Recorded {
@@ -302,6 +304,7 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         query: query.clone(),
         headers: parts.headers.clone(),
         body: body.clone(),
+        at: Instant::now(),
     };
     let key = rec.key();
     st.recorded.lock().unwrap().push(rec);

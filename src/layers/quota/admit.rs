@@ -1,5 +1,6 @@
-//! Admission: a key whose project has room for the request (waiting for a hold that ends within
-//! `upstream.max_wait_secs`), or, for a call that spends nothing, the next usable key.
+//! Admission: a key whose project has room for the request, waiting in the model's queue
+//! (`quota::queue`) for room that frees within the request's allowance, or, for a call that
+//! spends nothing, the next usable key.
 
 use std::time::Duration;
 
@@ -7,11 +8,52 @@ use tokio::time::Instant;
 
 use crate::error::{ApiError, LimitKind};
 use crate::estimate::Estimate;
+use crate::quota::queue::{Refusal, Ticket, Turn};
 use crate::quota::{AdmitOutcome, AdmitRequest, Reservation};
 use crate::route::{QuotaFamily, Route};
 use crate::state::AppState;
 
-/// Admit on a key with room, waiting for a cooldown that ends within `max_wait`.
+/// How long this request may wait for quota: the configured `queue.max_wait_secs`, shortened
+/// (never lengthened) by the client's `x-gemini-max-wait: SECONDS`; a bad value is a 400.
+pub(super) fn allowance(state: &AppState, headers: &http::HeaderMap) -> Result<Duration, ApiError> {
+    let max = state.config.queue.max_wait;
+    let Some(v) = headers.get(crate::upstream::request::MAX_WAIT_HEADER) else {
+        return Ok(max);
+    };
+    let asked = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .ok_or_else(|| {
+            ApiError::InvalidArgument(format!(
+                "The header {} must be a number of seconds (0 or more), got {:?}.",
+                crate::upstream::request::MAX_WAIT_HEADER,
+                String::from_utf8_lossy(v.as_bytes())
+            ))
+        })?;
+    Ok(max.min(Duration::from_secs_f64(asked.min(1.0e7))))
+}
+
+/// A granted admission, and how long it waited in the queue for it (`None`: not queued).
+pub(super) struct Admitted {
+    pub reservation: Reservation,
+    pub waited: Option<Duration>,
+}
+
+/// What one question to the store came to.
+enum Try {
+    Admitted(Reservation),
+    /// No room now; a wait could help (a per-minute limit, or cooldowns ending at `free_at`).
+    Wait(Refusal),
+    /// No room, and waiting would not help in time: the answer.
+    Fail(ApiError),
+}
+
+/// Admit on a key with room. With the queue on (`allowance` above zero), a request that finds
+/// none waits in its model's line for up to `allowance`; with it off, it waits only for a
+/// cooldown that ends within `upstream.max_wait_secs`, as before the queue.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn admit(
     state: &AppState,
     route: &Route,
@@ -20,8 +62,8 @@ pub(super) async fn admit(
     pinned: Option<usize>,
     avoid: &[usize],
     deadline: Instant,
-) -> Result<Reservation, ApiError> {
-    let cfg = &state.config.upstream;
+    allowance: Duration,
+) -> Result<Admitted, ApiError> {
     let mut candidates = state.pool.candidates(model, route.family, pinned);
     if candidates.len() > avoid.len() {
         candidates.retain(|c| !avoid.contains(&c.index));
@@ -46,66 +88,241 @@ pub(super) async fn admit(
         strategy: state.pool.strategy,
         rotation: state.pool.next_turn(),
     };
-    let wait_until = (Instant::now() + cfg.max_wait).min(deadline);
-    loop {
-        let t0 = Instant::now();
-        let outcome = state.store.admit(&request).await;
-        state.metrics.store_admit(t0.elapsed(), outcome.is_ok());
-        match outcome {
-            Ok(AdmitOutcome::Admitted(r)) => return Ok(r),
-            Ok(AdmitOutcome::Refused {
-                limit,
-                limit_value,
-                retry_after_ms,
-            }) => {
-                state.metrics.refused(limit.as_str());
-                return Err(ApiError::QuotaExceeded {
-                    message: format!(
-                        "Quota exceeded for {}: {} limit of {} reached in every project of this proxy's pool. Retry in {}.",
-                        model,
-                        describe(limit),
-                        limit_value,
-                        crate::error::format_retry_delay(retry_after_ms)
-                    ),
-                    limit,
-                    model: model.to_string(),
-                    embed: route.family == QuotaFamily::Embed,
-                    limit_value,
-                    retry_after_ms,
+    if state.config.queue.max_wait.is_zero() {
+        return unqueued(state, route, &request, deadline).await;
+    }
+    let wait_until = Instant::now() + allowance;
+    let family = route.family;
+    // Nobody overtakes a waiter for the same model: with a line, go to its end at once.
+    let mut first = None;
+    if !state.queues.busy(model, family) {
+        match ask(state, route, &request, wait_until).await {
+            Try::Admitted(r) => {
+                return Ok(Admitted {
+                    reservation: r,
+                    waited: None,
                 });
             }
-            Ok(AdmitOutcome::Unavailable { retry_after_ms }) => {
-                let wake = retry_after_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
-                match wake {
-                    Some(w) if w <= wait_until => {
-                        tokio::time::sleep_until(w).await;
-                        continue;
-                    }
-                    _ => {
-                        state.metrics.refused("cooldown");
-                        return Err(match retry_after_ms {
-                            Some(ms) => ApiError::PoolExhausted {
-                                message: format!(
-                                    "Every key for {model} is cooling down after Gemini API rate limits. Retry in {}.",
-                                    crate::error::format_retry_delay(ms)
-                                ),
-                                retry_after_ms: ms,
-                            },
-                            None => ApiError::Unavailable(
-                                "Every pooled key is disabled; an admin must re-enable one.".into(),
-                            ),
-                        });
-                    }
-                }
+            Try::Fail(e) => return Err(e),
+            Try::Wait(r) => first = Some(r),
+        }
+    } else if allowance.is_zero() {
+        state.metrics.refused("no_wait");
+        let last = state.queues.last_refusal(model, family);
+        return Err(refused_now(route, model, last, Why::NoWait));
+    }
+    let ticket = match state.queues.join(model, family, wait_until) {
+        Ok(t) => t,
+        Err(full) => {
+            state.metrics.refused("queue_full");
+            return Err(refused_now(
+                route,
+                model,
+                first.or(full.last_refusal),
+                Why::Full,
+            ));
+        }
+    };
+    let outcome = wait_in_line(state, route, &request, &ticket, first).await;
+    let waited = ticket.waited();
+    // Leaving the line hands its front to the next waiter, who asks the store at once.
+    drop(ticket);
+    state.metrics.queue_wait(waited);
+    outcome.map(|r| Admitted {
+        reservation: r,
+        waited: Some(waited),
+    })
+}
+
+/// In line until admitted, refused, or out of time. The head asks the store (the first time
+/// with the refusal that sent the request here, if it is the line's first), then sleeps until
+/// the moment the store said room frees; the others wait for their turn.
+async fn wait_in_line(
+    state: &AppState,
+    route: &Route,
+    request: &AdmitRequest,
+    ticket: &Ticket<'_>,
+    mut known: Option<Refusal>,
+) -> Result<Reservation, ApiError> {
+    let model = request.model.as_str();
+    loop {
+        match ticket.turn().await {
+            Turn::Head => {}
+            Turn::Hopeless(last) | Turn::TimedOut(last) => {
+                state.metrics.refused("queue_timeout");
+                return Err(refused_now(route, model, last, Why::OutOfTime));
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "admission failed: quota store unavailable");
-                return Err(ApiError::Unavailable(
-                    "The quota store is unavailable; retry shortly.".into(),
-                ));
+        }
+        let answer = match known.take() {
+            Some(r) => Try::Wait(r),
+            None => ask(state, route, request, ticket.deadline()).await,
+        };
+        match answer {
+            Try::Admitted(r) => return Ok(r),
+            Try::Fail(e) => return Err(e),
+            Try::Wait(refusal) => {
+                if !ticket.expect(refusal) {
+                    state.metrics.refused("queue_timeout");
+                    return Err(refusal_error(route, model, refusal));
+                }
+                ticket.sleep_until(refusal.free_at).await;
             }
         }
     }
+}
+
+/// One question to the store. A refusal that a wait until `wait_until` cannot cure (the day
+/// limit, every key disabled, the store down) is the answer at once.
+async fn ask(state: &AppState, route: &Route, request: &AdmitRequest, wait_until: Instant) -> Try {
+    let model = request.model.as_str();
+    let t0 = Instant::now();
+    let outcome = state.store.admit(request).await;
+    state.metrics.store_admit(t0.elapsed(), outcome.is_ok());
+    match outcome {
+        Ok(AdmitOutcome::Admitted(r)) => Try::Admitted(r),
+        Ok(AdmitOutcome::Refused {
+            limit,
+            limit_value,
+            retry_after_ms,
+        }) => {
+            let refusal = Refusal {
+                limit: Some(limit),
+                limit_value,
+                free_at: Instant::now() + Duration::from_millis(retry_after_ms),
+            };
+            if limit == LimitKind::RequestsPerDay || refusal.free_at > wait_until {
+                state.metrics.refused(limit.as_str());
+                Try::Fail(refusal_error(route, model, refusal))
+            } else {
+                Try::Wait(refusal)
+            }
+        }
+        Ok(AdmitOutcome::Unavailable {
+            retry_after_ms: Some(ms),
+        }) => {
+            let refusal = Refusal {
+                limit: None,
+                limit_value: 0,
+                free_at: Instant::now() + Duration::from_millis(ms),
+            };
+            if refusal.free_at > wait_until {
+                state.metrics.refused("cooldown");
+                Try::Fail(refusal_error(route, model, refusal))
+            } else {
+                Try::Wait(refusal)
+            }
+        }
+        Ok(AdmitOutcome::Unavailable {
+            retry_after_ms: None,
+        }) => {
+            state.metrics.refused("cooldown");
+            Try::Fail(ApiError::Unavailable(
+                "Every pooled key is disabled; an admin must re-enable one.".into(),
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "admission failed: quota store unavailable");
+            Try::Fail(ApiError::Unavailable(
+                "The quota store is unavailable; retry shortly.".into(),
+            ))
+        }
+    }
+}
+
+/// Admission with the queue off: refused at once for a limit; a cooldown that ends within
+/// `upstream.max_wait_secs` (and the request's deadline) is slept through.
+async fn unqueued(
+    state: &AppState,
+    route: &Route,
+    request: &AdmitRequest,
+    deadline: Instant,
+) -> Result<Admitted, ApiError> {
+    let wait_until = (Instant::now() + state.config.upstream.max_wait).min(deadline);
+    loop {
+        match ask(state, route, request, wait_until).await {
+            Try::Admitted(r) => {
+                return Ok(Admitted {
+                    reservation: r,
+                    waited: None,
+                });
+            }
+            Try::Fail(e) => return Err(e),
+            Try::Wait(r) if r.limit.is_none() => tokio::time::sleep_until(r.free_at).await,
+            Try::Wait(r) => {
+                state
+                    .metrics
+                    .refused(r.limit.map_or("cooldown", LimitKind::as_str));
+                return Err(refusal_error(route, &request.model, r));
+            }
+        }
+    }
+}
+
+/// The 429 for a refusal: Google's quota error for a limit, the pool's for cooldowns.
+fn refusal_error(route: &Route, model: &str, r: Refusal) -> ApiError {
+    let retry_after_ms = r
+        .free_at
+        .saturating_duration_since(Instant::now())
+        .as_millis()
+        .max(1) as u64;
+    match r.limit {
+        Some(limit) => ApiError::QuotaExceeded {
+            message: format!(
+                "Quota exceeded for {}: {} limit of {} reached in every project of this proxy's pool. Retry in {}.",
+                model,
+                describe(limit),
+                r.limit_value,
+                crate::error::format_retry_delay(retry_after_ms)
+            ),
+            limit,
+            model: model.to_string(),
+            embed: route.family == QuotaFamily::Embed,
+            limit_value: r.limit_value,
+            retry_after_ms,
+        },
+        None => ApiError::PoolExhausted {
+            message: format!(
+                "Every key for {model} is cooling down after Gemini API rate limits. Retry in {}.",
+                crate::error::format_retry_delay(retry_after_ms)
+            ),
+            retry_after_ms,
+        },
+    }
+}
+
+/// Why a request got no (more) wait.
+#[derive(Clone, Copy)]
+enum Why {
+    /// Its model's line is at `queue.max_length`.
+    Full,
+    /// It asked not to wait (`x-gemini-max-wait: 0`) and others are waiting.
+    NoWait,
+    /// Its allowance ran out in line, or will before its turn can come.
+    OutOfTime,
+}
+
+/// The 429 for a request that is not let wait (longer): the line's last refusal when there is
+/// one (its `Retry-After` says when room frees for the line's head).
+fn refused_now(route: &Route, model: &str, last: Option<Refusal>, why: Why) -> ApiError {
+    let r = last.unwrap_or(Refusal {
+        limit: None,
+        limit_value: 0,
+        free_at: Instant::now() + Duration::from_secs(1),
+    });
+    let note = match why {
+        Why::Full => " Too many requests are already waiting for it in this proxy's queue.",
+        Why::NoWait => {
+            " Other requests are waiting for it, and this one asked not to wait (x-gemini-max-wait)."
+        }
+        Why::OutOfTime => " The request waited in this proxy's queue as long as it was allowed to.",
+    };
+    let mut e = refusal_error(route, model, r);
+    if let ApiError::QuotaExceeded { message, .. } | ApiError::PoolExhausted { message, .. } =
+        &mut e
+    {
+        message.push_str(note);
+    }
+    e
 }
 
 /// Whether admission's error is the proxy refusing for its own limits (429, or a request

@@ -43,6 +43,9 @@ use crate::upstream::{self, Upstream, Verdict};
 const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
 const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
 
+/// On an answer that waited in the admission queue: for how long, in milliseconds.
+const WAITED_MS: HeaderName = HeaderName::from_static("x-gemini-quota-proxy-waited-ms");
+
 /// Largest create-call answer read whole to learn the name of what it created.
 const CREATE_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
@@ -94,6 +97,8 @@ pub struct Served {
     pub refused: bool,
     /// The ledger series of a success, whose answer records the request as it ends.
     pub tallied: Option<Series>,
+    /// Time spent in the admission queue (`None`: never queued).
+    pub waited: Option<Duration>,
 }
 
 /// Who the ledger counts a quota-spending request under.
@@ -182,6 +187,10 @@ where
                 .await
                 .unwrap_or_else(IntoResponse::into_response);
             rec.status = Some(resp.status());
+            if let Some(w) = rec.served.waited {
+                resp.headers_mut()
+                    .insert(WAITED_MS, HeaderValue::from(w.as_millis() as u64));
+            }
             resp.extensions_mut().insert(rec.served);
             Ok(resp)
         })
@@ -237,7 +246,12 @@ where
         } else {
             cfg.request_timeout
         };
-        let deadline = Instant::now() + cfg.retry_deadline;
+        let mut deadline = Instant::now() + cfg.retry_deadline;
+        // How long this request may still wait in the admission queue.
+        let mut allowance = match quota_model {
+            Some(_) => admit::allowance(state, &parts.headers)?,
+            None => Duration::ZERO,
+        };
         // Only a read may be sent again once written: anything else Google may have run (and
         // billed, or created twice).
         let idempotent = matches!(parts.method, http::Method::GET | http::Method::HEAD);
@@ -250,8 +264,8 @@ where
             attempt += 1;
             served.attempts = attempt;
             let reservation = match quota_model {
-                Some(model) => Some(
-                    admit::admit(
+                Some(model) => {
+                    let admitted = admit::admit(
                         state,
                         route,
                         &est.estimate,
@@ -259,10 +273,23 @@ where
                         est.pinned,
                         &avoid,
                         deadline,
+                        allowance,
                     )
-                    .await
-                    .inspect_err(|e| served.refused = admit::is_refusal(e))?,
-                ),
+                    .await;
+                    let waited = match &admitted {
+                        Ok(a) => a.waited,
+                        Err(_) => None,
+                    };
+                    if let Some(w) = waited {
+                        // Time in line is not taken from the tries' budget, nor given twice.
+                        served.waited = Some(served.waited.unwrap_or_default() + w);
+                        allowance = allowance.saturating_sub(w);
+                        deadline += w;
+                    }
+                    let admitted =
+                        admitted.inspect_err(|e| served.refused = admit::is_refusal(e))?;
+                    Some(admitted.reservation)
+                }
                 None => None,
             };
             let index = match &reservation {

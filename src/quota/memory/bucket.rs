@@ -25,7 +25,7 @@ pub(super) fn clamp_tokens(tokens: u64) -> u32 {
 }
 
 /// The counters of one (project, model).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Bucket {
     /// Admissions of the last 60 s, oldest first.
     pub(super) log: VecDeque<Entry>,
@@ -37,6 +37,23 @@ pub(super) struct Bucket {
     pub(super) day: i64,
     pub(super) day_requests: u64,
     pub(super) next_id: u64,
+    /// Length of the sliding window (`limits.window_secs`; Google's is 60 s).
+    pub(super) window_ms: i64,
+}
+
+impl Default for Bucket {
+    fn default() -> Self {
+        Bucket {
+            log: VecDeque::new(),
+            epoch_ms: 0,
+            first_id: 0,
+            tokens: 0,
+            day: 0,
+            day_requests: 0,
+            next_id: 0,
+            window_ms: MINUTE_MS,
+        }
+    }
 }
 
 impl Bucket {
@@ -47,7 +64,7 @@ impl Bucket {
     /// Forget admissions that are 60 s old or older: the window is (now - 60 s, now].
     pub(super) fn prune(&mut self, now: i64, day: i64) {
         while let Some(e) = self.log.front() {
-            if self.at_ms(e) > now - MINUTE_MS {
+            if self.at_ms(e) > now - self.window_ms {
                 break;
             }
             self.tokens -= u64::from(e.tokens);
@@ -86,17 +103,17 @@ impl Bucket {
         if n >= l.minute {
             // The (n - limit + 1)-th oldest entry must leave the window.
             let e = self.log[(n - l.minute) as usize];
-            let wait = (self.at_ms(&e) + MINUTE_MS - now).max(1) as u64;
+            let wait = (self.at_ms(&e) + self.window_ms - now).max(1) as u64;
             worst = Some((LimitKind::RequestsPerMinute, l.minute, wait));
         }
         if self.tokens + tokens > l.token_minute {
             let need = self.tokens + tokens - l.token_minute;
             let mut freed = 0;
-            let mut wait = MINUTE_MS as u64;
+            let mut wait = self.window_ms as u64;
             for e in &self.log {
                 freed += u64::from(e.tokens);
                 if freed >= need {
-                    wait = (self.at_ms(e) + MINUTE_MS - now).max(1) as u64;
+                    wait = (self.at_ms(e) + self.window_ms - now).max(1) as u64;
                     break;
                 }
             }

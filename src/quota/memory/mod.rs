@@ -38,6 +38,7 @@ pub struct MemoryStore {
     cooldowns: Mutex<HashMap<(String, String), Hold>>,
     disabled: Mutex<HashMap<String, String>>,
     affinity: Mutex<HashMap<String, (String, i64)>>,
+    window_ms: i64,
 }
 
 /// See [`MemoryStore::tracked`].
@@ -61,7 +62,15 @@ impl MemoryStore {
             cooldowns: Mutex::new(HashMap::new()),
             disabled: Mutex::new(HashMap::new()),
             affinity: Mutex::new(HashMap::new()),
+            window_ms: super::MINUTE_MS,
         }
+    }
+
+    /// Count over a sliding window of `ms` instead of Google's 60 s (`limits.window_secs`,
+    /// which tests shorten).
+    pub fn with_window(mut self, ms: u64) -> Self {
+        self.window_ms = i64::try_from(ms.clamp(1, super::MAX_HOLD_MS)).unwrap_or(super::MINUTE_MS);
+        self
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Tables> {
@@ -88,6 +97,7 @@ impl MemoryStore {
         let kept = t.days.get_mut(&**project).and_then(|m| m.remove(model));
         let mut b = Bucket {
             next_id: t.retired_ids,
+            window_ms: self.window_ms,
             ..Bucket::default()
         };
         // A count from a past day is cleared by the next prune, like a live bucket's.

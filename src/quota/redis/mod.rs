@@ -223,6 +223,20 @@ impl RedisStore {
         }
     }
 
+    /// Count over a sliding window of `ms` instead of Google's 60 s (`limits.window_secs`,
+    /// which tests shorten): the scripts that read the window are loaded with it written in.
+    pub fn with_window(mut self, ms: u64) -> Self {
+        let ms = ms.clamp(1, super::MAX_HOLD_MS);
+        if ms != super::MINUTE_MS as u64 {
+            let set = |src: &str| {
+                Script::new(&src.replacen("local W = 60000", &format!("local W = {ms}"), 1))
+            };
+            self.admit = set(lua!("admit.lua"));
+            self.usage = set(lua!("usage.lua"));
+        }
+        self
+    }
+
     /// Use `clock` instead of Redis `TIME` (tests only: lets one suite travel in time).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);

@@ -22,7 +22,7 @@ local now = now_ms(ARGV[8])
 local n, m = tonumber(ARGV[10]), tonumber(ARGV[11])
 local day = math.floor((now + offset) / 86400000)
 if next_mid <= now then next_mid = (day + 1) * 86400000 - offset end
-local cut = tostring(now - 60000)
+local cut = tostring(now - W)
 -- Where each part of ARGV starts (the part's first element is at base + 1).
 local CD = 11 + n
 local DAY = CD + 2 * m
@@ -86,14 +86,14 @@ for _, p in ipairs(order) do
     else
       if count >= rpm then
         local r = redis.call('ZRANGE', rq, count - rpm, count - rpm, 'WITHSCORES')
-        why = {1, rpm, math.max(tonumber(r[2]) + 60000 - now, 1)}
+        why = {1, rpm, math.max(tonumber(r[2]) + W - now, 1)}
       end
       if tsum + tokens > tpm then
-        local need, freed, wait = tsum + tokens - tpm, 0, 60000
+        local need, freed, wait = tsum + tokens - tpm, 0, W
         local ids = redis.call('ZRANGE', rq, 0, -1, 'WITHSCORES')
         for j = 1, #ids, 2 do
           freed = freed + (tonumber(redis.call('HGET', tk, ids[j])) or 0)
-          if freed >= need then wait = math.max(tonumber(ids[j + 1]) + 60000 - now, 1); break end
+          if freed >= need then wait = math.max(tonumber(ids[j + 1]) + W - now, 1); break end
         end
         if not why or wait > why[3] then why = {2, tpm, wait} end
       end
@@ -151,17 +151,17 @@ local id_s = tostring(id)
 redis.call('ZADD', rq, now, id_s)
 redis.call('HSET', tk, id_s, ARGV[3])
 redis.call('HINCRBY', tk, 'sum', ARGV[3])
--- The window's keys must outlive their newest entry by 60 s: they expire 120 s after a
--- refresh, refreshed when 60 s or less of that is left (about once a minute, not per call), or
+-- The window's keys must outlive their newest entry by KEEP (W, at least 60 s): they expire
+-- 2 KEEP after a refresh, refreshed when KEEP or less of that is left (about once a minute, not per call), or
 -- when the sorted set was empty (Redis deleted it; ZADD just made it anew, without expiry).
 local dk = ARGV[DAY + best]
 if day_keys then dk = day_keys[best] end
 local new_day = redis.call('INCR', dk) == 1
 if new_day then redis.call('PEXPIRE', dk, math.max(next_mid - now, 1) + 60000) end
-if new_day or counts[best] == 0 or exps[best] <= now + 60000 then
-  redis.call('HSET', tk, 'exp', now + 120000)
-  redis.call('PEXPIRE', rq, 120000)
-  redis.call('PEXPIRE', tk, 120000)
+if new_day or counts[best] == 0 or exps[best] <= now + KEEP then
+  redis.call('HSET', tk, 'exp', now + 2 * KEEP)
+  redis.call('PEXPIRE', rq, 2 * KEEP)
+  redis.call('PEXPIRE', tk, 2 * KEEP)
   -- The status page and admin resets find pairs in this set: keep this one in it (the set
   -- may have expired or been evicted since the pair's day began).
   redis.call('SADD', pairs_key, ARGV[b + 6])

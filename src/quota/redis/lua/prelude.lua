@@ -5,6 +5,10 @@
 -- pair's keys expire. The admission script gets these names ready-made from
 -- `RedisStore::admit` (src/quota/redis.rs), which must build them exactly as below.
 local P = ARGV[1]
+-- The sliding window's length in ms (`limits.window_secs`): the store writes its setting into
+-- this line when it loads the scripts. Window keys live at least a minute past their newest entry.
+local W = 60000
+local KEEP = math.max(W, 60000)
 
 local function now_ms(override)
   if override ~= nil and override ~= '' then return tonumber(override) end
@@ -17,8 +21,8 @@ local function bucket(project, model)
   return b .. ':rq', b .. ':tk'
 end
 
--- Drop admissions 60 s old or older from a window; the window is (now - 60 s, now]. `cut` is
--- the string of now - 60 s (turning a number into a string costs more than a command).
+-- Drop admissions W old or older from a window; the window is (now - W, now]. `cut` is
+-- the string of now - W (turning a number into a string costs more than a command).
 local function prune_keys(rq, tk, cut)
   local old = redis.call('ZRANGEBYSCORE', rq, '-inf', cut)
   if #old > 0 then
@@ -34,7 +38,7 @@ end
 
 local function prune(project, model, now)
   local rq, tk = bucket(project, model)
-  prune_keys(rq, tk, tostring(now - 60000))
+  prune_keys(rq, tk, tostring(now - W))
   return rq, tk
 end
 
