@@ -485,6 +485,10 @@ async fn main() {
         );
         return;
     }
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "queue") {
+        queue_cost(upstream, conns, secs, &script);
+        return;
+    }
     let (redis_port, redis_proc) = start_redis();
     let (mem_port, mem_proc) = start_proxy(upstream, None);
     let (red_port, red_proc) =
@@ -627,6 +631,54 @@ async fn main() {
         rss_kb(mem_proc.0.id()) as f64 / 1024.0
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `BENCH_ONLY=queue`: what the admission queue costs on the path while it is empty: the
+/// memory-store proxy with the queue on (the default) and off, alternating rounds in one run.
+fn queue_cost(upstream: u16, conns: u32, secs: u32, script: &Path) {
+    let bin = proxy_bin();
+    let url = format!("http://127.0.0.1:{upstream}");
+    let log = std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into());
+    let (on_port, on_proc) = start_proxy_with(&bin, &url, CLIENT_KEY, &[("RUST_LOG", log.clone())]);
+    let (off_port, off_proc) = start_proxy_with(
+        &bin,
+        &url,
+        CLIENT_KEY,
+        &[
+            ("RUST_LOG", log),
+            ("PROXY_QUEUE_MAX_WAIT_SECS", "0".to_string()),
+        ],
+    );
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    wrk(on_port, 8, 1, script);
+    wrk(off_port, 8, 1, script);
+    println!(
+        "queue cost, empty queue: memory store, wrk -t1 -c{conns} -d{secs}s x {rounds} rounds each, alternating"
+    );
+    println!("| round | queue on req/s | queue off req/s | on/off | CPU us/req on | off |");
+    println!("|-------|----------------|-----------------|--------|---------------|-----|");
+    let (mut on_sum, mut off_sum) = (0.0, 0.0);
+    for r in 1..=rounds {
+        let on = wrk_cpu(on_port, conns, secs, script, Some(on_proc.0.id()));
+        let off = wrk_cpu(off_port, conns, secs, script, Some(off_proc.0.id()));
+        on_sum += on.rps;
+        off_sum += off.rps;
+        println!(
+            "| {r} | {:.0} | {:.0} | {:.3} | {:.1} | {:.1} |",
+            on.rps,
+            off.rps,
+            on.rps / off.rps,
+            on.cpu_us,
+            off.cpu_us
+        );
+    }
+    println!(
+        "mean throughput ratio, queue on / off: {:.3}",
+        on_sum / off_sum
+    );
 }
 
 fn cpu_model() -> String {
