@@ -262,6 +262,14 @@ impl Ticket<'_> {
         }
     }
 
+    /// Whether this ticket is at the front of its line now.
+    pub fn is_head(&self) -> bool {
+        lock(&self.queues.lines)
+            .get(&self.key)
+            .and_then(|l| l.waiters.front())
+            .is_some_and(|w| w.seq == self.seq)
+    }
+
     /// Until when this ticket may wait.
     pub fn deadline(&self) -> Instant {
         self.deadline
@@ -318,6 +326,7 @@ mod tests {
         assert!(!q.busy("m", M));
         let a = q.join("m", M, far()).unwrap();
         let b = q.join("m", M, far()).unwrap();
+        assert!(a.is_head() && !b.is_head());
         assert!(q.busy("m", M));
         assert!(!q.busy("other", M));
         assert!(!q.busy("m", QuotaFamily::Embed));

@@ -50,9 +50,9 @@ enum Try {
     Fail(ApiError),
 }
 
-/// Admit on a key with room. With the queue on (`allowance` above zero), a request that finds
-/// none waits in its model's line for up to `allowance`; with it off, it waits only for a
-/// cooldown that ends within `upstream.max_wait_secs`, as before the queue.
+/// Admit on a key with room. With the queue on (`queue.max_wait_secs` above zero), a request
+/// that finds none waits in its model's line for up to `allowance`; with it off, it waits only
+/// for a cooldown that ends within `upstream.max_wait_secs`.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn admit(
     state: &AppState,
@@ -123,7 +123,10 @@ pub(super) async fn admit(
             ));
         }
     };
-    let outcome = wait_in_line(state, route, &request, &ticket, first).await;
+    // The refusal that sent it here tells the line's head when to ask again; anyone else
+    // learns that when its turn comes.
+    let known = first.filter(|_| ticket.is_head());
+    let outcome = wait_in_line(state, route, &request, &ticket, known).await;
     let waited = ticket.waited();
     // Leaving the line hands its front to the next waiter, who asks the store at once.
     drop(ticket);
