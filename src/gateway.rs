@@ -253,6 +253,7 @@ impl GatewayBuilder {
             spawn_upkeep(Arc::downgrade(&state));
         }
         spawn_outlook_refresh(Arc::downgrade(&state));
+        crate::alerts::Alerts::spawn(Arc::downgrade(&state), state.config.alerts.evaluate_every);
         let service = GeminiService::new(state.clone());
         Ok(Gateway { state, service })
     }

@@ -25,6 +25,7 @@
 //! Embedding: build a [`Gateway`] from a [`Config`] and mount [`Gateway::service`] in your own
 //! router (`examples/embed.rs`).
 
+pub mod alerts;
 pub mod auth;
 pub mod body;
 pub mod config;

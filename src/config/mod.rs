@@ -2,6 +2,7 @@
 //! environment, each section validated into its own type whose errors name the setting at
 //! fault. Components take only their section (`build_client(&cfg.upstream)`).
 
+mod alerts;
 mod auth;
 mod check;
 mod limits;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+pub use self::alerts::{AlertsConfig, EmailConfig, SecretUri, WebhookConfig, WebhookFormat};
 pub use self::auth::AuthConfig;
 pub use self::check::{BaseUrl, ConfigError};
 use self::check::{bad, comma_list, env_value};
@@ -63,6 +65,7 @@ struct Raw {
     store: store::Raw,
     log: log::Raw,
     metrics: metrics::Raw,
+    alerts: alerts::Raw,
     #[serde(default)]
     keys: Vec<pool::RawKey>,
     #[serde(default)]
@@ -80,6 +83,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub alerts: AlertsConfig,
     /// The price table: embedded, with the user's `[prices."MODEL"]` laid over it.
     pub prices: Arc<Prices>,
 }
@@ -152,6 +156,7 @@ impl Config {
             store: store::from_raw(raw.store)?,
             log: LogConfig::from_raw(raw.log)?,
             metrics: MetricsConfig::from_raw(raw.metrics),
+            alerts: alerts::from_raw(raw.alerts, env)?,
             prices: prices::from_raw(raw.prices)?,
         })
     }
