@@ -85,12 +85,14 @@ pub struct Delivery {
 /// The parts of an SMTP URL never shown: the whole URL and its `user:password`.
 fn smtp_secrets(url: &Secret) -> Vec<String> {
     let mut v = vec![url.expose().to_string()];
-    if let Some((_, rest)) = url.expose().split_once("://") {
-        if let Some((userinfo, _)) = rest.rsplit_once('@') {
-            v.push(userinfo.to_string());
-            if let Some((_, pass)) = userinfo.split_once(':') {
-                v.push(pass.to_string());
-            }
+    if let Some((userinfo, _)) = url
+        .expose()
+        .split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+    {
+        v.push(userinfo.to_string());
+        if let Some((_, pass)) = userinfo.split_once(':') {
+            v.push(pass.to_string());
         }
     }
     v.retain(|s| s.len() >= 3);

@@ -147,11 +147,12 @@ impl Engine {
         let group: Vec<Transition> = std::mem::take(&mut self.pending).into_values().collect();
         let stamp = rfc3339(chrono::Utc::now());
         for t in &group {
+            if t.kind == Kind::Lowered {
+                continue;
+            }
             if let Some(f) = self.firing.get_mut(&t.alert.fingerprint) {
-                if t.kind != Kind::Lowered {
-                    f.notified = Some(now);
-                    f.view.last_notified_at = Some(stamp.clone());
-                }
+                f.notified = Some(now);
+                f.view.last_notified_at = Some(stamp.clone());
             }
         }
         (!group.is_empty()).then_some(group)

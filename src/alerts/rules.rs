@@ -172,39 +172,226 @@ pub fn evaluate(cfg: &AlertsConfig, s: &QuotaStatus, failures: u32) -> Vec<Activ
             });
         }
     }
-    if cfg.daily_budget_usd > 0.0 {
-        if let Some(cost) = &s.cost {
-            let today = cost.today.cost_usd;
-            let projected: f64 = s.forecast.as_ref().map_or(0.0, |f| {
-                f.pool.iter().filter_map(|l| l.projected_cost_usd).sum()
-            });
-            let budget = cfg.daily_budget_usd;
-            let (severity, summary) = if today > budget {
-                (
-                    Some(Severity::Critical),
-                    format!(
-                        "today's cost {today:.2} USD is over the daily budget of {budget:.2} USD"
-                    ),
-                )
-            } else if projected > budget {
-                (
-                    Some(Severity::Warning),
-                    format!(
-                        "today's cost is projected at {projected:.2} USD by the reset, over the daily budget of {budget:.2} USD ({today:.2} USD so far)"
-                    ),
-                )
-            } else {
-                (None, String::new())
-            };
-            if let Some(severity) = severity {
-                out.push(Active {
-                    rule: "daily_budget",
-                    severity,
-                    labels: BTreeMap::new(),
-                    summary,
-                });
-            }
+    out.extend(budget(cfg, s));
+    out
+}
+
+/// Today's cost over the budget (critical), or projected over it by the reset (warning).
+fn budget(cfg: &AlertsConfig, s: &QuotaStatus) -> Option<Active> {
+    let budget = cfg.daily_budget_usd;
+    let cost = s.cost.as_ref().filter(|_| budget > 0.0)?;
+    let today = cost.today.cost_usd;
+    let projected: f64 = s.forecast.as_ref().map_or(0.0, |f| {
+        f.pool.iter().filter_map(|l| l.projected_cost_usd).sum()
+    });
+    let (severity, summary) = if today > budget {
+        (
+            Severity::Critical,
+            format!("today's cost {today:.2} USD is over the daily budget of {budget:.2} USD"),
+        )
+    } else if projected > budget {
+        (
+            Severity::Warning,
+            format!(
+                "today's cost is projected at {projected:.2} USD by the reset, over the daily \
+                 budget of {budget:.2} USD ({today:.2} USD so far)"
+            ),
+        )
+    } else {
+        return None;
+    };
+    Some(Active {
+        rule: "daily_budget",
+        severity,
+        labels: BTreeMap::new(),
+        summary,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::outlook::{CostView, ForecastLine, ForecastView, Money};
+    use crate::status::snapshot::{KeyView, Percentages, StoreView};
+
+    fn usage_of(minute: u64, limit: u64) -> UsageView {
+        let pct = |u: u64, l: u64| ((u as f64 / l as f64) * 1000.0).round() / 10.0;
+        UsageView {
+            minute_requests: minute,
+            minute_limit: limit,
+            minute_remaining: limit.saturating_sub(minute),
+            daily_requests: minute,
+            daily_limit: 1000,
+            daily_remaining: 1000 - minute,
+            minute_tokens: 0,
+            token_minute_limit: 1000,
+            token_minute_remaining: 1000,
+            usage_percentage: Percentages {
+                minute: pct(minute, limit),
+                daily: pct(minute, 1000),
+                tokens: 0.0,
+            },
         }
     }
-    out
+
+    fn key(id: &str, project: &str, state: &'static str, minute: u64) -> KeyView {
+        KeyView {
+            id: id.into(),
+            name: id.into(),
+            project: project.into(),
+            state,
+            reason: (state == "disabled").then(|| "API_KEY_INVALID".to_string()),
+            cooldown_until: None,
+            cooldown_model: None,
+            models: BTreeMap::from([("m".to_string(), usage_of(minute, 10))]),
+            models_omitted: 0,
+        }
+    }
+
+    fn status(keys: Vec<KeyView>, pool_minute: u64, pool_limit: u64) -> QuotaStatus {
+        QuotaStatus {
+            healthy: true,
+            warnings: vec![],
+            errors: vec![],
+            usage: usage_of(pool_minute, pool_limit),
+            keys,
+            store: StoreView {
+                backend: "redis",
+                reachable: true,
+            },
+            cost: None,
+            forecast: None,
+            alerts: crate::alerts::AlertsSummary {
+                firing: 0,
+                critical: 0,
+                channels: vec![],
+            },
+            models: BTreeMap::from([("m".to_string(), usage_of(pool_minute, pool_limit))]),
+        }
+    }
+
+    fn cfg() -> AlertsConfig {
+        crate::config::for_test("[alerts]\ndaily_budget_usd = 5\n", &[]).alerts
+    }
+
+    fn found(out: &[Active]) -> Vec<(&'static str, Severity, Vec<String>)> {
+        let mut v: Vec<_> = out
+            .iter()
+            .map(|a| (a.rule, a.severity, a.labels.values().cloned().collect()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn the_pool_line_appears_only_where_several_projects_serve_a_model() {
+        let s = status(vec![key("k1", "p1", "active", 8)], 8, 10);
+        assert_eq!(
+            found(&evaluate(&cfg(), &s, 0)),
+            [(
+                "minute_usage_high",
+                Severity::Warning,
+                vec!["m".into(), "p1".into()]
+            )]
+        );
+        let s = status(
+            vec![key("k1", "p1", "active", 10), key("k2", "p2", "active", 7)],
+            17,
+            20,
+        );
+        let out = found(&evaluate(&cfg(), &s, 0));
+        assert!(out.contains(&("minute_usage_high", Severity::Warning, vec!["m".into()])));
+        assert!(out.contains(&(
+            "minute_usage_high",
+            Severity::Critical,
+            vec!["m".into(), "p1".into()]
+        )));
+        assert!(
+            !out.iter().any(|a| a.0 == "all_keys_exhausted"),
+            "p2 still has room"
+        );
+    }
+
+    #[test]
+    fn disabled_keys_an_unreachable_store_and_failure_streaks_alert() {
+        let mut s = status(
+            vec![
+                key("AIza...0001", "p1", "disabled", 0),
+                key("k2", "p2", "active", 0),
+            ],
+            0,
+            10,
+        );
+        s.store.reachable = false;
+        let out = found(&evaluate(&cfg(), &s, 3));
+        assert_eq!(
+            out,
+            [
+                (
+                    "key_disabled",
+                    Severity::Warning,
+                    vec!["AIza...0001".into(), "p1".into()]
+                ),
+                (
+                    "store_unreachable",
+                    Severity::Critical,
+                    vec!["redis".into()]
+                ),
+                ("upstream_failures", Severity::Warning, vec![]),
+            ]
+        );
+        assert!(
+            evaluate(&cfg(), &s, 2)
+                .iter()
+                .all(|a| a.rule != "upstream_failures")
+        );
+    }
+
+    #[test]
+    fn a_forecast_exhaustion_and_the_budget_alert() {
+        let line = |project: Option<&str>, at: Option<&str>, cost| ForecastLine {
+            project: project.map(str::to_string),
+            model: "m".into(),
+            daily_limit: 1000,
+            used_today: 600,
+            projected_requests: Some(1400),
+            exhausted_at: at.map(str::to_string),
+            resets_at: "2026-11-29T08:00:00Z".into(),
+            projected_cost_usd: cost,
+            method: Some("profile"),
+            reason: None,
+        };
+        let mut s = status(vec![key("k1", "p1", "active", 0)], 0, 10);
+        s.forecast = Some(ForecastView {
+            pairs: vec![line(Some("p1"), Some("2026-11-29T05:00:00Z"), None)],
+            pairs_omitted: 0,
+            pool: vec![line(None, None, Some(6.0))],
+        });
+        s.cost = Some(CostView {
+            today: Money {
+                cost_usd: 2.0,
+                list_cost_usd: 2.0,
+            },
+            month: Money::default(),
+            unpriced_requests_today: 0,
+            source: "memory",
+        });
+        let out = found(&evaluate(&cfg(), &s, 0));
+        assert_eq!(
+            out,
+            [
+                ("daily_budget", Severity::Warning, vec![]),
+                (
+                    "daily_quota_forecast",
+                    Severity::Warning,
+                    vec!["m".into(), "p1".into()]
+                ),
+            ]
+        );
+        s.cost.as_mut().unwrap().today.cost_usd = 5.5;
+        let out = evaluate(&cfg(), &s, 0);
+        let budget = out.iter().find(|a| a.rule == "daily_budget").unwrap();
+        assert_eq!(budget.severity, Severity::Critical);
+        assert!(budget.summary.contains("5.50 USD"), "{}", budget.summary);
+    }
 }
