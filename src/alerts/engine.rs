@@ -124,7 +124,7 @@ impl Engine {
             .pending
             .get(&fp)
             .is_some_and(|p| p.kind == Kind::Firing && p.alert.last_notified_at.is_none());
-        if kind == Kind::Resolved && fired_in_group && !self.was_sent_before(&view) {
+        if kind == Kind::Resolved && fired_in_group {
             self.pending.remove(&fp);
         } else {
             self.pending.insert(fp, Transition { kind, alert: view });
@@ -132,13 +132,14 @@ impl Engine {
         self.group_opened.get_or_insert(now);
     }
 
-    /// Whether the alert went out before the group that is open (its `last_notified_at`).
-    fn was_sent_before(&self, view: &AlertView) -> bool {
-        view.last_notified_at.is_some()
-    }
-
-    /// The open group once `group_wait` has passed since its first transition.
-    pub fn due(&mut self, now: Instant, group_wait: Duration) -> Option<Vec<Transition>> {
+    /// The open group once `group_wait` has passed since its first transition; `sending`:
+    /// whether it goes anywhere (with no channel, nothing is marked notified).
+    pub fn due(
+        &mut self,
+        now: Instant,
+        group_wait: Duration,
+        sending: bool,
+    ) -> Option<Vec<Transition>> {
         let opened = self.group_opened?;
         if now.duration_since(opened) < group_wait {
             return None;
@@ -147,7 +148,7 @@ impl Engine {
         let group: Vec<Transition> = std::mem::take(&mut self.pending).into_values().collect();
         let stamp = rfc3339(chrono::Utc::now());
         for t in &group {
-            if t.kind == Kind::Lowered {
+            if t.kind == Kind::Lowered || !sending {
                 continue;
             }
             if let Some(f) = self.firing.get_mut(&t.alert.fingerprint) {
@@ -204,22 +205,22 @@ mod tests {
         let mut e = Engine::default();
         let t0 = Instant::now();
         e.observe(t0, vec![minute(Severity::Warning)], HOUR);
-        let g = e.due(t0, Duration::ZERO).unwrap();
+        let g = e.due(t0, Duration::ZERO, true).unwrap();
         assert_eq!((g.len(), g[0].kind), (1, Kind::Firing));
         assert_eq!(g[0].state(), "firing:warning");
         e.observe(t0, vec![minute(Severity::Warning)], HOUR);
         assert!(
-            e.due(t0, Duration::ZERO).is_none(),
+            e.due(t0, Duration::ZERO, true).is_none(),
             "no change, nothing to send"
         );
         e.observe(t0, vec![minute(Severity::Critical)], HOUR);
-        let g = e.due(t0, Duration::ZERO).unwrap();
+        let g = e.due(t0, Duration::ZERO, true).unwrap();
         assert_eq!(g[0].state(), "firing:critical");
         e.observe(t0, vec![minute(Severity::Warning)], HOUR);
-        let g = e.due(t0, Duration::ZERO).unwrap();
+        let g = e.due(t0, Duration::ZERO, true).unwrap();
         assert_eq!(g[0].kind, Kind::Lowered);
         e.observe(t0, vec![], HOUR);
-        let g = e.due(t0, Duration::ZERO).unwrap();
+        let g = e.due(t0, Duration::ZERO, true).unwrap();
         assert_eq!(g[0].kind, Kind::Resolved);
         assert_eq!(e.firing_count(), 0);
         // firing, critical, resolved: the lowering is not a transition people see.
@@ -236,8 +237,8 @@ mod tests {
             e.observe(t0, vec![], HOUR);
         }
         e.observe(t0, vec![minute(Severity::Warning)], HOUR);
-        assert!(e.due(t0 + Duration::from_secs(5), wait).is_none());
-        let g = e.due(t0 + wait, wait).unwrap();
+        assert!(e.due(t0 + Duration::from_secs(5), wait, true).is_none());
+        let g = e.due(t0 + wait, wait, true).unwrap();
         assert_eq!(g.len(), 1);
         assert_eq!(g[0].kind, Kind::Firing);
     }
@@ -247,11 +248,11 @@ mod tests {
         let mut e = Engine::default();
         let t0 = Instant::now();
         e.observe(t0, vec![minute(Severity::Warning)], HOUR);
-        e.due(t0, Duration::ZERO).unwrap();
+        e.due(t0, Duration::ZERO, true).unwrap();
         e.observe(t0 + HOUR / 2, vec![minute(Severity::Warning)], HOUR);
-        assert!(e.due(t0 + HOUR / 2, Duration::ZERO).is_none());
+        assert!(e.due(t0 + HOUR / 2, Duration::ZERO, true).is_none());
         e.observe(t0 + HOUR, vec![minute(Severity::Warning)], HOUR);
-        let g = e.due(t0 + HOUR, Duration::ZERO).unwrap();
+        let g = e.due(t0 + HOUR, Duration::ZERO, true).unwrap();
         assert_eq!(g[0].kind, Kind::Repeat);
     }
 

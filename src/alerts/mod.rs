@@ -157,9 +157,10 @@ impl Alerts {
             let mut engine = lock(&self.engine);
             engine.observe(now, active, cfg.repeat_interval);
             state.metrics.alerts_firing(engine.firing_count());
-            engine.due(now, cfg.group_wait)
+            engine.due(now, cfg.group_wait, cfg.has_channels())
         };
-        let Some(group) = group else {
+        // Without a channel the transitions are only kept (API, status page): nothing to claim.
+        let Some(group) = group.filter(|_| cfg.has_channels()) else {
             return;
         };
         let mut send: Vec<Transition> = Vec::new();
@@ -172,7 +173,7 @@ impl Alerts {
                 send.push(t);
             }
         }
-        if send.is_empty() || !cfg.has_channels() {
+        if send.is_empty() {
             return;
         }
         let alerts: Vec<AlertView> = send.into_iter().map(|t| t.alert).collect();
