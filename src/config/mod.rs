@@ -4,6 +4,7 @@
 
 mod alerts;
 mod auth;
+mod channels;
 mod check;
 mod limits;
 mod log;
@@ -19,8 +20,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-pub use self::alerts::{AlertsConfig, EmailConfig, SecretUri, WebhookConfig, WebhookFormat};
+pub use self::alerts::AlertsConfig;
 pub use self::auth::AuthConfig;
+pub use self::channels::{EmailConfig, SecretUri, WebhookConfig, WebhookFormat};
 pub use self::check::{BaseUrl, ConfigError};
 use self::check::{bad, comma_list, env_value};
 pub use self::log::{LogConfig, LogFormat};
