@@ -135,7 +135,9 @@ impl Alerts {
     /// Evaluate every `alerts.evaluate_every` while the state lives.
     pub fn spawn(state: Weak<AppState>, every: std::time::Duration) {
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            // The first evaluation one period after start: at start nothing has been used yet,
+            // and the store is not asked for a snapshot before anyone else asks.
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
