@@ -1,16 +1,16 @@
-//! Alerts: rules over the status snapshot, the ledger's forecast and cost ([`rules`]), a state
-//! machine of firing and resolved alerts with grouping and repeats ([`engine`]), one claim per
-//! transition across replicas ([`claim`]), and delivery to webhooks and e-mail off the request
-//! path ([`deliver`], bodies in [`format`]). [`Alerts::spawn`] runs the evaluator.
+//! Alerts: a state machine of firing and resolved alerts with grouping and repeats
+//! ([`engine`]), one claim per transition across replicas ([`claim`]), and delivery to webhooks
+//! and e-mail off the request path ([`deliver`], bodies in [`format`]). What fires comes from
+//! the rules over the status snapshot (`status::alert_rules`); the gateway runs the evaluator
+//! in the background and hands each evaluation to [`Alerts::observe`].
 
 pub mod claim;
 pub mod deliver;
 pub mod engine;
 pub mod format;
-pub mod rules;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -19,9 +19,9 @@ use sha2::{Digest, Sha256};
 use self::claim::Claims;
 use self::deliver::{Channel, ChannelReport, Delivery};
 use self::engine::{Engine, Kind, Transition};
-use crate::config::Config;
+use crate::config::{AlertsConfig, Config};
+use crate::metrics::Metrics;
 use crate::quota::redis::SharedIo;
-use crate::state::AppState;
 
 /// How bad an alert is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -132,33 +132,14 @@ impl Alerts {
         }
     }
 
-    /// Evaluate every `alerts.evaluate_every` while the state lives.
-    pub fn spawn(state: Weak<AppState>, every: std::time::Duration) {
-        tokio::spawn(async move {
-            // The first evaluation one period after start: at start nothing has been used yet,
-            // and the store is not asked for a snapshot before anyone else asks.
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(state) = state.upgrade() else {
-                    return;
-                };
-                state.alerts.evaluate(&state).await;
-            }
-        });
-    }
-
-    /// One evaluation: the rules, the transitions, and the group when it is due.
-    pub async fn evaluate(&self, state: &AppState) {
-        let cfg = &state.config.alerts;
-        let snap = crate::status::snapshot(state, crate::status::Extras::Cached).await;
-        let active = rules::evaluate(cfg, &snap.quota_status, state.pool.health.failures());
+    /// Take one evaluation (the alerts true now): the transitions, and the group when it is
+    /// due, claimed and sent in a task of its own.
+    pub async fn observe(&self, cfg: &AlertsConfig, active: Vec<Active>, metrics: &Metrics) {
         let now = Instant::now();
         let group = {
             let mut engine = lock(&self.engine);
             engine.observe(now, active, cfg.repeat_interval);
-            state.metrics.alerts_firing(engine.firing_count());
+            metrics.alerts_firing(engine.firing_count());
             engine.due(now, cfg.group_wait, cfg.has_channels())
         };
         // Without a channel the transitions are only kept (API, status page): nothing to claim.
@@ -186,7 +167,7 @@ impl Alerts {
         );
         // Off the evaluator too: a slow channel never delays the next evaluation.
         let delivery = self.delivery.clone();
-        let metrics = state.metrics.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             delivery.send_all(&alerts, &metrics).await;
         });
@@ -215,7 +196,7 @@ impl Alerts {
     }
 
     /// A test message to every channel, each outcome answered.
-    pub async fn test(&self, state: &AppState) -> Vec<ChannelReport> {
+    pub async fn test(&self, metrics: &Metrics) -> Vec<ChannelReport> {
         let mut labels = BTreeMap::new();
         labels.insert("source".to_string(), "admin".to_string());
         let alert = AlertView {
@@ -229,7 +210,7 @@ impl Alerts {
             resolved_at: None,
             last_notified_at: None,
         };
-        self.delivery.send_all(&[alert], &state.metrics).await
+        self.delivery.send_all(&[alert], metrics).await
     }
 
     /// The configured channels.

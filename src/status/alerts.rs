@@ -66,7 +66,7 @@ pub async fn test(State(state): State<Arc<AppState>>, req: Request) -> Response 
         )
         .into_response();
     }
-    let channels = state.alerts.test(&state).await;
+    let channels = state.alerts.test(&state.metrics).await;
     let all = channels.iter().all(|c| c.outcome == "delivered");
     Json(json!({"success": all, "channels": channels})).into_response()
 }

@@ -2,6 +2,7 @@
 //! (GET: where every quota stands, [`snapshot`]; POST: admin reset) and `/api/ai/usage/`
 //! ([`usage`]: the ledger's history) and `/api/ai/alerts/` ([`alerts`]).
 
+pub mod alert_rules;
 pub mod alerts;
 pub mod dashboard;
 pub mod snapshot;

@@ -1,12 +1,14 @@
-//! The rules, read off the status snapshot (usage percentages as the status page counts them,
-//! key states, the store's reachability, the ledger's cost and forecast) and the run of
-//! upstream failures: which alerts are true now. A pure function, bounded by the snapshot.
+//! The alert rules, read off the status snapshot (usage percentages as the status page counts
+//! them, key states, the store's reachability, the ledger's cost and forecast) and the run of
+//! upstream failures: which alerts are true now, for [`crate::alerts`]. A pure function,
+//! bounded by the snapshot. Here beside the snapshot it reads, so [`crate::alerts`] (held by
+//! the shared state) depends on neither the status nor the state.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Active, Severity};
+use super::snapshot::{QuotaStatus, UsageView};
+use crate::alerts::{Active, Severity};
 use crate::config::AlertsConfig;
-use crate::status::snapshot::{QuotaStatus, UsageView};
 
 fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> BTreeMap<&'static str, String> {
     pairs.into_iter().map(|(k, v)| (k, v.to_string())).collect()
