@@ -9,6 +9,9 @@ use crate::config::WebhookFormat;
 
 /// Discord refuses longer `content`.
 pub const DISCORD_MAX: usize = 2000;
+/// Alerts given a Slack section each; Slack refuses a message of more than 50 blocks, so the
+/// rest are counted in one more.
+pub const SLACK_SECTIONS: usize = 45;
 
 /// `firing` when any alert of the message fires, else `resolved`.
 pub fn group_status(alerts: &[AlertView]) -> &'static str {
@@ -86,10 +89,16 @@ pub fn body(format: WebhookFormat, alerts: &[AlertView], public_url: Option<&str
                 "type": "header",
                 "text": {"type": "plain_text", "text": headline(alerts)},
             })];
-            for a in alerts {
+            for a in alerts.iter().take(SLACK_SECTIONS) {
                 blocks.push(json!({
                     "type": "section",
                     "text": {"type": "mrkdwn", "text": line(a)},
+                }));
+            }
+            if alerts.len() > SLACK_SECTIONS {
+                blocks.push(json!({
+                    "type": "section",
+                    "text": {"type": "mrkdwn", "text": format!("… and {} more", alerts.len() - SLACK_SECTIONS)},
                 }));
             }
             if let Some(d) = dashboard(public_url) {
@@ -188,6 +197,15 @@ mod tests {
         let content = b["content"].as_str().unwrap();
         assert_eq!(content.chars().count(), DISCORD_MAX);
         assert!(content.starts_with("gemini-quota-proxy alerts: 100 firing"));
+    }
+
+    #[test]
+    fn slack_messages_stay_within_fifty_blocks() {
+        let alerts: Vec<AlertView> = (0..80).map(|_| alert("many")).collect();
+        let b = body(WebhookFormat::Slack, &alerts, Some("https://p.example"));
+        let blocks = b["blocks"].as_array().unwrap();
+        assert!(blocks.len() <= 50, "{}", blocks.len());
+        assert_eq!(blocks[SLACK_SECTIONS + 1]["text"]["text"], "… and 35 more");
     }
 
     #[test]
