@@ -593,3 +593,43 @@ async fn no_webhook_url_or_smtp_password_reaches_the_logs_at_trace() {
         assert!(!answer_text.contains(secret), "{secret} in the answer");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alerts_api_needs_a_credential_and_the_test_needs_a_channel() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&[KEY])).await;
+    let r = http()
+        .get(format!("{}/api/ai/alerts/", proxy.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(json_of(r).await["error"]["status"], "UNAUTHENTICATED");
+    let r = http()
+        .delete(format!("{}/api/ai/alerts/", proxy.url))
+        .header("x-goog-api-key", CLIENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let r = http()
+        .post(format!("{}/api/ai/alerts/test", proxy.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e = json_of(r).await;
+    assert_eq!(e["error"]["status"], "INVALID_ARGUMENT");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no alert channel")
+    );
+    let v = alerts_api(&proxy.url).await;
+    assert_eq!(
+        v,
+        json!({"success": true, "firing": [], "recent": [], "channels": []})
+    );
+}
