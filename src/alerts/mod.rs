@@ -1,6 +1,6 @@
 //! Alerts: a state machine of firing and resolved alerts with grouping and repeats
 //! ([`engine`]), one claim per transition across replicas ([`claim`]), and delivery to webhooks
-//! and e-mail off the request path ([`deliver`], bodies in [`format`]). What fires comes from
+//! and e-mail off the request path ([`deliver`], bodies in [`format`](mod@format)). What fires comes from
 //! the rules over the status snapshot (`status::alert_rules`); the gateway runs the evaluator
 //! in the background and hands each evaluation to [`Alerts::observe`].
 
