@@ -208,6 +208,35 @@ fn spawn_outlook_refresh(state: std::sync::Weak<AppState>) {
     });
 }
 
+/// The alert evaluator: every `alerts.evaluate_every`, the rules over a status snapshot (the
+/// ledger's outlook as cached for the status page) and the run of upstream failures, handed to
+/// the alert engine, which sends in tasks of its own. Runs while the gateway's state lives.
+fn spawn_alerts(state: std::sync::Weak<AppState>) {
+    let Some(every) = state.upgrade().map(|s| s.config.alerts.evaluate_every) else {
+        return;
+    };
+    tokio::spawn(async move {
+        // The first evaluation one period after start: nothing has been used yet, and the
+        // store is not asked for a snapshot before anyone else asks.
+        let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(state) = state.upgrade() else {
+                return;
+            };
+            let snap = crate::status::snapshot(&state, crate::status::Extras::Cached).await;
+            let cfg = &state.config.alerts;
+            let active = crate::status::alert_rules::evaluate(
+                cfg,
+                &snap.quota_status,
+                state.pool.health.failures(),
+            );
+            state.alerts.observe(cfg, active, &state.metrics).await;
+        }
+    });
+}
+
 /// Builds a [`Gateway`].
 pub struct GatewayBuilder {
     config: Config,
@@ -253,6 +282,7 @@ impl GatewayBuilder {
             spawn_upkeep(Arc::downgrade(&state));
         }
         spawn_outlook_refresh(Arc::downgrade(&state));
+        spawn_alerts(Arc::downgrade(&state));
         let service = GeminiService::new(state.clone());
         Ok(Gateway { state, service })
     }

@@ -123,6 +123,14 @@ fn describe() {
         "Requests to the Gemini surface by model, outcome (ok, rate_limited, client_error, server_error), masked pooled key and client name."
     );
     describe_counter!(
+        "gqp_alert_deliveries_total",
+        "Alert notification tries by channel (slack, discord, json, alertmanager, email) and outcome (delivered, retried, failed)."
+    );
+    describe_gauge!(
+        "gqp_alerts_firing",
+        "Alerts firing now, as this replica evaluates them."
+    );
+    describe_counter!(
         "gqp_admissions_refused_total",
         "Requests the proxy refused for its own quota accounting, by reason."
     );
@@ -308,6 +316,16 @@ impl Metrics {
 
     pub fn refused(&self, reason: &'static str) {
         counter!("gqp_admissions_refused_total", "reason" => reason).increment(1);
+    }
+
+    /// One try of an alert notification on `channel` (a format or `email`, never a URL).
+    pub fn alert_delivery(&self, channel: &'static str, outcome: &'static str) {
+        counter!("gqp_alert_deliveries_total", "channel" => channel, "outcome" => outcome)
+            .increment(1);
+    }
+
+    pub fn alerts_firing(&self, n: usize) {
+        gauge!("gqp_alerts_firing").set(n as f64);
     }
 
     pub fn upstream_429(&self, kind: &'static str) {

@@ -23,6 +23,8 @@ pub struct AppState {
     pub ledger: Arc<Ledger>,
     /// Requests waiting for quota, per model (`[queue]`).
     pub queues: Queues,
+    /// The alert engine and its channels.
+    pub alerts: crate::alerts::Alerts,
     /// When `/metrics` last refreshed the store-derived gauges.
     pub gauges_refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// The status page's cost and forecast, as last computed, and when.
@@ -66,7 +68,9 @@ impl AppState {
         let pool = Pool::new(&config.pool, &config.limits);
         let ledger = build_ledger(&config, &pool, store.shared_io(), clock);
         let queues = Queues::new(config.queue.max_length);
+        let alerts = crate::alerts::Alerts::new(&config, store.shared_io());
         Arc::new(AppState {
+            alerts,
             pool,
             config: Arc::new(config),
             store,

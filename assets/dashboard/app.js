@@ -415,6 +415,8 @@
     $('.health-word', h).textContent = { ok: 'Healthy', warn: 'Warning', crit: 'Critical' }[lv];
     var detail = 'Busiest pool limit: ' + worst[0] + ' at ' + fmtPct(worst[1]) + '.';
     if (errors.length) detail += ' ' + errors.length + (errors.length === 1 ? ' error.' : ' errors.');
+    var firing = (qs.alerts && typeof qs.alerts.firing === 'number') ? qs.alerts.firing : 0;
+    if (firing) detail += ' ' + firing + (firing === 1 ? ' alert firing.' : ' alerts firing.');
     $('#health-detail').textContent = detail;
     fillList($('#errors'), errors, $('#errors-none'));
     fillList($('#warnings'), warnings, $('#warnings-none'));

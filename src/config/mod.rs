@@ -2,7 +2,9 @@
 //! environment, each section validated into its own type whose errors name the setting at
 //! fault. Components take only their section (`build_client(&cfg.upstream)`).
 
+mod alerts;
 mod auth;
+mod channels;
 mod check;
 mod limits;
 mod log;
@@ -19,7 +21,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+pub use self::alerts::AlertsConfig;
 pub use self::auth::AuthConfig;
+pub use self::channels::{EmailConfig, SecretUri, WebhookConfig, WebhookFormat};
 pub use self::check::{BaseUrl, ConfigError};
 use self::check::{bad, comma_list, env_value};
 pub use self::log::{LogConfig, LogFormat};
@@ -66,6 +70,7 @@ struct Raw {
     store: store::Raw,
     log: log::Raw,
     metrics: metrics::Raw,
+    alerts: alerts::Raw,
     #[serde(default)]
     keys: Vec<pool::RawKey>,
     #[serde(default)]
@@ -84,6 +89,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub alerts: AlertsConfig,
     /// The price table: embedded, with the user's `[prices."MODEL"]` laid over it.
     pub prices: Arc<Prices>,
 }
@@ -158,6 +164,7 @@ impl Config {
             store: store::from_raw(raw.store)?,
             log: LogConfig::from_raw(raw.log)?,
             metrics: MetricsConfig::from_raw(raw.metrics),
+            alerts: alerts::from_raw(raw.alerts, env)?,
             prices: prices::from_raw(raw.prices)?,
         })
     }

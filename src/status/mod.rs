@@ -1,7 +1,9 @@
 //! The proxy's own endpoints: `/healthz`, `/readyz`, `/metrics`, `/api/ai/quota-status/`
 //! (GET: where every quota stands, [`snapshot`]; POST: admin reset) and `/api/ai/usage/`
-//! ([`usage`]: the ledger's history).
+//! ([`usage`]: the ledger's history) and `/api/ai/alerts/` ([`alerts`]).
 
+pub mod alert_rules;
+pub mod alerts;
 pub mod dashboard;
 pub mod snapshot;
 pub mod usage;
@@ -319,6 +321,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/dashboard/{file}", get(dashboard::file))
         .route("/api/ai/usage/", any(usage::usage))
         .route("/api/ai/usage", any(usage::usage))
+        .route("/api/ai/alerts/", any(alerts::alerts))
+        .route("/api/ai/alerts", any(alerts::alerts))
+        .route("/api/ai/alerts/test", any(alerts::test))
         .fallback(not_found)
         .with_state(state)
 }

@@ -40,6 +40,12 @@ pub struct QuotaStatus {
     /// When each daily quota runs out, from the usage ledger (the status page only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forecast: Option<ForecastView>,
+    /// Alerts firing now and the channels whose last delivery failed.
+    pub alerts: crate::alerts::AlertsSummary,
+    /// Each model's pool-wide usage against the sum of its limits in the enabled projects
+    /// (what the warnings above are counted from; the alert rules read it too).
+    #[serde(skip)]
+    pub models: BTreeMap<String, UsageView>,
 }
 
 /// Counters against their limits.
@@ -334,6 +340,15 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
             .to_string(),
         );
     }
+    let alerts = state.alerts.summary();
+    for c in alerts.channels.iter().filter(|c| c.failing) {
+        warnings.push(format!(
+            "alert channel {} ({}) failing: {}",
+            c.index,
+            c.channel,
+            c.last_error.as_deref().unwrap_or("no detail")
+        ));
+    }
     let cached = match outlook {
         Extras::Cached => state.cached_outlook(),
         _ => None,
@@ -382,6 +397,11 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
             queue: QueueView::of(state),
             cost,
             forecast,
+            alerts,
+            models: per_model
+                .iter()
+                .map(|(m, (u, l))| (m.to_string(), UsageView::new(u, l)))
+                .collect(),
         },
         timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }

@@ -147,7 +147,9 @@ pub fn build_client(cfg: &UpstreamConfig) -> HttpClient {
 /// Mozilla's roots (built in, so a bare container works) plus the system's store (so a
 /// corporate TLS-inspecting gateway's CA, installed the usual way, is trusted too) plus
 /// `upstream.ca_file` (checked at config load, so none is refused here).
-fn trust_roots(extra: &[rustls::pki_types::CertificateDer<'static>]) -> rustls::RootCertStore {
+pub(crate) fn trust_roots(
+    extra: &[rustls::pki_types::CertificateDer<'static>],
+) -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let native = rustls_native_certs::load_native_certs();

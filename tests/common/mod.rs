@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod fake_upstream;
+pub mod sinks;
 
 use std::collections::HashMap;
 use std::net::TcpListener as StdListener;

@@ -116,6 +116,28 @@ impl SharedIo {
         }
     }
 
+    /// Run `script` with `KEYS` = `{ns}:SUFFIX` for each suffix (so every key shares the
+    /// namespace's hash tag) and `args`, under the store's deadline.
+    pub async fn run_script(
+        &self,
+        script: &Script,
+        suffixes: &[String],
+        args: &[String],
+    ) -> Result<i64, StoreError> {
+        let mut inv = script.prepare_invoke();
+        for s in suffixes {
+            inv.key(format!("{}:{s}", self.prefix));
+        }
+        for a in args {
+            inv.arg(a);
+        }
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, inv.invoke_async::<i64>(&mut conn)).await {
+            Ok(r) => r.map_err(store_err),
+            Err(_) => Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
+        }
+    }
+
     /// `GET {ns}:SUFFIX`.
     pub async fn get(&self, suffix: &str) -> Result<Option<String>, StoreError> {
         let mut conn = self.conn.clone();

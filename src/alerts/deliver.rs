@@ -1,0 +1,313 @@
+//! Sending a message to each channel: webhooks over hyper (rustls, HTTP/1.1) and e-mail over
+//! SMTP (lettre), each try bounded by [`TRY_TIMEOUT`], [`TRIES`] tries with a doubling backoff,
+//! every outcome counted (`gqp_alert_deliveries_total{channel,outcome}`) and the last kept for
+//! the status page. Errors are described without the URL or the SMTP password.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use lettre::message::Mailbox;
+use lettre::message::header::ContentType;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use serde::Serialize;
+
+use super::{AlertView, format, rfc3339};
+use crate::config::{Config, WebhookFormat};
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+
+/// One try's deadline (connect, send, answer head).
+pub const TRY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Tries per message and channel.
+pub const TRIES: u32 = 3;
+/// Wait before the second try; doubled before each later one.
+pub const BACKOFF: Duration = Duration::from_millis(500);
+
+enum Target {
+    Webhook {
+        uri: http::Uri,
+        format: WebhookFormat,
+    },
+    Email {
+        transport: Box<AsyncSmtpTransport<Tokio1Executor>>,
+        from: Mailbox,
+        to: Vec<Mailbox>,
+    },
+}
+
+/// One configured channel: where, and what its last delivery did.
+pub struct Channel {
+    /// `slack`, `discord`, `json`, `alertmanager` or `email`: the metric's label.
+    pub kind: &'static str,
+    target: Target,
+    /// Strings never shown in an error (the URL, the SMTP password).
+    secrets: Vec<String>,
+    status: Mutex<ChannelStatus>,
+}
+
+/// A channel on the status page.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ChannelStatus {
+    /// 1-based position among the channels (webhooks in order, then e-mail).
+    pub index: usize,
+    pub channel: &'static str,
+    /// The last message did not get through after every try.
+    pub failing: bool,
+    pub last_outcome: Option<&'static str>,
+    pub last_error: Option<String>,
+    pub last_attempt_at: Option<String>,
+}
+
+/// What one send did on one channel.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelReport {
+    pub index: usize,
+    pub channel: &'static str,
+    /// `delivered` or `failed`.
+    pub outcome: &'static str,
+    pub attempts: u32,
+    pub error: Option<String>,
+}
+
+/// The channels and the HTTP client they share.
+pub struct Delivery {
+    channels: Vec<Channel>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    public_url: Option<String>,
+}
+
+/// The parts of an SMTP URL never shown: the whole URL and its `user:password`.
+fn smtp_secrets(url: &Secret) -> Vec<String> {
+    let mut v = vec![url.expose().to_string()];
+    if let Some((userinfo, _)) = url
+        .expose()
+        .split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+    {
+        v.push(userinfo.to_string());
+        if let Some((_, pass)) = userinfo.split_once(':') {
+            v.push(pass.to_string());
+        }
+    }
+    v.retain(|s| s.len() >= 3);
+    v
+}
+
+impl Delivery {
+    pub fn new(config: &Config) -> Delivery {
+        let cfg = &config.alerts;
+        let mut channels = Vec::new();
+        for w in &cfg.webhooks {
+            channels.push(Channel {
+                kind: w.format.as_str(),
+                target: Target::Webhook {
+                    uri: w.uri.0.clone(),
+                    format: w.format,
+                },
+                secrets: vec![w.url.expose().to_string()],
+                status: Mutex::new(ChannelStatus::default()),
+            });
+        }
+        if let Some(e) = &cfg.email {
+            // Checked at load (scheme, host, tls); a URL lettre still refuses leaves the
+            // channel out, said once without the URL.
+            match AsyncSmtpTransport::<Tokio1Executor>::from_url(e.smtp_url.expose()) {
+                Ok(b) => channels.push(Channel {
+                    kind: "email",
+                    target: Target::Email {
+                        transport: Box::new(b.timeout(Some(TRY_TIMEOUT)).build()),
+                        from: e.from.parse().expect("checked at load"),
+                        to: e.to.iter().filter_map(|a| a.parse().ok()).collect(),
+                    },
+                    secrets: smtp_secrets(&e.smtp_url),
+                    status: Mutex::new(ChannelStatus::default()),
+                }),
+                Err(_) => tracing::error!(
+                    "alerts.email.smtp_url cannot be used (not shown: it may hold a password): e-mail alerts are off"
+                ),
+            }
+        }
+        for (i, c) in channels.iter_mut().enumerate() {
+            let s = c.status.get_mut().unwrap_or_else(|p| p.into_inner());
+            s.index = i + 1;
+            s.channel = c.kind;
+        }
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(TRY_TIMEOUT));
+        http.enforce_http(false);
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default TLS versions")
+        .with_root_certificates(crate::upstream::client::trust_roots(&[]))
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Delivery {
+            channels,
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_timer(TokioTimer::new())
+                .build(connector),
+            public_url: config.server.public_url.clone(),
+        }
+    }
+
+    pub fn channels(&self) -> &[Channel] {
+        &self.channels
+    }
+
+    pub fn statuses(&self) -> Vec<ChannelStatus> {
+        self.channels
+            .iter()
+            .map(|c| c.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect()
+    }
+
+    /// Send `alerts` as one message to every channel at once; each channel's outcome.
+    pub async fn send_all(&self, alerts: &[AlertView], metrics: &Metrics) -> Vec<ChannelReport> {
+        let sends = self
+            .channels
+            .iter()
+            .enumerate()
+            .map(|(i, c)| self.send(i + 1, c, alerts, metrics));
+        futures_util::future::join_all(sends).await
+    }
+
+    async fn send(
+        &self,
+        index: usize,
+        channel: &Channel,
+        alerts: &[AlertView],
+        metrics: &Metrics,
+    ) -> ChannelReport {
+        let mut wait = BACKOFF;
+        let mut error = None;
+        let mut attempts = 0;
+        let mut delivered = false;
+        while attempts < TRIES {
+            if attempts > 0 {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            attempts += 1;
+            let tried = tokio::time::timeout(TRY_TIMEOUT, self.try_once(channel, alerts)).await;
+            let outcome = match tried {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(format!("no answer within {}s", TRY_TIMEOUT.as_secs())),
+            };
+            match outcome {
+                Ok(()) => {
+                    metrics.alert_delivery(channel.kind, "delivered");
+                    delivered = true;
+                    error = None;
+                    break;
+                }
+                Err(e) => {
+                    let e = scrub(&e, &channel.secrets);
+                    let last = attempts == TRIES;
+                    metrics.alert_delivery(channel.kind, if last { "failed" } else { "retried" });
+                    tracing::warn!(channel = channel.kind, index, attempt = attempts, error = %e,
+                        "alert delivery failed{}", if last { "; giving up" } else { "; trying again" });
+                    error = Some(e);
+                }
+            }
+        }
+        let outcome = if delivered { "delivered" } else { "failed" };
+        {
+            let mut s = channel.status.lock().unwrap_or_else(|p| p.into_inner());
+            s.failing = !delivered;
+            s.last_outcome = Some(outcome);
+            s.last_error = error.clone();
+            s.last_attempt_at = Some(rfc3339(chrono::Utc::now()));
+        }
+        ChannelReport {
+            index,
+            channel: channel.kind,
+            outcome,
+            attempts,
+            error,
+        }
+    }
+
+    async fn try_once(&self, channel: &Channel, alerts: &[AlertView]) -> Result<(), String> {
+        let public_url = self.public_url.as_deref();
+        match &channel.target {
+            Target::Webhook { uri, format } => {
+                let body = format::body(*format, alerts, public_url).to_string();
+                let req = http::Request::post(uri.clone())
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .header(http::header::USER_AGENT, "gemini-quota-proxy")
+                    .body(Full::new(Bytes::from(body)))
+                    .map_err(|_| "the request could not be built".to_string())?;
+                let resp = self
+                    .client
+                    .request(req)
+                    .await
+                    .map_err(|e| crate::upstream::connect::describe_error(&e))?;
+                let status = resp.status();
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("the receiver answered HTTP {}", status.as_u16()))
+                }
+            }
+            Target::Email {
+                transport,
+                from,
+                to,
+            } => {
+                let mut m = lettre::Message::builder()
+                    .from(from.clone())
+                    .subject(format::subject(alerts))
+                    .header(ContentType::TEXT_PLAIN);
+                for t in to {
+                    m = m.to(t.clone());
+                }
+                let mail = m
+                    .body(format::text(alerts, public_url))
+                    .map_err(|e| format!("the message could not be built: {e}"))?;
+                transport
+                    .send(mail)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("SMTP: {e}"))
+            }
+        }
+    }
+}
+
+/// `text` with every secret replaced by `***`.
+fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for s in secrets {
+        if !s.is_empty() {
+            out = out.replace(s.as_str(), "***");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smtp_errors_never_show_the_password() {
+        let url = Secret::new("smtp://ops:hunter22@mail.example:587?tls=required");
+        let secrets = smtp_secrets(&url);
+        let e = scrub("auth failed for ops:hunter22 (hunter22)", &secrets);
+        assert!(!e.contains("hunter22"), "{e}");
+    }
+}

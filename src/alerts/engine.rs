@@ -1,0 +1,269 @@
+//! The alert state machine: which alerts fire now, the transitions between evaluations
+//! (firing, a rise in severity, repeat, resolved), the open group of transitions waiting out
+//! `group_wait`, and the last 100 transitions.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::{Active, AlertView, Severity, rfc3339};
+
+/// Transitions kept for the API.
+pub const RECENT: usize = 100;
+
+/// What changed for one alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// New, or risen in severity.
+    Firing,
+    /// Still firing, `repeat_interval` after it was last sent.
+    Repeat,
+    /// Lowered in severity: recorded (so a later rise is news again), never sent.
+    Lowered,
+    Resolved,
+}
+
+/// One transition, ready to claim and send.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub kind: Kind,
+    pub alert: AlertView,
+}
+
+impl Transition {
+    /// The state this transition leaves the alert in, as replicas agree on it
+    /// (`firing:warning`, `firing:critical`, `resolved`).
+    pub fn state(&self) -> String {
+        match self.kind {
+            Kind::Resolved => "resolved".to_string(),
+            _ => format!("firing:{}", self.alert.severity.as_str()),
+        }
+    }
+}
+
+struct Tracked {
+    view: AlertView,
+    /// When it was last sent (by this replica or, as far as it knows, another).
+    notified: Option<Instant>,
+}
+
+/// Firing alerts, the open group and the recent transitions.
+#[derive(Default)]
+pub struct Engine {
+    firing: BTreeMap<String, Tracked>,
+    recent: VecDeque<AlertView>,
+    pending: BTreeMap<String, Transition>,
+    group_opened: Option<Instant>,
+}
+
+impl Engine {
+    /// Compare what fires now with what fired, and queue the transitions.
+    pub fn observe(&mut self, now: Instant, active: Vec<Active>, repeat: Duration) {
+        let stamp = rfc3339(chrono::Utc::now());
+        let mut seen = std::collections::BTreeSet::new();
+        for a in active {
+            let fp = a.fingerprint();
+            seen.insert(fp.clone());
+            match self.firing.get_mut(&fp) {
+                None => {
+                    let view = a.view(fp.clone(), stamp.clone());
+                    self.firing.insert(
+                        fp.clone(),
+                        Tracked {
+                            view: view.clone(),
+                            notified: None,
+                        },
+                    );
+                    self.queue(now, fp, Kind::Firing, view);
+                }
+                Some(t) => {
+                    let was = t.view.severity;
+                    t.view.summary = a.summary;
+                    t.view.severity = a.severity;
+                    let view = t.view.clone();
+                    if a.severity > was {
+                        self.queue(now, fp, Kind::Firing, view);
+                    } else if a.severity < was {
+                        self.queue(now, fp, Kind::Lowered, view);
+                    } else if t
+                        .notified
+                        .is_some_and(|at| now.duration_since(at) >= repeat)
+                        && !self.pending.contains_key(&fp)
+                    {
+                        t.notified = Some(now);
+                        self.queue(now, fp, Kind::Repeat, view);
+                    }
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .firing
+            .keys()
+            .filter(|fp| !seen.contains(*fp))
+            .cloned()
+            .collect();
+        for fp in gone {
+            if let Some(t) = self.firing.remove(&fp) {
+                let mut view = t.view;
+                view.status = "resolved";
+                view.resolved_at = Some(stamp.clone());
+                self.queue(now, fp, Kind::Resolved, view);
+            }
+        }
+    }
+
+    fn queue(&mut self, now: Instant, fp: String, kind: Kind, view: AlertView) {
+        if kind != Kind::Repeat && kind != Kind::Lowered {
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(view.clone());
+        }
+        // Within one group the latest word on an alert wins; an alert that fired and resolved
+        // inside the group was never sent, so nothing goes out for it.
+        let fired_in_group = self
+            .pending
+            .get(&fp)
+            .is_some_and(|p| p.kind == Kind::Firing && p.alert.last_notified_at.is_none());
+        if kind == Kind::Resolved && fired_in_group {
+            self.pending.remove(&fp);
+        } else {
+            self.pending.insert(fp, Transition { kind, alert: view });
+        }
+        self.group_opened.get_or_insert(now);
+    }
+
+    /// The open group once `group_wait` has passed since its first transition; `sending`:
+    /// whether it goes anywhere (with no channel, nothing is marked notified).
+    pub fn due(
+        &mut self,
+        now: Instant,
+        group_wait: Duration,
+        sending: bool,
+    ) -> Option<Vec<Transition>> {
+        let opened = self.group_opened?;
+        if now.duration_since(opened) < group_wait {
+            return None;
+        }
+        self.group_opened = None;
+        let group: Vec<Transition> = std::mem::take(&mut self.pending).into_values().collect();
+        let stamp = rfc3339(chrono::Utc::now());
+        for t in &group {
+            if t.kind == Kind::Lowered || !sending {
+                continue;
+            }
+            if let Some(f) = self.firing.get_mut(&t.alert.fingerprint) {
+                f.notified = Some(now);
+                f.view.last_notified_at = Some(stamp.clone());
+            }
+        }
+        (!group.is_empty()).then_some(group)
+    }
+
+    /// Alerts firing now, most severe first.
+    pub fn firing(&self) -> Vec<AlertView> {
+        let mut v: Vec<AlertView> = self.firing.values().map(|t| t.view.clone()).collect();
+        v.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.rule.cmp(b.rule)));
+        v
+    }
+
+    pub fn firing_count(&self) -> usize {
+        self.firing.len()
+    }
+
+    /// The last [`RECENT`] transitions, newest first.
+    pub fn recent(&self) -> Vec<AlertView> {
+        self.recent.iter().rev().cloned().collect()
+    }
+
+    /// How many of the firing alerts are critical.
+    pub fn critical_count(&self) -> usize {
+        self.firing
+            .values()
+            .filter(|t| t.view.severity == Severity::Critical)
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn minute(sev: Severity) -> Active {
+        Active {
+            rule: "minute_usage_high",
+            severity: sev,
+            labels: BTreeMap::from([("model", "m".to_string()), ("project", "p".to_string())]),
+            summary: "m: minute usage high".into(),
+        }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn a_rise_in_severity_is_sent_and_a_fall_is_only_recorded() {
+        let mut e = Engine::default();
+        let t0 = Instant::now();
+        e.observe(t0, vec![minute(Severity::Warning)], HOUR);
+        let g = e.due(t0, Duration::ZERO, true).unwrap();
+        assert_eq!((g.len(), g[0].kind), (1, Kind::Firing));
+        assert_eq!(g[0].state(), "firing:warning");
+        e.observe(t0, vec![minute(Severity::Warning)], HOUR);
+        assert!(
+            e.due(t0, Duration::ZERO, true).is_none(),
+            "no change, nothing to send"
+        );
+        e.observe(t0, vec![minute(Severity::Critical)], HOUR);
+        let g = e.due(t0, Duration::ZERO, true).unwrap();
+        assert_eq!(g[0].state(), "firing:critical");
+        e.observe(t0, vec![minute(Severity::Warning)], HOUR);
+        let g = e.due(t0, Duration::ZERO, true).unwrap();
+        assert_eq!(g[0].kind, Kind::Lowered);
+        e.observe(t0, vec![], HOUR);
+        let g = e.due(t0, Duration::ZERO, true).unwrap();
+        assert_eq!(g[0].kind, Kind::Resolved);
+        assert_eq!(e.firing_count(), 0);
+        // firing, critical, resolved: the lowering is not a transition people see.
+        assert_eq!(e.recent().len(), 3);
+    }
+
+    #[test]
+    fn flapping_inside_the_group_wait_leaves_one_transition() {
+        let mut e = Engine::default();
+        let t0 = Instant::now();
+        let wait = Duration::from_secs(10);
+        for _ in 0..3 {
+            e.observe(t0, vec![minute(Severity::Warning)], HOUR);
+            e.observe(t0, vec![], HOUR);
+        }
+        e.observe(t0, vec![minute(Severity::Warning)], HOUR);
+        assert!(e.due(t0 + Duration::from_secs(5), wait, true).is_none());
+        let g = e.due(t0 + wait, wait, true).unwrap();
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].kind, Kind::Firing);
+    }
+
+    #[test]
+    fn a_firing_alert_repeats_after_the_interval_only() {
+        let mut e = Engine::default();
+        let t0 = Instant::now();
+        e.observe(t0, vec![minute(Severity::Warning)], HOUR);
+        e.due(t0, Duration::ZERO, true).unwrap();
+        e.observe(t0 + HOUR / 2, vec![minute(Severity::Warning)], HOUR);
+        assert!(e.due(t0 + HOUR / 2, Duration::ZERO, true).is_none());
+        e.observe(t0 + HOUR, vec![minute(Severity::Warning)], HOUR);
+        let g = e.due(t0 + HOUR, Duration::ZERO, true).unwrap();
+        assert_eq!(g[0].kind, Kind::Repeat);
+    }
+
+    #[test]
+    fn recent_transitions_are_capped() {
+        let mut e = Engine::default();
+        let t0 = Instant::now();
+        for _ in 0..(RECENT + 20) {
+            e.observe(t0, vec![minute(Severity::Warning)], HOUR);
+            e.observe(t0, vec![], HOUR);
+        }
+        assert_eq!(e.recent().len(), RECENT);
+    }
+}

@@ -1,0 +1,72 @@
+//! `/api/ai/alerts/`: GET (a client key or the admin token) lists the alerts firing and the
+//! last 100 transitions; `POST /api/ai/alerts/test` (admin) sends a test message to every
+//! channel and answers each one's outcome.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::auth::{Caller, authenticate_strict};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// GET `/api/ai/alerts/`.
+pub async fn alerts(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    if parts.method != Method::GET {
+        return ApiError::MethodNotAllowed(
+            "use GET to list alerts, or POST /api/ai/alerts/test to send a test message".into(),
+        )
+        .into_response();
+    }
+    if let Err(e) = authenticate_strict(&state.config.auth, &parts.headers, parts.uri.query()) {
+        return match e {
+            ApiError::PermissionDenied(m) => ApiError::Unauthenticated(m),
+            other => other,
+        }
+        .into_response();
+    }
+    Json(json!({
+        "success": true,
+        "firing": state.alerts.firing(),
+        "recent": state.alerts.recent(),
+        "channels": state.alerts.summary().channels,
+    }))
+    .into_response()
+}
+
+/// POST `/api/ai/alerts/test`.
+pub async fn test(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    if parts.method != Method::POST {
+        return ApiError::MethodNotAllowed("use POST to send a test message".into())
+            .into_response();
+    }
+    if state.config.auth.admin_token.is_none() {
+        return ApiError::PermissionDenied(
+            "admin endpoints are not configured: set PROXY_ADMIN_TOKEN".into(),
+        )
+        .into_response();
+    }
+    match authenticate_strict(&state.config.auth, &parts.headers, parts.uri.query()) {
+        Ok(Caller::Admin) => {}
+        Ok(_) => {
+            return ApiError::PermissionDenied("sending a test alert needs the admin token".into())
+                .into_response();
+        }
+        Err(e) => return e.into_response(),
+    }
+    if state.alerts.channels().is_empty() {
+        return ApiError::InvalidArgument(
+            "no alert channel is configured: set [[alerts.webhooks]], [alerts.email] or PROXY_ALERT_WEBHOOK_URL".into(),
+        )
+        .into_response();
+    }
+    let channels = state.alerts.test(&state.metrics).await;
+    let all = channels.iter().all(|c| c.outcome == "delivered");
+    Json(json!({"success": all, "channels": channels})).into_response()
+}
