@@ -3,6 +3,7 @@
 //! fault. Components take only their section (`build_client(&cfg.upstream)`).
 
 mod auth;
+pub mod cache;
 mod check;
 mod limits;
 mod log;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 pub use self::auth::AuthConfig;
+pub use self::cache::{CacheBackend, CacheConfig, CacheScope};
 pub use self::check::{BaseUrl, ConfigError};
 use self::check::{bad, comma_list, env_value};
 pub use self::log::{LogConfig, LogFormat};
@@ -63,6 +65,7 @@ struct Raw {
     store: store::Raw,
     log: log::Raw,
     metrics: metrics::Raw,
+    cache: cache::Raw,
     #[serde(default)]
     keys: Vec<pool::RawKey>,
     #[serde(default)]
@@ -80,6 +83,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    /// The response cache.
+    pub cache: CacheConfig,
     /// The price table: embedded, with the user's `[prices."MODEL"]` laid over it.
     pub prices: Arc<Prices>,
 }
@@ -104,6 +109,7 @@ const ENV_NUMBERS: &[(&str, &str)] = &[
     ("GEMINI_DAILY_LIMIT", "limits.daily"),
     ("GEMINI_TOKEN_MINUTE_LIMIT", "limits.token_minute"),
     ("GEMINI_MAX_REQUEST_TOKENS", "limits.max_request_tokens"),
+    ("PROXY_CACHE_TTL_SECS", "cache.ttl_secs"),
 ];
 
 impl Config {
@@ -136,6 +142,11 @@ impl Config {
                     .map_err(|e| bad(*var, e.to_string()))?;
             }
         }
+        if let Some(v) = env_value(env, "PROXY_CACHE") {
+            builder = builder
+                .set_override("cache.enabled", cache::switch(v)?)
+                .map_err(|e| bad("PROXY_CACHE", e.to_string()))?;
+        }
         // `name:key` entries are split by the auth section, which names them.
         let env_clients: Option<Vec<String>> = env_value(env, "PROXY_CLIENT_KEYS")
             .map(|v| comma_list(v).map(str::to_string).collect());
@@ -143,13 +154,15 @@ impl Config {
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(describe_config_error)?;
+        let store = store::from_raw(raw.store)?;
         Ok(Config {
+            cache: cache::from_raw(raw.cache, store.redis_url.is_some())?,
             pool: PoolConfig::from_raw(raw.pool, raw.keys, env)?,
             auth: AuthConfig::from_raw(raw.auth, env_clients)?,
             server: ServerConfig::from_raw(raw.server)?,
             upstream: UpstreamConfig::from_raw(raw.upstream)?,
             limits: limits::from_raw(raw.limits)?,
-            store: store::from_raw(raw.store)?,
+            store,
             log: LogConfig::from_raw(raw.log)?,
             metrics: MetricsConfig::from_raw(raw.metrics),
             prices: prices::from_raw(raw.prices)?,
