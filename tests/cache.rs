@@ -132,8 +132,13 @@ async fn miss_then_hit(redis: Option<&str>) {
     );
     assert_eq!(daily_requests(&p.url).await, used, "a hit spends no quota");
     // The ledger counts what the hits saved.
-    p.state.ledger.flush().await;
-    let totals = usage_totals(&p.url).await;
+    // (Redis: the ledger writes within about a second.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut totals = usage_totals(&p.url).await;
+    while totals["cache_hits"].as_u64() < Some(2) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        totals = usage_totals(&p.url).await;
+    }
     let hits = totals["cache_hits"].as_u64().unwrap();
     assert!(hits >= 2, "{totals}");
     assert!(totals["saved_tokens"].as_u64().unwrap() >= hits * 3, "{totals}");

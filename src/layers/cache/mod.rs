@@ -278,10 +278,14 @@ where
         fallback_input: lookup.fallback_input,
         lead,
     };
+    let expected = resp
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(
         parts,
-        Body::new(Tee::new(body, pending)),
+        Body::new(Tee::new(body, expected, pending)),
     ))
 }
 

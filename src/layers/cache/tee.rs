@@ -37,22 +37,25 @@ pub struct Tee {
     inner: Body,
     chunks: Vec<Bytes>,
     size: usize,
+    /// The announced length (`content-length`): the server stops polling once it is sent.
+    expected: Option<usize>,
     pending: Option<Pending>,
 }
 
 impl Tee {
-    pub fn new(inner: Body, pending: Pending) -> Tee {
+    pub fn new(inner: Body, expected: Option<usize>, pending: Pending) -> Tee {
         Tee {
             inner,
             chunks: Vec::new(),
             size: 0,
+            expected,
             pending: Some(pending),
         }
     }
 
     fn keep(&mut self, chunk: &Bytes) {
-        let Some(p) = &self.pending else { return };
         self.size += chunk.len();
+        let Some(p) = &self.pending else { return };
         if self.size > p.cache.config.max_entry_bytes {
             // Too large to store: stop copying; the followers go on their own.
             self.chunks = Vec::new();
@@ -119,8 +122,9 @@ impl HttpBody for Tee {
                 if let Some(chunk) = frame.data_ref() {
                     this.keep(chunk);
                 }
-                // A body that knows it is done may not be polled again.
-                if this.inner.is_end_stream() {
+                // A body that knows it is done, or has sent its announced length, may not be
+                // polled again.
+                if this.inner.is_end_stream() || this.expected == Some(this.size) {
                     this.finish();
                 }
                 Poll::Ready(Some(Ok(frame)))
