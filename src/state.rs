@@ -21,7 +21,7 @@ pub struct AppState {
     /// The usage ledger: history, cost, forecast (in the same Redis as the store, if any).
     pub ledger: Arc<Ledger>,
     /// The response cache, when `cache.enabled`.
-    pub cache: Option<Arc<crate::layers::cache::ResponseCache>>,
+    pub cache: Option<Arc<crate::cache::ResponseCache>>,
     /// When `/metrics` last refreshed the store-derived gauges.
     pub gauges_refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// The status page's cost and forecast, as last computed, and when.
@@ -65,7 +65,7 @@ impl AppState {
         let pool = Pool::new(&config.pool, &config.limits);
         let ledger = build_ledger(&config, &pool, store.shared_io(), clock);
         let cache = config.cache.enabled.then(|| {
-            Arc::new(crate::layers::cache::ResponseCache::new(
+            Arc::new(crate::cache::ResponseCache::new(
                 &config.cache,
                 store.shared_io(),
             ))

@@ -141,7 +141,10 @@ async fn miss_then_hit(redis: Option<&str>) {
     }
     let hits = totals["cache_hits"].as_u64().unwrap();
     assert!(hits >= 2, "{totals}");
-    assert!(totals["saved_tokens"].as_u64().unwrap() >= hits * 3, "{totals}");
+    assert!(
+        totals["saved_tokens"].as_u64().unwrap() >= hits * 3,
+        "{totals}"
+    );
     assert!(totals["saved_cost_usd"].as_f64().unwrap() > 0.0, "{totals}");
     let text = metrics_text(&p.url).await;
     assert!(
@@ -162,7 +165,10 @@ async fn redis_miss_then_hit_spends_no_quota_and_calls_no_upstream() {
     // Entries live under the namespace's hash tag, and no credential is in Redis.
     let keys = redis.all_keys();
     assert!(keys.contains("{gqp}:cache:gemini-2.5-flash:"), "{keys}");
-    assert!(!keys.contains(CLIENT_KEY) && !keys.contains("AIza"), "{keys}");
+    assert!(
+        !keys.contains(CLIENT_KEY) && !keys.contains("AIza"),
+        "{keys}"
+    );
 }
 
 /// Ask until the answer is a hit (the store is written as the answer ends, just after the
@@ -188,12 +194,19 @@ async fn streams_replay_byte_identical(redis: Option<&str>) {
     });
     let p = proxy(&fake, redis, &[]).await;
     for (path, events) in [
-        (format!("/v1beta/models/{MODEL}:streamGenerateContent?alt=sse"), 4),
+        (
+            format!("/v1beta/models/{MODEL}:streamGenerateContent?alt=sse"),
+            4,
+        ),
         (format!("/v1beta/models/{MODEL}:streamGenerateContent"), 4),
     ] {
         let body = prompt(&format!("stream {path}"));
         let first = ask(&p.url, &path, &body, CLIENT_KEY, None).await;
-        assert_eq!((first.status, first.cache.as_str()), (200, "MISS"), "{path}");
+        assert_eq!(
+            (first.status, first.cache.as_str()),
+            (200, "MISS"),
+            "{path}"
+        );
         let calls = fake.calls(":streamGenerateContent").len();
         let hit = until_hit(&p.url, &path, &body, CLIENT_KEY).await;
         assert_eq!(hit.body, first.body, "{path}: replayed byte for byte");
@@ -230,8 +243,7 @@ async fn a_stream_keeps_its_frame_boundaries() {
     let first = ask(&p.url, &path, &body, CLIENT_KEY, None).await;
     until_hit(&p.url, &path, &body, CLIENT_KEY).await;
     // The one entry holds the events as separate frames, in order, adding up to the answer.
-    let gemini_quota_proxy::layers::cache::store::Store::Memory(m) =
-        &p.state.cache.as_ref().unwrap().store
+    let gemini_quota_proxy::cache::store::Store::Memory(m) = &p.state.cache.as_ref().unwrap().store
     else {
         panic!("memory backend")
     };
@@ -258,7 +270,8 @@ async fn every_field_counts(redis: Option<&str>) {
     let mut system = base.clone();
     system["systemInstruction"] = json!({"parts": [{"text": "be brief"}]});
     let mut safety = base.clone();
-    safety["safetySettings"] = json!([{"category": "HARM_CATEGORY_HATE_SPEECH", "threshold": "BLOCK_NONE"}]);
+    safety["safetySettings"] =
+        json!([{"category": "HARM_CATEGORY_HATE_SPEECH", "threshold": "BLOCK_NONE"}]);
     let mut number = base.clone();
     number["generationConfig"]["temperature"] = json!(0.0);
     for (what, body) in [
@@ -348,7 +361,10 @@ async fn cache_control(redis: Option<&str>) {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let before = calls();
     let g = gen_(&p.url, &body, Some("max-age=0")).await;
-    assert_eq!(g.cache, "MISS", "an entry a second old is older than max-age=0");
+    assert_eq!(
+        g.cache, "MISS",
+        "an entry a second old is older than max-age=0"
+    );
     assert_eq!(calls(), before + 1);
     let g = gen_(&p.url, &body, Some("max-age=600")).await;
     assert_eq!(g.cache, "HIT");
@@ -419,17 +435,33 @@ async fn never_stored(redis: Option<&str>) {
     // Each answer twice: both go upstream.
     type Setup = fn(&FakeUpstream);
     let cases: [(&str, &str, Setup); 6] = [
-        ("an error", &path, |f| f.behave(|b| b.script.push_back(Scripted::Status(400)))),
-        ("MAX_TOKENS", &path, |f| f.behave(|b| b.finish_reason = Some("MAX_TOKENS"))),
-        ("SAFETY", &path, |f| f.behave(|b| b.finish_reason = Some("SAFETY"))),
-        ("a blocked prompt", &path, |f| f.behave(|b| b.block_prompt = true)),
-        ("a SAFETY stream", &stream, |f| f.behave(|b| b.finish_reason = Some("SAFETY"))),
-        ("a cut stream", &stream, |f| f.behave(|b| b.cut_stream_after = Some(1))),
+        ("an error", &path, |f| {
+            f.behave(|b| b.script.push_back(Scripted::Status(400)))
+        }),
+        ("MAX_TOKENS", &path, |f| {
+            f.behave(|b| b.finish_reason = Some("MAX_TOKENS"))
+        }),
+        ("SAFETY", &path, |f| {
+            f.behave(|b| b.finish_reason = Some("SAFETY"))
+        }),
+        ("a blocked prompt", &path, |f| {
+            f.behave(|b| b.block_prompt = true)
+        }),
+        ("a SAFETY stream", &stream, |f| {
+            f.behave(|b| b.finish_reason = Some("SAFETY"))
+        }),
+        ("a cut stream", &stream, |f| {
+            f.behave(|b| b.cut_stream_after = Some(1))
+        }),
     ];
     for (i, (what, path, setup)) in cases.into_iter().enumerate() {
         let body = prompt(&format!("never {i}"));
         setup(&fake);
-        let part = if path.contains("stream") { ":streamGenerateContent" } else { ":generateContent" };
+        let part = if path.contains("stream") {
+            ":streamGenerateContent"
+        } else {
+            ":generateContent"
+        };
         let before = fake.calls(part).len();
         let first = ask(&p.url, path, &body, CLIENT_KEY, None).await;
         assert_eq!(first.cache, "MISS", "{what}");
@@ -473,10 +505,18 @@ async fn nondeterministic_and_file_requests_bypass_unless_allowed() {
     // Embeddings and token counts are deterministic: cached as they are.
     let embed = json!({"content": {"parts": [{"text": "embed me"}]}});
     let path = "/v1beta/models/gemini-embedding-001:embedContent";
-    assert_eq!(ask(&p.url, path, &embed, CLIENT_KEY, None).await.cache, "MISS");
+    assert_eq!(
+        ask(&p.url, path, &embed, CLIENT_KEY, None).await.cache,
+        "MISS"
+    );
     until_hit(&p.url, path, &embed, CLIENT_KEY).await;
     let path = format!("/v1beta/models/{MODEL}:countTokens");
-    assert_eq!(ask(&p.url, &path, &prompt("count"), CLIENT_KEY, None).await.cache, "MISS");
+    assert_eq!(
+        ask(&p.url, &path, &prompt("count"), CLIENT_KEY, None)
+            .await
+            .cache,
+        "MISS"
+    );
     until_hit(&p.url, &path, &prompt("count"), CLIENT_KEY).await;
     drop(p);
     // cache.nondeterministic = true caches them too.
@@ -503,7 +543,11 @@ async fn two_replicas_on_one_redis_share_entries() {
     assert_eq!(gen_(&a.url, &body, None).await.cache, "MISS");
     let hit = until_hit(&b.url, &generate_path(), &body, CLIENT_KEY).await;
     assert_eq!(hit.status, 200);
-    assert_eq!(fake.calls(":generateContent").len(), 1, "one upstream call for both");
+    assert_eq!(
+        fake.calls(":generateContent").len(),
+        1,
+        "one upstream call for both"
+    );
 }
 
 async fn single_flight(redis: Option<&str>) {
@@ -561,7 +605,11 @@ async fn a_failed_leader_lets_the_next_one_try() {
     let codes: Vec<u16> = answers.iter().map(|g| g.status).collect();
     assert_eq!(codes.iter().filter(|c| **c == 400).count(), 1, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| **c == 200).count(), 4, "{codes:?}");
-    assert_eq!(fake.calls(":generateContent").len(), 2, "the error, then one more");
+    assert_eq!(
+        fake.calls(":generateContent").len(),
+        2,
+        "the error, then one more"
+    );
 }
 
 // ---------- admin clear ----------
@@ -594,8 +642,15 @@ async fn admin_clears_the_cache_whole_or_for_one_model() {
         assert_eq!(r.status(), 200);
         let j = json_of(r).await;
         assert_eq!(j["cleared"], 1, "{j}");
-        assert_eq!(ask(&p.url, epath, &embed, CLIENT_KEY, None).await.cache, "MISS");
-        assert_eq!(gen_(&p.url, &body, None).await.cache, "HIT", "other models kept");
+        assert_eq!(
+            ask(&p.url, epath, &embed, CLIENT_KEY, None).await.cache,
+            "MISS"
+        );
+        assert_eq!(
+            gen_(&p.url, &body, None).await.cache,
+            "HIT",
+            "other models kept"
+        );
         let r = clear(ADMIN_TOKEN, "?model=..%2F").await;
         assert_eq!(r.status(), 400);
         assert_eq!(clear(ADMIN_TOKEN, "").await.status(), 200);

@@ -82,7 +82,11 @@ pub(super) fn from_raw(raw: Raw, redis: bool) -> Result<CacheConfig, ConfigError
     if raw.max_entry_bytes == 0 || raw.max_entry_bytes > u64::from(u32::MAX) {
         return Err(bad(
             "cache.max_entry_bytes",
-            format!("expected 1 to {} bytes, got {}", u32::MAX, raw.max_entry_bytes),
+            format!(
+                "expected 1 to {} bytes, got {}",
+                u32::MAX,
+                raw.max_entry_bytes
+            ),
         ));
     }
     if raw.max_memory_bytes < raw.max_entry_bytes {
@@ -174,10 +178,26 @@ mod tests {
         for (toml, env, setting) in [
             ("", ("PROXY_CACHE", "maybe"), "PROXY_CACHE"),
             ("", ("PROXY_CACHE_TTL_SECS", "0"), "cache.ttl_secs"),
-            ("[cache]\nbackend = \"redis\"\n", ("PROXY_CACHE", "on"), "cache.backend"),
-            ("[cache]\nbackend = \"disk\"\n", ("PROXY_CACHE", "on"), "cache.backend"),
-            ("[cache]\nscope = \"team\"\n", ("PROXY_CACHE", "on"), "cache.scope"),
-            ("[cache]\nmax_memory_bytes = 10\n", ("PROXY_CACHE", "on"), "cache.max_memory_bytes"),
+            (
+                "[cache]\nbackend = \"redis\"\n",
+                ("PROXY_CACHE", "on"),
+                "cache.backend",
+            ),
+            (
+                "[cache]\nbackend = \"disk\"\n",
+                ("PROXY_CACHE", "on"),
+                "cache.backend",
+            ),
+            (
+                "[cache]\nscope = \"team\"\n",
+                ("PROXY_CACHE", "on"),
+                "cache.scope",
+            ),
+            (
+                "[cache]\nmax_memory_bytes = 10\n",
+                ("PROXY_CACHE", "on"),
+                "cache.max_memory_bytes",
+            ),
         ] {
             let e = try_for_test(toml, &[env]).unwrap_err();
             assert!(e.setting.starts_with(setting), "{toml} {env:?}: {e}");

@@ -277,7 +277,12 @@ pub async fn cache_clear(State(state): State<Arc<AppState>>, req: Request) -> Re
                 "use POST to clear the cache".into(),
             ));
         }
-        admin_only(&state, &parts.headers, parts.uri.query(), "clearing the cache")?;
+        admin_only(
+            &state,
+            &parts.headers,
+            parts.uri.query(),
+            "clearing the cache",
+        )?;
         let body = crate::layers::estimate::read_body(
             body,
             ADMIN_BODY_LIMIT,
@@ -304,9 +309,10 @@ pub async fn cache_clear(State(state): State<Arc<AppState>>, req: Request) -> Re
                 .find_map(|p| p.strip_prefix("model="))
                 .map(str::to_string)
         });
-        let model = asked.model.or(from_query).map(|m| {
-            m.strip_prefix("models/").map(str::to_string).unwrap_or(m)
-        });
+        let model = asked
+            .model
+            .or(from_query)
+            .map(|m| m.strip_prefix("models/").map(str::to_string).unwrap_or(m));
         if let Some(m) = &model
             && !crate::route::valid_name(m)
         {
@@ -327,7 +333,11 @@ pub async fn cache_clear(State(state): State<Arc<AppState>>, req: Request) -> Re
             .clear(model.as_deref())
             .await
             .map_err(|e| ApiError::Unavailable(format!("clearing the cache failed: {e}")))?;
-        tracing::warn!(model = model.as_deref().unwrap_or("*"), cleared, "admin cache clear");
+        tracing::warn!(
+            model = model.as_deref().unwrap_or("*"),
+            cleared,
+            "admin cache clear"
+        );
         Ok(Json(json!({
             "success": true,
             "backend": cache.store.backend(),

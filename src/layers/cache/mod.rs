@@ -2,13 +2,11 @@
 //! stored is answered from the cache (no quota, no key, no upstream; the ledger counts what it
 //! saved), else it goes on inward and its 200 answer is copied as it streams ([`tee`]) and
 //! stored when it ended cleanly and may be kept ([`policy`]). Identical misses in flight at
-//! once make one upstream call ([`flight`]). Entries live in memory or in Redis ([`store`]),
-//! under a key of the request's method, path, canonical body and scope ([`key`]).
+//! once make one upstream call ([`crate::cache::flight`]). Entries live in memory or in Redis
+//! ([`crate::cache::store`]), under a key of the request's method, path, canonical body and
+//! scope ([`crate::cache::key`]).
 
-pub mod flight;
-pub mod key;
 pub mod policy;
-pub mod store;
 pub mod tee;
 
 use std::convert::Infallible;
@@ -24,47 +22,20 @@ use http::{HeaderName, HeaderValue};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use self::flight::{Flights, Join, Landed};
 use self::policy::{Directives, Kind};
-use self::store::{Entry, Store};
 use self::tee::{Pending, Replay, Tee};
 use crate::auth::{Caller, CallerTag};
+pub use crate::cache::ResponseCache;
+use crate::cache::flight::{self, Join, Landed};
+use crate::cache::store::Entry;
+use crate::cache::{key, now_ms};
 use crate::config::{AuthConfig, CacheConfig, CacheScope};
 use crate::layers::authenticate::Either;
 use crate::layers::estimate::Estimated;
-use crate::quota::redis::SharedIo;
 use crate::state::AppState;
 
 /// `HIT`, `MISS` or `BYPASS` on every answer to a cacheable call.
 pub const CACHE_HEADER: HeaderName = HeaderName::from_static("x-gemini-quota-proxy-cache");
-
-/// Unix ms, the clock entries' ages are told by (shared by replicas through Redis).
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-/// The cache: its settings, its backend and the flights in progress.
-#[derive(Debug)]
-pub struct ResponseCache {
-    pub config: CacheConfig,
-    pub store: Store,
-    pub flights: Arc<Flights>,
-}
-
-impl ResponseCache {
-    /// The cache `config` describes; `shared`: the quota store's Redis, if it has one.
-    pub fn new(config: &CacheConfig, shared: Option<SharedIo>) -> ResponseCache {
-        let store = match shared {
-            Some(io) if config.uses_redis(true) => Store::Redis(io),
-            _ => Store::memory(config.max_memory_bytes),
-        };
-        ResponseCache {
-            config: config.clone(),
-            store,
-            flights: Arc::new(Flights::default()),
-        }
-    }
-}
 
 /// Adds the cache step.
 #[derive(Clone)]
@@ -185,9 +156,11 @@ fn plan(cfg: &CacheConfig, auth: &AuthConfig, req: &http::Request<Bytes>) -> Opt
         max_age: d.max_age,
         ttl: d.max_age.unwrap_or(cfg.ttl),
         streaming: est.streaming(),
-        fallback_input: (kind == Kind::Embed)
-            .then_some(est.estimate.tokens)
-            .unwrap_or(0),
+        fallback_input: if kind == Kind::Embed {
+            est.estimate.tokens
+        } else {
+            0
+        },
     }))
 }
 
@@ -300,8 +273,7 @@ fn hit(state: &AppState, req: &http::Request<Bytes>, e: &Entry, streaming: bool)
     };
     state.ledger.cache_hit(&e.model, client, &e.usage);
     let mut resp = Response::new(Body::new(Replay::new(e.chunks.clone(), !streaming)));
-    *resp.status_mut() =
-        http::StatusCode::from_u16(e.status).unwrap_or(http::StatusCode::OK);
+    *resp.status_mut() = http::StatusCode::from_u16(e.status).unwrap_or(http::StatusCode::OK);
     let h = resp.headers_mut();
     if let Some(ct) = e
         .content_type

@@ -159,11 +159,17 @@ struct Check {
 
 impl Check {
     fn answer(&mut self, v: &Value) {
-        if v.pointer("/promptFeedback/blockReason").is_some() || v.get("groundingMetadata").is_some()
+        if v.pointer("/promptFeedback/blockReason").is_some()
+            || v.get("groundingMetadata").is_some()
         {
             self.bad = true;
         }
-        for c in v.get("candidates").and_then(Value::as_array).into_iter().flatten() {
+        for c in v
+            .get("candidates")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if c.get("groundingMetadata").is_some() {
                 self.bad = true;
             }
@@ -174,7 +180,12 @@ impl Check {
             }
         }
         // The OpenAI surface.
-        for c in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
+        for c in v
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             match c.get("finish_reason").and_then(Value::as_str) {
                 Some("stop") => self.stopped = true,
                 Some(_) => self.bad = true,
@@ -202,11 +213,27 @@ mod tests {
     #[test]
     fn only_temperature_zero_generations_are_deterministic() {
         let g = Kind::Generate;
-        assert!(deterministic(g, false, br#"{"generationConfig": {"temperature": 0}}"#));
-        assert!(deterministic(g, false, br#"{"generationConfig": {"temperature": 0.0}}"#));
-        assert!(!deterministic(g, false, br#"{"generationConfig": {"temperature": 0.7}}"#));
+        assert!(deterministic(
+            g,
+            false,
+            br#"{"generationConfig": {"temperature": 0}}"#
+        ));
+        assert!(deterministic(
+            g,
+            false,
+            br#"{"generationConfig": {"temperature": 0.0}}"#
+        ));
+        assert!(!deterministic(
+            g,
+            false,
+            br#"{"generationConfig": {"temperature": 0.7}}"#
+        ));
         assert!(!deterministic(g, false, br#"{"contents": []}"#));
-        assert!(deterministic(g, true, br#"{"model": "m", "temperature": 0}"#));
+        assert!(deterministic(
+            g,
+            true,
+            br#"{"model": "m", "temperature": 0}"#
+        ));
         assert!(!deterministic(g, true, br#"{"model": "m"}"#));
         assert!(deterministic(Kind::Embed, false, b"{}"));
     }
@@ -223,7 +250,11 @@ mod tests {
             br#"{"candidates": [{"content": {}}]}"#,
             b"not json",
         ] {
-            assert!(!storable(Kind::Generate, bad), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                !storable(Kind::Generate, bad),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let sse = b"data: {\"candidates\": [{}]}\r\n\r\ndata: {\"candidates\": [{\"finishReason\": \"STOP\"}]}\r\n\r\n";
         assert!(storable(Kind::Generate, sse));
@@ -231,7 +262,10 @@ mod tests {
         assert!(!storable(Kind::Generate, cut));
         let array = br#"[{"candidates": [{}]}, {"candidates": [{"finishReason": "STOP"}]}]"#;
         assert!(storable(Kind::Generate, array));
-        assert!(storable(Kind::Embed, br#"{"embedding": {"values": [0.1]}}"#));
+        assert!(storable(
+            Kind::Embed,
+            br#"{"embedding": {"values": [0.1]}}"#
+        ));
         let chat = br#"{"choices": [{"finish_reason": "length"}]}"#;
         assert!(!storable(Kind::Generate, chat));
     }

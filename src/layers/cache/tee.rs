@@ -12,10 +12,10 @@ use axum::body::Body;
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
-use super::ResponseCache;
-use super::flight::{Landed, Lead};
 use super::policy::{self, Kind};
-use super::store::Entry;
+use crate::cache::ResponseCache;
+use crate::cache::flight::{Landed, Lead};
+use crate::cache::store::Entry;
 use crate::ledger::UsageScanner;
 
 /// What storing a finished answer needs.
@@ -96,7 +96,7 @@ async fn store(p: Pending, chunks: Vec<Bytes>) {
         status: 200,
         content_type: p.content_type,
         model: p.model,
-        stored_at_ms: super::now_ms(),
+        stored_at_ms: crate::cache::now_ms(),
         ttl_ms: p.ttl.as_millis() as u64,
         usage,
         // Own copies: the upstream's read buffers are not held for the entry's life.

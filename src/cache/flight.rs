@@ -83,7 +83,10 @@ impl Lead {
         }
         {
             let mut map = self.flights.map.lock().unwrap_or_else(|p| p.into_inner());
-            if map.get(&self.key).is_some_and(|t| Arc::ptr_eq(t, &self.tower)) {
+            if map
+                .get(&self.key)
+                .is_some_and(|t| Arc::ptr_eq(t, &self.tower))
+            {
                 map.remove(&self.key);
             }
         }
@@ -120,7 +123,10 @@ mod tests {
         let Join::Follow(rx) = f.join([1; 32]) else {
             panic!("the second follows")
         };
-        assert!(matches!(f.join([2; 32]), Join::Lead(_)), "another key leads");
+        assert!(
+            matches!(f.join([2; 32]), Join::Lead(_)),
+            "another key leads"
+        );
         drop(lead);
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
         assert!(matches!(wait(rx, deadline).await, Some(Landed::Failed)));

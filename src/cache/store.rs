@@ -339,7 +339,10 @@ mod tests {
         assert_eq!(Entry::decode(&e.encode()), Some(e.clone()));
         let raw = e.encode();
         assert_eq!(Entry::decode(&raw[..raw.len() - 1]), None);
-        assert_eq!(Entry::decode(b"GQC0 something else entirely........................"), None);
+        assert_eq!(
+            Entry::decode(b"GQC0 something else entirely........................"),
+            None
+        );
     }
 
     #[test]

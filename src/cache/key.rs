@@ -276,17 +276,30 @@ mod tests {
             r#"{"cachedContent": "cachedContents/x", "contents": []}"#,
             r#"{"contents": [{"parts": [{"fileData": {"fileUri": "https://x/files/a"}}]}]}"#,
         ] {
-            assert!(canonical(bound.as_bytes()).unwrap().project_bound, "{bound}");
+            assert!(
+                canonical(bound.as_bytes()).unwrap().project_bound,
+                "{bound}"
+            );
         }
-        assert!(!canonical(br#"{"contents": [{"parts": [{"text": "hi"}]}]}"#).unwrap().project_bound);
+        assert!(
+            !canonical(br#"{"contents": [{"parts": [{"text": "hi"}]}]}"#)
+                .unwrap()
+                .project_bound
+        );
     }
 
     #[test]
     fn the_key_ignores_credentials_but_not_alt_or_scope() {
         let k = |q: Option<&str>, scope: &[u8]| key("POST", "/v1beta/models/m:x", q, b"{}", scope);
-        assert_eq!(k(Some("alt=sse&key=A"), b"s"), k(Some("key=B&alt=sse"), b"s"));
+        assert_eq!(
+            k(Some("alt=sse&key=A"), b"s"),
+            k(Some("key=B&alt=sse"), b"s")
+        );
         assert_ne!(k(Some("alt=sse"), b"s"), k(None, b"s"));
         assert_ne!(k(None, b"s"), k(None, b"t"));
-        assert_eq!(query_without_credentials(Some("%24key=x&$key=y&alt=sse")), "alt=sse");
+        assert_eq!(
+            query_without_credentials(Some("%24key=x&$key=y&alt=sse")),
+            "alt=sse"
+        );
     }
 }
