@@ -38,7 +38,9 @@ async fn upstream(
     let body = r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"a short answer"}]},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":12,"candidatesTokenCount":4,"totalTokenCount":16},"modelVersion":"gemini-2.5-flash"}"#;
     Ok(hyper::Response::builder()
         .header("content-type", "application/json; charset=UTF-8")
-        .body(http_body_util::Full::new(Bytes::from_static(body.as_bytes())))
+        .body(http_body_util::Full::new(Bytes::from_static(
+            body.as_bytes(),
+        )))
         .unwrap())
 }
 

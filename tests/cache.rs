@@ -518,6 +518,22 @@ async fn nondeterministic_and_file_requests_bypass_unless_allowed() {
         "MISS"
     );
     until_hit(&p.url, &path, &prompt("count"), CLIENT_KEY).await;
+    // The OpenAI surface: chat completions at temperature 0 are cached; without it, bypassed.
+    let chat = json!({"model": MODEL, "temperature": 0,
+                      "messages": [{"role": "user", "content": "openai hello"}]});
+    let path = "/v1beta/openai/chat/completions";
+    assert_eq!(
+        ask(&p.url, path, &chat, CLIENT_KEY, None).await.cache,
+        "MISS"
+    );
+    let hit = until_hit(&p.url, path, &chat, CLIENT_KEY).await;
+    assert!(String::from_utf8_lossy(&hit.body).contains("echo: openai hello"));
+    let mut warm_chat = chat.clone();
+    warm_chat.as_object_mut().unwrap().remove("temperature");
+    assert_eq!(
+        ask(&p.url, path, &warm_chat, CLIENT_KEY, None).await.cache,
+        "BYPASS"
+    );
     drop(p);
     // cache.nondeterministic = true caches them too.
     let p = start_proxy(

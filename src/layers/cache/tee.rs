@@ -73,7 +73,10 @@ impl Tee {
     fn finish(&mut self) {
         let Some(p) = self.pending.take() else { return };
         let chunks = std::mem::take(&mut self.chunks);
-        tokio::spawn(store(p, chunks));
+        // Outside a runtime (an embedder dropping the body elsewhere) nothing is stored.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(store(p, chunks));
+        }
     }
 }
 
