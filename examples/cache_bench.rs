@@ -132,8 +132,8 @@ async fn memory_when_full() {
     for i in 0..n {
         let mut key = [0u8; 32];
         key[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        // An SSE answer of four events, each its own chunk.
-        let chunk = Bytes::from(vec![b'x'; ENTRY_BYTES / 4]);
+        // An SSE answer of four events, each its own chunk (its own allocation, as stored).
+        let chunk = || Bytes::from(vec![b'x'; ENTRY_BYTES / 4]);
         let entry = Entry {
             status: 200,
             content_type: Some("text/event-stream".into()),
@@ -141,7 +141,7 @@ async fn memory_when_full() {
             stored_at_ms: 0,
             ttl_ms: 3_600_000,
             usage: TokenUsage::default(),
-            chunks: vec![chunk.clone(), chunk.clone(), chunk.clone(), chunk],
+            chunks: vec![chunk(), chunk(), chunk(), chunk()],
         };
         store.put(key, Arc::new(entry)).await;
     }
