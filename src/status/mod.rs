@@ -1,7 +1,8 @@
 //! The proxy's own endpoints: `/healthz`, `/readyz`, `/metrics`, `/api/ai/quota-status/`
-//! (GET: where every quota stands, [`snapshot`]; POST: admin reset) and `/api/ai/usage/`
-//! ([`usage`]: the ledger's history).
+//! (GET: where every quota stands, [`snapshot`]; POST: admin reset), `/api/ai/usage/`
+//! ([`usage`]: the ledger's history) and `/api/ai/cache/clear` ([`cache`]).
 
+mod cache;
 pub mod dashboard;
 pub mod snapshot;
 pub mod usage;
@@ -267,90 +268,8 @@ async fn post_reset(
     .into_response())
 }
 
-/// `POST /api/ai/cache/clear` (admin): drop every cached answer, or one model's
-/// (`?model=NAME` or the body `{"model": "NAME"}`).
-pub async fn cache_clear(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let run = async {
-        if parts.method != Method::POST {
-            return Err(ApiError::MethodNotAllowed(
-                "use POST to clear the cache".into(),
-            ));
-        }
-        admin_only(
-            &state,
-            &parts.headers,
-            parts.uri.query(),
-            "clearing the cache",
-        )?;
-        let body = crate::layers::estimate::read_body(
-            body,
-            ADMIN_BODY_LIMIT,
-            state.config.server.body_read_timeout,
-        )
-        .await?;
-        #[derive(Deserialize, Default)]
-        #[serde(deny_unknown_fields)]
-        struct ClearBody {
-            #[serde(default)]
-            model: Option<String>,
-        }
-        let asked: ClearBody = if body.iter().all(u8::is_ascii_whitespace) {
-            ClearBody::default()
-        } else {
-            serde_json::from_slice(&body).map_err(|e| {
-                ApiError::InvalidArgument(format!(
-                    "expected no body or a JSON body {{\"model\"?: model}}: {e}"
-                ))
-            })?
-        };
-        let from_query = parts.uri.query().and_then(|q| {
-            q.split('&')
-                .find_map(|p| p.strip_prefix("model="))
-                .map(str::to_string)
-        });
-        let model = asked
-            .model
-            .or(from_query)
-            .map(|m| m.strip_prefix("models/").map(str::to_string).unwrap_or(m));
-        if let Some(m) = &model
-            && !crate::route::valid_name(m)
-        {
-            return Err(ApiError::InvalidArgument(format!(
-                "model name {:?} is not valid",
-                m.chars().take(80).collect::<String>()
-            )));
-        }
-        let Some(cache) = &state.cache else {
-            // Nothing to clear: the cache is off.
-            return Ok(Json(json!({
-                "success": true, "backend": "off", "model": model, "cleared": 0,
-            }))
-            .into_response());
-        };
-        let cleared = cache
-            .store
-            .clear(model.as_deref())
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("clearing the cache failed: {e}")))?;
-        tracing::warn!(
-            model = model.as_deref().unwrap_or("*"),
-            cleared,
-            "admin cache clear"
-        );
-        Ok(Json(json!({
-            "success": true,
-            "backend": cache.store.backend(),
-            "model": model,
-            "cleared": cleared,
-        }))
-        .into_response())
-    };
-    run.await.unwrap_or_else(IntoResponse::into_response)
-}
-
 /// Admin endpoints: 403 unless configured and presented.
-fn admin_only(
+pub(crate) fn admin_only(
     state: &AppState,
     headers: &HeaderMap,
     query: Option<&str>,
@@ -391,7 +310,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/dashboard", get(dashboard::redirect))
         .route("/dashboard/", get(dashboard::index))
         .route("/dashboard/{file}", get(dashboard::file))
-        .route("/api/ai/cache/clear", any(cache_clear))
+        .route("/api/ai/cache/clear", any(cache::clear))
         .route("/api/ai/usage/", any(usage::usage))
         .route("/api/ai/usage", any(usage::usage))
         .fallback(not_found)
