@@ -465,8 +465,12 @@ async fn never_stored(redis: Option<&str>) {
         let before = fake.calls(part).len();
         let first = ask(&p.url, path, &body, CLIENT_KEY, None).await;
         assert_eq!(first.cache, "MISS", "{what}");
-        // Give the store its chance (it runs as the answer ends).
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // The flight it led lands once the store has decided (stored or not).
+        let cache = p.state.cache.clone().unwrap();
+        assert!(
+            eventually(Duration::from_secs(5), || cache.flights.is_empty()).await,
+            "{what}: the flight never landed"
+        );
         if what == "an error" {
             assert_eq!(first.status, 400);
         }
