@@ -17,15 +17,15 @@ use tower::{Layer, Service};
 use crate::auth::CallerTag;
 use crate::config::Config;
 use crate::layers::{
-    Authenticate, AuthenticateLayer, EstimateLayer, EstimateStep, Forward, Quota, QuotaLayer,
-    Served, Traced,
+    Authenticate, AuthenticateLayer, CacheLayer, CacheStep, EstimateLayer, EstimateStep, Forward,
+    Quota, QuotaLayer, Served, Traced,
 };
 use crate::metrics::Metrics;
 use crate::quota::{QuotaStore, StoreError};
 use crate::state::AppState;
 
 /// The assembled stack, outermost first.
-type Stack = Authenticate<EstimateStep<Quota<Forward>>>;
+type Stack = Authenticate<EstimateStep<CacheStep<Quota<Forward>>>>;
 
 /// The Gemini surface: every request through the stack, then one log line and its metrics.
 #[derive(Clone)]
@@ -38,7 +38,8 @@ impl GeminiService {
     fn new(state: Arc<AppState>) -> GeminiService {
         let forward = Forward::new(&state.config.upstream);
         let quota = QuotaLayer::new(state.clone()).layer(forward);
-        let estimate = EstimateLayer::new(state.clone()).layer(quota);
+        let cache = CacheLayer::new(state.clone()).layer(quota);
+        let estimate = EstimateLayer::new(state.clone()).layer(cache);
         let stack = AuthenticateLayer::new(state.clone()).layer(estimate);
         GeminiService { stack, state }
     }

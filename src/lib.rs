@@ -10,6 +10,9 @@
 //!    - [`layers::authenticate`]: the client credential ([`auth`], [`secret`]);
 //!    - [`layers::estimate`]: the path ([`route`]), the body read once, its input tokens
 //!      ([`estimate`]), the key a named resource belongs to ([`pool::affinity`]);
+//!    - [`layers::cache`]: a repeated request answered from the response cache (no quota, no
+//!      key, no upstream), a miss's answer copied as it streams and stored when it may be
+//!      ([`cache`]: key, memory or Redis entries, single flight);
 //!    - [`layers::quota`]: admission on a key with room ([`quota`] store, [`pool`] candidates
 //!      and limits), Google's answer read ([`upstream::verdict`]), holds, learned limits, dead
 //!      keys ([`pool::health`]) and retries by one table ([`layers::retry`]);
@@ -30,6 +33,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod body;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod estimate;

@@ -147,6 +147,10 @@ fn describe() {
         "Quota store calls that failed or timed out, by operation."
     );
     describe_counter!(
+        "gqp_cache_requests_total",
+        "Cacheable requests by what the response cache did: hit (answered from the cache, no quota spent), miss (sent upstream, stored if fit) or bypass (not cached: Cache-Control no-store, a nondeterministic generation, a request naming files or cachedContents)."
+    );
+    describe_counter!(
         "gqp_tokens_total",
         "Tokens in Google's answers by model, kind (input, cached, output, thinking, tool) and client name, since this process started."
     );
@@ -335,6 +339,11 @@ impl Metrics {
     /// A request left the admission queue after `waited` (admitted or not).
     pub fn queue_wait(&self, waited: Duration) {
         histogram!("gqp_queue_wait_seconds").record(waited.as_secs_f64());
+    }
+
+    /// One cacheable request: `hit`, `miss` or `bypass`.
+    pub fn cache(&self, result: &'static str) {
+        counter!("gqp_cache_requests_total", "result" => result).increment(1);
     }
 
     pub fn retry(&self, why: &'static str) {

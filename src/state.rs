@@ -25,6 +25,8 @@ pub struct AppState {
     pub queues: Queues,
     /// The alert engine and its channels.
     pub alerts: crate::alerts::Alerts,
+    /// The response cache, when `cache.enabled`.
+    pub cache: Option<Arc<crate::cache::ResponseCache>>,
     /// When `/metrics` last refreshed the store-derived gauges.
     pub gauges_refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// The status page's cost and forecast, as last computed, and when.
@@ -69,8 +71,15 @@ impl AppState {
         let ledger = build_ledger(&config, &pool, store.shared_io(), clock);
         let queues = Queues::new(config.queue.max_length);
         let alerts = crate::alerts::Alerts::new(&config, store.shared_io());
+        let cache = config.cache.enabled.then(|| {
+            Arc::new(crate::cache::ResponseCache::new(
+                &config.cache,
+                store.shared_io(),
+            ))
+        });
         Arc::new(AppState {
             alerts,
+            cache,
             pool,
             config: Arc::new(config),
             store,

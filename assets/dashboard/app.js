@@ -396,6 +396,7 @@
     renderHealth(qs);
     renderUsage(qs);
     renderCost(qs);
+    renderCacheSaved();
     renderKeys(qs);
     if (S.role === 'admin') fillAdminSelects(qs);
     renderCharts();
@@ -479,6 +480,16 @@
     $('#cost-note').textContent = unpriced > 0
       ? unpriced + ' request' + (unpriced === 1 ? '' : 's') + ' today had no configured price and count as $0.'
       : 'At the configured prices; free-tier projects count as $0.';
+  }
+
+  // Answers served from the response cache over the last 24 h: no quota spent, nothing billed.
+  function renderCacheSaved() {
+    var t = (S.day && S.day.totals) || {};
+    var hits = num(t.cache_hits);
+    $('#cache-saved-usd').textContent = fmtUSD(t.saved_cost_usd);
+    $('#cache-saved-detail').textContent = hits > 0
+      ? ' (' + fmtCompact(hits) + ' hit' + (hits === 1 ? '' : 's') + ', ' + fmtCompact(num(t.saved_tokens)) + ' tokens)'
+      : ' (no cache hits)';
   }
 
   function renderKeys(q) {

@@ -4,6 +4,7 @@
 
 mod alerts;
 mod auth;
+pub mod cache;
 mod channels;
 mod check;
 mod limits;
@@ -23,6 +24,7 @@ use serde::Deserialize;
 
 pub use self::alerts::AlertsConfig;
 pub use self::auth::AuthConfig;
+pub use self::cache::{CacheBackend, CacheConfig, CacheScope};
 pub use self::channels::{EmailConfig, SecretUri, WebhookConfig, WebhookFormat};
 pub use self::check::{BaseUrl, ConfigError};
 use self::check::{bad, comma_list, env_value};
@@ -71,6 +73,7 @@ struct Raw {
     log: log::Raw,
     metrics: metrics::Raw,
     alerts: alerts::Raw,
+    cache: cache::Raw,
     #[serde(default)]
     keys: Vec<pool::RawKey>,
     #[serde(default)]
@@ -90,6 +93,8 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub alerts: AlertsConfig,
+    /// The response cache.
+    pub cache: CacheConfig,
     /// The price table: embedded, with the user's `[prices."MODEL"]` laid over it.
     pub prices: Arc<Prices>,
 }
@@ -115,6 +120,7 @@ const ENV_NUMBERS: &[(&str, &str)] = &[
     ("GEMINI_TOKEN_MINUTE_LIMIT", "limits.token_minute"),
     ("GEMINI_MAX_REQUEST_TOKENS", "limits.max_request_tokens"),
     ("PROXY_QUEUE_MAX_WAIT_SECS", "queue.max_wait_secs"),
+    ("PROXY_CACHE_TTL_SECS", "cache.ttl_secs"),
 ];
 
 impl Config {
@@ -147,6 +153,11 @@ impl Config {
                     .map_err(|e| bad(*var, e.to_string()))?;
             }
         }
+        if let Some(v) = env_value(env, "PROXY_CACHE") {
+            builder = builder
+                .set_override("cache.enabled", cache::switch(v)?)
+                .map_err(|e| bad("PROXY_CACHE", e.to_string()))?;
+        }
         // `name:key` entries are split by the auth section, which names them.
         let env_clients: Option<Vec<String>> = env_value(env, "PROXY_CLIENT_KEYS")
             .map(|v| comma_list(v).map(str::to_string).collect());
@@ -154,14 +165,16 @@ impl Config {
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(describe_config_error)?;
+        let store = store::from_raw(raw.store)?;
         Ok(Config {
+            cache: cache::from_raw(raw.cache, store.redis_url.is_some())?,
             pool: PoolConfig::from_raw(raw.pool, raw.keys, env)?,
             auth: AuthConfig::from_raw(raw.auth, env_clients)?,
             server: ServerConfig::from_raw(raw.server)?,
             upstream: UpstreamConfig::from_raw(raw.upstream)?,
             limits: limits::from_raw(raw.limits)?,
             queue: QueueConfig::from_raw(raw.queue)?,
-            store: store::from_raw(raw.store)?,
+            store,
             log: LogConfig::from_raw(raw.log)?,
             metrics: MetricsConfig::from_raw(raw.metrics),
             alerts: alerts::from_raw(raw.alerts, env)?,

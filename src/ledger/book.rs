@@ -12,7 +12,7 @@ pub const MINUTE_MS: i64 = 60_000;
 pub const HOUR_MS: i64 = 3_600_000;
 
 /// What a series counts, in this order everywhere (memory, Redis, JSON).
-pub const FIELDS: [&str; 12] = [
+pub const FIELDS: [&str; 15] = [
     "requests",
     "upstream_429",
     "refused",
@@ -25,6 +25,9 @@ pub const FIELDS: [&str; 12] = [
     "cost_usd",
     "list_cost_usd",
     "unpriced_requests",
+    "cache_hits",
+    "saved_tokens",
+    "saved_cost_usd",
 ];
 
 /// Field positions in [`Counters`].
@@ -42,6 +45,12 @@ pub mod field {
     pub const COST: usize = 9;
     pub const LIST_COST: usize = 10;
     pub const UNPRICED: usize = 11;
+    /// Requests answered from the response cache (no quota spent, no upstream call).
+    pub const CACHE_HITS: usize = 12;
+    /// Tokens those answers would have used (input, output, thinking, tool).
+    pub const SAVED_TOKENS: usize = 13;
+    /// What they would have cost at list price (nano-USD).
+    pub const SAVED_COST: usize = 14;
 }
 
 /// One series' counts over one bucket (or a sum of them). Costs are in nano-USD.

@@ -237,6 +237,21 @@ impl Ledger {
         self.billing.get(project).copied().unwrap_or_default()
     }
 
+    /// A request answered from the response cache: one hit and what it saved (its stored
+    /// answer's usage, at `model`'s list price), under no project and no key.
+    pub fn cache_hit(&self, model: &str, client: u32, usage: &TokenUsage) {
+        let series = self.series_of(None, model, None, client, true);
+        let cost = self.prices.cost(model, usage, Billing::Paid);
+        let mut c = Counters::one(field::CACHE_HITS);
+        c.0[field::SAVED_TOKENS] = usage
+            .input
+            .saturating_add(usage.output)
+            .saturating_add(usage.thinking)
+            .saturating_add(usage.tool);
+        c.0[field::SAVED_COST] = cost.list_nano;
+        self.add(series, &c);
+    }
+
     /// Add `c` to a series, now (the ledger's clock).
     pub fn add(&self, series: Series, c: &Counters) {
         let now = self.clock.now_ms();

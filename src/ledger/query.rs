@@ -159,6 +159,11 @@ pub struct Numbers {
     pub tool_tokens: u64,
     pub cost_usd: f64,
     pub list_cost_usd: f64,
+    /// Requests answered from the response cache.
+    pub cache_hits: u64,
+    /// Tokens and list-price cost those answers saved.
+    pub saved_tokens: u64,
+    pub saved_cost_usd: f64,
 }
 
 /// Nano-USD as USD.
@@ -181,6 +186,9 @@ impl From<&Counters> for Numbers {
             tool_tokens: v[field::TOOL],
             cost_usd: usd(v[field::COST]),
             list_cost_usd: usd(v[field::LIST_COST]),
+            cache_hits: v[field::CACHE_HITS],
+            saved_tokens: v[field::SAVED_TOKENS],
+            saved_cost_usd: usd(v[field::SAVED_COST]),
         }
     }
 }

@@ -1,9 +1,11 @@
 //! The proxy's own endpoints: `/healthz`, `/readyz`, `/metrics`, `/api/ai/quota-status/`
-//! (GET: where every quota stands, [`snapshot`]; POST: admin reset) and `/api/ai/usage/`
-//! ([`usage`]: the ledger's history) and `/api/ai/alerts/` ([`alerts`]).
+//! (GET: where every quota stands, [`snapshot`]; POST: admin reset), `/api/ai/usage/`
+//! ([`usage`]: the ledger's history), `/api/ai/alerts/` ([`alerts`]) and
+//! `/api/ai/cache/clear` ([`cache`]).
 
 pub mod alert_rules;
 pub mod alerts;
+mod cache;
 pub mod dashboard;
 pub mod snapshot;
 pub mod usage;
@@ -297,6 +299,26 @@ async fn post_reset(
     .into_response())
 }
 
+/// Admin endpoints: 403 unless configured and presented.
+pub(crate) fn admin_only(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    what: &str,
+) -> Result<(), ApiError> {
+    if state.config.auth.admin_token.is_none() {
+        return Err(ApiError::PermissionDenied(
+            "admin endpoints are not configured: set PROXY_ADMIN_TOKEN".into(),
+        ));
+    }
+    match authenticate_strict(&state.config.auth, headers, query)? {
+        Caller::Admin => Ok(()),
+        _ => Err(ApiError::PermissionDenied(format!(
+            "{what} needs the admin token"
+        ))),
+    }
+}
+
 /// The answer to an admin reset: what was reset, and where every quota stands now.
 #[derive(serde::Serialize)]
 struct ResetAnswer {
@@ -319,6 +341,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/dashboard", get(dashboard::redirect))
         .route("/dashboard/", get(dashboard::index))
         .route("/dashboard/{file}", get(dashboard::file))
+        .route("/api/ai/cache/clear", any(cache::clear))
         .route("/api/ai/usage/", any(usage::usage))
         .route("/api/ai/usage", any(usage::usage))
         .route("/api/ai/alerts/", any(alerts::alerts))

@@ -87,6 +87,10 @@ pub struct Behaviour {
     pub answer_delay: Duration,
     /// Pad the answer to `POST .../cachedContents` to at least this many bytes.
     pub create_answer_bytes: usize,
+    /// The last candidate's finishReason instead of `STOP` (`MAX_TOKENS`, `SAFETY`, ...).
+    pub finish_reason: Option<&'static str>,
+    /// Answer generate calls with a blocked prompt (`promptFeedback.blockReason`).
+    pub block_prompt: bool,
     /// Report these too in every usage object (streams: the same on every chunk, as
     /// cumulative usage of a finished thought and tool call would be).
     pub usage_extra: UsageExtra,
@@ -263,10 +267,10 @@ fn first_text(body: &Value) -> String {
         .collect()
 }
 
-fn candidate(text: &str, usage: Value, finish: bool) -> Value {
+fn candidate(text: &str, usage: Value, finish: Option<&str>) -> Value {
     let mut c = json!({"content": {"role": "model", "parts": [{"text": text}]}, "index": 0});
-    if finish {
-        c["finishReason"] = json!("STOP");
+    if let Some(reason) = finish {
+        c["finishReason"] = json!(reason);
     }
     json!({"candidates": [c], "usageMetadata": usage, "modelVersion": "gemini-2.5-flash", "responseId": "fake-1"})
 }
@@ -432,11 +436,20 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
                       "completion_tokens_details": {"reasoning_tokens": extra.thoughts}}
         })).into_response();
     }
+    let (finish, blocked) = {
+        let b = st.behaviour.lock().unwrap();
+        (b.finish_reason.unwrap_or("STOP"), b.block_prompt)
+    };
     if path.contains(":generateContent") {
+        if blocked {
+            return axum::Json(json!({"promptFeedback": {"blockReason": "SAFETY"},
+                "usageMetadata": usage(prompt, 0, extra)}))
+            .into_response();
+        }
         return axum::Json(candidate(
             &format!("echo: {}", first_text(&json_body)),
             usage(prompt, 3, extra),
-            true,
+            Some(finish),
         ))
         .into_response();
     }
@@ -447,7 +460,7 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
             (b.stream_delay, b.stream_events.max(1), b.cut_stream_after)
         };
         let st2 = st.clone();
-        let stream = async_stream(n, delay, sse, prompt, extra, st2);
+        let stream = async_stream(n, delay, sse, prompt, extra, finish, st2);
         let stream: std::pin::Pin<
             Box<dyn futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send>,
         > = match cut {
@@ -618,6 +631,7 @@ fn async_stream(
     sse: bool,
     prompt: u64,
     extra: UsageExtra,
+    finish: &'static str,
     st: Arc<FakeState>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
     let guard = OpenStream::new(st.open_streams.clone());
@@ -642,7 +656,7 @@ fn async_stream(
             let ev = candidate(
                 &format!("chunk {i} "),
                 usage(prompt, (i as u64 + 1) * 2, extra),
-                i + 1 == n,
+                (i + 1 == n).then_some(finish),
             )
             .to_string();
             st.events_sent.fetch_add(1, Ordering::SeqCst);

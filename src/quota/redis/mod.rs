@@ -138,6 +138,21 @@ impl SharedIo {
         }
     }
 
+    /// The connection (shared with the store; cloning it is cheap).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// `{namespace}`: the hash tag every key of this store starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The deadline of one call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// `GET {ns}:SUFFIX`.
     pub async fn get(&self, suffix: &str) -> Result<Option<String>, StoreError> {
         let mut conn = self.conn.clone();

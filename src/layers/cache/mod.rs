@@ -1,0 +1,289 @@
+//! The response cache step, between estimate and quota: a cacheable request whose answer is
+//! stored is answered from the cache (no quota, no key, no upstream; the ledger counts what it
+//! saved), else it goes on inward and its 200 answer is copied as it streams ([`tee`]) and
+//! stored when it ended cleanly and may be kept ([`policy`]). Identical misses in flight at
+//! once make one upstream call ([`crate::cache::flight`]). Entries live in memory or in Redis
+//! ([`crate::cache::store`]), under a key of the request's method, path, canonical body and
+//! scope ([`crate::cache::key`]).
+
+pub mod policy;
+pub mod tee;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use self::policy::{Directives, Kind};
+use self::tee::{Pending, Replay, Tee};
+use crate::auth::{Caller, CallerTag};
+pub use crate::cache::ResponseCache;
+use crate::cache::flight::{self, Join, Landed};
+use crate::cache::store::Entry;
+use crate::cache::{key, now_ms};
+use crate::config::{AuthConfig, CacheConfig, CacheScope};
+use crate::layers::authenticate::Either;
+use crate::layers::estimate::Estimated;
+use crate::state::AppState;
+
+/// `HIT`, `MISS` or `BYPASS` on every answer to a cacheable call.
+pub const CACHE_HEADER: HeaderName = HeaderName::from_static("x-gemini-quota-proxy-cache");
+
+/// Adds the cache step.
+#[derive(Clone)]
+pub struct CacheLayer {
+    state: Arc<AppState>,
+}
+
+impl CacheLayer {
+    pub fn new(state: Arc<AppState>) -> CacheLayer {
+        CacheLayer { state }
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = CacheStep<S>;
+
+    fn layer(&self, inner: S) -> CacheStep<S> {
+        CacheStep {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// The cache step (see the module docs).
+#[derive(Clone)]
+pub struct CacheStep<S> {
+    inner: S,
+    state: Arc<AppState>,
+}
+
+/// What the cache does with a cacheable request.
+enum Plan {
+    /// Neither read nor write (`no-store`, a nondeterministic generation, a project-bound
+    /// resource, a body that is not JSON).
+    Bypass,
+    Cache(Lookup),
+}
+
+struct Lookup {
+    key: [u8; 32],
+    model: String,
+    kind: Kind,
+    /// Read the cache first (not under `no-cache`).
+    read: bool,
+    max_age: Option<std::time::Duration>,
+    ttl: std::time::Duration,
+    streaming: bool,
+    fallback_input: u64,
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl<S> Service<http::Request<Bytes>> for CacheStep<S>
+where
+    S: Service<http::Request<Bytes>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + Unpin,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<S::Future, BoxFuture>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Bytes>) -> Self::Future {
+        let Some(cache) = self.state.cache.clone() else {
+            return Either::Left(self.inner.call(req));
+        };
+        let Some(plan) = plan(&cache.config, &self.state.config.auth, &req) else {
+            return Either::Left(self.inner.call(req));
+        };
+        let state = self.state.clone();
+        // The ready service goes with the future; a clone stays for the next request.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Either::Right(Box::pin(run(state, cache, inner, req, plan)))
+    }
+}
+
+/// The plan for a request; `None` when its call is not cacheable at all.
+fn plan(cfg: &CacheConfig, auth: &AuthConfig, req: &http::Request<Bytes>) -> Option<Plan> {
+    let est = req.extensions().get::<Estimated>()?;
+    let kind = policy::kind(req.method(), est)?;
+    let d = Directives::of(req.headers());
+    let model = est.model()?;
+    if d.no_store {
+        return Some(Plan::Bypass);
+    }
+    let Some(body) = key::canonical(req.body()) else {
+        return Some(Plan::Bypass);
+    };
+    if body.project_bound
+        || !(cfg.nondeterministic
+            || d.max_age.is_some()
+            || policy::deterministic(kind, est.route.openai, req.body()))
+    {
+        return Some(Plan::Bypass);
+    }
+    let caller = req.extensions().get::<CallerTag>().map(|c| c.0);
+    let scope = scope(cfg.scope, auth, caller);
+    let key = key::key(
+        req.method().as_str(),
+        req.uri().path(),
+        req.uri().query(),
+        &body.json,
+        &scope,
+    );
+    Some(Plan::Cache(Lookup {
+        key,
+        model: model.to_string(),
+        kind,
+        read: !d.no_cache,
+        max_age: d.max_age,
+        ttl: d.max_age.unwrap_or(cfg.ttl),
+        streaming: est.streaming(),
+        fallback_input: if kind == Kind::Embed {
+            est.estimate.tokens
+        } else {
+            0
+        },
+    }))
+}
+
+/// What an entry is shared under: the caller's credential digest (never the credential), or
+/// everyone's.
+fn scope(scope: CacheScope, auth: &AuthConfig, caller: Option<Caller>) -> Vec<u8> {
+    let digest = |tag: &[u8], d: [u8; 32]| [tag, &d[..]].concat();
+    match (scope, caller) {
+        (CacheScope::Shared, _) => b"shared".to_vec(),
+        (CacheScope::Client, Some(Caller::Client(i))) => match auth.client_keys.get(i) {
+            Some(k) => digest(b"client:", k.digest()),
+            None => b"client:?".to_vec(),
+        },
+        (CacheScope::Client, Some(Caller::Admin)) => match &auth.admin_token {
+            Some(t) => digest(b"admin:", t.digest()),
+            None => b"admin".to_vec(),
+        },
+        (CacheScope::Client, Some(Caller::Anonymous) | None) => b"anonymous".to_vec(),
+    }
+}
+
+async fn run<S>(
+    state: Arc<AppState>,
+    cache: Arc<ResponseCache>,
+    mut inner: S,
+    req: http::Request<Bytes>,
+    plan: Plan,
+) -> Result<Response, Infallible>
+where
+    S: Service<http::Request<Bytes>, Response = Response, Error = Infallible>,
+{
+    let lookup = match plan {
+        Plan::Bypass => {
+            state.metrics.cache("bypass");
+            let mut resp = inner.call(req).await?;
+            resp.headers_mut()
+                .insert(CACHE_HEADER, HeaderValue::from_static("BYPASS"));
+            return Ok(resp);
+        }
+        Plan::Cache(l) => l,
+    };
+    let mut lead = None;
+    if lookup.read {
+        if let Some(e) = cache.store.get(&lookup.model, &lookup.key).await
+            && e.fresh(now_ms(), lookup.max_age)
+        {
+            return Ok(hit(&state, &req, &e, lookup.streaming));
+        }
+        let deadline = Instant::now() + state.config.upstream.request_timeout;
+        loop {
+            match cache.flights.join(lookup.key) {
+                Join::Lead(l) => {
+                    lead = Some(l);
+                    break;
+                }
+                Join::Follow(rx) => match flight::wait(rx, deadline).await {
+                    Some(Landed::Stored(e)) if e.fresh(now_ms(), lookup.max_age) => {
+                        return Ok(hit(&state, &req, &e, lookup.streaming));
+                    }
+                    // The leader failed: the next one leads.
+                    Some(Landed::Failed) => continue,
+                    // Not shareable, or not in time: on its own.
+                    _ => break,
+                },
+            }
+        }
+    }
+    state.metrics.cache("miss");
+    let mut resp = inner.call(req).await?;
+    resp.headers_mut()
+        .insert(CACHE_HEADER, HeaderValue::from_static("MISS"));
+    if resp.status() != http::StatusCode::OK || lookup.ttl.is_zero() {
+        // Never stored; the flight (if led) lands as failed and the next one tries.
+        return Ok(resp);
+    }
+    let content_type = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let pending = Pending {
+        cache,
+        key: lookup.key,
+        model: lookup.model,
+        kind: lookup.kind,
+        ttl: lookup.ttl,
+        content_type,
+        fallback_input: lookup.fallback_input,
+        lead,
+    };
+    let expected = resp
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let (parts, body) = resp.into_parts();
+    Ok(Response::from_parts(
+        parts,
+        Body::new(Tee::new(body, expected, pending)),
+    ))
+}
+
+/// The answer from the cache: the stored chunks, as they first came; the ledger counts what
+/// it saved. No quota, no key, no upstream.
+fn hit(state: &AppState, req: &http::Request<Bytes>, e: &Entry, streaming: bool) -> Response {
+    state.metrics.cache("hit");
+    let client = match req.extensions().get::<CallerTag>().map(|c| c.0) {
+        Some(Caller::Client(i)) => state.ledger.client_id(Some(i)),
+        Some(c @ Caller::Admin) => state.ledger.client_id_named(c.name(&state.config.auth)),
+        Some(Caller::Anonymous) | None => state.ledger.client_id(None),
+    };
+    state.ledger.cache_hit(&e.model, client, &e.usage);
+    let mut resp = Response::new(Body::new(Replay::new(e.chunks.clone(), !streaming)));
+    *resp.status_mut() = http::StatusCode::from_u16(e.status).unwrap_or(http::StatusCode::OK);
+    let h = resp.headers_mut();
+    if let Some(ct) = e
+        .content_type
+        .as_deref()
+        .and_then(|c| HeaderValue::from_str(c).ok())
+    {
+        h.insert(http::header::CONTENT_TYPE, ct);
+    }
+    h.insert(CACHE_HEADER, HeaderValue::from_static("HIT"));
+    let age = (now_ms().saturating_sub(e.stored_at_ms).max(0) / 1000) as u64;
+    h.insert(http::header::AGE, HeaderValue::from(age));
+    resp
+}

@@ -1,0 +1,272 @@
+//! What the cache may hold: which calls are cacheable, what a request's `Cache-Control` asks,
+//! whether a generation is deterministic enough to repeat, and whether an answer may be stored
+//! (a clean `STOP`, nothing blocked, no grounding that goes stale).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::cache::MAX_TTL;
+use crate::layers::estimate::Estimated;
+
+/// A cacheable call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `generateContent`, `streamGenerateContent`, OpenAI chat completions.
+    Generate,
+    /// `embedContent`, `batchEmbedContents`, OpenAI embeddings.
+    Embed,
+    /// `countTokens`.
+    Count,
+}
+
+/// The kind of a cacheable call, `None` for the rest (uploads, files, models, tuned models,
+/// batches: project-bound or not worth keeping).
+pub fn kind(method: &http::Method, est: &Estimated) -> Option<Kind> {
+    let route = &est.route;
+    if *method != http::Method::POST || route.upload || route.resource.is_some() {
+        return None;
+    }
+    if route.openai {
+        return match route.family {
+            crate::route::QuotaFamily::Generate => Some(Kind::Generate),
+            crate::route::QuotaFamily::Embed => Some(Kind::Embed),
+            crate::route::QuotaFamily::Free => None,
+        };
+    }
+    route.model.as_ref()?;
+    match route.action.as_deref()? {
+        "generateContent" | "streamGenerateContent" => Some(Kind::Generate),
+        "embedContent" | "batchEmbedContents" => Some(Kind::Embed),
+        "countTokens" => Some(Kind::Count),
+        _ => None,
+    }
+}
+
+/// What a request's `Cache-Control` asks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Directives {
+    /// Skip the lookup, store the fresh answer.
+    pub no_cache: bool,
+    /// Neither read nor write.
+    pub no_store: bool,
+    /// Accept only entries younger than this; store with this time to live.
+    pub max_age: Option<Duration>,
+}
+
+impl Directives {
+    /// The directives of every `Cache-Control` header; unknown ones are ignored, as HTTP says.
+    pub fn of(headers: &http::HeaderMap) -> Directives {
+        let mut d = Directives::default();
+        for v in headers.get_all(http::header::CACHE_CONTROL) {
+            let Ok(v) = v.to_str() else { continue };
+            for part in v.split(',') {
+                let part = part.trim();
+                let (name, value) = part.split_once('=').unwrap_or((part, ""));
+                match name.trim().to_ascii_lowercase().as_str() {
+                    "no-cache" => d.no_cache = true,
+                    "no-store" => d.no_store = true,
+                    "max-age" => {
+                        if let Ok(n) = value.trim().trim_matches('"').parse::<u64>() {
+                            d.max_age = Some(Duration::from_secs(n).min(MAX_TTL));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        d
+    }
+}
+
+/// The parts of a generation body that say how random its answer is.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Randomness {
+    #[serde(rename = "generationConfig", alias = "generation_config")]
+    generation_config: Option<Temperature>,
+    /// The OpenAI surface's.
+    temperature: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Temperature {
+    temperature: Option<f64>,
+}
+
+/// Whether a generation asks for temperature 0 (the same answer each time, as far as Google
+/// goes); embeddings and token counts always are.
+pub fn deterministic(kind: Kind, openai: bool, body: &[u8]) -> bool {
+    if kind != Kind::Generate {
+        return true;
+    }
+    let Ok(r) = serde_json::from_slice::<Randomness>(body) else {
+        return false;
+    };
+    let t = if openai {
+        r.temperature
+    } else {
+        r.generation_config.and_then(|g| g.temperature)
+    };
+    t == Some(0.0)
+}
+
+/// Whether a whole 200 answer may be stored: every candidate that says why it finished says
+/// `STOP` (a generation must say so at least once), nothing was blocked, no grounding metadata
+/// (search results change), and the answer reads as JSON (one value, a JSON-array stream or
+/// SSE events).
+pub fn storable(kind: Kind, body: &[u8]) -> bool {
+    let mut check = Check::default();
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(items)) => items.iter().for_each(|v| check.answer(v)),
+        Ok(v) => check.answer(&v),
+        Err(_) => {
+            // Server-sent events: `data: {...}` lines (OpenAI ends with `data: [DONE]`).
+            let text = match std::str::from_utf8(body) {
+                Ok(t) => t,
+                Err(_) => return false,
+            };
+            let mut events = 0;
+            for line in text.lines() {
+                let Some(data) = line.strip_prefix("data:") else {
+                    continue;
+                };
+                let data = data.trim();
+                if data == "[DONE]" {
+                    continue;
+                }
+                match serde_json::from_str::<Value>(data) {
+                    Ok(v) => check.answer(&v),
+                    Err(_) => return false,
+                }
+                events += 1;
+            }
+            if events == 0 {
+                return false;
+            }
+        }
+    }
+    !check.bad && (kind != Kind::Generate || check.stopped)
+}
+
+#[derive(Default)]
+struct Check {
+    bad: bool,
+    stopped: bool,
+}
+
+impl Check {
+    fn answer(&mut self, v: &Value) {
+        if v.pointer("/promptFeedback/blockReason").is_some()
+            || v.get("groundingMetadata").is_some()
+        {
+            self.bad = true;
+        }
+        for c in v
+            .get("candidates")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if c.get("groundingMetadata").is_some() {
+                self.bad = true;
+            }
+            match c.get("finishReason").and_then(Value::as_str) {
+                Some("STOP") => self.stopped = true,
+                Some(_) => self.bad = true,
+                None => {}
+            }
+        }
+        // The OpenAI surface.
+        for c in v
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            match c.get("finish_reason").and_then(Value::as_str) {
+                Some("stop") => self.stopped = true,
+                Some(_) => self.bad = true,
+                None => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_control_directives_are_read() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(Directives::of(&h), Directives::default());
+        h.append("cache-control", "No-Cache, max-age=30".parse().unwrap());
+        h.append("cache-control", "no-store".parse().unwrap());
+        let d = Directives::of(&h);
+        assert!(d.no_cache && d.no_store);
+        assert_eq!(d.max_age, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn only_temperature_zero_generations_are_deterministic() {
+        let g = Kind::Generate;
+        assert!(deterministic(
+            g,
+            false,
+            br#"{"generationConfig": {"temperature": 0}}"#
+        ));
+        assert!(deterministic(
+            g,
+            false,
+            br#"{"generationConfig": {"temperature": 0.0}}"#
+        ));
+        assert!(!deterministic(
+            g,
+            false,
+            br#"{"generationConfig": {"temperature": 0.7}}"#
+        ));
+        assert!(!deterministic(g, false, br#"{"contents": []}"#));
+        assert!(deterministic(
+            g,
+            true,
+            br#"{"model": "m", "temperature": 0}"#
+        ));
+        assert!(!deterministic(g, true, br#"{"model": "m"}"#));
+        assert!(deterministic(Kind::Embed, false, b"{}"));
+    }
+
+    #[test]
+    fn only_clean_finished_answers_are_storable() {
+        let stop = br#"{"candidates": [{"finishReason": "STOP"}]}"#;
+        assert!(storable(Kind::Generate, stop));
+        for bad in [
+            &br#"{"candidates": [{"finishReason": "MAX_TOKENS"}]}"#[..],
+            br#"{"candidates": [{"finishReason": "SAFETY"}]}"#,
+            br#"{"promptFeedback": {"blockReason": "SAFETY"}}"#,
+            br#"{"candidates": [{"finishReason": "STOP", "groundingMetadata": {}}]}"#,
+            br#"{"candidates": [{"content": {}}]}"#,
+            b"not json",
+        ] {
+            assert!(
+                !storable(Kind::Generate, bad),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let sse = b"data: {\"candidates\": [{}]}\r\n\r\ndata: {\"candidates\": [{\"finishReason\": \"STOP\"}]}\r\n\r\n";
+        assert!(storable(Kind::Generate, sse));
+        let cut = b"data: {\"candidates\": [{}]}\r\n\r\n";
+        assert!(!storable(Kind::Generate, cut));
+        let array = br#"[{"candidates": [{}]}, {"candidates": [{"finishReason": "STOP"}]}]"#;
+        assert!(storable(Kind::Generate, array));
+        assert!(storable(
+            Kind::Embed,
+            br#"{"embedding": {"values": [0.1]}}"#
+        ));
+        let chat = br#"{"choices": [{"finish_reason": "length"}]}"#;
+        assert!(!storable(Kind::Generate, chat));
+    }
+}
