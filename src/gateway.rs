@@ -127,6 +127,7 @@ fn log_request(
         client = client.1,
         attempts = served.attempts,
         est_tokens = traced.map_or(0, |t| t.tokens),
+        waited_ms = served.waited.map_or(0, |w| w.as_millis() as u64),
         "request"
     );
     state.metrics.request(
@@ -136,6 +137,7 @@ fn log_request(
         status,
         started.elapsed(),
         served.upstream,
+        served.waited.unwrap_or_default(),
     );
 }
 

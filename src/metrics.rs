@@ -172,7 +172,7 @@ fn describe() {
     describe_histogram!(
         "gqp_proxy_overhead_seconds",
         Unit::Seconds,
-        "The proxy's own share of a forwarded request's time (total minus upstream)."
+        "The proxy's own share of a forwarded request's time (total minus upstream and minus any wait in the admission queue)."
     );
     describe_histogram!(
         "gqp_store_duration_seconds",
@@ -258,6 +258,8 @@ impl Metrics {
 
     /// One finished request. `key`: the pool index and masked id of the key used last.
     /// `client`: the caller's slot ([`crate::auth::Caller::slot`], 0 for none) and name.
+    /// `waited`: time in the admission queue (neither Google's nor the proxy's work).
+    #[allow(clippy::too_many_arguments)]
     pub fn request(
         &self,
         model: Option<&str>,
@@ -266,6 +268,7 @@ impl Metrics {
         status: u16,
         total: Duration,
         upstream: Duration,
+        waited: Duration,
     ) {
         let outcome = match status {
             200..=299 => 0,
@@ -313,8 +316,12 @@ impl Metrics {
         self.total.record(total.as_secs_f64());
         if !upstream.is_zero() {
             self.upstream.record(upstream.as_secs_f64());
-            self.overhead
-                .record(total.saturating_sub(upstream).as_secs_f64());
+            self.overhead.record(
+                total
+                    .saturating_sub(upstream)
+                    .saturating_sub(waited)
+                    .as_secs_f64(),
+            );
         }
     }
 
@@ -436,6 +443,7 @@ mod tests {
                 Some((0, "k...0")),
                 (3, "client1"),
                 200,
+                Duration::ZERO,
                 Duration::ZERO,
                 Duration::ZERO,
             );
