@@ -613,6 +613,9 @@ async fn dashboard_in_a_browser() {
     );
     b.element("ul#warnings").await;
     b.element("ul#errors").await;
+    // The admission queue (on by default; nobody waits here).
+    let queue = b.text("#queue").await;
+    assert_eq!(queue.trim(), "Waiting for quota: none.", "{q}");
     assert!(
         b.js(
             "return document.querySelector('#admin') === null;",

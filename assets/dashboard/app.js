@@ -423,6 +423,19 @@
     fillList($('#warnings'), warnings, $('#warnings-none'));
     var st = qs.store || {};
     $('#store').textContent = 'Quota store: ' + (st.backend || '?') + (st.reachable === false ? ', unreachable' : ', reachable') + '.';
+    $('#queue').textContent = queueLine(qs.queue);
+  }
+
+  /** The admission queue in one line: who waits for quota, and for how long the oldest has. */
+  function queueLine(q) {
+    if (!q) return '';
+    if (!(q.max_wait_secs > 0)) return 'Waiting for quota: off (429 at once).';
+    var lines = Array.isArray(q.models) ? q.models : [];
+    if (!q.waiting) return 'Waiting for quota: none.';
+    var oldest = lines.reduce(function (a, l) { return Math.max(a, num(l.oldest_wait_ms)); }, 0);
+    var per = lines.slice(0, 3).map(function (l) { return l.model + ' ' + l.length; }).join(', ');
+    if (lines.length > 3) per += ', ...';
+    return 'Waiting for quota: ' + q.waiting + ' (' + per + '), the oldest for ' + Math.round(oldest / 1000) + ' s.';
   }
 
   function fillList(ul, items, none) {
