@@ -55,7 +55,10 @@ async fn main() -> ExitCode {
         }
     };
     let state = gateway.state().clone();
-    state.check_store_at_start().await;
+    if let Err(e) = state.check_store_at_start().await {
+        eprintln!("gemini-quota-proxy: {e}");
+        return ExitCode::from(2);
+    }
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {

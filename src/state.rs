@@ -121,23 +121,30 @@ impl AppState {
 
     /// At start: when the configured shared store does not work (a typo in `REDIS_URL`, a
     /// Cluster node that does not serve the namespace), say so at once as an error naming it
-    /// (without its password) and the policy now in force, not only later in `/readyz`.
-    pub async fn check_store_at_start(&self) {
+    /// (without its password) and the policy now in force, not only later in `/readyz`. A
+    /// `rediss://` store whose certificate is not trusted is a setting to fix, not an outage to
+    /// ride out: that is an `Err`, and start-up stops.
+    pub async fn check_store_at_start(&self) -> Result<(), String> {
         let Some(url) = &self.config.store.redis_url else {
-            return;
+            return Ok(());
         };
+        let shown = crate::quota::redis::redact_url(url.expose());
         match self.store.ping().await {
-            Ok(()) => tracing::info!(
-                url = %crate::quota::redis::redact_url(url.expose()),
-                "quota store reachable"
-            ),
+            Ok(()) => tracing::info!(url = %shown, "quota store reachable"),
+            Err(e) if url.expose().starts_with("rediss://") && is_tls_trust_error(&e) => {
+                return Err(format!(
+                    "the Redis server at {shown} presented a certificate this proxy does not trust ({e}); \
+                     set store.tls_ca_file (REDIS_TLS_CA_FILE) to the CA that signed it"
+                ));
+            }
             Err(e) => tracing::error!(
-                url = %crate::quota::redis::redact_url(url.expose()),
+                url = %shown,
                 policy = self.config.store.on_error.as_str(),
                 error = %e,
                 "the quota store does not work at start-up: serving under the store.on_error policy until it does"
             ),
         }
+        Ok(())
     }
 }
 
@@ -190,4 +197,17 @@ pub fn build_store(
         MemoryStore::new(clock, tz).with_window(window),
         config.store.on_error,
     )))
+}
+
+/// Whether a store error is a TLS certificate the proxy does not trust (rustls' words).
+fn is_tls_trust_error(e: &StoreError) -> bool {
+    let text = e.to_string();
+    [
+        "UnknownIssuer",
+        "invalid peer certificate",
+        "certificate verify",
+        "NotValidForName",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
 }

@@ -126,3 +126,40 @@ pub fn env_value<'a>(
 pub fn comma_list(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
+
+/// A PEM file of extra trust roots (the upstream's, Redis'): every certificate in it must be one rustls can
+/// anchor trust on; an empty path means none.
+pub fn load_ca_file(
+    name: &str,
+    path: &str,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ConfigError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let path = path.trim();
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pem = std::fs::read(path).map_err(|e| bad(name, format!("cannot read {path:?}: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(name, format!("{path:?} is not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad(
+            name,
+            format!("{path:?} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in certs.iter().enumerate() {
+        roots.add(cert.clone()).map_err(|e| {
+            bad(
+                name,
+                format!(
+                    "certificate {} in {path:?} cannot be a trust root: {e}",
+                    i + 1
+                ),
+            )
+        })?;
+    }
+    Ok(certs)
+}

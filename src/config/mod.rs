@@ -109,6 +109,9 @@ const ENV_SETTINGS: &[(&str, &str)] = &[
     ("PROXY_PATH_PREFIX", "server.path_prefix"),
     ("PROXY_ADMIN_TOKEN", "auth.admin_token"),
     ("REDIS_URL", "store.redis_url"),
+    ("REDIS_TLS_CA_FILE", "store.tls_ca_file"),
+    ("REDIS_TLS_CERT_FILE", "store.tls_cert_file"),
+    ("REDIS_TLS_KEY_FILE", "store.tls_key_file"),
     ("PROXY_LOG_FORMAT", "log.format"),
     ("PROXY_METRICS_TOKEN", "metrics.token"),
 ];
@@ -326,7 +329,7 @@ mod tests {
             ("GEMINI_UPSTREAM_URL", "ftp://x"),
             ("PROXY_LOG_FORMAT", "xml"),
             ("REDIS_URL", "localhost:6379"),
-            ("REDIS_URL", "rediss://cache.example:6380"),
+            ("REDIS_TLS_CA_FILE", "/nonexistent/ca.pem"),
             ("PROXY_PATH_PREFIX", "gemini"),
             ("PROXY_PATH_PREFIX", "/v1beta"),
         ] {

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::check::{ConfigError, bad, check_name};
-use crate::quota::StoreConfig;
+use super::check::{ConfigError, bad, check_name, load_ca_file};
 use crate::quota::resilient::StoreFailurePolicy;
+use crate::quota::{RedisTls, StoreConfig};
 use crate::secret::Secret;
 
 #[derive(Debug, Deserialize)]
@@ -16,6 +16,9 @@ pub(super) struct Raw {
     namespace: String,
     timeout_ms: u64,
     on_error: String,
+    tls_ca_file: String,
+    tls_cert_file: String,
+    tls_key_file: String,
 }
 
 /// Validate `[store]` into the quota store's own [`StoreConfig`].
@@ -36,28 +39,68 @@ pub(super) fn from_raw(raw: Raw) -> Result<StoreConfig, ConfigError> {
     }
     check_name("store.namespace", &raw.namespace)?;
     let redis_url = Some(raw.redis_url).filter(|u| !u.is_empty());
-    if let Some(u) = &redis_url {
-        if u.expose().starts_with("rediss://") {
-            return Err(bad(
-                "store.redis_url (REDIS_URL)",
-                "rediss:// (TLS) is not built into this proxy: reach Redis over redis:// on a \
-                 private network, or through a TLS tunnel such as stunnel",
-            ));
-        }
-        if !(u.expose().starts_with("redis://")
-            || u.expose().starts_with("redis+unix://")
-            || u.expose().starts_with("unix://"))
-        {
-            return Err(bad(
-                "store.redis_url (REDIS_URL)",
-                "expected a URL starting with redis:// or unix://",
-            ));
-        }
+    if let Some(u) = &redis_url
+        && !["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|p| u.expose().starts_with(p))
+    {
+        return Err(bad(
+            "store.redis_url (REDIS_URL)",
+            "expected a URL starting with redis://, rediss:// (TLS) or unix://",
+        ));
+    }
+    let tls_url = redis_url
+        .as_ref()
+        .is_some_and(|u| u.expose().starts_with("rediss://"));
+    let tls = tls_from_raw(&raw.tls_ca_file, &raw.tls_cert_file, &raw.tls_key_file)?;
+    if !tls_url && tls != RedisTls::default() {
+        return Err(bad(
+            "store.tls_ca_file / tls_cert_file / tls_key_file",
+            "set, but store.redis_url (REDIS_URL) is not a rediss:// URL: TLS settings apply only to rediss://",
+        ));
     }
     Ok(StoreConfig {
         redis_url,
         namespace: raw.namespace,
         timeout: Duration::from_millis(raw.timeout_ms),
         on_error,
+        tls,
     })
+}
+
+/// The TLS files of a `rediss://` store: extra trust roots, and a client certificate with its
+/// key for mutual TLS (both or neither), each read and checked now so a bad file stops start-up.
+fn tls_from_raw(ca: &str, cert: &str, key: &str) -> Result<RedisTls, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let ca = load_ca_file("store.tls_ca_file (REDIS_TLS_CA_FILE)", ca)?;
+    let (cert, key) = (cert.trim(), key.trim());
+    let client = match (cert.is_empty(), key.is_empty()) {
+        (true, true) => None,
+        (false, true) | (true, false) => {
+            return Err(bad(
+                "store.tls_cert_file / store.tls_key_file",
+                "a client certificate needs its key, and a key its certificate: set both or neither",
+            ));
+        }
+        (false, false) => {
+            let name = "store.tls_cert_file (REDIS_TLS_CERT_FILE)";
+            let cert_pem =
+                std::fs::read(cert).map_err(|e| bad(name, format!("cannot read {cert:?}: {e}")))?;
+            let certs = CertificateDer::pem_slice_iter(&cert_pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(name, format!("{cert:?} is not a PEM certificate file: {e}")))?;
+            if certs.is_empty() {
+                return Err(bad(name, format!("{cert:?} holds no PEM certificate")));
+            }
+            let name = "store.tls_key_file (REDIS_TLS_KEY_FILE)";
+            let key_pem = std::fs::read_to_string(key)
+                .map_err(|e| bad(name, format!("cannot read {key:?}: {e}")))?;
+            // The error says where, never what the key holds.
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+                .map_err(|_| bad(name, format!("{key:?} holds no PEM private key")))?;
+            Some((cert_pem, Secret::new(key_pem)))
+        }
+    };
+    Ok(RedisTls { ca, client })
 }

@@ -53,45 +53,11 @@ impl UpstreamConfig {
             max_attempts: u32::try_from(raw.max_attempts.min(20)).unwrap_or(20),
             retry_deadline: secs("upstream.retry_deadline_secs", raw.retry_deadline_secs)?,
             max_wait: secs_or_zero("upstream.max_wait_secs", raw.max_wait_secs)?,
-            ca: load_ca_file("upstream.ca_file (GEMINI_UPSTREAM_CA_FILE)", &raw.ca_file)?,
+            ca: super::check::load_ca_file(
+                "upstream.ca_file (GEMINI_UPSTREAM_CA_FILE)",
+                &raw.ca_file,
+            )?,
             http2: raw.http2,
         })
     }
-}
-
-/// The PEM file of extra upstream trust roots: every certificate in it must be one rustls can
-/// anchor trust on; an empty path means none.
-fn load_ca_file(
-    name: &str,
-    path: &str,
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ConfigError> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let path = path.trim();
-    if path.is_empty() {
-        return Ok(Vec::new());
-    }
-    let pem = std::fs::read(path).map_err(|e| bad(name, format!("cannot read {path:?}: {e}")))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(name, format!("{path:?} is not a PEM certificate file: {e}")))?;
-    if certs.is_empty() {
-        return Err(bad(
-            name,
-            format!("{path:?} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
-        ));
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    for (i, cert) in certs.iter().enumerate() {
-        roots.add(cert.clone()).map_err(|e| {
-            bad(
-                name,
-                format!(
-                    "certificate {} in {path:?} cannot be a trust root: {e}",
-                    i + 1
-                ),
-            )
-        })?;
-    }
-    Ok(certs)
 }

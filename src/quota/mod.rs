@@ -38,6 +38,17 @@ pub struct StoreConfig {
     pub namespace: String,
     pub timeout: Duration,
     pub on_error: resilient::StoreFailurePolicy,
+    /// For a `rediss://` URL: extra trust roots and a client certificate.
+    pub tls: RedisTls,
+}
+
+/// TLS to Redis (`rediss://`): trust roots beside the system's (`store.tls_ca_file`), and a
+/// client certificate with its key for mutual TLS.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RedisTls {
+    pub ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The certificate chain's PEM and the key's PEM (a secret: never printed).
+    pub client: Option<(Vec<u8>, Secret)>,
 }
 
 /// The longest hold a store keeps (about 400 days): a caller's larger number is cut to it, so

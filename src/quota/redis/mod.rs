@@ -9,11 +9,11 @@ use chrono_tz::Tz;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Script, Value};
 
-use super::StoreConfig;
 use super::{
     AdmitOutcome, AdmitRequest, Clock, Cooldown, DayCache, DayInfo, KeyState, QuotaStore,
     Reservation, ResetKind, ResetScope, StoreError, SystemClock, Usage,
 };
+use super::{RedisTls, StoreConfig};
 use crate::secret::Secret;
 
 mod admit;
@@ -31,6 +31,52 @@ macro_rules! lua {
             include_str!(concat!("lua/", $file))
         )
     };
+}
+
+/// The Redis client for `url`: plain, or over rustls for `rediss://`, trusting the system's
+/// roots plus `tls.ca` (the redis crate takes one PEM bundle of roots, so both go into it).
+fn open_client(url: &Secret, tls: &RedisTls) -> Result<redis::Client, StoreError> {
+    let invalid = |e: redis::RedisError| {
+        StoreError::Unreachable(format!("invalid Redis URL: {:?}", e.kind()))
+    };
+    if !url.expose().starts_with("rediss://") || *tls == RedisTls::default() {
+        return redis::Client::open(url.expose()).map_err(invalid);
+    }
+    let root_cert = (!tls.ca.is_empty()).then(|| {
+        let mut pem = Vec::new();
+        let native = rustls_native_certs::load_native_certs();
+        for der in native.certs.iter().chain(tls.ca.iter()) {
+            pem_block(&mut pem, der.as_ref());
+        }
+        pem
+    });
+    let client_tls = tls
+        .client
+        .as_ref()
+        .map(|(cert, key)| redis::ClientTlsConfig {
+            client_cert: cert.clone(),
+            client_key: key.expose().as_bytes().to_vec(),
+        });
+    redis::Client::build_with_tls(
+        url.expose(),
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| StoreError::Unreachable(format!("Redis TLS setup failed: {:?}", e.kind())))
+}
+
+/// Append `der` to `out` as one PEM certificate block.
+fn pem_block(out: &mut Vec<u8>, der: &[u8]) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    out.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"-----END CERTIFICATE-----\n");
 }
 
 /// Quota state shared by every replica pointed at one Redis.
@@ -201,7 +247,7 @@ impl RedisStore {
         let Some(url) = &cfg.redis_url else {
             return Err(StoreError::Unreachable("no Redis URL configured".into()));
         };
-        Self::connect(url, &cfg.namespace, cfg.timeout, tz)
+        Self::connect_tls(url, &cfg.namespace, cfg.timeout, tz, &cfg.tls)
     }
 
     /// A store at `url` under `namespace`, each call bounded by `timeout`, its day in `tz`.
@@ -211,8 +257,19 @@ impl RedisStore {
         timeout: Duration,
         tz: Tz,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url.expose())
-            .map_err(|e| StoreError::Unreachable(format!("invalid Redis URL: {:?}", e.kind())))?;
+        Self::connect_tls(url, namespace, timeout, tz, &RedisTls::default())
+    }
+
+    /// [`RedisStore::connect`], with `tls` for a `rediss://` URL (trust roots beside the
+    /// system's, a client certificate).
+    pub fn connect_tls(
+        url: &Secret,
+        namespace: &str,
+        timeout: Duration,
+        tz: Tz,
+        tls: &RedisTls,
+    ) -> Result<Self, StoreError> {
+        let client = open_client(url, tls)?;
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
