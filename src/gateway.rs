@@ -7,6 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::Response;
@@ -211,9 +212,16 @@ fn spawn_outlook_refresh(state: std::sync::Weak<AppState>) {
     });
 }
 
-/// The alert evaluator: every `alerts.evaluate_every`, the rules over a status snapshot (the
-/// ledger's outlook as cached for the status page) and the run of upstream failures, handed to
-/// the alert engine, which sends in tasks of its own. Runs while the gateway's state lives.
+/// How often the alert evaluator recomputes the ledger's outlook (cost and forecast) for the
+/// `daily_quota_forecast` and `daily_budget` rules: both move slowly, and the outlook reads a
+/// day of history, so it is not worth a runtime worker every evaluation when nobody watches.
+pub const ALERT_OUTLOOK_EVERY: Duration = Duration::from_secs(60);
+
+/// The alert evaluator: every `alerts.evaluate_every`, the rules over a status snapshot of the
+/// counters, with the ledger's outlook (as cached for the status page) refreshed every
+/// [`ALERT_OUTLOOK_EVERY`] and the last one carried in between (so the outlook's rules neither
+/// resolve nor re-fire between refreshes), and the run of upstream failures, handed to the
+/// alert engine, which sends in tasks of its own. Runs while the gateway's state lives.
 fn spawn_alerts(state: std::sync::Weak<AppState>) {
     let Some(every) = state.upgrade().map(|s| s.config.alerts.evaluate_every) else {
         return;
@@ -223,12 +231,30 @@ fn spawn_alerts(state: std::sync::Weak<AppState>) {
         // store is not asked for a snapshot before anyone else asks.
         let mut tick = tokio::time::interval_at(Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut outlook_at: Option<Instant> = None;
+        let mut outlook = (None, None);
         loop {
             tick.tick().await;
             let Some(state) = state.upgrade() else {
                 return;
             };
-            let snap = crate::status::snapshot(&state, crate::status::Extras::Cached).await;
+            let refresh = outlook_at.is_none_or(|at| at.elapsed() >= ALERT_OUTLOOK_EVERY);
+            let extras = if refresh {
+                crate::status::Extras::Cached
+            } else {
+                crate::status::Extras::None
+            };
+            let mut snap = crate::status::snapshot(&state, extras).await;
+            if refresh {
+                outlook_at = Some(Instant::now());
+                outlook = (
+                    snap.quota_status.cost.clone(),
+                    snap.quota_status.forecast.clone(),
+                );
+            } else {
+                snap.quota_status.cost = outlook.0.clone();
+                snap.quota_status.forecast = outlook.1.clone();
+            }
             let cfg = &state.config.alerts;
             let active = crate::status::alert_rules::evaluate(
                 cfg,

@@ -153,10 +153,22 @@ async fn minute_usage_warns_at_80_then_turns_critical_and_a_reset_resolves_it_on
             t("minute_usage_high", "critical", "firing"),
         ]
     );
-    let api = alerts_api(&proxy.url).await;
+    // Stamped once the proxy has the receiver's answer (a moment after the receiver has
+    // the body).
+    let api = until_api(&proxy.url, |v| {
+        v["firing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["last_notified_at"].is_string())
+    })
+    .await;
     assert_eq!(api["success"], true);
     assert_eq!(api["firing"].as_array().unwrap().len(), 2);
-    assert!(api["firing"][0]["last_notified_at"].is_string(), "{api}");
+    assert_eq!(
+        api["recent"][0]["last_notified_at"], api["firing"][0]["last_notified_at"],
+        "{api}"
+    );
     let (_, status) = quota_status(&proxy.url, CLIENT_KEY).await;
     assert_eq!(status["quota_status"]["alerts"]["firing"], 2, "{status}");
 
@@ -297,6 +309,100 @@ async fn three_replicas_on_one_redis_send_each_transition_exactly_once() {
     assert!(!keys.contains(&hooks.url), "{keys}");
 }
 
+/// The `upstream_failures` notifications among the receiver's bodies, as (severity, status).
+fn failure_notices(hooks: &Receiver) -> Vec<(String, String, String)> {
+    hooks
+        .bodies("/json")
+        .iter()
+        .flat_map(summary)
+        .filter(|a| a.0 == "upstream_failures")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_are_each_replicas_own_and_one_recovering_resolves_only_its_own() {
+    let redis = RedisServer::start();
+    let hooks = Receiver::start().await;
+    let mut fakes = Vec::new();
+    let mut proxies = Vec::new();
+    for _ in 0..2 {
+        let fake = FakeUpstream::start().await;
+        fake.behave(|b| b.always_status = Some(503));
+        proxies.push(
+            start_proxy(
+                &fake.url,
+                ProxyOpts::keys(&[KEY])
+                    .env("REDIS_URL", &redis.url)
+                    .env("PROXY_ALERT_WEBHOOK_URL", &format!("{}/json", hooks.url))
+                    .toml(&format!(
+                        "{}[upstream]\nretry_deadline_secs = 1\n",
+                        fast(0.1)
+                    )),
+            )
+            .await,
+        );
+        fakes.push(fake);
+    }
+    for p in &proxies {
+        // Failing requests until the streak is long enough (retries count too).
+        for _ in 0..5 {
+            generate(&p.url, MODEL, "hi").await;
+            if firing_rules(&alerts_api(&p.url).await)
+                .iter()
+                .any(|r| r.0 == "upstream_failures")
+            {
+                break;
+            }
+        }
+        until_api(&p.url, |v| {
+            firing_rules(v).iter().any(|r| r.0 == "upstream_failures")
+        })
+        .await;
+    }
+    // Each replica announces its own: the shared claim would have let one through.
+    assert!(
+        eventually(Duration::from_secs(10), || failure_notices(&hooks).len()
+            == 2)
+        .await
+    );
+    assert_eq!(
+        failure_notices(&hooks),
+        [
+            t("upstream_failures", "warning", "firing"),
+            t("upstream_failures", "warning", "firing")
+        ]
+    );
+    // The first replica's upstream recovers: it resolves its own, the other still fires.
+    fakes[0].behave(|b| b.always_status = None);
+    assert_eq!(generate(&proxies[0].url, MODEL, "hi").await.status(), 200);
+    until_api(&proxies[0].url, |v| {
+        !firing_rules(v).iter().any(|r| r.0 == "upstream_failures")
+    })
+    .await;
+    assert!(
+        eventually(Duration::from_secs(10), || failure_notices(&hooks).len()
+            == 3)
+        .await
+    );
+    assert_eq!(
+        failure_notices(&hooks)[2],
+        t("upstream_failures", "warning", "resolved")
+    );
+    settle(
+        || failure_notices(&hooks).len(),
+        3,
+        Duration::from_millis(600),
+    )
+    .await;
+    let other = alerts_api(&proxies[1].url).await;
+    assert!(
+        firing_rules(&other)
+            .iter()
+            .any(|r| r.0 == "upstream_failures"),
+        "{other}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_answers_500_twice_gets_the_message_on_the_third_try() {
     let fake = FakeUpstream::start().await;
@@ -401,12 +507,17 @@ async fn a_receiver_that_never_answers_never_slows_a_request() {
     .expect("a request while a delivery hangs answers well before its 5 s try timeout");
     assert_eq!(r.status(), 200);
     let took = started.elapsed();
-    // The delivery is still hanging: no outcome counted for it yet.
+    // Measured while the delivery still hangs (the receiver never answers; three tries of
+    // 5 s take about 16 s): no outcome counted for it yet.
     let api = alerts_api(&proxy.url).await;
     assert_eq!(
         api["channels"][0]["last_outcome"],
         Value::Null,
         "{api} after {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "a request took {took:?} while a delivery hung"
     );
 }
 

@@ -1,10 +1,12 @@
 //! One notification per transition across replicas: the replica that moves an alert's shared
 //! state (`{ns}:alert:FINGERPRINT`, compare-and-set in one script) sends it; a repeat is
-//! claimed with `SET NX PX` on `{ns}:alert:FINGERPRINT:repeat`. Keys name the fingerprint (a
-//! hash of rule and labels), never a secret. In memory mode the one replica holds the states.
+//! claimed with `SET NX PX` on `{ns}:alert:FINGERPRINT:repeat`. A firing state lives a few
+//! evaluations and each evaluation refreshes the ones still firing ([`Claims::refresh`]), so
+//! stale states expire. Keys name the fingerprint (a hash of rule and labels), never a secret.
+//! In memory mode the one replica holds the states.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use redis::Script;
@@ -34,6 +36,37 @@ end
 return 0
 ";
 
+/// Extend the life of each firing state in `KEYS` that still exists (by `ARGV[1]` ms).
+const REFRESH: &str = r"
+local n = 0
+for _, k in ipairs(KEYS) do
+  n = n + redis.call('PEXPIRE', k, ARGV[1])
+end
+return n
+";
+
+/// The shortest life of a firing state between refreshes.
+const KEEP_AT_LEAST: Duration = Duration::from_secs(5);
+
+/// How long a firing state lives without an evaluation refreshing it (about three
+/// evaluations, so a replica that misses one does not lose it, and a state left behind by
+/// replicas that stopped cannot hide the next firing for long), and how long a repeat
+/// marker lives (the interval less one evaluation: the replicas' evaluations may be one
+/// period apart, and the next repeat must be claimable when it is due).
+pub fn lifetimes(cfg: &AlertsConfig) -> (Duration, Duration) {
+    let keep = (cfg.evaluate_every * 3).max(KEEP_AT_LEAST);
+    let repeat = cfg
+        .repeat_interval
+        .saturating_sub(cfg.evaluate_every)
+        .max(Duration::from_secs(1));
+    (keep, repeat)
+}
+
+/// The scripts, hashed once per process (not held by each [`Claims`]).
+static STATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(STATE));
+static REPEAT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REPEAT));
+static REFRESH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REFRESH));
+
 /// Where transitions are claimed.
 pub enum Claims {
     /// This replica alone: the last state sent per firing alert.
@@ -41,12 +74,9 @@ pub enum Claims {
     /// The store's Redis, shared by the replicas.
     Shared {
         io: SharedIo,
-        state: Script,
-        repeat: Script,
-        /// How long a firing state is kept without a repeat refreshing it.
+        /// How long a firing state is kept without an evaluation refreshing it.
         keep_ms: u64,
-        /// The repeat marker's life: long enough to cover the replicas' skew, shorter than the
-        /// interval.
+        /// The repeat marker's life: the interval less one evaluation.
         repeat_ms: u64,
     },
 }
@@ -56,14 +86,11 @@ impl Claims {
         match shared {
             None => Claims::Local(Mutex::new(HashMap::new())),
             Some(io) => {
-                let repeat = cfg.repeat_interval;
-                let keep = (repeat * 3).max(Duration::from_secs(86_400));
+                let (keep, repeat) = lifetimes(cfg);
                 Claims::Shared {
                     io,
-                    state: Script::new(STATE),
-                    repeat: Script::new(REPEAT),
                     keep_ms: keep.as_millis() as u64,
-                    repeat_ms: (repeat.as_millis() as u64 / 2).max(1),
+                    repeat_ms: repeat.as_millis() as u64,
                 }
             }
         }
@@ -84,15 +111,10 @@ impl Claims {
                     true
                 }
             }
-            Claims::Shared {
-                io,
-                state: script,
-                keep_ms,
-                ..
-            } => {
+            Claims::Shared { io, keep_ms, .. } => {
                 let keys = [format!("alert:{fp}")];
                 let args = [state.to_string(), keep_ms.to_string()];
-                match io.run_script(script, &keys, &args).await {
+                match io.run_script(&STATE_SCRIPT, &keys, &args).await {
                     Ok(n) => n == 1,
                     Err(e) => {
                         tracing::warn!(error = %e, "alert claim failed: sending from this replica");
@@ -103,20 +125,37 @@ impl Claims {
         }
     }
 
+    /// Keep the shared states of the alerts firing here (`fps`) alive for another
+    /// [`lifetimes`], in one script call. A state no replica refreshes expires, so one left
+    /// behind by replicas that stopped while the alert cleared cannot hide its next firing.
+    pub async fn refresh(&self, fps: &[String]) {
+        let Claims::Shared { io, keep_ms, .. } = self else {
+            return;
+        };
+        if fps.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = fps.iter().map(|fp| format!("alert:{fp}")).collect();
+        if let Err(e) = io
+            .run_script(&REFRESH_SCRIPT, &keys, &[keep_ms.to_string()])
+            .await
+        {
+            tracing::warn!(error = %e, "alert states could not be refreshed");
+        }
+    }
+
     /// Claim the repeat of the firing alert `fp`.
     pub async fn repeat(&self, fp: &str) -> bool {
         match self {
             Claims::Local(_) => true,
             Claims::Shared {
                 io,
-                repeat,
                 keep_ms,
                 repeat_ms,
-                ..
             } => {
                 let keys = [format!("alert:{fp}:repeat"), format!("alert:{fp}")];
                 let args = [repeat_ms.to_string(), keep_ms.to_string()];
-                match io.run_script(repeat, &keys, &args).await {
+                match io.run_script(&REPEAT_SCRIPT, &keys, &args).await {
                     Ok(n) => n == 1,
                     Err(e) => {
                         tracing::warn!(error = %e, "alert claim failed: sending from this replica");
@@ -131,6 +170,21 @@ impl Claims {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_firing_state_lives_a_few_evaluations_and_a_repeat_marker_one_less_than_the_interval() {
+        let cfg = |toml: &str| crate::config::for_test(toml, &[]).alerts;
+        let c = cfg("[alerts]\nevaluate_every_secs = 10\nrepeat_interval_secs = 14400\n");
+        assert_eq!(
+            lifetimes(&c),
+            (Duration::from_secs(30), Duration::from_secs(14_390))
+        );
+        let c = cfg("[alerts]\nevaluate_every_secs = 1\nrepeat_interval_secs = 1\n");
+        assert_eq!(
+            lifetimes(&c),
+            (Duration::from_secs(5), Duration::from_secs(1))
+        );
+    }
 
     #[tokio::test]
     async fn in_memory_each_state_is_claimed_once_and_resolve_only_after_firing() {

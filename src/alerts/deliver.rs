@@ -3,10 +3,14 @@
 //! every outcome counted (`gqp_alert_deliveries_total{channel,outcome}`) and the last kept for
 //! the status page. Errors are described without the URL or the SMTP password.
 
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::MaybeDone;
 use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -16,6 +20,7 @@ use lettre::message::Mailbox;
 use lettre::message::header::ContentType;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::Serialize;
+use tokio::sync::OwnedMutexGuard;
 
 use super::{AlertView, format, rfc3339};
 use crate::config::{Config, WebhookFormat};
@@ -49,6 +54,23 @@ pub struct Channel {
     /// Strings never shown in an error (the URL, the SMTP password).
     secrets: Vec<String>,
     status: Mutex<ChannelStatus>,
+    /// Held while a message is sent (all its tries): messages reach a channel in the order
+    /// their turns were taken (tokio's mutex is fair, first come first served), so a retried
+    /// firing is never overtaken by the next group's resolved.
+    order: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A place in one channel's queue, taken in order by [`Delivery::take_turns`].
+pub struct Turn(MaybeDone<Pin<Box<dyn Future<Output = OwnedMutexGuard<()>> + Send>>>);
+
+impl Turn {
+    /// Wait for this turn: the channel is this message's until the guard drops.
+    pub async fn wait(mut self) -> OwnedMutexGuard<()> {
+        (&mut self.0).await;
+        Pin::new(&mut self.0)
+            .take_output()
+            .expect("a finished turn holds its guard")
+    }
 }
 
 /// A channel on the status page.
@@ -82,7 +104,9 @@ pub struct Delivery {
     public_url: Option<String>,
 }
 
-/// The parts of an SMTP URL never shown: the whole URL and its `user:password`.
+/// The parts of an SMTP URL never shown: the whole URL, its `user:password` and the password,
+/// each as written and percent-decoded (the form lettre authenticates with, and so may
+/// repeat in an error). A password of any length is hidden.
 fn smtp_secrets(url: &Secret) -> Vec<String> {
     let mut v = vec![url.expose().to_string()];
     if let Some((userinfo, _)) = url
@@ -93,10 +117,39 @@ fn smtp_secrets(url: &Secret) -> Vec<String> {
         v.push(userinfo.to_string());
         if let Some((_, pass)) = userinfo.split_once(':') {
             v.push(pass.to_string());
+            v.push(percent_decode(pass));
+        }
+        v.push(percent_decode(userinfo));
+    }
+    v.retain(|s| !s.is_empty());
+    // Longest first: a password inside the user:password is replaced with the whole.
+    v.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    v.dedup();
+    v
+}
+
+/// `%XX` escapes decoded (an invalid escape is kept as written; bytes that are not UTF-8
+/// replaced).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(h * 16 + l);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
         }
     }
-    v.retain(|s| s.len() >= 3);
-    v
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Delivery {
@@ -112,6 +165,7 @@ impl Delivery {
                 },
                 secrets: vec![w.url.expose().to_string()],
                 status: Mutex::new(ChannelStatus::default()),
+                order: Arc::default(),
             });
         }
         if let Some(e) = &cfg.email {
@@ -127,6 +181,7 @@ impl Delivery {
                     },
                     secrets: smtp_secrets(&e.smtp_url),
                     status: Mutex::new(ChannelStatus::default()),
+                    order: Arc::default(),
                 }),
                 Err(_) => tracing::error!(
                     "alerts.email.smtp_url cannot be used (not shown: it may hold a password): e-mail alerts are off"
@@ -174,7 +229,64 @@ impl Delivery {
             .collect()
     }
 
-    /// Send `alerts` as one message to every channel at once; each channel's outcome.
+    /// A turn in every channel's queue, in channel order, taken now: each lock is asked for
+    /// (polled once) before this returns, so turns taken one after another are served in
+    /// that order, whenever the tasks that wait for them first run.
+    pub async fn take_turns(&self) -> Vec<Turn> {
+        let mut turns: Vec<Turn> = self
+            .channels
+            .iter()
+            .map(|c| {
+                let fut: Pin<Box<dyn Future<Output = OwnedMutexGuard<()>> + Send>> =
+                    Box::pin(c.order.clone().lock_owned());
+                Turn(MaybeDone::Future(fut))
+            })
+            .collect();
+        std::future::poll_fn(|cx| {
+            for t in &mut turns {
+                let _ = Pin::new(&mut t.0).poll(cx);
+            }
+            Poll::Ready(())
+        })
+        .await;
+        turns
+    }
+
+    /// Send `alerts` as one message to every channel, each channel in its `turns` (from
+    /// [`Delivery::take_turns`]); `delivered` is called once, as soon as the first channel
+    /// accepted it. Each channel's outcome.
+    pub async fn send_in_turn(
+        &self,
+        turns: Vec<Turn>,
+        alerts: &[AlertView],
+        metrics: &Metrics,
+        delivered: impl FnOnce() + Send,
+    ) -> Vec<ChannelReport> {
+        let delivered = Mutex::new(Some(delivered));
+        let delivered = &delivered;
+        let sends = self
+            .channels
+            .iter()
+            .zip(turns)
+            .enumerate()
+            .map(|(i, (c, turn))| async move {
+                let held = turn.wait().await;
+                let report = self.send(i + 1, c, alerts, metrics).await;
+                drop(held);
+                if report.outcome == "delivered" {
+                    let first = delivered.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    if let Some(f) = first {
+                        f();
+                    }
+                }
+                report
+            });
+        futures_util::future::join_all(sends).await
+    }
+
+    /// Send `alerts` as one message to every channel at once, outside the channels' queues
+    /// (the admin's test message: it answers now, even while a notification is retrying);
+    /// each channel's outcome.
     pub async fn send_all(&self, alerts: &[AlertView], metrics: &Metrics) -> Vec<ChannelReport> {
         let sends = self
             .channels
@@ -303,11 +415,59 @@ fn scrub(text: &str, secrets: &[String]) -> String {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn turns_on_a_channel_are_served_in_the_order_they_were_taken() {
+        let config = crate::config::for_test(
+            "[[alerts.webhooks]]\nurl = \"http://127.0.0.1:9/hook\"\nformat = \"json\"\n",
+            &[],
+        );
+        let d = Delivery::new(&config);
+        let first = d.take_turns().await;
+        let second = d.take_turns().await;
+        let third = d.take_turns().await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        // Waited for in the reverse order, each on a task of its own.
+        let mut tasks = Vec::new();
+        for (n, turns) in [(3, third), (2, second)] {
+            let order = order.clone();
+            tasks.push(tokio::spawn(async move {
+                for t in turns {
+                    let _held = t.wait().await;
+                    order.lock().unwrap().push(n);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(order.lock().unwrap().is_empty(), "the first turn is held");
+        for t in first {
+            drop(t.wait().await);
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), [2, 3]);
+    }
+
     #[test]
     fn smtp_errors_never_show_the_password() {
         let url = Secret::new("smtp://ops:hunter22@mail.example:587?tls=required");
         let secrets = smtp_secrets(&url);
         let e = scrub("auth failed for ops:hunter22 (hunter22)", &secrets);
         assert!(!e.contains("hunter22"), "{e}");
+    }
+
+    #[test]
+    fn smtp_errors_never_show_the_password_decoded_or_short() {
+        let url = Secret::new("smtp://ops:p%40ss%3Aw0rd@mail.example:587");
+        let secrets = smtp_secrets(&url);
+        let e = scrub(
+            "535 auth failed for ops with p@ss:w0rd (p%40ss%3Aw0rd)",
+            &secrets,
+        );
+        assert!(!e.contains("p@ss:w0rd") && !e.contains("p%40ss"), "{e}");
+        let url = Secret::new("smtp://ops:xy@mail.example:587");
+        let e = scrub("auth failed: bad password xy", &smtp_secrets(&url));
+        assert!(!e.contains("xy"), "{e}");
     }
 }

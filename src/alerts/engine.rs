@@ -27,6 +27,9 @@ pub enum Kind {
 pub struct Transition {
     pub kind: Kind,
     pub alert: AlertView,
+    /// A firing for an alert never sent before (new in this group): resolved inside the group,
+    /// nothing goes out for it.
+    pub new: bool,
 }
 
 impl Transition {
@@ -118,22 +121,48 @@ impl Engine {
             }
             self.recent.push_back(view.clone());
         }
-        // Within one group the latest word on an alert wins; an alert that fired and resolved
-        // inside the group was never sent, so nothing goes out for it.
-        let fired_in_group = self
-            .pending
-            .get(&fp)
-            .is_some_and(|p| p.kind == Kind::Firing && p.alert.last_notified_at.is_none());
-        if kind == Kind::Resolved && fired_in_group {
-            self.pending.remove(&fp);
-        } else {
-            self.pending.insert(fp, Transition { kind, alert: view });
+        // Within one group the latest word on an alert wins, except that a firing not sent yet
+        // stays a firing (with the latest severity) when the severity drops before the group
+        // goes out: a Lowered is never sent, and the alert would never be announced. An alert
+        // that fired new and resolved inside the group was never sent, so nothing goes out.
+        let pending_firing = self.pending.get(&fp).filter(|p| p.kind == Kind::Firing);
+        let new_in_group = pending_firing.is_some_and(|p| p.new);
+        let pending_firing = pending_firing.is_some();
+        match kind {
+            Kind::Resolved if new_in_group => {
+                self.pending.remove(&fp);
+            }
+            Kind::Lowered if pending_firing => {
+                let new = new_in_group;
+                self.pending.insert(
+                    fp,
+                    Transition {
+                        kind: Kind::Firing,
+                        alert: view,
+                        new,
+                    },
+                );
+            }
+            _ => {
+                let new = kind == Kind::Firing
+                    && self.firing.get(&fp).is_some_and(|t| t.notified.is_none());
+                self.pending.insert(
+                    fp,
+                    Transition {
+                        kind,
+                        alert: view,
+                        new,
+                    },
+                );
+            }
         }
         self.group_opened.get_or_insert(now);
     }
 
     /// The open group once `group_wait` has passed since its first transition; `sending`:
-    /// whether it goes anywhere (with no channel, nothing is marked notified).
+    /// whether it goes anywhere (with no channel, nothing is marked notified). The group's
+    /// alerts count as notified for the repeat interval (by this replica or another that won
+    /// the claim); `last_notified_at` waits for [`Engine::notified`].
     pub fn due(
         &mut self,
         now: Instant,
@@ -146,17 +175,40 @@ impl Engine {
         }
         self.group_opened = None;
         let group: Vec<Transition> = std::mem::take(&mut self.pending).into_values().collect();
-        let stamp = rfc3339(chrono::Utc::now());
         for t in &group {
             if t.kind == Kind::Lowered || !sending {
                 continue;
             }
             if let Some(f) = self.firing.get_mut(&t.alert.fingerprint) {
                 f.notified = Some(now);
-                f.view.last_notified_at = Some(stamp.clone());
             }
         }
         (!group.is_empty()).then_some(group)
+    }
+
+    /// The transitions `sent` (claimed by this replica and accepted by a channel) went out at
+    /// `at`: stamp `last_notified_at` on the firing alert and on the recent transition each
+    /// one is (a repeat is none: it stamps the firing alert only).
+    pub fn notified(&mut self, sent: &[Transition], at: &str) {
+        for t in sent {
+            let a = &t.alert;
+            if let Some(f) = self.firing.get_mut(&a.fingerprint)
+                && a.status == "firing"
+            {
+                f.view.last_notified_at = Some(at.to_string());
+            }
+            if t.kind == Kind::Repeat {
+                continue;
+            }
+            if let Some(r) = self
+                .recent
+                .iter_mut()
+                .rev()
+                .find(|r| r.fingerprint == a.fingerprint && r.status == a.status)
+            {
+                r.last_notified_at = Some(at.to_string());
+            }
+        }
     }
 
     /// Alerts firing now, most severe first.
@@ -164,6 +216,16 @@ impl Engine {
         let mut v: Vec<AlertView> = self.firing.values().map(|t| t.view.clone()).collect();
         v.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.rule.cmp(b.rule)));
         v
+    }
+
+    /// The fingerprints of the firing alerts already sent (by this replica or, as far as it
+    /// knows, another) whose rule passes `shared`: the states this replica vouches for.
+    pub fn notified_firing(&self, shared: impl Fn(&str) -> bool) -> Vec<String> {
+        self.firing
+            .iter()
+            .filter(|(_, t)| t.notified.is_some() && shared(t.view.rule))
+            .map(|(fp, _)| fp.clone())
+            .collect()
     }
 
     pub fn firing_count(&self) -> usize {
@@ -254,6 +316,63 @@ mod tests {
         e.observe(t0 + HOUR, vec![minute(Severity::Warning)], HOUR);
         let g = e.due(t0 + HOUR, Duration::ZERO, true).unwrap();
         assert_eq!(g[0].kind, Kind::Repeat);
+    }
+
+    #[test]
+    fn a_new_alert_lowered_before_the_group_goes_out_is_still_announced() {
+        let mut e = Engine::default();
+        let t0 = Instant::now();
+        let wait = Duration::from_secs(10);
+        e.observe(t0, vec![minute(Severity::Critical)], HOUR);
+        e.observe(t0 + wait / 2, vec![minute(Severity::Warning)], HOUR);
+        let g = e.due(t0 + wait, wait, true).unwrap();
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].kind, Kind::Firing);
+        assert_eq!(g[0].state(), "firing:warning", "with the latest severity");
+        // Resolved in a later group: sent, it was announced.
+        e.observe(t0 + wait * 2, vec![], HOUR);
+        let g = e.due(t0 + wait * 3, wait, true).unwrap();
+        assert_eq!(g[0].kind, Kind::Resolved);
+    }
+
+    #[test]
+    fn a_sent_alert_that_rises_and_resolves_inside_a_group_still_resolves() {
+        let mut e = Engine::default();
+        let t0 = Instant::now();
+        e.observe(t0, vec![minute(Severity::Warning)], HOUR);
+        e.due(t0, Duration::ZERO, true).unwrap();
+        e.observe(t0, vec![minute(Severity::Critical)], HOUR);
+        e.observe(t0, vec![], HOUR);
+        let g = e.due(t0, Duration::ZERO, true).unwrap();
+        assert_eq!(g[0].kind, Kind::Resolved);
+    }
+
+    #[test]
+    fn last_notified_at_is_stamped_only_once_a_send_is_confirmed() {
+        let mut e = Engine::default();
+        let t0 = Instant::now();
+        e.observe(t0, vec![minute(Severity::Warning)], HOUR);
+        let g = e.due(t0, Duration::ZERO, true).unwrap();
+        assert_eq!(
+            e.firing()[0].last_notified_at,
+            None,
+            "claimed or sent elsewhere"
+        );
+        assert_eq!(e.recent()[0].last_notified_at, None);
+        e.notified(&g, "2026-11-29T02:00:00Z");
+        let at = Some("2026-11-29T02:00:00Z".to_string());
+        assert_eq!(e.firing()[0].last_notified_at, at);
+        assert_eq!(e.recent()[0].last_notified_at, at);
+        e.observe(t0, vec![], HOUR);
+        let g = e.due(t0, Duration::ZERO, true).unwrap();
+        e.notified(&g, "2026-11-29T02:05:00Z");
+        let recent = e.recent();
+        assert_eq!(recent[0].status, "resolved");
+        assert_eq!(
+            recent[0].last_notified_at.as_deref(),
+            Some("2026-11-29T02:05:00Z")
+        );
+        assert_eq!(recent[1].last_notified_at, at, "the firing keeps its own");
     }
 
     #[test]

@@ -23,6 +23,15 @@ use crate::config::{AlertsConfig, Config};
 use crate::metrics::Metrics;
 use crate::quota::redis::SharedIo;
 
+/// Rules about one replica's own condition (its run of upstream failures): kept out of the
+/// cross-replica claim, each replica fires, repeats and resolves its own (one replica
+/// recovering must not resolve the others').
+pub const PER_REPLICA_RULES: &[&str] = &["upstream_failures"];
+
+fn per_replica(rule: &str) -> bool {
+    PER_REPLICA_RULES.contains(&rule)
+}
+
 /// How bad an alert is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -113,7 +122,7 @@ pub struct AlertsSummary {
 
 /// The alert engine of one replica, with its channels.
 pub struct Alerts {
-    engine: Mutex<Engine>,
+    engine: Arc<Mutex<Engine>>,
     claims: Claims,
     delivery: Arc<Delivery>,
 }
@@ -126,31 +135,41 @@ impl Alerts {
     /// Channels from `config.alerts`; claims in `shared` (the store's Redis) when there is one.
     pub fn new(config: &Config, shared: Option<SharedIo>) -> Alerts {
         Alerts {
-            engine: Mutex::new(Engine::default()),
+            engine: Arc::new(Mutex::new(Engine::default())),
             claims: Claims::new(shared, &config.alerts),
             delivery: Arc::new(Delivery::new(config)),
         }
     }
 
     /// Take one evaluation (the alerts true now): the transitions, and the group when it is
-    /// due, claimed and sent in a task of its own.
+    /// due, claimed and sent in a task of its own (in turn on each channel, after the groups
+    /// before it); `last_notified_at` stamped once a channel accepted it.
     pub async fn observe(&self, cfg: &AlertsConfig, active: Vec<Active>, metrics: &Metrics) {
         let now = Instant::now();
-        let group = {
+        let (group, shared_firing) = {
             let mut engine = lock(&self.engine);
             engine.observe(now, active, cfg.repeat_interval);
             metrics.alerts_firing(engine.firing_count());
-            engine.due(now, cfg.group_wait, cfg.has_channels())
+            let shared = engine.notified_firing(|rule| !per_replica(rule));
+            (engine.due(now, cfg.group_wait, cfg.has_channels()), shared)
         };
         // Without a channel the transitions are only kept (API, status page): nothing to claim.
-        let Some(group) = group.filter(|_| cfg.has_channels()) else {
+        if !cfg.has_channels() {
+            return;
+        }
+        self.claims.refresh(&shared_firing).await;
+        let Some(group) = group else {
             return;
         };
         let mut send: Vec<Transition> = Vec::new();
         for t in group {
-            let claimed = match t.kind {
-                Kind::Repeat => self.claims.repeat(&t.alert.fingerprint).await,
-                _ => self.claims.state(&t.alert.fingerprint, &t.state()).await,
+            let claimed = if per_replica(t.alert.rule) {
+                true
+            } else {
+                match t.kind {
+                    Kind::Repeat => self.claims.repeat(&t.alert.fingerprint).await,
+                    _ => self.claims.state(&t.alert.fingerprint, &t.state()).await,
+                }
             };
             if claimed && t.kind != Kind::Lowered {
                 send.push(t);
@@ -159,17 +178,24 @@ impl Alerts {
         if send.is_empty() {
             return;
         }
-        let alerts: Vec<AlertView> = send.into_iter().map(|t| t.alert).collect();
+        let alerts: Vec<AlertView> = send.iter().map(|t| t.alert.clone()).collect();
         tracing::info!(
             alerts = alerts.len(),
             rules = %alerts.iter().map(|a| a.rule).collect::<Vec<_>>().join(","),
             "sending alert notifications"
         );
-        // Off the evaluator too: a slow channel never delays the next evaluation.
+        // Places in each channel's queue now, in evaluation order; the sending off the
+        // evaluator: a slow channel never delays the next evaluation.
+        let turns = self.delivery.take_turns().await;
         let delivery = self.delivery.clone();
+        let engine = self.engine.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            delivery.send_all(&alerts, &metrics).await;
+            delivery
+                .send_in_turn(turns, &alerts, &metrics, || {
+                    lock(&engine).notified(&send, &rfc3339(chrono::Utc::now()));
+                })
+                .await;
         });
     }
 

@@ -85,12 +85,13 @@ pub fn evaluate(cfg: &AlertsConfig, s: &QuotaStatus, failures: u32) -> Vec<Activ
             usage(cfg, &mut out, u, &format!("{model} across the pool"), &l);
         }
     }
-    // Every key of a model cooling down, disabled or at a limit.
+    // Every key of a model cooling down, disabled or at a limit. The whole pool first: when
+    // it fires, one alert says it all (not one more per model). Otherwise only the models the
+    // keys show (each key's list capped at MODELS_PER_KEY) and those they cool down for: the
+    // pool's model names are whatever clients asked for, and must not become alerts unbounded.
     if !s.keys.is_empty() {
-        let mut models: Vec<&str> = s.models.keys().map(String::as_str).collect();
-        models.push("*");
-        for m in models {
-            let exhausted = s.keys.iter().all(|k| {
+        let exhausted = |m: &str| {
+            s.keys.iter().all(|k| {
                 k.state == "disabled"
                     || (k.state == "cooldown"
                         && k.cooldown_model
@@ -100,18 +101,32 @@ pub fn evaluate(cfg: &AlertsConfig, s: &QuotaStatus, failures: u32) -> Vec<Activ
                         (u.minute_limit > 0 && u.minute_remaining == 0)
                             || (u.daily_limit > 0 && u.daily_remaining == 0)
                     })
+            })
+        };
+        if exhausted("*") {
+            out.push(Active {
+                rule: "all_keys_exhausted",
+                severity: Severity::Critical,
+                labels: labels([("model", "*")]),
+                summary: "every key is disabled or cooling down".to_string(),
             });
-            if exhausted {
-                let what = if m == "*" {
-                    "every key is disabled or cooling down".to_string()
-                } else {
-                    format!("{m}: every key is cooling down, disabled or at a limit")
-                };
+        } else {
+            let models: BTreeSet<&str> = s
+                .keys
+                .iter()
+                .flat_map(|k| {
+                    k.models
+                        .keys()
+                        .map(String::as_str)
+                        .chain(k.cooldown_model.as_deref().filter(|c| *c != "*"))
+                })
+                .collect();
+            for m in models.into_iter().filter(|m| exhausted(m)) {
                 out.push(Active {
                     rule: "all_keys_exhausted",
                     severity: Severity::Critical,
                     labels: labels([("model", m)]),
-                    summary: what,
+                    summary: format!("{m}: every key is cooling down, disabled or at a limit"),
                 });
             }
         }
@@ -317,6 +332,47 @@ mod tests {
             !out.iter().any(|a| a.0 == "all_keys_exhausted"),
             "p2 still has room"
         );
+    }
+
+    #[test]
+    fn ten_thousand_client_model_names_with_every_key_cooling_make_one_alert() {
+        let cooling = |id: &str, project: &str| {
+            let mut k = key(id, project, "cooldown", 0);
+            k.cooldown_model = Some("m".into());
+            k
+        };
+        let mut s = status(vec![cooling("k1", "p1"), cooling("k2", "p2")], 0, 10);
+        for i in 0..10_000 {
+            s.models
+                .insert(format!("client-model-{i}"), usage_of(0, 10));
+        }
+        let out = evaluate(&cfg(), &s, 0);
+        let exhausted: Vec<_> = out
+            .iter()
+            .filter(|a| a.rule == "all_keys_exhausted")
+            .map(|a| a.labels["model"].as_str())
+            .collect();
+        assert_eq!(exhausted, ["*"], "the whole pool, once");
+        assert!(out.len() < 10, "{} alerts", out.len());
+
+        // One key still free: per model, only the names the keys show, never the pool's.
+        let mut s = status(
+            vec![cooling("k1", "p1"), key("k2", "p2", "active", 10)],
+            10,
+            20,
+        );
+        for i in 0..10_000 {
+            s.models
+                .insert(format!("client-model-{i}"), usage_of(0, 10));
+        }
+        let out = evaluate(&cfg(), &s, 0);
+        let exhausted: Vec<_> = out
+            .iter()
+            .filter(|a| a.rule == "all_keys_exhausted")
+            .map(|a| a.labels["model"].as_str())
+            .collect();
+        assert_eq!(exhausted, ["m"], "k1 cools down for m, k2 is at m's limit");
+        assert!(out.len() < 10, "{} alerts", out.len());
     }
 
     #[test]
