@@ -1,8 +1,8 @@
 //! The response cache step, between estimate and quota: a cacheable request whose answer is
 //! stored is answered from the cache (no quota, no key, no upstream; the ledger counts what it
 //! saved), else it goes on inward and its 200 answer is copied as it streams ([`tee`]) and
-//! stored when it ended cleanly and may be kept ([`policy`]). Identical misses in flight at
-//! once make one upstream call ([`crate::cache::flight`]). Entries live in memory or in Redis
+//! stored when it ended cleanly and may be kept ([`policy`]). Identical non-streaming misses in
+//! flight at once make one upstream call ([`crate::cache::flight`]). Entries live in memory or in Redis
 //! ([`crate::cache::store`]), under a key of the request's method, path, canonical body and
 //! scope ([`crate::cache::key`]).
 
