@@ -351,11 +351,33 @@ async fn cache_control(redis: Option<&str>) {
     until_hit(&p.url, &generate_path(), &body, CLIENT_KEY).await;
     assert_eq!(gen_(&p.url, &body, Some("no-store")).await.cache, "BYPASS");
 
-    // no-cache: the lookup is skipped, the fresh answer stored.
+    // no-cache: the lookup is skipped, the fresh answer stored. Google's answer changed
+    // meanwhile (another usage count), so the fresh one is told apart from the old entry.
+    let old = gen_(&p.url, &body, None).await;
+    assert_eq!(old.cache, "HIT");
+    fake.behave(|b| b.prompt_tokens = Some(4242));
     let before = calls();
     let g = gen_(&p.url, &body, Some("no-cache")).await;
+    assert_ne!(g.body, old.body, "Google's answer changed");
     assert_eq!(g.cache, "MISS");
     assert_eq!(calls(), before + 1, "no-cache went upstream");
+    // ... and its fresh answer replaced the entry: a plain request after it hits and gets it.
+    let fresh = g.body.clone();
+    let mut later = gen_(&p.url, &body, None).await;
+    for _ in 0..100 {
+        if later.cache == "HIT" && later.body == fresh {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        later = gen_(&p.url, &body, None).await;
+    }
+    assert_eq!(later.cache, "HIT");
+    assert_eq!(
+        later.body, fresh,
+        "the plain request got the no-cache answer"
+    );
+    assert_eq!(calls(), before + 1, "the plain request went nowhere");
+    fake.behave(|b| b.prompt_tokens = None);
 
     // max-age: an entry older than it is not taken.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -434,7 +456,7 @@ async fn never_stored(redis: Option<&str>) {
     let stream = format!("/v1beta/models/{MODEL}:streamGenerateContent?alt=sse");
     // Each answer twice: both go upstream.
     type Setup = fn(&FakeUpstream);
-    let cases: [(&str, &str, Setup); 6] = [
+    let cases: [(&str, &str, Setup); 7] = [
         ("an error", &path, |f| {
             f.behave(|b| b.script.push_back(Scripted::Status(400)))
         }),
@@ -452,6 +474,9 @@ async fn never_stored(redis: Option<&str>) {
         }),
         ("a cut stream", &stream, |f| {
             f.behave(|b| b.cut_stream_after = Some(1))
+        }),
+        ("a grounded answer", &path, |f| {
+            f.behave(|b| b.grounding = true)
         }),
     ];
     for (i, (what, path, setup)) in cases.into_iter().enumerate() {
@@ -481,18 +506,19 @@ async fn never_stored(redis: Option<&str>) {
             b.finish_reason = None;
             b.block_prompt = false;
             b.cut_stream_after = None;
+            b.grounding = false;
             b.script.clear();
         });
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_errors_max_tokens_safety_and_cut_streams_are_never_stored() {
+async fn memory_errors_max_tokens_safety_grounding_and_cut_streams_are_never_stored() {
     never_stored(None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_errors_max_tokens_safety_and_cut_streams_are_never_stored() {
+async fn redis_errors_max_tokens_safety_grounding_and_cut_streams_are_never_stored() {
     let redis = RedisServer::start();
     never_stored(Some(&redis.url)).await;
 }
@@ -604,15 +630,19 @@ async fn redis_twenty_identical_concurrent_misses_make_one_upstream_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_failed_leader_lets_the_next_one_try() {
+async fn a_leaders_error_sends_the_followers_upstream_at_once_not_one_after_another() {
     let fake = FakeUpstream::start().await;
-    // The first answer is an error (after a pause, so the others join its flight).
+    // Every answer is Google's 400, after a pause (so the others join the first one's flight).
+    let delay = Duration::from_millis(500);
     fake.behave(|b| {
-        b.answer_delay = Duration::from_millis(300);
-        b.script.push_back(Scripted::Status(400));
+        b.answer_delay = delay;
+        for _ in 0..5 {
+            b.script.push_back(Scripted::Status(400));
+        }
     });
     let p = proxy(&fake, None, &[]).await;
     let body = prompt("leader fails");
+    let started = std::time::Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..5 {
         let (url, body) = (p.url.clone(), body.clone());
@@ -622,14 +652,209 @@ async fn a_failed_leader_lets_the_next_one_try() {
     for t in tasks {
         answers.push(t.await.unwrap());
     }
-    let codes: Vec<u16> = answers.iter().map(|g| g.status).collect();
-    assert_eq!(codes.iter().filter(|c| **c == 400).count(), 1, "{codes:?}");
-    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 4, "{codes:?}");
-    assert_eq!(
-        fake.calls(":generateContent").len(),
-        2,
-        "the error, then one more"
+    let took = started.elapsed();
+    assert!(answers.iter().all(|g| g.status == 400));
+    assert_eq!(fake.calls(":generateContent").len(), 5, "each its own call");
+    // One after another would take five pauses; at once, about two (the leader's, then theirs).
+    assert!(took < delay * 4, "{took:?}");
+    assert!(p.state.cache.as_ref().unwrap().flights.is_empty());
+}
+
+/// A request body sent as raw bytes.
+async fn ask_raw(base: &str, body: &str, headers: &[(&str, &str)]) -> Got {
+    let mut r = http()
+        .post(format!("{base}{}", generate_path()))
+        .header("x-goog-api-key", CLIENT_KEY)
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let resp = r.send().await.unwrap();
+    let cache = resp
+        .headers()
+        .get("x-gemini-quota-proxy-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let status = resp.status().as_u16();
+    Got {
+        status,
+        cache,
+        age: None,
+        body: resp.bytes().await.unwrap().to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_naming_a_field_twice_bypasses_and_stores_nothing() {
+    let fake = FakeUpstream::start().await;
+    let p = proxy(&fake, None, &[]).await;
+    let a = r#"[{"role": "user", "parts": [{"text": "AAA"}]}]"#;
+    let b = r#"[{"role": "user", "parts": [{"text": "BBB"}]}]"#;
+    let cfg = r#""generationConfig": {"temperature": 0}"#;
+    let twice = format!(r#"{{"contents": {a}, {cfg}, "contents": {b}}}"#);
+    let only_b = format!(r#"{{"contents": {b}, {cfg}}}"#);
+    for _ in 0..2 {
+        let g = ask_raw(&p.url, &twice, &[]).await;
+        assert_eq!((g.status, g.cache.as_str()), (200, "BYPASS"));
+    }
+    // Nothing was stored under the key the last "contents" would give.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(ask_raw(&p.url, &only_b, &[]).await.cache, "MISS");
+    assert_eq!(fake.calls(":generateContent").len(), 3);
+    assert!(p.state.cache.as_ref().unwrap().flights.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_goog_header_that_shapes_the_answer_bypasses_but_sdk_telemetry_does_not() {
+    let fake = FakeUpstream::start().await;
+    let p = proxy(&fake, None, &[]).await;
+    let body = r#"{"contents": [{"parts": [{"text": "masked"}]}], "generationConfig": {"temperature": 0}}"#;
+    let mask = [("x-goog-fieldmask", "candidates.content")];
+    // A trimmed answer is neither stored ...
+    assert_eq!(ask_raw(&p.url, body, &mask).await.cache, "BYPASS");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let telemetry = [("x-goog-api-client", "google-genai-sdk/1.0 gl-python/3.12")];
+    assert_eq!(ask_raw(&p.url, body, &telemetry).await.cache, "MISS");
+    // ... nor served a whole stored one.
+    let mut hit = false;
+    for _ in 0..100 {
+        if ask_raw(&p.url, body, &telemetry).await.cache == "HIT" {
+            hit = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        hit,
+        "the SDK's telemetry header does not keep it from the cache"
     );
+    assert_eq!(ask_raw(&p.url, body, &mask).await.cache, "BYPASS");
+    let project = [("x-goog-user-project", "another")];
+    assert_eq!(ask_raw(&p.url, body, &project).await.cache, "BYPASS");
+    assert_eq!(fake.calls(":generateContent").len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identical_streams_at_once_each_stream_their_own_miss() {
+    let fake = FakeUpstream::start().await;
+    fake.behave(|b| {
+        b.stream_events = 4;
+        b.stream_delay = Duration::from_millis(200);
+    });
+    let p = proxy(&fake, None, &[]).await;
+    let path = format!("/v1beta/models/{MODEL}:streamGenerateContent?alt=sse");
+    let body = prompt("streams at once");
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let (url, path, body) = (p.url.clone(), path.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let resp = http()
+                .post(format!("{url}{path}"))
+                .header("x-goog-api-key", CLIENT_KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let cache = resp.headers()["x-gemini-quota-proxy-cache"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let started = std::time::Instant::now();
+            let mut resp = resp;
+            let first = resp.chunk().await.unwrap();
+            let first_at = started.elapsed();
+            while resp.chunk().await.unwrap().is_some() {}
+            (cache, first.is_some(), first_at, started.elapsed())
+        }));
+    }
+    for t in tasks {
+        let (cache, some, first_at, all) = t.await.unwrap();
+        assert_eq!(cache, "MISS");
+        assert!(some);
+        // The first event comes well before the stream's end: nobody waits on another's.
+        assert!(first_at < all, "{first_at:?} vs {all:?}");
+    }
+    assert_eq!(fake.calls(":streamGenerateContent").len(), 2);
+    assert!(p.state.cache.as_ref().unwrap().flights.is_empty());
+    until_hit(&p.url, &path, &body, CLIENT_KEY).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_waits_no_longer_than_its_max_wait() {
+    let fake = FakeUpstream::start().await;
+    fake.behave(|b| b.answer_delay = Duration::from_millis(1500));
+    let p = proxy(&fake, None, &[]).await;
+    let body = prompt("patience");
+    let leader = {
+        let (url, body) = (p.url.clone(), body.clone());
+        tokio::spawn(async move { gen_(&url, &body, None).await })
+    };
+    let cache = p.state.cache.clone().unwrap();
+    assert!(eventually(Duration::from_secs(5), || !cache.flights.is_empty()).await);
+    // Willing to wait 0.2 s: it stops following and goes upstream on its own.
+    let resp = http()
+        .post(format!("{}{}", p.url, generate_path()))
+        .header("x-goog-api-key", CLIENT_KEY)
+        .header("x-gemini-max-wait", "0.2")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-gemini-quota-proxy-cache"], "MISS");
+    assert_eq!(leader.await.unwrap().cache, "MISS");
+    assert_eq!(fake.calls(":generateContent").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_stream_stores_nothing() {
+    let fake = FakeUpstream::start().await;
+    fake.behave(|b| {
+        b.stream_events = 5;
+        b.stream_delay = Duration::from_millis(150);
+    });
+    let p = proxy(&fake, None, &[]).await;
+    let path = format!("/v1beta/models/{MODEL}:streamGenerateContent?alt=sse");
+    let body = prompt("left early");
+    let mut resp = http()
+        .post(format!("{}{path}", p.url))
+        .header("x-goog-api-key", CLIENT_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-gemini-quota-proxy-cache"], "MISS");
+    assert!(resp.chunk().await.unwrap().is_some());
+    drop(resp);
+    // Long enough for the whole stream to have ended, had the client stayed.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let again = ask(&p.url, &path, &body, CLIENT_KEY, None).await;
+    assert_eq!(again.cache, "MISS", "the left stream was stored");
+    assert_eq!(fake.calls(":streamGenerateContent").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_max_entry_bytes_is_not_stored() {
+    let fake = FakeUpstream::start().await;
+    let p = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&["AIzaCacheKey000001"])
+            .env("PROXY_CACHE", "on")
+            .toml("[cache]\nmax_entry_bytes = 64\n"),
+    )
+    .await;
+    let body = prompt("an answer longer than sixty-four bytes, as every answer here is");
+    for _ in 0..2 {
+        let g = gen_(&p.url, &body, None).await;
+        assert_eq!((g.status, g.cache.as_str()), (200, "MISS"));
+        assert!(g.body.len() > 64);
+        let cache = p.state.cache.clone().unwrap();
+        assert!(eventually(Duration::from_secs(5), || cache.flights.is_empty()).await);
+    }
+    assert_eq!(fake.calls(":generateContent").len(), 2);
+    assert_eq!(p.state.cache.as_ref().unwrap().store.memory_bytes(), 0);
 }
 
 // ---------- admin clear ----------
@@ -662,6 +887,7 @@ async fn admin_clears_the_cache_whole_or_for_one_model() {
         assert_eq!(r.status(), 200);
         let j = json_of(r).await;
         assert_eq!(j["cleared"], 1, "{j}");
+        assert_eq!(j["complete"], true, "{j}");
         assert_eq!(
             ask(&p.url, epath, &embed, CLIENT_KEY, None).await.cache,
             "MISS"

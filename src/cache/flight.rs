@@ -1,7 +1,8 @@
 //! Single flight: of identical cacheable misses in flight at once, one (the leader) goes
 //! upstream; the others wait for it, within their own deadline, and share its stored answer.
-//! A leader that fails (an error, a client gone, a stream cut) lets the next one lead; one
-//! whose answer may not be stored sends the others upstream on their own.
+//! A leader that got no answer (its client gone, Google unreachable or silent) lets the next
+//! one lead; one whose answer may not be stored (any error Google gave, a refused or oversized
+//! answer) sends the others upstream on their own, at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,9 +17,10 @@ use super::store::Entry;
 pub enum Landed {
     /// Its answer is stored: here it is.
     Stored(Arc<Entry>),
-    /// Its answer was fine but may not be stored (a `SAFETY` stop, too large, ...).
+    /// Its answer may not be stored (an error from Google, a `SAFETY` stop, too large, ...):
+    /// the others would get the same, so each goes on its own.
     Unstorable,
-    /// No answer to share: an error, or it never finished.
+    /// No answer at all (cancelled, a transport failure, a cut stream): the next one leads.
     Failed,
 }
 

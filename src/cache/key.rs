@@ -1,7 +1,12 @@
-//! The cache key: SHA-256 of the method, the path and query without credentials, the body as
-//! canonical JSON (object keys sorted, numbers as sent, strings re-escaped one way) and the
-//! scope. Canonicalizing also tells whether the body names a project-bound resource (a file or
-//! a cached content), which is never cached.
+//! The cache key: SHA-256 of the method, the path and query without credentials, the body's
+//! canonical digest and the scope. The body's digest is built in one pass over its bytes, each
+//! value hashed once (a string by its decoded text, a number as sent, an array by its items'
+//! digests in order, an object by its members' names and digests sorted by name), so spacing,
+//! key order and escape spellings do not matter and nesting costs nothing extra. A body that
+//! names a field twice in one object is not canonical (Google and serde_json keep different
+//! ones of the two, so which was asked is not clear) and is never cached. Canonicalizing also
+//! tells whether the body names a project-bound resource (a file, a cached content, a file
+//! search store), which is never cached.
 
 use sha2::{Digest, Sha256};
 
@@ -18,28 +23,30 @@ const PROJECT_BOUND: &[&str] = &[
     "file_data",
     "fileUri",
     "file_uri",
+    "fileSearchStoreNames",
+    "file_search_store_names",
 ];
 
-/// A body in canonical form, and what canonicalizing it noticed.
+/// A body's canonical digest, and what canonicalizing it noticed.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Canonical {
-    pub json: Vec<u8>,
-    /// The body names a file or a cached content.
+    pub digest: [u8; 32],
+    /// The body names a file, a cached content or a file search store.
     pub project_bound: bool,
 }
 
-/// `body` as canonical JSON; `None` when it is not one JSON value (not cached then).
+/// `body`'s canonical digest; `None` when it is not one JSON value, or an object in it names a
+/// field twice (not cached then).
 pub fn canonical(body: &[u8]) -> Option<Canonical> {
     let mut p = Parser {
         s: body,
         i: 0,
         project_bound: false,
     };
-    let mut json = Vec::with_capacity(body.len());
-    p.value(&mut json, 0)?;
+    let digest = p.value(0)?;
     p.ws();
     (p.i == body.len()).then_some(Canonical {
-        json,
+        digest,
         project_bound: p.project_bound,
     })
 }
@@ -83,6 +90,17 @@ struct Parser<'a> {
     project_bound: bool,
 }
 
+/// One value's digest: a tag for its type, then its content.
+fn digest(tag: u8, parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update([tag]);
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
 impl Parser<'_> {
     fn ws(&mut self) {
         while self
@@ -94,38 +112,36 @@ impl Parser<'_> {
         }
     }
 
-    fn value(&mut self, out: &mut Vec<u8>, depth: usize) -> Option<()> {
+    fn value(&mut self, depth: usize) -> Option<[u8; 32]> {
         if depth > MAX_DEPTH {
             return None;
         }
         self.ws();
         match *self.s.get(self.i)? {
-            b'{' => self.object(out, depth),
-            b'[' => self.array(out, depth),
+            b'{' => self.object(depth),
+            b'[' => self.array(depth),
             b'"' => {
                 let s = self.string()?;
-                write_string(out, &s);
-                Some(())
+                Some(digest(b's', &[s.as_bytes()]))
             }
-            b't' => self.literal(out, b"true"),
-            b'f' => self.literal(out, b"false"),
-            b'n' => self.literal(out, b"null"),
-            b'-' | b'0'..=b'9' => self.number(out),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            b'-' | b'0'..=b'9' => self.number(),
             _ => None,
         }
     }
 
-    fn literal(&mut self, out: &mut Vec<u8>, word: &[u8]) -> Option<()> {
+    fn literal(&mut self, word: &[u8]) -> Option<[u8; 32]> {
         if self.s.get(self.i..self.i + word.len())? != word {
             return None;
         }
         self.i += word.len();
-        out.extend_from_slice(word);
-        Some(())
+        Some(digest(b'l', &[word]))
     }
 
     /// A number kept as sent (`1.0` and `1` differ, as they may to Google).
-    fn number(&mut self, out: &mut Vec<u8>) -> Option<()> {
+    fn number(&mut self) -> Option<[u8; 32]> {
         let start = self.i;
         while self
             .s
@@ -137,8 +153,7 @@ impl Parser<'_> {
         let text = &self.s[start..self.i];
         // Checked by serde_json, which knows JSON's number grammar.
         serde_json::from_slice::<serde::de::IgnoredAny>(text).ok()?;
-        out.extend_from_slice(text);
-        Some(())
+        Some(digest(b'n', &[text]))
     }
 
     /// A string token, decoded (escapes resolved) by serde_json.
@@ -158,41 +173,37 @@ impl Parser<'_> {
         serde_json::from_slice(self.s.get(start..self.i)?).ok()
     }
 
-    fn array(&mut self, out: &mut Vec<u8>, depth: usize) -> Option<()> {
+    fn array(&mut self, depth: usize) -> Option<[u8; 32]> {
         self.i += 1;
-        out.push(b'[');
+        let mut h = Sha256::new();
+        h.update(b"a");
         self.ws();
         if self.s.get(self.i) == Some(&b']') {
             self.i += 1;
-            out.push(b']');
-            return Some(());
+            return Some(h.finalize().into());
         }
         loop {
-            self.value(out, depth + 1)?;
+            h.update(self.value(depth + 1)?);
             self.ws();
             match *self.s.get(self.i)? {
-                b',' => {
-                    self.i += 1;
-                    out.push(b',');
-                }
+                b',' => self.i += 1,
                 b']' => {
                     self.i += 1;
-                    out.push(b']');
-                    return Some(());
+                    return Some(h.finalize().into());
                 }
                 _ => return None,
             }
         }
     }
 
-    fn object(&mut self, out: &mut Vec<u8>, depth: usize) -> Option<()> {
+    fn object(&mut self, depth: usize) -> Option<[u8; 32]> {
         self.i += 1;
-        let mut members: Vec<(String, Vec<u8>)> = Vec::new();
+        // Names and their values' digests: the values themselves are already hashed.
+        let mut members: Vec<(String, [u8; 32])> = Vec::new();
         self.ws();
         if self.s.get(self.i) == Some(&b'}') {
             self.i += 1;
-            out.extend_from_slice(b"{}");
-            return Some(());
+            return Some(digest(b'o', &[]));
         }
         loop {
             self.ws();
@@ -208,8 +219,7 @@ impl Parser<'_> {
                 return None;
             }
             self.i += 1;
-            let mut value = Vec::new();
-            self.value(&mut value, depth + 1)?;
+            let value = self.value(depth + 1)?;
             members.push((name, value));
             self.ws();
             match *self.s.get(self.i)? {
@@ -221,48 +231,72 @@ impl Parser<'_> {
                 _ => return None,
             }
         }
-        // Sorted by name; of a name given twice the last counts, as serde_json reads it.
-        members.reverse();
-        members.sort_by(|a, b| a.0.cmp(&b.0));
-        members.dedup_by(|later, first| later.0 == first.0);
-        out.push(b'{');
-        for (n, (name, value)) in members.iter().enumerate() {
-            if n > 0 {
-                out.push(b',');
-            }
-            write_string(out, name);
-            out.push(b':');
-            out.extend_from_slice(value);
+        members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // A name given twice: which one counts differs between readers, so not canonical.
+        if members.windows(2).any(|w| w[0].0 == w[1].0) {
+            return None;
         }
-        out.push(b'}');
-        Some(())
+        let mut h = Sha256::new();
+        h.update(b"o");
+        for (name, value) in &members {
+            h.update((name.len() as u64).to_be_bytes());
+            h.update(name.as_bytes());
+            h.update(value);
+        }
+        Some(h.finalize().into())
     }
-}
-
-fn write_string(out: &mut Vec<u8>, s: &str) {
-    // Writing a str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn canon(s: &str) -> String {
-        String::from_utf8(canonical(s.as_bytes()).unwrap().json).unwrap()
+    fn canon(s: &str) -> [u8; 32] {
+        canonical(s.as_bytes()).unwrap().digest
     }
 
     #[test]
-    fn keys_are_sorted_whitespace_dropped_numbers_kept_as_sent() {
+    fn key_order_and_whitespace_are_ignored_numbers_kept_as_sent() {
         assert_eq!(
             canon(r#" { "b" : [1.0, 2e3, -0.10000000000000001], "a": {"z": null, "y": true} } "#),
-            r#"{"a":{"y":true,"z":null},"b":[1.0,2e3,-0.10000000000000001]}"#
+            canon(r#"{"a":{"y":true,"z":null},"b":[1.0,2e3,-0.10000000000000001]}"#)
         );
         assert_ne!(canon(r#"{"t": 1}"#), canon(r#"{"t": 1.0}"#));
         // Escapes are resolved: two spellings of one string are one string.
         assert_eq!(canon(r#"{"a": "\u0041"}"#), canon(r#"{"a": "A"}"#));
-        // The last of a name given twice counts.
-        assert_eq!(canon(r#"{"a": 1, "a": 2}"#), r#"{"a":2}"#);
+        // Structure counts: no two shapes of the same leaves share a digest.
+        assert_ne!(canon(r#"[[1],2]"#), canon(r#"[1,[2]]"#));
+        assert_ne!(canon(r#"{"a":"b"}"#), canon(r#"["a","b"]"#));
+        assert_ne!(canon(r#""1""#), canon("1"));
+        assert_ne!(canon(r#"{"ab":"c"}"#), canon(r#"{"a":"bc"}"#));
+        assert_ne!(canon("[1,2]"), canon("[2,1]"));
+    }
+
+    #[test]
+    fn a_name_given_twice_anywhere_is_not_canonical() {
+        for dup in [
+            r#"{"a": 1, "a": 2}"#,
+            r#"{"contents": [1], "x": 0, "contents": [2]}"#,
+            r#"{"c": [{"parts": [{"text": "x", "text": "y"}]}]}"#,
+            r#"{"a": "1", "\u0061": "2"}"#,
+        ] {
+            assert!(canonical(dup.as_bytes()).is_none(), "{dup}");
+        }
+        // The same name in two objects is fine.
+        assert!(canonical(br#"{"a": {"a": 1}, "b": [{"a": 1}, {"a": 2}]}"#).is_some());
+    }
+
+    #[test]
+    fn a_deep_body_costs_one_pass() {
+        // 128 levels of a 1 MB string: each byte is hashed once, not once per level.
+        let deep = "[".repeat(120) + "\"" + &"x".repeat(1 << 20) + "\"" + &"]".repeat(120);
+        let t = std::time::Instant::now();
+        assert!(canonical(deep.as_bytes()).is_some());
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[test]
@@ -275,6 +309,7 @@ mod tests {
         for bound in [
             r#"{"cachedContent": "cachedContents/x", "contents": []}"#,
             r#"{"contents": [{"parts": [{"fileData": {"fileUri": "https://x/files/a"}}]}]}"#,
+            r#"{"tools": [{"fileSearch": {"fileSearchStoreNames": ["fileSearchStores/s"]}}]}"#,
         ] {
             assert!(
                 canonical(bound.as_bytes()).unwrap().project_bound,

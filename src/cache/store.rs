@@ -25,6 +25,18 @@ pub struct Entry {
     pub chunks: Vec<Bytes>,
 }
 
+/// The longest an admin clear of the Redis backend runs before it answers with what it did.
+pub const CLEAR_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What a clear did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cleared {
+    /// Entries dropped.
+    pub count: u64,
+    /// Every matching entry was reached (false: the time ran out; clear again).
+    pub complete: bool,
+}
+
 /// Fixed bytes of an encoded entry besides its chunks and strings.
 const OVERHEAD: usize = 4 + 2 + 8 + 8 + 5 * 8 + 4 + 4 + 4;
 const MAGIC: &[u8; 4] = b"GQC1";
@@ -249,8 +261,10 @@ impl Store {
         }
     }
 
-    /// Drop every entry, or one model's; how many went (memory: the entries held before).
-    pub async fn clear(&self, model: Option<&str>) -> Result<u64, String> {
+    /// Drop every entry, or one model's; how many went (memory: the entries held before), and
+    /// whether it got through them all. In Redis each call has the store's time limit and the
+    /// whole clear [`CLEAR_DEADLINE`]: a clear that runs out stops and says so (ask again).
+    pub async fn clear(&self, model: Option<&str>) -> Result<Cleared, String> {
         match self {
             Store::Memory(c) => {
                 c.run_pending_tasks();
@@ -264,14 +278,27 @@ impl Store {
                     }
                 }
                 c.run_pending_tasks();
-                Ok(before.saturating_sub(c.entry_count()))
+                Ok(Cleared {
+                    count: before.saturating_sub(c.entry_count()),
+                    complete: true,
+                })
             }
             Store::Redis(io) => {
                 let pattern = format!("{}:cache:{}:*", io.prefix(), model.unwrap_or("*"));
                 let mut conn = io.connection();
                 let mut cursor: u64 = 0;
                 let mut gone = 0u64;
+                let deadline = tokio::time::Instant::now() + CLEAR_DEADLINE;
+                let partial = |count| {
+                    Ok(Cleared {
+                        count,
+                        complete: false,
+                    })
+                };
                 loop {
+                    if tokio::time::Instant::now() >= deadline {
+                        return partial(gone);
+                    }
                     let cmd = redis::cmd("SCAN")
                         .arg(cursor)
                         .arg("MATCH")
@@ -279,22 +306,32 @@ impl Store {
                         .arg("COUNT")
                         .arg(1000)
                         .to_owned();
-                    let (next, keys): (u64, Vec<String>) =
-                        tokio::time::timeout(io.timeout() * 4, cmd.query_async(&mut conn))
-                            .await
-                            .map_err(|_| "Redis did not answer in time".to_string())?
-                            .map_err(|e| e.to_string())?;
+                    let scanned =
+                        tokio::time::timeout(io.timeout() * 4, cmd.query_async(&mut conn)).await;
+                    let (next, keys): (u64, Vec<String>) = match scanned {
+                        Ok(r) => r.map_err(|e| e.to_string())?,
+                        // Nothing cleared yet: say Redis failed; else say how far it got.
+                        Err(_) if gone == 0 => {
+                            return Err("Redis did not answer in time".to_string());
+                        }
+                        Err(_) => return partial(gone),
+                    };
                     if !keys.is_empty() {
-                        let n: u64 = redis::cmd("UNLINK")
-                            .arg(&keys)
-                            .query_async(&mut conn)
+                        let cmd = redis::cmd("UNLINK").arg(&keys).to_owned();
+                        match tokio::time::timeout(io.timeout(), cmd.query_async::<u64>(&mut conn))
                             .await
-                            .map_err(|e| e.to_string())?;
-                        gone += n;
+                        {
+                            Ok(Ok(n)) => gone += n,
+                            Ok(Err(e)) if gone == 0 => return Err(e.to_string()),
+                            Ok(Err(_)) | Err(_) => return partial(gone),
+                        }
                     }
                     cursor = next;
                     if cursor == 0 {
-                        return Ok(gone);
+                        return Ok(Cleared {
+                            count: gone,
+                            complete: true,
+                        });
                     }
                 }
             }
@@ -355,21 +392,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn memory_keeps_within_its_byte_limit_and_clears_by_model() {
+    async fn memory_keeps_within_its_byte_limit() {
         let s = Store::memory(64 * 1024);
         let big = "x".repeat(1000);
         for i in 0..200u8 {
             s.put([i; 32], Arc::new(entry(&[&big], 60_000))).await;
         }
         assert!(s.memory_bytes() <= 64 * 1024, "{}", s.memory_bytes());
+    }
+
+    #[tokio::test]
+    async fn memory_clears_by_model_then_whole() {
+        // Room for everything: an entry missing afterwards was cleared, not evicted.
+        let s = Store::memory(16 * 1024 * 1024);
+        let big = "x".repeat(1000);
+        for i in 0..10u8 {
+            s.put([i; 32], Arc::new(entry(&[&big], 60_000))).await;
+        }
         let mut other = entry(&["y"], 60_000);
         other.model = "other".into();
         s.put([255; 32], Arc::new(other)).await;
+        assert!(s.get("gemini-2.5-flash", &[9; 32]).await.is_some());
         assert!(s.get("other", &[255; 32]).await.is_some());
-        s.clear(Some("gemini-2.5-flash")).await.unwrap();
+        let c = s.clear(Some("gemini-2.5-flash")).await.unwrap();
+        assert_eq!(
+            c,
+            Cleared {
+                count: 10,
+                complete: true
+            }
+        );
         assert!(s.get("other", &[255; 32]).await.is_some());
-        assert!(s.get("gemini-2.5-flash", &[199; 32]).await.is_none());
-        s.clear(None).await.unwrap();
+        assert!(s.get("gemini-2.5-flash", &[9; 32]).await.is_none());
+        assert_eq!(s.clear(None).await.unwrap().count, 1);
         assert!(s.get("other", &[255; 32]).await.is_none());
     }
 }

@@ -13,7 +13,8 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// `POST /api/ai/cache/clear` (admin): drop every cached answer, or one model's
-/// (`?model=NAME` or the body `{"model": "NAME"}`).
+/// (`?model=NAME` or the body `{"model": "NAME"}`). Answers `cleared` (how many) and
+/// `complete` (false when the Redis clear ran out of time and stopped: ask again).
 pub async fn clear(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let run = async {
@@ -70,6 +71,7 @@ pub async fn clear(State(state): State<Arc<AppState>>, req: Request) -> Response
             // Nothing to clear: the cache is off.
             return Ok(Json(json!({
                 "success": true, "backend": "off", "model": model, "cleared": 0,
+                "complete": true,
             }))
             .into_response());
         };
@@ -80,14 +82,16 @@ pub async fn clear(State(state): State<Arc<AppState>>, req: Request) -> Response
             .map_err(|e| ApiError::Unavailable(format!("clearing the cache failed: {e}")))?;
         tracing::warn!(
             model = model.as_deref().unwrap_or("*"),
-            cleared,
+            cleared = cleared.count,
+            complete = cleared.complete,
             "admin cache clear"
         );
         Ok(Json(json!({
             "success": true,
             "backend": cache.store.backend(),
             "model": model,
-            "cleared": cleared,
+            "cleared": cleared.count,
+            "complete": cleared.complete,
         }))
         .into_response())
     };

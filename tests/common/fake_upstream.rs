@@ -91,6 +91,9 @@ pub struct Behaviour {
     pub finish_reason: Option<&'static str>,
     /// Answer generate calls with a blocked prompt (`promptFeedback.blockReason`).
     pub block_prompt: bool,
+    /// Answer generate calls with grounding metadata on the candidate (a search-grounded
+    /// answer).
+    pub grounding: bool,
     /// Report these too in every usage object (streams: the same on every chunk, as
     /// cumulative usage of a finished thought and tool call would be).
     pub usage_extra: UsageExtra,
@@ -436,9 +439,13 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
                       "completion_tokens_details": {"reasoning_tokens": extra.thoughts}}
         })).into_response();
     }
-    let (finish, blocked) = {
+    let (finish, blocked, grounding) = {
         let b = st.behaviour.lock().unwrap();
-        (b.finish_reason.unwrap_or("STOP"), b.block_prompt)
+        (
+            b.finish_reason.unwrap_or("STOP"),
+            b.block_prompt,
+            b.grounding,
+        )
     };
     if path.contains(":generateContent") {
         if blocked {
@@ -446,12 +453,16 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
                 "usageMetadata": usage(prompt, 0, extra)}))
             .into_response();
         }
-        return axum::Json(candidate(
+        let mut answer = candidate(
             &format!("echo: {}", first_text(&json_body)),
             usage(prompt, 3, extra),
             Some(finish),
-        ))
-        .into_response();
+        );
+        if grounding {
+            answer["candidates"][0]["groundingMetadata"] =
+                json!({"webSearchQueries": ["q"], "groundingChunks": []});
+        }
+        return axum::Json(answer).into_response();
     }
     if path.contains(":streamGenerateContent") {
         let sse = query.as_deref().is_some_and(|q| q.contains("alt=sse"));

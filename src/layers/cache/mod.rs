@@ -1,8 +1,8 @@
 //! The response cache step, between estimate and quota: a cacheable request whose answer is
 //! stored is answered from the cache (no quota, no key, no upstream; the ledger counts what it
 //! saved), else it goes on inward and its 200 answer is copied as it streams ([`tee`]) and
-//! stored when it ended cleanly and may be kept ([`policy`]). Identical misses in flight at
-//! once make one upstream call ([`crate::cache::flight`]). Entries live in memory or in Redis
+//! stored when it ended cleanly and may be kept ([`policy`]). Identical non-streaming misses in
+//! flight at once make one upstream call ([`crate::cache::flight`]). Entries live in memory or in Redis
 //! ([`crate::cache::store`]), under a key of the request's method, path, canonical body and
 //! scope ([`crate::cache::key`]).
 
@@ -69,8 +69,9 @@ pub struct CacheStep<S> {
 
 /// What the cache does with a cacheable request.
 enum Plan {
-    /// Neither read nor write (`no-store`, a nondeterministic generation, a project-bound
-    /// resource, a body that is not JSON).
+    /// Neither read nor write (`no-store`, an `x-goog-*` header that shapes the answer, a
+    /// nondeterministic generation, a project-bound resource, a body that is not canonical
+    /// JSON).
     Bypass,
     Cache(Lookup),
 }
@@ -120,23 +121,28 @@ where
     }
 }
 
-/// The plan for a request; `None` when its call is not cacheable at all.
+/// The plan for a request; `None` when its call is not cacheable at all. Everything that can
+/// say "bypass" cheaply is asked before the body is canonicalized.
 fn plan(cfg: &CacheConfig, auth: &AuthConfig, req: &http::Request<Bytes>) -> Option<Plan> {
     let est = req.extensions().get::<Estimated>()?;
     let kind = policy::kind(req.method(), est)?;
     let d = Directives::of(req.headers());
     let model = est.model()?;
-    if d.no_store {
+    if d.no_store
+        || policy::shapes_answer(req.headers())
+        // A file, a cached content: lives in one project, and may change under its name.
+        || est.pinned.is_some()
+        || !est.estimate.references.is_empty()
+        || !(cfg.nondeterministic
+            || d.max_age.is_some()
+            || policy::deterministic(kind, est.route.openai, req.body()))
+    {
         return Some(Plan::Bypass);
     }
     let Some(body) = key::canonical(req.body()) else {
         return Some(Plan::Bypass);
     };
-    if body.project_bound
-        || !(cfg.nondeterministic
-            || d.max_age.is_some()
-            || policy::deterministic(kind, est.route.openai, req.body()))
-    {
+    if body.project_bound {
         return Some(Plan::Bypass);
     }
     let caller = req.extensions().get::<CallerTag>().map(|c| c.0);
@@ -145,7 +151,7 @@ fn plan(cfg: &CacheConfig, auth: &AuthConfig, req: &http::Request<Bytes>) -> Opt
         req.method().as_str(),
         req.uri().path(),
         req.uri().query(),
-        &body.json,
+        &body.digest,
         &scope,
     );
     Some(Plan::Cache(Lookup {
@@ -209,22 +215,34 @@ where
         {
             return Ok(hit(&state, &req, &e, lookup.streaming));
         }
-        let deadline = Instant::now() + state.config.upstream.request_timeout;
-        loop {
-            match cache.flights.join(lookup.key) {
-                Join::Lead(l) => {
-                    lead = Some(l);
-                    break;
-                }
-                Join::Follow(rx) => match flight::wait(rx, deadline).await {
-                    Some(Landed::Stored(e)) if e.fresh(now_ms(), lookup.max_age) => {
-                        return Ok(hit(&state, &req, &e, lookup.streaming));
+        // A stream is never shared in flight: a follower would see nothing until the leader's
+        // whole stream ended. Each streams its own miss; the first clean one is stored.
+        if !lookup.streaming {
+            let deadline = Instant::now() + wait_allowance(&state, req.headers());
+            loop {
+                match cache.flights.join(lookup.key) {
+                    Join::Lead(l) => {
+                        // A flight may have landed between the lookup above and now.
+                        if let Some(e) = cache.store.get(&lookup.model, &lookup.key).await
+                            && e.fresh(now_ms(), lookup.max_age)
+                        {
+                            let resp = hit(&state, &req, &e, lookup.streaming);
+                            l.land(Landed::Stored(e));
+                            return Ok(resp);
+                        }
+                        lead = Some(l);
+                        break;
                     }
-                    // The leader failed: the next one leads.
-                    Some(Landed::Failed) => continue,
-                    // Not shareable, or not in time: on its own.
-                    _ => break,
-                },
+                    Join::Follow(rx) => match flight::wait(rx, deadline).await {
+                        Some(Landed::Stored(e)) if e.fresh(now_ms(), lookup.max_age) => {
+                            return Ok(hit(&state, &req, &e, lookup.streaming));
+                        }
+                        // The leader was cancelled or lost its connection: the next one leads.
+                        Some(Landed::Failed) => continue,
+                        // Not shareable, or not in time: on its own.
+                        _ => break,
+                    },
+                }
             }
         }
     }
@@ -232,8 +250,22 @@ where
     let mut resp = inner.call(req).await?;
     resp.headers_mut()
         .insert(CACHE_HEADER, HeaderValue::from_static("MISS"));
-    if resp.status() != http::StatusCode::OK || lookup.ttl.is_zero() {
-        // Never stored; the flight (if led) lands as failed and the next one tries.
+    let status = resp.status();
+    if status != http::StatusCode::OK || lookup.ttl.is_zero() {
+        // Never stored. Google's own answer (a 400, a 429, ...) would be the same for the
+        // followers, so they go on their own at once rather than one after another; only the
+        // proxy's "could not reach / no answer in time" lets the next one lead.
+        if let Some(l) = lead {
+            let gateway = matches!(
+                status,
+                http::StatusCode::BAD_GATEWAY | http::StatusCode::GATEWAY_TIMEOUT
+            );
+            l.land(if gateway {
+                Landed::Failed
+            } else {
+                Landed::Unstorable
+            });
+        }
         return Ok(resp);
     }
     let content_type = resp
@@ -260,6 +292,21 @@ where
         parts,
         Body::new(Tee::new(body, expected, pending)),
     ))
+}
+
+/// How long a follower waits for its flight's leader: the upstream request timeout, shortened
+/// by the client's `x-gemini-max-wait` when it gives a valid one (a bad one is answered with a
+/// 400 further in, by the quota step).
+fn wait_allowance(state: &AppState, headers: &http::HeaderMap) -> std::time::Duration {
+    let max = state.config.upstream.request_timeout;
+    headers
+        .get(crate::upstream::request::MAX_WAIT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map_or(max, |s| {
+            max.min(std::time::Duration::from_secs_f64(s.min(1.0e7)))
+        })
 }
 
 /// The answer from the cache: the stored chunks, as they first came; the ledger counts what

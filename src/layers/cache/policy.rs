@@ -1,6 +1,7 @@
 //! What the cache may hold: which calls are cacheable, what a request's `Cache-Control` asks,
 //! whether a generation is deterministic enough to repeat, and whether an answer may be stored
-//! (a clean `STOP`, nothing blocked, no grounding that goes stale).
+//! (a clean `STOP` for every candidate, nothing blocked, no grounding or URL context that goes
+//! stale).
 
 use std::time::Duration;
 
@@ -80,6 +81,20 @@ impl Directives {
     }
 }
 
+/// Forwarded `x-goog-*` headers that cannot change Google's answer: the credential (stripped
+/// before forwarding) and the SDKs' client telemetry.
+const HARMLESS_GOOG: &[&str] = &["x-goog-api-key", "x-goog-api-client"];
+
+/// Whether the request carries a header that is forwarded to Google and may shape its answer
+/// (`x-goog-fieldmask` trims it, `x-goog-user-project` bills another project, ...): such an
+/// answer is not the answer to the plain request, so it is neither read nor stored.
+pub fn shapes_answer(headers: &http::HeaderMap) -> bool {
+    headers.keys().any(|n| {
+        let n = n.as_str();
+        n.starts_with("x-goog-") && !HARMLESS_GOOG.contains(&n)
+    })
+}
+
 /// The parts of a generation body that say how random its answer is.
 #[derive(Deserialize, Default)]
 #[serde(default)]
@@ -113,10 +128,10 @@ pub fn deterministic(kind: Kind, openai: bool, body: &[u8]) -> bool {
     t == Some(0.0)
 }
 
-/// Whether a whole 200 answer may be stored: every candidate that says why it finished says
-/// `STOP` (a generation must say so at least once), nothing was blocked, no grounding metadata
-/// (search results change), and the answer reads as JSON (one value, a JSON-array stream or
-/// SSE events).
+/// Whether a whole 200 answer may be stored: every candidate finished with `STOP` (in a stream,
+/// the last `finishReason` seen for each candidate index; a generation must have at least one
+/// candidate), nothing was blocked, no grounding or URL context metadata (search results and
+/// pages change), and the answer reads as JSON (one value, a JSON-array stream or SSE events).
 pub fn storable(kind: Kind, body: &[u8]) -> bool {
     let mut check = Check::default();
     match serde_json::from_slice::<Value>(body) {
@@ -148,48 +163,44 @@ pub fn storable(kind: Kind, body: &[u8]) -> bool {
             }
         }
     }
-    !check.bad && (kind != Kind::Generate || check.stopped)
+    !check.bad
+        && check
+            .finished
+            .values()
+            .all(|r| r.as_deref() == Some("STOP"))
+        && (kind != Kind::Generate || !check.finished.is_empty())
 }
+
+/// Answer metadata that depends on the world at the time (search results, fetched pages).
+const STALE_METADATA: &[&str] = &["groundingMetadata", "urlContextMetadata"];
 
 #[derive(Default)]
 struct Check {
     bad: bool,
-    stopped: bool,
+    /// Per candidate (or OpenAI choice) index: the last finish reason seen, upper-cased.
+    finished: std::collections::BTreeMap<u64, Option<String>>,
 }
 
 impl Check {
     fn answer(&mut self, v: &Value) {
         if v.pointer("/promptFeedback/blockReason").is_some()
-            || v.get("groundingMetadata").is_some()
+            || STALE_METADATA.iter().any(|m| v.get(m).is_some())
         {
             self.bad = true;
         }
-        for c in v
-            .get("candidates")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if c.get("groundingMetadata").is_some() {
-                self.bad = true;
-            }
-            match c.get("finishReason").and_then(Value::as_str) {
-                Some("STOP") => self.stopped = true,
-                Some(_) => self.bad = true,
-                None => {}
-            }
-        }
-        // The OpenAI surface.
-        for c in v
-            .get("choices")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            match c.get("finish_reason").and_then(Value::as_str) {
-                Some("stop") => self.stopped = true,
-                Some(_) => self.bad = true,
-                None => {}
+        let candidates = v.get("candidates").and_then(Value::as_array);
+        // The OpenAI surface's choices say `finish_reason: "stop"`.
+        let choices = v.get("choices").and_then(Value::as_array);
+        for (list, field) in [(candidates, "finishReason"), (choices, "finish_reason")] {
+            for (n, c) in list.into_iter().flatten().enumerate() {
+                if STALE_METADATA.iter().any(|m| c.get(m).is_some()) {
+                    self.bad = true;
+                }
+                let index = c.get("index").and_then(Value::as_u64).unwrap_or(n as u64);
+                let seen = self.finished.entry(index).or_default();
+                if let Some(r) = c.get(field).and_then(Value::as_str) {
+                    *seen = Some(r.to_ascii_uppercase());
+                }
             }
         }
     }
@@ -208,6 +219,27 @@ mod tests {
         let d = Directives::of(&h);
         assert!(d.no_cache && d.no_store);
         assert_eq!(d.max_age, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn goog_headers_but_the_key_and_telemetry_shape_the_answer() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-goog-api-key", "k".parse().unwrap());
+        h.insert("x-goog-api-client", "google-genai-sdk/1.0".parse().unwrap());
+        h.insert("content-type", "application/json".parse().unwrap());
+        assert!(!shapes_answer(&h));
+        for name in [
+            "x-goog-fieldmask",
+            "X-Goog-User-Project",
+            "x-goog-request-params",
+        ] {
+            let mut h = h.clone();
+            h.insert(
+                http::HeaderName::try_from(name).unwrap(),
+                "x".parse().unwrap(),
+            );
+            assert!(shapes_answer(&h), "{name}");
+        }
     }
 
     #[test]
@@ -268,5 +300,40 @@ mod tests {
         ));
         let chat = br#"{"choices": [{"finish_reason": "length"}]}"#;
         assert!(!storable(Kind::Generate, chat));
+        assert!(storable(
+            Kind::Generate,
+            br#"{"choices": [{"index": 0, "finish_reason": "stop"}]}"#
+        ));
+    }
+
+    #[test]
+    fn every_candidate_must_stop_not_just_one() {
+        for bad in [
+            // One candidate stops, the other never says why it ended.
+            &br#"{"candidates": [{"finishReason": "STOP"}, {"content": {}}]}"#[..],
+            br#"{"candidates": [{"index": 0, "finishReason": "STOP"}, {"index": 1}]}"#,
+            br#"{"candidates": [{"finishReason": "STOP"}, {"finishReason": "MAX_TOKENS"}]}"#,
+            br#"{"choices": [{"finish_reason": "stop"}, {"index": 1}]}"#,
+            br#"{"candidates": [{"finishReason": "STOP", "urlContextMetadata": {}}]}"#,
+            br#"{"candidates": [{"finishReason": "STOP"}], "urlContextMetadata": {}}"#,
+        ] {
+            assert!(
+                !storable(Kind::Generate, bad),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(storable(
+            Kind::Generate,
+            br#"{"candidates": [{"finishReason": "STOP"}, {"finishReason": "STOP"}]}"#
+        ));
+        // A stream: the last reason seen for each index counts.
+        let both = b"data: {\"candidates\": [{\"index\": 0}, {\"index\": 1}]}\r\n\r\n\
+data: {\"candidates\": [{\"index\": 1, \"finishReason\": \"STOP\"}]}\r\n\r\n\
+data: {\"candidates\": [{\"index\": 0, \"finishReason\": \"STOP\"}]}\r\n\r\n";
+        assert!(storable(Kind::Generate, both));
+        let one_cut = b"data: {\"candidates\": [{\"index\": 0}, {\"index\": 1}]}\r\n\r\n\
+data: {\"candidates\": [{\"index\": 1, \"finishReason\": \"STOP\"}]}\r\n\r\n";
+        assert!(!storable(Kind::Generate, one_cut));
     }
 }
