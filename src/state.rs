@@ -92,6 +92,16 @@ impl AppState {
         })
     }
 
+    /// The usage ledger's client id of `caller` (by its configured name; never its credential).
+    pub fn ledger_client(&self, caller: Option<crate::auth::Caller>) -> u32 {
+        use crate::auth::Caller;
+        match caller {
+            Some(Caller::Client(i)) => self.ledger.client_id(Some(i)),
+            Some(c @ Caller::Admin) => self.ledger.client_id_named(c.name(&self.config.auth)),
+            Some(Caller::Anonymous) | None => self.ledger.client_id(None),
+        }
+    }
+
     /// The last outlook, if computed within [`OUTLOOK_FRESH`].
     pub fn cached_outlook(&self) -> Option<Arc<Outlook>> {
         let o = self.outlook.lock().unwrap_or_else(|p| p.into_inner());

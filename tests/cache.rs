@@ -215,7 +215,10 @@ async fn streams_replay_byte_identical(redis: Option<&str>) {
         let cache = p.state.cache.as_ref().unwrap();
         let text = String::from_utf8(hit.body.clone()).unwrap();
         assert_eq!(text.matches("chunk ").count(), events, "{path}: {text}");
-        assert!(cache.flights.is_empty(), "no flight left behind");
+        assert!(
+            eventually(Duration::from_secs(5), || cache.flights.is_empty()).await,
+            "no flight left behind"
+        );
     }
 }
 
@@ -615,7 +618,9 @@ async fn single_flight(redis: Option<&str>) {
     assert_eq!(answers.iter().filter(|g| g.cache == "MISS").count(), 1);
     assert_eq!(answers.iter().filter(|g| g.cache == "HIT").count(), 19);
     assert!(answers.iter().all(|g| g.body == answers[0].body));
-    assert!(p.state.cache.as_ref().unwrap().flights.is_empty());
+    let cache = p.state.cache.as_ref().unwrap();
+    // A flight ends when its leader's answer lands, in the background after the body ends.
+    assert!(eventually(Duration::from_secs(5), || cache.flights.is_empty()).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -657,7 +662,9 @@ async fn a_leaders_error_sends_the_followers_upstream_at_once_not_one_after_anot
     assert_eq!(fake.calls(":generateContent").len(), 5, "each its own call");
     // One after another would take five pauses; at once, about two (the leader's, then theirs).
     assert!(took < delay * 4, "{took:?}");
-    assert!(p.state.cache.as_ref().unwrap().flights.is_empty());
+    let cache = p.state.cache.as_ref().unwrap();
+    // A flight ends when its leader's answer lands, in the background after the body ends.
+    assert!(eventually(Duration::from_secs(5), || cache.flights.is_empty()).await);
 }
 
 /// A request body sent as raw bytes.
@@ -703,7 +710,9 @@ async fn a_body_naming_a_field_twice_bypasses_and_stores_nothing() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(ask_raw(&p.url, &only_b, &[]).await.cache, "MISS");
     assert_eq!(fake.calls(":generateContent").len(), 3);
-    assert!(p.state.cache.as_ref().unwrap().flights.is_empty());
+    let cache = p.state.cache.as_ref().unwrap();
+    // A flight ends when its leader's answer lands, in the background after the body ends.
+    assert!(eventually(Duration::from_secs(5), || cache.flights.is_empty()).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -777,7 +786,9 @@ async fn identical_streams_at_once_each_stream_their_own_miss() {
         assert!(first_at < all, "{first_at:?} vs {all:?}");
     }
     assert_eq!(fake.calls(":streamGenerateContent").len(), 2);
-    assert!(p.state.cache.as_ref().unwrap().flights.is_empty());
+    let cache = p.state.cache.as_ref().unwrap();
+    // A flight ends when its leader's answer lands, in the background after the body ends.
+    assert!(eventually(Duration::from_secs(5), || cache.flights.is_empty()).await);
     until_hit(&p.url, &path, &body, CLIENT_KEY).await;
 }
 

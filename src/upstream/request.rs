@@ -107,6 +107,24 @@ impl KeyHeaders {
 /// The client's bound on its wait for quota (read by the proxy, never sent to Google).
 pub const MAX_WAIT_HEADER: &str = "x-gemini-max-wait";
 
+/// The client's `x-gemini-max-wait`, if sent: a number of seconds (0 or more), or the message
+/// a malformed value is answered with.
+pub fn max_wait(headers: &HeaderMap) -> Option<Result<std::time::Duration, String>> {
+    let v = headers.get(MAX_WAIT_HEADER)?;
+    let secs = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0);
+    Some(match secs {
+        Some(s) => Ok(std::time::Duration::from_secs_f64(s.min(1.0e7))),
+        None => Err(format!(
+            "The header {MAX_WAIT_HEADER} must be a number of seconds (0 or more), got {:?}.",
+            String::from_utf8_lossy(v.as_bytes())
+        )),
+    })
+}
+
 /// Build the request to Google: same method, path and query (credentials removed), headers
 /// minus hop-by-hop and credentials, plus the pooled key (as `Authorization: Bearer` when
 /// `bearer`, for the OpenAI surface; else `x-goog-api-key`).

@@ -299,25 +299,17 @@ where
 /// 400 further in, by the quota step).
 fn wait_allowance(state: &AppState, headers: &http::HeaderMap) -> std::time::Duration {
     let max = state.config.upstream.request_timeout;
-    headers
-        .get(crate::upstream::request::MAX_WAIT_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map_or(max, |s| {
-            max.min(std::time::Duration::from_secs_f64(s.min(1.0e7)))
-        })
+    match crate::upstream::request::max_wait(headers) {
+        Some(Ok(asked)) => max.min(asked),
+        _ => max,
+    }
 }
 
 /// The answer from the cache: the stored chunks, as they first came; the ledger counts what
 /// it saved. No quota, no key, no upstream.
 fn hit(state: &AppState, req: &http::Request<Bytes>, e: &Entry, streaming: bool) -> Response {
     state.metrics.cache("hit");
-    let client = match req.extensions().get::<CallerTag>().map(|c| c.0) {
-        Some(Caller::Client(i)) => state.ledger.client_id(Some(i)),
-        Some(c @ Caller::Admin) => state.ledger.client_id_named(c.name(&state.config.auth)),
-        Some(Caller::Anonymous) | None => state.ledger.client_id(None),
-    };
+    let client = state.ledger_client(req.extensions().get::<CallerTag>().map(|c| c.0));
     state.ledger.cache_hit(&e.model, client, &e.usage);
     let mut resp = Response::new(Body::new(Replay::new(e.chunks.clone(), !streaming)));
     *resp.status_mut() = http::StatusCode::from_u16(e.status).unwrap_or(http::StatusCode::OK);

@@ -17,22 +17,11 @@ use crate::state::AppState;
 /// (never lengthened) by the client's `x-gemini-max-wait: SECONDS`; a bad value is a 400.
 pub(super) fn allowance(state: &AppState, headers: &http::HeaderMap) -> Result<Duration, ApiError> {
     let max = state.config.queue.max_wait;
-    let Some(v) = headers.get(crate::upstream::request::MAX_WAIT_HEADER) else {
-        return Ok(max);
-    };
-    let asked = v
-        .to_str()
-        .ok()
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .ok_or_else(|| {
-            ApiError::InvalidArgument(format!(
-                "The header {} must be a number of seconds (0 or more), got {:?}.",
-                crate::upstream::request::MAX_WAIT_HEADER,
-                String::from_utf8_lossy(v.as_bytes())
-            ))
-        })?;
-    Ok(max.min(Duration::from_secs_f64(asked.min(1.0e7))))
+    match crate::upstream::request::max_wait(headers) {
+        None => Ok(max),
+        Some(Ok(asked)) => Ok(max.min(asked)),
+        Some(Err(message)) => Err(ApiError::InvalidArgument(message)),
+    }
 }
 
 /// A granted admission, and how long it waited in the queue for it (`None`: not queued).

@@ -26,7 +26,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use self::answer::{Answer, backoff, keep_counted, read_upto};
 use self::react::ERROR_BODY_LIMIT;
-use crate::auth::{Caller, CallerTag};
+use crate::auth::CallerTag;
 use crate::body::{AtEnd, ProxyBody};
 use crate::error::ApiError;
 use crate::layers::estimate::Estimated;
@@ -110,11 +110,7 @@ struct Account {
 impl Account {
     fn of(state: &AppState, req: &http::Request<Bytes>) -> Option<Account> {
         let model = req.extensions().get::<Estimated>()?.quota_model()?.into();
-        let client = match req.extensions().get::<CallerTag>().map(|c| c.0) {
-            Some(Caller::Client(i)) => state.ledger.client_id(Some(i)),
-            Some(c @ Caller::Admin) => state.ledger.client_id_named(c.name(&state.config.auth)),
-            Some(Caller::Anonymous) | None => state.ledger.client_id(None),
-        };
+        let client = state.ledger_client(req.extensions().get::<CallerTag>().map(|c| c.0));
         Some(Account { model, client })
     }
 
