@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::response::Response;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -16,33 +17,62 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::auth::CallerTag;
-use crate::config::Config;
+use crate::config::{Config, Sources};
 use crate::layers::{
     Authenticate, AuthenticateLayer, CacheLayer, CacheStep, EstimateLayer, EstimateStep, Forward,
     Quota, QuotaLayer, Served, Traced,
 };
 use crate::metrics::Metrics;
 use crate::quota::{QuotaStore, StoreError};
+use crate::reload::{Live, WeakLive};
 use crate::state::AppState;
 
 /// The assembled stack, outermost first.
 type Stack = Authenticate<EstimateStep<CacheStep<Quota<Forward>>>>;
 
-/// The Gemini surface: every request through the stack, then one log line and its metrics.
+/// The Gemini surface: every request through the stack of the generation serving when it
+/// came, then one log line and its metrics.
 #[derive(Clone)]
 pub struct GeminiService {
-    stack: Stack,
-    state: Arc<AppState>,
+    live: Live,
+    /// The stack of the generation that last served, built again when a reload swapped it.
+    built: Arc<ArcSwap<Built>>,
 }
 
-impl GeminiService {
-    fn new(state: Arc<AppState>) -> GeminiService {
-        let forward = Forward::new(&state.config.upstream);
+/// One generation's stack.
+struct Built {
+    state: Arc<AppState>,
+    stack: Stack,
+}
+
+impl Built {
+    fn new(state: Arc<AppState>) -> Built {
+        let forward = Forward::with_client(state.upstream.clone());
         let quota = QuotaLayer::new(state.clone()).layer(forward);
         let cache = CacheLayer::new(state.clone()).layer(quota);
         let estimate = EstimateLayer::new(state.clone()).layer(cache);
         let stack = AuthenticateLayer::new(state.clone()).layer(estimate);
-        GeminiService { stack, state }
+        Built { state, stack }
+    }
+}
+
+impl GeminiService {
+    fn new(live: Live) -> GeminiService {
+        let built = Arc::new(ArcSwap::from_pointee(Built::new(live.current())));
+        GeminiService { live, built }
+    }
+
+    /// The stack of the generation serving now, and its state.
+    fn stack(&self) -> (Stack, Arc<AppState>) {
+        let state = self.live.current();
+        let built = self.built.load();
+        if Arc::ptr_eq(&built.state, &state) {
+            return (built.stack.clone(), state);
+        }
+        let fresh = Built::new(state.clone());
+        let stack = fresh.stack.clone();
+        self.built.store(Arc::new(fresh));
+        (stack, state)
     }
 }
 
@@ -80,17 +110,20 @@ impl Service<http::Request<Body>> for GeminiService {
     type Error = Infallible;
     type Future = Logged;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.stack.poll_ready(cx)
+    /// Every step of the stack is ready at once (none holds a limited resource in
+    /// `poll_ready`): the generation's stack is taken in `call`.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Logged {
         let started = Instant::now();
         // Kept for the log line: the method is a small enum, the URI shares its bytes.
         let (method, uri) = (req.method().clone(), req.uri().clone());
+        let (mut stack, state) = self.stack();
         Logged {
-            answer: self.stack.call(req),
-            state: self.state.clone(),
+            answer: stack.call(req),
+            state,
             method,
             uri,
             started,
@@ -142,10 +175,10 @@ fn log_request(
     );
 }
 
-/// A running proxy's parts: its shared state, the Gemini service and its own endpoints.
+/// A running proxy's parts: its live configuration, the Gemini service and its own endpoints.
 #[derive(Clone)]
 pub struct Gateway {
-    state: Arc<AppState>,
+    live: Live,
     service: GeminiService,
 }
 
@@ -154,15 +187,21 @@ impl Gateway {
     pub fn builder(config: Config) -> GatewayBuilder {
         GatewayBuilder {
             config,
+            sources: None,
             store: None,
             prometheus: None,
             ledger_clock: None,
         }
     }
 
-    /// The shared state (config, pool, store, metrics).
-    pub fn state(&self) -> &Arc<AppState> {
-        &self.state
+    /// The state of the generation serving now (config, pool, store, metrics).
+    pub fn state(&self) -> Arc<AppState> {
+        self.live.current()
+    }
+
+    /// The running configuration and its reload.
+    pub fn live(&self) -> &Live {
+        &self.live
     }
 
     /// The Gemini surface (`/v1beta/...`, `/v1/...`, `/upload/...`) as a tower service, to
@@ -173,22 +212,22 @@ impl Gateway {
 
     /// The proxy's own endpoints: `/healthz`, `/readyz`, `/metrics`, `/api/ai/quota-status/`.
     pub fn router(&self) -> axum::Router {
-        crate::status::router(self.state.clone())
+        crate::status::router(self.live.clone())
     }
 }
 
 /// The exporter keeps histogram samples raw until upkeep folds them in: without it memory grows
 /// with every request between scrapes (or for ever, where nobody scrapes). Runs while the
 /// gateway's state lives.
-fn spawn_upkeep(state: std::sync::Weak<AppState>) {
+fn spawn_upkeep(live: WeakLive) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
         loop {
             tick.tick().await;
-            let Some(state) = state.upgrade() else {
+            let Some(live) = live.upgrade() else {
                 return;
             };
-            state.metrics.upkeep();
+            live.current().metrics.upkeep();
         }
     });
 }
@@ -196,13 +235,13 @@ fn spawn_upkeep(state: std::sync::Weak<AppState>) {
 /// While the status page is watched (a dashboard open), its cost and forecast are computed
 /// here every [`crate::state::OUTLOOK_REFRESH`], so the page itself answers from what is ready.
 /// Runs while the gateway's state lives.
-fn spawn_outlook_refresh(state: std::sync::Weak<AppState>) {
+fn spawn_outlook_refresh(live: WeakLive) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(crate::state::OUTLOOK_REFRESH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let Some(state) = state.upgrade() else {
+            let Some(state) = live.upgrade().map(|l| l.current()) else {
                 return;
             };
             if state.status_watched() {
@@ -221,21 +260,24 @@ pub const ALERT_OUTLOOK_EVERY: Duration = Duration::from_secs(60);
 /// counters, with the ledger's outlook (as cached for the status page) refreshed every
 /// [`ALERT_OUTLOOK_EVERY`] and the last one carried in between (so the outlook's rules neither
 /// resolve nor re-fire between refreshes), and the run of upstream failures, handed to the
-/// alert engine, which sends in tasks of its own. Runs while the gateway's state lives.
-fn spawn_alerts(state: std::sync::Weak<AppState>) {
-    let Some(every) = state.upgrade().map(|s| s.config.alerts.evaluate_every) else {
-        return;
-    };
+/// alert engine, which sends in tasks of its own. Each evaluation on the generation serving
+/// then, the next one `alerts.evaluate_every` of that generation later. Runs while the
+/// gateway lives.
+fn spawn_alerts(live: WeakLive) {
     tokio::spawn(async move {
         // The first evaluation one period after start: nothing has been used yet, and the
         // store is not asked for a snapshot before anyone else asks.
-        let mut tick = tokio::time::interval_at(Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut outlook_at: Option<Instant> = None;
         let mut outlook = (None, None);
         loop {
-            tick.tick().await;
-            let Some(state) = state.upgrade() else {
+            let Some(every) = live
+                .upgrade()
+                .map(|l| l.current().config.alerts.evaluate_every)
+            else {
+                return;
+            };
+            tokio::time::sleep(every).await;
+            let Some(state) = live.upgrade().map(|l| l.current()) else {
                 return;
             };
             let refresh = outlook_at.is_none_or(|at| at.elapsed() >= ALERT_OUTLOOK_EVERY);
@@ -269,12 +311,19 @@ fn spawn_alerts(state: std::sync::Weak<AppState>) {
 /// Builds a [`Gateway`].
 pub struct GatewayBuilder {
     config: Config,
+    sources: Option<Sources>,
     store: Option<Arc<dyn QuotaStore>>,
     prometheus: Option<PrometheusHandle>,
     ledger_clock: Option<Arc<dyn crate::quota::Clock>>,
 }
 
 impl GatewayBuilder {
+    /// Where `config` was loaded from: reloads read it again (without, reloads are refused).
+    pub fn sources(mut self, sources: Sources) -> Self {
+        self.sources = Some(sources);
+        self
+    }
+
     /// Use this quota store instead of the one the config names (tests inject clocks so).
     pub fn store(mut self, store: Arc<dyn QuotaStore>) -> Self {
         self.store = Some(store);
@@ -307,12 +356,14 @@ impl GatewayBuilder {
             },
             None => AppState::new(self.config, metrics)?,
         };
+        state.metrics.config_generation(state.generation.number);
+        let live = Live::new(state, self.sources);
         if upkeep {
-            spawn_upkeep(Arc::downgrade(&state));
+            spawn_upkeep(live.downgrade());
         }
-        spawn_outlook_refresh(Arc::downgrade(&state));
-        spawn_alerts(Arc::downgrade(&state));
-        let service = GeminiService::new(state.clone());
-        Ok(Gateway { state, service })
+        spawn_outlook_refresh(live.downgrade());
+        spawn_alerts(live.downgrade());
+        let service = GeminiService::new(live.clone());
+        Ok(Gateway { live, service })
     }
 }

@@ -25,7 +25,8 @@
 //! Around it: [`config`] (one file per section), [`error`] (Google's error envelope),
 //! [`metrics`], [`telemetry`] (logging), [`state`] (what every step shares) and, in the
 //! background, [`alerts`] (rules over the status and the ledger, notifications to webhooks and
-//! e-mail, one per transition across replicas).
+//! e-mail, one per transition across replicas) and [`reload`] (a new configuration swapped in
+//! without restart on `SIGHUP`, a file change or the admin endpoint).
 //!
 //! Embedding: build a [`Gateway`] from a [`Config`] and mount [`Gateway::service`] in your own
 //! router (`examples/embed.rs`).
@@ -43,6 +44,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod pool;
 pub mod quota;
+pub mod reload;
 pub mod route;
 pub mod secret;
 pub mod server;

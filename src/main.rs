@@ -1,4 +1,5 @@
-//! Command line: load the config, start logging, build the state, serve until SIGTERM/SIGINT.
+//! Command line: load the config, start logging, build the state, reload on SIGHUP and file
+//! changes, serve until SIGTERM/SIGINT.
 
 use std::process::ExitCode;
 
@@ -8,6 +9,7 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
+use gemini_quota_proxy::reload::watch;
 use gemini_quota_proxy::{Config, Gateway, Sources, serve, server::shutdown_signal, telemetry};
 
 /// A Gemini API reverse proxy that pools keys and keeps every request inside its quota.
@@ -43,7 +45,7 @@ async fn main() -> ExitCode {
         sources.env.get("RUST_LOG").map(String::as_str),
     );
     let listen = config.server.listen;
-    let mut builder = Gateway::builder(config);
+    let mut builder = Gateway::builder(config).sources(sources.clone());
     if let Some(handle) = gemini_quota_proxy::metrics::install_prometheus() {
         builder = builder.prometheus(handle);
     }
@@ -54,7 +56,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let state = gateway.state().clone();
+    let state = gateway.state();
     if let Err(e) = state.check_store_at_start().await {
         eprintln!("gemini-quota-proxy: {e}");
         return ExitCode::from(2);
@@ -77,6 +79,19 @@ async fn main() -> ExitCode {
         upstream = %state.config.upstream.url.text,
         "listening"
     );
+    // Reload without restart: SIGHUP, and a change to the config file's directory.
+    let live = gateway.live().downgrade();
+    if let Err(e) = watch::spawn_sighup(live.clone()) {
+        tracing::warn!(error = %e, "cannot listen for SIGHUP: reload with POST /api/ai/config/reload");
+    }
+    if let Some(file) = sources
+        .file
+        .as_ref()
+        .filter(|_| state.config.server.watch_config)
+        && let Err(e) = watch::spawn_file_watch(live, std::path::Path::new(file))
+    {
+        tracing::warn!(error = %e, "cannot watch the config file: reload with SIGHUP or POST /api/ai/config/reload");
+    }
     match serve(listener, gateway, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -119,6 +119,14 @@ pub fn install_prometheus() -> Option<PrometheusHandle> {
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
+        "gqp_config_reloads_total",
+        "Configuration reloads (SIGHUP, POST /api/ai/config/reload, a change to the --config file), by outcome: applied, unchanged, invalid (the running configuration stayed)."
+    );
+    describe_gauge!(
+        "gqp_config_generation",
+        "The configuration generation serving now: 1 at start, one more per applied reload."
+    );
+    describe_counter!(
         "gqp_requests_total",
         "Requests to the Gemini surface by model, outcome (ok, rate_limited, client_error, server_error), masked pooled key and client name."
     );
@@ -243,6 +251,13 @@ impl Metrics {
         }
     }
 
+    /// Metrics for a reloaded configuration: the same recorder and series, with the request
+    /// counters looked up again (they are cached by key and client position, which a reload
+    /// may change).
+    pub fn renewed(&self) -> Metrics {
+        Metrics::new(self.handle.clone())
+    }
+
     /// Fold the samples recorded since the last call into the histograms. The exporter keeps
     /// raw samples until then, so without this memory would grow between scrapes.
     pub fn upkeep(&self) {
@@ -333,6 +348,17 @@ impl Metrics {
     pub fn alert_delivery(&self, channel: &'static str, outcome: &'static str) {
         counter!("gqp_alert_deliveries_total", "channel" => channel, "outcome" => outcome)
             .increment(1);
+    }
+
+    /// A configuration reload: `applied`, `unchanged` or `invalid`; `generation` serves now.
+    pub fn config_reload(&self, outcome: &'static str, generation: u64) {
+        counter!("gqp_config_reloads_total", "outcome" => outcome).increment(1);
+        self.config_generation(generation);
+    }
+
+    /// The configuration generation serving now (1 at start, one more per applied reload).
+    pub fn config_generation(&self, generation: u64) {
+        gauge!("gqp_config_generation").set(generation as f64);
     }
 
     pub fn alerts_firing(&self, n: usize) {

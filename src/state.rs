@@ -1,5 +1,8 @@
 //! `AppState`: what every step and endpoint shares: the config, the key pool (with what this
-//! replica knows of its keys' health), the quota store and the metrics.
+//! replica knows of its keys' health), the quota store and the metrics. One `AppState` is one
+//! configuration's generation: a reload builds the next with [`AppState::successor`], keeping
+//! what outlives a configuration (the store and its counters, the ledger, the queue, firing
+//! alerts), and requests finish on the generation they started with.
 
 use std::sync::Arc;
 
@@ -13,6 +16,34 @@ use crate::quota::queue::Queues;
 use crate::quota::redis::{RedisStore, SharedIo};
 use crate::quota::resilient::ResilientStore;
 use crate::quota::{Clock, QuotaStore, StoreError, SystemClock};
+use crate::upstream::HttpClient;
+
+/// One loaded configuration, as the status page shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Generation {
+    /// 1 at start, one more per reload that changed something.
+    #[serde(rename = "generation")]
+    pub number: u64,
+    /// When it was loaded, RFC 3339 (UTC).
+    pub loaded_at: String,
+    /// What loaded it: `start`, `sighup`, `api` or `file`.
+    pub source: &'static str,
+    /// Settings changed in the file that only a restart applies (`server.listen`,
+    /// `store.redis_url`, ...), still at their running values.
+    pub restart_required: Vec<String>,
+}
+
+impl Generation {
+    /// Generation `number`, loaded now by `source`.
+    pub fn new(number: u64, source: &'static str, restart_required: Vec<String>) -> Generation {
+        Generation {
+            number,
+            loaded_at: crate::alerts::rfc3339(chrono::Utc::now()),
+            source,
+            restart_required,
+        }
+    }
+}
 
 pub struct AppState {
     pub config: Arc<Config>,
@@ -22,11 +53,17 @@ pub struct AppState {
     /// The usage ledger: history, cost, forecast (in the same Redis as the store, if any).
     pub ledger: Arc<Ledger>,
     /// Requests waiting for quota, per model (`[queue]`).
-    pub queues: Queues,
+    pub queues: Arc<Queues>,
     /// The alert engine and its channels.
-    pub alerts: crate::alerts::Alerts,
+    pub alerts: Arc<crate::alerts::Alerts>,
     /// The response cache, when `cache.enabled`.
     pub cache: Option<Arc<crate::cache::ResponseCache>>,
+    /// The client to Google (`[upstream]`; its connections are pooled).
+    pub upstream: Arc<HttpClient>,
+    /// Which configuration this is: its number, when and how it was loaded.
+    pub generation: Generation,
+    /// The ledger's ids of the configured clients, by client index.
+    client_ids: Vec<u32>,
     /// When `/metrics` last refreshed the store-derived gauges.
     pub gauges_refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// The status page's cost and forecast, as last computed, and when.
@@ -69,34 +106,86 @@ impl AppState {
     ) -> Arc<AppState> {
         let pool = Pool::new(&config.pool, &config.limits);
         let ledger = build_ledger(&config, &pool, store.shared_io(), clock);
-        let queues = Queues::new(config.queue.max_length);
-        let alerts = crate::alerts::Alerts::new(&config, store.shared_io());
-        let cache = config.cache.enabled.then(|| {
-            Arc::new(crate::cache::ResponseCache::new(
-                &config.cache,
-                store.shared_io(),
-            ))
-        });
+        let queues = Arc::new(Queues::new(config.queue.max_length));
+        let alerts = Arc::new(crate::alerts::Alerts::new(&config, store.shared_io()));
+        let cache = build_cache(&config, store.as_ref());
+        let upstream = Arc::new(crate::upstream::build_client(&config.upstream));
         Arc::new(AppState {
+            client_ids: client_ids(&ledger, &config),
             alerts,
             cache,
             pool,
+            upstream,
             config: Arc::new(config),
             store,
             metrics,
             ledger,
             queues,
+            generation: Generation::new(1, "start", Vec::new()),
             gauges_refreshed: tokio::sync::Mutex::new(None),
             outlook: std::sync::Mutex::new(None),
             status_viewed: std::sync::Mutex::new(None),
         })
     }
 
+    /// The next generation, on `config` (validated, its restart-only settings already those
+    /// of this one): the same store and counters, ledger, queue and alert engine; a new pool
+    /// that keeps what was seen of the keys both hold; the upstream client, alert channels and
+    /// response cache kept unless their settings changed.
+    pub fn successor(&self, config: Config, generation: Generation) -> AppState {
+        let kept = |section: &str| config.prints.same_under(&self.config.prints, section);
+        let pool = Pool::new(&config.pool, &config.limits).carry_from(&self.pool);
+        self.ledger.reconfigure(
+            config.prices.clone(),
+            billing(&config),
+            &key_infos(&pool),
+            &config.auth.client_names,
+        );
+        self.queues.set_max_length(config.queue.max_length);
+        let alerts = if kept("alerts") && kept("server.public_url") {
+            self.alerts.clone()
+        } else {
+            Arc::new(self.alerts.reconfigured(&config, self.store.shared_io()))
+        };
+        let cache = if kept("cache") {
+            self.cache.clone()
+        } else {
+            build_cache(&config, self.store.as_ref())
+        };
+        let upstream = if kept("upstream") {
+            self.upstream.clone()
+        } else {
+            Arc::new(crate::upstream::build_client(&config.upstream))
+        };
+        let viewed = *self.status_viewed.lock().unwrap_or_else(|p| p.into_inner());
+        AppState {
+            client_ids: client_ids(&self.ledger, &config),
+            config: Arc::new(config),
+            pool,
+            store: self.store.clone(),
+            // Fresh handles: the request counters are cached by key and client position.
+            metrics: self.metrics.renewed(),
+            ledger: self.ledger.clone(),
+            queues: self.queues.clone(),
+            alerts,
+            cache,
+            upstream,
+            generation,
+            gauges_refreshed: tokio::sync::Mutex::new(None),
+            outlook: std::sync::Mutex::new(None),
+            status_viewed: std::sync::Mutex::new(viewed),
+        }
+    }
+
     /// The usage ledger's client id of `caller` (by its configured name; never its credential).
     pub fn ledger_client(&self, caller: Option<crate::auth::Caller>) -> u32 {
         use crate::auth::Caller;
         match caller {
-            Some(Caller::Client(i)) => self.ledger.client_id(Some(i)),
+            Some(Caller::Client(i)) => self
+                .client_ids
+                .get(i)
+                .copied()
+                .unwrap_or_else(|| self.ledger.client_id(Some(i))),
             Some(c @ Caller::Admin) => self.ledger.client_id_named(c.name(&self.config.auth)),
             Some(Caller::Anonymous) | None => self.ledger.client_id(None),
         }
@@ -158,6 +247,52 @@ impl AppState {
     }
 }
 
+/// The response cache `config` asks for, in the store's Redis when it has one.
+fn build_cache(
+    config: &Config,
+    store: &dyn QuotaStore,
+) -> Option<Arc<crate::cache::ResponseCache>> {
+    config.cache.enabled.then(|| {
+        Arc::new(crate::cache::ResponseCache::new(
+            &config.cache,
+            store.shared_io(),
+        ))
+    })
+}
+
+/// The ledger's ids of `config`'s clients, in client order.
+fn client_ids(ledger: &Ledger, config: &Config) -> Vec<u32> {
+    config
+        .auth
+        .client_names
+        .iter()
+        .map(|name| ledger.client_id_named(name))
+        .collect()
+}
+
+/// The projects not billed at list price.
+fn billing(config: &Config) -> std::collections::HashMap<String, Billing> {
+    config
+        .limits
+        .projects
+        .iter()
+        .filter(|(_, p)| p.billing != Billing::Paid)
+        .map(|(name, p)| (name.clone(), p.billing))
+        .collect()
+}
+
+/// The pooled keys as the ledger shows them.
+fn key_infos(pool: &Pool) -> Vec<KeyInfo> {
+    pool.keys
+        .iter()
+        .map(|k| KeyInfo {
+            kid: k.kid.clone(),
+            masked: k.masked.clone(),
+            project: k.project.clone(),
+        })
+        .collect()
+}
+
 /// The ledger beside the store: in the store's Redis when it has one, else in memory.
 fn build_ledger(
     config: &Config,
@@ -165,25 +300,10 @@ fn build_ledger(
     shared: Option<SharedIo>,
     clock: Arc<dyn Clock>,
 ) -> Arc<Ledger> {
-    let billing = config
-        .limits
-        .projects
-        .iter()
-        .filter(|(_, p)| p.billing != Billing::Paid)
-        .map(|(name, p)| (name.clone(), p.billing))
-        .collect();
     Ledger::new(LedgerSetup {
         prices: config.prices.clone(),
-        billing,
-        keys: pool
-            .keys
-            .iter()
-            .map(|k| KeyInfo {
-                kid: k.kid.clone(),
-                masked: k.masked.clone(),
-                project: k.project.clone(),
-            })
-            .collect(),
+        billing: billing(config),
+        keys: key_infos(pool),
         clients: config.auth.client_names.clone(),
         timezone: config.limits.timezone,
         shared,

@@ -141,6 +141,16 @@ impl Alerts {
         }
     }
 
+    /// The alerts of a reloaded configuration: the same engine (what fires, what was sent
+    /// and when), with `config`'s channels and claim lifetimes.
+    pub fn reconfigured(&self, config: &Config, shared: Option<SharedIo>) -> Alerts {
+        Alerts {
+            engine: self.engine.clone(),
+            claims: Claims::new(shared, &config.alerts),
+            delivery: Arc::new(Delivery::new(config)),
+        }
+    }
+
     /// Take one evaluation (the alerts true now): the transitions, and the group when it is
     /// due, claimed and sent in a task of its own (in turn on each channel, after the groups
     /// before it); `last_notified_at` stamped once a channel accepted it.

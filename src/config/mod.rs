@@ -12,6 +12,7 @@ mod log;
 mod metrics;
 mod pool;
 mod prices;
+mod prints;
 mod queue;
 mod server;
 mod store;
@@ -31,6 +32,7 @@ use self::check::{bad, comma_list, env_value};
 pub use self::log::{LogConfig, LogFormat};
 pub use self::metrics::MetricsConfig;
 pub use self::pool::{KeyConfig, PoolConfig, Strategy};
+pub use self::prints::ConfigPrints;
 pub use self::queue::QueueConfig;
 pub use self::server::ServerConfig;
 pub use self::upstream::UpstreamConfig;
@@ -97,6 +99,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The price table: embedded, with the user's `[prices."MODEL"]` laid over it.
     pub prices: Arc<Prices>,
+    /// Digests of every setting it was loaded from (a reload names what changed with them).
+    pub prints: ConfigPrints,
 }
 
 /// Environment variables that map onto one TOML setting each.
@@ -107,6 +111,7 @@ const ENV_SETTINGS: &[(&str, &str)] = &[
     ("PROXY_LISTEN", "server.listen"),
     ("PROXY_PUBLIC_URL", "server.public_url"),
     ("PROXY_PATH_PREFIX", "server.path_prefix"),
+    ("PROXY_WATCH_CONFIG", "server.watch_config"),
     ("PROXY_ADMIN_TOKEN", "auth.admin_token"),
     ("REDIS_URL", "store.redis_url"),
     ("REDIS_TLS_CA_FILE", "store.tls_ca_file"),
@@ -164,10 +169,13 @@ impl Config {
         // `name:key` entries are split by the auth section, which names them.
         let env_clients: Option<Vec<String>> = env_value(env, "PROXY_CLIENT_KEYS")
             .map(|v| comma_list(v).map(str::to_string).collect());
-        let raw: Raw = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
+        let merged = builder.build().map_err(describe_config_error)?;
+        let prints = merged
+            .clone()
+            .try_deserialize::<serde_json::Value>()
+            .map(|tree| ConfigPrints::of(&tree))
             .map_err(describe_config_error)?;
+        let raw: Raw = merged.try_deserialize().map_err(describe_config_error)?;
         let store = store::from_raw(raw.store)?;
         Ok(Config {
             cache: cache::from_raw(raw.cache, store.redis_url.is_some())?,
@@ -182,6 +190,7 @@ impl Config {
             metrics: MetricsConfig::from_raw(raw.metrics),
             alerts: alerts::from_raw(raw.alerts, env)?,
             prices: prices::from_raw(raw.prices)?,
+            prints,
         })
     }
 }

@@ -18,6 +18,7 @@ pub(super) struct Raw {
     body_read_timeout_secs: f64,
     max_connections: u64,
     shutdown_grace_secs: f64,
+    watch_config: bool,
 }
 
 /// The listening side.
@@ -35,6 +36,9 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    /// Reload when the `--config` file's directory changes (SIGHUP and the admin endpoint
+    /// reload either way).
+    pub watch_config: bool,
 }
 
 /// Paths the proxy serves itself: a prefix may not shadow them.
@@ -101,6 +105,7 @@ impl ServerConfig {
             body_read_timeout: secs("server.body_read_timeout_secs", raw.body_read_timeout_secs)?,
             max_connections: usize::try_from(raw.max_connections).unwrap_or(usize::MAX),
             shutdown_grace: secs("server.shutdown_grace_secs", raw.shutdown_grace_secs)?,
+            watch_config: raw.watch_config,
         })
     }
 }

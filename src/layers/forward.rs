@@ -38,6 +38,12 @@ impl Forward {
             client: Arc::new(upstream::build_client(cfg)),
         }
     }
+
+    /// Through `client` (a generation's, shared with the one before when `[upstream]` did not
+    /// change).
+    pub fn with_client(client: Arc<HttpClient>) -> Forward {
+        Forward { client }
+    }
 }
 
 impl Service<Outbound> for Forward {

@@ -17,7 +17,9 @@ mod shared;
 pub mod tokens;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use arc_swap::ArcSwap;
 
 pub use book::{Counters, FIELDS, Series, field};
 pub use prices::{Billing, Prices};
@@ -57,17 +59,24 @@ pub struct LedgerSetup {
     pub clock: Arc<dyn Clock>,
 }
 
+/// What an answer costs: the price table and the projects not billed at list price.
+struct Pricing {
+    prices: Arc<Prices>,
+    billing: HashMap<String, Billing>,
+}
+
 /// The usage ledger (see the module docs).
 pub struct Ledger {
     pub(crate) projects: Names,
     pub(crate) models: Names,
     pub(crate) keys: Names,
     pub(crate) clients: Names,
-    prices: Arc<Prices>,
-    billing: HashMap<String, Billing>,
-    /// Key id -> masked key, for display.
-    masked: HashMap<Arc<str>, String>,
-    /// Ids of the configured clients, made at start so a request does not look its name up.
+    /// The prices and billings in force (a config reload swaps them).
+    pricing: ArcSwap<Pricing>,
+    /// Key id -> masked key, for display: every key pooled since start (a reload adds the
+    /// keys it brings; a removed key's history still shows masked).
+    masked: RwLock<HashMap<Arc<str>, String>>,
+    /// Ids of the clients configured at start ([`Ledger::client_id`]).
     client_ids: Vec<u32>,
     anonymous: u32,
     pub(crate) timezone: chrono_tz::Tz,
@@ -111,13 +120,17 @@ impl Ledger {
             clients,
             client_ids,
             anonymous,
-            prices: setup.prices,
-            billing: setup.billing,
-            masked: setup
-                .keys
-                .iter()
-                .map(|k| (k.kid.clone(), k.masked.clone()))
-                .collect(),
+            pricing: ArcSwap::from_pointee(Pricing {
+                prices: setup.prices,
+                billing: setup.billing,
+            }),
+            masked: RwLock::new(
+                setup
+                    .keys
+                    .iter()
+                    .map(|k| (k.kid.clone(), k.masked.clone()))
+                    .collect(),
+            ),
             timezone: setup.timezone,
             clock: setup.clock,
             book: Mutex::new(Book::default()),
@@ -148,6 +161,26 @@ impl Ledger {
             shared: None,
             clock,
         })
+    }
+
+    /// A reloaded configuration's prices, billings, keys and clients: answers ending from now
+    /// on are priced so (whichever configuration admitted them), and the new keys and clients
+    /// get names. History already recorded is kept as it is.
+    pub fn reconfigure(
+        &self,
+        prices: Arc<Prices>,
+        billing: HashMap<String, Billing>,
+        keys: &[KeyInfo],
+        clients: &[Arc<str>],
+    ) {
+        self.pricing.store(Arc::new(Pricing { prices, billing }));
+        let mut masked = self.masked.write().unwrap_or_else(|p| p.into_inner());
+        for k in keys {
+            masked.insert(k.kid.clone(), k.masked.clone());
+        }
+        for name in clients {
+            self.clients.id(name, true);
+        }
     }
 
     /// `memory` or `redis`.
@@ -234,14 +267,19 @@ impl Ledger {
     }
 
     pub fn billing_of(&self, project: &str) -> Billing {
-        self.billing.get(project).copied().unwrap_or_default()
+        self.pricing
+            .load()
+            .billing
+            .get(project)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// A request answered from the response cache: one hit and what it saved (its stored
     /// answer's usage, at `model`'s list price), under no project and no key.
     pub fn cache_hit(&self, model: &str, client: u32, usage: &TokenUsage) {
         let series = self.series_of(None, model, None, client, true);
-        let cost = self.prices.cost(model, usage, Billing::Paid);
+        let cost = self.pricing.load().prices.cost(model, usage, Billing::Paid);
         let mut c = Counters::one(field::CACHE_HITS);
         c.0[field::SAVED_TOKENS] = usage
             .input
@@ -284,7 +322,8 @@ impl Ledger {
     /// A key id as people see it: the masked key when this replica pools it.
     pub fn key_label(&self, id: u32) -> String {
         let kid = self.keys.name(id);
-        match self.masked.get(&kid) {
+        let masked = self.masked.read().unwrap_or_else(|p| p.into_inner());
+        match masked.get(&kid) {
             Some(m) => m.clone(),
             None if &*kid == names::NONE || &*kid == names::OVERFLOW => kid.to_string(),
             None => format!("key-{kid}"),
@@ -385,7 +424,7 @@ impl Tally {
             },
             (None, None) => TokenUsage::default(),
         };
-        let cost = self.ledger.prices.cost(&self.model, &usage, self.billing);
+        let cost = (self.ledger.pricing.load().prices).cost(&self.model, &usage, self.billing);
         let mut c = Counters::one(field::REQUESTS);
         c.0[field::INPUT] = usage.input;
         c.0[field::CACHED] = usage.cached;

@@ -41,6 +41,20 @@ impl KeyHealth {
         }
     }
 
+    /// What `old` saw, for a reloaded pool: its keys seen dead under their new positions
+    /// (`position` maps an old index to the new one; `None`: the key left the pool), the bare
+    /// 429s of every project and the run of failures.
+    pub fn carry_from(&self, old: &KeyHealth, position: impl Fn(usize) -> Option<usize>) {
+        let seen: Vec<(usize, (String, Instant))> = lock(&old.dead)
+            .iter()
+            .filter_map(|(i, v)| Some((position(*i)?, v.clone())))
+            .collect();
+        lock(&self.dead).extend(seen);
+        let bare = lock(&old.bare_429).clone();
+        lock(&self.bare_429).extend(bare);
+        self.failures.store(old.failures(), Ordering::Relaxed);
+    }
+
     /// Remember that key `index` was disabled.
     pub fn saw_dead(&self, index: usize, reason: &str) {
         lock(&self.dead).insert(index, (reason.to_string(), Instant::now()));
@@ -122,6 +136,25 @@ mod tests {
         assert!(!h.throttled_globally(), "one project is not the address");
         h.bare_429_backoff("b");
         assert!(h.throttled_globally());
+    }
+
+    #[test]
+    fn a_reloaded_pool_keeps_what_was_seen_under_the_keys_new_positions() {
+        let old = KeyHealth::new(2);
+        old.saw_dead(0, "API_KEY_INVALID");
+        old.saw_dead(1, "PERMISSION_DENIED");
+        old.bare_429_backoff("a");
+        old.failure();
+        let new = KeyHealth::new(2);
+        // Key 0 left the pool; key 1 is now at 0.
+        new.carry_from(&old, |i| (i == 1).then_some(0));
+        assert_eq!(new.recently_dead(), [0]);
+        assert_eq!(new.failures(), 1);
+        assert_eq!(
+            new.bare_429_backoff("a"),
+            2000,
+            "the run of bare 429s goes on"
+        );
     }
 
     #[test]

@@ -79,6 +79,27 @@ impl Pool {
         }
     }
 
+    /// What a reloaded pool takes from the one it replaces: what this replica saw of the keys
+    /// both pools hold (found by key id, whatever their position, name or project now), the
+    /// limits Google reported and where the turn stands. Counters are the store's and stay.
+    pub fn carry_from(self, old: &Pool) -> Pool {
+        self.health.carry_from(&old.health, |i| {
+            old.keys
+                .get(i)
+                .and_then(|k| self.by_kid(&k.kid))
+                .map(|(j, _)| j)
+        });
+        let learned = old
+            .learned
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        *self.learned.write().unwrap_or_else(|p| p.into_inner()) = learned;
+        self.turn
+            .store(old.turn.load(Ordering::Relaxed), Ordering::Relaxed);
+        self
+    }
+
     /// A number that grows by one per call: where ties start, so equal keys take turns.
     pub fn next_turn(&self) -> u64 {
         self.turn.fetch_add(1, Ordering::Relaxed)

@@ -26,7 +26,8 @@ pub struct Queues {
     lines: Mutex<HashMap<LineKey, Line>>,
     /// Requests waiting in all lines: the empty path reads only this.
     waiting: AtomicUsize,
-    max_length: usize,
+    /// `queue.max_length` (a config reload changes it).
+    max_length: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -91,11 +92,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Queues {
+    /// A reloaded `queue.max_length`: newcomers are held to it; nobody waiting is sent away.
+    pub fn set_max_length(&self, max_length: usize) {
+        self.max_length.store(max_length.max(1), Ordering::Relaxed);
+    }
+
     pub fn new(max_length: usize) -> Queues {
         Queues {
             lines: Mutex::new(HashMap::new()),
             waiting: AtomicUsize::new(0),
-            max_length: max_length.max(1),
+            max_length: AtomicUsize::new(max_length.max(1)),
         }
     }
 
@@ -124,7 +130,7 @@ impl Queues {
             head_wake: None,
             last_refusal: None,
         });
-        if line.waiters.len() >= self.max_length {
+        if line.waiters.len() >= self.max_length.load(Ordering::Relaxed) {
             return Err(Full {
                 last_refusal: line.last_refusal,
             });

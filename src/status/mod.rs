@@ -1,11 +1,12 @@
 //! The proxy's own endpoints: `/healthz`, `/readyz`, `/metrics`, `/api/ai/quota-status/`
 //! (GET: where every quota stands, [`snapshot`]; POST: admin reset), `/api/ai/usage/`
 //! ([`usage`]: the ledger's history), `/api/ai/alerts/` ([`alerts`]) and
-//! `/api/ai/cache/clear` ([`cache`]).
+//! `/api/ai/cache/clear` ([`cache`]) and `/api/ai/config/reload` ([`config`]).
 
 pub mod alert_rules;
 pub mod alerts;
 mod cache;
+mod config;
 pub mod dashboard;
 pub mod snapshot;
 pub mod usage;
@@ -24,6 +25,7 @@ use crate::auth::{Caller, authenticate_strict};
 use crate::error::ApiError;
 use crate::quota::resilient::StoreFailurePolicy;
 use crate::quota::{ResetKind, ResetScope};
+use crate::reload::Live;
 use crate::secret::presented_digest;
 use crate::state::AppState;
 pub use snapshot::{Extras, Snapshot, record_gauges, snapshot};
@@ -330,7 +332,8 @@ struct ResetAnswer {
 
 /// The proxy's own endpoints. Gemini paths never reach this router: the server sends them to
 /// the Gemini service directly (and checks the header size of every request first).
-pub fn router(state: Arc<AppState>) -> Router {
+/// The endpoints, each request on the generation serving when it came.
+pub fn router(live: Live) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -347,8 +350,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/ai/alerts/", any(alerts::alerts))
         .route("/api/ai/alerts", any(alerts::alerts))
         .route("/api/ai/alerts/test", any(alerts::test))
+        .route("/api/ai/config/reload", any(config::reload))
         .fallback(not_found)
-        .with_state(state)
+        .with_state(live)
 }
 
 /// 404 for anything outside the Gemini surface and the proxy's own endpoints.

@@ -34,6 +34,9 @@ pub struct QuotaStatus {
     pub store: StoreView,
     /// Requests waiting for quota in this replica's admission queue.
     pub queue: QueueView,
+    /// The configuration serving: `generation` (1 at start, one more per applied reload),
+    /// `loaded_at`, `source` (`start`, `sighup`, `api`, `file`) and `restart_required`.
+    pub config: crate::state::Generation,
     /// What today and this month cost, from the usage ledger (the status page only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<CostView>,
@@ -243,6 +246,12 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
     }
     let mut warnings: Vec<String> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
+    if !state.generation.restart_required.is_empty() {
+        warnings.push(format!(
+            "the config file changes settings that only a restart applies: {}",
+            state.generation.restart_required.join(", ")
+        ));
+    }
     for (model, (u, l)) in &per_model {
         add_usage(&mut total, u);
         add(&mut total_limit, l);
@@ -395,6 +404,7 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
                 reachable,
             },
             queue: QueueView::of(state),
+            config: state.generation.clone(),
             cost,
             forecast,
             alerts,

@@ -82,6 +82,11 @@ impl Binary {
         }
     }
 
+    /// Its process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What it printed so far.
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()

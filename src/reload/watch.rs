@@ -1,0 +1,97 @@
+//! What triggers a reload besides the admin endpoint: `SIGHUP`, and a change in the directory
+//! of the `--config` file (the directory, not the file: an editor's rename-over and a
+//! Kubernetes ConfigMap's `..data` symlink swap replace the file without writing to it).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+
+use super::{Origin, WeakLive};
+
+/// Events this close together are one change (an editor writes, renames, changes modes).
+pub const SETTLE: Duration = Duration::from_millis(300);
+
+/// Reload on every `SIGHUP` while the gateway lives.
+pub fn spawn_sighup(live: WeakLive) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let Some(live) = live.upgrade() else {
+                return;
+            };
+            // Errors are logged by `reload`; the proxy goes on with what it runs.
+            let _ = tokio::task::spawn_blocking(move || live.reload(Origin::Signal)).await;
+        }
+    });
+    Ok(())
+}
+
+/// Reload when something changes in `file`'s directory, or in the directory of the file it
+/// links to (followed again after each change: a ConfigMap's `..data` moves to a new
+/// directory), once events have settled for [`SETTLE`]. The watcher lives as long as the
+/// task, which ends with the gateway.
+pub fn spawn_file_watch(live: WeakLive, file: &Path) -> notify::Result<()> {
+    let file = file.to_path_buf();
+    let dir: PathBuf = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let relevant = match &event {
+            Ok(e) => !matches!(e.kind, notify::EventKind::Access(_)),
+            Err(_) => true,
+        };
+        if relevant {
+            // Full: a reload is already due, which will see this change too.
+            let _ = tx.try_send(());
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let mut target = follow(&mut watcher, &file, &dir, None);
+    tracing::info!(dir = %dir.display(), "watching the config file's directory for changes");
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Let the burst settle: the last event restarts the wait.
+            loop {
+                match tokio::time::timeout(SETTLE, rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            let Some(live) = live.upgrade() else {
+                return;
+            };
+            let _ = tokio::task::spawn_blocking(move || live.reload(Origin::File)).await;
+            target = follow(&mut watcher, &file, &dir, target);
+        }
+    });
+    Ok(())
+}
+
+/// Watch the directory of the file `file` resolves to, when that is not `dir` (already
+/// watched), instead of `watching` (the one it resolved to before). Returns what is watched.
+fn follow(
+    watcher: &mut notify::RecommendedWatcher,
+    file: &Path,
+    dir: &Path,
+    watching: Option<PathBuf>,
+) -> Option<PathBuf> {
+    let resolved = std::fs::canonicalize(file)
+        .ok()
+        .and_then(|f| f.parent().map(Path::to_path_buf))
+        .filter(|d| std::fs::canonicalize(dir).ok().as_deref() != Some(d.as_path()));
+    if resolved == watching {
+        return watching;
+    }
+    if let Some(old) = &watching {
+        let _ = watcher.unwatch(old);
+    }
+    match resolved {
+        Some(d) if watcher.watch(&d, RecursiveMode::NonRecursive).is_ok() => Some(d),
+        _ => None,
+    }
+}
