@@ -182,6 +182,11 @@ enum Check {
     /// Docker: no engine on the development and CI machines; the files it needs must exist and
     /// every `-e NAME` must be a documented variable.
     Docker,
+    /// kubectl: no cluster on the development and CI machines; every file or directory given
+    /// with `-f`/`-k` must exist (`tests/deploy_manifests.rs` validates them), a
+    /// `create secret generic NAME` must name the Secret in `deploy/kubernetes/secret.yaml`, and
+    /// every `--from-literal=NAME=...` must be a documented variable.
+    Kubectl,
 }
 
 /// The table. A command not matched here fails the test.
@@ -240,6 +245,9 @@ fn classify(cmd: &str) -> Option<Check> {
     }
     if rest.first() == Some(&"docker") {
         return Some(Check::Docker);
+    }
+    if rest.first() == Some(&"kubectl") {
+        return Some(Check::Kubectl);
     }
     None
 }
@@ -364,6 +372,38 @@ fn every_documented_command_is_known_and_its_target_exists() {
                         let var = pair[1].split('=').next().unwrap();
                         if !readme.contains(&format!("`{var}`")) {
                             problems.push(format!("{at}: {var} is not a documented variable"));
+                        }
+                    }
+                }
+            }
+            Check::Kubectl => {
+                let words: Vec<&str> = f.cmd.split_whitespace().collect();
+                for pair in words.windows(2) {
+                    if matches!(pair[0], "-f" | "-k") && !root.join(pair[1]).exists() {
+                        problems.push(format!("{at}: {} does not exist", pair[1]));
+                    }
+                }
+                if let Some(i) = words
+                    .windows(3)
+                    .position(|w| w == ["create", "secret", "generic"])
+                {
+                    let name = words.get(i + 3).copied().unwrap_or("");
+                    let secret =
+                        std::fs::read_to_string(root.join("deploy/kubernetes/secret.yaml"))
+                            .unwrap_or_default();
+                    if !secret.contains("kind: Secret")
+                        || !secret.contains(&format!("  name: {name}\n"))
+                    {
+                        problems.push(format!(
+                            "{at}: deploy/kubernetes/secret.yaml does not describe Secret {name:?}"
+                        ));
+                    }
+                    for w in &words {
+                        if let Some(lit) = w.strip_prefix("--from-literal=") {
+                            let var = lit.split('=').next().unwrap();
+                            if !readme.contains(&format!("`{var}`")) {
+                                problems.push(format!("{at}: {var} is not a documented variable"));
+                            }
                         }
                     }
                 }

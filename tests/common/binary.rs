@@ -17,7 +17,8 @@ pub struct Binary {
 
 impl Binary {
     /// Start it with `env` (and `args`). `PROXY_LISTEN` defaults to `127.0.0.1:0` and
-    /// `RUST_LOG` to `info`; returns once it logged the address it listens on.
+    /// `RUST_LOG` to `info`; returns once it logged the address it listens on (text or JSON
+    /// log lines).
     pub fn start(env: &[(&str, &str)], args: &[&str]) -> Binary {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gemini-quota-proxy"));
         cmd.args(args)
@@ -43,8 +44,13 @@ impl Binary {
             let logs = logs.clone();
             readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if let (Some(tx), Some(i)) = (&tx, line.find("addr=")) {
-                        let addr: String = line[i + 5..]
+                    // `addr=...` in text logs, `"addr":"..."` in JSON ones (log.format).
+                    let at = line
+                        .find("addr=")
+                        .map(|i| i + 5)
+                        .or_else(|| line.find("\"addr\":\"").map(|i| i + 8));
+                    if let (Some(tx), Some(i)) = (&tx, at) {
+                        let addr: String = line[i..]
                             .chars()
                             .take_while(|c| !c.is_whitespace() && *c != '"')
                             .collect();

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod deploy_files;
 pub mod fake_upstream;
 pub mod sinks;
 
