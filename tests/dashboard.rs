@@ -616,6 +616,12 @@ async fn dashboard_in_a_browser() {
     // The admission queue (on by default; nobody waits here).
     let queue = b.text("#queue").await;
     assert_eq!(queue.trim(), "Waiting for quota: none.", "{q}");
+    // Which configuration serves.
+    let config = b.text("#config").await;
+    assert!(
+        config.starts_with("Configuration: generation 1, loaded at start at "),
+        "{config:?}: {q}"
+    );
     assert!(
         b.js(
             "return document.querySelector('#admin') === null;",

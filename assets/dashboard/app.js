@@ -424,6 +424,17 @@
     var st = qs.store || {};
     $('#store').textContent = 'Quota store: ' + (st.backend || '?') + (st.reachable === false ? ', unreachable' : ', reachable') + '.';
     $('#queue').textContent = queueLine(qs.queue);
+    $('#config').textContent = configLine(qs.config);
+  }
+
+  /** Which configuration serves: its generation, when and how it was loaded. */
+  function configLine(c) {
+    if (!c || typeof c.generation !== 'number') return '';
+    var how = { start: 'at start', sighup: 'by SIGHUP', api: 'by the reload endpoint', file: 'after the file changed' }[c.source] || c.source;
+    var line = 'Configuration: generation ' + c.generation + ', loaded ' + how + ' at ' + fmtClock(new Date(c.loaded_at)) + '.';
+    var pending = Array.isArray(c.restart_required) ? c.restart_required : [];
+    if (pending.length) line += ' Waiting for a restart: ' + pending.join(', ') + '.';
+    return line;
   }
 
   /** The admission queue in one line: who waits for quota, and for how long the oldest has. */
