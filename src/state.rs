@@ -29,19 +29,40 @@ pub struct Generation {
     /// What loaded it: `start`, `sighup`, `api` or `file`.
     pub source: &'static str,
     /// Settings changed in the file that only a restart applies (`server.listen`,
-    /// `store.redis_url`, ...), still at their running values.
-    pub restart_required: Vec<String>,
+    /// `store.redis_url`, ...), still at their running values: as of the last reload, whether
+    /// or not it applied anything (so shared by the generations).
+    pub restart_required: RestartRequired,
 }
 
 impl Generation {
-    /// Generation `number`, loaded now by `source`.
-    pub fn new(number: u64, source: &'static str, restart_required: Vec<String>) -> Generation {
+    /// Generation `number`, loaded now by `source`, sharing `restart_required`.
+    pub fn new(number: u64, source: &'static str, restart_required: RestartRequired) -> Generation {
         Generation {
             number,
             loaded_at: crate::alerts::rfc3339(chrono::Utc::now()),
             source,
             restart_required,
         }
+    }
+}
+
+/// The settings waiting for a restart, as the last reload found them.
+#[derive(Debug, Clone, Default)]
+pub struct RestartRequired(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl RestartRequired {
+    pub fn get(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, settings: Vec<String>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = settings;
+    }
+}
+
+impl serde::Serialize for RestartRequired {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.get().serialize(s)
     }
 }
 
@@ -121,7 +142,7 @@ impl AppState {
             metrics,
             ledger,
             queues,
-            generation: Generation::new(1, "start", Vec::new()),
+            generation: Generation::new(1, "start", RestartRequired::default()),
             gauges_refreshed: tokio::sync::Mutex::new(None),
             outlook: std::sync::Mutex::new(None),
             status_viewed: std::sync::Mutex::new(None),

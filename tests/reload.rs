@@ -151,6 +151,19 @@ async fn an_invalid_file_changes_nothing_and_the_endpoint_names_the_setting() {
             "listen_addr",
         ),
         (good.replace("[[keys]]", "[[keys]\n"), "config file"),
+        // A key on a line that does not parse, and a key where a list belongs: neither may
+        // be quoted back.
+        (
+            good.replace(&format!("key = {KEY_A:?}"), "key = \"AIzaLeakedKey0000009"),
+            "config file",
+        ),
+        (
+            good.replace(
+                &format!("client_keys = [{CLIENT_KEY:?}]"),
+                "client_keys = \"AIzaLeakedKey0000009\"",
+            ),
+            "auth.client_keys",
+        ),
     ] {
         std::fs::write(&file, &bad).unwrap();
         let (code, r) = reload(&proxy.url, ADMIN_TOKEN).await;
@@ -163,6 +176,10 @@ async fn an_invalid_file_changes_nothing_and_the_endpoint_names_the_setting() {
             !message.contains(KEY_A),
             "no pooled key in an error: {message}"
         );
+        assert!(
+            !message.contains("Leaked"),
+            "no value of the file in an error: {message}"
+        );
     }
     // The running configuration is untouched: generation 1, limit 2.
     let g = generation(&proxy.url).await;
@@ -172,6 +189,7 @@ async fn an_invalid_file_changes_nothing_and_the_endpoint_names_the_setting() {
     let logs = proxy.logs();
     assert!(logs.contains("configuration reload refused"), "{logs}");
     assert!(!logs.contains(KEY_A), "no pooled key in the log");
+    assert!(!logs.contains("Leaked"), "no value of the file in the log");
     assert!(!logs.contains(ADMIN_TOKEN), "no admin token in the log");
 
     // A client may not reload; a wrong token may not either.
@@ -317,6 +335,21 @@ async fn redis_url_and_connection_cap_changes_need_a_restart_and_are_not_applied
     let base = toml(KEY_A, 5, ADMIN_TOKEN, &[CLIENT_KEY]);
     std::fs::write(&file, &base).unwrap();
     let proxy = start(&fake.url, &file, &[("PROXY_WATCH_CONFIG", "false")]);
+    // A restart-only change alone: nothing applies, but the status page says it waits.
+    std::fs::write(&file, format!("{base}\n[server]\nmax_connections = 7\n")).unwrap();
+    let (code, r) = reload(&proxy.url, ADMIN_TOKEN).await;
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["applied"], false, "{r}");
+    assert_eq!(
+        r["restart_required"],
+        serde_json::json!(["server.max_connections"]),
+        "{r}"
+    );
+    assert_eq!(
+        generation(&proxy.url).await["restart_required"],
+        serde_json::json!(["server.max_connections"])
+    );
+
     std::fs::write(
         &file,
         format!(
@@ -355,4 +388,84 @@ async fn redis_url_and_connection_cap_changes_need_a_restart_and_are_not_applied
         "{r}"
     );
     assert!(!proxy.logs().contains("hunter2"));
+
+    // The file back as it started: nothing waits for a restart any more.
+    std::fs::write(&file, &base).unwrap();
+    let (_, r) = reload(&proxy.url, ADMIN_TOKEN).await;
+    assert_eq!(r["applied"], true, "{r}");
+    assert_eq!(r["restart_required"], serde_json::json!([]), "{r}");
+    let (_, status) = quota_status(&proxy.url, CLIENT_KEY).await;
+    assert_eq!(
+        status["quota_status"]["config"]["restart_required"],
+        serde_json::json!([])
+    );
+    assert!(
+        !status["quota_status"]["warnings"]
+            .to_string()
+            .contains("restart"),
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_firing_before_a_reload_of_its_channels_is_resolved_on_the_new_channel() {
+    let fake = FakeUpstream::start().await;
+    let hooks = common::sinks::Receiver::start().await;
+    let dir = config_dir("alerts");
+    let file = dir.join("config.toml");
+    let with_alerts = |path: &str, warn: u64| {
+        format!(
+            "{}\n[alerts]\nevaluate_every_secs = 0.1\ngroup_wait_secs = 0\nwarn_percent = {warn}\n[[alerts.webhooks]]\nurl = \"{}{path}\"\nformat = \"json\"\n",
+            toml(KEY_A, 2, ADMIN_TOKEN, &[CLIENT_KEY]),
+            hooks.url
+        )
+    };
+    std::fs::write(&file, with_alerts("/before", 80)).unwrap();
+    let proxy = start(&fake.url, &file, &[("PROXY_WATCH_CONFIG", "false")]);
+    for _ in 0..2 {
+        assert_eq!(code_of(&proxy.url).await, 200);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || !hooks
+            .bodies("/before")
+            .is_empty())
+        .await,
+        "the firing alert is sent"
+    );
+    assert_eq!(hooks.bodies("/before")[0]["status"], "firing");
+
+    // New channel and thresholds: the alert keeps firing through the reload...
+    std::fs::write(&file, with_alerts("/after", 79)).unwrap();
+    let (code, r) = reload(&proxy.url, ADMIN_TOKEN).await;
+    assert_eq!(code, 200, "{r}");
+    assert!(
+        r["changed"].to_string().contains("alerts.warn_percent"),
+        "{r}"
+    );
+    // ...and its resolution, once the quota is reset, goes to the new channel.
+    let reset = http()
+        .post(format!("{}/api/ai/quota-status/", proxy.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"quota_type": "minute"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reset.status().as_u16(), 200);
+    assert!(
+        eventually(Duration::from_secs(10), || hooks
+            .bodies("/after")
+            .iter()
+            .any(|b| b["status"] == "resolved"))
+        .await,
+        "the resolution reaches the new channel: {:?}",
+        hooks.hooks()
+    );
+    assert!(
+        hooks
+            .bodies("/after")
+            .iter()
+            .all(|b| b["status"] != "firing"),
+        "the alert is not sent as new after the reload: {:?}",
+        hooks.hooks()
+    );
 }

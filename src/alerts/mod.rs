@@ -123,7 +123,7 @@ pub struct AlertsSummary {
 /// The alert engine of one replica, with its channels.
 pub struct Alerts {
     engine: Arc<Mutex<Engine>>,
-    claims: Claims,
+    claims: Arc<Claims>,
     delivery: Arc<Delivery>,
 }
 
@@ -136,17 +136,23 @@ impl Alerts {
     pub fn new(config: &Config, shared: Option<SharedIo>) -> Alerts {
         Alerts {
             engine: Arc::new(Mutex::new(Engine::default())),
-            claims: Claims::new(shared, &config.alerts),
+            claims: Arc::new(Claims::new(shared, &config.alerts)),
             delivery: Arc::new(Delivery::new(config)),
         }
     }
 
     /// The alerts of a reloaded configuration: the same engine (what fires, what was sent
-    /// and when), with `config`'s channels and claim lifetimes.
+    /// and when) and, in one replica, the same claims (the state each alert was last sent in,
+    /// so a resolution after the reload is still sent), with `config`'s channels and, in
+    /// Redis (which keeps the claims), its claim lifetimes.
     pub fn reconfigured(&self, config: &Config, shared: Option<SharedIo>) -> Alerts {
+        let claims = match (&*self.claims, shared) {
+            (Claims::Local(_), _) | (_, None) => self.claims.clone(),
+            (Claims::Shared { .. }, Some(io)) => Arc::new(Claims::new(Some(io), &config.alerts)),
+        };
         Alerts {
             engine: self.engine.clone(),
-            claims: Claims::new(shared, &config.alerts),
+            claims,
             delivery: Arc::new(Delivery::new(config)),
         }
     }

@@ -225,7 +225,9 @@ pub(crate) fn try_for_test(toml: &str, env: &[(&str, &str)]) -> Result<Config, C
     Config::load(&Sources { file, env: vars })
 }
 
-/// The `config` crate's messages already name the key; keep them, under a stable prefix.
+/// The `config` crate's messages already name the key; keep them, under a stable prefix, but
+/// never what the file says there: a TOML syntax error quotes the line (which may hold a key),
+/// a wrong type quotes the value.
 fn describe_config_error(e: config::ConfigError) -> ConfigError {
     let text = e.to_string();
     let setting = text
@@ -239,7 +241,43 @@ fn describe_config_error(e: config::ConfigError) -> ConfigError {
         })
         .unwrap_or("config file")
         .to_string();
-    bad(setting, text)
+    bad(setting, without_values(&text))
+}
+
+/// `text` without the file's contents: a TOML syntax error keeps its position and reason
+/// (not the quoted line and its marker), and a quoted string value becomes `"…"`.
+fn without_values(text: &str) -> String {
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or_default();
+    let mut out = first.to_string();
+    if first.starts_with("TOML parse error") {
+        // The quoted source: `  |`, `2 | key = "…`, `  |      ^`.
+        let reason: Vec<&str> = lines
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.contains('|'))
+            .collect();
+        if !reason.is_empty() {
+            out = format!("{first}: {}", reason.join(" "));
+        }
+    }
+    let mut clean = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(i) = rest.find("string \"") {
+        let (head, tail) = rest.split_at(i + "string \"".len());
+        clean.push_str(head);
+        // The value ends at the first unescaped quote before `, expected` (a value may hold
+        // quotes itself, escaped).
+        let end = tail
+            .match_indices("\", expected")
+            .map(|(j, _)| j)
+            .find(|&j| !tail[..j].ends_with('\\'))
+            .or_else(|| tail.rfind('"'))
+            .unwrap_or(tail.len());
+        clean.push('…');
+        rest = &tail[end..];
+    }
+    clean.push_str(rest);
+    clean
 }
 
 #[cfg(test)]
@@ -437,6 +475,33 @@ project = "proj-a"
             c.limits.projects["proj-a"].models["gemini-2.5-pro"].token_minute,
             Some(1234)
         );
+    }
+
+    #[test]
+    fn errors_name_the_setting_but_never_quote_what_the_file_says() {
+        for (toml, setting, reason) in [
+            (
+                "[auth]\nclient_keys = \"AIzaSECRETSECRET123\"\n",
+                "auth.client_keys",
+                "expected a sequence",
+            ),
+            (
+                "[[keys]]\nkey = \"AIzaSECRETSECRET456\n",
+                "config file",
+                "line 2",
+            ),
+            (
+                "[limits]\nminute = \"AIza\\\", expected SECRET 789\"\n",
+                "limits.minute",
+                "expected an integer",
+            ),
+        ] {
+            let e = try_for_test(toml, &[]).unwrap_err();
+            let text = e.to_string();
+            assert_eq!(e.setting, setting, "{text}");
+            assert!(text.contains(reason), "{text}");
+            assert!(!text.contains("SECRET"), "a value in an error: {text}");
+        }
     }
 
     #[test]

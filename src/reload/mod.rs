@@ -143,7 +143,7 @@ impl Live {
                     generation = r.generation.number,
                     source = origin.as_str(),
                     changed = %r.changed.join(","),
-                    restart_required = %r.generation.restart_required.join(","),
+                    restart_required = %r.generation.restart_required.get().join(","),
                     "configuration reloaded"
                 );
             }
@@ -151,10 +151,11 @@ impl Live {
                 current
                     .metrics
                     .config_reload("unchanged", r.generation.number);
-                if !r.generation.restart_required.is_empty() {
+                let pending = r.generation.restart_required.get();
+                if !pending.is_empty() {
                     tracing::warn!(
                         source = origin.as_str(),
-                        restart_required = %r.generation.restart_required.join(","),
+                        restart_required = %pending.join(","),
                         "configuration reload: only settings that need a restart changed; nothing applied"
                     );
                 } else {
@@ -185,17 +186,20 @@ impl Live {
         let sources = self.0.sources.as_ref().ok_or(ReloadError::NoSources)?;
         let old = self.current();
         let (config, changed, restart_required) = prepare(&old.config, Config::load(sources)?);
+        // What waits for a restart is what this file asks for, applied or not.
+        old.generation.restart_required.set(restart_required);
         if changed.is_empty() {
-            let mut generation = old.generation.clone();
-            generation.restart_required = restart_required;
             return Ok(Reloaded {
                 applied: false,
-                generation,
+                generation: old.generation.clone(),
                 changed,
             });
         }
-        let generation =
-            Generation::new(old.generation.number + 1, origin.as_str(), restart_required);
+        let generation = Generation::new(
+            old.generation.number + 1,
+            origin.as_str(),
+            old.generation.restart_required.clone(),
+        );
         let next = Arc::new(old.successor(config, generation.clone()));
         self.0.current.store(next);
         Ok(Reloaded {

@@ -281,7 +281,7 @@ mod tests {
                 waiting: 0,
                 models: vec![],
             },
-            config: crate::state::Generation::new(1, "start", vec![]),
+            config: crate::state::Generation::new(1, "start", Default::default()),
             cost: None,
             forecast: None,
             alerts: crate::alerts::AlertsSummary {

@@ -246,10 +246,11 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
     }
     let mut warnings: Vec<String> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
-    if !state.generation.restart_required.is_empty() {
+    let pending = state.generation.restart_required.get();
+    if !pending.is_empty() {
         warnings.push(format!(
             "the config file changes settings that only a restart applies: {}",
-            state.generation.restart_required.join(", ")
+            pending.join(", ")
         ));
     }
     for (model, (u, l)) in &per_model {
