@@ -256,19 +256,24 @@ fn spawn_outlook_refresh(live: WeakLive) {
 /// day of history, so it is not worth a runtime worker every evaluation when nobody watches.
 pub const ALERT_OUTLOOK_EVERY: Duration = Duration::from_secs(60);
 
+/// The alert evaluator looks at the serving `alerts.evaluate_every` at least this often.
+const ALERT_PERIOD_CHECK: Duration = Duration::from_secs(1);
+
 /// The alert evaluator: every `alerts.evaluate_every`, the rules over a status snapshot of the
 /// counters, with the ledger's outlook (as cached for the status page) refreshed every
 /// [`ALERT_OUTLOOK_EVERY`] and the last one carried in between (so the outlook's rules neither
 /// resolve nor re-fire between refreshes), and the run of upstream failures, handed to the
 /// alert engine, which sends in tasks of its own. Each evaluation on the generation serving
-/// then, the next one `alerts.evaluate_every` of that generation later. Runs while the
-/// gateway lives.
+/// then; the period is the serving generation's `alerts.evaluate_every` (checked at least
+/// every [`ALERT_PERIOD_CHECK`], so a reload that shortens it takes effect at once). Runs
+/// while the gateway lives.
 fn spawn_alerts(live: WeakLive) {
     tokio::spawn(async move {
         // The first evaluation one period after start: nothing has been used yet, and the
         // store is not asked for a snapshot before anyone else asks.
         let mut outlook_at: Option<Instant> = None;
         let mut outlook = (None, None);
+        let mut last = Instant::now();
         loop {
             let Some(every) = live
                 .upgrade()
@@ -276,7 +281,12 @@ fn spawn_alerts(live: WeakLive) {
             else {
                 return;
             };
-            tokio::time::sleep(every).await;
+            let due = last + every;
+            if Instant::now() < due {
+                tokio::time::sleep_until(due.min(Instant::now() + ALERT_PERIOD_CHECK)).await;
+                continue;
+            }
+            last = Instant::now();
             let Some(state) = live.upgrade().map(|l| l.current()) else {
                 return;
             };

@@ -44,6 +44,9 @@ async fn main() -> ExitCode {
         config.log.format,
         sources.env.get("RUST_LOG").map(String::as_str),
     );
+    // SIGHUP is taken from here on (its default would end the process): one that comes
+    // before the gateway serves reloads once it does.
+    let hangups = watch::sighup();
     let listen = config.server.listen;
     let mut builder = Gateway::builder(config).sources(sources.clone());
     if let Some(handle) = gemini_quota_proxy::metrics::install_prometheus() {
@@ -61,6 +64,7 @@ async fn main() -> ExitCode {
         eprintln!("gemini-quota-proxy: {e}");
         return ExitCode::from(2);
     }
+    let watch_config = state.config.server.watch_config;
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -79,15 +83,17 @@ async fn main() -> ExitCode {
         upstream = %state.config.upstream.url.text,
         "listening"
     );
+    // Not held while serving: a generation a reload replaces is freed when its requests end.
+    drop(state);
     // Reload without restart: SIGHUP, and a change to the config file's directory.
     let live = gateway.live().downgrade();
-    if let Err(e) = watch::spawn_sighup(live.clone()) {
-        tracing::warn!(error = %e, "cannot listen for SIGHUP: reload with POST /api/ai/config/reload");
+    match hangups {
+        Ok(hangups) => watch::spawn_sighup(live.clone(), hangups),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: reload with POST /api/ai/config/reload")
+        }
     }
-    if let Some(file) = sources
-        .file
-        .as_ref()
-        .filter(|_| state.config.server.watch_config)
+    if let Some(file) = sources.file.as_ref().filter(|_| watch_config)
         && let Err(e) = watch::spawn_file_watch(live, std::path::Path::new(file))
     {
         tracing::warn!(error = %e, "cannot watch the config file: reload with SIGHUP or POST /api/ai/config/reload");

@@ -107,8 +107,12 @@ pub async fn serve(
     gateway: Gateway,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let state = gateway.state().clone();
-    let cfg = &state.config.server;
+    // Settings read once (a reload reports changes to these as needing a restart); no
+    // generation is held here, so a replaced one is freed once its requests end.
+    let (cfg, ledger) = {
+        let state = gateway.state();
+        (state.config.server.clone(), state.ledger.clone())
+    };
     let router = gateway.router();
     let gemini = gateway.service();
     let prefix: Option<Arc<str>> = cfg.path_prefix.as_deref().map(Arc::from);
@@ -168,7 +172,7 @@ pub async fn serve(
         () = tokio::time::sleep(cfg.shutdown_grace) => tracing::warn!("grace period over: closing remaining connections"),
     }
     // The last second of usage sums, not left for a settlement batch that will not come.
-    state.ledger.flush().await;
+    ledger.flush().await;
     Ok(())
 }
 

@@ -469,3 +469,65 @@ async fn an_alert_firing_before_a_reload_of_its_channels_is_resolved_on_the_new_
         hooks.hooks()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_upstream_and_a_cache_turned_on_apply_to_the_next_requests() {
+    let first = FakeUpstream::start().await;
+    let second = FakeUpstream::start().await;
+    let dir = config_dir("upstream");
+    let file = dir.join("config.toml");
+    let with = |upstream: &str, cache: bool| {
+        format!(
+            "{}\n[upstream]\nurl = \"{upstream}\"\n\n[cache]\nenabled = {cache}\n",
+            toml(KEY_A, 100, ADMIN_TOKEN, &[CLIENT_KEY])
+        )
+    };
+    std::fs::write(&file, with(&first.url, false)).unwrap();
+    let proxy = Binary::start(
+        &[("PROXY_WATCH_CONFIG", "false")],
+        &["--config", file.to_str().unwrap()],
+    );
+    let ask = || async {
+        http()
+            .post(format!(
+                "{}/v1beta/models/{MODEL}:generateContent",
+                proxy.url
+            ))
+            .header("x-goog-api-key", CLIENT_KEY)
+            .json(
+                &serde_json::json!({"contents": [{"parts": [{"text": "same"}]}],
+                "generationConfig": {"temperature": 0}}),
+            )
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for _ in 0..2 {
+        assert_eq!(ask().await, 200);
+    }
+    assert_eq!(first.calls(":generateContent").len(), 2, "no cache yet");
+
+    std::fs::write(&file, with(&second.url, true)).unwrap();
+    let (code, r) = reload(&proxy.url, ADMIN_TOKEN).await;
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(
+        r["changed"],
+        serde_json::json!(["cache.enabled", "upstream.url"]),
+        "{r}"
+    );
+    for _ in 0..3 {
+        assert_eq!(ask().await, 200);
+    }
+    assert_eq!(
+        first.calls(":generateContent").len(),
+        2,
+        "the old upstream no more"
+    );
+    assert_eq!(
+        second.calls(":generateContent").len(),
+        1,
+        "the new upstream once, then the cache"
+    );
+}

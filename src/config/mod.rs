@@ -170,11 +170,20 @@ impl Config {
         let env_clients: Option<Vec<String>> = env_value(env, "PROXY_CLIENT_KEYS")
             .map(|v| comma_list(v).map(str::to_string).collect());
         let merged = builder.build().map_err(describe_config_error)?;
-        let prints = merged
+        let mut prints = merged
             .clone()
             .try_deserialize::<serde_json::Value>()
             .map(|tree| ConfigPrints::of(&tree))
             .map_err(describe_config_error)?;
+        // Lists the environment replaces: the file's is not used, so its changes are none.
+        for (var, setting) in [
+            ("PROXY_CLIENT_KEYS", "auth.client_keys"),
+            ("PROXY_ALERT_EMAIL_TO", "alerts.email.to"),
+        ] {
+            if env_value(env, var).is_some() {
+                prints.forget(setting);
+            }
+        }
         let raw: Raw = merged.try_deserialize().map_err(describe_config_error)?;
         let store = store::from_raw(raw.store)?;
         Ok(Config {

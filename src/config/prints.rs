@@ -59,6 +59,11 @@ impl ConfigPrints {
         mine.eq(theirs)
     }
 
+    /// Without setting `path` (one the environment replaces, so the file's value is not used).
+    pub fn forget(&mut self, path: &str) {
+        self.0.remove(path);
+    }
+
     /// These prints with the settings `keep` picks taken from `old` (settings a reload leaves
     /// at their running values): they keep being reported as changed until a restart.
     pub fn keeping(mut self, old: &ConfigPrints, keep: impl Fn(&str) -> bool) -> ConfigPrints {

@@ -1,10 +1,11 @@
 //! Key health as this replica sees it: keys it saw die (until the store, the truth, is asked
 //! again), the growing cooldown of 429s without details, IP-level throttle detection, and the
-//! run of upstream failures.
+//! run of upstream failures. By key id and project, so one record serves every configuration
+//! generation (a reload shares it, and requests still on the old one keep feeding it).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a key this replica saw die is skipped for free calls without asking the store.
@@ -14,15 +15,15 @@ const BARE_429_RESET: Duration = Duration::from_secs(60);
 /// Bare 429s from most projects within this window mean an IP-level throttle.
 const THROTTLE_WINDOW: Duration = Duration::from_secs(10);
 
-/// What this replica knows of its keys' health (by pool index and project).
+/// What this replica knows of its keys' health (by key id and project).
 #[derive(Debug)]
 pub struct KeyHealth {
-    /// Keys seen dead, with the reason and when.
-    dead: Mutex<HashMap<usize, (String, Instant)>>,
+    /// Keys seen dead, by key id, with the reason and when.
+    dead: Mutex<HashMap<Arc<str>, (String, Instant)>>,
     /// Consecutive bare 429s per project and when the last one came.
     bare_429: Mutex<HashMap<String, (u32, Instant)>>,
     /// Distinct projects in the pool.
-    projects: usize,
+    projects: AtomicUsize,
     /// Upstream 5xx and network failures in a row (any key); a success resets it.
     failures: AtomicU32,
 }
@@ -36,45 +37,36 @@ impl KeyHealth {
         KeyHealth {
             dead: Mutex::new(HashMap::new()),
             bare_429: Mutex::new(HashMap::new()),
-            projects,
+            projects: AtomicUsize::new(projects),
             failures: AtomicU32::new(0),
         }
     }
 
-    /// What `old` saw, for a reloaded pool: its keys seen dead under their new positions
-    /// (`position` maps an old index to the new one; `None`: the key left the pool), the bare
-    /// 429s of every project and the run of failures.
-    pub fn carry_from(&self, old: &KeyHealth, position: impl Fn(usize) -> Option<usize>) {
-        let seen: Vec<(usize, (String, Instant))> = lock(&old.dead)
-            .iter()
-            .filter_map(|(i, v)| Some((position(*i)?, v.clone())))
-            .collect();
-        lock(&self.dead).extend(seen);
-        let bare = lock(&old.bare_429).clone();
-        lock(&self.bare_429).extend(bare);
-        self.failures.store(old.failures(), Ordering::Relaxed);
+    /// A reloaded pool's projects: the throttle detection counts these, and forgets the bare
+    /// 429s of projects no longer pooled.
+    pub fn repool(&self, projects: &std::collections::HashSet<&str>) {
+        self.projects.store(projects.len(), Ordering::Relaxed);
+        lock(&self.bare_429).retain(|p, _| projects.contains(p.as_str()));
     }
 
-    /// Remember that key `index` was disabled.
-    pub fn saw_dead(&self, index: usize, reason: &str) {
-        lock(&self.dead).insert(index, (reason.to_string(), Instant::now()));
+    /// Remember that key `kid` was disabled.
+    pub fn saw_dead(&self, kid: &Arc<str>, reason: &str) {
+        lock(&self.dead).insert(kid.clone(), (reason.to_string(), Instant::now()));
     }
 
-    /// Keys seen dead within the last minute (the store stays the truth: an admin may
-    /// re-enable a key through another replica).
-    pub fn recently_dead(&self) -> Vec<usize> {
+    /// Whether key `kid` was seen dead within the last minute (the store stays the truth: an
+    /// admin may re-enable a key through another replica).
+    pub fn recently_dead(&self, kid: &str) -> bool {
         lock(&self.dead)
-            .iter()
-            .filter(|(_, (_, at))| at.elapsed() < DEAD_MEMORY)
-            .map(|(i, _)| *i)
-            .collect()
+            .get(kid)
+            .is_some_and(|(_, at)| at.elapsed() < DEAD_MEMORY)
     }
 
     /// Forget what was seen of these keys (an admin re-enabled them).
-    pub fn forget_dead(&self, indexes: &[usize]) {
+    pub fn forget_dead(&self, kids: &[&str]) {
         let mut dead = lock(&self.dead);
-        for i in indexes {
-            dead.remove(i);
+        for k in kids {
+            dead.remove(*k);
         }
     }
 
@@ -99,7 +91,7 @@ impl KeyHealth {
             .values()
             .filter(|(_, at)| at.elapsed() < THROTTLE_WINDOW)
             .count();
-        recent >= 2 && recent * 2 > self.projects
+        recent >= 2 && recent * 2 > self.projects.load(Ordering::Relaxed)
     }
 
     /// One more upstream failure (5xx, network) in a row.
@@ -139,30 +131,26 @@ mod tests {
     }
 
     #[test]
-    fn a_reloaded_pool_keeps_what_was_seen_under_the_keys_new_positions() {
-        let old = KeyHealth::new(2);
-        old.saw_dead(0, "API_KEY_INVALID");
-        old.saw_dead(1, "PERMISSION_DENIED");
-        old.bare_429_backoff("a");
-        old.failure();
-        let new = KeyHealth::new(2);
-        // Key 0 left the pool; key 1 is now at 0.
-        new.carry_from(&old, |i| (i == 1).then_some(0));
-        assert_eq!(new.recently_dead(), [0]);
-        assert_eq!(new.failures(), 1);
-        assert_eq!(
-            new.bare_429_backoff("a"),
-            2000,
-            "the run of bare 429s goes on"
-        );
+    fn a_reloaded_pool_forgets_the_bare_429s_of_projects_it_no_longer_holds() {
+        let h = KeyHealth::new(3);
+        h.bare_429_backoff("a");
+        h.bare_429_backoff("b");
+        assert!(h.throttled_globally());
+        // Now "a" alone, and "b" gone: one project of one is not the address either.
+        h.repool(&["a"].into_iter().collect());
+        assert!(!h.throttled_globally());
+        assert_eq!(h.bare_429_backoff("a"), 2000, "a's run goes on");
+        assert_eq!(h.bare_429_backoff("b"), 1000, "b's run starts again");
     }
 
     #[test]
     fn keys_seen_dead_are_remembered_until_forgotten() {
         let h = KeyHealth::new(1);
-        h.saw_dead(2, "API_KEY_INVALID");
-        assert_eq!(h.recently_dead(), [2]);
-        h.forget_dead(&[2]);
-        assert!(h.recently_dead().is_empty());
+        let kid: Arc<str> = "k2".into();
+        h.saw_dead(&kid, "API_KEY_INVALID");
+        assert!(h.recently_dead("k2"));
+        assert!(!h.recently_dead("k1"));
+        h.forget_dead(&["k2"]);
+        assert!(!h.recently_dead("k2"));
     }
 }

@@ -39,8 +39,9 @@ pub struct Pool {
     turn: AtomicU64,
     /// Limits Google reported lower than configured, by (project, model).
     learned: RwLock<HashMap<(String, String), LimitOverride>>,
-    /// What this replica saw of its keys' health.
-    pub health: health::KeyHealth,
+    /// What this replica saw of its keys' health (shared with the generations before and
+    /// after a reload).
+    pub health: Arc<health::KeyHealth>,
 }
 
 impl Pool {
@@ -68,7 +69,7 @@ impl Pool {
             })
             .collect();
         let projects: std::collections::HashSet<&str> = keys.iter().map(|k| &*k.project).collect();
-        let health = health::KeyHealth::new(projects.len());
+        let health = Arc::new(health::KeyHealth::new(projects.len()));
         Pool {
             keys,
             strategy: cfg.strategy,
@@ -80,15 +81,13 @@ impl Pool {
     }
 
     /// What a reloaded pool takes from the one it replaces: what this replica saw of the keys
-    /// both pools hold (found by key id, whatever their position, name or project now), the
+    /// (one record by key id, shared, whatever a key's position, name or project now), the
     /// limits Google reported and where the turn stands. Counters are the store's and stay.
-    pub fn carry_from(self, old: &Pool) -> Pool {
-        self.health.carry_from(&old.health, |i| {
-            old.keys
-                .get(i)
-                .and_then(|k| self.by_kid(&k.kid))
-                .map(|(j, _)| j)
-        });
+    pub fn carry_from(mut self, old: &Pool) -> Pool {
+        let projects: std::collections::HashSet<&str> =
+            self.keys.iter().map(|k| &*k.project).collect();
+        old.health.repool(&projects);
+        self.health = old.health.clone();
         let learned = old
             .learned
             .read()

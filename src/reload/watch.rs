@@ -11,11 +11,16 @@ use super::{Origin, WeakLive};
 
 /// Events this close together are one change (an editor writes, renames, changes modes).
 pub const SETTLE: Duration = Duration::from_millis(300);
+/// A change is reloaded this long after it at the latest, however busy the directory.
+pub const SETTLE_AT_MOST: Duration = Duration::from_secs(3);
 
-/// Reload on every `SIGHUP` while the gateway lives.
-pub fn spawn_sighup(live: WeakLive) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = signal(SignalKind::hangup())?;
+/// `SIGHUP`s from now on (instead of the default, which ends the process).
+pub fn sighup() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+}
+
+/// Reload on every one of `hangups` ([`sighup`]) while the gateway lives.
+pub fn spawn_sighup(live: WeakLive, mut hangups: tokio::signal::unix::Signal) {
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             let Some(live) = live.upgrade() else {
@@ -25,7 +30,6 @@ pub fn spawn_sighup(live: WeakLive) -> std::io::Result<()> {
             let _ = tokio::task::spawn_blocking(move || live.reload(Origin::Signal)).await;
         }
     });
-    Ok(())
 }
 
 /// Reload when something changes in `file`'s directory, or in the directory of the file it
@@ -54,8 +58,10 @@ pub fn spawn_file_watch(live: WeakLive, file: &Path) -> notify::Result<()> {
     tracing::info!(dir = %dir.display(), "watching the config file's directory for changes");
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
-            // Let the burst settle: the last event restarts the wait.
-            loop {
+            // Let the burst settle: the last event restarts the wait, up to SETTLE_AT_MOST
+            // (a directory other programs keep writing to still reloads).
+            let burst = tokio::time::Instant::now();
+            while burst.elapsed() < SETTLE_AT_MOST {
                 match tokio::time::timeout(SETTLE, rx.recv()).await {
                     Ok(Some(())) => continue,
                     Ok(None) => return,

@@ -285,7 +285,8 @@ async fn post_reset(
         .await
         .map_err(|e| ApiError::Unavailable(format!("reset failed: {e}")))?;
     if kind == ResetKind::Cooldowns {
-        state.pool.health.forget_dead(&keys);
+        let kids: Vec<&str> = keys.iter().map(|&i| &*state.pool.keys[i].kid).collect();
+        state.pool.health.forget_dead(&kids);
     }
     // Room may have freed for requests waiting in this replica's queue: their heads ask now.
     state.queues.ring_all();

@@ -343,10 +343,10 @@ pub(super) fn free_key(state: &AppState, pinned: Option<usize>, avoid: &[usize])
     }
     let n = state.pool.keys.len();
     // What this replica saw die recently (the store stays the truth).
-    let disabled = state.pool.health.recently_dead();
+    let health = &state.pool.health;
     let start = state.pool.next_turn() as usize;
     (0..n)
         .map(|i| (start + i) % n)
-        .find(|i| !avoid.contains(i) && !disabled.contains(i))
+        .find(|&i| !avoid.contains(&i) && !health.recently_dead(&state.pool.keys[i].kid))
         .unwrap_or(start % n)
 }

@@ -105,7 +105,7 @@ pub(super) async fn hold(
 pub(super) async fn disable(state: &AppState, index: usize, reason: &str) {
     let key = &state.pool.keys[index];
     tracing::error!(key = %key.masked, name = %key.name, reason = %reason, "pooled key disabled");
-    state.pool.health.saw_dead(index, reason);
+    state.pool.health.saw_dead(&key.kid, reason);
     if let Err(e) = state.store.disable_key(&key.kid, reason).await {
         tracing::warn!(error = %e, "could not record a disabled key in the store");
     }
