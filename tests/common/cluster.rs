@@ -11,6 +11,8 @@ use super::RedisServer;
 /// One node of the cluster (a `RedisServer` started in cluster mode; `None` once killed).
 pub struct Node {
     pub port: u16,
+    /// Its TLS port, when the cluster was started with `{tls_port}` in its extra arguments.
+    pub tls_port: Option<u16>,
     server: Option<RedisServer>,
 }
 
@@ -52,6 +54,17 @@ impl RedisCluster {
     /// node, and every replica is in sync with its master. `node_timeout_ms`: how long a silent
     /// master takes to be failed over.
     pub fn start(masters: usize, replicas: usize, node_timeout_ms: u64) -> RedisCluster {
+        Self::start_with(masters, replicas, node_timeout_ms, &[])
+    }
+
+    /// [`RedisCluster::start`] with `extra` arguments for every node; `{tls_port}` in them
+    /// becomes a free port of the node's own (for `--tls-port`).
+    pub fn start_with(
+        masters: usize,
+        replicas: usize,
+        node_timeout_ms: u64,
+        extra: &[String],
+    ) -> RedisCluster {
         let dir = std::env::temp_dir().join(format!(
             "gqp-cluster-{}-{}",
             std::process::id(),
@@ -64,7 +77,15 @@ impl RedisCluster {
             let port = cluster_port();
             let conf = dir.join(format!("nodes-{port}.conf"));
             let timeout = node_timeout_ms.to_string();
-            let args = [
+            let tls_port = extra
+                .iter()
+                .any(|a| a.contains("{tls_port}"))
+                .then(super::free_port);
+            let extra: Vec<String> = extra
+                .iter()
+                .map(|a| a.replace("{tls_port}", &tls_port.unwrap_or(0).to_string()))
+                .collect();
+            let mut args = vec![
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -74,9 +95,11 @@ impl RedisCluster {
                 "--dir",
                 dir.to_str().unwrap(),
             ];
+            args.extend(extra.iter().map(String::as_str));
             if let Some(server) = RedisServer::start_at(port, &args) {
                 nodes.push(Node {
                     port,
+                    tls_port,
                     server: Some(server),
                 });
             }
@@ -130,6 +153,11 @@ impl RedisCluster {
                 .unwrap_or_default();
             info.contains("role:master") || info.contains("master_link_status:up")
         })
+    }
+
+    /// The TLS port of the node on `port`.
+    pub fn tls_port(&self, port: u16) -> Option<u16> {
+        self.nodes.iter().find(|n| n.port == port)?.tls_port
     }
 
     /// `redis://127.0.0.1:PORT` of a node.
