@@ -228,3 +228,122 @@ async fn a_master_killed_under_load_is_followed_to_its_replica_and_counting_resu
     assert_eq!(counter(&cluster, heir, "{gqp}:seq"), before + 10);
     assert!(store_reachable(&proxy.url).await);
 }
+
+/// A `generateContent` of `text` (temperature 0, so cacheable): (status, the cache header).
+async fn cached_generate(proxy: &str, text: &str) -> (u16, String) {
+    let r = http()
+        .post(format!(
+            "{proxy}/v1beta/models/gemini-2.5-flash:generateContent"
+        ))
+        .header("x-goog-api-key", CLIENT_KEY)
+        .json(&serde_json::json!({
+            "contents": [{"role": "user", "parts": [{"text": text}]}],
+            "generationConfig": {"temperature": 0}
+        }))
+        .send()
+        .await
+        .unwrap();
+    let cache = r
+        .headers()
+        .get("x-gemini-quota-proxy-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (r.status().as_u16(), cache)
+}
+
+/// The other Redis users on a Cluster, through a seed that does not serve the namespace: the
+/// response cache (entries shared in Redis, and an admin clear, whose `SCAN` must run on the
+/// node holding the namespace), the usage ledger (its sums written with settlements and read
+/// back) and the status page's counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_the_ledger_and_the_status_page_work_on_a_cluster() {
+    let cluster = RedisCluster::start(3, 0, 5_000);
+    let seed = cluster.other_master(cluster.keyslot("gqp"));
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&["AIzaClusterCacheKey01"])
+            .env("REDIS_URL", &cluster.url(seed))
+            .env("PROXY_CACHE", "on"),
+    )
+    .await;
+    // Three rounds of miss, hit, clear (a clear that scanned another node would find nothing).
+    // After a clear the round's prompt misses and is stored again, so the next clear finds it
+    // beside the next round's entry.
+    let until_hit = |text: String| {
+        let url = proxy.url.clone();
+        async move {
+            for _ in 0..100 {
+                if cached_generate(&url, &text).await.1 == "HIT" {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        }
+    };
+    for round in 0..3 {
+        let text = format!("cluster cache round {round}");
+        assert_eq!(
+            cached_generate(&proxy.url, &text).await,
+            (200, "MISS".into())
+        );
+        assert!(until_hit(text.clone()).await, "round {round}: never a hit");
+        let r = http()
+            .post(format!("{}/api/ai/cache/clear", proxy.url))
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let j = json_of(r).await;
+        let held = if round == 0 { 1 } else { 2 };
+        assert_eq!(
+            (j["cleared"].clone(), j["complete"].clone()),
+            (held.into(), true.into()),
+            "round {round}: {j}"
+        );
+        assert_eq!(cached_generate(&proxy.url, &text).await.1, "MISS");
+        assert!(until_hit(text).await, "round {round}: not stored again");
+    }
+    // Six calls reached the upstream (two misses a round), each admitted in Redis: the status
+    // page reads them back.
+    assert_eq!(fake.calls(":generateContent").len(), 6);
+    let (_, status) = quota_status(&proxy.url, CLIENT_KEY).await;
+    assert_eq!(
+        status["quota_status"]["store"]["reachable"], true,
+        "{status}"
+    );
+    assert_eq!(
+        status.pointer("/quota_status/usage/daily_requests"),
+        Some(&serde_json::json!(6)),
+        "{status}"
+    );
+    // The ledger's sums reach Redis with the settlement batches and are read back from it.
+    let mut requests = serde_json::Value::Null;
+    for _ in 0..100 {
+        let r = http()
+            .get(format!("{}/api/ai/usage/?window=1h", proxy.url))
+            .header("x-goog-api-key", ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        requests = json_of(r).await["totals"]["requests"].clone();
+        if requests.as_u64() >= Some(6) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        requests.as_u64() >= Some(6),
+        "the ledger's totals: {requests}"
+    );
+    let owner = cluster
+        .master_of(cluster.keyslot("gqp"), seed)
+        .expect("a master");
+    assert!(
+        cluster.keys_on(owner).contains("{gqp}:led:m:"),
+        "no ledger bucket on the namespace's master"
+    );
+}
