@@ -240,6 +240,23 @@ impl RedisCluster {
         self.cli(port, &["KEYS", "*"]).unwrap_or_default()
     }
 
+    /// SIGSTOP the node on `port`: it keeps its connections open and answers nothing (a hung
+    /// host, a network partition). Killed on drop like the others.
+    pub fn freeze(&self, port: u16) {
+        let pid = self
+            .nodes
+            .iter()
+            .find(|n| n.port == port)
+            .and_then(|n| n.server.as_ref())
+            .map(RedisServer::pid)
+            .expect("a live node");
+        let ok = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "could not stop node {port}");
+    }
+
     /// SIGKILL the node on `port` (a crash: no goodbye to the cluster).
     pub fn kill(&mut self, port: u16) {
         if let Some(n) = self.nodes.iter_mut().find(|n| n.port == port) {

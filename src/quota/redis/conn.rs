@@ -8,9 +8,17 @@
 //! lazily: building a handle never waits for Redis, and until the first contact succeeds every
 //! call tries it again (one attempt at a time, run in its own task so a caller's deadline does
 //! not cut it short), so a proxy started while Redis is down attaches when it comes up.
+//!
+//! The Cluster client follows `MOVED` and refreshes its topology when a node refuses or drops
+//! its connection, but a master that hangs (a stopped process, a partitioned host) only makes
+//! its calls time out, and the client keeps sending there after its replica was promoted. So a
+//! call that fails for want of an answer (a timeout, a lost or refused connection, a Cluster
+//! error left after the client's own retries) gets the Cluster connection rebuilt from the
+//! seeds and every node the cluster last named, at most once a second, in the background.
 
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
@@ -36,10 +44,117 @@ type Attempt = Shared<BoxFuture<'static, Result<(), Arc<str>>>>;
 struct Inner {
     /// The seed URLs (credentials included: never printed).
     seeds: Vec<Secret>,
+    /// The nodes the cluster named when last asked, as URLs like the first seed's: a rebuild
+    /// starts from them too, so a seed that hangs or is gone does not stop it.
+    known: Mutex<Vec<Secret>>,
     tls: RedisTls,
     timeout: Duration,
-    link: OnceLock<Link>,
+    link: RwLock<Option<Link>>,
     attempt: Mutex<Option<Attempt>>,
+    rebuild: Mutex<Rebuild>,
+    /// When this handle was made, and when (ms after that) a Cluster call was last answered:
+    /// a call that times out while others are answered is load, not a stale connection.
+    born: Instant,
+    answered_ms: AtomicU64,
+}
+
+/// Rebuilds of a Cluster connection: one at a time, at most one a [`REBUILD_GAP`].
+#[derive(Default)]
+struct Rebuild {
+    running: bool,
+    last: Option<Instant>,
+}
+
+/// The least time between two rebuilds of a Cluster connection.
+const REBUILD_GAP: Duration = Duration::from_secs(1);
+
+impl Inner {
+    fn current(&self) -> Option<Link> {
+        self.link.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn answered(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.answered_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// A call on the Cluster connection got no answer: rebuild it in the background, unless a
+    /// call was answered within [`REBUILD_GAP`] or a rebuild runs or ran within it.
+    fn suspect(self: &Arc<Self>) {
+        let quiet_ms = (self.born.elapsed().as_millis() as u64)
+            .saturating_sub(self.answered_ms.load(Ordering::Relaxed));
+        if quiet_ms < REBUILD_GAP.as_millis() as u64 {
+            return;
+        }
+        // Only from within the runtime (not while it is being torn down).
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        {
+            let mut r = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+            if r.running || r.last.is_some_and(|at| at.elapsed() < REBUILD_GAP) {
+                return;
+            }
+            r.running = true;
+        }
+        let inner = self.clone();
+        rt.spawn(async move {
+            match cluster_link(&inner).await {
+                Ok(c) => {
+                    *inner.link.write().unwrap_or_else(|p| p.into_inner()) = Some(c);
+                    tracing::info!("Redis Cluster connection rebuilt after calls went unanswered");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "rebuilding the Redis Cluster connection failed")
+                }
+            }
+            let mut r = inner.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+            r.running = false;
+            r.last = Some(Instant::now());
+        });
+    }
+}
+
+/// Whether a failed Cluster call says the connection may be stale (no answer, a lost node, a
+/// topology error left after the client's retries), not that Redis refused the command.
+fn unanswered(e: &RedisError) -> bool {
+    e.is_timeout()
+        || e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_cluster_error()
+        || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
+}
+
+/// Notes a Cluster call that did not come back answered, including one its caller gave up on
+/// (dropped at the store's deadline).
+struct Watch {
+    inner: Arc<Inner>,
+    answered: bool,
+}
+
+impl Watch {
+    fn new(inner: &Arc<Inner>) -> Watch {
+        Watch {
+            inner: inner.clone(),
+            answered: false,
+        }
+    }
+
+    fn saw<T>(mut self, r: &RedisResult<T>) {
+        self.answered = r.as_ref().err().is_none_or(|e| !unanswered(e));
+        if self.answered {
+            self.inner.answered();
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.inner.suspect();
+        }
+    }
 }
 
 /// A clonable handle on the store's Redis, one node or a Cluster (see the module docs).
@@ -64,19 +179,23 @@ pub fn seed_urls(url: &str) -> Vec<String> {
     let Some(first) = parts.next() else {
         return Vec::new();
     };
-    // `scheme://` and `user:password@` of the first URL, for bare host:port seeds.
-    let (scheme, rest) = first.split_once("://").unwrap_or(("redis", first));
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    let userinfo = authority.rfind('@').map_or("", |at| &authority[..=at]);
     let mut out = vec![first.to_string()];
     for p in parts {
         if p.contains("://") {
             out.push(p.to_string());
         } else {
-            out.push(format!("{scheme}://{userinfo}{p}"));
+            out.push(like(first, p));
         }
     }
     out
+}
+
+/// `host:port` as a URL with `first`'s scheme, user and password.
+fn like(first: &str, host_port: &str) -> String {
+    let (scheme, rest) = first.split_once("://").unwrap_or(("redis", first));
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let userinfo = authority.rfind('@').map_or("", |at| &authority[..=at]);
+    format!("{scheme}://{userinfo}{host_port}")
 }
 
 impl RedisConn {
@@ -101,17 +220,21 @@ impl RedisConn {
         Ok(RedisConn {
             inner: Arc::new(Inner {
                 seeds,
+                known: Mutex::new(Vec::new()),
                 tls: tls.clone(),
                 timeout,
-                link: OnceLock::new(),
+                link: RwLock::new(None),
                 attempt: Mutex::new(None),
+                rebuild: Mutex::new(Rebuild::default()),
+                born: Instant::now(),
+                answered_ms: AtomicU64::new(0),
             }),
         })
     }
 
     /// `"cluster"`, `"node"`, or `"unknown"` before first contact.
     pub fn mode(&self) -> &'static str {
-        match self.inner.link.get() {
+        match self.inner.current() {
             Some(Link::Cluster(_)) => "cluster",
             Some(Link::Node(_)) => "node",
             None => "unknown",
@@ -120,8 +243,8 @@ impl RedisConn {
 
     /// The connection, making first contact if it was not made yet.
     async fn link(&self) -> RedisResult<Link> {
-        if let Some(l) = self.inner.link.get() {
-            return Ok(l.clone());
+        if let Some(l) = self.inner.current() {
+            return Ok(l);
         }
         let attempt = {
             let mut slot = self.inner.attempt.lock().unwrap_or_else(|p| p.into_inner());
@@ -146,8 +269,8 @@ impl RedisConn {
         };
         if let Err(e) = attempt.await {
             // A link made meanwhile by a later attempt counts.
-            if let Some(l) = self.inner.link.get() {
-                return Ok(l.clone());
+            if let Some(l) = self.inner.current() {
+                return Ok(l);
             }
             return Err(RedisError::from((
                 redis::ErrorKind::Io,
@@ -155,7 +278,7 @@ impl RedisConn {
                 e.to_string(),
             )));
         }
-        self.inner.link.get().cloned().ok_or_else(|| {
+        self.inner.current().ok_or_else(|| {
             RedisError::from((redis::ErrorKind::Io, "Redis not reached (no link kept)"))
         })
     }
@@ -170,8 +293,10 @@ impl RedisConn {
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
                     Route::with_key(key, SlotAddr::Master),
                 ));
-                let v = c.route_command(cmd.clone(), route).await?;
-                Ok(T::from_redis_value(v)?)
+                let watch = Watch::new(&self.inner);
+                let v = c.route_command(cmd.clone(), route).await;
+                watch.saw(&v);
+                Ok(T::from_redis_value(v?)?)
             }
         }
     }
@@ -209,9 +334,7 @@ async fn connect(inner: &Inner) -> Result<(), Arc<str>> {
         _ => true,
     };
     let link = if cluster {
-        let client =
-            cluster_client(&inner.seeds, &inner.tls, t).map_err(|e| Arc::from(e.to_string()))?;
-        Link::Cluster(client.get_async_connection().await.map_err(err)?)
+        cluster_link(inner).await?
     } else {
         let client =
             open_client(&inner.seeds[0], &inner.tls).map_err(|e| Arc::from(e.to_string()))?;
@@ -227,10 +350,81 @@ async fn connect(inner: &Inner) -> Result<(), Arc<str>> {
         )
     };
     let mode = if cluster { "cluster" } else { "single node" };
-    if inner.link.set(link).is_ok() {
+    let mut slot = inner.link.write().unwrap_or_else(|p| p.into_inner());
+    if slot.is_none() {
+        *slot = Some(link);
         tracing::info!(mode, seeds = inner.seeds.len(), "connected to Redis");
     }
     Ok(())
+}
+
+/// A new Cluster connection, from the seeds and the nodes the cluster named last time; the
+/// nodes it names now are kept for the next one.
+async fn cluster_link(inner: &Inner) -> Result<Link, Arc<str>> {
+    let mut seeds = inner.seeds.clone();
+    for k in inner.known.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        if !seeds.iter().any(|s| s.expose() == k.expose()) {
+            seeds.push(k.clone());
+        }
+    }
+    let client =
+        cluster_client(&seeds, &inner.tls, inner.timeout).map_err(|e| Arc::from(e.to_string()))?;
+    let mut conn = client
+        .get_async_connection()
+        .await
+        .map_err(|e| Arc::<str>::from(e.to_string()))?;
+    // The nodes serving slots now (a failure to ask is no failure to connect).
+    let slots = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+    if let Ok(v) = conn
+        .route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), slots)
+        .await
+    {
+        let first = inner.seeds[0].expose();
+        let nodes: Vec<Secret> = slot_nodes(&v)
+            .into_iter()
+            .map(|hp| Secret::new(like(first, &hp)))
+            .collect();
+        if !nodes.is_empty() {
+            *inner.known.lock().unwrap_or_else(|p| p.into_inner()) = nodes;
+        }
+    }
+    Ok(Link::Cluster(conn))
+}
+
+/// `host:port` of every node in a `CLUSTER SLOTS` answer (each range: start, end, then its
+/// nodes, each `[host, port, id, ...]`), once each.
+fn slot_nodes(v: &Value) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let Value::Array(ranges) = v else {
+        return out;
+    };
+    for r in ranges {
+        let Value::Array(parts) = r else { continue };
+        for node in parts.iter().skip(2) {
+            let Value::Array(f) = node else { continue };
+            let host = match f.first() {
+                Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(Value::SimpleString(s)) => s.clone(),
+                _ => continue,
+            };
+            let Some(Value::Int(port)) = f.get(1) else {
+                continue;
+            };
+            // An empty or `?` host means "the address you reached me on": not a seed.
+            if host.is_empty() || host == "?" {
+                continue;
+            }
+            let hp = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            if !out.contains(&hp) {
+                out.push(hp);
+            }
+        }
+    }
+    out
 }
 
 /// The Cluster client for `seeds`: every connection and answer bounded by `timeout`, a
@@ -315,7 +509,12 @@ impl ConnectionLike for RedisConn {
         Box::pin(async move {
             match self.link().await? {
                 Link::Node(mut c) => c.req_packed_command(cmd).await,
-                Link::Cluster(mut c) => c.req_packed_command(cmd).await,
+                Link::Cluster(mut c) => {
+                    let watch = Watch::new(&self.inner);
+                    let r = c.req_packed_command(cmd).await;
+                    watch.saw(&r);
+                    r
+                }
             }
         })
     }
@@ -329,13 +528,18 @@ impl ConnectionLike for RedisConn {
         Box::pin(async move {
             match self.link().await? {
                 Link::Node(mut c) => c.req_packed_commands(cmd, offset, count).await,
-                Link::Cluster(mut c) => c.req_packed_commands(cmd, offset, count).await,
+                Link::Cluster(mut c) => {
+                    let watch = Watch::new(&self.inner);
+                    let r = c.req_packed_commands(cmd, offset, count).await;
+                    watch.saw(&r);
+                    r
+                }
             }
         })
     }
 
     fn get_db(&self) -> i64 {
-        match self.inner.link.get() {
+        match self.inner.current() {
             Some(Link::Node(c)) => c.get_db(),
             _ => 0,
         }
@@ -344,7 +548,47 @@ impl ConnectionLike for RedisConn {
 
 #[cfg(test)]
 mod tests {
-    use super::seed_urls;
+    use super::{seed_urls, slot_nodes};
+    use redis::Value;
+
+    #[test]
+    fn the_nodes_of_a_cluster_slots_answer_are_read_once_each_without_placeholders() {
+        let node = |h: &str, p: i64| {
+            Value::Array(vec![
+                Value::BulkString(h.as_bytes().to_vec()),
+                Value::Int(p),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let range = |a: i64, b: i64, nodes: Vec<Value>| {
+            let mut v = vec![Value::Int(a), Value::Int(b)];
+            v.extend(nodes);
+            Value::Array(v)
+        };
+        let answer = Value::Array(vec![
+            range(
+                0,
+                5460,
+                vec![node("10.0.0.1", 7000), node("10.0.0.4", 7003)],
+            ),
+            range(5461, 10922, vec![node("10.0.0.2", 7001), node("?", 7004)]),
+            range(
+                10923,
+                16383,
+                vec![node("10.0.0.1", 7000), node("::1", 7002)],
+            ),
+        ]);
+        assert_eq!(
+            slot_nodes(&answer),
+            [
+                "10.0.0.1:7000",
+                "10.0.0.4:7003",
+                "10.0.0.2:7001",
+                "[::1]:7002"
+            ]
+        );
+        assert!(slot_nodes(&Value::Nil).is_empty());
+    }
 
     #[test]
     fn a_comma_list_names_cluster_seeds_and_bare_hosts_borrow_the_first_urls_scheme_and_password() {
