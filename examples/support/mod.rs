@@ -52,9 +52,22 @@ pub fn start_redis() -> (u16, Proc) {
     (port, Proc(child))
 }
 
+/// A Redis Cluster's nodes, killed (and their directory removed) when this is dropped.
+pub struct ClusterNodes {
+    procs: Vec<Proc>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for ClusterNodes {
+    fn drop(&mut self) {
+        self.procs.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A Redis Cluster of our own: `masters` nodes without replicas on free ports (their cluster bus
 /// ports, +10000, free too), joined by `redis-cli --cluster create`; the ports and the nodes.
-pub fn start_redis_cluster(masters: usize) -> (Vec<u16>, Vec<Proc>) {
+pub fn start_redis_cluster(masters: usize) -> (Vec<u16>, ClusterNodes) {
     let dir = std::env::temp_dir().join(format!("gqp-bench-cluster-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut ports = Vec::new();
@@ -101,7 +114,7 @@ pub fn start_redis_cluster(masters: usize) -> (Vec<u16>, Vec<Proc>) {
                 .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
         });
         if ok {
-            return (ports, procs);
+            return (ports, ClusterNodes { procs, dir });
         }
         std::thread::sleep(Duration::from_millis(50));
     }
