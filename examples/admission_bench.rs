@@ -1,6 +1,8 @@
-//! Admission cost per request, in-memory and Redis, and Redis commands per admission.
+//! Admission cost per request, in-memory, Redis and a three-master Redis Cluster (reached
+//! through a node that does not serve the namespace), and Redis commands per admission.
 //!
-//! `cargo run --release --example admission_bench` (starts its own redis-server on a free port).
+//! `cargo run --release --example admission_bench` (starts its own redis-server and cluster on
+//! free ports).
 
 // Not every helper is used here (no wrk).
 #[allow(dead_code)]
@@ -64,7 +66,7 @@ async fn run(store: &dyn QuotaStore) -> (f64, f64) {
     (total.as_secs_f64() * 1e6 / N as f64, p50)
 }
 
-/// (EVALSHA + EVAL calls, all commands including those run inside scripts).
+/// (EVALSHA + EVAL calls, all commands including those run inside scripts) on the node on `port`.
 fn redis_calls(port: u16) -> (u64, u64) {
     let out = Command::new("redis-cli")
         .args(["-p", &port.to_string(), "INFO", "commandstats"])
@@ -117,5 +119,61 @@ async fn main() {
     );
     println!(
         "redis round trips per admission (EVALSHA calls): {trips:.3}; commands run inside the script: {inside:.1}"
+    );
+
+    // The cluster: the namespace's slot is served by one master; the seed is another.
+    let (ports, _nodes) = support::start_redis_cluster(3);
+    let cli = |port: u16, args: &[&str]| -> String {
+        let out = Command::new("redis-cli")
+            .arg("-p")
+            .arg(port.to_string())
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let slot: u16 = cli(ports[0], &["CLUSTER", "KEYSLOT", "bench"])
+        .parse()
+        .expect("a slot");
+    let nodes = cli(ports[0], &["CLUSTER", "NODES"]);
+    let owner = nodes
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let serves = f.get(8..)?.iter().any(|r| {
+                let (a, b) = r.split_once('-').unwrap_or((r, r));
+                a.parse::<u16>().is_ok_and(|a| a <= slot)
+                    && b.parse::<u16>().is_ok_and(|b| slot <= b)
+            });
+            serves
+                .then(|| {
+                    f[1].split('@')
+                        .next()?
+                        .rsplit(':')
+                        .next()?
+                        .parse::<u16>()
+                        .ok()
+                })
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("no master for slot {slot}: {nodes}"));
+    let seed = *ports.iter().find(|p| **p != owner).expect("another master");
+    let store = RedisStore::connect(
+        &Secret::new(format!("redis://127.0.0.1:{seed}")),
+        "bench",
+        Duration::from_secs(2),
+        Los_Angeles,
+    )
+    .unwrap();
+    store.ping().await.expect("cluster up");
+    let before = redis_calls(owner);
+    let (cluster_mean, cluster_p50) = run(&store).await;
+    let after = redis_calls(owner);
+    let trips = (after.0 - before.0) as f64 / N as f64;
+    println!(
+        "redis cluster: {cluster_mean:.2} us/admission mean, {cluster_p50:.2} us p50 ({N} sequential admissions, 3 masters, seeded with a node not serving the namespace)"
+    );
+    println!(
+        "cluster round trips per admission (EVALSHA calls on the namespace's master): {trips:.3}"
     );
 }

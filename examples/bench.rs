@@ -6,6 +6,7 @@
 //!
 //! Run with `scripts/bench` (installs wrk and nginx-light, builds in release mode).
 
+#[allow(dead_code)] // start_redis_cluster: admission_bench's
 mod support;
 
 use std::convert::Infallible;

@@ -1,7 +1,8 @@
 //! Redis over TLS (`rediss://`): a real `redis-server --tls-port` with a CA made here. The
 //! proxy trusts it through `REDIS_TLS_CA_FILE`, presents a client certificate when the server
 //! asks for one (mutual TLS), and refuses to start, saying why and without the password, when
-//! the server's certificate is signed by a CA it was not given.
+//! the server's certificate is signed by a CA it was not given. A Redis Cluster over TLS is
+//! found and followed from one `rediss://` seed the same way.
 
 mod common;
 
@@ -188,6 +189,65 @@ fn an_untrusted_redis_certificate_stops_start_up_with_a_clear_message() {
     assert!(stderr.contains("REDIS_TLS_CA_FILE"), "{stderr}");
     assert!(!stderr.contains("redis-pass-s3cret"), "{stderr}");
     assert!(!stderr.contains("listening"), "it must not serve: {stderr}");
+}
+
+/// A Cluster whose nodes speak TLS to clients and to each other: the proxy, given one node's
+/// `rediss://` address (not the one serving the namespace) and the CA, finds the cluster, learns
+/// the other nodes' TLS ports from it and counts on the master that serves the namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_is_found_and_followed_from_one_rediss_seed() {
+    let pki = pki();
+    let p = |x: &PathBuf| x.to_string_lossy().into_owned();
+    let tls: Vec<String> = [
+        "--tls-port",
+        "{tls_port}",
+        "--tls-cert-file",
+        &p(&pki.server_cert),
+        "--tls-key-file",
+        &p(&pki.server_key),
+        "--tls-ca-cert-file",
+        &p(&pki.ca),
+        "--tls-auth-clients",
+        "no",
+        "--tls-cluster",
+        "yes",
+        "--tls-replication",
+        "yes",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let cluster = common::cluster::RedisCluster::start_with(3, 0, 5_000, &tls);
+    let slot = cluster.keyslot("gqp");
+    let owner = cluster
+        .master_of(slot, cluster.live_ports()[0])
+        .expect("the slot has a master");
+    let seed = cluster.other_master(slot);
+    let seed_tls = cluster.tls_port(seed).unwrap();
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&["AIzaTlsClusterKey0001"])
+            .env("REDIS_URL", &format!("rediss://127.0.0.1:{seed_tls}"))
+            .env("REDIS_TLS_CA_FILE", &pki.ca.to_string_lossy()),
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            generate(&proxy.url, "gemini-2.5-flash", "hi")
+                .await
+                .status(),
+            200
+        );
+    }
+    let store = store_view(&proxy.url).await;
+    assert_eq!(store["reachable"], true, "{store}");
+    // Counted on the namespace's master (read here over its plain port): three admissions.
+    let seq = cluster
+        .cli(owner, &["GET", "{gqp}:seq"])
+        .unwrap_or_default();
+    assert_eq!(seq.lines().nth(1).map(str::trim), Some("3"), "{seq}");
+    assert!(!cluster.keys_on(seed).contains("{gqp}:"));
 }
 
 /// A CA file of another CA (not the one that signed the server's certificate).

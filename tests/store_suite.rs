@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use chrono_tz::America::Los_Angeles;
 use common::RedisServer;
+use futures_util::future::LocalBoxFuture;
 use gemini_quota_proxy::error::LimitKind;
 use gemini_quota_proxy::quota::Strategy;
 use gemini_quota_proxy::quota::memory::MemoryStore;
@@ -82,25 +83,79 @@ fn redis() -> Harness {
     }
 }
 
-/// Declare a test that runs against both stores.
+/// Declare a test that runs against both stores (and, through [`SUITE`], a Redis Cluster).
 macro_rules! both {
     ($name:ident, $body:expr) => {
         mod $name {
             use super::*;
+            /// The test's body, for any store.
+            pub fn run(h: Harness) -> LocalBoxFuture<'static, ()> {
+                Box::pin(($body)(h))
+            }
             #[tokio::test]
             async fn memory_store() {
-                ($body)(memory()).await
+                run(memory()).await
             }
             #[tokio::test]
             async fn redis_store() {
                 let h = redis();
                 // Closures capture fields, not the whole harness: keep the server alive here.
                 let _server = h._redis.clone();
-                ($body)(h).await
+                run(h).await
+            }
+            #[test]
+            fn is_run_on_a_cluster_too() {
+                assert!(
+                    SUITE.iter().any(|(n, _)| *n == stringify!($name)),
+                    "add {} to SUITE",
+                    stringify!($name)
+                );
             }
         }
     };
 }
+
+/// Every test declared with `both!`, run once more against a Redis Cluster by
+/// `cluster_store_passes_the_suite`.
+type Body = fn(Harness) -> LocalBoxFuture<'static, ()>;
+const SUITE: &[(&str, Body)] = &[
+    (
+        "sliding_minute_refuses_at_the_limit_and_frees_exactly_sixty_seconds_later",
+        sliding_minute_refuses_at_the_limit_and_frees_exactly_sixty_seconds_later::run,
+    ),
+    (
+        "tokens_are_counted_and_settlement_replaces_the_estimate",
+        tokens_are_counted_and_settlement_replaces_the_estimate::run,
+    ),
+    (
+        "day_limit_holds_until_pacific_midnight_then_resets",
+        day_limit_holds_until_pacific_midnight_then_resets::run,
+    ),
+    (
+        "keys_of_one_project_share_counters_and_other_projects_take_over",
+        keys_of_one_project_share_counters_and_other_projects_take_over::run,
+    ),
+    (
+        "ordered_strategy_fills_the_primary_first",
+        ordered_strategy_fills_the_primary_first::run,
+    ),
+    (
+        "cooldowns_and_disabled_keys_are_skipped",
+        cooldowns_and_disabled_keys_are_skipped::run,
+    ),
+    (
+        "a_hold_of_any_length_holds_and_never_wraps",
+        a_hold_of_any_length_holds_and_never_wraps::run,
+    ),
+    (
+        "resets_clear_what_they_name_and_nothing_else",
+        resets_clear_what_they_name_and_nothing_else::run,
+    ),
+    (
+        "affinity_remembers_the_creating_key_until_it_expires",
+        affinity_remembers_the_creating_key_until_it_expires::run,
+    ),
+];
 
 async fn admitted(h: &Harness, r: &AdmitRequest) -> bool {
     matches!(h.store.admit(r).await.unwrap(), AdmitOutcome::Admitted(_))
@@ -699,6 +754,99 @@ async fn memory_store_daily_reset_clears_kept_day_counts() {
         .unwrap();
     assert_eq!(store.tracked().day_counts, 0);
     assert!(store.usage().await.unwrap().is_empty());
+    assert!(matches!(
+        store.admit(&r).await.unwrap(),
+        AdmitOutcome::Admitted(_)
+    ));
+}
+
+/// Every test of the suite against a Redis Cluster (three masters), each under its own
+/// namespace, reached through a seed node that does not serve that namespace's slot: every
+/// script's keys are in `KEYS` and share the namespace's slot, so Cluster runs them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_store_passes_the_suite() {
+    let cluster = common::cluster::RedisCluster::start(3, 0, 5_000);
+    for (name, run) in SUITE {
+        let ns = format!("suite-{}", &name[..name.len().min(24)]);
+        let owner = cluster.master_of(cluster.keyslot(&ns), cluster.live_ports()[0]);
+        let seed = cluster.other_master(cluster.keyslot(&ns));
+        assert_ne!(Some(seed), owner);
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = RedisStore::connect(
+            &Secret::new(cluster.url(seed)),
+            &ns,
+            std::time::Duration::from_secs(2),
+            Los_Angeles,
+        )
+        .unwrap()
+        .with_clock(clock.clone());
+        eprintln!("cluster: {name}");
+        run(Harness {
+            store: Arc::new(store),
+            clock,
+            _redis: None,
+        })
+        .await;
+        // The namespace's keys are all on the master that serves its slot.
+        let owner = owner.expect("the slot has a master");
+        assert!(
+            cluster.keys_on(owner).contains(&format!("{{{ns}}}:")),
+            "{name}: no key of the namespace on its slot's master"
+        );
+        for p in cluster.live_ports().into_iter().filter(|p| *p != owner) {
+            assert!(
+                !cluster.keys_on(p).contains(&format!("{{{ns}}}:")),
+                "{name}: a key of the namespace on another node"
+            );
+        }
+    }
+}
+
+/// Around midnight a replica's clock may be on another day than Redis's: the day counted is
+/// Redis's (a script answers with its day and the store names that day's keys), in admission,
+/// usage and a daily reset.
+#[tokio::test]
+async fn the_day_counted_is_redis_s_when_the_replica_s_clock_is_on_another_day() {
+    let server = RedisServer::start();
+    let now = gemini_quota_proxy::quota::SystemClock.now_ms();
+    // This replica names yesterday; Redis TIME says today.
+    let store = RedisStore::connect(
+        &Secret::new(server.url.clone()),
+        "skew",
+        std::time::Duration::from_secs(2),
+        Los_Angeles,
+    )
+    .unwrap()
+    .with_day_clock(Arc::new(ManualClock::new(now - 86_400_000)));
+    let r = req(1, vec![cand(0, "p", limits(100, 1_000_000, 2))]);
+    for _ in 0..2 {
+        assert!(matches!(
+            store.admit(&r).await.unwrap(),
+            AdmitOutcome::Admitted(_)
+        ));
+    }
+    match store.admit(&r).await.unwrap() {
+        AdmitOutcome::Refused {
+            limit: LimitKind::RequestsPerDay,
+            retry_after_ms,
+            ..
+        } => assert!(
+            retry_after_ms <= 86_400_000,
+            "the wait is to Redis's next midnight: {retry_after_ms}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let today = DayInfo::at(Los_Angeles, now).day;
+    let days = server.cli(&["KEYS", "*:day:*"]).unwrap();
+    assert!(days.contains(&format!(":day:{today}")), "{days}");
+    assert!(!days.contains(&format!(":day:{}", today - 1)), "{days}");
+    let usage = store.usage().await.unwrap();
+    assert_eq!(usage.len(), 1, "{usage:?}");
+    assert_eq!(usage[0].2.daily_requests, 2);
+    store
+        .reset(ResetKind::Daily, &ResetScope::default())
+        .await
+        .unwrap();
     assert!(matches!(
         store.admit(&r).await.unwrap(),
         AdmitOutcome::Admitted(_)

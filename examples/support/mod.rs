@@ -1,5 +1,5 @@
 //! What the benchmark programs share: free ports, waiting for a listener, child processes that
-//! die with their handle, a private redis-server, and running wrk.
+//! die with their handle, a private redis-server or Redis Cluster, and running wrk.
 
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
@@ -50,6 +50,75 @@ pub fn start_redis() -> (u16, Proc) {
         .expect("redis-server (apt-get install redis-server)");
     wait_port(port);
     (port, Proc(child))
+}
+
+/// A Redis Cluster's nodes, killed (and their directory removed) when this is dropped.
+pub struct ClusterNodes {
+    procs: Vec<Proc>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for ClusterNodes {
+    fn drop(&mut self) {
+        self.procs.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of our own: `masters` nodes without replicas on free ports (their cluster bus
+/// ports, +10000, free too), joined by `redis-cli --cluster create`; the ports and the nodes.
+pub fn start_redis_cluster(masters: usize) -> (Vec<u16>, ClusterNodes) {
+    let dir = std::env::temp_dir().join(format!("gqp-bench-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut ports = Vec::new();
+    let mut procs = Vec::new();
+    while ports.len() < masters {
+        let port = free_port();
+        if port >= 55_536 || StdListener::bind(("127.0.0.1", port + 10_000)).is_err() {
+            continue;
+        }
+        let conf = dir.join(format!("nodes-{port}.conf"));
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+            .arg(&conf)
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        wait_port(port);
+        ports.push(port);
+        procs.push(Proc(child));
+    }
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("redis-cli");
+    assert!(out.status.success(), "redis-cli --cluster create failed");
+    for _ in 0..400 {
+        let ok = ports.iter().all(|p| {
+            Command::new("redis-cli")
+                .args(["-p", &p.to_string(), "CLUSTER", "INFO"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+        });
+        if ok {
+            return (ports, ClusterNodes { procs, dir });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the cluster did not become ready");
 }
 
 /// Run wrk (one thread) against `127.0.0.1:{port}{path}` with the Lua `script`, whose `done`

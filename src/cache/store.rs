@@ -306,8 +306,11 @@ impl Store {
                         .arg("COUNT")
                         .arg(1000)
                         .to_owned();
+                    // SCAN names no key: sent to the node that holds the namespace's slot
+                    // (in a Cluster any other node would scan its own keys).
                     let scanned =
-                        tokio::time::timeout(io.timeout() * 4, cmd.query_async(&mut conn)).await;
+                        tokio::time::timeout(io.timeout() * 4, conn.query_at(io.prefix(), &cmd))
+                            .await;
                     let (next, keys): (u64, Vec<String>) = match scanned {
                         Ok(r) => r.map_err(|e| e.to_string())?,
                         // Nothing cleared yet: say Redis failed; else say how far it got.

@@ -49,6 +49,20 @@ pub(super) fn from_raw(raw: Raw) -> Result<StoreConfig, ConfigError> {
             "expected a URL starting with redis://, rediss:// (TLS) or unix://",
         ));
     }
+    // A comma-separated list names Redis Cluster seed nodes: all over TCP, all plain or all TLS.
+    if let Some(u) = &redis_url {
+        let seeds = crate::quota::redis::conn::seed_urls(u.expose());
+        let tls = |s: &String| s.starts_with("rediss://");
+        if seeds.len() > 1
+            && (seeds.iter().any(|s| !s.starts_with("redis://") && !tls(s))
+                || seeds.iter().any(tls) != seeds.iter().all(tls))
+        {
+            return Err(bad(
+                "store.redis_url (REDIS_URL)",
+                "a comma-separated list of Redis Cluster seeds must be all redis:// or all rediss:// (host:port after the first takes its scheme)",
+            ));
+        }
+    }
     let tls_url = redis_url
         .as_ref()
         .is_some_and(|u| u.expose().starts_with("rediss://"));
@@ -103,4 +117,23 @@ fn tls_from_raw(ca: &str, cert: &str, key: &str) -> Result<RedisTls, ConfigError
         }
     };
     Ok(RedisTls { ca, client })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::try_for_test;
+
+    #[test]
+    fn a_list_of_cluster_seeds_loads_and_a_mixed_one_is_refused_naming_the_setting() {
+        let ok = |url: &str| try_for_test("", &[("REDIS_URL", url)]);
+        assert!(ok("redis://10.0.0.1:7000,10.0.0.2:7000,redis://10.0.0.3:7000").is_ok());
+        assert!(ok("rediss://:pw@a:7000,b:7000").is_ok());
+        for mixed in [
+            "redis://a:7000,rediss://b:7000",
+            "redis://a:7000,unix:///tmp/r.sock",
+        ] {
+            let e = ok(mixed).unwrap_err().to_string();
+            assert!(e.contains("REDIS_URL") && e.contains("Cluster"), "{e}");
+        }
+    }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod cluster;
 pub mod deploy_files;
 pub mod fake_upstream;
 pub mod sinks;
@@ -211,7 +212,7 @@ pub struct RedisServer {
 
 /// A port free right now and never handed out before in this process (tests run in parallel
 /// threads; two Redis servers racing for one port would share state).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static USED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let port = StdListener::bind("127.0.0.1:0")
@@ -234,33 +235,42 @@ impl RedisServer {
 
     /// A server with extra arguments; `{port}` in them becomes the server's port.
     pub fn start_with(extra: &[&str]) -> RedisServer {
-        let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
         for _ in 0..5 {
-            let port = free_port();
-            let extra: Vec<String> = extra
-                .iter()
-                .map(|a| a.replace("{port}", &port.to_string()))
-                .collect();
-            let child = Command::new(&bin)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"])
-                .args(&extra)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("these tests need a Redis server: could not run `{bin}` ({e}). Install it (apt-get install redis-server) or set REDIS_SERVER_BIN")
-                });
-            let mut server = RedisServer {
-                port,
-                url: format!("redis://127.0.0.1:{port}"),
-                child,
-            };
-            if server.wait_ready(Duration::from_secs(5)) {
+            if let Some(server) = Self::start_at(free_port(), extra) {
                 return server;
             }
-            let _ = server.child.kill();
         }
         panic!("redis-server did not start on a free port after 5 tries");
+    }
+
+    /// A server on `port` with extra arguments (`{port}` in them becomes the port), once it
+    /// answers `PING`; `None` when it did not start there (the port was taken meanwhile).
+    pub fn start_at(port: u16, extra: &[&str]) -> Option<RedisServer> {
+        let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+        let extra: Vec<String> = extra
+            .iter()
+            .map(|a| a.replace("{port}", &port.to_string()))
+            .collect();
+        let child = Command::new(&bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(&extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("these tests need a Redis server: could not run `{bin}` ({e}). Install it (apt-get install redis-server) or set REDIS_SERVER_BIN")
+            });
+        let mut server = RedisServer {
+            port,
+            url: format!("redis://127.0.0.1:{port}"),
+            child,
+        };
+        if server.wait_ready(Duration::from_secs(5)) {
+            return Some(server);
+        }
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+        None
     }
 
     fn wait_ready(&mut self, within: Duration) -> bool {
@@ -325,6 +335,11 @@ impl RedisServer {
             "redis-server did not come back on port {}",
             self.port
         );
+    }
+
+    /// Its process id (to signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn stop(&mut self) {

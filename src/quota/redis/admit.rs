@@ -10,15 +10,15 @@ use crate::quota::StoreError;
 
 impl RedisStore {
     /// One `EVALSHA` of the admission script: choose a key with room and reserve, atomically.
+    /// (A second one only in the moment around midnight when Redis's clock is on another day
+    /// than this proxy's: the script names the day, and the keys of that day are sent.)
     pub(super) async fn admit_script(
         &self,
         req: &AdmitRequest,
     ) -> Result<AdmitOutcome, StoreError> {
         let di = self.day();
-        let (p, model) = (&self.prefix, &req.model);
         // Projects in order of first appearance (their limits: their first key's), and each
-        // key's project number. Key names are built here, not in Lua (see admit.lua), exactly
-        // as prelude.lua's `bucket`, `day_key` and `cooldown_key` build them.
+        // key's project number.
         let mut projects: Vec<&Candidate> = Vec::new();
         let mut project_of: Vec<usize> = Vec::with_capacity(req.candidates.len());
         for c in &req.candidates {
@@ -31,47 +31,86 @@ impl RedisStore {
             };
             project_of.push(at + 1);
         }
+        let (mut day, mut next_midnight) = (di.day, di.next_midnight_ms);
+        for _ in 0..3 {
+            let inv = self.admit_call(
+                req,
+                &projects,
+                &project_of,
+                day,
+                di.offset_ms,
+                next_midnight,
+            );
+            let v: Vec<Value> = self.run(inv).await?;
+            match v.first().map(int).transpose()? {
+                Some(3) if v.len() == 2 => {
+                    // Redis's day: its next midnight is worked out in the script.
+                    day = int(&v[1])?;
+                    next_midnight = 0;
+                }
+                _ => return self.admit_answer(req, &v),
+            }
+        }
+        Err(StoreError::Protocol(
+            "the admission script's day kept changing".into(),
+        ))
+    }
+
+    /// The admission script's call: every key it touches in `KEYS` (in the order admit.lua
+    /// reads them), limits and choices in `ARGV`.
+    fn admit_call<'a>(
+        &'a self,
+        req: &AdmitRequest,
+        projects: &[&Candidate],
+        project_of: &[usize],
+        day: i64,
+        offset_ms: i64,
+        next_midnight_ms: i64,
+    ) -> redis::ScriptInvocation<'a> {
+        let (k, model) = (&self.keys, &req.model);
         let mut inv = self.admit.prepare_invoke();
-        inv.key(self.route_key())
-            .arg(p)
-            .arg(model)
-            .arg(req.tokens)
+        for c in &req.candidates {
+            inv.key(k.disabled(&c.kid));
+        }
+        for f in projects {
+            inv.key(k.cooldown(&f.project, model))
+                .key(k.cooldown(&f.project, "*"));
+        }
+        for f in projects {
+            inv.key(k.day(&f.project, model, day));
+        }
+        for f in projects {
+            let (rq, tk) = k.window(&f.project, model);
+            inv.key(rq).key(tk);
+        }
+        inv.key(k.seq()).key(k.pairs());
+        inv.arg(req.tokens)
             .arg(if req.strategy == Strategy::Ordered {
                 "o"
             } else {
                 "h"
             })
             .arg(req.rotation)
-            .arg(di.offset_ms)
-            .arg(di.next_midnight_ms)
+            .arg(offset_ms)
+            .arg(next_midnight_ms)
             .arg(self.now_arg())
-            .arg(di.day)
+            .arg(day)
             .arg(req.candidates.len())
             .arg(projects.len());
-        for c in &req.candidates {
-            inv.arg(format!("{p}:dis:{}", c.kid));
-        }
-        for f in &projects {
-            inv.arg(format!("{p}:cd:{}:{model}", f.project))
-                .arg(format!("{p}:cd:{}:*", f.project));
-        }
-        for f in &projects {
-            inv.arg(format!("{p}:{}:{model}:day:{}", f.project, di.day));
-        }
-        for at in &project_of {
+        for at in project_of {
             inv.arg(*at);
         }
-        for f in &projects {
+        for f in projects {
             inv.arg(f.limits.minute)
                 .arg(f.limits.token_minute)
                 .arg(f.limits.daily)
-                .arg(format!("{p}:{}:{model}:rq", f.project))
-                .arg(format!("{p}:{}:{model}:tk", f.project))
-                .arg(format!("{}|{model}", f.project))
-                .arg(&*f.project);
+                .arg(format!("{}|{model}", f.project));
         }
-        inv.arg(format!("{p}:seq")).arg(format!("{p}:pairs"));
-        let v: Vec<Value> = self.run(inv).await?;
+        inv
+    }
+
+    /// What the admission script answered, as an outcome.
+    fn admit_answer(&self, req: &AdmitRequest, v: &[Value]) -> Result<AdmitOutcome, StoreError> {
         let code = v.first().map(int).transpose()?.unwrap_or(-1);
         match (code, v.len()) {
             (1, 5) => {

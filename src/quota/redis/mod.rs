@@ -1,12 +1,12 @@
 //! Redis `QuotaStore`: one `EVALSHA` of a Lua script (Redis `TIME`, one `{hash tag}`) admits a
-//! request; every call has a deadline; raw API keys never reach Redis (key ids only).
+//! request; every call has a deadline; raw API keys never reach Redis (key ids only). One Redis
+//! node or a Redis Cluster ([`conn`]): every key a script touches is named in `KEYS`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono_tz::Tz;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Script, Value};
 
 use super::{
@@ -17,8 +17,12 @@ use super::{RedisTls, StoreConfig};
 use crate::secret::Secret;
 
 mod admit;
+pub mod conn;
+mod keys;
 mod settle;
 
+pub use self::conn::RedisConn;
+use self::keys::Keys;
 pub use self::settle::{HashAdd, RideOutcome, Rider, RiderBatch};
 use self::settle::{
     PendingSettle, RiderSlot, SETTLE_QUEUE, ride_outcome, settle_call, settle_writer,
@@ -33,61 +37,18 @@ macro_rules! lua {
     };
 }
 
-/// The Redis client for `url`: plain, or over rustls for `rediss://`, trusting the system's
-/// roots plus `tls.ca` (the redis crate takes one PEM bundle of roots, so both go into it).
-fn open_client(url: &Secret, tls: &RedisTls) -> Result<redis::Client, StoreError> {
-    let invalid = |e: redis::RedisError| {
-        StoreError::Unreachable(format!("invalid Redis URL: {:?}", e.kind()))
-    };
-    if !url.expose().starts_with("rediss://") || *tls == RedisTls::default() {
-        return redis::Client::open(url.expose()).map_err(invalid);
-    }
-    let root_cert = (!tls.ca.is_empty()).then(|| {
-        let mut pem = Vec::new();
-        let native = rustls_native_certs::load_native_certs();
-        for der in native.certs.iter().chain(tls.ca.iter()) {
-            pem_block(&mut pem, der.as_ref());
-        }
-        pem
-    });
-    let client_tls = tls
-        .client
-        .as_ref()
-        .map(|(cert, key)| redis::ClientTlsConfig {
-            client_cert: cert.clone(),
-            client_key: key.expose().as_bytes().to_vec(),
-        });
-    redis::Client::build_with_tls(
-        url.expose(),
-        redis::TlsCertificates {
-            client_tls,
-            root_cert,
-        },
-    )
-    .map_err(|e| StoreError::Unreachable(format!("Redis TLS setup failed: {:?}", e.kind())))
-}
-
-/// Append `der` to `out` as one PEM certificate block.
-fn pem_block(out: &mut Vec<u8>, der: &[u8]) {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    out.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.extend_from_slice(line);
-        out.push(b'\n');
-    }
-    out.extend_from_slice(b"-----END CERTIFICATE-----\n");
-}
-
 /// Quota state shared by every replica pointed at one Redis.
 pub struct RedisStore {
-    conn: ConnectionManager,
-    /// `{namespace}`: every key starts with it, so all keys share one cluster slot.
-    prefix: String,
+    conn: RedisConn,
+    /// Every key's name, each starting with `{namespace}`, so all keys share one Cluster slot.
+    keys: Keys,
     timeout: Duration,
     days: DayCache,
     /// `None` in production (Redis `TIME`); tests inject a clock to travel in time.
     clock: Option<Arc<dyn Clock>>,
+    /// `None`: the day is named by `clock`, else the system clock. Tests set a clock that is on
+    /// another day than Redis's `TIME`, as a replica's may be around midnight.
+    day_clock: Option<Arc<dyn Clock>>,
     admit: Script,
     settle: Script,
     usage: Script,
@@ -103,8 +64,8 @@ pub struct RedisStore {
 /// [`Rider`]) and it reads its buckets back with [`SharedIo::read_hashes`]. Cheap to clone.
 #[derive(Clone)]
 pub struct SharedIo {
-    conn: ConnectionManager,
-    prefix: String,
+    conn: RedisConn,
+    keys: Keys,
     timeout: Duration,
     rider: RiderSlot,
     settle: Script,
@@ -113,7 +74,7 @@ pub struct SharedIo {
 impl std::fmt::Debug for SharedIo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedIo")
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.keys.prefix())
             .finish()
     }
 }
@@ -137,7 +98,7 @@ impl SharedIo {
         for chunk in suffixes.chunks(READ_CHUNK) {
             let mut pipe = redis::pipe();
             for s in chunk {
-                pipe.cmd("HGETALL").arg(format!("{}:{s}", self.prefix));
+                pipe.cmd("HGETALL").arg(self.keys.named(s));
             }
             let mut conn = self.conn.clone();
             let got: Vec<Vec<(String, String)>> =
@@ -153,7 +114,7 @@ impl SharedIo {
     /// Add `batch` now, in a call of its own (at shutdown: the last sums, not waiting for the
     /// next settlement batch).
     pub async fn write_now(&self, batch: &RiderBatch) -> (RideOutcome, Option<String>) {
-        let inv = settle_call(&self.settle, &self.prefix, &[], Some(batch));
+        let inv = settle_call(&self.settle, &self.keys, &[], Some(batch));
         let mut conn = self.conn.clone();
         match tokio::time::timeout(self.timeout, inv.invoke_async::<i64>(&mut conn)).await {
             Ok(Ok(_)) => (RideOutcome::Written, None),
@@ -172,7 +133,7 @@ impl SharedIo {
     ) -> Result<i64, StoreError> {
         let mut inv = script.prepare_invoke();
         for s in suffixes {
-            inv.key(format!("{}:{s}", self.prefix));
+            inv.key(self.keys.named(s));
         }
         for a in args {
             inv.arg(a);
@@ -185,13 +146,13 @@ impl SharedIo {
     }
 
     /// The connection (shared with the store; cloning it is cheap).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 
     /// `{namespace}`: the hash tag every key of this store starts with.
     pub fn prefix(&self) -> &str {
-        &self.prefix
+        self.keys.prefix()
     }
 
     /// The deadline of one call.
@@ -203,7 +164,7 @@ impl SharedIo {
     pub async fn get(&self, suffix: &str) -> Result<Option<String>, StoreError> {
         let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("GET");
-        cmd.arg(format!("{}:{suffix}", self.prefix));
+        cmd.arg(self.keys.named(suffix));
         match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
             Ok(r) => r.map_err(store_err),
             Err(_) => Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
@@ -214,7 +175,8 @@ impl SharedIo {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.keys.prefix())
+            .field("mode", &self.conn.mode())
             .finish()
     }
 }
@@ -227,15 +189,60 @@ fn store_err(e: redis::RedisError) -> StoreError {
     }
 }
 
-/// A Redis URL fit for a log line: any user and password replaced by `***`.
+/// A Redis URL fit for a log line: any user and password replaced by `***`, in each URL of a
+/// comma-separated list of Cluster seeds. A piece that is not a plausible `host:port` (what is
+/// left of a password holding a comma) is hidden whole.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "(not a URL)".into();
+    url.split(',')
+        .enumerate()
+        .map(|(i, u)| match (i, u.trim()) {
+            // A bare `host:port` seed after the first URL (it borrows the first's password).
+            (1.., bare) if !bare.contains("://") => redact_authority(bare),
+            (_, one) => match one.split_once("://") {
+                Some((scheme, rest)) => {
+                    let end = rest.find('/').unwrap_or(rest.len());
+                    format!(
+                        "{scheme}://{}{}",
+                        redact_authority(&rest[..end]),
+                        &rest[end..]
+                    )
+                }
+                None => "(not a URL)".into(),
+            },
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `user:password@host:port` as `***@host:port`; anything but a plausible host and port as `***`.
+fn redact_authority(a: &str) -> String {
+    if a.is_empty() {
+        return String::new();
+    }
+    let (hidden, host) = match a.rfind('@') {
+        Some(at) => ("***@", &a[at + 1..]),
+        None => ("", a),
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_string(),
+    let port_ok = |p: &str| p.is_empty() || p.chars().all(|c| c.is_ascii_digit());
+    let plausible = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').is_some_and(|(addr, rest)| {
+            addr.chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+                && (rest.is_empty() || rest.strip_prefix(':').is_some_and(port_ok))
+        }),
+        None => {
+            let (name, port) = host.split_once(':').unwrap_or((host, ""));
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+                && port_ok(port)
+        }
+    };
+    if plausible {
+        format!("{hidden}{host}")
+    } else {
+        "***".into()
     }
 }
 
@@ -269,14 +276,8 @@ impl RedisStore {
         tz: Tz,
         tls: &RedisTls,
     ) -> Result<Self, StoreError> {
-        let client = open_client(url, tls)?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, cfg).map_err(store_err)?;
-        let prefix = format!("{{{namespace}}}");
+        let conn = RedisConn::new(url, tls, timeout)?;
+        let keys = Keys::new(namespace);
         let settle = Script::new(lua!("settle.lua"));
         let (settle_queue, rx) = tokio::sync::mpsc::channel(SETTLE_QUEUE);
         let rider = RiderSlot::default();
@@ -284,7 +285,7 @@ impl RedisStore {
             rx,
             conn.clone(),
             settle.clone(),
-            prefix.clone(),
+            keys.clone(),
             timeout,
             rider.clone(),
         ));
@@ -292,10 +293,11 @@ impl RedisStore {
         tokio::spawn(preload(conn.clone(), vec![admit.clone(), settle.clone()]));
         Ok(RedisStore {
             conn,
-            prefix,
+            keys,
             timeout,
             days: DayCache::new(tz),
             clock: None,
+            day_clock: None,
             admit,
             settle,
             settle_queue,
@@ -310,7 +312,7 @@ impl RedisStore {
     pub fn shared_io(&self) -> SharedIo {
         SharedIo {
             conn: self.conn.clone(),
-            prefix: self.prefix.clone(),
+            keys: self.keys.clone(),
             timeout: self.timeout,
             rider: self.rider.clone(),
             settle: self.settle.clone(),
@@ -337,6 +339,13 @@ impl RedisStore {
         self
     }
 
+    /// Name the day by `clock` while Redis `TIME` still counts (tests only: a replica whose
+    /// clock is on another day than Redis's, as around midnight).
+    pub fn with_day_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.day_clock = Some(clock);
+        self
+    }
+
     fn now_arg(&self) -> String {
         self.clock
             .as_ref()
@@ -345,16 +354,11 @@ impl RedisStore {
     }
 
     fn day(&self) -> DayInfo {
-        let now = match &self.clock {
+        let now = match self.day_clock.as_ref().or(self.clock.as_ref()) {
             Some(c) => c.now_ms(),
             None => SystemClock.now_ms(),
         };
         self.days.at(now)
-    }
-
-    /// The routing key every script declares (all keys it builds share its hash tag).
-    fn route_key(&self) -> String {
-        format!("{}:seq", self.prefix)
     }
 
     async fn run<T: FromRedisValue>(
@@ -384,7 +388,7 @@ impl RedisStore {
 
 /// Loads the request-path scripts once Redis answers, so the first burst of requests does not
 /// each pay a `NOSCRIPT` round trip. (After a Redis restart the client reloads on `NOSCRIPT`.)
-async fn preload(conn: ConnectionManager, scripts: Vec<Script>) {
+async fn preload(conn: RedisConn, scripts: Vec<Script>) {
     for _ in 0..120 {
         let mut c = conn.clone();
         let mut ok = true;
@@ -408,6 +412,77 @@ fn int(v: &Value) -> Result<i64, StoreError> {
     }
 }
 
+/// Pairs per usage or reset call: a day's pairs are bounded by configuration, but a call stays
+/// a bounded command however many there are.
+const PAIRS_PER_CALL: usize = 512;
+
+impl RedisStore {
+    /// The `project|model` pairs counted in the last two days (the set admission keeps).
+    async fn pairs(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let members: Vec<String> = self
+            .cmd(redis::cmd("SMEMBERS").arg(self.keys.pairs()).clone())
+            .await?;
+        let mut out: Vec<(String, String)> = members
+            .iter()
+            .filter_map(|pm| pm.split_once('|'))
+            .map(|(p, m)| (p.to_string(), m.to_string()))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Run a usage or reset `script` over `pairs` with `args` before the day: `KEYS` are each
+    /// pair's window set, token hash and day count. The script answers `{1, day}` when Redis's
+    /// day is not the one named (a moment around midnight): the keys of that day are sent.
+    async fn run_on_pairs(
+        &self,
+        script: &Script,
+        pairs: &[(String, String)],
+        args: &[String],
+    ) -> Result<Vec<Value>, StoreError> {
+        let mut day = self.day().day;
+        for _ in 0..3 {
+            let mut inv = script.prepare_invoke();
+            for (p, m) in pairs {
+                let (rq, tk) = self.keys.window(p, m);
+                inv.key(rq).key(tk).key(self.keys.day(p, m, day));
+            }
+            for a in args {
+                inv.arg(a);
+            }
+            inv.arg(day);
+            let v: Vec<Value> = self.run(inv).await?;
+            match v.first().map(int).transpose()? {
+                Some(0) => return Ok(v),
+                Some(1) if v.len() == 2 => day = int(&v[1])?,
+                _ => {
+                    return Err(StoreError::Protocol(format!(
+                        "a store script answered {v:?}"
+                    )));
+                }
+            }
+        }
+        Err(StoreError::Protocol(
+            "the store script's day kept changing".into(),
+        ))
+    }
+}
+
+/// Whether an admin reset naming `projects` (all when `None`) and `model` (all when `None`)
+/// covers the pair: a project-wide hold (`*`) is covered by any model.
+fn wanted(scope: &ResetScope, project: &str, model: &str) -> bool {
+    if let Some(ps) = &scope.projects
+        && !ps.is_empty()
+        && !ps.iter().any(|p| p == project)
+    {
+        return false;
+    }
+    match scope.model.as_deref() {
+        Some(m) if !m.is_empty() => model == m || model == "*",
+        _ => true,
+    }
+}
+
 #[async_trait]
 impl QuotaStore for RedisStore {
     async fn admit(&self, req: &AdmitRequest) -> Result<AdmitOutcome, StoreError> {
@@ -418,17 +493,13 @@ impl QuotaStore for RedisStore {
         if r.uncounted {
             return Ok(());
         }
-        let mut inv = self.settle.prepare_invoke();
-        inv.key(self.route_key())
-            .key(format!("{}:led:since", self.prefix))
-            .key(format!("{}:led:done:", self.prefix))
-            .key(format!("{}:led:late", self.prefix))
-            .arg(&self.prefix)
-            .arg(1)
-            .arg(&*r.project)
-            .arg(&r.model)
-            .arg(r.id)
-            .arg(actual_tokens);
+        let one = [PendingSettle {
+            project: r.project.clone(),
+            model: r.model.clone(),
+            id: r.id,
+            tokens: actual_tokens,
+        }];
+        let inv = settle_call(&self.settle, &self.keys, &one, None);
         let _: i64 = self.run(inv).await?;
         Ok(())
     }
@@ -449,37 +520,30 @@ impl QuotaStore for RedisStore {
         true
     }
 
+    /// Two calls: the set of pairs, then their counters (windows pruned) in one script.
     async fn usage(&self) -> Result<Vec<(String, String, Usage)>, StoreError> {
-        let di = self.day();
-        let mut inv = self.usage.prepare_invoke();
-        inv.key(self.route_key())
-            .arg(&self.prefix)
-            .arg(di.offset_ms)
-            .arg(self.now_arg());
-        let v: Vec<Value> = self.run(inv).await?;
+        let pairs = self.pairs().await?;
+        let args = [self.day().offset_ms.to_string(), self.now_arg()];
         let mut out = Vec::new();
-        for chunk in v.chunks(4) {
-            let [pm, c, t, d] = chunk else {
+        for chunk in pairs.chunks(PAIRS_PER_CALL) {
+            let v = self.run_on_pairs(&self.usage, chunk, &args).await?;
+            let counts = &v[1..];
+            if counts.len() != 3 * chunk.len() {
                 return Err(StoreError::Protocol(
                     "usage script answered a partial row".into(),
                 ));
-            };
-            let pm = String::from_redis_value(pm.clone())
-                .map_err(|e| StoreError::Protocol(e.to_string()))?;
-            let Some((project, model)) = pm.split_once('|') else {
-                continue;
-            };
-            out.push((
-                project.to_string(),
-                model.to_string(),
-                Usage {
-                    minute_requests: int(c)?.max(0) as u64,
-                    minute_tokens: int(t)?.max(0) as u64,
-                    daily_requests: int(d)?.max(0) as u64,
-                },
-            ));
+            }
+            for ((project, model), row) in chunk.iter().zip(counts.chunks(3)) {
+                let u = Usage {
+                    minute_requests: int(&row[0])?.max(0) as u64,
+                    minute_tokens: int(&row[1])?.max(0) as u64,
+                    daily_requests: int(&row[2])?.max(0) as u64,
+                };
+                if u.minute_requests > 0 || u.minute_tokens > 0 || u.daily_requests > 0 {
+                    out.push((project.clone(), model.clone(), u));
+                }
+            }
         }
-        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         Ok(out)
     }
 
@@ -491,24 +555,19 @@ impl QuotaStore for RedisStore {
         reason: &str,
     ) -> Result<(), StoreError> {
         let mut inv = self.cooldown.prepare_invoke();
-        inv.key(self.route_key())
-            .arg(&self.prefix)
-            .arg(project)
-            .arg(model)
+        inv.key(self.keys.cooldown(project, model))
+            .key(self.keys.held())
             .arg(ms.clamp(1, super::MAX_HOLD_MS))
             .arg(reason)
-            .arg(self.now_arg());
+            .arg(self.now_arg())
+            .arg(format!("{project}|{model}"));
         let _: i64 = self.run(inv).await?;
         Ok(())
     }
 
     async fn cooldowns(&self) -> Result<Vec<Cooldown>, StoreError> {
         let members: Vec<String> = self
-            .cmd(
-                redis::cmd("SMEMBERS")
-                    .arg(format!("{}:cds", self.prefix))
-                    .clone(),
-            )
+            .cmd(redis::cmd("SMEMBERS").arg(self.keys.held()).clone())
             .await?;
         if members.is_empty() {
             return Ok(Vec::new());
@@ -516,7 +575,7 @@ impl QuotaStore for RedisStore {
         let mut pipe = redis::pipe();
         for pm in &members {
             if let Some((p, m)) = pm.split_once('|') {
-                let k = format!("{}:cd:{p}:{m}", self.prefix);
+                let k = self.keys.cooldown(p, m);
                 pipe.cmd("PTTL").arg(&k).cmd("GET").arg(&k);
             }
         }
@@ -554,7 +613,7 @@ impl QuotaStore for RedisStore {
         let _: () = self
             .cmd(
                 redis::cmd("SET")
-                    .arg(format!("{}:dis:{kid}", self.prefix))
+                    .arg(self.keys.disabled(kid))
                     .arg(reason)
                     .arg("PX")
                     .arg(30u64 * 86_400_000)
@@ -570,7 +629,7 @@ impl QuotaStore for RedisStore {
         }
         let mut cmd = redis::cmd("MGET");
         for k in kids {
-            cmd.arg(format!("{}:dis:{k}", self.prefix));
+            cmd.arg(self.keys.disabled(k));
         }
         let v: Vec<Option<String>> = self.cmd(cmd).await?;
         Ok(v.into_iter()
@@ -585,7 +644,7 @@ impl QuotaStore for RedisStore {
         let _: () = self
             .cmd(
                 redis::cmd("SET")
-                    .arg(format!("{}:aff:{resource}", self.prefix))
+                    .arg(self.keys.affinity(resource))
                     .arg(kid)
                     .arg("PX")
                     .arg(ttl_ms.max(1))
@@ -596,39 +655,64 @@ impl QuotaStore for RedisStore {
     }
 
     async fn affinity(&self, resource: &str) -> Result<Option<String>, StoreError> {
-        self.cmd(
-            redis::cmd("GET")
-                .arg(format!("{}:aff:{resource}", self.prefix))
-                .clone(),
-        )
-        .await
+        self.cmd(redis::cmd("GET").arg(self.keys.affinity(resource)).clone())
+            .await
     }
 
+    /// Reads the sets of pairs first, then clears the named ones in one call: a pair first
+    /// counted between the two (an admission in that moment) is counted after the reset.
     async fn reset(&self, kind: ResetKind, scope: &ResetScope) -> Result<(), StoreError> {
-        let di = self.day();
         let kind = match kind {
             ResetKind::Minute => "minute",
             ResetKind::Daily => "daily",
             ResetKind::Tokens => "tokens",
             ResetKind::All => "all",
-            ResetKind::Cooldowns => "cooldowns",
+            ResetKind::Cooldowns => {
+                // Holds of the named pairs, and the named keys' disabled flags: one pipeline.
+                let members: Vec<String> = self
+                    .cmd(redis::cmd("SMEMBERS").arg(self.keys.held()).clone())
+                    .await?;
+                let held: Vec<&String> = members
+                    .iter()
+                    .filter(|pm| pm.split_once('|').is_some_and(|(p, m)| wanted(scope, p, m)))
+                    .collect();
+                let kids = scope.kids.as_deref().unwrap_or_default();
+                if held.is_empty() && kids.is_empty() {
+                    return Ok(());
+                }
+                let mut del = redis::cmd("DEL");
+                for pm in &held {
+                    if let Some((p, m)) = pm.split_once('|') {
+                        del.arg(self.keys.cooldown(p, m));
+                    }
+                }
+                for k in kids {
+                    del.arg(self.keys.disabled(k));
+                }
+                let mut pipe = redis::pipe();
+                pipe.add_command(del).ignore();
+                if !held.is_empty() {
+                    pipe.cmd("SREM").arg(self.keys.held()).arg(&held).ignore();
+                }
+                let mut conn = self.conn.clone();
+                let () = self.deadline(pipe.query_async(&mut conn)).await?;
+                return Ok(());
+            }
         };
-        let mut inv = self.reset.prepare_invoke();
-        inv.key(self.route_key())
-            .arg(&self.prefix)
-            .arg(kind)
-            .arg(di.offset_ms)
-            .arg(
-                scope
-                    .projects
-                    .as_ref()
-                    .map(|p| p.join("|"))
-                    .unwrap_or_default(),
-            )
-            .arg(scope.model.clone().unwrap_or_default())
-            .arg(scope.kids.as_ref().map(|k| k.join("|")).unwrap_or_default())
-            .arg(self.now_arg());
-        let _: i64 = self.run(inv).await?;
+        let pairs: Vec<(String, String)> = self
+            .pairs()
+            .await?
+            .into_iter()
+            .filter(|(p, m)| wanted(scope, p, m))
+            .collect();
+        let args = [
+            kind.to_string(),
+            self.day().offset_ms.to_string(),
+            self.now_arg(),
+        ];
+        for chunk in pairs.chunks(PAIRS_PER_CALL) {
+            self.run_on_pairs(&self.reset, chunk, &args).await?;
+        }
         Ok(())
     }
 
@@ -637,11 +721,7 @@ impl QuotaStore for RedisStore {
     /// still loading its data (`LOADING`) is not a working store.
     async fn ping(&self) -> Result<(), StoreError> {
         let _: Option<String> = self
-            .cmd(
-                redis::cmd("GET")
-                    .arg(format!("{}:ping", self.prefix))
-                    .clone(),
-            )
+            .cmd(redis::cmd("GET").arg(self.keys.named("ping")).clone())
             .await?;
         Ok(())
     }
@@ -671,5 +751,20 @@ mod tests {
         );
         assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
         assert_eq!(redact_url("host:6379"), "(not a URL)");
+    }
+
+    #[test]
+    fn every_seed_of_a_cluster_list_is_logged_without_its_password() {
+        assert_eq!(
+            redact_url("redis://:pw1@a:7000,redis://u:pw2@b:7001,c:7002,:pw3@d:7003"),
+            "redis://***@a:7000,redis://***@b:7001,c:7002,***@d:7003"
+        );
+        // A comma inside a password splits it: neither half is shown.
+        let shown = redact_url("redis://:pass,word@10.0.0.1:6379/0");
+        assert!(
+            !shown.contains("pass") && !shown.contains("word"),
+            "{shown}"
+        );
+        assert_eq!(redact_url("redis://[::1]:6379"), "redis://[::1]:6379");
     }
 }

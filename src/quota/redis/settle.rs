@@ -7,7 +7,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::Script;
-use redis::aio::ConnectionManager;
+
+use super::conn::RedisConn;
+use super::keys::Keys;
 
 /// One settlement on its way to Redis.
 pub(super) struct PendingSettle {
@@ -82,28 +84,42 @@ pub(super) fn ride_outcome(e: &redis::RedisError) -> RideOutcome {
     }
 }
 
-/// One call of the settlement script: `batch` settled, `riding` added.
+/// One call of the settlement script: `batch` settled, `riding` added. Every key it touches is
+/// in `KEYS`: the ledger's, and the token hash of each (project, model) in the batch (once).
 pub(super) fn settle_call<'a>(
     script: &'a Script,
-    prefix: &str,
+    keys: &Keys,
     batch: &[PendingSettle],
     riding: Option<&RiderBatch>,
 ) -> redis::ScriptInvocation<'a> {
     let mut inv = script.prepare_invoke();
     let done = riding.map_or_else(String::new, |r| r.id.clone());
-    inv.key(format!("{prefix}:seq"))
-        .key(format!("{prefix}:led:since"))
-        .key(format!("{prefix}:led:done:{done}"))
-        .key(format!("{prefix}:led:late"))
-        .arg(prefix)
-        .arg(batch.len());
+    inv.key(keys.named("led:since"))
+        .key(keys.named(&format!("led:done:{done}")))
+        .key(keys.named("led:late"));
+    // Each pair's token hash once, and each settlement's number in that list.
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    let mut at: Vec<usize> = Vec::with_capacity(batch.len());
     for p in batch {
-        inv.arg(&*p.project).arg(&p.model).arg(p.id).arg(p.tokens);
+        let pair = (&*p.project, p.model.as_str());
+        let i = match pairs.iter().position(|q| *q == pair) {
+            Some(i) => i,
+            None => {
+                pairs.push(pair);
+                inv.key(keys.tokens(pair.0, pair.1));
+                pairs.len() - 1
+            }
+        };
+        at.push(i + 1);
+    }
+    inv.arg(pairs.len()).arg(batch.len());
+    for (p, i) in batch.iter().zip(&at) {
+        inv.arg(*i).arg(p.id).arg(p.tokens);
     }
     if let Some(r) = riding {
         inv.arg(u8::from(r.late));
         for h in &r.hashes {
-            inv.key(format!("{prefix}:{}", h.suffix))
+            inv.key(keys.named(&h.suffix))
                 .arg(h.ttl_secs)
                 .arg(h.fields.len());
             for (f, v) in &h.fields {
@@ -120,9 +136,9 @@ pub(super) fn settle_call<'a>(
 /// one call for many requests; when idle it adds no delay.
 pub(super) async fn settle_writer(
     mut rx: tokio::sync::mpsc::Receiver<PendingSettle>,
-    conn: ConnectionManager,
+    conn: RedisConn,
     script: Script,
-    prefix: String,
+    keys: Keys,
     timeout: Duration,
     rider: RiderSlot,
 ) {
@@ -138,7 +154,7 @@ pub(super) async fn settle_writer(
         if batch.is_empty() && riding.is_none() {
             continue;
         }
-        let inv = settle_call(&script, &prefix, &batch, riding.as_ref());
+        let inv = settle_call(&script, &keys, &batch, riding.as_ref());
         let mut c = conn.clone();
         let (outcome, error) =
             match tokio::time::timeout(timeout, inv.invoke_async::<i64>(&mut c)).await {

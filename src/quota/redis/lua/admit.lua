@@ -1,53 +1,42 @@
 -- Choose a key whose project has room and reserve one request, `tokens` input tokens and one
 -- daily request, atomically.
 --
--- The proxy names every key this script touches (building a key name in Lua costs about as
--- much as a command), so ARGV is, with n keys and m projects (in order of first appearance):
---   1 prefix, 2 model, 3 tokens, 4 strategy (h|o), 5 rotation, 6 tz offset ms,
---   7 next midnight ms, 8 now override ('' = Redis TIME), 9 the proxy's day number, 10 n, 11 m,
---   then n disabled-flag keys, then m x (cooldown key for this model, for '*'),
---   then m day-count keys (for the proxy's day), then n project numbers (1-based, per key),
---   then m x (rpm, tpm, rpd, window set key, token hash key, 'project|model', project),
---   then the id counter key and the pairs set key.
+-- KEYS, with n keys and m projects (in order of first appearance): n disabled-flag keys, then
+--   m x (cooldown key for this model, for '*'), then m day-count keys (for the day in ARGV[7]),
+--   then m x (window set, token hash), then the id counter key and the pairs set key.
+-- ARGV: 1 tokens, 2 strategy (h|o), 3 rotation, 4 tz offset ms, 5 next midnight ms (0: work it
+--   out here), 6 now override ('' = Redis TIME), 7 the day the day-count keys are for, 8 n, 9 m,
+--   then n project numbers (1-based, per key), then m x (rpm, tpm, rpd, 'project|model').
 -- Returns {1, candidate index (0-based), id, remaining requests, remaining tokens}
 --      or {0, limit code (1 rpm, 2 tpm, 3 rpd), limit value, retry after ms}
---      or {2, earliest cooldown end in ms or -1 when every key is disabled}.
-local model = ARGV[2]
-local tokens = tonumber(ARGV[3])
-local strategy = ARGV[4]
-local rotation = tonumber(ARGV[5])
-local offset = tonumber(ARGV[6])
-local next_mid = tonumber(ARGV[7])
-local now = now_ms(ARGV[8])
-local n, m = tonumber(ARGV[10]), tonumber(ARGV[11])
+--      or {2, earliest cooldown end in ms or -1 when every key is disabled}
+--      or {3, Redis's day}: the day-count keys are for another day (a moment around midnight
+--         when the proxy's clock and Redis's disagree), so the proxy names that day's and asks
+--         again; nothing was written.
+local tokens = tonumber(ARGV[1])
+local strategy = ARGV[2]
+local rotation = tonumber(ARGV[3])
+local offset = tonumber(ARGV[4])
+local next_mid = tonumber(ARGV[5])
+local now = now_ms(ARGV[6])
+local n, m = tonumber(ARGV[8]), tonumber(ARGV[9])
+if n == 0 then return {2, -1} end
 local day = math.floor((now + offset) / 86400000)
+if day ~= tonumber(ARGV[7]) then return {3, day} end
 if next_mid <= now then next_mid = (day + 1) * 86400000 - offset end
 local cut = tostring(now - W)
--- Where each part of ARGV starts (the part's first element is at base + 1).
-local CD = 11 + n
+-- Where each part starts (its first element is at base + 1): in KEYS the cooldowns, the day
+-- counts and the windows; in ARGV the project numbers and the projects' limits.
+local CD = n
 local DAY = CD + 2 * m
-local OF = DAY + m
+local WIN = DAY + m
+local OF = 9
 local PJ = OF + n
-local TAIL = PJ + 7 * m
 
--- One MGET for every disabled flag and every cooldown (they are contiguous in ARGV).
-local flags = redis.call('MGET', unpack(ARGV, 12, DAY))
--- Day counts: the proxy's keys when Redis's clock agrees on the day (always, but for a moment
--- around midnight), else named here.
-local day_keys = nil
-if day ~= tonumber(ARGV[9]) then
-  day_keys = {}
-  for p = 1, m do
-    day_keys[p] = ARGV[1] .. ':' .. ARGV[PJ + p * 7] .. ':' .. model .. ':day:' .. day
-  end
-end
-local days
-if day_keys then
-  days = redis.call('MGET', unpack(day_keys))
-else
-  days = redis.call('MGET', unpack(ARGV, DAY + 1, DAY + m))
-end
-
+-- One MGET for every disabled flag and every cooldown (they are contiguous in KEYS), one for
+-- the day counts.
+local flags = redis.call('MGET', unpack(KEYS, 1, DAY))
+local days = redis.call('MGET', unpack(KEYS, DAY + 1, DAY + m))
 local function held_ms(v)
   if not v then return 0 end
   local until_ms = tonumber(string.match(v, '^(%d+)')) or 0
@@ -68,13 +57,13 @@ if #order == 0 then return {2, -1} end
 local hold, refused = nil, nil
 local open, heads, counts, sums, exps = {}, {}, {}, {}, {}
 for _, p in ipairs(order) do
-  local b = PJ + (p - 1) * 7
+  local b = PJ + (p - 1) * 4
   local cd = math.max(held_ms(flags[n + 2 * p - 1]), held_ms(flags[n + 2 * p]))
   if cd > 0 then
     if not hold or cd < hold then hold = cd end
   else
     local rpm, tpm, rpd = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
-    local rq, tk = ARGV[b + 4], ARGV[b + 5]
+    local rq, tk = KEYS[WIN + 2 * p - 1], KEYS[WIN + 2 * p]
     prune_keys(rq, tk, cut)
     local count = redis.call('ZCARD', rq)
     local st = redis.call('HMGET', tk, 'sum', 'exp')
@@ -139,23 +128,22 @@ for i = 1, n do
   end
 end
 
-local b = PJ + (best - 1) * 7
+local b = PJ + (best - 1) * 4
 local rpm, tpm = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
-local rq, tk = ARGV[b + 4], ARGV[b + 5]
-local seq, pairs_key = ARGV[TAIL + 1], ARGV[TAIL + 2]
+local rq, tk = KEYS[WIN + 2 * best - 1], KEYS[WIN + 2 * best]
+local seq, pairs_key = KEYS[WIN + 2 * m + 1], KEYS[WIN + 2 * m + 2]
 local id = redis.call('INCR', seq)
 -- The id counter's expiry is refreshed now and then, not on every call (a new counter starts
 -- at 1, so it gets one at once).
 if id % 1024 == 1 then redis.call('PEXPIRE', seq, 172800000) end
 local id_s = tostring(id)
 redis.call('ZADD', rq, now, id_s)
-redis.call('HSET', tk, id_s, ARGV[3])
-redis.call('HINCRBY', tk, 'sum', ARGV[3])
+redis.call('HSET', tk, id_s, ARGV[1])
+redis.call('HINCRBY', tk, 'sum', ARGV[1])
 -- The window's keys must outlive their newest entry by KEEP (W, at least 60 s): they expire
 -- 2 KEEP after a refresh, refreshed when KEEP or less of that is left (about once a minute, not per call), or
 -- when the sorted set was empty (Redis deleted it; ZADD just made it anew, without expiry).
-local dk = ARGV[DAY + best]
-if day_keys then dk = day_keys[best] end
+local dk = KEYS[DAY + best]
 local new_day = redis.call('INCR', dk) == 1
 if new_day then redis.call('PEXPIRE', dk, math.max(next_mid - now, 1) + 60000) end
 if new_day or counts[best] == 0 or exps[best] <= now + KEEP then
@@ -164,7 +152,7 @@ if new_day or counts[best] == 0 or exps[best] <= now + KEEP then
   redis.call('PEXPIRE', tk, 2 * KEEP)
   -- The status page and admin resets find pairs in this set: keep this one in it (the set
   -- may have expired or been evicted since the pair's day began).
-  redis.call('SADD', pairs_key, ARGV[b + 6])
+  redis.call('SADD', pairs_key, ARGV[b + 4])
   redis.call('PEXPIRE', pairs_key, 172800000)
 end
 return {1, cand, id, rpm - counts[best] - 1, tpm - sums[best] - tokens}

@@ -1,10 +1,10 @@
 -- Shared by every script: the clock and the sliding-window pruning of one (project, model).
--- All keys start with ARGV[1], a prefix holding one {hash tag}, so a script touches one slot.
+-- Every key a script touches comes in KEYS, as Redis's scripting contract (and Cluster, which
+-- routes and checks by them) requires: the proxy builds the names, all starting with the
+-- namespace's `{hash tag}`, so one script runs on one node (src/quota/redis/keys.rs).
 -- A (project, model) has two keys: `rq`, a sorted set of admission ids scored by time, and
 -- `tk`, a hash of id -> reserved tokens plus the fields `sum`, their total, and `exp`, when the
--- pair's keys expire. The admission script gets these names ready-made from
--- `RedisStore::admit` (src/quota/redis.rs), which must build them exactly as below.
-local P = ARGV[1]
+-- pair's keys expire.
 -- The sliding window's length in ms (`limits.window_secs`): the store writes its setting into
 -- this line when it loads the scripts. Window keys live at least a minute past their newest entry.
 local W = 60000
@@ -14,11 +14,6 @@ local function now_ms(override)
   if override ~= nil and override ~= '' then return tonumber(override) end
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
-local function bucket(project, model)
-  local b = P .. ':' .. project .. ':' .. model
-  return b .. ':rq', b .. ':tk'
 end
 
 -- Drop admissions W old or older from a window; the window is (now - W, now]. `cut` is
@@ -34,19 +29,4 @@ local function prune_keys(rq, tk, cut)
     redis.call('ZREMRANGEBYSCORE', rq, '-inf', cut)
     redis.call('HINCRBY', tk, 'sum', -sum)
   end
-end
-
-local function prune(project, model, now)
-  local rq, tk = bucket(project, model)
-  prune_keys(rq, tk, tostring(now - W))
-  return rq, tk
-end
-
-local function day_key(project, model, day)
-  return P .. ':' .. project .. ':' .. model .. ':day:' .. day
-end
-
--- A cooldown key holds "until_ms|reason" and expires at until_ms.
-local function cooldown_key(project, model)
-  return P .. ':cd:' .. project .. ':' .. model
 end

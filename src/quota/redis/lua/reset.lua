@@ -1,42 +1,19 @@
--- Admin reset. ARGV: prefix, kind (minute|daily|tokens|all|cooldowns), tz offset ms,
--- project filter ('' = all, else '|'-joined), model filter ('' = all), kid list ('|'-joined),
--- now override.
-local kind, offset = ARGV[2], tonumber(ARGV[3])
-local pf, mf = ARGV[4], ARGV[5]
-local function wanted(project, model)
-  if pf ~= '' and not string.find('|' .. pf .. '|', '|' .. project .. '|', 1, true) then return false end
-  if mf ~= '' and model ~= mf and model ~= '*' then return false end
-  return true
-end
-local function split(pm)
-  local sep = string.find(pm, '|', 1, true)
-  return string.sub(pm, 1, sep - 1), string.sub(pm, sep + 1)
-end
-if kind == 'cooldowns' then
-  for _, pm in ipairs(redis.call('SMEMBERS', P .. ':cds')) do
-    local project, model = split(pm)
-    if wanted(project, model) then
-      redis.call('DEL', cooldown_key(project, model))
-      redis.call('SREM', P .. ':cds', pm)
-    end
+-- Admin reset of the (project, model) pairs named (the proxy reads the set of pairs and picks
+-- the ones the reset's filter names).
+-- KEYS: per pair, its window set, token hash and day count (for the day in ARGV[4]).
+-- ARGV: kind (minute|daily|tokens|all), tz offset ms, now override, the day the day-count keys
+-- are for. Returns {0}, or {1, Redis's day} when the day-count keys are for another day.
+local kind = ARGV[1]
+local now = now_ms(ARGV[3])
+local day = math.floor((now + tonumber(ARGV[2])) / 86400000)
+if day ~= tonumber(ARGV[4]) then return {1, day} end
+for i = 1, #KEYS, 3 do
+  local rq, tk, dk = KEYS[i], KEYS[i + 1], KEYS[i + 2]
+  if kind == 'minute' or kind == 'all' then redis.call('DEL', rq, tk) end
+  if kind == 'tokens' then
+    local ids = redis.call('HKEYS', tk)
+    for j = 1, #ids do redis.call('HSET', tk, ids[j], 0) end
   end
-  if ARGV[6] ~= '' then
-    for kid in string.gmatch(ARGV[6], '[^|]+') do redis.call('DEL', P .. ':dis:' .. kid) end
-  end
-  return 1
+  if kind == 'daily' or kind == 'all' then redis.call('DEL', dk) end
 end
-local now = now_ms(ARGV[7])
-local day = math.floor((now + offset) / 86400000)
-for _, pm in ipairs(redis.call('SMEMBERS', P .. ':pairs')) do
-  local project, model = split(pm)
-  if wanted(project, model) then
-    local rq, tk = bucket(project, model)
-    if kind == 'minute' or kind == 'all' then redis.call('DEL', rq, tk) end
-    if kind == 'tokens' then
-      local ids = redis.call('HKEYS', tk)
-      for i = 1, #ids do redis.call('HSET', tk, ids[i], 0) end
-    end
-    if kind == 'daily' or kind == 'all' then redis.call('DEL', day_key(project, model, day)) end
-  end
-end
-return 1
+return {0}

@@ -1,21 +1,22 @@
 -- Replace reservations' tokens with the real counts, many at once, and add the usage sums
 -- riding along (the ledger's per-minute and per-hour buckets).
--- KEYS: seq (routing), the ledger's `since` key, this ledger batch's `done` key, the `late`
--- counter, then one hash per ledger bucket.
--- ARGV: prefix, n, then (project, model, id, tokens) per reservation; then, with ledger hashes:
--- late (0/1), per hash: ttl seconds, field count, (field, packed counters) pairs; then the
--- `since` value. A ledger batch is applied once: its `done` key says it was.
+-- KEYS: the ledger's `since` key, this ledger batch's `done` key, the `late` counter, then t
+-- token hashes (one per (project, model) settled), then one hash per ledger bucket.
+-- ARGV: t, n, then (token hash number 1..t, id, tokens) per reservation; then, with ledger
+-- hashes: late (0/1), per hash: ttl seconds, field count, (field, packed counters) pairs; then
+-- the `since` value. A ledger batch is applied once: its `done` key says it was.
+local t = tonumber(ARGV[1])
 local n = 0
 local a = 3
 for _ = 1, tonumber(ARGV[2]) do
-  local rq, tk = bucket(ARGV[a], ARGV[a + 1])
-  local old = redis.call('HGET', tk, ARGV[a + 2])
+  local tk = KEYS[3 + tonumber(ARGV[a])]
+  local old = redis.call('HGET', tk, ARGV[a + 1])
   if old then
-    redis.call('HSET', tk, ARGV[a + 2], ARGV[a + 3])
-    redis.call('HINCRBY', tk, 'sum', tonumber(ARGV[a + 3]) - tonumber(old))
+    redis.call('HSET', tk, ARGV[a + 1], ARGV[a + 2])
+    redis.call('HINCRBY', tk, 'sum', tonumber(ARGV[a + 2]) - tonumber(old))
     n = n + 1
   end
-  a = a + 4
+  a = a + 3
 end
 
 -- "1 0 2" + "1 1 0" = "2 1 2": element-wise, a missing field counting as zeros.
@@ -36,10 +37,10 @@ local function add_packed(key, field, packed)
   redis.call('HSET', key, field, table.concat(out, ' '))
 end
 
-if #KEYS > 4 and redis.call('SET', KEYS[3], '1', 'NX', 'EX', 3600) then
+if #KEYS > 3 + t and redis.call('SET', KEYS[2], '1', 'NX', 'EX', 3600) then
   local late = ARGV[a] == '1'
   a = a + 1
-  for k = 5, #KEYS do
+  for k = 4 + t, #KEYS do
     local ttl, count = ARGV[a], tonumber(ARGV[a + 1])
     a = a + 2
     for _ = 1, count do
@@ -48,9 +49,9 @@ if #KEYS > 4 and redis.call('SET', KEYS[3], '1', 'NX', 'EX', 3600) then
     end
     redis.call('EXPIRE', KEYS[k], ttl)
   end
-  redis.call('SET', KEYS[2], ARGV[a], 'NX')
+  redis.call('SET', KEYS[1], ARGV[a], 'NX')
   if late then
-    redis.call('INCR', KEYS[4])
+    redis.call('INCR', KEYS[3])
   end
 end
 return n

@@ -1,17 +1,19 @@
--- Counters of every (project, model) seen in the last two days.
--- ARGV: prefix, tz offset ms, now override. Returns a flat list: project|model, rpm, tokens, rpd.
-local now = now_ms(ARGV[3])
-local day = math.floor((now + tonumber(ARGV[2])) / 86400000)
-local out = {}
-for _, pm in ipairs(redis.call('SMEMBERS', P .. ':pairs')) do
-  local sep = string.find(pm, '|', 1, true)
-  local project, model = string.sub(pm, 1, sep - 1), string.sub(pm, sep + 1)
-  local rq, tk = prune(project, model, now)
-  local c = redis.call('ZCARD', rq)
-  local t = tonumber(redis.call('HGET', tk, 'sum') or '0')
-  local d = tonumber(redis.call('GET', day_key(project, model, day)) or '0')
-  if c > 0 or t > 0 or d > 0 then
-    out[#out + 1] = pm; out[#out + 1] = c; out[#out + 1] = t; out[#out + 1] = d
-  end
+-- Counters of the (project, model) pairs named, their windows pruned first.
+-- KEYS: per pair, its window set, token hash and day count (for the day in ARGV[3]).
+-- ARGV: tz offset ms, now override ('' = Redis TIME), the day the day-count keys are for.
+-- Returns {0, then per pair: requests in the window, tokens in the window, requests today}, or
+-- {1, Redis's day} when the day-count keys are for another day (a moment around midnight when
+-- the proxy's clock and Redis's disagree): the proxy names that day's keys and asks again.
+local now = now_ms(ARGV[2])
+local day = math.floor((now + tonumber(ARGV[1])) / 86400000)
+if day ~= tonumber(ARGV[3]) then return {1, day} end
+local cut = tostring(now - W)
+local out = {0}
+for i = 1, #KEYS, 3 do
+  local rq, tk = KEYS[i], KEYS[i + 1]
+  prune_keys(rq, tk, cut)
+  out[#out + 1] = redis.call('ZCARD', rq)
+  out[#out + 1] = tonumber(redis.call('HGET', tk, 'sum') or '0')
+  out[#out + 1] = tonumber(redis.call('GET', KEYS[i + 2]) or '0')
 end
 return out

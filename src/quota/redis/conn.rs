@@ -1,0 +1,610 @@
+//! The connection to Redis: one node (a `ConnectionManager`) or a Redis Cluster (a
+//! `ClusterConnection`, which follows `MOVED`/`ASK` and refreshes its view of the topology),
+//! chosen at first contact and shared behind one clonable handle by every Redis user of the
+//! proxy (quota store, settle writer, ledger, cache, alert claims).
+//!
+//! Cluster mode is taken when `store.redis_url` lists several seed nodes (comma-separated), or
+//! when the one node named answers `INFO cluster` with `cluster_enabled:1`. Contact is made
+//! lazily: building a handle never waits for Redis, and until the first contact succeeds every
+//! call tries it again (one attempt at a time, run in its own task so a caller's deadline does
+//! not cut it short), so a proxy started while Redis is down attaches when it comes up.
+//!
+//! The Cluster client follows `MOVED` and refreshes its topology when a node refuses or drops
+//! its connection, but a master that hangs (a stopped process, a partitioned host) only makes
+//! its calls time out, and the client keeps sending there after its replica was promoted. So a
+//! call that fails for want of an answer (a timeout, a lost or refused connection, a Cluster
+//! error left after the client's own retries) gets the Cluster connection rebuilt from the
+//! seeds and every node the cluster last named, at most once a second, in the background.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+
+use super::super::{RedisTls, StoreError};
+use crate::secret::Secret;
+
+/// What the handle reaches once contact is made.
+#[derive(Clone)]
+enum Link {
+    Node(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// One attempt at first contact, shared by every caller waiting on it.
+type Attempt = Shared<BoxFuture<'static, Result<(), Arc<str>>>>;
+
+struct Inner {
+    /// The seed URLs (credentials included: never printed).
+    seeds: Vec<Secret>,
+    /// The nodes the cluster named when last asked, as URLs like the first seed's: a rebuild
+    /// starts from them too, so a seed that hangs or is gone does not stop it.
+    known: Mutex<Vec<Secret>>,
+    tls: RedisTls,
+    timeout: Duration,
+    link: RwLock<Option<Link>>,
+    attempt: Mutex<Option<Attempt>>,
+    rebuild: Mutex<Rebuild>,
+    /// When this handle was made, and when (ms after that) a Cluster call was last answered:
+    /// a call that times out while others are answered is load, not a stale connection.
+    born: Instant,
+    answered_ms: AtomicU64,
+}
+
+/// Rebuilds of a Cluster connection: one at a time, at most one a [`REBUILD_GAP`].
+#[derive(Default)]
+struct Rebuild {
+    running: bool,
+    last: Option<Instant>,
+}
+
+/// The least time between two rebuilds of a Cluster connection.
+const REBUILD_GAP: Duration = Duration::from_secs(1);
+
+impl Inner {
+    fn current(&self) -> Option<Link> {
+        self.link.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn answered(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.answered_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// A call on the Cluster connection got no answer: rebuild it in the background, unless a
+    /// call was answered within [`REBUILD_GAP`] or a rebuild runs or ran within it.
+    fn suspect(self: &Arc<Self>) {
+        let quiet_ms = (self.born.elapsed().as_millis() as u64)
+            .saturating_sub(self.answered_ms.load(Ordering::Relaxed));
+        if quiet_ms < REBUILD_GAP.as_millis() as u64 {
+            return;
+        }
+        // Only from within the runtime (not while it is being torn down).
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        {
+            let mut r = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+            if r.running || r.last.is_some_and(|at| at.elapsed() < REBUILD_GAP) {
+                return;
+            }
+            r.running = true;
+        }
+        let inner = self.clone();
+        rt.spawn(async move {
+            match cluster_link(&inner).await {
+                Ok(c) => {
+                    *inner.link.write().unwrap_or_else(|p| p.into_inner()) = Some(c);
+                    tracing::info!("Redis Cluster connection rebuilt after calls went unanswered");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "rebuilding the Redis Cluster connection failed")
+                }
+            }
+            let mut r = inner.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+            r.running = false;
+            r.last = Some(Instant::now());
+        });
+    }
+}
+
+/// Whether a failed Cluster call says the connection may be stale (no answer, a lost node, a
+/// topology error left after the client's retries), not that Redis refused the command.
+fn unanswered(e: &RedisError) -> bool {
+    e.is_timeout()
+        || e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_cluster_error()
+        || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
+}
+
+/// Notes a Cluster call that did not come back answered, including one its caller gave up on
+/// (dropped at the store's deadline).
+struct Watch {
+    inner: Arc<Inner>,
+    answered: bool,
+}
+
+impl Watch {
+    fn new(inner: &Arc<Inner>) -> Watch {
+        Watch {
+            inner: inner.clone(),
+            answered: false,
+        }
+    }
+
+    fn saw<T>(mut self, r: &RedisResult<T>) {
+        self.answered = r.as_ref().err().is_none_or(|e| !unanswered(e));
+        if self.answered {
+            self.inner.answered();
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.inner.suspect();
+        }
+    }
+}
+
+/// A clonable handle on the store's Redis, one node or a Cluster (see the module docs).
+#[derive(Clone)]
+pub struct RedisConn {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConn")
+            .field("seeds", &self.inner.seeds.len())
+            .field("mode", &self.mode())
+            .finish()
+    }
+}
+
+/// The seed URLs of `url`: a comma-separated list, each a full `redis://`/`rediss://` URL or a
+/// bare `host:port` that takes the first URL's scheme, user and password.
+pub fn seed_urls(url: &str) -> Vec<String> {
+    let mut parts = url.split(',').map(str::trim).filter(|s| !s.is_empty());
+    let Some(first) = parts.next() else {
+        return Vec::new();
+    };
+    let mut out = vec![first.to_string()];
+    for p in parts {
+        if p.contains("://") {
+            out.push(p.to_string());
+        } else {
+            out.push(like(first, p));
+        }
+    }
+    out
+}
+
+/// `host:port` as a URL with `first`'s scheme, user and password.
+fn like(first: &str, host_port: &str) -> String {
+    let (scheme, rest) = first.split_once("://").unwrap_or(("redis", first));
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let userinfo = authority.rfind('@').map_or("", |at| &authority[..=at]);
+    format!("{scheme}://{userinfo}{host_port}")
+}
+
+impl RedisConn {
+    /// A handle on `url` (one node, or a comma-separated list of Cluster seed nodes), each
+    /// call's connection and answer bounded by `timeout`, with `tls` for `rediss://`. Fails
+    /// only on a URL (or TLS material) that cannot work; never waits for Redis.
+    pub fn new(url: &Secret, tls: &RedisTls, timeout: Duration) -> Result<Self, StoreError> {
+        let seeds: Vec<Secret> = seed_urls(url.expose())
+            .into_iter()
+            .map(Secret::new)
+            .collect();
+        if seeds.is_empty() {
+            return Err(StoreError::Unreachable("no Redis URL configured".into()));
+        }
+        // Check every seed now, so a malformed one stops start-up rather than every call.
+        for s in &seeds {
+            open_client(s, tls)?;
+        }
+        if seeds.len() > 1 {
+            cluster_client(&seeds, tls, timeout)?;
+        }
+        Ok(RedisConn {
+            inner: Arc::new(Inner {
+                seeds,
+                known: Mutex::new(Vec::new()),
+                tls: tls.clone(),
+                timeout,
+                link: RwLock::new(None),
+                attempt: Mutex::new(None),
+                rebuild: Mutex::new(Rebuild::default()),
+                born: Instant::now(),
+                answered_ms: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// `"cluster"`, `"node"`, or `"unknown"` before first contact.
+    pub fn mode(&self) -> &'static str {
+        match self.inner.current() {
+            Some(Link::Cluster(_)) => "cluster",
+            Some(Link::Node(_)) => "node",
+            None => "unknown",
+        }
+    }
+
+    /// The connection, making first contact if it was not made yet.
+    async fn link(&self) -> RedisResult<Link> {
+        if let Some(l) = self.inner.current() {
+            return Ok(l);
+        }
+        let attempt = {
+            let mut slot = self.inner.attempt.lock().unwrap_or_else(|p| p.into_inner());
+            match slot.as_ref() {
+                // One in flight: wait for it. A finished one that failed is replaced.
+                Some(a) if a.peek().is_none() => a.clone(),
+                _ => {
+                    let inner = self.inner.clone();
+                    let task = tokio::spawn(async move { connect(&inner).await });
+                    let a: Attempt = async move {
+                        match task.await {
+                            Ok(r) => r,
+                            Err(e) => Err(Arc::from(e.to_string())),
+                        }
+                    }
+                    .boxed()
+                    .shared();
+                    *slot = Some(a.clone());
+                    a
+                }
+            }
+        };
+        if let Err(e) = attempt.await {
+            // A link made meanwhile by a later attempt counts.
+            if let Some(l) = self.inner.current() {
+                return Ok(l);
+            }
+            return Err(RedisError::from((
+                redis::ErrorKind::Io,
+                "Redis not reached",
+                e.to_string(),
+            )));
+        }
+        self.inner.current().ok_or_else(|| {
+            RedisError::from((redis::ErrorKind::Io, "Redis not reached (no link kept)"))
+        })
+    }
+
+    /// Run `cmd`, a command naming no key (such as `SCAN`), on the node that serves `key`'s slot
+    /// (its master): in a Cluster a keyless command would otherwise go to any node. On one
+    /// node that node runs it.
+    pub async fn query_at<T: FromRedisValue>(&self, key: &str, cmd: &Cmd) -> RedisResult<T> {
+        match self.link().await? {
+            Link::Node(mut c) => cmd.query_async(&mut c).await,
+            Link::Cluster(mut c) => {
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::with_key(key, SlotAddr::Master),
+                ));
+                let watch = Watch::new(&self.inner);
+                let v = c.route_command(cmd.clone(), route).await;
+                watch.saw(&v);
+                Ok(T::from_redis_value(v?)?)
+            }
+        }
+    }
+}
+
+/// First contact: the one seed is asked whether it is a Cluster node (several seeds mean a
+/// Cluster), and the matching connection is made and kept.
+async fn connect(inner: &Inner) -> Result<(), Arc<str>> {
+    let err = |e: RedisError| Arc::<str>::from(e.to_string());
+    let t = inner.timeout;
+    let cluster = match inner.seeds.as_slice() {
+        [one] => {
+            let client = open_client(one, &inner.tls).map_err(|e| Arc::from(e.to_string()))?;
+            let cfg = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(t))
+                .set_response_timeout(Some(t));
+            let mut probe = client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await
+                .map_err(err)?;
+            match redis::cmd("INFO")
+                .arg("cluster")
+                .query_async::<String>(&mut probe)
+                .await
+            {
+                Ok(info) => info.lines().any(|l| l.trim() == "cluster_enabled:1"),
+                // A server that refuses INFO (renamed or disabled by a managed service) is
+                // taken as one node; an unanswered one is not reached at all.
+                Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                    return Err(err(e));
+                }
+                Err(_) => false,
+            }
+        }
+        _ => true,
+    };
+    let link = if cluster {
+        cluster_link(inner).await?
+    } else {
+        let client =
+            open_client(&inner.seeds[0], &inner.tls).map_err(|e| Arc::from(e.to_string()))?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(t))
+            .set_response_timeout(Some(t))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        Link::Node(
+            ConnectionManager::new_with_config(client, cfg)
+                .await
+                .map_err(err)?,
+        )
+    };
+    let mode = if cluster { "cluster" } else { "single node" };
+    let mut slot = inner.link.write().unwrap_or_else(|p| p.into_inner());
+    if slot.is_none() {
+        *slot = Some(link);
+        tracing::info!(mode, seeds = inner.seeds.len(), "connected to Redis");
+    }
+    Ok(())
+}
+
+/// A new Cluster connection, from the seeds and the nodes the cluster named last time; the
+/// nodes it names now are kept for the next one.
+async fn cluster_link(inner: &Inner) -> Result<Link, Arc<str>> {
+    let mut seeds = inner.seeds.clone();
+    for k in inner.known.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        if !seeds.iter().any(|s| s.expose() == k.expose()) {
+            seeds.push(k.clone());
+        }
+    }
+    let client =
+        cluster_client(&seeds, &inner.tls, inner.timeout).map_err(|e| Arc::from(e.to_string()))?;
+    let mut conn = client
+        .get_async_connection()
+        .await
+        .map_err(|e| Arc::<str>::from(e.to_string()))?;
+    // The nodes serving slots now (a failure to ask is no failure to connect).
+    let slots = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+    if let Ok(v) = conn
+        .route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), slots)
+        .await
+    {
+        let first = inner.seeds[0].expose();
+        let nodes: Vec<Secret> = slot_nodes(&v)
+            .into_iter()
+            .map(|hp| Secret::new(like(first, &hp)))
+            .collect();
+        if !nodes.is_empty() {
+            *inner.known.lock().unwrap_or_else(|p| p.into_inner()) = nodes;
+        }
+    }
+    Ok(Link::Cluster(conn))
+}
+
+/// `host:port` of every node in a `CLUSTER SLOTS` answer (each range: start, end, then its
+/// nodes, each `[host, port, id, ...]`), once each.
+fn slot_nodes(v: &Value) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let Value::Array(ranges) = v else {
+        return out;
+    };
+    for r in ranges {
+        let Value::Array(parts) = r else { continue };
+        for node in parts.iter().skip(2) {
+            let Value::Array(f) = node else { continue };
+            let host = match f.first() {
+                Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(Value::SimpleString(s)) => s.clone(),
+                _ => continue,
+            };
+            let Some(Value::Int(port)) = f.get(1) else {
+                continue;
+            };
+            // An empty or `?` host means "the address you reached me on": not a seed.
+            if host.is_empty() || host == "?" {
+                continue;
+            }
+            let hp = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            if !out.contains(&hp) {
+                out.push(hp);
+            }
+        }
+    }
+    out
+}
+
+/// The Cluster client for `seeds`: every connection and answer bounded by `timeout`, a
+/// request's retries (after `MOVED`, a lost node) within that same deadline, and TLS as for
+/// one node.
+fn cluster_client(
+    seeds: &[Secret],
+    tls: &RedisTls,
+    timeout: Duration,
+) -> Result<redis::cluster::ClusterClient, StoreError> {
+    let mut b = ClusterClientBuilder::new(seeds.iter().map(|s| s.expose().to_string()))
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        // A retry (a redirect, a reconnect) waits 5 ms to a tenth of the deadline, never the
+        // crate's default of over a second: the whole request is bounded by `timeout`.
+        .retries(3)
+        .min_retry_wait(5)
+        .max_retry_wait((timeout.as_millis() as u64 / 10).max(6));
+    if let Some(certs) = tls_certificates(seeds[0].expose(), tls) {
+        b = b.certs(certs);
+    }
+    b.build().map_err(|e| {
+        StoreError::Unreachable(format!("invalid Redis Cluster seeds: {:?}", e.kind()))
+    })
+}
+
+/// The Redis client for one node at `url`: plain, or over rustls for `rediss://`, trusting the
+/// system's roots plus `tls.ca`.
+fn open_client(url: &Secret, tls: &RedisTls) -> Result<redis::Client, StoreError> {
+    let invalid =
+        |e: RedisError| StoreError::Unreachable(format!("invalid Redis URL: {:?}", e.kind()));
+    match tls_certificates(url.expose(), tls) {
+        None => redis::Client::open(url.expose()).map_err(invalid),
+        Some(certs) => redis::Client::build_with_tls(url.expose(), certs).map_err(|e| {
+            StoreError::Unreachable(format!("Redis TLS setup failed: {:?}", e.kind()))
+        }),
+    }
+}
+
+/// The TLS material for a `rediss://` URL given any `tls` setting: roots (the system's plus
+/// `tls.ca`: the redis crate takes one PEM bundle of roots, so both go into it) and a client
+/// certificate. `None`: plain, or the crate's defaults.
+fn tls_certificates(url: &str, tls: &RedisTls) -> Option<redis::TlsCertificates> {
+    if !url.starts_with("rediss://") || *tls == RedisTls::default() {
+        return None;
+    }
+    let root_cert = (!tls.ca.is_empty()).then(|| {
+        let mut pem = Vec::new();
+        let native = rustls_native_certs::load_native_certs();
+        for der in native.certs.iter().chain(tls.ca.iter()) {
+            pem_block(&mut pem, der.as_ref());
+        }
+        pem
+    });
+    let client_tls = tls
+        .client
+        .as_ref()
+        .map(|(cert, key)| redis::ClientTlsConfig {
+            client_cert: cert.clone(),
+            client_key: key.expose().as_bytes().to_vec(),
+        });
+    Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    })
+}
+
+/// Append `der` to `out` as one PEM certificate block.
+fn pem_block(out: &mut Vec<u8>, der: &[u8]) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    out.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"-----END CERTIFICATE-----\n");
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            match self.link().await? {
+                Link::Node(mut c) => c.req_packed_command(cmd).await,
+                Link::Cluster(mut c) => {
+                    let watch = Watch::new(&self.inner);
+                    let r = c.req_packed_command(cmd).await;
+                    watch.saw(&r);
+                    r
+                }
+            }
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            match self.link().await? {
+                Link::Node(mut c) => c.req_packed_commands(cmd, offset, count).await,
+                Link::Cluster(mut c) => {
+                    let watch = Watch::new(&self.inner);
+                    let r = c.req_packed_commands(cmd, offset, count).await;
+                    watch.saw(&r);
+                    r
+                }
+            }
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        match self.inner.current() {
+            Some(Link::Node(c)) => c.get_db(),
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{seed_urls, slot_nodes};
+    use redis::Value;
+
+    #[test]
+    fn the_nodes_of_a_cluster_slots_answer_are_read_once_each_without_placeholders() {
+        let node = |h: &str, p: i64| {
+            Value::Array(vec![
+                Value::BulkString(h.as_bytes().to_vec()),
+                Value::Int(p),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let range = |a: i64, b: i64, nodes: Vec<Value>| {
+            let mut v = vec![Value::Int(a), Value::Int(b)];
+            v.extend(nodes);
+            Value::Array(v)
+        };
+        let answer = Value::Array(vec![
+            range(
+                0,
+                5460,
+                vec![node("10.0.0.1", 7000), node("10.0.0.4", 7003)],
+            ),
+            range(5461, 10922, vec![node("10.0.0.2", 7001), node("?", 7004)]),
+            range(
+                10923,
+                16383,
+                vec![node("10.0.0.1", 7000), node("::1", 7002)],
+            ),
+        ]);
+        assert_eq!(
+            slot_nodes(&answer),
+            [
+                "10.0.0.1:7000",
+                "10.0.0.4:7003",
+                "10.0.0.2:7001",
+                "[::1]:7002"
+            ]
+        );
+        assert!(slot_nodes(&Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn a_comma_list_names_cluster_seeds_and_bare_hosts_borrow_the_first_urls_scheme_and_password() {
+        assert_eq!(seed_urls("redis://h:1"), vec!["redis://h:1"]);
+        assert_eq!(
+            seed_urls("rediss://:pw@a:7000, b:7001 ,rediss://c:7002,"),
+            vec![
+                "rediss://:pw@a:7000",
+                "rediss://:pw@b:7001",
+                "rediss://c:7002"
+            ]
+        );
+        assert_eq!(
+            seed_urls("redis://a:1/0,b:2"),
+            vec!["redis://a:1/0", "redis://b:2"]
+        );
+        assert!(seed_urls(" , ").is_empty());
+    }
+}

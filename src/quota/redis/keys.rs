@@ -1,0 +1,102 @@
+//! The names of the quota store's Redis keys. Every name starts with the namespace's
+//! `{hash tag}`, so all of a namespace's keys share one Cluster slot and a script that names
+//! them in `KEYS` runs on one node; the scripts (lua/*.lua) get these names, never build them.
+
+/// Key names under one namespace (`{namespace}:...`).
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    /// `{namespace}`.
+    prefix: String,
+}
+
+impl Keys {
+    pub(crate) fn new(namespace: &str) -> Keys {
+        Keys {
+            prefix: format!("{{{namespace}}}"),
+        }
+    }
+
+    /// `{namespace}`: what every key starts with.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `{ns}:SUFFIX`.
+    pub(crate) fn named(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.prefix)
+    }
+
+    /// A (project, model)'s sliding window: the sorted set of admission ids and the hash of
+    /// their tokens.
+    pub(crate) fn window(&self, project: &str, model: &str) -> (String, String) {
+        let b = format!("{}:{project}:{model}", self.prefix);
+        (format!("{b}:rq"), format!("{b}:tk"))
+    }
+
+    /// The token hash of a (project, model)'s window.
+    pub(crate) fn tokens(&self, project: &str, model: &str) -> String {
+        format!("{}:{project}:{model}:tk", self.prefix)
+    }
+
+    /// A (project, model)'s request count on quota day `day`.
+    pub(crate) fn day(&self, project: &str, model: &str, day: i64) -> String {
+        format!("{}:{project}:{model}:day:{day}", self.prefix)
+    }
+
+    /// A (project, model)'s hold (`model` `*`: the whole project).
+    pub(crate) fn cooldown(&self, project: &str, model: &str) -> String {
+        format!("{}:cd:{project}:{model}", self.prefix)
+    }
+
+    /// A disabled key's flag, by key id.
+    pub(crate) fn disabled(&self, kid: &str) -> String {
+        format!("{}:dis:{kid}", self.prefix)
+    }
+
+    /// The admission id counter.
+    pub(crate) fn seq(&self) -> String {
+        self.named("seq")
+    }
+
+    /// The set of `project|model` pairs counted in the last two days.
+    pub(crate) fn pairs(&self) -> String {
+        self.named("pairs")
+    }
+
+    /// The set of `project|model` pairs that have been held.
+    pub(crate) fn held(&self) -> String {
+        self.named("cds")
+    }
+
+    /// A resource's affinity (which key created it).
+    pub(crate) fn affinity(&self, resource: &str) -> String {
+        format!("{}:aff:{resource}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Keys;
+
+    #[test]
+    fn every_name_carries_the_namespace_hash_tag_first() {
+        let k = Keys::new("gqp");
+        let (rq, tk) = k.window("p", "m");
+        for name in [
+            rq,
+            tk,
+            k.tokens("p", "m"),
+            k.day("p", "m", 20_000),
+            k.cooldown("p", "*"),
+            k.disabled("kid"),
+            k.seq(),
+            k.pairs(),
+            k.held(),
+            k.affinity("files/x"),
+            k.named("led:since"),
+        ] {
+            assert!(name.starts_with("{gqp}:"), "{name}");
+        }
+        assert_eq!(k.day("p", "m", 7), "{gqp}:p:m:day:7");
+    }
+}
