@@ -619,7 +619,8 @@ async fn dashboard_in_a_browser() {
     // Which configuration serves.
     let config = b.text("#config").await;
     assert!(
-        config.starts_with("Configuration: generation 1, loaded at start at "),
+        config.starts_with("Configuration: generation 1, loaded at ")
+            && config.trim_end().ends_with("(at start)."),
         "{config:?}: {q}"
     );
     assert!(

@@ -430,8 +430,8 @@
   /** Which configuration serves: its generation, when and how it was loaded. */
   function configLine(c) {
     if (!c || typeof c.generation !== 'number') return '';
-    var how = { start: 'at start', sighup: 'by SIGHUP', api: 'by the reload endpoint', file: 'after the file changed' }[c.source] || c.source;
-    var line = 'Configuration: generation ' + c.generation + ', loaded ' + how + ' at ' + fmtClock(new Date(c.loaded_at)) + '.';
+    var how = { start: 'at start', sighup: 'on SIGHUP', api: 'by the reload endpoint', file: 'after the file changed' }[c.source] || c.source;
+    var line = 'Configuration: generation ' + c.generation + ', loaded at ' + fmtClock(new Date(c.loaded_at)) + ' (' + how + ').';
     var pending = Array.isArray(c.restart_required) ? c.restart_required : [];
     if (pending.length) line += ' Waiting for a restart: ' + pending.join(', ') + '.';
     return line;
