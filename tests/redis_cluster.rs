@@ -240,6 +240,14 @@ async fn master_fails_under_load(how: Failure) {
     let logs = proxy.logs();
     assert!(logs.contains("quota store failing"), "{logs}");
     assert!(logs.contains("shared counting resumed"), "{logs}");
+    if let Failure::Hang = how {
+        // The client alone keeps asking the frozen master: the proxy's rebuild moved it on.
+        assert!(logs.contains("Redis Cluster connection rebuilt"), "{logs}");
+        assert!(
+            slowest < Duration::from_millis(1500),
+            "an answer took {slowest:?} against a 250 ms store deadline"
+        );
+    }
 
     // Exact again: ten admissions, ten ids on the new master.
     let before = counter(&cluster, heir, "{gqp}:seq");
@@ -372,4 +380,67 @@ async fn the_cache_the_ledger_and_the_status_page_work_on_a_cluster() {
         cluster.keys_on(owner).contains("{gqp}:led:m:"),
         "no ledger bucket on the namespace's master"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_refused_info_still_finds_the_cluster() {
+    // Managed services and careful operators deny INFO (@dangerous) to the application user;
+    // the proxy still tells the cluster from one node.
+    let cluster = RedisCluster::start(3, 0, 5_000);
+    for port in cluster.live_ports() {
+        let ok = cluster.cli(
+            port,
+            &[
+                "ACL",
+                "SETUSER",
+                "gqp",
+                "on",
+                ">gqp-pass",
+                "~*",
+                "&*",
+                "+@all",
+                "-@dangerous",
+            ],
+        );
+        assert!(
+            ok.is_some_and(|o| o.contains("OK")),
+            "ACL SETUSER on {port}"
+        );
+    }
+    let slot = cluster.keyslot("gqp");
+    let seed = cluster.other_master(slot);
+    let url = format!("redis://gqp:gqp-pass@127.0.0.1:{seed}");
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy_process(
+        &fake.url,
+        &url,
+        "AIzaClusterAclKey001",
+        &[("GEMINI_MINUTE_LIMIT", "3")],
+    );
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        codes.push(
+            generate(&proxy.url, "gemini-2.5-flash", "x")
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(codes, [200, 200, 200, 429, 429], "{}", proxy.logs());
+    assert!(store_reachable(&proxy.url).await, "{}", proxy.logs());
+    let owner = cluster.master_of(slot, seed).unwrap();
+    assert_eq!(
+        counter(&cluster, owner, "{gqp}:seq"),
+        3,
+        "counted on the owner"
+    );
+    assert!(
+        proxy
+            .logs()
+            .lines()
+            .any(|l| l.contains("connected to Redis") && l.contains("cluster")),
+        "{}",
+        proxy.logs()
+    );
+    assert!(!proxy.logs().contains("gqp-pass"));
 }

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::binary::Binary;
 use common::*;
 
@@ -87,5 +89,48 @@ async fn a_429_seen_by_one_replica_makes_the_other_skip_that_key() {
     assert!(
         later.iter().all(|r| r.key().unwrap() != exhausted),
         "B used the key A saw exhausted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_password_with_a_comma_is_one_url_not_a_list_of_cluster_seeds() {
+    let redis = RedisServer::start();
+    let password = "pa,ss,word";
+    assert!(
+        redis
+            .cli(&["CONFIG", "SET", "requirepass", password])
+            .is_some()
+    );
+    let fake = FakeUpstream::start().await;
+    let url = format!("redis://:{password}@127.0.0.1:{}", redis.port);
+    let proxy = start_replica(&fake.url, &url, "AIzaCommaKey00000001", &[]);
+    assert_eq!(
+        generate(&proxy.url, "gemini-2.5-flash", "hi")
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    let (_, status) = quota_status(&proxy.url, CLIENT_KEY).await;
+    assert_eq!(
+        status["quota_status"]["store"]["backend"], "redis",
+        "{status}"
+    );
+    assert_eq!(
+        status["quota_status"]["store"]["reachable"], true,
+        "{status}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || proxy
+            .logs()
+            .contains("connected to Redis mode=\"single node\""))
+        .await,
+        "{}",
+        proxy.logs()
+    );
+    let logs = proxy.logs();
+    assert!(
+        !logs.contains("pa,ss") && !logs.contains("ss,word"),
+        "the password in a log line"
     );
 }

@@ -56,6 +56,10 @@ struct Inner {
     /// a call that times out while others are answered is load, not a stale connection.
     born: Instant,
     answered_ms: AtomicU64,
+    /// The least time between two rebuilds now: [`REBUILD_GAP`], doubled by each rebuild up to
+    /// [`REBUILD_GAP_MAX`] while calls stay unanswered (a whole cluster down), back to
+    /// [`REBUILD_GAP`] at the first answer.
+    gap_ms: AtomicU64,
 }
 
 /// Rebuilds of a Cluster connection: one at a time, at most one a [`REBUILD_GAP`].
@@ -67,6 +71,8 @@ struct Rebuild {
 
 /// The least time between two rebuilds of a Cluster connection.
 const REBUILD_GAP: Duration = Duration::from_secs(1);
+/// The most time between two rebuilds while calls stay unanswered.
+const REBUILD_GAP_MAX: Duration = Duration::from_secs(30);
 
 impl Inner {
     fn current(&self) -> Option<Link> {
@@ -76,6 +82,10 @@ impl Inner {
     fn answered(&self) {
         let ms = self.born.elapsed().as_millis() as u64;
         self.answered_ms.fetch_max(ms, Ordering::Relaxed);
+        if self.gap_ms.load(Ordering::Relaxed) != REBUILD_GAP.as_millis() as u64 {
+            self.gap_ms
+                .store(REBUILD_GAP.as_millis() as u64, Ordering::Relaxed);
+        }
     }
 
     /// A call on the Cluster connection got no answer: rebuild it in the background, unless a
@@ -90,16 +100,24 @@ impl Inner {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let gap = Duration::from_millis(self.gap_ms.load(Ordering::Relaxed));
         {
             let mut r = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
-            if r.running || r.last.is_some_and(|at| at.elapsed() < REBUILD_GAP) {
+            if r.running || r.last.is_some_and(|at| at.elapsed() < gap) {
                 return;
             }
             r.running = true;
         }
+        let next = (gap * 2).min(REBUILD_GAP_MAX).as_millis() as u64;
+        self.gap_ms.store(next, Ordering::Relaxed);
         let inner = self.clone();
         rt.spawn(async move {
-            match cluster_link(&inner).await {
+            // Bounded here too: a rebuild that never ends would block every later one.
+            let limit = inner.timeout * 3 + Duration::from_secs(1);
+            let built = tokio::time::timeout(limit, cluster_link(&inner))
+                .await
+                .unwrap_or_else(|_| Err(Arc::from("rebuilding the cluster connection timed out")));
+            match built {
                 Ok(c) => {
                     *inner.link.write().unwrap_or_else(|p| p.into_inner()) = Some(c);
                     tracing::info!("Redis Cluster connection rebuilt after calls went unanswered");
@@ -127,10 +145,11 @@ fn unanswered(e: &RedisError) -> bool {
 }
 
 /// Notes a Cluster call that did not come back answered, including one its caller gave up on
-/// (dropped at the store's deadline).
+/// at the store's deadline (not one dropped sooner: its client went away).
 struct Watch {
     inner: Arc<Inner>,
     answered: bool,
+    started: Instant,
 }
 
 impl Watch {
@@ -138,20 +157,25 @@ impl Watch {
         Watch {
             inner: inner.clone(),
             answered: false,
+            started: Instant::now(),
         }
     }
 
     fn saw<T>(mut self, r: &RedisResult<T>) {
-        self.answered = r.as_ref().err().is_none_or(|e| !unanswered(e));
-        if self.answered {
+        let answered = r.as_ref().err().is_none_or(|e| !unanswered(e));
+        if answered {
             self.inner.answered();
+        } else {
+            self.inner.suspect();
         }
+        // Seen either way: the drop below is for calls never seen.
+        self.answered = true;
     }
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        if !self.answered {
+        if !self.answered && self.started.elapsed() >= self.inner.timeout {
             self.inner.suspect();
         }
     }
@@ -173,12 +197,23 @@ impl std::fmt::Debug for RedisConn {
 }
 
 /// The seed URLs of `url`: a comma-separated list, each a full `redis://`/`rediss://` URL or a
-/// bare `host:port` that takes the first URL's scheme, user and password.
+/// bare `host:port` that takes the first URL's scheme, user and password. A comma inside a
+/// password is not a list: a piece after it holds the rest of the user info (`…@host`), which
+/// neither a URL nor a bare `host:port` does, so such a value is one URL.
 pub fn seed_urls(url: &str) -> Vec<String> {
-    let mut parts = url.split(',').map(str::trim).filter(|s| !s.is_empty());
-    let Some(first) = parts.next() else {
+    let pieces: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let Some((first, rest)) = pieces.split_first() else {
         return Vec::new();
     };
+    let seed = |p: &&str| p.contains("://") || !(p.contains('@') || p.contains('/'));
+    if !rest.iter().all(seed) {
+        return vec![url.trim().to_string()];
+    }
+    let parts = rest.iter().copied();
     let mut out = vec![first.to_string()];
     for p in parts {
         if p.contains("://") {
@@ -228,6 +263,7 @@ impl RedisConn {
                 rebuild: Mutex::new(Rebuild::default()),
                 born: Instant::now(),
                 answered_ms: AtomicU64::new(0),
+                gap_ms: AtomicU64::new(REBUILD_GAP.as_millis() as u64),
             }),
         })
     }
@@ -323,12 +359,18 @@ async fn connect(inner: &Inner) -> Result<(), Arc<str>> {
                 .await
             {
                 Ok(info) => info.lines().any(|l| l.trim() == "cluster_enabled:1"),
-                // A server that refuses INFO (renamed or disabled by a managed service) is
-                // taken as one node; an unanswered one is not reached at all.
+                // An unanswered server is not reached at all.
                 Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
                     return Err(err(e));
                 }
-                Err(_) => false,
+                // A server that refuses INFO (renamed by a managed service, or an ACL user
+                // without @dangerous): a cluster node still answers CLUSTER MYID (a single
+                // node refuses it, cluster support disabled).
+                Err(_) => redis::cmd("CLUSTER")
+                    .arg("MYID")
+                    .query_async::<String>(&mut probe)
+                    .await
+                    .is_ok(),
             }
         }
         _ => true,
@@ -606,5 +648,14 @@ mod tests {
             vec!["redis://a:1/0", "redis://b:2"]
         );
         assert!(seed_urls(" , ").is_empty());
+        // A comma in a password is not a list of seeds.
+        assert_eq!(
+            seed_urls("redis://:pass,word@127.0.0.1:6399/0"),
+            vec!["redis://:pass,word@127.0.0.1:6399/0"]
+        );
+        assert_eq!(
+            seed_urls("rediss://user:a,b,c@h:6380"),
+            vec!["rediss://user:a,b,c@h:6380"]
+        );
     }
 }
