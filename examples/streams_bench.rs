@@ -569,7 +569,8 @@ project = "bench-b"
     );
     let path = dir.join("proxy.toml");
     std::fs::write(&path, config).unwrap();
-    let bin = proxy_bin();
+    // BENCH_PROXY_BIN: another build of the proxy (an older commit's, a profiling build).
+    let bin = std::env::var_os("BENCH_PROXY_BIN").map_or_else(proxy_bin, PathBuf::from);
     assert!(
         bin.exists(),
         "build the proxy first: cargo build --release ({})",
