@@ -321,7 +321,7 @@ async fn upstream_main() {
 
 /// The upstream process as the benchmark sees it.
 struct Upstream {
-    _proc: Proc,
+    proc_: Proc,
     direct: SocketAddr,
     for_proxy: SocketAddr,
     ca_file: Option<PathBuf>,
@@ -345,7 +345,7 @@ impl Upstream {
             "the upstream did not start: {line:?}"
         );
         Upstream {
-            _proc: Proc(child),
+            proc_: Proc(child),
             direct: f[1].parse().unwrap(),
             for_proxy: f[2].parse().unwrap(),
             ca_file: (f[3] != "-").then(|| PathBuf::from(f[3])),
@@ -623,29 +623,29 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
-/// The highest proxy RSS and open descriptor count seen while a phase runs.
+/// A process's highest RSS while a phase runs (read every 250 ms), and its open file
+/// descriptors counted once, at `fds_at` (when every stream should be open: listing 10,000
+/// descriptors takes a few ms of CPU, so it is done once, in both phases alike).
 struct Sampler {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<(u64, usize)>,
 }
 
 impl Sampler {
-    fn start(pid: u32) -> Sampler {
+    fn start(pid: u32, fds_at: Duration) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let (mut rss, mut fds) = (0, 0);
-            let mut tick = 0u32;
+            let start = std::time::Instant::now();
+            let (mut rss, mut fds) = (0, None);
             while !flag.load(Ordering::Relaxed) {
                 rss = rss.max(status_kb(pid, "VmRSS"));
-                // Listing 10,000 descriptors costs a few ms: once a second is enough.
-                if tick.is_multiple_of(4) {
-                    fds = fds.max(open_fds(pid));
+                if fds.is_none() && start.elapsed() >= fds_at {
+                    fds = Some(open_fds(pid));
                 }
-                tick += 1;
                 std::thread::sleep(Duration::from_millis(250));
             }
-            (rss, fds)
+            (rss, fds.unwrap_or(0))
         });
         Sampler { stop, thread }
     }
@@ -810,12 +810,15 @@ async fn main() {
     let idle_fds = open_fds(pid);
 
     // Straight to the upstream.
+    let fds_at = shape.ramp + Duration::from_secs(1);
     upstream.stats(true).await;
+    let sampler = Sampler::start(upstream.proc_.0.id(), fds_at);
     let direct = run_phase(upstream.direct, shape).await;
+    let (_, upstream_fds) = sampler.finish();
     let (_, upstream_max_direct, conns_before) = upstream.stats(true).await;
 
     // Through the proxy.
-    let sampler = Sampler::start(pid);
+    let sampler = Sampler::start(pid, fds_at);
     let (ticks0, t0) = (cpu_ticks(pid), Instant::now());
     let proxied = run_phase(via_proxy, shape).await;
     let (ticks1, wall) = (cpu_ticks(pid), t0.elapsed());
@@ -827,12 +830,32 @@ async fn main() {
 
     println!();
     print_phase("direct to the upstream", &direct, n);
-    println!("  the upstream had at most {upstream_max_direct} streams open at once");
+    println!(
+        "  the upstream had at most {upstream_max_direct} streams open at once, {upstream_fds} open file descriptors when all should be open"
+    );
     print_phase("through the proxy", &proxied, n);
     println!(
-        "  the upstream had at most {upstream_max_proxy} streams open at once, on {} new connections from the proxy; the proxy had at most {peak_fds} open file descriptors ({idle_fds} idle)",
+        "  the upstream had at most {upstream_max_proxy} streams open at once, on {} new connections from the proxy; the proxy had {peak_fds} open file descriptors when all should be open ({idle_fds} idle)",
         conns_after - conns_before
     );
+    // BENCH_SLOWEST: which streams waited longest for their first event (#opening order:us),
+    // to tell a stall of the whole machine (a run of neighbours) from a cost of the proxy's.
+    if std::env::var("BENCH_SLOWEST").is_ok() {
+        for (name, ph) in [("direct", &direct), ("proxy", &proxied)] {
+            let mut v: Vec<(usize, f64)> = ph
+                .ttfe_us
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| Some((i, (*t)?)))
+                .collect();
+            v.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let top: Vec<String> = v[..40.min(v.len())]
+                .iter()
+                .map(|(i, t)| format!("#{i}:{t:.0}"))
+                .collect();
+            println!("slowest {name}: {}", top.join(" "));
+        }
+    }
     let (d, p) = (direct.sorted(0..n), proxied.sorted(0..n));
     let (dl, pl) = (direct.sorted(n - n / 10..n), proxied.sorted(n - n / 10..n));
     println!();
