@@ -267,6 +267,7 @@ async fn upstream_main() {
         std::process::exit(0);
     });
     let shape = Shape::from_env();
+    reserve_descriptors(shape.streams as u64 + 512);
     let seen = Arc::new(Seen::default());
     let direct = listen(UPSTREAM_DIRECT);
     let for_proxy = listen(UPSTREAM_FOR_PROXY);
@@ -697,6 +698,25 @@ fn ensure_file_limit(needed: u64, shape: &Shape) {
     }
 }
 
+/// Grow this process's descriptor table for `n` descriptors before any phase starts: the
+/// kernel doubles the table as descriptors are opened, and in a threaded process each doubling
+/// stalls the opening thread for an RCU grace period (up to ~15 ms here). The proxy does the
+/// same at start (`src/server.rs`); the load generators do it so that neither phase's time to
+/// first event carries their first climb.
+fn reserve_descriptors(n: u64) {
+    let top = n.min(file_limits().0).saturating_sub(1);
+    let Ok(top) = libc::c_int::try_from(top) else {
+        return;
+    };
+    // SAFETY: a copy of stderr numbered `top` or above, closed at once.
+    unsafe {
+        let copy = libc::fcntl(2, libc::F_DUPFD_CLOEXEC, top);
+        if copy >= 0 {
+            libc::close(copy);
+        }
+    }
+}
+
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -747,6 +767,7 @@ async fn main() {
     // phase), one in the proxy towards the client and, over HTTP/1.1, one towards the upstream.
     let per_stream = if shape.h2 { 1 } else { 2 };
     ensure_file_limit(per_stream * n as u64 + 512, &shape);
+    reserve_descriptors(n as u64 + 512);
     let life = shape.gap * (shape.events as u32 - 1);
     println!(
         "machine: {} cores, {}; load average at start {}",

@@ -133,6 +133,48 @@ async fn speaks_h2(stream: &TcpStream, timeout: Duration) -> Option<bool> {
     tokio::time::timeout(timeout, sniff).await.ok().flatten()
 }
 
+/// Grow the process's descriptor table now to hold `n` descriptors (at most the open-file
+/// limit). The kernel doubles the table as descriptors are opened, and in a process with
+/// several threads each doubling waits for an RCU grace period on the thread that opened the
+/// descriptor: the accept loop. The first climb to 10,000 connections held new connections for
+/// up to 15 ms at 256, 512, ... 8,192 descriptors (the streams benchmark's slowest first events,
+/// `BENCH_SLOWEST`). Done once at start, the table costs 8 bytes of kernel memory per slot.
+#[cfg(unix)]
+fn reserve_descriptors(listener: &TcpListener, n: usize) {
+    use std::os::fd::AsRawFd;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let top = u64::try_from(n)
+        .unwrap_or(u64::MAX)
+        .min(limit.rlim_cur)
+        .saturating_sub(1);
+    let Ok(top) = libc::c_int::try_from(top) else {
+        return;
+    };
+    // A copy of the listener's descriptor numbered `top` or above makes the kernel size the
+    // table for it; closing the copy keeps the table.
+    // SAFETY: fcntl on a descriptor we own; the copy is closed at once.
+    let copy = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_DUPFD_CLOEXEC, top) };
+    if copy >= 0 {
+        // SAFETY: `copy` is ours and used nowhere else.
+        unsafe { libc::close(copy) };
+    }
+    tracing::debug!(
+        descriptors = top + 1,
+        reserved = copy >= 0,
+        "descriptor table sized"
+    );
+}
+
+#[cfg(not(unix))]
+fn reserve_descriptors(_listener: &TcpListener, _n: usize) {}
+
 /// Serve `gateway` on `listener` until `shutdown` resolves, then drain for the grace period.
 pub async fn serve(
     listener: TcpListener,
@@ -146,6 +188,8 @@ pub async fn serve(
     let prefix: Option<Arc<str>> = cfg.path_prefix.as_deref().map(Arc::from);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    // A client connection each, as many to the upstream over HTTP/1.1, and some to spare.
+    reserve_descriptors(&listener, cfg.max_connections.saturating_mul(2) + 256);
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
         .timer(TokioTimer::new())
