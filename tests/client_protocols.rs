@@ -1,7 +1,7 @@
 //! The protocols a client may speak to the proxy: HTTP/1.1, and HTTP/2 without TLS ("prior
 //! knowledge"), told apart by peeking at the connection's first bytes (also when HTTP/2's
 //! preface arrives in pieces); a connection that says nothing is closed after the header-read
-//! timeout.
+//! timeout; the descriptor table is sized for the connection cap before the first client.
 
 mod common;
 
@@ -173,5 +173,35 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
             .await
             .status(),
         200
+    );
+}
+
+/// A figure of this process from `/proc/self/{file}`: the first number on the line starting
+/// with `prefix`.
+fn proc_self(file: &str, prefix: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/self/{file}"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l[prefix.len()..].split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in /proc/self/{file}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_descriptor_table_is_sized_for_the_connection_cap_at_start() {
+    let fake = FakeUpstream::start().await;
+    let _proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&KEYS).toml("[server]\nmax_connections = 3000\n"),
+    )
+    .await;
+    // Two descriptors per connection and 256 to spare, within the open-file limit.
+    let want = (2 * 3000 + 256).min(proc_self("limits", "Max open files"));
+    assert!(
+        eventually(Duration::from_secs(5), || proc_self("status", "FDSize:")
+            >= want)
+        .await,
+        "descriptor table of {} slots, wanted {want}",
+        proc_self("status", "FDSize:")
     );
 }
