@@ -23,15 +23,17 @@
 //!    (requests, refusals, Google's 429s and 5xx are counted by [`layers::quota`]).
 //!
 //! Around it: [`config`] (one file per section), [`error`] (Google's error envelope),
-//! [`metrics`], [`telemetry`] (logging), [`state`] (what every step shares) and, in the
-//! background, [`alerts`] (rules over the status and the ledger, notifications to webhooks and
-//! e-mail, one per transition across replicas) and [`reload`] (a new configuration swapped in
-//! without restart on `SIGHUP`, a file change or the admin endpoint).
+//! [`metrics`], [`telemetry`] (logging), [`allocator`] (mimalloc's settings, applied by the
+//! binary first thing), [`state`] (what every step shares) and, in the background, [`alerts`]
+//! (rules over the status and the ledger, notifications to webhooks and e-mail, one per
+//! transition across replicas) and [`reload`] (a new configuration swapped in without restart
+//! on `SIGHUP`, a file change or the admin endpoint).
 //!
 //! Embedding: build a [`Gateway`] from a [`Config`] and mount [`Gateway::service`] in your own
 //! router (`examples/embed.rs`).
 
 pub mod alerts;
+pub mod allocator;
 pub mod auth;
 pub mod body;
 pub mod cache;

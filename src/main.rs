@@ -26,6 +26,8 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Before the proxy allocates much: 4 KiB pages, not mimalloc's huge ones.
+    gemini_quota_proxy::allocator::no_transparent_huge_pages();
     let cli = Cli::parse();
     if cli.print_default_config {
         print!("{}", gemini_quota_proxy::config::DEFAULT_TOML);

@@ -1,4 +1,4 @@
-//! The router and the accept loop: header-read timeout, a cap on open connections with a
+//! The router and the accept loop: HTTP/1.1 or HTTP/2 told by a peek, header-read timeout, a cap on open connections with a
 //! clean refusal, and graceful shutdown that lets in-flight streams finish within a grace period.
 
 use std::future::Future;
@@ -12,7 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
@@ -101,6 +101,80 @@ async fn dispatch(
 
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 113\r\n\r\n{\"error\":{\"code\":503,\"message\":\"The proxy has too many open connections; retry shortly.\",\"status\":\"UNAVAILABLE\"}}";
 
+/// HTTP/2's connection preface: a client speaking HTTP/2 without TLS ("prior knowledge") opens
+/// with it.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client opens with HTTP/2's preface, found by peeking: the bytes stay in the
+/// socket for hyper to read. (hyper-util's auto builder reads them and hands them back through
+/// a rewind buffer instead; hyper then reads the rest of the request head into its 8 KiB
+/// buffer behind those bytes, which makes the buffer double to 16 KiB, held by every HTTP/1.1
+/// connection for as long as it is open: a third of the memory of an open stream.) `None`: the
+/// client closed, or sent nothing to tell within `timeout` (the header-read timeout).
+async fn speaks_h2(stream: &TcpStream, timeout: Duration) -> Option<bool> {
+    let sniff = async {
+        let mut buf = [0u8; H2_PREFACE.len()];
+        loop {
+            let n = stream.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if buf[..n] != H2_PREFACE[..n] {
+                return Some(false);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(true);
+            }
+            // The start of the preface only (rare: it fits in one packet). Peeking again at
+            // once would find the same bytes: look again shortly.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(timeout, sniff).await.ok().flatten()
+}
+
+/// Grow the process's descriptor table now to hold `n` descriptors (at most the open-file
+/// limit). The kernel doubles the table as descriptors are opened, and in a process with
+/// several threads each doubling waits for an RCU grace period on the thread that opened the
+/// descriptor: the accept loop. The first climb to 10,000 connections held new connections for
+/// up to 15 ms at 256, 512, ... 8,192 descriptors (the streams benchmark's slowest first events,
+/// `BENCH_SLOWEST`). Done once at start, the table costs 8 bytes of kernel memory per slot.
+#[cfg(unix)]
+fn reserve_descriptors(listener: &TcpListener, n: usize) {
+    use std::os::fd::AsRawFd;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let top = u64::try_from(n)
+        .unwrap_or(u64::MAX)
+        .min(limit.rlim_cur)
+        .saturating_sub(1);
+    let Ok(top) = libc::c_int::try_from(top) else {
+        return;
+    };
+    // A copy of the listener's descriptor numbered `top` or above makes the kernel size the
+    // table for it; closing the copy keeps the table.
+    // SAFETY: fcntl on a descriptor we own; the copy is closed at once.
+    let copy = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_DUPFD_CLOEXEC, top) };
+    if copy >= 0 {
+        // SAFETY: `copy` is ours and used nowhere else.
+        unsafe { libc::close(copy) };
+    }
+    tracing::debug!(
+        descriptors = top + 1,
+        reserved = copy >= 0,
+        "descriptor table sized"
+    );
+}
+
+#[cfg(not(unix))]
+fn reserve_descriptors(_listener: &TcpListener, _n: usize) {}
+
 /// Serve `gateway` on `listener` until `shutdown` resolves, then drain for the grace period.
 pub async fn serve(
     listener: TcpListener,
@@ -118,14 +192,17 @@ pub async fn serve(
     let prefix: Option<Arc<str>> = cfg.path_prefix.as_deref().map(Arc::from);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    // A client connection each, as many to the upstream over HTTP/1.1, and some to spare.
+    reserve_descriptors(&listener, cfg.max_connections.saturating_mul(2) + 256);
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
         .max_buf_size(64 * 1024);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2.timer(TokioTimer::new());
+    let (http1, http2) = (Arc::new(http1), Arc::new(http2));
+    let header_timeout = cfg.header_read_timeout;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -152,10 +229,21 @@ pub async fn serve(
                 let service = hyper::service::service_fn(move |req| {
                     dispatch(gemini.clone(), prefix.clone(), router.clone(), req)
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
+                let watcher = graceful.watcher();
+                let (http1, http2) = (http1.clone(), http2.clone());
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    match speaks_h2(&stream, header_timeout).await {
+                        Some(false) => {
+                            let conn = http1.serve_connection(TokioIo::new(stream), service);
+                            let _ = watcher.watch(conn).await;
+                        }
+                        Some(true) => {
+                            // Boxed: the HTTP/1.1 connections' tasks need not carry its size.
+                            let conn = http2.serve_connection(TokioIo::new(stream), service);
+                            let _ = Box::pin(watcher.watch(conn)).await;
+                        }
+                        None => drop(watcher),
+                    }
                     drop(permit);
                 });
             }

@@ -9,7 +9,7 @@ mod h2_upstream;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{CLIENT_KEY, ProxyOpts, start_proxy};
+use common::{CLIENT_KEY, ProxyOpts, eventually, start_proxy};
 use futures_util::StreamExt;
 use h2_upstream::H2Upstream;
 
@@ -79,6 +79,44 @@ async fn twelve_concurrent_one_second_streams_past_a_four_stream_cap_finish_in_o
         "{STREAMS} concurrent 1 s streams took {took:?}: requests waited for a stream slot"
     );
     assert_eq!(seen.peak_streams.load(Ordering::SeqCst), STREAMS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_connection_is_opened_before_the_open_ones_are_full() {
+    let up = H2Upstream::start(STREAM_CAP, Duration::from_secs(3)).await;
+    let opts = ProxyOpts::keys(&["AIzaH2Key000000000001"])
+        .env("GEMINI_UPSTREAM_CA_FILE", up.ca_file.to_str().unwrap())
+        .env("GEMINI_MINUTE_LIMIT", "1000");
+    let proxy = start_proxy(&up.url, opts).await;
+    // As many streams as one connection takes: the last slot taken leaves less than a quarter
+    // of the cap free, so a second connection opens with no request waiting for it.
+    let runs: Vec<_> = (0..STREAM_CAP)
+        .map(|_| {
+            let url = proxy.url.clone();
+            tokio::spawn(async move { stream_to_the_end(&url).await })
+        })
+        .collect();
+    let seen = up.seen.clone();
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            seen.open_streams.load(Ordering::SeqCst) == STREAM_CAP as usize
+        })
+        .await,
+        "the streams did not all start"
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            seen.connections.load(Ordering::SeqCst) == 2
+        })
+        .await,
+        "no spare connection: {} open",
+        seen.connections.load(Ordering::SeqCst)
+    );
+    for run in runs {
+        let (status, body) = run.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(seen.h2_requests.load(Ordering::SeqCst), STREAM_CAP as usize);
 }
 
 #[tokio::test]
