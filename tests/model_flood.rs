@@ -86,8 +86,11 @@ async fn thousands_of_made_up_model_names_leave_metrics_and_quota_state_bounded(
         most_buckets <= 2 * PER_MINUTE.max(1024),
         "{most_buckets} buckets"
     );
-    // The scrape above read usage one minute after the last batch: every window is empty, and
-    // what is left is one day count per name until midnight.
+    // Usage read one minute after the last batch (the status page reads it every time; the
+    // scrape above may have served gauges made less than a second before): every window is
+    // empty, and what is left is one day count per name until midnight.
+    let (code, _) = common::quota_status(&proxy.url, common::CLIENT_KEY).await;
+    assert_eq!(code, 200);
     let t = store.tracked();
     assert_eq!(t.buckets, 0);
     assert_eq!(t.day_counts, NAMES);
