@@ -444,3 +444,56 @@ async fn a_user_refused_info_still_finds_the_cluster() {
     );
     assert!(!proxy.logs().contains("gqp-pass"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_protected_cluster_is_found_and_used_with_the_seeds_password() {
+    // Managed clusters require AUTH on every node: the password in the seed URL must reach
+    // every node the cluster names, not just the seed.
+    let cluster = RedisCluster::start(3, 0, 5_000);
+    let slot = cluster.keyslot("gqp");
+    let seed = cluster.other_master(slot);
+    let password = "cluster-secret-pw";
+    for port in cluster.live_ports() {
+        let ok = cluster.cli(port, &["CONFIG", "SET", "requirepass", password]);
+        assert!(
+            ok.is_some_and(|o| o.contains("OK")),
+            "requirepass on {port}"
+        );
+    }
+    let fake = FakeUpstream::start().await;
+    let url = format!("redis://:{password}@127.0.0.1:{seed}");
+    let proxy = start_proxy_process(
+        &fake.url,
+        &url,
+        "AIzaClusterAuthKey01",
+        &[("GEMINI_MINUTE_LIMIT", "3")],
+    );
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        codes.push(
+            generate(&proxy.url, "gemini-2.5-flash", "x")
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(codes, [200, 200, 200, 429, 429], "{}", proxy.logs());
+    // Counted in the cluster, not under the failure policy.
+    let (_, status) = quota_status(&proxy.url, CLIENT_KEY).await;
+    assert_eq!(
+        status["quota_status"]["store"]["backend"], "redis",
+        "{status}"
+    );
+    assert_eq!(
+        status["quota_status"]["store"]["reachable"], true,
+        "{status}"
+    );
+    let logs = proxy.logs();
+    assert!(!logs.contains("quota store failing"), "{logs}");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("connected to Redis") && l.contains("cluster")),
+        "{logs}"
+    );
+    assert!(!logs.contains(password), "the password in a log line");
+}
