@@ -77,6 +77,11 @@ async fn wait_for_generation(proxy: &str, n: u64) -> Value {
     }
 }
 
+/// How long the file watch lets a burst of changes settle.
+fn watch_settle() -> Duration {
+    gemini_quota_proxy::reload::watch::SETTLE
+}
+
 async fn code_of(proxy: &str) -> u16 {
     generate(proxy, MODEL, "hello").await.status().as_u16()
 }
@@ -305,6 +310,19 @@ async fn a_configmap_symlink_swap_and_an_edit_in_place_reload_by_themselves() {
     let file = dir.join("config.toml");
     let proxy = start(&fake.url, &file, &[]);
     assert_eq!(code_of(&proxy.url).await, 200);
+
+    // Other files in the directory (a log written beside the config, an editor's swap file)
+    // are not the configuration: they reload nothing.
+    for i in 0..20 {
+        std::fs::write(dir.join("proxy.log"), format!("line {i}\n")).unwrap();
+        std::fs::write(dir.join(".config.toml.swp"), "x").unwrap();
+    }
+    tokio::time::sleep(watch_settle() * 3).await;
+    let text = metrics_text(&proxy.url).await;
+    assert!(
+        !text.contains("gqp_config_reloads_total{"),
+        "unrelated files reloaded the configuration"
+    );
 
     version("..2026_11_29_v2", 1);
     std::os::unix::fs::symlink("..2026_11_29_v2", dir.join("..data_tmp")).unwrap();

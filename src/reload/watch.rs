@@ -2,7 +2,10 @@
 //! of the `--config` file (the directory, not the file: an editor's rename-over and a
 //! Kubernetes ConfigMap's `..data` symlink swap replace the file without writing to it).
 
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
@@ -43,9 +46,23 @@ pub fn spawn_file_watch(live: WeakLive, file: &Path) -> notify::Result<()> {
         _ => PathBuf::from("."),
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    // The names an event must touch to matter: the file's, the name of what it links to, and
+    // Kubernetes' `..data` and `..<timestamp>` entries. Anything else in the directory (a log
+    // file, an editor's swap file) is not the configuration.
+    let names = Arc::new(Mutex::new(watched_names(&file)));
+    let seen = names.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match &event {
-            Ok(e) => !matches!(e.kind, notify::EventKind::Access(_)),
+            Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => false,
+            Ok(e) => {
+                let names = seen.lock().unwrap_or_else(|p| p.into_inner());
+                e.paths.is_empty()
+                    || e.paths.iter().any(|p| {
+                        p.file_name().is_some_and(|n| {
+                            n.to_string_lossy().starts_with("..") || names.contains(n)
+                        })
+                    })
+            }
             Err(_) => true,
         };
         if relevant {
@@ -73,9 +90,22 @@ pub fn spawn_file_watch(live: WeakLive, file: &Path) -> notify::Result<()> {
             };
             let _ = tokio::task::spawn_blocking(move || live.reload(Origin::File)).await;
             target = follow(&mut watcher, &file, &dir, target);
+            *names.lock().unwrap_or_else(|p| p.into_inner()) = watched_names(&file);
         }
     });
     Ok(())
+}
+
+/// The file names of `file` and of what it resolves to.
+fn watched_names(file: &Path) -> HashSet<OsString> {
+    let mut names: HashSet<OsString> = file.file_name().map(OsString::from).into_iter().collect();
+    if let Some(n) = std::fs::canonicalize(file)
+        .ok()
+        .and_then(|f| f.file_name().map(OsString::from))
+    {
+        names.insert(n);
+    }
+    names
 }
 
 /// Watch the directory of the file `file` resolves to, when that is not `dir` (already
