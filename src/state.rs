@@ -156,12 +156,8 @@ impl AppState {
     pub fn successor(&self, config: Config, generation: Generation) -> AppState {
         let kept = |section: &str| config.prints.same_under(&self.config.prints, section);
         let pool = Pool::new(&config.pool, &config.limits).carry_from(&self.pool);
-        self.ledger.reconfigure(
-            config.prices.clone(),
-            billing(&config),
-            &key_infos(&pool),
-            &config.auth.client_names,
-        );
+        self.ledger
+            .reconfigure(config.prices.clone(), billing(&config), &key_infos(&pool));
         self.queues.set_max_length(config.queue.max_length);
         let alerts = if kept("alerts") && kept("server.public_url") {
             self.alerts.clone()
@@ -206,9 +202,9 @@ impl AppState {
                 .client_ids
                 .get(i)
                 .copied()
-                .unwrap_or_else(|| self.ledger.client_id(Some(i))),
+                .unwrap_or(crate::ledger::names::OVERFLOW_ID),
             Some(c @ Caller::Admin) => self.ledger.client_id_named(c.name(&self.config.auth)),
-            Some(Caller::Anonymous) | None => self.ledger.client_id(None),
+            Some(Caller::Anonymous) | None => self.ledger.anonymous_id(),
         }
     }
 

@@ -51,7 +51,7 @@ pub struct LedgerSetup {
     /// Billing of each project not billed at list price.
     pub billing: HashMap<String, Billing>,
     pub keys: Vec<KeyInfo>,
-    /// The configured clients' names, in client order (`client_id(Some(i))` is the i-th).
+    /// The configured clients' names, named first (in client order).
     pub clients: Vec<Arc<str>>,
     pub timezone: chrono_tz::Tz,
     /// Redis, when the quota store is shared.
@@ -76,8 +76,6 @@ pub struct Ledger {
     /// Key id -> masked key, for display: every key pooled since start (a reload adds the
     /// keys it brings; a removed key's history still shows masked).
     masked: RwLock<HashMap<Arc<str>, String>>,
-    /// Ids of the clients configured at start ([`Ledger::client_id`]).
-    client_ids: Vec<u32>,
     anonymous: u32,
     pub(crate) timezone: chrono_tz::Tz,
     pub(crate) clock: Arc<dyn Clock>,
@@ -106,19 +104,15 @@ impl Ledger {
     pub fn new(setup: LedgerSetup) -> Arc<Ledger> {
         let started_ms = setup.clock.now_ms();
         let clients = Names::new(NAME_CAP);
-        let client_ids = setup
-            .clients
-            .iter()
-            .take(NAME_CAP)
-            .map(|name| clients.id(name, true))
-            .collect();
+        for name in setup.clients.iter().take(NAME_CAP) {
+            clients.id(name, true);
+        }
         let anonymous = clients.id("anonymous", true);
         let ledger = Arc::new(Ledger {
             projects: Names::new(NAME_CAP),
             models: Names::new(MODEL_CAP),
             keys: Names::new(NAME_CAP),
             clients,
-            client_ids,
             anonymous,
             pricing: ArcSwap::from_pointee(Pricing {
                 prices: setup.prices,
@@ -163,23 +157,20 @@ impl Ledger {
         })
     }
 
-    /// A reloaded configuration's prices, billings, keys and clients: answers ending from now
-    /// on are priced so (whichever configuration admitted them), and the new keys and clients
-    /// get names. History already recorded is kept as it is.
+    /// A reloaded configuration's prices, billings and keys: answers ending from now on are
+    /// priced so (whichever configuration admitted them), and the new keys get their masked
+    /// names. History already recorded is kept as it is. (Clients are named as they are asked
+    /// for, [`Ledger::client_id_named`].)
     pub fn reconfigure(
         &self,
         prices: Arc<Prices>,
         billing: HashMap<String, Billing>,
         keys: &[KeyInfo],
-        clients: &[Arc<str>],
     ) {
         self.pricing.store(Arc::new(Pricing { prices, billing }));
         let mut masked = self.masked.write().unwrap_or_else(|p| p.into_inner());
         for k in keys {
             masked.insert(k.kid.clone(), k.masked.clone());
-        }
-        for name in clients {
-            self.clients.id(name, true);
         }
     }
 
@@ -225,16 +216,9 @@ impl Ledger {
         }
     }
 
-    /// The id of configured client `index`, or of `anonymous` (`None`).
-    pub fn client_id(&self, index: Option<usize>) -> u32 {
-        match index {
-            Some(i) => self
-                .client_ids
-                .get(i)
-                .copied()
-                .unwrap_or(names::OVERFLOW_ID),
-            None => self.anonymous,
-        }
+    /// The id of `anonymous` (a caller without a credential).
+    pub fn anonymous_id(&self) -> u32 {
+        self.anonymous
     }
 
     /// The id of a client by name (`admin`).

@@ -8,7 +8,7 @@ use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
-use crate::reload::{Live, Origin, ReloadError};
+use crate::reload::{Live, Origin};
 
 /// `POST /api/ai/config/reload`: `{"applied", "generation", "loaded_at", "source",
 /// "restart_required", "changed"}` (setting names only, never values).
@@ -31,11 +31,10 @@ pub async fn reload(State(live): State<Live>, req: Request) -> Response {
         let outcome = tokio::task::spawn_blocking(move || reloading.reload(Origin::Api))
             .await
             .map_err(|_| ApiError::Internal("the reload stopped unexpectedly".into()))?;
-        match outcome {
-            Ok(r) => Ok(Json(r).into_response()),
-            Err(e @ ReloadError::Invalid(_)) => Err(ApiError::InvalidArgument(e.to_string())),
-            Err(e @ ReloadError::NoSources) => Err(ApiError::InvalidArgument(e.to_string())),
-        }
+        // Both refusals (a file that does not load, nothing to read again) are the caller's.
+        outcome
+            .map(|r| Json(r).into_response())
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
