@@ -203,6 +203,9 @@ pub async fn serve(
     http2.timer(TokioTimer::new());
     let (http1, http2) = (Arc::new(http1), Arc::new(http2));
     let header_timeout = cfg.header_read_timeout;
+    // Connections still peeking at their first bytes hold no request: shutdown closes them
+    // at once instead of waiting out their header timeout.
+    let (stopping, stop) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -231,8 +234,13 @@ pub async fn serve(
                 });
                 let watcher = graceful.watcher();
                 let (http1, http2) = (http1.clone(), http2.clone());
+                let mut stop = stop.clone();
                 tokio::spawn(async move {
-                    match speaks_h2(&stream, header_timeout).await {
+                    let h2 = tokio::select! {
+                        h2 = speaks_h2(&stream, header_timeout) => h2,
+                        _ = stop.wait_for(|s| *s) => None,
+                    };
+                    match h2 {
                         Some(false) => {
                             let conn = http1.serve_connection(TokioIo::new(stream), service);
                             let _ = watcher.watch(conn).await;
@@ -251,6 +259,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    let _ = stopping.send(true);
     tracing::info!(
         grace_secs = cfg.shutdown_grace.as_secs_f64(),
         "shutting down: draining open requests"
