@@ -10,6 +10,12 @@ use crate::secret::{position, presented_digest};
 /// Query parameters that carry a client credential (`$key` also percent-encoded).
 pub const QUERY_CREDENTIALS: [&str; 3] = ["key", "$key", "%24key"];
 
+/// Whether a query parameter (`name=value`) carries a client credential.
+pub fn is_query_credential(param: &str) -> bool {
+    let name = param.split_once('=').map_or(param, |(n, _)| n);
+    QUERY_CREDENTIALS.contains(&name)
+}
+
 /// Who presented what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Caller {

@@ -10,8 +10,6 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::auth::QUERY_CREDENTIALS;
-
 /// Deepest nesting canonicalized (serde_json refuses deeper bodies anyway).
 const MAX_DEPTH: usize = 128;
 
@@ -75,10 +73,7 @@ pub fn query_without_credentials(query: Option<&str>) -> String {
         .unwrap_or("")
         .split('&')
         .filter(|p| !p.is_empty())
-        .filter(|p| {
-            let name = p.split_once('=').map_or(*p, |(n, _)| n);
-            !QUERY_CREDENTIALS.contains(&name)
-        })
+        .filter(|p| !crate::auth::is_query_credential(p))
         .collect();
     kept.sort_unstable();
     kept.join("&")

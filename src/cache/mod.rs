@@ -7,6 +7,7 @@ pub mod key;
 pub mod store;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use self::flight::Flights;
 use self::store::Store;
@@ -24,19 +25,23 @@ pub struct ResponseCache {
     pub config: CacheConfig,
     pub store: Store,
     pub flights: Arc<Flights>,
+    /// Entries this replica has stored so far: a leader asks the store again only when one
+    /// was stored after its first lookup (a flight that landed in between).
+    pub stored: AtomicU64,
 }
 
 impl ResponseCache {
     /// The cache `config` describes; `shared`: the quota store's Redis, if it has one.
     pub fn new(config: &CacheConfig, shared: Option<SharedIo>) -> ResponseCache {
         let store = match shared {
-            Some(io) if config.uses_redis(true) => Store::Redis(io),
+            Some(io) if config.uses_redis() => Store::Redis(io),
             _ => Store::memory(config.max_memory_bytes),
         };
         ResponseCache {
             config: config.clone(),
             store,
             flights: Arc::new(Flights::default()),
+            stored: AtomicU64::new(0),
         }
     }
 }

@@ -89,7 +89,13 @@ impl Entry {
     /// The inverse of [`Entry::encode`]; anything else (another version's form, a cut value)
     /// is `None` and reads as a miss.
     pub fn decode(raw: &[u8]) -> Option<Entry> {
-        let mut b = raw;
+        Self::decode_owned(&Bytes::copy_from_slice(raw))
+    }
+
+    /// [`Entry::decode`] of a value already owned (a Redis reply): the chunks are views of
+    /// `raw`, not copies.
+    pub fn decode_owned(raw: &Bytes) -> Option<Entry> {
+        let mut b = &raw[..];
         if b.len() < OVERHEAD || &b[..4] != MAGIC {
             return None;
         }
@@ -109,7 +115,7 @@ impl Entry {
         let n = b.get_u32() as usize;
         let mut chunks = Vec::with_capacity(n.min(b.remaining() / 4));
         for _ in 0..n {
-            chunks.push(Bytes::copy_from_slice(take(&mut b)?));
+            chunks.push(raw.slice_ref(take(&mut b)?));
         }
         if b.has_remaining() {
             return None;
@@ -223,7 +229,7 @@ impl Store {
                 )
                 .await;
                 match got {
-                    Ok(Ok(Some(raw))) => Entry::decode(&raw).map(Arc::new),
+                    Ok(Ok(Some(raw))) => Entry::decode_owned(&Bytes::from(raw)).map(Arc::new),
                     Ok(Ok(None)) => None,
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "cache read failed: served as a miss");

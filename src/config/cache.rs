@@ -143,10 +143,10 @@ pub(super) fn from_raw(raw: Raw, redis: bool) -> Result<CacheConfig, ConfigError
 }
 
 impl CacheConfig {
-    /// Whether entries go to Redis (`redis`: the quota store is Redis).
-    pub fn uses_redis(&self, redis: bool) -> bool {
+    /// Whether entries go to the quota store's Redis when it has one (`auto` and `redis`).
+    pub fn uses_redis(&self) -> bool {
         match self.backend {
-            CacheBackend::Auto => redis,
+            CacheBackend::Auto => true,
             CacheBackend::Memory => false,
             CacheBackend::Redis => true,
         }

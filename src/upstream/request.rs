@@ -7,7 +7,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use bytes::Bytes;
 use http_body_util::Full;
 
-use crate::auth::QUERY_CREDENTIALS;
 use crate::config::BaseUrl;
 use crate::secret::Secret;
 
@@ -30,20 +29,15 @@ const HOP_BY_HOP: &[&str] = &[
 /// Client credentials: removed before the pooled key is added.
 const CREDENTIAL_HEADERS: &[&str] = &["x-goog-api-key", "authorization"];
 
-fn is_credential_param(param: &str) -> bool {
-    let name = param.split('=').next().unwrap_or("");
-    QUERY_CREDENTIALS.contains(&name)
-}
-
 /// The query without `key` / `$key` (client credentials).
 pub fn strip_credentials_from_query(query: &str) -> Cow<'_, str> {
-    if !query.split('&').any(is_credential_param) {
+    if !query.split('&').any(crate::auth::is_query_credential) {
         return Cow::Borrowed(query);
     }
     Cow::Owned(
         query
             .split('&')
-            .filter(|p| !is_credential_param(p))
+            .filter(|p| !crate::auth::is_query_credential(p))
             .collect::<Vec<_>>()
             .join("&"),
     )

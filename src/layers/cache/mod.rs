@@ -13,6 +13,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -131,7 +132,7 @@ fn plan(cfg: &CacheConfig, auth: &AuthConfig, req: &http::Request<Bytes>) -> Opt
     if d.no_store
         || policy::shapes_answer(req.headers())
         // A file, a cached content: lives in one project, and may change under its name.
-        || est.pinned.is_some()
+        // (A request naming one in its path is not cacheable at all, `policy::kind`.)
         || !est.estimate.references.is_empty()
         || !(cfg.nondeterministic
             || d.max_age.is_some()
@@ -210,6 +211,7 @@ where
     };
     let mut lead = None;
     if lookup.read {
+        let stored_before = cache.stored.load(Ordering::Acquire);
         if let Some(e) = cache.store.get(&lookup.model, &lookup.key).await
             && e.fresh(now_ms(), lookup.max_age)
         {
@@ -222,8 +224,10 @@ where
             loop {
                 match cache.flights.join(lookup.key) {
                     Join::Lead(l) => {
-                        // A flight may have landed between the lookup above and now.
-                        if let Some(e) = cache.store.get(&lookup.model, &lookup.key).await
+                        // A flight may have landed between the lookup above and now: then
+                        // this replica stored something since, and the store is asked again.
+                        if cache.stored.load(Ordering::Acquire) != stored_before
+                            && let Some(e) = cache.store.get(&lookup.model, &lookup.key).await
                             && e.fresh(now_ms(), lookup.max_age)
                         {
                             let resp = hit(&state, &req, &e, lookup.streaming);

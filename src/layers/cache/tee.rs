@@ -95,6 +95,17 @@ async fn store(p: Pending, chunks: Vec<Bytes>) {
         input: p.fallback_input,
         ..Default::default()
     });
+    // The entry's own buffer (the upstream's read buffers are not held for its life), cut
+    // back into the frames as they came.
+    let whole = Bytes::from(whole);
+    let mut at = 0;
+    let chunks = chunks
+        .iter()
+        .map(|c| {
+            at += c.len();
+            whole.slice(at - c.len()..at)
+        })
+        .collect();
     let entry = Arc::new(Entry {
         status: 200,
         content_type: p.content_type,
@@ -102,10 +113,13 @@ async fn store(p: Pending, chunks: Vec<Bytes>) {
         stored_at_ms: crate::cache::now_ms(),
         ttl_ms: p.ttl.as_millis() as u64,
         usage,
-        // Own copies: the upstream's read buffers are not held for the entry's life.
-        chunks: chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect(),
+        chunks,
     });
     p.cache.store.put(p.key, entry.clone()).await;
+    // Counted before the flight lands (and leaves the map): see `ResponseCache::stored`.
+    p.cache
+        .stored
+        .fetch_add(1, std::sync::atomic::Ordering::Release);
     if let Some(lead) = p.lead {
         lead.land(Landed::Stored(entry));
     }
