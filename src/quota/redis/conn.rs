@@ -47,7 +47,8 @@ struct Inner {
     /// The nodes the cluster named when last asked, as URLs like the first seed's: a rebuild
     /// starts from them too, so a seed that hangs or is gone does not stop it.
     known: Mutex<Vec<Secret>>,
-    tls: RedisTls,
+    /// The TLS material of `rediss://` seeds (roots, client certificate), made once.
+    certs: Option<redis::TlsCertificates>,
     timeout: Duration,
     link: RwLock<Option<Link>>,
     attempt: Mutex<Option<Attempt>>,
@@ -245,18 +246,21 @@ impl RedisConn {
         if seeds.is_empty() {
             return Err(StoreError::Unreachable("no Redis URL configured".into()));
         }
+        // The system's roots are read and encoded once, not per connection (seeds are all
+        // `redis://` or all `rediss://`, `config::store`).
+        let certs = tls_certificates(seeds[0].expose(), tls);
         // Check every seed now, so a malformed one stops start-up rather than every call.
         for s in &seeds {
-            open_client(s, tls)?;
+            open_client(s, certs.as_ref())?;
         }
         if seeds.len() > 1 {
-            cluster_client(&seeds, tls, timeout)?;
+            cluster_client(&seeds, certs.as_ref(), timeout)?;
         }
         Ok(RedisConn {
             inner: Arc::new(Inner {
                 seeds,
                 known: Mutex::new(Vec::new()),
-                tls: tls.clone(),
+                certs,
                 timeout,
                 link: RwLock::new(None),
                 attempt: Mutex::new(None),
@@ -343,9 +347,12 @@ impl RedisConn {
 async fn connect(inner: &Inner) -> Result<(), Arc<str>> {
     let err = |e: RedisError| Arc::<str>::from(e.to_string());
     let t = inner.timeout;
+    // One seed: its client, kept for the connection if it is not a Cluster node.
+    let mut single = None;
     let cluster = match inner.seeds.as_slice() {
         [one] => {
-            let client = open_client(one, &inner.tls).map_err(|e| Arc::from(e.to_string()))?;
+            let client =
+                open_client(one, inner.certs.as_ref()).map_err(|e| Arc::from(e.to_string()))?;
             let cfg = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(t))
                 .set_response_timeout(Some(t));
@@ -353,6 +360,7 @@ async fn connect(inner: &Inner) -> Result<(), Arc<str>> {
                 .get_multiplexed_async_connection_with_config(&cfg)
                 .await
                 .map_err(err)?;
+            single = Some(client);
             match redis::cmd("INFO")
                 .arg("cluster")
                 .query_async::<String>(&mut probe)
@@ -375,21 +383,20 @@ async fn connect(inner: &Inner) -> Result<(), Arc<str>> {
         }
         _ => true,
     };
-    let link = if cluster {
-        cluster_link(inner).await?
-    } else {
-        let client =
-            open_client(&inner.seeds[0], &inner.tls).map_err(|e| Arc::from(e.to_string()))?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(t))
-            .set_response_timeout(Some(t))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        Link::Node(
-            ConnectionManager::new_with_config(client, cfg)
-                .await
-                .map_err(err)?,
-        )
+    let link = match single.filter(|_| !cluster) {
+        None => cluster_link(inner).await?,
+        Some(client) => {
+            let cfg = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(t))
+                .set_response_timeout(Some(t))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_secs(1));
+            Link::Node(
+                ConnectionManager::new_with_config(client, cfg)
+                    .await
+                    .map_err(err)?,
+            )
+        }
     };
     let mode = if cluster { "cluster" } else { "single node" };
     let mut slot = inner.link.write().unwrap_or_else(|p| p.into_inner());
@@ -409,8 +416,8 @@ async fn cluster_link(inner: &Inner) -> Result<Link, Arc<str>> {
             seeds.push(k.clone());
         }
     }
-    let client =
-        cluster_client(&seeds, &inner.tls, inner.timeout).map_err(|e| Arc::from(e.to_string()))?;
+    let client = cluster_client(&seeds, inner.certs.as_ref(), inner.timeout)
+        .map_err(|e| Arc::from(e.to_string()))?;
     let mut conn = client
         .get_async_connection()
         .await
@@ -474,7 +481,7 @@ fn slot_nodes(v: &Value) -> Vec<String> {
 /// one node.
 fn cluster_client(
     seeds: &[Secret],
-    tls: &RedisTls,
+    certs: Option<&redis::TlsCertificates>,
     timeout: Duration,
 ) -> Result<redis::cluster::ClusterClient, StoreError> {
     let mut b = ClusterClientBuilder::new(seeds.iter().map(|s| s.expose().to_string()))
@@ -485,22 +492,25 @@ fn cluster_client(
         .retries(3)
         .min_retry_wait(5)
         .max_retry_wait((timeout.as_millis() as u64 / 10).max(6));
-    if let Some(certs) = tls_certificates(seeds[0].expose(), tls) {
-        b = b.certs(certs);
+    if let Some(certs) = certs {
+        b = b.certs(certs.clone());
     }
     b.build().map_err(|e| {
         StoreError::Unreachable(format!("invalid Redis Cluster seeds: {:?}", e.kind()))
     })
 }
 
-/// The Redis client for one node at `url`: plain, or over rustls for `rediss://`, trusting the
-/// system's roots plus `tls.ca`.
-fn open_client(url: &Secret, tls: &RedisTls) -> Result<redis::Client, StoreError> {
+/// The Redis client for one node at `url`: plain, or over rustls with `certs` (from
+/// [`tls_certificates`]) for `rediss://`.
+fn open_client(
+    url: &Secret,
+    certs: Option<&redis::TlsCertificates>,
+) -> Result<redis::Client, StoreError> {
     let invalid =
         |e: RedisError| StoreError::Unreachable(format!("invalid Redis URL: {:?}", e.kind()));
-    match tls_certificates(url.expose(), tls) {
+    match certs {
         None => redis::Client::open(url.expose()).map_err(invalid),
-        Some(certs) => redis::Client::build_with_tls(url.expose(), certs).map_err(|e| {
+        Some(certs) => redis::Client::build_with_tls(url.expose(), certs.clone()).map_err(|e| {
             StoreError::Unreachable(format!("Redis TLS setup failed: {:?}", e.kind()))
         }),
     }

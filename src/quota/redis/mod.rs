@@ -329,6 +329,8 @@ impl RedisStore {
             };
             self.admit = set(lua!("admit.lua"));
             self.usage = set(lua!("usage.lua"));
+            // The admission script preloaded at construction is not this one.
+            tokio::spawn(preload(self.conn.clone(), vec![self.admit.clone()]));
         }
         self
     }
@@ -419,9 +421,12 @@ const PAIRS_PER_CALL: usize = 512;
 impl RedisStore {
     /// The `project|model` pairs counted in the last two days (the set admission keeps).
     async fn pairs(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let members: Vec<String> = self
-            .cmd(redis::cmd("SMEMBERS").arg(self.keys.pairs()).clone())
-            .await?;
+        self.members(self.keys.pairs()).await
+    }
+
+    /// The `(project, model)` members of the `project|model` set `set`, sorted.
+    async fn members(&self, set: String) -> Result<Vec<(String, String)>, StoreError> {
+        let members: Vec<String> = self.cmd(redis::cmd("SMEMBERS").arg(set).clone()).await?;
         let mut out: Vec<(String, String)> = members
             .iter()
             .filter_map(|pm| pm.split_once('|'))
@@ -566,28 +571,19 @@ impl QuotaStore for RedisStore {
     }
 
     async fn cooldowns(&self) -> Result<Vec<Cooldown>, StoreError> {
-        let members: Vec<String> = self
-            .cmd(redis::cmd("SMEMBERS").arg(self.keys.held()).clone())
-            .await?;
-        if members.is_empty() {
+        let held = self.members(self.keys.held()).await?;
+        if held.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
-        for pm in &members {
-            if let Some((p, m)) = pm.split_once('|') {
-                let k = self.keys.cooldown(p, m);
-                pipe.cmd("PTTL").arg(&k).cmd("GET").arg(&k);
-            }
+        for (p, m) in &held {
+            let k = self.keys.cooldown(p, m);
+            pipe.cmd("PTTL").arg(&k).cmd("GET").arg(&k);
         }
         let mut conn = self.conn.clone();
         let v: Vec<Value> = self.deadline(pipe.query_async(&mut conn)).await?;
         let mut out = Vec::new();
-        for (pm, pair) in members
-            .iter()
-            .filter(|pm| pm.contains('|'))
-            .zip(v.chunks(2))
-        {
-            let (p, m) = pm.split_once('|').unwrap_or_default();
+        for ((p, m), pair) in held.iter().zip(v.chunks(2)) {
             let ttl = pair.first().map(int).transpose()?.unwrap_or(-2);
             if ttl > 0 {
                 // The value is "until_ms|reason".
@@ -669,22 +665,15 @@ impl QuotaStore for RedisStore {
             ResetKind::All => "all",
             ResetKind::Cooldowns => {
                 // Holds of the named pairs, and the named keys' disabled flags: one pipeline.
-                let members: Vec<String> = self
-                    .cmd(redis::cmd("SMEMBERS").arg(self.keys.held()).clone())
-                    .await?;
-                let held: Vec<&String> = members
-                    .iter()
-                    .filter(|pm| pm.split_once('|').is_some_and(|(p, m)| wanted(scope, p, m)))
-                    .collect();
+                let mut held = self.members(self.keys.held()).await?;
+                held.retain(|(p, m)| wanted(scope, p, m));
                 let kids = scope.kids.as_deref().unwrap_or_default();
                 if held.is_empty() && kids.is_empty() {
                     return Ok(());
                 }
                 let mut del = redis::cmd("DEL");
-                for pm in &held {
-                    if let Some((p, m)) = pm.split_once('|') {
-                        del.arg(self.keys.cooldown(p, m));
-                    }
+                for (p, m) in &held {
+                    del.arg(self.keys.cooldown(p, m));
                 }
                 for k in kids {
                     del.arg(self.keys.disabled(k));
@@ -692,7 +681,13 @@ impl QuotaStore for RedisStore {
                 let mut pipe = redis::pipe();
                 pipe.add_command(del).ignore();
                 if !held.is_empty() {
-                    pipe.cmd("SREM").arg(self.keys.held()).arg(&held).ignore();
+                    // The members as stored: split at the first `|`, joined again.
+                    let members: Vec<String> =
+                        held.iter().map(|(p, m)| format!("{p}|{m}")).collect();
+                    pipe.cmd("SREM")
+                        .arg(self.keys.held())
+                        .arg(&members)
+                        .ignore();
                 }
                 let mut conn = self.conn.clone();
                 let () = self.deadline(pipe.query_async(&mut conn)).await?;
