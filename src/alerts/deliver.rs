@@ -128,28 +128,12 @@ fn smtp_secrets(url: &Secret) -> Vec<String> {
     v
 }
 
-/// `%XX` escapes decoded (an invalid escape is kept as written; bytes that are not UTF-8
-/// replaced).
+/// `%XX` escapes decoded as lettre decodes the password it authenticates with (an invalid
+/// escape kept as written, bytes that are not UTF-8 replaced).
 fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-        if b[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                b.get(i + 1).copied().and_then(hex),
-                b.get(i + 2).copied().and_then(hex),
-            )
-        {
-            out.push(h * 16 + l);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 impl Delivery {

@@ -227,19 +227,26 @@ impl Inner {
                     return Ok(None);
                 }
                 self.prune(&mut st);
-                if let Some(conn) = st
-                    .conns
-                    .iter()
-                    .filter(|c| c.free() > 0)
-                    .min_by_key(|c| c.in_flight.load(Ordering::Relaxed))
-                {
+                // One pass: the least busy connection with a free slot (the first of equals),
+                // and the free slots of all (`prune` just dropped the broken ones).
+                let mut free_total = 0usize;
+                let mut best: Option<(&Arc<Conn>, usize)> = None;
+                for c in &st.conns {
+                    let free = c.free();
+                    free_total += free;
+                    let busy = c.in_flight.load(Ordering::Relaxed);
+                    if free > 0 && best.is_none_or(|(_, b)| busy < b) {
+                        best = Some((c, busy));
+                    }
+                }
+                if let Some((conn, _)) = best {
                     conn.in_flight.fetch_add(1, Ordering::AcqRel);
                     let slot = Slot {
                         conn: conn.clone(),
                         pool: self.clone(),
                     };
                     waiting.leave(&mut st);
-                    self.open_spare(&mut st);
+                    self.open_spare(&mut st, free_total - 1);
                     return Ok(Some(slot));
                 }
                 let before = *failures_before.get_or_insert(st.failures);
@@ -273,7 +280,8 @@ impl Inner {
     /// HTTP/2 handshake (a round trip or three to Google; in the streams benchmark the stream
     /// that found every connection full waited 5-13 ms, one in a hundred). Not within
     /// [`SPARE_BACKOFF`] of a failed open: a refusing upstream gets no attempt per request.
-    fn open_spare(self: &Arc<Self>, st: &mut State) {
+    /// `free`: the open connections' free slots now.
+    fn open_spare(self: &Arc<Self>, st: &mut State, free: usize) {
         if st.opening > 0 {
             return;
         }
@@ -284,12 +292,6 @@ impl Inner {
             return;
         }
         let cap = st.expected_streams.unwrap_or(ASSUMED_STREAMS);
-        let free: usize = st
-            .conns
-            .iter()
-            .filter(|c| !c.broken.load(Ordering::Relaxed))
-            .map(|c| c.free())
-            .sum();
         if free.saturating_mul(4) < cap {
             st.opening += 1;
             tokio::spawn(self.clone().open());
