@@ -20,10 +20,40 @@ use crate::route::QuotaFamily;
 
 type LineKey = (Arc<str>, QuotaFamily);
 
+/// The lines by family, then by model: a line is looked up by the request's `&str` model,
+/// with no allocation.
+#[derive(Debug, Default)]
+struct Lines(HashMap<QuotaFamily, HashMap<Arc<str>, Line>>);
+
+impl Lines {
+    fn get(&self, (model, family): (&str, QuotaFamily)) -> Option<&Line> {
+        self.0.get(&family)?.get(model)
+    }
+
+    fn get_mut(&mut self, (model, family): (&str, QuotaFamily)) -> Option<&mut Line> {
+        self.0.get_mut(&family)?.get_mut(model)
+    }
+
+    fn remove(&mut self, (model, family): (&str, QuotaFamily)) {
+        if let Some(m) = self.0.get_mut(&family) {
+            m.remove(model);
+            if m.is_empty() {
+                self.0.remove(&family);
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Arc<str>, QuotaFamily, &Line)> {
+        self.0
+            .iter()
+            .flat_map(|(f, m)| m.iter().map(move |(model, line)| (model, *f, line)))
+    }
+}
+
 /// Every line of this replica.
 #[derive(Debug)]
 pub struct Queues {
-    lines: Mutex<HashMap<LineKey, Line>>,
+    lines: Mutex<Lines>,
     /// Requests waiting in all lines: the empty path reads only this.
     waiting: AtomicUsize,
     /// `queue.max_length` (a config reload changes it).
@@ -99,7 +129,7 @@ impl Queues {
 
     pub fn new(max_length: usize) -> Queues {
         Queues {
-            lines: Mutex::new(HashMap::new()),
+            lines: Mutex::new(Lines::default()),
             waiting: AtomicUsize::new(0),
             max_length: AtomicUsize::new(max_length.max(1)),
         }
@@ -111,7 +141,7 @@ impl Queues {
         if self.waiting.load(Ordering::Acquire) == 0 {
             return false;
         }
-        lock(&self.lines).contains_key(&(Arc::from(model), family))
+        lock(&self.lines).get((model, family)).is_some()
     }
 
     /// Take the last place in `model`'s line, to wait until `deadline` at most.
@@ -121,9 +151,13 @@ impl Queues {
         family: QuotaFamily,
         deadline: Instant,
     ) -> Result<Ticket<'_>, Full> {
-        let key: LineKey = (Arc::from(model), family);
         let mut lines = lock(&self.lines);
-        let line = lines.entry(key.clone()).or_insert_with(|| Line {
+        let by_model = lines.0.entry(family).or_default();
+        let key: LineKey = match by_model.get_key_value(model) {
+            Some((m, _)) => (m.clone(), family),
+            None => (Arc::from(model), family),
+        };
+        let line = by_model.entry(key.0.clone()).or_insert_with(|| Line {
             waiters: VecDeque::new(),
             next_seq: 0,
             bell: Arc::new(Notify::new()),
@@ -160,13 +194,13 @@ impl Queues {
     /// The last refusal `model`'s line head was given, if anyone waits for it.
     pub fn last_refusal(&self, model: &str, family: QuotaFamily) -> Option<Refusal> {
         lock(&self.lines)
-            .get(&(Arc::from(model), family))
+            .get((model, family))
             .and_then(|l| l.last_refusal)
     }
 
     /// Capacity may have freed for everyone (an admin reset): every head asks again now.
     pub fn ring_all(&self) {
-        for line in lock(&self.lines).values() {
+        for (_, _, line) in lock(&self.lines).iter() {
             line.bell.notify_one();
         }
     }
@@ -179,9 +213,9 @@ impl Queues {
         let now = Instant::now();
         let mut out: Vec<LineView> = lock(&self.lines)
             .iter()
-            .map(|((model, family), line)| LineView {
+            .map(|(model, family, line)| LineView {
                 model: model.clone(),
-                family: *family,
+                family,
                 length: line.waiters.len(),
                 oldest_wait: line
                     .waiters
@@ -213,12 +247,17 @@ pub struct Ticket<'a> {
 }
 
 impl Ticket<'_> {
+    /// Its line's key, as the lines look it up.
+    fn key(&self) -> (&str, QuotaFamily) {
+        (&self.key.0, self.key.1)
+    }
+
     /// Wait until this ticket is at the front of its line, its hope is gone, or its deadline.
     pub async fn turn(&self) -> Turn {
         loop {
             {
                 let lines = lock(&self.queues.lines);
-                let Some(line) = lines.get(&self.key) else {
+                let Some(line) = lines.get(self.key()) else {
                     // Unreachable while the ticket lives; be the head rather than hang.
                     return Turn::Head;
                 };
@@ -231,7 +270,7 @@ impl Ticket<'_> {
             }
             let refusal = || {
                 lock(&self.queues.lines)
-                    .get(&self.key)
+                    .get(self.key())
                     .and_then(|l| l.last_refusal)
             };
             if tokio::time::timeout_at(self.deadline, self.turn.notified())
@@ -247,7 +286,7 @@ impl Ticket<'_> {
     /// long to leave now). Returns false when this ticket's own deadline comes first.
     pub fn expect(&self, refusal: Refusal) -> bool {
         let mut lines = lock(&self.queues.lines);
-        if let Some(line) = lines.get_mut(&self.key) {
+        if let Some(line) = lines.get_mut(self.key()) {
             line.head_wake = Some(refusal.free_at);
             line.last_refusal = Some(refusal);
             for w in line.waiters.iter().skip(1) {
@@ -271,7 +310,7 @@ impl Ticket<'_> {
     /// Whether this ticket is at the front of its line now.
     pub fn is_head(&self) -> bool {
         lock(&self.queues.lines)
-            .get(&self.key)
+            .get(self.key())
             .and_then(|l| l.waiters.front())
             .is_some_and(|w| w.seq == self.seq)
     }
@@ -290,7 +329,7 @@ impl Ticket<'_> {
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         let mut lines = lock(&self.queues.lines);
-        let Some(line) = lines.get_mut(&self.key) else {
+        let Some(line) = lines.get_mut(self.key()) else {
             return;
         };
         let Some(pos) = line.waiters.iter().position(|w| w.seq == self.seq) else {
@@ -306,7 +345,7 @@ impl Drop for Ticket<'_> {
             }
         }
         if line.waiters.is_empty() {
-            lines.remove(&self.key);
+            lines.remove(self.key());
         }
     }
 }
