@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::snapshot::{QuotaStatus, UsageView};
+use super::snapshot::{KeyView, QuotaStatus, UsageView};
 use crate::alerts::{Active, Severity};
 use crate::config::AlertsConfig;
 
@@ -86,48 +86,44 @@ pub fn evaluate(cfg: &AlertsConfig, s: &QuotaStatus, failures: u32) -> Vec<Activ
         }
     }
     // Every key of a model cooling down, disabled or at a limit. The whole pool first: when
-    // it fires, one alert says it all (not one more per model). Otherwise only the models the
-    // keys show (each key's list capped at MODELS_PER_KEY) and those they cool down for: the
-    // pool's model names are whatever clients asked for, and must not become alerts unbounded.
+    // it fires, one alert says it all (not one more per model). Otherwise only the models a
+    // key still serving shows (its list capped at MODELS_PER_KEY): the pool's model names are
+    // whatever clients asked for, and must not become alerts unbounded.
     if !s.keys.is_empty() {
-        let exhausted = |m: &str| {
-            s.keys.iter().all(|k| {
-                k.state == "disabled"
-                    || (k.state == "cooldown"
-                        && k.cooldown_model
-                            .as_deref()
-                            .is_some_and(|c| m == "*" || c == m || c == "*"))
-                    || k.models.get(m).is_some_and(|u| {
-                        (u.minute_limit > 0 && u.minute_remaining == 0)
-                            || (u.daily_limit > 0 && u.daily_remaining == 0)
-                    })
-            })
+        // Whether key `k` can serve no request for model `m` ("*": any model) now.
+        let spent = |k: &KeyView, m: &str| {
+            k.state == "disabled"
+                || (k.state == "cooldown"
+                    && k.cooldown_model
+                        .as_deref()
+                        .is_some_and(|c| m == "*" || c == m || c == "*"))
+                || k.models.get(m).is_some_and(|u| {
+                    (u.minute_limit > 0 && u.minute_remaining == 0)
+                        || (u.daily_limit > 0 && u.daily_remaining == 0)
+                })
         };
-        if exhausted("*") {
-            out.push(Active {
+        match s.keys.iter().find(|k| !spent(k, "*")) {
+            None => out.push(Active {
                 rule: "all_keys_exhausted",
                 severity: Severity::Critical,
                 labels: labels([("model", "*")]),
                 summary: "every key is disabled or cooling down".to_string(),
-            });
-        } else {
-            let models: BTreeSet<&str> = s
-                .keys
-                .iter()
-                .flat_map(|k| {
-                    k.models
-                        .keys()
-                        .map(String::as_str)
-                        .chain(k.cooldown_model.as_deref().filter(|c| *c != "*"))
-                })
-                .collect();
-            for m in models.into_iter().filter(|m| exhausted(m)) {
-                out.push(Active {
-                    rule: "all_keys_exhausted",
-                    severity: Severity::Critical,
-                    labels: labels([("model", m)]),
-                    summary: format!("{m}: every key is cooling down, disabled or at a limit"),
-                });
+            }),
+            // A key neither disabled nor cooling down is spent for a model only at one of its
+            // own models' limits: only its models can be spent on every key.
+            Some(free) => {
+                for m in free
+                    .models
+                    .keys()
+                    .filter(|m| s.keys.iter().all(|k| spent(k, m)))
+                {
+                    out.push(Active {
+                        rule: "all_keys_exhausted",
+                        severity: Severity::Critical,
+                        labels: labels([("model", m)]),
+                        summary: format!("{m}: every key is cooling down, disabled or at a limit"),
+                    });
+                }
             }
         }
     }
