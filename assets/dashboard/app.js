@@ -859,7 +859,9 @@
       svg.appendChild(fl);
       svg.appendChild(sv('text', { class: 'tick', x: W - M.r, y: Math.max(M.t + 10, y(proj) - 6), 'text-anchor': 'end', text: 'projected ' + groupFmt.format(proj) }));
     } else {
-      svg.appendChild(sv('text', { class: 'note-strong', x: (x(t) + W - M.r) / 2, y: M.t + ph / 2, 'text-anchor': 'middle', text: 'insufficient data' }));
+      // Right-aligned to the plot's edge: centred in the span left to the reset, it ran past
+      // the edge on a narrow screen.
+      svg.appendChild(sv('text', { class: 'note-strong', x: W - M.r - 2, y: M.t + ph / 2, 'text-anchor': 'end', text: 'insufficient data' }));
     }
     if (isFinite(exhausted)) {
       svg.appendChild(sv('line', { class: 'limit', x1: x(exhausted), x2: x(exhausted), y1: M.t, y2: M.t + ph }));
