@@ -127,7 +127,7 @@ impl AppState {
     ) -> Arc<AppState> {
         let pool = Pool::new(&config.pool, &config.limits);
         let ledger = build_ledger(&config, &pool, store.shared_io(), clock);
-        let queues = Arc::new(Queues::new(config.queue.max_length));
+        let queues = Arc::new(Queues::new((&config.queue).into()));
         let alerts = Arc::new(crate::alerts::Alerts::new(&config, store.shared_io()));
         let cache = build_cache(&config, store.as_ref());
         let upstream = Arc::new(crate::upstream::build_client(&config.upstream));
@@ -158,7 +158,7 @@ impl AppState {
         let pool = Pool::new(&config.pool, &config.limits).carry_from(&self.pool);
         self.ledger
             .reconfigure(config.prices.clone(), billing(&config), &key_infos(&pool));
-        self.queues.set_max_length(config.queue.max_length);
+        self.queues.set_limits((&config.queue).into());
         let alerts = if kept("alerts") && kept("server.public_url") {
             self.alerts.clone()
         } else {

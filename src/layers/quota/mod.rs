@@ -34,6 +34,7 @@ use crate::layers::forward::{ForwardError, ForwardErrorKind, Outbound};
 use crate::layers::retry::{self, Budget, Failure};
 use crate::ledger::{Series, field};
 use crate::pool::affinity;
+use crate::quota::queue::Claim;
 use crate::quota::{DayInfo, Settlement};
 use crate::route::QuotaFamily;
 use crate::state::AppState;
@@ -261,6 +262,11 @@ where
             served.attempts = attempt;
             let reservation = match quota_model {
                 Some(model) => {
+                    // What this request holds while it waits, for the queue's bounds.
+                    let claim = Claim {
+                        client: account.map_or(0, |a| a.client),
+                        bytes: body.len() as u64,
+                    };
                     let admitted = admit::admit(
                         state,
                         route,
@@ -270,11 +276,12 @@ where
                         &avoid,
                         deadline,
                         allowance,
+                        claim,
                     )
                     .await;
                     let waited = match &admitted {
                         Ok(a) => a.waited,
-                        Err(_) => None,
+                        Err(n) => n.waited,
                     };
                     if let Some(w) = waited {
                         // Time in line is not taken from the tries' budget, nor given twice.
@@ -282,8 +289,10 @@ where
                         allowance = allowance.saturating_sub(w);
                         deadline += w;
                     }
-                    let admitted =
-                        admitted.inspect_err(|e| served.refused = admit::is_refusal(e))?;
+                    let admitted = admitted.map_err(|n| {
+                        served.refused = admit::is_refusal(&n.error);
+                        n.error
+                    })?;
                     Some(admitted.reservation)
                 }
                 None => None,
