@@ -75,6 +75,9 @@ pub struct AppState {
     pub ledger: Arc<Ledger>,
     /// Requests waiting for quota, per model (`[queue]`).
     pub queues: Arc<Queues>,
+    /// The bound on request bodies held in memory (`server.max_buffered_bytes`), shared by
+    /// every generation.
+    pub bodies: Arc<crate::layers::budget::BodyBudget>,
     /// The alert engine and its channels.
     pub alerts: Arc<crate::alerts::Alerts>,
     /// The response cache, when `cache.enabled`.
@@ -128,6 +131,7 @@ impl AppState {
         let pool = Pool::new(&config.pool, &config.limits);
         let ledger = build_ledger(&config, &pool, store.shared_io(), clock);
         let queues = Arc::new(Queues::new((&config.queue).into()));
+        let config_max_buffered = config.server.max_buffered_bytes;
         let alerts = Arc::new(crate::alerts::Alerts::new(&config, store.shared_io()));
         let cache = build_cache(&config, store.as_ref());
         let upstream = Arc::new(crate::upstream::build_client(&config.upstream));
@@ -142,6 +146,7 @@ impl AppState {
             metrics,
             ledger,
             queues,
+            bodies: Arc::new(crate::layers::budget::BodyBudget::new(config_max_buffered)),
             generation: Generation::new(1, "start", RestartRequired::default()),
             gauges_refreshed: tokio::sync::Mutex::new(None),
             outlook: std::sync::Mutex::new(None),
@@ -184,6 +189,7 @@ impl AppState {
             metrics: self.metrics.renewed(),
             ledger: self.ledger.clone(),
             queues: self.queues.clone(),
+            bodies: self.bodies.clone(),
             alerts,
             cache,
             upstream,
