@@ -234,3 +234,57 @@ async fn one_client_holds_at_most_its_share_of_the_queue_and_another_still_waits
         t.abort();
     }
 }
+
+#[tokio::test]
+async fn the_usage_answer_is_capped_in_points_and_paged_and_a_larger_page_is_a_400() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&["AIzaUsageKey00000001"])).await;
+    for i in 0..60 {
+        let m = format!("made-up-{i:02}");
+        assert_eq!(generate(&proxy.url, &m, "x").await.status(), 200);
+    }
+    let usage = |query: &'static str| {
+        let url = proxy.url.clone();
+        async move {
+            http()
+                .get(format!("{url}/api/ai/usage/?{query}"))
+                .header("x-goog-api-key", ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // 24 h is 1,440 points a series: 34 series fit in 50,000 points.
+    let r = usage("window=24h&group_by=model").await;
+    assert_eq!(r.status(), 200);
+    let first = json_of(r).await;
+    let series = first["series"].as_array().unwrap();
+    assert_eq!(series.len(), 34);
+    assert!(
+        series
+            .iter()
+            .all(|s| s["points"].as_array().unwrap().len() == 1440)
+    );
+    assert_eq!(first["total_series"], 60);
+    assert_eq!(first["next_offset"], 34);
+    assert_eq!(first["totals"]["requests"], 60, "totals cover every page");
+    let r = usage("window=24h&group_by=model&offset=34").await;
+    let second = json_of(r).await;
+    assert_eq!(second["series"].as_array().unwrap().len(), 26);
+    assert!(second.get("next_offset").is_none(), "{second}");
+    let mut names: Vec<String> = series
+        .iter()
+        .chain(second["series"].as_array().unwrap())
+        .map(|s| s["group"]["model"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 60, "the two pages hold every model once");
+    // Asking for more than fits is a clear 400 naming the parameter.
+    let r = usage("window=24h&group_by=model&limit=100").await;
+    assert_eq!(r.status(), 400);
+    let v = json_of(r).await;
+    assert_eq!(v["error"]["status"], "INVALID_ARGUMENT");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("limit") && msg.contains("50000"), "{msg}");
+}
