@@ -131,7 +131,10 @@ impl AppState {
         let pool = Pool::new(&config.pool, &config.limits);
         let ledger = build_ledger(&config, &pool, store.shared_io(), clock);
         let queues = Arc::new(Queues::new((&config.queue).into()));
-        let config_max_buffered = config.server.max_buffered_bytes;
+        let config_max_buffered = (
+            config.server.max_buffered_bytes,
+            config.server.max_buffered_client_share,
+        );
         let alerts = Arc::new(crate::alerts::Alerts::new(&config, store.shared_io()));
         let cache = build_cache(&config, store.as_ref());
         let upstream = Arc::new(crate::upstream::build_client(&config.upstream));
@@ -146,7 +149,10 @@ impl AppState {
             metrics,
             ledger,
             queues,
-            bodies: Arc::new(crate::layers::budget::BodyBudget::new(config_max_buffered)),
+            bodies: Arc::new(crate::layers::budget::BodyBudget::new(
+                config_max_buffered.0,
+                config_max_buffered.1,
+            )),
             generation: Generation::new(1, "start", RestartRequired::default()),
             gauges_refreshed: tokio::sync::Mutex::new(None),
             outlook: std::sync::Mutex::new(None),

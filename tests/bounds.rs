@@ -16,13 +16,22 @@ const MIB: usize = 1024 * 1024;
 /// A request that announces `len` bytes, sends `sent` of them and then holds the rest back
 /// until the task is aborted.
 fn stalled_upload(proxy: &str, len: usize, sent: usize) -> tokio::task::JoinHandle<()> {
+    stalled_upload_as(proxy, len, sent, CLIENT_KEY)
+}
+
+fn stalled_upload_as(
+    proxy: &str,
+    len: usize,
+    sent: usize,
+    cred: &'static str,
+) -> tokio::task::JoinHandle<()> {
     let url = format!("{proxy}/v1beta/models/gemini-2.5-flash:generateContent");
     tokio::spawn(async move {
         let first: Result<Bytes, std::io::Error> = Ok(Bytes::from(vec![b' '; sent]));
         let body = futures_util::stream::iter([first]).chain(futures_util::stream::pending());
         let _ = http()
             .post(url)
-            .header("x-goog-api-key", CLIENT_KEY)
+            .header("x-goog-api-key", cred)
             .header("content-type", "application/json")
             .header("content-length", len.to_string())
             .body(reqwest::Body::wrap_stream(body))
@@ -58,7 +67,7 @@ async fn bodies_past_the_global_budget_get_503_at_once_until_it_frees() {
         &fake.url,
         ProxyOpts::keys(&["AIzaBudgetKey0000001"])
             .env("GEMINI_MAX_REQUEST_TOKENS", "1000000")
-            .toml("[server]\nmax_body_bytes = 2097152\nmax_buffered_bytes = 4194304\n"),
+            .toml("[server]\nmax_body_bytes = 2097152\nmax_buffered_bytes = 4194304\nmax_buffered_client_share = 1.0\n"),
     )
     .await;
     // Two uploads announce 2 MiB each and stall: the whole budget is reserved.
@@ -113,6 +122,55 @@ async fn bodies_past_the_global_budget_get_503_at_once_until_it_frees() {
         0,
         "released when the request is done"
     );
+}
+
+#[tokio::test]
+async fn a_client_at_its_share_of_the_budget_gets_503_while_another_is_served() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&["AIzaBudgetKey0000002"])
+            .env("GEMINI_MAX_REQUEST_TOKENS", "1000000")
+            .env(
+                "PROXY_CLIENT_KEYS",
+                "greedy:greedy-client-key-0001,modest:modest-client-key-0001",
+            )
+            .toml("[server]\nmax_body_bytes = 2097152\nmax_buffered_bytes = 8388608\n"),
+    )
+    .await;
+    // Half of 8 MiB is the greedy client's: two stalled 2 MiB uploads fill it.
+    let stalled = [
+        stalled_upload_as(&proxy.url, 2 * MIB, 1000, "greedy-client-key-0001"),
+        stalled_upload_as(&proxy.url, 2 * MIB, 1000, "greedy-client-key-0001"),
+    ];
+    let filled = eventually(Duration::from_secs(5), || {
+        proxy.state.bodies.held() == 4 * MIB
+    })
+    .await;
+    assert!(filled, "held {}", proxy.state.bodies.held());
+    let t0 = Instant::now();
+    let r = sized(
+        &proxy.url,
+        "gemini-2.5-flash",
+        MIB,
+        "greedy-client-key-0001",
+    )
+    .await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    // The other client is served, though the first one keeps its share.
+    let r = sized(
+        &proxy.url,
+        "gemini-2.5-flash",
+        MIB,
+        "modest-client-key-0001",
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    for s in stalled {
+        s.abort();
+    }
 }
 
 /// One key, one request per 10 s window, a 20 s wait allowed: every further request waits.

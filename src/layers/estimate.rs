@@ -125,7 +125,15 @@ where
                         .headers
                         .get(http::header::CONTENT_LENGTH)
                         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                    // Whose body it is, for the client's share of the budget.
+                    let client = state.ledger_client(
+                        parts
+                            .extensions
+                            .get::<crate::auth::CallerTag>()
+                            .map(|c| c.0),
+                    );
                     let read = state.bodies.read(
+                        client,
                         body,
                         announced,
                         server.max_body_bytes,
