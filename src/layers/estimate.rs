@@ -192,6 +192,11 @@ fn route_of(
 /// every other connection shares; small bodies stay inline, where a hop would cost more.
 const BLOCKING_ESTIMATE_BYTES: usize = 256 * 1024;
 
+/// Large estimates at once: a parse holds about its body's size again in memory, outside the
+/// buffered-bytes budget, so a burst of 20 MB bodies parses two at a time instead of dozens on
+/// the blocking pool's hundreds of threads.
+static LARGE_ESTIMATES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// The estimate of a body read whole; `traced` learns the model (OpenAI: from the body) and
 /// the tokens.
 async fn estimated(
@@ -203,6 +208,8 @@ async fn estimated(
         let est = estimate(&route, &body)?;
         (route, body, est)
     } else {
+        // Never closed, so this only waits its turn.
+        let _turn = LARGE_ESTIMATES.acquire().await.ok();
         tokio::task::spawn_blocking(move || estimate(&route, &body).map(|e| (route, body, e)))
             .await
             .map_err(|_| ApiError::Internal("the request body could not be estimated".into()))??
