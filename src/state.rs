@@ -77,7 +77,7 @@ pub struct AppState {
     pub queues: Arc<Queues>,
     /// The bound on request bodies held in memory (`server.max_buffered_bytes`), shared by
     /// every generation.
-    pub bodies: Arc<crate::layers::budget::BodyBudget>,
+    pub bodies: Arc<crate::budget::BodyBudget>,
     /// The alert engine and its channels.
     pub alerts: Arc<crate::alerts::Alerts>,
     /// The response cache, when `cache.enabled`.
@@ -130,7 +130,7 @@ impl AppState {
     ) -> Arc<AppState> {
         let pool = Pool::new(&config.pool, &config.limits);
         let ledger = build_ledger(&config, &pool, store.shared_io(), clock);
-        let queues = Arc::new(Queues::new((&config.queue).into()));
+        let queues = Arc::new(Queues::new(queue_limits(&config.queue)));
         let config_max_buffered = (
             config.server.max_buffered_bytes,
             config.server.max_buffered_client_share,
@@ -149,7 +149,7 @@ impl AppState {
             metrics,
             ledger,
             queues,
-            bodies: Arc::new(crate::layers::budget::BodyBudget::new(
+            bodies: Arc::new(crate::budget::BodyBudget::new(
                 config_max_buffered.0,
                 config_max_buffered.1,
             )),
@@ -169,7 +169,7 @@ impl AppState {
         let pool = Pool::new(&config.pool, &config.limits).carry_from(&self.pool);
         self.ledger
             .reconfigure(config.prices.clone(), billing(&config), &key_infos(&pool));
-        self.queues.set_limits((&config.queue).into());
+        self.queues.set_limits(queue_limits(&config.queue));
         let alerts = if kept("alerts") && kept("server.public_url") {
             self.alerts.clone()
         } else {
@@ -369,4 +369,14 @@ fn is_tls_trust_error(e: &StoreError) -> bool {
     ]
     .iter()
     .any(|w| text.contains(w))
+}
+
+/// The queue's bounds from `[queue]` (here, not in `quota`, which knows no configuration).
+fn queue_limits(c: &crate::config::QueueConfig) -> crate::quota::queue::QueueLimits {
+    crate::quota::queue::QueueLimits {
+        max_length: c.max_length.max(1),
+        max_waiters_total: c.max_waiters_total.max(1),
+        max_waiting_bytes: c.max_waiting_bytes,
+        max_client_share: c.max_client_share,
+    }
 }

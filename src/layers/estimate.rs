@@ -1,6 +1,6 @@
 //! The route-and-estimate step: parse the path (model, action, quota family, resource), read
 //! the body once within its size and time limits and the process's budget of buffered bytes
-//! ([`budget`](crate::layers::budget)), estimate its input tokens, and find the key a
+//! ([`budget`](crate::budget)), estimate its input tokens, and find the key a
 //! referenced resource belongs to. What it learns travels inward as [`Estimated`], and back out
 //! on the response for the request's log line.
 

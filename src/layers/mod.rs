@@ -9,7 +9,6 @@
 //! response for the request's log line ([`estimate::Traced`], [`quota::Served`]).
 
 pub mod authenticate;
-pub mod budget;
 pub mod cache;
 pub mod estimate;
 pub mod forward;
