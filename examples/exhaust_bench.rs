@@ -110,53 +110,68 @@ async fn main() {
 
     let outcomes: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let count = |outcomes: &Mutex<BTreeMap<String, u64>>, what: String| {
+        *outcomes.lock().unwrap().entry(what).or_default() += 1;
+    };
+    // One task per connection slot: it connects, keeps `streams` streams busy, and connects
+    // again when the proxy closes the connection (an attacker would).
     let mut attackers = Vec::new();
     for _ in 0..conns {
-        let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-            *outcomes
-                .lock()
-                .unwrap()
-                .entry("connect failed".into())
-                .or_default() += 1;
-            continue;
-        };
-        let Ok((sender, conn)) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await
-        else {
-            *outcomes
-                .lock()
-                .unwrap()
-                .entry("handshake failed".into())
-                .or_default() += 1;
-            continue;
-        };
-        tokio::spawn(conn);
-        for _ in 0..streams {
-            let (mut sender, body, outcomes) = (sender.clone(), body.clone(), outcomes.clone());
-            attackers.push(tokio::spawn(async move {
-                while Instant::now() < deadline {
-                    let req = hyper::Request::post(format!("http://127.0.0.1:{port}{PATH}"))
-                        .header("x-goog-api-key", ATTACKER)
-                        .header("content-type", "application/json")
-                        .header("content-length", body.len())
-                        .body(Full::new(body.clone()))
-                        .unwrap();
-                    let what = match sender.send_request(req).await {
-                        Ok(resp) => {
-                            let status = resp.status().as_u16();
-                            let _ = resp.into_body().collect().await;
-                            status.to_string()
+        let (body, outcomes) = (body.clone(), outcomes.clone());
+        attackers.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                    count(&outcomes, "connect failed".into());
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                let Ok((sender, conn)) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                        .await
+                else {
+                    count(&outcomes, "handshake failed".into());
+                    continue;
+                };
+                count(&outcomes, "connections opened".into());
+                tokio::spawn(conn);
+                let mut busy = Vec::new();
+                for _ in 0..streams {
+                    let (mut sender, body, outcomes) =
+                        (sender.clone(), body.clone(), outcomes.clone());
+                    busy.push(tokio::spawn(async move {
+                        while Instant::now() < deadline && !sender.is_closed() {
+                            let req =
+                                hyper::Request::post(format!("http://127.0.0.1:{port}{PATH}"))
+                                    .header("x-goog-api-key", ATTACKER)
+                                    .header("content-type", "application/json")
+                                    .header("content-length", body.len())
+                                    .body(Full::new(body.clone()))
+                                    .unwrap();
+                            let what = match sender.send_request(req).await {
+                                Ok(resp) => {
+                                    let status = resp.status().as_u16();
+                                    let _ = resp.into_body().collect().await;
+                                    status.to_string()
+                                }
+                                // hyper's words, without the connection's details.
+                                Err(e) => format!(
+                                    "error: {}",
+                                    e.to_string().chars().take(60).collect::<String>()
+                                ),
+                            };
+                            let again = what != "200";
+                            count(&outcomes, what);
+                            if again {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
                         }
-                        Err(_) => "stream error".to_string(),
-                    };
-                    let again = what != "200";
-                    *outcomes.lock().unwrap().entry(what).or_default() += 1;
-                    if again {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+                    }));
                 }
-            }));
-        }
+                for b in busy {
+                    let _ = b.await;
+                }
+            }
+        }));
     }
 
     // The fresh client: a small request every 500 ms, over HTTP/1.1.
