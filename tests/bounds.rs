@@ -201,7 +201,12 @@ async fn made_up_models_cannot_fill_the_queue_past_its_global_bound() {
         tasks.push(tokio::spawn(async move {
             let t0 = Instant::now();
             let r = generate(&url, &m, "again").await;
-            (r.status().as_u16(), t0.elapsed())
+            let status = r.status().as_u16();
+            let message = json_of(r).await["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            (status, t0.elapsed(), message)
         }));
     }
     // The forty lines' heads cannot all wait: thirty do, ten are refused at once.
@@ -221,9 +226,10 @@ async fn made_up_models_cannot_fill_the_queue_past_its_global_bound() {
     }
     assert_eq!(proxy.state.queues.waiting(), 30);
     assert_eq!(refused.len(), 10, "{refused:?}");
-    for (status, took) in &refused {
+    for (status, took, message) in &refused {
         assert_eq!(*status, 429);
         assert!(*took < Duration::from_secs(5), "{took:?}");
+        assert!(message.contains("queue is full"), "{message}");
     }
     let (_, v) = quota_status(&proxy.url, ADMIN_TOKEN).await;
     assert_eq!(v["quota_status"]["queue"]["waiting"], 30, "{v}");
