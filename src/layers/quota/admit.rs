@@ -57,13 +57,12 @@ pub(super) async fn admit(
     if candidates.len() > avoid.len() {
         candidates.retain(|c| !avoid.contains(&c.index));
     }
-    // A request no project could ever take is a client error, not a wait.
-    let largest = candidates
-        .iter()
-        .map(|c| c.limits.max_request_tokens.min(c.limits.token_minute))
-        .max()
-        .unwrap_or(0);
-    if est.tokens > largest {
+    // A request no project could ever take is a client error, not a wait; one over a
+    // project's own per-request cap never lands on that project.
+    let cap = |c: &crate::quota::Candidate| c.limits.max_request_tokens.min(c.limits.token_minute);
+    let largest = candidates.iter().map(cap).max().unwrap_or(0);
+    candidates.retain(|c| est.tokens <= cap(c));
+    if candidates.is_empty() {
         state.metrics.refused("max_request_tokens");
         return Err(ApiError::InvalidArgument(format!(
             "The request is estimated at {} input tokens, over this proxy's limit of {} tokens per request for {}.",

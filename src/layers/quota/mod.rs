@@ -294,8 +294,16 @@ where
             };
             let key = &state.pool.keys[index];
             served.key = Some(index);
-            // Dropped unsettled (an error, a retry) it refunds the estimate by itself.
-            let settlement = reservation.map(|r| Settlement::new(state.store.clone(), r));
+            // Dropped unsettled (an error, a retry) it refunds the estimate by itself. An
+            // embedding's answer carries no usage: it settles to its estimate.
+            let settlement = reservation.map(|r| {
+                let s = Settlement::new(state.store.clone(), r);
+                if route.family == QuotaFamily::Embed {
+                    s.keeping_estimate_unreported()
+                } else {
+                    s
+                }
+            });
             let Some(request) = upstream::build_request(
                 &self.upstream,
                 &parts.method,
