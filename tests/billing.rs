@@ -113,3 +113,113 @@ max_request_tokens = 8000
     assert!(message.contains("8000"), "{message}");
     assert!(fake.calls(":generateContent").is_empty());
 }
+
+/// A ledger batch Redis refuses to read: one value over the server's `proto-max-bulk-len`, so
+/// Redis drops the connection each time it is sent (and it is sent again and again: the rider
+/// is told to retry).
+struct OversizedLedger {
+    /// Nothing is due until armed.
+    armed: std::sync::atomic::AtomicBool,
+    outcomes: std::sync::Mutex<Vec<gemini_quota_proxy::quota::redis::RideOutcome>>,
+}
+
+impl gemini_quota_proxy::quota::redis::Rider for OversizedLedger {
+    fn take(&self) -> Option<gemini_quota_proxy::quota::redis::RiderBatch> {
+        use gemini_quota_proxy::quota::redis::{HashAdd, RiderBatch};
+        if !self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        // One value of 1.2 MB, over the 1 MB the test's Redis takes for one argument.
+        let fields = vec![("p|m|k|c".to_string(), "1 ".repeat(600_000))];
+        Some(RiderBatch {
+            id: "r1:1".into(),
+            hashes: vec![HashAdd {
+                suffix: "led:m:1000".into(),
+                ttl_secs: 60,
+                fields,
+            }],
+            since_ms: 60_000_000,
+            late: false,
+        })
+    }
+
+    fn done(&self, outcome: gemini_quota_proxy::quota::redis::RideOutcome) {
+        self.outcomes.lock().unwrap().push(outcome);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlements_apply_while_redis_refuses_the_ledger_batch_riding_with_them() {
+    use gemini_quota_proxy::quota::redis::{RedisStore, RideOutcome};
+    use gemini_quota_proxy::quota::{
+        AdmitOutcome, AdmitRequest, Candidate, Limits, QuotaStore, Strategy,
+    };
+    use gemini_quota_proxy::secret::Secret;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let redis = RedisServer::start_with(&["--proto-max-bulk-len", "1mb"]);
+    let store = RedisStore::connect(
+        &Secret::new(redis.url.clone()),
+        "bill",
+        Duration::from_secs(2),
+        chrono_tz::America::Los_Angeles,
+    )
+    .unwrap();
+    let ledger = Arc::new(OversizedLedger {
+        armed: Default::default(),
+        outcomes: Default::default(),
+    });
+    assert!(store.shared_io().attach(ledger.clone()));
+    let request = AdmitRequest {
+        model: "gemini-2.5-flash".into(),
+        tokens: 100,
+        candidates: vec![Candidate {
+            index: 0,
+            kid: "kid0".into(),
+            project: "p".into(),
+            limits: Limits {
+                minute: 100,
+                token_minute: 1_000_000,
+                daily: 1000,
+                max_request_tokens: u64::MAX,
+            },
+        }],
+        strategy: Strategy::Headroom,
+        rotation: 0,
+    };
+    let AdmitOutcome::Admitted(r) = store.admit(&request).await.unwrap() else {
+        panic!("admitted");
+    };
+    assert_eq!(store.usage().await.unwrap()[0].2.minute_tokens, 100);
+    // Google reported 5 input tokens: queued for the batch writer, which sends it with the
+    // ledger's oversized batch.
+    ledger
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(store.settle_later(&r, 5));
+    // Polled (the usage read is async; `eventually` takes a plain closure).
+    let mut settled = false;
+    for _ in 0..100 {
+        if store
+            .usage()
+            .await
+            .ok()
+            .and_then(|u| u.first().map(|(_, _, u)| u.minute_tokens))
+            == Some(5)
+        {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let outcomes = ledger.outcomes.lock().unwrap().clone();
+    assert!(
+        !outcomes.is_empty() && !outcomes.contains(&RideOutcome::Written),
+        "the ledger batch was refused: {outcomes:?}"
+    );
+    assert!(
+        settled,
+        "the settlement applied apart from the ledger batch"
+    );
+}
