@@ -223,3 +223,76 @@ async fn settlements_apply_while_redis_refuses_the_ledger_batch_riding_with_them
         "the settlement applied apart from the ledger batch"
     );
 }
+
+/// The ledger's totals over the last hour.
+async fn totals(proxy: &str) -> Value {
+    let r = http()
+        .get(format!("{proxy}/api/ai/usage/?group_by=none"))
+        .header("x-goog-api-key", ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    json_of(r).await["totals"].clone()
+}
+
+/// Input tokens the store holds in the minute window, summed over every (project, model).
+async fn minute_tokens(proxy: &Proxy) -> u64 {
+    let usage = proxy.state.store.usage().await.unwrap();
+    usage.iter().map(|(_, _, u)| u.minute_tokens).sum()
+}
+
+/// A generateContent whose client reads the head and leaves before the body's usage arrives.
+async fn leave_after_head(proxy: &str) {
+    let r = generate(proxy, "gemini-2.5-flash", &"q".repeat(400)).await;
+    assert_eq!(r.status(), 200);
+    drop(r);
+}
+
+/// (ledger input tokens, store minute tokens) once the ledger shows `want` input tokens, or
+/// after 10 s.
+async fn counted_when(proxy: &Proxy, want: u64) -> (u64, u64) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let t = totals(&proxy.url).await;
+        let got = (
+            t["input_tokens"].as_u64().unwrap_or(0),
+            minute_tokens(proxy).await,
+        );
+        if got == (want, want) || std::time::Instant::now() > end {
+            return got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_the_usage_still_has_the_real_usage_recorded() {
+    let fake = FakeUpstream::start().await;
+    fake.behave(|b| {
+        b.prompt_tokens = Some(1234);
+        b.slow_body = Some(std::time::Duration::from_millis(500));
+    });
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS[..1])).await;
+    leave_after_head(&proxy.url).await;
+    // The rest of the answer is read without the client: Google's count, not the estimate
+    // (100) and not 0.
+    assert_eq!(counted_when(&proxy, 1234).await, (1234, 1234));
+    assert_eq!(totals(&proxy.url).await["requests"], 1);
+    assert!(totals(&proxy.url).await["cost_usd"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_a_large_answer_has_its_estimate_recorded() {
+    let fake = FakeUpstream::start().await;
+    fake.behave(|b| {
+        b.prompt_tokens = Some(1234);
+        b.slow_body = Some(std::time::Duration::from_millis(300));
+        // More than the proxy reads without a client before the usage comes.
+        b.slow_body_pad = 2 * 1024 * 1024;
+    });
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS[..1])).await;
+    leave_after_head(&proxy.url).await;
+    // 400 characters: the estimate, 100 tokens, stays counted and is recorded.
+    assert_eq!(counted_when(&proxy, 100).await, (100, 100));
+}

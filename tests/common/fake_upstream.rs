@@ -97,6 +97,11 @@ pub struct Behaviour {
     /// Report these too in every usage object (streams: the same on every chunk, as
     /// cumulative usage of a finished thought and tool call would be).
     pub usage_extra: UsageExtra,
+    /// generateContent answers send their head and the start of the body at once, then wait
+    /// this long before the rest (the `usageMetadata` comes last), as a slow Google answer does.
+    pub slow_body: Option<Duration>,
+    /// Whitespace (valid JSON) sent before a slow body's `usageMetadata`, in 64 KiB pieces.
+    pub slow_body_pad: usize,
 }
 
 /// Usage fields beyond the prompt and candidates counts.
@@ -462,6 +467,13 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
             answer["candidates"][0]["groundingMetadata"] =
                 json!({"webSearchQueries": ["q"], "groundingChunks": []});
         }
+        let (slow, pad) = {
+            let b = st.behaviour.lock().unwrap();
+            (b.slow_body, b.slow_body_pad)
+        };
+        if let Some(pause) = slow {
+            return slow_answer(answer.to_string(), pause, pad);
+        }
         return axum::Json(answer).into_response();
     }
     if path.contains(":streamGenerateContent") {
@@ -560,6 +572,44 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         &format!("fake upstream has no {path}"),
         vec![],
     )
+}
+
+/// `answer` up to its `"usageMetadata"` at once, then after `pause` `pad` bytes of
+/// whitespace and the rest.
+fn slow_answer(answer: String, pause: Duration, pad: usize) -> Response {
+    let at = answer.find("\"usageMetadata\"").unwrap_or(answer.len());
+    let (head, tail) = answer.split_at(at);
+    let head = Bytes::from(head.to_string());
+    let tail = Bytes::from(tail.to_string());
+    let pieces = pad.div_ceil(64 * 1024);
+    let stream = futures_util::stream::unfold(0usize, move |i| {
+        let (head, tail) = (head.clone(), tail.clone());
+        async move {
+            let piece = match i {
+                0 => head,
+                _ if i <= pieces => {
+                    if i == 1 {
+                        tokio::time::sleep(pause).await;
+                    }
+                    let n = (pad - (i - 1) * 64 * 1024).min(64 * 1024);
+                    Bytes::from(" ".repeat(n))
+                }
+                _ if i == pieces + 1 => {
+                    if pieces == 0 {
+                        tokio::time::sleep(pause).await;
+                    }
+                    tail
+                }
+                _ => return None,
+            };
+            Some((Ok::<_, Infallible>(piece), i + 1))
+        }
+    });
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json; charset=UTF-8")
+        .body(Body::from_stream(stream))
+        .unwrap()
 }
 
 fn model_json(m: &str) -> Value {
