@@ -51,14 +51,17 @@ impl AtEnd {
     /// with its usage if any was read, else with the estimate as its input tokens, since
     /// Google ran the request. Recording no usage would refund it and make it free.
     pub fn close_unfinished(self, usage: Option<TokenUsage>) {
-        let usage = usage.or_else(|| {
-            let estimate = self.settlement.as_ref()?.reservation()?.tokens;
-            Some(TokenUsage {
-                input: estimate,
-                ..TokenUsage::default()
-            })
-        });
-        self.close(usage);
+        let estimate = self
+            .settlement
+            .as_ref()
+            .and_then(Settlement::reservation)
+            .map_or(0, |r| r.tokens);
+        if let Some(s) = self.settlement {
+            s.settle(Some(usage.map_or(estimate, |u| u.input)));
+        }
+        if let Some(t) = self.tally {
+            t.close_unfinished(usage, estimate);
+        }
     }
 }
 

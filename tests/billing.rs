@@ -296,3 +296,175 @@ async fn a_client_that_leaves_a_large_answer_has_its_estimate_recorded() {
     // 400 characters: the estimate, 100 tokens, stays counted and is recorded.
     assert_eq!(counted_when(&proxy, 100).await, (100, 100));
 }
+
+/// The ledger's totals once `field` reaches `want`, or after 10 s.
+async fn totals_when(proxy: &str, field: &str, want: f64) -> Value {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let t = totals(proxy).await;
+        if t[field].as_f64() == Some(want) || std::time::Instant::now() > end {
+            return t;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn close(got: &Value, want: f64) -> bool {
+    got.as_f64().is_some_and(|g| (g - want).abs() < 1e-9)
+}
+
+async fn imagen(proxy: &str, images: u64) -> reqwest::Response {
+    post(
+        format!("{proxy}/v1beta/models/imagen-4.0-generate-001:predict"),
+        json!({"instances": [{"prompt": "a lighthouse at dusk"}],
+               "parameters": {"sampleCount": images}}),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_calls_are_counted_in_images_priced_per_image_and_limited_per_minute() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&KEYS[..1]).toml("[limits]\nimages_per_minute = 3\n"),
+    )
+    .await;
+    let r = imagen(&proxy.url, 2).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(r).await["predictions"].as_array().unwrap().len(), 2);
+    // Recorded per client and model, with its cost: 2 images at 0.04 USD.
+    let t = totals_when(&proxy.url, "images", 2.0).await;
+    assert_eq!(t["images"], 2, "{t}");
+    assert_eq!(t["requests"], 1, "{t}");
+    assert!(close(&t["cost_usd"], 0.08), "{t}");
+    assert_eq!(t["unpriced_requests"], 0, "{t}");
+    // Per model and per client.
+    for (group, name) in [("model", "imagen-4.0-generate-001"), ("client", "")] {
+        let r = http()
+            .get(format!("{}/api/ai/usage/?group_by={group}", proxy.url))
+            .header("x-goog-api-key", ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let by = json_of(r).await;
+        let series = by["series"].as_array().unwrap();
+        assert_eq!(series.len(), 1, "{by}");
+        if !name.is_empty() {
+            assert_eq!(series[0]["group"][group], name, "{by}");
+        }
+        let images: u64 = series[0]["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["images"].as_u64().unwrap())
+            .sum();
+        assert_eq!(images, 2, "{by}");
+    }
+    // Two more images would make 4 in the minute, over 3: refused before Google sees them.
+    let r = imagen(&proxy.url, 2).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(json_of(r).await["error"]["status"], "RESOURCE_EXHAUSTED");
+    // One more fits.
+    let r = imagen(&proxy.url, 1).await;
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    assert_eq!(fake.calls(":predict").len(), 2);
+    // The status page's cost shows them (its outlook refreshes in the background).
+    let want = 0.12;
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (_, s) = quota_status(&proxy.url, ADMIN_TOKEN).await;
+        let got = &s["quota_status"]["cost"]["today"]["cost_usd"];
+        if close(got, want) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "status cost {got}, want {want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_calls_are_counted_in_seconds_and_priced_per_second() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&KEYS[..1]).toml("[limits]\nvideo_minute = 1\n"),
+    )
+    .await;
+    let veo = || {
+        post(
+            format!(
+                "{}/v1beta/models/veo-3.0-generate-001:predictLongRunning",
+                proxy.url
+            ),
+            json!({"instances": [{"prompt": "waves"}], "parameters": {"durationSeconds": 8}}),
+        )
+    };
+    let r = veo().await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        json_of(r).await["name"],
+        "models/veo-3.0-generate-001/operations/op1"
+    );
+    let t = totals_when(&proxy.url, "video_seconds", 8.0).await;
+    assert_eq!(t["video_seconds"], 8, "{t}");
+    // 8 seconds at 0.40 USD.
+    assert!(close(&t["cost_usd"], 3.2), "{t}");
+    // One video request a minute.
+    let r = veo().await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(fake.calls(":predictLongRunning").len(), 1);
+}
+
+async fn answer(proxy: &str) -> reqwest::Response {
+    post(
+        format!("{proxy}/v1beta/models/aqa:generateAnswer"),
+        json!({"contents": [{"role": "user", "parts": [{"text": "w".repeat(400)}]}],
+               "answerStyle": "ABSTRACTIVE",
+               "inlinePassages": {"passages": [{"id": "p1", "content": {"parts": [{"text": "x"}]}}]}}),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_answer_calls_are_counted_at_their_estimate_and_unpriced_ones_are_shown() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS[..1])).await;
+    let r = answer(&proxy.url).await;
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    // No usage in the answer: the estimate (the question's 400 characters and the inline
+    // passage's JSON: 108 tokens) is counted, in the ledger and against the quota, and the
+    // call shows as unpriced.
+    let t = totals_when(&proxy.url, "input_tokens", 108.0).await;
+    assert_eq!(t["input_tokens"], 108, "{t}");
+    assert_eq!(t["unpriced_requests"], 1, "{t}");
+    assert_eq!(minute_tokens(&proxy).await, 108);
+}
+
+#[tokio::test]
+async fn unpriced_billable_calls_are_refused_when_the_configuration_says_so() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&KEYS[..1]).toml("[limits]\nunpriced = \"refuse\"\n"),
+    )
+    .await;
+    let r = answer(&proxy.url).await;
+    assert_eq!(r.status(), 400);
+    let v = json_of(r).await;
+    assert_eq!(v["error"]["status"], "INVALID_ARGUMENT", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("prices"),
+        "{v}"
+    );
+    assert!(fake.calls(":generateAnswer").is_empty());
+    // A priced one passes.
+    let r = imagen(&proxy.url, 1).await;
+    assert_eq!(r.status(), 200);
+}

@@ -1,5 +1,6 @@
 //! A fake Gemini API on 127.0.0.1:0 that speaks Google's wire format: generate, SSE and
-//! JSON-array streams with cumulative usageMetadata, countTokens, embed, models, OpenAI chat,
+//! JSON-array streams with cumulative usageMetadata, countTokens, embed, Imagen `:predict`, Veo
+//! `:predictLongRunning` (an operation), `:generateAnswer`, models, OpenAI chat,
 //! the resumable upload handshake, cachedContents create, 429 with QuotaFailure + RetryInfo,
 //! 400 API_KEY_INVALID, Google's texts that echo client input (an unknown body field, a file
 //! name) and 5xx. It records every request so tests can assert what the proxy sent.
@@ -508,6 +509,36 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
             .header("content-type", ct)
             .body(Body::from_stream(stream))
             .unwrap();
+    }
+    if path.contains(":predictLongRunning") {
+        // Veo: a long-running operation, polled at models/MODEL/operations/ID.
+        let model = path
+            .rsplit('/')
+            .next()
+            .and_then(|m| m.split(':').next())
+            .unwrap_or("veo");
+        return axum::Json(json!({"name": format!("models/{model}/operations/op1")}))
+            .into_response();
+    }
+    if path.contains(":predict") {
+        // Imagen: one prediction per image asked for (parameters.sampleCount, default 4).
+        let n = json_body
+            .pointer("/parameters/sampleCount")
+            .and_then(Value::as_u64)
+            .unwrap_or(4);
+        let predictions: Vec<Value> = (0..n)
+            .map(|_| json!({"bytesBase64Encoded": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==", "mimeType": "image/png"}))
+            .collect();
+        return axum::Json(json!({"predictions": predictions})).into_response();
+    }
+    if path.contains(":generateAnswer") {
+        // Attributed question answering: an answer and how answerable it was; no usage.
+        return axum::Json(json!({
+            "answer": {"content": {"parts": [{"text": format!("answer: {}", first_text(&json_body))}], "role": "model"},
+                       "finishReason": "STOP", "index": 0},
+            "answerableProbability": 0.9
+        }))
+        .into_response();
     }
     if path.contains(":countTokens") {
         return axum::Json(json!({"totalTokens": text_tokens(&json_body), "promptTokensDetails": [{"modality": "TEXT", "tokenCount": text_tokens(&json_body)}]})).into_response();
