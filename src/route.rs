@@ -151,9 +151,11 @@ impl Route {
             route.family = match &segments[1..] {
                 ["chat", "completions"] => QuotaFamily::Generate,
                 ["embeddings"] => QuotaFamily::Embed,
+                ["images", "generations"] => QuotaFamily::Image,
                 _ => QuotaFamily::Free,
             };
-            route.unreported_usage = route.family == QuotaFamily::Embed;
+            route.unreported_usage =
+                matches!(route.family, QuotaFamily::Embed | QuotaFamily::Image);
             for s in &segments[1..] {
                 if !valid_name(s) {
                     return Err(invalid("path segment", s));
@@ -322,6 +324,9 @@ mod tests {
         assert!(r.unreported_usage);
         let r = post("/v1beta/models/veo-3.0-generate-001:predictLongRunning").unwrap();
         assert_eq!(r.family, QuotaFamily::Video);
+        assert!(r.unreported_usage);
+        let r = post("/v1beta/openai/images/generations").unwrap();
+        assert_eq!(r.family, QuotaFamily::Image);
         assert!(r.unreported_usage);
         let r = post("/v1beta/models/aqa:generateAnswer").unwrap();
         assert_eq!(r.family, QuotaFamily::Generate);

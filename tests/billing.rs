@@ -468,3 +468,25 @@ async fn unpriced_billable_calls_are_refused_when_the_configuration_says_so() {
     let r = imagen(&proxy.url, 1).await;
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_image_generations_are_counted_and_priced_per_image() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS[..1])).await;
+    let r = http()
+        .post(format!("{}/v1beta/openai/images/generations", proxy.url))
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+        .json(
+            &json!({"model": "imagen-4.0-fast-generate-001", "prompt": "a boat", "n": 3,
+                      "response_format": "b64_json"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(r).await["data"].as_array().unwrap().len(), 3);
+    // 3 images at 0.02 USD.
+    let t = totals_when(&proxy.url, "images", 3.0).await;
+    assert_eq!(t["images"], 3, "{t}");
+    assert!(close(&t["cost_usd"], 0.06), "{t}");
+}

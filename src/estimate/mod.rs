@@ -72,6 +72,17 @@ pub fn estimate(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
         }
         est.stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
         match route.family {
+            // OpenAI image generation: `n` images (default 1), counted as images.
+            QuotaFamily::Image => {
+                est.tokens = match obj.get("n") {
+                    None | Some(Value::Null) => 1,
+                    Some(v) => v
+                        .as_u64()
+                        .map(|n| n.min(MAX_COUNT))
+                        .ok_or_else(|| bad("Invalid value at 'n': expected a whole number"))?,
+                };
+                return Ok(est);
+            }
             QuotaFamily::Embed => match obj.get("input") {
                 Some(Value::String(s)) => acc.text(s),
                 Some(Value::Array(items)) => {

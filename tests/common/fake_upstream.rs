@@ -435,6 +435,14 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         )
     };
 
+    if path.ends_with("/openai/images/generations") {
+        // OpenAI-shaped image generation: `n` images (default 1) as base64, no usage.
+        let n = json_body["n"].as_u64().unwrap_or(1);
+        let data: Vec<Value> = (0..n)
+            .map(|_| json!({"b64_json": "iVBORw0KGgo=", "revised_prompt": first_text(&json_body)}))
+            .collect();
+        return axum::Json(json!({"created": 1, "data": data})).into_response();
+    }
     if path.ends_with("/openai/chat/completions") {
         return axum::Json(json!({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": json_body["model"],
