@@ -365,7 +365,13 @@ async fn image_calls_are_counted_in_images_priced_per_image_and_limited_per_minu
     let r = imagen(&proxy.url, 2).await;
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
-    assert_eq!(json_of(r).await["error"]["status"], "RESOURCE_EXHAUSTED");
+    let v = json_of(r).await;
+    assert_eq!(v["error"]["status"], "RESOURCE_EXHAUSTED");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("images-per-minute limit of 3"),
+        "{message}"
+    );
     // One more fits.
     let r = imagen(&proxy.url, 1).await;
     assert_eq!(r.status(), 200);

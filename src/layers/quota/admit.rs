@@ -261,7 +261,7 @@ fn refusal_error(route: &Route, model: &str, r: Refusal) -> ApiError {
             message: format!(
                 "Quota exceeded for {}: {} limit of {} reached in every project of this proxy's pool. Retry in {}.",
                 model,
-                describe(limit),
+                describe(limit, route.family),
                 r.limit_value,
                 crate::error::format_retry_delay(retry_after_ms)
             ),
@@ -327,9 +327,12 @@ pub(super) fn is_refusal(e: &ApiError) -> bool {
     )
 }
 
-fn describe(limit: LimitKind) -> &'static str {
+/// The limit's name in a refusal; an image or video call's "tokens" are images or seconds.
+fn describe(limit: LimitKind, family: QuotaFamily) -> &'static str {
     match limit {
         LimitKind::RequestsPerMinute => "requests-per-minute",
+        LimitKind::TokensPerMinute if family == QuotaFamily::Image => "images-per-minute",
+        LimitKind::TokensPerMinute if family == QuotaFamily::Video => "video-seconds-per-minute",
         LimitKind::TokensPerMinute => "input-tokens-per-minute",
         LimitKind::RequestsPerDay => "requests-per-day",
     }
