@@ -382,6 +382,27 @@ mod tests {
     }
 
     #[test]
+    fn image_output_per_image_and_video_per_second_are_priced_from_the_embedded_table() {
+        let p = Prices::embedded();
+        let cost = |model: &str, u: TokenUsage| p.cost(model, &u, Billing::Paid).list_nano;
+        // One 1024x1024 image out of gemini-2.5-flash-image: 1,290 tokens at 30 USD per 1M.
+        assert_eq!(
+            cost("gemini-2.5-flash-image-preview", usage(0, 0, 0, 1290, 0)),
+            38_700_000
+        );
+        let images = TokenUsage {
+            images: 3,
+            ..TokenUsage::default()
+        };
+        assert_eq!(cost("imagen-4.0-generate-001", images), 120_000_000);
+        let video = TokenUsage {
+            video_seconds: 8,
+            ..TokenUsage::default()
+        };
+        assert_eq!(cost("veo-3.0-fast-generate-001", video), 1_200_000_000);
+    }
+
+    #[test]
     fn embedded_table_parses_and_dates_and_sources_every_entry() {
         let p = Prices::embedded();
         for model in [
