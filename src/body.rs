@@ -15,7 +15,7 @@ use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame};
 use tokio::time::{Instant, Sleep};
 
-use crate::ledger::{Tally, TokenUsage, UsageScanner};
+use crate::ledger::{ImageCounter, Tally, TokenUsage, UsageScanner};
 use crate::quota::Settlement;
 
 /// Most bytes read, after the client left, from the rest of a non-streaming answer to find
@@ -25,11 +25,14 @@ pub const DRAIN_LIMIT: usize = 1024 * 1024;
 pub const DRAIN_TIME: Duration = Duration::from_secs(10);
 
 /// What happens when an answer's body ends: its reservation settles to the input tokens Google
-/// reported, and the ledger records its tokens and cost.
+/// reported (an image call's: the images it returned), and the ledger records its tokens and
+/// cost.
 #[derive(Default)]
 pub struct AtEnd {
     pub settlement: Option<Settlement>,
     pub tally: Option<Tally>,
+    /// An image call's answer: its images, counted as it passes (the answer's usage).
+    pub images: Option<ImageCounter>,
 }
 
 impl AtEnd {
@@ -37,10 +40,28 @@ impl AtEnd {
         self.settlement.is_none() && self.tally.is_none()
     }
 
-    /// Settle and record with the last usage read (`None`: the answer reported none).
+    /// Read a chunk of the answer for what it counts besides usage (its images).
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if let Some(c) = self.images.as_mut() {
+            c.feed(chunk);
+        }
+    }
+
+    /// Settle and record with the last usage read (`None`: the answer reported none), or, for
+    /// an image call, with the images the whole answer held.
     pub fn close(self, usage: Option<TokenUsage>) {
+        let (usage, settle_to) = match &self.images {
+            Some(c) => (
+                Some(TokenUsage {
+                    images: c.count(),
+                    ..TokenUsage::default()
+                }),
+                Some(c.count()),
+            ),
+            None => (usage, usage.map(|u| u.input)),
+        };
         if let Some(s) = self.settlement {
-            s.settle(usage.map(|u| u.input));
+            s.settle(settle_to);
         }
         if let Some(t) = self.tally {
             t.close(usage);
@@ -138,6 +159,9 @@ impl<B> ProxyBody<B> {
         if let Some(s) = self.scanner.as_mut() {
             s.feed(&prefix);
         }
+        if let Some(e) = self.at_end.as_mut() {
+            e.feed(&prefix);
+        }
         self.prefix = Some(prefix);
         self
     }
@@ -174,7 +198,7 @@ where
         let Drain {
             mut inner,
             mut scanner,
-            at_end,
+            mut at_end,
             until,
         } = d;
         let read = async {
@@ -183,6 +207,7 @@ where
                 let Ok(frame) = frame else { return false };
                 if let Some(chunk) = frame.data_ref() {
                     scanner.feed(chunk);
+                    at_end.feed(chunk);
                     read += chunk.len();
                     if read > DRAIN_LIMIT {
                         return false;
@@ -192,13 +217,16 @@ where
             true
         };
         let whole = matches!(tokio::time::timeout_at(until, read).await, Ok(true));
-        if !whole {
+        if whole {
+            // Read to its end: settled as if the client had stayed.
+            at_end.close(scanner.usage());
+        } else {
             tracing::info!(
                 limit = DRAIN_LIMIT,
                 "the client left before an answer's usage arrived, and its rest was too large or slow to read: its estimate is recorded"
             );
+            at_end.close_unfinished(scanner.usage());
         }
-        at_end.close_unfinished(scanner.usage());
     });
 }
 
@@ -234,6 +262,9 @@ where
                 if let Some(chunk) = frame.data_ref() {
                     if let Some(s) = this.scanner.as_mut() {
                         s.feed(chunk);
+                    }
+                    if let Some(e) = this.at_end.as_mut() {
+                        e.feed(chunk);
                     }
                     let idle = this.idle;
                     if let Some(t) = this.idle_timer.as_mut() {

@@ -496,3 +496,27 @@ async fn openai_image_generations_are_counted_and_priced_per_image() {
     assert_eq!(t["images"], 3, "{t}");
     assert!(close(&t["cost_usd"], 0.06), "{t}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_call_is_counted_for_the_images_google_returned() {
+    let fake = FakeUpstream::start().await;
+    // One of the three asked for is filtered out: Google returns (and bills) two.
+    fake.behave(|b| b.filtered_images = 1);
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS[..1])).await;
+    let r = imagen(&proxy.url, 3).await;
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    let t = totals_when(&proxy.url, "images", 2.0).await;
+    assert_eq!(t["images"], 2, "{t}");
+    assert!(close(&t["cost_usd"], 0.08), "{t}");
+    // The reservation of 3 images settles to 2.
+    let mut settled = 0;
+    for _ in 0..100 {
+        settled = minute_tokens(&proxy).await;
+        if settled == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(settled, 2);
+}

@@ -9,6 +9,7 @@
 
 pub mod book;
 pub mod forecast;
+pub mod images;
 pub mod names;
 pub mod outlook;
 pub mod prices;
@@ -22,6 +23,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use arc_swap::ArcSwap;
 
 pub use book::{Counters, FIELDS, Series, field};
+pub use images::ImageCounter;
 pub use prices::{Billing, Prices};
 pub use tokens::{TokenUsage, UsageScanner};
 

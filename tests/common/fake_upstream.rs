@@ -103,6 +103,9 @@ pub struct Behaviour {
     pub slow_body: Option<Duration>,
     /// Whitespace (valid JSON) sent before a slow body's `usageMetadata`, in 64 KiB pieces.
     pub slow_body_pad: usize,
+    /// Imagen answers return this many fewer images than asked for, each replaced by a
+    /// `raiFilteredReason` entry (Google's safety filter).
+    pub filtered_images: u64,
 }
 
 /// Usage fields beyond the prompt and candidates counts.
@@ -534,8 +537,13 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
             .pointer("/parameters/sampleCount")
             .and_then(Value::as_u64)
             .unwrap_or(4);
+        let filtered = st.behaviour.lock().unwrap().filtered_images.min(n);
         let predictions: Vec<Value> = (0..n)
-            .map(|_| json!({"bytesBase64Encoded": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==", "mimeType": "image/png"}))
+            .map(|i| if i < n - filtered {
+                json!({"bytesBase64Encoded": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==", "mimeType": "image/png"})
+            } else {
+                json!({"raiFilteredReason": "Your current safety filter threshold filtered out this generated image."})
+            })
             .collect();
         return axum::Json(json!({"predictions": predictions})).into_response();
     }

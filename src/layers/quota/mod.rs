@@ -32,7 +32,7 @@ use crate::error::ApiError;
 use crate::layers::estimate::Estimated;
 use crate::layers::forward::{ForwardError, ForwardErrorKind, Outbound};
 use crate::layers::retry::{self, Budget, Failure};
-use crate::ledger::{Series, TokenUsage, field};
+use crate::ledger::{ImageCounter, Series, TokenUsage, field};
 use crate::pool::affinity;
 use crate::quota::limits::Unpriced;
 use crate::quota::{DayInfo, Settlement};
@@ -479,7 +479,14 @@ where
                     .ledger
                     .tally(series, a.model.clone(), &key.project, fallback)
             });
-            let at_end = AtEnd { settlement, tally };
+            // Google bills the images an image call returned (fewer than asked for when some
+            // were filtered): counted from the answer.
+            let images = (route.family == QuotaFamily::Image).then(ImageCounter::default);
+            let at_end = AtEnd {
+                settlement,
+                tally,
+                images,
+            };
             if route.creates_resource && !streaming {
                 let answer = read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;
                 match &answer {
