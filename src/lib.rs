@@ -23,8 +23,9 @@
 //!    (requests, refusals, Google's 429s and 5xx are counted by [`layers::quota`]).
 //!
 //! Around it: [`config`] (one file per section), [`error`] (Google's error envelope),
-//! [`metrics`], [`telemetry`] (logging), [`allocator`] (mimalloc's settings, applied by the
-//! binary first thing), [`state`] (what every step shares) and, in the background, [`alerts`]
+//! [`metrics`], [`telemetry`] (logging), [`preflight`] (the binary's `--check`), [`allocator`]
+//! (mimalloc's settings, applied by the binary first thing), [`state`] (what every step shares)
+//! and, in the background, [`alerts`]
 //! (rules over the status and the ledger, notifications to webhooks and e-mail, one per
 //! transition across replicas) and [`reload`] (a new configuration swapped in without restart
 //! on `SIGHUP`, a file change or the admin endpoint).
@@ -45,6 +46,7 @@ pub mod layers;
 pub mod ledger;
 pub mod metrics;
 pub mod pool;
+pub mod preflight;
 pub mod quota;
 pub mod reload;
 pub mod route;
