@@ -20,7 +20,9 @@
 //!      built for Google ([`upstream::request`]).
 //! 3. [`body`]: the answer streams back untouched while its usage is read; at its end the
 //!    reservation settles ([`quota::Settlement`]) and the [`ledger`] records its tokens and cost
-//!    (requests, refusals, Google's 429s and 5xx are counted by [`layers::quota`]).
+//!    (requests, refusals, Google's 429s and 5xx are counted by [`layers::quota`]); then
+//!    [`access_log`] writes the request's line, with its time to the head, to the first byte and
+//!    in total.
 //!
 //! Around it: [`config`] (one file per section), [`error`] (Google's error envelope),
 //! [`metrics`], [`telemetry`] (logging), [`preflight`] (the binary's `--check`), [`allocator`]
@@ -33,6 +35,7 @@
 //! Embedding: build a [`Gateway`] from a [`Config`] and mount [`Gateway::service`] in your own
 //! router (`examples/embed.rs`).
 
+pub mod access_log;
 pub mod alerts;
 pub mod allocator;
 pub mod auth;
