@@ -56,6 +56,10 @@ const ENV_OTHERS: &[(&str, &str)] = &[
     ("PROXY_ALERT_EMAIL_FROM", "alerts.email.from"),
     ("PROXY_ALERT_EMAIL_TO", "alerts.email.to (a comma list)"),
     ("RUST_LOG", "the log filter (default: info)"),
+    (
+        "TOKIO_WORKER_THREADS",
+        "request-handling threads (read by Tokio; default: the CPUs)",
+    ),
 ];
 
 /// Every variable with its setting, in the order `--help` lists them.
