@@ -802,7 +802,7 @@ async fn a_burst_that_trips_the_pool_each_project_and_every_key_sends_one_notifi
     let fake = FakeUpstream::start().await;
     let hooks = Receiver::start().await;
     let smtp = SmtpSink::start().await;
-    let proxy = burst_proxy(&fake, &hooks, &smtp, "group_wait_secs = 1").await;
+    let proxy = burst_proxy(&fake, &hooks, &smtp, "group_wait_secs = 3").await;
     // 20 requests: each project and the pool at 100 %, every key spent.
     send(&proxy.url, 20).await;
 
@@ -826,7 +826,7 @@ async fn a_burst_longer_than_group_wait_sends_its_later_alerts_in_one_more_notif
     let fake = FakeUpstream::start().await;
     let hooks = Receiver::start().await;
     let smtp = SmtpSink::start().await;
-    let grouping = "group_wait_secs = 0.3\ngroup_interval_secs = 3";
+    let grouping = "group_wait_secs = 0.3\ngroup_interval_secs = 5";
     let proxy = burst_proxy(&fake, &hooks, &smtp, grouping).await;
     // 80 %: both projects and the pool warn, sent after the group wait.
     send(&proxy.url, 16).await;
