@@ -209,6 +209,10 @@ impl Route {
         match (collection, name) {
             ("models", Some(model)) => {
                 route.model = Some(model.to_string());
+                // A long-running operation (a Veo video) exists in the project that started it.
+                if last == 3 && segments[2] == "operations" {
+                    route.resource = Some(format!("operations/{last_name}"));
+                }
             }
             ("tunedModels", Some(t)) => {
                 route.model = Some(t.to_string());
@@ -240,7 +244,10 @@ impl Route {
                     | "predictLongRunning"
             );
             route.streaming = a == "streamGenerateContent";
-            if a == "batchGenerateContent" || a == "asyncBatchEmbedContent" {
+            if matches!(
+                a,
+                "batchGenerateContent" | "asyncBatchEmbedContent" | "predictLongRunning"
+            ) {
                 route.creates_resource = true;
             }
         }
@@ -371,6 +378,19 @@ mod tests {
         .unwrap();
         assert_eq!(r.resource.as_deref(), Some("uploads/UP1"));
         assert!(post("/v1beta/cachedContents").unwrap().creates_resource);
+        assert!(
+            post("/v1beta/models/veo-3.0-generate-001:predictLongRunning")
+                .unwrap()
+                .creates_resource
+        );
+        let r = Route::parse(
+            &Method::GET,
+            "/v1beta/models/veo-3.0-generate-001/operations/op1",
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.resource.as_deref(), Some("operations/op1"));
+        assert_eq!(r.family, QuotaFamily::Free);
         assert!(post("/upload/v1beta/files").unwrap().creates_resource);
     }
 

@@ -520,3 +520,34 @@ async fn an_image_call_is_counted_for_the_images_google_returned() {
     }
     assert_eq!(settled, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_video_operation_is_polled_with_the_key_that_started_it() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS)).await;
+    let r = post(
+        format!(
+            "{}/v1beta/models/veo-3.0-generate-001:predictLongRunning",
+            proxy.url
+        ),
+        json!({"instances": [{"prompt": "waves"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let op = json_of(r).await["name"].as_str().unwrap().to_string();
+    let started = fake.calls(":predictLongRunning")[0].key();
+    // Polled four times: every poll goes out with the key whose project runs the operation.
+    for _ in 0..4 {
+        let r = http()
+            .get(format!("{}/v1beta/{op}", proxy.url))
+            .header("x-goog-api-key", CLIENT_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(json_of(r).await["done"], true);
+    }
+    let polls = fake.calls("/operations/");
+    assert_eq!(polls.len(), 4);
+    assert!(polls.iter().all(|p| p.key() == started), "{polls:?}");
+}

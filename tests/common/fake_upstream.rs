@@ -581,6 +581,15 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
     if path.ends_with("/models") {
         return axum::Json(json!({"models": [model_json("gemini-2.5-flash"), model_json("gemini-2.5-pro"), model_json("gemini-embedding-001")]})).into_response();
     }
+    if let Some(op) = path
+        .strip_prefix("/v1beta/")
+        .filter(|p| p.contains("/operations/"))
+    {
+        // A finished Veo operation.
+        return axum::Json(json!({"name": op, "done": true, "response": {"@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.PredictLongRunningResponse",
+            "generateVideoResponse": {"generatedSamples": [{"video": {"uri": "https://generativelanguage.googleapis.com/v1beta/files/v1:download?alt=media"}}]}}}))
+        .into_response();
+    }
     if let Some(m) = path.strip_prefix("/v1beta/models/") {
         return axum::Json(model_json(m)).into_response();
     }
