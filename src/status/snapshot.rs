@@ -158,6 +158,10 @@ pub struct QueueView {
 #[derive(Debug, Clone, Serialize)]
 pub struct QueueLineView {
     pub model: String,
+    /// The project of a line of requests pinned to one key (a file they name); absent for a
+    /// model's shared line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// `generate`, `embed`, `image` or `video`.
     pub family: &'static str,
     pub length: usize,
@@ -172,6 +176,7 @@ impl QueueView {
             .into_iter()
             .map(|l| QueueLineView {
                 model: l.model.to_string(),
+                project: l.project.as_deref().map(str::to_string),
                 family: l.family.as_str(),
                 length: l.length,
                 oldest_wait_ms: l.oldest_wait.as_millis() as u64,

@@ -35,6 +35,7 @@ use crate::layers::retry::{self, Budget, Failure};
 use crate::ledger::{ImageCounter, Series, TokenUsage, field};
 use crate::pool::affinity;
 use crate::quota::limits::Unpriced;
+use crate::quota::queue::Claim;
 use crate::quota::{DayInfo, Settlement};
 use crate::route::QuotaFamily;
 use crate::state::AppState;
@@ -274,6 +275,11 @@ where
             served.attempts = attempt;
             let reservation = match quota_model {
                 Some(model) => {
+                    // What this request holds while it waits, for the queue's bounds.
+                    let claim = Claim {
+                        client: account.map_or(0, |a| a.client),
+                        bytes: body.len() as u64,
+                    };
                     let admitted = admit::admit(
                         state,
                         route,
@@ -283,11 +289,12 @@ where
                         &avoid,
                         deadline,
                         allowance,
+                        claim,
                     )
                     .await;
                     let waited = match &admitted {
                         Ok(a) => a.waited,
-                        Err(_) => None,
+                        Err(n) => n.waited,
                     };
                     if let Some(w) = waited {
                         // Time in line is not taken from the tries' budget, nor given twice.
@@ -295,8 +302,10 @@ where
                         allowance = allowance.saturating_sub(w);
                         deadline += w;
                     }
-                    let admitted =
-                        admitted.inspect_err(|e| served.refused = admit::is_refusal(e))?;
+                    let admitted = admitted.map_err(|n| {
+                        served.refused = admit::is_refusal(&n.error);
+                        n.error
+                    })?;
                     Some(admitted.reservation)
                 }
                 None => None,
