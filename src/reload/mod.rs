@@ -146,6 +146,7 @@ impl Live {
                     restart_required = %r.generation.restart_required.get().join(","),
                     "configuration reloaded"
                 );
+                self.current().config.log_warnings();
             }
             Ok(r) => {
                 current
