@@ -81,7 +81,19 @@ pub async fn remember_upload(
     let Ok(uri) = url.parse::<http::Uri>() else {
         return;
     };
-    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    // Only the session's own parameters go to the client: a `key` (or `$key`) the upstream
+    // put in the URL would be the pooled key.
+    let query: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty() && !crate::auth::is_query_credential(p))
+        .collect();
+    let path_and_query = if query.is_empty() {
+        uri.path().to_string()
+    } else {
+        format!("{}?{}", uri.path(), query.join("&"))
+    };
     if let Ok(v) = HeaderValue::from_str(&format!("{client_base}{path_and_query}")) {
         response.insert("x-goog-upload-url", v);
     }

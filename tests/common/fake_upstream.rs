@@ -597,10 +597,15 @@ async fn upload(
             .lock()
             .unwrap()
             .insert(id.clone(), (name, Vec::new()));
-        // Google answers with its own absolute URL; the proxy must point it at itself.
+        // Google answers with its own absolute URL; the proxy must point it at itself. The
+        // key it was called with rides in the query (as `key` and `$key`): the proxy must take
+        // it out, or the client would hold a pooled key.
+        let key = headers
+            .get("x-goog-api-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let url = format!(
-            "https://generativelanguage.googleapis.com{}?upload_id={id}&upload_protocol=resumable",
-            path
+            "https://generativelanguage.googleapis.com{path}?key={key}&upload_id={id}&$key={key}&upload_protocol=resumable"
         );
         return Response::builder()
             .status(200)
