@@ -94,10 +94,13 @@ impl GroupBy {
 }
 
 /// A query of `/api/ai/usage/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
     pub window: Window,
     pub group_by: GroupBy,
+    /// Only this client's usage (series and totals): set for a client key, which may not see
+    /// other clients'. `None`: everyone's (the admin token).
+    pub client: Option<std::sync::Arc<str>>,
 }
 
 impl Query {
@@ -107,6 +110,7 @@ impl Query {
         let mut q = Query {
             window: Window::Hour,
             group_by: GroupBy::Model,
+            client: None,
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -250,8 +254,16 @@ impl Ledger {
         // Group id -> one Counters per point.
         let mut groups: HashMap<u32, Vec<Counters>> = HashMap::new();
         let mut totals = Counters::default();
+        // A client that never called has no id: it matches no series.
+        let only = q
+            .client
+            .as_deref()
+            .map(|name| self.clients.get(name).unwrap_or(u32::MAX));
         self.each_bucket(step != MINUTE_MS, first, last, |i, _, bucket| {
             for (series, c) in bucket {
+                if only.is_some_and(|id| id != series.client) {
+                    continue;
+                }
                 let g = groups
                     .entry(q.group_by.of(series))
                     .or_insert_with(|| vec![Counters::default(); points]);
