@@ -71,12 +71,13 @@ fn memory(now: i64) {
     let q = Query {
         window: Window::Day,
         group_by: GroupBy::Key,
+        client: None,
     };
     let mut times = Vec::new();
     let mut size = 0;
     for _ in 0..5 {
         let t = Instant::now();
-        let report = rt.block_on(ledger.report(q)).unwrap();
+        let report = rt.block_on(ledger.report(q.clone())).unwrap();
         let body = serde_json::to_vec(&report).unwrap();
         times.push(t.elapsed());
         size = body.len();
