@@ -57,6 +57,9 @@ pub struct Route {
     pub creates_resource: bool,
     /// A server-streamed answer is expected (`streamGenerateContent`).
     pub streaming: bool,
+    /// `GET /v1beta/files` and the like: a listing of this collection, whose answer a client
+    /// sees only its own entries of.
+    pub lists: Option<&'static str>,
 }
 
 /// Collections whose members belong to the project that created them.
@@ -128,6 +131,7 @@ impl Route {
             resource: None,
             creates_resource: false,
             streaming: false,
+            lists: None,
         };
 
         if segments[0] == "openai" {
@@ -218,6 +222,9 @@ impl Route {
                 version,
                 route.action.as_deref().unwrap_or("generateContent")
             )));
+        }
+        if *method == http::Method::GET && segments.len() == 1 && route.action.is_none() {
+            route.lists = OWNED_COLLECTIONS.iter().copied().find(|c| *c == collection);
         }
         // Creating a cached content, tuned model or file search store names it in the answer.
         if *method == http::Method::POST

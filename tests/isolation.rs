@@ -155,3 +155,141 @@ async fn a_client_key_sees_the_pools_capacity_but_not_its_spend_nor_alert_channe
     assert!(client["firing"].is_array(), "{client}");
     assert!(client.get("channels").is_none(), "{client}");
 }
+
+/// A file uploaded by `key` (resumable start, then one finalizing chunk): its name.
+async fn upload_as(proxy: &str, key: &str, display: &str) -> String {
+    let client = http();
+    let start = client
+        .post(format!("{proxy}/upload/v1beta/files"))
+        .header("x-goog-api-key", key)
+        .header("x-goog-upload-protocol", "resumable")
+        .header("x-goog-upload-command", "start")
+        .json(&json!({"file": {"display_name": display}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 200);
+    let session = start.headers()["x-goog-upload-url"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let done = client
+        .post(&session)
+        .header("x-goog-api-key", key)
+        .header("x-goog-upload-command", "upload, finalize")
+        .header("x-goog-upload-offset", "0")
+        .body("file contents")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    let v = json_of(done).await;
+    v["file"]["name"].as_str().unwrap().to_string()
+}
+
+fn names_in(listing: &Value) -> Vec<String> {
+    listing["files"]
+        .as_array()
+        .map(|fs| {
+            fs.iter()
+                .map(|f| f["name"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn resources_belong_to_the_client_that_created_them(redis: Option<&RedisServer>) {
+    let fake = FakeUpstream::start().await;
+    let mut opts = two_teams();
+    if let Some(r) = redis {
+        opts = opts.env("REDIS_URL", &r.url);
+    }
+    let proxy = start_proxy(&fake.url, opts).await;
+    let file = upload_as(&proxy.url, TEAM_A, "a's file").await;
+    let id = file.strip_prefix("files/").unwrap();
+    let file_url = format!("{}/v1beta/{file}", proxy.url);
+
+    // The owner and the admin read it.
+    assert_eq!(get_as(&file_url, TEAM_A).await.0, 200);
+    assert_eq!(get_as(&file_url, ADMIN_TOKEN).await.0, 200);
+
+    // Another client gets Google's own answer for a file that is not its own, and its request
+    // never leaves with the owner's key.
+    let before = fake.state.recorded.lock().unwrap().len();
+    let (code, v) = get_as(&file_url, TEAM_B).await;
+    assert_eq!(code, 403, "{v}");
+    assert_eq!(v["error"]["status"], "PERMISSION_DENIED");
+    assert_eq!(
+        v["error"]["message"],
+        format!("You do not have permission to access the File {id} or it may not exist.")
+    );
+    let deleted = http()
+        .delete(&file_url)
+        .header("x-goog-api-key", TEAM_B)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 403);
+    let referenced = http()
+        .post(format!("{}/v1beta/models/{MODEL}:generateContent", proxy.url))
+        .header("x-goog-api-key", TEAM_B)
+        .json(&json!({"contents": [{"role": "user", "parts": [
+            {"text": "describe it"},
+            {"fileData": {"fileUri": format!("https://generativelanguage.googleapis.com/v1beta/{file}"), "mimeType": "text/plain"}}
+        ]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(referenced.status(), 403);
+    assert_eq!(
+        fake.state.recorded.lock().unwrap().len(),
+        before,
+        "a request for another client's file reached the upstream"
+    );
+
+    // A cached content is the same.
+    let created = http()
+        .post(format!("{}/v1beta/cachedContents", proxy.url))
+        .header("x-goog-api-key", TEAM_A)
+        .json(&json!({"model": format!("models/{MODEL}"), "contents": [{"role": "user", "parts": [{"text": "x"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200);
+    let (code, v) = get_as(&format!("{}/v1beta/cachedContents/c1", proxy.url), TEAM_B).await;
+    assert_eq!(code, 403, "{v}");
+
+    // Listings show a client only its own files; the admin sees the whole page.
+    let list_url = format!("{}/v1beta/files", proxy.url);
+    let (code, a) = get_as(&list_url, TEAM_A).await;
+    assert_eq!(code, 200, "{a}");
+    assert_eq!(names_in(&a), vec![file.clone()], "{a}");
+    assert_eq!(a["nextPageToken"], "next-page");
+    let (_, b) = get_as(&list_url, TEAM_B).await;
+    assert!(names_in(&b).is_empty(), "{b}");
+    let (_, admin) = get_as(&list_url, ADMIN_TOKEN).await;
+    assert_eq!(names_in(&admin).len(), 2, "{admin}");
+
+    if let Some(r) = redis {
+        let mut stored = String::new();
+        for k in r.all_keys().lines().filter(|l| l.starts_with('{')) {
+            stored.push_str(k);
+            stored.push_str(&r.cli(&["DUMP", k]).unwrap_or_default());
+        }
+        assert!(stored.contains("team-a"), "the owner is stored by name");
+        for secret in [TEAM_A, TEAM_B, KEYS[0], KEYS[1]] {
+            assert!(!stored.contains(secret), "{secret} in Redis");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_belongs_to_the_client_that_created_it_in_memory() {
+    resources_belong_to_the_client_that_created_them(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_belongs_to_the_client_that_created_it_on_redis() {
+    let redis = RedisServer::start();
+    resources_belong_to_the_client_that_created_them(Some(&redis)).await;
+}

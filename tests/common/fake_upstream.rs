@@ -536,6 +536,16 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         )
         .await;
     }
+    if path == "/v1beta/files" || path == "/v1/files" {
+        // Every uploaded file, and one made outside the proxy (Google lists the project's).
+        let uploads = st.uploads.lock().unwrap();
+        let mut files: Vec<Value> = uploads
+            .values()
+            .map(|(name, data)| file_json(name, data.len()))
+            .collect();
+        files.push(file_json("files/made-elsewhere", 1));
+        return axum::Json(json!({"files": files, "nextPageToken": "next-page"})).into_response();
+    }
     if let Some(id) = path
         .strip_prefix("/v1beta/files/")
         .or_else(|| path.strip_prefix("/v1/files/"))
