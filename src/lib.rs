@@ -3,7 +3,8 @@
 //!
 //! A request's way, module by module:
 //!
-//! 1. [`server`]: the accept loop (header timeout, connection cap, graceful drain) dispatches
+//! 1. [`server`]: the accept loop (header timeout, connection caps in all and per source,
+//!    idle and handshake timeouts: [`conn`]; graceful drain) dispatches
 //!    Gemini paths to the [`gateway`]'s service and the rest to the proxy's own endpoints
 //!    ([`status`]: health, readiness, metrics, quota status and admin reset, usage history).
 //! 2. [`layers`], a tower stack, outermost first:
@@ -38,6 +39,7 @@ pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod estimate;
 pub mod gateway;

@@ -131,6 +131,11 @@ const ENV_NUMBERS: &[(&str, &str)] = &[
     ("GEMINI_MAX_REQUEST_TOKENS", "limits.max_request_tokens"),
     ("PROXY_QUEUE_MAX_WAIT_SECS", "queue.max_wait_secs"),
     ("PROXY_CACHE_TTL_SECS", "cache.ttl_secs"),
+    (
+        "PROXY_MAX_CONNECTIONS_PER_IP",
+        "server.max_connections_per_ip",
+    ),
+    ("PROXY_IDLE_TIMEOUT_SECS", "server.idle_timeout_secs"),
 ];
 
 impl Config {

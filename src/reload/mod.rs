@@ -21,6 +21,11 @@ pub const RESTART_ONLY: &[&str] = &[
     "server.path_prefix",
     "server.header_read_timeout_secs",
     "server.max_connections",
+    "server.max_connections_per_ip",
+    "server.idle_timeout_secs",
+    "server.http2_keepalive_interval_secs",
+    "server.http2_keepalive_timeout_secs",
+    "server.http2_max_streams",
     "server.shutdown_grace_secs",
     "server.watch_config",
     "store.",
@@ -233,6 +238,11 @@ fn keep_running(config: &mut Config, running: &Config) {
     s.path_prefix = r.path_prefix.clone();
     s.header_read_timeout = r.header_read_timeout;
     s.max_connections = r.max_connections;
+    s.max_connections_per_ip = r.max_connections_per_ip;
+    s.idle_timeout = r.idle_timeout;
+    s.http2_keepalive_interval = r.http2_keepalive_interval;
+    s.http2_keepalive_timeout = r.http2_keepalive_timeout;
+    s.http2_max_streams = r.http2_max_streams;
     s.shutdown_grace = r.shutdown_grace;
     s.watch_config = r.watch_config;
     config.store = running.store.clone();
