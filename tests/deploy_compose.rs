@@ -152,7 +152,7 @@ fn two_proxy_replicas_share_one_redis_behind_one_published_port() {
         for var in env.keys() {
             assert!(
                 known.contains(var) || var == "RUST_LOG",
-                "{name}: {var} is not a variable README documents"
+                "{name}: {var} is not a variable docs/configuration.md documents"
             );
         }
         assert_eq!(

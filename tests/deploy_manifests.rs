@@ -418,7 +418,7 @@ fn every_variable_is_one_the_proxy_knows_and_secrets_come_from_the_secret() {
         let name = e["name"].as_str().unwrap();
         assert!(
             known.contains(name),
-            "{name} is not a variable README documents: {known:?}"
+            "{name} is not a variable docs/configuration.md documents: {known:?}"
         );
         if let Some(key) = e["valueFrom"]["secretKeyRef"]["key"].as_str() {
             from_secret.insert(key.to_string());

@@ -288,7 +288,7 @@ fn every_documented_command_is_known_and_its_target_exists() {
     let root = Path::new(ROOT);
     let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
     let script_test = std::fs::read_to_string(root.join("scripts/test")).unwrap();
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let variables = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
     let mut problems = Vec::new();
     for f in &all.commands {
         let at = format!("{}:{}: `{}`", f.file, f.line, f.cmd);
@@ -324,6 +324,10 @@ fn every_documented_command_is_known_and_its_target_exists() {
                             "{at}: scripts/test no longer runs scripts/check-deploy"
                         )),
                     "check-deploy" => {}
+                    "run-tests" if !script_test.contains("scripts/run-tests") => problems.push(
+                        format!("{at}: scripts/test no longer runs scripts/run-tests"),
+                    ),
+                    "run-tests" => {}
                     // Benchmarks take minutes and a quiet machine: syntax-checked here, their
                     // Rust parts (examples/) are built by CI's clippy --all-targets.
                     "test" | "bench" | "bench-h2" => {}
@@ -370,7 +374,7 @@ fn every_documented_command_is_known_and_its_target_exists() {
                 for pair in words.windows(2) {
                     if pair[0] == "-e" {
                         let var = pair[1].split('=').next().unwrap();
-                        if !readme.contains(&format!("`{var}`")) {
+                        if !variables.contains(&format!("`{var}`")) {
                             problems.push(format!("{at}: {var} is not a documented variable"));
                         }
                     }
@@ -401,7 +405,7 @@ fn every_documented_command_is_known_and_its_target_exists() {
                     for w in &words {
                         if let Some(lit) = w.strip_prefix("--from-literal=") {
                             let var = lit.split('=').next().unwrap();
-                            if !readme.contains(&format!("`{var}`")) {
+                            if !variables.contains(&format!("`{var}`")) {
                                 problems.push(format!("{at}: {var} is not a documented variable"));
                             }
                         }
@@ -480,7 +484,7 @@ fn python_snippets_parse() {
     }
 }
 
-/// The quick start as written: the proxy started with step 1's variables (plus the README's
+/// The quick start as written: the proxy started with step 1's variables (plus the docs'
 /// TOML example as `--config`, and the upstream pointed at a fake Gemini), then every curl call
 /// of the docs against it, each answering 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -499,7 +503,7 @@ async fn quick_start_proxy_answers_every_documented_curl() {
         .toml
         .iter()
         .find(|f| f.cmd.contains("[[keys]]"))
-        .expect("the README's config example");
+        .expect("the config example in docs/configuration.md");
     let config = std::env::temp_dir().join(format!("gqp-docs-{}.toml", std::process::id()));
     std::fs::write(&config, &toml.cmd).unwrap();
     let admin = "docs-test-admin-token";

@@ -1,5 +1,5 @@
 //! Reading the deployment files for `tests/deploy_manifests.rs` and `tests/deploy_compose.rs`:
-//! YAML documents as `serde_json::Value`, the environment variables README documents, the
+//! YAML documents as `serde_json::Value`, the environment variables docs/configuration.md documents, the
 //! Dockerfile's user, and nginx directives.
 
 use std::collections::BTreeSet;
@@ -69,14 +69,14 @@ fn to_json(y: &Yaml) -> Value {
     }
 }
 
-/// The environment variables README.md documents: every `NAME` in the first column of the
-/// table under "### Command line and environment".
+/// The environment variables docs/configuration.md documents: every `NAME` in the first column
+/// of the table under "## Command line and environment".
 pub fn documented_env_vars() -> BTreeSet<String> {
-    let readme = std::fs::read_to_string(repo_path("README.md")).unwrap();
-    let section = readme
-        .split("### Command line and environment")
+    let page = std::fs::read_to_string(repo_path("docs/configuration.md")).unwrap();
+    let section = page
+        .split("## Command line and environment")
         .nth(1)
-        .expect("README has a \"### Command line and environment\" section");
+        .expect("docs/configuration.md has a \"## Command line and environment\" section");
     let mut names = BTreeSet::new();
     for line in section
         .lines()
@@ -97,7 +97,7 @@ pub fn documented_env_vars() -> BTreeSet<String> {
     }
     assert!(
         names.contains("REDIS_URL") && names.contains("PROXY_CLIENT_KEYS"),
-        "README's variable table was not found where expected: {names:?}"
+        "docs/configuration.md's variable table was not found where expected: {names:?}"
     );
     names
 }
