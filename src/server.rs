@@ -192,6 +192,7 @@ pub async fn serve(
         .keep_alive_interval(cfg.http2_keepalive_interval)
         .keep_alive_timeout(cfg.http2_keepalive_timeout);
     let per_source = crate::conn::PerSource::new(cfg.max_connections_per_ip);
+    let throttle = crate::throttle::Throttle::default();
     let idle_timeout = cfg.idle_timeout;
     let (http1, http2) = (Arc::new(http1), Arc::new(http2));
     let header_timeout = cfg.header_read_timeout;
@@ -230,12 +231,26 @@ pub async fn serve(
                 let activity = crate::conn::Activity::new();
                 let (gemini, prefix, router) = (gemini.clone(), prefix.clone(), router.clone());
                 let busy_on = activity.clone();
+                let throttle = throttle.clone();
+                let ip = peer.ip();
                 let service = hyper::service::service_fn(move |req| {
                     // Busy from the request's arrival until its response body is done.
                     let busy = busy_on.begin();
-                    let answer = dispatch(gemini.clone(), prefix.clone(), router.clone(), req);
+                    let checked = throttle.check(ip, &req);
+                    let throttle = throttle.clone();
+                    let answer = checked.map(|kind| (kind, dispatch(gemini.clone(), prefix.clone(), router.clone(), req)));
                     async move {
-                        let resp = answer.await?;
+                        let resp = match answer {
+                            Ok((kind, answer)) => {
+                                let resp = answer.await?;
+                                if let Some(kind) = kind {
+                                    throttle.judge(ip, kind, &resp);
+                                }
+                                resp
+                            }
+                            // Refused before its credential is looked at.
+                            Err(refusal) => axum::response::IntoResponse::into_response(refusal),
+                        };
                         Ok::<_, std::convert::Infallible>(resp.map(|body| {
                             axum::body::Body::new(http_body_util::BodyExt::map_frame(
                                 body,

@@ -181,3 +181,81 @@ async fn a_partial_http2_preface_is_closed_at_the_header_timeout_and_the_proxy_s
         .unwrap();
     assert_eq!(buf[3], 4, "its first frame is SETTINGS: {buf:?}");
 }
+
+/// A client whose connections come from `source`.
+fn client_from(source: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(source.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_keeps_presenting_wrong_credentials_is_counted_and_refused_for_a_while() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS)).await;
+    let models = format!("{}/v1beta/models", proxy.url);
+    let guesser = client_from("127.0.0.1");
+    for i in 0..19 {
+        let r = guesser
+            .get(&models)
+            .header("x-goog-api-key", format!("guess-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+    }
+    let r = guesser
+        .post(format!("{}/api/ai/config/reload", proxy.url))
+        .header("authorization", "Bearer not-the-admin-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // The 21st try from that source is refused before its credential is looked at: even the
+    // right key gets 429 in Google's envelope, with Retry-After.
+    let r = guesser
+        .get(&models)
+        .header("x-goog-api-key", CLIENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let retry_after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body = json_of(r).await;
+    assert_eq!(body["error"]["status"], "RESOURCE_EXHAUSTED", "{body}");
+    // Without a credential (a probe) it still passes; another source is served.
+    let r = guesser
+        .get(format!("{}/healthz", proxy.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client_from("127.0.0.2")
+        .get(&models)
+        .header("x-goog-api-key", CLIENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let text = metrics_text(&proxy.url).await;
+    let sample = |kind: &str| -> f64 {
+        text.lines()
+            .find(|l| {
+                l.starts_with("gqp_auth_failures_total{") && l.contains(&format!("kind=\"{kind}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(sample("client_key"), 19.0, "{text}");
+    assert_eq!(sample("admin_token"), 1.0, "{text}");
+    assert!(!text.contains("guess-"), "a tried value in /metrics");
+}
