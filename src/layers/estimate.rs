@@ -35,7 +35,10 @@ impl Estimated {
     /// The model whose quota this call spends, if it spends any.
     pub fn quota_model(&self) -> Option<&str> {
         match self.route.family {
-            QuotaFamily::Generate | QuotaFamily::Embed => self.model(),
+            QuotaFamily::Generate
+            | QuotaFamily::Embed
+            | QuotaFamily::Image
+            | QuotaFamily::Video => self.model(),
             QuotaFamily::Free => None,
         }
     }

@@ -168,6 +168,10 @@ pub struct Numbers {
     /// Tokens and list-price cost those answers saved.
     pub saved_tokens: u64,
     pub saved_cost_usd: f64,
+    /// Images generated (image models) and seconds of video (video models): what those are
+    /// billed by.
+    pub images: u64,
+    pub video_seconds: u64,
 }
 
 /// Nano-USD as USD.
@@ -193,6 +197,8 @@ impl From<&Counters> for Numbers {
             cache_hits: v[field::CACHE_HITS],
             saved_tokens: v[field::SAVED_TOKENS],
             saved_cost_usd: usd(v[field::SAVED_COST]),
+            images: v[field::IMAGES],
+            video_seconds: v[field::VIDEO_SECONDS],
         }
     }
 }

@@ -105,6 +105,7 @@ pub fn not_yours(resource: &str) -> ApiError {
         "batches" => "Batch",
         "tunedModels" => "TunedModel",
         "fileSearchStores" => "FileSearchStore",
+        "operations" => "Operation",
         _ => "upload session",
     };
     ApiError::PermissionDenied(format!(
@@ -319,11 +320,21 @@ pub async fn remember_created(store: &dyn QuotaStore, body: &[u8], kid: &str, cl
         let Some(name) = candidate.get("name").and_then(|n| n.as_str()) else {
             continue;
         };
-        if let Some(resource) = owned_resource(name) {
-            let pin = Pin::encode(kid, client);
+        let pin = Pin::encode(kid, client);
+        // A long-running operation (a Veo video) is polled at models/M/operations/ID.
+        if let ["models", _, "operations", id] = name.split('/').collect::<Vec<_>>()[..]
+            && valid_name(id)
+        {
+            let resource = format!("operations/{id}");
             if let Err(e) = store.set_affinity(&resource, &pin, AFFINITY_TTL_MS).await {
                 tracing::warn!(error = %e, "could not remember the key of a created resource");
             }
+            continue;
+        }
+        if let Some(resource) = owned_resource(name)
+            && let Err(e) = store.set_affinity(&resource, &pin, AFFINITY_TTL_MS).await
+        {
+            tracing::warn!(error = %e, "could not remember the key of a created resource");
         }
     }
 }

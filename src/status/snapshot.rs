@@ -158,7 +158,7 @@ pub struct QueueView {
 #[derive(Debug, Clone, Serialize)]
 pub struct QueueLineView {
     pub model: String,
-    /// `generate` or `embed`.
+    /// `generate`, `embed`, `image` or `video`.
     pub family: &'static str,
     pub length: usize,
     pub oldest_wait_ms: u64,
@@ -172,10 +172,7 @@ impl QueueView {
             .into_iter()
             .map(|l| QueueLineView {
                 model: l.model.to_string(),
-                family: match l.family {
-                    QuotaFamily::Embed => "embed",
-                    _ => "generate",
-                },
+                family: l.family.as_str(),
                 length: l.length,
                 oldest_wait_ms: l.oldest_wait.as_millis() as u64,
             })

@@ -57,13 +57,12 @@ pub(super) async fn admit(
     if candidates.len() > avoid.len() {
         candidates.retain(|c| !avoid.contains(&c.index));
     }
-    // A request no project could ever take is a client error, not a wait.
-    let largest = candidates
-        .iter()
-        .map(|c| c.limits.max_request_tokens.min(c.limits.token_minute))
-        .max()
-        .unwrap_or(0);
-    if est.tokens > largest {
+    // A request no project could ever take is a client error, not a wait; one over a
+    // project's own per-request cap never lands on that project.
+    let cap = |c: &crate::quota::Candidate| c.limits.max_request_tokens.min(c.limits.token_minute);
+    let largest = candidates.iter().map(cap).max().unwrap_or(0);
+    candidates.retain(|c| est.tokens <= cap(c));
+    if candidates.is_empty() {
         state.metrics.refused("max_request_tokens");
         return Err(ApiError::InvalidArgument(format!(
             "The request is estimated at {} input tokens, over this proxy's limit of {} tokens per request for {}.",
@@ -262,7 +261,7 @@ fn refusal_error(route: &Route, model: &str, r: Refusal) -> ApiError {
             message: format!(
                 "Quota exceeded for {}: {} limit of {} reached in every project of this proxy's pool. Retry in {}.",
                 model,
-                describe(limit),
+                describe(limit, route.family),
                 r.limit_value,
                 crate::error::format_retry_delay(retry_after_ms)
             ),
@@ -328,9 +327,12 @@ pub(super) fn is_refusal(e: &ApiError) -> bool {
     )
 }
 
-fn describe(limit: LimitKind) -> &'static str {
+/// The limit's name in a refusal; an image or video call's "tokens" are images or seconds.
+fn describe(limit: LimitKind, family: QuotaFamily) -> &'static str {
     match limit {
         LimitKind::RequestsPerMinute => "requests-per-minute",
+        LimitKind::TokensPerMinute if family == QuotaFamily::Image => "images-per-minute",
+        LimitKind::TokensPerMinute if family == QuotaFamily::Video => "video-seconds-per-minute",
         LimitKind::TokensPerMinute => "input-tokens-per-minute",
         LimitKind::RequestsPerDay => "requests-per-day",
     }
