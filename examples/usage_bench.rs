@@ -81,6 +81,7 @@ fn memory(now: i64) {
                 group_by: GroupBy::Key,
                 limit: None,
                 offset: o,
+                client: None,
             };
             let report = rt.block_on(ledger.report(q)).unwrap();
             size += serde_json::to_vec(&report).unwrap().len();

@@ -3,7 +3,9 @@
 //!
 //! A request's way, module by module:
 //!
-//! 1. [`server`]: the accept loop (header timeout, connection cap, graceful drain) dispatches
+//! 1. [`server`]: the accept loop (header timeout, connection caps in all and per source,
+//!    idle and handshake timeouts: [`conn`]; failed credentials throttled per source:
+//!    [`throttle`]; graceful drain) dispatches
 //!    Gemini paths to the [`gateway`]'s service and the rest to the proxy's own endpoints
 //!    ([`status`]: health, readiness, metrics, quota status and admin reset, usage history).
 //! 2. [`layers`], a tower stack, outermost first:
@@ -44,6 +46,7 @@ pub mod body;
 pub mod budget;
 pub mod cache;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod estimate;
 pub mod gateway;
@@ -60,6 +63,7 @@ pub mod server;
 pub mod state;
 pub mod status;
 pub mod telemetry;
+pub mod throttle;
 pub mod upstream;
 
 pub use config::{Config, Sources};

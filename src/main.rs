@@ -69,6 +69,7 @@ async fn main() -> ExitCode {
         config.log.format,
         sources.env.get("RUST_LOG").map(String::as_str),
     );
+    config.log_warnings();
     // SIGHUP is taken from here on (its default would end the process): one that comes
     // before the gateway serves reloads once it does.
     let hangups = watch::sighup();

@@ -127,6 +127,10 @@ fn describe() {
         "The configuration generation serving now: 1 at start, one more per applied reload."
     );
     describe_counter!(
+        "gqp_auth_failures_total",
+        "Credentials the proxy refused, by kind (client_key, admin_token, metrics_token); a source with 20 failures in 60 s gets 429 for the rest of the window."
+    );
+    describe_counter!(
         "gqp_requests_total",
         "Requests to the Gemini surface by model, outcome (ok, rate_limited, client_error, server_error), masked pooled key and client name."
     );

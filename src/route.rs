@@ -69,6 +69,9 @@ pub struct Route {
     pub creates_resource: bool,
     /// A server-streamed answer is expected (`streamGenerateContent`).
     pub streaming: bool,
+    /// `GET /v1beta/files` and the like: a listing of this collection, whose answer a client
+    /// sees only its own entries of.
+    pub lists: Option<&'static str>,
     /// Google bills the call but its answer reports no usage (embeddings, images, videos,
     /// generateAnswer): it is settled and recorded at its estimate.
     pub unreported_usage: bool,
@@ -143,6 +146,7 @@ impl Route {
             resource: None,
             creates_resource: false,
             streaming: false,
+            lists: None,
             unreported_usage: false,
         };
 
@@ -258,6 +262,9 @@ impl Route {
                 version,
                 route.action.as_deref().unwrap_or("generateContent")
             )));
+        }
+        if *method == http::Method::GET && segments.len() == 1 && route.action.is_none() {
+            route.lists = OWNED_COLLECTIONS.iter().copied().find(|c| *c == collection);
         }
         // Creating a cached content, tuned model or file search store names it in the answer.
         if *method == http::Method::POST

@@ -66,7 +66,61 @@ impl std::fmt::Debug for Secret {
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret::new)
+        // `deserialize_any`, not `deserialize_string`: the `config` crate turns a number or a
+        // boolean into a string when asked for one, so `admin_token = 42` would quietly become
+        // the token "42". A secret must be written as a string.
+        d.deserialize_any(SecretVisitor)
+    }
+}
+
+/// Takes a string and refuses anything else by its kind only: serde's own message would quote
+/// the value, and the value is the secret.
+struct SecretVisitor;
+
+impl SecretVisitor {
+    fn refuse<E: serde::de::Error>(kind: &str) -> E {
+        E::custom(format!("a secret must be a string (in quotes), got {kind}"))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for SecretVisitor {
+    type Value = Secret;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+        Ok(Secret::new(v))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+        Ok(Secret::new(v))
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+        Err(Self::refuse("a boolean"))
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+        Err(Self::refuse("an integer"))
+    }
+    fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<Secret, E> {
+        Err(Self::refuse("an integer"))
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+        Err(Self::refuse("an integer"))
+    }
+    fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<Secret, E> {
+        Err(Self::refuse("an integer"))
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+        Err(Self::refuse("a number"))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Secret, E> {
+        Err(Self::refuse("nothing"))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+        Err(Self::refuse("a list"))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+        Err(Self::refuse("a table"))
     }
 }
 

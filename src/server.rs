@@ -1,5 +1,6 @@
-//! The router and the accept loop: HTTP/1.1 or HTTP/2 told by a peek, header-read timeout, a cap on open connections with a
-//! clean refusal, and graceful shutdown that lets in-flight streams finish within a grace period.
+//! The router and the accept loop: HTTP/1.1 or HTTP/2 told by a peek, header-read timeout, a cap on open connections
+//! (in all and per source, see [`crate::conn`]) with a clean refusal, idle and handshake timeouts, HTTP/2 keep-alive
+//! pings, and graceful shutdown that lets in-flight streams finish within a grace period.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -112,25 +113,10 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// connection for as long as it is open: a third of the memory of an open stream.) `None`: the
 /// client closed, or sent nothing to tell within `timeout` (the header-read timeout).
 async fn speaks_h2(stream: &TcpStream, timeout: Duration) -> Option<bool> {
-    let sniff = async {
-        let mut buf = [0u8; H2_PREFACE.len()];
-        loop {
-            let n = stream.peek(&mut buf).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            if buf[..n] != H2_PREFACE[..n] {
-                return Some(false);
-            }
-            if n == H2_PREFACE.len() {
-                return Some(true);
-            }
-            // The start of the preface only (rare: it fits in one packet). Peeking again at
-            // once would find the same bytes: look again shortly.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(timeout, sniff).await.ok().flatten()
+    tokio::time::timeout(timeout, crate::conn::sniff(stream, H2_PREFACE))
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Grow the process's descriptor table now to hold `n` descriptors (at most the open-file
@@ -200,7 +186,14 @@ pub async fn serve(
         .header_read_timeout(cfg.header_read_timeout)
         .max_buf_size(64 * 1024);
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    http2.timer(TokioTimer::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(cfg.http2_max_streams)
+        .keep_alive_interval(cfg.http2_keepalive_interval)
+        .keep_alive_timeout(cfg.http2_keepalive_timeout);
+    let per_source = crate::conn::PerSource::new(cfg.max_connections_per_ip);
+    let throttle = crate::throttle::Throttle::default();
+    let idle_timeout = cfg.idle_timeout;
     let (http1, http2) = (Arc::new(http1), Arc::new(http2));
     let header_timeout = cfg.header_read_timeout;
     // Connections still peeking at their first bytes hold no request: shutdown closes them
@@ -210,7 +203,7 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (mut stream, _peer) = match accepted {
+                let (mut stream, peer) = match accepted {
                     Ok(c) => c,
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
@@ -228,9 +221,46 @@ pub async fn serve(
                     });
                     continue;
                 };
+                let Some(source_slot) = per_source.admit(peer.ip()) else {
+                    // Closed at once, without a word: a source over its cap is opening
+                    // connections faster than it uses them.
+                    tracing::debug!(max = cfg.max_connections_per_ip, "connection refused: too many open connections from one source");
+                    drop(stream);
+                    continue;
+                };
+                let activity = crate::conn::Activity::new();
                 let (gemini, prefix, router) = (gemini.clone(), prefix.clone(), router.clone());
+                let busy_on = activity.clone();
+                let throttle = throttle.clone();
+                let ip = peer.ip();
                 let service = hyper::service::service_fn(move |req| {
-                    dispatch(gemini.clone(), prefix.clone(), router.clone(), req)
+                    // Busy from the request's arrival until its response body is done.
+                    let busy = busy_on.begin();
+                    let checked = throttle.check(ip, &req);
+                    let throttle = throttle.clone();
+                    let answer = checked.map(|kind| (kind, dispatch(gemini.clone(), prefix.clone(), router.clone(), req)));
+                    async move {
+                        let resp = match answer {
+                            Ok((kind, answer)) => {
+                                let resp = answer.await?;
+                                if let Some(kind) = kind {
+                                    throttle.judge(ip, kind, &resp);
+                                }
+                                resp
+                            }
+                            // Refused before its credential is looked at.
+                            Err(refusal) => axum::response::IntoResponse::into_response(refusal),
+                        };
+                        Ok::<_, std::convert::Infallible>(resp.map(|body| {
+                            axum::body::Body::new(http_body_util::BodyExt::map_frame(
+                                body,
+                                move |frame| {
+                                    let _held = &busy;
+                                    frame
+                                },
+                            ))
+                        }))
+                    }
                 });
                 let watcher = graceful.watcher();
                 let (http1, http2) = (http1.clone(), http2.clone());
@@ -240,18 +270,28 @@ pub async fn serve(
                         h2 = speaks_h2(&stream, header_timeout) => h2,
                         _ = stop.wait_for(|s| *s) => None,
                     };
+                    // A connection with nothing in flight past its idle (or, before its first
+                    // request, handshake) timeout is dropped: closed, its slots freed.
+                    let idle = activity.idle(header_timeout, idle_timeout);
                     match h2 {
                         Some(false) => {
                             let conn = http1.serve_connection(TokioIo::new(stream), service);
-                            let _ = watcher.watch(conn).await;
+                            tokio::select! {
+                                _ = watcher.watch(conn) => {}
+                                () = idle => {}
+                            }
                         }
                         Some(true) => {
                             // Boxed: the HTTP/1.1 connections' tasks need not carry its size.
                             let conn = http2.serve_connection(TokioIo::new(stream), service);
-                            let _ = Box::pin(watcher.watch(conn)).await;
+                            tokio::select! {
+                                _ = Box::pin(watcher.watch(conn)) => {}
+                                () = idle => {}
+                            }
                         }
                         None => drop(watcher),
                     }
+                    drop(source_slot);
                     drop(permit);
                 });
             }

@@ -45,7 +45,7 @@ async fn reset_minute(proxy: &str) {
 async fn alerts_api(proxy: &str) -> Value {
     let r = http()
         .get(format!("{proxy}/api/ai/alerts/"))
-        .header("x-goog-api-key", CLIENT_KEY)
+        .header("x-goog-api-key", ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
@@ -451,7 +451,7 @@ async fn a_receiver_that_answers_500_twice_gets_the_message_on_the_third_try() {
         "test"
     );
 
-    let (_, status) = quota_status(&proxy.url, CLIENT_KEY).await;
+    let (_, status) = quota_status(&proxy.url, ADMIN_TOKEN).await;
     let s = &status["quota_status"];
     assert_eq!(s["alerts"]["channels"][0]["failing"], true, "{s}");
     assert_eq!(s["alerts"]["channels"][1]["failing"], false);

@@ -590,7 +590,12 @@ async fn two_replicas_on_one_redis_share_entries() {
     let b = proxy(&fake, Some(&redis.url), &[]).await;
     let body = prompt("shared by replicas");
     assert_eq!(gen_(&a.url, &body, None).await.cache, "MISS");
-    let hit = until_hit(&b.url, &generate_path(), &body, CLIENT_KEY).await;
+    // The entry is written to Redis after the answer ends (off the response path): once
+    // replica A reads it back from Redis, replica B must hit at its first ask. (Asking B
+    // before the write lands was a miss of its own, and a second upstream call.)
+    until_hit(&a.url, &generate_path(), &body, CLIENT_KEY).await;
+    let hit = ask(&b.url, &generate_path(), &body, CLIENT_KEY, None).await;
+    assert_eq!(hit.cache, "HIT");
     assert_eq!(hit.status, 200);
     assert_eq!(
         fake.calls(":generateContent").len(),

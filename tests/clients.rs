@@ -39,7 +39,7 @@ async fn generate_as(proxy: &str, key: &str, model: &str) -> reqwest::Response {
 async fn requests_by_client(proxy: &str) -> (BTreeMap<String, u64>, String) {
     let r = http()
         .get(format!("{proxy}/api/ai/usage/?window=1h&group_by=client"))
-        .header("x-goog-api-key", TEAM_A_KEY)
+        .header("x-goog-api-key", ADMIN_TOKEN)
         .send()
         .await
         .unwrap();

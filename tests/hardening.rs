@@ -395,6 +395,16 @@ async fn keyless_upload_chunks_are_taken_only_on_the_open_sessions_own_path() {
         .to_string();
     assert!(session.starts_with(&proxy.url), "{session}");
     let query = session.split_once('?').unwrap().1.to_string();
+    // The upstream put its key in the URL (`key` and `$key`): only the session's own
+    // parameters reach the client, in their order.
+    assert_eq!(
+        query, "upload_id=UP1&upload_protocol=resumable",
+        "{session}"
+    );
+    assert!(
+        !session.contains(KEYS[0]),
+        "a pooled key in the upload URL: {session}"
+    );
     let chunk = |url: String, method: reqwest::Method, command: Option<&'static str>| {
         let client = client.clone();
         async move {

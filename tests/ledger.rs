@@ -24,7 +24,7 @@ fn redis_env(opts: ProxyOpts, redis: Option<&RedisServer>) -> ProxyOpts {
 async fn usage(proxy: &str, query: &str) -> (u16, Value) {
     let r = http()
         .get(format!("{proxy}/api/ai/usage/?{query}"))
-        .header("x-goog-api-key", CLIENT_KEY)
+        .header("x-goog-api-key", ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
@@ -153,7 +153,7 @@ async fn every_answer_shape_is_recorded_field_by_field(redis: Option<&RedisServe
     assert!(!text.contains(CLIENT_KEY) && !KEYS.iter().any(|k| text.contains(k)));
 
     // The status page: cost next to the seed's fields, the tokens in /metrics.
-    let (code, status) = quota_status(&proxy.url, CLIENT_KEY).await;
+    let (code, status) = quota_status(&proxy.url, ADMIN_TOKEN).await;
     assert_eq!(code, 200);
     let qs = &status["quota_status"];
     for seed in ["healthy", "warnings", "errors", "usage", "keys", "store"] {
@@ -471,7 +471,7 @@ async fn bad_parameters_get_google_errors_and_a_credential_is_required() {
         .bytes()
         .await
         .unwrap();
-    let (_, status) = quota_status(&proxy.url, CLIENT_KEY).await;
+    let (_, status) = quota_status(&proxy.url, ADMIN_TOKEN).await;
     let pool = &status["quota_status"]["forecast"]["pool"][0];
     assert_eq!(pool["model"], "gemini-2.5-flash", "{status}");
     assert_eq!(pool["reason"], "insufficient data");
@@ -609,7 +609,7 @@ async fn the_status_page_cost_follows_new_requests_while_it_is_watched() {
     let fake = FakeUpstream::start().await;
     fake.behave(|b| b.prompt_tokens = Some(1000));
     let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS)).await;
-    let (_, first) = quota_status(&proxy.url, CLIENT_KEY).await;
+    let (_, first) = quota_status(&proxy.url, ADMIN_TOKEN).await;
     assert_eq!(first["quota_status"]["cost"]["today"]["cost_usd"], 0.0);
     generate(&proxy.url, "gemini-2.5-pro", "x")
         .await
@@ -621,7 +621,7 @@ async fn the_status_page_cost_follows_new_requests_while_it_is_watched() {
     let want = (1000 * 1250 + 3 * 10_000) as f64 / 1e9;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let (_, s) = quota_status(&proxy.url, CLIENT_KEY).await;
+        let (_, s) = quota_status(&proxy.url, ADMIN_TOKEN).await;
         let got = s["quota_status"]["cost"]["today"]["cost_usd"]
             .as_f64()
             .unwrap();

@@ -433,6 +433,8 @@ async fn a_request_pinned_to_a_busy_project_does_not_hold_up_requests_other_proj
         &*proxy.state.store,
         br#"{"name": "files/pinnedfile1"}"#,
         &kid,
+        // CLIENT_KEY's client, which names the file below (a pin belongs to its creator).
+        "client1",
     )
     .await;
     let pinned = |text: &'static str| {

@@ -169,6 +169,21 @@ async fn an_invalid_file_changes_nothing_and_the_endpoint_names_the_setting() {
             ),
             "auth.client_keys",
         ),
+        // A secret of the wrong type is not taken as its text (`x-goog-api-key: 42` as admin).
+        (
+            good.replace(
+                &format!("admin_token = {ADMIN_TOKEN:?}"),
+                "admin_token = 42",
+            ),
+            "auth.admin_token",
+        ),
+        (
+            good.replace(
+                &format!("client_keys = [{CLIENT_KEY:?}]"),
+                "client_keys = [7, 3.5, true]",
+            ),
+            "auth.client_keys[0]",
+        ),
     ] {
         std::fs::write(&file, &bad).unwrap();
         let (code, r) = reload(&proxy.url, ADMIN_TOKEN).await;

@@ -204,3 +204,103 @@ async fn no_secret_appears_in_logs_responses_metrics_or_redis() {
         }
     }
 }
+
+/// The binary run to its end on `env` and a config file holding `toml`: its exit code and
+/// what it printed.
+fn run_to_exit(env: &[(&str, &str)], toml: &str) -> (Option<i32>, String) {
+    let path = std::env::temp_dir().join(format!(
+        "gqp-secrets-{}-{}.toml",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::write(&path, toml).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gemini-quota-proxy"))
+        .args(["--config", path.to_str().unwrap()])
+        .env_clear()
+        .envs(env.iter().copied())
+        .env("PROXY_LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    // A configuration that loads serves forever: stop it so the test fails instead of hanging.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("the binary ends");
+    let _ = std::fs::remove_file(&path);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[test]
+fn a_secret_of_the_wrong_type_stops_start_up_naming_the_setting() {
+    for (toml, setting) in [
+        (
+            "[auth]\nadmin_token = 42\nclient_keys = [\"a-long-client-key-0001\"]\n",
+            "auth.admin_token",
+        ),
+        (
+            "[auth]\nclient_keys = [7, 3.5, true]\n",
+            "auth.client_keys[0]",
+        ),
+    ] {
+        let (code, text) = run_to_exit(&[("GEMINI_API_KEY", POOLED[0])], toml);
+        assert_eq!(code, Some(2), "{toml}: {text}");
+        assert!(text.contains(setting), "{setting}: {text}");
+        assert!(text.contains("must be a string"), "{text}");
+    }
+    // The same value as a client key and as the admin token.
+    let (code, text) = run_to_exit(
+        &[
+            ("GEMINI_API_KEY", POOLED[0]),
+            ("PROXY_CLIENT_KEYS", CLIENT),
+            ("PROXY_ADMIN_TOKEN", CLIENT),
+        ],
+        "",
+    );
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("auth.admin_token"), "{text}");
+    assert!(!text.contains(CLIENT), "{text}");
+}
+
+#[test]
+fn short_secrets_and_an_open_metrics_endpoint_on_a_public_listener_are_warned_about() {
+    let proxy = Binary::start(
+        &[
+            ("GEMINI_API_KEY", POOLED[0]),
+            ("PROXY_CLIENT_KEYS", "team:shortkey"),
+            ("PROXY_ADMIN_TOKEN", "adm1n"),
+            ("PROXY_LISTEN", "0.0.0.0:0"),
+        ],
+        &[],
+    );
+    let (logs, _) = proxy.stop();
+    let warns: Vec<&str> = logs.lines().filter(|l| l.contains("WARN")).collect();
+    let has = |s: &str| warns.iter().any(|l| l.contains(s));
+    assert!(has("auth.client_keys"), "{logs}");
+    assert!(has("auth.admin_token"), "{logs}");
+    assert!(has("metrics.token") && has("/metrics is open"), "{logs}");
+    assert!(
+        !logs.contains("shortkey") && !logs.contains("adm1n"),
+        "{logs}"
+    );
+    // Loopback, long secrets: none of these.
+    let proxy = Binary::start(
+        &[
+            ("GEMINI_API_KEY", POOLED[0]),
+            ("PROXY_CLIENT_KEYS", CLIENT),
+            ("PROXY_ADMIN_TOKEN", ADMIN),
+        ],
+        &[],
+    );
+    let (logs, _) = proxy.stop();
+    assert!(!logs.contains("metrics.token"), "{logs}");
+    assert!(!logs.contains("auth.client_keys"), "{logs}");
+}

@@ -541,6 +541,12 @@
   function qs() { return (S.status && S.status.quota_status) || {}; }
 
   function renderCost(q) {
+    if (!q.cost) {
+      // A client key is not shown what the pool spends (every client's usage adds up in it).
+      ['#cost-today', '#cost-month', '#cost-today-list', '#cost-month-list'].forEach(function (s) { $(s).textContent = '—'; });
+      $('#cost-note').textContent = 'The pool\'s spend is shown to the admin token only.';
+      return;
+    }
     var c = q.cost || {};
     var today = c.today || {}, month = c.month || {};
     $('#cost-today').textContent = fmtUSD(today.cost_usd);

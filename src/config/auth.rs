@@ -125,11 +125,27 @@ impl AuthConfig {
             client_keys.push(key);
             client_names.push(name.into());
         }
+        let admin_token = Some(raw.admin_token).filter(|t| !t.is_empty());
+        // The same value as both would make that client an admin: whoever holds a client key
+        // could read every client's usage and reload the configuration.
+        if let Some(admin) = &admin_token
+            && let Some(i) = client_keys
+                .iter()
+                .position(|k| k.digest() == admin.digest())
+        {
+            return Err(bad(
+                "auth.admin_token (PROXY_ADMIN_TOKEN)",
+                format!(
+                    "the admin token equals the key of client {:?}: give each its own value",
+                    client_names[i]
+                ),
+            ));
+        }
         Ok(AuthConfig {
             client_keys,
             client_names,
             allow_anonymous: raw.allow_anonymous,
-            admin_token: Some(raw.admin_token).filter(|t| !t.is_empty()),
+            admin_token,
         })
     }
 

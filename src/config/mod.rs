@@ -18,6 +18,7 @@ mod server;
 mod store;
 mod upstream;
 pub mod variables;
+mod warnings;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,6 +39,7 @@ pub use self::queue::QueueConfig;
 pub use self::server::ServerConfig;
 pub use self::upstream::UpstreamConfig;
 use self::variables::{ENV_NUMBERS, ENV_SETTINGS};
+pub use self::warnings::{ConfigWarning, SHORT_SECRET};
 pub use crate::ledger::prices::{Billing, PriceEntry, Prices};
 pub use crate::quota::StoreConfig;
 pub use crate::quota::limits::{LimitOverride, LimitsConfig, ProjectLimits, QuotaDefaults};
@@ -223,6 +225,11 @@ fn describe_config_error(e: config::ConfigError) -> ConfigError {
                 .and_then(|rest| rest.split('"').next())
         })
         .unwrap_or("config file")
+        // The crate writes a field of a table in a list as `auth.clients[0]key`.
+        .replace("]", "].")
+        .replace("].[", "][")
+        .replace("]..", "].")
+        .trim_end_matches('.')
         .to_string();
     bad(setting, without_values(&text))
 }

@@ -19,6 +19,11 @@ pub(super) struct Raw {
     header_read_timeout_secs: f64,
     body_read_timeout_secs: f64,
     max_connections: u64,
+    max_connections_per_ip: u64,
+    idle_timeout_secs: f64,
+    http2_keepalive_interval_secs: f64,
+    http2_keepalive_timeout_secs: f64,
+    http2_max_streams: u64,
     shutdown_grace_secs: f64,
     watch_config: bool,
 }
@@ -42,6 +47,19 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
     pub max_connections: usize,
+    /// Open connections one source may hold (an IPv6 source is its /64); more are refused
+    /// at once.
+    pub max_connections_per_ip: usize,
+    /// A connection with no request in flight for this long is closed (HTTP/1.1 keep-alive
+    /// and HTTP/2 alike). Before its first request the header-read timeout applies instead
+    /// (the handshake timeout).
+    pub idle_timeout: Duration,
+    /// HTTP/2 PING sent after this long without a frame from the client; the connection is
+    /// closed if no answer comes within `http2_keepalive_timeout`.
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
+    /// Concurrent streams one HTTP/2 connection may open.
+    pub http2_max_streams: u32,
     pub shutdown_grace: Duration,
     /// Reload when the `--config` file's directory changes (SIGHUP and the admin endpoint
     /// reload either way).
@@ -117,6 +135,11 @@ impl ServerConfig {
         for (name, v) in [
             ("server.max_body_bytes", raw.max_body_bytes),
             ("server.max_connections", raw.max_connections),
+            (
+                "server.max_connections_per_ip (PROXY_MAX_CONNECTIONS_PER_IP)",
+                raw.max_connections_per_ip,
+            ),
+            ("server.http2_max_streams", raw.http2_max_streams),
         ] {
             if v == 0 {
                 return Err(bad(name, "must be at least 1"));
@@ -153,6 +176,21 @@ impl ServerConfig {
             )?,
             body_read_timeout: secs("server.body_read_timeout_secs", raw.body_read_timeout_secs)?,
             max_connections: usize::try_from(raw.max_connections).unwrap_or(usize::MAX),
+            max_connections_per_ip: usize::try_from(raw.max_connections_per_ip)
+                .unwrap_or(usize::MAX),
+            idle_timeout: secs(
+                "server.idle_timeout_secs (PROXY_IDLE_TIMEOUT_SECS)",
+                raw.idle_timeout_secs,
+            )?,
+            http2_keepalive_interval: secs(
+                "server.http2_keepalive_interval_secs",
+                raw.http2_keepalive_interval_secs,
+            )?,
+            http2_keepalive_timeout: secs(
+                "server.http2_keepalive_timeout_secs",
+                raw.http2_keepalive_timeout_secs,
+            )?,
+            http2_max_streams: u32::try_from(raw.http2_max_streams).unwrap_or(u32::MAX),
             shutdown_grace: secs("server.shutdown_grace_secs", raw.shutdown_grace_secs)?,
             watch_config: raw.watch_config,
         })

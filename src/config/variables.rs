@@ -30,6 +30,11 @@ pub(super) const ENV_NUMBERS: &[(&str, &str)] = &[
     ("PROXY_QUEUE_MAX_WAITING_BYTES", "queue.max_waiting_bytes"),
     ("PROXY_MAX_BUFFERED_BYTES", "server.max_buffered_bytes"),
     ("PROXY_CACHE_TTL_SECS", "cache.ttl_secs"),
+    (
+        "PROXY_MAX_CONNECTIONS_PER_IP",
+        "server.max_connections_per_ip",
+    ),
+    ("PROXY_IDLE_TIMEOUT_SECS", "server.idle_timeout_secs"),
 ];
 
 /// The config file, the pooled keys and the clients: read by hand (lists), listed first.

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tower::{Layer, Service};
 
+use crate::auth::{Caller, CallerTag};
 use crate::error::ApiError;
 use crate::estimate::{Estimate, estimate};
 use crate::pool::affinity;
@@ -128,13 +129,12 @@ where
                         .headers
                         .get(http::header::CONTENT_LENGTH)
                         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                    let caller = parts
+                        .extensions
+                        .get::<CallerTag>()
+                        .map_or(Caller::Anonymous, |c| c.0);
                     // Whose body it is, for the client's share of the budget.
-                    let client = state.ledger_client(
-                        parts
-                            .extensions
-                            .get::<crate::auth::CallerTag>()
-                            .map(|c| c.0),
-                    );
+                    let client = state.ledger_client(Some(caller));
                     let read = state.bodies.read(
                         client,
                         body,
@@ -144,16 +144,19 @@ where
                     );
                     match read.await {
                         Ok((body, reserved)) => match estimated(route, body, &mut traced).await {
-                            Ok((mut est, body)) => {
-                                est.pinned = pinned(&state, &est).await;
-                                let mut req = http::Request::from_parts(parts, body);
-                                req.extensions_mut().insert(est);
-                                let resp = inner.call(req).await?;
-                                // The body is done with once the answer's head is here (it
-                                // was sent, or waited in the queue and was refused).
-                                drop(reserved);
-                                resp
-                            }
+                            Ok((mut est, body)) => match pinned(&state, &est, caller).await {
+                                Ok(pin) => {
+                                    est.pinned = pin;
+                                    let mut req = http::Request::from_parts(parts, body);
+                                    req.extensions_mut().insert(est);
+                                    let resp = inner.call(req).await?;
+                                    // The body is done with once the answer's head is here
+                                    // (it was sent, or waited in the queue and was refused).
+                                    drop(reserved);
+                                    resp
+                                }
+                                Err(e) => e.into_response(),
+                            },
                             Err(e) => e.into_response(),
                         },
                         Err(e) => e.into_response(),
@@ -232,15 +235,45 @@ async fn estimated(
     ))
 }
 
-/// Key affinity: a resource lives in the project of the key that created it.
-async fn pinned(state: &AppState, est: &Estimated) -> Option<usize> {
-    let resource = est
+/// Most distinct resources (files, cached contents) one request may name: each is looked up.
+const MAX_REFERENCES: usize = 1000;
+
+/// Key affinity: a resource lives in the project of the key that created it, and belongs to
+/// the client that created it: a request naming another client's resource (in its path or its
+/// body) is refused as Google refuses a resource that is not yours, and never gets its key.
+async fn pinned(
+    state: &AppState,
+    est: &Estimated,
+    caller: Caller,
+) -> Result<Option<usize>, ApiError> {
+    let name = caller.name(&state.config.auth);
+    // One store lookup per distinct name (the path's first, its key wins), and a bound on them
+    // (a body may repeat a name, or list thousands).
+    let mut seen = std::collections::HashSet::new();
+    let named: Vec<&String> = est
         .route
         .resource
-        .as_deref()
-        .or_else(|| est.estimate.references.first().map(String::as_str))?;
-    let kid = affinity::owner(&*state.store, resource).await?;
-    state.pool.by_kid(&kid).map(|(i, _)| i)
+        .iter()
+        .chain(est.estimate.references.iter())
+        .filter(|r| seen.insert(*r))
+        .collect();
+    if named.len() > MAX_REFERENCES {
+        return Err(ApiError::InvalidArgument(format!(
+            "A request may name at most {MAX_REFERENCES} distinct files and cached contents; this one names {}.",
+            named.len()
+        )));
+    }
+    let mut first = None;
+    for resource in named {
+        let Some(pin) = affinity::pin(&*state.store, resource).await else {
+            continue;
+        };
+        if !pin.allows(resource, caller, name) {
+            return Err(affinity::not_yours(resource));
+        }
+        first.get_or_insert(pin.kid);
+    }
+    Ok(first.and_then(|kid| state.pool.by_kid(&kid).map(|(i, _)| i)))
 }
 
 /// Read a request body whole: at most `limit` bytes, within `timeout`.

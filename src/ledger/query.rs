@@ -110,7 +110,7 @@ impl GroupBy {
 }
 
 /// A query of `/api/ai/usage/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
     pub window: Window,
     pub group_by: GroupBy,
@@ -118,6 +118,9 @@ pub struct Query {
     pub limit: Option<usize>,
     /// Series skipped, in the answer's order.
     pub offset: usize,
+    /// Only this client's usage (series and totals): set for a client key, which may not see
+    /// other clients'. `None`: everyone's (the admin token).
+    pub client: Option<std::sync::Arc<str>>,
 }
 
 impl Query {
@@ -129,6 +132,7 @@ impl Query {
             group_by: GroupBy::Model,
             limit: None,
             offset: 0,
+            client: None,
         };
         let whole = |name: &str, value: &str| {
             value
@@ -302,8 +306,16 @@ impl Ledger {
         // points, so an answer's memory is bounded by MAX_POINTS whatever the ledger holds.
         let mut present: std::collections::HashSet<u32> = std::collections::HashSet::new();
         let mut totals = Counters::default();
+        // A client that never called has no id: it matches no series.
+        let only = q
+            .client
+            .as_deref()
+            .map(|name| self.clients.get(name).unwrap_or(u32::MAX));
         self.each_bucket(step != MINUTE_MS, first, last, |_, _, bucket| {
             for (series, c) in bucket {
+                if only.is_some_and(|id| id != series.client) {
+                    continue;
+                }
                 present.insert(q.group_by.of(series));
                 totals.add(c);
             }
@@ -325,6 +337,9 @@ impl Ledger {
             .collect();
         self.each_bucket(step != MINUTE_MS, first, last, |i, _, bucket| {
             for (series, c) in bucket {
+                if only.is_some_and(|id| id != series.client) {
+                    continue;
+                }
                 if let Some(g) = groups.get_mut(&q.group_by.of(series)) {
                     g[i].add(c);
                 }

@@ -1,10 +1,15 @@
-//! Key affinity: a file, upload session, cached content, batch, tuned model or file search
-//! store exists only in the project whose key created it. Learn `resource -> key id` from
-//! create answers and upload URLs, look it up for later requests, and keep the resumable-upload
-//! sessions this proxy handed out (their chunks may come without a key).
+//! Key affinity and ownership: a file, upload session, cached content, batch, tuned model or
+//! file search store exists only in the project whose key created it, and belongs to the
+//! client that created it through the proxy. Learn `resource -> (key id, client name)` from
+//! create answers and upload URLs, look it up for later requests (another client gets Google's
+//! "no permission or does not exist" answer, never the owner's key), filter listings to the
+//! caller's own resources, and keep the resumable-upload sessions this proxy handed out (their
+//! chunks may come without a key).
 
 use axum::http::{HeaderMap, HeaderValue, Method};
 
+use crate::auth::Caller;
+use crate::error::ApiError;
 use crate::quota::QuotaStore;
 use crate::route::{Route, valid_name};
 
@@ -22,15 +27,134 @@ const OWNED: [&str; 5] = [
     "fileSearchStores",
 ];
 
-/// The key id that created `resource`, if known (a store failure reads as unknown).
-pub async fn owner(store: &dyn QuotaStore, resource: &str) -> Option<String> {
+/// What the proxy remembers of a resource it saw created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// The key id whose project holds it.
+    pub kid: String,
+    /// The client that created it (its name, never its key); `None` for a pin stored before
+    /// owners were recorded.
+    pub client: Option<String>,
+}
+
+impl Pin {
+    /// As stored: `KID CLIENT` (neither holds a space).
+    fn encode(kid: &str, client: &str) -> String {
+        format!("{kid} {client}")
+    }
+
+    fn decode(value: &str) -> Pin {
+        match value.split_once(' ') {
+            Some((kid, client)) => Pin {
+                kid: kid.to_string(),
+                client: Some(client.to_string()),
+            },
+            None => Pin {
+                kid: value.to_string(),
+                client: None,
+            },
+        }
+    }
+
+    /// Whether `caller` (named `name`) may use the resource: the admin token and its owner
+    /// may; so may a chunk of an upload session sent without a key (the session URL is the
+    /// capability, as at Google). A resource pinned before owners were recorded is anyone's.
+    pub fn allows(&self, resource: &str, caller: Caller, name: &str) -> bool {
+        match caller {
+            Caller::Admin => true,
+            Caller::Anonymous if resource.starts_with("uploads/") => true,
+            _ => self.client.as_deref().is_none_or(|owner| owner == name),
+        }
+    }
+}
+
+/// The pin of `resource`, if known (a store failure reads as unknown).
+pub async fn pin(store: &dyn QuotaStore, resource: &str) -> Option<Pin> {
     match store.affinity(resource).await {
-        Ok(kid) => kid,
+        Ok(value) => value.as_deref().map(Pin::decode),
         Err(e) => {
             tracing::warn!(error = %e, "affinity lookup failed: using any key");
             None
         }
     }
+}
+
+/// The client a created resource belongs to: the caller, or for a keyless chunk of an upload
+/// session (which finishes the upload and names the file), the client that started it.
+pub async fn creator(store: &dyn QuotaStore, route: &Route, caller: Caller, name: &str) -> String {
+    if caller == Caller::Anonymous
+        && let Some(session) = route
+            .resource
+            .as_deref()
+            .filter(|r| r.starts_with("uploads/"))
+        && let Some(owner) = pin(store, session).await.and_then(|p| p.client)
+    {
+        return owner;
+    }
+    name.to_string()
+}
+
+/// Google's own answer for a resource the caller's project does not hold: 403 "You do not
+/// have permission to access the File NAME or it may not exist.", so another client learns
+/// nothing it would not learn from Google.
+pub fn not_yours(resource: &str) -> ApiError {
+    let (collection, id) = resource.split_once('/').unwrap_or(("", resource));
+    let kind = match collection {
+        "files" => "File",
+        "cachedContents" => "CachedContent",
+        "batches" => "Batch",
+        "tunedModels" => "TunedModel",
+        "fileSearchStores" => "FileSearchStore",
+        "operations" => "Operation",
+        _ => "upload session",
+    };
+    ApiError::PermissionDenied(format!(
+        "You do not have permission to access the {kind} {id} or it may not exist."
+    ))
+}
+
+/// A listing (`GET /v1beta/files`, `cachedContents`, `batches`, ...) as `caller` may see it:
+/// only the entries pinned to it. Entries created outside the proxy, or by another client, are
+/// left out (the page may come out shorter than asked; `nextPageToken` is kept). `None`: the
+/// answer is not a JSON object, passed on as it is.
+pub async fn own_listing(
+    store: &dyn QuotaStore,
+    collection: &str,
+    body: &[u8],
+    caller: Caller,
+    name: &str,
+) -> Option<Vec<u8>> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let object = v.as_object_mut()?;
+    for entries in object.values_mut().filter_map(|e| e.as_array_mut()) {
+        let mut kept = Vec::with_capacity(entries.len());
+        for entry in entries.drain(..) {
+            let Some(resource) = entry
+                .get("name")
+                .and_then(|n| n.as_str())
+                .and_then(|n| owned_resource(n).filter(|r| r.starts_with(collection)))
+            else {
+                // Not a resource of the collection (a field Google may add): kept.
+                kept.push(entry);
+                continue;
+            };
+            let mine = pin(store, &resource)
+                .await
+                .is_some_and(|p| p.client.is_some() && p.allows(&resource, caller, name));
+            if mine {
+                kept.push(entry);
+            }
+        }
+        *entries = kept;
+    }
+    serde_json::to_vec(&v).ok()
+}
+
+/// `files/abc` (or `files/abc/anything`) as the pinned resource `files/abc`.
+fn owned_resource(name: &str) -> Option<String> {
+    let (collection, rest) = name.split_once('/')?;
+    let id = rest.split('/').next().unwrap_or("");
+    (OWNED.contains(&collection) && valid_name(id)).then(|| format!("{collection}/{id}"))
 }
 
 /// The base URL a client reached this proxy at (`public_url`, else scheme and `Host` of the
@@ -70,6 +194,7 @@ pub async fn remember_upload(
     response: &mut HeaderMap,
     client_base: &str,
     kid: &str,
+    client: &str,
 ) {
     let Some(url) = response
         .get("x-goog-upload-url")
@@ -81,7 +206,19 @@ pub async fn remember_upload(
     let Ok(uri) = url.parse::<http::Uri>() else {
         return;
     };
-    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    // Only the session's own parameters go to the client: a `key` (or `$key`) the upstream
+    // put in the URL would be the pooled key.
+    let query: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty() && !crate::auth::is_query_credential(p))
+        .collect();
+    let path_and_query = if query.is_empty() {
+        uri.path().to_string()
+    } else {
+        format!("{}?{}", uri.path(), query.join("&"))
+    };
     if let Ok(v) = HeaderValue::from_str(&format!("{client_base}{path_and_query}")) {
         response.insert("x-goog-upload-url", v);
     }
@@ -91,7 +228,11 @@ pub async fn remember_upload(
         && valid_name(id)
     {
         let remembered = match store
-            .set_affinity(&format!("uploads/{id}"), kid, AFFINITY_TTL_MS)
+            .set_affinity(
+                &format!("uploads/{id}"),
+                &Pin::encode(kid, client),
+                AFFINITY_TTL_MS,
+            )
             .await
         {
             Ok(()) => {
@@ -161,8 +302,9 @@ fn upload_session(id: &str) -> String {
     format!("upload-session/{id}")
 }
 
-/// A create call's answer names what it created (`"name": "files/abc"`): pin it to the key.
-pub async fn remember_created(store: &dyn QuotaStore, body: &[u8], kid: &str) {
+/// A create call's answer names what it created (`"name": "files/abc"`): pin it to the key
+/// and the client.
+pub async fn remember_created(store: &dyn QuotaStore, body: &[u8], kid: &str, client: &str) {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
         return;
     };
@@ -178,25 +320,21 @@ pub async fn remember_created(store: &dyn QuotaStore, body: &[u8], kid: &str) {
         let Some(name) = candidate.get("name").and_then(|n| n.as_str()) else {
             continue;
         };
+        let pin = Pin::encode(kid, client);
         // A long-running operation (a Veo video) is polled at models/M/operations/ID.
         if let ["models", _, "operations", id] = name.split('/').collect::<Vec<_>>()[..]
             && valid_name(id)
         {
             let resource = format!("operations/{id}");
-            if let Err(e) = store.set_affinity(&resource, kid, AFFINITY_TTL_MS).await {
+            if let Err(e) = store.set_affinity(&resource, &pin, AFFINITY_TTL_MS).await {
                 tracing::warn!(error = %e, "could not remember the key of a created resource");
             }
             continue;
         }
-        let Some((collection, rest)) = name.split_once('/') else {
-            continue;
-        };
-        let id = rest.split('/').next().unwrap_or("");
-        if OWNED.contains(&collection) && valid_name(id) {
-            let resource = format!("{collection}/{id}");
-            if let Err(e) = store.set_affinity(&resource, kid, AFFINITY_TTL_MS).await {
-                tracing::warn!(error = %e, "could not remember the key of a created resource");
-            }
+        if let Some(resource) = owned_resource(name)
+            && let Err(e) = store.set_affinity(&resource, &pin, AFFINITY_TTL_MS).await
+        {
+            tracing::warn!(error = %e, "could not remember the key of a created resource");
         }
     }
 }

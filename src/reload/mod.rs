@@ -23,6 +23,11 @@ pub const RESTART_ONLY: &[&str] = &[
     "server.max_connections",
     "server.max_buffered_bytes",
     "server.max_buffered_client_share",
+    "server.max_connections_per_ip",
+    "server.idle_timeout_secs",
+    "server.http2_keepalive_interval_secs",
+    "server.http2_keepalive_timeout_secs",
+    "server.http2_max_streams",
     "server.shutdown_grace_secs",
     "server.watch_config",
     "store.",
@@ -148,6 +153,7 @@ impl Live {
                     restart_required = %r.generation.restart_required.get().join(","),
                     "configuration reloaded"
                 );
+                self.current().config.log_warnings();
             }
             Ok(r) => {
                 current
@@ -236,6 +242,11 @@ fn keep_running(config: &mut Config, running: &Config) {
     s.max_connections = r.max_connections;
     s.max_buffered_bytes = r.max_buffered_bytes;
     s.max_buffered_client_share = r.max_buffered_client_share;
+    s.max_connections_per_ip = r.max_connections_per_ip;
+    s.idle_timeout = r.idle_timeout;
+    s.http2_keepalive_interval = r.http2_keepalive_interval;
+    s.http2_keepalive_timeout = r.http2_keepalive_timeout;
+    s.http2_max_streams = r.http2_max_streams;
     s.shutdown_grace = r.shutdown_grace;
     s.watch_config = r.watch_config;
     config.store = running.store.clone();

@@ -1,5 +1,5 @@
-//! `/api/ai/alerts/`: GET (a client key or the admin token) lists the alerts firing and the
-//! last 100 transitions; `POST /api/ai/alerts/test` (admin) sends a test message to every
+//! `/api/ai/alerts/`: GET lists the alerts firing and the last 100 transitions (the admin
+//! token: all, with the channels; a client key: those about the pool's health and itself); `POST /api/ai/alerts/test` (admin) sends a test message to every
 //! channel and answers each one's outcome.
 
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::alerts::AlertView;
 use crate::auth::{Caller, authenticate_strict};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -23,20 +24,50 @@ pub async fn alerts(State(state): State<Arc<AppState>>, req: Request) -> Respons
         )
         .into_response();
     }
-    if let Err(e) = authenticate_strict(&state.config.auth, &parts.headers, parts.uri.query()) {
-        return match e {
-            ApiError::PermissionDenied(m) => ApiError::Unauthenticated(m),
-            other => other,
+    let caller = match authenticate_strict(&state.config.auth, &parts.headers, parts.uri.query()) {
+        Ok(c) => c,
+        Err(e) => {
+            return match e {
+                ApiError::PermissionDenied(m) => ApiError::Unauthenticated(m),
+                other => other,
+            }
+            .into_response();
         }
+    };
+    if caller == Caller::Admin {
+        return Json(json!({
+            "success": true,
+            "firing": state.alerts.firing(),
+            "recent": state.alerts.recent(),
+            "channels": state.alerts.summary().channels,
+        }))
         .into_response();
     }
+    let client = caller.name(&state.config.auth);
+    let mine = |alerts: Vec<AlertView>| -> Vec<AlertView> {
+        alerts
+            .into_iter()
+            .filter(|a| visible_to_client(a, client))
+            .collect()
+    };
     Json(json!({
         "success": true,
-        "firing": state.alerts.firing(),
-        "recent": state.alerts.recent(),
-        "channels": state.alerts.summary().channels,
+        "firing": mine(state.alerts.firing()),
+        "recent": mine(state.alerts.recent()),
     }))
     .into_response()
+}
+
+/// A client key sees the alerts about the pool's health (keys exhausted or disabled, the
+/// upstream failing, the store, the daily quota forecast) and those about itself; not the
+/// spend (`daily_budget` adds up every client's cost), nor another client's alerts, nor the
+/// channels alerts go to.
+fn visible_to_client(alert: &AlertView, client: &str) -> bool {
+    alert.rule != "daily_budget"
+        && alert
+            .labels
+            .get("client")
+            .is_none_or(|owner| owner == client)
 }
 
 /// POST `/api/ai/alerts/test`.

@@ -194,12 +194,30 @@ async fn get_status(
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
     // Reading the status always needs a credential, even where anonymous Gemini calls are allowed.
-    authenticate_strict(&state.config.auth, headers, query).map_err(|e| match e {
+    let caller = authenticate_strict(&state.config.auth, headers, query).map_err(|e| match e {
         ApiError::PermissionDenied(m) => ApiError::Unauthenticated(m),
         other => other,
     })?;
     state.status_viewed();
-    Ok(Json(snapshot(state, Extras::Cached).await).into_response())
+    let mut snap = snapshot(state, Extras::Cached).await;
+    if caller != Caller::Admin {
+        for_client(&mut snap.quota_status);
+    }
+    Ok(Json(snap).into_response())
+}
+
+/// What a client key may see of the pool: its capacity and health (limits, what is left,
+/// keys' states and cooldowns, the queue, the store, the daily-limit forecast, alert counts),
+/// not what the pool spends (the cost and the forecast's cost add up every client's usage)
+/// nor where alerts are delivered.
+fn for_client(status: &mut snapshot::QuotaStatus) {
+    status.cost = None;
+    if let Some(f) = &mut status.forecast {
+        for line in f.pairs.iter_mut().chain(f.pool.iter_mut()) {
+            line.projected_cost_usd = None;
+        }
+    }
+    status.alerts.channels.clear();
 }
 
 #[derive(Deserialize, serde::Serialize)]

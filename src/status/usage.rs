@@ -1,5 +1,6 @@
 //! `GET /api/ai/usage/`: the ledger's history over a window, grouped (see
-//! [`crate::ledger::query`]). A client key or the admin token may read it.
+//! [`crate::ledger::query`]). The admin token reads every client's usage; a client key only
+//! its own client's rows and totals.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::Method;
 
-use crate::auth::{QUERY_CREDENTIALS, authenticate_strict};
+use crate::auth::{Caller, QUERY_CREDENTIALS, authenticate_strict};
 use crate::error::ApiError;
 use crate::ledger::query::Query;
 use crate::state::AppState;
@@ -27,11 +28,17 @@ async fn answer(state: &AppState, req: &http::request::Parts) -> Result<Response
         ));
     }
     let query = req.uri.query();
-    authenticate_strict(&state.config.auth, &req.headers, query).map_err(|e| match e {
-        ApiError::PermissionDenied(m) => ApiError::Unauthenticated(m),
-        other => other,
-    })?;
-    let q = Query::parse(query, &QUERY_CREDENTIALS).map_err(ApiError::InvalidArgument)?;
+    let caller =
+        authenticate_strict(&state.config.auth, &req.headers, query).map_err(|e| match e {
+            ApiError::PermissionDenied(m) => ApiError::Unauthenticated(m),
+            other => other,
+        })?;
+    let mut q = Query::parse(query, &QUERY_CREDENTIALS).map_err(ApiError::InvalidArgument)?;
+    // A client key reads its own client's rows and totals only, whatever the grouping; the
+    // admin token reads everyone's.
+    if caller != Caller::Admin {
+        q.client = Some(caller.name(&state.config.auth).to_string().into());
+    }
     let report = state.ledger.report(q).await.map_err(|e| {
         tracing::warn!(error = %e, "usage history could not be read");
         ApiError::Unavailable(

@@ -604,6 +604,16 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         )
         .await;
     }
+    if path == "/v1beta/files" || path == "/v1/files" {
+        // Every uploaded file, and one made outside the proxy (Google lists the project's).
+        let uploads = st.uploads.lock().unwrap();
+        let mut files: Vec<Value> = uploads
+            .values()
+            .map(|(name, data)| file_json(name, data.len()))
+            .collect();
+        files.push(file_json("files/made-elsewhere", 1));
+        return axum::Json(json!({"files": files, "nextPageToken": "next-page"})).into_response();
+    }
     if let Some(id) = path
         .strip_prefix("/v1beta/files/")
         .or_else(|| path.strip_prefix("/v1/files/"))
@@ -703,10 +713,15 @@ async fn upload(
             .lock()
             .unwrap()
             .insert(id.clone(), (name, Vec::new()));
-        // Google answers with its own absolute URL; the proxy must point it at itself.
+        // Google answers with its own absolute URL; the proxy must point it at itself. The
+        // key it was called with rides in the query (as `key` and `$key`): the proxy must take
+        // it out, or the client would hold a pooled key.
+        let key = headers
+            .get("x-goog-api-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let url = format!(
-            "https://generativelanguage.googleapis.com{}?upload_id={id}&upload_protocol=resumable",
-            path
+            "https://generativelanguage.googleapis.com{path}?key={key}&upload_id={id}&$key={key}&upload_protocol=resumable"
         );
         return Response::builder()
             .status(200)

@@ -26,7 +26,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use self::answer::{Answer, backoff, keep_counted, read_upto};
 use self::react::ERROR_BODY_LIMIT;
-use crate::auth::CallerTag;
+use crate::auth::{Caller, CallerTag};
 use crate::body::{AtEnd, ProxyBody};
 use crate::error::ApiError;
 use crate::layers::estimate::Estimated;
@@ -237,6 +237,12 @@ where
             ));
         };
         let route = &est.route;
+        // Who created a resource this call makes, and whose entries a listing shows.
+        let caller = parts
+            .extensions
+            .get::<CallerTag>()
+            .map_or(Caller::Anonymous, |c| c.0);
+        let caller_name = caller.name(&state.config.auth);
         let quota_model = est.quota_model();
         // A billable call the proxy cannot price goes out only where the configuration says
         // so: never unseen.
@@ -469,7 +475,9 @@ where
                     original,
                     parts.uri.path(),
                 );
-                affinity::remember_upload(&*state.store, &mut headers, &base, &key.kid).await;
+                let creator = affinity::creator(&*state.store, route, caller, caller_name).await;
+                affinity::remember_upload(&*state.store, &mut headers, &base, &key.kid, &creator)
+                    .await;
                 affinity::end_upload_session(&*state.store, route, &headers).await;
             }
             if let Some(r) = settlement.as_ref().and_then(Settlement::reservation) {
@@ -500,7 +508,9 @@ where
                 let answer = read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;
                 match &answer {
                     Answer::Whole(bytes) => {
-                        affinity::remember_created(&*state.store, bytes, &key.kid).await
+                        let creator =
+                            affinity::creator(&*state.store, route, caller, caller_name).await;
+                        affinity::remember_created(&*state.store, bytes, &key.kid, &creator).await
                     }
                     Answer::Over(..) => tracing::warn!(
                         key = %key.masked,
@@ -509,6 +519,18 @@ where
                     ),
                 }
                 return Ok(answer.into_response(status, headers, cfg, at_end));
+            }
+            if let Some(collection) = route.lists.filter(|_| caller != Caller::Admin) {
+                return Ok(own_listing(
+                    state,
+                    resp,
+                    collection,
+                    caller,
+                    caller_name,
+                    headers,
+                    at_end,
+                )
+                .await);
             }
             let body_deadline = (!streaming).then(|| sent_at + cfg.request_timeout);
             let stream = ProxyBody::new(
@@ -586,6 +608,41 @@ fn network_error(e: &ForwardError) -> ApiError {
             e.detail
         )),
     }
+}
+
+/// A listing's answer with only `caller`'s own entries (see [`affinity::own_listing`]). An
+/// answer over [`CREATE_BODY_LIMIT`], or not JSON, is refused rather than shown whole: it
+/// could hold other clients' resources.
+async fn own_listing<B>(
+    state: &AppState,
+    resp: http::Response<B>,
+    collection: &str,
+    caller: Caller,
+    caller_name: &str,
+    mut headers: http::HeaderMap,
+    at_end: AtEnd,
+) -> Response
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let status = resp.status();
+    let cfg = &state.config.upstream;
+    let filtered = match read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await {
+        Ok(Answer::Whole(bytes)) => {
+            affinity::own_listing(&*state.store, collection, &bytes, caller, caller_name).await
+        }
+        Ok(Answer::Over(..)) => None,
+        Err(e) => return e.into_response(),
+    };
+    let Some(filtered) = filtered else {
+        return ApiError::BadGateway(format!(
+            "the upstream's {collection} listing could not be read to show only this client's entries"
+        ))
+        .into_response();
+    };
+    headers.remove(http::header::CONTENT_LENGTH);
+    Answer::<B>::Whole(Bytes::from(filtered)).into_response(status, headers, cfg, at_end)
 }
 
 #[cfg(test)]

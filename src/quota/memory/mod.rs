@@ -37,9 +37,15 @@ pub struct MemoryStore {
     tables: RwLock<Tables>,
     cooldowns: Mutex<HashMap<(String, String), Hold>>,
     disabled: Mutex<HashMap<String, String>>,
-    affinity: Mutex<HashMap<String, (String, i64)>>,
+    /// Resource -> (pin, expiry in ms on `clock`), at most [`AFFINITY_CAP`] entries: the least
+    /// recently used goes first, in constant time per insert (moka, LRU: a new pin is always
+    /// admitted, as a created file must be found again).
+    affinity: moka::sync::Cache<String, (Arc<str>, i64)>,
     window_ms: i64,
 }
+
+/// Most resources pinned in this replica's memory (files, cached contents, upload sessions).
+pub const AFFINITY_CAP: u64 = 100_000;
 
 /// See [`MemoryStore::tracked`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +67,10 @@ impl MemoryStore {
             tables: RwLock::new(Tables::new()),
             cooldowns: Mutex::new(HashMap::new()),
             disabled: Mutex::new(HashMap::new()),
-            affinity: Mutex::new(HashMap::new()),
+            affinity: moka::sync::Cache::builder()
+                .max_capacity(AFFINITY_CAP)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .build(),
             window_ms: super::MINUTE_MS,
         }
     }
@@ -316,21 +325,18 @@ impl QuotaStore for MemoryStore {
             .clock
             .now_ms()
             .saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
-        let mut a = lock(&self.affinity);
-        let now = self.clock.now_ms();
-        if a.len() > 100_000 {
-            a.retain(|_, (_, t)| *t > now);
-        }
-        a.insert(resource.to_string(), (kid.to_string(), until));
+        self.affinity
+            .insert(resource.to_string(), (Arc::from(kid), until));
         Ok(())
     }
 
     async fn affinity(&self, resource: &str) -> Result<Option<String>, StoreError> {
         let now = self.clock.now_ms();
-        Ok(lock(&self.affinity)
+        Ok(self
+            .affinity
             .get(resource)
             .filter(|(_, until)| *until > now)
-            .map(|(kid, _)| kid.clone()))
+            .map(|(kid, _)| kid.to_string()))
     }
 
     async fn reset(&self, kind: ResetKind, scope: &ResetScope) -> Result<(), StoreError> {
@@ -396,6 +402,42 @@ impl QuotaStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Past the cap an insert evicts in constant time (the map was scanned whole per insert
+    /// once full of live pins: 50,000 inserts past 100,000 took minutes), the map stays
+    /// bounded, and the newest pins are kept.
+    #[tokio::test]
+    async fn the_affinity_map_stays_bounded_and_keeps_the_newest_pins_past_its_cap() {
+        use super::super::ManualClock;
+        let store = MemoryStore::new(
+            Arc::new(ManualClock::new(1_700_000_000_000)),
+            chrono_tz::UTC,
+        );
+        let total = AFFINITY_CAP + 50_000;
+        let started = std::time::Instant::now();
+        for i in 0..total {
+            store
+                .set_affinity(&format!("files/f{i}"), "kid", 3_600_000)
+                .await
+                .unwrap();
+        }
+        eprintln!(
+            "{total} affinity inserts in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+        store.affinity.run_pending_tasks();
+        assert!(store.affinity.entry_count() <= AFFINITY_CAP);
+        let last = format!("files/f{}", total - 1);
+        assert_eq!(store.affinity(&last).await.unwrap().as_deref(), Some("kid"));
+        assert_eq!(
+            store.affinity("files/f0").await.unwrap(),
+            None,
+            "the oldest went"
+        );
+        // An ended upload session (expiry now) reads as gone.
+        store.set_affinity(&last, "", 0).await.unwrap();
+        assert_eq!(store.affinity(&last).await.unwrap(), None);
+    }
 
     /// A task that took a bucket's handle before a sweep may still reserve on it: the sweep
     /// must leave that bucket in the table, or the reservation would land in a detached copy
