@@ -62,6 +62,11 @@ impl GeminiService {
         GeminiService { live, built }
     }
 
+    /// The state of the generation serving now.
+    pub fn state(&self) -> Arc<AppState> {
+        self.live.current()
+    }
+
     /// The stack of the generation serving now, and its state.
     fn stack(&self) -> (Stack, Arc<AppState>) {
         let state = self.live.current();
@@ -373,6 +378,7 @@ impl GatewayBuilder {
         }
         spawn_outlook_refresh(live.downgrade());
         spawn_alerts(live.downgrade());
+        crate::live::slots::spawn_renewal(live.downgrade());
         let service = GeminiService::new(live.clone());
         Ok(Gateway { live, service })
     }

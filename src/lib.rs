@@ -21,6 +21,9 @@
 //! 3. [`body`]: the answer streams back untouched while its usage is read; at its end the
 //!    reservation settles ([`quota::Settlement`]) and the [`ledger`] records its tokens and cost
 //!    (requests, refusals, Google's 429s and 5xx are counted by [`layers::quota`]).
+//! 4. [`live`]: the Live API's WebSocket, dispatched by the [`server`] beside the stack: the
+//!    client's upgrade and `setup`, a key chosen by session headroom with its slot held in the
+//!    [`quota`] store, then every frame relayed both ways, usage into the [`ledger`].
 //!
 //! Around it: [`config`] (one file per section), [`error`] (Google's error envelope),
 //! [`metrics`], [`telemetry`] (logging), [`allocator`] (mimalloc's settings, applied by the
@@ -43,6 +46,7 @@ pub mod estimate;
 pub mod gateway;
 pub mod layers;
 pub mod ledger;
+pub mod live;
 pub mod metrics;
 pub mod pool;
 pub mod quota;

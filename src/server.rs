@@ -87,6 +87,10 @@ async fn dispatch(
     if let Some(refusal) = oversized_headers(req.headers()) {
         return Ok(refusal);
     }
+    if let Some(path) = crate::live::live_path(req.uri().path(), prefix.as_deref()) {
+        let path = path.to_string();
+        return Ok(crate::live::handle(gemini.state(), req, &path).await);
+    }
     let direct = is_gemini_path(req.uri().path())
         || prefix
             .as_deref()
@@ -242,8 +246,22 @@ pub async fn serve(
                     };
                     match h2 {
                         Some(false) => {
-                            let conn = http1.serve_connection(TokioIo::new(stream), service);
-                            let _ = watcher.watch(conn).await;
+                            // With upgrades: a Live API WebSocket takes the connection over.
+                            // hyper-util's watcher takes no upgradeable connection: the same
+                            // drain by hand (the watcher, held to the end, keeps the drain
+                            // waiting for this connection).
+                            let conn = http1
+                                .serve_connection(TokioIo::new(stream), service)
+                                .with_upgrades();
+                            tokio::pin!(conn);
+                            tokio::select! {
+                                _ = conn.as_mut() => {}
+                                () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                                    conn.as_mut().graceful_shutdown();
+                                    let _ = conn.await;
+                                }
+                            }
+                            drop(watcher);
                         }
                         Some(true) => {
                             // Boxed: the HTTP/1.1 connections' tasks need not carry its size.

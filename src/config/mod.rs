@@ -8,6 +8,7 @@ pub mod cache;
 mod channels;
 mod check;
 mod limits;
+mod live;
 mod log;
 mod metrics;
 mod pool;
@@ -29,6 +30,7 @@ pub use self::cache::{CacheBackend, CacheConfig, CacheScope};
 pub use self::channels::{EmailConfig, SecretUri, WebhookConfig, WebhookFormat};
 pub use self::check::{BaseUrl, ConfigError};
 use self::check::{bad, comma_list, env_value};
+pub use self::live::LiveConfig;
 pub use self::log::{LogConfig, LogFormat};
 pub use self::metrics::MetricsConfig;
 pub use self::pool::{KeyConfig, PoolConfig, Strategy};
@@ -71,6 +73,7 @@ struct Raw {
     pool: pool::Raw,
     limits: limits::Raw,
     queue: queue::Raw,
+    live: live::Raw,
     store: store::Raw,
     log: log::Raw,
     metrics: metrics::Raw,
@@ -91,6 +94,8 @@ pub struct Config {
     pub pool: PoolConfig,
     pub limits: LimitsConfig,
     pub queue: QueueConfig,
+    /// Live API WebSocket sessions.
+    pub live: LiveConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
@@ -128,6 +133,7 @@ const ENV_NUMBERS: &[(&str, &str)] = &[
     ("GEMINI_TOKEN_MINUTE_LIMIT", "limits.token_minute"),
     ("GEMINI_MAX_REQUEST_TOKENS", "limits.max_request_tokens"),
     ("PROXY_QUEUE_MAX_WAIT_SECS", "queue.max_wait_secs"),
+    ("PROXY_LIVE_MAX_SESSIONS", "live.max_sessions"),
     ("PROXY_CACHE_TTL_SECS", "cache.ttl_secs"),
 ];
 
@@ -194,6 +200,7 @@ impl Config {
             upstream: UpstreamConfig::from_raw(raw.upstream)?,
             limits: limits::from_raw(raw.limits)?,
             queue: QueueConfig::from_raw(raw.queue)?,
+            live: LiveConfig::from_raw(raw.live)?,
             store,
             log: LogConfig::from_raw(raw.log)?,
             metrics: MetricsConfig::from_raw(raw.metrics),

@@ -1,0 +1,157 @@
+//! This replica's Live sessions: how many are open (against `live.max_sessions`), which quota
+//! slots they hold in the store (project, session id), renewing those slots' leases while the
+//! replica lives, and freeing a slot when its session ends.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::quota::QuotaStore;
+
+/// This replica's open sessions and the slots they hold. One per proxy, shared by every
+/// configuration generation (sessions outlive a reload).
+#[derive(Debug, Default)]
+pub struct LiveSessions {
+    open: AtomicUsize,
+    /// Session id -> its project, for every slot held in the store.
+    held: Mutex<HashMap<String, Arc<str>>>,
+}
+
+/// An open session on this replica (dropped: one fewer).
+pub struct Open(Arc<LiveSessions>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl LiveSessions {
+    /// Count a new session, unless `max` are open already.
+    pub fn enter(self: &Arc<Self>, max: usize) -> Option<Open> {
+        self.open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Open(self.clone()))
+    }
+
+    /// Sessions open on this replica now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// The slots this replica holds, for renewal.
+    pub fn held(&self) -> Vec<(Arc<str>, String)> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(s, p)| (p.clone(), s.clone()))
+            .collect()
+    }
+
+    fn hold(&self, project: &Arc<str>, session: &str) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session.to_string(), project.clone());
+        metrics::gauge!("gqp_live_sessions", "project" => project.to_string()).increment(1.0);
+    }
+
+    fn release(&self, project: &Arc<str>, session: &str) {
+        let was = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(session);
+        if was.is_some() {
+            metrics::gauge!("gqp_live_sessions", "project" => project.to_string()).decrement(1.0);
+        }
+    }
+}
+
+/// A quota slot taken in the store: freed there when dropped (in a task: drop cannot wait).
+pub struct Slot {
+    store: Arc<dyn QuotaStore>,
+    sessions: Arc<LiveSessions>,
+    pub project: Arc<str>,
+    session: String,
+}
+
+impl Slot {
+    /// Take a slot of `project` (whose limit is `limit`) for `session`. `None`: full.
+    pub async fn take(
+        store: &Arc<dyn QuotaStore>,
+        sessions: &Arc<LiveSessions>,
+        project: &Arc<str>,
+        session: &str,
+        limit: u64,
+        lease_ms: u64,
+    ) -> Option<Slot> {
+        match store.live_open(project, session, limit, lease_ms).await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, project = %project, "live: the store could not take a session slot");
+                return None;
+            }
+        }
+        sessions.hold(project, session);
+        Some(Slot {
+            store: store.clone(),
+            sessions: sessions.clone(),
+            project: project.clone(),
+            session: session.to_string(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.sessions.release(&self.project, &self.session);
+        let (store, project, session) = (
+            self.store.clone(),
+            self.project.clone(),
+            std::mem::take(&mut self.session),
+        );
+        // Without a runtime (a test's end) the lease frees the slot.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.live_close(&project, &session).await {
+                    tracing::warn!(error = %e, "live: a session slot was not freed: its lease will free it");
+                }
+            });
+        }
+    }
+}
+
+/// `gqp_live_sessions_total{outcome}`: how sessions ended (or were refused).
+pub fn outcome(outcome: &'static str) {
+    metrics::counter!("gqp_live_sessions_total", "outcome" => outcome).increment(1);
+}
+
+/// Renew every slot this replica holds, every third of the serving `live.lease_secs`, while
+/// the gateway lives: a replica that stops renewing (it died) frees its slots within a lease.
+pub(crate) fn spawn_renewal(live: crate::reload::WeakLive) {
+    tokio::spawn(async move {
+        loop {
+            let Some(state) = live.upgrade().map(|l| l.current()) else {
+                return;
+            };
+            let lease = state.config.live.lease;
+            let held = state.live.held();
+            if !held.is_empty()
+                && let Err(e) = state
+                    .store
+                    .live_renew(&held, lease.as_millis() as u64)
+                    .await
+            {
+                tracing::warn!(error = %e, sessions = held.len(), "live: session leases not renewed");
+            }
+            drop(state);
+            tokio::time::sleep(lease / 3).await;
+        }
+    });
+}

@@ -1,0 +1,439 @@
+//! The Live API WebSocket through the proxy, against a fake Live upstream (tests/common/
+//! live_upstream.rs): frames relayed byte-identical both ways, sessions held as a per-project
+//! quota (Google's refusal moves a session to another key, all full is a clear close, a closed
+//! session frees its slot, a dead replica's slots come back after the lease), resumption on the
+//! same key, usage in the ledger, the replica's limits, and the google-genai Python SDK.
+
+mod common;
+
+use std::time::Duration;
+
+use common::live_upstream::{FakeLive, PROMPT_TOKENS};
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+const PATH: &str = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent";
+const MODEL: &str = "models/gemini-2.5-flash-native-audio";
+const KEYS: [&str; 2] = ["AIzaLiveKeyAAAAAAAA01", "AIzaLiveKeyBBBBBBBB02"];
+
+fn ws_url(proxy: &str, path: &str) -> String {
+    format!(
+        "{}{path}?key={CLIENT_KEY}",
+        proxy.replacen("http://", "ws://", 1)
+    )
+}
+
+async fn connect(proxy: &str) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(ws_url(proxy, PATH))
+        .await
+        .expect("the proxy accepts the upgrade");
+    ws
+}
+
+/// The next message that is not a ping or pong, within 10 s.
+async fn next(ws: &mut Ws) -> Option<Message> {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message within 10 s");
+        match m {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(m)) => return Some(m),
+            _ => return None,
+        }
+    }
+}
+
+fn json_of_message(m: &Message) -> Value {
+    match m {
+        Message::Text(t) => serde_json::from_str(t).unwrap(),
+        Message::Binary(b) => serde_json::from_slice(b).unwrap(),
+        other => panic!("expected a JSON message, got {other:?}"),
+    }
+}
+
+/// Send `setup` (optionally resuming) and return Google's first answer.
+async fn setup(ws: &mut Ws, resumption: Option<Value>) -> Message {
+    let mut s =
+        json!({"setup": {"model": MODEL, "generationConfig": {"responseModalities": ["TEXT"]}}});
+    if let Some(r) = resumption {
+        s["setup"]["sessionResumption"] = r;
+    }
+    ws.send(Message::Text(s.to_string().into())).await.unwrap();
+    next(ws).await.expect("an answer to the setup")
+}
+
+/// A session open through the proxy (setupComplete seen).
+async fn session(proxy: &str) -> Ws {
+    let mut ws = connect(proxy).await;
+    let first = setup(&mut ws, None).await;
+    assert_eq!(json_of_message(&first), json!({"setupComplete": {}}));
+    ws
+}
+
+/// The close frame the proxy sends, within 10 s.
+async fn close_of(ws: &mut Ws) -> CloseFrame {
+    match next(ws).await {
+        Some(Message::Close(Some(f))) => f,
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
+fn turn(text: &str) -> Message {
+    let v = json!({"clientContent": {"turns": [{"role": "user", "parts": [{"text": text}]}], "turnComplete": true}});
+    Message::Text(v.to_string().into())
+}
+
+async fn live_count(proxy: &Proxy) -> u64 {
+    let projects: Vec<std::sync::Arc<str>> = proxy
+        .state
+        .pool
+        .keys
+        .iter()
+        .map(|k| k.project.clone())
+        .collect();
+    proxy
+        .state
+        .store
+        .live_counts(&projects)
+        .await
+        .unwrap()
+        .iter()
+        .sum()
+}
+
+/// Whether the sessions the store counts become `n` within 5 s (slots free in the background).
+async fn count_becomes(proxy: &Proxy, n: u64) -> bool {
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if live_count(proxy).await == n {
+            return true;
+        }
+        if std::time::Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn text_turns_and_binary_frames_are_relayed_unchanged_both_ways() {
+    let fake = FakeLive::start(10).await;
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS[..1])).await;
+    let mut ws = session(&proxy.url).await;
+
+    ws.send(turn("hello there")).await.unwrap();
+    let content = json_of_message(&next(&mut ws).await.unwrap());
+    assert_eq!(
+        content["serverContent"]["modelTurn"]["parts"][0]["text"],
+        "echo: hello there"
+    );
+    let done = json_of_message(&next(&mut ws).await.unwrap());
+    assert_eq!(done["serverContent"]["turnComplete"], true);
+
+    // 16 KB of audio-like bytes, and a text frame that is not JSON: back byte for byte, as
+    // the frame type they were sent in.
+    let audio: Vec<u8> = (0..16 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    ws.send(Message::Binary(audio.clone().into()))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut ws).await, Some(Message::Binary(audio.into())));
+    ws.send(Message::Text("plain text, not JSON".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut ws).await,
+        Some(Message::Text("plain text, not JSON".into()))
+    );
+
+    // The upstream saw the pooled key only, and no client credential in the URL.
+    let st = fake.state.lock().unwrap();
+    assert_eq!(st.opened, vec![KEYS[0].to_string()]);
+    assert!(!st.saw_client_key);
+    assert_eq!(st.paths, vec![PATH.to_string()]);
+}
+
+#[tokio::test]
+async fn a_setup_sent_as_a_binary_frame_and_a_path_prefix_work_too() {
+    let fake = FakeLive::start(10).await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&KEYS[..1]).env("PROXY_PATH_PREFIX", "/gemini"),
+    )
+    .await;
+    let url = ws_url(&proxy.url, &format!("/gemini{PATH}"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let s = json!({"setup": {"model": MODEL}});
+    ws.send(Message::Binary(s.to_string().into_bytes().into()))
+        .await
+        .unwrap();
+    let first = next(&mut ws).await.unwrap();
+    assert_eq!(json_of_message(&first), json!({"setupComplete": {}}));
+    assert_eq!(fake.state.lock().unwrap().paths, vec![PATH.to_string()]);
+}
+
+#[tokio::test]
+async fn an_upgrade_without_a_valid_client_key_is_refused_with_googles_envelope() {
+    let fake = FakeLive::start(10).await;
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS[..1])).await;
+    let url = format!("{}{PATH}", proxy.url.replacen("http://", "ws://", 1));
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 401);
+            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["error"]["status"], "UNAUTHENTICATED");
+        }
+        other => panic!("expected a 401, got {:?}", other.map(|_| ())),
+    }
+    assert!(fake.opened().is_empty());
+}
+
+#[tokio::test]
+async fn a_fourth_session_on_a_project_google_caps_at_three_goes_to_another_key() {
+    // Google allows 3 sessions per project; the proxy is configured for more on project a, so
+    // a's headroom looks best and Google's refusal is what moves the 4th session to b.
+    let fake = FakeLive::start(3).await;
+    let toml = format!(
+        "[[keys]]\nkey = \"{}\"\nproject = \"pa\"\n[[keys]]\nkey = \"{}\"\nproject = \"pb\"\n\
+         [limits.projects.pa]\nlive_sessions = 10\n[limits.projects.pb]\nlive_sessions = 1\n",
+        KEYS[0], KEYS[1]
+    );
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&[]).toml(&toml)).await;
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(session(&proxy.url).await);
+    }
+    let (opened, refused) = {
+        let st = fake.state.lock().unwrap();
+        (st.opened.clone(), st.refused.clone())
+    };
+    assert_eq!(
+        opened,
+        vec![KEYS[0], KEYS[0], KEYS[0], KEYS[1]],
+        "three on a, the fourth on b"
+    );
+    assert_eq!(refused, vec![KEYS[0].to_string()]);
+    // The refused attempt's slot was given back: 4 held, not 5.
+    assert!(count_becomes(&proxy, 4).await);
+}
+
+#[tokio::test]
+async fn every_project_full_is_a_clear_close_naming_the_limit() {
+    let fake = FakeLive::start(10).await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&KEYS).toml("[limits]\nlive_sessions = 1\n"),
+    )
+    .await;
+    let _a = session(&proxy.url).await;
+    let _b = session(&proxy.url).await;
+    let mut third = connect(&proxy.url).await;
+    let f = match setup(&mut third, None).await {
+        Message::Close(Some(f)) => f,
+        other => panic!("expected a close, got {other:?}"),
+    };
+    assert_eq!(f.code, CloseCode::Again);
+    assert!(f.reason.contains("limits.live_sessions"), "{}", f.reason);
+    assert_eq!(fake.opened().len(), 2, "the third never reached Google");
+}
+
+#[tokio::test]
+async fn google_refusing_on_every_key_is_a_clear_close_too() {
+    let fake = FakeLive::start(1).await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&KEYS).toml("[limits]\nlive_sessions = 5\n"),
+    )
+    .await;
+    let _a = session(&proxy.url).await;
+    let _b = session(&proxy.url).await;
+    let mut third = connect(&proxy.url).await;
+    let f = match setup(&mut third, None).await {
+        Message::Close(Some(f)) => f,
+        other => panic!("expected a close, got {other:?}"),
+    };
+    assert_eq!(f.code, CloseCode::Again);
+    assert_eq!(fake.state.lock().unwrap().refused.len(), 2);
+}
+
+#[tokio::test]
+async fn a_session_closed_by_either_side_frees_its_slot() {
+    let fake = FakeLive::start(10).await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&KEYS[..1]).toml("[limits]\nlive_sessions = 1\n"),
+    )
+    .await;
+    // The client closes: its code and reason reach Google's side, the slot frees.
+    let mut ws = session(&proxy.url).await;
+    assert_eq!(live_count(&proxy).await, 1);
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "done".into(),
+    }))
+    .await
+    .unwrap();
+    assert!(
+        count_becomes(&proxy, 0).await,
+        "the client's close freed the slot"
+    );
+    assert!(eventually(Duration::from_secs(5), || fake.open(KEYS[0]) == 0).await);
+
+    // Google closes: the client gets Google's code and reason, the slot frees.
+    let mut ws = session(&proxy.url).await;
+    ws.send(Message::Text("close-me".into())).await.unwrap();
+    let f = close_of(&mut ws).await;
+    assert_eq!((f.code, f.reason.as_str()), (CloseCode::Normal, "bye"));
+    assert!(
+        count_becomes(&proxy, 0).await,
+        "Google's close freed the slot"
+    );
+    // And the slot is usable again.
+    let _again = session(&proxy.url).await;
+}
+
+#[tokio::test]
+async fn a_resumed_session_goes_to_the_key_that_issued_its_handle() {
+    let fake = FakeLive::start(10).await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&KEYS).toml("[limits]\nlive_sessions = 100\n"),
+    )
+    .await;
+    for _ in 0..3 {
+        let mut ws = connect(&proxy.url).await;
+        let first = setup(&mut ws, Some(json!({}))).await;
+        assert_eq!(json_of_message(&first), json!({"setupComplete": {}}));
+        let update = json_of_message(&next(&mut ws).await.unwrap());
+        let handle = update["sessionResumptionUpdate"]["newHandle"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let issuer = fake.state.lock().unwrap().handles[&handle].clone();
+        drop(ws);
+        // Several resumptions: the rotation alone would alternate the keys.
+        for _ in 0..3 {
+            let mut ws = connect(&proxy.url).await;
+            let first = setup(&mut ws, Some(json!({"handle": handle}))).await;
+            assert_eq!(json_of_message(&first), json!({"setupComplete": {}}));
+            let resumed = fake.state.lock().unwrap().resumed.last().cloned().unwrap();
+            assert_eq!(resumed, (handle.clone(), issuer.clone()));
+        }
+    }
+}
+
+#[tokio::test]
+async fn usage_metadata_of_each_turn_reaches_the_ledger() {
+    let fake = FakeLive::start(10).await;
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS[..1])).await;
+    let mut ws = session(&proxy.url).await;
+    for text in ["one two", "three four five"] {
+        ws.send(turn(text)).await.unwrap();
+        next(&mut ws).await.unwrap();
+        next(&mut ws).await.unwrap();
+    }
+    // Two turns: 11 prompt tokens each; "echo: one two" is 3 words, "echo: three four five" 4.
+    let mut last = Value::Null;
+    for _ in 0..500 {
+        let r = http()
+            .get(format!(
+                "{}/api/ai/usage/?window=1h&group_by=none",
+                proxy.url
+            ))
+            .header("x-goog-api-key", CLIENT_KEY)
+            .send()
+            .await
+            .unwrap();
+        last = json_of(r).await;
+        if last["totals"]["requests"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let t = &last["totals"];
+    assert_eq!(t["requests"], 2, "{last}");
+    assert_eq!(t["input_tokens"], 2 * PROMPT_TOKENS);
+    assert_eq!(t["output_tokens"], 3 + 4);
+    let r = http()
+        .get(format!(
+            "{}/api/ai/usage/?window=1h&group_by=model",
+            proxy.url
+        ))
+        .header("x-goog-api-key", CLIENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    let by_model = json_of(r).await;
+    assert_eq!(
+        by_model["series"][0]["group"]["model"], "gemini-2.5-flash-native-audio",
+        "{by_model}"
+    );
+}
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_closes_with_1009() {
+    let fake = FakeLive::start(10).await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&KEYS[..1]).toml("[live]\nmax_message_bytes = 4096\n"),
+    )
+    .await;
+    let mut ws = session(&proxy.url).await;
+    ws.send(Message::Binary(vec![1u8; 8192].into()))
+        .await
+        .unwrap();
+    let f = close_of(&mut ws).await;
+    assert_eq!(f.code, CloseCode::Size);
+    assert!(f.reason.contains("live.max_message_bytes"), "{}", f.reason);
+}
+
+#[tokio::test]
+async fn an_idle_session_is_closed_and_frees_its_slot() {
+    let fake = FakeLive::start(10).await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&KEYS[..1]).toml("[live]\nidle_timeout_secs = 0.3\n"),
+    )
+    .await;
+    let mut ws = session(&proxy.url).await;
+    let f = close_of(&mut ws).await;
+    assert_eq!(f.code, CloseCode::Policy);
+    assert!(f.reason.contains("live.idle_timeout_secs"), "{}", f.reason);
+    assert!(count_becomes(&proxy, 0).await);
+}
+
+#[tokio::test]
+async fn sessions_past_live_max_sessions_are_closed_at_once() {
+    let fake = FakeLive::start(10).await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&KEYS[..1]).env("PROXY_LIVE_MAX_SESSIONS", "1"),
+    )
+    .await;
+    let _a = session(&proxy.url).await;
+    let mut b = connect(&proxy.url).await;
+    let f = close_of(&mut b).await;
+    assert_eq!(f.code, CloseCode::Again);
+    assert!(f.reason.contains("live.max_sessions"), "{}", f.reason);
+    assert_eq!(fake.opened().len(), 1);
+}
+
+#[tokio::test]
+async fn a_setup_that_is_not_one_is_refused_with_1007() {
+    let fake = FakeLive::start(10).await;
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS[..1])).await;
+    let mut ws = connect(&proxy.url).await;
+    ws.send(Message::Text("{\"hello\": 1}".into()))
+        .await
+        .unwrap();
+    let f = close_of(&mut ws).await;
+    assert_eq!(f.code, CloseCode::Invalid);
+    assert!(fake.opened().is_empty());
+}
