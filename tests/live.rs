@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::live_upstream::{FakeLive, PROMPT_TOKENS};
+use common::live_upstream::{FakeLive, PROMPT_TOKENS, TlsFront};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -436,4 +436,113 @@ async fn a_setup_that_is_not_one_is_refused_with_1007() {
     let f = close_of(&mut ws).await;
     assert_eq!(f.code, CloseCode::Invalid);
     assert!(fake.opened().is_empty());
+}
+
+/// A replica's sessions hold their slots in Redis while it lives (its renewals keep the leases
+/// past their length), and a replica killed with SIGKILL frees them within the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replicas_session_slots_come_back_after_the_lease() {
+    let redis = RedisServer::start();
+    let fake = FakeLive::start(10).await;
+    let toml = "[limits]\nlive_sessions = 1\n[live]\nlease_secs = 1\n";
+    let file = std::env::temp_dir().join(format!("gqp-live-{}.toml", fastrand::u64(..)));
+    std::fs::write(&file, toml).unwrap();
+    let dying = common::binary::Binary::start(
+        &[
+            ("GEMINI_API_KEYS", KEYS[0]),
+            ("PROXY_CLIENT_KEYS", CLIENT_KEY),
+            ("GEMINI_UPSTREAM_URL", &fake.url),
+            ("REDIS_URL", &redis.url),
+        ],
+        &["--config", file.to_str().unwrap()],
+    );
+    let survivor = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&KEYS[..1])
+            .env("REDIS_URL", &redis.url)
+            .toml(toml),
+    )
+    .await;
+    let _held = session(&dying.url).await;
+
+    // Three leases later the living replica has renewed its slot: the other is refused.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut refused = connect(&survivor.url).await;
+    match setup(&mut refused, None).await {
+        Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::Again),
+        other => panic!("expected a close while the slot is held, got {other:?}"),
+    }
+
+    // SIGKILL: no close, no cleanup; the lease runs out and the slot comes back.
+    let killed = std::time::Instant::now();
+    // SAFETY: a plain kill(2) of the child this test started.
+    unsafe { libc::kill(dying.pid() as i32, libc::SIGKILL) };
+    assert!(
+        count_becomes(&survivor, 0).await,
+        "the dead replica's slot was not freed"
+    );
+    println!(
+        "slot freed {} ms after the kill (lease 1000 ms)",
+        killed.elapsed().as_millis()
+    );
+    // A closed session frees its slot in Redis at once, not at the end of its lease.
+    let mut mine = session(&survivor.url).await;
+    mine.close(None).await.unwrap();
+    assert!(count_becomes(&survivor, 0).await);
+    let _ = std::fs::remove_file(file);
+}
+
+/// The interpreter with google-genai: `GQP_PYTHON`, else the repository's `.venv`.
+fn python() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("GQP_PYTHON") {
+        return p.into();
+    }
+    let venv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "this test needs Python with google-genai: run scripts/test (it creates .venv), or set GQP_PYTHON"
+    );
+    venv
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_genai_live_connect_works_through_the_proxy_and_to_a_wss_upstream() {
+    // Google's side over TLS (wss://, trusted through upstream.ca_file); the SDK always speaks
+    // wss:// to its base URL, so the proxy too sits behind a TLS front, as in production.
+    let fake = FakeLive::start(10).await;
+    let upstream = TlsFront::start(&fake.url).await;
+    let proxy = start_proxy(
+        &upstream.url,
+        ProxyOpts::keys(&KEYS[..1])
+            .env(
+                "GEMINI_UPSTREAM_CA_FILE",
+                upstream.ca_file.to_str().unwrap(),
+            )
+            .toml("[limits]\nlive_sessions = 1\n"),
+    )
+    .await;
+    let front = TlsFront::start(&proxy.url).await;
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python/genai_live_check.py");
+    let out = tokio::process::Command::new(python())
+        .arg(&script)
+        .env("PROXY_URL", &front.url)
+        .env("SSL_CERT_FILE", &front.ca_file)
+        .env("CLIENT_KEY", CLIENT_KEY)
+        .env_remove("GOOGLE_API_KEY")
+        .env_remove("GEMINI_API_KEY")
+        .env_remove("GOOGLE_GEMINI_BASE_URL")
+        .output()
+        .await
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK script failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("google-genai live checks passed"));
+    let st = fake.state.lock().unwrap();
+    assert_eq!(st.opened, vec![KEYS[0].to_string()]);
+    assert!(!st.saw_client_key);
 }

@@ -27,19 +27,27 @@ use crate::state::AppState;
 pub use slots::LiveSessions;
 
 /// The Live API's socket paths (the proxy serves these; `BidiGenerateContentConstrained`,
-/// for ephemeral tokens, is not proxied).
-const PATHS: [&str; 2] = [
+/// for ephemeral tokens, is not proxied). google-genai asks for `v1` when given a base URL of
+/// its own: passed on as asked, Google's answer decides.
+const PATHS: [&str; 3] = [
+    "/ws/google.ai.generativelanguage.v1.GenerativeService.BidiGenerateContent",
     "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent",
     "/ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateContent",
 ];
 
 /// The socket path `path` names, if it is one of the Live API's (after `prefix`, if given).
+/// Doubled slashes before `ws` are taken as one: google-genai joins its base URL (kept with a
+/// trailing `/`) and `/ws/...` into `//ws/...`.
 pub fn live_path<'a>(path: &'a str, prefix: Option<&str>) -> Option<&'a str> {
-    let rest = match prefix {
-        Some(p) => path.strip_prefix(p).filter(|r| PATHS.contains(r)),
-        None => None,
+    let one_slash = |p: &'a str| {
+        let rest = p.trim_start_matches('/');
+        (rest.len() < p.len()).then(|| &p[p.len() - rest.len() - 1..])
     };
-    rest.or_else(|| PATHS.contains(&path).then_some(path))
+    let known = |p: &'a str| one_slash(p).filter(|p| PATHS.contains(p));
+    prefix
+        .and_then(|pre| path.strip_prefix(pre))
+        .and_then(known)
+        .or_else(|| known(path))
 }
 
 /// The client side of a session, after the upgrade.
@@ -160,4 +168,20 @@ async fn session(state: Arc<AppState>, caller: Caller, path: &str, mut client: C
     };
     let client_id = state.ledger_client(Some(caller));
     relay::run(&state, client, connected, &setup.model, client_id).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::live_path;
+
+    #[test]
+    fn live_paths_are_found_with_a_prefix_and_doubled_slashes() {
+        let p = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent";
+        assert_eq!(live_path(p, None), Some(p));
+        assert_eq!(live_path(&format!("//{}", &p[1..]), None), Some(p));
+        assert_eq!(live_path(&format!("/gemini{p}"), Some("/gemini")), Some(p));
+        assert_eq!(live_path(&format!("/gemini/{p}"), Some("/gemini")), Some(p));
+        assert_eq!(live_path("/ws/other", None), None);
+        assert_eq!(live_path(&format!("/gemini{p}"), None), None);
+    }
 }

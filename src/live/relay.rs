@@ -245,14 +245,19 @@ pub(super) async fn run(
         };
         tokio::pin!(up, down, idle_watch);
         // A close forwarded one way: the other side's answer to it comes back the other way.
+        // The session is over for Google once either side closed: the slot frees at once, not
+        // after the close handshake.
+        let mut slot = Some(slot);
         tokio::select! {
             e = &mut up => {
+                drop(slot.take());
                 if e == End::Closed {
                     let _ = tokio::time::timeout(CLOSE_GRACE, &mut down).await;
                 }
                 (Side::Client, e)
             }
             e = &mut down => {
+                drop(slot.take());
                 if e == End::Closed {
                     let _ = tokio::time::timeout(CLOSE_GRACE, &mut up).await;
                 }
@@ -301,5 +306,4 @@ pub(super) async fn run(
         }
     };
     outcome(ended_by);
-    drop(slot);
 }

@@ -203,8 +203,10 @@ async fn session(
                 return;
             }
             Message::Text(t) => match serde_json::from_str::<Value>(t) {
-                Ok(v) if v.get("clientContent").is_some() => {
-                    let text = v["clientContent"]["turns"][0]["parts"][0]["text"]
+                // Proto JSON takes either spelling; google-genai sends `client_content`.
+                Ok(v) if v.get("clientContent").or(v.get("client_content")).is_some() => {
+                    let c = v.get("clientContent").or(v.get("client_content")).unwrap();
+                    let text = c["turns"][0]["parts"][0]["text"]
                         .as_str()
                         .unwrap_or("")
                         .to_string();
@@ -233,5 +235,82 @@ async fn session(
         if ws.send(reply).await.is_err() {
             return;
         }
+    }
+}
+
+/// A TLS front on loopback: terminates TLS with a certificate for 127.0.0.1 signed by a CA made
+/// at start (its PEM in `ca_file`) and pipes the bytes to `target`. In front of the proxy it
+/// serves SDKs that always speak `wss://`; in front of [`FakeLive`] it is a `wss://` upstream.
+pub struct TlsFront {
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    pub ca_file: std::path::PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.ca_file);
+    }
+}
+
+impl TlsFront {
+    /// In front of `target` (`http://HOST:PORT`).
+    pub async fn start(target: &str) -> TlsFront {
+        use tokio_rustls::rustls;
+        let target = target.trim_start_matches("http://").to_string();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "gqp live test CA");
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let ca_file = std::env::temp_dir().join(format!(
+            "gqp-live-ca-{}-{}.pem",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::write(&ca_file, ca.as_ref().pem()).unwrap();
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, target) = (acceptor.clone(), target.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut plain) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let _ = plain.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+        TlsFront { url, ca_file, task }
     }
 }
