@@ -546,3 +546,56 @@ async fn google_genai_live_connect_works_through_the_proxy_and_to_a_wss_upstream
     assert_eq!(st.opened, vec![KEYS[0].to_string()]);
     assert!(!st.saw_client_key);
 }
+
+/// The value of the metric line that starts with `series` (`name{labels}`), if any.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn open_sessions_per_project_and_their_outcomes_are_in_the_metrics() {
+    let fake = FakeLive::start(10).await;
+    let toml = format!(
+        "[[keys]]\nkey = \"{}\"\nproject = \"live-metrics-project\"\n[limits]\nlive_sessions = 1\n",
+        KEYS[0]
+    );
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&[]).toml(&toml)).await;
+    let gauge = "gqp_live_sessions{project=\"live-metrics-project\"}";
+    let mut ws = session(&proxy.url).await;
+    assert_eq!(metric(&metrics_text(&proxy.url).await, gauge), Some(1.0));
+    // Refused for the limit: counted by outcome (the recorder is shared by this file's tests,
+    // so only growth is asserted).
+    let refused = "gqp_live_sessions_total{outcome=\"refused_full\"}";
+    let before = metric(&metrics_text(&proxy.url).await, refused).unwrap_or(0.0);
+    let mut second = connect(&proxy.url).await;
+    assert!(matches!(setup(&mut second, None).await, Message::Close(_)));
+    let mut grew = false;
+    for _ in 0..500 {
+        let text = metrics_text(&proxy.url).await;
+        if metric(&text, refused).unwrap_or(0.0) > before {
+            grew = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(grew, "refused_full was not counted");
+    ws.close(None).await.unwrap();
+    let mut zero = false;
+    for _ in 0..500 {
+        if metric(&metrics_text(&proxy.url).await, gauge) == Some(0.0) {
+            zero = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(zero, "the gauge did not come back to 0");
+    let text = metrics_text(&proxy.url).await;
+    assert!(metric(&text, "gqp_live_sessions_total{outcome=\"completed\"}").unwrap_or(0.0) >= 1.0);
+    // No key, client key or session id in any live metric.
+    for l in text.lines().filter(|l| l.contains("gqp_live")) {
+        assert!(!l.contains("AIza") && !l.contains(CLIENT_KEY), "{l}");
+    }
+}
