@@ -89,7 +89,8 @@ async fn dispatch(
     }
     if let Some(path) = crate::live::live_path(req.uri().path(), prefix.as_deref()) {
         let path = path.to_string();
-        return Ok(crate::live::handle(gemini.state(), req, &path).await);
+        let (state, sessions) = (gemini.state(), gemini.live_sessions());
+        return Ok(crate::live::handle(state, sessions, req, &path).await);
     }
     let direct = is_gemini_path(req.uri().path())
         || prefix

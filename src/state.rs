@@ -81,8 +81,6 @@ pub struct AppState {
     pub cache: Option<Arc<crate::cache::ResponseCache>>,
     /// The client to Google (`[upstream]`; its connections are pooled).
     pub upstream: Arc<HttpClient>,
-    /// This replica's Live API sessions and the quota slots they hold (kept across reloads).
-    pub live: Arc<crate::live::LiveSessions>,
     /// Which configuration this is: its number, when and how it was loaded.
     pub generation: Generation,
     /// The ledger's ids of the configured clients, by client index.
@@ -139,7 +137,6 @@ impl AppState {
             cache,
             pool,
             upstream,
-            live: Arc::default(),
             config: Arc::new(config),
             store,
             metrics,
@@ -190,7 +187,6 @@ impl AppState {
             alerts,
             cache,
             upstream,
-            live: self.live.clone(),
             generation,
             gauges_refreshed: tokio::sync::Mutex::new(None),
             outlook: std::sync::Mutex::new(None),

@@ -104,7 +104,12 @@ fn websocket_key(req: &http::Request<Body>) -> Option<&http::HeaderValue> {
 /// Answer a request for the Live API socket at `path` (the path prefix taken off): refuse it as Google's envelope (not a WebSocket
 /// upgrade, no or a wrong credential), or switch protocols and run the session in a task of
 /// its own.
-pub async fn handle(state: Arc<AppState>, mut req: http::Request<Body>, path: &str) -> Response {
+pub async fn handle(
+    state: Arc<AppState>,
+    sessions: Arc<LiveSessions>,
+    mut req: http::Request<Body>,
+    path: &str,
+) -> Response {
     let Some(key) = websocket_key(&req).cloned() else {
         return ApiError::InvalidArgument(
             "The Live API is a WebSocket: send a GET with Upgrade: websocket and \
@@ -132,7 +137,7 @@ pub async fn handle(state: Arc<AppState>, mut req: http::Request<Body>, path: &s
         let config = client_ws_config(&state);
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(config)).await;
-        session(state, caller, &path, ws).await;
+        session(state, sessions, caller, &path, ws).await;
     });
     http::Response::builder()
         .status(http::StatusCode::SWITCHING_PROTOCOLS)
@@ -144,8 +149,13 @@ pub async fn handle(state: Arc<AppState>, mut req: http::Request<Body>, path: &s
 }
 
 /// One session, from the upgrade to the last frame.
-async fn session(state: Arc<AppState>, caller: Caller, path: &str, mut client: ClientSocket) {
-    let sessions = state.live.clone();
+async fn session(
+    state: Arc<AppState>,
+    sessions: Arc<LiveSessions>,
+    caller: Caller,
+    path: &str,
+    mut client: ClientSocket,
+) {
     let Some(_open) = sessions.enter(state.config.live.max_sessions) else {
         slots::outcome("replica_full");
         let reason = format!(
@@ -158,7 +168,7 @@ async fn session(state: Arc<AppState>, caller: Caller, path: &str, mut client: C
     let Some((setup, first)) = setup::read_setup(&state, &mut client).await else {
         return;
     };
-    let connected = match setup::connect(&state, path, &setup, first).await {
+    let connected = match setup::connect(&state, &sessions, path, &setup, first).await {
         Ok(c) => c,
         Err(refusal) => {
             slots::outcome(refusal.outcome);

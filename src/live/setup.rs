@@ -211,6 +211,7 @@ async fn order(state: &AppState, setup: &Setup) -> Vec<(usize, u64)> {
 /// key while Google refuses for quota or a key cannot connect.
 pub(super) async fn connect(
     state: &Arc<AppState>,
+    sessions: &Arc<super::LiveSessions>,
     path: &str,
     setup: &Setup,
     first: Message,
@@ -229,7 +230,7 @@ pub(super) async fn connect(
         }
         let Some(slot) = Slot::take(
             &state.store,
-            &state.live,
+            sessions,
             &key.project,
             &session,
             limit,

@@ -1,6 +1,6 @@
 //! This replica's Live sessions: how many are open (against `live.max_sessions`), which quota
-//! slots they hold in the store (project, session id), renewing those slots' leases while the
-//! replica lives, and freeing a slot when its session ends.
+//! slots they hold in the store (project, session id; the gateway renews their leases while the
+//! replica lives), and freeing a slot when its session ends.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -132,26 +132,16 @@ pub fn outcome(outcome: &'static str) {
     metrics::counter!("gqp_live_sessions_total", "outcome" => outcome).increment(1);
 }
 
-/// Renew every slot this replica holds, every third of the serving `live.lease_secs`, while
-/// the gateway lives: a replica that stops renewing (it died) frees its slots within a lease.
-pub(crate) fn spawn_renewal(live: crate::reload::WeakLive) {
-    tokio::spawn(async move {
-        loop {
-            let Some(state) = live.upgrade().map(|l| l.current()) else {
-                return;
-            };
-            let lease = state.config.live.lease;
-            let held = state.live.held();
-            if !held.is_empty()
-                && let Err(e) = state
-                    .store
-                    .live_renew(&held, lease.as_millis() as u64)
-                    .await
-            {
-                tracing::warn!(error = %e, sessions = held.len(), "live: session leases not renewed");
-            }
-            drop(state);
-            tokio::time::sleep(lease / 3).await;
+/// Set `gqp_live_sessions` of every configured project from the slots held (the exporter
+/// drops a gauge left unchanged for a while; a session lasts minutes).
+pub(crate) fn refresh_gauges(state: &crate::state::AppState, held: &[(Arc<str>, String)]) {
+    let mut seen: Vec<&Arc<str>> = Vec::new();
+    for k in &state.pool.keys {
+        if seen.contains(&&k.project) {
+            continue;
         }
-    });
+        seen.push(&k.project);
+        let n = held.iter().filter(|(p, _)| *p == k.project).count();
+        metrics::gauge!("gqp_live_sessions", "project" => k.project.to_string()).set(n as f64);
+    }
 }
