@@ -599,3 +599,69 @@ async fn open_sessions_per_project_and_their_outcomes_are_in_the_metrics() {
         assert!(!l.contains("AIza") && !l.contains(CLIENT_KEY), "{l}");
     }
 }
+
+#[tokio::test]
+async fn pings_pongs_and_go_away_pass_through() {
+    let fake = FakeLive::start(10).await;
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS[..1])).await;
+    let mut ws = session(&proxy.url).await;
+    ws.send(Message::Text("go-away".into())).await.unwrap();
+    let m = next(&mut ws).await.unwrap();
+    assert_eq!(json_of_message(&m), json!({"goAway": {"timeLeft": "50s"}}));
+    // Google's ping reaches the client with its payload.
+    ws.send(Message::Text("ping-me".into())).await.unwrap();
+    let ping = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(Ok(Message::Ping(p))) = ws.next().await {
+                return p;
+            }
+        }
+    })
+    .await
+    .expect("Google's ping relayed");
+    assert_eq!(&ping[..], b"upstream-ping");
+    // The client's ping is answered with its payload.
+    ws.send(Message::Ping(b"client-ping".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(Ok(Message::Pong(p))) = ws.next().await {
+                return p;
+            }
+        }
+    })
+    .await
+    .expect("a pong");
+    assert_eq!(&pong[..], b"client-ping");
+}
+
+/// A client that sends and never reads: the echoes back up to the proxy, which stops reading
+/// the upstream, which stops reading the proxy, which stops reading the client, whose sends
+/// then stall. Without back-pressure the proxy would buffer all of it and every send complete.
+#[tokio::test]
+async fn a_client_that_never_reads_is_pushed_back_not_buffered() {
+    let fake = FakeLive::start(10).await;
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS[..1])).await;
+    let mut ws = session(&proxy.url).await;
+    let frame: Vec<u8> = vec![7u8; 1 << 20];
+    let mut sent = 0usize;
+    let stalled = loop {
+        let send = ws.send(Message::Binary(frame.clone().into()));
+        match tokio::time::timeout(Duration::from_secs(2), send).await {
+            Ok(r) => {
+                r.unwrap();
+                sent += 1;
+            }
+            Err(_) => break true,
+        }
+        if sent == 512 {
+            break false;
+        }
+    };
+    assert!(
+        stalled,
+        "512 MiB were taken without the client reading anything"
+    );
+    println!("the client's sends stalled after {sent} MiB");
+}

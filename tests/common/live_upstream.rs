@@ -4,7 +4,7 @@
 //! an echo in `serverContent` then `turnComplete` with `usageMetadata`; any other text or binary
 //! frame echoed unchanged; a per-key cap on open sessions, a setup over it refused with a close
 //! as Google does (1011, `RESOURCE_EXHAUSTED`); the text `close-me` closes the session (1000,
-//! "bye").
+//! "bye"), `go-away` answers with a `goAway`, `ping-me` with a ping.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -201,6 +201,13 @@ async fn session(
                     .await;
                 while let Some(Ok(_)) = ws.next().await {}
                 return;
+            }
+            // Google's notice that the connection ends soon, and a ping of its own.
+            Message::Text(t) if t.as_str() == "go-away" => {
+                json(json!({"goAway": {"timeLeft": "50s"}}))
+            }
+            Message::Text(t) if t.as_str() == "ping-me" => {
+                Message::Ping(b"upstream-ping".to_vec().into())
             }
             Message::Text(t) => match serde_json::from_str::<Value>(t) {
                 // Proto JSON takes either spelling; google-genai sends `client_content`.
