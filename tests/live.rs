@@ -222,6 +222,20 @@ async fn a_fourth_session_on_a_project_google_caps_at_three_goes_to_another_key(
     assert_eq!(refused, vec![KEYS[0].to_string()]);
     // The refused attempt's slot was given back: 4 held, not 5.
     assert!(count_becomes(&proxy, 4).await);
+    // a is held after Google's refusal: though the proxy counts room on a (3 of 10), a 5th
+    // session does not ask Google on a again; b is full, so it is refused at once.
+    let mut fifth = connect(&proxy.url).await;
+    assert!(matches!(setup(&mut fifth, None).await, Message::Close(_)));
+    assert_eq!(
+        fake.state.lock().unwrap().refused.len(),
+        1,
+        "a was tried again"
+    );
+    // One of a's sessions ends: a is tried first again, and Google takes it.
+    open.remove(0).close(None).await.unwrap();
+    assert!(count_becomes(&proxy, 3).await);
+    let _sixth = session(&proxy.url).await;
+    assert_eq!(fake.opened().last().map(String::as_str), Some(KEYS[0]));
 }
 
 #[tokio::test]

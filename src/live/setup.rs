@@ -155,8 +155,14 @@ pub(super) fn quota_close(frame: Option<&CloseFrame>) -> bool {
 }
 
 /// The keys to try, best first: the key a resumption handle is bound to alone, else every
-/// usable key by free session slots in its project (most first; ties take turns).
-async fn order(state: &AppState, setup: &Setup) -> Vec<(usize, u64)> {
+/// usable key by free session slots in its project (most first; ties take turns). A project
+/// Google refused for quota is held: left out for [`super::slots::REFUSED_HOLD`] or until one of
+/// its sessions on this replica ends, as a 429 holds a project for REST calls.
+async fn order(
+    state: &AppState,
+    sessions: &super::LiveSessions,
+    setup: &Setup,
+) -> Vec<(usize, u64)> {
     let pool = &state.pool;
     let limit_of = |i: usize| limits::live_sessions(pool.limits_config(), &pool.keys[i].project);
     if let Some(handle) = &setup.handle {
@@ -191,6 +197,7 @@ async fn order(state: &AppState, setup: &Setup) -> Vec<(usize, u64)> {
         .filter(|&i| {
             matches!(states.get(i), Some(KeyState::Active) | None)
                 && !pool.health.recently_dead(&pool.keys[i].kid)
+                && !sessions.is_refused(&pool.keys[i].project)
         })
         .map(|i| {
             let p = projects
@@ -220,7 +227,7 @@ pub(super) async fn connect(
     let cfg = &state.config.live;
     let lease_ms = cfg.lease.as_millis() as u64;
     let session = format!("{:016x}", fastrand::u64(..));
-    let candidates = order(state, setup).await;
+    let candidates = order(state, sessions, setup).await;
     let mut full: Vec<Arc<str>> = Vec::new();
     let mut last_error: Option<String> = None;
     for (i, limit) in candidates.iter().copied() {
@@ -273,6 +280,9 @@ pub(super) async fn connect(
             }
             Answer::Closed(frame) if quota_close(frame.as_ref()) => {
                 tracing::warn!(key = %key.masked, project = %key.project, "live: Google refused the setup for quota: trying the next key");
+                // The slot first: freeing a slot lifts a project's hold.
+                drop(slot);
+                sessions.refused(&key.project);
                 full.push(key.project.clone());
             }
             Answer::Closed(frame) => {

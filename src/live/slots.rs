@@ -15,7 +15,13 @@ pub struct LiveSessions {
     open: AtomicUsize,
     /// Session id -> its project, for every slot held in the store.
     held: Mutex<HashMap<String, Arc<str>>>,
+    /// Projects Google refused a setup for quota, until when: left out until then, or until
+    /// one of their sessions here ends (room may be free again). Bounded by the projects.
+    refused: Mutex<HashMap<Arc<str>, std::time::Instant>>,
 }
+
+/// How long a project Google refused a session for quota is left out.
+pub const REFUSED_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An open session on this replica (dropped: one fewer).
 pub struct Open(Arc<LiveSessions>);
@@ -52,6 +58,27 @@ impl LiveSessions {
             .collect()
     }
 
+    /// Google refused a setup on `project` for quota: leave it out for [`REFUSED_HOLD`].
+    pub fn refused(&self, project: &Arc<str>) {
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(project.clone(), std::time::Instant::now() + REFUSED_HOLD);
+    }
+
+    /// Whether `project` is held after a refusal.
+    pub fn is_refused(&self, project: &str) -> bool {
+        let mut r = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        match r.get(project) {
+            Some(until) if *until > std::time::Instant::now() => true,
+            Some(_) => {
+                r.remove(project);
+                false
+            }
+            None => false,
+        }
+    }
+
     fn hold(&self, project: &Arc<str>, session: &str) {
         self.held
             .lock()
@@ -66,6 +93,10 @@ impl LiveSessions {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(session);
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(project);
         if was.is_some() {
             metrics::gauge!("gqp_live_sessions", "project" => project.to_string()).decrement(1.0);
         }
