@@ -194,6 +194,7 @@ pub async fn serve(
     };
     let router = gateway.router();
     let gemini = gateway.service();
+    let sessions = gemini.live_sessions();
     let prefix: Option<Arc<str>> = cfg.path_prefix.as_deref().map(Arc::from);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
@@ -279,12 +280,19 @@ pub async fn serve(
     }
     drop(listener);
     let _ = stopping.send(true);
+    // Live sessions hold no request to finish: each is closed at once (1001), in its own task.
+    sessions.shut_down();
+    let live_closed = async {
+        while sessions.open() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
     tracing::info!(
         grace_secs = cfg.shutdown_grace.as_secs_f64(),
         "shutting down: draining open requests"
     );
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        ((), ()) = async { tokio::join!(graceful.shutdown(), live_closed) } => tracing::info!("all connections closed"),
         () = tokio::time::sleep(cfg.shutdown_grace) => tracing::warn!("grace period over: closing remaining connections"),
     }
     // The last second of usage sums, not left for a settlement batch that will not come.

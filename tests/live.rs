@@ -679,3 +679,21 @@ async fn a_client_that_never_reads_is_pushed_back_not_buffered() {
     );
     println!("the client's sends stalled after {sent} MiB");
 }
+
+#[tokio::test]
+async fn a_shutdown_closes_open_sessions_with_1001_and_frees_their_slots() {
+    let fake = FakeLive::start(10).await;
+    let mut proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS[..1])).await;
+    let mut ws = session(&proxy.url).await;
+    proxy.shutdown();
+    let f = close_of(&mut ws).await;
+    assert_eq!(f.code, CloseCode::Away);
+    assert!(f.reason.contains("shutting down"), "{}", f.reason);
+    assert!(count_becomes(&proxy, 0).await);
+    assert!(eventually(Duration::from_secs(5), || fake.open(KEYS[0]) == 0).await);
+    // The drain ends once the session is closed, well within the grace period.
+    tokio::time::timeout(Duration::from_secs(10), &mut proxy.task)
+        .await
+        .expect("the proxy stopped")
+        .unwrap();
+}

@@ -156,6 +156,11 @@ async fn session(
     path: &str,
     mut client: ClientSocket,
 ) {
+    if *sessions.stopping_now() {
+        slots::outcome("shutdown");
+        close(&mut client, CloseCode::Away, "The proxy is shutting down").await;
+        return;
+    }
     let Some(_open) = sessions.enter(state.config.live.max_sessions) else {
         slots::outcome("replica_full");
         let reason = format!(
@@ -177,7 +182,15 @@ async fn session(
         }
     };
     let client_id = state.ledger_client(Some(caller));
-    relay::run(&state, client, connected, &setup.model, client_id).await;
+    relay::run(
+        &state,
+        &sessions,
+        client,
+        connected,
+        &setup.model,
+        client_id,
+    )
+    .await;
 }
 
 #[cfg(test)]

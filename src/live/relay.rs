@@ -147,6 +147,8 @@ enum End {
     TooBig,
     /// No frame either way for `live.idle_timeout_secs`.
     Idle,
+    /// The proxy shuts down.
+    Shutdown,
 }
 
 /// Which side a relay's end came from.
@@ -164,6 +166,7 @@ fn since(start: tokio::time::Instant) -> u64 {
 /// Relay until either side closes (or the session is idle past `live.idle_timeout_secs`).
 pub(super) async fn run(
     state: &Arc<AppState>,
+    sessions: &super::LiveSessions,
     mut client: ClientSocket,
     connected: Connected,
     model: &str,
@@ -264,6 +267,7 @@ pub(super) async fn run(
                 (Side::Google, e)
             }
             () = &mut idle_watch => (Side::Client, End::Idle),
+            () = sessions.stopping() => (Side::Client, End::Shutdown),
         }
     };
     watch.count();
@@ -303,6 +307,12 @@ pub(super) async fn run(
             close(&mut client, CloseCode::Policy, &reason).await;
             close(&mut upstream, CloseCode::Away, "idle").await;
             "idle"
+        }
+        (_, End::Shutdown) => {
+            let reason = "The proxy is shutting down: reconnect (with sessionResumption to go on)";
+            close(&mut client, CloseCode::Away, reason).await;
+            close(&mut upstream, CloseCode::Away, "client went away").await;
+            "shutdown"
         }
     };
     outcome(ended_by);

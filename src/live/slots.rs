@@ -10,7 +10,7 @@ use crate::quota::QuotaStore;
 
 /// This replica's open sessions and the slots they hold. One per proxy, shared by every
 /// configuration generation (sessions outlive a reload).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LiveSessions {
     open: AtomicUsize,
     /// Session id -> its project, for every slot held in the store.
@@ -18,6 +18,19 @@ pub struct LiveSessions {
     /// Projects Google refused a setup for quota, until when: left out until then, or until
     /// one of their sessions here ends (room may be free again). Bounded by the projects.
     refused: Mutex<HashMap<Arc<str>, std::time::Instant>>,
+    /// True once the proxy shuts down: every session closes with 1001.
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for LiveSessions {
+    fn default() -> Self {
+        LiveSessions {
+            open: AtomicUsize::new(0),
+            held: Mutex::default(),
+            refused: Mutex::default(),
+            stopping: tokio::sync::watch::channel(false).0,
+        }
+    }
 }
 
 /// How long a project Google refused a session for quota is left out.
@@ -41,6 +54,22 @@ impl LiveSessions {
             })
             .ok()
             .map(|_| Open(self.clone()))
+    }
+
+    /// The proxy shuts down: every session is closed (1001) and no new one starts.
+    pub fn shut_down(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once [`LiveSessions::shut_down`] was called.
+    pub async fn stopping(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Whether the proxy is shutting down.
+    pub fn stopping_now(&self) -> tokio::sync::watch::Ref<'_, bool> {
+        self.stopping.borrow()
     }
 
     /// Sessions open on this replica now.
