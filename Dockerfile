@@ -18,12 +18,15 @@ RUN mkdir src \
     && cargo build --release --locked \
     && rm -rf src
 
-# 2. The real sources. src/config/mod.rs embeds config/default.toml and src/quota/redis/mod.rs embeds
-#    src/quota/redis/lua/*.lua at compile time, so both directories must be present. COPY keeps the
-#    files' own mtimes, which can be older than the stub build: touch the crate roots so cargo
-#    rebuilds the crate (never the dependencies). The last line fails the build if the stub's
-#    binary survived (it prints nothing).
+# 2. The real sources. Files the sources embed at compile time must be present too:
+#    config/default.toml (src/config/mod.rs), src/quota/redis/lua/*.lua (src/quota/redis/mod.rs)
+#    and assets/dashboard/* (src/status/dashboard.rs). tests/docker_context.rs checks the crate
+#    from exactly what these COPY lines (and .dockerignore) give. COPY keeps the files' own
+#    mtimes, which can be older than the stub build: touch the crate roots so cargo rebuilds the
+#    crate (never the dependencies). The last line fails the build if the stub's binary survived
+#    (it prints nothing).
 COPY config ./config
+COPY assets ./assets
 COPY src ./src
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked \

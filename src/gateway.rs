@@ -16,6 +16,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
+use crate::access_log::RequestLine;
 use crate::auth::CallerTag;
 use crate::config::{Config, Sources};
 use crate::layers::{
@@ -110,14 +111,14 @@ impl Future for Logged {
         let Poll::Ready(Ok(resp)) = Pin::new(&mut this.answer).poll(cx) else {
             return Poll::Pending;
         };
-        log_request(
+        let line = log_request(
             &this.state,
-            &this.method,
-            this.uri.path(),
+            std::mem::take(&mut this.method),
+            std::mem::take(&mut this.uri),
             &resp,
             this.started,
         );
-        Poll::Ready(Ok(resp))
+        Poll::Ready(Ok(line.attach(resp)))
     }
 }
 
@@ -147,14 +148,16 @@ impl Service<http::Request<Body>> for GeminiService {
     }
 }
 
-/// One line and the request metrics per request.
+/// The request metrics, at the answer's head, and the fields of its log line, written when
+/// its body ends ([`crate::access_log`]).
 fn log_request(
-    state: &AppState,
-    method: &http::Method,
-    path: &str,
+    state: &Arc<AppState>,
+    method: http::Method,
+    uri: http::Uri,
     resp: &Response,
     started: Instant,
-) {
+) -> RequestLine {
+    let head = started.elapsed();
     let traced = resp.extensions().get::<Traced>();
     let served = resp
         .extensions()
@@ -165,30 +168,30 @@ fn log_request(
     let key = served.key.map(|i| (i, state.pool.keys[i].masked.as_str()));
     let status = resp.status().as_u16();
     let caller = resp.extensions().get::<CallerTag>().map(|c| c.0);
-    // The caller's configured name, never its credential; `-` before authentication.
     let client = caller.map_or((0, "-"), |c| (c.slot(), c.name(&state.config.auth)));
-    tracing::info!(
-        method = %method,
-        path,
-        model = model.unwrap_or("-"),
-        status,
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-        key = key.map_or("-", |(_, k)| k),
-        client = client.1,
-        attempts = served.attempts,
-        est_tokens = traced.map_or(0, |t| t.tokens),
-        waited_ms = served.waited.map_or(0, |w| w.as_millis() as u64),
-        "request"
-    );
     state.metrics.request(
         model,
         key,
         client,
         status,
-        started.elapsed(),
+        head,
         served.upstream,
         served.waited.unwrap_or_default(),
     );
+    RequestLine {
+        state: state.clone(),
+        method,
+        uri,
+        model: model.map(str::to_string),
+        key: served.key,
+        caller,
+        status,
+        attempts: served.attempts,
+        est_tokens: traced.map_or(0, |t| t.tokens),
+        waited: served.waited,
+        started,
+        head,
+    }
 }
 
 /// A running proxy's parts: its live configuration, the Gemini service and its own endpoints.

@@ -20,14 +20,17 @@
 //!      built for Google ([`upstream::request`]).
 //! 3. [`body`]: the answer streams back untouched while its usage is read; at its end the
 //!    reservation settles ([`quota::Settlement`]) and the [`ledger`] records its tokens and cost
-//!    (requests, refusals, Google's 429s and 5xx are counted by [`layers::quota`]).
+//!    (requests, refusals, Google's 429s and 5xx are counted by [`layers::quota`]); then
+//!    [`access_log`] writes the request's line, with its time to the head, to the first byte and
+//!    in total.
 //! 4. [`live`]: the Live API's WebSocket, dispatched by the [`server`] beside the stack: the
 //!    client's upgrade and `setup`, a key chosen by session headroom with its slot held in the
 //!    [`quota`] store, then every frame relayed both ways, usage into the [`ledger`].
 //!
 //! Around it: [`config`] (one file per section), [`error`] (Google's error envelope),
-//! [`metrics`], [`telemetry`] (logging), [`allocator`] (mimalloc's settings, applied by the
-//! binary first thing), [`state`] (what every step shares) and, in the background, [`alerts`]
+//! [`metrics`], [`telemetry`] (logging), [`preflight`] (the binary's `--check`), [`allocator`]
+//! (mimalloc's settings, applied by the binary first thing), [`state`] (what every step shares)
+//! and, in the background, [`alerts`]
 //! (rules over the status and the ledger, notifications to webhooks and e-mail, one per
 //! transition across replicas) and [`reload`] (a new configuration swapped in without restart
 //! on `SIGHUP`, a file change or the admin endpoint).
@@ -35,6 +38,7 @@
 //! Embedding: build a [`Gateway`] from a [`Config`] and mount [`Gateway::service`] in your own
 //! router (`examples/embed.rs`).
 
+pub mod access_log;
 pub mod alerts;
 pub mod allocator;
 pub mod auth;
@@ -49,6 +53,7 @@ pub mod ledger;
 pub mod live;
 pub mod metrics;
 pub mod pool;
+pub mod preflight;
 pub mod quota;
 pub mod reload;
 pub mod route;

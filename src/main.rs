@@ -8,7 +8,7 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use gemini_quota_proxy::reload::watch;
 use gemini_quota_proxy::{Config, Gateway, Sources, serve, server::shutdown_signal, telemetry};
 
@@ -22,13 +22,24 @@ struct Cli {
     /// Print the embedded default config and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Validate the config and connect to the store, print what would run, and exit: 0 when
+    /// it would start, 2 with the setting at fault when it would not.
+    #[arg(long)]
+    check: bool,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     // Before the proxy allocates much: 4 KiB pages, not mimalloc's huge ones.
     gemini_quota_proxy::allocator::no_transparent_huge_pages();
-    let cli = Cli::parse();
+    // The environment variables are listed under --help from the table the config reads.
+    let matches = Cli::command()
+        .after_help(gemini_quota_proxy::config::variables::help_table())
+        .get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     if cli.print_default_config {
         print!("{}", gemini_quota_proxy::config::DEFAULT_TOML);
         return ExitCode::SUCCESS;
@@ -41,6 +52,18 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.check {
+        return match gemini_quota_proxy::preflight::check(config).await {
+            Ok(summary) => {
+                print!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gemini-quota-proxy: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     // Held to the end of main: dropping it flushes the log queue.
     let _log_guard = telemetry::init(
         config.log.format,
@@ -74,12 +97,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let bound = listener.local_addr().unwrap_or(listen);
     tracing::info!(
-        addr = %addr,
+        addr = %bound,
+        dashboard = %state.config.server.dashboard_url(bound),
         keys = state.pool.keys.len(),
         store = state.store.backend(),
         upstream = %state.config.upstream.url.text,

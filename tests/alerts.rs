@@ -16,9 +16,12 @@ const MODEL: &str = "gemini-2.5-flash";
 /// The minute limit: 8 requests are 80 %, 10 are 100 %.
 const MINUTE: &str = "10";
 
-/// A fast evaluator: rules every 50 ms, transitions grouped for `group_wait` seconds.
+/// A fast evaluator: rules every 50 ms, transitions grouped for `group_wait` seconds, each
+/// group sent as soon as it is due (no `group_interval`).
 fn fast(group_wait: f64) -> String {
-    format!("[alerts]\nevaluate_every_secs = 0.05\ngroup_wait_secs = {group_wait}\n")
+    format!(
+        "[alerts]\nevaluate_every_secs = 0.05\ngroup_wait_secs = {group_wait}\ngroup_interval_secs = 0\n"
+    )
 }
 
 async fn send(proxy: &str, n: usize) {
@@ -742,5 +745,115 @@ async fn the_alerts_api_needs_a_credential_and_the_test_needs_a_channel() {
     assert_eq!(
         v,
         json!({"success": true, "firing": [], "recent": [], "channels": []})
+    );
+}
+
+/// A proxy with two keys (two projects) at [`MINUTE`] a minute, alerts evaluated every 50 ms
+/// with `grouping` (the `group_*` settings), sent to Alertmanager, Slack and `json` webhooks and
+/// to e-mail.
+async fn burst_proxy(
+    fake: &FakeUpstream,
+    hooks: &Receiver,
+    smtp: &SmtpSink,
+    grouping: &str,
+) -> Proxy {
+    let mut toml = format!("[alerts]\nevaluate_every_secs = 0.05\n{grouping}\n");
+    for (path, format) in [("am", "alertmanager"), ("slack", "slack"), ("json", "json")] {
+        toml.push_str(&format!(
+            "[[alerts.webhooks]]\nurl = \"{}/{path}\"\nformat = \"{format}\"\n",
+            hooks.url
+        ));
+    }
+    start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&["AIzaAlertBurstKey001", "AIzaAlertBurstKey002"])
+            .env("GEMINI_MINUTE_LIMIT", MINUTE)
+            .env("PROXY_SMTP_URL", &format!("smtp://127.0.0.1:{}", smtp.port))
+            .env("PROXY_ALERT_EMAIL_FROM", "proxy@example.com")
+            .env("PROXY_ALERT_EMAIL_TO", "ops@example.com")
+            .toml(&toml),
+    )
+    .await
+}
+
+/// Every channel got `n` messages (or more).
+fn each_channel_got(hooks: &Receiver, smtp: &SmtpSink, n: usize) -> bool {
+    ["/am", "/slack", "/json"]
+        .iter()
+        .all(|p| hooks.bodies(p).len() >= n)
+        && smtp.mails().len() >= n
+}
+
+/// The alerts of the pool, both projects and every key at their limit, all firing critical.
+fn all_critical() -> Vec<(String, String, String)> {
+    let mut v = vec![
+        t("all_keys_exhausted", "critical", "firing"),
+        t("minute_usage_high", "critical", "firing"),
+        t("minute_usage_high", "critical", "firing"),
+        t("minute_usage_high", "critical", "firing"),
+    ];
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_that_trips_the_pool_each_project_and_every_key_sends_one_notification_per_channel()
+{
+    let fake = FakeUpstream::start().await;
+    let hooks = Receiver::start().await;
+    let smtp = SmtpSink::start().await;
+    let proxy = burst_proxy(&fake, &hooks, &smtp, "group_wait_secs = 3").await;
+    // 20 requests: each project and the pool at 100 %, every key spent.
+    send(&proxy.url, 20).await;
+
+    assert!(
+        eventually(Duration::from_secs(15), || each_channel_got(
+            &hooks, &smtp, 1
+        ))
+        .await
+    );
+    settle(|| hooks.hooks().len(), 3, Duration::from_secs(2)).await;
+    assert_eq!(smtp.mails().len(), 1, "one e-mail");
+    let json = &hooks.bodies("/json")[0];
+    assert_eq!(summary(json), all_critical(), "{json}");
+    let am = &hooks.bodies("/am")[0];
+    assert_eq!(am["version"], "4");
+    assert_eq!(am["alerts"].as_array().unwrap().len(), 4, "{am}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_longer_than_group_wait_sends_its_later_alerts_in_one_more_notification() {
+    let fake = FakeUpstream::start().await;
+    let hooks = Receiver::start().await;
+    let smtp = SmtpSink::start().await;
+    let grouping = "group_wait_secs = 0.3\ngroup_interval_secs = 5";
+    let proxy = burst_proxy(&fake, &hooks, &smtp, grouping).await;
+    // 80 %: both projects and the pool warn, sent after the group wait.
+    send(&proxy.url, 16).await;
+    assert!(
+        eventually(Duration::from_secs(10), || each_channel_got(
+            &hooks, &smtp, 1
+        ))
+        .await
+    );
+    // Then the burst goes on across several group waits: one project at its limit, later the
+    // other, the pool and every key.
+    send(&proxy.url, 3).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    send(&proxy.url, 1).await;
+
+    assert!(
+        eventually(Duration::from_secs(15), || each_channel_got(
+            &hooks, &smtp, 2
+        ))
+        .await
+    );
+    settle(|| hooks.hooks().len(), 6, Duration::from_secs(4)).await;
+    assert_eq!(smtp.mails().len(), 2, "two e-mails");
+    let json = hooks.bodies("/json");
+    assert_eq!(summary(&json[1]), all_critical(), "{}", json[1]);
+    assert_eq!(
+        hooks.bodies("/am")[1]["alerts"].as_array().unwrap().len(),
+        4
     );
 }

@@ -437,9 +437,14 @@ async fn shown_usage(b: &Browser) -> Value {
         .await
 }
 
-/// The three usage values as the page must show them, from a quota-status answer.
+/// The three usage values as the page must show them, from a quota-status answer: the busiest
+/// model's pool (the first of `pool_by_model`), or `usage` before any model was used.
 fn expected_usage(status: &Value) -> Value {
-    let u = &status["quota_status"]["usage"];
+    let q = &status["quota_status"];
+    let u = match q["pool_by_model"].as_array() {
+        Some(models) if !models.is_empty() => &models[0],
+        _ => &q["usage"],
+    };
     let pair = |used: &str, limit: &str| {
         format!(
             "{} / {}",
@@ -591,6 +596,51 @@ async fn dashboard_in_a_browser() {
     assert_ne!(
         status["quota_status"]["usage"]["daily_requests"], 0,
         "the test's traffic counted"
+    );
+    // The pool per model, busiest first, as the API gives it (exact in each cell's title, the
+    // text is compact: `600 / 2M`); never the sum across models.
+    let pools = status["quota_status"]["pool_by_model"]
+        .as_array()
+        .expect("pool_by_model");
+    assert_eq!(pools.len(), 2, "{status}");
+    let rows = b
+        .js(
+            "return Array.from(document.querySelectorAll('#pool-models tbody tr[data-model]'))
+                .map(r => [r.getAttribute('data-model')]
+                    .concat(Array.from(r.querySelectorAll('td.num')).map(td => td.title.split(',')[0])));",
+            json!([]),
+        )
+        .await;
+    let expected_rows: Vec<Value> = pools
+        .iter()
+        .map(|m| {
+            let pair = |used: &str, limit: &str| format!("{} / {}", m[used], m[limit]);
+            json!([
+                m["model"],
+                pair("minute_requests", "minute_limit"),
+                pair("daily_requests", "daily_limit"),
+                pair("minute_tokens", "token_minute_limit"),
+            ])
+        })
+        .collect();
+    assert_eq!(rows, json!(expected_rows), "#pool-models rows");
+    assert!(
+        b.visible("#pool-models").await,
+        "#pool-models hidden with two models"
+    );
+    let busiest = pools[0]["model"].as_str().unwrap();
+    assert!(
+        b.text("#usage-model").await.contains(busiest),
+        "#usage-model names {busiest}"
+    );
+    let summed = format!("/ {}", status["quota_status"]["usage"]["minute_limit"]);
+    assert_ne!(
+        pools[0]["minute_limit"],
+        status["quota_status"]["usage"]["minute_limit"]
+    );
+    assert!(
+        !b.text(".usage-card").await.contains(&summed),
+        "the usage card shows the sum across models ({summed})"
     );
     for id in &masked {
         let row = format!("#keys tr[data-key=\"{id}\"]");

@@ -324,6 +324,10 @@ fn every_documented_command_is_known_and_its_target_exists() {
                             "{at}: scripts/test no longer runs scripts/check-deploy"
                         )),
                     "check-deploy" => {}
+                    "run-tests" if !script_test.contains("scripts/run-tests") => problems.push(
+                        format!("{at}: scripts/test no longer runs scripts/run-tests"),
+                    ),
+                    "run-tests" => {}
                     // Benchmarks take minutes and a quiet machine: syntax-checked here, their
                     // Rust parts (examples/) are built by CI's clippy --all-targets.
                     "test" | "bench" | "bench-h2" => {}

@@ -433,7 +433,7 @@ async fn an_alert_firing_before_a_reload_of_its_channels_is_resolved_on_the_new_
     let file = dir.join("config.toml");
     let with_alerts = |path: &str, warn: u64| {
         format!(
-            "{}\n[alerts]\nevaluate_every_secs = 0.1\ngroup_wait_secs = 0\nwarn_percent = {warn}\n[[alerts.webhooks]]\nurl = \"{}{path}\"\nformat = \"json\"\n",
+            "{}\n[alerts]\nevaluate_every_secs = 0.1\ngroup_wait_secs = 0\ngroup_interval_secs = 0\nwarn_percent = {warn}\n[[alerts.webhooks]]\nurl = \"{}{path}\"\nformat = \"json\"\n",
             toml(KEY_A, 2, ADMIN_TOKEN, &[CLIENT_KEY]),
             hooks.url
         )

@@ -236,3 +236,37 @@ async fn repeated_upstream_failures_are_a_warning_and_a_success_clears_it() {
             .contains("upstream failures")
     );
 }
+
+#[tokio::test]
+async fn the_pool_is_given_per_model_busiest_first_never_summed_across_models() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS)).await;
+    for (model, n) in [("gemini-2.0-flash", 1), ("gemini-2.5-flash", 3)] {
+        for _ in 0..n {
+            let r = generate(&proxy.url, model, "hello").await;
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap();
+        }
+    }
+    let (code, v) = quota_status(&proxy.url, CLIENT_KEY).await;
+    assert_eq!(code, 200);
+    let q = &v["quota_status"];
+    let pools = q["pool_by_model"].as_array().expect("pool_by_model: {q}");
+    let models: Vec<&str> = pools.iter().map(|m| m["model"].as_str().unwrap()).collect();
+    assert_eq!(
+        models,
+        ["gemini-2.5-flash", "gemini-2.0-flash"],
+        "busiest first"
+    );
+    // Two keys in two projects at 15 a minute each: 30 for a model's requests.
+    assert_eq!(pools[0]["minute_requests"], 3);
+    assert_eq!(pools[0]["minute_limit"], 30);
+    assert_eq!(pools[0]["minute_remaining"], 27);
+    assert_eq!(pools[0]["usage_percentage"]["minute"], 10.0);
+    assert_eq!(pools[1]["minute_requests"], 1);
+    assert_eq!(pools[1]["minute_limit"], 30);
+    assert_eq!(q["pool_models_omitted"], 0);
+    // The seed's `usage` stays as it was: both models summed against both models' limits.
+    assert_eq!(q["usage"]["minute_requests"], 4);
+    assert_eq!(q["usage"]["minute_limit"], 60);
+}

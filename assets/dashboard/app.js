@@ -403,10 +403,19 @@
     tickClock();
   }
 
+  /** The pool per model, busiest first (the API sorts it). */
+  function poolModels(qs) { return Array.isArray(qs.pool_by_model) ? qs.pool_by_model : []; }
+
+  /** What the meters show: the busiest model's pool. A request spends one model's quota, so a
+   *  sum across models (`usage`) is room no request can use; it is shown only before any use,
+   *  when it is one generate model's room. */
+  function busiestPool(qs) { var m = poolModels(qs); return m.length ? m[0] : (qs.usage || {}); }
+
   function renderHealth(qs) {
-    var u = qs.usage || {};
+    var u = busiestPool(qs);
     var p = u.usage_percentage || {};
-    var parts = [['requests per minute', num(p.minute)], ['requests per day', num(p.daily)], ['tokens per minute', num(p.tokens)]];
+    var of = u.model ? ' of ' + u.model : '';
+    var parts = [['requests per minute' + of, num(p.minute)], ['requests per day' + of, num(p.daily)], ['tokens per minute' + of, num(p.tokens)]];
     var worst = parts.reduce(function (a, b) { return b[1] > a[1] ? b : a; });
     var errors = Array.isArray(qs.errors) ? qs.errors : [];
     var warnings = Array.isArray(qs.warnings) ? qs.warnings : [];
@@ -456,11 +465,32 @@
   }
 
   function renderUsage(qs) {
-    var u = qs.usage || {};
+    var models = poolModels(qs);
+    var u = busiestPool(qs);
     var p = u.usage_percentage || {};
     setMeter('#usage-minute', u.minute_requests, u.minute_limit, p.minute, u.minute_remaining, 'requests');
     setMeter('#usage-daily', u.daily_requests, u.daily_limit, p.daily, u.daily_remaining, 'requests');
     setMeter('#usage-tokens', u.minute_tokens, u.token_minute_limit, p.tokens, u.token_minute_remaining, 'tokens');
+    var more = num(qs.pool_models_omitted);
+    $('#usage-model').textContent = models.length
+      ? 'Busiest model: ' + u.model + (models.length + more > 1 ? ' (of ' + (models.length + more) + ' models used).' : '.')
+      : 'No model used yet: the room for one model.';
+    var tbody = $('#pool-models tbody');
+    clear(tbody);
+    $('#pool-models-wrap').hidden = models.length < 2;
+    models.forEach(function (m) {
+      var mp = m.usage_percentage || {};
+      var cell = function (used, limit, pct, label) {
+        return el('td', { class: 'num lvl-' + level(pct), 'data-label': label, title: int(used) + ' / ' + int(limit) + ', ' + fmtPct(pct) + ' used', text: fmtCompact(used) + ' / ' + fmtCompact(limit) });
+      };
+      var tr = el('tr', { 'data-model': m.model });
+      tr.appendChild(el('td', { class: 'mono', 'data-label': 'Model', text: m.model }));
+      tr.appendChild(cell(m.minute_requests, m.minute_limit, mp.minute, 'Minute'));
+      tr.appendChild(cell(m.daily_requests, m.daily_limit, mp.daily, 'Today'));
+      tr.appendChild(cell(m.minute_tokens, m.token_minute_limit, mp.tokens, 'Tokens'));
+      tbody.appendChild(tr);
+    });
+    if (more) tbody.appendChild(el('tr', null, el('td', { colspan: 4, class: 'muted', text: '+ ' + more + ' less busy models' })));
   }
 
   function setMeter(sel, used, limit, pct, remaining, unit) {

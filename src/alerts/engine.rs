@@ -56,6 +56,8 @@ pub struct Engine {
     recent: VecDeque<AlertView>,
     pending: BTreeMap<String, Transition>,
     group_opened: Option<Instant>,
+    /// When the last group with something to send went out: the next waits `group_interval`.
+    last_sent: Option<Instant>,
 }
 
 impl Engine {
@@ -159,22 +161,34 @@ impl Engine {
         self.group_opened.get_or_insert(now);
     }
 
-    /// The open group once `group_wait` has passed since its first transition; `sending`:
-    /// whether it goes anywhere (with no channel, nothing is marked notified). The group's
-    /// alerts count as notified for the repeat interval (by this replica or another that won
-    /// the claim); `last_notified_at` waits for [`Engine::notified`].
+    /// The open group once `group_wait` has passed since its first transition and
+    /// `group_interval` since the last group sent (as Alertmanager's `group_wait` and
+    /// `group_interval`: a burst whose transitions outlast one group wait goes out in one more
+    /// message, not one per evaluation); `sending`: whether it goes anywhere (with no channel,
+    /// nothing is marked notified). The group's alerts count as notified for the repeat
+    /// interval (by this replica or another that won the claim); `last_notified_at` waits for
+    /// [`Engine::notified`].
     pub fn due(
         &mut self,
         now: Instant,
-        group_wait: Duration,
+        (group_wait, group_interval): (Duration, Duration),
         sending: bool,
     ) -> Option<Vec<Transition>> {
         let opened = self.group_opened?;
         if now.duration_since(opened) < group_wait {
             return None;
         }
+        if self
+            .last_sent
+            .is_some_and(|at| now.duration_since(at) < group_interval)
+        {
+            return None;
+        }
         self.group_opened = None;
         let group: Vec<Transition> = std::mem::take(&mut self.pending).into_values().collect();
+        if sending && group.iter().any(|t| t.kind != Kind::Lowered) {
+            self.last_sent = Some(now);
+        }
         for t in &group {
             if t.kind == Kind::Lowered || !sending {
                 continue;
@@ -267,22 +281,22 @@ mod tests {
         let mut e = Engine::default();
         let t0 = Instant::now();
         e.observe(t0, vec![minute(Severity::Warning)], HOUR);
-        let g = e.due(t0, Duration::ZERO, true).unwrap();
+        let g = e.due(t0, (Duration::ZERO, Duration::ZERO), true).unwrap();
         assert_eq!((g.len(), g[0].kind), (1, Kind::Firing));
         assert_eq!(g[0].state(), "firing:warning");
         e.observe(t0, vec![minute(Severity::Warning)], HOUR);
         assert!(
-            e.due(t0, Duration::ZERO, true).is_none(),
+            e.due(t0, (Duration::ZERO, Duration::ZERO), true).is_none(),
             "no change, nothing to send"
         );
         e.observe(t0, vec![minute(Severity::Critical)], HOUR);
-        let g = e.due(t0, Duration::ZERO, true).unwrap();
+        let g = e.due(t0, (Duration::ZERO, Duration::ZERO), true).unwrap();
         assert_eq!(g[0].state(), "firing:critical");
         e.observe(t0, vec![minute(Severity::Warning)], HOUR);
-        let g = e.due(t0, Duration::ZERO, true).unwrap();
+        let g = e.due(t0, (Duration::ZERO, Duration::ZERO), true).unwrap();
         assert_eq!(g[0].kind, Kind::Lowered);
         e.observe(t0, vec![], HOUR);
-        let g = e.due(t0, Duration::ZERO, true).unwrap();
+        let g = e.due(t0, (Duration::ZERO, Duration::ZERO), true).unwrap();
         assert_eq!(g[0].kind, Kind::Resolved);
         assert_eq!(e.firing_count(), 0);
         // firing, critical, resolved: the lowering is not a transition people see.
@@ -299,10 +313,51 @@ mod tests {
             e.observe(t0, vec![], HOUR);
         }
         e.observe(t0, vec![minute(Severity::Warning)], HOUR);
-        assert!(e.due(t0 + Duration::from_secs(5), wait, true).is_none());
-        let g = e.due(t0 + wait, wait, true).unwrap();
+        assert!(
+            e.due(t0 + Duration::from_secs(5), (wait, Duration::ZERO), true)
+                .is_none()
+        );
+        let g = e.due(t0 + wait, (wait, Duration::ZERO), true).unwrap();
         assert_eq!(g.len(), 1);
         assert_eq!(g[0].kind, Kind::Firing);
+    }
+
+    #[test]
+    fn transitions_after_a_sent_group_wait_out_the_group_interval_and_go_out_together() {
+        let mut e = Engine::default();
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let grouping = (s(10), s(60));
+        let other = |sev| Active {
+            rule: "all_keys_exhausted",
+            severity: sev,
+            labels: BTreeMap::from([("model", "*".to_string())]),
+            summary: "every key is disabled or cooling down".into(),
+        };
+        e.observe(t0, vec![minute(Severity::Warning)], HOUR);
+        assert_eq!(e.due(t0 + s(10), grouping, true).unwrap().len(), 1);
+        // Each later evaluation brings news: none goes out before 60 s after the first.
+        e.observe(t0 + s(20), vec![minute(Severity::Critical)], HOUR);
+        assert!(e.due(t0 + s(30), grouping, true).is_none());
+        let both = vec![minute(Severity::Critical), other(Severity::Critical)];
+        e.observe(t0 + s(40), both, HOUR);
+        assert!(e.due(t0 + s(69), grouping, true).is_none());
+        let g = e.due(t0 + s(70), grouping, true).unwrap();
+        let mut rules: Vec<_> = g.iter().map(|t| (t.alert.rule, t.kind)).collect();
+        rules.sort_by_key(|r| r.0);
+        assert_eq!(
+            rules,
+            [
+                ("all_keys_exhausted", Kind::Firing),
+                ("minute_usage_high", Kind::Firing)
+            ]
+        );
+        // Without a group interval the second group goes out at its group wait.
+        let mut e = Engine::default();
+        e.observe(t0, vec![minute(Severity::Warning)], HOUR);
+        e.due(t0 + s(10), (s(10), Duration::ZERO), true).unwrap();
+        e.observe(t0 + s(20), vec![minute(Severity::Critical)], HOUR);
+        assert!(e.due(t0 + s(30), (s(10), Duration::ZERO), true).is_some());
     }
 
     #[test]
@@ -310,11 +365,16 @@ mod tests {
         let mut e = Engine::default();
         let t0 = Instant::now();
         e.observe(t0, vec![minute(Severity::Warning)], HOUR);
-        e.due(t0, Duration::ZERO, true).unwrap();
+        e.due(t0, (Duration::ZERO, Duration::ZERO), true).unwrap();
         e.observe(t0 + HOUR / 2, vec![minute(Severity::Warning)], HOUR);
-        assert!(e.due(t0 + HOUR / 2, Duration::ZERO, true).is_none());
+        assert!(
+            e.due(t0 + HOUR / 2, (Duration::ZERO, Duration::ZERO), true)
+                .is_none()
+        );
         e.observe(t0 + HOUR, vec![minute(Severity::Warning)], HOUR);
-        let g = e.due(t0 + HOUR, Duration::ZERO, true).unwrap();
+        let g = e
+            .due(t0 + HOUR, (Duration::ZERO, Duration::ZERO), true)
+            .unwrap();
         assert_eq!(g[0].kind, Kind::Repeat);
     }
 
@@ -325,13 +385,13 @@ mod tests {
         let wait = Duration::from_secs(10);
         e.observe(t0, vec![minute(Severity::Critical)], HOUR);
         e.observe(t0 + wait / 2, vec![minute(Severity::Warning)], HOUR);
-        let g = e.due(t0 + wait, wait, true).unwrap();
+        let g = e.due(t0 + wait, (wait, Duration::ZERO), true).unwrap();
         assert_eq!(g.len(), 1);
         assert_eq!(g[0].kind, Kind::Firing);
         assert_eq!(g[0].state(), "firing:warning", "with the latest severity");
         // Resolved in a later group: sent, it was announced.
         e.observe(t0 + wait * 2, vec![], HOUR);
-        let g = e.due(t0 + wait * 3, wait, true).unwrap();
+        let g = e.due(t0 + wait * 3, (wait, Duration::ZERO), true).unwrap();
         assert_eq!(g[0].kind, Kind::Resolved);
     }
 
@@ -340,10 +400,10 @@ mod tests {
         let mut e = Engine::default();
         let t0 = Instant::now();
         e.observe(t0, vec![minute(Severity::Warning)], HOUR);
-        e.due(t0, Duration::ZERO, true).unwrap();
+        e.due(t0, (Duration::ZERO, Duration::ZERO), true).unwrap();
         e.observe(t0, vec![minute(Severity::Critical)], HOUR);
         e.observe(t0, vec![], HOUR);
-        let g = e.due(t0, Duration::ZERO, true).unwrap();
+        let g = e.due(t0, (Duration::ZERO, Duration::ZERO), true).unwrap();
         assert_eq!(g[0].kind, Kind::Resolved);
     }
 
@@ -352,7 +412,7 @@ mod tests {
         let mut e = Engine::default();
         let t0 = Instant::now();
         e.observe(t0, vec![minute(Severity::Warning)], HOUR);
-        let g = e.due(t0, Duration::ZERO, true).unwrap();
+        let g = e.due(t0, (Duration::ZERO, Duration::ZERO), true).unwrap();
         assert_eq!(
             e.firing()[0].last_notified_at,
             None,
@@ -364,7 +424,7 @@ mod tests {
         assert_eq!(e.firing()[0].last_notified_at, at);
         assert_eq!(e.recent()[0].last_notified_at, at);
         e.observe(t0, vec![], HOUR);
-        let g = e.due(t0, Duration::ZERO, true).unwrap();
+        let g = e.due(t0, (Duration::ZERO, Duration::ZERO), true).unwrap();
         e.notified(&g, "2026-11-29T02:05:00Z");
         let recent = e.recent();
         assert_eq!(recent[0].status, "resolved");

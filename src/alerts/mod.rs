@@ -167,7 +167,8 @@ impl Alerts {
             engine.observe(now, active, cfg.repeat_interval);
             metrics.alerts_firing(engine.firing_count());
             let shared = engine.notified_firing(|rule| !per_replica(rule));
-            (engine.due(now, cfg.group_wait, cfg.has_channels()), shared)
+            let grouping = (cfg.group_wait, cfg.group_interval);
+            (engine.due(now, grouping, cfg.has_channels()), shared)
         };
         // Without a channel the transitions are only kept (API, status page): nothing to claim.
         if !cfg.has_channels() {

@@ -16,6 +16,7 @@ use crate::secret::Secret;
 pub(super) struct Raw {
     evaluate_every_secs: f64,
     group_wait_secs: f64,
+    group_interval_secs: f64,
     repeat_interval_secs: f64,
     warn_percent: f64,
     critical_percent: f64,
@@ -48,6 +49,9 @@ pub struct AlertsConfig {
     pub evaluate_every: Duration,
     /// Zero: every evaluation's transitions go out at once.
     pub group_wait: Duration,
+    /// Least time between two messages (zero: none); what changes meanwhile waits and goes
+    /// out together.
+    pub group_interval: Duration,
     pub repeat_interval: Duration,
     pub warn_percent: f64,
     pub critical_percent: f64,
@@ -72,6 +76,7 @@ pub(super) fn from_raw(
 ) -> Result<AlertsConfig, ConfigError> {
     let evaluate_every = secs("alerts.evaluate_every_secs", raw.evaluate_every_secs)?;
     let group_wait = secs_or_zero("alerts.group_wait_secs", raw.group_wait_secs)?;
+    let group_interval = secs_or_zero("alerts.group_interval_secs", raw.group_interval_secs)?;
     let repeat_interval = secs("alerts.repeat_interval_secs", raw.repeat_interval_secs)?;
     let pct_ok = |v: f64| v.is_finite() && v > 0.0 && v <= 100.0;
     if !pct_ok(raw.warn_percent) {
@@ -157,6 +162,7 @@ pub(super) fn from_raw(
     Ok(AlertsConfig {
         evaluate_every,
         group_wait,
+        group_interval,
         repeat_interval,
         warn_percent: raw.warn_percent,
         critical_percent: raw.critical_percent,

@@ -18,6 +18,7 @@ mod queue;
 mod server;
 mod store;
 mod upstream;
+pub mod variables;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,6 +39,7 @@ pub use self::prints::ConfigPrints;
 pub use self::queue::QueueConfig;
 pub use self::server::ServerConfig;
 pub use self::upstream::UpstreamConfig;
+use self::variables::{ENV_NUMBERS, ENV_SETTINGS};
 pub use crate::ledger::prices::{Billing, PriceEntry, Prices};
 pub use crate::quota::StoreConfig;
 pub use crate::quota::limits::{LimitOverride, LimitsConfig, ProjectLimits, QuotaDefaults};
@@ -107,35 +109,6 @@ pub struct Config {
     /// Digests of every setting it was loaded from (a reload names what changed with them).
     pub prints: ConfigPrints,
 }
-
-/// Environment variables that map onto one TOML setting each.
-const ENV_SETTINGS: &[(&str, &str)] = &[
-    ("GEMINI_UPSTREAM_URL", "upstream.url"),
-    ("GEMINI_UPSTREAM_CA_FILE", "upstream.ca_file"),
-    ("GEMINI_UPSTREAM_HTTP2", "upstream.http2"),
-    ("PROXY_LISTEN", "server.listen"),
-    ("PROXY_PUBLIC_URL", "server.public_url"),
-    ("PROXY_PATH_PREFIX", "server.path_prefix"),
-    ("PROXY_WATCH_CONFIG", "server.watch_config"),
-    ("PROXY_ADMIN_TOKEN", "auth.admin_token"),
-    ("REDIS_URL", "store.redis_url"),
-    ("REDIS_TLS_CA_FILE", "store.tls_ca_file"),
-    ("REDIS_TLS_CERT_FILE", "store.tls_cert_file"),
-    ("REDIS_TLS_KEY_FILE", "store.tls_key_file"),
-    ("PROXY_LOG_FORMAT", "log.format"),
-    ("PROXY_METRICS_TOKEN", "metrics.token"),
-];
-
-/// Environment variables holding a whole number.
-const ENV_NUMBERS: &[(&str, &str)] = &[
-    ("GEMINI_MINUTE_LIMIT", "limits.minute"),
-    ("GEMINI_DAILY_LIMIT", "limits.daily"),
-    ("GEMINI_TOKEN_MINUTE_LIMIT", "limits.token_minute"),
-    ("GEMINI_MAX_REQUEST_TOKENS", "limits.max_request_tokens"),
-    ("PROXY_QUEUE_MAX_WAIT_SECS", "queue.max_wait_secs"),
-    ("PROXY_LIVE_MAX_SESSIONS", "live.max_sessions"),
-    ("PROXY_CACHE_TTL_SECS", "cache.ttl_secs"),
-];
 
 impl Config {
     /// Load and validate. Every failure names the setting (TOML path or variable) at fault.

@@ -47,6 +47,28 @@ const OWN_PATHS: [&str; 7] = [
 ];
 
 impl ServerConfig {
+    /// Where the dashboard is for someone reading the start line: under `server.public_url`'s
+    /// origin when it is set, else on the address bound (loopback for an unspecified one, which
+    /// no browser can open).
+    pub fn dashboard_url(&self, bound: SocketAddr) -> String {
+        if let Some(public) = &self.public_url {
+            let origin_end = public
+                .find("://")
+                .map(|i| i + 3)
+                .and_then(|start| public[start..].find('/').map(|j| start + j))
+                .unwrap_or(public.len());
+            return format!("{}/dashboard/", &public[..origin_end]);
+        }
+        let mut addr = bound;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr.ip() {
+                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        format!("http://{addr}/dashboard/")
+    }
+
     pub(super) fn from_raw(raw: Raw) -> Result<ServerConfig, ConfigError> {
         let listen: SocketAddr = raw.listen.parse().map_err(|_| {
             bad(
@@ -107,5 +129,24 @@ impl ServerConfig {
             shutdown_grace: secs("server.shutdown_grace_secs", raw.shutdown_grace_secs)?,
             watch_config: raw.watch_config,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::for_test;
+
+    #[test]
+    fn the_dashboard_url_is_one_a_browser_can_open() {
+        let local = for_test("", &[]);
+        let at = |a: &str| local.server.dashboard_url(a.parse().unwrap());
+        assert_eq!(at("127.0.0.1:8080"), "http://127.0.0.1:8080/dashboard/");
+        assert_eq!(at("0.0.0.0:9000"), "http://127.0.0.1:9000/dashboard/");
+        assert_eq!(at("[::]:9000"), "http://[::1]:9000/dashboard/");
+        let public = for_test("", &[("PROXY_PUBLIC_URL", "https://ai.example.com/gemini")]);
+        assert_eq!(
+            public.server.dashboard_url("0.0.0.0:1".parse().unwrap()),
+            "https://ai.example.com/dashboard/"
+        );
     }
 }

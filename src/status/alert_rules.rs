@@ -267,6 +267,8 @@ mod tests {
             warnings: vec![],
             errors: vec![],
             usage: usage_of(pool_minute, pool_limit),
+            pool_by_model: vec![],
+            pool_models_omitted: 0,
             keys,
             store: StoreView {
                 backend: "redis",

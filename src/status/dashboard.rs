@@ -41,6 +41,16 @@ pub async fn redirect() -> Response {
         .into_response()
 }
 
+/// `/`: nothing of the Gemini API lives at the root; a browser pointed at the proxy lands on the
+/// dashboard. Temporary (307), so no browser remembers it if the root ever serves something.
+pub async fn root() -> Response {
+    (
+        StatusCode::TEMPORARY_REDIRECT,
+        [(header::LOCATION, "/dashboard/")],
+    )
+        .into_response()
+}
+
 /// `/dashboard/FILE`.
 pub async fn file(Path(name): Path<String>) -> Response {
     serve(&name)

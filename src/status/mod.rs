@@ -342,6 +342,7 @@ pub fn router(live: Live) -> Router {
         .route("/api/ai/quota-status/", any(quota_status))
         .route("/api/ai/quota-status", any(quota_status))
         .route("/api/ai/whoami", get(whoami))
+        .route("/", get(dashboard::root))
         .route("/dashboard", get(dashboard::redirect))
         .route("/dashboard/", get(dashboard::index))
         .route("/dashboard/{file}", get(dashboard::file))

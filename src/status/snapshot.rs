@@ -28,8 +28,16 @@ pub struct QuotaStatus {
     pub healthy: bool,
     pub warnings: Vec<String>,
     pub errors: Vec<String>,
-    /// The pool: every (project, model) with recent usage against its limits.
+    /// Every model with recent usage summed against every model's limits summed: kept for
+    /// clients of the first version, but no request can use that room (a request spends one
+    /// model's quota). Read `pool_by_model`. Before any use: one generate model's room.
     pub usage: UsageView,
+    /// The pool per model, busiest first (by the highest of its three percentages): each
+    /// model's usage in the enabled projects against the sum of its limits there, the room a
+    /// request for that model has. At most [`MODELS_PER_KEY`]; empty before any use.
+    pub pool_by_model: Vec<ModelUsageView>,
+    /// Models with recent usage left out of `pool_by_model` (the least busy).
+    pub pool_models_omitted: usize,
     pub keys: Vec<KeyView>,
     pub store: StoreView,
     /// Requests waiting for quota in this replica's admission queue.
@@ -49,6 +57,43 @@ pub struct QuotaStatus {
     /// (what the warnings above are counted from; the alert rules read it too).
     #[serde(skip)]
     pub models: BTreeMap<String, UsageView>,
+}
+
+/// One model's pool-wide usage against its limits.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelUsageView {
+    pub model: String,
+    #[serde(flatten)]
+    pub usage: UsageView,
+}
+
+impl ModelUsageView {
+    /// The highest of its three percentages: how close the model is to a refusal.
+    fn busiest(&self) -> f64 {
+        let p = &self.usage.usage_percentage;
+        p.minute.max(p.daily).max(p.tokens)
+    }
+}
+
+/// `models` as `pool_by_model` lists them: busiest first (then most requests today, then by
+/// name), the first [`MODELS_PER_KEY`], and how many were left out.
+fn by_model(models: &BTreeMap<String, UsageView>) -> (Vec<ModelUsageView>, usize) {
+    let mut list: Vec<ModelUsageView> = models
+        .iter()
+        .map(|(m, u)| ModelUsageView {
+            model: m.clone(),
+            usage: u.clone(),
+        })
+        .collect();
+    list.sort_by(|a, b| {
+        b.busiest()
+            .total_cmp(&a.busiest())
+            .then(b.usage.daily_requests.cmp(&a.usage.daily_requests))
+            .then_with(|| a.model.cmp(&b.model))
+    });
+    let omitted = list.len().saturating_sub(MODELS_PER_KEY);
+    list.truncate(MODELS_PER_KEY);
+    (list, omitted)
 }
 
 /// Counters against their limits.
@@ -392,6 +437,11 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
     } else {
         (None, None)
     };
+    let models: BTreeMap<String, UsageView> = per_model
+        .iter()
+        .map(|(m, (u, l))| (m.to_string(), UsageView::new(u, l)))
+        .collect();
+    let (pool_by_model, pool_models_omitted) = by_model(&models);
     Snapshot {
         success: true,
         quota_status: QuotaStatus {
@@ -399,6 +449,8 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
             warnings,
             errors,
             usage: UsageView::new(&total, &total_limit),
+            pool_by_model,
+            pool_models_omitted,
             keys,
             store: StoreView {
                 backend: store.backend(),
@@ -409,10 +461,7 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
             cost,
             forecast,
             alerts,
-            models: per_model
-                .iter()
-                .map(|(m, (u, l))| (m.to_string(), UsageView::new(u, l)))
-                .collect(),
+            models,
         },
         timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }

@@ -6,6 +6,22 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Run the binary to its end with exactly `env` and `args` (`--check`, `--help`): its exit
+/// status, stdout and stderr.
+pub fn run(env: &[(&str, &str)], args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gemini-quota-proxy"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("the proxy binary runs");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A running proxy binary, killed on drop.
 pub struct Binary {
     pub url: String,
