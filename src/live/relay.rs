@@ -239,7 +239,9 @@ pub(super) async fn run(
                 return std::future::pending::<()>().await;
             }
             loop {
-                let quiet = Duration::from_millis(since(started) - last.load(Ordering::Relaxed));
+                let quiet = Duration::from_millis(
+                    since(started).saturating_sub(last.load(Ordering::Relaxed)),
+                );
                 if quiet >= idle {
                     return;
                 }
