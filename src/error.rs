@@ -76,6 +76,13 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Unavailable(String),
+    /// The proxy's own memory bound is reached (`server.max_buffered_bytes`): 503 with
+    /// `Retry-After`, at once.
+    #[error("{message}")]
+    Busy {
+        message: String,
+        retry_after_ms: u64,
+    },
     #[error("{0}")]
     BadGateway(String),
     #[error("{0}")]
@@ -98,7 +105,7 @@ impl ApiError {
             ApiError::QuotaExceeded { .. } | ApiError::PoolExhausted { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -117,7 +124,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "UNIMPLEMENTED",
             ApiError::RequestTimeout(_) => "DEADLINE_EXCEEDED",
             ApiError::QuotaExceeded { .. } | ApiError::PoolExhausted { .. } => "RESOURCE_EXHAUSTED",
-            ApiError::Unavailable(_) => "UNAVAILABLE",
+            ApiError::Unavailable(_) | ApiError::Busy { .. } => "UNAVAILABLE",
             ApiError::BadGateway(_) => "UNAVAILABLE",
             ApiError::GatewayTimeout(_) => "DEADLINE_EXCEEDED",
             ApiError::Internal(_) => "INTERNAL",
@@ -128,7 +135,8 @@ impl ApiError {
     pub fn retry_after_ms(&self) -> Option<u64> {
         match self {
             ApiError::QuotaExceeded { retry_after_ms, .. }
-            | ApiError::PoolExhausted { retry_after_ms, .. } => Some(*retry_after_ms),
+            | ApiError::PoolExhausted { retry_after_ms, .. }
+            | ApiError::Busy { retry_after_ms, .. } => Some(*retry_after_ms),
             _ => None,
         }
     }

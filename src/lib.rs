@@ -8,7 +8,8 @@
 //!    ([`status`]: health, readiness, metrics, quota status and admin reset, usage history).
 //! 2. [`layers`], a tower stack, outermost first:
 //!    - [`layers::authenticate`]: the client credential ([`auth`], [`secret`]);
-//!    - [`layers::estimate`]: the path ([`route`]), the body read once, its input tokens
+//!    - [`layers::estimate`]: the path ([`route`]), the body read once within the process's
+//!      budget of buffered bytes ([`budget`]), its input tokens
 //!      ([`estimate`]), the key a named resource belongs to ([`pool::affinity`]);
 //!    - [`layers::cache`]: a repeated request answered from the response cache (no quota, no
 //!      key, no upstream), a miss's answer copied as it streams and stored when it may be
@@ -43,6 +44,7 @@ pub mod alerts;
 pub mod allocator;
 pub mod auth;
 pub mod body;
+pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod error;

@@ -10,6 +10,12 @@ pub enum QuotaFamily {
     Generate,
     /// embedContent, batchEmbedContents, OpenAI embeddings: the embed limits.
     Embed,
+    /// Image generation (`imagen-*:predict`): the image limits, whose per-minute "tokens"
+    /// are images (Google limits image models in images per minute).
+    Image,
+    /// Video generation (`veo-*:predictLongRunning`): the video limits, whose per-minute
+    /// "tokens" are seconds of video.
+    Video,
     /// countTokens, models, files, cachedContents, ...: no quota.
     Free,
 }
@@ -21,6 +27,10 @@ impl QuotaFamily {
     pub fn of_model(model: &str) -> QuotaFamily {
         if model.contains("embedding") {
             QuotaFamily::Embed
+        } else if model.starts_with("imagen") {
+            QuotaFamily::Image
+        } else if model.starts_with("veo") {
+            QuotaFamily::Video
         } else {
             QuotaFamily::Generate
         }
@@ -30,6 +40,8 @@ impl QuotaFamily {
         match self {
             QuotaFamily::Generate => "generate",
             QuotaFamily::Embed => "embed",
+            QuotaFamily::Image => "image",
+            QuotaFamily::Video => "video",
             QuotaFamily::Free => "free",
         }
     }
@@ -57,6 +69,9 @@ pub struct Route {
     pub creates_resource: bool,
     /// A server-streamed answer is expected (`streamGenerateContent`).
     pub streaming: bool,
+    /// Google bills the call but its answer reports no usage (embeddings, images, videos,
+    /// generateAnswer): it is settled and recorded at its estimate.
+    pub unreported_usage: bool,
 }
 
 /// Collections whose members belong to the project that created them.
@@ -128,6 +143,7 @@ impl Route {
             resource: None,
             creates_resource: false,
             streaming: false,
+            unreported_usage: false,
         };
 
         if segments[0] == "openai" {
@@ -135,8 +151,11 @@ impl Route {
             route.family = match &segments[1..] {
                 ["chat", "completions"] => QuotaFamily::Generate,
                 ["embeddings"] => QuotaFamily::Embed,
+                ["images", "generations"] => QuotaFamily::Image,
                 _ => QuotaFamily::Free,
             };
+            route.unreported_usage =
+                matches!(route.family, QuotaFamily::Embed | QuotaFamily::Image);
             for s in &segments[1..] {
                 if !valid_name(s) {
                     return Err(invalid("path segment", s));
@@ -190,6 +209,10 @@ impl Route {
         match (collection, name) {
             ("models", Some(model)) => {
                 route.model = Some(model.to_string());
+                // A long-running operation (a Veo video) exists in the project that started it.
+                if last == 3 && segments[2] == "operations" {
+                    route.resource = Some(format!("operations/{last_name}"));
+                }
             }
             ("tunedModels", Some(t)) => {
                 route.model = Some(t.to_string());
@@ -202,12 +225,29 @@ impl Route {
         }
         if let Some(a) = route.action.as_deref() {
             route.family = match a {
-                "generateContent" | "streamGenerateContent" => QuotaFamily::Generate,
+                // generateAnswer (attributed question answering) is billed by tokens like a
+                // generate call, and its answer carries no usage.
+                "generateContent" | "streamGenerateContent" | "generateAnswer" => {
+                    QuotaFamily::Generate
+                }
                 "embedContent" | "batchEmbedContents" => QuotaFamily::Embed,
+                "predict" => QuotaFamily::Image,
+                "predictLongRunning" => QuotaFamily::Video,
                 _ => QuotaFamily::Free,
             };
+            route.unreported_usage = matches!(
+                a,
+                "generateAnswer"
+                    | "embedContent"
+                    | "batchEmbedContents"
+                    | "predict"
+                    | "predictLongRunning"
+            );
             route.streaming = a == "streamGenerateContent";
-            if a == "batchGenerateContent" || a == "asyncBatchEmbedContent" {
+            if matches!(
+                a,
+                "batchGenerateContent" | "asyncBatchEmbedContent" | "predictLongRunning"
+            ) {
                 route.creates_resource = true;
             }
         }
@@ -285,6 +325,35 @@ mod tests {
     }
 
     #[test]
+    fn image_video_and_answer_calls_spend_quota_and_report_no_usage() {
+        let r = post("/v1beta/models/imagen-4.0-generate-001:predict").unwrap();
+        assert_eq!(r.family, QuotaFamily::Image);
+        assert!(r.unreported_usage);
+        let r = post("/v1beta/models/veo-3.0-generate-001:predictLongRunning").unwrap();
+        assert_eq!(r.family, QuotaFamily::Video);
+        assert!(r.unreported_usage);
+        let r = post("/v1beta/openai/images/generations").unwrap();
+        assert_eq!(r.family, QuotaFamily::Image);
+        assert!(r.unreported_usage);
+        let r = post("/v1beta/models/aqa:generateAnswer").unwrap();
+        assert_eq!(r.family, QuotaFamily::Generate);
+        assert!(r.unreported_usage);
+        assert!(
+            !post("/v1beta/models/gemini-2.5-flash:generateContent")
+                .unwrap()
+                .unreported_usage
+        );
+        assert_eq!(
+            QuotaFamily::of_model("imagen-4.0-generate-001"),
+            QuotaFamily::Image
+        );
+        assert_eq!(
+            QuotaFamily::of_model("veo-3.0-generate-001"),
+            QuotaFamily::Video
+        );
+    }
+
+    #[test]
     fn openai_chat_is_generate_with_model_from_body() {
         let r = post("/v1beta/openai/chat/completions").unwrap();
         assert!(r.openai);
@@ -309,6 +378,19 @@ mod tests {
         .unwrap();
         assert_eq!(r.resource.as_deref(), Some("uploads/UP1"));
         assert!(post("/v1beta/cachedContents").unwrap().creates_resource);
+        assert!(
+            post("/v1beta/models/veo-3.0-generate-001:predictLongRunning")
+                .unwrap()
+                .creates_resource
+        );
+        let r = Route::parse(
+            &Method::GET,
+            "/v1beta/models/veo-3.0-generate-001/operations/op1",
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.resource.as_deref(), Some("operations/op1"));
+        assert_eq!(r.family, QuotaFamily::Free);
         assert!(post("/upload/v1beta/files").unwrap().creates_resource);
     }
 

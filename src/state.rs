@@ -75,6 +75,9 @@ pub struct AppState {
     pub ledger: Arc<Ledger>,
     /// Requests waiting for quota, per model (`[queue]`).
     pub queues: Arc<Queues>,
+    /// The bound on request bodies held in memory (`server.max_buffered_bytes`), shared by
+    /// every generation.
+    pub bodies: Arc<crate::budget::BodyBudget>,
     /// The alert engine and its channels.
     pub alerts: Arc<crate::alerts::Alerts>,
     /// The response cache, when `cache.enabled`.
@@ -127,7 +130,11 @@ impl AppState {
     ) -> Arc<AppState> {
         let pool = Pool::new(&config.pool, &config.limits);
         let ledger = build_ledger(&config, &pool, store.shared_io(), clock);
-        let queues = Arc::new(Queues::new(config.queue.max_length));
+        let queues = Arc::new(Queues::new(queue_limits(&config.queue)));
+        let config_max_buffered = (
+            config.server.max_buffered_bytes,
+            config.server.max_buffered_client_share,
+        );
         let alerts = Arc::new(crate::alerts::Alerts::new(&config, store.shared_io()));
         let cache = build_cache(&config, store.as_ref());
         let upstream = Arc::new(crate::upstream::build_client(&config.upstream));
@@ -142,6 +149,10 @@ impl AppState {
             metrics,
             ledger,
             queues,
+            bodies: Arc::new(crate::budget::BodyBudget::new(
+                config_max_buffered.0,
+                config_max_buffered.1,
+            )),
             generation: Generation::new(1, "start", RestartRequired::default()),
             gauges_refreshed: tokio::sync::Mutex::new(None),
             outlook: std::sync::Mutex::new(None),
@@ -158,7 +169,7 @@ impl AppState {
         let pool = Pool::new(&config.pool, &config.limits).carry_from(&self.pool);
         self.ledger
             .reconfigure(config.prices.clone(), billing(&config), &key_infos(&pool));
-        self.queues.set_max_length(config.queue.max_length);
+        self.queues.set_limits(queue_limits(&config.queue));
         let alerts = if kept("alerts") && kept("server.public_url") {
             self.alerts.clone()
         } else {
@@ -184,6 +195,7 @@ impl AppState {
             metrics: self.metrics.renewed(),
             ledger: self.ledger.clone(),
             queues: self.queues.clone(),
+            bodies: self.bodies.clone(),
             alerts,
             cache,
             upstream,
@@ -357,4 +369,14 @@ fn is_tls_trust_error(e: &StoreError) -> bool {
     ]
     .iter()
     .any(|w| text.contains(w))
+}
+
+/// The queue's bounds from `[queue]` (here, not in `quota`, which knows no configuration).
+fn queue_limits(c: &crate::config::QueueConfig) -> crate::quota::queue::QueueLimits {
+    crate::quota::queue::QueueLimits {
+        max_length: c.max_length.max(1),
+        max_waiters_total: c.max_waiters_total.max(1),
+        max_waiting_bytes: c.max_waiting_bytes,
+        max_client_share: c.max_client_share,
+    }
 }

@@ -177,9 +177,8 @@ async fn bare_429s_on_most_keys_back_off_the_whole_pool_instead_of_burning_it() 
         "AIzaThrottle00000003",
     ];
     fake.behave(|b| {
-        for _ in 0..10 {
-            b.script.push_back(Scripted::Bare429);
-        }
+        b.script.push_back(Scripted::Bare429);
+        b.script.push_back(Scripted::Bare429);
     });
     let proxy = start_proxy(
         &fake.url,
@@ -192,11 +191,32 @@ async fn bare_429s_on_most_keys_back_off_the_whole_pool_instead_of_burning_it() 
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(fake.calls(":generateContent").len(), 2);
+    // Only that model is held, on every project: one model out of capacity stops no other.
     let cds = proxy.state.store.cooldowns().await.unwrap();
-    assert_eq!(cds.iter().filter(|c| c.model == "*").count(), 3, "{cds:?}");
-    // While the pool backs off, nothing reaches Google.
+    assert_eq!(
+        cds.iter().filter(|c| c.model == "gemini-2.5-flash").count(),
+        3,
+        "{cds:?}"
+    );
+    assert!(cds.iter().all(|c| c.model != "*"), "{cds:?}");
+    // While the pool backs off that model, nothing for it reaches Google.
     let r = generate(&proxy.url, "gemini-2.5-flash", "hi").await;
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(fake.calls(":generateContent").len(), 2);
+    // Another model is served.
+    let r = generate(&proxy.url, "gemini-2.0-flash", "hi").await;
+    assert_eq!(r.status(), 200);
+    // A bare 429 on a second model within the window is evidence across models: now every
+    // model of every project is held.
+    fake.behave(|b| b.script.push_back(Scripted::Bare429));
+    let r = generate(&proxy.url, "gemini-2.0-flash", "again").await;
+    assert_eq!(r.status(), 429);
+    let cds = proxy.state.store.cooldowns().await.unwrap();
+    assert_eq!(cds.iter().filter(|c| c.model == "*").count(), 3, "{cds:?}");
+    let before = fake.calls(":generateContent").len();
+    let r = generate(&proxy.url, "gemini-2.5-pro", "third model").await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(fake.calls(":generateContent").len(), before);
 }

@@ -334,3 +334,150 @@ async fn two_replicas_on_one_redis_serve_ten_queued_requests_at_four_a_window() 
         "never more than the limit in one window across replicas"
     );
 }
+
+/// Status and whether a request's answer came within `within` of being sent.
+async fn timed(proxy: String, text: String) -> (u16, Duration, Option<u64>, Option<u64>) {
+    let t0 = Instant::now();
+    let r = send(&proxy, &text, None).await;
+    let took = t0.elapsed();
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    };
+    let waited = header("x-gemini-quota-proxy-waited-ms");
+    let retry = header("retry-after");
+    (r.status().as_u16(), took, waited, retry)
+}
+
+#[tokio::test]
+async fn of_five_requests_against_two_a_window_the_two_that_cannot_be_served_are_refused_at_once() {
+    // Issue 32's five curls 0.3 s apart against 2 a minute, one request already 19 s into the
+    // window, at a tenth of the scale: a 6 s window and a 6 s allowance. The first is served at
+    // once, the second when the earlier request leaves the window (4.1 s), the third when the
+    // first does (6 s); the fourth and fifth would need another window: refused on arrival.
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(&fake.url, queued(2, 6.0, 6.0)).await;
+    assert_eq!(send(&proxy.url, "earlier", None).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1900)).await;
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        tasks.push(tokio::spawn(timed(proxy.url.clone(), format!("curl-{i}"))));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429], "{answers:?}");
+    for (status, took, _, retry) in &answers[3..] {
+        assert_eq!(*status, 429);
+        assert!(
+            *took < Duration::from_secs(1),
+            "refused at once: {answers:?}"
+        );
+        // Retry-After: when it could have been served, a window after the head's turn.
+        assert!(retry.is_some_and(|s| s >= 4), "{answers:?}");
+    }
+    assert!(answers[1].2.is_some_and(|ms| ms > 2000), "{answers:?}");
+    assert!(answers[2].2.is_some_and(|ms| ms > 3000), "{answers:?}");
+    let order: Vec<String> = upstream_order(&fake).into_iter().map(|(t, _)| t).collect();
+    assert_eq!(order, ["earlier", "curl-0", "curl-1", "curl-2"]);
+}
+
+#[tokio::test]
+async fn a_request_refused_after_waiting_says_how_long_it_waited() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(&fake.url, queued(1, 3.0, 20.0)).await;
+    assert_eq!(send(&proxy.url, "first", None).await.status(), 200);
+    let waiter = tokio::spawn(timed(proxy.url.clone(), "waiter".into()));
+    let queued_up = eventually(Duration::from_secs(2), || proxy.state.queues.waiting() == 1).await;
+    assert!(queued_up);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Google holds the project for a minute while it waits: past its allowance, so it is
+    // refused when its turn comes, and says it waited.
+    let project = proxy.state.pool.keys[0].project.clone();
+    proxy
+        .state
+        .store
+        .cool_down(&project, MODEL, 60_000, "test hold")
+        .await
+        .unwrap();
+    let (status, took, waited, retry) = waiter.await.unwrap();
+    assert_eq!(status, 429);
+    assert!(retry.is_some());
+    let waited = waited.expect("the waited-ms header on a refusal after a wait");
+    assert!(waited >= 1000, "waited {waited} ms");
+    assert!(
+        waited as u128 <= took.as_millis() + 5,
+        "{waited} ms in {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_pinned_to_a_busy_project_does_not_hold_up_requests_other_projects_can_serve() {
+    let fake = FakeUpstream::start().await;
+    // Two keys, two projects, two requests a 6 s window each.
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&["AIzaPinnedKey0000001", "AIzaPinnedKey0000002"])
+            .env("GEMINI_MINUTE_LIMIT", "2")
+            .env("PROXY_QUEUE_MAX_WAIT_SECS", "20")
+            .toml("[limits]\nwindow_secs = 6\n"),
+    )
+    .await;
+    // A file created with the first key: requests naming it can only use that key.
+    let kid = proxy.state.pool.keys[0].kid.clone();
+    gemini_quota_proxy::pool::affinity::remember_created(
+        &*proxy.state.store,
+        br#"{"name": "files/pinnedfile1"}"#,
+        &kid,
+    )
+    .await;
+    let pinned = |text: &'static str| {
+        let url = proxy.url.clone();
+        async move {
+            http()
+                .post(format!("{url}/v1beta/models/{MODEL}:generateContent"))
+                .header("x-goog-api-key", CLIENT_KEY)
+                .json(&json!({"contents": [{"parts": [
+                    {"fileData": {"fileUri": "https://generativelanguage.googleapis.com/v1beta/files/pinnedfile1", "mimeType": "text/plain"}},
+                    {"text": text}
+                ]}]}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(pinned("p1").await.status(), 200);
+    assert_eq!(pinned("p2").await.status(), 200);
+    // The first project is full: the third pinned request waits for it.
+    let third = tokio::spawn(pinned("p3"));
+    let queued_up = eventually(Duration::from_secs(2), || proxy.state.queues.waiting() == 1).await;
+    assert!(queued_up);
+    // An unpinned request has the second project's room: served at once, not behind it.
+    let t0 = Instant::now();
+    let r = send(&proxy.url, "free", None).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("x-gemini-quota-proxy-waited-ms").is_none());
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    let free_key = fake.calls(":generateContent").last().unwrap().key();
+    assert_eq!(free_key.as_deref(), Some("AIzaPinnedKey0000002"));
+    // The pinned one is served by its own key when its project's window frees.
+    let r = third.await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("x-gemini-quota-proxy-waited-ms").is_some());
+    let keys: Vec<Option<String>> = fake
+        .calls(":generateContent")
+        .iter()
+        .map(|c| c.key())
+        .collect();
+    assert_eq!(
+        keys.iter()
+            .filter(|k| k.as_deref() == Some("AIzaPinnedKey0000001"))
+            .count(),
+        3,
+        "{keys:?}"
+    );
+}

@@ -212,6 +212,23 @@
     });
   }
 
+  // A usage answer with every page's series: the proxy answers at most 50,000 points at once
+  // and says where the next page starts (next_offset). At most 20 pages (the ledger names at
+  // most 200 models, 34 a page over 24 h).
+  function usageAll(path, acc, pages) {
+    var url = acc ? path + '&offset=' + acc.next_offset : path;
+    return api(url).then(function (r) {
+      if (acc) {
+        acc.series = acc.series.concat(Array.isArray(r.series) ? r.series : []);
+        acc.next_offset = r.next_offset;
+      } else {
+        acc = r;
+      }
+      pages = (pages || 0) + 1;
+      return acc.next_offset != null && pages < 20 ? usageAll(path, acc, pages) : acc;
+    });
+  }
+
   // ---------- sign-in ----------
 
   function showSignin(message) {
@@ -308,10 +325,10 @@
     var gen = S.gen;
     var slow = full || !S.day || !S.month || S.tick % SLOW_EVERY === 0;
     S.tick++;
-    var reqs = [api('/api/ai/quota-status/'), api('/api/ai/usage/?window=1h&group_by=model')];
+    var reqs = [api('/api/ai/quota-status/'), usageAll('/api/ai/usage/?window=1h&group_by=model')];
     if (slow) {
-      reqs.push(api('/api/ai/usage/?window=24h&group_by=model'));
-      reqs.push(api('/api/ai/usage/?window=30d&group_by=model'));
+      reqs.push(usageAll('/api/ai/usage/?window=24h&group_by=model'));
+      reqs.push(usageAll('/api/ai/usage/?window=30d&group_by=model'));
     }
     Promise.all(reqs).then(function (r) {
       if (gen !== S.gen) return;

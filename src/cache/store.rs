@@ -134,6 +134,8 @@ impl Entry {
                 output: u[2],
                 thinking: u[3],
                 tool: u[4],
+                // Cached answers are of token-billed calls only.
+                ..TokenUsage::default()
             },
             chunks,
         })

@@ -8,7 +8,7 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 
 use super::check::{ConfigError, bad, check_name, secs};
-use crate::quota::limits::{LimitOverride, LimitsConfig, ProjectLimits, QuotaDefaults};
+use crate::quota::limits::{LimitOverride, LimitsConfig, ProjectLimits, QuotaDefaults, Unpriced};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +21,13 @@ pub(super) struct Raw {
     embed_daily: u64,
     embed_token_minute: u64,
     live_sessions: u64,
+    image_minute: u64,
+    image_daily: u64,
+    images_per_minute: u64,
+    video_minute: u64,
+    video_daily: u64,
+    video_seconds_per_minute: u64,
+    unpriced: Unpriced,
     timezone: String,
     window_secs: f64,
     #[serde(default)]
@@ -55,6 +62,15 @@ pub(super) fn from_raw(l: Raw) -> Result<LimitsConfig, ConfigError> {
         ("limits.embed_daily", l.embed_daily),
         ("limits.embed_token_minute", l.embed_token_minute),
         ("limits.live_sessions", l.live_sessions),
+        ("limits.image_minute", l.image_minute),
+        ("limits.image_daily", l.image_daily),
+        ("limits.images_per_minute", l.images_per_minute),
+        ("limits.video_minute", l.video_minute),
+        ("limits.video_daily", l.video_daily),
+        (
+            "limits.video_seconds_per_minute",
+            l.video_seconds_per_minute,
+        ),
     ] {
         if v == 0 {
             return Err(bad(name, "must be at least 1"));
@@ -84,6 +100,17 @@ pub(super) fn from_raw(l: Raw) -> Result<LimitsConfig, ConfigError> {
             daily: l.embed_daily,
             token_minute: l.embed_token_minute,
         },
+        image: QuotaDefaults {
+            minute: l.image_minute,
+            daily: l.image_daily,
+            token_minute: l.images_per_minute,
+        },
+        video: QuotaDefaults {
+            minute: l.video_minute,
+            daily: l.video_daily,
+            token_minute: l.video_seconds_per_minute,
+        },
+        unpriced: l.unpriced,
         max_request_tokens: l.max_request_tokens,
         live_sessions: l.live_sessions,
         timezone,

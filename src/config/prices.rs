@@ -31,7 +31,7 @@ mod tests {
             Prices::embedded().entries().count()
         );
         assert_eq!(
-            c.prices.entry("gemini-2.5-pro").map(|e| e.input),
+            c.prices.entry("gemini-2.5-pro").and_then(|e| e.input),
             Some(1.25)
         );
     }
@@ -54,7 +54,10 @@ source = "https://example.com/our-contract"
             &[],
         );
         let pro = c.prices.entry("gemini-2.5-pro").expect("overridden");
-        assert_eq!((pro.input, pro.output, pro.cached), (1.0, 8.5, Some(0.1)));
+        assert_eq!(
+            (pro.input, pro.output, pro.cached),
+            (Some(1.0), Some(8.5), Some(0.1))
+        );
         // The whole entry is replaced: the embedded long-context rates are gone.
         assert_eq!(pro.input_long, None);
         let u = TokenUsage {
@@ -89,6 +92,7 @@ source = "https://example.com/our-contract"
             try_for_test("[prices.\"m\"]\ninput = 1\noutput = 1\ncache = 0.1\n", &[]).unwrap_err();
         assert!(e.to_string().contains("cache"), "{e}");
         let e = try_for_test("[prices.\"m\"]\ninput = 1\n", &[]).unwrap_err();
-        assert_eq!(e.setting, "prices.m.output", "{e}");
+        assert_eq!(e.setting, "prices.\"m\".output", "{e}");
+        assert!(e.to_string().contains("per_image"), "{e}");
     }
 }

@@ -1,4 +1,5 @@
-//! `[queue]`: how long and how many requests may wait for quota instead of getting a 429.
+//! `[queue]`: how long and how many requests may wait for quota instead of getting a 429, and
+//! the bounds on what all waiters together (and one client's) may hold.
 
 use std::time::Duration;
 
@@ -11,6 +12,9 @@ use super::check::{ConfigError, bad, secs_or_zero};
 pub(super) struct Raw {
     max_wait_secs: f64,
     max_length: u64,
+    max_waiters_total: u64,
+    max_waiting_bytes: u64,
+    max_client_share: f64,
 }
 
 /// The admission queue (see `quota::queue`).
@@ -20,6 +24,13 @@ pub struct QueueConfig {
     pub max_wait: Duration,
     /// Most requests waiting per (model, quota family) in one replica.
     pub max_length: usize,
+    /// Most requests waiting in all lines of one replica (the model is the client's choice:
+    /// this, not `max_length`, bounds the queue).
+    pub max_waiters_total: usize,
+    /// Most request-body bytes all waiters of one replica hold together.
+    pub max_waiting_bytes: u64,
+    /// The fraction of `max_waiters_total` and of `max_waiting_bytes` one client may hold.
+    pub max_client_share: f64,
 }
 
 impl QueueConfig {
@@ -28,15 +39,41 @@ impl QueueConfig {
             "queue.max_wait_secs (PROXY_QUEUE_MAX_WAIT_SECS)",
             raw.max_wait_secs,
         )?;
-        if raw.max_length == 0 || raw.max_length > 1_000_000 {
+        for (name, v) in [
+            ("queue.max_length", raw.max_length),
+            (
+                "queue.max_waiters_total (PROXY_QUEUE_MAX_WAITERS_TOTAL)",
+                raw.max_waiters_total,
+            ),
+        ] {
+            if v == 0 || v > 1_000_000 {
+                return Err(bad(name, format!("expected 1 to 1000000, got {v}")));
+            }
+        }
+        if raw.max_waiting_bytes < 1024 * 1024 {
             return Err(bad(
-                "queue.max_length",
-                format!("expected 1 to 1000000, got {}", raw.max_length),
+                "queue.max_waiting_bytes (PROXY_QUEUE_MAX_WAITING_BYTES)",
+                format!(
+                    "expected at least 1048576 (1 MiB), got {}",
+                    raw.max_waiting_bytes
+                ),
+            ));
+        }
+        if !(raw.max_client_share > 0.0 && raw.max_client_share <= 1.0) {
+            return Err(bad(
+                "queue.max_client_share",
+                format!(
+                    "expected a fraction above 0 and at most 1, got {}",
+                    raw.max_client_share
+                ),
             ));
         }
         Ok(QueueConfig {
             max_wait,
             max_length: raw.max_length as usize,
+            max_waiters_total: raw.max_waiters_total as usize,
+            max_waiting_bytes: raw.max_waiting_bytes,
+            max_client_share: raw.max_client_share,
         })
     }
 }

@@ -14,6 +14,8 @@ pub(super) struct Raw {
     public_url: String,
     path_prefix: String,
     max_body_bytes: u64,
+    max_buffered_bytes: u64,
+    max_buffered_client_share: f64,
     header_read_timeout_secs: f64,
     body_read_timeout_secs: f64,
     max_connections: u64,
@@ -32,6 +34,11 @@ pub struct ServerConfig {
     /// `http://proxy/gemini`); `None`: only at the root.
     pub path_prefix: Option<String>,
     pub max_body_bytes: usize,
+    /// Request-body bytes the whole process may hold at once (read, waiting in the queue,
+    /// being sent); past it new requests get 503 with `Retry-After`.
+    pub max_buffered_bytes: usize,
+    /// The fraction of `max_buffered_bytes` one client may hold.
+    pub max_buffered_client_share: f64,
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
     pub max_connections: usize,
@@ -115,11 +122,31 @@ impl ServerConfig {
                 return Err(bad(name, "must be at least 1"));
             }
         }
+        if raw.max_buffered_bytes < raw.max_body_bytes {
+            return Err(bad(
+                "server.max_buffered_bytes (PROXY_MAX_BUFFERED_BYTES)",
+                format!(
+                    "must be at least server.max_body_bytes ({}), or a largest request could never be read; got {}",
+                    raw.max_body_bytes, raw.max_buffered_bytes
+                ),
+            ));
+        }
+        if !(raw.max_buffered_client_share > 0.0 && raw.max_buffered_client_share <= 1.0) {
+            return Err(bad(
+                "server.max_buffered_client_share",
+                format!(
+                    "expected a fraction above 0 and at most 1, got {}",
+                    raw.max_buffered_client_share
+                ),
+            ));
+        }
         Ok(ServerConfig {
             listen,
             public_url,
             path_prefix,
             max_body_bytes: usize::try_from(raw.max_body_bytes).unwrap_or(usize::MAX),
+            max_buffered_bytes: usize::try_from(raw.max_buffered_bytes).unwrap_or(usize::MAX),
+            max_buffered_client_share: raw.max_buffered_client_share,
             header_read_timeout: secs(
                 "server.header_read_timeout_secs",
                 raw.header_read_timeout_secs,

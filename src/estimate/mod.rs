@@ -72,6 +72,17 @@ pub fn estimate(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
         }
         est.stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
         match route.family {
+            // OpenAI image generation: `n` images (default 1), counted as images.
+            QuotaFamily::Image => {
+                est.tokens = match obj.get("n") {
+                    None | Some(Value::Null) => 1,
+                    Some(v) => v
+                        .as_u64()
+                        .map(|n| n.min(MAX_COUNT))
+                        .ok_or_else(|| bad("Invalid value at 'n': expected a whole number"))?,
+                };
+                return Ok(est);
+            }
             QuotaFamily::Embed => match obj.get("input") {
                 Some(Value::String(s)) => acc.text(s),
                 Some(Value::Array(items)) => {
@@ -116,6 +127,29 @@ pub fn estimate(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
                     .get("content")
                     .ok_or_else(|| bad("Invalid value at 'content': required"))?;
                 acc.content(content, &"content")?;
+            }
+            // An image call's "tokens" are the images it asks for; a video call's, the
+            // seconds of video: the units Google limits and bills them by.
+            Some("predict") => {
+                est.tokens = media_units(obj, IMAGES_BY_DEFAULT, None)?;
+                return Ok(est);
+            }
+            Some("predictLongRunning") => {
+                est.tokens = media_units(obj, VIDEOS_BY_DEFAULT, Some(VIDEO_SECONDS_BY_DEFAULT))?;
+                return Ok(est);
+            }
+            Some("generateAnswer") => {
+                let contents = obj
+                    .get("contents")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| bad("Invalid value at 'contents': expected an array"))?;
+                for (i, c) in contents.iter().enumerate() {
+                    acc.content(c, &format_args!("contents[{i}]"))?;
+                }
+                // The grounding passages given inline are read as input too.
+                if let Some(p) = obj.get("inlinePassages") {
+                    acc.add_chars(json_text_len(p));
+                }
             }
             Some("batchEmbedContents") => {
                 let reqs = obj
@@ -167,6 +201,50 @@ pub fn estimate(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
         .saturating_add(acc.media_tokens);
     est.references = acc.references;
     Ok(est)
+}
+
+/// Images an Imagen call makes when `parameters.sampleCount` is not given (Google's default).
+const IMAGES_BY_DEFAULT: u64 = 4;
+/// Videos a Veo call makes when `parameters.sampleCount` is not given.
+const VIDEOS_BY_DEFAULT: u64 = 1;
+/// Seconds of one video when `parameters.durationSeconds` is not given (Veo 3's length).
+const VIDEO_SECONDS_BY_DEFAULT: u64 = 8;
+/// Most images or videos one call may ask for, and seconds one video may last, as counted:
+/// larger values are Google's to refuse, and must not make the estimate overflow.
+const MAX_COUNT: u64 = 1_000;
+
+/// The units a `:predict`-style call asks for: `instances` x `parameters.sampleCount` (else
+/// `default_count`), times `parameters.durationSeconds` (else `seconds`) for videos.
+fn media_units(
+    obj: &serde_json::Map<String, Value>,
+    default_count: u64,
+    seconds: Option<u64>,
+) -> Result<u64, ApiError> {
+    let instances = obj
+        .get("instances")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("Invalid value at 'instances': expected an array"))?;
+    let params = obj.get("parameters");
+    let number = |field: &str, default: u64| -> Result<u64, ApiError> {
+        match params.and_then(|p| p.get(field)) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v
+                .as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .map(|n| n.min(MAX_COUNT))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "Invalid value at 'parameters.{field}': expected a whole number"
+                    ))
+                }),
+        }
+    };
+    let count = number("sampleCount", default_count)?;
+    let seconds = match seconds {
+        Some(d) => number("durationSeconds", d)?,
+        None => 1,
+    };
+    Ok((instances.len() as u64).min(MAX_COUNT) * count * seconds)
 }
 
 #[derive(Default)]

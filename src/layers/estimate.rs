@@ -1,5 +1,6 @@
 //! The route-and-estimate step: parse the path (model, action, quota family, resource), read
-//! the body once within its size and time limits, estimate its input tokens, and find the key a
+//! the body once within its size and time limits and the process's budget of buffered bytes
+//! ([`budget`](crate::budget)), estimate its input tokens, and find the key a
 //! referenced resource belongs to. What it learns travels inward as [`Estimated`], and back out
 //! on the response for the request's log line.
 
@@ -34,7 +35,10 @@ impl Estimated {
     /// The model whose quota this call spends, if it spends any.
     pub fn quota_model(&self) -> Option<&str> {
         match self.route.family {
-            QuotaFamily::Generate | QuotaFamily::Embed => self.model(),
+            QuotaFamily::Generate
+            | QuotaFamily::Embed
+            | QuotaFamily::Image
+            | QuotaFamily::Video => self.model(),
             QuotaFamily::Free => None,
         }
     }
@@ -120,17 +124,38 @@ where
                 Ok(route) => {
                     let (parts, body) = req.into_parts();
                     let server = &state.config.server;
-                    let read = read_body(body, server.max_body_bytes, server.body_read_timeout);
-                    match read
-                        .await
-                        .and_then(|body| estimated(route, body, &mut traced))
-                    {
-                        Ok((mut est, body)) => {
-                            est.pinned = pinned(&state, &est).await;
-                            let mut req = http::Request::from_parts(parts, body);
-                            req.extensions_mut().insert(est);
-                            inner.call(req).await?
-                        }
+                    let announced = parts
+                        .headers
+                        .get(http::header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                    // Whose body it is, for the client's share of the budget.
+                    let client = state.ledger_client(
+                        parts
+                            .extensions
+                            .get::<crate::auth::CallerTag>()
+                            .map(|c| c.0),
+                    );
+                    let read = state.bodies.read(
+                        client,
+                        body,
+                        announced,
+                        server.max_body_bytes,
+                        server.body_read_timeout,
+                    );
+                    match read.await {
+                        Ok((body, reserved)) => match estimated(route, body, &mut traced).await {
+                            Ok((mut est, body)) => {
+                                est.pinned = pinned(&state, &est).await;
+                                let mut req = http::Request::from_parts(parts, body);
+                                req.extensions_mut().insert(est);
+                                let resp = inner.call(req).await?;
+                                // The body is done with once the answer's head is here (it
+                                // was sent, or waited in the queue and was refused).
+                                drop(reserved);
+                                resp
+                            }
+                            Err(e) => e.into_response(),
+                        },
                         Err(e) => e.into_response(),
                     }
                 }
@@ -165,14 +190,33 @@ fn route_of(
     Ok(route)
 }
 
+/// Bodies at least this large are estimated on the blocking pool: parsing 20 MB of JSON (and
+/// counting an inline PDF's pages) takes tens of milliseconds, too long to hold an async worker
+/// every other connection shares; small bodies stay inline, where a hop would cost more.
+const BLOCKING_ESTIMATE_BYTES: usize = 256 * 1024;
+
+/// Large estimates at once: a parse holds about its body's size again in memory, outside the
+/// buffered-bytes budget, so a burst of 20 MB bodies parses two at a time instead of dozens on
+/// the blocking pool's hundreds of threads.
+static LARGE_ESTIMATES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// The estimate of a body read whole; `traced` learns the model (OpenAI: from the body) and
 /// the tokens.
-fn estimated(
+async fn estimated(
     route: Route,
     body: Bytes,
     traced: &mut Traced,
 ) -> Result<(Estimated, Bytes), ApiError> {
-    let est = estimate(&route, &body)?;
+    let (route, body, est) = if body.len() < BLOCKING_ESTIMATE_BYTES {
+        let est = estimate(&route, &body)?;
+        (route, body, est)
+    } else {
+        // Never closed, so this only waits its turn.
+        let _turn = LARGE_ESTIMATES.acquire().await.ok();
+        tokio::task::spawn_blocking(move || estimate(&route, &body).map(|e| (route, body, e)))
+            .await
+            .map_err(|_| ApiError::Internal("the request body could not be estimated".into()))??
+    };
     // OpenAI-compatible calls name the model in the body.
     if traced.model.is_none() {
         traced.model = est.model.clone();

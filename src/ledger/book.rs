@@ -12,7 +12,7 @@ pub const MINUTE_MS: i64 = 60_000;
 pub const HOUR_MS: i64 = 3_600_000;
 
 /// What a series counts, in this order everywhere (memory, Redis, JSON).
-pub const FIELDS: [&str; 15] = [
+pub const FIELDS: [&str; 17] = [
     "requests",
     "upstream_429",
     "refused",
@@ -28,6 +28,8 @@ pub const FIELDS: [&str; 15] = [
     "cache_hits",
     "saved_tokens",
     "saved_cost_usd",
+    "images",
+    "video_seconds",
 ];
 
 /// Field positions in [`Counters`].
@@ -51,6 +53,10 @@ pub mod field {
     pub const SAVED_TOKENS: usize = 13;
     /// What they would have cost at list price (nano-USD).
     pub const SAVED_COST: usize = 14;
+    /// Images generated (image models), billed per image.
+    pub const IMAGES: usize = 15;
+    /// Seconds of video generated (video models), billed per second.
+    pub const VIDEO_SECONDS: usize = 16;
 }
 
 /// One series' counts over one bucket (or a sum of them). Costs are in nano-USD.

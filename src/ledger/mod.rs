@@ -9,6 +9,7 @@
 
 pub mod book;
 pub mod forecast;
+pub mod images;
 pub mod names;
 pub mod outlook;
 pub mod prices;
@@ -22,6 +23,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use arc_swap::ArcSwap;
 
 pub use book::{Counters, FIELDS, Series, field};
+pub use images::ImageCounter;
 pub use prices::{Billing, Prices};
 pub use tokens::{TokenUsage, UsageScanner};
 
@@ -238,16 +240,21 @@ impl Ledger {
         series: Series,
         model: Arc<str>,
         project: &str,
-        fallback_input: Option<u64>,
+        fallback: Option<TokenUsage>,
     ) -> Tally {
         Tally {
             ledger: self.clone(),
             series,
             model,
             billing: self.billing_of(project),
-            fallback_input,
+            fallback,
             closed: false,
         }
+    }
+
+    /// Whether the price table prices `model` (exact name or a prefix entry).
+    pub fn is_priced(&self, model: &str) -> bool {
+        self.pricing.load().prices.entry_for(model).is_some()
     }
 
     pub fn billing_of(&self, project: &str) -> Billing {
@@ -385,8 +392,9 @@ pub struct Tally {
     series: Series,
     model: Arc<str>,
     billing: Billing,
-    /// Input tokens to count when the answer reports none (embedding calls): the estimate.
-    fallback_input: Option<u64>,
+    /// What an answer that reports no usage used (an embedding's, image's or video's
+    /// estimate); `None`: nothing.
+    fallback: Option<TokenUsage>,
     closed: bool,
 }
 
@@ -396,18 +404,22 @@ impl Tally {
         self.record(usage);
     }
 
+    /// Record an answer whose end was not seen: with `usage` if any was read, else what it
+    /// would have been recorded with without usage, else `estimate` input tokens (Google ran
+    /// the request; recording nothing would make it free).
+    pub fn close_unfinished(mut self, usage: Option<TokenUsage>, estimate: u64) {
+        let usage = usage.or(self.fallback).unwrap_or(TokenUsage {
+            input: estimate,
+            ..TokenUsage::default()
+        });
+        self.record(Some(usage));
+    }
+
     fn record(&mut self, usage: Option<TokenUsage>) {
         if std::mem::replace(&mut self.closed, true) {
             return;
         }
-        let usage = match (usage, self.fallback_input) {
-            (Some(u), _) => u,
-            (None, Some(input)) => TokenUsage {
-                input,
-                ..TokenUsage::default()
-            },
-            (None, None) => TokenUsage::default(),
-        };
+        let usage = usage.or(self.fallback).unwrap_or_default();
         let cost = (self.ledger.pricing.load().prices).cost(&self.model, &usage, self.billing);
         let mut c = Counters::one(field::REQUESTS);
         c.0[field::INPUT] = usage.input;
@@ -415,6 +427,8 @@ impl Tally {
         c.0[field::OUTPUT] = usage.output;
         c.0[field::THINKING] = usage.thinking;
         c.0[field::TOOL] = usage.tool;
+        c.0[field::IMAGES] = usage.images;
+        c.0[field::VIDEO_SECONDS] = usage.video_seconds;
         c.0[field::COST] = cost.billed_nano;
         c.0[field::LIST_COST] = cost.list_nano;
         c.0[field::UNPRICED] = u64::from(!cost.priced);

@@ -29,6 +29,9 @@ const MAX_WARNED: usize = 200;
 /// enough that a rate in nano-USD per token fits comfortably in a `u64`.
 const MAX_RATE: f64 = 1_000_000.0;
 
+/// Highest price accepted per image or per second of video, USD.
+const MAX_UNIT_PRICE: f64 = 1_000.0;
+
 /// A project's billing is configured with its limits (`limits.projects.P.billing`).
 pub use crate::quota::limits::Billing;
 
@@ -36,10 +39,13 @@ pub use crate::quota::limits::Billing;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PriceEntry {
-    /// Prompt tokens not served from the cache, and tool-use prompt tokens.
-    pub input: f64,
-    /// Candidates and thinking tokens.
-    pub output: f64,
+    /// Prompt tokens not served from the cache, and tool-use prompt tokens. Required, unless
+    /// the model is priced per image or per second of video (then 0 when left out).
+    #[serde(default)]
+    pub input: Option<f64>,
+    /// Candidates and thinking tokens (required as `input` is).
+    #[serde(default)]
+    pub output: Option<f64>,
     /// Cached prompt tokens; `None`: billed at the input rate.
     pub cached: Option<f64>,
     /// `input` for prompts over [`LONG_CONTEXT_TOKENS`]; `None`: `input`.
@@ -48,6 +54,12 @@ pub struct PriceEntry {
     pub output_long: Option<f64>,
     /// `cached` for prompts over [`LONG_CONTEXT_TOKENS`]; `None`: `cached`, else `input_long`.
     pub cached_long: Option<f64>,
+    /// USD per image generated (image models).
+    #[serde(default)]
+    pub per_image: Option<f64>,
+    /// USD per second of video generated (video models).
+    #[serde(default)]
+    pub per_video_second: Option<f64>,
     /// The day the figures were read (`YYYY-MM-DD`).
     pub as_of: Option<String>,
     /// The page they were read from.
@@ -89,6 +101,9 @@ struct Rates {
     short: Tier,
     /// Present when the entry has any long-context rate.
     long: Option<Tier>,
+    /// Nano-USD per image and per second of video.
+    per_image: u64,
+    per_video_second: u64,
 }
 
 impl Rates {
@@ -108,6 +123,8 @@ impl Rates {
                     .saturating_add(u.thinking)
                     .saturating_mul(tier.output),
             )
+            .saturating_add(u.images.saturating_mul(self.per_image))
+            .saturating_add(u.video_seconds.saturating_mul(self.per_video_second))
     }
 }
 
@@ -279,8 +296,34 @@ fn check(name: &str, entry: PriceEntry) -> Result<Rates, PriceError> {
         }
     };
     let opt = |field: &str, usd: Option<f64>| usd.map(|v| rate(field, v)).transpose();
-    let input = rate("input", entry.input)?;
-    let output = rate("output", entry.output)?;
+    // A model priced per image or second of video need not name token rates.
+    let per_unit = entry.per_image.is_some() || entry.per_video_second.is_some();
+    let required = |field: &str, usd: Option<f64>| match usd {
+        Some(v) => rate(field, v),
+        None if per_unit => Ok(0),
+        None => Err(PriceError {
+            setting: format!("{setting}.{field}"),
+            problem: "required (USD per 1M tokens), unless the model is priced per_image or \
+                      per_video_second"
+                .into(),
+        }),
+    };
+    let unit = |field: &str, usd: Option<f64>| -> Result<u64, PriceError> {
+        match usd {
+            None => Ok(0),
+            Some(v) if v.is_finite() && (0.0..=MAX_UNIT_PRICE).contains(&v) => {
+                Ok((v * 1e9).round() as u64)
+            }
+            Some(v) => Err(PriceError {
+                setting: format!("{setting}.{field}"),
+                problem: format!("expected USD, a number from 0 to {MAX_UNIT_PRICE}, got {v}"),
+            }),
+        }
+    };
+    let per_image = unit("per_image", entry.per_image)?;
+    let per_video_second = unit("per_video_second", entry.per_video_second)?;
+    let input = required("input", entry.input)?;
+    let output = required("output", entry.output)?;
     let cached = opt("cached", entry.cached)?;
     let input_long = opt("input_long", entry.input_long)?;
     let output_long = opt("output_long", entry.output_long)?;
@@ -299,7 +342,13 @@ fn check(name: &str, entry: PriceEntry) -> Result<Rates, PriceError> {
                 cached: cached_long.or(cached).unwrap_or(input),
             }
         });
-    Ok(Rates { entry, short, long })
+    Ok(Rates {
+        entry,
+        short,
+        long,
+        per_image,
+        per_video_second,
+    })
 }
 
 #[cfg(test)]
@@ -313,13 +362,16 @@ mod tests {
             output,
             thinking,
             tool,
+            ..TokenUsage::default()
         }
     }
 
     fn entry(input: f64, output: f64) -> PriceEntry {
         PriceEntry {
-            input,
-            output,
+            input: Some(input),
+            output: Some(output),
+            per_image: None,
+            per_video_second: None,
             cached: None,
             input_long: None,
             output_long: None,
@@ -327,6 +379,27 @@ mod tests {
             as_of: None,
             source: None,
         }
+    }
+
+    #[test]
+    fn image_output_per_image_and_video_per_second_are_priced_from_the_embedded_table() {
+        let p = Prices::embedded();
+        let cost = |model: &str, u: TokenUsage| p.cost(model, &u, Billing::Paid).list_nano;
+        // One 1024x1024 image out of gemini-2.5-flash-image: 1,290 tokens at 30 USD per 1M.
+        assert_eq!(
+            cost("gemini-2.5-flash-image-preview", usage(0, 0, 0, 1290, 0)),
+            38_700_000
+        );
+        let images = TokenUsage {
+            images: 3,
+            ..TokenUsage::default()
+        };
+        assert_eq!(cost("imagen-4.0-generate-001", images), 120_000_000);
+        let video = TokenUsage {
+            video_seconds: 8,
+            ..TokenUsage::default()
+        };
+        assert_eq!(cost("veo-3.0-fast-generate-001", video), 1_200_000_000);
     }
 
     #[test]
@@ -347,7 +420,11 @@ mod tests {
             assert_eq!(p.entry_for(model), Some(model));
         }
         for (name, e) in p.entries() {
-            assert_eq!(e.as_of.as_deref(), Some("2026-07-24"), "{name}");
+            // Token rates read on 2026-07-24; image and video rates added on 2026-12-06.
+            assert!(
+                matches!(e.as_of.as_deref(), Some("2026-07-24" | "2026-12-06")),
+                "{name}"
+            );
             assert_eq!(
                 e.source.as_deref(),
                 Some("https://ai.google.dev/gemini-api/docs/pricing"),
@@ -357,8 +434,10 @@ mod tests {
         // Every table rate is a whole number of nano-USD per token (the rounding loses nothing).
         for (name, r) in EMBEDDED.iter() {
             let e = &r.entry;
-            for usd in [e.input, e.output]
+            for usd in e
+                .input
                 .into_iter()
+                .chain(e.output)
                 .chain(e.cached)
                 .chain(e.input_long)
                 .chain(e.output_long)

@@ -1,5 +1,6 @@
 //! `/api/ai/usage/`: the history over a window (`1h`, `24h`, `7d`, `30d`), grouped by model,
-//! key, project, client or nothing, as dense series of points.
+//! key, project, client or nothing, as dense series of points: at most [`MAX_POINTS`] points
+//! per answer, the series paged with `limit` and `offset` (ordered by their group's name).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -8,6 +9,10 @@ use serde::Serialize;
 
 use super::Ledger;
 use super::book::{Counters, HOUR_MS, MINUTE_MS, Series, field};
+
+/// Most points (series x points per series) in one answer: about 9 MB of JSON. 300 models
+/// over 24 h were 432,000 points, 75 MB, built whole in memory per request.
+pub const MAX_POINTS: usize = 50_000;
 
 /// How far back, and the width of a point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +52,17 @@ impl Window {
             Window::Week => (7 * 24 * HOUR_MS, HOUR_MS),
             Window::Month => (30 * 24 * HOUR_MS, HOUR_MS),
         }
+    }
+
+    /// Points in one series.
+    pub fn points(self) -> usize {
+        let (span, step) = self.span_step();
+        (span / step) as usize
+    }
+
+    /// Most series in one answer (at most [`MAX_POINTS`] points).
+    pub fn max_series(self) -> usize {
+        MAX_POINTS / self.points()
     }
 }
 
@@ -98,6 +114,10 @@ impl GroupBy {
 pub struct Query {
     pub window: Window,
     pub group_by: GroupBy,
+    /// Series in this answer (`None`: as many as fit, [`Window::max_series`]).
+    pub limit: Option<usize>,
+    /// Series skipped, in the answer's order.
+    pub offset: usize,
 }
 
 impl Query {
@@ -107,6 +127,13 @@ impl Query {
         let mut q = Query {
             window: Window::Hour,
             group_by: GroupBy::Model,
+            limit: None,
+            offset: 0,
+        };
+        let whole = |name: &str, value: &str| {
+            value
+                .parse::<usize>()
+                .map_err(|_| format!("{name} must be a whole number (got {:?})", shorten(value)))
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -127,14 +154,26 @@ impl Query {
                         )
                     })?
                 }
+                "limit" => q.limit = Some(whole("limit", value)?),
+                "offset" => q.offset = whole("offset", value)?,
                 n if ignore.contains(&n) => {}
                 n => {
                     return Err(format!(
-                        "unknown parameter {:?}: this endpoint takes window and group_by",
+                        "unknown parameter {:?}: this endpoint takes window, group_by, limit and offset",
                         shorten(n)
                     ));
                 }
             }
+        }
+        let max = q.window.max_series();
+        if let Some(limit) = q.limit
+            && !(1..=max).contains(&limit)
+        {
+            return Err(format!(
+                "limit must be 1 to {max} for window={} (at most {MAX_POINTS} points per answer, {} per series); page with offset (got {limit})",
+                q.window.as_str(),
+                q.window.points()
+            ));
         }
         Ok(q)
     }
@@ -164,6 +203,10 @@ pub struct Numbers {
     /// Tokens and list-price cost those answers saved.
     pub saved_tokens: u64,
     pub saved_cost_usd: f64,
+    /// Images generated (image models) and seconds of video (video models): what those are
+    /// billed by.
+    pub images: u64,
+    pub video_seconds: u64,
 }
 
 /// Nano-USD as USD.
@@ -189,6 +232,8 @@ impl From<&Counters> for Numbers {
             cache_hits: v[field::CACHE_HITS],
             saved_tokens: v[field::SAVED_TOKENS],
             saved_cost_usd: usd(v[field::SAVED_COST]),
+            images: v[field::IMAGES],
+            video_seconds: v[field::VIDEO_SECONDS],
         }
     }
 }
@@ -223,6 +268,12 @@ pub struct Report {
     /// `memory` (this replica since it started) or `redis` (every replica, kept 48 h / 35 d).
     pub source: &'static str,
     pub series: Vec<SeriesOut>,
+    /// Series in the whole window, over all pages.
+    pub total_series: usize,
+    /// The `offset` of the next page, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<usize>,
+    /// Totals over the whole window, every series (not only this page's).
     pub totals: Totals,
     pub timestamp: String,
 }
@@ -247,23 +298,45 @@ impl Ledger {
         } else {
             self.refresh(None, Some(first * step)).await?;
         }
-        // Group id -> one Counters per point.
-        let mut groups: HashMap<u32, Vec<Counters>> = HashMap::new();
+        // First pass: which groups have usage, and the totals. Only the page's groups get
+        // points, so an answer's memory is bounded by MAX_POINTS whatever the ledger holds.
+        let mut present: std::collections::HashSet<u32> = std::collections::HashSet::new();
         let mut totals = Counters::default();
-        self.each_bucket(step != MINUTE_MS, first, last, |i, _, bucket| {
+        self.each_bucket(step != MINUTE_MS, first, last, |_, _, bucket| {
             for (series, c) in bucket {
-                let g = groups
-                    .entry(q.group_by.of(series))
-                    .or_insert_with(|| vec![Counters::default(); points]);
-                g[i].add(c);
+                present.insert(q.group_by.of(series));
                 totals.add(c);
             }
         });
-        let mut series: Vec<SeriesOut> = groups
+        let mut labelled: Vec<(BTreeMap<&'static str, String>, u32)> = present
             .into_iter()
-            .map(|(id, counters)| SeriesOut {
-                group: self.group_label(q.group_by, id),
-                points: counters
+            .map(|id| (self.group_label(q.group_by, id), id))
+            .collect();
+        labelled.sort();
+        let total_series = labelled.len();
+        let limit = q.limit.unwrap_or(q.window.max_series());
+        let page: Vec<(BTreeMap<&'static str, String>, u32)> =
+            labelled.into_iter().skip(q.offset).take(limit).collect();
+        let next_offset = Some(q.offset.saturating_add(limit)).filter(|n| *n < total_series);
+        // Group id -> one Counters per point, for the page's groups.
+        let mut groups: HashMap<u32, Vec<Counters>> = page
+            .iter()
+            .map(|(_, id)| (*id, vec![Counters::default(); points]))
+            .collect();
+        self.each_bucket(step != MINUTE_MS, first, last, |i, _, bucket| {
+            for (series, c) in bucket {
+                if let Some(g) = groups.get_mut(&q.group_by.of(series)) {
+                    g[i].add(c);
+                }
+            }
+        });
+        let series: Vec<SeriesOut> = page
+            .into_iter()
+            .map(|(group, id)| SeriesOut {
+                group,
+                points: groups
+                    .remove(&id)
+                    .unwrap_or_default()
                     .iter()
                     .enumerate()
                     .map(|(i, c)| Point {
@@ -273,13 +346,14 @@ impl Ledger {
                     .collect(),
             })
             .collect();
-        series.sort_by(|a, b| a.group.cmp(&b.group));
         Ok(Report {
             success: true,
             window: q.window.as_str(),
             step_seconds: step / 1000,
             source: self.backend(),
             series,
+            total_series,
+            next_offset,
             totals: Totals {
                 n: (&totals).into(),
                 unpriced_requests: totals.0[field::UNPRICED],
@@ -332,6 +406,30 @@ mod tests {
         for w in [Window::Hour, Window::Day, Window::Week, Window::Month] {
             let (span, step) = w.span_step();
             assert!(span / step <= 1500, "{w:?}");
+            assert!(w.max_series() * w.points() <= MAX_POINTS);
         }
+    }
+
+    #[test]
+    fn a_page_over_the_points_cap_is_a_clear_error_naming_limit() {
+        let q = Query::parse(Some("window=24h&group_by=model&limit=34&offset=68"), &[]).unwrap();
+        assert_eq!((q.limit, q.offset), (Some(34), 68));
+        let e = Query::parse(Some("window=24h&limit=35"), &[]).unwrap_err();
+        assert!(
+            e.contains("limit") && e.contains("34") && e.contains("offset"),
+            "{e}"
+        );
+        assert!(
+            Query::parse(Some("limit=0"), &[])
+                .unwrap_err()
+                .contains("limit")
+        );
+        assert!(
+            Query::parse(Some("offset=-1"), &[])
+                .unwrap_err()
+                .contains("offset")
+        );
+        // A shorter window fits more series.
+        assert!(Query::parse(Some("window=1h&limit=800"), &[]).is_ok());
     }
 }

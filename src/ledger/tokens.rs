@@ -14,6 +14,10 @@ pub struct TokenUsage {
     pub thinking: u64,
     /// `toolUsePromptTokenCount`.
     pub tool: u64,
+    /// Images generated (an image model's answer reports no tokens; billed per image).
+    pub images: u64,
+    /// Seconds of video generated (billed per second).
+    pub video_seconds: u64,
 }
 
 impl TokenUsage {
@@ -25,6 +29,8 @@ impl TokenUsage {
             output: self.output.saturating_add(o.output),
             thinking: self.thinking.saturating_add(o.thinking),
             tool: self.tool.saturating_add(o.tool),
+            images: self.images.saturating_add(o.images),
+            video_seconds: self.video_seconds.saturating_add(o.video_seconds),
         }
     }
 }
@@ -72,6 +78,7 @@ impl From<GeminiUsage> for TokenUsage {
             output: u.candidates_token_count.max(u.response_token_count),
             thinking: u.thoughts_token_count,
             tool: u.tool_use_prompt_token_count,
+            ..TokenUsage::default()
         }
     }
 }
@@ -88,6 +95,7 @@ impl From<OpenAiUsage> for TokenUsage {
             output: u.completion_tokens.saturating_sub(thinking),
             thinking: thinking.min(u.completion_tokens),
             tool: 0,
+            ..TokenUsage::default()
         }
     }
 }
@@ -322,6 +330,7 @@ mod tests {
             output: 18,
             thinking: 7,
             tool: 3,
+            ..TokenUsage::default()
         };
         for piece in [1, 2, 3, 7, 16, 1000] {
             assert_eq!(scan_in_pieces(sse, piece), Some(want), "piece {piece}");
@@ -345,7 +354,8 @@ mod tests {
                     cached: 7,
                     output: 10,
                     thinking: 20,
-                    tool: 0
+                    tool: 0,
+                    ..TokenUsage::default()
                 })
             );
         }

@@ -178,6 +178,16 @@ pub async fn remember_created(store: &dyn QuotaStore, body: &[u8], kid: &str) {
         let Some(name) = candidate.get("name").and_then(|n| n.as_str()) else {
             continue;
         };
+        // A long-running operation (a Veo video) is polled at models/M/operations/ID.
+        if let ["models", _, "operations", id] = name.split('/').collect::<Vec<_>>()[..]
+            && valid_name(id)
+        {
+            let resource = format!("operations/{id}");
+            if let Err(e) = store.set_affinity(&resource, kid, AFFINITY_TTL_MS).await {
+                tracing::warn!(error = %e, "could not remember the key of a created resource");
+            }
+            continue;
+        }
         let Some((collection, rest)) = name.split_once('/') else {
             continue;
         };

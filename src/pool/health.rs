@@ -3,7 +3,7 @@
 //! run of upstream failures. By key id and project, so one record serves every configuration
 //! generation (a reload shares it, and requests still on the old one keep feeding it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +14,20 @@ const DEAD_MEMORY: Duration = Duration::from_secs(60);
 const BARE_429_RESET: Duration = Duration::from_secs(60);
 /// Bare 429s from most projects within this window mean an IP-level throttle.
 const THROTTLE_WINDOW: Duration = Duration::from_secs(10);
+/// Recent bare 429s remembered by model: enough to tell one model from several, and bounded
+/// whatever model names clients send.
+const BARE_MODELS_KEPT: usize = 16;
 
+/// How far an IP-level throttle's backoff reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle {
+    /// The bare 429s all named one model (a preview model out of capacity looks like this):
+    /// hold that model on every project, and let the others be served.
+    Model,
+    /// Bare 429s on two or more models within the window: the address itself is throttled,
+    /// hold every model on every project.
+    AllModels,
+}
 /// What this replica knows of its keys' health (by key id and project).
 #[derive(Debug)]
 pub struct KeyHealth {
@@ -22,6 +35,9 @@ pub struct KeyHealth {
     dead: Mutex<HashMap<Arc<str>, (String, Instant)>>,
     /// Consecutive bare 429s per project and when the last one came.
     bare_429: Mutex<HashMap<String, (u32, Instant)>>,
+    /// The models of the last bare 429s (any project), newest last, at most
+    /// `BARE_MODELS_KEPT`.
+    bare_models: Mutex<VecDeque<(Box<str>, Instant)>>,
     /// Distinct projects in the pool.
     projects: AtomicUsize,
     /// Upstream 5xx and network failures in a row (any key); a success resets it.
@@ -37,6 +53,7 @@ impl KeyHealth {
         KeyHealth {
             dead: Mutex::new(HashMap::new()),
             bare_429: Mutex::new(HashMap::new()),
+            bare_models: Mutex::new(VecDeque::new()),
             projects: AtomicUsize::new(projects),
             failures: AtomicU32::new(0),
         }
@@ -94,6 +111,44 @@ impl KeyHealth {
         recent >= 2 && recent * 2 > self.projects.load(Ordering::Relaxed)
     }
 
+    /// A 429 without details named `model` (with or without a retry delay).
+    pub fn saw_bare_429_on(&self, model: &str) {
+        let mut recent = lock(&self.bare_models);
+        let now = Instant::now();
+        while recent
+            .front()
+            .is_some_and(|(_, at)| now.duration_since(*at) >= THROTTLE_WINDOW)
+        {
+            recent.pop_front();
+        }
+        // One entry per model is enough evidence: refresh it rather than fill the deque.
+        recent.retain(|(m, _)| &**m != model);
+        if recent.len() >= BARE_MODELS_KEPT {
+            recent.pop_front();
+        }
+        recent.push_back((model.into(), now));
+    }
+
+    /// Whether the pool is throttled as a whole (see [`throttled_globally`]) and how far the
+    /// backoff reaches: the model first, every model only when bare 429s named two or more
+    /// models within the window.
+    ///
+    /// [`throttled_globally`]: KeyHealth::throttled_globally
+    pub fn throttle(&self) -> Option<Throttle> {
+        if !self.throttled_globally() {
+            return None;
+        }
+        let models = lock(&self.bare_models)
+            .iter()
+            .filter(|(_, at)| at.elapsed() < THROTTLE_WINDOW)
+            .count();
+        Some(if models >= 2 {
+            Throttle::AllModels
+        } else {
+            Throttle::Model
+        })
+    }
+
     /// One more upstream failure (5xx, network) in a row.
     pub fn failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
@@ -128,6 +183,28 @@ mod tests {
         assert!(!h.throttled_globally(), "one project is not the address");
         h.bare_429_backoff("b");
         assert!(h.throttled_globally());
+    }
+
+    #[test]
+    fn an_address_throttle_holds_one_model_until_bare_429s_name_a_second() {
+        let h = KeyHealth::new(3);
+        assert_eq!(h.throttle(), None);
+        h.saw_bare_429_on("gemini-preview");
+        h.bare_429_backoff("a");
+        h.saw_bare_429_on("gemini-preview");
+        h.bare_429_backoff("b");
+        assert_eq!(h.throttle(), Some(Throttle::Model), "one model's 429s");
+        h.saw_bare_429_on("gemini-2.5-flash");
+        assert_eq!(h.throttle(), Some(Throttle::AllModels), "two models' 429s");
+    }
+
+    #[test]
+    fn the_models_of_bare_429s_are_bounded_whatever_names_clients_send() {
+        let h = KeyHealth::new(1);
+        for i in 0..1000 {
+            h.saw_bare_429_on(&format!("made-up-{i}"));
+        }
+        assert_eq!(lock(&h.bare_models).len(), BARE_MODELS_KEPT);
     }
 
     #[test]

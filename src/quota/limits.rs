@@ -1,6 +1,6 @@
 //! The limits as configured (`[limits]`, loaded by `config::limits`) and resolving those of one
-//! (project, model): defaults < per-model < per-project < per-project-per-model, with the embed
-//! family starting from its own defaults.
+//! (project, model): defaults < per-model < per-project < per-project-per-model, with the embed,
+//! image and video families starting from their own defaults.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +16,17 @@ pub enum Billing {
     #[default]
     Paid,
     Free,
+}
+
+/// What to do with a billable call whose model has no price (`limits.unpriced`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unpriced {
+    /// Send it, counted against its limits and recorded as an unpriced request (cost 0).
+    #[default]
+    Count,
+    /// Refuse it with a 400 before sending: nothing Google bills passes without a price.
+    Refuse,
 }
 
 /// Limits that replace the defaults for one model or one project (any subset of fields).
@@ -56,6 +67,12 @@ pub struct QuotaDefaults {
 pub struct LimitsConfig {
     pub generate: QuotaDefaults,
     pub embed: QuotaDefaults,
+    /// Image models: requests, and images per minute in place of tokens.
+    pub image: QuotaDefaults,
+    /// Video models: requests, and seconds of video per minute in place of tokens.
+    pub video: QuotaDefaults,
+    /// A billable call whose model has no price: counted, or refused.
+    pub unpriced: Unpriced,
     pub max_request_tokens: u64,
     /// Live API sessions open at once per project, unless the project says otherwise.
     pub live_sessions: u64,
@@ -101,7 +118,9 @@ impl Limits {
 pub fn resolve(cfg: &LimitsConfig, project: &str, model: &str, family: QuotaFamily) -> Limits {
     let d = match family {
         QuotaFamily::Embed => cfg.embed,
-        _ => cfg.generate,
+        QuotaFamily::Image => cfg.image,
+        QuotaFamily::Video => cfg.video,
+        QuotaFamily::Generate | QuotaFamily::Free => cfg.generate,
     };
     let mut l = Limits {
         minute: d.minute,

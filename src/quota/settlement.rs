@@ -10,6 +10,10 @@ use super::{QuotaStore, Reservation};
 pub struct Settlement {
     store: Arc<dyn QuotaStore>,
     reservation: Option<Reservation>,
+    /// Tokens to settle to when the answer reports no usage. `None` refunds; an answer that
+    /// never carries usage (an embedding) keeps its estimate, or embed TPM would only bound
+    /// the calls in flight.
+    unreported: Option<u64>,
 }
 
 impl Settlement {
@@ -17,7 +21,15 @@ impl Settlement {
         Settlement {
             store,
             reservation: Some(reservation),
+            unreported: None,
         }
+    }
+
+    /// An answer reporting no usage settles to its estimate instead of refunding it: for
+    /// calls whose answers never carry usage (embeddings), which Google still counted.
+    pub fn keeping_estimate_unreported(mut self) -> Self {
+        self.unreported = self.reservation.as_ref().map(|r| r.tokens);
+        self
     }
 
     /// The reservation being settled (`None` only after settling).
@@ -25,8 +37,10 @@ impl Settlement {
         self.reservation.as_ref()
     }
 
-    /// Replace the estimate with `tokens` (`None` refunds), off the response path.
+    /// Replace the estimate with `tokens`, off the response path. `None` (the answer reported
+    /// no usage) refunds, unless [`Settlement::keeping_estimate_unreported`] said otherwise.
     pub fn settle(mut self, tokens: Option<u64>) {
+        let tokens = tokens.or(self.unreported);
         self.finish(tokens);
     }
 

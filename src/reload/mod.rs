@@ -21,6 +21,8 @@ pub const RESTART_ONLY: &[&str] = &[
     "server.path_prefix",
     "server.header_read_timeout_secs",
     "server.max_connections",
+    "server.max_buffered_bytes",
+    "server.max_buffered_client_share",
     "server.shutdown_grace_secs",
     "server.watch_config",
     "store.",
@@ -232,6 +234,8 @@ fn keep_running(config: &mut Config, running: &Config) {
     s.path_prefix = r.path_prefix.clone();
     s.header_read_timeout = r.header_read_timeout;
     s.max_connections = r.max_connections;
+    s.max_buffered_bytes = r.max_buffered_bytes;
+    s.max_buffered_client_share = r.max_buffered_client_share;
     s.shutdown_grace = r.shutdown_grace;
     s.watch_config = r.watch_config;
     config.store = running.store.clone();

@@ -122,6 +122,23 @@ fn queue_lines(state: &AppState, text: &mut String) {
             n
         );
     }
+    text.push_str("# HELP gqp_queue_waiting_bytes Request-body bytes held by the requests waiting in this replica's admission queue (bounded by queue.max_waiting_bytes).\n");
+    text.push_str("# TYPE gqp_queue_waiting_bytes gauge\n");
+    let _ = writeln!(
+        text,
+        "gqp_queue_waiting_bytes {}",
+        state.queues.waiting_bytes()
+    );
+    text.push_str("# HELP gqp_buffered_request_bytes Request-body bytes this process holds in memory now (read, waiting, being sent).\n");
+    text.push_str("# TYPE gqp_buffered_request_bytes gauge\n");
+    let _ = writeln!(text, "gqp_buffered_request_bytes {}", state.bodies.held());
+    text.push_str("# HELP gqp_buffered_request_bytes_limit server.max_buffered_bytes: past it new requests get 503.\n");
+    text.push_str("# TYPE gqp_buffered_request_bytes_limit gauge\n");
+    let _ = writeln!(
+        text,
+        "gqp_buffered_request_bytes_limit {}",
+        state.bodies.total()
+    );
 }
 
 /// `gqp_cost_usd_total{model,client}`: written here because the metrics facade's counters are

@@ -158,7 +158,11 @@ pub struct QueueView {
 #[derive(Debug, Clone, Serialize)]
 pub struct QueueLineView {
     pub model: String,
-    /// `generate` or `embed`.
+    /// The project of a line of requests pinned to one key (a file they name); absent for a
+    /// model's shared line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// `generate`, `embed`, `image` or `video`.
     pub family: &'static str,
     pub length: usize,
     pub oldest_wait_ms: u64,
@@ -172,10 +176,8 @@ impl QueueView {
             .into_iter()
             .map(|l| QueueLineView {
                 model: l.model.to_string(),
-                family: match l.family {
-                    QuotaFamily::Embed => "embed",
-                    _ => "generate",
-                },
+                project: l.project.as_deref().map(str::to_string),
+                family: l.family.as_str(),
                 length: l.length,
                 oldest_wait_ms: l.oldest_wait.as_millis() as u64,
             })

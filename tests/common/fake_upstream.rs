@@ -1,5 +1,6 @@
 //! A fake Gemini API on 127.0.0.1:0 that speaks Google's wire format: generate, SSE and
-//! JSON-array streams with cumulative usageMetadata, countTokens, embed, models, OpenAI chat,
+//! JSON-array streams with cumulative usageMetadata, countTokens, embed, Imagen `:predict`, Veo
+//! `:predictLongRunning` (an operation), `:generateAnswer`, models, OpenAI chat,
 //! the resumable upload handshake, cachedContents create, 429 with QuotaFailure + RetryInfo,
 //! 400 API_KEY_INVALID, Google's texts that echo client input (an unknown body field, a file
 //! name) and 5xx. It records every request so tests can assert what the proxy sent.
@@ -97,6 +98,14 @@ pub struct Behaviour {
     /// Report these too in every usage object (streams: the same on every chunk, as
     /// cumulative usage of a finished thought and tool call would be).
     pub usage_extra: UsageExtra,
+    /// generateContent answers send their head and the start of the body at once, then wait
+    /// this long before the rest (the `usageMetadata` comes last), as a slow Google answer does.
+    pub slow_body: Option<Duration>,
+    /// Whitespace (valid JSON) sent before a slow body's `usageMetadata`, in 64 KiB pieces.
+    pub slow_body_pad: usize,
+    /// Imagen answers return this many fewer images than asked for, each replaced by a
+    /// `raiFilteredReason` entry (Google's safety filter).
+    pub filtered_images: u64,
 }
 
 /// Usage fields beyond the prompt and candidates counts.
@@ -429,6 +438,14 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         )
     };
 
+    if path.ends_with("/openai/images/generations") {
+        // OpenAI-shaped image generation: `n` images (default 1) as base64, no usage.
+        let n = json_body["n"].as_u64().unwrap_or(1);
+        let data: Vec<Value> = (0..n)
+            .map(|_| json!({"b64_json": "iVBORw0KGgo=", "revised_prompt": first_text(&json_body)}))
+            .collect();
+        return axum::Json(json!({"created": 1, "data": data})).into_response();
+    }
     if path.ends_with("/openai/chat/completions") {
         return axum::Json(json!({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": json_body["model"],
@@ -461,6 +478,13 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         if grounding {
             answer["candidates"][0]["groundingMetadata"] =
                 json!({"webSearchQueries": ["q"], "groundingChunks": []});
+        }
+        let (slow, pad) = {
+            let b = st.behaviour.lock().unwrap();
+            (b.slow_body, b.slow_body_pad)
+        };
+        if let Some(pause) = slow {
+            return slow_answer(answer.to_string(), pause, pad);
         }
         return axum::Json(answer).into_response();
     }
@@ -497,6 +521,41 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
             .body(Body::from_stream(stream))
             .unwrap();
     }
+    if path.contains(":predictLongRunning") {
+        // Veo: a long-running operation, polled at models/MODEL/operations/ID.
+        let model = path
+            .rsplit('/')
+            .next()
+            .and_then(|m| m.split(':').next())
+            .unwrap_or("veo");
+        return axum::Json(json!({"name": format!("models/{model}/operations/op1")}))
+            .into_response();
+    }
+    if path.contains(":predict") {
+        // Imagen: one prediction per image asked for (parameters.sampleCount, default 4).
+        let n = json_body
+            .pointer("/parameters/sampleCount")
+            .and_then(Value::as_u64)
+            .unwrap_or(4);
+        let filtered = st.behaviour.lock().unwrap().filtered_images.min(n);
+        let predictions: Vec<Value> = (0..n)
+            .map(|i| if i < n - filtered {
+                json!({"bytesBase64Encoded": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==", "mimeType": "image/png"})
+            } else {
+                json!({"raiFilteredReason": "Your current safety filter threshold filtered out this generated image."})
+            })
+            .collect();
+        return axum::Json(json!({"predictions": predictions})).into_response();
+    }
+    if path.contains(":generateAnswer") {
+        // Attributed question answering: an answer and how answerable it was; no usage.
+        return axum::Json(json!({
+            "answer": {"content": {"parts": [{"text": format!("answer: {}", first_text(&json_body))}], "role": "model"},
+                       "finishReason": "STOP", "index": 0},
+            "answerableProbability": 0.9
+        }))
+        .into_response();
+    }
     if path.contains(":countTokens") {
         return axum::Json(json!({"totalTokens": text_tokens(&json_body), "promptTokensDetails": [{"modality": "TEXT", "tokenCount": text_tokens(&json_body)}]})).into_response();
     }
@@ -521,6 +580,15 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
     }
     if path.ends_with("/models") {
         return axum::Json(json!({"models": [model_json("gemini-2.5-flash"), model_json("gemini-2.5-pro"), model_json("gemini-embedding-001")]})).into_response();
+    }
+    if let Some(op) = path
+        .strip_prefix("/v1beta/")
+        .filter(|p| p.contains("/operations/"))
+    {
+        // A finished Veo operation.
+        return axum::Json(json!({"name": op, "done": true, "response": {"@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.PredictLongRunningResponse",
+            "generateVideoResponse": {"generatedSamples": [{"video": {"uri": "https://generativelanguage.googleapis.com/v1beta/files/v1:download?alt=media"}}]}}}))
+        .into_response();
     }
     if let Some(m) = path.strip_prefix("/v1beta/models/") {
         return axum::Json(model_json(m)).into_response();
@@ -560,6 +628,44 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         &format!("fake upstream has no {path}"),
         vec![],
     )
+}
+
+/// `answer` up to its `"usageMetadata"` at once, then after `pause` `pad` bytes of
+/// whitespace and the rest.
+fn slow_answer(answer: String, pause: Duration, pad: usize) -> Response {
+    let at = answer.find("\"usageMetadata\"").unwrap_or(answer.len());
+    let (head, tail) = answer.split_at(at);
+    let head = Bytes::from(head.to_string());
+    let tail = Bytes::from(tail.to_string());
+    let pieces = pad.div_ceil(64 * 1024);
+    let stream = futures_util::stream::unfold(0usize, move |i| {
+        let (head, tail) = (head.clone(), tail.clone());
+        async move {
+            let piece = match i {
+                0 => head,
+                _ if i <= pieces => {
+                    if i == 1 {
+                        tokio::time::sleep(pause).await;
+                    }
+                    let n = (pad - (i - 1) * 64 * 1024).min(64 * 1024);
+                    Bytes::from(" ".repeat(n))
+                }
+                _ if i == pieces + 1 => {
+                    if pieces == 0 {
+                        tokio::time::sleep(pause).await;
+                    }
+                    tail
+                }
+                _ => return None,
+            };
+            Some((Ok::<_, Infallible>(piece), i + 1))
+        }
+    });
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json; charset=UTF-8")
+        .body(Body::from_stream(stream))
+        .unwrap()
 }
 
 fn model_json(m: &str) -> Value {

@@ -33,7 +33,7 @@ pub fn kind(method: &http::Method, est: &Estimated) -> Option<Kind> {
         return match route.family {
             crate::route::QuotaFamily::Generate => Some(Kind::Generate),
             crate::route::QuotaFamily::Embed => Some(Kind::Embed),
-            crate::route::QuotaFamily::Free => None,
+            _ => None,
         };
     }
     route.model.as_ref()?;

@@ -1,4 +1,4 @@
-//! Admission: a key whose project has room for the request, waiting in the model's queue
+//! Admission: a key whose project has room for the request, waiting in its line of the queue
 //! (`quota::queue`) for room that frees within the request's allowance, or, for a call that
 //! spends nothing, the next usable key.
 
@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::error::{ApiError, LimitKind};
 use crate::estimate::Estimate;
-use crate::quota::queue::{Refusal, Ticket, Turn};
+use crate::quota::queue::{self, Bound, Claim, Full, Lane, Pace, Refusal, Ticket, Turn};
 use crate::quota::{AdmitOutcome, AdmitRequest, Reservation};
 use crate::route::{QuotaFamily, Route};
 use crate::state::AppState;
@@ -30,6 +30,22 @@ pub(super) struct Admitted {
     pub waited: Option<Duration>,
 }
 
+/// A refused admission, and how long it waited in the queue first (`None`: not queued), so
+/// the answer and its log line say how long the request really waited.
+pub(super) struct NotAdmitted {
+    pub error: ApiError,
+    pub waited: Option<Duration>,
+}
+
+impl From<ApiError> for NotAdmitted {
+    fn from(error: ApiError) -> NotAdmitted {
+        NotAdmitted {
+            error,
+            waited: None,
+        }
+    }
+}
+
 /// What one question to the store came to.
 enum Try {
     Admitted(Reservation),
@@ -39,9 +55,49 @@ enum Try {
     Fail(ApiError),
 }
 
+/// Until when room may free for a wait to be worth it (the boundary rule of
+/// [`queue::BOUNDARY`]).
+#[derive(Clone, Copy)]
+enum Until {
+    /// A request that has not waited yet: room must free before its allowance ends.
+    Start(Instant),
+    /// The head of a line, asking again: it keeps waiting up to the boundary's slack.
+    Keep(Instant),
+    /// The queue off: up to this moment exactly.
+    Exactly(Instant),
+}
+
+impl Until {
+    fn allows(self, free_at: Instant) -> bool {
+        match self {
+            Until::Start(d) => queue::starts_in_time(free_at, d),
+            Until::Keep(d) => queue::still_in_time(free_at, d),
+            Until::Exactly(d) => free_at <= d,
+        }
+    }
+}
+
+/// How fast `model`'s line can move at best: the candidate projects' per-minute limits
+/// together, per window.
+fn pace(state: &AppState, request: &AdmitRequest) -> Pace {
+    let mut per_window = 0u64;
+    let mut seen: Vec<&str> = Vec::new();
+    for c in &request.candidates {
+        if !seen.contains(&&*c.project) {
+            seen.push(&c.project);
+            per_window = per_window.saturating_add(c.limits.minute);
+        }
+    }
+    Pace {
+        per_window,
+        window: Duration::from_millis(state.config.limits.window_ms),
+    }
+}
+
 /// Admit on a key with room. With the queue on (`queue.max_wait_secs` above zero), a request
-/// that finds none waits in its model's line for up to `allowance`; with it off, it waits only
-/// for a cooldown that ends within `upstream.max_wait_secs`.
+/// that finds none waits in its line for up to `allowance` (its model's, or for a request
+/// pinned to one key, its project's for the model); with it off, it waits only for a cooldown
+/// that ends within `upstream.max_wait_secs`.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn admit(
     state: &AppState,
@@ -52,23 +108,24 @@ pub(super) async fn admit(
     avoid: &[usize],
     deadline: Instant,
     allowance: Duration,
-) -> Result<Admitted, ApiError> {
+    claim: Claim,
+) -> Result<Admitted, NotAdmitted> {
     let mut candidates = state.pool.candidates(model, route.family, pinned);
     if candidates.len() > avoid.len() {
         candidates.retain(|c| !avoid.contains(&c.index));
     }
-    // A request no project could ever take is a client error, not a wait.
-    let largest = candidates
-        .iter()
-        .map(|c| c.limits.max_request_tokens.min(c.limits.token_minute))
-        .max()
-        .unwrap_or(0);
-    if est.tokens > largest {
+    // A request no project could ever take is a client error, not a wait; one over a
+    // project's own per-request cap never lands on that project.
+    let cap = |c: &crate::quota::Candidate| c.limits.max_request_tokens.min(c.limits.token_minute);
+    let largest = candidates.iter().map(cap).max().unwrap_or(0);
+    candidates.retain(|c| est.tokens <= cap(c));
+    if candidates.is_empty() {
         state.metrics.refused("max_request_tokens");
         return Err(ApiError::InvalidArgument(format!(
             "The request is estimated at {} input tokens, over this proxy's limit of {} tokens per request for {}.",
             est.tokens, largest, model
-        )));
+        ))
+        .into());
     }
     let request = AdmitRequest {
         model: model.to_string(),
@@ -78,39 +135,38 @@ pub(super) async fn admit(
         rotation: state.pool.next_turn(),
     };
     if state.config.queue.max_wait.is_zero() {
-        return unqueued(state, route, &request, deadline).await;
+        return Ok(unqueued(state, route, &request, deadline).await?);
     }
     let wait_until = Instant::now() + allowance;
-    let family = route.family;
-    // Nobody overtakes a waiter for the same model: with a line, go to its end at once.
+    // A pinned request can only be served by its key's project: it waits in that project's
+    // line, behind nobody who could go elsewhere and in front of nobody.
+    let lane = Lane {
+        model,
+        family: route.family,
+        project: pinned.map(|i| &*state.pool.keys[i].project),
+    };
+    // Nobody overtakes a waiter in the same line: with a line, go to its end at once.
     let mut first = None;
-    if !state.queues.busy(model, family) {
-        match ask(state, route, &request, wait_until).await {
+    if !state.queues.busy(lane) {
+        match ask(state, route, &request, Until::Start(wait_until)).await {
             Try::Admitted(r) => {
                 return Ok(Admitted {
                     reservation: r,
                     waited: None,
                 });
             }
-            Try::Fail(e) => return Err(e),
+            Try::Fail(e) => return Err(e.into()),
             Try::Wait(r) => first = Some(r),
         }
     } else if allowance.is_zero() {
         state.metrics.refused("no_wait");
-        let last = state.queues.last_refusal(model, family);
-        return Err(refused_now(route, model, last, Why::NoWait));
+        let last = state.queues.last_refusal(lane);
+        return Err(refused_now(route, model, last, Why::NoWait).into());
     }
-    let ticket = match state.queues.join(model, family, wait_until) {
+    let pace = pace(state, &request);
+    let ticket = match state.queues.join(lane, wait_until, claim, Some(pace)) {
         Ok(t) => t,
-        Err(full) => {
-            state.metrics.refused("queue_full");
-            return Err(refused_now(
-                route,
-                model,
-                first.or(full.last_refusal),
-                Why::Full,
-            ));
-        }
+        Err(full) => return Err(queue_refusal(state, route, model, first, full).into()),
     };
     // The refusal that sent it here tells the line's head when to ask again; anyone else
     // learns that when its turn comes.
@@ -120,10 +176,47 @@ pub(super) async fn admit(
     // Leaving the line hands its front to the next waiter, who asks the store at once.
     drop(ticket);
     state.metrics.queue_wait(waited);
-    outcome.map(|r| Admitted {
-        reservation: r,
-        waited: Some(waited),
-    })
+    match outcome {
+        Ok(r) => Ok(Admitted {
+            reservation: r,
+            waited: Some(waited),
+        }),
+        Err(error) => Err(NotAdmitted {
+            error,
+            waited: Some(waited),
+        }),
+    }
+}
+
+/// The 429 for a request the queue would not take, by the bound that kept it out.
+fn queue_refusal(
+    state: &AppState,
+    route: &Route,
+    model: &str,
+    first: Option<Refusal>,
+    full: Full,
+) -> ApiError {
+    let last = first.or(full.last_refusal);
+    let why = match full.bound {
+        Bound::Line => Why::Full,
+        Bound::Predicted { ahead, earliest } => {
+            state.metrics.refused("queue_predicted");
+            // Retry-After: the earliest this request could have been admitted.
+            let r = last.map(|r| Refusal {
+                free_at: earliest.unwrap_or(r.free_at).max(r.free_at),
+                ..r
+            });
+            return refused_now(route, model, r, Why::Predicted(ahead));
+        }
+        Bound::Lines | Bound::Waiters | Bound::Bytes => Why::Crowded,
+        Bound::ClientShare => Why::Share,
+    };
+    state.metrics.refused(match full.bound {
+        Bound::ClientShare => "queue_client_share",
+        Bound::Line => "queue_full",
+        _ => "queue_bound",
+    });
+    refused_now(route, model, last, why)
 }
 
 /// In line until admitted, refused, or out of time. The head asks the store (the first time
@@ -140,14 +233,18 @@ async fn wait_in_line(
     loop {
         match ticket.turn().await {
             Turn::Head => {}
-            Turn::Hopeless(last) | Turn::TimedOut(last) => {
+            Turn::Hopeless(last) => {
+                state.metrics.refused("queue_predicted");
+                return Err(refused_now(route, model, last, Why::OutOfTime));
+            }
+            Turn::TimedOut(last) => {
                 state.metrics.refused("queue_timeout");
                 return Err(refused_now(route, model, last, Why::OutOfTime));
             }
         }
         let answer = match known.take() {
             Some(r) => Try::Wait(r),
-            None => ask(state, route, request, ticket.deadline()).await,
+            None => ask(state, route, request, Until::Keep(ticket.deadline())).await,
         };
         match answer {
             Try::Admitted(r) => return Ok(r),
@@ -163,9 +260,9 @@ async fn wait_in_line(
     }
 }
 
-/// One question to the store. A refusal that a wait until `wait_until` cannot cure (the day
-/// limit, every key disabled, the store down) is the answer at once.
-async fn ask(state: &AppState, route: &Route, request: &AdmitRequest, wait_until: Instant) -> Try {
+/// One question to the store. A refusal that a wait `until` cannot cure (the day limit, every
+/// key disabled, the store down) is the answer at once.
+async fn ask(state: &AppState, route: &Route, request: &AdmitRequest, until: Until) -> Try {
     let model = request.model.as_str();
     let t0 = Instant::now();
     let outcome = state.store.admit(request).await;
@@ -182,7 +279,7 @@ async fn ask(state: &AppState, route: &Route, request: &AdmitRequest, wait_until
                 limit_value,
                 free_at: Instant::now() + Duration::from_millis(retry_after_ms),
             };
-            if limit == LimitKind::RequestsPerDay || refusal.free_at > wait_until {
+            if limit == LimitKind::RequestsPerDay || !until.allows(refusal.free_at) {
                 state.metrics.refused(limit.as_str());
                 Try::Fail(refusal_error(route, model, refusal))
             } else {
@@ -197,7 +294,7 @@ async fn ask(state: &AppState, route: &Route, request: &AdmitRequest, wait_until
                 limit_value: 0,
                 free_at: Instant::now() + Duration::from_millis(ms),
             };
-            if refusal.free_at > wait_until {
+            if !until.allows(refusal.free_at) {
                 state.metrics.refused("cooldown");
                 Try::Fail(refusal_error(route, model, refusal))
             } else {
@@ -231,7 +328,7 @@ async fn unqueued(
 ) -> Result<Admitted, ApiError> {
     let wait_until = (Instant::now() + state.config.upstream.max_wait).min(deadline);
     loop {
-        match ask(state, route, request, wait_until).await {
+        match ask(state, route, request, Until::Exactly(wait_until)).await {
             Try::Admitted(r) => {
                 return Ok(Admitted {
                     reservation: r,
@@ -262,7 +359,7 @@ fn refusal_error(route: &Route, model: &str, r: Refusal) -> ApiError {
             message: format!(
                 "Quota exceeded for {}: {} limit of {} reached in every project of this proxy's pool. Retry in {}.",
                 model,
-                describe(limit),
+                describe(limit, route.family),
                 r.limit_value,
                 crate::error::format_retry_delay(retry_after_ms)
             ),
@@ -287,8 +384,15 @@ fn refusal_error(route: &Route, model: &str, r: Refusal) -> ApiError {
 enum Why {
     /// Its model's line is at `queue.max_length`.
     Full,
+    /// The queue as a whole is at a bound (`queue.max_waiters_total`,
+    /// `queue.max_waiting_bytes`, or its number of lines).
+    Crowded,
+    /// Its client holds its share of the queue (`queue.max_client_share`).
+    Share,
     /// It asked not to wait (`x-gemini-max-wait: 0`) and others are waiting.
     NoWait,
+    /// This many wait before it, and the line cannot reach it within its allowance.
+    Predicted(usize),
     /// Its allowance ran out in line, or will before its turn can come.
     OutOfTime,
 }
@@ -302,17 +406,28 @@ fn refused_now(route: &Route, model: &str, last: Option<Refusal>, why: Why) -> A
         free_at: Instant::now() + Duration::from_secs(1),
     });
     let note = match why {
-        Why::Full => " Too many requests are already waiting for it in this proxy's queue.",
+        Why::Full => " Too many requests are already waiting for it in this proxy's queue.".to_string(),
+        Why::Crowded => " This proxy's queue is full (all models).".to_string(),
+        Why::Share => " This client already holds its share of this proxy's queue.".to_string(),
         Why::NoWait => {
-            " Other requests are waiting for it, and this one asked not to wait (x-gemini-max-wait)."
+            " Other requests are waiting for it, and this one asked not to wait (x-gemini-max-wait).".to_string()
         }
-        Why::OutOfTime => " The request waited in this proxy's queue as long as it was allowed to.",
+        Why::Predicted(ahead) => format!(
+            " {ahead} requests wait before this one in this proxy's queue, and it could not be admitted within its allowed wait (queue.max_wait_secs, x-gemini-max-wait)."
+        ),
+        Why::OutOfTime => {
+            " The request waited in this proxy's queue as long as it was allowed to.".to_string()
+        }
     };
     let mut e = refusal_error(route, model, r);
     if let ApiError::QuotaExceeded { message, .. } | ApiError::PoolExhausted { message, .. } =
         &mut e
     {
-        message.push_str(note);
+        // Without a refusal of its own, the pool's cooldown wording would be wrong.
+        if last.is_none() {
+            *message = format!("No room for {model} in this proxy's queue now.");
+        }
+        message.push_str(&note);
     }
     e
 }
@@ -328,9 +443,12 @@ pub(super) fn is_refusal(e: &ApiError) -> bool {
     )
 }
 
-fn describe(limit: LimitKind) -> &'static str {
+/// The limit's name in a refusal; an image or video call's "tokens" are images or seconds.
+fn describe(limit: LimitKind, family: QuotaFamily) -> &'static str {
     match limit {
         LimitKind::RequestsPerMinute => "requests-per-minute",
+        LimitKind::TokensPerMinute if family == QuotaFamily::Image => "images-per-minute",
+        LimitKind::TokensPerMinute if family == QuotaFamily::Video => "video-seconds-per-minute",
         LimitKind::TokensPerMinute => "input-tokens-per-minute",
         LimitKind::RequestsPerDay => "requests-per-day",
     }

@@ -50,6 +50,8 @@ where
         let body = match self {
             Answer::Whole(bytes) => {
                 if !at_end.is_empty() {
+                    let mut at_end = at_end;
+                    at_end.feed(&bytes);
                     at_end.close(UsageScanner::scan_all(&bytes));
                 }
                 Body::from(bytes)

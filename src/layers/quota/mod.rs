@@ -32,8 +32,10 @@ use crate::error::ApiError;
 use crate::layers::estimate::Estimated;
 use crate::layers::forward::{ForwardError, ForwardErrorKind, Outbound};
 use crate::layers::retry::{self, Budget, Failure};
-use crate::ledger::{Series, field};
+use crate::ledger::{ImageCounter, Series, TokenUsage, field};
 use crate::pool::affinity;
+use crate::quota::limits::Unpriced;
+use crate::quota::queue::Claim;
 use crate::quota::{DayInfo, Settlement};
 use crate::route::QuotaFamily;
 use crate::state::AppState;
@@ -236,6 +238,18 @@ where
         };
         let route = &est.route;
         let quota_model = est.quota_model();
+        // A billable call the proxy cannot price goes out only where the configuration says
+        // so: never unseen.
+        if let Some(model) = quota_model
+            && state.config.limits.unpriced == Unpriced::Refuse
+            && !state.ledger.is_priced(model)
+        {
+            served.refused = true;
+            state.metrics.refused("unpriced");
+            return Err(ApiError::InvalidArgument(format!(
+                "{model} has no price in this proxy's price table, and it refuses unpriced calls (limits.unpriced = \"refuse\"). Ask its operator to add [prices.\"{model}\"]."
+            )));
+        }
         let streaming = est.streaming();
         let head_timeout = if streaming {
             cfg.stream_idle_timeout.min(cfg.request_timeout)
@@ -261,6 +275,11 @@ where
             served.attempts = attempt;
             let reservation = match quota_model {
                 Some(model) => {
+                    // What this request holds while it waits, for the queue's bounds.
+                    let claim = Claim {
+                        client: account.map_or(0, |a| a.client),
+                        bytes: body.len() as u64,
+                    };
                     let admitted = admit::admit(
                         state,
                         route,
@@ -270,11 +289,12 @@ where
                         &avoid,
                         deadline,
                         allowance,
+                        claim,
                     )
                     .await;
                     let waited = match &admitted {
                         Ok(a) => a.waited,
-                        Err(_) => None,
+                        Err(n) => n.waited,
                     };
                     if let Some(w) = waited {
                         // Time in line is not taken from the tries' budget, nor given twice.
@@ -282,8 +302,10 @@ where
                         allowance = allowance.saturating_sub(w);
                         deadline += w;
                     }
-                    let admitted =
-                        admitted.inspect_err(|e| served.refused = admit::is_refusal(e))?;
+                    let admitted = admitted.map_err(|n| {
+                        served.refused = admit::is_refusal(&n.error);
+                        n.error
+                    })?;
                     Some(admitted.reservation)
                 }
                 None => None,
@@ -294,8 +316,16 @@ where
             };
             let key = &state.pool.keys[index];
             served.key = Some(index);
-            // Dropped unsettled (an error, a retry) it refunds the estimate by itself.
-            let settlement = reservation.map(|r| Settlement::new(state.store.clone(), r));
+            // Dropped unsettled (an error, a retry) it refunds the estimate by itself. An
+            // answer that carries no usage (an embedding's, ...) settles to its estimate.
+            let settlement = reservation.map(|r| {
+                let s = Settlement::new(state.store.clone(), r);
+                if route.unreported_usage {
+                    s.keeping_estimate_unreported()
+                } else {
+                    s
+                }
+            });
             let Some(request) = upstream::build_request(
                 &self.upstream,
                 &parts.method,
@@ -446,17 +476,26 @@ where
                 headers.insert(REMAINING_REQUESTS, HeaderValue::from(r.remaining_requests));
                 headers.insert(REMAINING_TOKENS, HeaderValue::from(r.remaining_tokens));
             }
-            // What the answer used, recorded as it ends. Embedding answers report no usage:
-            // their estimate is counted instead.
+            // What the answer used, recorded as it ends. Embedding, image, video and
+            // generateAnswer answers report no usage: their estimate is counted instead.
             let tally = account.map(|a| {
-                let fallback = (route.family == QuotaFamily::Embed).then_some(est.estimate.tokens);
+                let fallback = route
+                    .unreported_usage
+                    .then(|| unreported_usage(route.family, est.estimate.tokens));
                 let series = a.series(state, Some(index), true);
                 served.tallied = Some(series);
                 state
                     .ledger
                     .tally(series, a.model.clone(), &key.project, fallback)
             });
-            let at_end = AtEnd { settlement, tally };
+            // Google bills the images an image call returned (fewer than asked for when some
+            // were filtered): counted from the answer.
+            let images = (route.family == QuotaFamily::Image).then(ImageCounter::default);
+            let at_end = AtEnd {
+                settlement,
+                tally,
+                images,
+            };
             if route.creates_resource && !streaming {
                 let answer = read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;
                 match &answer {
@@ -511,6 +550,25 @@ where
         tracing::warn!(key = %masked, reason, "the Gemini API answered as if the key were dead, but a probe with it did not confirm it: answer delivered, key kept");
     }
     confirmed
+}
+
+/// What a call whose answer reports no usage is recorded as having used: its estimate, in the
+/// unit its family is counted in (images, seconds of video, else input tokens).
+fn unreported_usage(family: QuotaFamily, estimate: u64) -> TokenUsage {
+    match family {
+        QuotaFamily::Image => TokenUsage {
+            images: estimate,
+            ..TokenUsage::default()
+        },
+        QuotaFamily::Video => TokenUsage {
+            video_seconds: estimate,
+            ..TokenUsage::default()
+        },
+        _ => TokenUsage {
+            input: estimate,
+            ..TokenUsage::default()
+        },
+    }
 }
 
 /// The client's answer when no upstream answer came.

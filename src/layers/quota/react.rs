@@ -1,5 +1,6 @@
 //! Acting on Google's error answers: hold the (project, model) a 429 names, adopt a lower limit
-//! it reports, back the whole pool off from an IP-level throttle, and disable a dead key once a
+//! it reports, back the whole pool off from an IP-level throttle (that model on every project,
+//! every model only when the throttle spans models), and disable a dead key once a
 //! probe with that key alone has confirmed it.
 
 use std::collections::BTreeSet;
@@ -12,6 +13,7 @@ use tower::{Service, ServiceExt};
 use super::answer::read_upto;
 use crate::error::LimitKind;
 use crate::layers::forward::{ForwardError, Outbound};
+use crate::pool::health::Throttle;
 use crate::quota::DayInfo;
 use crate::route::QuotaFamily;
 use crate::state::AppState;
@@ -73,6 +75,7 @@ pub(super) async fn hold(
         Verdict::RateLimited { retry_delay_ms } => {
             state.metrics.upstream_429("unknown");
             let health = &state.pool.health;
+            health.saw_bare_429_on(model);
             let ms = retry_delay_ms.unwrap_or_else(|| health.bare_429_backoff(&key.project));
             tracing::warn!(key = %key.masked, project = %key.project, model, cooldown_ms = ms, "Gemini API 429 without details");
             if let Err(e) = store
@@ -81,16 +84,24 @@ pub(super) async fn hold(
             {
                 tracing::warn!(error = %e, "could not record a cooldown");
             }
-            if health.throttled_globally() {
+            // Most projects throttled at once: back off the pool rather than burn its keys. One
+            // model out of capacity (a preview model) holds that model only; every model is
+            // held only on evidence across models (bare 429s on two or more of them).
+            if let Some(scope) = health.throttle() {
+                let held = match scope {
+                    Throttle::Model => model,
+                    Throttle::AllModels => "*",
+                };
                 tracing::warn!(
                     cooldown_ms = ms,
-                    "most keys got 429s without details at once (an IP-level throttle?): backing off the whole pool"
+                    model = held,
+                    "most projects got 429s without details at once (an IP-level throttle?): backing off the whole pool"
                 );
                 let projects: BTreeSet<&str> =
                     state.pool.keys.iter().map(|k| &*k.project).collect();
                 for p in projects {
                     let reason = "global backoff: Gemini API throttling this proxy";
-                    if let Err(e) = store.cool_down(p, "*", ms, reason).await {
+                    if let Err(e) = store.cool_down(p, held, ms, reason).await {
                         tracing::warn!(error = %e, "could not record a cooldown");
                     }
                 }

@@ -278,3 +278,76 @@ async fn a_429_on_a_call_that_spends_no_quota_holds_nothing_and_another_key_serv
         "no project is held for a free call's 429"
     );
 }
+
+/// The store's clock on tokio's (paused) time, so holds end as the test's time moves.
+#[derive(Debug)]
+struct TokioClock {
+    base_ms: i64,
+    start: Instant,
+}
+
+impl crate::quota::Clock for TokioClock {
+    fn now_ms(&self) -> i64 {
+        self.base_ms + self.start.elapsed().as_millis() as i64
+    }
+}
+
+/// A state with the queue on (60 s) and the store on tokio's clock.
+fn queued_state() -> Arc<AppState> {
+    let keys = KEYS.join(",");
+    let vars = [
+        ("GEMINI_API_KEYS", keys.as_str()),
+        ("PROXY_QUEUE_MAX_WAIT_SECS", "60"),
+    ];
+    let config = crate::config::for_test("", &vars);
+    let tz = config.limits.timezone;
+    let clock = Arc::new(TokioClock {
+        base_ms: 1_700_000_000_000,
+        start: Instant::now(),
+    });
+    let store = Arc::new(MemoryStore::new(clock, tz));
+    AppState::with_store(config, store, Metrics::new(None))
+}
+
+/// Hold the model on every project for `ms`, then send one request allowed `allowance_secs`.
+async fn held_then_sent(ms: u64, allowance_secs: &str) -> (Response, Duration, usize) {
+    let st = queued_state();
+    for k in &st.pool.keys {
+        st.store
+            .cool_down(&k.project, "gemini-2.5-flash", ms, "test hold")
+            .await
+            .unwrap();
+    }
+    let up = Scripted::new([]);
+    let mut req = generate(http::Method::POST, GENERATE);
+    req.headers_mut().insert(
+        "x-gemini-max-wait",
+        http::HeaderValue::from_str(allowance_secs).unwrap(),
+    );
+    let t0 = Instant::now();
+    let resp = run(&st, &up, req).await;
+    (resp, t0.elapsed(), up.seen().len())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hold_ending_exactly_when_the_allowance_does_is_refused_at_once() {
+    let (resp, took, sent) = held_then_sent(10_000, "10").await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(took, Duration::ZERO, "refused without waiting");
+    assert!(served(&resp).waited.is_none());
+    assert_eq!(sent, 0);
+    assert!(resp.headers().contains_key("retry-after"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hold_ending_before_the_allowance_is_waited_for_and_served() {
+    let (resp, took, sent) = held_then_sent(9_000, "10").await;
+    assert_eq!(resp.status(), 200);
+    assert!(took >= Duration::from_secs(9), "{took:?}");
+    assert!(
+        served(&resp)
+            .waited
+            .is_some_and(|w| w >= Duration::from_secs(9))
+    );
+    assert_eq!(sent, 1);
+}

@@ -39,6 +39,11 @@ macro_rules! lua {
 
 // After the macro: the scripts' module uses it.
 mod live;
+/// Most `project|model` pairs the set of pairs lists (`admit.lua` carries the same figure):
+/// model names are the client's choice, and every status read, `/metrics` scrape and alert
+/// evaluation walks the set. A pair past it is still counted, only not listed (the status page
+/// and an admin reset do not see it); the usage scan removes idle pairs, making room again.
+pub const PAIRS_CAP: usize = 4096;
 
 /// Quota state shared by every replica pointed at one Redis.
 pub struct RedisStore {
@@ -55,6 +60,9 @@ pub struct RedisStore {
     admit: Script,
     settle: Script,
     usage: Script,
+    /// The window and the pairs cap the scripts were loaded with.
+    window_ms: u64,
+    pairs_cap: usize,
     cooldown: Script,
     reset: Script,
     /// Settlements waiting for the batch writer.
@@ -301,6 +309,8 @@ impl RedisStore {
             days: DayCache::new(tz),
             clock: None,
             day_clock: None,
+            window_ms: super::MINUTE_MS as u64,
+            pairs_cap: PAIRS_CAP,
             admit,
             settle,
             settle_queue,
@@ -326,16 +336,40 @@ impl RedisStore {
     /// which tests shorten): the scripts that read the window are loaded with it written in.
     pub fn with_window(mut self, ms: u64) -> Self {
         let ms = ms.clamp(1, super::MAX_HOLD_MS);
-        if ms != super::MINUTE_MS as u64 {
-            let set = |src: &str| {
-                Script::new(&src.replacen("local W = 60000", &format!("local W = {ms}"), 1))
-            };
-            self.admit = set(lua!("admit.lua"));
-            self.usage = set(lua!("usage.lua"));
-            // The admission script preloaded at construction is not this one.
-            tokio::spawn(preload(self.conn.clone(), vec![self.admit.clone()]));
+        if ms != self.window_ms {
+            self.window_ms = ms;
+            self.reload_scripts();
         }
         self
+    }
+
+    /// List at most `cap` pairs in the set of pairs instead of [`PAIRS_CAP`] (tests reach a
+    /// small cap quickly).
+    pub fn with_pairs_cap(mut self, cap: usize) -> Self {
+        if cap != self.pairs_cap {
+            self.pairs_cap = cap;
+            self.reload_scripts();
+        }
+        self
+    }
+
+    /// The scripts whose source carries a setting, loaded with this store's written in.
+    fn reload_scripts(&mut self) {
+        let (ms, cap) = (self.window_ms, self.pairs_cap);
+        let set = |src: &str| {
+            Script::new(
+                &src.replacen("local W = 60000", &format!("local W = {ms}"), 1)
+                    .replacen(
+                        &format!("local PAIRS_CAP = {PAIRS_CAP}"),
+                        &format!("local PAIRS_CAP = {cap}"),
+                        1,
+                    ),
+            )
+        };
+        self.admit = set(lua!("admit.lua"));
+        self.usage = set(lua!("usage.lua"));
+        // The admission script preloaded at construction is not this one.
+        tokio::spawn(preload(self.conn.clone(), vec![self.admit.clone()]));
     }
 
     /// Use `clock` instead of Redis `TIME` (tests only: lets one suite travel in time).
@@ -440,13 +474,16 @@ impl RedisStore {
     }
 
     /// Run a usage or reset `script` over `pairs` with `args` before the day: `KEYS` are each
-    /// pair's window set, token hash and day count. The script answers `{1, day}` when Redis's
-    /// day is not the one named (a moment around midnight): the keys of that day are sent.
+    /// pair's window set, token hash and day count (and with `members`, the set of pairs last,
+    /// each pair's member of it after the day in `ARGV`). The script answers `{1, day}` when
+    /// Redis's day is not the one named (a moment around midnight): the keys of that day are
+    /// sent.
     async fn run_on_pairs(
         &self,
         script: &Script,
         pairs: &[(String, String)],
         args: &[String],
+        members: bool,
     ) -> Result<Vec<Value>, StoreError> {
         let mut day = self.day().day;
         for _ in 0..3 {
@@ -455,10 +492,18 @@ impl RedisStore {
                 let (rq, tk) = self.keys.window(p, m);
                 inv.key(rq).key(tk).key(self.keys.day(p, m, day));
             }
+            if members {
+                inv.key(self.keys.pairs());
+            }
             for a in args {
                 inv.arg(a);
             }
             inv.arg(day);
+            if members {
+                for (p, m) in pairs {
+                    inv.arg(format!("{p}|{m}"));
+                }
+            }
             let v: Vec<Value> = self.run(inv).await?;
             match v.first().map(int).transpose()? {
                 Some(0) => return Ok(v),
@@ -534,7 +579,7 @@ impl QuotaStore for RedisStore {
         let args = [self.day().offset_ms.to_string(), self.now_arg()];
         let mut out = Vec::new();
         for chunk in pairs.chunks(PAIRS_PER_CALL) {
-            let v = self.run_on_pairs(&self.usage, chunk, &args).await?;
+            let v = self.run_on_pairs(&self.usage, chunk, &args, true).await?;
             let counts = &v[1..];
             if counts.len() != 3 * chunk.len() {
                 return Err(StoreError::Protocol(
@@ -709,7 +754,7 @@ impl QuotaStore for RedisStore {
             self.now_arg(),
         ];
         for chunk in pairs.chunks(PAIRS_PER_CALL) {
-            self.run_on_pairs(&self.reset, chunk, &args).await?;
+            self.run_on_pairs(&self.reset, chunk, &args, false).await?;
         }
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! Settlements written to Redis off the response path: queued, then sent in batches of up to
 //! [`SETTLE_BATCH`], one `EVALSHA` for all that are waiting. Other counters may ride along in
 //! the same call ([`Rider`]: the usage ledger's per-minute sums), so they cost no round trip
-//! of their own.
+//! of their own; when such a call fails, the settlements are sent again alone, so a ledger
+//! batch never takes them down with it.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -131,6 +132,53 @@ pub(super) fn settle_call<'a>(
     inv
 }
 
+/// One call of the settlement script, under the store's deadline: its outcome, and the error
+/// if it failed.
+async fn send(
+    script: &Script,
+    keys: &Keys,
+    conn: &RedisConn,
+    timeout: Duration,
+    batch: &[PendingSettle],
+    riding: Option<&RiderBatch>,
+) -> (RideOutcome, Option<String>) {
+    let inv = settle_call(script, keys, batch, riding);
+    let mut c = conn.clone();
+    match tokio::time::timeout(timeout, inv.invoke_async::<i64>(&mut c)).await {
+        Ok(Ok(_)) => (RideOutcome::Written, None),
+        Ok(Err(e)) => (ride_outcome(&e), Some(e.to_string())),
+        Err(_) => (RideOutcome::Retry, Some("timed out".to_string())),
+    }
+}
+
+/// Tries at sending settlements alone after the call that carried a ledger batch failed.
+const ALONE_TRIES: u32 = 3;
+
+/// Send `batch` without a ledger batch. Redis may have closed the connection over the failed
+/// call (it does after a protocol error), so a try that finds no connection is made again
+/// after a short pause while the connection is made again; an answer from Redis is final.
+async fn settle_alone(
+    script: &Script,
+    keys: &Keys,
+    conn: &RedisConn,
+    timeout: Duration,
+    batch: &[PendingSettle],
+) {
+    for attempt in 1..=ALONE_TRIES {
+        let (outcome, error) = send(script, keys, conn, timeout, batch, None).await;
+        let Some(error) = error else { return };
+        if outcome != RideOutcome::Retry || attempt == ALONE_TRIES {
+            tracing::warn!(
+                error,
+                settlements = batch.len(),
+                "settling in Redis failed: estimates stay counted"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+    }
+}
+
 /// Writes queued settlements: waits for one, takes whatever else is already queued (up to a
 /// batch), and sends them in one `EVALSHA`, with whatever the rider has due. Under load that is
 /// one call for many requests; when idle it adds no delay.
@@ -154,23 +202,23 @@ pub(super) async fn settle_writer(
         if batch.is_empty() && riding.is_none() {
             continue;
         }
-        let inv = settle_call(&script, &keys, &batch, riding.as_ref());
-        let mut c = conn.clone();
-        let (outcome, error) =
-            match tokio::time::timeout(timeout, inv.invoke_async::<i64>(&mut c)).await {
-                Ok(Ok(_)) => (RideOutcome::Written, None),
-                Ok(Err(e)) => (ride_outcome(&e), Some(e.to_string())),
-                Err(_) => (RideOutcome::Retry, Some("timed out".to_string())),
-            };
+        let (outcome, error) = send(&script, &keys, &conn, timeout, &batch, riding.as_ref()).await;
         if let Some(error) = &error {
             tracing::warn!(
                 error,
                 settlements = batch.len(),
-                "settling in Redis failed: estimates stay counted"
+                ledger = riding.is_some(),
+                "settling in Redis failed"
             );
         }
         if let (Some(r), Some(_)) = (rider.get(), &riding) {
             r.done(outcome);
+        }
+        // A ledger batch Redis cannot take (too large, a key of the wrong type) or a call that
+        // timed out must not take the settlements with it: they go again on their own (a
+        // settlement sets a reservation's tokens, so one applied twice is applied once).
+        if outcome != RideOutcome::Written && riding.is_some() && !batch.is_empty() {
+            settle_alone(&script, &keys, &conn, timeout, &batch).await;
         }
         batch.clear();
     }

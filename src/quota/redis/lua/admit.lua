@@ -13,6 +13,10 @@
 --      or {3, Redis's day}: the day-count keys are for another day (a moment around midnight
 --         when the proxy's clock and Redis's disagree), so the proxy names that day's and asks
 --         again; nothing was written.
+-- Most members of the pairs set (the store writes its setting into this line when it loads
+-- the script): model names are the client's choice, and every status read, /metrics scrape
+-- and alert evaluation walks the set. A pair past it is still counted, only not listed.
+local PAIRS_CAP = 4096
 local tokens = tonumber(ARGV[1])
 local strategy = ARGV[2]
 local rotation = tonumber(ARGV[3])
@@ -151,8 +155,11 @@ if new_day or counts[best] == 0 or exps[best] <= now + KEEP then
   redis.call('PEXPIRE', rq, 2 * KEEP)
   redis.call('PEXPIRE', tk, 2 * KEEP)
   -- The status page and admin resets find pairs in this set: keep this one in it (the set
-  -- may have expired or been evicted since the pair's day began).
-  redis.call('SADD', pairs_key, ARGV[b + 4])
+  -- may have expired or been evicted since the pair's day began, or the usage scan removed the
+  -- pair while it was idle), while the set has room; a member already in it stays.
+  if redis.call('SCARD', pairs_key) < PAIRS_CAP then
+    redis.call('SADD', pairs_key, ARGV[b + 4])
+  end
   redis.call('PEXPIRE', pairs_key, 172800000)
 end
 return {1, cand, id, rpm - counts[best] - 1, tpm - sums[best] - tokens}

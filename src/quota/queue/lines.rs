@@ -1,0 +1,178 @@
+//! The lines' storage: shared lines by quota family and model, pinned requests' lines by
+//! project too, what each client's waiters hold, and one line's waiters with what its head
+//! learned (when it wakes, its last refusal, the line's pace).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::rules::{Pace, starts_in_time};
+use super::{Lane, Refusal};
+use crate::route::QuotaFamily;
+
+/// A line's key, owned (as a ticket keeps it).
+#[derive(Debug, Clone)]
+pub(super) struct LineKey {
+    pub(super) model: Arc<str>,
+    pub(super) family: QuotaFamily,
+    pub(super) project: Option<Arc<str>>,
+}
+
+impl LineKey {
+    pub(super) fn lane(&self) -> Lane<'_> {
+        Lane {
+            model: &self.model,
+            family: self.family,
+            project: self.project.as_deref(),
+        }
+    }
+}
+
+/// Lines by family, then by model: looked up by the request's `&str` model, with no
+/// allocation.
+pub(super) type ByModel = HashMap<QuotaFamily, HashMap<Arc<str>, Line>>;
+
+/// What one client's waiters hold.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Held {
+    pub(super) waiters: usize,
+    pub(super) bytes: u64,
+}
+
+/// Every line, and what their waiters hold, under one lock.
+#[derive(Debug, Default)]
+pub(super) struct Lines {
+    /// Lines any project may serve, by model.
+    pub(super) shared: ByModel,
+    /// Lines of pinned requests, by project then model.
+    pub(super) pinned: HashMap<Arc<str>, ByModel>,
+    /// Lines in both maps.
+    pub(super) count: usize,
+    /// Body bytes held by all waiters.
+    pub(super) bytes: u64,
+    /// Per client, while it has waiters.
+    pub(super) clients: HashMap<u32, Held>,
+}
+
+impl Lines {
+    pub(super) fn by_model(&self, project: Option<&str>) -> Option<&ByModel> {
+        match project {
+            None => Some(&self.shared),
+            Some(p) => self.pinned.get(p),
+        }
+    }
+
+    pub(super) fn get(&self, lane: Lane<'_>) -> Option<&Line> {
+        self.by_model(lane.project)?
+            .get(&lane.family)?
+            .get(lane.model)
+    }
+
+    pub(super) fn get_mut(&mut self, lane: Lane<'_>) -> Option<&mut Line> {
+        let by = match lane.project {
+            None => &mut self.shared,
+            Some(p) => self.pinned.get_mut(p)?,
+        };
+        by.get_mut(&lane.family)?.get_mut(lane.model)
+    }
+
+    /// The line of `key`, made if missing.
+    pub(super) fn entry(&mut self, key: &LineKey) -> &mut Line {
+        let by = match &key.project {
+            None => &mut self.shared,
+            Some(p) => self.pinned.entry(p.clone()).or_default(),
+        };
+        let lines = by.entry(key.family).or_default();
+        if !lines.contains_key(&*key.model) {
+            self.count += 1;
+        }
+        lines.entry(key.model.clone()).or_insert_with(|| Line {
+            waiters: VecDeque::new(),
+            next_seq: 0,
+            bell: Arc::new(Notify::new()),
+            head_wake: None,
+            last_refusal: None,
+            pace: None,
+        })
+    }
+
+    pub(super) fn remove(&mut self, lane: Lane<'_>) {
+        let by = match lane.project {
+            None => &mut self.shared,
+            Some(p) => match self.pinned.get_mut(p) {
+                Some(by) => by,
+                None => return,
+            },
+        };
+        if let Some(m) = by.get_mut(&lane.family) {
+            if m.remove(lane.model).is_some() {
+                self.count -= 1;
+            }
+            if m.is_empty() {
+                by.remove(&lane.family);
+            }
+        }
+        if let Some(p) = lane.project
+            && self.pinned.get(p).is_some_and(HashMap::is_empty)
+        {
+            self.pinned.remove(p);
+        }
+    }
+
+    pub(super) fn iter(
+        &self,
+    ) -> impl Iterator<Item = (Option<&Arc<str>>, &Arc<str>, QuotaFamily, &Line)> {
+        let shared = std::iter::once((None, &self.shared));
+        let pinned = self.pinned.iter().map(|(p, by)| (Some(p), by));
+        shared.chain(pinned).flat_map(|(p, by)| {
+            by.iter()
+                .flat_map(move |(f, m)| m.iter().map(move |(model, line)| (p, model, *f, line)))
+        })
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Line {
+    pub(super) waiters: VecDeque<Waiter>,
+    pub(super) next_seq: u64,
+    /// Rung when capacity may have freed before the head's predicted moment (admin reset).
+    pub(super) bell: Arc<Notify>,
+    /// When the head will ask the store again, while it sleeps.
+    pub(super) head_wake: Option<Instant>,
+    /// The last refusal the head was given: what a request refused without asking is told.
+    pub(super) last_refusal: Option<Refusal>,
+    /// How fast the line can move, as its last newcomer's candidates said.
+    pub(super) pace: Option<Pace>,
+}
+
+impl Line {
+    /// The earliest a waiter at `position` (0: the head) can be admitted, if the head's wake
+    /// is known; `Some(None)`: never within any allowance.
+    pub(super) fn earliest(&self, position: usize, pace: Option<Pace>) -> Option<Option<Instant>> {
+        let wake = self.head_wake?;
+        Some(match pace.or(self.pace) {
+            Some(p) => p.earliest(wake, position),
+            None => Some(wake),
+        })
+    }
+
+    /// Whether a waiter at `position` with allowance to `deadline` cannot be admitted in time.
+    pub(super) fn hopeless(&self, position: usize, deadline: Instant, pace: Option<Pace>) -> bool {
+        match self.earliest(position, pace) {
+            None => false,
+            Some(None) => true,
+            Some(Some(at)) => !starts_in_time(at, deadline),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Waiter {
+    pub(super) seq: u64,
+    pub(super) since: Instant,
+    pub(super) deadline: Instant,
+    /// Notified when this waiter may have reached the front, or its hope has gone.
+    pub(super) turn: Arc<Notify>,
+}

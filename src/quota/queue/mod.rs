@@ -1,0 +1,409 @@
+//! The admission queue: requests that found no room wait in one FIFO line per (model, quota
+//! family) in this replica; a request pinned to one key (a file it names) waits in its
+//! project's own line for the model, so it never holds up requests other projects can serve.
+//! Only the line's head asks the store again, at the moment the store said capacity frees (or
+//! when an admin reset rings it); the others sleep until they reach the front, or leave as soon
+//! as their allowance cannot be met: from the head's wake-up and the line's pace (at most the
+//! projects' per-minute limits fit in a window) the queue predicts the earliest a waiter can be
+//! admitted, and a request that cannot make it is refused on arrival, not at its deadline. A
+//! waiter whose future is dropped (its client left) leaves the line at once and holds nothing.
+//!
+//! Bounded whatever clients send: waiters per line (`queue.max_length`), in all lines
+//! (`queue.max_waiters_total`), the body bytes they hold (`queue.max_waiting_bytes`), one
+//! client's share of both (`queue.max_client_share`), and the number of lines ([`MAX_LINES`]).
+//! Lines exist only while someone waits in them; an empty queue costs one atomic load.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::error::LimitKind;
+use crate::route::QuotaFamily;
+
+mod lines;
+mod rules;
+
+use self::lines::{LineKey, Lines, Waiter};
+pub use self::rules::{BOUNDARY, Claim, Pace, QueueLimits, starts_in_time, still_in_time};
+
+/// Most lines at once in one replica: model names are the client's choice, so made-up models
+/// cannot make lines without bound (the waiter caps bound them too; this keeps the status page
+/// and `/metrics` short).
+pub const MAX_LINES: usize = 1024;
+
+/// Which line a request waits in.
+#[derive(Debug, Clone, Copy)]
+pub struct Lane<'a> {
+    pub model: &'a str,
+    pub family: QuotaFamily,
+    /// The project of the one key a pinned request can use (`None`: any project's).
+    pub project: Option<&'a str>,
+}
+
+/// Every line of this replica.
+#[derive(Debug)]
+pub struct Queues {
+    lines: Mutex<Lines>,
+    /// Requests waiting in all lines: the empty path reads only this.
+    waiting: AtomicUsize,
+    limits: Mutex<QueueLimits>,
+}
+
+/// Why the store said no, and when it said room frees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// The limit at fault (`None`: every key cooling down after Google's 429s).
+    pub limit: Option<LimitKind>,
+    pub limit_value: u64,
+    pub free_at: Instant,
+}
+
+/// Which bound kept a request out of the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// Its line is at `queue.max_length`.
+    Line,
+    /// There are [`MAX_LINES`] lines already.
+    Lines,
+    /// `queue.max_waiters_total` wait already.
+    Waiters,
+    /// Its body would take the waiters past `queue.max_waiting_bytes`.
+    Bytes,
+    /// Its client holds its share (`queue.max_client_share`) already.
+    ClientShare,
+    /// It cannot reach the front within its allowance: `ahead` wait before it and the line
+    /// cannot admit it before `earliest` (`None`: not within any allowance).
+    Predicted {
+        ahead: usize,
+        earliest: Option<Instant>,
+    },
+}
+
+/// Why a request could not join a line.
+#[derive(Debug, Clone, Copy)]
+pub struct Full {
+    pub last_refusal: Option<Refusal>,
+    pub bound: Bound,
+}
+
+/// What waiting for one's turn ended in.
+#[derive(Debug, Clone, Copy)]
+pub enum Turn {
+    /// At the front: ask the store.
+    Head,
+    /// The allowance ends before this waiter's earliest chance: nobody can admit it in time,
+    /// so leave now rather than at the deadline.
+    Hopeless(Option<Refusal>),
+    /// The allowance ended.
+    TimedOut(Option<Refusal>),
+}
+
+/// Per line, for the status page and `/metrics`.
+#[derive(Debug, Clone)]
+pub struct LineView {
+    pub model: Arc<str>,
+    pub family: QuotaFamily,
+    /// The project of a pinned requests' line.
+    pub project: Option<Arc<str>>,
+    pub length: usize,
+    pub oldest_wait: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Queues {
+    pub fn new(limits: QueueLimits) -> Queues {
+        Queues {
+            lines: Mutex::new(Lines::default()),
+            waiting: AtomicUsize::new(0),
+            limits: Mutex::new(limits),
+        }
+    }
+
+    /// Reloaded bounds: newcomers are held to them; nobody waiting is sent away.
+    pub fn set_limits(&self, limits: QueueLimits) {
+        *lock(&self.limits) = limits;
+    }
+
+    /// Whether anyone waits in `lane`'s line: a newcomer then queues behind them instead of
+    /// asking the store (no overtaking).
+    pub fn busy(&self, lane: Lane<'_>) -> bool {
+        if self.waiting.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        lock(&self.lines).get(lane).is_some()
+    }
+
+    /// Take the last place in `lane`'s line, to wait until `deadline` at most, holding what
+    /// `claim` says; `pace` is how fast the line can move (for the prediction).
+    pub fn join(
+        &self,
+        lane: Lane<'_>,
+        deadline: Instant,
+        claim: Claim,
+        pace: Option<Pace>,
+    ) -> Result<Ticket<'_>, Full> {
+        let limits = *lock(&self.limits);
+        let mut lines = lock(&self.lines);
+        let existing = lines.get(lane);
+        let last_refusal = existing.and_then(|l| l.last_refusal);
+        let full = |bound| Full {
+            last_refusal,
+            bound,
+        };
+        if self.waiting.load(Ordering::Acquire) >= limits.max_waiters_total {
+            return Err(full(Bound::Waiters));
+        }
+        if lines.bytes.saturating_add(claim.bytes) > limits.max_waiting_bytes {
+            return Err(full(Bound::Bytes));
+        }
+        let held = lines
+            .clients
+            .get(&claim.client)
+            .copied()
+            .unwrap_or_default();
+        if held.waiters >= limits.client_waiters()
+            || held.bytes.saturating_add(claim.bytes) > limits.client_bytes()
+        {
+            return Err(full(Bound::ClientShare));
+        }
+        match existing {
+            None if lines.count >= MAX_LINES => return Err(full(Bound::Lines)),
+            None => {}
+            Some(line) => {
+                let ahead = line.waiters.len();
+                if ahead >= limits.max_length {
+                    return Err(full(Bound::Line));
+                }
+                if ahead > 0 && line.hopeless(ahead, deadline, pace) {
+                    let earliest = line.earliest(ahead, pace).flatten();
+                    return Err(full(Bound::Predicted { ahead, earliest }));
+                }
+            }
+        }
+        let key = LineKey {
+            model: match lines.get(lane) {
+                // Share the line's name rather than allocate one.
+                Some(_) => lines
+                    .by_model(lane.project)
+                    .and_then(|by| by.get(&lane.family))
+                    .and_then(|m| m.get_key_value(lane.model))
+                    .map(|(k, _)| k.clone())
+                    .unwrap_or_else(|| Arc::from(lane.model)),
+                None => Arc::from(lane.model),
+            },
+            family: lane.family,
+            project: lane.project.map(Arc::from),
+        };
+        let line = lines.entry(&key);
+        if pace.is_some() {
+            line.pace = pace;
+        }
+        let seq = line.next_seq;
+        line.next_seq += 1;
+        let turn = Arc::new(Notify::new());
+        let since = Instant::now();
+        line.waiters.push_back(Waiter {
+            seq,
+            since,
+            deadline,
+            turn: turn.clone(),
+        });
+        let bell = line.bell.clone();
+        lines.bytes += claim.bytes;
+        let held = lines.clients.entry(claim.client).or_default();
+        held.waiters += 1;
+        held.bytes += claim.bytes;
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        Ok(Ticket {
+            queues: self,
+            bell,
+            key,
+            seq,
+            turn,
+            deadline,
+            since,
+            claim,
+        })
+    }
+
+    /// The last refusal `lane`'s line head was given, if anyone waits in it.
+    pub fn last_refusal(&self, lane: Lane<'_>) -> Option<Refusal> {
+        lock(&self.lines).get(lane).and_then(|l| l.last_refusal)
+    }
+
+    /// Capacity may have freed for everyone (an admin reset): every head asks again now.
+    pub fn ring_all(&self) {
+        for (_, _, _, line) in lock(&self.lines).iter() {
+            line.bell.notify_one();
+        }
+    }
+
+    /// Every line with its length and its oldest waiter's wait so far.
+    pub fn lines(&self) -> Vec<LineView> {
+        if self.waiting.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let mut out: Vec<LineView> = lock(&self.lines)
+            .iter()
+            .map(|(project, model, family, line)| LineView {
+                model: model.clone(),
+                family,
+                project: project.cloned(),
+                length: line.waiters.len(),
+                oldest_wait: line
+                    .waiters
+                    .front()
+                    .map_or(Duration::ZERO, |w| now.saturating_duration_since(w.since)),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.model, &a.project).cmp(&(&b.model, &b.project)));
+        out
+    }
+
+    /// Requests waiting in all lines.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Request-body bytes held by all waiters.
+    pub fn waiting_bytes(&self) -> u64 {
+        if self.waiting() == 0 {
+            return 0;
+        }
+        lock(&self.lines).bytes
+    }
+}
+
+/// A place in a line; dropping it leaves the line (and hands the front to the next waiter).
+#[derive(Debug)]
+pub struct Ticket<'a> {
+    queues: &'a Queues,
+    key: LineKey,
+    seq: u64,
+    turn: Arc<Notify>,
+    bell: Arc<Notify>,
+    deadline: Instant,
+    claim: Claim,
+    /// When it joined.
+    pub since: Instant,
+}
+
+impl Ticket<'_> {
+    /// Wait until this ticket is at the front of its line, its hope is gone, or its deadline.
+    pub async fn turn(&self) -> Turn {
+        loop {
+            {
+                let lines = lock(&self.queues.lines);
+                let Some(line) = lines.get(self.key.lane()) else {
+                    // Unreachable while the ticket lives; be the head rather than hang.
+                    return Turn::Head;
+                };
+                match line.waiters.iter().position(|w| w.seq == self.seq) {
+                    Some(0) | None => return Turn::Head,
+                    Some(pos) if line.hopeless(pos, self.deadline, None) => {
+                        return Turn::Hopeless(line.last_refusal);
+                    }
+                    Some(_) => {}
+                }
+            }
+            let refusal = || {
+                lock(&self.queues.lines)
+                    .get(self.key.lane())
+                    .and_then(|l| l.last_refusal)
+            };
+            if tokio::time::timeout_at(self.deadline, self.turn.notified())
+                .await
+                .is_err()
+            {
+                return Turn::TimedOut(refusal());
+            }
+        }
+    }
+
+    /// At the front, refused: record when room frees (telling the waiters who cannot be
+    /// admitted in time to leave now). Returns false when this ticket's own deadline comes
+    /// first (see [`BOUNDARY`]).
+    pub fn expect(&self, refusal: Refusal) -> bool {
+        let mut lines = lock(&self.queues.lines);
+        if let Some(line) = lines.get_mut(self.key.lane()) {
+            line.head_wake = Some(refusal.free_at);
+            line.last_refusal = Some(refusal);
+            for (pos, w) in line.waiters.iter().enumerate().skip(1) {
+                if line.hopeless(pos, w.deadline, None) {
+                    w.turn.notify_one();
+                }
+            }
+        }
+        still_in_time(refusal.free_at, self.deadline)
+    }
+
+    /// At the front: sleep until `until` (when the store said room frees) or until the line's
+    /// bell rings.
+    pub async fn sleep_until(&self, until: Instant) {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {}
+            _ = self.bell.notified() => {}
+        }
+    }
+
+    /// Whether this ticket is at the front of its line now.
+    pub fn is_head(&self) -> bool {
+        lock(&self.queues.lines)
+            .get(self.key.lane())
+            .and_then(|l| l.waiters.front())
+            .is_some_and(|w| w.seq == self.seq)
+    }
+
+    /// Until when this ticket may wait.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// How long this ticket has waited.
+    pub fn waited(&self) -> Duration {
+        self.since.elapsed()
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let mut lines = lock(&self.queues.lines);
+        let lane = self.key.lane();
+        let Some(line) = lines.get_mut(lane) else {
+            return;
+        };
+        let Some(pos) = line.waiters.iter().position(|w| w.seq == self.seq) else {
+            return;
+        };
+        line.waiters.remove(pos);
+        if pos == 0 {
+            // The head left (admitted, refused or gone): the next one asks the store at once.
+            line.head_wake = None;
+            if let Some(next) = line.waiters.front() {
+                next.turn.notify_one();
+            }
+        }
+        if line.waiters.is_empty() {
+            lines.remove(lane);
+        }
+        lines.bytes = lines.bytes.saturating_sub(self.claim.bytes);
+        if let Some(held) = lines.clients.get_mut(&self.claim.client) {
+            held.waiters = held.waiters.saturating_sub(1);
+            held.bytes = held.bytes.saturating_sub(self.claim.bytes);
+            if held.waiters == 0 {
+                lines.clients.remove(&self.claim.client);
+            }
+        }
+        self.queues.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests;
