@@ -67,3 +67,30 @@ impl LiveConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::try_for_test;
+    use crate::quota::limits::live_sessions;
+
+    #[test]
+    fn live_settings_are_validated_naming_the_setting() {
+        let e = try_for_test("[live]\nmax_sessions = 0\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("live.max_sessions"), "{e}");
+        let e = try_for_test("[live]\nlease_secs = 0.1\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("live.lease_secs"), "{e}");
+        let e = try_for_test("[limits.models.m1]\nlive_sessions = 2\n", &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("limits.models.m1.live_sessions"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn live_sessions_default_and_per_project() {
+        let c = try_for_test("[limits.projects.p]\nlive_sessions = 7\n", &[]).unwrap();
+        assert_eq!(live_sessions(&c.limits, "p"), 7);
+        assert_eq!(live_sessions(&c.limits, "other"), 3);
+        assert_eq!(c.live.max_sessions, 1000);
+    }
+}
