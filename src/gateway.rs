@@ -36,6 +36,8 @@ type Stack = Authenticate<EstimateStep<CacheStep<Quota<Forward>>>>;
 #[derive(Clone)]
 pub struct GeminiService {
     live: Live,
+    /// This replica's Live API sessions (they outlive a reload).
+    sessions: Arc<crate::live::LiveSessions>,
     /// The stack of the generation that last served, built again when a reload swapped it.
     built: Arc<ArcSwap<Built>>,
 }
@@ -58,9 +60,23 @@ impl Built {
 }
 
 impl GeminiService {
-    fn new(live: Live) -> GeminiService {
+    fn new(live: Live, sessions: Arc<crate::live::LiveSessions>) -> GeminiService {
         let built = Arc::new(ArcSwap::from_pointee(Built::new(live.current())));
-        GeminiService { live, built }
+        GeminiService {
+            live,
+            sessions,
+            built,
+        }
+    }
+
+    /// This replica's Live API sessions.
+    pub fn live_sessions(&self) -> Arc<crate::live::LiveSessions> {
+        self.sessions.clone()
+    }
+
+    /// The state of the generation serving now.
+    pub fn state(&self) -> Arc<AppState> {
+        self.live.current()
     }
 
     /// The stack of the generation serving now, and its state.
@@ -254,6 +270,32 @@ fn spawn_outlook_refresh(live: WeakLive) {
     });
 }
 
+/// Renew every Live API slot this replica holds, every third of the serving `live.lease_secs`,
+/// while the gateway lives: a replica that stops renewing (it died) frees its slots within a
+/// lease. Also sets the open-session gauges.
+fn spawn_live_renewal(live: WeakLive, sessions: Arc<crate::live::LiveSessions>) {
+    tokio::spawn(async move {
+        loop {
+            let Some(state) = live.upgrade().map(|l| l.current()) else {
+                return;
+            };
+            let lease = state.config.live.lease;
+            let held = sessions.held();
+            crate::live::slots::refresh_gauges(&state, &held);
+            if !held.is_empty()
+                && let Err(e) = state
+                    .store
+                    .live_renew(&held, lease.as_millis() as u64)
+                    .await
+            {
+                tracing::warn!(error = %e, sessions = held.len(), "live: session leases not renewed");
+            }
+            drop(state);
+            tokio::time::sleep(lease / 3).await;
+        }
+    });
+}
+
 /// How often the alert evaluator recomputes the ledger's outlook (cost and forecast) for the
 /// `daily_quota_forecast` and `daily_budget` rules: both move slowly, and the outlook reads a
 /// day of history, so it is not worth a runtime worker every evaluation when nobody watches.
@@ -376,7 +418,9 @@ impl GatewayBuilder {
         }
         spawn_outlook_refresh(live.downgrade());
         spawn_alerts(live.downgrade());
-        let service = GeminiService::new(live.clone());
+        let sessions = Arc::new(crate::live::LiveSessions::default());
+        spawn_live_renewal(live.downgrade(), sessions.clone());
+        let service = GeminiService::new(live.clone(), sessions);
         Ok(Gateway { live, service })
     }
 }

@@ -26,6 +26,9 @@
 //!    (requests, refusals, Google's 429s and 5xx are counted by [`layers::quota`]); then
 //!    [`access_log`] writes the request's line, with its time to the head, to the first byte and
 //!    in total.
+//! 4. [`live`]: the Live API's WebSocket, dispatched by the [`server`] beside the stack: the
+//!    client's upgrade and `setup`, a key chosen by session headroom with its slot held in the
+//!    [`quota`] store, then every frame relayed both ways, usage into the [`ledger`].
 //!
 //! Around it: [`config`] (one file per section), [`error`] (Google's error envelope),
 //! [`metrics`], [`telemetry`] (logging), [`preflight`] (the binary's `--check`), [`allocator`]
@@ -52,6 +55,7 @@ pub mod estimate;
 pub mod gateway;
 pub mod layers;
 pub mod ledger;
+pub mod live;
 pub mod metrics;
 pub mod pool;
 pub mod preflight;

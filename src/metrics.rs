@@ -118,6 +118,14 @@ pub fn install_prometheus() -> Option<PrometheusHandle> {
 /// `/metrics` itself, with its own). Told to the recorder once, as it is installed.
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "gqp_live_sessions",
+        "Live API sessions this replica holds open, by project (each holds one of limits.live_sessions)."
+    );
+    describe_counter!(
+        "gqp_live_sessions_total",
+        "Live API sessions by how they ended or were refused: completed, client_gone, upstream_gone, idle, message_too_big, shutdown, refused_full, replica_full, upstream_refused, upstream_error, setup_invalid, setup_timeout."
+    );
     describe_counter!(
         "gqp_config_reloads_total",
         "Configuration reloads (SIGHUP, POST /api/ai/config/reload, a change to the --config file), by outcome: applied, unchanged, invalid (the running configuration stayed)."

@@ -88,6 +88,11 @@ async fn dispatch(
     if let Some(refusal) = oversized_headers(req.headers()) {
         return Ok(refusal);
     }
+    if let Some(path) = crate::live::live_path(req.uri().path(), prefix.as_deref()) {
+        let path = path.to_string();
+        let (state, sessions) = (gemini.state(), gemini.live_sessions());
+        return Ok(crate::live::handle(state, sessions, req, &path).await);
+    }
     let direct = is_gemini_path(req.uri().path())
         || prefix
             .as_deref()
@@ -175,6 +180,7 @@ pub async fn serve(
     };
     let router = gateway.router();
     let gemini = gateway.service();
+    let sessions = gemini.live_sessions();
     let prefix: Option<Arc<str>> = cfg.path_prefix.as_deref().map(Arc::from);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
@@ -275,11 +281,23 @@ pub async fn serve(
                     let idle = activity.idle(header_timeout, idle_timeout);
                     match h2 {
                         Some(false) => {
-                            let conn = http1.serve_connection(TokioIo::new(stream), service);
+                            // With upgrades: a Live API WebSocket takes the connection over.
+                            // hyper-util's watcher takes no upgradeable connection: the same
+                            // drain by hand (the watcher, held to the end, keeps the drain
+                            // waiting for this connection).
+                            let conn = http1
+                                .serve_connection(TokioIo::new(stream), service)
+                                .with_upgrades();
+                            tokio::pin!(conn);
                             tokio::select! {
-                                _ = watcher.watch(conn) => {}
+                                _ = conn.as_mut() => {}
                                 () = idle => {}
+                                () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                                    conn.as_mut().graceful_shutdown();
+                                    let _ = conn.await;
+                                }
                             }
+                            drop(watcher);
                         }
                         Some(true) => {
                             // Boxed: the HTTP/1.1 connections' tasks need not carry its size.
@@ -300,12 +318,19 @@ pub async fn serve(
     }
     drop(listener);
     let _ = stopping.send(true);
+    // Live sessions hold no request to finish: each is closed at once (1001), in its own task.
+    sessions.shut_down();
+    let live_closed = async {
+        while sessions.open() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
     tracing::info!(
         grace_secs = cfg.shutdown_grace.as_secs_f64(),
         "shutting down: draining open requests"
     );
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        ((), ()) = async { tokio::join!(graceful.shutdown(), live_closed) } => tracing::info!("all connections closed"),
         () = tokio::time::sleep(cfg.shutdown_grace) => tracing::warn!("grace period over: closing remaining connections"),
     }
     // The last second of usage sums, not left for a settlement batch that will not come.

@@ -68,6 +68,24 @@ impl QuotaStore for FlakyStore {
     async fn reset(&self, k: ResetKind, s: &ResetScope) -> Result<(), StoreError> {
         self.inner.reset(k, s).await
     }
+    async fn live_open(
+        &self,
+        p: &str,
+        s: &str,
+        limit: u64,
+        lease: u64,
+    ) -> Result<bool, StoreError> {
+        self.inner.live_open(p, s, limit, lease).await
+    }
+    async fn live_renew(&self, held: &[(Arc<str>, String)], lease: u64) -> Result<(), StoreError> {
+        self.inner.live_renew(held, lease).await
+    }
+    async fn live_close(&self, p: &str, s: &str) -> Result<(), StoreError> {
+        self.inner.live_close(p, s).await
+    }
+    async fn live_counts(&self, projects: &[Arc<str>]) -> Result<Vec<u64>, StoreError> {
+        self.inner.live_counts(projects).await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }

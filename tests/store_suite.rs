@@ -155,6 +155,10 @@ const SUITE: &[(&str, Body)] = &[
         "affinity_remembers_the_creating_key_until_it_expires",
         affinity_remembers_the_creating_key_until_it_expires::run,
     ),
+    (
+        "live_session_slots_hold_the_limit_and_free_on_close_or_lapsed_lease",
+        live_session_slots_hold_the_limit_and_free_on_close_or_lapsed_lease::run,
+    ),
 ];
 
 async fn admitted(h: &Harness, r: &AdmitRequest) -> bool {
@@ -406,6 +410,58 @@ both!(
             Some("kid7")
         );
         assert_eq!(h.store.affinity("files/other").await.unwrap(), None);
+    }
+);
+
+both!(
+    live_session_slots_hold_the_limit_and_free_on_close_or_lapsed_lease,
+    |h: Harness| async move {
+        let (s, p, q): (&dyn QuotaStore, Arc<str>, Arc<str>) =
+            (h.store.as_ref(), "pa".into(), "pb".into());
+        assert!(s.live_open(&p, "s1", 2, 30_000).await.unwrap());
+        assert!(s.live_open(&p, "s2", 2, 30_000).await.unwrap());
+        assert!(
+            !s.live_open(&p, "s3", 2, 30_000).await.unwrap(),
+            "over the limit"
+        );
+        // Taking a slot again for a session that holds one is no second slot.
+        assert!(s.live_open(&p, "s2", 2, 30_000).await.unwrap());
+        assert!(s.live_open(&q, "s9", 1, 30_000).await.unwrap());
+        assert_eq!(
+            s.live_counts(&[p.clone(), q.clone()]).await.unwrap(),
+            vec![2, 1]
+        );
+        // A close frees one at once.
+        s.live_close(&p, "s1").await.unwrap();
+        assert_eq!(
+            s.live_counts(std::slice::from_ref(&p)).await.unwrap(),
+            vec![1]
+        );
+        assert!(s.live_open(&p, "s3", 2, 30_000).await.unwrap());
+        // Renewed slots outlive their first lease; the one not renewed (a dead replica's) lapses.
+        h.clock.advance(20_000);
+        s.live_renew(
+            &[(p.clone(), "s2".into()), (p.clone(), "s3".into())],
+            30_000,
+        )
+        .await
+        .unwrap();
+        h.clock.advance(20_000);
+        assert_eq!(
+            s.live_counts(&[p.clone(), q.clone()]).await.unwrap(),
+            vec![2, 0],
+            "pb's slot lapsed, pa's were renewed"
+        );
+        assert!(s.live_open(&q, "s10", 1, 30_000).await.unwrap());
+        // A lapsed slot is not brought back by a late renewal.
+        h.clock.advance(31_000);
+        s.live_renew(&[(p.clone(), "s2".into())], 30_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.live_counts(std::slice::from_ref(&p)).await.unwrap(),
+            vec![0]
+        );
     }
 );
 

@@ -20,6 +20,7 @@ pub(super) struct Raw {
     embed_minute: u64,
     embed_daily: u64,
     embed_token_minute: u64,
+    live_sessions: u64,
     image_minute: u64,
     image_daily: u64,
     images_per_minute: u64,
@@ -60,6 +61,7 @@ pub(super) fn from_raw(l: Raw) -> Result<LimitsConfig, ConfigError> {
         ("limits.embed_minute", l.embed_minute),
         ("limits.embed_daily", l.embed_daily),
         ("limits.embed_token_minute", l.embed_token_minute),
+        ("limits.live_sessions", l.live_sessions),
         ("limits.image_minute", l.image_minute),
         ("limits.image_daily", l.image_daily),
         ("limits.images_per_minute", l.images_per_minute),
@@ -77,12 +79,14 @@ pub(super) fn from_raw(l: Raw) -> Result<LimitsConfig, ConfigError> {
     for (model, o) in &l.models {
         check_name(&format!("limits.models.{model}"), model)?;
         check_override(&format!("limits.models.{model}"), o)?;
+        per_project_only(&format!("limits.models.{model}"), o)?;
     }
     for (project, p) in &l.projects {
         check_name(&format!("limits.projects.{project}"), project)?;
         check_override(&format!("limits.projects.{project}"), &p.all_models)?;
         for (model, o) in &p.models {
             check_override(&format!("limits.projects.{project}.models.{model}"), o)?;
+            per_project_only(&format!("limits.projects.{project}.models.{model}"), o)?;
         }
     }
     Ok(LimitsConfig {
@@ -108,6 +112,7 @@ pub(super) fn from_raw(l: Raw) -> Result<LimitsConfig, ConfigError> {
         },
         unpriced: l.unpriced,
         max_request_tokens: l.max_request_tokens,
+        live_sessions: l.live_sessions,
         timezone,
         window_ms: secs("limits.window_secs", l.window_secs)?
             .as_millis()
@@ -123,10 +128,24 @@ fn check_override(setting: &str, o: &LimitOverride) -> Result<(), ConfigError> {
         ("daily", o.daily),
         ("token_minute", o.token_minute),
         ("max_request_tokens", o.max_request_tokens),
+        ("live_sessions", o.live_sessions),
     ] {
         if v == Some(0) {
             return Err(bad(format!("{setting}.{field}"), "must be at least 1"));
         }
+    }
+    Ok(())
+}
+
+/// Live sessions are counted per project (Google's concurrent-session limit is a project's),
+/// so a per-model `live_sessions` would be a limit on a count that is not kept.
+fn per_project_only(setting: &str, o: &LimitOverride) -> Result<(), ConfigError> {
+    if o.live_sessions.is_some() {
+        return Err(bad(
+            format!("{setting}.live_sessions"),
+            "live sessions are counted per project: set live_sessions in [limits] or \
+             [limits.projects.PROJECT]",
+        ));
     }
     Ok(())
 }

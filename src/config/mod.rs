@@ -8,6 +8,7 @@ pub mod cache;
 mod channels;
 mod check;
 mod limits;
+mod live;
 mod log;
 mod metrics;
 mod pool;
@@ -31,6 +32,7 @@ pub use self::cache::{CacheBackend, CacheConfig, CacheScope};
 pub use self::channels::{EmailConfig, SecretUri, WebhookConfig, WebhookFormat};
 pub use self::check::{BaseUrl, ConfigError};
 use self::check::{bad, comma_list, env_value};
+pub use self::live::LiveConfig;
 pub use self::log::{LogConfig, LogFormat};
 pub use self::metrics::MetricsConfig;
 pub use self::pool::{KeyConfig, PoolConfig, Strategy};
@@ -75,6 +77,7 @@ struct Raw {
     pool: pool::Raw,
     limits: limits::Raw,
     queue: queue::Raw,
+    live: live::Raw,
     store: store::Raw,
     log: log::Raw,
     metrics: metrics::Raw,
@@ -95,6 +98,8 @@ pub struct Config {
     pub pool: PoolConfig,
     pub limits: LimitsConfig,
     pub queue: QueueConfig,
+    /// Live API WebSocket sessions.
+    pub live: LiveConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
@@ -170,6 +175,7 @@ impl Config {
             upstream: UpstreamConfig::from_raw(raw.upstream)?,
             limits: limits::from_raw(raw.limits)?,
             queue: QueueConfig::from_raw(raw.queue)?,
+            live: LiveConfig::from_raw(raw.live)?,
             store,
             log: LogConfig::from_raw(raw.log)?,
             metrics: MetricsConfig::from_raw(raw.metrics),

@@ -26,6 +26,7 @@ pub(super) const ENV_NUMBERS: &[(&str, &str)] = &[
     ("GEMINI_TOKEN_MINUTE_LIMIT", "limits.token_minute"),
     ("GEMINI_MAX_REQUEST_TOKENS", "limits.max_request_tokens"),
     ("PROXY_QUEUE_MAX_WAIT_SECS", "queue.max_wait_secs"),
+    ("PROXY_LIVE_MAX_SESSIONS", "live.max_sessions"),
     ("PROXY_QUEUE_MAX_WAITERS_TOTAL", "queue.max_waiters_total"),
     ("PROXY_QUEUE_MAX_WAITING_BYTES", "queue.max_waiting_bytes"),
     ("PROXY_MAX_BUFFERED_BYTES", "server.max_buffered_bytes"),

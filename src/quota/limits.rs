@@ -37,6 +37,8 @@ pub struct LimitOverride {
     pub daily: Option<u64>,
     pub token_minute: Option<u64>,
     pub max_request_tokens: Option<u64>,
+    /// Live API sessions open at once (per project only: `[limits]` or a project's table).
+    pub live_sessions: Option<u64>,
 }
 
 /// A project's own limits, per-model limits inside that project, and how it is billed.
@@ -72,6 +74,8 @@ pub struct LimitsConfig {
     /// A billable call whose model has no price: counted, or refused.
     pub unpriced: Unpriced,
     pub max_request_tokens: u64,
+    /// Live API sessions open at once per project, unless the project says otherwise.
+    pub live_sessions: u64,
     pub timezone: Tz,
     /// Length of the sliding "minute" window in ms (`limits.window_secs`: Google's 60 s;
     /// tests shorten it).
@@ -134,6 +138,14 @@ pub fn resolve(cfg: &LimitsConfig, project: &str, model: &str, family: QuotaFami
         }
     }
     l
+}
+
+/// Live API sessions `project` may hold open at once: its `live_sessions`, else the default.
+pub fn live_sessions(cfg: &LimitsConfig, project: &str) -> u64 {
+    cfg.projects
+        .get(project)
+        .and_then(|p| p.all_models.live_sessions)
+        .unwrap_or(cfg.live_sessions)
 }
 
 /// How `project` is billed: its `limits.projects.P.billing`, else paid.

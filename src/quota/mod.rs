@@ -211,6 +211,26 @@ pub trait QuotaStore: Send + Sync {
     async fn affinity(&self, resource: &str) -> Result<Option<String>, StoreError>;
     /// Clear counters (or cooldowns and disabled keys) for every replica sharing the store.
     async fn reset(&self, kind: ResetKind, scope: &ResetScope) -> Result<(), StoreError>;
+    /// Take one of `project`'s Live API session slots for `session` when fewer than `limit`
+    /// are held (by every replica sharing the store), in one atomic step. The slot frees
+    /// itself `lease_ms` after it was taken or last renewed. True: taken.
+    async fn live_open(
+        &self,
+        project: &str,
+        session: &str,
+        limit: u64,
+        lease_ms: u64,
+    ) -> Result<bool, StoreError>;
+    /// Renew the leases of these (project, session) slots (those no longer held stay freed).
+    async fn live_renew(
+        &self,
+        held: &[(Arc<str>, String)],
+        lease_ms: u64,
+    ) -> Result<(), StoreError>;
+    /// Free a session's slot.
+    async fn live_close(&self, project: &str, session: &str) -> Result<(), StoreError>;
+    /// Live sessions open now in each of `projects`, in that order.
+    async fn live_counts(&self, projects: &[Arc<str>]) -> Result<Vec<u64>, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
     /// `memory` or `redis`.
     fn backend(&self) -> &'static str;

@@ -224,6 +224,35 @@ impl QuotaStore for ResilientStore {
         with_fallback!(self, reset(kind, scope), ())
     }
 
+    /// Fail-open takes a slot without counting it, as admission admits uncounted.
+    async fn live_open(
+        &self,
+        project: &str,
+        session: &str,
+        limit: u64,
+        lease_ms: u64,
+    ) -> Result<bool, StoreError> {
+        with_fallback!(self, live_open(project, session, limit, lease_ms), true)
+    }
+
+    async fn live_renew(
+        &self,
+        held: &[(Arc<str>, String)],
+        lease_ms: u64,
+    ) -> Result<(), StoreError> {
+        with_fallback!(self, live_renew(held, lease_ms), ())
+    }
+
+    async fn live_close(&self, project: &str, session: &str) -> Result<(), StoreError> {
+        // Freed in both: a slot taken locally while the shared store was down lives there.
+        let _ = self.local.live_close(project, session).await;
+        with_fallback!(self, live_close(project, session), ())
+    }
+
+    async fn live_counts(&self, projects: &[Arc<str>]) -> Result<Vec<u64>, StoreError> {
+        with_fallback!(self, live_counts(projects), vec![0; projects.len()])
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         if self.is_down() {
             return Err(StoreError::Unreachable("shared quota store is down".into()));

@@ -6,6 +6,7 @@ pub mod binary;
 pub mod cluster;
 pub mod deploy_files;
 pub mod fake_upstream;
+pub mod live_upstream;
 pub mod sinks;
 
 use std::collections::HashMap;

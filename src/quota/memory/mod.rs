@@ -18,6 +18,7 @@ use super::{
 
 mod admit;
 mod bucket;
+mod live;
 mod tables;
 
 use self::bucket::{Bucket, clamp_tokens};
@@ -41,6 +42,8 @@ pub struct MemoryStore {
     /// recently used goes first, in constant time per insert (moka, LRU: a new pin is always
     /// admitted, as a created file must be found again).
     affinity: moka::sync::Cache<String, (Arc<str>, i64)>,
+    /// Live API session slots: project -> session -> lease end (ms).
+    live: Mutex<live::Slots>,
     window_ms: i64,
 }
 
@@ -71,6 +74,7 @@ impl MemoryStore {
                 .max_capacity(AFFINITY_CAP)
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .build(),
+            live: Mutex::new(live::Slots::default()),
             window_ms: super::MINUTE_MS,
         }
     }
@@ -337,6 +341,38 @@ impl QuotaStore for MemoryStore {
             .get(resource)
             .filter(|(_, until)| *until > now)
             .map(|(kid, _)| kid.to_string()))
+    }
+
+    async fn live_open(
+        &self,
+        project: &str,
+        session: &str,
+        limit: u64,
+        lease_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        Ok(lock(&self.live).open(project, session, limit, now, lease_ms))
+    }
+
+    async fn live_renew(
+        &self,
+        held: &[(Arc<str>, String)],
+        lease_ms: u64,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        lock(&self.live).renew(held, now, lease_ms);
+        Ok(())
+    }
+
+    async fn live_close(&self, project: &str, session: &str) -> Result<(), StoreError> {
+        lock(&self.live).close(project, session);
+        Ok(())
+    }
+
+    async fn live_counts(&self, projects: &[Arc<str>]) -> Result<Vec<u64>, StoreError> {
+        let now = self.clock.now_ms();
+        let mut slots = lock(&self.live);
+        Ok(projects.iter().map(|p| slots.count(p, now)).collect())
     }
 
     async fn reset(&self, kind: ResetKind, scope: &ResetScope) -> Result<(), StoreError> {

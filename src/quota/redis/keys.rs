@@ -68,6 +68,11 @@ impl Keys {
         self.named("cds")
     }
 
+    /// A project's Live API sessions: a sorted set of session ids scored by lease end (ms).
+    pub(crate) fn live(&self, project: &str) -> String {
+        format!("{}:live:{project}", self.prefix)
+    }
+
     /// A resource's affinity (which key created it).
     pub(crate) fn affinity(&self, resource: &str) -> String {
         format!("{}:aff:{resource}", self.prefix)
@@ -93,6 +98,7 @@ mod tests {
             k.pairs(),
             k.held(),
             k.affinity("files/x"),
+            k.live("p"),
             k.named("led:since"),
         ] {
             assert!(name.starts_with("{gqp}:"), "{name}");

@@ -37,6 +37,8 @@ macro_rules! lua {
     };
 }
 
+// After the macro: the scripts' module uses it.
+mod live;
 /// Most `project|model` pairs the set of pairs lists (`admit.lua` carries the same figure):
 /// model names are the client's choice, and every status read, `/metrics` scrape and alert
 /// evaluation walks the set. A pair past it is still counted, only not listed (the status page
@@ -760,6 +762,64 @@ impl QuotaStore for RedisStore {
     /// Reads a key of the namespace rather than sending PING: a node that answers PING but
     /// does not serve the namespace's slot (a Cluster node: `MOVED`, `CLUSTERDOWN`) or is
     /// still loading its data (`LOADING`) is not a working store.
+    async fn live_open(
+        &self,
+        project: &str,
+        session: &str,
+        limit: u64,
+        lease_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut inv = live::OPEN.prepare_invoke();
+        inv.key(self.keys.live(project))
+            .arg(session)
+            .arg(limit)
+            .arg(lease_ms.clamp(1, super::MAX_HOLD_MS))
+            .arg(self.now_arg());
+        Ok(self.run::<i64>(inv).await? == 1)
+    }
+
+    async fn live_renew(
+        &self,
+        held: &[(Arc<str>, String)],
+        lease_ms: u64,
+    ) -> Result<(), StoreError> {
+        for chunk in held.chunks(PAIRS_PER_CALL) {
+            let mut inv = live::RENEW.prepare_invoke();
+            inv.arg(lease_ms.clamp(1, super::MAX_HOLD_MS))
+                .arg(self.now_arg());
+            for (project, session) in chunk {
+                inv.key(self.keys.live(project)).arg(session.as_str());
+            }
+            let _: i64 = self.run(inv).await?;
+        }
+        Ok(())
+    }
+
+    async fn live_close(&self, project: &str, session: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .cmd(
+                redis::cmd("ZREM")
+                    .arg(self.keys.live(project))
+                    .arg(session)
+                    .clone(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn live_counts(&self, projects: &[Arc<str>]) -> Result<Vec<u64>, StoreError> {
+        if projects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = live::COUNT.prepare_invoke();
+        inv.arg(self.now_arg());
+        for p in projects {
+            inv.key(self.keys.live(p));
+        }
+        let counts: Vec<i64> = self.run(inv).await?;
+        Ok(counts.into_iter().map(|c| c.max(0) as u64).collect())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let _: Option<String> = self
             .cmd(redis::cmd("GET").arg(self.keys.named("ping")).clone())

@@ -1,0 +1,210 @@
+//! The Live API WebSocket (`/ws/google.ai.generativelanguage.{v1beta|v1alpha}.GenerativeService
+//! .BidiGenerateContent`): the client's upgrade, authenticated with its proxy key as REST calls
+//! are; its `setup` read first; a pooled key chosen by session headroom and the session's slot
+//! held in the store ([`slots`]); the upstream socket opened with that key, setup refusals
+//! tried on the next key ([`setup`]); then every frame relayed both ways, usage counted and
+//! resumption handles bound to their key ([`relay`]).
+
+mod relay;
+mod setup;
+pub mod slots;
+mod upstream;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub use slots::LiveSessions;
+
+/// The Live API's socket paths (the proxy serves these; `BidiGenerateContentConstrained`,
+/// for ephemeral tokens, is not proxied). google-genai asks for `v1` when given a base URL of
+/// its own: passed on as asked, Google's answer decides.
+const PATHS: [&str; 3] = [
+    "/ws/google.ai.generativelanguage.v1.GenerativeService.BidiGenerateContent",
+    "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent",
+    "/ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateContent",
+];
+
+/// The socket path `path` names, if it is one of the Live API's (after `prefix`, if given).
+/// Doubled slashes before `ws` are taken as one: google-genai joins its base URL (kept with a
+/// trailing `/`) and `/ws/...` into `//ws/...`.
+pub fn live_path<'a>(path: &'a str, prefix: Option<&str>) -> Option<&'a str> {
+    let one_slash = |p: &'a str| {
+        let rest = p.trim_start_matches('/');
+        (rest.len() < p.len()).then(|| &p[p.len() - rest.len() - 1..])
+    };
+    let known = |p: &'a str| one_slash(p).filter(|p| PATHS.contains(p));
+    prefix
+        .and_then(|pre| path.strip_prefix(pre))
+        .and_then(known)
+        .or_else(|| known(path))
+}
+
+/// The client side of a session, after the upgrade.
+pub(crate) type ClientSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Close `ws` with `code` and `reason` (cut to the 123 bytes a close frame holds).
+pub(crate) async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::SinkExt;
+    let mut cut = reason.len().min(123);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let frame = CloseFrame {
+        code,
+        reason: reason[..cut].to_string().into(),
+    };
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        ws.send(Message::Close(Some(frame))),
+    )
+    .await;
+}
+
+/// The settings of the client's side of a session: its messages and frames are held whole up
+/// to `live.max_message_bytes`; small read and write buffers, as a session mostly waits.
+fn client_ws_config(state: &AppState) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(state.config.live.max_message_bytes))
+        .max_frame_size(Some(state.config.live.max_message_bytes))
+}
+
+/// Whether the request asks for a WebSocket (RFC 6455 section 4.2.1), and its key.
+fn websocket_key(req: &http::Request<Body>) -> Option<&http::HeaderValue> {
+    let h = req.headers();
+    let has = |name: http::header::HeaderName, token: &str| {
+        h.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    let ok = req.method() == http::Method::GET
+        && has(http::header::UPGRADE, "websocket")
+        && has(http::header::CONNECTION, "upgrade")
+        && h.get(http::header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|v| v.as_bytes() == b"13");
+    ok.then(|| h.get(http::header::SEC_WEBSOCKET_KEY)).flatten()
+}
+
+/// Answer a request for the Live API socket at `path` (the path prefix taken off): refuse it as Google's envelope (not a WebSocket
+/// upgrade, no or a wrong credential), or switch protocols and run the session in a task of
+/// its own.
+pub async fn handle(
+    state: Arc<AppState>,
+    sessions: Arc<LiveSessions>,
+    mut req: http::Request<Body>,
+    path: &str,
+) -> Response {
+    let Some(key) = websocket_key(&req).cloned() else {
+        return ApiError::InvalidArgument(
+            "The Live API is a WebSocket: send a GET with Upgrade: websocket and \
+             Sec-WebSocket-Version: 13"
+                .into(),
+        )
+        .into_response();
+    };
+    let caller =
+        match crate::auth::authenticate(&state.config.auth, req.headers(), req.uri().query()) {
+            Ok(c) => c,
+            Err(e) => return e.into_response(),
+        };
+    let upgrade = hyper::upgrade::on(&mut req);
+    let path = path.to_string();
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    tokio::spawn(async move {
+        let io = match upgrade.await {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::debug!(error = %e, "live: the upgrade did not complete");
+                return;
+            }
+        };
+        let config = client_ws_config(&state);
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(config)).await;
+        session(state, sessions, caller, &path, ws).await;
+    });
+    http::Response::builder()
+        .status(http::StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "upgrade")
+        .header(http::header::UPGRADE, "websocket")
+        .header(http::header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .unwrap_or_else(|_| ApiError::Internal("upgrade".into()).into_response())
+}
+
+/// One session, from the upgrade to the last frame.
+async fn session(
+    state: Arc<AppState>,
+    sessions: Arc<LiveSessions>,
+    caller: Caller,
+    path: &str,
+    mut client: ClientSocket,
+) {
+    if *sessions.stopping_now() {
+        slots::outcome("shutdown");
+        close(&mut client, CloseCode::Away, "The proxy is shutting down").await;
+        return;
+    }
+    let Some(_open) = sessions.enter(state.config.live.max_sessions) else {
+        slots::outcome("replica_full");
+        let reason = format!(
+            "This proxy replica holds its limit of {} Live sessions (live.max_sessions); try again later",
+            state.config.live.max_sessions
+        );
+        close(&mut client, CloseCode::Again, &reason).await;
+        return;
+    };
+    let Some((setup, first)) = setup::read_setup(&state, &mut client).await else {
+        return;
+    };
+    let connected = match setup::connect(&state, &sessions, path, &setup, first).await {
+        Ok(c) => c,
+        Err(refusal) => {
+            slots::outcome(refusal.outcome);
+            close(&mut client, refusal.code, &refusal.reason).await;
+            return;
+        }
+    };
+    let client_id = state.ledger_client(Some(caller));
+    relay::run(
+        &state,
+        &sessions,
+        client,
+        connected,
+        &setup.model,
+        client_id,
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::live_path;
+
+    #[test]
+    fn live_paths_are_found_with_a_prefix_and_doubled_slashes() {
+        let p = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent";
+        assert_eq!(live_path(p, None), Some(p));
+        assert_eq!(live_path(&format!("//{}", &p[1..]), None), Some(p));
+        assert_eq!(live_path(&format!("/gemini{p}"), Some("/gemini")), Some(p));
+        assert_eq!(live_path(&format!("/gemini/{p}"), Some("/gemini")), Some(p));
+        assert_eq!(live_path("/ws/other", None), None);
+        assert_eq!(live_path(&format!("/gemini{p}"), None), None);
+    }
+}
