@@ -154,6 +154,40 @@ impl Drop for Busy {
     }
 }
 
+/// A response body that keeps its connection busy until it ends or is dropped. It passes the
+/// body's size on: a mapping wrapper hid it, and every answer went out chunked (a WebSocket
+/// client reads a refusal's body only when its length is given).
+pub struct BusyBody<B> {
+    inner: B,
+    _busy: Busy,
+}
+
+impl<B> BusyBody<B> {
+    pub fn new(inner: B, busy: Busy) -> Self {
+        BusyBody { inner, _busy: busy }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for BusyBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Whether the bytes waiting on `stream` are HTTP/2's connection preface, found by peeking
 /// (the bytes stay for hyper to read). A partial preface waits for more bytes to arrive, not
 /// on a timer: the readiness the peek saw is cleared, so the task sleeps until the socket has

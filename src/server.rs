@@ -258,13 +258,7 @@ pub async fn serve(
                             Err(refusal) => axum::response::IntoResponse::into_response(refusal),
                         };
                         Ok::<_, std::convert::Infallible>(resp.map(|body| {
-                            axum::body::Body::new(http_body_util::BodyExt::map_frame(
-                                body,
-                                move |frame| {
-                                    let _held = &busy;
-                                    frame
-                                },
-                            ))
+                            axum::body::Body::new(crate::conn::BusyBody::new(body, busy))
                         }))
                     }
                 });

@@ -65,6 +65,13 @@ impl Binary {
                         .find("addr=")
                         .map(|i| i + 5)
                         .or_else(|| line.find("\"addr\":\"").map(|i| i + 8));
+                    // The line is in the logs before the address is handed on: a test that
+                    // reads the logs as soon as `start` returns finds its start line.
+                    {
+                        let mut l = logs.lock().unwrap();
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
                     if let (Some(tx), Some(i)) = (&tx, at) {
                         let addr: String = line[i..]
                             .chars()
@@ -72,9 +79,6 @@ impl Binary {
                             .collect();
                         let _ = tx.send(addr);
                     }
-                    let mut l = logs.lock().unwrap();
-                    l.push_str(&line);
-                    l.push('\n');
                 }
             }));
         }
