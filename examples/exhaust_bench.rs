@@ -18,7 +18,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,6 +74,7 @@ async fn main() {
     let streams: usize = env_or("BENCH_EXHAUST_STREAMS", 50);
     let secs: f64 = env_or("BENCH_EXHAUST_SECS", 20.0);
     let bound: u64 = env_or("BENCH_EXHAUST_BOUND", 268_435_456);
+    let idle_conns: usize = env_or("BENCH_EXHAUST_IDLE", 4096);
     let body_bytes: usize = 20 * 1024 * 1024 - 4096;
 
     let up = serve_http(upstream);
@@ -174,9 +175,45 @@ async fn main() {
         }));
     }
 
-    // The fresh client: a small request every 500 ms, over HTTP/1.1.
+    // The other half: idle HTTP/2 prior-knowledge connections from a second attacker address
+    // (127.0.0.3) that send the preface and SETTINGS and nothing more, held until the proxy
+    // closes them. `held` counts those open now, `held_peak` the most at once.
+    let held = Arc::new(AtomicUsize::new(0));
+    let held_peak = Arc::new(AtomicUsize::new(0));
+    let mut idlers = Vec::new();
+    for _ in 0..idle_conns {
+        let (held, held_peak) = (held.clone(), held_peak.clone());
+        idlers.push(tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+                return;
+            };
+            if socket.bind("127.0.0.3:0".parse().unwrap()).is_err() {
+                return;
+            }
+            let Ok(mut tcp) = socket.connect(([127, 0, 0, 1], port).into()).await else {
+                return;
+            };
+            let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+            if tcp.write_all(preface).await.is_err() {
+                return;
+            }
+            let now = held.fetch_add(1, Ordering::Relaxed) + 1;
+            held_peak.fetch_max(now, Ordering::Relaxed);
+            let mut buf = [0u8; 4096];
+            while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+            held.fetch_sub(1, Ordering::Relaxed);
+        }));
+    }
+
+    // The fresh client, from its own address (127.0.0.2): a small request every 500 ms, over
+    // HTTP/1.1.
     let fresh = tokio::spawn(async move {
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+            .build()
+            .unwrap();
         let mut seen = Vec::new();
         tokio::time::sleep(Duration::from_secs(1)).await;
         while Instant::now() < deadline {
@@ -206,6 +243,10 @@ async fn main() {
             _ = a => {}
         }
     }
+    let idle_held_at_end = held.load(Ordering::Relaxed);
+    for i in idlers {
+        i.abort();
+    }
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.await;
     let peak = peak.load(Ordering::Relaxed);
@@ -233,6 +274,10 @@ async fn main() {
         mib(peak),
         mib(peak.saturating_sub(idle)),
         mib(after)
+    );
+    println!(
+        "  {idle_conns} idle prior-knowledge connections from a second address: at most {} open at once, {idle_held_at_end} still open at the end",
+        held_peak.load(Ordering::Relaxed)
     );
     println!(
         "  attacker's requests by answer: {:?}",
