@@ -31,6 +31,18 @@ pub fn secs(name: &str, v: f64) -> Result<Duration, ConfigError> {
     }
 }
 
+/// A share of a whole: above 0, at most 1.
+pub fn fraction(name: &str, v: f64) -> Result<f64, ConfigError> {
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(bad(
+            name,
+            format!("expected a fraction above 0 and at most 1, got {v}"),
+        ))
+    }
+}
+
 /// Like [`secs`], with 0 allowed (meaning "never").
 pub fn secs_or_zero(name: &str, v: f64) -> Result<Duration, ConfigError> {
     if v == 0.0 {

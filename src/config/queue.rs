@@ -59,15 +59,7 @@ impl QueueConfig {
                 ),
             ));
         }
-        if !(raw.max_client_share > 0.0 && raw.max_client_share <= 1.0) {
-            return Err(bad(
-                "queue.max_client_share",
-                format!(
-                    "expected a fraction above 0 and at most 1, got {}",
-                    raw.max_client_share
-                ),
-            ));
-        }
+        super::check::fraction("queue.max_client_share", raw.max_client_share)?;
         Ok(QueueConfig {
             max_wait,
             max_length: raw.max_length as usize,

@@ -154,15 +154,10 @@ impl ServerConfig {
                 ),
             ));
         }
-        if !(raw.max_buffered_client_share > 0.0 && raw.max_buffered_client_share <= 1.0) {
-            return Err(bad(
-                "server.max_buffered_client_share",
-                format!(
-                    "expected a fraction above 0 and at most 1, got {}",
-                    raw.max_buffered_client_share
-                ),
-            ));
-        }
+        super::check::fraction(
+            "server.max_buffered_client_share",
+            raw.max_buffered_client_share,
+        )?;
         Ok(ServerConfig {
             listen,
             public_url,

@@ -759,9 +759,6 @@ impl QuotaStore for RedisStore {
         Ok(())
     }
 
-    /// Reads a key of the namespace rather than sending PING: a node that answers PING but
-    /// does not serve the namespace's slot (a Cluster node: `MOVED`, `CLUSTERDOWN`) or is
-    /// still loading its data (`LOADING`) is not a working store.
     async fn live_open(
         &self,
         project: &str,
@@ -820,6 +817,9 @@ impl QuotaStore for RedisStore {
         Ok(counts.into_iter().map(|c| c.max(0) as u64).collect())
     }
 
+    /// Reads a key of the namespace rather than sending PING: a node that answers PING but
+    /// does not serve the namespace's slot (a Cluster node: `MOVED`, `CLUSTERDOWN`) or is
+    /// still loading its data (`LOADING`) is not a working store.
     async fn ping(&self) -> Result<(), StoreError> {
         let _: Option<String> = self
             .cmd(redis::cmd("GET").arg(self.keys.named("ping")).clone())
