@@ -319,6 +319,11 @@ impl Browser {
     async fn full_page_screenshot(&self) -> Vec<u8> {
         // The window is taller than the viewport by the browser's frame: grow it until the
         // viewport holds the page (the page may also reflow at the new size).
+        // DASHBOARD_SCREENSHOT_WIDTH (default 1280): e.g. 390 to see the page at phone width.
+        let width: i64 = std::env::var("DASHBOARD_SCREENSHOT_WIDTH")
+            .ok()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(1280);
         let mut height = 800;
         for _ in 0..4 {
             let v = self
@@ -335,7 +340,7 @@ impl Browser {
             self.cmd(
                 "POST",
                 "/window/rect",
-                Some(json!({"width": 1280, "height": height})),
+                Some(json!({"width": width, "height": height})),
             )
             .await;
             tokio::time::sleep(Duration::from_millis(300)).await;
