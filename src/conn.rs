@@ -108,8 +108,10 @@ impl Activity {
     /// A request arrived: the connection is busy until the returned guard drops.
     pub fn begin(self: &Arc<Self>) -> Busy {
         self.served.store(true, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_waiters();
+        // Only the move from idle to busy concerns the idle watcher (it waits while busy).
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.changed.notify_waiters();
+        }
         Busy(self.clone())
     }
 
@@ -149,8 +151,10 @@ pub struct Busy(Arc<Activity>);
 impl Drop for Busy {
     fn drop(&mut self) {
         *self.0.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.changed.notify_waiters();
+        // Only the last request in flight ending starts the idle clock.
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.changed.notify_waiters();
+        }
     }
 }
 

@@ -257,9 +257,9 @@ pub async fn serve(
                             // Refused before its credential is looked at.
                             Err(refusal) => axum::response::IntoResponse::into_response(refusal),
                         };
-                        Ok::<_, std::convert::Infallible>(resp.map(|body| {
-                            axum::body::Body::new(crate::conn::BusyBody::new(body, busy))
-                        }))
+                        Ok::<_, std::convert::Infallible>(
+                            resp.map(|body| crate::conn::BusyBody::new(body, busy)),
+                        )
                     }
                 });
                 let watcher = graceful.watcher();
