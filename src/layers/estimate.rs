@@ -263,9 +263,16 @@ async fn pinned(
             named.len()
         )));
     }
+    // Looked up together (one round trip's wait, not one per name), checked in order.
+    let pins = futures_util::future::join_all(
+        named
+            .iter()
+            .map(|resource| affinity::pin(&*state.store, resource)),
+    )
+    .await;
     let mut first = None;
-    for resource in named {
-        let Some(pin) = affinity::pin(&*state.store, resource).await else {
+    for (resource, pin) in named.into_iter().zip(pins) {
+        let Some(pin) = pin else {
             continue;
         };
         if !pin.allows(resource, caller, name) {

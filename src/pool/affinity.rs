@@ -127,20 +127,32 @@ pub async fn own_listing(
     let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let object = v.as_object_mut()?;
     for entries in object.values_mut().filter_map(|e| e.as_array_mut()) {
+        // Each entry's resource (`None`: not a resource of the collection, a field Google may
+        // add: kept), their pins looked up together rather than one round trip after another.
+        let resources: Vec<Option<String>> = entries
+            .iter()
+            .map(|entry| {
+                entry
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    .and_then(|n| owned_resource(n).filter(|r| r.starts_with(collection)))
+            })
+            .collect();
+        let pins = futures_util::future::join_all(resources.iter().map(|r| async move {
+            match r {
+                Some(resource) => pin(store, resource).await,
+                None => None,
+            }
+        }))
+        .await;
         let mut kept = Vec::with_capacity(entries.len());
-        for entry in entries.drain(..) {
-            let Some(resource) = entry
-                .get("name")
-                .and_then(|n| n.as_str())
-                .and_then(|n| owned_resource(n).filter(|r| r.starts_with(collection)))
-            else {
-                // Not a resource of the collection (a field Google may add): kept.
-                kept.push(entry);
-                continue;
+        for ((entry, resource), pin) in entries.drain(..).zip(resources).zip(pins) {
+            let mine = match resource {
+                None => true,
+                Some(resource) => {
+                    pin.is_some_and(|p| p.client.is_some() && p.allows(&resource, caller, name))
+                }
             };
-            let mine = pin(store, &resource)
-                .await
-                .is_some_and(|p| p.client.is_some() && p.allows(&resource, caller, name));
             if mine {
                 kept.push(entry);
             }
