@@ -61,7 +61,7 @@ impl RequestLine {
         let state = &self.state;
         let key = self.key.and_then(|i| state.pool.keys.get(i));
         // The caller's configured name, never its credential; `-` before authentication.
-        let client = self.caller.map_or("-", |c| c.name(&state.config.auth));
+        let client = self.caller.as_ref().map_or("-", |c| c.name());
         tracing::info!(
             method = %self.method,
             path = self.uri.path(),

@@ -1,11 +1,14 @@
 //! Who may call: client keys for the Gemini surface and the status page, the admin token for
 //! admin actions. Every comparison is constant-time.
 
+use std::sync::Arc;
+
 use axum::http::HeaderMap;
 
+use crate::clients::{Client, Registry};
 use crate::config::AuthConfig;
 use crate::error::ApiError;
-use crate::secret::{position, presented_digest};
+use crate::secret::presented_digest;
 
 /// Query parameters that carry a client credential (`$key` also percent-encoded).
 pub const QUERY_CREDENTIALS: [&str; 3] = ["key", "$key", "%24key"];
@@ -17,64 +20,87 @@ pub fn is_query_credential(param: &str) -> bool {
 }
 
 /// Who presented what.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Caller {
     Admin,
-    /// The client key at this position in `auth.client_keys`.
-    Client(usize),
+    /// A client of the [`Registry`], with its limits as they were when the request arrived.
+    Client(Arc<Client>),
     /// No credential, allowed because `auth.allow_anonymous` is set.
     Anonymous,
 }
 
+impl PartialEq for Caller {
+    fn eq(&self, other: &Caller) -> bool {
+        match (self, other) {
+            (Caller::Admin, Caller::Admin) | (Caller::Anonymous, Caller::Anonymous) => true,
+            (Caller::Client(a), Caller::Client(b)) => a.name == b.name,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Caller {}
+
 impl Caller {
     /// The name a caller is counted and logged under: never the credential. A client key's
-    /// name is the configured one (`[[auth.clients]]`, `name:key`), else `client1..N` by its
-    /// position among the configured clients.
-    pub fn name(self, auth: &AuthConfig) -> &str {
+    /// name is the configured one (`[[auth.clients]]`, `name:key`, the runtime API), else
+    /// `client1..N` by its position among the configured clients.
+    pub fn name(&self) -> &str {
         match self {
             Caller::Admin => "admin",
-            Caller::Client(i) => auth.client_name(i),
+            Caller::Client(c) => &c.name,
             Caller::Anonymous => "anonymous",
         }
     }
 
-    /// A small dense index per caller (anonymous 1, admin 2, client i at 3 + i; 0 is kept for
-    /// "no caller"), for tables bounded by the configured clients.
-    pub fn slot(self) -> usize {
+    /// A small dense index per caller (anonymous 1, admin 2, clients 3 and up, stable per
+    /// name; 0 is kept for "no caller"), for tables bounded by the configured clients.
+    pub fn slot(&self) -> usize {
         match self {
             Caller::Anonymous => 1,
             Caller::Admin => 2,
-            Caller::Client(i) => 3 + i,
+            Caller::Client(c) => c.slot,
+        }
+    }
+
+    /// The client, when a client key called.
+    pub fn client(&self) -> Option<&Arc<Client>> {
+        match self {
+            Caller::Client(c) => Some(c),
+            _ => None,
         }
     }
 }
 
 /// The caller of a request, as the authenticate step found it (a request extension, and on
 /// the response for the log line and the request counter).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallerTag(pub Caller);
 
 /// Check the credential a request presents. Missing: 401; unknown: 403.
 pub fn authenticate(
     cfg: &AuthConfig,
+    clients: &Registry,
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Caller, ApiError> {
-    check(cfg, headers, query, cfg.allow_anonymous)
+    check(cfg, clients, headers, query, cfg.allow_anonymous)
 }
 
 /// Like [`authenticate`], but a credential is always required, even where anonymous Gemini
 /// calls are allowed (the status page and admin calls).
 pub fn authenticate_strict(
     cfg: &AuthConfig,
+    clients: &Registry,
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Caller, ApiError> {
-    check(cfg, headers, query, false)
+    check(cfg, clients, headers, query, false)
 }
 
 fn check(
     cfg: &AuthConfig,
+    clients: &Registry,
     headers: &HeaderMap,
     query: Option<&str>,
     allow_anonymous: bool,
@@ -90,12 +116,14 @@ fn check(
         Some(c) => {
             let digest = presented_digest(c);
             let admin = cfg.admin_token.as_ref().is_some_and(|t| t.matches(&digest));
-            let client = position(&cfg.client_keys, &digest);
+            // A lookup by the SHA-256 of what was presented: its timing tells nothing about a
+            // key (finding a preimage of a digest is the hard part, not guessing one).
+            let table = clients.load();
             if admin {
                 Ok(Caller::Admin)
-            } else if let Some(i) = client {
-                Ok(Caller::Client(i))
-            } else if allow_anonymous && cfg.client_keys.is_empty() {
+            } else if let Some(client) = table.by_digest(&digest) {
+                Ok(Caller::Client(client.clone()))
+            } else if allow_anonymous && table.is_empty() {
                 Ok(Caller::Anonymous)
             } else {
                 Err(ApiError::PermissionDenied(

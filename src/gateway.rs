@@ -167,8 +167,8 @@ fn log_request(
     let model = traced.and_then(|t| t.model.as_deref());
     let key = served.key.map(|i| (i, state.pool.keys[i].masked.as_str()));
     let status = resp.status().as_u16();
-    let caller = resp.extensions().get::<CallerTag>().map(|c| c.0);
-    let client = caller.map_or((0, "-"), |c| (c.slot(), c.name(&state.config.auth)));
+    let caller = resp.extensions().get::<CallerTag>().map(|c| c.0.clone());
+    let client = caller.as_ref().map_or((0, "-"), |c| (c.slot(), c.name()));
     state.metrics.request(
         model,
         key,

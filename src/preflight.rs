@@ -18,7 +18,7 @@ pub async fn check(config: Config) -> Result<String, String> {
     let dashboard = config.server.dashboard_url(listen);
     let upstream = config.upstream.url.text.clone();
     let keys = config.pool.keys.len();
-    let clients = config.auth.client_keys.len();
+    let clients = config.auth.clients.len();
     let anonymous = config.auth.allow_anonymous;
     let admin = config.auth.admin_token.is_some();
     let webhooks = config.alerts.webhooks.len();

@@ -58,6 +58,13 @@ impl Secret {
     }
 }
 
+impl Default for Secret {
+    /// The empty secret (a setting left out).
+    fn default() -> Self {
+        Secret::new("")
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(***)")

@@ -86,8 +86,8 @@ pub struct AppState {
     pub upstream: Arc<HttpClient>,
     /// Which configuration this is: its number, when and how it was loaded.
     pub generation: Generation,
-    /// The ledger's ids of the configured clients, by client index.
-    client_ids: Vec<u32>,
+    /// Every client (configured and runtime) with its limits, shared by every generation.
+    pub clients: Arc<crate::clients::Registry>,
     /// When `/metrics` last refreshed the store-derived gauges.
     pub gauges_refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// The status page's cost and forecast, as last computed, and when.
@@ -139,7 +139,7 @@ impl AppState {
         let cache = build_cache(&config, store.as_ref());
         let upstream = Arc::new(crate::upstream::build_client(&config.upstream));
         Arc::new(AppState {
-            client_ids: client_ids(&ledger, &config),
+            clients: Arc::new(crate::clients::Registry::new(config.auth.client_specs())),
             alerts,
             cache,
             pool,
@@ -186,8 +186,10 @@ impl AppState {
             Arc::new(crate::upstream::build_client(&config.upstream))
         };
         let viewed = *self.status_viewed.lock().unwrap_or_else(|p| p.into_inner());
+        self.clients
+            .set(crate::clients::Origin::Config, config.auth.client_specs());
         AppState {
-            client_ids: client_ids(&self.ledger, &config),
+            clients: self.clients.clone(),
             config: Arc::new(config),
             pool,
             store: self.store.clone(),
@@ -207,15 +209,10 @@ impl AppState {
     }
 
     /// The usage ledger's client id of `caller` (by its configured name; never its credential).
-    pub fn ledger_client(&self, caller: Option<crate::auth::Caller>) -> u32 {
+    pub fn ledger_client(&self, caller: Option<&crate::auth::Caller>) -> u32 {
         use crate::auth::Caller;
         match caller {
-            Some(Caller::Client(i)) => self
-                .client_ids
-                .get(i)
-                .copied()
-                .unwrap_or(crate::ledger::names::OVERFLOW_ID),
-            Some(c @ Caller::Admin) => self.ledger.client_id_named(c.name(&self.config.auth)),
+            Some(c @ (Caller::Client(_) | Caller::Admin)) => self.ledger.client_id_named(c.name()),
             Some(Caller::Anonymous) | None => self.ledger.anonymous_id(),
         }
     }
@@ -289,16 +286,6 @@ fn build_cache(
     })
 }
 
-/// The ledger's ids of `config`'s clients, in client order.
-fn client_ids(ledger: &Ledger, config: &Config) -> Vec<u32> {
-    config
-        .auth
-        .client_names
-        .iter()
-        .map(|name| ledger.client_id_named(name))
-        .collect()
-}
-
 /// The projects not billed at list price.
 fn billing(config: &Config) -> std::collections::HashMap<String, Billing> {
     config
@@ -333,7 +320,7 @@ fn build_ledger(
         prices: config.prices.clone(),
         billing: billing(config),
         keys: key_infos(pool),
-        clients: config.auth.client_names.clone(),
+        clients: config.auth.clients.iter().map(|c| c.name.clone()).collect(),
         timezone: config.limits.timezone,
         shared,
         clock,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::check::{ConfigError, bad};
+use crate::clients::{ClientLimits, ClientSpec, Origin};
 use crate::secret::Secret;
 
 /// Longest client name: it labels log lines and metric series.
@@ -27,21 +28,84 @@ pub(super) struct Raw {
     admin_token: Secret,
 }
 
-/// One `[[auth.clients]]` table.
+/// One `[[auth.clients]]` table: a name, its key (or the key's SHA-256, so the file holds no
+/// secret), and its limits ([`ClientLimits`]' fields, listed again: the `config` crate does
+/// not hand a flattened struct its fields).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawClient {
     name: String,
+    #[serde(default)]
     key: Secret,
+    #[serde(default)]
+    key_sha256: String,
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+    rpd: Option<u64>,
+    max_concurrent: Option<u64>,
+    daily_budget_usd: Option<f64>,
+    monthly_budget_usd: Option<f64>,
+    models: Option<Vec<String>>,
+    weight: Option<u32>,
+    max_wait_secs: Option<f64>,
+    timezone: Option<String>,
+}
+
+impl RawClient {
+    fn limits(&self) -> ClientLimits {
+        ClientLimits {
+            rpm: self.rpm,
+            tpm: self.tpm,
+            rpd: self.rpd,
+            max_concurrent: self.max_concurrent,
+            daily_budget_usd: self.daily_budget_usd,
+            monthly_budget_usd: self.monthly_budget_usd,
+            models: self.models.clone(),
+            weight: self.weight,
+            max_wait_secs: self.max_wait_secs,
+            timezone: self.timezone.clone(),
+        }
+    }
+}
+
+/// How a configured client proves who it is.
+#[derive(Debug, Clone)]
+pub enum ClientCredential {
+    Key(Secret),
+    /// The SHA-256 of its key (`key_sha256`): the config holds no secret.
+    Sha256([u8; 32]),
+}
+
+impl ClientCredential {
+    pub fn digest(&self) -> [u8; 32] {
+        match self {
+            ClientCredential::Key(k) => k.digest(),
+            ClientCredential::Sha256(d) => *d,
+        }
+    }
+
+    /// The key itself, when the config gave it.
+    pub fn key(&self) -> Option<&Secret> {
+        match self {
+            ClientCredential::Key(k) => Some(k),
+            ClientCredential::Sha256(_) => None,
+        }
+    }
+}
+
+/// One configured client.
+#[derive(Debug, Clone)]
+pub struct ConfiguredClient {
+    pub name: Arc<str>,
+    pub credential: ClientCredential,
+    pub limits: ClientLimits,
 }
 
 /// Who may call.
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
-    /// Every client's key, in client order (see the module docs).
-    pub client_keys: Vec<Secret>,
-    /// Every client's name, in the same order as `client_keys`.
-    pub client_names: Vec<Arc<str>>,
+    /// Every configured client, in client order (see the module docs).
+    pub clients: Vec<ConfiguredClient>,
     pub allow_anonymous: bool,
     pub admin_token: Option<Secret>,
 }
@@ -53,35 +117,56 @@ impl AuthConfig {
         raw: Raw,
         env_clients: Option<Vec<String>>,
     ) -> Result<AuthConfig, ConfigError> {
-        // (setting at fault, name if given, key)
-        let mut listed: Vec<(&str, Option<String>, Secret)> = Vec::new();
+        // (setting at fault, name if given, credential, limits)
+        let mut listed: Vec<(String, Option<String>, ClientCredential, ClientLimits)> = Vec::new();
         match env_clients {
             Some(entries) => {
                 for e in entries {
                     let (name, key) = split_entry(&e);
+                    if key.is_empty() {
+                        continue;
+                    }
                     listed.push((
-                        "PROXY_CLIENT_KEYS",
+                        "PROXY_CLIENT_KEYS".into(),
                         name.map(str::to_string),
-                        Secret::new(key),
+                        ClientCredential::Key(Secret::new(key)),
+                        ClientLimits::default(),
                     ));
                 }
             }
             None => {
-                for k in raw.client_keys {
-                    listed.push(("auth.client_keys", None, k));
+                for k in raw.client_keys.into_iter().filter(|k| !k.is_empty()) {
+                    listed.push((
+                        "auth.client_keys".into(),
+                        None,
+                        ClientCredential::Key(k),
+                        ClientLimits::default(),
+                    ));
                 }
             }
         }
-        for c in raw.clients {
-            if c.key.is_empty() {
-                return Err(bad(
-                    "auth.clients",
-                    format!("client {:?} has an empty key", c.name),
-                ));
-            }
-            listed.push(("auth.clients", Some(c.name), c.key));
+        for (i, c) in raw.clients.into_iter().enumerate() {
+            let setting = format!("auth.clients[{i}]");
+            let credential = match (c.key.is_empty(), c.key_sha256.trim()) {
+                (false, "") => ClientCredential::Key(c.key.clone()),
+                (true, "") => {
+                    return Err(bad(
+                        setting,
+                        format!("client {:?} has neither key nor key_sha256", c.name),
+                    ));
+                }
+                (true, hex) => ClientCredential::Sha256(parse_sha256(&setting, hex)?),
+                (false, _) => {
+                    return Err(bad(
+                        setting,
+                        format!("client {:?} has both key and key_sha256: give one", c.name),
+                    ));
+                }
+            };
+            let limits = c.limits();
+            limits.validate(&setting)?;
+            listed.push((setting, Some(c.name), credential, limits));
         }
-        listed.retain(|(_, _, k)| !k.is_empty());
         if listed.is_empty() && !raw.allow_anonymous {
             return Err(bad(
                 "PROXY_CLIENT_KEYS",
@@ -90,11 +175,11 @@ impl AuthConfig {
                  set auth.allow_anonymous = true in the config file",
             ));
         }
-        let mut client_keys = Vec::with_capacity(listed.len());
-        let mut client_names: Vec<Arc<str>> = Vec::with_capacity(listed.len());
+        let mut clients = Vec::with_capacity(listed.len());
         let mut seen_names = HashSet::new();
         let mut seen_keys = HashSet::new();
-        for (i, (setting, name, key)) in listed.into_iter().enumerate() {
+        for (i, (setting, name, credential, limits)) in listed.into_iter().enumerate() {
+            let setting = setting.as_str();
             let name = match name {
                 Some(n) => {
                     check_client_name(setting, &n)?;
@@ -116,43 +201,71 @@ impl AuthConfig {
                     ),
                 ));
             }
-            if !seen_keys.insert(key.digest()) {
+            if !seen_keys.insert(credential.digest()) {
                 return Err(bad(
                     setting,
                     format!("client {name:?} has the same key as an earlier client"),
                 ));
             }
-            client_keys.push(key);
-            client_names.push(name.into());
+            clients.push(ConfiguredClient {
+                name: name.into(),
+                credential,
+                limits,
+            });
         }
         let admin_token = Some(raw.admin_token).filter(|t| !t.is_empty());
         // The same value as both would make that client an admin: whoever holds a client key
         // could read every client's usage and reload the configuration.
         if let Some(admin) = &admin_token
-            && let Some(i) = client_keys
+            && let Some(c) = clients
                 .iter()
-                .position(|k| k.digest() == admin.digest())
+                .find(|c| c.credential.digest() == admin.digest())
         {
             return Err(bad(
                 "auth.admin_token (PROXY_ADMIN_TOKEN)",
                 format!(
                     "the admin token equals the key of client {:?}: give each its own value",
-                    client_names[i]
+                    c.name
                 ),
             ));
         }
         Ok(AuthConfig {
-            client_keys,
-            client_names,
+            clients,
             allow_anonymous: raw.allow_anonymous,
             admin_token,
         })
     }
 
-    /// The name of client `index` (`clientN` past the configured ones, which cannot happen).
-    pub fn client_name(&self, index: usize) -> &str {
-        self.client_names.get(index).map_or("other", |n| n)
+    /// The configured clients, as the client registry takes them.
+    pub fn client_specs(&self) -> Vec<ClientSpec> {
+        self.clients
+            .iter()
+            .map(|c| ClientSpec {
+                name: c.name.clone(),
+                digests: vec![c.credential.digest()],
+                limits: c.limits.clone(),
+                origin: Origin::Config,
+            })
+            .collect()
     }
+}
+
+/// 64 hex digits.
+fn parse_sha256(setting: &str, hex: &str) -> Result<[u8; 32], ConfigError> {
+    let bad_digest = || {
+        bad(
+            format!("{setting}.key_sha256"),
+            "expected 64 hex digits: the SHA-256 of the key (`printf %s KEY | sha256sum`)",
+        )
+    };
+    if hex.len() != 64 {
+        return Err(bad_digest());
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad_digest())?;
+    }
+    Ok(out)
 }
 
 /// `name:key` or `key`. A key itself may hold `:` only when a name is given first.

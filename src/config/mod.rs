@@ -6,7 +6,7 @@ mod alerts;
 mod auth;
 pub mod cache;
 mod channels;
-mod check;
+pub(crate) mod check;
 mod limits;
 mod live;
 mod log;
@@ -526,13 +526,65 @@ project = "proj-a"
             &[("PROXY_CLIENT_KEYS", "plain-key, team-b:key-of-team-b")],
         )
         .unwrap();
-        let names: Vec<&str> = c.auth.client_names.iter().map(|n| &**n).collect();
+        let names: Vec<&str> = c.auth.clients.iter().map(|c| &*c.name).collect();
         assert_eq!(names, ["client1", "team-b", "team-a"]);
-        let keys: Vec<&str> = c.auth.client_keys.iter().map(|k| k.expose()).collect();
+        let keys: Vec<&str> = c
+            .auth
+            .clients
+            .iter()
+            .map(|c| c.credential.key().unwrap().expose())
+            .collect();
         assert_eq!(keys, ["plain-key", "key-of-team-b", "key-of-team-a"]);
         // `auth.client_keys` in TOML stays a list of plain keys, named by position.
         let c = try_for_test("[auth]\nclient_keys = [\"a\", \"b\"]\n", &[]);
         assert!(c.is_ok());
+    }
+
+    #[test]
+    fn a_client_table_takes_limits_and_may_give_its_key_as_a_sha256() {
+        let digest = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
+        let toml = format!(
+            "[[auth.clients]]\nname = \"team-a\"\nkey_sha256 = \"{digest}\"\nrpm = 30\n\
+             tpm = 100000\nmax_concurrent = 4\ndaily_budget_usd = 5\nmonthly_budget_usd = 99.5\n\
+             models = [\"gemini-2.5-*\"]\nweight = 3\nmax_wait_secs = 10\n\
+             timezone = \"Europe/Berlin\"\n"
+        );
+        let c = try_for_test(&toml, &[]).unwrap();
+        let a = &c.auth.clients[1];
+        // SHA-256 of "secret".
+        assert_eq!(
+            a.credential.digest(),
+            crate::secret::presented_digest("secret")
+        );
+        assert!(a.credential.key().is_none());
+        assert_eq!(a.limits.rpm, Some(30));
+        assert_eq!(a.limits.tpm, Some(100_000));
+        assert_eq!(a.limits.max_concurrent, Some(4));
+        assert_eq!(a.limits.daily_budget_usd, Some(5.0));
+        assert_eq!(a.limits.monthly_budget_usd, Some(99.5));
+        assert_eq!(a.limits.weight(), 3);
+        assert_eq!(a.limits.max_wait_secs, Some(10.0));
+        assert!(a.limits.allows_model("gemini-2.5-pro"));
+        assert!(!a.limits.allows_model("gemini-3-pro-preview"));
+        for (toml, setting) in [
+            (
+                "[[auth.clients]]\nname = \"t\"\nkey = \"SECRETK9\"\nrpn = 3\n",
+                "auth.clients",
+            ),
+            (
+                "[[auth.clients]]\nname = \"t\"\nkey_sha256 = \"abc\"\n",
+                "auth.clients[0].key_sha256",
+            ),
+            ("[[auth.clients]]\nname = \"t\"\n", "auth.clients[0]"),
+            (
+                "[[auth.clients]]\nname = \"t\"\nkey = \"SECRETK9\"\nrpm = 0\n",
+                "auth.clients[0].rpm",
+            ),
+        ] {
+            let e = try_for_test(toml, &[]).unwrap_err();
+            assert!(e.setting.starts_with(setting), "{toml}: {e}");
+            assert!(!e.to_string().contains("SECRETK"), "a key in an error: {e}");
+        }
     }
 
     #[test]
@@ -564,13 +616,13 @@ project = "proj-a"
             (
                 "[[auth.clients]]\nname = \"x/y\"\nkey = \"SECRETK9\"\n",
                 "SECRETK1",
-                "auth.clients",
+                "auth.clients[0]",
                 "1-64 characters",
             ),
             (
                 "[[auth.clients]]\nname = \"team\"\nkey = \"SECRETK9\"\n",
                 "team:SECRETK1",
-                "auth.clients",
+                "auth.clients[0]",
                 "used twice",
             ),
         ] {

@@ -20,7 +20,12 @@ impl Config {
     pub fn warnings(&self) -> Vec<ConfigWarning> {
         let mut out = Vec::new();
         let short = |s: &crate::secret::Secret| s.expose().chars().count() < SHORT_SECRET;
-        for (key, name) in self.auth.client_keys.iter().zip(&self.auth.client_names) {
+        for (key, name) in self
+            .auth
+            .clients
+            .iter()
+            .filter_map(|c| Some((c.credential.key()?, &c.name)))
+        {
             if short(key) {
                 out.push(ConfigWarning {
                     setting: "auth.client_keys (PROXY_CLIENT_KEYS, auth.clients)",

@@ -68,12 +68,16 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
-        let refusal = match authenticate(&self.state.config.auth, req.headers(), req.uri().query())
-        {
+        let refusal = match authenticate(
+            &self.state.config.auth,
+            &self.state.clients,
+            req.headers(),
+            req.uri().query(),
+        ) {
             // The common case stays synchronous: straight on to the next step, which
             // `poll_ready` made ready.
             Ok(caller) => {
-                req.extensions_mut().insert(CallerTag(caller));
+                req.extensions_mut().insert(CallerTag(caller.clone()));
                 return Either::Left(Tagged {
                     inner: self.inner.call(req),
                     caller,
@@ -141,7 +145,7 @@ where
         let Poll::Ready(Ok(mut resp)) = Pin::new(&mut this.inner).poll(cx) else {
             return Poll::Pending;
         };
-        resp.extensions_mut().insert(CallerTag(this.caller));
+        resp.extensions_mut().insert(CallerTag(this.caller.clone()));
         Poll::Ready(Ok(resp))
     }
 }

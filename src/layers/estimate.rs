@@ -132,9 +132,9 @@ where
                     let caller = parts
                         .extensions
                         .get::<CallerTag>()
-                        .map_or(Caller::Anonymous, |c| c.0);
+                        .map_or(Caller::Anonymous, |c| c.0.clone());
                     // Whose body it is, for the client's share of the budget.
-                    let client = state.ledger_client(Some(caller));
+                    let client = state.ledger_client(Some(&caller));
                     let read = state.bodies.read(
                         client,
                         body,
@@ -144,7 +144,7 @@ where
                     );
                     match read.await {
                         Ok((body, reserved)) => match estimated(route, body, &mut traced).await {
-                            Ok((mut est, body)) => match pinned(&state, &est, caller).await {
+                            Ok((mut est, body)) => match pinned(&state, &est, &caller).await {
                                 Ok(pin) => {
                                     est.pinned = pin;
                                     let mut req = http::Request::from_parts(parts, body);
@@ -244,9 +244,9 @@ const MAX_REFERENCES: usize = 1000;
 async fn pinned(
     state: &AppState,
     est: &Estimated,
-    caller: Caller,
+    caller: &Caller,
 ) -> Result<Option<usize>, ApiError> {
-    let name = caller.name(&state.config.auth);
+    let name = caller.name();
     // One store lookup per distinct name (the path's first, its key wins), and a bound on them
     // (a body may repeat a name, or list thousands).
     let mut seen = std::collections::HashSet::new();

@@ -118,11 +118,15 @@ pub async fn handle(
         )
         .into_response();
     };
-    let caller =
-        match crate::auth::authenticate(&state.config.auth, req.headers(), req.uri().query()) {
-            Ok(c) => c,
-            Err(e) => return e.into_response(),
-        };
+    let caller = match crate::auth::authenticate(
+        &state.config.auth,
+        &state.clients,
+        req.headers(),
+        req.uri().query(),
+    ) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
     let upgrade = hyper::upgrade::on(&mut req);
     let path = path.to_string();
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
@@ -181,7 +185,7 @@ async fn session(
             return;
         }
     };
-    let client_id = state.ledger_client(Some(caller));
+    let client_id = state.ledger_client(Some(&caller));
     relay::run(
         &state,
         &sessions,

@@ -59,7 +59,7 @@ impl Pin {
     /// Whether `caller` (named `name`) may use the resource: the admin token and its owner
     /// may; so may a chunk of an upload session sent without a key (the session URL is the
     /// capability, as at Google). A resource pinned before owners were recorded is anyone's.
-    pub fn allows(&self, resource: &str, caller: Caller, name: &str) -> bool {
+    pub fn allows(&self, resource: &str, caller: &Caller, name: &str) -> bool {
         match caller {
             Caller::Admin => true,
             Caller::Anonymous if resource.starts_with("uploads/") => true,
@@ -81,8 +81,8 @@ pub async fn pin(store: &dyn QuotaStore, resource: &str) -> Option<Pin> {
 
 /// The client a created resource belongs to: the caller, or for a keyless chunk of an upload
 /// session (which finishes the upload and names the file), the client that started it.
-pub async fn creator(store: &dyn QuotaStore, route: &Route, caller: Caller, name: &str) -> String {
-    if caller == Caller::Anonymous
+pub async fn creator(store: &dyn QuotaStore, route: &Route, caller: &Caller, name: &str) -> String {
+    if *caller == Caller::Anonymous
         && let Some(session) = route
             .resource
             .as_deref()
@@ -121,7 +121,7 @@ pub async fn own_listing(
     store: &dyn QuotaStore,
     collection: &str,
     body: &[u8],
-    caller: Caller,
+    caller: &Caller,
     name: &str,
 ) -> Option<Vec<u8>> {
     let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;

@@ -24,7 +24,12 @@ pub async fn alerts(State(state): State<Arc<AppState>>, req: Request) -> Respons
         )
         .into_response();
     }
-    let caller = match authenticate_strict(&state.config.auth, &parts.headers, parts.uri.query()) {
+    let caller = match authenticate_strict(
+        &state.config.auth,
+        &state.clients,
+        &parts.headers,
+        parts.uri.query(),
+    ) {
         Ok(c) => c,
         Err(e) => {
             return match e {
@@ -43,7 +48,7 @@ pub async fn alerts(State(state): State<Arc<AppState>>, req: Request) -> Respons
         }))
         .into_response();
     }
-    let client = caller.name(&state.config.auth);
+    let client = caller.name();
     let mine = |alerts: Vec<AlertView>| -> Vec<AlertView> {
         alerts
             .into_iter()
@@ -83,7 +88,12 @@ pub async fn test(State(state): State<Arc<AppState>>, req: Request) -> Response 
         )
         .into_response();
     }
-    match authenticate_strict(&state.config.auth, &parts.headers, parts.uri.query()) {
+    match authenticate_strict(
+        &state.config.auth,
+        &state.clients,
+        &parts.headers,
+        parts.uri.query(),
+    ) {
         Ok(Caller::Admin) => {}
         Ok(_) => {
             return ApiError::PermissionDenied("sending a test alert needs the admin token".into())

@@ -167,7 +167,12 @@ fn cost_lines(state: &AppState, text: &mut String) {
 /// `"client"`), so the dashboard shows admin controls only to an admin. 401 otherwise.
 pub async fn whoami(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let (parts, _) = req.into_parts();
-    match authenticate_strict(&state.config.auth, &parts.headers, parts.uri.query()) {
+    match authenticate_strict(
+        &state.config.auth,
+        &state.clients,
+        &parts.headers,
+        parts.uri.query(),
+    ) {
         Ok(Caller::Admin) => Json(json!({"role": "admin"})).into_response(),
         Ok(_) => Json(json!({"role": "client"})).into_response(),
         Err(ApiError::PermissionDenied(m)) => ApiError::Unauthenticated(m).into_response(),
@@ -194,10 +199,12 @@ async fn get_status(
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
     // Reading the status always needs a credential, even where anonymous Gemini calls are allowed.
-    let caller = authenticate_strict(&state.config.auth, headers, query).map_err(|e| match e {
-        ApiError::PermissionDenied(m) => ApiError::Unauthenticated(m),
-        other => other,
-    })?;
+    let caller = authenticate_strict(&state.config.auth, &state.clients, headers, query).map_err(
+        |e| match e {
+            ApiError::PermissionDenied(m) => ApiError::Unauthenticated(m),
+            other => other,
+        },
+    )?;
     state.status_viewed();
     let mut snap = snapshot(state, Extras::Cached).await;
     if caller != Caller::Admin {
@@ -246,7 +253,7 @@ async fn post_reset(
             "admin endpoints are not configured: set PROXY_ADMIN_TOKEN".into(),
         ));
     };
-    match authenticate_strict(&state.config.auth, headers, query)? {
+    match authenticate_strict(&state.config.auth, &state.clients, headers, query)? {
         Caller::Admin => {}
         _ => {
             return Err(ApiError::PermissionDenied(
@@ -349,7 +356,7 @@ pub(crate) fn admin_only(
             "admin endpoints are not configured: set PROXY_ADMIN_TOKEN".into(),
         ));
     }
-    match authenticate_strict(&state.config.auth, headers, query)? {
+    match authenticate_strict(&state.config.auth, &state.clients, headers, query)? {
         Caller::Admin => Ok(()),
         _ => Err(ApiError::PermissionDenied(format!(
             "{what} needs the admin token"

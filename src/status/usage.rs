@@ -28,8 +28,8 @@ async fn answer(state: &AppState, req: &http::request::Parts) -> Result<Response
         ));
     }
     let query = req.uri.query();
-    let caller =
-        authenticate_strict(&state.config.auth, &req.headers, query).map_err(|e| match e {
+    let caller = authenticate_strict(&state.config.auth, &state.clients, &req.headers, query)
+        .map_err(|e| match e {
             ApiError::PermissionDenied(m) => ApiError::Unauthenticated(m),
             other => other,
         })?;
@@ -37,7 +37,7 @@ async fn answer(state: &AppState, req: &http::request::Parts) -> Result<Response
     // A client key reads its own client's rows and totals only, whatever the grouping; the
     // admin token reads everyone's.
     if caller != Caller::Admin {
-        q.client = Some(caller.name(&state.config.auth).to_string().into());
+        q.client = Some(caller.name().to_string().into());
     }
     let report = state.ledger.report(q).await.map_err(|e| {
         tracing::warn!(error = %e, "usage history could not be read");

@@ -146,7 +146,7 @@ fn plan(cfg: &CacheConfig, auth: &AuthConfig, req: &http::Request<Bytes>) -> Opt
     if body.project_bound {
         return Some(Plan::Bypass);
     }
-    let caller = req.extensions().get::<CallerTag>().map(|c| c.0);
+    let caller = req.extensions().get::<CallerTag>().map(|c| c.0.clone());
     let scope = scope(cfg.scope, auth, caller);
     let key = key::key(
         req.method().as_str(),
@@ -177,10 +177,8 @@ fn scope(scope: CacheScope, auth: &AuthConfig, caller: Option<Caller>) -> Vec<u8
     let digest = |tag: &[u8], d: [u8; 32]| [tag, &d[..]].concat();
     match (scope, caller) {
         (CacheScope::Shared, _) => b"shared".to_vec(),
-        (CacheScope::Client, Some(Caller::Client(i))) => match auth.client_keys.get(i) {
-            Some(k) => digest(b"client:", k.digest()),
-            None => b"client:?".to_vec(),
-        },
+        // By name, not key: a rotated key keeps the client's entries.
+        (CacheScope::Client, Some(Caller::Client(c))) => [b"client:", c.name.as_bytes()].concat(),
         (CacheScope::Client, Some(Caller::Admin)) => match &auth.admin_token {
             Some(t) => digest(b"admin:", t.digest()),
             None => b"admin".to_vec(),
@@ -313,7 +311,7 @@ fn wait_allowance(state: &AppState, headers: &http::HeaderMap) -> std::time::Dur
 /// it saved. No quota, no key, no upstream.
 fn hit(state: &AppState, req: &http::Request<Bytes>, e: &Entry, streaming: bool) -> Response {
     state.metrics.cache("hit");
-    let client = state.ledger_client(req.extensions().get::<CallerTag>().map(|c| c.0));
+    let client = state.ledger_client(req.extensions().get::<CallerTag>().map(|c| &c.0));
     state.ledger.cache_hit(&e.model, client, &e.usage);
     let mut resp = Response::new(Body::new(Replay::new(e.chunks.clone(), !streaming)));
     *resp.status_mut() = http::StatusCode::from_u16(e.status).unwrap_or(http::StatusCode::OK);

@@ -112,7 +112,7 @@ struct Account {
 impl Account {
     fn of(state: &AppState, req: &http::Request<Bytes>) -> Option<Account> {
         let model = req.extensions().get::<Estimated>()?.quota_model()?.into();
-        let client = state.ledger_client(req.extensions().get::<CallerTag>().map(|c| c.0));
+        let client = state.ledger_client(req.extensions().get::<CallerTag>().map(|c| &c.0));
         Some(Account { model, client })
     }
 
@@ -241,8 +241,8 @@ where
         let caller = parts
             .extensions
             .get::<CallerTag>()
-            .map_or(Caller::Anonymous, |c| c.0);
-        let caller_name = caller.name(&state.config.auth);
+            .map_or(Caller::Anonymous, |c| c.0.clone());
+        let caller_name = caller.name();
         let quota_model = est.quota_model();
         // A billable call the proxy cannot price goes out only where the configuration says
         // so: never unseen.
@@ -475,7 +475,7 @@ where
                     original,
                     parts.uri.path(),
                 );
-                let creator = affinity::creator(&*state.store, route, caller, caller_name).await;
+                let creator = affinity::creator(&*state.store, route, &caller, caller_name).await;
                 affinity::remember_upload(&*state.store, &mut headers, &base, &key.kid, &creator)
                     .await;
                 affinity::end_upload_session(&*state.store, route, &headers).await;
@@ -509,7 +509,7 @@ where
                 match &answer {
                     Answer::Whole(bytes) => {
                         let creator =
-                            affinity::creator(&*state.store, route, caller, caller_name).await;
+                            affinity::creator(&*state.store, route, &caller, caller_name).await;
                         affinity::remember_created(&*state.store, bytes, &key.kid, &creator).await
                     }
                     Answer::Over(..) => tracing::warn!(
@@ -525,7 +525,7 @@ where
                     state,
                     resp,
                     collection,
-                    caller,
+                    &caller,
                     caller_name,
                     headers,
                     at_end,
@@ -617,7 +617,7 @@ async fn own_listing<B>(
     state: &AppState,
     resp: http::Response<B>,
     collection: &str,
-    caller: Caller,
+    caller: &Caller,
     caller_name: &str,
     mut headers: http::HeaderMap,
     at_end: AtEnd,
