@@ -139,7 +139,9 @@ impl AppState {
         let cache = build_cache(&config, store.as_ref());
         let upstream = Arc::new(crate::upstream::build_client(&config.upstream));
         Arc::new(AppState {
-            clients: Arc::new(crate::clients::Registry::new(config.auth.client_specs())),
+            clients: Arc::new(crate::clients::Registry::new(crate::clients::configured(
+                &config.auth,
+            ))),
             alerts,
             cache,
             pool,
@@ -186,8 +188,10 @@ impl AppState {
             Arc::new(crate::upstream::build_client(&config.upstream))
         };
         let viewed = *self.status_viewed.lock().unwrap_or_else(|p| p.into_inner());
-        self.clients
-            .set(crate::clients::Origin::Config, config.auth.client_specs());
+        self.clients.set(
+            crate::clients::Origin::Config,
+            crate::clients::configured(&config.auth),
+        );
         AppState {
             clients: self.clients.clone(),
             config: Arc::new(config),

@@ -6,7 +6,8 @@
 //! per-client tables in metrics and the queue) is given once per name and kept for the
 //! process's life, so counters keyed by it stay with the right client across reloads.
 
-pub mod limits;
+/// The limits live with the configuration (the config file and the runtime API both give them).
+pub use crate::config::client_limits as limits;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -113,6 +114,19 @@ pub struct Refused {
 
 /// A gap this long between two refusals ends a run (see [`Refused::since`]).
 pub const REFUSAL_RUN_GAP: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The clients of the configuration, as the registry takes them.
+pub fn configured(auth: &crate::config::AuthConfig) -> Vec<ClientSpec> {
+    auth.clients
+        .iter()
+        .map(|c| ClientSpec {
+            name: c.name.clone(),
+            digests: vec![c.credential.digest()],
+            limits: c.limits.clone(),
+            origin: Origin::Config,
+        })
+        .collect()
+}
 
 impl Registry {
     pub fn new(configured: Vec<ClientSpec>) -> Registry {

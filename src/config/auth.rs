@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::check::{ConfigError, bad};
-use crate::clients::{ClientLimits, ClientSpec, Origin};
+use super::client_limits::ClientLimits;
 use crate::secret::Secret;
 
 /// Longest client name: it labels log lines and metric series.
@@ -234,19 +234,6 @@ impl AuthConfig {
             allow_anonymous: raw.allow_anonymous,
             admin_token,
         })
-    }
-
-    /// The configured clients, as the client registry takes them.
-    pub fn client_specs(&self) -> Vec<ClientSpec> {
-        self.clients
-            .iter()
-            .map(|c| ClientSpec {
-                name: c.name.clone(),
-                digests: vec![c.credential.digest()],
-                limits: c.limits.clone(),
-                origin: Origin::Config,
-            })
-            .collect()
     }
 }
 

@@ -1,12 +1,12 @@
-//! A client's own limits (`[[auth.clients]]` and the runtime clients API): requests and input
-//! tokens per minute, requests per day, requests in flight, daily and monthly budgets, the
-//! models it may call, its weight in the queue's fair share and its queue allowance. Any may be
-//! omitted; an omitted limit does not hold the client back.
+//! `[[auth.clients]]` limits, a client's own (the runtime clients API gives them too; the client
+//! registry applies them): requests and input tokens per minute, requests per day, requests in
+//! flight, daily and monthly budgets, the models it may call, its weight in the queue's fair
+//! share and its queue allowance. Any may be omitted; an omitted limit does not hold the client
+//! back.
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
-use crate::config::check::bad;
+use super::check::{ConfigError, bad};
 
 /// Most model patterns one client may list (each is matched on every request).
 pub const MAX_MODEL_PATTERNS: usize = 64;
