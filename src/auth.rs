@@ -134,20 +134,25 @@ fn check(
     }
 }
 
-/// The credential a client presented: `x-goog-api-key`, `?key=` / `?$key=`, or Bearer.
-pub fn client_credential<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
-    if let Some(v) = headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()) {
-        return Some(v.trim());
-    }
-    if let Some(v) = headers
+/// The token of an `Authorization: Bearer TOKEN` header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-    {
+        .map(str::trim)
+}
+
+/// The credential a client presented: `x-goog-api-key`, `?key=` / `?$key=`, or Bearer.
+pub fn client_credential<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
+    if let Some(v) = headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()) {
         return Some(v.trim());
+    }
+    if let Some(v) = bearer(headers) {
+        return Some(v);
     }
     query?.split('&').find_map(|p| {
         let (name, value) = p.split_once('=')?;

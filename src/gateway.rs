@@ -96,7 +96,9 @@ impl GeminiService {
 /// The stack's answer, logged when it comes. A plain struct future: one allocation fewer than
 /// an `async` block per request.
 pub struct Logged {
-    answer: <Stack as Service<http::Request<Body>>>::Future,
+    /// The stack is asked `poll_ready` before `call` (tower's contract): a layer with
+    /// back-pressure put in the stack holds the request here instead of being called unready.
+    answer: tower::util::Oneshot<Stack, http::Request<Body>>,
     state: Arc<AppState>,
     method: http::Method,
     uri: http::Uri,
@@ -127,8 +129,8 @@ impl Service<http::Request<Body>> for GeminiService {
     type Error = Infallible;
     type Future = Logged;
 
-    /// Every step of the stack is ready at once (none holds a limited resource in
-    /// `poll_ready`): the generation's stack is taken in `call`.
+    /// The generation's stack is taken in `call` (a reload may swap it between the two), so
+    /// its readiness is awaited in the answer's future ([`Logged`]), not here.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
@@ -137,9 +139,9 @@ impl Service<http::Request<Body>> for GeminiService {
         let started = Instant::now();
         // Kept for the log line: the method is a small enum, the URI shares its bytes.
         let (method, uri) = (req.method().clone(), req.uri().clone());
-        let (mut stack, state) = self.stack();
+        let (stack, state) = self.stack();
         Logged {
-            answer: stack.call(req),
+            answer: tower::util::Oneshot::new(stack, req),
             state,
             method,
             uri,

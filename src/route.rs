@@ -78,7 +78,7 @@ pub struct Route {
 }
 
 /// Collections whose members belong to the project that created them.
-const OWNED_COLLECTIONS: &[&str] = &[
+pub const OWNED_COLLECTIONS: &[&str] = &[
     "files",
     "cachedContents",
     "batches",

@@ -18,14 +18,6 @@ const AFFINITY_TTL_MS: u64 = 7 * 86_400_000;
 /// How long an unfinished resumable upload session accepts keyless chunks: Google's session
 /// URLs last about a week.
 const UPLOAD_SESSION_TTL_MS: u64 = 7 * 86_400_000;
-/// Collections whose members belong to the creating project.
-const OWNED: [&str; 5] = [
-    "files",
-    "cachedContents",
-    "batches",
-    "tunedModels",
-    "fileSearchStores",
-];
 
 /// What the proxy remembers of a resource it saw created.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,7 +158,8 @@ pub async fn own_listing(
 fn owned_resource(name: &str) -> Option<String> {
     let (collection, rest) = name.split_once('/')?;
     let id = rest.split('/').next().unwrap_or("");
-    (OWNED.contains(&collection) && valid_name(id)).then(|| format!("{collection}/{id}"))
+    (crate::route::OWNED_COLLECTIONS.contains(&collection) && valid_name(id))
+        .then(|| format!("{collection}/{id}"))
 }
 
 /// The base URL a client reached this proxy at (`public_url`, else scheme and `Host` of the

@@ -82,24 +82,13 @@ pub async fn test(State(state): State<Arc<AppState>>, req: Request) -> Response 
         return ApiError::MethodNotAllowed("use POST to send a test message".into())
             .into_response();
     }
-    if state.config.auth.admin_token.is_none() {
-        return ApiError::PermissionDenied(
-            "admin endpoints are not configured: set PROXY_ADMIN_TOKEN".into(),
-        )
-        .into_response();
-    }
-    match authenticate_strict(
-        &state.config.auth,
-        &state.clients,
+    if let Err(e) = super::admin_only(
+        &state,
         &parts.headers,
         parts.uri.query(),
+        "sending a test alert",
     ) {
-        Ok(Caller::Admin) => {}
-        Ok(_) => {
-            return ApiError::PermissionDenied("sending a test alert needs the admin token".into())
-                .into_response();
-        }
-        Err(e) => return e.into_response(),
+        return e.into_response();
     }
     if state.alerts.channels().is_empty() {
         return ApiError::InvalidArgument(

@@ -62,14 +62,7 @@ const GAUGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Some(token) = &state.config.metrics.token {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
+        let presented = crate::auth::bearer(&headers);
         match presented {
             None => {
                 return ApiError::Unauthenticated(
@@ -248,19 +241,7 @@ async fn post_reset(
     query: Option<&str>,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let Some(_) = &state.config.auth.admin_token else {
-        return Err(ApiError::PermissionDenied(
-            "admin endpoints are not configured: set PROXY_ADMIN_TOKEN".into(),
-        ));
-    };
-    match authenticate_strict(&state.config.auth, &state.clients, headers, query)? {
-        Caller::Admin => {}
-        _ => {
-            return Err(ApiError::PermissionDenied(
-                "resetting quotas needs the admin token".into(),
-            ));
-        }
-    }
+    admin_only(state, headers, query, "resetting quotas")?;
     // Only an authenticated admin gets its body read, within the body timeout.
     let body = crate::layers::estimate::read_body(
         body,
