@@ -51,7 +51,7 @@ pub(super) fn from_raw(raw: Raw) -> Result<StoreConfig, ConfigError> {
     }
     // A comma-separated list names Redis Cluster seed nodes: all over TCP, all plain or all TLS.
     if let Some(u) = &redis_url {
-        let seeds = crate::quota::redis::conn::seed_urls(u.expose());
+        let seeds = crate::quota::redis::nodes::seed_urls(u.expose());
         let tls = |s: &String| s.starts_with("rediss://");
         if seeds.len() > 1
             && (seeds.iter().any(|s| !s.starts_with("redis://") && !tls(s))

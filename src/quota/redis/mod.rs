@@ -19,6 +19,7 @@ use crate::secret::Secret;
 mod admit;
 pub mod conn;
 mod keys;
+pub mod nodes;
 mod settle;
 
 pub use self::conn::RedisConn;
