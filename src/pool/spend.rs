@@ -48,13 +48,23 @@ struct Seen {
 }
 
 impl Seen {
-    /// Spend as best known now: the reading, plus this replica's costs it may not hold yet.
-    fn estimate(&self, lag_ms: i64) -> u64 {
+    /// Spend as best known now, for holding back: the reading, plus this replica's costs it
+    /// may not hold yet (those of `lag_ms` before it counted again: early rather than late).
+    fn at_most(&self, lag_ms: i64) -> u64 {
         let from = self.read_at - lag_ms;
+        // A slot that ends after `from` may hold costs the reading lacks.
+        self.sum_from(|at| at + SLOT_MS > from)
+    }
+
+    /// Spend as shown: the reading, plus this replica's costs recorded after it.
+    fn shown(&self) -> u64 {
+        self.sum_from(|at| at >= self.read_at)
+    }
+
+    fn sum_from(&self, counts: impl Fn(i64) -> bool) -> u64 {
         self.recent
             .iter()
-            // A slot that ends after `from` may hold costs the reading lacks.
-            .filter(|(at, _)| at + SLOT_MS > from)
+            .filter(|(at, _)| counts(*at))
             .fold(self.read_nano, |sum, (_, n)| sum.saturating_add(*n))
     }
 }
@@ -204,7 +214,7 @@ impl SpendCaps {
                 let spent = seen
                     .get(&c.project)
                     .filter(|s| s.month_start == month_start)
-                    .map_or(0, |s| s.estimate(self.lag_ms));
+                    .map_or(0, |s| s.at_most(self.lag_ms));
                 let cost = ledger.input_cost_nano(model, &c.project, tokens);
                 spent < *cap && spent.saturating_add(cost) <= *cap
             });
@@ -235,7 +245,7 @@ impl SpendCaps {
                 let spent = seen
                     .get(p)
                     .filter(|s| s.month_start == month_start)
-                    .map_or(0, |s| s.estimate(self.lag_ms));
+                    .map_or(0, Seen::shown);
                 SpendCapView {
                     project: p.to_string(),
                     month_spend_usd: usd(spent),
@@ -318,12 +328,11 @@ impl SpendCaps {
                 s.read_at = now;
                 let keep_from = now - self.lag_ms;
                 s.recent.retain(|(at, _)| at + SLOT_MS > keep_from);
-                let estimate = s.estimate(self.lag_ms);
                 metrics::gauge!("gqp_project_spend_cap_ratio", "project" => project.to_string())
-                    .set(estimate as f64 / (*cap).max(1) as f64);
+                    .set(s.shown() as f64 / (*cap).max(1) as f64);
                 if spent >= *cap {
                     reached.push((project.clone(), *cap, spent));
-                } else if estimate >= *cap {
+                } else if s.at_most(self.lag_ms) >= *cap {
                     behind = true;
                 }
             }
