@@ -177,6 +177,11 @@ async fn a_project_at_its_cap_stops_and_the_other_takes_over(redis: Option<&Redi
     let spent = caps[0]["month_spend_usd"].as_f64().unwrap();
     assert!((0.6..0.61).contains(&spent), "{v}");
     assert!(caps[0]["percent"].as_f64().unwrap() >= 120.0, "{v}");
+    // A client key sees that the project is held, not what the pool spends.
+    let (_, c) = quota_status(&proxy.url, CLIENT_KEY).await;
+    assert!(c["quota_status"]["spend_caps"].is_null(), "{c}");
+    assert!(!c.to_string().contains("spent"), "{c}");
+    assert!(c.to_string().contains("monthly spend cap reached"), "{c}");
     let metrics = metrics_text(&proxy.url).await;
     assert!(
         metrics.contains("gqp_project_spend_cap_ratio{project=\"capped\"}"),
@@ -243,4 +248,26 @@ async fn with_only_a_capped_project_the_client_gets_429_until_the_month_turns_on
 async fn with_only_a_capped_project_the_client_gets_429_until_the_month_turns_on_redis() {
     let redis = RedisServer::start();
     only_a_capped_project_answers_429_until_the_month_turns(Some(&redis)).await;
+}
+
+#[tokio::test]
+async fn bare_429s_on_two_models_of_one_project_hold_the_whole_project() {
+    let fake = FakeUpstream::start().await;
+    let proxy = proxy(&fake, 2, "", None).await;
+    for model in ["gemini-2.5-flash", "gemini-2.5-pro"] {
+        fake.behave(|b| b.script.push_back(Scripted::Bare429));
+        let r = generate(&proxy.url, model, "hi").await;
+        assert_eq!(r.status(), 200, "{model}: served by the other project");
+        r.bytes().await.unwrap();
+    }
+    let k = key_status(&proxy, KEYS[0]).await;
+    assert_eq!(k["cooldown_model"], "*", "{k}");
+    let reason = k["reason"].as_str().unwrap();
+    assert!(reason.contains("several models"), "{reason}");
+    // A third model is not tried on the held project.
+    let r = generate(&proxy.url, "gemini-2.0-flash", "hi").await;
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    let last = fake.calls(":generateContent").pop().unwrap();
+    assert_eq!(last.key().as_deref(), Some(KEYS[1]));
 }

@@ -24,6 +24,9 @@ const SPEND_HOLD_FIRST_MS: u64 = 60_000;
 /// ...up to an hour (a request on the project that succeeds starts again from the first).
 const SPEND_HOLD_MAX_MS: u64 = 3_600_000;
 
+/// A model that got a bare 429, and when.
+type Recent = (Box<str>, Instant);
+
 /// How far an IP-level throttle's backoff reaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Throttle {
@@ -45,7 +48,7 @@ pub struct KeyHealth {
     /// `BARE_MODELS_KEPT`.
     bare_models: Mutex<VecDeque<(Box<str>, Instant)>>,
     /// Models of each project's recent bare 429s (at most `BARE_MODELS_PER_PROJECT`).
-    bare_by_project: Mutex<HashMap<String, Vec<(Box<str>, Instant)>>>,
+    bare_by_project: Mutex<HashMap<String, Vec<Recent>>>,
     /// Holds in a row per project at a spend-based limit; a success on the project clears it.
     spend_holds: Mutex<HashMap<String, u32>>,
     /// Whether `spend_holds` has any entry: a success looks at the map only then.

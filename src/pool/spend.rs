@@ -148,6 +148,22 @@ pub fn month_bounds(tz: Tz, now: i64) -> (i64, i64) {
     (at(first), at(next))
 }
 
+/// The opening of a spend cap hold's reason (the rest tells the cap and the spend).
+const HOLD_REASON: &str = "monthly spend cap";
+
+/// What a client key sees of the spend caps: that a project is held at its cap, not what it
+/// spends (the status page shows clients the pool's health, not its cost).
+pub fn hide_spend(caps: &mut Vec<SpendCapView>, keys: &mut [crate::status::snapshot::KeyView]) {
+    caps.clear();
+    for k in keys {
+        if let Some(r) = &mut k.reason
+            && r.starts_with(HOLD_REASON)
+        {
+            *r = format!("{HOLD_REASON} reached");
+        }
+    }
+}
+
 fn usd(nano: u64) -> f64 {
     nano as f64 / 1e9
 }
@@ -340,7 +356,7 @@ impl SpendCaps {
         let hold_ms = u64::try_from(next - now).unwrap_or(0).max(1);
         for (project, cap, spent) in reached {
             let reason = format!(
-                "monthly spend cap of ${:.2} reached (${:.2} spent)",
+                "{HOLD_REASON} of ${:.2} reached (${:.2} spent)",
                 usd(cap),
                 usd(spent)
             );

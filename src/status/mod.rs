@@ -225,6 +225,7 @@ fn for_client(status: &mut snapshot::QuotaStatus) {
         }
     }
     status.alerts.channels.clear();
+    crate::pool::spend::hide_spend(&mut status.spend_caps, &mut status.keys);
 }
 
 #[derive(Deserialize, serde::Serialize)]

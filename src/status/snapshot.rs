@@ -403,8 +403,8 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
     let spend_caps = state.spend.views();
     for c in spend_caps.iter().filter(|c| c.reached) {
         warnings.push(format!(
-            "project {} reached its monthly spend cap of ${:.2} (${:.2} spent): held until {}",
-            c.project, c.cap_usd, c.month_spend_usd, c.resets_at
+            "project {} reached its monthly spend cap: held until {}",
+            c.project, c.resets_at
         ));
     }
     let alerts = state.alerts.summary();

@@ -125,7 +125,7 @@ pub fn classify(status: u16, body: &[u8], day: &DayInfo, now_ms: i64) -> Verdict
             let mut spend = reasons
                 .iter()
                 .find(|r| names_spend(r))
-                .map(|r| r.to_string());
+                .map(|r| r.chars().take(120).collect::<String>());
             for d in details.iter().filter(|d| type_is(d, "QuotaFailure")) {
                 for v in d
                     .get("violations")

@@ -85,13 +85,6 @@ pub(super) async fn hold(
             state.metrics.upstream_429("unknown");
             let health = &state.pool.health;
             health.saw_bare_429_on(model);
-            // Bare 429s on two models of one project (and not on most projects at once): a
-            // limit of the whole project, such as a spend cap that names nothing.
-            if health.bare_429_models_on(&key.project, model) >= 2 && health.throttle().is_none() {
-                state.metrics.upstream_429("spend_cap");
-                let reason = "Gemini API 429s without details on several models: a project-wide limit (spend cap?)";
-                hold_project(state, index, *retry_delay_ms, reason).await;
-            }
             let ms = retry_delay_ms.unwrap_or_else(|| health.bare_429_backoff(&key.project));
             tracing::warn!(key = %key.masked, project = %key.project, model, cooldown_ms = ms, "Gemini API 429 without details");
             if let Err(e) = store
@@ -122,6 +115,13 @@ pub(super) async fn hold(
                     }
                 }
                 // The next admission sees every project on hold: it waits or answers 429.
+            }
+            // Bare 429s on two models of one project (and not on most projects at once): a
+            // limit of the whole project, such as a spend cap that names nothing.
+            if health.bare_429_models_on(&key.project, model) >= 2 && health.throttle().is_none() {
+                state.metrics.upstream_429("spend_cap");
+                let reason = "Gemini API 429s without details on several models: a project-wide limit (spend cap?)";
+                hold_project(state, index, *retry_delay_ms, reason).await;
             }
         }
         Verdict::Deliver | Verdict::DeadKey { .. } | Verdict::Transient => {}
