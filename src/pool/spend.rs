@@ -152,13 +152,15 @@ pub fn month_bounds(tz: Tz, now: i64) -> (i64, i64) {
 const HOLD_REASON: &str = "monthly spend cap";
 
 /// What a client key sees of the spend caps: that a project is held at its cap, not what it
-/// spends (the status page shows clients the pool's health, not its cost).
-pub fn hide_spend(caps: &mut Vec<SpendCapView>, keys: &mut [crate::status::snapshot::KeyView]) {
+/// spends (the status page shows clients the pool's health, not its cost). `reasons`: the
+/// keys' hold reasons.
+pub fn hide_spend<'a>(
+    caps: &mut Vec<SpendCapView>,
+    reasons: impl IntoIterator<Item = &'a mut Option<String>>,
+) {
     caps.clear();
-    for k in keys {
-        if let Some(r) = &mut k.reason
-            && r.starts_with(HOLD_REASON)
-        {
+    for r in reasons.into_iter().flatten() {
+        if r.starts_with(HOLD_REASON) {
             *r = format!("{HOLD_REASON} reached");
         }
     }
