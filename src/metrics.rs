@@ -204,6 +204,10 @@ fn describe() {
         "Pooled keys whose project is cooling down after a Google 429."
     );
     describe_gauge!(
+        "gqp_project_spend_cap_ratio",
+        "A project's spend this calendar month over its limits.projects.P.monthly_spend_cap_usd (1: reached), as this replica last read it."
+    );
+    describe_gauge!(
         "gqp_keys_disabled",
         "Pooled keys disabled on Google's verdict (invalid, suspended, ...)."
     );

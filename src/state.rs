@@ -75,6 +75,8 @@ pub struct AppState {
     pub ledger: Arc<Ledger>,
     /// Requests waiting for quota, per model (`[queue]`).
     pub queues: Arc<Queues>,
+    /// The projects' monthly spend caps, watching the ledger's costs (kept across reloads).
+    pub spend: Arc<crate::pool::spend::SpendCaps>,
     /// The bound on request bodies held in memory (`server.max_buffered_bytes`), shared by
     /// every generation.
     pub bodies: Arc<crate::budget::BodyBudget>,
@@ -130,6 +132,7 @@ impl AppState {
     ) -> Arc<AppState> {
         let pool = Pool::new(&config.pool, &config.limits);
         let ledger = build_ledger(&config, &pool, store.shared_io(), clock);
+        let spend = crate::pool::spend::SpendCaps::new(&config.limits, store.clone(), &ledger);
         let queues = Arc::new(Queues::new(queue_limits(&config.queue)));
         let config_max_buffered = (
             config.server.max_buffered_bytes,
@@ -151,6 +154,7 @@ impl AppState {
             metrics,
             ledger,
             queues,
+            spend,
             bodies: Arc::new(crate::budget::BodyBudget::new(
                 config_max_buffered.0,
                 config_max_buffered.1,
@@ -172,6 +176,7 @@ impl AppState {
         self.ledger
             .reconfigure(config.prices.clone(), billing(&config), &key_infos(&pool));
         self.queues.set_limits(queue_limits(&config.queue));
+        self.spend.reconfigure(&config.limits);
         let alerts = if kept("alerts") && kept("server.public_url") {
             self.alerts.clone()
         } else {
@@ -201,6 +206,7 @@ impl AppState {
             metrics: self.metrics.renewed(),
             ledger: self.ledger.clone(),
             queues: self.queues.clone(),
+            spend: self.spend.clone(),
             bodies: self.bodies.clone(),
             alerts,
             cache,

@@ -821,6 +821,10 @@ proptest! {
                 prop_assert!(reported.len() <= kinds.len());
             }
             Verdict::RateLimited { .. } => prop_assert_eq!(status, 429),
+            Verdict::SpendCapped { named, .. } => {
+                prop_assert_eq!(status, 429);
+                prop_assert!(!named.is_empty() && named.chars().count() <= 120);
+            }
             Verdict::DeadKey { reason } => {
                 prop_assert!(matches!(status, 400 | 401 | 403));
                 prop_assert!(!reason.is_empty());

@@ -84,6 +84,14 @@ pub(super) fn from_raw(l: Raw) -> Result<LimitsConfig, ConfigError> {
     for (project, p) in &l.projects {
         check_name(&format!("limits.projects.{project}"), project)?;
         check_override(&format!("limits.projects.{project}"), &p.all_models)?;
+        if let Some(cap) = p.monthly_spend_cap_usd
+            && !(cap.is_finite() && cap > 0.0 && cap < 1e12)
+        {
+            return Err(bad(
+                format!("limits.projects.{project}.monthly_spend_cap_usd"),
+                format!("must be a positive number of US dollars (such as 250), not {cap}"),
+            ));
+        }
         for (model, o) in &p.models {
             check_override(&format!("limits.projects.{project}.models.{model}"), o)?;
             per_project_only(&format!("limits.projects.{project}.models.{model}"), o)?;
@@ -148,4 +156,23 @@ fn per_project_only(setting: &str, o: &LimitOverride) -> Result<(), ConfigError>
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{for_test, try_for_test};
+
+    #[test]
+    fn a_monthly_spend_cap_must_be_positive_dollars_and_names_its_setting() {
+        for bad in ["0", "-5", "nan", "inf"] {
+            let toml = format!("[limits.projects.p]\nmonthly_spend_cap_usd = {bad}\n");
+            let e = try_for_test(&toml, &[]).expect_err(bad).to_string();
+            assert!(
+                e.contains("limits.projects.p.monthly_spend_cap_usd"),
+                "{bad}: {e}"
+            );
+        }
+        let c = for_test("[limits.projects.p]\nmonthly_spend_cap_usd = 250\n", &[]);
+        assert_eq!(c.limits.projects["p"].monthly_spend_cap_usd, Some(250.0));
+    }
 }

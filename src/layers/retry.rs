@@ -58,8 +58,13 @@ pub fn plan(failure: Failure<'_>, idempotent: bool) -> Plan {
     };
     match failure {
         Failure::Answer(Verdict::Deliver) => deliver,
-        // The key's project is now held in the store: admission skips it by itself.
-        Failure::Answer(Verdict::QuotaExhausted { .. } | Verdict::RateLimited { .. }) => Plan {
+        // The key's project (or the whole project, for a spend cap) is now held in the store:
+        // admission skips it by itself.
+        Failure::Answer(
+            Verdict::QuotaExhausted { .. }
+            | Verdict::RateLimited { .. }
+            | Verdict::SpendCapped { .. },
+        ) => Plan {
             retry: true,
             reason: "upstream_429",
             budget: Budget::AttemptsAndPool,
@@ -112,9 +117,25 @@ mod tests {
             retry_delay_ms: None,
         };
         let dead = Verdict::DeadKey { reason: "x".into() };
+        let spend = Verdict::SpendCapped {
+            retry_delay_ms: None,
+            named: "MonthlySpendCap".into(),
+        };
         // (failure, idempotent) -> (retry, avoid, backoff, reason, budget, keep counted)
         type Expect = (bool, bool, bool, &'static str, Budget, bool);
-        let rows: [(Failure, bool, Expect); 9] = [
+        let rows: [(Failure, bool, Expect); 10] = [
+            (
+                Failure::Answer(&spend),
+                false,
+                (
+                    true,
+                    false,
+                    false,
+                    "upstream_429",
+                    Budget::AttemptsAndPool,
+                    false,
+                ),
+            ),
             (
                 Failure::Answer(&Verdict::Deliver),
                 false,

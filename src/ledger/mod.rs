@@ -15,6 +15,7 @@ pub mod outlook;
 pub mod prices;
 pub mod query;
 mod shared;
+pub mod spent;
 pub mod tokens;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use arc_swap::ArcSwap;
 pub use book::{Counters, FIELDS, Series, field};
 pub use images::ImageCounter;
 pub use prices::{Billing, Prices};
+pub use spent::CostWatch;
 pub use tokens::{TokenUsage, UsageScanner};
 
 use self::book::Book;
@@ -92,6 +94,8 @@ pub struct Ledger {
     /// `gqp_tokens_total` handles per (model, client), by kind: looked up once, not per
     /// request.
     token_counters: std::sync::RwLock<HashMap<(u32, u32), TokenCounters>>,
+    /// Told of each answer's billed cost on the projects it watches (the spend caps).
+    watch: arc_swap::ArcSwapOption<spent::Watcher>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -134,6 +138,7 @@ impl Ledger {
             started_ms,
             cost_totals: Mutex::new(HashMap::new()),
             token_counters: Default::default(),
+            watch: arc_swap::ArcSwapOption::empty(),
         });
         if let Some(s) = &ledger.shared {
             s.attach(Arc::downgrade(&ledger));
@@ -249,6 +254,7 @@ impl Ledger {
             billing: self.billing_of(project),
             fallback,
             closed: false,
+            watch: self.watcher_of(project),
         }
     }
 
@@ -396,6 +402,8 @@ pub struct Tally {
     /// estimate); `None`: nothing.
     fallback: Option<TokenUsage>,
     closed: bool,
+    /// Who is told of this answer's cost, and the project it is told under.
+    watch: Option<(Arc<dyn CostWatch>, Arc<str>)>,
 }
 
 impl Tally {
@@ -434,6 +442,9 @@ impl Tally {
         c.0[field::UNPRICED] = u64::from(!cost.priced);
         self.ledger.add(self.series, &c);
         metrics_for(&self.ledger, self.series, &usage, cost.billed_nano);
+        if let Some((watch, project)) = &self.watch {
+            watch.billed(project, cost.billed_nano);
+        }
     }
 }
 

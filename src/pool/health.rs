@@ -1,10 +1,10 @@
 //! Key health as this replica sees it: keys it saw die (until the store, the truth, is asked
-//! again), the growing cooldown of 429s without details, IP-level throttle detection, and the
-//! run of upstream failures. By key id and project, so one record serves every configuration
+//! again), the growing cooldown of 429s without details, IP-level throttle detection, the
+//! growing hold of projects at Google's spend-based limits, and the run of upstream failures. By key id and project, so one record serves every configuration
 //! generation (a reload shares it, and requests still on the old one keep feeding it).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,15 @@ const THROTTLE_WINDOW: Duration = Duration::from_secs(10);
 /// Recent bare 429s remembered by model: enough to tell one model from several, and bounded
 /// whatever model names clients send.
 const BARE_MODELS_KEPT: usize = 16;
+/// Models remembered per project from its recent bare 429s: two tell a project-wide limit.
+const BARE_MODELS_PER_PROJECT: usize = 4;
+/// A project at a spend-based limit is held this long first, doubling while it repeats...
+const SPEND_HOLD_FIRST_MS: u64 = 60_000;
+/// ...up to an hour (a request on the project that succeeds starts again from the first).
+const SPEND_HOLD_MAX_MS: u64 = 3_600_000;
+
+/// A model that got a bare 429, and when.
+type Recent = (Box<str>, Instant);
 
 /// How far an IP-level throttle's backoff reaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +47,12 @@ pub struct KeyHealth {
     /// The models of the last bare 429s (any project), newest last, at most
     /// `BARE_MODELS_KEPT`.
     bare_models: Mutex<VecDeque<(Box<str>, Instant)>>,
+    /// Models of each project's recent bare 429s (at most `BARE_MODELS_PER_PROJECT`).
+    bare_by_project: Mutex<HashMap<String, Vec<Recent>>>,
+    /// Holds in a row per project at a spend-based limit; a success on the project clears it.
+    spend_holds: Mutex<HashMap<String, u32>>,
+    /// Whether `spend_holds` has any entry: a success looks at the map only then.
+    any_spend_hold: AtomicBool,
     /// Distinct projects in the pool.
     projects: AtomicUsize,
     /// Upstream 5xx and network failures in a row (any key); a success resets it.
@@ -54,6 +69,9 @@ impl KeyHealth {
             dead: Mutex::new(HashMap::new()),
             bare_429: Mutex::new(HashMap::new()),
             bare_models: Mutex::new(VecDeque::new()),
+            bare_by_project: Mutex::new(HashMap::new()),
+            spend_holds: Mutex::new(HashMap::new()),
+            any_spend_hold: AtomicBool::new(false),
             projects: AtomicUsize::new(projects),
             failures: AtomicU32::new(0),
         }
@@ -64,6 +82,46 @@ impl KeyHealth {
     pub fn repool(&self, projects: &std::collections::HashSet<&str>) {
         self.projects.store(projects.len(), Ordering::Relaxed);
         lock(&self.bare_429).retain(|p, _| projects.contains(p.as_str()));
+        lock(&self.bare_by_project).retain(|p, _| projects.contains(p.as_str()));
+        lock(&self.spend_holds).retain(|p, _| projects.contains(p.as_str()));
+    }
+
+    /// How long to hold `project` at a spend-based limit now: 1 min, doubling with each hold
+    /// in a row, at most 1 h.
+    pub fn spend_hold_ms(&self, project: &str) -> u64 {
+        let mut holds = lock(&self.spend_holds);
+        let n = holds.entry(project.to_string()).or_insert(0);
+        let ms = (SPEND_HOLD_FIRST_MS << (*n).min(16)).min(SPEND_HOLD_MAX_MS);
+        *n = n.saturating_add(1);
+        self.any_spend_hold.store(true, Ordering::Relaxed);
+        ms
+    }
+
+    /// A request on `project` succeeded: its spend-based hold, if any, starts again from the
+    /// first step next time. (Cheap when no project was held.)
+    pub fn project_ok(&self, project: &str) {
+        if !self.any_spend_hold.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut holds = lock(&self.spend_holds);
+        holds.remove(project);
+        if holds.is_empty() {
+            self.any_spend_hold.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// A bare 429 on (`project`, `model`): how many distinct models got one on that project
+    /// within the last minute. Two or more: the limit is the project's, not one model's.
+    pub fn bare_429_models_on(&self, project: &str, model: &str) -> usize {
+        let mut by = lock(&self.bare_by_project);
+        let now = Instant::now();
+        let recent = by.entry(project.to_string()).or_default();
+        recent.retain(|(m, at)| now.duration_since(*at) <= BARE_429_RESET && &**m != model);
+        if recent.len() >= BARE_MODELS_PER_PROJECT {
+            recent.remove(0);
+        }
+        recent.push((model.into(), now));
+        recent.len()
     }
 
     /// Remember that key `kid` was disabled.
@@ -218,6 +276,39 @@ mod tests {
         assert!(!h.throttled_globally());
         assert_eq!(h.bare_429_backoff("a"), 2000, "a's run goes on");
         assert_eq!(h.bare_429_backoff("b"), 1000, "b's run starts again");
+    }
+
+    #[test]
+    fn spend_holds_double_up_to_an_hour_and_a_success_starts_them_again() {
+        let h = KeyHealth::new(2);
+        let holds: Vec<u64> = (0..8).map(|_| h.spend_hold_ms("p")).collect();
+        assert_eq!(
+            holds,
+            [
+                60_000, 120_000, 240_000, 480_000, 960_000, 1_920_000, 3_600_000, 3_600_000
+            ]
+        );
+        assert_eq!(h.spend_hold_ms("q"), 60_000, "per project");
+        h.project_ok("q");
+        h.project_ok("p");
+        assert_eq!(h.spend_hold_ms("p"), 60_000);
+    }
+
+    #[test]
+    fn bare_429s_on_two_models_of_a_project_tell_a_project_wide_limit() {
+        let h = KeyHealth::new(2);
+        assert_eq!(h.bare_429_models_on("p", "a"), 1);
+        assert_eq!(h.bare_429_models_on("p", "a"), 1, "one model again");
+        assert_eq!(h.bare_429_models_on("q", "b"), 1, "another project");
+        assert_eq!(h.bare_429_models_on("p", "b"), 2);
+        for i in 0..100 {
+            h.bare_429_models_on("p", &format!("made-up-{i}"));
+        }
+        assert_eq!(
+            lock(&h.bare_by_project)["p"].len(),
+            BARE_MODELS_PER_PROJECT,
+            "bounded whatever models clients name"
+        );
     }
 
     #[test]

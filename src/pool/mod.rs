@@ -1,9 +1,11 @@
 //! The key pool: pooled keys with their ids, masks, names and projects, turn-taking, the
 //! admission candidates for a (model, quota family) with their limits (configured, lowered by
-//! what Google reported), key health ([`health`]) and key affinity ([`affinity`]).
+//! what Google reported), key health ([`health`]), key affinity ([`affinity`]) and the
+//! projects' monthly spend caps ([`spend`]).
 
 pub mod affinity;
 pub mod health;
+pub mod spend;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

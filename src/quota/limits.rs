@@ -41,8 +41,9 @@ pub struct LimitOverride {
     pub live_sessions: Option<u64>,
 }
 
-/// A project's own limits, per-model limits inside that project, and how it is billed.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+/// A project's own limits, per-model limits inside that project, how it is billed, and the
+/// most it may spend in a calendar month.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectLimits {
     #[serde(flatten)]
@@ -52,6 +53,9 @@ pub struct ProjectLimits {
     /// `paid` (list price, the default) or `free` (costs 0; the list price is still shown).
     #[serde(default)]
     pub billing: Billing,
+    /// The most the project may spend in a calendar month of `limits.timezone`, in USD, as the
+    /// usage ledger prices it (`pool::spend` holds the project once it is reached).
+    pub monthly_spend_cap_usd: Option<f64>,
 }
 
 /// The three limits of one quota family.

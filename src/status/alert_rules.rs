@@ -287,6 +287,7 @@ mod tests {
                 critical: 0,
                 channels: vec![],
             },
+            spend_caps: vec![],
             models: BTreeMap::from([("m".to_string(), usage_of(pool_minute, pool_limit))]),
         }
     }

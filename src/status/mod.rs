@@ -218,6 +218,10 @@ fn for_client(status: &mut snapshot::QuotaStatus) {
         }
     }
     status.alerts.channels.clear();
+    crate::pool::spend::hide_spend(
+        &mut status.spend_caps,
+        status.keys.iter_mut().map(|k| &mut k.reason),
+    );
 }
 
 #[derive(Deserialize, serde::Serialize)]

@@ -53,6 +53,9 @@ pub struct QuotaStatus {
     pub forecast: Option<ForecastView>,
     /// Alerts firing now and the channels whose last delivery failed.
     pub alerts: crate::alerts::AlertsSummary,
+    /// Each project with `monthly_spend_cap_usd`: this month's spend against its cap.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub spend_caps: Vec<crate::pool::spend::SpendCapView>,
     /// Each model's pool-wide usage against the sum of its limits in the enabled projects
     /// (what the warnings above are counted from; the alert rules read it too).
     #[serde(skip)]
@@ -397,6 +400,13 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
             .to_string(),
         );
     }
+    let spend_caps = state.spend.views();
+    for c in spend_caps.iter().filter(|c| c.reached) {
+        warnings.push(format!(
+            "project {} reached its monthly spend cap: held until {}",
+            c.project, c.resets_at
+        ));
+    }
     let alerts = state.alerts.summary();
     for c in alerts.channels.iter().filter(|c| c.failing) {
         warnings.push(format!(
@@ -463,6 +473,7 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
             cost,
             forecast,
             alerts,
+            spend_caps,
             models,
         },
         timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),

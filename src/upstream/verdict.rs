@@ -20,6 +20,13 @@ pub enum Verdict {
     },
     /// A 429 without details (or an IP-level throttle).
     RateLimited { retry_delay_ms: Option<u64> },
+    /// A 429 from Google's spend-based limits (a billing tier's monthly cap): the whole
+    /// project is held, with backoff, until it clears. `named`: what the answer named (a
+    /// `quotaId`, an `ErrorInfo` reason, or `message` when only the message said so).
+    SpendCapped {
+        retry_delay_ms: Option<u64>,
+        named: String,
+    },
     /// The key is dead: invalid, leaked or blocked.
     DeadKey { reason: String },
     /// 5xx: try again, preferably on another key.
@@ -114,6 +121,11 @@ pub fn classify(status: u16, body: &[u8], day: &DayInfo, now_ms: i64) -> Verdict
                 .map(|ms| ms.min(max_hold));
             let mut kinds = Vec::new();
             let mut reported = Vec::new();
+            // Google's structured fields first: a reason or a violation naming spend.
+            let mut spend = reasons
+                .iter()
+                .find(|r| names_spend(r))
+                .map(|r| r.chars().take(120).collect::<String>());
             for d in details.iter().filter(|d| type_is(d, "QuotaFailure")) {
                 for v in d
                     .get("violations")
@@ -123,6 +135,15 @@ pub fn classify(status: u16, body: &[u8], day: &DayInfo, now_ms: i64) -> Verdict
                 {
                     let id = v.get("quotaId").and_then(Value::as_str).unwrap_or("");
                     let metric = v.get("quotaMetric").and_then(Value::as_str).unwrap_or("");
+                    if names_spend(id) || names_spend(metric) {
+                        spend.get_or_insert_with(|| {
+                            if id.is_empty() { metric } else { id }
+                                .chars()
+                                .take(120)
+                                .collect()
+                        });
+                        continue;
+                    }
                     let kind = if id.contains("PerDay") || metric.contains("per_day") {
                         LimitKind::RequestsPerDay
                     } else if id.contains("InputTokens") || metric.contains("input_token") {
@@ -142,6 +163,18 @@ pub fn classify(status: u16, body: &[u8], day: &DayInfo, now_ms: i64) -> Verdict
                         reported.push((kind, value));
                     }
                 }
+            }
+            // A spend cap outlasts any per-minute or per-day hold named with it. Without a
+            // structured name, the message's fixed opening may say so (never its rest, which
+            // can echo what a client sent).
+            if spend.is_none() && kinds.is_empty() && opening_names_spend(message) {
+                spend = Some("message".into());
+            }
+            if let Some(named) = spend {
+                return Verdict::SpendCapped {
+                    retry_delay_ms,
+                    named,
+                };
             }
             if kinds.is_empty() {
                 return Verdict::RateLimited { retry_delay_ms };
@@ -176,6 +209,25 @@ pub fn classify(status: u16, body: &[u8], day: &DayInfo, now_ms: i64) -> Verdict
         500 | 502 | 503 | 504 => Verdict::Transient,
         _ => Verdict::Deliver,
     }
+}
+
+/// Whether a structured field of Google's (a `quotaId`, `quotaMetric` or `ErrorInfo.reason`)
+/// names a spend-based limit: spend, billing, cost or budget, in any case.
+fn names_spend(field: &str) -> bool {
+    let f = field.to_ascii_lowercase();
+    ["spend", "billing", "cost", "budget"]
+        .iter()
+        .any(|w| f.contains(w))
+}
+
+/// Whether the opening of a 429's message (up to the first `:` or quote, after which Google
+/// may quote a model or other client-chosen text) speaks of spend. "billing" alone does not
+/// count: Google's ordinary quota message says "check your plan and billing details".
+fn opening_names_spend(message: &str) -> bool {
+    let end = message
+        .find([':', '"', '\'', '`', '('])
+        .unwrap_or(message.len());
+    message[..end].to_ascii_lowercase().contains("spend")
 }
 
 fn type_is(detail: &Value, name: &str) -> bool {
@@ -298,6 +350,74 @@ mod tests {
             classify(403, other_reason, &day(now), now),
             Verdict::Deliver
         );
+    }
+
+    fn spend_429(details: &str, message: &str) -> Vec<u8> {
+        format!(
+            r#"{{"error":{{"code":429,"message":"{message}","status":"RESOURCE_EXHAUSTED","details":[{details}]}}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_429_whose_violation_names_spend_is_a_spend_cap_whatever_else_it_names() {
+        let now = 1_780_000_000_000;
+        let body = spend_429(
+            r#"{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[
+                {"quotaId":"GenerateRequestsPerMinutePerProjectPerModel"},
+                {"quotaMetric":"generativelanguage.googleapis.com/monthly_spend","quotaId":"MonthlySpendCapPerProject-Tier1"}]},
+               {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"30s"}"#,
+            "You exceeded your current quota, please check your plan and billing details.",
+        );
+        assert_eq!(
+            classify(429, &body, &day(now), now),
+            Verdict::SpendCapped {
+                retry_delay_ms: Some(30_000),
+                named: "MonthlySpendCapPerProject-Tier1".into()
+            }
+        );
+        let reason = spend_429(
+            r#"{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"BILLING_CAP_EXCEEDED"}"#,
+            "x",
+        );
+        assert!(matches!(
+            classify(429, &reason, &day(now), now),
+            Verdict::SpendCapped { named, .. } if named == "BILLING_CAP_EXCEEDED"
+        ));
+    }
+
+    #[test]
+    fn only_the_opening_of_a_message_can_name_a_spend_cap() {
+        let now = 0;
+        let said = spend_429("", "Your project has reached its monthly spend cap.");
+        assert!(matches!(
+            classify(429, &said, &day(now), now),
+            Verdict::SpendCapped { named, .. } if named == "message"
+        ));
+        // Client-chosen text quoted after the opening, and Google's ordinary quota message
+        // (which mentions billing), are not spend caps.
+        for message in [
+            "Quota exceeded for metric: generate_content_requests, model: spend-cap",
+            r#"Resource exhausted for "spend""#,
+            "You exceeded your current quota, please check your plan and billing details.",
+        ] {
+            assert_eq!(
+                classify(429, &spend_429("", message), &day(now), now),
+                Verdict::RateLimited {
+                    retry_delay_ms: None
+                },
+                "{message}"
+            );
+        }
+        // A per-minute violation with a message speaking of spend stays per-minute.
+        let minute = spend_429(
+            r#"{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerMinutePerProjectPerModel"}]}"#,
+            "spend",
+        );
+        assert!(matches!(
+            classify(429, &minute, &day(now), now),
+            Verdict::QuotaExhausted { .. }
+        ));
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub enum Scripted {
 pub struct Behaviour {
     /// Keys Google does not know: 400 API_KEY_INVALID.
     pub invalid_keys: HashSet<String>,
+    /// Keys whose project reached a spend-based limit: generate calls answer 429 with a
+    /// QuotaFailure naming the monthly spend cap.
+    pub spend_capped_keys: HashSet<String>,
     /// Real per-key limit: requests a minute before a 429 with QuotaFailure + RetryInfo.
     pub per_key_rpm: Option<usize>,
     /// Next answers, in order, before normal behaviour resumes.
@@ -335,6 +338,30 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
     };
     if st.behaviour.lock().unwrap().invalid_keys.contains(&key) {
         return scripted(&Scripted::InvalidKey);
+    }
+    let is_generate_call = path.contains(":generateContent")
+        || path.contains(":streamGenerateContent")
+        || path.ends_with("/chat/completions");
+    if is_generate_call
+        && st
+            .behaviour
+            .lock()
+            .unwrap()
+            .spend_capped_keys
+            .contains(&key)
+    {
+        return google_error(
+            429,
+            "RESOURCE_EXHAUSTED",
+            "You exceeded your current quota, please check your plan and billing details.",
+            vec![
+                json!({"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+                    "quotaMetric": "generativelanguage.googleapis.com/monthly_spend",
+                    "quotaId": "MonthlySpendCapPerProject-Tier1",
+                    "quotaDimensions": {"location": "global"},
+                    "quotaValue": "250"}]}),
+            ],
+        );
     }
     let json_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let is_generate = path.contains(":generateContent")

@@ -119,6 +119,10 @@ pub(super) async fn admit(
     let cap = |c: &crate::quota::Candidate| c.limits.max_request_tokens.min(c.limits.token_minute);
     let largest = candidates.iter().map(cap).max().unwrap_or(0);
     candidates.retain(|c| est.tokens <= cap(c));
+    if let Some(capped) = state.spend.screen(&mut candidates, model, est.tokens) {
+        state.metrics.refused("spend_cap");
+        return Err(capped.into());
+    }
     if candidates.is_empty() {
         state.metrics.refused("max_request_tokens");
         return Err(ApiError::InvalidArgument(format!(

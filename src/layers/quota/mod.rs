@@ -464,6 +464,7 @@ where
 
             // Success: pass the answer through, streaming.
             state.pool.health.success();
+            state.pool.health.project_ok(&key.project);
             if route.upload {
                 let original = parts
                     .extensions

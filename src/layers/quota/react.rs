@@ -1,7 +1,8 @@
 //! Acting on Google's error answers: hold the (project, model) a 429 names, adopt a lower limit
-//! it reports, back the whole pool off from an IP-level throttle (that model on every project,
-//! every model only when the throttle spans models), and disable a dead key once a
-//! probe with that key alone has confirmed it.
+//! it reports, hold the whole project with backoff at Google's spend-based limits (a 429
+//! naming spend, or bare 429s on several of its models), back the whole pool off from an
+//! IP-level throttle (that model on every project, every model only when the throttle spans
+//! models), and disable a dead key once a probe with that key alone has confirmed it.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -72,6 +73,14 @@ pub(super) async fn hold(
                 tracing::warn!(error = %e, "could not record a cooldown");
             }
         }
+        Verdict::SpendCapped {
+            retry_delay_ms,
+            named,
+        } => {
+            state.metrics.upstream_429("spend_cap");
+            let reason = format!("Gemini API 429: spend-based limit ({named})");
+            hold_project(state, index, *retry_delay_ms, &reason).await;
+        }
         Verdict::RateLimited { retry_delay_ms } => {
             state.metrics.upstream_429("unknown");
             let health = &state.pool.health;
@@ -107,8 +116,31 @@ pub(super) async fn hold(
                 }
                 // The next admission sees every project on hold: it waits or answers 429.
             }
+            // Bare 429s on two models of one project (and not on most projects at once): a
+            // limit of the whole project, such as a spend cap that names nothing.
+            if health.bare_429_models_on(&key.project, model) >= 2 && health.throttle().is_none() {
+                state.metrics.upstream_429("spend_cap");
+                let reason = "Gemini API 429s without details on several models: a project-wide limit (spend cap?)";
+                hold_project(state, index, *retry_delay_ms, reason).await;
+            }
         }
         Verdict::Deliver | Verdict::DeadKey { .. } | Verdict::Transient => {}
+    }
+}
+
+/// Hold key `index`'s whole project (every model, every replica) at a spend-based limit: 1 min,
+/// doubling while it repeats, at most 1 h (longer only when Google's retry delay says so).
+/// Keys stay enabled: the limit is the project's billing, not the key.
+async fn hold_project(state: &AppState, index: usize, retry_delay_ms: Option<u64>, reason: &str) {
+    let key = &state.pool.keys[index];
+    let ms = state
+        .pool
+        .health
+        .spend_hold_ms(&key.project)
+        .max(retry_delay_ms.unwrap_or(0));
+    tracing::warn!(key = %key.masked, project = %key.project, cooldown_ms = ms, "{reason}: holding the project");
+    if let Err(e) = state.store.cool_down(&key.project, "*", ms, reason).await {
+        tracing::warn!(error = %e, "could not record a cooldown");
     }
 }
 

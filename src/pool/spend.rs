@@ -1,0 +1,449 @@
+//! `limits.projects.P.monthly_spend_cap_usd`: each capped project's spend this calendar month
+//! (in `limits.timezone`), as the usage ledger prices it, held like a budget. Spend is read
+//! from the ledger at start-up, on reload and (at most once a second) after answers on a
+//! capped project were recorded, never per request; between readings this replica adds the
+//! cost of its own answers. A project whose settled spend reaches its cap is held whole in the
+//! store (`cool_down(project, "*")`, for every replica) until the next month starts, and
+//! admission skips a capped project whose spend plus a request's least cost (its input tokens)
+//! would pass the cap.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use chrono::{Datelike, Months, NaiveTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use serde::Serialize;
+
+use crate::config::LimitsConfig;
+use crate::error::ApiError;
+use crate::ledger::{CostWatch, Ledger};
+use crate::quota::{Candidate, Clock, QuotaStore};
+
+/// Readings at most this often while answers on capped projects keep coming.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// With Redis, how long this replica's recorded costs may take to be readable in the shared
+/// ledger: its own costs of that long before a reading are counted on top of it (counted twice
+/// at worst, which errs towards holding early rather than late).
+const SHARED_LAG_MS: i64 = 3_000;
+/// Readings taken again, at most, while this replica's costs say a cap is reached and the
+/// shared ledger does not show it yet.
+const CATCH_UP_TRIES: u32 = 5;
+/// This replica's costs since the last reading are kept in slots this wide (bounded).
+const SLOT_MS: i64 = 100;
+const SLOTS_KEPT: usize = 256;
+
+/// One capped project as this replica sees it.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The month the numbers belong to (its start, Unix ms).
+    month_start: i64,
+    /// Settled spend this month at the last reading (nano-USD), and when it was read.
+    read_nano: u64,
+    read_at: i64,
+    /// This replica's billed costs by time slot, since a little before the last reading.
+    recent: VecDeque<(i64, u64)>,
+}
+
+impl Seen {
+    /// Spend as best known now, for holding back: the reading, plus this replica's costs it
+    /// may not hold yet (those of `lag_ms` before it counted again: early rather than late).
+    fn at_most(&self, lag_ms: i64) -> u64 {
+        let from = self.read_at - lag_ms;
+        // A slot that ends after `from` may hold costs the reading lacks.
+        self.sum_from(|at| at + SLOT_MS > from)
+    }
+
+    /// Spend as shown: the reading, plus this replica's costs recorded after it.
+    fn shown(&self) -> u64 {
+        self.sum_from(|at| at >= self.read_at)
+    }
+
+    fn sum_from(&self, counts: impl Fn(i64) -> bool) -> u64 {
+        self.recent
+            .iter()
+            .filter(|(at, _)| counts(*at))
+            .fold(self.read_nano, |sum, (_, n)| sum.saturating_add(*n))
+    }
+}
+
+/// A capped project's month on the status page.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SpendCapView {
+    pub project: String,
+    /// Billed cost this calendar month, as best known to this replica.
+    pub month_spend_usd: f64,
+    pub cap_usd: f64,
+    /// `month_spend_usd` as a percentage of `cap_usd`.
+    pub percent: f64,
+    /// When the month (and the hold, if the cap is reached) ends, RFC 3339.
+    pub resets_at: String,
+    /// Whether the spend has reached the cap.
+    pub reached: bool,
+}
+
+/// The spend caps (see the module docs); one per process, kept across reloads.
+pub struct SpendCaps {
+    me: Weak<SpendCaps>,
+    /// Cap per project, nano-USD (a reload replaces them).
+    caps: ArcSwap<HashMap<Arc<str>, u64>>,
+    tz: Tz,
+    seen: Mutex<HashMap<Arc<str>, Seen>>,
+    store: Arc<dyn QuotaStore>,
+    ledger: Weak<Ledger>,
+    clock: Arc<dyn Clock>,
+    /// [`SHARED_LAG_MS`] with Redis, 0 in memory (the ledger holds an answer once recorded).
+    lag_ms: i64,
+    /// A reading task runs; and answers were recorded since it last read.
+    checking: AtomicBool,
+    dirty: AtomicBool,
+}
+
+impl std::fmt::Debug for SpendCaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpendCaps")
+            .field("projects", &self.caps.load().len())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The caps configured, in nano-USD.
+fn caps_of(limits: &LimitsConfig) -> HashMap<Arc<str>, u64> {
+    limits
+        .projects
+        .iter()
+        .filter_map(|(p, l)| {
+            let usd = l.monthly_spend_cap_usd?;
+            Some((p.as_str().into(), (usd * 1e9).round() as u64))
+        })
+        .collect()
+}
+
+/// The start of the calendar month `now` falls in, and of the next, in `tz` (Unix ms).
+pub fn month_bounds(tz: Tz, now: i64) -> (i64, i64) {
+    let local = Utc
+        .timestamp_millis_opt(now)
+        .single()
+        .unwrap_or_default()
+        .with_timezone(&tz);
+    let first = local.date_naive().with_day(1).unwrap_or(local.date_naive());
+    let next = first.checked_add_months(Months::new(1)).unwrap_or(first);
+    let at = |d: chrono::NaiveDate| {
+        let naive = d.and_time(NaiveTime::MIN);
+        // A midnight skipped by a clock change: the first moment after it.
+        tz.from_local_datetime(&naive)
+            .earliest()
+            .or_else(|| {
+                tz.from_local_datetime(&(naive + chrono::Duration::hours(1)))
+                    .earliest()
+            })
+            .map_or(now, |t| t.timestamp_millis())
+    };
+    (at(first), at(next))
+}
+
+/// The opening of a spend cap hold's reason (the rest tells the cap and the spend).
+const HOLD_REASON: &str = "monthly spend cap";
+
+/// What a client key sees of the spend caps: that a project is held at its cap, not what it
+/// spends (the status page shows clients the pool's health, not its cost). `reasons`: the
+/// keys' hold reasons.
+pub fn hide_spend<'a>(
+    caps: &mut Vec<SpendCapView>,
+    reasons: impl IntoIterator<Item = &'a mut Option<String>>,
+) {
+    caps.clear();
+    for r in reasons.into_iter().flatten() {
+        if r.starts_with(HOLD_REASON) {
+            *r = format!("{HOLD_REASON} reached");
+        }
+    }
+}
+
+fn usd(nano: u64) -> f64 {
+    nano as f64 / 1e9
+}
+
+impl SpendCaps {
+    /// The caps of `limits`, watching `ledger`'s costs; reads the month's spend at once when
+    /// any project is capped.
+    pub fn new(
+        limits: &LimitsConfig,
+        store: Arc<dyn QuotaStore>,
+        ledger: &Arc<Ledger>,
+    ) -> Arc<SpendCaps> {
+        let caps = Arc::new_cyclic(|me| SpendCaps {
+            me: me.clone(),
+            caps: ArcSwap::from_pointee(caps_of(limits)),
+            tz: limits.timezone,
+            seen: Mutex::new(HashMap::new()),
+            lag_ms: if ledger.backend() == "redis" {
+                SHARED_LAG_MS
+            } else {
+                0
+            },
+            store,
+            ledger: Arc::downgrade(ledger),
+            clock: ledger.clock.clone(),
+            checking: AtomicBool::new(false),
+            dirty: AtomicBool::new(false),
+        });
+        ledger.watch_costs(caps.clone());
+        caps.check_soon();
+        caps
+    }
+
+    /// A reloaded configuration's caps (the time zone is restart-only); read again at once.
+    pub fn reconfigure(&self, limits: &LimitsConfig) {
+        let caps = caps_of(limits);
+        lock(&self.seen).retain(|p, _| caps.contains_key(p));
+        self.caps.store(Arc::new(caps));
+        self.check_soon();
+    }
+
+    /// Take out of `candidates` the capped projects whose spend, plus what `tokens` input
+    /// tokens of `model` cost there, would pass their cap. When that leaves none (of some),
+    /// the answer: a 429 until the month turns.
+    pub fn screen(
+        &self,
+        candidates: &mut Vec<Candidate>,
+        model: &str,
+        tokens: u64,
+    ) -> Option<ApiError> {
+        let caps = self.caps.load();
+        if caps.is_empty() || candidates.is_empty() {
+            return None;
+        }
+        let ledger = self.ledger.upgrade()?;
+        let now = self.clock.now_ms();
+        let (month_start, next) = month_bounds(self.tz, now);
+        {
+            let seen = lock(&self.seen);
+            candidates.retain(|c| {
+                let Some(cap) = caps.get(&c.project) else {
+                    return true;
+                };
+                let spent = seen
+                    .get(&c.project)
+                    .filter(|s| s.month_start == month_start)
+                    .map_or(0, |s| s.at_most(self.lag_ms));
+                let cost = ledger.input_cost_nano(model, &c.project, tokens);
+                spent < *cap && spent.saturating_add(cost) <= *cap
+            });
+        }
+        if !candidates.is_empty() {
+            return None;
+        }
+        let retry_after_ms = u64::try_from(next - now).unwrap_or(0).max(1);
+        Some(ApiError::PoolExhausted {
+            message: format!(
+                "Every project that can serve {model} has reached its monthly spend cap (limits.projects.PROJECT.monthly_spend_cap_usd), or would pass it with this request. Retry in {}.",
+                crate::error::format_retry_delay(retry_after_ms)
+            ),
+            retry_after_ms,
+        })
+    }
+
+    /// Each capped project's month as best known now, by project name.
+    pub fn views(&self) -> Vec<SpendCapView> {
+        let caps = self.caps.load();
+        let now = self.clock.now_ms();
+        let (month_start, next) = month_bounds(self.tz, now);
+        let resets_at = crate::ledger::query::rfc3339(next);
+        let seen = lock(&self.seen);
+        let mut out: Vec<SpendCapView> = caps
+            .iter()
+            .map(|(p, cap)| {
+                let spent = seen
+                    .get(p)
+                    .filter(|s| s.month_start == month_start)
+                    .map_or(0, Seen::shown);
+                SpendCapView {
+                    project: p.to_string(),
+                    month_spend_usd: usd(spent),
+                    cap_usd: usd(*cap),
+                    percent: (spent as f64 * 10_000.0 / (*cap).max(1) as f64).round() / 100.0,
+                    resets_at: resets_at.clone(),
+                    reached: spent >= *cap,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.project.cmp(&b.project));
+        out
+    }
+
+    /// Start a reading task unless one runs (it reads again while answers keep coming).
+    fn check_soon(&self) {
+        self.dirty.store(true, Ordering::Release);
+        if self.caps.load().is_empty() || self.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (Some(me), Ok(rt)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
+            self.checking.store(false, Ordering::Release);
+            return;
+        };
+        rt.spawn(async move {
+            loop {
+                let mut tries = 0;
+                while me.dirty.swap(false, Ordering::AcqRel) || tries > 0 {
+                    let behind = me.check().await;
+                    if behind && tries < CATCH_UP_TRIES {
+                        // This replica's costs reach a cap the shared ledger does not show
+                        // yet: read again once they are written.
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(me.lag_ms.max(500) as u64)).await;
+                        continue;
+                    }
+                    tries = 0;
+                    tokio::time::sleep(CHECK_EVERY).await;
+                }
+                me.checking.store(false, Ordering::Release);
+                // An answer recorded between the last look and the flag's release.
+                if !me.dirty.load(Ordering::Acquire) || me.checking.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Read each capped project's settled spend this month; hold the ones at their cap until
+    /// the month turns. True when this replica's costs put a project at its cap that the
+    /// reading does not (the shared ledger is behind).
+    async fn check(&self) -> bool {
+        let caps = self.caps.load_full();
+        let Some(ledger) = self.ledger.upgrade() else {
+            return false;
+        };
+        let now = self.clock.now_ms();
+        let (month_start, next) = month_bounds(self.tz, now);
+        let projects: Vec<&str> = caps.keys().map(|p| &**p).collect();
+        let read = match ledger.project_costs_since(month_start, &projects).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "the month's spend could not be read for the spend caps: the last reading stays");
+                return false;
+            }
+        };
+        let mut behind = false;
+        let mut reached = Vec::new();
+        {
+            let mut seen = lock(&self.seen);
+            for ((project, cap), spent) in caps.iter().zip(read) {
+                let s = seen.entry(project.clone()).or_default();
+                if s.month_start != month_start {
+                    *s = Seen {
+                        month_start,
+                        ..Seen::default()
+                    };
+                }
+                s.read_nano = spent;
+                s.read_at = now;
+                let keep_from = now - self.lag_ms;
+                s.recent.retain(|(at, _)| at + SLOT_MS > keep_from);
+                metrics::gauge!("gqp_project_spend_cap_ratio", "project" => project.to_string())
+                    .set(s.shown() as f64 / (*cap).max(1) as f64);
+                if spent >= *cap {
+                    reached.push((project.clone(), *cap, spent));
+                } else if s.at_most(self.lag_ms) >= *cap {
+                    behind = true;
+                }
+            }
+        }
+        let hold_ms = u64::try_from(next - now).unwrap_or(0).max(1);
+        for (project, cap, spent) in reached {
+            let reason = format!(
+                "{HOLD_REASON} of ${:.2} reached (${:.2} spent)",
+                usd(cap),
+                usd(spent)
+            );
+            tracing::warn!(project = %project, hold_ms, "{reason}: no more requests on it until the month turns");
+            if let Err(e) = self.store.cool_down(&project, "*", hold_ms, &reason).await {
+                tracing::warn!(error = %e, "could not record a spend cap's hold");
+            }
+        }
+        behind
+    }
+}
+
+impl CostWatch for SpendCaps {
+    fn watches(&self, project: &str) -> bool {
+        self.caps.load().contains_key(project)
+    }
+
+    fn billed(&self, project: &Arc<str>, nano: u64) {
+        let now = self.clock.now_ms();
+        let month_start = month_bounds(self.tz, now).0;
+        {
+            let mut seen = lock(&self.seen);
+            let s = seen.entry(project.clone()).or_default();
+            if s.month_start != month_start {
+                *s = Seen {
+                    month_start,
+                    ..Seen::default()
+                };
+            }
+            let slot = now - now.rem_euclid(SLOT_MS);
+            match s.recent.back_mut() {
+                Some((at, n)) if *at == slot => *n = n.saturating_add(nano),
+                _ => {
+                    if s.recent.len() >= SLOTS_KEPT {
+                        // Readings failing for long: fold the oldest slot into the next.
+                        if let Some((_, oldest)) = s.recent.pop_front()
+                            && let Some((_, n)) = s.recent.front_mut()
+                        {
+                            *n = n.saturating_add(oldest);
+                        }
+                    }
+                    s.recent.push_back((slot, nano));
+                }
+            }
+        }
+        self.check_soon();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_month_runs_from_the_first_midnight_to_the_next_in_the_zone() {
+        let tz: Tz = "America/Los_Angeles".parse().unwrap();
+        // 2026-12-06T19:00Z: December in Los Angeles (UTC-8).
+        let now = Utc
+            .with_ymd_and_hms(2026, 12, 6, 19, 0, 0)
+            .unwrap()
+            .timestamp_millis();
+        let (start, next) = month_bounds(tz, now);
+        assert_eq!(
+            start,
+            Utc.with_ymd_and_hms(2026, 12, 1, 8, 0, 0)
+                .unwrap()
+                .timestamp_millis()
+        );
+        assert_eq!(
+            next,
+            Utc.with_ymd_and_hms(2027, 1, 1, 8, 0, 0)
+                .unwrap()
+                .timestamp_millis()
+        );
+        // 2026-11-01T05:00Z is still October in Los Angeles.
+        let oct = Utc
+            .with_ymd_and_hms(2026, 11, 1, 5, 0, 0)
+            .unwrap()
+            .timestamp_millis();
+        assert_eq!(
+            month_bounds(tz, oct).1,
+            Utc.with_ymd_and_hms(2026, 11, 1, 7, 0, 0)
+                .unwrap()
+                .timestamp_millis(),
+            "November starts at PDT midnight"
+        );
+    }
+}
