@@ -186,6 +186,7 @@ pub fn evaluate(cfg: &AlertsConfig, s: &QuotaStatus, failures: u32) -> Vec<Activ
         }
     }
     out.extend(budget(cfg, s));
+    out.extend(super::client_alerts::evaluate(cfg, &s.clients));
     out
 }
 
@@ -287,6 +288,7 @@ mod tests {
                 critical: 0,
                 channels: vec![],
             },
+            clients: vec![],
             models: BTreeMap::from([("m".to_string(), usage_of(pool_minute, pool_limit))]),
         }
     }

@@ -53,6 +53,9 @@ pub struct QuotaStatus {
     pub forecast: Option<ForecastView>,
     /// Alerts firing now and the channels whose last delivery failed.
     pub alerts: crate::alerts::AlertsSummary,
+    /// Every client's limits, usage today and this month (the status page only) and refusals
+    /// (a client key sees only its own row).
+    pub clients: Vec<super::client_rows::ClientRow>,
     /// Each model's pool-wide usage against the sum of its limits in the enabled projects
     /// (what the warnings above are counted from; the alert rules read it too).
     #[serde(skip)]
@@ -444,6 +447,7 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
         .map(|(m, (u, l))| (m.to_string(), UsageView::new(u, l)))
         .collect();
     let (pool_by_model, pool_models_omitted) = by_model(&models);
+    let clients = super::client_rows::rows(state, None, outlook != Extras::None).await;
     Snapshot {
         success: true,
         quota_status: QuotaStatus {
@@ -463,6 +467,7 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
             cost,
             forecast,
             alerts,
+            clients,
             models,
         },
         timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
