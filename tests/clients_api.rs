@@ -477,3 +477,83 @@ async fn a_client_created_or_revoked_on_one_replica_is_seen_by_another_within_a_
         );
     }
 }
+
+const TEAM_A: &str = "team-a-key-0000000001";
+const TEAM_B: &str = "team-b-key-0000000002";
+
+/// Two configured teams with tiny daily budgets, alerts evaluated every 50 ms.
+fn two_budgeted_teams() -> ProxyOpts {
+    ProxyOpts::keys(&[POOLED]).toml(&format!(
+        "[alerts]\nevaluate_every_secs = 0.05\n\
+         [[auth.clients]]\nname = \"team-a\"\nkey = \"{TEAM_A}\"\ndaily_budget_usd = 0.0000001\n\
+         [[auth.clients]]\nname = \"team-b\"\nkey = \"{TEAM_B}\"\ndaily_budget_usd = 0.0000001\n"
+    ))
+}
+
+async fn get_as(proxy: &str, path: &str, cred: &str) -> Value {
+    let (code, v) = call(
+        reqwest::Method::GET,
+        format!("{proxy}{path}"),
+        Some(cred),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{path}: {v}");
+    v
+}
+
+fn names(rows: &Value) -> Vec<String> {
+    let mut n: Vec<String> = rows
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .filter_map(|r| r["name"].as_str().or(r["labels"]["client"].as_str()))
+        .map(str::to_string)
+        .collect();
+    n.sort();
+    n
+}
+
+#[tokio::test]
+async fn a_client_key_sees_only_its_own_row_and_its_own_budget_alert() {
+    let fake = FakeUpstream::start().await;
+    fake.behave(|b| b.prompt_tokens = Some(1000));
+    let proxy = start_proxy(&fake.url, two_budgeted_teams()).await;
+    for key in [TEAM_A, TEAM_B] {
+        assert_eq!(generate_with(&proxy.url, key).await, 200);
+    }
+    // The status document's clients section.
+    let admin = get_as(&proxy.url, "/api/ai/quota-status/", ADMIN_TOKEN).await;
+    assert_eq!(
+        names(&admin["quota_status"]["clients"]),
+        ["client1", "team-a", "team-b"]
+    );
+    let mine = get_as(&proxy.url, "/api/ai/quota-status/", TEAM_A).await;
+    assert_eq!(names(&mine["quota_status"]["clients"]), ["team-a"]);
+    // Both teams are over their budgets: the admin sees both alerts, a team only its own.
+    let start = Instant::now();
+    let firing = loop {
+        let v = get_as(&proxy.url, "/api/ai/alerts/", ADMIN_TOKEN).await;
+        let budget: Vec<Value> = v["firing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["rule"] == "client_budget")
+            .cloned()
+            .collect();
+        if budget.len() == 2 || start.elapsed() > Duration::from_secs(20) {
+            break Value::from(budget);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(names(&firing), ["team-a", "team-b"], "{firing}");
+    let v = get_as(&proxy.url, "/api/ai/alerts/", TEAM_B).await;
+    let seen: Vec<Value> = v["firing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["rule"] == "client_budget")
+        .cloned()
+        .collect();
+    assert_eq!(names(&Value::from(seen)), ["team-b"]);
+}
