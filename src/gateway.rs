@@ -270,12 +270,12 @@ fn spawn_outlook_refresh(live: WeakLive) {
     });
 }
 
-/// Every [`crate::clients::store::POLL_EVERY`]: the runtime clients brought up to date (another
+/// Every [`crate::client_store::POLL_EVERY`]: the runtime clients brought up to date (another
 /// replica's change read from Redis; a rotation's ended grace dropped). Runs while the gateway
 /// lives.
 fn spawn_client_sync(live: WeakLive) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(crate::clients::store::POLL_EVERY);
+        let mut tick = tokio::time::interval(crate::client_store::POLL_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;

@@ -90,7 +90,7 @@ pub struct AppState {
     pub clients: Arc<crate::clients::Registry>,
     /// Where the runtime clients are kept (Redis or `auth.clients_file`), shared by every
     /// generation.
-    pub client_store: Arc<crate::clients::store::ClientStore>,
+    pub client_store: Arc<crate::client_store::ClientStore>,
     /// When `/metrics` last refreshed the store-derived gauges.
     pub gauges_refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// The status page's cost and forecast, as last computed, and when.
@@ -142,7 +142,7 @@ impl AppState {
         let cache = build_cache(&config, store.as_ref());
         let upstream = Arc::new(crate::upstream::build_client(&config.upstream));
         let clients = Arc::new(crate::clients::Registry::new(config.auth.client_specs()));
-        let client_store = Arc::new(crate::clients::store::ClientStore::new(
+        let client_store = Arc::new(crate::client_store::ClientStore::new(
             config.auth.clients_file.clone(),
             store.shared_io(),
             clients.clone(),

@@ -7,8 +7,6 @@
 //! process's life, so counters keyed by it stay with the right client across reloads.
 
 pub mod limits;
-pub mod record;
-pub mod store;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

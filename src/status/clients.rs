@@ -2,7 +2,7 @@
 //! client with its limits and usage; `POST` creates one and answers its key, once;
 //! `PATCH /api/ai/clients/NAME` changes a runtime client's limits; `POST .../NAME/rotate`
 //! gives it a new key, the old one valid for a grace; `DELETE .../NAME` revokes it. Kept by
-//! [`crate::clients::store`].
+//! [`crate::client_store`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{ADMIN_BODY_LIMIT, admin_only};
-use crate::clients::store::StoreOpError;
+use crate::client_store::StoreOpError;
 use crate::clients::{ClientLimits, MAX_CLIENTS, Origin};
 use crate::config::{check_client_name, is_reserved_name};
 use crate::error::ApiError;

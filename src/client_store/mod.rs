@@ -1,4 +1,4 @@
-//! Where the runtime clients are kept, and how every replica learns of a change: with Redis,
+//! Where the runtime clients (the clients API's, see [`crate::clients`] for the registry) are kept, and how every replica learns of a change: with Redis,
 //! the hash `{ns}:clients` (name -> [`Record`] as JSON) and the counter `{ns}:clients:version`,
 //! bumped by every change in the same script, which each replica polls every
 //! [`POLL_EVERY`] (reading the hash again only when it moved); in memory, the JSON file
@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use redis::Script;
 
-use super::record::{Grace, Record, new_key};
-use super::{ClientLimits, Origin, Registry};
+pub mod record;
+
+use self::record::{Grace, Record, new_key};
+use crate::clients::{ClientLimits, Origin, Registry};
 use crate::quota::redis::SharedIo;
 
 /// How often a replica asks Redis whether the runtime clients changed (a change is seen
@@ -180,7 +182,7 @@ impl ClientStore {
             key_sha256: digest,
             grace: Vec::new(),
             limits,
-            created_at: crate::alerts::rfc3339(chrono::Utc::now()),
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         };
         let mut inner = self.inner.lock().await;
         match &self.backend {

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ClientLimits, ClientSpec, Origin};
+use crate::clients::{ClientLimits, ClientSpec, Origin};
 
 /// What every runtime key begins with, so a leaked one is recognisable (secret scanners).
 pub const KEY_PREFIX: &str = "gqp_";
