@@ -557,3 +557,65 @@ async fn a_client_key_sees_only_its_own_row_and_its_own_budget_alert() {
         .collect();
     assert_eq!(names(&Value::from(seen)), ["team-b"]);
 }
+
+#[tokio::test]
+async fn hostile_requests_to_the_clients_api_get_clear_errors_in_googles_envelope() {
+    let fake = FakeUpstream::start().await;
+    let dir = temp_dir("hostile");
+    let file = dir.join("clients.json");
+    let opts = ProxyOpts::keys(&[POOLED]).env("PROXY_CLIENTS_FILE", &file.to_string_lossy());
+    let proxy = start_proxy(&fake.url, opts).await;
+    let url = &proxy.url;
+    let huge = json!({"name": "big", "models": vec!["x".repeat(100); 1000]});
+    let cases: Vec<(reqwest::Method, String, Option<Value>, u16)> = vec![
+        (
+            reqwest::Method::PATCH,
+            format!("{url}/api/ai/clients/%FF%FE"),
+            Some(json!({})),
+            400,
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("{url}/api/ai/clients/a%2Fb"),
+            None,
+            400,
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("{url}/api/ai/clients"),
+            Some(json!({})),
+            405,
+        ),
+        (
+            reqwest::Method::POST,
+            format!("{url}/api/ai/clients"),
+            Some(huge),
+            413,
+        ),
+        (
+            reqwest::Method::POST,
+            format!("{url}/api/ai/clients"),
+            Some(json!({"name": "m", "models": ["gemini 2.5"]})),
+            400,
+        ),
+        (
+            reqwest::Method::POST,
+            format!("{url}/api/ai/clients/nobody/rotate"),
+            Some(json!({"grace_secs": 5})),
+            404,
+        ),
+        (
+            reqwest::Method::POST,
+            format!("{url}/api/ai/clients/client1/rotate"),
+            Some(json!({"grace_secs": 5})),
+            409,
+        ),
+    ];
+    for (method, at, body, want) in cases {
+        let (code, v) = call(method.clone(), at.clone(), Some(ADMIN_TOKEN), body).await;
+        assert_eq!(code, want, "{method} {at}: {v}");
+        assert!(v["error"]["status"].is_string(), "{method} {at}: {v}");
+    }
+    assert!(!file.exists(), "nothing was created");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -57,11 +58,12 @@ pub async fn collection(State(state): State<Arc<AppState>>, req: Request) -> Res
 /// `GET`, `PATCH` and `DELETE` `/api/ai/clients/NAME`.
 pub async fn one(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
     let result = async {
+        let name = path_name(name)?;
         let what = match parts.method {
             Method::GET => "reading a client",
             Method::PATCH => "changing a client",
@@ -101,11 +103,12 @@ struct RotateBody {
 /// `POST /api/ai/clients/NAME/rotate` `{"grace_secs": N}`.
 pub async fn rotate(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
     let result = async {
+        let name = path_name(name)?;
         if parts.method != Method::POST {
             return Err(ApiError::MethodNotAllowed(
                 "use POST to rotate a client's key".into(),
@@ -266,6 +269,15 @@ fn existing(state: &AppState, name: &str, change: bool) -> Result<String, ApiErr
         ))),
         Some(_) => Ok(name.to_string()),
     }
+}
+
+/// The name in the path; one that is not UTF-8 is a bad name, in Google's envelope.
+fn path_name(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    p.map(|Path(n)| n).map_err(|_| {
+        ApiError::InvalidArgument(
+            "the client name in the path must be 1-64 letters, digits, '-', '_' or '.'".into(),
+        )
+    })
 }
 
 fn op_error(e: StoreOpError) -> ApiError {
