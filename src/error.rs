@@ -89,6 +89,16 @@ pub enum ApiError {
     GatewayTimeout(String),
     #[error("{0}")]
     Internal(String),
+    /// 409: what was to be created exists already (a client name).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// 409: the request conflicts with how the thing is defined (a configured client edited
+    /// through the API).
+    #[error("{0}")]
+    Conflict(String),
+    /// 400: the proxy is not set up for this request (the setting to change is named).
+    #[error("{0}")]
+    FailedPrecondition(String),
 }
 
 impl ApiError {
@@ -109,6 +119,8 @@ impl ApiError {
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::AlreadyExists(_) | ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::FailedPrecondition(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -128,6 +140,9 @@ impl ApiError {
             ApiError::BadGateway(_) => "UNAVAILABLE",
             ApiError::GatewayTimeout(_) => "DEADLINE_EXCEEDED",
             ApiError::Internal(_) => "INTERNAL",
+            ApiError::AlreadyExists(_) => "ALREADY_EXISTS",
+            ApiError::Conflict(_) => "ABORTED",
+            ApiError::FailedPrecondition(_) => "FAILED_PRECONDITION",
         }
     }
 

@@ -272,6 +272,23 @@ fn spawn_outlook_refresh(live: WeakLive) {
     });
 }
 
+/// Every [`crate::client_store::POLL_EVERY`]: the runtime clients brought up to date (another
+/// replica's change read from Redis; a rotation's ended grace dropped). Runs while the gateway
+/// lives.
+fn spawn_client_sync(live: WeakLive) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::client_store::POLL_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(store) = live.upgrade().map(|l| l.current().client_store.clone()) else {
+                return;
+            };
+            store.refresh().await;
+        }
+    });
+}
+
 /// Renew every Live API slot this replica holds, every third of the serving `live.lease_secs`,
 /// while the gateway lives: a replica that stops renewing (it died) frees its slots within a
 /// lease. Also sets the open-session gauges.
@@ -353,6 +370,8 @@ fn spawn_alerts(live: WeakLive) {
             } else {
                 snap.quota_status.cost = outlook.0.clone();
                 snap.quota_status.forecast = outlook.1.clone();
+                // The clients' budgets move with every answer: read at every evaluation.
+                crate::status::client_rows::add_usage(&state, &mut snap.quota_status.clients).await;
             }
             let cfg = &state.config.alerts;
             let active = crate::status::alert_rules::evaluate(
@@ -420,6 +439,7 @@ impl GatewayBuilder {
         }
         spawn_outlook_refresh(live.downgrade());
         spawn_alerts(live.downgrade());
+        spawn_client_sync(live.downgrade());
         let sessions = Arc::new(crate::live::LiveSessions::default());
         spawn_live_renewal(live.downgrade(), sessions.clone());
         let service = GeminiService::new(live.clone(), sessions);

@@ -48,6 +48,7 @@ pub mod auth;
 pub mod body;
 pub mod budget;
 pub mod cache;
+pub mod client_store;
 pub mod clients;
 pub mod config;
 pub mod conn;

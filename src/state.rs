@@ -90,6 +90,9 @@ pub struct AppState {
     pub generation: Generation,
     /// Every client (configured and runtime) with its limits, shared by every generation.
     pub clients: Arc<crate::clients::Registry>,
+    /// Where the runtime clients are kept (Redis or `auth.clients_file`), shared by every
+    /// generation.
+    pub client_store: Arc<crate::client_store::ClientStore>,
     /// When `/metrics` last refreshed the store-derived gauges.
     pub gauges_refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// The status page's cost and forecast, as last computed, and when.
@@ -141,10 +144,17 @@ impl AppState {
         let alerts = Arc::new(crate::alerts::Alerts::new(&config, store.shared_io()));
         let cache = build_cache(&config, store.as_ref());
         let upstream = Arc::new(crate::upstream::build_client(&config.upstream));
+        let clients = Arc::new(crate::clients::Registry::new(crate::clients::configured(
+            &config.auth,
+        )));
+        let client_store = Arc::new(crate::client_store::ClientStore::new(
+            config.auth.clients_file.clone(),
+            store.shared_io(),
+            clients.clone(),
+        ));
         Arc::new(AppState {
-            clients: Arc::new(crate::clients::Registry::new(crate::clients::configured(
-                &config.auth,
-            ))),
+            clients,
+            client_store,
             alerts,
             cache,
             pool,
@@ -199,6 +209,7 @@ impl AppState {
         );
         AppState {
             clients: self.clients.clone(),
+            client_store: self.client_store.clone(),
             config: Arc::new(config),
             pool,
             store: self.store.clone(),
@@ -260,6 +271,9 @@ impl AppState {
     /// `rediss://` store whose certificate is not trusted is a setting to fix, not an outage to
     /// ride out: that is an `Err`, and start-up stops.
     pub async fn check_store_at_start(&self) -> Result<(), String> {
+        if let Some(e) = self.client_store.load_error() {
+            return Err(e.to_string());
+        }
         let Some(url) = &self.config.store.redis_url else {
             return Ok(());
         };

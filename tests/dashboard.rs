@@ -544,7 +544,20 @@ async fn dashboard_in_a_browser() {
     // 1. The real binary in front of the fake Gemini API, with some traffic on two models.
     let fake = FakeUpstream::start().await;
     fake.behave(|b| b.prompt_tokens = Some(120));
-    let proxy = start_proxy_process(&fake.url, &[("GEMINI_MINUTE_LIMIT", "30")]);
+    let clients_dir = std::env::temp_dir().join(format!(
+        "gqp-dashboard-clients-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::create_dir_all(&clients_dir).unwrap();
+    let clients_file = clients_dir.join("clients.json");
+    let proxy = start_proxy_process(
+        &fake.url,
+        &[
+            ("GEMINI_MINUTE_LIMIT", "30"),
+            ("PROXY_CLIENTS_FILE", &clients_file.to_string_lossy()),
+        ],
+    );
     for (model, n) in [("gemini-2.5-flash", 4), ("gemini-2.5-pro", 2)] {
         for _ in 0..n {
             let r = generate(&proxy.url, model, "hello dashboard").await;
@@ -687,6 +700,26 @@ async fn dashboard_in_a_browser() {
             == true,
         "a client sees the #admin section"
     );
+    // The clients table: a client key sees its own row only, and no controls.
+    b.wait_visible("#clients tbody tr[data-client]", STEP).await;
+    let rows = b
+        .js(
+            "return Array.from(document.querySelectorAll('#clients tbody tr[data-client]'))
+                .map(r => r.getAttribute('data-client'));",
+            json!([]),
+        )
+        .await;
+    assert_eq!(rows, json!(["client1"]), "a client sees only its own row");
+    assert!(
+        !b.visible("#client-create").await,
+        "a client sees the create form"
+    );
+    assert!(
+        b.find("#clients button[data-client-action]")
+            .await
+            .is_none(),
+        "a client sees client controls"
+    );
     assert_eq!(
         b.text("#stale").await.trim(),
         "",
@@ -761,6 +794,35 @@ async fn dashboard_in_a_browser() {
     let daily = status["quota_status"]["usage"]["daily_requests"].clone();
     assert_ne!(daily, 0);
 
+    // The admin creates a client: its key is shown once and works on the Gemini surface.
+    b.wait_visible("form#client-create", STEP).await;
+    b.type_into("#client-name", "team-z").await;
+    b.type_into("#client-rpm", "60").await;
+    b.type_into("#client-daily", "2").await;
+    b.click("#client-create button[type=submit]").await;
+    b.wait_visible("#client-key-box", STEP).await;
+    let new_key = b.text("#client-new-key").await.trim().to_string();
+    assert!(new_key.starts_with("gqp_"), "{new_key:?}");
+    b.wait_visible("#clients tr[data-client=\"team-z\"]", STEP)
+        .await;
+    let limits = b
+        .text("#clients tr[data-client=\"team-z\"] td.limits")
+        .await;
+    assert!(limits.contains("rpm 60"), "{limits:?}");
+    b.element("#clients tr[data-client=\"team-z\"] td.budget .bar")
+        .await;
+    let with = |key: &str| {
+        http()
+            .post(format!(
+                "{}/v1beta/models/gemini-2.5-flash:generateContent",
+                proxy.url
+            ))
+            .header("x-goog-api-key", key.to_string())
+            .json(&json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}))
+            .send()
+    };
+    assert_eq!(with(&new_key).await.unwrap().status(), 200);
+
     if let Some(path) = std::env::var_os("DASHBOARD_SCREENSHOT") {
         // Let charts finish drawing.
         tokio::time::sleep(Duration::from_millis(800)).await;
@@ -768,6 +830,41 @@ async fn dashboard_in_a_browser() {
         std::fs::write(&path, png).unwrap_or_else(|e| panic!("write {path:?}: {e}"));
         eprintln!("dashboard screenshot: {}", PathBuf::from(&path).display());
     }
+
+    // Done hides the key for good; revoking takes two clicks and the key gets 403.
+    b.click("#client-key-done").await;
+    assert!(!b.visible("#client-key-box").await);
+    let page_text = b.js("return document.body.innerHTML;", json!([])).await;
+    assert!(
+        !page_text.as_str().unwrap_or_default().contains(&new_key),
+        "the key stays on the page after Done"
+    );
+    let revoke = "#clients button[data-client-action=revoke][data-client-name=\"team-z\"]";
+    b.click(revoke).await;
+    b.wait_js(
+        "the revoke button to ask for confirmation",
+        STEP,
+        "const e = document.querySelector(arguments[0]); return !!e && e.innerText.includes('Confirm');",
+        json!([revoke]),
+    )
+    .await;
+    assert_eq!(
+        with(&new_key).await.unwrap().status(),
+        200,
+        "one click does not revoke"
+    );
+    b.click(revoke).await;
+    b.wait_js(
+        "team-z's row to go",
+        STEP,
+        "return !document.querySelector('#clients tr[data-client=\"team-z\"]');",
+        json!([]),
+    )
+    .await;
+    assert_eq!(with(&new_key).await.unwrap().status(), 403);
+    // The team's calls counted in the pool's day: the reset below is checked from here.
+    let (_, status) = quota_status(&proxy.url, ADMIN_TOKEN).await;
+    let daily = status["quota_status"]["usage"]["daily_requests"].clone();
 
     let dialog_open = "const d = document.querySelector('dialog#confirm'); return !!d && d.open;";
     b.click("button[data-reset=\"daily\"]").await;
@@ -820,6 +917,7 @@ async fn dashboard_in_a_browser() {
     );
     drop(b);
     drop(proxy);
+    let _ = std::fs::remove_dir_all(&clients_dir);
 }
 
 #[tokio::test]

@@ -307,6 +307,7 @@
     var dlg = $('#confirm');
     if (dlg) { if (dlg.open) dlg.close(); dlg.remove(); }
     clear($('#keys tbody'));
+    if (window.GQPClients) window.GQPClients.reset();
     ['#chart-hour', '#chart-day', '#chart-forecast', '#chart-cost', '#warnings', '#errors'].forEach(function (s) { clear($(s)); });
     document.querySelectorAll('#app .value, #cost-today, #cost-month, #cost-today-list, #cost-month-list, #health-detail, #reset-note').forEach(function (e) { e.textContent = ''; });
     $('#health .health-word').textContent = '…';
@@ -415,6 +416,7 @@
     renderCost(qs);
     renderCacheSaved();
     renderKeys(qs);
+    if (window.GQPClients) window.GQPClients.render(qs);
     if (S.role === 'admin') fillAdminSelects(qs);
     renderCharts();
     tickClock();
@@ -1137,6 +1139,14 @@
     sel.value = items.some(function (it) { return it[0] === keep; }) ? keep : '';
     sel.setAttribute('data-sig', sig);
   }
+
+  // What clients.js (the clients table) uses of this file.
+  window.GQP = {
+    api: api, el: el, clear: clear, num: num, int: int, fmtUSD: fmtUSD, fmtCompact: fmtCompact, level: level,
+    role: function () { return S.role; },
+    signedIn: function () { return !!S.token; },
+    refresh: function () { refresh(true); }
+  };
 
   // ---------- start ----------
 

@@ -22,6 +22,7 @@ pub(super) struct Raw {
     critical_percent: f64,
     failure_streak: u32,
     daily_budget_usd: f64,
+    client_limited_minutes: u64,
     #[serde(default)]
     webhooks: Vec<RawWebhook>,
     email: RawEmail,
@@ -58,6 +59,9 @@ pub struct AlertsConfig {
     pub failure_streak: u32,
     /// Zero: no budget rule.
     pub daily_budget_usd: f64,
+    /// How long a client must have been refused by its own limits to fire `client_limited`;
+    /// zero: no such rule.
+    pub client_limited: Duration,
     pub webhooks: Vec<WebhookConfig>,
     pub email: Option<EmailConfig>,
 }
@@ -168,6 +172,7 @@ pub(super) fn from_raw(
         critical_percent: raw.critical_percent,
         failure_streak: raw.failure_streak,
         daily_budget_usd: raw.daily_budget_usd,
+        client_limited: Duration::from_secs(raw.client_limited_minutes.min(10_000) * 60),
         webhooks,
         email,
     })

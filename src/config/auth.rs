@@ -26,6 +26,7 @@ pub(super) struct Raw {
     clients: Vec<RawClient>,
     allow_anonymous: bool,
     admin_token: Secret,
+    clients_file: String,
 }
 
 /// One `[[auth.clients]]` table: a name, its key (or the key's SHA-256, so the file holds no
@@ -108,6 +109,8 @@ pub struct AuthConfig {
     pub clients: Vec<ConfiguredClient>,
     pub allow_anonymous: bool,
     pub admin_token: Option<Secret>,
+    /// Where the runtime clients are kept when the store is in memory (`auth.clients_file`).
+    pub clients_file: Option<std::path::PathBuf>,
 }
 
 impl AuthConfig {
@@ -187,7 +190,7 @@ impl AuthConfig {
                 }
                 None => format!("client{}", i + 1),
             };
-            if matches!(name.as_str(), "admin" | "anonymous" | "-" | "other") {
+            if is_reserved_name(&name) {
                 return Err(bad(
                     setting,
                     format!("client name {name:?} is reserved (admin, anonymous, -, other)"),
@@ -229,12 +232,21 @@ impl AuthConfig {
                 ),
             ));
         }
+        let clients_file = Some(raw.clients_file.trim())
+            .filter(|f| !f.is_empty())
+            .map(std::path::PathBuf::from);
         Ok(AuthConfig {
             clients,
             allow_anonymous: raw.allow_anonymous,
             admin_token,
+            clients_file,
         })
     }
+}
+
+/// Names that are not clients' (the ledger's and the status page's own).
+pub fn is_reserved_name(name: &str) -> bool {
+    matches!(name, "admin" | "anonymous" | "-" | "other")
 }
 
 /// 64 hex digits.
@@ -265,7 +277,7 @@ fn split_entry(entry: &str) -> (Option<&str>, &str) {
 
 /// A client name: 1-64 characters of letters, digits, `-`, `_` and `.` (it labels log lines
 /// and metric series; a project name's alphabet).
-fn check_client_name(setting: &str, name: &str) -> Result<(), ConfigError> {
+pub fn check_client_name(setting: &str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty()
         || name.len() > CLIENT_NAME_MAX
         || !name

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 pub use self::alerts::AlertsConfig;
-pub use self::auth::AuthConfig;
+pub use self::auth::{AuthConfig, check_client_name, is_reserved_name};
 pub use self::cache::{CacheBackend, CacheConfig, CacheScope};
 pub use self::channels::{EmailConfig, SecretUri, WebhookConfig, WebhookFormat};
 pub use self::check::{BaseUrl, ConfigError};

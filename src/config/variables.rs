@@ -11,6 +11,7 @@ pub(super) const ENV_SETTINGS: &[(&str, &str)] = &[
     ("PROXY_PATH_PREFIX", "server.path_prefix"),
     ("PROXY_WATCH_CONFIG", "server.watch_config"),
     ("PROXY_ADMIN_TOKEN", "auth.admin_token"),
+    ("PROXY_CLIENTS_FILE", "auth.clients_file"),
     ("REDIS_URL", "store.redis_url"),
     ("REDIS_TLS_CA_FILE", "store.tls_ca_file"),
     ("REDIS_TLS_CERT_FILE", "store.tls_cert_file"),

@@ -8,6 +8,7 @@
 //! status page its cost and forecast.
 
 pub mod book;
+pub mod by_client;
 pub mod forecast;
 pub mod images;
 pub mod names;

@@ -379,7 +379,7 @@ fn money(c: &super::Counters) -> Money {
 }
 
 /// The last local midnight at or before `now` (of the month's first day when `month`).
-fn local_midnight(tz: chrono_tz::Tz, now: i64, month: bool) -> i64 {
+pub(crate) fn local_midnight(tz: chrono_tz::Tz, now: i64, month: bool) -> i64 {
     let local = Utc
         .timestamp_millis_opt(now)
         .single()

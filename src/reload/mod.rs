@@ -34,6 +34,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "log.",
     "limits.timezone",
     "limits.window_secs",
+    "auth.clients_file",
 ];
 
 /// Whether setting `path` is one only a restart applies.

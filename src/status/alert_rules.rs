@@ -186,6 +186,7 @@ pub fn evaluate(cfg: &AlertsConfig, s: &QuotaStatus, failures: u32) -> Vec<Activ
         }
     }
     out.extend(budget(cfg, s));
+    out.extend(super::client_alerts::evaluate(cfg, &s.clients));
     out
 }
 
@@ -288,6 +289,7 @@ mod tests {
                 channels: vec![],
             },
             spend_caps: vec![],
+            clients: vec![],
             models: BTreeMap::from([("m".to_string(), usage_of(pool_minute, pool_limit))]),
         }
     }

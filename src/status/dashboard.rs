@@ -21,6 +21,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../assets/dashboard/app.css"),
     ),
     (
+        "clients.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/dashboard/clients.js"),
+    ),
+    (
         "app.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../assets/dashboard/app.js"),

@@ -6,6 +6,9 @@
 pub mod alert_rules;
 pub mod alerts;
 mod cache;
+pub mod client_alerts;
+pub mod client_rows;
+mod clients;
 mod config;
 pub mod dashboard;
 pub mod snapshot;
@@ -202,6 +205,9 @@ async fn get_status(
     let mut snap = snapshot(state, Extras::Cached).await;
     if caller != Caller::Admin {
         for_client(&mut snap.quota_status);
+        snap.quota_status
+            .clients
+            .retain(|c| caller.client().is_some_and(|me| me.name == c.name));
     }
     Ok(Json(snap).into_response())
 }
@@ -237,7 +243,7 @@ struct ResetBody {
 const QUOTA_TYPES: &str = "\"minute\", \"daily\", \"tokens\", \"all\" or \"cooldowns\"";
 
 /// Largest admin request body read (a reset is a few dozen bytes).
-const ADMIN_BODY_LIMIT: usize = 64 * 1024;
+pub(crate) const ADMIN_BODY_LIMIT: usize = 64 * 1024;
 
 async fn post_reset(
     state: &AppState,
@@ -380,6 +386,10 @@ pub fn router(live: Live) -> Router {
         .route("/api/ai/alerts", any(alerts::alerts))
         .route("/api/ai/alerts/test", any(alerts::test))
         .route("/api/ai/config/reload", any(config::reload))
+        .route("/api/ai/clients", any(clients::collection))
+        .route("/api/ai/clients/", any(clients::collection))
+        .route("/api/ai/clients/{name}", any(clients::one))
+        .route("/api/ai/clients/{name}/rotate", any(clients::rotate))
         .fallback(not_found)
         .with_state(live)
 }

@@ -56,6 +56,9 @@ pub struct QuotaStatus {
     /// Each project with `monthly_spend_cap_usd`: this month's spend against its cap.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub spend_caps: Vec<crate::pool::spend::SpendCapView>,
+    /// Every client's limits, usage today and this month (the status page only) and refusals
+    /// (a client key sees only its own row).
+    pub clients: Vec<super::client_rows::ClientRow>,
     /// Each model's pool-wide usage against the sum of its limits in the enabled projects
     /// (what the warnings above are counted from; the alert rules read it too).
     #[serde(skip)]
@@ -454,6 +457,7 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
         .map(|(m, (u, l))| (m.to_string(), UsageView::new(u, l)))
         .collect();
     let (pool_by_model, pool_models_omitted) = by_model(&models);
+    let clients = super::client_rows::rows(state, None, outlook != Extras::None).await;
     Snapshot {
         success: true,
         quota_status: QuotaStatus {
@@ -474,6 +478,7 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
             forecast,
             alerts,
             spend_caps,
+            clients,
             models,
         },
         timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
