@@ -61,7 +61,7 @@ impl AtEnd {
             None => (usage, usage.map(|u| u.input)),
         };
         if let Some(s) = self.settlement {
-            s.settle(settle_to);
+            s.settle_usage(settle_to, usage.as_ref());
         }
         if let Some(t) = self.tally {
             t.close(usage);
@@ -78,7 +78,7 @@ impl AtEnd {
             .and_then(Settlement::reservation)
             .map_or(0, |r| r.tokens);
         if let Some(s) = self.settlement {
-            s.settle(Some(usage.map_or(estimate, |u| u.input)));
+            s.settle_usage(Some(usage.map_or(estimate, |u| u.input)), usage.as_ref());
         }
         if let Some(t) = self.tally {
             t.close_unfinished(usage, estimate);

@@ -356,6 +356,13 @@ impl Metrics {
         counter!("gqp_admissions_refused_total", "reason" => reason).increment(1);
     }
 
+    /// A client refused by its own `limit` (`rpm`, ..., `models`): labels bounded by the
+    /// configured clients.
+    pub fn client_refused(&self, client: &str, limit: &'static str) {
+        counter!("gqp_client_refusals_total", "client" => client.to_string(), "limit" => limit)
+            .increment(1);
+    }
+
     /// One try of an alert notification on `channel` (a format or `email`, never a URL).
     pub fn alert_delivery(&self, channel: &'static str, outcome: &'static str) {
         counter!("gqp_alert_deliveries_total", "channel" => channel, "outcome" => outcome)

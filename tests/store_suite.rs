@@ -47,6 +47,7 @@ fn req(tokens: u64, cands: Vec<Candidate>) -> AdmitRequest {
         candidates: cands,
         strategy: Strategy::Headroom,
         rotation: 0,
+        client: None,
     }
 }
 
@@ -515,7 +516,7 @@ mod property {
                             }
                             prop_assert!(retry_after_ms > 0 && retry_after_ms <= 60_000);
                         }
-                        AdmitOutcome::Unavailable { .. } => prop_assert!(false),
+                        AdmitOutcome::Unavailable { .. } | AdmitOutcome::ClientRefused { .. } => prop_assert!(false),
                     }
                 }
                 prop_assert_eq!(refused_with_room, 0, "refused a request that had room");

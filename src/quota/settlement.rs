@@ -4,6 +4,10 @@
 use std::sync::Arc;
 
 use super::{QuotaStore, Reservation};
+use crate::ledger::TokenUsage;
+
+/// Prices an answer's usage in micro-dollars, for its client's budgets.
+pub type Pricer = Box<dyn Fn(&TokenUsage) -> u64 + Send + Sync>;
 
 /// Settles one reservation exactly once: with the tokens Google reported, or, if it is dropped
 /// unsettled (an upstream error, a retry, a timeout), as a refund of the estimate.
@@ -14,6 +18,8 @@ pub struct Settlement {
     /// never carries usage (an embedding) keeps its estimate, or embed TPM would only bound
     /// the calls in flight.
     unreported: Option<u64>,
+    /// Prices the answer for the client's budgets (`None`: the reservation holds no budget).
+    pricer: Option<Pricer>,
 }
 
 impl Settlement {
@@ -22,7 +28,14 @@ impl Settlement {
             store,
             reservation: Some(reservation),
             unreported: None,
+            pricer: None,
         }
+    }
+
+    /// Settle the client's budget reservation to the answer's cost as `pricer` reckons it.
+    pub fn priced_by(mut self, pricer: Pricer) -> Self {
+        self.pricer = Some(pricer);
+        self
     }
 
     /// An answer reporting no usage settles to its estimate instead of refunding it: for
@@ -39,19 +52,38 @@ impl Settlement {
 
     /// Replace the estimate with `tokens`, off the response path. `None` (the answer reported
     /// no usage) refunds, unless [`Settlement::keeping_estimate_unreported`] said otherwise.
-    pub fn settle(mut self, tokens: Option<u64>) {
-        let tokens = tokens.or(self.unreported);
-        self.finish(tokens);
+    pub fn settle(self, tokens: Option<u64>) {
+        self.settle_usage(tokens, None);
     }
 
-    fn finish(&mut self, tokens: Option<u64>) {
-        let Some(reservation) = self.reservation.take() else {
+    /// [`Settlement::settle`], with the answer's whole usage when it reported one: the
+    /// client's budget reservation becomes its real cost. Without usage, an answer that keeps
+    /// its token estimate keeps its cost estimate too, and a refund refunds both.
+    pub fn settle_usage(mut self, tokens: Option<u64>, usage: Option<&TokenUsage>) {
+        let tokens = tokens.or(self.unreported);
+        let cost = match (usage, &self.pricer) {
+            (Some(u), Some(price)) => Some(price(u)),
+            _ => None,
+        };
+        self.finish(tokens, cost);
+    }
+
+    fn finish(&mut self, tokens: Option<u64>, cost: Option<u64>) {
+        let Some(mut reservation) = self.reservation.take() else {
             return;
         };
+        if let Some(h) = reservation.client.as_mut() {
+            h.actual_cost_micros = Some(match (cost, tokens) {
+                (Some(c), _) => c,
+                (None, Some(_)) => h.cost_micros,
+                (None, None) => 0,
+            });
+        }
         let store = &self.store;
         let actual = tokens.unwrap_or(0);
-        // Nothing changes when Google counted what we estimated.
-        if actual == reservation.tokens
+        // Nothing changes when Google counted what we estimated (and no client part waits
+        // for its slot to be freed).
+        if (actual == reservation.tokens && reservation.client.is_none())
             || store.settle_now(&reservation, actual)
             || store.settle_later(&reservation, actual)
         {
@@ -70,6 +102,6 @@ impl Settlement {
 
 impl Drop for Settlement {
     fn drop(&mut self) {
-        self.finish(None);
+        self.finish(None, None);
     }
 }

@@ -8,6 +8,7 @@
 
 mod admit;
 mod answer;
+mod client;
 mod react;
 
 use std::convert::Infallible;
@@ -244,6 +245,12 @@ where
             .map_or(Caller::Anonymous, |c| c.0.clone());
         let caller_name = caller.name();
         let quota_model = est.quota_model();
+        // A client's models allowlist, before any quota is spent.
+        if let Some(model) = quota_model {
+            client::check_model(state, &caller, model).inspect_err(|_| served.refused = true)?;
+        }
+        let client_part =
+            quota_model.and_then(|m| client::part(state, &caller, route, &est.estimate, m));
         // A billable call the proxy cannot price goes out only where the configuration says
         // so: never unseen.
         if let Some(model) = quota_model
@@ -296,6 +303,7 @@ where
                         deadline,
                         allowance,
                         claim,
+                        client_part.clone(),
                     )
                     .await;
                     let waited = match &admitted {
@@ -325,7 +333,12 @@ where
             // Dropped unsettled (an error, a retry) it refunds the estimate by itself. An
             // answer that carries no usage (an embedding's, ...) settles to its estimate.
             let settlement = reservation.map(|r| {
-                let s = Settlement::new(state.store.clone(), r);
+                let mut s = Settlement::new(state.store.clone(), r);
+                if let (Some(model), Some(c)) = (quota_model, &client_part)
+                    && c.has_budgets()
+                {
+                    s = s.priced_by(client::pricer(state, model));
+                }
                 if route.unreported_usage {
                     s.keeping_estimate_unreported()
                 } else {
