@@ -224,3 +224,59 @@ async fn a_reloaded_client_limit_holds_from_the_next_request() {
     );
     let _ = std::fs::remove_file(&file);
 }
+
+/// Output at 1,000 USD per 1M tokens, input free: asking for 10 output tokens reserves 0.01
+/// USD; the fake's answer (3 output tokens) costs 0.003.
+#[tokio::test]
+async fn a_budget_refuses_until_its_period_ends_and_its_use_is_a_metric() {
+    let fake = FakeUpstream::start().await;
+    let opts = team("daily_budget_usd = 0.012").toml(&format!(
+        "[prices.\"gemini-2.5-flash\"]\ninput = 0.0\noutput = 1000.0\n\n[[auth.clients]]\nname = \"team\"\nkey = \"{TEAM_KEY}\"\ndaily_budget_usd = 0.012\n"
+    ));
+    let proxy = start_proxy(&fake.url, opts).await;
+    let ask = || async {
+        http()
+            .post(format!(
+                "{}/v1beta/models/gemini-2.5-flash:generateContent",
+                proxy.url
+            ))
+            .header("x-goog-api-key", TEAM_KEY)
+            .json(
+                &json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+                          "generationConfig": {"maxOutputTokens": 10}}),
+            )
+            .send()
+            .await
+            .unwrap()
+    };
+    let first = ask().await;
+    assert_eq!(first.status(), 200);
+    first.bytes().await.unwrap();
+    // Settled to 0.003: 0.3 / 1.2 of the budget used, and another 0.01 would pass it.
+    let want = "gqp_client_budget_used_ratio{client=\"team\",period=\"day\"} 0.25";
+    let mut seen = String::new();
+    for _ in 0..50 {
+        seen = metrics_text(&proxy.url).await;
+        if seen.contains(want) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(seen.contains(want), "{seen}");
+    let r = ask().await;
+    assert_eq!(r.status(), 429);
+    let retry_after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        retry_after >= 1 && retry_after <= 25 * 3600,
+        "{retry_after}"
+    );
+    let v: Value = r.json().await.unwrap();
+    let violation = &v["error"]["details"][0]["violations"][0];
+    assert_eq!(violation["quotaId"], "ProxyClientDailyBudgetUsd", "{v}");
+    assert_eq!(violation["quotaValue"], "0.012");
+    assert_eq!(fake.calls(":generateContent").len(), 1);
+}
