@@ -270,10 +270,7 @@ async fn a_budget_refuses_until_its_period_ends_and_its_use_is_a_metric() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(
-        retry_after >= 1 && retry_after <= 25 * 3600,
-        "{retry_after}"
-    );
+    assert!((1..=25 * 3600).contains(&retry_after), "{retry_after}");
     let v: Value = r.json().await.unwrap();
     let violation = &v["error"]["details"][0]["violations"][0];
     assert_eq!(violation["quotaId"], "ProxyClientDailyBudgetUsd", "{v}");

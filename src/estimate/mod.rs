@@ -55,13 +55,15 @@ pub fn estimate(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
         .as_object()
         .ok_or_else(|| bad("Invalid JSON payload received. Expected a JSON object"))?;
     let mut acc = Acc::default();
-    let mut est = Estimate::default();
-    est.max_output = obj
-        .get("generationConfig")
-        .and_then(|g| g.get("maxOutputTokens"))
-        .or_else(|| obj.get("max_completion_tokens"))
-        .or_else(|| obj.get("max_tokens"))
-        .and_then(Value::as_u64);
+    let mut est = Estimate {
+        max_output: obj
+            .get("generationConfig")
+            .and_then(|g| g.get("maxOutputTokens"))
+            .or_else(|| obj.get("max_completion_tokens"))
+            .or_else(|| obj.get("max_tokens"))
+            .and_then(Value::as_u64),
+        ..Estimate::default()
+    };
 
     if route.openai {
         if let Some(m) = obj.get("model") {
