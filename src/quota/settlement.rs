@@ -105,3 +105,93 @@ impl Drop for Settlement {
         self.finish(None, None);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clients::{Client, ClientLimits, Origin};
+    use crate::quota::memory::MemoryStore;
+    use crate::quota::{
+        AdmitOutcome, AdmitRequest, Candidate, ClientAdmit, ClientPeriod, Limits, ManualClock,
+        Strategy,
+    };
+
+    const T0: i64 = 1_770_000_000_000;
+
+    async fn admitted(store: &Arc<MemoryStore>) -> Reservation {
+        let limits = Limits {
+            minute: 100,
+            token_minute: 1_000_000,
+            daily: 1_000,
+            max_request_tokens: u64::MAX,
+        };
+        let client = Arc::new(Client {
+            name: "team".into(),
+            limits: ClientLimits {
+                daily_budget_usd: Some(1.0),
+                max_concurrent: Some(5),
+                ..Default::default()
+            },
+            origin: Origin::Config,
+            slot: 3,
+        });
+        let req = AdmitRequest {
+            model: "m".into(),
+            tokens: 10,
+            candidates: vec![Candidate {
+                index: 0,
+                kid: "k".into(),
+                project: "p".into(),
+                limits,
+            }],
+            strategy: Strategy::Headroom,
+            rotation: 0,
+            client: Some(ClientAdmit {
+                client,
+                period: ClientPeriod::at(chrono_tz::UTC, T0),
+                cost_micros: 50_000,
+                lease_ms: 60_000,
+            }),
+        };
+        match store.admit(&req).await.unwrap() {
+            AdmitOutcome::Admitted(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn spent(store: &Arc<MemoryStore>) -> u64 {
+        let p = ClientPeriod::at(chrono_tz::UTC, T0);
+        store
+            .client_spend(&[("team".into(), p.day, p.month)])
+            .await
+            .unwrap()[0]
+            .0
+    }
+
+    #[tokio::test]
+    async fn a_budget_reservation_becomes_the_priced_usage_or_is_refunded_or_kept() {
+        let store = Arc::new(MemoryStore::new(
+            Arc::new(ManualClock::new(T0)),
+            chrono_tz::UTC,
+        ));
+        let dyn_store: Arc<dyn QuotaStore> = store.clone();
+        // Priced from the answer's usage: 7 output tokens at 1,000 micro-dollars.
+        let s = Settlement::new(dyn_store.clone(), admitted(&store).await)
+            .priced_by(Box::new(|u| u.output * 1_000));
+        assert_eq!(spent(&store).await, 50_000);
+        let usage = TokenUsage {
+            input: 10,
+            output: 7,
+            ..TokenUsage::default()
+        };
+        // The same tokens as estimated: the slot and the budget still settle.
+        s.settle_usage(Some(10), Some(&usage));
+        assert_eq!(spent(&store).await, 7_000);
+        // Dropped unsettled (an error before any answer): refunded.
+        drop(Settlement::new(dyn_store.clone(), admitted(&store).await));
+        assert_eq!(spent(&store).await, 7_000);
+        // An answer without usage that keeps its tokens keeps its cost estimate.
+        Settlement::new(dyn_store, admitted(&store).await).settle(Some(10));
+        assert_eq!(spent(&store).await, 57_000);
+    }
+}
