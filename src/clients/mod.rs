@@ -6,7 +6,6 @@
 //! per-client tables in metrics and the queue) is given once per name and kept for the
 //! process's life, so counters keyed by it stay with the right client across reloads.
 
-pub mod budgets;
 pub mod limits;
 
 use std::collections::HashMap;

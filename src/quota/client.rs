@@ -8,7 +8,6 @@ use chrono::{Datelike, NaiveDate, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
 use super::DayInfo;
-use crate::clients::Client;
 
 /// How long a concurrency refusal says to wait: a slot frees when any request of the client
 /// ends, which no store can foresee, so it asks again after this.
@@ -119,11 +118,12 @@ impl ClientPeriod {
     }
 }
 
-/// A client's part of an [`super::AdmitRequest`]: who it is (its name and limits as they were
-/// when the request arrived), its periods now, and what the request is estimated to cost.
+/// A client's part of an [`super::AdmitRequest`]: its name, its limits as they were when the
+/// request arrived, its periods now, and what the request is estimated to cost.
 #[derive(Debug, Clone)]
 pub struct ClientAdmit {
-    pub client: Arc<Client>,
+    pub name: Arc<str>,
+    pub caps: ClientCaps,
     pub period: ClientPeriod,
     /// Estimated cost in micro-dollars (reserved against its budgets).
     pub cost_micros: u64,
@@ -132,7 +132,7 @@ pub struct ClientAdmit {
     pub lease_ms: u64,
 }
 
-/// A client's limits in the units the stores count: `None` (or 0 in a script) is no limit.
+/// A client's limits in the units the stores count (`None`, or 0 in a script: no limit).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClientCaps {
     pub rpm: Option<u64>,
@@ -148,37 +148,31 @@ pub fn micros(usd: f64) -> u64 {
     (usd * MICROS_PER_USD).round().max(0.0) as u64
 }
 
+impl ClientCaps {
+    /// Whether any limit is set that the store counts.
+    pub fn any(&self) -> bool {
+        *self != ClientCaps::default()
+    }
+}
+
 impl ClientAdmit {
     /// Whether it has a budget (its requests are priced at admission and settlement).
     pub fn has_budgets(&self) -> bool {
-        let l = &self.client.limits;
-        l.daily_budget_usd.is_some() || l.monthly_budget_usd.is_some()
+        self.caps.daily_micros.is_some() || self.caps.monthly_micros.is_some()
     }
 
-    pub fn caps(&self) -> ClientCaps {
-        let l = &self.client.limits;
-        ClientCaps {
-            rpm: l.rpm,
-            tpm: l.tpm,
-            rpd: l.rpd,
-            max_concurrent: l.max_concurrent,
-            daily_micros: l.daily_budget_usd.map(micros),
-            monthly_micros: l.monthly_budget_usd.map(micros),
-        }
-    }
-
-    /// The limit's configured value, for `quotaValue` (dollars for a budget).
+    /// The limit's value, for `quotaValue` (dollars for a budget).
     pub fn limit_value(&self, limit: ClientLimit) -> String {
-        let l = &self.client.limits;
+        let c = &self.caps;
         let n = |v: Option<u64>| v.unwrap_or(0).to_string();
-        let usd = |v: Option<f64>| format!("{}", v.unwrap_or(0.0));
+        let usd = |v: Option<u64>| format!("{}", v.unwrap_or(0) as f64 / MICROS_PER_USD);
         match limit {
-            ClientLimit::Rpm => n(l.rpm),
-            ClientLimit::Tpm => n(l.tpm),
-            ClientLimit::Rpd => n(l.rpd),
-            ClientLimit::Concurrent => n(l.max_concurrent),
-            ClientLimit::DailyBudget => usd(l.daily_budget_usd),
-            ClientLimit::MonthlyBudget => usd(l.monthly_budget_usd),
+            ClientLimit::Rpm => n(c.rpm),
+            ClientLimit::Tpm => n(c.tpm),
+            ClientLimit::Rpd => n(c.rpd),
+            ClientLimit::Concurrent => n(c.max_concurrent),
+            ClientLimit::DailyBudget => usd(c.daily_micros),
+            ClientLimit::MonthlyBudget => usd(c.monthly_micros),
         }
     }
 }

@@ -4,10 +4,6 @@
 use std::sync::Arc;
 
 use super::{QuotaStore, Reservation};
-use crate::ledger::TokenUsage;
-
-/// Prices an answer's usage in micro-dollars, for its client's budgets.
-pub type Pricer = Box<dyn Fn(&TokenUsage) -> u64 + Send + Sync>;
 
 /// Settles one reservation exactly once: with the tokens Google reported, or, if it is dropped
 /// unsettled (an upstream error, a retry, a timeout), as a refund of the estimate.
@@ -18,8 +14,6 @@ pub struct Settlement {
     /// never carries usage (an embedding) keeps its estimate, or embed TPM would only bound
     /// the calls in flight.
     unreported: Option<u64>,
-    /// Prices the answer for the client's budgets (`None`: the reservation holds no budget).
-    pricer: Option<Pricer>,
 }
 
 impl Settlement {
@@ -28,14 +22,7 @@ impl Settlement {
             store,
             reservation: Some(reservation),
             unreported: None,
-            pricer: None,
         }
-    }
-
-    /// Settle the client's budget reservation to the answer's cost as `pricer` reckons it.
-    pub fn priced_by(mut self, pricer: Pricer) -> Self {
-        self.pricer = Some(pricer);
-        self
     }
 
     /// An answer reporting no usage settles to its estimate instead of refunding it: for
@@ -53,19 +40,15 @@ impl Settlement {
     /// Replace the estimate with `tokens`, off the response path. `None` (the answer reported
     /// no usage) refunds, unless [`Settlement::keeping_estimate_unreported`] said otherwise.
     pub fn settle(self, tokens: Option<u64>) {
-        self.settle_usage(tokens, None);
+        self.settle_costed(tokens, None);
     }
 
-    /// [`Settlement::settle`], with the answer's whole usage when it reported one: the
-    /// client's budget reservation becomes its real cost. Without usage, an answer that keeps
-    /// its token estimate keeps its cost estimate too, and a refund refunds both.
-    pub fn settle_usage(mut self, tokens: Option<u64>, usage: Option<&TokenUsage>) {
+    /// [`Settlement::settle`], with the answer's cost in micro-dollars when it is known (its
+    /// usage priced): the client's budget reservation becomes it. Without a cost, an answer
+    /// that keeps its token estimate keeps its cost estimate too, and a refund refunds both.
+    pub fn settle_costed(mut self, tokens: Option<u64>, cost_micros: Option<u64>) {
         let tokens = tokens.or(self.unreported);
-        let cost = match (usage, &self.pricer) {
-            (Some(u), Some(price)) => Some(price(u)),
-            _ => None,
-        };
-        self.finish(tokens, cost);
+        self.finish(tokens, cost_micros);
     }
 
     fn finish(&mut self, tokens: Option<u64>, cost: Option<u64>) {
@@ -109,7 +92,7 @@ impl Drop for Settlement {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clients::{Client, ClientLimits, Origin};
+    use crate::quota::client::ClientCaps;
     use crate::quota::memory::MemoryStore;
     use crate::quota::{
         AdmitOutcome, AdmitRequest, Candidate, ClientAdmit, ClientPeriod, Limits, ManualClock,
@@ -125,16 +108,6 @@ mod tests {
             daily: 1_000,
             max_request_tokens: u64::MAX,
         };
-        let client = Arc::new(Client {
-            name: "team".into(),
-            limits: ClientLimits {
-                daily_budget_usd: Some(1.0),
-                max_concurrent: Some(5),
-                ..Default::default()
-            },
-            origin: Origin::Config,
-            slot: 3,
-        });
         let req = AdmitRequest {
             model: "m".into(),
             tokens: 10,
@@ -147,7 +120,12 @@ mod tests {
             strategy: Strategy::Headroom,
             rotation: 0,
             client: Some(ClientAdmit {
-                client,
+                name: "team".into(),
+                caps: ClientCaps {
+                    daily_micros: Some(1_000_000),
+                    max_concurrent: Some(5),
+                    ..Default::default()
+                },
                 period: ClientPeriod::at(chrono_tz::UTC, T0),
                 cost_micros: 50_000,
                 lease_ms: 60_000,
@@ -175,17 +153,10 @@ mod tests {
             chrono_tz::UTC,
         ));
         let dyn_store: Arc<dyn QuotaStore> = store.clone();
-        // Priced from the answer's usage: 7 output tokens at 1,000 micro-dollars.
-        let s = Settlement::new(dyn_store.clone(), admitted(&store).await)
-            .priced_by(Box::new(|u| u.output * 1_000));
+        let s = Settlement::new(dyn_store.clone(), admitted(&store).await);
         assert_eq!(spent(&store).await, 50_000);
-        let usage = TokenUsage {
-            input: 10,
-            output: 7,
-            ..TokenUsage::default()
-        };
-        // The same tokens as estimated: the slot and the budget still settle.
-        s.settle_usage(Some(10), Some(&usage));
+        // The same tokens as estimated: the slot and the budget still settle, to the cost.
+        s.settle_costed(Some(10), Some(7_000));
         assert_eq!(spent(&store).await, 7_000);
         // Dropped unsettled (an error before any answer): refunded.
         drop(Settlement::new(dyn_store.clone(), admitted(&store).await));

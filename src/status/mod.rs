@@ -6,6 +6,7 @@
 pub mod alert_rules;
 pub mod alerts;
 mod cache;
+mod client_budgets;
 mod config;
 pub mod dashboard;
 pub mod snapshot;
@@ -90,7 +91,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
         let mut last = state.gauges_refreshed.lock().await;
         if last.is_none_or(|at| at.elapsed() >= GAUGE_REFRESH) {
             record_gauges(&state.metrics, &snapshot(&state, Extras::None).await);
-            crate::clients::budgets::record(&state).await;
+            client_budgets::record(&state).await;
             *last = Some(std::time::Instant::now());
         }
     }

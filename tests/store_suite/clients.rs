@@ -2,7 +2,8 @@
 //! checked before the pool's and settled with it, on every store.
 
 use super::*;
-use gemini_quota_proxy::clients::{Client, ClientLimits, Origin};
+use gemini_quota_proxy::clients::ClientLimits;
+use gemini_quota_proxy::quota::client::ClientCaps;
 use gemini_quota_proxy::quota::{ClientAdmit, ClientLimit, ClientPeriod, Reservation};
 
 /// A request of client `name` with `limits`, estimated at `cost` micro-dollars, on a pool
@@ -18,13 +19,17 @@ pub fn client_req(
         tokens,
         vec![cand(0, "p", limits(10_000, 10_000_000, 1_000_000))],
     );
+    let micros = |usd: Option<f64>| usd.map(|d| (d * 1e6).round() as u64);
     r.client = Some(ClientAdmit {
-        client: Arc::new(Client {
-            name: name.into(),
-            limits: limits_,
-            origin: Origin::Config,
-            slot: 3,
-        }),
+        name: name.into(),
+        caps: ClientCaps {
+            rpm: limits_.rpm,
+            tpm: limits_.tpm,
+            rpd: limits_.rpd,
+            max_concurrent: limits_.max_concurrent,
+            daily_micros: micros(limits_.daily_budget_usd),
+            monthly_micros: micros(limits_.monthly_budget_usd),
+        },
         period: ClientPeriod::at(Los_Angeles, h.clock.now_ms()),
         cost_micros: cost,
         lease_ms: 90_000,

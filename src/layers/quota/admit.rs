@@ -114,6 +114,7 @@ pub(super) async fn admit(
     allowance: Duration,
     claim: Claim,
     client: Option<ClientAdmit>,
+    max_wait_secs: Option<f64>,
 ) -> Result<Admitted, NotAdmitted> {
     let mut candidates = state.pool.candidates(model, route.family, pinned);
     if candidates.len() > avoid.len() {
@@ -140,7 +141,7 @@ pub(super) async fn admit(
         rotation: state.pool.next_turn(),
         client,
     };
-    let client_until = client::wait_until(request.client.as_ref(), allowance);
+    let client_until = client::wait_until(max_wait_secs, allowance);
     let started = Instant::now();
     let mut paused = Duration::ZERO;
     loop {

@@ -8,11 +8,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::auth::Caller;
+use crate::body::Pricer;
 use crate::error::ApiError;
 use crate::estimate::Estimate;
 use crate::ledger::TokenUsage;
-use crate::quota::client::{ClientAdmit, ClientLimit, ClientPeriod};
-use crate::quota::settlement::Pricer;
+use crate::quota::client::{ClientAdmit, ClientCaps, ClientLimit, ClientPeriod, micros};
 use crate::route::{QuotaFamily, Route};
 use crate::state::AppState;
 
@@ -66,7 +66,15 @@ pub(super) fn part(
     };
     let lease = state.config.upstream.request_timeout + LEASE_MARGIN;
     Some(ClientAdmit {
-        client: client.clone(),
+        name: client.name.clone(),
+        caps: ClientCaps {
+            rpm: l.rpm,
+            tpm: l.tpm,
+            rpd: l.rpd,
+            max_concurrent: l.max_concurrent,
+            daily_micros: l.daily_budget_usd.map(micros),
+            monthly_micros: l.monthly_budget_usd.map(micros),
+        },
         period,
         cost_micros,
         lease_ms: lease.as_millis() as u64,
@@ -123,11 +131,11 @@ pub(super) fn refusal(
     ApiError::ClientLimited {
         message: format!(
             "Client {:?} is over its own limit ({}: {what}) for {model}. Retry in {}.",
-            &*c.client.name,
+            &*c.name,
             limit.as_str(),
             crate::error::format_retry_delay(retry_after_ms)
         ),
-        client: c.client.name.to_string(),
+        client: c.name.to_string(),
         limit,
         limit_value,
         retry_after_ms,
@@ -137,14 +145,12 @@ pub(super) fn refusal(
 /// Until when a request of this client may wait for its own limits: its `max_wait_secs` if
 /// set, else the request's allowance (`queue.max_wait_secs`, shortened by the request), never
 /// more than that.
-pub(super) fn wait_until(c: Option<&ClientAdmit>, allowance: Duration) -> Instant {
-    let own = c
-        .and_then(|c| c.client.limits.max_wait_secs)
-        .map_or(allowance, |s| {
-            Duration::try_from_secs_f64(s)
-                .unwrap_or(allowance)
-                .min(allowance)
-        });
+pub(super) fn wait_until(max_wait_secs: Option<f64>, allowance: Duration) -> Instant {
+    let own = max_wait_secs.map_or(allowance, |s| {
+        Duration::try_from_secs_f64(s)
+            .unwrap_or(allowance)
+            .min(allowance)
+    });
     Instant::now() + own
 }
 

@@ -304,6 +304,7 @@ where
                         allowance,
                         claim,
                         client_part.clone(),
+                        caller.client().and_then(|c| c.limits.max_wait_secs),
                     )
                     .await;
                     let waited = match &admitted {
@@ -333,12 +334,7 @@ where
             // Dropped unsettled (an error, a retry) it refunds the estimate by itself. An
             // answer that carries no usage (an embedding's, ...) settles to its estimate.
             let settlement = reservation.map(|r| {
-                let mut s = Settlement::new(state.store.clone(), r);
-                if let (Some(model), Some(c)) = (quota_model, &client_part)
-                    && c.has_budgets()
-                {
-                    s = s.priced_by(client::pricer(state, model));
-                }
+                let s = Settlement::new(state.store.clone(), r);
                 if route.unreported_usage {
                     s.keeping_estimate_unreported()
                 } else {
@@ -512,10 +508,15 @@ where
             // Google bills the images an image call returned (fewer than asked for when some
             // were filtered): counted from the answer.
             let images = (route.family == QuotaFamily::Image).then(ImageCounter::default);
+            let pricer = match (quota_model, &client_part) {
+                (Some(model), Some(c)) if c.has_budgets() => Some(client::pricer(state, model)),
+                _ => None,
+            };
             let at_end = AtEnd {
                 settlement,
                 tally,
                 images,
+                pricer,
             };
             if route.creates_resource && !streaming {
                 let answer = read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;

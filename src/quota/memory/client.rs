@@ -20,6 +20,8 @@ pub(super) struct ClientCounters {
     day_requests: u64,
     /// id -> lease end (ms).
     inflight: HashMap<u64, i64>,
+    /// The earliest lease end in `inflight` (or later): lapsed leases are looked for only then.
+    next_lapse: i64,
     budget_day: i64,
     day_micros: u64,
     budget_month: i64,
@@ -36,8 +38,9 @@ impl ClientCounters {
             self.tokens -= t;
             self.log.pop_front();
         }
-        if !self.inflight.is_empty() {
+        if !self.inflight.is_empty() && now >= self.next_lapse {
             self.inflight.retain(|_, until| *until > now);
+            self.next_lapse = self.inflight.values().copied().min().unwrap_or(i64::MAX);
         }
         let p = &c.period;
         if self.day != p.day {
@@ -62,7 +65,7 @@ impl ClientCounters {
         now: i64,
         window_ms: i64,
     ) -> Option<(ClientLimit, u64, u64)> {
-        let caps = c.caps();
+        let caps = c.caps;
         let p = &c.period;
         if let Some(max) = caps.max_concurrent
             && self.inflight.len() as u64 >= max
@@ -119,14 +122,19 @@ impl ClientCounters {
         self.log.push_back((now, id, tokens));
         self.tokens += tokens;
         self.day_requests += 1;
-        if c.client.limits.max_concurrent.is_some() {
+        if c.caps.max_concurrent.is_some() {
             let lease = i64::try_from(c.lease_ms).unwrap_or(i64::MAX);
-            self.inflight.insert(id, now.saturating_add(lease));
+            let until = now.saturating_add(lease);
+            if self.inflight.is_empty() {
+                self.next_lapse = until;
+            }
+            self.next_lapse = self.next_lapse.min(until);
+            self.inflight.insert(id, until);
         }
         self.day_micros = self.day_micros.saturating_add(c.cost_micros);
         self.month_micros = self.month_micros.saturating_add(c.cost_micros);
         ClientHold {
-            name: c.client.name.clone(),
+            name: c.name.clone(),
             id,
             day: c.period.day,
             month: c.period.month,
@@ -136,7 +144,13 @@ impl ClientCounters {
     }
 
     fn settle(&mut self, h: &ClientHold, tokens: u64, cost: u64) {
-        if let Some(e) = self.log.iter_mut().find(|e| e.1 == h.id) {
+        // Ids in the log are consecutive (every admission is logged, in order): found by
+        // offset from the oldest, not by a scan of the window.
+        let at = self
+            .log
+            .front()
+            .and_then(|f| usize::try_from(h.id.checked_sub(f.1)?).ok());
+        if let Some(e) = at.and_then(|i| self.log.get_mut(i)).filter(|e| e.1 == h.id) {
             self.tokens = self.tokens - e.2 + tokens;
             e.2 = tokens;
         }
@@ -179,7 +193,7 @@ impl MemoryStore {
     /// Admission with a client part: its counters checked first, then the pool's admission
     /// under the client's lock, and the client's reservation only if the pool admitted.
     pub(super) fn admit_client(&self, req: &AdmitRequest, c: &ClientAdmit) -> AdmitOutcome {
-        let counters = self.client_counters(&c.client.name);
+        let counters = self.client_counters(&c.name);
         let mut cc = lock(&counters);
         let now = self.clock.now_ms();
         cc.prune(now, self.window_ms, c);

@@ -87,7 +87,7 @@ impl RedisStore {
         }
         inv.key(k.seq()).key(k.pairs());
         if let Some(c) = &req.client {
-            for key in k.client(&c.client.name, c.period.day, c.period.month) {
+            for key in k.client(&c.name, c.period.day, c.period.month) {
                 inv.key(key);
             }
         }
@@ -115,7 +115,7 @@ impl RedisStore {
         }
         match &req.client {
             Some(c) => {
-                let caps = c.caps();
+                let caps = c.caps;
                 let n = |v: Option<u64>| v.unwrap_or(0);
                 inv.arg("1")
                     .arg(n(caps.rpm))
@@ -159,7 +159,7 @@ impl RedisStore {
                     uncounted: false,
                     local: false,
                     client: req.client.as_ref().map(|c| ClientHold {
-                        name: c.client.name.clone(),
+                        name: c.name.clone(),
                         // The client's window and slot are by admission id, as the pool's.
                         id: int(&v[2]).map_or(0, |i| i as u64),
                         day: c.period.day,
