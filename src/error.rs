@@ -38,6 +38,48 @@ impl LimitKind {
     }
 }
 
+/// Which of a client's own limits refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientLimit {
+    Rpm,
+    Tpm,
+    Rpd,
+    Concurrent,
+    DailyBudget,
+    MonthlyBudget,
+}
+
+impl ClientLimit {
+    /// The limit's name in the configuration (and in `note_refusal`, metrics, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientLimit::Rpm => "rpm",
+            ClientLimit::Tpm => "tpm",
+            ClientLimit::Rpd => "rpd",
+            ClientLimit::Concurrent => "max_concurrent",
+            ClientLimit::DailyBudget => "daily_budget_usd",
+            ClientLimit::MonthlyBudget => "monthly_budget_usd",
+        }
+    }
+
+    /// The `quotaId` of its `QuotaFailure` violation.
+    pub fn quota_id(self) -> &'static str {
+        match self {
+            ClientLimit::Rpm => "ProxyClientRequestsPerMinute",
+            ClientLimit::Tpm => "ProxyClientInputTokensPerMinute",
+            ClientLimit::Rpd => "ProxyClientRequestsPerDay",
+            ClientLimit::Concurrent => "ProxyClientConcurrentRequests",
+            ClientLimit::DailyBudget => "ProxyClientDailyBudgetUsd",
+            ClientLimit::MonthlyBudget => "ProxyClientMonthlyBudgetUsd",
+        }
+    }
+
+    /// Whether the limit is money (its `quotaValue` is in dollars, not a count).
+    pub fn is_budget(self) -> bool {
+        matches!(self, ClientLimit::DailyBudget | ClientLimit::MonthlyBudget)
+    }
+}
+
 /// An error answered by the proxy, not by Google.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -75,7 +117,7 @@ pub enum ApiError {
         message: String,
         /// The client's name (never its key).
         client: String,
-        limit: crate::quota::ClientLimit,
+        limit: ClientLimit,
         /// The limit as configured (dollars for a budget).
         limit_value: String,
         retry_after_ms: u64,
@@ -301,7 +343,7 @@ mod tests {
         let e = ApiError::ClientLimited {
             message: "over".into(),
             client: "team-a".into(),
-            limit: crate::quota::ClientLimit::DailyBudget,
+            limit: ClientLimit::DailyBudget,
             limit_value: "2.5".into(),
             retry_after_ms: 1_500,
         };

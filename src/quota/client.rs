@@ -16,59 +16,19 @@ pub const CONCURRENCY_RETRY_MS: u64 = 1_000;
 /// Micro-dollars per dollar: money is counted in integer micro-dollars.
 pub const MICROS_PER_USD: f64 = 1_000_000.0;
 
-/// Which of a client's own limits refused a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientLimit {
-    Rpm,
-    Tpm,
-    Rpd,
-    Concurrent,
-    DailyBudget,
-    MonthlyBudget,
-}
+pub use crate::error::ClientLimit;
 
-impl ClientLimit {
-    /// The limit's name in the configuration (and in `note_refusal`, metrics, logs).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClientLimit::Rpm => "rpm",
-            ClientLimit::Tpm => "tpm",
-            ClientLimit::Rpd => "rpd",
-            ClientLimit::Concurrent => "max_concurrent",
-            ClientLimit::DailyBudget => "daily_budget_usd",
-            ClientLimit::MonthlyBudget => "monthly_budget_usd",
-        }
-    }
-
-    /// The `quotaId` of its `QuotaFailure` violation.
-    pub fn quota_id(self) -> &'static str {
-        match self {
-            ClientLimit::Rpm => "ProxyClientRequestsPerMinute",
-            ClientLimit::Tpm => "ProxyClientInputTokensPerMinute",
-            ClientLimit::Rpd => "ProxyClientRequestsPerDay",
-            ClientLimit::Concurrent => "ProxyClientConcurrentRequests",
-            ClientLimit::DailyBudget => "ProxyClientDailyBudgetUsd",
-            ClientLimit::MonthlyBudget => "ProxyClientMonthlyBudgetUsd",
-        }
-    }
-
-    /// Its code in the admission script's answer.
-    pub(crate) fn from_code(code: i64) -> Option<ClientLimit> {
-        Some(match code {
-            11 => ClientLimit::Rpm,
-            12 => ClientLimit::Tpm,
-            13 => ClientLimit::Rpd,
-            14 => ClientLimit::Concurrent,
-            15 => ClientLimit::DailyBudget,
-            16 => ClientLimit::MonthlyBudget,
-            _ => return None,
-        })
-    }
-
-    /// Whether the limit is money (its `quotaValue` is in dollars, not a count).
-    pub fn is_budget(self) -> bool {
-        matches!(self, ClientLimit::DailyBudget | ClientLimit::MonthlyBudget)
-    }
+/// A client limit by its code in the admission script's answer (client.lua).
+pub(crate) fn limit_from_code(code: i64) -> Option<ClientLimit> {
+    Some(match code {
+        11 => ClientLimit::Rpm,
+        12 => ClientLimit::Tpm,
+        13 => ClientLimit::Rpd,
+        14 => ClientLimit::Concurrent,
+        15 => ClientLimit::DailyBudget,
+        16 => ClientLimit::MonthlyBudget,
+        _ => return None,
+    })
 }
 
 /// A client's budget periods at one moment: its day and its calendar month, in its zone.

@@ -1,9 +1,7 @@
 //! Admission in Redis: the candidates, their limits and key names prepared here, checked and
 //! reserved by one run of `admit.lua`.
 
-use super::super::{
-    AdmitOutcome, AdmitRequest, Candidate, ClientHold, ClientLimit, Reservation, Strategy,
-};
+use super::super::{AdmitOutcome, AdmitRequest, Candidate, ClientHold, Reservation, Strategy};
 use redis::Value;
 
 use super::{RedisStore, int};
@@ -170,7 +168,7 @@ impl RedisStore {
                 }))
             }
             (4, 4) => Ok(AdmitOutcome::ClientRefused {
-                limit: ClientLimit::from_code(int(&v[1])?).ok_or_else(|| {
+                limit: crate::quota::client::limit_from_code(int(&v[1])?).ok_or_else(|| {
                     StoreError::Protocol(format!("admission script answered {v:?}"))
                 })?,
                 limit_value: int(&v[2])?.max(0) as u64,
