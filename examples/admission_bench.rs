@@ -44,6 +44,7 @@ fn request() -> AdmitRequest {
         candidates,
         strategy: Strategy::Headroom,
         rotation: 0,
+        client: None,
     }
 }
 

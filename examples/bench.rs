@@ -9,6 +9,9 @@
 #[allow(dead_code)] // start_redis_cluster: admission_bench's
 mod support;
 
+#[path = "bench/clients.rs"]
+mod clients;
+
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -488,6 +491,10 @@ async fn main() {
     }
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "queue") {
         queue_cost(upstream, conns, secs, &script);
+        return;
+    }
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "clients") {
+        clients::clients_cost(upstream, conns, secs, &dir);
         return;
     }
     let (redis_port, redis_proc) = start_redis();

@@ -61,6 +61,7 @@ async fn main() {
                 candidates: state.pool.candidates(model, QuotaFamily::Generate, Some(i)),
                 strategy: state.pool.strategy,
                 rotation: 0,
+                client: None,
             };
             store.admit(&req).await.expect("admit");
         }

@@ -33,7 +33,13 @@ pub struct AtEnd {
     pub tally: Option<Tally>,
     /// An image call's answer: its images, counted as it passes (the answer's usage).
     pub images: Option<ImageCounter>,
+    /// Prices the answer's usage in micro-dollars for its client's budgets (`None`: its
+    /// reservation holds no budget).
+    pub pricer: Option<Pricer>,
 }
+
+/// Prices an answer's usage in micro-dollars.
+pub type Pricer = Box<dyn Fn(&TokenUsage) -> u64 + Send + Sync>;
 
 impl AtEnd {
     pub fn is_empty(&self) -> bool {
@@ -61,7 +67,7 @@ impl AtEnd {
             None => (usage, usage.map(|u| u.input)),
         };
         if let Some(s) = self.settlement {
-            s.settle(settle_to);
+            s.settle_costed(settle_to, price(&self.pricer, usage.as_ref()));
         }
         if let Some(t) = self.tally {
             t.close(usage);
@@ -78,12 +84,18 @@ impl AtEnd {
             .and_then(Settlement::reservation)
             .map_or(0, |r| r.tokens);
         if let Some(s) = self.settlement {
-            s.settle(Some(usage.map_or(estimate, |u| u.input)));
+            let cost = price(&self.pricer, usage.as_ref());
+            s.settle_costed(Some(usage.map_or(estimate, |u| u.input)), cost);
         }
         if let Some(t) = self.tally {
             t.close_unfinished(usage, estimate);
         }
     }
+}
+
+/// The answer's cost, when it reported usage and has a price to pay.
+fn price(pricer: &Option<Pricer>, usage: Option<&TokenUsage>) -> Option<u64> {
+    Some(pricer.as_ref()?(usage?))
 }
 
 /// Why a stream stopped early.

@@ -38,6 +38,48 @@ impl LimitKind {
     }
 }
 
+/// Which of a client's own limits refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientLimit {
+    Rpm,
+    Tpm,
+    Rpd,
+    Concurrent,
+    DailyBudget,
+    MonthlyBudget,
+}
+
+impl ClientLimit {
+    /// The limit's name in the configuration (and in `note_refusal`, metrics, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientLimit::Rpm => "rpm",
+            ClientLimit::Tpm => "tpm",
+            ClientLimit::Rpd => "rpd",
+            ClientLimit::Concurrent => "max_concurrent",
+            ClientLimit::DailyBudget => "daily_budget_usd",
+            ClientLimit::MonthlyBudget => "monthly_budget_usd",
+        }
+    }
+
+    /// The `quotaId` of its `QuotaFailure` violation.
+    pub fn quota_id(self) -> &'static str {
+        match self {
+            ClientLimit::Rpm => "ProxyClientRequestsPerMinute",
+            ClientLimit::Tpm => "ProxyClientInputTokensPerMinute",
+            ClientLimit::Rpd => "ProxyClientRequestsPerDay",
+            ClientLimit::Concurrent => "ProxyClientConcurrentRequests",
+            ClientLimit::DailyBudget => "ProxyClientDailyBudgetUsd",
+            ClientLimit::MonthlyBudget => "ProxyClientMonthlyBudgetUsd",
+        }
+    }
+
+    /// Whether the limit is money (its `quotaValue` is in dollars, not a count).
+    pub fn is_budget(self) -> bool {
+        matches!(self, ClientLimit::DailyBudget | ClientLimit::MonthlyBudget)
+    }
+}
+
 /// An error answered by the proxy, not by Google.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -66,6 +108,18 @@ pub enum ApiError {
         /// The limit belongs to the embed family (its quota ids differ).
         embed: bool,
         limit_value: u64,
+        retry_after_ms: u64,
+    },
+    /// Refused by the client's own limit (`[[auth.clients]]`), not the pool's: 429 with the
+    /// limit named, and `x-gemini-quota-proxy-limit: client`.
+    #[error("{message}")]
+    ClientLimited {
+        message: String,
+        /// The client's name (never its key).
+        client: String,
+        limit: ClientLimit,
+        /// The limit as configured (dollars for a budget).
+        limit_value: String,
         retry_after_ms: u64,
     },
     /// The whole pool is unusable (all keys disabled, or backing off) for longer than we wait.
@@ -112,9 +166,9 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ApiError::QuotaExceeded { .. } | ApiError::PoolExhausted { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::QuotaExceeded { .. }
+            | ApiError::PoolExhausted { .. }
+            | ApiError::ClientLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -135,7 +189,9 @@ impl ApiError {
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::MethodNotAllowed(_) => "UNIMPLEMENTED",
             ApiError::RequestTimeout(_) => "DEADLINE_EXCEEDED",
-            ApiError::QuotaExceeded { .. } | ApiError::PoolExhausted { .. } => "RESOURCE_EXHAUSTED",
+            ApiError::QuotaExceeded { .. }
+            | ApiError::PoolExhausted { .. }
+            | ApiError::ClientLimited { .. } => "RESOURCE_EXHAUSTED",
             ApiError::Unavailable(_) | ApiError::Busy { .. } => "UNAVAILABLE",
             ApiError::BadGateway(_) => "UNAVAILABLE",
             ApiError::GatewayTimeout(_) => "DEADLINE_EXCEEDED",
@@ -151,6 +207,7 @@ impl ApiError {
         match self {
             ApiError::QuotaExceeded { retry_after_ms, .. }
             | ApiError::PoolExhausted { retry_after_ms, .. }
+            | ApiError::ClientLimited { retry_after_ms, .. }
             | ApiError::Busy { retry_after_ms, .. } => Some(*retry_after_ms),
             _ => None,
         }
@@ -173,6 +230,25 @@ impl ApiError {
                     "quotaId": limit.quota_id(*embed),
                     "quotaDimensions": {"model": model},
                     "quotaValue": limit_value.to_string(),
+                    "subject": "gemini-quota-proxy",
+                    "description": self.to_string(),
+                }]
+            }));
+        }
+        if let ApiError::ClientLimited {
+            client,
+            limit,
+            limit_value,
+            ..
+        } = self
+        {
+            details.push(json!({
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [{
+                    "quotaMetric": format!("gemini-quota-proxy/client/{}", limit.as_str()),
+                    "quotaId": limit.quota_id(),
+                    "quotaDimensions": {"client": client},
+                    "quotaValue": limit_value,
                     "subject": "gemini-quota-proxy",
                     "description": self.to_string(),
                 }]
@@ -235,6 +311,12 @@ impl IntoResponse for ApiError {
             "x-gemini-quota-proxy-error",
             HeaderValue::from_static("true"),
         );
+        if matches!(self, ApiError::ClientLimited { .. }) {
+            h.insert(
+                "x-gemini-quota-proxy-limit",
+                HeaderValue::from_static("client"),
+            );
+        }
         resp
     }
 }
@@ -269,6 +351,27 @@ mod tests {
         assert_eq!(details[1]["retryDelay"], "12.300s");
         let resp = e.into_response();
         assert_eq!(resp.headers()["retry-after"], "13");
+    }
+
+    #[test]
+    fn a_client_limit_names_its_quota_id_value_and_the_client_header() {
+        let e = ApiError::ClientLimited {
+            message: "over".into(),
+            client: "team-a".into(),
+            limit: ClientLimit::DailyBudget,
+            limit_value: "2.5".into(),
+            retry_after_ms: 1_500,
+        };
+        let v = e.envelope();
+        assert_eq!(v["error"]["code"], 429);
+        let violation = &v["error"]["details"][0]["violations"][0];
+        assert_eq!(violation["quotaId"], "ProxyClientDailyBudgetUsd");
+        assert_eq!(violation["quotaValue"], "2.5");
+        assert_eq!(violation["quotaDimensions"]["client"], "team-a");
+        assert_eq!(v["error"]["details"][1]["retryDelay"], "1.500s");
+        let resp = e.into_response();
+        assert_eq!(resp.headers()["retry-after"], "2");
+        assert_eq!(resp.headers()["x-gemini-quota-proxy-limit"], "client");
     }
 
     #[test]

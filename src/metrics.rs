@@ -199,6 +199,14 @@ fn describe() {
         Unit::Seconds,
         "Time of quota store calls on the request path, by operation."
     );
+    describe_counter!(
+        "gqp_client_refusals_total",
+        "Requests refused by their client's own limit ([[auth.clients]]: rpm, tpm, rpd, max_concurrent, daily_budget_usd, monthly_budget_usd, models), by client and limit."
+    );
+    describe_gauge!(
+        "gqp_client_budget_used_ratio",
+        "A budgeted client's day (period=day) or calendar month (period=month) spent and reserved, as a share of its budget (1 = at the budget)."
+    );
     describe_gauge!(
         "gqp_keys_cooling",
         "Pooled keys whose project is cooling down after a Google 429."
@@ -358,6 +366,13 @@ impl Metrics {
 
     pub fn refused(&self, reason: &'static str) {
         counter!("gqp_admissions_refused_total", "reason" => reason).increment(1);
+    }
+
+    /// A client refused by its own `limit` (`rpm`, ..., `models`): labels bounded by the
+    /// configured clients.
+    pub fn client_refused(&self, client: &str, limit: &'static str) {
+        counter!("gqp_client_refusals_total", "client" => client.to_string(), "limit" => limit)
+            .increment(1);
     }
 
     /// One try of an alert notification on `channel` (a format or `email`, never a URL).

@@ -187,6 +187,7 @@ async fn settlements_apply_while_redis_refuses_the_ledger_batch_riding_with_them
         }],
         strategy: Strategy::Headroom,
         rotation: 0,
+        client: None,
     };
     let AdmitOutcome::Admitted(r) = store.admit(&request).await.unwrap() else {
         panic!("admitted");

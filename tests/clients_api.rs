@@ -481,12 +481,14 @@ async fn a_client_created_or_revoked_on_one_replica_is_seen_by_another_within_a_
 const TEAM_A: &str = "team-a-key-0000000001";
 const TEAM_B: &str = "team-b-key-0000000002";
 
-/// Two configured teams with tiny daily budgets, alerts evaluated every 50 ms.
+/// Two configured teams with small daily budgets ($0.006: a request's reservation, ~2,048 output
+/// tokens at $2.50/M, fits; one answer of 20,000 input tokens at $0.30/M spends it all), alerts
+/// evaluated every 50 ms.
 fn two_budgeted_teams() -> ProxyOpts {
     ProxyOpts::keys(&[POOLED]).toml(&format!(
         "[alerts]\nevaluate_every_secs = 0.05\n\
-         [[auth.clients]]\nname = \"team-a\"\nkey = \"{TEAM_A}\"\ndaily_budget_usd = 0.0000001\n\
-         [[auth.clients]]\nname = \"team-b\"\nkey = \"{TEAM_B}\"\ndaily_budget_usd = 0.0000001\n"
+         [[auth.clients]]\nname = \"team-a\"\nkey = \"{TEAM_A}\"\ndaily_budget_usd = 0.006\n\
+         [[auth.clients]]\nname = \"team-b\"\nkey = \"{TEAM_B}\"\ndaily_budget_usd = 0.006\n"
     ))
 }
 
@@ -517,7 +519,7 @@ fn names(rows: &Value) -> Vec<String> {
 #[tokio::test]
 async fn a_client_key_sees_only_its_own_row_and_its_own_budget_alert() {
     let fake = FakeUpstream::start().await;
-    fake.behave(|b| b.prompt_tokens = Some(1000));
+    fake.behave(|b| b.prompt_tokens = Some(20_000));
     let proxy = start_proxy(&fake.url, two_budgeted_teams()).await;
     for key in [TEAM_A, TEAM_B] {
         assert_eq!(generate_with(&proxy.url, key).await, 200);

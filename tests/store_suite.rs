@@ -47,6 +47,7 @@ fn req(tokens: u64, cands: Vec<Candidate>) -> AdmitRequest {
         candidates: cands,
         strategy: Strategy::Headroom,
         rotation: 0,
+        client: None,
     }
 }
 
@@ -86,7 +87,7 @@ fn redis() -> Harness {
 /// Declare a test that runs against both stores (and, through [`SUITE`], a Redis Cluster).
 macro_rules! both {
     ($name:ident, $body:expr) => {
-        mod $name {
+        pub(crate) mod $name {
             use super::*;
             /// The test's body, for any store.
             pub fn run(h: Harness) -> LocalBoxFuture<'static, ()> {
@@ -159,7 +160,26 @@ const SUITE: &[(&str, Body)] = &[
         "live_session_slots_hold_the_limit_and_free_on_close_or_lapsed_lease",
         live_session_slots_hold_the_limit_and_free_on_close_or_lapsed_lease::run,
     ),
+    (
+        "a_client_s_minute_limits_refuse_before_the_pool_and_write_nothing",
+        clients::a_client_s_minute_limits_refuse_before_the_pool_and_write_nothing::run,
+    ),
+    (
+        "a_client_s_day_limit_holds_until_its_own_midnight",
+        clients::a_client_s_day_limit_holds_until_its_own_midnight::run,
+    ),
+    (
+        "a_client_s_slot_frees_at_settlement_or_when_its_lease_ends",
+        clients::a_client_s_slot_frees_at_settlement_or_when_its_lease_ends::run,
+    ),
+    (
+        "a_client_s_budget_reserves_the_estimate_and_settles_to_the_real_cost",
+        clients::a_client_s_budget_reserves_the_estimate_and_settles_to_the_real_cost::run,
+    ),
 ];
+
+#[path = "store_suite/clients.rs"]
+mod clients;
 
 async fn admitted(h: &Harness, r: &AdmitRequest) -> bool {
     matches!(h.store.admit(r).await.unwrap(), AdmitOutcome::Admitted(_))
@@ -515,7 +535,7 @@ mod property {
                             }
                             prop_assert!(retry_after_ms > 0 && retry_after_ms <= 60_000);
                         }
-                        AdmitOutcome::Unavailable { .. } => prop_assert!(false),
+                        AdmitOutcome::Unavailable { .. } | AdmitOutcome::ClientRefused { .. } => prop_assert!(false),
                     }
                 }
                 prop_assert_eq!(refused_with_room, 0, "refused a request that had room");

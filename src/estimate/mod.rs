@@ -26,6 +26,9 @@ pub struct Estimate {
     pub stream: bool,
     /// Resources the body references (`files/x`, `cachedContents/x`): key affinity.
     pub references: Vec<String>,
+    /// The most output tokens the body asks for (`generationConfig.maxOutputTokens`, or
+    /// OpenAI's `max_completion_tokens` / `max_tokens`), for a client's budget estimate.
+    pub max_output: Option<u64>,
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -52,7 +55,15 @@ pub fn estimate(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
         .as_object()
         .ok_or_else(|| bad("Invalid JSON payload received. Expected a JSON object"))?;
     let mut acc = Acc::default();
-    let mut est = Estimate::default();
+    let mut est = Estimate {
+        max_output: obj
+            .get("generationConfig")
+            .and_then(|g| g.get("maxOutputTokens"))
+            .or_else(|| obj.get("max_completion_tokens"))
+            .or_else(|| obj.get("max_tokens"))
+            .and_then(Value::as_u64),
+        ..Estimate::default()
+    };
 
     if route.openai {
         if let Some(m) = obj.get("model") {

@@ -259,6 +259,18 @@ impl Ledger {
         }
     }
 
+    /// What `usage` of `model` costs at list price, in micro-dollars (rounded up): what a
+    /// client's budgets count, whichever project served it.
+    pub fn list_cost_micros(&self, model: &str, usage: &TokenUsage) -> u64 {
+        let nano = self
+            .pricing
+            .load()
+            .prices
+            .cost(model, usage, Billing::Paid)
+            .list_nano;
+        nano.div_ceil(1000)
+    }
+
     /// Whether the price table prices `model` (exact name or a prefix entry).
     pub fn is_priced(&self, model: &str) -> bool {
         self.pricing.load().prices.entry_for(model).is_some()

@@ -1,6 +1,7 @@
 //! Quota accounting: limits per (project, model), the sliding minute and the Pacific day, and
 //! the [`QuotaStore`] trait with its in-memory and Redis implementations.
 
+pub mod client;
 pub mod clock;
 pub mod limits;
 pub mod memory;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use client::{ClientAdmit, ClientHold, ClientLimit, ClientPeriod};
 pub use clock::{Clock, DayCache, DayInfo, ManualClock, SystemClock};
 pub use limits::Limits;
 pub use settlement::Settlement;
@@ -80,6 +82,9 @@ pub struct AdmitRequest {
     pub strategy: Strategy,
     /// Where ties start, so equal keys take turns.
     pub rotation: u64,
+    /// The client's own limits, checked first and reserved in the same atomic step as the
+    /// pool's (`None`: a caller without limits the store counts).
+    pub client: Option<ClientAdmit>,
 }
 
 /// A granted admission: counted in all three windows until settled.
@@ -101,6 +106,8 @@ pub struct Reservation {
     pub uncounted: bool,
     /// Counted in this replica's fallback memory while the shared store was down: settle there.
     pub local: bool,
+    /// What it holds for its client (a slot, a place in its window, its budget reservation).
+    pub client: Option<ClientHold>,
 }
 
 /// Why and until when admission said no.
@@ -111,6 +118,14 @@ pub enum AdmitOutcome {
     /// request could be admitted; `limit` names the limit that holds it back there.
     Refused {
         limit: LimitKind,
+        limit_value: u64,
+        retry_after_ms: u64,
+    },
+    /// The client is at one of its own limits: nothing was written. `limit_value` is the
+    /// limit's configured value (micro-dollars for a budget); `retry_after_ms` the earliest
+    /// moment its own counters could let it in (a budget's period end).
+    ClientRefused {
+        limit: ClientLimit,
         limit_value: u64,
         retry_after_ms: u64,
     },
@@ -231,6 +246,14 @@ pub trait QuotaStore: Send + Sync {
     async fn live_close(&self, project: &str, session: &str) -> Result<(), StoreError>;
     /// Live sessions open now in each of `projects`, in that order.
     async fn live_counts(&self, projects: &[Arc<str>]) -> Result<Vec<u64>, StoreError>;
+    /// Each client's budget use, (today's, this month's) micro-dollars spent and reserved, for
+    /// `(name, day, month)` in that order (a store that keeps none answers zeros).
+    async fn client_spend(
+        &self,
+        clients: &[(Arc<str>, i64, i64)],
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        Ok(vec![(0, 0); clients.len()])
+    }
     async fn ping(&self) -> Result<(), StoreError>;
     /// `memory` or `redis`.
     fn backend(&self) -> &'static str;

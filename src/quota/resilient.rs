@@ -135,6 +135,7 @@ impl QuotaStore for ResilientStore {
                             remaining_tokens: c.limits.token_minute,
                             uncounted: true,
                             local: false,
+                            client: None,
                         })
                     },
                 )
@@ -251,6 +252,13 @@ impl QuotaStore for ResilientStore {
 
     async fn live_counts(&self, projects: &[Arc<str>]) -> Result<Vec<u64>, StoreError> {
         with_fallback!(self, live_counts(projects), vec![0; projects.len()])
+    }
+
+    async fn client_spend(
+        &self,
+        clients: &[(Arc<str>, i64, i64)],
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        with_fallback!(self, client_spend(clients), vec![(0, 0); clients.len()])
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

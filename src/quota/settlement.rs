@@ -39,19 +39,34 @@ impl Settlement {
 
     /// Replace the estimate with `tokens`, off the response path. `None` (the answer reported
     /// no usage) refunds, unless [`Settlement::keeping_estimate_unreported`] said otherwise.
-    pub fn settle(mut self, tokens: Option<u64>) {
-        let tokens = tokens.or(self.unreported);
-        self.finish(tokens);
+    pub fn settle(self, tokens: Option<u64>) {
+        self.settle_costed(tokens, None);
     }
 
-    fn finish(&mut self, tokens: Option<u64>) {
-        let Some(reservation) = self.reservation.take() else {
+    /// [`Settlement::settle`], with the answer's cost in micro-dollars when it is known (its
+    /// usage priced): the client's budget reservation becomes it. Without a cost, an answer
+    /// that keeps its token estimate keeps its cost estimate too, and a refund refunds both.
+    pub fn settle_costed(mut self, tokens: Option<u64>, cost_micros: Option<u64>) {
+        let tokens = tokens.or(self.unreported);
+        self.finish(tokens, cost_micros);
+    }
+
+    fn finish(&mut self, tokens: Option<u64>, cost: Option<u64>) {
+        let Some(mut reservation) = self.reservation.take() else {
             return;
         };
+        if let Some(h) = reservation.client.as_mut() {
+            h.actual_cost_micros = Some(match (cost, tokens) {
+                (Some(c), _) => c,
+                (None, Some(_)) => h.cost_micros,
+                (None, None) => 0,
+            });
+        }
         let store = &self.store;
         let actual = tokens.unwrap_or(0);
-        // Nothing changes when Google counted what we estimated.
-        if actual == reservation.tokens
+        // Nothing changes when Google counted what we estimated (and no client part waits
+        // for its slot to be freed).
+        if (actual == reservation.tokens && reservation.client.is_none())
             || store.settle_now(&reservation, actual)
             || store.settle_later(&reservation, actual)
         {
@@ -70,6 +85,84 @@ impl Settlement {
 
 impl Drop for Settlement {
     fn drop(&mut self) {
-        self.finish(None);
+        self.finish(None, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quota::client::ClientCaps;
+    use crate::quota::memory::MemoryStore;
+    use crate::quota::{
+        AdmitOutcome, AdmitRequest, Candidate, ClientAdmit, ClientPeriod, Limits, ManualClock,
+        Strategy,
+    };
+
+    const T0: i64 = 1_770_000_000_000;
+
+    async fn admitted(store: &Arc<MemoryStore>) -> Reservation {
+        let limits = Limits {
+            minute: 100,
+            token_minute: 1_000_000,
+            daily: 1_000,
+            max_request_tokens: u64::MAX,
+        };
+        let req = AdmitRequest {
+            model: "m".into(),
+            tokens: 10,
+            candidates: vec![Candidate {
+                index: 0,
+                kid: "k".into(),
+                project: "p".into(),
+                limits,
+            }],
+            strategy: Strategy::Headroom,
+            rotation: 0,
+            client: Some(ClientAdmit {
+                name: "team".into(),
+                caps: ClientCaps {
+                    daily_micros: Some(1_000_000),
+                    max_concurrent: Some(5),
+                    ..Default::default()
+                },
+                period: ClientPeriod::at(chrono_tz::UTC, T0),
+                cost_micros: 50_000,
+                lease_ms: 60_000,
+            }),
+        };
+        match store.admit(&req).await.unwrap() {
+            AdmitOutcome::Admitted(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn spent(store: &Arc<MemoryStore>) -> u64 {
+        let p = ClientPeriod::at(chrono_tz::UTC, T0);
+        store
+            .client_spend(&[("team".into(), p.day, p.month)])
+            .await
+            .unwrap()[0]
+            .0
+    }
+
+    #[tokio::test]
+    async fn a_budget_reservation_becomes_the_priced_usage_or_is_refunded_or_kept() {
+        let store = Arc::new(MemoryStore::new(
+            Arc::new(ManualClock::new(T0)),
+            chrono_tz::UTC,
+        ));
+        let dyn_store: Arc<dyn QuotaStore> = store.clone();
+        let s = Settlement::new(dyn_store.clone(), admitted(&store).await);
+        assert_eq!(spent(&store).await, 50_000);
+        // The same tokens as estimated: the slot and the budget still settle, to the cost.
+        s.settle_costed(Some(10), Some(7_000));
+        assert_eq!(spent(&store).await, 7_000);
+        // Dropped unsettled (an error before any answer): refunded.
+        drop(Settlement::new(dyn_store.clone(), admitted(&store).await));
+        assert_eq!(spent(&store).await, 7_000);
+        // An answer without usage that keeps its tokens keeps its cost estimate.
+        Settlement::new(dyn_store, admitted(&store).await).settle(Some(10));
+        assert_eq!(spent(&store).await, 57_000);
     }
 }

@@ -7,6 +7,7 @@ pub mod alert_rules;
 pub mod alerts;
 mod cache;
 pub mod client_alerts;
+mod client_budgets;
 pub mod client_rows;
 mod clients;
 mod config;
@@ -86,6 +87,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
         let mut last = state.gauges_refreshed.lock().await;
         if last.is_none_or(|at| at.elapsed() >= GAUGE_REFRESH) {
             record_gauges(&state.metrics, &snapshot(&state, Extras::None).await);
+            client_budgets::record(&state).await;
             *last = Some(std::time::Instant::now());
         }
     }

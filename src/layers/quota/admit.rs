@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::client;
 use crate::error::{ApiError, LimitKind};
 use crate::estimate::Estimate;
 use crate::quota::queue::{self, Bound, Claim, Full, Lane, Pace, Refusal, Ticket, Turn};
-use crate::quota::{AdmitOutcome, AdmitRequest, Reservation};
+use crate::quota::{AdmitOutcome, AdmitRequest, ClientAdmit, Reservation};
 use crate::route::{QuotaFamily, Route};
 use crate::state::AppState;
 
@@ -98,6 +99,9 @@ fn pace(state: &AppState, request: &AdmitRequest) -> Pace {
 /// that finds none waits in its line for up to `allowance` (its model's, or for a request
 /// pinned to one key, its project's for the model); with it off, it waits only for a cooldown
 /// that ends within `upstream.max_wait_secs`.
+///
+/// A client over its own limits waits on its own, out of the line, when its limit frees
+/// within its allowance (`client::wait_until`), and asks again; else that is the answer.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn admit(
     state: &AppState,
@@ -109,6 +113,8 @@ pub(super) async fn admit(
     deadline: Instant,
     allowance: Duration,
     claim: Claim,
+    client: Option<ClientAdmit>,
+    max_wait_secs: Option<f64>,
 ) -> Result<Admitted, NotAdmitted> {
     let mut candidates = state.pool.candidates(model, route.family, pinned);
     if candidates.len() > avoid.len() {
@@ -137,9 +143,58 @@ pub(super) async fn admit(
         candidates,
         strategy: state.pool.strategy,
         rotation: state.pool.next_turn(),
+        client,
     };
+    let client_until = client::wait_until(max_wait_secs, allowance);
+    let started = Instant::now();
+    let mut paused = Duration::ZERO;
+    loop {
+        let mut outcome = pooled(
+            state,
+            route,
+            &request,
+            pinned,
+            deadline + paused,
+            allowance.saturating_sub(started.elapsed()),
+            claim,
+        )
+        .await;
+        if let Err(n) = &outcome
+            && let Some(at) = client::wait_for(state, &n.error, client_until)
+        {
+            // Its time in line before the refusal and its own sleep: waited, not tried.
+            paused += n.waited.unwrap_or_default();
+            let t0 = Instant::now();
+            tokio::time::sleep_until(at).await;
+            paused += t0.elapsed();
+            continue;
+        }
+        // Time spent waiting for the client's own limits counts as waiting too.
+        if !paused.is_zero() {
+            let waited = match &mut outcome {
+                Ok(a) => &mut a.waited,
+                Err(n) => &mut n.waited,
+            };
+            *waited = Some(waited.unwrap_or_default() + paused);
+        }
+        return outcome;
+    }
+}
+
+/// One admission through the pool's queue (or without it): [`admit`] without the client's
+/// own waits.
+async fn pooled(
+    state: &AppState,
+    route: &Route,
+    request: &AdmitRequest,
+    pinned: Option<usize>,
+    deadline: Instant,
+    allowance: Duration,
+    claim: Claim,
+) -> Result<Admitted, NotAdmitted> {
+    let model = request.model.as_str();
     if state.config.queue.max_wait.is_zero() {
-        return Ok(unqueued(state, route, &request, deadline).await?);
+        return Ok(unqueued(state, route, request, deadline).await?);
     }
     let wait_until = Instant::now() + allowance;
     // A pinned request can only be served by its key's project: it waits in that project's
@@ -152,7 +207,7 @@ pub(super) async fn admit(
     // Nobody overtakes a waiter in the same line: with a line, go to its end at once.
     let mut first = None;
     if !state.queues.busy(lane) {
-        match ask(state, route, &request, Until::Start(wait_until)).await {
+        match ask(state, route, request, Until::Start(wait_until)).await {
             Try::Admitted(r) => {
                 return Ok(Admitted {
                     reservation: r,
@@ -167,7 +222,7 @@ pub(super) async fn admit(
         let last = state.queues.last_refusal(lane);
         return Err(refused_now(route, model, last, Why::NoWait).into());
     }
-    let pace = pace(state, &request);
+    let pace = pace(state, request);
     let ticket = match state.queues.join(lane, wait_until, claim, Some(pace)) {
         Ok(t) => t,
         Err(full) => return Err(queue_refusal(state, route, model, first, full).into()),
@@ -175,7 +230,7 @@ pub(super) async fn admit(
     // The refusal that sent it here tells the line's head when to ask again; anyone else
     // learns that when its turn comes.
     let known = first.filter(|_| ticket.is_head());
-    let outcome = wait_in_line(state, route, &request, &ticket, known).await;
+    let outcome = wait_in_line(state, route, request, &ticket, known).await;
     let waited = ticket.waited();
     // Leaving the line hands its front to the next waiter, who asks the store at once.
     drop(ticket);
@@ -290,6 +345,16 @@ async fn ask(state: &AppState, route: &Route, request: &AdmitRequest, until: Unt
                 Try::Wait(refusal)
             }
         }
+        Ok(AdmitOutcome::ClientRefused {
+            limit,
+            retry_after_ms,
+            ..
+        }) => match &request.client {
+            Some(c) => Try::Fail(client::refusal(c, model, limit, retry_after_ms)),
+            None => Try::Fail(ApiError::Internal(
+                "the store refused a client limit for a request without a client".into(),
+            )),
+        },
         Ok(AdmitOutcome::Unavailable {
             retry_after_ms: Some(ms),
         }) => {
@@ -443,6 +508,7 @@ pub(super) fn is_refusal(e: &ApiError) -> bool {
         e,
         ApiError::QuotaExceeded { .. }
             | ApiError::PoolExhausted { .. }
+            | ApiError::ClientLimited { .. }
             | ApiError::InvalidArgument(_)
     )
 }

@@ -8,6 +8,7 @@
 
 mod admit;
 mod answer;
+mod client;
 mod react;
 
 use std::convert::Infallible;
@@ -244,6 +245,12 @@ where
             .map_or(Caller::Anonymous, |c| c.0.clone());
         let caller_name = caller.name();
         let quota_model = est.quota_model();
+        // A client's models allowlist, before any quota is spent.
+        if let Some(model) = quota_model {
+            client::check_model(state, &caller, model).inspect_err(|_| served.refused = true)?;
+        }
+        let client_part =
+            quota_model.and_then(|m| client::part(state, &caller, route, &est.estimate, m));
         // A billable call the proxy cannot price goes out only where the configuration says
         // so: never unseen.
         if let Some(model) = quota_model
@@ -296,6 +303,8 @@ where
                         deadline,
                         allowance,
                         claim,
+                        client_part.clone(),
+                        caller.client().and_then(|c| c.limits.max_wait_secs),
                     )
                     .await;
                     let waited = match &admitted {
@@ -500,10 +509,15 @@ where
             // Google bills the images an image call returned (fewer than asked for when some
             // were filtered): counted from the answer.
             let images = (route.family == QuotaFamily::Image).then(ImageCounter::default);
+            let pricer = match (quota_model, &client_part) {
+                (Some(model), Some(c)) if c.has_budgets() => Some(client::pricer(state, model)),
+                _ => None,
+            };
             let at_end = AtEnd {
                 settlement,
                 tally,
                 images,
+                pricer,
             };
             if route.creates_resource && !streaming {
                 let answer = read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;

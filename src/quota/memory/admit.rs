@@ -106,6 +106,7 @@ impl MemoryStore {
                 remaining_tokens: limits.token_minute.saturating_sub(u.minute_tokens),
                 uncounted: false,
                 local: false,
+                client: None,
             }));
         }
         // Every open project filled up while we chose: the caller asks again.

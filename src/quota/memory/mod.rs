@@ -18,6 +18,7 @@ use super::{
 
 mod admit;
 mod bucket;
+mod client;
 mod live;
 mod tables;
 
@@ -44,6 +45,8 @@ pub struct MemoryStore {
     affinity: moka::sync::Cache<String, (Arc<str>, i64)>,
     /// Live API session slots: project -> session -> lease end (ms).
     live: Mutex<live::Slots>,
+    /// Clients' own counters, by name (see `client`).
+    clients: RwLock<HashMap<Arc<str>, Arc<Mutex<client::ClientCounters>>>>,
     window_ms: i64,
 }
 
@@ -75,6 +78,7 @@ impl MemoryStore {
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .build(),
             live: Mutex::new(live::Slots::default()),
+            clients: RwLock::new(HashMap::new()),
             window_ms: super::MINUTE_MS,
         }
     }
@@ -194,6 +198,9 @@ pub(crate) fn by_project(cands: &[Candidate]) -> Vec<(Arc<str>, Vec<&Candidate>)
 #[async_trait]
 impl QuotaStore for MemoryStore {
     async fn admit(&self, req: &AdmitRequest) -> Result<AdmitOutcome, StoreError> {
+        if let Some(c) = &req.client {
+            return Ok(self.admit_client(req, c));
+        }
         // Each pass either decides or follows another task's admission, so this loop ends.
         loop {
             if let Some(outcome) = self.admit_pass(req) {
@@ -211,6 +218,7 @@ impl QuotaStore for MemoryStore {
         if r.uncounted {
             return true;
         }
+        self.settle_client(r, actual_tokens);
         // No bucket: it was dropped because its window emptied, so this admission has left
         // the window and there is nothing to correct.
         let Some(bucket) = self.read().get(&r.project, &r.model) else {
@@ -424,6 +432,13 @@ impl QuotaStore for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    async fn client_spend(
+        &self,
+        clients: &[(Arc<str>, i64, i64)],
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        Ok(self.spend(clients))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

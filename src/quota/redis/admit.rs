@@ -1,7 +1,7 @@
 //! Admission in Redis: the candidates, their limits and key names prepared here, checked and
 //! reserved by one run of `admit.lua`.
 
-use super::super::{AdmitOutcome, AdmitRequest, Candidate, Reservation, Strategy};
+use super::super::{AdmitOutcome, AdmitRequest, Candidate, ClientHold, Reservation, Strategy};
 use redis::Value;
 
 use super::{RedisStore, int};
@@ -84,6 +84,11 @@ impl RedisStore {
             inv.key(rq).key(tk);
         }
         inv.key(k.seq()).key(k.pairs());
+        if let Some(c) = &req.client {
+            for key in k.client(&c.name, c.period.day, c.period.month) {
+                inv.key(key);
+            }
+        }
         inv.arg(req.tokens)
             .arg(if req.strategy == Strategy::Ordered {
                 "o"
@@ -105,6 +110,26 @@ impl RedisStore {
                 .arg(f.limits.token_minute)
                 .arg(f.limits.daily)
                 .arg(format!("{}|{model}", f.project));
+        }
+        match &req.client {
+            Some(c) => {
+                let caps = c.caps;
+                let n = |v: Option<u64>| v.unwrap_or(0);
+                inv.arg("1")
+                    .arg(n(caps.rpm))
+                    .arg(n(caps.tpm))
+                    .arg(n(caps.rpd))
+                    .arg(n(caps.max_concurrent))
+                    .arg(n(caps.daily_micros))
+                    .arg(n(caps.monthly_micros))
+                    .arg(c.cost_micros)
+                    .arg(c.lease_ms.min(crate::quota::MAX_HOLD_MS))
+                    .arg(c.period.day_end_ms)
+                    .arg(c.period.month_end_ms);
+            }
+            None => {
+                inv.arg("0");
+            }
         }
         inv
     }
@@ -131,8 +156,24 @@ impl RedisStore {
                     remaining_tokens: int(&v[4])?.max(0) as u64,
                     uncounted: false,
                     local: false,
+                    client: req.client.as_ref().map(|c| ClientHold {
+                        name: c.name.clone(),
+                        // The client's window and slot are by admission id, as the pool's.
+                        id: int(&v[2]).map_or(0, |i| i as u64),
+                        day: c.period.day,
+                        month: c.period.month,
+                        cost_micros: c.cost_micros,
+                        actual_cost_micros: None,
+                    }),
                 }))
             }
+            (4, 4) => Ok(AdmitOutcome::ClientRefused {
+                limit: crate::quota::client::limit_from_code(int(&v[1])?).ok_or_else(|| {
+                    StoreError::Protocol(format!("admission script answered {v:?}"))
+                })?,
+                limit_value: int(&v[2])?.max(0) as u64,
+                retry_after_ms: int(&v[3])?.max(1) as u64,
+            }),
             (0, 4) => Ok(AdmitOutcome::Refused {
                 limit: match int(&v[1])? {
                     1 => LimitKind::RequestsPerMinute,

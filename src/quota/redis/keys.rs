@@ -73,6 +73,28 @@ impl Keys {
         format!("{}:live:{project}", self.prefix)
     }
 
+    /// A client's keys (by its name, never its key): its sliding window (admission ids, and
+    /// their tokens), its day's request count, its requests in flight, and its day's and
+    /// month's micro-dollars spent and reserved, in the order client.lua reads them.
+    pub(crate) fn client(&self, name: &str, day: i64, month: i64) -> [String; 6] {
+        let b = format!("{}:cl:{name}", self.prefix);
+        [
+            format!("{b}:rq"),
+            format!("{b}:tk"),
+            format!("{b}:day:{day}"),
+            format!("{b}:fl"),
+            format!("{b}:usd:d:{day}"),
+            format!("{b}:usd:m:{month}"),
+        ]
+    }
+
+    /// The keys a client's settlement touches: its token hash, its in-flight set, its day's
+    /// and month's spend.
+    pub(crate) fn client_settle(&self, name: &str, day: i64, month: i64) -> [String; 4] {
+        let [_, tk, _, fl, d, m] = self.client(name, day, month);
+        [tk, fl, d, m]
+    }
+
     /// A resource's affinity (which key created it).
     pub(crate) fn affinity(&self, resource: &str) -> String {
         format!("{}:aff:{resource}", self.prefix)
@@ -100,7 +122,10 @@ mod tests {
             k.affinity("files/x"),
             k.live("p"),
             k.named("led:since"),
-        ] {
+        ]
+        .into_iter()
+        .chain(k.client("team-a", 20_000, 24_312))
+        {
             assert!(name.starts_with("{gqp}:"), "{name}");
         }
         assert_eq!(k.day("p", "m", 7), "{gqp}:p:m:day:7");

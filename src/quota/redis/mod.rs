@@ -36,6 +36,14 @@ macro_rules! lua {
             include_str!(concat!("lua/", $file))
         )
     };
+    // The admission script, with the client part it calls.
+    (admit) => {
+        concat!(
+            include_str!("lua/prelude.lua"),
+            include_str!("lua/client.lua"),
+            include_str!("lua/admit.lua")
+        )
+    };
 }
 
 // After the macro: the scripts' module uses it.
@@ -301,7 +309,7 @@ impl RedisStore {
             timeout,
             rider.clone(),
         ));
-        let admit = Script::new(lua!("admit.lua"));
+        let admit = Script::new(lua!(admit));
         tokio::spawn(preload(conn.clone(), vec![admit.clone(), settle.clone()]));
         Ok(RedisStore {
             conn,
@@ -367,7 +375,7 @@ impl RedisStore {
                     ),
             )
         };
-        self.admit = set(lua!("admit.lua"));
+        self.admit = set(lua!(admit));
         self.usage = set(lua!("usage.lua"));
         // The admission script preloaded at construction is not this one.
         tokio::spawn(preload(self.conn.clone(), vec![self.admit.clone()]));
@@ -547,12 +555,7 @@ impl QuotaStore for RedisStore {
         if r.uncounted {
             return Ok(());
         }
-        let one = [PendingSettle {
-            project: r.project.clone(),
-            model: r.model.clone(),
-            id: r.id,
-            tokens: actual_tokens,
-        }];
+        let one = [PendingSettle::of(r, actual_tokens)];
         let inv = settle_call(&self.settle, &self.keys, &one, None);
         let _: i64 = self.run(inv).await?;
         Ok(())
@@ -562,12 +565,7 @@ impl QuotaStore for RedisStore {
         if r.uncounted {
             return true;
         }
-        let pending = PendingSettle {
-            project: r.project.clone(),
-            model: r.model.clone(),
-            id: r.id,
-            tokens: actual_tokens,
-        };
+        let pending = PendingSettle::of(r, actual_tokens);
         if self.settle_queue.try_send(pending).is_err() {
             tracing::warn!("settlement queue full: this request's estimate stays counted");
         }
@@ -821,6 +819,26 @@ impl QuotaStore for RedisStore {
     /// Reads a key of the namespace rather than sending PING: a node that answers PING but
     /// does not serve the namespace's slot (a Cluster node: `MOVED`, `CLUSTERDOWN`) or is
     /// still loading its data (`LOADING`) is not a working store.
+    /// One `MGET` of every client's day and month spend (all under the namespace's slot).
+    async fn client_spend(
+        &self,
+        clients: &[(Arc<str>, i64, i64)],
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        if clients.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for (name, day, month) in clients {
+            let [_, _, _, _, d, m] = self.keys.client(name, *day, *month);
+            cmd.arg(d).arg(m);
+        }
+        let v: Vec<Option<i64>> = self.cmd(cmd).await?;
+        let at = |i: usize| v.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
+        Ok((0..clients.len())
+            .map(|i| (at(2 * i), at(2 * i + 1)))
+            .collect())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let _: Option<String> = self
             .cmd(redis::cmd("GET").arg(self.keys.named("ping")).clone())

@@ -18,6 +18,35 @@ pub(super) struct PendingSettle {
     pub(super) model: String,
     pub(super) id: u64,
     pub(super) tokens: u64,
+    /// Its client's part, if it has one.
+    pub(super) client: Option<ClientSettle>,
+}
+
+/// A settlement's client part: its tokens, its slot freed, its budgets moved by `delta`
+/// micro-dollars (the real cost less the reserved estimate).
+pub(super) struct ClientSettle {
+    pub(super) name: Arc<str>,
+    pub(super) day: i64,
+    pub(super) month: i64,
+    pub(super) delta: i64,
+}
+
+impl PendingSettle {
+    pub(super) fn of(r: &crate::quota::Reservation, tokens: u64) -> PendingSettle {
+        PendingSettle {
+            project: r.project.clone(),
+            model: r.model.clone(),
+            id: r.id,
+            tokens,
+            client: r.client.as_ref().map(|h| ClientSettle {
+                name: h.name.clone(),
+                day: h.day,
+                month: h.month,
+                delta: i64::try_from(h.actual_cost_micros.unwrap_or(0)).unwrap_or(i64::MAX)
+                    - i64::try_from(h.cost_micros).unwrap_or(i64::MAX),
+            }),
+        }
+    }
 }
 
 /// Settlements in one batch at most (one EVALSHA).
@@ -116,6 +145,18 @@ pub(super) fn settle_call<'a>(
     inv.arg(pairs.len()).arg(batch.len());
     for (p, i) in batch.iter().zip(&at) {
         inv.arg(*i).arg(p.id).arg(p.tokens);
+    }
+    // Client parts: four keys each, after the token hashes.
+    let clients: Vec<(&PendingSettle, &ClientSettle)> = batch
+        .iter()
+        .filter_map(|p| p.client.as_ref().map(|c| (p, c)))
+        .collect();
+    inv.arg(clients.len());
+    for (p, c) in clients {
+        for key in keys.client_settle(&c.name, c.day, c.month) {
+            inv.key(key);
+        }
+        inv.arg(p.id).arg(p.tokens).arg(c.delta);
     }
     if let Some(r) = riding {
         inv.arg(u8::from(r.late));

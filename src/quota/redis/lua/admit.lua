@@ -6,9 +6,13 @@
 --   then m x (window set, token hash), then the id counter key and the pairs set key.
 -- ARGV: 1 tokens, 2 strategy (h|o), 3 rotation, 4 tz offset ms, 5 next midnight ms (0: work it
 --   out here), 6 now override ('' = Redis TIME), 7 the day the day-count keys are for, 8 n, 9 m,
---   then n project numbers (1-based, per key), then m x (rpm, tpm, rpd, 'project|model').
+--   then n project numbers (1-based, per key), then m x (rpm, tpm, rpd, 'project|model'), then
+--   the client part (client.lua: '0' when there is none).
+-- With a client part, its keys follow the pairs set key in KEYS (client.lua).
 -- Returns {1, candidate index (0-based), id, remaining requests, remaining tokens}
 --      or {0, limit code (1 rpm, 2 tpm, 3 rpd), limit value, retry after ms}
+--      or {4, client limit code (client.lua), limit value, retry after ms}: the client is at
+--         one of its own limits; nothing was written
 --      or {2, earliest cooldown end in ms or -1 when every key is disabled}
 --      or {3, Redis's day}: the day-count keys are for another day (a moment around midnight
 --         when the proxy's clock and Redis's disagree), so the proxy names that day's and asks
@@ -36,6 +40,14 @@ local DAY = CD + 2 * m
 local WIN = DAY + m
 local OF = 9
 local PJ = OF + n
+-- The client part: its arguments after the projects', its keys after the pairs set's.
+local CA = PJ + 4 * m
+local CK = WIN + 2 * m + 2
+local with_client = ARGV[CA + 1] == '1'
+if with_client then
+  local why = client_check(CK, CA, tokens, now, cut)
+  if why then return {4, why[1], why[2], why[3]} end
+end
 
 -- One MGET for every disabled flag and every cooldown (they are contiguous in KEYS), one for
 -- the day counts.
@@ -144,6 +156,7 @@ local id_s = tostring(id)
 redis.call('ZADD', rq, now, id_s)
 redis.call('HSET', tk, id_s, ARGV[1])
 redis.call('HINCRBY', tk, 'sum', ARGV[1])
+if with_client then client_reserve(CK, CA, id_s, ARGV[1], now) end
 -- The window's keys must outlive their newest entry by KEEP (W, at least 60 s): they expire
 -- 2 KEEP after a refresh, refreshed when KEEP or less of that is left (about once a minute, not per call), or
 -- when the sorted set was empty (Redis deleted it; ZADD just made it anew, without expiry).

@@ -1,8 +1,10 @@
 -- Replace reservations' tokens with the real counts, many at once, and add the usage sums
 -- riding along (the ledger's per-minute and per-hour buckets).
 -- KEYS: the ledger's `since` key, this ledger batch's `done` key, the `late` counter, then t
--- token hashes (one per (project, model) settled), then one hash per ledger bucket.
--- ARGV: t, n, then (token hash number 1..t, id, tokens) per reservation; then, with ledger
+-- token hashes (one per (project, model) settled), then c x (a client's token hash, its
+-- in-flight set, its day's and month's spend: client.lua), then one hash per ledger bucket.
+-- ARGV: t, n, then (token hash number 1..t, id, tokens) per reservation; then c, and c x (id,
+-- tokens, cost delta in micro-dollars) per client part; then, with ledger
 -- hashes: late (0/1), per hash: ttl seconds, field count, (field, packed counters) pairs; then
 -- the `since` value. A ledger batch is applied once: its `done` key says it was.
 local t = tonumber(ARGV[1])
@@ -18,6 +20,29 @@ for _ = 1, tonumber(ARGV[2]) do
   end
   a = a + 3
 end
+
+-- Client parts: its tokens settled as the pool's, its slot freed, its budgets moved from the
+-- estimate to the real cost (a spend key already gone, its period long over, stays gone).
+local c = tonumber(ARGV[a])
+a = a + 1
+for j = 1, c do
+  local base = 3 + t + 4 * (j - 1)
+  local tk, fl, sd, sm = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3], KEYS[base + 4]
+  local id, tokens, delta = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local old = redis.call('HGET', tk, id)
+  if old then
+    redis.call('HSET', tk, id, tokens)
+    redis.call('HINCRBY', tk, 'sum', tonumber(tokens) - tonumber(old))
+  end
+  redis.call('ZREM', fl, id)
+  if delta ~= 0 then
+    for _, k in ipairs({sd, sm}) do
+      if redis.call('EXISTS', k) == 1 then redis.call('INCRBY', k, delta) end
+    end
+  end
+  a = a + 3
+end
+local LEDGER = 4 + t + 4 * c
 
 -- "1 0 2" + "1 1 0" = "2 1 2": element-wise, a missing field counting as zeros.
 local function add_packed(key, field, packed)
@@ -37,10 +62,10 @@ local function add_packed(key, field, packed)
   redis.call('HSET', key, field, table.concat(out, ' '))
 end
 
-if #KEYS > 3 + t and redis.call('SET', KEYS[2], '1', 'NX', 'EX', 3600) then
+if #KEYS >= LEDGER and redis.call('SET', KEYS[2], '1', 'NX', 'EX', 3600) then
   local late = ARGV[a] == '1'
   a = a + 1
-  for k = 4 + t, #KEYS do
+  for k = LEDGER, #KEYS do
     local ttl, count = ARGV[a], tonumber(ARGV[a + 1])
     a = a + 2
     for _ = 1, count do

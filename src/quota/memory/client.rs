@@ -1,0 +1,256 @@
+//! A client's own counters in memory: its sliding minute (requests and input tokens), its day's
+//! requests, its requests in flight (each with a lease), and its day's and month's budget use,
+//! checked and reserved under its own lock, held across the pool's admission so the two are
+//! one step.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use super::super::client::{CONCURRENCY_RETRY_MS, ClientAdmit, ClientHold, ClientLimit};
+use super::super::{AdmitOutcome, AdmitRequest, Reservation};
+use super::{MemoryStore, lock};
+
+/// One client's counters.
+#[derive(Debug, Default)]
+pub(super) struct ClientCounters {
+    /// (admitted at ms, id, tokens) of the last window, oldest first.
+    log: VecDeque<(i64, u64, u64)>,
+    tokens: u64,
+    day: i64,
+    day_requests: u64,
+    /// id -> lease end (ms).
+    inflight: HashMap<u64, i64>,
+    /// The earliest lease end in `inflight` (or later): lapsed leases are looked for only then.
+    next_lapse: i64,
+    budget_day: i64,
+    day_micros: u64,
+    budget_month: i64,
+    month_micros: u64,
+    next_id: u64,
+}
+
+impl ClientCounters {
+    fn prune(&mut self, now: i64, window_ms: i64, c: &ClientAdmit) {
+        while let Some(&(at, _, t)) = self.log.front() {
+            if at > now - window_ms {
+                break;
+            }
+            self.tokens -= t;
+            self.log.pop_front();
+        }
+        if !self.inflight.is_empty() && now >= self.next_lapse {
+            self.inflight.retain(|_, until| *until > now);
+            self.next_lapse = self.inflight.values().copied().min().unwrap_or(i64::MAX);
+        }
+        let p = &c.period;
+        if self.day != p.day {
+            self.day = p.day;
+            self.day_requests = 0;
+        }
+        if self.budget_day != p.day {
+            self.budget_day = p.day;
+            self.day_micros = 0;
+        }
+        if self.budget_month != p.month {
+            self.budget_month = p.month;
+            self.month_micros = 0;
+        }
+    }
+
+    /// `None` if the client has room; else its limit, that limit's value and the wait.
+    fn refusal(
+        &self,
+        c: &ClientAdmit,
+        tokens: u64,
+        now: i64,
+        window_ms: i64,
+    ) -> Option<(ClientLimit, u64, u64)> {
+        let caps = c.caps;
+        let p = &c.period;
+        if let Some(max) = caps.max_concurrent
+            && self.inflight.len() as u64 >= max
+        {
+            return Some((ClientLimit::Concurrent, max, CONCURRENCY_RETRY_MS));
+        }
+        if let Some(rpd) = caps.rpd
+            && self.day_requests >= rpd
+        {
+            return Some((ClientLimit::Rpd, rpd, (p.day_end_ms - now).max(1) as u64));
+        }
+        if let Some(b) = caps.monthly_micros
+            && self.month_micros.saturating_add(c.cost_micros) > b
+        {
+            let wait = (p.month_end_ms - now).max(1) as u64;
+            return Some((ClientLimit::MonthlyBudget, b, wait));
+        }
+        if let Some(b) = caps.daily_micros
+            && self.day_micros.saturating_add(c.cost_micros) > b
+        {
+            return Some((
+                ClientLimit::DailyBudget,
+                b,
+                (p.day_end_ms - now).max(1) as u64,
+            ));
+        }
+        let n = self.log.len() as u64;
+        if let Some(rpm) = caps.rpm
+            && n >= rpm
+        {
+            let at = self.log[(n - rpm) as usize].0;
+            return Some((ClientLimit::Rpm, rpm, (at + window_ms - now).max(1) as u64));
+        }
+        if let Some(tpm) = caps.tpm
+            && self.tokens + tokens > tpm
+        {
+            let need = self.tokens + tokens - tpm;
+            let (mut freed, mut wait) = (0, window_ms as u64);
+            for &(at, _, t) in &self.log {
+                freed += t;
+                if freed >= need {
+                    wait = (at + window_ms - now).max(1) as u64;
+                    break;
+                }
+            }
+            return Some((ClientLimit::Tpm, tpm, wait));
+        }
+        None
+    }
+
+    fn reserve(&mut self, c: &ClientAdmit, tokens: u64, now: i64) -> ClientHold {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.log.push_back((now, id, tokens));
+        self.tokens += tokens;
+        self.day_requests += 1;
+        if c.caps.max_concurrent.is_some() {
+            let lease = i64::try_from(c.lease_ms).unwrap_or(i64::MAX);
+            let until = now.saturating_add(lease);
+            if self.inflight.is_empty() {
+                self.next_lapse = until;
+            }
+            self.next_lapse = self.next_lapse.min(until);
+            self.inflight.insert(id, until);
+        }
+        self.day_micros = self.day_micros.saturating_add(c.cost_micros);
+        self.month_micros = self.month_micros.saturating_add(c.cost_micros);
+        ClientHold {
+            name: c.name.clone(),
+            id,
+            day: c.period.day,
+            month: c.period.month,
+            cost_micros: c.cost_micros,
+            actual_cost_micros: None,
+        }
+    }
+
+    fn settle(&mut self, h: &ClientHold, tokens: u64, cost: u64) {
+        // Ids in the log are consecutive (every admission is logged, in order): found by
+        // offset from the oldest, not by a scan of the window.
+        let at = self
+            .log
+            .front()
+            .and_then(|f| usize::try_from(h.id.checked_sub(f.1)?).ok());
+        if let Some(e) = at.and_then(|i| self.log.get_mut(i)).filter(|e| e.1 == h.id) {
+            self.tokens = self.tokens - e.2 + tokens;
+            e.2 = tokens;
+        }
+        self.inflight.remove(&h.id);
+        if self.budget_day == h.day {
+            self.day_micros = self
+                .day_micros
+                .saturating_add(cost)
+                .saturating_sub(h.cost_micros);
+        }
+        if self.budget_month == h.month {
+            self.month_micros = self
+                .month_micros
+                .saturating_add(cost)
+                .saturating_sub(h.cost_micros);
+        }
+    }
+}
+
+impl MemoryStore {
+    /// A client's counters, made on first use (one entry per client name ever counted: the
+    /// table grows with configuration, not with traffic).
+    fn client_counters(&self, name: &Arc<str>) -> Arc<Mutex<ClientCounters>> {
+        if let Some(c) = self
+            .clients
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return c.clone();
+        }
+        self.clients
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// Admission with a client part: its counters checked first, then the pool's admission
+    /// under the client's lock, and the client's reservation only if the pool admitted.
+    pub(super) fn admit_client(&self, req: &AdmitRequest, c: &ClientAdmit) -> AdmitOutcome {
+        let counters = self.client_counters(&c.name);
+        let mut cc = lock(&counters);
+        let now = self.clock.now_ms();
+        cc.prune(now, self.window_ms, c);
+        if let Some((limit, limit_value, retry_after_ms)) =
+            cc.refusal(c, req.tokens, now, self.window_ms)
+        {
+            return AdmitOutcome::ClientRefused {
+                limit,
+                limit_value,
+                retry_after_ms,
+            };
+        }
+        let outcome = loop {
+            if let Some(o) = self.admit_pass(req) {
+                break o;
+            }
+        };
+        match outcome {
+            AdmitOutcome::Admitted(mut r) => {
+                r.client = Some(cc.reserve(c, req.tokens, now));
+                AdmitOutcome::Admitted(r)
+            }
+            other => other,
+        }
+    }
+
+    /// Settle a reservation's client part: its tokens, its slot, its budgets to the real cost.
+    pub(super) fn settle_client(&self, r: &Reservation, tokens: u64) {
+        let Some(h) = &r.client else { return };
+        let counters = self.client_counters(&h.name);
+        let cost = h.actual_cost_micros.unwrap_or(0);
+        lock(&counters).settle(h, tokens, cost);
+    }
+
+    /// Budget use of each client: (today's, this month's) micro-dollars.
+    pub(super) fn spend(&self, clients: &[(Arc<str>, i64, i64)]) -> Vec<(u64, u64)> {
+        let table = self.clients.read().unwrap_or_else(|p| p.into_inner());
+        clients
+            .iter()
+            .map(|(name, day, month)| match table.get(name) {
+                Some(c) => {
+                    let c = lock(c);
+                    (
+                        if c.budget_day == *day {
+                            c.day_micros
+                        } else {
+                            0
+                        },
+                        if c.budget_month == *month {
+                            c.month_micros
+                        } else {
+                            0
+                        },
+                    )
+                }
+                None => (0, 0),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,279 @@
+//! A client over its own limits: Google's 429 naming the client limit (`quotaId`,
+//! `quotaValue`, `RetryInfo`, `Retry-After`, `x-gemini-quota-proxy-limit: client`), no pooled
+//! key cooled down and none of the pool's quota spent; a model outside its `models` is a 403;
+//! a wait within its allowance is waited; a reloaded limit holds on the next request.
+
+mod common;
+
+use common::binary::Binary;
+use common::*;
+use serde_json::{Value, json};
+
+const TEAM_KEY: &str = "team-key-0123456789abcdef";
+const KEYS: [&str; 2] = ["AIzaClientLimKey0001", "AIzaClientLimKey0002"];
+
+fn team(limits: &str) -> ProxyOpts {
+    ProxyOpts::keys(&KEYS).toml(&format!(
+        "[[auth.clients]]\nname = \"team\"\nkey = \"{TEAM_KEY}\"\n{limits}\n"
+    ))
+}
+
+async fn generate_as(proxy: &str, key: &str, model: &str) -> reqwest::Response {
+    http()
+        .post(format!("{proxy}/v1beta/models/{model}:generateContent"))
+        .header("x-goog-api-key", key)
+        .json(&json!({"contents": [{"role": "user", "parts": [{"text": "hello there"}]}]}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_client_over_its_rpm_gets_google_s_429_naming_its_own_limit_and_no_key_cools_down() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(&fake.url, team("rpm = 1")).await;
+    let ok = generate_as(&proxy.url, TEAM_KEY, "gemini-2.5-flash").await;
+    assert_eq!(ok.status(), 200);
+    let r = generate_as(&proxy.url, TEAM_KEY, "gemini-2.5-flash").await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-gemini-quota-proxy-limit"], "client");
+    let retry_after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["status"], "RESOURCE_EXHAUSTED", "{v}");
+    let details = v["error"]["details"].as_array().unwrap();
+    let violation = &details[0]["violations"][0];
+    assert_eq!(violation["quotaId"], "ProxyClientRequestsPerMinute", "{v}");
+    assert_eq!(violation["quotaValue"], "1");
+    assert_eq!(
+        details[1]["@type"],
+        "type.googleapis.com/google.rpc.RetryInfo"
+    );
+    // Only the first reached Google; nothing is held, no key cooled down.
+    assert_eq!(fake.calls(":generateContent").len(), 1);
+    assert!(proxy.state.store.cooldowns().await.unwrap().is_empty());
+    let usage = proxy.state.store.usage().await.unwrap();
+    assert_eq!(
+        usage.iter().map(|u| u.2.minute_requests).sum::<u64>(),
+        1,
+        "the refusal spent pool quota: {usage:?}"
+    );
+    let refusals = proxy.state.clients.refusals();
+    assert_eq!(refusals.len(), 1);
+    assert_eq!((&*refusals[0].0, refusals[0].1.limit), ("team", "rpm"));
+    // Another caller (no limits of its own) is not held back by the team's.
+    assert_eq!(
+        generate_as(&proxy.url, CLIENT_KEY, "gemini-2.5-flash")
+            .await
+            .status(),
+        200
+    );
+    let metrics = metrics_text(&proxy.url).await;
+    assert!(
+        metrics.contains("gqp_client_refusals_total{client=\"team\",limit=\"rpm\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_pool_refusal_does_not_say_it_is_a_client_limit() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(&fake.url, team("rpm = 100").env("GEMINI_MINUTE_LIMIT", "1")).await;
+    // Two keys in two projects: two requests fit the pool, the third does not.
+    for _ in 0..2 {
+        assert_eq!(
+            generate_as(&proxy.url, TEAM_KEY, "gemini-2.5-flash")
+                .await
+                .status(),
+            200
+        );
+    }
+    let r = generate_as(&proxy.url, TEAM_KEY, "gemini-2.5-flash").await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("x-gemini-quota-proxy-limit").is_none());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["error"]["details"][0]["violations"][0]["quotaId"],
+        "GenerateRequestsPerMinutePerProjectPerModel"
+    );
+}
+
+#[tokio::test]
+async fn a_model_outside_the_client_s_models_is_a_403_before_any_quota_is_spent() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(&fake.url, team("models = [\"gemini-2.5-*\"]\nrpm = 5")).await;
+    let r = generate_as(&proxy.url, TEAM_KEY, "gemini-3-pro-preview").await;
+    assert_eq!(r.status(), 403);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["status"], "PERMISSION_DENIED");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("gemini-3-pro-preview"),
+        "{v}"
+    );
+    assert!(fake.calls(":generateContent").is_empty());
+    assert!(proxy.state.store.usage().await.unwrap().is_empty());
+    assert_eq!(proxy.state.clients.refusals()[0].1.limit, "models");
+    // A model it may call goes through.
+    assert_eq!(
+        generate_as(&proxy.url, TEAM_KEY, "gemini-2.5-flash")
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_client_waits_for_its_own_limit_when_it_frees_within_its_allowance() {
+    let fake = FakeUpstream::start().await;
+    // A 2 s window: the team's second request frees 2 s after its first, within its 5 s.
+    let opts = ProxyOpts::keys(&KEYS)
+        .env("PROXY_QUEUE_MAX_WAIT_SECS", "10")
+        .toml(&format!(
+            "[limits]\nwindow_secs = 2\n\n[[auth.clients]]\nname = \"team\"\nkey = \"{TEAM_KEY}\"\nrpm = 1\nmax_wait_secs = 5\n\n[[auth.clients]]\nname = \"hasty\"\nkey = \"hasty-key-0123456789\"\nrpm = 1\nmax_wait_secs = 0.5\n"
+        ));
+    let proxy = start_proxy(&fake.url, opts).await;
+    assert_eq!(
+        generate_as(&proxy.url, TEAM_KEY, "gemini-2.5-flash")
+            .await
+            .status(),
+        200
+    );
+    let r = generate_as(&proxy.url, TEAM_KEY, "gemini-2.5-flash").await;
+    assert_eq!(r.status(), 200);
+    let waited: u64 = r.headers()["x-gemini-quota-proxy-waited-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(waited >= 500, "waited {waited} ms");
+    assert_eq!(fake.calls(":generateContent").len(), 2);
+    // A client whose own allowance is shorter than the wait gets its 429 at once.
+    let hasty = "hasty-key-0123456789";
+    assert_eq!(
+        generate_as(&proxy.url, hasty, "gemini-2.5-flash")
+            .await
+            .status(),
+        200
+    );
+    let r = generate_as(&proxy.url, hasty, "gemini-2.5-flash").await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-gemini-quota-proxy-limit"], "client");
+    assert!(r.headers().get("x-gemini-quota-proxy-waited-ms").is_none());
+}
+
+/// The real binary: a reload that raises the team's `rpm` lets its next request through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_client_limit_holds_from_the_next_request() {
+    let fake = FakeUpstream::start().await;
+    let file = std::env::temp_dir().join(format!(
+        "gqp-client-limits-{}-{}.toml",
+        std::process::id(),
+        free_port()
+    ));
+    let write = |rpm: u64| {
+        std::fs::write(
+            &file,
+            format!(
+                "[auth]\nadmin_token = \"{ADMIN_TOKEN}\"\n\n[queue]\nmax_wait_secs = 0\n\n[[auth.clients]]\nname = \"team\"\nkey = \"{TEAM_KEY}\"\nrpm = {rpm}\n"
+            ),
+        )
+        .unwrap()
+    };
+    write(1);
+    let keys = KEYS.join(",");
+    let proxy = Binary::start(
+        &[
+            ("GEMINI_API_KEYS", keys.as_str()),
+            ("GEMINI_UPSTREAM_URL", fake.url.as_str()),
+        ],
+        &["--config", file.to_str().unwrap()],
+    );
+    let url = proxy.url.clone();
+    assert_eq!(
+        generate_as(&url, TEAM_KEY, "gemini-2.5-flash")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        generate_as(&url, TEAM_KEY, "gemini-2.5-flash")
+            .await
+            .status(),
+        429
+    );
+    write(3);
+    let r = http()
+        .post(format!("{url}/api/ai/config/reload"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(
+        generate_as(&url, TEAM_KEY, "gemini-2.5-flash")
+            .await
+            .status(),
+        200
+    );
+    let _ = std::fs::remove_file(&file);
+}
+
+/// Output at 1,000 USD per 1M tokens, input free: asking for 10 output tokens reserves 0.01
+/// USD; the fake's answer (3 output tokens) costs 0.003.
+#[tokio::test]
+async fn a_budget_refuses_until_its_period_ends_and_its_use_is_a_metric() {
+    let fake = FakeUpstream::start().await;
+    let opts = team("daily_budget_usd = 0.012").toml(&format!(
+        "[prices.\"gemini-2.5-flash\"]\ninput = 0.0\noutput = 1000.0\n\n[[auth.clients]]\nname = \"team\"\nkey = \"{TEAM_KEY}\"\ndaily_budget_usd = 0.012\n"
+    ));
+    let proxy = start_proxy(&fake.url, opts).await;
+    let ask = || async {
+        http()
+            .post(format!(
+                "{}/v1beta/models/gemini-2.5-flash:generateContent",
+                proxy.url
+            ))
+            .header("x-goog-api-key", TEAM_KEY)
+            .json(
+                &json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+                          "generationConfig": {"maxOutputTokens": 10}}),
+            )
+            .send()
+            .await
+            .unwrap()
+    };
+    let first = ask().await;
+    assert_eq!(first.status(), 200);
+    first.bytes().await.unwrap();
+    // Settled to 0.003: 0.3 / 1.2 of the budget used, and another 0.01 would pass it.
+    let want = "gqp_client_budget_used_ratio{client=\"team\",period=\"day\"} 0.25";
+    let mut seen = String::new();
+    for _ in 0..50 {
+        seen = metrics_text(&proxy.url).await;
+        if seen.contains(want) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(seen.contains(want), "{seen}");
+    let r = ask().await;
+    assert_eq!(r.status(), 429);
+    let retry_after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=25 * 3600).contains(&retry_after), "{retry_after}");
+    let v: Value = r.json().await.unwrap();
+    let violation = &v["error"]["details"][0]["violations"][0];
+    assert_eq!(violation["quotaId"], "ProxyClientDailyBudgetUsd", "{v}");
+    assert_eq!(violation["quotaValue"], "0.012");
+    assert_eq!(fake.calls(":generateContent").len(), 1);
+}
