@@ -249,10 +249,16 @@ async fn main() {
         pct(&mut light_ok.clone(), 0.5),
         pct(&mut light_ok, 0.99)
     );
+    let late = refused
+        .iter()
+        .filter(|d| **d >= Duration::from_secs(1))
+        .count();
     println!(
-        "  time to a 429 ({}): p50 {}, p99 {}",
+        "  time to a 429 ({}): p50 {}, p90 {}, p99 {}, max {}; {late} took 1 s or more",
         refused.len(),
         pct(&mut refused.clone(), 0.5),
-        pct(&mut refused, 0.99)
+        pct(&mut refused.clone(), 0.9),
+        pct(&mut refused.clone(), 0.99),
+        pct(&mut refused, 1.0)
     );
 }

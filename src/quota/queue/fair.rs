@@ -14,6 +14,10 @@
 //! yet played. Self-clocked (the virtual time is the head's tag): a newcomer's tag is always
 //! above the head's, so a head already asking the store is never displaced, and the state is
 //! the waiters themselves: nothing per client outlives its last waiter in the line.
+//!
+//! For the prediction, [`Forecast`] counts the admissions before a waiter: those waiting before
+//! it, and the requests other clients (seen admitted in the line's last window) are expected to
+//! send meanwhile, which their tags will place before it.
 
 use std::collections::VecDeque;
 use std::time::Duration;

@@ -38,7 +38,9 @@ mod rules;
 
 use self::fair::Forecast;
 use self::lines::{LineKey, Lines, Waiter};
-pub use self::rules::{BOUNDARY, Claim, Pace, QueueLimits, starts_in_time, still_in_time};
+pub use self::rules::{
+    BOUNDARY, Claim, HEAD_LAG, Pace, QueueLimits, starts_in_time, still_in_time,
+};
 
 /// Most lines at once in one replica: model names are the client's choice, so made-up models
 /// cannot make lines without bound (the waiter caps bound them too; this keeps the status page
@@ -374,11 +376,12 @@ impl Ticket<'_> {
         still_in_time(refusal.free_at, self.deadline)
     }
 
-    /// At the front: sleep until `until` (when the store said room frees) or until the line's
-    /// bell rings.
+    /// At the front: sleep until `until` (when the store said room frees), [`HEAD_LAG`] later
+    /// if its allowance has room for it, or until the line's bell rings.
     pub async fn sleep_until(&self, until: Instant) {
+        let at = (until + HEAD_LAG).min(self.deadline).max(until);
         tokio::select! {
-            _ = tokio::time::sleep_until(until) => {}
+            _ = tokio::time::sleep_until(at) => {}
             _ = self.bell.notified() => {}
         }
     }
