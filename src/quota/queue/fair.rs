@@ -57,6 +57,8 @@ pub(super) fn place(waiters: &VecDeque<Waiter>, client: u32, weight: u32) -> (u6
 pub(super) struct Forecast {
     /// The head's tag: the virtual time now.
     now: u64,
+    /// The window `Active::admitted` counts over.
+    window: Duration,
     others: Vec<Active>,
 }
 
@@ -94,11 +96,18 @@ impl Forecast {
                 a.last = a.last.max(w.tag);
             }
         }
-        Forecast { now: head, others }
+        Forecast {
+            now: head,
+            window,
+            others,
+        }
     }
 
-    /// Admissions before a waiter of `client` whose tag is `tag`, `before` of them waiting now.
-    pub(super) fn ahead(&self, before: usize, client: u32, tag: u64) -> usize {
+    /// Admissions before a waiter of `client` whose tag is `tag`, `before` of them waiting now,
+    /// if it is admitted `within` from now: another client sends at the pace it was admitted in
+    /// the last window, and of what it sends, what its tags place before this waiter goes first.
+    pub(super) fn ahead(&self, before: usize, client: u32, tag: u64, within: Duration) -> usize {
+        let window = self.window.as_secs_f64();
         let coming: usize = self
             .others
             .iter()
@@ -108,7 +117,15 @@ impl Forecast {
                 let base = a.last.max(self.now);
                 let cost = UNIT / u64::from(a.weight.max(1));
                 let fit = tag.saturating_sub(base).saturating_sub(1) / cost.max(1);
-                usize::try_from(fit).unwrap_or(usize::MAX).min(a.admitted)
+                let sends = if window > 0.0 {
+                    (a.admitted as f64 * within.as_secs_f64() / window) as usize
+                } else {
+                    0
+                };
+                usize::try_from(fit)
+                    .unwrap_or(usize::MAX)
+                    .min(a.admitted)
+                    .min(sends)
             })
             .sum();
         before.saturating_add(coming)

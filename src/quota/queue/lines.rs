@@ -191,12 +191,37 @@ impl Line {
         }
     }
 
+    /// Admissions before a waiter of `client` with `tag`, `before` of them waiting now: what
+    /// other clients send before its turn comes, found by asking again with the later turn
+    /// (it only grows; a few rounds settle it).
+    pub(super) fn ahead(
+        &self,
+        forecast: &Forecast,
+        (before, client, tag): (usize, u32, u64),
+        pace: Option<Pace>,
+        now: Instant,
+    ) -> usize {
+        let mut ahead = before;
+        for _ in 0..4 {
+            let Some(Some(at)) = self.earliest(ahead, pace) else {
+                return ahead;
+            };
+            let next = forecast.ahead(before, client, tag, at.saturating_duration_since(now));
+            if next <= ahead {
+                break;
+            }
+            ahead = next;
+        }
+        ahead
+    }
+
     /// Wake the waiters from `from` on that can no longer be admitted within their allowance
     /// (their turn then says so), by their place in the fair order.
     pub(super) fn tell_hopeless(&self, from: usize) {
-        let forecast = Forecast::of(self, Instant::now());
+        let now = Instant::now();
+        let forecast = Forecast::of(self, now);
         for (pos, w) in self.waiters.iter().enumerate().skip(from) {
-            let ahead = forecast.ahead(pos, w.client, w.tag);
+            let ahead = self.ahead(&forecast, (pos, w.client, w.tag), None, now);
             if self.hopeless(ahead, w.deadline, None) {
                 w.turn.notify_one();
             }

@@ -195,7 +195,9 @@ impl Queues {
                 // Ahead of it: those before it in the fair order (and those other clients
                 // will send meanwhile), not all who came first.
                 let (tag, before) = fair::place(&line.waiters, claim.client, claim.weight);
-                let ahead = Forecast::of(line, Instant::now()).ahead(before, claim.client, tag);
+                let now = Instant::now();
+                let forecast = Forecast::of(line, now);
+                let ahead = line.ahead(&forecast, (before, claim.client, tag), pace, now);
                 if ahead > 0 && line.hopeless(ahead, deadline, pace) {
                     let earliest = line.earliest(ahead, pace).flatten();
                     return Err(full(Bound::Predicted {
@@ -342,7 +344,9 @@ impl Ticket<'_> {
                     Some(0) | None => return Turn::Head,
                     Some(pos) => {
                         let w = &line.waiters[pos];
-                        let ahead = Forecast::of(line, Instant::now()).ahead(pos, w.client, w.tag);
+                        let now = Instant::now();
+                        let forecast = Forecast::of(line, now);
+                        let ahead = line.ahead(&forecast, (pos, w.client, w.tag), None, now);
                         if line.hopeless(ahead, self.deadline, None) {
                             return Turn::Hopeless(line.last_refusal);
                         }
