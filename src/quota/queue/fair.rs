@@ -17,7 +17,7 @@
 //!
 //! For the prediction, [`Forecast`] counts the admissions before a waiter: those waiting before
 //! it, and the requests other clients (seen admitted in the line's last window) are expected to
-//! send meanwhile, which their tags will place before it.
+//! send before its turn, at the pace they were admitted, which their tags will place before it.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -50,8 +50,8 @@ pub(super) fn place(waiters: &VecDeque<Waiter>, client: u32, weight: u32) -> (u6
 }
 
 /// Who will go before a waiter: those waiting now with a lower tag, and the requests that
-/// clients admitted through this line in the last window are expected to send meanwhile (as
-/// many as they were admitted then, at most, each taking the tags its weight gives it). The
+/// clients admitted through this line in the last window are expected to send before its turn
+/// (at the pace they were admitted then, each taking the tags its weight gives it). The
 /// clients a line saw admitted are bounded by its record ([`super::lines::RECENT_MAX`]).
 #[derive(Debug)]
 pub(super) struct Forecast {
