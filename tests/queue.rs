@@ -483,3 +483,83 @@ async fn a_request_pinned_to_a_busy_project_does_not_hold_up_requests_other_proj
         "{keys:?}"
     );
 }
+
+async fn send_as(proxy: &str, key: &str, text: &str) -> u16 {
+    http()
+        .post(format!("{proxy}/v1beta/models/{MODEL}:generateContent"))
+        .header("x-goog-api-key", key)
+        .json(&json!({"contents": [{"parts": [{"text": text}]}]}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_light_clients_requests_are_served_while_a_heavy_client_floods_the_line() {
+    const HEAVY: &str = "heavy-client-key-000001";
+    const LIGHT: &str = "light-client-key-000001";
+    let fake = FakeUpstream::start().await;
+    // Two a second: the flood's backlog takes about ten seconds to serve.
+    let proxy = start_proxy(
+        &fake.url,
+        queued(2, 1.0, 60.0).env("PROXY_CLIENT_KEYS", &format!("heavy:{HEAVY},light:{LIGHT}")),
+    )
+    .await;
+    let mut flood = Vec::new();
+    for i in 0..20 {
+        let url = proxy.url.clone();
+        flood.push(tokio::spawn(async move {
+            send_as(&url, HEAVY, &format!("heavy-{i:02}")).await
+        }));
+    }
+    // The flood is in line before light asks.
+    let lined_up = eventually(Duration::from_secs(10), || {
+        proxy.state.queues.waiting() >= 15
+    })
+    .await;
+    assert!(lined_up, "waiting: {}", proxy.state.queues.waiting());
+    for i in 0..3 {
+        assert_eq!(send_as(&proxy.url, LIGHT, &format!("light-{i}")).await, 200);
+    }
+    for f in flood {
+        assert_eq!(f.await.unwrap(), 200, "the flood is served too, in time");
+    }
+    let order: Vec<String> = upstream_order(&fake).into_iter().map(|(t, _)| t).collect();
+    let last_light = order.iter().rposition(|t| t.starts_with("light")).unwrap();
+    let heavy_before = order[..last_light]
+        .iter()
+        .filter(|t| t.starts_with("heavy"))
+        .count();
+    // In arrival order all twenty would go first; in fair order each of light's goes about
+    // every other turn from when it asks.
+    assert!(
+        heavy_before <= 12,
+        "{heavy_before} heavy before light's last: {order:?}"
+    );
+    assert_eq!(order.len(), 23);
+}
+
+#[tokio::test]
+async fn a_clients_own_max_wait_caps_its_allowance_and_its_refusal_comes_at_once() {
+    const BRIEF: &str = "brief-client-key-000001";
+    let fake = FakeUpstream::start().await;
+    // One a 30 s window; the queue would let a request wait 60 s, this client 2 s.
+    let proxy = start_proxy(
+        &fake.url,
+        queued(1, 30.0, 60.0).toml(&format!(
+            "[limits]\nwindow_secs = 30\n[[auth.clients]]\nname = \"brief\"\nkey = \"{BRIEF}\"\nmax_wait_secs = 2\n"
+        )),
+    )
+    .await;
+    assert_eq!(send(&proxy.url, "first", None).await.status(), 200);
+    let t0 = Instant::now();
+    assert_eq!(send_as(&proxy.url, BRIEF, "brief").await, 429);
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "refused at once, not after its 2 s: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(fake.calls(":generateContent").len(), 1);
+}

@@ -14,10 +14,19 @@ use crate::quota::{AdmitOutcome, AdmitRequest, ClientAdmit, Reservation};
 use crate::route::{QuotaFamily, Route};
 use crate::state::AppState;
 
-/// How long this request may wait for quota: the configured `queue.max_wait_secs`, shortened
-/// (never lengthened) by the client's `x-gemini-max-wait: SECONDS`; a bad value is a 400.
-pub(super) fn allowance(state: &AppState, headers: &http::HeaderMap) -> Result<Duration, ApiError> {
-    let max = state.config.queue.max_wait;
+/// How long this request may wait for quota: the configured `queue.max_wait_secs`, or its
+/// client's `max_wait_secs` when set (never longer), shortened (never lengthened) by the
+/// request's `x-gemini-max-wait: SECONDS`; a bad value is a 400.
+pub(super) fn allowance(
+    state: &AppState,
+    client: Option<&std::sync::Arc<crate::clients::Client>>,
+    headers: &http::HeaderMap,
+) -> Result<Duration, ApiError> {
+    let mut max = state.config.queue.max_wait;
+    if let Some(secs) = client.and_then(|c| c.limits.max_wait_secs) {
+        // Validated finite and non-negative when the client was defined.
+        max = max.min(Duration::try_from_secs_f64(secs).unwrap_or(max));
+    }
     match crate::upstream::request::max_wait(headers) {
         None => Ok(max),
         Some(Ok(asked)) => Ok(max.min(asked)),
@@ -306,7 +315,10 @@ async fn wait_in_line(
             None => ask(state, route, request, Until::Keep(ticket.deadline())).await,
         };
         match answer {
-            Try::Admitted(r) => return Ok(r),
+            Try::Admitted(r) => {
+                ticket.admitted();
+                return Ok(r);
+            }
             Try::Fail(e) => return Err(e),
             Try::Wait(refusal) => {
                 if !ticket.expect(refusal) {

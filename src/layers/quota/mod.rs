@@ -272,7 +272,7 @@ where
         let mut deadline = Instant::now() + cfg.retry_deadline;
         // How long this request may still wait in the admission queue.
         let mut allowance = match quota_model {
-            Some(_) => admit::allowance(state, &parts.headers)?,
+            Some(_) => admit::allowance(state, caller.client(), &parts.headers)?,
             None => Duration::ZERO,
         };
         // Only a read may be sent again once written: anything else Google may have run (and
@@ -291,6 +291,7 @@ where
                     // What this request holds while it waits, for the queue's bounds.
                     let claim = Claim {
                         client: account.map_or(0, |a| a.client),
+                        weight: caller.client().map_or(1, |c| c.limits.weight()),
                         bytes: body.len() as u64,
                     };
                     let admitted = admit::admit(

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::fair::Forecast;
 use super::rules::{Pace, starts_in_time};
 use super::{Lane, Refusal};
 use crate::route::QuotaFamily;
@@ -95,6 +96,8 @@ impl Lines {
             head_wake: None,
             last_refusal: None,
             pace: None,
+            recent: VecDeque::new(),
+            recent_who: VecDeque::new(),
         })
     }
 
@@ -135,6 +138,7 @@ impl Lines {
 
 #[derive(Debug)]
 pub(super) struct Line {
+    /// In fair order (see [`super::fair`]): the front is the head.
     pub(super) waiters: VecDeque<Waiter>,
     pub(super) next_seq: u64,
     /// Rung when capacity may have freed before the head's predicted moment (admin reset).
@@ -145,17 +149,83 @@ pub(super) struct Line {
     pub(super) last_refusal: Option<Refusal>,
     /// How fast the line can move, as its last newcomer's candidates said.
     pub(super) pace: Option<Pace>,
+    /// When this line's heads were admitted in the last window, oldest first (at most
+    /// [`RECENT_MAX`]): the slots they took free a window later (see [`Pace::earliest_after`]).
+    pub(super) recent: VecDeque<Instant>,
+    /// Who they were (client, weight), in step with `recent`: who is expected to keep asking.
+    pub(super) recent_who: VecDeque<(u32, u32)>,
 }
 
+/// Most admissions a line remembers (a window's worth of its pace, at most this).
+pub(super) const RECENT_MAX: usize = 4096;
+
 impl Line {
-    /// The earliest a waiter at `position` (0: the head) can be admitted, if the head's wake
-    /// is known; `Some(None)`: never within any allowance.
+    /// The earliest a waiter with `position` admissions before it (0: the head) can be
+    /// admitted, if the head's wake is known; `Some(None)`: never within any allowance.
     pub(super) fn earliest(&self, position: usize, pace: Option<Pace>) -> Option<Option<Instant>> {
         let wake = self.head_wake?;
         Some(match pace.or(self.pace) {
-            Some(p) => p.earliest(wake, position),
+            Some(p) => p.earliest_after(wake, &self.recent, position),
             None => Some(wake),
         })
+    }
+
+    /// The head was admitted: remember when, and whose it was, for a window.
+    pub(super) fn note_admitted(&mut self, client: u32, weight: u32, now: Instant) {
+        let Some(pace) = self.pace else {
+            return;
+        };
+        let keep = usize::try_from(pace.per_window)
+            .unwrap_or(RECENT_MAX)
+            .clamp(1, RECENT_MAX);
+        self.recent.push_back(now);
+        self.recent_who.push_back((client, weight));
+        while self.recent.len() > keep
+            || self
+                .recent
+                .front()
+                .is_some_and(|t| now.saturating_duration_since(*t) >= pace.window)
+        {
+            self.recent.pop_front();
+            self.recent_who.pop_front();
+        }
+    }
+
+    /// Admissions before a waiter of `client` with `tag`, `before` of them waiting now: what
+    /// other clients send before its turn comes, found by asking again with the later turn
+    /// (it only grows; a few rounds settle it).
+    pub(super) fn ahead(
+        &self,
+        forecast: &Forecast,
+        (before, client, tag): (usize, u32, u64),
+        pace: Option<Pace>,
+        now: Instant,
+    ) -> usize {
+        let mut ahead = before;
+        for _ in 0..4 {
+            let Some(Some(at)) = self.earliest(ahead, pace) else {
+                return ahead;
+            };
+            let next = forecast.ahead(before, client, tag, at.saturating_duration_since(now));
+            if next <= ahead {
+                break;
+            }
+            ahead = next;
+        }
+        ahead
+    }
+
+    /// Wake the waiters from `from` on that can no longer be admitted within their allowance
+    /// (their turn then says so), by their place in the fair order.
+    pub(super) fn tell_hopeless(&self, from: usize) {
+        let now = Instant::now();
+        let forecast = Forecast::of(self, now);
+        for (pos, w) in self.waiters.iter().enumerate().skip(from) {
+            let ahead = self.ahead(&forecast, (pos, w.client, w.tag), None, now);
+            if self.hopeless(ahead, w.deadline, None) {
+                w.turn.notify_one();
+            }
+        }
     }
 
     /// Whether a waiter at `position` with allowance to `deadline` cannot be admitted in time.
@@ -171,6 +241,9 @@ impl Line {
 #[derive(Debug)]
 pub(super) struct Waiter {
     pub(super) seq: u64,
+    /// Its client (the ledger's id) and its place in the fair order (see [`super::fair`]).
+    pub(super) client: u32,
+    pub(super) tag: u64,
     pub(super) since: Instant,
     pub(super) deadline: Instant,
     /// Notified when this waiter may have reached the front, or its hope has gone.

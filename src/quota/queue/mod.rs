@@ -1,17 +1,26 @@
-//! The admission queue: requests that found no room wait in one FIFO line per (model, quota
+//! The admission queue: requests that found no room wait in one line per (model, quota
 //! family) in this replica; a request pinned to one key (a file it names) waits in its
 //! project's own line for the model, so it never holds up requests other projects can serve.
-//! Only the line's head asks the store again, at the moment the store said capacity frees (or
-//! when an admin reset rings it); the others sleep until they reach the front, or leave as soon
-//! as their allowance cannot be met: from the head's wake-up and the line's pace (at most the
-//! projects' per-minute limits fit in a window) the queue predicts the earliest a waiter can be
-//! admitted, and a request that cannot make it is refused on arrival, not at its deadline. A
-//! waiter whose future is dropped (its client left) leaves the line at once and holds nothing.
+//! Inside a line, clients share by weighted fair queueing ([`fair`]): each client's requests
+//! keep their order, and across clients the line goes by weight, so a client asking for less
+//! than its share gets all it asks however much another one sends.
+//! Only the line's head (the next in fair order) asks the store again, at the moment the store
+//! said capacity frees (or when an admin reset rings it); the others sleep until they reach the
+//! front, or leave as soon as their allowance cannot be met: from the head's wake-up and the
+//! line's pace (at most the projects' per-minute limits fit in a window) the queue predicts the
+//! earliest a waiter can be admitted from its place in the fair order, and a request that
+//! cannot make it is refused on arrival, not at its deadline (a waiter a newcomer goes before
+//! is told at once if that puts it out of reach). A waiter whose future is dropped (its client
+//! left) leaves the line at once and holds nothing.
 //!
 //! Bounded whatever clients send: waiters per line (`queue.max_length`), in all lines
 //! (`queue.max_waiters_total`), the body bytes they hold (`queue.max_waiting_bytes`), one
 //! client's share of both (`queue.max_client_share`), and the number of lines ([`MAX_LINES`]).
-//! Lines exist only while someone waits in them; an empty queue costs one atomic load.
+//! Lines exist only while someone waits in them, and the fair order keeps nothing per client
+//! beyond its waiters; an empty queue costs one atomic load.
+//!
+//! Per replica: each replica shares fairly among its own waiters; admission itself is exact
+//! across replicas (the store counts every replica's requests).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,11 +32,15 @@ use tokio::time::Instant;
 use crate::error::LimitKind;
 use crate::route::QuotaFamily;
 
+mod fair;
 mod lines;
 mod rules;
 
+use self::fair::Forecast;
 use self::lines::{LineKey, Lines, Waiter};
-pub use self::rules::{BOUNDARY, Claim, Pace, QueueLimits, starts_in_time, still_in_time};
+pub use self::rules::{
+    BOUNDARY, Claim, HEAD_LAG, Pace, QueueLimits, starts_in_time, still_in_time,
+};
 
 /// Most lines at once in one replica: model names are the client's choice, so made-up models
 /// cannot make lines without bound (the waiter caps bound them too; this keeps the status page
@@ -130,8 +143,8 @@ impl Queues {
         *lock(&self.limits) = limits;
     }
 
-    /// Whether anyone waits in `lane`'s line: a newcomer then queues behind them instead of
-    /// asking the store (no overtaking).
+    /// Whether anyone waits in `lane`'s line: a newcomer then takes its place in the fair order
+    /// instead of asking the store (only the head asks).
     pub fn busy(&self, lane: Lane<'_>) -> bool {
         if self.waiting.load(Ordering::Acquire) == 0 {
             return false;
@@ -139,7 +152,7 @@ impl Queues {
         lock(&self.lines).get(lane).is_some()
     }
 
-    /// Take the last place in `lane`'s line, to wait until `deadline` at most, holding what
+    /// Take a place in `lane`'s line (by the fair order), to wait until `deadline` at most, holding what
     /// `claim` says; `pace` is how fast the line can move (for the prediction).
     pub fn join(
         &self,
@@ -176,13 +189,21 @@ impl Queues {
             None if lines.count >= MAX_LINES => return Err(full(Bound::Lines)),
             None => {}
             Some(line) => {
-                let ahead = line.waiters.len();
-                if ahead >= limits.max_length {
+                if line.waiters.len() >= limits.max_length {
                     return Err(full(Bound::Line));
                 }
+                // Ahead of it: those before it in the fair order (and those other clients
+                // will send meanwhile), not all who came first.
+                let (tag, before) = fair::place(&line.waiters, claim.client, claim.weight);
+                let now = Instant::now();
+                let forecast = Forecast::of(line, now);
+                let ahead = line.ahead(&forecast, (before, claim.client, tag), pace, now);
                 if ahead > 0 && line.hopeless(ahead, deadline, pace) {
                     let earliest = line.earliest(ahead, pace).flatten();
-                    return Err(full(Bound::Predicted { ahead, earliest }));
+                    return Err(full(Bound::Predicted {
+                        ahead: before,
+                        earliest,
+                    }));
                 }
             }
         }
@@ -208,12 +229,23 @@ impl Queues {
         line.next_seq += 1;
         let turn = Arc::new(Notify::new());
         let since = Instant::now();
-        line.waiters.push_back(Waiter {
-            seq,
-            since,
-            deadline,
-            turn: turn.clone(),
-        });
+        let (tag, position) = fair::place(&line.waiters, claim.client, claim.weight);
+        line.waiters.insert(
+            position,
+            Waiter {
+                seq,
+                client: claim.client,
+                tag,
+                since,
+                deadline,
+                turn: turn.clone(),
+            },
+        );
+        // Those it went before are one place further back: any it puts out of reach of their
+        // allowance leave now.
+        if position + 1 < line.waiters.len() {
+            line.tell_hopeless(position + 1);
+        }
         let bell = line.bell.clone();
         lines.bytes += claim.bytes;
         let held = lines.clients.entry(claim.client).or_default();
@@ -257,10 +289,13 @@ impl Queues {
                 family,
                 project: project.cloned(),
                 length: line.waiters.len(),
+                // The fair order's head need not be the longest waiter.
                 oldest_wait: line
                     .waiters
-                    .front()
-                    .map_or(Duration::ZERO, |w| now.saturating_duration_since(w.since)),
+                    .iter()
+                    .map(|w| w.since)
+                    .min()
+                    .map_or(Duration::ZERO, |since| now.saturating_duration_since(since)),
             })
             .collect();
         out.sort_by(|a, b| (&a.model, &a.project).cmp(&(&b.model, &b.project)));
@@ -307,10 +342,15 @@ impl Ticket<'_> {
                 };
                 match line.waiters.iter().position(|w| w.seq == self.seq) {
                     Some(0) | None => return Turn::Head,
-                    Some(pos) if line.hopeless(pos, self.deadline, None) => {
-                        return Turn::Hopeless(line.last_refusal);
+                    Some(pos) => {
+                        let w = &line.waiters[pos];
+                        let now = Instant::now();
+                        let forecast = Forecast::of(line, now);
+                        let ahead = line.ahead(&forecast, (pos, w.client, w.tag), None, now);
+                        if line.hopeless(ahead, self.deadline, None) {
+                            return Turn::Hopeless(line.last_refusal);
+                        }
                     }
-                    Some(_) => {}
                 }
             }
             let refusal = || {
@@ -335,21 +375,27 @@ impl Ticket<'_> {
         if let Some(line) = lines.get_mut(self.key.lane()) {
             line.head_wake = Some(refusal.free_at);
             line.last_refusal = Some(refusal);
-            for (pos, w) in line.waiters.iter().enumerate().skip(1) {
-                if line.hopeless(pos, w.deadline, None) {
-                    w.turn.notify_one();
-                }
-            }
+            line.tell_hopeless(1);
         }
         still_in_time(refusal.free_at, self.deadline)
     }
 
-    /// At the front: sleep until `until` (when the store said room frees) or until the line's
-    /// bell rings.
+    /// At the front: sleep until `until` (when the store said room frees), [`HEAD_LAG`] later
+    /// if its allowance has room for it, or until the line's bell rings.
     pub async fn sleep_until(&self, until: Instant) {
+        let at = (until + HEAD_LAG).min(self.deadline).max(until);
         tokio::select! {
-            _ = tokio::time::sleep_until(until) => {}
+            _ = tokio::time::sleep_until(at) => {}
             _ = self.bell.notified() => {}
+        }
+    }
+
+    /// At the front, admitted: the line remembers it for its predictions (call before the
+    /// ticket is dropped).
+    pub fn admitted(&self) {
+        let mut lines = lock(&self.queues.lines);
+        if let Some(line) = lines.get_mut(self.key.lane()) {
+            line.note_admitted(self.claim.client, self.claim.weight, Instant::now());
         }
     }
 

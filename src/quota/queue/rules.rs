@@ -1,6 +1,7 @@
 //! What a request may wait for: the allowance's boundary, a line's pace (for predicting when a
 //! waiter can be admitted), what a waiter holds, and the queue's configured bounds.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -11,6 +12,14 @@ use tokio::time::Instant;
 /// after its end: the store counts in milliseconds on another clock, and a head that woke at
 /// the promised moment must not be refused for the rounding ("Retry in 0.001s").
 pub const BOUNDARY: Duration = Duration::from_millis(5);
+
+/// How long after the moment the store said room frees a sleeping head asks again. The store
+/// counts a request from its admission, Google from its arrival: when the request that took
+/// the slot reached Google later after its admission than the head's will, Google would still
+/// count it and answer 429 (seen on a loaded machine: 1-3 upstream 429s in a 2-minute
+/// saturated run). A quarter second is above that jitter and costs a saturated line 0.4 % of
+/// a 60 s window; a head never sleeps past its allowance for it.
+pub const HEAD_LAG: Duration = Duration::from_millis(250);
 
 /// Whether a request may start waiting for room that frees at `free_at`, given its allowance
 /// ends at `deadline` (see [`BOUNDARY`]).
@@ -42,6 +51,31 @@ impl Pace {
         let wait = self.window.checked_mul(u32::try_from(windows).ok()?)?;
         head_at.checked_add(wait)
     }
+
+    /// As [`Pace::earliest`], knowing when the line's own admissions of the last window
+    /// happened (`recent`, oldest first): each took a slot that frees a window after it, so
+    /// the `n`-th admission to come gets the `n`-th slot to free (the head's wake for slots the
+    /// line did not see taken), and one window more for each `per_window` before it. Still a
+    /// lower bound on one replica (other lines and replicas only take slots too); with no
+    /// record it is [`Pace::earliest`].
+    pub(super) fn earliest_after(
+        self,
+        head_at: Instant,
+        recent: &VecDeque<Instant>,
+        ahead: usize,
+    ) -> Option<Instant> {
+        let per = usize::try_from(self.per_window.max(1)).unwrap_or(usize::MAX);
+        // The last `per` admissions hold the window's slots.
+        let skip = recent.len().saturating_sub(per);
+        let unseen = per - (recent.len() - skip);
+        let slot = ahead % per;
+        let at = match slot.checked_sub(unseen).and_then(|i| recent.get(skip + i)) {
+            Some(taken) => (*taken + self.window).max(head_at),
+            None => head_at,
+        };
+        let windows = u32::try_from(ahead / per).ok()?;
+        at.checked_add(self.window.checked_mul(windows)?)
+    }
 }
 
 /// Who a waiter is and what it holds while it waits, for the queue's global bounds.
@@ -49,6 +83,8 @@ impl Pace {
 pub struct Claim {
     /// The ledger's client id (bounded by configuration).
     pub client: u32,
+    /// Its client's weight in the line's fair order (`ClientLimits::weight`, at least 1).
+    pub weight: u32,
     /// Its request body's size.
     pub bytes: u64,
 }
