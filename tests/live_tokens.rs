@@ -328,3 +328,55 @@ async fn with_x_gemini_max_wait_0_a_setup_finding_every_project_full_is_closed_a
     assert_eq!(status, 400);
     assert!(body.contains("x-gemini-max-wait"), "{body}");
 }
+
+/// The interpreter with google-genai: `GQP_PYTHON`, else the repository's `.venv`.
+fn python() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("GQP_PYTHON") {
+        return p.into();
+    }
+    let venv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "this test needs Python with google-genai: run scripts/test (it creates .venv), or set GQP_PYTHON"
+    );
+    venv
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_genai_makes_a_token_through_the_proxy_and_connects_with_it() {
+    // The SDK speaks https:// and wss:// to its base URL: the proxy sits behind a TLS front.
+    let fake = FakeLive::start(10).await;
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS)).await;
+    let front = common::live_upstream::TlsFront::start(&proxy.url).await;
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python/genai_live_token_check.py");
+    let out = tokio::process::Command::new(python())
+        .arg(&script)
+        .env("PROXY_URL", &front.url)
+        .env("SSL_CERT_FILE", &front.ca_file)
+        .env("CLIENT_KEY", CLIENT_KEY)
+        .env_remove("GOOGLE_API_KEY")
+        .env_remove("GEMINI_API_KEY")
+        .env_remove("GOOGLE_GEMINI_BASE_URL")
+        .output()
+        .await
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK script failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("google-genai ephemeral token checks passed"));
+    let st = fake.state.lock().unwrap();
+    assert_eq!(st.tokens.len(), 1);
+    let key = st.tokens.values().next().unwrap();
+    assert_eq!(
+        &st.opened,
+        &vec![key.clone()],
+        "the session on the token's key"
+    );
+    assert!(!st.constrained_with_key && !st.saw_client_key);
+    let body = &st.token_requests[0];
+    assert_eq!(body["uses"], 1, "{body}");
+}

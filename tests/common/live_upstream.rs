@@ -21,6 +21,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// Prompt tokens the fake reports per turn (and response tokens: the echo's length in words).
 pub const PROMPT_TOKENS: u64 = 11;
+/// Of those, the audio tokens an audio session (`responseModalities: ["AUDIO"]`) reports in
+/// `promptTokensDetails`; its answer's tokens are all audio (`responseTokensDetails`).
+pub const PROMPT_AUDIO_TOKENS: u64 = 8;
 
 #[derive(Default)]
 pub struct LiveState {
@@ -273,6 +276,7 @@ async fn session(
 ) {
     // Google sends its JSON in binary frames.
     let json = |v: Value| Message::Binary(v.to_string().into_bytes().into());
+    let audio = setup["setup"]["generationConfig"]["responseModalities"][0] == "AUDIO";
     if ws.send(json(json!({"setupComplete": {}}))).await.is_err() {
         return;
     }
@@ -323,14 +327,24 @@ async fn session(
                     if ws.send(json(content)).await.is_err() {
                         return;
                     }
-                    json(json!({
+                    let mut done = json!({
                         "serverContent": {"turnComplete": true},
                         "usageMetadata": {
                             "promptTokenCount": PROMPT_TOKENS,
                             "responseTokenCount": words,
                             "totalTokenCount": PROMPT_TOKENS + words
                         }
-                    }))
+                    });
+                    // An audio session: the prompt partly audio, the answer all audio.
+                    if audio {
+                        done["usageMetadata"]["promptTokensDetails"] = json!([
+                            {"modality": "TEXT", "tokenCount": PROMPT_TOKENS - PROMPT_AUDIO_TOKENS},
+                            {"modality": "AUDIO", "tokenCount": PROMPT_AUDIO_TOKENS}
+                        ]);
+                        done["usageMetadata"]["responseTokensDetails"] =
+                            json!([{"modality": "AUDIO", "tokenCount": words}]);
+                    }
+                    json(done)
                 }
                 _ => m.clone(),
             },
