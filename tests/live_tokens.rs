@@ -2,7 +2,9 @@
 //! the fake Live upstream (tests/common/live_upstream.rs): a token created through the proxy
 //! opens a `BidiGenerateContentConstrained` session on the key that created it, counted for
 //! the client that created it; a token the proxy did not create is refused; a setup finding
-//! every project full waits for a slot, or is closed at once with `x-gemini-max-wait: 0`.
+//! every project full waits for a slot, or is closed at once with `x-gemini-max-wait: 0`. The
+//! google-genai SDKs (Python and JS) make and use a token through the proxy; the JS one also
+//! opens a session with a client key.
 
 mod common;
 
@@ -379,4 +381,60 @@ async fn google_genai_makes_a_token_through_the_proxy_and_connects_with_it() {
     assert!(!st.constrained_with_key && !st.saw_client_key);
     let body = &st.token_requests[0];
     assert_eq!(body["uses"], 1, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_genai_js_live_connect_works_through_the_proxy_with_a_key_and_with_a_token() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    assert!(
+        dir.join("node_modules/@google/genai").is_dir(),
+        "this test needs @google/genai: run scripts/test (it runs npm ci in tests/js)"
+    );
+    let fake = FakeLive::start(10).await;
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS)).await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(std::env::var("GQP_NODE").unwrap_or("node".into()))
+            .arg("genai_live.mjs")
+            .current_dir(&dir)
+            .env("PROXY_URL", &proxy.url)
+            .env("CLIENT_KEY", CLIENT_KEY)
+            .env_remove("GOOGLE_API_KEY")
+            .env_remove("GEMINI_API_KEY")
+            .output(),
+    )
+    .await
+    .expect("the SDK script ends within 90 s")
+    .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK script failed:\n{stdout}\n{stderr}"
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let of = |call: &str| {
+        lines
+            .iter()
+            .find(|l| l["call"] == call)
+            .unwrap_or_else(|| panic!("no {call} line in:\n{stdout}\n{stderr}"))
+            .clone()
+    };
+    let live = of("live");
+    assert_eq!(live["text"], "echo: hello js", "{live}");
+    assert_eq!(live["promptTokens"], PROMPT_TOKENS, "{live}");
+    let token = of("token");
+    assert_eq!(token["text"], "echo: hello token", "{token}");
+    let st = fake.state.lock().unwrap();
+    assert_eq!(st.opened.len(), 2, "two sessions reached Google");
+    assert_eq!(st.tokens.len(), 1);
+    assert_eq!(
+        st.tokens.values().next(),
+        st.opened.last(),
+        "the token's session on its key"
+    );
+    assert!(!st.saw_client_key && !st.constrained_with_key);
 }
