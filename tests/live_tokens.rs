@@ -230,8 +230,7 @@ async fn a_constrained_connection_needs_a_token_this_proxy_made() {
         &[],
     )
     .await
-    .err()
-    .expect("refused");
+    .expect_err("refused");
     assert_eq!(status, 403);
     assert!(body.contains("PERMISSION_DENIED"), "{body}");
     assert!(
@@ -241,8 +240,7 @@ async fn a_constrained_connection_needs_a_token_this_proxy_made() {
     // A client key is not a token.
     let (status, body) = open(&format!("{base}{CONSTRAINED}?key={CLIENT_KEY}"), &[])
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("access_token"), "{body}");
     // google-genai's way of presenting a made token works (x-goog-api-key and Authorization).
@@ -325,8 +323,7 @@ async fn with_x_gemini_max_wait_0_a_setup_finding_every_project_full_is_closed_a
     // A value that is not a number of seconds is Google's envelope, before any upgrade.
     let (status, body) = open(&url, &[("x-gemini-max-wait", "soon")])
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(status, 400);
     assert!(body.contains("x-gemini-max-wait"), "{body}");
 }
