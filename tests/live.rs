@@ -444,7 +444,8 @@ async fn an_audio_sessions_cost_in_the_ledger_prices_audio_and_text_tokens_apart
     let cost = last["totals"]["list_cost_usd"].as_f64().unwrap();
     assert!(
         (cost - want).abs() < 1e-12,
-        "cost {cost} USD, the price table says {want} USD: {last}"
+        "cost {cost} USD, the price table says {want} USD: {}",
+        last["totals"]
     );
 }
 
