@@ -250,6 +250,9 @@ pub(super) async fn connect(
     let lease_ms = cfg.lease.as_millis() as u64;
     let session = format!("{:016x}", fastrand::u64(..));
     let candidates = match token {
+        // Held after Google's refusal: not asked again until the hold is over (each attempt
+        // may spend one of the token's uses).
+        Some(t) if sessions.is_refused(&state.pool.keys[t.key].project) => Vec::new(),
         Some(t) => {
             let project = &state.pool.keys[t.key].project;
             vec![(
