@@ -93,6 +93,11 @@ async fn dispatch(
         let (state, sessions) = (gemini.state(), gemini.live_sessions());
         return Ok(crate::live::handle(state, sessions, req, &path).await);
     }
+    if let Some(path) = crate::live::tokens::tokens_path(req.uri().path(), prefix.as_deref()) {
+        let path = path.to_string();
+        let (state, sessions) = (gemini.state(), gemini.live_sessions());
+        return Ok(crate::live::tokens::create(state, sessions, req, &path).await);
+    }
     let direct = is_gemini_path(req.uri().path())
         || prefix
             .as_deref()

@@ -684,6 +684,26 @@ async fn dashboard_in_a_browser() {
     // The admission queue (on by default; nobody waits here).
     let queue = b.text("#queue").await;
     assert_eq!(queue.trim(), "Waiting for quota: none.", "{q}");
+    // Live API sessions per project against its limit (none open here).
+    let live = q["live_sessions"].as_array().expect("live_sessions");
+    assert_eq!(live.len(), 2, "one line per project: {q}");
+    let expected: Vec<String> = live
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {} of {}",
+                p["project"].as_str().unwrap(),
+                p["open"],
+                p["limit"]
+            )
+        })
+        .collect();
+    let shown = b.text("#live").await;
+    assert_eq!(
+        shown.trim(),
+        format!("Live API sessions open: {}.", expected.join(", ")),
+        "{q}"
+    );
     // Which configuration serves.
     let config = b.text("#config").await;
     assert!(

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::live_upstream::{FakeLive, PROMPT_TOKENS, TlsFront};
+use common::live_upstream::{FakeLive, PROMPT_AUDIO_TOKENS, PROMPT_TOKENS, TlsFront};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -388,6 +388,64 @@ async fn usage_metadata_of_each_turn_reaches_the_ledger() {
     assert_eq!(
         by_model["series"][0]["group"]["model"], "gemini-2.5-flash-native-audio",
         "{by_model}"
+    );
+}
+
+#[tokio::test]
+async fn an_audio_sessions_cost_in_the_ledger_prices_audio_and_text_tokens_apart() {
+    let fake = FakeLive::start(10).await;
+    let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS[..1])).await;
+    let mut ws = connect(&proxy.url).await;
+    let s =
+        json!({"setup": {"model": MODEL, "generationConfig": {"responseModalities": ["AUDIO"]}}});
+    ws.send(Message::Text(s.to_string().into())).await.unwrap();
+    assert_eq!(
+        json_of_message(&next(&mut ws).await.unwrap()),
+        json!({"setupComplete": {}})
+    );
+    ws.send(turn("speak to me")).await.unwrap();
+    next(&mut ws).await.unwrap();
+    next(&mut ws).await.unwrap();
+    // "echo: speak to me": 4 audio tokens out; 11 in, 8 of them audio.
+    let out_audio = 4u64;
+    let prices = &proxy.state.config.prices;
+    assert_eq!(
+        prices.entry_for("gemini-2.5-flash-native-audio"),
+        Some("gemini-2.5-flash-native-audio")
+    );
+    let e = prices.entry("gemini-2.5-flash-native-audio").unwrap();
+    let want = ((PROMPT_TOKENS - PROMPT_AUDIO_TOKENS) as f64 * e.input.unwrap()
+        + PROMPT_AUDIO_TOKENS as f64 * e.input_audio.unwrap()
+        + out_audio as f64 * e.output_audio.unwrap())
+        / 1e6;
+    let text_only =
+        (PROMPT_TOKENS as f64 * e.input.unwrap() + out_audio as f64 * e.output.unwrap()) / 1e6;
+    assert!(
+        want > 2.0 * text_only,
+        "the audio rates are the dearer ones"
+    );
+    let mut last = Value::Null;
+    for _ in 0..500 {
+        let r = http()
+            .get(format!(
+                "{}/api/ai/usage/?window=1h&group_by=none",
+                proxy.url
+            ))
+            .header("x-goog-api-key", CLIENT_KEY)
+            .send()
+            .await
+            .unwrap();
+        last = json_of(r).await;
+        if last["totals"]["requests"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cost = last["totals"]["list_cost_usd"].as_f64().unwrap();
+    assert!(
+        (cost - want).abs() < 1e-12,
+        "cost {cost} USD, the price table says {want} USD: {}",
+        last["totals"]
     );
 }
 

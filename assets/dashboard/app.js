@@ -452,6 +452,7 @@
     var st = qs.store || {};
     $('#store').textContent = 'Quota store: ' + (st.backend || '?') + (st.reachable === false ? ', unreachable' : ', reachable') + '.';
     $('#queue').textContent = queueLine(qs.queue);
+    $('#live').textContent = liveLine(qs.live_sessions);
     $('#config').textContent = configLine(qs.config);
   }
 
@@ -475,6 +476,14 @@
     var per = lines.slice(0, 3).map(function (l) { return l.model + ' ' + l.length; }).join(', ');
     if (lines.length > 3) per += ', ...';
     return 'Waiting for quota: ' + q.waiting + ' (' + per + '), the oldest for ' + Math.round(oldest / 1000) + ' s.';
+  }
+
+  /** Live API sessions open per project against its limit, in one line. */
+  function liveLine(projects) {
+    if (!Array.isArray(projects) || !projects.length) return '';
+    return 'Live API sessions open: ' + projects.map(function (p) {
+      return p.project + ' ' + num(p.open) + ' of ' + num(p.limit);
+    }).join(', ') + '.';
   }
 
   function fillList(ul, items, none) {

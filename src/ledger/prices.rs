@@ -54,6 +54,14 @@ pub struct PriceEntry {
     pub output_long: Option<f64>,
     /// `cached` for prompts over [`LONG_CONTEXT_TOKENS`]; `None`: `cached`, else `input_long`.
     pub cached_long: Option<f64>,
+    /// Audio prompt tokens not served from the cache (`promptTokensDetails` with modality
+    /// `AUDIO`); `None`: billed at `input`.
+    #[serde(default)]
+    pub input_audio: Option<f64>,
+    /// Audio output tokens (`candidatesTokensDetails` / the Live API's `responseTokensDetails`
+    /// with modality `AUDIO`); `None`: billed at `output`.
+    #[serde(default)]
+    pub output_audio: Option<f64>,
     /// USD per image generated (image models).
     #[serde(default)]
     pub per_image: Option<f64>,
@@ -101,6 +109,9 @@ struct Rates {
     short: Tier,
     /// Present when the entry has any long-context rate.
     long: Option<Tier>,
+    /// Nano-USD per audio token, in and out (`None`: the tier's text rate).
+    input_audio: Option<u64>,
+    output_audio: Option<u64>,
     /// Nano-USD per image and per second of video.
     per_image: u64,
     per_video_second: u64,
@@ -108,21 +119,23 @@ struct Rates {
 
 impl Rates {
     /// `(input - cached + tool) x input + cached x cached + (output + thinking) x output`, at the
-    /// tier the prompt's size selects; saturating, never wrapping.
+    /// tier the prompt's size selects, the audio tokens among the fresh input and the output at
+    /// the audio rates (when the entry has them); saturating, never wrapping.
     fn cost_nano(&self, u: &TokenUsage) -> u64 {
         let tier = match self.long {
             Some(long) if u.input > LONG_CONTEXT_TOKENS => long,
             _ => self.short,
         };
         let fresh = u.input.saturating_sub(u.cached).saturating_add(u.tool);
-        fresh
+        let fresh_audio = u.input_audio.min(fresh);
+        let out = u.output.saturating_add(u.thinking);
+        let out_audio = u.output_audio.min(out);
+        (fresh - fresh_audio)
             .saturating_mul(tier.input)
+            .saturating_add(fresh_audio.saturating_mul(self.input_audio.unwrap_or(tier.input)))
             .saturating_add(u.cached.saturating_mul(tier.cached))
-            .saturating_add(
-                u.output
-                    .saturating_add(u.thinking)
-                    .saturating_mul(tier.output),
-            )
+            .saturating_add((out - out_audio).saturating_mul(tier.output))
+            .saturating_add(out_audio.saturating_mul(self.output_audio.unwrap_or(tier.output)))
             .saturating_add(u.images.saturating_mul(self.per_image))
             .saturating_add(u.video_seconds.saturating_mul(self.per_video_second))
     }
@@ -325,6 +338,8 @@ fn check(name: &str, entry: PriceEntry) -> Result<Rates, PriceError> {
     let input = required("input", entry.input)?;
     let output = required("output", entry.output)?;
     let cached = opt("cached", entry.cached)?;
+    let input_audio = opt("input_audio", entry.input_audio)?;
+    let output_audio = opt("output_audio", entry.output_audio)?;
     let input_long = opt("input_long", entry.input_long)?;
     let output_long = opt("output_long", entry.output_long)?;
     let cached_long = opt("cached_long", entry.cached_long)?;
@@ -346,6 +361,8 @@ fn check(name: &str, entry: PriceEntry) -> Result<Rates, PriceError> {
         entry,
         short,
         long,
+        input_audio,
+        output_audio,
         per_image,
         per_video_second,
     })
@@ -372,6 +389,8 @@ mod tests {
             output: Some(output),
             per_image: None,
             per_video_second: None,
+            input_audio: None,
+            output_audio: None,
             cached: None,
             input_long: None,
             output_long: None,
@@ -583,6 +602,46 @@ mod tests {
             }
         );
         assert_eq!(Billing::default(), Billing::Paid);
+    }
+
+    #[test]
+    fn audio_tokens_are_priced_at_the_audio_rates_and_text_at_the_text_rates() {
+        let p = Prices::embedded();
+        // A Live turn: 20 text + 100 audio tokens in, 300 audio tokens out.
+        let u = TokenUsage {
+            input: 120,
+            input_audio: 100,
+            output: 300,
+            output_audio: 300,
+            ..TokenUsage::default()
+        };
+        let e = p
+            .entry("gemini-2.5-flash-native-audio")
+            .expect("a Live entry");
+        let nano = |usd: Option<f64>| (usd.unwrap() * 1000.0).round() as u64;
+        assert_eq!(
+            p.cost(
+                "gemini-2.5-flash-native-audio-preview-09-2025",
+                &u,
+                Billing::Paid
+            )
+            .list_nano,
+            20 * nano(e.input) + 100 * nano(e.input_audio) + 300 * nano(e.output_audio)
+        );
+        assert!(e.input_audio > e.input && e.output_audio > e.output);
+        // A model without audio rates bills audio at its text rates.
+        let plain = p.cost("gemini-2.0-flash-lite", &u, Billing::Paid).list_nano;
+        assert_eq!(plain, 120 * 75 + 300 * 300);
+        // Audio in on gemini-2.5-flash: 1.00 USD per 1M, text 0.30.
+        let rest = TokenUsage {
+            input: 50,
+            input_audio: 40,
+            ..TokenUsage::default()
+        };
+        assert_eq!(
+            p.cost("gemini-2.5-flash", &rest, Billing::Paid).list_nano,
+            10 * 300 + 40 * 1000
+        );
     }
 
     #[test]

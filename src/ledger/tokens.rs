@@ -14,6 +14,12 @@ pub struct TokenUsage {
     pub thinking: u64,
     /// `toolUsePromptTokenCount`.
     pub tool: u64,
+    /// Audio tokens among `input` (`promptTokensDetails`, modality `AUDIO`): billed at the
+    /// model's audio input rate, when it has one.
+    pub input_audio: u64,
+    /// Audio tokens among `output` (`candidatesTokensDetails`, or the Live API's
+    /// `responseTokensDetails`, modality `AUDIO`).
+    pub output_audio: u64,
     /// Images generated (an image model's answer reports no tokens; billed per image).
     pub images: u64,
     /// Seconds of video generated (billed per second).
@@ -29,13 +35,15 @@ impl TokenUsage {
             output: self.output.saturating_add(o.output),
             thinking: self.thinking.saturating_add(o.thinking),
             tool: self.tool.saturating_add(o.tool),
+            input_audio: self.input_audio.saturating_add(o.input_audio),
+            output_audio: self.output_audio.saturating_add(o.output_audio),
             images: self.images.saturating_add(o.images),
             video_seconds: self.video_seconds.saturating_add(o.video_seconds),
         }
     }
 }
 
-/// Google's `usageMetadata` (unknown fields, such as the per-modality lists, are skipped).
+/// Google's `usageMetadata` (unknown fields are skipped).
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 struct GeminiUsage {
@@ -46,6 +54,26 @@ struct GeminiUsage {
     response_token_count: u64,
     thoughts_token_count: u64,
     tool_use_prompt_token_count: u64,
+    prompt_tokens_details: Vec<ModalityCount>,
+    candidates_tokens_details: Vec<ModalityCount>,
+    /// The Live API's name for the candidates' details.
+    response_tokens_details: Vec<ModalityCount>,
+}
+
+/// One entry of a `...TokensDetails` list.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct ModalityCount {
+    modality: String,
+    token_count: u64,
+}
+
+/// The `AUDIO` tokens of a details list.
+fn audio(details: &[ModalityCount]) -> u64 {
+    details
+        .iter()
+        .filter(|d| d.modality == "AUDIO")
+        .fold(0, |n, d| n.saturating_add(d.token_count))
 }
 
 /// The OpenAI surface's `usage`.
@@ -78,6 +106,9 @@ impl From<GeminiUsage> for TokenUsage {
             output: u.candidates_token_count.max(u.response_token_count),
             thinking: u.thoughts_token_count,
             tool: u.tool_use_prompt_token_count,
+            input_audio: audio(&u.prompt_tokens_details),
+            output_audio: audio(&u.candidates_tokens_details)
+                .max(audio(&u.response_tokens_details)),
             ..TokenUsage::default()
         }
     }
@@ -318,6 +349,23 @@ mod tests {
             sc.feed(c);
         }
         sc.usage()
+    }
+
+    #[test]
+    fn audio_tokens_are_read_from_the_modality_details_of_rest_and_live_usage() {
+        let live = r#"{"usageMetadata":{"promptTokenCount":120,"responseTokenCount":300,
+            "promptTokensDetails":[{"modality":"TEXT","tokenCount":20},{"modality":"AUDIO","tokenCount":100}],
+            "responseTokensDetails":[{"modality":"AUDIO","tokenCount":300}]}}"#;
+        let u = UsageScanner::scan_all(live.as_bytes()).unwrap();
+        assert_eq!(
+            (u.input, u.input_audio, u.output, u.output_audio),
+            (120, 100, 300, 300)
+        );
+        let rest = r#"{"usageMetadata":{"promptTokenCount":50,"candidatesTokenCount":7,
+            "promptTokensDetails":[{"modality":"AUDIO","tokenCount":40}],
+            "candidatesTokensDetails":[{"modality":"TEXT","tokenCount":7}]}}"#;
+        let u = UsageScanner::scan_all(rest.as_bytes()).unwrap();
+        assert_eq!((u.input_audio, u.output_audio), (40, 0));
     }
 
     #[test]

@@ -3,12 +3,16 @@
 //! are; its `setup` read first; a pooled key chosen by session headroom and the session's slot
 //! held in the store ([`slots`]); the upstream socket opened with that key, setup refusals
 //! tried on the next key ([`setup`]); then every frame relayed both ways, usage counted and
-//! resumption handles bound to their key ([`relay`]).
+//! resumption handles bound to their key ([`relay`]). A setup finding every project full waits
+//! for a slot ([`wait`]). Ephemeral tokens created through the proxy ([`tokens`]) open
+//! `BidiGenerateContentConstrained` sessions on the key that created them.
 
 mod relay;
 mod setup;
 pub mod slots;
+pub mod tokens;
 mod upstream;
+mod wait;
 
 use std::sync::Arc;
 
@@ -20,20 +24,72 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
-use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
 
 pub use slots::LiveSessions;
 
-/// The Live API's socket paths (the proxy serves these; `BidiGenerateContentConstrained`,
-/// for ephemeral tokens, is not proxied). google-genai asks for `v1` when given a base URL of
-/// its own: passed on as asked, Google's answer decides.
-const PATHS: [&str; 3] = [
+/// The Live API's socket paths (`...Constrained`: for ephemeral tokens, v1alpha at Google).
+/// google-genai asks for `v1` when given a base URL of its own: passed on as asked, Google's
+/// answer decides.
+const PATHS: [&str; 5] = [
     "/ws/google.ai.generativelanguage.v1.GenerativeService.BidiGenerateContent",
     "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent",
     "/ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateContent",
+    "/ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateContentConstrained",
+    "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContentConstrained",
 ];
+
+/// Who a session is for: the client counted in the ledger, and for a token's session the
+/// token and its key.
+struct Who {
+    client_id: u32,
+    token: Option<setup::TokenSession>,
+}
+
+/// The caller of an upgrade: a client key on `BidiGenerateContent`; on
+/// `...Constrained`, an ephemeral token this proxy created (no client key: the session counts
+/// for the client that created the token).
+async fn who(
+    state: &AppState,
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+    path: &str,
+) -> Result<Who, ApiError> {
+    if !path.ends_with("Constrained") {
+        let caller = crate::auth::authenticate(&state.config.auth, &state.clients, headers, query)?;
+        return Ok(Who {
+            client_id: state.ledger_client(Some(&caller)),
+            token: None,
+        });
+    }
+    let Some(token) = tokens::presented(headers, query) else {
+        return Err(ApiError::Unauthenticated(
+            "BidiGenerateContentConstrained takes an ephemeral token (access_token=, or \
+             Authorization: Token) created through this proxy with POST /v1alpha/auth_tokens"
+                .into(),
+        ));
+    };
+    let Some(bound) = tokens::lookup(state, &token).await else {
+        return Err(ApiError::PermissionDenied(
+            "The ephemeral token was not created through this proxy (or has expired): create \
+             it with POST /v1alpha/auth_tokens here"
+                .into(),
+        ));
+    };
+    let client_id = if bound.client == "anonymous" {
+        state.ledger.anonymous_id()
+    } else {
+        state.ledger.client_id_named(&bound.client)
+    };
+    Ok(Who {
+        client_id,
+        token: Some(setup::TokenSession {
+            token,
+            key: bound.key,
+        }),
+    })
+}
 
 /// The socket path `path` names, if it is one of the Live API's (after `prefix`, if given).
 /// Doubled slashes before `ws` are taken as one: google-genai joins its base URL (kept with a
@@ -118,14 +174,13 @@ pub async fn handle(
         )
         .into_response();
     };
-    let caller = match crate::auth::authenticate(
-        &state.config.auth,
-        &state.clients,
-        req.headers(),
-        req.uri().query(),
-    ) {
-        Ok(c) => c,
+    let who = match who(&state, req.headers(), req.uri().query(), path).await {
+        Ok(w) => w,
         Err(e) => return e.into_response(),
+    };
+    let allowance = match wait::allowance(&state, req.headers()) {
+        Ok(a) => a,
+        Err(message) => return ApiError::InvalidArgument(message).into_response(),
     };
     let upgrade = hyper::upgrade::on(&mut req);
     let path = path.to_string();
@@ -141,7 +196,7 @@ pub async fn handle(
         let config = client_ws_config(&state);
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(config)).await;
-        session(state, sessions, caller, &path, ws).await;
+        session(state, sessions, who, &path, allowance, ws).await;
     });
     http::Response::builder()
         .status(http::StatusCode::SWITCHING_PROTOCOLS)
@@ -156,8 +211,9 @@ pub async fn handle(
 async fn session(
     state: Arc<AppState>,
     sessions: Arc<LiveSessions>,
-    caller: Caller,
+    who: Who,
     path: &str,
+    allowance: std::time::Duration,
     mut client: ClientSocket,
 ) {
     if *sessions.stopping_now() {
@@ -177,7 +233,18 @@ async fn session(
     let Some((setup, first)) = setup::read_setup(&state, &mut client).await else {
         return;
     };
-    let connected = match setup::connect(&state, &sessions, path, &setup, first).await {
+    let token = who.token.as_ref();
+    let connecting = wait::connect(
+        &state,
+        &sessions,
+        path,
+        &setup,
+        token,
+        first,
+        &mut client,
+        allowance,
+    );
+    let connected = match connecting.await {
         Ok(c) => c,
         Err(refusal) => {
             slots::outcome(refusal.outcome);
@@ -185,14 +252,13 @@ async fn session(
             return;
         }
     };
-    let client_id = state.ledger_client(Some(&caller));
     relay::run(
         &state,
         &sessions,
         client,
         connected,
         &setup.model,
-        client_id,
+        who.client_id,
     )
     .await;
 }

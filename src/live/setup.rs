@@ -158,14 +158,14 @@ pub(super) fn quota_close(frame: Option<&CloseFrame>) -> bool {
 /// usable key by free session slots in its project (most first; ties take turns). A project
 /// Google refused for quota is held: left out for [`super::slots::REFUSED_HOLD`] or until one of
 /// its sessions on this replica ends, as a 429 holds a project for REST calls.
-async fn order(
+pub(super) async fn order(
     state: &AppState,
     sessions: &super::LiveSessions,
-    setup: &Setup,
+    handle: Option<&str>,
 ) -> Vec<(usize, u64)> {
     let pool = &state.pool;
     let limit_of = |i: usize| limits::live_sessions(pool.limits_config(), &pool.keys[i].project);
-    if let Some(handle) = &setup.handle {
+    if let Some(handle) = handle {
         let bound = crate::pool::affinity::pin(state.store.as_ref(), &handle_resource(handle))
             .await
             .and_then(|pin| pool.by_kid(&pin.kid).map(|(i, _)| i));
@@ -214,20 +214,54 @@ async fn order(
     usable.into_iter().map(|(i, l, _)| (i, l)).collect()
 }
 
-/// Choose a key, take its slot, open Google's socket and send `first` (the setup); the next
-/// key while Google refuses for quota or a key cannot connect.
+/// What is escaped in a query value: all but letters, digits and `-._~/` (a token's name is
+/// `auth_tokens/...`).
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
+/// An ephemeral token's session: the token (Google's credential for it, sent as
+/// `?access_token=`) and the pool position of the key that created it.
+pub(super) struct TokenSession {
+    pub token: String,
+    pub key: usize,
+}
+
+/// Choose a key (a token's own key for a token's session), take its slot, open Google's socket
+/// and send `first` (the setup); the next key while Google refuses for quota or a key cannot
+/// connect.
 pub(super) async fn connect(
     state: &Arc<AppState>,
     sessions: &Arc<super::LiveSessions>,
     path: &str,
     setup: &Setup,
+    token: Option<&TokenSession>,
     first: Message,
 ) -> Result<Connected, Refusal> {
-    let url = upstream::url(&state.config.upstream, path);
+    let mut url = upstream::url(&state.config.upstream, path);
+    if let Some(t) = token {
+        let encoded = percent_encoding::utf8_percent_encode(&t.token, QUERY_VALUE);
+        url = format!("{url}?access_token={encoded}");
+    }
     let cfg = &state.config.live;
     let lease_ms = cfg.lease.as_millis() as u64;
     let session = format!("{:016x}", fastrand::u64(..));
-    let candidates = order(state, sessions, setup).await;
+    let candidates = match token {
+        // Held after Google's refusal: not asked again until the hold is over (each attempt
+        // may spend one of the token's uses).
+        Some(t) if sessions.is_refused(&state.pool.keys[t.key].project) => Vec::new(),
+        Some(t) => {
+            let project = &state.pool.keys[t.key].project;
+            vec![(
+                t.key,
+                limits::live_sessions(state.pool.limits_config(), project),
+            )]
+        }
+        None => order(state, sessions, setup.handle.as_deref()).await,
+    };
     let mut full: Vec<Arc<str>> = Vec::new();
     let mut last_error: Option<String> = None;
     for (i, limit) in candidates.iter().copied() {
@@ -249,7 +283,9 @@ pub(super) async fn connect(
             continue;
         };
         let timeout = state.config.upstream.connect_timeout + cfg.setup_timeout;
-        let mut ws = match upstream::open(&state.config.upstream, &url, key, timeout).await {
+        // A token's session presents the token alone: it is Google's credential for it.
+        let api_key = token.is_none().then_some(&key.headers.goog);
+        let mut ws = match upstream::open(&state.config.upstream, &url, api_key, timeout).await {
             Ok(ws) => ws,
             Err(e) => {
                 let text = match e {
@@ -302,14 +338,30 @@ pub(super) async fn connect(
             }
         }
     }
-    if !full.is_empty() && last_error.is_none() {
-        let limit = candidates.first().map_or(0, |c| c.1);
+    // Projects left out after Google's refusal are full too, as far as waiting goes.
+    let held = state
+        .pool
+        .keys
+        .iter()
+        .any(|k| sessions.is_refused(&k.project));
+    if (!full.is_empty() || held) && last_error.is_none() {
+        let limit = candidates
+            .first()
+            .map(|c| c.1)
+            .or_else(|| {
+                let k = state.pool.keys.first()?;
+                Some(limits::live_sessions(
+                    state.pool.limits_config(),
+                    &k.project,
+                ))
+            })
+            .unwrap_or(0);
         return Err(Refusal {
             code: CloseCode::Again,
             reason: format!(
                 "Every project holds its limit of live sessions (limits.live_sessions, {limit}); try again later"
             ),
-            outcome: "refused_full",
+            outcome: super::wait::FULL,
         });
     }
     Err(Refusal {

@@ -20,6 +20,8 @@ pub struct LiveSessions {
     refused: Mutex<HashMap<Arc<str>, std::time::Instant>>,
     /// True once the proxy shuts down: every session closes with 1001.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Woken when a slot held here is freed: setups waiting for room try again at once.
+    freed: tokio::sync::Notify,
 }
 
 impl Default for LiveSessions {
@@ -29,6 +31,7 @@ impl Default for LiveSessions {
             held: Mutex::default(),
             refused: Mutex::default(),
             stopping: tokio::sync::watch::channel(false).0,
+            freed: tokio::sync::Notify::new(),
         }
     }
 }
@@ -108,6 +111,12 @@ impl LiveSessions {
         }
     }
 
+    /// Resolves when a slot held on this replica is freed (create it before trying for a
+    /// slot, so a slot freed meanwhile is not missed).
+    pub fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
+    }
+
     fn hold(&self, project: &Arc<str>, session: &str) {
         self.held
             .lock()
@@ -171,8 +180,9 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.sessions.release(&self.project, &self.session);
-        let (store, project, session) = (
+        let (store, sessions, project, session) = (
             self.store.clone(),
+            self.sessions.clone(),
             self.project.clone(),
             std::mem::take(&mut self.session),
         );
@@ -182,6 +192,8 @@ impl Drop for Slot {
                 if let Err(e) = store.live_close(&project, &session).await {
                     tracing::warn!(error = %e, "live: a session slot was not freed: its lease will free it");
                 }
+                // Once the store has it free: a setup woken earlier would find it taken.
+                sessions.freed.notify_waiters();
             });
         }
     }

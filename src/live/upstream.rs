@@ -11,7 +11,6 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::config::UpstreamConfig;
-use crate::pool::PooledKey;
 
 /// Google's side of a session.
 pub(crate) type UpstreamSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -76,18 +75,29 @@ fn tls(cfg: &UpstreamConfig) -> Arc<rustls::ClientConfig> {
     tls
 }
 
-/// Open Google's socket at `url` with `key`, within `timeout`.
+/// `text` without `url`'s query, should an error quote the URL: a token's session has its
+/// token there, and errors are logged.
+fn redact(text: String, url: &str) -> String {
+    match url.split_once('?') {
+        Some((_, query)) if text.contains(query) => text.replace(query, "(query left out)"),
+        _ => text,
+    }
+}
+
+/// Open Google's socket at `url` with `api_key` (none for a token's session: the token is in
+/// `url`), within `timeout`.
 pub(crate) async fn open(
     cfg: &UpstreamConfig,
     url: &str,
-    key: &PooledKey,
+    api_key: Option<&http::HeaderValue>,
     timeout: Duration,
 ) -> Result<UpstreamSocket, OpenError> {
     let mut req = url
         .into_client_request()
-        .map_err(|e| OpenError::Failed(e.to_string()))?;
-    req.headers_mut()
-        .insert("x-goog-api-key", key.headers.goog.clone());
+        .map_err(|e| OpenError::Failed(redact(e.to_string(), url)))?;
+    if let Some(k) = api_key {
+        req.headers_mut().insert("x-goog-api-key", k.clone());
+    }
     let config = WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0)
@@ -105,7 +115,7 @@ pub(crate) async fn open(
         Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
             Err(OpenError::Status(resp.status().as_u16()))
         }
-        Ok(Err(e)) => Err(OpenError::Failed(e.to_string())),
+        Ok(Err(e)) => Err(OpenError::Failed(redact(e.to_string(), url))),
         Err(_) => Err(OpenError::Failed(format!(
             "no answer within {} ms",
             timeout.as_millis()

@@ -60,6 +60,11 @@ impl Pin {
     }
 }
 
+/// A pin as stored, for a binding made outside this module (an ephemeral token's).
+pub fn encode_pin(kid: &str, client: &str) -> String {
+    Pin::encode(kid, client)
+}
+
 /// The pin of `resource`, if known (a store failure reads as unknown).
 pub async fn pin(store: &dyn QuotaStore, resource: &str) -> Option<Pin> {
     match store.affinity(resource).await {

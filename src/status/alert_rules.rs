@@ -290,6 +290,7 @@ mod tests {
             },
             spend_caps: vec![],
             clients: vec![],
+            live_sessions: vec![],
             models: BTreeMap::from([("m".to_string(), usage_of(pool_minute, pool_limit))]),
         }
     }

@@ -12,6 +12,7 @@ pub mod client_rows;
 mod clients;
 mod config;
 pub mod dashboard;
+pub mod live;
 pub mod snapshot;
 pub mod usage;
 

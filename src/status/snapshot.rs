@@ -59,6 +59,8 @@ pub struct QuotaStatus {
     /// Every client's limits, usage today and this month (the status page only) and refusals
     /// (a client key sees only its own row).
     pub clients: Vec<super::client_rows::ClientRow>,
+    /// Each project's open Live API sessions against its `limits.live_sessions`.
+    pub live_sessions: Vec<super::live::LiveSessionsView>,
     /// Each model's pool-wide usage against the sum of its limits in the enabled projects
     /// (what the warnings above are counted from; the alert rules read it too).
     #[serde(skip)]
@@ -458,6 +460,7 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
         .collect();
     let (pool_by_model, pool_models_omitted) = by_model(&models);
     let clients = super::client_rows::rows(state, None, outlook != Extras::None).await;
+    let live_sessions = super::live::views(state).await;
     Snapshot {
         success: true,
         quota_status: QuotaStatus {
@@ -479,6 +482,7 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
             alerts,
             spend_caps,
             clients,
+            live_sessions,
             models,
         },
         timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),

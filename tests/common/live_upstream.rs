@@ -4,7 +4,10 @@
 //! an echo in `serverContent` then `turnComplete` with `usageMetadata`; any other text or binary
 //! frame echoed unchanged; a per-key cap on open sessions, a setup over it refused with a close
 //! as Google does (1011, `RESOURCE_EXHAUSTED`); the text `close-me` closes the session (1000,
-//! "bye"), `go-away` answers with a `goAway`, `ping-me` with a ping.
+//! "bye"), `go-away` answers with a `goAway`, `ping-me` with a ping. `POST .../auth_tokens`
+//! (plain HTTP on the same port) creates an ephemeral token for the key that asked;
+//! `BidiGenerateContentConstrained` takes only `?access_token=` of such a token (HTTP 401
+//! otherwise) and counts the session for the token's key.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +21,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// Prompt tokens the fake reports per turn (and response tokens: the echo's length in words).
 pub const PROMPT_TOKENS: u64 = 11;
+/// Of those, the audio tokens an audio session (`responseModalities: ["AUDIO"]`) reports in
+/// `promptTokensDetails`; its answer's tokens are all audio (`responseTokensDetails`).
+pub const PROMPT_AUDIO_TOKENS: u64 = 8;
 
 #[derive(Default)]
 pub struct LiveState {
@@ -35,6 +41,13 @@ pub struct LiveState {
     pub paths: Vec<String>,
     /// Whether a client credential reached the upstream (it must not).
     pub saw_client_key: bool,
+    /// Ephemeral token -> the key that created it.
+    pub tokens: HashMap<String, String>,
+    /// The bodies of the token requests, as received.
+    pub token_requests: Vec<Value>,
+    /// Whether a Constrained connection came with an API key too (it must not: the token is
+    /// its credential).
+    pub constrained_with_key: bool,
     next_handle: u64,
 }
 
@@ -66,7 +79,11 @@ impl FakeLive {
                 let st = st.clone();
                 tokio::spawn(async move {
                     let _ = tcp.set_nodelay(true);
-                    serve(tcp, st, cap).await;
+                    let mut head = [0u8; 4];
+                    match tcp.peek(&mut head).await {
+                        Ok(4) if &head == b"POST" => create_token(tcp, st).await,
+                        _ => serve(tcp, st, cap).await,
+                    }
                 });
             }
         });
@@ -88,13 +105,82 @@ impl FakeLive {
     }
 }
 
+/// One `POST .../auth_tokens` over HTTP/1.1 (answered with `connection: close`): a token for
+/// the `x-goog-api-key` that asked.
+async fn create_token(mut tcp: tokio::net::TcpStream, st: Arc<Mutex<LiveState>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    let length: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let key = header("x-goog-api-key").unwrap_or_default();
+    let body: Value =
+        serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or(Value::Null);
+    let (status, answer) = if key.is_empty() || !head.contains("/auth_tokens ") {
+        (
+            "401 Unauthorized",
+            json!({"error": {"code": 401, "status": "UNAUTHENTICATED"}}),
+        )
+    } else {
+        let name = format!("auth_tokens/tok{}", fastrand::u64(..));
+        let mut s = st.lock().unwrap();
+        if key.contains("client-key") {
+            s.saw_client_key = true;
+        }
+        s.tokens.insert(name.clone(), key);
+        s.token_requests.push(body);
+        ("200 OK", json!({"name": name}))
+    };
+    let answer = answer.to_string();
+    let reply = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+        answer.len()
+    );
+    let _ = tcp.write_all(reply.as_bytes()).await;
+    let _ = tcp.shutdown().await;
+}
+
+/// The `access_token` of a query string, percent-decoded.
+fn access_token(pq: &str) -> Option<String> {
+    let q = pq.split_once('?')?.1;
+    let v = q.split('&').find_map(|p| p.strip_prefix("access_token="))?;
+    let v = percent_encoding::percent_decode_str(v).decode_utf8().ok()?;
+    Some(v.into_owned())
+}
+
 // tungstenite's callback signature: its error type is an HTTP response.
 #[allow(clippy::result_large_err)]
 async fn serve(tcp: tokio::net::TcpStream, st: Arc<Mutex<LiveState>>, cap: usize) {
     let seen: Arc<Mutex<(String, String)>> = Arc::default();
     let s2 = seen.clone();
+    let st2 = st.clone();
     let callback = move |req: &Request, resp: Response| {
-        let key = req
+        let mut key = req
             .headers()
             .get("x-goog-api-key")
             .and_then(|v| v.to_str().ok())
@@ -105,6 +191,22 @@ async fn serve(tcp: tokio::net::TcpStream, st: Arc<Mutex<LiveState>>, cap: usize
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .unwrap_or_default();
+        // An ephemeral token's session: the token alone, one this fake created.
+        if pq.contains("BidiGenerateContentConstrained") {
+            let mut s = st2.lock().unwrap();
+            if !key.is_empty() {
+                s.constrained_with_key = true;
+            }
+            match access_token(&pq).and_then(|t| s.tokens.get(&t).cloned()) {
+                Some(k) => key = k,
+                None => {
+                    let mut refusal =
+                        tokio_tungstenite::tungstenite::handshake::server::ErrorResponse::new(None);
+                    *refusal.status_mut() = http::StatusCode::UNAUTHORIZED;
+                    return Err(refusal);
+                }
+            }
+        }
         *s2.lock().unwrap() = (key, pq);
         Ok(resp)
     };
@@ -174,6 +276,7 @@ async fn session(
 ) {
     // Google sends its JSON in binary frames.
     let json = |v: Value| Message::Binary(v.to_string().into_bytes().into());
+    let audio = setup["setup"]["generationConfig"]["responseModalities"][0] == "AUDIO";
     if ws.send(json(json!({"setupComplete": {}}))).await.is_err() {
         return;
     }
@@ -224,14 +327,24 @@ async fn session(
                     if ws.send(json(content)).await.is_err() {
                         return;
                     }
-                    json(json!({
+                    let mut done = json!({
                         "serverContent": {"turnComplete": true},
                         "usageMetadata": {
                             "promptTokenCount": PROMPT_TOKENS,
                             "responseTokenCount": words,
                             "totalTokenCount": PROMPT_TOKENS + words
                         }
-                    }))
+                    });
+                    // An audio session: the prompt partly audio, the answer all audio.
+                    if audio {
+                        done["usageMetadata"]["promptTokensDetails"] = json!([
+                            {"modality": "TEXT", "tokenCount": PROMPT_TOKENS - PROMPT_AUDIO_TOKENS},
+                            {"modality": "AUDIO", "tokenCount": PROMPT_AUDIO_TOKENS}
+                        ]);
+                        done["usageMetadata"]["responseTokensDetails"] =
+                            json!([{"modality": "AUDIO", "tokenCount": words}]);
+                    }
+                    json(done)
                 }
                 _ => m.clone(),
             },
