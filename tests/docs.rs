@@ -330,7 +330,7 @@ fn every_documented_command_is_known_and_its_target_exists() {
                     "run-tests" => {}
                     // Benchmarks take minutes and a quiet machine: syntax-checked here, their
                     // Rust parts (examples/) are built by CI's clippy --all-targets.
-                    "test" | "bench" | "bench-h2" | "bench-exhaust" => {}
+                    "test" | "bench" | "bench-h2" | "bench-exhaust" | "bench-fairness" => {}
                     other => problems.push(format!(
                         "{at}: scripts/{other} is not run by CI; add it to .ci/run or to this table"
                     )),
