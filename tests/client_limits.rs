@@ -80,6 +80,32 @@ async fn a_client_over_its_rpm_gets_google_s_429_naming_its_own_limit_and_no_key
 }
 
 #[tokio::test]
+async fn a_request_tried_again_on_another_key_counts_once_against_its_client() {
+    let fake = FakeUpstream::start().await;
+    // Google's 503 on the first try: the proxy tries the other key, which answers.
+    fake.behave(|b| {
+        b.script
+            .push_back(common::fake_upstream::Scripted::Status(503))
+    });
+    let proxy = start_proxy(&fake.url, team("rpm = 1\nmax_concurrent = 1")).await;
+    let r = generate_as(&proxy.url, TEAM_KEY, "gemini-2.5-flash").await;
+    assert_eq!(
+        r.status(),
+        200,
+        "the retry was counted as the client's second request"
+    );
+    assert_eq!(fake.calls(":generateContent").len(), 2);
+    // Its one request is counted: the next is over `rpm = 1`; its slot was freed at the end.
+    let r = generate_as(&proxy.url, TEAM_KEY, "gemini-2.5-flash").await;
+    assert_eq!(r.status(), 429);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["error"]["details"][0]["violations"][0]["quotaId"], "ProxyClientRequestsPerMinute",
+        "{v}"
+    );
+}
+
+#[tokio::test]
 async fn a_pool_refusal_does_not_say_it_is_a_client_limit() {
     let fake = FakeUpstream::start().await;
     let proxy = start_proxy(&fake.url, team("rpm = 100").env("GEMINI_MINUTE_LIMIT", "1")).await;

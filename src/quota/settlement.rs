@@ -32,6 +32,33 @@ impl Settlement {
         self
     }
 
+    /// Take this reservation's client part out into a settlement of its own; the rest is
+    /// settled as before. A retry of the same request carries it to its next attempt
+    /// ([`Settlement::carry_client`]) instead of counting the client's request again; dropped
+    /// unused, it is released (slot freed, budget reservation refunded) like any other.
+    pub fn take_client(&mut self) -> Option<Settlement> {
+        let r = self.reservation.as_mut()?;
+        let hold = r.client.take()?;
+        // The pool part rides along settled to 0 tokens: this settlement refunds it already,
+        // and a second refund of the same admission changes nothing.
+        let mut lone = r.clone();
+        lone.client = Some(hold);
+        lone.tokens = 0;
+        Some(Settlement {
+            store: self.store.clone(),
+            reservation: Some(lone),
+            unreported: None,
+        })
+    }
+
+    /// Put a client part carried from an earlier attempt ([`Settlement::take_client`]) into
+    /// this reservation, which was admitted without one.
+    pub fn carry_client(&mut self, mut from: Settlement) {
+        if let (Some(r), Some(mut earlier)) = (self.reservation.as_mut(), from.reservation.take()) {
+            r.client = earlier.client.take();
+        }
+    }
+
     /// The reservation being settled (`None` only after settling).
     pub fn reservation(&self) -> Option<&Reservation> {
         self.reservation.as_ref()

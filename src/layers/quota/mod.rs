@@ -283,6 +283,9 @@ where
         // At most one key is disabled per client request, whatever Google answers.
         let mut disabled_one = false;
         let mut attempt: u32 = 0;
+        // The client's part of the first admission, carried by a retry: one request counts
+        // once against its client's limits, however many keys it is tried on.
+        let mut carried: Option<Settlement> = None;
         loop {
             attempt += 1;
             served.attempts = attempt;
@@ -304,7 +307,7 @@ where
                         deadline,
                         allowance,
                         claim,
-                        client_part.clone(),
+                        client_part.clone().filter(|_| carried.is_none()),
                         caller.client().and_then(|c| c.limits.max_wait_secs),
                     )
                     .await;
@@ -334,8 +337,11 @@ where
             served.key = Some(index);
             // Dropped unsettled (an error, a retry) it refunds the estimate by itself. An
             // answer that carries no usage (an embedding's, ...) settles to its estimate.
-            let settlement = reservation.map(|r| {
-                let s = Settlement::new(state.store.clone(), r);
+            let mut settlement = reservation.map(|r| {
+                let mut s = Settlement::new(state.store.clone(), r);
+                if let Some(c) = carried.take() {
+                    s.carry_client(c);
+                }
                 if route.unreported_usage {
                     s.keeping_estimate_unreported()
                 } else {
@@ -400,6 +406,7 @@ where
                     let plan = retry::plan(failure, idempotent);
                     if plan.retry && !last_try {
                         state.metrics.retry(plan.reason);
+                        carried = settlement.as_mut().and_then(Settlement::take_client);
                         drop(settlement);
                         tracing::warn!(key = %key.masked, attempt, error = %e.detail, "upstream unreachable: retrying");
                         avoid.push(index);
@@ -421,7 +428,9 @@ where
                 // Error bodies are small: read one to learn what happened, then pass it on
                 // unchanged (one over the limit is classified by its start and passed on whole).
                 let answer = read_upto(resp, ERROR_BODY_LIMIT, cfg.request_timeout).await?;
-                // An error answer carries no usage: refund now, before any backoff.
+                // An error answer carries no usage: refund now, before any backoff (the
+                // client's part waits to see whether the request is tried again).
+                let client_hold = settlement.as_mut().and_then(Settlement::take_client);
                 drop(settlement);
                 if status == http::StatusCode::TOO_MANY_REQUESTS
                     && let Some(a) = account
@@ -464,11 +473,13 @@ where
                     if plan.avoid_key || quota_model.is_none() {
                         avoid.push(index);
                     }
+                    carried = client_hold;
                     if plan.backoff {
                         backoff(attempt, deadline).await;
                     }
                     continue;
                 }
+                drop(client_hold);
                 return Ok(answer.into_response(status, headers, cfg, AtEnd::default()));
             }
 
