@@ -5,7 +5,7 @@ use crate::common;
 
 #[path = "../../examples/embed.rs"]
 #[allow(dead_code)]
-mod embed;
+mod example;
 
 use common::*;
 use gemini_quota_proxy::Gateway;
@@ -17,7 +17,7 @@ async fn the_proxy_serves_under_a_prefix_inside_another_axum_application() {
     let gateway = Gateway::builder(config).build().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, embed::app(&gateway)).await });
+    tokio::spawn(async move { axum::serve(listener, example::app(&gateway)).await });
 
     // The host's own route.
     let hello = http().get(format!("{base}/hello")).send().await.unwrap();
