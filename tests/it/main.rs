@@ -4,7 +4,10 @@
 //! side by side by module filter (`cargo test --test it queue::` runs one area).
 //!
 //! A new area: put the file at `tests/it/AREA.rs`, add `mod AREA;` below (alphabetical), and
-//! write `use crate::common;` where a standalone test file would say `mod common;`.
+//! write `use crate::common;` where a standalone test file would say `mod common;`. The metrics
+//! recorder is shared by every area: assert on series of the test's own model, client or
+//! project (or on growth), and keep under the model label cap (200 answered model names in the
+//! whole binary).
 //!
 //! Two areas stay binaries of their own (`tests/lockout.rs`, `tests/model_flood.rs`): they assert
 //! on process-wide metrics state (an absolute count of failed credentials; the model label cap
