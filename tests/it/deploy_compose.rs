@@ -488,10 +488,13 @@ async fn through_nginx_two_replicas_stream_share_counters_and_keep_keys_out_of_t
     // Round robin gave both replicas Gemini requests: neither alone saw three admissions, so
     // the 429 came from the counters they share in Redis.
     for (name, bin) in &binaries {
+        let served = |l: &str| l.contains("Content") && l.contains("status=");
+        // A request's log line is written as it ends, by the logger's own thread: on a busy
+        // machine the last one may reach the pipe a little after the answer.
+        eventually(Duration::from_secs(5), || bin.logs().lines().any(served)).await;
         let logs = bin.logs();
         assert!(
-            logs.lines()
-                .any(|l| l.contains("Content") && l.contains("status=")),
+            logs.lines().any(served),
             "{name} served no Gemini request:\n{logs}"
         );
     }
