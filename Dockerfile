@@ -20,7 +20,7 @@ RUN mkdir src \
 
 # 2. The real sources. Files the sources embed at compile time must be present too:
 #    config/default.toml (src/config/mod.rs), src/quota/redis/lua/*.lua (src/quota/redis/mod.rs)
-#    and assets/dashboard/* (src/status/dashboard.rs). tests/docker_context.rs checks the crate
+#    and assets/dashboard/* (src/status/dashboard.rs). tests/it/docker_context.rs checks the crate
 #    from exactly what these COPY lines (and .dockerignore) give. COPY keeps the files' own
 #    mtimes, which can be older than the stub build: touch the crate roots so cargo rebuilds the
 #    crate (never the dependencies). The last line fails the build if the stub's binary survived

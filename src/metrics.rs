@@ -91,6 +91,13 @@ pub fn known_model_label(model: &str) -> Arc<str> {
     MODEL_LABELS.label(Some(model), false)
 }
 
+/// The model label for a model Google answered for: its own while the cap has room, else
+/// [`OVERFLOW_MODEL`]. The ledger's families (`gqp_tokens_total`, `gqp_cost_usd_total`) take
+/// theirs here too, so every family shows the same capped set of model names.
+pub fn answered_model_label(model: &str) -> Arc<str> {
+    MODEL_LABELS.get(Some(model))
+}
+
 pub fn escape_label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")

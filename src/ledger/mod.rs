@@ -486,11 +486,11 @@ fn metrics_for(ledger: &Ledger, series: Series, usage: &TokenUsage, cost_nano: u
         .get(&at)
         .cloned();
     let counters = cached.unwrap_or_else(|| {
-        let name = ledger.models.name(series.model).to_string();
+        let name = crate::metrics::answered_model_label(&ledger.models.name(series.model));
         let client = ledger.clients.name(series.client).to_string();
         let made = Arc::new(TOKEN_KINDS.map(|kind| {
             metrics::counter!("gqp_tokens_total",
-                "model" => name.clone(), "kind" => kind, "client" => client.clone())
+                "model" => name.to_string(), "kind" => kind, "client" => client.clone())
         }));
         ledger
             .token_counters

@@ -188,7 +188,7 @@ pub enum StoreError {
     Protocol(String),
 }
 
-/// Shared quota state. Both implementations keep the same semantics; `tests/store_suite.rs`
+/// Shared quota state. Both implementations keep the same semantics; `tests/it/store_suite.rs`
 /// runs one suite against each.
 #[async_trait]
 pub trait QuotaStore: Send + Sync {

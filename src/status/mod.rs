@@ -144,11 +144,17 @@ fn queue_lines(state: &AppState, text: &mut String) {
 /// integers, and a cost is a fraction of a dollar.
 fn cost_lines(state: &AppState, text: &mut String) {
     use std::fmt::Write;
-    let mut totals = state.ledger.cost_totals();
-    if totals.is_empty() {
+    // By model label (the process-wide cap): models past it add up under `other`.
+    let mut by_label = std::collections::BTreeMap::<_, u64>::new();
+    for (model, client, nano) in state.ledger.cost_totals() {
+        *by_label
+            .entry((crate::metrics::answered_model_label(&model), client))
+            .or_default() += nano;
+    }
+    if by_label.is_empty() {
         return;
     }
-    totals.sort();
+    let totals = by_label.into_iter().map(|((m, c), n)| (m, c, n));
     text.push_str("# HELP gqp_cost_usd_total Cost of the answers served, in USD at the configured prices (0 for free-tier projects), since this process started.\n");
     text.push_str("# TYPE gqp_cost_usd_total counter\n");
     for (model, client, nano) in totals {

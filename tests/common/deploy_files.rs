@@ -1,4 +1,4 @@
-//! Reading the deployment files for `tests/deploy_manifests.rs` and `tests/deploy_compose.rs`:
+//! Reading the deployment files for `tests/it/deploy_manifests.rs` and `tests/it/deploy_compose.rs`:
 //! YAML documents as `serde_json::Value`, the environment variables docs/configuration.md documents, the
 //! Dockerfile's user, and nginx directives.
 

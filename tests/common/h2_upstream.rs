@@ -2,7 +2,7 @@
 //! connection, as Google's front end does at about 100. Its CA is made at start (rcgen) and
 //! written to a PEM file for `upstream.ca_file`. `:streamGenerateContent?alt=sse` answers with
 //! events spread over a set time (cumulative usageMetadata, Google's shape); anything else gets
-//! a generateContent answer. Shared by `tests/h2_stream_cap.rs` and `examples/h2_bench.rs`.
+//! a generateContent answer. Shared by `tests/it/h2_stream_cap.rs` and `examples/h2_bench.rs`.
 #![allow(dead_code)]
 
 use std::convert::Infallible;

@@ -62,7 +62,7 @@ impl ProxyOpts {
         env.insert("GEMINI_API_KEYS".to_string(), keys.join(","));
         env.insert("PROXY_CLIENT_KEYS".to_string(), CLIENT_KEY.to_string());
         env.insert("PROXY_ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string());
-        // Most tests check what a refusal says at once; tests/queue.rs turns the queue on.
+        // Most tests check what a refusal says at once; tests/it/queue.rs turns the queue on.
         env.insert("PROXY_QUEUE_MAX_WAIT_SECS".to_string(), "0".to_string());
         ProxyOpts {
             env,

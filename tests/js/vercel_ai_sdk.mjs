@@ -1,6 +1,6 @@
 // The Vercel AI SDK (`ai` with `@ai-sdk/google`) pointed at the proxy with `baseURL`:
 // generateText and streamText, each answer's text printed as a JSON line for
-// tests/sdk_vercel.rs to check. PROXY_URL and CLIENT_KEY come from the test.
+// tests/it/sdk_vercel.rs to check. PROXY_URL and CLIENT_KEY come from the test.
 import { createGoogleGenerativeAI } from '@ai-sdk/google';
 import { generateText, streamText } from 'ai';
 

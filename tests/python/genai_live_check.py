@@ -1,6 +1,6 @@
 """google-genai's Live API client through the proxy: `client.aio.live.connect` with the proxy as
 base_url, a text turn answered with usage, and a clear error when every project is full.
-Run by tests/live.rs with PROXY_URL and CLIENT_KEY set."""
+Run by tests/it/live.rs with PROXY_URL and CLIENT_KEY set."""
 
 import asyncio
 import os

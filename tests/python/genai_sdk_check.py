@@ -1,6 +1,6 @@
 """Drive the proxy with the official google-genai SDK, exactly as a user would.
 
-Run by tests/sdk_python.rs with PROXY_URL and CLIENT_KEY set; exits non-zero on any failure.
+Run by tests/it/sdk_python.rs with PROXY_URL and CLIENT_KEY set; exits non-zero on any failure.
 """
 import os
 import sys
