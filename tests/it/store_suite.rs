@@ -51,7 +51,7 @@ fn req(tokens: u64, cands: Vec<Candidate>) -> AdmitRequest {
     }
 }
 
-struct Harness {
+pub(crate) struct Harness {
     store: Arc<dyn QuotaStore>,
     clock: Arc<ManualClock>,
     _redis: Option<Arc<RedisServer>>,

@@ -4,7 +4,7 @@
 //! across a restart of the real binary, and in Redis, where every replica sees a change within
 //! about a second. No key ever appears in Redis, a log line or the file.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

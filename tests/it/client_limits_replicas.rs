@@ -2,7 +2,7 @@
 //! one Redis, standalone and Cluster, let exactly a client's `rpm` through, and reserve its
 //! budget so that it is overshot by at most what was in flight.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

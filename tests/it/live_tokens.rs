@@ -6,7 +6,7 @@
 //! google-genai SDKs (Python and JS) make and use a token through the proxy; the JS one also
 //! opens a session with a client key.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

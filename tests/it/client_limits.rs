@@ -3,7 +3,7 @@
 //! key cooled down and none of the pool's quota spent; a model outside its `models` is a 403;
 //! a wait within its allowance is waited; a reloaded limit holds on the next request.
 
-mod common;
+use crate::common;
 
 use common::binary::Binary;
 use common::*;
