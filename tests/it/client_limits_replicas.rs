@@ -25,10 +25,14 @@ fn replicas(upstream: &str, redis_url: &str, limits: &str, extra: &str) -> (Vec<
     std::fs::write(
         &config,
         format!(
-            "[store]\nnamespace = \"{NAMESPACE}\"\n{extra}\n[[auth.clients]]\nname = \"team\"\nkey = \"{TEAM_KEY}\"\n{limits}\n"
+            "[store]\nnamespace = \"{NAMESPACE}\"\ntimeout_ms = 2000\n{extra}\n[[auth.clients]]\nname = \"team\"\nkey = \"{TEAM_KEY}\"\n{limits}\n"
         ),
     )
     .unwrap();
+    // A store call that misses its deadline falls back to the replica's own memory (the
+    // documented failure policy), which counts per replica: on a loaded machine the default
+    // 250 ms deadline was missed and a Cluster run let 21 through a budget of 20. The deadline
+    // is generous here so the test sees the shared counters only.
     let path = config.to_str().unwrap().to_string();
     let env = [
         ("GEMINI_API_KEYS", KEYS),
