@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod deploy_files;
 pub mod fake_upstream;
 pub mod live_upstream;
+pub mod sdk;
 pub mod sinks;
 
 use std::collections::HashMap;

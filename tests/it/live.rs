@@ -564,19 +564,6 @@ async fn a_killed_replicas_session_slots_come_back_after_the_lease() {
     let _ = std::fs::remove_file(file);
 }
 
-/// The interpreter with google-genai: `GQP_PYTHON`, else the repository's `.venv`.
-fn python() -> std::path::PathBuf {
-    if let Ok(p) = std::env::var("GQP_PYTHON") {
-        return p.into();
-    }
-    let venv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "this test needs Python with google-genai: run scripts/test (it creates .venv), or set GQP_PYTHON"
-    );
-    venv
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn google_genai_live_connect_works_through_the_proxy_and_to_a_wss_upstream() {
     // Google's side over TLS (wss://, trusted through upstream.ca_file); the SDK always speaks
@@ -594,25 +581,13 @@ async fn google_genai_live_connect_works_through_the_proxy_and_to_a_wss_upstream
     )
     .await;
     let front = TlsFront::start(&proxy.url).await;
-    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/python/genai_live_check.py");
-    let out = tokio::process::Command::new(python())
-        .arg(&script)
-        .env("PROXY_URL", &front.url)
-        .env("SSL_CERT_FILE", &front.ca_file)
-        .env("CLIENT_KEY", CLIENT_KEY)
-        .env_remove("GOOGLE_API_KEY")
-        .env_remove("GEMINI_API_KEY")
-        .env_remove("GOOGLE_GEMINI_BASE_URL")
-        .output()
-        .await
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK script failed:\n{stdout}\n{stderr}"
-    );
+    let stdout = common::sdk::run_python(
+        "genai_live_check.py",
+        &front.url,
+        &front.ca_file,
+        CLIENT_KEY,
+    )
+    .await;
     assert!(stdout.contains("google-genai live checks passed"));
     let st = fake.state.lock().unwrap();
     assert_eq!(st.opened, vec![KEYS[0].to_string()]);

@@ -328,44 +328,19 @@ async fn with_x_gemini_max_wait_0_a_setup_finding_every_project_full_is_closed_a
     assert!(body.contains("x-gemini-max-wait"), "{body}");
 }
 
-/// The interpreter with google-genai: `GQP_PYTHON`, else the repository's `.venv`.
-fn python() -> std::path::PathBuf {
-    if let Ok(p) = std::env::var("GQP_PYTHON") {
-        return p.into();
-    }
-    let venv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "this test needs Python with google-genai: run scripts/test (it creates .venv), or set GQP_PYTHON"
-    );
-    venv
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn google_genai_makes_a_token_through_the_proxy_and_connects_with_it() {
     // The SDK speaks https:// and wss:// to its base URL: the proxy sits behind a TLS front.
     let fake = FakeLive::start(10).await;
     let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS)).await;
     let front = common::live_upstream::TlsFront::start(&proxy.url).await;
-    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/python/genai_live_token_check.py");
-    let out = tokio::process::Command::new(python())
-        .arg(&script)
-        .env("PROXY_URL", &front.url)
-        .env("SSL_CERT_FILE", &front.ca_file)
-        .env("CLIENT_KEY", CLIENT_KEY)
-        .env_remove("GOOGLE_API_KEY")
-        .env_remove("GEMINI_API_KEY")
-        .env_remove("GOOGLE_GEMINI_BASE_URL")
-        .output()
-        .await
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK script failed:\n{stdout}\n{stderr}"
-    );
+    let stdout = common::sdk::run_python(
+        "genai_live_token_check.py",
+        &front.url,
+        &front.ca_file,
+        CLIENT_KEY,
+    )
+    .await;
     assert!(stdout.contains("google-genai ephemeral token checks passed"));
     let st = fake.state.lock().unwrap();
     assert_eq!(st.tokens.len(), 1);
@@ -382,44 +357,18 @@ async fn google_genai_makes_a_token_through_the_proxy_and_connects_with_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn google_genai_js_live_connect_works_through_the_proxy_with_a_key_and_with_a_token() {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js");
-    assert!(
-        dir.join("node_modules/@google/genai").is_dir(),
-        "this test needs @google/genai: run scripts/test (it runs npm ci in tests/js)"
-    );
     let fake = FakeLive::start(10).await;
     let proxy = start_proxy(&fake.url, ProxyOpts::keys(&KEYS)).await;
-    let out = tokio::time::timeout(
+    let out = common::sdk::run_node(
+        "genai_live.mjs",
+        &["@google/genai"],
+        &proxy.url,
+        CLIENT_KEY,
+        &["GOOGLE_API_KEY", "GEMINI_API_KEY"],
         Duration::from_secs(90),
-        tokio::process::Command::new(std::env::var("GQP_NODE").unwrap_or("node".into()))
-            .arg("genai_live.mjs")
-            .current_dir(&dir)
-            .env("PROXY_URL", &proxy.url)
-            .env("CLIENT_KEY", CLIENT_KEY)
-            .env_remove("GOOGLE_API_KEY")
-            .env_remove("GEMINI_API_KEY")
-            .output(),
     )
-    .await
-    .expect("the SDK script ends within 90 s")
-    .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK script failed:\n{stdout}\n{stderr}"
-    );
-    let lines: Vec<Value> = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let of = |call: &str| {
-        lines
-            .iter()
-            .find(|l| l["call"] == call)
-            .unwrap_or_else(|| panic!("no {call} line in:\n{stdout}\n{stderr}"))
-            .clone()
-    };
+    .await;
+    let of = |call: &str| out.of(call);
     let live = of("live");
     assert_eq!(live["text"], "echo: hello js", "{live}");
     assert_eq!(live["promptTokens"], PROMPT_TOKENS, "{live}");

@@ -8,19 +8,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// The interpreter with google-genai: `GQP_PYTHON`, else the repository's `.venv`.
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("GQP_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "this test needs Python with google-genai: run scripts/test (it creates .venv), or set GQP_PYTHON"
-    );
-    venv
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn google_genai_sdk_works_through_the_proxy() {
     let fake = FakeUpstream::start().await;
@@ -28,7 +15,7 @@ async fn google_genai_sdk_works_through_the_proxy() {
     let pool = ["AIzaSdkPooledKey000001", "AIzaSdkPooledKey000002"];
     let proxy = start_proxy(&fake.url, ProxyOpts::keys(&pool)).await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/genai_sdk_check.py");
-    let out = tokio::process::Command::new(python())
+    let out = tokio::process::Command::new(common::sdk::python())
         .arg(&script)
         .env("PROXY_URL", &proxy.url)
         .env("CLIENT_KEY", CLIENT_KEY)
@@ -80,7 +67,7 @@ async fn google_genai_sdk_works_through_the_proxy() {
 /// against `proxy`: (successes, error texts).
 async fn sdk_burst(proxy: &str, burst: usize) -> (u64, Vec<String>) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/genai_burst.py");
-    let out = tokio::process::Command::new(python())
+    let out = tokio::process::Command::new(common::sdk::python())
         .arg(&script)
         .env("PROXY_URL", proxy)
         .env("CLIENT_KEY", CLIENT_KEY)

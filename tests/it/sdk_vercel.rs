@@ -7,19 +7,12 @@
 
 use crate::common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vercel_ai_sdk_generates_and_streams_through_the_proxy_on_pooled_keys() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js");
-    assert!(
-        dir.join("node_modules/@ai-sdk/google").is_dir() && dir.join("node_modules/ai").is_dir(),
-        "this test needs the Vercel AI SDK: run scripts/test (it runs npm ci in tests/js)"
-    );
     let fake = FakeUpstream::start().await;
     fake.behave(|b| {
         b.stream_events = 3;
@@ -27,36 +20,16 @@ async fn the_vercel_ai_sdk_generates_and_streams_through_the_proxy_on_pooled_key
     });
     let pool = ["AIzaVercelPooledKey0001", "AIzaVercelPooledKey0002"];
     let proxy = start_proxy(&fake.url, ProxyOpts::keys(&pool)).await;
-    let out = tokio::time::timeout(
+    let out = common::sdk::run_node(
+        "vercel_ai_sdk.mjs",
+        &["@ai-sdk/google", "ai"],
+        &proxy.url,
+        CLIENT_KEY,
+        &["GOOGLE_GENERATIVE_AI_API_KEY"],
         Duration::from_secs(60),
-        tokio::process::Command::new(std::env::var("GQP_NODE").unwrap_or("node".into()))
-            .arg("vercel_ai_sdk.mjs")
-            .current_dir(&dir)
-            .env("PROXY_URL", &proxy.url)
-            .env("CLIENT_KEY", CLIENT_KEY)
-            .env_remove("GOOGLE_GENERATIVE_AI_API_KEY")
-            .output(),
     )
-    .await
-    .expect("the SDK script ends within 60 s")
-    .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK script failed:\n{stdout}\n{stderr}"
-    );
-    let lines: Vec<Value> = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let of = |call: &str| {
-        lines
-            .iter()
-            .find(|l| l["call"] == call)
-            .unwrap_or_else(|| panic!("no {call} line in:\n{stdout}\n{stderr}"))
-            .clone()
-    };
+    .await;
+    let of = |call: &str| out.of(call);
     let generated = of("generateText");
     assert_eq!(generated["text"], "echo: Say hello", "{generated}");
     assert!(
