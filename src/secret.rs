@@ -136,6 +136,13 @@ pub fn presented_digest(presented: &str) -> [u8; 32] {
     Sha256::digest(presented.as_bytes()).into()
 }
 
+/// A SHA-256 digest from its 64 hex digits (`None` for anything else).
+pub fn digest_from_hex(hex: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex, &mut out).ok()?;
+    Some(out)
+}
+
 /// True if the presented credential (hashed with [`presented_digest`]) equals any of
 /// `secrets`, checking every one (no early exit).
 pub fn matches_any(secrets: &[Secret], presented: &[u8; 32]) -> bool {

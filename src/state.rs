@@ -233,7 +233,10 @@ impl AppState {
     pub fn ledger_client(&self, caller: Option<&crate::auth::Caller>) -> u32 {
         use crate::auth::Caller;
         match caller {
-            Some(c @ (Caller::Client(_) | Caller::Admin)) => self.ledger.client_id_named(c.name()),
+            Some(Caller::Client(c)) => *c
+                .ledger_id
+                .get_or_init(|| self.ledger.client_id_named(&c.name)),
+            Some(Caller::Admin) => self.ledger.client_id_named("admin"),
             Some(Caller::Anonymous) | None => self.ledger.anonymous_id(),
         }
     }

@@ -148,11 +148,6 @@ impl ClientStore {
         }
     }
 
-    /// The runtime clients as kept, by name.
-    pub async fn records(&self) -> BTreeMap<String, Record> {
-        self.inner.lock().await.records.clone()
-    }
-
     /// Bring the registry up to date: read Redis again if another replica changed it, and
     /// drop the graces that ended. Called every [`POLL_EVERY`].
     pub async fn refresh(&self) {

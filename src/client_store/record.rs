@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::clients::{ClientLimits, ClientSpec, Origin};
+use crate::secret::digest_from_hex as parse_digest;
 
 /// What every runtime key begins with, so a leaked one is recognisable (secret scanners).
 pub const KEY_PREFIX: &str = "gqp_";
@@ -77,12 +78,6 @@ pub fn new_key() -> Result<(String, String), getrandom::Error> {
     );
     let digest = hex::encode(crate::secret::presented_digest(&key));
     Ok((key, digest))
-}
-
-fn parse_digest(hex: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(hex, &mut out).ok()?;
-    Some(out)
 }
 
 #[cfg(test)]

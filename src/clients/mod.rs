@@ -39,6 +39,9 @@ pub struct Client {
     /// Dense and stable per name for the process's life (see the module docs); 3 and up, as
     /// [`crate::auth::Caller::slot`] keeps 0-2 for no caller, anonymous and admin.
     pub slot: usize,
+    /// Its id in the usage ledger, looked up on its first request (the ledger lives as long
+    /// as the registry: both are made with the first generation and kept by reloads).
+    pub ledger_id: std::sync::OnceLock<u32>,
 }
 
 /// A client as defined, before the registry gives it a slot.
@@ -73,10 +76,6 @@ impl Table {
     /// Every client, configured first.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Client>> {
         self.order.iter()
-    }
-
-    pub fn len(&self) -> usize {
-        self.order.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -172,6 +171,7 @@ impl Registry {
                 limits: spec.limits.clone(),
                 origin: spec.origin,
                 slot,
+                ledger_id: std::sync::OnceLock::new(),
             });
             for d in &spec.digests {
                 table.by_digest.entry(*d).or_insert_with(|| client.clone());
@@ -207,15 +207,6 @@ impl Registry {
     pub fn refusals(&self) -> Vec<(Arc<str>, Refused)> {
         let r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
         r.iter().map(|(n, v)| (n.clone(), *v)).collect()
-    }
-
-    /// The definitions of one origin, as last set.
-    pub fn defined(&self, origin: Origin) -> Vec<ClientSpec> {
-        let defined = self.defined.lock().unwrap_or_else(|p| p.into_inner());
-        match origin {
-            Origin::Config => defined.0.clone(),
-            Origin::Runtime => defined.1.clone(),
-        }
     }
 }
 

@@ -257,14 +257,7 @@ fn parse_sha256(setting: &str, hex: &str) -> Result<[u8; 32], ConfigError> {
             "expected 64 hex digits: the SHA-256 of the key (`printf %s KEY | sha256sum`)",
         )
     };
-    if hex.len() != 64 {
-        return Err(bad_digest());
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad_digest())?;
-    }
-    Ok(out)
+    crate::secret::digest_from_hex(hex).ok_or_else(bad_digest)
 }
 
 /// `name:key` or `key`. A key itself may hold `:` only when a name is given first.

@@ -577,6 +577,11 @@ project = "proj-a"
                 "[[auth.clients]]\nname = \"t\"\nkey_sha256 = \"abc\"\n",
                 "auth.clients[0].key_sha256",
             ),
+            // 64 bytes, not 64 hex digits (it once panicked slicing a character in two).
+            (
+                "[[auth.clients]]\nname = \"t\"\nkey_sha256 = \"éééééééééééééééééééééééééééééééé\"\n",
+                "auth.clients[0].key_sha256",
+            ),
             ("[[auth.clients]]\nname = \"t\"\n", "auth.clients[0]"),
             (
                 "[[auth.clients]]\nname = \"t\"\nkey = \"SECRETK9\"\nrpm = 0\n",

@@ -24,12 +24,7 @@ pub(super) const FULL: &str = "refused_full";
 /// How long a setup may wait for a slot: `queue.max_wait_secs`, shortened (never lengthened)
 /// by the upgrade's `x-gemini-max-wait`. `Err`: the header's value is not a number of seconds.
 pub(super) fn allowance(state: &AppState, headers: &http::HeaderMap) -> Result<Duration, String> {
-    let max = state.config.queue.max_wait;
-    match crate::upstream::request::max_wait(headers) {
-        None => Ok(max),
-        Some(Ok(asked)) => Ok(max.min(asked)),
-        Some(Err(message)) => Err(message),
-    }
+    crate::upstream::request::allowance(state.config.queue.max_wait, None, headers)
 }
 
 /// [`setup::connect`], again and again while every project is full, for up to `allowance`.

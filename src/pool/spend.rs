@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::config::LimitsConfig;
 use crate::error::ApiError;
+use crate::ledger::query::usd;
 use crate::ledger::{CostWatch, Ledger};
 use crate::quota::{Candidate, Clock, QuotaStore};
 
@@ -164,10 +165,6 @@ pub fn hide_spend<'a>(
             *r = format!("{HOLD_REASON} reached");
         }
     }
-}
-
-fn usd(nano: u64) -> f64 {
-    nano as f64 / 1e9
 }
 
 impl SpendCaps {

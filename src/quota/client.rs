@@ -108,13 +108,6 @@ pub fn micros(usd: f64) -> u64 {
     (usd * MICROS_PER_USD).round().max(0.0) as u64
 }
 
-impl ClientCaps {
-    /// Whether any limit is set that the store counts.
-    pub fn any(&self) -> bool {
-        *self != ClientCaps::default()
-    }
-}
-
 impl ClientAdmit {
     /// Whether it has a budget (its requests are priced at admission and settlement).
     pub fn has_budgets(&self) -> bool {

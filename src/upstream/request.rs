@@ -101,6 +101,26 @@ impl KeyHeaders {
 /// The client's bound on its wait for quota (read by the proxy, never sent to Google).
 pub const MAX_WAIT_HEADER: &str = "x-gemini-max-wait";
 
+/// How long a request (or a Live setup) may wait: `configured` (`queue.max_wait_secs`), cut
+/// to the client's own `max_wait_secs` when set, and shortened (never lengthened) by the
+/// request's `x-gemini-max-wait`. `Err`: the header's value is not a number of seconds.
+pub fn allowance(
+    configured: std::time::Duration,
+    client_max_secs: Option<f64>,
+    headers: &HeaderMap,
+) -> Result<std::time::Duration, String> {
+    let mut max = configured;
+    if let Some(secs) = client_max_secs {
+        // Validated finite and non-negative when the client was defined.
+        max = max.min(std::time::Duration::try_from_secs_f64(secs).unwrap_or(max));
+    }
+    match max_wait(headers) {
+        None => Ok(max),
+        Some(Ok(asked)) => Ok(max.min(asked)),
+        Some(Err(message)) => Err(message),
+    }
+}
+
 /// The client's `x-gemini-max-wait`, if sent: a number of seconds (0 or more), or the message
 /// a malformed value is answered with.
 pub fn max_wait(headers: &HeaderMap) -> Option<Result<std::time::Duration, String>> {

@@ -22,16 +22,12 @@ pub(super) fn allowance(
     client: Option<&std::sync::Arc<crate::clients::Client>>,
     headers: &http::HeaderMap,
 ) -> Result<Duration, ApiError> {
-    let mut max = state.config.queue.max_wait;
-    if let Some(secs) = client.and_then(|c| c.limits.max_wait_secs) {
-        // Validated finite and non-negative when the client was defined.
-        max = max.min(Duration::try_from_secs_f64(secs).unwrap_or(max));
-    }
-    match crate::upstream::request::max_wait(headers) {
-        None => Ok(max),
-        Some(Ok(asked)) => Ok(max.min(asked)),
-        Some(Err(message)) => Err(ApiError::InvalidArgument(message)),
-    }
+    crate::upstream::request::allowance(
+        state.config.queue.max_wait,
+        client.and_then(|c| c.limits.max_wait_secs),
+        headers,
+    )
+    .map_err(ApiError::InvalidArgument)
 }
 
 /// A granted admission, and how long it waited in the queue for it (`None`: not queued).
@@ -110,7 +106,7 @@ fn pace(state: &AppState, request: &AdmitRequest) -> Pace {
 /// that ends within `upstream.max_wait_secs`.
 ///
 /// A client over its own limits waits on its own, out of the line, when its limit frees
-/// within its allowance (`client::wait_until`), and asks again; else that is the answer.
+/// within its allowance, and asks again; else that is the answer.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn admit(
     state: &AppState,
@@ -123,7 +119,6 @@ pub(super) async fn admit(
     allowance: Duration,
     claim: Claim,
     client: Option<ClientAdmit>,
-    max_wait_secs: Option<f64>,
 ) -> Result<Admitted, NotAdmitted> {
     let mut candidates = state.pool.candidates(model, route.family, pinned);
     if candidates.len() > avoid.len() {
@@ -154,7 +149,8 @@ pub(super) async fn admit(
         rotation: state.pool.next_turn(),
         client,
     };
-    let client_until = client::wait_until(max_wait_secs, allowance);
+    // The allowance already holds the client's own `max_wait_secs` ([`allowance`]).
+    let client_until = Instant::now() + allowance;
     let started = Instant::now();
     let mut paused = Duration::ZERO;
     loop {

@@ -142,18 +142,6 @@ pub(super) fn refusal(
     }
 }
 
-/// Until when a request of this client may wait for its own limits: its `max_wait_secs` if
-/// set, else the request's allowance (`queue.max_wait_secs`, shortened by the request), never
-/// more than that.
-pub(super) fn wait_until(max_wait_secs: Option<f64>, allowance: Duration) -> Instant {
-    let own = max_wait_secs.map_or(allowance, |s| {
-        Duration::try_from_secs_f64(s)
-            .unwrap_or(allowance)
-            .min(allowance)
-    });
-    Instant::now() + own
-}
-
 /// For a client refusal: the moment to ask again when it frees by `until`; else `None` (the
 /// refusal is the answer), noted for the client's alerts and metrics.
 pub(super) fn wait_for(state: &AppState, error: &ApiError, until: Instant) -> Option<Instant> {

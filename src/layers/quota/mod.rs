@@ -308,7 +308,6 @@ where
                         allowance,
                         claim,
                         client_part.clone().filter(|_| carried.is_none()),
-                        caller.client().and_then(|c| c.limits.max_wait_secs),
                     )
                     .await;
                     let waited = match &admitted {

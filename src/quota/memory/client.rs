@@ -16,12 +16,12 @@ pub(super) struct ClientCounters {
     /// (admitted at ms, id, tokens) of the last window, oldest first.
     log: VecDeque<(i64, u64, u64)>,
     tokens: u64,
-    day: i64,
     day_requests: u64,
     /// id -> lease end (ms).
     inflight: HashMap<u64, i64>,
     /// The earliest lease end in `inflight` (or later): lapsed leases are looked for only then.
     next_lapse: i64,
+    /// The day `day_requests` and `day_micros` count.
     budget_day: i64,
     day_micros: u64,
     budget_month: i64,
@@ -43,12 +43,9 @@ impl ClientCounters {
             self.next_lapse = self.inflight.values().copied().min().unwrap_or(i64::MAX);
         }
         let p = &c.period;
-        if self.day != p.day {
-            self.day = p.day;
-            self.day_requests = 0;
-        }
         if self.budget_day != p.day {
             self.budget_day = p.day;
+            self.day_requests = 0;
             self.day_micros = 0;
         }
         if self.budget_month != p.month {
