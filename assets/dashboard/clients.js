@@ -26,11 +26,14 @@
     var el = G().el;
     var td = el('td', { class: 'budget', 'data-label': 'Budget' });
     var l = r.limits || {};
-    var lines = [['daily_budget_usd', r.today, 'today'], ['monthly_budget_usd', r.month, 'month']];
+    // The spend the budget enforces (list price, in-flight estimates included), not the billed
+    // cost: a free-tier project bills nothing while the client's budget still runs down.
+    var spent = r.budget_used_usd || {};
+    var lines = [['daily_budget_usd', spent.daily, 'today'], ['monthly_budget_usd', spent.monthly, 'month']];
     lines.forEach(function (x) {
       var budget = l[x[0]];
       if (budget == null) return;
-      var used = x[1] ? G().num(x[1].cost_usd) : 0;
+      var used = x[1] != null ? G().num(x[1]) : 0;
       var pct = budget > 0 ? Math.min(100, used / budget * 100) : 0;
       var fill = el('div', { class: 'fill lvl-' + G().level(pct) });
       fill.style.width = pct.toFixed(1) + '%';

@@ -1,6 +1,6 @@
 //! The client alert rules, read off the clients' rows ([`super::client_rows`]):
-//! `client_budget` (a client's cost today or this month at `alerts.warn_percent` /
-//! `critical_percent` of its own daily or monthly budget) and `client_limited` (a client
+//! `client_budget` (a client's budget spend today or this month, as admission counts it, at
+//! `alerts.warn_percent` / `critical_percent` of its own daily or monthly budget) and `client_limited` (a client
 //! refused by its own limits without a pause for at least `alerts.client_limited_minutes`).
 //! Each carries the `client` label, so a client key sees only its own.
 
@@ -15,14 +15,10 @@ pub fn evaluate(cfg: &AlertsConfig, rows: &[ClientRow]) -> Vec<Active> {
     let mut out = Vec::new();
     for r in rows {
         for (period, used, budget) in [
-            (
-                "today",
-                r.today.as_ref().map(|p| p.cost_usd),
-                r.limits.daily_budget_usd,
-            ),
+            ("today", r.budget_used_usd.daily, r.limits.daily_budget_usd),
             (
                 "this month",
-                r.month.as_ref().map(|p| p.cost_usd),
+                r.budget_used_usd.monthly,
                 r.limits.monthly_budget_usd,
             ),
         ] {
@@ -108,6 +104,10 @@ mod tests {
             today: Some(period(today)),
             month: Some(period(month)),
             budget_left_usd: BudgetLeft::default(),
+            budget_used_usd: BudgetLeft {
+                daily: Some(today),
+                monthly: Some(month),
+            },
             refused: 3,
             refused_limit: Some("rpm"),
             limited_secs,
@@ -163,6 +163,7 @@ mod tests {
         let mut unread = row("unread", 0.0, 0.0, None);
         unread.today = None;
         unread.month = None;
+        unread.budget_used_usd = BudgetLeft::default();
         assert!(evaluate(&cfg(""), &[unread]).is_empty());
     }
 

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::clients::{ClientLimits, Origin, REFUSAL_RUN_GAP};
 use crate::ledger::by_client::Period;
+use crate::quota::client::{ClientPeriod, MICROS_PER_USD};
 use crate::state::AppState;
 
 /// A client's row.
@@ -24,6 +25,11 @@ pub struct ClientRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub month: Option<Period>,
     pub budget_left_usd: BudgetLeft,
+    /// What its budgets count as spent (`None`: no such budget, or not read): the store's
+    /// figure that admission enforces, list price of the settled answers plus the estimates
+    /// of those in flight. It differs from `today`/`month`'s ledger cost, which is the billed
+    /// cost (a free-tier project bills nothing while the budget still counts its list price).
+    pub budget_used_usd: BudgetLeft,
     /// Requests refused by its own limits since this replica started.
     pub refused: u64,
     /// The limit that refused it last.
@@ -35,7 +41,7 @@ pub struct ClientRow {
     pub limited_secs: Option<u64>,
 }
 
-/// What is left of each budget it has (`None`: no such budget, or usage not read).
+/// A figure per budget period (`None`: no such budget, or usage not read).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BudgetLeft {
     pub daily: Option<f64>,
@@ -60,6 +66,7 @@ pub async fn rows(state: &AppState, only: Option<&str>, usage: bool) -> Vec<Clie
                 today: None,
                 month: None,
                 budget_left_usd: BudgetLeft::default(),
+                budget_used_usd: BudgetLeft::default(),
                 refused: r.map_or(0, |r| r.count),
                 refused_limit: r.map(|r| r.limit),
                 limited_secs: r
@@ -74,7 +81,8 @@ pub async fn rows(state: &AppState, only: Option<&str>, usage: bool) -> Vec<Clie
     out
 }
 
-/// Read each row's today and month from the ledger, and the budgets left.
+/// Read each row's today and month from the ledger, and its budgets' spend from the store
+/// (what admission counts, so the budget left shown is the budget left enforced).
 pub async fn add_usage(state: &AppState, rows: &mut [ClientRow]) {
     let tz = state.config.limits.timezone;
     let wanted: Vec<(Arc<str>, chrono_tz::Tz)> = rows
@@ -82,21 +90,64 @@ pub async fn add_usage(state: &AppState, rows: &mut [ClientRow]) {
         .map(|r| (r.name.clone(), r.limits.tz(tz)))
         .collect();
     let used = state.ledger.client_usage(&wanted).await;
+    let spent = budget_spend(state, rows).await;
     for r in rows {
         let u = used.get(&r.name).cloned().unwrap_or_default();
+        // A store that cannot answer: the ledger's billed cost is the best figure left.
+        let (day, month) = spent
+            .get(&r.name)
+            .copied()
+            .unwrap_or((u.today.cost_usd, u.month.cost_usd));
+        // In whole micro-dollars, as the store counts money (no 0.009000000000000001).
+        let left = |budget: Option<f64>, used: f64| {
+            budget.map(|b| ((b - used).max(0.0) * MICROS_PER_USD).round() / MICROS_PER_USD)
+        };
+        r.budget_used_usd = BudgetLeft {
+            daily: r.limits.daily_budget_usd.map(|_| day),
+            monthly: r.limits.monthly_budget_usd.map(|_| month),
+        };
         r.budget_left_usd = BudgetLeft {
-            daily: r
-                .limits
-                .daily_budget_usd
-                .map(|b| (b - u.today.cost_usd).max(0.0)),
-            monthly: r
-                .limits
-                .monthly_budget_usd
-                .map(|b| (b - u.month.cost_usd).max(0.0)),
+            daily: left(r.limits.daily_budget_usd, day),
+            monthly: left(r.limits.monthly_budget_usd, month),
         };
         r.today = Some(u.today);
         r.month = Some(u.month);
     }
+}
+
+/// The budgeted rows' (day, month) spend in dollars, as the store counts it for admission.
+async fn budget_spend(
+    state: &AppState,
+    rows: &[ClientRow],
+) -> std::collections::HashMap<Arc<str>, (f64, f64)> {
+    let tz = state.config.limits.timezone;
+    let now = chrono::Utc::now().timestamp_millis();
+    let periods: Vec<(Arc<str>, i64, i64)> = rows
+        .iter()
+        .filter(|r| r.limits.daily_budget_usd.is_some() || r.limits.monthly_budget_usd.is_some())
+        .map(|r| {
+            let p = ClientPeriod::at(r.limits.tz(tz), now);
+            (r.name.clone(), p.day, p.month)
+        })
+        .collect();
+    if periods.is_empty() {
+        return Default::default();
+    }
+    match state.store.client_spend(&periods).await {
+        Ok(spend) => periods
+            .into_iter()
+            .zip(spend)
+            .map(|((name, _, _), (d, m))| (name, (usd(d), usd(m))))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the clients' budget use failed");
+            Default::default()
+        }
+    }
+}
+
+fn usd(micros: u64) -> f64 {
+    micros as f64 / MICROS_PER_USD
 }
 
 fn as_str<S: serde::Serializer>(name: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {

@@ -303,3 +303,63 @@ async fn a_budget_refuses_until_its_period_ends_and_its_use_is_a_metric() {
     assert_eq!(violation["quotaValue"], "0.012");
     assert_eq!(fake.calls(":generateContent").len(), 1);
 }
+
+/// A free-tier project bills nothing, but a client's budget counts the list price (it caps what
+/// the client may take of the pool, whoever pays): what the clients API shows as spent and left,
+/// and what the `client_budget` rule reads, is what admission enforces, not the billed cost.
+#[tokio::test]
+async fn a_budget_shown_is_the_budget_enforced_even_on_a_free_tier_project() {
+    let fake = FakeUpstream::start().await;
+    let opts = ProxyOpts::keys(&KEYS).toml(&format!(
+        "[[keys]]\nkey = \"AIzaFreeTierKey00001\"\nproject = \"free-p\"\n\n\
+         [limits.projects.free-p]\nbilling = \"free\"\n\n\
+         [prices.\"gemini-2.5-flash\"]\ninput = 0.0\noutput = 1000.0\n\n\
+         [[auth.clients]]\nname = \"team\"\nkey = \"{TEAM_KEY}\"\ndaily_budget_usd = 0.012\n"
+    ));
+    let proxy = start_proxy(&fake.url, opts.env("GEMINI_API_KEYS", "")).await;
+    let ask = || async {
+        http()
+            .post(format!(
+                "{}/v1beta/models/gemini-2.5-flash:generateContent",
+                proxy.url
+            ))
+            .header("x-goog-api-key", TEAM_KEY)
+            .json(
+                &json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+                          "generationConfig": {"maxOutputTokens": 10}}),
+            )
+            .send()
+            .await
+            .unwrap()
+    };
+    let first = ask().await;
+    assert_eq!(first.status(), 200);
+    first.bytes().await.unwrap();
+    let team = || async {
+        let v: Value = http()
+            .get(format!("{}/api/ai/clients/team", proxy.url))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["client"].clone()
+    };
+    // Settled to 0.003 at list price; the ledger's billed cost stays 0.
+    let mut row = Value::Null;
+    for _ in 0..50 {
+        row = team().await;
+        if row["today"]["requests"] == 1 && row["budget_used_usd"]["daily"] == 0.003 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(row["today"]["cost_usd"], 0.0, "{row}");
+    assert_eq!(row["budget_used_usd"]["daily"], 0.003, "{row}");
+    assert_eq!(row["budget_left_usd"]["daily"], 0.009, "{row}");
+    assert!(row["budget_used_usd"]["monthly"].is_null(), "{row}");
+    // The next request's 0.01 reservation would pass the budget: refused, as shown.
+    assert_eq!(ask().await.status(), 429);
+}
