@@ -239,6 +239,12 @@ impl ClientStore {
         Ok(key)
     }
 
+    /// Whether a runtime client of that name is kept (also when a configured client of the
+    /// same name shadows it in the registry).
+    pub async fn holds(&self, name: &str) -> bool {
+        self.inner.lock().await.records.contains_key(name)
+    }
+
     /// Revoke a client: its keys stop working at once (everywhere within [`POLL_EVERY`]).
     pub async fn delete(&self, name: &str) -> Result<(), StoreOpError> {
         let mut inner = self.inner.lock().await;

@@ -75,7 +75,17 @@ pub async fn one(
             }
         };
         admin_only(&state, &parts.headers, parts.uri.query(), what)?;
-        let name = existing(&state, &name, parts.method != Method::GET)?;
+        // A runtime client that a configured one of the same name shadows (the config gained
+        // the name after it was made) can still be revoked: its record would come back to life
+        // when the configured client is removed.
+        let shadowed = parts.method == Method::DELETE
+            && check_name(&name).is_ok()
+            && state.client_store.holds(&name).await;
+        let name = if shadowed {
+            name
+        } else {
+            existing(&state, &name, parts.method != Method::GET)?
+        };
         match parts.method {
             Method::GET => {
                 let rows = super::client_rows::rows(&state, Some(&name), true).await;

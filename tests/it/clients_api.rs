@@ -621,3 +621,66 @@ async fn hostile_requests_to_the_clients_api_get_clear_errors_in_googles_envelop
     assert!(!file.exists(), "nothing was created");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A runtime client whose name the configuration later gives to a configured client is shadowed
+/// (the configured one answers to the name), but it can still be revoked: otherwise its record
+/// and key would come back to life when the configured client is removed.
+#[tokio::test]
+async fn a_runtime_client_shadowed_by_a_configured_one_can_still_be_revoked() {
+    let fake = FakeUpstream::start().await;
+    let dir = temp_dir("shadow");
+    let file = dir.join("clients.json");
+    let file_s = file.to_string_lossy().to_string();
+    let first = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&[POOLED]).env("PROXY_CLIENTS_FILE", &file_s),
+    )
+    .await;
+    let (code, created) = create(&first.url, json!({"name": "team-s", "rpm": 5})).await;
+    assert_eq!(code, 201, "{created}");
+    let runtime_key = created["key"].as_str().unwrap().to_string();
+    drop(first);
+
+    const CONFIGURED: &str = "configured-team-s-key-0001";
+    let opts = || {
+        ProxyOpts::keys(&[POOLED])
+            .env("PROXY_CLIENTS_FILE", &file_s)
+            .toml(&format!(
+                "[[auth.clients]]\nname = \"team-s\"\nkey = \"{CONFIGURED}\"\n"
+            ))
+    };
+    let proxy = start_proxy(&fake.url, opts()).await;
+    let (l, _) = list(&proxy.url).await;
+    assert_eq!(row(&l, "team-s").unwrap()["origin"], "config", "{l}");
+    // Changing it is the config's business; revoking the runtime record is not refused.
+    let (code, v) = call(
+        reqwest::Method::PATCH,
+        format!("{}/api/ai/clients/team-s", proxy.url),
+        Some(ADMIN_TOKEN),
+        Some(json!({"rpm": 9})),
+    )
+    .await;
+    assert_eq!(code, 409, "{v}");
+    let (code, v) = call(
+        reqwest::Method::DELETE,
+        format!("{}/api/ai/clients/team-s", proxy.url),
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(generate_with(&proxy.url, CONFIGURED).await, 200);
+    assert_eq!(generate_with(&proxy.url, &runtime_key).await, 403);
+    let kept = std::fs::read_to_string(&file).unwrap();
+    assert!(!kept.contains("team-s"), "{kept}");
+    // A second revoke: nothing is left to revoke, and the configured client is not touched.
+    let (code, _) = call(
+        reqwest::Method::DELETE,
+        format!("{}/api/ai/clients/team-s", proxy.url),
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(code, 409);
+    let _ = std::fs::remove_dir_all(&dir);
+}

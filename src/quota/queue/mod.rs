@@ -185,6 +185,10 @@ impl Queues {
         {
             return Err(full(Bound::ClientShare));
         }
+        // Its place in the fair order (the lock is held until it takes it).
+        let none = std::collections::VecDeque::new();
+        let waiters = existing.map_or(&none, |l| &l.waiters);
+        let (tag, position) = fair::place(waiters, claim.client, claim.weight);
         match existing {
             None if lines.count >= MAX_LINES => return Err(full(Bound::Lines)),
             None => {}
@@ -194,7 +198,7 @@ impl Queues {
                 }
                 // Ahead of it: those before it in the fair order (and those other clients
                 // will send meanwhile), not all who came first.
-                let (tag, before) = fair::place(&line.waiters, claim.client, claim.weight);
+                let before = position;
                 let now = Instant::now();
                 let forecast = Forecast::of(line, now);
                 let ahead = line.ahead(&forecast, (before, claim.client, tag), pace, now);
@@ -229,7 +233,6 @@ impl Queues {
         line.next_seq += 1;
         let turn = Arc::new(Notify::new());
         let since = Instant::now();
-        let (tag, position) = fair::place(&line.waiters, claim.client, claim.weight);
         line.waiters.insert(
             position,
             Waiter {
