@@ -6,8 +6,9 @@
 //! one client holds at most its share of it (`server.max_buffered_client_share`), so a client
 //! that fills its share cannot keep the others out.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -22,10 +23,6 @@ const RETRY_AFTER_MS: u64 = 1000;
 
 /// Bytes held per client (ledger client id, bounded by configuration), while it holds any.
 type PerClient = Arc<Mutex<HashMap<u32, usize>>>;
-
-fn lock(m: &Mutex<HashMap<u32, usize>>) -> std::sync::MutexGuard<'_, HashMap<u32, usize>> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The budget of request-body bytes for the whole process.
 #[derive(Debug)]
@@ -48,7 +45,7 @@ pub struct Reserved {
 impl Drop for Reserved {
     fn drop(&mut self) {
         let n = self.permit.num_permits();
-        let mut clients = lock(&self.clients);
+        let mut clients = self.clients.lock();
         if let Some(held) = clients.get_mut(&self.client) {
             *held = held.saturating_sub(n);
             if *held == 0 {
@@ -102,7 +99,7 @@ impl BodyBudget {
     /// The permits for `bytes` more of `client`'s, counted to it.
     fn take(&self, client: u32, bytes: usize) -> Option<OwnedSemaphorePermit> {
         let n = u32::try_from(bytes).ok()?;
-        let mut clients = lock(&self.clients);
+        let mut clients = self.clients.lock();
         let held = clients.get(&client).copied().unwrap_or(0);
         if held.saturating_add(bytes) > self.per_client {
             return None;
@@ -127,7 +124,7 @@ impl BodyBudget {
 
     /// Bytes `client` holds now.
     pub fn held_by(&self, client: u32) -> usize {
-        lock(&self.clients).get(&client).copied().unwrap_or(0)
+        self.clients.lock().get(&client).copied().unwrap_or(0)
     }
 
     /// Read `client`'s request body whole: at most `limit` bytes, within `timeout`, reserving

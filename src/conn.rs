@@ -2,10 +2,11 @@
 //! connections of one source address, and the idle and handshake timeouts that close a
 //! connection with no request in flight (HTTP/1.1 keep-alive and HTTP/2 alike).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -45,7 +46,7 @@ impl PerSource {
     /// A slot for a new connection from `ip`, or `None` when its source is at the cap.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
         let source = source(ip);
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.open.lock();
         let n = open.entry(source).or_insert(0);
         if *n >= self.cap {
             if *n == 0 {
@@ -62,7 +63,7 @@ impl PerSource {
 
     /// Sources with an open connection (for tests of the bound).
     pub fn sources(&self) -> usize {
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.open.lock().len()
     }
 }
 
@@ -75,7 +76,7 @@ pub struct SourceSlot {
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
-        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.table.open.lock();
         if let Some(n) = open.get_mut(&self.source) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -132,7 +133,7 @@ impl Activity {
             } else {
                 handshake
             };
-            let deadline = *self.last.lock().unwrap_or_else(|p| p.into_inner()) + limit;
+            let deadline = *self.last.lock() + limit;
             if Instant::now() >= deadline {
                 return;
             }
@@ -150,7 +151,7 @@ pub struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        *self.0.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        *self.0.last.lock() = Instant::now();
         // Only the last request in flight ending starts the idle clock.
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.changed.notify_waiters();

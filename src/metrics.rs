@@ -6,8 +6,9 @@
 //! [`MODEL_LABEL_CAP`] names keep their own series, later ones share [`OVERFLOW_MODEL`]. Gauges
 //! of a (key, model) the store no longer reports are dropped after [`GAUGE_IDLE`].
 
+use parking_lot::RwLock;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, LazyLock, OnceLock, RwLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
@@ -64,7 +65,7 @@ impl ModelLabels {
             return self.none.clone();
         };
         {
-            let names = self.names.read().unwrap_or_else(|p| p.into_inner());
+            let names = self.names.read();
             if let Some(l) = names.get(model) {
                 return l.clone();
             }
@@ -72,7 +73,7 @@ impl ModelLabels {
                 return self.overflow.clone();
             }
         }
-        let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
+        let mut names = self.names.write();
         if let Some(l) = names.get(model) {
             return l.clone();
         }
@@ -327,8 +328,10 @@ impl Metrics {
         let lookup = |name: &str| {
             self.requests
                 .read()
-                .ok()
-                .and_then(|m| m.get(name)?.get(client.0)?.get(slot)?.clone())
+                .get(name)?
+                .get(client.0)?
+                .get(slot)?
+                .clone()
         };
         // A model with a label of its own is cached under its name: one lookup per request.
         let cached = lookup(model.unwrap_or("-"));
@@ -345,7 +348,8 @@ impl Metrics {
                 "client" => client.1.to_string());
             // Keyed by label, then by client and key slots (as many as configured), so bounded
             // by the label cap and the configuration.
-            if let Ok(mut m) = self.requests.write() {
+            {
+                let mut m = self.requests.write();
                 let by_client = m.entry(model).or_default();
                 if by_client.len() <= client.0 {
                     by_client.resize(client.0 + 1, Vec::new());
@@ -487,12 +491,8 @@ mod tests {
             "real",
             "kept once given"
         );
-        assert_eq!(
-            fresh.names.read().unwrap().len(),
-            1,
-            "a refused name takes no slot"
-        );
-        assert_eq!(labels.names.read().unwrap().len(), 3);
+        assert_eq!(fresh.names.read().len(), 1, "a refused name takes no slot");
+        assert_eq!(labels.names.read().len(), 3);
     }
 
     /// Through the real recorder: however many models are named, the exposition holds at most
@@ -513,7 +513,7 @@ mod tests {
             );
             m.remaining("k...0", "p", &model, "minute", 7, 10);
         }
-        assert!(m.requests.read().unwrap().len() <= MODEL_LABEL_CAP + 2);
+        assert!(m.requests.read().len() <= MODEL_LABEL_CAP + 2);
         let text = m.render();
         if text.is_empty() {
             // Another recorder was installed first in this process: nothing to read back.

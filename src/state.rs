@@ -48,15 +48,15 @@ impl Generation {
 
 /// The settings waiting for a restart, as the last reload found them.
 #[derive(Debug, Clone, Default)]
-pub struct RestartRequired(Arc<std::sync::Mutex<Vec<String>>>);
+pub struct RestartRequired(Arc<parking_lot::Mutex<Vec<String>>>);
 
 impl RestartRequired {
     pub fn get(&self) -> Vec<String> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.lock().clone()
     }
 
     pub fn set(&self, settings: Vec<String>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = settings;
+        *self.0.lock() = settings;
     }
 }
 
@@ -96,9 +96,9 @@ pub struct AppState {
     /// When `/metrics` last refreshed the store-derived gauges.
     pub gauges_refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// The status page's cost and forecast, as last computed, and when.
-    outlook: std::sync::Mutex<Option<(std::time::Instant, Arc<Outlook>)>>,
+    outlook: parking_lot::Mutex<Option<(std::time::Instant, Arc<Outlook>)>>,
     /// When the status page was last asked for (the outlook is kept fresh while it is).
-    status_viewed: std::sync::Mutex<Option<std::time::Instant>>,
+    status_viewed: parking_lot::Mutex<Option<std::time::Instant>>,
 }
 
 /// A computed outlook serves the status page this long.
@@ -171,8 +171,8 @@ impl AppState {
             )),
             generation: Generation::new(1, "start", RestartRequired::default()),
             gauges_refreshed: tokio::sync::Mutex::new(None),
-            outlook: std::sync::Mutex::new(None),
-            status_viewed: std::sync::Mutex::new(None),
+            outlook: parking_lot::Mutex::new(None),
+            status_viewed: parking_lot::Mutex::new(None),
         })
     }
 
@@ -202,7 +202,7 @@ impl AppState {
         } else {
             Arc::new(crate::upstream::build_client(&config.upstream))
         };
-        let viewed = *self.status_viewed.lock().unwrap_or_else(|p| p.into_inner());
+        let viewed = *self.status_viewed.lock();
         self.clients.set(
             crate::clients::Origin::Config,
             crate::clients::configured(&config.auth),
@@ -224,8 +224,8 @@ impl AppState {
             upstream,
             generation,
             gauges_refreshed: tokio::sync::Mutex::new(None),
-            outlook: std::sync::Mutex::new(None),
-            status_viewed: std::sync::Mutex::new(viewed),
+            outlook: parking_lot::Mutex::new(None),
+            status_viewed: parking_lot::Mutex::new(viewed),
         }
     }
 
@@ -243,28 +243,25 @@ impl AppState {
 
     /// The last outlook, if computed within [`OUTLOOK_FRESH`].
     pub fn cached_outlook(&self) -> Option<Arc<Outlook>> {
-        let o = self.outlook.lock().unwrap_or_else(|p| p.into_inner());
+        let o = self.outlook.lock();
         o.as_ref()
             .filter(|(at, _)| at.elapsed() < OUTLOOK_FRESH)
             .map(|(_, o)| o.clone())
     }
 
     pub fn keep_outlook(&self, o: Arc<Outlook>) {
-        *self.outlook.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((std::time::Instant::now(), o));
+        *self.outlook.lock() = Some((std::time::Instant::now(), o));
     }
 
     /// The status page was asked for now.
     pub fn status_viewed(&self) {
-        *self.status_viewed.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(std::time::Instant::now());
+        *self.status_viewed.lock() = Some(std::time::Instant::now());
     }
 
     /// Whether the status page was asked for within [`STATUS_WATCHED`].
     pub fn status_watched(&self) -> bool {
         self.status_viewed
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .is_some_and(|at| at.elapsed() < STATUS_WATCHED)
     }
 

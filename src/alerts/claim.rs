@@ -5,8 +5,9 @@
 //! stale states expire. Keys name the fingerprint (a hash of rule and labels), never a secret.
 //! In memory mode the one replica holds the states.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::Script;
@@ -101,7 +102,7 @@ impl Claims {
     pub async fn state(&self, fp: &str, state: &str) -> bool {
         match self {
             Claims::Local(m) => {
-                let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
+                let mut m = m.lock();
                 if state == "resolved" {
                     m.remove(fp).is_some()
                 } else if m.get(fp).is_some_and(|s| s == state) {

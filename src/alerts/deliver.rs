@@ -3,9 +3,10 @@
 //! every outcome counted (`gqp_alert_deliveries_total{channel,outcome}`) and the last kept for
 //! the status page. Errors are described without the URL or the SMTP password.
 
+use parking_lot::Mutex;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -173,7 +174,7 @@ impl Delivery {
             }
         }
         for (i, c) in channels.iter_mut().enumerate() {
-            let s = c.status.get_mut().unwrap_or_else(|p| p.into_inner());
+            let s = c.status.get_mut();
             s.index = i + 1;
             s.channel = c.kind;
         }
@@ -209,7 +210,7 @@ impl Delivery {
     pub fn statuses(&self) -> Vec<ChannelStatus> {
         self.channels
             .iter()
-            .map(|c| c.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .map(|c| c.status.lock().clone())
             .collect()
     }
 
@@ -258,7 +259,7 @@ impl Delivery {
                 let report = self.send(i + 1, c, alerts, metrics).await;
                 drop(held);
                 if report.outcome == "delivered" {
-                    let first = delivered.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let first = delivered.lock().take();
                     if let Some(f) = first {
                         f();
                     }
@@ -322,7 +323,7 @@ impl Delivery {
         }
         let outcome = if delivered { "delivered" } else { "failed" };
         {
-            let mut s = channel.status.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = channel.status.lock();
             s.failing = !delivered;
             s.last_outcome = Some(outcome);
             s.last_error = error.clone();
@@ -417,20 +418,20 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 for t in turns {
                     let _held = t.wait().await;
-                    order.lock().unwrap().push(n);
+                    order.lock().push(n);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(order.lock().unwrap().is_empty(), "the first turn is held");
+        assert!(order.lock().is_empty(), "the first turn is held");
         for t in first {
             drop(t.wait().await);
         }
         for t in tasks {
             t.await.unwrap();
         }
-        assert_eq!(*order.lock().unwrap(), [2, 3]);
+        assert_eq!(*order.lock(), [2, 3]);
     }
 
     #[test]

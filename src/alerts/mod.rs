@@ -9,8 +9,9 @@ pub mod deliver;
 pub mod engine;
 pub mod format;
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -127,10 +128,6 @@ pub struct Alerts {
     delivery: Arc<Delivery>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Alerts {
     /// Channels from `config.alerts`; claims in `shared` (the store's Redis) when there is one.
     pub fn new(config: &Config, shared: Option<SharedIo>) -> Alerts {
@@ -163,7 +160,7 @@ impl Alerts {
     pub async fn observe(&self, cfg: &AlertsConfig, active: Vec<Active>, metrics: &Metrics) {
         let now = Instant::now();
         let (group, shared_firing) = {
-            let mut engine = lock(&self.engine);
+            let mut engine = self.engine.lock();
             engine.observe(now, active, cfg.repeat_interval);
             metrics.alerts_firing(engine.firing_count());
             let shared = engine.notified_firing(|rule| !per_replica(rule));
@@ -210,7 +207,7 @@ impl Alerts {
         tokio::spawn(async move {
             delivery
                 .send_in_turn(turns, &alerts, &metrics, || {
-                    lock(&engine).notified(&send, &rfc3339(chrono::Utc::now()));
+                    engine.lock().notified(&send, &rfc3339(chrono::Utc::now()));
                 })
                 .await;
         });
@@ -218,17 +215,17 @@ impl Alerts {
 
     /// Alerts firing now.
     pub fn firing(&self) -> Vec<AlertView> {
-        lock(&self.engine).firing()
+        self.engine.lock().firing()
     }
 
     /// The last 100 transitions, newest first.
     pub fn recent(&self) -> Vec<AlertView> {
-        lock(&self.engine).recent()
+        self.engine.lock().recent()
     }
 
     pub fn summary(&self) -> AlertsSummary {
         let (firing, critical) = {
-            let e = lock(&self.engine);
+            let e = self.engine.lock();
             (e.firing_count(), e.critical_count())
         };
         AlertsSummary {

@@ -4,8 +4,9 @@
 //! one lead; one whose answer may not be stored (any error Google gave, a refused or oversized
 //! answer) sends the others upstream on their own, at once.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -42,7 +43,7 @@ pub enum Join {
 impl Flights {
     /// Lead the flight for `key`, or follow the one in progress.
     pub fn join(self: &Arc<Self>, key: [u8; 32]) -> Join {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.lock();
         if let Some(tower) = map.get(&key) {
             return Join::Follow(tower.subscribe());
         }
@@ -58,7 +59,7 @@ impl Flights {
 
     /// Flights in progress.
     pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.map.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -84,7 +85,7 @@ impl Lead {
             return;
         }
         {
-            let mut map = self.flights.map.lock().unwrap_or_else(|p| p.into_inner());
+            let mut map = self.flights.map.lock();
             if map
                 .get(&self.key)
                 .is_some_and(|t| Arc::ptr_eq(t, &self.tower))

@@ -9,8 +9,9 @@
 /// The limits live with the configuration (the config file and the runtime API both give them).
 pub use crate::config::client_limits as limits;
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
@@ -148,12 +149,12 @@ impl Registry {
     /// taken is left out (the configured one wins); past [`MAX_CLIENTS`], the rest are left out
     /// with a warning.
     pub fn set(&self, origin: Origin, specs: Vec<ClientSpec>) {
-        let mut defined = self.defined.lock().unwrap_or_else(|p| p.into_inner());
+        let mut defined = self.defined.lock();
         match origin {
             Origin::Config => defined.0 = specs,
             Origin::Runtime => defined.1 = specs,
         }
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots = self.slots.lock();
         let mut table = Table::default();
         for spec in defined.0.iter().chain(defined.1.iter()) {
             if table.by_name.contains_key(&spec.name) {
@@ -185,7 +186,7 @@ impl Registry {
     /// Note that `name` was refused by its own `limit` just now.
     pub fn note_refusal(&self, name: &Arc<str>, limit: &'static str) {
         let now = std::time::Instant::now();
-        let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = self.refusals.lock();
         if !r.contains_key(name) && r.len() >= 2 * MAX_CLIENTS {
             return;
         }
@@ -205,7 +206,7 @@ impl Registry {
 
     /// Every client refused by its own limits since the process started, with its last run.
     pub fn refusals(&self) -> Vec<(Arc<str>, Refused)> {
-        let r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let r = self.refusals.lock();
         r.iter().map(|(n, v)| (n.clone(), *v)).collect()
     }
 }

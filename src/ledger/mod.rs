@@ -19,8 +19,9 @@ mod shared;
 pub mod spent;
 pub mod tokens;
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
 
@@ -94,7 +95,7 @@ pub struct Ledger {
     cost_totals: Mutex<HashMap<(u32, u32), u64>>,
     /// `gqp_tokens_total` handles per (model, client), by kind: looked up once, not per
     /// request.
-    token_counters: std::sync::RwLock<HashMap<(u32, u32), TokenCounters>>,
+    token_counters: parking_lot::RwLock<HashMap<(u32, u32), TokenCounters>>,
     /// Told of each answer's billed cost on the projects it watches (the spend caps).
     watch: arc_swap::ArcSwapOption<spent::Watcher>,
 }
@@ -176,7 +177,7 @@ impl Ledger {
         keys: &[KeyInfo],
     ) {
         self.pricing.store(Arc::new(Pricing { prices, billing }));
-        let mut masked = self.masked.write().unwrap_or_else(|p| p.into_inner());
+        let mut masked = self.masked.write();
         for k in keys {
             masked.insert(k.kid.clone(), k.masked.clone());
         }
@@ -305,11 +306,7 @@ impl Ledger {
         let now = self.clock.now_ms();
         match &self.shared {
             Some(s) => s.add(now, series, c),
-            None => self
-                .book
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .add(now, series, c),
+            None => self.book.lock().add(now, series, c),
         }
     }
 
@@ -332,7 +329,7 @@ impl Ledger {
     /// A key id as people see it: the masked key when this replica pools it.
     pub fn key_label(&self, id: u32) -> String {
         let kid = self.keys.name(id);
-        let masked = self.masked.read().unwrap_or_else(|p| p.into_inner());
+        let masked = self.masked.read();
         match masked.get(&kid) {
             Some(m) => m.clone(),
             None if &*kid == names::NONE || &*kid == names::OVERFLOW => kid.to_string(),
@@ -351,7 +348,7 @@ impl Ledger {
         mut f: impl FnMut(usize, i64, &HashMap<Series, Counters>),
     ) {
         for (i, index) in (first..=last).enumerate() {
-            let book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+            let book = self.book.lock();
             let ring = if hourly { &book.hours } else { &book.minutes };
             if let Some(slot) = ring.get(index) {
                 f(i, index, &slot.series);
@@ -362,7 +359,7 @@ impl Ledger {
     /// How much the ledger holds: distinct names per dimension and series-bucket entries (the
     /// bounded-state tests read it).
     pub fn tracked(&self) -> Tracked {
-        let book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        let book = self.book.lock();
         Tracked {
             models: self.models.len(),
             projects: self.projects.len(),
@@ -374,7 +371,7 @@ impl Ledger {
 
     /// Cost per (model, client) since this process started (nano-USD), for `/metrics`.
     pub fn cost_totals(&self) -> Vec<(Arc<str>, Arc<str>, u64)> {
-        let totals = self.cost_totals.lock().unwrap_or_else(|p| p.into_inner());
+        let totals = self.cost_totals.lock();
         totals
             .iter()
             .map(|((m, client), c)| (self.models.name(*m), self.clients.name(*client), *c))
@@ -479,12 +476,7 @@ const TOKEN_KINDS: [&str; 5] = ["input", "cached", "output", "thinking", "tool"]
 /// bounded by [`MODEL_CAP`] times the configured clients.
 fn metrics_for(ledger: &Ledger, series: Series, usage: &TokenUsage, cost_nano: u64) {
     let at = (series.model, series.client);
-    let cached = ledger
-        .token_counters
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&at)
-        .cloned();
+    let cached = ledger.token_counters.read().get(&at).cloned();
     let counters = cached.unwrap_or_else(|| {
         let name = crate::metrics::answered_model_label(&ledger.models.name(series.model));
         let client = ledger.clients.name(series.client).to_string();
@@ -492,11 +484,7 @@ fn metrics_for(ledger: &Ledger, series: Series, usage: &TokenUsage, cost_nano: u
             metrics::counter!("gqp_tokens_total",
                 "model" => name.to_string(), "kind" => kind, "client" => client.clone())
         }));
-        ledger
-            .token_counters
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(at, made.clone());
+        ledger.token_counters.write().insert(at, made.clone());
         made
     });
     let values = [
@@ -511,7 +499,7 @@ fn metrics_for(ledger: &Ledger, series: Series, usage: &TokenUsage, cost_nano: u
             c.increment(n);
         }
     }
-    let mut totals = ledger.cost_totals.lock().unwrap_or_else(|p| p.into_inner());
+    let mut totals = ledger.cost_totals.lock();
     let t = totals.entry(at).or_default();
     *t = t.saturating_add(cost_nano);
 }

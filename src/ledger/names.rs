@@ -2,8 +2,9 @@
 //! four small ids. Each dimension is capped, so names clients choose (models) cannot grow the
 //! ledger: past the cap a name is counted as [`OVERFLOW`].
 
+use parking_lot::RwLock;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 /// The name every name past a dimension's cap is counted under.
 pub const OVERFLOW: &str = "other";
@@ -39,7 +40,7 @@ impl Names {
     }
 
     fn insert(&self, name: &str) -> u32 {
-        let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.inner.write();
         if let Some(id) = g.ids.get(name) {
             return *id;
         }
@@ -54,7 +55,7 @@ impl Names {
     /// is counted as [`OVERFLOW`]. `|` (the separator in Redis) becomes `_`.
     pub fn id(&self, name: &str, may_add: bool) -> u32 {
         {
-            let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
+            let g = self.inner.read();
             if let Some(id) = g.ids.get(name) {
                 return *id;
             }
@@ -66,7 +67,7 @@ impl Names {
         if name.contains('|') {
             return self.id(&name.replace('|', "_"), may_add);
         }
-        let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.inner.write();
         if let Some(id) = g.ids.get(name) {
             return *id;
         }
@@ -82,7 +83,7 @@ impl Names {
 
     /// The id `name` already has, if any.
     pub fn get(&self, name: &str) -> Option<u32> {
-        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let g = self.inner.read();
         g.ids.get(name).copied()
     }
 
@@ -93,7 +94,7 @@ impl Names {
 
     /// The name of `id`.
     pub fn name(&self, id: u32) -> Arc<str> {
-        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let g = self.inner.read();
         g.names
             .get(id as usize)
             .cloned()
@@ -101,11 +102,7 @@ impl Names {
     }
 
     pub fn len(&self) -> usize {
-        self.inner
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .names
-            .len()
+        self.inner.read().names.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -6,9 +6,10 @@
 //! a cost is an integer and sums of costs stay exact. Every rate in the embedded table is a
 //! multiple of 0.001 USD per 1M tokens, so nothing is lost; a finer user rate is rounded to that.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::sync::LazyLock;
 
 use serde::Deserialize;
 
@@ -263,7 +264,7 @@ impl Prices {
     fn warn_unpriced(&self, model: &str) {
         let id = self.hasher.hash_one(model);
         {
-            let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut warned = self.warned.lock();
             if warned.len() >= MAX_WARNED || !warned.insert(id) {
                 return;
             }
@@ -581,11 +582,11 @@ mod tests {
         assert!(!c.priced);
         // Warned once per name, and never about more than MAX_WARNED names.
         p.cost("llama-3", &TokenUsage::default(), Billing::Paid);
-        assert_eq!(p.warned.lock().unwrap().len(), 1);
+        assert_eq!(p.warned.lock().len(), 1);
         for i in 0..1000 {
             p.cost(&format!("other-{i}"), &TokenUsage::default(), Billing::Paid);
         }
-        assert_eq!(p.warned.lock().unwrap().len(), MAX_WARNED);
+        assert_eq!(p.warned.lock().len(), MAX_WARNED);
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //! Reads copy the buckets back into this replica's rings: a closed bucket once, an open one at
 //! most once a second, and every bucket again when some replica wrote late (after an outage).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::book::{Counters, HOUR_MS, HOURS, MINUTE_MS, MINUTES, Series};
@@ -106,7 +107,7 @@ impl Shared {
             return;
         }
         let minute = now_ms.div_euclid(MINUTE_MS);
-        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut p = self.pending.lock();
         if p.sums.len() >= PENDING_CAP && !p.sums.contains_key(&(minute, series)) {
             drop_oldest(&mut p);
         }
@@ -138,7 +139,7 @@ impl Shared {
     /// minutes first; either once a second (at once when `force`, or when sums were left over).
     fn take(&self, ledger: &Ledger, force: bool) -> Option<RiderBatch> {
         let now = ledger.clock.now_ms();
-        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut p = self.pending.lock();
         let due = force || p.last_take.is_none_or(|t| t.elapsed() >= FLUSH_EVERY);
         if !due {
             return None;
@@ -169,7 +170,7 @@ impl Shared {
     }
 
     fn done(&self, outcome: RideOutcome) {
-        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut p = self.pending.lock();
         match outcome {
             RideOutcome::Written => {
                 p.inflight = None;
@@ -243,11 +244,11 @@ impl Shared {
 
     /// When the shared history starts: the first write any replica made.
     pub(crate) async fn since(&self) -> Option<i64> {
-        if let Some(s) = *self.since.lock().unwrap_or_else(|p| p.into_inner()) {
+        if let Some(s) = *self.since.lock() {
             return Some(s);
         }
         let read = self.io.get("led:since").await.ok()??.parse().ok()?;
-        *self.since.lock().unwrap_or_else(|p| p.into_inner()) = Some(read);
+        *self.since.lock() = Some(read);
         Some(read)
     }
 
@@ -283,7 +284,7 @@ impl Shared {
             .into_iter()
             .map(|f| parse(ledger, f, &mut known))
             .collect();
-        let mut book = ledger.book.lock().unwrap_or_else(|p| p.into_inner());
+        let mut book = ledger.book.lock();
         let mut parsed = parsed.into_iter();
         for (index, map) in m.iter().zip(parsed.by_ref()) {
             book.minutes.put(*index, map);

@@ -74,7 +74,7 @@ impl Ledger {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use parking_lot::Mutex;
 
     use super::*;
     use crate::ledger::TokenUsage;
@@ -88,7 +88,7 @@ mod tests {
             project == "p"
         }
         fn billed(&self, project: &Arc<str>, nano: u64) {
-            self.0.lock().unwrap().push((project.to_string(), nano));
+            self.0.lock().push((project.to_string(), nano));
         }
     }
 
@@ -125,7 +125,7 @@ mod tests {
             .unwrap();
         assert_eq!(later, [300_000_000]);
         assert_eq!(
-            *seen.0.lock().unwrap(),
+            *seen.0.lock(),
             [
                 ("p".to_string(), 300_000_000),
                 ("p".to_string(), 300_000_000)

@@ -2,9 +2,10 @@
 //! slots they hold in the store (project, session id; the gateway renews their leases while the
 //! replica lives), and freeing a slot when its session ends.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use crate::quota::QuotaStore;
 
@@ -84,7 +85,6 @@ impl LiveSessions {
     pub fn held(&self) -> Vec<(Arc<str>, String)> {
         self.held
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|(s, p)| (p.clone(), s.clone()))
             .collect()
@@ -94,13 +94,12 @@ impl LiveSessions {
     pub fn refused(&self, project: &Arc<str>) {
         self.refused
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .insert(project.clone(), std::time::Instant::now() + REFUSED_HOLD);
     }
 
     /// Whether `project` is held after a refusal.
     pub fn is_refused(&self, project: &str) -> bool {
-        let mut r = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = self.refused.lock();
         match r.get(project) {
             Some(until) if *until > std::time::Instant::now() => true,
             Some(_) => {
@@ -120,21 +119,13 @@ impl LiveSessions {
     fn hold(&self, project: &Arc<str>, session: &str) {
         self.held
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .insert(session.to_string(), project.clone());
         metrics::gauge!("gqp_live_sessions", "project" => project.to_string()).increment(1.0);
     }
 
     fn release(&self, project: &Arc<str>, session: &str) {
-        let was = self
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(session);
-        self.refused
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(project);
+        let was = self.held.lock().remove(session);
+        self.refused.lock().remove(project);
         if was.is_some() {
             metrics::gauge!("gqp_live_sessions", "project" => project.to_string()).decrement(1.0);
         }

@@ -2,7 +2,8 @@
 //! `wss`, `http` -> `ws` for a local fake), opened with a pooled key in `x-goog-api-key` (never in
 //! the URL, which ends up in logs) over the same rustls trust roots as the REST client.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -46,7 +47,7 @@ fn tls(cfg: &UpstreamConfig) -> Arc<rustls::ClientConfig> {
         Arc<rustls::ClientConfig>,
     )>;
     static CACHE: Mutex<Cached> = Mutex::new(None);
-    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cache = CACHE.lock();
     if let Some((ca, tls)) = cache.as_ref()
         && *ca == cfg.ca
     {

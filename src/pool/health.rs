@@ -3,9 +3,10 @@
 //! growing hold of projects at Google's spend-based limits, and the run of upstream failures. By key id and project, so one record serves every configuration
 //! generation (a reload shares it, and requests still on the old one keep feeding it).
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a key this replica saw die is skipped for free calls without asking the store.
@@ -59,10 +60,6 @@ pub struct KeyHealth {
     failures: AtomicU32,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl KeyHealth {
     pub fn new(projects: usize) -> KeyHealth {
         KeyHealth {
@@ -81,15 +78,21 @@ impl KeyHealth {
     /// 429s of projects no longer pooled.
     pub fn repool(&self, projects: &std::collections::HashSet<&str>) {
         self.projects.store(projects.len(), Ordering::Relaxed);
-        lock(&self.bare_429).retain(|p, _| projects.contains(p.as_str()));
-        lock(&self.bare_by_project).retain(|p, _| projects.contains(p.as_str()));
-        lock(&self.spend_holds).retain(|p, _| projects.contains(p.as_str()));
+        self.bare_429
+            .lock()
+            .retain(|p, _| projects.contains(p.as_str()));
+        self.bare_by_project
+            .lock()
+            .retain(|p, _| projects.contains(p.as_str()));
+        self.spend_holds
+            .lock()
+            .retain(|p, _| projects.contains(p.as_str()));
     }
 
     /// How long to hold `project` at a spend-based limit now: 1 min, doubling with each hold
     /// in a row, at most 1 h.
     pub fn spend_hold_ms(&self, project: &str) -> u64 {
-        let mut holds = lock(&self.spend_holds);
+        let mut holds = self.spend_holds.lock();
         let n = holds.entry(project.to_string()).or_insert(0);
         let ms = (SPEND_HOLD_FIRST_MS << (*n).min(16)).min(SPEND_HOLD_MAX_MS);
         *n = n.saturating_add(1);
@@ -103,7 +106,7 @@ impl KeyHealth {
         if !self.any_spend_hold.load(Ordering::Relaxed) {
             return;
         }
-        let mut holds = lock(&self.spend_holds);
+        let mut holds = self.spend_holds.lock();
         holds.remove(project);
         if holds.is_empty() {
             self.any_spend_hold.store(false, Ordering::Relaxed);
@@ -113,7 +116,7 @@ impl KeyHealth {
     /// A bare 429 on (`project`, `model`): how many distinct models got one on that project
     /// within the last minute. Two or more: the limit is the project's, not one model's.
     pub fn bare_429_models_on(&self, project: &str, model: &str) -> usize {
-        let mut by = lock(&self.bare_by_project);
+        let mut by = self.bare_by_project.lock();
         let now = Instant::now();
         let recent = by.entry(project.to_string()).or_default();
         recent.retain(|(m, at)| now.duration_since(*at) <= BARE_429_RESET && &**m != model);
@@ -126,20 +129,23 @@ impl KeyHealth {
 
     /// Remember that key `kid` was disabled.
     pub fn saw_dead(&self, kid: &Arc<str>, reason: &str) {
-        lock(&self.dead).insert(kid.clone(), (reason.to_string(), Instant::now()));
+        self.dead
+            .lock()
+            .insert(kid.clone(), (reason.to_string(), Instant::now()));
     }
 
     /// Whether key `kid` was seen dead within the last minute (the store stays the truth: an
     /// admin may re-enable a key through another replica).
     pub fn recently_dead(&self, kid: &str) -> bool {
-        lock(&self.dead)
+        self.dead
+            .lock()
             .get(kid)
             .is_some_and(|(_, at)| at.elapsed() < DEAD_MEMORY)
     }
 
     /// Forget what was seen of these keys (an admin re-enabled them).
     pub fn forget_dead(&self, kids: &[&str]) {
-        let mut dead = lock(&self.dead);
+        let mut dead = self.dead.lock();
         for k in kids {
             dead.remove(*k);
         }
@@ -148,7 +154,7 @@ impl KeyHealth {
     /// Cooldown for a 429 without details: 1 s, doubling while they repeat (within a minute),
     /// at most 60 s.
     pub fn bare_429_backoff(&self, project: &str) -> u64 {
-        let mut m = lock(&self.bare_429);
+        let mut m = self.bare_429.lock();
         let now = Instant::now();
         let e = m.entry(project.to_string()).or_insert((0, now));
         if now.duration_since(e.1) > BARE_429_RESET {
@@ -162,7 +168,9 @@ impl KeyHealth {
     /// True when most of the pool's projects got a 429 without details in the last 10 s: Google
     /// is throttling this proxy's address, not one project, so rotating keys only burns them.
     pub fn throttled_globally(&self) -> bool {
-        let recent = lock(&self.bare_429)
+        let recent = self
+            .bare_429
+            .lock()
             .values()
             .filter(|(_, at)| at.elapsed() < THROTTLE_WINDOW)
             .count();
@@ -171,7 +179,7 @@ impl KeyHealth {
 
     /// A 429 without details named `model` (with or without a retry delay).
     pub fn saw_bare_429_on(&self, model: &str) {
-        let mut recent = lock(&self.bare_models);
+        let mut recent = self.bare_models.lock();
         let now = Instant::now();
         while recent
             .front()
@@ -196,7 +204,9 @@ impl KeyHealth {
         if !self.throttled_globally() {
             return None;
         }
-        let models = lock(&self.bare_models)
+        let models = self
+            .bare_models
+            .lock()
             .iter()
             .filter(|(_, at)| at.elapsed() < THROTTLE_WINDOW)
             .count();
@@ -262,7 +272,7 @@ mod tests {
         for i in 0..1000 {
             h.saw_bare_429_on(&format!("made-up-{i}"));
         }
-        assert_eq!(lock(&h.bare_models).len(), BARE_MODELS_KEPT);
+        assert_eq!(h.bare_models.lock().len(), BARE_MODELS_KEPT);
     }
 
     #[test]
@@ -305,7 +315,7 @@ mod tests {
             h.bare_429_models_on("p", &format!("made-up-{i}"));
         }
         assert_eq!(
-            lock(&h.bare_by_project)["p"].len(),
+            h.bare_by_project.lock()["p"].len(),
             BARE_MODELS_PER_PROJECT,
             "bounded whatever models clients name"
         );

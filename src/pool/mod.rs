@@ -7,9 +7,10 @@ pub mod affinity;
 pub mod health;
 pub mod spend;
 
+use parking_lot::RwLock;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 
 use crate::config::{LimitOverride, LimitsConfig, PoolConfig};
 use crate::error::LimitKind;
@@ -90,12 +91,8 @@ impl Pool {
             self.keys.iter().map(|k| &*k.project).collect();
         old.health.repool(&projects);
         self.health = old.health.clone();
-        let learned = old
-            .learned
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        *self.learned.write().unwrap_or_else(|p| p.into_inner()) = learned;
+        let learned = old.learned.read().clone();
+        *self.learned.write() = learned;
         self.turn
             .store(old.turn.load(Ordering::Relaxed), Ordering::Relaxed);
         self
@@ -142,7 +139,7 @@ impl Pool {
         family: QuotaFamily,
     ) -> crate::quota::Limits {
         let mut l = limits::resolve(&self.limits, project, model, family);
-        let learned = self.learned.read().unwrap_or_else(|p| p.into_inner());
+        let learned = self.learned.read();
         if !learned.is_empty()
             && let Some(o) = learned.get(&(project.to_string(), model.to_string()))
         {
@@ -166,7 +163,7 @@ impl Pool {
             return;
         }
         let pair = (project.to_string(), model.to_string());
-        let mut learned = self.learned.write().unwrap_or_else(|p| p.into_inner());
+        let mut learned = self.learned.write();
         let mut current = limits::resolve(&self.limits, project, model, family);
         if let Some(o) = learned.get(&pair) {
             lower(&mut current, o);
@@ -240,7 +237,7 @@ mod tests {
                 .minute,
             15
         );
-        assert_eq!(p.learned.read().unwrap().len(), 1);
+        assert_eq!(p.learned.read().len(), 1);
     }
 
     #[test]

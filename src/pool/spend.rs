@@ -7,9 +7,10 @@
 //! admission skips a capped project whose spend plus a request's least cost (its input tokens)
 //! would pass the cap.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -110,10 +111,6 @@ impl std::fmt::Debug for SpendCaps {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// The caps configured, in nano-USD.
 fn caps_of(limits: &LimitsConfig) -> HashMap<Arc<str>, u64> {
     limits
@@ -199,7 +196,7 @@ impl SpendCaps {
     /// A reloaded configuration's caps (the time zone is restart-only); read again at once.
     pub fn reconfigure(&self, limits: &LimitsConfig) {
         let caps = caps_of(limits);
-        lock(&self.seen).retain(|p, _| caps.contains_key(p));
+        self.seen.lock().retain(|p, _| caps.contains_key(p));
         self.caps.store(Arc::new(caps));
         self.check_soon();
     }
@@ -221,7 +218,7 @@ impl SpendCaps {
         let now = self.clock.now_ms();
         let (month_start, next) = month_bounds(self.tz, now);
         {
-            let seen = lock(&self.seen);
+            let seen = self.seen.lock();
             candidates.retain(|c| {
                 let Some(cap) = caps.get(&c.project) else {
                     return true;
@@ -253,7 +250,7 @@ impl SpendCaps {
         let now = self.clock.now_ms();
         let (month_start, next) = month_bounds(self.tz, now);
         let resets_at = crate::ledger::query::rfc3339(next);
-        let seen = lock(&self.seen);
+        let seen = self.seen.lock();
         let mut out: Vec<SpendCapView> = caps
             .iter()
             .map(|(p, cap)| {
@@ -330,7 +327,7 @@ impl SpendCaps {
         let mut behind = false;
         let mut reached = Vec::new();
         {
-            let mut seen = lock(&self.seen);
+            let mut seen = self.seen.lock();
             for ((project, cap), spent) in caps.iter().zip(read) {
                 let s = seen.entry(project.clone()).or_default();
                 if s.month_start != month_start {
@@ -377,7 +374,7 @@ impl CostWatch for SpendCaps {
         let now = self.clock.now_ms();
         let month_start = month_bounds(self.tz, now).0;
         {
-            let mut seen = lock(&self.seen);
+            let mut seen = self.seen.lock();
             let s = seen.entry(project.clone()).or_default();
             if s.month_start != month_start {
                 *s = Seen {

@@ -93,19 +93,19 @@ impl DayInfo {
 pub struct DayCache {
     tz: Tz,
     /// (computed at, valid until, answer)
-    cached: std::sync::Mutex<Option<(i64, i64, DayInfo)>>,
+    cached: parking_lot::Mutex<Option<(i64, i64, DayInfo)>>,
 }
 
 impl DayCache {
     pub fn new(tz: Tz) -> Self {
         DayCache {
             tz,
-            cached: std::sync::Mutex::new(None),
+            cached: parking_lot::Mutex::new(None),
         }
     }
 
     pub fn at(&self, now_ms: i64) -> DayInfo {
-        let mut c = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.cached.lock();
         if let Some((from, until, d)) = *c
             && now_ms >= from
             && now_ms < until

@@ -4,7 +4,8 @@
 
 pub mod watch;
 
-use std::sync::{Arc, Mutex, Weak};
+use parking_lot::Mutex;
+use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
 use axum::extract::FromRef;
@@ -139,7 +140,7 @@ impl Live {
     /// Read the configuration again and, when it loads and something reloadable changed,
     /// serve the next generation from now on. Requests under way finish on theirs.
     pub fn reload(&self, origin: Origin) -> Result<Reloaded, ReloadError> {
-        let _one = self.0.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.0.reloading.lock();
         let result = self.next(origin);
         let current = self.current();
         match &result {

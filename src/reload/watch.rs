@@ -2,10 +2,11 @@
 //! of the `--config` file (the directory, not the file: an editor's rename-over and a
 //! Kubernetes ConfigMap's `..data` symlink swap replace the file without writing to it).
 
+use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
@@ -55,7 +56,7 @@ pub fn spawn_file_watch(live: WeakLive, file: &Path) -> notify::Result<()> {
         let relevant = match &event {
             Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => false,
             Ok(e) => {
-                let names = seen.lock().unwrap_or_else(|p| p.into_inner());
+                let names = seen.lock();
                 e.paths.is_empty()
                     || e.paths.iter().any(|p| {
                         p.file_name().is_some_and(|n| {
@@ -90,7 +91,7 @@ pub fn spawn_file_watch(live: WeakLive, file: &Path) -> notify::Result<()> {
             };
             let _ = tokio::task::spawn_blocking(move || live.reload(Origin::File)).await;
             target = follow(&mut watcher, &file, &dir, target);
-            *names.lock().unwrap_or_else(|p| p.into_inner()) = watched_names(&file);
+            *names.lock() = watched_names(&file);
         }
     });
     Ok(())

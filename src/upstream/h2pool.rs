@@ -8,9 +8,10 @@
 //! Slots are counted here, not by asking hyper (`SendRequest::is_ready` says nothing about
 //! streams): taken under the pool's lock, given back when the response body ends or is dropped.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -201,7 +202,7 @@ impl H2Pool {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 
     fn now_ms(&self) -> u64 {

@@ -2,8 +2,9 @@
 //! row of the retry table seen from the outside (what reaches "Google", what the client gets,
 //! what the store keeps).
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use http_body_util::Full;
 
@@ -51,7 +52,7 @@ impl Scripted {
     }
 
     fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
+        self.seen.lock().clone()
     }
 }
 
@@ -80,12 +81,12 @@ impl Service<Outbound> for Scripted {
             .unwrap_or("")
             .to_string();
         let path = req.uri().path().to_string();
-        self.seen.lock().unwrap().push(Seen {
+        self.seen.lock().push(Seen {
             key,
             path,
             at: Instant::now(),
         });
-        let step = self.steps.lock().unwrap().pop_front();
+        let step = self.steps.lock().pop_front();
         Box::pin(async move {
             match step.unwrap_or(Step::Answer(200, OK)) {
                 Step::Answer(status, body) => Ok(http::Response::builder()

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::super::{AdmitOutcome, AdmitRequest, Candidate, Reservation, Strategy, headroom};
-use super::{MemoryStore, by_project, lock};
+use super::{MemoryStore, by_project};
 use crate::error::LimitKind;
 
 impl MemoryStore {
@@ -15,7 +15,7 @@ impl MemoryStore {
         let di = self.days.at(now);
         // Usable keys by project, read under the disabled-keys lock and no longer.
         let groups: Vec<(Arc<str>, Vec<&Candidate>)> = {
-            let disabled = lock(&self.disabled);
+            let disabled = self.disabled.lock();
             by_project(&req.candidates)
                 .into_iter()
                 .map(|(p, keys)| {
@@ -44,7 +44,7 @@ impl MemoryStore {
             }
             let limits = keys[0].limits;
             let bucket = self.bucket(&project, &req.model, di.day);
-            let mut b = lock(&bucket);
+            let mut b = bucket.lock();
             b.prune(now, di.day);
             match b.refusal(&limits, req.tokens, now, &di) {
                 Some(r) => {
@@ -82,7 +82,7 @@ impl MemoryStore {
         }
         for i in order {
             let (_, keys, bucket, _, limits) = &open[i];
-            let mut b = lock(bucket);
+            let mut b = bucket.lock();
             b.prune(now, di.day);
             // Another task may have taken the room since we looked: check again under the lock.
             if b.refusal(limits, req.tokens, now, &di).is_some() {

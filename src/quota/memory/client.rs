@@ -3,12 +3,13 @@
 //! checked and reserved under its own lock, held across the pool's admission so the two are
 //! one step.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::super::client::{CONCURRENCY_RETRY_MS, ClientAdmit, ClientHold, ClientLimit};
 use super::super::{AdmitOutcome, AdmitRequest, Reservation};
-use super::{MemoryStore, lock};
+use super::MemoryStore;
 
 /// One client's counters.
 #[derive(Debug, Default)]
@@ -171,17 +172,11 @@ impl MemoryStore {
     /// A client's counters, made on first use (one entry per client name ever counted: the
     /// table grows with configuration, not with traffic).
     fn client_counters(&self, name: &Arc<str>) -> Arc<Mutex<ClientCounters>> {
-        if let Some(c) = self
-            .clients
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-        {
+        if let Some(c) = self.clients.read().get(name) {
             return c.clone();
         }
         self.clients
             .write()
-            .unwrap_or_else(|p| p.into_inner())
             .entry(name.clone())
             .or_default()
             .clone()
@@ -191,7 +186,7 @@ impl MemoryStore {
     /// under the client's lock, and the client's reservation only if the pool admitted.
     pub(super) fn admit_client(&self, req: &AdmitRequest, c: &ClientAdmit) -> AdmitOutcome {
         let counters = self.client_counters(&c.name);
-        let mut cc = lock(&counters);
+        let mut cc = counters.lock();
         let now = self.clock.now_ms();
         cc.prune(now, self.window_ms, c);
         if let Some((limit, limit_value, retry_after_ms)) =
@@ -222,17 +217,17 @@ impl MemoryStore {
         let Some(h) = &r.client else { return };
         let counters = self.client_counters(&h.name);
         let cost = h.actual_cost_micros.unwrap_or(0);
-        lock(&counters).settle(h, tokens, cost);
+        counters.lock().settle(h, tokens, cost);
     }
 
     /// Budget use of each client: (today's, this month's) micro-dollars.
     pub(super) fn spend(&self, clients: &[(Arc<str>, i64, i64)]) -> Vec<(u64, u64)> {
-        let table = self.clients.read().unwrap_or_else(|p| p.into_inner());
+        let table = self.clients.read();
         clients
             .iter()
             .map(|(name, day, month)| match table.get(name) {
                 Some(c) => {
-                    let c = lock(c);
+                    let c = c.lock();
                     (
                         if c.budget_day == *day {
                             c.day_micros

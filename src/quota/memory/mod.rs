@@ -5,8 +5,9 @@
 //! bucket whose minute window has emptied is dropped by an amortised sweep, and what is left
 //! of it, a day count, waits in a compact side table until the quota day changes.
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono_tz::Tz;
@@ -60,11 +61,6 @@ pub struct Tracked {
     pub day_counts: usize,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic elsewhere while holding the lock leaves plain counters behind: keep using them.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl MemoryStore {
     pub fn new(clock: Arc<dyn Clock>, tz: Tz) -> Self {
         MemoryStore {
@@ -90,12 +86,12 @@ impl MemoryStore {
         self
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Tables> {
-        self.tables.read().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> parking_lot::RwLockReadGuard<'_, Tables> {
+        self.tables.read()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Tables> {
-        self.tables.write().unwrap_or_else(|p| p.into_inner())
+    fn write(&self) -> parking_lot::RwLockWriteGuard<'_, Tables> {
+        self.tables.write()
     }
 
     /// The counters of (project, model), made on first use (with the day count kept aside,
@@ -166,7 +162,7 @@ impl MemoryStore {
 
     /// Remaining cooldown of (project, model) or the whole project, in ms.
     fn held(&self, project: &str, model: &str, now: i64) -> Option<u64> {
-        let holds = lock(&self.cooldowns);
+        let holds = self.cooldowns.lock();
         if holds.is_empty() {
             return None;
         }
@@ -224,7 +220,7 @@ impl QuotaStore for MemoryStore {
         let Some(bucket) = self.read().get(&r.project, &r.model) else {
             return true;
         };
-        let mut b = lock(&bucket);
+        let mut b = bucket.lock();
         let actual = clamp_tokens(actual_tokens);
         if let Some(e) = b.entry_mut(r.id) {
             let old = std::mem::replace(&mut e.tokens, actual);
@@ -259,7 +255,7 @@ impl QuotaStore for MemoryStore {
             (Self::clone_live(&t), kept)
         };
         for (project, model, b) in buckets {
-            let mut b = lock(&b);
+            let mut b = b.lock();
             b.prune(now, di.day);
             let u = b.usage();
             if u != Usage::default() {
@@ -282,7 +278,7 @@ impl QuotaStore for MemoryStore {
             .clock
             .now_ms()
             .saturating_add(i64::try_from(ms.min(super::MAX_HOLD_MS)).unwrap_or(i64::MAX));
-        let mut holds = lock(&self.cooldowns);
+        let mut holds = self.cooldowns.lock();
         let e = holds
             .entry((project.to_string(), model.to_string()))
             .or_insert(Hold {
@@ -299,7 +295,7 @@ impl QuotaStore for MemoryStore {
 
     async fn cooldowns(&self) -> Result<Vec<Cooldown>, StoreError> {
         let now = self.clock.now_ms();
-        let mut holds = lock(&self.cooldowns);
+        let mut holds = self.cooldowns.lock();
         holds.retain(|_, h| h.until_ms > now);
         let mut out: Vec<Cooldown> = holds
             .iter()
@@ -315,12 +311,14 @@ impl QuotaStore for MemoryStore {
     }
 
     async fn disable_key(&self, kid: &str, reason: &str) -> Result<(), StoreError> {
-        lock(&self.disabled).insert(kid.to_string(), reason.to_string());
+        self.disabled
+            .lock()
+            .insert(kid.to_string(), reason.to_string());
         Ok(())
     }
 
     async fn key_states(&self, kids: &[Arc<str>]) -> Result<Vec<KeyState>, StoreError> {
-        let d = lock(&self.disabled);
+        let d = self.disabled.lock();
         Ok(kids
             .iter()
             .map(|k| match d.get(&**k) {
@@ -359,7 +357,10 @@ impl QuotaStore for MemoryStore {
         lease_ms: u64,
     ) -> Result<bool, StoreError> {
         let now = self.clock.now_ms();
-        Ok(lock(&self.live).open(project, session, limit, now, lease_ms))
+        Ok(self
+            .live
+            .lock()
+            .open(project, session, limit, now, lease_ms))
     }
 
     async fn live_renew(
@@ -368,18 +369,18 @@ impl QuotaStore for MemoryStore {
         lease_ms: u64,
     ) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
-        lock(&self.live).renew(held, now, lease_ms);
+        self.live.lock().renew(held, now, lease_ms);
         Ok(())
     }
 
     async fn live_close(&self, project: &str, session: &str) -> Result<(), StoreError> {
-        lock(&self.live).close(project, session);
+        self.live.lock().close(project, session);
         Ok(())
     }
 
     async fn live_counts(&self, projects: &[Arc<str>]) -> Result<Vec<u64>, StoreError> {
         let now = self.clock.now_ms();
-        let mut slots = lock(&self.live);
+        let mut slots = self.live.lock();
         Ok(projects.iter().map(|p| slots.count(p, now)).collect())
     }
 
@@ -396,8 +397,8 @@ impl QuotaStore for MemoryStore {
                     .is_none_or(|m| m == model || model == "*")
         };
         if kind == ResetKind::Cooldowns {
-            lock(&self.cooldowns).retain(|(p, m), _| !in_scope(p, m));
-            let mut d = lock(&self.disabled);
+            self.cooldowns.lock().retain(|(p, m), _| !in_scope(p, m));
+            let mut d = self.disabled.lock();
             match &scope.kids {
                 Some(kids) => kids.iter().for_each(|k| {
                     d.remove(k);
@@ -411,7 +412,7 @@ impl QuotaStore for MemoryStore {
             .into_iter()
             .filter(|(p, m, _)| in_scope(p, m))
         {
-            let mut b = lock(&b);
+            let mut b = b.lock();
             if matches!(kind, ResetKind::Minute | ResetKind::All) {
                 b.log.clear();
                 b.tokens = 0;
@@ -504,7 +505,7 @@ mod tests {
         drop(store.bucket(&p, "idle", day));
         store.sweep(&mut store.write());
         assert_eq!(store.tracked().buckets, 1);
-        lock(&held).reserve(1, t0);
+        held.lock().reserve(1, t0);
         assert!(Arc::ptr_eq(&held, &store.bucket(&p, "held", day)));
     }
 }

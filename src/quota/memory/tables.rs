@@ -2,8 +2,9 @@
 //! window emptied (their day counts kept aside until the quota day ends), so the table never
 //! grows with the model names clients send.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::bucket::Bucket;
 
@@ -63,7 +64,7 @@ impl Tables {
                 let Some(b) = Arc::get_mut(bucket) else {
                     return true;
                 };
-                let b = b.get_mut().unwrap_or_else(|p| p.into_inner());
+                let b = b.get_mut();
                 b.prune(now, day);
                 if !b.log.is_empty() {
                     // A burst leaves a large buffer behind; give most of it back.

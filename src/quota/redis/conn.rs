@@ -16,8 +16,9 @@
 //! error left after the client's own retries) gets the Cluster connection rebuilt from the
 //! seeds and every node the cluster last named, at most once a second, in the background.
 
+use parking_lot::{Mutex, RwLock};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -77,7 +78,7 @@ const REBUILD_GAP_MAX: Duration = Duration::from_secs(30);
 
 impl Inner {
     fn current(&self) -> Option<Link> {
-        self.link.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.link.read().clone()
     }
 
     fn answered(&self) {
@@ -103,7 +104,7 @@ impl Inner {
         };
         let gap = Duration::from_millis(self.gap_ms.load(Ordering::Relaxed));
         {
-            let mut r = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+            let mut r = self.rebuild.lock();
             if r.running || r.last.is_some_and(|at| at.elapsed() < gap) {
                 return;
             }
@@ -120,14 +121,14 @@ impl Inner {
                 .unwrap_or_else(|_| Err(Arc::from("rebuilding the cluster connection timed out")));
             match built {
                 Ok(c) => {
-                    *inner.link.write().unwrap_or_else(|p| p.into_inner()) = Some(c);
+                    *inner.link.write() = Some(c);
                     tracing::info!("Redis Cluster connection rebuilt after calls went unanswered");
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "rebuilding the Redis Cluster connection failed")
                 }
             }
-            let mut r = inner.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+            let mut r = inner.rebuild.lock();
             r.running = false;
             r.last = Some(Instant::now());
         });
@@ -250,7 +251,7 @@ impl RedisConn {
             return Ok(l);
         }
         let attempt = {
-            let mut slot = self.inner.attempt.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = self.inner.attempt.lock();
             match slot.as_ref() {
                 // One in flight: wait for it. A finished one that failed is replaced.
                 Some(a) if a.peek().is_none() => a.clone(),
@@ -362,7 +363,7 @@ async fn connect(inner: &Inner) -> Result<(), Arc<str>> {
         }
     };
     let mode = if cluster { "cluster" } else { "single node" };
-    let mut slot = inner.link.write().unwrap_or_else(|p| p.into_inner());
+    let mut slot = inner.link.write();
     if slot.is_none() {
         *slot = Some(link);
         tracing::info!(mode, seeds = inner.seeds.len(), "connected to Redis");
@@ -374,7 +375,7 @@ async fn connect(inner: &Inner) -> Result<(), Arc<str>> {
 /// nodes it names now are kept for the next one.
 async fn cluster_link(inner: &Inner) -> Result<Link, Arc<str>> {
     let mut seeds = inner.seeds.clone();
-    for k in inner.known.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+    for k in inner.known.lock().iter() {
         if !seeds.iter().any(|s| s.expose() == k.expose()) {
             seeds.push(k.clone());
         }
@@ -397,7 +398,7 @@ async fn cluster_link(inner: &Inner) -> Result<Link, Arc<str>> {
             .map(|hp| Secret::new(like(first, &hp)))
             .collect();
         if !nodes.is_empty() {
-            *inner.known.lock().unwrap_or_else(|p| p.into_inner()) = nodes;
+            *inner.known.lock() = nodes;
         }
     }
     Ok(Link::Cluster(conn))
