@@ -16,8 +16,9 @@
 //! the waiters themselves: nothing per client outlives its last waiter in the line.
 //!
 //! For the prediction, [`Forecast`] counts the admissions before a waiter: those waiting before
-//! it, and the requests other clients (seen admitted in the line's last window) are expected to
-//! send before its turn, at the pace they were admitted, which their tags will place before it.
+//! it, and the requests other clients (seen admitted or joining in the line's last window) are
+//! expected to send before its turn, at the pace they were admitted or sent, which their tags
+//! will place before it.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -66,7 +67,8 @@ pub(super) struct Forecast {
 struct Active {
     client: u32,
     weight: u32,
-    /// Its admissions in the line's last window.
+    /// Its admissions in the line's last window, or what it sent through the line in a
+    /// window's worth (see [`Forecast::of`]), whichever is more.
     admitted: usize,
     /// Its last waiting request's tag (the head's when none waits).
     last: u64,
@@ -89,6 +91,41 @@ impl Forecast {
                     admitted: 1,
                     last: head,
                 }),
+            }
+        }
+        // What each client sent through the line in the last window (the line's age while it
+        // is younger, at least a quarter of a window), as a window's worth: a young line knows
+        // who keeps asking before it has seen anyone admitted.
+        let span = now
+            .saturating_duration_since(line.born)
+            .max(window / 4)
+            .min(window);
+        let scale = if span.is_zero() {
+            0.0
+        } else {
+            window.as_secs_f64() / span.as_secs_f64()
+        };
+        let mut joined: Vec<(u32, u32, usize)> = Vec::new();
+        for &(at, client, weight) in &line.joins {
+            if now.saturating_duration_since(at) >= window {
+                continue;
+            }
+            match joined.iter_mut().find(|j| j.0 == client) {
+                Some(j) => j.2 += 1,
+                None => joined.push((client, weight, 1)),
+            }
+        }
+        for (client, weight, n) in joined {
+            let per_window = (n as f64 * scale) as usize;
+            match others.iter_mut().find(|a| a.client == client) {
+                Some(a) => a.admitted = a.admitted.max(per_window),
+                None if per_window > 0 => others.push(Active {
+                    client,
+                    weight,
+                    admitted: per_window,
+                    last: head,
+                }),
+                None => {}
             }
         }
         for w in &line.waiters {

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -98,6 +99,8 @@ impl Lines {
             pace: None,
             recent: VecDeque::new(),
             recent_who: VecDeque::new(),
+            joins: VecDeque::new(),
+            born: Instant::now(),
         })
     }
 
@@ -154,6 +157,13 @@ pub(super) struct Line {
     pub(super) recent: VecDeque<Instant>,
     /// Who they were (client, weight), in step with `recent`: who is expected to keep asking.
     pub(super) recent_who: VecDeque<(u32, u32)>,
+    /// Who joined the line in the last window (when, client, weight; at most [`RECENT_MAX`]):
+    /// while a line exists every request of its lane joins it, so this is what each client
+    /// sends, known from the line's first moment, where `recent` starts empty (the slots taken
+    /// before the line formed were taken without it).
+    pub(super) joins: VecDeque<(Instant, u32, u32)>,
+    /// When the line formed: the span its `joins` cover until it is a window old.
+    pub(super) born: Instant,
 }
 
 /// Most admissions a line remembers (a window's worth of its pace, at most this).
@@ -188,6 +198,20 @@ impl Line {
         {
             self.recent.pop_front();
             self.recent_who.pop_front();
+        }
+    }
+
+    /// A request of `client` joined: remember it for a window.
+    pub(super) fn note_join(&mut self, client: u32, weight: u32, now: Instant) {
+        let window = self.pace.map_or(Duration::ZERO, |p| p.window);
+        self.joins.push_back((now, client, weight));
+        while self.joins.len() > RECENT_MAX
+            || self
+                .joins
+                .front()
+                .is_some_and(|(t, _, _)| now.saturating_duration_since(*t) >= window)
+        {
+            self.joins.pop_front();
         }
     }
 

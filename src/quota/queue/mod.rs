@@ -22,8 +22,9 @@
 //! Per replica: each replica shares fairly among its own waiters; admission itself is exact
 //! across replicas (the store counts every replica's requests).
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -125,10 +126,6 @@ pub struct LineView {
     pub oldest_wait: Duration,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Queues {
     pub fn new(limits: QueueLimits) -> Queues {
         Queues {
@@ -140,7 +137,7 @@ impl Queues {
 
     /// Reloaded bounds: newcomers are held to them; nobody waiting is sent away.
     pub fn set_limits(&self, limits: QueueLimits) {
-        *lock(&self.limits) = limits;
+        *self.limits.lock() = limits;
     }
 
     /// Whether anyone waits in `lane`'s line: a newcomer then takes its place in the fair order
@@ -149,7 +146,7 @@ impl Queues {
         if self.waiting.load(Ordering::Acquire) == 0 {
             return false;
         }
-        lock(&self.lines).get(lane).is_some()
+        self.lines.lock().get(lane).is_some()
     }
 
     /// Take a place in `lane`'s line (by the fair order), to wait until `deadline` at most, holding what
@@ -161,8 +158,8 @@ impl Queues {
         claim: Claim,
         pace: Option<Pace>,
     ) -> Result<Ticket<'_>, Full> {
-        let limits = *lock(&self.limits);
-        let mut lines = lock(&self.lines);
+        let limits = *self.limits.lock();
+        let mut lines = self.lines.lock();
         let existing = lines.get(lane);
         let last_refusal = existing.and_then(|l| l.last_refusal);
         let full = |bound| Full {
@@ -249,6 +246,7 @@ impl Queues {
         if position + 1 < line.waiters.len() {
             line.tell_hopeless(position + 1);
         }
+        line.note_join(claim.client, claim.weight, since);
         let bell = line.bell.clone();
         lines.bytes += claim.bytes;
         let held = lines.clients.entry(claim.client).or_default();
@@ -269,12 +267,12 @@ impl Queues {
 
     /// The last refusal `lane`'s line head was given, if anyone waits in it.
     pub fn last_refusal(&self, lane: Lane<'_>) -> Option<Refusal> {
-        lock(&self.lines).get(lane).and_then(|l| l.last_refusal)
+        self.lines.lock().get(lane).and_then(|l| l.last_refusal)
     }
 
     /// Capacity may have freed for everyone (an admin reset): every head asks again now.
     pub fn ring_all(&self) {
-        for (_, _, _, line) in lock(&self.lines).iter() {
+        for (_, _, _, line) in self.lines.lock().iter() {
             line.bell.notify_one();
         }
     }
@@ -285,7 +283,9 @@ impl Queues {
             return Vec::new();
         }
         let now = Instant::now();
-        let mut out: Vec<LineView> = lock(&self.lines)
+        let mut out: Vec<LineView> = self
+            .lines
+            .lock()
             .iter()
             .map(|(project, model, family, line)| LineView {
                 model: model.clone(),
@@ -315,7 +315,7 @@ impl Queues {
         if self.waiting() == 0 {
             return 0;
         }
-        lock(&self.lines).bytes
+        self.lines.lock().bytes
     }
 }
 
@@ -338,7 +338,7 @@ impl Ticket<'_> {
     pub async fn turn(&self) -> Turn {
         loop {
             {
-                let lines = lock(&self.queues.lines);
+                let lines = self.queues.lines.lock();
                 let Some(line) = lines.get(self.key.lane()) else {
                     // Unreachable while the ticket lives; be the head rather than hang.
                     return Turn::Head;
@@ -357,7 +357,9 @@ impl Ticket<'_> {
                 }
             }
             let refusal = || {
-                lock(&self.queues.lines)
+                self.queues
+                    .lines
+                    .lock()
                     .get(self.key.lane())
                     .and_then(|l| l.last_refusal)
             };
@@ -374,7 +376,7 @@ impl Ticket<'_> {
     /// admitted in time to leave now). Returns false when this ticket's own deadline comes
     /// first (see [`BOUNDARY`]).
     pub fn expect(&self, refusal: Refusal) -> bool {
-        let mut lines = lock(&self.queues.lines);
+        let mut lines = self.queues.lines.lock();
         if let Some(line) = lines.get_mut(self.key.lane()) {
             line.head_wake = Some(refusal.free_at);
             line.last_refusal = Some(refusal);
@@ -396,7 +398,7 @@ impl Ticket<'_> {
     /// At the front, admitted: the line remembers it for its predictions (call before the
     /// ticket is dropped).
     pub fn admitted(&self) {
-        let mut lines = lock(&self.queues.lines);
+        let mut lines = self.queues.lines.lock();
         if let Some(line) = lines.get_mut(self.key.lane()) {
             line.note_admitted(self.claim.client, self.claim.weight, Instant::now());
         }
@@ -404,7 +406,9 @@ impl Ticket<'_> {
 
     /// Whether this ticket is at the front of its line now.
     pub fn is_head(&self) -> bool {
-        lock(&self.queues.lines)
+        self.queues
+            .lines
+            .lock()
             .get(self.key.lane())
             .and_then(|l| l.waiters.front())
             .is_some_and(|w| w.seq == self.seq)
@@ -423,7 +427,7 @@ impl Ticket<'_> {
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        let mut lines = lock(&self.queues.lines);
+        let mut lines = self.queues.lines.lock();
         let lane = self.key.lane();
         let Some(line) = lines.get_mut(lane) else {
             return;

@@ -498,3 +498,36 @@ async fn a_waiter_dropped_from_the_middle_of_its_clients_fifo_leaves_at_once_and
     assert_eq!(q.waiting(), 0);
     assert_eq!(q.waiting_bytes(), 0);
 }
+
+#[tokio::test]
+async fn a_young_line_expects_a_client_that_joined_it_to_keep_asking() {
+    // Two a minute; the head's room frees in 10 s. Nobody was admitted through the line yet,
+    // but light (weight 2) joined twice just now: it is expected to send about one more
+    // before 10 s are out, and its tags put that one before heavy's next. Heavy's newcomer is
+    // then third, a window past the head's 10 s and past its 65: refused on arrival rather
+    // than at its deadline.
+    let q = Queues::new(limits(100));
+    let pace = Some(Pace {
+        per_window: 2,
+        window: Duration::from_secs(60),
+    });
+    let head = q.join(lane("m"), far(), of(HEAVY, 1), pace).unwrap();
+    let in_65 = || Instant::now() + Duration::from_secs(65);
+    assert!(head.expect(refusal_in(10)));
+    // Without light's joins, heavy's next fits: second, at the head's 10 s.
+    let fits = q.join(lane("m"), in_65(), of(HEAVY, 1), pace).unwrap();
+    drop(fits);
+    for _ in 0..2 {
+        drop(q.join(lane("m"), far(), of(LIGHT, 2), pace).unwrap());
+    }
+    match q
+        .join(lane("m"), in_65(), of(HEAVY, 1), pace)
+        .unwrap_err()
+        .bound
+    {
+        Bound::Predicted { ahead, .. } => assert_eq!(ahead, 1, "only the head waits before it"),
+        other => panic!("expected Predicted, got {other:?}"),
+    }
+    // Light itself is not held back by its own forecast.
+    assert!(q.join(lane("m"), in_65(), of(LIGHT, 2), pace).is_ok());
+}
