@@ -52,7 +52,10 @@ fn limited(name: &str, limit: ClientLimit, value: u64, retry_ms: u64) -> String 
     let what = match limit {
         ClientLimit::Concurrent => format!("{value} at once"),
         ClientLimit::DailyBudget | ClientLimit::MonthlyBudget => {
-            format!("{} USD", value as f64 / crate::quota::client::MICROS_PER_USD)
+            format!(
+                "{} USD",
+                value as f64 / crate::quota::client::MICROS_PER_USD
+            )
         }
         _ => value.to_string(),
     };
@@ -196,7 +199,8 @@ impl Meter {
     /// Charge one turn's `usage`, off the relay's path.
     pub(super) fn charge(&self, usage: &TokenUsage) {
         let client = self.client.as_ref().and_then(|c| {
-            let budgets = c.limits.daily_budget_usd.is_some() || c.limits.monthly_budget_usd.is_some();
+            let budgets =
+                c.limits.daily_budget_usd.is_some() || c.limits.monthly_budget_usd.is_some();
             let cost = if budgets {
                 self.state.ledger.list_cost_micros(&self.model, usage)
             } else {

@@ -103,7 +103,8 @@ impl RedisStore {
             .arg(self.now_arg());
         match &u.client {
             Some(c) => {
-                let [crq, ctk, _, _, sd, sm] = self.keys.client(&c.name, c.period.day, c.period.month);
+                let [crq, ctk, _, _, sd, sm] =
+                    self.keys.client(&c.name, c.period.day, c.period.month);
                 inv.key(crq).key(ctk).key(sd).key(sm);
                 let windowed = c.caps.rpm.is_some() || c.caps.tpm.is_some();
                 inv.arg("1")
