@@ -143,8 +143,7 @@ async fn a_client_at_max_concurrent_1_gets_a_clear_close_on_its_second_session_a
     let mut first = try_session(&proxy.url).await.expect("the first session");
     let refused = try_session(&proxy.url)
         .await
-        .err()
-        .expect("the second is closed");
+        .expect_err("the second is closed");
     assert_eq!(refused.code, CloseCode::Again, "{refused:?}");
     assert!(
         refused.reason.contains("\"team\"") && refused.reason.contains("max_concurrent: 1"),
@@ -238,8 +237,7 @@ async fn a_client_reaching_its_budget_has_its_session_closed_and_is_refused_the_
     }
     let refused = try_session(&proxy.url)
         .await
-        .err()
-        .expect("no session over the budget");
+        .expect_err("no session over the budget");
     assert_eq!(refused.code, CloseCode::Again);
     assert!(
         refused.reason.contains("daily_budget_usd"),
@@ -261,7 +259,7 @@ async fn a_client_may_open_sessions_only_on_its_models() {
         ProxyOpts::keys(&KEYS).toml(&team("models = [\"gemini-2.5-flash\"]")),
     )
     .await;
-    let refused = try_session(&proxy.url).await.err().expect("refused");
+    let refused = try_session(&proxy.url).await.expect_err("refused");
     assert_eq!(refused.code, CloseCode::Policy);
     assert!(
         refused.reason.contains("may not call model"),
@@ -303,8 +301,7 @@ async fn a_clients_session_slot_holds_across_replicas_and_a_killed_replicas_come
     tokio::time::sleep(Duration::from_secs(3)).await;
     let refused = try_session(&survivor.url)
         .await
-        .err()
-        .expect("refused on the other replica");
+        .expect_err("refused on the other replica");
     assert!(
         refused.reason.contains("max_concurrent"),
         "{}",
