@@ -66,6 +66,25 @@ fn limited(name: &str, limit: ClientLimit, value: u64, retry_ms: u64) -> String 
     )
 }
 
+/// A session on a model without a price goes to Google only where the configuration says so
+/// (`limits.unpriced`), as a REST call: under `refuse` it is closed (1008) before any slot is
+/// taken, so nothing Google bills passes unpriced (nor free against a budget).
+pub(super) fn check_priced(state: &AppState, model: &str) -> Result<(), Refusal> {
+    let bare = model.strip_prefix("models/").unwrap_or(model);
+    if state.config.limits.unpriced != crate::quota::limits::Unpriced::Refuse
+        || state.ledger.is_priced(bare)
+    {
+        return Ok(());
+    }
+    state.metrics.refused("unpriced");
+    let shown: String = bare.chars().take(40).collect();
+    Err(Refusal {
+        code: CloseCode::Policy,
+        reason: format!("{shown} has no price here and limits.unpriced = \"refuse\""),
+        outcome: "unpriced",
+    })
+}
+
 /// A client's slot for one session: freed in the store when dropped.
 pub(super) struct ClientSlot {
     store: Arc<dyn QuotaStore>,

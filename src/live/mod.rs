@@ -240,8 +240,11 @@ async fn session(
         return;
     };
     // The client's own limits first: a client at one never takes a project's slot.
-    let client_slot = match client::open(&state, &sessions, who.client.as_ref(), &setup.model).await
-    {
+    let opened = match client::check_priced(&state, &setup.model) {
+        Ok(()) => client::open(&state, &sessions, who.client.as_ref(), &setup.model).await,
+        Err(r) => Err(r),
+    };
+    let client_slot = match opened {
         Ok(s) => s,
         Err(refusal) => {
             slots::outcome(refusal.outcome);

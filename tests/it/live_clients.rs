@@ -4,7 +4,8 @@
 //! again once the first is closed; across replicas on one Redis, and a killed replica's slot
 //! comes back after the lease); a session's usage counts in the project's TPM window and the
 //! client's budget, priced at the model's Live rates; a client that reaches its budget has its
-//! session closed and is refused the next one.
+//! session closed and is refused the next one; under `limits.unpriced = "refuse"` a session on a
+//! model without a price is closed before it reaches Google.
 
 use crate::common;
 
@@ -37,10 +38,12 @@ fn team(limits: &str) -> String {
 /// What the proxy answers a setup on a new socket as `team`: `Ok` with the socket once
 /// `setupComplete` came, else the close frame.
 async fn try_session(proxy: &str) -> Result<Ws, CloseFrame> {
-    let url = format!(
-        "{}{PATH}?key={TEAM_KEY}",
-        proxy.replacen("http://", "ws://", 1)
-    );
+    try_session_with(proxy, TEAM_KEY).await
+}
+
+/// [`try_session`] with client key `key`.
+async fn try_session_with(proxy: &str, key: &str) -> Result<Ws, CloseFrame> {
+    let url = format!("{}{PATH}?key={key}", proxy.replacen("http://", "ws://", 1));
     let (mut ws, _) = tokio_tungstenite::connect_async(url)
         .await
         .expect("the proxy accepts the upgrade");
@@ -267,6 +270,38 @@ async fn a_client_may_open_sessions_only_on_its_models() {
         refused.reason
     );
     assert!(fake.opened().is_empty());
+}
+
+#[tokio::test]
+async fn under_limits_unpriced_refuse_a_session_on_a_model_without_a_price_is_closed() {
+    let fake = FakeLive::start(10).await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&KEYS).toml("[limits]\nunpriced = \"refuse\"\n"),
+    )
+    .await;
+    let url = format!(
+        "{}{PATH}?key={CLIENT_KEY}",
+        proxy.url.replacen("http://", "ws://", 1)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let setup = json!({"setup": {"model": "models/unpriced-live-model"}});
+    ws.send(Message::Text(setup.to_string().into()))
+        .await
+        .unwrap();
+    match next(&mut ws).await {
+        Some(Message::Close(Some(f))) => {
+            assert_eq!(f.code, CloseCode::Policy);
+            assert!(f.reason.contains("limits.unpriced"), "{}", f.reason);
+        }
+        other => panic!("expected a close, got {other:?}"),
+    }
+    assert!(fake.opened().is_empty());
+    // A priced Live model still opens.
+    let mut ok = try_session_with(&proxy.url, CLIENT_KEY)
+        .await
+        .expect("priced");
+    ok.close(None).await.unwrap();
 }
 
 /// Two replicas on one Redis share the client's slots; a replica killed with SIGKILL frees its
