@@ -4,7 +4,8 @@
 //! held in the store ([`slots`]); the upstream socket opened with that key, setup refusals
 //! tried on the next key ([`setup`]); then every frame relayed both ways, usage counted and
 //! resumption handles bound to their key ([`relay`]). A setup finding every project full waits
-//! for a slot ([`wait`]). Ephemeral tokens created through the proxy ([`tokens`]) open
+//! for a slot ([`wait`]). The session counts in its client's own limits, from a concurrent
+//! slot to its budgets, and its usage in the project's TPM window ([`client`]). Ephemeral tokens created through the proxy ([`tokens`]) open
 //! `BidiGenerateContentConstrained` sessions on the key that created them.
 
 mod client;

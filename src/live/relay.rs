@@ -3,7 +3,9 @@
 //! next only once the last is written: a slow side stops the other's reads (TCP pushes back)
 //! instead of growing a buffer. Google's messages are looked at as they pass, without copying:
 //! `usageMetadata` (cumulative within a turn: the last one of a turn is kept and counted in the
-//! ledger at `turnComplete`), and `sessionResumptionUpdate.newHandle` (bound to the key).
+//! ledger at `turnComplete` and charged to the quota store through the session's meter), and
+//! `sessionResumptionUpdate.newHandle` (bound to the key). A client that reaches a budget
+//! through the meter has its session closed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
