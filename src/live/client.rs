@@ -46,8 +46,7 @@ fn admit_of(state: &AppState, client: &Client, cost_micros: u64) -> Option<Clien
     })
 }
 
-/// The close reason for a client at its own `limit` (within a close frame's 123 bytes for a
-/// short name).
+/// The close reason for a client at its own `limit`.
 fn limited(name: &str, limit: ClientLimit, value: u64, retry_ms: u64) -> String {
     let what = match limit {
         ClientLimit::Concurrent => format!("{value} at once"),
@@ -59,8 +58,9 @@ fn limited(name: &str, limit: ClientLimit, value: u64, retry_ms: u64) -> String 
         }
         _ => value.to_string(),
     };
+    // The limit first: a long client name is what the cut to 123 bytes takes off.
     format!(
-        "Client {name:?} is at its own limit ({}: {what}); retry in {}",
+        "Own limit {} ({what}) reached by client {name:?}; retry in {}",
         limit.as_str(),
         crate::error::format_retry_delay(retry_ms)
     )
@@ -259,7 +259,7 @@ impl Meter {
             if let Some((limit, b)) = reached {
                 let usd = b as f64 / crate::quota::client::MICROS_PER_USD;
                 over.send_replace(Some(format!(
-                    "Client {name:?} has spent its {} of {usd} USD: the session ends",
+                    "Own limit {} ({usd} USD) spent by client {name:?}: the session ends",
                     limit.as_str()
                 )));
             }
@@ -274,9 +274,9 @@ mod tests {
     #[test]
     fn a_limit_close_names_the_limit_and_fits_a_close_frame() {
         let r = limited("team-a", ClientLimit::Concurrent, 1, 1_000);
-        assert!(r.contains("max_concurrent: 1 at once"), "{r}");
-        assert!(r.len() <= 123, "{r}");
+        assert!(r.starts_with("Own limit max_concurrent (1 at once)"), "{r}");
+        assert!(r.contains("\"team-a\"") && r.len() <= 123, "{r}");
         let b = limited("team-a", ClientLimit::DailyBudget, 2_500_000, 3_600_000);
-        assert!(b.contains("daily_budget_usd: 2.5 USD"), "{b}");
+        assert!(b.contains("daily_budget_usd (2.5 USD)"), "{b}");
     }
 }

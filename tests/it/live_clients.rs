@@ -149,7 +149,8 @@ async fn a_client_at_max_concurrent_1_gets_a_clear_close_on_its_second_session_a
         .expect_err("the second is closed");
     assert_eq!(refused.code, CloseCode::Again, "{refused:?}");
     assert!(
-        refused.reason.contains("\"team\"") && refused.reason.contains("max_concurrent: 1"),
+        refused.reason.contains("\"team\"")
+            && refused.reason.contains("max_concurrent (1 at once)"),
         "{}",
         refused.reason
     );
