@@ -309,6 +309,15 @@ fn spawn_live_renewal(live: WeakLive, sessions: Arc<crate::live::LiveSessions>) 
             {
                 tracing::warn!(error = %e, sessions = held.len(), "live: session leases not renewed");
             }
+            let clients = sessions.held_clients();
+            if !clients.is_empty()
+                && let Err(e) = state
+                    .store
+                    .live_client_renew(&clients, lease.as_millis() as u64)
+                    .await
+            {
+                tracing::warn!(error = %e, sessions = clients.len(), "live: client slot leases not renewed");
+            }
             drop(state);
             tokio::time::sleep(lease / 3).await;
         }

@@ -132,7 +132,7 @@ fn describe() {
     );
     describe_counter!(
         "gqp_live_sessions_total",
-        "Live API sessions by how they ended or were refused: completed, client_gone, upstream_gone, idle, message_too_big, shutdown, refused_full, replica_full, upstream_refused, upstream_error, setup_invalid, setup_timeout."
+        "Live API sessions by how they ended or were refused: completed, client_gone, upstream_gone, idle, message_too_big, shutdown, refused_full, replica_full, upstream_refused, upstream_error, setup_invalid, setup_timeout, client_limited (the client's own limits), over_budget (closed when its client reached a budget), unpriced (a model without a price under limits.unpriced = refuse), store_error."
     );
     describe_counter!(
         "gqp_config_reloads_total",

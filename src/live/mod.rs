@@ -4,9 +4,11 @@
 //! held in the store ([`slots`]); the upstream socket opened with that key, setup refusals
 //! tried on the next key ([`setup`]); then every frame relayed both ways, usage counted and
 //! resumption handles bound to their key ([`relay`]). A setup finding every project full waits
-//! for a slot ([`wait`]). Ephemeral tokens created through the proxy ([`tokens`]) open
+//! for a slot ([`wait`]). The session counts in its client's own limits, from a concurrent
+//! slot to its budgets, and its usage in the project's TPM window ([`client`]). Ephemeral tokens created through the proxy ([`tokens`]) open
 //! `BidiGenerateContentConstrained` sessions on the key that created them.
 
+mod client;
 mod relay;
 mod setup;
 pub mod slots;
@@ -44,6 +46,8 @@ const PATHS: [&str; 5] = [
 /// token and its key.
 struct Who {
     client_id: u32,
+    /// The client whose own limits the session counts in (`None`: anonymous or admin).
+    client: Option<Arc<crate::clients::Client>>,
     token: Option<setup::TokenSession>,
 }
 
@@ -60,6 +64,7 @@ async fn who(
         let caller = crate::auth::authenticate(&state.config.auth, &state.clients, headers, query)?;
         return Ok(Who {
             client_id: state.ledger_client(Some(&caller)),
+            client: caller.client().cloned(),
             token: None,
         });
     }
@@ -82,8 +87,10 @@ async fn who(
     } else {
         state.ledger.client_id_named(&bound.client)
     };
+    let client = state.clients.load().by_name(&bound.client).cloned();
     Ok(Who {
         client_id,
+        client,
         token: Some(setup::TokenSession {
             token,
             key: bound.key,
@@ -233,6 +240,19 @@ async fn session(
     let Some((setup, first)) = setup::read_setup(&state, &mut client).await else {
         return;
     };
+    // The client's own limits first: a client at one never takes a project's slot.
+    let opened = match client::check_priced(&state, &setup.model) {
+        Ok(()) => client::open(&state, &sessions, who.client.as_ref(), &setup.model).await,
+        Err(r) => Err(r),
+    };
+    let client_slot = match opened {
+        Ok(s) => s,
+        Err(refusal) => {
+            slots::outcome(refusal.outcome);
+            close(&mut client, refusal.code, &refusal.reason).await;
+            return;
+        }
+    };
     let token = who.token.as_ref();
     let connecting = wait::connect(
         &state,
@@ -252,15 +272,15 @@ async fn session(
             return;
         }
     };
-    relay::run(
-        &state,
-        &sessions,
-        client,
-        connected,
-        &setup.model,
-        who.client_id,
-    )
-    .await;
+    let model = setup.model.strip_prefix("models/").unwrap_or(&setup.model);
+    let project = state.pool.keys[connected.key].project.clone();
+    let meter = client::Meter::new(&state, project, Arc::from(model), who.client);
+    let session = relay::Session {
+        client_id: who.client_id,
+        client_slot,
+        meter,
+    };
+    relay::run(&state, &sessions, client, connected, &setup.model, session).await;
 }
 
 #[cfg(test)]

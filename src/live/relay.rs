@@ -3,7 +3,9 @@
 //! next only once the last is written: a slow side stops the other's reads (TCP pushes back)
 //! instead of growing a buffer. Google's messages are looked at as they pass, without copying:
 //! `usageMetadata` (cumulative within a turn: the last one of a turn is kept and counted in the
-//! ledger at `turnComplete`), and `sessionResumptionUpdate.newHandle` (bound to the key).
+//! ledger at `turnComplete` and charged to the quota store through the session's meter), and
+//! `sessionResumptionUpdate.newHandle` (bound to the key). A client that reaches a budget
+//! through the meter has its session closed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +32,16 @@ struct Watch<'a> {
     client_id: u32,
     /// The last usage of the turn under way.
     pending: Option<TokenUsage>,
+    /// Charges each turn's usage to the project's and the client's counters.
+    meter: &'a super::client::Meter,
+}
+
+/// What a session counts in besides its project slot: its client in the ledger, its client's
+/// slot (freed with the project's), and the meter its usage goes through.
+pub(super) struct Session {
+    pub client_id: u32,
+    pub client_slot: Option<super::client::ClientSlot>,
+    pub meter: super::client::Meter,
 }
 
 static USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
@@ -133,6 +145,7 @@ impl Watch<'_> {
         ledger
             .tally(series, self.model.clone(), &key.project, None)
             .close(Some(usage));
+        self.meter.charge(&usage);
     }
 }
 
@@ -149,6 +162,8 @@ enum End {
     Idle,
     /// The proxy shuts down.
     Shutdown,
+    /// The client reached one of its budgets.
+    OverBudget,
 }
 
 /// Which side a relay's end came from.
@@ -170,8 +185,13 @@ pub(super) async fn run(
     mut client: ClientSocket,
     connected: Connected,
     model: &str,
-    client_id: u32,
+    session: Session,
 ) {
+    let Session {
+        client_id,
+        client_slot,
+        meter,
+    } = session;
     let Connected {
         mut upstream,
         key,
@@ -184,6 +204,7 @@ pub(super) async fn run(
         model: Arc::from(model.strip_prefix("models/").unwrap_or(model)),
         client_id,
         pending: None,
+        meter: &meter,
     };
     if let Some(handle) = watch.see_message(&first) {
         watch.bind(&handle).await;
@@ -198,6 +219,7 @@ pub(super) async fn run(
     let idle = state.config.live.idle_timeout;
     let (mut c_tx, mut c_rx) = client.split();
     let (mut u_tx, mut u_rx) = upstream.split();
+    let mut over_reason = String::new();
     let ended = {
         let up = async {
             while let Some(m) = c_rx.next().await {
@@ -252,7 +274,9 @@ pub(super) async fn run(
         // A close forwarded one way: the other side's answer to it comes back the other way.
         // The session is over for Google once either side closed: the slot frees at once, not
         // after the close handshake.
-        let mut slot = Some(slot);
+        let mut slot = Some((slot, client_slot));
+        let over = meter.over();
+        tokio::pin!(over);
         tokio::select! {
             e = &mut up => {
                 drop(slot.take());
@@ -270,6 +294,10 @@ pub(super) async fn run(
             }
             () = &mut idle_watch => (Side::Client, End::Idle),
             () = sessions.stopping() => (Side::Client, End::Shutdown),
+            r = &mut over => {
+                over_reason = r;
+                (Side::Client, End::OverBudget)
+            }
         }
     };
     watch.count();
@@ -309,6 +337,11 @@ pub(super) async fn run(
             close(&mut client, CloseCode::Policy, &reason).await;
             close(&mut upstream, CloseCode::Away, "idle").await;
             "idle"
+        }
+        (_, End::OverBudget) => {
+            close(&mut client, CloseCode::Policy, &over_reason).await;
+            close(&mut upstream, CloseCode::Away, "client went away").await;
+            "over_budget"
         }
         (_, End::Shutdown) => {
             let reason = "The proxy is shutting down: reconnect (with sessionResumption to go on)";

@@ -1,6 +1,6 @@
 //! This replica's Live sessions: how many are open (against `live.max_sessions`), which quota
-//! slots they hold in the store (project, session id; the gateway renews their leases while the
-//! replica lives), and freeing a slot when its session ends.
+//! slots they hold in the store (project, session id, and their clients' slots; the gateway
+//! renews their leases while the replica lives), and freeing a slot when its session ends.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -16,6 +16,8 @@ pub struct LiveSessions {
     open: AtomicUsize,
     /// Session id -> its project, for every slot held in the store.
     held: Mutex<HashMap<String, Arc<str>>>,
+    /// Session id -> its client, for every client slot held in the store (`super::client`).
+    clients: Mutex<HashMap<String, Arc<str>>>,
     /// Projects Google refused a setup for quota, until when: left out until then, or until
     /// one of their sessions here ends (room may be free again). Bounded by the projects.
     refused: Mutex<HashMap<Arc<str>, std::time::Instant>>,
@@ -30,6 +32,7 @@ impl Default for LiveSessions {
         LiveSessions {
             open: AtomicUsize::new(0),
             held: Mutex::default(),
+            clients: Mutex::default(),
             refused: Mutex::default(),
             stopping: tokio::sync::watch::channel(false).0,
             freed: tokio::sync::Notify::new(),
@@ -88,6 +91,30 @@ impl LiveSessions {
             .iter()
             .map(|(s, p)| (p.clone(), s.clone()))
             .collect()
+    }
+
+    /// The clients' slots this replica holds, (client, session), for renewal.
+    pub fn held_clients(&self) -> Vec<(Arc<str>, String)> {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(s, c)| (c.clone(), s.clone()))
+            .collect()
+    }
+
+    pub(super) fn hold_client(&self, client: &Arc<str>, session: &str) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session.to_string(), client.clone());
+    }
+
+    pub(super) fn release_client(&self, session: &str) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(session);
     }
 
     /// Google refused a setup on `project` for quota: leave it out for [`REFUSED_HOLD`].

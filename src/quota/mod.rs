@@ -136,6 +136,19 @@ pub enum AdmitOutcome {
     },
 }
 
+/// What a Live session reported using ([`QuotaStore::live_usage`]).
+#[derive(Debug, Clone)]
+pub struct LiveUsage {
+    pub project: Arc<str>,
+    /// The model without `models/`, as the pool's windows name it.
+    pub model: Arc<str>,
+    /// Input tokens (`promptTokenCount`), what TPM counts.
+    pub tokens: u64,
+    /// Its client, when it has limits the store counts: its caps and periods now, and in
+    /// `cost_micros` the usage's cost.
+    pub client: Option<ClientAdmit>,
+}
+
 /// Counters of one (project, model) right now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Usage {
@@ -246,6 +259,39 @@ pub trait QuotaStore: Send + Sync {
     async fn live_close(&self, project: &str, session: &str) -> Result<(), StoreError>;
     /// Live sessions open now in each of `projects`, in that order.
     async fn live_counts(&self, projects: &[Arc<str>]) -> Result<Vec<u64>, StoreError>;
+    /// Take one of client `c.name`'s concurrent slots for Live session `session`, when it is
+    /// under its `max_concurrent`, its RPM and RPD (the session counts as one request) and has
+    /// `c.cost_micros` left in its budgets (nothing is reserved from them: the session's usage
+    /// is charged as it arrives, [`QuotaStore::live_usage`]). The slot frees itself
+    /// `c.lease_ms` after it was taken or last renewed. `Some`: the limit it is at, that
+    /// limit's value and when to try again; nothing was written.
+    async fn live_client_open(
+        &self,
+        _c: &ClientAdmit,
+        _session: &str,
+    ) -> Result<Option<(ClientLimit, u64, u64)>, StoreError> {
+        Ok(None)
+    }
+    /// Renew the leases of these (client, session) slots (those no longer held stay freed).
+    async fn live_client_renew(
+        &self,
+        _held: &[(Arc<str>, String)],
+        _lease_ms: u64,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Free a Live session's slot of its client.
+    async fn live_client_close(&self, _client: &str, _session: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Count what a Live session used, as Google reported it (never refused: it is spent):
+    /// its input tokens as one entry in its (project, model) minute window, so admissions see
+    /// them against TPM, and for its client the same tokens in its minute window and the cost
+    /// in its day's and month's budget use. Returns that budget use after it, (day, month)
+    /// micro-dollars (zeros without a client).
+    async fn live_usage(&self, _u: &LiveUsage) -> Result<(u64, u64), StoreError> {
+        Ok((0, 0))
+    }
     /// Each client's budget use, (today's, this month's) micro-dollars spent and reserved, for
     /// `(name, day, month)` in that order (a store that keeps none answers zeros).
     async fn client_spend(

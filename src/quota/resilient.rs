@@ -254,6 +254,33 @@ impl QuotaStore for ResilientStore {
         with_fallback!(self, live_counts(projects), vec![0; projects.len()])
     }
 
+    /// Fail-open takes the client's slot without counting it, as admission admits uncounted.
+    async fn live_client_open(
+        &self,
+        c: &super::ClientAdmit,
+        session: &str,
+    ) -> Result<Option<(super::ClientLimit, u64, u64)>, StoreError> {
+        with_fallback!(self, live_client_open(c, session), None)
+    }
+
+    async fn live_client_renew(
+        &self,
+        held: &[(Arc<str>, String)],
+        lease_ms: u64,
+    ) -> Result<(), StoreError> {
+        with_fallback!(self, live_client_renew(held, lease_ms), ())
+    }
+
+    async fn live_client_close(&self, client: &str, session: &str) -> Result<(), StoreError> {
+        // Freed in both, as a project slot is.
+        let _ = self.local.live_client_close(client, session).await;
+        with_fallback!(self, live_client_close(client, session), ())
+    }
+
+    async fn live_usage(&self, u: &super::LiveUsage) -> Result<(u64, u64), StoreError> {
+        with_fallback!(self, live_usage(u), (0, 0))
+    }
+
     async fn client_spend(
         &self,
         clients: &[(Arc<str>, i64, i64)],

@@ -43,6 +43,7 @@ mod hostile_inputs;
 mod isolation;
 mod ledger;
 mod live;
+mod live_clients;
 mod live_tokens;
 mod module_graph;
 mod pool;

@@ -161,6 +161,10 @@ const SUITE: &[(&str, Body)] = &[
         live_session_slots_hold_the_limit_and_free_on_close_or_lapsed_lease::run,
     ),
     (
+        "a_clients_live_slots_hold_its_max_concurrent_and_live_usage_counts_in_windows_and_budgets",
+        a_clients_live_slots_hold_its_max_concurrent_and_live_usage_counts_in_windows_and_budgets::run,
+    ),
+    (
         "a_client_s_minute_limits_refuse_before_the_pool_and_write_nothing",
         clients::a_client_s_minute_limits_refuse_before_the_pool_and_write_nothing::run,
     ),
@@ -482,6 +486,79 @@ both!(
             s.live_counts(std::slice::from_ref(&p)).await.unwrap(),
             vec![0]
         );
+    }
+);
+
+both!(
+    a_clients_live_slots_hold_its_max_concurrent_and_live_usage_counts_in_windows_and_budgets,
+    |h: Harness| async move {
+        use gemini_quota_proxy::quota::client::ClientCaps;
+        use gemini_quota_proxy::quota::{ClientAdmit, ClientLimit, ClientPeriod, LiveUsage};
+        let s = h.store.as_ref();
+        let clock = h.clock.clone();
+        let team = move |cost_micros: u64| ClientAdmit {
+            name: "team".into(),
+            caps: ClientCaps {
+                max_concurrent: Some(2),
+                tpm: Some(100_000),
+                daily_micros: Some(500),
+                ..ClientCaps::default()
+            },
+            period: ClientPeriod::at(Los_Angeles, clock.now_ms()),
+            cost_micros,
+            lease_ms: 30_000,
+        };
+        assert_eq!(s.live_client_open(&team(1), "s1").await.unwrap(), None);
+        assert_eq!(s.live_client_open(&team(1), "s2").await.unwrap(), None);
+        let (limit, value, _) = s
+            .live_client_open(&team(1), "s3")
+            .await
+            .unwrap()
+            .expect("at max_concurrent");
+        assert_eq!((limit, value), (ClientLimit::Concurrent, 2));
+        // A close frees one at once.
+        s.live_client_close("team", "s1").await.unwrap();
+        assert_eq!(s.live_client_open(&team(1), "s3").await.unwrap(), None);
+        // A renewed slot outlives its first lease; s3, not renewed (a dead replica's), lapses.
+        h.clock.advance(20_000);
+        s.live_client_renew(&[("team".into(), "s2".into())], 30_000)
+            .await
+            .unwrap();
+        h.clock.advance(20_000);
+        assert_eq!(s.live_client_open(&team(1), "s4").await.unwrap(), None);
+        assert!(
+            s.live_client_open(&team(1), "s5").await.unwrap().is_some(),
+            "s2 renewed and s4 hold both slots"
+        );
+
+        // Usage: one entry in the pair's minute window, the cost in the client's budgets.
+        let used = LiveUsage {
+            project: "pa".into(),
+            model: "gemini-live-2.5-flash".into(),
+            tokens: 400,
+            client: Some(team(300)),
+        };
+        assert_eq!(s.live_usage(&used).await.unwrap(), (300, 300));
+        assert_eq!(s.live_usage(&used).await.unwrap(), (600, 600));
+        let pair = |u: Vec<(String, String, gemini_quota_proxy::quota::Usage)>| {
+            u.into_iter()
+                .find(|(p, m, _)| p == "pa" && m == "gemini-live-2.5-flash")
+                .map(|(_, _, u)| u)
+                .unwrap_or_default()
+        };
+        let u = pair(s.usage().await.unwrap());
+        assert_eq!((u.minute_tokens, u.daily_requests), (800, 0));
+        // Over its daily budget: no new session, whatever its slots.
+        s.live_client_close("team", "s2").await.unwrap();
+        let (limit, _, _) = s
+            .live_client_open(&team(1), "s6")
+            .await
+            .unwrap()
+            .expect("over budget");
+        assert_eq!(limit, ClientLimit::DailyBudget);
+        // The tokens leave the window with their minute.
+        h.clock.advance(61_000);
+        assert_eq!(pair(s.usage().await.unwrap()).minute_tokens, 0);
     }
 );
 

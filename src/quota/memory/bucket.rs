@@ -125,6 +125,13 @@ impl Bucket {
     }
 
     pub(super) fn reserve(&mut self, tokens: u64, now: i64) -> u64 {
+        let id = self.push(tokens, now);
+        self.day_requests += 1;
+        id
+    }
+
+    /// An entry in the minute window, not counted in the day (a Live session's usage).
+    pub(super) fn push(&mut self, tokens: u64, now: i64) -> u64 {
         if self.log.is_empty() {
             self.epoch_ms = now;
             self.first_id = self.next_id + 1;
@@ -143,7 +150,6 @@ impl Bucket {
             tokens,
         });
         self.tokens += u64::from(tokens);
-        self.day_requests += 1;
         self.next_id
     }
 

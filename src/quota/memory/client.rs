@@ -28,6 +28,9 @@ pub(super) struct ClientCounters {
     budget_month: i64,
     month_micros: u64,
     next_id: u64,
+    /// Live session -> the id of its slot in `inflight` (at most `max_concurrent` entries:
+    /// only a client with that limit holds slots).
+    sessions: HashMap<String, u64>,
 }
 
 impl ClientCounters {
@@ -42,6 +45,8 @@ impl ClientCounters {
         if !self.inflight.is_empty() && now >= self.next_lapse {
             self.inflight.retain(|_, until| *until > now);
             self.next_lapse = self.inflight.values().copied().min().unwrap_or(i64::MAX);
+            let inflight = &self.inflight;
+            self.sessions.retain(|_, id| inflight.contains_key(id));
         }
         let p = &c.period;
         if self.budget_day != p.day {
@@ -168,7 +173,100 @@ impl ClientCounters {
     }
 }
 
+impl ClientCounters {
+    /// What a Live session's usage adds: its tokens as one entry in the minute window (when
+    /// the client has a rate limit) and its cost in the day's and month's budget use.
+    fn charge(&mut self, c: &ClientAdmit, tokens: u64, now: i64) -> (u64, u64) {
+        if c.caps.rpm.is_some() || c.caps.tpm.is_some() {
+            self.next_id += 1;
+            self.log.push_back((now, self.next_id, tokens));
+            self.tokens += tokens;
+        }
+        self.day_micros = self.day_micros.saturating_add(c.cost_micros);
+        self.month_micros = self.month_micros.saturating_add(c.cost_micros);
+        (self.day_micros, self.month_micros)
+    }
+}
+
 impl MemoryStore {
+    /// A Live session's slot of its client ([`super::super::QuotaStore::live_client_open`]).
+    pub(super) fn live_client_open_now(
+        &self,
+        c: &ClientAdmit,
+        session: &str,
+    ) -> Option<(ClientLimit, u64, u64)> {
+        let counters = self.client_counters(&c.name);
+        let mut cc = lock(&counters);
+        let now = self.clock.now_ms();
+        cc.prune(now, self.window_ms, c);
+        if let Some(why) = cc.refusal(c, 0, now, self.window_ms) {
+            return Some(why);
+        }
+        // Only checked against the budgets: the usage is charged as it arrives.
+        let held = ClientAdmit {
+            cost_micros: 0,
+            ..c.clone()
+        };
+        let hold = cc.reserve(&held, 0, now);
+        if c.caps.max_concurrent.is_some() {
+            cc.sessions.insert(session.to_string(), hold.id);
+        }
+        None
+    }
+
+    /// Push the lease end of each (client, session) slot still held.
+    pub(super) fn live_client_renew_now(&self, held: &[(Arc<str>, String)], lease_ms: u64) {
+        let now = self.clock.now_ms();
+        let lease = i64::try_from(lease_ms.min(super::super::MAX_HOLD_MS)).unwrap_or(0);
+        for (name, session) in held {
+            let counters = self.client_counters(name);
+            let mut cc = lock(&counters);
+            let Some(id) = cc.sessions.get(session.as_str()).copied() else {
+                continue;
+            };
+            if let Some(until) = cc.inflight.get_mut(&id)
+                && *until > now
+            {
+                *until = now.saturating_add(lease);
+            }
+        }
+    }
+
+    pub(super) fn live_client_close_now(&self, name: &str, session: &str) {
+        let Some(counters) = self
+            .clients
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+        else {
+            return;
+        };
+        let mut cc = lock(&counters);
+        if let Some(id) = cc.sessions.remove(session) {
+            cc.inflight.remove(&id);
+        }
+    }
+
+    /// A Live session's usage ([`super::super::QuotaStore::live_usage`]).
+    pub(super) fn live_usage_now(&self, u: &super::super::LiveUsage) -> (u64, u64) {
+        let now = self.clock.now_ms();
+        let day = self.days.at(now).day;
+        {
+            let bucket = self.bucket(&u.project, &u.model, day);
+            let mut b = lock(&bucket);
+            b.prune(now, day);
+            b.push(u.tokens, now);
+        }
+        let Some(c) = &u.client else {
+            return (0, 0);
+        };
+        let counters = self.client_counters(&c.name);
+        let mut cc = lock(&counters);
+        cc.prune(now, self.window_ms, c);
+        cc.charge(c, u.tokens, now)
+    }
+
     /// A client's counters, made on first use (one entry per client name ever counted: the
     /// table grows with configuration, not with traffic).
     fn client_counters(&self, name: &Arc<str>) -> Arc<Mutex<ClientCounters>> {

@@ -384,6 +384,32 @@ impl QuotaStore for MemoryStore {
         Ok(projects.iter().map(|p| slots.count(p, now)).collect())
     }
 
+    async fn live_client_open(
+        &self,
+        c: &super::ClientAdmit,
+        session: &str,
+    ) -> Result<Option<(super::ClientLimit, u64, u64)>, StoreError> {
+        Ok(self.live_client_open_now(c, session))
+    }
+
+    async fn live_client_renew(
+        &self,
+        held: &[(Arc<str>, String)],
+        lease_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.live_client_renew_now(held, lease_ms);
+        Ok(())
+    }
+
+    async fn live_client_close(&self, client: &str, session: &str) -> Result<(), StoreError> {
+        self.live_client_close_now(client, session);
+        Ok(())
+    }
+
+    async fn live_usage(&self, u: &super::LiveUsage) -> Result<(u64, u64), StoreError> {
+        Ok(self.live_usage_now(u))
+    }
+
     async fn reset(&self, kind: ResetKind, scope: &ResetScope) -> Result<(), StoreError> {
         // As in reset.lua: a model filter also takes in holds on the whole project (`*`).
         let in_scope = |project: &str, model: &str| {

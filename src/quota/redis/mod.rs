@@ -36,6 +36,14 @@ macro_rules! lua {
             include_str!(concat!("lua/", $file))
         )
     };
+    // A script calling the client part (client.lua).
+    (client $file:literal) => {
+        concat!(
+            include_str!("lua/prelude.lua"),
+            include_str!("lua/client.lua"),
+            include_str!(concat!("lua/", $file))
+        )
+    };
     // The admission script, with the client part it calls.
     (admit) => {
         concat!(
@@ -48,6 +56,7 @@ macro_rules! lua {
 
 // After the macro: the scripts' module uses it.
 mod live;
+mod live_client;
 /// Most `project|model` pairs the set of pairs lists (`admit.lua` carries the same figure):
 /// model names are the client's choice, and every status read, `/metrics` scrape and alert
 /// evaluation walks the set. A pair past it is still counted, only not listed (the status page
@@ -74,6 +83,9 @@ pub struct RedisStore {
     pairs_cap: usize,
     cooldown: Script,
     reset: Script,
+    /// A Live session's client slot and its usage (live_client.lua, live_usage.lua).
+    live_client: Script,
+    live_usage: Script,
     /// Settlements waiting for the batch writer.
     settle_queue: tokio::sync::mpsc::Sender<PendingSettle>,
     /// What rides along with settlement batches (the usage ledger), once attached.
@@ -327,6 +339,8 @@ impl RedisStore {
             usage: Script::new(lua!("usage.lua")),
             cooldown: Script::new(lua!("cooldown.lua")),
             reset: Script::new(lua!("reset.lua")),
+            live_client: Script::new(lua!(client "live_client.lua")),
+            live_usage: Script::new(lua!("live_usage.lua")),
         })
     }
 
@@ -377,6 +391,8 @@ impl RedisStore {
         };
         self.admit = set(lua!(admit));
         self.usage = set(lua!("usage.lua"));
+        self.live_client = set(lua!(client "live_client.lua"));
+        self.live_usage = set(lua!("live_usage.lua"));
         // The admission script preloaded at construction is not this one.
         tokio::spawn(preload(self.conn.clone(), vec![self.admit.clone()]));
     }
@@ -801,6 +817,30 @@ impl QuotaStore for RedisStore {
             )
             .await?;
         Ok(())
+    }
+
+    async fn live_client_open(
+        &self,
+        c: &super::ClientAdmit,
+        session: &str,
+    ) -> Result<Option<(super::ClientLimit, u64, u64)>, StoreError> {
+        self.client_session_open(c, session).await
+    }
+
+    async fn live_client_renew(
+        &self,
+        held: &[(Arc<str>, String)],
+        lease_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.client_session_renew(held, lease_ms).await
+    }
+
+    async fn live_client_close(&self, client: &str, session: &str) -> Result<(), StoreError> {
+        self.client_session_close(client, session).await
+    }
+
+    async fn live_usage(&self, u: &super::LiveUsage) -> Result<(u64, u64), StoreError> {
+        self.session_usage(u).await
     }
 
     async fn live_counts(&self, projects: &[Arc<str>]) -> Result<Vec<u64>, StoreError> {

@@ -73,7 +73,8 @@ local function client_reserve(K, A, id_s, tokens_s, now)
   if maxc > 0 then
     local fl = KEYS[K + 4]
     redis.call('ZADD', fl, now + lease, id_s)
-    redis.call('PEXPIRE', fl, lease + 60000)
+    -- Never shortened: a Live session's short lease must not outrun a request's longer one.
+    if redis.call('PTTL', fl) < lease + 60000 then redis.call('PEXPIRE', fl, lease + 60000) end
   end
   if daily > 0 or monthly > 0 then
     -- Kept a day past their period, so a late settlement still finds them.
