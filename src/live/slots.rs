@@ -97,7 +97,6 @@ impl LiveSessions {
     pub fn held_clients(&self) -> Vec<(Arc<str>, String)> {
         self.clients
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|(s, c)| (c.clone(), s.clone()))
             .collect()
@@ -106,15 +105,11 @@ impl LiveSessions {
     pub(super) fn hold_client(&self, client: &Arc<str>, session: &str) {
         self.clients
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .insert(session.to_string(), client.clone());
     }
 
     pub(super) fn release_client(&self, session: &str) {
-        self.clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(session);
+        self.clients.lock().remove(session);
     }
 
     /// Google refused a setup on `project` for quota: leave it out for [`REFUSED_HOLD`].

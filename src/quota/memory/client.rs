@@ -196,7 +196,7 @@ impl MemoryStore {
         session: &str,
     ) -> Option<(ClientLimit, u64, u64)> {
         let counters = self.client_counters(&c.name);
-        let mut cc = lock(&counters);
+        let mut cc = counters.lock();
         let now = self.clock.now_ms();
         cc.prune(now, self.window_ms, c);
         if let Some(why) = cc.refusal(c, 0, now, self.window_ms) {
@@ -220,7 +220,7 @@ impl MemoryStore {
         let lease = i64::try_from(lease_ms.min(super::super::MAX_HOLD_MS)).unwrap_or(0);
         for (name, session) in held {
             let counters = self.client_counters(name);
-            let mut cc = lock(&counters);
+            let mut cc = counters.lock();
             let Some(id) = cc.sessions.get(session.as_str()).copied() else {
                 continue;
             };
@@ -233,16 +233,10 @@ impl MemoryStore {
     }
 
     pub(super) fn live_client_close_now(&self, name: &str, session: &str) {
-        let Some(counters) = self
-            .clients
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
-        else {
+        let Some(counters) = self.clients.read().get(name).cloned() else {
             return;
         };
-        let mut cc = lock(&counters);
+        let mut cc = counters.lock();
         if let Some(id) = cc.sessions.remove(session) {
             cc.inflight.remove(&id);
         }
@@ -254,7 +248,7 @@ impl MemoryStore {
         let day = self.days.at(now).day;
         {
             let bucket = self.bucket(&u.project, &u.model, day);
-            let mut b = lock(&bucket);
+            let mut b = bucket.lock();
             b.prune(now, day);
             b.push(u.tokens, now);
         }
@@ -262,7 +256,7 @@ impl MemoryStore {
             return (0, 0);
         };
         let counters = self.client_counters(&c.name);
-        let mut cc = lock(&counters);
+        let mut cc = counters.lock();
         cc.prune(now, self.window_ms, c);
         cc.charge(c, u.tokens, now)
     }
