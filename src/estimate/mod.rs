@@ -29,6 +29,9 @@ pub struct Estimate {
     /// The most output tokens the body asks for (`generationConfig.maxOutputTokens`, or
     /// OpenAI's `max_completion_tokens` / `max_tokens`), for a client's budget estimate.
     pub max_output: Option<u64>,
+    /// Whether it asks for temperature 0 (`generationConfig.temperature`, or OpenAI's
+    /// `temperature`): read here so the cache's policy does not parse the body again.
+    pub temperature_zero: bool,
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -64,6 +67,14 @@ pub fn estimate(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
             .and_then(Value::as_u64),
         ..Estimate::default()
     };
+    let temperature = if route.openai {
+        obj.get("temperature")
+    } else {
+        obj.get("generationConfig")
+            .or_else(|| obj.get("generation_config"))
+            .and_then(|g| g.get("temperature"))
+    };
+    est.temperature_zero = temperature.and_then(Value::as_f64) == Some(0.0);
 
     if route.openai {
         if let Some(m) = obj.get("model") {
@@ -496,6 +507,50 @@ mod tests {
         assert_eq!(e.model.as_deref(), Some("gemini-2.5-flash"));
         assert!(e.stream);
         assert_eq!(e.tokens, 10);
+    }
+
+    #[test]
+    fn temperature_zero_is_read_where_each_surface_puts_it() {
+        let openai = Route::parse(&Method::POST, "/v1beta/openai/chat/completions", None).unwrap();
+        let zero = |r: &Route, mut body: serde_json::Value| {
+            if r.openai {
+                body["messages"] = serde_json::json!([{"role": "user", "content": "x"}]);
+            } else {
+                body["contents"] = serde_json::json!([{"parts": [{"text": "x"}]}]);
+            }
+            estimate(r, body.to_string().as_bytes())
+                .unwrap()
+                .temperature_zero
+        };
+        let g = gen_route();
+        assert!(zero(
+            &g,
+            serde_json::json!({"generationConfig": {"temperature": 0}})
+        ));
+        assert!(zero(
+            &g,
+            serde_json::json!({"generationConfig": {"temperature": 0.0}})
+        ));
+        assert!(zero(
+            &g,
+            serde_json::json!({"generation_config": {"temperature": 0}})
+        ));
+        assert!(!zero(
+            &g,
+            serde_json::json!({"generationConfig": {"temperature": 0.7}})
+        ));
+        assert!(!zero(&g, serde_json::json!({})));
+        assert!(!zero(&g, serde_json::json!({"temperature": 0})));
+        let m = "gemini-2.5-flash";
+        assert!(zero(
+            &openai,
+            serde_json::json!({"model": m, "temperature": 0})
+        ));
+        assert!(!zero(&openai, serde_json::json!({"model": m})));
+        assert!(!zero(
+            &openai,
+            serde_json::json!({"model": m, "temperature": "0"})
+        ));
     }
 
     #[test]

@@ -136,7 +136,7 @@ fn plan(cfg: &CacheConfig, auth: &AuthConfig, req: &http::Request<Bytes>) -> Opt
         || !est.estimate.references.is_empty()
         || !(cfg.nondeterministic
             || d.max_age.is_some()
-            || policy::deterministic(kind, est.route.openai, req.body()))
+            || policy::deterministic(kind, est.estimate.temperature_zero))
     {
         return Some(Plan::Bypass);
     }

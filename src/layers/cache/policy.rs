@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::cache::MAX_TTL;
@@ -96,36 +95,10 @@ pub fn shapes_answer(headers: &http::HeaderMap) -> bool {
 }
 
 /// The parts of a generation body that say how random its answer is.
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct Randomness {
-    #[serde(rename = "generationConfig", alias = "generation_config")]
-    generation_config: Option<Temperature>,
-    /// The OpenAI surface's.
-    temperature: Option<f64>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct Temperature {
-    temperature: Option<f64>,
-}
-
 /// Whether a generation asks for temperature 0 (the same answer each time, as far as Google
-/// goes); embeddings and token counts always are.
-pub fn deterministic(kind: Kind, openai: bool, body: &[u8]) -> bool {
-    if kind != Kind::Generate {
-        return true;
-    }
-    let Ok(r) = serde_json::from_slice::<Randomness>(body) else {
-        return false;
-    };
-    let t = if openai {
-        r.temperature
-    } else {
-        r.generation_config.and_then(|g| g.temperature)
-    };
-    t == Some(0.0)
+/// goes; the estimate read it from the body); embeddings and token counts always are.
+pub fn deterministic(kind: Kind, temperature_zero: bool) -> bool {
+    kind != Kind::Generate || temperature_zero
 }
 
 /// Whether a whole 200 answer may be stored: every candidate finished with `STOP` (in a stream,
@@ -244,30 +217,9 @@ mod tests {
 
     #[test]
     fn only_temperature_zero_generations_are_deterministic() {
-        let g = Kind::Generate;
-        assert!(deterministic(
-            g,
-            false,
-            br#"{"generationConfig": {"temperature": 0}}"#
-        ));
-        assert!(deterministic(
-            g,
-            false,
-            br#"{"generationConfig": {"temperature": 0.0}}"#
-        ));
-        assert!(!deterministic(
-            g,
-            false,
-            br#"{"generationConfig": {"temperature": 0.7}}"#
-        ));
-        assert!(!deterministic(g, false, br#"{"contents": []}"#));
-        assert!(deterministic(
-            g,
-            true,
-            br#"{"model": "m", "temperature": 0}"#
-        ));
-        assert!(!deterministic(g, true, br#"{"model": "m"}"#));
-        assert!(deterministic(Kind::Embed, false, b"{}"));
+        assert!(deterministic(Kind::Generate, true));
+        assert!(!deterministic(Kind::Generate, false));
+        assert!(deterministic(Kind::Embed, false));
     }
 
     #[test]
