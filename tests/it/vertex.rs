@@ -233,6 +233,34 @@ async fn a_bare_vertex_429_holds_that_entry_and_model_and_the_request_moves_on()
 }
 
 #[tokio::test]
+async fn a_vertex_401_holds_the_whole_entry_and_the_request_moves_on() {
+    let (studio, vertex, proxy) = setup("vertex-first", &[]).await;
+    vertex.behave(|b| b.script.push_back(401));
+    let url = format!("{}/v1beta/models/{MODEL}:generateContent", proxy.url);
+    assert_eq!(post(url, prompt("one")).await.status(), 200);
+    assert_eq!(vertex.recorded().len(), 1);
+    assert_eq!(studio.calls(":generateContent").len(), 1);
+    let (_, s) = quota_status(&proxy.url, ADMIN_TOKEN).await;
+    let entry = s["quota_status"]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["backend"] == "vertex")
+        .cloned()
+        .unwrap();
+    assert_eq!(entry["state"], "cooldown", "{entry}");
+    assert_eq!(entry["cooldown_model"], "*");
+    // Held for every model: another model goes to the key too.
+    let r = post(
+        format!("{}/v1beta/models/gemini-2.5-pro:generateContent", proxy.url),
+        prompt("two"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(vertex.recorded().len(), 1);
+}
+
+#[tokio::test]
 async fn files_and_cached_contents_stay_with_ai_studio_keys() {
     let (studio, vertex, proxy) = setup("vertex-first", &[]).await;
     let r = http()

@@ -468,6 +468,23 @@ where
                 // client's part waits to see whether the request is tried again).
                 let client_hold = settlement.as_mut().and_then(Settlement::take_client);
                 drop(settlement);
+                // A Vertex entry refused its token or its project's permissions: held (not
+                // retried in a loop), its token dropped, the request tried elsewhere.
+                if let Some(v) = &key.vertex
+                    && matches!(status.as_u16(), 401 | 403)
+                {
+                    v.tokens.forget();
+                    let why = format!("Vertex AI answered {status}");
+                    react::hold_entry(state, index, &why).await;
+                    let budget = cfg.max_attempts + state.pool.keys.len() as u32;
+                    if attempt < budget && Instant::now() < deadline {
+                        avoid.push(index);
+                        carried = client_hold;
+                        continue;
+                    }
+                    drop(client_hold);
+                    return Ok(answer.into_response(status, headers, cfg, AtEnd::default()));
+                }
                 if status == http::StatusCode::TOO_MANY_REQUESTS
                     && let Some(a) = account
                 {

@@ -116,6 +116,11 @@ impl TokenSource {
         }
     }
 
+    /// Drop the cached token (Vertex refused it): the next request mints a new one.
+    pub fn forget(&self) {
+        self.current.store(None);
+    }
+
     fn fresh(&self) -> Option<Arc<Token>> {
         self.current
             .load_full()
