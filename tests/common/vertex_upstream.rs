@@ -1,6 +1,7 @@
 //! A fake Vertex AI on 127.0.0.1:0 with its OAuth token endpoint: a service account whose RSA
 //! key is made at test time, `POST /token` that checks the JWT-bearer grant's signature with
-//! the account's public key before minting `ya29.fake-N`, and the model methods under
+//! the account's public key before minting `ya29.fake-N` (and a metadata server's token
+//! path, which wants `Metadata-Flavor: Google`), and the model methods under
 //! `/v1/projects/P/locations/L/publishers/google/models/M:ACTION` (generate, SSE stream,
 //! countTokens, embedContent) and the OpenAI endpoint, which refuse a token it did not mint and
 //! a `contents[]` entry without a role, as Vertex does. Every request is recorded.
@@ -147,6 +148,20 @@ async fn handle(State(state): State<Arc<VertexState>>, req: Request) -> Response
     let path = parts.uri.path().to_string();
     if path == "/token" {
         return token(&state, &body);
+    }
+    // The metadata server of GCE/GKE (`GCE_METADATA_HOST`): a token for the instance's account.
+    if path == "/computeMetadata/v1/instance/service-accounts/default/token" {
+        if parts.headers.get("metadata-flavor").map(|v| v.as_bytes()) != Some(b"Google") {
+            return (
+                StatusCode::FORBIDDEN,
+                "Missing Metadata-Flavor:Google header.",
+            )
+                .into_response();
+        }
+        let n = state.minted.fetch_add(1, Ordering::SeqCst) + 1;
+        return axum::Json(json!({"access_token": format!("ya29.fake-{n}"),
+            "expires_in": 3599, "token_type": "Bearer"}))
+        .into_response();
     }
     let rec = Recorded {
         method: parts.method.to_string(),

@@ -441,3 +441,106 @@ async fn no_token_jwt_or_private_key_in_any_log_line_at_trace_level() {
     assert!(!logs.contains("PRIVATE KEY"));
     assert!(!logs.contains(KEY), "the pooled key was logged");
 }
+
+#[tokio::test]
+async fn without_a_credentials_file_the_metadata_servers_token_is_used() {
+    let studio = FakeUpstream::start().await;
+    let vertex = FakeVertex::start().await;
+    let toml = format!(
+        "[pool]\norder = \"vertex-first\"\n[[pool.vertex]]\nproject = \"p1\"\nlocation = \"us-central1\"\nbase_url = \"{}\"\n",
+        vertex.url
+    );
+    let host = vertex.url.trim_start_matches("http://").to_string();
+    let opts = ProxyOpts::keys(&[KEY])
+        .toml(&toml)
+        .env("GCE_METADATA_HOST", &host);
+    let proxy = start_proxy(&studio.url, opts).await;
+    let r = post(
+        format!("{}/v1beta/models/{MODEL}:generateContent", proxy.url),
+        prompt("gke"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        vertex.recorded()[0].headers["authorization"],
+        "Bearer ya29.fake-1"
+    );
+    assert!(studio.recorded().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_mints_each_entrys_token_and_names_the_setting_when_refused() {
+    let vertex = FakeVertex::start().await;
+    let file = config_file(&vertex, &vertex.credentials_file);
+    let check = |file: String| {
+        tokio::task::spawn_blocking(move || {
+            common::binary::run(
+                &[("GEMINI_API_KEY", KEY), ("PROXY_CLIENT_KEYS", CLIENT_KEY)],
+                &["--config", &file, "--check"],
+            )
+        })
+    };
+    let (status, stdout, stderr) = check(file.clone()).await.unwrap();
+    assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("vertex:    1 Vertex AI entry (tokens minted), order vertex-first"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("pool:      1 key(s) in 2 project(s)"),
+        "{stdout}"
+    );
+    vertex.behave(|b| b.refuse_tokens = true);
+    let (status, _, stderr) = check(file).await.unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("pool.vertex[0].credentials_file"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_unreadable_credentials_is_refused_naming_the_setting() {
+    let studio = FakeUpstream::start().await;
+    let vertex = FakeVertex::start().await;
+    let file = config_file(&vertex, &vertex.credentials_file);
+    let (f, upstream) = (file.clone(), studio.url.clone());
+    let bin = tokio::task::spawn_blocking(move || {
+        common::binary::Binary::start(
+            &[
+                ("GEMINI_API_KEY", KEY),
+                ("PROXY_CLIENT_KEYS", CLIENT_KEY),
+                ("PROXY_ADMIN_TOKEN", ADMIN_TOKEN),
+                ("GEMINI_UPSTREAM_URL", &upstream),
+                ("PROXY_WATCH_CONFIG", "false"),
+            ],
+            &["--config", &f],
+        )
+    })
+    .await
+    .unwrap();
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(&vertex.credentials_file, "/nonexistent/sa.json");
+    std::fs::write(&file, text).unwrap();
+    let r = http()
+        .post(format!("{}/api/ai/config/reload", bin.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("pool.vertex[0].credentials_file"), "{body}");
+    // The running configuration stays: the entry still serves.
+    let r = post(
+        format!("{}/v1beta/models/{MODEL}:generateContent", bin.url),
+        prompt("still"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(vertex.recorded().len(), 1);
+    tokio::task::spawn_blocking(move || bin.stop())
+        .await
+        .unwrap();
+}
