@@ -282,6 +282,22 @@ fn token(state: &VertexState, body: &Bytes) -> Response {
     }
     let form: Vec<(String, String)> = url_pairs(body);
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    // An `authorized_user` file's refresh token (gcloud application-default credentials).
+    if get("grant_type").as_deref() == Some("refresh_token") {
+        if get("refresh_token").as_deref() == Some("1//refresh-token")
+            && get("client_secret").as_deref() == Some("client-secret")
+        {
+            let n = state.minted.fetch_add(1, Ordering::SeqCst) + 1;
+            return axum::Json(json!({"access_token": format!("ya29.fake-{n}"),
+                "expires_in": expires_in, "token_type": "Bearer"}))
+            .into_response();
+        }
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_grant", "error_description": "Bad Request"})),
+        )
+            .into_response();
+    }
     let grant_ok =
         get("grant_type").as_deref() == Some("urn:ietf:params:oauth:grant-type:jwt-bearer");
     let audience = format!("{}/token", state.url.get().unwrap());

@@ -544,3 +544,41 @@ async fn a_reload_with_unreadable_credentials_is_refused_naming_the_setting() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn an_authorized_user_file_from_google_application_credentials_is_used() {
+    let studio = FakeUpstream::start().await;
+    let vertex = FakeVertex::start().await;
+    let file = std::env::temp_dir().join(format!(
+        "gqp-vertex-user-{}-{}.json",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let user = json!({"type": "authorized_user", "client_id": "c.apps.googleusercontent.com",
+        "client_secret": "client-secret", "refresh_token": "1//refresh-token",
+        "token_uri": format!("{}/token", vertex.url)});
+    std::fs::write(&file, user.to_string()).unwrap();
+    let toml = format!(
+        "[pool]\norder = \"vertex-first\"\n[[pool.vertex]]\nproject = \"p1\"\nlocation = \"global\"\nbase_url = \"{}\"\n",
+        vertex.url
+    );
+    let opts = ProxyOpts::keys(&[KEY])
+        .toml(&toml)
+        .env("GOOGLE_APPLICATION_CREDENTIALS", &file.to_string_lossy());
+    let proxy = start_proxy(&studio.url, opts).await;
+    let r = post(
+        format!("{}/v1beta/models/{MODEL}:generateContent", proxy.url),
+        prompt("adc"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let call = &vertex.recorded()[0];
+    assert_eq!(call.headers["authorization"], "Bearer ya29.fake-1");
+    assert_eq!(
+        call.path,
+        format!(
+            "/v1/projects/p1/locations/global/publishers/google/models/{MODEL}:generateContent"
+        )
+    );
+    assert!(studio.recorded().is_empty());
+}
