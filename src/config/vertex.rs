@@ -272,3 +272,79 @@ fn read_file(setting: &str, path: &str) -> Result<VertexCredentials, ConfigError
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{for_test, try_for_test};
+
+    fn entry(extra: &str) -> String {
+        format!("[[pool.vertex]]\nproject = \"p1\"\nlocation = \"europe-west4\"\n{extra}")
+    }
+
+    #[test]
+    fn regional_and_global_endpoints_and_the_metadata_server_by_default() {
+        let c = for_test(
+            &format!(
+                "{}[[pool.vertex]]\nproject = \"p1\"\nlocation = \"global\"\n",
+                entry("")
+            ),
+            &[],
+        );
+        let v = &c.pool.vertex;
+        assert_eq!(
+            v[0].base_url.text,
+            "https://europe-west4-aiplatform.googleapis.com"
+        );
+        assert_eq!(v[1].base_url.text, "https://aiplatform.googleapis.com");
+        assert_eq!(c.pool.order, Order::AiStudioFirst);
+        match &v[0].credentials {
+            VertexCredentials::Metadata { token_url } => assert_eq!(
+                token_url.to_string(),
+                "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let e = try_for_test("[pool]\norder = \"studio\"\n", &[]).unwrap_err();
+        assert_eq!(e.setting, "pool.order");
+        let e = try_for_test(&format!("{}{}", entry(""), entry("")), &[]).unwrap_err();
+        assert_eq!(e.setting, "pool.vertex[1].project");
+        let e = try_for_test(
+            "[[pool.vertex]]\nproject = \"p1\"\nlocation = \"us central\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.setting, "pool.vertex[0].location");
+    }
+
+    #[test]
+    fn an_unusable_credentials_file_is_named_and_its_contents_never_shown() {
+        let e =
+            try_for_test(&entry("credentials_file = \"/nonexistent/sa.json\"\n"), &[]).unwrap_err();
+        assert_eq!(e.setting, "pool.vertex[0].credentials_file");
+        let path = std::env::temp_dir().join(format!("gqp-bad-sa-{}.json", fastrand::u64(..)));
+        std::fs::write(
+            &path,
+            r#"{"type":"service_account","client_email":"a@b","private_key":"-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END PRIVATE KEY-----\n"}"#,
+        )
+        .unwrap();
+        let e = try_for_test(
+            &entry(&format!(
+                "credentials_file = {:?}\n",
+                path.to_string_lossy()
+            )),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.setting, "pool.vertex[0].credentials_file");
+        assert!(!e.to_string().contains("c2VjcmV0"), "{e}");
+        // The same file through the environment names the variable.
+        let p = path.to_string_lossy().into_owned();
+        let e = try_for_test(&entry(""), &[("GOOGLE_APPLICATION_CREDENTIALS", &p)]).unwrap_err();
+        assert_eq!(e.setting, "GOOGLE_APPLICATION_CREDENTIALS");
+    }
+}

@@ -199,6 +199,22 @@ async fn vertex_first_spends_the_vertex_entry_then_the_keys() {
 }
 
 #[tokio::test]
+async fn headroom_shares_work_across_both_backends() {
+    let (studio, vertex, proxy) = setup("headroom", &[("GEMINI_MINUTE_LIMIT", "2")]).await;
+    let url = format!("{}/v1beta/models/{MODEL}:generateContent", proxy.url);
+    for i in 0..4 {
+        assert_eq!(
+            post(url.clone(), prompt(&format!("r{i}"))).await.status(),
+            200
+        );
+    }
+    // The most room first: each backend's project takes its two.
+    assert_eq!(vertex.recorded().len(), 2);
+    assert_eq!(studio.calls(":generateContent").len(), 2);
+    assert_eq!(post(url, prompt("over")).await.status(), 429);
+}
+
+#[tokio::test]
 async fn a_bare_vertex_429_holds_that_entry_and_model_and_the_request_moves_on() {
     let (studio, vertex, proxy) = setup("vertex-first", &[]).await;
     vertex.behave(|b| b.script.push_back(429));
