@@ -80,7 +80,12 @@ impl Pool {
             })
             .collect();
         keys.extend(vertex_entries(cfg, upstream));
-        let projects: std::collections::HashSet<&str> = keys.iter().map(|k| &*k.project).collect();
+        // The throttle evidence is about AI Studio projects (a Vertex 429 is not counted).
+        let projects: std::collections::HashSet<&str> = keys
+            .iter()
+            .filter(|k| k.vertex.is_none())
+            .map(|k| &*k.project)
+            .collect();
         let health = Arc::new(health::KeyHealth::new(projects.len()));
         Pool {
             has_vertex: keys.iter().any(|k| k.vertex.is_some()),
@@ -98,8 +103,12 @@ impl Pool {
     /// (one record by key id, shared, whatever a key's position, name or project now), the
     /// limits Google reported and where the turn stands. Counters are the store's and stay.
     pub fn carry_from(mut self, old: &Pool) -> Pool {
-        let projects: std::collections::HashSet<&str> =
-            self.keys.iter().map(|k| &*k.project).collect();
+        let projects: std::collections::HashSet<&str> = self
+            .keys
+            .iter()
+            .filter(|k| k.vertex.is_none())
+            .map(|k| &*k.project)
+            .collect();
         old.health.repool(&projects);
         self.health = old.health.clone();
         let learned = old

@@ -4,6 +4,15 @@
 //! `/v1beta/models/M:ACTION`, served by whichever backend the pool picks. The client's project
 //! and location are not the pool's: the pool chooses.
 
+/// The methods whose bodies and answers the two forms share. Others (Vertex's `:predict`
+/// embeddings, `:computeTokens`) are left as sent: answered 404 by the proxy.
+const ACTIONS: &[&str] = &[
+    "generateContent",
+    "streamGenerateContent",
+    "countTokens",
+    "embedContent",
+];
+
 /// Whether `path` may be in Vertex form (cheap: two prefix tests).
 pub fn maybe(path: &str) -> bool {
     path.starts_with("/v1beta1/") || path.starts_with("/v1/p")
@@ -28,7 +37,7 @@ pub fn to_ai_studio(path: &str) -> Option<String> {
     };
     let method = rest.strip_prefix("publishers/google/models/")?;
     let (model, action) = method.split_once(':')?;
-    if model.is_empty() || model.contains('/') || action.is_empty() {
+    if model.is_empty() || model.contains('/') || !ACTIONS.contains(&action) {
         return None;
     }
     Some(format!("/v1beta/models/{model}:{action}"))
@@ -69,6 +78,7 @@ mod tests {
             "/v1/projects/p/locations/l/publishers/other/models/m:generateContent",
             "/v1/projects/p/locations/l/publishers/google/models/m",
             "/v1beta1/publishers/google/models/a/b:generateContent",
+            "/v1beta1/publishers/google/models/text-embedding-005:predict",
         ] {
             assert_eq!(to_ai_studio(p), None, "{p}");
         }
