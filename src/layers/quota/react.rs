@@ -124,8 +124,14 @@ pub(super) async fn hold(
                     model = held,
                     "most projects got 429s without details at once (an IP-level throttle?): backing off the whole pool"
                 );
-                let projects: BTreeSet<&str> =
-                    state.pool.keys.iter().map(|k| &*k.project).collect();
+                // AI Studio's throttle: Vertex entries (another host) keep serving.
+                let projects: BTreeSet<&str> = state
+                    .pool
+                    .keys
+                    .iter()
+                    .filter(|k| k.vertex.is_none())
+                    .map(|k| &*k.project)
+                    .collect();
                 for p in projects {
                     let reason = "global backoff: Gemini API throttling this proxy";
                     if let Err(e) = store.cool_down(p, held, ms, reason).await {
