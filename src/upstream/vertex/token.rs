@@ -79,12 +79,18 @@ impl TokenSource {
         if let Some(t) = self.fresh() {
             return Ok(t);
         }
-        let mut failed = self.refresh.lock().await;
+        let mut failed = match self.refresh.try_lock() {
+            Ok(g) => g,
+            // Another caller is refreshing: the current token while it is valid, no wait.
+            Err(_) => match self.valid() {
+                Some(t) => return Ok(t),
+                None => self.refresh.lock().await,
+            },
+        };
         if let Some(t) = self.fresh() {
             return Ok(t);
         }
-        let old = self.current.load_full();
-        let usable_old = || old.clone().filter(|t| Instant::now() < t.expires_at);
+        let usable_old = || self.valid();
         if let Some((at, e)) = failed.as_ref()
             && at.elapsed() < FAILURE_PAUSE
         {
@@ -119,6 +125,12 @@ impl TokenSource {
     /// Drop the cached token (Vertex refused it): the next request mints a new one.
     pub fn forget(&self) {
         self.current.store(None);
+    }
+
+    fn valid(&self) -> Option<Arc<Token>> {
+        self.current
+            .load_full()
+            .filter(|t| Instant::now() < t.expires_at)
     }
 
     fn fresh(&self) -> Option<Arc<Token>> {
@@ -414,6 +426,27 @@ mod tests {
             assert_eq!(c.await.unwrap(), "Bearer token-1");
         }
         assert_eq!(minted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn callers_during_a_refresh_keep_the_valid_token_without_waiting() {
+        let (s, minted, _) = source(Duration::from_secs(600));
+        assert_eq!(bearer(&s).await, "Bearer token-1");
+        tokio::time::advance(Duration::from_secs(400)).await;
+        let s = Arc::new(s);
+        let refreshing = {
+            let s = s.clone();
+            tokio::spawn(async move { bearer(&s).await })
+        };
+        // Let it take the refresh (its mint takes 50 ms).
+        while s.refresh.try_lock().is_ok() {
+            tokio::task::yield_now().await;
+        }
+        let t0 = Instant::now();
+        assert_eq!(bearer(&s).await, "Bearer token-1");
+        assert_eq!(t0.elapsed(), Duration::ZERO, "no wait for the refresh");
+        assert_eq!(refreshing.await.unwrap(), "Bearer token-2");
+        assert_eq!(minted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]
