@@ -598,3 +598,35 @@ async fn an_authorized_user_file_from_google_application_credentials_is_used() {
     );
     assert!(studio.recorded().is_empty());
 }
+
+#[tokio::test]
+async fn live_sessions_stay_on_ai_studio_keys_whatever_the_order() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let live = common::live_upstream::FakeLive::start(10).await;
+    let vertex = FakeVertex::start().await;
+    let toml = format!(
+        "[pool]\norder = \"vertex-first\"\n{}",
+        vertex.entry("p1", "us-central1")
+    );
+    let proxy = start_proxy(&live.url, ProxyOpts::keys(&[KEY]).toml(&toml)).await;
+    for _ in 0..3 {
+        let url = format!(
+            "{}/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent?key={CLIENT_KEY}",
+            proxy.url.replacen("http://", "ws://", 1)
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let setup = json!({"setup": {"model": "models/gemini-2.5-flash-native-audio"}});
+        ws.send(Message::Text(setup.to_string().into()))
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(first.to_string().contains("setupComplete"), "{first}");
+    }
+    assert_eq!(live.opened(), [KEY, KEY, KEY]);
+    assert!(vertex.recorded().is_empty());
+}
