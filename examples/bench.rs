@@ -12,6 +12,9 @@ mod support;
 #[path = "bench/clients.rs"]
 mod clients;
 
+#[path = "bench/vertex.rs"]
+mod vertex;
+
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -44,6 +47,15 @@ async fn fake(req: Request<hyper::body::Incoming>) -> Result<Response<BoxBody>, 
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .unwrap_or(0);
     let _ = req.into_body().collect().await;
+    // The OAuth token endpoint of `BENCH_ONLY=vertex`'s entry.
+    if path == "/token" {
+        return Ok(Response::builder()
+            .header("content-type", "application/json")
+            .body(BodyExt::boxed_unsync(Full::new(Bytes::from_static(
+                br#"{"access_token":"bench-token","expires_in":3600,"token_type":"Bearer"}"#,
+            ))))
+            .unwrap());
+    }
     if path.contains(":streamGenerateContent") {
         let event = |i: usize, pad: usize| {
             Bytes::from(format!(
@@ -491,6 +503,10 @@ async fn main() {
     }
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "queue") {
         queue_cost(upstream, conns, secs, &script);
+        return;
+    }
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "vertex") {
+        vertex::vertex_cost(upstream, conns, secs, &script, &dir);
         return;
     }
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "clients") {

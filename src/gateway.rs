@@ -93,6 +93,35 @@ impl GeminiService {
     }
 }
 
+/// A Vertex-form model method (`google-genai` with `vertexai=True`) as its AI Studio form, the
+/// path the client sent kept as the original URI.
+fn vertex_form(req: &mut http::Request<Body>) {
+    let Some(path) = crate::upstream::vertex::form::to_ai_studio(req.uri().path()) else {
+        return;
+    };
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    let Ok(pq) = pq.parse() else {
+        return;
+    };
+    parts.path_and_query = Some(pq);
+    let Ok(uri) = http::Uri::from_parts(parts) else {
+        return;
+    };
+    let original = std::mem::replace(req.uri_mut(), uri);
+    if req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .is_none()
+    {
+        req.extensions_mut()
+            .insert(axum::extract::OriginalUri(original));
+    }
+}
+
 /// The stack's answer, logged when it comes. A plain struct future: one allocation fewer than
 /// an `async` block per request.
 pub struct Logged {
@@ -135,8 +164,11 @@ impl Service<http::Request<Body>> for GeminiService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: http::Request<Body>) -> Logged {
+    fn call(&mut self, mut req: http::Request<Body>) -> Logged {
         let started = Instant::now();
+        if crate::upstream::vertex::form::maybe(req.uri().path()) {
+            vertex_form(&mut req);
+        }
         // Kept for the log line: the method is a small enum, the URI shares its bytes.
         let (method, uri) = (req.method().clone(), req.uri().clone());
         let (stack, state) = self.stack();

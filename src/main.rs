@@ -90,6 +90,10 @@ async fn main() -> ExitCode {
         eprintln!("gemini-quota-proxy: {e}");
         return ExitCode::from(2);
     }
+    if let Err(e) = state.pool.check_vertex_tokens().await {
+        eprintln!("gemini-quota-proxy: {e}");
+        return ExitCode::from(2);
+    }
     let watch_config = state.config.server.watch_config;
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,

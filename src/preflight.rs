@@ -51,6 +51,23 @@ pub async fn check(config: Config) -> Result<String, String> {
             format!("redis {url} (reachable; on error: {on_error})")
         }
     };
+    // Each Vertex entry's first token: a refusing token endpoint fails the check, naming it.
+    state.pool.check_vertex_tokens().await?;
+    let vertex = state
+        .pool
+        .keys
+        .iter()
+        .filter(|k| k.vertex.is_some())
+        .count();
+    let vertex_line = if vertex > 0 {
+        format!(
+            "vertex:    {vertex} Vertex AI entr{} (tokens minted), order {}\n",
+            if vertex == 1 { "y" } else { "ies" },
+            state.pool.order.as_str()
+        )
+    } else {
+        String::new()
+    };
     let projects = {
         let set: std::collections::HashSet<&str> =
             state.pool.keys.iter().map(|k| &*k.project).collect();
@@ -63,6 +80,7 @@ pub async fn check(config: Config) -> Result<String, String> {
          upstream:  {upstream}\n\
          store:     {store}\n\
          pool:      {keys} key(s) in {projects} project(s)\n\
+         {vertex_line}\
          clients:   {clients} client key(s){}; admin token {}\n\
          alerts:    {webhooks} webhook(s), e-mail {}\n",
         if anonymous { ", anonymous allowed" } else { "" },

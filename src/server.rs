@@ -40,7 +40,14 @@ fn oversized_headers(headers: &http::HeaderMap) -> Option<Response> {
 
 /// Where the Gemini surface starts: everything under these (and under `server.path_prefix`
 /// followed by these) is forwarded.
-const GEMINI_ROOTS: [&str; 4] = ["/v1beta/", "/v1/", "/upload/v1beta/", "/upload/v1/"];
+/// `/v1beta1/` is Vertex AI's (see [`crate::upstream::vertex::form`]).
+const GEMINI_ROOTS: [&str; 5] = [
+    "/v1beta/",
+    "/v1/",
+    "/upload/v1beta/",
+    "/upload/v1/",
+    "/v1beta1/",
+];
 
 /// A path the proxy forwards (a root and something after it).
 fn is_gemini_path(path: &str) -> bool {

@@ -133,7 +133,7 @@ impl AppState {
         metrics: Metrics,
         clock: Arc<dyn Clock>,
     ) -> Arc<AppState> {
-        let pool = Pool::new(&config.pool, &config.limits);
+        let pool = Pool::new(&config.pool, &config.limits, &config.upstream);
         let ledger = build_ledger(&config, &pool, store.shared_io(), clock);
         let spend = crate::pool::spend::SpendCaps::new(&config.limits, store.clone(), &ledger);
         let queues = Arc::new(Queues::new(queue_limits(&config.queue)));
@@ -182,7 +182,7 @@ impl AppState {
     /// response cache kept unless their settings changed.
     pub fn successor(&self, config: Config, generation: Generation) -> AppState {
         let kept = |section: &str| config.prints.same_under(&self.config.prints, section);
-        let pool = Pool::new(&config.pool, &config.limits).carry_from(&self.pool);
+        let pool = Pool::new(&config.pool, &config.limits, &config.upstream).carry_from(&self.pool);
         self.ledger
             .reconfigure(config.prices.clone(), billing(&config), &key_infos(&pool));
         self.queues.set_limits(queue_limits(&config.queue));

@@ -20,6 +20,7 @@ mod server;
 mod store;
 mod upstream;
 pub mod variables;
+mod vertex;
 mod warnings;
 
 use std::collections::HashMap;
@@ -37,7 +38,7 @@ pub use self::client_limits::ClientLimits;
 pub use self::live::LiveConfig;
 pub use self::log::{LogConfig, LogFormat};
 pub use self::metrics::MetricsConfig;
-pub use self::pool::{KeyConfig, PoolConfig, Strategy};
+pub use self::pool::{KeyConfig, Order, PoolConfig, Strategy, VertexConfig, VertexCredentials};
 pub use self::prints::ConfigPrints;
 pub use self::queue::QueueConfig;
 pub use self::server::ServerConfig;

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Deserialize;
 
 use super::check::{ConfigError, bad, check_name, comma_list, env_value};
+pub use super::vertex::{Order, VertexConfig, VertexCredentials};
 pub use crate::quota::Strategy;
 use crate::secret::Secret;
 
@@ -13,6 +14,9 @@ use crate::secret::Secret;
 #[serde(deny_unknown_fields)]
 pub(super) struct Raw {
     strategy: String,
+    order: String,
+    #[serde(default)]
+    vertex: Vec<super::vertex::RawVertex>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +43,10 @@ pub struct PoolConfig {
     pub strategy: Strategy,
     /// `[[keys]]` first, then `GEMINI_API_KEY`, `GEMINI_API_KEY_BACKUP`, `GEMINI_API_KEYS`.
     pub keys: Vec<KeyConfig>,
+    /// How AI Studio keys and Vertex entries share work (`pool.order`).
+    pub order: Order,
+    /// `[[pool.vertex]]`: Vertex AI projects, after the keys in the pool.
+    pub vertex: Vec<VertexConfig>,
 }
 
 /// The variables that add pooled keys, in order.
@@ -109,6 +117,11 @@ impl PoolConfig {
                  GEMINI_API_KEY_BACKUP or GEMINI_API_KEYS, a comma list), or add [[keys]] to the config file",
             ));
         }
-        Ok(PoolConfig { strategy, keys })
+        Ok(PoolConfig {
+            strategy,
+            keys,
+            order: Order::parse(&raw.order)?,
+            vertex: super::vertex::entries(raw.vertex, env)?,
+        })
     }
 }

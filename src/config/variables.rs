@@ -65,6 +65,14 @@ const ENV_OTHERS: &[(&str, &str)] = &[
     ("PROXY_SMTP_URL", "alerts.email.smtp_url"),
     ("PROXY_ALERT_EMAIL_FROM", "alerts.email.from"),
     ("PROXY_ALERT_EMAIL_TO", "alerts.email.to (a comma list)"),
+    (
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "[[pool.vertex]] credentials when an entry names no credentials_file",
+    ),
+    (
+        "GCE_METADATA_HOST",
+        "the metadata server of [[pool.vertex]] entries without a credentials file",
+    ),
     ("RUST_LOG", "the log filter (default: info)"),
     (
         "TOKIO_WORKER_THREADS",

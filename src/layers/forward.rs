@@ -23,6 +23,8 @@ pub struct Outbound {
     pub request: http::Request<Full<Bytes>>,
     /// The key's position in the pool.
     pub key: usize,
+    /// The client of the backend it goes to, when not the Gemini API's (a Vertex entry's).
+    pub via: Option<Arc<HttpClient>>,
 }
 
 /// Sends requests to the Gemini API.
@@ -56,6 +58,7 @@ impl Service<Outbound> for Forward {
     }
 
     fn call(&mut self, out: Outbound) -> Self::Future {
-        Box::pin(self.client.clone().request(out.request))
+        let client = out.via.unwrap_or_else(|| self.client.clone());
+        Box::pin(client.request(out.request))
     }
 }

@@ -195,7 +195,9 @@ pub(super) async fn order(
     let mut usable: Vec<(usize, u64, u64)> = (0..pool.keys.len())
         .map(|j| (j + turn) % n)
         .filter(|&i| {
-            matches!(states.get(i), Some(KeyState::Active) | None)
+            // Live through a Vertex entry is not served (yet): AI Studio keys only.
+            pool.keys[i].vertex.is_none()
+                && matches!(states.get(i), Some(KeyState::Active) | None)
                 && !pool.health.recently_dead(&pool.keys[i].kid)
                 && !sessions.is_refused(&pool.keys[i].project)
         })

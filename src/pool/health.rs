@@ -58,6 +58,8 @@ pub struct KeyHealth {
     projects: AtomicUsize,
     /// Upstream 5xx and network failures in a row (any key); a success resets it.
     failures: AtomicU32,
+    /// Consecutive bare 429s per (Vertex entry, model), apart from the pool-wide evidence.
+    vertex_429: Mutex<HashMap<String, (u32, Instant)>>,
 }
 
 impl KeyHealth {
@@ -71,6 +73,7 @@ impl KeyHealth {
             any_spend_hold: AtomicBool::new(false),
             projects: AtomicUsize::new(projects),
             failures: AtomicU32::new(0),
+            vertex_429: Mutex::new(HashMap::new()),
         }
     }
 
@@ -157,6 +160,28 @@ impl KeyHealth {
         let mut m = self.bare_429.lock();
         let now = Instant::now();
         let e = m.entry(project.to_string()).or_insert((0, now));
+        if now.duration_since(e.1) > BARE_429_RESET {
+            e.0 = 0;
+        }
+        e.0 = (e.0 + 1).min(7);
+        e.1 = now;
+        (1000u64 << (e.0 - 1)).min(60_000)
+    }
+
+    /// Cooldown for a bare 429 from a Vertex entry (Dynamic Shared Quota) on `model`: as
+    /// [`Self::bare_429_backoff`], per (entry, model), and no evidence of a pool-wide
+    /// throttle (shared capacity running out is Vertex's normal answer).
+    pub fn vertex_429_backoff(&self, project: &str, model: &str) -> u64 {
+        let mut m = lock(&self.vertex_429);
+        let now = Instant::now();
+        // Models are the client's choice: bounded, the stale ones dropped first.
+        if m.len() >= 4096 {
+            m.retain(|_, (_, at)| now.duration_since(*at) <= BARE_429_RESET);
+            if m.len() >= 4096 {
+                m.clear();
+            }
+        }
+        let e = m.entry(format!("{project}/{model}")).or_insert((0, now));
         if now.duration_since(e.1) > BARE_429_RESET {
             e.0 = 0;
         }

@@ -12,11 +12,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::config::{LimitOverride, LimitsConfig, PoolConfig};
+use crate::config::{LimitOverride, LimitsConfig, Order, PoolConfig, UpstreamConfig};
 use crate::error::LimitKind;
 use crate::quota::{Candidate, Strategy, limits};
 use crate::route::QuotaFamily;
 use crate::secret::Secret;
+use crate::upstream::vertex::VertexEntry;
 
 /// One pooled Gemini key.
 #[derive(Debug)]
@@ -29,8 +30,11 @@ pub struct PooledKey {
     /// `AIza...0001`: for people.
     pub masked: String,
     pub name: String,
-    /// The Google project; a key configured without one is its own project, `key-<kid>`.
+    /// The Google project; a key configured without one is its own project, `key-<kid>`. A
+    /// Vertex entry's is `PROJECT.LOCATION` (its quota is per region).
     pub project: Arc<str>,
+    /// A Vertex AI entry (`None`: an AI Studio key).
+    pub vertex: Option<Arc<VertexEntry>>,
 }
 
 /// All pooled keys, in configuration order.
@@ -38,6 +42,10 @@ pub struct PooledKey {
 pub struct Pool {
     pub keys: Vec<PooledKey>,
     pub strategy: Strategy,
+    /// How AI Studio keys and Vertex entries share work.
+    pub order: Order,
+    /// Whether any entry is a Vertex one (else nothing on the request's way looks further).
+    pub has_vertex: bool,
     limits: LimitsConfig,
     turn: AtomicU64,
     /// Limits Google reported lower than configured, by (project, model).
@@ -48,8 +56,8 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(cfg: &PoolConfig, limits: &LimitsConfig) -> Pool {
-        let keys: Vec<PooledKey> = cfg
+    pub fn new(cfg: &PoolConfig, limits: &LimitsConfig, upstream: &UpstreamConfig) -> Pool {
+        let mut keys: Vec<PooledKey> = cfg
             .keys
             .iter()
             .enumerate()
@@ -68,14 +76,23 @@ impl Pool {
                     key: k.key.clone(),
                     kid,
                     project,
+                    vertex: None,
                 }
             })
             .collect();
-        let projects: std::collections::HashSet<&str> = keys.iter().map(|k| &*k.project).collect();
+        keys.extend(vertex_entries(cfg, upstream));
+        // The throttle evidence is about AI Studio projects (a Vertex 429 is not counted).
+        let projects: std::collections::HashSet<&str> = keys
+            .iter()
+            .filter(|k| k.vertex.is_none())
+            .map(|k| &*k.project)
+            .collect();
         let health = Arc::new(health::KeyHealth::new(projects.len()));
         Pool {
+            has_vertex: keys.iter().any(|k| k.vertex.is_some()),
             keys,
             strategy: cfg.strategy,
+            order: cfg.order,
             limits: limits.clone(),
             turn: AtomicU64::new(0),
             learned: RwLock::new(HashMap::new()),
@@ -87,8 +104,12 @@ impl Pool {
     /// (one record by key id, shared, whatever a key's position, name or project now), the
     /// limits Google reported and where the turn stands. Counters are the store's and stay.
     pub fn carry_from(mut self, old: &Pool) -> Pool {
-        let projects: std::collections::HashSet<&str> =
-            self.keys.iter().map(|k| &*k.project).collect();
+        let projects: std::collections::HashSet<&str> = self
+            .keys
+            .iter()
+            .filter(|k| k.vertex.is_none())
+            .map(|k| &*k.project)
+            .collect();
         old.health.repool(&projects);
         self.health = old.health.clone();
         let learned = old.learned.read().clone();
@@ -96,6 +117,23 @@ impl Pool {
         self.turn
             .store(old.turn.load(Ordering::Relaxed), Ordering::Relaxed);
         self
+    }
+
+    /// Mint every Vertex entry's first access token: `Err` names the credentials setting of the
+    /// first entry whose token endpoint refuses (start-up stops on it).
+    pub async fn check_vertex_tokens(&self) -> Result<(), String> {
+        for k in &self.keys {
+            if let Some(v) = &k.vertex {
+                if let Err(e) = v.tokens.bearer().await {
+                    return Err(format!(
+                        "{}: the Vertex AI entry {}/{} cannot get an access token: {e}",
+                        v.credentials_setting, v.project, v.location
+                    ));
+                }
+                tracing::info!(entry = %k.masked, project = %k.project, "Vertex AI entry: access token minted");
+            }
+        }
+        Ok(())
     }
 
     /// A number that grows by one per call: where ties start, so equal keys take turns.
@@ -129,6 +167,27 @@ impl Pool {
                 limits: self.limits_for(&k.project, model, family),
             })
             .collect()
+    }
+
+    /// Split admission candidates by backend as `pool.order` says: `candidates` keeps the
+    /// backend asked first, the one spilled over to is returned (empty for `headroom`, or when
+    /// only one backend is among them).
+    pub fn split_by_order(&self, candidates: &mut Vec<Candidate>) -> Vec<Candidate> {
+        let spill_vertex = match self.order {
+            Order::Headroom => return Vec::new(),
+            Order::AiStudioFirst => true,
+            Order::VertexFirst => false,
+        };
+        let (spill, first): (Vec<Candidate>, Vec<Candidate>) = candidates
+            .drain(..)
+            .partition(|c| self.keys[c.index].vertex.is_some() == spill_vertex);
+        if first.is_empty() {
+            *candidates = spill;
+            Vec::new()
+        } else {
+            *candidates = first;
+            spill
+        }
     }
 
     /// Configured limits, lowered by what Google reported for this (project, model).
@@ -193,6 +252,37 @@ impl Pool {
     }
 }
 
+/// The `[[pool.vertex]]` entries as pool entries: a Vertex entry's id is the digest of its
+/// `vertex:PROJECT/LOCATION` (no secret in it), shown as that; its project `PROJECT.LOCATION`.
+fn vertex_entries(cfg: &PoolConfig, upstream: &UpstreamConfig) -> Vec<PooledKey> {
+    if cfg.vertex.is_empty() {
+        return Vec::new();
+    }
+    // Token endpoints: HTTP/1.1 to any host (the HTTP/2 pool is one origin's).
+    let mut token_cfg = upstream.clone();
+    token_cfg.http2 = false;
+    let token_http = Arc::new(crate::upstream::build_client(&token_cfg));
+    cfg.vertex
+        .iter()
+        .map(|v| {
+            let id = Secret::new(format!("vertex:{}/{}", v.project, v.location));
+            let kid: Arc<str> = hex::encode(&id.digest()[..8]).into();
+            PooledKey {
+                headers: crate::upstream::KeyHeaders::new(&Secret::new("vertex")).expect("ascii"),
+                masked: id.expose().to_string(),
+                name: v
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("vertex-{}-{}", v.project, v.location)),
+                key: id,
+                kid,
+                project: format!("{}.{}", v.project, v.location).into(),
+                vertex: Some(Arc::new(VertexEntry::new(v, upstream, token_http.clone()))),
+            }
+        })
+        .collect()
+}
+
 /// Lower `l` to what Google reported.
 fn lower(l: &mut crate::quota::Limits, o: &LimitOverride) {
     l.minute = l.minute.min(o.minute.unwrap_or(u64::MAX));
@@ -206,7 +296,7 @@ mod tests {
 
     fn pool(toml: &str) -> Pool {
         let cfg = crate::config::for_test(toml, &[]);
-        Pool::new(&cfg.pool, &cfg.limits)
+        Pool::new(&cfg.pool, &cfg.limits, &cfg.upstream)
     }
 
     #[test]

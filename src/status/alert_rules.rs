@@ -253,6 +253,8 @@ mod tests {
             id: id.into(),
             name: id.into(),
             project: project.into(),
+            backend: "ai-studio",
+            location: None,
             state,
             reason: (state == "disabled").then(|| "API_KEY_INVALID".to_string()),
             cooldown_until: None,

@@ -132,6 +132,10 @@ pub struct KeyView {
     pub id: String,
     pub name: String,
     pub project: String,
+    /// `ai-studio` (an API key) or `vertex` (a Vertex AI project in `location`).
+    pub backend: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
     /// `active`, `cooldown` or `disabled`.
     pub state: &'static str,
     pub reason: Option<String>,
@@ -369,6 +373,12 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
             id: k.masked.clone(),
             name: k.name.clone(),
             project: k.project.to_string(),
+            backend: if k.vertex.is_some() {
+                "vertex"
+            } else {
+                "ai-studio"
+            },
+            location: k.vertex.as_ref().map(|v| v.location.clone()),
             state: state_name,
             reason,
             cooldown_until,

@@ -25,6 +25,14 @@ pub struct HttpClient {
     h2: Option<h2pool::H2Pool>,
 }
 
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("http2", &self.h2.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Why no answer head came back.
 #[derive(Debug, thiserror::Error)]
 #[error("{detail}")]

@@ -1,12 +1,13 @@
 //! The upstream side: the HTTP client to Google ([`client`], over [`connect`] and, for HTTP/2,
 //! [`h2pool`]), the request it sends and the answer's headers ([`request`]), and what Google's
-//! error answers mean ([`verdict`]).
+//! error answers mean ([`verdict`]); Vertex AI entries, the other backend ([`vertex`]).
 
 pub mod client;
 pub mod connect;
 pub mod h2pool;
 pub mod request;
 pub mod verdict;
+pub mod vertex;
 
 pub use client::{ForwardError, ForwardErrorKind, HttpClient, build_client};
 pub use connect::{BoxError, Timed, describe_error, is_timeout};

@@ -9,6 +9,7 @@ pub mod fake_upstream;
 pub mod live_upstream;
 pub mod sdk;
 pub mod sinks;
+pub mod vertex_upstream;
 
 use std::collections::HashMap;
 use std::net::TcpListener as StdListener;

@@ -61,3 +61,4 @@ mod spend_caps;
 mod status;
 mod store_suite;
 mod store_truth;
+mod vertex;

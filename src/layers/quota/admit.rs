@@ -30,6 +30,40 @@ pub(super) fn allowance(
     .map_err(ApiError::InvalidArgument)
 }
 
+/// The admission request on the backend `pool.order` puts first, and the one it spills over
+/// to when the first has no room (asked at once, before any wait).
+struct Tiered {
+    first: AdmitRequest,
+    spill: Option<AdmitRequest>,
+}
+
+impl std::ops::Deref for Tiered {
+    type Target = AdmitRequest;
+
+    fn deref(&self) -> &AdmitRequest {
+        &self.first
+    }
+}
+
+/// Of two refusals, the one whose room frees first; an admission wins, as does the first
+/// answer when the second is an error (or a client's own limit, which the first would have
+/// named).
+fn sooner(
+    first: Result<AdmitOutcome, crate::quota::StoreError>,
+    second: Result<AdmitOutcome, crate::quota::StoreError>,
+) -> Result<AdmitOutcome, crate::quota::StoreError> {
+    let wait = |o: &AdmitOutcome| match o {
+        AdmitOutcome::Refused { retry_after_ms, .. } => Some(*retry_after_ms),
+        AdmitOutcome::Unavailable { retry_after_ms } => Some(retry_after_ms.unwrap_or(u64::MAX)),
+        _ => None,
+    };
+    match (&first, &second) {
+        (_, Ok(AdmitOutcome::Admitted(_))) => second,
+        (Ok(a), Ok(b)) if wait(b).unwrap_or(u64::MAX) < wait(a).unwrap_or(u64::MAX) => second,
+        _ => first,
+    }
+}
+
 /// A granted admission, and how long it waited in the queue for it (`None`: not queued).
 pub(super) struct Admitted {
     pub reservation: Reservation,
@@ -85,10 +119,16 @@ impl Until {
 
 /// How fast `model`'s line can move at best: the candidate projects' per-minute limits
 /// together, per window.
-fn pace(state: &AppState, request: &AdmitRequest) -> Pace {
+fn pace(state: &AppState, request: &Tiered) -> Pace {
     let mut per_window = 0u64;
     let mut seen: Vec<&str> = Vec::new();
-    for c in &request.candidates {
+    let spill = request.spill.as_ref().map(|s| s.candidates.as_slice());
+    for c in request
+        .first
+        .candidates
+        .iter()
+        .chain(spill.unwrap_or_default())
+    {
         if !seen.contains(&&*c.project) {
             seen.push(&c.project);
             per_window = per_window.saturating_add(c.limits.minute);
@@ -119,8 +159,12 @@ pub(super) async fn admit(
     allowance: Duration,
     claim: Claim,
     client: Option<ClientAdmit>,
+    vertex_ok: bool,
 ) -> Result<Admitted, NotAdmitted> {
     let mut candidates = state.pool.candidates(model, route.family, pinned);
+    if state.pool.has_vertex && !vertex_ok {
+        candidates.retain(|c| state.pool.keys[c.index].vertex.is_none());
+    }
     if candidates.len() > avoid.len() {
         candidates.retain(|c| !avoid.contains(&c.index));
     }
@@ -141,13 +185,29 @@ pub(super) async fn admit(
         ))
         .into());
     }
-    let request = AdmitRequest {
-        model: model.to_string(),
-        tokens: est.tokens,
-        candidates,
-        strategy: state.pool.strategy,
-        rotation: state.pool.next_turn(),
-        client,
+    let spill = if state.pool.has_vertex {
+        state.pool.split_by_order(&mut candidates)
+    } else {
+        Vec::new()
+    };
+    let rotation = state.pool.next_turn();
+    let request = Tiered {
+        spill: (!spill.is_empty()).then(|| AdmitRequest {
+            model: model.to_string(),
+            tokens: est.tokens,
+            candidates: spill,
+            strategy: state.pool.strategy,
+            rotation,
+            client: client.clone(),
+        }),
+        first: AdmitRequest {
+            model: model.to_string(),
+            tokens: est.tokens,
+            candidates,
+            strategy: state.pool.strategy,
+            rotation,
+            client,
+        },
     };
     // The allowance already holds the client's own `max_wait_secs` ([`allowance`]).
     let client_until = Instant::now() + allowance;
@@ -191,7 +251,7 @@ pub(super) async fn admit(
 async fn pooled(
     state: &AppState,
     route: &Route,
-    request: &AdmitRequest,
+    request: &Tiered,
     pinned: Option<usize>,
     deadline: Instant,
     allowance: Duration,
@@ -289,7 +349,7 @@ fn queue_refusal(
 async fn wait_in_line(
     state: &AppState,
     route: &Route,
-    request: &AdmitRequest,
+    request: &Tiered,
     ticket: &Ticket<'_>,
     mut known: Option<Refusal>,
 ) -> Result<Reservation, ApiError> {
@@ -329,11 +389,23 @@ async fn wait_in_line(
 
 /// One question to the store. A refusal that a wait `until` cannot cure (the day limit, every
 /// key disabled, the store down) is the answer at once.
-async fn ask(state: &AppState, route: &Route, request: &AdmitRequest, until: Until) -> Try {
+async fn ask(state: &AppState, route: &Route, request: &Tiered, until: Until) -> Try {
     let model = request.model.as_str();
     let t0 = Instant::now();
-    let outcome = state.store.admit(request).await;
+    let mut outcome = state.store.admit(&request.first).await;
     state.metrics.store_admit(t0.elapsed(), outcome.is_ok());
+    // No room on the first backend: the other, before any wait (`pool.order`).
+    if let Some(spill) = &request.spill
+        && matches!(
+            outcome,
+            Ok(AdmitOutcome::Refused { .. } | AdmitOutcome::Unavailable { .. })
+        )
+    {
+        let t0 = Instant::now();
+        let other = state.store.admit(spill).await;
+        state.metrics.store_admit(t0.elapsed(), other.is_ok());
+        outcome = sooner(outcome, other);
+    }
     match outcome {
         Ok(AdmitOutcome::Admitted(r)) => Try::Admitted(r),
         Ok(AdmitOutcome::Refused {
@@ -400,7 +472,7 @@ async fn ask(state: &AppState, route: &Route, request: &AdmitRequest, until: Unt
 async fn unqueued(
     state: &AppState,
     route: &Route,
-    request: &AdmitRequest,
+    request: &Tiered,
     deadline: Instant,
 ) -> Result<Admitted, ApiError> {
     let wait_until = (Instant::now() + state.config.upstream.max_wait).min(deadline);
@@ -532,17 +604,44 @@ fn describe(limit: LimitKind, family: QuotaFamily) -> &'static str {
     }
 }
 
-/// A key for a call that spends no quota: the pinned one, else the next usable in turn.
-pub(super) fn free_key(state: &AppState, pinned: Option<usize>, avoid: &[usize]) -> usize {
+/// A key for a call that spends no quota: the pinned one, else the next usable in turn. Vertex
+/// entries serve only what they can (`vertex_ok`), and only when `pool.order` does not put AI
+/// Studio keys first; `vertex-first` tries them before the keys.
+pub(super) fn free_key(
+    state: &AppState,
+    pinned: Option<usize>,
+    avoid: &[usize],
+    vertex_ok: bool,
+) -> usize {
     if let Some(p) = pinned {
         return p;
     }
-    let n = state.pool.keys.len();
+    let pool = &state.pool;
+    let n = pool.keys.len();
     // What this replica saw die recently (the store stays the truth).
-    let health = &state.pool.health;
-    let start = state.pool.next_turn() as usize;
-    (0..n)
-        .map(|i| (start + i) % n)
-        .find(|&i| !avoid.contains(&i) && !health.recently_dead(&state.pool.keys[i].kid))
-        .unwrap_or(start % n)
+    let health = &pool.health;
+    let start = pool.next_turn() as usize;
+    let usable = |i: &usize| !avoid.contains(i) && !health.recently_dead(&pool.keys[*i].kid);
+    if !pool.has_vertex {
+        return (0..n)
+            .map(|i| (start + i) % n)
+            .find(usable)
+            .unwrap_or(start % n);
+    }
+    let vertex = |i: &usize| pool.keys[*i].vertex.is_some();
+    let turn = || (0..n).map(|i| (start + i) % n);
+    let studio = turn().filter(|i| !vertex(i)).find(usable);
+    let ai_studio_only = || studio.or_else(|| turn().find(|i| !vertex(i))).unwrap_or(0);
+    if !vertex_ok {
+        return ai_studio_only();
+    }
+    match pool.order {
+        crate::config::Order::AiStudioFirst => ai_studio_only(),
+        crate::config::Order::VertexFirst => turn()
+            .filter(vertex)
+            .find(usable)
+            .or(studio)
+            .unwrap_or_else(ai_studio_only),
+        crate::config::Order::Headroom => turn().find(usable).unwrap_or_else(ai_studio_only),
+    }
 }

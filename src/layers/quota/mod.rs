@@ -40,6 +40,7 @@ use crate::quota::queue::Claim;
 use crate::quota::{DayInfo, Settlement};
 use crate::route::QuotaFamily;
 use crate::state::AppState;
+use crate::upstream::vertex::VertexError;
 use crate::upstream::{self, Upstream, Verdict};
 
 /// What is left in the 60 s window of the (project, model) that served a request.
@@ -286,6 +287,8 @@ where
         // The client's part of the first admission, carried by a retry: one request counts
         // once against its client's limits, however many keys it is tried on.
         let mut carried: Option<Settlement> = None;
+        // Whether a Vertex entry could serve it (looked at only when the pool has one).
+        let vertex_ok = state.pool.has_vertex && upstream::vertex::serves(route, &body);
         loop {
             attempt += 1;
             served.attempts = attempt;
@@ -308,6 +311,7 @@ where
                         allowance,
                         claim,
                         client_part.clone().filter(|_| carried.is_none()),
+                        vertex_ok,
                     )
                     .await;
                     let waited = match &admitted {
@@ -330,7 +334,7 @@ where
             };
             let index = match &reservation {
                 Some(r) => r.index,
-                None => admit::free_key(state, est.pinned, &avoid),
+                None => admit::free_key(state, est.pinned, &avoid, vertex_ok),
             };
             let key = &state.pool.keys[index];
             served.key = Some(index);
@@ -347,16 +351,48 @@ where
                     s
                 }
             });
-            let Some(request) = upstream::build_request(
-                &self.upstream,
-                &parts.method,
-                parts.uri.path(),
-                parts.uri.query(),
-                &parts.headers,
-                body.clone(),
-                route.openai,
-                &key.headers,
-            ) else {
+            let built = match &key.vertex {
+                None => upstream::build_request(
+                    &self.upstream,
+                    &parts.method,
+                    parts.uri.path(),
+                    parts.uri.query(),
+                    &parts.headers,
+                    body.clone(),
+                    route.openai,
+                    &key.headers,
+                ),
+                Some(v) => {
+                    match v
+                        .request(
+                            &parts.method,
+                            route,
+                            parts.uri.query(),
+                            &parts.headers,
+                            body.clone(),
+                        )
+                        .await
+                    {
+                        Ok(r) => Some(r),
+                        Err(VertexError::Path) => None,
+                        Err(VertexError::Token(e)) => {
+                            // Held and avoided; the request goes elsewhere if it can.
+                            react::hold_entry(state, index, &e.0).await;
+                            carried = settlement.as_mut().and_then(Settlement::take_client);
+                            drop(settlement);
+                            avoid.push(index);
+                            let budget = cfg.max_attempts + state.pool.keys.len() as u32;
+                            if attempt < budget && Instant::now() < deadline {
+                                continue;
+                            }
+                            return Err(ApiError::Unavailable(
+                                "The Vertex AI entry chosen for this request has no access token; retry shortly.".into(),
+                            ));
+                        }
+                    }
+                }
+            };
+            let Some(request) = built else {
                 return Err(ApiError::InvalidArgument(
                     "the request path cannot be forwarded".into(),
                 ));
@@ -374,6 +410,7 @@ where
                     let sending = ready.call(Outbound {
                         request,
                         key: index,
+                        via: key.vertex.as_ref().map(|v| v.client.clone()),
                     });
                     match tokio::time::timeout(head_timeout, sending).await {
                         Ok(answered) => answered,
@@ -431,6 +468,23 @@ where
                 // client's part waits to see whether the request is tried again).
                 let client_hold = settlement.as_mut().and_then(Settlement::take_client);
                 drop(settlement);
+                // A Vertex entry refused its token or its project's permissions: held (not
+                // retried in a loop), its token dropped, the request tried elsewhere.
+                if let Some(v) = &key.vertex
+                    && matches!(status.as_u16(), 401 | 403)
+                {
+                    v.tokens.forget();
+                    let why = format!("Vertex AI answered {status}");
+                    react::hold_entry(state, index, &why).await;
+                    let budget = cfg.max_attempts + state.pool.keys.len() as u32;
+                    if attempt < budget && Instant::now() < deadline {
+                        avoid.push(index);
+                        carried = client_hold;
+                        continue;
+                    }
+                    drop(client_hold);
+                    return Ok(answer.into_response(status, headers, cfg, AtEnd::default()));
+                }
                 if status == http::StatusCode::TOO_MANY_REQUESTS
                     && let Some(a) = account
                 {
@@ -444,6 +498,8 @@ where
                 let mut act = true;
                 match &verdict {
                     Verdict::Transient => state.pool.health.failure(),
+                    // A Vertex entry has no API key to disable: its answer is delivered.
+                    Verdict::DeadKey { .. } if key.vertex.is_some() => act = false,
                     Verdict::DeadKey { reason } => {
                         act = confirm_dead(
                             state,

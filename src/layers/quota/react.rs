@@ -81,6 +81,24 @@ pub(super) async fn hold(
             let reason = format!("Gemini API 429: spend-based limit ({named})");
             hold_project(state, index, *retry_delay_ms, &reason).await;
         }
+        Verdict::RateLimited { retry_delay_ms } if key.vertex.is_some() => {
+            // Vertex's Dynamic Shared Quota: hold this (project, location, model), move on.
+            state.metrics.upstream_429("vertex_shared");
+            let ms = retry_delay_ms
+                .unwrap_or_else(|| state.pool.health.vertex_429_backoff(&key.project, model));
+            tracing::warn!(entry = %key.masked, project = %key.project, model, cooldown_ms = ms, "Vertex AI 429 without quota details (shared capacity)");
+            if let Err(e) = store
+                .cool_down(
+                    &key.project,
+                    model,
+                    ms,
+                    "Vertex AI 429: shared capacity exhausted",
+                )
+                .await
+            {
+                tracing::warn!(error = %e, "could not record a cooldown");
+            }
+        }
         Verdict::RateLimited { retry_delay_ms } => {
             state.metrics.upstream_429("unknown");
             let health = &state.pool.health;
@@ -106,8 +124,14 @@ pub(super) async fn hold(
                     model = held,
                     "most projects got 429s without details at once (an IP-level throttle?): backing off the whole pool"
                 );
-                let projects: BTreeSet<&str> =
-                    state.pool.keys.iter().map(|k| &*k.project).collect();
+                // AI Studio's throttle: Vertex entries (another host) keep serving.
+                let projects: BTreeSet<&str> = state
+                    .pool
+                    .keys
+                    .iter()
+                    .filter(|k| k.vertex.is_none())
+                    .map(|k| &*k.project)
+                    .collect();
                 for p in projects {
                     let reason = "global backoff: Gemini API throttling this proxy";
                     if let Err(e) = store.cool_down(p, held, ms, reason).await {
@@ -125,6 +149,29 @@ pub(super) async fn hold(
             }
         }
         Verdict::Deliver | Verdict::DeadKey { .. } | Verdict::Transient => {}
+    }
+}
+
+/// How long a Vertex entry whose token cannot be had is held (every model).
+const TOKEN_HOLD_MS: u64 = 30_000;
+
+/// Hold Vertex entry `index` (every model, every replica) after its token failed: reported in
+/// the log and the status page's holds, tried again when the hold ends, not in a loop.
+pub(super) async fn hold_entry(state: &AppState, index: usize, error: &str) {
+    let key = &state.pool.keys[index];
+    let setting = key
+        .vertex
+        .as_ref()
+        .map_or("", |v| v.credentials_setting.as_str());
+    tracing::warn!(entry = %key.masked, project = %key.project, setting, error, hold_ms = TOKEN_HOLD_MS, "Vertex AI entry has no access token: held");
+    state.metrics.refused("vertex_token");
+    let reason = format!("Vertex AI access token unavailable ({setting}): {error}");
+    if let Err(e) = state
+        .store
+        .cool_down(&key.project, "*", TOKEN_HOLD_MS, &reason)
+        .await
+    {
+        tracing::warn!(error = %e, "could not record a cooldown");
     }
 }
 
@@ -186,6 +233,7 @@ where
         let out = Outbound {
             request: req,
             key: index,
+            via: None,
         };
         let resp = inner.ready().await.ok()?.call(out).await.ok()?;
         let status = resp.status().as_u16();
