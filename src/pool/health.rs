@@ -172,7 +172,7 @@ impl KeyHealth {
     /// [`Self::bare_429_backoff`], per (entry, model), and no evidence of a pool-wide
     /// throttle (shared capacity running out is Vertex's normal answer).
     pub fn vertex_429_backoff(&self, project: &str, model: &str) -> u64 {
-        let mut m = lock(&self.vertex_429);
+        let mut m = self.vertex_429.lock();
         let now = Instant::now();
         // Models are the client's choice: bounded, the stale ones dropped first.
         if m.len() >= 4096 {
