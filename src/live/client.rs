@@ -14,7 +14,7 @@ use super::setup::Refusal;
 use super::slots::LiveSessions;
 use crate::clients::Client;
 use crate::ledger::TokenUsage;
-use crate::quota::client::{ClientAdmit, ClientCaps, ClientLimit, ClientPeriod, micros};
+use crate::quota::client::{ClientAdmit, ClientCaps, ClientLimit, ClientPeriod};
 use crate::quota::{LiveUsage, QuotaStore};
 use crate::state::AppState;
 
@@ -32,14 +32,7 @@ fn admit_of(state: &AppState, client: &Client, cost_micros: u64) -> Option<Clien
     let now = chrono::Utc::now().timestamp_millis();
     Some(ClientAdmit {
         name: client.name.clone(),
-        caps: ClientCaps {
-            rpm: l.rpm,
-            tpm: l.tpm,
-            rpd: l.rpd,
-            max_concurrent: l.max_concurrent,
-            daily_micros: l.daily_budget_usd.map(micros),
-            monthly_micros: l.monthly_budget_usd.map(micros),
-        },
+        caps: ClientCaps::of(l),
         period: ClientPeriod::at(l.tz(state.config.limits.timezone), now),
         cost_micros,
         lease_ms: state.config.live.lease.as_millis() as u64,

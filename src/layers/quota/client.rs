@@ -12,7 +12,7 @@ use crate::body::Pricer;
 use crate::error::ApiError;
 use crate::estimate::Estimate;
 use crate::ledger::TokenUsage;
-use crate::quota::client::{ClientAdmit, ClientCaps, ClientLimit, ClientPeriod, micros};
+use crate::quota::client::{ClientAdmit, ClientCaps, ClientLimit, ClientPeriod};
 use crate::route::{QuotaFamily, Route};
 use crate::state::AppState;
 
@@ -67,14 +67,7 @@ pub(super) fn part(
     let lease = state.config.upstream.request_timeout + LEASE_MARGIN;
     Some(ClientAdmit {
         name: client.name.clone(),
-        caps: ClientCaps {
-            rpm: l.rpm,
-            tpm: l.tpm,
-            rpd: l.rpd,
-            max_concurrent: l.max_concurrent,
-            daily_micros: l.daily_budget_usd.map(micros),
-            monthly_micros: l.monthly_budget_usd.map(micros),
-        },
+        caps: ClientCaps::of(l),
         period,
         cost_micros,
         lease_ms: lease.as_millis() as u64,
