@@ -28,6 +28,22 @@ async fn generate_as(proxy: &str, key: &str, model: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// A generate call of `team` that reserves at most 10 output tokens against its budget.
+async fn ask_ten_tokens(proxy: &str) -> reqwest::Response {
+    http()
+        .post(format!(
+            "{proxy}/v1beta/models/gemini-2.5-flash:generateContent"
+        ))
+        .header("x-goog-api-key", TEAM_KEY)
+        .json(
+            &json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+                      "generationConfig": {"maxOutputTokens": 10}}),
+        )
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_client_over_its_rpm_gets_google_s_429_naming_its_own_limit_and_no_key_cools_down() {
     let fake = FakeUpstream::start().await;
@@ -260,21 +276,7 @@ async fn a_budget_refuses_until_its_period_ends_and_its_use_is_a_metric() {
         "[prices.\"gemini-2.5-flash\"]\ninput = 0.0\noutput = 1000.0\n\n[[auth.clients]]\nname = \"team\"\nkey = \"{TEAM_KEY}\"\ndaily_budget_usd = 0.012\n"
     ));
     let proxy = start_proxy(&fake.url, opts).await;
-    let ask = || async {
-        http()
-            .post(format!(
-                "{}/v1beta/models/gemini-2.5-flash:generateContent",
-                proxy.url
-            ))
-            .header("x-goog-api-key", TEAM_KEY)
-            .json(
-                &json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
-                          "generationConfig": {"maxOutputTokens": 10}}),
-            )
-            .send()
-            .await
-            .unwrap()
-    };
+    let ask = || ask_ten_tokens(&proxy.url);
     let first = ask().await;
     assert_eq!(first.status(), 200);
     first.bytes().await.unwrap();
@@ -317,21 +319,7 @@ async fn a_budget_shown_is_the_budget_enforced_even_on_a_free_tier_project() {
          [[auth.clients]]\nname = \"team\"\nkey = \"{TEAM_KEY}\"\ndaily_budget_usd = 0.012\n"
     ));
     let proxy = start_proxy(&fake.url, opts.env("GEMINI_API_KEYS", "")).await;
-    let ask = || async {
-        http()
-            .post(format!(
-                "{}/v1beta/models/gemini-2.5-flash:generateContent",
-                proxy.url
-            ))
-            .header("x-goog-api-key", TEAM_KEY)
-            .json(
-                &json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
-                          "generationConfig": {"maxOutputTokens": 10}}),
-            )
-            .send()
-            .await
-            .unwrap()
-    };
+    let ask = || ask_ten_tokens(&proxy.url);
     let first = ask().await;
     assert_eq!(first.status(), 200);
     first.bytes().await.unwrap();
