@@ -112,21 +112,7 @@ impl RedisStore {
                 .arg(format!("{}|{model}", f.project));
         }
         match &req.client {
-            Some(c) => {
-                let caps = c.caps;
-                let n = |v: Option<u64>| v.unwrap_or(0);
-                inv.arg("1")
-                    .arg(n(caps.rpm))
-                    .arg(n(caps.tpm))
-                    .arg(n(caps.rpd))
-                    .arg(n(caps.max_concurrent))
-                    .arg(n(caps.daily_micros))
-                    .arg(n(caps.monthly_micros))
-                    .arg(c.cost_micros)
-                    .arg(c.lease_ms.min(crate::quota::MAX_HOLD_MS))
-                    .arg(c.period.day_end_ms)
-                    .arg(c.period.month_end_ms);
-            }
+            Some(c) => client_args(&mut inv, c),
             None => {
                 inv.arg("0");
             }
@@ -194,4 +180,22 @@ impl RedisStore {
             ))),
         }
     }
+}
+
+/// A client's part of a script's arguments (client.lua's `client_check`): its caps (0: none),
+/// the cost reserved, its lease and its periods' ends.
+pub(super) fn client_args(inv: &mut redis::ScriptInvocation<'_>, c: &crate::quota::ClientAdmit) {
+    let caps = c.caps;
+    let n = |v: Option<u64>| v.unwrap_or(0);
+    inv.arg("1")
+        .arg(n(caps.rpm))
+        .arg(n(caps.tpm))
+        .arg(n(caps.rpd))
+        .arg(n(caps.max_concurrent))
+        .arg(n(caps.daily_micros))
+        .arg(n(caps.monthly_micros))
+        .arg(c.cost_micros)
+        .arg(c.lease_ms.clamp(1, crate::quota::MAX_HOLD_MS))
+        .arg(c.period.day_end_ms)
+        .arg(c.period.month_end_ms);
 }

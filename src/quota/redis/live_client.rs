@@ -29,21 +29,8 @@ impl RedisStore {
         for key in self.keys.client(&c.name, c.period.day, c.period.month) {
             inv.key(key);
         }
-        let caps = c.caps;
-        let n = |v: Option<u64>| v.unwrap_or(0);
-        inv.arg("1")
-            .arg(n(caps.rpm))
-            .arg(n(caps.tpm))
-            .arg(n(caps.rpd))
-            .arg(n(caps.max_concurrent))
-            .arg(n(caps.daily_micros))
-            .arg(n(caps.monthly_micros))
-            .arg(c.cost_micros)
-            .arg(c.lease_ms.clamp(1, MAX_HOLD_MS))
-            .arg(c.period.day_end_ms)
-            .arg(c.period.month_end_ms)
-            .arg(member(session))
-            .arg(self.now_arg());
+        super::admit::client_args(&mut inv, c);
+        inv.arg(member(session)).arg(self.now_arg());
         let v: Vec<i64> = self.run(inv).await?;
         match v.as_slice() {
             [0] => Ok(None),
