@@ -18,16 +18,19 @@ use crate::secret::Secret;
 
 mod admit;
 pub mod conn;
+mod io;
 mod keys;
 pub mod nodes;
+mod pairs;
+mod redact;
 mod settle;
 
 pub use self::conn::RedisConn;
+pub use self::io::SharedIo;
 use self::keys::Keys;
+pub use self::redact::redact_url;
 pub use self::settle::{HashAdd, RideOutcome, Rider, RiderBatch};
-use self::settle::{
-    PendingSettle, RiderSlot, SETTLE_QUEUE, ride_outcome, settle_call, settle_writer,
-};
+use self::settle::{PendingSettle, RiderSlot, SETTLE_QUEUE, settle_call, settle_writer};
 
 macro_rules! lua {
     ($file:literal) => {
@@ -92,118 +95,6 @@ pub struct RedisStore {
     rider: RiderSlot,
 }
 
-/// The usage ledger's way into the same Redis: its sums ride with settlement batches (see
-/// [`Rider`]) and it reads its buckets back with [`SharedIo::read_hashes`]. Cheap to clone.
-#[derive(Clone)]
-pub struct SharedIo {
-    conn: RedisConn,
-    keys: Keys,
-    timeout: Duration,
-    rider: RiderSlot,
-    settle: Script,
-}
-
-impl std::fmt::Debug for SharedIo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedIo")
-            .field("prefix", &self.keys.prefix())
-            .finish()
-    }
-}
-
-/// Hashes read per pipeline (one round trip each, under the store's deadline): a busy minute
-/// of the ledger holds thousands of fields, so a pipeline stays small enough to answer in time.
-const READ_CHUNK: usize = 8;
-
-impl SharedIo {
-    /// Attach the rider (once; a second call is ignored and returns false).
-    pub fn attach(&self, rider: Arc<dyn Rider>) -> bool {
-        self.rider.set(rider).is_ok()
-    }
-
-    /// `HGETALL` of every `{ns}:SUFFIX`, pipelined; a missing hash reads as empty.
-    pub async fn read_hashes(
-        &self,
-        suffixes: &[String],
-    ) -> Result<Vec<Vec<(String, String)>>, StoreError> {
-        let mut out = Vec::with_capacity(suffixes.len());
-        for chunk in suffixes.chunks(READ_CHUNK) {
-            let mut pipe = redis::pipe();
-            for s in chunk {
-                pipe.cmd("HGETALL").arg(self.keys.named(s));
-            }
-            let mut conn = self.conn.clone();
-            let got: Vec<Vec<(String, String)>> =
-                match tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await {
-                    Ok(r) => r.map_err(store_err)?,
-                    Err(_) => return Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
-                };
-            out.extend(got);
-        }
-        Ok(out)
-    }
-
-    /// Add `batch` now, in a call of its own (at shutdown: the last sums, not waiting for the
-    /// next settlement batch).
-    pub async fn write_now(&self, batch: &RiderBatch) -> (RideOutcome, Option<String>) {
-        let inv = settle_call(&self.settle, &self.keys, &[], Some(batch));
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, inv.invoke_async::<i64>(&mut conn)).await {
-            Ok(Ok(_)) => (RideOutcome::Written, None),
-            Ok(Err(e)) => (ride_outcome(&e), Some(e.to_string())),
-            Err(_) => (RideOutcome::Retry, Some("timed out".into())),
-        }
-    }
-
-    /// Run `script` with `KEYS` = `{ns}:SUFFIX` for each suffix (so every key shares the
-    /// namespace's hash tag) and `args`, under the store's deadline.
-    pub async fn run_script(
-        &self,
-        script: &Script,
-        suffixes: &[String],
-        args: &[String],
-    ) -> Result<i64, StoreError> {
-        let mut inv = script.prepare_invoke();
-        for s in suffixes {
-            inv.key(self.keys.named(s));
-        }
-        for a in args {
-            inv.arg(a);
-        }
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, inv.invoke_async::<i64>(&mut conn)).await {
-            Ok(r) => r.map_err(store_err),
-            Err(_) => Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
-        }
-    }
-
-    /// The connection (shared with the store; cloning it is cheap).
-    pub fn connection(&self) -> RedisConn {
-        self.conn.clone()
-    }
-
-    /// `{namespace}`: the hash tag every key of this store starts with.
-    pub fn prefix(&self) -> &str {
-        self.keys.prefix()
-    }
-
-    /// The deadline of one call.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    /// `GET {ns}:SUFFIX`.
-    pub async fn get(&self, suffix: &str) -> Result<Option<String>, StoreError> {
-        let mut conn = self.conn.clone();
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(self.keys.named(suffix));
-        match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
-            Ok(r) => r.map_err(store_err),
-            Err(_) => Err(StoreError::Timeout(self.timeout.as_millis() as u64)),
-        }
-    }
-}
-
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
@@ -218,63 +109,6 @@ fn store_err(e: redis::RedisError) -> StoreError {
         StoreError::Unreachable(e.to_string())
     } else {
         StoreError::Protocol(e.to_string())
-    }
-}
-
-/// A Redis URL fit for a log line: any user and password replaced by `***`, in each URL of a
-/// comma-separated list of Cluster seeds. A piece that is not a plausible `host:port` (what is
-/// left of a password holding a comma) is hidden whole.
-pub fn redact_url(url: &str) -> String {
-    url.split(',')
-        .enumerate()
-        .map(|(i, u)| match (i, u.trim()) {
-            // A bare `host:port` seed after the first URL (it borrows the first's password).
-            (1.., bare) if !bare.contains("://") => redact_authority(bare),
-            (_, one) => match one.split_once("://") {
-                Some((scheme, rest)) => {
-                    let end = rest.find('/').unwrap_or(rest.len());
-                    format!(
-                        "{scheme}://{}{}",
-                        redact_authority(&rest[..end]),
-                        &rest[end..]
-                    )
-                }
-                None => "(not a URL)".into(),
-            },
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// `user:password@host:port` as `***@host:port`; anything but a plausible host and port as `***`.
-fn redact_authority(a: &str) -> String {
-    if a.is_empty() {
-        return String::new();
-    }
-    let (hidden, host) = match a.rfind('@') {
-        Some(at) => ("***@", &a[at + 1..]),
-        None => ("", a),
-    };
-    let port_ok = |p: &str| p.is_empty() || p.chars().all(|c| c.is_ascii_digit());
-    let plausible = match host.strip_prefix('[') {
-        Some(v6) => v6.split_once(']').is_some_and(|(addr, rest)| {
-            addr.chars()
-                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
-                && (rest.is_empty() || rest.strip_prefix(':').is_some_and(port_ok))
-        }),
-        None => {
-            let (name, port) = host.split_once(':').unwrap_or((host, ""));
-            !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
-                && port_ok(port)
-        }
-    };
-    if plausible {
-        format!("{hidden}{host}")
-    } else {
-        "***".into()
     }
 }
 
@@ -480,87 +314,6 @@ fn int(v: &Value) -> Result<i64, StoreError> {
 /// a bounded command however many there are.
 const PAIRS_PER_CALL: usize = 512;
 
-impl RedisStore {
-    /// The `project|model` pairs counted in the last two days (the set admission keeps).
-    async fn pairs(&self) -> Result<Vec<(String, String)>, StoreError> {
-        self.members(self.keys.pairs()).await
-    }
-
-    /// The `(project, model)` members of the `project|model` set `set`, sorted.
-    async fn members(&self, set: String) -> Result<Vec<(String, String)>, StoreError> {
-        let members: Vec<String> = self.cmd(redis::cmd("SMEMBERS").arg(set).clone()).await?;
-        let mut out: Vec<(String, String)> = members
-            .iter()
-            .filter_map(|pm| pm.split_once('|'))
-            .map(|(p, m)| (p.to_string(), m.to_string()))
-            .collect();
-        out.sort();
-        Ok(out)
-    }
-
-    /// Run a usage or reset `script` over `pairs` with `args` before the day: `KEYS` are each
-    /// pair's window set, token hash and day count (and with `members`, the set of pairs last,
-    /// each pair's member of it after the day in `ARGV`). The script answers `{1, day}` when
-    /// Redis's day is not the one named (a moment around midnight): the keys of that day are
-    /// sent.
-    async fn run_on_pairs(
-        &self,
-        script: &Script,
-        pairs: &[(String, String)],
-        args: &[String],
-        members: bool,
-    ) -> Result<Vec<Value>, StoreError> {
-        let mut day = self.day().day;
-        for _ in 0..3 {
-            let mut inv = script.prepare_invoke();
-            for (p, m) in pairs {
-                let (rq, tk) = self.keys.window(p, m);
-                inv.key(rq).key(tk).key(self.keys.day(p, m, day));
-            }
-            if members {
-                inv.key(self.keys.pairs());
-            }
-            for a in args {
-                inv.arg(a);
-            }
-            inv.arg(day);
-            if members {
-                for (p, m) in pairs {
-                    inv.arg(format!("{p}|{m}"));
-                }
-            }
-            let v: Vec<Value> = self.run(inv).await?;
-            match v.first().map(int).transpose()? {
-                Some(0) => return Ok(v),
-                Some(1) if v.len() == 2 => day = int(&v[1])?,
-                _ => {
-                    return Err(StoreError::Protocol(format!(
-                        "a store script answered {v:?}"
-                    )));
-                }
-            }
-        }
-        Err(StoreError::Protocol(
-            "the store script's day kept changing".into(),
-        ))
-    }
-}
-
-/// Whether an admin reset naming `projects` (all when `None`) and `model` (all when `None`)
-/// covers the pair: a project-wide hold (`*`) is covered by any model.
-fn wanted(scope: &ResetScope, project: &str, model: &str) -> bool {
-    if let Some(ps) = &scope.projects
-        && !ps.is_empty()
-        && !ps.iter().any(|p| p == project)
-    {
-        return false;
-    }
-    match scope.model.as_deref() {
-        Some(m) if !m.is_empty() => model == m || model == "*",
-        _ => true,
-    }
-}
-
 #[async_trait]
 impl QuotaStore for RedisStore {
     async fn admit(&self, req: &AdmitRequest) -> Result<AdmitOutcome, StoreError> {
@@ -721,57 +474,7 @@ impl QuotaStore for RedisStore {
     /// Reads the sets of pairs first, then clears the named ones in one call: a pair first
     /// counted between the two (an admission in that moment) is counted after the reset.
     async fn reset(&self, kind: ResetKind, scope: &ResetScope) -> Result<(), StoreError> {
-        let kind = match kind {
-            ResetKind::Minute => "minute",
-            ResetKind::Daily => "daily",
-            ResetKind::Tokens => "tokens",
-            ResetKind::All => "all",
-            ResetKind::Cooldowns => {
-                // Holds of the named pairs, and the named keys' disabled flags: one pipeline.
-                let mut held = self.members(self.keys.held()).await?;
-                held.retain(|(p, m)| wanted(scope, p, m));
-                let kids = scope.kids.as_deref().unwrap_or_default();
-                if held.is_empty() && kids.is_empty() {
-                    return Ok(());
-                }
-                let mut del = redis::cmd("DEL");
-                for (p, m) in &held {
-                    del.arg(self.keys.cooldown(p, m));
-                }
-                for k in kids {
-                    del.arg(self.keys.disabled(k));
-                }
-                let mut pipe = redis::pipe();
-                pipe.add_command(del).ignore();
-                if !held.is_empty() {
-                    // The members as stored: split at the first `|`, joined again.
-                    let members: Vec<String> =
-                        held.iter().map(|(p, m)| format!("{p}|{m}")).collect();
-                    pipe.cmd("SREM")
-                        .arg(self.keys.held())
-                        .arg(&members)
-                        .ignore();
-                }
-                let mut conn = self.conn.clone();
-                let () = self.deadline(pipe.query_async(&mut conn)).await?;
-                return Ok(());
-            }
-        };
-        let pairs: Vec<(String, String)> = self
-            .pairs()
-            .await?
-            .into_iter()
-            .filter(|(p, m)| wanted(scope, p, m))
-            .collect();
-        let args = [
-            kind.to_string(),
-            self.day().offset_ms.to_string(),
-            self.now_arg(),
-        ];
-        for chunk in pairs.chunks(PAIRS_PER_CALL) {
-            self.run_on_pairs(&self.reset, chunk, &args, false).await?;
-        }
-        Ok(())
+        self.reset_pairs(kind, scope).await
     }
 
     async fn live_open(
@@ -892,39 +595,5 @@ impl QuotaStore for RedisStore {
 
     fn shared_io(&self) -> Option<SharedIo> {
         Some(RedisStore::shared_io(self))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn urls_are_logged_without_user_or_password() {
-        assert_eq!(
-            redact_url("redis://ops:hunter2@10.0.0.1:6379/0"),
-            "redis://***@10.0.0.1:6379/0"
-        );
-        assert_eq!(
-            redact_url("rediss://:p@ss@host:6380"),
-            "rediss://***@host:6380"
-        );
-        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
-        assert_eq!(redact_url("host:6379"), "(not a URL)");
-    }
-
-    #[test]
-    fn every_seed_of_a_cluster_list_is_logged_without_its_password() {
-        assert_eq!(
-            redact_url("redis://:pw1@a:7000,redis://u:pw2@b:7001,c:7002,:pw3@d:7003"),
-            "redis://***@a:7000,redis://***@b:7001,c:7002,***@d:7003"
-        );
-        // A comma inside a password splits it: neither half is shown.
-        let shown = redact_url("redis://:pass,word@10.0.0.1:6379/0");
-        assert!(
-            !shown.contains("pass") && !shown.contains("word"),
-            "{shown}"
-        );
-        assert_eq!(redact_url("redis://[::1]:6379"), "redis://[::1]:6379");
     }
 }
