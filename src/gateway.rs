@@ -166,7 +166,11 @@ fn log_request(
         .get::<Served>()
         .copied()
         .unwrap_or_default();
-    let model = traced.and_then(|t| t.model.as_deref());
+    // A fallback model's answer is logged and counted under the model that served it.
+    let fell = resp.extensions().get::<crate::fallback::Fellback>();
+    let model = fell
+        .map(|f| &*f.served)
+        .or(traced.and_then(|t| t.model.as_deref()));
     let key = served.key.map(|i| (i, state.pool.keys[i].masked.as_str()));
     let status = resp.status().as_u16();
     let caller = resp.extensions().get::<CallerTag>().map(|c| c.0.clone());
@@ -185,6 +189,7 @@ fn log_request(
         method,
         uri,
         model: model.map(str::to_string),
+        asked_model: fell.map(|f| f.asked.to_string()),
         key: served.key,
         caller,
         status,

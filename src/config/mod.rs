@@ -8,6 +8,7 @@ pub mod cache;
 mod channels;
 pub(crate) mod check;
 pub mod client_limits;
+pub(crate) mod fallbacks;
 mod limits;
 mod live;
 mod log;
@@ -34,6 +35,7 @@ pub use self::channels::{EmailConfig, SecretUri, WebhookConfig, WebhookFormat};
 pub use self::check::{BaseUrl, ConfigError};
 use self::check::{bad, comma_list, env_value};
 pub use self::client_limits::ClientLimits;
+pub use self::fallbacks::FallbacksConfig;
 pub use self::live::LiveConfig;
 pub use self::log::{LogConfig, LogFormat};
 pub use self::metrics::MetricsConfig;
@@ -89,6 +91,8 @@ struct Raw {
     keys: Vec<pool::RawKey>,
     #[serde(default)]
     prices: prices::Raw,
+    #[serde(default)]
+    fallbacks: fallbacks::Raw,
 }
 
 /// Everything the proxy needs, validated, by section.
@@ -110,6 +114,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The price table: embedded, with the user's `[prices."MODEL"]` laid over it.
     pub prices: Arc<Prices>,
+    /// Fallback chains between models.
+    pub fallbacks: FallbacksConfig,
     /// Digests of every setting it was loaded from (a reload names what changed with them).
     pub prints: ConfigPrints,
 }
@@ -183,6 +189,7 @@ impl Config {
             metrics: MetricsConfig::from_raw(raw.metrics),
             alerts: alerts::from_raw(raw.alerts, env)?,
             prices: prices::from_raw(raw.prices)?,
+            fallbacks: FallbacksConfig::from_raw(raw.fallbacks)?,
             prints,
         })
     }

@@ -120,35 +120,7 @@ pub(super) async fn admit(
     claim: Claim,
     client: Option<ClientAdmit>,
 ) -> Result<Admitted, NotAdmitted> {
-    let mut candidates = state.pool.candidates(model, route.family, pinned);
-    if candidates.len() > avoid.len() {
-        candidates.retain(|c| !avoid.contains(&c.index));
-    }
-    // A request no project could ever take is a client error, not a wait; one over a
-    // project's own per-request cap never lands on that project.
-    let cap = |c: &crate::quota::Candidate| c.limits.max_request_tokens.min(c.limits.token_minute);
-    let largest = candidates.iter().map(cap).max().unwrap_or(0);
-    candidates.retain(|c| est.tokens <= cap(c));
-    if let Some(capped) = state.spend.screen(&mut candidates, model, est.tokens) {
-        state.metrics.refused("spend_cap");
-        return Err(capped.into());
-    }
-    if candidates.is_empty() {
-        state.metrics.refused("max_request_tokens");
-        return Err(ApiError::InvalidArgument(format!(
-            "The request is estimated at {} input tokens, over this proxy's limit of {} tokens per request for {}.",
-            est.tokens, largest, model
-        ))
-        .into());
-    }
-    let request = AdmitRequest {
-        model: model.to_string(),
-        tokens: est.tokens,
-        candidates,
-        strategy: state.pool.strategy,
-        rotation: state.pool.next_turn(),
-        client,
-    };
+    let request = request(state, route, est, model, pinned, avoid, client)?;
     // The allowance already holds the client's own `max_wait_secs` ([`allowance`]).
     let client_until = Instant::now() + allowance;
     let started = Instant::now();
@@ -184,6 +156,48 @@ pub(super) async fn admit(
         }
         return outcome;
     }
+}
+
+/// The admission question for `model`: the keys that may serve it (without those in `avoid`
+/// while others remain, without those whose per-request cap or spend cap it would pass); a
+/// request no project could ever take is a client error, not a wait.
+pub(super) fn request(
+    state: &AppState,
+    route: &Route,
+    est: &Estimate,
+    model: &str,
+    pinned: Option<usize>,
+    avoid: &[usize],
+    client: Option<ClientAdmit>,
+) -> Result<AdmitRequest, ApiError> {
+    let mut candidates = state.pool.candidates(model, route.family, pinned);
+    if candidates.len() > avoid.len() {
+        candidates.retain(|c| !avoid.contains(&c.index));
+    }
+    // A request no project could ever take is a client error, not a wait; one over a
+    // project's own per-request cap never lands on that project.
+    let cap = |c: &crate::quota::Candidate| c.limits.max_request_tokens.min(c.limits.token_minute);
+    let largest = candidates.iter().map(cap).max().unwrap_or(0);
+    candidates.retain(|c| est.tokens <= cap(c));
+    if let Some(capped) = state.spend.screen(&mut candidates, model, est.tokens) {
+        state.metrics.refused("spend_cap");
+        return Err(capped);
+    }
+    if candidates.is_empty() {
+        state.metrics.refused("max_request_tokens");
+        return Err(ApiError::InvalidArgument(format!(
+            "The request is estimated at {} input tokens, over this proxy's limit of {} tokens per request for {}.",
+            est.tokens, largest, model
+        )));
+    }
+    Ok(AdmitRequest {
+        model: model.to_string(),
+        tokens: est.tokens,
+        candidates,
+        strategy: state.pool.strategy,
+        rotation: state.pool.next_turn(),
+        client,
+    })
 }
 
 /// One admission through the pool's queue (or without it): [`admit`] without the client's
@@ -545,4 +559,14 @@ pub(super) fn free_key(state: &AppState, pinned: Option<usize>, avoid: &[usize])
         .map(|i| (start + i) % n)
         .find(|&i| !avoid.contains(&i) && !health.recently_dead(&state.pool.keys[i].kid))
         .unwrap_or(start % n)
+}
+
+/// Whether admission's error says the pool has no room for the model (a limit reached in every
+/// project, or every key cooling down): what a fallback model may cure, unlike the client's
+/// own limits or a request no project could take.
+pub(super) fn is_pool_refusal(e: &ApiError) -> bool {
+    matches!(
+        e,
+        ApiError::QuotaExceeded { .. } | ApiError::PoolExhausted { .. }
+    )
 }
