@@ -77,6 +77,9 @@ pub struct Behaviour {
     pub script: VecDeque<Scripted>,
     /// Answer every generate call with this status.
     pub always_status: Option<u16>,
+    /// Generate calls for these models (named in the path, or the OpenAI body's `model`)
+    /// answer 503 "The model is overloaded".
+    pub overloaded_models: HashSet<String>,
     /// Pause between stream events.
     pub stream_delay: Duration,
     /// Number of events in a stream.
@@ -432,6 +435,15 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         }
         if let Some(code) = always {
             return scripted(&Scripted::Status(code));
+        }
+        let model = path
+            .split("/models/")
+            .nth(1)
+            .and_then(|m| m.split(':').next())
+            .or_else(|| json_body["model"].as_str())
+            .map(|m| m.strip_prefix("models/").unwrap_or(m).to_string());
+        if model.is_some_and(|m| st.behaviour.lock().unwrap().overloaded_models.contains(&m)) {
+            return scripted(&Scripted::Status(503));
         }
         if let Some(limit) = rpm {
             let mut calls = st.key_calls.lock().unwrap();

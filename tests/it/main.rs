@@ -35,6 +35,7 @@ mod docker_context;
 mod docs;
 mod e2e;
 mod embed;
+mod fallback;
 mod faults;
 mod fuzz;
 mod h2_stream_cap;
