@@ -311,21 +311,17 @@ where
             served.attempts = attempt;
             let reservation = match (preadmitted.take(), serving.clone()) {
                 (Some(switched), _) => {
-                    let model = switched.model.clone();
-                    switch(
+                    // Its keys are not the overloaded model's: none avoided, tries anew.
+                    avoid.clear();
+                    base = attempt - 1;
+                    Some(switch(
                         switched,
                         &mut serving,
                         &mut client_part,
                         &mut path,
                         &mut body,
                         account.as_deref_mut(),
-                    )
-                    .map(|r| {
-                        avoid.clear();
-                        base = attempt - 1;
-                        tracing::debug!(model = %model, "overloaded: sent to a fallback model");
-                        r
-                    })
+                    ))
                 }
                 (None, Some(model)) => {
                     let model = &*model;
@@ -385,14 +381,14 @@ where
                             *fell = chain.fell.clone();
                             avoid.clear();
                             base = attempt - 1;
-                            switch(
+                            Some(switch(
                                 switched,
                                 &mut serving,
                                 &mut client_part,
                                 &mut path,
                                 &mut body,
                                 account.as_deref_mut(),
-                            )
+                            ))
                         }
                     }
                 }
@@ -680,7 +676,7 @@ fn switch(
     path: &mut std::borrow::Cow<'_, str>,
     body: &mut Bytes,
     account: Option<&mut Account>,
-) -> Option<crate::quota::Reservation> {
+) -> crate::quota::Reservation {
     if let Some(a) = account {
         a.model = switched.model.clone();
     }
@@ -688,7 +684,7 @@ fn switch(
     *client_part = switched.client_part;
     *path = std::borrow::Cow::Owned(switched.path);
     *body = switched.body;
-    Some(switched.reservation)
+    switched.reservation
 }
 
 /// Whether Google's dead-key answer for key `index` may disable it: not when this request
