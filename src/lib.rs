@@ -46,6 +46,7 @@ pub mod access_log;
 pub mod alerts;
 pub mod allocator;
 pub mod auth;
+pub mod batch;
 pub mod body;
 pub mod budget;
 pub mod cache;

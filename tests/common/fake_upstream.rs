@@ -137,6 +137,8 @@ pub struct FakeState {
     /// Generate calls per key, with their times (for per_key_rpm).
     key_calls: Mutex<HashMap<String, Vec<Instant>>>,
     uploads: Mutex<HashMap<String, (String, Vec<u8>)>>,
+    /// The Batch API's jobs (see `fake_batches`).
+    pub batches: super::fake_batches::FakeBatches,
     upload_seq: AtomicUsize,
 }
 
@@ -367,6 +369,11 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         );
     }
     let json_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if let Some(r) =
+        super::fake_batches::handle(&st.batches, parts.method.as_str(), &path, &key, &json_body)
+    {
+        return r;
+    }
     let is_generate = path.contains(":generateContent")
         || path.contains(":streamGenerateContent")
         || path.ends_with("/chat/completions");

@@ -18,6 +18,7 @@
 mod common;
 
 mod alerts;
+mod batch;
 mod billing;
 mod binary_cli;
 mod bounds;

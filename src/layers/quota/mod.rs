@@ -8,6 +8,7 @@
 
 mod admit;
 mod answer;
+pub mod batch;
 mod client;
 mod fallback;
 mod react;
@@ -283,6 +284,8 @@ where
         let mut preadmitted: Option<fallback::Switched> = None;
         // Attempts before the model serving now: its tries are counted from there.
         let mut base: u32 = 0;
+        // A batch creation's hold on its project's batch quota ([`crate::batch`]).
+        let mut batch_hold: Option<crate::batch::Hold> = None;
         let streaming = est.streaming();
         let head_timeout = if streaming {
             cfg.stream_idle_timeout.min(cfg.request_timeout)
@@ -397,7 +400,20 @@ where
             let quota_model = serving.as_deref();
             let index = match &reservation {
                 Some(r) => r.index,
-                None => admit::free_key(state, est.pinned, &avoid),
+                None => {
+                    let client = state.ledger_client(Some(&caller));
+                    match batch::choose(state, est, &body, &avoid, client) {
+                        Some(Ok((i, hold))) => {
+                            batch_hold = Some(hold);
+                            i
+                        }
+                        Some(Err(e)) => {
+                            served.refused = true;
+                            return Err(e);
+                        }
+                        None => admit::free_key(state, est.pinned, &avoid),
+                    }
+                }
             };
             let key = &state.pool.keys[index];
             served.key = Some(index);
@@ -630,7 +646,10 @@ where
                     Answer::Whole(bytes) => {
                         let creator =
                             affinity::creator(&*state.store, route, &caller, caller_name).await;
-                        affinity::remember_created(&*state.store, bytes, &key.kid, &creator).await
+                        affinity::remember_created(&*state.store, bytes, &key.kid, &creator).await;
+                        if let Some(hold) = batch_hold.take() {
+                            batch::created(hold, bytes);
+                        }
                     }
                     Answer::Over(..) => tracing::warn!(
                         key = %key.masked,
@@ -639,6 +658,18 @@ where
                     ),
                 }
                 return Ok(answer.into_response(status, headers, cfg, at_end));
+            }
+            // A batch job's answer says whether it ended: its batch quota is released then.
+            if let Some(name) = crate::batch::named(route) {
+                if parts.method == http::Method::DELETE {
+                    state.batches.forget(name);
+                } else if !streaming {
+                    let answer = read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;
+                    if let Answer::Whole(bytes) = &answer {
+                        batch::observed(state, name, bytes);
+                    }
+                    return Ok(answer.into_response(status, headers, cfg, at_end));
+                }
             }
             if let Some(collection) = route.lists.filter(|_| caller != Caller::Admin) {
                 return Ok(own_listing(

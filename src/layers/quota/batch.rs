@@ -1,0 +1,104 @@
+//! The quota step's side of the Batch API ([`crate::batch`]): a batch creation goes out on the
+//! key of the project with the most batch room (a 429 when none has any), holding that room
+//! from then; a job's answer read through the proxy releases it when it says the job ended,
+//! and records what its inline results used at batch prices.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::batch::{self, Hold, Quotas};
+use crate::error::ApiError;
+use crate::layers::estimate::Estimated;
+use crate::route::QuotaFamily;
+use crate::state::AppState;
+
+/// For a batch creation: the key to create it with, chosen by batch room, and the hold on that
+/// room; `None` for any other call.
+pub(super) fn choose(
+    state: &AppState,
+    est: &Estimated,
+    body: &Bytes,
+    avoid: &[usize],
+    client: u32,
+) -> Option<Result<(usize, Hold), ApiError>> {
+    if !batch::is_create(&est.route) {
+        return None;
+    }
+    let model = est.route.model.as_deref()?;
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    // A file input's size is not known here: its job counts against the jobs at once only.
+    let tokens = batch::inline_tokens(&v).unwrap_or(0);
+    let mut candidates = state
+        .pool
+        .candidates(model, QuotaFamily::Generate, est.pinned);
+    if candidates.len() > avoid.len() {
+        candidates.retain(|c| !avoid.contains(&c.index));
+    }
+    let candidates: Vec<batch::Candidate> = candidates
+        .into_iter()
+        .map(|c| batch::Candidate {
+            index: c.index,
+            kid: c.kid,
+            project: c.project,
+        })
+        .collect();
+    let quotas = Quotas {
+        concurrent: state.config.limits.batch_concurrent,
+        enqueued_tokens: state.config.limits.batch_enqueued_tokens,
+    };
+    Some(
+        state
+            .batches
+            .reserve(&candidates, model, tokens, client, quotas)
+            .inspect_err(|_| state.metrics.refused("batch_quota")),
+    )
+}
+
+/// A creation's answer: the job it names holds its room until it ends.
+pub(super) fn created(hold: Hold, answer: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<Value>(answer) else {
+        return;
+    };
+    let name = [v.get("name"), v.pointer("/metadata/name")]
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find(|n| n.starts_with("batches/"));
+    match name {
+        Some(n) => hold.opened(n),
+        None => tracing::warn!(
+            "a batch creation's answer names no batches/ID: its batch quota is not held"
+        ),
+    }
+}
+
+/// A job's answer read (get, cancel): when it says the job ended, its room is released and its
+/// inline results' usage recorded at batch prices under the key and client that created it.
+pub(super) fn observed(state: &AppState, name: &str, answer: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<Value>(answer) else {
+        return;
+    };
+    record(state, name, &v);
+}
+
+/// [`observed`] for an answer already parsed (the background poll's).
+pub fn record(state: &AppState, name: &str, v: &Value) {
+    let Some((open, usage)) = state.batches.observe(name, v) else {
+        return;
+    };
+    tracing::info!(batch = name, project = %open.project, model = %open.model, state = batch::state_of(v).unwrap_or("done"), "batch job ended: its batch quota released");
+    let Some(usage) = usage else {
+        return;
+    };
+    let results = batch::results_count(v);
+    let series = state.ledger.series_of(
+        Some(&open.project),
+        &open.model,
+        Some(&open.kid),
+        open.client,
+        true,
+    );
+    state
+        .ledger
+        .batch_results(series, &open.model, &open.project, results, &usage);
+}
