@@ -294,6 +294,31 @@ fn spawn_client_sync(live: WeakLive) {
     });
 }
 
+/// Every serving `batch.poll_secs` (when not 0): Google asked about the batch jobs this
+/// replica holds batch quota for ([`crate::layers::quota::batch::poll_once`]). Runs while the
+/// gateway lives.
+fn spawn_batch_poll(live: WeakLive) {
+    tokio::spawn(async move {
+        loop {
+            let Some(state) = live.upgrade().map(|l| l.current()) else {
+                return;
+            };
+            let every = state.config.batch.poll;
+            if !every.is_zero() {
+                crate::layers::quota::batch::poll_once(&state).await;
+            }
+            drop(state);
+            // A poll of 0 looks again later, in case a reload turns it on.
+            let pause = if every.is_zero() {
+                Duration::from_secs(5)
+            } else {
+                every
+            };
+            tokio::time::sleep(pause).await;
+        }
+    });
+}
+
 /// Renew every Live API slot this replica holds, every third of the serving `live.lease_secs`,
 /// while the gateway lives: a replica that stops renewing (it died) frees its slots within a
 /// lease. Also sets the open-session gauges.
@@ -445,6 +470,7 @@ impl GatewayBuilder {
         spawn_outlook_refresh(live.downgrade());
         spawn_alerts(live.downgrade());
         spawn_client_sync(live.downgrade());
+        spawn_batch_poll(live.downgrade());
         let sessions = Arc::new(crate::live::LiveSessions::default());
         spawn_live_renewal(live.downgrade(), sessions.clone());
         let service = GeminiService::new(live.clone(), sessions);

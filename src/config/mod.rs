@@ -4,6 +4,7 @@
 
 mod alerts;
 mod auth;
+mod batch;
 pub mod cache;
 mod channels;
 pub(crate) mod check;
@@ -30,6 +31,7 @@ use serde::Deserialize;
 
 pub use self::alerts::AlertsConfig;
 pub use self::auth::{AuthConfig, check_client_name, is_reserved_name};
+pub use self::batch::BatchConfig;
 pub use self::cache::{CacheBackend, CacheConfig, CacheScope};
 pub use self::channels::{EmailConfig, SecretUri, WebhookConfig, WebhookFormat};
 pub use self::check::{BaseUrl, ConfigError};
@@ -93,6 +95,8 @@ struct Raw {
     prices: prices::Raw,
     #[serde(default)]
     fallbacks: fallbacks::Raw,
+    #[serde(default)]
+    batch: batch::Raw,
 }
 
 /// Everything the proxy needs, validated, by section.
@@ -116,6 +120,8 @@ pub struct Config {
     pub prices: Arc<Prices>,
     /// Fallback chains between models.
     pub fallbacks: FallbacksConfig,
+    /// The Batch API's background check.
+    pub batch: BatchConfig,
     /// Digests of every setting it was loaded from (a reload names what changed with them).
     pub prints: ConfigPrints,
 }
@@ -190,6 +196,7 @@ impl Config {
             alerts: alerts::from_raw(raw.alerts, env)?,
             prices: prices::from_raw(raw.prices)?,
             fallbacks: FallbacksConfig::from_raw(raw.fallbacks)?,
+            batch: BatchConfig::from_raw(raw.batch)?,
             prints,
         })
     }

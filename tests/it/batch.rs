@@ -185,3 +185,39 @@ async fn a_finished_batch_is_recorded_at_batch_prices() {
         .sum();
     assert_eq!(again, recorded);
 }
+
+#[tokio::test]
+async fn the_background_check_releases_and_costs_a_job_nobody_reads() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&KEYS[..1])
+            .toml("[limits]\nbatch_concurrent = 1\n\n[batch]\npoll_secs = 0.1\n"),
+    )
+    .await;
+    let job = json_of(create(&proxy.url, 2, 40).await).await;
+    let name = job["name"].as_str().unwrap().to_string();
+    assert_eq!(create(&proxy.url, 1, 40).await.status(), 429);
+    let polled = |fake: &FakeUpstream| {
+        fake.recorded()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with(&name))
+            .count()
+    };
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || polled(&fake) >= 1).await,
+        "the proxy checks its open jobs by itself"
+    );
+    fake_batches::finish(&fake.state.batches, &name);
+    let state = proxy.state.clone();
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || state
+            .ledger
+            .cost_totals()
+            .iter()
+            .any(|(m, _, c)| &**m == MODEL && *c > 0))
+        .await,
+        "the finished job's results were costed"
+    );
+    assert_eq!(create(&proxy.url, 1, 40).await.status(), 200);
+}

@@ -102,3 +102,53 @@ pub fn record(state: &AppState, name: &str, v: &Value) {
         .ledger
         .batch_results(series, &open.model, &open.project, results, &usage);
 }
+
+/// Largest batch job answer the background check reads (inline results included).
+const POLL_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Ask Google about every open batch job, with the key that created it: a job that ended is
+/// released and costed ([`record`]), one Google no longer knows (404) is released. Jobs whose
+/// key left the pool are released too (nobody can read them through this proxy any more).
+pub async fn poll_once(state: &AppState) {
+    use http_body_util::BodyExt;
+    let upstream = crate::upstream::Upstream::new(&state.config.upstream.url);
+    for (name, kid) in state.batches.open_jobs() {
+        let Some((_, key)) = state.pool.by_kid(&kid) else {
+            state.batches.forget(&name);
+            continue;
+        };
+        let Some(req) = crate::upstream::build_request(
+            &upstream,
+            &http::Method::GET,
+            &format!("/v1beta/{name}"),
+            None,
+            &http::HeaderMap::new(),
+            Bytes::new(),
+            false,
+            &key.headers,
+        ) else {
+            continue;
+        };
+        let timeout = state.config.upstream.request_timeout;
+        let asked = async {
+            let resp = state.upstream.clone().request(req).await.ok()?;
+            let status = resp.status();
+            let body = http_body_util::Limited::new(resp.into_body(), POLL_BODY_LIMIT)
+                .collect()
+                .await
+                .ok()?
+                .to_bytes();
+            Some((status, body))
+        };
+        match tokio::time::timeout(timeout, asked).await {
+            Ok(Some((status, body))) if status.is_success() => observed(state, &name, &body),
+            Ok(Some((status, _))) if status == http::StatusCode::NOT_FOUND => {
+                state.batches.forget(&name);
+            }
+            _ => tracing::debug!(
+                batch = name,
+                "batch job check failed: asked again next time"
+            ),
+        }
+    }
+}
