@@ -25,6 +25,9 @@ pub struct Open {
     pub tokens: u64,
     /// Its client's ledger id.
     pub client: u32,
+    /// Its client's name, when the client has budgets, and the micro-dollars reserved against
+    /// them at creation (its estimate at batch prices), until its results are costed.
+    pub budget: Option<(Arc<str>, u64)>,
 }
 
 /// The open batch jobs of this replica, and those being created.
@@ -38,6 +41,9 @@ struct Inner {
     open: HashMap<String, Open>,
     creating: HashMap<u64, Open>,
     next: u64,
+    /// Per client with budgets: what its finished batch jobs cost (micro-dollars) in its day
+    /// and month (`(day, month, day's, month's)`); one entry per configured client.
+    settled: HashMap<Arc<str>, (i64, i64, u64, u64)>,
 }
 
 /// A key that may create the batch: its pool index, key id and project.
@@ -91,6 +97,7 @@ impl Batches {
         model: &str,
         tokens: u64,
         client: u32,
+        budget: Option<(Arc<str>, u64)>,
         quotas: Quotas,
     ) -> Result<(usize, Hold), ApiError> {
         let mut inner = self.lock();
@@ -129,6 +136,7 @@ impl Batches {
                 model: model.into(),
                 tokens,
                 client,
+                budget,
             },
         );
         Ok((
@@ -163,6 +171,46 @@ impl Batches {
             .iter()
             .map(|(n, o)| (n.clone(), o.kid.clone()))
             .collect()
+    }
+
+    /// What `client`'s batch jobs hold against its budgets: the reservations of its open (and
+    /// being created) jobs, plus what its finished jobs cost in `day` and in `month`.
+    pub fn client_held(&self, client: &str, day: i64, month: i64) -> (u64, u64) {
+        let inner = self.lock();
+        let reserved: u64 = inner
+            .open
+            .values()
+            .chain(inner.creating.values())
+            .filter_map(|o| o.budget.as_ref())
+            .filter(|(name, _)| &**name == client)
+            .map(|(_, micros)| *micros)
+            .sum();
+        let (d, m) = match inner.settled.get(client) {
+            Some(&(sd, sm, dm, mm)) => (
+                if sd == day { dm } else { 0 },
+                if sm == month { mm } else { 0 },
+            ),
+            None => (0, 0),
+        };
+        (reserved.saturating_add(d), reserved.saturating_add(m))
+    }
+
+    /// A finished job of `client` cost `micros` (its reservation already went with the job):
+    /// counted in its `day` and `month`.
+    pub fn settle(&self, client: &Arc<str>, day: i64, month: i64, micros: u64) {
+        let mut inner = self.lock();
+        let e = inner
+            .settled
+            .entry(client.clone())
+            .or_insert((day, month, 0, 0));
+        if e.0 != day {
+            (e.0, e.2) = (day, 0);
+        }
+        if e.1 != month {
+            (e.1, e.3) = (month, 0);
+        }
+        e.2 = e.2.saturating_add(micros);
+        e.3 = e.3.saturating_add(micros);
     }
 
     /// Jobs open (and being created) on `project`, and the tokens they hold for `model`.
@@ -248,6 +296,14 @@ pub fn results_usage(answer: &Value) -> Option<TokenUsage> {
     Some(total)
 }
 
+/// How many requests a creation holds inline (1 for a file input: unknown here).
+pub fn requests_count(body: &Value) -> u64 {
+    body.pointer("/batch/inputConfig/requests/requests")
+        .or_else(|| body.pointer("/batch/input_config/requests/requests"))
+        .and_then(Value::as_array)
+        .map_or(1, |a| a.len() as u64)
+}
+
 /// How many inline results an answer holds.
 pub fn results_count(answer: &Value) -> u64 {
     [
@@ -322,21 +378,21 @@ mod tests {
     #[test]
     fn creations_go_where_the_most_tokens_are_free_and_hold_them_until_the_job_ends() {
         let b = Arc::new(Batches::default());
-        let (i, hold) = b.reserve(&cands(), "m", 60, 0, Q).unwrap();
+        let (i, hold) = b.reserve(&cands(), "m", 60, 0, None, Q).unwrap();
         assert_eq!(i, 0);
         hold.opened("batches/a");
         // p1 has 40 left: the next goes to p2.
-        let (i, hold) = b.reserve(&cands(), "m", 50, 0, Q).unwrap();
+        let (i, hold) = b.reserve(&cands(), "m", 50, 0, None, Q).unwrap();
         assert_eq!(i, 1);
         hold.opened("batches/b");
         // 60 fits nowhere now (40 and 50 left); a failed creation frees its hold.
-        assert!(b.reserve(&cands(), "m", 60, 0, Q).is_err());
-        drop(b.reserve(&cands(), "m", 45, 0, Q).unwrap());
+        assert!(b.reserve(&cands(), "m", 60, 0, None, Q).is_err());
+        drop(b.reserve(&cands(), "m", 45, 0, None, Q).unwrap());
         assert_eq!(b.used_by("p2", "m"), (1, 50));
         // Another model has its own tokens, but the same job count.
-        let (_, h) = b.reserve(&cands(), "other", 100, 0, Q).unwrap();
+        let (_, h) = b.reserve(&cands(), "other", 100, 0, None, Q).unwrap();
         h.opened("batches/c");
-        assert!(b.reserve(&cands(), "other", 100, 0, Q).is_ok());
+        assert!(b.reserve(&cands(), "other", 100, 0, None, Q).is_ok());
         let running = json!({"name": "batches/a", "metadata": {"state": "BATCH_STATE_RUNNING"}});
         assert!(b.observe("batches/a", &running).is_none());
         let done = json!({"name": "batches/a", "metadata": {"state": "BATCH_STATE_SUCCEEDED"}, "done": true,

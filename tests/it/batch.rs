@@ -221,3 +221,60 @@ async fn the_background_check_releases_and_costs_a_job_nobody_reads() {
     );
     assert_eq!(create(&proxy.url, 1, 40).await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_clients_batch_over_its_budget_is_refused_until_its_reservation_is_settled() {
+    const TEAM: &str = "team-batch-key-0123456789";
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&KEYS).toml(&format!(
+            "[[auth.clients]]\nname = \"team\"\nkey = \"{TEAM}\"\ndaily_budget_usd = 0.01\n"
+        )),
+    )
+    .await;
+    let as_team = || async {
+        let requests: Vec<Value> = (0..3)
+            .map(|_| json!({"request": {"contents": [{"parts": [{"text": "x".repeat(40)}]}]}}))
+            .collect();
+        http()
+            .post(format!(
+                "{}/v1beta/models/{MODEL}:batchGenerateContent",
+                proxy.url
+            ))
+            .header("x-goog-api-key", TEAM)
+            .json(&json!({"batch": {"inputConfig": {"requests": {"requests": requests}}}}))
+            .send()
+            .await
+            .unwrap()
+    };
+    // Three requests reserve about 0.0077 USD at batch prices (2,048 output tokens each).
+    let first = as_team().await;
+    assert_eq!(first.status(), 200);
+    let name = json_of(first).await["name"].as_str().unwrap().to_string();
+    let refused = as_team().await;
+    assert_eq!(refused.status(), 429);
+    let v = json_of(refused).await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("daily_budget_usd"),
+        "{v}"
+    );
+    assert_eq!(
+        creators(&fake).len(),
+        1,
+        "a refused batch never reaches Google"
+    );
+    // Its results cost far less than reserved: settled, the next one fits.
+    fake_batches::finish(&fake.state.batches, &name);
+    let r = http()
+        .get(format!("{}/v1beta/{name}", proxy.url))
+        .header("x-goog-api-key", TEAM)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(as_team().await.status(), 200);
+}

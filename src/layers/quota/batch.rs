@@ -3,19 +3,26 @@
 //! from then; a job's answer read through the proxy releases it when it says the job ended,
 //! and records what its inline results used at batch prices.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::client;
+use crate::auth::Caller;
 use crate::batch::{self, Hold, Quotas};
 use crate::error::ApiError;
 use crate::layers::estimate::Estimated;
+use crate::ledger::{Billing, TokenUsage};
+use crate::quota::{ClientLimit, ClientPeriod};
 use crate::route::QuotaFamily;
 use crate::state::AppState;
 
 /// For a batch creation: the key to create it with, chosen by batch room, and the hold on that
-/// room; `None` for any other call.
-pub(super) fn choose(
+/// room (and on its client's budgets); `None` for any other call.
+pub(super) async fn choose(
     state: &AppState,
+    caller: &Caller,
     est: &Estimated,
     body: &Bytes,
     avoid: &[usize],
@@ -28,6 +35,10 @@ pub(super) fn choose(
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     // A file input's size is not known here: its job counts against the jobs at once only.
     let tokens = batch::inline_tokens(&v).unwrap_or(0);
+    let budget = match budget(state, caller, est, model, tokens, batch::requests_count(&v)).await {
+        Ok(b) => b,
+        Err(e) => return Some(Err(e)),
+    };
     let mut candidates = state
         .pool
         .candidates(model, QuotaFamily::Generate, est.pinned);
@@ -49,9 +60,75 @@ pub(super) fn choose(
     Some(
         state
             .batches
-            .reserve(&candidates, model, tokens, client, quotas)
+            .reserve(&candidates, model, tokens, client, budget, quotas)
             .inspect_err(|_| state.metrics.refused("batch_quota")),
     )
+}
+
+/// A client with budgets may create a batch job only within them: what it spent (the store's
+/// count of its synchronous requests) and what its batch jobs hold (open jobs' reservations,
+/// finished jobs' cost) plus this job's estimate at batch prices (its inline input, and
+/// [`client::DEFAULT_OUTPUT_TOKENS`] of output per request) must fit. The estimate is held
+/// with the job until its results are costed. A 429 naming the budget otherwise.
+async fn budget(
+    state: &AppState,
+    caller: &Caller,
+    est: &Estimated,
+    model: &str,
+    tokens: u64,
+    requests: u64,
+) -> Result<Option<(Arc<str>, u64)>, ApiError> {
+    let Some(part) = client::part(state, caller, &est.route, &est.estimate, model) else {
+        return Ok(None);
+    };
+    if !part.has_budgets() {
+        return Ok(None);
+    }
+    let usage = TokenUsage {
+        input: tokens,
+        output: requests.saturating_mul(client::DEFAULT_OUTPUT_TOKENS),
+        ..TokenUsage::default()
+    };
+    let estimate = state
+        .config
+        .prices
+        .batch_cost(model, &usage, Billing::Paid)
+        .list_nano
+        .div_ceil(1000);
+    let p = part.period;
+    let spent = state
+        .store
+        .client_spend(&[(part.name.clone(), p.day, p.month)])
+        .await
+        .ok()
+        .and_then(|v| v.first().copied())
+        .unwrap_or((0, 0));
+    let held = state.batches.client_held(&part.name, p.day, p.month);
+    let now = chrono::Utc::now().timestamp_millis();
+    for (limit, cap, used, ends) in [
+        (
+            ClientLimit::DailyBudget,
+            part.caps.daily_micros,
+            spent.0.saturating_add(held.0),
+            p.day_end_ms,
+        ),
+        (
+            ClientLimit::MonthlyBudget,
+            part.caps.monthly_micros,
+            spent.1.saturating_add(held.1),
+            p.month_end_ms,
+        ),
+    ] {
+        if let Some(cap) = cap
+            && used.saturating_add(estimate) > cap
+        {
+            state.clients.note_refusal(&part.name, limit.as_str());
+            state.metrics.client_refused(&part.name, limit.as_str());
+            let retry = (ends - now).max(1000) as u64;
+            return Err(client::refusal(&part, model, limit, retry));
+        }
+    }
+    Ok(Some((part.name, estimate)))
 }
 
 /// A creation's answer: the job it names holds its room until it ends.
@@ -98,9 +175,23 @@ pub fn record(state: &AppState, name: &str, v: &Value) {
         open.client,
         true,
     );
-    state
+    let billed = state
         .ledger
         .batch_results(series, &open.model, &open.project, results, &usage);
+    // Its client's budgets: the reservation went with the job; its cost counts from now.
+    if let Some((name, _)) = &open.budget {
+        let tz = state
+            .clients
+            .load()
+            .by_name(name)
+            .map_or(state.config.limits.timezone, |c| {
+                c.limits.tz(state.config.limits.timezone)
+            });
+        let p = ClientPeriod::at(tz, chrono::Utc::now().timestamp_millis());
+        state
+            .batches
+            .settle(name, p.day, p.month, billed.div_ceil(1000));
+    }
 }
 
 /// Largest batch job answer the background check reads (inline results included).

@@ -402,7 +402,7 @@ where
                 Some(r) => r.index,
                 None => {
                     let client = state.ledger_client(Some(&caller));
-                    match batch::choose(state, est, &body, &avoid, client) {
+                    match batch::choose(state, &caller, est, &body, &avoid, client).await {
                         Some(Ok((i, hold))) => {
                             batch_hold = Some(hold);
                             i
