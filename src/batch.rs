@@ -25,6 +25,8 @@ pub struct Open {
     pub tokens: u64,
     /// Its client's ledger id.
     pub client: u32,
+    /// Who created it (the affinity's creator), once created: a results file is theirs.
+    pub owner: Option<Arc<str>>,
     /// Its client's name, when the client has budgets, and the micro-dollars reserved against
     /// them at creation (its estimate at batch prices), until its results are costed.
     pub budget: Option<(Arc<str>, u64)>,
@@ -68,10 +70,12 @@ pub struct Hold {
 }
 
 impl Hold {
-    /// The job was created under `name` (`batches/ID`): it holds the quotas until it ends.
-    pub fn opened(self, name: &str) {
+    /// The job was created under `name` (`batches/ID`) by `owner`: it holds the quotas until
+    /// it ends.
+    pub fn opened(self, name: &str, owner: &str) {
         let mut inner = self.batches.lock();
-        if let Some(open) = inner.creating.remove(&self.id) {
+        if let Some(mut open) = inner.creating.remove(&self.id) {
+            open.owner = Some(owner.into());
             inner.open.insert(name.to_string(), open);
         }
     }
@@ -136,6 +140,7 @@ impl Batches {
                 model: model.into(),
                 tokens,
                 client,
+                owner: None,
                 budget,
             },
         );
@@ -296,6 +301,17 @@ pub fn results_usage(answer: &Value) -> Option<TokenUsage> {
     Some(total)
 }
 
+/// The file a finished job's results were written to (`files/ID`), if any.
+pub fn results_file(answer: &Value) -> Option<&str> {
+    [
+        "/response/responsesFile",
+        "/metadata/output/responsesFile",
+        "/output/responsesFile",
+    ]
+    .iter()
+    .find_map(|p| answer.pointer(p).and_then(Value::as_str))
+}
+
 /// How many requests a creation holds inline (1 for a file input: unknown here).
 pub fn requests_count(body: &Value) -> u64 {
     body.pointer("/batch/inputConfig/requests/requests")
@@ -380,18 +396,18 @@ mod tests {
         let b = Arc::new(Batches::default());
         let (i, hold) = b.reserve(&cands(), "m", 60, 0, None, Q).unwrap();
         assert_eq!(i, 0);
-        hold.opened("batches/a");
+        hold.opened("batches/a", "c");
         // p1 has 40 left: the next goes to p2.
         let (i, hold) = b.reserve(&cands(), "m", 50, 0, None, Q).unwrap();
         assert_eq!(i, 1);
-        hold.opened("batches/b");
+        hold.opened("batches/b", "c");
         // 60 fits nowhere now (40 and 50 left); a failed creation frees its hold.
         assert!(b.reserve(&cands(), "m", 60, 0, None, Q).is_err());
         drop(b.reserve(&cands(), "m", 45, 0, None, Q).unwrap());
         assert_eq!(b.used_by("p2", "m"), (1, 50));
         // Another model has its own tokens, but the same job count.
         let (_, h) = b.reserve(&cands(), "other", 100, 0, None, Q).unwrap();
-        h.opened("batches/c");
+        h.opened("batches/c", "c");
         assert!(b.reserve(&cands(), "other", 100, 0, None, Q).is_ok());
         let running = json!({"name": "batches/a", "metadata": {"state": "BATCH_STATE_RUNNING"}});
         assert!(b.observe("batches/a", &running).is_none());

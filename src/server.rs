@@ -40,7 +40,14 @@ fn oversized_headers(headers: &http::HeaderMap) -> Option<Response> {
 
 /// Where the Gemini surface starts: everything under these (and under `server.path_prefix`
 /// followed by these) is forwarded.
-const GEMINI_ROOTS: [&str; 4] = ["/v1beta/", "/v1/", "/upload/v1beta/", "/upload/v1/"];
+const GEMINI_ROOTS: [&str; 6] = [
+    "/v1beta/",
+    "/v1/",
+    "/upload/v1beta/",
+    "/upload/v1/",
+    "/download/v1beta/",
+    "/download/v1/",
+];
 
 /// A path the proxy forwards (a root and something after it).
 fn is_gemini_path(path: &str) -> bool {

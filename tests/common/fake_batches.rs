@@ -17,6 +17,8 @@ pub struct FakeBatch {
     pub model: String,
     pub requests: usize,
     pub state: &'static str,
+    /// Its results go to this file (`files/ID`) instead of inline.
+    pub results_file: Option<String>,
 }
 
 /// The fake's batch jobs, by name.
@@ -24,6 +26,17 @@ pub struct FakeBatch {
 pub struct FakeBatches {
     pub jobs: Mutex<HashMap<String, FakeBatch>>,
     next: Mutex<usize>,
+}
+
+/// End a job as succeeded, its results written to `files/out-ID` (downloadable with the key
+/// that created the job only).
+pub fn finish_to_file(batches: &FakeBatches, name: &str) -> String {
+    let mut jobs = batches.jobs.lock().unwrap();
+    let j = jobs.get_mut(name).unwrap();
+    j.state = "BATCH_STATE_SUCCEEDED";
+    let file = format!("files/out-{}", name.trim_start_matches("batches/"));
+    j.results_file = Some(file.clone());
+    file
 }
 
 /// End a job as succeeded.
@@ -43,7 +56,17 @@ fn operation(name: &str, j: &FakeBatch) -> Value {
             "state": j.state,
         },
     });
-    if j.state == "BATCH_STATE_SUCCEEDED" {
+    if let Some(file) = j
+        .results_file
+        .as_ref()
+        .filter(|_| j.state == "BATCH_STATE_SUCCEEDED")
+    {
+        op["done"] = json!(true);
+        op["response"] = json!({
+            "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatchOutput",
+            "responsesFile": file,
+        });
+    } else if j.state == "BATCH_STATE_SUCCEEDED" {
         let responses: Vec<Value> = (0..j.requests)
             .map(|i| json!({"response": {
                 "candidates": [{"content": {"role": "model", "parts": [{"text": format!("answer {i}")}]}, "finishReason": "STOP"}],
@@ -99,10 +122,27 @@ pub fn handle(
             model: model.to_string(),
             requests,
             state: "BATCH_STATE_PENDING",
+            results_file: None,
         };
         let op = operation(&name, &job);
         batches.jobs.lock().unwrap().insert(name, job);
         return Some(axum::Json(op).into_response());
+    }
+    if let Some(file) = path
+        .strip_prefix("/download/v1beta/")
+        .and_then(|p| p.strip_suffix(":download"))
+    {
+        let jobs = batches.jobs.lock().unwrap();
+        let job = jobs
+            .values()
+            .find(|j| j.results_file.as_deref() == Some(file))?;
+        if job.key != key {
+            return Some(not_yours());
+        }
+        let lines: String = (0..job.requests)
+            .map(|i| format!("{{\"key\":\"{i}\",\"response\":{{\"usageMetadata\":{{\"promptTokenCount\":10,\"candidatesTokenCount\":5}}}}}}\n"))
+            .collect();
+        return Some(lines.into_response());
     }
     let rest = path
         .strip_prefix("/v1beta/")

@@ -278,3 +278,29 @@ async fn a_clients_batch_over_its_budget_is_refused_until_its_reservation_is_set
     assert_eq!(r.status(), 200);
     assert_eq!(as_team().await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_jobs_results_file_is_downloaded_with_the_key_that_created_the_job() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(&fake.url, opts()).await;
+    // Two jobs, one per project: the second's results file is only in its project.
+    create(&proxy.url, 1, 40).await;
+    let job = json_of(create(&proxy.url, 1, 400).await).await;
+    let name = job["name"].as_str().unwrap().to_string();
+    let file = fake_batches::finish_to_file(&fake.state.batches, &name);
+    let r = call(&proxy.url, reqwest::Method::GET, &name).await;
+    assert_eq!(json_of(r).await["response"]["responsesFile"], file);
+    for _ in 0..3 {
+        let r = http()
+            .get(format!(
+                "{}/download/v1beta/{file}:download?alt=media",
+                proxy.url
+            ))
+            .header("x-goog-api-key", CLIENT_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.text().await.unwrap().contains("usageMetadata"));
+    }
+}

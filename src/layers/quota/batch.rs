@@ -132,7 +132,7 @@ async fn budget(
 }
 
 /// A creation's answer: the job it names holds its room until it ends.
-pub(super) fn created(hold: Hold, answer: &[u8]) {
+pub(super) fn created(hold: Hold, answer: &[u8], owner: &str) {
     let Ok(v) = serde_json::from_slice::<Value>(answer) else {
         return;
     };
@@ -142,7 +142,7 @@ pub(super) fn created(hold: Hold, answer: &[u8]) {
         .filter_map(Value::as_str)
         .find(|n| n.starts_with("batches/"));
     match name {
-        Some(n) => hold.opened(n),
+        Some(n) => hold.opened(n, owner),
         None => tracing::warn!(
             "a batch creation's answer names no batches/ID: its batch quota is not held"
         ),
@@ -151,18 +151,26 @@ pub(super) fn created(hold: Hold, answer: &[u8]) {
 
 /// A job's answer read (get, cancel): when it says the job ended, its room is released and its
 /// inline results' usage recorded at batch prices under the key and client that created it.
-pub(super) fn observed(state: &AppState, name: &str, answer: &[u8]) {
+pub(super) async fn observed(state: &AppState, name: &str, answer: &[u8]) {
     let Ok(v) = serde_json::from_slice::<Value>(answer) else {
         return;
     };
-    record(state, name, &v);
-}
-
-/// [`observed`] for an answer already parsed (the background poll's).
-pub fn record(state: &AppState, name: &str, v: &Value) {
-    let Some((open, usage)) = state.batches.observe(name, v) else {
+    let Some((open, usage)) = state.batches.observe(name, &v) else {
         return;
     };
+    // Results written to a file are in the job's project: the file goes with its key.
+    if let Some(file) = batch::results_file(&v)
+        && let Some(owner) = &open.owner
+    {
+        let named = serde_json::json!({ "name": file }).to_string();
+        crate::pool::affinity::remember_created(&*state.store, named.as_bytes(), &open.kid, owner)
+            .await;
+    }
+    record(state, name, &v, open, usage);
+}
+
+/// A job seen ended: released already; its inline results costed.
+fn record(state: &AppState, name: &str, v: &Value, open: batch::Open, usage: Option<TokenUsage>) {
     tracing::info!(batch = name, project = %open.project, model = %open.model, state = batch::state_of(v).unwrap_or("done"), "batch job ended: its batch quota released");
     let Some(usage) = usage else {
         return;
@@ -232,7 +240,9 @@ pub async fn poll_once(state: &AppState) {
             Some((status, body))
         };
         match tokio::time::timeout(timeout, asked).await {
-            Ok(Some((status, body))) if status.is_success() => observed(state, &name, &body),
+            Ok(Some((status, body))) if status.is_success() => {
+                observed(state, &name, &body).await;
+            }
             Ok(Some((status, _))) if status == http::StatusCode::NOT_FOUND => {
                 state.batches.forget(&name);
             }

@@ -648,7 +648,7 @@ where
                             affinity::creator(&*state.store, route, &caller, caller_name).await;
                         affinity::remember_created(&*state.store, bytes, &key.kid, &creator).await;
                         if let Some(hold) = batch_hold.take() {
-                            batch::created(hold, bytes);
+                            batch::created(hold, bytes, &creator);
                         }
                     }
                     Answer::Over(..) => tracing::warn!(
@@ -666,7 +666,7 @@ where
                 } else if !streaming {
                     let answer = read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;
                     if let Answer::Whole(bytes) = &answer {
-                        batch::observed(state, name, bytes);
+                        batch::observed(state, name, bytes).await;
                     }
                     return Ok(answer.into_response(status, headers, cfg, at_end));
                 }
