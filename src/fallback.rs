@@ -2,8 +2,9 @@
 //! `[fallbacks]` chain, the client's opt-in, the request's `x-gemini-fallback`), and the
 //! request rewritten for the model that serves it (the path's model for the Gemini surface,
 //! the body's `model` for the OpenAI-compatible one). The quota layer decides when: before
-//! sending, when the asked model has no room within the request's allowance, or when Google
-//! answered it overloaded on every key tried.
+//! sending, when the asked model has no room within the request's allowance (a fallback with
+//! room within what is left of it), or when Google answered it overloaded on every key tried
+//! (a fallback with room now).
 
 use std::sync::Arc;
 

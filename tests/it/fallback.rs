@@ -240,3 +240,29 @@ async fn a_stream_is_never_switched_once_its_first_byte_left() {
     let text = resp.text().await.unwrap();
     assert!(text.contains("data: "), "{text}");
 }
+
+#[tokio::test]
+async fn a_fallback_without_room_now_is_waited_for_within_the_requests_allowance() {
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&["AIzaFallbackWait0001"])
+            .env("PROXY_QUEUE_MAX_WAIT_SECS", "10")
+            .toml(&format!(
+                "[limits]\nwindow_secs = 1\n\n[limits.models.\"{ASKED}\"]\ndaily = 1\n\n[limits.models.\"{FALLBACK}\"]\nminute = 1\n\n[fallbacks]\nenabled = true\n\"{ASKED}\" = [\"{FALLBACK}\"]\n"
+            )),
+    )
+    .await;
+    assert_eq!(ask(&proxy.url, CLIENT_KEY, None).await.status(), 200);
+    // The fallback's window is full; the asked model is out for the day (never waited for).
+    assert_eq!(generate(&proxy.url, FALLBACK, "fill").await.status(), 200);
+    let r = ask(&proxy.url, CLIENT_KEY, None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(served_by(&r).as_deref(), Some(FALLBACK));
+    assert!(
+        r.headers().contains_key("x-gemini-quota-proxy-waited-ms"),
+        "it waited in the fallback's line"
+    );
+    assert_eq!(calls_for(&fake, ASKED), 1);
+    assert_eq!(calls_for(&fake, FALLBACK), 2);
+}

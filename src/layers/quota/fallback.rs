@@ -1,9 +1,10 @@
 //! The quota step's side of fallback chains ([`crate::fallback`]): the models left to try for
-//! one request, and the first of them with room now, admitted before anything is sent, with
-//! the request rewritten for it.
+//! one request, and the first of them with room (now, or within the request's allowance),
+//! admitted before anything is sent, with the request rewritten for it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -13,7 +14,7 @@ use crate::auth::Caller;
 use crate::fallback::{self, Fellback, Reason};
 use crate::layers::estimate::Estimated;
 use crate::quota::limits::Unpriced;
-use crate::quota::queue::Lane;
+use crate::quota::queue::{Claim, Lane};
 use crate::quota::{AdmitOutcome, ClientAdmit, Reservation, Settlement};
 use crate::state::AppState;
 
@@ -35,6 +36,23 @@ pub(super) struct Switched {
     pub path: String,
     /// The body to send (OpenAI surface: the model is in it).
     pub body: Bytes,
+    /// Time spent in the fallback model's line of the queue (`None`: not queued).
+    pub waited: Option<Duration>,
+}
+
+/// How a fallback model is asked for room: at once, or in its line of the queue.
+#[derive(Clone, Copy)]
+pub(super) enum Ask {
+    /// Room now or not at all (after Google's overload answer: the request already waited
+    /// and was tried).
+    Now,
+    /// Within what is left of the request's allowance, waiting in the fallback model's line
+    /// like any request for it (the asked model was refused without using it up).
+    Within {
+        deadline: Instant,
+        allowance: Duration,
+        claim: Claim,
+    },
 }
 
 impl Chain {
@@ -74,8 +92,9 @@ impl Chain {
         chain
     }
 
-    /// The first model left in the chain with room now (asked once each, never waiting, never
-    /// overtaking requests waiting for it in the queue), admitted; `None` when none has room.
+    /// The first model left in the chain with room (as `ask` says: now, asked once, never
+    /// overtaking requests waiting for it; or within what is left of the request's allowance,
+    /// in that model's line of the queue), admitted; `None` when none has room.
     /// `current` is the model the request is written for now; `with_client`: the client's part
     /// is admitted anew (not when an earlier attempt's part is carried).
     #[allow(clippy::too_many_arguments)]
@@ -89,14 +108,39 @@ impl Chain {
         body: &Bytes,
         with_client: bool,
         reason: Reason,
+        ask: Ask,
     ) -> Option<Switched> {
         let asked = self.asked.clone()?;
         let route = &est.route;
         while let Some(model) = self.rest.pop_front() {
             let part =
                 client::part(state, caller, route, &est.estimate, &model).filter(|_| with_client);
-            let Some(reservation) = admit_now(state, est, &model, part.clone()).await else {
-                continue;
+            let (reservation, waited) = match ask {
+                Ask::Now => match admit_now(state, est, &model, part.clone()).await {
+                    Some(r) => (r, None),
+                    None => continue,
+                },
+                Ask::Within {
+                    deadline,
+                    allowance,
+                    claim,
+                } => match admit::admit(
+                    state,
+                    route,
+                    &est.estimate,
+                    &model,
+                    None,
+                    &[],
+                    deadline,
+                    allowance,
+                    claim,
+                    part.clone(),
+                )
+                .await
+                {
+                    Ok(a) => (a.reservation, a.waited),
+                    Err(_) => continue,
+                },
             };
             let rewritten = if route.openai {
                 fallback::rewrite_body(body, &model).map(|b| (path.to_string(), b))
@@ -121,6 +165,7 @@ impl Chain {
                 client_part: part,
                 path,
                 body,
+                waited,
             });
         }
         None

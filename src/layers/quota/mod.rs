@@ -360,7 +360,8 @@ where
                     match admitted {
                         Ok(a) => Some(a.reservation),
                         Err(n) => {
-                            // No room for it within its allowance: a fallback with room now.
+                            // No room for it within its allowance: a fallback with room within
+                            // what is left of it.
                             let switched = if admit::is_pool_refusal(&n.error) {
                                 chain
                                     .next_with_room(
@@ -372,6 +373,11 @@ where
                                         &body,
                                         carried.is_none(),
                                         Reason::NoRoom,
+                                        fallback::Ask::Within {
+                                            deadline,
+                                            allowance,
+                                            claim,
+                                        },
                                     )
                                     .await
                             } else {
@@ -382,6 +388,11 @@ where
                                 return Err(n.error);
                             };
                             *fell = chain.fell.clone();
+                            if let Some(w) = switched.waited {
+                                served.waited = Some(served.waited.unwrap_or_default() + w);
+                                allowance = allowance.saturating_sub(w);
+                                deadline += w;
+                            }
                             avoid.clear();
                             base = attempt - 1;
                             Some(switch(
@@ -579,6 +590,7 @@ where
                             &body,
                             true,
                             Reason::Overloaded,
+                            fallback::Ask::Now,
                         )
                         .await
                 {
