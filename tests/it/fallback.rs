@@ -67,15 +67,19 @@ async fn a_request_whose_model_is_out_everywhere_is_served_by_its_fallback_witho
             .iter()
             .all(|r| !r.headers.contains_key("x-gemini-fallback"))
     );
+    // The recorder is the process's: other tests here count too.
     let metrics = metrics_text(&proxy.url).await;
-    assert!(
-        metrics.lines().any(|l| l.starts_with("gqp_fallbacks_total")
-            && l.contains(&format!("asked=\"{ASKED}\""))
-            && l.contains(&format!("served=\"{FALLBACK}\""))
-            && l.contains("reason=\"no_room\"")
-            && l.ends_with(" 3")),
-        "{metrics}"
-    );
+    let counted = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("gqp_fallbacks_total")
+                && l.contains(&format!("asked=\"{ASKED}\""))
+                && l.contains(&format!("served=\"{FALLBACK}\""))
+                && l.contains("reason=\"no_room\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    assert!(counted >= 3.0, "{metrics}");
 }
 
 #[tokio::test]
