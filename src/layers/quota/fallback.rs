@@ -74,7 +74,10 @@ impl Chain {
         let Some(asked) = est.quota_model() else {
             return chain;
         };
-        if !fallback::eligible(&est.route, est.pinned.is_some()) {
+        // Most requests have no chain: nothing more is looked at for them.
+        if state.config.fallbacks.chain(asked).is_empty()
+            || !fallback::eligible(&est.route, est.pinned.is_some())
+        {
             return chain;
         }
         // The model must be where it is rewritten: the path's, or the OpenAI body's.
