@@ -10,6 +10,11 @@
 //! the last request's allowance ends, or what was offered if less), the upstream's 429s, each
 //! client's served/offered and its share of what was served, and the p50/p99 time to a success
 //! and to a 429. Run with `scripts/bench-fairness`.
+//!
+//! With FAIRNESS_FALLBACK=1 a second model (`gemini-2.5-flash-lite`, the same limits on its own
+//! per-project minute) is the fallback of the first (`[fallbacks]`): the capacity is both
+//! models', and the figure is the goodput with fallbacks, with the answers counted by the model
+//! that served them (`x-gemini-quota-proxy-model`).
 
 #[allow(dead_code)] // wrk, redis: not needed here
 mod support;
@@ -33,6 +38,8 @@ const KEYS: [&str; 3] = [
 const HEAVY: &str = "bench-heavy-client-key-01";
 const LIGHT: &str = "bench-light-client-key-01";
 const PATH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
+/// The fallback model (FAIRNESS_FALLBACK=1).
+const SECOND: &str = "gemini-2.5-flash-lite";
 const ANSWER: &str = r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"ok"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":1,"totalTokenCount":6}}"#;
 const WINDOW: Duration = Duration::from_secs(60);
 
@@ -43,8 +50,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// The fake Google's state: per key (each its own project), the times of the calls it served
-/// in the last minute; and the 429s it gave.
+/// The fake Google's state: per key (each its own project) and model, the times of the calls
+/// it served in the last minute; and the 429s it gave.
 struct Google {
     rpm: usize,
     served: Mutex<HashMap<String, Vec<Instant>>>,
@@ -81,6 +88,16 @@ async fn upstream(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    // Google's limits are per project and model.
+    let model = req
+        .uri()
+        .path()
+        .split("/models/")
+        .nth(1)
+        .and_then(|m| m.split(':').next())
+        .unwrap_or("")
+        .to_string();
+    let key = format!("{key} {model}");
     let now = Instant::now();
     let retry = {
         let mut served = g.served.lock().unwrap();
@@ -115,8 +132,9 @@ async fn upstream(
     Ok(json(429, body.to_string()))
 }
 
-/// One request's answer: its client, status and how long it took.
-type Outcome = (&'static str, u16, Duration);
+/// One request's answer: its client, status, how long it took, and whether a fallback model
+/// served it.
+type Outcome = (&'static str, u16, Duration, bool);
 
 /// Open-loop sender: one request every `1 / rps` seconds for `secs`, each on its own task.
 fn sender(
@@ -142,7 +160,7 @@ fn sender(
             let (client, out) = (client.clone(), out.clone());
             tasks.push(tokio::spawn(async move {
                 let t = Instant::now();
-                let status = client
+                let answer = client
                     .post(format!("http://127.0.0.1:{port}{PATH}"))
                     .header("x-goog-api-key", key)
                     .header("content-type", "application/json")
@@ -151,9 +169,12 @@ fn sender(
                     ))
                     .timeout(Duration::from_secs(180))
                     .send()
-                    .await
-                    .map_or(0, |r| r.status().as_u16());
-                out.lock().unwrap().push((name, status, t.elapsed()));
+                    .await;
+                let (status, fell) = answer.map_or((0, false), |r| {
+                    let fell = r.headers().contains_key("x-gemini-quota-proxy-model");
+                    (r.status().as_u16(), fell)
+                });
+                out.lock().unwrap().push((name, status, t.elapsed(), fell));
             }));
             i += 1;
         }
@@ -180,18 +201,30 @@ async fn main() {
     let heavy_rps: f64 = env_or("FAIRNESS_HEAVY_RPS", 1.0);
     let light_rps: f64 = env_or("FAIRNESS_LIGHT_RPS", 0.25);
     let max_wait: f64 = env_or("FAIRNESS_MAX_WAIT_SECS", 60.0);
+    let fallback = env_or("FAIRNESS_FALLBACK", 0u8) == 1;
+    let models = if fallback { 2 } else { 1 };
     let rpm = google().rpm;
 
     let up = serve_http(upstream);
+    let mut env = vec![
+        ("GEMINI_API_KEYS", KEYS.join(",")),
+        ("GEMINI_MINUTE_LIMIT", rpm.to_string()),
+        ("PROXY_QUEUE_MAX_WAIT_SECS", max_wait.to_string()),
+    ];
+    let config = std::env::temp_dir().join(format!("fairness-bench-{}.toml", std::process::id()));
+    if fallback {
+        std::fs::write(
+            &config,
+            format!("[fallbacks]\nenabled = true\n\"gemini-2.5-flash\" = [\"{SECOND}\"]\n"),
+        )
+        .unwrap();
+        env.push(("PROXY_CONFIG", config.to_string_lossy().into_owned()));
+    }
     let (port, mut proc_) = start_proxy_with(
         &proxy_bin(),
         &format!("http://127.0.0.1:{up}"),
         &format!("heavy:{HEAVY},light:{LIGHT}"),
-        &[
-            ("GEMINI_API_KEYS", KEYS.join(",")),
-            ("GEMINI_MINUTE_LIMIT", rpm.to_string()),
-            ("PROXY_QUEUE_MAX_WAIT_SECS", max_wait.to_string()),
-        ],
+        &env,
     );
 
     let out: Arc<Mutex<Vec<Outcome>>> = Arc::default();
@@ -202,6 +235,7 @@ async fn main() {
         ("light", light.await.unwrap()),
     ];
     let _ = proc_.0.kill();
+    let _ = std::fs::remove_file(&config);
 
     let out = out.lock().unwrap().clone();
     let served = out.iter().filter(|o| o.1 == 200).count();
@@ -209,10 +243,15 @@ async fn main() {
     // Every minute that can start before the last request's allowance ends gives each project
     // its `rpm` again.
     let minutes = ((secs + max_wait) / 60.0).ceil() as usize;
-    let capacity = (KEYS.len() * rpm * minutes).min(offered_total);
+    let capacity = (models * KEYS.len() * rpm * minutes).min(offered_total);
     println!(
-        "fairness: {} projects x {rpm} RPM, heavy {heavy_rps} req/s, light {light_rps} req/s, {secs:.0} s, queue.max_wait_secs {max_wait}",
-        KEYS.len()
+        "fairness: {} projects x {rpm} RPM x {models} model(s){}, heavy {heavy_rps} req/s, light {light_rps} req/s, {secs:.0} s, queue.max_wait_secs {max_wait}",
+        KEYS.len(),
+        if fallback {
+            " (the second as fallback)"
+        } else {
+            ""
+        }
     );
     println!(
         "  served {served} of a capacity of {capacity} ({:.0} %), offered {offered_total}",
@@ -233,6 +272,13 @@ async fn main() {
             "  {name}: served {ok}/{n} ({:.0} % of its requests), {:.0} % of all served; other statuses {others:?}",
             100.0 * ok as f64 / n.max(1) as f64,
             100.0 * ok as f64 / served.max(1) as f64
+        );
+    }
+    if fallback {
+        let fell = out.iter().filter(|o| o.1 == 200 && o.3).count();
+        println!(
+            "  goodput with fallbacks: {served} served of both models' capacity {capacity} ({:.1} %); {fell} by the fallback model",
+            100.0 * served as f64 / capacity.max(1) as f64
         );
     }
     let mut ok: Vec<Duration> = out.iter().filter(|o| o.1 == 200).map(|o| o.2).collect();

@@ -27,6 +27,8 @@ pub struct RequestLine {
     pub method: http::Method,
     pub uri: http::Uri,
     pub model: Option<String>,
+    /// The model the request asked for, when a fallback model served it.
+    pub asked_model: Option<String>,
     /// Pool index of the key that served.
     pub key: Option<usize>,
     pub caller: Option<Caller>,
@@ -66,6 +68,7 @@ impl RequestLine {
             method = %self.method,
             path = self.uri.path(),
             model = self.model.as_deref().unwrap_or("-"),
+            asked_model = self.asked_model.as_deref(),
             status = self.status,
             latency_ms = millis(self.head),
             first_byte_ms = millis(first_byte.unwrap_or(total)),

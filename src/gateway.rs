@@ -198,7 +198,11 @@ fn log_request(
         .get::<Served>()
         .copied()
         .unwrap_or_default();
-    let model = traced.and_then(|t| t.model.as_deref());
+    // A fallback model's answer is logged and counted under the model that served it.
+    let fell = resp.extensions().get::<crate::fallback::Fellback>();
+    let model = fell
+        .map(|f| &*f.served)
+        .or(traced.and_then(|t| t.model.as_deref()));
     let key = served.key.map(|i| (i, state.pool.keys[i].masked.as_str()));
     let status = resp.status().as_u16();
     let caller = resp.extensions().get::<CallerTag>().map(|c| c.0.clone());
@@ -217,6 +221,7 @@ fn log_request(
         method,
         uri,
         model: model.map(str::to_string),
+        asked_model: fell.map(|f| f.asked.to_string()),
         key: served.key,
         caller,
         status,
@@ -317,6 +322,31 @@ fn spawn_client_sync(live: WeakLive) {
                 return;
             };
             store.refresh().await;
+        }
+    });
+}
+
+/// Every serving `batch.poll_secs` (when not 0): Google asked about the batch jobs this
+/// replica holds batch quota for ([`crate::layers::quota::batch::poll_once`]). Runs while the
+/// gateway lives.
+fn spawn_batch_poll(live: WeakLive) {
+    tokio::spawn(async move {
+        loop {
+            let Some(state) = live.upgrade().map(|l| l.current()) else {
+                return;
+            };
+            let every = state.config.batch.poll;
+            if !every.is_zero() {
+                crate::layers::quota::batch::poll_once(&state).await;
+            }
+            drop(state);
+            // A poll of 0 looks again later, in case a reload turns it on.
+            let pause = if every.is_zero() {
+                Duration::from_secs(5)
+            } else {
+                every
+            };
+            tokio::time::sleep(pause).await;
         }
     });
 }
@@ -481,6 +511,7 @@ impl GatewayBuilder {
         spawn_outlook_refresh(live.downgrade());
         spawn_alerts(live.downgrade());
         spawn_client_sync(live.downgrade());
+        spawn_batch_poll(live.downgrade());
         let sessions = Arc::new(crate::live::LiveSessions::default());
         spawn_live_renewal(live.downgrade(), sessions.clone());
         let service = GeminiService::new(live.clone(), sessions);

@@ -18,7 +18,8 @@
 //!      ([`cache`]: key, memory or Redis entries, single flight);
 //!    - [`layers::quota`]: admission on a key with room ([`quota`] store, [`pool`] candidates
 //!      and limits), Google's answer read ([`upstream::verdict`]), holds, learned limits, dead
-//!      keys ([`pool::health`]) and retries by one table ([`layers::retry`]);
+//!      keys ([`pool::health`]), retries by one table ([`layers::retry`]) and, when the
+//!      asked model has no room or is overloaded, a [`fallback`] model with room;
 //!    - [`layers::forward`]: the pooled HTTP client ([`upstream::client`]) with the request
 //!      built for Google ([`upstream::request`]).
 //! 3. [`body`]: the answer streams back untouched while its usage is read; at its end the
@@ -45,6 +46,7 @@ pub mod access_log;
 pub mod alerts;
 pub mod allocator;
 pub mod auth;
+pub mod batch;
 pub mod body;
 pub mod budget;
 pub mod cache;
@@ -54,6 +56,7 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod estimate;
+pub mod fallback;
 pub mod gateway;
 pub mod layers;
 pub mod ledger;

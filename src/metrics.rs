@@ -171,6 +171,10 @@ fn describe() {
         "Requests sent again on another key before any byte reached the client, by reason."
     );
     describe_counter!(
+        "gqp_fallbacks_total",
+        "Requests served by a fallback model ([fallbacks]), by the model asked for, the model that served, and reason (no_room, overloaded)."
+    );
+    describe_counter!(
         "gqp_store_errors_total",
         "Quota store calls that failed or timed out, by operation."
     );
@@ -423,6 +427,12 @@ impl Metrics {
 
     pub fn retry(&self, why: &'static str) {
         counter!("gqp_retries_total", "reason" => why).increment(1);
+    }
+
+    /// A request served by a fallback model (both names come from `[fallbacks]`: bounded).
+    pub fn fallback(&self, asked: &str, served: &str, reason: &'static str) {
+        counter!("gqp_fallbacks_total", "asked" => asked.to_string(), "served" => served.to_string(), "reason" => reason)
+            .increment(1);
     }
 
     /// One admission call to the quota store (the only store call on the request path).

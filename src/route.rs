@@ -121,9 +121,16 @@ impl Route {
         query: Option<&str>,
     ) -> Result<Route, ApiError> {
         let not_found = || ApiError::NotFound(format!("no Gemini API method at {}", shorten(path)));
+        // `/download/{v}/files/ID:download` (a file's bytes, a batch job's results) is a
+        // files call like `/{v}/files/ID:download`.
         let (upload, rest) = match path.strip_prefix("/upload/") {
             Some(r) => (true, r),
-            None => (false, path.strip_prefix('/').unwrap_or(path)),
+            None => (
+                false,
+                path.strip_prefix("/download/")
+                    .or_else(|| path.strip_prefix('/'))
+                    .unwrap_or(path),
+            ),
         };
         let (version, rest) = if let Some(r) = rest.strip_prefix("v1beta/") {
             ("v1beta", r)
@@ -374,6 +381,14 @@ mod tests {
         assert_eq!(r.resource.as_deref(), Some("files/abc-123"));
         let r = Route::parse(&Method::GET, "/v1beta/files/abc:download", None).unwrap();
         assert_eq!(r.resource.as_deref(), Some("files/abc"));
+        let r = Route::parse(
+            &Method::GET,
+            "/download/v1beta/files/batch-out:download",
+            Some("alt=media"),
+        )
+        .unwrap();
+        assert_eq!(r.resource.as_deref(), Some("files/batch-out"));
+        assert!(!r.upload);
         let r = post("/v1beta/tunedModels/my-tune:generateContent").unwrap();
         assert_eq!(r.resource.as_deref(), Some("tunedModels/my-tune"));
         assert_eq!(r.family, QuotaFamily::Generate);

@@ -41,12 +41,14 @@ fn oversized_headers(headers: &http::HeaderMap) -> Option<Response> {
 /// Where the Gemini surface starts: everything under these (and under `server.path_prefix`
 /// followed by these) is forwarded.
 /// `/v1beta1/` is Vertex AI's (see [`crate::upstream::vertex::form`]).
-const GEMINI_ROOTS: [&str; 5] = [
+const GEMINI_ROOTS: [&str; 7] = [
     "/v1beta/",
     "/v1/",
     "/upload/v1beta/",
     "/upload/v1/",
     "/v1beta1/",
+    "/download/v1beta/",
+    "/download/v1/",
 ];
 
 /// A path the proxy forwards (a root and something after it).

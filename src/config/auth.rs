@@ -50,6 +50,7 @@ struct RawClient {
     weight: Option<u32>,
     max_wait_secs: Option<f64>,
     timezone: Option<String>,
+    fallbacks: Option<bool>,
 }
 
 impl RawClient {
@@ -65,6 +66,7 @@ impl RawClient {
             weight: self.weight,
             max_wait_secs: self.max_wait_secs,
             timezone: self.timezone.clone(),
+            fallbacks: self.fallbacks,
         }
     }
 }

@@ -48,6 +48,10 @@ pub struct ClientLimits {
     /// The IANA time zone its days and months begin in (default `limits.timezone`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+    /// Whether its requests may be served by a fallback model (`[fallbacks]`); `None`: as
+    /// `fallbacks.enabled` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallbacks: Option<bool>,
 }
 
 impl ClientLimits {

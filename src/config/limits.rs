@@ -30,10 +30,25 @@ pub(super) struct Raw {
     unpriced: Unpriced,
     timezone: String,
     window_secs: f64,
+    #[serde(default = "batch_concurrent")]
+    batch_concurrent: u64,
+    #[serde(default = "batch_enqueued_tokens")]
+    batch_enqueued_tokens: u64,
     #[serde(default)]
     models: BTreeMap<String, LimitOverride>,
     #[serde(default)]
     projects: BTreeMap<String, ProjectLimits>,
+}
+
+/// Google's concurrent batch jobs per project.
+fn batch_concurrent() -> u64 {
+    100
+}
+
+/// Tokens of batch requests enqueued at once per (project, model): Google's Tier 1 figure for
+/// the 2.5 Flash models (Google sets it per tier and model).
+fn batch_enqueued_tokens() -> u64 {
+    3_000_000
 }
 
 /// Validate `[limits]` into the quota's own type.
@@ -67,6 +82,8 @@ pub(super) fn from_raw(l: Raw) -> Result<LimitsConfig, ConfigError> {
         ("limits.images_per_minute", l.images_per_minute),
         ("limits.video_minute", l.video_minute),
         ("limits.video_daily", l.video_daily),
+        ("limits.batch_concurrent", l.batch_concurrent),
+        ("limits.batch_enqueued_tokens", l.batch_enqueued_tokens),
         (
             "limits.video_seconds_per_minute",
             l.video_seconds_per_minute,
@@ -121,6 +138,8 @@ pub(super) fn from_raw(l: Raw) -> Result<LimitsConfig, ConfigError> {
         unpriced: l.unpriced,
         max_request_tokens: l.max_request_tokens,
         live_sessions: l.live_sessions,
+        batch_concurrent: l.batch_concurrent,
+        batch_enqueued_tokens: l.batch_enqueued_tokens,
         timezone,
         window_ms: secs("limits.window_secs", l.window_secs)?
             .as_millis()

@@ -4,10 +4,12 @@
 
 mod alerts;
 mod auth;
+mod batch;
 pub mod cache;
 mod channels;
 pub(crate) mod check;
 pub mod client_limits;
+pub(crate) mod fallbacks;
 mod limits;
 mod live;
 mod log;
@@ -30,11 +32,13 @@ use serde::Deserialize;
 
 pub use self::alerts::AlertsConfig;
 pub use self::auth::{AuthConfig, check_client_name, is_reserved_name};
+pub use self::batch::BatchConfig;
 pub use self::cache::{CacheBackend, CacheConfig, CacheScope};
 pub use self::channels::{EmailConfig, SecretUri, WebhookConfig, WebhookFormat};
 pub use self::check::{BaseUrl, ConfigError};
 use self::check::{bad, comma_list, env_value};
 pub use self::client_limits::ClientLimits;
+pub use self::fallbacks::FallbacksConfig;
 pub use self::live::LiveConfig;
 pub use self::log::{LogConfig, LogFormat};
 pub use self::metrics::MetricsConfig;
@@ -90,6 +94,10 @@ struct Raw {
     keys: Vec<pool::RawKey>,
     #[serde(default)]
     prices: prices::Raw,
+    #[serde(default)]
+    fallbacks: fallbacks::Raw,
+    #[serde(default)]
+    batch: batch::Raw,
 }
 
 /// Everything the proxy needs, validated, by section.
@@ -111,6 +119,10 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The price table: embedded, with the user's `[prices."MODEL"]` laid over it.
     pub prices: Arc<Prices>,
+    /// Fallback chains between models.
+    pub fallbacks: FallbacksConfig,
+    /// The Batch API's background check.
+    pub batch: BatchConfig,
     /// Digests of every setting it was loaded from (a reload names what changed with them).
     pub prints: ConfigPrints,
 }
@@ -184,6 +196,8 @@ impl Config {
             metrics: MetricsConfig::from_raw(raw.metrics),
             alerts: alerts::from_raw(raw.alerts, env)?,
             prices: prices::from_raw(raw.prices)?,
+            fallbacks: FallbacksConfig::from_raw(raw.fallbacks)?,
+            batch: BatchConfig::from_raw(raw.batch)?,
             prints,
         })
     }

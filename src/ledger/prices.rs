@@ -158,12 +158,47 @@ impl Clone for Prices {
     }
 }
 
+/// `[batch]` of the embedded table: batch jobs cost every rate times `factor`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // as_of and source are notes for people
+struct BatchRate {
+    factor: f64,
+    as_of: String,
+    source: String,
+}
+
+/// What a batch job's tokens cost relative to the same synchronous calls (the embedded
+/// table's `[batch] factor`).
+pub static BATCH_FACTOR: LazyLock<f64> = LazyLock::new(|| {
+    #[derive(Deserialize)]
+    struct File {
+        batch: BatchRate,
+    }
+    let file: File = ::config::Config::builder()
+        .add_source(::config::File::from_str(
+            PRICES_TOML,
+            ::config::FileFormat::Toml,
+        ))
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .unwrap_or_else(|e| panic!("config/prices.toml [batch] does not parse: {e}"));
+    let f = file.batch.factor;
+    assert!(
+        f.is_finite() && (0.0..=1.0).contains(&f),
+        "config/prices.toml: [batch] factor must be within 0 and 1"
+    );
+    f
+});
+
 /// The embedded table, parsed and checked once.
 static EMBEDDED: LazyLock<BTreeMap<String, Rates>> = LazyLock::new(|| {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct File {
         prices: BTreeMap<String, PriceEntry>,
+        #[allow(dead_code)] // read by BATCH_FACTOR
+        batch: BatchRate,
     }
     let file: File = ::config::Config::builder()
         .add_source(::config::File::from_str(
@@ -258,6 +293,17 @@ impl Prices {
             },
             list_nano,
             priced: true,
+        }
+    }
+
+    /// Cost of a batch job's `usage` for `model`: [`Prices::cost`] times [`BATCH_FACTOR`].
+    pub fn batch_cost(&self, model: &str, usage: &TokenUsage, billing: Billing) -> Cost {
+        let c = self.cost(model, usage, billing);
+        let scale = |n: u64| (n as f64 * *BATCH_FACTOR).round() as u64;
+        Cost {
+            billed_nano: scale(c.billed_nano),
+            list_nano: scale(c.list_nano),
+            priced: c.priced,
         }
     }
 

@@ -80,6 +80,10 @@ pub struct LimitsConfig {
     pub max_request_tokens: u64,
     /// Live API sessions open at once per project, unless the project says otherwise.
     pub live_sessions: u64,
+    /// Batch jobs open at once per project (`limits.batch_concurrent`).
+    pub batch_concurrent: u64,
+    /// Tokens of open batch jobs per (project, model) (`limits.batch_enqueued_tokens`).
+    pub batch_enqueued_tokens: u64,
     pub timezone: Tz,
     /// Length of the sliding "minute" window in ms (`limits.window_secs`: Google's 60 s;
     /// tests shorten it).

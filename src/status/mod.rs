@@ -407,7 +407,7 @@ pub fn router(live: Live) -> Router {
 pub async fn not_found(req: Request) -> Response {
     let path: String = req.uri().path().chars().take(120).collect();
     ApiError::NotFound(format!(
-        "Nothing here: {path}. The proxy serves /v1beta/, /v1/, /upload/v1beta/ and /upload/v1/."
+        "Nothing here: {path}. The proxy serves /v1beta/, /v1/, /upload/v1beta/, /upload/v1/, /download/v1beta/ and /download/v1/."
     ))
     .into_response()
 }

@@ -160,6 +160,7 @@ pub fn build_request(
             || CREDENTIAL_HEADERS.contains(&n)
             || n == "accept-encoding"
             || n == MAX_WAIT_HEADER
+            || n == crate::fallback::REQUEST_HEADER
         {
             continue;
         }

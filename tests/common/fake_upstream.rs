@@ -77,6 +77,9 @@ pub struct Behaviour {
     pub script: VecDeque<Scripted>,
     /// Answer every generate call with this status.
     pub always_status: Option<u16>,
+    /// Generate calls for these models (named in the path, or the OpenAI body's `model`)
+    /// answer 503 "The model is overloaded".
+    pub overloaded_models: HashSet<String>,
     /// Pause between stream events.
     pub stream_delay: Duration,
     /// Number of events in a stream.
@@ -134,6 +137,8 @@ pub struct FakeState {
     /// Generate calls per key, with their times (for per_key_rpm).
     key_calls: Mutex<HashMap<String, Vec<Instant>>>,
     uploads: Mutex<HashMap<String, (String, Vec<u8>)>>,
+    /// The Batch API's jobs (see `fake_batches`).
+    pub batches: super::fake_batches::FakeBatches,
     upload_seq: AtomicUsize,
 }
 
@@ -364,6 +369,11 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         );
     }
     let json_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if let Some(r) =
+        super::fake_batches::handle(&st.batches, parts.method.as_str(), &path, &key, &json_body)
+    {
+        return r;
+    }
     let is_generate = path.contains(":generateContent")
         || path.contains(":streamGenerateContent")
         || path.ends_with("/chat/completions");
@@ -432,6 +442,15 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         }
         if let Some(code) = always {
             return scripted(&Scripted::Status(code));
+        }
+        let model = path
+            .split("/models/")
+            .nth(1)
+            .and_then(|m| m.split(':').next())
+            .or_else(|| json_body["model"].as_str())
+            .map(|m| m.strip_prefix("models/").unwrap_or(m).to_string());
+        if model.is_some_and(|m| st.behaviour.lock().unwrap().overloaded_models.contains(&m)) {
+            return scripted(&Scripted::Status(503));
         }
         if let Some(limit) = rpm {
             let mut calls = st.key_calls.lock().unwrap();

@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod cluster;
 pub mod deploy_files;
+pub mod fake_batches;
 pub mod fake_upstream;
 pub mod live_upstream;
 pub mod sdk;

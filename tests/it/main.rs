@@ -18,6 +18,7 @@
 mod common;
 
 mod alerts;
+mod batch;
 mod billing;
 mod binary_cli;
 mod bounds;
@@ -35,6 +36,7 @@ mod docker_context;
 mod docs;
 mod e2e;
 mod embed;
+mod fallback;
 mod faults;
 mod fuzz;
 mod h2_stream_cap;

@@ -253,7 +253,11 @@ where
     resp.headers_mut()
         .insert(CACHE_HEADER, HeaderValue::from_static("MISS"));
     let status = resp.status();
-    if status != http::StatusCode::OK || lookup.ttl.is_zero() {
+    // A fallback model's answer is not the asked model's: never stored under its key.
+    if status != http::StatusCode::OK
+        || lookup.ttl.is_zero()
+        || resp.headers().contains_key(crate::fallback::MODEL_HEADER)
+    {
         // Never stored. Google's own answer (a 400, a 429, ...) would be the same for the
         // followers, so they go on their own at once rather than one after another; only the
         // proxy's "could not reach / no answer in time" lets the next one lead.

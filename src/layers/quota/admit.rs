@@ -32,9 +32,9 @@ pub(super) fn allowance(
 
 /// The admission request on the backend `pool.order` puts first, and the one it spills over
 /// to when the first has no room (asked at once, before any wait).
-struct Tiered {
-    first: AdmitRequest,
-    spill: Option<AdmitRequest>,
+pub(super) struct Tiered {
+    pub(super) first: AdmitRequest,
+    pub(super) spill: Option<AdmitRequest>,
 }
 
 impl std::ops::Deref for Tiered {
@@ -161,54 +161,7 @@ pub(super) async fn admit(
     client: Option<ClientAdmit>,
     vertex_ok: bool,
 ) -> Result<Admitted, NotAdmitted> {
-    let mut candidates = state.pool.candidates(model, route.family, pinned);
-    if state.pool.has_vertex && !vertex_ok {
-        candidates.retain(|c| state.pool.keys[c.index].vertex.is_none());
-    }
-    if candidates.len() > avoid.len() {
-        candidates.retain(|c| !avoid.contains(&c.index));
-    }
-    // A request no project could ever take is a client error, not a wait; one over a
-    // project's own per-request cap never lands on that project.
-    let cap = |c: &crate::quota::Candidate| c.limits.max_request_tokens.min(c.limits.token_minute);
-    let largest = candidates.iter().map(cap).max().unwrap_or(0);
-    candidates.retain(|c| est.tokens <= cap(c));
-    if let Some(capped) = state.spend.screen(&mut candidates, model, est.tokens) {
-        state.metrics.refused("spend_cap");
-        return Err(capped.into());
-    }
-    if candidates.is_empty() {
-        state.metrics.refused("max_request_tokens");
-        return Err(ApiError::InvalidArgument(format!(
-            "The request is estimated at {} input tokens, over this proxy's limit of {} tokens per request for {}.",
-            est.tokens, largest, model
-        ))
-        .into());
-    }
-    let spill = if state.pool.has_vertex {
-        state.pool.split_by_order(&mut candidates)
-    } else {
-        Vec::new()
-    };
-    let rotation = state.pool.next_turn();
-    let request = Tiered {
-        spill: (!spill.is_empty()).then(|| AdmitRequest {
-            model: model.to_string(),
-            tokens: est.tokens,
-            candidates: spill,
-            strategy: state.pool.strategy,
-            rotation,
-            client: client.clone(),
-        }),
-        first: AdmitRequest {
-            model: model.to_string(),
-            tokens: est.tokens,
-            candidates,
-            strategy: state.pool.strategy,
-            rotation,
-            client,
-        },
-    };
+    let request = request(state, route, est, model, pinned, avoid, client, vertex_ok)?;
     // The allowance already holds the client's own `max_wait_secs` ([`allowance`]).
     let client_until = Instant::now() + allowance;
     let started = Instant::now();
@@ -244,6 +197,63 @@ pub(super) async fn admit(
         }
         return outcome;
     }
+}
+
+/// The admission question for `model`: the keys that may serve it (without those in `avoid`
+/// while others remain, without those whose per-request cap or spend cap it would pass); a
+/// request no project could ever take is a client error, not a wait.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn request(
+    state: &AppState,
+    route: &Route,
+    est: &Estimate,
+    model: &str,
+    pinned: Option<usize>,
+    avoid: &[usize],
+    client: Option<ClientAdmit>,
+    vertex_ok: bool,
+) -> Result<Tiered, ApiError> {
+    let mut candidates = state.pool.candidates(model, route.family, pinned);
+    if state.pool.has_vertex && !vertex_ok {
+        candidates.retain(|c| state.pool.keys[c.index].vertex.is_none());
+    }
+    if candidates.len() > avoid.len() {
+        candidates.retain(|c| !avoid.contains(&c.index));
+    }
+    // A request no project could ever take is a client error, not a wait; one over a
+    // project's own per-request cap never lands on that project.
+    let cap = |c: &crate::quota::Candidate| c.limits.max_request_tokens.min(c.limits.token_minute);
+    let largest = candidates.iter().map(cap).max().unwrap_or(0);
+    candidates.retain(|c| est.tokens <= cap(c));
+    if let Some(capped) = state.spend.screen(&mut candidates, model, est.tokens) {
+        state.metrics.refused("spend_cap");
+        return Err(capped);
+    }
+    if candidates.is_empty() {
+        state.metrics.refused("max_request_tokens");
+        return Err(ApiError::InvalidArgument(format!(
+            "The request is estimated at {} input tokens, over this proxy's limit of {} tokens per request for {}.",
+            est.tokens, largest, model
+        )));
+    }
+    let spill = if state.pool.has_vertex {
+        state.pool.split_by_order(&mut candidates)
+    } else {
+        Vec::new()
+    };
+    let rotation = state.pool.next_turn();
+    let ask = |candidates, client| AdmitRequest {
+        model: model.to_string(),
+        tokens: est.tokens,
+        candidates,
+        strategy: state.pool.strategy,
+        rotation,
+        client,
+    };
+    Ok(Tiered {
+        spill: (!spill.is_empty()).then(|| ask(spill, client.clone())),
+        first: ask(candidates, client),
+    })
 }
 
 /// One admission through the pool's queue (or without it): [`admit`] without the client's
@@ -644,4 +654,14 @@ pub(super) fn free_key(
             .unwrap_or_else(ai_studio_only),
         crate::config::Order::Headroom => turn().find(usable).unwrap_or_else(ai_studio_only),
     }
+}
+
+/// Whether admission's error says the pool has no room for the model (a limit reached in every
+/// project, or every key cooling down): what a fallback model may cure, unlike the client's
+/// own limits or a request no project could take.
+pub(super) fn is_pool_refusal(e: &ApiError) -> bool {
+    matches!(
+        e,
+        ApiError::QuotaExceeded { .. } | ApiError::PoolExhausted { .. }
+    )
 }

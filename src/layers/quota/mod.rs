@@ -8,7 +8,9 @@
 
 mod admit;
 mod answer;
+pub mod batch;
 mod client;
+mod fallback;
 mod react;
 
 use std::convert::Infallible;
@@ -30,6 +32,7 @@ use self::react::ERROR_BODY_LIMIT;
 use crate::auth::{Caller, CallerTag};
 use crate::body::{AtEnd, ProxyBody};
 use crate::error::ApiError;
+use crate::fallback::{Fellback, MODEL_HEADER, Reason};
 use crate::layers::estimate::Estimated;
 use crate::layers::forward::{ForwardError, ForwardErrorKind, Outbound};
 use crate::layers::retry::{self, Budget, Failure};
@@ -182,11 +185,18 @@ where
                 served: Served::default(),
                 status: None,
             };
+            let mut fell = None;
             let mut resp = this
-                .run(req, &mut rec.served, rec.account.as_ref())
+                .run(req, &mut rec.served, rec.account.as_mut(), &mut fell)
                 .await
                 .unwrap_or_else(IntoResponse::into_response);
             rec.status = Some(resp.status());
+            if let Some(f) = fell {
+                if let Ok(v) = HeaderValue::from_str(&f.served) {
+                    resp.headers_mut().insert(MODEL_HEADER, v);
+                }
+                resp.extensions_mut().insert(f);
+            }
             if let Some(w) = rec.served.waited {
                 resp.headers_mut()
                     .insert(WAITED_MS, HeaderValue::from(w.as_millis() as u64));
@@ -228,7 +238,8 @@ where
         self,
         req: http::Request<Bytes>,
         served: &mut Served,
-        account: Option<&Account>,
+        mut account: Option<&mut Account>,
+        fell: &mut Option<Fellback>,
     ) -> Result<Response, ApiError> {
         let state = &*self.state;
         let cfg = &state.config.upstream;
@@ -250,7 +261,7 @@ where
         if let Some(model) = quota_model {
             client::check_model(state, &caller, model).inspect_err(|_| served.refused = true)?;
         }
-        let client_part =
+        let mut client_part =
             quota_model.and_then(|m| client::part(state, &caller, route, &est.estimate, m));
         // A billable call the proxy cannot price goes out only where the configuration says
         // so: never unseen.
@@ -264,6 +275,18 @@ where
                 "{model} has no price in this proxy's price table, and it refuses unpriced calls (limits.unpriced = \"refuse\"). Ask its operator to add [prices.\"{model}\"]."
             )));
         }
+        // The models that may serve it instead ([`crate::fallback`]), and the one it is
+        // written for now, with the path and body sent for that model.
+        let mut chain = fallback::Chain::of(state, &caller, &parts.headers, est, parts.uri.path());
+        let mut serving: Option<Arc<str>> = quota_model.map(Arc::from);
+        let mut path = std::borrow::Cow::Borrowed(parts.uri.path());
+        let mut body = body;
+        // A fallback model admitted before the next attempt (after Google's overload answer).
+        let mut preadmitted: Option<fallback::Switched> = None;
+        // Attempts before the model serving now: its tries are counted from there.
+        let mut base: u32 = 0;
+        // A batch creation's hold on its project's batch quota ([`crate::batch`]).
+        let mut batch_hold: Option<crate::batch::Hold> = None;
         let streaming = est.streaming();
         let head_timeout = if streaming {
             cfg.stream_idle_timeout.min(cfg.request_timeout)
@@ -292,11 +315,25 @@ where
         loop {
             attempt += 1;
             served.attempts = attempt;
-            let reservation = match quota_model {
-                Some(model) => {
+            let reservation = match (preadmitted.take(), serving.clone()) {
+                (Some(switched), _) => {
+                    // Its keys are not the overloaded model's: none avoided, tries anew.
+                    avoid.clear();
+                    base = attempt - 1;
+                    Some(switch(
+                        switched,
+                        &mut serving,
+                        &mut client_part,
+                        &mut path,
+                        &mut body,
+                        account.as_deref_mut(),
+                    ))
+                }
+                (None, Some(model)) => {
+                    let model = &*model;
                     // What this request holds while it waits, for the queue's bounds.
                     let claim = Claim {
-                        client: account.map_or(0, |a| a.client),
+                        client: account.as_deref().map_or(0, |a| a.client),
                         weight: caller.client().map_or(1, |c| c.limits.weight()),
                         bytes: body.len() as u64,
                     };
@@ -324,17 +361,74 @@ where
                         allowance = allowance.saturating_sub(w);
                         deadline += w;
                     }
-                    let admitted = admitted.map_err(|n| {
-                        served.refused = admit::is_refusal(&n.error);
-                        n.error
-                    })?;
-                    Some(admitted.reservation)
+                    match admitted {
+                        Ok(a) => Some(a.reservation),
+                        Err(n) => {
+                            // No room for it within its allowance: a fallback with room within
+                            // what is left of it.
+                            let switched = if admit::is_pool_refusal(&n.error) {
+                                chain
+                                    .next_with_room(
+                                        state,
+                                        &caller,
+                                        est,
+                                        model,
+                                        &path,
+                                        &body,
+                                        carried.is_none(),
+                                        Reason::NoRoom,
+                                        fallback::Ask::Within {
+                                            deadline,
+                                            allowance,
+                                            claim,
+                                        },
+                                    )
+                                    .await
+                            } else {
+                                None
+                            };
+                            let Some(switched) = switched else {
+                                served.refused = admit::is_refusal(&n.error);
+                                return Err(n.error);
+                            };
+                            *fell = chain.fell.clone();
+                            if let Some(w) = switched.waited {
+                                served.waited = Some(served.waited.unwrap_or_default() + w);
+                                allowance = allowance.saturating_sub(w);
+                                deadline += w;
+                            }
+                            avoid.clear();
+                            base = attempt - 1;
+                            Some(switch(
+                                switched,
+                                &mut serving,
+                                &mut client_part,
+                                &mut path,
+                                &mut body,
+                                account.as_deref_mut(),
+                            ))
+                        }
+                    }
                 }
-                None => None,
+                (None, None) => None,
             };
+            let quota_model = serving.as_deref();
             let index = match &reservation {
                 Some(r) => r.index,
-                None => admit::free_key(state, est.pinned, &avoid, vertex_ok),
+                None => {
+                    let client = state.ledger_client(Some(&caller));
+                    match batch::choose(state, &caller, est, &body, &avoid, client).await {
+                        Some(Ok((i, hold))) => {
+                            batch_hold = Some(hold);
+                            i
+                        }
+                        Some(Err(e)) => {
+                            served.refused = true;
+                            return Err(e);
+                        }
+                        None => admit::free_key(state, est.pinned, &avoid, vertex_ok),
+                    }
+                }
             };
             let key = &state.pool.keys[index];
             served.key = Some(index);
@@ -355,7 +449,7 @@ where
                 None => upstream::build_request(
                     &self.upstream,
                     &parts.method,
-                    parts.uri.path(),
+                    &path,
                     parts.uri.query(),
                     &parts.headers,
                     body.clone(),
@@ -398,7 +492,9 @@ where
                 ));
             };
 
-            let last_try = attempt >= cfg.max_attempts || Instant::now() >= deadline;
+            // Tries of the model serving now (a fallback starts its own).
+            let tries = attempt - base;
+            let last_try = tries >= cfg.max_attempts || Instant::now() >= deadline;
             let sent_at = Instant::now();
             // Counted as sent from here: a client that leaves while Google works on it still
             // had the request run (and billed). Taken back below if it never left.
@@ -486,7 +582,7 @@ where
                     return Ok(answer.into_response(status, headers, cfg, AtEnd::default()));
                 }
                 if status == http::StatusCode::TOO_MANY_REQUESTS
-                    && let Some(a) = account
+                    && let Some(a) = account.as_deref()
                 {
                     state
                         .ledger
@@ -522,7 +618,7 @@ where
                     Budget::Attempts => cfg.max_attempts,
                     Budget::AttemptsAndPool => cfg.max_attempts + state.pool.keys.len() as u32,
                 };
-                if act && plan.retry && attempt < budget && Instant::now() < deadline {
+                if act && plan.retry && tries < budget && Instant::now() < deadline {
                     state.metrics.retry(plan.reason);
                     // A free call's 429 holds nothing in the store: avoid that key instead.
                     if plan.avoid_key || quota_model.is_none() {
@@ -532,6 +628,32 @@ where
                     if plan.backoff {
                         backoff(attempt, deadline).await;
                     }
+                    continue;
+                }
+                // Overloaded on every key tried: a fallback model with room, before any byte
+                // reached the client.
+                if act
+                    && verdict == Verdict::Transient
+                    && matches!(status.as_u16(), 500 | 503)
+                    && let Some(model) = quota_model
+                    && let Some(switched) = chain
+                        .next_with_room(
+                            state,
+                            &caller,
+                            est,
+                            model,
+                            &path,
+                            &body,
+                            true,
+                            Reason::Overloaded,
+                            fallback::Ask::Now,
+                        )
+                        .await
+                {
+                    drop(client_hold);
+                    *fell = chain.fell.clone();
+                    state.metrics.retry("fallback");
+                    preadmitted = Some(switched);
                     continue;
                 }
                 drop(client_hold);
@@ -563,7 +685,7 @@ where
             }
             // What the answer used, recorded as it ends. Embedding, image, video and
             // generateAnswer answers report no usage: their estimate is counted instead.
-            let tally = account.map(|a| {
+            let tally = account.as_deref().map(|a| {
                 let fallback = route
                     .unreported_usage
                     .then(|| unreported_usage(route.family, est.estimate.tokens));
@@ -592,7 +714,10 @@ where
                     Answer::Whole(bytes) => {
                         let creator =
                             affinity::creator(&*state.store, route, &caller, caller_name).await;
-                        affinity::remember_created(&*state.store, bytes, &key.kid, &creator).await
+                        affinity::remember_created(&*state.store, bytes, &key.kid, &creator).await;
+                        if let Some(hold) = batch_hold.take() {
+                            batch::created(hold, bytes, &creator);
+                        }
                     }
                     Answer::Over(..) => tracing::warn!(
                         key = %key.masked,
@@ -601,6 +726,18 @@ where
                     ),
                 }
                 return Ok(answer.into_response(status, headers, cfg, at_end));
+            }
+            // A batch job's answer says whether it ended: its batch quota is released then.
+            if let Some(name) = crate::batch::named(route) {
+                if parts.method == http::Method::DELETE {
+                    state.batches.forget(name);
+                } else if !streaming {
+                    let answer = read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;
+                    if let Answer::Whole(bytes) = &answer {
+                        batch::observed(state, name, bytes).await;
+                    }
+                    return Ok(answer.into_response(status, headers, cfg, at_end));
+                }
             }
             if let Some(collection) = route.lists.filter(|_| caller != Caller::Admin) {
                 return Ok(own_listing(
@@ -627,6 +764,26 @@ where
             return Ok(out);
         }
     }
+}
+
+/// Write the request for the fallback model admitted in `switched`: the model it is counted
+/// under (its quota, its client's part, its ledger series) and the path and body sent.
+fn switch(
+    switched: fallback::Switched,
+    serving: &mut Option<Arc<str>>,
+    client_part: &mut Option<crate::quota::ClientAdmit>,
+    path: &mut std::borrow::Cow<'_, str>,
+    body: &mut Bytes,
+    account: Option<&mut Account>,
+) -> crate::quota::Reservation {
+    if let Some(a) = account {
+        a.model = switched.model.clone();
+    }
+    *serving = Some(switched.model);
+    *client_part = switched.client_part;
+    *path = std::borrow::Cow::Owned(switched.path);
+    *body = switched.body;
+    switched.reservation
 }
 
 /// Whether Google's dead-key answer for key `index` may disable it: not when this request
