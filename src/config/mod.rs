@@ -12,6 +12,7 @@ mod limits;
 mod live;
 mod log;
 mod metrics;
+mod otel;
 mod pool;
 mod prices;
 mod prints;
@@ -37,6 +38,7 @@ pub use self::client_limits::ClientLimits;
 pub use self::live::LiveConfig;
 pub use self::log::{LogConfig, LogFormat};
 pub use self::metrics::MetricsConfig;
+pub use self::otel::{OtelConfig, SamplerKind};
 pub use self::pool::{KeyConfig, PoolConfig, Strategy};
 pub use self::prints::ConfigPrints;
 pub use self::queue::QueueConfig;
@@ -86,6 +88,8 @@ struct Raw {
     alerts: alerts::Raw,
     cache: cache::Raw,
     #[serde(default)]
+    otel: otel::Raw,
+    #[serde(default)]
     keys: Vec<pool::RawKey>,
     #[serde(default)]
     prices: prices::Raw,
@@ -108,6 +112,8 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// The response cache.
     pub cache: CacheConfig,
+    /// OpenTelemetry trace export (read at start; a reload does not change it).
+    pub otel: OtelConfig,
     /// The price table: embedded, with the user's `[prices."MODEL"]` laid over it.
     pub prices: Arc<Prices>,
     /// Digests of every setting it was loaded from (a reload names what changed with them).
@@ -183,6 +189,7 @@ impl Config {
             metrics: MetricsConfig::from_raw(raw.metrics),
             alerts: alerts::from_raw(raw.alerts, env)?,
             prices: prices::from_raw(raw.prices)?,
+            otel: otel::from_raw(raw.otel, env)?,
             prints,
         })
     }

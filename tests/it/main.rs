@@ -45,6 +45,7 @@ mod ledger;
 mod live;
 mod live_tokens;
 mod module_graph;
+mod otel;
 mod pool;
 mod queue;
 mod quota;

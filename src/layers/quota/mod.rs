@@ -10,6 +10,7 @@ mod admit;
 mod answer;
 mod client;
 mod react;
+mod trace;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -232,6 +233,8 @@ where
         let state = &*self.state;
         let cfg = &state.config.upstream;
         let (parts, body) = req.into_parts();
+        let trace = trace::of(&parts);
+        trace::prompt(trace.as_ref(), &body);
         let Some(est) = parts.extensions.get::<Estimated>() else {
             return Err(ApiError::Internal(
                 "the request reached the quota step unestimated".into(),
@@ -297,6 +300,7 @@ where
                         weight: caller.client().map_or(1, |c| c.limits.weight()),
                         bytes: body.len() as u64,
                     };
+                    let admit_span = trace::admission(trace.as_ref(), state);
                     let admitted = admit::admit(
                         state,
                         route,
@@ -314,6 +318,8 @@ where
                         Ok(a) => a.waited,
                         Err(n) => n.waited,
                     };
+                    let refusal = admitted.as_ref().err().map(|n| &n.error);
+                    trace::admitted(admit_span, waited, refusal);
                     if let Some(w) = waited {
                         // Time in line is not taken from the tries' budget, nor given twice.
                         served.waited = Some(served.waited.unwrap_or_default() + w);
@@ -347,7 +353,7 @@ where
                     s
                 }
             });
-            let Some(request) = upstream::build_request(
+            let Some(mut request) = upstream::build_request(
                 &self.upstream,
                 &parts.method,
                 parts.uri.path(),
@@ -362,6 +368,7 @@ where
                 ));
             };
 
+            let mut try_span = trace::attempt(trace.as_ref(), attempt, key, request.headers_mut());
             let last_try = attempt >= cfg.max_attempts || Instant::now() >= deadline;
             let sent_at = Instant::now();
             // Counted as sent from here: a client that leaves while Google works on it still
@@ -403,7 +410,9 @@ where
                         ForwardErrorKind::Silent => Failure::Silent,
                     };
                     let plan = retry::plan(failure, idempotent);
-                    if plan.retry && !last_try {
+                    let retrying = plan.retry && !last_try;
+                    trace::unanswered(&mut try_span, &e.detail, retrying.then_some(plan.reason));
+                    if retrying {
                         state.metrics.retry(plan.reason);
                         carried = settlement.as_mut().and_then(Settlement::take_client);
                         drop(settlement);
@@ -466,7 +475,14 @@ where
                     Budget::Attempts => cfg.max_attempts,
                     Budget::AttemptsAndPool => cfg.max_attempts + state.pool.keys.len() as u32,
                 };
-                if act && plan.retry && attempt < budget && Instant::now() < deadline {
+                let retrying = act && plan.retry && attempt < budget && Instant::now() < deadline;
+                trace::answered(
+                    &mut try_span,
+                    status,
+                    Some(&verdict),
+                    retrying.then_some(plan.reason),
+                );
+                if retrying {
                     state.metrics.retry(plan.reason);
                     // A free call's 429 holds nothing in the store: avoid that key instead.
                     if plan.avoid_key || quota_model.is_none() {
@@ -483,6 +499,7 @@ where
             }
 
             // Success: pass the answer through, streaming.
+            trace::answered(&mut try_span, status, None, None);
             state.pool.health.success();
             state.pool.health.project_ok(&key.project);
             if route.upload {
@@ -507,7 +524,7 @@ where
             }
             // What the answer used, recorded as it ends. Embedding, image, video and
             // generateAnswer answers report no usage: their estimate is counted instead.
-            let tally = account.map(|a| {
+            let mut tally = account.map(|a| {
                 let fallback = route
                     .unreported_usage
                     .then(|| unreported_usage(route.family, est.estimate.tokens));
@@ -517,6 +534,7 @@ where
                     .ledger
                     .tally(series, a.model.clone(), &key.project, fallback)
             });
+            trace::usage(trace.as_ref(), tally.as_mut());
             // Google bills the images an image call returned (fewer than asked for when some
             // were filtered): counted from the answer.
             let images = (route.family == QuotaFamily::Image).then(ImageCounter::default);
