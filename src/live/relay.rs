@@ -18,6 +18,8 @@ use super::slots::outcome;
 use super::{ClientSocket, close};
 use crate::ledger::tokens::{TokenUsage, UsageScanner};
 use crate::state::AppState;
+use crate::telemetry::span::RequestTrace;
+use opentelemetry::KeyValue;
 
 /// After one side closed, the other has this long to finish its close handshake.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -30,12 +32,16 @@ struct Watch<'a> {
     client_id: u32,
     /// The last usage of the turn under way.
     pending: Option<TokenUsage>,
+    /// The session's span (trace export on): told of Google's `goAway`.
+    trace: Option<&'a RequestTrace>,
 }
 
 static USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usageMetadata\""));
 static TURN_COMPLETE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"turnComplete\""));
+static GO_AWAY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"goAway\""));
 static RESUMPTION: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"sessionResumptionUpdate\""));
 
@@ -70,6 +76,11 @@ impl Watch<'_> {
     /// Look at one of Google's messages (JSON in a text or binary frame); a new resumption
     /// handle in it is handed back, to be bound before the message is relayed.
     fn see(&mut self, body: &[u8]) -> Option<String> {
+        if let Some(t) = self.trace
+            && GO_AWAY.find(body).is_some()
+        {
+            t.event("goAway", Vec::new());
+        }
         if USAGE.find(body).is_some()
             && let Some(u) = UsageScanner::scan_all(body)
         {
@@ -171,6 +182,7 @@ pub(super) async fn run(
     connected: Connected,
     model: &str,
     client_id: u32,
+    trace: Option<&RequestTrace>,
 ) {
     let Connected {
         mut upstream,
@@ -184,6 +196,7 @@ pub(super) async fn run(
         model: Arc::from(model.strip_prefix("models/").unwrap_or(model)),
         client_id,
         pending: None,
+        trace,
     };
     if let Some(handle) = watch.see_message(&first) {
         watch.bind(&handle).await;
@@ -318,4 +331,7 @@ pub(super) async fn run(
         }
     };
     outcome(ended_by);
+    if let Some(t) = trace {
+        t.set([KeyValue::new("gqp.live.outcome", ended_by)]);
+    }
 }

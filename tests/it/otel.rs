@@ -458,3 +458,123 @@ async fn with_export_off_nothing_is_sent_and_the_client_traceparent_passes_as_it
     assert!(!proxy.logs().contains("trace_id="));
     assert!(collector.spans().is_empty());
 }
+
+#[tokio::test]
+async fn with_record_content_the_prompt_and_the_answer_are_on_the_span() {
+    let fake = FakeUpstream::start().await;
+    let collector = Collector::start().await;
+    let toml = std::env::temp_dir().join(format!("gqp-otel-content-{}.toml", std::process::id()));
+    std::fs::write(&toml, "[otel]\nrecord_content = true\n").unwrap();
+    let proxy = proxy(
+        &fake,
+        &collector,
+        &[("PROXY_CONFIG", toml.to_str().unwrap())],
+    );
+    let resp = generate(&proxy.url, "gemini-2.5-flash", "a prompt to record").await;
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    let (root, _) = collector.trace_of(|s| s.kind == 2, 0).await;
+    assert!(text(&root, "gen_ai.input.messages").contains("a prompt to record"));
+    assert!(text(&root, "gen_ai.output.messages").contains("candidates"));
+    let _ = std::fs::remove_file(toml);
+}
+
+#[tokio::test]
+async fn a_collector_that_never_answers_costs_requests_nothing_and_drops_are_counted() {
+    let fake = FakeUpstream::start().await;
+    // Accepts connections and never answers: every export hangs until its timeout.
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stalled_url = format!("http://{}", stalled.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((tcp, _)) = stalled.accept().await {
+            open.push(tcp);
+        }
+    });
+    let proxy = Binary::start(
+        &[
+            ("GEMINI_API_KEY", KEY),
+            ("PROXY_CLIENT_KEYS", CLIENT_KEY),
+            ("GEMINI_UPSTREAM_URL", fake.url.as_str()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", stalled_url.as_str()),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "2"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "10"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "60000"),
+        ],
+        &[],
+    );
+    for i in 0..5 {
+        let resp = generate(&proxy.url, "gemini-2.5-flash", &format!("hi {i}")).await;
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    // The first span hangs in its export, the queue of 2 fills, the rest are dropped.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = metrics_text(&proxy.url).await;
+        if metrics.contains("gqp_otel_spans_total{outcome=\"dropped\"}") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        metrics.contains("gqp_otel_spans_total{outcome=\"dropped\"}"),
+        "{metrics}"
+    );
+    held.abort();
+}
+
+#[tokio::test]
+async fn a_live_session_is_one_span_with_setup_go_away_and_close_events() {
+    use common::live_upstream::FakeLive;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let live = FakeLive::start(10).await;
+    let collector = Collector::start().await;
+    let proxy = Binary::start(
+        &[
+            ("GEMINI_API_KEY", KEY),
+            ("PROXY_CLIENT_KEYS", CLIENT_KEY),
+            ("GEMINI_UPSTREAM_URL", live.url.as_str()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+        &[],
+    );
+    let url = format!(
+        "{}/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent?key={CLIENT_KEY}",
+        proxy.url.replacen("http://", "ws://", 1)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let setup = json!({"setup": {"model": "models/gemini-2.5-flash-native-audio"}});
+    ws.send(Message::Text(setup.to_string().into()))
+        .await
+        .unwrap();
+    let next = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return t.to_string(),
+            Ok(Some(Ok(Message::Binary(b)))) => return String::from_utf8_lossy(&b).into_owned(),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no JSON message: {other:?}"),
+        }
+    };
+    assert!(next(&mut ws).await.contains("setupComplete"));
+    ws.send(Message::Text("go-away".into())).await.unwrap();
+    assert!(next(&mut ws).await.contains("goAway"));
+    ws.send(Message::Text("close-me".into())).await.unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+
+    let (span, _) = collector
+        .trace_of(|s| s.name == "live gemini-2.5-flash-native-audio", 0)
+        .await;
+    assert_eq!(span.kind, 2);
+    assert_eq!(
+        text(&span, "gen_ai.request.model"),
+        "gemini-2.5-flash-native-audio"
+    );
+    let events: Vec<&str> = span.events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(events, vec!["setup", "goAway", "close"]);
+    assert_eq!(text(&span, "gqp.live.outcome"), "completed");
+}
