@@ -129,6 +129,12 @@ impl RequestTrace {
         child_of(&self.cx, name, kind, start)
     }
 
+    /// Write this span's trace context into `headers` (a request not sampled: Google still
+    /// gets the trace's id, flagged not sampled, in place of the client's).
+    pub fn inject(&self, headers: &mut http::HeaderMap) {
+        propagator().inject_context(&self.cx, &mut HeaderInjector(headers));
+    }
+
     /// End the server span (at the answer's last byte).
     pub fn end(&self) {
         self.cx.span().end();

@@ -578,3 +578,45 @@ async fn a_live_session_is_one_span_with_setup_go_away_and_close_events() {
     assert_eq!(events, vec!["setup", "goAway", "close"]);
     assert_eq!(text(&span, "gqp.live.outcome"), "completed");
 }
+
+#[tokio::test]
+async fn a_client_trace_not_sampled_exports_nothing_and_google_gets_the_proxys_context() {
+    let fake = FakeUpstream::start().await;
+    let collector = Collector::start().await;
+    let proxy = proxy(&fake, &collector, &[]);
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let parent = "b7ad6b7169203331";
+    let resp = http()
+        .post(format!(
+            "{}/v1beta/models/gemini-2.5-flash:generateContent",
+            proxy.url
+        ))
+        .header("x-goog-api-key", CLIENT_KEY)
+        .header("traceparent", format!("00-{trace_id}-{parent}-00"))
+        .json(&json!({"contents": [{"parts": [{"text": "hi"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    // A sampled request after it: once its spans are in, the unsampled one would be too.
+    let resp = generate(&proxy.url, "gemini-2.5-flash", "after").await;
+    resp.bytes().await.unwrap();
+    collector.trace_of(|s| s.kind == 2, 2).await;
+    assert!(
+        collector
+            .spans()
+            .iter()
+            .all(|s| hex(&s.trace_id) != trace_id)
+    );
+    let sent = fake.calls(":generateContent")[0].headers["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(sent.starts_with(&format!("00-{trace_id}-")), "{sent}");
+    assert!(sent.ends_with("-00"), "{sent}");
+    assert!(
+        !sent.contains(parent),
+        "the proxy's span is Google's parent: {sent}"
+    );
+}

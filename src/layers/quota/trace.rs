@@ -16,18 +16,19 @@ use crate::state::AppState;
 use crate::telemetry::span::{self, Child, RequestTrace, attr};
 use crate::upstream::Verdict;
 
-/// The request's trace, when it records.
+/// The request's trace (trace export on).
 pub(super) fn of(parts: &http::request::Parts) -> Option<RequestTrace> {
-    parts
-        .extensions
-        .get::<RequestTrace>()
-        .filter(|t| t.is_recording())
-        .cloned()
+    parts.extensions.get::<RequestTrace>().cloned()
+}
+
+/// The trace, when it records (sampled in): worth spans and attributes.
+fn recording(trace: Option<&RequestTrace>) -> Option<&RequestTrace> {
+    trace.filter(|t| t.is_recording())
 }
 
 /// The prompt on the request's span, only with `otel.record_content`.
 pub(super) fn prompt(trace: Option<&RequestTrace>, body: &Bytes) {
-    if let Some(t) = trace
+    if let Some(t) = recording(trace)
         && crate::telemetry::otel::record_content()
     {
         t.set([KeyValue::new(attr::INPUT_MESSAGES, span::content(body))]);
@@ -36,7 +37,7 @@ pub(super) fn prompt(trace: Option<&RequestTrace>, body: &Bytes) {
 
 /// The admission's span: asking the store for room, waiting in the queue.
 pub(super) fn admission(trace: Option<&RequestTrace>, state: &AppState) -> Option<Child> {
-    let mut s = trace?.child("gqp.admit", SpanKind::Internal, None);
+    let mut s = recording(trace)?.child("gqp.admit", SpanKind::Internal, None);
     s.set(KeyValue::new(attr::STORE, state.store.backend()));
     Some(s)
 }
@@ -61,7 +62,12 @@ pub(super) fn attempt(
     key: &PooledKey,
     headers: &mut http::HeaderMap,
 ) -> Option<Child> {
-    let mut s = trace?.child("gqp.upstream.attempt", SpanKind::Client, None);
+    let trace = trace?;
+    if !trace.is_recording() {
+        trace.inject(headers);
+        return None;
+    }
+    let mut s = trace.child("gqp.upstream.attempt", SpanKind::Client, None);
     s.set(KeyValue::new(attr::ATTEMPT, i64::from(number)));
     s.set(KeyValue::new(attr::KEY, key.masked.to_string()));
     s.set(KeyValue::new(attr::PROJECT, key.project.to_string()));
@@ -113,7 +119,7 @@ fn verdict_name(v: &Verdict) -> &'static str {
 
 /// The request's span learns the usage and cost its tally records.
 pub(super) fn usage(trace: Option<&RequestTrace>, tally: Option<&mut Tally>) {
-    let (Some(trace), Some(tally)) = (trace, tally) else {
+    let (Some(trace), Some(tally)) = (recording(trace), tally) else {
         return;
     };
     let trace = trace.clone();
