@@ -4,7 +4,7 @@
 //! request's spans and their attributes, W3C trace context in and out), [`scan`] (what an
 //! answer says of itself as it passes), [`export`] (the bounded queue to the OTLP exporter).
 
-mod export;
+pub mod export;
 pub mod otel;
 pub mod scan;
 pub mod span;

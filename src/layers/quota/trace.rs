@@ -18,6 +18,8 @@ use crate::upstream::Verdict;
 
 /// The request's trace (trace export on).
 pub(super) fn of(parts: &http::request::Parts) -> Option<RequestTrace> {
+    // Export off: not even a look at the extensions.
+    crate::telemetry::otel::tracer()?;
     parts.extensions.get::<RequestTrace>().cloned()
 }
 
