@@ -46,6 +46,9 @@ pub struct RequestLine {
     pub head: Duration,
     /// The request's server span (trace export on), ended with the line.
     pub trace: Option<RequestTrace>,
+    /// The log span carrying the request's `trace_id` (trace export on), entered while the
+    /// body is read, so a line about the stream (cut, idle) carries it too.
+    pub log_span: Option<tracing::Span>,
 }
 
 impl RequestLine {
@@ -59,6 +62,7 @@ impl RequestLine {
         axum::response::Response::from_parts(
             parts,
             Body::new(LoggedBody {
+                log_span: self.log_span.clone(),
                 inner: body,
                 line: Some(self),
                 first_byte: None,
@@ -189,6 +193,7 @@ struct LoggedBody {
     complete: bool,
     /// A sampled request's answer, read as it passes for its span.
     facts: Option<Box<AnswerFacts>>,
+    log_span: Option<tracing::Span>,
 }
 
 impl LoggedBody {
@@ -208,6 +213,8 @@ impl HttpBody for LoggedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = &mut *self;
+        let log_span = this.log_span.clone();
+        let _entered = log_span.as_ref().map(tracing::Span::enter);
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {

@@ -125,7 +125,10 @@ impl Future for Logged {
             &resp,
             this.started,
         );
-        line.trace = this.trace.as_ref().map(|(t, _)| t.clone());
+        if let Some((t, span)) = &this.trace {
+            line.trace = Some(t.clone());
+            line.log_span = Some(span.clone());
+        }
         Poll::Ready(Ok(line.attach(resp)))
     }
 }
@@ -207,6 +210,7 @@ fn log_request(
         started,
         head,
         trace: None,
+        log_span: None,
     }
 }
 
