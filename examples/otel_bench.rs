@@ -1,7 +1,8 @@
 //! Trace export's cost, in ONE run on loopback: the proxy (memory store) with OpenTelemetry
-//! export off, and on at 100 % sampling (`OTEL_TRACES_SAMPLER=always_on`) to a fake OTLP/HTTP
-//! collector that reads and discards what it gets, under the same wrk load, runs alternated
-//! (off, on, off, on, ...) so a drift of the machine falls on both alike. Prints throughput,
+//! export off, on at 100 % sampling (`OTEL_TRACES_SAMPLER=always_on`) and on at a ratio
+//! (`traceidratio`, BENCH_OTEL_RATIO, default 0.1) to a fake OTLP/HTTP collector that reads
+//! and discards what it gets, under the same wrk load, runs alternated (off, on, ratio, off,
+//! ...) so a drift of the machine falls on all alike. Prints throughput,
 //! latency, the proxy's CPU time per request for each, the difference, and the spans exported
 //! and dropped (`gqp_otel_spans_total`). Target: on costs under 5 % of throughput.
 //!
@@ -140,30 +141,39 @@ fn main() {
     let bin = std::env::var_os("BENCH_PROXY_BIN")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(proxy_bin);
-    let start = |on: bool| -> (u16, Proc) {
+    let ratio: f64 = std::env::var("BENCH_OTEL_RATIO")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.1);
+    let start = |sampler: Option<(&str, f64)>| -> (u16, Proc) {
         let mut extra = vec![];
-        if on {
+        if let Some((name, arg)) = sampler {
             extra.push((
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
                 format!("http://127.0.0.1:{col}"),
             ));
-            extra.push(("OTEL_TRACES_SAMPLER", "always_on".to_string()));
+            extra.push(("OTEL_TRACES_SAMPLER", name.to_string()));
+            extra.push(("OTEL_TRACES_SAMPLER_ARG", arg.to_string()));
         }
         start_proxy_with(&bin, &upstream_url, CLIENT_KEY, &extra)
     };
-    let (off_port, off_proc) = start(false);
-    let (on_port, on_proc) = start(true);
-    // Warm both (connections to the upstream, allocator).
+    let (off_port, off_proc) = start(None);
+    let (on_port, on_proc) = start(Some(("always_on", 1.0)));
+    let (ratio_port, ratio_proc) = start(Some(("traceidratio", ratio)));
+    // Warm all (connections to the upstream, allocator).
     load(off_port, off_proc.0.id(), conns, 2, &script);
     let warm_on = load(on_port, on_proc.0.id(), conns, 2, &script).requests;
-    let (mut off, mut on) = (Vec::new(), Vec::new());
+    load(ratio_port, ratio_proc.0.id(), conns, 2, &script);
+    let (mut off, mut on, mut part) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         off.push(load(off_port, off_proc.0.id(), conns, secs, &script));
         on.push(load(on_port, on_proc.0.id(), conns, secs, &script));
+        part.push(load(ratio_port, ratio_proc.0.id(), conns, secs, &script));
     }
     // The last batch leaves within the schedule delay (5 s by default).
     std::thread::sleep(std::time::Duration::from_secs(6));
-    let (off, on) = (mean(&off), mean(&on));
+    let (off, on, part) = (mean(&off), mean(&on), mean(&part));
+    let ratio_name = format!("export on, {:.0} %", ratio * 100.0);
     println!(
         "\nOpenTelemetry export cost: {rounds} alternated rounds of {secs} s, {conns} connections, generateContent"
     );
@@ -173,7 +183,11 @@ fn main() {
     println!(
         "|------------------------|-----------|----------|----------|----------|--------|------------|"
     );
-    for (name, l) in [("export off", off), ("export on, 100 %", on)] {
+    for (name, l) in [
+        ("export off", off),
+        ("export on, 100 %", on),
+        (ratio_name.as_str(), part),
+    ] {
         println!(
             "| {name:<22} | {:>9.0} | {:>8.0} | {:>8.0} | {:>8} | {:>6} | {:>10.1} |",
             l.rps, l.p50_us, l.p99_us, l.requests, l.errors, l.cpu_us
@@ -183,6 +197,12 @@ fn main() {
     println!(
         "\nthroughput cost of export at 100 %: {cost:.1} % (target < 5 %); CPU per request {:+.1} us",
         on.cpu_us - off.cpu_us
+    );
+    println!(
+        "throughput cost at {:.0} %: {:.1} %; CPU per request {:+.1} us",
+        ratio * 100.0,
+        (1.0 - part.rps / off.rps.max(1.0)) * 100.0,
+        part.cpu_us - off.cpu_us
     );
     let exported = spans(on_port, "exported");
     let dropped = spans(on_port, "dropped");

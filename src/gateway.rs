@@ -152,7 +152,12 @@ impl Service<http::Request<Body>> for GeminiService {
         // Export off: `None` at the cost of one load, no span made.
         let trace = RequestTrace::start(req.headers(), method.as_str(), uri.path()).map(|t| {
             req.extensions_mut().insert(t.clone());
-            let span = tracing::info_span!("request", trace_id = %t.trace_id());
+            // Log lines carry the id of a trace the collector will have (sampled in).
+            let span = if t.is_recording() {
+                tracing::info_span!("request", trace_id = %t.trace_id())
+            } else {
+                tracing::Span::none()
+            };
             (t, span)
         });
         Logged {
