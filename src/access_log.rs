@@ -100,7 +100,7 @@ impl RequestLine {
         }
         if let Some(k) = key {
             attrs.push(KeyValue::new(attr::KEY, k.masked.to_string()));
-            attrs.push(KeyValue::new(attr::PROJECT, k.project.to_string()));
+            attrs.push(KeyValue::new(attr::PROJECT, k.project.clone()));
         }
         if let Some(w) = self.waited {
             attrs.push(KeyValue::new(attr::QUEUE_WAIT_MS, millis(w)));

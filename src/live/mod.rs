@@ -298,7 +298,7 @@ async fn session(
             "setup",
             vec![
                 KeyValue::new(attr::KEY, key.masked.to_string()),
-                KeyValue::new(attr::PROJECT, key.project.to_string()),
+                KeyValue::new(attr::PROJECT, key.project.clone()),
             ],
         );
     }

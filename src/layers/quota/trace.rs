@@ -72,7 +72,7 @@ pub(super) fn attempt(
     let mut s = trace.child("gqp.upstream.attempt", SpanKind::Client, None);
     s.set(KeyValue::new(attr::ATTEMPT, i64::from(number)));
     s.set(KeyValue::new(attr::KEY, key.masked.to_string()));
-    s.set(KeyValue::new(attr::PROJECT, key.project.to_string()));
+    s.set(KeyValue::new(attr::PROJECT, key.project.clone()));
     s.inject(headers);
     Some(s)
 }
