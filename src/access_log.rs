@@ -88,8 +88,7 @@ impl RequestLine {
             attrs.push(KeyValue::new(attr::OPERATION, op));
             attrs.push(KeyValue::new(
                 attr::REQUEST_STREAM,
-                self.uri.path().ends_with(":streamGenerateContent")
-                    || self.uri.query().is_some_and(|q| q.contains("alt=sse")),
+                self.uri.path().ends_with(":streamGenerateContent"),
             ));
         }
         if let Some(m) = &self.model {
