@@ -1,7 +1,8 @@
 //! The request log line: what is known at the answer's head (method, path, model, key, client,
 //! status, attempts, wait), written once its body has ended or been dropped, with the time to
 //! the head, to the first body byte and in total. A stream's head comes long before its last
-//! byte, so a line at the head alone would say nothing of how long the answer took.
+//! byte, so a line at the head alone would say nothing of how long the answer took. With trace
+//! export on, the request's server span takes the same facts and ends with the line.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,6 +16,12 @@ use tokio::time::Instant;
 
 use crate::auth::Caller;
 use crate::state::AppState;
+use crate::telemetry::scan::AnswerFacts;
+use crate::telemetry::span::{self, RequestTrace, attr};
+use opentelemetry::KeyValue;
+
+/// The response cache's verdict on the answer (`layers::cache`), for the trace.
+const CACHE_HEADER: &str = "x-gemini-quota-proxy-cache";
 
 /// Milliseconds rounded to the microsecond: `0.459`, not `0.45876100000000003`.
 pub fn millis(d: Duration) -> f64 {
@@ -39,27 +46,120 @@ pub struct RequestLine {
     pub started: Instant,
     /// From the request's arrival to the answer's head.
     pub head: Duration,
+    /// The request's server span (trace export on), ended with the line.
+    pub trace: Option<RequestTrace>,
+    /// The log span carrying the request's `trace_id` (trace export on), entered while the
+    /// body is read, so a line about the stream (cut, idle) carries it too.
+    pub log_span: Option<tracing::Span>,
 }
 
 impl RequestLine {
     /// The answer with its body wrapped: the line is written when the body ends or is dropped.
     pub fn attach(self, resp: axum::response::Response) -> axum::response::Response {
         let (parts, body) = resp.into_parts();
+        let facts = self.trace.as_ref().filter(|t| t.is_recording()).map(|t| {
+            self.trace_head(t, &parts.headers);
+            Box::new(AnswerFacts::new(crate::telemetry::otel::record_content()))
+        });
         axum::response::Response::from_parts(
             parts,
             Body::new(LoggedBody {
+                log_span: self.log_span.clone(),
                 inner: body,
                 line: Some(self),
                 first_byte: None,
                 complete: false,
+                facts,
             }),
         )
     }
 
+    /// What the answer's head tells the request's span: the GenAI call, who made it, which
+    /// key and project served it, how long it waited, whether the cache answered.
+    fn trace_head(&self, trace: &RequestTrace, headers: &http::HeaderMap) {
+        let key = self.key.and_then(|i| self.state.pool.keys.get(i));
+        let op = span::operation(self.uri.path());
+        let mut attrs = vec![
+            KeyValue::new(attr::STATUS, i64::from(self.status)),
+            KeyValue::new(attr::ATTEMPTS, i64::from(self.attempts)),
+            KeyValue::new(attr::ESTIMATED_TOKENS, self.est_tokens as i64),
+            KeyValue::new(attr::PROVIDER, span::PROVIDER_GEMINI),
+            KeyValue::new(attr::SYSTEM, span::PROVIDER_GEMINI),
+        ];
+        if let Some(op) = op {
+            attrs.push(KeyValue::new(attr::OPERATION, op));
+            attrs.push(KeyValue::new(
+                attr::REQUEST_STREAM,
+                self.uri.path().ends_with(":streamGenerateContent"),
+            ));
+        }
+        if let Some(m) = &self.model {
+            attrs.push(KeyValue::new(attr::REQUEST_MODEL, m.clone()));
+        }
+        if let Some(c) = &self.caller {
+            attrs.push(KeyValue::new(attr::CLIENT, c.name().to_string()));
+        }
+        if let Some(k) = key {
+            attrs.push(KeyValue::new(attr::KEY, k.masked.to_string()));
+            attrs.push(KeyValue::new(attr::PROJECT, k.project.clone()));
+        }
+        if let Some(w) = self.waited {
+            attrs.push(KeyValue::new(attr::QUEUE_WAIT_MS, millis(w)));
+        }
+        if let Some(c) = headers.get(CACHE_HEADER).and_then(|v| v.to_str().ok()) {
+            attrs.push(KeyValue::new(attr::CACHE, c.to_string()));
+        }
+        trace.set(attrs);
+        trace.rename(match (op, &self.model) {
+            (Some(op), Some(m)) => format!("{op} {m}"),
+            (Some(op), None) => op.to_string(),
+            (None, _) => self.method.to_string(),
+        });
+        if self.status >= 500 {
+            trace.fail(format!("answered {}", self.status));
+        }
+    }
+
+    /// The span's end, at the body's: time to the first chunk, what the answer said of itself.
+    fn trace_end(
+        trace: &RequestTrace,
+        facts: Option<Box<AnswerFacts>>,
+        first_byte: Option<Duration>,
+        complete: bool,
+    ) {
+        let mut attrs = vec![KeyValue::new(attr::COMPLETE, complete)];
+        if let Some(f) = first_byte {
+            attrs.push(KeyValue::new(attr::TIME_TO_FIRST_CHUNK, f.as_secs_f64()));
+        }
+        if let Some(f) = facts {
+            if !f.finish_reasons.is_empty() {
+                attrs.push(KeyValue::new(
+                    attr::FINISH_REASONS,
+                    span::strings(&f.finish_reasons),
+                ));
+            }
+            if let Some(m) = f.model {
+                attrs.push(KeyValue::new(attr::RESPONSE_MODEL, m));
+            }
+            if let Some(c) = f.content {
+                attrs.push(KeyValue::new(attr::OUTPUT_MESSAGES, span::content(&c)));
+            }
+        }
+        trace.set(attrs);
+        if !complete {
+            trace.fail("the answer did not reach its end");
+        }
+        trace.end();
+    }
+
     /// `first_byte`: when the first body byte was handed on (`None`: the body had none).
     /// `complete`: the body reached its end (false: the client went away or it failed).
-    fn write(self, first_byte: Option<Duration>, complete: bool) {
+    fn write(self, first_byte: Option<Duration>, complete: bool, facts: Option<Box<AnswerFacts>>) {
         let total = self.started.elapsed();
+        let trace_id = self.trace.as_ref().map(|t| {
+            Self::trace_end(t, facts, first_byte, complete);
+            t.trace_id().to_string()
+        });
         let state = &self.state;
         let key = self.key.and_then(|i| state.pool.keys.get(i));
         // The caller's configured name, never its credential; `-` before authentication.
@@ -79,6 +179,8 @@ impl RequestLine {
             attempts = self.attempts,
             est_tokens = self.est_tokens,
             waited_ms = self.waited.map_or(0, |w| w.as_millis() as u64),
+            // Only with trace export on (an absent value writes no field).
+            trace_id = trace_id.as_deref().map(tracing::field::display),
             "request"
         );
     }
@@ -91,12 +193,15 @@ struct LoggedBody {
     line: Option<RequestLine>,
     first_byte: Option<Duration>,
     complete: bool,
+    /// A sampled request's answer, read as it passes for its span.
+    facts: Option<Box<AnswerFacts>>,
+    log_span: Option<tracing::Span>,
 }
 
 impl LoggedBody {
     fn finish(&mut self) {
         if let Some(line) = self.line.take() {
-            line.write(self.first_byte, self.complete);
+            line.write(self.first_byte, self.complete, self.facts.take());
         }
     }
 }
@@ -110,6 +215,8 @@ impl HttpBody for LoggedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = &mut *self;
+        let log_span = this.log_span.clone();
+        let _entered = log_span.as_ref().map(tracing::Span::enter);
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -118,6 +225,9 @@ impl HttpBody for LoggedBody {
                     && let Some(line) = &this.line
                 {
                     this.first_byte = Some(line.started.elapsed());
+                }
+                if let (Some(f), Some(d)) = (this.facts.as_mut(), frame.data_ref()) {
+                    f.feed(d);
                 }
                 if this.inner.is_end_stream() {
                     this.complete = true;

@@ -27,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::quota::{QuotaStore, StoreError};
 use crate::reload::{Live, WeakLive};
 use crate::state::AppState;
+use crate::telemetry::span::RequestTrace;
 
 /// The assembled stack, outermost first.
 type Stack = Authenticate<EstimateStep<CacheStep<Quota<Forward>>>>;
@@ -132,6 +133,8 @@ pub struct Logged {
     method: http::Method,
     uri: http::Uri,
     started: Instant,
+    /// The request's server span and the log span carrying its `trace_id` (trace export on).
+    trace: Option<(RequestTrace, tracing::Span)>,
 }
 
 impl Future for Logged {
@@ -139,16 +142,22 @@ impl Future for Logged {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        // Log lines written on the request's way carry its trace id.
+        let _entered = this.trace.as_ref().map(|(_, s)| s.enter());
         let Poll::Ready(Ok(resp)) = Pin::new(&mut this.answer).poll(cx) else {
             return Poll::Pending;
         };
-        let line = log_request(
+        let mut line = log_request(
             &this.state,
             std::mem::take(&mut this.method),
             std::mem::take(&mut this.uri),
             &resp,
             this.started,
         );
+        if let Some((t, span)) = &this.trace {
+            line.trace = Some(t.clone());
+            line.log_span = Some(span.clone());
+        }
         Poll::Ready(Ok(line.attach(resp)))
     }
 }
@@ -172,12 +181,24 @@ impl Service<http::Request<Body>> for GeminiService {
         // Kept for the log line: the method is a small enum, the URI shares its bytes.
         let (method, uri) = (req.method().clone(), req.uri().clone());
         let (stack, state) = self.stack();
+        // Export off: `None` at the cost of one load, no span made.
+        let trace = RequestTrace::start(req.headers(), method.as_str(), uri.path()).map(|t| {
+            req.extensions_mut().insert(t.clone());
+            // Log lines carry the id of a trace the collector will have (sampled in).
+            let span = if t.is_recording() {
+                tracing::info_span!("request", trace_id = %t.trace_id())
+            } else {
+                tracing::Span::none()
+            };
+            (t, span)
+        });
         Logged {
             answer: tower::util::Oneshot::new(stack, req),
             state,
             method,
             uri,
             started,
+            trace,
         }
     }
 }
@@ -230,6 +251,8 @@ fn log_request(
         waited: served.waited,
         started,
         head,
+        trace: None,
+        log_span: None,
     }
 }
 

@@ -32,7 +32,9 @@
 //!    [`quota`] store, then every frame relayed both ways, usage into the [`ledger`].
 //!
 //! Around it: [`config`] (one file per section), [`error`] (Google's error envelope),
-//! [`metrics`], [`telemetry`] (logging), [`preflight`] (the binary's `--check`), [`allocator`]
+//! [`metrics`], [`telemetry`] (logging; OpenTelemetry traces: a span per request and Live
+//! session, W3C trace context in and out, OTLP export off the request path), [`preflight`]
+//! (the binary's `--check`), [`allocator`]
 //! (mimalloc's settings, applied by the binary first thing), [`state`] (what every step shares)
 //! and, in the background, [`alerts`]
 //! (rules over the status and the ledger, notifications to webhooks and e-mail, one per

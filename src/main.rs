@@ -70,6 +70,17 @@ async fn main() -> ExitCode {
         sources.env.get("RUST_LOG").map(String::as_str),
     );
     config.log_warnings();
+    // OpenTelemetry traces, when an endpoint is set (read at start; a reload keeps these).
+    let otel = match telemetry::otel::install(&config.otel) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("gemini-quota-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if otel.is_some() {
+        tracing::info!(service = %config.otel.service_name, sampler = ?config.otel.sampler, ratio = config.otel.sampler_arg, "exporting traces over OTLP/HTTP");
+    }
     // SIGHUP is taken from here on (its default would end the process): one that comes
     // before the gateway serves reloads once it does.
     let hangups = watch::sighup();
@@ -126,7 +137,12 @@ async fn main() -> ExitCode {
     {
         tracing::warn!(error = %e, "cannot watch the config file: reload with SIGHUP or POST /api/ai/config/reload");
     }
-    match serve(listener, gateway, shutdown_signal()).await {
+    let served = serve(listener, gateway, shutdown_signal()).await;
+    // The spans of the last requests are sent before exit.
+    if let Some(otel) = otel {
+        otel.shutdown().await;
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gemini-quota-proxy: {e}");

@@ -179,6 +179,10 @@ fn describe() {
         "Quota store calls that failed or timed out, by operation."
     );
     describe_counter!(
+        "gqp_otel_spans_total",
+        "Trace spans by outcome (trace export on): exported, dropped (the export queue was full) or failed (the collector refused them or could not be reached)."
+    );
+    describe_counter!(
         "gqp_cache_requests_total",
         "Cacheable requests by what the response cache did: hit (answered from the cache, no quota spent), miss (sent upstream, stored if fit) or bypass (not cached: Cache-Control no-store, a nondeterministic generation, a request naming files or cachedContents)."
     );

@@ -14,6 +14,7 @@ mod limits;
 mod live;
 mod log;
 mod metrics;
+mod otel;
 mod pool;
 mod prices;
 mod prints;
@@ -42,6 +43,7 @@ pub use self::fallbacks::FallbacksConfig;
 pub use self::live::LiveConfig;
 pub use self::log::{LogConfig, LogFormat};
 pub use self::metrics::MetricsConfig;
+pub use self::otel::{OtelConfig, SamplerKind};
 pub use self::pool::{KeyConfig, Order, PoolConfig, Strategy, VertexConfig, VertexCredentials};
 pub use self::prints::ConfigPrints;
 pub use self::queue::QueueConfig;
@@ -91,6 +93,8 @@ struct Raw {
     alerts: alerts::Raw,
     cache: cache::Raw,
     #[serde(default)]
+    otel: otel::Raw,
+    #[serde(default)]
     keys: Vec<pool::RawKey>,
     #[serde(default)]
     prices: prices::Raw,
@@ -117,6 +121,8 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// The response cache.
     pub cache: CacheConfig,
+    /// OpenTelemetry trace export (read at start; a reload does not change it).
+    pub otel: OtelConfig,
     /// The price table: embedded, with the user's `[prices."MODEL"]` laid over it.
     pub prices: Arc<Prices>,
     /// Fallback chains between models.
@@ -198,6 +204,7 @@ impl Config {
             prices: prices::from_raw(raw.prices)?,
             fallbacks: FallbacksConfig::from_raw(raw.fallbacks)?,
             batch: BatchConfig::from_raw(raw.batch)?,
+            otel: otel::from_raw(raw.otel, env)?,
             prints,
         })
     }

@@ -87,6 +87,7 @@ pub fn all() -> impl Iterator<Item = (&'static str, &'static str)> {
         .chain(ENV_SETTINGS)
         .chain(ENV_NUMBERS)
         .chain(ENV_OTHERS)
+        .chain(super::otel::VARIABLES)
         .copied()
 }
 
@@ -121,7 +122,11 @@ mod tests {
         }
         assert_eq!(
             seen.len(),
-            ENV_SOURCES.len() + ENV_SETTINGS.len() + ENV_NUMBERS.len() + ENV_OTHERS.len()
+            ENV_SOURCES.len()
+                + ENV_SETTINGS.len()
+                + ENV_NUMBERS.len()
+                + ENV_OTHERS.len()
+                + crate::config::otel::VARIABLES.len()
         );
     }
 }

@@ -257,6 +257,7 @@ impl Ledger {
             fallback,
             closed: false,
             watch: self.watcher_of(project),
+            seen: None,
         }
     }
 
@@ -448,9 +449,19 @@ pub struct Tally {
     closed: bool,
     /// Who is told of this answer's cost, and the project it is told under.
     watch: Option<(Arc<dyn CostWatch>, Arc<str>)>,
+    /// Told the usage and billed cost (nano-USD) as recorded: the request's trace span.
+    seen: Option<UsageSeen>,
 }
 
+/// Told what an answer used and cost (nano-USD) when its tally records it.
+pub type UsageSeen = Box<dyn FnOnce(&TokenUsage, u64) + Send + Sync>;
+
 impl Tally {
+    /// Tell `seen` the usage and cost this tally records (the request's trace span).
+    pub fn on_record(&mut self, seen: UsageSeen) {
+        self.seen = Some(seen);
+    }
+
     /// Record the request with `usage` (the last usage object of the answer) and its cost.
     pub fn close(mut self, usage: Option<TokenUsage>) {
         self.record(usage);
@@ -488,6 +499,9 @@ impl Tally {
         metrics_for(&self.ledger, self.series, &usage, cost.billed_nano);
         if let Some((watch, project)) = &self.watch {
             watch.billed(project, cost.billed_nano);
+        }
+        if let Some(seen) = self.seen.take() {
+            seen(&usage, cost.billed_nano);
         }
     }
 }

@@ -28,6 +28,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::telemetry::span::{self, RequestTrace, attr};
+use opentelemetry::KeyValue;
 
 pub use slots::LiveSessions;
 
@@ -189,6 +191,8 @@ pub async fn handle(
         Ok(a) => a,
         Err(message) => return ApiError::InvalidArgument(message).into_response(),
     };
+    // The session's span (trace export on), a child of the upgrade's `traceparent`.
+    let trace = SessionSpan(RequestTrace::start(req.headers(), "GET", path));
     let upgrade = hyper::upgrade::on(&mut req);
     let path = path.to_string();
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
@@ -203,7 +207,7 @@ pub async fn handle(
         let config = client_ws_config(&state);
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(config)).await;
-        session(state, sessions, who, &path, allowance, ws).await;
+        session(state, sessions, who, &path, allowance, ws, trace).await;
     });
     http::Response::builder()
         .status(http::StatusCode::SWITCHING_PROTOCOLS)
@@ -214,6 +218,28 @@ pub async fn handle(
         .unwrap_or_else(|_| ApiError::Internal("upgrade".into()).into_response())
 }
 
+/// A Live session's span: events for its setup, Google's `goAway` ([`relay`]) and its close,
+/// ended with the session.
+struct SessionSpan(Option<RequestTrace>);
+
+impl SessionSpan {
+    fn refused(&self, outcome: &'static str) {
+        if let Some(t) = &self.0 {
+            t.set([KeyValue::new("gqp.live.outcome", outcome)]);
+            t.fail(outcome);
+        }
+    }
+}
+
+impl Drop for SessionSpan {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.event("close", Vec::new());
+            t.end();
+        }
+    }
+}
+
 /// One session, from the upgrade to the last frame.
 async fn session(
     state: Arc<AppState>,
@@ -222,13 +248,16 @@ async fn session(
     path: &str,
     allowance: std::time::Duration,
     mut client: ClientSocket,
+    trace: SessionSpan,
 ) {
     if *sessions.stopping_now() {
+        trace.refused("shutdown");
         slots::outcome("shutdown");
         close(&mut client, CloseCode::Away, "The proxy is shutting down").await;
         return;
     }
     let Some(_open) = sessions.enter(state.config.live.max_sessions) else {
+        trace.refused("replica_full");
         slots::outcome("replica_full");
         let reason = format!(
             "This proxy replica holds its limit of {} Live sessions (live.max_sessions); try again later",
@@ -238,6 +267,7 @@ async fn session(
         return;
     };
     let Some((setup, first)) = setup::read_setup(&state, &mut client).await else {
+        trace.refused("no_setup");
         return;
     };
     // The client's own limits first: a client at one never takes a project's slot.
@@ -248,11 +278,21 @@ async fn session(
     let client_slot = match opened {
         Ok(s) => s,
         Err(refusal) => {
+            trace.refused(refusal.outcome);
             slots::outcome(refusal.outcome);
             close(&mut client, refusal.code, &refusal.reason).await;
             return;
         }
     };
+    if let Some(t) = &trace.0 {
+        let model = setup.model.strip_prefix("models/").unwrap_or(&setup.model);
+        t.rename(format!("live {model}"));
+        t.set([
+            KeyValue::new(attr::PROVIDER, span::PROVIDER_GEMINI),
+            KeyValue::new(attr::SYSTEM, span::PROVIDER_GEMINI),
+            KeyValue::new(attr::REQUEST_MODEL, model.to_string()),
+        ]);
+    }
     let token = who.token.as_ref();
     let connecting = wait::connect(
         &state,
@@ -267,11 +307,22 @@ async fn session(
     let connected = match connecting.await {
         Ok(c) => c,
         Err(refusal) => {
+            trace.refused(refusal.outcome);
             slots::outcome(refusal.outcome);
             close(&mut client, refusal.code, &refusal.reason).await;
             return;
         }
     };
+    if let Some(t) = &trace.0 {
+        let key = &state.pool.keys[connected.key];
+        t.event(
+            "setup",
+            vec![
+                KeyValue::new(attr::KEY, key.masked.to_string()),
+                KeyValue::new(attr::PROJECT, key.project.clone()),
+            ],
+        );
+    }
     let model = setup.model.strip_prefix("models/").unwrap_or(&setup.model);
     let project = state.pool.keys[connected.key].project.clone();
     let meter = client::Meter::new(&state, project, Arc::from(model), who.client);
@@ -280,7 +331,16 @@ async fn session(
         client_slot,
         meter,
     };
-    relay::run(&state, &sessions, client, connected, &setup.model, session).await;
+    relay::run(
+        &state,
+        &sessions,
+        client,
+        connected,
+        &setup.model,
+        session,
+        trace.0.as_ref(),
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@ use super::slots::outcome;
 use super::{ClientSocket, close};
 use crate::ledger::tokens::{TokenUsage, UsageScanner};
 use crate::state::AppState;
+use crate::telemetry::span::RequestTrace;
+use opentelemetry::KeyValue;
 
 /// After one side closed, the other has this long to finish its close handshake.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -34,6 +36,8 @@ struct Watch<'a> {
     pending: Option<TokenUsage>,
     /// Charges each turn's usage to the project's and the client's counters.
     meter: &'a super::client::Meter,
+    /// The session's span (trace export on): told of Google's `goAway`.
+    trace: Option<&'a RequestTrace>,
 }
 
 /// What a session counts in besides its project slot: its client in the ledger, its client's
@@ -48,6 +52,8 @@ static USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usageMetadata\""));
 static TURN_COMPLETE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"turnComplete\""));
+static GO_AWAY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"goAway\""));
 static RESUMPTION: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"sessionResumptionUpdate\""));
 
@@ -82,6 +88,11 @@ impl Watch<'_> {
     /// Look at one of Google's messages (JSON in a text or binary frame); a new resumption
     /// handle in it is handed back, to be bound before the message is relayed.
     fn see(&mut self, body: &[u8]) -> Option<String> {
+        if let Some(t) = self.trace
+            && GO_AWAY.find(body).is_some()
+        {
+            t.event("goAway", Vec::new());
+        }
         if USAGE.find(body).is_some()
             && let Some(u) = UsageScanner::scan_all(body)
         {
@@ -186,6 +197,7 @@ pub(super) async fn run(
     connected: Connected,
     model: &str,
     session: Session,
+    trace: Option<&RequestTrace>,
 ) {
     let Session {
         client_id,
@@ -205,6 +217,7 @@ pub(super) async fn run(
         client_id,
         pending: None,
         meter: &meter,
+        trace,
     };
     if let Some(handle) = watch.see_message(&first) {
         watch.bind(&handle).await;
@@ -351,4 +364,7 @@ pub(super) async fn run(
         }
     };
     outcome(ended_by);
+    if let Some(t) = trace {
+        t.set([KeyValue::new("gqp.live.outcome", ended_by)]);
+    }
 }

@@ -33,6 +33,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "server.watch_config",
     "store.",
     "log.",
+    "otel.",
     "limits.timezone",
     "limits.window_secs",
     "auth.clients_file",
@@ -253,6 +254,7 @@ fn keep_running(config: &mut Config, running: &Config) {
     s.watch_config = r.watch_config;
     config.store = running.store.clone();
     config.log = running.log.clone();
+    config.otel = running.otel.clone();
     config.limits.timezone = running.limits.timezone;
     config.limits.window_ms = running.limits.window_ms;
     config.prints = std::mem::take(&mut config.prints).keeping(&running.prints, restart_only);

@@ -48,6 +48,7 @@ mod live;
 mod live_clients;
 mod live_tokens;
 mod module_graph;
+mod otel;
 mod pool;
 mod queue;
 mod quota;

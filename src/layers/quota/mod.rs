@@ -12,6 +12,7 @@ pub mod batch;
 mod client;
 mod fallback;
 mod react;
+mod trace;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -244,6 +245,8 @@ where
         let state = &*self.state;
         let cfg = &state.config.upstream;
         let (parts, body) = req.into_parts();
+        let trace = trace::of(&parts);
+        trace::prompt(trace.as_ref(), &body);
         let Some(est) = parts.extensions.get::<Estimated>() else {
             return Err(ApiError::Internal(
                 "the request reached the quota step unestimated".into(),
@@ -337,6 +340,7 @@ where
                         weight: caller.client().map_or(1, |c| c.limits.weight()),
                         bytes: body.len() as u64,
                     };
+                    let admit_span = trace::admission(trace.as_ref(), state);
                     let admitted = admit::admit(
                         state,
                         route,
@@ -355,6 +359,8 @@ where
                         Ok(a) => a.waited,
                         Err(n) => n.waited,
                     };
+                    let refusal = admitted.as_ref().err().map(|n| &n.error);
+                    trace::admitted(admit_span, waited, refusal);
                     if let Some(w) = waited {
                         // Time in line is not taken from the tries' budget, nor given twice.
                         served.waited = Some(served.waited.unwrap_or_default() + w);
@@ -486,7 +492,7 @@ where
                     }
                 }
             };
-            let Some(request) = built else {
+            let Some(mut request) = built else {
                 return Err(ApiError::InvalidArgument(
                     "the request path cannot be forwarded".into(),
                 ));
@@ -495,6 +501,7 @@ where
             // Tries of the model serving now (a fallback starts its own).
             let tries = attempt - base;
             let last_try = tries >= cfg.max_attempts || Instant::now() >= deadline;
+            let mut try_span = trace::attempt(trace.as_ref(), attempt, key, request.headers_mut());
             let sent_at = Instant::now();
             // Counted as sent from here: a client that leaves while Google works on it still
             // had the request run (and billed). Taken back below if it never left.
@@ -536,7 +543,9 @@ where
                         ForwardErrorKind::Silent => Failure::Silent,
                     };
                     let plan = retry::plan(failure, idempotent);
-                    if plan.retry && !last_try {
+                    let retrying = plan.retry && !last_try;
+                    trace::unanswered(&mut try_span, &e.detail, retrying.then_some(plan.reason));
+                    if retrying {
                         state.metrics.retry(plan.reason);
                         carried = settlement.as_mut().and_then(Settlement::take_client);
                         drop(settlement);
@@ -618,7 +627,14 @@ where
                     Budget::Attempts => cfg.max_attempts,
                     Budget::AttemptsAndPool => cfg.max_attempts + state.pool.keys.len() as u32,
                 };
-                if act && plan.retry && tries < budget && Instant::now() < deadline {
+                let retrying = act && plan.retry && tries < budget && Instant::now() < deadline;
+                trace::answered(
+                    &mut try_span,
+                    status,
+                    Some(&verdict),
+                    retrying.then_some(plan.reason),
+                );
+                if retrying {
                     state.metrics.retry(plan.reason);
                     // A free call's 429 holds nothing in the store: avoid that key instead.
                     if plan.avoid_key || quota_model.is_none() {
@@ -661,6 +677,7 @@ where
             }
 
             // Success: pass the answer through, streaming.
+            trace::answered(&mut try_span, status, None, None);
             state.pool.health.success();
             state.pool.health.project_ok(&key.project);
             if route.upload {
@@ -685,7 +702,7 @@ where
             }
             // What the answer used, recorded as it ends. Embedding, image, video and
             // generateAnswer answers report no usage: their estimate is counted instead.
-            let tally = account.as_deref().map(|a| {
+            let mut tally = account.as_deref().map(|a| {
                 let fallback = route
                     .unreported_usage
                     .then(|| unreported_usage(route.family, est.estimate.tokens));
@@ -695,6 +712,7 @@ where
                     .ledger
                     .tally(series, a.model.clone(), &key.project, fallback)
             });
+            trace::usage(trace.as_ref(), tally.as_mut());
             // Google bills the images an image call returned (fewer than asked for when some
             // were filtered): counted from the answer.
             let images = (route.family == QuotaFamily::Image).then(ImageCounter::default);

@@ -1,5 +1,13 @@
-//! Logging: `RUST_LOG` filter (default `info`), text or JSON lines on stderr, written by a
-//! background thread so a slow stderr (a pipe, a journal) never blocks request handling.
+//! Logging and tracing. Here: log lines (`RUST_LOG` filter, default `info`), text or JSON on
+//! stderr, written by a background thread so a slow stderr (a pipe, a journal) never blocks
+//! request handling. OpenTelemetry traces: [`otel`] (the tracer, off by default), [`span`] (a
+//! request's spans and their attributes, W3C trace context in and out), [`scan`] (what an
+//! answer says of itself as it passes), [`export`] (the bounded queue to the OTLP exporter).
+
+pub mod export;
+pub mod otel;
+pub mod scan;
+pub mod span;
 
 use std::io::IsTerminal;
 

@@ -1,0 +1,162 @@
+//! What a traced answer says of itself as it passes: its finish reasons (`finishReason`,
+//! OpenAI's `finish_reason`) and the model that answered (`modelVersion`), found with memchr
+//! without parsing or copying the body, and, only with `otel.record_content`, its first
+//! [`CONTENT_LIMIT`] bytes. Used for sampled requests only.
+
+use super::span::CONTENT_LIMIT;
+
+/// Distinct finish reasons kept (a candidate count is small; the bound is for hostile input).
+const MAX_REASONS: usize = 8;
+/// Longest value read (a finish reason or a model name).
+const MAX_VALUE: usize = 96;
+/// Bytes of one chunk kept to find a needle split across two.
+const CARRY: usize = 128;
+
+const NEEDLES: [(&[u8], Field); 3] = [
+    (b"\"finishReason\"", Field::Finish),
+    (b"\"finish_reason\"", Field::Finish),
+    (b"\"modelVersion\"", Field::Model),
+];
+
+#[derive(Clone, Copy)]
+enum Field {
+    Finish,
+    Model,
+}
+
+/// The facts read so far.
+#[derive(Debug, Default)]
+pub struct AnswerFacts {
+    pub finish_reasons: Vec<String>,
+    pub model: Option<String>,
+    /// The answer's first bytes (with `record_content` only).
+    pub content: Option<Vec<u8>>,
+    carry: Vec<u8>,
+}
+
+impl AnswerFacts {
+    pub fn new(record_content: bool) -> AnswerFacts {
+        AnswerFacts {
+            content: record_content.then(Vec::new),
+            ..AnswerFacts::default()
+        }
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if let Some(c) = self.content.as_mut() {
+            let room = CONTENT_LIMIT.saturating_sub(c.len());
+            c.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+        if !self.carry.is_empty() {
+            // A needle that began in the last chunk: seen again here, found once more is
+            // harmless (reasons are a set, the model is the last one).
+            let mut joined = std::mem::take(&mut self.carry);
+            joined.extend_from_slice(&chunk[..chunk.len().min(CARRY + MAX_VALUE)]);
+            self.scan(&joined);
+        }
+        self.scan(chunk);
+        let keep = chunk.len().min(CARRY);
+        self.carry.clear();
+        self.carry.extend_from_slice(&chunk[chunk.len() - keep..]);
+    }
+
+    fn scan(&mut self, hay: &[u8]) {
+        for (needle, field) in NEEDLES {
+            for at in memchr::memmem::find_iter(hay, needle) {
+                if let Some(v) = value_after(&hay[at + needle.len()..]) {
+                    self.keep(field, v);
+                }
+            }
+        }
+    }
+
+    fn keep(&mut self, field: Field, value: &[u8]) {
+        let Ok(v) = std::str::from_utf8(value) else {
+            return;
+        };
+        match field {
+            Field::Finish => {
+                if self.finish_reasons.len() < MAX_REASONS
+                    && !self.finish_reasons.iter().any(|r| r == v)
+                {
+                    self.finish_reasons.push(v.to_string());
+                }
+            }
+            Field::Model => {
+                if self.model.as_deref() != Some(v) {
+                    self.model = Some(v.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// The string value after a key: `: "VALUE"` (whitespace allowed), when it is whole here.
+fn value_after(rest: &[u8]) -> Option<&[u8]> {
+    let mut i = 0;
+    let skip = |i: &mut usize| {
+        while rest.get(*i).is_some_and(|b| b.is_ascii_whitespace()) {
+            *i += 1;
+        }
+    };
+    skip(&mut i);
+    (rest.get(i) == Some(&b':')).then_some(())?;
+    i += 1;
+    skip(&mut i);
+    (rest.get(i) == Some(&b'"')).then_some(())?;
+    let start = i + 1;
+    let end = rest[start..]
+        .iter()
+        .take(MAX_VALUE)
+        .position(|&b| b == b'"' || b == b'\\')?;
+    (rest[start + end] == b'"').then(|| &rest[start..start + end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finish_reasons_and_model_are_read_across_chunks() {
+        let body = br#"data: {"candidates":[{"content":{"parts":[{"text":"hi"}]},"finishReason": "STOP"}],"modelVersion":"gemini-2.5-flash-001"}"#;
+        for split in 1..body.len() {
+            let mut f = AnswerFacts::new(false);
+            f.feed(&body[..split]);
+            f.feed(&body[split..]);
+            assert_eq!(
+                f.finish_reasons,
+                vec!["STOP".to_string()],
+                "split at {split}"
+            );
+            assert_eq!(f.model.as_deref(), Some("gemini-2.5-flash-001"));
+            assert!(f.content.is_none());
+        }
+    }
+
+    #[test]
+    fn openai_finish_reasons_are_read_and_kept_distinct() {
+        let mut f = AnswerFacts::new(false);
+        f.feed(br#"{"choices":[{"finish_reason":"stop"},{"finish_reason":"length"},{"finish_reason":"stop"}]}"#);
+        assert_eq!(f.finish_reasons, vec!["stop", "length"]);
+    }
+
+    #[test]
+    fn content_is_kept_only_when_asked_and_bounded() {
+        let mut f = AnswerFacts::new(true);
+        f.feed(&vec![b'a'; CONTENT_LIMIT + 10]);
+        assert_eq!(f.content.as_ref().map(Vec::len), Some(CONTENT_LIMIT));
+    }
+
+    #[test]
+    fn hostile_values_are_bounded() {
+        let mut f = AnswerFacts::new(false);
+        for i in 0..100 {
+            f.feed(format!(r#"{{"finishReason":"R{i}"}}"#).as_bytes());
+        }
+        assert_eq!(f.finish_reasons.len(), MAX_REASONS);
+        let long = format!(r#"{{"modelVersion":"{}"}}"#, "m".repeat(1000));
+        let mut f = AnswerFacts::new(false);
+        f.feed(long.as_bytes());
+        assert!(f.model.is_none());
+    }
+}
