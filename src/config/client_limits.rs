@@ -148,6 +148,19 @@ impl ClientLimits {
             .any(|p| glob(p.strip_prefix("models/").unwrap_or(p), model))
     }
 
+    /// Its caps as the quota store counts them, money in micro-dollars.
+    pub fn caps(&self) -> crate::quota::client::ClientCaps {
+        use crate::quota::client::micros;
+        crate::quota::client::ClientCaps {
+            rpm: self.rpm,
+            tpm: self.tpm,
+            rpd: self.rpd,
+            max_concurrent: self.max_concurrent,
+            daily_micros: self.daily_budget_usd.map(micros),
+            monthly_micros: self.monthly_budget_usd.map(micros),
+        }
+    }
+
     /// Its weight in the fair share.
     pub fn weight(&self) -> u32 {
         self.weight.unwrap_or(1)

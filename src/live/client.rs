@@ -14,7 +14,7 @@ use super::setup::Refusal;
 use super::slots::LiveSessions;
 use crate::clients::Client;
 use crate::ledger::TokenUsage;
-use crate::quota::client::{ClientAdmit, ClientCaps, ClientLimit, ClientPeriod};
+use crate::quota::client::{ClientAdmit, ClientLimit, ClientPeriod};
 use crate::quota::{LiveUsage, QuotaStore};
 use crate::state::AppState;
 
@@ -32,7 +32,7 @@ fn admit_of(state: &AppState, client: &Client, cost_micros: u64) -> Option<Clien
     let now = chrono::Utc::now().timestamp_millis();
     Some(ClientAdmit {
         name: client.name.clone(),
-        caps: ClientCaps::of(l),
+        caps: l.caps(),
         period: ClientPeriod::at(l.tz(state.config.limits.timezone), now),
         cost_micros,
         lease_ms: state.config.live.lease.as_millis() as u64,

@@ -103,20 +103,6 @@ pub struct ClientCaps {
     pub monthly_micros: Option<u64>,
 }
 
-impl ClientCaps {
-    /// The caps of a client's configured limits, money in micro-dollars.
-    pub fn of(l: &crate::config::ClientLimits) -> ClientCaps {
-        ClientCaps {
-            rpm: l.rpm,
-            tpm: l.tpm,
-            rpd: l.rpd,
-            max_concurrent: l.max_concurrent,
-            daily_micros: l.daily_budget_usd.map(micros),
-            monthly_micros: l.monthly_budget_usd.map(micros),
-        }
-    }
-}
-
 /// Dollars as micro-dollars (rounded; budgets are validated positive and finite).
 pub fn micros(usd: f64) -> u64 {
     (usd * MICROS_PER_USD).round().max(0.0) as u64

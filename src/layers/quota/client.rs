@@ -12,7 +12,7 @@ use crate::body::Pricer;
 use crate::error::ApiError;
 use crate::estimate::Estimate;
 use crate::ledger::TokenUsage;
-use crate::quota::client::{ClientAdmit, ClientCaps, ClientLimit, ClientPeriod};
+use crate::quota::client::{ClientAdmit, ClientLimit, ClientPeriod};
 use crate::route::{QuotaFamily, Route};
 use crate::state::AppState;
 
@@ -67,7 +67,7 @@ pub(super) fn part(
     let lease = state.config.upstream.request_timeout + LEASE_MARGIN;
     Some(ClientAdmit {
         name: client.name.clone(),
-        caps: ClientCaps::of(l),
+        caps: l.caps(),
         period,
         cost_micros,
         lease_ms: lease.as_millis() as u64,
