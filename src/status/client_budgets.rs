@@ -1,39 +1,58 @@
-//! `gqp_client_budget_used_ratio{client,period}`: each budgeted client's share of its day's and
-//! month's budget spent and reserved, read from the store when `/metrics` refreshes its
-//! store-derived gauges (labels: configured clients with a budget only).
+//! Clients' budget spend as the store counts it ([`spend`]: what the clients' rows show and
+//! admission enforces), and `gqp_client_budget_used_ratio{client,period}` from it: each
+//! budgeted client's share of its day's and month's budget spent and reserved, read when
+//! `/metrics` refreshes its store-derived gauges (labels: clients with a budget only).
 
 use std::sync::Arc;
 
+use crate::config::ClientLimits;
 use crate::quota::client::{ClientPeriod, micros};
 use crate::state::AppState;
+
+/// Each budgeted client's (today's, this month's) spend in micro-dollars, spent and reserved,
+/// as the store counts it for admission (in its own time zone); clients without a budget are
+/// left out. `None` when the store cannot answer (logged).
+pub async fn spend<'a>(
+    state: &AppState,
+    clients: impl Iterator<Item = (&'a Arc<str>, &'a ClientLimits)>,
+) -> Option<Vec<(Arc<str>, u64, u64)>> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let tz = state.config.limits.timezone;
+    let periods: Vec<(Arc<str>, i64, i64)> = clients
+        .filter(|(_, l)| l.daily_budget_usd.is_some() || l.monthly_budget_usd.is_some())
+        .map(|(name, l)| {
+            let p = ClientPeriod::at(l.tz(tz), now);
+            (name.clone(), p.day, p.month)
+        })
+        .collect();
+    if periods.is_empty() {
+        return Some(Vec::new());
+    }
+    match state.store.client_spend(&periods).await {
+        Ok(spend) => Some(
+            periods
+                .into_iter()
+                .zip(spend)
+                .map(|((name, _, _), (day, month))| (name, day, month))
+                .collect(),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the clients' budget use failed");
+            None
+        }
+    }
+}
 
 /// Read every budgeted client's spend from the store and set its gauges.
 pub async fn record(state: &AppState) {
     let table = state.clients.snapshot();
-    let now = chrono::Utc::now().timestamp_millis();
-    let tz = state.config.limits.timezone;
-    let budgeted: Vec<_> = table
-        .iter()
-        .filter(|c| c.limits.daily_budget_usd.is_some() || c.limits.monthly_budget_usd.is_some())
-        .collect();
-    if budgeted.is_empty() {
+    let Some(spent) = spend(state, table.iter().map(|c| (&c.name, &c.limits))).await else {
         return;
-    }
-    let periods: Vec<(Arc<str>, i64, i64)> = budgeted
-        .iter()
-        .map(|c| {
-            let p = ClientPeriod::at(c.limits.tz(tz), now);
-            (c.name.clone(), p.day, p.month)
-        })
-        .collect();
-    let spend = match state.store.client_spend(&periods).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "reading the clients' budget use failed");
-            return;
-        }
     };
-    for (c, (day, month)) in budgeted.iter().zip(spend) {
+    for (name, day, month) in spent {
+        let Some(c) = table.by_name(&name) else {
+            continue;
+        };
         for (period, budget, used) in [
             ("day", c.limits.daily_budget_usd, day),
             ("month", c.limits.monthly_budget_usd, month),

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::clients::{ClientLimits, Origin, REFUSAL_RUN_GAP};
 use crate::ledger::by_client::Period;
-use crate::quota::client::{ClientPeriod, MICROS_PER_USD};
+use crate::quota::client::MICROS_PER_USD;
 use crate::state::AppState;
 
 /// A client's row.
@@ -120,30 +120,13 @@ async fn budget_spend(
     state: &AppState,
     rows: &[ClientRow],
 ) -> std::collections::HashMap<Arc<str>, (f64, f64)> {
-    let tz = state.config.limits.timezone;
-    let now = chrono::Utc::now().timestamp_millis();
-    let periods: Vec<(Arc<str>, i64, i64)> = rows
-        .iter()
-        .filter(|r| r.limits.daily_budget_usd.is_some() || r.limits.monthly_budget_usd.is_some())
-        .map(|r| {
-            let p = ClientPeriod::at(r.limits.tz(tz), now);
-            (r.name.clone(), p.day, p.month)
-        })
-        .collect();
-    if periods.is_empty() {
-        return Default::default();
-    }
-    match state.store.client_spend(&periods).await {
-        Ok(spend) => periods
-            .into_iter()
-            .zip(spend)
-            .map(|((name, _, _), (d, m))| (name, (usd(d), usd(m))))
-            .collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "reading the clients' budget use failed");
-            Default::default()
-        }
-    }
+    let spent = super::client_budgets::spend(state, rows.iter().map(|r| (&r.name, &r.limits)));
+    spent
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, day, month)| (name, (usd(day), usd(month))))
+        .collect()
 }
 
 fn usd(micros: u64) -> f64 {
