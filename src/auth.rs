@@ -72,6 +72,15 @@ impl Caller {
     }
 }
 
+/// The usage ledger's client id of `caller` (by its configured name; never its credential).
+pub fn ledger_client(ledger: &crate::ledger::Ledger, caller: Option<&Caller>) -> u32 {
+    match caller {
+        Some(Caller::Client(c)) => *c.ledger_id.get_or_init(|| ledger.client_id_named(&c.name)),
+        Some(Caller::Admin) => ledger.client_id_named("admin"),
+        Some(Caller::Anonymous) | None => ledger.anonymous_id(),
+    }
+}
+
 /// The caller of a request, as the authenticate step found it (a request extension, and on
 /// the response for the log line and the request counter).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -53,9 +53,28 @@ impl Built {
     fn new(state: Arc<AppState>) -> Built {
         let forward = Forward::with_client(state.upstream.clone());
         let quota = QuotaLayer::new(state.clone()).layer(forward);
-        let cache = CacheLayer::new(state.clone()).layer(quota);
-        let estimate = EstimateLayer::new(state.clone()).layer(cache);
-        let stack = AuthenticateLayer::new(state.clone()).layer(estimate);
+        let cache = CacheLayer::new(crate::layers::cache::Parts {
+            cache: state.cache.clone(),
+            auth: state.config.auth.clone(),
+            request_timeout: state.config.upstream.request_timeout,
+            metrics: state.metrics.clone(),
+            ledger: state.ledger.clone(),
+        })
+        .layer(quota);
+        let estimate = EstimateLayer::new(crate::layers::estimate::Parts {
+            server: state.config.server.clone(),
+            bodies: state.bodies.clone(),
+            ledger: state.ledger.clone(),
+            store: state.store.clone(),
+            pool: state.pool.clone(),
+        })
+        .layer(cache);
+        let stack = AuthenticateLayer::new(crate::layers::authenticate::Parts {
+            auth: state.config.auth.clone(),
+            clients: state.clients.clone(),
+            store: state.store.clone(),
+        })
+        .layer(estimate);
         Built { state, stack }
     }
 }

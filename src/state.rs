@@ -68,7 +68,7 @@ impl serde::Serialize for RestartRequired {
 
 pub struct AppState {
     pub config: Arc<Config>,
-    pub pool: Pool,
+    pub pool: Arc<Pool>,
     pub store: Arc<dyn QuotaStore>,
     pub metrics: Metrics,
     /// The usage ledger: history, cost, forecast (in the same Redis as the store, if any).
@@ -135,7 +135,7 @@ impl AppState {
         metrics: Metrics,
         clock: Arc<dyn Clock>,
     ) -> Arc<AppState> {
-        let pool = Pool::new(&config.pool, &config.limits, &config.upstream);
+        let pool = Arc::new(Pool::new(&config.pool, &config.limits, &config.upstream));
         let ledger = build_ledger(&config, &pool, store.shared_io(), clock);
         let spend = crate::pool::spend::SpendCaps::new(&config.limits, store.clone(), &ledger);
         let queues = Arc::new(Queues::new(queue_limits(&config.queue)));
@@ -185,7 +185,9 @@ impl AppState {
     /// response cache kept unless their settings changed.
     pub fn successor(&self, config: Config, generation: Generation) -> AppState {
         let kept = |section: &str| config.prints.same_under(&self.config.prints, section);
-        let pool = Pool::new(&config.pool, &config.limits, &config.upstream).carry_from(&self.pool);
+        let pool = Arc::new(
+            Pool::new(&config.pool, &config.limits, &config.upstream).carry_from(&self.pool),
+        );
         self.ledger
             .reconfigure(config.prices.clone(), billing(&config), &key_infos(&pool));
         self.queues.set_limits(queue_limits(&config.queue));
@@ -235,14 +237,7 @@ impl AppState {
 
     /// The usage ledger's client id of `caller` (by its configured name; never its credential).
     pub fn ledger_client(&self, caller: Option<&crate::auth::Caller>) -> u32 {
-        use crate::auth::Caller;
-        match caller {
-            Some(Caller::Client(c)) => *c
-                .ledger_id
-                .get_or_init(|| self.ledger.client_id_named(&c.name)),
-            Some(Caller::Admin) => self.ledger.client_id_named("admin"),
-            Some(Caller::Anonymous) | None => self.ledger.anonymous_id(),
-        }
+        crate::auth::ledger_client(&self.ledger, caller)
     }
 
     /// The last outlook, if computed within [`OUTLOOK_FRESH`].

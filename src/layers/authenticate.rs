@@ -13,20 +13,32 @@ use axum::response::{IntoResponse, Response};
 use tower::{Layer, Service};
 
 use crate::auth::{Caller, CallerTag, authenticate};
+use crate::clients::Registry;
+use crate::config::AuthConfig;
 use crate::error::ApiError;
 use crate::pool::affinity;
+use crate::quota::QuotaStore;
 use crate::route::Route;
-use crate::state::AppState;
+
+/// What the authenticate step reads: `[auth]`, the clients, and the store (for the upload
+/// sessions it handed out).
+pub struct Parts {
+    pub auth: AuthConfig,
+    pub clients: Arc<Registry>,
+    pub store: Arc<dyn QuotaStore>,
+}
 
 /// Adds the authenticate step.
 #[derive(Clone)]
 pub struct AuthenticateLayer {
-    state: Arc<AppState>,
+    state: Arc<Parts>,
 }
 
 impl AuthenticateLayer {
-    pub fn new(state: Arc<AppState>) -> AuthenticateLayer {
-        AuthenticateLayer { state }
+    pub fn new(parts: Parts) -> AuthenticateLayer {
+        AuthenticateLayer {
+            state: Arc::new(parts),
+        }
     }
 }
 
@@ -45,7 +57,7 @@ impl<S> Layer<S> for AuthenticateLayer {
 #[derive(Clone)]
 pub struct Authenticate<S> {
     inner: S,
-    state: Arc<AppState>,
+    state: Arc<Parts>,
 }
 
 impl<S> Service<http::Request<Body>> for Authenticate<S>
@@ -69,7 +81,7 @@ where
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         let refusal = match authenticate(
-            &self.state.config.auth,
+            &self.state.auth,
             &self.state.clients,
             req.headers(),
             req.uri().query(),
@@ -106,7 +118,7 @@ where
 /// SDKs send upload chunks to the session URL without a key, as Google allows: the upload_id
 /// is the capability. Accept one only for a session this proxy started; else the refusal.
 async fn keyless_upload(
-    state: &AppState,
+    state: &Parts,
     req: &http::request::Parts,
     refusal: ApiError,
 ) -> Result<(), ApiError> {

@@ -17,11 +17,15 @@ use bytes::Bytes;
 use tower::{Layer, Service};
 
 use crate::auth::{Caller, CallerTag};
+use crate::budget::BodyBudget;
+use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::estimate::{Estimate, estimate};
+use crate::ledger::Ledger;
+use crate::pool::Pool;
 use crate::pool::affinity;
+use crate::quota::QuotaStore;
 use crate::route::{QuotaFamily, Route};
-use crate::state::AppState;
 
 /// What this step learned, for the steps inside it.
 #[derive(Debug, Clone)]
@@ -66,15 +70,27 @@ pub struct Traced {
     pub tokens: u64,
 }
 
+/// What the route-and-estimate step reads: `[server]`'s body limits, the buffered-bytes
+/// budget, the ledger (whose body it is), the store and the pool (key affinity).
+pub struct Parts {
+    pub server: ServerConfig,
+    pub bodies: Arc<BodyBudget>,
+    pub ledger: Arc<Ledger>,
+    pub store: Arc<dyn QuotaStore>,
+    pub pool: Arc<Pool>,
+}
+
 /// Adds the route-and-estimate step.
 #[derive(Clone)]
 pub struct EstimateLayer {
-    state: Arc<AppState>,
+    state: Arc<Parts>,
 }
 
 impl EstimateLayer {
-    pub fn new(state: Arc<AppState>) -> EstimateLayer {
-        EstimateLayer { state }
+    pub fn new(parts: Parts) -> EstimateLayer {
+        EstimateLayer {
+            state: Arc::new(parts),
+        }
     }
 }
 
@@ -93,7 +109,7 @@ impl<S> Layer<S> for EstimateLayer {
 #[derive(Clone)]
 pub struct EstimateStep<S> {
     inner: S,
-    state: Arc<AppState>,
+    state: Arc<Parts>,
 }
 
 impl<S> Service<http::Request<Body>> for EstimateStep<S>
@@ -124,7 +140,7 @@ where
             let mut resp = match checked {
                 Ok(route) => {
                     let (parts, body) = req.into_parts();
-                    let server = &state.config.server;
+                    let server = &state.server;
                     let announced = parts
                         .headers
                         .get(http::header::CONTENT_LENGTH)
@@ -134,7 +150,7 @@ where
                         .get::<CallerTag>()
                         .map_or(Caller::Anonymous, |c| c.0.clone());
                     // Whose body it is, for the client's share of the budget.
-                    let client = state.ledger_client(Some(&caller));
+                    let client = crate::auth::ledger_client(&state.ledger, Some(&caller));
                     let read = state.bodies.read(
                         client,
                         body,
@@ -173,11 +189,11 @@ where
 /// The route of a request, refused when its announced body is over the limit; `traced` learns
 /// the model from the path.
 fn route_of(
-    state: &AppState,
+    state: &Parts,
     req: &http::Request<Body>,
     traced: &mut Traced,
 ) -> Result<Route, ApiError> {
-    let limit = state.config.server.max_body_bytes;
+    let limit = state.server.max_body_bytes;
     let route = Route::parse(req.method(), req.uri().path(), req.uri().query())?;
     traced.model = route.model.clone();
     if let Some(len) = req
@@ -242,7 +258,7 @@ const MAX_REFERENCES: usize = 1000;
 /// the client that created it: a request naming another client's resource (in its path or its
 /// body) is refused as Google refuses a resource that is not yours, and never gets its key.
 async fn pinned(
-    state: &AppState,
+    state: &Parts,
     est: &Estimated,
     caller: &Caller,
 ) -> Result<Option<usize>, ApiError> {

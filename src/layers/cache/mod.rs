@@ -33,20 +33,34 @@ use crate::cache::{key, now_ms};
 use crate::config::{AuthConfig, CacheConfig, CacheScope};
 use crate::layers::authenticate::Either;
 use crate::layers::estimate::Estimated;
-use crate::state::AppState;
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
 
 /// `HIT`, `MISS` or `BYPASS` on every answer to a cacheable call.
 pub const CACHE_HEADER: HeaderName = HeaderName::from_static("x-gemini-quota-proxy-cache");
 
+/// What the cache step reads: the cache (none: the step passes every request on), `[auth]`
+/// (a cache key's scope), the upstream timeout (how long a follower waits for its leader),
+/// the metrics and the ledger (what a hit saved).
+pub struct Parts {
+    pub cache: Option<Arc<ResponseCache>>,
+    pub auth: AuthConfig,
+    pub request_timeout: std::time::Duration,
+    pub metrics: Metrics,
+    pub ledger: Arc<Ledger>,
+}
+
 /// Adds the cache step.
 #[derive(Clone)]
 pub struct CacheLayer {
-    state: Arc<AppState>,
+    state: Arc<Parts>,
 }
 
 impl CacheLayer {
-    pub fn new(state: Arc<AppState>) -> CacheLayer {
-        CacheLayer { state }
+    pub fn new(parts: Parts) -> CacheLayer {
+        CacheLayer {
+            state: Arc::new(parts),
+        }
     }
 }
 
@@ -65,7 +79,7 @@ impl<S> Layer<S> for CacheLayer {
 #[derive(Clone)]
 pub struct CacheStep<S> {
     inner: S,
-    state: Arc<AppState>,
+    state: Arc<Parts>,
 }
 
 /// What the cache does with a cacheable request.
@@ -111,7 +125,7 @@ where
         let Some(cache) = self.state.cache.clone() else {
             return Either::Left(self.inner.call(req));
         };
-        let Some(plan) = plan(&cache.config, &self.state.config.auth, &req) else {
+        let Some(plan) = plan(&cache.config, &self.state.auth, &req) else {
             return Either::Left(self.inner.call(req));
         };
         let state = self.state.clone();
@@ -188,7 +202,7 @@ fn scope(scope: CacheScope, auth: &AuthConfig, caller: Option<Caller>) -> Vec<u8
 }
 
 async fn run<S>(
-    state: Arc<AppState>,
+    state: Arc<Parts>,
     cache: Arc<ResponseCache>,
     mut inner: S,
     req: http::Request<Bytes>,
@@ -303,8 +317,8 @@ where
 /// How long a follower waits for its flight's leader: the upstream request timeout, shortened
 /// by the client's `x-gemini-max-wait` when it gives a valid one (a bad one is answered with a
 /// 400 further in, by the quota step).
-fn wait_allowance(state: &AppState, headers: &http::HeaderMap) -> std::time::Duration {
-    let max = state.config.upstream.request_timeout;
+fn wait_allowance(state: &Parts, headers: &http::HeaderMap) -> std::time::Duration {
+    let max = state.request_timeout;
     match crate::upstream::request::max_wait(headers) {
         Some(Ok(asked)) => max.min(asked),
         _ => max,
@@ -313,9 +327,10 @@ fn wait_allowance(state: &AppState, headers: &http::HeaderMap) -> std::time::Dur
 
 /// The answer from the cache: the stored chunks, as they first came; the ledger counts what
 /// it saved. No quota, no key, no upstream.
-fn hit(state: &AppState, req: &http::Request<Bytes>, e: &Entry, streaming: bool) -> Response {
+fn hit(state: &Parts, req: &http::Request<Bytes>, e: &Entry, streaming: bool) -> Response {
     state.metrics.cache("hit");
-    let client = state.ledger_client(req.extensions().get::<CallerTag>().map(|c| &c.0));
+    let caller = req.extensions().get::<CallerTag>().map(|c| &c.0);
+    let client = crate::auth::ledger_client(&state.ledger, caller);
     state.ledger.cache_hit(&e.model, client, &e.usage);
     let mut resp = Response::new(Body::new(Replay::new(e.chunks.clone(), !streaming)));
     *resp.status_mut() = http::StatusCode::from_u16(e.status).unwrap_or(http::StatusCode::OK);
