@@ -315,6 +315,9 @@ where
         let mut carried: Option<Settlement> = None;
         // Whether a Vertex entry could serve it (looked at only when the pool has one).
         let vertex_ok = state.pool.has_vertex && upstream::vertex::serves(route, &body);
+        if !vertex_ok && !state.pool.has_ai_studio {
+            return Err(upstream::vertex::only::refusal(parts.uri.path(), route, &body));
+        }
         loop {
             attempt += 1;
             served.attempts = attempt;
@@ -776,7 +779,11 @@ where
                 body_deadline,
                 at_end,
             );
-            let mut out = Response::new(Body::new(stream));
+            // A Vertex entry's answer, in the form the request came in.
+            let mut out = match key.vertex.is_some() {
+                true => upstream::vertex::answer::response(stream, route, &parts, &mut headers),
+                false => Response::new(Body::new(stream)),
+            };
             *out.status_mut() = status;
             *out.headers_mut() = headers;
             return Ok(out);
