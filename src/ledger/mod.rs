@@ -49,6 +49,8 @@ pub struct KeyInfo {
     pub kid: Arc<str>,
     pub masked: String,
     pub project: Arc<str>,
+    /// A Vertex AI entry's: priced at Vertex's prices, never free tier.
+    pub vertex: bool,
 }
 
 /// What the ledger is built from.
@@ -69,6 +71,16 @@ pub struct LedgerSetup {
 struct Pricing {
     prices: Arc<Prices>,
     billing: HashMap<String, Billing>,
+    /// The Vertex AI entries' projects.
+    vertex: std::collections::HashSet<Arc<str>>,
+}
+
+/// The projects of `keys` that are Vertex AI entries.
+fn vertex_projects(keys: &[KeyInfo]) -> std::collections::HashSet<Arc<str>> {
+    keys.iter()
+        .filter(|k| k.vertex)
+        .map(|k| k.project.clone())
+        .collect()
 }
 
 /// The usage ledger (see the module docs).
@@ -125,6 +137,7 @@ impl Ledger {
             pricing: ArcSwap::from_pointee(Pricing {
                 prices: setup.prices,
                 billing: setup.billing,
+                vertex: vertex_projects(&setup.keys),
             }),
             masked: RwLock::new(
                 setup
@@ -176,7 +189,11 @@ impl Ledger {
         billing: HashMap<String, Billing>,
         keys: &[KeyInfo],
     ) {
-        self.pricing.store(Arc::new(Pricing { prices, billing }));
+        self.pricing.store(Arc::new(Pricing {
+            prices,
+            billing,
+            vertex: vertex_projects(keys),
+        }));
         let mut masked = self.masked.write();
         for k in keys {
             masked.insert(k.kid.clone(), k.masked.clone());
@@ -254,6 +271,7 @@ impl Ledger {
             series,
             model,
             billing: self.billing_of(project),
+            vertex: self.pricing.load().vertex.contains(project),
             fallback,
             closed: false,
             watch: self.watcher_of(project),
@@ -278,13 +296,13 @@ impl Ledger {
         self.pricing.load().prices.entry_for(model).is_some()
     }
 
+    /// A project's billing (a Vertex AI entry's is always paid: Vertex has no free tier).
     pub fn billing_of(&self, project: &str) -> Billing {
-        self.pricing
-            .load()
-            .billing
-            .get(project)
-            .copied()
-            .unwrap_or_default()
+        let pricing = self.pricing.load();
+        if pricing.vertex.contains(project) {
+            return Billing::Paid;
+        }
+        pricing.billing.get(project).copied().unwrap_or_default()
     }
 
     /// A request answered from the response cache: one hit and what it saved (its stored
@@ -443,6 +461,8 @@ pub struct Tally {
     series: Series,
     model: Arc<str>,
     billing: Billing,
+    /// Served by a Vertex AI entry: Vertex's prices.
+    vertex: bool,
     /// What an answer that reports no usage used (an embedding's, image's or video's
     /// estimate); `None`: nothing.
     fallback: Option<TokenUsage>,
@@ -483,7 +503,12 @@ impl Tally {
             return;
         }
         let usage = usage.or(self.fallback).unwrap_or_default();
-        let cost = (self.ledger.pricing.load().prices).cost(&self.model, &usage, self.billing);
+        let cost = (self.ledger.pricing.load().prices).cost_served(
+            self.vertex,
+            &self.model,
+            &usage,
+            self.billing,
+        );
         let mut c = Counters::one(field::REQUESTS);
         c.0[field::INPUT] = usage.input;
         c.0[field::CACHED] = usage.cached;
