@@ -214,7 +214,7 @@ impl Live {
             old.generation.restart_required.clone(),
         );
         let next = Arc::new(old.successor(config, generation.clone()));
-        minted.hand_to(&next.pool);
+        minted.hand_to(next.pool.keys.iter().filter_map(|k| k.vertex.as_deref()));
         self.0.current.store(next);
         Ok(Reloaded {
             applied: true,

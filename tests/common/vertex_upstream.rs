@@ -58,6 +58,8 @@ pub struct VertexState {
     pub recorded: Mutex<Vec<Recorded>>,
     /// Tokens minted.
     pub minted: AtomicU32,
+    /// Requests to the token endpoint, refused ones too.
+    pub token_requests: AtomicU32,
     /// Token requests whose JWT did not verify.
     pub bad_jwts: AtomicU32,
     url: OnceLock<String>,
@@ -118,6 +120,10 @@ impl FakeVertex {
 
     pub fn minted(&self) -> u32 {
         self.state.minted.load(Ordering::SeqCst)
+    }
+
+    pub fn token_requests(&self) -> u32 {
+        self.state.token_requests.load(Ordering::SeqCst)
     }
 
     /// A `[[pool.vertex]]` entry for this fake.
@@ -314,6 +320,7 @@ async fn handle(State(state): State<Arc<VertexState>>, req: Request) -> Response
 /// The JWT-bearer grant: the assertion verified with the account's public key (RS256, the
 /// audience this endpoint, the cloud-platform scope) before a token is minted.
 fn token(state: &VertexState, body: &Bytes) -> Response {
+    state.token_requests.fetch_add(1, Ordering::SeqCst);
     let (refuse, expires_in) = {
         let b = state.behaviour.lock().unwrap();
         let b = b.as_ref().unwrap();

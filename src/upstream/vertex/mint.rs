@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::VertexEntry;
 use super::token::{self, Token, TokenSource};
 use crate::config::{Config, ConfigError};
-use crate::pool::Pool;
 
 /// How long a reload waits for one entry's token.
 const MINT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -18,10 +18,9 @@ const MINT_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Minted(Vec<((String, String), Arc<Token>)>);
 
 impl Minted {
-    /// Give each of `pool`'s Vertex entries the token minted for it.
-    pub fn hand_to(self, pool: &Pool) {
-        for k in &pool.keys {
-            let Some(v) = &k.vertex else { continue };
+    /// Give each of the new pool's Vertex `entries` the token minted for it.
+    pub fn hand_to<'a>(self, entries: impl Iterator<Item = &'a VertexEntry>) {
+        for v in entries {
             if let Some((_, t)) = self
                 .0
                 .iter()
