@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 mod alone;
 mod answers;
+mod pricing;
 mod tokens;
 
 use crate::common::vertex_upstream::{FakeVertex, key_pair};
