@@ -240,7 +240,10 @@ impl Prices {
             let rates = check(name, entry.clone())?;
             models.insert(name.clone(), rates);
         }
-        Ok(Prices::from_models(models, vertex::embedded_without(overrides)))
+        Ok(Prices::from_models(
+            models,
+            vertex::embedded_without(overrides),
+        ))
     }
 
     /// The embedded table alone.
@@ -519,7 +522,9 @@ mod tests {
                 // Some add that Vertex AI's price is the same.
                 assert!(
                     source == "https://ai.google.dev/gemini-api/docs/pricing"
-                        || source.starts_with("https://ai.google.dev/gemini-api/docs/pricing; Vertex AI: the same"),
+                        || source.starts_with(
+                            "https://ai.google.dev/gemini-api/docs/pricing; Vertex AI: the same"
+                        ),
                     "{name}: {source}"
                 );
             }

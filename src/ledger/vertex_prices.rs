@@ -30,8 +30,8 @@ pub(super) static EMBEDDED_VERTEX: LazyLock<BTreeMap<String, Rates>> = LazyLock:
     file.vertex
         .into_iter()
         .map(|(name, entry)| {
-            let rates = check(&name, entry)
-                .unwrap_or_else(|e| panic!("config/prices.toml: vertex: {e}"));
+            let rates =
+                check(&name, entry).unwrap_or_else(|e| panic!("config/prices.toml: vertex: {e}"));
             (name, rates)
         })
         .collect()
@@ -109,7 +109,10 @@ mod tests {
         let p = Prices::embedded();
         assert!(!EMBEDDED_VERTEX.is_empty());
         for (name, r) in EMBEDDED_VERTEX.iter() {
-            assert!(r.entry.as_of.as_deref().is_some_and(|d| d.len() == 10), "{name}");
+            assert!(
+                r.entry.as_of.as_deref().is_some_and(|d| d.len() == 10),
+                "{name}"
+            );
             let source = r.entry.source.as_deref().unwrap_or_default();
             assert!(
                 source.contains("https://cloud.google.com/vertex-ai/generative-ai/pricing"),

@@ -283,7 +283,14 @@ async fn handle(State(state): State<Arc<VertexState>>, req: Request) -> Response
                     }
                 })
                 .collect();
-            let gate = state.behaviour.lock().unwrap().as_ref().unwrap().stream_gate.clone();
+            let gate = state
+                .behaviour
+                .lock()
+                .unwrap()
+                .as_ref()
+                .unwrap()
+                .stream_gate
+                .clone();
             let stream = futures_util::stream::unfold(
                 (chunks.into_iter(), gate, 0usize),
                 |(mut it, gate, n)| async move {
@@ -302,7 +309,11 @@ async fn handle(State(state): State<Arc<VertexState>>, req: Request) -> Response
             Response::builder()
                 .header(
                     "content-type",
-                    if sse { "text/event-stream" } else { "application/json; charset=UTF-8" },
+                    if sse {
+                        "text/event-stream"
+                    } else {
+                        "application/json; charset=UTF-8"
+                    },
                 )
                 .body(Body::from_stream(stream))
                 .unwrap()

@@ -316,7 +316,11 @@ where
         // Whether a Vertex entry could serve it (looked at only when the pool has one).
         let vertex_ok = state.pool.has_vertex && upstream::vertex::serves(route, &body);
         if !vertex_ok && !state.pool.has_ai_studio {
-            return Err(upstream::vertex::only::refusal(parts.uri.path(), route, &body));
+            return Err(upstream::vertex::only::refusal(
+                parts.uri.path(),
+                route,
+                &body,
+            ));
         }
         loop {
             attempt += 1;

@@ -414,7 +414,11 @@ mod tests {
         let a = br#"data: {"candidates":[],"createTime":"t","responseId":"r"}"#;
         let (text, sizes) = through(
             Kind::Generate,
-            &[a, b"\r\n\r\ndata: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"} {\"}]}}],", b"\"createTime\":\"t\"}\r\n\r\n"],
+            &[
+                a,
+                b"\r\n\r\ndata: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"} {\"}]}}],",
+                b"\"createTime\":\"t\"}\r\n\r\n",
+            ],
         );
         assert_eq!(
             text,
@@ -429,10 +433,16 @@ mod tests {
     fn a_json_array_stream_keeps_its_brackets_and_commas() {
         let (text, _) = through(
             Kind::Generate,
-            &[b"[{\"createTime\":\"t\",\"a\":1}\n,\r\n{\"b\":\"\\\"{\",", b"\"createTime\":\"t\"}]"],
+            &[
+                b"[{\"createTime\":\"t\",\"a\":1}\n,\r\n{\"b\":\"\\\"{\",",
+                b"\"createTime\":\"t\"}]",
+            ],
         );
         assert_eq!(text, "[{\"a\":1}\n,\r\n{\"b\":\"\\\"{\"}]");
-        let (text, _) = through(Kind::OpenAi, &[b"data: {\"model\":\"google/m\"}\n\ndata: [DONE]\n\n"]);
+        let (text, _) = through(
+            Kind::OpenAi,
+            &[b"data: {\"model\":\"google/m\"}\n\ndata: [DONE]\n\n"],
+        );
         assert_eq!(text, "data: {\"model\":\"m\"}\n\ndata: [DONE]\n\n");
     }
 

@@ -114,7 +114,10 @@ async fn the_binary_starts_and_serves_with_vertex_entries_and_no_api_key() {
     let file = super::config_file(&vertex, &vertex.credentials_file);
     let f = file.clone();
     let (status, stdout, stderr) = tokio::task::spawn_blocking(move || {
-        common::binary::run(&[("PROXY_CLIENT_KEYS", CLIENT_KEY)], &["--config", &f, "--check"])
+        common::binary::run(
+            &[("PROXY_CLIENT_KEYS", CLIENT_KEY)],
+            &["--config", &f, "--check"],
+        )
     })
     .await
     .unwrap();

@@ -54,12 +54,19 @@ async fn ai_studio_form_requests_get_ai_studios_answer_shapes_from_a_vertex_entr
     assert_eq!(v["usageMetadata"]["promptTokenCount"], 4);
 
     // A JSON-array stream: brackets and commas as they came, each element rewritten.
-    let r = post(format!("{base}/{MODEL}:streamGenerateContent"), prompt("arr")).await;
+    let r = post(
+        format!("{base}/{MODEL}:streamGenerateContent"),
+        prompt("arr"),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
     assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
     assert_ai_studio_form(&v);
-    assert_eq!(v[1]["candidates"][0]["content"]["parts"][0]["text"], "vertex 1 ");
+    assert_eq!(
+        v[1]["candidates"][0]["content"]["parts"][0]["text"],
+        "vertex 1 "
+    );
 
     let r = post(
         format!("{base}/{MODEL}:countTokens"),
@@ -125,9 +132,11 @@ async fn a_vertex_sse_stream_is_rewritten_event_by_event_while_it_is_still_open(
         first.extend_from_slice(&chunk);
     }
     let first = String::from_utf8(first).unwrap();
-    assert!(first.contains("vertex 0 ") && !first.contains("vertex 1 "), "{first}");
-    let data: Value =
-        serde_json::from_str(first.trim().strip_prefix("data: ").unwrap()).unwrap();
+    assert!(
+        first.contains("vertex 0 ") && !first.contains("vertex 1 "),
+        "{first}"
+    );
+    let data: Value = serde_json::from_str(first.trim().strip_prefix("data: ").unwrap()).unwrap();
     assert_ai_studio_form(&data);
     assert_eq!(data["responseId"], "r1");
     gate.notify_one();
@@ -136,8 +145,14 @@ async fn a_vertex_sse_stream_is_rewritten_event_by_event_while_it_is_still_open(
         rest.extend_from_slice(&chunk.unwrap());
     }
     let rest = String::from_utf8(rest).unwrap();
-    assert!(rest.starts_with("data: {") && rest.ends_with("\r\n\r\n"), "{rest}");
-    assert!(rest.contains("vertex 1 ") && !rest.contains("createTime"), "{rest}");
+    assert!(
+        rest.starts_with("data: {") && rest.ends_with("\r\n\r\n"),
+        "{rest}"
+    );
+    assert!(
+        rest.contains("vertex 1 ") && !rest.contains("createTime"),
+        "{rest}"
+    );
 }
 
 #[tokio::test]

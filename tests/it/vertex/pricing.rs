@@ -72,6 +72,9 @@ async fn a_vertex_served_answer_costs_vertexs_price_and_is_never_free_tier() {
     // 0.60 out per 1M (AI Studio: 0.10, 0.40); gemini-2.5-flash the same on both: 0.30, 2.50.
     let want = (4 * 150 + 2 * 600) + (4 * 300 + 2 * 2_500);
     let (billed, list) = costs(&body, "p1.us-central1");
-    assert!((billed - want as f64).abs() < 2.0, "billed {billed}, want {want}: {body}");
+    assert!(
+        (billed - want as f64).abs() < 2.0,
+        "billed {billed}, want {want}: {body}"
+    );
     assert!((list - want as f64).abs() < 2.0, "list {list}, want {want}");
 }

@@ -65,7 +65,12 @@ async fn a_reload_whose_token_endpoint_refuses_is_refused_and_one_that_mints_swa
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("pool.vertex[0].credentials_file"), "{body}");
     assert!(body.contains("invalid_grant"), "{body}");
-    assert!(post(url.clone(), prompt("still")).await.status().is_success());
+    assert!(
+        post(url.clone(), prompt("still"))
+            .await
+            .status()
+            .is_success()
+    );
     assert_eq!(running.recorded().len(), 1, "the running entry serves on");
     assert!(next.recorded().is_empty());
 
@@ -76,7 +81,10 @@ async fn a_reload_whose_token_endpoint_refuses_is_refused_and_one_that_mints_swa
     assert_eq!(next.minted(), 1, "minted by the reload, before any request");
     assert!(post(url, prompt("next")).await.status().is_success());
     let call = &next.recorded()[0];
-    assert!(call.path.starts_with("/v1/projects/p2/locations/us-central1/"));
+    assert!(
+        call.path
+            .starts_with("/v1/projects/p2/locations/us-central1/")
+    );
     assert_eq!(call.headers["authorization"], "Bearer ya29.fake-1");
     assert_eq!(next.minted(), 1, "the reload's token is the one used");
     assert_eq!(running.recorded().len(), 1);
