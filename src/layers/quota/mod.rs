@@ -785,7 +785,12 @@ where
             );
             // A Vertex entry's answer, in the form the request came in.
             let mut out = match key.vertex.is_some() {
-                true => upstream::vertex::answer::response(stream, route, &parts, &mut headers),
+                true => {
+                    // An object held to be rewritten counts against the buffered-bytes bound.
+                    let client = account.as_deref().map_or(0, |a| a.client);
+                    let held = (state.bodies.clone(), client);
+                    upstream::vertex::answer::response(stream, route, &parts, &mut headers, held)
+                }
                 false => Response::new(Body::new(stream)),
             };
             *out.status_mut() = status;

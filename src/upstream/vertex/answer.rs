@@ -3,8 +3,10 @@
 //! scores and severities, countTokens' `totalBillableCharacters`, ...), citations named as AI
 //! Studio names them, the OpenAI surface's `model` without Vertex's `google/`. Each JSON object
 //! at the top of the body (a whole answer, an SSE event's data, an element of a JSON-array
-//! stream) is rewritten as it completes and sent at once: a stream stays a stream. A request in
-//! Vertex form ([`VertexForm`]) gets Vertex's answer untouched.
+//! stream) is rewritten as it completes and sent at once: a stream stays a stream. An object
+//! held meanwhile counts against the process's bound on buffered bytes (`server.max_buffered_bytes`,
+//! [`BodyBudget`]); one it cannot take, or one over [`MAX_OBJECT_BYTES`], is passed on as it came.
+//! A request in Vertex form ([`VertexForm`]) gets Vertex's answer untouched.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,7 +16,12 @@ use http::HeaderMap;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use serde_json::{Map, Value};
 
+use crate::budget::{BodyBudget, Reserved};
 use crate::route::{QuotaFamily, Route};
+
+/// The buffered-bytes budget an answer's held objects count against, and the client they are
+/// counted to.
+pub type Held = (std::sync::Arc<BodyBudget>, u32);
 
 /// Marks a request that came in Vertex form (`/v1/projects/*/locations/*/publishers/...`):
 /// its answer keeps Vertex's form.
@@ -56,6 +63,7 @@ pub fn wrap<B>(
     route: &Route,
     extensions: &http::Extensions,
     headers: &mut HeaderMap,
+    held: Option<Held>,
 ) -> Result<AiStudioForm<B>, B> {
     if extensions.get::<VertexForm>().is_some() {
         return Err(body);
@@ -63,7 +71,9 @@ pub fn wrap<B>(
     match Kind::of(route) {
         Some(kind) => {
             headers.remove(http::header::CONTENT_LENGTH);
-            Ok(AiStudioForm::new(body, kind))
+            let mut form = AiStudioForm::new(body, kind);
+            form.objects.budget = held;
+            Ok(form)
         }
         None => Err(body),
     }
@@ -75,12 +85,13 @@ pub fn response<B>(
     route: &Route,
     parts: &http::request::Parts,
     headers: &mut HeaderMap,
+    held: Held,
 ) -> axum::response::Response
 where
     B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<axum::BoxError>,
 {
-    match wrap(body, route, &parts.extensions, headers) {
+    match wrap(body, route, &parts.extensions, headers, Some(held)) {
         Ok(rewritten) => axum::response::Response::new(axum::body::Body::new(rewritten)),
         Err(body) => axum::response::Response::new(axum::body::Body::new(body)),
     }
@@ -179,8 +190,15 @@ struct Objects {
     escaped: bool,
     /// The object being read.
     held: Vec<u8>,
-    /// An object over [`MAX_OBJECT_BYTES`] came: the rest passes unchanged.
+    /// An object over [`MAX_OBJECT_BYTES`] (or over what the budget could take) came: the
+    /// rest passes unchanged.
     gave_up: bool,
+    /// What the held bytes count against (`None`: nothing, in unit tests).
+    budget: Option<Held>,
+    /// The held bytes' reservations, given back as each object is sent.
+    reserved: Vec<Reserved>,
+    /// Bytes of `held` reserved so far.
+    reserved_bytes: usize,
 }
 
 impl Objects {
@@ -192,7 +210,35 @@ impl Objects {
             escaped: false,
             held: Vec::new(),
             gave_up: false,
+            budget: None,
+            reserved: Vec::new(),
+            reserved_bytes: 0,
         }
+    }
+
+    /// Count `held`'s growth against the budget; false when it cannot take it.
+    fn reserve_held(&mut self) -> bool {
+        let Some((budget, client)) = &self.budget else {
+            return true;
+        };
+        let more = self.held.len().saturating_sub(self.reserved_bytes);
+        if more == 0 {
+            return true;
+        }
+        match budget.reserve(*client, more) {
+            Some(r) => {
+                self.reserved.push(r);
+                self.reserved_bytes += more;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Give the held bytes' reservations back.
+    fn release(&mut self) {
+        self.reserved.clear();
+        self.reserved_bytes = 0;
     }
 
     /// Feed `chunk`; append to `out` what can be sent now.
@@ -249,14 +295,17 @@ impl Objects {
         }
         if self.depth > 0 {
             self.held.extend_from_slice(&chunk[start..]);
-            if self.held.len() > MAX_OBJECT_BYTES {
+            let over = self.held.len() > MAX_OBJECT_BYTES;
+            if over || !self.reserve_held() {
                 tracing::warn!(
                     limit = MAX_OBJECT_BYTES,
-                    "a Vertex AI answer object is larger than the proxy rewrites: passed on in Vertex's form"
+                    over,
+                    "a Vertex AI answer object is larger than the proxy may hold to rewrite: passed on in Vertex's form"
                 );
                 self.gave_up = true;
                 out.extend_from_slice(&self.held);
                 self.held = Vec::new();
+                self.release();
             }
         }
     }
@@ -264,6 +313,7 @@ impl Objects {
     /// The object just completed, rewritten (or as it came when it needs nothing, or is not
     /// JSON).
     fn emit(&mut self, out: &mut BytesMut) {
+        self.release();
         let held = std::mem::take(&mut self.held);
         if let Ok(mut v) = serde_json::from_slice::<Value>(&held)
             && rewrite(self.kind, &mut v)
@@ -273,14 +323,18 @@ impl Objects {
         } else {
             out.extend_from_slice(&held);
         }
-        self.held = held;
-        self.held.clear();
+        // The buffer is kept for the next object, unless a large one grew it.
+        if held.capacity() <= 64 * 1024 {
+            self.held = held;
+            self.held.clear();
+        }
     }
 
     /// The end of the body: whatever is held goes as it is.
     fn finish(&mut self, out: &mut BytesMut) {
         out.extend_from_slice(&self.held);
         self.held.clear();
+        self.release();
         self.depth = 0;
     }
 }
@@ -444,6 +498,30 @@ mod tests {
             &[b"data: {\"model\":\"google/m\"}\n\ndata: [DONE]\n\n"],
         );
         assert_eq!(text, "data: {\"model\":\"m\"}\n\ndata: [DONE]\n\n");
+    }
+
+    #[test]
+    fn an_object_the_buffer_budget_cannot_hold_passes_as_it_came_and_gives_its_bytes_back() {
+        let budget = std::sync::Arc::new(BodyBudget::new(16, 1.0));
+        let mut o = Objects::new(Kind::Generate);
+        o.budget = Some((budget.clone(), 7));
+        let mut out = BytesMut::new();
+        o.feed(b"data: {\"createTime\":\"2026\",", &mut out);
+        assert_eq!(budget.held(), 0, "over the budget: nothing held");
+        o.feed(b"\"a\":1}\n\ndata: {\"createTime\":\"t\"}\n\n", &mut out);
+        assert_eq!(
+            &out[..],
+            b"data: {\"createTime\":\"2026\",\"a\":1}\n\ndata: {\"createTime\":\"t\"}\n\n"
+        );
+        // Within the budget: held (and counted) until the object ends, then given back.
+        let mut o = Objects::new(Kind::Generate);
+        o.budget = Some((budget.clone(), 7));
+        let mut out = BytesMut::new();
+        o.feed(b"{\"createTime\":", &mut out);
+        assert_eq!(budget.held(), 14);
+        o.feed(b"\"t\"}", &mut out);
+        assert_eq!(budget.held(), 0);
+        assert_eq!(&out[..], b"{}");
     }
 
     #[test]
