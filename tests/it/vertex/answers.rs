@@ -173,3 +173,27 @@ async fn a_vertex_form_request_keeps_vertexs_answer() {
     assert!(v["candidates"][0]["citationMetadata"]["citations"].is_array());
     assert_eq!(vertex.recorded().len(), 1);
 }
+
+#[tokio::test]
+async fn the_cache_keeps_a_vertex_form_answer_apart_from_the_ai_studio_form_one() {
+    let (_studio, vertex, proxy) = setup("vertex-first", &[("PROXY_CACHE", "on")]).await;
+    let body = json!({"contents": [{"role": "user", "parts": [{"text": "same"}]}],
+        "generationConfig": {"temperature": 0}});
+    let studio_form = format!("{}/v1beta/models/{MODEL}:generateContent", proxy.url);
+    let vertex_form = format!(
+        "{}/v1/projects/p/locations/us-central1/publishers/google/models/{MODEL}:generateContent",
+        proxy.url
+    );
+    let v = json_of(post(studio_form.clone(), body.clone()).await).await;
+    assert!(v.get("createTime").is_none());
+    // Not the AI Studio-form answer from the cache: Vertex's own.
+    let v = json_of(post(vertex_form.clone(), body.clone()).await).await;
+    assert_eq!(v["createTime"], "2026-01-01T00:00:00Z", "{v}");
+    assert_eq!(vertex.recorded().len(), 2);
+    // Each form is cached: asked again, neither reaches Vertex.
+    let v = json_of(post(studio_form, body.clone()).await).await;
+    assert!(v.get("createTime").is_none());
+    let v = json_of(post(vertex_form, body).await).await;
+    assert_eq!(v["createTime"], "2026-01-01T00:00:00Z");
+    assert_eq!(vertex.recorded().len(), 2);
+}
