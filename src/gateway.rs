@@ -132,6 +132,8 @@ fn vertex_form(req: &mut http::Request<Body>) {
         return;
     };
     let original = std::mem::replace(req.uri_mut(), uri);
+    req.extensions_mut()
+        .insert(crate::upstream::vertex::answer::VertexForm);
     if req
         .extensions()
         .get::<axum::extract::OriginalUri>()

@@ -328,6 +328,7 @@ fn key_infos(pool: &Pool) -> Vec<KeyInfo> {
             kid: k.kid.clone(),
             masked: k.masked.clone(),
             project: k.project.clone(),
+            vertex: k.vertex.is_some(),
         })
         .collect()
 }

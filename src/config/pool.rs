@@ -110,18 +110,21 @@ impl PoolConfig {
                 ),
             ));
         }
-        if keys.is_empty() {
+        let vertex = super::vertex::entries(raw.vertex, env)?;
+        // A pool of Vertex AI entries alone serves what they can (see docs/backends.md).
+        if keys.is_empty() && vertex.is_empty() {
             return Err(bad(
                 "GEMINI_API_KEY",
                 "no Gemini API key configured: set GEMINI_API_KEY (and optionally \
-                 GEMINI_API_KEY_BACKUP or GEMINI_API_KEYS, a comma list), or add [[keys]] to the config file",
+                 GEMINI_API_KEY_BACKUP or GEMINI_API_KEYS, a comma list), add [[keys]] to the config file, \
+                 or add [[pool.vertex]] entries",
             ));
         }
         Ok(PoolConfig {
             strategy,
             keys,
             order: Order::parse(&raw.order)?,
-            vertex: super::vertex::entries(raw.vertex, env)?,
+            vertex,
         })
     }
 }

@@ -52,6 +52,8 @@ pub struct KeyInfo {
     pub kid: Arc<str>,
     pub masked: String,
     pub project: Arc<str>,
+    /// A Vertex AI entry's: priced at Vertex's prices, never free tier.
+    pub vertex: bool,
 }
 
 /// What the ledger is built from.
@@ -72,6 +74,16 @@ pub struct LedgerSetup {
 struct Pricing {
     prices: Arc<Prices>,
     billing: HashMap<String, Billing>,
+    /// The Vertex AI entries' projects.
+    vertex: std::collections::HashSet<Arc<str>>,
+}
+
+/// The projects of `keys` that are Vertex AI entries.
+fn vertex_projects(keys: &[KeyInfo]) -> std::collections::HashSet<Arc<str>> {
+    keys.iter()
+        .filter(|k| k.vertex)
+        .map(|k| k.project.clone())
+        .collect()
 }
 
 /// The usage ledger (see the module docs).
@@ -128,6 +140,7 @@ impl Ledger {
             pricing: ArcSwap::from_pointee(Pricing {
                 prices: setup.prices,
                 billing: setup.billing,
+                vertex: vertex_projects(&setup.keys),
             }),
             masked: RwLock::new(
                 setup
@@ -179,7 +192,11 @@ impl Ledger {
         billing: HashMap<String, Billing>,
         keys: &[KeyInfo],
     ) {
-        self.pricing.store(Arc::new(Pricing { prices, billing }));
+        self.pricing.store(Arc::new(Pricing {
+            prices,
+            billing,
+            vertex: vertex_projects(keys),
+        }));
         let mut masked = self.masked.write();
         for k in keys {
             masked.insert(k.kid.clone(), k.masked.clone());
@@ -257,6 +274,7 @@ impl Ledger {
             series,
             model,
             billing: self.billing_of(project),
+            vertex: self.pricing.load().vertex.contains(project),
             fallback,
             closed: false,
             watch: self.watcher_of(project),
@@ -281,13 +299,13 @@ impl Ledger {
         self.pricing.load().prices.entry_for(model).is_some()
     }
 
+    /// A project's billing (a Vertex AI entry's is always paid: Vertex has no free tier).
     pub fn billing_of(&self, project: &str) -> Billing {
-        self.pricing
-            .load()
-            .billing
-            .get(project)
-            .copied()
-            .unwrap_or_default()
+        let pricing = self.pricing.load();
+        if pricing.vertex.contains(project) {
+            return Billing::Paid;
+        }
+        pricing.billing.get(project).copied().unwrap_or_default()
     }
 
     /// A request answered from the response cache: one hit and what it saved (its stored

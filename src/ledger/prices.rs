@@ -15,6 +15,10 @@ use serde::Deserialize;
 
 use super::TokenUsage;
 
+/// Vertex AI's prices where they differ from AI Studio's (`[vertex."MODEL"]` of the table).
+#[path = "vertex_prices.rs"]
+mod vertex;
+
 /// The embedded price table (the repository's `config/prices.toml`).
 pub const PRICES_TOML: &str = include_str!("../../config/prices.toml");
 
@@ -146,6 +150,8 @@ impl Rates {
 #[derive(Debug)]
 pub struct Prices {
     models: BTreeMap<String, Rates>,
+    /// Vertex AI's entries that differ (the embedded ones no user entry replaced).
+    vertex: BTreeMap<String, Rates>,
     /// Hashes of the unpriced model names already warned about (at most [`MAX_WARNED`]).
     warned: Mutex<HashSet<u64>>,
     hasher: RandomState,
@@ -154,7 +160,7 @@ pub struct Prices {
 impl Clone for Prices {
     /// The same table; the clone warns about unpriced models afresh.
     fn clone(&self) -> Self {
-        Prices::from_models(self.models.clone())
+        Prices::from_models(self.models.clone(), self.vertex.clone())
     }
 }
 
@@ -199,6 +205,9 @@ static EMBEDDED: LazyLock<BTreeMap<String, Rates>> = LazyLock::new(|| {
         prices: BTreeMap<String, PriceEntry>,
         #[allow(dead_code)] // read by BATCH_FACTOR
         batch: BatchRate,
+        #[allow(dead_code)] // read by vertex::EMBEDDED_VERTEX
+        #[serde(default)]
+        vertex: BTreeMap<String, PriceEntry>,
     }
     let file: File = ::config::Config::builder()
         .add_source(::config::File::from_str(
@@ -231,17 +240,21 @@ impl Prices {
             let rates = check(name, entry.clone())?;
             models.insert(name.clone(), rates);
         }
-        Ok(Prices::from_models(models))
+        Ok(Prices::from_models(
+            models,
+            vertex::embedded_without(overrides),
+        ))
     }
 
     /// The embedded table alone.
     pub fn embedded() -> Prices {
-        Prices::from_models(EMBEDDED.clone())
+        Prices::from_models(EMBEDDED.clone(), vertex::EMBEDDED_VERTEX.clone())
     }
 
-    fn from_models(models: BTreeMap<String, Rates>) -> Prices {
+    fn from_models(models: BTreeMap<String, Rates>, vertex: BTreeMap<String, Rates>) -> Prices {
         Prices {
             models,
+            vertex,
             warned: Mutex::new(HashSet::new()),
             hasher: RandomState::new(),
         }
@@ -264,17 +277,7 @@ impl Prices {
     }
 
     fn rates_for(&self, model: &str) -> Option<(&str, &Rates)> {
-        let model = model.strip_prefix("models/").unwrap_or(model);
-        if let Some((name, rates)) = self.models.get_key_value(model) {
-            return Some((name, rates));
-        }
-        // A walk over the entries (a few dozen at most, set by the config), not over the
-        // prefixes of a name a client chose and may have made long.
-        self.models
-            .iter()
-            .filter(|(name, _)| model.starts_with(name.as_str()))
-            .max_by_key(|(name, _)| name.len())
-            .map(|(name, rates)| (name.as_str(), rates))
+        find(&self.models, model)
     }
 
     /// Cost of `usage` for `model` under `billing`. Unpriced: all zero, priced=false, and a
@@ -323,6 +326,22 @@ impl Prices {
              add [prices.\"MODEL\"] to the config to price it"
         );
     }
+}
+
+/// The entry of `table` pricing `model` (without a leading `models/`): its exact name, else the
+/// longest entry name it starts with.
+fn find<'a>(table: &'a BTreeMap<String, Rates>, model: &str) -> Option<(&'a str, &'a Rates)> {
+    let model = model.strip_prefix("models/").unwrap_or(model);
+    if let Some((name, rates)) = table.get_key_value(model) {
+        return Some((name, rates));
+    }
+    // A walk over the entries (a few dozen at most, set by the config), not over the
+    // prefixes of a name a client chose and may have made long.
+    table
+        .iter()
+        .filter(|(name, _)| model.starts_with(name.as_str()))
+        .max_by_key(|(name, _)| name.len())
+        .map(|(name, rates)| (name.as_str(), rates))
 }
 
 /// Check one entry and turn its rates into nano-USD per token.
@@ -500,9 +519,13 @@ mod tests {
                     "{name}: {source}"
                 );
             } else {
-                assert_eq!(
-                    source, "https://ai.google.dev/gemini-api/docs/pricing",
-                    "{name}"
+                // Some add that Vertex AI's price is the same.
+                assert!(
+                    source == "https://ai.google.dev/gemini-api/docs/pricing"
+                        || source.starts_with(
+                            "https://ai.google.dev/gemini-api/docs/pricing; Vertex AI: the same"
+                        ),
+                    "{name}: {source}"
                 );
             }
         }

@@ -12,6 +12,8 @@ pub struct Tally {
     pub(super) series: Series,
     pub(super) model: Arc<str>,
     pub(super) billing: Billing,
+    /// Served by a Vertex AI entry: Vertex's prices.
+    pub(super) vertex: bool,
     /// What an answer that reports no usage used (an embedding's, image's or video's
     /// estimate); `None`: nothing.
     pub(super) fallback: Option<TokenUsage>,
@@ -52,7 +54,12 @@ impl Tally {
             return;
         }
         let usage = usage.or(self.fallback).unwrap_or_default();
-        let cost = (self.ledger.pricing.load().prices).cost(&self.model, &usage, self.billing);
+        let cost = (self.ledger.pricing.load().prices).cost_served(
+            self.vertex,
+            &self.model,
+            &usage,
+            self.billing,
+        );
         let mut c = Counters::one(field::REQUESTS);
         c.0[field::INPUT] = usage.input;
         c.0[field::CACHED] = usage.cached;

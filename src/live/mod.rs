@@ -187,6 +187,10 @@ pub async fn handle(
         Ok(w) => w,
         Err(e) => return e.into_response(),
     };
+    if !state.pool.has_ai_studio {
+        let why = crate::upstream::vertex::only::live_refusal();
+        return ApiError::FailedPrecondition(why).into_response();
+    }
     let allowance = match wait::allowance(&state, req.headers()) {
         Ok(a) => a,
         Err(message) => return ApiError::InvalidArgument(message).into_response(),

@@ -46,6 +46,9 @@ pub struct Pool {
     pub order: Order,
     /// Whether any entry is a Vertex one (else nothing on the request's way looks further).
     pub has_vertex: bool,
+    /// Whether any entry is an AI Studio key (a pool of Vertex entries alone refuses what only
+    /// AI Studio serves: [`crate::upstream::vertex::only`]).
+    pub has_ai_studio: bool,
     limits: LimitsConfig,
     turn: AtomicU64,
     /// Limits Google reported lower than configured, by (project, model).
@@ -90,6 +93,7 @@ impl Pool {
         let health = Arc::new(health::KeyHealth::new(projects.len()));
         Pool {
             has_vertex: keys.iter().any(|k| k.vertex.is_some()),
+            has_ai_studio: keys.iter().any(|k| k.vertex.is_none()),
             keys,
             strategy: cfg.strategy,
             order: cfg.order,

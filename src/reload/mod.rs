@@ -206,12 +206,15 @@ impl Live {
                 changed,
             });
         }
+        // Each Vertex entry's token first: one that cannot be had refuses the reload.
+        let minted = crate::upstream::vertex::mint::before_reload(&config)?;
         let generation = Generation::new(
             old.generation.number + 1,
             origin.as_str(),
             old.generation.restart_required.clone(),
         );
         let next = Arc::new(old.successor(config, generation.clone()));
+        minted.hand_to(next.pool.keys.iter().filter_map(|k| k.vertex.as_deref()));
         self.0.current.store(next);
         Ok(Reloaded {
             applied: true,

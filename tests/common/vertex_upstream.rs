@@ -46,6 +46,9 @@ pub struct VertexBehaviour {
     pub refuse_tokens: bool,
     /// Next model-method answers: a status answered with Vertex's bare error for it.
     pub script: VecDeque<u16>,
+    /// Streams wait here after their first chunk until notified (a test sees the first chunk
+    /// arrive while the stream is still open upstream).
+    pub stream_gate: Option<Arc<tokio::sync::Notify>>,
 }
 
 #[derive(Default)]
@@ -55,6 +58,8 @@ pub struct VertexState {
     pub recorded: Mutex<Vec<Recorded>>,
     /// Tokens minted.
     pub minted: AtomicU32,
+    /// Requests to the token endpoint, refused ones too.
+    pub token_requests: AtomicU32,
     /// Token requests whose JWT did not verify.
     pub bad_jwts: AtomicU32,
     url: OnceLock<String>,
@@ -74,6 +79,7 @@ impl FakeVertex {
             expires_in: 3600,
             refuse_tokens: false,
             script: VecDeque::new(),
+            stream_gate: None,
         });
         let app = Router::new().fallback(handle).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -114,6 +120,10 @@ impl FakeVertex {
 
     pub fn minted(&self) -> u32 {
         self.state.minted.load(Ordering::SeqCst)
+    }
+
+    pub fn token_requests(&self) -> u32 {
+        self.state.token_requests.load(Ordering::SeqCst)
     }
 
     /// A `[[pool.vertex]]` entry for this fake.
@@ -216,6 +226,14 @@ async fn handle(State(state): State<Arc<VertexState>>, req: Request) -> Response
         );
     }
     if path.ends_with("/endpoints/openapi/chat/completions") {
+        if v["stream"] == true {
+            let chunk = json!({"id": "chatcmpl-vertex", "object": "chat.completion.chunk",
+                "model": v["model"], "choices": [{"index": 0, "delta": {"content": "vertex chat"}}]});
+            return Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from(format!("data: {chunk}\n\ndata: [DONE]\n\n")))
+                .unwrap();
+        }
         return axum::Json(json!({
             "id": "chatcmpl-vertex", "object": "chat.completion", "model": v["model"],
             "choices": [{"index": 0, "finish_reason": "stop",
@@ -229,10 +247,17 @@ async fn handle(State(state): State<Arc<VertexState>>, req: Request) -> Response
     };
     let usage = json!({"promptTokenCount": 4, "candidatesTokenCount": 2, "totalTokenCount": 6,
         "trafficType": "ON_DEMAND"});
+    // What Vertex's answers carry and AI Studio's do not: a create time, the traffic type,
+    // scored safety ratings, `citations` (AI Studio: `citationSources`).
+    let ratings = json!([{"category": "HARM_CATEGORY_HARASSMENT", "probability": "NEGLIGIBLE",
+        "probabilityScore": 0.02, "severity": "HARM_SEVERITY_NEGLIGIBLE", "severityScore": 0.01}]);
     match action {
         "generateContent" => axum::Json(json!({
             "candidates": [{"content": {"role": "model", "parts": [{"text": "from vertex"}]},
-                "finishReason": "STOP"}],
+                "finishReason": "STOP", "safetyRatings": ratings,
+                "citationMetadata": {"citations": [{"startIndex": 0, "endIndex": 4,
+                    "uri": "https://example.com/a", "title": "A", "license": "mit",
+                    "publicationDate": {"year": 2020, "month": 1, "day": 1}}]}}],
             "usageMetadata": usage,
             "modelVersion": "gemini-2.5-flash",
             "createTime": "2026-01-01T00:00:00Z",
@@ -240,25 +265,65 @@ async fn handle(State(state): State<Arc<VertexState>>, req: Request) -> Response
         }))
         .into_response(),
         "streamGenerateContent" => {
-            let events: String = (0..2)
+            let sse = parts.uri.query().is_some_and(|q| q.contains("alt=sse"));
+            let chunks: Vec<String> = (0..2)
                 .map(|i| {
                     let chunk = json!({
                         "candidates": [{"content": {"role": "model",
-                            "parts": [{"text": format!("vertex {i} ")}]}}],
+                            "parts": [{"text": format!("vertex {i} ")}]}, "safetyRatings": ratings}],
                         "usageMetadata": usage,
+                        "modelVersion": "gemini-2.5-flash",
+                        "createTime": "2026-01-01T00:00:00Z",
+                        "responseId": "r1",
                     });
-                    format!("data: {chunk}\r\n\r\n")
+                    match (sse, i) {
+                        (true, _) => format!("data: {chunk}\r\n\r\n"),
+                        (false, 0) => format!("[{chunk}"),
+                        (false, _) => format!("\n,\r\n{chunk}]"),
+                    }
                 })
                 .collect();
+            let gate = state
+                .behaviour
+                .lock()
+                .unwrap()
+                .as_ref()
+                .unwrap()
+                .stream_gate
+                .clone();
+            let stream = futures_util::stream::unfold(
+                (chunks.into_iter(), gate, 0usize),
+                |(mut it, gate, n)| async move {
+                    let next = it.next()?;
+                    if n == 1
+                        && let Some(g) = &gate
+                    {
+                        g.notified().await;
+                    }
+                    Some((
+                        Ok::<_, std::convert::Infallible>(Bytes::from(next)),
+                        (it, gate, n + 1),
+                    ))
+                },
+            );
             Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(Body::from(events))
+                .header(
+                    "content-type",
+                    if sse {
+                        "text/event-stream"
+                    } else {
+                        "application/json; charset=UTF-8"
+                    },
+                )
+                .body(Body::from_stream(stream))
                 .unwrap()
         }
         "countTokens" => {
             axum::Json(json!({"totalTokens": 7, "totalBillableCharacters": 20})).into_response()
         }
-        "embedContent" => axum::Json(json!({"embedding": {"values": [0.5, 0.25]}})).into_response(),
+        "embedContent" => axum::Json(json!({"embedding": {"values": [0.5, 0.25]},
+            "truncated": false}))
+        .into_response(),
         _ => error(404, "NOT_FOUND", "no such method"),
     }
 }
@@ -266,6 +331,7 @@ async fn handle(State(state): State<Arc<VertexState>>, req: Request) -> Response
 /// The JWT-bearer grant: the assertion verified with the account's public key (RS256, the
 /// audience this endpoint, the cloud-platform scope) before a token is minted.
 fn token(state: &VertexState, body: &Bytes) -> Response {
+    state.token_requests.fetch_add(1, Ordering::SeqCst);
     let (refuse, expires_in) = {
         let b = state.behaviour.lock().unwrap();
         let b = b.as_ref().unwrap();

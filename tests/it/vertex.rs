@@ -8,6 +8,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+mod alone;
+mod answers;
+mod pricing;
+mod tokens;
+
 use crate::common::vertex_upstream::{FakeVertex, key_pair};
 use crate::common::{
     self, ADMIN_TOKEN, CLIENT_KEY, FakeUpstream, Proxy, ProxyOpts, eventually, http, json_of,

@@ -162,9 +162,18 @@ fn plan(cfg: &CacheConfig, auth: &AuthConfig, req: &http::Request<Bytes>) -> Opt
     }
     let caller = req.extensions().get::<CallerTag>().map(|c| c.0.clone());
     let scope = scope(cfg.scope, auth, caller);
+    // A Vertex-form request may get Vertex's form of an answer: cached apart from AI Studio's.
+    let vertex_form = req
+        .extensions()
+        .get::<crate::upstream::vertex::answer::VertexForm>()
+        .is_some();
+    let path = match vertex_form {
+        true => std::borrow::Cow::Owned(format!("vertex-form:{}", req.uri().path())),
+        false => std::borrow::Cow::Borrowed(req.uri().path()),
+    };
     let key = key::key(
         req.method().as_str(),
-        req.uri().path(),
+        &path,
         req.uri().query(),
         &body.digest,
         &scope,

@@ -93,7 +93,17 @@ impl<S> Step<'_, S> {
             body_deadline,
             at_end,
         );
-        let mut out = Response::new(Body::new(stream));
+        // A Vertex entry's answer, in the form the request came in (an object held to be
+        // rewritten counts against the buffered-bytes bound).
+        let mut out = match key.vertex.is_some() {
+            true => {
+                let client = self.account.as_deref().map_or(0, |a| a.client);
+                let held = (state.bodies.clone(), client);
+                let parts = cx.parts;
+                crate::upstream::vertex::answer::response(stream, route, parts, &mut headers, held)
+            }
+            false => Response::new(Body::new(stream)),
+        };
         *out.status_mut() = status;
         *out.headers_mut() = headers;
         Ok(out)

@@ -186,7 +186,14 @@ pub(super) fn free_key(
     let vertex = |i: &usize| pool.keys[*i].vertex.is_some();
     let turn = || (0..n).map(|i| (start + i) % n);
     let studio = turn().filter(|i| !vertex(i)).find(usable);
-    let ai_studio_only = || studio.or_else(|| turn().find(|i| !vertex(i))).unwrap_or(0);
+    // A pool of Vertex entries alone: the next usable entry (what it cannot serve is refused
+    // before this).
+    let ai_studio_only = || {
+        studio
+            .or_else(|| turn().find(|i| !vertex(i)))
+            .or_else(|| turn().find(usable))
+            .unwrap_or(start % n)
+    };
     if !vertex_ok {
         return ai_studio_only();
     }

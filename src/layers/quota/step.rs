@@ -161,6 +161,11 @@ impl<'a, S> Step<'a, S> {
             allowance = admit::allowance(state, caller.client(), &cx.parts.headers)?;
         }
         let path = cx.parts.uri.path();
+        let vertex_ok = state.pool.has_vertex && upstream::vertex::serves(route, &body);
+        // A pool of Vertex entries alone: what only AI Studio keys serve is refused, saying why.
+        if !vertex_ok && !state.pool.has_ai_studio {
+            return Err(upstream::vertex::only::refusal(path, route, &body));
+        }
         let trace = trace::of(cx.parts);
         trace::prompt(trace.as_ref(), &body);
         Ok(Step {
@@ -168,7 +173,7 @@ impl<'a, S> Step<'a, S> {
             serving: quota_model.map(Arc::from),
             client_part,
             path: Cow::Borrowed(path),
-            vertex_ok: state.pool.has_vertex && upstream::vertex::serves(route, &body),
+            vertex_ok,
             body,
             preadmitted: None,
             base: 0,

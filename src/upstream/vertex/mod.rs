@@ -1,9 +1,12 @@
 //! Vertex AI entries of the pool, the backend beside AI Studio keys: which operations one can
 //! serve ([`serves`]), the request it sends for an AI Studio-form one (URL and body rewritten
 //! by [`rewrite`], an OAuth token from [`token`] instead of an API key), and the Vertex-form
-//! paths clients may send ([`form`]).
+//! paths clients may send ([`form`]), and its answers in AI Studio's form ([`answer`]).
 
+pub mod answer;
 pub mod form;
+pub mod mint;
+pub mod only;
 pub mod rewrite;
 pub mod token;
 

@@ -122,6 +122,12 @@ impl TokenSource {
         }
     }
 
+    /// Serve `token` (minted by another source of the same credentials: a reload's check)
+    /// until it is due for refresh.
+    pub fn adopt(&self, token: Arc<Token>) {
+        self.current.store(Some(token));
+    }
+
     /// Drop the cached token (Vertex refused it): the next request mints a new one.
     pub fn forget(&self) {
         self.current.store(None);
