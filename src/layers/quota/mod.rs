@@ -422,8 +422,7 @@ where
             let index = match &reservation {
                 Some(r) => r.index,
                 None => {
-                    let client = state.ledger_client(Some(&caller));
-                    match batch::choose(state, &caller, est, &body, &avoid, client).await {
+                    match batch::choose(state, &caller, est, &body, &avoid).await {
                         Some(Ok((i, hold))) => {
                             batch_hold = Some(hold);
                             i
@@ -734,7 +733,7 @@ where
                             affinity::creator(&*state.store, route, &caller, caller_name).await;
                         affinity::remember_created(&*state.store, bytes, &key.kid, &creator).await;
                         if let Some(hold) = batch_hold.take() {
-                            batch::created(hold, bytes, &creator);
+                            batch::created(hold, bytes, &creator).await;
                         }
                     }
                     Answer::Over(..) => tracing::warn!(
@@ -748,7 +747,7 @@ where
             // A batch job's answer says whether it ended: its batch quota is released then.
             if let Some(name) = crate::batch::named(route) {
                 if parts.method == http::Method::DELETE {
-                    state.batches.forget(name);
+                    batch::forget(state, name).await;
                 } else if !streaming {
                     let answer = read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;
                     if let Answer::Whole(bytes) = &answer {
