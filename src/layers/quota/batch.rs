@@ -4,6 +4,8 @@
 //! through the proxy releases it when it says the job ended, and records what its results used
 //! at batch prices (inline now, a results file when it is downloaded).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -288,6 +290,38 @@ pub(super) async fn record(state: &AppState, job: &BatchJob, usage: Option<Token
             tracing::warn!(error = %e, client = %b.name, "could not settle a batch job's budget reservation: the estimate stays counted");
         }
     }
+}
+
+/// A download of a finished job's results file waiting to be costed (`GET files/ID:download`,
+/// answered 200): what to do once all of it has passed, i.e. take it from the store (once,
+/// across replicas) and record its usage at batch prices ([`record`]). `None` for any other
+/// answer.
+pub(super) async fn results_download(
+    state: &Arc<AppState>,
+    route: &crate::route::Route,
+    status: http::StatusCode,
+) -> Option<crate::batch::results::OnEnd> {
+    if status != http::StatusCode::OK || route.action.as_deref() != Some("download") {
+        return None;
+    }
+    let file = route.resource.as_deref().filter(|r| r.starts_with("files/"))?;
+    let field = format!("{}{file}", crate::quota::batch::RESULTS);
+    let entries = state.store.batch_entries().await.ok()?;
+    if !entries.iter().any(|(f, _)| *f == field) {
+        return None;
+    }
+    let state = state.clone();
+    Some(Box::new(move |scan| {
+        tokio::spawn(async move {
+            match state.store.batch_take(&field).await {
+                Ok(Some(job)) => {
+                    record(&state, &job, Some(scan.usage), scan.responses).await;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "a batch results file's cost not recorded"),
+            }
+        });
+    }))
 }
 
 /// Largest batch job answer the background check reads (inline results included).

@@ -769,8 +769,10 @@ where
                 .await);
             }
             let body_deadline = (!streaming).then(|| sent_at + cfg.request_timeout);
+            // A batch job's results file is costed as it is downloaded.
+            let costing = batch::results_download(&self.state, route, status).await;
             let stream = ProxyBody::new(
-                resp.into_body(),
+                crate::batch::results::Costed::new(resp.into_body(), costing),
                 cfg.stream_idle_timeout,
                 body_deadline,
                 at_end,

@@ -4,6 +4,8 @@
 //! ([`crate::quota::batch`]: in Redis, shared by every replica and kept across restarts),
 //! chosen there by `limits.batch_concurrent` jobs and `limits.batch_enqueued_tokens` per model.
 
+pub mod results;
+
 use std::sync::Arc;
 
 use serde_json::Value;
