@@ -61,6 +61,9 @@ pub struct QuotaStatus {
     pub clients: Vec<super::client_rows::ClientRow>,
     /// Each project's open Live API sessions against its `limits.live_sessions`.
     pub live_sessions: Vec<super::live::LiveSessionsView>,
+    /// Each project's open Batch API jobs and their enqueued tokens per model, against the
+    /// batch limits (a client key sees only its own jobs).
+    pub batches: Vec<super::batches::BatchesView>,
     /// Each model's pool-wide usage against the sum of its limits in the enabled projects
     /// (what the warnings above are counted from; the alert rules read it too).
     #[serde(skip)]
@@ -471,6 +474,7 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
     let (pool_by_model, pool_models_omitted) = by_model(&models);
     let clients = super::client_rows::rows(state, None, outlook != Extras::None).await;
     let live_sessions = super::live::views(state).await;
+    let batches = super::batches::views(state, None).await;
     Snapshot {
         success: true,
         quota_status: QuotaStatus {
@@ -493,6 +497,7 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
             spend_caps,
             clients,
             live_sessions,
+            batches,
             models,
         },
         timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),

@@ -167,3 +167,43 @@ async fn a_results_file_downloaded_through_the_proxy_is_costed_at_batch_prices_o
         assert_eq!(spent, expected.list_nano.div_ceil(1000));
     }
 }
+
+#[tokio::test]
+async fn the_status_shows_open_batches_per_project_to_the_admin_and_to_a_client_only_its_own() {
+    const OTHER: &str = "other-file-batch-key-0123";
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&[KEY]).toml(&format!(
+            "[limits]\nbatch_concurrent = 7\nbatch_enqueued_tokens = 1000\n\n[[auth.clients]]\nname = \"team\"\nkey = \"{TEAM}\"\n\n[[auth.clients]]\nname = \"ops\"\nkey = \"{OTHER}\"\n"
+        )),
+    )
+    .await;
+    for (key, chars) in [(TEAM, 40), (TEAM, 80), (OTHER, 400)] {
+        let r = http()
+            .post(format!(
+                "{}/v1beta/models/{MODEL}:batchGenerateContent",
+                proxy.url
+            ))
+            .header("x-goog-api-key", key)
+            .json(&json!({"batch": {"inputConfig": {"requests": {"requests": [
+                {"request": {"contents": [{"parts": [{"text": "x".repeat(chars)}]}]}}
+            ]}}}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let (code, admin) = quota_status(&proxy.url, ADMIN_TOKEN).await;
+    assert_eq!(code, 200);
+    let b = &admin["quota_status"]["batches"];
+    assert_eq!(b.as_array().unwrap().len(), 1, "{b}");
+    assert_eq!(b[0]["jobs"], 3);
+    assert_eq!(b[0]["jobs_limit"], 7);
+    assert_eq!(b[0]["enqueued_tokens"][MODEL], 10 + 20 + 100);
+    assert_eq!(b[0]["enqueued_tokens_limit"], 1000);
+    let (_, team) = quota_status(&proxy.url, TEAM).await;
+    let b = &team["quota_status"]["batches"];
+    assert_eq!(b[0]["jobs"], 2, "{b}");
+    assert_eq!(b[0]["enqueued_tokens"][MODEL], 30);
+}
