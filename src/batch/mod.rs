@@ -52,7 +52,11 @@ impl Drop for Hold {
         if self.done {
             return;
         }
-        let (store, hold, budget) = (self.store.clone(), self.hold.clone(), self.job.budget.take());
+        let (store, hold, budget) = (
+            self.store.clone(),
+            self.hold.clone(),
+            self.job.budget.take(),
+        );
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -70,7 +74,10 @@ impl Drop for Hold {
 /// Give a batch job's budget reservation back (its creation failed).
 pub async fn refund(store: &dyn QuotaStore, b: &BatchBudget) {
     let delta = -i64::try_from(b.micros).unwrap_or(i64::MAX);
-    if let Err(e) = store.client_budget_adjust(&b.name, b.day, b.month, delta).await {
+    if let Err(e) = store
+        .client_budget_adjust(&b.name, b.day, b.month, delta)
+        .await
+    {
         tracing::warn!(error = %e, client = %b.name, "could not give a batch reservation back: it stays counted");
     }
 }

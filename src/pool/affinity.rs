@@ -331,10 +331,11 @@ pub async fn remember_created(store: &dyn QuotaStore, body: &[u8], kid: &str, cl
         };
         let mut pin = Pin::encode(kid, client);
         // A file's size (Google's `sizeBytes`, a string), for a batch reading it as input.
-        if let Some(size) = candidate
-            .get("sizeBytes")
-            .and_then(|s| s.as_str().and_then(|s| s.parse::<u64>().ok()).or(s.as_u64()))
-        {
+        if let Some(size) = candidate.get("sizeBytes").and_then(|s| {
+            s.as_str()
+                .and_then(|s| s.parse::<u64>().ok())
+                .or(s.as_u64())
+        }) {
             pin = format!("{pin} {size}");
         }
         // A long-running operation (a Veo video) is polled at models/M/operations/ID.

@@ -112,8 +112,7 @@ pub fn choose<'a>(
                 }
             }
         }
-        if jobs >= req.concurrent || enqueued.saturating_add(req.job.tokens) > req.enqueued_tokens
-        {
+        if jobs >= req.concurrent || enqueued.saturating_add(req.job.tokens) > req.enqueued_tokens {
             continue;
         }
         let room = req.enqueued_tokens - enqueued;
@@ -130,8 +129,10 @@ pub fn per_project<'a>(
     entries: impl Iterator<Item = (&'a str, &'a BatchJob)>,
     now_ms: i64,
 ) -> std::collections::BTreeMap<String, (u64, std::collections::BTreeMap<String, u64>)> {
-    let mut out: std::collections::BTreeMap<String, (u64, std::collections::BTreeMap<String, u64>)> =
-        Default::default();
+    let mut out: std::collections::BTreeMap<
+        String,
+        (u64, std::collections::BTreeMap<String, u64>),
+    > = Default::default();
     for (field, j) in entries {
         if !holds_quota(field, j, now_ms) {
             continue;

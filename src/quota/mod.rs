@@ -314,7 +314,12 @@ pub trait QuotaStore: Send + Sync {
     }
     /// Hold `hold` became batch job `name` (`job`, with its owner): it holds its project's
     /// batch quota until it is taken ([`QuotaStore::batch_take`]).
-    async fn batch_open(&self, _hold: &str, _name: &str, _job: &BatchJob) -> Result<(), StoreError> {
+    async fn batch_open(
+        &self,
+        _hold: &str,
+        _name: &str,
+        _job: &BatchJob,
+    ) -> Result<(), StoreError> {
         Err(no_batches())
     }
     /// Remove an entry (a job, a hold, a results file), handing it to exactly one caller
@@ -324,7 +329,12 @@ pub trait QuotaStore: Send + Sync {
     }
     /// A finished job's results file (`files/ID`) to cost when it is downloaded: kept until
     /// taken or [`batch::RESULTS_TTL_MS`], at most `cap` per project (the oldest go first).
-    async fn batch_results(&self, _file: &str, _job: &BatchJob, _cap: u64) -> Result<(), StoreError> {
+    async fn batch_results(
+        &self,
+        _file: &str,
+        _job: &BatchJob,
+        _cap: u64,
+    ) -> Result<(), StoreError> {
         Err(no_batches())
     }
     /// Every entry (jobs, holds, results files), by field.

@@ -219,8 +219,7 @@ async fn get_status(
             .clients
             .retain(|c| caller.client().is_some_and(|me| me.name == c.name));
         let me = caller.client().map(|c| c.name.to_string());
-        snap.quota_status.batches =
-            batches::views(state, Some(me.as_deref().unwrap_or(""))).await;
+        snap.quota_status.batches = batches::views(state, Some(me.as_deref().unwrap_or(""))).await;
     }
     Ok(Json(snap).into_response())
 }

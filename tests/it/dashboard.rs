@@ -572,9 +572,11 @@ async fn dashboard_in_a_browser() {
             proxy.url
         ))
         .header("x-goog-api-key", CLIENT_KEY)
-        .json(&serde_json::json!({"batch": {"inputConfig": {"requests": {"requests": [
-            {"request": {"contents": [{"parts": [{"text": "x".repeat(40)}]}]}}
-        ]}}}}))
+        .json(
+            &serde_json::json!({"batch": {"inputConfig": {"requests": {"requests": [
+                {"request": {"contents": [{"parts": [{"text": "x".repeat(40)}]}]}}
+            ]}}}}),
+        )
         .send()
         .await
         .unwrap();

@@ -328,6 +328,9 @@ async fn the_usage_history_records_the_model_asked_for_beside_the_one_that_serve
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        assert!(settled, "shared={shared}: by model {by_model:?}, asked {by_asked:?}");
+        assert!(
+            settled,
+            "shared={shared}: by model {by_model:?}, asked {by_asked:?}"
+        );
     }
 }

@@ -244,8 +244,13 @@ pub(super) async fn observed(state: &AppState, name: &str, answer: &[u8]) {
     if let Some(file) = batch::results_file(&v) {
         if let Some(owner) = &job.owner {
             let named = serde_json::json!({ "name": file }).to_string();
-            crate::pool::affinity::remember_created(&*state.store, named.as_bytes(), &job.kid, owner)
-                .await;
+            crate::pool::affinity::remember_created(
+                &*state.store,
+                named.as_bytes(),
+                &job.kid,
+                owner,
+            )
+            .await;
         }
         let cap = state.config.limits.batch_concurrent;
         if let Err(e) = state.store.batch_results(file, &job, cap).await {
@@ -253,13 +258,24 @@ pub(super) async fn observed(state: &AppState, name: &str, answer: &[u8]) {
         }
         return;
     }
-    record(state, &job, batch::results_usage(&v), batch::results_count(&v)).await;
+    record(
+        state,
+        &job,
+        batch::results_usage(&v),
+        batch::results_count(&v),
+    )
+    .await;
 }
 
 /// A finished job's results (inline, or its results file read): recorded at batch prices in
 /// the ledger under its key and client, and its client's budget reservation replaced by their
 /// cost (no results: given back).
-pub(super) async fn record(state: &AppState, job: &BatchJob, usage: Option<TokenUsage>, results: u64) {
+pub(super) async fn record(
+    state: &AppState,
+    job: &BatchJob,
+    usage: Option<TokenUsage>,
+    results: u64,
+) {
     let actual = match &usage {
         Some(usage) => {
             let client = match &job.client {
@@ -281,7 +297,8 @@ pub(super) async fn record(state: &AppState, job: &BatchJob, usage: Option<Token
         None => 0,
     };
     if let Some(b) = &job.budget {
-        let delta = i64::try_from(actual).unwrap_or(i64::MAX) - i64::try_from(b.micros).unwrap_or(i64::MAX);
+        let delta =
+            i64::try_from(actual).unwrap_or(i64::MAX) - i64::try_from(b.micros).unwrap_or(i64::MAX);
         if let Err(e) = state
             .store
             .client_budget_adjust(&b.name, b.day, b.month, delta)
@@ -304,7 +321,10 @@ pub(super) async fn results_download(
     if status != http::StatusCode::OK || route.action.as_deref() != Some("download") {
         return None;
     }
-    let file = route.resource.as_deref().filter(|r| r.starts_with("files/"))?;
+    let file = route
+        .resource
+        .as_deref()
+        .filter(|r| r.starts_with("files/"))?;
     let field = format!("{}{file}", crate::quota::batch::RESULTS);
     let entries = state.store.batch_entries().await.ok()?;
     if !entries.iter().any(|(f, _)| *f == field) {

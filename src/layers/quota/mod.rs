@@ -432,19 +432,17 @@ where
             let quota_model = serving.as_deref();
             let index = match &reservation {
                 Some(r) => r.index,
-                None => {
-                    match batch::choose(state, &caller, est, &body, &avoid).await {
-                        Some(Ok((i, hold))) => {
-                            batch_hold = Some(hold);
-                            i
-                        }
-                        Some(Err(e)) => {
-                            served.refused = true;
-                            return Err(e);
-                        }
-                        None => admit::free_key(state, est.pinned, &avoid, vertex_ok),
+                None => match batch::choose(state, &caller, est, &body, &avoid).await {
+                    Some(Ok((i, hold))) => {
+                        batch_hold = Some(hold);
+                        i
                     }
-                }
+                    Some(Err(e)) => {
+                        served.refused = true;
+                        return Err(e);
+                    }
+                    None => admit::free_key(state, est.pinned, &avoid, vertex_ok),
+                },
             };
             let key = &state.pool.keys[index];
             served.key = Some(index);

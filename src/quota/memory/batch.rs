@@ -25,11 +25,7 @@ impl MemoryStore {
         let now = self.clock.now_ms();
         let mut jobs = self.batches.lock();
         jobs.prune(now);
-        let i = batch::choose(
-            req,
-            jobs.entries.iter().map(|(f, j)| (f.as_str(), j)),
-            now,
-        )?;
+        let i = batch::choose(req, jobs.entries.iter().map(|(f, j)| (f.as_str(), j)), now)?;
         jobs.next += 1;
         let hold = format!("{}{}", batch::HOLD, jobs.next);
         let c = &req.candidates[i];

@@ -313,7 +313,10 @@ impl MemoryStore {
     }
 
     /// Add `c.cost_micros` to its budget use when it fits (`c.caps` holds its budgets only).
-    pub(super) fn client_budget_check_add(&self, c: &ClientAdmit) -> Option<(ClientLimit, u64, u64)> {
+    pub(super) fn client_budget_check_add(
+        &self,
+        c: &ClientAdmit,
+    ) -> Option<(ClientLimit, u64, u64)> {
         let counters = self.client_counters(&c.name);
         let mut cc = counters.lock();
         let now = self.clock.now_ms();

@@ -18,8 +18,7 @@ use crate::quota::{MAX_HOLD_MS, StoreError};
 static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(lua!("batch_reserve.lua")));
 static OPEN: LazyLock<Script> = LazyLock::new(|| Script::new(lua!("batch_open.lua")));
 static RESULTS: LazyLock<Script> = LazyLock::new(|| Script::new(lua!("batch_results.lua")));
-static BUDGET: LazyLock<Script> =
-    LazyLock::new(|| Script::new(lua!(client "client_budget.lua")));
+static BUDGET: LazyLock<Script> = LazyLock::new(|| Script::new(lua!(client "client_budget.lua")));
 static ADJUST: LazyLock<Script> = LazyLock::new(|| Script::new(lua!("client_adjust.lua")));
 
 fn json(job: &BatchJob) -> Result<String, StoreError> {

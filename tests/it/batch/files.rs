@@ -48,7 +48,9 @@ async fn upload(proxy: &str, bytes: usize) -> String {
 
 async fn create_from(proxy: &str, file: &str) -> reqwest::Response {
     http()
-        .post(format!("{proxy}/v1beta/models/{MODEL}:batchGenerateContent"))
+        .post(format!(
+            "{proxy}/v1beta/models/{MODEL}:batchGenerateContent"
+        ))
         .header("x-goog-api-key", CLIENT_KEY)
         .json(&json!({"batch": {"displayName": "f", "inputConfig": {"fileName": file}}}))
         .send()
@@ -87,7 +89,7 @@ async fn a_file_input_batch_is_estimated_from_the_size_of_its_uploaded_file() {
 
 #[tokio::test]
 async fn a_results_file_downloaded_through_the_proxy_is_costed_at_batch_prices_once_for_its_client()
- {
+{
     let fake = FakeUpstream::start().await;
     let proxy = start_proxy(
         &fake.url,
@@ -128,7 +130,11 @@ async fn a_results_file_downloaded_through_the_proxy_is_costed_at_batch_prices_o
             .map(|(_, _, n)| *n)
             .sum()
     };
-    assert_eq!(team_cost(&proxy), 0, "not costed before its results are read");
+    assert_eq!(
+        team_cost(&proxy),
+        0,
+        "not costed before its results are read"
+    );
     let usage = TokenUsage {
         input: 3_000,
         output: 300,

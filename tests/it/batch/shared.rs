@@ -32,7 +32,9 @@ async fn create_as(proxy: &str, key: &str, n: usize, chars: usize) -> reqwest::R
         .map(|_| json!({"request": {"contents": [{"parts": [{"text": "x".repeat(chars)}]}]}}))
         .collect();
     http()
-        .post(format!("{proxy}/v1beta/models/{MODEL}:batchGenerateContent"))
+        .post(format!(
+            "{proxy}/v1beta/models/{MODEL}:batchGenerateContent"
+        ))
         .header("x-goog-api-key", key)
         .json(&json!({"batch": {"inputConfig": {"requests": {"requests": requests}}}}))
         .send()
@@ -75,7 +77,10 @@ async fn two_replicas_on_one_redis_share_open_batches_release_them_once_and_a_re
     // A's job ends; B reads it: released for both, and costed once.
     fake_batches::finish(&fake.state.batches, &first);
     let r = get_as(&b.url, CLIENT_KEY, &first).await;
-    assert_eq!(json_of(r).await["metadata"]["state"], "BATCH_STATE_SUCCEEDED");
+    assert_eq!(
+        json_of(r).await["metadata"]["state"],
+        "BATCH_STATE_SUCCEEDED"
+    );
     get_as(&a.url, CLIENT_KEY, &first).await;
     let costed = |p: &Proxy| -> u64 {
         p.state
@@ -140,9 +145,8 @@ const TEAM: &str = "team-batch-budget-key-0123";
 async fn a_client_whose_batch_results_spent_its_budget_is_refused_the_next_generate() {
     let redis = RedisServer::start();
     let fake = FakeUpstream::start().await;
-    let team = format!(
-        "[[auth.clients]]\nname = \"team\"\nkey = \"{TEAM}\"\ndaily_budget_usd = 0.05\n"
-    );
+    let team =
+        format!("[[auth.clients]]\nname = \"team\"\nkey = \"{TEAM}\"\ndaily_budget_usd = 0.05\n");
     let a = replica(&fake, &redis, &team).await;
     let b = replica(&fake, &redis, &team).await;
     let job = create_as(&a.url, TEAM, 1, 40).await;
