@@ -17,6 +17,9 @@ pub enum Failure<'a> {
     /// No answer head within the timeout: Google may be running it (the wait can include
     /// waiting for an HTTP/2 stream slot; then it never left, but cannot be told apart).
     Silent,
+    /// A Vertex AI entry's credentials failed: no access token could be minted, or Google
+    /// answered 401/403 with it. The entry is held; the request did not run.
+    EntryRefused,
 }
 
 /// Which bound applies to the attempts.
@@ -84,6 +87,14 @@ pub fn plan(failure: Failure<'_>, idempotent: bool) -> Plan {
             reason: "upstream_5xx",
             ..deliver
         },
+        // The entry is held in the store (the next admissions skip it): another key may serve.
+        Failure::EntryRefused => Plan {
+            retry: true,
+            avoid_key: true,
+            reason: "vertex_auth",
+            budget: Budget::AttemptsAndPool,
+            ..deliver
+        },
         Failure::Unsent => Plan {
             retry: true,
             avoid_key: true,
@@ -123,7 +134,19 @@ mod tests {
         };
         // (failure, idempotent) -> (retry, avoid, backoff, reason, budget, keep counted)
         type Expect = (bool, bool, bool, &'static str, Budget, bool);
-        let rows: [(Failure, bool, Expect); 10] = [
+        let rows: [(Failure, bool, Expect); 11] = [
+            (
+                Failure::EntryRefused,
+                false,
+                (
+                    true,
+                    true,
+                    false,
+                    "vertex_auth",
+                    Budget::AttemptsAndPool,
+                    false,
+                ),
+            ),
             (
                 Failure::Answer(&spend),
                 false,

@@ -4,17 +4,16 @@
 //! through the proxy releases it when it says the job ended, and records what its results used
 //! at batch prices (inline now, a results file when it is downloaded).
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::batch_cost::{Books, list_micros, record};
 use super::client;
 use crate::auth::Caller;
 use crate::batch::{self, Hold};
 use crate::error::ApiError;
 use crate::layers::estimate::Estimated;
-use crate::ledger::{Billing, TokenUsage};
+use crate::ledger::TokenUsage;
 use crate::quota::batch::{BatchBudget, BatchCandidate, BatchJob, BatchReserve};
 use crate::route::QuotaFamily;
 use crate::state::AppState;
@@ -164,7 +163,7 @@ async fn budget(
         output: requests.saturating_mul(client::DEFAULT_OUTPUT_TOKENS),
         ..TokenUsage::default()
     };
-    part.cost_micros = batch_list_micros(state, model, &usage);
+    part.cost_micros = list_micros(&state.config.prices, model, &usage);
     match state.store.client_budget_reserve(&part).await {
         Ok(None) => Ok(Some(BatchBudget {
             name: part.name.to_string(),
@@ -181,17 +180,6 @@ async fn budget(
             "The quota store could not reserve this batch job's cost in its client's budgets ({e}); retry shortly."
         ))),
     }
-}
-
-/// What `usage` of `model` costs at batch list prices, in micro-dollars (budgets count list
-/// prices).
-fn batch_list_micros(state: &AppState, model: &str, usage: &TokenUsage) -> u64 {
-    state
-        .config
-        .prices
-        .batch_cost(model, usage, Billing::Paid)
-        .list_nano
-        .div_ceil(1000)
 }
 
 /// A creation's answer: the job it names holds its room until it ends.
@@ -259,89 +247,12 @@ pub(super) async fn observed(state: &AppState, name: &str, answer: &[u8]) {
         return;
     }
     record(
-        state,
+        &Books::of(state),
         &job,
         batch::results_usage(&v),
         batch::results_count(&v),
     )
     .await;
-}
-
-/// A finished job's results (inline, or its results file read): recorded at batch prices in
-/// the ledger under its key and client, and its client's budget reservation replaced by their
-/// cost (no results: given back).
-pub(super) async fn record(
-    state: &AppState,
-    job: &BatchJob,
-    usage: Option<TokenUsage>,
-    results: u64,
-) {
-    let actual = match &usage {
-        Some(usage) => {
-            let client = match &job.client {
-                Some(n) => state.ledger.client_id_named(n),
-                None => state.ledger.anonymous_id(),
-            };
-            let series = state.ledger.series_of(
-                Some(&job.project),
-                &job.model,
-                Some(&job.kid),
-                client,
-                true,
-            );
-            state
-                .ledger
-                .batch_results(series, &job.model, &job.project, results, usage);
-            batch_list_micros(state, &job.model, usage)
-        }
-        None => 0,
-    };
-    if let Some(b) = &job.budget {
-        let delta =
-            i64::try_from(actual).unwrap_or(i64::MAX) - i64::try_from(b.micros).unwrap_or(i64::MAX);
-        if let Err(e) = state
-            .store
-            .client_budget_adjust(&b.name, b.day, b.month, delta)
-            .await
-        {
-            tracing::warn!(error = %e, client = %b.name, "could not settle a batch job's budget reservation: the estimate stays counted");
-        }
-    }
-}
-
-/// A download of a finished job's results file waiting to be costed (`GET files/ID:download`,
-/// answered 200): what to do once all of it has passed, i.e. take it from the store (once,
-/// across replicas) and record its usage at batch prices ([`record`]). `None` for any other
-/// answer.
-pub(super) async fn results_download(
-    state: &Arc<AppState>,
-    route: &crate::route::Route,
-    status: http::StatusCode,
-) -> Option<crate::batch::results::OnEnd> {
-    if status != http::StatusCode::OK || route.action.as_deref() != Some("download") {
-        return None;
-    }
-    let file = route
-        .resource
-        .as_deref()
-        .filter(|r| r.starts_with("files/"))?;
-    let field = format!("{}{file}", crate::quota::batch::RESULTS);
-    let entries = state.store.batch_entries().await.ok()?;
-    if !entries.iter().any(|(f, _)| *f == field) {
-        return None;
-    }
-    let state = state.clone();
-    Some(Box::new(move |scan| {
-        tokio::spawn(async move {
-            match state.store.batch_take(&field).await {
-                Ok(Some(job)) => {
-                    record(&state, &job, Some(scan.usage), scan.responses).await;
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "a batch results file's cost not recorded"),
-            }
-        });
-    }))
 }
 
 /// Largest batch job answer the background check reads (inline results included).

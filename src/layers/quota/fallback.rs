@@ -9,12 +9,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{admit, client};
+use super::admit::{self, Want, Within};
+use super::client;
+use super::step::Ctx;
 use crate::auth::Caller;
 use crate::fallback::{self, Fellback, Reason};
 use crate::layers::estimate::Estimated;
 use crate::quota::limits::Unpriced;
-use crate::quota::queue::{Claim, Lane};
+use crate::quota::queue::Lane;
 use crate::quota::{AdmitOutcome, ClientAdmit, Reservation, Settlement};
 use crate::state::AppState;
 
@@ -48,11 +50,14 @@ pub(super) enum Ask {
     Now,
     /// Within what is left of the request's allowance, waiting in the fallback model's line
     /// like any request for it (the asked model was refused without using it up).
-    Within {
-        deadline: Instant,
-        allowance: Duration,
-        claim: Claim,
-    },
+    Within(Within),
+}
+
+/// The request as it is written now: for `model`, with this path and body.
+pub(super) struct Written<'a> {
+    pub model: &'a str,
+    pub path: &'a str,
+    pub body: &'a Bytes,
 }
 
 impl Chain {
@@ -98,21 +103,24 @@ impl Chain {
     /// The first model left in the chain with room (as `ask` says: now, asked once, never
     /// overtaking requests waiting for it; or within what is left of the request's allowance,
     /// in that model's line of the queue), admitted; `None` when none has room.
-    /// `current` is the model the request is written for now; `with_client`: the client's part
-    /// is admitted anew (not when an earlier attempt's part is carried).
-    #[allow(clippy::too_many_arguments)]
+    /// `now` is the request as written for the model serving now; `with_client`: the client's
+    /// part is admitted anew (not when an earlier attempt's part is carried).
     pub(super) async fn next_with_room(
         &mut self,
-        state: &AppState,
-        caller: &Caller,
-        est: &Estimated,
-        current: &str,
-        path: &str,
-        body: &Bytes,
+        cx: Ctx<'_>,
+        now: Written<'_>,
         with_client: bool,
         reason: Reason,
         ask: Ask,
     ) -> Option<Switched> {
+        let Ctx {
+            state, caller, est, ..
+        } = cx;
+        let Written {
+            model: current,
+            path,
+            body,
+        } = now;
         let asked = self.asked.clone()?;
         let route = &est.route;
         while let Some(model) = self.rest.pop_front() {
@@ -123,30 +131,23 @@ impl Chain {
                     Some(r) => (r, None),
                     None => continue,
                 },
-                Ask::Within {
-                    deadline,
-                    allowance,
-                    claim,
-                } => match admit::admit(
-                    state,
-                    route,
-                    &est.estimate,
-                    &model,
-                    None,
-                    &[],
-                    deadline,
-                    allowance,
-                    claim,
-                    part.clone(),
-                    // A fallback goes to AI Studio keys: a Vertex request is built from the
-                    // route, which names the model asked for.
-                    false,
-                )
-                .await
-                {
-                    Ok(a) => (a.reservation, a.waited),
-                    Err(_) => continue,
-                },
+                Ask::Within(within) => {
+                    let want = Want {
+                        route,
+                        est: &est.estimate,
+                        model: &model,
+                        pinned: None,
+                        avoid: &[],
+                        client: part.clone(),
+                        // A fallback goes to AI Studio keys: a Vertex request is built from
+                        // the route, which names the model asked for.
+                        vertex_ok: false,
+                    };
+                    match admit::admit(state, want, within).await {
+                        Ok(a) => (a.reservation, a.waited),
+                        Err(_) => continue,
+                    }
+                }
             };
             let rewritten = if route.openai {
                 fallback::rewrite_body(body, &model).map(|b| (path.to_string(), b))
@@ -195,8 +196,16 @@ async fn admit_now(
     if state.queues.busy(lane) {
         return None;
     }
-    let request =
-        admit::request(state, route, &est.estimate, model, None, &[], client, false).ok()?;
+    let want = Want {
+        route,
+        est: &est.estimate,
+        model,
+        pinned: None,
+        avoid: &[],
+        client,
+        vertex_ok: false,
+    };
+    let request = admit::request(state, want).ok()?;
     let t0 = Instant::now();
     let outcome = state.store.admit(&request.first).await;
     state.metrics.store_admit(t0.elapsed(), outcome.is_ok());

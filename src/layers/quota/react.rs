@@ -247,3 +247,30 @@ where
     tracing::info!(key = %key.masked, confirmed, "dead-key probe");
     confirmed
 }
+
+/// Whether Google's dead-key answer for key `index` may disable it: not when this request
+/// already disabled one, and only when a probe with the key alone confirms it.
+pub(super) async fn confirm_dead<S, B>(
+    state: &AppState,
+    inner: S,
+    upstream: &Upstream,
+    index: usize,
+    reason: &str,
+    disabled_one: bool,
+) -> bool
+where
+    S: Service<Outbound, Response = http::Response<B>, Error = ForwardError>,
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let masked = &state.pool.keys[index].masked;
+    if disabled_one {
+        tracing::warn!(key = %masked, reason, "a second key answered as dead in one request: answer delivered, key kept (at most one key is disabled per request)");
+        return false;
+    }
+    let confirmed = probe_confirms_dead(state, inner, upstream, index).await;
+    if !confirmed {
+        tracing::warn!(key = %masked, reason, "the Gemini API answered as if the key were dead, but a probe with it did not confirm it: answer delivered, key kept");
+    }
+    confirmed
+}

@@ -10,10 +10,13 @@ use http_body_util::Full;
 
 use super::*;
 use crate::estimate::estimate;
+use crate::layers::forward::ForwardErrorKind;
 use crate::metrics::Metrics;
 use crate::quota::memory::MemoryStore;
 use crate::quota::{KeyState, SystemClock};
 use crate::route::Route;
+use tokio::time::Instant;
+use tower::ServiceExt;
 
 const KEYS: [&str; 3] = [
     "AIzaScriptKey0000001",

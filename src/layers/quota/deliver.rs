@@ -1,0 +1,205 @@
+//! A success's way to the client: the upload and created-resource affinity recorded, the
+//! rate-limit headers, the ledger's tally and the client's pricer riding the body to its end,
+//! batch jobs' states read, a listing cut to the caller's own entries, and everything else
+//! streamed through as it comes.
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use tokio::time::Instant;
+
+use super::answer::{Answer, read_upto};
+use super::step::{Attempt, Step, UpBody};
+use super::{batch, client, trace};
+use crate::auth::Caller;
+use crate::body::{AtEnd, ProxyBody};
+use crate::error::ApiError;
+use crate::ledger::{ImageCounter, TokenUsage};
+use crate::pool::affinity;
+use crate::route::QuotaFamily;
+use crate::state::AppState;
+
+/// What is left in the 60 s window of the (project, model) that served a request.
+const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+
+/// Largest create-call answer read whole to learn the name of what it created.
+const CREATE_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+impl<S> Step<'_, S> {
+    /// Deliver the attempt's success, streaming; its settlement and tally end with the body.
+    pub async fn deliver<B: UpBody>(
+        &mut self,
+        mut at: Attempt,
+        resp: http::Response<B>,
+        sent_at: Instant,
+    ) -> Result<Response, ApiError> {
+        let cx = self.cx;
+        let (state, est, caller) = (cx.state, cx.est, cx.caller);
+        let (route, cfg) = (&est.route, &state.config.upstream);
+        let key = &state.pool.keys[at.index];
+        let status = resp.status();
+        let mut headers = crate::upstream::response_headers(resp.headers());
+        trace::answered(&mut at.span, status, None, None);
+        state.pool.health.success();
+        state.pool.health.project_ok(&key.project);
+        if route.upload {
+            self.remember_upload(&mut headers, &key.kid).await;
+        }
+        if let Some(r) = at.settlement.as_ref().and_then(|s| s.reservation()) {
+            headers.insert(REMAINING_REQUESTS, HeaderValue::from(r.remaining_requests));
+            headers.insert(REMAINING_TOKENS, HeaderValue::from(r.remaining_tokens));
+        }
+        let at_end = self.at_end(&mut at);
+        if route.creates_resource && !est.streaming() {
+            let answer = read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;
+            match &answer {
+                Answer::Whole(bytes) => {
+                    let creator = affinity::creator(&*state.store, route, caller, caller.name());
+                    let creator = creator.await;
+                    affinity::remember_created(&*state.store, bytes, &key.kid, &creator).await;
+                    if let Some(hold) = self.batch_hold.take() {
+                        batch::created(hold, bytes, &creator).await;
+                    }
+                }
+                Answer::Over(..) => tracing::warn!(
+                    key = %key.masked,
+                    limit = CREATE_BODY_LIMIT,
+                    "a create call's answer is larger than the proxy reads to learn the created name: passed on whole, its key affinity not recorded"
+                ),
+            }
+            return Ok(answer.into_response(status, headers, cfg, at_end));
+        }
+        // A batch job's answer says whether it ended: its batch quota is released then.
+        if let Some(name) = crate::batch::named(route) {
+            if cx.parts.method == http::Method::DELETE {
+                batch::forget(state, name).await;
+            } else if !est.streaming() {
+                let answer = read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;
+                if let Answer::Whole(bytes) = &answer {
+                    batch::observed(state, name, bytes).await;
+                }
+                return Ok(answer.into_response(status, headers, cfg, at_end));
+            }
+        }
+        if let Some(collection) = route.lists.filter(|_| *caller != Caller::Admin) {
+            return Ok(own_listing(state, resp, collection, caller, headers, at_end).await);
+        }
+        let body_deadline = (!est.streaming()).then(|| sent_at + cfg.request_timeout);
+        // A batch job's results file is costed as it is downloaded.
+        let costing = super::batch_cost::results_download(state, route, status).await;
+        let stream = ProxyBody::new(
+            crate::batch::results::Costed::new(resp.into_body(), costing),
+            cfg.stream_idle_timeout,
+            body_deadline,
+            at_end,
+        );
+        let mut out = Response::new(Body::new(stream));
+        *out.status_mut() = status;
+        *out.headers_mut() = headers;
+        Ok(out)
+    }
+
+    /// What rides the body to its end: the settlement, the ledger's tally of what the answer
+    /// used (an answer without usage, an embedding's, an image's, ..., its estimate), the
+    /// image counter of an image call (Google bills the images it returned) and the pricer of
+    /// a client with budgets.
+    fn at_end(&mut self, at: &mut Attempt) -> AtEnd {
+        let cx = self.cx;
+        let (state, est) = (cx.state, cx.est);
+        let route = &est.route;
+        let key = &state.pool.keys[at.index];
+        let mut tally = self.account.as_deref().map(|a| {
+            let fallback = route
+                .unreported_usage
+                .then(|| unreported_usage(route.family, est.estimate.tokens));
+            let series = a.series(state, Some(at.index), true);
+            self.served.tallied = Some(series);
+            state
+                .ledger
+                .tally(series, a.model.clone(), &key.project, fallback)
+        });
+        trace::usage(self.trace.as_ref(), tally.as_mut());
+        let pricer = match (self.serving.as_deref(), &self.client_part) {
+            (Some(model), Some(c)) if c.has_budgets() => Some(client::pricer(state, model)),
+            _ => None,
+        };
+        AtEnd {
+            settlement: at.settlement.take(),
+            tally,
+            images: (route.family == QuotaFamily::Image).then(ImageCounter::default),
+            pricer,
+        }
+    }
+
+    /// An upload session's answer: the upload URL rewritten to come back through the proxy,
+    /// with the key (by id) and the creator it belongs to.
+    async fn remember_upload(&mut self, headers: &mut http::HeaderMap, kid: &str) {
+        let cx = self.cx;
+        let (state, parts, caller) = (cx.state, cx.parts, cx.caller);
+        let original = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map(|o| o.0.path());
+        let base = affinity::client_base(
+            state.config.server.public_url.as_deref(),
+            &parts.headers,
+            original,
+            parts.uri.path(),
+        );
+        let route = &cx.est.route;
+        let creator = affinity::creator(&*state.store, route, caller, caller.name()).await;
+        affinity::remember_upload(&*state.store, headers, &base, kid, &creator).await;
+        affinity::end_upload_session(&*state.store, route, headers).await;
+    }
+}
+
+/// What a call whose answer reports no usage is recorded as having used: its estimate, in the
+/// unit its family is counted in (images, seconds of video, else input tokens).
+fn unreported_usage(family: QuotaFamily, estimate: u64) -> TokenUsage {
+    match family {
+        QuotaFamily::Image => TokenUsage {
+            images: estimate,
+            ..TokenUsage::default()
+        },
+        QuotaFamily::Video => TokenUsage {
+            video_seconds: estimate,
+            ..TokenUsage::default()
+        },
+        _ => TokenUsage {
+            input: estimate,
+            ..TokenUsage::default()
+        },
+    }
+}
+
+/// A listing's answer with only `caller`'s own entries (see [`affinity::own_listing`]). An
+/// answer over [`CREATE_BODY_LIMIT`], or not JSON, is refused rather than shown whole: it
+/// could hold other clients' resources.
+async fn own_listing<B: UpBody>(
+    state: &AppState,
+    resp: http::Response<B>,
+    collection: &str,
+    caller: &Caller,
+    mut headers: http::HeaderMap,
+    at_end: AtEnd,
+) -> Response {
+    let status = resp.status();
+    let cfg = &state.config.upstream;
+    let filtered = match read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await {
+        Ok(Answer::Whole(bytes)) => {
+            affinity::own_listing(&*state.store, collection, &bytes, caller, caller.name()).await
+        }
+        Ok(Answer::Over(..)) => None,
+        Err(e) => return e.into_response(),
+    };
+    let Some(filtered) = filtered else {
+        return ApiError::BadGateway(format!(
+            "the upstream's {collection} listing could not be read to show only this client's entries"
+        ))
+        .into_response();
+    };
+    headers.remove(http::header::CONTENT_LENGTH);
+    Answer::<B>::Whole(Bytes::from(filtered)).into_response(status, headers, cfg, at_end)
+}
