@@ -370,19 +370,21 @@ fn spawn_client_sync(live: WeakLive) {
     });
 }
 
-/// Every serving `batch.poll_secs` (when not 0): Google asked about the batch jobs this
-/// replica holds batch quota for ([`crate::layers::quota::batch::poll_once`]). Runs while the
-/// gateway lives.
+/// Every serving `batch.poll_secs` (when not 0), from one period after start (the store is
+/// first asked by the start-up check): Google asked about the open batch jobs the store holds
+/// ([`crate::layers::quota::batch::poll_once`]). Runs while the gateway lives.
 fn spawn_batch_poll(live: WeakLive) {
     tokio::spawn(async move {
+        let mut polls = false;
         loop {
             let Some(state) = live.upgrade().map(|l| l.current()) else {
                 return;
             };
             let every = state.config.batch.poll;
-            if !every.is_zero() {
+            if polls && !every.is_zero() {
                 crate::layers::quota::batch::poll_once(&state).await;
             }
+            polls = true;
             drop(state);
             // A poll of 0 looks again later, in case a reload turns it on.
             let pause = if every.is_zero() {

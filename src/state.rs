@@ -77,8 +77,6 @@ pub struct AppState {
     pub queues: Arc<Queues>,
     /// The projects' monthly spend caps, watching the ledger's costs (kept across reloads).
     pub spend: Arc<crate::pool::spend::SpendCaps>,
-    /// Open Batch API jobs and the batch quota they hold (kept across reloads).
-    pub batches: Arc<crate::batch::Batches>,
     /// The bound on request bodies held in memory (`server.max_buffered_bytes`), shared by
     /// every generation.
     pub bodies: Arc<crate::budget::BodyBudget>,
@@ -167,7 +165,6 @@ impl AppState {
             ledger,
             queues,
             spend,
-            batches: Arc::default(),
             bodies: Arc::new(crate::budget::BodyBudget::new(
                 config_max_buffered.0,
                 config_max_buffered.1,
@@ -223,7 +220,6 @@ impl AppState {
             ledger: self.ledger.clone(),
             queues: self.queues.clone(),
             spend: self.spend.clone(),
-            batches: self.batches.clone(),
             bodies: self.bodies.clone(),
             alerts,
             cache,

@@ -453,6 +453,7 @@
     $('#store').textContent = 'Quota store: ' + (st.backend || '?') + (st.reachable === false ? ', unreachable' : ', reachable') + '.';
     $('#queue').textContent = queueLine(qs.queue);
     $('#live').textContent = liveLine(qs.live_sessions);
+    $('#batches').textContent = batchesLine(qs.batches);
     $('#config').textContent = configLine(qs.config);
   }
 
@@ -484,6 +485,18 @@
     return 'Live API sessions open: ' + projects.map(function (p) {
       return p.project + ' ' + num(p.open) + ' of ' + num(p.limit);
     }).join(', ') + '.';
+  }
+
+  /** Open Batch API jobs per project: how many of the limit, and their enqueued tokens by model. */
+  function batchesLine(projects) {
+    if (!Array.isArray(projects) || !projects.length) return '';
+    return 'Batch jobs open: ' + projects.map(function (p) {
+      var models = Object.keys(p.enqueued_tokens || {}).map(function (m) {
+        return m + ' ' + num(p.enqueued_tokens[m]) + ' tokens';
+      });
+      return p.project + ' ' + num(p.jobs) + ' of ' + num(p.jobs_limit) +
+        (models.length ? ' (' + models.join(', ') + ')' : '');
+    }).join('; ') + '.';
   }
 
   function fillList(ul, items, none) {

@@ -108,13 +108,15 @@ impl Counters {
     }
 }
 
-/// A series: (project, model, key, client) as ids of interned names.
+/// A series: (project, model, key, client) as ids of interned names, and the model the
+/// requests asked for when a fallback served them with `model` (`NONE_ID`: the same).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Series {
     pub project: u32,
     pub model: u32,
     pub key: u32,
     pub client: u32,
+    pub asked: u32,
 }
 
 /// One bucket: its index (time / width) and every series' counts in it.
@@ -236,6 +238,7 @@ mod tests {
         model: 0,
         key: 0,
         client: 0,
+        asked: 0,
     };
 
     #[test]

@@ -242,6 +242,22 @@ impl Ledger {
                 .id(model.strip_prefix("models/").unwrap_or(model), known),
             key: kid.map_or(names::NONE_ID, |k| self.keys.id(k, true)),
             client,
+            asked: names::NONE_ID,
+        }
+    }
+
+    /// `series`, its requests having asked for model `asked` (a fallback served them with the
+    /// series' model): recorded apart, under both names.
+    pub fn asked_for(&self, series: Series, asked: &str) -> Series {
+        let asked = asked.strip_prefix("models/").unwrap_or(asked);
+        let id = self.models.id(asked, true);
+        Series {
+            asked: if id == series.model {
+                names::NONE_ID
+            } else {
+                id
+            },
+            ..series
         }
     }
 

@@ -70,6 +70,8 @@ impl Window {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupBy {
     Model,
+    /// The model asked for: a fallback's requests under the model they asked for.
+    AskedModel,
     Key,
     Project,
     Client,
@@ -80,6 +82,7 @@ impl GroupBy {
     pub fn parse(s: &str) -> Option<GroupBy> {
         Some(match s {
             "model" => GroupBy::Model,
+            "asked_model" => GroupBy::AskedModel,
             "key" => GroupBy::Key,
             "project" => GroupBy::Project,
             "client" => GroupBy::Client,
@@ -91,6 +94,8 @@ impl GroupBy {
     fn of(self, s: &Series) -> u32 {
         match self {
             GroupBy::Model => s.model,
+            GroupBy::AskedModel if s.asked != super::names::NONE_ID => s.asked,
+            GroupBy::AskedModel => s.model,
             GroupBy::Key => s.key,
             GroupBy::Project => s.project,
             GroupBy::Client => s.client,
@@ -101,6 +106,7 @@ impl GroupBy {
     fn name(self) -> Option<&'static str> {
         match self {
             GroupBy::Model => Some("model"),
+            GroupBy::AskedModel => Some("asked_model"),
             GroupBy::Key => Some("key"),
             GroupBy::Project => Some("project"),
             GroupBy::Client => Some("client"),
@@ -153,7 +159,7 @@ impl Query {
                 "group_by" => {
                     q.group_by = GroupBy::parse(value).ok_or_else(|| {
                         format!(
-                            "group_by must be one of model, key, project, client, none (got {:?})",
+                            "group_by must be one of model, asked_model, key, project, client, none (got {:?})",
                             shorten(value)
                         )
                     })?
@@ -382,7 +388,7 @@ impl Ledger {
         if let Some(name) = by.name() {
             let value = match by {
                 GroupBy::Key => self.key_label(id),
-                GroupBy::Model => self.models.name(id).to_string(),
+                GroupBy::Model | GroupBy::AskedModel => self.models.name(id).to_string(),
                 GroupBy::Project => self.projects.name(id).to_string(),
                 GroupBy::Client => self.clients.name(id).to_string(),
                 GroupBy::None => String::new(),

@@ -323,9 +323,16 @@ fn prune(read: &mut HashMap<i64, i64>, last: i64, len: usize) {
     }
 }
 
+/// `PROJECT|MODEL|KEY|CLIENT`; a fallback's series names its model `SERVED<ASKED` (a model name
+/// holds no `<`), which a replica of an earlier version reads as one more model.
 fn field_name(ledger: &Ledger, s: Series) -> String {
+    let asked = if s.asked == super::names::NONE_ID {
+        String::new()
+    } else {
+        format!("<{}", ledger.models.name(s.asked))
+    };
     format!(
-        "{}|{}|{}|{}",
+        "{}|{}{asked}|{}|{}",
         ledger.projects.name(s.project),
         ledger.models.name(s.model),
         ledger.keys.name(s.key),
@@ -354,11 +361,16 @@ fn parse(
                 else {
                     continue;
                 };
+                let (m, asked) = match m.split_once('<') {
+                    Some((m, a)) => (m, ledger.models.id(a, true)),
+                    None => (m, super::names::NONE_ID),
+                };
                 let s = Series {
                     project: ledger.projects.id(p, true),
                     model: ledger.models.id(m, true),
                     key: ledger.keys.id(k, true),
                     client: ledger.clients.id(c, true),
+                    asked,
                 };
                 // Bounded by the names the dimensions keep apart.
                 if known.len() < 1 << 20 {

@@ -27,24 +27,23 @@ pub struct Pin {
     /// The client that created it (its name, never its key); `None` for a pin stored before
     /// owners were recorded.
     pub client: Option<String>,
+    /// A file's size in bytes, from Google's answer to its upload (a batch input file's
+    /// enqueued tokens are estimated from it).
+    pub size: Option<u64>,
 }
 
 impl Pin {
-    /// As stored: `KID CLIENT` (neither holds a space).
+    /// As stored: `KID CLIENT` (neither holds a space), and ` SIZE` for a file.
     fn encode(kid: &str, client: &str) -> String {
         format!("{kid} {client}")
     }
 
     fn decode(value: &str) -> Pin {
-        match value.split_once(' ') {
-            Some((kid, client)) => Pin {
-                kid: kid.to_string(),
-                client: Some(client.to_string()),
-            },
-            None => Pin {
-                kid: value.to_string(),
-                client: None,
-            },
+        let mut parts = value.splitn(3, ' ');
+        Pin {
+            kid: parts.next().unwrap_or_default().to_string(),
+            client: parts.next().map(str::to_string),
+            size: parts.next().and_then(|s| s.parse().ok()),
         }
     }
 
@@ -330,7 +329,15 @@ pub async fn remember_created(store: &dyn QuotaStore, body: &[u8], kid: &str, cl
         let Some(name) = candidate.get("name").and_then(|n| n.as_str()) else {
             continue;
         };
-        let pin = Pin::encode(kid, client);
+        let mut pin = Pin::encode(kid, client);
+        // A file's size (Google's `sizeBytes`, a string), for a batch reading it as input.
+        if let Some(size) = candidate.get("sizeBytes").and_then(|s| {
+            s.as_str()
+                .and_then(|s| s.parse::<u64>().ok())
+                .or(s.as_u64())
+        }) {
+            pin = format!("{pin} {size}");
+        }
         // A long-running operation (a Veo video) is polled at models/M/operations/ID.
         if let ["models", _, "operations", id] = name.split('/').collect::<Vec<_>>()[..]
             && valid_name(id)

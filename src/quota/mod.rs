@@ -1,6 +1,7 @@
 //! Quota accounting: limits per (project, model), the sliding minute and the Pacific day, and
 //! the [`QuotaStore`] trait with its in-memory and Redis implementations.
 
+pub mod batch;
 pub mod client;
 pub mod clock;
 pub mod limits;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use batch::{BatchJob, BatchReserve};
 pub use client::{ClientAdmit, ClientHold, ClientLimit, ClientPeriod};
 pub use clock::{Clock, DayCache, DayInfo, ManualClock, SystemClock};
 pub use limits::Limits;
@@ -300,6 +302,65 @@ pub trait QuotaStore: Send + Sync {
     ) -> Result<Vec<(u64, u64)>, StoreError> {
         Ok(vec![(0, 0); clients.len()])
     }
+    /// Room for a new batch job ([`batch`]): the candidate (its position in `req`) with the
+    /// most room under `req`'s quotas, counting every replica's open jobs, held for it as
+    /// `hold:N` (the name returned) until [`QuotaStore::batch_open`] or the hold's lease ends.
+    /// `None`: no candidate has room; nothing was written.
+    async fn batch_reserve(
+        &self,
+        _req: &BatchReserve,
+    ) -> Result<Option<(usize, String)>, StoreError> {
+        Err(no_batches())
+    }
+    /// Hold `hold` became batch job `name` (`job`, with its owner): it holds its project's
+    /// batch quota until it is taken ([`QuotaStore::batch_take`]).
+    async fn batch_open(
+        &self,
+        _hold: &str,
+        _name: &str,
+        _job: &BatchJob,
+    ) -> Result<(), StoreError> {
+        Err(no_batches())
+    }
+    /// Remove an entry (a job, a hold, a results file), handing it to exactly one caller
+    /// across every replica sharing the store.
+    async fn batch_take(&self, _field: &str) -> Result<Option<BatchJob>, StoreError> {
+        Err(no_batches())
+    }
+    /// A finished job's results file (`files/ID`) to cost when it is downloaded: kept until
+    /// taken or [`batch::RESULTS_TTL_MS`], at most `cap` per project (the oldest go first).
+    async fn batch_results(
+        &self,
+        _file: &str,
+        _job: &BatchJob,
+        _cap: u64,
+    ) -> Result<(), StoreError> {
+        Err(no_batches())
+    }
+    /// Every entry (jobs, holds, results files), by field.
+    async fn batch_entries(&self) -> Result<Vec<(String, BatchJob)>, StoreError> {
+        Err(no_batches())
+    }
+    /// Add `c.cost_micros` to client `c.name`'s day's and month's budget use when it fits its
+    /// budgets (`c.caps`' other limits are not looked at), in one atomic step. `Some`: the
+    /// budget it is at, its value and when to try again; nothing was written.
+    async fn client_budget_reserve(
+        &self,
+        _c: &ClientAdmit,
+    ) -> Result<Option<(ClientLimit, u64, u64)>, StoreError> {
+        Ok(None)
+    }
+    /// Move client `name`'s budget use of `day` and `month` by `delta` micro-dollars (a
+    /// period already over stays as it was).
+    async fn client_budget_adjust(
+        &self,
+        _name: &str,
+        _day: i64,
+        _month: i64,
+        _delta: i64,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
     async fn ping(&self) -> Result<(), StoreError>;
     /// `memory` or `redis`.
     fn backend(&self) -> &'static str;
@@ -308,6 +369,10 @@ pub trait QuotaStore: Send + Sync {
     fn shared_io(&self) -> Option<redis::SharedIo> {
         None
     }
+}
+
+fn no_batches() -> StoreError {
+    StoreError::Protocol("this store keeps no batch jobs".into())
 }
 
 /// The fraction of room a project would have left after this request: the smallest of the three.

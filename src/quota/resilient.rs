@@ -288,6 +288,75 @@ impl QuotaStore for ResilientStore {
         with_fallback!(self, client_spend(clients), vec![(0, 0); clients.len()])
     }
 
+    /// Fail-open creates the batch job on the first candidate, held nowhere (hold `""`).
+    async fn batch_reserve(
+        &self,
+        req: &super::BatchReserve,
+    ) -> Result<Option<(usize, String)>, StoreError> {
+        with_fallback!(self, batch_reserve(req), Some((0, String::new())))
+    }
+
+    async fn batch_open(
+        &self,
+        hold: &str,
+        name: &str,
+        job: &super::BatchJob,
+    ) -> Result<(), StoreError> {
+        if hold.is_empty() && self.policy == StoreFailurePolicy::FailOpen && self.is_down() {
+            return Ok(());
+        }
+        let _ = self.local.batch_take(hold).await;
+        with_fallback!(self, batch_open(hold, name, job), ())
+    }
+
+    /// Taken from both: an entry made locally while the shared store was down lives there.
+    async fn batch_take(&self, field: &str) -> Result<Option<super::BatchJob>, StoreError> {
+        let local = self.local.batch_take(field).await.ok().flatten();
+        let shared: Result<Option<super::BatchJob>, StoreError> =
+            async { with_fallback!(self, batch_take(field), None) }.await;
+        Ok(shared?.or(local))
+    }
+
+    async fn batch_results(
+        &self,
+        file: &str,
+        job: &super::BatchJob,
+        cap: u64,
+    ) -> Result<(), StoreError> {
+        with_fallback!(self, batch_results(file, job, cap), ())
+    }
+
+    /// The shared store's entries and those made locally while it was down.
+    async fn batch_entries(&self) -> Result<Vec<(String, super::BatchJob)>, StoreError> {
+        let mut local = self.local.batch_entries().await.unwrap_or_default();
+        if self.policy == StoreFailurePolicy::Local && self.is_down() {
+            return Ok(local);
+        }
+        let shared: Result<Vec<(String, super::BatchJob)>, StoreError> =
+            async { with_fallback!(self, batch_entries(), Vec::new()) }.await;
+        let mut shared = shared?;
+        local.retain(|(f, _)| !shared.iter().any(|(g, _)| g == f));
+        shared.extend(local);
+        Ok(shared)
+    }
+
+    async fn client_budget_reserve(
+        &self,
+        c: &super::ClientAdmit,
+    ) -> Result<Option<(super::ClientLimit, u64, u64)>, StoreError> {
+        with_fallback!(self, client_budget_reserve(c), None)
+    }
+
+    async fn client_budget_adjust(
+        &self,
+        name: &str,
+        day: i64,
+        month: i64,
+        delta: i64,
+    ) -> Result<(), StoreError> {
+        with_fallback!(self, client_budget_adjust(name, day, month, delta), ())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         if self.is_down() {
             return Err(StoreError::Unreachable("shared quota store is down".into()));

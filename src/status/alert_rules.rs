@@ -293,6 +293,7 @@ mod tests {
             spend_caps: vec![],
             clients: vec![],
             live_sessions: vec![],
+            batches: Vec::new(),
             models: BTreeMap::from([("m".to_string(), usage_of(pool_minute, pool_limit))]),
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod alert_rules;
 pub mod alerts;
+pub mod batches;
 mod cache;
 pub mod client_alerts;
 mod client_budgets;
@@ -111,6 +112,8 @@ async fn get_status(
         snap.quota_status
             .clients
             .retain(|c| caller.client().is_some_and(|me| me.name == c.name));
+        let me = caller.client().map(|c| c.name.to_string());
+        snap.quota_status.batches = batches::views(state, Some(me.as_deref().unwrap_or(""))).await;
     }
     Ok(Json(snap).into_response())
 }

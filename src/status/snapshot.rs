@@ -242,6 +242,7 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
     let (pool_by_model, pool_models_omitted) = by_model(&models);
     let clients = super::client_rows::rows(state, None, outlook != Extras::None).await;
     let live_sessions = super::live::views(state).await;
+    let batches = super::batches::views(state, None).await;
     Snapshot {
         success: true,
         quota_status: QuotaStatus {
@@ -264,6 +265,7 @@ pub async fn snapshot(state: &AppState, outlook: Extras) -> Snapshot {
             spend_caps,
             clients,
             live_sessions,
+            batches,
             models,
         },
         timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),

@@ -58,6 +58,9 @@ pub struct QuotaStatus {
     pub clients: Vec<super::client_rows::ClientRow>,
     /// Each project's open Live API sessions against its `limits.live_sessions`.
     pub live_sessions: Vec<super::live::LiveSessionsView>,
+    /// Each project's open Batch API jobs and their enqueued tokens per model, against the
+    /// batch limits (a client key sees only its own jobs).
+    pub batches: Vec<super::batches::BatchesView>,
     /// Each model's pool-wide usage against the sum of its limits in the enabled projects
     /// (what the warnings above are counted from; the alert rules read it too).
     #[serde(skip)]

@@ -19,6 +19,8 @@ pub struct FakeBatch {
     pub state: &'static str,
     /// Its results go to this file (`files/ID`) instead of inline.
     pub results_file: Option<String>,
+    /// Each result's prompt and candidates tokens (10 and 5 unless a test says otherwise).
+    pub usage: (u64, u64),
 }
 
 /// The fake's batch jobs, by name.
@@ -36,6 +38,23 @@ pub fn finish_to_file(batches: &FakeBatches, name: &str) -> String {
     j.state = "BATCH_STATE_SUCCEEDED";
     let file = format!("files/out-{}", name.trim_start_matches("batches/"));
     j.results_file = Some(file.clone());
+    file
+}
+
+/// End a job as succeeded, each of its results having used `prompt` and `candidates` tokens
+/// (inline, or in its results file with `to_file`); the results file's name, if any.
+pub fn finish_using(
+    batches: &FakeBatches,
+    name: &str,
+    prompt: u64,
+    candidates: u64,
+    to_file: bool,
+) -> Option<String> {
+    let file = to_file.then(|| finish_to_file(batches, name));
+    let mut jobs = batches.jobs.lock().unwrap();
+    let j = jobs.get_mut(name).unwrap();
+    j.state = "BATCH_STATE_SUCCEEDED";
+    j.usage = (prompt, candidates);
     file
 }
 
@@ -70,7 +89,7 @@ fn operation(name: &str, j: &FakeBatch) -> Value {
         let responses: Vec<Value> = (0..j.requests)
             .map(|i| json!({"response": {
                 "candidates": [{"content": {"role": "model", "parts": [{"text": format!("answer {i}")}]}, "finishReason": "STOP"}],
-                "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15},
+                "usageMetadata": {"promptTokenCount": j.usage.0, "candidatesTokenCount": j.usage.1, "totalTokenCount": j.usage.0 + j.usage.1},
                 "modelVersion": j.model,
             }, "metadata": {"key": i.to_string()}}))
             .collect();
@@ -123,6 +142,7 @@ pub fn handle(
             requests,
             state: "BATCH_STATE_PENDING",
             results_file: None,
+            usage: (10, 5),
         };
         let op = operation(&name, &job);
         batches.jobs.lock().unwrap().insert(name, job);
@@ -140,7 +160,7 @@ pub fn handle(
             return Some(not_yours());
         }
         let lines: String = (0..job.requests)
-            .map(|i| format!("{{\"key\":\"{i}\",\"response\":{{\"usageMetadata\":{{\"promptTokenCount\":10,\"candidatesTokenCount\":5}}}}}}\n"))
+            .map(|i| format!("{{\"key\":\"{i}\",\"response\":{{\"candidates\":[{{\"content\":{{\"parts\":[{{\"text\":\"answer {i}\"}}]}}}}],\"usageMetadata\":{{\"promptTokenCount\":{},\"candidatesTokenCount\":{}}}}}}}\n", job.usage.0, job.usage.1))
             .collect();
         return Some(lines.into_response());
     }

@@ -565,6 +565,22 @@ async fn dashboard_in_a_browser() {
             r.text().await.unwrap();
         }
     }
+    // One open Batch API job, shown in its line.
+    let batch = http()
+        .post(format!(
+            "{}/v1beta/models/gemini-2.5-flash:batchGenerateContent",
+            proxy.url
+        ))
+        .header("x-goog-api-key", CLIENT_KEY)
+        .json(
+            &serde_json::json!({"batch": {"inputConfig": {"requests": {"requests": [
+                {"request": {"contents": [{"parts": [{"text": "x".repeat(40)}]}]}}
+            ]}}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(batch.status(), 200);
     let (code, status) = quota_status(&proxy.url, CLIENT_KEY).await;
     assert_eq!(code, 200, "{status}");
     let masked: Vec<String> = status["quota_status"]["keys"]
@@ -703,6 +719,12 @@ async fn dashboard_in_a_browser() {
         shown.trim(),
         format!("Live API sessions open: {}.", expected.join(", ")),
         "{q}"
+    );
+    // Open batch jobs per project: the one created above, its 10 tokens.
+    let shown = b.text("#batches").await;
+    assert!(
+        shown.starts_with("Batch jobs open: ") && shown.contains("gemini-2.5-flash 10 tokens"),
+        "{shown:?}: {q}"
     );
     // Which configuration serves.
     let config = b.text("#config").await;

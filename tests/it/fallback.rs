@@ -270,3 +270,67 @@ async fn a_fallback_without_room_now_is_waited_for_within_the_requests_allowance
     assert_eq!(calls_for(&fake, ASKED), 1);
     assert_eq!(calls_for(&fake, FALLBACK), 2);
 }
+
+/// Requests per group of `/api/ai/usage/?group_by=BY`, summed over the window's points.
+async fn usage_by(proxy: &str, by: &str) -> std::collections::BTreeMap<String, u64> {
+    let r = http()
+        .get(format!("{proxy}/api/ai/usage/?group_by={by}"))
+        .header("x-goog-api-key", ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v = json_of(r).await;
+    v["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let requests = s["points"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["requests"].as_u64().unwrap_or(0))
+                .sum();
+            (s["group"][by].as_str().unwrap().to_string(), requests)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_history_records_the_model_asked_for_beside_the_one_that_served() {
+    let redis = RedisServer::start();
+    for shared in [false, true] {
+        let fake = FakeUpstream::start().await;
+        let mut o = opts("");
+        if shared {
+            o = o.env("REDIS_URL", &redis.url);
+        }
+        let proxy = start_proxy(&fake.url, o).await;
+        for _ in 0..4 {
+            assert_eq!(ask(&proxy.url, CLIENT_KEY, None).await.status(), 200);
+        }
+        let p = &proxy.url;
+        let want = |pairs: &[(&str, u64)]| -> std::collections::BTreeMap<String, u64> {
+            pairs.iter().map(|(m, n)| (m.to_string(), *n)).collect()
+        };
+        // Served: one by the asked model, three by its fallback; asked: all four for it.
+        let (mut by_model, mut by_asked) = Default::default();
+        let mut settled = false;
+        // The shared ledger's sums reach Redis within a second or two.
+        for _ in 0..100 {
+            by_model = usage_by(p, "model").await;
+            by_asked = usage_by(p, "asked_model").await;
+            settled =
+                by_model == want(&[(ASKED, 1), (FALLBACK, 3)]) && by_asked == want(&[(ASKED, 4)]);
+            if settled {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(
+            settled,
+            "shared={shared}: by model {by_model:?}, asked {by_asked:?}"
+        );
+    }
+}

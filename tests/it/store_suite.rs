@@ -180,8 +180,18 @@ const SUITE: &[(&str, Body)] = &[
         "a_client_s_budget_reserves_the_estimate_and_settles_to_the_real_cost",
         clients::a_client_s_budget_reserves_the_estimate_and_settles_to_the_real_cost::run,
     ),
+    (
+        "batch_jobs_go_where_the_most_room_is_and_hold_it_until_taken_once",
+        batches::batch_jobs_go_where_the_most_room_is_and_hold_it_until_taken_once::run,
+    ),
+    (
+        "a_batch_budget_reservation_fits_the_budget_or_is_refused_and_is_moved_later",
+        batches::a_batch_budget_reservation_fits_the_budget_or_is_refused_and_is_moved_later::run,
+    ),
 ];
 
+#[path = "store_suite/batches.rs"]
+mod batches;
 #[path = "store_suite/clients.rs"]
 mod clients;
 

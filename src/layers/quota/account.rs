@@ -14,26 +14,37 @@ use crate::state::AppState;
 /// Who the ledger counts a quota-spending request under.
 pub(super) struct Account {
     pub model: Arc<str>,
+    /// The model asked for (`model` is the one serving, a fallback's after a switch).
+    pub asked: Arc<str>,
     pub client: u32,
 }
 
 impl Account {
     pub fn of(state: &AppState, req: &http::Request<Bytes>) -> Option<Account> {
-        let model = req.extensions().get::<Estimated>()?.quota_model()?.into();
+        let model: Arc<str> = req.extensions().get::<Estimated>()?.quota_model()?.into();
         let client = state.ledger_client(req.extensions().get::<CallerTag>().map(|c| &c.0));
-        Some(Account { model, client })
+        let asked = model.clone();
+        Some(Account {
+            model,
+            asked,
+            client,
+        })
     }
 
     /// The ledger series of this request on key `index` (`None`: no key served it).
     pub fn series(&self, state: &AppState, index: Option<usize>, known: bool) -> Series {
         let key = index.map(|i| &state.pool.keys[i]);
-        state.ledger.series_of(
+        let series = state.ledger.series_of(
             key.map(|k| &*k.project),
             &self.model,
             key.map(|k| &*k.kid),
             self.client,
             known,
-        )
+        );
+        if self.asked == self.model {
+            return series;
+        }
+        state.ledger.asked_for(series, &self.asked)
     }
 
     /// Count the request's outcome: sent upstream, refused here, or a 5xx answer (`status`

@@ -60,7 +60,7 @@ impl<S> Step<'_, S> {
                     let creator = creator.await;
                     affinity::remember_created(&*state.store, bytes, &key.kid, &creator).await;
                     if let Some(hold) = self.batch_hold.take() {
-                        batch::created(hold, bytes, &creator);
+                        batch::created(hold, bytes, &creator).await;
                     }
                 }
                 Answer::Over(..) => tracing::warn!(
@@ -74,7 +74,7 @@ impl<S> Step<'_, S> {
         // A batch job's answer says whether it ended: its batch quota is released then.
         if let Some(name) = crate::batch::named(route) {
             if cx.parts.method == http::Method::DELETE {
-                state.batches.forget(name);
+                batch::forget(state, name).await;
             } else if !est.streaming() {
                 let answer = read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;
                 if let Answer::Whole(bytes) = &answer {
@@ -87,8 +87,10 @@ impl<S> Step<'_, S> {
             return Ok(own_listing(state, resp, collection, caller, headers, at_end).await);
         }
         let body_deadline = (!est.streaming()).then(|| sent_at + cfg.request_timeout);
+        // A batch job's results file is costed as it is downloaded.
+        let costing = super::batch_cost::results_download(state, route, status).await;
         let stream = ProxyBody::new(
-            resp.into_body(),
+            crate::batch::results::Costed::new(resp.into_body(), costing),
             cfg.stream_idle_timeout,
             body_deadline,
             at_end,

@@ -13,6 +13,7 @@ mod admit;
 mod answer;
 mod ask;
 pub mod batch;
+mod batch_cost;
 mod client;
 mod deliver;
 mod fallback;

@@ -83,8 +83,7 @@ impl<S> Step<'_, S> {
             return Ok(r.index);
         }
         let cx = self.cx;
-        let client = cx.state.ledger_client(Some(cx.caller));
-        match batch::choose(cx.state, cx.caller, cx.est, &self.body, &self.avoid, client).await {
+        match batch::choose(cx.state, cx.caller, cx.est, &self.body, &self.avoid).await {
             Some(Ok((i, hold))) => {
                 self.batch_hold = Some(hold);
                 Ok(i)

@@ -312,6 +312,38 @@ impl MemoryStore {
         counters.lock().settle(h, tokens, cost);
     }
 
+    /// Add `c.cost_micros` to its budget use when it fits (`c.caps` holds its budgets only).
+    pub(super) fn client_budget_check_add(
+        &self,
+        c: &ClientAdmit,
+    ) -> Option<(ClientLimit, u64, u64)> {
+        let counters = self.client_counters(&c.name);
+        let mut cc = counters.lock();
+        let now = self.clock.now_ms();
+        cc.prune(now, self.window_ms, c);
+        if let Some(why) = cc.refusal(c, 0, now, self.window_ms) {
+            return Some(why);
+        }
+        cc.day_micros = cc.day_micros.saturating_add(c.cost_micros);
+        cc.month_micros = cc.month_micros.saturating_add(c.cost_micros);
+        None
+    }
+
+    /// Move a client's budget use of `day` and `month` by `delta` (a period over stays).
+    pub(super) fn client_budget_adjust_now(&self, name: &str, day: i64, month: i64, delta: i64) {
+        let Some(counters) = self.clients.read().get(name).cloned() else {
+            return;
+        };
+        let mut cc = counters.lock();
+        let moved = |v: u64| v.saturating_add_signed(delta);
+        if cc.budget_day == day {
+            cc.day_micros = moved(cc.day_micros);
+        }
+        if cc.budget_month == month {
+            cc.month_micros = moved(cc.month_micros);
+        }
+    }
+
     /// Budget use of each client: (today's, this month's) micro-dollars.
     pub(super) fn spend(&self, clients: &[(Arc<str>, i64, i64)]) -> Vec<(u64, u64)> {
         let table = self.clients.read();

@@ -18,6 +18,7 @@ use super::{
 };
 
 mod admit;
+mod batch;
 mod bucket;
 mod client;
 mod live;
@@ -48,6 +49,8 @@ pub struct MemoryStore {
     live: Mutex<live::Slots>,
     /// Clients' own counters, by name (see `client`).
     clients: RwLock<HashMap<Arc<str>, Arc<Mutex<client::ClientCounters>>>>,
+    /// Batch jobs, holds and results files (see `batch`).
+    batches: Mutex<batch::Jobs>,
     window_ms: i64,
 }
 
@@ -75,6 +78,7 @@ impl MemoryStore {
                 .build(),
             live: Mutex::new(live::Slots::default()),
             clients: RwLock::new(HashMap::new()),
+            batches: Mutex::default(),
             window_ms: super::MINUTE_MS,
         }
     }
@@ -466,6 +470,59 @@ impl QuotaStore for MemoryStore {
         clients: &[(Arc<str>, i64, i64)],
     ) -> Result<Vec<(u64, u64)>, StoreError> {
         Ok(self.spend(clients))
+    }
+
+    async fn batch_reserve(
+        &self,
+        req: &super::BatchReserve,
+    ) -> Result<Option<(usize, String)>, StoreError> {
+        Ok(self.batch_reserve_now(req))
+    }
+
+    async fn batch_open(
+        &self,
+        hold: &str,
+        name: &str,
+        job: &super::BatchJob,
+    ) -> Result<(), StoreError> {
+        self.batch_open_now(hold, name, job);
+        Ok(())
+    }
+
+    async fn batch_take(&self, field: &str) -> Result<Option<super::BatchJob>, StoreError> {
+        Ok(self.batch_take_now(field))
+    }
+
+    async fn batch_results(
+        &self,
+        file: &str,
+        job: &super::BatchJob,
+        cap: u64,
+    ) -> Result<(), StoreError> {
+        self.batch_results_now(file, job, cap);
+        Ok(())
+    }
+
+    async fn batch_entries(&self) -> Result<Vec<(String, super::BatchJob)>, StoreError> {
+        Ok(self.batch_entries_now())
+    }
+
+    async fn client_budget_reserve(
+        &self,
+        c: &super::ClientAdmit,
+    ) -> Result<Option<(super::ClientLimit, u64, u64)>, StoreError> {
+        Ok(self.client_budget_reserve_now(c))
+    }
+
+    async fn client_budget_adjust(
+        &self,
+        name: &str,
+        day: i64,
+        month: i64,
+        delta: i64,
+    ) -> Result<(), StoreError> {
+        self.client_budget_adjust_now(name, day, month, delta);
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -55,6 +55,7 @@ macro_rules! lua {
 }
 
 // After the macro: the scripts' module uses it.
+mod batch;
 mod build;
 mod live;
 mod live_client;
@@ -431,6 +432,56 @@ impl QuotaStore for RedisStore {
         Ok((0..clients.len())
             .map(|i| (at(2 * i), at(2 * i + 1)))
             .collect())
+    }
+
+    async fn batch_reserve(
+        &self,
+        req: &super::BatchReserve,
+    ) -> Result<Option<(usize, String)>, StoreError> {
+        self.batch_reserve_script(req).await
+    }
+
+    async fn batch_open(
+        &self,
+        hold: &str,
+        name: &str,
+        job: &super::BatchJob,
+    ) -> Result<(), StoreError> {
+        self.batch_open_script(hold, name, job).await
+    }
+
+    async fn batch_take(&self, field: &str) -> Result<Option<super::BatchJob>, StoreError> {
+        self.batch_take_now(field).await
+    }
+
+    async fn batch_results(
+        &self,
+        file: &str,
+        job: &super::BatchJob,
+        cap: u64,
+    ) -> Result<(), StoreError> {
+        self.batch_results_script(file, job, cap).await
+    }
+
+    async fn batch_entries(&self) -> Result<Vec<(String, super::BatchJob)>, StoreError> {
+        self.batch_entries_now().await
+    }
+
+    async fn client_budget_reserve(
+        &self,
+        c: &super::ClientAdmit,
+    ) -> Result<Option<(super::ClientLimit, u64, u64)>, StoreError> {
+        self.client_budget_script(c).await
+    }
+
+    async fn client_budget_adjust(
+        &self,
+        name: &str,
+        day: i64,
+        month: i64,
+        delta: i64,
+    ) -> Result<(), StoreError> {
+        self.client_adjust_script(name, day, month, delta).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -5,6 +5,9 @@
 
 use crate::common;
 
+mod files;
+mod shared;
+
 use common::fake_batches;
 use common::*;
 use serde_json::{Value, json};
