@@ -301,13 +301,15 @@ impl Ledger {
     /// What `usage` of `model` costs at list price, in micro-dollars (rounded up): what a
     /// client's budgets count, whichever project served it.
     pub fn list_cost_micros(&self, model: &str, usage: &TokenUsage) -> u64 {
-        let nano = self
-            .pricing
-            .load()
-            .prices
-            .cost(model, usage, Billing::Paid)
-            .list_nano;
-        nano.div_ceil(1000)
+        self.list_cost_served(false, model, usage)
+    }
+
+    /// [`Ledger::list_cost_micros`] at the prices of the backend that served it (`vertex`: a
+    /// Vertex AI entry's, where they differ).
+    pub fn list_cost_served(&self, vertex: bool, model: &str, usage: &TokenUsage) -> u64 {
+        let prices = &self.pricing.load().prices;
+        let nano = prices.cost_served(vertex, model, usage, Billing::Paid);
+        nano.list_nano.div_ceil(1000)
     }
 
     /// Whether the price table prices `model` (exact name or a prefix entry).

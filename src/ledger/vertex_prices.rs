@@ -128,6 +128,23 @@ mod tests {
         }
     }
 
+    /// What a client's budgets are charged when its answer settles (micro-USD, list price):
+    /// the price of the backend that served it.
+    #[test]
+    fn a_clients_budget_is_charged_at_the_serving_backends_list_price() {
+        let ledger = crate::ledger::Ledger::in_memory();
+        let u = usage(1_000_000, 1_000_000);
+        assert_eq!(
+            ledger.list_cost_served(true, "gemini-2.0-flash", &u),
+            750_000
+        );
+        assert_eq!(
+            ledger.list_cost_served(false, "gemini-2.0-flash", &u),
+            500_000
+        );
+        assert_eq!(ledger.list_cost_micros("gemini-2.0-flash", &u), 500_000);
+    }
+
     #[test]
     fn a_vertex_answer_is_priced_by_the_longest_entry_of_either_table_and_never_free() {
         let p = Prices::embedded();

@@ -98,11 +98,12 @@ fn estimated_usage(family: QuotaFamily, est: &Estimate) -> TokenUsage {
     }
 }
 
-/// Prices a settled answer for its client's budgets, as its estimate was.
-pub(super) fn pricer(state: &AppState, model: &str) -> Pricer {
+/// Prices a settled answer for its client's budgets at the prices of the backend that served it
+/// (`vertex`: a Vertex AI entry's; its estimate was priced at AI Studio's, before the key was known).
+pub(super) fn pricer(state: &AppState, model: &str, vertex: bool) -> Pricer {
     let ledger = state.ledger.clone();
     let model = model.to_string();
-    Box::new(move |u| ledger.list_cost_micros(&model, u))
+    Box::new(move |u| ledger.list_cost_served(vertex, &model, u))
 }
 
 /// The 429 for a client over its own `limit`.

@@ -132,7 +132,9 @@ impl<S> Step<'_, S> {
         });
         trace::usage(self.trace.as_ref(), tally.as_mut());
         let pricer = match (self.serving.as_deref(), &self.client_part) {
-            (Some(model), Some(c)) if c.has_budgets() => Some(client::pricer(state, model)),
+            (Some(model), Some(c)) if c.has_budgets() => {
+                Some(client::pricer(state, model, key.vertex.is_some()))
+            }
             _ => None,
         };
         AtEnd {
