@@ -156,9 +156,11 @@ impl RequestLine {
     /// `complete`: the body reached its end (false: the client went away or it failed).
     fn write(self, first_byte: Option<Duration>, complete: bool, facts: Option<Box<AnswerFacts>>) {
         let total = self.started.elapsed();
+        // The id itself, formatted only if the line is written (export on, `RUST_LOG=warn`:
+        // never).
         let trace_id = self.trace.as_ref().map(|t| {
             Self::trace_end(t, facts, first_byte, complete);
-            t.trace_id().to_string()
+            t.trace_id()
         });
         let state = &self.state;
         let key = self.key.and_then(|i| state.pool.keys.get(i));
@@ -180,7 +182,7 @@ impl RequestLine {
             est_tokens = self.est_tokens,
             waited_ms = self.waited.map_or(0, |w| w.as_millis() as u64),
             // Only with trace export on (an absent value writes no field).
-            trace_id = trace_id.as_deref().map(tracing::field::display),
+            trace_id = trace_id.map(tracing::field::display),
             "request"
         );
     }

@@ -2,10 +2,12 @@
 //! stderr, written by a background thread so a slow stderr (a pipe, a journal) never blocks
 //! request handling. OpenTelemetry traces: [`otel`] (the tracer, off by default), [`span`] (a
 //! request's spans and their attributes, W3C trace context in and out), [`scan`] (what an
-//! answer says of itself as it passes), [`export`] (the bounded queue to the OTLP exporter).
+//! answer says of itself as it passes), [`export`] (the bounded queue to the exporter),
+//! [`otlp`] (the exporter: OTLP/HTTP protobuf written straight from the spans).
 
 pub mod export;
 pub mod otel;
+pub mod otlp;
 pub mod scan;
 pub mod span;
 

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 
 use super::export::{self, OtlpHttp, Worker};
+use super::otlp::Exporter;
 
 /// Trace export settings (validated by the config's `[otel]` section).
 #[derive(Clone, PartialEq)]
@@ -154,20 +154,11 @@ pub fn install(settings: &Settings) -> Result<Option<Guard>, String> {
         return Err("an OpenTelemetry tracer is already installed in this process".into());
     }
     let http = OtlpHttp::new(settings.timeout)?;
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_http_client(http)
-        .with_endpoint(endpoint)
-        .with_timeout(settings.timeout)
-        .with_headers(settings.headers.clone())
-        .build()
-        .map_err(|e| format!("the OTLP exporter cannot be built: {e}"))?;
     let resource = Resource::builder()
         .with_service_name(settings.service_name.clone())
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .build();
-    let mut exporter = exporter;
-    opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource);
+    let exporter = Exporter::new(http, endpoint, &settings.headers, &resource)?;
     let (processor, worker) = export::spawn(
         exporter,
         settings.queue_size,

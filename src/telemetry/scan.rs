@@ -12,11 +12,17 @@ const MAX_VALUE: usize = 96;
 /// Bytes of one chunk kept to find a needle split across two.
 const CARRY: usize = 128;
 
-const NEEDLES: [(&[u8], Field); 3] = [
-    (b"\"finishReason\"", Field::Finish),
-    (b"\"finish_reason\"", Field::Finish),
-    (b"\"modelVersion\"", Field::Model),
-];
+/// The keys looked for, with their searchers built once (building one per chunk cost more
+/// than the search).
+static NEEDLES: std::sync::LazyLock<[(memchr::memmem::Finder<'static>, Field); 3]> =
+    std::sync::LazyLock::new(|| {
+        use memchr::memmem::Finder;
+        [
+            (Finder::new(b"\"finishReason\""), Field::Finish),
+            (Finder::new(b"\"finish_reason\""), Field::Finish),
+            (Finder::new(b"\"modelVersion\""), Field::Model),
+        ]
+    });
 
 #[derive(Clone, Copy)]
 enum Field {
@@ -61,10 +67,10 @@ impl AnswerFacts {
     }
 
     fn scan(&mut self, hay: &[u8]) {
-        for (needle, field) in NEEDLES {
-            for at in memchr::memmem::find_iter(hay, needle) {
-                if let Some(v) = value_after(&hay[at + needle.len()..]) {
-                    self.keep(field, v);
+        for (needle, field) in NEEDLES.iter() {
+            for at in needle.find_iter(hay) {
+                if let Some(v) = value_after(&hay[at + needle.needle().len()..]) {
+                    self.keep(*field, v);
                 }
             }
         }

@@ -10,9 +10,11 @@ use std::borrow::Cow;
 use std::time::SystemTime;
 
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, TraceId, Tracer as _};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, Tracer as _,
+};
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_http::HeaderExtractor;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::Span as SdkSpan;
 
@@ -83,11 +85,19 @@ impl RequestTrace {
     pub fn start(headers: &http::HeaderMap, method: &str, path: &str) -> Option<RequestTrace> {
         let tracer = otel::tracer()?;
         let parent = propagator().extract(&HeaderExtractor(headers));
+        // The usual methods by their static names: no allocation for the span's first name.
+        let name: Cow<'static, str> = match method {
+            "POST" => Cow::Borrowed("POST"),
+            "GET" => Cow::Borrowed("GET"),
+            "DELETE" => Cow::Borrowed("DELETE"),
+            "PATCH" => Cow::Borrowed("PATCH"),
+            other => Cow::Owned(other.to_string()),
+        };
         let span = tracer
-            .span_builder(method.to_string())
+            .span_builder(name.clone())
             .with_kind(SpanKind::Server)
             .with_attributes([
-                KeyValue::new(attr::METHOD, method.to_string()),
+                KeyValue::new(attr::METHOD, name),
                 KeyValue::new(attr::PATH, path.to_string()),
             ])
             .start_with_context(tracer, &parent);
@@ -132,7 +142,7 @@ impl RequestTrace {
     /// Write this span's trace context into `headers` (a request not sampled: Google still
     /// gets the trace's id, flagged not sampled, in place of the client's).
     pub fn inject(&self, headers: &mut http::HeaderMap) {
-        propagator().inject_context(&self.cx, &mut HeaderInjector(headers));
+        inject(self.cx.span().span_context(), headers);
     }
 
     /// End the server span (at the answer's last byte).
@@ -189,9 +199,39 @@ impl Child {
     /// client sent: Google sees the proxy's attempt as the caller.
     pub fn inject(&self, headers: &mut http::HeaderMap) {
         if let Some(s) = &self.span {
-            let cx = Context::new().with_remote_span_context(s.span_context().clone());
-            propagator().inject_context(&cx, &mut HeaderInjector(headers));
+            inject(s.span_context(), headers);
         }
+    }
+}
+
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+
+/// What the W3C propagator writes (`traceparent: 00-TRACE-SPAN-FLAGS`, and `tracestate`,
+/// empty or not), as the SDK's `TraceContextPropagator` would, without its `format!` and its
+/// header-name parsing on every request.
+fn inject(cx: &SpanContext, headers: &mut http::HeaderMap) {
+    if !cx.is_valid() {
+        return;
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    let mut put = |at: usize, bytes: &[u8]| {
+        for (i, b) in bytes.iter().enumerate() {
+            v[at + 2 * i] = HEX[usize::from(b >> 4)];
+            v[at + 2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+    };
+    put(3, &cx.trace_id().to_bytes());
+    put(36, &cx.span_id().to_bytes());
+    put(53, &[(cx.trace_flags() & TraceFlags::SAMPLED).to_u8()]);
+    // Hex digits and dashes only: always a valid header value.
+    if let Ok(value) = http::HeaderValue::from_bytes(&v) {
+        headers.insert(TRACEPARENT, value);
+    }
+    let state = cx.trace_state().header();
+    if let Ok(value) = http::HeaderValue::from_str(&state) {
+        headers.insert(TRACESTATE, value);
     }
 }
 
@@ -253,6 +293,33 @@ mod tests {
             None
         );
         assert_eq!(operation("/v1beta/files"), None);
+    }
+
+    #[test]
+    fn the_trace_context_written_is_the_sdk_propagators() {
+        use opentelemetry::trace::{SpanId, TraceState};
+        use opentelemetry_http::HeaderInjector;
+        for (flags, state) in [
+            (TraceFlags::SAMPLED, "vendor=abc"),
+            (TraceFlags::default(), ""),
+        ] {
+            let sc = SpanContext::new(
+                TraceId::from(0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c),
+                SpanId::from(0xb7ad_6b71_6920_3331),
+                flags,
+                true,
+                state.parse::<TraceState>().unwrap(),
+            );
+            let (mut ours, mut sdk) = (http::HeaderMap::new(), http::HeaderMap::new());
+            inject(&sc, &mut ours);
+            let cx = Context::new().with_remote_span_context(sc);
+            propagator().inject_context(&cx, &mut HeaderInjector(&mut sdk));
+            assert_eq!(ours, sdk);
+            assert_eq!(ours.len(), 2);
+        }
+        let mut none = http::HeaderMap::new();
+        inject(&SpanContext::empty_context(), &mut none);
+        assert!(none.is_empty());
     }
 
     #[test]
