@@ -153,7 +153,7 @@ pub(super) async fn admit(
             // Its time in line before the refusal and its own sleep: waited, not tried.
             paused += n.waited.unwrap_or_default();
             let t0 = Instant::now();
-            tokio::time::sleep_until(at).await;
+            Box::pin(tokio::time::sleep_until(at)).await;
             paused += t0.elapsed();
             continue;
         }
@@ -277,7 +277,8 @@ async fn pooled(
     // The refusal that sent it here tells the line's head when to ask again; anyone else
     // learns that when its turn comes.
     let known = first.filter(|_| ticket.is_head());
-    let outcome = wait_in_line(state, route, request, &ticket, known).await;
+    // Boxed: waiting is the rare path, and its future would make every admission's larger.
+    let outcome = Box::pin(wait_in_line(state, route, request, &ticket, known)).await;
     let waited = ticket.waited();
     // Leaving the line hands its front to the next waiter, who asks the store at once.
     drop(ticket);

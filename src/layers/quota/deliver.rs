@@ -44,51 +44,35 @@ impl<S> Step<'_, S> {
         trace::answered(&mut at.span, status, None, None);
         state.pool.health.success();
         state.pool.health.project_ok(&key.project);
+        // The rare paths are boxed: their futures would make every answer's larger.
         if route.upload {
-            self.remember_upload(&mut headers, &key.kid).await;
+            Box::pin(self.remember_upload(&mut headers, &key.kid)).await;
         }
         if let Some(r) = at.settlement.as_ref().and_then(|s| s.reservation()) {
             headers.insert(REMAINING_REQUESTS, HeaderValue::from(r.remaining_requests));
             headers.insert(REMAINING_TOKENS, HeaderValue::from(r.remaining_tokens));
         }
         let at_end = self.at_end(&mut at);
-        if route.creates_resource && !est.streaming() {
-            let answer = read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;
-            match &answer {
-                Answer::Whole(bytes) => {
-                    let creator = affinity::creator(&*state.store, route, caller, caller.name());
-                    let creator = creator.await;
-                    affinity::remember_created(&*state.store, bytes, &key.kid, &creator).await;
-                    if let Some(hold) = self.batch_hold.take() {
-                        batch::created(hold, bytes, &creator).await;
-                    }
-                }
-                Answer::Over(..) => tracing::warn!(
-                    key = %key.masked,
-                    limit = CREATE_BODY_LIMIT,
-                    "a create call's answer is larger than the proxy reads to learn the created name: passed on whole, its key affinity not recorded"
-                ),
-            }
-            return Ok(answer.into_response(status, headers, cfg, at_end));
+        let batch_job = crate::batch::named(route);
+        if let Some(name) = batch_job
+            && cx.parts.method == http::Method::DELETE
+        {
+            Box::pin(batch::forget(state, name)).await;
         }
-        // A batch job's answer says whether it ended: its batch quota is released then.
-        if let Some(name) = crate::batch::named(route) {
-            if cx.parts.method == http::Method::DELETE {
-                batch::forget(state, name).await;
-            } else if !est.streaming() {
-                let answer = read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;
-                if let Answer::Whole(bytes) = &answer {
-                    batch::observed(state, name, bytes).await;
-                }
-                return Ok(answer.into_response(status, headers, cfg, at_end));
-            }
-        }
-        if let Some(collection) = route.lists.filter(|_| *caller != Caller::Admin) {
-            return Ok(own_listing(state, resp, collection, caller, headers, at_end).await);
+        let read_whole = !est.streaming()
+            && (route.creates_resource
+                || batch_job.is_some() && cx.parts.method != http::Method::DELETE);
+        let listing = route.lists.filter(|_| *caller != Caller::Admin);
+        if read_whole || listing.is_some() {
+            let whole = self.whole(resp, at.index, headers, at_end);
+            return Box::pin(whole).await;
         }
         let body_deadline = (!est.streaming()).then(|| sent_at + cfg.request_timeout);
         // A batch job's results file is costed as it is downloaded.
-        let costing = super::batch_cost::results_download(state, route, status).await;
+        let costing = match route.action.as_deref() == Some("download") {
+            true => Box::pin(super::batch_cost::results_download(state, route, status)).await,
+            false => None,
+        };
         let stream = ProxyBody::new(
             crate::batch::results::Costed::new(resp.into_body(), costing),
             cfg.stream_idle_timeout,
@@ -109,6 +93,52 @@ impl<S> Step<'_, S> {
         *out.status_mut() = status;
         *out.headers_mut() = headers;
         Ok(out)
+    }
+
+    /// An answer read whole before it is passed on: a created resource's (its name remembered
+    /// with the key and creator; a batch job's hold opened), a batch job's (whether it ended),
+    /// or a listing cut to the caller's own entries.
+    async fn whole<B: UpBody>(
+        &mut self,
+        resp: http::Response<B>,
+        index: usize,
+        headers: http::HeaderMap,
+        at_end: AtEnd,
+    ) -> Result<Response, ApiError> {
+        let cx = self.cx;
+        let (state, caller, route) = (cx.state, cx.caller, &cx.est.route);
+        let cfg = &state.config.upstream;
+        let key = &state.pool.keys[index];
+        let status = resp.status();
+        if route.creates_resource {
+            let answer = read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;
+            match &answer {
+                Answer::Whole(bytes) => {
+                    let creator = affinity::creator(&*state.store, route, caller, caller.name());
+                    let creator = creator.await;
+                    affinity::remember_created(&*state.store, bytes, &key.kid, &creator).await;
+                    if let Some(hold) = self.batch_hold.take() {
+                        batch::created(hold, bytes, &creator).await;
+                    }
+                }
+                Answer::Over(..) => tracing::warn!(
+                    key = %key.masked,
+                    limit = CREATE_BODY_LIMIT,
+                    "a create call's answer is larger than the proxy reads to learn the created name: passed on whole, its key affinity not recorded"
+                ),
+            }
+            return Ok(answer.into_response(status, headers, cfg, at_end));
+        }
+        // A batch job's answer says whether it ended: its batch quota is released then.
+        if let Some(name) = crate::batch::named(route) {
+            let answer = read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;
+            if let Answer::Whole(bytes) = &answer {
+                batch::observed(state, name, bytes).await;
+            }
+            return Ok(answer.into_response(status, headers, cfg, at_end));
+        }
+        let collection = route.lists.unwrap_or_default();
+        Ok(own_listing(state, resp, collection, caller, headers, at_end).await)
     }
 
     /// What rides the body to its end: the settlement, the ledger's tally of what the answer

@@ -20,7 +20,7 @@ impl<S> Step<'_, S> {
     /// within what is left of it. No room anywhere is the answer.
     pub async fn reserve(&mut self) -> Result<Option<Reservation>, ApiError> {
         if let Some(switched) = self.preadmitted.take() {
-            return Ok(Some(self.switch(switched)));
+            return Ok(Some(self.switch(*switched)));
         }
         let Some(model) = self.serving.clone() else {
             return Ok(None);
@@ -61,9 +61,10 @@ impl<S> Step<'_, S> {
             };
             let within = Ask::Within(self.within(claim));
             let with_client = self.carried.is_none();
-            self.chain
-                .next_with_room(cx, now, with_client, Reason::NoRoom, within)
-                .await
+            let next = self
+                .chain
+                .next_with_room(cx, now, with_client, Reason::NoRoom, within);
+            Box::pin(next).await
         } else {
             None
         };
@@ -83,7 +84,17 @@ impl<S> Step<'_, S> {
             return Ok(r.index);
         }
         let cx = self.cx;
-        match batch::choose(cx.state, cx.caller, cx.est, &self.body, &self.avoid).await {
+        if !crate::batch::is_create(&cx.est.route) {
+            return Ok(free_key(
+                cx.state,
+                cx.est.pinned,
+                &self.avoid,
+                self.vertex_ok,
+            ));
+        }
+        // Boxed: a batch creation is rare, and its future would make every request's larger.
+        let choose = batch::choose(cx.state, cx.caller, cx.est, &self.body, &self.avoid);
+        match Box::pin(choose).await {
             Some(Ok((i, hold))) => {
                 self.batch_hold = Some(hold);
                 Ok(i)

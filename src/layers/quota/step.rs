@@ -109,7 +109,7 @@ pub(super) struct Step<'a, S> {
     pub path: Cow<'a, str>,
     pub body: Bytes,
     /// A fallback model admitted before the next attempt (after Google's overload answer).
-    pub preadmitted: Option<fallback::Switched>,
+    pub preadmitted: Option<Box<fallback::Switched>>,
     /// Attempts before the model serving now: its tries are counted from there.
     pub base: u32,
     /// A batch creation's hold on its project's batch quota ([`crate::batch`]).
@@ -211,7 +211,8 @@ impl<'a, S> Step<'a, S> {
                 continue;
             };
             if resp.status().as_u16() >= 400 {
-                match self.react(at, resp).await? {
+                // Boxed, as every rare path here: the request's future stays small.
+                match Box::pin(self.react(at, resp)).await? {
                     Some(answer) => return Ok(answer),
                     None => continue,
                 }

@@ -156,7 +156,7 @@ impl<S> Step<'_, S> {
         };
         *self.fell = self.chain.fell.clone();
         self.cx.state.metrics.retry("fallback");
-        self.preadmitted = Some(switched);
+        self.preadmitted = Some(Box::new(switched));
         true
     }
 }
