@@ -212,16 +212,34 @@ fn the_crate_builds_from_exactly_the_files_the_dockerfile_copies() {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(ROOT).join("target"));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    // CI's clippy wrapper (`.ci/run`) is left out: this is about files, not lints.
-    let out = Command::new(cargo)
-        .args(["test", "--no-run", "--lib", "--locked", "--offline"])
+    let mut cmd = Command::new(cargo);
+    cmd.args(["test", "--no-run", "--lib", "--locked", "--offline"])
         .current_dir(&src)
         .env("CARGO_TARGET_DIR", &target)
         .env_remove("RUSTFLAGS")
+        // CI's clippy wrapper (`.ci/run`) is left out: this is about files, not lints.
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("CLIPPY_ARGS")
-        .output()
-        .expect("cargo runs");
+        .env_remove("CLIPPY_ARGS");
+    // What `cargo test` sets for a test process (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ...):
+    // build scripts such as ring's rerun when these differ from the build's, and everything
+    // above them (rustls, hyper-rustls, redis, ...) would be compiled again.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
+            || name == "OUT_DIR"
+        {
+            cmd.env_remove(&*name);
+        }
+    }
+    let out = cmd.output().expect("cargo runs");
     let _ = std::fs::remove_dir_all(&tmp);
     assert!(
         out.status.success(),
