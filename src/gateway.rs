@@ -7,7 +7,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
@@ -25,22 +24,41 @@ use crate::layers::{
 };
 use crate::metrics::Metrics;
 use crate::quota::{QuotaStore, StoreError};
-use crate::reload::{Live, WeakLive};
+use crate::reload::Live;
 use crate::state::AppState;
 use crate::telemetry::span::RequestTrace;
+
+mod readied;
+mod tasks;
+
+use readied::Readied;
+pub use tasks::ALERT_OUTLOOK_EVERY;
 
 /// The assembled stack, outermost first.
 type Stack = Authenticate<EstimateStep<CacheStep<Quota<Forward>>>>;
 
 /// The Gemini surface: every request through the stack of the generation serving when it
 /// came, then one log line and its metrics.
-#[derive(Clone)]
 pub struct GeminiService {
     live: Live,
     /// This replica's Live API sessions (they outlive a reload).
     sessions: Arc<crate::live::LiveSessions>,
     /// The stack of the generation that last served, built again when a reload swapped it.
     built: Arc<ArcSwap<Built>>,
+    /// The stack `poll_ready` readied, and its generation's state, for the next `call`.
+    ready: Readied<Stack, Arc<AppState>>,
+}
+
+impl Clone for GeminiService {
+    /// A clone starts unreadied (tower's habit: readiness belongs to the instance polled).
+    fn clone(&self) -> Self {
+        GeminiService {
+            live: self.live.clone(),
+            sessions: self.sessions.clone(),
+            built: self.built.clone(),
+            ready: Readied(None),
+        }
+    }
 }
 
 /// One generation's stack.
@@ -86,6 +104,7 @@ impl GeminiService {
             live,
             sessions,
             built,
+            ready: Readied(None),
         }
     }
 
@@ -98,19 +117,20 @@ impl GeminiService {
     pub fn state(&self) -> Arc<AppState> {
         self.live.current()
     }
+}
 
-    /// The stack of the generation serving now, and its state.
-    fn stack(&self) -> (Stack, Arc<AppState>) {
-        let state = self.live.current();
-        let built = self.built.load();
-        if Arc::ptr_eq(&built.state, &state) {
-            return (built.stack.clone(), state);
-        }
-        let fresh = Built::new(state.clone());
-        let stack = fresh.stack.clone();
-        self.built.store(Arc::new(fresh));
-        (stack, state)
+/// The stack of the generation serving now, and its state; built again when a reload swapped
+/// the generation since the last one was built.
+fn stack_of(live: &Live, built: &ArcSwap<Built>) -> (Stack, Arc<AppState>) {
+    let state = live.current();
+    let last = built.load();
+    if Arc::ptr_eq(&last.state, &state) {
+        return (last.stack.clone(), state);
     }
+    let fresh = Built::new(state.clone());
+    let stack = fresh.stack.clone();
+    built.store(Arc::new(fresh));
+    (stack, state)
 }
 
 /// A Vertex-form model method (`google-genai` with `vertexai=True`) as its AI Studio form, the
@@ -147,8 +167,8 @@ fn vertex_form(req: &mut http::Request<Body>) {
 /// The stack's answer, logged when it comes. A plain struct future: one allocation fewer than
 /// an `async` block per request.
 pub struct Logged {
-    /// The stack is asked `poll_ready` before `call` (tower's contract): a layer with
-    /// back-pressure put in the stack holds the request here instead of being called unready.
+    /// The stack, readied by [`GeminiService`]'s `poll_ready` (or, for a caller that skipped
+    /// it, asked here), then called (tower's contract).
     answer: tower::util::Oneshot<Stack, http::Request<Body>>,
     state: Arc<AppState>,
     method: http::Method,
@@ -188,10 +208,11 @@ impl Service<http::Request<Body>> for GeminiService {
     type Error = Infallible;
     type Future = Logged;
 
-    /// The generation's stack is taken in `call` (a reload may swap it between the two), so
-    /// its readiness is awaited in the answer's future ([`Logged`]), not here.
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+    /// The serving generation's stack, readied: a layer with back-pressure in the stack holds
+    /// the caller here. The stack readied is the one the next `call` uses.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        let (live, built) = (&self.live, &self.built);
+        self.ready.poll_ready(|| stack_of(live, built), cx)
     }
 
     fn call(&mut self, mut req: http::Request<Body>) -> Logged {
@@ -201,7 +222,8 @@ impl Service<http::Request<Body>> for GeminiService {
         }
         // Kept for the log line: the method is a small enum, the URI shares its bytes.
         let (method, uri) = (req.method().clone(), req.uri().clone());
-        let (stack, state) = self.stack();
+        let (live, built) = (&self.live, &self.built);
+        let (stack, state) = self.ready.take(|| stack_of(live, built));
         // Export off: `None` at the cost of one load, no span made.
         let trace = RequestTrace::start(req.headers(), method.as_str(), uri.path()).map(|t| {
             req.extensions_mut().insert(t.clone());
@@ -318,189 +340,6 @@ impl Gateway {
     }
 }
 
-/// The exporter keeps histogram samples raw until upkeep folds them in: without it memory grows
-/// with every request between scrapes (or for ever, where nobody scrapes). Runs while the
-/// gateway's state lives.
-fn spawn_upkeep(live: WeakLive) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            let Some(live) = live.upgrade() else {
-                return;
-            };
-            live.current().metrics.upkeep();
-        }
-    });
-}
-
-/// While the status page is watched (a dashboard open), its cost and forecast are computed
-/// here every [`crate::state::OUTLOOK_REFRESH`], so the page itself answers from what is ready.
-/// Runs while the gateway's state lives.
-fn spawn_outlook_refresh(live: WeakLive) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(crate::state::OUTLOOK_REFRESH);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let Some(state) = live.upgrade().map(|l| l.current()) else {
-                return;
-            };
-            if state.status_watched() {
-                crate::status::snapshot(&state, crate::status::Extras::Fresh).await;
-            }
-        }
-    });
-}
-
-/// Every [`crate::client_store::POLL_EVERY`]: the runtime clients brought up to date (another
-/// replica's change read from Redis; a rotation's ended grace dropped). Runs while the gateway
-/// lives.
-fn spawn_client_sync(live: WeakLive) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(crate::client_store::POLL_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let Some(store) = live.upgrade().map(|l| l.current().client_store.clone()) else {
-                return;
-            };
-            store.refresh().await;
-        }
-    });
-}
-
-/// Every serving `batch.poll_secs` (when not 0), from one period after start (the store is
-/// first asked by the start-up check): Google asked about the open batch jobs the store holds
-/// ([`crate::layers::quota::batch::poll_once`]). Runs while the gateway lives.
-fn spawn_batch_poll(live: WeakLive) {
-    tokio::spawn(async move {
-        let mut polls = false;
-        loop {
-            let Some(state) = live.upgrade().map(|l| l.current()) else {
-                return;
-            };
-            let every = state.config.batch.poll;
-            if polls && !every.is_zero() {
-                crate::layers::quota::batch::poll_once(&state).await;
-            }
-            polls = true;
-            drop(state);
-            // A poll of 0 looks again later, in case a reload turns it on.
-            let pause = if every.is_zero() {
-                Duration::from_secs(5)
-            } else {
-                every
-            };
-            tokio::time::sleep(pause).await;
-        }
-    });
-}
-
-/// Renew every Live API slot this replica holds, every third of the serving `live.lease_secs`,
-/// while the gateway lives: a replica that stops renewing (it died) frees its slots within a
-/// lease. Also sets the open-session gauges.
-fn spawn_live_renewal(live: WeakLive, sessions: Arc<crate::live::LiveSessions>) {
-    tokio::spawn(async move {
-        loop {
-            let Some(state) = live.upgrade().map(|l| l.current()) else {
-                return;
-            };
-            let lease = state.config.live.lease;
-            let held = sessions.held();
-            crate::live::slots::refresh_gauges(&state, &held);
-            if !held.is_empty()
-                && let Err(e) = state
-                    .store
-                    .live_renew(&held, lease.as_millis() as u64)
-                    .await
-            {
-                tracing::warn!(error = %e, sessions = held.len(), "live: session leases not renewed");
-            }
-            let clients = sessions.held_clients();
-            if !clients.is_empty()
-                && let Err(e) = state
-                    .store
-                    .live_client_renew(&clients, lease.as_millis() as u64)
-                    .await
-            {
-                tracing::warn!(error = %e, sessions = clients.len(), "live: client slot leases not renewed");
-            }
-            drop(state);
-            tokio::time::sleep(lease / 3).await;
-        }
-    });
-}
-
-/// How often the alert evaluator recomputes the ledger's outlook (cost and forecast) for the
-/// `daily_quota_forecast` and `daily_budget` rules: both move slowly, and the outlook reads a
-/// day of history, so it is not worth a runtime worker every evaluation when nobody watches.
-pub const ALERT_OUTLOOK_EVERY: Duration = Duration::from_secs(60);
-
-/// The alert evaluator looks at the serving `alerts.evaluate_every` at least this often.
-const ALERT_PERIOD_CHECK: Duration = Duration::from_secs(1);
-
-/// The alert evaluator: every `alerts.evaluate_every`, the rules over a status snapshot of the
-/// counters, with the ledger's outlook (as cached for the status page) refreshed every
-/// [`ALERT_OUTLOOK_EVERY`] and the last one carried in between (so the outlook's rules neither
-/// resolve nor re-fire between refreshes), and the run of upstream failures, handed to the
-/// alert engine, which sends in tasks of its own. Each evaluation on the generation serving
-/// then; the period is the serving generation's `alerts.evaluate_every` (checked at least
-/// every [`ALERT_PERIOD_CHECK`], so a reload that shortens it takes effect at once). Runs
-/// while the gateway lives.
-fn spawn_alerts(live: WeakLive) {
-    tokio::spawn(async move {
-        // The first evaluation one period after start: nothing has been used yet, and the
-        // store is not asked for a snapshot before anyone else asks.
-        let mut outlook_at: Option<Instant> = None;
-        let mut outlook = (None, None);
-        let mut last = Instant::now();
-        loop {
-            let Some(every) = live
-                .upgrade()
-                .map(|l| l.current().config.alerts.evaluate_every)
-            else {
-                return;
-            };
-            let due = last + every;
-            if Instant::now() < due {
-                tokio::time::sleep_until(due.min(Instant::now() + ALERT_PERIOD_CHECK)).await;
-                continue;
-            }
-            last = Instant::now();
-            let Some(state) = live.upgrade().map(|l| l.current()) else {
-                return;
-            };
-            let refresh = outlook_at.is_none_or(|at| at.elapsed() >= ALERT_OUTLOOK_EVERY);
-            let extras = if refresh {
-                crate::status::Extras::Cached
-            } else {
-                crate::status::Extras::None
-            };
-            let mut snap = crate::status::snapshot(&state, extras).await;
-            if refresh {
-                outlook_at = Some(Instant::now());
-                outlook = (
-                    snap.quota_status.cost.clone(),
-                    snap.quota_status.forecast.clone(),
-                );
-            } else {
-                snap.quota_status.cost = outlook.0.clone();
-                snap.quota_status.forecast = outlook.1.clone();
-                // The clients' budgets move with every answer: read at every evaluation.
-                crate::status::client_rows::add_usage(&state, &mut snap.quota_status.clients).await;
-            }
-            let cfg = &state.config.alerts;
-            let active = crate::status::alert_rules::evaluate(
-                cfg,
-                &snap.quota_status,
-                state.pool.health.failures(),
-            );
-            state.alerts.observe(cfg, active, &state.metrics).await;
-        }
-    });
-}
-
 /// Builds a [`Gateway`].
 pub struct GatewayBuilder {
     config: Config,
@@ -552,14 +391,14 @@ impl GatewayBuilder {
         state.metrics.config_generation(state.generation.number);
         let live = Live::new(state, self.sources);
         if upkeep {
-            spawn_upkeep(live.downgrade());
+            tasks::spawn_upkeep(live.downgrade());
         }
-        spawn_outlook_refresh(live.downgrade());
-        spawn_alerts(live.downgrade());
-        spawn_client_sync(live.downgrade());
-        spawn_batch_poll(live.downgrade());
+        tasks::spawn_outlook_refresh(live.downgrade());
+        tasks::spawn_alerts(live.downgrade());
+        tasks::spawn_client_sync(live.downgrade());
+        tasks::spawn_batch_poll(live.downgrade());
         let sessions = Arc::new(crate::live::LiveSessions::default());
-        spawn_live_renewal(live.downgrade(), sessions.clone());
+        tasks::spawn_live_renewal(live.downgrade(), sessions.clone());
         let service = GeminiService::new(live.clone(), sessions);
         Ok(Gateway { live, service })
     }

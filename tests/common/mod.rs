@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod deploy_files;
 pub mod fake_batches;
 pub mod fake_upstream;
+pub mod hooked_store;
 pub mod live_upstream;
 pub mod sdk;
 pub mod sinks;

@@ -10,89 +10,13 @@ use crate::common;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
-use async_trait::async_trait;
+use common::hooked_store::HookedStore;
 use common::*;
-use gemini_quota_proxy::quota::memory::MemoryStore;
-use gemini_quota_proxy::quota::{
-    AdmitOutcome, AdmitRequest, Cooldown, KeyState, QuotaStore, Reservation, ResetKind, ResetScope,
-    StoreError, SystemClock, Usage,
-};
 
 const KEYS: [&str; 2] = ["AIzaDeployKey0000001", "AIzaDeployKey0000002"];
 const MODEL: &str = "gemini-2.5-flash";
-
-/// A memory store whose first `fail_admits` admissions fail as an unreachable Redis would.
-struct FlakyStore {
-    inner: MemoryStore,
-    fail_admits: AtomicUsize,
-}
-
-#[async_trait]
-impl QuotaStore for FlakyStore {
-    async fn admit(&self, req: &AdmitRequest) -> Result<AdmitOutcome, StoreError> {
-        let failing = self
-            .fail_admits
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if failing {
-            return Err(StoreError::Unreachable("connection refused (test)".into()));
-        }
-        self.inner.admit(req).await
-    }
-    async fn settle(&self, r: &Reservation, t: u64) -> Result<(), StoreError> {
-        self.inner.settle(r, t).await
-    }
-    async fn usage(&self) -> Result<Vec<(String, String, Usage)>, StoreError> {
-        self.inner.usage().await
-    }
-    async fn cool_down(&self, p: &str, m: &str, ms: u64, r: &str) -> Result<(), StoreError> {
-        self.inner.cool_down(p, m, ms, r).await
-    }
-    async fn cooldowns(&self) -> Result<Vec<Cooldown>, StoreError> {
-        self.inner.cooldowns().await
-    }
-    async fn disable_key(&self, kid: &str, reason: &str) -> Result<(), StoreError> {
-        self.inner.disable_key(kid, reason).await
-    }
-    async fn key_states(&self, kids: &[Arc<str>]) -> Result<Vec<KeyState>, StoreError> {
-        self.inner.key_states(kids).await
-    }
-    async fn set_affinity(&self, r: &str, kid: &str, ttl: u64) -> Result<(), StoreError> {
-        self.inner.set_affinity(r, kid, ttl).await
-    }
-    async fn affinity(&self, r: &str) -> Result<Option<String>, StoreError> {
-        self.inner.affinity(r).await
-    }
-    async fn reset(&self, k: ResetKind, s: &ResetScope) -> Result<(), StoreError> {
-        self.inner.reset(k, s).await
-    }
-    async fn live_open(
-        &self,
-        p: &str,
-        s: &str,
-        limit: u64,
-        lease: u64,
-    ) -> Result<bool, StoreError> {
-        self.inner.live_open(p, s, limit, lease).await
-    }
-    async fn live_renew(&self, held: &[(Arc<str>, String)], lease: u64) -> Result<(), StoreError> {
-        self.inner.live_renew(held, lease).await
-    }
-    async fn live_close(&self, p: &str, s: &str) -> Result<(), StoreError> {
-        self.inner.live_close(p, s).await
-    }
-    async fn live_counts(&self, projects: &[Arc<str>]) -> Result<Vec<u64>, StoreError> {
-        self.inner.live_counts(projects).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-    fn backend(&self) -> &'static str {
-        "memory"
-    }
-}
 
 /// Every `gqp_[a-z0-9_]+` name in `text` (not part of a longer identifier).
 fn metric_names(text: &str) -> BTreeSet<String> {
@@ -180,10 +104,8 @@ fn the_name_scan_finds_names_and_maps_histogram_parts_to_their_family() {
 #[tokio::test]
 async fn every_metric_the_dashboard_and_the_rules_name_is_exported() {
     let fake = FakeUpstream::start().await;
-    let store = Arc::new(FlakyStore {
-        inner: MemoryStore::new(Arc::new(SystemClock), chrono_tz::America::Los_Angeles),
-        fail_admits: AtomicUsize::new(1),
-    });
+    // The first admission fails as an unreachable Redis would.
+    let store = Arc::new(HookedStore::new().failing_admits(1));
     let proxy = start_proxy(
         &fake.url,
         ProxyOpts::keys(&KEYS)

@@ -3,11 +3,15 @@
 //! `.dockerignore`), so a file the sources embed at compile time (`include_str!` of the
 //! dashboard's assets, the default config, the Lua scripts) that the image lacks fails here.
 //!
-//! `cargo check --locked --offline` in a copy of those files under the system temp directory,
-//! with the project's own target directory: the dependencies' check artifacts are the ones CI's
-//! `cargo clippy` made, so only the crate is checked (a release check with a target directory of
-//! its own took minutes, all of CI's cores, on a clean clone). Which files exist does not depend
-//! on the profile. Offline: the dependencies are the ones the running `cargo test` fetched.
+//! The crate's unit-test build (`cargo test --no-run --lib --locked --offline`: the library
+//! with every module, the unit tests' too) in a copy of those files under the system temp
+//! directory, with the project's own target directory: a test target unifies the
+//! dev-dependencies' features as the running test build did, so every dependency is the one that
+//! build compiled and only the crate is compiled. (A `cargo check` would need the dependencies'
+//! check artifacts, which CI no longer makes: its clippy lints during the test build, see
+//! `.ci/run`; a plain `cargo build` would compile most of them again, for the features the
+//! dev-dependencies add to tokio and a few others.) Which files exist does not depend on the
+//! profile. Offline: the dependencies are the ones the running `cargo test` fetched.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -208,17 +212,38 @@ fn the_crate_builds_from_exactly_the_files_the_dockerfile_copies() {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(ROOT).join("target"));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["check", "--locked", "--offline"])
+    let mut cmd = Command::new(cargo);
+    cmd.args(["test", "--no-run", "--lib", "--locked", "--offline"])
         .current_dir(&src)
         .env("CARGO_TARGET_DIR", &target)
         .env_remove("RUSTFLAGS")
-        .output()
-        .expect("cargo runs");
+        // CI's clippy wrapper (`.ci/run`) is left out: this is about files, not lints.
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CLIPPY_ARGS");
+    // What `cargo test` sets for a test process (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ...):
+    // build scripts such as ring's rerun when these differ from the build's, and everything
+    // above them (rustls, hyper-rustls, redis, ...) would be compiled again.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
+            || name == "OUT_DIR"
+        {
+            cmd.env_remove(&*name);
+        }
+    }
+    let out = cmd.output().expect("cargo runs");
     let _ = std::fs::remove_dir_all(&tmp);
     assert!(
         out.status.success(),
-        "cargo check in the Dockerfile's build context failed ({}):\n{}",
+        "the crate's build in the Dockerfile's build context failed ({}):\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );

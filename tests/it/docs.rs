@@ -170,7 +170,8 @@ enum Check {
     Curl,
     /// `scripts/NAME`: exists, executable, `bash -n` clean; `test` must be what CI runs.
     Script(String),
-    /// `examples/NAME.rs` exists (CI builds every example: `cargo clippy --all-targets`).
+    /// `examples/NAME.rs` exists (CI builds and lints every example: `.ci/run`'s
+    /// `cargo test --no-run --all-targets` with clippy's lints).
     Example(String),
     /// `tests/NAME.rs` or `tests/NAME/main.rs` exists, and `tests/NAME/AREA.rs` for a filter
     /// `AREA::…` after it (CI runs every test target: `scripts/test`).
@@ -339,7 +340,7 @@ fn every_documented_command_is_known_and_its_target_exists() {
                     ),
                     "run-tests" => {}
                     // Benchmarks take minutes and a quiet machine: syntax-checked here, their
-                    // Rust parts (examples/) are built by CI's clippy --all-targets.
+                    // Rust parts (examples/) are built and linted by CI (`--all-targets`).
                     "test" | "bench" | "bench-h2" | "bench-exhaust" | "bench-fairness" => {}
                     other => problems.push(format!(
                         "{at}: scripts/{other} is not run by CI; add it to .ci/run or to this table"

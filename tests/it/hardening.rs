@@ -9,13 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
+use common::hooked_store::HookedStore;
 use common::*;
-use gemini_quota_proxy::quota::memory::MemoryStore;
-use gemini_quota_proxy::quota::{
-    AdmitOutcome, AdmitRequest, Cooldown, KeyState, QuotaStore, Reservation, ResetKind, ResetScope,
-    StoreError, SystemClock, Usage,
-};
 use serde_json::{Value, json};
 
 const KEYS: [&str; 3] = [
@@ -528,79 +523,11 @@ async fn an_admin_body_that_never_finishes_is_cut_at_the_body_timeout() {
     assert!(t0.elapsed() < Duration::from_secs(3));
 }
 
-/// A memory store that counts how often the status asks for usage.
-struct CountingStore {
-    inner: MemoryStore,
-    usage_calls: Arc<AtomicUsize>,
-}
-
-#[async_trait]
-impl QuotaStore for CountingStore {
-    async fn admit(&self, req: &AdmitRequest) -> Result<AdmitOutcome, StoreError> {
-        self.inner.admit(req).await
-    }
-    async fn settle(&self, r: &Reservation, t: u64) -> Result<(), StoreError> {
-        self.inner.settle(r, t).await
-    }
-    async fn usage(&self) -> Result<Vec<(String, String, Usage)>, StoreError> {
-        self.usage_calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.usage().await
-    }
-    async fn cool_down(&self, p: &str, m: &str, ms: u64, r: &str) -> Result<(), StoreError> {
-        self.inner.cool_down(p, m, ms, r).await
-    }
-    async fn cooldowns(&self) -> Result<Vec<Cooldown>, StoreError> {
-        self.inner.cooldowns().await
-    }
-    async fn disable_key(&self, kid: &str, reason: &str) -> Result<(), StoreError> {
-        self.inner.disable_key(kid, reason).await
-    }
-    async fn key_states(&self, kids: &[Arc<str>]) -> Result<Vec<KeyState>, StoreError> {
-        self.inner.key_states(kids).await
-    }
-    async fn set_affinity(&self, r: &str, kid: &str, ttl: u64) -> Result<(), StoreError> {
-        self.inner.set_affinity(r, kid, ttl).await
-    }
-    async fn affinity(&self, r: &str) -> Result<Option<String>, StoreError> {
-        self.inner.affinity(r).await
-    }
-    async fn reset(&self, k: ResetKind, s: &ResetScope) -> Result<(), StoreError> {
-        self.inner.reset(k, s).await
-    }
-    async fn live_open(
-        &self,
-        p: &str,
-        s: &str,
-        limit: u64,
-        lease: u64,
-    ) -> Result<bool, StoreError> {
-        self.inner.live_open(p, s, limit, lease).await
-    }
-    async fn live_renew(&self, held: &[(Arc<str>, String)], lease: u64) -> Result<(), StoreError> {
-        self.inner.live_renew(held, lease).await
-    }
-    async fn live_close(&self, p: &str, s: &str) -> Result<(), StoreError> {
-        self.inner.live_close(p, s).await
-    }
-    async fn live_counts(&self, projects: &[Arc<str>]) -> Result<Vec<u64>, StoreError> {
-        self.inner.live_counts(projects).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-    fn backend(&self) -> &'static str {
-        "memory"
-    }
-}
-
 #[tokio::test]
 async fn metrics_asks_for_its_token_and_a_scrape_burst_costs_one_store_snapshot() {
     let fake = FakeUpstream::start().await;
-    let usage_calls = Arc::new(AtomicUsize::new(0));
-    let store = Arc::new(CountingStore {
-        inner: MemoryStore::new(Arc::new(SystemClock), chrono_tz::America::Los_Angeles),
-        usage_calls: usage_calls.clone(),
-    });
+    let store = Arc::new(HookedStore::new());
+    let usage_calls = store.usage_calls.clone();
     let proxy = start_proxy(
         &fake.url,
         ProxyOpts::keys(&KEYS[..1])

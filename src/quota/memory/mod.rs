@@ -21,7 +21,9 @@ mod admit;
 mod batch;
 mod bucket;
 mod client;
+mod holds;
 mod live;
+mod reset;
 mod tables;
 
 use self::bucket::{Bucket, clamp_tokens};
@@ -277,80 +279,30 @@ impl QuotaStore for MemoryStore {
         ms: u64,
         reason: &str,
     ) -> Result<(), StoreError> {
-        // Numbers from outside are clamped where they enter; this never wraps either way.
-        let until_ms = self
-            .clock
-            .now_ms()
-            .saturating_add(i64::try_from(ms.min(super::MAX_HOLD_MS)).unwrap_or(i64::MAX));
-        let mut holds = self.cooldowns.lock();
-        let e = holds
-            .entry((project.to_string(), model.to_string()))
-            .or_insert(Hold {
-                until_ms,
-                reason: reason.to_string(),
-            });
-        // The longest hold wins.
-        if until_ms >= e.until_ms {
-            e.until_ms = until_ms;
-            e.reason = reason.to_string();
-        }
+        self.cool_down_now(project, model, ms, reason);
         Ok(())
     }
 
     async fn cooldowns(&self) -> Result<Vec<Cooldown>, StoreError> {
-        let now = self.clock.now_ms();
-        let mut holds = self.cooldowns.lock();
-        holds.retain(|_, h| h.until_ms > now);
-        let mut out: Vec<Cooldown> = holds
-            .iter()
-            .map(|((p, m), h)| Cooldown {
-                project: p.clone(),
-                model: m.clone(),
-                remaining_ms: (h.until_ms - now) as u64,
-                reason: h.reason.clone(),
-            })
-            .collect();
-        out.sort_by(|a, b| (&a.project, &a.model).cmp(&(&b.project, &b.model)));
-        Ok(out)
+        Ok(self.cooldowns_now())
     }
 
     async fn disable_key(&self, kid: &str, reason: &str) -> Result<(), StoreError> {
-        self.disabled
-            .lock()
-            .insert(kid.to_string(), reason.to_string());
+        self.disable_key_now(kid, reason);
         Ok(())
     }
 
     async fn key_states(&self, kids: &[Arc<str>]) -> Result<Vec<KeyState>, StoreError> {
-        let d = self.disabled.lock();
-        Ok(kids
-            .iter()
-            .map(|k| match d.get(&**k) {
-                Some(reason) => KeyState::Disabled {
-                    reason: reason.clone(),
-                },
-                None => KeyState::Active,
-            })
-            .collect())
+        Ok(self.key_states_now(kids))
     }
 
     async fn set_affinity(&self, resource: &str, kid: &str, ttl_ms: u64) -> Result<(), StoreError> {
-        let until = self
-            .clock
-            .now_ms()
-            .saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
-        self.affinity
-            .insert(resource.to_string(), (Arc::from(kid), until));
+        self.set_affinity_now(resource, kid, ttl_ms);
         Ok(())
     }
 
     async fn affinity(&self, resource: &str) -> Result<Option<String>, StoreError> {
-        let now = self.clock.now_ms();
-        Ok(self
-            .affinity
-            .get(resource)
-            .filter(|(_, until)| *until > now)
-            .map(|(kid, _)| kid.to_string()))
+        Ok(self.affinity_now(resource))
     }
 
     async fn live_open(
@@ -415,53 +367,7 @@ impl QuotaStore for MemoryStore {
     }
 
     async fn reset(&self, kind: ResetKind, scope: &ResetScope) -> Result<(), StoreError> {
-        // As in reset.lua: a model filter also takes in holds on the whole project (`*`).
-        let in_scope = |project: &str, model: &str| {
-            scope
-                .projects
-                .as_ref()
-                .is_none_or(|ps| ps.iter().any(|p| p == project))
-                && scope
-                    .model
-                    .as_ref()
-                    .is_none_or(|m| m == model || model == "*")
-        };
-        if kind == ResetKind::Cooldowns {
-            self.cooldowns.lock().retain(|(p, m), _| !in_scope(p, m));
-            let mut d = self.disabled.lock();
-            match &scope.kids {
-                Some(kids) => kids.iter().for_each(|k| {
-                    d.remove(k);
-                }),
-                None => d.clear(),
-            }
-            return Ok(());
-        }
-        for (_, _, b) in self
-            .all_buckets()
-            .into_iter()
-            .filter(|(p, m, _)| in_scope(p, m))
-        {
-            let mut b = b.lock();
-            if matches!(kind, ResetKind::Minute | ResetKind::All) {
-                b.log.clear();
-                b.tokens = 0;
-            }
-            if kind == ResetKind::Tokens {
-                for e in b.log.iter_mut() {
-                    e.tokens = 0;
-                }
-                b.tokens = 0;
-            }
-            if matches!(kind, ResetKind::Daily | ResetKind::All) {
-                b.day_requests = 0;
-            }
-        }
-        if matches!(kind, ResetKind::Daily | ResetKind::All) {
-            for (project, models) in self.write().days.iter_mut() {
-                models.retain(|model, _| !in_scope(project, model));
-            }
-        }
+        self.reset_now(kind, scope);
         Ok(())
     }
 
