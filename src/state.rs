@@ -273,9 +273,22 @@ impl AppState {
             return Ok(());
         };
         let shown = crate::quota::redis::redact_url(url.expose());
-        match self.store.ping().await {
+        let tls = url.expose().starts_with("rediss://");
+        // Not on a request's path: a `rediss://` store that times out (a TLS handshake on a
+        // loaded machine) is asked again for a while, so an untrusted certificate is told apart
+        // from a slow store instead of being served past.
+        let patience = std::time::Instant::now() + START_TLS_PATIENCE;
+        let pinged = loop {
+            match self.store.ping().await {
+                Err(StoreError::Timeout(_)) if tls && std::time::Instant::now() < patience => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                other => break other,
+            }
+        };
+        match pinged {
             Ok(()) => tracing::info!(url = %shown, "quota store reachable"),
-            Err(e) if url.expose().starts_with("rediss://") && is_tls_trust_error(&e) => {
+            Err(e) if tls && is_tls_trust_error(&e) => {
                 return Err(format!(
                     "the Redis server at {shown} presented a certificate this proxy does not trust ({e}); \
                      set store.tls_ca_file (REDIS_TLS_CA_FILE) to the CA that signed it"
@@ -291,6 +304,9 @@ impl AppState {
         Ok(())
     }
 }
+
+/// How long the start-up check keeps asking a `rediss://` store that times out.
+const START_TLS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The response cache `config` asks for, in the store's Redis when it has one.
 fn build_cache(

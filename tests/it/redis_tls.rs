@@ -189,8 +189,25 @@ fn an_untrusted_redis_certificate_stops_start_up_with_a_clear_message() {
             format!("rediss://:redis-pass-s3cret@127.0.0.1:{tls_port}"),
         )
         .env("REDIS_TLS_CA_FILE", &other)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("the binary runs");
+    // A binary that started serving instead of stopping would never exit: a failure, not a hang.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut child = out;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the proxy did not stop within 60 s: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("does not trust"), "{stderr}");

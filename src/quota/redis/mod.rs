@@ -57,6 +57,7 @@ macro_rules! lua {
 // After the macro: the scripts' module uses it.
 mod batch;
 mod build;
+mod holds;
 mod live;
 mod live_client;
 /// Most `project|model` pairs the set of pairs lists (`admit.lua` carries the same figure):
@@ -227,81 +228,19 @@ impl QuotaStore for RedisStore {
         ms: u64,
         reason: &str,
     ) -> Result<(), StoreError> {
-        let mut inv = self.cooldown.prepare_invoke();
-        inv.key(self.keys.cooldown(project, model))
-            .key(self.keys.held())
-            .arg(ms.clamp(1, super::MAX_HOLD_MS))
-            .arg(reason)
-            .arg(self.now_arg())
-            .arg(format!("{project}|{model}"));
-        let _: i64 = self.run(inv).await?;
-        Ok(())
+        self.cool_down_now(project, model, ms, reason).await
     }
 
     async fn cooldowns(&self) -> Result<Vec<Cooldown>, StoreError> {
-        let held = self.members(self.keys.held()).await?;
-        if held.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for (p, m) in &held {
-            let k = self.keys.cooldown(p, m);
-            pipe.cmd("PTTL").arg(&k).cmd("GET").arg(&k);
-        }
-        let mut conn = self.conn.clone();
-        let v: Vec<Value> = self.deadline(pipe.query_async(&mut conn)).await?;
-        let mut out = Vec::new();
-        for ((p, m), pair) in held.iter().zip(v.chunks(2)) {
-            let ttl = pair.first().map(int).transpose()?.unwrap_or(-2);
-            if ttl > 0 {
-                // The value is "until_ms|reason".
-                let reason = pair
-                    .get(1)
-                    .and_then(|r| String::from_redis_value(r.clone()).ok())
-                    .map(|v| v.split_once('|').map_or(v.clone(), |(_, r)| r.to_string()))
-                    .unwrap_or_default();
-                out.push(Cooldown {
-                    project: p.to_string(),
-                    model: m.to_string(),
-                    remaining_ms: ttl as u64,
-                    reason,
-                });
-            }
-        }
-        out.sort_by(|a, b| (&a.project, &a.model).cmp(&(&b.project, &b.model)));
-        Ok(out)
+        self.cooldowns_now().await
     }
 
     async fn disable_key(&self, kid: &str, reason: &str) -> Result<(), StoreError> {
-        // Thirty days: long enough to mean "until an admin acts", short enough to expire.
-        let _: () = self
-            .cmd(
-                redis::cmd("SET")
-                    .arg(self.keys.disabled(kid))
-                    .arg(reason)
-                    .arg("PX")
-                    .arg(30u64 * 86_400_000)
-                    .clone(),
-            )
-            .await?;
-        Ok(())
+        self.disable_key_now(kid, reason).await
     }
 
     async fn key_states(&self, kids: &[Arc<str>]) -> Result<Vec<KeyState>, StoreError> {
-        if kids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut cmd = redis::cmd("MGET");
-        for k in kids {
-            cmd.arg(self.keys.disabled(k));
-        }
-        let v: Vec<Option<String>> = self.cmd(cmd).await?;
-        Ok(v.into_iter()
-            .map(|r| match r {
-                Some(reason) => KeyState::Disabled { reason },
-                None => KeyState::Active,
-            })
-            .collect())
+        self.key_states_now(kids).await
     }
 
     async fn set_affinity(&self, resource: &str, kid: &str, ttl_ms: u64) -> Result<(), StoreError> {
