@@ -70,7 +70,7 @@ struct Built {
 impl Built {
     fn new(state: Arc<AppState>) -> Built {
         let forward = Forward::with_client(state.upstream.clone());
-        let quota = QuotaLayer::new(state.clone()).layer(forward);
+        let quota = QuotaLayer::new(state.core().clone()).layer(forward);
         let cache = CacheLayer::new(crate::layers::cache::Parts {
             cache: state.cache.clone(),
             auth: state.config.auth.clone(),

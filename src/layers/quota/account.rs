@@ -9,7 +9,7 @@ use super::Served;
 use crate::auth::CallerTag;
 use crate::layers::estimate::Estimated;
 use crate::ledger::{Series, field};
-use crate::state::AppState;
+use crate::state::Core;
 
 /// Who the ledger counts a quota-spending request under.
 pub(super) struct Account {
@@ -20,7 +20,7 @@ pub(super) struct Account {
 }
 
 impl Account {
-    pub fn of(state: &AppState, req: &http::Request<Bytes>) -> Option<Account> {
+    pub fn of(state: &Core, req: &http::Request<Bytes>) -> Option<Account> {
         let model: Arc<str> = req.extensions().get::<Estimated>()?.quota_model()?.into();
         let client = state.ledger_client(req.extensions().get::<CallerTag>().map(|c| &c.0));
         let asked = model.clone();
@@ -32,7 +32,7 @@ impl Account {
     }
 
     /// The ledger series of this request on key `index` (`None`: no key served it).
-    pub fn series(&self, state: &AppState, index: Option<usize>, known: bool) -> Series {
+    pub fn series(&self, state: &Core, index: Option<usize>, known: bool) -> Series {
         let key = index.map(|i| &state.pool.keys[i]);
         let series = state.ledger.series_of(
             key.map(|k| &*k.project),
@@ -50,7 +50,7 @@ impl Account {
     /// Count the request's outcome: sent upstream, refused here, or a 5xx answer (`status`
     /// `None`: the client went away before the answer). A success's request is counted by its
     /// tally, with its tokens, as the answer ends.
-    fn record(&self, state: &AppState, served: &Served, status: Option<http::StatusCode>) {
+    fn record(&self, state: &Core, served: &Served, status: Option<http::StatusCode>) {
         let server_error = status.is_some_and(|s| s.is_server_error());
         if served.tallied.is_some() && !served.refused && !server_error {
             return;
@@ -75,7 +75,7 @@ impl Account {
 /// Records a quota-spending request in the ledger when its step ends: with its answer's status,
 /// or without one when the client went away first (a request already sent still counts).
 pub(super) struct Recording {
-    pub state: Arc<AppState>,
+    pub state: Arc<Core>,
     pub account: Option<Account>,
     pub served: Served,
     pub status: Option<http::StatusCode>,

@@ -14,13 +14,13 @@ use crate::estimate::Estimate;
 use crate::quota::queue::{Claim, Lane, Pace, Refusal, Ticket, Turn};
 use crate::quota::{AdmitRequest, ClientAdmit, Reservation};
 use crate::route::Route;
-use crate::state::AppState;
+use crate::state::Core;
 
 /// How long this request may wait for quota: the configured `queue.max_wait_secs`, or its
 /// client's `max_wait_secs` when set (never longer), shortened (never lengthened) by the
 /// request's `x-gemini-max-wait: SECONDS`; a bad value is a 400.
 pub(super) fn allowance(
-    state: &AppState,
+    state: &Core,
     client: Option<&std::sync::Arc<crate::clients::Client>>,
     headers: &http::HeaderMap,
 ) -> Result<Duration, ApiError> {
@@ -96,7 +96,7 @@ impl From<ApiError> for NotAdmitted {
 
 /// How fast `model`'s line can move at best: the candidate projects' per-minute limits
 /// together, per window.
-fn pace(state: &AppState, request: &Tiered) -> Pace {
+fn pace(state: &Core, request: &Tiered) -> Pace {
     let mut per_window = 0u64;
     let mut seen: Vec<&str> = Vec::new();
     let spill = request.spill.as_ref().map(|s| s.candidates.as_slice());
@@ -125,7 +125,7 @@ fn pace(state: &AppState, request: &Tiered) -> Pace {
 /// A client over its own limits waits on its own, out of the line, when its limit frees
 /// within its allowance, and asks again; else that is the answer.
 pub(super) async fn admit(
-    state: &AppState,
+    state: &Core,
     want: Want<'_>,
     within: Within,
 ) -> Result<Admitted, NotAdmitted> {
@@ -172,7 +172,7 @@ pub(super) async fn admit(
 /// The admission question for `model`: the keys that may serve it (without those in `avoid`
 /// while others remain, without those whose per-request cap or spend cap it would pass); a
 /// request no project could ever take is a client error, not a wait.
-pub(super) fn request(state: &AppState, want: Want<'_>) -> Result<Tiered, ApiError> {
+pub(super) fn request(state: &Core, want: Want<'_>) -> Result<Tiered, ApiError> {
     let Want {
         route,
         est,
@@ -228,7 +228,7 @@ pub(super) fn request(state: &AppState, want: Want<'_>) -> Result<Tiered, ApiErr
 /// One admission through the pool's queue (or without it): [`admit`] without the client's
 /// own waits.
 async fn pooled(
-    state: &AppState,
+    state: &Core,
     route: &Route,
     request: &Tiered,
     pinned: Option<usize>,
@@ -297,7 +297,7 @@ async fn pooled(
 
 /// the moment the store said room frees; the others wait for their turn.
 async fn wait_in_line(
-    state: &AppState,
+    state: &Core,
     route: &Route,
     request: &Tiered,
     ticket: &Ticket<'_>,
@@ -340,7 +340,7 @@ async fn wait_in_line(
 /// Admission with the queue off: refused at once for a limit; a cooldown that ends within
 /// `upstream.max_wait_secs` (and the request's deadline) is slept through.
 async fn unqueued(
-    state: &AppState,
+    state: &Core,
     route: &Route,
     request: &Tiered,
     deadline: Instant,

@@ -13,7 +13,7 @@ use crate::error::{ApiError, LimitKind};
 use crate::quota::queue::{self, Refusal};
 use crate::quota::{AdmitOutcome, Reservation};
 use crate::route::Route;
-use crate::state::AppState;
+use crate::state::Core;
 
 /// What one question to the store came to.
 pub(super) enum Try {
@@ -67,7 +67,7 @@ fn sooner(
 
 /// One question to the store. A refusal that a wait `until` cannot cure (the day limit, every
 /// key disabled, the store down) is the answer at once.
-pub(super) async fn ask(state: &AppState, route: &Route, request: &Tiered, until: Until) -> Try {
+pub(super) async fn ask(state: &Core, route: &Route, request: &Tiered, until: Until) -> Try {
     let model = request.model.as_str();
     let t0 = Instant::now();
     let mut outcome = state.store.admit(&request.first).await;

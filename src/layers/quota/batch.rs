@@ -16,13 +16,13 @@ use crate::layers::estimate::Estimated;
 use crate::ledger::TokenUsage;
 use crate::quota::batch::{BatchBudget, BatchCandidate, BatchJob, BatchReserve};
 use crate::route::QuotaFamily;
-use crate::state::AppState;
+use crate::state::Core;
 
 /// For a batch creation: the key to create it with, chosen by batch room in the store every
 /// replica shares, and the hold on that room (and on its client's budgets); `None` for any
 /// other call.
 pub(super) async fn choose(
-    state: &AppState,
+    state: &Core,
     caller: &Caller,
     est: &Estimated,
     body: &Bytes,
@@ -122,7 +122,7 @@ fn ledger_name(caller: &Caller) -> Option<String> {
 
 /// Tokens a file-input batch enqueues: its input file's size (known when it was uploaded
 /// through this proxy) at ~4 characters a token; 0 when the proxy never saw its size.
-async fn file_tokens(state: &AppState, file: Option<&str>) -> u64 {
+async fn file_tokens(state: &Core, file: Option<&str>) -> u64 {
     let Some(file) = file else { return 0 };
     match crate::pool::affinity::pin(&*state.store, file)
         .await
@@ -145,7 +145,7 @@ async fn file_tokens(state: &AppState, file: Option<&str>) -> u64 {
 /// has spent and reserved; it is settled against its results' cost when they are seen. A 429
 /// naming the budget otherwise.
 async fn budget(
-    state: &AppState,
+    state: &Core,
     caller: &Caller,
     est: &Estimated,
     model: &str,
@@ -202,7 +202,7 @@ pub(super) async fn created(hold: Hold, answer: &[u8], owner: &str) {
 
 /// A job deleted (or that Google no longer knows): its quota released. Its budget reservation
 /// stays counted (what it ran before it went is not known).
-pub(super) async fn forget(state: &AppState, name: &str) {
+pub(super) async fn forget(state: &Core, name: &str) {
     if let Err(e) = state.store.batch_take(name).await {
         tracing::warn!(error = %e, batch = name, "could not release a batch job's quota");
     }
@@ -211,7 +211,7 @@ pub(super) async fn forget(state: &AppState, name: &str) {
 /// A job's answer read (get, cancel): when it says the job ended, its room is released (by
 /// exactly one replica) and its inline results' usage recorded at batch prices under the key
 /// and client that created it; a results file is kept to be costed when downloaded.
-pub(super) async fn observed(state: &AppState, name: &str, answer: &[u8]) {
+pub(super) async fn observed(state: &Core, name: &str, answer: &[u8]) {
     let Ok(v) = serde_json::from_slice::<Value>(answer) else {
         return;
     };
@@ -261,7 +261,7 @@ const POLL_BODY_LIMIT: usize = 16 * 1024 * 1024;
 /// Ask Google about every open batch job (every replica's: the store's), with the key that
 /// created it: a job that ended is released and costed ([`observed`]), one Google no longer knows (404) is released. Jobs whose
 /// key left the pool are released too (nobody can read them through this proxy any more).
-pub async fn poll_once(state: &AppState) {
+pub async fn poll_once(state: &Core) {
     use http_body_util::BodyExt;
     let upstream = crate::upstream::Upstream::new(&state.config.upstream.url);
     let entries = match state.store.batch_entries().await {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::ledger::{Billing, TokenUsage};
 use crate::quota::batch::BatchJob;
-use crate::state::AppState;
+use crate::state::Core;
 
 /// Where a finished job's results are recorded: the store (its client's budget), the usage
 /// ledger and the prices (owned, so a download's end can record them after the request).
@@ -18,7 +18,7 @@ pub(super) struct Books {
 }
 
 impl Books {
-    pub(super) fn of(state: &AppState) -> Books {
+    pub(super) fn of(state: &Core) -> Books {
         Books {
             store: state.store.clone(),
             ledger: state.ledger.clone(),
@@ -69,7 +69,7 @@ pub(super) async fn record(books: &Books, job: &BatchJob, usage: Option<TokenUsa
 /// across replicas) and record its usage at batch prices ([`record`]). `None` for any other
 /// answer.
 pub(super) async fn results_download(
-    state: &AppState,
+    state: &Core,
     route: &crate::route::Route,
     status: http::StatusCode,
 ) -> Option<crate::batch::results::OnEnd> {

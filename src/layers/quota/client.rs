@@ -14,7 +14,7 @@ use crate::estimate::Estimate;
 use crate::ledger::TokenUsage;
 use crate::quota::client::{ClientAdmit, ClientLimit, ClientPeriod};
 use crate::route::{QuotaFamily, Route};
-use crate::state::AppState;
+use crate::state::Core;
 
 /// Output tokens a request is assumed to produce, for its budget reservation, when its body
 /// does not bound them (`generationConfig.maxOutputTokens`).
@@ -25,7 +25,7 @@ pub const DEFAULT_OUTPUT_TOKENS: u64 = 2_048;
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 /// 403 when the client's `models` does not allow `model`.
-pub(super) fn check_model(state: &AppState, caller: &Caller, model: &str) -> Result<(), ApiError> {
+pub(super) fn check_model(state: &Core, caller: &Caller, model: &str) -> Result<(), ApiError> {
     let Some(c) = caller.client() else {
         return Ok(());
     };
@@ -43,7 +43,7 @@ pub(super) fn check_model(state: &AppState, caller: &Caller, model: &str) -> Res
 
 /// The client's part of the admission, when it has limits the store counts.
 pub(super) fn part(
-    state: &AppState,
+    state: &Core,
     caller: &Caller,
     route: &Route,
     est: &Estimate,
@@ -100,7 +100,7 @@ fn estimated_usage(family: QuotaFamily, est: &Estimate) -> TokenUsage {
 
 /// Prices a settled answer for its client's budgets at the prices of the backend that served it
 /// (`vertex`: a Vertex AI entry's; its estimate was priced at AI Studio's, before the key was known).
-pub(super) fn pricer(state: &AppState, model: &str, vertex: bool) -> Pricer {
+pub(super) fn pricer(state: &Core, model: &str, vertex: bool) -> Pricer {
     let ledger = state.ledger.clone();
     let model = model.to_string();
     Box::new(move |u| ledger.list_cost_served(vertex, &model, u))
@@ -138,7 +138,7 @@ pub(super) fn refusal(
 
 /// For a client refusal: the moment to ask again when it frees by `until`; else `None` (the
 /// refusal is the answer), noted for the client's alerts and metrics.
-pub(super) fn wait_for(state: &AppState, error: &ApiError, until: Instant) -> Option<Instant> {
+pub(super) fn wait_for(state: &Core, error: &ApiError, until: Instant) -> Option<Instant> {
     let ApiError::ClientLimited {
         client,
         limit,

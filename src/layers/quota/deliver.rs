@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::ledger::{ImageCounter, TokenUsage};
 use crate::pool::affinity;
 use crate::route::QuotaFamily;
-use crate::state::AppState;
+use crate::state::Core;
 
 /// What is left in the 60 s window of the (project, model) that served a request.
 const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
@@ -220,7 +220,7 @@ fn unreported_usage(family: QuotaFamily, estimate: u64) -> TokenUsage {
 /// answer over [`CREATE_BODY_LIMIT`], or not JSON, is refused rather than shown whole: it
 /// could hold other clients' resources.
 async fn own_listing<B: UpBody>(
-    state: &AppState,
+    state: &Core,
     resp: http::Response<B>,
     collection: &str,
     caller: &Caller,

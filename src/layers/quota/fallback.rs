@@ -18,7 +18,7 @@ use crate::layers::estimate::Estimated;
 use crate::quota::limits::Unpriced;
 use crate::quota::queue::Lane;
 use crate::quota::{AdmitOutcome, ClientAdmit, Reservation, Settlement};
-use crate::state::AppState;
+use crate::state::Core;
 
 /// The fallback models one request may still be served by, in order.
 pub(super) struct Chain {
@@ -65,7 +65,7 @@ impl Chain {
     /// chain as the client and the request allow it, without the models the client may not
     /// call or the proxy refuses to send unpriced.
     pub(super) fn of(
-        state: &AppState,
+        state: &Core,
         caller: &Caller,
         headers: &http::HeaderMap,
         est: &Estimated,
@@ -182,7 +182,7 @@ impl Chain {
 /// One admission for `model` on any key with room now: no wait, and none while others wait
 /// in its line of the queue (they came first).
 async fn admit_now(
-    state: &AppState,
+    state: &Core,
     est: &Estimated,
     model: &str,
     client: Option<ClientAdmit>,

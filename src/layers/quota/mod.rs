@@ -45,7 +45,7 @@ use crate::fallback::{Fellback, MODEL_HEADER};
 use crate::layers::estimate::Estimated;
 use crate::layers::forward::{ForwardError, Outbound};
 use crate::ledger::Series;
-use crate::state::AppState;
+use crate::state::Core;
 use crate::upstream::Upstream;
 
 /// On an answer that waited in the admission queue: for how long, in milliseconds.
@@ -54,12 +54,12 @@ const WAITED_MS: HeaderName = HeaderName::from_static("x-gemini-quota-proxy-wait
 /// Wraps a forwarding service in admission and retries.
 #[derive(Clone)]
 pub struct QuotaLayer {
-    state: Arc<AppState>,
+    state: Arc<Core>,
     upstream: Arc<Upstream>,
 }
 
 impl QuotaLayer {
-    pub fn new(state: Arc<AppState>) -> QuotaLayer {
+    pub fn new(state: Arc<Core>) -> QuotaLayer {
         let upstream = Arc::new(Upstream::new(&state.config.upstream.url));
         QuotaLayer { state, upstream }
     }
@@ -81,7 +81,7 @@ impl<S> Layer<S> for QuotaLayer {
 #[derive(Clone)]
 pub struct Quota<S> {
     inner: S,
-    state: Arc<AppState>,
+    state: Arc<Core>,
     upstream: Arc<Upstream>,
 }
 

@@ -17,7 +17,7 @@ use crate::layers::forward::{ForwardError, Outbound};
 use crate::pool::health::Throttle;
 use crate::quota::DayInfo;
 use crate::route::QuotaFamily;
-use crate::state::AppState;
+use crate::state::Core;
 use crate::upstream::{self, Upstream, Verdict};
 
 /// Largest upstream error body read to classify it (they are a few hundred bytes).
@@ -27,7 +27,7 @@ pub(super) const ERROR_BODY_LIMIT: usize = 64 * 1024;
 /// holds the (project, model) with a growing cooldown, and the whole pool when most projects
 /// get one at once.
 pub(super) async fn hold(
-    state: &AppState,
+    state: &Core,
     index: usize,
     model: Option<&str>,
     family: QuotaFamily,
@@ -157,7 +157,7 @@ const TOKEN_HOLD_MS: u64 = 30_000;
 
 /// Hold Vertex entry `index` (every model, every replica) after its token failed: reported in
 /// the log and the status page's holds, tried again when the hold ends, not in a loop.
-pub(super) async fn hold_entry(state: &AppState, index: usize, error: &str) {
+pub(super) async fn hold_entry(state: &Core, index: usize, error: &str) {
     let key = &state.pool.keys[index];
     let setting = key
         .vertex
@@ -178,7 +178,7 @@ pub(super) async fn hold_entry(state: &AppState, index: usize, error: &str) {
 /// Hold key `index`'s whole project (every model, every replica) at a spend-based limit: 1 min,
 /// doubling while it repeats, at most 1 h (longer only when Google's retry delay says so).
 /// Keys stay enabled: the limit is the project's billing, not the key.
-async fn hold_project(state: &AppState, index: usize, retry_delay_ms: Option<u64>, reason: &str) {
+async fn hold_project(state: &Core, index: usize, retry_delay_ms: Option<u64>, reason: &str) {
     let key = &state.pool.keys[index];
     let ms = state
         .pool
@@ -192,7 +192,7 @@ async fn hold_project(state: &AppState, index: usize, retry_delay_ms: Option<u64
 }
 
 /// Take a key out of the pool, for every replica sharing the store.
-pub(super) async fn disable(state: &AppState, index: usize, reason: &str) {
+pub(super) async fn disable(state: &Core, index: usize, reason: &str) {
     let key = &state.pool.keys[index];
     tracing::error!(key = %key.masked, name = %key.name, reason = %reason, "pooled key disabled");
     state.pool.health.saw_dead(&key.kid, reason);
@@ -205,7 +205,7 @@ pub(super) async fn disable(state: &AppState, index: usize, reason: &str) {
 /// (`GET /v1beta/models?pageSize=1`), sent through the same inner service. Only the same
 /// verdict confirms; anything else (an answer, a timeout, another error) keeps the key.
 pub(super) async fn probe_confirms_dead<S, B>(
-    state: &AppState,
+    state: &Core,
     inner: S,
     upstream: &Upstream,
     index: usize,
@@ -251,7 +251,7 @@ where
 /// Whether Google's dead-key answer for key `index` may disable it: not when this request
 /// already disabled one, and only when a probe with the key alone confirms it.
 pub(super) async fn confirm_dead<S, B>(
-    state: &AppState,
+    state: &Core,
     inner: S,
     upstream: &Upstream,
     index: usize,

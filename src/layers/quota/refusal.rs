@@ -8,10 +8,10 @@ use tokio::time::Instant;
 use crate::error::{ApiError, LimitKind};
 use crate::quota::queue::{Bound, Full, Refusal};
 use crate::route::{QuotaFamily, Route};
-use crate::state::AppState;
+use crate::state::Core;
 /// The 429 for a request the queue would not take, by the bound that kept it out.
 pub(super) fn queue_refusal(
-    state: &AppState,
+    state: &Core,
     route: &Route,
     model: &str,
     first: Option<Refusal>,

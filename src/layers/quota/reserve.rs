@@ -11,7 +11,7 @@ use crate::error::ApiError;
 use crate::fallback::Reason;
 use crate::quota::queue::Claim;
 use crate::quota::{Reservation, Settlement};
-use crate::state::AppState;
+use crate::state::Core;
 
 impl<S> Step<'_, S> {
     /// The next attempt's reservation (`None`: a call that spends no quota). A fallback model
@@ -173,7 +173,7 @@ impl<S> Step<'_, S> {
 /// entries serve only what they can (`vertex_ok`), and only when `pool.order` does not put AI
 /// Studio keys first; `vertex-first` tries them before the keys.
 pub(super) fn free_key(
-    state: &AppState,
+    state: &Core,
     pinned: Option<usize>,
     avoid: &[usize],
     vertex_ok: bool,

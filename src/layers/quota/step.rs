@@ -23,7 +23,7 @@ use crate::layers::forward::{ForwardError, Outbound};
 use crate::layers::retry::{Budget, Plan};
 use crate::quota::limits::Unpriced;
 use crate::quota::{ClientAdmit, Settlement};
-use crate::state::AppState;
+use crate::state::Core;
 use crate::telemetry::span::{Child, RequestTrace};
 use crate::upstream::{self, Upstream};
 
@@ -64,7 +64,7 @@ impl<B> UpBody for B where
 /// What one request's step reads and never changes.
 #[derive(Clone, Copy)]
 pub(super) struct Ctx<'a> {
-    pub state: &'a AppState,
+    pub state: &'a Core,
     pub parts: &'a http::request::Parts,
     pub est: &'a Estimated,
     pub caller: &'a Caller,

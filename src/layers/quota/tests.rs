@@ -106,14 +106,19 @@ impl Service<Outbound> for Scripted {
     }
 }
 
-fn state(env: &[(&str, &str)]) -> Arc<AppState> {
+fn state(env: &[(&str, &str)]) -> Arc<Core> {
     let keys = KEYS.join(",");
     let mut vars = vec![("GEMINI_API_KEYS", keys.as_str())];
     vars.extend_from_slice(env);
     let config = crate::config::for_test("", &vars);
     let tz = config.limits.timezone;
     let store = Arc::new(MemoryStore::new(Arc::new(SystemClock), tz));
-    AppState::with_store(config, store, Metrics::new(None))
+    Arc::new(Core::build(
+        config,
+        store,
+        Metrics::new(None),
+        Arc::new(SystemClock),
+    ))
 }
 
 /// A generateContent request as the estimate step hands it on.
@@ -134,13 +139,13 @@ fn generate(method: http::Method, path: &str) -> http::Request<Bytes> {
 
 const GENERATE: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
 
-async fn run(state: &Arc<AppState>, upstream: &Scripted, req: http::Request<Bytes>) -> Response {
+async fn run(state: &Arc<Core>, upstream: &Scripted, req: http::Request<Bytes>) -> Response {
     let service = QuotaLayer::new(state.clone()).layer(upstream.clone());
     service.oneshot(req).await.unwrap()
 }
 
 /// How many pooled keys the store has disabled.
-async fn disabled_keys(st: &AppState) -> usize {
+async fn disabled_keys(st: &Core) -> usize {
     let kids: Vec<Arc<str>> = st.pool.keys.iter().map(|k| k.kid.clone()).collect();
     let states = st.store.key_states(&kids).await.unwrap();
     states
@@ -187,7 +192,12 @@ async fn the_retry_deadline_bounds_the_tries_in_time() {
             Arc::new(SystemClock),
             config.limits.timezone,
         ));
-        AppState::with_store(config, store, Metrics::new(None))
+        Arc::new(Core::build(
+            config,
+            store,
+            Metrics::new(None),
+            Arc::new(SystemClock),
+        ))
     };
     let up = Scripted::new(vec![Step::Answer(503, OVERLOADED); 30]);
     let t0 = Instant::now();
@@ -297,7 +307,7 @@ impl crate::quota::Clock for TokioClock {
 }
 
 /// A state with the queue on (60 s) and the store on tokio's clock.
-fn queued_state() -> Arc<AppState> {
+fn queued_state() -> Arc<Core> {
     let keys = KEYS.join(",");
     let vars = [
         ("GEMINI_API_KEYS", keys.as_str()),
@@ -310,7 +320,12 @@ fn queued_state() -> Arc<AppState> {
         start: Instant::now(),
     });
     let store = Arc::new(MemoryStore::new(clock, tz));
-    AppState::with_store(config, store, Metrics::new(None))
+    Arc::new(Core::build(
+        config,
+        store,
+        Metrics::new(None),
+        Arc::new(SystemClock),
+    ))
 }
 
 /// Hold the model on every project for `ms`, then send one request allowed `allowance_secs`.

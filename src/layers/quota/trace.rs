@@ -12,7 +12,7 @@ use opentelemetry::trace::SpanKind;
 use crate::error::ApiError;
 use crate::ledger::{Tally, TokenUsage};
 use crate::pool::PooledKey;
-use crate::state::AppState;
+use crate::state::Core;
 use crate::telemetry::span::{self, Child, RequestTrace, attr};
 use crate::upstream::Verdict;
 
@@ -38,7 +38,7 @@ pub(super) fn prompt(trace: Option<&RequestTrace>, body: &Bytes) {
 }
 
 /// The admission's span: asking the store for room, waiting in the queue.
-pub(super) fn admission(trace: Option<&RequestTrace>, state: &AppState) -> Option<Child> {
+pub(super) fn admission(trace: Option<&RequestTrace>, state: &Core) -> Option<Child> {
     let mut s = recording(trace)?.child("gqp.admit", SpanKind::Internal, None);
     s.set(KeyValue::new(attr::STORE, state.store.backend()));
     Some(s)

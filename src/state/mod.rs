@@ -1,10 +1,14 @@
-//! `AppState`: what every step and endpoint shares: the config, the key pool (with what this
-//! replica knows of its keys' health), the quota store and the metrics. One `AppState` is one
-//! configuration's generation: a reload builds the next with [`AppState::successor`], keeping
+//! One configuration's generation: its [`Core`] (what the request path reads: the config, the
+//! key pool with what this replica knows of its keys' health, the quota store, the metrics, the
+//! ledger, ...) and the [`AppState`] around it (what the admin endpoints and background tasks
+//! read besides). Each generation: a reload builds the next with [`AppState::successor`], keeping
 //! what outlives a configuration (the store and its counters, the ledger, the queue, firing
 //! alerts), and requests finish on the generation they started with.
 
 use std::sync::Arc;
+
+mod generation;
+pub use generation::{Generation, RestartRequired};
 
 use crate::config::Config;
 use crate::ledger::outlook::Outlook;
@@ -18,55 +22,9 @@ use crate::quota::resilient::ResilientStore;
 use crate::quota::{Clock, QuotaStore, StoreError, SystemClock};
 use crate::upstream::HttpClient;
 
-/// One loaded configuration, as the status page shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Generation {
-    /// 1 at start, one more per reload that changed something.
-    #[serde(rename = "generation")]
-    pub number: u64,
-    /// When it was loaded, RFC 3339 (UTC).
-    pub loaded_at: String,
-    /// What loaded it: `start`, `sighup`, `api` or `file`.
-    pub source: &'static str,
-    /// Settings changed in the file that only a restart applies (`server.listen`,
-    /// `store.redis_url`, ...), still at their running values: as of the last reload, whether
-    /// or not it applied anything (so shared by the generations).
-    pub restart_required: RestartRequired,
-}
-
-impl Generation {
-    /// Generation `number`, loaded now by `source`, sharing `restart_required`.
-    pub fn new(number: u64, source: &'static str, restart_required: RestartRequired) -> Generation {
-        Generation {
-            number,
-            loaded_at: crate::alerts::rfc3339(chrono::Utc::now()),
-            source,
-            restart_required,
-        }
-    }
-}
-
-/// The settings waiting for a restart, as the last reload found them.
-#[derive(Debug, Clone, Default)]
-pub struct RestartRequired(Arc<parking_lot::Mutex<Vec<String>>>);
-
-impl RestartRequired {
-    pub fn get(&self) -> Vec<String> {
-        self.0.lock().clone()
-    }
-
-    pub fn set(&self, settings: Vec<String>) {
-        *self.0.lock() = settings;
-    }
-}
-
-impl serde::Serialize for RestartRequired {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.get().serialize(s)
-    }
-}
-
-pub struct AppState {
+/// What the request path reads of one generation: the quota step takes this, not the whole
+/// [`AppState`] (which adds what the admin endpoints and background tasks read).
+pub struct Core {
     pub config: Arc<Config>,
     pub pool: Arc<Pool>,
     pub store: Arc<dyn QuotaStore>,
@@ -80,16 +38,62 @@ pub struct AppState {
     /// The bound on request bodies held in memory (`server.max_buffered_bytes`), shared by
     /// every generation.
     pub bodies: Arc<crate::budget::BodyBudget>,
+    /// The client to Google (`[upstream]`; its connections are pooled).
+    pub upstream: Arc<HttpClient>,
+    /// Every client (configured and runtime) with its limits, shared by every generation.
+    pub clients: Arc<crate::clients::Registry>,
+}
+
+impl Core {
+    /// A first generation's core on `config`, around `store`, its usage ledger on `clock`.
+    pub fn build(
+        config: Config,
+        store: Arc<dyn QuotaStore>,
+        metrics: Metrics,
+        clock: Arc<dyn Clock>,
+    ) -> Core {
+        let pool = Arc::new(Pool::new(&config.pool, &config.limits, &config.upstream));
+        let ledger = build_ledger(&config, &pool, store.shared_io(), clock);
+        let spend = crate::pool::spend::SpendCaps::new(&config.limits, store.clone(), &ledger);
+        let queues = Arc::new(Queues::new(queue_limits(&config.queue)));
+        let bodies = Arc::new(crate::budget::BodyBudget::new(
+            config.server.max_buffered_bytes,
+            config.server.max_buffered_client_share,
+        ));
+        let upstream = Arc::new(crate::upstream::build_client(&config.upstream));
+        let clients = Arc::new(crate::clients::Registry::new(crate::clients::configured(
+            &config.auth,
+        )));
+        Core {
+            config: Arc::new(config),
+            pool,
+            store,
+            metrics,
+            ledger,
+            queues,
+            spend,
+            bodies,
+            upstream,
+            clients,
+        }
+    }
+
+    /// The usage ledger's client id of `caller` (by its configured name; never its credential).
+    pub fn ledger_client(&self, caller: Option<&crate::auth::Caller>) -> u32 {
+        crate::auth::ledger_client(&self.ledger, caller)
+    }
+}
+
+/// One generation: its [`Core`] (reached through `Deref`: `state.pool`, `state.store`, ...) and
+/// what the admin endpoints and background tasks read besides.
+pub struct AppState {
+    core: Arc<Core>,
     /// The alert engine and its channels.
     pub alerts: Arc<crate::alerts::Alerts>,
     /// The response cache, when `cache.enabled`.
     pub cache: Option<Arc<crate::cache::ResponseCache>>,
-    /// The client to Google (`[upstream]`; its connections are pooled).
-    pub upstream: Arc<HttpClient>,
     /// Which configuration this is: its number, when and how it was loaded.
     pub generation: Generation,
-    /// Every client (configured and runtime) with its limits, shared by every generation.
-    pub clients: Arc<crate::clients::Registry>,
     /// Where the runtime clients are kept (Redis or `auth.clients_file`), shared by every
     /// generation.
     pub client_store: Arc<crate::client_store::ClientStore>,
@@ -99,6 +103,14 @@ pub struct AppState {
     outlook: parking_lot::Mutex<Option<(std::time::Instant, Arc<Outlook>)>>,
     /// When the status page was last asked for (the outlook is kept fresh while it is).
     status_viewed: parking_lot::Mutex<Option<std::time::Instant>>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        &self.core
+    }
 }
 
 /// A computed outlook serves the status page this long.
@@ -133,42 +145,20 @@ impl AppState {
         metrics: Metrics,
         clock: Arc<dyn Clock>,
     ) -> Arc<AppState> {
-        let pool = Arc::new(Pool::new(&config.pool, &config.limits, &config.upstream));
-        let ledger = build_ledger(&config, &pool, store.shared_io(), clock);
-        let spend = crate::pool::spend::SpendCaps::new(&config.limits, store.clone(), &ledger);
-        let queues = Arc::new(Queues::new(queue_limits(&config.queue)));
-        let config_max_buffered = (
-            config.server.max_buffered_bytes,
-            config.server.max_buffered_client_share,
-        );
-        let alerts = Arc::new(crate::alerts::Alerts::new(&config, store.shared_io()));
-        let cache = build_cache(&config, store.as_ref());
-        let upstream = Arc::new(crate::upstream::build_client(&config.upstream));
-        let clients = Arc::new(crate::clients::Registry::new(crate::clients::configured(
-            &config.auth,
-        )));
+        let core = Arc::new(Core::build(config, store, metrics, clock));
+        let (config, store) = (&core.config, &core.store);
+        let alerts = Arc::new(crate::alerts::Alerts::new(config, store.shared_io()));
+        let cache = build_cache(config, store.as_ref());
         let client_store = Arc::new(crate::client_store::ClientStore::new(
             config.auth.clients_file.clone(),
             store.shared_io(),
-            clients.clone(),
+            core.clients.clone(),
         ));
         Arc::new(AppState {
-            clients,
+            core,
             client_store,
             alerts,
             cache,
-            pool,
-            upstream,
-            config: Arc::new(config),
-            store,
-            metrics,
-            ledger,
-            queues,
-            spend,
-            bodies: Arc::new(crate::budget::BodyBudget::new(
-                config_max_buffered.0,
-                config_max_buffered.1,
-            )),
             generation: Generation::new(1, "start", RestartRequired::default()),
             gauges_refreshed: tokio::sync::Mutex::new(None),
             outlook: parking_lot::Mutex::new(None),
@@ -209,9 +199,8 @@ impl AppState {
             crate::clients::Origin::Config,
             crate::clients::configured(&config.auth),
         );
-        AppState {
+        let core = Arc::new(Core {
             clients: self.clients.clone(),
-            client_store: self.client_store.clone(),
             config: Arc::new(config),
             pool,
             store: self.store.clone(),
@@ -221,9 +210,13 @@ impl AppState {
             queues: self.queues.clone(),
             spend: self.spend.clone(),
             bodies: self.bodies.clone(),
+            upstream,
+        });
+        AppState {
+            core,
+            client_store: self.client_store.clone(),
             alerts,
             cache,
-            upstream,
             generation,
             gauges_refreshed: tokio::sync::Mutex::new(None),
             outlook: parking_lot::Mutex::new(None),
@@ -231,9 +224,9 @@ impl AppState {
         }
     }
 
-    /// The usage ledger's client id of `caller` (by its configured name; never its credential).
-    pub fn ledger_client(&self, caller: Option<&crate::auth::Caller>) -> u32 {
-        crate::auth::ledger_client(&self.ledger, caller)
+    /// What the request path reads of this generation.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
     }
 
     /// The last outlook, if computed within [`OUTLOOK_FRESH`].
