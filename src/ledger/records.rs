@@ -35,17 +35,7 @@ impl Ledger {
             .load()
             .prices
             .batch_cost(model, usage, self.billing_of(project));
-        let mut c = Counters::default();
-        c.0[field::REQUESTS] = requests;
-        c.0[field::INPUT] = usage.input;
-        c.0[field::CACHED] = usage.cached;
-        c.0[field::OUTPUT] = usage.output;
-        c.0[field::THINKING] = usage.thinking;
-        c.0[field::TOOL] = usage.tool;
-        c.0[field::COST] = cost.billed_nano;
-        c.0[field::LIST_COST] = cost.list_nano;
-        c.0[field::UNPRICED] = u64::from(!cost.priced);
-        self.add(series, &c);
+        self.add(series, &tally::answered(requests, usage, &cost));
         metrics_for(self, series, usage, cost.billed_nano);
         if let Some((watch, project)) = self.watcher_of(project) {
             watch.billed(&project, cost.billed_nano);

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::prices::Cost;
 use super::{Billing, CostWatch, Counters, Ledger, Series, TokenUsage, field};
 
 /// The tokens and cost of one answer, recorded when its body ends (the usage comes last).
@@ -60,17 +61,7 @@ impl Tally {
             &usage,
             self.billing,
         );
-        let mut c = Counters::one(field::REQUESTS);
-        c.0[field::INPUT] = usage.input;
-        c.0[field::CACHED] = usage.cached;
-        c.0[field::OUTPUT] = usage.output;
-        c.0[field::THINKING] = usage.thinking;
-        c.0[field::TOOL] = usage.tool;
-        c.0[field::IMAGES] = usage.images;
-        c.0[field::VIDEO_SECONDS] = usage.video_seconds;
-        c.0[field::COST] = cost.billed_nano;
-        c.0[field::LIST_COST] = cost.list_nano;
-        c.0[field::UNPRICED] = u64::from(!cost.priced);
+        let c = answered(1, &usage, &cost);
         self.ledger.add(self.series, &c);
         metrics_for(&self.ledger, self.series, &usage, cost.billed_nano);
         if let Some((watch, project)) = &self.watch {
@@ -126,4 +117,21 @@ pub(super) fn metrics_for(ledger: &Ledger, series: Series, usage: &TokenUsage, c
     let mut totals = ledger.cost_totals.lock();
     let t = totals.entry(at).or_default();
     *t = t.saturating_add(cost_nano);
+}
+
+/// The counters of `requests` answers that used `usage` and cost `cost`.
+pub(super) fn answered(requests: u64, usage: &TokenUsage, cost: &Cost) -> Counters {
+    let mut c = Counters::default();
+    c.0[field::REQUESTS] = requests;
+    c.0[field::INPUT] = usage.input;
+    c.0[field::CACHED] = usage.cached;
+    c.0[field::OUTPUT] = usage.output;
+    c.0[field::THINKING] = usage.thinking;
+    c.0[field::TOOL] = usage.tool;
+    c.0[field::IMAGES] = usage.images;
+    c.0[field::VIDEO_SECONDS] = usage.video_seconds;
+    c.0[field::COST] = cost.billed_nano;
+    c.0[field::LIST_COST] = cost.list_nano;
+    c.0[field::UNPRICED] = u64::from(!cost.priced);
+    c
 }
