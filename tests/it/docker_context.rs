@@ -216,10 +216,9 @@ fn the_crate_builds_from_exactly_the_files_the_dockerfile_copies() {
     cmd.args(["test", "--no-run", "--lib", "--locked", "--offline"])
         .current_dir(&src)
         .env("CARGO_TARGET_DIR", &target)
-        .env_remove("RUSTFLAGS")
-        // CI's clippy wrapper (`.ci/run`) is left out: this is about files, not lints.
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("CLIPPY_ARGS");
+        // CI's clippy wrapper (`.ci/run`) is left out: this is about files, not lints. Its
+        // `RUSTFLAGS` stays: the dependencies' builds are only reused under the same flags.
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
     // What `cargo test` sets for a test process (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ...):
     // build scripts such as ring's rerun when these differ from the build's, and everything
     // above them (rustls, hyper-rustls, redis, ...) would be compiled again.
