@@ -139,20 +139,33 @@ pub fn max_wait(headers: &HeaderMap) -> Option<Result<std::time::Duration, Strin
     })
 }
 
+/// What a request to Google is made of, before the pooled credential is added.
+pub struct Outgoing<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// The client's headers (hop-by-hop and credentials are not passed on).
+    pub headers: &'a HeaderMap,
+    pub body: Bytes,
+    /// The key goes as `Authorization: Bearer` (the OpenAI surface), else `x-goog-api-key`.
+    pub bearer: bool,
+}
+
 /// Build the request to Google: same method, path and query (credentials removed), headers
-/// minus hop-by-hop and credentials, plus the pooled key (as `Authorization: Bearer` when
-/// `bearer`, for the OpenAI surface; else `x-goog-api-key`).
-#[allow(clippy::too_many_arguments)]
+/// minus hop-by-hop and credentials, plus the pooled key as `outgoing.bearer` says.
 pub fn build_request(
     upstream: &Upstream,
-    method: &Method,
-    path: &str,
-    query: Option<&str>,
-    headers: &HeaderMap,
-    body: Bytes,
-    bearer: bool,
+    outgoing: Outgoing<'_>,
     key: &KeyHeaders,
 ) -> Option<Request<Full<Bytes>>> {
+    let Outgoing {
+        method,
+        path,
+        query,
+        headers,
+        body,
+        bearer,
+    } = outgoing;
     let mut out = HeaderMap::with_capacity(headers.len() + 1);
     for (name, value) in headers {
         let n = name.as_str();

@@ -279,16 +279,16 @@ pub async fn poll_once(state: &Core) {
             forget(state, &name).await;
             continue;
         };
-        let Some(req) = crate::upstream::build_request(
-            &upstream,
-            &http::Method::GET,
-            &format!("/v1beta/{name}"),
-            None,
-            &http::HeaderMap::new(),
-            Bytes::new(),
-            false,
-            &key.headers,
-        ) else {
+        let path = format!("/v1beta/{name}");
+        let outgoing = crate::upstream::Outgoing {
+            method: &http::Method::GET,
+            path: &path,
+            query: None,
+            headers: &http::HeaderMap::new(),
+            body: Bytes::new(),
+            bearer: false,
+        };
+        let Some(req) = crate::upstream::build_request(&upstream, outgoing, &key.headers) else {
             continue;
         };
         let timeout = state.config.upstream.request_timeout;

@@ -27,16 +27,17 @@ impl<S> Step<'_, S> {
         let parts = cx.parts;
         let key = &cx.state.pool.keys[at.index];
         let built = match &key.vertex {
-            None => upstream::build_request(
-                cx.upstream,
-                &parts.method,
-                &self.path,
-                parts.uri.query(),
-                &parts.headers,
-                self.body.clone(),
-                cx.est.route.openai,
-                &key.headers,
-            ),
+            None => {
+                let outgoing = upstream::Outgoing {
+                    method: &parts.method,
+                    path: &self.path,
+                    query: parts.uri.query(),
+                    headers: &parts.headers,
+                    body: self.body.clone(),
+                    bearer: cx.est.route.openai,
+                };
+                upstream::build_request(cx.upstream, outgoing, &key.headers)
+            }
             Some(v) => {
                 let route = &cx.est.route;
                 let query = parts.uri.query();

@@ -19,7 +19,7 @@ use http_body_util::Full;
 use self::token::{TokenError, TokenSource};
 use crate::config::{UpstreamConfig, VertexConfig};
 use crate::route::Route;
-use crate::upstream::{HttpClient, KeyHeaders, Upstream, build_client, build_request};
+use crate::upstream::{HttpClient, KeyHeaders, Outgoing, Upstream, build_client, build_request};
 
 /// One Vertex AI (project, location) of the pool.
 pub struct VertexEntry {
@@ -75,7 +75,6 @@ impl VertexEntry {
     }
 
     /// The request to Vertex AI for an AI Studio-form request the entry [`serves`].
-    #[allow(clippy::too_many_arguments)]
     pub async fn request(
         &self,
         method: &Method,
@@ -90,17 +89,15 @@ impl VertexEntry {
             goog: token.bearer.clone(),
             bearer: token.bearer.clone(),
         };
-        build_request(
-            &self.upstream,
+        let outgoing = Outgoing {
             method,
-            &path,
+            path: &path,
             query,
             headers,
             body,
-            true,
-            &key,
-        )
-        .ok_or(VertexError::Path)
+            bearer: true,
+        };
+        build_request(&self.upstream, outgoing, &key).ok_or(VertexError::Path)
     }
 }
 
