@@ -64,7 +64,7 @@ impl<S> Step<'_, S> {
                 || batch_job.is_some() && cx.parts.method != http::Method::DELETE);
         let listing = route.lists.filter(|_| *caller != Caller::Admin);
         if read_whole || listing.is_some() {
-            let whole = self.whole(resp, at.index, headers, at_end);
+            let whole = self.whole(resp, at.index, batch_job, headers, at_end);
             return Box::pin(whole).await;
         }
         let body_deadline = (!est.streaming()).then(|| sent_at + cfg.request_timeout);
@@ -102,6 +102,7 @@ impl<S> Step<'_, S> {
         &mut self,
         resp: http::Response<B>,
         index: usize,
+        batch_job: Option<&str>,
         headers: http::HeaderMap,
         at_end: AtEnd,
     ) -> Result<Response, ApiError> {
@@ -130,7 +131,7 @@ impl<S> Step<'_, S> {
             return Ok(answer.into_response(status, headers, cfg, at_end));
         }
         // A batch job's answer says whether it ended: its batch quota is released then.
-        if let Some(name) = crate::batch::named(route) {
+        if let Some(name) = batch_job {
             let answer = read_upto(resp, CREATE_BODY_LIMIT, cfg.request_timeout).await?;
             if let Answer::Whole(bytes) = &answer {
                 batch::observed(state, name, bytes).await;

@@ -170,7 +170,8 @@ impl<'a, S> Step<'a, S> {
         trace::prompt(trace.as_ref(), &body);
         Ok(Step {
             chain: fallback::Chain::of(state, caller, &cx.parts.headers, est, path),
-            serving: quota_model.map(Arc::from),
+            // The account's name of the model (one allocation per request, not two).
+            serving: account.as_deref().map(|a| a.model.clone()),
             client_part,
             path: Cow::Borrowed(path),
             vertex_ok,
