@@ -10,7 +10,6 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame};
-use serde_json::Value;
 
 use crate::ledger::{TokenUsage, UsageScanner};
 
@@ -23,8 +22,6 @@ pub const TAIL: usize = 64 << 10;
 #[derive(Debug, Default)]
 pub struct ResultsScan {
     line: Vec<u8>,
-    /// The current line outgrew [`LINE_CAP`]: only its tail is held.
-    long: bool,
     pub usage: TokenUsage,
     pub responses: u64,
 }
@@ -47,7 +44,6 @@ impl ResultsScan {
     fn push(&mut self, bytes: &[u8]) {
         self.line.extend_from_slice(bytes);
         if self.line.len() > LINE_CAP {
-            self.long = true;
             let cut = self.line.len() - TAIL;
             self.line.drain(..cut);
         }
@@ -55,39 +51,16 @@ impl ResultsScan {
 
     fn end_line(&mut self) {
         let line = std::mem::take(&mut self.line);
-        let long = std::mem::take(&mut self.long);
         if line.iter().all(u8::is_ascii_whitespace) {
             return;
         }
-        let usage = if long {
-            tail_usage(&line)
-        } else {
-            serde_json::from_slice::<Value>(&line)
-                .ok()
-                .and_then(|v| v.pointer("/response/usageMetadata").cloned())
-                .and_then(|u| scan(&u))
-        };
-        if let Some(u) = usage {
+        // The usage scanner finds the line's last `usageMetadata` object, in a whole line or in
+        // the tail kept of a long one (where a response writes it).
+        if let Some(u) = UsageScanner::scan_all(&line) {
             self.usage = self.usage.plus(u);
             self.responses += 1;
         }
     }
-}
-
-fn scan(usage: &Value) -> Option<TokenUsage> {
-    let wrapped = serde_json::json!({ "usageMetadata": usage }).to_string();
-    UsageScanner::scan_all(wrapped.as_bytes())
-}
-
-/// The last `"usageMetadata": {...}` object in the tail of a long line.
-fn tail_usage(tail: &[u8]) -> Option<TokenUsage> {
-    const NEEDLE: &[u8] = b"\"usageMetadata\"";
-    let at = tail.windows(NEEDLE.len()).rposition(|w| w == NEEDLE)?;
-    let rest = &tail[at + NEEDLE.len()..];
-    let colon = rest.iter().position(|b| *b == b':')?;
-    let mut objects = serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter::<Value>();
-    let usage = objects.next()?.ok()?;
-    scan(&usage)
 }
 
 /// What to do with a complete file's usage.
