@@ -157,15 +157,8 @@ impl KeyHealth {
     /// Cooldown for a 429 without details: 1 s, doubling while they repeat (within a minute),
     /// at most 60 s.
     pub fn bare_429_backoff(&self, project: &str) -> u64 {
-        let mut m = self.bare_429.lock();
         let now = Instant::now();
-        let e = m.entry(project.to_string()).or_insert((0, now));
-        if now.duration_since(e.1) > BARE_429_RESET {
-            e.0 = 0;
-        }
-        e.0 = (e.0 + 1).min(7);
-        e.1 = now;
-        (1000u64 << (e.0 - 1)).min(60_000)
+        step_backoff(&mut self.bare_429.lock(), project.to_string(), now)
     }
 
     /// Cooldown for a bare 429 from a Vertex entry (Dynamic Shared Quota) on `model`: as
@@ -181,13 +174,7 @@ impl KeyHealth {
                 m.clear();
             }
         }
-        let e = m.entry(format!("{project}/{model}")).or_insert((0, now));
-        if now.duration_since(e.1) > BARE_429_RESET {
-            e.0 = 0;
-        }
-        e.0 = (e.0 + 1).min(7);
-        e.1 = now;
-        (1000u64 << (e.0 - 1)).min(60_000)
+        step_backoff(&mut m, format!("{project}/{model}"), now)
     }
 
     /// True when most of the pool's projects got a 429 without details in the last 10 s: Google
@@ -256,6 +243,18 @@ impl KeyHealth {
     pub fn failures(&self) -> u32 {
         self.failures.load(Ordering::Relaxed)
     }
+}
+
+/// One more bare 429 at `key`: 1 s, doubling while they repeat within [`BARE_429_RESET`], at
+/// most 60 s.
+fn step_backoff(m: &mut HashMap<String, (u32, Instant)>, key: String, now: Instant) -> u64 {
+    let e = m.entry(key).or_insert((0, now));
+    if now.duration_since(e.1) > BARE_429_RESET {
+        e.0 = 0;
+    }
+    e.0 = (e.0 + 1).min(7);
+    e.1 = now;
+    (1000u64 << (e.0 - 1)).min(60_000)
 }
 
 #[cfg(test)]
