@@ -21,7 +21,7 @@ use crate::telemetry::span::{self, RequestTrace, attr};
 use opentelemetry::KeyValue;
 
 /// The response cache's verdict on the answer (`layers::cache`), for the trace.
-const CACHE_HEADER: &str = "x-gemini-quota-proxy-cache";
+const CACHE_HEADER: http::HeaderName = http::HeaderName::from_static("x-gemini-quota-proxy-cache");
 
 /// Milliseconds rounded to the microsecond: `0.459`, not `0.45876100000000003`.
 pub fn millis(d: Duration) -> f64 {
@@ -106,8 +106,14 @@ impl RequestLine {
         if let Some(w) = self.waited {
             attrs.push(KeyValue::new(attr::QUEUE_WAIT_MS, millis(w)));
         }
-        if let Some(c) = headers.get(CACHE_HEADER).and_then(|v| v.to_str().ok()) {
-            attrs.push(KeyValue::new(attr::CACHE, c.to_string()));
+        if let Some(c) = headers.get(CACHE_HEADER) {
+            // The cache's three verdicts by their static names (no copy).
+            let verdict = match c.as_bytes() {
+                b"HIT" => "HIT",
+                b"MISS" => "MISS",
+                _ => "BYPASS",
+            };
+            attrs.push(KeyValue::new(attr::CACHE, verdict));
         }
         trace.set(attrs);
         trace.rename(match (op, &self.model) {

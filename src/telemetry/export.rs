@@ -1,9 +1,11 @@
-//! Span export off the request path: a finished span is handed to a bounded queue without
-//! waiting (a full queue drops it and counts it in `gqp_otel_spans_total{outcome="dropped"}`),
-//! and one Tokio task sends the queue in batches to the OTLP/HTTP exporter, one export at a
-//! time, through a small hyper client with rustls and ring ([`OtlpHttp`]).
+//! Span export off the request path: a finished trace (a request's spans, together) is handed
+//! to a queue bounded in spans without waiting (a full queue drops it and counts its spans in
+//! `gqp_otel_spans_total{outcome="dropped"}`), and one Tokio task sends the queue in batches to
+//! the OTLP/HTTP exporter, one export at a time, through a small hyper client with rustls and
+//! ring ([`OtlpHttp`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,12 +13,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use opentelemetry::Context;
 use opentelemetry_http::{HttpClient, HttpError, Request, Response};
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
+
+use super::otlp::Exporter;
+use super::record::Finished;
 
 /// `gqp_otel_spans_total{outcome}`: spans exported, dropped (queue full) or failed (the
 /// collector refused them or could not be reached).
@@ -25,41 +27,79 @@ pub const SPANS_METRIC: &str = "gqp_otel_spans_total";
 /// Largest answer read from the collector (a partial-success message at most).
 const RESPONSE_LIMIT: usize = 64 * 1024;
 
-/// Hands finished spans to the export task; never waits.
-#[derive(Debug)]
-pub struct Queued {
-    tx: mpsc::Sender<SpanData>,
-    wake: Arc<Notify>,
+/// Hands finished traces to the export task; never waits.
+pub struct Queue {
+    tx: mpsc::UnboundedSender<Finished>,
+    /// Spans queued (the channel is unbounded; this bounds it).
+    spans: Arc<AtomicUsize>,
     capacity: usize,
+    batch: usize,
+    wake: Arc<Notify>,
+}
+
+/// The queue's far end: what the export task takes its batches from.
+pub struct Pending {
+    rx: mpsc::UnboundedReceiver<Finished>,
+    spans: Arc<AtomicUsize>,
+    wake: Arc<Notify>,
     batch: usize,
 }
 
-impl SpanProcessor for Queued {
-    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+/// A queue of `capacity` spans at most, whose task is woken when `batch` spans wait.
+pub fn queue(capacity: usize, batch: usize) -> (Queue, Pending) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let spans = Arc::new(AtomicUsize::new(0));
+    let wake = Arc::new(Notify::new());
+    let batch = batch.clamp(1, capacity.max(1));
+    (
+        Queue {
+            tx,
+            spans: spans.clone(),
+            capacity: capacity.max(1),
+            batch,
+            wake: wake.clone(),
+        },
+        Pending {
+            rx,
+            spans,
+            wake,
+            batch,
+        },
+    )
+}
 
-    fn on_end(&self, span: SpanData) {
-        if !span.span_context.is_sampled() {
+impl Queue {
+    pub fn submit(&self, trace: Finished) {
+        let n = trace.spans.len();
+        let before = self.spans.fetch_add(n, Ordering::Relaxed);
+        if before + n > self.capacity || self.tx.send(trace).is_err() {
+            self.spans.fetch_sub(n, Ordering::Relaxed);
+            metrics::counter!(SPANS_METRIC, "outcome" => "dropped").increment(n as u64);
             return;
         }
-        match self.tx.try_send(span) {
-            Ok(()) => {
-                // A full batch waiting: sent now rather than at the next tick.
-                if self.capacity - self.tx.capacity() >= self.batch {
-                    self.wake.notify_one();
-                }
-            }
-            Err(_) => metrics::counter!(SPANS_METRIC, "outcome" => "dropped").increment(1),
+        // A full batch waiting: sent now rather than at the next tick.
+        if before < self.batch && before + n >= self.batch {
+            self.wake.notify_one();
         }
     }
+}
 
-    fn force_flush(&self) -> OTelSdkResult {
-        self.wake.notify_one();
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        // The task is stopped by [`Worker::stop`], which waits for the last batch.
-        Ok(())
+impl Pending {
+    /// The traces waiting, up to about `max_spans` spans (at least one trace when any waits).
+    pub fn take(&mut self, max_spans: usize) -> Vec<Finished> {
+        let mut out = Vec::new();
+        let mut n = 0;
+        while n < max_spans {
+            match self.rx.try_recv() {
+                Ok(t) => {
+                    n += t.spans.len();
+                    out.push(t);
+                }
+                Err(_) => break,
+            }
+        }
+        self.spans.fetch_sub(n, Ordering::Relaxed);
+        out
     }
 }
 
@@ -79,46 +119,24 @@ impl Worker {
     }
 }
 
-/// The queue and its task: `queue` spans at most, sent `batch` at a time, at least every
-/// `delay`.
-pub fn spawn<E>(exporter: E, queue: usize, batch: usize, delay: Duration) -> (Queued, Worker)
-where
-    E: SpanExporter + 'static,
-{
-    let (tx, rx) = mpsc::channel(queue.max(1));
-    let wake = Arc::new(Notify::new());
+/// The task sending `pending` to `exporter`, a batch at a time, at least every `delay`.
+pub fn spawn(exporter: Exporter, pending: Pending, delay: Duration) -> Worker {
     let (stop_tx, stop_rx) = oneshot::channel();
-    let task = tokio::spawn(run(
-        exporter,
-        rx,
-        wake.clone(),
-        batch.max(1),
-        delay,
-        stop_rx,
-    ));
-    (
-        Queued {
-            tx,
-            wake,
-            capacity: queue.max(1),
-            batch: batch.max(1),
-        },
-        Worker {
-            stop: Some(stop_tx),
-            task,
-        },
-    )
+    let task = tokio::spawn(run(exporter, pending, delay, stop_rx));
+    Worker {
+        stop: Some(stop_tx),
+        task,
+    }
 }
 
-async fn run<E: SpanExporter>(
-    exporter: E,
-    mut rx: mpsc::Receiver<SpanData>,
-    wake: Arc<Notify>,
-    batch: usize,
+async fn run(
+    exporter: Exporter,
+    mut pending: Pending,
     delay: Duration,
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut last_warned: Option<Instant> = None;
+    let wake = pending.wake.clone();
     loop {
         let stopping = tokio::select! {
             _ = tokio::time::sleep(delay) => false,
@@ -126,18 +144,12 @@ async fn run<E: SpanExporter>(
             _ = &mut stop => true,
         };
         loop {
-            let mut spans = Vec::with_capacity(batch);
-            while spans.len() < batch {
-                match rx.try_recv() {
-                    Ok(s) => spans.push(s),
-                    Err(_) => break,
-                }
-            }
-            let n = spans.len();
+            let traces = pending.take(pending.batch);
+            let n: usize = traces.iter().map(|t| t.spans.len()).sum();
             if n == 0 {
                 break;
             }
-            match exporter.export(spans).await {
+            match exporter.export(&traces).await {
                 Ok(()) => {
                     metrics::counter!(SPANS_METRIC, "outcome" => "exported").increment(n as u64)
                 }
@@ -150,7 +162,7 @@ async fn run<E: SpanExporter>(
                     }
                 }
             }
-            if n < batch {
+            if n < pending.batch {
                 break;
             }
         }

@@ -8,6 +8,7 @@
 pub mod export;
 pub mod otel;
 pub mod otlp;
+pub mod record;
 pub mod scan;
 pub mod span;
 

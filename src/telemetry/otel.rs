@@ -1,19 +1,19 @@
-//! The OpenTelemetry tracer: built once at start from [`Settings`] (the `[otel]` section and
-//! the standard `OTEL_*` variables, read by the config), OTLP over HTTP/protobuf through the
-//! queue of [`super::export`]. Off (no endpoint), nothing is built and [`tracer`] is `None`:
-//! the request path then makes no span object at all.
+//! Trace export's set-up: built once at start from [`Settings`] (the `[otel]` section and the
+//! standard `OTEL_*` variables, read by the config): the SDK's sampler and id generator, and
+//! OTLP over HTTP/protobuf through the queue of [`super::export`]. Off (no endpoint), nothing
+//! is built and [`installed`] is `None`: the request path then makes no span at all.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{RandomIdGenerator, Sampler};
 
-use super::export::{self, OtlpHttp, Worker};
+use super::export::{self, OtlpHttp, Pending, Queue, Worker};
 use super::otlp::Exporter;
+use super::record::Finished;
 
 /// Trace export settings (validated by the config's `[otel]` section).
 #[derive(Clone, PartialEq)]
@@ -111,28 +111,55 @@ impl SamplerKind {
     }
 }
 
-/// The process's tracer, once installed.
-static TRACER: OnceLock<Tracing> = OnceLock::new();
+/// The process's trace export, once installed.
+static TRACING: OnceLock<Tracing> = OnceLock::new();
 
-struct Tracing {
-    tracer: SdkTracer,
+/// What a request's trace needs: the sampler, the ids, and where it goes when done.
+pub struct Tracing {
+    pub(super) sampler: Sampler,
+    pub(super) ids: RandomIdGenerator,
     record_content: bool,
+    queue: Queue,
 }
 
-/// The tracer, when export is on (`None`: make no span).
+impl Tracing {
+    /// A tracing whose finished traces wait in the returned queue (`capacity` spans at most,
+    /// the export task woken at `batch`).
+    pub fn new(
+        sampler: Sampler,
+        record_content: bool,
+        capacity: usize,
+        batch: usize,
+    ) -> (Tracing, Pending) {
+        let (queue, pending) = export::queue(capacity, batch);
+        let tracing = Tracing {
+            sampler,
+            ids: RandomIdGenerator::default(),
+            record_content,
+            queue,
+        };
+        (tracing, pending)
+    }
+
+    /// Hand a finished trace to the export queue; never waits (a full queue drops it).
+    pub(super) fn submit(&self, trace: Finished) {
+        self.queue.submit(trace);
+    }
+}
+
+/// The trace export, when it is on (`None`: make no span).
 #[inline]
-pub fn tracer() -> Option<&'static SdkTracer> {
-    TRACER.get().map(|t| &t.tracer)
+pub fn installed() -> Option<&'static Tracing> {
+    TRACING.get()
 }
 
 /// Whether prompts and answers go into spans (`otel.record_content`).
 pub fn record_content() -> bool {
-    TRACER.get().is_some_and(|t| t.record_content)
+    TRACING.get().is_some_and(|t| t.record_content)
 }
 
 /// Keep until exit: [`Guard::shutdown`] sends the spans still queued.
 pub struct Guard {
-    provider: SdkTracerProvider,
     worker: Worker,
 }
 
@@ -140,17 +167,16 @@ impl Guard {
     /// Send what is queued (5 s at most) and stop exporting.
     pub async fn shutdown(self) {
         self.worker.stop(Duration::from_secs(5)).await;
-        let _ = self.provider.shutdown();
     }
 }
 
-/// Build the exporter and install the tracer (inside a Tokio runtime). `Ok(None)`: export is
-/// off. A second call installs nothing and says so.
+/// Build the exporter and install the trace export (inside a Tokio runtime). `Ok(None)`:
+/// export is off. A second call installs nothing and says so.
 pub fn install(settings: &Settings) -> Result<Option<Guard>, String> {
     let Some(endpoint) = settings.endpoint.as_deref() else {
         return Ok(None);
     };
-    if TRACER.get().is_some() {
+    if TRACING.get().is_some() {
         return Err("an OpenTelemetry tracer is already installed in this process".into());
     }
     let http = OtlpHttp::new(settings.timeout)?;
@@ -159,23 +185,15 @@ pub fn install(settings: &Settings) -> Result<Option<Guard>, String> {
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .build();
     let exporter = Exporter::new(http, endpoint, &settings.headers, &resource)?;
-    let (processor, worker) = export::spawn(
-        exporter,
+    let (tracing, pending) = Tracing::new(
+        settings.sampler.sampler(settings.sampler_arg),
+        settings.record_content,
         settings.queue_size,
         settings.batch_size,
-        settings.schedule_delay,
     );
-    let provider = SdkTracerProvider::builder()
-        .with_span_processor(processor)
-        .with_sampler(settings.sampler.sampler(settings.sampler_arg))
-        .with_resource(resource)
-        .build();
-    let tracer = provider.tracer("gemini-quota-proxy");
-    TRACER
-        .set(Tracing {
-            tracer,
-            record_content: settings.record_content,
-        })
+    TRACING
+        .set(tracing)
         .map_err(|_| "an OpenTelemetry tracer is already installed in this process")?;
-    Ok(Some(Guard { provider, worker }))
+    let worker = export::spawn(exporter, pending, settings.schedule_delay);
+    Ok(Some(Guard { worker }))
 }

@@ -1,23 +1,25 @@
-//! OTLP/HTTP protobuf export of finished spans, written straight from the SDK's `SpanData`
-//! into one buffer in the export task: no intermediate protocol structs, no attribute key or
-//! value copied into a `String`, the resource and the scope encoded once. It replaced
+//! OTLP/HTTP protobuf export of finished traces, written straight from the proxy's span records
+//! ([`super::record`]) into one buffer in the export task: no intermediate protocol structs, no
+//! attribute key or value copied into a `String`, the resource and the scope encoded once. It replaced
 //! opentelemetry-otlp's exporter, whose conversion and prost encoding (each nested message's
 //! length computed again at every level) took more than half of what export cost a request
 //! (callgrind, `docs/benchmarks.md`). The messages are those of `opentelemetry/proto/trace/v1`
 //! (`ExportTraceServiceRequest`), checked against the protocol's own types in the tests.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
-use opentelemetry::trace::{SpanKind, Status};
+use opentelemetry::trace::SpanKind;
 use opentelemetry::{Array, KeyValue, Value};
 use opentelemetry_http::HttpClient;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
 use super::export::OtlpHttp;
+use super::record::{Finished, SpanRecord};
+
+/// The instrumentation scope's name (no version, no attributes).
+const SCOPE: &str = "gemini-quota-proxy";
 
 /// The exporter: one `POST` of a batch to the collector's traces URL.
 pub struct Exporter {
@@ -66,34 +68,23 @@ impl Exporter {
     }
 }
 
-impl SpanExporter for Exporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let body = encode(&self.resource, &batch);
-        drop(batch);
+impl Exporter {
+    /// One `POST` of `batch`; an error says why it was not taken.
+    pub async fn export(&self, batch: &[Finished]) -> Result<(), String> {
+        let body = encode(&self.resource, batch);
         let mut req = http::Request::post(self.endpoint.clone())
             .header(http::header::CONTENT_TYPE, "application/x-protobuf")
             .body(Bytes::from(body))
-            .map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         for (k, v) in &self.headers {
             req.headers_mut().insert(k, v.clone());
         }
-        let resp = self
-            .http
-            .send_bytes(req)
-            .await
-            .map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?;
+        let resp = self.http.send_bytes(req).await.map_err(|e| e.to_string())?;
         if resp.status().is_success() {
             Ok(())
         } else {
-            Err(OTelSdkError::InternalFailure(format!(
-                "the collector answered {}",
-                resp.status()
-            )))
+            Err(format!("the collector answered {}", resp.status()))
         }
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
     }
 }
 
@@ -118,19 +109,43 @@ fn key(buf: &mut Vec<u8>, field: u32, wire: u32) {
 /// A length-delimited field whose body `f` writes: the body is written in place and its
 /// length put in front of it afterwards (one move of the body, instead of sizing it first).
 fn nested(buf: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
+    nested_sized(buf, field, 1, f)
+}
+
+/// [`nested`] with room for a length of `room` bytes (1: under 128, 2: under 16 KiB) kept in
+/// front of the body: a body whose length fits is not moved; one whose length is shorter is
+/// moved back, one longer forward.
+fn nested_sized(buf: &mut Vec<u8>, field: u32, room: usize, f: impl FnOnce(&mut Vec<u8>)) {
     key(buf, field, LEN);
-    let start = buf.len();
+    let at = buf.len();
+    buf.extend_from_slice(&[0; 10][..room]);
     f(buf);
-    let len = buf.len() - start;
-    if len < 0x80 {
-        buf.insert(start, len as u8);
-    } else {
-        let mut prefix = Vec::with_capacity(10);
-        varint(&mut prefix, len as u64);
-        let n = prefix.len();
-        buf.extend_from_slice(&prefix);
-        buf[start..].rotate_right(n);
+    let len = buf.len() - at - room;
+    let (prefix, n) = varint_bytes(len as u64);
+    match n.cmp(&room) {
+        std::cmp::Ordering::Equal => {}
+        std::cmp::Ordering::Less => {
+            buf.copy_within(at + room.., at + n);
+            buf.truncate(at + n + len);
+        }
+        std::cmp::Ordering::Greater => {
+            buf.resize(at + n + len, 0);
+            buf.copy_within(at + room..at + room + len, at + n);
+        }
     }
+    buf[at..at + n].copy_from_slice(&prefix[..n]);
+}
+
+/// A varint's bytes and how many there are.
+fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
+    let (mut out, mut n) = ([0u8; 10], 0);
+    while v >= 0x80 {
+        out[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    out[n] = v as u8;
+    (out, n + 1)
 }
 
 fn bytes_field(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
@@ -200,11 +215,46 @@ fn array(buf: &mut Vec<u8>, a: &Array) {
 
 fn attributes(buf: &mut Vec<u8>, field: u32, attrs: &[KeyValue]) {
     for kv in attrs {
-        nested(buf, field, |buf| {
-            opt_bytes(buf, 1, kv.key.as_str().as_bytes());
-            nested(buf, 2, |buf| any_value(buf, &kv.value));
-        });
+        attribute(buf, field, kv);
     }
+}
+
+/// Bytes of `v` as a varint.
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// One `KeyValue` message. A scalar value's lengths are known before it is written: the
+/// message goes out front to back, without a length put in front afterwards (most of what an
+/// export costs is its attributes).
+fn attribute(buf: &mut Vec<u8>, field: u32, kv: &KeyValue) {
+    let any = match &kv.value {
+        Value::Bool(_) => 2,
+        Value::I64(i) => 1 + varint_len(*i as u64),
+        Value::F64(_) => 9,
+        Value::String(s) => 1 + varint_len(s.as_str().len() as u64) + s.as_str().len(),
+        _ => {
+            nested(buf, field, |buf| {
+                opt_bytes(buf, 1, kv.key.as_str().as_bytes());
+                nested(buf, 2, |buf| any_value(buf, &kv.value));
+            });
+            return;
+        }
+    };
+    let name = kv.key.as_str().as_bytes();
+    let named = if name.is_empty() {
+        0
+    } else {
+        1 + varint_len(name.len() as u64) + name.len()
+    };
+    let body = named + 1 + varint_len(any as u64) + any;
+    buf.reserve(body + 6);
+    key(buf, field, LEN);
+    varint(buf, body as u64);
+    opt_bytes(buf, 1, name);
+    key(buf, 2, LEN);
+    varint(buf, any as u64);
+    any_value(buf, &kv.value);
 }
 
 /// The `Resource` message's body.
@@ -225,16 +275,15 @@ fn flags(trace_flags: u8, parent_remote: bool) -> u32 {
     u32::from(trace_flags) | 0x100 | if parent_remote { 0x200 } else { 0 }
 }
 
-fn span(buf: &mut Vec<u8>, s: &SpanData) {
-    let cx = &s.span_context;
-    bytes_field(buf, 1, &cx.trace_id().to_bytes());
-    bytes_field(buf, 2, &cx.span_id().to_bytes());
-    opt_bytes(buf, 3, cx.trace_state().header().as_bytes());
-    if s.parent_span_id != opentelemetry::trace::SpanId::INVALID {
-        bytes_field(buf, 4, &s.parent_span_id.to_bytes());
+fn span(buf: &mut Vec<u8>, t: &Finished, s: &SpanRecord) {
+    bytes_field(buf, 1, &t.trace_id.to_bytes());
+    bytes_field(buf, 2, &s.span_id.to_bytes());
+    opt_bytes(buf, 3, t.trace_state.as_bytes());
+    if s.parent != opentelemetry::trace::SpanId::INVALID {
+        bytes_field(buf, 4, &s.parent.to_bytes());
     }
     opt_bytes(buf, 5, s.name.as_bytes());
-    let kind: u64 = match s.span_kind {
+    let kind: u64 = match s.kind {
         SpanKind::Internal => 1,
         SpanKind::Server => 2,
         SpanKind::Client => 3,
@@ -242,83 +291,50 @@ fn span(buf: &mut Vec<u8>, s: &SpanData) {
         SpanKind::Consumer => 5,
     };
     opt_varint(buf, 6, kind);
-    fixed64(buf, 7, nanos(s.start_time));
-    fixed64(buf, 8, nanos(s.end_time));
+    fixed64(buf, 7, nanos(s.start));
+    fixed64(buf, 8, nanos(s.end));
     attributes(buf, 9, &s.attributes);
-    opt_varint(buf, 10, u64::from(s.dropped_attributes_count));
-    for e in s.events.iter() {
+    opt_varint(buf, 10, u64::from(s.dropped_attributes));
+    for e in &s.events {
         nested(buf, 11, |buf| {
-            fixed64(buf, 1, nanos(e.timestamp));
+            fixed64(buf, 1, nanos(e.at));
             opt_bytes(buf, 2, e.name.as_bytes());
             attributes(buf, 3, &e.attributes);
-            opt_varint(buf, 4, u64::from(e.dropped_attributes_count));
         });
     }
-    opt_varint(buf, 12, u64::from(s.events.dropped_count));
-    for l in s.links.iter() {
-        nested(buf, 13, |buf| {
-            let lc = &l.span_context;
-            bytes_field(buf, 1, &lc.trace_id().to_bytes());
-            bytes_field(buf, 2, &lc.span_id().to_bytes());
-            opt_bytes(buf, 3, lc.trace_state().header().as_bytes());
-            attributes(buf, 4, &l.attributes);
-            opt_varint(buf, 5, u64::from(l.dropped_attributes_count));
-            key(buf, 6, FIXED32);
-            buf.extend_from_slice(&flags(lc.trace_flags().to_u8(), lc.is_remote()).to_le_bytes());
-        });
-    }
-    opt_varint(buf, 14, u64::from(s.links.dropped_count));
-    nested(buf, 15, |buf| match &s.status {
-        Status::Unset => {}
-        Status::Ok => opt_varint(buf, 3, 1),
-        Status::Error { description } => {
-            opt_bytes(buf, 2, description.as_bytes());
+    opt_varint(buf, 12, u64::from(s.dropped_events));
+    nested(buf, 15, |buf| {
+        if let Some(why) = &s.error {
+            opt_bytes(buf, 2, why.as_bytes());
             opt_varint(buf, 3, 2);
         }
     });
     key(buf, 16, FIXED32);
-    buf.extend_from_slice(&flags(cx.trace_flags().to_u8(), s.parent_span_is_remote).to_le_bytes());
+    buf.extend_from_slice(&flags(t.flags, s.parent_remote).to_le_bytes());
 }
 
-/// `InstrumentationScope`'s body.
-fn scope(buf: &mut Vec<u8>, s: &opentelemetry::InstrumentationScope) {
-    opt_bytes(buf, 1, s.name().as_bytes());
-    opt_bytes(buf, 2, s.version().unwrap_or_default().as_bytes());
-    let attrs: Vec<KeyValue> = s.attributes().cloned().collect();
-    attributes(buf, 3, &attrs);
-}
-
-/// An `ExportTraceServiceRequest` of `spans` under one resource (`resource`: its encoded
-/// body); spans of one instrumentation scope in a row share its `ScopeSpans`.
-pub fn encode(resource: &[u8], spans: &[SpanData]) -> Vec<u8> {
-    // About what a server span with its GenAI attributes takes.
-    let mut buf = Vec::with_capacity(64 + resource.len() + spans.len() * 640);
-    nested(&mut buf, 1, |buf| {
+/// An `ExportTraceServiceRequest` of `traces` under one resource (`resource`: its encoded
+/// body) and the proxy's one instrumentation scope.
+pub fn encode(resource: &[u8], traces: &[Finished]) -> Vec<u8> {
+    let spans: usize = traces.iter().map(|t| t.spans.len()).sum();
+    // About what a server span with its GenAI attributes takes; the two messages around all
+    // the spans keep room for a length that size takes, so the batch is written in place.
+    let size = 64 + resource.len() + spans * 640;
+    let room = varint_bytes(size as u64).1;
+    let mut buf = Vec::with_capacity(size);
+    nested_sized(&mut buf, 1, room, |buf| {
         bytes_field(buf, 1, resource);
-        let mut rest = spans;
-        while let Some(first) = rest.first() {
-            let same = rest
-                .iter()
-                .take_while(|s| s.instrumentation_scope == first.instrumentation_scope)
-                .count();
-            let (group, tail) = rest.split_at(same);
-            nested(buf, 2, |buf| {
-                nested(buf, 1, |buf| scope(buf, &first.instrumentation_scope));
-                for s in group {
-                    nested(buf, 2, |buf| span(buf, s));
-                }
-                opt_bytes(
-                    buf,
-                    3,
-                    first
-                        .instrumentation_scope
-                        .schema_url()
-                        .unwrap_or_default()
-                        .as_bytes(),
-                );
-            });
-            rest = tail;
+        if spans == 0 {
+            return;
         }
+        nested_sized(buf, 2, room, |buf| {
+            nested(buf, 1, |buf| opt_bytes(buf, 1, SCOPE.as_bytes()));
+            for t in traces {
+                for s in &t.spans {
+                    nested_sized(buf, 2, 2, |buf| span(buf, t, s));
+                }
+            }
+        });
     });
     buf
 }
@@ -326,51 +342,52 @@ pub fn encode(resource: &[u8], spans: &[SpanData]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
-    use opentelemetry::{InstrumentationScope, StringValue};
+    use crate::telemetry::record::Event;
+    use opentelemetry::StringValue;
+    use opentelemetry::trace::{SpanId, TraceId};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
-    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
     use prost::Message;
+    use std::time::Duration;
 
-    fn data(name: &'static str, status: Status, attrs: Vec<KeyValue>) -> SpanData {
-        let mut events = SpanEvents::default();
-        events.events.push(opentelemetry::trace::Event::new(
-            "setup",
-            SystemTime::UNIX_EPOCH + Duration::from_nanos(1_500),
-            vec![KeyValue::new("n", 1_i64)],
-            0,
-        ));
-        SpanData {
-            span_context: SpanContext::new(
-                TraceId::from(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10),
-                SpanId::from(0x1112_1314_1516_1718),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::from_key_value([("vendor", "abc")]).unwrap(),
-            ),
-            parent_span_id: SpanId::from(7),
-            parent_span_is_remote: true,
-            span_kind: SpanKind::Client,
-            name: name.into(),
-            start_time: SystemTime::UNIX_EPOCH + Duration::from_nanos(1_000),
-            end_time: SystemTime::UNIX_EPOCH + Duration::from_nanos(2_000),
-            attributes: attrs,
-            dropped_attributes_count: 2,
-            events,
-            links: SpanLinks::default(),
-            status,
-            instrumentation_scope: InstrumentationScope::builder("gemini-quota-proxy").build(),
+    fn record(name: &'static str, error: Option<&'static str>, attrs: Vec<KeyValue>) -> SpanRecord {
+        let at = |n| SystemTime::UNIX_EPOCH + Duration::from_nanos(n);
+        let mut s = SpanRecord::new(
+            SpanId::from(0x1112_1314_1516_1718),
+            SpanId::from(7),
+            name.into(),
+            SpanKind::Client,
+            at(1_000),
+        );
+        s.end = at(2_000);
+        s.parent_remote = true;
+        s.attributes = attrs;
+        s.dropped_attributes = 2;
+        s.events.push(Event {
+            name: "setup",
+            at: at(1_500),
+            attributes: vec![KeyValue::new("n", 1_i64)],
+        });
+        s.error = error.map(Into::into);
+        s
+    }
+
+    fn data(spans: Vec<SpanRecord>) -> Finished {
+        Finished {
+            trace_id: TraceId::from(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10),
+            flags: 1,
+            trace_state: "vendor=abc".into(),
+            spans,
         }
     }
 
     #[test]
     fn a_batch_decodes_with_the_protocols_own_types_field_for_field() {
         let long = "x".repeat(300);
-        let spans = vec![
-            data(
+        let spans = vec![data(vec![
+            record(
                 "generate_content gemini-2.5-flash",
-                Status::error("answered 503"),
+                Some("answered 503"),
                 vec![
                     KeyValue::new("gen_ai.request.model", "gemini-2.5-flash"),
                     KeyValue::new("http.response.status_code", -3_i64),
@@ -386,8 +403,8 @@ mod tests {
                     ),
                 ],
             ),
-            data("gqp.admit", Status::Unset, vec![]),
-        ];
+            record("gqp.admit", None, vec![]),
+        ])];
         let resource = Resource::builder_empty().with_service_name("svc").build();
         let bytes = encode(&encode_resource(&resource), &spans);
         let req = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
@@ -454,6 +471,39 @@ mod tests {
         let unset = ss.spans[1].status.as_ref().unwrap();
         assert_eq!((unset.code, unset.message.as_str()), (0, ""));
         assert!(ss.spans[1].attributes.is_empty());
+    }
+
+    #[test]
+    fn lengths_longer_and_shorter_than_the_room_kept_for_them_decode() {
+        // Spans under 128 bytes and over 16 KiB (room for two bytes kept), and a batch far
+        // larger than its estimate (the room of the messages around it too small).
+        for (n, len) in [(1, 0), (3, 20_000), (40, 3_000), (600, 10)] {
+            let spans = (0..n)
+                .map(|_| {
+                    let mut s = record("s", None, vec![KeyValue::new("k", "v".repeat(len))]);
+                    s.events.clear();
+                    s.parent_remote = false;
+                    s
+                })
+                .collect();
+            let bytes = encode(b"", &[data(spans)]);
+            let req = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
+            let got = &req.resource_spans[0].scope_spans[0].spans;
+            assert_eq!(got.len(), n);
+            assert!(got.iter().all(|s| s.name == "s"
+                && s.attributes[0].value.as_ref().unwrap().value
+                    == Some(Any::StringValue("v".repeat(len)))));
+        }
+    }
+
+    #[test]
+    fn a_varints_length_is_what_writing_it_takes() {
+        for v in [0, 1, 127, 128, 16_383, 16_384, 1 << 35, u64::MAX] {
+            let mut buf = Vec::new();
+            varint(&mut buf, v);
+            assert_eq!(varint_len(v), buf.len(), "{v}");
+            assert_eq!(varint_bytes(v).1, buf.len(), "{v}");
+        }
     }
 
     #[test]

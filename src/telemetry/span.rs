@@ -3,22 +3,25 @@
 //! context sent upstream, and the names of the attributes, as the OpenTelemetry semantic
 //! conventions 1.42.0 give them (GenAI: development status) plus the proxy's own under `gqp.`.
 //!
-//! Every constructor returns `None` when export is off ([`super::otel::tracer`]): no span
-//! object is made then.
+//! A span here is a [`SpanRecord`] filled in place: no SDK span object, context or processor
+//! on the request path. The request's spans gather in one shared record that goes to the
+//! export queue, whole, when the last of them is done ([`Root`]'s drop). Every constructor
+//! returns `None` when export is off ([`super::otel::installed`]): nothing is made then.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, Tracer as _,
-};
-use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
+use opentelemetry::trace::{SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId};
+use opentelemetry::{Array, KeyValue, StringValue, Value};
 use opentelemetry_http::HeaderExtractor;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::Span as SdkSpan;
+use opentelemetry_sdk::trace::{IdGenerator, SamplingDecision, ShouldSample};
+use parking_lot::Mutex;
 
-use super::otel;
+use super::otel::{self, Tracing};
+use super::record::{Finished, SpanRecord};
 
 /// Attribute names (semantic conventions 1.42.0, and the proxy's own).
 pub mod attr {
@@ -69,22 +72,97 @@ pub const PROVIDER_GEMINI: &str = "gcp.gemini";
 /// Most bytes of a prompt or an answer recorded when `otel.record_content` is on.
 pub const CONTENT_LIMIT: usize = 64 * 1024;
 
-fn propagator() -> TraceContextPropagator {
-    TraceContextPropagator::new()
+/// A request's server span, carried on the request (an extension) and to its log line.
+#[derive(Clone)]
+pub struct RequestTrace(Arc<Root>);
+
+impl std::fmt::Debug for RequestTrace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestTrace")
+            .field("trace_id", &self.0.trace_id)
+            .field("sampled", &self.0.facts.is_some())
+            .finish()
+    }
 }
 
-/// A request's server span, carried on the request (an extension) and to its log line.
-#[derive(Clone, Debug)]
-pub struct RequestTrace {
-    cx: Context,
+/// The trace's ids and, sampled in, its spans so far.
+struct Root {
+    tracing: &'static Tracing,
+    trace_id: TraceId,
+    /// The server span's.
+    span_id: SpanId,
+    /// The client's `tracestate`, sent on as it came (empty: none).
+    trace_state: Box<str>,
+    /// `None`: sampled out (ids only, for the trace context sent upstream).
+    facts: Option<Mutex<Facts>>,
+}
+
+struct Facts {
+    server: SpanRecord,
+    ended: bool,
+    /// Children that ended, in that order.
+    children: Vec<SpanRecord>,
+}
+
+impl Root {
+    fn flags(&self) -> TraceFlags {
+        if self.facts.is_some() {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        }
+    }
+
+    fn with(&self, f: impl FnOnce(&mut Facts)) {
+        if let Some(facts) = &self.facts {
+            f(&mut facts.lock());
+        }
+    }
+}
+
+impl Drop for Root {
+    /// The last span of the trace is done: the whole trace goes to the export queue.
+    fn drop(&mut self) {
+        let Some(facts) = self.facts.take() else {
+            return;
+        };
+        let Facts {
+            mut server,
+            ended,
+            mut children,
+        } = facts.into_inner();
+        if !ended {
+            server.end = SystemTime::now();
+        }
+        children.push(server);
+        self.tracing.submit(Finished {
+            trace_id: self.trace_id,
+            flags: TraceFlags::SAMPLED.to_u8(),
+            trace_state: std::mem::take(&mut self.trace_state),
+            spans: children,
+        });
+    }
 }
 
 impl RequestTrace {
     /// The server span of a request, a child of the client's `traceparent` when it sent a
     /// valid one. `None` when export is off.
     pub fn start(headers: &http::HeaderMap, method: &str, path: &str) -> Option<RequestTrace> {
-        let tracer = otel::tracer()?;
-        let parent = propagator().extract(&HeaderExtractor(headers));
+        Some(RequestTrace::start_in(
+            otel::installed()?,
+            headers,
+            method,
+            path,
+        ))
+    }
+
+    /// [`RequestTrace::start`] for `tracing` (the installed one, or a test's).
+    pub fn start_in(
+        tracing: &'static Tracing,
+        headers: &http::HeaderMap,
+        method: &str,
+        path: &str,
+    ) -> RequestTrace {
         // The usual methods by their static names: no allocation for the span's first name.
         let name: Cow<'static, str> = match method {
             "POST" => Cow::Borrowed("POST"),
@@ -93,104 +171,159 @@ impl RequestTrace {
             "PATCH" => Cow::Borrowed("PATCH"),
             other => Cow::Owned(other.to_string()),
         };
-        let span = tracer
-            .span_builder(name.clone())
-            .with_kind(SpanKind::Server)
-            .with_attributes([
-                KeyValue::new(attr::METHOD, name),
-                KeyValue::new(attr::PATH, path.to_string()),
-            ])
-            .start_with_context(tracer, &parent);
-        Some(RequestTrace {
-            cx: parent.with_span(span),
-        })
+        // The client's span, when it sent a valid `traceparent` (the SDK's propagator reads it).
+        let parent = headers
+            .contains_key(TRACEPARENT)
+            .then(|| TraceContextPropagator::new().extract(&HeaderExtractor(headers)))
+            .filter(|cx| cx.span().span_context().is_valid());
+        let (trace_id, parent_id) = match &parent {
+            Some(cx) => {
+                let span = cx.span();
+                let sc = span.span_context();
+                (sc.trace_id(), sc.span_id())
+            }
+            None => (tracing.ids.new_trace_id(), SpanId::INVALID),
+        };
+        let sampled = tracing.sampler.should_sample(
+            parent.as_ref(),
+            trace_id,
+            &name,
+            &SpanKind::Server,
+            &[],
+            &[],
+        );
+        let trace_state = match &parent {
+            Some(_) => sampled.trace_state.header().into_boxed_str(),
+            None => Box::default(),
+        };
+        let span_id = tracing.ids.new_span_id();
+        let facts = (sampled.decision == SamplingDecision::RecordAndSample).then(|| {
+            let mut server = SpanRecord::new(
+                span_id,
+                parent_id,
+                name.clone(),
+                SpanKind::Server,
+                SystemTime::now(),
+            );
+            server.parent_remote = parent.is_some();
+            server.set(KeyValue::new(attr::METHOD, name));
+            server.set(KeyValue::new(attr::PATH, path.to_string()));
+            Mutex::new(Facts {
+                server,
+                ended: false,
+                children: Vec::new(),
+            })
+        });
+        RequestTrace(Arc::new(Root {
+            tracing,
+            trace_id,
+            span_id,
+            trace_state,
+            facts,
+        }))
     }
 
     /// The trace's id, as log lines carry it (32 hex digits).
     pub fn trace_id(&self) -> TraceId {
-        self.cx.span().span_context().trace_id()
+        self.0.trace_id
     }
 
     /// Whether the span records (sampled in): worth computing costly attributes for.
     pub fn is_recording(&self) -> bool {
-        self.cx.span().is_recording()
+        self.0.facts.is_some()
     }
 
     pub fn set(&self, attrs: impl IntoIterator<Item = KeyValue>) {
-        self.cx.span().set_attributes(attrs);
+        self.0.with(|f| {
+            for kv in attrs {
+                f.server.set(kv);
+            }
+        });
     }
 
     pub fn rename(&self, name: String) {
-        self.cx.span().update_name(name);
+        self.0.with(|f| f.server.name = Cow::Owned(name));
     }
 
     pub fn event(&self, name: &'static str, attrs: Vec<KeyValue>) {
-        self.cx.span().add_event(name, attrs);
+        self.0.with(|f| f.server.event(name, attrs));
     }
 
     /// Mark the request failed (a 5xx answer, or one cut off).
     pub fn fail(&self, why: impl Into<Cow<'static, str>>) {
-        self.cx.span().set_status(Status::error(why));
+        self.0.with(|f| f.server.error = Some(why.into()));
     }
 
     /// A child span, started now or at `start` (a wait measured after it happened). It ends
     /// when dropped.
     pub fn child(&self, name: &'static str, kind: SpanKind, start: Option<SystemTime>) -> Child {
-        child_of(&self.cx, name, kind, start)
+        child_of(&self.0, self.0.span_id, name, kind, start)
     }
 
     /// Write this span's trace context into `headers` (a request not sampled: Google still
     /// gets the trace's id, flagged not sampled, in place of the client's).
     pub fn inject(&self, headers: &mut http::HeaderMap) {
-        inject(self.cx.span().span_context(), headers);
+        inject(&self.0, self.0.span_id, headers);
     }
 
-    /// End the server span (at the answer's last byte).
+    /// End the server span (at the answer's last byte). The trace is exported when its last
+    /// span is done.
     pub fn end(&self) {
-        self.cx.span().end();
+        self.0.with(|f| {
+            if !f.ended {
+                f.ended = true;
+                f.server.end = SystemTime::now();
+            }
+        });
     }
 }
 
-fn child_of(cx: &Context, name: &'static str, kind: SpanKind, start: Option<SystemTime>) -> Child {
-    let span = match otel::tracer() {
-        Some(tracer) => {
-            let mut b = tracer.span_builder(name).with_kind(kind);
-            b.start_time = start;
-            Some(b.start_with_context(tracer, cx))
-        }
-        // Not installed (cannot happen with a trace): a span that records nothing.
-        None => None,
-    };
-    Child { span }
+fn child_of(
+    root: &Arc<Root>,
+    parent: SpanId,
+    name: &'static str,
+    kind: SpanKind,
+    start: Option<SystemTime>,
+) -> Child {
+    if root.facts.is_none() {
+        return Child { span: None };
+    }
+    let start = start.unwrap_or_else(SystemTime::now);
+    let span = SpanRecord::new(
+        root.tracing.ids.new_span_id(),
+        parent,
+        Cow::Borrowed(name),
+        kind,
+        start,
+    );
+    Child {
+        span: Some((root.clone(), span)),
+    }
 }
 
 /// A child span of a request's; ended when dropped.
 pub struct Child {
-    span: Option<SdkSpan>,
+    /// `None`: the trace is sampled out.
+    span: Option<(Arc<Root>, SpanRecord)>,
 }
 
 impl Child {
     pub fn set(&mut self, kv: KeyValue) {
-        if let Some(s) = self.span.as_mut() {
-            s.set_attribute(kv);
+        if let Some((_, s)) = self.span.as_mut() {
+            s.set(kv);
         }
     }
 
     pub fn fail(&mut self, why: impl Into<Cow<'static, str>>) {
-        if let Some(s) = self.span.as_mut() {
-            s.set_status(Status::error(why));
+        if let Some((_, s)) = self.span.as_mut() {
+            s.error = Some(why.into());
         }
     }
 
     /// A grandchild (the queue wait inside an admission).
     pub fn child(&self, name: &'static str, kind: SpanKind, start: Option<SystemTime>) -> Child {
         match &self.span {
-            Some(s) => child_of(
-                &Context::new().with_remote_span_context(s.span_context().clone()),
-                name,
-                kind,
-                start,
-            ),
+            Some((root, s)) => child_of(root, s.span_id, name, kind, start),
             None => Child { span: None },
         }
     }
@@ -198,8 +331,17 @@ impl Child {
     /// Write this span's `traceparent` (and `tracestate`) into `headers`, in place of any the
     /// client sent: Google sees the proxy's attempt as the caller.
     pub fn inject(&self, headers: &mut http::HeaderMap) {
-        if let Some(s) = &self.span {
-            inject(s.span_context(), headers);
+        if let Some((root, s)) = &self.span {
+            inject(root, s.span_id, headers);
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Some((root, mut span)) = self.span.take() {
+            span.end = SystemTime::now();
+            root.with(|f| f.children.push(span));
         }
     }
 }
@@ -210,8 +352,24 @@ const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate")
 /// What the W3C propagator writes (`traceparent: 00-TRACE-SPAN-FLAGS`, and `tracestate`,
 /// empty or not), as the SDK's `TraceContextPropagator` would, without its `format!` and its
 /// header-name parsing on every request.
-fn inject(cx: &SpanContext, headers: &mut http::HeaderMap) {
-    if !cx.is_valid() {
+fn inject(root: &Root, span_id: SpanId, headers: &mut http::HeaderMap) {
+    write_context(
+        root.trace_id,
+        span_id,
+        root.flags(),
+        &root.trace_state,
+        headers,
+    );
+}
+
+fn write_context(
+    trace_id: TraceId,
+    span_id: SpanId,
+    flags: TraceFlags,
+    state: &str,
+    headers: &mut http::HeaderMap,
+) {
+    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
         return;
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -222,15 +380,14 @@ fn inject(cx: &SpanContext, headers: &mut http::HeaderMap) {
             v[at + 2 * i + 1] = HEX[usize::from(b & 0xf)];
         }
     };
-    put(3, &cx.trace_id().to_bytes());
-    put(36, &cx.span_id().to_bytes());
-    put(53, &[(cx.trace_flags() & TraceFlags::SAMPLED).to_u8()]);
+    put(3, &trace_id.to_bytes());
+    put(36, &span_id.to_bytes());
+    put(53, &[(flags & TraceFlags::SAMPLED).to_u8()]);
     // Hex digits and dashes only: always a valid header value.
     if let Ok(value) = http::HeaderValue::from_bytes(&v) {
         headers.insert(TRACEPARENT, value);
     }
-    let state = cx.trace_state().header();
-    if let Ok(value) = http::HeaderValue::from_str(&state) {
+    if let Ok(value) = http::HeaderValue::from_str(state) {
         headers.insert(TRACESTATE, value);
     }
 }
@@ -297,29 +454,140 @@ mod tests {
 
     #[test]
     fn the_trace_context_written_is_the_sdk_propagators() {
-        use opentelemetry::trace::{SpanId, TraceState};
+        use opentelemetry::Context;
+        use opentelemetry::trace::{SpanContext, TraceState};
         use opentelemetry_http::HeaderInjector;
+        let (trace, span) = (
+            TraceId::from(0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c),
+            SpanId::from(0xb7ad_6b71_6920_3331),
+        );
         for (flags, state) in [
             (TraceFlags::SAMPLED, "vendor=abc"),
             (TraceFlags::default(), ""),
         ] {
             let sc = SpanContext::new(
-                TraceId::from(0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c),
-                SpanId::from(0xb7ad_6b71_6920_3331),
+                trace,
+                span,
                 flags,
                 true,
                 state.parse::<TraceState>().unwrap(),
             );
             let (mut ours, mut sdk) = (http::HeaderMap::new(), http::HeaderMap::new());
-            inject(&sc, &mut ours);
+            write_context(trace, span, flags, state, &mut ours);
             let cx = Context::new().with_remote_span_context(sc);
-            propagator().inject_context(&cx, &mut HeaderInjector(&mut sdk));
+            TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(&mut sdk));
             assert_eq!(ours, sdk);
             assert_eq!(ours.len(), 2);
         }
         let mut none = http::HeaderMap::new();
-        inject(&SpanContext::empty_context(), &mut none);
+        write_context(TraceId::INVALID, span, TraceFlags::SAMPLED, "", &mut none);
         assert!(none.is_empty());
+    }
+
+    /// A tracing of its own for a test (never installed), and what it exported.
+    fn tracing(
+        sampler: opentelemetry_sdk::trace::Sampler,
+    ) -> (&'static Tracing, super::super::export::Pending) {
+        let (t, pending) = Tracing::new(sampler, false, 64, 16);
+        (Box::leak(Box::new(t)), pending)
+    }
+
+    #[test]
+    fn a_requests_spans_are_exported_together_once_the_last_is_done() {
+        use opentelemetry_sdk::trace::Sampler;
+        let (t, mut pending) = tracing(Sampler::AlwaysOn);
+        let trace = RequestTrace::start_in(t, &http::HeaderMap::new(), "POST", "/v1beta/x");
+        assert!(trace.is_recording());
+        let mut admit = trace.child("gqp.admit", SpanKind::Internal, None);
+        admit.set(KeyValue::new(attr::STORE, "memory"));
+        drop(admit.child("gqp.queue.wait", SpanKind::Internal, None));
+        let mut attempt = trace.child("gqp.upstream.attempt", SpanKind::Client, None);
+        let mut headers = http::HeaderMap::new();
+        attempt.inject(&mut headers);
+        attempt.fail("answered 503");
+        trace.set([KeyValue::new(attr::STATUS, 200_i64)]);
+        trace.rename("generate_content m".into());
+        trace.end();
+        drop(admit);
+        assert!(
+            pending.take(8).is_empty(),
+            "exported with a child still open"
+        );
+        drop(trace);
+        assert!(
+            pending.take(8).is_empty(),
+            "exported with a child still open"
+        );
+        drop(attempt);
+        let mut got = pending.take(8);
+        assert_eq!(got.len(), 1, "one trace, exported once");
+        let f = got.pop().unwrap();
+        let names: Vec<&str> = f.spans.iter().map(|s| s.name.as_ref()).collect();
+        // Children in the order they ended, the server span last.
+        assert_eq!(
+            names,
+            [
+                "gqp.queue.wait",
+                "gqp.admit",
+                "gqp.upstream.attempt",
+                "generate_content m"
+            ]
+        );
+        let (wait, admit, attempt, server) = (&f.spans[0], &f.spans[1], &f.spans[2], &f.spans[3]);
+        assert_eq!(server.parent, SpanId::INVALID);
+        assert_eq!(admit.parent, server.span_id);
+        assert_eq!(wait.parent, admit.span_id);
+        assert_eq!(attempt.parent, server.span_id);
+        assert_eq!(attempt.kind, SpanKind::Client);
+        assert_eq!(attempt.error.as_deref(), Some("answered 503"));
+        assert!(server.end <= attempt.end, "the server span ended at end()");
+        let tp = headers["traceparent"].to_str().unwrap().to_string();
+        assert_eq!(
+            tp,
+            format!("00-{}-{}-01", f.trace_id, attempt.span_id),
+            "the attempt's own context goes upstream"
+        );
+        assert_eq!(server.attributes.len(), 3, "{:?}", server.attributes);
+        let ids: std::collections::HashSet<_> = f.spans.iter().map(|s| s.span_id).collect();
+        assert_eq!(ids.len(), 4, "each span its own id");
+    }
+
+    #[test]
+    fn a_client_traceparent_is_continued_and_its_sampling_decision_kept() {
+        use opentelemetry_sdk::trace::Sampler;
+        let sampler = Sampler::ParentBased(Box::new(Sampler::AlwaysOn));
+        let (t, mut pending) = tracing(sampler);
+        let mut headers = http::HeaderMap::new();
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331";
+        headers.insert("traceparent", format!("{parent}-01").parse().unwrap());
+        headers.insert("tracestate", "vendor=abc".parse().unwrap());
+        let trace = RequestTrace::start_in(t, &headers, "POST", "/v1beta/x");
+        assert_eq!(
+            trace.trace_id().to_string(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        let mut out = http::HeaderMap::new();
+        trace.inject(&mut out);
+        assert_eq!(out["tracestate"], "vendor=abc");
+        drop(trace);
+        let f = pending.take(8).pop().unwrap();
+        assert_eq!(&*f.trace_state, "vendor=abc");
+        assert_eq!(f.spans[0].parent, SpanId::from(0xb7ad_6b71_6920_3331));
+        assert!(f.spans[0].parent_remote);
+
+        // The client's span was not sampled: neither is the request's, and nothing is sent.
+        headers.insert("traceparent", format!("{parent}-00").parse().unwrap());
+        let trace = RequestTrace::start_in(t, &headers, "POST", "/v1beta/x");
+        assert!(!trace.is_recording());
+        let mut out = http::HeaderMap::new();
+        trace
+            .child("gqp.admit", SpanKind::Internal, None)
+            .inject(&mut out);
+        assert!(out.is_empty(), "a sampled-out child writes nothing");
+        trace.inject(&mut out);
+        assert!(out["traceparent"].to_str().unwrap().ends_with("-00"));
+        drop(trace);
+        assert!(pending.take(8).is_empty());
     }
 
     #[test]

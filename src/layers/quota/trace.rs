@@ -19,7 +19,7 @@ use crate::upstream::Verdict;
 /// The request's trace (trace export on).
 pub(super) fn of(parts: &http::request::Parts) -> Option<RequestTrace> {
     // Export off: not even a look at the extensions.
-    crate::telemetry::otel::tracer()?;
+    crate::telemetry::otel::installed()?;
     parts.extensions.get::<RequestTrace>().cloned()
 }
 
