@@ -12,6 +12,7 @@ pub mod by_client;
 pub mod forecast;
 pub mod images;
 pub mod names;
+pub mod nesting;
 pub mod outlook;
 pub mod prices;
 pub mod query;

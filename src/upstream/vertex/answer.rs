@@ -17,6 +17,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use serde_json::{Map, Value};
 
 use crate::budget::{BodyBudget, Reserved};
+use crate::ledger::nesting::Nesting;
 use crate::route::{QuotaFamily, Route};
 
 /// The buffered-bytes budget an answer's held objects count against, and the client they are
@@ -184,10 +185,8 @@ fn citations(m: &mut Map<String, Value>) -> bool {
 #[derive(Debug)]
 struct Objects {
     kind: Kind,
-    /// Open braces and brackets of the object being read (0: between objects).
-    depth: usize,
-    in_string: bool,
-    escaped: bool,
+    /// Where the object being read stands (depth 0: between objects).
+    nesting: Nesting,
     /// The object being read.
     held: Vec<u8>,
     /// An object over [`MAX_OBJECT_BYTES`] (or over what the budget could take) came: the
@@ -205,9 +204,7 @@ impl Objects {
     fn new(kind: Kind) -> Objects {
         Objects {
             kind,
-            depth: 0,
-            in_string: false,
-            escaped: false,
+            nesting: Nesting::default(),
             held: Vec::new(),
             gave_up: false,
             budget: None,
@@ -250,14 +247,14 @@ impl Objects {
         let mut start = 0;
         let mut i = 0;
         while i < chunk.len() {
-            if self.depth == 0 {
+            if self.nesting.depth() == 0 {
                 // Between objects: pass on everything up to the next `{`.
                 match memchr::memchr(b'{', &chunk[i..]) {
                     Some(at) => {
                         out.extend_from_slice(&chunk[start..i + at]);
                         i += at;
                         start = i;
-                        self.depth = 1;
+                        self.nesting = Nesting::opened();
                         i += 1;
                     }
                     None => {
@@ -269,31 +266,13 @@ impl Objects {
             }
             let b = chunk[i];
             i += 1;
-            if self.in_string {
-                if self.escaped {
-                    self.escaped = false;
-                } else if b == b'\\' {
-                    self.escaped = true;
-                } else if b == b'"' {
-                    self.in_string = false;
-                }
-                continue;
-            }
-            match b {
-                b'"' => self.in_string = true,
-                b'{' | b'[' => self.depth += 1,
-                b'}' | b']' => {
-                    self.depth -= 1;
-                    if self.depth == 0 {
-                        self.held.extend_from_slice(&chunk[start..i]);
-                        start = i;
-                        self.emit(out);
-                    }
-                }
-                _ => {}
+            if self.nesting.step(b) {
+                self.held.extend_from_slice(&chunk[start..i]);
+                start = i;
+                self.emit(out);
             }
         }
-        if self.depth > 0 {
+        if self.nesting.depth() > 0 {
             self.held.extend_from_slice(&chunk[start..]);
             let over = self.held.len() > MAX_OBJECT_BYTES;
             if over || !self.reserve_held() {
@@ -335,7 +314,7 @@ impl Objects {
         out.extend_from_slice(&self.held);
         self.held.clear();
         self.release();
-        self.depth = 0;
+        self.nesting = Nesting::default();
     }
 }
 
