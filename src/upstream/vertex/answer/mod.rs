@@ -14,11 +14,14 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use serde_json::{Map, Value};
 
-use crate::budget::{BodyBudget, Reserved};
-use crate::ledger::nesting::Nesting;
-use crate::route::{QuotaFamily, Route};
+mod fields;
+mod objects;
+
+pub use self::fields::{Kind, rewrite};
+use self::objects::Objects;
+use crate::budget::BodyBudget;
+use crate::route::Route;
 
 /// The buffered-bytes budget an answer's held objects count against, and the client they are
 /// counted to.
@@ -31,30 +34,6 @@ pub struct VertexForm;
 
 /// A JSON object longer than this is passed on as it came (not held to be rewritten).
 pub const MAX_OBJECT_BYTES: usize = 8 << 20;
-
-/// Which answer a body is, for what to rewrite in it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Generate,
-    CountTokens,
-    Embed,
-    OpenAi,
-}
-
-impl Kind {
-    /// The kind of answer a Vertex entry gives `route`, if it is one to rewrite.
-    pub fn of(route: &Route) -> Option<Kind> {
-        if route.openai {
-            return (route.family == QuotaFamily::Generate).then_some(Kind::OpenAi);
-        }
-        match route.action.as_deref()? {
-            "generateContent" | "streamGenerateContent" => Some(Kind::Generate),
-            "countTokens" => Some(Kind::CountTokens),
-            "embedContent" => Some(Kind::Embed),
-            _ => None,
-        }
-    }
-}
 
 /// The client's body for a Vertex entry's answer: rewritten to AI Studio's form unless the
 /// request came in Vertex form (then `None`: sent as it is). Drops `content-length` from
@@ -95,226 +74,6 @@ where
     match wrap(body, route, &parts.extensions, headers, Some(held)) {
         Ok(rewritten) => axum::response::Response::new(axum::body::Body::new(rewritten)),
         Err(body) => axum::response::Response::new(axum::body::Body::new(body)),
-    }
-}
-
-/// Rewrite one answer object in place; whether anything changed.
-pub fn rewrite(kind: Kind, v: &mut Value) -> bool {
-    let Some(o) = v.as_object_mut() else {
-        return false;
-    };
-    match kind {
-        Kind::Generate => generate(o),
-        Kind::CountTokens => o.remove("totalBillableCharacters").is_some(),
-        Kind::Embed => {
-            let mut changed = false;
-            o.retain(|k, _| {
-                let keep = k == "embedding";
-                changed |= !keep;
-                keep
-            });
-            if let Some(e) = o.get_mut("embedding").and_then(Value::as_object_mut) {
-                e.retain(|k, _| {
-                    let keep = k == "values";
-                    changed |= !keep;
-                    keep
-                });
-            }
-            changed
-        }
-        Kind::OpenAi => match o.get_mut("model") {
-            Some(Value::String(m)) if m.starts_with("google/") => {
-                *m = m["google/".len()..].to_string();
-                true
-            }
-            _ => false,
-        },
-    }
-}
-
-/// A generate answer (or stream chunk): its Vertex-only fields dropped.
-fn generate(o: &mut Map<String, Value>) -> bool {
-    let mut changed = o.remove("createTime").is_some();
-    if let Some(u) = o.get_mut("usageMetadata").and_then(Value::as_object_mut) {
-        changed |= u.remove("trafficType").is_some();
-    }
-    if let Some(f) = o.get_mut("promptFeedback").and_then(Value::as_object_mut) {
-        changed |= f.remove("blockReasonMessage").is_some();
-        changed |= safety_ratings(f);
-    }
-    if let Some(cs) = o.get_mut("candidates").and_then(Value::as_array_mut) {
-        for c in cs.iter_mut().filter_map(Value::as_object_mut) {
-            changed |= c.remove("score").is_some();
-            changed |= safety_ratings(c);
-            if let Some(m) = c.get_mut("citationMetadata").and_then(Value::as_object_mut) {
-                changed |= citations(m);
-            }
-        }
-    }
-    changed
-}
-
-/// AI Studio's safety ratings carry `category`, `probability` and `blocked` only.
-fn safety_ratings(o: &mut Map<String, Value>) -> bool {
-    let mut changed = false;
-    if let Some(rs) = o.get_mut("safetyRatings").and_then(Value::as_array_mut) {
-        for r in rs.iter_mut().filter_map(Value::as_object_mut) {
-            for k in ["probabilityScore", "severity", "severityScore"] {
-                changed |= r.remove(k).is_some();
-            }
-        }
-    }
-    changed
-}
-
-/// Vertex's `citations` (with `title`, `publicationDate`) are AI Studio's `citationSources`
-/// (`startIndex`, `endIndex`, `uri`, `license`).
-fn citations(m: &mut Map<String, Value>) -> bool {
-    let Some(Value::Array(mut list)) = m.remove("citations") else {
-        return false;
-    };
-    for c in list.iter_mut().filter_map(Value::as_object_mut) {
-        c.retain(|k, _| matches!(k.as_str(), "startIndex" | "endIndex" | "uri" | "license"));
-    }
-    m.insert("citationSources".into(), Value::Array(list));
-    true
-}
-
-/// Splits a body into the JSON objects at its top (whatever surrounds them: SSE's `data: `
-/// lines, a JSON array's brackets and commas, passed on as they are) and rewrites each.
-#[derive(Debug)]
-struct Objects {
-    kind: Kind,
-    /// Where the object being read stands (depth 0: between objects).
-    nesting: Nesting,
-    /// The object being read.
-    held: Vec<u8>,
-    /// An object over [`MAX_OBJECT_BYTES`] (or over what the budget could take) came: the
-    /// rest passes unchanged.
-    gave_up: bool,
-    /// What the held bytes count against (`None`: nothing, in unit tests).
-    budget: Option<Held>,
-    /// The held bytes' reservations, given back as each object is sent.
-    reserved: Vec<Reserved>,
-    /// Bytes of `held` reserved so far.
-    reserved_bytes: usize,
-}
-
-impl Objects {
-    fn new(kind: Kind) -> Objects {
-        Objects {
-            kind,
-            nesting: Nesting::default(),
-            held: Vec::new(),
-            gave_up: false,
-            budget: None,
-            reserved: Vec::new(),
-            reserved_bytes: 0,
-        }
-    }
-
-    /// Count `held`'s growth against the budget; false when it cannot take it.
-    fn reserve_held(&mut self) -> bool {
-        let Some((budget, client)) = &self.budget else {
-            return true;
-        };
-        let more = self.held.len().saturating_sub(self.reserved_bytes);
-        if more == 0 {
-            return true;
-        }
-        match budget.reserve(*client, more) {
-            Some(r) => {
-                self.reserved.push(r);
-                self.reserved_bytes += more;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Give the held bytes' reservations back.
-    fn release(&mut self) {
-        self.reserved.clear();
-        self.reserved_bytes = 0;
-    }
-
-    /// Feed `chunk`; append to `out` what can be sent now.
-    fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) {
-        if self.gave_up {
-            out.extend_from_slice(chunk);
-            return;
-        }
-        let mut start = 0;
-        let mut i = 0;
-        while i < chunk.len() {
-            if self.nesting.depth() == 0 {
-                // Between objects: pass on everything up to the next `{`.
-                match memchr::memchr(b'{', &chunk[i..]) {
-                    Some(at) => {
-                        out.extend_from_slice(&chunk[start..i + at]);
-                        i += at;
-                        start = i;
-                        self.nesting = Nesting::opened();
-                        i += 1;
-                    }
-                    None => {
-                        out.extend_from_slice(&chunk[start..]);
-                        return;
-                    }
-                }
-                continue;
-            }
-            let b = chunk[i];
-            i += 1;
-            if self.nesting.step(b) {
-                self.held.extend_from_slice(&chunk[start..i]);
-                start = i;
-                self.emit(out);
-            }
-        }
-        if self.nesting.depth() > 0 {
-            self.held.extend_from_slice(&chunk[start..]);
-            let over = self.held.len() > MAX_OBJECT_BYTES;
-            if over || !self.reserve_held() {
-                tracing::warn!(
-                    limit = MAX_OBJECT_BYTES,
-                    over,
-                    "a Vertex AI answer object is larger than the proxy may hold to rewrite: passed on in Vertex's form"
-                );
-                self.gave_up = true;
-                out.extend_from_slice(&self.held);
-                self.held = Vec::new();
-                self.release();
-            }
-        }
-    }
-
-    /// The object just completed, rewritten (or as it came when it needs nothing, or is not
-    /// JSON).
-    fn emit(&mut self, out: &mut BytesMut) {
-        self.release();
-        let held = std::mem::take(&mut self.held);
-        if let Ok(mut v) = serde_json::from_slice::<Value>(&held)
-            && rewrite(self.kind, &mut v)
-            && let Ok(bytes) = serde_json::to_vec(&v)
-        {
-            out.extend_from_slice(&bytes);
-        } else {
-            out.extend_from_slice(&held);
-        }
-        // The buffer is kept for the next object, unless a large one grew it.
-        if held.capacity() <= 64 * 1024 {
-            self.held = held;
-            self.held.clear();
-        }
-    }
-
-    /// The end of the body: whatever is held goes as it is.
-    fn finish(&mut self, out: &mut BytesMut) {
-        out.extend_from_slice(&self.held);
-        self.held.clear();
-        self.release();
-        self.nesting = Nesting::default();
     }
 }
 
