@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{Datelike, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono::{Datelike, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 
 use super::{DayInfo, StoreError};
@@ -59,16 +59,7 @@ impl ClientPeriod {
         // The first instant of the next month's first day (a zone skipping midnight: an hour
         // later); a date chrono cannot represent falls back to a month of 31 days.
         let month_end_ms = NaiveDate::from_ymd_opt(ny, nm, 1)
-            .map(|d| d.and_time(NaiveTime::MIN))
-            .and_then(|n| {
-                tz.from_local_datetime(&n)
-                    .earliest()
-                    .or_else(|| {
-                        tz.from_local_datetime(&(n + chrono::Duration::hours(1)))
-                            .earliest()
-                    })
-                    .map(|t| t.timestamp_millis())
-            })
+            .and_then(|d| super::clock::midnight_ms(tz, d))
             .unwrap_or(now_ms + 31 * super::clock::DAY_MS);
         ClientPeriod {
             day: d.day,

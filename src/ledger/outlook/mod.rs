@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{Datelike, NaiveTime, TimeZone, Utc};
+use chrono::{Datelike, TimeZone, Utc};
 
 use super::Ledger;
 use super::book::{HOUR_MS, MINUTE_MS, field};
@@ -316,14 +316,7 @@ pub(crate) fn local_midnight(tz: chrono_tz::Tz, now: i64, month: bool) -> i64 {
     if month {
         date = date.with_day(1).unwrap_or(date);
     }
-    let naive = date.and_time(NaiveTime::MIN);
-    tz.from_local_datetime(&naive)
-        .earliest()
-        .or_else(|| {
-            tz.from_local_datetime(&(naive + chrono::Duration::hours(1)))
-                .earliest()
-        })
-        .map_or(now, |t| t.timestamp_millis())
+    crate::quota::clock::midnight_ms(tz, date).unwrap_or(now)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
-use chrono::{Datelike, Months, NaiveTime, TimeZone, Utc};
+use chrono::{Datelike, Months, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
@@ -93,17 +93,8 @@ pub fn month_bounds(tz: Tz, now: i64) -> (i64, i64) {
         .with_timezone(&tz);
     let first = local.date_naive().with_day(1).unwrap_or(local.date_naive());
     let next = first.checked_add_months(Months::new(1)).unwrap_or(first);
-    let at = |d: chrono::NaiveDate| {
-        let naive = d.and_time(NaiveTime::MIN);
-        // A midnight skipped by a clock change: the first moment after it.
-        tz.from_local_datetime(&naive)
-            .earliest()
-            .or_else(|| {
-                tz.from_local_datetime(&(naive + chrono::Duration::hours(1)))
-                    .earliest()
-            })
-            .map_or(now, |t| t.timestamp_millis())
-    };
+    // A midnight skipped by a clock change: the first moment after it.
+    let at = |d| crate::quota::clock::midnight_ms(tz, d).unwrap_or(now);
     (at(first), at(next))
 }
 
