@@ -45,16 +45,11 @@ impl ClientBudgets for MemoryStore {
         c: &ClientAdmit,
     ) -> Result<Option<(ClientLimit, u64, u64)>, StoreError> {
         let c = &c.budgets_only();
-        let counters = self.client_counters(&c.name);
-        let mut cc = counters.lock();
-        let now = self.clock.now_ms();
-        cc.prune(now, self.window_ms, c);
-        if let Some(why) = cc.refusal(c, 0, now, self.window_ms) {
-            return Ok(Some(why));
-        }
-        cc.day_micros = cc.day_micros.saturating_add(c.cost_micros);
-        cc.month_micros = cc.month_micros.saturating_add(c.cost_micros);
-        Ok(None)
+        let added = self.with_room(c, 0, |cc, _| {
+            cc.day_micros = cc.day_micros.saturating_add(c.cost_micros);
+            cc.month_micros = cc.month_micros.saturating_add(c.cost_micros);
+        });
+        Ok(added.err())
     }
 
     /// A period already over stays as it was.

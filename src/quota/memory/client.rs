@@ -202,34 +202,48 @@ impl MemoryStore {
             .clone()
     }
 
-    /// Admission with a client part: its counters checked first, then the pool's admission
-    /// under the client's lock, and the client's reservation only if the pool admitted.
-    pub(super) fn admit_client(&self, req: &AdmitRequest, c: &ClientAdmit) -> AdmitOutcome {
+    /// `f` on the client's counters (pruned to now) when it has room for one more request of
+    /// `tokens`, under its lock; else its limit, that limit's value and the wait.
+    pub(super) fn with_room<T>(
+        &self,
+        c: &ClientAdmit,
+        tokens: u64,
+        f: impl FnOnce(&mut ClientCounters, i64) -> T,
+    ) -> Result<T, (ClientLimit, u64, u64)> {
         let counters = self.client_counters(&c.name);
         let mut cc = counters.lock();
         let now = self.clock.now_ms();
         cc.prune(now, self.window_ms, c);
-        if let Some((limit, limit_value, retry_after_ms)) =
-            cc.refusal(c, req.tokens, now, self.window_ms)
-        {
-            return AdmitOutcome::ClientRefused {
+        if let Some(why) = cc.refusal(c, tokens, now, self.window_ms) {
+            return Err(why);
+        }
+        Ok(f(&mut cc, now))
+    }
+
+    /// Admission with a client part: its counters checked first, then the pool's admission
+    /// under the client's lock, and the client's reservation only if the pool admitted.
+    pub(super) fn admit_client(&self, req: &AdmitRequest, c: &ClientAdmit) -> AdmitOutcome {
+        let admitted = self.with_room(c, req.tokens, |cc, now| {
+            let outcome = loop {
+                if let Some(o) = self.admit_pass(req) {
+                    break o;
+                }
+            };
+            match outcome {
+                AdmitOutcome::Admitted(mut r) => {
+                    r.client = Some(cc.reserve(c, req.tokens, now));
+                    AdmitOutcome::Admitted(r)
+                }
+                other => other,
+            }
+        });
+        admitted.unwrap_or_else(|(limit, limit_value, retry_after_ms)| {
+            AdmitOutcome::ClientRefused {
                 limit,
                 limit_value,
                 retry_after_ms,
-            };
-        }
-        let outcome = loop {
-            if let Some(o) = self.admit_pass(req) {
-                break o;
             }
-        };
-        match outcome {
-            AdmitOutcome::Admitted(mut r) => {
-                r.client = Some(cc.reserve(c, req.tokens, now));
-                AdmitOutcome::Admitted(r)
-            }
-            other => other,
-        }
+        })
     }
 
     /// Settle a reservation's client part: its tokens, its slot, its budgets to the real cost.

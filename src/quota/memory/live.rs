@@ -117,23 +117,18 @@ impl LiveSlots for MemoryStore {
         c: &ClientAdmit,
         session: &str,
     ) -> Result<Option<(ClientLimit, u64, u64)>, StoreError> {
-        let counters = self.client_counters(&c.name);
-        let mut cc = counters.lock();
-        let now = self.clock.now_ms();
-        cc.prune(now, self.window_ms, c);
-        if let Some(why) = cc.refusal(c, 0, now, self.window_ms) {
-            return Ok(Some(why));
-        }
-        // Only checked against the budgets: the usage is charged as it arrives.
-        let held = ClientAdmit {
-            cost_micros: 0,
-            ..c.clone()
-        };
-        let hold = cc.reserve(&held, 0, now);
-        if c.caps.max_concurrent.is_some() {
-            cc.sessions.insert(session.to_string(), hold.id);
-        }
-        Ok(None)
+        let taken = self.with_room(c, 0, |cc, now| {
+            // Only checked against the budgets: the usage is charged as it arrives.
+            let held = ClientAdmit {
+                cost_micros: 0,
+                ..c.clone()
+            };
+            let hold = cc.reserve(&held, 0, now);
+            if c.caps.max_concurrent.is_some() {
+                cc.sessions.insert(session.to_string(), hold.id);
+            }
+        });
+        Ok(taken.err())
     }
 
     /// Push the lease end of each (client, session) slot still held.
