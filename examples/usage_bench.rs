@@ -4,7 +4,7 @@
 //!
 //! - memory: the ledger in this process, filled through its own API, the query timed in-process;
 //! - Redis: the same history written into a private redis-server in the ledger's own format (the
-//!   `led:m:MINUTE` / `led:h:HOUR` hashes of `src/ledger/shared.rs`), then the release proxy
+//!   `led:m:MINUTE` / `led:h:HOUR` hashes of `src/ledger/shared/`), then the release proxy
 //!   binary asked over HTTP: the first query reads the day from Redis, later ones only the
 //!   buckets still open.
 //!

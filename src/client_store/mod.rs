@@ -8,15 +8,15 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
-
-use redis::Script;
 
 mod file;
 pub mod record;
+mod shared;
 
 use self::file::{read_file, write_file};
+use self::shared::{CREATE, DELETE, REPLACE, script, to_json};
 
 use self::record::{Grace, Record, new_key};
 use crate::clients::{ClientLimits, Origin, Registry};
@@ -25,43 +25,6 @@ use crate::quota::redis::SharedIo;
 /// How often a replica asks Redis whether the runtime clients changed (a change is seen
 /// everywhere within about this long).
 pub const POLL_EVERY: Duration = Duration::from_millis(500);
-
-const HASH: &str = "clients";
-const VERSION: &str = "clients:version";
-
-/// Add a client unless its name is taken (-1) or the hash holds `ARGV[3]` already (-2).
-static CREATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return -1 end
-if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return -2 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return redis.call('INCR', KEYS[2])
-",
-    )
-});
-
-/// Replace a client's record if it is still `ARGV[2]` (-3: another change came first; -1: gone).
-static REPLACE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if not cur then return -1 end
-if cur ~= ARGV[2] then return -3 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-return redis.call('INCR', KEYS[2])
-",
-    )
-});
-
-static DELETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return -1 end
-return redis.call('INCR', KEYS[2])
-",
-    )
-});
 
 /// Why a change to the runtime clients was not made.
 #[derive(Debug, PartialEq)]
@@ -329,45 +292,6 @@ impl ClientStore {
             None => Ok(()),
         }
     }
-
-    /// Redis: read the records again if the version moved (or was never read), and apply
-    /// them. Nothing to do for a file (this replica is its only writer).
-    async fn sync(&self, inner: &mut Inner) -> Result<(), String> {
-        let Backend::Redis(io) = &self.backend else {
-            return Ok(());
-        };
-        let version = io
-            .get(VERSION)
-            .await
-            .map_err(|e| e.to_string())?
-            .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(0);
-        if inner.version == Some(version) {
-            return Ok(());
-        }
-        let fields = io
-            .read_hashes(&[HASH.to_string()])
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .next()
-            .unwrap_or_default();
-        let mut records = BTreeMap::new();
-        for (name, json) in fields {
-            match serde_json::from_str::<Record>(&json) {
-                Ok(r) if r.name == name => {
-                    records.insert(name, r);
-                }
-                _ => {
-                    tracing::warn!(client = %name, "a runtime client in Redis is not readable: left out")
-                }
-            }
-        }
-        inner.records = records;
-        inner.version = Some(version);
-        apply(&self.registry, inner);
-        Ok(())
-    }
 }
 
 /// Hand the records to the registry, the graces ended now left out.
@@ -380,16 +304,6 @@ fn apply(registry: &Registry, inner: &mut Inner) {
         .filter_map(|r| r.next_expiry(now))
         .min();
     registry.set(Origin::Runtime, specs);
-}
-
-async fn script(io: &SharedIo, s: &Script, args: &[String]) -> Result<i64, StoreOpError> {
-    io.run_script(s, &[HASH.to_string(), VERSION.to_string()], args)
-        .await
-        .map_err(|e| StoreOpError::Unavailable(format!("the shared store did not answer: {e}")))
-}
-
-fn to_json(r: &Record) -> Result<String, StoreOpError> {
-    serde_json::to_string(r).map_err(|e| StoreOpError::Unavailable(e.to_string()))
 }
 
 #[cfg(test)]

@@ -12,8 +12,10 @@ pub mod by_client;
 pub mod forecast;
 pub mod images;
 pub mod names;
+pub mod nesting;
 pub mod outlook;
 pub mod prices;
+mod pricing;
 pub mod query;
 mod records;
 mod shared;
@@ -37,6 +39,7 @@ pub use tokens::{TokenUsage, UsageScanner};
 
 use self::book::Book;
 use self::names::Names;
+use self::pricing::{Pricing, vertex_projects};
 use self::shared::Shared;
 use crate::quota::redis::SharedIo;
 use crate::quota::{Clock, SystemClock};
@@ -69,22 +72,6 @@ pub struct LedgerSetup {
     /// Redis, when the quota store is shared.
     pub shared: Option<SharedIo>,
     pub clock: Arc<dyn Clock>,
-}
-
-/// What an answer costs: the price table and the projects not billed at list price.
-struct Pricing {
-    prices: Arc<Prices>,
-    billing: HashMap<String, Billing>,
-    /// The Vertex AI entries' projects.
-    vertex: std::collections::HashSet<Arc<str>>,
-}
-
-/// The projects of `keys` that are Vertex AI entries.
-fn vertex_projects(keys: &[KeyInfo]) -> std::collections::HashSet<Arc<str>> {
-    keys.iter()
-        .filter(|k| k.vertex)
-        .map(|k| k.project.clone())
-        .collect()
 }
 
 /// The usage ledger (see the module docs).
@@ -183,27 +170,6 @@ impl Ledger {
         })
     }
 
-    /// A reloaded configuration's prices, billings and keys: answers ending from now on are
-    /// priced so (whichever configuration admitted them), and the new keys get their masked
-    /// names. History already recorded is kept as it is. (Clients are named as they are asked
-    /// for, [`Ledger::client_id_named`].)
-    pub fn reconfigure(
-        &self,
-        prices: Arc<Prices>,
-        billing: HashMap<String, Billing>,
-        keys: &[KeyInfo],
-    ) {
-        self.pricing.store(Arc::new(Pricing {
-            prices,
-            billing,
-            vertex: vertex_projects(keys),
-        }));
-        let mut masked = self.masked.write();
-        for k in keys {
-            masked.insert(k.kid.clone(), k.masked.clone());
-        }
-    }
-
     /// `memory` or `redis`.
     pub fn backend(&self) -> &'static str {
         if self.shared.is_some() {
@@ -297,34 +263,6 @@ impl Ledger {
             watch: self.watcher_of(project),
             seen: None,
         }
-    }
-
-    /// What `usage` of `model` costs at list price, in micro-dollars (rounded up): what a
-    /// client's budgets count, whichever project served it.
-    pub fn list_cost_micros(&self, model: &str, usage: &TokenUsage) -> u64 {
-        self.list_cost_served(false, model, usage)
-    }
-
-    /// [`Ledger::list_cost_micros`] at the prices of the backend that served it (`vertex`: a
-    /// Vertex AI entry's, where they differ).
-    pub fn list_cost_served(&self, vertex: bool, model: &str, usage: &TokenUsage) -> u64 {
-        let prices = &self.pricing.load().prices;
-        let nano = prices.cost_served(vertex, model, usage, Billing::Paid);
-        nano.list_nano.div_ceil(1000)
-    }
-
-    /// Whether the price table prices `model` (exact name or a prefix entry).
-    pub fn is_priced(&self, model: &str) -> bool {
-        self.pricing.load().prices.entry_for(model).is_some()
-    }
-
-    /// A project's billing (a Vertex AI entry's is always paid: Vertex has no free tier).
-    pub fn billing_of(&self, project: &str) -> Billing {
-        let pricing = self.pricing.load();
-        if pricing.vertex.contains(project) {
-            return Billing::Paid;
-        }
-        pricing.billing.get(project).copied().unwrap_or_default()
     }
 
     /// Add `c` to a series, now (the ledger's clock).

@@ -1,6 +1,8 @@
 //! The tokens one answer used, as Google reports them (`usageMetadata`, or `usage` on the
 //! OpenAI surface).
 
+use super::nesting::Nesting;
+
 /// Tokens of one answer. A field Google leaves out is 0.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenUsage {
@@ -161,9 +163,7 @@ struct Capture {
     buf: Vec<u8>,
     /// Before the object's `{`: the colon seen yet?
     colon: bool,
-    depth: u32,
-    in_string: bool,
-    escaped: bool,
+    nesting: Nesting,
 }
 
 impl Capture {
@@ -173,9 +173,7 @@ impl Capture {
             // A usage object's usual size: no growing byte by byte (five reallocations).
             buf: Vec::with_capacity(256),
             colon: false,
-            depth: 0,
-            in_string: false,
-            escaped: false,
+            nesting: Nesting::default(),
         }
     }
 }
@@ -193,7 +191,7 @@ enum Fed {
 impl Capture {
     fn feed(&mut self, bytes: &[u8]) -> Fed {
         for (i, &b) in bytes.iter().enumerate() {
-            if self.depth == 0 {
+            if self.nesting.depth() == 0 {
                 match b {
                     b' ' | b'\t' | b'\r' | b'\n' => continue,
                     b':' if !self.colon => {
@@ -208,25 +206,8 @@ impl Capture {
             if self.buf.len() > OBJECT_LIMIT {
                 return Fed::Abandon(i);
             }
-            if self.in_string {
-                match (self.escaped, b) {
-                    (true, _) => self.escaped = false,
-                    (false, b'\\') => self.escaped = true,
-                    (false, b'"') => self.in_string = false,
-                    _ => {}
-                }
-                continue;
-            }
-            match b {
-                b'"' => self.in_string = true,
-                b'{' | b'[' => self.depth += 1,
-                b'}' | b']' => {
-                    self.depth -= 1;
-                    if self.depth == 0 {
-                        return Fed::Done(i + 1);
-                    }
-                }
-                _ => {}
+            if self.nesting.step(b) {
+                return Fed::Done(i + 1);
             }
         }
         Fed::More

@@ -1,4 +1,4 @@
-//! The Batch API's open jobs as the quota stores keep them ([`super::QuotaStore::batch_reserve`]
+//! The Batch API's open jobs as the quota stores keep them ([`BatchJobs::batch_reserve`]
 //! and the calls after it): one entry per job (`batches/ID`), per creation still waiting for
 //! Google's answer (`hold:N`, with a lease, so a replica that died mid-creation frees it), and
 //! per finished job whose results file is still to be costed (`file:files/ID`). Every entry
@@ -7,6 +7,10 @@
 //! what clients send. No key or client key is in an entry: key ids, project, model and names.
 
 use serde::{Deserialize, Serialize};
+
+use async_trait::async_trait;
+
+use super::StoreError;
 
 /// The field prefix of a creation's hold.
 pub const HOLD: &str = "hold:";
@@ -142,6 +146,55 @@ pub fn per_project<'a>(
         *e.1.entry(j.model.clone()).or_default() += j.tokens;
     }
     out
+}
+
+/// Batch jobs, their creation holds and results files, shared by every replica ([`self`]).
+/// A store that keeps none answers every call with an error.
+#[async_trait]
+pub trait BatchJobs: Send + Sync {
+    /// Room for a new batch job ([`self`]): the candidate (its position in `req`) with the
+    /// most room under `req`'s quotas, counting every replica's open jobs, held for it as
+    /// `hold:N` (the name returned) until [`BatchJobs::batch_open`] or the hold's lease ends.
+    /// `None`: no candidate has room; nothing was written.
+    async fn batch_reserve(
+        &self,
+        _req: &BatchReserve,
+    ) -> Result<Option<(usize, String)>, StoreError> {
+        Err(no_batches())
+    }
+    /// Hold `hold` became batch job `name` (`job`, with its owner): it holds its project's
+    /// batch quota until it is taken ([`BatchJobs::batch_take`]).
+    async fn batch_open(
+        &self,
+        _hold: &str,
+        _name: &str,
+        _job: &BatchJob,
+    ) -> Result<(), StoreError> {
+        Err(no_batches())
+    }
+    /// Remove an entry (a job, a hold, a results file), handing it to exactly one caller
+    /// across every replica sharing the store.
+    async fn batch_take(&self, _field: &str) -> Result<Option<BatchJob>, StoreError> {
+        Err(no_batches())
+    }
+    /// A finished job's results file (`files/ID`) to cost when it is downloaded: kept until
+    /// taken or [`RESULTS_TTL_MS`], at most `cap` per project (the oldest go first).
+    async fn batch_results(
+        &self,
+        _file: &str,
+        _job: &BatchJob,
+        _cap: u64,
+    ) -> Result<(), StoreError> {
+        Err(no_batches())
+    }
+    /// Every entry (jobs, holds, results files), by field.
+    async fn batch_entries(&self) -> Result<Vec<(String, BatchJob)>, StoreError> {
+        Err(no_batches())
+    }
+}
+
+fn no_batches() -> StoreError {
+    StoreError::Protocol("this store keeps no batch jobs".into())
 }
 
 #[cfg(test)]

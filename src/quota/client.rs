@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
-use chrono::{Datelike, NaiveDate, NaiveTime, TimeZone, Utc};
+use async_trait::async_trait;
+use chrono::{Datelike, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 
-use super::DayInfo;
+use super::{DayInfo, StoreError};
 
 /// How long a concurrency refusal says to wait: a slot frees when any request of the client
 /// ends, which no store can foresee, so it asks again after this.
@@ -58,16 +59,7 @@ impl ClientPeriod {
         // The first instant of the next month's first day (a zone skipping midnight: an hour
         // later); a date chrono cannot represent falls back to a month of 31 days.
         let month_end_ms = NaiveDate::from_ymd_opt(ny, nm, 1)
-            .map(|d| d.and_time(NaiveTime::MIN))
-            .and_then(|n| {
-                tz.from_local_datetime(&n)
-                    .earliest()
-                    .or_else(|| {
-                        tz.from_local_datetime(&(n + chrono::Duration::hours(1)))
-                            .earliest()
-                    })
-                    .map(|t| t.timestamp_millis())
-            })
+            .and_then(|d| super::clock::midnight_ms(tz, d))
             .unwrap_or(now_ms + 31 * super::clock::DAY_MS);
         ClientPeriod {
             day: d.day,
@@ -90,6 +82,20 @@ pub struct ClientAdmit {
     /// How long its concurrency slot lasts if it is never freed (a replica that died):
     /// `upstream.request_timeout` and a margin.
     pub lease_ms: u64,
+}
+
+impl ClientAdmit {
+    /// The same with every limit but its budgets lifted ([`ClientBudgets::client_budget_reserve`]).
+    pub(crate) fn budgets_only(&self) -> ClientAdmit {
+        ClientAdmit {
+            caps: ClientCaps {
+                daily_micros: self.caps.daily_micros,
+                monthly_micros: self.caps.monthly_micros,
+                ..ClientCaps::default()
+            },
+            ..self.clone()
+        }
+    }
 }
 
 /// A client's limits in the units the stores count (`None`, or 0 in a script: no limit).
@@ -145,6 +151,40 @@ pub struct ClientHold {
     /// The real cost, once known (set by settlement; `None`: refunded, unless the tokens
     /// settled keep the estimate).
     pub actual_cost_micros: Option<u64>,
+}
+
+/// Clients' budgets in the store: their use read, reserved alone (a batch job's) and moved
+/// when the real cost is known. A store that keeps none answers zeros and reserves nothing.
+#[async_trait]
+pub trait ClientBudgets: Send + Sync {
+    /// Each client's budget use, (today's, this month's) micro-dollars spent and reserved, for
+    /// `(name, day, month)` in that order (a store that keeps none answers zeros).
+    async fn client_spend(
+        &self,
+        clients: &[(Arc<str>, i64, i64)],
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        Ok(vec![(0, 0); clients.len()])
+    }
+    /// Add `c.cost_micros` to client `c.name`'s day's and month's budget use when it fits its
+    /// budgets (`c.caps`' other limits are not looked at), in one atomic step. `Some`: the
+    /// budget it is at, its value and when to try again; nothing was written.
+    async fn client_budget_reserve(
+        &self,
+        _c: &ClientAdmit,
+    ) -> Result<Option<(ClientLimit, u64, u64)>, StoreError> {
+        Ok(None)
+    }
+    /// Move client `name`'s budget use of `day` and `month` by `delta` micro-dollars (a
+    /// period already over stays as it was).
+    async fn client_budget_adjust(
+        &self,
+        _name: &str,
+        _day: i64,
+        _month: i64,
+        _delta: i64,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

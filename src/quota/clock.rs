@@ -3,10 +3,23 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use chrono::{Days, NaiveTime, Offset, TimeZone, Utc};
+use chrono::{Days, NaiveDate, NaiveTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
 
 pub const DAY_MS: i64 = 86_400_000;
+
+/// The local midnight starting `date` in `tz` (Unix ms); in a zone whose clocks skip midnight
+/// that day, the first instant after it.
+pub fn midnight_ms(tz: Tz, date: NaiveDate) -> Option<i64> {
+    let naive = date.and_time(NaiveTime::MIN);
+    tz.from_local_datetime(&naive)
+        .earliest()
+        .or_else(|| {
+            tz.from_local_datetime(&(naive + chrono::Duration::hours(1)))
+                .earliest()
+        })
+        .map(|t| t.timestamp_millis())
+}
 
 /// Milliseconds since the Unix epoch.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -68,16 +81,7 @@ impl DayInfo {
         // The next local midnight. Zones whose clocks skip midnight take the first instant after.
         let tomorrow = local.date_naive().checked_add_days(Days::new(1));
         let next_midnight_ms = tomorrow
-            .and_then(|d| {
-                let naive = d.and_time(NaiveTime::MIN);
-                tz.from_local_datetime(&naive)
-                    .earliest()
-                    .or_else(|| {
-                        tz.from_local_datetime(&(naive + chrono::Duration::hours(1)))
-                            .earliest()
-                    })
-                    .map(|t| t.timestamp_millis())
-            })
+            .and_then(|d| midnight_ms(tz, d))
             .unwrap_or((day + 1) * DAY_MS - offset_ms);
         DayInfo {
             offset_ms,

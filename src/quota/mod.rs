@@ -1,10 +1,13 @@
 //! Quota accounting: limits per (project, model), the sliding minute and the Pacific day, and
-//! the [`QuotaStore`] trait with its in-memory and Redis implementations.
+//! the [`QuotaStore`] trait (with its supertraits by concern) and its in-memory and Redis
+//! implementations.
 
 pub mod batch;
 pub mod client;
 pub mod clock;
+pub mod holds;
 pub mod limits;
+pub mod live;
 pub mod memory;
 pub mod queue;
 pub mod redis;
@@ -16,10 +19,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use batch::{BatchJob, BatchReserve};
-pub use client::{ClientAdmit, ClientHold, ClientLimit, ClientPeriod};
+pub use batch::{BatchJob, BatchJobs, BatchReserve};
+pub use client::{ClientAdmit, ClientBudgets, ClientHold, ClientLimit, ClientPeriod};
 pub use clock::{Clock, DayCache, DayInfo, ManualClock, SystemClock};
+pub use holds::{Cooldown, KeyHealth, KeyState, Pins};
 pub use limits::Limits;
+pub use live::{LiveSlots, LiveUsage};
 pub use settlement::Settlement;
 
 use crate::error::LimitKind;
@@ -138,41 +143,12 @@ pub enum AdmitOutcome {
     },
 }
 
-/// What a Live session reported using ([`QuotaStore::live_usage`]).
-#[derive(Debug, Clone)]
-pub struct LiveUsage {
-    pub project: Arc<str>,
-    /// The model without `models/`, as the pool's windows name it.
-    pub model: Arc<str>,
-    /// Input tokens (`promptTokenCount`), what TPM counts.
-    pub tokens: u64,
-    /// Its client, when it has limits the store counts: its caps and periods now, and in
-    /// `cost_micros` the usage's cost.
-    pub client: Option<ClientAdmit>,
-}
-
 /// Counters of one (project, model) right now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Usage {
     pub minute_requests: u64,
     pub minute_tokens: u64,
     pub daily_requests: u64,
-}
-
-/// A key's standing in the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyState {
-    Active,
-    Disabled { reason: String },
-}
-
-/// A cooldown on a (project, model), or on a whole project when `model` is `*`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cooldown {
-    pub project: String,
-    pub model: String,
-    pub remaining_ms: u64,
-    pub reason: String,
 }
 
 /// Which counters an admin reset clears.
@@ -204,9 +180,14 @@ pub enum StoreError {
 }
 
 /// Shared quota state. Both implementations keep the same semantics; `tests/it/store_suite.rs`
-/// runs one suite against each.
+/// runs one suite against each. Split by concern: this trait is admission and its counters;
+/// its supertraits are the holds and disabled keys ([`KeyHealth`]), the resources pinned to a
+/// key ([`Pins`]), Live sessions ([`LiveSlots`]), batch jobs ([`BatchJobs`]) and clients'
+/// budgets ([`ClientBudgets`]). A `dyn QuotaStore` answers every one of their calls.
 #[async_trait]
-pub trait QuotaStore: Send + Sync {
+pub trait QuotaStore:
+    KeyHealth + Pins + LiveSlots + BatchJobs + ClientBudgets + Send + Sync
+{
     /// Choose a key with room and reserve one request and `tokens` in the minute window and one
     /// request in the day, in one atomic step.
     async fn admit(&self, req: &AdmitRequest) -> Result<AdmitOutcome, StoreError>;
@@ -224,143 +205,8 @@ pub trait QuotaStore: Send + Sync {
     }
     /// Current counters of every (project, model) that has any.
     async fn usage(&self) -> Result<Vec<(String, String, Usage)>, StoreError>;
-    /// Put a (project, model) on hold; `model` `*` holds the whole project.
-    async fn cool_down(
-        &self,
-        project: &str,
-        model: &str,
-        ms: u64,
-        reason: &str,
-    ) -> Result<(), StoreError>;
-    async fn cooldowns(&self) -> Result<Vec<Cooldown>, StoreError>;
-    /// Never use this key again until re-enabled.
-    async fn disable_key(&self, kid: &str, reason: &str) -> Result<(), StoreError>;
-    async fn key_states(&self, kids: &[Arc<str>]) -> Result<Vec<KeyState>, StoreError>;
-    /// Remember which key created a resource (file, cache, upload session, ...).
-    async fn set_affinity(&self, resource: &str, kid: &str, ttl_ms: u64) -> Result<(), StoreError>;
-    async fn affinity(&self, resource: &str) -> Result<Option<String>, StoreError>;
     /// Clear counters (or cooldowns and disabled keys) for every replica sharing the store.
     async fn reset(&self, kind: ResetKind, scope: &ResetScope) -> Result<(), StoreError>;
-    /// Take one of `project`'s Live API session slots for `session` when fewer than `limit`
-    /// are held (by every replica sharing the store), in one atomic step. The slot frees
-    /// itself `lease_ms` after it was taken or last renewed. True: taken.
-    async fn live_open(
-        &self,
-        project: &str,
-        session: &str,
-        limit: u64,
-        lease_ms: u64,
-    ) -> Result<bool, StoreError>;
-    /// Renew the leases of these (project, session) slots (those no longer held stay freed).
-    async fn live_renew(
-        &self,
-        held: &[(Arc<str>, String)],
-        lease_ms: u64,
-    ) -> Result<(), StoreError>;
-    /// Free a session's slot.
-    async fn live_close(&self, project: &str, session: &str) -> Result<(), StoreError>;
-    /// Live sessions open now in each of `projects`, in that order.
-    async fn live_counts(&self, projects: &[Arc<str>]) -> Result<Vec<u64>, StoreError>;
-    /// Take one of client `c.name`'s concurrent slots for Live session `session`, when it is
-    /// under its `max_concurrent`, its RPM and RPD (the session counts as one request) and has
-    /// `c.cost_micros` left in its budgets (nothing is reserved from them: the session's usage
-    /// is charged as it arrives, [`QuotaStore::live_usage`]). The slot frees itself
-    /// `c.lease_ms` after it was taken or last renewed. `Some`: the limit it is at, that
-    /// limit's value and when to try again; nothing was written.
-    async fn live_client_open(
-        &self,
-        _c: &ClientAdmit,
-        _session: &str,
-    ) -> Result<Option<(ClientLimit, u64, u64)>, StoreError> {
-        Ok(None)
-    }
-    /// Renew the leases of these (client, session) slots (those no longer held stay freed).
-    async fn live_client_renew(
-        &self,
-        _held: &[(Arc<str>, String)],
-        _lease_ms: u64,
-    ) -> Result<(), StoreError> {
-        Ok(())
-    }
-    /// Free a Live session's slot of its client.
-    async fn live_client_close(&self, _client: &str, _session: &str) -> Result<(), StoreError> {
-        Ok(())
-    }
-    /// Count what a Live session used, as Google reported it (never refused: it is spent):
-    /// its input tokens as one entry in its (project, model) minute window, so admissions see
-    /// them against TPM, and for its client the same tokens in its minute window and the cost
-    /// in its day's and month's budget use. Returns that budget use after it, (day, month)
-    /// micro-dollars (zeros without a client).
-    async fn live_usage(&self, _u: &LiveUsage) -> Result<(u64, u64), StoreError> {
-        Ok((0, 0))
-    }
-    /// Each client's budget use, (today's, this month's) micro-dollars spent and reserved, for
-    /// `(name, day, month)` in that order (a store that keeps none answers zeros).
-    async fn client_spend(
-        &self,
-        clients: &[(Arc<str>, i64, i64)],
-    ) -> Result<Vec<(u64, u64)>, StoreError> {
-        Ok(vec![(0, 0); clients.len()])
-    }
-    /// Room for a new batch job ([`batch`]): the candidate (its position in `req`) with the
-    /// most room under `req`'s quotas, counting every replica's open jobs, held for it as
-    /// `hold:N` (the name returned) until [`QuotaStore::batch_open`] or the hold's lease ends.
-    /// `None`: no candidate has room; nothing was written.
-    async fn batch_reserve(
-        &self,
-        _req: &BatchReserve,
-    ) -> Result<Option<(usize, String)>, StoreError> {
-        Err(no_batches())
-    }
-    /// Hold `hold` became batch job `name` (`job`, with its owner): it holds its project's
-    /// batch quota until it is taken ([`QuotaStore::batch_take`]).
-    async fn batch_open(
-        &self,
-        _hold: &str,
-        _name: &str,
-        _job: &BatchJob,
-    ) -> Result<(), StoreError> {
-        Err(no_batches())
-    }
-    /// Remove an entry (a job, a hold, a results file), handing it to exactly one caller
-    /// across every replica sharing the store.
-    async fn batch_take(&self, _field: &str) -> Result<Option<BatchJob>, StoreError> {
-        Err(no_batches())
-    }
-    /// A finished job's results file (`files/ID`) to cost when it is downloaded: kept until
-    /// taken or [`batch::RESULTS_TTL_MS`], at most `cap` per project (the oldest go first).
-    async fn batch_results(
-        &self,
-        _file: &str,
-        _job: &BatchJob,
-        _cap: u64,
-    ) -> Result<(), StoreError> {
-        Err(no_batches())
-    }
-    /// Every entry (jobs, holds, results files), by field.
-    async fn batch_entries(&self) -> Result<Vec<(String, BatchJob)>, StoreError> {
-        Err(no_batches())
-    }
-    /// Add `c.cost_micros` to client `c.name`'s day's and month's budget use when it fits its
-    /// budgets (`c.caps`' other limits are not looked at), in one atomic step. `Some`: the
-    /// budget it is at, its value and when to try again; nothing was written.
-    async fn client_budget_reserve(
-        &self,
-        _c: &ClientAdmit,
-    ) -> Result<Option<(ClientLimit, u64, u64)>, StoreError> {
-        Ok(None)
-    }
-    /// Move client `name`'s budget use of `day` and `month` by `delta` micro-dollars (a
-    /// period already over stays as it was).
-    async fn client_budget_adjust(
-        &self,
-        _name: &str,
-        _day: i64,
-        _month: i64,
-        _delta: i64,
-    ) -> Result<(), StoreError> {
-        Ok(())
-    }
     async fn ping(&self) -> Result<(), StoreError>;
     /// `memory` or `redis`.
     fn backend(&self) -> &'static str;
@@ -369,10 +215,6 @@ pub trait QuotaStore: Send + Sync {
     fn shared_io(&self) -> Option<redis::SharedIo> {
         None
     }
-}
-
-fn no_batches() -> StoreError {
-    StoreError::Protocol("this store keeps no batch jobs".into())
 }
 
 /// The fraction of room a project would have left after this request: the smallest of the three.

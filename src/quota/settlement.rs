@@ -119,7 +119,7 @@ impl Drop for Settlement {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quota::client::ClientCaps;
+    use crate::quota::client::{ClientBudgets, ClientCaps};
     use crate::quota::memory::MemoryStore;
     use crate::quota::{
         AdmitOutcome, AdmitRequest, Candidate, ClientAdmit, ClientPeriod, Limits, ManualClock,

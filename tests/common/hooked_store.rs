@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use gemini_quota_proxy::quota::memory::MemoryStore;
 use gemini_quota_proxy::quota::{
-    AdmitOutcome, AdmitRequest, Cooldown, KeyState, QuotaStore, Reservation, ResetKind, ResetScope,
-    StoreError, SystemClock, Usage,
+    AdmitOutcome, AdmitRequest, BatchJobs, ClientBudgets, Cooldown, KeyHealth, KeyState, LiveSlots,
+    Pins, QuotaStore, Reservation, ResetKind, ResetScope, StoreError, SystemClock, Usage,
 };
 
 pub struct HookedStore {
@@ -56,6 +56,19 @@ impl QuotaStore for HookedStore {
         self.usage_calls.fetch_add(1, Ordering::SeqCst);
         self.inner.usage().await
     }
+    async fn reset(&self, k: ResetKind, s: &ResetScope) -> Result<(), StoreError> {
+        self.inner.reset(k, s).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[async_trait]
+impl KeyHealth for HookedStore {
     async fn cool_down(&self, p: &str, m: &str, ms: u64, r: &str) -> Result<(), StoreError> {
         self.inner.cool_down(p, m, ms, r).await
     }
@@ -68,15 +81,20 @@ impl QuotaStore for HookedStore {
     async fn key_states(&self, kids: &[Arc<str>]) -> Result<Vec<KeyState>, StoreError> {
         self.inner.key_states(kids).await
     }
+}
+
+#[async_trait]
+impl Pins for HookedStore {
     async fn set_affinity(&self, r: &str, kid: &str, ttl: u64) -> Result<(), StoreError> {
         self.inner.set_affinity(r, kid, ttl).await
     }
     async fn affinity(&self, r: &str) -> Result<Option<String>, StoreError> {
         self.inner.affinity(r).await
     }
-    async fn reset(&self, k: ResetKind, s: &ResetScope) -> Result<(), StoreError> {
-        self.inner.reset(k, s).await
-    }
+}
+
+#[async_trait]
+impl LiveSlots for HookedStore {
     async fn live_open(
         &self,
         p: &str,
@@ -95,10 +113,8 @@ impl QuotaStore for HookedStore {
     async fn live_counts(&self, projects: &[Arc<str>]) -> Result<Vec<u64>, StoreError> {
         self.inner.live_counts(projects).await
     }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-    fn backend(&self) -> &'static str {
-        "memory"
-    }
 }
+
+/// No batch jobs and no client budgets: the traits' defaults, as before.
+impl BatchJobs for HookedStore {}
+impl ClientBudgets for HookedStore {}

@@ -1,11 +1,13 @@
-//! The batch jobs and client budget moves of one replica's memory (the `QuotaStore` batch
-//! calls, [`crate::quota::batch`]): the same entries Redis keeps, in a map under one lock.
+//! The batch jobs of one replica's memory ([`BatchJobs`], [`crate::quota::batch`]): the same
+//! entries Redis keeps, in a map under one lock.
 
 use std::collections::HashMap;
 
+use async_trait::async_trait;
+
 use super::MemoryStore;
-use crate::quota::batch::{self, BatchJob, BatchReserve};
-use crate::quota::client::{ClientAdmit, ClientCaps, ClientLimit};
+use crate::quota::StoreError;
+use crate::quota::batch::{self, BatchJob, BatchJobs, BatchReserve};
 
 /// The entries, and the number of the next hold.
 #[derive(Debug, Default)]
@@ -20,12 +22,19 @@ impl Jobs {
     }
 }
 
-impl MemoryStore {
-    pub(super) fn batch_reserve_now(&self, req: &BatchReserve) -> Option<(usize, String)> {
+#[async_trait]
+impl BatchJobs for MemoryStore {
+    async fn batch_reserve(
+        &self,
+        req: &BatchReserve,
+    ) -> Result<Option<(usize, String)>, StoreError> {
         let now = self.clock.now_ms();
         let mut jobs = self.batches.lock();
         jobs.prune(now);
-        let i = batch::choose(req, jobs.entries.iter().map(|(f, j)| (f.as_str(), j)), now)?;
+        let Some(i) = batch::choose(req, jobs.entries.iter().map(|(f, j)| (f.as_str(), j)), now)
+        else {
+            return Ok(None);
+        };
         jobs.next += 1;
         let hold = format!("{}{}", batch::HOLD, jobs.next);
         let c = &req.candidates[i];
@@ -37,10 +46,10 @@ impl MemoryStore {
             ..req.job.clone()
         };
         jobs.entries.insert(hold.clone(), job);
-        Some((i, hold))
+        Ok(Some((i, hold)))
     }
 
-    pub(super) fn batch_open_now(&self, hold: &str, name: &str, job: &BatchJob) {
+    async fn batch_open(&self, hold: &str, name: &str, job: &BatchJob) -> Result<(), StoreError> {
         let mut jobs = self.batches.lock();
         jobs.entries.remove(hold);
         let job = BatchJob {
@@ -48,13 +57,14 @@ impl MemoryStore {
             ..job.clone()
         };
         jobs.entries.insert(name.to_string(), job);
+        Ok(())
     }
 
-    pub(super) fn batch_take_now(&self, field: &str) -> Option<BatchJob> {
-        self.batches.lock().entries.remove(field)
+    async fn batch_take(&self, field: &str) -> Result<Option<BatchJob>, StoreError> {
+        Ok(self.batches.lock().entries.remove(field))
     }
 
-    pub(super) fn batch_results_now(&self, file: &str, job: &BatchJob, cap: u64) {
+    async fn batch_results(&self, file: &str, job: &BatchJob, cap: u64) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
         let mut jobs = self.batches.lock();
         jobs.prune(now);
@@ -76,31 +86,17 @@ impl MemoryStore {
             ..job.clone()
         };
         jobs.entries.insert(field, job);
+        Ok(())
     }
 
-    pub(super) fn batch_entries_now(&self) -> Vec<(String, BatchJob)> {
+    async fn batch_entries(&self) -> Result<Vec<(String, BatchJob)>, StoreError> {
         let now = self.clock.now_ms();
         let mut jobs = self.batches.lock();
         jobs.prune(now);
-        jobs.entries
+        Ok(jobs
+            .entries
             .iter()
             .map(|(f, j)| (f.clone(), j.clone()))
-            .collect()
-    }
-
-    /// [`crate::quota::QuotaStore::client_budget_reserve`]: its budgets only.
-    pub(super) fn client_budget_reserve_now(
-        &self,
-        c: &ClientAdmit,
-    ) -> Option<(ClientLimit, u64, u64)> {
-        let c = ClientAdmit {
-            caps: ClientCaps {
-                daily_micros: c.caps.daily_micros,
-                monthly_micros: c.caps.monthly_micros,
-                ..ClientCaps::default()
-            },
-            ..c.clone()
-        };
-        self.client_budget_check_add(&c)
+            .collect())
     }
 }

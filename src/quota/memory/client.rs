@@ -15,26 +15,26 @@ use super::MemoryStore;
 #[derive(Debug, Default)]
 pub(super) struct ClientCounters {
     /// (admitted at ms, id, tokens) of the last window, oldest first.
-    log: VecDeque<(i64, u64, u64)>,
-    tokens: u64,
-    day_requests: u64,
+    pub(super) log: VecDeque<(i64, u64, u64)>,
+    pub(super) tokens: u64,
+    pub(super) day_requests: u64,
     /// id -> lease end (ms).
-    inflight: HashMap<u64, i64>,
+    pub(super) inflight: HashMap<u64, i64>,
     /// The earliest lease end in `inflight` (or later): lapsed leases are looked for only then.
-    next_lapse: i64,
+    pub(super) next_lapse: i64,
     /// The day `day_requests` and `day_micros` count.
-    budget_day: i64,
-    day_micros: u64,
-    budget_month: i64,
-    month_micros: u64,
-    next_id: u64,
+    pub(super) budget_day: i64,
+    pub(super) day_micros: u64,
+    pub(super) budget_month: i64,
+    pub(super) month_micros: u64,
+    pub(super) next_id: u64,
     /// Live session -> the id of its slot in `inflight` (at most `max_concurrent` entries:
     /// only a client with that limit holds slots).
-    sessions: HashMap<String, u64>,
+    pub(super) sessions: HashMap<String, u64>,
 }
 
 impl ClientCounters {
-    fn prune(&mut self, now: i64, window_ms: i64, c: &ClientAdmit) {
+    pub(super) fn prune(&mut self, now: i64, window_ms: i64, c: &ClientAdmit) {
         while let Some(&(at, _, t)) = self.log.front() {
             if at > now - window_ms {
                 break;
@@ -61,7 +61,7 @@ impl ClientCounters {
     }
 
     /// `None` if the client has room; else its limit, that limit's value and the wait.
-    fn refusal(
+    pub(super) fn refusal(
         &self,
         c: &ClientAdmit,
         tokens: u64,
@@ -119,7 +119,7 @@ impl ClientCounters {
         None
     }
 
-    fn reserve(&mut self, c: &ClientAdmit, tokens: u64, now: i64) -> ClientHold {
+    pub(super) fn reserve(&mut self, c: &ClientAdmit, tokens: u64, now: i64) -> ClientHold {
         self.next_id += 1;
         let id = self.next_id;
         self.log.push_back((now, id, tokens));
@@ -176,7 +176,7 @@ impl ClientCounters {
 impl ClientCounters {
     /// What a Live session's usage adds: its tokens as one entry in the minute window (when
     /// the client has a rate limit) and its cost in the day's and month's budget use.
-    fn charge(&mut self, c: &ClientAdmit, tokens: u64, now: i64) -> (u64, u64) {
+    pub(super) fn charge(&mut self, c: &ClientAdmit, tokens: u64, now: i64) -> (u64, u64) {
         if c.caps.rpm.is_some() || c.caps.tpm.is_some() {
             self.next_id += 1;
             self.log.push_back((now, self.next_id, tokens));
@@ -189,81 +189,9 @@ impl ClientCounters {
 }
 
 impl MemoryStore {
-    /// A Live session's slot of its client ([`super::super::QuotaStore::live_client_open`]).
-    pub(super) fn live_client_open_now(
-        &self,
-        c: &ClientAdmit,
-        session: &str,
-    ) -> Option<(ClientLimit, u64, u64)> {
-        let counters = self.client_counters(&c.name);
-        let mut cc = counters.lock();
-        let now = self.clock.now_ms();
-        cc.prune(now, self.window_ms, c);
-        if let Some(why) = cc.refusal(c, 0, now, self.window_ms) {
-            return Some(why);
-        }
-        // Only checked against the budgets: the usage is charged as it arrives.
-        let held = ClientAdmit {
-            cost_micros: 0,
-            ..c.clone()
-        };
-        let hold = cc.reserve(&held, 0, now);
-        if c.caps.max_concurrent.is_some() {
-            cc.sessions.insert(session.to_string(), hold.id);
-        }
-        None
-    }
-
-    /// Push the lease end of each (client, session) slot still held.
-    pub(super) fn live_client_renew_now(&self, held: &[(Arc<str>, String)], lease_ms: u64) {
-        let now = self.clock.now_ms();
-        let lease = i64::try_from(lease_ms.min(super::super::MAX_HOLD_MS)).unwrap_or(0);
-        for (name, session) in held {
-            let counters = self.client_counters(name);
-            let mut cc = counters.lock();
-            let Some(id) = cc.sessions.get(session.as_str()).copied() else {
-                continue;
-            };
-            if let Some(until) = cc.inflight.get_mut(&id)
-                && *until > now
-            {
-                *until = now.saturating_add(lease);
-            }
-        }
-    }
-
-    pub(super) fn live_client_close_now(&self, name: &str, session: &str) {
-        let Some(counters) = self.clients.read().get(name).cloned() else {
-            return;
-        };
-        let mut cc = counters.lock();
-        if let Some(id) = cc.sessions.remove(session) {
-            cc.inflight.remove(&id);
-        }
-    }
-
-    /// A Live session's usage ([`super::super::QuotaStore::live_usage`]).
-    pub(super) fn live_usage_now(&self, u: &super::super::LiveUsage) -> (u64, u64) {
-        let now = self.clock.now_ms();
-        let day = self.days.at(now).day;
-        {
-            let bucket = self.bucket(&u.project, &u.model, day);
-            let mut b = bucket.lock();
-            b.prune(now, day);
-            b.push(u.tokens, now);
-        }
-        let Some(c) = &u.client else {
-            return (0, 0);
-        };
-        let counters = self.client_counters(&c.name);
-        let mut cc = counters.lock();
-        cc.prune(now, self.window_ms, c);
-        cc.charge(c, u.tokens, now)
-    }
-
     /// A client's counters, made on first use (one entry per client name ever counted: the
     /// table grows with configuration, not with traffic).
-    fn client_counters(&self, name: &Arc<str>) -> Arc<Mutex<ClientCounters>> {
+    pub(super) fn client_counters(&self, name: &Arc<str>) -> Arc<Mutex<ClientCounters>> {
         if let Some(c) = self.clients.read().get(name) {
             return c.clone();
         }
@@ -274,34 +202,48 @@ impl MemoryStore {
             .clone()
     }
 
-    /// Admission with a client part: its counters checked first, then the pool's admission
-    /// under the client's lock, and the client's reservation only if the pool admitted.
-    pub(super) fn admit_client(&self, req: &AdmitRequest, c: &ClientAdmit) -> AdmitOutcome {
+    /// `f` on the client's counters (pruned to now) when it has room for one more request of
+    /// `tokens`, under its lock; else its limit, that limit's value and the wait.
+    pub(super) fn with_room<T>(
+        &self,
+        c: &ClientAdmit,
+        tokens: u64,
+        f: impl FnOnce(&mut ClientCounters, i64) -> T,
+    ) -> Result<T, (ClientLimit, u64, u64)> {
         let counters = self.client_counters(&c.name);
         let mut cc = counters.lock();
         let now = self.clock.now_ms();
         cc.prune(now, self.window_ms, c);
-        if let Some((limit, limit_value, retry_after_ms)) =
-            cc.refusal(c, req.tokens, now, self.window_ms)
-        {
-            return AdmitOutcome::ClientRefused {
+        if let Some(why) = cc.refusal(c, tokens, now, self.window_ms) {
+            return Err(why);
+        }
+        Ok(f(&mut cc, now))
+    }
+
+    /// Admission with a client part: its counters checked first, then the pool's admission
+    /// under the client's lock, and the client's reservation only if the pool admitted.
+    pub(super) fn admit_client(&self, req: &AdmitRequest, c: &ClientAdmit) -> AdmitOutcome {
+        let admitted = self.with_room(c, req.tokens, |cc, now| {
+            let outcome = loop {
+                if let Some(o) = self.admit_pass(req) {
+                    break o;
+                }
+            };
+            match outcome {
+                AdmitOutcome::Admitted(mut r) => {
+                    r.client = Some(cc.reserve(c, req.tokens, now));
+                    AdmitOutcome::Admitted(r)
+                }
+                other => other,
+            }
+        });
+        admitted.unwrap_or_else(|(limit, limit_value, retry_after_ms)| {
+            AdmitOutcome::ClientRefused {
                 limit,
                 limit_value,
                 retry_after_ms,
-            };
-        }
-        let outcome = loop {
-            if let Some(o) = self.admit_pass(req) {
-                break o;
             }
-        };
-        match outcome {
-            AdmitOutcome::Admitted(mut r) => {
-                r.client = Some(cc.reserve(c, req.tokens, now));
-                AdmitOutcome::Admitted(r)
-            }
-            other => other,
-        }
+        })
     }
 
     /// Settle a reservation's client part: its tokens, its slot, its budgets to the real cost.
@@ -310,63 +252,5 @@ impl MemoryStore {
         let counters = self.client_counters(&h.name);
         let cost = h.actual_cost_micros.unwrap_or(0);
         counters.lock().settle(h, tokens, cost);
-    }
-
-    /// Add `c.cost_micros` to its budget use when it fits (`c.caps` holds its budgets only).
-    pub(super) fn client_budget_check_add(
-        &self,
-        c: &ClientAdmit,
-    ) -> Option<(ClientLimit, u64, u64)> {
-        let counters = self.client_counters(&c.name);
-        let mut cc = counters.lock();
-        let now = self.clock.now_ms();
-        cc.prune(now, self.window_ms, c);
-        if let Some(why) = cc.refusal(c, 0, now, self.window_ms) {
-            return Some(why);
-        }
-        cc.day_micros = cc.day_micros.saturating_add(c.cost_micros);
-        cc.month_micros = cc.month_micros.saturating_add(c.cost_micros);
-        None
-    }
-
-    /// Move a client's budget use of `day` and `month` by `delta` (a period over stays).
-    pub(super) fn client_budget_adjust_now(&self, name: &str, day: i64, month: i64, delta: i64) {
-        let Some(counters) = self.clients.read().get(name).cloned() else {
-            return;
-        };
-        let mut cc = counters.lock();
-        let moved = |v: u64| v.saturating_add_signed(delta);
-        if cc.budget_day == day {
-            cc.day_micros = moved(cc.day_micros);
-        }
-        if cc.budget_month == month {
-            cc.month_micros = moved(cc.month_micros);
-        }
-    }
-
-    /// Budget use of each client: (today's, this month's) micro-dollars.
-    pub(super) fn spend(&self, clients: &[(Arc<str>, i64, i64)]) -> Vec<(u64, u64)> {
-        let table = self.clients.read();
-        clients
-            .iter()
-            .map(|(name, day, month)| match table.get(name) {
-                Some(c) => {
-                    let c = c.lock();
-                    (
-                        if c.budget_day == *day {
-                            c.day_micros
-                        } else {
-                            0
-                        },
-                        if c.budget_month == *month {
-                            c.month_micros
-                        } else {
-                            0
-                        },
-                    )
-                }
-                None => (0, 0),
-            })
-            .collect()
     }
 }

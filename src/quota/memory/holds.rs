@@ -1,13 +1,22 @@
 //! Holds on a (project, model) after Google's 429, keys disabled on Google's verdict, and the
-//! resources pinned to the key that created them, in memory.
+//! resources pinned to the key that created them, in memory ([`KeyHealth`], [`Pins`]).
 
 use std::sync::Arc;
 
-use super::super::{Cooldown, KeyState};
+use async_trait::async_trait;
+
+use super::super::{Cooldown, KeyHealth, KeyState, Pins, StoreError};
 use super::{Hold, MemoryStore};
 
-impl MemoryStore {
-    pub(super) fn cool_down_now(&self, project: &str, model: &str, ms: u64, reason: &str) {
+#[async_trait]
+impl KeyHealth for MemoryStore {
+    async fn cool_down(
+        &self,
+        project: &str,
+        model: &str,
+        ms: u64,
+        reason: &str,
+    ) -> Result<(), StoreError> {
         // Numbers from outside are clamped where they enter; this never wraps either way.
         let until_ms = self
             .clock
@@ -25,9 +34,10 @@ impl MemoryStore {
             e.until_ms = until_ms;
             e.reason = reason.to_string();
         }
+        Ok(())
     }
 
-    pub(super) fn cooldowns_now(&self) -> Vec<Cooldown> {
+    async fn cooldowns(&self) -> Result<Vec<Cooldown>, StoreError> {
         let now = self.clock.now_ms();
         let mut holds = self.cooldowns.lock();
         holds.retain(|_, h| h.until_ms > now);
@@ -41,41 +51,48 @@ impl MemoryStore {
             })
             .collect();
         out.sort_by(|a, b| (&a.project, &a.model).cmp(&(&b.project, &b.model)));
-        out
+        Ok(out)
     }
 
-    pub(super) fn disable_key_now(&self, kid: &str, reason: &str) {
+    async fn disable_key(&self, kid: &str, reason: &str) -> Result<(), StoreError> {
         self.disabled
             .lock()
             .insert(kid.to_string(), reason.to_string());
+        Ok(())
     }
 
-    pub(super) fn key_states_now(&self, kids: &[Arc<str>]) -> Vec<KeyState> {
+    async fn key_states(&self, kids: &[Arc<str>]) -> Result<Vec<KeyState>, StoreError> {
         let d = self.disabled.lock();
-        kids.iter()
+        Ok(kids
+            .iter()
             .map(|k| match d.get(&**k) {
                 Some(reason) => KeyState::Disabled {
                     reason: reason.clone(),
                 },
                 None => KeyState::Active,
             })
-            .collect()
+            .collect())
     }
+}
 
-    pub(super) fn set_affinity_now(&self, resource: &str, kid: &str, ttl_ms: u64) {
+#[async_trait]
+impl Pins for MemoryStore {
+    async fn set_affinity(&self, resource: &str, kid: &str, ttl_ms: u64) -> Result<(), StoreError> {
         let until = self
             .clock
             .now_ms()
             .saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
         self.affinity
             .insert(resource.to_string(), (Arc::from(kid), until));
+        Ok(())
     }
 
-    pub(super) fn affinity_now(&self, resource: &str) -> Option<String> {
+    async fn affinity(&self, resource: &str) -> Result<Option<String>, StoreError> {
         let now = self.clock.now_ms();
-        self.affinity
+        Ok(self
+            .affinity
             .get(resource)
             .filter(|(_, until)| *until > now)
-            .map(|(kid, _)| kid.to_string())
+            .map(|(kid, _)| kid.to_string()))
     }
 }

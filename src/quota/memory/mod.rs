@@ -1,5 +1,7 @@
 //! In-memory `QuotaStore`: one sliding log per (project, model), each behind its own mutex
-//! (sharded; no lock is ever held across an `.await`).
+//! (sharded; no lock is ever held across an `.await`). Admission and its counters here; the
+//! other concerns' trait impls in `holds` (holds, disabled keys, pins), `live`, `batch` and
+//! `budget` (clients' budgets).
 //!
 //! Model names come from clients, so the table must not grow with them (invariant 9): a
 //! bucket whose minute window has emptied is dropped by an amortised sweep, and what is left
@@ -13,13 +15,14 @@ use async_trait::async_trait;
 use chrono_tz::Tz;
 
 use super::{
-    AdmitOutcome, AdmitRequest, Candidate, Clock, Cooldown, DayCache, KeyState, QuotaStore,
-    Reservation, ResetKind, ResetScope, StoreError, Usage,
+    AdmitOutcome, AdmitRequest, Candidate, Clock, DayCache, QuotaStore, Reservation, ResetKind,
+    ResetScope, StoreError, Usage,
 };
 
 mod admit;
 mod batch;
 mod bucket;
+mod budget;
 mod client;
 mod holds;
 mod live;
@@ -272,162 +275,8 @@ impl QuotaStore for MemoryStore {
         Ok(out)
     }
 
-    async fn cool_down(
-        &self,
-        project: &str,
-        model: &str,
-        ms: u64,
-        reason: &str,
-    ) -> Result<(), StoreError> {
-        self.cool_down_now(project, model, ms, reason);
-        Ok(())
-    }
-
-    async fn cooldowns(&self) -> Result<Vec<Cooldown>, StoreError> {
-        Ok(self.cooldowns_now())
-    }
-
-    async fn disable_key(&self, kid: &str, reason: &str) -> Result<(), StoreError> {
-        self.disable_key_now(kid, reason);
-        Ok(())
-    }
-
-    async fn key_states(&self, kids: &[Arc<str>]) -> Result<Vec<KeyState>, StoreError> {
-        Ok(self.key_states_now(kids))
-    }
-
-    async fn set_affinity(&self, resource: &str, kid: &str, ttl_ms: u64) -> Result<(), StoreError> {
-        self.set_affinity_now(resource, kid, ttl_ms);
-        Ok(())
-    }
-
-    async fn affinity(&self, resource: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.affinity_now(resource))
-    }
-
-    async fn live_open(
-        &self,
-        project: &str,
-        session: &str,
-        limit: u64,
-        lease_ms: u64,
-    ) -> Result<bool, StoreError> {
-        let now = self.clock.now_ms();
-        Ok(self
-            .live
-            .lock()
-            .open(project, session, limit, now, lease_ms))
-    }
-
-    async fn live_renew(
-        &self,
-        held: &[(Arc<str>, String)],
-        lease_ms: u64,
-    ) -> Result<(), StoreError> {
-        let now = self.clock.now_ms();
-        self.live.lock().renew(held, now, lease_ms);
-        Ok(())
-    }
-
-    async fn live_close(&self, project: &str, session: &str) -> Result<(), StoreError> {
-        self.live.lock().close(project, session);
-        Ok(())
-    }
-
-    async fn live_counts(&self, projects: &[Arc<str>]) -> Result<Vec<u64>, StoreError> {
-        let now = self.clock.now_ms();
-        let mut slots = self.live.lock();
-        Ok(projects.iter().map(|p| slots.count(p, now)).collect())
-    }
-
-    async fn live_client_open(
-        &self,
-        c: &super::ClientAdmit,
-        session: &str,
-    ) -> Result<Option<(super::ClientLimit, u64, u64)>, StoreError> {
-        Ok(self.live_client_open_now(c, session))
-    }
-
-    async fn live_client_renew(
-        &self,
-        held: &[(Arc<str>, String)],
-        lease_ms: u64,
-    ) -> Result<(), StoreError> {
-        self.live_client_renew_now(held, lease_ms);
-        Ok(())
-    }
-
-    async fn live_client_close(&self, client: &str, session: &str) -> Result<(), StoreError> {
-        self.live_client_close_now(client, session);
-        Ok(())
-    }
-
-    async fn live_usage(&self, u: &super::LiveUsage) -> Result<(u64, u64), StoreError> {
-        Ok(self.live_usage_now(u))
-    }
-
     async fn reset(&self, kind: ResetKind, scope: &ResetScope) -> Result<(), StoreError> {
         self.reset_now(kind, scope);
-        Ok(())
-    }
-
-    async fn client_spend(
-        &self,
-        clients: &[(Arc<str>, i64, i64)],
-    ) -> Result<Vec<(u64, u64)>, StoreError> {
-        Ok(self.spend(clients))
-    }
-
-    async fn batch_reserve(
-        &self,
-        req: &super::BatchReserve,
-    ) -> Result<Option<(usize, String)>, StoreError> {
-        Ok(self.batch_reserve_now(req))
-    }
-
-    async fn batch_open(
-        &self,
-        hold: &str,
-        name: &str,
-        job: &super::BatchJob,
-    ) -> Result<(), StoreError> {
-        self.batch_open_now(hold, name, job);
-        Ok(())
-    }
-
-    async fn batch_take(&self, field: &str) -> Result<Option<super::BatchJob>, StoreError> {
-        Ok(self.batch_take_now(field))
-    }
-
-    async fn batch_results(
-        &self,
-        file: &str,
-        job: &super::BatchJob,
-        cap: u64,
-    ) -> Result<(), StoreError> {
-        self.batch_results_now(file, job, cap);
-        Ok(())
-    }
-
-    async fn batch_entries(&self) -> Result<Vec<(String, super::BatchJob)>, StoreError> {
-        Ok(self.batch_entries_now())
-    }
-
-    async fn client_budget_reserve(
-        &self,
-        c: &super::ClientAdmit,
-    ) -> Result<Option<(super::ClientLimit, u64, u64)>, StoreError> {
-        Ok(self.client_budget_reserve_now(c))
-    }
-
-    async fn client_budget_adjust(
-        &self,
-        name: &str,
-        day: i64,
-        month: i64,
-        delta: i64,
-    ) -> Result<(), StoreError> {
-        self.client_budget_adjust_now(name, day, month, delta);
         Ok(())
     }
 
@@ -443,6 +292,7 @@ impl QuotaStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quota::Pins;
 
     /// Past the cap an insert evicts in constant time (the map was scanned whole per insert
     /// once full of live pins: 50,000 inserts past 100,000 took minutes), the map stays

@@ -1,25 +1,22 @@
-//! Batch jobs in Redis ([`crate::quota::batch`]): one hash, `{ns}:bt`, of every open job, every
+//! Batch jobs in Redis ([`BatchJobs`], [`crate::quota::batch`]): one hash, `{ns}:bt`, of every open job, every
 //! creation's hold and every results file waiting to be costed, shared by the replicas (a job
 //! created on one is released by whichever sees it end, once: `HDEL` answers 1 to one caller)
 //! and kept across restarts. Fields are job names and `hold:N` / `file:files/ID`; values are
 //! the entries' JSON (project, key id, model, tokens, client name, owner, budget reservation),
-//! never a key. Also a client's budget moved on its own (a batch job's reservation and its
-//! settlement), in the same keys admission reads.
+//! never a key.
 
 use std::sync::LazyLock;
 
+use async_trait::async_trait;
 use redis::{FromRedisValue, Script, Value};
 
 use super::{RedisStore, int};
-use crate::quota::batch::{self, BatchJob, BatchReserve};
-use crate::quota::client::{ClientAdmit, ClientCaps, ClientLimit, limit_from_code};
+use crate::quota::batch::{self, BatchJob, BatchJobs, BatchReserve};
 use crate::quota::{MAX_HOLD_MS, StoreError};
 
 static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(lua!("batch_reserve.lua")));
 static OPEN: LazyLock<Script> = LazyLock::new(|| Script::new(lua!("batch_open.lua")));
 static RESULTS: LazyLock<Script> = LazyLock::new(|| Script::new(lua!("batch_results.lua")));
-static BUDGET: LazyLock<Script> = LazyLock::new(|| Script::new(lua!(client "client_budget.lua")));
-static ADJUST: LazyLock<Script> = LazyLock::new(|| Script::new(lua!("client_adjust.lua")));
 
 fn json(job: &BatchJob) -> Result<String, StoreError> {
     serde_json::to_string(job).map_err(|e| StoreError::Protocol(e.to_string()))
@@ -39,8 +36,11 @@ impl RedisStore {
             None => crate::quota::SystemClock.now_ms(),
         }
     }
+}
 
-    pub(super) async fn batch_reserve_script(
+#[async_trait]
+impl BatchJobs for RedisStore {
+    async fn batch_reserve(
         &self,
         req: &BatchReserve,
     ) -> Result<Option<(usize, String)>, StoreError> {
@@ -84,12 +84,7 @@ impl RedisStore {
         }
     }
 
-    pub(super) async fn batch_open_script(
-        &self,
-        hold: &str,
-        name: &str,
-        job: &BatchJob,
-    ) -> Result<(), StoreError> {
+    async fn batch_open(&self, hold: &str, name: &str, job: &BatchJob) -> Result<(), StoreError> {
         let job = BatchJob {
             until_ms: None,
             ..job.clone()
@@ -103,7 +98,7 @@ impl RedisStore {
         Ok(())
     }
 
-    pub(super) async fn batch_take_now(&self, field: &str) -> Result<Option<BatchJob>, StoreError> {
+    async fn batch_take(&self, field: &str) -> Result<Option<BatchJob>, StoreError> {
         let mut pipe = redis::pipe();
         pipe.cmd("HGET")
             .arg(self.batch_hash())
@@ -120,12 +115,7 @@ impl RedisStore {
             .and_then(|v| serde_json::from_str(&v).ok()))
     }
 
-    pub(super) async fn batch_results_script(
-        &self,
-        file: &str,
-        job: &BatchJob,
-        cap: u64,
-    ) -> Result<(), StoreError> {
+    async fn batch_results(&self, file: &str, job: &BatchJob, cap: u64) -> Result<(), StoreError> {
         let job = BatchJob {
             until_ms: Some(self.now_ms().saturating_add(batch::RESULTS_TTL_MS)),
             ..job.clone()
@@ -141,7 +131,7 @@ impl RedisStore {
         Ok(())
     }
 
-    pub(super) async fn batch_entries_now(&self) -> Result<Vec<(String, BatchJob)>, StoreError> {
+    async fn batch_entries(&self) -> Result<Vec<(String, BatchJob)>, StoreError> {
         let all: Vec<(String, String)> = self
             .cmd(redis::cmd("HGETALL").arg(self.batch_hash()).clone())
             .await?;
@@ -151,55 +141,5 @@ impl RedisStore {
             .filter_map(|(f, v)| Some((f, serde_json::from_str::<BatchJob>(&v).ok()?)))
             .filter(|(f, j)| !batch::lapsed(f, j, now))
             .collect())
-    }
-
-    pub(super) async fn client_budget_script(
-        &self,
-        c: &ClientAdmit,
-    ) -> Result<Option<(ClientLimit, u64, u64)>, StoreError> {
-        let c = ClientAdmit {
-            caps: ClientCaps {
-                daily_micros: c.caps.daily_micros,
-                monthly_micros: c.caps.monthly_micros,
-                ..ClientCaps::default()
-            },
-            ..c.clone()
-        };
-        let mut inv = BUDGET.prepare_invoke();
-        for key in self.keys.client(&c.name, c.period.day, c.period.month) {
-            inv.key(key);
-        }
-        super::admit::client_args(&mut inv, &c);
-        inv.arg(self.now_arg());
-        let v: Vec<i64> = self.run(inv).await?;
-        match v.as_slice() {
-            [0] => Ok(None),
-            [code, value, wait] => {
-                let limit = limit_from_code(*code).ok_or_else(|| {
-                    StoreError::Protocol(format!("client budget script answered {v:?}"))
-                })?;
-                Ok(Some((limit, (*value).max(0) as u64, (*wait).max(1) as u64)))
-            }
-            _ => Err(StoreError::Protocol(format!(
-                "client budget script answered {v:?}"
-            ))),
-        }
-    }
-
-    pub(super) async fn client_adjust_script(
-        &self,
-        name: &str,
-        day: i64,
-        month: i64,
-        delta: i64,
-    ) -> Result<(), StoreError> {
-        if delta == 0 {
-            return Ok(());
-        }
-        let [_, _, _, _, d, m] = self.keys.client(name, day, month);
-        let mut inv = ADJUST.prepare_invoke();
-        inv.key(d).key(m).arg(delta);
-        let _: i64 = self.run(inv).await?;
-        Ok(())
     }
 }

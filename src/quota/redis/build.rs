@@ -75,7 +75,7 @@ impl RedisStore {
             usage: Script::new(lua!("usage.lua")),
             cooldown: Script::new(lua!("cooldown.lua")),
             reset: Script::new(lua!("reset.lua")),
-            live_client: Script::new(lua!(client "live_client.lua")),
+            client_alone: Script::new(lua!(client "client_alone.lua")),
             live_usage: Script::new(lua!("live_usage.lua")),
         })
     }
@@ -127,7 +127,7 @@ impl RedisStore {
         };
         self.admit = set(lua!(admit));
         self.usage = set(lua!("usage.lua"));
-        self.live_client = set(lua!(client "live_client.lua"));
+        self.client_alone = set(lua!(client "client_alone.lua"));
         self.live_usage = set(lua!("live_usage.lua"));
         // The admission script preloaded at construction is not this one.
         tokio::spawn(preload(self.conn.clone(), vec![self.admit.clone()]));

@@ -1,16 +1,18 @@
-//! Holds and key states in Redis: a (project, model) held with its reason (a key that expires
-//! with the hold, listed in the held set), the holds read back with their time left, and keys
-//! disabled for 30 days.
+//! Holds and key states in Redis ([`KeyHealth`]): a (project, model) held with its reason (a
+//! key that expires with the hold, listed in the held set), the holds read back with their time
+//! left, and keys disabled for 30 days; and the resources pinned to a key ([`Pins`]).
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use redis::{FromRedisValue, Value};
 
 use super::{RedisStore, int};
-use crate::quota::{Cooldown, KeyState, StoreError};
+use crate::quota::{Cooldown, KeyHealth, KeyState, Pins, StoreError};
 
-impl RedisStore {
-    pub(super) async fn cool_down_now(
+#[async_trait]
+impl KeyHealth for RedisStore {
+    async fn cool_down(
         &self,
         project: &str,
         model: &str,
@@ -28,7 +30,7 @@ impl RedisStore {
         Ok(())
     }
 
-    pub(super) async fn cooldowns_now(&self) -> Result<Vec<Cooldown>, StoreError> {
+    async fn cooldowns(&self) -> Result<Vec<Cooldown>, StoreError> {
         let held = self.members(self.keys.held()).await?;
         if held.is_empty() {
             return Ok(Vec::new());
@@ -62,7 +64,7 @@ impl RedisStore {
         Ok(out)
     }
 
-    pub(super) async fn disable_key_now(&self, kid: &str, reason: &str) -> Result<(), StoreError> {
+    async fn disable_key(&self, kid: &str, reason: &str) -> Result<(), StoreError> {
         // Thirty days: long enough to mean "until an admin acts", short enough to expire.
         let _: () = self
             .cmd(
@@ -77,10 +79,7 @@ impl RedisStore {
         Ok(())
     }
 
-    pub(super) async fn key_states_now(
-        &self,
-        kids: &[Arc<str>],
-    ) -> Result<Vec<KeyState>, StoreError> {
+    async fn key_states(&self, kids: &[Arc<str>]) -> Result<Vec<KeyState>, StoreError> {
         if kids.is_empty() {
             return Ok(Vec::new());
         }
@@ -95,5 +94,27 @@ impl RedisStore {
                 None => KeyState::Active,
             })
             .collect())
+    }
+}
+
+#[async_trait]
+impl Pins for RedisStore {
+    async fn set_affinity(&self, resource: &str, kid: &str, ttl_ms: u64) -> Result<(), StoreError> {
+        let _: () = self
+            .cmd(
+                redis::cmd("SET")
+                    .arg(self.keys.affinity(resource))
+                    .arg(kid)
+                    .arg("PX")
+                    .arg(ttl_ms.max(1))
+                    .clone(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn affinity(&self, resource: &str) -> Result<Option<String>, StoreError> {
+        self.cmd(redis::cmd("GET").arg(self.keys.affinity(resource)).clone())
+            .await
     }
 }

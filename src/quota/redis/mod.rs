@@ -1,6 +1,8 @@
 //! Redis `QuotaStore`: one `EVALSHA` of a Lua script (Redis `TIME`, one `{hash tag}`) admits a
 //! request; every call has a deadline; raw API keys never reach Redis (key ids only). One Redis
-//! node or a Redis Cluster ([`conn`]): every key a script touches is named in `KEYS`.
+//! node or a Redis Cluster ([`conn`]): every key a script touches is named in `KEYS`. Admission
+//! and its counters here; the other concerns' trait impls in `holds` (holds, disabled keys,
+//! pins), `live`, `batch` and `budget` (clients' budgets).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +11,8 @@ use async_trait::async_trait;
 use redis::{FromRedisValue, Script, Value};
 
 use super::{
-    AdmitOutcome, AdmitRequest, Clock, Cooldown, DayCache, DayInfo, KeyState, QuotaStore,
-    Reservation, ResetKind, ResetScope, StoreError, SystemClock, Usage,
+    AdmitOutcome, AdmitRequest, Clock, DayCache, DayInfo, QuotaStore, Reservation, ResetKind,
+    ResetScope, StoreError, SystemClock, Usage,
 };
 
 mod admit;
@@ -56,10 +58,10 @@ macro_rules! lua {
 
 // After the macro: the scripts' module uses it.
 mod batch;
+mod budget;
 mod build;
 mod holds;
 mod live;
-mod live_client;
 /// Most `project|model` pairs the set of pairs lists (`admit.lua` carries the same figure):
 /// model names are the client's choice, and every status read, `/metrics` scrape and alert
 /// evaluation walks the set. A pair past it is still counted, only not listed (the status page
@@ -86,8 +88,9 @@ pub struct RedisStore {
     pairs_cap: usize,
     cooldown: Script,
     reset: Script,
-    /// A Live session's client slot and its usage (live_client.lua, live_usage.lua).
-    live_client: Script,
+    /// A client's step outside admission, a Live session's slot or a batch job's budget
+    /// (client_alone.lua); a Live session's usage (live_usage.lua).
+    client_alone: Script,
     live_usage: Script,
     /// Settlements waiting for the batch writer.
     settle_queue: tokio::sync::mpsc::Sender<PendingSettle>,
@@ -221,208 +224,15 @@ impl QuotaStore for RedisStore {
         Ok(out)
     }
 
-    async fn cool_down(
-        &self,
-        project: &str,
-        model: &str,
-        ms: u64,
-        reason: &str,
-    ) -> Result<(), StoreError> {
-        self.cool_down_now(project, model, ms, reason).await
-    }
-
-    async fn cooldowns(&self) -> Result<Vec<Cooldown>, StoreError> {
-        self.cooldowns_now().await
-    }
-
-    async fn disable_key(&self, kid: &str, reason: &str) -> Result<(), StoreError> {
-        self.disable_key_now(kid, reason).await
-    }
-
-    async fn key_states(&self, kids: &[Arc<str>]) -> Result<Vec<KeyState>, StoreError> {
-        self.key_states_now(kids).await
-    }
-
-    async fn set_affinity(&self, resource: &str, kid: &str, ttl_ms: u64) -> Result<(), StoreError> {
-        let _: () = self
-            .cmd(
-                redis::cmd("SET")
-                    .arg(self.keys.affinity(resource))
-                    .arg(kid)
-                    .arg("PX")
-                    .arg(ttl_ms.max(1))
-                    .clone(),
-            )
-            .await?;
-        Ok(())
-    }
-
-    async fn affinity(&self, resource: &str) -> Result<Option<String>, StoreError> {
-        self.cmd(redis::cmd("GET").arg(self.keys.affinity(resource)).clone())
-            .await
-    }
-
     /// Reads the sets of pairs first, then clears the named ones in one call: a pair first
     /// counted between the two (an admission in that moment) is counted after the reset.
     async fn reset(&self, kind: ResetKind, scope: &ResetScope) -> Result<(), StoreError> {
         self.reset_pairs(kind, scope).await
     }
 
-    async fn live_open(
-        &self,
-        project: &str,
-        session: &str,
-        limit: u64,
-        lease_ms: u64,
-    ) -> Result<bool, StoreError> {
-        let mut inv = live::OPEN.prepare_invoke();
-        inv.key(self.keys.live(project))
-            .arg(session)
-            .arg(limit)
-            .arg(lease_ms.clamp(1, super::MAX_HOLD_MS))
-            .arg(self.now_arg());
-        Ok(self.run::<i64>(inv).await? == 1)
-    }
-
-    async fn live_renew(
-        &self,
-        held: &[(Arc<str>, String)],
-        lease_ms: u64,
-    ) -> Result<(), StoreError> {
-        for chunk in held.chunks(PAIRS_PER_CALL) {
-            let mut inv = live::RENEW.prepare_invoke();
-            inv.arg(lease_ms.clamp(1, super::MAX_HOLD_MS))
-                .arg(self.now_arg());
-            for (project, session) in chunk {
-                inv.key(self.keys.live(project)).arg(session.as_str());
-            }
-            let _: i64 = self.run(inv).await?;
-        }
-        Ok(())
-    }
-
-    async fn live_close(&self, project: &str, session: &str) -> Result<(), StoreError> {
-        let _: i64 = self
-            .cmd(
-                redis::cmd("ZREM")
-                    .arg(self.keys.live(project))
-                    .arg(session)
-                    .clone(),
-            )
-            .await?;
-        Ok(())
-    }
-
-    async fn live_client_open(
-        &self,
-        c: &super::ClientAdmit,
-        session: &str,
-    ) -> Result<Option<(super::ClientLimit, u64, u64)>, StoreError> {
-        self.client_session_open(c, session).await
-    }
-
-    async fn live_client_renew(
-        &self,
-        held: &[(Arc<str>, String)],
-        lease_ms: u64,
-    ) -> Result<(), StoreError> {
-        self.client_session_renew(held, lease_ms).await
-    }
-
-    async fn live_client_close(&self, client: &str, session: &str) -> Result<(), StoreError> {
-        self.client_session_close(client, session).await
-    }
-
-    async fn live_usage(&self, u: &super::LiveUsage) -> Result<(u64, u64), StoreError> {
-        self.session_usage(u).await
-    }
-
-    async fn live_counts(&self, projects: &[Arc<str>]) -> Result<Vec<u64>, StoreError> {
-        if projects.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut inv = live::COUNT.prepare_invoke();
-        inv.arg(self.now_arg());
-        for p in projects {
-            inv.key(self.keys.live(p));
-        }
-        let counts: Vec<i64> = self.run(inv).await?;
-        Ok(counts.into_iter().map(|c| c.max(0) as u64).collect())
-    }
-
     /// Reads a key of the namespace rather than sending PING: a node that answers PING but
     /// does not serve the namespace's slot (a Cluster node: `MOVED`, `CLUSTERDOWN`) or is
     /// still loading its data (`LOADING`) is not a working store.
-    /// One `MGET` of every client's day and month spend (all under the namespace's slot).
-    async fn client_spend(
-        &self,
-        clients: &[(Arc<str>, i64, i64)],
-    ) -> Result<Vec<(u64, u64)>, StoreError> {
-        if clients.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut cmd = redis::cmd("MGET");
-        for (name, day, month) in clients {
-            let [_, _, _, _, d, m] = self.keys.client(name, *day, *month);
-            cmd.arg(d).arg(m);
-        }
-        let v: Vec<Option<i64>> = self.cmd(cmd).await?;
-        let at = |i: usize| v.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
-        Ok((0..clients.len())
-            .map(|i| (at(2 * i), at(2 * i + 1)))
-            .collect())
-    }
-
-    async fn batch_reserve(
-        &self,
-        req: &super::BatchReserve,
-    ) -> Result<Option<(usize, String)>, StoreError> {
-        self.batch_reserve_script(req).await
-    }
-
-    async fn batch_open(
-        &self,
-        hold: &str,
-        name: &str,
-        job: &super::BatchJob,
-    ) -> Result<(), StoreError> {
-        self.batch_open_script(hold, name, job).await
-    }
-
-    async fn batch_take(&self, field: &str) -> Result<Option<super::BatchJob>, StoreError> {
-        self.batch_take_now(field).await
-    }
-
-    async fn batch_results(
-        &self,
-        file: &str,
-        job: &super::BatchJob,
-        cap: u64,
-    ) -> Result<(), StoreError> {
-        self.batch_results_script(file, job, cap).await
-    }
-
-    async fn batch_entries(&self) -> Result<Vec<(String, super::BatchJob)>, StoreError> {
-        self.batch_entries_now().await
-    }
-
-    async fn client_budget_reserve(
-        &self,
-        c: &super::ClientAdmit,
-    ) -> Result<Option<(super::ClientLimit, u64, u64)>, StoreError> {
-        self.client_budget_script(c).await
-    }
-
-    async fn client_budget_adjust(
-        &self,
-        name: &str,
-        day: i64,
-        month: i64,
-        delta: i64,
-    ) -> Result<(), StoreError> {
-        self.client_adjust_script(name, day, month, delta).await
-    }
-
     async fn ping(&self) -> Result<(), StoreError> {
         let _: Option<String> = self
             .cmd(redis::cmd("GET").arg(self.keys.named("ping")).clone())

@@ -1,6 +1,7 @@
 //! A shared store that never takes the proxy down: every call has a deadline, and while the
 //! store is unreachable the configured policy applies (local counting, fail-closed or
-//! fail-open) until a background probe sees it back.
+//! fail-open) until a background probe sees it back. Admission, holds and pins here; Live
+//! sessions, batch jobs and clients' budgets in `sessions`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,8 +11,8 @@ use async_trait::async_trait;
 
 use super::memory::MemoryStore;
 use super::{
-    AdmitOutcome, AdmitRequest, Cooldown, KeyState, QuotaStore, Reservation, ResetKind, ResetScope,
-    StoreError, Usage,
+    AdmitOutcome, AdmitRequest, Cooldown, KeyHealth, KeyState, Pins, QuotaStore, Reservation,
+    ResetKind, ResetScope, StoreError, Usage,
 };
 
 /// What admission does while the shared store is unreachable (`store.on_error`).
@@ -112,6 +113,9 @@ macro_rules! with_fallback {
     }};
 }
 
+// After the macro: the module uses it.
+mod sessions;
+
 #[async_trait]
 impl QuotaStore for ResilientStore {
     async fn admit(&self, req: &AdmitRequest) -> Result<AdmitOutcome, StoreError> {
@@ -187,6 +191,28 @@ impl QuotaStore for ResilientStore {
         with_fallback!(self, usage(), Vec::new())
     }
 
+    async fn reset(&self, kind: ResetKind, scope: &ResetScope) -> Result<(), StoreError> {
+        with_fallback!(self, reset(kind, scope), ())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        if self.is_down() {
+            return Err(StoreError::Unreachable("shared quota store is down".into()));
+        }
+        self.primary.ping().await
+    }
+
+    fn backend(&self) -> &'static str {
+        self.primary.backend()
+    }
+
+    fn shared_io(&self) -> Option<super::redis::SharedIo> {
+        self.primary.shared_io()
+    }
+}
+
+#[async_trait]
+impl KeyHealth for ResilientStore {
     async fn cool_down(
         &self,
         project: &str,
@@ -212,163 +238,15 @@ impl QuotaStore for ResilientStore {
             kids.iter().map(|_| KeyState::Active).collect()
         )
     }
+}
 
+#[async_trait]
+impl Pins for ResilientStore {
     async fn set_affinity(&self, resource: &str, kid: &str, ttl_ms: u64) -> Result<(), StoreError> {
         with_fallback!(self, set_affinity(resource, kid, ttl_ms), ())
     }
 
     async fn affinity(&self, resource: &str) -> Result<Option<String>, StoreError> {
         with_fallback!(self, affinity(resource), None)
-    }
-
-    async fn reset(&self, kind: ResetKind, scope: &ResetScope) -> Result<(), StoreError> {
-        with_fallback!(self, reset(kind, scope), ())
-    }
-
-    /// Fail-open takes a slot without counting it, as admission admits uncounted.
-    async fn live_open(
-        &self,
-        project: &str,
-        session: &str,
-        limit: u64,
-        lease_ms: u64,
-    ) -> Result<bool, StoreError> {
-        with_fallback!(self, live_open(project, session, limit, lease_ms), true)
-    }
-
-    async fn live_renew(
-        &self,
-        held: &[(Arc<str>, String)],
-        lease_ms: u64,
-    ) -> Result<(), StoreError> {
-        with_fallback!(self, live_renew(held, lease_ms), ())
-    }
-
-    async fn live_close(&self, project: &str, session: &str) -> Result<(), StoreError> {
-        // Freed in both: a slot taken locally while the shared store was down lives there.
-        let _ = self.local.live_close(project, session).await;
-        with_fallback!(self, live_close(project, session), ())
-    }
-
-    async fn live_counts(&self, projects: &[Arc<str>]) -> Result<Vec<u64>, StoreError> {
-        with_fallback!(self, live_counts(projects), vec![0; projects.len()])
-    }
-
-    /// Fail-open takes the client's slot without counting it, as admission admits uncounted.
-    async fn live_client_open(
-        &self,
-        c: &super::ClientAdmit,
-        session: &str,
-    ) -> Result<Option<(super::ClientLimit, u64, u64)>, StoreError> {
-        with_fallback!(self, live_client_open(c, session), None)
-    }
-
-    async fn live_client_renew(
-        &self,
-        held: &[(Arc<str>, String)],
-        lease_ms: u64,
-    ) -> Result<(), StoreError> {
-        with_fallback!(self, live_client_renew(held, lease_ms), ())
-    }
-
-    async fn live_client_close(&self, client: &str, session: &str) -> Result<(), StoreError> {
-        // Freed in both, as a project slot is.
-        let _ = self.local.live_client_close(client, session).await;
-        with_fallback!(self, live_client_close(client, session), ())
-    }
-
-    async fn live_usage(&self, u: &super::LiveUsage) -> Result<(u64, u64), StoreError> {
-        with_fallback!(self, live_usage(u), (0, 0))
-    }
-
-    async fn client_spend(
-        &self,
-        clients: &[(Arc<str>, i64, i64)],
-    ) -> Result<Vec<(u64, u64)>, StoreError> {
-        with_fallback!(self, client_spend(clients), vec![(0, 0); clients.len()])
-    }
-
-    /// Fail-open creates the batch job on the first candidate, held nowhere (hold `""`).
-    async fn batch_reserve(
-        &self,
-        req: &super::BatchReserve,
-    ) -> Result<Option<(usize, String)>, StoreError> {
-        with_fallback!(self, batch_reserve(req), Some((0, String::new())))
-    }
-
-    async fn batch_open(
-        &self,
-        hold: &str,
-        name: &str,
-        job: &super::BatchJob,
-    ) -> Result<(), StoreError> {
-        if hold.is_empty() && self.policy == StoreFailurePolicy::FailOpen && self.is_down() {
-            return Ok(());
-        }
-        let _ = self.local.batch_take(hold).await;
-        with_fallback!(self, batch_open(hold, name, job), ())
-    }
-
-    /// Taken from both: an entry made locally while the shared store was down lives there.
-    async fn batch_take(&self, field: &str) -> Result<Option<super::BatchJob>, StoreError> {
-        let local = self.local.batch_take(field).await.ok().flatten();
-        let shared: Result<Option<super::BatchJob>, StoreError> =
-            async { with_fallback!(self, batch_take(field), None) }.await;
-        Ok(shared?.or(local))
-    }
-
-    async fn batch_results(
-        &self,
-        file: &str,
-        job: &super::BatchJob,
-        cap: u64,
-    ) -> Result<(), StoreError> {
-        with_fallback!(self, batch_results(file, job, cap), ())
-    }
-
-    /// The shared store's entries and those made locally while it was down.
-    async fn batch_entries(&self) -> Result<Vec<(String, super::BatchJob)>, StoreError> {
-        let mut local = self.local.batch_entries().await.unwrap_or_default();
-        if self.policy == StoreFailurePolicy::Local && self.is_down() {
-            return Ok(local);
-        }
-        let shared: Result<Vec<(String, super::BatchJob)>, StoreError> =
-            async { with_fallback!(self, batch_entries(), Vec::new()) }.await;
-        let mut shared = shared?;
-        local.retain(|(f, _)| !shared.iter().any(|(g, _)| g == f));
-        shared.extend(local);
-        Ok(shared)
-    }
-
-    async fn client_budget_reserve(
-        &self,
-        c: &super::ClientAdmit,
-    ) -> Result<Option<(super::ClientLimit, u64, u64)>, StoreError> {
-        with_fallback!(self, client_budget_reserve(c), None)
-    }
-
-    async fn client_budget_adjust(
-        &self,
-        name: &str,
-        day: i64,
-        month: i64,
-        delta: i64,
-    ) -> Result<(), StoreError> {
-        with_fallback!(self, client_budget_adjust(name, day, month, delta), ())
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        if self.is_down() {
-            return Err(StoreError::Unreachable("shared quota store is down".into()));
-        }
-        self.primary.ping().await
-    }
-
-    fn backend(&self) -> &'static str {
-        self.primary.backend()
-    }
-
-    fn shared_io(&self) -> Option<super::redis::SharedIo> {
-        self.primary.shared_io()
     }
 }

@@ -4,91 +4,18 @@
 
 use std::collections::HashMap;
 
-use chrono::{Datelike, NaiveTime, TimeZone, Utc};
-use serde::Serialize;
+use chrono::{Datelike, TimeZone, Utc};
 
 use super::Ledger;
 use super::book::{HOUR_MS, MINUTE_MS, field};
 use super::forecast::{self, Day, Forecast, History};
 use super::query::{rfc3339, usd};
 
-/// A (project, model) the status page knows, with its daily limit and today's count.
-#[derive(Debug, Clone)]
-pub struct PairInput {
-    pub project: String,
-    pub model: String,
-    pub daily_limit: u64,
-    pub used_today: u64,
-}
+mod view;
 
-/// A model across the pool: the sum of its daily limits and counts in the enabled projects.
-#[derive(Debug, Clone)]
-pub struct PoolInput {
-    pub model: String,
-    pub daily_limit: u64,
-    pub used_today: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Default, PartialEq)]
-pub struct Money {
-    pub cost_usd: f64,
-    pub list_cost_usd: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CostView {
-    /// Since the quota day began (midnight in `limits.timezone`).
-    pub today: Money,
-    /// Since the first of this month, same zone.
-    pub month: Money,
-    /// Requests today whose model has no price (counted at 0).
-    pub unpriced_requests_today: u64,
-    /// `memory` (this replica since it started) or `redis` (every replica).
-    pub source: &'static str,
-}
-
-/// One forecast line.
-#[derive(Debug, Clone, Serialize)]
-pub struct ForecastLine {
-    /// `None` for a pool line (every enabled project).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub project: Option<String>,
-    pub model: String,
-    pub daily_limit: u64,
-    pub used_today: u64,
-    /// Requests by the reset (today's count included); `None` without enough history.
-    pub projected_requests: Option<u64>,
-    /// When the limit is reached, if before the reset.
-    pub exhausted_at: Option<String>,
-    pub resets_at: String,
-    /// Today's cost (billed) so far plus the projected requests at today's cost per request.
-    pub projected_cost_usd: Option<f64>,
-    pub method: Option<&'static str>,
-    /// Why there is no projection (`insufficient data`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ForecastView {
-    /// The busiest [`MAX_PAIRS`] (project, model) pairs with a request today.
-    pub pairs: Vec<ForecastLine>,
-    /// Pairs with requests today left out of `pairs`.
-    pub pairs_omitted: usize,
-    pub pool: Vec<ForecastLine>,
-}
-
-/// Most (project, model) pairs forecast on one status page.
-pub const MAX_PAIRS: usize = 500;
-
-/// The ledger's part of the status page.
-#[derive(Debug, Clone)]
-pub struct Outlook {
-    pub cost: CostView,
-    pub forecast: ForecastView,
-    /// One per quota projected to run out before the reset.
-    pub warnings: Vec<String>,
-}
+pub use self::view::{
+    CostView, ForecastLine, ForecastView, MAX_PAIRS, Money, Outlook, PairInput, PoolInput,
+};
 
 /// Pair warnings listed one by one at most; the rest are counted in one more line.
 const PAIR_WARNINGS: usize = 5;
@@ -389,14 +316,7 @@ pub(crate) fn local_midnight(tz: chrono_tz::Tz, now: i64, month: bool) -> i64 {
     if month {
         date = date.with_day(1).unwrap_or(date);
     }
-    let naive = date.and_time(NaiveTime::MIN);
-    tz.from_local_datetime(&naive)
-        .earliest()
-        .or_else(|| {
-            tz.from_local_datetime(&(naive + chrono::Duration::hours(1)))
-                .earliest()
-        })
-        .map_or(now, |t| t.timestamp_millis())
+    crate::quota::clock::midnight_ms(tz, date).unwrap_or(now)
 }
 
 #[cfg(test)]

@@ -6,42 +6,15 @@
 //! price on both backends.
 
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
 
-use serde::Deserialize;
-
-use super::{Billing, Cost, PRICES_TOML, PriceEntry, Prices, Rates, TokenUsage, check, find};
-
-/// The embedded `[vertex."MODEL"]` entries, parsed and checked once.
-pub(super) static EMBEDDED_VERTEX: LazyLock<BTreeMap<String, Rates>> = LazyLock::new(|| {
-    #[derive(Deserialize)]
-    struct File {
-        #[serde(default)]
-        vertex: BTreeMap<String, PriceEntry>,
-    }
-    let file: File = ::config::Config::builder()
-        .add_source(::config::File::from_str(
-            PRICES_TOML,
-            ::config::FileFormat::Toml,
-        ))
-        .build()
-        .and_then(|c| c.try_deserialize())
-        .unwrap_or_else(|e| panic!("config/prices.toml [vertex] does not parse: {e}"));
-    file.vertex
-        .into_iter()
-        .map(|(name, entry)| {
-            let rates =
-                check(&name, entry).unwrap_or_else(|e| panic!("config/prices.toml: vertex: {e}"));
-            (name, rates)
-        })
-        .collect()
-});
+use super::table::EMBEDDED;
+use super::{Billing, Cost, PriceEntry, Prices, Rates, TokenUsage, find};
 
 /// The embedded Vertex entries, without those of models the user priced.
 pub(super) fn embedded_without(
     overrides: &BTreeMap<String, PriceEntry>,
 ) -> BTreeMap<String, Rates> {
-    let mut v = EMBEDDED_VERTEX.clone();
+    let mut v = EMBEDDED.vertex.clone();
     v.retain(|name, _| !overrides.contains_key(name));
     v
 }
@@ -107,8 +80,8 @@ mod tests {
     #[test]
     fn every_vertex_entry_is_dated_and_sourced_and_differs_from_ai_studio() {
         let p = Prices::embedded();
-        assert!(!EMBEDDED_VERTEX.is_empty());
-        for (name, r) in EMBEDDED_VERTEX.iter() {
+        assert!(!EMBEDDED.vertex.is_empty());
+        for (name, r) in EMBEDDED.vertex.iter() {
             assert!(
                 r.entry.as_of.as_deref().is_some_and(|d| d.len() == 10),
                 "{name}"

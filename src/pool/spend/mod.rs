@@ -8,68 +8,29 @@
 //! would pass the cap.
 
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use chrono::{Datelike, Months, NaiveTime, TimeZone, Utc};
+use chrono::{Datelike, Months, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
 use crate::config::LimitsConfig;
 use crate::error::ApiError;
+use crate::ledger::Ledger;
 use crate::ledger::query::usd;
-use crate::ledger::{CostWatch, Ledger};
 use crate::quota::{Candidate, Clock, QuotaStore};
 
-/// Readings at most this often while answers on capped projects keep coming.
-const CHECK_EVERY: Duration = Duration::from_secs(1);
+mod reading;
+
+use self::reading::Seen;
+
 /// With Redis, how long this replica's recorded costs may take to be readable in the shared
 /// ledger: its own costs of that long before a reading are counted on top of it (counted twice
 /// at worst, which errs towards holding early rather than late).
 const SHARED_LAG_MS: i64 = 3_000;
-/// Readings taken again, at most, while this replica's costs say a cap is reached and the
-/// shared ledger does not show it yet.
-const CATCH_UP_TRIES: u32 = 5;
-/// This replica's costs since the last reading are kept in slots this wide (bounded).
-const SLOT_MS: i64 = 100;
-const SLOTS_KEPT: usize = 256;
-
-/// One capped project as this replica sees it.
-#[derive(Debug, Default)]
-struct Seen {
-    /// The month the numbers belong to (its start, Unix ms).
-    month_start: i64,
-    /// Settled spend this month at the last reading (nano-USD), and when it was read.
-    read_nano: u64,
-    read_at: i64,
-    /// This replica's billed costs by time slot, since a little before the last reading.
-    recent: VecDeque<(i64, u64)>,
-}
-
-impl Seen {
-    /// Spend as best known now, for holding back: the reading, plus this replica's costs it
-    /// may not hold yet (those of `lag_ms` before it counted again: early rather than late).
-    fn at_most(&self, lag_ms: i64) -> u64 {
-        let from = self.read_at - lag_ms;
-        // A slot that ends after `from` may hold costs the reading lacks.
-        self.sum_from(|at| at + SLOT_MS > from)
-    }
-
-    /// Spend as shown: the reading, plus this replica's costs recorded after it.
-    fn shown(&self) -> u64 {
-        self.sum_from(|at| at >= self.read_at)
-    }
-
-    fn sum_from(&self, counts: impl Fn(i64) -> bool) -> u64 {
-        self.recent
-            .iter()
-            .filter(|(at, _)| counts(*at))
-            .fold(self.read_nano, |sum, (_, n)| sum.saturating_add(*n))
-    }
-}
 
 /// A capped project's month on the status page.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -132,17 +93,8 @@ pub fn month_bounds(tz: Tz, now: i64) -> (i64, i64) {
         .with_timezone(&tz);
     let first = local.date_naive().with_day(1).unwrap_or(local.date_naive());
     let next = first.checked_add_months(Months::new(1)).unwrap_or(first);
-    let at = |d: chrono::NaiveDate| {
-        let naive = d.and_time(NaiveTime::MIN);
-        // A midnight skipped by a clock change: the first moment after it.
-        tz.from_local_datetime(&naive)
-            .earliest()
-            .or_else(|| {
-                tz.from_local_datetime(&(naive + chrono::Duration::hours(1)))
-                    .earliest()
-            })
-            .map_or(now, |t| t.timestamp_millis())
-    };
+    // A midnight skipped by a clock change: the first moment after it.
+    let at = |d| crate::quota::clock::midnight_ms(tz, d).unwrap_or(now);
     (at(first), at(next))
 }
 
@@ -270,135 +222,6 @@ impl SpendCaps {
             .collect();
         out.sort_by(|a, b| a.project.cmp(&b.project));
         out
-    }
-
-    /// Start a reading task unless one runs (it reads again while answers keep coming).
-    fn check_soon(&self) {
-        self.dirty.store(true, Ordering::Release);
-        if self.caps.load().is_empty() || self.checking.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let (Some(me), Ok(rt)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
-            self.checking.store(false, Ordering::Release);
-            return;
-        };
-        rt.spawn(async move {
-            loop {
-                let mut tries = 0;
-                while me.dirty.swap(false, Ordering::AcqRel) || tries > 0 {
-                    let behind = me.check().await;
-                    if behind && tries < CATCH_UP_TRIES {
-                        // This replica's costs reach a cap the shared ledger does not show
-                        // yet: read again once they are written.
-                        tries += 1;
-                        tokio::time::sleep(Duration::from_millis(me.lag_ms.max(500) as u64)).await;
-                        continue;
-                    }
-                    tries = 0;
-                    tokio::time::sleep(CHECK_EVERY).await;
-                }
-                me.checking.store(false, Ordering::Release);
-                // An answer recorded between the last look and the flag's release.
-                if !me.dirty.load(Ordering::Acquire) || me.checking.swap(true, Ordering::AcqRel) {
-                    return;
-                }
-            }
-        });
-    }
-
-    /// Read each capped project's settled spend this month; hold the ones at their cap until
-    /// the month turns. True when this replica's costs put a project at its cap that the
-    /// reading does not (the shared ledger is behind).
-    async fn check(&self) -> bool {
-        let caps = self.caps.load_full();
-        let Some(ledger) = self.ledger.upgrade() else {
-            return false;
-        };
-        let now = self.clock.now_ms();
-        let (month_start, next) = month_bounds(self.tz, now);
-        let projects: Vec<&str> = caps.keys().map(|p| &**p).collect();
-        let read = match ledger.project_costs_since(month_start, &projects).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "the month's spend could not be read for the spend caps: the last reading stays");
-                return false;
-            }
-        };
-        let mut behind = false;
-        let mut reached = Vec::new();
-        {
-            let mut seen = self.seen.lock();
-            for ((project, cap), spent) in caps.iter().zip(read) {
-                let s = seen.entry(project.clone()).or_default();
-                if s.month_start != month_start {
-                    *s = Seen {
-                        month_start,
-                        ..Seen::default()
-                    };
-                }
-                s.read_nano = spent;
-                s.read_at = now;
-                let keep_from = now - self.lag_ms;
-                s.recent.retain(|(at, _)| at + SLOT_MS > keep_from);
-                metrics::gauge!("gqp_project_spend_cap_ratio", "project" => project.to_string())
-                    .set(s.shown() as f64 / (*cap).max(1) as f64);
-                if spent >= *cap {
-                    reached.push((project.clone(), *cap, spent));
-                } else if s.at_most(self.lag_ms) >= *cap {
-                    behind = true;
-                }
-            }
-        }
-        let hold_ms = u64::try_from(next - now).unwrap_or(0).max(1);
-        for (project, cap, spent) in reached {
-            let reason = format!(
-                "{HOLD_REASON} of ${:.2} reached (${:.2} spent)",
-                usd(cap),
-                usd(spent)
-            );
-            tracing::warn!(project = %project, hold_ms, "{reason}: no more requests on it until the month turns");
-            if let Err(e) = self.store.cool_down(&project, "*", hold_ms, &reason).await {
-                tracing::warn!(error = %e, "could not record a spend cap's hold");
-            }
-        }
-        behind
-    }
-}
-
-impl CostWatch for SpendCaps {
-    fn watches(&self, project: &str) -> bool {
-        self.caps.load().contains_key(project)
-    }
-
-    fn billed(&self, project: &Arc<str>, nano: u64) {
-        let now = self.clock.now_ms();
-        let month_start = month_bounds(self.tz, now).0;
-        {
-            let mut seen = self.seen.lock();
-            let s = seen.entry(project.clone()).or_default();
-            if s.month_start != month_start {
-                *s = Seen {
-                    month_start,
-                    ..Seen::default()
-                };
-            }
-            let slot = now - now.rem_euclid(SLOT_MS);
-            match s.recent.back_mut() {
-                Some((at, n)) if *at == slot => *n = n.saturating_add(nano),
-                _ => {
-                    if s.recent.len() >= SLOTS_KEPT {
-                        // Readings failing for long: fold the oldest slot into the next.
-                        if let Some((_, oldest)) = s.recent.pop_front()
-                            && let Some((_, n)) = s.recent.front_mut()
-                        {
-                            *n = n.saturating_add(oldest);
-                        }
-                    }
-                    s.recent.push_back((slot, nano));
-                }
-            }
-        }
-        self.check_soon();
     }
 }
 
