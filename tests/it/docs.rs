@@ -342,6 +342,18 @@ fn every_documented_command_is_known_and_its_target_exists() {
                     // Benchmarks take minutes and a quiet machine: syntax-checked here, their
                     // Rust parts (examples/) are built and linted by CI (`--all-targets`).
                     "test" | "bench" | "bench-h2" | "bench-exhaust" | "bench-fairness" => {}
+                    // Its Python part parsed (not run: callgrind takes minutes).
+                    "bench-instructions" => {
+                        let py = root.join("scripts/bench_instructions.py");
+                        let parsed = Command::new("python3")
+                            .args(["-c", "import ast, sys; ast.parse(open(sys.argv[1]).read())"])
+                            .arg(&py)
+                            .status()
+                            .unwrap();
+                        if !parsed.success() {
+                            problems.push(format!("{at}: {} does not parse", py.display()));
+                        }
+                    }
                     other => problems.push(format!(
                         "{at}: scripts/{other} is not run by CI; add it to .ci/run or to this table"
                     )),

@@ -1,0 +1,185 @@
+"""Instructions per proxied request, counted by valgrind's callgrind: repeatable on a shared,
+noisy machine where requests/s are not (the same binary and inputs give the same count whatever
+else runs). One proxy (memory store, one Tokio worker) under callgrind, a fake Gemini upstream
+and a fake OTLP collector in this process, N generateContent requests on one keep-alive
+connection after a warm-up; the counters are zeroed after the warm-up and dumped after the run.
+
+    scripts/bench-instructions [BIN ...]   (this file: scripts/bench_instructions.py)
+
+Each BIN (default target/release/gemini-quota-proxy) is counted with trace export off and, with
+BENCH_OTEL=1, also on at 100 % sampling (exported every 200 ms). BENCH_REQUESTS (default 2000)
+and BENCH_WARMUP (default 200) size it; BENCH_TOP=N prints the N costliest functions (inclusive)
+of each run; BENCH_KEEP=1 keeps each run's callgrind dump (its path printed) for
+callgrind_annotate. Needs valgrind (installed when missing)."""
+
+import http.client
+import http.server
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ANSWER = (
+    b'{"candidates":[{"content":{"role":"model","parts":[{"text":"Hello! How can I help you'
+    b' today?"}]},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":12,'
+    b'"candidatesTokenCount":9,"totalTokenCount":21},"modelVersion":"gemini-2.5-flash",'
+    b'"responseId":"bench"}'
+)
+BODY = b'{"contents":[{"role":"user","parts":[{"text":"Write one short friendly greeting."}]}]}'
+PATH = "/v1beta/models/gemini-2.5-flash:generateContent"
+CLIENT_KEY = "bench-client-key"
+COLLECTED = [0]
+
+
+class Upstream(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        n = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(n)
+        if self.path.startswith("/v1/traces"):
+            COLLECTED[0] += len(body)
+            out, ctype = b"", "application/x-protobuf"
+        else:
+            out, ctype = ANSWER, "application/json; charset=UTF-8"
+        self.send_response(200)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args):
+        pass
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, seconds=120):
+    end = time.time() + seconds
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    sys.exit(f"the proxy did not listen on {port} within {seconds} s")
+
+
+def send(conn, n):
+    for _ in range(n):
+        conn.request(
+            "POST",
+            PATH,
+            body=BODY,
+            headers={"content-type": "application/json", "x-goog-api-key": CLIENT_KEY},
+        )
+        resp = conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            sys.exit(f"the proxy answered {resp.status}: {data[:300]!r}")
+
+
+def count(binary, upstream_port, otel, requests, warmup, top):
+    work = tempfile.mkdtemp(prefix="gqp-cg-")
+    out = os.path.join(work, "callgrind.out")
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "GEMINI_API_KEYS": "AIzaBenchKey0000000001,AIzaBenchKey0000000002",
+        "PROXY_CLIENT_KEYS": CLIENT_KEY,
+        "GEMINI_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}",
+        "PROXY_LISTEN": f"127.0.0.1:{port}",
+        "GEMINI_MINUTE_LIMIT": "100000000",
+        "GEMINI_DAILY_LIMIT": "1000000000",
+        "GEMINI_TOKEN_MINUTE_LIMIT": "100000000000",
+        "RUST_LOG": "warn",
+        "TOKIO_WORKER_THREADS": "1",
+    }
+    if otel:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{upstream_port}"
+        env["OTEL_TRACES_SAMPLER"] = "always_on"
+        env["OTEL_BSP_SCHEDULE_DELAY"] = "200"
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(os.path.join(work, "valgrind.log"), "w"),
+    )
+    try:
+        wait_port(port)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        send(conn, warmup)
+        time.sleep(0.5)
+        subprocess.run(["callgrind_control", "--zero", str(proc.pid)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        send(conn, requests)
+        if otel:
+            time.sleep(1.5)  # the last batch leaves within the 200 ms schedule
+        subprocess.run(["callgrind_control", "--dump", str(proc.pid)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        conn.close()
+    finally:
+        proc.terminate()
+        proc.wait()
+    dumps = sorted(f for f in os.listdir(work) if f.startswith("callgrind.out."))
+    if not dumps:
+        sys.exit(f"no callgrind dump in {work}")
+    dump = os.path.join(work, dumps[-1])
+    annotated = subprocess.run(
+        ["callgrind_annotate", "--inclusive=yes", dump], capture_output=True, text=True
+    ).stdout
+    total = None
+    for line in annotated.splitlines():
+        if "PROGRAM TOTALS" in line:
+            total = int(line.split()[0].replace(",", ""))
+            break
+    if total is None:
+        sys.exit(f"no total in {dump}")
+    lines = []
+    if top:
+        body = [l for l in annotated.splitlines() if l.strip() and l.strip()[0].isdigit()]
+        for l in body[1 : top + 1]:
+            n = int(l.split()[0].replace(",", ""))
+            lines.append(f"    {n / requests / 1000:8.1f}k  {l.split(None, 1)[1][:150]}")
+    if os.environ.get("BENCH_KEEP") == "1":
+        lines.append(f"    (callgrind dump kept: {dump})")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return total / requests, lines
+
+
+def main():
+    if not shutil.which("valgrind"):
+        root = [] if os.geteuid() == 0 else ["sudo"]
+        subprocess.run(root + ["apt-get", "install", "-y", "-qq", "valgrind"], check=True)
+    bins = sys.argv[1:] or ["target/release/gemini-quota-proxy"]
+    requests = int(os.environ.get("BENCH_REQUESTS", "2000"))
+    warmup = int(os.environ.get("BENCH_WARMUP", "200"))
+    top = int(os.environ.get("BENCH_TOP", "0"))
+    otel = os.environ.get("BENCH_OTEL") == "1"
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    upstream_port = server.server_address[1]
+    print(f"callgrind: {requests} generateContent requests on one connection after {warmup}, "
+          "one Tokio worker, memory store")
+    for binary in bins:
+        for on in ([False, True] if otel else [False]):
+            per, lines = count(binary, upstream_port, on, requests, warmup, top)
+            label = "export on (100 %)" if on else "export off"
+            print(f"{binary}  {label:18}  {per / 1000:8.1f}k instructions per request")
+            for l in lines:
+                print(l)
+    if otel:
+        print(f"collector received {COLLECTED[0]} bytes")
+
+
+if __name__ == "__main__":
+    main()
