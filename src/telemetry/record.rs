@@ -61,6 +61,8 @@ impl SpanRecord {
         kind: SpanKind,
         start: SystemTime,
     ) -> SpanRecord {
+        // What the proxy's spans take (a request's about 24, a child's 6), in one allocation.
+        let room = if kind == SpanKind::Server { 32 } else { 8 };
         SpanRecord {
             span_id,
             parent,
@@ -69,7 +71,7 @@ impl SpanRecord {
             kind,
             start,
             end: start,
-            attributes: Vec::new(),
+            attributes: Vec::with_capacity(room),
             dropped_attributes: 0,
             events: Vec::new(),
             dropped_events: 0,
