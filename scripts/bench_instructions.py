@@ -9,7 +9,8 @@ connection after a warm-up; the counters are zeroed after the warm-up and dumped
 Each BIN (default target/release/gemini-quota-proxy) is counted with trace export off and, with
 BENCH_OTEL=1, also on at 100 % sampling (exported every 200 ms). BENCH_REQUESTS (default 2000)
 and BENCH_WARMUP (default 200) size it; BENCH_TOP=N prints the N costliest functions (inclusive)
-of each run; BENCH_KEEP=1 keeps each run's callgrind dump (its path printed) for
+of each run; BENCH_OTEL_SAMPLER (default always_on) sets the sampler of the export-on run
+(always_off: what a request not sampled costs); BENCH_KEEP=1 keeps each run's callgrind dump (its path printed) for
 callgrind_annotate. Needs valgrind (installed when missing)."""
 
 import http.client
@@ -105,7 +106,7 @@ def count(binary, upstream_port, otel, requests, warmup, top):
     }
     if otel:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{upstream_port}"
-        env["OTEL_TRACES_SAMPLER"] = "always_on"
+        env["OTEL_TRACES_SAMPLER"] = os.environ.get("BENCH_OTEL_SAMPLER", "always_on")
         env["OTEL_BSP_SCHEDULE_DELAY"] = "200"
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary],
@@ -173,7 +174,8 @@ def main():
     for binary in bins:
         for on in ([False, True] if otel else [False]):
             per, lines = count(binary, upstream_port, on, requests, warmup, top)
-            label = "export on (100 %)" if on else "export off"
+            sampler = os.environ.get("BENCH_OTEL_SAMPLER", "always_on")
+            label = f"export on ({sampler})" if on else "export off"
             print(f"{binary}  {label:18}  {per / 1000:8.1f}k instructions per request")
             for l in lines:
                 print(l)
