@@ -47,6 +47,20 @@ impl Hold {
     }
 }
 
+impl Hold {
+    /// Give the hold and its budget reservation back now, and wait for it (a creation tried
+    /// again on another key reserves anew only once this one's room is free).
+    pub async fn release(mut self) {
+        self.done = true;
+        if !self.hold.is_empty() {
+            let _ = self.store.batch_take(&self.hold).await;
+        }
+        if let Some(b) = self.job.budget.take() {
+            refund(&*self.store, &b).await;
+        }
+    }
+}
+
 impl Drop for Hold {
     fn drop(&mut self) {
         if self.done {

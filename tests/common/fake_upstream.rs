@@ -369,6 +369,13 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         );
     }
     let json_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    // A batch creation takes the next scripted answer too (a 503 before it is created).
+    if path.contains(":batchGenerateContent") {
+        let forced = st.behaviour.lock().unwrap().script.pop_front();
+        if let Some(s) = forced {
+            return scripted(&s);
+        }
+    }
     if let Some(r) =
         super::fake_batches::handle(&st.batches, parts.method.as_str(), &path, &key, &json_body)
     {

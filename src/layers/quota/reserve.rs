@@ -93,7 +93,15 @@ impl<S> Step<'_, S> {
             ));
         }
         // Boxed: a batch creation is rare, and its future would make every request's larger.
-        let choose = batch::choose(cx.state, cx.caller, cx.est, &self.body, &self.avoid);
+        // Tried again: the last attempt's hold and budget reservation given back first, or the
+        // job would count twice against its project's batch room and its client's budgets.
+        let (last, body, avoid) = (self.batch_hold.take(), &self.body, &self.avoid);
+        let choose = async move {
+            if let Some(hold) = last {
+                hold.release().await;
+            }
+            batch::choose(cx.state, cx.caller, cx.est, body, avoid).await
+        };
         match Box::pin(choose).await {
             Some(Ok((i, hold))) => {
                 self.batch_hold = Some(hold);

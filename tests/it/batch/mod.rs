@@ -283,6 +283,57 @@ async fn a_clients_batch_over_its_budget_is_refused_until_its_reservation_is_set
 }
 
 #[tokio::test]
+async fn a_creation_tried_again_on_another_key_reserves_its_budget_once() {
+    const TEAM: &str = "team-batch-key-0123456789";
+    let fake = FakeUpstream::start().await;
+    let proxy = start_proxy(
+        &fake.url,
+        ProxyOpts::keys(&KEYS).toml(&format!(
+            "[[auth.clients]]\nname = \"team\"\nkey = \"{TEAM}\"\ndaily_budget_usd = 0.01\n"
+        )),
+    )
+    .await;
+    let as_team = || async {
+        let requests: Vec<Value> = (0..3)
+            .map(|_| json!({"request": {"contents": [{"parts": [{"text": "x".repeat(40)}]}]}}))
+            .collect();
+        http()
+            .post(format!(
+                "{}/v1beta/models/{MODEL}:batchGenerateContent",
+                proxy.url
+            ))
+            .header("x-goog-api-key", TEAM)
+            .json(&json!({"batch": {"inputConfig": {"requests": {"requests": requests}}}}))
+            .send()
+            .await
+            .unwrap()
+    };
+    // The first key's project is unavailable once: the job (about 0.0077 USD reserved, of a
+    // 0.01 budget) is created with the other key, its first reservation given back first.
+    fake.behave(|b| b.script.push_back(Scripted::Status(503)));
+    let created = as_team().await;
+    let status = created.status();
+    let v = json_of(created).await;
+    assert_eq!(status, 200, "{v}");
+    let keys = creators(&fake);
+    assert_eq!(keys.len(), 2, "tried once more: {keys:?}");
+    assert_ne!(keys[0], keys[1], "on another key");
+    // Reserved once, not twice: a second job still does not fit, and nothing is left over
+    // once the first is settled.
+    assert_eq!(as_team().await.status(), 429);
+    let name = v["name"].as_str().unwrap().to_string();
+    fake_batches::finish(&fake.state.batches, &name);
+    let r = http()
+        .get(format!("{}/v1beta/{name}", proxy.url))
+        .header("x-goog-api-key", TEAM)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(as_team().await.status(), 200);
+}
+
+#[tokio::test]
 async fn a_jobs_results_file_is_downloaded_with_the_key_that_created_the_job() {
     let fake = FakeUpstream::start().await;
     let proxy = start_proxy(&fake.url, opts()).await;
