@@ -191,6 +191,14 @@ pub trait BatchJobs: Send + Sync {
     async fn batch_entries(&self) -> Result<Vec<(String, BatchJob)>, StoreError> {
         Err(no_batches())
     }
+    /// One entry, if it is kept and not lapsed (a results file's download asks for its own).
+    async fn batch_entry(&self, field: &str) -> Result<Option<BatchJob>, StoreError> {
+        Ok(self
+            .batch_entries()
+            .await?
+            .into_iter()
+            .find_map(|(f, j)| (f == field).then_some(j)))
+    }
 }
 
 fn no_batches() -> StoreError {

@@ -89,6 +89,13 @@ impl BatchJobs for MemoryStore {
         Ok(())
     }
 
+    async fn batch_entry(&self, field: &str) -> Result<Option<BatchJob>, StoreError> {
+        let now = self.clock.now_ms();
+        let mut jobs = self.batches.lock();
+        jobs.prune(now);
+        Ok(jobs.entries.get(field).cloned())
+    }
+
     async fn batch_entries(&self) -> Result<Vec<(String, BatchJob)>, StoreError> {
         let now = self.clock.now_ms();
         let mut jobs = self.batches.lock();

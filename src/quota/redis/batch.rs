@@ -131,6 +131,15 @@ impl BatchJobs for RedisStore {
         Ok(())
     }
 
+    async fn batch_entry(&self, field: &str) -> Result<Option<BatchJob>, StoreError> {
+        let v: Option<String> = self
+            .cmd(redis::cmd("HGET").arg(self.batch_hash()).arg(field).clone())
+            .await?;
+        let now = self.now_ms();
+        Ok(v.and_then(|v| serde_json::from_str::<BatchJob>(&v).ok())
+            .filter(|j| !batch::lapsed(field, j, now)))
+    }
+
     async fn batch_entries(&self) -> Result<Vec<(String, BatchJob)>, StoreError> {
         let all: Vec<(String, String)> = self
             .cmd(redis::cmd("HGETALL").arg(self.batch_hash()).clone())

@@ -101,6 +101,17 @@ impl BatchJobs for ResilientStore {
         with_fallback!(self, batch_results(file, job, cap), ())
     }
 
+    /// The shared store's entry, or one made locally while it was down.
+    async fn batch_entry(&self, field: &str) -> Result<Option<BatchJob>, StoreError> {
+        if let Ok(Some(j)) = self.local.batch_entry(field).await {
+            return Ok(Some(j));
+        }
+        if self.policy == StoreFailurePolicy::Local && self.is_down() {
+            return Ok(None);
+        }
+        async { with_fallback!(self, batch_entry(field), None) }.await
+    }
+
     /// The shared store's entries and those made locally while it was down.
     async fn batch_entries(&self) -> Result<Vec<(String, BatchJob)>, StoreError> {
         let mut local = self.local.batch_entries().await.unwrap_or_default();

@@ -116,7 +116,40 @@ both!(
             .collect();
         assert_eq!(files.len(), 2, "{files:?}");
         assert!(!files.contains(&"file:files/r1".to_string()), "{files:?}");
+        // One entry read alone: kept, gone once pushed out, and gone once taken.
+        let r3 = h.store.batch_entry("file:files/r3").await.unwrap().unwrap();
+        assert_eq!((r3.project.as_str(), r3.tokens), ("p1", 2));
+        assert!(
+            h.store
+                .batch_entry("file:files/r1")
+                .await
+                .unwrap()
+                .is_none()
+        );
         assert!(h.store.batch_take("file:files/r3").await.unwrap().is_some());
+        assert!(
+            h.store
+                .batch_entry("file:files/r3")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // A results file is kept [`RESULTS_TTL_MS`]: lapsed, it is not found.
+        assert!(
+            h.store
+                .batch_entry("file:files/r2")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        h.clock.advance(3 * 24 * 3_600_000 + 1);
+        assert!(
+            h.store
+                .batch_entry("file:files/r2")
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 );
 
