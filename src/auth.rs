@@ -299,7 +299,9 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// The credential a client presented: `x-goog-api-key`, `?key=` / `?$key=`, or Bearer.
 pub fn client_credential<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
-    if let Some(v) = headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()) {
+    // By a name made once: a `&str` name is parsed again at each look-up.
+    const GOOG_API_KEY: http::HeaderName = http::HeaderName::from_static("x-goog-api-key");
+    if let Some(v) = headers.get(GOOG_API_KEY).and_then(|v| v.to_str().ok()) {
         return Some(v.trim());
     }
     if let Some(v) = bearer(headers) {

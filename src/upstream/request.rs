@@ -124,7 +124,9 @@ pub fn allowance(
 /// The client's `x-gemini-max-wait`, if sent: a number of seconds (0 or more), or the message
 /// a malformed value is answered with.
 pub fn max_wait(headers: &HeaderMap) -> Option<Result<std::time::Duration, String>> {
-    let v = headers.get(MAX_WAIT_HEADER)?;
+    // By a name made once: a `&str` name is parsed again at each look-up.
+    const NAME: HeaderName = HeaderName::from_static(MAX_WAIT_HEADER);
+    let v = headers.get(NAME)?;
     let secs = v
         .to_str()
         .ok()
@@ -191,6 +193,19 @@ pub fn build_request(
     Some(req)
 }
 
+/// The upstream answer's own headers made the ones passed back, in place: hop-by-hop ones
+/// removed (content-length is kept: bytes pass as-is), the rest kept without a copy. An answer
+/// usually has none to remove, which one look at its names tells.
+pub fn strip_response_headers(headers: &mut HeaderMap) {
+    let hop = |name: &HeaderName| {
+        let n = name.as_str();
+        n != "content-length" && HOP_BY_HOP.contains(&n)
+    };
+    while let Some(name) = headers.keys().find(|n| hop(n)).cloned() {
+        headers.remove(&name);
+    }
+}
+
 /// Response headers to pass back: all but hop-by-hop (content-length is kept: bytes pass as-is).
 pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(upstream.len());
@@ -227,6 +242,29 @@ mod tests {
             u.url("/v1beta/files/a%2Fb", None).unwrap().to_string(),
             "http://gw.local:8080/gemini/v1beta/files/a%2Fb"
         );
+    }
+
+    #[test]
+    fn response_headers_stripped_in_place_are_those_a_copy_keeps() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("content-type", "application/json"),
+            ("content-length", "12"),
+            ("transfer-encoding", "chunked"),
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("x-goog-thing", "a"),
+            ("x-goog-thing", "b"),
+            ("date", "now"),
+        ] {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        let copy = response_headers(&h);
+        strip_response_headers(&mut h);
+        assert_eq!(h, copy);
+        assert_eq!(h.len(), 5);
+        assert!(h.get("transfer-encoding").is_none() && h.get("connection").is_none());
+        assert_eq!(h.get_all("x-goog-thing").iter().count(), 2);
     }
 
     #[test]
