@@ -59,6 +59,30 @@ impl Upstream {
     /// The path comes from a request line hyper already validated; `None` if it still will
     /// not form a URI.
     pub fn url(&self, path: &str, query: Option<&str>) -> Option<Uri> {
+        self.url_from(path, query, None)
+    }
+
+    /// [`Upstream::url`], reusing `original` (the client's path and query as they came) when
+    /// the URL's path and query are the same text: the common case under a root base URL,
+    /// where a new one was written and checked byte by byte again.
+    pub fn url_from(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        original: Option<&http::uri::PathAndQuery>,
+    ) -> Option<Uri> {
+        if let Some(pq) = original
+            && self.base.path.is_empty()
+            && pq.path() == path
+            && pq.query() == query
+            && query.is_none_or(|q| !q.is_empty() && !q.split('&').any(crate::auth::is_query_credential))
+        {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(self.base.scheme.clone());
+            parts.authority = Some(self.base.authority.clone());
+            parts.path_and_query = Some(pq.clone());
+            return Uri::from_parts(parts).ok();
+        }
         let query = query
             .map(strip_credentials_from_query)
             .filter(|q| !q.is_empty());
@@ -160,6 +184,17 @@ pub fn build_request(
     outgoing: Outgoing<'_>,
     key: &KeyHeaders,
 ) -> Option<Request<Full<Bytes>>> {
+    build_request_from(upstream, outgoing, key, None)
+}
+
+/// [`build_request`] for a client's request whose path and query came as `original` (reused
+/// for the URL when it is the same text, see [`Upstream::url_from`]).
+pub fn build_request_from(
+    upstream: &Upstream,
+    outgoing: Outgoing<'_>,
+    key: &KeyHeaders,
+    original: Option<&http::uri::PathAndQuery>,
+) -> Option<Request<Full<Bytes>>> {
     let Outgoing {
         method,
         path,
@@ -188,7 +223,7 @@ pub fn build_request(
     }
     let mut req = Request::new(Full::new(body));
     *req.method_mut() = method.clone();
-    *req.uri_mut() = upstream.url(path, query)?;
+    *req.uri_mut() = upstream.url_from(path, query, original)?;
     *req.headers_mut() = out;
     Some(req)
 }
@@ -242,6 +277,34 @@ mod tests {
             u.url("/v1beta/files/a%2Fb", None).unwrap().to_string(),
             "http://gw.local:8080/gemini/v1beta/files/a%2Fb"
         );
+    }
+
+    #[test]
+    fn a_client_path_and_query_reused_for_the_url_is_the_url_written_anew() {
+        let root = Upstream::new(&BaseUrl::parse("t", "http://127.0.0.1:8080").unwrap());
+        let under = Upstream::new(&BaseUrl::parse("t", "http://gw.local:8080/gemini/").unwrap());
+        for pq in [
+            "/v1beta/models/m:generateContent",
+            "/v1beta/models/m:streamGenerateContent?alt=sse",
+            "/v1beta/models/m:streamGenerateContent?alt=sse&key=secret",
+            "/v1beta/models/m:generateContent?key=secret",
+            "/v1beta/models/m:generateContent?%24key=secret&a=b",
+            "/v1beta/models/m:generateContent?",
+            "/v1beta/files/a%2Fb?pageSize=2",
+        ] {
+            let original: http::uri::PathAndQuery = pq.parse().unwrap();
+            for up in [&root, &under] {
+                let (path, query) = (original.path(), original.query());
+                let reused = up.url_from(path, query, Some(&original)).unwrap();
+                assert_eq!(reused, up.url(path, query).unwrap(), "{pq}");
+                assert!(!reused.to_string().contains("secret"), "{pq}");
+                // Another path (a fallback model's) is written anew.
+                let other = up
+                    .url_from("/v1beta/models/n:generateContent", query, Some(&original))
+                    .unwrap();
+                assert!(other.path().ends_with("/models/n:generateContent"), "{pq}");
+            }
+        }
     }
 
     #[test]
