@@ -192,7 +192,12 @@ fn padded(presented: &str) -> Option<[u8; KNOWN_KEY_BYTES]> {
 
 /// Equality of two padded credentials and their lengths, in time independent of their
 /// contents (every word compared, no early exit).
-fn same_key(a: &[u8; KNOWN_KEY_BYTES], a_len: usize, b: &[u8; KNOWN_KEY_BYTES], b_len: usize) -> bool {
+fn same_key(
+    a: &[u8; KNOWN_KEY_BYTES],
+    a_len: usize,
+    b: &[u8; KNOWN_KEY_BYTES],
+    b_len: usize,
+) -> bool {
     use subtle::ConstantTimeEq;
     let mut diff = (a_len ^ b_len) as u64;
     for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {

@@ -510,7 +510,10 @@ mod tests {
         )
         .unwrap();
         let body = plain[0].as_bytes();
-        assert!(estimate(&embed, body).is_err(), "embedContent needs its content");
+        assert!(
+            estimate(&embed, body).is_err(),
+            "embedContent needs its content"
+        );
     }
 
     #[test]

@@ -75,7 +75,9 @@ impl Upstream {
             && self.base.path.is_empty()
             && pq.path() == path
             && pq.query() == query
-            && query.is_none_or(|q| !q.is_empty() && !q.split('&').any(crate::auth::is_query_credential))
+            && query.is_none_or(|q| {
+                !q.is_empty() && !q.split('&').any(crate::auth::is_query_credential)
+            })
         {
             let mut parts = http::uri::Parts::default();
             parts.scheme = Some(self.base.scheme.clone());
