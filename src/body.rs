@@ -120,9 +120,6 @@ pub struct ProxyBody<B> {
     idle: Duration,
     /// Streams only: the longest gap between chunks.
     idle_timer: Option<Pin<Box<Sleep>>>,
-    /// The timer of `deadline_at`, set only once the body has to wait for the upstream: an
-    /// answer that is there when asked for (a short one's whole body comes with its head)
-    /// needs only a look at the clock, not a timer made, registered and removed.
     deadline: Option<Pin<Box<Sleep>>>,
     deadline_at: Option<Instant>,
     scanner: Option<UsageScanner>,
@@ -158,7 +155,7 @@ where
             idle_timer: deadline
                 .is_none()
                 .then(|| Box::pin(tokio::time::sleep(idle))),
-            deadline: None,
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             deadline_at: deadline,
             scanner: at_end.as_ref().map(|_| UsageScanner::default()),
             at_end,
@@ -264,12 +261,9 @@ where
         if let Some(prefix) = this.prefix.take() {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
-        let over = match (this.deadline.as_mut(), this.deadline_at) {
-            (Some(d), _) => d.as_mut().poll(cx).is_ready(),
-            (None, Some(at)) => Instant::now() >= at,
-            (None, None) => false,
-        };
-        if over {
+        if let Some(d) = this.deadline.as_mut()
+            && d.as_mut().poll(cx).is_ready()
+        {
             return this.cut(StreamCut::Deadline);
         }
         let Some(inner) = this.inner.as_mut() else {
@@ -304,15 +298,6 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                // Waiting: the deadline's timer wakes the body if the upstream does not.
-                if this.deadline.is_none()
-                    && let Some(at) = this.deadline_at
-                {
-                    let d = this.deadline.insert(Box::pin(tokio::time::sleep_until(at)));
-                    if d.as_mut().poll(cx).is_ready() {
-                        return this.cut(StreamCut::Deadline);
-                    }
-                }
                 if let Some(t) = this.idle_timer.as_mut()
                     && t.as_mut().poll(cx).is_ready()
                 {
