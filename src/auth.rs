@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::http::HeaderMap;
 
-use crate::clients::{Client, Registry};
+use crate::clients::{Client, Registry, Table};
 use crate::config::AuthConfig;
 use crate::error::ApiError;
 use crate::secret::presented_digest;
@@ -107,6 +107,144 @@ pub fn authenticate_strict(
     check(cfg, clients, headers, query, false)
 }
 
+/// Like [`authenticate`], with a credential that matched before found in `known` without
+/// hashing it again (SHA-256 of the key was the step's largest cost); a credential that matches
+/// now is remembered there.
+pub fn authenticate_known(
+    cfg: &AuthConfig,
+    clients: &Registry,
+    known: &KnownKeys,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Caller, ApiError> {
+    let presented = client_credential(headers, query).filter(|c| !c.is_empty());
+    let Some(presented) = presented else {
+        return check_presented(cfg, clients, None, cfg.allow_anonymous);
+    };
+    let table = clients.load();
+    if let Some(caller) = known.get(presented, &table) {
+        return Ok(caller);
+    }
+    let caller = check_presented(cfg, clients, Some(presented), cfg.allow_anonymous)?;
+    // Only a credential that matched the admin token or a client: what is remembered is bounded
+    // by the configuration, never by what clients send.
+    if matches!(caller, Caller::Admin | Caller::Client(_)) {
+        known.insert(presented, &table, &caller);
+    }
+    Ok(caller)
+}
+
+/// Bytes of the longest credential [`KnownKeys`] remembers (longer ones are hashed each time).
+const KNOWN_KEY_BYTES: usize = 64;
+/// Slots of [`KnownKeys`]: a credential's slot is a keyed hash of it; a collision replaces.
+const KNOWN_SLOTS: usize = 64;
+
+/// Credentials that matched the admin token or a client, remembered with their caller so the
+/// next request presenting one skips its SHA-256. A fixed number of slots, filled only by
+/// credentials that matched: it never grows with what clients send. A slot is found by a
+/// randomly keyed hash of the credential (its timing tells nothing about a key) and compared
+/// in constant time, all [`KNOWN_KEY_BYTES`] of it whatever its length. The remembered callers
+/// belong to one client table: when the table is swapped (a reload, a runtime client added or
+/// revoked) nothing remembered is used until a credential matches the new one.
+pub struct KnownKeys {
+    hasher: std::hash::RandomState,
+    slots: parking_lot::RwLock<Known>,
+}
+
+struct Known {
+    /// The client table the callers were found in.
+    table: Option<Arc<Table>>,
+    slots: Vec<Option<KnownKey>>,
+}
+
+struct KnownKey {
+    key: [u8; KNOWN_KEY_BYTES],
+    len: usize,
+    caller: Caller,
+}
+
+impl Default for KnownKeys {
+    fn default() -> Self {
+        KnownKeys {
+            hasher: std::hash::RandomState::new(),
+            slots: parking_lot::RwLock::new(Known {
+                table: None,
+                slots: (0..KNOWN_SLOTS).map(|_| None).collect(),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for KnownKeys {
+    /// Never the credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KnownKeys(***)")
+    }
+}
+
+/// `presented` padded with zeros to [`KNOWN_KEY_BYTES`] (`None`: longer).
+fn padded(presented: &str) -> Option<[u8; KNOWN_KEY_BYTES]> {
+    let b = presented.as_bytes();
+    let mut out = [0u8; KNOWN_KEY_BYTES];
+    out.get_mut(..b.len())?.copy_from_slice(b);
+    Some(out)
+}
+
+/// Equality of two padded credentials and their lengths, in time independent of their
+/// contents (every word compared, no early exit).
+fn same_key(
+    a: &[u8; KNOWN_KEY_BYTES],
+    a_len: usize,
+    b: &[u8; KNOWN_KEY_BYTES],
+    b_len: usize,
+) -> bool {
+    use subtle::ConstantTimeEq;
+    let mut diff = (a_len ^ b_len) as u64;
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        let x = u64::from_ne_bytes(x.try_into().unwrap_or_default());
+        let y = u64::from_ne_bytes(y.try_into().unwrap_or_default());
+        diff |= x ^ y;
+    }
+    bool::from(diff.ct_eq(&0))
+}
+
+impl KnownKeys {
+    fn slot(&self, presented: &str) -> usize {
+        use std::hash::BuildHasher;
+        (self.hasher.hash_one(presented.as_bytes()) % KNOWN_SLOTS as u64) as usize
+    }
+
+    /// The caller `presented` matched in `table`, if it is remembered.
+    fn get(&self, presented: &str, table: &Arc<Table>) -> Option<Caller> {
+        let key = padded(presented)?;
+        let slot = self.slot(presented);
+        let known = self.slots.read();
+        if !known.table.as_ref().is_some_and(|t| Arc::ptr_eq(t, table)) {
+            return None;
+        }
+        let entry = known.slots[slot].as_ref()?;
+        same_key(&entry.key, entry.len, &key, presented.len()).then(|| entry.caller.clone())
+    }
+
+    /// Remember that `presented` matched `caller` in `table` (a new table forgets the old one's).
+    fn insert(&self, presented: &str, table: &Arc<Table>, caller: &Caller) {
+        let Some(key) = padded(presented) else {
+            return;
+        };
+        let slot = self.slot(presented);
+        let mut known = self.slots.write();
+        if !known.table.as_ref().is_some_and(|t| Arc::ptr_eq(t, table)) {
+            known.table = Some(table.clone());
+            known.slots.iter_mut().for_each(|s| *s = None);
+        }
+        known.slots[slot] = Some(KnownKey {
+            key,
+            len: presented.len(),
+            caller: caller.clone(),
+        });
+    }
+}
+
 fn check(
     cfg: &AuthConfig,
     clients: &Registry,
@@ -115,6 +253,15 @@ fn check(
     allow_anonymous: bool,
 ) -> Result<Caller, ApiError> {
     let presented = client_credential(headers, query).filter(|c| !c.is_empty());
+    check_presented(cfg, clients, presented, allow_anonymous)
+}
+
+fn check_presented(
+    cfg: &AuthConfig,
+    clients: &Registry,
+    presented: Option<&str>,
+    allow_anonymous: bool,
+) -> Result<Caller, ApiError> {
     match presented {
         None if allow_anonymous => Ok(Caller::Anonymous),
         None => Err(ApiError::Unauthenticated(
@@ -157,7 +304,9 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// The credential a client presented: `x-goog-api-key`, `?key=` / `?$key=`, or Bearer.
 pub fn client_credential<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
-    if let Some(v) = headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()) {
+    // By a name made once: a `&str` name is parsed again at each look-up.
+    const GOOG_API_KEY: http::HeaderName = http::HeaderName::from_static("x-goog-api-key");
+    if let Some(v) = headers.get(GOOG_API_KEY).and_then(|v| v.to_str().ok()) {
         return Some(v.trim());
     }
     if let Some(v) = bearer(headers) {

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// The address a limit counts: an IPv4 address (an IPv4-mapped IPv6 one as IPv4), or an IPv6
@@ -88,12 +87,16 @@ impl Drop for SourceSlot {
 
 /// Requests in flight on one connection, and when the last one ended. A request counts from
 /// its arrival until its response body is done, so a long stream keeps its connection.
+///
+/// Nothing here wakes the idle watcher: a request's start and end only count and stamp, and
+/// the watcher looks when its timer fires (once per idle period while the connection is busy).
+/// Waking it at each request's start and end cost a notification, a task wake-up and a timer
+/// set and cancelled per request.
 #[derive(Debug)]
 pub struct Activity {
     in_flight: AtomicUsize,
     served: AtomicBool,
     last: Mutex<Instant>,
-    changed: Notify,
 }
 
 impl Activity {
@@ -102,17 +105,13 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             served: AtomicBool::new(false),
             last: Mutex::new(Instant::now()),
-            changed: Notify::new(),
         })
     }
 
     /// A request arrived: the connection is busy until the returned guard drops.
     pub fn begin(self: &Arc<Self>) -> Busy {
         self.served.store(true, Ordering::Relaxed);
-        // Only the move from idle to busy concerns the idle watcher (it waits while busy).
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
-            self.changed.notify_waiters();
-        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
         Busy(self.clone())
     }
 
@@ -120,28 +119,78 @@ impl Activity {
     /// first request, for `handshake`).
     pub async fn idle(&self, handshake: Duration, idle: Duration) {
         loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            // Registered before the state is read: a change after the read still wakes us.
-            changed.as_mut().enable();
-            if self.in_flight.load(Ordering::Acquire) > 0 {
-                changed.await;
-                continue;
-            }
             let limit = if self.served.load(Ordering::Relaxed) {
                 idle
             } else {
                 handshake
             };
+            // Busy: look again a whole period later (its end restarts the clock anyway).
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(limit).await;
+                continue;
+            }
             let deadline = *self.last.lock() + limit;
             if Instant::now() >= deadline {
                 return;
             }
-            tokio::select! {
-                () = tokio::time::sleep_until(deadline) => {}
-                () = &mut changed => {}
-            }
+            tokio::time::sleep_until(deadline).await;
         }
+    }
+}
+
+/// A future of the connection's task polled only when its own waker fired: the idle watcher
+/// and the shutdown signal sit beside the connection in one `select!`, which polls every branch
+/// at each of the connection's wake-ups (five a request); through this, a branch whose timer or
+/// signal did not fire costs a flag's check.
+pub struct OnWake<F> {
+    inner: std::pin::Pin<Box<F>>,
+    flag: Arc<WakeFlag>,
+}
+
+#[derive(Default)]
+struct WakeFlag {
+    woken: AtomicBool,
+    task: futures_util::task::AtomicWaker,
+}
+
+impl std::task::Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: std::future::Future> OnWake<F> {
+    pub fn new(inner: F) -> OnWake<F> {
+        let flag = Arc::new(WakeFlag::default());
+        // Polled the first time.
+        flag.woken.store(true, Ordering::Relaxed);
+        OnWake {
+            inner: Box::pin(inner),
+            flag,
+        }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for OnWake<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        self.flag.task.register(cx.waker());
+        if !self.flag.woken.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Pending;
+        }
+        let waker = std::task::Waker::from(self.flag.clone());
+        self.inner
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker))
     }
 }
 
@@ -152,10 +201,7 @@ pub struct Busy(Arc<Activity>);
 impl Drop for Busy {
     fn drop(&mut self) {
         *self.0.last.lock() = Instant::now();
-        // Only the last request in flight ending starts the idle clock.
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.changed.notify_waiters();
-        }
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -286,7 +286,9 @@ pub async fn serve(
                     };
                     // A connection with nothing in flight past its idle (or, before its first
                     // request, handshake) timeout is dropped: closed, its slots freed.
-                    let idle = activity.idle(header_timeout, idle_timeout);
+                    // Polled only when their own timer or signal fires, not at each of the
+                    // connection's wake-ups.
+                    let idle = crate::conn::OnWake::new(activity.idle(header_timeout, idle_timeout));
                     match h2 {
                         Some(false) => {
                             // With upgrades: a Live API WebSocket takes the connection over.
@@ -300,7 +302,7 @@ pub async fn serve(
                             tokio::select! {
                                 _ = conn.as_mut() => {}
                                 () = idle => {}
-                                () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                                () = crate::conn::OnWake::new(async { let _ = stop.wait_for(|s| *s).await; }) => {
                                     conn.as_mut().graceful_shutdown();
                                     let _ = conn.await;
                                 }

@@ -5,6 +5,7 @@ use serde_json::Value;
 
 mod content;
 mod media;
+mod plain;
 
 use self::content::{Acc, json_text_len};
 pub use self::media::{image_tokens, media_tokens};
@@ -48,6 +49,33 @@ pub fn estimate(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(bad("request body is empty: expected a JSON object"));
     }
+    // The common body (text contents, nothing else) is counted as it is parsed; anything else
+    // is read as a tree below. Both count the same: text at four characters a token.
+    if !route.openai
+        && !matches!(
+            route.action.as_deref(),
+            Some(
+                "embedContent"
+                    | "predict"
+                    | "predictLongRunning"
+                    | "generateAnswer"
+                    | "batchEmbedContents"
+            )
+        )
+        && let Some(plain) = plain::read(body)
+    {
+        return Ok(Estimate {
+            tokens: plain.chars.div_ceil(CHARS_PER_TOKEN),
+            max_output: plain.max_output,
+            temperature_zero: plain.temperature_zero,
+            ..Estimate::default()
+        });
+    }
+    tree(route, body)
+}
+
+/// The estimate of a body read as a JSON tree: any shape, and the errors worded.
+fn tree(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
     // serde_json refuses nesting deeper than 128 levels, so hostile depth is an error, not a crash.
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         bad(format!(
@@ -424,6 +452,68 @@ mod tests {
         let body = serde_json::json!({"contents": [{"parts": vec![part; 3000]}]});
         let e = estimate(&gen_route(), body.to_string().as_bytes()).unwrap();
         assert_eq!(e.tokens, u64::MAX);
+    }
+
+    #[test]
+    fn a_plain_body_counts_as_its_tree_does_and_any_other_is_read_as_a_tree() {
+        let plain = [
+            r#"{"contents":[{"role":"user","parts":[{"text":"Write one short friendly greeting."}]}]}"#,
+            r#"{"contents":[{"parts":[{"text":"h\u00e9llo\n\"x\""},{"text":"\ud83d\ude00"}]},{"role":"model"}],
+                "systemInstruction":{"parts":[{"text":"be brief"}]},
+                "generationConfig":{"temperature":0,"maxOutputTokens":64,"topK":3,"thinkingConfig":{"a":[1,2.5,"x",null,true]}}}"#,
+            r#"{"contents":[],"generationConfig":null}"#,
+            r#"{"contents":[{"parts":[]}],"generationConfig":{"temperature":0.5,"maxOutputTokens":null}}"#,
+        ];
+        for body in plain {
+            assert!(plain::read(body.as_bytes()).is_some(), "{body}");
+            let fast = estimate(&gen_route(), body.as_bytes()).unwrap();
+            assert_eq!(fast, tree(&gen_route(), body.as_bytes()).unwrap(), "{body}");
+        }
+        // Not plain: read as a tree, with its own answer (an estimate, or the tree's error).
+        let other = [
+            r#"{"contents":[{"parts":[{"text":"a"}]}],"tools":[{"x":"yyyy"}]}"#,
+            r#"{"contents":[{"parts":[{"text":"a"}]}],"cachedContent":"cachedContents/c1"}"#,
+            r#"{"contents":[{"parts":[{"text":"a"},{"inlineData":{"mimeType":"image/png","data":""}}]}]}"#,
+            r#"{"contents":[{"parts":[{"text":"a"}]}],"generation_config":{"temperature":0}}"#,
+            r#"{"contents":[{"parts":[{"text":"a"}]}],"generationConfig":{"maxOutputTokens":5.0}}"#,
+            r#"{"contents":[{"parts":[{"text":"a"}]}],"generationConfig":[5,0]}"#,
+            r#"{"contents":[{"parts":[{"text":"a"}]}],"generationConfig":{"temperature":"0"}}"#,
+            r#"{"contents":[{"parts":[{"text":"a"}]}],"generationConfig":{"temperature":1,"temperature":0}}"#,
+            r#"{"contents":[{"parts":[{"text":"a"}]}],"contents":[{"parts":[{"text":"bbbbbbbb"}]}]}"#,
+            r#"{"contents":["bare string content"]}"#,
+            r#"{"contents":[["x"]]}"#,
+            r#"[[{"parts":[{"text":"a"}]}]]"#,
+            r#"{"contents":[{"parts":null}]}"#,
+            r#"{"contents":[{"parts":[{"text":"a"}]}],"systemInstruction":null}"#,
+            r#"{"contents":[{"parts":[{"text":null}]}]}"#,
+            r#"{"contents":[{"role":1e400,"parts":[]}]}"#,
+            r#"{"contents":[{"parts":[{"text":"a"}]}],"generationConfig":{"x":"\ud800"}}"#,
+            r#"{"contents":[{"parts":[{"text":"a"}]}]} x"#,
+        ];
+        for body in other {
+            assert!(plain::read(body.as_bytes()).is_none(), "{body}");
+            let (a, b) = (
+                estimate(&gen_route(), body.as_bytes()),
+                tree(&gen_route(), body.as_bytes()),
+            );
+            assert_eq!(format!("{a:?}"), format!("{b:?}"), "{body}");
+        }
+        // Invalid UTF-8 in a value the plain reader does not keep is still refused.
+        let bad_role = b"{\"contents\":[{\"role\":\"\xff\",\"parts\":[]}]}";
+        assert!(plain::read(bad_role).is_none());
+        assert!(estimate(&gen_route(), bad_role).is_err());
+        // Another action's body is never read as a plain one.
+        let embed = Route::parse(
+            &Method::POST,
+            "/v1beta/models/text-embedding-004:embedContent",
+            None,
+        )
+        .unwrap();
+        let body = plain[0].as_bytes();
+        assert!(
+            estimate(&embed, body).is_err(),
+            "embedContent needs its content"
+        );
     }
 
     #[test]

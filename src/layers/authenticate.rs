@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use tower::{Layer, Service};
 
-use crate::auth::{Caller, CallerTag, authenticate};
+use crate::auth::{Caller, CallerTag, KnownKeys, authenticate_known};
 use crate::clients::Registry;
 use crate::config::AuthConfig;
 use crate::error::ApiError;
@@ -28,16 +28,34 @@ pub struct Parts {
     pub store: Arc<dyn QuotaStore>,
 }
 
+/// What the step keeps: its parts, and the credentials that matched (with this generation's
+/// `[auth]`: a reload builds the step again, and forgets them).
+struct Shared {
+    parts: Parts,
+    known: KnownKeys,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.parts
+    }
+}
+
 /// Adds the authenticate step.
 #[derive(Clone)]
 pub struct AuthenticateLayer {
-    state: Arc<Parts>,
+    state: Arc<Shared>,
 }
 
 impl AuthenticateLayer {
     pub fn new(parts: Parts) -> AuthenticateLayer {
         AuthenticateLayer {
-            state: Arc::new(parts),
+            state: Arc::new(Shared {
+                parts,
+                known: KnownKeys::default(),
+            }),
         }
     }
 }
@@ -57,7 +75,7 @@ impl<S> Layer<S> for AuthenticateLayer {
 #[derive(Clone)]
 pub struct Authenticate<S> {
     inner: S,
-    state: Arc<Parts>,
+    state: Arc<Shared>,
 }
 
 impl<S> Service<http::Request<Body>> for Authenticate<S>
@@ -80,9 +98,10 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
-        let refusal = match authenticate(
+        let refusal = match authenticate_known(
             &self.state.auth,
             &self.state.clients,
+            &self.state.known,
             req.headers(),
             req.uri().query(),
         ) {

@@ -262,6 +262,10 @@ async fn pinned(
     est: &Estimated,
     caller: &Caller,
 ) -> Result<Option<usize>, ApiError> {
+    // Most requests name nothing: no set, no list, no lookups.
+    if est.route.resource.is_none() && est.estimate.references.is_empty() {
+        return Ok(None);
+    }
     let name = caller.name();
     // One store lookup per distinct name (the path's first, its key wins), and a bound on them
     // (a body may repeat a name, or list thousands).

@@ -13,6 +13,7 @@ pub use client::{ForwardError, ForwardErrorKind, HttpClient, build_client};
 pub use connect::{BoxError, Timed, describe_error, is_timeout};
 pub use h2pool::ResponseBody;
 pub use request::{
-    KeyHeaders, Outgoing, Upstream, build_request, response_headers, strip_credentials_from_query,
+    KeyHeaders, Outgoing, Upstream, build_request, build_request_from, response_headers,
+    strip_credentials_from_query, strip_response_headers,
 };
 pub use verdict::{Verdict, classify, max_hold_ms, parse_duration_ms};

@@ -59,6 +59,32 @@ impl Upstream {
     /// The path comes from a request line hyper already validated; `None` if it still will
     /// not form a URI.
     pub fn url(&self, path: &str, query: Option<&str>) -> Option<Uri> {
+        self.url_from(path, query, None)
+    }
+
+    /// [`Upstream::url`], reusing `original` (the client's path and query as they came) when
+    /// the URL's path and query are the same text: the common case under a root base URL,
+    /// where a new one was written and checked byte by byte again.
+    pub fn url_from(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        original: Option<&http::uri::PathAndQuery>,
+    ) -> Option<Uri> {
+        if let Some(pq) = original
+            && self.base.path.is_empty()
+            && pq.path() == path
+            && pq.query() == query
+            && query.is_none_or(|q| {
+                !q.is_empty() && !q.split('&').any(crate::auth::is_query_credential)
+            })
+        {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(self.base.scheme.clone());
+            parts.authority = Some(self.base.authority.clone());
+            parts.path_and_query = Some(pq.clone());
+            return Uri::from_parts(parts).ok();
+        }
         let query = query
             .map(strip_credentials_from_query)
             .filter(|q| !q.is_empty());
@@ -124,7 +150,9 @@ pub fn allowance(
 /// The client's `x-gemini-max-wait`, if sent: a number of seconds (0 or more), or the message
 /// a malformed value is answered with.
 pub fn max_wait(headers: &HeaderMap) -> Option<Result<std::time::Duration, String>> {
-    let v = headers.get(MAX_WAIT_HEADER)?;
+    // By a name made once: a `&str` name is parsed again at each look-up.
+    const NAME: HeaderName = HeaderName::from_static(MAX_WAIT_HEADER);
+    let v = headers.get(NAME)?;
     let secs = v
         .to_str()
         .ok()
@@ -158,6 +186,17 @@ pub fn build_request(
     outgoing: Outgoing<'_>,
     key: &KeyHeaders,
 ) -> Option<Request<Full<Bytes>>> {
+    build_request_from(upstream, outgoing, key, None)
+}
+
+/// [`build_request`] for a client's request whose path and query came as `original` (reused
+/// for the URL when it is the same text, see [`Upstream::url_from`]).
+pub fn build_request_from(
+    upstream: &Upstream,
+    outgoing: Outgoing<'_>,
+    key: &KeyHeaders,
+    original: Option<&http::uri::PathAndQuery>,
+) -> Option<Request<Full<Bytes>>> {
     let Outgoing {
         method,
         path,
@@ -186,9 +225,22 @@ pub fn build_request(
     }
     let mut req = Request::new(Full::new(body));
     *req.method_mut() = method.clone();
-    *req.uri_mut() = upstream.url(path, query)?;
+    *req.uri_mut() = upstream.url_from(path, query, original)?;
     *req.headers_mut() = out;
     Some(req)
+}
+
+/// The upstream answer's own headers made the ones passed back, in place: hop-by-hop ones
+/// removed (content-length is kept: bytes pass as-is), the rest kept without a copy. An answer
+/// usually has none to remove, which one look at its names tells.
+pub fn strip_response_headers(headers: &mut HeaderMap) {
+    let hop = |name: &HeaderName| {
+        let n = name.as_str();
+        n != "content-length" && HOP_BY_HOP.contains(&n)
+    };
+    while let Some(name) = headers.keys().find(|n| hop(n)).cloned() {
+        headers.remove(&name);
+    }
 }
 
 /// Response headers to pass back: all but hop-by-hop (content-length is kept: bytes pass as-is).
@@ -227,6 +279,57 @@ mod tests {
             u.url("/v1beta/files/a%2Fb", None).unwrap().to_string(),
             "http://gw.local:8080/gemini/v1beta/files/a%2Fb"
         );
+    }
+
+    #[test]
+    fn a_client_path_and_query_reused_for_the_url_is_the_url_written_anew() {
+        let root = Upstream::new(&BaseUrl::parse("t", "http://127.0.0.1:8080").unwrap());
+        let under = Upstream::new(&BaseUrl::parse("t", "http://gw.local:8080/gemini/").unwrap());
+        for pq in [
+            "/v1beta/models/m:generateContent",
+            "/v1beta/models/m:streamGenerateContent?alt=sse",
+            "/v1beta/models/m:streamGenerateContent?alt=sse&key=secret",
+            "/v1beta/models/m:generateContent?key=secret",
+            "/v1beta/models/m:generateContent?%24key=secret&a=b",
+            "/v1beta/models/m:generateContent?",
+            "/v1beta/files/a%2Fb?pageSize=2",
+        ] {
+            let original: http::uri::PathAndQuery = pq.parse().unwrap();
+            for up in [&root, &under] {
+                let (path, query) = (original.path(), original.query());
+                let reused = up.url_from(path, query, Some(&original)).unwrap();
+                assert_eq!(reused, up.url(path, query).unwrap(), "{pq}");
+                assert!(!reused.to_string().contains("secret"), "{pq}");
+                // Another path (a fallback model's) is written anew.
+                let other = up
+                    .url_from("/v1beta/models/n:generateContent", query, Some(&original))
+                    .unwrap();
+                assert!(other.path().ends_with("/models/n:generateContent"), "{pq}");
+            }
+        }
+    }
+
+    #[test]
+    fn response_headers_stripped_in_place_are_those_a_copy_keeps() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("content-type", "application/json"),
+            ("content-length", "12"),
+            ("transfer-encoding", "chunked"),
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("x-goog-thing", "a"),
+            ("x-goog-thing", "b"),
+            ("date", "now"),
+        ] {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        let copy = response_headers(&h);
+        strip_response_headers(&mut h);
+        assert_eq!(h, copy);
+        assert_eq!(h.len(), 5);
+        assert!(h.get("transfer-encoding").is_none() && h.get("connection").is_none());
+        assert_eq!(h.get_all("x-goog-thing").iter().count(), 2);
     }
 
     #[test]

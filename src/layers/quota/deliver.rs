@@ -40,7 +40,11 @@ impl<S> Step<'_, S> {
         let (route, cfg) = (&est.route, &state.config.upstream);
         let key = &state.pool.keys[at.index];
         let status = resp.status();
-        let mut headers = crate::upstream::response_headers(resp.headers());
+        // The answer's own header map, kept (hop-by-hop headers removed), not copied.
+        let (mut head, body) = resp.into_parts();
+        let mut headers = std::mem::take(&mut head.headers);
+        crate::upstream::strip_response_headers(&mut headers);
+        let resp = http::Response::from_parts(head, body);
         trace::answered(&mut at.span, status, None, None);
         state.pool.health.success();
         state.pool.health.project_ok(&key.project);

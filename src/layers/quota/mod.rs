@@ -38,10 +38,10 @@ use http::{HeaderName, HeaderValue};
 use tower::{Layer, Service};
 
 use self::account::{Account, Recording};
-use self::step::{Ctx, Forward, Step, UpBody};
+use self::step::{Ctx, Step};
 use crate::auth::{Caller, CallerTag};
 use crate::error::ApiError;
-use crate::fallback::{Fellback, MODEL_HEADER};
+use crate::fallback::MODEL_HEADER;
 use crate::layers::estimate::Estimated;
 use crate::layers::forward::{ForwardError, Outbound};
 use crate::ledger::Series;
@@ -125,6 +125,8 @@ where
 
     fn call(&mut self, req: http::Request<Bytes>) -> Self::Future {
         let this = self.clone();
+        // The step is made and run here, not in an `async fn` awaited here: each level of
+        // futures moved the request's whole state once more when it began.
         Box::pin(async move {
             let mut rec = Recording {
                 account: Account::of(&this.state, &req),
@@ -133,10 +135,33 @@ where
                 status: None,
             };
             let mut fell = None;
-            let mut resp = this
-                .run(req, &mut rec.served, rec.account.as_mut(), &mut fell)
-                .await
-                .unwrap_or_else(IntoResponse::into_response);
+            let (parts, body) = req.into_parts();
+            // Who created a resource this call makes, and whose entries a listing shows.
+            let caller = parts
+                .extensions
+                .get::<CallerTag>()
+                .map_or(Caller::Anonymous, |c| c.0.clone());
+            let step = match parts.extensions.get::<Estimated>() {
+                Some(est) => {
+                    let cx = Ctx {
+                        state: &this.state,
+                        parts: &parts,
+                        est,
+                        caller: &caller,
+                        upstream: &this.upstream,
+                    };
+                    let (served, account) = (&mut rec.served, rec.account.as_mut());
+                    Step::new(cx, this.inner.clone(), body, served, account, &mut fell)
+                }
+                None => Err(ApiError::Internal(
+                    "the request reached the quota step unestimated".into(),
+                )),
+            };
+            let answered = match step {
+                Ok(step) => step.run().await,
+                Err(e) => Err(e),
+            };
+            let mut resp = answered.unwrap_or_else(IntoResponse::into_response);
             rec.status = Some(resp.status());
             if let Some(f) = fell {
                 if let Ok(v) = HeaderValue::from_str(&f.served) {
@@ -151,40 +176,6 @@ where
             resp.extensions_mut().insert(rec.served);
             Ok(resp)
         })
-    }
-}
-
-impl<S> Quota<S> {
-    async fn run<B: UpBody>(
-        self,
-        req: http::Request<Bytes>,
-        served: &mut Served,
-        account: Option<&mut Account>,
-        fell: &mut Option<Fellback>,
-    ) -> Result<Response, ApiError>
-    where
-        S: Forward<B>,
-    {
-        let (parts, body) = req.into_parts();
-        let Some(est) = parts.extensions.get::<Estimated>() else {
-            return Err(ApiError::Internal(
-                "the request reached the quota step unestimated".into(),
-            ));
-        };
-        // Who created a resource this call makes, and whose entries a listing shows.
-        let caller = parts
-            .extensions
-            .get::<CallerTag>()
-            .map_or(Caller::Anonymous, |c| c.0.clone());
-        let cx = Ctx {
-            state: &self.state,
-            parts: &parts,
-            est,
-            caller: &caller,
-            upstream: &self.upstream,
-        };
-        let step = Step::new(cx, self.inner.clone(), body, served, account, fell)?;
-        step.run().await
     }
 }
 

@@ -36,7 +36,8 @@ impl<S> Step<'_, S> {
                     body: self.body.clone(),
                     bearer: cx.est.route.openai,
                 };
-                upstream::build_request(cx.upstream, outgoing, &key.headers)
+                let original = parts.uri.path_and_query();
+                upstream::build_request_from(cx.upstream, outgoing, &key.headers, original)
             }
             Some(v) => {
                 let route = &cx.est.route;
