@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::response::Response;
@@ -65,6 +65,9 @@ struct Failures {
 #[derive(Clone)]
 pub struct Throttle {
     sources: moka::sync::Cache<IpAddr, Arc<Failures>>,
+    /// Some source has reached [`MAX_FAILURES`] since start: until then no request is refused,
+    /// and none reads the table (one atomic load a request instead of a cache look-up).
+    armed: Arc<AtomicBool>,
 }
 
 impl Default for Throttle {
@@ -75,6 +78,7 @@ impl Default for Throttle {
                 .time_to_live(WINDOW)
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .build(),
+            armed: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -92,7 +96,8 @@ impl Throttle {
         if !presented {
             return Ok(None);
         }
-        if let Some(f) = self.sources.get(&source(ip))
+        if self.armed.load(Ordering::Acquire)
+            && let Some(f) = self.sources.get(&source(ip))
             && f.count.load(Ordering::Relaxed) >= MAX_FAILURES
         {
             let left = WINDOW
@@ -129,6 +134,9 @@ impl Throttle {
         metrics::counter!("gqp_auth_failures_total", "kind" => kind.as_str()).increment(1);
         if n <= MAX_FAILURES {
             tracing::warn!(source = %source, kind = kind.as_str(), failures = n, "credential refused");
+        }
+        if n >= MAX_FAILURES {
+            self.armed.store(true, Ordering::Release);
         }
         if n == MAX_FAILURES {
             tracing::warn!(
