@@ -8,6 +8,10 @@ use std::sync::Arc;
 
 use super::bucket::Bucket;
 
+/// The tables' maps: hashed with foldhash (seeded per process), not SipHash: two look-ups per
+/// admission on keys bounded by the configuration and the sweep.
+pub(super) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Today's admissions of a (project, model) whose bucket was dropped with an empty window.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct DayCount {
@@ -23,11 +27,11 @@ const MIN_SWEEP_AT: usize = 1024;
 #[derive(Debug)]
 pub(super) struct Tables {
     /// project -> model -> counters: two lookups by `&str`, no key built per request.
-    pub(super) live: HashMap<Arc<str>, HashMap<String, Arc<Mutex<Bucket>>>>,
+    pub(super) live: Map<Arc<str>, Map<String, Arc<Mutex<Bucket>>>>,
     pub(super) live_len: usize,
     /// Day counts of pairs whose bucket was dropped, until their quota day ends: no log, no
     /// mutex, a few dozen bytes each.
-    pub(super) days: HashMap<Arc<str>, HashMap<Box<str>, DayCount>>,
+    pub(super) days: Map<Arc<str>, Map<Box<str>, DayCount>>,
     /// Every id a dropped bucket handed out is at most this. A bucket made later starts above
     /// it, so a late settlement of a dropped bucket's admission can never match a new entry.
     pub(super) retired_ids: u64,
@@ -39,9 +43,9 @@ pub(super) struct Tables {
 impl Tables {
     pub(super) fn new() -> Self {
         Tables {
-            live: HashMap::new(),
+            live: Map::default(),
             live_len: 0,
-            days: HashMap::new(),
+            days: Map::default(),
             retired_ids: 0,
             sweep_at: MIN_SWEEP_AT,
             swept_day: i64::MIN,
