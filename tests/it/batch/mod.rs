@@ -225,32 +225,53 @@ async fn the_background_check_releases_and_costs_a_job_nobody_reads() {
     assert_eq!(create(&proxy.url, 1, 40).await.status(), 200);
 }
 
-#[tokio::test]
-async fn a_clients_batch_over_its_budget_is_refused_until_its_reservation_is_settled() {
-    const TEAM: &str = "team-batch-key-0123456789";
-    let fake = FakeUpstream::start().await;
-    let proxy = start_proxy(
+/// The client of the budget tests: 0.01 USD a day, which one job of three requests fits.
+const TEAM: &str = "team-batch-key-0123456789";
+
+async fn team_proxy(fake: &FakeUpstream) -> Proxy {
+    start_proxy(
         &fake.url,
         ProxyOpts::keys(&KEYS).toml(&format!(
             "[[auth.clients]]\nname = \"team\"\nkey = \"{TEAM}\"\ndaily_budget_usd = 0.01\n"
         )),
     )
-    .await;
-    let as_team = || async {
-        let requests: Vec<Value> = (0..3)
-            .map(|_| json!({"request": {"contents": [{"parts": [{"text": "x".repeat(40)}]}]}}))
-            .collect();
-        http()
-            .post(format!(
-                "{}/v1beta/models/{MODEL}:batchGenerateContent",
-                proxy.url
-            ))
-            .header("x-goog-api-key", TEAM)
-            .json(&json!({"batch": {"inputConfig": {"requests": {"requests": requests}}}}))
-            .send()
-            .await
-            .unwrap()
-    };
+    .await
+}
+
+/// A job of three requests (about 0.0077 USD reserved at batch prices, 2,048 output tokens
+/// each) created as the team.
+async fn create_as_team(proxy: &str) -> reqwest::Response {
+    let requests: Vec<Value> = (0..3)
+        .map(|_| json!({"request": {"contents": [{"parts": [{"text": "x".repeat(40)}]}]}}))
+        .collect();
+    http()
+        .post(format!(
+            "{proxy}/v1beta/models/{MODEL}:batchGenerateContent"
+        ))
+        .header("x-goog-api-key", TEAM)
+        .json(&json!({"batch": {"inputConfig": {"requests": {"requests": requests}}}}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Job `name` finished at Google and read by the team: its reservation settled to its cost.
+async fn settle_as_team(fake: &FakeUpstream, proxy: &str, name: &str) {
+    fake_batches::finish(&fake.state.batches, name);
+    let r = http()
+        .get(format!("{proxy}/v1beta/{name}"))
+        .header("x-goog-api-key", TEAM)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn a_clients_batch_over_its_budget_is_refused_until_its_reservation_is_settled() {
+    let fake = FakeUpstream::start().await;
+    let proxy = team_proxy(&fake).await;
+    let as_team = || create_as_team(&proxy.url);
     // Three requests reserve about 0.0077 USD at batch prices (2,048 output tokens each).
     let first = as_team().await;
     assert_eq!(first.status(), 200);
@@ -271,43 +292,15 @@ async fn a_clients_batch_over_its_budget_is_refused_until_its_reservation_is_set
         "a refused batch never reaches Google"
     );
     // Its results cost far less than reserved: settled, the next one fits.
-    fake_batches::finish(&fake.state.batches, &name);
-    let r = http()
-        .get(format!("{}/v1beta/{name}", proxy.url))
-        .header("x-goog-api-key", TEAM)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    settle_as_team(&fake, &proxy.url, &name).await;
     assert_eq!(as_team().await.status(), 200);
 }
 
 #[tokio::test]
 async fn a_creation_tried_again_on_another_key_reserves_its_budget_once() {
-    const TEAM: &str = "team-batch-key-0123456789";
     let fake = FakeUpstream::start().await;
-    let proxy = start_proxy(
-        &fake.url,
-        ProxyOpts::keys(&KEYS).toml(&format!(
-            "[[auth.clients]]\nname = \"team\"\nkey = \"{TEAM}\"\ndaily_budget_usd = 0.01\n"
-        )),
-    )
-    .await;
-    let as_team = || async {
-        let requests: Vec<Value> = (0..3)
-            .map(|_| json!({"request": {"contents": [{"parts": [{"text": "x".repeat(40)}]}]}}))
-            .collect();
-        http()
-            .post(format!(
-                "{}/v1beta/models/{MODEL}:batchGenerateContent",
-                proxy.url
-            ))
-            .header("x-goog-api-key", TEAM)
-            .json(&json!({"batch": {"inputConfig": {"requests": {"requests": requests}}}}))
-            .send()
-            .await
-            .unwrap()
-    };
+    let proxy = team_proxy(&fake).await;
+    let as_team = || create_as_team(&proxy.url);
     // The first key's project is unavailable once: the job (about 0.0077 USD reserved, of a
     // 0.01 budget) is created with the other key, its first reservation given back first.
     fake.behave(|b| b.script.push_back(Scripted::Status(503)));
@@ -322,14 +315,7 @@ async fn a_creation_tried_again_on_another_key_reserves_its_budget_once() {
     // once the first is settled.
     assert_eq!(as_team().await.status(), 429);
     let name = v["name"].as_str().unwrap().to_string();
-    fake_batches::finish(&fake.state.batches, &name);
-    let r = http()
-        .get(format!("{}/v1beta/{name}", proxy.url))
-        .header("x-goog-api-key", TEAM)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    settle_as_team(&fake, &proxy.url, &name).await;
     assert_eq!(as_team().await.status(), 200);
 }
 
