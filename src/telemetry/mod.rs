@@ -1,10 +1,13 @@
 //! Logging and tracing. Here: log lines (`RUST_LOG` filter, default `info`), text or JSON on
 //! stderr, written by a background thread so a slow stderr (a pipe, a journal) never blocks
-//! request handling. OpenTelemetry traces: [`otel`] (the tracer, off by default), [`span`] (a
-//! request's spans and their attributes, W3C trace context in and out), [`scan`] (what an
-//! answer says of itself as it passes), [`export`] (the bounded queue to the exporter),
-//! [`otlp`] (the exporter: OTLP/HTTP protobuf written straight from the spans).
+//! request handling. OpenTelemetry traces: [`otel`] (the set-up, off by default), [`span`] (a
+//! request's spans), `context` (the W3C trace context sent on), [`attr`] (the attributes'
+//! names), [`record`] (what a finished trace holds), [`scan`] (what an answer says of itself as
+//! it passes), [`export`] (the bounded queue to the exporter), [`otlp`] (the exporter: OTLP/HTTP
+//! protobuf written straight from the records).
 
+pub mod attr;
+mod context;
 pub mod export;
 pub mod otel;
 pub mod otlp;

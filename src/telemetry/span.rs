@@ -1,11 +1,10 @@
 //! One request's trace: the server span (continued from the client's W3C `traceparent` and
-//! `tracestate`), its children (admission, queue wait, each upstream attempt), the trace
-//! context sent upstream, and the names of the attributes, as the OpenTelemetry semantic
-//! conventions 1.42.0 give them (GenAI: development status) plus the proxy's own under `gqp.`.
+//! `tracestate`), its children (admission, queue wait, each upstream attempt) and the trace
+//! context sent upstream (`telemetry::context`); its attributes are named in [`super::attr`].
 //!
 //! A span here is a [`SpanRecord`] filled in place: no SDK span object, context or processor
 //! on the request path. The request's spans gather in one shared record that goes to the
-//! export queue, whole, when the last of them is done ([`Root`]'s drop). Every constructor
+//! export queue, whole, when the last of them is done (`Root`'s drop). Every constructor
 //! returns `None` when export is off ([`super::otel::installed`]): nothing is made then.
 
 use std::borrow::Cow;
@@ -20,51 +19,11 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{IdGenerator, SamplingDecision, ShouldSample};
 use parking_lot::Mutex;
 
+use super::context::{self, TRACEPARENT};
 use super::otel::{self, Tracing};
 use super::record::{Finished, SpanRecord};
 
-/// Attribute names (semantic conventions 1.42.0, and the proxy's own).
-pub mod attr {
-    pub const OPERATION: &str = "gen_ai.operation.name";
-    pub const PROVIDER: &str = "gen_ai.provider.name";
-    /// The name before `gen_ai.provider.name` (conventions up to 1.36), for older backends.
-    pub const SYSTEM: &str = "gen_ai.system";
-    pub const REQUEST_MODEL: &str = "gen_ai.request.model";
-    pub const REQUEST_STREAM: &str = "gen_ai.request.stream";
-    pub const RESPONSE_MODEL: &str = "gen_ai.response.model";
-    pub const FINISH_REASONS: &str = "gen_ai.response.finish_reasons";
-    /// Seconds to the first chunk of the answer.
-    pub const TIME_TO_FIRST_CHUNK: &str = "gen_ai.response.time_to_first_chunk";
-    pub const INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
-    pub const OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
-    pub const REASONING_TOKENS: &str = "gen_ai.usage.reasoning.output_tokens";
-    pub const CACHED_TOKENS: &str = "gen_ai.usage.cache_read.input_tokens";
-    pub const INPUT_MESSAGES: &str = "gen_ai.input.messages";
-    pub const OUTPUT_MESSAGES: &str = "gen_ai.output.messages";
-    pub const METHOD: &str = "http.request.method";
-    pub const PATH: &str = "url.path";
-    pub const STATUS: &str = "http.response.status_code";
-    pub const ERROR_TYPE: &str = "error.type";
-    pub const CLIENT: &str = "gqp.client";
-    pub const PROJECT: &str = "gqp.project";
-    /// The pooled key's masked form (`AIza…abcd`), never the key.
-    pub const KEY: &str = "gqp.key";
-    /// `HIT`, `MISS` or `BYPASS` when the response cache looked at the request.
-    pub const CACHE: &str = "gqp.cache";
-    pub const QUEUE_WAIT_MS: &str = "gqp.queue.wait_ms";
-    pub const ATTEMPTS: &str = "gqp.attempts";
-    pub const ATTEMPT: &str = "gqp.attempt";
-    pub const ESTIMATED_TOKENS: &str = "gqp.estimated_tokens";
-    /// What the answer cost the project, in USD (the ledger's price table).
-    pub const COST_USD: &str = "gqp.cost_usd";
-    /// Google's answer as the proxy read it (`deliver`, `quota_exhausted`, ...).
-    pub const VERDICT: &str = "gqp.verdict";
-    /// Why the attempt was tried again (`gqp_retries_total{reason}`).
-    pub const RETRY_REASON: &str = "gqp.retry_reason";
-    /// The body ended (false: the client went away or the stream broke off).
-    pub const COMPLETE: &str = "gqp.complete";
-    pub const STORE: &str = "gqp.store";
-}
+pub use super::attr;
 
 /// `gen_ai.provider.name` of Google's Gemini API (AI Studio).
 pub const PROVIDER_GEMINI: &str = "gcp.gemini";
@@ -346,50 +305,15 @@ impl Drop for Child {
     }
 }
 
-const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
-const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
-
-/// What the W3C propagator writes (`traceparent: 00-TRACE-SPAN-FLAGS`, and `tracestate`,
-/// empty or not), as the SDK's `TraceContextPropagator` would, without its `format!` and its
-/// header-name parsing on every request.
+/// This span's context written into `headers` ([`super::context::write`]).
 fn inject(root: &Root, span_id: SpanId, headers: &mut http::HeaderMap) {
-    write_context(
+    context::write(
         root.trace_id,
         span_id,
         root.flags(),
         &root.trace_state,
         headers,
     );
-}
-
-fn write_context(
-    trace_id: TraceId,
-    span_id: SpanId,
-    flags: TraceFlags,
-    state: &str,
-    headers: &mut http::HeaderMap,
-) {
-    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
-        return;
-    }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    let mut put = |at: usize, bytes: &[u8]| {
-        for (i, b) in bytes.iter().enumerate() {
-            v[at + 2 * i] = HEX[usize::from(b >> 4)];
-            v[at + 2 * i + 1] = HEX[usize::from(b & 0xf)];
-        }
-    };
-    put(3, &trace_id.to_bytes());
-    put(36, &span_id.to_bytes());
-    put(53, &[(flags & TraceFlags::SAMPLED).to_u8()]);
-    // Hex digits and dashes only: always a valid header value.
-    if let Ok(value) = http::HeaderValue::from_bytes(&v) {
-        headers.insert(TRACEPARENT, value);
-    }
-    if let Ok(value) = http::HeaderValue::from_str(state) {
-        headers.insert(TRACESTATE, value);
-    }
 }
 
 /// A list of strings as an attribute value.
@@ -450,38 +374,6 @@ mod tests {
             None
         );
         assert_eq!(operation("/v1beta/files"), None);
-    }
-
-    #[test]
-    fn the_trace_context_written_is_the_sdk_propagators() {
-        use opentelemetry::Context;
-        use opentelemetry::trace::{SpanContext, TraceState};
-        use opentelemetry_http::HeaderInjector;
-        let (trace, span) = (
-            TraceId::from(0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c),
-            SpanId::from(0xb7ad_6b71_6920_3331),
-        );
-        for (flags, state) in [
-            (TraceFlags::SAMPLED, "vendor=abc"),
-            (TraceFlags::default(), ""),
-        ] {
-            let sc = SpanContext::new(
-                trace,
-                span,
-                flags,
-                true,
-                state.parse::<TraceState>().unwrap(),
-            );
-            let (mut ours, mut sdk) = (http::HeaderMap::new(), http::HeaderMap::new());
-            write_context(trace, span, flags, state, &mut ours);
-            let cx = Context::new().with_remote_span_context(sc);
-            TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(&mut sdk));
-            assert_eq!(ours, sdk);
-            assert_eq!(ours.len(), 2);
-        }
-        let mut none = http::HeaderMap::new();
-        write_context(TraceId::INVALID, span, TraceFlags::SAMPLED, "", &mut none);
-        assert!(none.is_empty());
     }
 
     /// A tracing of its own for a test (never installed), and what it exported.

@@ -1,0 +1,80 @@
+//! The W3C trace context the proxy sends on (`traceparent`, `tracestate`), written as the
+//! SDK's `TraceContextPropagator` would write it, without its `format!` and its header-name
+//! parsing on every request.
+
+use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
+
+pub(super) const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+
+/// `traceparent: 00-TRACE-SPAN-FLAGS` and `tracestate` (empty or not) into `headers`; nothing
+/// for an invalid id.
+pub(super) fn write(
+    trace_id: TraceId,
+    span_id: SpanId,
+    flags: TraceFlags,
+    state: &str,
+    headers: &mut http::HeaderMap,
+) {
+    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
+        return;
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    let mut put = |at: usize, bytes: &[u8]| {
+        for (i, b) in bytes.iter().enumerate() {
+            v[at + 2 * i] = HEX[usize::from(b >> 4)];
+            v[at + 2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+    };
+    put(3, &trace_id.to_bytes());
+    put(36, &span_id.to_bytes());
+    put(53, &[(flags & TraceFlags::SAMPLED).to_u8()]);
+    // Hex digits and dashes only: always a valid header value.
+    if let Ok(value) = http::HeaderValue::from_bytes(&v) {
+        headers.insert(TRACEPARENT, value);
+    }
+    if let Ok(value) = http::HeaderValue::from_str(state) {
+        headers.insert(TRACESTATE, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+
+    #[test]
+    fn the_trace_context_written_is_the_sdk_propagators() {
+        use opentelemetry::Context;
+        use opentelemetry::trace::{SpanContext, TraceState};
+        use opentelemetry_http::HeaderInjector;
+        let (trace, span) = (
+            TraceId::from(0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c),
+            SpanId::from(0xb7ad_6b71_6920_3331),
+        );
+        for (flags, state) in [
+            (TraceFlags::SAMPLED, "vendor=abc"),
+            (TraceFlags::default(), ""),
+        ] {
+            let sc = SpanContext::new(
+                trace,
+                span,
+                flags,
+                true,
+                state.parse::<TraceState>().unwrap(),
+            );
+            let (mut ours, mut sdk) = (http::HeaderMap::new(), http::HeaderMap::new());
+            write(trace, span, flags, state, &mut ours);
+            let cx = Context::new().with_remote_span_context(sc);
+            TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(&mut sdk));
+            assert_eq!(ours, sdk);
+            assert_eq!(ours.len(), 2);
+        }
+        let mut none = http::HeaderMap::new();
+        write(TraceId::INVALID, span, TraceFlags::SAMPLED, "", &mut none);
+        assert!(none.is_empty());
+    }
+}
