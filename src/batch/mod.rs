@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::ledger::{TokenUsage, UsageScanner};
+use crate::ledger::TokenUsage;
 use crate::quota::QuotaStore;
 use crate::quota::batch::{BatchBudget, BatchJob};
 use crate::route::Route;
@@ -52,12 +52,17 @@ impl Hold {
     /// again on another key reserves anew only once this one's room is free).
     pub async fn release(mut self) {
         self.done = true;
-        if !self.hold.is_empty() {
-            let _ = self.store.batch_take(&self.hold).await;
-        }
-        if let Some(b) = self.job.budget.take() {
-            refund(&*self.store, &b).await;
-        }
+        give_back(&*self.store, &self.hold, self.job.budget.take()).await;
+    }
+}
+
+/// A hold's room and budget reservation given back (the job was not created).
+async fn give_back(store: &dyn QuotaStore, hold: &str, budget: Option<BatchBudget>) {
+    if !hold.is_empty() {
+        let _ = store.batch_take(hold).await;
+    }
+    if let Some(b) = budget {
+        refund(store, &b).await;
     }
 }
 
@@ -74,14 +79,7 @@ impl Drop for Hold {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        rt.spawn(async move {
-            if !hold.is_empty() {
-                let _ = store.batch_take(&hold).await;
-            }
-            if let Some(b) = budget {
-                refund(&*store, &b).await;
-            }
-        });
+        rt.spawn(async move { give_back(&*store, &hold, budget).await });
     }
 }
 
@@ -134,26 +132,33 @@ pub fn ended(answer: &Value) -> bool {
     ) || answer.get("done").and_then(Value::as_bool) == Some(true)
 }
 
-/// What a finished job's inline results used: the sum of each response's `usageMetadata`
-/// (`response.inlinedResponses.inlinedResponses[]`, or the same under `metadata.output`).
-/// `None`: no inline results (a job whose results are a file, or not finished).
-pub fn results_usage(answer: &Value) -> Option<TokenUsage> {
-    let list = [
+/// A finished job's inline results (`response.inlinedResponses.inlinedResponses[]`, or the
+/// same under `metadata.output` or `output`).
+fn inlined(answer: &Value) -> Option<&Vec<Value>> {
+    [
         "/response/inlinedResponses/inlinedResponses",
         "/metadata/output/inlinedResponses/inlinedResponses",
         "/output/inlinedResponses/inlinedResponses",
     ]
     .iter()
-    .find_map(|p| answer.pointer(p).and_then(Value::as_array))?;
-    let mut total = TokenUsage::default();
-    for item in list {
-        if let Some(u) = item.pointer("/response/usageMetadata") {
-            let wrapped = serde_json::json!({ "usageMetadata": u }).to_string();
-            if let Some(usage) = UsageScanner::scan_all(wrapped.as_bytes()) {
-                total = total.plus(usage);
-            }
-        }
-    }
+    .find_map(|p| answer.pointer(p).and_then(Value::as_array))
+}
+
+/// A creation's inline requests (`batch.inputConfig.requests.requests[]`, either spelling).
+fn inline_requests(body: &Value) -> Option<&Vec<Value>> {
+    body.pointer("/batch/inputConfig/requests/requests")
+        .or_else(|| body.pointer("/batch/input_config/requests/requests"))
+        .and_then(Value::as_array)
+}
+
+/// What a finished job's inline results used: the sum of each response's `usageMetadata`.
+/// `None`: no inline results (a job whose results are a file, or not finished).
+pub fn results_usage(answer: &Value) -> Option<TokenUsage> {
+    let total = inlined(answer)?
+        .iter()
+        .filter_map(|item| item.pointer("/response/usageMetadata"))
+        .filter_map(TokenUsage::from_usage_metadata)
+        .fold(TokenUsage::default(), TokenUsage::plus);
     Some(total)
 }
 
@@ -170,32 +175,19 @@ pub fn results_file(answer: &Value) -> Option<&str> {
 
 /// How many requests a creation holds inline (1 for a file input: unknown here).
 pub fn requests_count(body: &Value) -> u64 {
-    body.pointer("/batch/inputConfig/requests/requests")
-        .or_else(|| body.pointer("/batch/input_config/requests/requests"))
-        .and_then(Value::as_array)
-        .map_or(1, |a| a.len() as u64)
+    inline_requests(body).map_or(1, |a| a.len() as u64)
 }
 
 /// How many inline results an answer holds.
 pub fn results_count(answer: &Value) -> u64 {
-    [
-        "/response/inlinedResponses/inlinedResponses",
-        "/metadata/output/inlinedResponses/inlinedResponses",
-        "/output/inlinedResponses/inlinedResponses",
-    ]
-    .iter()
-    .find_map(|p| answer.pointer(p).and_then(Value::as_array))
-    .map_or(0, |a| a.len() as u64)
+    inlined(answer).map_or(0, |a| a.len() as u64)
 }
 
 /// Tokens a batch creation enqueues, estimated from its inline requests (characters of their
 /// texts / 4, as the proxy estimates a generate call), else from the input file's size when
 /// the caller knows it (`None`: a file input, estimated elsewhere).
 pub fn inline_tokens(body: &Value) -> Option<u64> {
-    let requests = body
-        .pointer("/batch/inputConfig/requests/requests")
-        .or_else(|| body.pointer("/batch/input_config/requests/requests"))
-        .and_then(Value::as_array)?;
+    let requests = inline_requests(body)?;
     let mut chars = 0u64;
     for r in requests {
         count_text(r, &mut chars);

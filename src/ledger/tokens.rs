@@ -45,6 +45,14 @@ impl TokenUsage {
     }
 }
 
+impl TokenUsage {
+    /// Google's `usageMetadata` object, already parsed (a batch job's inline results).
+    pub fn from_usage_metadata(v: &serde_json::Value) -> Option<TokenUsage> {
+        use serde::Deserialize;
+        GeminiUsage::deserialize(v).ok().map(Into::into)
+    }
+}
+
 /// Google's `usageMetadata` (unknown fields are skipped).
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(default, rename_all = "camelCase")]
