@@ -16,12 +16,11 @@ use tokio::time::Instant;
 
 use crate::auth::Caller;
 use crate::state::AppState;
+use crate::layers::cache::CACHE_HEADER;
 use crate::telemetry::scan::AnswerFacts;
 use crate::telemetry::span::{self, RequestTrace, attr};
 use opentelemetry::KeyValue;
 
-/// The response cache's verdict on the answer (`layers::cache`), for the trace.
-const CACHE_HEADER: http::HeaderName = http::HeaderName::from_static("x-gemini-quota-proxy-cache");
 
 /// Milliseconds rounded to the microsecond: `0.459`, not `0.45876100000000003`.
 pub fn millis(d: Duration) -> f64 {

@@ -85,8 +85,9 @@ impl Queue {
 }
 
 impl Pending {
-    /// The traces waiting, up to about `max_spans` spans (at least one trace when any waits).
-    pub fn take(&mut self, max_spans: usize) -> Vec<Finished> {
+    /// The traces waiting, up to about `max_spans` spans (at least one trace when any waits),
+    /// and how many spans they hold.
+    pub fn take(&mut self, max_spans: usize) -> (Vec<Finished>, usize) {
         let mut out = Vec::new();
         let mut n = 0;
         while n < max_spans {
@@ -99,7 +100,7 @@ impl Pending {
             }
         }
         self.spans.fetch_sub(n, Ordering::Relaxed);
-        out
+        (out, n)
     }
 }
 
@@ -144,8 +145,7 @@ async fn run(
             _ = &mut stop => true,
         };
         loop {
-            let traces = pending.take(pending.batch);
-            let n: usize = traces.iter().map(|t| t.spans.len()).sum();
+            let (traces, n) = pending.take(pending.batch);
             if n == 0 {
                 break;
             }

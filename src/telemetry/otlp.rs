@@ -18,6 +18,9 @@ use opentelemetry_sdk::Resource;
 use super::export::OtlpHttp;
 use super::record::{Finished, SpanRecord};
 
+/// The W3C trace flags of every exported span: sampled.
+const SAMPLED: u8 = 1;
+
 /// The instrumentation scope's name (no version, no attributes).
 const SCOPE: &str = "gemini-quota-proxy";
 
@@ -310,7 +313,8 @@ fn span(buf: &mut Vec<u8>, t: &Finished, s: &SpanRecord) {
         }
     });
     key(buf, 16, FIXED32);
-    buf.extend_from_slice(&flags(t.flags, s.parent_remote).to_le_bytes());
+    // Only sampled traces are exported.
+    buf.extend_from_slice(&flags(SAMPLED, s.parent_remote).to_le_bytes());
 }
 
 /// An `ExportTraceServiceRequest` of `traces` under one resource (`resource`: its encoded
@@ -375,7 +379,6 @@ mod tests {
     fn data(spans: Vec<SpanRecord>) -> Finished {
         Finished {
             trace_id: TraceId::from(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10),
-            flags: 1,
             trace_state: "vendor=abc".into(),
             spans,
         }

@@ -13,12 +13,11 @@ pub const MAX_ATTRIBUTES: usize = 128;
 /// Events a span keeps at most (the SDK's default limit).
 pub const MAX_EVENTS: usize = 128;
 
-/// One request's spans (or a Live session's), sharing its trace id and trace state.
+/// One request's spans (or a Live session's), sharing its trace id and trace state. Only
+/// sampled traces are kept, so their flags are always "sampled".
 #[derive(Debug)]
 pub struct Finished {
     pub trace_id: TraceId,
-    /// The W3C trace flags (sampled: 1).
-    pub flags: u8,
     /// The client's `tracestate`, as it is sent on (empty: none).
     pub trace_state: Box<str>,
     /// Children first, in the order they ended; the request's server span last.

@@ -96,7 +96,6 @@ impl Drop for Root {
         children.push(server);
         self.tracing.submit(Finished {
             trace_id: self.trace_id,
-            flags: TraceFlags::SAMPLED.to_u8(),
             trace_state: std::mem::take(&mut self.trace_state),
             spans: children,
         });
@@ -402,16 +401,16 @@ mod tests {
         trace.end();
         drop(admit);
         assert!(
-            pending.take(8).is_empty(),
+            pending.take(8).0.is_empty(),
             "exported with a child still open"
         );
         drop(trace);
         assert!(
-            pending.take(8).is_empty(),
+            pending.take(8).0.is_empty(),
             "exported with a child still open"
         );
         drop(attempt);
-        let mut got = pending.take(8);
+        let mut got = pending.take(8).0;
         assert_eq!(got.len(), 1, "one trace, exported once");
         let f = got.pop().unwrap();
         let names: Vec<&str> = f.spans.iter().map(|s| s.name.as_ref()).collect();
@@ -462,7 +461,7 @@ mod tests {
         trace.inject(&mut out);
         assert_eq!(out["tracestate"], "vendor=abc");
         drop(trace);
-        let f = pending.take(8).pop().unwrap();
+        let f = pending.take(8).0.pop().unwrap();
         assert_eq!(&*f.trace_state, "vendor=abc");
         assert_eq!(f.spans[0].parent, SpanId::from(0xb7ad_6b71_6920_3331));
         assert!(f.spans[0].parent_remote);
@@ -479,7 +478,7 @@ mod tests {
         trace.inject(&mut out);
         assert!(out["traceparent"].to_str().unwrap().ends_with("-00"));
         drop(trace);
-        assert!(pending.take(8).is_empty());
+        assert!(pending.take(8).0.is_empty());
     }
 
     #[test]
