@@ -118,14 +118,14 @@ pub fn authenticate_known(
     query: Option<&str>,
 ) -> Result<Caller, ApiError> {
     let presented = client_credential(headers, query).filter(|c| !c.is_empty());
-    let Some(presented) = presented else {
-        return check_presented(cfg, clients, None, cfg.allow_anonymous);
-    };
     let table = clients.load();
+    let Some(presented) = presented else {
+        return check_presented(cfg, &table, None, cfg.allow_anonymous);
+    };
     if let Some(caller) = known.get(presented, &table) {
         return Ok(caller);
     }
-    let caller = check_presented(cfg, clients, Some(presented), cfg.allow_anonymous)?;
+    let caller = check_presented(cfg, &table, Some(presented), cfg.allow_anonymous)?;
     // Only a credential that matched the admin token or a client: what is remembered is bounded
     // by the configuration, never by what clients send.
     if matches!(caller, Caller::Admin | Caller::Client(_)) {
@@ -147,7 +147,8 @@ const KNOWN_SLOTS: usize = 64;
 /// belong to one client table: when the table is swapped (a reload, a runtime client added or
 /// revoked) nothing remembered is used until a credential matches the new one.
 pub struct KnownKeys {
-    hasher: std::hash::RandomState,
+    /// Seeded per process (foldhash: cheaper than SipHash per request; a slot is all it picks).
+    hasher: foldhash::fast::RandomState,
     slots: parking_lot::RwLock<Known>,
 }
 
@@ -166,7 +167,7 @@ struct KnownKey {
 impl Default for KnownKeys {
     fn default() -> Self {
         KnownKeys {
-            hasher: std::hash::RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
             slots: parking_lot::RwLock::new(Known {
                 table: None,
                 slots: (0..KNOWN_SLOTS).map(|_| None).collect(),
@@ -191,7 +192,7 @@ fn padded(presented: &str) -> Option<[u8; KNOWN_KEY_BYTES]> {
 }
 
 /// Equality of two padded credentials and their lengths, in time independent of their
-/// contents (every word compared, no early exit).
+/// contents (`subtle`: every byte compared, no early exit).
 fn same_key(
     a: &[u8; KNOWN_KEY_BYTES],
     a_len: usize,
@@ -199,13 +200,7 @@ fn same_key(
     b_len: usize,
 ) -> bool {
     use subtle::ConstantTimeEq;
-    let mut diff = (a_len ^ b_len) as u64;
-    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-        let x = u64::from_ne_bytes(x.try_into().unwrap_or_default());
-        let y = u64::from_ne_bytes(y.try_into().unwrap_or_default());
-        diff |= x ^ y;
-    }
-    bool::from(diff.ct_eq(&0))
+    bool::from(a[..].ct_eq(&b[..]) & a_len.ct_eq(&b_len))
 }
 
 impl KnownKeys {
@@ -253,12 +248,13 @@ fn check(
     allow_anonymous: bool,
 ) -> Result<Caller, ApiError> {
     let presented = client_credential(headers, query).filter(|c| !c.is_empty());
-    check_presented(cfg, clients, presented, allow_anonymous)
+    check_presented(cfg, &clients.load(), presented, allow_anonymous)
 }
 
+/// `table`: the client table loaded once by the caller (the one a remembered caller belongs to).
 fn check_presented(
     cfg: &AuthConfig,
-    clients: &Registry,
+    table: &Table,
     presented: Option<&str>,
     allow_anonymous: bool,
 ) -> Result<Caller, ApiError> {
@@ -274,7 +270,6 @@ fn check_presented(
             let admin = cfg.admin_token.as_ref().is_some_and(|t| t.matches(&digest));
             // A lookup by the SHA-256 of what was presented: its timing tells nothing about a
             // key (finding a preimage of a digest is the hard part, not guessing one).
-            let table = clients.load();
             if admin {
                 Ok(Caller::Admin)
             } else if let Some(client) = table.by_digest(&digest) {
