@@ -15,12 +15,11 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::Instant;
 
 use crate::auth::Caller;
-use crate::state::AppState;
 use crate::layers::cache::CACHE_HEADER;
+use crate::state::AppState;
 use crate::telemetry::scan::AnswerFacts;
 use crate::telemetry::span::{self, RequestTrace, attr};
 use opentelemetry::KeyValue;
-
 
 /// Milliseconds rounded to the microsecond: `0.459`, not `0.45876100000000003`.
 pub fn millis(d: Duration) -> f64 {

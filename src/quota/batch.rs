@@ -192,12 +192,8 @@ pub trait BatchJobs: Send + Sync {
         Err(no_batches())
     }
     /// One entry, if it is kept and not lapsed (a results file's download asks for its own).
-    async fn batch_entry(&self, field: &str) -> Result<Option<BatchJob>, StoreError> {
-        Ok(self
-            .batch_entries()
-            .await?
-            .into_iter()
-            .find_map(|(f, j)| (f == field).then_some(j)))
+    async fn batch_entry(&self, _field: &str) -> Result<Option<BatchJob>, StoreError> {
+        Err(no_batches())
     }
 }
 

@@ -45,9 +45,9 @@ impl ClientBudgets for MemoryStore {
         c: &ClientAdmit,
     ) -> Result<Option<(ClientLimit, u64, u64)>, StoreError> {
         let c = &c.budgets_only();
-        let added = self.with_room(c, 0, |cc, _| {
-            cc.day_micros = cc.day_micros.saturating_add(c.cost_micros);
-            cc.month_micros = cc.month_micros.saturating_add(c.cost_micros);
+        // No rate limit in a budgets-only admission: `charge` adds to the budgets alone.
+        let added = self.with_room(c, 0, |cc, now| {
+            cc.charge(c, 0, now);
         });
         Ok(added.err())
     }

@@ -53,7 +53,7 @@ pub struct MemoryStore {
     /// Live API session slots: project -> session -> lease end (ms).
     live: Mutex<live::Slots>,
     /// Clients' own counters, by name (see `client`).
-    clients: RwLock<HashMap<Arc<str>, Arc<Mutex<client::ClientCounters>>>>,
+    clients: RwLock<tables::Map<Arc<str>, Arc<Mutex<client::ClientCounters>>>>,
     /// Batch jobs, holds and results files (see `batch`).
     batches: Mutex<batch::Jobs>,
     window_ms: i64,
@@ -82,7 +82,7 @@ impl MemoryStore {
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .build(),
             live: Mutex::new(live::Slots::default()),
-            clients: RwLock::new(HashMap::new()),
+            clients: RwLock::new(tables::Map::default()),
             batches: Mutex::default(),
             window_ms: super::MINUTE_MS,
         }

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use super::bucket::Bucket;
 
-/// The tables' maps: hashed with foldhash (seeded per process), not SipHash: two look-ups per
-/// admission on keys bounded by the configuration and the sweep.
+/// The memory store's maps looked up per request (these tables, the clients'): hashed with
+/// foldhash (seeded per process), not SipHash; their keys are bounded by the configuration and
+/// the sweep.
 pub(super) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Today's admissions of a (project, model) whose bucket was dropped with an empty window.
