@@ -262,10 +262,7 @@ fn vertex_entries(cfg: &PoolConfig, upstream: &UpstreamConfig) -> Vec<PooledKey>
     if cfg.vertex.is_empty() {
         return Vec::new();
     }
-    // Token endpoints: HTTP/1.1 to any host (the HTTP/2 pool is one origin's).
-    let mut token_cfg = upstream.clone();
-    token_cfg.http2 = false;
-    let token_http = Arc::new(crate::upstream::build_client(&token_cfg));
+    let token_http = crate::upstream::vertex::token_client(upstream);
     cfg.vertex
         .iter()
         .map(|v| {

@@ -230,25 +230,27 @@ pub fn build_request_from(
     Some(req)
 }
 
+/// A hop-by-hop header of an answer, not passed back (content-length is kept: bytes pass
+/// as-is).
+fn hop_by_hop(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n != "content-length" && HOP_BY_HOP.contains(&n)
+}
+
 /// The upstream answer's own headers made the ones passed back, in place: hop-by-hop ones
-/// removed (content-length is kept: bytes pass as-is), the rest kept without a copy. An answer
-/// usually has none to remove, which one look at its names tells.
+/// removed, the rest kept without a copy. An answer usually has none to remove, which one look
+/// at its names tells.
 pub fn strip_response_headers(headers: &mut HeaderMap) {
-    let hop = |name: &HeaderName| {
-        let n = name.as_str();
-        n != "content-length" && HOP_BY_HOP.contains(&n)
-    };
-    while let Some(name) = headers.keys().find(|n| hop(n)).cloned() {
+    while let Some(name) = headers.keys().find(|n| hop_by_hop(n)).cloned() {
         headers.remove(&name);
     }
 }
 
-/// Response headers to pass back: all but hop-by-hop (content-length is kept: bytes pass as-is).
+/// Response headers to pass back: all but hop-by-hop.
 pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(upstream.len());
     for (name, value) in upstream {
-        let n = name.as_str();
-        if n != "content-length" && HOP_BY_HOP.contains(&n) {
+        if hop_by_hop(name) {
             continue;
         }
         out.append(name.clone(), value.clone());

@@ -58,10 +58,7 @@ pub fn before_reload(config: &Config) -> Result<Minted, ConfigError> {
 }
 
 async fn mint_all(config: &Config) -> Result<Minted, ConfigError> {
-    // As the pool's entries do: HTTP/1.1 to any host.
-    let mut token_cfg = config.upstream.clone();
-    token_cfg.http2 = false;
-    let http = Arc::new(crate::upstream::build_client(&token_cfg));
+    let http = super::token_client(&config.upstream);
     let mut minted = Vec::with_capacity(config.pool.vertex.len());
     for v in &config.pool.vertex {
         let source = TokenSource::new(token::minter(&v.credentials, http.clone()));

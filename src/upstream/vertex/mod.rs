@@ -101,6 +101,14 @@ impl VertexEntry {
     }
 }
 
+/// The HTTP client of the Vertex entries' token endpoints: the upstream settings with HTTP/1.1
+/// to any host (the HTTP/2 pool is one origin's).
+pub fn token_client(upstream: &crate::config::UpstreamConfig) -> std::sync::Arc<super::HttpClient> {
+    let mut cfg = upstream.clone();
+    cfg.http2 = false;
+    std::sync::Arc::new(super::build_client(&cfg))
+}
+
 /// Whether a Vertex entry can serve this AI Studio-form request: generation (plain, streamed,
 /// OpenAI chat), countTokens and embedContent, naming no AI Studio resource (files, uploads,
 /// cached contents, batches, tuned models exist only in the project whose key made them).
