@@ -11,7 +11,7 @@ BENCH_OTEL=1, also on at 100 % sampling (exported every 200 ms). BENCH_REQUESTS 
 and BENCH_WARMUP (default 200) size it; BENCH_TOP=N prints the N costliest functions (inclusive)
 of each run; BENCH_OTEL_SAMPLER (default always_on) sets the sampler of the export-on run
 (always_off: what a request not sampled costs); BENCH_KEEP=1 keeps each run's callgrind dump (its path printed) for
-callgrind_annotate. Needs valgrind (installed when missing)."""
+callgrind_annotate. Needs valgrind (scripts/bench-instructions installs it)."""
 
 import http.client
 import http.server
@@ -159,8 +159,7 @@ def count(binary, upstream_port, otel, requests, warmup, top):
 
 def main():
     if not shutil.which("valgrind"):
-        root = [] if os.geteuid() == 0 else ["sudo"]
-        subprocess.run(root + ["apt-get", "install", "-y", "-qq", "valgrind"], check=True)
+        sys.exit("valgrind is missing: run scripts/bench-instructions, which installs it")
     bins = sys.argv[1:] or ["target/release/gemini-quota-proxy"]
     requests = int(os.environ.get("BENCH_REQUESTS", "2000"))
     warmup = int(os.environ.get("BENCH_WARMUP", "200"))
