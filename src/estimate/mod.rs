@@ -52,16 +52,7 @@ pub fn estimate(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
     // The common body (text contents, nothing else) is counted as it is parsed; anything else
     // is read as a tree below. Both count the same: text at four characters a token.
     if !route.openai
-        && !matches!(
-            route.action.as_deref(),
-            Some(
-                "embedContent"
-                    | "predict"
-                    | "predictLongRunning"
-                    | "generateAnswer"
-                    | "batchEmbedContents"
-            )
-        )
+        && !own_shape(route.action.as_deref())
         && let Some(plain) = plain::read(body)
     {
         return Ok(Estimate {
@@ -72,6 +63,22 @@ pub fn estimate(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
         });
     }
     tree(route, body)
+}
+
+/// The actions whose bodies [`tree`] reads by a shape of their own (its `match` below); every
+/// other Gemini action's body is `contents`, which [`plain::read`] may count first. An arm added
+/// there belongs here too.
+fn own_shape(action: Option<&str>) -> bool {
+    matches!(
+        action,
+        Some(
+            "embedContent"
+                | "predict"
+                | "predictLongRunning"
+                | "generateAnswer"
+                | "batchEmbedContents"
+        )
+    )
 }
 
 /// The estimate of a body read as a JSON tree: any shape, and the errors worded.
@@ -172,6 +179,7 @@ fn tree(route: &Route, body: &[u8]) -> Result<Estimate, ApiError> {
             }
         }
     } else {
+        // The arms other than `_` are [`own_shape`]'s actions.
         match route.action.as_deref() {
             Some("embedContent") => {
                 let content = obj
