@@ -198,26 +198,33 @@ enum Fed {
 
 impl Capture {
     fn feed(&mut self, bytes: &[u8]) -> Fed {
+        // The object's bytes in this chunk start here; copied in one go, not byte by byte.
+        let mut from = 0;
         for (i, &b) in bytes.iter().enumerate() {
             if self.nesting.depth() == 0 {
                 match b {
-                    b' ' | b'\t' | b'\r' | b'\n' => continue,
+                    b' ' | b'\t' | b'\r' | b'\n' => {
+                        from = i + 1;
+                        continue;
+                    }
                     b':' if !self.colon => {
                         self.colon = true;
+                        from = i + 1;
                         continue;
                     }
                     b'{' if self.colon => {}
                     _ => return Fed::Abandon(i),
                 }
             }
-            self.buf.push(b);
-            if self.buf.len() > OBJECT_LIMIT {
+            if self.buf.len() + (i + 1 - from) > OBJECT_LIMIT {
                 return Fed::Abandon(i);
             }
             if self.nesting.step(b) {
+                self.buf.extend_from_slice(&bytes[from..=i]);
                 return Fed::Done(i + 1);
             }
         }
+        self.buf.extend_from_slice(&bytes[from..]);
         Fed::More
     }
 
