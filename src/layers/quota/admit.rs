@@ -129,13 +129,74 @@ pub(super) async fn admit(
     want: Want<'_>,
     within: Within,
 ) -> Result<Admitted, NotAdmitted> {
+    let (route, pinned) = (want.route, want.pinned);
+    let request = request(state, want)?;
+    // The usual way: nobody in the line and room at the first question. Anything else goes
+    // the whole way, boxed: its future would make every admission's larger.
+    let asked = match first_question(state, route, &request, pinned, within) {
+        Some(until) => match ask(state, route, &request, until).await {
+            Try::Admitted(r) => {
+                return Ok(Admitted {
+                    reservation: r,
+                    waited: None,
+                });
+            }
+            other => Some(other),
+        },
+        None => None,
+    };
+    Box::pin(admit_waiting(state, route, request, pinned, within, asked)).await
+}
+
+/// When room must free for the first question's refusal to be worth a wait; `None`: the
+/// request's line has waiters, and it goes to its end without asking.
+fn first_question(
+    state: &Core,
+    route: &Route,
+    request: &Tiered,
+    pinned: Option<usize>,
+    within: Within,
+) -> Option<Until> {
+    if state.config.queue.max_wait.is_zero() {
+        let wait_until = (Instant::now() + state.config.upstream.max_wait).min(within.deadline);
+        return Some(Until::Exactly(wait_until));
+    }
+    let lane = lane(state, route, request, pinned);
+    (!state.queues.busy(lane)).then(|| Until::Start(Instant::now() + within.allowance))
+}
+
+/// The line a request waits in: its model's, or for a request pinned to one key (which only
+/// that key's project can serve) its project's for the model, behind nobody who could go
+/// elsewhere and in front of nobody.
+fn lane<'a>(
+    state: &'a Core,
+    route: &Route,
+    request: &'a Tiered,
+    pinned: Option<usize>,
+) -> Lane<'a> {
+    Lane {
+        model: request.model.as_str(),
+        family: route.family,
+        project: pinned.map(|i| &*state.pool.keys[i].project),
+    }
+}
+
+/// [`admit`] past a first question that did not admit (`asked`, its answer; `None`: not
+/// asked, the line has waiters): waiting in the line, and a client over its own limits
+/// waiting on its own, out of the line, when its limit frees within its allowance.
+async fn admit_waiting(
+    state: &Core,
+    route: &Route,
+    request: Tiered,
+    pinned: Option<usize>,
+    within: Within,
+    mut asked: Option<Try>,
+) -> Result<Admitted, NotAdmitted> {
     let Within {
         deadline,
         allowance,
         claim,
     } = within;
-    let (route, pinned) = (want.route, want.pinned);
-    let request = request(state, want)?;
     // The allowance already holds the client's own `max_wait_secs` ([`allowance`]).
     let client_until = Instant::now() + allowance;
     let started = Instant::now();
@@ -146,14 +207,14 @@ pub(super) async fn admit(
             allowance: allowance.saturating_sub(started.elapsed()),
             claim,
         };
-        let mut outcome = pooled(state, route, &request, pinned, now).await;
+        let mut outcome = pooled(state, route, &request, pinned, now, asked.take()).await;
         if let Err(n) = &outcome
             && let Some(at) = client::wait_for(state, &n.error, client_until)
         {
             // Its time in line before the refusal and its own sleep: waited, not tried.
             paused += n.waited.unwrap_or_default();
             let t0 = Instant::now();
-            Box::pin(tokio::time::sleep_until(at)).await;
+            tokio::time::sleep_until(at).await;
             paused += t0.elapsed();
             continue;
         }
@@ -226,13 +287,14 @@ pub(super) fn request(state: &Core, want: Want<'_>) -> Result<Tiered, ApiError> 
 }
 
 /// One admission through the pool's queue (or without it): [`admit`] without the client's
-/// own waits.
+/// own waits. `asked`: the answer to a first question already asked (the line was empty).
 async fn pooled(
     state: &Core,
     route: &Route,
     request: &Tiered,
     pinned: Option<usize>,
     within: Within,
+    asked: Option<Try>,
 ) -> Result<Admitted, NotAdmitted> {
     let Within {
         deadline,
@@ -241,20 +303,21 @@ async fn pooled(
     } = within;
     let model = request.model.as_str();
     if state.config.queue.max_wait.is_zero() {
-        return Ok(unqueued(state, route, request, deadline).await?);
+        return Ok(unqueued(state, route, request, deadline, asked).await?);
     }
     let wait_until = Instant::now() + allowance;
-    // A pinned request can only be served by its key's project: it waits in that project's
-    // line, behind nobody who could go elsewhere and in front of nobody.
-    let lane = Lane {
-        model,
-        family: route.family,
-        project: pinned.map(|i| &*state.pool.keys[i].project),
-    };
+    let lane = lane(state, route, request, pinned);
     // Nobody overtakes a waiter in the same line: with a line, go to its end at once.
+    let asked = match asked {
+        Some(answer) => Some(answer),
+        None if !state.queues.busy(lane) => {
+            Some(ask(state, route, request, Until::Start(wait_until)).await)
+        }
+        None => None,
+    };
     let mut first = None;
-    if !state.queues.busy(lane) {
-        match ask(state, route, request, Until::Start(wait_until)).await {
+    if let Some(answer) = asked {
+        match answer {
             Try::Admitted(r) => {
                 return Ok(Admitted {
                     reservation: r,
@@ -277,8 +340,7 @@ async fn pooled(
     // The refusal that sent it here tells the line's head when to ask again; anyone else
     // learns that when its turn comes.
     let known = first.filter(|_| ticket.is_head());
-    // Boxed: waiting is the rare path, and its future would make every admission's larger.
-    let outcome = Box::pin(wait_in_line(state, route, request, &ticket, known)).await;
+    let outcome = wait_in_line(state, route, request, &ticket, known).await;
     let waited = ticket.waited();
     // Leaving the line hands its front to the next waiter, who asks the store at once.
     drop(ticket);
@@ -344,10 +406,15 @@ async fn unqueued(
     route: &Route,
     request: &Tiered,
     deadline: Instant,
+    mut asked: Option<Try>,
 ) -> Result<Admitted, ApiError> {
     let wait_until = (Instant::now() + state.config.upstream.max_wait).min(deadline);
     loop {
-        match ask(state, route, request, Until::Exactly(wait_until)).await {
+        let answer = match asked.take() {
+            Some(answer) => answer,
+            None => ask(state, route, request, Until::Exactly(wait_until)).await,
+        };
+        match answer {
             Try::Admitted(r) => {
                 return Ok(Admitted {
                     reservation: r,

@@ -28,7 +28,33 @@ const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remain
 const CREATE_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 impl<S> Step<'_, S> {
+    /// Whether delivering the success waits on something first (rare): an upload session's
+    /// affinity, a batch job's state, a created resource's name, a listing cut to the
+    /// caller's own entries, a results file's cost. Everything else streams at once
+    /// ([`Step::deliver_now`]), with no future of its own.
+    pub fn delivery_waits(&self) -> bool {
+        let (est, route) = (self.cx.est, &self.cx.est.route);
+        route.upload
+            || crate::batch::named(route).is_some()
+            || (!est.streaming() && route.creates_resource)
+            || (route.lists.is_some() && *self.cx.caller != Caller::Admin)
+            || route.action.as_deref() == Some("download")
+    }
+
     /// Deliver the attempt's success, streaming; its settlement and tally end with the body.
+    pub fn deliver_now<B: UpBody>(
+        &mut self,
+        mut at: Attempt,
+        resp: http::Response<B>,
+        sent_at: Instant,
+    ) -> Response {
+        let (resp, mut headers) = self.head(&mut at, resp);
+        self.remaining(&at, &mut headers);
+        let at_end = self.at_end(&mut at);
+        self.stream(resp, at.index, headers, at_end, sent_at, None)
+    }
+
+    /// [`Step::deliver_now`] for an answer whose delivery waits ([`Step::delivery_waits`]).
     pub async fn deliver<B: UpBody>(
         &mut self,
         mut at: Attempt,
@@ -37,66 +63,102 @@ impl<S> Step<'_, S> {
     ) -> Result<Response, ApiError> {
         let cx = self.cx;
         let (state, est, caller) = (cx.state, cx.est, cx.caller);
-        let (route, cfg) = (&est.route, &state.config.upstream);
+        let route = &est.route;
         let key = &state.pool.keys[at.index];
-        let status = resp.status();
-        // The answer's own header map, kept (hop-by-hop headers removed), not copied.
-        let (mut head, body) = resp.into_parts();
-        let mut headers = std::mem::take(&mut head.headers);
-        crate::upstream::strip_response_headers(&mut headers);
-        let resp = http::Response::from_parts(head, body);
-        trace::answered(&mut at.span, status, None, None);
-        state.pool.health.success();
-        state.pool.health.project_ok(&key.project);
-        // The rare paths are boxed: their futures would make every answer's larger.
+        let (resp, mut headers) = self.head(&mut at, resp);
         if route.upload {
-            Box::pin(self.remember_upload(&mut headers, &key.kid)).await;
+            self.remember_upload(&mut headers, &key.kid).await;
         }
-        if let Some(r) = at.settlement.as_ref().and_then(|s| s.reservation()) {
-            headers.insert(REMAINING_REQUESTS, HeaderValue::from(r.remaining_requests));
-            headers.insert(REMAINING_TOKENS, HeaderValue::from(r.remaining_tokens));
-        }
+        self.remaining(&at, &mut headers);
         let at_end = self.at_end(&mut at);
         let batch_job = crate::batch::named(route);
         if let Some(name) = batch_job
             && cx.parts.method == http::Method::DELETE
         {
-            Box::pin(batch::forget(state, name)).await;
+            batch::forget(state, name).await;
         }
         let read_whole = !est.streaming()
             && (route.creates_resource
                 || batch_job.is_some() && cx.parts.method != http::Method::DELETE);
         let listing = route.lists.filter(|_| *caller != Caller::Admin);
         if read_whole || listing.is_some() {
-            let whole = self.whole(resp, at.index, batch_job, headers, at_end);
-            return Box::pin(whole).await;
+            return self.whole(resp, at.index, batch_job, headers, at_end).await;
         }
-        let body_deadline = (!est.streaming()).then(|| sent_at + cfg.request_timeout);
         // A batch job's results file is costed as it is downloaded.
         let costing = match route.action.as_deref() == Some("download") {
-            true => Box::pin(super::batch_cost::results_download(state, route, status)).await,
+            true => super::batch_cost::results_download(state, route, resp.status()).await,
             false => None,
         };
+        Ok(self.stream(resp, at.index, headers, at_end, sent_at, costing))
+    }
+
+    /// The answer's head read: its own header map kept (hop-by-hop headers removed), not
+    /// copied; the attempt's span and the key's health told of the success.
+    fn head<B>(
+        &mut self,
+        at: &mut Attempt,
+        resp: http::Response<B>,
+    ) -> (http::Response<B>, http::HeaderMap) {
+        let state = self.cx.state;
+        let key = &state.pool.keys[at.index];
+        let (mut head, body) = resp.into_parts();
+        let mut headers = std::mem::take(&mut head.headers);
+        crate::upstream::strip_response_headers(&mut headers);
+        trace::answered(&mut at.span, head.status, None, None);
+        state.pool.health.success();
+        state.pool.health.project_ok(&key.project);
+        (http::Response::from_parts(head, body), headers)
+    }
+
+    /// The rate-limit headers: what the admission left in the project's window.
+    fn remaining(&self, at: &Attempt, headers: &mut http::HeaderMap) {
+        if let Some(r) = at.settlement.as_ref().and_then(|s| s.reservation()) {
+            headers.insert(REMAINING_REQUESTS, HeaderValue::from(r.remaining_requests));
+            headers.insert(REMAINING_TOKENS, HeaderValue::from(r.remaining_tokens));
+        }
+    }
+
+    /// The answer streamed through, its settlement and tally riding its body to the end (a
+    /// Vertex entry's answer rewritten to the form the request came in).
+    fn stream<B: UpBody>(
+        &mut self,
+        resp: http::Response<B>,
+        index: usize,
+        mut headers: http::HeaderMap,
+        at_end: AtEnd,
+        sent_at: Instant,
+        costing: Option<crate::batch::results::OnEnd>,
+    ) -> Response {
+        let cx = self.cx;
+        let (state, est) = (cx.state, cx.est);
+        let cfg = &state.config.upstream;
+        let status = resp.status();
+        let body_deadline = (!est.streaming()).then(|| sent_at + cfg.request_timeout);
         let stream = ProxyBody::new(
             crate::batch::results::Costed::new(resp.into_body(), costing),
             cfg.stream_idle_timeout,
             body_deadline,
             at_end,
         );
-        // A Vertex entry's answer, in the form the request came in (an object held to be
-        // rewritten counts against the buffered-bytes bound).
-        let mut out = match key.vertex.is_some() {
+        // An object held to be rewritten counts against the buffered-bytes bound.
+        let mut out = match state.pool.keys[index].vertex.is_some() {
             true => {
                 let client = self.account.as_deref().map_or(0, |a| a.client);
                 let held = (state.bodies.clone(), client);
-                let parts = cx.parts;
-                crate::upstream::vertex::answer::response(stream, route, parts, &mut headers, held)
+                let route = &est.route;
+                crate::upstream::vertex::answer::response(
+                    stream,
+                    route,
+                    cx.parts,
+                    &mut headers,
+                    held,
+                )
             }
             false => Response::new(Body::new(stream)),
         };
         *out.status_mut() = status;
         *out.headers_mut() = headers;
-        Ok(out)
+        out
     }
 
     /// An answer read whole before it is passed on: a created resource's (its name remembered
@@ -123,7 +185,7 @@ impl<S> Step<'_, S> {
                     let creator = creator.await;
                     affinity::remember_created(&*state.store, bytes, &key.kid, &creator).await;
                     if let Some(hold) = self.batch_hold.take() {
-                        batch::created(hold, bytes, &creator).await;
+                        batch::created(*hold, bytes, &creator).await;
                     }
                 }
                 Answer::Over(..) => tracing::warn!(

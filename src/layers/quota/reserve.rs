@@ -98,13 +98,13 @@ impl<S> Step<'_, S> {
         let (last, body, avoid) = (self.batch_hold.take(), &self.body, &self.avoid);
         let choose = async move {
             if let Some(hold) = last {
-                hold.release().await;
+                (*hold).release().await;
             }
             batch::choose(cx.state, cx.caller, cx.est, body, avoid).await
         };
         match Box::pin(choose).await {
             Some(Ok((i, hold))) => {
-                self.batch_hold = Some(hold);
+                self.batch_hold = Some(Box::new(hold));
                 Ok(i)
             }
             Some(Err(e)) => {

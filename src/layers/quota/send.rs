@@ -17,65 +17,60 @@ use crate::layers::retry::{self, Failure};
 use crate::upstream::{self, vertex::VertexError};
 
 impl<S> Step<'_, S> {
-    /// The attempt's request for its key (`Ok(None)`: the key could not take it, a Vertex
-    /// entry without a token, and the request is tried again elsewhere).
-    pub async fn request(
+    /// The attempt's request for an AI Studio key: its API key's headers on the client's
+    /// request. Made without waiting, so without a future of its own.
+    pub fn studio_request(&self, at: &Attempt) -> Result<http::Request<Full<Bytes>>, ApiError> {
+        let cx = self.cx;
+        let parts = cx.parts;
+        let key = &cx.state.pool.keys[at.index];
+        let outgoing = upstream::Outgoing {
+            method: &parts.method,
+            path: &self.path,
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            body: self.body.clone(),
+            bearer: cx.est.route.openai,
+        };
+        let original = parts.uri.path_and_query();
+        upstream::build_request_from(cx.upstream, outgoing, &key.headers, original)
+            .ok_or_else(unforwardable)
+    }
+
+    /// The attempt's request for a Vertex entry: its URL, body and access token (`Ok(None)`:
+    /// the entry could not take it, having no token, and the request is tried again
+    /// elsewhere).
+    pub async fn vertex_request(
         &mut self,
         at: &mut Attempt,
     ) -> Result<Option<http::Request<Full<Bytes>>>, ApiError> {
         let cx = self.cx;
         let parts = cx.parts;
-        let key = &cx.state.pool.keys[at.index];
-        let built = match &key.vertex {
-            None => {
-                let outgoing = upstream::Outgoing {
-                    method: &parts.method,
-                    path: &self.path,
-                    query: parts.uri.query(),
-                    headers: &parts.headers,
-                    body: self.body.clone(),
-                    bearer: cx.est.route.openai,
-                };
-                let original = parts.uri.path_and_query();
-                upstream::build_request_from(cx.upstream, outgoing, &key.headers, original)
-            }
-            Some(v) => {
-                let route = &cx.est.route;
-                let query = parts.uri.query();
-                match v
-                    .request(
-                        &parts.method,
-                        route,
-                        query,
-                        &parts.headers,
-                        self.body.clone(),
-                    )
-                    .await
-                {
-                    Ok(r) => Some(r),
-                    Err(VertexError::Path) => None,
-                    Err(VertexError::Token(e)) => {
-                        // Held (not retried in a loop) and avoided: the request goes elsewhere
-                        // if it can.
-                        react::hold_entry(cx.state, at.index, &e.0).await;
-                        let plan = retry::plan(Failure::EntryRefused, self.idempotent());
-                        let hold = at.release();
-                        if self.retrying(&plan) {
-                            self.again(at.index, &plan, hold).await;
-                            return Ok(None);
-                        }
-                        return Err(ApiError::Unavailable(
-                            "The Vertex AI entry chosen for this request has no access token; retry shortly.".into(),
-                        ));
-                    }
-                }
-            }
+        let Some(v) = &cx.state.pool.keys[at.index].vertex else {
+            return self.studio_request(at).map(Some);
         };
-        match built {
-            Some(r) => Ok(Some(r)),
-            None => Err(ApiError::InvalidArgument(
-                "the request path cannot be forwarded".into(),
-            )),
+        let route = &cx.est.route;
+        let query = parts.uri.query();
+        let body = self.body.clone();
+        match v
+            .request(&parts.method, route, query, &parts.headers, body)
+            .await
+        {
+            Ok(r) => Ok(Some(r)),
+            Err(VertexError::Path) => Err(unforwardable()),
+            Err(VertexError::Token(e)) => {
+                // Held (not retried in a loop) and avoided: the request goes elsewhere if it
+                // can.
+                react::hold_entry(cx.state, at.index, &e.0).await;
+                let plan = retry::plan(Failure::EntryRefused, self.idempotent());
+                let hold = at.release();
+                if self.retrying(&plan) {
+                    self.again(at.index, &plan, hold).await;
+                    return Ok(None);
+                }
+                Err(ApiError::Unavailable(
+                    "The Vertex AI entry chosen for this request has no access token; retry shortly.".into(),
+                ))
+            }
         }
     }
 
@@ -107,14 +102,29 @@ impl<S> Step<'_, S> {
             key: at.index,
             via: key.vertex.as_ref().map(|v| v.client.clone()),
         };
-        let e = match self.forward(outbound).await {
+        match self.forward(outbound).await {
             Ok(r) => {
                 // Time to the answer's head, for answered attempts only.
                 self.served.upstream = sent_at.elapsed();
-                return Ok(Some((r, sent_at)));
+                Ok(Some((r, sent_at)))
             }
-            Err(e) => e,
-        };
+            // Boxed, as every rare path here: the attempt's future stays small.
+            Err(e) => Box::pin(self.unanswered(at, e, was_sent))
+                .await
+                .map(|()| None),
+        }
+    }
+
+    /// An attempt that got no answer: tried again as the retry table says (`Ok(())`), or the
+    /// client's answer.
+    async fn unanswered(
+        &mut self,
+        at: &mut Attempt,
+        e: ForwardError,
+        was_sent: bool,
+    ) -> Result<(), ApiError> {
+        let state = self.cx.state;
+        let key = &state.pool.keys[at.index];
         state.pool.health.failure();
         if e.kind == ForwardErrorKind::Unsent {
             self.served.sent = was_sent;
@@ -132,7 +142,7 @@ impl<S> Step<'_, S> {
             tracing::warn!(key = %key.masked, attempt, error = %e.detail, "upstream unreachable: retrying");
             let hold = at.release();
             self.again(at.index, &plan, hold).await;
-            return Ok(None);
+            return Ok(());
         }
         if plan.keep_counted {
             // It may have run: it stays counted, estimate included.
@@ -165,6 +175,11 @@ impl<S> Step<'_, S> {
             }),
         }
     }
+}
+
+/// A request whose path the upstream cannot take.
+fn unforwardable() -> ApiError {
+    ApiError::InvalidArgument("the request path cannot be forwarded".into())
 }
 
 /// The client's answer when no upstream answer came.

@@ -112,8 +112,9 @@ pub(super) struct Step<'a, S> {
     pub preadmitted: Option<Box<fallback::Switched>>,
     /// Attempts before the model serving now: its tries are counted from there.
     pub base: u32,
-    /// A batch creation's hold on its project's batch quota ([`crate::batch`]).
-    pub batch_hold: Option<Hold>,
+    /// A batch creation's hold on its project's batch quota ([`crate::batch`]); boxed, as it
+    /// is rare and every request carries the field.
+    pub batch_hold: Option<Box<Hold>>,
     pub deadline: Instant,
     /// How long this request may still wait in the admission queue.
     pub allowance: Duration,
@@ -205,8 +206,12 @@ impl<'a, S> Step<'a, S> {
             let reservation = self.reserve().await?;
             let index = self.key(reservation.as_ref()).await?;
             let mut at = self.open(index, reservation);
-            let Some(request) = self.request(&mut at).await? else {
-                continue;
+            let request = match self.cx.state.pool.keys[index].vertex {
+                None => self.studio_request(&at)?,
+                Some(_) => match Box::pin(self.vertex_request(&mut at)).await? {
+                    Some(r) => r,
+                    None => continue,
+                },
             };
             let Some((resp, sent_at)) = self.send(&mut at, request).await? else {
                 continue;
@@ -218,7 +223,10 @@ impl<'a, S> Step<'a, S> {
                     None => continue,
                 }
             }
-            return self.deliver(at, resp, sent_at).await;
+            if self.delivery_waits() {
+                return Box::pin(self.deliver(at, resp, sent_at)).await;
+            }
+            return Ok(self.deliver_now(at, resp, sent_at));
         }
     }
 
