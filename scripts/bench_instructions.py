@@ -11,7 +11,13 @@ BENCH_OTEL=1, also on at 100 % sampling (exported every 200 ms). BENCH_REQUESTS 
 and BENCH_WARMUP (default 200) size it; BENCH_TOP=N prints the N costliest functions (inclusive)
 of each run; BENCH_OTEL_SAMPLER (default always_on) sets the sampler of the export-on run
 (always_off: what a request not sampled costs); BENCH_KEEP=1 keeps each run's callgrind dump (its path printed) for
-callgrind_annotate. Needs valgrind (scripts/bench-instructions installs it)."""
+callgrind_annotate. BENCH_CONNS=N (default 1) sends on N connections at once, as a loaded proxy
+serves them (more requests in flight: more memory touched per unit of work). BENCH_CACHE=1 also
+simulates the caches and branch predictor (valgrind's model of this CPU's L1 caches) and prints,
+per request, the L1 instruction and data misses, the mispredicted branches, and a rough cycle
+estimate (instructions + 10 per L1 miss + 15 per mispredict): instructions alone miss what a
+larger state per request costs in cache misses. Needs valgrind (scripts/bench-instructions
+installs it)."""
 
 import http.client
 import http.server
@@ -88,7 +94,38 @@ def send(conn, n):
             sys.exit(f"the proxy answered {resp.status}: {data[:300]!r}")
 
 
-def count(binary, upstream_port, otel, requests, warmup, top):
+def send_on(port, n, conns):
+    """`n` requests over `conns` connections at once (one thread each)."""
+    if conns <= 1:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        send(conn, n)
+        conn.close()
+        return
+    errors = []
+
+    def one(k):
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+            send(conn, k)
+            conn.close()
+        except BaseException as e:  # sys.exit in a thread: reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(n // conns + (i < n % conns),))
+               for i in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        sys.exit(f"a connection failed: {errors[0]}")
+
+
+# Events of BENCH_CACHE=1, as callgrind names them.
+CACHE_EVENTS = ("Ir", "I1mr", "D1mr", "D1mw", "Bcm", "Bim")
+
+
+def count(binary, upstream_port, otel, requests, warmup, top, conns=1, cache=False):
     work = tempfile.mkdtemp(prefix="gqp-cg-")
     out = os.path.join(work, "callgrind.out")
     port = free_port()
@@ -109,24 +146,24 @@ def count(binary, upstream_port, otel, requests, warmup, top):
         env["OTEL_TRACES_SAMPLER"] = os.environ.get("BENCH_OTEL_SAMPLER", "always_on")
         env["OTEL_BSP_SCHEDULE_DELAY"] = "200"
     proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary],
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+        + (["--cache-sim=yes", "--branch-sim=yes"] if cache else [])
+        + [binary],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(os.path.join(work, "valgrind.log"), "w"),
     )
     try:
         wait_port(port)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        send(conn, warmup)
+        send_on(port, warmup, conns)
         time.sleep(0.5)
         subprocess.run(["callgrind_control", "--zero", str(proc.pid)], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        send(conn, requests)
+        send_on(port, requests, conns)
         if otel:
             time.sleep(1.5)  # the last batch leaves within the 200 ms schedule
         subprocess.run(["callgrind_control", "--dump", str(proc.pid)], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        conn.close()
     finally:
         proc.terminate()
         proc.wait()
@@ -137,14 +174,27 @@ def count(binary, upstream_port, otel, requests, warmup, top):
     annotated = subprocess.run(
         ["callgrind_annotate", "--inclusive=yes", dump], capture_output=True, text=True
     ).stdout
-    total = None
+    total, events = None, ["Ir"]
     for line in annotated.splitlines():
+        if line.startswith("Events shown:"):
+            events = line.split(":", 1)[1].split()
         if "PROGRAM TOTALS" in line:
-            total = int(line.split()[0].replace(",", ""))
+            # One figure per event, each followed by its share: "1,234 (100.0%)".
+            figures = [int(f.replace(",", "")) for f in line.split("PROGRAM")[0].split()
+                       if f[0].isdigit()]
+            totals = dict(zip(events, figures))
+            total = totals.get("Ir")
             break
     if total is None:
         sys.exit(f"no total in {dump}")
     lines = []
+    if cache:
+        per = {e: totals.get(e, 0) / requests for e in CACHE_EVENTS}
+        misses = per["I1mr"] + per["D1mr"] + per["D1mw"]
+        mispredicts = per["Bcm"] + per["Bim"]
+        lines.append(f"    L1 misses per request: instructions {per['I1mr']:.0f}, data read "
+                     f"{per['D1mr']:.0f}, data write {per['D1mw']:.0f}; mispredicted branches "
+                     f"{mispredicts:.0f}; cycles ~{(per['Ir'] + 10 * misses + 15 * mispredicts) / 1000:.1f}k")
     if top:
         body = [l for l in annotated.splitlines() if l.strip() and l.strip()[0].isdigit()]
         for l in body[1 : top + 1]:
@@ -165,14 +215,17 @@ def main():
     warmup = int(os.environ.get("BENCH_WARMUP", "200"))
     top = int(os.environ.get("BENCH_TOP", "0"))
     otel = os.environ.get("BENCH_OTEL") == "1"
+    conns = max(1, int(os.environ.get("BENCH_CONNS", "1")))
+    cache = os.environ.get("BENCH_CACHE") == "1"
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     upstream_port = server.server_address[1]
-    print(f"callgrind: {requests} generateContent requests on one connection after {warmup}, "
+    over = "one connection" if conns == 1 else f"{conns} connections at once"
+    print(f"callgrind: {requests} generateContent requests on {over} after {warmup}, "
           "one Tokio worker, memory store")
     for binary in bins:
         for on in ([False, True] if otel else [False]):
-            per, lines = count(binary, upstream_port, on, requests, warmup, top)
+            per, lines = count(binary, upstream_port, on, requests, warmup, top, conns, cache)
             sampler = os.environ.get("BENCH_OTEL_SAMPLER", "always_on")
             label = f"export on ({sampler})" if on else "export off"
             print(f"{binary}  {label:18}  {per / 1000:8.1f}k instructions per request")
