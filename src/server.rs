@@ -85,8 +85,35 @@ fn strip_path_prefix(req: &mut Request, prefix: &str) -> bool {
     true
 }
 
+/// One request on a connection: refused before its credential is looked at (`checked`), or
+/// dispatched and its credential judged; its body keeps the connection busy until it is done.
+/// The dispatch's future is made inside this one's, not before it and moved in: each move of
+/// a future copies it whole.
+async fn serve_one(
+    checked: Result<Option<crate::throttle::Kind>, ApiError>,
+    throttle: crate::throttle::Throttle,
+    ip: std::net::IpAddr,
+    busy: crate::conn::Busy,
+    (gemini, prefix, router): (GeminiService, Option<Arc<str>>, Router),
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<crate::conn::BusyBody<axum::body::Body>>, std::convert::Infallible> {
+    let resp = match checked {
+        Ok(kind) => {
+            let resp = dispatch(gemini, prefix, router, req).await?;
+            if let Some(kind) = kind {
+                throttle.judge(ip, kind, &resp);
+            }
+            resp
+        }
+        Err(refusal) => refusal.into_response(),
+    };
+    Ok(resp.map(|body| crate::conn::BusyBody::new(body, busy)))
+}
+
 /// One request: Gemini paths go straight to the Gemini service (the router's layers cost more
-/// than the routing at tens of thousands of requests a second); the rest to the router.
+/// than the routing at tens of thousands of requests a second); the rest to the router. The
+/// other ways are boxed: this future is copied whole when hyper takes it, and theirs (a Live
+/// session's set-up, the router's) would make every request's several times larger.
 async fn dispatch(
     gemini: GeminiService,
     prefix: Option<Arc<str>>,
@@ -100,12 +127,12 @@ async fn dispatch(
     if let Some(path) = crate::live::live_path(req.uri().path(), prefix.as_deref()) {
         let path = path.to_string();
         let (state, sessions) = (gemini.state(), gemini.live_sessions());
-        return Ok(crate::live::handle(state, sessions, req, &path).await);
+        return Ok(Box::pin(crate::live::handle(state, sessions, req, &path)).await);
     }
     if let Some(path) = crate::live::tokens::tokens_path(req.uri().path(), prefix.as_deref()) {
         let path = path.to_string();
         let (state, sessions) = (gemini.state(), gemini.live_sessions());
-        return Ok(crate::live::tokens::create(state, sessions, req, &path).await);
+        return Ok(Box::pin(crate::live::tokens::create(state, sessions, req, &path)).await);
     }
     let direct = is_gemini_path(req.uri().path())
         || prefix
@@ -116,7 +143,11 @@ async fn dispatch(
         let mut gemini = gemini;
         return tower::Service::call(tower::ServiceExt::ready(&mut gemini).await?, req).await;
     }
-    hyper::service::Service::call(&TowerToHyperService::new(router), req).await
+    Box::pin(hyper::service::Service::call(
+        &TowerToHyperService::new(router),
+        req,
+    ))
+    .await
 }
 
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 113\r\n\r\n{\"error\":{\"code\":503,\"message\":\"The proxy has too many open connections; retry shortly.\",\"status\":\"UNAVAILABLE\"}}";
@@ -257,24 +288,8 @@ pub async fn serve(
                     // Busy from the request's arrival until its response body is done.
                     let busy = busy_on.begin();
                     let checked = throttle.check(ip, &req);
-                    let throttle = throttle.clone();
-                    let answer = checked.map(|kind| (kind, dispatch(gemini.clone(), prefix.clone(), router.clone(), req)));
-                    async move {
-                        let resp = match answer {
-                            Ok((kind, answer)) => {
-                                let resp = answer.await?;
-                                if let Some(kind) = kind {
-                                    throttle.judge(ip, kind, &resp);
-                                }
-                                resp
-                            }
-                            // Refused before its credential is looked at.
-                            Err(refusal) => axum::response::IntoResponse::into_response(refusal),
-                        };
-                        Ok::<_, std::convert::Infallible>(
-                            resp.map(|body| crate::conn::BusyBody::new(body, busy)),
-                        )
-                    }
+                    let to = (gemini.clone(), prefix.clone(), router.clone());
+                    serve_one(checked, throttle.clone(), ip, busy, to, req)
                 });
                 let watcher = graceful.watcher();
                 let (http1, http2) = (http1.clone(), http2.clone());
