@@ -11,12 +11,11 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use opentelemetry::trace::SpanKind;
-use opentelemetry::{Array, KeyValue, Value};
 use opentelemetry_http::HttpClient;
 use opentelemetry_sdk::Resource;
 
 use super::export::OtlpHttp;
-use super::record::{Finished, SpanRecord};
+use super::record::{Attr, Finished, SpanRecord, Value};
 
 /// The W3C trace flags of every exported span: sampled.
 const SAMPLED: u8 = 1;
@@ -176,6 +175,58 @@ fn fixed64(buf: &mut Vec<u8>, field: u32, v: u64) {
     buf.extend_from_slice(&v.to_le_bytes());
 }
 
+/// A few bytes gathered on the stack and appended whole ([`put`]): the fields of a span and an
+/// attribute go out a piece at a time, not a byte at a time through the buffer's checks.
+struct Piece<const N: usize> {
+    b: [u8; N],
+    n: usize,
+}
+
+impl<const N: usize> Piece<N> {
+    fn new() -> Piece<N> {
+        Piece { b: [0; N], n: 0 }
+    }
+
+    fn byte(&mut self, x: u8) {
+        self.b[self.n] = x;
+        self.n += 1;
+    }
+
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.byte((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.byte(v as u8);
+    }
+
+    fn tag(&mut self, field: u32, wire: u32) {
+        self.varint(u64::from(field << 3 | wire));
+    }
+
+    fn array<const M: usize>(&mut self, bytes: [u8; M]) {
+        self.b[self.n..self.n + M].copy_from_slice(&bytes);
+        self.n += M;
+    }
+
+    fn fixed64(&mut self, field: u32, v: u64) {
+        self.tag(field, FIXED64);
+        self.array(v.to_le_bytes());
+    }
+
+    fn put(&self, buf: &mut Vec<u8>) {
+        put(buf, &self.b, self.n);
+    }
+}
+
+/// The first `n` bytes of `bytes` onto `buf`: the whole array copied (a few moves, no call to
+/// `memcpy`), the length then set back.
+fn put<const N: usize>(buf: &mut Vec<u8>, bytes: &[u8; N], n: usize) {
+    let at = buf.len();
+    buf.extend_from_slice(bytes);
+    buf.truncate(at + n);
+}
+
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -193,32 +244,35 @@ fn any_value(buf: &mut Vec<u8>, v: &Value) {
             varint(buf, *i as u64);
         }
         Value::F64(f) => fixed64(buf, 4, f.to_bits()),
-        Value::String(s) => bytes_field(buf, 1, s.as_str().as_bytes()),
-        Value::Array(a) => nested(buf, 5, |buf| array(buf, a)),
-        // A value type added to the API later: its text, rather than nothing.
+        Value::Strings(items) => nested(buf, 5, |buf| {
+            // `ArrayValue`'s body: each item an `AnyValue`.
+            for item in items.iter() {
+                nested(buf, 1, |buf| any_value(buf, item));
+            }
+        }),
+        s => bytes_field(buf, 1, s.str_bytes().unwrap_or_default()),
+    }
+}
+
+/// The API's value (the resource's attributes) as an `AnyValue` body.
+fn api_value(buf: &mut Vec<u8>, v: &opentelemetry::Value) {
+    use opentelemetry::{Array, Value as Api};
+    match v {
+        Api::Bool(b) => any_value(buf, &Value::Bool(*b)),
+        Api::I64(i) => any_value(buf, &Value::I64(*i)),
+        Api::F64(f) => any_value(buf, &Value::F64(*f)),
+        Api::Array(Array::String(items)) => nested(buf, 5, |buf| {
+            for s in items {
+                nested(buf, 1, |buf| bytes_field(buf, 1, s.as_str().as_bytes()));
+            }
+        }),
         other => bytes_field(buf, 1, other.as_str().as_bytes()),
     }
 }
 
-/// `ArrayValue`'s body.
-fn array(buf: &mut Vec<u8>, a: &Array) {
-    fn each<T>(buf: &mut Vec<u8>, items: &[T], f: impl Fn(&mut Vec<u8>, &T)) {
-        for item in items {
-            nested(buf, 1, |buf| f(buf, item));
-        }
-    }
-    match a {
-        Array::Bool(v) => each(buf, v, |buf, b| any_value(buf, &Value::Bool(*b))),
-        Array::I64(v) => each(buf, v, |buf, i| any_value(buf, &Value::I64(*i))),
-        Array::F64(v) => each(buf, v, |buf, f| any_value(buf, &Value::F64(*f))),
-        Array::String(v) => each(buf, v, |buf, s| bytes_field(buf, 1, s.as_str().as_bytes())),
-        _ => {}
-    }
-}
-
-fn attributes(buf: &mut Vec<u8>, field: u32, attrs: &[KeyValue]) {
-    for kv in attrs {
-        attribute(buf, field, kv);
+fn attributes(buf: &mut Vec<u8>, field: u32, attrs: &[Attr]) {
+    for a in attrs {
+        attribute(buf, field, a);
     }
 }
 
@@ -227,37 +281,58 @@ fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-/// One `KeyValue` message. A scalar value's lengths are known before it is written: the
-/// message goes out front to back, without a length put in front afterwards (most of what an
-/// export costs is its attributes).
-fn attribute(buf: &mut Vec<u8>, field: u32, kv: &KeyValue) {
-    let any = match &kv.value {
-        Value::Bool(_) => 2,
-        Value::I64(i) => 1 + varint_len(*i as u64),
-        Value::F64(_) => 9,
-        Value::String(s) => 1 + varint_len(s.as_str().len() as u64) + s.as_str().len(),
-        _ => {
+/// One `KeyValue` message, front to back: its lengths are known before it is written, the
+/// key's encoding was made at compile time ([`super::attr::Key`]), a scalar value and the
+/// heads go out as pieces (most of what an export costs is its attributes).
+fn attribute(buf: &mut Vec<u8>, field: u32, a: &Attr) {
+    // `value`'s tag and length, and the `AnyValue`: a scalar whole, a string's head.
+    let mut tail = Piece::<24>::new();
+    tail.tag(2, LEN);
+    let mut text: &[u8] = &[];
+    match &a.value {
+        Value::Bool(b) => {
+            tail.byte(2);
+            tail.tag(2, VARINT);
+            tail.byte(u8::from(*b));
+        }
+        Value::I64(i) => {
+            let v = *i as u64;
+            tail.varint(1 + varint_len(v) as u64);
+            tail.tag(3, VARINT);
+            tail.varint(v);
+        }
+        Value::F64(f) => {
+            tail.byte(9);
+            tail.fixed64(4, f.to_bits());
+        }
+        Value::Strings(_) => {
             nested(buf, field, |buf| {
-                opt_bytes(buf, 1, kv.key.as_str().as_bytes());
-                nested(buf, 2, |buf| any_value(buf, &kv.value));
+                put(buf, a.key.wire(), a.key.wire_len());
+                nested(buf, 2, |buf| any_value(buf, &a.value));
             });
             return;
         }
-    };
-    let name = kv.key.as_str().as_bytes();
-    let named = if name.is_empty() {
-        0
-    } else {
-        1 + varint_len(name.len() as u64) + name.len()
-    };
-    let body = named + 1 + varint_len(any as u64) + any;
-    buf.reserve(body + 6);
-    key(buf, field, LEN);
-    varint(buf, body as u64);
-    opt_bytes(buf, 1, name);
-    key(buf, 2, LEN);
-    varint(buf, any as u64);
-    any_value(buf, &kv.value);
+        s => {
+            text = s.str_bytes().unwrap_or_default();
+            let n = text.len() as u64;
+            tail.varint(1 + varint_len(n) as u64 + n);
+            tail.tag(1, LEN);
+            tail.varint(n);
+        }
+    }
+    let k = a.key.wire_len();
+    let body = k + tail.n + text.len();
+    let mut head = Piece::<12>::new();
+    head.tag(field, LEN);
+    head.varint(body as u64);
+    buf.reserve(head.n + body);
+    head.put(buf);
+    put(buf, a.key.wire(), k);
+    tail.put(buf);
+    match &a.value {
+        Value::Inline(s) => put(buf, s.padded(), text.len()),
+        _ => buf.extend_from_slice(text),
+    }
 }
 
 /// The `Resource` message's body.
@@ -266,7 +341,7 @@ fn encode_resource(resource: &Resource) -> Vec<u8> {
     for (k, v) in resource.iter() {
         nested(&mut buf, 1, |buf| {
             opt_bytes(buf, 1, k.as_str().as_bytes());
-            nested(buf, 2, |buf| any_value(buf, v));
+            nested(buf, 2, |buf| api_value(buf, v));
         });
     }
     buf
@@ -279,23 +354,36 @@ fn flags(trace_flags: u8, parent_remote: bool) -> u32 {
 }
 
 fn span(buf: &mut Vec<u8>, t: &Finished, s: &SpanRecord) {
-    bytes_field(buf, 1, &t.trace_id.to_bytes());
-    bytes_field(buf, 2, &s.span_id.to_bytes());
+    let mut ids = Piece::<40>::new();
+    ids.tag(1, LEN);
+    ids.byte(16);
+    ids.array(t.trace_id.to_bytes());
+    ids.tag(2, LEN);
+    ids.byte(8);
+    ids.array(s.span_id.to_bytes());
+    ids.put(buf);
     opt_bytes(buf, 3, t.trace_state.as_bytes());
     if s.parent != opentelemetry::trace::SpanId::INVALID {
-        bytes_field(buf, 4, &s.parent.to_bytes());
+        let mut p = Piece::<10>::new();
+        p.tag(4, LEN);
+        p.byte(8);
+        p.array(s.parent.to_bytes());
+        p.put(buf);
     }
     opt_bytes(buf, 5, s.name.as_bytes());
-    let kind: u64 = match s.kind {
+    let kind: u8 = match s.kind {
         SpanKind::Internal => 1,
         SpanKind::Server => 2,
         SpanKind::Client => 3,
         SpanKind::Producer => 4,
         SpanKind::Consumer => 5,
     };
-    opt_varint(buf, 6, kind);
-    fixed64(buf, 7, nanos(s.start));
-    fixed64(buf, 8, nanos(s.end));
+    let mut times = Piece::<20>::new();
+    times.tag(6, VARINT);
+    times.byte(kind);
+    times.fixed64(7, nanos(s.start));
+    times.fixed64(8, nanos(s.end));
+    times.put(buf);
     attributes(buf, 9, &s.attributes);
     opt_varint(buf, 10, u64::from(s.dropped_attributes));
     for e in &s.events {
@@ -306,15 +394,35 @@ fn span(buf: &mut Vec<u8>, t: &Finished, s: &SpanRecord) {
         });
     }
     opt_varint(buf, 12, u64::from(s.dropped_events));
-    nested(buf, 15, |buf| {
-        if let Some(why) = &s.error {
-            opt_bytes(buf, 2, why.as_bytes());
-            opt_varint(buf, 3, 2);
+    // `Status`: unset (empty), or an error (code 2) with its message.
+    let mut status = Piece::<16>::new();
+    status.tag(15, LEN);
+    let why = s.error.as_deref().unwrap_or_default().as_bytes();
+    match &s.error {
+        None => status.byte(0),
+        Some(_) if why.is_empty() => {
+            status.byte(2);
+            status.tag(3, VARINT);
+            status.byte(2);
         }
-    });
-    key(buf, 16, FIXED32);
+        Some(_) => {
+            let n = why.len() as u64;
+            status.varint(1 + varint_len(n) as u64 + n + 2);
+            status.tag(2, LEN);
+            status.varint(n);
+        }
+    }
+    status.put(buf);
+    let mut end = Piece::<8>::new();
+    if !why.is_empty() {
+        buf.extend_from_slice(why);
+        end.tag(3, VARINT);
+        end.byte(2);
+    }
+    end.tag(16, FIXED32);
     // Only sampled traces are exported.
-    buf.extend_from_slice(&flags(SAMPLED, s.parent_remote).to_le_bytes());
+    end.array(flags(SAMPLED, s.parent_remote).to_le_bytes());
+    end.put(buf);
 }
 
 /// An `ExportTraceServiceRequest` of `traces` under one resource (`resource`: its encoded
@@ -346,15 +454,18 @@ pub fn encode(resource: &[u8], traces: &[Finished]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::attr::{self, Key};
     use crate::telemetry::record::Event;
-    use opentelemetry::StringValue;
     use opentelemetry::trace::{SpanId, TraceId};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
     use prost::Message;
     use std::time::Duration;
 
-    fn record(name: &'static str, error: Option<&'static str>, attrs: Vec<KeyValue>) -> SpanRecord {
+    const N: Key = Key::new("n");
+    const K: Key = Key::new("k");
+
+    fn record(name: &'static str, error: Option<&'static str>, attrs: Vec<Attr>) -> SpanRecord {
         let at = |n| SystemTime::UNIX_EPOCH + Duration::from_nanos(n);
         let mut s = SpanRecord::new(
             SpanId::from(0x1112_1314_1516_1718),
@@ -370,7 +481,7 @@ mod tests {
         s.events.push(Event {
             name: "setup",
             at: at(1_500),
-            attributes: vec![KeyValue::new("n", 1_i64)],
+            attributes: vec![Attr::new(&N, 1_i64)],
         });
         s.error = error.map(Into::into);
         s
@@ -392,21 +503,21 @@ mod tests {
                 "generate_content gemini-2.5-flash",
                 Some("answered 503"),
                 vec![
-                    KeyValue::new("gen_ai.request.model", "gemini-2.5-flash"),
-                    KeyValue::new("http.response.status_code", -3_i64),
-                    KeyValue::new("gqp.cost_usd", 0.25),
-                    KeyValue::new("gqp.complete", true),
-                    KeyValue::new("gen_ai.input.messages", long.clone()),
-                    KeyValue::new(
-                        "gen_ai.response.finish_reasons",
-                        Value::Array(Array::String(vec![
-                            StringValue::from("STOP"),
-                            StringValue::from("MAX_TOKENS"),
-                        ])),
+                    Attr::new(attr::REQUEST_MODEL, "gemini-2.5-flash"),
+                    Attr::new(attr::PROJECT, std::sync::Arc::<str>::from("project-1")),
+                    Attr::new(attr::KEY, Value::text("AIza...0001")),
+                    Attr::new(attr::STATUS, -3_i64),
+                    Attr::new(attr::COST_USD, 0.25),
+                    Attr::new(attr::COMPLETE, true),
+                    Attr::new(attr::INPUT_MESSAGES, long.clone()),
+                    Attr::new(
+                        attr::FINISH_REASONS,
+                        Value::Strings(Box::new([Value::text("STOP"), Value::from("MAX_TOKENS")])),
                     ),
                 ],
             ),
             record("gqp.admit", None, vec![]),
+            record("gqp.upstream.attempt", Some(""), vec![]),
         ])];
         let resource = Resource::builder_empty().with_service_name("svc").build();
         let bytes = encode(&encode_resource(&resource), &spans);
@@ -422,7 +533,7 @@ mod tests {
         assert_eq!(rs.scope_spans.len(), 1, "one scope, one ScopeSpans");
         let ss = &rs.scope_spans[0];
         assert_eq!(ss.scope.as_ref().unwrap().name, "gemini-quota-proxy");
-        assert_eq!(ss.spans.len(), 2);
+        assert_eq!(ss.spans.len(), 3);
         let s = &ss.spans[0];
         assert_eq!(s.trace_id, (1..=16).collect::<Vec<u8>>());
         assert_eq!(s.span_id, (0x11..=0x18).collect::<Vec<u8>>());
@@ -446,6 +557,14 @@ mod tests {
         assert_eq!(
             value("gen_ai.request.model"),
             Some(Any::StringValue("gemini-2.5-flash".into()))
+        );
+        assert_eq!(
+            value("gqp.project"),
+            Some(Any::StringValue("project-1".into()))
+        );
+        assert_eq!(
+            value("gqp.key"),
+            Some(Any::StringValue("AIza...0001".into()))
         );
         assert_eq!(value("http.response.status_code"), Some(Any::IntValue(-3)));
         assert_eq!(value("gqp.cost_usd"), Some(Any::DoubleValue(0.25)));
@@ -474,6 +593,8 @@ mod tests {
         let unset = ss.spans[1].status.as_ref().unwrap();
         assert_eq!((unset.code, unset.message.as_str()), (0, ""));
         assert!(ss.spans[1].attributes.is_empty());
+        let failed = ss.spans[2].status.as_ref().unwrap();
+        assert_eq!((failed.code, failed.message.as_str()), (2, ""));
     }
 
     #[test]
@@ -483,7 +604,7 @@ mod tests {
         for (n, len) in [(1, 0), (3, 20_000), (40, 3_000), (600, 10)] {
             let spans = (0..n)
                 .map(|_| {
-                    let mut s = record("s", None, vec![KeyValue::new("k", "v".repeat(len))]);
+                    let mut s = record("s", None, vec![Attr::new(&K, "v".repeat(len))]);
                     s.events.clear();
                     s.parent_remote = false;
                     s

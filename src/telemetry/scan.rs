@@ -3,6 +3,7 @@
 //! without parsing or copying the body, and, only with `otel.record_content`, its first
 //! [`CONTENT_LIMIT`] bytes. Used for sampled requests only.
 
+use super::record::Value;
 use super::span::CONTENT_LIMIT;
 
 /// Distinct finish reasons kept (a candidate count is small; the bound is for hostile input).
@@ -33,8 +34,9 @@ enum Field {
 /// The facts read so far.
 #[derive(Debug, Default)]
 pub struct AnswerFacts {
-    pub finish_reasons: Vec<String>,
-    pub model: Option<String>,
+    /// As the attribute's items (short ones held in place: no allocation each).
+    pub finish_reasons: Vec<Value>,
+    pub model: Option<Value>,
     /// The answer's first bytes (with `record_content` only).
     pub content: Option<Vec<u8>>,
     carry: Vec<u8>,
@@ -83,14 +85,17 @@ impl AnswerFacts {
         match field {
             Field::Finish => {
                 if self.finish_reasons.len() < MAX_REASONS
-                    && !self.finish_reasons.iter().any(|r| r == v)
+                    && !self.finish_reasons.iter().any(|r| r.as_str() == Some(v))
                 {
-                    self.finish_reasons.push(v.to_string());
+                    // Room for one: most answers have one reason (and then the list is
+                    // boxed without a move).
+                    self.finish_reasons.reserve_exact(1);
+                    self.finish_reasons.push(Value::text(v));
                 }
             }
             Field::Model => {
-                if self.model.as_deref() != Some(v) {
-                    self.model = Some(v.to_string());
+                if self.model.as_ref().and_then(Value::as_str) != Some(v) {
+                    self.model = Some(Value::text(v));
                 }
             }
         }
@@ -131,10 +136,13 @@ mod tests {
             f.feed(&body[split..]);
             assert_eq!(
                 f.finish_reasons,
-                vec!["STOP".to_string()],
+                vec![Value::text("STOP")],
                 "split at {split}"
             );
-            assert_eq!(f.model.as_deref(), Some("gemini-2.5-flash-001"));
+            assert_eq!(
+                f.model.as_ref().and_then(Value::as_str),
+                Some("gemini-2.5-flash-001")
+            );
             assert!(f.content.is_none());
         }
     }
@@ -143,7 +151,10 @@ mod tests {
     fn openai_finish_reasons_are_read_and_kept_distinct() {
         let mut f = AnswerFacts::new(false);
         f.feed(br#"{"choices":[{"finish_reason":"stop"},{"finish_reason":"length"},{"finish_reason":"stop"}]}"#);
-        assert_eq!(f.finish_reasons, vec!["stop", "length"]);
+        assert_eq!(
+            f.finish_reasons,
+            vec![Value::text("stop"), Value::text("length")]
+        );
     }
 
     #[test]
