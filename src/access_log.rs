@@ -110,11 +110,11 @@ impl RequestLine {
                 s.set(Attr::new(attr::CACHE, verdict));
             }
         });
-        trace.rename(match (op, &self.model) {
-            (Some(op), Some(m)) => format!("{op} {m}"),
-            (Some(op), None) => op.to_string(),
-            (None, _) => self.method.to_string(),
-        });
+        match (op, &self.model) {
+            (Some(op), Some(m)) => trace.rename_pair(op, m),
+            (Some(op), None) => trace.rename(op),
+            (None, _) => trace.rename(self.method.to_string()),
+        }
         if self.status >= 500 {
             trace.fail(format!("answered {}", self.status));
         }

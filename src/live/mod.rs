@@ -289,7 +289,7 @@ async fn session(
     };
     if let Some(t) = &trace.0 {
         let model = setup.model.strip_prefix("models/").unwrap_or(&setup.model);
-        t.rename(format!("live {model}"));
+        t.rename_pair("live", model);
         t.set([
             Attr::new(attr::PROVIDER, span::PROVIDER_GEMINI),
             Attr::new(attr::SYSTEM, span::PROVIDER_GEMINI),

@@ -15,7 +15,7 @@ use opentelemetry_http::HttpClient;
 use opentelemetry_sdk::Resource;
 
 use super::export::OtlpHttp;
-use super::record::{Attr, Finished, SpanRecord, Value};
+use super::record::{Attr, Finished, Name, SpanRecord, Value};
 
 /// The W3C trace flags of every exported span: sampled.
 const SAMPLED: u8 = 1;
@@ -205,8 +205,17 @@ impl<const N: usize> Piece<N> {
     }
 
     fn array<const M: usize>(&mut self, bytes: [u8; M]) {
-        self.b[self.n..self.n + M].copy_from_slice(&bytes);
-        self.n += M;
+        self.padded(&bytes, M);
+    }
+
+    /// The first `n` bytes of `bytes`: the whole array copied (a few moves), the rest written
+    /// over next.
+    fn padded<const M: usize>(&mut self, bytes: &[u8; M], n: usize) {
+        // An array assigned, not a slice copied: moves, not a call.
+        if let Some(to) = self.b[self.n..].first_chunk_mut::<M>() {
+            *to = *bytes;
+            self.n += n.min(M);
+        }
     }
 
     fn fixed64(&mut self, field: u32, v: u64) {
@@ -322,16 +331,21 @@ fn attribute(buf: &mut Vec<u8>, field: u32, a: &Attr) {
     }
     let k = a.key.wire_len();
     let body = k + tail.n + text.len();
-    let mut head = Piece::<12>::new();
-    head.tag(field, LEN);
-    head.varint(body as u64);
-    buf.reserve(head.n + body);
-    head.put(buf);
-    put(buf, a.key.wire(), k);
-    tail.put(buf);
+    // The whole message in one piece (a short string's bytes too): one copy onto the buffer.
+    let mut p = Piece::<128>::new();
+    p.tag(field, LEN);
+    p.varint(body as u64);
+    p.padded(a.key.wire(), k);
+    p.padded(&tail.b, tail.n);
     match &a.value {
-        Value::Inline(s) => put(buf, s.padded(), text.len()),
-        _ => buf.extend_from_slice(text),
+        Value::Inline(s) => {
+            p.padded(s.padded(), text.len());
+            p.put(buf);
+        }
+        _ => {
+            p.put(buf);
+            buf.extend_from_slice(text);
+        }
     }
 }
 
@@ -370,7 +384,21 @@ fn span(buf: &mut Vec<u8>, t: &Finished, s: &SpanRecord) {
         p.array(s.parent.to_bytes());
         p.put(buf);
     }
-    opt_bytes(buf, 5, s.name.as_bytes());
+    match &s.name {
+        Name::Text(name) => opt_bytes(buf, 5, name.as_bytes()),
+        Name::Pair(op, of) => {
+            // The operation and what it worked on, joined here (no string made for it).
+            let of_bytes = of.str_bytes().unwrap_or_default();
+            key(buf, 5, LEN);
+            varint(buf, s.name.len() as u64);
+            buf.extend_from_slice(op.as_bytes());
+            buf.push(b' ');
+            match of {
+                Value::Inline(i) => put(buf, i.padded(), of_bytes.len()),
+                _ => buf.extend_from_slice(of_bytes),
+            }
+        }
+    }
     let kind: u8 = match s.kind {
         SpanKind::Internal => 1,
         SpanKind::Server => 2,
@@ -470,7 +498,7 @@ mod tests {
         let mut s = SpanRecord::new(
             SpanId::from(0x1112_1314_1516_1718),
             SpanId::from(7),
-            name.into(),
+            name,
             SpanKind::Client,
             at(1_000),
         );
@@ -498,7 +526,7 @@ mod tests {
     #[test]
     fn a_batch_decodes_with_the_protocols_own_types_field_for_field() {
         let long = "x".repeat(300);
-        let spans = vec![data(vec![
+        let mut spans = vec![data(vec![
             record(
                 "generate_content gemini-2.5-flash",
                 Some("answered 503"),
@@ -519,6 +547,8 @@ mod tests {
             record("gqp.admit", None, vec![]),
             record("gqp.upstream.attempt", Some(""), vec![]),
         ])];
+        // The name of an operation and its model, joined only here.
+        spans[0].spans[0].name = Name::Pair("generate_content", Value::text("gemini-2.5-flash"));
         let resource = Resource::builder_empty().with_service_name("svc").build();
         let bytes = encode(&encode_resource(&resource), &spans);
         let req = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();

@@ -25,6 +25,7 @@ pub struct Attr {
 }
 
 impl Attr {
+    #[inline]
     pub fn new(key: &'static Key, value: impl Into<Value>) -> Attr {
         Attr {
             key,
@@ -54,6 +55,7 @@ const _: () = assert!(std::mem::size_of::<Value>() == 24);
 
 impl Value {
     /// `s` copied: inline when it fits, else in a box of its own.
+    #[inline]
     pub fn text(s: &str) -> Value {
         match Inline::new(s) {
             Some(i) => Value::Inline(i),
@@ -73,6 +75,7 @@ impl Value {
     }
 
     /// A string value's bytes, as they are encoded.
+    #[inline]
     pub fn str_bytes(&self) -> Option<&[u8]> {
         match self {
             Value::Static(s) => Some(s.as_bytes()),
@@ -97,30 +100,35 @@ impl std::fmt::Debug for Value {
 }
 
 impl From<bool> for Value {
+    #[inline]
     fn from(b: bool) -> Value {
         Value::Bool(b)
     }
 }
 
 impl From<i64> for Value {
+    #[inline]
     fn from(i: i64) -> Value {
         Value::I64(i)
     }
 }
 
 impl From<f64> for Value {
+    #[inline]
     fn from(x: f64) -> Value {
         Value::F64(x)
     }
 }
 
 impl From<&'static str> for Value {
+    #[inline]
     fn from(s: &'static str) -> Value {
         Value::Static(s)
     }
 }
 
 impl From<Arc<str>> for Value {
+    #[inline]
     fn from(s: Arc<str>) -> Value {
         Value::Shared(s)
     }
@@ -137,6 +145,7 @@ impl From<String> for Value {
 }
 
 impl From<Cow<'static, str>> for Value {
+    #[inline]
     fn from(s: Cow<'static, str>) -> Value {
         match s {
             Cow::Borrowed(s) => Value::Static(s),
@@ -156,6 +165,7 @@ pub struct Inline {
 impl Inline {
     pub const CAP: usize = 22;
 
+    #[inline]
     pub fn new(s: &str) -> Option<Inline> {
         (s.len() <= Inline::CAP).then(|| {
             let mut bytes = [0; Inline::CAP];
@@ -207,7 +217,7 @@ pub struct SpanRecord {
     pub parent: SpanId,
     /// The parent is the client's span (from its `traceparent`).
     pub parent_remote: bool,
-    pub name: Cow<'static, str>,
+    pub name: Name,
     pub kind: SpanKind,
     pub start: SystemTime,
     pub end: SystemTime,
@@ -217,6 +227,55 @@ pub struct SpanRecord {
     pub dropped_events: u32,
     /// `None`: unset; `Some(why)`: an error.
     pub error: Option<Cow<'static, str>>,
+}
+
+/// A span's name: as it is, or an operation and what it worked on (`generate_content
+/// gemini-2.5-flash`, `live gemini-2.0-flash-live`) joined by a space only when encoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Name {
+    Text(Cow<'static, str>),
+    Pair(&'static str, Value),
+}
+
+impl Name {
+    /// Bytes of the name as it is encoded.
+    pub fn len(&self) -> usize {
+        match self {
+            Name::Text(s) => s.len(),
+            Name::Pair(op, of) => op.len() + 1 + of.str_bytes().map_or(0, <[u8]>::len),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Name::Text(s) => f.write_str(s),
+            Name::Pair(op, of) => write!(f, "{op} {}", of.as_str().unwrap_or_default()),
+        }
+    }
+}
+
+impl From<Cow<'static, str>> for Name {
+    fn from(s: Cow<'static, str>) -> Name {
+        Name::Text(s)
+    }
+}
+
+impl From<String> for Name {
+    fn from(s: String) -> Name {
+        Name::Text(Cow::Owned(s))
+    }
+}
+
+impl From<&'static str> for Name {
+    fn from(s: &'static str) -> Name {
+        Name::Text(Cow::Borrowed(s))
+    }
 }
 
 /// A point in a span's time (a Live session's setup, `goAway`, close).
@@ -231,7 +290,7 @@ impl SpanRecord {
     pub fn new(
         span_id: SpanId,
         parent: SpanId,
-        name: Cow<'static, str>,
+        name: impl Into<Name>,
         kind: SpanKind,
         start: SystemTime,
     ) -> SpanRecord {
@@ -241,7 +300,7 @@ impl SpanRecord {
             span_id,
             parent,
             parent_remote: false,
-            name,
+            name: name.into(),
             kind,
             start,
             end: start,
@@ -253,6 +312,7 @@ impl SpanRecord {
         }
     }
 
+    #[inline]
     pub fn set(&mut self, kv: Attr) {
         if self.attributes.len() < MAX_ATTRIBUTES {
             self.attributes.push(kv);

@@ -14,16 +14,16 @@ const MAX_VALUE: usize = 96;
 const CARRY: usize = 128;
 
 /// The keys looked for, with their searchers built once (building one per chunk cost more
-/// than the search).
-static NEEDLES: std::sync::LazyLock<[(memchr::memmem::Finder<'static>, Field); 3]> =
+/// than the search): `"finish` for both spellings of the finish reason (one pass over the
+/// answer, not two), then `"modelVersion"`.
+static NEEDLES: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> =
     std::sync::LazyLock::new(|| {
         use memchr::memmem::Finder;
-        [
-            (Finder::new(b"\"finishReason\""), Field::Finish),
-            (Finder::new(b"\"finish_reason\""), Field::Finish),
-            (Finder::new(b"\"modelVersion\""), Field::Model),
-        ]
+        [Finder::new(b"\"finish"), Finder::new(b"\"modelVersion\"")]
     });
+
+/// What may follow `"finish`: Gemini's `finishReason`, OpenAI's `finish_reason`.
+const FINISH_ENDS: [&[u8]; 2] = [b"Reason\"", b"_reason\""];
 
 #[derive(Clone, Copy)]
 enum Field {
@@ -69,11 +69,18 @@ impl AnswerFacts {
     }
 
     fn scan(&mut self, hay: &[u8]) {
-        for (needle, field) in NEEDLES.iter() {
-            for at in needle.find_iter(hay) {
-                if let Some(v) = value_after(&hay[at + needle.needle().len()..]) {
-                    self.keep(*field, v);
-                }
+        let [finish, model] = &*NEEDLES;
+        for at in finish.find_iter(hay) {
+            let rest = &hay[at + finish.needle().len()..];
+            if let Some(end) = FINISH_ENDS.iter().find(|e| rest.starts_with(e))
+                && let Some(v) = value_after(&rest[end.len()..])
+            {
+                self.keep(Field::Finish, v);
+            }
+        }
+        for at in model.find_iter(hay) {
+            if let Some(v) = value_after(&hay[at + model.needle().len()..]) {
+                self.keep(Field::Model, v);
             }
         }
     }
@@ -150,7 +157,7 @@ mod tests {
     #[test]
     fn openai_finish_reasons_are_read_and_kept_distinct() {
         let mut f = AnswerFacts::new(false);
-        f.feed(br#"{"choices":[{"finish_reason":"stop"},{"finish_reason":"length"},{"finish_reason":"stop"}]}"#);
+        f.feed(br#"{"choices":[{"finish_reason":"stop"},{"finishMessage":"no"},{"finish_reason":"length"},{"finish_reason":"stop"}]}"#);
         assert_eq!(
             f.finish_reasons,
             vec![Value::text("stop"), Value::text("length")]

@@ -23,7 +23,7 @@ use super::otel::{self, Tracing};
 use super::record::Finished;
 
 pub use super::attr;
-pub use super::record::{Attr, SpanRecord, Value};
+pub use super::record::{Attr, Name, SpanRecord, Value};
 
 /// `gen_ai.provider.name` of Google's Gemini API (AI Studio).
 pub const PROVIDER_GEMINI: &str = "gcp.gemini";
@@ -204,8 +204,16 @@ impl RequestTrace {
         });
     }
 
-    pub fn rename(&self, name: String) {
-        self.0.with(|f| f.server.name = Cow::Owned(name));
+    pub fn rename(&self, name: impl Into<Name>) {
+        let name = name.into();
+        self.0.with(|f| f.server.name = name);
+    }
+
+    /// Name the span after an operation and what it worked on (`generate_content MODEL`):
+    /// kept apart (no string made), joined by a space when encoded.
+    pub fn rename_pair(&self, op: &'static str, of: &str) {
+        self.0
+            .with(|f| f.server.name = Name::Pair(op, Value::text(of)));
     }
 
     pub fn event(&self, name: &'static str, attrs: Vec<Attr>) {
@@ -327,7 +335,10 @@ pub fn strings(items: Vec<Value>) -> Value {
 
 /// `gen_ai.operation.name` for a Gemini (or OpenAI-compatible) path, when it is a GenAI call.
 pub fn operation(path: &str) -> Option<&'static str> {
-    if path.contains("/openai/") {
+    // memchr's searchers: the standard library's took more than the rest of the span's head.
+    static OPENAI: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"/openai/"));
+    if OPENAI.find(path.as_bytes()).is_some() {
         return if path.ends_with("/chat/completions") {
             Some("chat")
         } else if path.ends_with("/embeddings") {
@@ -336,7 +347,7 @@ pub fn operation(path: &str) -> Option<&'static str> {
             None
         };
     }
-    let action = path.rsplit_once(':')?.1;
+    let action = &path[memchr::memrchr(b':', path.as_bytes())? + 1..];
     match action {
         "generateContent" | "streamGenerateContent" | "predict" | "predictLongRunning" => {
             Some("generate_content")
@@ -400,7 +411,7 @@ mod tests {
         attempt.inject(&mut headers);
         attempt.fail("answered 503");
         trace.set([Attr::new(attr::STATUS, 200_i64)]);
-        trace.rename("generate_content m".into());
+        trace.rename_pair("generate_content", "m");
         trace.end();
         drop(admit);
         assert!(
@@ -416,7 +427,7 @@ mod tests {
         let mut got = pending.take(8).0;
         assert_eq!(got.len(), 1, "one trace, exported once");
         let f = got.pop().unwrap();
-        let names: Vec<&str> = f.spans.iter().map(|s| s.name.as_ref()).collect();
+        let names: Vec<String> = f.spans.iter().map(|s| s.name.to_string()).collect();
         // Children in the order they ended, the server span last.
         assert_eq!(
             names,
