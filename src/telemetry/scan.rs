@@ -123,10 +123,7 @@ fn value_after(rest: &[u8]) -> Option<&[u8]> {
     skip(&mut i);
     (rest.get(i) == Some(&b'"')).then_some(())?;
     let start = i + 1;
-    let end = rest[start..]
-        .iter()
-        .take(MAX_VALUE)
-        .position(|&b| b == b'"' || b == b'\\')?;
+    let end = memchr::memchr2(b'"', b'\\', &rest[start..rest.len().min(start + MAX_VALUE)])?;
     (rest[start + end] == b'"').then(|| &rest[start..start + end])
 }
 
