@@ -15,6 +15,10 @@ use opentelemetry_http::HttpClient;
 use opentelemetry_sdk::Resource;
 
 use super::export::OtlpHttp;
+use super::pb::{
+    FIXED32, LEN, Piece, VARINT, bytes_field, fixed64, key, nested, nested_sized, opt_bytes,
+    opt_varint, put, varint, varint_bytes, varint_len,
+};
 use super::record::{Attr, Finished, Name, SpanRecord, Value};
 
 /// The W3C trace flags of every exported span: sampled.
@@ -90,152 +94,6 @@ impl Exporter {
     }
 }
 
-// Wire types.
-const VARINT: u32 = 0;
-const FIXED64: u32 = 1;
-const LEN: u32 = 2;
-const FIXED32: u32 = 5;
-
-fn varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
-
-fn key(buf: &mut Vec<u8>, field: u32, wire: u32) {
-    varint(buf, u64::from(field << 3 | wire));
-}
-
-/// A length-delimited field whose body `f` writes: the body is written in place and its
-/// length put in front of it afterwards (one move of the body, instead of sizing it first).
-fn nested(buf: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
-    nested_sized(buf, field, 1, f)
-}
-
-/// [`nested`] with room for a length of `room` bytes (1: under 128, 2: under 16 KiB) kept in
-/// front of the body: a body whose length fits is not moved; one whose length is shorter is
-/// moved back, one longer forward.
-fn nested_sized(buf: &mut Vec<u8>, field: u32, room: usize, f: impl FnOnce(&mut Vec<u8>)) {
-    key(buf, field, LEN);
-    let at = buf.len();
-    buf.extend_from_slice(&[0; 10][..room]);
-    f(buf);
-    let len = buf.len() - at - room;
-    let (prefix, n) = varint_bytes(len as u64);
-    match n.cmp(&room) {
-        std::cmp::Ordering::Equal => {}
-        std::cmp::Ordering::Less => {
-            buf.copy_within(at + room.., at + n);
-            buf.truncate(at + n + len);
-        }
-        std::cmp::Ordering::Greater => {
-            buf.resize(at + n + len, 0);
-            buf.copy_within(at + room..at + room + len, at + n);
-        }
-    }
-    buf[at..at + n].copy_from_slice(&prefix[..n]);
-}
-
-/// A varint's bytes and how many there are.
-fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
-    let (mut out, mut n) = ([0u8; 10], 0);
-    while v >= 0x80 {
-        out[n] = (v as u8) | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    out[n] = v as u8;
-    (out, n + 1)
-}
-
-fn bytes_field(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
-    key(buf, field, LEN);
-    varint(buf, b.len() as u64);
-    buf.extend_from_slice(b);
-}
-
-/// A string or bytes field, left out when empty (proto3's default).
-fn opt_bytes(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
-    if !b.is_empty() {
-        bytes_field(buf, field, b);
-    }
-}
-
-fn opt_varint(buf: &mut Vec<u8>, field: u32, v: u64) {
-    if v != 0 {
-        key(buf, field, VARINT);
-        varint(buf, v);
-    }
-}
-
-fn fixed64(buf: &mut Vec<u8>, field: u32, v: u64) {
-    key(buf, field, FIXED64);
-    buf.extend_from_slice(&v.to_le_bytes());
-}
-
-/// A few bytes gathered on the stack and appended whole ([`put`]): the fields of a span and an
-/// attribute go out a piece at a time, not a byte at a time through the buffer's checks.
-struct Piece<const N: usize> {
-    b: [u8; N],
-    n: usize,
-}
-
-impl<const N: usize> Piece<N> {
-    fn new() -> Piece<N> {
-        Piece { b: [0; N], n: 0 }
-    }
-
-    fn byte(&mut self, x: u8) {
-        self.b[self.n] = x;
-        self.n += 1;
-    }
-
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.byte((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.byte(v as u8);
-    }
-
-    fn tag(&mut self, field: u32, wire: u32) {
-        self.varint(u64::from(field << 3 | wire));
-    }
-
-    fn array<const M: usize>(&mut self, bytes: [u8; M]) {
-        self.padded(&bytes, M);
-    }
-
-    /// The first `n` bytes of `bytes`: the whole array copied (a few moves), the rest written
-    /// over next.
-    fn padded<const M: usize>(&mut self, bytes: &[u8; M], n: usize) {
-        // An array assigned, not a slice copied: moves, not a call.
-        if let Some(to) = self.b[self.n..].first_chunk_mut::<M>() {
-            *to = *bytes;
-            self.n += n.min(M);
-        }
-    }
-
-    fn fixed64(&mut self, field: u32, v: u64) {
-        self.tag(field, FIXED64);
-        self.array(v.to_le_bytes());
-    }
-
-    fn put(&self, buf: &mut Vec<u8>) {
-        put(buf, &self.b, self.n);
-    }
-}
-
-/// The first `n` bytes of `bytes` onto `buf`: the whole array copied (a few moves, no call to
-/// `memcpy`), the length then set back.
-fn put<const N: usize>(buf: &mut Vec<u8>, bytes: &[u8; N], n: usize) {
-    let at = buf.len();
-    buf.extend_from_slice(bytes);
-    buf.truncate(at + n);
-}
-
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -283,11 +141,6 @@ fn attributes(buf: &mut Vec<u8>, field: u32, attrs: &[Attr]) {
     for a in attrs {
         attribute(buf, field, a);
     }
-}
-
-/// Bytes of `v` as a varint.
-fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// One `KeyValue` message, front to back: its lengths are known before it is written, the
@@ -647,16 +500,6 @@ mod tests {
             assert!(got.iter().all(|s| s.name == "s"
                 && s.attributes[0].value.as_ref().unwrap().value
                     == Some(Any::StringValue("v".repeat(len)))));
-        }
-    }
-
-    #[test]
-    fn a_varints_length_is_what_writing_it_takes() {
-        for v in [0, 1, 127, 128, 16_383, 16_384, 1 << 35, u64::MAX] {
-            let mut buf = Vec::new();
-            varint(&mut buf, v);
-            assert_eq!(varint_len(v), buf.len(), "{v}");
-            assert_eq!(varint_bytes(v).1, buf.len(), "{v}");
         }
     }
 
