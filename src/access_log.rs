@@ -18,8 +18,7 @@ use crate::auth::Caller;
 use crate::layers::cache::CACHE_HEADER;
 use crate::state::AppState;
 use crate::telemetry::scan::AnswerFacts;
-use crate::telemetry::span::{self, RequestTrace, attr};
-use opentelemetry::KeyValue;
+use crate::telemetry::span::{self, Attr, RequestTrace, Value, attr};
 
 /// Milliseconds rounded to the microsecond: `0.459`, not `0.45876100000000003`.
 pub fn millis(d: Duration) -> f64 {
@@ -77,48 +76,45 @@ impl RequestLine {
     fn trace_head(&self, trace: &RequestTrace, headers: &http::HeaderMap) {
         let key = self.key.and_then(|i| self.state.pool.keys.get(i));
         let op = span::operation(self.uri.path());
-        let mut attrs = vec![
-            KeyValue::new(attr::STATUS, i64::from(self.status)),
-            KeyValue::new(attr::ATTEMPTS, i64::from(self.attempts)),
-            KeyValue::new(attr::ESTIMATED_TOKENS, self.est_tokens as i64),
-            KeyValue::new(attr::PROVIDER, span::PROVIDER_GEMINI),
-            KeyValue::new(attr::SYSTEM, span::PROVIDER_GEMINI),
-        ];
-        if let Some(op) = op {
-            attrs.push(KeyValue::new(attr::OPERATION, op));
-            attrs.push(KeyValue::new(
-                attr::REQUEST_STREAM,
-                self.uri.path().ends_with(":streamGenerateContent"),
-            ));
-        }
-        if let Some(m) = &self.model {
-            attrs.push(KeyValue::new(attr::REQUEST_MODEL, m.clone()));
-        }
-        if let Some(c) = &self.caller {
-            attrs.push(KeyValue::new(attr::CLIENT, c.name().to_string()));
-        }
-        if let Some(k) = key {
-            attrs.push(KeyValue::new(attr::KEY, k.masked.to_string()));
-            attrs.push(KeyValue::new(attr::PROJECT, k.project.clone()));
-        }
-        if let Some(w) = self.waited {
-            attrs.push(KeyValue::new(attr::QUEUE_WAIT_MS, millis(w)));
-        }
-        if let Some(c) = headers.get(CACHE_HEADER) {
-            // The cache's three verdicts by their static names (no copy).
-            let verdict = match c.as_bytes() {
-                b"HIT" => "HIT",
-                b"MISS" => "MISS",
-                _ => "BYPASS",
-            };
-            attrs.push(KeyValue::new(attr::CACHE, verdict));
-        }
-        trace.set(attrs);
-        trace.rename(match (op, &self.model) {
-            (Some(op), Some(m)) => format!("{op} {m}"),
-            (Some(op), None) => op.to_string(),
-            (None, _) => self.method.to_string(),
+        trace.record(|s| {
+            s.set(Attr::new(attr::STATUS, i64::from(self.status)));
+            s.set(Attr::new(attr::ATTEMPTS, i64::from(self.attempts)));
+            s.set(Attr::new(attr::ESTIMATED_TOKENS, self.est_tokens as i64));
+            s.set(Attr::new(attr::PROVIDER, span::PROVIDER_GEMINI));
+            s.set(Attr::new(attr::SYSTEM, span::PROVIDER_GEMINI));
+            if let Some(op) = op {
+                s.set(Attr::new(attr::OPERATION, op));
+                let stream = self.uri.path().ends_with(":streamGenerateContent");
+                s.set(Attr::new(attr::REQUEST_STREAM, stream));
+            }
+            if let Some(m) = &self.model {
+                s.set(Attr::new(attr::REQUEST_MODEL, Value::text(m)));
+            }
+            if let Some(c) = &self.caller {
+                s.set(Attr::new(attr::CLIENT, Value::text(c.name())));
+            }
+            if let Some(k) = key {
+                s.set(Attr::new(attr::KEY, Value::text(&k.masked)));
+                s.set(Attr::new(attr::PROJECT, k.project.clone()));
+            }
+            if let Some(w) = self.waited {
+                s.set(Attr::new(attr::QUEUE_WAIT_MS, millis(w)));
+            }
+            if let Some(c) = headers.get(CACHE_HEADER) {
+                // The cache's three verdicts by their static names (no copy).
+                let verdict = match c.as_bytes() {
+                    b"HIT" => "HIT",
+                    b"MISS" => "MISS",
+                    _ => "BYPASS",
+                };
+                s.set(Attr::new(attr::CACHE, verdict));
+            }
         });
+        match (op, &self.model) {
+            (Some(op), Some(m)) => trace.rename_pair(op, m),
+            (Some(op), None) => trace.rename(op),
+            (None, _) => trace.rename(self.method.to_string()),
+        }
         if self.status >= 500 {
             trace.fail(format!("answered {}", self.status));
         }
@@ -131,25 +127,26 @@ impl RequestLine {
         first_byte: Option<Duration>,
         complete: bool,
     ) {
-        let mut attrs = vec![KeyValue::new(attr::COMPLETE, complete)];
-        if let Some(f) = first_byte {
-            attrs.push(KeyValue::new(attr::TIME_TO_FIRST_CHUNK, f.as_secs_f64()));
-        }
-        if let Some(f) = facts {
-            if !f.finish_reasons.is_empty() {
-                attrs.push(KeyValue::new(
-                    attr::FINISH_REASONS,
-                    span::strings(&f.finish_reasons),
-                ));
+        trace.record(|s| {
+            s.set(Attr::new(attr::COMPLETE, complete));
+            if let Some(f) = first_byte {
+                s.set(Attr::new(attr::TIME_TO_FIRST_CHUNK, f.as_secs_f64()));
             }
-            if let Some(m) = f.model {
-                attrs.push(KeyValue::new(attr::RESPONSE_MODEL, m));
+            if let Some(f) = facts {
+                if !f.finish_reasons.is_empty() {
+                    s.set(Attr::new(
+                        attr::FINISH_REASONS,
+                        span::strings(f.finish_reasons),
+                    ));
+                }
+                if let Some(m) = f.model {
+                    s.set(Attr::new(attr::RESPONSE_MODEL, m));
+                }
+                if let Some(c) = f.content {
+                    s.set(Attr::new(attr::OUTPUT_MESSAGES, span::content(&c)));
+                }
             }
-            if let Some(c) = f.content {
-                attrs.push(KeyValue::new(attr::OUTPUT_MESSAGES, span::content(&c)));
-            }
-        }
-        trace.set(attrs);
+        });
         if !complete {
             trace.fail("the answer did not reach its end");
         }

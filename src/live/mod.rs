@@ -28,8 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::telemetry::span::{self, RequestTrace, attr};
-use opentelemetry::KeyValue;
+use crate::telemetry::span::{self, Attr, RequestTrace, Value, attr};
 
 pub use slots::LiveSessions;
 
@@ -229,7 +228,7 @@ struct SessionSpan(Option<RequestTrace>);
 impl SessionSpan {
     fn refused(&self, outcome: &'static str) {
         if let Some(t) = &self.0 {
-            t.set([KeyValue::new("gqp.live.outcome", outcome)]);
+            t.set([Attr::new(attr::LIVE_OUTCOME, outcome)]);
             t.fail(outcome);
         }
     }
@@ -290,11 +289,11 @@ async fn session(
     };
     if let Some(t) = &trace.0 {
         let model = setup.model.strip_prefix("models/").unwrap_or(&setup.model);
-        t.rename(format!("live {model}"));
+        t.rename_pair("live", model);
         t.set([
-            KeyValue::new(attr::PROVIDER, span::PROVIDER_GEMINI),
-            KeyValue::new(attr::SYSTEM, span::PROVIDER_GEMINI),
-            KeyValue::new(attr::REQUEST_MODEL, model.to_string()),
+            Attr::new(attr::PROVIDER, span::PROVIDER_GEMINI),
+            Attr::new(attr::SYSTEM, span::PROVIDER_GEMINI),
+            Attr::new(attr::REQUEST_MODEL, Value::text(model)),
         ]);
     }
     let token = who.token.as_ref();
@@ -322,8 +321,8 @@ async fn session(
         t.event(
             "setup",
             vec![
-                KeyValue::new(attr::KEY, key.masked.to_string()),
-                KeyValue::new(attr::PROJECT, key.project.clone()),
+                Attr::new(attr::KEY, Value::text(&key.masked)),
+                Attr::new(attr::PROJECT, key.project.clone()),
             ],
         );
     }

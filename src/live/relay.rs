@@ -20,8 +20,7 @@ use super::slots::outcome;
 use super::{ClientSocket, close};
 use crate::ledger::tokens::{TokenUsage, UsageScanner};
 use crate::state::AppState;
-use crate::telemetry::span::RequestTrace;
-use opentelemetry::KeyValue;
+use crate::telemetry::span::{Attr, RequestTrace, attr};
 
 /// After one side closed, the other has this long to finish its close handshake.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -365,6 +364,6 @@ pub(super) async fn run(
     };
     outcome(ended_by);
     if let Some(t) = trace {
-        t.set([KeyValue::new("gqp.live.outcome", ended_by)]);
+        t.set([Attr::new(attr::LIVE_OUTCOME, ended_by)]);
     }
 }

@@ -4,13 +4,14 @@
 //! request's spans), `context` (the W3C trace context sent on), [`attr`] (the attributes'
 //! names), [`record`] (what a finished trace holds), [`scan`] (what an answer says of itself as
 //! it passes), [`export`] (the bounded queue to the exporter), [`otlp`] (the exporter: OTLP/HTTP
-//! protobuf written straight from the records).
+//! protobuf written straight from the records), `pb` (the protobuf wire format it writes).
 
 pub mod attr;
 mod context;
 pub mod export;
 pub mod otel;
 pub mod otlp;
+mod pb;
 pub mod record;
 pub mod scan;
 pub mod span;

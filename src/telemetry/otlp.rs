@@ -11,12 +11,15 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use opentelemetry::trace::SpanKind;
-use opentelemetry::{Array, KeyValue, Value};
 use opentelemetry_http::HttpClient;
 use opentelemetry_sdk::Resource;
 
 use super::export::OtlpHttp;
-use super::record::{Finished, SpanRecord};
+use super::pb::{
+    FIXED32, LEN, Piece, VARINT, bytes_field, fixed64, key, nested, nested_sized, opt_bytes,
+    opt_varint, put, varint, varint_bytes, varint_len,
+};
+use super::record::{Attr, Finished, Name, SpanRecord, Value};
 
 /// The W3C trace flags of every exported span: sampled.
 const SAMPLED: u8 = 1;
@@ -91,91 +94,6 @@ impl Exporter {
     }
 }
 
-// Wire types.
-const VARINT: u32 = 0;
-const FIXED64: u32 = 1;
-const LEN: u32 = 2;
-const FIXED32: u32 = 5;
-
-fn varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
-
-fn key(buf: &mut Vec<u8>, field: u32, wire: u32) {
-    varint(buf, u64::from(field << 3 | wire));
-}
-
-/// A length-delimited field whose body `f` writes: the body is written in place and its
-/// length put in front of it afterwards (one move of the body, instead of sizing it first).
-fn nested(buf: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
-    nested_sized(buf, field, 1, f)
-}
-
-/// [`nested`] with room for a length of `room` bytes (1: under 128, 2: under 16 KiB) kept in
-/// front of the body: a body whose length fits is not moved; one whose length is shorter is
-/// moved back, one longer forward.
-fn nested_sized(buf: &mut Vec<u8>, field: u32, room: usize, f: impl FnOnce(&mut Vec<u8>)) {
-    key(buf, field, LEN);
-    let at = buf.len();
-    buf.extend_from_slice(&[0; 10][..room]);
-    f(buf);
-    let len = buf.len() - at - room;
-    let (prefix, n) = varint_bytes(len as u64);
-    match n.cmp(&room) {
-        std::cmp::Ordering::Equal => {}
-        std::cmp::Ordering::Less => {
-            buf.copy_within(at + room.., at + n);
-            buf.truncate(at + n + len);
-        }
-        std::cmp::Ordering::Greater => {
-            buf.resize(at + n + len, 0);
-            buf.copy_within(at + room..at + room + len, at + n);
-        }
-    }
-    buf[at..at + n].copy_from_slice(&prefix[..n]);
-}
-
-/// A varint's bytes and how many there are.
-fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
-    let (mut out, mut n) = ([0u8; 10], 0);
-    while v >= 0x80 {
-        out[n] = (v as u8) | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    out[n] = v as u8;
-    (out, n + 1)
-}
-
-fn bytes_field(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
-    key(buf, field, LEN);
-    varint(buf, b.len() as u64);
-    buf.extend_from_slice(b);
-}
-
-/// A string or bytes field, left out when empty (proto3's default).
-fn opt_bytes(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
-    if !b.is_empty() {
-        bytes_field(buf, field, b);
-    }
-}
-
-fn opt_varint(buf: &mut Vec<u8>, field: u32, v: u64) {
-    if v != 0 {
-        key(buf, field, VARINT);
-        varint(buf, v);
-    }
-}
-
-fn fixed64(buf: &mut Vec<u8>, field: u32, v: u64) {
-    key(buf, field, FIXED64);
-    buf.extend_from_slice(&v.to_le_bytes());
-}
-
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -193,71 +111,95 @@ fn any_value(buf: &mut Vec<u8>, v: &Value) {
             varint(buf, *i as u64);
         }
         Value::F64(f) => fixed64(buf, 4, f.to_bits()),
-        Value::String(s) => bytes_field(buf, 1, s.as_str().as_bytes()),
-        Value::Array(a) => nested(buf, 5, |buf| array(buf, a)),
-        // A value type added to the API later: its text, rather than nothing.
+        Value::Strings(items) => nested(buf, 5, |buf| {
+            // `ArrayValue`'s body: each item an `AnyValue`.
+            for item in items.iter() {
+                nested(buf, 1, |buf| any_value(buf, item));
+            }
+        }),
+        s => bytes_field(buf, 1, s.str_bytes().unwrap_or_default()),
+    }
+}
+
+/// The API's value (the resource's attributes) as an `AnyValue` body.
+fn api_value(buf: &mut Vec<u8>, v: &opentelemetry::Value) {
+    use opentelemetry::{Array, Value as Api};
+    match v {
+        Api::Bool(b) => any_value(buf, &Value::Bool(*b)),
+        Api::I64(i) => any_value(buf, &Value::I64(*i)),
+        Api::F64(f) => any_value(buf, &Value::F64(*f)),
+        Api::Array(Array::String(items)) => nested(buf, 5, |buf| {
+            for s in items {
+                nested(buf, 1, |buf| bytes_field(buf, 1, s.as_str().as_bytes()));
+            }
+        }),
         other => bytes_field(buf, 1, other.as_str().as_bytes()),
     }
 }
 
-/// `ArrayValue`'s body.
-fn array(buf: &mut Vec<u8>, a: &Array) {
-    fn each<T>(buf: &mut Vec<u8>, items: &[T], f: impl Fn(&mut Vec<u8>, &T)) {
-        for item in items {
-            nested(buf, 1, |buf| f(buf, item));
+fn attributes(buf: &mut Vec<u8>, field: u32, attrs: &[Attr]) {
+    for a in attrs {
+        attribute(buf, field, a);
+    }
+}
+
+/// One `KeyValue` message, front to back: its lengths are known before it is written, the
+/// key's encoding was made at compile time ([`super::attr::Key`]), a scalar value and the
+/// heads go out as pieces (most of what an export costs is its attributes).
+fn attribute(buf: &mut Vec<u8>, field: u32, a: &Attr) {
+    // `value`'s tag and length, and the `AnyValue`: a scalar whole, a string's head.
+    let mut tail = Piece::<24>::new();
+    tail.tag(2, LEN);
+    let mut text: &[u8] = &[];
+    match &a.value {
+        Value::Bool(b) => {
+            tail.byte(2);
+            tail.tag(2, VARINT);
+            tail.byte(u8::from(*b));
         }
-    }
-    match a {
-        Array::Bool(v) => each(buf, v, |buf, b| any_value(buf, &Value::Bool(*b))),
-        Array::I64(v) => each(buf, v, |buf, i| any_value(buf, &Value::I64(*i))),
-        Array::F64(v) => each(buf, v, |buf, f| any_value(buf, &Value::F64(*f))),
-        Array::String(v) => each(buf, v, |buf, s| bytes_field(buf, 1, s.as_str().as_bytes())),
-        _ => {}
-    }
-}
-
-fn attributes(buf: &mut Vec<u8>, field: u32, attrs: &[KeyValue]) {
-    for kv in attrs {
-        attribute(buf, field, kv);
-    }
-}
-
-/// Bytes of `v` as a varint.
-fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-/// One `KeyValue` message. A scalar value's lengths are known before it is written: the
-/// message goes out front to back, without a length put in front afterwards (most of what an
-/// export costs is its attributes).
-fn attribute(buf: &mut Vec<u8>, field: u32, kv: &KeyValue) {
-    let any = match &kv.value {
-        Value::Bool(_) => 2,
-        Value::I64(i) => 1 + varint_len(*i as u64),
-        Value::F64(_) => 9,
-        Value::String(s) => 1 + varint_len(s.as_str().len() as u64) + s.as_str().len(),
-        _ => {
+        Value::I64(i) => {
+            let v = *i as u64;
+            tail.varint(1 + varint_len(v) as u64);
+            tail.tag(3, VARINT);
+            tail.varint(v);
+        }
+        Value::F64(f) => {
+            tail.byte(9);
+            tail.fixed64(4, f.to_bits());
+        }
+        Value::Strings(_) => {
             nested(buf, field, |buf| {
-                opt_bytes(buf, 1, kv.key.as_str().as_bytes());
-                nested(buf, 2, |buf| any_value(buf, &kv.value));
+                put(buf, a.key.wire(), a.key.wire_len());
+                nested(buf, 2, |buf| any_value(buf, &a.value));
             });
             return;
         }
-    };
-    let name = kv.key.as_str().as_bytes();
-    let named = if name.is_empty() {
-        0
-    } else {
-        1 + varint_len(name.len() as u64) + name.len()
-    };
-    let body = named + 1 + varint_len(any as u64) + any;
-    buf.reserve(body + 6);
-    key(buf, field, LEN);
-    varint(buf, body as u64);
-    opt_bytes(buf, 1, name);
-    key(buf, 2, LEN);
-    varint(buf, any as u64);
-    any_value(buf, &kv.value);
+        s => {
+            text = s.str_bytes().unwrap_or_default();
+            let n = text.len() as u64;
+            tail.varint(1 + varint_len(n) as u64 + n);
+            tail.tag(1, LEN);
+            tail.varint(n);
+        }
+    }
+    let k = a.key.wire_len();
+    let body = k + tail.n + text.len();
+    // The whole message in one piece (a short string's bytes too): one copy onto the buffer.
+    let mut p = Piece::<128>::new();
+    p.tag(field, LEN);
+    p.varint(body as u64);
+    p.padded(a.key.wire(), k);
+    p.padded(&tail.b, tail.n);
+    match &a.value {
+        Value::Inline(s) => {
+            p.padded(s.padded(), text.len());
+            p.put(buf);
+        }
+        _ => {
+            p.put(buf);
+            buf.extend_from_slice(text);
+        }
+    }
 }
 
 /// The `Resource` message's body.
@@ -266,7 +208,7 @@ fn encode_resource(resource: &Resource) -> Vec<u8> {
     for (k, v) in resource.iter() {
         nested(&mut buf, 1, |buf| {
             opt_bytes(buf, 1, k.as_str().as_bytes());
-            nested(buf, 2, |buf| any_value(buf, v));
+            nested(buf, 2, |buf| api_value(buf, v));
         });
     }
     buf
@@ -279,23 +221,50 @@ fn flags(trace_flags: u8, parent_remote: bool) -> u32 {
 }
 
 fn span(buf: &mut Vec<u8>, t: &Finished, s: &SpanRecord) {
-    bytes_field(buf, 1, &t.trace_id.to_bytes());
-    bytes_field(buf, 2, &s.span_id.to_bytes());
+    let mut ids = Piece::<40>::new();
+    ids.tag(1, LEN);
+    ids.byte(16);
+    ids.array(t.trace_id.to_bytes());
+    ids.tag(2, LEN);
+    ids.byte(8);
+    ids.array(s.span_id.to_bytes());
+    ids.put(buf);
     opt_bytes(buf, 3, t.trace_state.as_bytes());
     if s.parent != opentelemetry::trace::SpanId::INVALID {
-        bytes_field(buf, 4, &s.parent.to_bytes());
+        let mut p = Piece::<10>::new();
+        p.tag(4, LEN);
+        p.byte(8);
+        p.array(s.parent.to_bytes());
+        p.put(buf);
     }
-    opt_bytes(buf, 5, s.name.as_bytes());
-    let kind: u64 = match s.kind {
+    match &s.name {
+        Name::Text(name) => opt_bytes(buf, 5, name.as_bytes()),
+        Name::Pair(op, of) => {
+            // The operation and what it worked on, joined here (no string made for it).
+            let of_bytes = of.str_bytes().unwrap_or_default();
+            key(buf, 5, LEN);
+            varint(buf, s.name.len() as u64);
+            buf.extend_from_slice(op.as_bytes());
+            buf.push(b' ');
+            match of {
+                Value::Inline(i) => put(buf, i.padded(), of_bytes.len()),
+                _ => buf.extend_from_slice(of_bytes),
+            }
+        }
+    }
+    let kind: u8 = match s.kind {
         SpanKind::Internal => 1,
         SpanKind::Server => 2,
         SpanKind::Client => 3,
         SpanKind::Producer => 4,
         SpanKind::Consumer => 5,
     };
-    opt_varint(buf, 6, kind);
-    fixed64(buf, 7, nanos(s.start));
-    fixed64(buf, 8, nanos(s.end));
+    let mut times = Piece::<20>::new();
+    times.tag(6, VARINT);
+    times.byte(kind);
+    times.fixed64(7, nanos(s.start));
+    times.fixed64(8, nanos(s.end));
+    times.put(buf);
     attributes(buf, 9, &s.attributes);
     opt_varint(buf, 10, u64::from(s.dropped_attributes));
     for e in &s.events {
@@ -306,15 +275,35 @@ fn span(buf: &mut Vec<u8>, t: &Finished, s: &SpanRecord) {
         });
     }
     opt_varint(buf, 12, u64::from(s.dropped_events));
-    nested(buf, 15, |buf| {
-        if let Some(why) = &s.error {
-            opt_bytes(buf, 2, why.as_bytes());
-            opt_varint(buf, 3, 2);
+    // `Status`: unset (empty), or an error (code 2) with its message.
+    let mut status = Piece::<16>::new();
+    status.tag(15, LEN);
+    let why = s.error.as_deref().unwrap_or_default().as_bytes();
+    match &s.error {
+        None => status.byte(0),
+        Some(_) if why.is_empty() => {
+            status.byte(2);
+            status.tag(3, VARINT);
+            status.byte(2);
         }
-    });
-    key(buf, 16, FIXED32);
+        Some(_) => {
+            let n = why.len() as u64;
+            status.varint(1 + varint_len(n) as u64 + n + 2);
+            status.tag(2, LEN);
+            status.varint(n);
+        }
+    }
+    status.put(buf);
+    let mut end = Piece::<8>::new();
+    if !why.is_empty() {
+        buf.extend_from_slice(why);
+        end.tag(3, VARINT);
+        end.byte(2);
+    }
+    end.tag(16, FIXED32);
     // Only sampled traces are exported.
-    buf.extend_from_slice(&flags(SAMPLED, s.parent_remote).to_le_bytes());
+    end.array(flags(SAMPLED, s.parent_remote).to_le_bytes());
+    end.put(buf);
 }
 
 /// An `ExportTraceServiceRequest` of `traces` under one resource (`resource`: its encoded
@@ -346,20 +335,23 @@ pub fn encode(resource: &[u8], traces: &[Finished]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::attr::{self, Key};
     use crate::telemetry::record::Event;
-    use opentelemetry::StringValue;
     use opentelemetry::trace::{SpanId, TraceId};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
     use prost::Message;
     use std::time::Duration;
 
-    fn record(name: &'static str, error: Option<&'static str>, attrs: Vec<KeyValue>) -> SpanRecord {
+    const N: Key = Key::new("n");
+    const K: Key = Key::new("k");
+
+    fn record(name: &'static str, error: Option<&'static str>, attrs: Vec<Attr>) -> SpanRecord {
         let at = |n| SystemTime::UNIX_EPOCH + Duration::from_nanos(n);
         let mut s = SpanRecord::new(
             SpanId::from(0x1112_1314_1516_1718),
             SpanId::from(7),
-            name.into(),
+            name,
             SpanKind::Client,
             at(1_000),
         );
@@ -370,7 +362,7 @@ mod tests {
         s.events.push(Event {
             name: "setup",
             at: at(1_500),
-            attributes: vec![KeyValue::new("n", 1_i64)],
+            attributes: vec![Attr::new(&N, 1_i64)],
         });
         s.error = error.map(Into::into);
         s
@@ -387,27 +379,29 @@ mod tests {
     #[test]
     fn a_batch_decodes_with_the_protocols_own_types_field_for_field() {
         let long = "x".repeat(300);
-        let spans = vec![data(vec![
+        let mut spans = vec![data(vec![
             record(
                 "generate_content gemini-2.5-flash",
                 Some("answered 503"),
                 vec![
-                    KeyValue::new("gen_ai.request.model", "gemini-2.5-flash"),
-                    KeyValue::new("http.response.status_code", -3_i64),
-                    KeyValue::new("gqp.cost_usd", 0.25),
-                    KeyValue::new("gqp.complete", true),
-                    KeyValue::new("gen_ai.input.messages", long.clone()),
-                    KeyValue::new(
-                        "gen_ai.response.finish_reasons",
-                        Value::Array(Array::String(vec![
-                            StringValue::from("STOP"),
-                            StringValue::from("MAX_TOKENS"),
-                        ])),
+                    Attr::new(attr::REQUEST_MODEL, "gemini-2.5-flash"),
+                    Attr::new(attr::PROJECT, std::sync::Arc::<str>::from("project-1")),
+                    Attr::new(attr::KEY, Value::text("AIza...0001")),
+                    Attr::new(attr::STATUS, -3_i64),
+                    Attr::new(attr::COST_USD, 0.25),
+                    Attr::new(attr::COMPLETE, true),
+                    Attr::new(attr::INPUT_MESSAGES, long.clone()),
+                    Attr::new(
+                        attr::FINISH_REASONS,
+                        Value::Strings(Box::new([Value::text("STOP"), Value::from("MAX_TOKENS")])),
                     ),
                 ],
             ),
             record("gqp.admit", None, vec![]),
+            record("gqp.upstream.attempt", Some(""), vec![]),
         ])];
+        // The name of an operation and its model, joined only here.
+        spans[0].spans[0].name = Name::Pair("generate_content", Value::text("gemini-2.5-flash"));
         let resource = Resource::builder_empty().with_service_name("svc").build();
         let bytes = encode(&encode_resource(&resource), &spans);
         let req = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
@@ -422,7 +416,7 @@ mod tests {
         assert_eq!(rs.scope_spans.len(), 1, "one scope, one ScopeSpans");
         let ss = &rs.scope_spans[0];
         assert_eq!(ss.scope.as_ref().unwrap().name, "gemini-quota-proxy");
-        assert_eq!(ss.spans.len(), 2);
+        assert_eq!(ss.spans.len(), 3);
         let s = &ss.spans[0];
         assert_eq!(s.trace_id, (1..=16).collect::<Vec<u8>>());
         assert_eq!(s.span_id, (0x11..=0x18).collect::<Vec<u8>>());
@@ -446,6 +440,14 @@ mod tests {
         assert_eq!(
             value("gen_ai.request.model"),
             Some(Any::StringValue("gemini-2.5-flash".into()))
+        );
+        assert_eq!(
+            value("gqp.project"),
+            Some(Any::StringValue("project-1".into()))
+        );
+        assert_eq!(
+            value("gqp.key"),
+            Some(Any::StringValue("AIza...0001".into()))
         );
         assert_eq!(value("http.response.status_code"), Some(Any::IntValue(-3)));
         assert_eq!(value("gqp.cost_usd"), Some(Any::DoubleValue(0.25)));
@@ -474,6 +476,8 @@ mod tests {
         let unset = ss.spans[1].status.as_ref().unwrap();
         assert_eq!((unset.code, unset.message.as_str()), (0, ""));
         assert!(ss.spans[1].attributes.is_empty());
+        let failed = ss.spans[2].status.as_ref().unwrap();
+        assert_eq!((failed.code, failed.message.as_str()), (2, ""));
     }
 
     #[test]
@@ -483,7 +487,7 @@ mod tests {
         for (n, len) in [(1, 0), (3, 20_000), (40, 3_000), (600, 10)] {
             let spans = (0..n)
                 .map(|_| {
-                    let mut s = record("s", None, vec![KeyValue::new("k", "v".repeat(len))]);
+                    let mut s = record("s", None, vec![Attr::new(&K, "v".repeat(len))]);
                     s.events.clear();
                     s.parent_remote = false;
                     s
@@ -496,16 +500,6 @@ mod tests {
             assert!(got.iter().all(|s| s.name == "s"
                 && s.attributes[0].value.as_ref().unwrap().value
                     == Some(Any::StringValue("v".repeat(len)))));
-        }
-    }
-
-    #[test]
-    fn a_varints_length_is_what_writing_it_takes() {
-        for v in [0, 1, 127, 128, 16_383, 16_384, 1 << 35, u64::MAX] {
-            let mut buf = Vec::new();
-            varint(&mut buf, v);
-            assert_eq!(varint_len(v), buf.len(), "{v}");
-            assert_eq!(varint_bytes(v).1, buf.len(), "{v}");
         }
     }
 

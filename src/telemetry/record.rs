@@ -3,15 +3,200 @@
 //! when the request's last span ends, and encoded to OTLP only in the export task.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
+
+use super::attr::Key;
 
 /// Attributes a span keeps at most (the SDK's default limit); more are counted as dropped.
 pub const MAX_ATTRIBUTES: usize = 128;
 /// Events a span keeps at most (the SDK's default limit).
 pub const MAX_EVENTS: usize = 128;
+
+/// One attribute: its name (one of [`super::attr`]'s) and its value. Not the API's `KeyValue`:
+/// a static or shared string is not copied, a short one is held inline, nothing is allocated
+/// for most of a request's attributes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attr {
+    pub key: &'static Key,
+    pub value: Value,
+}
+
+impl Attr {
+    #[inline]
+    pub fn new(key: &'static Key, value: impl Into<Value>) -> Attr {
+        Attr {
+            key,
+            value: value.into(),
+        }
+    }
+}
+
+/// An attribute's value (OTLP's `AnyValue`): a scalar, a string (however it is held) or a
+/// list of strings.
+#[derive(Clone, PartialEq)]
+pub enum Value {
+    Bool(bool),
+    I64(i64),
+    F64(f64),
+    Static(&'static str),
+    /// A string the proxy already keeps shared (a key's project).
+    Shared(Arc<str>),
+    /// A short string, copied in place.
+    Inline(Inline),
+    Owned(Box<str>),
+    /// A list of strings (each of them a string `Value`).
+    Strings(Box<[Value]>),
+}
+
+const _: () = assert!(std::mem::size_of::<Value>() == 24);
+
+impl Value {
+    /// `s` copied: inline when it fits, else in a box of its own.
+    #[inline]
+    pub fn text(s: &str) -> Value {
+        match Inline::new(s) {
+            Some(i) => Value::Inline(i),
+            None => Value::Owned(s.into()),
+        }
+    }
+
+    /// A string value's text (`None`: a scalar or a list).
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Static(s) => Some(s),
+            Value::Shared(s) => Some(s),
+            Value::Inline(s) => Some(s.as_str()),
+            Value::Owned(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A string value's bytes, as they are encoded.
+    #[inline]
+    pub fn str_bytes(&self) -> Option<&[u8]> {
+        match self {
+            Value::Static(s) => Some(s.as_bytes()),
+            Value::Shared(s) => Some(s.as_bytes()),
+            Value::Inline(s) => Some(s.as_bytes()),
+            Value::Owned(s) => Some(s.as_bytes()),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Bool(b) => b.fmt(f),
+            Value::I64(i) => i.fmt(f),
+            Value::F64(x) => x.fmt(f),
+            Value::Strings(v) => f.debug_list().entries(v.iter()).finish(),
+            s => s.as_str().unwrap_or_default().fmt(f),
+        }
+    }
+}
+
+impl From<bool> for Value {
+    #[inline]
+    fn from(b: bool) -> Value {
+        Value::Bool(b)
+    }
+}
+
+impl From<i64> for Value {
+    #[inline]
+    fn from(i: i64) -> Value {
+        Value::I64(i)
+    }
+}
+
+impl From<f64> for Value {
+    #[inline]
+    fn from(x: f64) -> Value {
+        Value::F64(x)
+    }
+}
+
+impl From<&'static str> for Value {
+    #[inline]
+    fn from(s: &'static str) -> Value {
+        Value::Static(s)
+    }
+}
+
+impl From<Arc<str>> for Value {
+    #[inline]
+    fn from(s: Arc<str>) -> Value {
+        Value::Shared(s)
+    }
+}
+
+impl From<String> for Value {
+    /// Kept in place when short (its buffer given back), else its buffer kept.
+    fn from(s: String) -> Value {
+        match Inline::new(&s) {
+            Some(i) => Value::Inline(i),
+            None => Value::Owned(s.into_boxed_str()),
+        }
+    }
+}
+
+impl From<Cow<'static, str>> for Value {
+    #[inline]
+    fn from(s: Cow<'static, str>) -> Value {
+        match s {
+            Cow::Borrowed(s) => Value::Static(s),
+            Cow::Owned(s) => s.into(),
+        }
+    }
+}
+
+/// A string of at most [`Inline::CAP`] bytes held in place (a masked key, a model's or a
+/// client's name, a finish reason).
+#[derive(Clone, Copy)]
+pub struct Inline {
+    len: u8,
+    bytes: [u8; Inline::CAP],
+}
+
+impl Inline {
+    pub const CAP: usize = 22;
+
+    #[inline]
+    pub fn new(s: &str) -> Option<Inline> {
+        (s.len() <= Inline::CAP).then(|| {
+            let mut bytes = [0; Inline::CAP];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            Inline {
+                len: s.len() as u8,
+                bytes,
+            }
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ever made from a whole `&str`.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// The bytes and what follows them (zeros): copied whole, cut to the length after.
+    pub fn padded(&self) -> &[u8; Inline::CAP] {
+        &self.bytes
+    }
+}
+
+impl PartialEq for Inline {
+    fn eq(&self, other: &Inline) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
 
 /// One request's spans (or a Live session's), sharing its trace id and trace state. Only
 /// sampled traces are kept, so their flags are always "sampled".
@@ -32,11 +217,11 @@ pub struct SpanRecord {
     pub parent: SpanId,
     /// The parent is the client's span (from its `traceparent`).
     pub parent_remote: bool,
-    pub name: Cow<'static, str>,
+    pub name: Name,
     pub kind: SpanKind,
     pub start: SystemTime,
     pub end: SystemTime,
-    pub attributes: Vec<KeyValue>,
+    pub attributes: Vec<Attr>,
     pub dropped_attributes: u32,
     pub events: Vec<Event>,
     pub dropped_events: u32,
@@ -44,19 +229,68 @@ pub struct SpanRecord {
     pub error: Option<Cow<'static, str>>,
 }
 
+/// A span's name: as it is, or an operation and what it worked on (`generate_content
+/// gemini-2.5-flash`, `live gemini-2.0-flash-live`) joined by a space only when encoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Name {
+    Text(Cow<'static, str>),
+    Pair(&'static str, Value),
+}
+
+impl Name {
+    /// Bytes of the name as it is encoded.
+    pub fn len(&self) -> usize {
+        match self {
+            Name::Text(s) => s.len(),
+            Name::Pair(op, of) => op.len() + 1 + of.str_bytes().map_or(0, <[u8]>::len),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Name::Text(s) => f.write_str(s),
+            Name::Pair(op, of) => write!(f, "{op} {}", of.as_str().unwrap_or_default()),
+        }
+    }
+}
+
+impl From<Cow<'static, str>> for Name {
+    fn from(s: Cow<'static, str>) -> Name {
+        Name::Text(s)
+    }
+}
+
+impl From<String> for Name {
+    fn from(s: String) -> Name {
+        Name::Text(Cow::Owned(s))
+    }
+}
+
+impl From<&'static str> for Name {
+    fn from(s: &'static str) -> Name {
+        Name::Text(Cow::Borrowed(s))
+    }
+}
+
 /// A point in a span's time (a Live session's setup, `goAway`, close).
 #[derive(Debug)]
 pub struct Event {
     pub name: &'static str,
     pub at: SystemTime,
-    pub attributes: Vec<KeyValue>,
+    pub attributes: Vec<Attr>,
 }
 
 impl SpanRecord {
     pub fn new(
         span_id: SpanId,
         parent: SpanId,
-        name: Cow<'static, str>,
+        name: impl Into<Name>,
         kind: SpanKind,
         start: SystemTime,
     ) -> SpanRecord {
@@ -66,7 +300,7 @@ impl SpanRecord {
             span_id,
             parent,
             parent_remote: false,
-            name,
+            name: name.into(),
             kind,
             start,
             end: start,
@@ -78,7 +312,8 @@ impl SpanRecord {
         }
     }
 
-    pub fn set(&mut self, kv: KeyValue) {
+    #[inline]
+    pub fn set(&mut self, kv: Attr) {
         if self.attributes.len() < MAX_ATTRIBUTES {
             self.attributes.push(kv);
         } else {
@@ -86,7 +321,7 @@ impl SpanRecord {
         }
     }
 
-    pub fn event(&mut self, name: &'static str, attributes: Vec<KeyValue>) {
+    pub fn event(&mut self, name: &'static str, attributes: Vec<Attr>) {
         if self.events.len() < MAX_EVENTS {
             self.events.push(Event {
                 name,

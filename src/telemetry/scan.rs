@@ -3,6 +3,7 @@
 //! without parsing or copying the body, and, only with `otel.record_content`, its first
 //! [`CONTENT_LIMIT`] bytes. Used for sampled requests only.
 
+use super::record::Value;
 use super::span::CONTENT_LIMIT;
 
 /// Distinct finish reasons kept (a candidate count is small; the bound is for hostile input).
@@ -13,16 +14,16 @@ const MAX_VALUE: usize = 96;
 const CARRY: usize = 128;
 
 /// The keys looked for, with their searchers built once (building one per chunk cost more
-/// than the search).
-static NEEDLES: std::sync::LazyLock<[(memchr::memmem::Finder<'static>, Field); 3]> =
+/// than the search): `"finish` for both spellings of the finish reason (one pass over the
+/// answer, not two), then `"modelVersion"`.
+static NEEDLES: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> =
     std::sync::LazyLock::new(|| {
         use memchr::memmem::Finder;
-        [
-            (Finder::new(b"\"finishReason\""), Field::Finish),
-            (Finder::new(b"\"finish_reason\""), Field::Finish),
-            (Finder::new(b"\"modelVersion\""), Field::Model),
-        ]
+        [Finder::new(b"\"finish"), Finder::new(b"\"modelVersion\"")]
     });
+
+/// What may follow `"finish`: Gemini's `finishReason`, OpenAI's `finish_reason`.
+const FINISH_ENDS: [&[u8]; 2] = [b"Reason\"", b"_reason\""];
 
 #[derive(Clone, Copy)]
 enum Field {
@@ -33,8 +34,9 @@ enum Field {
 /// The facts read so far.
 #[derive(Debug, Default)]
 pub struct AnswerFacts {
-    pub finish_reasons: Vec<String>,
-    pub model: Option<String>,
+    /// As the attribute's items (short ones held in place: no allocation each).
+    pub finish_reasons: Vec<Value>,
+    pub model: Option<Value>,
     /// The answer's first bytes (with `record_content` only).
     pub content: Option<Vec<u8>>,
     carry: Vec<u8>,
@@ -67,11 +69,18 @@ impl AnswerFacts {
     }
 
     fn scan(&mut self, hay: &[u8]) {
-        for (needle, field) in NEEDLES.iter() {
-            for at in needle.find_iter(hay) {
-                if let Some(v) = value_after(&hay[at + needle.needle().len()..]) {
-                    self.keep(*field, v);
-                }
+        let [finish, model] = &*NEEDLES;
+        for at in finish.find_iter(hay) {
+            let rest = &hay[at + finish.needle().len()..];
+            if let Some(end) = FINISH_ENDS.iter().find(|e| rest.starts_with(e))
+                && let Some(v) = value_after(&rest[end.len()..])
+            {
+                self.keep(Field::Finish, v);
+            }
+        }
+        for at in model.find_iter(hay) {
+            if let Some(v) = value_after(&hay[at + model.needle().len()..]) {
+                self.keep(Field::Model, v);
             }
         }
     }
@@ -83,14 +92,17 @@ impl AnswerFacts {
         match field {
             Field::Finish => {
                 if self.finish_reasons.len() < MAX_REASONS
-                    && !self.finish_reasons.iter().any(|r| r == v)
+                    && !self.finish_reasons.iter().any(|r| r.as_str() == Some(v))
                 {
-                    self.finish_reasons.push(v.to_string());
+                    // Room for one: most answers have one reason (and then the list is
+                    // boxed without a move).
+                    self.finish_reasons.reserve_exact(1);
+                    self.finish_reasons.push(Value::text(v));
                 }
             }
             Field::Model => {
-                if self.model.as_deref() != Some(v) {
-                    self.model = Some(v.to_string());
+                if self.model.as_ref().and_then(Value::as_str) != Some(v) {
+                    self.model = Some(Value::text(v));
                 }
             }
         }
@@ -111,10 +123,7 @@ fn value_after(rest: &[u8]) -> Option<&[u8]> {
     skip(&mut i);
     (rest.get(i) == Some(&b'"')).then_some(())?;
     let start = i + 1;
-    let end = rest[start..]
-        .iter()
-        .take(MAX_VALUE)
-        .position(|&b| b == b'"' || b == b'\\')?;
+    let end = memchr::memchr2(b'"', b'\\', &rest[start..rest.len().min(start + MAX_VALUE)])?;
     (rest[start + end] == b'"').then(|| &rest[start..start + end])
 }
 
@@ -131,10 +140,13 @@ mod tests {
             f.feed(&body[split..]);
             assert_eq!(
                 f.finish_reasons,
-                vec!["STOP".to_string()],
+                vec![Value::text("STOP")],
                 "split at {split}"
             );
-            assert_eq!(f.model.as_deref(), Some("gemini-2.5-flash-001"));
+            assert_eq!(
+                f.model.as_ref().and_then(Value::as_str),
+                Some("gemini-2.5-flash-001")
+            );
             assert!(f.content.is_none());
         }
     }
@@ -142,8 +154,11 @@ mod tests {
     #[test]
     fn openai_finish_reasons_are_read_and_kept_distinct() {
         let mut f = AnswerFacts::new(false);
-        f.feed(br#"{"choices":[{"finish_reason":"stop"},{"finish_reason":"length"},{"finish_reason":"stop"}]}"#);
-        assert_eq!(f.finish_reasons, vec!["stop", "length"]);
+        f.feed(br#"{"choices":[{"finish_reason":"stop"},{"finishMessage":"no"},{"finish_reason":"length"},{"finish_reason":"stop"}]}"#);
+        assert_eq!(
+            f.finish_reasons,
+            vec![Value::text("stop"), Value::text("length")]
+        );
     }
 
     #[test]

@@ -13,7 +13,6 @@ use std::time::SystemTime;
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId};
-use opentelemetry::{Array, KeyValue, StringValue, Value};
 use opentelemetry_http::HeaderExtractor;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{IdGenerator, SamplingDecision, ShouldSample};
@@ -21,9 +20,10 @@ use parking_lot::Mutex;
 
 use super::context::{self, TRACEPARENT};
 use super::otel::{self, Tracing};
-use super::record::{Finished, SpanRecord};
+use super::record::Finished;
 
 pub use super::attr;
+pub use super::record::{Attr, Name, SpanRecord, Value};
 
 /// `gen_ai.provider.name` of Google's Gemini API (AI Studio).
 pub const PROVIDER_GEMINI: &str = "gcp.gemini";
@@ -164,8 +164,8 @@ impl RequestTrace {
                 SystemTime::now(),
             );
             server.parent_remote = parent.is_some();
-            server.set(KeyValue::new(attr::METHOD, name));
-            server.set(KeyValue::new(attr::PATH, path.to_string()));
+            server.set(Attr::new(attr::METHOD, name));
+            server.set(Attr::new(attr::PATH, Value::text(path)));
             Mutex::new(Facts {
                 server,
                 ended: false,
@@ -191,7 +191,12 @@ impl RequestTrace {
         self.0.facts.is_some()
     }
 
-    pub fn set(&self, attrs: impl IntoIterator<Item = KeyValue>) {
+    /// The server span's record, to set several attributes at once (one lock, no list).
+    pub fn record(&self, f: impl FnOnce(&mut SpanRecord)) {
+        self.0.with(|facts| f(&mut facts.server));
+    }
+
+    pub fn set(&self, attrs: impl IntoIterator<Item = Attr>) {
         self.0.with(|f| {
             for kv in attrs {
                 f.server.set(kv);
@@ -199,11 +204,19 @@ impl RequestTrace {
         });
     }
 
-    pub fn rename(&self, name: String) {
-        self.0.with(|f| f.server.name = Cow::Owned(name));
+    pub fn rename(&self, name: impl Into<Name>) {
+        let name = name.into();
+        self.0.with(|f| f.server.name = name);
     }
 
-    pub fn event(&self, name: &'static str, attrs: Vec<KeyValue>) {
+    /// Name the span after an operation and what it worked on (`generate_content MODEL`):
+    /// kept apart (no string made), joined by a space when encoded.
+    pub fn rename_pair(&self, op: &'static str, of: &str) {
+        self.0
+            .with(|f| f.server.name = Name::Pair(op, Value::text(of)));
+    }
+
+    pub fn event(&self, name: &'static str, attrs: Vec<Attr>) {
         self.0.with(|f| f.server.event(name, attrs));
     }
 
@@ -266,7 +279,7 @@ pub struct Child {
 }
 
 impl Child {
-    pub fn set(&mut self, kv: KeyValue) {
+    pub fn set(&mut self, kv: Attr) {
         if let Some((_, s)) = self.span.as_mut() {
             s.set(kv);
         }
@@ -316,15 +329,16 @@ fn inject(root: &Root, span_id: SpanId, headers: &mut http::HeaderMap) {
 }
 
 /// A list of strings as an attribute value.
-pub fn strings(items: &[String]) -> Value {
-    Value::Array(Array::String(
-        items.iter().map(|s| StringValue::from(s.clone())).collect(),
-    ))
+pub fn strings(items: Vec<Value>) -> Value {
+    Value::Strings(items.into_boxed_slice())
 }
 
 /// `gen_ai.operation.name` for a Gemini (or OpenAI-compatible) path, when it is a GenAI call.
 pub fn operation(path: &str) -> Option<&'static str> {
-    if path.contains("/openai/") {
+    // memchr's searchers: the standard library's took more than the rest of the span's head.
+    static OPENAI: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"/openai/"));
+    if OPENAI.find(path.as_bytes()).is_some() {
         return if path.ends_with("/chat/completions") {
             Some("chat")
         } else if path.ends_with("/embeddings") {
@@ -333,7 +347,7 @@ pub fn operation(path: &str) -> Option<&'static str> {
             None
         };
     }
-    let action = path.rsplit_once(':')?.1;
+    let action = &path[memchr::memrchr(b':', path.as_bytes())? + 1..];
     match action {
         "generateContent" | "streamGenerateContent" | "predict" | "predictLongRunning" => {
             Some("generate_content")
@@ -344,9 +358,9 @@ pub fn operation(path: &str) -> Option<&'static str> {
 }
 
 /// Text of at most [`CONTENT_LIMIT`] bytes (cut at a character boundary).
-pub fn content(bytes: &[u8]) -> String {
+pub fn content(bytes: &[u8]) -> Value {
     let cut = &bytes[..bytes.len().min(CONTENT_LIMIT)];
-    String::from_utf8_lossy(cut).into_owned()
+    String::from_utf8_lossy(cut).into_owned().into()
 }
 
 #[cfg(test)]
@@ -390,14 +404,14 @@ mod tests {
         let trace = RequestTrace::start_in(t, &http::HeaderMap::new(), "POST", "/v1beta/x");
         assert!(trace.is_recording());
         let mut admit = trace.child("gqp.admit", SpanKind::Internal, None);
-        admit.set(KeyValue::new(attr::STORE, "memory"));
+        admit.set(Attr::new(attr::STORE, "memory"));
         drop(admit.child("gqp.queue.wait", SpanKind::Internal, None));
         let mut attempt = trace.child("gqp.upstream.attempt", SpanKind::Client, None);
         let mut headers = http::HeaderMap::new();
         attempt.inject(&mut headers);
         attempt.fail("answered 503");
-        trace.set([KeyValue::new(attr::STATUS, 200_i64)]);
-        trace.rename("generate_content m".into());
+        trace.set([Attr::new(attr::STATUS, 200_i64)]);
+        trace.rename_pair("generate_content", "m");
         trace.end();
         drop(admit);
         assert!(
@@ -413,7 +427,7 @@ mod tests {
         let mut got = pending.take(8).0;
         assert_eq!(got.len(), 1, "one trace, exported once");
         let f = got.pop().unwrap();
-        let names: Vec<&str> = f.spans.iter().map(|s| s.name.as_ref()).collect();
+        let names: Vec<String> = f.spans.iter().map(|s| s.name.to_string()).collect();
         // Children in the order they ended, the server span last.
         assert_eq!(
             names,

@@ -6,14 +6,13 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 
 use crate::error::ApiError;
 use crate::ledger::{Tally, TokenUsage};
 use crate::pool::PooledKey;
 use crate::state::Core;
-use crate::telemetry::span::{self, Child, RequestTrace, attr};
+use crate::telemetry::span::{self, Attr, Child, RequestTrace, Value, attr};
 use crate::upstream::Verdict;
 
 /// The request's trace (trace export on).
@@ -33,14 +32,14 @@ pub(super) fn prompt(trace: Option<&RequestTrace>, body: &Bytes) {
     if let Some(t) = recording(trace)
         && crate::telemetry::otel::record_content()
     {
-        t.set([KeyValue::new(attr::INPUT_MESSAGES, span::content(body))]);
+        t.set([Attr::new(attr::INPUT_MESSAGES, span::content(body))]);
     }
 }
 
 /// The admission's span: asking the store for room, waiting in the queue.
 pub(super) fn admission(trace: Option<&RequestTrace>, state: &Core) -> Option<Child> {
     let mut s = recording(trace)?.child("gqp.admit", SpanKind::Internal, None);
-    s.set(KeyValue::new(attr::STORE, state.store.backend()));
+    s.set(Attr::new(attr::STORE, state.store.backend()));
     Some(s)
 }
 
@@ -48,7 +47,7 @@ pub(super) fn admission(trace: Option<&RequestTrace>, state: &Core) -> Option<Ch
 pub(super) fn admitted(span: Option<Child>, waited: Option<Duration>, refused: Option<&ApiError>) {
     let Some(mut span) = span else { return };
     if let Some(w) = waited {
-        span.set(KeyValue::new(attr::QUEUE_WAIT_MS, w.as_secs_f64() * 1000.0));
+        span.set(Attr::new(attr::QUEUE_WAIT_MS, w.as_secs_f64() * 1000.0));
         let start = SystemTime::now().checked_sub(w);
         drop(span.child("gqp.queue.wait", SpanKind::Internal, start));
     }
@@ -70,9 +69,9 @@ pub(super) fn attempt(
         return None;
     }
     let mut s = trace.child("gqp.upstream.attempt", SpanKind::Client, None);
-    s.set(KeyValue::new(attr::ATTEMPT, i64::from(number)));
-    s.set(KeyValue::new(attr::KEY, key.masked.to_string()));
-    s.set(KeyValue::new(attr::PROJECT, key.project.clone()));
+    s.set(Attr::new(attr::ATTEMPT, i64::from(number)));
+    s.set(Attr::new(attr::KEY, Value::text(&key.masked)));
+    s.set(Attr::new(attr::PROJECT, key.project.clone()));
     s.inject(headers);
     Some(s)
 }
@@ -80,9 +79,9 @@ pub(super) fn attempt(
 /// An attempt that got no answer.
 pub(super) fn unanswered(span: &mut Option<Child>, detail: &str, retry: Option<&'static str>) {
     if let Some(s) = span.as_mut() {
-        s.set(KeyValue::new(attr::ERROR_TYPE, "network"));
+        s.set(Attr::new(attr::ERROR_TYPE, "network"));
         if let Some(r) = retry {
-            s.set(KeyValue::new(attr::RETRY_REASON, r));
+            s.set(Attr::new(attr::RETRY_REASON, r));
         }
         s.fail(detail.to_string());
     }
@@ -97,14 +96,14 @@ pub(super) fn answered(
     retry: Option<&'static str>,
 ) {
     let Some(s) = span.as_mut() else { return };
-    s.set(KeyValue::new(attr::STATUS, i64::from(status.as_u16())));
+    s.set(Attr::new(attr::STATUS, i64::from(status.as_u16())));
     if let Some(v) = verdict {
-        s.set(KeyValue::new(attr::VERDICT, verdict_name(v)));
-        s.set(KeyValue::new(attr::ERROR_TYPE, status.as_str().to_string()));
+        s.set(Attr::new(attr::VERDICT, verdict_name(v)));
+        s.set(Attr::new(attr::ERROR_TYPE, Value::text(status.as_str())));
         s.fail(format!("answered {}", status.as_u16()));
     }
     if let Some(r) = retry {
-        s.set(KeyValue::new(attr::RETRY_REASON, r));
+        s.set(Attr::new(attr::RETRY_REASON, r));
     }
 }
 
@@ -127,11 +126,11 @@ pub(super) fn usage(trace: Option<&RequestTrace>, tally: Option<&mut Tally>) {
     let trace = trace.clone();
     tally.on_record(Box::new(move |u: &TokenUsage, nano: u64| {
         trace.set([
-            KeyValue::new(attr::INPUT_TOKENS, u.input as i64),
-            KeyValue::new(attr::OUTPUT_TOKENS, (u.output + u.thinking) as i64),
-            KeyValue::new(attr::REASONING_TOKENS, u.thinking as i64),
-            KeyValue::new(attr::CACHED_TOKENS, u.cached as i64),
-            KeyValue::new(attr::COST_USD, nano as f64 / 1e9),
+            Attr::new(attr::INPUT_TOKENS, u.input as i64),
+            Attr::new(attr::OUTPUT_TOKENS, (u.output + u.thinking) as i64),
+            Attr::new(attr::REASONING_TOKENS, u.thinking as i64),
+            Attr::new(attr::CACHED_TOKENS, u.cached as i64),
+            Attr::new(attr::COST_USD, nano as f64 / 1e9),
         ]);
     }));
 }
