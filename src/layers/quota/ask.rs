@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::admit::Tiered;
 use super::client;
+use super::question::Tiered;
 use super::refusal::refusal_error;
 use crate::error::{ApiError, LimitKind};
 use crate::quota::queue::{self, Refusal};

@@ -9,8 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::admit::{self, Want, Within};
+use super::admit::{self, Within};
 use super::client;
+use super::question::{self, Want};
 use super::step::Ctx;
 use crate::auth::Caller;
 use crate::fallback::{self, Fellback, Reason};
@@ -205,7 +206,7 @@ async fn admit_now(
         client,
         vertex_ok: false,
     };
-    let request = admit::request(state, want).ok()?;
+    let request = question::request(state, want).ok()?;
     let t0 = Instant::now();
     let outcome = state.store.admit(&request.first).await;
     state.metrics.store_admit(t0.elapsed(), outcome.is_ok());

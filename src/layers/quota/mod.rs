@@ -17,6 +17,7 @@ mod batch_cost;
 mod client;
 mod deliver;
 mod fallback;
+mod question;
 mod react;
 mod refusal;
 mod reserve;

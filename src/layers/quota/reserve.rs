@@ -3,8 +3,9 @@
 //! key: the reservation's, a batch creation's by batch headroom, or the next usable one for a
 //! call that spends nothing.
 
-use super::admit::{self, Want, Within};
+use super::admit::{self, Within};
 use super::fallback::{Ask, Switched, Written};
+use super::question::Want;
 use super::step::{Attempt, Step};
 use super::{batch, refusal, trace};
 use crate::error::ApiError;
