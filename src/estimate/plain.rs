@@ -6,6 +6,7 @@
 //! [`super::estimate`], which words the errors.
 
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
@@ -105,31 +106,46 @@ impl<'de> Visitor<'de> for BodyVisitor {
     }
 }
 
-/// The characters of an array of `Content` objects.
-struct Contents(u64);
+/// The characters of an array whose elements count their own: `Contents` (of `Content`
+/// objects) and `Parts` (of text parts).
+struct Sum<T>(u64, PhantomData<T>);
 
-impl<'de> de::Deserialize<'de> for Contents {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Contents, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Contents;
+type Contents = Sum<Content>;
+type Parts = Sum<TextPart>;
+
+/// An element of a [`Sum`]: the characters it counts.
+trait Counts {
+    fn chars(&self) -> u64;
+}
+
+impl<'de, T: de::Deserialize<'de> + Counts> de::Deserialize<'de> for Sum<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Sum<T>, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: de::Deserialize<'de> + Counts> Visitor<'de> for V<T> {
+            type Value = Sum<T>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an array of contents")
+                f.write_str("an array of contents or parts")
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Contents, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Sum<T>, A::Error> {
                 let mut chars = 0u64;
-                while let Some(c) = seq.next_element::<Content>()? {
-                    chars = chars.saturating_add(c.0);
+                while let Some(e) = seq.next_element::<T>()? {
+                    chars = chars.saturating_add(e.chars());
                 }
-                Ok(Contents(chars))
+                Ok(Sum(chars, PhantomData))
             }
         }
-        d.deserialize_seq(V)
+        d.deserialize_seq(V(PhantomData))
     }
 }
 
 /// The characters of a `Content` object of text parts (its role is not counted).
 struct Content(u64);
+
+impl Counts for Content {
+    fn chars(&self) -> u64 {
+        self.0
+    }
+}
 
 impl<'de> de::Deserialize<'de> for Content {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Content, D::Error> {
@@ -155,31 +171,14 @@ impl<'de> de::Deserialize<'de> for Content {
     }
 }
 
-/// The characters of an array of text parts.
-struct Parts(u64);
-
-impl<'de> de::Deserialize<'de> for Parts {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Parts, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Parts;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an array of parts")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Parts, A::Error> {
-                let mut chars = 0u64;
-                while let Some(p) = seq.next_element::<TextPart>()? {
-                    chars = chars.saturating_add(p.0);
-                }
-                Ok(Parts(chars))
-            }
-        }
-        d.deserialize_seq(V)
-    }
-}
-
 /// The characters of a part that holds text and nothing else.
 struct TextPart(u64);
+
+impl Counts for TextPart {
+    fn chars(&self) -> u64 {
+        self.0
+    }
+}
 
 impl<'de> de::Deserialize<'de> for TextPart {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<TextPart, D::Error> {
