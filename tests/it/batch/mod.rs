@@ -241,30 +241,13 @@ async fn team_proxy(fake: &FakeUpstream) -> Proxy {
 /// A job of three requests (about 0.0077 USD reserved at batch prices, 2,048 output tokens
 /// each) created as the team.
 async fn create_as_team(proxy: &str) -> reqwest::Response {
-    let requests: Vec<Value> = (0..3)
-        .map(|_| json!({"request": {"contents": [{"parts": [{"text": "x".repeat(40)}]}]}}))
-        .collect();
-    http()
-        .post(format!(
-            "{proxy}/v1beta/models/{MODEL}:batchGenerateContent"
-        ))
-        .header("x-goog-api-key", TEAM)
-        .json(&json!({"batch": {"inputConfig": {"requests": {"requests": requests}}}}))
-        .send()
-        .await
-        .unwrap()
+    shared::create_as(proxy, TEAM, 3, 40).await
 }
 
 /// Job `name` finished at Google and read by the team: its reservation settled to its cost.
 async fn settle_as_team(fake: &FakeUpstream, proxy: &str, name: &str) {
     fake_batches::finish(&fake.state.batches, name);
-    let r = http()
-        .get(format!("{proxy}/v1beta/{name}"))
-        .header("x-goog-api-key", TEAM)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(shared::get_as(proxy, TEAM, name).await.status(), 200);
 }
 
 #[tokio::test]

@@ -27,7 +27,7 @@ async fn replica(fake: &FakeUpstream, redis: &RedisServer, extra: &str) -> Proxy
 
 /// A batch of `n` inline requests of `chars` characters each (`chars / 4` tokens each) by
 /// `key`.
-async fn create_as(proxy: &str, key: &str, n: usize, chars: usize) -> reqwest::Response {
+pub(super) async fn create_as(proxy: &str, key: &str, n: usize, chars: usize) -> reqwest::Response {
     let requests: Vec<Value> = (0..n)
         .map(|_| json!({"request": {"contents": [{"parts": [{"text": "x".repeat(chars)}]}]}}))
         .collect();
@@ -42,7 +42,7 @@ async fn create_as(proxy: &str, key: &str, n: usize, chars: usize) -> reqwest::R
         .unwrap()
 }
 
-async fn get_as(proxy: &str, key: &str, path: &str) -> reqwest::Response {
+pub(super) async fn get_as(proxy: &str, key: &str, path: &str) -> reqwest::Response {
     http()
         .get(format!("{proxy}/v1beta/{path}"))
         .header("x-goog-api-key", key)
