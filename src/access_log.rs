@@ -15,7 +15,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::Instant;
 
 use crate::auth::Caller;
-use crate::layers::cache::CACHE_HEADER;
+use crate::layers::cache::{self, CACHE_HEADER};
 use crate::state::AppState;
 use crate::telemetry::scan::AnswerFacts;
 use crate::telemetry::span::{self, Attr, RequestTrace, Value, attr};
@@ -101,13 +101,7 @@ impl RequestLine {
                 s.set(Attr::new(attr::QUEUE_WAIT_MS, millis(w)));
             }
             if let Some(c) = headers.get(CACHE_HEADER) {
-                // The cache's three verdicts by their static names (no copy).
-                let verdict = match c.as_bytes() {
-                    b"HIT" => "HIT",
-                    b"MISS" => "MISS",
-                    _ => "BYPASS",
-                };
-                s.set(Attr::new(attr::CACHE, verdict));
+                s.set(Attr::new(attr::CACHE, cache::verdict(c)));
             }
         });
         match (op, &self.model) {

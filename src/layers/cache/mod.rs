@@ -38,6 +38,19 @@ use crate::metrics::Metrics;
 
 /// `HIT`, `MISS` or `BYPASS` on every answer to a cacheable call.
 pub const CACHE_HEADER: HeaderName = HeaderName::from_static("x-gemini-quota-proxy-cache");
+const HIT: &str = "HIT";
+const MISS: &str = "MISS";
+const BYPASS: &str = "BYPASS";
+
+/// The verdict a [`CACHE_HEADER`] value carries, by its static name (the trace records it
+/// without a copy).
+pub fn verdict(value: &HeaderValue) -> &'static str {
+    match value.as_bytes() {
+        b"HIT" => HIT,
+        b"MISS" => MISS,
+        _ => BYPASS,
+    }
+}
 
 /// What the cache step reads: the cache (none: the step passes every request on), `[auth]`
 /// (a cache key's scope), the upstream timeout (how long a follower waits for its leader),
@@ -225,7 +238,7 @@ where
             state.metrics.cache("bypass");
             let mut resp = inner.call(req).await?;
             resp.headers_mut()
-                .insert(CACHE_HEADER, HeaderValue::from_static("BYPASS"));
+                .insert(CACHE_HEADER, HeaderValue::from_static(BYPASS));
             return Ok(resp);
         }
         Plan::Cache(l) => l,
@@ -274,7 +287,7 @@ where
     state.metrics.cache("miss");
     let mut resp = inner.call(req).await?;
     resp.headers_mut()
-        .insert(CACHE_HEADER, HeaderValue::from_static("MISS"));
+        .insert(CACHE_HEADER, HeaderValue::from_static(MISS));
     let status = resp.status();
     // A fallback model's answer is not the asked model's: never stored under its key.
     if status != http::StatusCode::OK
@@ -351,7 +364,7 @@ fn hit(state: &Parts, req: &http::Request<Bytes>, e: &Entry, streaming: bool) ->
     {
         h.insert(http::header::CONTENT_TYPE, ct);
     }
-    h.insert(CACHE_HEADER, HeaderValue::from_static("HIT"));
+    h.insert(CACHE_HEADER, HeaderValue::from_static(HIT));
     let age = (now_ms().saturating_sub(e.stored_at_ms).max(0) / 1000) as u64;
     h.insert(http::header::AGE, HeaderValue::from(age));
     resp
