@@ -1,5 +1,6 @@
 //! The HTTP client to the Gemini API: HTTP/2 over as many connections as the peer's stream
-//! cap needs ([`super::h2pool`]), or HTTP/1.1 over hyper-util's pool; rustls with Mozilla's
+//! cap needs ([`super::h2pool`]), or HTTP/1.1 over a pool of connections ([`super::h1pool`]);
+//! rustls with Mozilla's
 //! roots, the system's and `upstream.ca_file`.
 
 use std::time::Duration;
@@ -7,22 +8,21 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Uri};
 use http_body_util::Full;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::body::ResponseBody;
 use super::connect::{Timed, describe_error, is_timeout};
-use super::h2pool::{self, ResponseBody};
+use super::h1pool::{self, H1Pool};
+use super::h2pool::{self, H2Pool};
 use crate::config::UpstreamConfig;
 
 /// The client to the upstream. Over https with `upstream.http2` (the default): HTTP/2 over as
 /// many connections as the peer's stream cap requires ([`h2pool`]); else, and when the upstream
-/// does not choose h2 by ALPN, HTTP/1.1 over hyper-util's pool (one connection per request in
+/// does not choose h2 by ALPN, HTTP/1.1 over [`h1pool`] (one connection per request in
 /// flight, kept for reuse).
 pub struct HttpClient {
-    http1: Client<Timed<HttpsConnector<HttpConnector>>, Full<Bytes>>,
-    h2: Option<h2pool::H2Pool>,
+    http1: H1Pool,
+    h2: Option<H2Pool>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -73,8 +73,9 @@ impl HttpClient {
             _ => req,
         };
         match self.http1.request(req).await {
-            Ok(resp) => Ok(resp.map(|body| ResponseBody::new(body, None))),
-            Err(e) => Err(send_error(e.is_connect(), &e)),
+            Ok(resp) => Ok(resp),
+            Err(h1pool::H1Error::Unsent(e)) => Err(send_error(true, &*e)),
+            Err(h1pool::H1Error::Failed(e)) => Err(send_error(false, &*e)),
         }
     }
 }
@@ -114,22 +115,15 @@ pub fn build_client(cfg: &UpstreamConfig) -> HttpClient {
     .expect("the ring provider supports the default TLS versions")
     .with_root_certificates(trust_roots(&cfg.ca))
     .with_no_client_auth();
-    // HTTP/1.1 only here (ALPN offers only http/1.1): hyper-util's pool would put every
-    // request on one HTTP/2 connection and queue them past the peer's stream cap.
-    let http1_connector = Timed {
+    // HTTP/1.1 only here (ALPN offers only http/1.1): HTTP/2 is the other pool's.
+    let http1 = H1Pool::new(Timed {
         inner: hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls.clone())
             .https_or_http()
             .enable_http1()
             .wrap_connector(http.clone()),
         timeout: cfg.connect_timeout,
-    };
-    let http1 = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(http1_connector);
+    });
     let origin = Uri::builder()
         .scheme(cfg.url.scheme.clone())
         .authority(cfg.url.authority.clone())
@@ -147,7 +141,7 @@ pub fn build_client(cfg: &UpstreamConfig) -> HttpClient {
                 .wrap_connector(http),
             timeout: cfg.connect_timeout,
         };
-        h2pool::H2Pool::new(connector, origin, cfg.connect_timeout)
+        H2Pool::new(connector, origin, cfg.connect_timeout)
     });
     HttpClient { http1, h2 }
 }

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::sync::{Notify, watch};
 
+use super::body::{Holds, ResponseBody};
 use super::connect::{BoxError, Timed};
 
 mod open;
@@ -172,7 +172,9 @@ impl H2Pool {
             };
             let mut send = slot.conn.send.clone();
             match send.try_send_request(req).await {
-                Ok(resp) => return Ok(resp.map(|body| ResponseBody::new(body, Some(slot)))),
+                Ok(resp) => {
+                    return Ok(resp.map(|body| ResponseBody::new(body, Holds::Stream(slot))));
+                }
                 Err(mut e) => match e.take_message() {
                     // Never reached the connection (it closed meanwhile): another one may take it.
                     Some(back) if tries < CLOSED_RETRIES => {
@@ -272,47 +274,5 @@ impl Inner {
                 && now.saturating_sub(c.idle_since_ms.load(Ordering::Relaxed)) > idle_ms;
             !(c.send.is_closed() || c.broken.load(Ordering::Relaxed) || idle)
         });
-    }
-}
-
-/// An upstream answer's body: hyper's, plus (HTTP/2) the stream slot it holds until it ends or
-/// is dropped.
-pub struct ResponseBody {
-    inner: Incoming,
-    slot: Option<Slot>,
-}
-
-impl ResponseBody {
-    pub(super) fn new(inner: Incoming, slot: Option<Slot>) -> Self {
-        ResponseBody { inner, slot }
-    }
-}
-
-impl hyper::body::Body for ResponseBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        let ended = match &polled {
-            std::task::Poll::Ready(None | Some(Err(_))) => true,
-            std::task::Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
-            std::task::Poll::Pending => false,
-        };
-        if ended {
-            self.slot = None;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -1,17 +1,19 @@
-//! The upstream side: the HTTP client to Google ([`client`], over [`connect`] and, for HTTP/2,
-//! [`h2pool`]), the request it sends and the answer's headers ([`request`]), and what Google's
+//! The upstream side: the HTTP client to Google ([`client`], over [`connect`] and the pools of
+//! [`h1pool`] and [`h2pool`], whose answers' [`body`] holds what it took of them), the request it sends and the answer's headers ([`request`]), and what Google's
 //! error answers mean ([`verdict`]); Vertex AI entries, the other backend ([`vertex`]).
 
+pub mod body;
 pub mod client;
 pub mod connect;
+pub mod h1pool;
 pub mod h2pool;
 pub mod request;
 pub mod verdict;
 pub mod vertex;
 
+pub use body::ResponseBody;
 pub use client::{ForwardError, ForwardErrorKind, HttpClient, build_client};
 pub use connect::{BoxError, Timed, describe_error, is_timeout};
-pub use h2pool::ResponseBody;
 pub use request::{
     KeyHeaders, Outgoing, Upstream, build_request, build_request_from, response_headers,
     strip_credentials_from_query, strip_response_headers,

@@ -28,6 +28,8 @@ pub struct Recorded {
     pub body: Bytes,
     /// When it arrived.
     pub at: Instant,
+    /// The connection it came on (its source address).
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl Recorded {
@@ -155,6 +157,7 @@ impl FakeUpstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             axum::serve(listener, app).await.unwrap();
         });
         FakeUpstream { url, state }
@@ -329,6 +332,10 @@ async fn handle(State(st): State<Arc<FakeState>>, req: Request) -> Response {
         headers: parts.headers.clone(),
         body: body.clone(),
         at: Instant::now(),
+        peer: parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0),
     };
     let key = rec.key();
     st.recorded.lock().unwrap().push(rec);

@@ -180,6 +180,7 @@ async fn handle(State(state): State<Arc<VertexState>>, req: Request) -> Response
         headers: parts.headers.clone(),
         body: body.clone(),
         at: std::time::Instant::now(),
+        peer: None,
     };
     state.recorded.lock().unwrap().push(rec);
     let minted = state.minted.load(Ordering::SeqCst);

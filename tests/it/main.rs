@@ -64,4 +64,5 @@ mod spend_caps;
 mod status;
 mod store_suite;
 mod store_truth;
+mod upstream_http1;
 mod vertex;
