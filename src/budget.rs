@@ -7,7 +7,6 @@
 //! that fills its share cannot keep the others out.
 
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +21,7 @@ use crate::error::ApiError;
 const RETRY_AFTER_MS: u64 = 1000;
 
 /// Bytes held per client (ledger client id, bounded by configuration), while it holds any.
-type PerClient = Arc<Mutex<HashMap<u32, usize>>>;
+type PerClient = Arc<Mutex<crate::hashing::Map<u32, usize>>>;
 
 /// The budget of request-body bytes for the whole process.
 #[derive(Debug)]

@@ -60,6 +60,7 @@ pub mod error;
 pub mod estimate;
 pub mod fallback;
 pub mod gateway;
+pub mod hashing;
 pub mod layers;
 pub mod ledger;
 pub mod live;

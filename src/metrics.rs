@@ -7,7 +7,6 @@
 //! of a (key, model) the store no longer reports are dropped after [`GAUGE_IDLE`].
 
 use parking_lot::RwLock;
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
@@ -39,7 +38,7 @@ static MODEL_LABELS: LazyLock<ModelLabels> = LazyLock::new(|| ModelLabels::new(M
 #[derive(Debug)]
 pub struct ModelLabels {
     cap: usize,
-    names: RwLock<HashSet<Arc<str>>>,
+    names: RwLock<crate::hashing::Set<Arc<str>>>,
     overflow: Arc<str>,
     none: Arc<str>,
 }
@@ -48,7 +47,7 @@ impl ModelLabels {
     pub fn new(cap: usize) -> Self {
         ModelLabels {
             cap,
-            names: RwLock::new(HashSet::new()),
+            names: RwLock::default(),
             overflow: OVERFLOW_MODEL.into(),
             none: "-".into(),
         }
@@ -141,7 +140,7 @@ pub struct Metrics {
 }
 
 /// Model label → client slot → counters by `key slot * 4 + outcome`.
-type RequestCounters = HashMap<Arc<str>, Vec<Vec<Option<metrics::Counter>>>>;
+type RequestCounters = crate::hashing::Map<Arc<str>, Vec<Vec<Option<metrics::Counter>>>>;
 
 const OUTCOMES: [&str; 4] = ["ok", "rate_limited", "client_error", "server_error"];
 
@@ -412,7 +411,7 @@ mod tests {
             // Another recorder was installed first in this process: nothing to read back.
             return;
         }
-        let values: HashSet<&str> = text
+        let values: std::collections::HashSet<&str> = text
             .lines()
             .filter(|l| {
                 l.starts_with("gqp_requests_total{") || l.starts_with("gqp_quota_remaining{")

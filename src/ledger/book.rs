@@ -2,7 +2,7 @@
 //! minute (48 h) and per hour (35 days), fixed in size: a bucket's slot is reused once it is
 //! older than the ring.
 
-use std::collections::HashMap;
+use crate::hashing::Map;
 
 /// Minutes kept: 48 hours.
 pub const MINUTES: usize = 48 * 60;
@@ -123,7 +123,7 @@ pub struct Series {
 #[derive(Debug, Default)]
 pub struct Slot {
     pub index: i64,
-    pub series: HashMap<Series, Counters>,
+    pub series: Map<Series, Counters>,
 }
 
 /// Buckets of one width, the last `len` of them.
@@ -140,7 +140,7 @@ impl Ring {
             slots: (0..len)
                 .map(|_| Slot {
                     index: i64::MIN,
-                    series: HashMap::new(),
+                    series: Map::default(),
                 })
                 .collect(),
         }
@@ -191,7 +191,7 @@ impl Ring {
     }
 
     /// Replace bucket `index` whole (a copy read from Redis).
-    pub fn put(&mut self, index: i64, series: HashMap<Series, Counters>) {
+    pub fn put(&mut self, index: i64, series: Map<Series, Counters>) {
         if let Some(slot) = self.slot_mut(index) {
             slot.series = series;
         }

@@ -95,10 +95,10 @@ pub struct Ledger {
     started_ms: i64,
     /// Cost per (model, client) since this process started, for `/metrics` (nano-USD).
     /// Models are capped at [`MODEL_CAP`]; clients are this replica's configured ones.
-    cost_totals: Mutex<HashMap<(u32, u32), u64>>,
+    cost_totals: Mutex<crate::hashing::Map<(u32, u32), u64>>,
     /// `gqp_tokens_total` handles per (model, client), by kind: looked up once, not per
     /// request.
-    token_counters: parking_lot::RwLock<HashMap<(u32, u32), TokenCounters>>,
+    token_counters: parking_lot::RwLock<crate::hashing::Map<(u32, u32), TokenCounters>>,
     /// Told of each answer's billed cost on the projects it watches (the spend caps).
     watch: arc_swap::ArcSwapOption<spent::Watcher>,
 }
@@ -142,7 +142,7 @@ impl Ledger {
             book: Mutex::new(Book::default()),
             shared: setup.shared.map(Shared::new),
             started_ms,
-            cost_totals: Mutex::new(HashMap::new()),
+            cost_totals: Mutex::default(),
             token_counters: Default::default(),
             watch: arc_swap::ArcSwapOption::empty(),
         });
@@ -309,7 +309,7 @@ impl Ledger {
         hourly: bool,
         first: i64,
         last: i64,
-        mut f: impl FnMut(usize, i64, &HashMap<Series, Counters>),
+        mut f: impl FnMut(usize, i64, &crate::hashing::Map<Series, Counters>),
     ) {
         for (i, index) in (first..=last).enumerate() {
             let book = self.book.lock();

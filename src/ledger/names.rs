@@ -3,7 +3,6 @@
 //! ledger: past the cap a name is counted as [`OVERFLOW`].
 
 use parking_lot::RwLock;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The name every name past a dimension's cap is counted under.
@@ -24,7 +23,7 @@ pub struct Names {
 #[derive(Debug, Default)]
 struct Inner {
     names: Vec<Arc<str>>,
-    ids: HashMap<Arc<str>, u32>,
+    ids: crate::hashing::Map<Arc<str>, u32>,
 }
 
 impl Names {

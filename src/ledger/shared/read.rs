@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use crate::hashing::Map;
+
 use super::super::Ledger;
 use super::super::book::{Counters, HOUR_MS, HOURS, MINUTE_MS, MINUTES, Series};
 use super::super::names;
@@ -57,7 +59,7 @@ impl Shared {
         let read = self.io.read_hashes(&suffixes).await?;
         // The same fields come back bucket after bucket: each name is looked up once.
         let mut known: HashMap<String, Series> = HashMap::new();
-        let parsed: Vec<HashMap<Series, Counters>> = read
+        let parsed: Vec<Map<Series, Counters>> = read
             .into_iter()
             .map(|f| parse(ledger, f, &mut known))
             .collect();
@@ -106,8 +108,9 @@ fn parse(
     ledger: &Ledger,
     fields: Vec<(String, String)>,
     known: &mut HashMap<String, Series>,
-) -> HashMap<Series, Counters> {
-    let mut out: HashMap<Series, Counters> = HashMap::with_capacity(fields.len());
+) -> Map<Series, Counters> {
+    let mut out: Map<Series, Counters> =
+        Map::with_capacity_and_hasher(fields.len(), Default::default());
     for (name, packed) in fields {
         let Some(counters) = Counters::unpack(&packed) else {
             continue;

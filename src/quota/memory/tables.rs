@@ -11,7 +11,7 @@ use super::bucket::Bucket;
 /// The memory store's maps looked up per request (these tables, the clients'): hashed with
 /// foldhash (seeded per process), not SipHash; their keys are bounded by the configuration and
 /// the sweep.
-pub(super) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub(super) use crate::hashing::Map;
 
 /// Today's admissions of a (project, model) whose bucket was dropped with an empty window.
 #[derive(Debug, Clone, Copy)]
