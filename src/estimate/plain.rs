@@ -19,9 +19,11 @@ pub(super) struct Counted {
     pub temperature_zero: bool,
 }
 
-/// Read `body` as a plain Gemini body, if it is one.
+/// Read `body` as a plain Gemini body, if it is one. Its UTF-8 is checked once, whole: read
+/// from bytes, serde_json checks each string on its own (a tenth of the reading's cost).
 pub(super) fn read(body: &[u8]) -> Option<Counted> {
-    let mut de = serde_json::Deserializer::from_slice(body);
+    let text = std::str::from_utf8(body).ok()?;
+    let mut de = serde_json::Deserializer::from_str(text);
     let counted = de.deserialize_map(BodyVisitor).ok()?;
     de.end().ok()?;
     Some(counted)

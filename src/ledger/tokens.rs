@@ -144,9 +144,11 @@ impl From<OpenAiUsage> for TokenUsage {
 /// The object names that hold usage: Google's, then the OpenAI surface's. Inside generated
 /// text a quote is escaped (`\"usage\"`), so the closing quote keeps these from matching there.
 const NEEDLES: [&[u8]; 2] = [b"\"usageMetadata\"", b"\"usage\""];
-/// Their searchers, built once (building one per chunk showed in profiles).
-static FINDERS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> =
-    std::sync::LazyLock::new(|| NEEDLES.map(memchr::memmem::Finder::new));
+/// What both needles start with: one search finds either.
+const STEM: &[u8] = b"\"usage";
+/// Its searcher, built once (building one per chunk showed in profiles).
+static STEM_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(STEM));
 /// The longest needle, less one: what a needle split across two chunks can leave in the first.
 const CARRY: usize = 14;
 /// A usage object longer than this is not one (it is abandoned, not buffered on).
@@ -229,12 +231,14 @@ impl Capture {
     }
 
     fn parse(&self) -> Option<TokenUsage> {
+        // UTF-8 checked once, whole, not key by key as `from_slice` does.
+        let text = std::str::from_utf8(&self.buf).ok()?;
         if self.openai {
-            serde_json::from_slice::<OpenAiUsage>(&self.buf)
+            serde_json::from_str::<OpenAiUsage>(text)
                 .ok()
                 .map(Into::into)
         } else {
-            serde_json::from_slice::<GeminiUsage>(&self.buf)
+            serde_json::from_str::<GeminiUsage>(text)
                 .ok()
                 .map(Into::into)
         }
@@ -324,16 +328,19 @@ impl UsageScanner {
 
 /// The first needle in `hay`: (start, end, is it the OpenAI one).
 fn first_needle(hay: &[u8]) -> Option<(usize, usize, bool)> {
-    let g = FINDERS[0]
-        .find(hay)
-        .map(|p| (p, p + NEEDLES[0].len(), false));
-    let o = FINDERS[1]
-        .find(hay)
-        .map(|p| (p, p + NEEDLES[1].len(), true));
-    match (g, o) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
+    let mut from = 0;
+    while let Some(p) = STEM_FINDER.find(&hay[from..]).map(|p| from + p) {
+        let after = &hay[p..];
+        if after.starts_with(NEEDLES[0]) {
+            return Some((p, p + NEEDLES[0].len(), false));
+        }
+        if after.starts_with(NEEDLES[1]) {
+            return Some((p, p + NEEDLES[1].len(), true));
+        }
+        // Another name (`"usageFoo"`), or a needle cut off at the end (the carry finds it).
+        from = p + 1;
     }
+    None
 }
 
 #[cfg(test)]
