@@ -50,6 +50,7 @@ pub mod allocator;
 pub mod auth;
 pub mod batch;
 pub mod body;
+pub mod boxed;
 pub mod budget;
 pub mod cache;
 pub mod client_store;

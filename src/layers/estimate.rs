@@ -136,7 +136,7 @@ where
         // The ready service goes with the future; a clone stays for the next request.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
+        crate::boxed::pinned(|| async move {
             let mut resp = match checked {
                 Ok(route) => {
                     let (parts, body) = req.into_parts();

@@ -59,6 +59,6 @@ impl Service<Outbound> for Forward {
 
     fn call(&mut self, out: Outbound) -> Self::Future {
         let client = out.via.unwrap_or_else(|| self.client.clone());
-        Box::pin(client.request(out.request))
+        crate::boxed::pinned(|| client.request(out.request))
     }
 }

@@ -145,7 +145,7 @@ where
         // The ready service goes with the future; a clone stays for the next request.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        Either::Right(Box::pin(run(state, cache, inner, req, plan)))
+        Either::Right(crate::boxed::pinned(|| run(state, cache, inner, req, plan)))
     }
 }
 

@@ -126,10 +126,10 @@ where
 
     fn call(&mut self, req: http::Request<Bytes>) -> Self::Future {
         let this = self.clone();
-        // A future is copied whole into its box (or its parent's state) when it is made: this
-        // one stays small (the step's run, about 4 KB, is boxed on its own below and copied
-        // once), and the step is made here rather than in one more `async fn` level.
-        Box::pin(async move {
+        // Both futures are built in their boxes (`boxed::pinned`), not copied in: this one
+        // stays small (the step's run, about 4 KB, is boxed on its own below), and the step is
+        // made here rather than in one more `async fn` level.
+        crate::boxed::pinned(|| async move {
             let mut rec = Recording {
                 account: Account::of(&this.state, &req),
                 state: this.state.clone(),
@@ -160,7 +160,7 @@ where
                 )),
             };
             let answered = match step {
-                Ok(step) => Box::pin(step.run()).await,
+                Ok(step) => crate::boxed::pinned(|| step.run()).await,
                 Err(e) => Err(e),
             };
             let mut resp = answered.unwrap_or_else(IntoResponse::into_response);
