@@ -5,5 +5,3 @@
 
 /// A map hashed with foldhash.
 pub type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-/// A set hashed with foldhash.
-pub type Set<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;

@@ -38,7 +38,8 @@ static MODEL_LABELS: LazyLock<ModelLabels> = LazyLock::new(|| ModelLabels::new(M
 #[derive(Debug)]
 pub struct ModelLabels {
     cap: usize,
-    names: RwLock<crate::hashing::Set<Arc<str>>>,
+    // foldhash, as `crate::hashing`'s tables (this module depends on no other of the proxy's).
+    names: RwLock<std::collections::HashSet<Arc<str>, foldhash::fast::RandomState>>,
     overflow: Arc<str>,
     none: Arc<str>,
 }
@@ -140,7 +141,11 @@ pub struct Metrics {
 }
 
 /// Model label → client slot → counters by `key slot * 4 + outcome`.
-type RequestCounters = crate::hashing::Map<Arc<str>, Vec<Vec<Option<metrics::Counter>>>>;
+type RequestCounters = std::collections::HashMap<
+    Arc<str>,
+    Vec<Vec<Option<metrics::Counter>>>,
+    foldhash::fast::RandomState,
+>;
 
 const OUTCOMES: [&str; 4] = ["ok", "rate_limited", "client_error", "server_error"];
 
