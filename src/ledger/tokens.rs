@@ -200,34 +200,39 @@ enum Fed {
 
 impl Capture {
     fn feed(&mut self, bytes: &[u8]) -> Fed {
-        // The object's bytes in this chunk start here; copied in one go, not byte by byte.
-        let mut from = 0;
-        for (i, &b) in bytes.iter().enumerate() {
-            if self.nesting.depth() == 0 {
-                match b {
-                    b' ' | b'\t' | b'\r' | b'\n' => {
-                        from = i + 1;
-                        continue;
-                    }
-                    b':' if !self.colon => {
-                        self.colon = true;
-                        from = i + 1;
-                        continue;
-                    }
-                    b'{' if self.colon => {}
-                    _ => return Fed::Abandon(i),
+        let mut i = 0;
+        // Before the object: blanks, the colon after the needle, then the object's `{`.
+        while self.nesting.depth() == 0 {
+            let Some(&b) = bytes.get(i) else {
+                return Fed::More;
+            };
+            match b {
+                b' ' | b'\t' | b'\r' | b'\n' => {}
+                b':' if !self.colon => self.colon = true,
+                b'{' if self.colon => {
+                    self.nesting.step(b);
+                    self.buf.push(b);
                 }
+                _ => return Fed::Abandon(i),
             }
-            if self.buf.len() + (i + 1 - from) > OBJECT_LIMIT {
-                return Fed::Abandon(i);
-            }
-            if self.nesting.step(b) {
-                self.buf.extend_from_slice(&bytes[from..=i]);
-                return Fed::Done(i + 1);
-            }
+            i += 1;
         }
-        self.buf.extend_from_slice(&bytes[from..]);
-        Fed::More
+        // The object's bytes in this chunk: up to the byte that closes it, copied in one go.
+        let rest = &bytes[i..];
+        let (took, closed) = match self.nesting.close_in(rest) {
+            Some(end) => (end, true),
+            None => (rest.len(), false),
+        };
+        let room = OBJECT_LIMIT.saturating_sub(self.buf.len());
+        if took > room {
+            return Fed::Abandon(i + room);
+        }
+        self.buf.extend_from_slice(&rest[..took]);
+        if closed {
+            Fed::Done(i + took)
+        } else {
+            Fed::More
+        }
     }
 
     fn parse(&self) -> Option<TokenUsage> {
