@@ -89,11 +89,14 @@ impl Lent {
             self.keep();
             return;
         }
-        tokio::spawn(async move {
-            if self.send.ready().await.is_ok() {
-                self.keep();
-            }
-        });
+        // Dropped outside a runtime (at shutdown): the connection just closes.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if self.send.ready().await.is_ok() {
+                    self.keep();
+                }
+            });
+        }
     }
 
     fn keep(self) {
