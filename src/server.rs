@@ -114,40 +114,43 @@ async fn serve_one(
 /// than the routing at tens of thousands of requests a second); the rest to the router. The
 /// other ways are boxed: this future is copied whole when hyper takes it, and theirs (a Live
 /// session's set-up, the router's) would make every request's several times larger.
-async fn dispatch(
-    gemini: GeminiService,
+/// An `async` block, not an `async fn`, which would keep its arguments twice (captured and as
+/// locals, rust-lang/rust#62958).
+fn dispatch(
+    mut gemini: GeminiService,
     prefix: Option<Arc<str>>,
     router: Router,
     req: http::Request<hyper::body::Incoming>,
-) -> Result<Response, std::convert::Infallible> {
-    let mut req = req.map(axum::body::Body::new);
-    if let Some(refusal) = oversized_headers(req.headers()) {
-        return Ok(refusal);
+) -> impl Future<Output = Result<Response, std::convert::Infallible>> {
+    async move {
+        let mut req = req.map(axum::body::Body::new);
+        if let Some(refusal) = oversized_headers(req.headers()) {
+            return Ok(refusal);
+        }
+        if let Some(path) = crate::live::live_path(req.uri().path(), prefix.as_deref()) {
+            let path = path.to_string();
+            let (state, sessions) = (gemini.state(), gemini.live_sessions());
+            return Ok(Box::pin(crate::live::handle(state, sessions, req, &path)).await);
+        }
+        if let Some(path) = crate::live::tokens::tokens_path(req.uri().path(), prefix.as_deref()) {
+            let path = path.to_string();
+            let (state, sessions) = (gemini.state(), gemini.live_sessions());
+            return Ok(Box::pin(crate::live::tokens::create(state, sessions, req, &path)).await);
+        }
+        let direct = is_gemini_path(req.uri().path())
+            || prefix
+                .as_deref()
+                .is_some_and(|p| strip_path_prefix(&mut req, p));
+        if direct {
+            // Always ready: every step of the stack answers `poll_ready` at once.
+            return tower::Service::call(tower::ServiceExt::ready(&mut gemini).await?, req).await;
+        }
+        Box::pin(hyper::service::Service::call(
+            &TowerToHyperService::new(router),
+            req,
+        ))
+        .await
     }
-    if let Some(path) = crate::live::live_path(req.uri().path(), prefix.as_deref()) {
-        let path = path.to_string();
-        let (state, sessions) = (gemini.state(), gemini.live_sessions());
-        return Ok(Box::pin(crate::live::handle(state, sessions, req, &path)).await);
-    }
-    if let Some(path) = crate::live::tokens::tokens_path(req.uri().path(), prefix.as_deref()) {
-        let path = path.to_string();
-        let (state, sessions) = (gemini.state(), gemini.live_sessions());
-        return Ok(Box::pin(crate::live::tokens::create(state, sessions, req, &path)).await);
-    }
-    let direct = is_gemini_path(req.uri().path())
-        || prefix
-            .as_deref()
-            .is_some_and(|p| strip_path_prefix(&mut req, p));
-    if direct {
-        // Always ready: every step of the stack answers `poll_ready` at once.
-        let mut gemini = gemini;
-        return tower::Service::call(tower::ServiceExt::ready(&mut gemini).await?, req).await;
-    }
-    Box::pin(hyper::service::Service::call(
-        &TowerToHyperService::new(router),
-        req,
-    ))
-    .await
 }
 
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 113\r\n\r\n{\"error\":{\"code\":503,\"message\":\"The proxy has too many open connections; retry shortly.\",\"status\":\"UNAVAILABLE\"}}";

@@ -5,6 +5,7 @@
 //! instructions), the most recently used taken first, closed after [`IDLE_TIMEOUT`] idle.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -126,12 +127,59 @@ impl H1Pool {
         }
     }
 
-    /// Send `req` (its URI absolute) on an idle connection to its origin, or a new one.
-    pub(super) async fn request(
+    /// Send `req` (its URI absolute) on an idle connection to its origin, or a new one. The
+    /// origin is looked up and the request put in origin form before the future is made; the
+    /// future keeps the request once (an `async fn` keeps its arguments twice,
+    /// rust-lang/rust#62958).
+    pub(super) fn request(
         &self,
         mut req: Request<Full<Bytes>>,
-    ) -> Result<Response<ResponseBody>, H1Error> {
-        let (origin, host, mut idle) = match (req.uri().scheme(), req.uri().authority()) {
+    ) -> impl Future<Output = Result<Response<ResponseBody>, H1Error>> + '_ {
+        let prepared = self.prepare(&mut req);
+        async move {
+            let (origin, mut idle, absolute) = prepared?;
+            let mut tries = 0;
+            loop {
+                let (mut send, reused) = match idle.take() {
+                    Some(send) => (send, true),
+                    // Boxed: rare once the pool is warm, and larger than the rest.
+                    None => (Box::pin(self.inner.open(&absolute)).await?, false),
+                };
+                match send.try_send_request(req).await {
+                    Ok(resp) => {
+                        let lent = Lent {
+                            send,
+                            pool: Arc::downgrade(&self.inner),
+                            origin,
+                        };
+                        return Ok(
+                            resp.map(|body| ResponseBody::new(body, Holds::Connection(lent)))
+                        );
+                    }
+                    Err(mut e) => match e.take_message() {
+                        // Never reached the connection (it closed meanwhile): another may
+                        // take it.
+                        Some(back) if reused && tries < CLOSED_RETRIES => {
+                            tries += 1;
+                            req = back;
+                            idle = self.inner.take(origin);
+                        }
+                        Some(_) => return Err(H1Error::Unsent(e.into_error().into())),
+                        None => return Err(H1Error::Failed(e.into_error().into())),
+                    },
+                }
+            }
+        }
+    }
+
+    /// The request's origin (its index, `None` when not pooled), an idle connection to it if
+    /// one is ready, and its absolute URL (for the connector); the request put in origin form
+    /// (`POST /v1beta/... HTTP/1.1`) with the authority in `Host`.
+    fn prepare(
+        &self,
+        req: &mut Request<Full<Bytes>>,
+    ) -> Result<(Option<usize>, Option<SendRequest<Full<Bytes>>>, Uri), H1Error> {
+        let (origin, host, idle) = match (req.uri().scheme(), req.uri().authority()) {
             (Some(scheme), Some(authority)) => self.inner.checkout(scheme, authority),
             _ => {
                 return Err(H1Error::Unsent(
@@ -139,8 +187,6 @@ impl H1Pool {
                 ));
             }
         };
-        // Origin form on the wire (`POST /v1beta/... HTTP/1.1`), the authority in `Host`; the
-        // absolute URL kept for the connector.
         let path = req
             .uri()
             .path_and_query()
@@ -148,34 +194,7 @@ impl H1Pool {
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         let absolute = std::mem::replace(req.uri_mut(), Uri::from(path));
         req.headers_mut().entry(http::header::HOST).or_insert(host);
-        let mut tries = 0;
-        loop {
-            let (mut send, reused) = match idle.take() {
-                Some(send) => (send, true),
-                // Boxed: rare once the pool is warm, and larger than the rest.
-                None => (Box::pin(self.inner.open(&absolute)).await?, false),
-            };
-            match send.try_send_request(req).await {
-                Ok(resp) => {
-                    let lent = Lent {
-                        send,
-                        pool: Arc::downgrade(&self.inner),
-                        origin,
-                    };
-                    return Ok(resp.map(|body| ResponseBody::new(body, Holds::Connection(lent))));
-                }
-                Err(mut e) => match e.take_message() {
-                    // Never reached the connection (it closed meanwhile): another may take it.
-                    Some(back) if reused && tries < CLOSED_RETRIES => {
-                        tries += 1;
-                        req = back;
-                        idle = self.inner.take(origin);
-                    }
-                    Some(_) => return Err(H1Error::Unsent(e.into_error().into())),
-                    None => return Err(H1Error::Failed(e.into_error().into())),
-                },
-            }
-        }
+        Ok((origin, idle, absolute))
     }
 }
 
