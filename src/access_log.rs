@@ -18,7 +18,7 @@ use crate::auth::Caller;
 use crate::layers::cache::{self, CACHE_HEADER};
 use crate::state::AppState;
 use crate::telemetry::scan::AnswerFacts;
-use crate::telemetry::span::{self, Attr, RequestTrace, Value, attr};
+use crate::telemetry::span::{self, Attr, Name, RequestTrace, Value, attr};
 
 /// Milliseconds rounded to the microsecond: `0.459`, not `0.45876100000000003`.
 pub fn millis(d: Duration) -> f64 {
@@ -103,15 +103,16 @@ impl RequestLine {
             if let Some(c) = headers.get(CACHE_HEADER) {
                 s.set(Attr::new(attr::CACHE, cache::verdict(c)));
             }
+            // Named and failed under the same lock.
+            s.name = match (op, &self.model) {
+                (Some(op), Some(m)) => Name::Pair(op, Value::text(m)),
+                (Some(op), None) => Name::from(op),
+                (None, _) => Name::from(self.method.to_string()),
+            };
+            if self.status >= 500 {
+                s.error = Some(format!("answered {}", self.status).into());
+            }
         });
-        match (op, &self.model) {
-            (Some(op), Some(m)) => trace.rename_pair(op, m),
-            (Some(op), None) => trace.rename(op),
-            (None, _) => trace.rename(self.method.to_string()),
-        }
-        if self.status >= 500 {
-            trace.fail(format!("answered {}", self.status));
-        }
     }
 
     /// The span's end, at the body's: time to the first chunk, what the answer said of itself.
@@ -223,10 +224,15 @@ impl HttpBody for LoggedBody {
                 {
                     this.first_byte = Some(line.started.elapsed());
                 }
+                let end = this.inner.is_end_stream();
                 if let (Some(f), Some(d)) = (this.facts.as_mut(), frame.data_ref()) {
-                    f.feed(d);
+                    if end {
+                        f.feed_last(d);
+                    } else {
+                        f.feed(d);
+                    }
                 }
-                if this.inner.is_end_stream() {
+                if end {
                     this.complete = true;
                     this.finish();
                 }
