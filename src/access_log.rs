@@ -80,12 +80,16 @@ impl RequestLine {
             s.set(Attr::new(attr::STATUS, i64::from(self.status)));
             s.set(Attr::new(attr::ATTEMPTS, i64::from(self.attempts)));
             s.set(Attr::new(attr::ESTIMATED_TOKENS, self.est_tokens as i64));
-            s.set(Attr::new(attr::PROVIDER, span::PROVIDER_GEMINI));
-            s.set(Attr::new(attr::SYSTEM, span::PROVIDER_GEMINI));
+            s.set_preset(&span::GEMINI);
             if let Some(op) = op {
-                s.set(Attr::new(attr::OPERATION, op));
                 let stream = self.uri.path().ends_with(":streamGenerateContent");
-                s.set(Attr::new(attr::REQUEST_STREAM, stream));
+                match span::operation_attributes(op, stream) {
+                    Some(p) => s.set_preset(p),
+                    None => {
+                        s.set(Attr::new(attr::OPERATION, op));
+                        s.set(Attr::new(attr::REQUEST_STREAM, stream));
+                    }
+                }
             }
             if let Some(m) = &self.model {
                 s.set(Attr::new(attr::REQUEST_MODEL, Value::text(m)));
@@ -94,8 +98,7 @@ impl RequestLine {
                 s.set(Attr::new(attr::CLIENT, Value::text(c.name())));
             }
             if let Some(k) = key {
-                s.set(Attr::new(attr::KEY, Value::text(&k.masked)));
-                s.set(Attr::new(attr::PROJECT, k.project.clone()));
+                s.set_shared(k.trace_attributes());
             }
             if let Some(w) = self.waited {
                 s.set(Attr::new(attr::QUEUE_WAIT_MS, millis(w)));
