@@ -18,7 +18,7 @@ use crate::auth::Caller;
 use crate::layers::cache::{self, CACHE_HEADER};
 use crate::state::AppState;
 use crate::telemetry::scan::AnswerFacts;
-use crate::telemetry::span::{self, Attr, RequestTrace, Value, attr};
+use crate::telemetry::span::{self, Attr, Name, RequestTrace, Value, attr};
 
 /// Milliseconds rounded to the microsecond: `0.459`, not `0.45876100000000003`.
 pub fn millis(d: Duration) -> f64 {
@@ -80,12 +80,16 @@ impl RequestLine {
             s.set(Attr::new(attr::STATUS, i64::from(self.status)));
             s.set(Attr::new(attr::ATTEMPTS, i64::from(self.attempts)));
             s.set(Attr::new(attr::ESTIMATED_TOKENS, self.est_tokens as i64));
-            s.set(Attr::new(attr::PROVIDER, span::PROVIDER_GEMINI));
-            s.set(Attr::new(attr::SYSTEM, span::PROVIDER_GEMINI));
+            s.set_preset(&span::GEMINI);
             if let Some(op) = op {
-                s.set(Attr::new(attr::OPERATION, op));
                 let stream = self.uri.path().ends_with(":streamGenerateContent");
-                s.set(Attr::new(attr::REQUEST_STREAM, stream));
+                match span::operation_attributes(op, stream) {
+                    Some(p) => s.set_preset(p),
+                    None => {
+                        s.set(Attr::new(attr::OPERATION, op));
+                        s.set(Attr::new(attr::REQUEST_STREAM, stream));
+                    }
+                }
             }
             if let Some(m) = &self.model {
                 s.set(Attr::new(attr::REQUEST_MODEL, Value::text(m)));
@@ -94,8 +98,7 @@ impl RequestLine {
                 s.set(Attr::new(attr::CLIENT, Value::text(c.name())));
             }
             if let Some(k) = key {
-                s.set(Attr::new(attr::KEY, Value::text(&k.masked)));
-                s.set(Attr::new(attr::PROJECT, k.project.clone()));
+                s.set_shared(k.trace_attributes());
             }
             if let Some(w) = self.waited {
                 s.set(Attr::new(attr::QUEUE_WAIT_MS, millis(w)));
@@ -103,15 +106,16 @@ impl RequestLine {
             if let Some(c) = headers.get(CACHE_HEADER) {
                 s.set(Attr::new(attr::CACHE, cache::verdict(c)));
             }
+            // Named and failed under the same lock.
+            s.name = match (op, &self.model) {
+                (Some(op), Some(m)) => Name::Pair(op, Value::text(m)),
+                (Some(op), None) => Name::from(op),
+                (None, _) => Name::from(self.method.to_string()),
+            };
+            if self.status >= 500 {
+                s.error = Some(format!("answered {}", self.status).into());
+            }
         });
-        match (op, &self.model) {
-            (Some(op), Some(m)) => trace.rename_pair(op, m),
-            (Some(op), None) => trace.rename(op),
-            (None, _) => trace.rename(self.method.to_string()),
-        }
-        if self.status >= 500 {
-            trace.fail(format!("answered {}", self.status));
-        }
     }
 
     /// The span's end, at the body's: time to the first chunk, what the answer said of itself.
@@ -223,10 +227,15 @@ impl HttpBody for LoggedBody {
                 {
                     this.first_byte = Some(line.started.elapsed());
                 }
+                let end = this.inner.is_end_stream();
                 if let (Some(f), Some(d)) = (this.facts.as_mut(), frame.data_ref()) {
-                    f.feed(d);
+                    if end {
+                        f.feed_last(d);
+                    } else {
+                        f.feed(d);
+                    }
                 }
-                if this.inner.is_end_stream() {
+                if end {
                     this.complete = true;
                     this.finish();
                 }

@@ -35,6 +35,23 @@ pub struct PooledKey {
     pub project: Arc<str>,
     /// A Vertex AI entry (`None`: an AI Studio key).
     pub vertex: Option<Arc<VertexEntry>>,
+    /// `masked` and `project` as span attributes, encoded at the first traced request.
+    pub trace: std::sync::OnceLock<Arc<crate::telemetry::span::Preset>>,
+}
+
+impl PooledKey {
+    /// The key's span attributes (`gqp.key`, its masked form; `gqp.project`), encoded once.
+    pub fn trace_attributes(&self) -> Arc<crate::telemetry::span::Preset> {
+        use crate::telemetry::span::{Attr, Preset, Value, attr};
+        self.trace
+            .get_or_init(|| {
+                Arc::new(Preset::new(&[
+                    Attr::new(attr::KEY, Value::text(&self.masked)),
+                    Attr::new(attr::PROJECT, self.project.clone()),
+                ]))
+            })
+            .clone()
+    }
 }
 
 /// All pooled keys, in configuration order.
@@ -80,6 +97,7 @@ impl Pool {
                     kid,
                     project,
                     vertex: None,
+                    trace: Default::default(),
                 }
             })
             .collect();
@@ -279,6 +297,7 @@ fn vertex_entries(cfg: &PoolConfig, upstream: &UpstreamConfig) -> Vec<PooledKey>
                 kid,
                 project: format!("{}.{}", v.project, v.location).into(),
                 vertex: Some(Arc::new(VertexEntry::new(v, upstream, token_http.clone()))),
+                trace: Default::default(),
             }
         })
         .collect()

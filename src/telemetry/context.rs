@@ -34,7 +34,13 @@ pub(super) fn write(
     if let Ok(value) = http::HeaderValue::from_bytes(&v) {
         headers.insert(TRACEPARENT, value);
     }
-    if let Ok(value) = http::HeaderValue::from_str(state) {
+    // Most requests carry no state: its empty value made without a copy or a check.
+    let state = if state.is_empty() {
+        Ok(http::HeaderValue::from_static(""))
+    } else {
+        http::HeaderValue::from_str(state)
+    };
+    if let Ok(value) = state {
         headers.insert(TRACESTATE, value);
     }
 }

@@ -19,7 +19,7 @@ use super::pb::{
     FIXED32, LEN, Piece, VARINT, bytes_field, fixed64, key, nested, nested_sized, opt_bytes,
     opt_varint, put, varint, varint_bytes, varint_len,
 };
-use super::record::{Attr, Finished, Name, SpanRecord, Value};
+use super::record::{Attr, Entry, Finished, Name, SpanRecord, Value};
 
 /// The W3C trace flags of every exported span: sampled.
 const SAMPLED: u8 = 1;
@@ -141,6 +141,13 @@ fn attributes(buf: &mut Vec<u8>, field: u32, attrs: &[Attr]) {
     for a in attrs {
         attribute(buf, field, a);
     }
+}
+
+/// `attrs` encoded as a span's attributes, for a [`super::record::Preset`].
+pub(super) fn span_attributes(attrs: &[Attr]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    attributes(&mut buf, 9, attrs);
+    buf
 }
 
 /// One `KeyValue` message, front to back: its lengths are known before it is written, the
@@ -265,7 +272,13 @@ fn span(buf: &mut Vec<u8>, t: &Finished, s: &SpanRecord) {
     times.fixed64(7, nanos(s.start));
     times.fixed64(8, nanos(s.end));
     times.put(buf);
-    attributes(buf, 9, &s.attributes);
+    for e in &s.attributes {
+        match e {
+            Entry::Attr(a) => attribute(buf, 9, a),
+            Entry::Static(p) => buf.extend_from_slice(p.wire()),
+            Entry::Shared(p) => buf.extend_from_slice(p.wire()),
+        }
+    }
     opt_varint(buf, 10, u64::from(s.dropped_attributes));
     for e in &s.events {
         nested(buf, 11, |buf| {
@@ -357,7 +370,7 @@ mod tests {
         );
         s.end = at(2_000);
         s.parent_remote = true;
-        s.attributes = attrs;
+        s.attributes = attrs.into_iter().map(Entry::Attr).collect();
         s.dropped_attributes = 2;
         s.events.push(Event {
             name: "setup",
@@ -478,6 +491,42 @@ mod tests {
         assert!(ss.spans[1].attributes.is_empty());
         let failed = ss.spans[2].status.as_ref().unwrap();
         assert_eq!((failed.code, failed.message.as_str()), (2, ""));
+    }
+
+    #[test]
+    fn attributes_encoded_once_are_the_bytes_of_those_set_one_by_one() {
+        use crate::telemetry::record::Preset;
+        use std::sync::{Arc, LazyLock};
+        static BOTH: LazyLock<Preset> = LazyLock::new(|| {
+            Preset::new(&[
+                Attr::new(attr::PROVIDER, "gcp.gemini"),
+                Attr::new(attr::SYSTEM, "gcp.gemini"),
+            ])
+        });
+        let key = Arc::new(Preset::new(&[
+            Attr::new(attr::KEY, Value::text("AIza...0001")),
+            Attr::new(attr::PROJECT, Arc::<str>::from("project-1")),
+        ]));
+        let status = || Attr::new(attr::STATUS, 200_i64);
+        let one_by_one = record(
+            "s",
+            None,
+            vec![
+                status(),
+                Attr::new(attr::PROVIDER, "gcp.gemini"),
+                Attr::new(attr::SYSTEM, "gcp.gemini"),
+                Attr::new(attr::KEY, Value::text("AIza...0001")),
+                Attr::new(attr::PROJECT, Arc::<str>::from("project-1")),
+            ],
+        );
+        let mut preset = record("s", None, vec![status()]);
+        preset.set_preset(&BOTH);
+        preset.set_shared(key);
+        assert_eq!(preset.attribute_count(), 5);
+        assert_eq!(
+            encode(b"", &[data(vec![one_by_one])]),
+            encode(b"", &[data(vec![preset])])
+        );
     }
 
     #[test]

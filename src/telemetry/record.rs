@@ -221,12 +221,56 @@ pub struct SpanRecord {
     pub kind: SpanKind,
     pub start: SystemTime,
     pub end: SystemTime,
-    pub attributes: Vec<Attr>,
+    pub attributes: Vec<Entry>,
     pub dropped_attributes: u32,
     pub events: Vec<Event>,
     pub dropped_events: u32,
     /// `None`: unset; `Some(why)`: an error.
     pub error: Option<Cow<'static, str>>,
+}
+
+/// One of a span's attributes, or several encoded once ([`Preset`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Entry {
+    Attr(Attr),
+    /// The same for the whole process (the provider's names).
+    Static(&'static Preset),
+    /// The same for as long as what it describes lives (a pooled key's masked form and project).
+    Shared(Arc<Preset>),
+}
+
+impl Entry {
+    /// How many attributes it holds.
+    pub fn count(&self) -> usize {
+        match self {
+            Entry::Attr(_) => 1,
+            Entry::Static(p) => p.count,
+            Entry::Shared(p) => p.count,
+        }
+    }
+}
+
+/// Attributes whose values do not change, encoded once as the span attributes they are
+/// (OTLP's `Span.attributes`, field 9, each `KeyValue` whole): a span takes them with one copy,
+/// not an encoding each.
+#[derive(Debug, PartialEq)]
+pub struct Preset {
+    wire: Box<[u8]>,
+    count: usize,
+}
+
+impl Preset {
+    pub fn new(attrs: &[Attr]) -> Preset {
+        Preset {
+            wire: super::otlp::span_attributes(attrs).into_boxed_slice(),
+            count: attrs.len(),
+        }
+    }
+
+    /// The attributes as encoded.
+    pub fn wire(&self) -> &[u8] {
+        &self.wire
+    }
 }
 
 /// A span's name: as it is, or an operation and what it worked on (`generate_content
@@ -314,10 +358,32 @@ impl SpanRecord {
 
     #[inline]
     pub fn set(&mut self, kv: Attr) {
+        self.add(Entry::Attr(kv));
+    }
+
+    /// Attributes encoded once.
+    pub fn set_preset(&mut self, p: &'static Preset) {
+        self.add(Entry::Static(p));
+    }
+
+    /// Attributes encoded once, shared.
+    pub fn set_shared(&mut self, p: Arc<Preset>) {
+        self.add(Entry::Shared(p));
+    }
+
+    /// Attributes set (a preset counts each of its own).
+    pub fn attribute_count(&self) -> usize {
+        self.attributes.iter().map(Entry::count).sum()
+    }
+
+    #[inline]
+    fn add(&mut self, e: Entry) {
+        // Entries, not attributes, are counted against the limit: the proxy's spans stay far
+        // below it, a preset holds a few, and the count is not walked at each one.
         if self.attributes.len() < MAX_ATTRIBUTES {
-            self.attributes.push(kv);
+            self.attributes.push(e);
         } else {
-            self.dropped_attributes += 1;
+            self.dropped_attributes += e.count() as u32;
         }
     }
 

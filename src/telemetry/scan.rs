@@ -15,7 +15,8 @@ const CARRY: usize = 128;
 
 /// The keys looked for, with their searchers built once (building one per chunk cost more
 /// than the search): `"finish` for both spellings of the finish reason (one pass over the
-/// answer, not two), then `"modelVersion"`.
+/// answer, not two), then `"modelVersion"` (searched forward: memchr's reverse searcher cost
+/// more, though it stops at the last one).
 static NEEDLES: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> =
     std::sync::LazyLock::new(|| {
         use memchr::memmem::Finder;
@@ -51,6 +52,15 @@ impl AnswerFacts {
     }
 
     pub fn feed(&mut self, chunk: &[u8]) {
+        self.feed_in(chunk, true);
+    }
+
+    /// The answer's last chunk: nothing is kept for a next one.
+    pub fn feed_last(&mut self, chunk: &[u8]) {
+        self.feed_in(chunk, false);
+    }
+
+    fn feed_in(&mut self, chunk: &[u8], more: bool) {
         if let Some(c) = self.content.as_mut() {
             let room = CONTENT_LIMIT.saturating_sub(c.len());
             c.extend_from_slice(&chunk[..chunk.len().min(room)]);
@@ -63,9 +73,11 @@ impl AnswerFacts {
             self.scan(&joined);
         }
         self.scan(chunk);
-        let keep = chunk.len().min(CARRY);
         self.carry.clear();
-        self.carry.extend_from_slice(&chunk[chunk.len() - keep..]);
+        if more {
+            let keep = chunk.len().min(CARRY);
+            self.carry.extend_from_slice(&chunk[chunk.len() - keep..]);
+        }
     }
 
     fn scan(&mut self, hay: &[u8]) {
@@ -134,10 +146,14 @@ mod tests {
     #[test]
     fn finish_reasons_and_model_are_read_across_chunks() {
         let body = br#"data: {"candidates":[{"content":{"parts":[{"text":"hi"}]},"finishReason": "STOP"}],"modelVersion":"gemini-2.5-flash-001"}"#;
-        for split in 1..body.len() {
+        for (split, last) in (1..body.len()).flat_map(|i| [(i, false), (i, true)]) {
             let mut f = AnswerFacts::new(false);
             f.feed(&body[..split]);
-            f.feed(&body[split..]);
+            if last {
+                f.feed_last(&body[split..]);
+            } else {
+                f.feed(&body[split..]);
+            }
             assert_eq!(
                 f.finish_reasons,
                 vec![Value::text("STOP")],
@@ -149,6 +165,19 @@ mod tests {
             );
             assert!(f.content.is_none());
         }
+    }
+
+    #[test]
+    fn the_last_whole_model_of_the_answer_is_kept() {
+        let mut f = AnswerFacts::new(false);
+        f.feed(
+            br#"data: {"modelVersion":"a"}
+data: {"modelVersion":"b"}
+data: {"modelVersion":"c"#,
+        );
+        assert_eq!(f.model.as_ref().and_then(Value::as_str), Some("b"));
+        f.feed_last(br#"d"}"#);
+        assert_eq!(f.model.as_ref().and_then(Value::as_str), Some("cd"));
     }
 
     #[test]

@@ -23,10 +23,38 @@ use super::otel::{self, Tracing};
 use super::record::Finished;
 
 pub use super::attr;
-pub use super::record::{Attr, Name, SpanRecord, Value};
+pub use super::record::{Attr, Name, Preset, SpanRecord, Value};
 
 /// `gen_ai.provider.name` of Google's Gemini API (AI Studio).
 pub const PROVIDER_GEMINI: &str = "gcp.gemini";
+
+/// `gen_ai.provider.name` and `gen_ai.system` of Google's Gemini API, encoded once.
+pub static GEMINI: std::sync::LazyLock<Preset> = std::sync::LazyLock::new(|| {
+    Preset::new(&[
+        Attr::new(attr::PROVIDER, PROVIDER_GEMINI),
+        Attr::new(attr::SYSTEM, PROVIDER_GEMINI),
+    ])
+});
+
+/// `gen_ai.operation.name` (one of [`operation`]'s) and `gen_ai.request.stream`, encoded once
+/// (`None`: another operation).
+pub fn operation_attributes(op: &'static str, stream: bool) -> Option<&'static Preset> {
+    const OPS: [&str; 3] = ["generate_content", "embeddings", "chat"];
+    static ALL: std::sync::LazyLock<Vec<Preset>> = std::sync::LazyLock::new(|| {
+        OPS.iter()
+            .flat_map(|op| {
+                [false, true].map(|stream| {
+                    Preset::new(&[
+                        Attr::new(attr::OPERATION, *op),
+                        Attr::new(attr::REQUEST_STREAM, stream),
+                    ])
+                })
+            })
+            .collect()
+    });
+    let i = OPS.iter().position(|o| *o == op)?;
+    ALL.get(2 * i + usize::from(stream))
+}
 
 /// Most bytes of a prompt or an answer recorded when `otel.record_content` is on.
 pub const CONTENT_LIMIT: usize = 64 * 1024;
@@ -282,6 +310,13 @@ impl Child {
     pub fn set(&mut self, kv: Attr) {
         if let Some((_, s)) = self.span.as_mut() {
             s.set(kv);
+        }
+    }
+
+    /// The span's record, to set several attributes at once.
+    pub fn record(&mut self, f: impl FnOnce(&mut SpanRecord)) {
+        if let Some((_, s)) = self.span.as_mut() {
+            f(s);
         }
     }
 

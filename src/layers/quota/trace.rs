@@ -70,8 +70,7 @@ pub(super) fn attempt(
     }
     let mut s = trace.child("gqp.upstream.attempt", SpanKind::Client, None);
     s.set(Attr::new(attr::ATTEMPT, i64::from(number)));
-    s.set(Attr::new(attr::KEY, Value::text(&key.masked)));
-    s.set(Attr::new(attr::PROJECT, key.project.clone()));
+    s.record(|r| r.set_shared(key.trace_attributes()));
     s.inject(headers);
     Some(s)
 }
