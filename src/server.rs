@@ -116,6 +116,10 @@ async fn serve_one(
 /// session's set-up, the router's) would make every request's several times larger.
 /// An `async` block, not an `async fn`, which would keep its arguments twice (captured and as
 /// locals, rust-lang/rust#62958).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
 fn dispatch(
     mut gemini: GeminiService,
     prefix: Option<Arc<str>>,

@@ -22,6 +22,9 @@ use tower_service::Service;
 use super::body::{Holds, ResponseBody};
 use super::connect::{BoxError, Timed};
 
+/// The sending half of one HTTP/1.1 connection.
+type Sender = SendRequest<Full<Bytes>>;
+
 /// A connection idle this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per origin (one per request that was in flight at once).
@@ -60,7 +63,7 @@ struct Origin {
     host: HeaderValue,
     /// Idle connections, the most recently used last; each with when it was given back (ms
     /// since the pool's epoch).
-    idle: VecDeque<(SendRequest<Full<Bytes>>, u64)>,
+    idle: VecDeque<(Sender, u64)>,
 }
 
 /// Why [`H1Pool::request`] got no answer head.
@@ -74,7 +77,7 @@ pub(super) enum H1Error {
 /// A connection lent to one request: given back to the pool by its answer's body when read to
 /// the end; dropped otherwise (closing the connection, which holds an unread answer).
 pub(super) struct Lent {
-    send: SendRequest<Full<Bytes>>,
+    send: Sender,
     pool: Weak<Inner>,
     origin: Option<usize>,
 }
@@ -178,7 +181,7 @@ impl H1Pool {
     fn prepare(
         &self,
         req: &mut Request<Full<Bytes>>,
-    ) -> Result<(Option<usize>, Option<SendRequest<Full<Bytes>>>, Uri), H1Error> {
+    ) -> Result<(Option<usize>, Option<Sender>, Uri), H1Error> {
         let (origin, host, idle) = match (req.uri().scheme(), req.uri().authority()) {
             (Some(scheme), Some(authority)) => self.inner.checkout(scheme, authority),
             _ => {
@@ -209,7 +212,7 @@ impl Inner {
         self: &Arc<Self>,
         scheme: &Scheme,
         authority: &Authority,
-    ) -> (Option<usize>, HeaderValue, Option<SendRequest<Full<Bytes>>>) {
+    ) -> (Option<usize>, HeaderValue, Option<Sender>) {
         let mut origins = self.origins.lock();
         let found = origins
             .list
@@ -234,7 +237,7 @@ impl Inner {
     }
 
     /// The most recently used idle connection to `origin` that is ready.
-    fn take(&self, origin: Option<usize>) -> Option<SendRequest<Full<Bytes>>> {
+    fn take(&self, origin: Option<usize>) -> Option<Sender> {
         let now = self.now_ms();
         let mut origins = self.origins.lock();
         take_idle(&mut origins.list.get_mut(origin?)?.idle, now)
@@ -242,7 +245,7 @@ impl Inner {
 
     /// A new connection: TCP and TLS within the connect timeout ([`Timed`]), then HTTP/1.1 on
     /// it, driven by a task of its own.
-    async fn open(&self, uri: &Uri) -> Result<SendRequest<Full<Bytes>>, H1Error> {
+    async fn open(&self, uri: &Uri) -> Result<Sender, H1Error> {
         let io = self
             .connector
             .clone()
@@ -263,10 +266,7 @@ impl Inner {
 
 /// The most recently given back of `idle` that is ready; the closed ones met on the way, and
 /// all once one is past the idle timeout (the rest are older), dropped (which closes them).
-fn take_idle(
-    idle: &mut VecDeque<(SendRequest<Full<Bytes>>, u64)>,
-    now: u64,
-) -> Option<SendRequest<Full<Bytes>>> {
+fn take_idle(idle: &mut VecDeque<(Sender, u64)>, now: u64) -> Option<Sender> {
     let idle_ms = u64::try_from(IDLE_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
     while let Some((send, since)) = idle.pop_back() {
         if now.saturating_sub(since) > idle_ms {

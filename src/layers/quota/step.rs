@@ -200,6 +200,7 @@ impl<'a, S> Step<'a, S> {
     /// `async fn`: an `async fn` keeps its arguments twice in its future (as captured and as
     /// locals, rust-lang/rust#62958), which for the step is 688 bytes more, copied at the
     /// first poll.
+    #[expect(clippy::manual_async_fn, reason = "an async fn keeps `self` twice")]
     pub fn run<B: UpBody>(mut self) -> impl Future<Output = Result<Response, ApiError>>
     where
         S: Forward<B>,
