@@ -68,7 +68,7 @@ struct Origin {
 
 /// Why [`H1Pool::request`] got no answer head.
 pub(super) enum H1Error {
-    /// The request never left (no connection, or the connection closed before taking it).
+    /// The request never left (no connection could be opened).
     Unsent(BoxError),
     /// It may have been sent.
     Failed(BoxError),
@@ -167,8 +167,10 @@ impl H1Pool {
                             req = back;
                             idle = self.inner.take(origin);
                         }
-                        Some(_) => return Err(H1Error::Unsent(e.into_error().into())),
-                        None => return Err(H1Error::Failed(e.into_error().into())),
+                        // A connection just opened that closed at once (the upstream
+                        // accepted and reset it): counted as possibly sent, as hyper-util's
+                        // client did, so the quota step does not send it again elsewhere.
+                        _ => return Err(H1Error::Failed(e.into_error().into())),
                     },
                 }
             }
