@@ -114,6 +114,7 @@ async fn serve_one(
 /// than the routing at tens of thousands of requests a second); the rest to the router. The
 /// other ways are boxed: this future is copied whole when hyper takes it, and theirs (a Live
 /// session's set-up, the router's) would make every request's several times larger.
+///
 /// An `async` block, not an `async fn`, which would keep its arguments twice (captured and as
 /// locals, rust-lang/rust#62958).
 #[expect(

@@ -46,7 +46,6 @@ pub(super) struct H1Pool {
 struct Inner {
     connector: Timed<HttpsConnector<HttpConnector>>,
     origins: Mutex<Origins>,
-    epoch: Instant,
 }
 
 #[derive(Default)]
@@ -61,9 +60,8 @@ struct Origin {
     authority: Authority,
     /// The `Host` header for it: the authority, without the port when it is the default.
     host: HeaderValue,
-    /// Idle connections, the most recently used last; each with when it was given back (ms
-    /// since the pool's epoch).
-    idle: VecDeque<(Sender, u64)>,
+    /// Idle connections, the most recently used last; each with when it was given back.
+    idle: VecDeque<(Sender, Instant)>,
 }
 
 /// Why [`H1Pool::request`] got no answer head.
@@ -107,7 +105,6 @@ impl Lent {
         let (Some(pool), Some(origin)) = (self.pool.upgrade(), self.origin) else {
             return;
         };
-        let now = pool.now_ms();
         let mut origins = pool.origins.lock();
         let Some(o) = origins.list.get_mut(origin) else {
             return;
@@ -115,7 +112,7 @@ impl Lent {
         if o.idle.len() >= MAX_IDLE {
             o.idle.pop_front();
         }
-        o.idle.push_back((self.send, now));
+        o.idle.push_back((self.send, Instant::now()));
     }
 }
 
@@ -125,7 +122,6 @@ impl H1Pool {
             inner: Arc::new(Inner {
                 connector,
                 origins: Mutex::new(Origins::default()),
-                epoch: Instant::now(),
             }),
         }
     }
@@ -204,10 +200,6 @@ impl H1Pool {
 }
 
 impl Inner {
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
     /// The origin's index (`None` past [`MAX_ORIGINS`]: not pooled), its `Host` header and its
     /// most recently used idle connection that is ready, in one look.
     fn checkout(
@@ -233,16 +225,14 @@ impl Inner {
                 origins.list.len() - 1
             }
         };
-        let now = self.now_ms();
         let o = &mut origins.list[i];
-        (Some(i), o.host.clone(), take_idle(&mut o.idle, now))
+        (Some(i), o.host.clone(), take_idle(&mut o.idle))
     }
 
     /// The most recently used idle connection to `origin` that is ready.
     fn take(&self, origin: Option<usize>) -> Option<Sender> {
-        let now = self.now_ms();
         let mut origins = self.origins.lock();
-        take_idle(&mut origins.list.get_mut(origin?)?.idle, now)
+        take_idle(&mut origins.list.get_mut(origin?)?.idle)
     }
 
     /// A new connection: TCP and TLS within the connect timeout ([`Timed`]), then HTTP/1.1 on
@@ -268,10 +258,10 @@ impl Inner {
 
 /// The most recently given back of `idle` that is ready; the closed ones met on the way, and
 /// all once one is past the idle timeout (the rest are older), dropped (which closes them).
-fn take_idle(idle: &mut VecDeque<(Sender, u64)>, now: u64) -> Option<Sender> {
-    let idle_ms = u64::try_from(IDLE_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
+fn take_idle(idle: &mut VecDeque<(Sender, Instant)>) -> Option<Sender> {
+    let now = Instant::now();
     while let Some((send, since)) = idle.pop_back() {
-        if now.saturating_sub(since) > idle_ms {
+        if now.saturating_duration_since(since) > IDLE_TIMEOUT {
             idle.clear();
             return None;
         }
@@ -298,33 +288,25 @@ impl Origin {
     }
 }
 
-/// Close connections idle past [`IDLE_TIMEOUT`] until the pool is gone.
+/// Close connections idle past [`IDLE_TIMEOUT`], and those the upstream closed, until the pool
+/// is gone.
 async fn sweep(pool: Weak<Inner>) {
-    let idle_ms = u64::try_from(IDLE_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
         let Some(pool) = pool.upgrade() else {
             return;
         };
-        let now = pool.now_ms();
-        let closed: Vec<_> =
-            {
-                let mut origins = pool.origins.lock();
-                let mut closed = Vec::new();
-                for o in &mut origins.list {
-                    while o.idle.front().is_some_and(|(s, since)| {
-                        s.is_closed() || now.saturating_sub(*since) > idle_ms
-                    }) {
-                        closed.extend(o.idle.pop_front());
-                    }
-                }
-                closed
-            };
-        if !closed.is_empty() {
-            tracing::debug!(
-                closed = closed.len(),
-                "idle upstream HTTP/1.1 connections closed"
-            );
+        let now = Instant::now();
+        let mut closed = 0;
+        for o in &mut pool.origins.lock().list {
+            let before = o.idle.len();
+            o.idle.retain(|(send, since)| {
+                !send.is_closed() && now.saturating_duration_since(*since) <= IDLE_TIMEOUT
+            });
+            closed += before - o.idle.len();
+        }
+        if closed > 0 {
+            tracing::debug!(closed, "idle upstream HTTP/1.1 connections closed");
         }
     }
 }
