@@ -221,13 +221,14 @@ async fn pooled(
     }
     let wait_until = Instant::now() + allowance;
     let lane = lane(state, route, request, pinned);
-    // Nobody overtakes a waiter in the same line: with a line, go to its end at once.
+    // Nobody overtakes a waiter in the same line: with a line, go to its end at once (the
+    // first question's rule, as in `admit`).
     let asked = match asked {
         Some(answer) => Some(answer),
-        None if !state.queues.busy(lane) => {
-            Some(ask(state, route, request, Until::Start(wait_until)).await)
-        }
-        None => None,
+        None => match first_question(state, route, request, pinned, within) {
+            Some(until) => Some(ask(state, route, request, until).await),
+            None => None,
+        },
     };
     let mut first = None;
     if let Some(answer) = asked {
