@@ -91,8 +91,10 @@ impl RequestLine {
                     }
                 }
             }
-            if let Some(m) = &self.model {
-                s.set(Attr::new(attr::REQUEST_MODEL, Value::text(m)));
+            // The model's text made once, for its attribute and the span's name.
+            let model = self.model.as_deref().map(Value::text);
+            if let Some(m) = &model {
+                s.set(Attr::new(attr::REQUEST_MODEL, m.clone()));
             }
             if let Some(c) = &self.caller {
                 s.set(Attr::new(attr::CLIENT, Value::text(c.name())));
@@ -106,12 +108,14 @@ impl RequestLine {
             if let Some(c) = headers.get(CACHE_HEADER) {
                 s.set(Attr::new(attr::CACHE, cache::verdict(c)));
             }
-            // Named and failed under the same lock.
-            s.name = match (op, &self.model) {
-                (Some(op), Some(m)) => Name::Pair(op, Value::text(m)),
-                (Some(op), None) => Name::from(op),
-                (None, _) => Name::from(self.method.to_string()),
-            };
+            // Named and failed under the same lock; a span of another call keeps the name it
+            // started with, its method.
+            if let Some(op) = op {
+                s.name = match model {
+                    Some(m) => Name::Pair(op, m),
+                    None => Name::from(op),
+                };
+            }
             if self.status >= 500 {
                 s.error = Some(format!("answered {}", self.status).into());
             }
@@ -127,6 +131,9 @@ impl RequestLine {
     ) {
         trace.record(|s| {
             s.set(Attr::new(attr::COMPLETE, complete));
+            if !complete {
+                s.error = Some("the answer did not reach its end".into());
+            }
             if let Some(f) = first_byte {
                 s.set(Attr::new(attr::TIME_TO_FIRST_CHUNK, f.as_secs_f64()));
             }
@@ -145,9 +152,6 @@ impl RequestLine {
                 }
             }
         });
-        if !complete {
-            trace.fail("the answer did not reach its end");
-        }
         trace.end();
     }
 

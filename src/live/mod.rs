@@ -289,12 +289,12 @@ async fn session(
     };
     if let Some(t) = &trace.0 {
         let model = setup.model.strip_prefix("models/").unwrap_or(&setup.model);
-        t.rename_pair("live", model);
-        t.set([
-            Attr::new(attr::PROVIDER, span::PROVIDER_GEMINI),
-            Attr::new(attr::SYSTEM, span::PROVIDER_GEMINI),
-            Attr::new(attr::REQUEST_MODEL, Value::text(model)),
-        ]);
+        let model = Value::text(model);
+        t.record(|s| {
+            s.name = span::Name::Pair("live", model.clone());
+            s.set_preset(&span::GEMINI);
+            s.set(Attr::new(attr::REQUEST_MODEL, model));
+        });
     }
     let token = who.token.as_ref();
     let connecting = wait::connect(

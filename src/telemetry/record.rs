@@ -310,12 +310,6 @@ impl From<Cow<'static, str>> for Name {
     }
 }
 
-impl From<String> for Name {
-    fn from(s: String) -> Name {
-        Name::Text(Cow::Owned(s))
-    }
-}
-
 impl From<&'static str> for Name {
     fn from(s: &'static str) -> Name {
         Name::Text(Cow::Borrowed(s))
@@ -372,6 +366,7 @@ impl SpanRecord {
     }
 
     /// Attributes set (a preset counts each of its own).
+    #[cfg(test)]
     pub fn attribute_count(&self) -> usize {
         self.attributes.iter().map(Entry::count).sum()
     }

@@ -39,7 +39,6 @@ pub static GEMINI: std::sync::LazyLock<Preset> = std::sync::LazyLock::new(|| {
 /// `gen_ai.operation.name` (one of [`operation`]'s) and `gen_ai.request.stream`, encoded once
 /// (`None`: another operation).
 pub fn operation_attributes(op: &'static str, stream: bool) -> Option<&'static Preset> {
-    const OPS: [&str; 3] = ["generate_content", "embeddings", "chat"];
     static ALL: std::sync::LazyLock<Vec<Preset>> = std::sync::LazyLock::new(|| {
         OPS.iter()
             .flat_map(|op| {
@@ -55,6 +54,12 @@ pub fn operation_attributes(op: &'static str, stream: bool) -> Option<&'static P
     let i = OPS.iter().position(|o| *o == op)?;
     ALL.get(2 * i + usize::from(stream))
 }
+
+/// The operations [`operation`] names.
+const GENERATE: &str = "generate_content";
+const EMBEDDINGS: &str = "embeddings";
+const CHAT: &str = "chat";
+const OPS: [&str; 3] = [GENERATE, EMBEDDINGS, CHAT];
 
 /// Most bytes of a prompt or an answer recorded when `otel.record_content` is on.
 pub const CONTENT_LIMIT: usize = 64 * 1024;
@@ -232,18 +237,6 @@ impl RequestTrace {
         });
     }
 
-    pub fn rename(&self, name: impl Into<Name>) {
-        let name = name.into();
-        self.0.with(|f| f.server.name = name);
-    }
-
-    /// Name the span after an operation and what it worked on (`generate_content MODEL`):
-    /// kept apart (no string made), joined by a space when encoded.
-    pub fn rename_pair(&self, op: &'static str, of: &str) {
-        self.0
-            .with(|f| f.server.name = Name::Pair(op, Value::text(of)));
-    }
-
     pub fn event(&self, name: &'static str, attrs: Vec<Attr>) {
         self.0.with(|f| f.server.event(name, attrs));
     }
@@ -375,9 +368,9 @@ pub fn operation(path: &str) -> Option<&'static str> {
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"/openai/"));
     if OPENAI.find(path.as_bytes()).is_some() {
         return if path.ends_with("/chat/completions") {
-            Some("chat")
+            Some(CHAT)
         } else if path.ends_with("/embeddings") {
-            Some("embeddings")
+            Some(EMBEDDINGS)
         } else {
             None
         };
@@ -385,9 +378,9 @@ pub fn operation(path: &str) -> Option<&'static str> {
     let action = &path[memchr::memrchr(b':', path.as_bytes())? + 1..];
     match action {
         "generateContent" | "streamGenerateContent" | "predict" | "predictLongRunning" => {
-            Some("generate_content")
+            Some(GENERATE)
         }
-        "embedContent" | "batchEmbedContents" => Some("embeddings"),
+        "embedContent" | "batchEmbedContents" => Some(EMBEDDINGS),
         _ => None,
     }
 }
@@ -446,7 +439,7 @@ mod tests {
         attempt.inject(&mut headers);
         attempt.fail("answered 503");
         trace.set([Attr::new(attr::STATUS, 200_i64)]);
-        trace.rename_pair("generate_content", "m");
+        trace.record(|s| s.name = Name::Pair("generate_content", Value::text("m")));
         trace.end();
         drop(admit);
         assert!(
