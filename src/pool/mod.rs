@@ -36,7 +36,7 @@ pub struct PooledKey {
     /// A Vertex AI entry (`None`: an AI Studio key).
     pub vertex: Option<Arc<VertexEntry>>,
     /// `masked` and `project` as span attributes, encoded at the first traced request.
-    pub trace: std::sync::OnceLock<Arc<crate::telemetry::span::Preset>>,
+    trace: std::sync::OnceLock<Arc<crate::telemetry::span::Preset>>,
 }
 
 impl PooledKey {

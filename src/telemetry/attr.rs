@@ -27,10 +27,6 @@ impl Key {
         Key { name, wire }
     }
 
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
     /// The encoded `key` field, padded: its first [`Key::wire_len`] bytes are it.
     pub fn wire(&self) -> &[u8; Key::WIRE] {
         &self.wire

@@ -17,7 +17,7 @@ use opentelemetry_sdk::Resource;
 use super::export::OtlpHttp;
 use super::pb::{
     FIXED32, LEN, Piece, VARINT, bytes_field, fixed64, key, nested, nested_sized, opt_bytes,
-    opt_varint, put, varint, varint_bytes, varint_len,
+    opt_varint, put, varint, varint_len,
 };
 use super::record::{Attr, Entry, Finished, Name, SpanRecord, Value};
 
@@ -326,7 +326,7 @@ pub fn encode(resource: &[u8], traces: &[Finished]) -> Vec<u8> {
     // About what a server span with its GenAI attributes takes; the two messages around all
     // the spans keep room for a length that size takes, so the batch is written in place.
     let size = 64 + resource.len() + spans * 640;
-    let room = varint_bytes(size as u64).1;
+    let room = varint_len(size as u64);
     let mut buf = Vec::with_capacity(size);
     nested_sized(&mut buf, 1, room, |buf| {
         bytes_field(buf, 1, resource);

@@ -43,7 +43,9 @@ pub(super) fn nested_sized(
     buf.extend_from_slice(&[0; 10][..room]);
     f(buf);
     let len = buf.len() - at - room;
-    let (prefix, n) = varint_bytes(len as u64);
+    let mut prefix = Piece::<10>::new();
+    prefix.varint(len as u64);
+    let n = prefix.n;
     match n.cmp(&room) {
         std::cmp::Ordering::Equal => {}
         std::cmp::Ordering::Less => {
@@ -55,20 +57,7 @@ pub(super) fn nested_sized(
             buf.copy_within(at + room..at + room + len, at + n);
         }
     }
-    buf[at..at + n].copy_from_slice(&prefix[..n]);
-}
-
-/// A varint's bytes and how many there are.
-#[inline]
-pub(super) fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
-    let (mut out, mut n) = ([0u8; 10], 0);
-    while v >= 0x80 {
-        out[n] = (v as u8) | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    out[n] = v as u8;
-    (out, n + 1)
+    buf[at..at + n].copy_from_slice(&prefix.b[..n]);
 }
 
 #[inline]
@@ -177,7 +166,9 @@ mod tests {
             let mut buf = Vec::new();
             varint(&mut buf, v);
             assert_eq!(varint_len(v), buf.len(), "{v}");
-            assert_eq!(varint_bytes(v).1, buf.len(), "{v}");
+            let mut piece = Piece::<10>::new();
+            piece.varint(v);
+            assert_eq!(&piece.b[..piece.n], &buf[..], "{v}");
         }
     }
 
