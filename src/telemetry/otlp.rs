@@ -128,9 +128,19 @@ fn api_value(buf: &mut Vec<u8>, v: &opentelemetry::Value) {
         Api::Bool(b) => any_value(buf, &Value::Bool(*b)),
         Api::I64(i) => any_value(buf, &Value::I64(*i)),
         Api::F64(f) => any_value(buf, &Value::F64(*f)),
-        Api::Array(Array::String(items)) => nested(buf, 5, |buf| {
-            for s in items {
-                nested(buf, 1, |buf| bytes_field(buf, 1, s.as_str().as_bytes()));
+        // `ArrayValue`'s body: each item an `AnyValue`, as a record's list is written.
+        Api::Array(a) => nested(buf, 5, |buf| {
+            fn each<T>(buf: &mut Vec<u8>, items: &[T], f: impl Fn(&T) -> Value) {
+                for item in items {
+                    nested(buf, 1, |buf| any_value(buf, &f(item)));
+                }
+            }
+            match a {
+                Array::Bool(v) => each(buf, v, |b| Value::Bool(*b)),
+                Array::I64(v) => each(buf, v, |i| Value::I64(*i)),
+                Array::F64(v) => each(buf, v, |f| Value::F64(*f)),
+                Array::String(v) => each(buf, v, |s| Value::text(s.as_str())),
+                _ => {}
             }
         }),
         other => bytes_field(buf, 1, other.as_str().as_bytes()),
@@ -550,6 +560,29 @@ mod tests {
                 && s.attributes[0].value.as_ref().unwrap().value
                     == Some(Any::StringValue("v".repeat(len)))));
         }
+    }
+
+    #[test]
+    fn a_resource_attributes_arrays_keep_their_items_types() {
+        use opentelemetry::{Array, Value as Api};
+        use opentelemetry_proto::tonic::common::v1::AnyValue;
+        let decoded = |v: Api| {
+            let mut buf = Vec::new();
+            api_value(&mut buf, &v);
+            AnyValue::decode(buf.as_slice()).unwrap().value.unwrap()
+        };
+        let items = |v: Any| match v {
+            Any::ArrayValue(a) => a.values.into_iter().map(|i| i.value.unwrap()).collect(),
+            other => panic!("not an array: {other:?}"),
+        };
+        let got: Vec<Any> = items(decoded(Api::Array(Array::Bool(vec![true, false]))));
+        assert_eq!(got, [Any::BoolValue(true), Any::BoolValue(false)]);
+        let got: Vec<Any> = items(decoded(Api::Array(Array::I64(vec![7, -1]))));
+        assert_eq!(got, [Any::IntValue(7), Any::IntValue(-1)]);
+        let got: Vec<Any> = items(decoded(Api::Array(Array::F64(vec![0.5]))));
+        assert_eq!(got, [Any::DoubleValue(0.5)]);
+        let got: Vec<Any> = items(decoded(Api::Array(Array::String(vec!["a".into()]))));
+        assert_eq!(got, [Any::StringValue("a".into())]);
     }
 
     #[test]
