@@ -97,24 +97,30 @@ impl AnswerFacts {
         }
     }
 
+    /// Keep `value` unless it is the one kept already (compared as bytes: a stream repeats its
+    /// model in every chunk); its UTF-8 checked only when it is kept.
     fn keep(&mut self, field: Field, value: &[u8]) {
-        let Ok(v) = std::str::from_utf8(value) else {
-            return;
-        };
+        let text = || std::str::from_utf8(value).ok().map(Value::text);
         match field {
             Field::Finish => {
                 if self.finish_reasons.len() < MAX_REASONS
-                    && !self.finish_reasons.iter().any(|r| r.as_str() == Some(v))
+                    && !self
+                        .finish_reasons
+                        .iter()
+                        .any(|r| r.str_bytes() == Some(value))
+                    && let Some(v) = text()
                 {
                     // Room for one: most answers have one reason (and then the list is
                     // boxed without a move).
                     self.finish_reasons.reserve_exact(1);
-                    self.finish_reasons.push(Value::text(v));
+                    self.finish_reasons.push(v);
                 }
             }
             Field::Model => {
-                if self.model.as_ref().and_then(Value::as_str) != Some(v) {
-                    self.model = Some(Value::text(v));
+                if self.model.as_ref().and_then(Value::str_bytes) != Some(value)
+                    && let Some(v) = text()
+                {
+                    self.model = Some(v);
                 }
             }
         }
