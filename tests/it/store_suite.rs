@@ -743,6 +743,58 @@ async fn redis_window_keys_always_outlive_the_newest_admission_by_a_minute() {
     }
 }
 
+/// The window hash keeps its oldest entry's time (`first`) so an admission with nothing to drop
+/// skips the sorted set's old end. Whatever leaves at once (one entry, more than the few read
+/// with their times, all of them), and with the hash lost while the sorted set stays, the
+/// counts are the window's own.
+#[tokio::test]
+async fn redis_window_counts_stay_exact_whatever_leaves_at_once_and_without_its_hash() {
+    let h = redis();
+    let server = h._redis.clone().unwrap();
+    let r = req(5, vec![cand(0, "p", limits(1000, 1_000_000, 100_000))]);
+    let minute = |h: &Harness| {
+        let store = h.store.clone();
+        async move {
+            let usage = store.usage().await.unwrap();
+            (usage[0].2.minute_requests, usage[0].2.minute_tokens)
+        }
+    };
+    // 10 at T0, 1 at T0+30s: at T0+60s the 10 leave together (more than the 4 read with
+    // their times), the one at T0+30s stays.
+    for _ in 0..10 {
+        assert!(admitted(&h, &r).await);
+    }
+    h.clock.advance(30_000);
+    assert!(admitted(&h, &r).await);
+    assert_eq!(minute(&h).await, (11, 55));
+    h.clock.advance(30_000);
+    assert_eq!(minute(&h).await, (1, 5));
+    // One a second: each admission drops the one a minute older, no more.
+    for _ in 0..5 {
+        h.clock.advance(1_000);
+        assert!(admitted(&h, &r).await);
+    }
+    assert_eq!(minute(&h).await, (6, 30));
+    h.clock.advance(25_000);
+    assert!(admitted(&h, &r).await);
+    assert_eq!(minute(&h).await, (6, 30), "the T0+30s entry left at T0+90s");
+    // The token hash goes (evicted), the sorted set stays: the entries still leave on time,
+    // and the tokens counted again are only those admitted since.
+    let keys = server.cli(&["KEYS", "*:p:*:tk"]).unwrap();
+    let tk = keys.lines().find(|l| l.ends_with(":tk")).unwrap().trim();
+    server.cli(&["DEL", tk]).unwrap();
+    assert!(admitted(&h, &r).await);
+    assert_eq!(minute(&h).await, (7, 5));
+    h.clock.advance(61_000);
+    assert!(admitted(&h, &r).await);
+    assert_eq!(minute(&h).await, (1, 5));
+    // The window empties: the next admission starts it again.
+    h.clock.advance(61_000);
+    assert_eq!(minute(&h).await, (0, 0));
+    assert!(admitted(&h, &r).await);
+    assert_eq!(minute(&h).await, (1, 5));
+}
+
 /// Keys Redis dropped on its own (an emptied sorted set, an evicted or expired pairs set) come
 /// back with an expiry and on the status page.
 #[tokio::test]

@@ -21,18 +21,20 @@
 -- the script): model names are the client's choice, and every status read, /metrics scrape
 -- and alert evaluation walks the set. A pair past it is still counted, only not listed.
 local PAIRS_CAP = 4096
-local tokens = tonumber(ARGV[1])
+-- Numbers are read by arithmetic (`ARGV[i] + 0`): the string is converted once, where
+-- `tonumber` is a function call that converts it twice.
+local tokens = ARGV[1] + 0
 local strategy = ARGV[2]
-local rotation = tonumber(ARGV[3])
-local offset = tonumber(ARGV[4])
-local next_mid = tonumber(ARGV[5])
+local rotation = ARGV[3] + 0
+local offset = ARGV[4] + 0
+local next_mid = ARGV[5] + 0
 local now = now_ms(ARGV[6])
-local n, m = tonumber(ARGV[8]), tonumber(ARGV[9])
+local n, m = ARGV[8] + 0, ARGV[9] + 0
 if n == 0 then return {2, -1} end
-local day = math.floor((now + offset) / 86400000)
-if day ~= tonumber(ARGV[7]) then return {3, day} end
+local day = (now + offset) / 86400000
+day = day - day % 1
+if day ~= ARGV[7] + 0 then return {3, day} end
 if next_mid <= now then next_mid = (day + 1) * 86400000 - offset end
-local cut = tostring(now - W)
 -- Where each part starts (its first element is at base + 1): in KEYS the cooldowns, the day
 -- counts and the windows; in ARGV the project numbers and the projects' limits.
 local CD = n
@@ -45,25 +47,25 @@ local CA = PJ + 4 * m
 local CK = WIN + 2 * m + 2
 local with_client = ARGV[CA + 1] == '1'
 if with_client then
-  local why = client_check(CK, CA, tokens, now, cut)
+  local why = client_check(CK, CA, tokens, now)
   if why then return {4, why[1], why[2], why[3]} end
 end
 
--- One MGET for every disabled flag and every cooldown (they are contiguous in KEYS), one for
--- the day counts.
-local flags = redis.call('MGET', unpack(KEYS, 1, DAY))
-local days = redis.call('MGET', unpack(KEYS, DAY + 1, DAY + m))
+-- One MGET for every disabled flag, every cooldown and every day count (contiguous in KEYS):
+-- `flags[DAY + p]` is project p's day count.
+local flags = redis.call('MGET', unpack(KEYS, 1, DAY + m))
 local function held_ms(v)
   if not v then return 0 end
   local until_ms = tonumber(string.match(v, '^(%d+)')) or 0
   return until_ms - now
 end
 
--- Projects with an enabled key, in the order of their first enabled key.
-local order, enabled = {}, {}
+-- Projects with an enabled key, in the order of their first enabled key; each key's project.
+local order, enabled, project = {}, {}, {}
 for i = 1, n do
   if not flags[i] then
-    local p = tonumber(ARGV[OF + i])
+    local p = ARGV[OF + i] + 0
+    project[i] = p
     if not enabled[p] then order[#order + 1] = p; enabled[p] = 0 end
     enabled[p] = enabled[p] + 1
   end
@@ -71,20 +73,20 @@ end
 if #order == 0 then return {2, -1} end
 
 local hold, refused = nil, nil
-local open, heads, counts, sums, exps = {}, {}, {}, {}, {}
-for _, p in ipairs(order) do
+local open, heads, counts, sums, exps, firsts = {}, {}, {}, {}, {}, {}
+for o = 1, #order do
+  local p = order[o]
   local b = PJ + (p - 1) * 4
-  local cd = math.max(held_ms(flags[n + 2 * p - 1]), held_ms(flags[n + 2 * p]))
+  local cd = held_ms(flags[n + 2 * p - 1])
+  local cd2 = held_ms(flags[n + 2 * p])
+  if cd2 > cd then cd = cd2 end
   if cd > 0 then
     if not hold or cd < hold then hold = cd end
   else
-    local rpm, tpm, rpd = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+    local rpm, tpm, rpd = ARGV[b + 1] + 0, ARGV[b + 2] + 0, ARGV[b + 3] + 0
     local rq, tk = KEYS[WIN + 2 * p - 1], KEYS[WIN + 2 * p]
-    prune_keys(rq, tk, cut)
-    local count = redis.call('ZCARD', rq)
-    local st = redis.call('HMGET', tk, 'sum', 'exp')
-    local tsum = tonumber(st[1] or '0')
-    local dcount = tonumber(days[p] or '0')
+    local count, tsum, exp, first = window(rq, tk, now)
+    local dcount = (flags[DAY + p] or 0) + 0
     local why = nil
     if dcount >= rpd then
       why = {3, rpd, math.max(next_mid - now, 1)}
@@ -107,9 +109,11 @@ for _, p in ipairs(order) do
       if not refused or why[3] < refused[3] then refused = why end
     else
       open[#open + 1] = p
-      heads[p] = math.min((rpm - count - 1) / rpm, (tpm - tsum - tokens) / tpm,
-                          (rpd - dcount - 1) / rpd)
-      counts[p], sums[p], exps[p] = count, tsum, tonumber(st[2] or '0')
+      local head, h2, h3 = (rpm - count - 1) / rpm, (tpm - tsum - tokens) / tpm, (rpd - dcount - 1) / rpd
+      if h2 < head then head = h2 end
+      if h3 < head then head = h3 end
+      heads[p] = head
+      counts[p], sums[p], exps[p], firsts[p] = count, tsum, exp, first
     end
   end
 end
@@ -138,33 +142,33 @@ local want = 1
 if strategy ~= 'o' then want = rotation % enabled[best] + 1 end
 local cand, seen = 0, 0
 for i = 1, n do
-  if not flags[i] and tonumber(ARGV[OF + i]) == best then
+  if project[i] == best then
     seen = seen + 1
     if seen == want then cand = i - 1; break end
   end
 end
 
 local b = PJ + (best - 1) * 4
-local rpm, tpm = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+local rpm, tpm = ARGV[b + 1] + 0, ARGV[b + 2] + 0
 local rq, tk = KEYS[WIN + 2 * best - 1], KEYS[WIN + 2 * best]
 local seq, pairs_key = KEYS[WIN + 2 * m + 1], KEYS[WIN + 2 * m + 2]
 local id = redis.call('INCR', seq)
 -- The id counter's expiry is refreshed now and then, not on every call (a new counter starts
 -- at 1, so it gets one at once).
 if id % 1024 == 1 then redis.call('PEXPIRE', seq, 172800000) end
-local id_s = tostring(id)
-redis.call('ZADD', rq, now, id_s)
-redis.call('HSET', tk, id_s, ARGV[1])
-redis.call('HINCRBY', tk, 'sum', ARGV[1])
-if with_client then client_reserve(CK, CA, id_s, ARGV[1], now) end
+local id_s = str(id)
 -- The window's keys must outlive their newest entry by KEEP (W, at least 60 s): they expire
--- 2 KEEP after a refresh, refreshed when KEEP or less of that is left (about once a minute, not per call), or
--- when the sorted set was empty (Redis deleted it; ZADD just made it anew, without expiry).
+-- 2 KEEP after a refresh, refreshed when KEEP or less of that is left (about once a minute, not
+-- per call), or when the sorted set was empty (Redis deleted it; ZADD makes it anew, without
+-- expiry), or on the pair's first admission of the day.
 local dk = KEYS[DAY + best]
 local new_day = redis.call('INCR', dk) == 1
 if new_day then redis.call('PEXPIRE', dk, math.max(next_mid - now, 1) + 60000) end
-if new_day or counts[best] == 0 or exps[best] <= now + KEEP then
-  redis.call('HSET', tk, 'exp', now + 2 * KEEP)
+local refresh = new_day or counts[best] == 0 or exps[best] <= now + KEEP
+window_add(rq, tk, now, id_s, ARGV[1], counts[best], sums[best], firsts[best],
+           refresh and str(now + 2 * KEEP) or nil)
+if with_client then client_reserve(CK, CA, id_s, ARGV[1], now) end
+if refresh then
   redis.call('PEXPIRE', rq, 2 * KEEP)
   redis.call('PEXPIRE', tk, 2 * KEEP)
   -- The status page and admin resets find pairs in this set: keep this one in it (the set

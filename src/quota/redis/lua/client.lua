@@ -10,7 +10,10 @@
 -- Refusal codes: 11 rpm, 12 tpm, 13 rpd, 14 concurrency, 15 daily budget, 16 monthly budget.
 local CONCURRENCY_RETRY_MS = 1000
 
-local function client_check(K, A, tokens, now, cut)
+-- The client's window as client_check read it (count, sum, oldest entry), for client_reserve.
+local client_window = nil
+
+local function client_check(K, A, tokens, now)
   local rpm, tpm, rpd = tonumber(ARGV[A + 2]), tonumber(ARGV[A + 3]), tonumber(ARGV[A + 4])
   local maxc, daily, monthly = tonumber(ARGV[A + 5]), tonumber(ARGV[A + 6]), tonumber(ARGV[A + 7])
   local cost = tonumber(ARGV[A + 8])
@@ -31,13 +34,12 @@ local function client_check(K, A, tokens, now, cut)
   end
   if rpm > 0 or tpm > 0 then
     local rq, tk = KEYS[K + 1], KEYS[K + 2]
-    prune_keys(rq, tk, cut)
-    local count = redis.call('ZCARD', rq)
+    local count, tsum, _, first = window(rq, tk, now)
+    client_window = {count, tsum, first}
     if rpm > 0 and count >= rpm then
       local r = redis.call('ZRANGE', rq, count - rpm, count - rpm, 'WITHSCORES')
       return {11, rpm, math.max(tonumber(r[2]) + W - now, 1)}
     end
-    local tsum = tonumber(redis.call('HGET', tk, 'sum') or '0')
     if tpm > 0 and tsum + tokens > tpm then
       local need, freed, wait = tsum + tokens - tpm, 0, W
       local ids = redis.call('ZRANGE', rq, 0, -1, 'WITHSCORES')
@@ -58,9 +60,8 @@ local function client_reserve(K, A, id_s, tokens_s, now)
   local day_end, month_end = tonumber(ARGV[A + 10]), tonumber(ARGV[A + 11])
   if rpm > 0 or tpm > 0 then
     local rq, tk = KEYS[K + 1], KEYS[K + 2]
-    redis.call('ZADD', rq, now, id_s)
-    redis.call('HSET', tk, id_s, tokens_s)
-    redis.call('HINCRBY', tk, 'sum', tokens_s)
+    local w = client_window
+    window_add(rq, tk, now, id_s, tokens_s, w[1], w[2], w[3], nil)
     redis.call('PEXPIRE', rq, 2 * KEEP)
     redis.call('PEXPIRE', tk, 2 * KEEP)
   end

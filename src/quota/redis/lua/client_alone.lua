@@ -10,7 +10,7 @@
 --   only), 14 now override ('' = Redis TIME).
 -- Returns {0}: done; or {client limit code, limit value, retry after ms}: nothing written.
 local now = now_ms(ARGV[14])
-local why = client_check(0, 0, 0, now, tostring(now - W))
+local why = client_check(0, 0, 0, now)
 if why then return why end
 if ARGV[13] ~= '1' then ARGV[8] = '0' end
 client_reserve(0, 0, ARGV[12], '0', now)

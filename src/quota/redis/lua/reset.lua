@@ -11,8 +11,11 @@ for i = 1, #KEYS, 3 do
   local rq, tk, dk = KEYS[i], KEYS[i + 1], KEYS[i + 2]
   if kind == 'minute' or kind == 'all' then redis.call('DEL', rq, tk) end
   if kind == 'tokens' then
+    -- Every admission's tokens and their sum to 0; the oldest entry's time stays.
     local ids = redis.call('HKEYS', tk)
-    for j = 1, #ids do redis.call('HSET', tk, ids[j], 0) end
+    for j = 1, #ids do
+      if ids[j] ~= 'first' then redis.call('HSET', tk, ids[j], 0) end
+    end
   end
   if kind == 'daily' or kind == 'all' then redis.call('DEL', dk) end
 end

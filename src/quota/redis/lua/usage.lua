@@ -11,17 +11,15 @@
 local now = now_ms(ARGV[2])
 local day = math.floor((now + tonumber(ARGV[1])) / 86400000)
 if day ~= tonumber(ARGV[3]) then return {1, day} end
-local cut = tostring(now - W)
 local set = KEYS[#KEYS]
 local out = {0}
 for p = 1, math.floor(#KEYS / 3) do
   local i = 3 * p - 2
   local rq, tk = KEYS[i], KEYS[i + 1]
-  prune_keys(rq, tk, cut)
-  local count = redis.call('ZCARD', rq)
+  local count, sum = window(rq, tk, now)
   local today = tonumber(redis.call('GET', KEYS[i + 2]) or '0')
   out[#out + 1] = count
-  out[#out + 1] = tonumber(redis.call('HGET', tk, 'sum') or '0')
+  out[#out + 1] = sum
   out[#out + 1] = today
   if count == 0 and today == 0 then redis.call('SREM', set, ARGV[3 + p]) end
 end
