@@ -33,7 +33,7 @@ impl RedisStore {
         }
         let (mut day, mut next_midnight) = (di.day, di.next_midnight_ms);
         for _ in 0..3 {
-            let inv = self.admit_call(
+            let cmd = self.admit_cmd(
                 req,
                 &projects,
                 &project_of,
@@ -41,7 +41,7 @@ impl RedisStore {
                 di.offset_ms,
                 next_midnight,
             );
-            let v: Vec<Value> = self.run(inv).await?;
+            let v: Vec<Value> = self.eval(&self.admit, &cmd).await?;
             match v.first().map(int).transpose()? {
                 Some(3) if v.len() == 2 => {
                     // Redis's day: its next midnight is worked out in the script.
@@ -57,39 +57,50 @@ impl RedisStore {
     }
 
     /// The admission script's call: every key it touches in `KEYS` (in the order admit.lua
-    /// reads them), limits and choices in `ARGV`.
-    fn admit_call<'a>(
-        &'a self,
+    /// reads them), limits and choices in `ARGV`. Built straight into one command, each key
+    /// name written into one reused buffer: no string per name, no copy of the arguments.
+    fn admit_cmd(
+        &self,
         req: &AdmitRequest,
         projects: &[&Candidate],
         project_of: &[usize],
         day: i64,
         offset_ms: i64,
         next_midnight_ms: i64,
-    ) -> redis::ScriptInvocation<'a> {
-        let (k, model) = (&self.keys, &req.model);
-        let mut inv = self.admit.prepare_invoke();
+    ) -> redis::Cmd {
+        let (k, model) = (&self.keys, req.model.as_str());
+        let client_keys = if req.client.is_some() { 6 } else { 0 };
+        let key_count = req.candidates.len() + 5 * projects.len() + 2 + client_keys;
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.admit.get_hash()).arg(key_count);
+        let mut name = String::with_capacity(128);
+        let mut key = |cmd: &mut redis::Cmd, write: &dyn Fn(&mut String)| {
+            name.clear();
+            write(&mut name);
+            cmd.arg(name.as_str());
+        };
         for c in &req.candidates {
-            inv.key(k.disabled(&c.kid));
+            key(&mut cmd, &|o| k.write_disabled(o, &c.kid));
         }
         for f in projects {
-            inv.key(k.cooldown(&f.project, model))
-                .key(k.cooldown(&f.project, "*"));
+            key(&mut cmd, &|o| k.write_cooldown(o, &f.project, model));
+            key(&mut cmd, &|o| k.write_cooldown(o, &f.project, "*"));
         }
         for f in projects {
-            inv.key(k.day(&f.project, model, day));
+            key(&mut cmd, &|o| k.write_day(o, &f.project, model, day));
         }
         for f in projects {
-            let (rq, tk) = k.window(&f.project, model);
-            inv.key(rq).key(tk);
+            key(&mut cmd, &|o| k.write_window(o, &f.project, model, "rq"));
+            key(&mut cmd, &|o| k.write_window(o, &f.project, model, "tk"));
         }
-        inv.key(k.seq()).key(k.pairs());
+        key(&mut cmd, &|o| k.write_named(o, "seq"));
+        key(&mut cmd, &|o| k.write_named(o, "pairs"));
         if let Some(c) = &req.client {
-            for key in k.client(&c.name, c.period.day, c.period.month) {
-                inv.key(key);
+            for name in k.client(&c.name, c.period.day, c.period.month) {
+                cmd.arg(name);
             }
         }
-        inv.arg(req.tokens)
+        cmd.arg(req.tokens)
             .arg(if req.strategy == Strategy::Ordered {
                 "o"
             } else {
@@ -103,21 +114,25 @@ impl RedisStore {
             .arg(req.candidates.len())
             .arg(projects.len());
         for at in project_of {
-            inv.arg(*at);
+            cmd.arg(*at);
         }
         for f in projects {
-            inv.arg(f.limits.minute)
+            cmd.arg(f.limits.minute)
                 .arg(f.limits.token_minute)
-                .arg(f.limits.daily)
-                .arg(format!("{}|{model}", f.project));
+                .arg(f.limits.daily);
+            name.clear();
+            name.push_str(&f.project);
+            name.push('|');
+            name.push_str(model);
+            cmd.arg(name.as_str());
         }
         match &req.client {
-            Some(c) => client_args(&mut inv, c),
+            Some(c) => client_args(&mut cmd, c),
             None => {
-                inv.arg("0");
+                cmd.arg("0");
             }
         }
-        inv
+        cmd
     }
 
     /// What the admission script answered, as an outcome.
@@ -182,20 +197,41 @@ impl RedisStore {
     }
 }
 
+/// Where a script's arguments go: an invocation, or a command built whole.
+pub(super) trait Args {
+    fn put<T: redis::ToRedisArgs>(&mut self, v: T);
+}
+
+impl Args for redis::ScriptInvocation<'_> {
+    fn put<T: redis::ToRedisArgs>(&mut self, v: T) {
+        self.arg(v);
+    }
+}
+
+impl Args for redis::Cmd {
+    fn put<T: redis::ToRedisArgs>(&mut self, v: T) {
+        self.arg(v);
+    }
+}
+
 /// A client's part of a script's arguments (client.lua's `client_check`): its caps (0: none),
 /// the cost reserved, its lease and its periods' ends.
-pub(super) fn client_args(inv: &mut redis::ScriptInvocation<'_>, c: &crate::quota::ClientAdmit) {
+pub(super) fn client_args(to: &mut impl Args, c: &crate::quota::ClientAdmit) {
     let caps = c.caps;
     let n = |v: Option<u64>| v.unwrap_or(0);
-    inv.arg("1")
-        .arg(n(caps.rpm))
-        .arg(n(caps.tpm))
-        .arg(n(caps.rpd))
-        .arg(n(caps.max_concurrent))
-        .arg(n(caps.daily_micros))
-        .arg(n(caps.monthly_micros))
-        .arg(c.cost_micros)
-        .arg(c.lease_ms.clamp(1, crate::quota::MAX_HOLD_MS))
-        .arg(c.period.day_end_ms)
-        .arg(c.period.month_end_ms);
+    to.put("1");
+    for v in [
+        caps.rpm,
+        caps.tpm,
+        caps.rpd,
+        caps.max_concurrent,
+        caps.daily_micros,
+        caps.monthly_micros,
+    ] {
+        to.put(n(v));
+    }
+    to.put(c.cost_micros);
+    to.put(c.lease_ms.clamp(1, crate::quota::MAX_HOLD_MS));
+    to.put(c.period.day_end_ms);
+    to.put(c.period.month_end_ms);
 }

@@ -131,6 +131,29 @@ impl RedisStore {
         self.days.at(now)
     }
 
+    /// A script's call built whole as `cmd` (an `EVALSHA` of `script`), with what the
+    /// invocation does when Redis lost its scripts (a restart, `SCRIPT FLUSH`): load it, call
+    /// again.
+    async fn eval<T: FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        self.deadline(async {
+            match cmd.query_async(&mut conn).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    script.load_async(&mut conn).await?;
+                    cmd.query_async(&mut conn).await
+                }
+                r => r,
+            }
+        })
+        .await
+    }
+
     async fn run<T: FromRedisValue>(
         &self,
         inv: redis::ScriptInvocation<'_>,
