@@ -16,8 +16,9 @@ serves them (more requests in flight: more memory touched per unit of work). BEN
 simulates the caches and branch predictor (valgrind's model of this CPU's L1 caches) and prints,
 per request, the L1 instruction and data misses, the mispredicted branches, and a rough cycle
 estimate (instructions + 10 per L1 miss + 15 per mispredict): instructions alone miss what a
-larger state per request costs in cache misses. Needs valgrind (scripts/bench-instructions
-installs it)."""
+larger state per request costs in cache misses. BENCH_REDIS=1 runs each proxy on the Redis store
+instead (a redis-server of its own on a free port, itself under callgrind counting only inside its
+EVALSHA command: what the scripts cost Redis per request, printed beside the proxy's count). Needs valgrind (scripts/bench-instructions installs it)."""
 
 import http.client
 import http.server
@@ -125,8 +126,40 @@ def send_on(port, n, conns):
 CACHE_EVENTS = ("Ir", "I1mr", "D1mr", "D1mw", "Bcm", "Bim")
 
 
+def start_redis(work):
+    """A redis-server of this run's own on a free port, keeping nothing on disk, under
+    callgrind counting only inside EVALSHA (the scripts' runs)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/redis.out",
+         "--toggle-collect=evalShaCommand",
+         "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, 60)
+    return port, proc
+
+
+def program_totals(dump):
+    """`callgrind_annotate`'s output of `dump` and its totals by event."""
+    annotated = subprocess.run(
+        ["callgrind_annotate", "--inclusive=yes", dump], capture_output=True, text=True
+    ).stdout
+    events = ["Ir"]
+    for line in annotated.splitlines():
+        if line.startswith("Events shown:"):
+            events = line.split(":", 1)[1].split()
+        if "PROGRAM TOTALS" in line:
+            # One figure per event, each followed by its share: "1,234 (100.0%)".
+            figures = [int(f.replace(",", "")) for f in line.split("PROGRAM")[0].split()
+                       if f[0].isdigit()]
+            return annotated, dict(zip(events, figures))
+    return annotated, None
+
+
 def count(binary, upstream_port, otel, requests, warmup, top, conns=1, cache=False):
     work = tempfile.mkdtemp(prefix="gqp-cg-")
+    redis = start_redis(work) if os.environ.get("BENCH_REDIS") == "1" else None
     out = os.path.join(work, "callgrind.out")
     port = free_port()
     env = {
@@ -141,6 +174,8 @@ def count(binary, upstream_port, otel, requests, warmup, top, conns=1, cache=Fal
         "RUST_LOG": "warn",
         "TOKIO_WORKER_THREADS": "1",
     }
+    if redis:
+        env["REDIS_URL"] = f"redis://127.0.0.1:{redis[0]}"
     if otel:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{upstream_port}"
         env["OTEL_TRACES_SAMPLER"] = os.environ.get("BENCH_OTEL_SAMPLER", "always_on")
@@ -157,8 +192,9 @@ def count(binary, upstream_port, otel, requests, warmup, top, conns=1, cache=Fal
         wait_port(port)
         send_on(port, warmup, conns)
         time.sleep(0.5)
-        subprocess.run(["callgrind_control", "--zero", str(proc.pid)], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for pid in [proc.pid] + ([redis[1].pid] if redis else []):
+            subprocess.run(["callgrind_control", "--zero", str(pid)], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         send_on(port, requests, conns)
         if otel:
             time.sleep(1.5)  # the last batch leaves within the 200 ms schedule
@@ -167,27 +203,25 @@ def count(binary, upstream_port, otel, requests, warmup, top, conns=1, cache=Fal
     finally:
         proc.terminate()
         proc.wait()
+        if redis:
+            redis[1].terminate()
+            redis[1].wait()
+    redis_line = None
+    if redis:
+        redis_dumps = sorted(f for f in os.listdir(work) if f.startswith("redis.out"))
+        _, redis_totals = program_totals(os.path.join(work, redis_dumps[-1]))
+        if redis_totals:
+            redis_line = (f"    redis-server: {redis_totals['Ir'] / requests / 1000:.1f}k "
+                          "instructions per request in its scripts (EVALSHA)")
     dumps = sorted(f for f in os.listdir(work) if f.startswith("callgrind.out."))
     if not dumps:
         sys.exit(f"no callgrind dump in {work}")
     dump = os.path.join(work, dumps[-1])
-    annotated = subprocess.run(
-        ["callgrind_annotate", "--inclusive=yes", dump], capture_output=True, text=True
-    ).stdout
-    total, events = None, ["Ir"]
-    for line in annotated.splitlines():
-        if line.startswith("Events shown:"):
-            events = line.split(":", 1)[1].split()
-        if "PROGRAM TOTALS" in line:
-            # One figure per event, each followed by its share: "1,234 (100.0%)".
-            figures = [int(f.replace(",", "")) for f in line.split("PROGRAM")[0].split()
-                       if f[0].isdigit()]
-            totals = dict(zip(events, figures))
-            total = totals.get("Ir")
-            break
+    annotated, totals = program_totals(dump)
+    total = totals.get("Ir") if totals else None
     if total is None:
         sys.exit(f"no total in {dump}")
-    lines = []
+    lines = [redis_line] if redis_line else []
     if cache:
         per = {e: totals.get(e, 0) / requests for e in CACHE_EVENTS}
         misses = per["I1mr"] + per["D1mr"] + per["D1mw"]
@@ -222,7 +256,8 @@ def main():
     upstream_port = server.server_address[1]
     over = "one connection" if conns == 1 else f"{conns} connections at once"
     print(f"callgrind: {requests} generateContent requests on {over} after {warmup}, "
-          "one Tokio worker, memory store")
+          "one Tokio worker, " + ("Redis store" if os.environ.get("BENCH_REDIS") == "1"
+                                  else "memory store"))
     for binary in bins:
         for on in ([False, True] if otel else [False]):
             per, lines = count(binary, upstream_port, on, requests, warmup, top, conns, cache)
