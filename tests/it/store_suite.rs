@@ -795,6 +795,24 @@ async fn redis_window_counts_stay_exact_whatever_leaves_at_once_and_without_its_
     assert_eq!(minute(&h).await, (1, 5));
 }
 
+/// Redis that lost its scripts (a restart without persistence, `SCRIPT FLUSH`) gets them again
+/// on the next call: admissions go on and count where they left off.
+#[tokio::test]
+async fn redis_admission_loads_its_script_again_after_a_script_flush() {
+    let h = redis();
+    let server = h._redis.clone().unwrap();
+    let r = req(2, vec![cand(0, "p", limits(1000, 1_000_000, 100_000))]);
+    assert!(admitted(&h, &r).await);
+    server.cli(&["SCRIPT", "FLUSH"]).unwrap();
+    assert!(admitted(&h, &r).await);
+    assert!(admitted(&h, &r).await);
+    let usage = h.store.usage().await.unwrap();
+    assert_eq!(
+        (usage[0].2.minute_requests, usage[0].2.minute_tokens),
+        (3, 6)
+    );
+}
+
 /// Keys Redis dropped on its own (an emptied sorted set, an evicted or expired pairs set) come
 /// back with an expiry and on the status page.
 #[tokio::test]
