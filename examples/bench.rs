@@ -384,8 +384,45 @@ impl RedisSide {
     }
 }
 
+/// `BENCH_ROUNDS` (default 2): how many times `BENCH_BASELINE`'s comparisons alternate the
+/// two builds.
+fn rounds() -> usize {
+    std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2)
+}
+
+/// The middle of `v` (the mean of the two middle ones for an even count).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// `v` as `0.981, 1.012, ...`.
+fn listed(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.3}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `BENCH_BASELINE` on the Redis store: what Redis spends per request under each build.
-fn compare_redis(upstream: u16, baseline: &Path, conns: u32, secs: u32, script: &Path) {
+/// `memory`: the memory store's requests/s of (this build, the baseline) measured just before,
+/// for the Redis/memory ratios.
+fn compare_redis(
+    upstream: u16,
+    baseline: &Path,
+    conns: u32,
+    secs: u32,
+    script: &Path,
+    memory: Option<(f64, f64)>,
+) {
     let mut new = RedisSide::start(&proxy_bin(), upstream);
     let mut old = RedisSide::start(baseline, upstream);
     for p in [new.port, old.port] {
@@ -393,11 +430,7 @@ fn compare_redis(upstream: u16, baseline: &Path, conns: u32, secs: u32, script: 
     }
     println!();
     println!("Redis store, each build with its own redis-server:");
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
-    for _ in 0..rounds {
+    for _ in 0..rounds() {
         old.run("baseline, redis store", conns, secs, script);
         new.run("this build, redis", conns, secs, script);
     }
@@ -420,15 +453,33 @@ fn compare_redis(upstream: u16, baseline: &Path, conns: u32, secs: u32, script: 
         avg(&new.redis, |r| r.0) / avg(&old.redis, |r| r.0),
         avg(&new.redis, |r| r.1) / avg(&old.redis, |r| r.1)
     );
+    let per_round: Vec<f64> = new
+        .loads
+        .iter()
+        .zip(&old.loads)
+        .map(|(n, o)| n.rps / o.rps)
+        .collect();
+    println!(
+        "per round: throughput {} (median {:.3})",
+        listed(&per_round),
+        median(&per_round)
+    );
+    if let Some((new_memory, old_memory)) = memory {
+        println!(
+            "Redis/memory in this run: this build {:.2}, baseline {:.2}",
+            rps(&new) / new_memory,
+            rps(&old) / old_memory
+        );
+    }
 }
 
 /// `BENCH_BASELINE=path/to/other/gemini-quota-proxy`: this build against that one, memory
-/// store, in one run: throughput and CPU per request measured twice each, alternating (A B A
-/// B), then the latency each adds at concurrency 1; then the same on the Redis store, with
-/// what Redis spends per request (`BENCH_ONLY=redis`: that part only).
+/// store, in one run: throughput and CPU per request measured `BENCH_ROUNDS` times each (default
+/// 2), alternating (A B A B), then the latency each adds at concurrency 1; then the same on the
+/// Redis store, with what Redis spends per request (`BENCH_ONLY=redis`: that part only).
 fn compare(upstream: u16, baseline: &std::path::Path, conns: u32, secs: u32, script: &Path) {
     if std::env::var("BENCH_ONLY").as_deref() == Ok("redis") {
-        compare_redis(upstream, baseline, conns, secs, script);
+        compare_redis(upstream, baseline, conns, secs, script, None);
         return;
     }
     let (new_port, new_proc) = start_proxy(upstream, None);
@@ -444,7 +495,7 @@ fn compare(upstream: u16, baseline: &std::path::Path, conns: u32, secs: u32, scr
         "|------------------------|-----------|----------|----------|-----------|----------|--------|------------|"
     );
     let (mut new, mut old) = (Vec::new(), Vec::new());
-    for _ in 0..2 {
+    for _ in 0..rounds() {
         let o = wrk_cpu(old_port, conns, secs, script, Some(old_proc.0.id()));
         row("baseline, memory store", &o);
         old.push(o);
@@ -461,6 +512,19 @@ fn compare(upstream: u16, baseline: &std::path::Path, conns: u32, secs: u32, scr
         nr / or,
         nc / oc
     );
+    // Each round's two runs are next to each other in time: the median of their ratios is less
+    // swayed than the means by a round the machine was busy elsewhere.
+    let ratios = |f: fn(&Load) -> f64| -> Vec<f64> {
+        new.iter().zip(&old).map(|(n, o)| f(n) / f(o)).collect()
+    };
+    let (tr, cr) = (ratios(|l| l.rps), ratios(|l| l.cpu_us));
+    println!(
+        "per round: throughput {} (median {:.3}), CPU per request {} (median {:.3})",
+        listed(&tr),
+        median(&tr),
+        listed(&cr),
+        median(&cr)
+    );
     let d1 = wrk(upstream, 1, secs / 2, script);
     let o1 = wrk(old_port, 1, secs / 2, script);
     let n1 = wrk(new_port, 1, secs / 2, script);
@@ -472,7 +536,7 @@ fn compare(upstream: u16, baseline: &std::path::Path, conns: u32, secs: u32, scr
         n1.p99_us - d1.p99_us
     );
     drop((new_proc, old_proc));
-    compare_redis(upstream, baseline, conns, secs, script);
+    compare_redis(upstream, baseline, conns, secs, script, Some((nr, or)));
 }
 
 #[tokio::main(flavor = "current_thread")]
