@@ -194,6 +194,8 @@ const SUITE: &[(&str, Body)] = &[
 mod batches;
 #[path = "store_suite/clients.rs"]
 mod clients;
+#[path = "store_suite/gathered.rs"]
+mod gathered;
 
 async fn admitted(h: &Harness, r: &AdmitRequest) -> bool {
     matches!(h.store.admit(r).await.unwrap(), AdmitOutcome::Admitted(_))

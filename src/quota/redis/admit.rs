@@ -17,23 +17,11 @@ impl RedisStore {
         req: &AdmitRequest,
     ) -> Result<AdmitOutcome, StoreError> {
         let di = self.day();
-        // Projects in order of first appearance (their limits: their first key's), and each
-        // key's project number.
-        let mut projects: Vec<&Candidate> = Vec::new();
-        let mut project_of: Vec<usize> = Vec::with_capacity(req.candidates.len());
-        for c in &req.candidates {
-            let at = match projects.iter().position(|f| f.project == c.project) {
-                Some(at) => at,
-                None => {
-                    projects.push(c);
-                    projects.len() - 1
-                }
-            };
-            project_of.push(at + 1);
-        }
+        let (projects, project_of) = projects(req);
         let (mut day, mut next_midnight) = (di.day, di.next_midnight_ms);
         for _ in 0..3 {
             let cmd = self.admit_cmd(
+                &self.admit,
                 req,
                 &projects,
                 &project_of,
@@ -56,11 +44,15 @@ impl RedisStore {
         ))
     }
 
-    /// The admission script's call: every key it touches in `KEYS` (in the order admit.lua
-    /// reads them), limits and choices in `ARGV`. Built straight into one command, each key
-    /// name written into one reused buffer: no string per name, no copy of the arguments.
-    fn admit_cmd(
+    /// The admission script's call (`script`: admit.lua, or admit_many.lua which takes the
+    /// same and the further admissions after them): every key it touches in `KEYS` (in the
+    /// order admit.lua reads them), limits and choices in `ARGV`. Built straight into one
+    /// command, each key name written into one reused buffer: no string per name, no copy of
+    /// the arguments.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn admit_cmd(
         &self,
+        script: &redis::Script,
         req: &AdmitRequest,
         projects: &[&Candidate],
         project_of: &[usize],
@@ -72,7 +64,7 @@ impl RedisStore {
         let client_keys = if req.client.is_some() { 6 } else { 0 };
         let key_count = req.candidates.len() + 5 * projects.len() + 2 + client_keys;
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.admit.get_hash()).arg(key_count);
+        cmd.arg(script.get_hash()).arg(key_count);
         let mut name = String::with_capacity(128);
         let mut key = |cmd: &mut redis::Cmd, write: &dyn Fn(&mut String)| {
             name.clear();
@@ -136,7 +128,11 @@ impl RedisStore {
     }
 
     /// What the admission script answered, as an outcome.
-    fn admit_answer(&self, req: &AdmitRequest, v: &[Value]) -> Result<AdmitOutcome, StoreError> {
+    pub(super) fn admit_answer(
+        &self,
+        req: &AdmitRequest,
+        v: &[Value],
+    ) -> Result<AdmitOutcome, StoreError> {
         let code = v.first().map(int).transpose()?.unwrap_or(-1);
         match (code, v.len()) {
             (1, 5) => {
@@ -195,6 +191,24 @@ impl RedisStore {
             ))),
         }
     }
+}
+
+/// The projects of `req`'s candidates in order of first appearance (their limits: their first
+/// key's), and each key's project number (1-based).
+pub(super) fn projects(req: &AdmitRequest) -> (Vec<&Candidate>, Vec<usize>) {
+    let mut projects: Vec<&Candidate> = Vec::new();
+    let mut project_of: Vec<usize> = Vec::with_capacity(req.candidates.len());
+    for c in &req.candidates {
+        let at = match projects.iter().position(|f| f.project == c.project) {
+            Some(at) => at,
+            None => {
+                projects.push(c);
+                projects.len() - 1
+            }
+        };
+        project_of.push(at + 1);
+    }
+    (projects, project_of)
 }
 
 /// Where a script's arguments go: an invocation, or a command built whole.

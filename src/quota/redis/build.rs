@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono_tz::Tz;
 use redis::Script;
 
+use super::gather::Gather;
 use super::keys::Keys;
 use super::settle::{RiderSlot, SETTLE_QUEUE, settle_writer};
 use super::{PAIRS_CAP, RedisConn, RedisStore, SharedIo};
@@ -58,7 +59,11 @@ impl RedisStore {
             rider.clone(),
         ));
         let admit = Script::new(lua!(admit));
-        tokio::spawn(preload(conn.clone(), vec![admit.clone(), settle.clone()]));
+        let admit_many = Script::new(lua!("admit_many.lua"));
+        tokio::spawn(preload(
+            conn.clone(),
+            vec![admit.clone(), admit_many.clone(), settle.clone()],
+        ));
         Ok(RedisStore {
             conn,
             keys,
@@ -69,6 +74,8 @@ impl RedisStore {
             window_ms: crate::quota::MINUTE_MS as u64,
             pairs_cap: PAIRS_CAP,
             admit,
+            admit_many,
+            gather: Gather::default(),
             settle,
             settle_queue,
             rider,
@@ -126,11 +133,15 @@ impl RedisStore {
             )
         };
         self.admit = set(lua!(admit));
+        self.admit_many = set(lua!("admit_many.lua"));
         self.usage = set(lua!("usage.lua"));
         self.client_alone = set(lua!(client "client_alone.lua"));
         self.live_usage = set(lua!("live_usage.lua"));
-        // The admission script preloaded at construction is not this one.
-        tokio::spawn(preload(self.conn.clone(), vec![self.admit.clone()]));
+        // The admission scripts preloaded at construction are not these.
+        tokio::spawn(preload(
+            self.conn.clone(),
+            vec![self.admit.clone(), self.admit_many.clone()],
+        ));
     }
 
     /// Use `clock` instead of Redis `TIME` (tests only: lets one suite travel in time).

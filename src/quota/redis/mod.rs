@@ -17,6 +17,7 @@ use super::{
 
 mod admit;
 pub mod conn;
+mod gather;
 mod io;
 mod keys;
 pub mod nodes;
@@ -81,6 +82,9 @@ pub struct RedisStore {
     /// another day than Redis's `TIME`, as a replica's may be around midnight.
     day_clock: Option<Arc<dyn Clock>>,
     admit: Script,
+    /// Admissions gathered while one was running (admit_many.lua, `gather`).
+    admit_many: Script,
+    gather: gather::Gather,
     settle: Script,
     usage: Script,
     /// The window and the pairs cap the scripts were loaded with.
@@ -196,7 +200,7 @@ const PAIRS_PER_CALL: usize = 512;
 #[async_trait]
 impl QuotaStore for RedisStore {
     async fn admit(&self, req: &AdmitRequest) -> Result<AdmitOutcome, StoreError> {
-        self.admit_script(req).await
+        self.admit_gathered(req).await
     }
 
     async fn settle(&self, r: &Reservation, actual_tokens: u64) -> Result<(), StoreError> {

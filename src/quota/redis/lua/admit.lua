@@ -165,7 +165,7 @@ local dk = KEYS[DAY + best]
 local new_day = redis.call('INCR', dk) == 1
 if new_day then redis.call('PEXPIRE', dk, math.max(next_mid - now, 1) + 60000) end
 local refresh = new_day or counts[best] == 0 or exps[best] <= now + KEEP
-window_add(rq, tk, now, id_s, ARGV[1], counts[best], sums[best], firsts[best],
+window_add(rq, tk, now, {id_s}, {ARGV[1]}, counts[best], sums[best], firsts[best],
            refresh and str(now + 2 * KEEP) or nil)
 if with_client then client_reserve(CK, CA, id_s, ARGV[1], now) end
 if refresh then

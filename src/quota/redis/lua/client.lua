@@ -61,7 +61,7 @@ local function client_reserve(K, A, id_s, tokens_s, now)
   if rpm > 0 or tpm > 0 then
     local rq, tk = KEYS[K + 1], KEYS[K + 2]
     local w = client_window
-    window_add(rq, tk, now, id_s, tokens_s, w[1], w[2], w[3], nil)
+    window_add(rq, tk, now, {id_s}, {tokens_s}, w[1], w[2], w[3], nil)
     redis.call('PEXPIRE', rq, 2 * KEEP)
     redis.call('PEXPIRE', tk, 2 * KEEP)
   end

@@ -15,7 +15,7 @@ if id % 1024 == 1 then redis.call('PEXPIRE', KEYS[3], 172800000) end
 local id_s = tostring(id)
 local rq, tk = KEYS[1], KEYS[2]
 local count, sum, _, first = window(rq, tk, now)
-window_add(rq, tk, now, id_s, ARGV[1], count, sum, first, str(now + 2 * KEEP))
+window_add(rq, tk, now, {id_s}, {ARGV[1]}, count, sum, first, str(now + 2 * KEEP))
 redis.call('PEXPIRE', rq, 2 * KEEP)
 redis.call('PEXPIRE', tk, 2 * KEEP)
 if redis.call('SCARD', KEYS[4]) < PAIRS_CAP then redis.call('SADD', KEYS[4], ARGV[2]) end
@@ -23,7 +23,7 @@ redis.call('PEXPIRE', KEYS[4], 172800000)
 if ARGV[4] ~= '1' then return {0, 0} end
 if ARGV[5] == '1' then
   local c_count, c_sum, _, c_first = window(KEYS[5], KEYS[6], now)
-  window_add(KEYS[5], KEYS[6], now, id_s, ARGV[1], c_count, c_sum, c_first, nil)
+  window_add(KEYS[5], KEYS[6], now, {id_s}, {ARGV[1]}, c_count, c_sum, c_first, nil)
   redis.call('PEXPIRE', KEYS[5], 2 * KEEP)
   redis.call('PEXPIRE', KEYS[6], 2 * KEEP)
 end

@@ -81,13 +81,23 @@ local function window(rq, tk, now)
   return redis.call('ZCARD', rq), sum, exp, first
 end
 
--- One entry (id, tokens) added at `now` to a window `window` read in this run (count, sum,
--- first): the set's member, then in one write its tokens, the new sum, the oldest entry's time
--- when this entry is it, and `exp_s` as the keys' expiry when given.
-local function window_add(rq, tk, now, id_s, tokens_s, count, sum, first, exp_s)
+-- Entries (`ids[i]` with `toks[i]` tokens, strings) added at `now` to a window `window` read in
+-- this run (count, sum, first): the set's members in one write, then in one more their tokens,
+-- the new sum, the oldest entry's time when these are the first, and `exp_s` as the keys'
+-- expiry when given.
+local function window_add(rq, tk, now, ids, toks, count, sum, first, exp_s)
   local now_s = str(now)
-  redis.call('ZADD', rq, now_s, id_s)
-  local h = {'HSET', tk, id_s, tokens_s, 'sum', str(sum + tokens_s)}
+  local z, h = {'ZADD', rq}, {'HSET', tk}
+  for i = 1, #ids do
+    z[2 * i + 1] = now_s
+    z[2 * i + 2] = ids[i]
+    h[2 * i + 1] = ids[i]
+    h[2 * i + 2] = toks[i]
+    sum = sum + toks[i]
+  end
+  redis.call(unpack(z))
+  h[#h + 1] = 'sum'
+  h[#h + 1] = str(sum)
   if count == 0 or (first and now < first) then
     h[#h + 1] = 'first'
     h[#h + 1] = now_s

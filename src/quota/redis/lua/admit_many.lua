@@ -1,0 +1,233 @@
+-- Several admissions asking for the same model and candidates, none with a client part (an
+-- admission with one goes alone, admit.lua): those that met while one admission's script was
+-- running, gathered by the proxy (src/quota/redis/gather.rs). Each is decided in turn as admit.lua
+-- would decide it, coming alone after the ones before it: the same limits, holds, choice of
+-- project and key, refusals and retry times. What changes is the cost: the clock, the flags and
+-- each project's window are read once, and the writes are made together (one INCRBY of the id
+-- counter, per project one ZADD, one HSET and one INCRBY of the day count).
+--
+-- KEYS and ARGV as admit.lua's without a client part (its '0' in ARGV), then the admissions
+--   after the first (whose tokens and rotation are ARGV 1 and 3): their count e, then
+--   e x (tokens, rotation).
+-- Returns one answer per admission, in order, each as admit.lua answers one; every one of
+--   them {3, Redis's day} when the day-count keys are for another day (nothing was written).
+-- Most members of the pairs set (the store writes its setting into this line when it loads
+-- the script): model names are the client's choice, and every status read, /metrics scrape
+-- and alert evaluation walks the set. A pair past it is still counted, only not listed.
+local PAIRS_CAP = 4096
+-- Numbers are read by arithmetic (`ARGV[i] + 0`): the string is converted once, where
+-- `tonumber` is a function call that converts it twice.
+local strategy = ARGV[2]
+local offset = ARGV[4] + 0
+local next_mid = ARGV[5] + 0
+local now = now_ms(ARGV[6])
+local n, m = ARGV[8] + 0, ARGV[9] + 0
+-- Where each part starts (its first element is at base + 1): in KEYS the cooldowns, the day
+-- counts and the windows; in ARGV the project numbers and the projects' limits.
+local CD = n
+local DAY = CD + 2 * m
+local WIN = DAY + m
+local OF = 9
+local PJ = OF + n
+-- The client part's '0', then the further admissions.
+local CA = PJ + 4 * m
+-- The admissions: the first in ARGV 1 and 3, the further ones after the client part's '0'.
+local toks_s, rots = {ARGV[1]}, {ARGV[3] + 0}
+for a = 1, ARGV[CA + 2] + 0 do
+  toks_s[a + 1] = ARGV[CA + 1 + 2 * a]
+  rots[a + 1] = ARGV[CA + 2 + 2 * a] + 0
+end
+local k = #toks_s
+-- The same answer for every admission.
+local function answer(one)
+  local all = {}
+  for a = 1, k do all[a] = one end
+  return all
+end
+
+if n == 0 then return answer({2, -1}) end
+local day = (now + offset) / 86400000
+day = day - day % 1
+if day ~= ARGV[7] + 0 then return answer({3, day}) end
+if next_mid <= now then next_mid = (day + 1) * 86400000 - offset end
+
+-- One MGET for every disabled flag, every cooldown and every day count (contiguous in KEYS):
+-- `flags[DAY + p]` is project p's day count.
+local flags = redis.call('MGET', unpack(KEYS, 1, DAY + m))
+local function held_ms(v)
+  if not v then return 0 end
+  local until_ms = tonumber(string.match(v, '^(%d+)')) or 0
+  return until_ms - now
+end
+
+-- Projects with an enabled key, in the order of their first enabled key; each key's project.
+local order, enabled, project = {}, {}, {}
+for i = 1, n do
+  if not flags[i] then
+    local p = ARGV[OF + i] + 0
+    project[i] = p
+    if not enabled[p] then order[#order + 1] = p; enabled[p] = 0 end
+    enabled[p] = enabled[p] + 1
+  end
+end
+if #order == 0 then return answer({2, -1}) end
+
+-- Each project not held: its limits and its window as it stands, read once. `counts`, `sums`
+-- and `days` then grow with each admission of this run, whose entries are `added` (newest,
+-- at `now`; not in the sorted set until the end).
+local hold = nil
+local live, rpms, tpms, rpds = {}, {}, {}, {}
+local counts, sums, exps, firsts, days, added, sum0 = {}, {}, {}, {}, {}, {}, {}
+for o = 1, #order do
+  local p = order[o]
+  local b = PJ + (p - 1) * 4
+  local cd = held_ms(flags[n + 2 * p - 1])
+  local cd2 = held_ms(flags[n + 2 * p])
+  if cd2 > cd then cd = cd2 end
+  if cd > 0 then
+    if not hold or cd < hold then hold = cd end
+  else
+    live[#live + 1] = p
+    rpms[p], tpms[p], rpds[p] = ARGV[b + 1] + 0, ARGV[b + 2] + 0, ARGV[b + 3] + 0
+    counts[p], sums[p], exps[p], firsts[p] = window(KEYS[WIN + 2 * p - 1], KEYS[WIN + 2 * p], now)
+    sum0[p] = sums[p]
+    days[p] = (flags[DAY + p] or 0) + 0
+    added[p] = {}
+  end
+end
+
+-- Why project p cannot take `tokens` now (nil: it can): {limit code, limit value, retry ms}.
+local function refusal(p, tokens)
+  local rpm, tpm, rpd = rpms[p], tpms[p], rpds[p]
+  local count, tsum = counts[p], sums[p]
+  if days[p] >= rpd then return {3, rpd, math.max(next_mid - now, 1)} end
+  local why = nil
+  local rq, tk = KEYS[WIN + 2 * p - 1], KEYS[WIN + 2 * p]
+  local stored = count - #added[p]
+  if count >= rpm then
+    -- Room comes when the entry rpm places from the newest leaves; one of this run's, at
+    -- `now`, leaves a whole window from now.
+    local wait = W
+    if count - rpm < stored then
+      local r = redis.call('ZRANGE', rq, count - rpm, count - rpm, 'WITHSCORES')
+      wait = math.max(r[2] + W - now, 1)
+    end
+    why = {1, rpm, wait}
+  end
+  if tsum + tokens > tpm then
+    local need, freed, wait = tsum + tokens - tpm, 0, W
+    local ids = redis.call('ZRANGE', rq, 0, -1, 'WITHSCORES')
+    for j = 1, #ids, 2 do
+      freed = freed + (tonumber(redis.call('HGET', tk, ids[j])) or 0)
+      if freed >= need then wait = math.max(ids[j + 1] + W - now, 1); break end
+    end
+    if not why or wait > why[3] then why = {2, tpm, wait} end
+  end
+  return why
+end
+
+local answers, admitted = {}, {}
+for a = 1, k do
+  local tokens, rotation = toks_s[a] + 0, rots[a]
+  local refused, open, heads = nil, {}, {}
+  for o = 1, #live do
+    local p = live[o]
+    local why = refusal(p, tokens)
+    if why then
+      if not refused or why[3] < refused[3] then refused = why end
+    else
+      open[#open + 1] = p
+      local rpm, tpm, rpd = rpms[p], tpms[p], rpds[p]
+      local head = (rpm - counts[p] - 1) / rpm
+      local h2, h3 = (tpm - sums[p] - tokens) / tpm, (rpd - days[p] - 1) / rpd
+      if h2 < head then head = h2 end
+      if h3 < head then head = h3 end
+      heads[p] = head
+    end
+  end
+  if #open == 0 then
+    if refused then
+      if hold and hold < refused[3] then refused[3] = hold end
+      answers[a] = {0, refused[1], refused[2], refused[3]}
+    else
+      answers[a] = {2, hold or -1}
+    end
+  else
+    -- Most headroom first, ties in turn from `rotation`; or the first open project in order.
+    local best
+    if strategy == 'o' then
+      best = open[1]
+    else
+      local start = rotation % #open
+      for j = 0, #open - 1 do
+        local p = open[(start + j) % #open + 1]
+        if not best or heads[p] > heads[best] then best = p end
+      end
+    end
+    -- The key: the project's first enabled key, or (headroom) the next in turn among them.
+    local want = 1
+    if strategy ~= 'o' then want = rotation % enabled[best] + 1 end
+    local cand, seen = 0, 0
+    for i = 1, n do
+      if project[i] == best then
+        seen = seen + 1
+        if seen == want then cand = i - 1; break end
+      end
+    end
+    -- The id is filled in below, once the run knows how many it admitted.
+    answers[a] = {1, cand, 0, rpms[best] - counts[best] - 1, tpms[best] - sums[best] - tokens}
+    admitted[#admitted + 1] = a
+    local list = added[best]
+    list[#list + 1] = a
+    counts[best] = counts[best] + 1
+    sums[best] = sums[best] + tokens
+    days[best] = days[best] + 1
+  end
+end
+
+if #admitted > 0 then
+  local seq, pairs_key = KEYS[WIN + 2 * m + 1], KEYS[WIN + 2 * m + 2]
+  local last = redis.call('INCRBY', seq, #admitted)
+  local first_id = last - #admitted + 1
+  -- The id counter's expiry is refreshed now and then, not on every call: when the ids given
+  -- pass one of 1, 1025, 2049... (a new counter starts at 1, so it gets one at once).
+  local r = (first_id - 1) % 1024
+  if r == 0 or r + #admitted > 1024 then redis.call('PEXPIRE', seq, 172800000) end
+  for j = 1, #admitted do answers[admitted[j]][3] = first_id + j - 1 end
+  for o = 1, #live do
+    local p = live[o]
+    local list = added[p]
+    if #list > 0 then
+      local rq, tk = KEYS[WIN + 2 * p - 1], KEYS[WIN + 2 * p]
+      local ids, toks = {}, {}
+      for j = 1, #list do
+        ids[j] = str(answers[list[j]][3])
+        toks[j] = toks_s[list[j]]
+      end
+      -- The window's keys must outlive their newest entry by KEEP (W, at least 60 s): they
+      -- expire 2 KEEP after a refresh, refreshed when KEEP or less of that is left (about once
+      -- a minute, not per call), or when the sorted set was empty (Redis deleted it; ZADD makes
+      -- it anew, without expiry), or on the pair's first admission of the day.
+      local dk = KEYS[DAY + p]
+      local new_day = redis.call('INCRBY', dk, #list) == #list
+      if new_day then redis.call('PEXPIRE', dk, math.max(next_mid - now, 1) + 60000) end
+      local before = counts[p] - #list
+      local refresh = new_day or before == 0 or exps[p] <= now + KEEP
+      window_add(rq, tk, now, ids, toks, before, sum0[p], firsts[p],
+                 refresh and str(now + 2 * KEEP) or nil)
+      if refresh then
+        redis.call('PEXPIRE', rq, 2 * KEEP)
+        redis.call('PEXPIRE', tk, 2 * KEEP)
+        -- The status page and admin resets find pairs in this set: keep this one in it (the
+        -- set may have expired or been evicted since the pair's day began, or the usage scan
+        -- removed the pair while it was idle), while the set has room; a member already in it
+        -- stays.
+        if redis.call('SCARD', pairs_key) < PAIRS_CAP then
+          redis.call('SADD', pairs_key, ARGV[PJ + (p - 1) * 4 + 4])
+        end
+        redis.call('PEXPIRE', pairs_key, 172800000)
+      end
+    end
+  end
+end
+return answers
