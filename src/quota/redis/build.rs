@@ -59,7 +59,7 @@ impl RedisStore {
             rider.clone(),
         ));
         let admit = Script::new(lua!(admit));
-        let admit_many = Script::new(lua!("admit_many.lua"));
+        let admit_many = Script::new(lua!(admit_many));
         tokio::spawn(preload(
             conn.clone(),
             vec![admit.clone(), admit_many.clone(), settle.clone()],
@@ -133,7 +133,7 @@ impl RedisStore {
             )
         };
         self.admit = set(lua!(admit));
-        self.admit_many = set(lua!("admit_many.lua"));
+        self.admit_many = set(lua!(admit_many));
         self.usage = set(lua!("usage.lua"));
         self.client_alone = set(lua!(client "client_alone.lua"));
         self.live_usage = set(lua!("live_usage.lua"));

@@ -47,12 +47,21 @@ macro_rules! lua {
             include_str!(concat!("lua/", $file))
         )
     };
-    // The admission script, with the client part it calls.
+    // The admission script, with the client part it calls and the choice of key.
     (admit) => {
         concat!(
             include_str!("lua/prelude.lua"),
             include_str!("lua/client.lua"),
+            include_str!("lua/choice.lua"),
             include_str!("lua/admit.lua")
+        )
+    };
+    // Admissions gathered (no client part), with the choice of key.
+    (admit_many) => {
+        concat!(
+            include_str!("lua/prelude.lua"),
+            include_str!("lua/choice.lua"),
+            include_str!("lua/admit_many.lua")
         )
     };
 }

@@ -35,15 +35,8 @@ local day = (now + offset) / 86400000
 day = day - day % 1
 if day ~= ARGV[7] + 0 then return {3, day} end
 if next_mid <= now then next_mid = (day + 1) * 86400000 - offset end
--- Where each part starts (its first element is at base + 1): in KEYS the cooldowns, the day
--- counts and the windows; in ARGV the project numbers and the projects' limits.
-local CD = n
-local DAY = CD + 2 * m
-local WIN = DAY + m
-local OF = 9
-local PJ = OF + n
+local DAY, WIN, OF, PJ, CA = layout(n, m)
 -- The client part: its arguments after the projects', its keys after the pairs set's.
-local CA = PJ + 4 * m
 local CK = WIN + 2 * m + 2
 local with_client = ARGV[CA + 1] == '1'
 if with_client then
@@ -54,22 +47,7 @@ end
 -- One MGET for every disabled flag, every cooldown and every day count (contiguous in KEYS):
 -- `flags[DAY + p]` is project p's day count.
 local flags = redis.call('MGET', unpack(KEYS, 1, DAY + m))
-local function held_ms(v)
-  if not v then return 0 end
-  local until_ms = tonumber(string.match(v, '^(%d+)')) or 0
-  return until_ms - now
-end
-
--- Projects with an enabled key, in the order of their first enabled key; each key's project.
-local order, enabled, project = {}, {}, {}
-for i = 1, n do
-  if not flags[i] then
-    local p = ARGV[OF + i] + 0
-    project[i] = p
-    if not enabled[p] then order[#order + 1] = p; enabled[p] = 0 end
-    enabled[p] = enabled[p] + 1
-  end
-end
+local order, enabled, project = enabled_projects(flags, n, OF)
 if #order == 0 then return {2, -1} end
 
 local hold, refused = nil, nil
@@ -77,9 +55,7 @@ local open, heads, counts, sums, exps, firsts = {}, {}, {}, {}, {}, {}
 for o = 1, #order do
   local p = order[o]
   local b = PJ + (p - 1) * 4
-  local cd = held_ms(flags[n + 2 * p - 1])
-  local cd2 = held_ms(flags[n + 2 * p])
-  if cd2 > cd then cd = cd2 end
+  local cd = project_hold(flags, n, p, now)
   if cd > 0 then
     if not hold or cd < hold then hold = cd end
   else
@@ -96,12 +72,7 @@ for o = 1, #order do
         why = {1, rpm, math.max(tonumber(r[2]) + W - now, 1)}
       end
       if tsum + tokens > tpm then
-        local need, freed, wait = tsum + tokens - tpm, 0, W
-        local ids = redis.call('ZRANGE', rq, 0, -1, 'WITHSCORES')
-        for j = 1, #ids, 2 do
-          freed = freed + (tonumber(redis.call('HGET', tk, ids[j])) or 0)
-          if freed >= need then wait = math.max(tonumber(ids[j + 1]) + W - now, 1); break end
-        end
+        local wait = tpm_wait(rq, tk, tsum + tokens - tpm, now)
         if not why or wait > why[3] then why = {2, tpm, wait} end
       end
     end
@@ -126,27 +97,7 @@ if #open == 0 then
   return {2, hold or -1}
 end
 
--- Most headroom first, ties in turn from `rotation`; or the first open project in order.
-local best
-if strategy == 'o' then
-  best = open[1]
-else
-  local start = rotation % #open
-  for k = 0, #open - 1 do
-    local p = open[(start + k) % #open + 1]
-    if not best or heads[p] > heads[best] then best = p end
-  end
-end
--- The key: the project's first enabled key, or (headroom) the next in turn among them.
-local want = 1
-if strategy ~= 'o' then want = rotation % enabled[best] + 1 end
-local cand, seen = 0, 0
-for i = 1, n do
-  if project[i] == best then
-    seen = seen + 1
-    if seen == want then cand = i - 1; break end
-  end
-end
+local best, cand = choose(open, heads, rotation, strategy, enabled, project, n)
 
 local b = PJ + (best - 1) * 4
 local rpm, tpm = ARGV[b + 1] + 0, ARGV[b + 2] + 0

@@ -41,13 +41,7 @@ local function client_check(K, A, tokens, now)
       return {11, rpm, math.max(tonumber(r[2]) + W - now, 1)}
     end
     if tpm > 0 and tsum + tokens > tpm then
-      local need, freed, wait = tsum + tokens - tpm, 0, W
-      local ids = redis.call('ZRANGE', rq, 0, -1, 'WITHSCORES')
-      for j = 1, #ids, 2 do
-        freed = freed + (tonumber(redis.call('HGET', tk, ids[j])) or 0)
-        if freed >= need then wait = math.max(tonumber(ids[j + 1]) + W - now, 1); break end
-      end
-      return {12, tpm, wait}
+      return {12, tpm, tpm_wait(rq, tk, tsum + tokens - tpm, now)}
     end
   end
   return nil

@@ -69,6 +69,18 @@ local function prune_keys(rq, tk, now, sum, known)
   return sum, first
 end
 
+-- How long until `need` of a window's tokens have left it: its entries read oldest first until
+-- they hold `need` (a whole window when they never do: the rest are this moment's).
+local function tpm_wait(rq, tk, need, now)
+  local freed = 0
+  local ids = redis.call('ZRANGE', rq, 0, -1, 'WITHSCORES')
+  for j = 1, #ids, 2 do
+    freed = freed + (tonumber(redis.call('HGET', tk, ids[j])) or 0)
+    if freed >= need then return math.max(ids[j + 1] + W - now, 1) end
+  end
+  return W
+end
+
 -- A window's state at `now`, pruned first when its oldest entry is W old or older (or not
 -- known): its entry count, token sum, keys' expiry (`exp`, 0: none) and oldest entry's time.
 local function window(rq, tk, now)
