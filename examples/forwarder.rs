@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: gemini_quota_proxy::allocator::Mimalloc = gemini_quota_proxy::allocator::Mimalloc;
 
 type Upstream = Client<HttpConnector, Full<Bytes>>;
 

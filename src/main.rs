@@ -3,10 +3,9 @@
 
 use std::process::ExitCode;
 
-/// mimalloc: the proxy allocates small, short-lived buffers on every request from several
-/// threads, where glibc's allocator spends a fifth of the CPU time (measured with perf).
+/// mimalloc (`allocator::Mimalloc` says why).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: gemini_quota_proxy::allocator::Mimalloc = gemini_quota_proxy::allocator::Mimalloc;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use gemini_quota_proxy::reload::watch;
