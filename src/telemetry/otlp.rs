@@ -163,30 +163,40 @@ fn attribute(out: &mut Out, field: u32, a: &Attr) {
     let k = a.key.wire_len();
     // `KeyValue`: the key, then `value` (field 2): its length, then the `AnyValue` (`value`
     // bytes long, those of a long string written after).
+    // `member`: the `AnyValue` member's tag, its first byte.
     #[inline(always)]
-    fn head(c: &mut Cursor<'_>, field: u32, a: &Attr, k: usize, value: usize) {
+    fn head(c: &mut Cursor<'_>, field: u32, a: &Attr, k: usize, value: usize, member: u8) {
+        let body = k + 2 + value;
+        if field == 9 && body < 128 {
+            // A span's attribute whose lengths take a byte each (all but a long string): the
+            // head made at compile time, its two lengths and the member's tag set.
+            c.padded(a.key.span_head(), k + 5);
+            c.set_back(k + 4, body as u8);
+            c.set_back(2, value as u8);
+            c.set_back(1, member);
+            return;
+        }
         c.varint(u64::from(field << 3 | LEN));
         c.varint((k + 1 + varint_len(value as u64) + value) as u64);
         c.padded(a.key.wire(), k);
         c.byte(const { tag1(2, LEN) });
         c.varint(value as u64);
+        c.byte(member);
     }
     // Tags and lengths (at most 2 + 3 + 1 + 3 + 1 + 3), the key, a scalar or short string.
     const MAX: usize = 16 + Key::WIRE + 24;
     match &a.value {
         Value::Bool(b) => out.with(MAX, |c| {
-            head(c, field, a, k, 2);
-            c.array([const { tag1(2, VARINT) }, u8::from(*b)]);
+            head(c, field, a, k, 2, const { tag1(2, VARINT) });
+            c.byte(u8::from(*b));
         }),
         Value::I64(i) => out.with(MAX, |c| {
             let v = *i as u64;
-            head(c, field, a, k, 1 + varint_len(v));
-            c.byte(const { tag1(3, VARINT) });
+            head(c, field, a, k, 1 + varint_len(v), const { tag1(3, VARINT) });
             c.varint(v);
         }),
         Value::F64(f) => out.with(MAX, |c| {
-            head(c, field, a, k, 9);
-            c.byte(const { tag1(4, FIXED64) });
+            head(c, field, a, k, 9, const { tag1(4, FIXED64) });
             c.array(f.to_bits().to_le_bytes());
         }),
         Value::Strings(items) => {
@@ -201,8 +211,14 @@ fn attribute(out: &mut Out, field: u32, a: &Attr) {
                 .map(|v| 1 + varint_len(item(v) as u64) + item(v))
                 .sum();
             out.with(MAX, |c| {
-                head(c, field, a, k, 1 + varint_len(array as u64) + array);
-                c.byte(const { tag1(5, LEN) });
+                head(
+                    c,
+                    field,
+                    a,
+                    k,
+                    1 + varint_len(array as u64) + array,
+                    const { tag1(5, LEN) },
+                );
                 c.varint(array as u64);
             });
             for v in items.iter() {
@@ -226,8 +242,14 @@ fn attribute(out: &mut Out, field: u32, a: &Attr) {
             let text = s.str_bytes().unwrap_or_default();
             let n = text.len();
             out.with(MAX, |c| {
-                head(c, field, a, k, 1 + varint_len(n as u64) + n);
-                c.byte(const { tag1(1, LEN) });
+                head(
+                    c,
+                    field,
+                    a,
+                    k,
+                    1 + varint_len(n as u64) + n,
+                    const { tag1(1, LEN) },
+                );
                 c.varint(n as u64);
                 if let Value::Inline(i) = s {
                     c.padded(i.padded(), n);

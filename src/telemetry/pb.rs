@@ -227,6 +227,14 @@ impl Cursor<'_> {
     pub(super) fn array<const M: usize>(&mut self, bytes: [u8; M]) {
         self.padded(&bytes, M);
     }
+
+    /// The byte `back` bytes before the position set to `x` (a length written after).
+    #[inline(always)]
+    pub(super) fn set_back(&mut self, back: usize, x: u8) {
+        if let Some(to) = self.i.checked_sub(back).and_then(|at| self.b.get_mut(at)) {
+            *to = x;
+        }
+    }
 }
 
 /// Bytes of `v` as a varint.
