@@ -165,6 +165,9 @@ async fn run(
 ) {
     let mut last_warned: Option<Instant> = None;
     let wake = pending.wake.clone();
+    // The counters' handles looked up at the first export, not at each (not before it: the
+    // metrics recorder is installed after this task starts).
+    let mut counters: Option<[metrics::Counter; 2]> = None;
     loop {
         let stopping = tokio::select! {
             _ = tokio::time::sleep(delay) => false,
@@ -176,12 +179,16 @@ async fn run(
             if n == 0 {
                 break;
             }
+            let [exported, failed] = counters.get_or_insert_with(|| {
+                [
+                    metrics::counter!(SPANS_METRIC, "outcome" => "exported"),
+                    metrics::counter!(SPANS_METRIC, "outcome" => "failed"),
+                ]
+            });
             match exporter.export(&traces).await {
-                Ok(()) => {
-                    metrics::counter!(SPANS_METRIC, "outcome" => "exported").increment(n as u64)
-                }
+                Ok(()) => exported.increment(n as u64),
                 Err(e) => {
-                    metrics::counter!(SPANS_METRIC, "outcome" => "failed").increment(n as u64);
+                    failed.increment(n as u64);
                     // One line a minute at most: a collector that is down is said once.
                     if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                         last_warned = Some(Instant::now());
