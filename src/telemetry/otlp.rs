@@ -460,6 +460,8 @@ mod tests {
         let resource = Resource::builder_empty().with_service_name("svc").build();
         let bytes = encode(&encode_resource(&resource), &spans);
         let req = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
+        // The bytes are prost's own for the message: each field in its order, lengths minimal.
+        assert_eq!(req.encode_to_vec(), bytes);
         assert_eq!(req.resource_spans.len(), 1);
         let rs = &req.resource_spans[0];
         let res = rs.resource.as_ref().unwrap();
@@ -586,6 +588,7 @@ mod tests {
                 .collect();
             let bytes = encode(b"", &[data(spans)]);
             let req = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
+            assert_eq!(req.encode_to_vec(), bytes);
             let got = &req.resource_spans[0].scope_spans[0].spans;
             assert_eq!(got.len(), n);
             assert!(got.iter().all(|s| s.name == "s"
