@@ -1,13 +1,15 @@
 //! Trace export's cost, in ONE run on loopback: the proxy (memory store) with OpenTelemetry
 //! export off, on at 100 % sampling (`OTEL_TRACES_SAMPLER=always_on`) and on at a ratio
 //! (`traceidratio`, BENCH_OTEL_RATIO, default 0.1) to a fake OTLP/HTTP collector that reads
-//! and discards what it gets, under the same wrk load, runs alternated (off, on, ratio, off,
-//! ...) so a drift of the machine falls on all alike. Prints throughput,
-//! latency, the proxy's CPU time per request for each, the difference, and the spans exported
-//! and dropped (`gqp_otel_spans_total`). Target: on costs under 5 % of throughput.
+//! and discards what it gets, under the same wrk load, runs alternated (off, on, ratio, then
+//! the other way round, ...) so a drift of the machine falls on all alike. Prints throughput,
+//! latency, the proxy's CPU time per request for each, the difference, the median of the
+//! rounds' on/off ratios with their spread (one round's pair ran seconds apart: their ratio
+//! is steadier than the means), and the spans exported and dropped (`gqp_otel_spans_total`).
+//! Target: on costs under 5 % of throughput.
 //!
 //! Run with `BENCH_ONLY=otel scripts/bench` (builds in release mode, installs wrk when missing).
-//! BENCH_SECS (default 10), BENCH_CONNS (default 64) and BENCH_ROUNDS (default 3) size it;
+//! BENCH_SECS (default 10), BENCH_CONNS (default 64) and BENCH_ROUNDS (default 5) size it;
 //! BENCH_PROXY_BIN runs another build of the proxy.
 
 #[allow(dead_code)]
@@ -120,6 +122,35 @@ fn spans(port: u16, outcome: &str) -> u64 {
         .unwrap_or(0.0) as u64
 }
 
+/// `f(a) / f(b)` of each round, sorted.
+fn ratios(a: &[Load], b: &[Load], f: impl Fn(&Load) -> f64) -> Vec<f64> {
+    let mut r: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(a, b)| f(a) / f(b).max(1e-9))
+        .collect();
+    r.sort_by(f64::total_cmp);
+    r
+}
+
+/// A sorted list's median and range: `median 0.962 (0.941 to 0.990, 5 rounds)`.
+fn spread(sorted: &[f64]) -> String {
+    let n = sorted.len();
+    if n == 0 {
+        return "no rounds".into();
+    }
+    let median = if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    };
+    format!(
+        "median {median:.3} ({:.3} to {:.3}, {n} rounds)",
+        sorted[0],
+        sorted[n - 1]
+    )
+}
+
 fn env_num(name: &str, default: u32) -> u32 {
     std::env::var(name)
         .ok()
@@ -130,7 +161,7 @@ fn env_num(name: &str, default: u32) -> u32 {
 fn main() {
     let secs = env_num("BENCH_SECS", 10);
     let conns = env_num("BENCH_CONNS", 64);
-    let rounds = env_num("BENCH_ROUNDS", 3);
+    let rounds = env_num("BENCH_ROUNDS", 5);
     let dir = std::env::temp_dir().join(format!("gqp-otel-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let script = wrk_script(&dir, REQUEST_BODY, CLIENT_KEY);
@@ -165,11 +196,25 @@ fn main() {
     let warm_on = load(on_port, on_proc.0.id(), conns, 2, &script).requests;
     load(ratio_port, ratio_proc.0.id(), conns, 2, &script);
     let (mut off, mut on, mut part) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        off.push(load(off_port, off_proc.0.id(), conns, secs, &script));
+    for round in 0..rounds {
+        // Off first, then last: a machine speeding up or slowing down favours neither.
+        let first = round % 2 == 0;
+        if first {
+            off.push(load(off_port, off_proc.0.id(), conns, secs, &script));
+        } else {
+            part.push(load(ratio_port, ratio_proc.0.id(), conns, secs, &script));
+        }
         on.push(load(on_port, on_proc.0.id(), conns, secs, &script));
-        part.push(load(ratio_port, ratio_proc.0.id(), conns, secs, &script));
+        if first {
+            part.push(load(ratio_port, ratio_proc.0.id(), conns, secs, &script));
+        } else {
+            off.push(load(off_port, off_proc.0.id(), conns, secs, &script));
+        }
     }
+    // Each round's on/off ratios: requests/s (below 1: export costs) and CPU per request.
+    let rps_on = ratios(&on, &off, |l| l.rps);
+    let cpu_on = ratios(&on, &off, |l| l.cpu_us);
+    let rps_part = ratios(&part, &off, |l| l.rps);
     // The last batch leaves within the schedule delay (5 s by default).
     std::thread::sleep(std::time::Duration::from_secs(6));
     let (off, on, part) = (mean(&off), mean(&on), mean(&part));
@@ -203,6 +248,16 @@ fn main() {
         ratio * 100.0,
         (1.0 - part.rps / off.rps.max(1.0)) * 100.0,
         part.cpu_us - off.cpu_us
+    );
+    println!(
+        "per round, on at 100 % / off: requests/s {}; CPU per request {}",
+        spread(&rps_on),
+        spread(&cpu_on)
+    );
+    println!(
+        "per round, on at {:.0} % / off: requests/s {}",
+        ratio * 100.0,
+        spread(&rps_part)
     );
     let exported = spans(on_port, "exported");
     let dropped = spans(on_port, "dropped");

@@ -7,7 +7,9 @@ connection after a warm-up; the counters are zeroed after the warm-up and dumped
     scripts/bench-instructions [BIN ...]   (this file: scripts/bench_instructions.py)
 
 Each BIN (default target/release/gemini-quota-proxy) is counted with trace export off and, with
-BENCH_OTEL=1, also on at 100 % sampling (exported every 200 ms). BENCH_REQUESTS (default 2000)
+BENCH_OTEL=1, also on at 100 % sampling (exported every 200 ms, or every BENCH_OTEL_DELAY ms:
+under callgrind the proxy is slow, so 200 ms sends batches of a few requests each, where a loaded
+proxy fills its batches of 512 spans; 5000, the default delay, comes close). BENCH_REQUESTS (default 2000)
 and BENCH_WARMUP (default 200) size it; BENCH_TOP=N prints the N costliest functions (inclusive)
 of each run; BENCH_OTEL_SAMPLER (default always_on) sets the sampler of the export-on run
 (always_off: what a request not sampled costs); BENCH_KEEP=1 keeps each run's callgrind dump (its path printed) for
@@ -122,6 +124,9 @@ def send_on(port, n, conns):
         sys.exit(f"a connection failed: {errors[0]}")
 
 
+# The export-on run's schedule delay (BENCH_OTEL_DELAY).
+OTEL_DELAY_MS = int(os.environ.get("BENCH_OTEL_DELAY", "200"))
+
 # Events of BENCH_CACHE=1, as callgrind names them.
 CACHE_EVENTS = ("Ir", "I1mr", "D1mr", "D1mw", "Bcm", "Bim")
 
@@ -179,7 +184,7 @@ def count(binary, upstream_port, otel, requests, warmup, top, conns=1, cache=Fal
     if otel:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{upstream_port}"
         env["OTEL_TRACES_SAMPLER"] = os.environ.get("BENCH_OTEL_SAMPLER", "always_on")
-        env["OTEL_BSP_SCHEDULE_DELAY"] = "200"
+        env["OTEL_BSP_SCHEDULE_DELAY"] = str(OTEL_DELAY_MS)
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
         + (["--cache-sim=yes", "--branch-sim=yes"] if cache else [])
@@ -197,7 +202,7 @@ def count(binary, upstream_port, otel, requests, warmup, top, conns=1, cache=Fal
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         send_on(port, requests, conns)
         if otel:
-            time.sleep(1.5)  # the last batch leaves within the 200 ms schedule
+            time.sleep(1.3 + OTEL_DELAY_MS / 1000)  # the last batch leaves within the schedule
         subprocess.run(["callgrind_control", "--dump", str(proc.pid)], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finally:
@@ -262,7 +267,7 @@ def main():
         for on in ([False, True] if otel else [False]):
             per, lines = count(binary, upstream_port, on, requests, warmup, top, conns, cache)
             sampler = os.environ.get("BENCH_OTEL_SAMPLER", "always_on")
-            label = f"export on ({sampler})" if on else "export off"
+            label = f"export on ({sampler}, {OTEL_DELAY_MS} ms)" if on else "export off"
             print(f"{binary}  {label:18}  {per / 1000:8.1f}k instructions per request")
             for l in lines:
                 print(l)

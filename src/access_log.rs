@@ -56,7 +56,7 @@ impl RequestLine {
         let (parts, body) = resp.into_parts();
         let facts = self.trace.as_ref().filter(|t| t.is_recording()).map(|t| {
             self.trace_head(t, &parts.headers);
-            Box::new(AnswerFacts::new(crate::telemetry::otel::record_content()))
+            AnswerFacts::new(crate::telemetry::otel::record_content())
         });
         axum::response::Response::from_parts(
             parts,
@@ -105,7 +105,8 @@ impl RequestLine {
             if let Some(w) = self.waited {
                 s.set(Attr::new(attr::QUEUE_WAIT_MS, millis(w)));
             }
-            if let Some(c) = headers.get(CACHE_HEADER) {
+            // The answer's few headers looked at in turn: cheaper than hashing the name.
+            if let Some((_, c)) = headers.iter().find(|(k, _)| **k == CACHE_HEADER) {
                 s.set(Attr::new(attr::CACHE, cache::verdict(c)));
             }
             // Named and failed under the same lock; a span of another call keeps the name it
@@ -125,7 +126,7 @@ impl RequestLine {
     /// The span's end, at the body's: time to the first chunk, what the answer said of itself.
     fn trace_end(
         trace: &RequestTrace,
-        facts: Option<Box<AnswerFacts>>,
+        facts: Option<AnswerFacts>,
         first_byte: Option<Duration>,
         complete: bool,
     ) {
@@ -157,7 +158,7 @@ impl RequestLine {
 
     /// `first_byte`: when the first body byte was handed on (`None`: the body had none).
     /// `complete`: the body reached its end (false: the client went away or it failed).
-    fn write(self, first_byte: Option<Duration>, complete: bool, facts: Option<Box<AnswerFacts>>) {
+    fn write(self, first_byte: Option<Duration>, complete: bool, facts: Option<AnswerFacts>) {
         let total = self.started.elapsed();
         // The id itself, formatted only if the line is written (export on, `RUST_LOG=warn`:
         // never).
@@ -199,7 +200,7 @@ struct LoggedBody {
     first_byte: Option<Duration>,
     complete: bool,
     /// A sampled request's answer, read as it passes for its span.
-    facts: Option<Box<AnswerFacts>>,
+    facts: Option<AnswerFacts>,
     log_span: Option<tracing::Span>,
 }
 

@@ -1,16 +1,24 @@
 //! The names of a span's attributes, as the OpenTelemetry semantic conventions 1.42.0 give them
 //! (GenAI: development status), and the proxy's own under `gqp.`. Each is a [`Key`] whose OTLP
-//! encoding is made at compile time: the exporter copies it whole.
+//! encoding is made at compile time, alone and as the head of a span's attribute: the exporter
+//! copies it whole.
 
 /// An attribute's name, with its encoding as OTLP's `KeyValue.key` field (tag, length, bytes).
 pub struct Key {
     name: &'static str,
     wire: [u8; Key::WIRE],
+    /// The head of the key's `KeyValue` as a span's attribute (`Span.attributes`, field 9),
+    /// for a value whose lengths take a byte each: the field's tag, its length, the `key` field,
+    /// `value`'s tag and length, and the `AnyValue` member's tag; the lengths and the member's
+    /// tag are zeros, set as it is written ([`Key::span_head`]).
+    span: [u8; Key::SPAN],
 }
 
 impl Key {
     /// Room for the encoded field: a name of up to 62 bytes.
     pub const WIRE: usize = 64;
+    /// Room for the span attribute's head: the key field and 5 bytes.
+    pub const SPAN: usize = Key::WIRE + 8;
 
     pub const fn new(name: &'static str) -> Key {
         let n = name.len();
@@ -24,7 +32,24 @@ impl Key {
             wire[2 + i] = name.as_bytes()[i];
             i += 1;
         }
-        Key { name, wire }
+        // Field 9 (`attributes`), length-delimited; the key; field 2 (`value`),
+        // length-delimited.
+        let mut span = [0; Key::SPAN];
+        span[0] = 0x4a;
+        let mut i = 0;
+        while i < n + 2 {
+            span[2 + i] = wire[i];
+            i += 1;
+        }
+        span[n + 4] = 0x12;
+        Key { name, wire, span }
+    }
+
+    /// The span attribute's head, padded: its first [`Key::wire_len`] + 5 bytes are it, bytes
+    /// 1 (the message's length), [`Key::wire_len`] + 3 (the value's) and + 4 (the member's
+    /// tag) to be set.
+    pub fn span_head(&self) -> &[u8; Key::SPAN] {
+        &self.span
     }
 
     /// The encoded `key` field, padded: its first [`Key::wire_len`] bytes are it.

@@ -1,11 +1,10 @@
 //! Span export off the request path: a finished trace (a request's spans, together) is handed
-//! to a queue bounded in spans without waiting (a full queue drops it and counts its spans in
-//! `gqp_otel_spans_total{outcome="dropped"}`), and one Tokio task sends the queue in batches to
-//! the OTLP/HTTP exporter, one export at a time, through a small hyper client with rustls and
-//! ring ([`OtlpHttp`]).
+//! without waiting to a queue bounded in spans, a list behind a lock (a full queue drops it
+//! and counts its spans in `gqp_otel_spans_total{outcome="dropped"}`), and one Tokio task
+//! sends the queue in batches to the OTLP/HTTP exporter, one export at a time, through a small
+//! hyper client with rustls and ring ([`OtlpHttp`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +13,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry_http::{HttpClient, HttpError, Request, Response};
-use tokio::sync::{Notify, mpsc, oneshot};
+use parking_lot::Mutex;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::otlp::Exporter;
@@ -29,39 +29,51 @@ const RESPONSE_LIMIT: usize = 64 * 1024;
 
 /// Hands finished traces to the export task; never waits.
 pub struct Queue {
-    tx: mpsc::UnboundedSender<Finished>,
-    /// Spans queued (the channel is unbounded; this bounds it).
-    spans: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+}
+
+/// The queue's far end: what the export task takes its batches from.
+pub struct Pending {
+    shared: Arc<Shared>,
+    wake: Arc<Notify>,
+    batch: usize,
+}
+
+/// The traces waiting, behind a lock held for a push or a batch's taking: cheaper per trace
+/// than a channel's send and receive (and the blocks it allocates and reclaims).
+struct Shared {
+    waiting: Mutex<Waiting>,
+    /// Spans waiting at most.
     capacity: usize,
     batch: usize,
     wake: Arc<Notify>,
 }
 
-/// The queue's far end: what the export task takes its batches from.
-pub struct Pending {
-    rx: mpsc::UnboundedReceiver<Finished>,
-    spans: Arc<AtomicUsize>,
-    wake: Arc<Notify>,
-    batch: usize,
+#[derive(Default)]
+struct Waiting {
+    traces: Vec<Finished>,
+    spans: usize,
+    /// The export task is gone: nothing is kept.
+    closed: bool,
 }
 
 /// A queue of `capacity` spans at most, whose task is woken when `batch` spans wait.
 pub fn queue(capacity: usize, batch: usize) -> (Queue, Pending) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let spans = Arc::new(AtomicUsize::new(0));
     let wake = Arc::new(Notify::new());
-    let batch = batch.clamp(1, capacity.max(1));
+    let capacity = capacity.max(1);
+    let batch = batch.clamp(1, capacity);
+    let shared = Arc::new(Shared {
+        waiting: Mutex::new(Waiting::default()),
+        capacity,
+        batch,
+        wake: wake.clone(),
+    });
     (
         Queue {
-            tx,
-            spans: spans.clone(),
-            capacity: capacity.max(1),
-            batch,
-            wake: wake.clone(),
+            shared: shared.clone(),
         },
         Pending {
-            rx,
-            spans,
+            shared,
             wake,
             batch,
         },
@@ -71,15 +83,20 @@ pub fn queue(capacity: usize, batch: usize) -> (Queue, Pending) {
 impl Queue {
     pub fn submit(&self, trace: Finished) {
         let n = trace.spans.len();
-        let before = self.spans.fetch_add(n, Ordering::Relaxed);
-        if before + n > self.capacity || self.tx.send(trace).is_err() {
-            self.spans.fetch_sub(n, Ordering::Relaxed);
+        let s = &*self.shared;
+        let mut w = s.waiting.lock();
+        let before = w.spans;
+        if w.closed || before + n > s.capacity {
+            drop(w);
             metrics::counter!(SPANS_METRIC, "outcome" => "dropped").increment(n as u64);
             return;
         }
+        w.spans += n;
+        w.traces.push(trace);
+        drop(w);
         // A full batch waiting: sent now rather than at the next tick.
-        if before < self.batch && before + n >= self.batch {
-            self.wake.notify_one();
+        if before < s.batch && before + n >= s.batch {
+            s.wake.notify_one();
         }
     }
 }
@@ -88,19 +105,29 @@ impl Pending {
     /// The traces waiting, up to about `max_spans` spans (at least one trace when any waits),
     /// and how many spans they hold.
     pub fn take(&mut self, max_spans: usize) -> (Vec<Finished>, usize) {
-        let mut out = Vec::new();
-        let mut n = 0;
-        while n < max_spans {
-            match self.rx.try_recv() {
-                Ok(t) => {
-                    n += t.spans.len();
-                    out.push(t);
-                }
-                Err(_) => break,
-            }
+        let mut w = self.shared.waiting.lock();
+        if w.spans <= max_spans {
+            // All of them (the usual case): the list itself is taken.
+            let n = std::mem::take(&mut w.spans);
+            return (std::mem::take(&mut w.traces), n);
         }
-        self.spans.fetch_sub(n, Ordering::Relaxed);
-        (out, n)
+        let (mut k, mut n) = (0, 0);
+        while n < max_spans && k < w.traces.len() {
+            n += w.traces[k].spans.len();
+            k += 1;
+        }
+        w.spans -= n;
+        (w.traces.drain(..k).collect(), n)
+    }
+}
+
+impl Drop for Pending {
+    /// The export task ended: what waits is dropped, and what comes is no longer kept.
+    fn drop(&mut self) {
+        let mut w = self.shared.waiting.lock();
+        w.closed = true;
+        w.traces.clear();
+        w.spans = 0;
     }
 }
 
@@ -138,6 +165,9 @@ async fn run(
 ) {
     let mut last_warned: Option<Instant> = None;
     let wake = pending.wake.clone();
+    // The counters' handles looked up at the first export, not at each (not before it: the
+    // metrics recorder is installed after this task starts).
+    let mut counters: Option<[metrics::Counter; 2]> = None;
     loop {
         let stopping = tokio::select! {
             _ = tokio::time::sleep(delay) => false,
@@ -149,12 +179,16 @@ async fn run(
             if n == 0 {
                 break;
             }
+            let [exported, failed] = counters.get_or_insert_with(|| {
+                [
+                    metrics::counter!(SPANS_METRIC, "outcome" => "exported"),
+                    metrics::counter!(SPANS_METRIC, "outcome" => "failed"),
+                ]
+            });
             match exporter.export(&traces).await {
-                Ok(()) => {
-                    metrics::counter!(SPANS_METRIC, "outcome" => "exported").increment(n as u64)
-                }
+                Ok(()) => exported.increment(n as u64),
                 Err(e) => {
-                    metrics::counter!(SPANS_METRIC, "outcome" => "failed").increment(n as u64);
+                    failed.increment(n as u64);
                     // One line a minute at most: a collector that is down is said once.
                     if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                         last_warned = Some(Instant::now());

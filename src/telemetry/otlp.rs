@@ -14,11 +14,9 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry_http::HttpClient;
 use opentelemetry_sdk::Resource;
 
+use super::attr::Key;
 use super::export::OtlpHttp;
-use super::pb::{
-    FIXED32, LEN, Piece, VARINT, bytes_field, fixed64, key, nested, nested_sized, opt_bytes,
-    opt_varint, put, varint, varint_len,
-};
+use super::pb::{Cursor, FIXED32, FIXED64, LEN, Out, VARINT, tag1, varint_len};
 use super::record::{Attr, Entry, Finished, Name, SpanRecord, Value};
 
 /// The W3C trace flags of every exported span: sampled.
@@ -100,135 +98,180 @@ fn nanos(t: SystemTime) -> u64 {
 }
 
 /// `AnyValue`'s body (a oneof: the set member is always written).
-fn any_value(buf: &mut Vec<u8>, v: &Value) {
+fn any_value(out: &mut Out, v: &Value) {
     match v {
-        Value::Bool(b) => {
-            key(buf, 2, VARINT);
-            varint(buf, u64::from(*b));
-        }
+        Value::Bool(b) => out.array([const { tag1(2, VARINT) }, u8::from(*b)]),
         Value::I64(i) => {
-            key(buf, 3, VARINT);
-            varint(buf, *i as u64);
+            out.tag(3, VARINT);
+            out.varint(*i as u64);
         }
-        Value::F64(f) => fixed64(buf, 4, f.to_bits()),
-        Value::Strings(items) => nested(buf, 5, |buf| {
+        Value::F64(f) => out.fixed64(4, f.to_bits()),
+        Value::Strings(items) => out.nested(5, |out| {
             // `ArrayValue`'s body: each item an `AnyValue`.
             for item in items.iter() {
-                nested(buf, 1, |buf| any_value(buf, item));
+                out.nested(1, |out| any_value(out, item));
             }
         }),
-        s => bytes_field(buf, 1, s.str_bytes().unwrap_or_default()),
+        s => out.bytes_field(1, s.str_bytes().unwrap_or_default()),
     }
 }
 
 /// The API's value (the resource's attributes) as an `AnyValue` body.
-fn api_value(buf: &mut Vec<u8>, v: &opentelemetry::Value) {
+fn api_value(out: &mut Out, v: &opentelemetry::Value) {
     use opentelemetry::{Array, Value as Api};
     match v {
-        Api::Bool(b) => any_value(buf, &Value::Bool(*b)),
-        Api::I64(i) => any_value(buf, &Value::I64(*i)),
-        Api::F64(f) => any_value(buf, &Value::F64(*f)),
+        Api::Bool(b) => any_value(out, &Value::Bool(*b)),
+        Api::I64(i) => any_value(out, &Value::I64(*i)),
+        Api::F64(f) => any_value(out, &Value::F64(*f)),
         // `ArrayValue`'s body: each item an `AnyValue`, as a record's list is written.
-        Api::Array(a) => nested(buf, 5, |buf| {
-            fn each<T>(buf: &mut Vec<u8>, items: &[T], f: impl Fn(&T) -> Value) {
+        Api::Array(a) => out.nested(5, |out| {
+            fn each<T>(out: &mut Out, items: &[T], f: impl Fn(&T) -> Value) {
                 for item in items {
-                    nested(buf, 1, |buf| any_value(buf, &f(item)));
+                    out.nested(1, |out| any_value(out, &f(item)));
                 }
             }
             match a {
-                Array::Bool(v) => each(buf, v, |b| Value::Bool(*b)),
-                Array::I64(v) => each(buf, v, |i| Value::I64(*i)),
-                Array::F64(v) => each(buf, v, |f| Value::F64(*f)),
-                Array::String(v) => each(buf, v, |s| Value::text(s.as_str())),
+                Array::Bool(v) => each(out, v, |b| Value::Bool(*b)),
+                Array::I64(v) => each(out, v, |i| Value::I64(*i)),
+                Array::F64(v) => each(out, v, |f| Value::F64(*f)),
+                Array::String(v) => each(out, v, |s| Value::text(s.as_str())),
                 _ => {}
             }
         }),
-        other => bytes_field(buf, 1, other.as_str().as_bytes()),
+        other => out.bytes_field(1, other.as_str().as_bytes()),
     }
 }
 
-fn attributes(buf: &mut Vec<u8>, field: u32, attrs: &[Attr]) {
+fn attributes(out: &mut Out, field: u32, attrs: &[Attr]) {
     for a in attrs {
-        attribute(buf, field, a);
+        attribute(out, field, a);
     }
 }
 
 /// `attrs` encoded as a span's attributes, for a [`super::record::Preset`].
 pub(super) fn span_attributes(attrs: &[Attr]) -> Vec<u8> {
-    let mut buf = Vec::new();
-    attributes(&mut buf, 9, attrs);
-    buf
+    let mut out = Out::with_capacity(256);
+    attributes(&mut out, 9, attrs);
+    out.finish()
 }
 
-/// One `KeyValue` message, front to back: its lengths are known before it is written, the
-/// key's encoding was made at compile time ([`super::attr::Key`]), a scalar value and the
-/// heads go out as pieces (most of what an export costs is its attributes).
-fn attribute(buf: &mut Vec<u8>, field: u32, a: &Attr) {
-    // `value`'s tag and length, and the `AnyValue`: a scalar whole, a string's head.
-    let mut tail = Piece::<24>::new();
-    tail.tag(2, LEN);
-    let mut text: &[u8] = &[];
-    match &a.value {
-        Value::Bool(b) => {
-            tail.byte(2);
-            tail.tag(2, VARINT);
-            tail.byte(u8::from(*b));
-        }
-        Value::I64(i) => {
-            let v = *i as u64;
-            tail.varint(1 + varint_len(v) as u64);
-            tail.tag(3, VARINT);
-            tail.varint(v);
-        }
-        Value::F64(f) => {
-            tail.byte(9);
-            tail.fixed64(4, f.to_bits());
-        }
-        Value::Strings(_) => {
-            nested(buf, field, |buf| {
-                put(buf, a.key.wire(), a.key.wire_len());
-                nested(buf, 2, |buf| any_value(buf, &a.value));
-            });
+/// One `KeyValue` message, front to back, straight into the batch: its lengths are known
+/// before it is written, the key's encoding was made at compile time ([`super::attr::Key`])
+/// and is copied whole, and all but a long string's bytes go through one [`Cursor`] (most of
+/// what an export costs is its attributes).
+fn attribute(out: &mut Out, field: u32, a: &Attr) {
+    let k = a.key.wire_len();
+    // `KeyValue`: the key, then `value` (field 2): its length, then the `AnyValue` (`value`
+    // bytes long, those of a long string written after).
+    // `member`: the `AnyValue` member's tag, its first byte.
+    #[inline(always)]
+    fn head(c: &mut Cursor<'_>, field: u32, a: &Attr, k: usize, value: usize, member: u8) {
+        let body = k + 2 + value;
+        if field == 9 && body < 128 {
+            // A span's attribute whose lengths take a byte each (all but a long string): the
+            // head made at compile time, its two lengths and the member's tag set.
+            c.padded(a.key.span_head(), k + 5);
+            c.set_back(k + 4, body as u8);
+            c.set_back(2, value as u8);
+            c.set_back(1, member);
             return;
         }
-        s => {
-            text = s.str_bytes().unwrap_or_default();
-            let n = text.len() as u64;
-            tail.varint(1 + varint_len(n) as u64 + n);
-            tail.tag(1, LEN);
-            tail.varint(n);
-        }
+        c.varint(u64::from(field << 3 | LEN));
+        c.varint((k + 1 + varint_len(value as u64) + value) as u64);
+        c.padded(a.key.wire(), k);
+        c.byte(const { tag1(2, LEN) });
+        c.varint(value as u64);
+        c.byte(member);
     }
-    let k = a.key.wire_len();
-    let body = k + tail.n + text.len();
-    // The whole message in one piece (a short string's bytes too): one copy onto the buffer.
-    let mut p = Piece::<128>::new();
-    p.tag(field, LEN);
-    p.varint(body as u64);
-    p.padded(a.key.wire(), k);
-    p.padded(&tail.b, tail.n);
+    // Tags and lengths (at most 2 + 3 + 1 + 3 + 1 + 3), the key, a scalar or short string.
+    const MAX: usize = 16 + Key::WIRE + 24;
     match &a.value {
-        Value::Inline(s) => {
-            p.padded(s.padded(), text.len());
-            p.put(buf);
+        Value::Bool(b) => out.with(MAX, |c| {
+            head(c, field, a, k, 2, const { tag1(2, VARINT) });
+            c.byte(u8::from(*b));
+        }),
+        Value::I64(i) => out.with(MAX, |c| {
+            let v = *i as u64;
+            head(c, field, a, k, 1 + varint_len(v), const { tag1(3, VARINT) });
+            c.varint(v);
+        }),
+        Value::F64(f) => out.with(MAX, |c| {
+            head(c, field, a, k, 9, const { tag1(4, FIXED64) });
+            c.array(f.to_bits().to_le_bytes());
+        }),
+        Value::Strings(items) => {
+            // `ArrayValue` (field 5 of the `AnyValue`): each item an `AnyValue` holding a
+            // string; their lengths summed first, so the message is written front to back.
+            let item = |v: &Value| {
+                let n = v.str_bytes().map_or(0, <[u8]>::len);
+                1 + varint_len(n as u64) + n
+            };
+            let array: usize = items
+                .iter()
+                .map(|v| 1 + varint_len(item(v) as u64) + item(v))
+                .sum();
+            out.with(MAX, |c| {
+                head(
+                    c,
+                    field,
+                    a,
+                    k,
+                    1 + varint_len(array as u64) + array,
+                    const { tag1(5, LEN) },
+                );
+                c.varint(array as u64);
+            });
+            for v in items.iter() {
+                let text = v.str_bytes().unwrap_or_default();
+                let n = text.len();
+                out.with(MAX, |c| {
+                    c.byte(const { tag1(1, LEN) });
+                    c.varint(item(v) as u64);
+                    c.byte(const { tag1(1, LEN) });
+                    c.varint(n as u64);
+                    if let Value::Inline(i) = v {
+                        c.padded(i.padded(), n);
+                    }
+                });
+                if !matches!(v, Value::Inline(_)) {
+                    out.bytes(text);
+                }
+            }
         }
-        _ => {
-            p.put(buf);
-            buf.extend_from_slice(text);
+        s => {
+            let text = s.str_bytes().unwrap_or_default();
+            let n = text.len();
+            out.with(MAX, |c| {
+                head(
+                    c,
+                    field,
+                    a,
+                    k,
+                    1 + varint_len(n as u64) + n,
+                    const { tag1(1, LEN) },
+                );
+                c.varint(n as u64);
+                if let Value::Inline(i) = s {
+                    c.padded(i.padded(), n);
+                }
+            });
+            if !matches!(s, Value::Inline(_)) {
+                out.bytes(text);
+            }
         }
     }
 }
 
 /// The `Resource` message's body.
 fn encode_resource(resource: &Resource) -> Vec<u8> {
-    let mut buf = Vec::new();
+    let mut out = Out::with_capacity(256);
     for (k, v) in resource.iter() {
-        nested(&mut buf, 1, |buf| {
-            opt_bytes(buf, 1, k.as_str().as_bytes());
-            nested(buf, 2, |buf| api_value(buf, v));
+        out.nested(1, |out| {
+            out.opt_bytes(1, k.as_str().as_bytes());
+            out.nested(2, |out| api_value(out, v));
         });
     }
-    buf
+    out.finish()
 }
 
 /// `flags`: the trace flags, and whether the parent is remote (with the bit saying it is
@@ -237,35 +280,33 @@ fn flags(trace_flags: u8, parent_remote: bool) -> u32 {
     u32::from(trace_flags) | 0x100 | if parent_remote { 0x200 } else { 0 }
 }
 
-fn span(buf: &mut Vec<u8>, t: &Finished, s: &SpanRecord) {
-    let mut ids = Piece::<40>::new();
-    ids.tag(1, LEN);
-    ids.byte(16);
-    ids.array(t.trace_id.to_bytes());
-    ids.tag(2, LEN);
-    ids.byte(8);
-    ids.array(s.span_id.to_bytes());
-    ids.put(buf);
-    opt_bytes(buf, 3, t.trace_state.as_bytes());
+fn span(out: &mut Out, t: &Finished, s: &SpanRecord) {
+    // `trace_id` (field 1) and `span_id` (field 2), tags and lengths included.
+    let mut ids = [0u8; 28];
+    ids[0] = const { tag1(1, LEN) };
+    ids[1] = 16;
+    ids[2..18].copy_from_slice(&t.trace_id.to_bytes());
+    ids[18] = const { tag1(2, LEN) };
+    ids[19] = 8;
+    ids[20..].copy_from_slice(&s.span_id.to_bytes());
+    out.array(ids);
+    out.opt_bytes(3, t.trace_state.as_bytes());
     if s.parent != opentelemetry::trace::SpanId::INVALID {
-        let mut p = Piece::<10>::new();
-        p.tag(4, LEN);
-        p.byte(8);
-        p.array(s.parent.to_bytes());
-        p.put(buf);
+        out.array([const { tag1(4, LEN) }, 8]);
+        out.array(s.parent.to_bytes());
     }
     match &s.name {
-        Name::Text(name) => opt_bytes(buf, 5, name.as_bytes()),
+        Name::Text(name) => out.opt_bytes(5, name.as_bytes()),
         Name::Pair(op, of) => {
             // The operation and what it worked on, joined here (no string made for it).
             let of_bytes = of.str_bytes().unwrap_or_default();
-            key(buf, 5, LEN);
-            varint(buf, s.name.len() as u64);
-            buf.extend_from_slice(op.as_bytes());
-            buf.push(b' ');
+            out.tag(5, LEN);
+            out.varint(s.name.len() as u64);
+            out.bytes(op.as_bytes());
+            out.byte(b' ');
             match of {
-                Value::Inline(i) => put(buf, i.padded(), of_bytes.len()),
-                _ => buf.extend_from_slice(of_bytes),
+                Value::Inline(i) => out.padded(i.padded(), of_bytes.len()),
+                _ => out.bytes(of_bytes),
             }
         }
     }
@@ -276,57 +317,48 @@ fn span(buf: &mut Vec<u8>, t: &Finished, s: &SpanRecord) {
         SpanKind::Producer => 4,
         SpanKind::Consumer => 5,
     };
-    let mut times = Piece::<20>::new();
-    times.tag(6, VARINT);
-    times.byte(kind);
-    times.fixed64(7, nanos(s.start));
-    times.fixed64(8, nanos(s.end));
-    times.put(buf);
+    // `kind` (field 6), `start_time_unix_nano` (7) and `end_time_unix_nano` (8).
+    let mut times = [0u8; 20];
+    times[0] = const { tag1(6, VARINT) };
+    times[1] = kind;
+    times[2] = const { tag1(7, FIXED64) };
+    times[3..11].copy_from_slice(&nanos(s.start).to_le_bytes());
+    times[11] = const { tag1(8, FIXED64) };
+    times[12..].copy_from_slice(&nanos(s.end).to_le_bytes());
+    out.array(times);
     for e in &s.attributes {
         match e {
-            Entry::Attr(a) => attribute(buf, 9, a),
-            Entry::Static(p) => buf.extend_from_slice(p.wire()),
-            Entry::Shared(p) => buf.extend_from_slice(p.wire()),
+            Entry::Attr(a) => attribute(out, 9, a),
+            Entry::Static(p) => out.bytes(p.wire()),
+            Entry::Shared(p) => out.bytes(p.wire()),
         }
     }
-    opt_varint(buf, 10, u64::from(s.dropped_attributes));
+    out.opt_varint(10, u64::from(s.dropped_attributes));
     for e in &s.events {
-        nested(buf, 11, |buf| {
-            fixed64(buf, 1, nanos(e.at));
-            opt_bytes(buf, 2, e.name.as_bytes());
-            attributes(buf, 3, &e.attributes);
+        out.nested(11, |out| {
+            out.fixed64(1, nanos(e.at));
+            out.opt_bytes(2, e.name.as_bytes());
+            attributes(out, 3, &e.attributes);
         });
     }
-    opt_varint(buf, 12, u64::from(s.dropped_events));
+    out.opt_varint(12, u64::from(s.dropped_events));
     // `Status`: unset (empty), or an error (code 2) with its message.
-    let mut status = Piece::<16>::new();
-    status.tag(15, LEN);
-    let why = s.error.as_deref().unwrap_or_default().as_bytes();
-    match &s.error {
-        None => status.byte(0),
-        Some(_) if why.is_empty() => {
-            status.byte(2);
-            status.tag(3, VARINT);
-            status.byte(2);
-        }
-        Some(_) => {
+    out.tag(15, LEN);
+    match s.error.as_deref() {
+        None => out.byte(0),
+        Some("") => out.array([2, const { tag1(3, VARINT) }, 2]),
+        Some(why) => {
             let n = why.len() as u64;
-            status.varint(1 + varint_len(n) as u64 + n + 2);
-            status.tag(2, LEN);
-            status.varint(n);
+            out.varint(1 + varint_len(n) as u64 + n + 2);
+            out.tag(2, LEN);
+            out.varint(n);
+            out.bytes(why.as_bytes());
+            out.array([const { tag1(3, VARINT) }, 2]);
         }
     }
-    status.put(buf);
-    let mut end = Piece::<8>::new();
-    if !why.is_empty() {
-        buf.extend_from_slice(why);
-        end.tag(3, VARINT);
-        end.byte(2);
-    }
-    end.tag(16, FIXED32);
-    // Only sampled traces are exported.
-    end.array(flags(SAMPLED, s.parent_remote).to_le_bytes());
-    end.put(buf);
+    // `flags` (field 16: a tag of two bytes); only sampled traces are exported.
+    out.tag(16, FIXED32);
+    out.array(flags(SAMPLED, s.parent_remote).to_le_bytes());
 }
 
 /// An `ExportTraceServiceRequest` of `traces` under one resource (`resource`: its encoded
@@ -337,22 +369,22 @@ pub fn encode(resource: &[u8], traces: &[Finished]) -> Vec<u8> {
     // the spans keep room for a length that size takes, so the batch is written in place.
     let size = 64 + resource.len() + spans * 640;
     let room = varint_len(size as u64);
-    let mut buf = Vec::with_capacity(size);
-    nested_sized(&mut buf, 1, room, |buf| {
-        bytes_field(buf, 1, resource);
+    let mut out = Out::with_capacity(size);
+    out.nested_sized(1, room, |out| {
+        out.bytes_field(1, resource);
         if spans == 0 {
             return;
         }
-        nested_sized(buf, 2, room, |buf| {
-            nested(buf, 1, |buf| opt_bytes(buf, 1, SCOPE.as_bytes()));
+        out.nested_sized(2, room, |out| {
+            out.nested(1, |out| out.opt_bytes(1, SCOPE.as_bytes()));
             for t in traces {
                 for s in &t.spans {
-                    nested_sized(buf, 2, 2, |buf| span(buf, t, s));
+                    out.nested_sized(2, 2, |out| span(out, t, s));
                 }
             }
         });
     });
-    buf
+    out.finish()
 }
 
 #[cfg(test)]
@@ -428,6 +460,8 @@ mod tests {
         let resource = Resource::builder_empty().with_service_name("svc").build();
         let bytes = encode(&encode_resource(&resource), &spans);
         let req = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
+        // The bytes are prost's own for the message: each field in its order, lengths minimal.
+        assert_eq!(req.encode_to_vec(), bytes);
         assert_eq!(req.resource_spans.len(), 1);
         let rs = &req.resource_spans[0];
         let res = rs.resource.as_ref().unwrap();
@@ -554,6 +588,7 @@ mod tests {
                 .collect();
             let bytes = encode(b"", &[data(spans)]);
             let req = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
+            assert_eq!(req.encode_to_vec(), bytes);
             let got = &req.resource_spans[0].scope_spans[0].spans;
             assert_eq!(got.len(), n);
             assert!(got.iter().all(|s| s.name == "s"
@@ -567,9 +602,12 @@ mod tests {
         use opentelemetry::{Array, Value as Api};
         use opentelemetry_proto::tonic::common::v1::AnyValue;
         let decoded = |v: Api| {
-            let mut buf = Vec::new();
-            api_value(&mut buf, &v);
-            AnyValue::decode(buf.as_slice()).unwrap().value.unwrap()
+            let mut out = Out::with_capacity(0);
+            api_value(&mut out, &v);
+            AnyValue::decode(out.finish().as_slice())
+                .unwrap()
+                .value
+                .unwrap()
         };
         let items = |v: Any| match v {
             Any::ArrayValue(a) => a.values.into_iter().map(|i| i.value.unwrap()).collect(),

@@ -1,111 +1,207 @@
-//! The protobuf wire format as the OTLP encoder ([`super::otlp`]) writes it: varints, tags,
-//! length-delimited fields (nested ones written in place, their length put in front after),
-//! and [`Piece`]s, a few bytes gathered on the stack and appended with one copy.
+//! The protobuf wire format as the OTLP encoder ([`super::otlp`]) writes it: [`Out`], a buffer
+//! written at a position of its own and kept initialised past it, so that a field's fixed-size
+//! pieces (an attribute's key, a tag and its length, an id) are copied into it whole, without a
+//! length check or a call each; length-delimited fields are written in place and their length
+//! put in front afterwards.
 
 // Wire types. The functions are small and called for every field: marked `#[inline]` so that
-// they are inlined into the encoder across the module's boundary, as they were within it.
+// they are inlined into the encoder across the module's boundary.
 pub(super) const VARINT: u32 = 0;
 pub(super) const FIXED64: u32 = 1;
 pub(super) const LEN: u32 = 2;
 pub(super) const FIXED32: u32 = 5;
 
-#[inline]
-pub(super) fn varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
+/// A field's tag as its one byte (fields 1 to 15), for a piece written whole.
+pub(super) const fn tag1(field: u32, wire: u32) -> u8 {
+    assert!(field < 16);
+    (field << 3 | wire) as u8
 }
 
-#[inline]
-pub(super) fn key(buf: &mut Vec<u8>, field: u32, wire: u32) {
-    varint(buf, u64::from(field << 3 | wire));
+/// Bytes initialised at a time past the position when more are needed (under 2 KiB: zeroed
+/// with vector stores, not `rep stosb`).
+const STEP: usize = 1024;
+
+/// An encoded message being written: `buf[..n]` is it, `buf[n..]` room already initialised
+/// (whatever it holds), cut off by [`Out::finish`].
+pub(super) struct Out {
+    buf: Vec<u8>,
+    n: usize,
 }
 
-/// A length-delimited field whose body `f` writes: the body is written in place and its
-/// length put in front of it afterwards (one move of the body, instead of sizing it first).
-pub(super) fn nested(buf: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
-    nested_sized(buf, field, 1, f)
-}
-
-/// [`nested`] with room for a length of `room` bytes (1: under 128, 2: under 16 KiB) kept in
-/// front of the body: a body whose length fits is not moved; one whose length is shorter is
-/// moved back, one longer forward.
-pub(super) fn nested_sized(
-    buf: &mut Vec<u8>,
-    field: u32,
-    room: usize,
-    f: impl FnOnce(&mut Vec<u8>),
-) {
-    key(buf, field, LEN);
-    let at = buf.len();
-    buf.extend_from_slice(&[0; 10][..room]);
-    f(buf);
-    let len = buf.len() - at - room;
-    let mut prefix = Piece::<10>::new();
-    prefix.varint(len as u64);
-    let n = prefix.n;
-    match n.cmp(&room) {
-        std::cmp::Ordering::Equal => {}
-        std::cmp::Ordering::Less => {
-            buf.copy_within(at + room.., at + n);
-            buf.truncate(at + n + len);
-        }
-        std::cmp::Ordering::Greater => {
-            buf.resize(at + n + len, 0);
-            buf.copy_within(at + room..at + room + len, at + n);
+impl Out {
+    /// An empty message with room for `bytes` kept (no copy of it until it grows past them).
+    pub(super) fn with_capacity(bytes: usize) -> Out {
+        Out {
+            buf: Vec::with_capacity(bytes + STEP),
+            n: 0,
         }
     }
-    buf[at..at + n].copy_from_slice(&prefix.b[..n]);
-}
 
-#[inline]
-pub(super) fn bytes_field(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
-    key(buf, field, LEN);
-    varint(buf, b.len() as u64);
-    buf.extend_from_slice(b);
-}
-
-/// A string or bytes field, left out when empty (proto3's default).
-#[inline]
-pub(super) fn opt_bytes(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
-    if !b.is_empty() {
-        bytes_field(buf, field, b);
-    }
-}
-
-#[inline]
-pub(super) fn opt_varint(buf: &mut Vec<u8>, field: u32, v: u64) {
-    if v != 0 {
-        key(buf, field, VARINT);
-        varint(buf, v);
-    }
-}
-
-#[inline]
-pub(super) fn fixed64(buf: &mut Vec<u8>, field: u32, v: u64) {
-    key(buf, field, FIXED64);
-    buf.extend_from_slice(&v.to_le_bytes());
-}
-
-/// A few bytes gathered on the stack and appended whole ([`put`]): the fields of a span and an
-/// attribute go out a piece at a time, not a byte at a time through the buffer's checks.
-pub(super) struct Piece<const N: usize> {
-    pub(super) b: [u8; N],
-    pub(super) n: usize,
-}
-
-impl<const N: usize> Piece<N> {
-    pub(super) fn new() -> Piece<N> {
-        Piece { b: [0; N], n: 0 }
+    /// The message as written.
+    pub(super) fn finish(mut self) -> Vec<u8> {
+        self.buf.truncate(self.n);
+        self.buf
     }
 
-    pub(super) fn byte(&mut self, x: u8) {
-        self.b[self.n] = x;
+    /// `m` initialised bytes past the position.
+    #[inline]
+    fn room(&mut self, m: usize) {
+        if self.n + m > self.buf.len() {
+            self.grow(m);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, m: usize) {
+        self.buf.resize(self.n + m + STEP, 0);
+    }
+
+    /// Write up to `max` bytes through a [`Cursor`] (one check of the room for all of them):
+    /// `f` writes, the position moves past what it wrote.
+    #[inline(always)]
+    pub(super) fn with(&mut self, max: usize, f: impl FnOnce(&mut Cursor<'_>)) {
+        self.room(max);
+        let mut c = Cursor {
+            b: &mut self.buf[self.n..],
+            i: 0,
+        };
+        f(&mut c);
+        self.n += c.i;
+    }
+
+    #[inline]
+    pub(super) fn byte(&mut self, b: u8) {
+        self.room(1);
+        self.buf[self.n] = b;
         self.n += 1;
     }
 
+    #[inline]
+    pub(super) fn varint(&mut self, mut v: u64) {
+        self.room(10);
+        while v >= 0x80 {
+            self.buf[self.n] = (v as u8) | 0x80;
+            self.n += 1;
+            v >>= 7;
+        }
+        self.buf[self.n] = v as u8;
+        self.n += 1;
+    }
+
+    #[inline]
+    pub(super) fn tag(&mut self, field: u32, wire: u32) {
+        self.varint(u64::from(field << 3 | wire));
+    }
+
+    /// The first `n` bytes of `bytes`: the whole array copied (a few moves, no call), the rest
+    /// written over next.
+    #[inline]
+    pub(super) fn padded<const M: usize>(&mut self, bytes: &[u8; M], n: usize) {
+        self.room(M);
+        if let Some(to) = self
+            .buf
+            .get_mut(self.n..)
+            .and_then(|s| s.first_chunk_mut::<M>())
+        {
+            *to = *bytes;
+        }
+        self.n += n.min(M);
+    }
+
+    #[inline]
+    pub(super) fn array<const M: usize>(&mut self, bytes: [u8; M]) {
+        self.padded(&bytes, M);
+    }
+
+    #[inline]
+    pub(super) fn bytes(&mut self, b: &[u8]) {
+        self.room(b.len());
+        self.buf[self.n..self.n + b.len()].copy_from_slice(b);
+        self.n += b.len();
+    }
+
+    #[inline]
+    pub(super) fn fixed64(&mut self, field: u32, v: u64) {
+        self.tag(field, FIXED64);
+        self.array(v.to_le_bytes());
+    }
+
+    #[inline]
+    pub(super) fn bytes_field(&mut self, field: u32, b: &[u8]) {
+        self.tag(field, LEN);
+        self.varint(b.len() as u64);
+        self.bytes(b);
+    }
+
+    /// A string or bytes field, left out when empty (proto3's default).
+    #[inline]
+    pub(super) fn opt_bytes(&mut self, field: u32, b: &[u8]) {
+        if !b.is_empty() {
+            self.bytes_field(field, b);
+        }
+    }
+
+    #[inline]
+    pub(super) fn opt_varint(&mut self, field: u32, v: u64) {
+        if v != 0 {
+            self.tag(field, VARINT);
+            self.varint(v);
+        }
+    }
+
+    /// A length-delimited field whose body `f` writes: the body is written in place and its
+    /// length put in front of it afterwards (one move of the body, instead of sizing it first).
+    pub(super) fn nested(&mut self, field: u32, f: impl FnOnce(&mut Out)) {
+        self.nested_sized(field, 1, f)
+    }
+
+    /// [`Out::nested`] with room for a length of `room` bytes (1: under 128, 2: under 16 KiB)
+    /// kept in front of the body: a body whose length fits is not moved; one whose length is
+    /// shorter is moved back, one longer forward.
+    pub(super) fn nested_sized(&mut self, field: u32, room: usize, f: impl FnOnce(&mut Out)) {
+        self.tag(field, LEN);
+        self.room(room);
+        let at = self.n;
+        self.n += room;
+        f(self);
+        let len = self.n - at - room;
+        let mut prefix = [0u8; 10];
+        let mut k = 0;
+        let mut v = len as u64;
+        while v >= 0x80 {
+            prefix[k] = (v as u8) | 0x80;
+            k += 1;
+            v >>= 7;
+        }
+        prefix[k] = v as u8;
+        k += 1;
+        if k != room {
+            self.room(k.saturating_sub(room));
+            self.buf.copy_within(at + room..self.n, at + k);
+            self.n = at + k + len;
+        }
+        self.buf[at..at + k].copy_from_slice(&prefix[..k]);
+    }
+}
+
+/// A few fields written into room checked once ([`Out::with`]): the slice and the position
+/// stay in registers, each write a store and a bound the compiler checks.
+pub(super) struct Cursor<'a> {
+    b: &'a mut [u8],
+    i: usize,
+}
+
+impl Cursor<'_> {
+    #[inline(always)]
+    pub(super) fn byte(&mut self, x: u8) {
+        if let Some(to) = self.b.get_mut(self.i) {
+            *to = x;
+        }
+        self.i += 1;
+    }
+
+    #[inline(always)]
     pub(super) fn varint(&mut self, mut v: u64) {
         while v >= 0x80 {
             self.byte((v as u8) | 0x80);
@@ -114,40 +210,31 @@ impl<const N: usize> Piece<N> {
         self.byte(v as u8);
     }
 
-    pub(super) fn tag(&mut self, field: u32, wire: u32) {
-        self.varint(u64::from(field << 3 | wire));
+    /// The first `n` bytes of `bytes`: the whole array copied, the rest written over next.
+    #[inline(always)]
+    pub(super) fn padded<const M: usize>(&mut self, bytes: &[u8; M], n: usize) {
+        if let Some(to) = self
+            .b
+            .get_mut(self.i..)
+            .and_then(|s| s.first_chunk_mut::<M>())
+        {
+            *to = *bytes;
+        }
+        self.i += n.min(M);
     }
 
+    #[inline(always)]
     pub(super) fn array<const M: usize>(&mut self, bytes: [u8; M]) {
         self.padded(&bytes, M);
     }
 
-    /// The first `n` bytes of `bytes`: the whole array copied (a few moves), the rest written
-    /// over next.
-    pub(super) fn padded<const M: usize>(&mut self, bytes: &[u8; M], n: usize) {
-        // An array assigned, not a slice copied: moves, not a call.
-        if let Some(to) = self.b[self.n..].first_chunk_mut::<M>() {
-            *to = *bytes;
-            self.n += n.min(M);
+    /// The byte `back` bytes before the position set to `x` (a length written after).
+    #[inline(always)]
+    pub(super) fn set_back(&mut self, back: usize, x: u8) {
+        if let Some(to) = self.i.checked_sub(back).and_then(|at| self.b.get_mut(at)) {
+            *to = x;
         }
     }
-
-    pub(super) fn fixed64(&mut self, field: u32, v: u64) {
-        self.tag(field, FIXED64);
-        self.array(v.to_le_bytes());
-    }
-
-    pub(super) fn put(&self, buf: &mut Vec<u8>) {
-        put(buf, &self.b, self.n);
-    }
-}
-
-/// The first `n` bytes of `bytes` onto `buf`: the whole array copied (a few moves, no call to
-/// `memcpy`), the length then set back.
-pub(super) fn put<const N: usize>(buf: &mut Vec<u8>, bytes: &[u8; N], n: usize) {
-    let at = buf.len();
-    buf.extend_from_slice(bytes);
-    buf.truncate(at + n);
 }
 
 /// Bytes of `v` as a varint.
@@ -163,22 +250,35 @@ mod tests {
     #[test]
     fn a_varints_length_is_what_writing_it_takes() {
         for v in [0, 1, 127, 128, 16_383, 16_384, 1 << 35, u64::MAX] {
-            let mut buf = Vec::new();
-            varint(&mut buf, v);
-            assert_eq!(varint_len(v), buf.len(), "{v}");
-            let mut piece = Piece::<10>::new();
-            piece.varint(v);
-            assert_eq!(&piece.b[..piece.n], &buf[..], "{v}");
+            let mut out = Out::with_capacity(0);
+            out.varint(v);
+            assert_eq!(varint_len(v), out.finish().len(), "{v}");
         }
     }
 
     #[test]
-    fn a_piece_goes_out_with_its_length_only() {
-        let mut p = Piece::<16>::new();
-        p.padded(b"abcdefgh", 3);
-        p.tag(16, FIXED32);
-        let mut buf = b"x".to_vec();
-        p.put(&mut buf);
-        assert_eq!(buf, b"xabc\x85\x01");
+    fn a_padded_piece_goes_out_with_its_length_only() {
+        let mut out = Out::with_capacity(0);
+        out.byte(b'x');
+        out.padded(b"abcdefgh", 3);
+        out.tag(16, FIXED32);
+        assert_eq!(out.finish(), b"xabc\x85\x01");
+    }
+
+    #[test]
+    fn a_nested_length_shorter_or_longer_than_its_room_moves_the_body() {
+        for (room, len) in [(1, 5), (2, 5), (1, 300), (2, 300), (1, 20_000)] {
+            let mut out = Out::with_capacity(0);
+            out.nested_sized(1, room, |out| out.bytes(&vec![7; len]));
+            out.byte(9);
+            let bytes = out.finish();
+            let head = 1 + varint_len(len as u64);
+            assert_eq!(bytes.len(), head + len + 1, "{room} {len}");
+            let mut prefix = Out::with_capacity(0);
+            prefix.varint(len as u64);
+            assert_eq!(&bytes[1..head], &prefix.finish()[..]);
+            assert!(bytes[head..head + len].iter().all(|b| *b == 7));
+            assert_eq!(bytes[head + len], 9);
+        }
     }
 }

@@ -100,7 +100,7 @@ impl AnswerFacts {
     /// Keep `value` unless it is the one kept already (compared as bytes: a stream repeats its
     /// model in every chunk); its UTF-8 checked only when it is kept.
     fn keep(&mut self, field: Field, value: &[u8]) {
-        let text = || std::str::from_utf8(value).ok().map(Value::text);
+        let text = || Value::from_utf8(value);
         match field {
             Field::Finish => {
                 if self.finish_reasons.len() < MAX_REASONS
@@ -194,6 +194,17 @@ data: {"modelVersion":"c"#,
             f.finish_reasons,
             vec![Value::text("stop"), Value::text("length")]
         );
+    }
+
+    #[test]
+    fn a_value_is_kept_as_text_only_when_it_is_utf8() {
+        let mut f = AnswerFacts::new(false);
+        f.feed_last("{\"finishReason\":\"\u{e9}t\u{e9}\",\"modelVersion\":\"m\"}".as_bytes());
+        assert_eq!(f.finish_reasons, vec![Value::text("\u{e9}t\u{e9}")]);
+        assert_eq!(f.model.as_ref().and_then(Value::as_str), Some("m"));
+        let mut f = AnswerFacts::new(false);
+        f.feed_last(b"{\"finishReason\":\"\xff\",\"modelVersion\":\"\xc3\"}");
+        assert!(f.finish_reasons.is_empty() && f.model.is_none());
     }
 
     #[test]
