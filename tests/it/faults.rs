@@ -118,7 +118,8 @@ async fn fail_closed_answers_503_while_redis_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_never_hangs_a_request() {
-    let redis = RedisServer::start();
+    // DEBUG is refused unless enabled (Redis 7); local: from loopback only.
+    let redis = RedisServer::start_with(&["--enable-debug-command", "local"]);
     let fake = FakeUpstream::start().await;
     let proxy = start_proxy(
         &fake.url,
@@ -132,13 +133,14 @@ async fn a_stalled_redis_never_hangs_a_request() {
         200
     );
     let port = redis.port;
-    std::thread::spawn(move || {
-        // DEBUG SLEEP blocks the whole server for 3 s.
+    let sleeper = std::thread::spawn(move || {
+        // DEBUG SLEEP blocks the whole server for 3 s; its answer comes when it wakes.
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.write_all(b"*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n$1\r\n3\r\n")
             .unwrap();
-        let mut buf = [0u8; 16];
-        let _ = s.read(&mut buf);
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t = Instant::now();
@@ -147,6 +149,14 @@ async fn a_stalled_redis_never_hangs_a_request() {
     assert!(
         t.elapsed() < Duration::from_millis(1500),
         "took {:?} with Redis asleep",
+        t.elapsed()
+    );
+    // Redis really slept through that request.
+    let woke = sleeper.join().unwrap();
+    assert_eq!(woke.trim(), "+OK", "DEBUG SLEEP answered {woke:?}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
         t.elapsed()
     );
 }
