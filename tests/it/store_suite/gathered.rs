@@ -145,3 +145,73 @@ async fn concurrent_admissions_gathered_grant_exactly_the_limit() {
         (25, 75)
     );
 }
+
+/// Admissions dropped while they lead a gate or wait at it (their requests went away) never
+/// stall the others: with Redis blocked while 30 gather, every third dropped, the rest are all
+/// answered once Redis is back, and a gate is free again after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_admissions_pass_their_gate_on() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    // DEBUG is refused unless enabled (Redis 7); local: from loopback only.
+    let server = RedisServer::start_with(&["--enable-debug-command", "local"]);
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Arc::new(store_on(&server, "dropped", &clock));
+    let r = req(1, vec![cand(0, "p", limits(1_000, 1_000_000, 10_000))]);
+    assert!(matches!(
+        store.admit(&r).await.unwrap(),
+        AdmitOutcome::Admitted(_)
+    ));
+    // DEBUG SLEEP blocks the whole server for 0.5 s: the first admission leads, in Redis; the
+    // rest wait at its gate.
+    let port = server.port;
+    let slept_from = Instant::now();
+    let sleeper = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n$3\r\n0.5\r\n")
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let (store, mut r) = (store.clone(), r.clone());
+            r.rotation = i;
+            tokio::spawn(async move { store.admit(&r).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut kept = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        if i % 3 == 0 {
+            t.abort();
+        } else {
+            kept.push(t);
+        }
+    }
+    let t0 = Instant::now();
+    for t in kept {
+        let answer = tokio::time::timeout(Duration::from_secs(5), t)
+            .await
+            .expect("an admission stalled at its gate")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(answer, AdmitOutcome::Admitted(_)), "{answer:?}");
+    }
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    // Redis really slept while they gathered.
+    assert_eq!(sleeper.join().unwrap().trim(), "+OK");
+    assert!(slept_from.elapsed() >= Duration::from_millis(450));
+    let t1 = Instant::now();
+    assert!(matches!(
+        store.admit(&r).await.unwrap(),
+        AdmitOutcome::Admitted(_)
+    ));
+    assert!(t1.elapsed() < Duration::from_secs(1), "{:?}", t1.elapsed());
+    // The 20 kept and the two alone counted; the dropped ones at most once each.
+    let usage = store.usage().await.unwrap();
+    let counted = usage[0].2.minute_requests;
+    assert!((22..=32).contains(&counted), "{counted}");
+}
