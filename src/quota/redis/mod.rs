@@ -1,8 +1,9 @@
 //! Redis `QuotaStore`: one `EVALSHA` of a Lua script (Redis `TIME`, one `{hash tag}`) admits a
-//! request; every call has a deadline; raw API keys never reach Redis (key ids only). One Redis
-//! node or a Redis Cluster ([`conn`]): every key a script touches is named in `KEYS`. Admission
-//! and its counters here; the other concerns' trait impls in `holds` (holds, disabled keys,
-//! pins), `live`, `batch` and `budget` (clients' budgets).
+//! request, or several that met in flight (`gather`); every call has a deadline; raw API keys
+//! never reach Redis (key ids only). One Redis node or a Redis Cluster ([`conn`]): every key a
+//! script touches is named in `KEYS`. Admission and its counters here; the other concerns' trait
+//! impls in `holds` (holds, disabled keys, pins), `live`, `batch` and `budget` (clients'
+//! budgets).
 
 use std::sync::Arc;
 use std::time::Duration;
