@@ -63,39 +63,18 @@ for o = 1, #order do
     local rq, tk = KEYS[WIN + 2 * p - 1], KEYS[WIN + 2 * p]
     local count, tsum, exp, first = window(rq, tk, now)
     local dcount = (flags[DAY + p] or 0) + 0
-    local why = nil
-    if dcount >= rpd then
-      why = {3, rpd, math.max(next_mid - now, 1)}
-    else
-      if count >= rpm then
-        local r = redis.call('ZRANGE', rq, count - rpm, count - rpm, 'WITHSCORES')
-        why = {1, rpm, math.max(tonumber(r[2]) + W - now, 1)}
-      end
-      if tsum + tokens > tpm then
-        local wait = tpm_wait(rq, tk, tsum + tokens - tpm, now)
-        if not why or wait > why[3] then why = {2, tpm, wait} end
-      end
-    end
+    local why = refusal(rq, tk, count, count, tsum, dcount, tokens, rpm, tpm, rpd, now, next_mid)
     if why then
       if not refused or why[3] < refused[3] then refused = why end
     else
       open[#open + 1] = p
-      local head, h2, h3 = (rpm - count - 1) / rpm, (tpm - tsum - tokens) / tpm, (rpd - dcount - 1) / rpd
-      if h2 < head then head = h2 end
-      if h3 < head then head = h3 end
-      heads[p] = head
+      heads[p] = headroom(count, tsum, dcount, tokens, rpm, tpm, rpd)
       counts[p], sums[p], exps[p], firsts[p] = count, tsum, exp, first
     end
   end
 end
 
-if #open == 0 then
-  if refused then
-    if hold and hold < refused[3] then refused[3] = hold end
-    return {0, refused[1], refused[2], refused[3]}
-  end
-  return {2, hold or -1}
-end
+if #open == 0 then return closed(refused, hold) end
 
 local best, cand = choose(open, heads, rotation, strategy, enabled, project, n)
 

@@ -71,57 +71,25 @@ for o = 1, #order do
   end
 end
 
--- Why project p cannot take `tokens` now (nil: it can): {limit code, limit value, retry ms}.
-local function refusal(p, tokens)
-  local rpm, tpm, rpd = rpms[p], tpms[p], rpds[p]
-  local count, tsum = counts[p], sums[p]
-  if days[p] >= rpd then return {3, rpd, math.max(next_mid - now, 1)} end
-  local why = nil
-  local rq, tk = KEYS[WIN + 2 * p - 1], KEYS[WIN + 2 * p]
-  local stored = count - #added[p]
-  if count >= rpm then
-    -- Room comes when the entry rpm places from the newest leaves; one of this run's, at
-    -- `now`, leaves a whole window from now.
-    local wait = W
-    if count - rpm < stored then
-      local r = redis.call('ZRANGE', rq, count - rpm, count - rpm, 'WITHSCORES')
-      wait = math.max(r[2] + W - now, 1)
-    end
-    why = {1, rpm, wait}
-  end
-  if tsum + tokens > tpm then
-    local wait = tpm_wait(rq, tk, tsum + tokens - tpm, now)
-    if not why or wait > why[3] then why = {2, tpm, wait} end
-  end
-  return why
-end
-
 local answers, admitted = {}, {}
 for a = 1, k do
   local tokens, rotation = toks_s[a] + 0, rots[a]
   local refused, open, heads = nil, {}, {}
   for o = 1, #live do
     local p = live[o]
-    local why = refusal(p, tokens)
+    local count, tsum, dcount = counts[p], sums[p], days[p]
+    local rpm, tpm, rpd = rpms[p], tpms[p], rpds[p]
+    local why = refusal(KEYS[WIN + 2 * p - 1], KEYS[WIN + 2 * p], count, count - #added[p], tsum,
+                        dcount, tokens, rpm, tpm, rpd, now, next_mid)
     if why then
       if not refused or why[3] < refused[3] then refused = why end
     else
       open[#open + 1] = p
-      local rpm, tpm, rpd = rpms[p], tpms[p], rpds[p]
-      local head = (rpm - counts[p] - 1) / rpm
-      local h2, h3 = (tpm - sums[p] - tokens) / tpm, (rpd - days[p] - 1) / rpd
-      if h2 < head then head = h2 end
-      if h3 < head then head = h3 end
-      heads[p] = head
+      heads[p] = headroom(count, tsum, dcount, tokens, rpm, tpm, rpd)
     end
   end
   if #open == 0 then
-    if refused then
-      if hold and hold < refused[3] then refused[3] = hold end
-      answers[a] = {0, refused[1], refused[2], refused[3]}
-    else
-      answers[a] = {2, hold or -1}
-    end
+    answers[a] = closed(refused, hold)
   else
     local best, cand = choose(open, heads, rotation, strategy, enabled, project, n)
     -- The id is filled in below, once the run knows how many it admitted.

@@ -1,5 +1,5 @@
--- Shared by the admission scripts (admit.lua, admit_many.lua): which keys are enabled and which
--- project and key an admission takes.
+-- Shared by the admission scripts (admit.lua, admit_many.lua): which keys are enabled, whether a
+-- project can take an admission, and which project and key it takes.
 
 -- Where each part of an admission's KEYS and ARGV starts (its first element at base + 1), with n
 -- keys and m projects: in KEYS the day counts (after the n disabled flags and the m x 2
@@ -67,4 +67,47 @@ local function choose(open, heads, rotation, strategy, enabled, project, n)
     end
   end
   return best, 0
+end
+
+-- Why a project cannot take `tokens` at `now` (nil: it can): {limit code (1 rpm, 2 tpm, 3 rpd),
+-- limit value, retry after ms}. Its window (rq, tk) holds `count` entries with `tsum` tokens, of
+-- which the first `stored` are in the sorted set (the rest are the run's own, at `now`); `dcount`
+-- requests today.
+local function refusal(rq, tk, count, stored, tsum, dcount, tokens, rpm, tpm, rpd, now, next_mid)
+  if dcount >= rpd then return {3, rpd, math.max(next_mid - now, 1)} end
+  local why = nil
+  if count >= rpm then
+    -- Room comes when the entry rpm places from the newest leaves; one of the run's own, at
+    -- `now`, leaves a whole window from now.
+    local wait = W
+    if count - rpm < stored then
+      local r = redis.call('ZRANGE', rq, count - rpm, count - rpm, 'WITHSCORES')
+      wait = math.max(r[2] + W - now, 1)
+    end
+    why = {1, rpm, wait}
+  end
+  if tsum + tokens > tpm then
+    local wait = tpm_wait(rq, tk, tsum + tokens - tpm, now)
+    if not why or wait > why[3] then why = {2, tpm, wait} end
+  end
+  return why
+end
+
+-- What a project has left after one more admission of `tokens`: the smallest share of its three
+-- limits.
+local function headroom(count, tsum, dcount, tokens, rpm, tpm, rpd)
+  local head, h2, h3 = (rpm - count - 1) / rpm, (tpm - tsum - tokens) / tpm, (rpd - dcount - 1) / rpd
+  if h2 < head then head = h2 end
+  if h3 < head then head = h3 end
+  return head
+end
+
+-- The answer when no project is open: the refusal that ends first (a hold ending sooner
+-- shortens it), or, with none, the hold's end (-1: every key disabled).
+local function closed(refused, hold)
+  if refused then
+    if hold and hold < refused[3] then refused[3] = hold end
+    return {0, refused[1], refused[2], refused[3]}
+  end
+  return {2, hold or -1}
 end
