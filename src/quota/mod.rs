@@ -169,7 +169,7 @@ pub struct ResetScope {
     pub model: Option<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("quota store unreachable: {0}")]
     Unreachable(String),

@@ -26,7 +26,10 @@ const MOST_GATHERED: usize = 64;
 const MOST_WAITING: usize = 1024;
 
 /// The gates, one per (model, candidates) with an admission in Redis. A gate exists while its
-/// admissions run or wait, so the table holds at most the admissions in flight.
+/// admissions run or wait, so the table holds at most the admissions in flight. Its keys are a
+/// seeded hash of a client-chosen model: two asks that collide share a gate, and its leader
+/// takes only those that ask the same (`same_ask`), so a collision costs a wait, never a
+/// wrong answer.
 #[derive(Default)]
 pub(super) struct Gather {
     gates: Mutex<Map<u64, VecDeque<Waiter>>>,
@@ -209,7 +212,7 @@ impl RedisStore {
             }
             Err(e) => {
                 for w in others {
-                    let _ = w.tx.send(Turn::Done(Err(copy(&e))));
+                    let _ = w.tx.send(Turn::Done(Err(e.clone())));
                 }
                 Err(e)
             }
@@ -267,9 +270,9 @@ impl RedisStore {
                     rest.len() + 1
                 )));
             }
-            let each = |i: usize| -> Result<Vec<Value>, StoreError> {
+            let each = |i: usize| -> Result<&[Value], StoreError> {
                 match &v[i] {
-                    Value::Array(a) => Ok(a.clone()),
+                    Value::Array(a) => Ok(a),
                     other => Err(StoreError::Protocol(format!(
                         "gathered admission answered {other:?}"
                     ))),
@@ -283,23 +286,14 @@ impl RedisStore {
                 continue;
             }
             let mut out = Vec::with_capacity(v.len());
-            out.push(self.admit_answer(first, &head)?);
+            out.push(self.admit_answer(first, head)?);
             for (i, r) in rest.iter().enumerate() {
-                out.push(self.admit_answer(r, &each(i + 1)?)?);
+                out.push(self.admit_answer(r, each(i + 1)?)?);
             }
             return Ok(out);
         }
         Err(StoreError::Protocol(
             "the admission script's day kept changing".into(),
         ))
-    }
-}
-
-/// The same error again, for each admission that rode the failed run.
-fn copy(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unreachable(s) => StoreError::Unreachable(s.clone()),
-        StoreError::Timeout(ms) => StoreError::Timeout(*ms),
-        StoreError::Protocol(s) => StoreError::Protocol(s.clone()),
     }
 }
