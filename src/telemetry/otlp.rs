@@ -106,12 +106,7 @@ fn any_value(out: &mut Out, v: &Value) {
             out.varint(*i as u64);
         }
         Value::F64(f) => out.fixed64(4, f.to_bits()),
-        Value::Strings(items) => out.nested(5, |out| {
-            // `ArrayValue`'s body: each item an `AnyValue`.
-            for item in items.iter() {
-                out.nested(1, |out| any_value(out, item));
-            }
-        }),
+        // A string (lists are span attributes, written by `attribute`).
         s => out.bytes_field(1, s.str_bytes().unwrap_or_default()),
     }
 }
@@ -185,6 +180,13 @@ fn attribute(out: &mut Out, field: u32, a: &Attr) {
     }
     // Tags and lengths (at most 2 + 3 + 1 + 3 + 1 + 3), the key, a scalar or short string.
     const MAX: usize = 16 + Key::WIRE + 24;
+    // The head of a length-delimited value (a string, a list) of `len` bytes, member `member`.
+    let len_head = |out: &mut Out, len: usize, member: u8| {
+        out.with(MAX, |c| {
+            head(c, field, a, k, 1 + varint_len(len as u64) + len, member);
+            c.varint(len as u64);
+        })
+    };
     match &a.value {
         Value::Bool(b) => out.with(MAX, |c| {
             head(c, field, a, k, 2, const { tag1(2, VARINT) });
@@ -208,58 +210,52 @@ fn attribute(out: &mut Out, field: u32, a: &Attr) {
             };
             let array: usize = items
                 .iter()
-                .map(|v| 1 + varint_len(item(v) as u64) + item(v))
+                .map(|v| {
+                    let n = item(v);
+                    1 + varint_len(n as u64) + n
+                })
                 .sum();
-            out.with(MAX, |c| {
-                head(
-                    c,
-                    field,
-                    a,
-                    k,
-                    1 + varint_len(array as u64) + array,
-                    const { tag1(5, LEN) },
-                );
-                c.varint(array as u64);
-            });
+            len_head(out, array, const { tag1(5, LEN) });
             for v in items.iter() {
-                let text = v.str_bytes().unwrap_or_default();
-                let n = text.len();
+                let n = item(v);
                 out.with(MAX, |c| {
                     c.byte(const { tag1(1, LEN) });
-                    c.varint(item(v) as u64);
-                    c.byte(const { tag1(1, LEN) });
                     c.varint(n as u64);
-                    if let Value::Inline(i) = v {
-                        c.padded(i.padded(), n);
-                    }
                 });
-                if !matches!(v, Value::Inline(_)) {
-                    out.bytes(text);
-                }
+                text_field(out, v);
             }
         }
         s => {
-            let text = s.str_bytes().unwrap_or_default();
-            let n = text.len();
-            out.with(MAX, |c| {
-                head(
-                    c,
-                    field,
-                    a,
-                    k,
-                    1 + varint_len(n as u64) + n,
-                    const { tag1(1, LEN) },
-                );
-                c.varint(n as u64);
-                if let Value::Inline(i) = s {
-                    c.padded(i.padded(), n);
-                }
-            });
-            if !matches!(s, Value::Inline(_)) {
-                out.bytes(text);
-            }
+            len_head(
+                out,
+                s.str_bytes().map_or(0, <[u8]>::len),
+                const { tag1(1, LEN) },
+            );
+            text(out, s);
         }
     }
+}
+
+/// A string value's bytes: a short one's whole padded array copied (a few moves, no call),
+/// the rest written over next.
+#[inline(always)]
+fn text(out: &mut Out, v: &Value) {
+    let bytes = v.str_bytes().unwrap_or_default();
+    match v {
+        Value::Inline(i) => out.padded(i.padded(), bytes.len()),
+        _ => out.bytes(bytes),
+    }
+}
+
+/// A string as an `AnyValue` (field 1, its tag and length, then [`text`]).
+#[inline(always)]
+fn text_field(out: &mut Out, v: &Value) {
+    let n = v.str_bytes().map_or(0, <[u8]>::len);
+    out.with(11, |c| {
+        c.byte(const { tag1(1, LEN) });
+        c.varint(n as u64);
+    });
+    text(out, v);
 }
 
 /// The `Resource` message's body.
@@ -299,15 +295,11 @@ fn span(out: &mut Out, t: &Finished, s: &SpanRecord) {
         Name::Text(name) => out.opt_bytes(5, name.as_bytes()),
         Name::Pair(op, of) => {
             // The operation and what it worked on, joined here (no string made for it).
-            let of_bytes = of.str_bytes().unwrap_or_default();
             out.tag(5, LEN);
             out.varint(s.name.len() as u64);
             out.bytes(op.as_bytes());
             out.byte(b' ');
-            match of {
-                Value::Inline(i) => out.padded(i.padded(), of_bytes.len()),
-                _ => out.bytes(of_bytes),
-            }
+            text(out, of);
         }
     }
     let kind: u8 = match s.kind {

@@ -72,21 +72,12 @@ impl Out {
 
     #[inline]
     pub(super) fn byte(&mut self, b: u8) {
-        self.room(1);
-        self.buf[self.n] = b;
-        self.n += 1;
+        self.with(1, |c| c.byte(b));
     }
 
     #[inline]
-    pub(super) fn varint(&mut self, mut v: u64) {
-        self.room(10);
-        while v >= 0x80 {
-            self.buf[self.n] = (v as u8) | 0x80;
-            self.n += 1;
-            v >>= 7;
-        }
-        self.buf[self.n] = v as u8;
-        self.n += 1;
+    pub(super) fn varint(&mut self, v: u64) {
+        self.with(10, |c| c.varint(v));
     }
 
     #[inline]
@@ -98,20 +89,12 @@ impl Out {
     /// written over next.
     #[inline]
     pub(super) fn padded<const M: usize>(&mut self, bytes: &[u8; M], n: usize) {
-        self.room(M);
-        if let Some(to) = self
-            .buf
-            .get_mut(self.n..)
-            .and_then(|s| s.first_chunk_mut::<M>())
-        {
-            *to = *bytes;
-        }
-        self.n += n.min(M);
+        self.with(M, |c| c.padded(bytes, n));
     }
 
     #[inline]
     pub(super) fn array<const M: usize>(&mut self, bytes: [u8; M]) {
-        self.padded(&bytes, M);
+        self.with(M, |c| c.array(bytes));
     }
 
     #[inline]
@@ -166,22 +149,17 @@ impl Out {
         self.n += room;
         f(self);
         let len = self.n - at - room;
-        let mut prefix = [0u8; 10];
-        let mut k = 0;
-        let mut v = len as u64;
-        while v >= 0x80 {
-            prefix[k] = (v as u8) | 0x80;
-            k += 1;
-            v >>= 7;
-        }
-        prefix[k] = v as u8;
-        k += 1;
+        let k = varint_len(len as u64);
         if k != room {
             self.room(k.saturating_sub(room));
             self.buf.copy_within(at + room..self.n, at + k);
             self.n = at + k + len;
         }
-        self.buf[at..at + k].copy_from_slice(&prefix[..k]);
+        let mut c = Cursor {
+            b: &mut self.buf[at..at + k],
+            i: 0,
+        };
+        c.varint(len as u64);
     }
 }
 
