@@ -35,8 +35,6 @@ pub struct Queue {
 /// The queue's far end: what the export task takes its batches from.
 pub struct Pending {
     shared: Arc<Shared>,
-    wake: Arc<Notify>,
-    batch: usize,
 }
 
 /// The traces waiting, behind a lock held for a push or a batch's taking: cheaper per trace
@@ -46,7 +44,7 @@ struct Shared {
     /// Spans waiting at most.
     capacity: usize,
     batch: usize,
-    wake: Arc<Notify>,
+    wake: Notify,
 }
 
 #[derive(Default)]
@@ -59,24 +57,19 @@ struct Waiting {
 
 /// A queue of `capacity` spans at most, whose task is woken when `batch` spans wait.
 pub fn queue(capacity: usize, batch: usize) -> (Queue, Pending) {
-    let wake = Arc::new(Notify::new());
     let capacity = capacity.max(1);
     let batch = batch.clamp(1, capacity);
     let shared = Arc::new(Shared {
         waiting: Mutex::new(Waiting::default()),
         capacity,
         batch,
-        wake: wake.clone(),
+        wake: Notify::new(),
     });
     (
         Queue {
             shared: shared.clone(),
         },
-        Pending {
-            shared,
-            wake,
-            batch,
-        },
+        Pending { shared },
     )
 }
 
@@ -104,7 +97,7 @@ impl Queue {
 impl Pending {
     /// The traces waiting, up to about `max_spans` spans (at least one trace when any waits),
     /// and how many spans they hold.
-    pub fn take(&mut self, max_spans: usize) -> (Vec<Finished>, usize) {
+    pub fn take(&self, max_spans: usize) -> (Vec<Finished>, usize) {
         let mut w = self.shared.waiting.lock();
         if w.spans <= max_spans {
             // All of them (the usual case): the list itself is taken.
@@ -159,23 +152,23 @@ pub fn spawn(exporter: Exporter, pending: Pending, delay: Duration) -> Worker {
 
 async fn run(
     exporter: Exporter,
-    mut pending: Pending,
+    pending: Pending,
     delay: Duration,
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut last_warned: Option<Instant> = None;
-    let wake = pending.wake.clone();
+    let (shared, batch) = (pending.shared.clone(), pending.shared.batch);
     // The counters' handles looked up at the first export, not at each (not before it: the
     // metrics recorder is installed after this task starts).
     let mut counters: Option<[metrics::Counter; 2]> = None;
     loop {
         let stopping = tokio::select! {
             _ = tokio::time::sleep(delay) => false,
-            _ = wake.notified() => false,
+            _ = shared.wake.notified() => false,
             _ = &mut stop => true,
         };
         loop {
-            let (traces, n) = pending.take(pending.batch);
+            let (traces, n) = pending.take(batch);
             if n == 0 {
                 break;
             }
@@ -196,7 +189,7 @@ async fn run(
                     }
                 }
             }
-            if n < pending.batch {
+            if n < batch {
                 break;
             }
         }

@@ -428,7 +428,7 @@ mod tests {
     #[test]
     fn a_requests_spans_are_exported_together_once_the_last_is_done() {
         use opentelemetry_sdk::trace::Sampler;
-        let (t, mut pending) = tracing(Sampler::AlwaysOn);
+        let (t, pending) = tracing(Sampler::AlwaysOn);
         let trace = RequestTrace::start_in(t, &http::HeaderMap::new(), "POST", "/v1beta/x");
         assert!(trace.is_recording());
         let mut admit = trace.child("gqp.admit", SpanKind::Internal, None);
@@ -489,7 +489,7 @@ mod tests {
     fn a_client_traceparent_is_continued_and_its_sampling_decision_kept() {
         use opentelemetry_sdk::trace::Sampler;
         let sampler = Sampler::ParentBased(Box::new(Sampler::AlwaysOn));
-        let (t, mut pending) = tracing(sampler);
+        let (t, pending) = tracing(sampler);
         let mut headers = http::HeaderMap::new();
         let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331";
         headers.insert("traceparent", format!("{parent}-01").parse().unwrap());
