@@ -83,13 +83,7 @@ impl RequestLine {
             s.set_preset(&span::GEMINI);
             if let Some(op) = op {
                 let stream = self.uri.path().ends_with(":streamGenerateContent");
-                match span::operation_attributes(op, stream) {
-                    Some(p) => s.set_preset(p),
-                    None => {
-                        s.set(Attr::new(attr::OPERATION, op));
-                        s.set(Attr::new(attr::REQUEST_STREAM, stream));
-                    }
-                }
+                s.set_preset(op.attributes(stream));
             }
             // The model's text made once, for its attribute and the span's name.
             let model = self.model.as_deref().map(Value::text);
@@ -113,8 +107,8 @@ impl RequestLine {
             // started with, its method.
             if let Some(op) = op {
                 s.name = match model {
-                    Some(m) => Name::Pair(op, m),
-                    None => Name::from(op),
+                    Some(m) => Name::Pair(op.name(), m),
+                    None => Name::from(op.name()),
                 };
             }
             if self.status >= 500 {

@@ -36,30 +36,39 @@ pub static GEMINI: std::sync::LazyLock<Preset> = std::sync::LazyLock::new(|| {
     ])
 });
 
-/// `gen_ai.operation.name` (one of [`operation`]'s) and `gen_ai.request.stream`, encoded once
-/// (`None`: another operation).
-pub fn operation_attributes(op: &'static str, stream: bool) -> Option<&'static Preset> {
-    static ALL: std::sync::LazyLock<Vec<Preset>> = std::sync::LazyLock::new(|| {
-        OPS.iter()
-            .flat_map(|op| {
-                [false, true].map(|stream| {
-                    Preset::new(&[
-                        Attr::new(attr::OPERATION, *op),
-                        Attr::new(attr::REQUEST_STREAM, stream),
-                    ])
-                })
-            })
-            .collect()
-    });
-    let i = OPS.iter().position(|o| *o == op)?;
-    ALL.get(2 * i + usize::from(stream))
-}
+/// A GenAI operation, as [`operation`] names it from a request's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Op(usize);
 
-/// The operations [`operation`] names.
-const GENERATE: &str = "generate_content";
-const EMBEDDINGS: &str = "embeddings";
-const CHAT: &str = "chat";
-const OPS: [&str; 3] = [GENERATE, EMBEDDINGS, CHAT];
+impl Op {
+    pub const GENERATE: Op = Op(0);
+    pub const EMBEDDINGS: Op = Op(1);
+    pub const CHAT: Op = Op(2);
+    const NAMES: [&'static str; 3] = ["generate_content", "embeddings", "chat"];
+
+    /// `gen_ai.operation.name`'s value.
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self.0]
+    }
+
+    /// `gen_ai.operation.name` and `gen_ai.request.stream`, encoded once.
+    pub fn attributes(self, stream: bool) -> &'static Preset {
+        static ALL: std::sync::LazyLock<Vec<Preset>> = std::sync::LazyLock::new(|| {
+            Op::NAMES
+                .iter()
+                .flat_map(|op| {
+                    [false, true].map(|stream| {
+                        Preset::new(&[
+                            Attr::new(attr::OPERATION, *op),
+                            Attr::new(attr::REQUEST_STREAM, stream),
+                        ])
+                    })
+                })
+                .collect()
+        });
+        &ALL[2 * self.0 + usize::from(stream)]
+    }
+}
 
 /// Most bytes of a prompt or an answer recorded when `otel.record_content` is on.
 pub const CONTENT_LIMIT: usize = 64 * 1024;
@@ -362,15 +371,15 @@ pub fn strings(items: Vec<Value>) -> Value {
 }
 
 /// `gen_ai.operation.name` for a Gemini (or OpenAI-compatible) path, when it is a GenAI call.
-pub fn operation(path: &str) -> Option<&'static str> {
+pub fn operation(path: &str) -> Option<Op> {
     // memchr's searchers: the standard library's took more than the rest of the span's head.
     static OPENAI: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"/openai/"));
     if OPENAI.find(path.as_bytes()).is_some() {
         return if path.ends_with("/chat/completions") {
-            Some(CHAT)
+            Some(Op::CHAT)
         } else if path.ends_with("/embeddings") {
-            Some(EMBEDDINGS)
+            Some(Op::EMBEDDINGS)
         } else {
             None
         };
@@ -378,9 +387,9 @@ pub fn operation(path: &str) -> Option<&'static str> {
     let action = &path[memchr::memrchr(b':', path.as_bytes())? + 1..];
     match action {
         "generateContent" | "streamGenerateContent" | "predict" | "predictLongRunning" => {
-            Some(GENERATE)
+            Some(Op::GENERATE)
         }
-        "embedContent" | "batchEmbedContents" => Some(EMBEDDINGS),
+        "embedContent" | "batchEmbedContents" => Some(Op::EMBEDDINGS),
         _ => None,
     }
 }
@@ -398,23 +407,26 @@ mod tests {
     #[test]
     fn gemini_and_openai_paths_name_their_operation() {
         assert_eq!(
-            operation("/v1beta/models/gemini-2.5-flash:generateContent"),
+            operation("/v1beta/models/gemini-2.5-flash:generateContent").map(Op::name),
             Some("generate_content")
         );
         assert_eq!(
-            operation("/v1beta/models/gemini-2.5-flash:streamGenerateContent"),
+            operation("/v1beta/models/gemini-2.5-flash:streamGenerateContent").map(Op::name),
             Some("generate_content")
         );
         assert_eq!(
-            operation("/v1beta/models/text-embedding-004:embedContent"),
+            operation("/v1beta/models/text-embedding-004:embedContent").map(Op::name),
             Some("embeddings")
         );
-        assert_eq!(operation("/v1beta/openai/chat/completions"), Some("chat"));
         assert_eq!(
-            operation("/v1beta/models/gemini-2.5-flash:countTokens"),
+            operation("/v1beta/openai/chat/completions").map(Op::name),
+            Some("chat")
+        );
+        assert_eq!(
+            operation("/v1beta/models/gemini-2.5-flash:countTokens").map(Op::name),
             None
         );
-        assert_eq!(operation("/v1beta/files"), None);
+        assert_eq!(operation("/v1beta/files").map(Op::name), None);
     }
 
     /// A tracing of its own for a test (never installed), and what it exported.
