@@ -3,14 +3,15 @@
 //! encoding is made at compile time, alone and as the head of a span's attribute: the exporter
 //! copies it whole.
 
+use super::pb::{LEN, tag1};
+
 /// An attribute's name, with its encoding as OTLP's `KeyValue.key` field (tag, length, bytes).
 pub struct Key {
     name: &'static str,
-    wire: [u8; Key::WIRE],
     /// The head of the key's `KeyValue` as a span's attribute (`Span.attributes`, field 9),
-    /// for a value whose lengths take a byte each: the field's tag, its length, the `key` field,
-    /// `value`'s tag and length, and the `AnyValue` member's tag; the lengths and the member's
-    /// tag are zeros, set as it is written ([`Key::span_head`]).
+    /// for a value whose lengths take a byte each: the field's tag, its length, the `key` field
+    /// ([`Key::wire`], from byte 2), `value`'s tag and length, and the `AnyValue` member's tag;
+    /// the lengths and the member's tag are zeros, set as it is written ([`Key::span_head`]).
     span: [u8; Key::SPAN],
 }
 
@@ -23,26 +24,19 @@ impl Key {
     pub const fn new(name: &'static str) -> Key {
         let n = name.len();
         assert!(n + 2 <= Key::WIRE, "an attribute name longer than 62 bytes");
-        let mut wire = [0; Key::WIRE];
-        // Field 1 (`key`), length-delimited; the length fits one byte.
-        wire[0] = 0x0a;
-        wire[1] = n as u8;
+        let mut span = [0; Key::SPAN];
+        // Field 9 (`attributes`), length-delimited, its length set as written; the key: field
+        // 1, length-delimited, its length fitting one byte; field 2 (`value`), length-delimited.
+        span[0] = tag1(9, LEN);
+        span[2] = tag1(1, LEN);
+        span[3] = n as u8;
         let mut i = 0;
         while i < n {
-            wire[2 + i] = name.as_bytes()[i];
+            span[4 + i] = name.as_bytes()[i];
             i += 1;
         }
-        // Field 9 (`attributes`), length-delimited; the key; field 2 (`value`),
-        // length-delimited.
-        let mut span = [0; Key::SPAN];
-        span[0] = 0x4a;
-        let mut i = 0;
-        while i < n + 2 {
-            span[2 + i] = wire[i];
-            i += 1;
-        }
-        span[n + 4] = 0x12;
-        Key { name, wire, span }
+        span[n + 4] = tag1(2, LEN);
+        Key { name, span }
     }
 
     /// The span attribute's head, padded: its first [`Key::wire_len`] + 5 bytes are it, bytes
@@ -54,7 +48,10 @@ impl Key {
 
     /// The encoded `key` field, padded: its first [`Key::wire_len`] bytes are it.
     pub fn wire(&self) -> &[u8; Key::WIRE] {
-        &self.wire
+        match self.span[2..].first_chunk() {
+            Some(wire) => wire,
+            None => unreachable!("Key::SPAN is Key::WIRE + 8"),
+        }
     }
 
     pub fn wire_len(&self) -> usize {
