@@ -26,7 +26,7 @@ pub use super::attr;
 pub use super::record::{Attr, Name, Preset, SpanRecord, Value};
 
 /// `gen_ai.provider.name` of Google's Gemini API (AI Studio).
-pub const PROVIDER_GEMINI: &str = "gcp.gemini";
+const PROVIDER_GEMINI: &str = "gcp.gemini";
 
 /// `gen_ai.provider.name` and `gen_ai.system` of Google's Gemini API, encoded once.
 pub static GEMINI: std::sync::LazyLock<Preset> = std::sync::LazyLock::new(|| {
@@ -310,9 +310,7 @@ pub struct Child {
 
 impl Child {
     pub fn set(&mut self, kv: Attr) {
-        if let Some((_, s)) = self.span.as_mut() {
-            s.set(kv);
-        }
+        self.record(|s| s.set(kv));
     }
 
     /// The span's record, to set several attributes at once.
@@ -323,9 +321,7 @@ impl Child {
     }
 
     pub fn fail(&mut self, why: impl Into<Cow<'static, str>>) {
-        if let Some((_, s)) = self.span.as_mut() {
-            s.error = Some(why.into());
-        }
+        self.record(|s| s.error = Some(why.into()));
     }
 
     /// A grandchild (the queue wait inside an admission).
