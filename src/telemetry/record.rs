@@ -63,14 +63,10 @@ impl Value {
         }
     }
 
-    /// `bytes` as text, when they are UTF-8: short ASCII ones held in place without a check
-    /// of their own (the copy looks at each byte already).
+    /// `bytes` as text, when they are UTF-8.
     #[inline]
     pub fn from_utf8(bytes: &[u8]) -> Option<Value> {
-        match Inline::ascii(bytes) {
-            Some(i) => Some(Value::Inline(i)),
-            None => std::str::from_utf8(bytes).ok().map(Value::text),
-        }
+        std::str::from_utf8(bytes).ok().map(Value::text)
     }
 
     /// A string value's text (`None`: a scalar or a list).
@@ -187,26 +183,8 @@ impl Inline {
         })
     }
 
-    /// `bytes` when they are at most [`Inline::CAP`] bytes of ASCII.
-    #[inline]
-    pub fn ascii(bytes: &[u8]) -> Option<Inline> {
-        if bytes.len() > Inline::CAP {
-            return None;
-        }
-        let mut out = [0; Inline::CAP];
-        let mut high = 0;
-        for (o, b) in out.iter_mut().zip(bytes) {
-            *o = *b;
-            high |= *b;
-        }
-        (high < 0x80).then_some(Inline {
-            len: bytes.len() as u8,
-            bytes: out,
-        })
-    }
-
     pub fn as_str(&self) -> &str {
-        // Only ever made from a whole `&str` or ASCII.
+        // Only ever made from a whole `&str`.
         std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 
