@@ -6,7 +6,7 @@ use redis::Value;
 
 use super::{RedisStore, int};
 use crate::error::LimitKind;
-use crate::quota::StoreError;
+use crate::quota::{DayInfo, StoreError};
 
 impl RedisStore {
     /// One `EVALSHA` of the admission script: choose a key with room and reserve, atomically.
@@ -16,28 +16,41 @@ impl RedisStore {
         &self,
         req: &AdmitRequest,
     ) -> Result<AdmitOutcome, StoreError> {
-        let di = self.day();
+        let v = self.admit_run(&self.admit, req, &[]).await?;
+        self.admit_answer(req, &v)
+    }
+
+    /// `script` run for `req` (admit.lua) or for `req` and `rest` (admit_many.lua), again with
+    /// Redis's day when it names another ({3, day}: alone the answer, gathered each answer):
+    /// the script's answer.
+    pub(super) async fn admit_run(
+        &self,
+        script: &redis::Script,
+        req: &AdmitRequest,
+        rest: &[&AdmitRequest],
+    ) -> Result<Vec<Value>, StoreError> {
         let (projects, project_of) = projects(req);
-        let (mut day, mut next_midnight) = (di.day, di.next_midnight_ms);
+        let mut di = self.day();
         for _ in 0..3 {
-            let cmd = self.admit_cmd(
-                &self.admit,
-                req,
-                &projects,
-                &project_of,
-                day,
-                di.offset_ms,
-                next_midnight,
-            );
-            let v: Vec<Value> = self.eval(&self.admit, &cmd).await?;
-            match v.first().map(int).transpose()? {
-                Some(3) if v.len() == 2 => {
-                    // Redis's day: its next midnight is worked out in the script.
-                    day = int(&v[1])?;
-                    next_midnight = 0;
+            let mut cmd = self.admit_cmd(script, req, &projects, &project_of, &di);
+            if !rest.is_empty() {
+                cmd.arg(rest.len());
+                for r in rest {
+                    cmd.arg(r.tokens).arg(r.rotation);
                 }
-                _ => return self.admit_answer(req, &v),
             }
+            let v: Vec<Value> = self.eval(script, &cmd).await?;
+            let head = match v.first() {
+                Some(Value::Array(first)) if !rest.is_empty() => first.as_slice(),
+                _ => v.as_slice(),
+            };
+            if head.len() == 2 && matches!(head.first().map(int), Some(Ok(3))) {
+                // Redis's day: its next midnight is worked out in the script.
+                di.day = int(&head[1])?;
+                di.next_midnight_ms = 0;
+                continue;
+            }
+            return Ok(v);
         }
         Err(StoreError::Protocol(
             "the admission script's day kept changing".into(),
@@ -49,17 +62,15 @@ impl RedisStore {
     /// order admit.lua reads them), limits and choices in `ARGV`. Built straight into one
     /// command, each key name written into one reused buffer: no string per name, no copy of
     /// the arguments.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn admit_cmd(
+    fn admit_cmd(
         &self,
         script: &redis::Script,
         req: &AdmitRequest,
         projects: &[&Candidate],
         project_of: &[usize],
-        day: i64,
-        offset_ms: i64,
-        next_midnight_ms: i64,
+        di: &DayInfo,
     ) -> redis::Cmd {
+        let day = di.day;
         let (k, model) = (&self.keys, req.model.as_str());
         let client_keys = if req.client.is_some() { 6 } else { 0 };
         let key_count = req.candidates.len() + 5 * projects.len() + 2 + client_keys;
@@ -99,8 +110,8 @@ impl RedisStore {
                 "h"
             })
             .arg(req.rotation)
-            .arg(offset_ms)
-            .arg(next_midnight_ms)
+            .arg(di.offset_ms)
+            .arg(di.next_midnight_ms)
             .arg(self.now_arg())
             .arg(day)
             .arg(req.candidates.len())
@@ -195,7 +206,7 @@ impl RedisStore {
 
 /// The projects of `req`'s candidates in order of first appearance (their limits: their first
 /// key's), and each key's project number (1-based).
-pub(super) fn projects(req: &AdmitRequest) -> (Vec<&Candidate>, Vec<usize>) {
+fn projects(req: &AdmitRequest) -> (Vec<&Candidate>, Vec<usize>) {
     let mut projects: Vec<&Candidate> = Vec::new();
     let mut project_of: Vec<usize> = Vec::with_capacity(req.candidates.len());
     for c in &req.candidates {

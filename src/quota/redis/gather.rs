@@ -16,7 +16,7 @@ use redis::Value;
 use tokio::sync::oneshot;
 
 use super::super::{AdmitOutcome, AdmitRequest, Candidate};
-use super::{RedisStore, int};
+use super::RedisStore;
 use crate::hashing::Map;
 use crate::quota::StoreError;
 
@@ -245,55 +245,27 @@ impl RedisStore {
         first: &AdmitRequest,
         rest: &[&AdmitRequest],
     ) -> Result<Vec<AdmitOutcome>, StoreError> {
-        let (projects, project_of) = super::admit::projects(first);
-        let di = self.day();
-        let (mut day, mut next_midnight) = (di.day, di.next_midnight_ms);
-        for _ in 0..3 {
-            let mut cmd = self.admit_cmd(
-                &self.admit_many,
-                first,
-                &projects,
-                &project_of,
-                day,
-                di.offset_ms,
-                next_midnight,
-            );
-            cmd.arg(rest.len());
-            for r in rest {
-                cmd.arg(r.tokens).arg(r.rotation);
-            }
-            let v: Vec<Value> = self.eval(&self.admit_many, &cmd).await?;
-            if v.len() != rest.len() + 1 {
-                return Err(StoreError::Protocol(format!(
-                    "gathered admission answered {} answers for {}",
-                    v.len(),
-                    rest.len() + 1
-                )));
-            }
-            let each = |i: usize| -> Result<&[Value], StoreError> {
-                match &v[i] {
-                    Value::Array(a) => Ok(a),
-                    other => Err(StoreError::Protocol(format!(
-                        "gathered admission answered {other:?}"
-                    ))),
-                }
-            };
-            let head = each(0)?;
-            if head.len() == 2 && int(&head[0])? == 3 {
-                // Redis's day: its next midnight is worked out in the script.
-                day = int(&head[1])?;
-                next_midnight = 0;
-                continue;
-            }
-            let mut out = Vec::with_capacity(v.len());
-            out.push(self.admit_answer(first, head)?);
-            for (i, r) in rest.iter().enumerate() {
-                out.push(self.admit_answer(r, each(i + 1)?)?);
-            }
-            return Ok(out);
+        let v = self.admit_run(&self.admit_many, first, rest).await?;
+        if v.len() != rest.len() + 1 {
+            return Err(StoreError::Protocol(format!(
+                "gathered admission answered {} answers for {}",
+                v.len(),
+                rest.len() + 1
+            )));
         }
-        Err(StoreError::Protocol(
-            "the admission script's day kept changing".into(),
-        ))
+        let each = |i: usize| -> Result<&[Value], StoreError> {
+            match &v[i] {
+                Value::Array(a) => Ok(a),
+                other => Err(StoreError::Protocol(format!(
+                    "gathered admission answered {other:?}"
+                ))),
+            }
+        };
+        let mut out = Vec::with_capacity(v.len());
+        out.push(self.admit_answer(first, each(0)?)?);
+        for (i, r) in rest.iter().enumerate() {
+            out.push(self.admit_answer(r, each(i + 1)?)?);
+        }
+        Ok(out)
     }
 }
