@@ -1,7 +1,6 @@
 //! The HTTP client to the Gemini API: HTTP/2 over as many connections as the peer's stream
 //! cap needs ([`super::h2pool`]), or HTTP/1.1 over a pool of connections ([`super::h1pool`]);
-//! rustls with Mozilla's
-//! roots, the system's and `upstream.ca_file`.
+//! rustls with Mozilla's roots, the system's and `upstream.ca_file`.
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! The upstream side: the HTTP client to Google ([`client`], over [`connect`] and the pools of
-//! [`h1pool`] and [`h2pool`], whose answers' [`body`] holds what it took of them), the request it sends and the answer's headers ([`request`]), and what Google's
-//! error answers mean ([`verdict`]); Vertex AI entries, the other backend ([`vertex`]).
+//! [`h1pool`] and [`h2pool`], whose answers' [`body`] holds what it took of them), the request
+//! it sends and the answer's headers ([`request`]), and what Google's error answers mean
+//! ([`verdict`]); Vertex AI entries, the other backend ([`vertex`]).
 
 pub mod body;
 pub mod client;
