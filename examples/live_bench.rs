@@ -14,7 +14,6 @@
 #[allow(dead_code)] // wrk, redis, HTTP servers: not needed here
 mod support;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -100,7 +99,7 @@ project = "bench-b"
     );
     let path = dir.join("proxy.toml");
     std::fs::write(&path, config).unwrap();
-    let bin = std::env::var_os("BENCH_PROXY_BIN").map_or_else(proxy_bin, PathBuf::from);
+    let bin = proxy_bin();
     assert!(
         bin.exists(),
         "build the proxy first: cargo build --release ({})",

@@ -168,10 +168,7 @@ fn main() {
     let up = serve_http(upstream);
     let col = serve_http(collector);
     let upstream_url = format!("http://127.0.0.1:{up}");
-    // BENCH_PROXY_BIN: another build of the proxy (a debug one, to try the benchmark itself).
-    let bin = std::env::var_os("BENCH_PROXY_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(proxy_bin);
+    let bin = proxy_bin();
     let ratio: f64 = std::env::var("BENCH_OTEL_RATIO")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -570,8 +570,7 @@ project = "bench-b"
     );
     let path = dir.join("proxy.toml");
     std::fs::write(&path, config).unwrap();
-    // BENCH_PROXY_BIN: another build of the proxy (an older commit's, a profiling build).
-    let bin = std::env::var_os("BENCH_PROXY_BIN").map_or_else(proxy_bin, PathBuf::from);
+    let bin = proxy_bin();
     assert!(
         bin.exists(),
         "build the proxy first: cargo build --release ({})",

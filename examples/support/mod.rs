@@ -1,5 +1,5 @@
 //! What the benchmark programs share: free ports, waiting for a listener, child processes that
-//! die with their handle, a private redis-server or Redis Cluster, and running wrk.
+//! end with their handle, a private redis-server or Redis Cluster, and running wrk.
 
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
@@ -23,11 +23,23 @@ pub fn wait_port(port: u16) {
     panic!("nothing listens on {port}");
 }
 
-/// A child process, killed when this is dropped.
+/// A child process, stopped when this is dropped: asked with SIGTERM first (a proxy ends as it
+/// would in production, so a profiling build writes its profile at exit), killed if it is still
+/// there 5 s later.
 pub struct Proc(pub Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            // SAFETY: kill(2) on our own child's pid, which is not reaped before the wait below.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            for _ in 0..100 {
+                if matches!(self.0.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -154,9 +166,17 @@ pub fn wrk_result(
         .collect()
 }
 
-/// This build's release binary (the calling script builds it).
+/// The proxy binary the benchmarks run: `BENCH_PROXY_BIN` when set (another commit's build, a
+/// profiling or profile-guided build), else this build's release binary (the calling script
+/// builds it).
 pub fn proxy_bin() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/gemini-quota-proxy")
+    std::env::var_os("BENCH_PROXY_BIN").map_or_else(
+        || {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("target/release/gemini-quota-proxy")
+        },
+        std::path::PathBuf::from,
+    )
 }
 
 /// The proxy binary `bin` on a free port in front of `upstream_url`: two pooled keys,
