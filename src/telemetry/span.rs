@@ -101,7 +101,9 @@ struct Root {
 struct Facts {
     server: SpanRecord,
     ended: bool,
-    /// Children that ended, in that order.
+    /// Children, in the order they started, each filled in place through its [`Child`] (an
+    /// index here): a record of ~200 bytes is never moved after its start, and a `Child` is
+    /// small to move around.
     children: Vec<SpanRecord>,
 }
 
@@ -211,7 +213,9 @@ impl RequestTrace {
             Mutex::new(Facts {
                 server,
                 ended: false,
-                children: Vec::new(),
+                // A request's admission, its queue wait, an attempt and the server span
+                // pushed last: one allocation, made here rather than at the first push.
+                children: Vec::with_capacity(4),
             })
         });
         RequestTrace(Arc::new(Root {
@@ -286,26 +290,37 @@ fn child_of(
     kind: SpanKind,
     start: Option<SystemTime>,
 ) -> Child {
-    if root.facts.is_none() {
+    let Some(facts) = &root.facts else {
         return Child { span: None };
-    }
+    };
     let start = start.unwrap_or_else(SystemTime::now);
-    let span = SpanRecord::new(
-        root.tracing.ids.new_span_id(),
-        parent,
-        Cow::Borrowed(name),
-        kind,
-        start,
-    );
+    let span_id = root.tracing.ids.new_span_id();
+    let span = SpanRecord::new(span_id, parent, Cow::Borrowed(name), kind, start);
+    let at = {
+        let mut f = facts.lock();
+        f.children.push(span);
+        f.children.len() - 1
+    };
     Child {
-        span: Some((root.clone(), span)),
+        span: Some(Open {
+            root: root.clone(),
+            at,
+            span_id,
+        }),
     }
 }
 
 /// A child span of a request's; ended when dropped.
 pub struct Child {
     /// `None`: the trace is sampled out.
-    span: Option<(Arc<Root>, SpanRecord)>,
+    span: Option<Open>,
+}
+
+/// A child span being recorded: its record is the root's `children[at]`.
+struct Open {
+    root: Arc<Root>,
+    at: usize,
+    span_id: SpanId,
 }
 
 impl Child {
@@ -315,8 +330,12 @@ impl Child {
 
     /// The span's record, to set several attributes at once.
     pub fn record(&mut self, f: impl FnOnce(&mut SpanRecord)) {
-        if let Some((_, s)) = self.span.as_mut() {
-            f(s);
+        if let Some(o) = &self.span {
+            o.root.with(|facts| {
+                if let Some(s) = facts.children.get_mut(o.at) {
+                    f(s);
+                }
+            });
         }
     }
 
@@ -327,7 +346,7 @@ impl Child {
     /// A grandchild (the queue wait inside an admission).
     pub fn child(&self, name: &'static str, kind: SpanKind, start: Option<SystemTime>) -> Child {
         match &self.span {
-            Some((root, s)) => child_of(root, s.span_id, name, kind, start),
+            Some(o) => child_of(&o.root, o.span_id, name, kind, start),
             None => Child { span: None },
         }
     }
@@ -335,18 +354,15 @@ impl Child {
     /// Write this span's `traceparent` (and `tracestate`) into `headers`, in place of any the
     /// client sent: Google sees the proxy's attempt as the caller.
     pub fn inject(&self, headers: &mut http::HeaderMap) {
-        if let Some((root, s)) = &self.span {
-            inject(root, s.span_id, headers);
+        if let Some(o) = &self.span {
+            inject(&o.root, o.span_id, headers);
         }
     }
 }
 
 impl Drop for Child {
     fn drop(&mut self) {
-        if let Some((root, mut span)) = self.span.take() {
-            span.end = SystemTime::now();
-            root.with(|f| f.children.push(span));
-        }
+        self.record(|s| s.end = SystemTime::now());
     }
 }
 
@@ -423,6 +439,15 @@ mod tests {
             None
         );
         assert_eq!(operation("/v1beta/files").map(Op::name), None);
+        assert_eq!(
+            operation("/v1/openai/models/x:generateContent").map(Op::name),
+            None,
+            "an OpenAI path is named by its end only"
+        );
+        assert_eq!(
+            operation("/v1beta/openai/embeddings").map(Op::name),
+            Some("embeddings")
+        );
     }
 
     /// A tracing of its own for a test (never installed), and what it exported.
@@ -464,17 +489,17 @@ mod tests {
         assert_eq!(got.len(), 1, "one trace, exported once");
         let f = got.pop().unwrap();
         let names: Vec<String> = f.spans.iter().map(|s| s.name.to_string()).collect();
-        // Children in the order they ended, the server span last.
+        // Children in the order they started, the server span last.
         assert_eq!(
             names,
             [
-                "gqp.queue.wait",
                 "gqp.admit",
+                "gqp.queue.wait",
                 "gqp.upstream.attempt",
                 "generate_content m"
             ]
         );
-        let (wait, admit, attempt, server) = (&f.spans[0], &f.spans[1], &f.spans[2], &f.spans[3]);
+        let (admit, wait, attempt, server) = (&f.spans[0], &f.spans[1], &f.spans[2], &f.spans[3]);
         assert_eq!(server.parent, SpanId::INVALID);
         assert_eq!(admit.parent, server.span_id);
         assert_eq!(wait.parent, admit.span_id);
@@ -482,6 +507,11 @@ mod tests {
         assert_eq!(attempt.kind, SpanKind::Client);
         assert_eq!(attempt.error.as_deref(), Some("answered 503"));
         assert!(server.end <= attempt.end, "the server span ended at end()");
+        assert!(
+            wait.end <= admit.end && admit.end <= attempt.end,
+            "each child ended when dropped"
+        );
+        assert!(f.spans.iter().all(|s| s.start <= s.end));
         let tp = headers["traceparent"].to_str().unwrap().to_string();
         assert_eq!(
             tp,
