@@ -213,7 +213,7 @@ pub struct Finished {
     pub trace_id: TraceId,
     /// The client's `tracestate`, as it is sent on (empty: none).
     pub trace_state: Box<str>,
-    /// Children first, in the order they started; the request's server span last.
+    /// The request's server span first, then its children in the order they started.
     pub spans: Vec<SpanRecord>,
 }
 

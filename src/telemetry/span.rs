@@ -99,12 +99,19 @@ struct Root {
 }
 
 struct Facts {
-    server: SpanRecord,
-    ended: bool,
-    /// Children, in the order they started, each filled in place through its [`Child`] (an
-    /// index here): a record of ~200 bytes is never moved after its start, and a `Child` is
+    /// The server span first, then its children in the order they started, each filled in
+    /// place (a child through its index here, [`Child`]): a record of ~200 bytes is never
+    /// moved after its start, this list goes to the export queue as it is, and a `Child` is
     /// small to move around.
-    children: Vec<SpanRecord>,
+    spans: Vec<SpanRecord>,
+    ended: bool,
+}
+
+impl Facts {
+    /// The server span's record (always the first).
+    fn server(&mut self) -> &mut SpanRecord {
+        &mut self.spans[0]
+    }
 }
 
 impl Root {
@@ -129,19 +136,14 @@ impl Drop for Root {
         let Some(facts) = self.facts.take() else {
             return;
         };
-        let Facts {
-            mut server,
-            ended,
-            mut children,
-        } = facts.into_inner();
-        if !ended {
-            server.end = SystemTime::now();
+        let mut facts = facts.into_inner();
+        if !facts.ended {
+            facts.server().end = SystemTime::now();
         }
-        children.push(server);
         self.tracing.submit(Finished {
             trace_id: self.trace_id,
             trace_state: std::mem::take(&mut self.trace_state),
-            spans: children,
+            spans: facts.spans,
         });
     }
 }
@@ -210,12 +212,12 @@ impl RequestTrace {
             server.parent_remote = parent.is_some();
             server.set(Attr::new(attr::METHOD, name));
             server.set(Attr::new(attr::PATH, Value::text(path)));
+            // Room for a request's server span, admission, queue wait and one attempt.
+            let mut spans = Vec::with_capacity(4);
+            spans.push(server);
             Mutex::new(Facts {
-                server,
+                spans,
                 ended: false,
-                // A request's admission, its queue wait, an attempt and the server span
-                // pushed last: one allocation, made here rather than at the first push.
-                children: Vec::with_capacity(4),
             })
         });
         RequestTrace(Arc::new(Root {
@@ -239,24 +241,25 @@ impl RequestTrace {
 
     /// The server span's record, to set several attributes at once (one lock, no list).
     pub fn record(&self, f: impl FnOnce(&mut SpanRecord)) {
-        self.0.with(|facts| f(&mut facts.server));
+        self.0.with(|facts| f(facts.server()));
     }
 
     pub fn set(&self, attrs: impl IntoIterator<Item = Attr>) {
         self.0.with(|f| {
+            let server = f.server();
             for kv in attrs {
-                f.server.set(kv);
+                server.set(kv);
             }
         });
     }
 
     pub fn event(&self, name: &'static str, attrs: Vec<Attr>) {
-        self.0.with(|f| f.server.event(name, attrs));
+        self.0.with(|f| f.server().event(name, attrs));
     }
 
     /// Mark the request failed (a 5xx answer, or one cut off).
     pub fn fail(&self, why: impl Into<Cow<'static, str>>) {
-        self.0.with(|f| f.server.error = Some(why.into()));
+        self.0.with(|f| f.server().error = Some(why.into()));
     }
 
     /// A child span, started now or at `start` (a wait measured after it happened). It ends
@@ -277,7 +280,7 @@ impl RequestTrace {
         self.0.with(|f| {
             if !f.ended {
                 f.ended = true;
-                f.server.end = SystemTime::now();
+                f.server().end = SystemTime::now();
             }
         });
     }
@@ -298,8 +301,8 @@ fn child_of(
     let span = SpanRecord::new(span_id, parent, Cow::Borrowed(name), kind, start);
     let at = {
         let mut f = facts.lock();
-        f.children.push(span);
-        f.children.len() - 1
+        f.spans.push(span);
+        f.spans.len() - 1
     };
     Child {
         span: Some(Open {
@@ -316,7 +319,7 @@ pub struct Child {
     span: Option<Open>,
 }
 
-/// A child span being recorded: its record is the root's `children[at]`.
+/// A child span being recorded: its record is the root's `spans[at]`.
 struct Open {
     root: Arc<Root>,
     at: usize,
@@ -332,7 +335,7 @@ impl Child {
     pub fn record(&mut self, f: impl FnOnce(&mut SpanRecord)) {
         if let Some(o) = &self.span {
             o.root.with(|facts| {
-                if let Some(s) = facts.children.get_mut(o.at) {
+                if let Some(s) = facts.spans.get_mut(o.at) {
                     f(s);
                 }
             });
@@ -489,17 +492,17 @@ mod tests {
         assert_eq!(got.len(), 1, "one trace, exported once");
         let f = got.pop().unwrap();
         let names: Vec<String> = f.spans.iter().map(|s| s.name.to_string()).collect();
-        // Children in the order they started, the server span last.
+        // The server span first, then its children in the order they started.
         assert_eq!(
             names,
             [
+                "generate_content m",
                 "gqp.admit",
                 "gqp.queue.wait",
-                "gqp.upstream.attempt",
-                "generate_content m"
+                "gqp.upstream.attempt"
             ]
         );
-        let (admit, wait, attempt, server) = (&f.spans[0], &f.spans[1], &f.spans[2], &f.spans[3]);
+        let (server, admit, wait, attempt) = (&f.spans[0], &f.spans[1], &f.spans[2], &f.spans[3]);
         assert_eq!(server.parent, SpanId::INVALID);
         assert_eq!(admit.parent, server.span_id);
         assert_eq!(wait.parent, admit.span_id);
