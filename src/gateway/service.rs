@@ -189,7 +189,9 @@ impl Future for Logged {
         );
         if let Some((t, span)) = &this.trace {
             line.trace = Some(t.clone());
-            line.log_span = Some(span.clone());
+            // A span the log filter turned off (or a trace sampled out) is not entered at
+            // each poll of the body.
+            line.log_span = (!span.is_disabled()).then(|| span.clone());
         }
         Poll::Ready(Ok(line.attach(resp)))
     }

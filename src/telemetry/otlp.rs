@@ -16,7 +16,7 @@ use opentelemetry_sdk::Resource;
 
 use super::attr::Key;
 use super::export::OtlpHttp;
-use super::pb::{Cursor, FIXED32, FIXED64, LEN, Out, VARINT, tag1, varint_len};
+use super::pb::{Cursor, FIXED32, FIXED64, LEN, Out, VARINT, put, tag1, varint_len};
 use super::record::{Attr, Entry, Finished, Name, SpanRecord, Value};
 
 /// The W3C trace flags of every exported span: sampled.
@@ -281,10 +281,10 @@ fn span(out: &mut Out, t: &Finished, s: &SpanRecord) {
     let mut ids = [0u8; 28];
     ids[0] = const { tag1(1, LEN) };
     ids[1] = 16;
-    ids[2..18].copy_from_slice(&t.trace_id.to_bytes());
+    put(&mut ids, 2, t.trace_id.to_bytes());
     ids[18] = const { tag1(2, LEN) };
     ids[19] = 8;
-    ids[20..].copy_from_slice(&s.span_id.to_bytes());
+    put(&mut ids, 20, s.span_id.to_bytes());
     out.array(ids);
     out.opt_bytes(3, t.trace_state.as_bytes());
     if s.parent != opentelemetry::trace::SpanId::INVALID {
@@ -314,9 +314,9 @@ fn span(out: &mut Out, t: &Finished, s: &SpanRecord) {
     times[0] = const { tag1(6, VARINT) };
     times[1] = kind;
     times[2] = const { tag1(7, FIXED64) };
-    times[3..11].copy_from_slice(&nanos(s.start).to_le_bytes());
+    put(&mut times, 3, nanos(s.start).to_le_bytes());
     times[11] = const { tag1(8, FIXED64) };
-    times[12..].copy_from_slice(&nanos(s.end).to_le_bytes());
+    put(&mut times, 12, nanos(s.end).to_le_bytes());
     out.array(times);
     for e in &s.attributes {
         match e {

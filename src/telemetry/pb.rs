@@ -215,6 +215,15 @@ impl Cursor<'_> {
     }
 }
 
+/// `src` into `dst` at `at`, as one fixed-size move (a slice's `copy_from_slice` was a call
+/// each, with its length check); nothing when it does not fit.
+#[inline(always)]
+pub(super) fn put<const M: usize>(dst: &mut [u8], at: usize, src: [u8; M]) {
+    if let Some(to) = dst.get_mut(at..).and_then(|d| d.first_chunk_mut::<M>()) {
+        *to = src;
+    }
+}
+
 /// Bytes of `v` as a varint.
 #[inline]
 pub(super) fn varint_len(v: u64) -> usize {

@@ -99,10 +99,19 @@ struct Root {
 }
 
 struct Facts {
-    server: SpanRecord,
+    /// The server span first, then its children in the order they started, each filled in
+    /// place (a child through its index here, [`Child`]): a record of ~200 bytes is never
+    /// moved after its start, this list goes to the export queue as it is, and a `Child` is
+    /// small to move around.
+    spans: Vec<SpanRecord>,
     ended: bool,
-    /// Children that ended, in that order.
-    children: Vec<SpanRecord>,
+}
+
+impl Facts {
+    /// The server span's record (always the first).
+    fn server(&mut self) -> &mut SpanRecord {
+        &mut self.spans[0]
+    }
 }
 
 impl Root {
@@ -127,19 +136,14 @@ impl Drop for Root {
         let Some(facts) = self.facts.take() else {
             return;
         };
-        let Facts {
-            mut server,
-            ended,
-            mut children,
-        } = facts.into_inner();
-        if !ended {
-            server.end = SystemTime::now();
+        let mut facts = facts.into_inner();
+        if !facts.ended {
+            facts.server().end = SystemTime::now();
         }
-        children.push(server);
         self.tracing.submit(Finished {
             trace_id: self.trace_id,
             trace_state: std::mem::take(&mut self.trace_state),
-            spans: children,
+            spans: facts.spans,
         });
     }
 }
@@ -208,10 +212,12 @@ impl RequestTrace {
             server.parent_remote = parent.is_some();
             server.set(Attr::new(attr::METHOD, name));
             server.set(Attr::new(attr::PATH, Value::text(path)));
+            // Room for a request's server span, admission, queue wait and one attempt.
+            let mut spans = Vec::with_capacity(4);
+            spans.push(server);
             Mutex::new(Facts {
-                server,
+                spans,
                 ended: false,
-                children: Vec::new(),
             })
         });
         RequestTrace(Arc::new(Root {
@@ -235,24 +241,25 @@ impl RequestTrace {
 
     /// The server span's record, to set several attributes at once (one lock, no list).
     pub fn record(&self, f: impl FnOnce(&mut SpanRecord)) {
-        self.0.with(|facts| f(&mut facts.server));
+        self.0.with(|facts| f(facts.server()));
     }
 
     pub fn set(&self, attrs: impl IntoIterator<Item = Attr>) {
         self.0.with(|f| {
+            let server = f.server();
             for kv in attrs {
-                f.server.set(kv);
+                server.set(kv);
             }
         });
     }
 
     pub fn event(&self, name: &'static str, attrs: Vec<Attr>) {
-        self.0.with(|f| f.server.event(name, attrs));
+        self.0.with(|f| f.server().event(name, attrs));
     }
 
     /// Mark the request failed (a 5xx answer, or one cut off).
     pub fn fail(&self, why: impl Into<Cow<'static, str>>) {
-        self.0.with(|f| f.server.error = Some(why.into()));
+        self.0.with(|f| f.server().error = Some(why.into()));
     }
 
     /// A child span, started now or at `start` (a wait measured after it happened). It ends
@@ -273,7 +280,7 @@ impl RequestTrace {
         self.0.with(|f| {
             if !f.ended {
                 f.ended = true;
-                f.server.end = SystemTime::now();
+                f.server().end = SystemTime::now();
             }
         });
     }
@@ -286,26 +293,37 @@ fn child_of(
     kind: SpanKind,
     start: Option<SystemTime>,
 ) -> Child {
-    if root.facts.is_none() {
+    let Some(facts) = &root.facts else {
         return Child { span: None };
-    }
+    };
     let start = start.unwrap_or_else(SystemTime::now);
-    let span = SpanRecord::new(
-        root.tracing.ids.new_span_id(),
-        parent,
-        Cow::Borrowed(name),
-        kind,
-        start,
-    );
+    let span_id = root.tracing.ids.new_span_id();
+    let span = SpanRecord::new(span_id, parent, Cow::Borrowed(name), kind, start);
+    let at = {
+        let mut f = facts.lock();
+        f.spans.push(span);
+        f.spans.len() - 1
+    };
     Child {
-        span: Some((root.clone(), span)),
+        span: Some(Open {
+            root: root.clone(),
+            at,
+            span_id,
+        }),
     }
 }
 
 /// A child span of a request's; ended when dropped.
 pub struct Child {
     /// `None`: the trace is sampled out.
-    span: Option<(Arc<Root>, SpanRecord)>,
+    span: Option<Open>,
+}
+
+/// A child span being recorded: its record is the root's `spans[at]`.
+struct Open {
+    root: Arc<Root>,
+    at: usize,
+    span_id: SpanId,
 }
 
 impl Child {
@@ -315,8 +333,12 @@ impl Child {
 
     /// The span's record, to set several attributes at once.
     pub fn record(&mut self, f: impl FnOnce(&mut SpanRecord)) {
-        if let Some((_, s)) = self.span.as_mut() {
-            f(s);
+        if let Some(o) = &self.span {
+            o.root.with(|facts| {
+                if let Some(s) = facts.spans.get_mut(o.at) {
+                    f(s);
+                }
+            });
         }
     }
 
@@ -327,7 +349,7 @@ impl Child {
     /// A grandchild (the queue wait inside an admission).
     pub fn child(&self, name: &'static str, kind: SpanKind, start: Option<SystemTime>) -> Child {
         match &self.span {
-            Some((root, s)) => child_of(root, s.span_id, name, kind, start),
+            Some(o) => child_of(&o.root, o.span_id, name, kind, start),
             None => Child { span: None },
         }
     }
@@ -335,18 +357,15 @@ impl Child {
     /// Write this span's `traceparent` (and `tracestate`) into `headers`, in place of any the
     /// client sent: Google sees the proxy's attempt as the caller.
     pub fn inject(&self, headers: &mut http::HeaderMap) {
-        if let Some((root, s)) = &self.span {
-            inject(root, s.span_id, headers);
+        if let Some(o) = &self.span {
+            inject(&o.root, o.span_id, headers);
         }
     }
 }
 
 impl Drop for Child {
     fn drop(&mut self) {
-        if let Some((root, mut span)) = self.span.take() {
-            span.end = SystemTime::now();
-            root.with(|f| f.children.push(span));
-        }
+        self.record(|s| s.end = SystemTime::now());
     }
 }
 
@@ -423,6 +442,15 @@ mod tests {
             None
         );
         assert_eq!(operation("/v1beta/files").map(Op::name), None);
+        assert_eq!(
+            operation("/v1/openai/models/x:generateContent").map(Op::name),
+            None,
+            "an OpenAI path is named by its end only"
+        );
+        assert_eq!(
+            operation("/v1beta/openai/embeddings").map(Op::name),
+            Some("embeddings")
+        );
     }
 
     /// A tracing of its own for a test (never installed), and what it exported.
@@ -464,17 +492,17 @@ mod tests {
         assert_eq!(got.len(), 1, "one trace, exported once");
         let f = got.pop().unwrap();
         let names: Vec<String> = f.spans.iter().map(|s| s.name.to_string()).collect();
-        // Children in the order they ended, the server span last.
+        // The server span first, then its children in the order they started.
         assert_eq!(
             names,
             [
-                "gqp.queue.wait",
+                "generate_content m",
                 "gqp.admit",
-                "gqp.upstream.attempt",
-                "generate_content m"
+                "gqp.queue.wait",
+                "gqp.upstream.attempt"
             ]
         );
-        let (wait, admit, attempt, server) = (&f.spans[0], &f.spans[1], &f.spans[2], &f.spans[3]);
+        let (server, admit, wait, attempt) = (&f.spans[0], &f.spans[1], &f.spans[2], &f.spans[3]);
         assert_eq!(server.parent, SpanId::INVALID);
         assert_eq!(admit.parent, server.span_id);
         assert_eq!(wait.parent, admit.span_id);
@@ -482,6 +510,11 @@ mod tests {
         assert_eq!(attempt.kind, SpanKind::Client);
         assert_eq!(attempt.error.as_deref(), Some("answered 503"));
         assert!(server.end <= attempt.end, "the server span ended at end()");
+        assert!(
+            wait.end <= admit.end && admit.end <= attempt.end,
+            "each child ended when dropped"
+        );
+        assert!(f.spans.iter().all(|s| s.start <= s.end));
         let tp = headers["traceparent"].to_str().unwrap().to_string();
         assert_eq!(
             tp,
