@@ -342,6 +342,8 @@ fn every_documented_command_is_known_and_its_target_exists() {
                     // Benchmarks take minutes and a quiet machine: syntax-checked here, their
                     // Rust parts (examples/) are built and linted by CI (`--all-targets`).
                     "test" | "bench" | "bench-h2" | "bench-exhaust" | "bench-fairness" => {}
+                    // Three release builds and minutes of training on the benchmarks: likewise.
+                    "build-pgo" => {}
                     // Its Python part parsed (not run: callgrind takes minutes).
                     "bench-instructions" => {
                         let py = root.join("scripts/bench_instructions.py");
