@@ -10,8 +10,8 @@
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::Mutex;
 
+use parking_lot::Mutex;
 use redis::Value;
 use tokio::sync::oneshot;
 
@@ -60,10 +60,6 @@ impl Gather {
         }
         h.finish()
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Map<u64, VecDeque<Waiter>>> {
-        self.gates.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 /// Whether `a` and `b` can go in one run: the same model, strategy and candidates (keys,
@@ -98,7 +94,7 @@ impl Drop for Handoff<'_> {
 
 /// The gate `gate` to its first waiter still waiting, or closed when none is.
 fn hand_on(gather: &Gather, gate: u64) {
-    let mut gates = gather.lock();
+    let mut gates = gather.gates.lock();
     let Some(waiting) = gates.get_mut(&gate) else {
         return;
     };
@@ -137,7 +133,7 @@ impl RedisStore {
         }
         let gate = self.gather.gate(req);
         let rx = {
-            let mut gates = self.gather.lock();
+            let mut gates = self.gather.gates.lock();
             match gates.get_mut(&gate) {
                 None => {
                     gates.insert(gate, VecDeque::new());
@@ -183,7 +179,7 @@ impl RedisStore {
         };
         // Those waiting that ask the same, in their order (up to a run's most); the rest stay.
         let others: Vec<Waiter> = {
-            let mut gates = self.gather.lock();
+            let mut gates = self.gather.gates.lock();
             let mut taken = Vec::new();
             if let Some(waiting) = gates.get_mut(&gate) {
                 let mut rest = VecDeque::with_capacity(waiting.len());
