@@ -222,29 +222,12 @@ fn projects(req: &AdmitRequest) -> (Vec<&Candidate>, Vec<usize>) {
     (projects, project_of)
 }
 
-/// Where a script's arguments go: an invocation, or a command built whole.
-pub(super) trait Args {
-    fn put<T: redis::ToRedisArgs>(&mut self, v: T);
-}
-
-impl Args for redis::ScriptInvocation<'_> {
-    fn put<T: redis::ToRedisArgs>(&mut self, v: T) {
-        self.arg(v);
-    }
-}
-
-impl Args for redis::Cmd {
-    fn put<T: redis::ToRedisArgs>(&mut self, v: T) {
-        self.arg(v);
-    }
-}
-
 /// A client's part of a script's arguments (client.lua's `client_check`): its caps (0: none),
 /// the cost reserved, its lease and its periods' ends.
-pub(super) fn client_args(to: &mut impl Args, c: &crate::quota::ClientAdmit) {
+pub(super) fn client_args(cmd: &mut redis::Cmd, c: &crate::quota::ClientAdmit) {
     let caps = c.caps;
     let n = |v: Option<u64>| v.unwrap_or(0);
-    to.put("1");
+    cmd.arg("1");
     for v in [
         caps.rpm,
         caps.tpm,
@@ -253,10 +236,10 @@ pub(super) fn client_args(to: &mut impl Args, c: &crate::quota::ClientAdmit) {
         caps.daily_micros,
         caps.monthly_micros,
     ] {
-        to.put(n(v));
+        cmd.arg(n(v));
     }
-    to.put(c.cost_micros);
-    to.put(c.lease_ms.clamp(1, crate::quota::MAX_HOLD_MS));
-    to.put(c.period.day_end_ms);
-    to.put(c.period.month_end_ms);
+    cmd.arg(c.cost_micros);
+    cmd.arg(c.lease_ms.clamp(1, crate::quota::MAX_HOLD_MS));
+    cmd.arg(c.period.day_end_ms);
+    cmd.arg(c.period.month_end_ms);
 }

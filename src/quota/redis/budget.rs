@@ -24,15 +24,17 @@ impl RedisStore {
         member: &str,
         add_cost: bool,
     ) -> Result<Option<(ClientLimit, u64, u64)>, StoreError> {
-        let mut inv = self.client_alone.prepare_invoke();
-        for key in self.keys.client(&c.name, c.period.day, c.period.month) {
-            inv.key(key);
+        let keys = self.keys.client(&c.name, c.period.day, c.period.month);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.client_alone.get_hash()).arg(keys.len());
+        for key in keys {
+            cmd.arg(key);
         }
-        super::admit::client_args(&mut inv, c);
-        inv.arg(member)
+        super::admit::client_args(&mut cmd, c);
+        cmd.arg(member)
             .arg(if add_cost { "1" } else { "0" })
             .arg(self.now_arg());
-        let v: Vec<i64> = self.run(inv).await?;
+        let v: Vec<i64> = self.eval(&self.client_alone, &cmd).await?;
         let answered = || StoreError::Protocol(format!("client script answered {v:?}"));
         match v.as_slice() {
             [0] => Ok(None),
