@@ -233,6 +233,15 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// `args` as a RESP command (an array of bulk strings).
+fn resp_command(args: &[&str]) -> String {
+    let mut cmd = format!("*{}\r\n", args.len());
+    for a in args {
+        cmd.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+    }
+    cmd
+}
+
 impl RedisServer {
     pub fn start() -> RedisServer {
         Self::start_with(&[])
@@ -299,15 +308,26 @@ impl RedisServer {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut cmd = format!("*{}\r\n", args.len());
-        for a in args {
-            cmd.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
-        }
-        s.write_all(cmd.as_bytes()).ok()?;
+        s.write_all(resp_command(args).as_bytes()).ok()?;
         let mut buf = vec![0u8; 1 << 20];
         let n = s.read(&mut buf).ok()?;
         let text = String::from_utf8_lossy(&buf[..n]).to_string();
         Some(text.trim_start_matches(['+', ':']).to_string())
+    }
+
+    /// `DEBUG SLEEP secs` sent from a thread of its own: the whole server blocks that long
+    /// (started with `--enable-debug-command local`: Redis 7 refuses `DEBUG` otherwise). The
+    /// thread ends with the server's answer as it came (`+OK` once it woke).
+    pub fn sleep_in_background(&self, secs: &str) -> std::thread::JoinHandle<String> {
+        use std::io::{Read, Write};
+        let (port, cmd) = (self.port, resp_command(&["DEBUG", "SLEEP", secs]));
+        std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(cmd.as_bytes()).unwrap();
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).unwrap_or(0);
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        })
     }
 
     /// Every key in this Redis, with its value dumped as text (for secret scans).

@@ -132,16 +132,8 @@ async fn a_stalled_redis_never_hangs_a_request() {
         generate(&proxy.url, "gemini-2.5-flash", "x").await.status(),
         200
     );
-    let port = redis.port;
-    let sleeper = std::thread::spawn(move || {
-        // DEBUG SLEEP blocks the whole server for 3 s; its answer comes when it wakes.
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.write_all(b"*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n$1\r\n3\r\n")
-            .unwrap();
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).unwrap_or(0);
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    });
+    // The whole server blocks for 3 s; its answer comes when it wakes.
+    let sleeper = redis.sleep_in_background("3");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t = Instant::now();
     let r = generate(&proxy.url, "gemini-2.5-flash", "x").await;

@@ -151,7 +151,6 @@ async fn concurrent_admissions_gathered_grant_exactly_the_limit() {
 /// answered once Redis is back, and a gate is free again after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_admissions_pass_their_gate_on() {
-    use std::io::{Read, Write};
     use std::time::{Duration, Instant};
     // DEBUG is refused unless enabled (Redis 7); local: from loopback only.
     let server = RedisServer::start_with(&["--enable-debug-command", "local"]);
@@ -164,16 +163,8 @@ async fn dropped_admissions_pass_their_gate_on() {
     ));
     // DEBUG SLEEP blocks the whole server for 0.5 s: the first admission leads, in Redis; the
     // rest wait at its gate.
-    let port = server.port;
     let slept_from = Instant::now();
-    let sleeper = std::thread::spawn(move || {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.write_all(b"*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n$3\r\n0.5\r\n")
-            .unwrap();
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).unwrap_or(0);
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    });
+    let sleeper = server.sleep_in_background("0.5");
     tokio::time::sleep(Duration::from_millis(50)).await;
     let tasks: Vec<_> = (0..30)
         .map(|i| {
