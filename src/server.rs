@@ -135,12 +135,17 @@ fn dispatch(
         if let Some(path) = crate::live::live_path(req.uri().path(), prefix.as_deref()) {
             let path = path.to_string();
             let (state, sessions) = (gemini.state(), gemini.live_sessions());
-            return Ok(Box::pin(crate::live::handle(state, sessions, req, &path)).await);
+            return Ok(
+                crate::boxed::apart(|| crate::live::handle(state, sessions, req, &path)).await,
+            );
         }
         if let Some(path) = crate::live::tokens::tokens_path(req.uri().path(), prefix.as_deref()) {
             let path = path.to_string();
             let (state, sessions) = (gemini.state(), gemini.live_sessions());
-            return Ok(Box::pin(crate::live::tokens::create(state, sessions, req, &path)).await);
+            return Ok(crate::boxed::apart(|| {
+                crate::live::tokens::create(state, sessions, req, &path)
+            })
+            .await);
         }
         let direct = is_gemini_path(req.uri().path())
             || prefix
@@ -150,10 +155,9 @@ fn dispatch(
             // Always ready: every step of the stack answers `poll_ready` at once.
             return tower::Service::call(tower::ServiceExt::ready(&mut gemini).await?, req).await;
         }
-        Box::pin(hyper::service::Service::call(
-            &TowerToHyperService::new(router),
-            req,
-        ))
+        crate::boxed::apart(|| {
+            hyper::service::Service::call(&TowerToHyperService::new(router), req)
+        })
         .await
     }
 }

@@ -62,13 +62,16 @@ impl HttpClient {
         req: Request<Full<Bytes>>,
     ) -> Result<http::Response<ResponseBody>, ForwardError> {
         let req = match &self.h2 {
-            // Boxed: the HTTP/1.1 path (and every caller's future) need not carry its size.
-            Some(pool) if !pool.refused() => match Box::pin(pool.request(req)).await {
-                Ok(resp) => return Ok(resp),
-                Err(h2pool::H2Error::Unsent(e)) => return Err(send_error(true, &*e)),
-                Err(h2pool::H2Error::Failed(e)) => return Err(send_error(false, &*e)),
-                Err(h2pool::H2Error::NotH2(req)) => *req,
-            },
+            // Boxed apart: neither the HTTP/1.1 path (every caller's future) nor this poll's
+            // frame carries its size.
+            Some(pool) if !pool.refused() => {
+                match crate::boxed::apart(|| pool.request(req)).await {
+                    Ok(resp) => return Ok(resp),
+                    Err(h2pool::H2Error::Unsent(e)) => return Err(send_error(true, &*e)),
+                    Err(h2pool::H2Error::Failed(e)) => return Err(send_error(false, &*e)),
+                    Err(h2pool::H2Error::NotH2(req)) => *req,
+                }
+            }
             _ => req,
         };
         match self.http1.request(req).await {

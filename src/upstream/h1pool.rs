@@ -142,7 +142,10 @@ impl H1Pool {
                 let (mut send, reused) = match idle.take() {
                     Some(send) => (send, true),
                     // Boxed: rare once the pool is warm, and larger than the rest.
-                    None => (Box::pin(self.inner.open(&absolute)).await?, false),
+                    None => (
+                        crate::boxed::apart(|| self.inner.open(&absolute)).await?,
+                        false,
+                    ),
                 };
                 match send.try_send_request(req).await {
                     Ok(resp) => {
