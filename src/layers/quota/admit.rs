@@ -115,7 +115,7 @@ pub(super) async fn admit(
         },
         None => None,
     };
-    Box::pin(admit_waiting(state, route, request, pinned, within, asked)).await
+    crate::boxed::apart(|| admit_waiting(state, route, request, pinned, within, asked)).await
 }
 
 /// When room must free for the first question's refusal to be worth a wait; `None`: the

@@ -65,7 +65,7 @@ impl<S> Step<'_, S> {
             let next = self
                 .chain
                 .next_with_room(cx, now, with_client, Reason::NoRoom, within);
-            Box::pin(next).await
+            crate::boxed::apart(|| next).await
         } else {
             None
         };
@@ -93,7 +93,8 @@ impl<S> Step<'_, S> {
                 self.vertex_ok,
             ));
         }
-        // Boxed: a batch creation is rare, and its future would make every request's larger.
+        // Boxed apart: a batch creation is rare, and its future (and poll) would make every
+        // request's larger.
         // Tried again: the last attempt's hold and budget reservation given back first, or the
         // job would count twice against its project's batch room and its client's budgets.
         let (last, body, avoid) = (self.batch_hold.take(), &self.body, &self.avoid);
@@ -103,7 +104,7 @@ impl<S> Step<'_, S> {
             }
             batch::choose(cx.state, cx.caller, cx.est, body, avoid).await
         };
-        match Box::pin(choose).await {
+        match crate::boxed::apart(|| choose).await {
             Some(Ok((i, hold))) => {
                 self.batch_hold = Some(Box::new(hold));
                 Ok(i)

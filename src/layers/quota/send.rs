@@ -108,8 +108,8 @@ impl<S> Step<'_, S> {
                 self.served.upstream = sent_at.elapsed();
                 Ok(Some((r, sent_at)))
             }
-            // Boxed, as every rare path here: the attempt's future stays small.
-            Err(e) => Box::pin(self.unanswered(at, e, was_sent))
+            // Boxed apart, as every rare path here: the attempt's future and its poll stay small.
+            Err(e) => crate::boxed::apart(|| self.unanswered(at, e, was_sent))
                 .await
                 .map(|()| None),
         }

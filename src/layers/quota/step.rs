@@ -214,7 +214,7 @@ impl<'a, S> Step<'a, S> {
                 let mut at = self.open(index, reservation);
                 let request = match self.cx.state.pool.keys[index].vertex {
                     None => self.studio_request(&at)?,
-                    Some(_) => match Box::pin(self.vertex_request(&mut at)).await? {
+                    Some(_) => match crate::boxed::apart(|| self.vertex_request(&mut at)).await? {
                         Some(r) => r,
                         None => continue,
                     },
@@ -223,14 +223,15 @@ impl<'a, S> Step<'a, S> {
                     continue;
                 };
                 if resp.status().as_u16() >= 400 {
-                    // Boxed, as every rare path here: the request's future stays small.
-                    match Box::pin(self.react(at, resp)).await? {
+                    // Boxed apart, as every rare path here: the request's future and its poll
+                    // stay small.
+                    match crate::boxed::apart(|| self.react(at, resp)).await? {
                         Some(answer) => return Ok(answer),
                         None => continue,
                     }
                 }
                 if self.delivery_waits() {
-                    return Box::pin(self.deliver(at, resp, sent_at)).await;
+                    return crate::boxed::apart(|| self.deliver(at, resp, sent_at)).await;
                 }
                 return Ok(self.deliver_now(at, resp, sent_at));
             }
