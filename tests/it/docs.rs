@@ -344,6 +344,9 @@ fn every_documented_command_is_known_and_its_target_exists() {
                     "test" | "bench" | "bench-h2" | "bench-exhaust" | "bench-fairness" => {}
                     // Three release builds and minutes of training on the benchmarks: likewise.
                     "build-pgo" => {}
+                    // Reads a release build's machine code (CI builds none): run by hand with
+                    // the benchmarks.
+                    "stack-frames" => {}
                     // Its Python part parsed (not run: callgrind takes minutes).
                     "bench-instructions" => {
                         let py = root.join("scripts/bench_instructions.py");
