@@ -74,8 +74,7 @@ impl RedisStore {
         let (k, model) = (&self.keys, req.model.as_str());
         let client_keys = if req.client.is_some() { 6 } else { 0 };
         let key_count = req.candidates.len() + 5 * projects.len() + 2 + client_keys;
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(script.get_hash()).arg(key_count);
+        let mut cmd = Self::evalsha(script, key_count);
         let mut name = String::with_capacity(128);
         let mut key = |cmd: &mut redis::Cmd, write: &dyn Fn(&mut String)| {
             name.clear();

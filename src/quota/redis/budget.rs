@@ -25,8 +25,7 @@ impl RedisStore {
         add_cost: bool,
     ) -> Result<Option<(ClientLimit, u64, u64)>, StoreError> {
         let keys = self.keys.client(&c.name, c.period.day, c.period.month);
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.client_alone.get_hash()).arg(keys.len());
+        let mut cmd = Self::evalsha(&self.client_alone, keys.len());
         for key in keys {
             cmd.arg(key);
         }

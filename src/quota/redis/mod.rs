@@ -145,6 +145,14 @@ impl RedisStore {
         self.days.at(now)
     }
 
+    /// The head of a script's call built whole: `EVALSHA <script's hash> <keys>`, its `keys`
+    /// key names and then its arguments to follow, run by [`Self::eval`].
+    fn evalsha(script: &redis::Script, keys: usize) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash()).arg(keys);
+        cmd
+    }
+
     /// A script's call built whole as `cmd` (an `EVALSHA` of `script`), with what the
     /// invocation does when Redis lost its scripts (a restart, `SCRIPT FLUSH`): load it, call
     /// again.
