@@ -206,6 +206,9 @@ pub fn build_request_from(
         bearer,
     } = outgoing;
     let mut out = HeaderMap::with_capacity(headers.len() + 1);
+    // Trace export on: the proxy writes the trace context of its own attempt (and the client's
+    // `tracestate` only with it), so the client's is not copied first.
+    let own_trace = crate::telemetry::otel::installed().is_some();
     for (name, value) in headers {
         let n = name.as_str();
         if HOP_BY_HOP.contains(&n)
@@ -213,6 +216,7 @@ pub fn build_request_from(
             || n == "accept-encoding"
             || n == MAX_WAIT_HEADER
             || n == crate::fallback::REQUEST_HEADER
+            || (own_trace && (n == "traceparent" || n == "tracestate"))
         {
             continue;
         }

@@ -327,6 +327,55 @@ async fn a_client_traceparent_is_continued_and_google_gets_the_attempts_own() {
     assert_eq!(sent.headers["tracestate"].to_str().unwrap(), "vendor=abc");
 }
 
+/// A `tracestate` belongs to the `traceparent` beside it: one sent with a malformed
+/// `traceparent` is not passed on beside the proxy's own, and a request without one gets none
+/// (not an empty header).
+#[tokio::test]
+async fn a_tracestate_goes_to_google_only_with_the_trace_it_belongs_to() {
+    let fake = FakeUpstream::start().await;
+    let collector = Collector::start().await;
+    let proxy = proxy(&fake, &collector, &[]);
+    let url = format!(
+        "{}/v1beta/models/gemini-2.5-flash:generateContent",
+        proxy.url
+    );
+    let body = json!({"contents": [{"parts": [{"text": "hi"}]}]});
+    let resp = http()
+        .post(&url)
+        .header("x-goog-api-key", CLIENT_KEY)
+        .header("traceparent", "00-not-a-trace-01")
+        .header("tracestate", "vendor=abc")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    let resp = http()
+        .post(&url)
+        .header("x-goog-api-key", CLIENT_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    let calls = fake.calls(":generateContent");
+    assert_eq!(calls.len(), 2);
+    for sent in &calls {
+        let tp = sent.headers["traceparent"].to_str().unwrap();
+        assert!(
+            tp.len() == 55 && tp.starts_with("00-") && !tp.contains("not-a-trace"),
+            "the proxy's own trace context: {tp}"
+        );
+        assert!(
+            sent.headers.get("tracestate").is_none(),
+            "no tracestate: {:?}",
+            sent.headers.get("tracestate")
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_cache_hit_is_a_span_of_its_own_without_an_upstream_attempt() {
     let fake = FakeUpstream::start().await;
