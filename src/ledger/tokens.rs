@@ -161,7 +161,7 @@ const OBJECT_LIMIT: usize = 8 * 1024;
 pub struct UsageScanner {
     last: Option<TokenUsage>,
     /// The last bytes of the previous chunk, for a needle split across two chunks.
-    carry: Vec<u8>,
+    carry: Carry,
     /// A usage object being read, when one started.
     object: Option<Capture>,
 }
@@ -180,11 +180,53 @@ impl Capture {
     fn new(openai: bool) -> Capture {
         Capture {
             openai,
-            // A usage object's usual size: no growing byte by byte (five reallocations).
-            buf: Vec::with_capacity(256),
+            // Filled only for an object split across chunks (one whole in a chunk is parsed
+            // where it is).
+            buf: Vec::new(),
             colon: false,
             nesting: Nesting::default(),
         }
+    }
+}
+
+/// The last bytes of a chunk kept for the next, in place (a request's answer would otherwise
+/// allocate for them): at most [`CARRY`], and while a needle is looked for across the join,
+/// [`CARRY`] more of the next chunk.
+#[derive(Debug, Default)]
+struct Carry {
+    len: usize,
+    bytes: [u8; 2 * CARRY],
+}
+
+impl Carry {
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// `more` after what is kept, as much of it as there is room for.
+    fn extend(&mut self, more: &[u8]) {
+        let n = more.len().min(self.bytes.len() - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&more[..n]);
+        self.len += n;
+    }
+
+    /// Only the last `keep` bytes kept.
+    fn keep_last(&mut self, keep: usize) {
+        let drop = self.len.saturating_sub(keep);
+        self.bytes.copy_within(drop..self.len, 0);
+        self.len -= drop;
     }
 }
 
@@ -194,6 +236,9 @@ enum Fed {
     More,
     /// The object ended at this offset (exclusive) of the bytes fed.
     Done(usize),
+    /// The object was whole in the bytes fed, and read where it was: its usage (`None`: not
+    /// readable), and the offset it ended at.
+    Read(Option<TokenUsage>, usize),
     /// Not a usage object after all (or too long): stop at this offset.
     Abandon(usize),
 }
@@ -201,6 +246,8 @@ enum Fed {
 impl Capture {
     fn feed(&mut self, bytes: &[u8]) -> Fed {
         let mut i = 0;
+        // Where the object's `{` is, when it is in these bytes.
+        let mut opened = None;
         // Before the object: blanks, the colon after the needle, then the object's `{`.
         while self.nesting.depth() == 0 {
             let Some(&b) = bytes.get(i) else {
@@ -211,21 +258,31 @@ impl Capture {
                 b':' if !self.colon => self.colon = true,
                 b'{' if self.colon => {
                     self.nesting.step(b);
-                    self.buf.push(b);
+                    opened = Some(i);
                 }
                 _ => return Fed::Abandon(i),
             }
             i += 1;
         }
-        // The object's bytes in this chunk: up to the byte that closes it, copied in one go.
+        // The object's bytes in this chunk: up to the byte that closes it.
         let rest = &bytes[i..];
         let (took, closed) = match self.nesting.close_in(rest) {
             Some(end) => (end, true),
             None => (rest.len(), false),
         };
-        let room = OBJECT_LIMIT.saturating_sub(self.buf.len());
+        let held = self.buf.len() + usize::from(opened.is_some());
+        let room = OBJECT_LIMIT.saturating_sub(held);
         if took > room {
             return Fed::Abandon(i + room);
+        }
+        if let (Some(at), true) = (opened, closed) {
+            // Whole in this chunk (an answer's usual case): read where it is, not copied.
+            return Fed::Read(parse(self.openai, &bytes[at..i + took]), i + took);
+        }
+        if opened.is_some() {
+            // A usage object's usual size reserved: no growing byte by byte.
+            self.buf.reserve(256);
+            self.buf.push(b'{');
         }
         self.buf.extend_from_slice(&rest[..took]);
         if closed {
@@ -236,17 +293,22 @@ impl Capture {
     }
 
     fn parse(&self) -> Option<TokenUsage> {
-        // UTF-8 checked once, whole, not key by key as `from_slice` does.
-        let text = std::str::from_utf8(&self.buf).ok()?;
-        if self.openai {
-            serde_json::from_str::<OpenAiUsage>(text)
-                .ok()
-                .map(Into::into)
-        } else {
-            serde_json::from_str::<GeminiUsage>(text)
-                .ok()
-                .map(Into::into)
-        }
+        parse(self.openai, &self.buf)
+    }
+}
+
+/// A usage object's counts (`openai`: the OpenAI surface's form).
+fn parse(openai: bool, object: &[u8]) -> Option<TokenUsage> {
+    // UTF-8 checked once, whole, not key by key as `from_slice` does.
+    let text = std::str::from_utf8(object).ok()?;
+    if openai {
+        serde_json::from_str::<OpenAiUsage>(text)
+            .ok()
+            .map(Into::into)
+    } else {
+        serde_json::from_str::<GeminiUsage>(text)
+            .ok()
+            .map(Into::into)
     }
 }
 
@@ -256,10 +318,9 @@ impl UsageScanner {
         let mut rest = chunk;
         // A needle split between the previous chunk and this one.
         if self.object.is_none() && !self.carry.is_empty() {
-            let carried = self.carry.len();
-            self.carry
-                .extend_from_slice(&chunk[..chunk.len().min(CARRY)]);
-            let found = first_needle(&self.carry);
+            let carried = self.carry.len;
+            self.carry.extend(&chunk[..chunk.len().min(CARRY)]);
+            let found = first_needle(self.carry.as_slice());
             self.carry.truncate(carried);
             if let Some((start, end, openai)) = found
                 && start < carried
@@ -284,6 +345,13 @@ impl UsageScanner {
                         self.object = None;
                         rest = &rest[n..];
                     }
+                    Fed::Read(usage, n) => {
+                        if usage.is_some() {
+                            self.last = usage;
+                        }
+                        self.object = None;
+                        rest = &rest[n..];
+                    }
                     Fed::Abandon(n) => {
                         self.object = None;
                         rest = &rest[n..];
@@ -304,12 +372,11 @@ impl UsageScanner {
         let tail = &rest[rest.len().saturating_sub(CARRY)..];
         if tail.len() == CARRY {
             self.carry.clear();
-            self.carry.extend_from_slice(tail);
+            self.carry.extend(tail);
         } else {
             // A short chunk: what was carried before still counts.
-            self.carry.extend_from_slice(tail);
-            let excess = self.carry.len().saturating_sub(CARRY);
-            self.carry.drain(..excess);
+            self.carry.keep_last(CARRY - tail.len());
+            self.carry.extend(tail);
         }
     }
 
