@@ -347,9 +347,10 @@ fn every_documented_command_is_known_and_its_target_exists() {
                     // Reads a release build's machine code (CI builds none): run by hand with
                     // the benchmarks.
                     "stack-frames" => {}
-                    // Its Python part parsed (not run: callgrind takes minutes).
-                    "bench-instructions" => {
-                        let py = root.join("scripts/bench_instructions.py");
+                    // Their Python parts parsed (not run: callgrind takes minutes, perf
+                    // samples a loaded machine).
+                    "bench-instructions" | "profile-cpu" => {
+                        let py = root.join(format!("scripts/{}.py", name.replace('-', "_")));
                         let parsed = Command::new("python3")
                             .args(["-c", "import ast, sys; ast.parse(open(sys.argv[1]).read())"])
                             .arg(&py)
