@@ -16,43 +16,21 @@ import collections
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-ANSWER = (
-    '{"candidates":[{"content":{"role":"model","parts":[{"text":"Hello! How can I help you'
-    ' today?"}]},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":12,'
-    '"candidatesTokenCount":9,"totalTokenCount":21},"modelVersion":"gemini-2.5-flash",'
-    '"responseId":"bench"}'
-)
-LUA = """wrk.method = "POST"
-wrk.body = '{"contents":[{"role":"user","parts":[{"text":"Write one short friendly greeting."}]}]}'
+# The request and answer of scripts/bench_instructions.py, and its helpers.
+from bench_instructions import ANSWER, BODY, CLIENT_KEY, PATH, free_port, wait_port
+
+LUA = f"""wrk.method = "POST"
+wrk.body = '{BODY.decode()}'
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["x-goog-api-key"] = "bench-client-key"
-wrk.path = "/v1beta/models/gemini-2.5-flash:generateContent"
+wrk.headers["x-goog-api-key"] = "{CLIENT_KEY}"
+wrk.path = "{PATH}"
 """
 HZ = 20000
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc=None):
-    for _ in range(200):
-        if proc is not None and proc.poll() is not None:
-            sys.exit(f"exited before listening on {port}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"nothing listens on {port}")
 
 
 def start_nginx(tmp):
@@ -65,11 +43,11 @@ def start_nginx(tmp):
             f"http {{ access_log off; client_body_temp_path {tmp}/body;\n"
             f"  server {{ listen 127.0.0.1:{port};\n"
             '    location / { default_type "application/json; charset=UTF-8";\n'
-            f"      return 200 '{ANSWER}'; }} }} }}\n"
+            f"      return 200 '{ANSWER.decode()}'; }} }} }}\n"
         )
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     proc = subprocess.Popen([nginx, "-c", conf, "-p", tmp], stderr=subprocess.DEVNULL)
-    wait_port(port, proc)
+    wait_port(port)
     return proc, port
 
 
@@ -90,7 +68,7 @@ def start_proxy(binary, upstream):
     proc = subprocess.Popen(
         [binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    wait_port(port, proc)
+    wait_port(port)
     return proc, port
 
 
