@@ -162,12 +162,9 @@ def program_totals(dump):
     return annotated, None
 
 
-def count(binary, upstream_port, otel, requests, warmup, top, conns=1, cache=False):
-    work = tempfile.mkdtemp(prefix="gqp-cg-")
-    redis = start_redis(work) if os.environ.get("BENCH_REDIS") == "1" else None
-    out = os.path.join(work, "callgrind.out")
-    port = free_port()
-    env = {
+def proxy_env(upstream_port, port):
+    """The proxy's environment: two pooled keys, limits far above the load, one Tokio worker."""
+    return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "GEMINI_API_KEYS": "AIzaBenchKey0000000001,AIzaBenchKey0000000002",
         "PROXY_CLIENT_KEYS": CLIENT_KEY,
@@ -179,6 +176,14 @@ def count(binary, upstream_port, otel, requests, warmup, top, conns=1, cache=Fal
         "RUST_LOG": "warn",
         "TOKIO_WORKER_THREADS": "1",
     }
+
+
+def count(binary, upstream_port, otel, requests, warmup, top, conns=1, cache=False):
+    work = tempfile.mkdtemp(prefix="gqp-cg-")
+    redis = start_redis(work) if os.environ.get("BENCH_REDIS") == "1" else None
+    out = os.path.join(work, "callgrind.out")
+    port = free_port()
+    env = proxy_env(upstream_port, port)
     if redis:
         env["REDIS_URL"] = f"redis://127.0.0.1:{redis[0]}"
     if otel:

@@ -22,7 +22,7 @@ import tempfile
 import time
 
 # The request and answer of scripts/bench_instructions.py, and its helpers.
-from bench_instructions import ANSWER, BODY, CLIENT_KEY, PATH, free_port, wait_port
+from bench_instructions import ANSWER, BODY, CLIENT_KEY, PATH, free_port, proxy_env, wait_port
 
 LUA = f"""wrk.method = "POST"
 wrk.body = '{BODY.decode()}'
@@ -53,18 +53,7 @@ def start_nginx(tmp):
 
 def start_proxy(binary, upstream):
     port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "GEMINI_API_KEYS": "AIzaBenchKey0000000001,AIzaBenchKey0000000002",
-        "PROXY_CLIENT_KEYS": "bench-client-key",
-        "GEMINI_UPSTREAM_URL": f"http://127.0.0.1:{upstream}",
-        "PROXY_LISTEN": f"127.0.0.1:{port}",
-        "GEMINI_MINUTE_LIMIT": "100000000",
-        "GEMINI_DAILY_LIMIT": "1000000000",
-        "GEMINI_TOKEN_MINUTE_LIMIT": "100000000000",
-        "RUST_LOG": "warn",
-        "TOKIO_WORKER_THREADS": "1",
-    }
+    env = proxy_env(upstream, port)
     proc = subprocess.Popen(
         [binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
