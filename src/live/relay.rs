@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use super::setup::{Connected, RESUMPTION_TTL_MS, handle_resource};
 use super::slots::outcome;
 use super::{ClientSocket, close};
-use crate::ledger::tokens::{TokenUsage, UsageScanner};
+use crate::ledger::{TokenUsage, UsageScanner};
 use crate::state::AppState;
 use crate::telemetry::span::{Attr, RequestTrace, attr};
 
