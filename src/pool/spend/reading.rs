@@ -98,8 +98,7 @@ impl SpendCaps {
         let Some(ledger) = self.ledger.upgrade() else {
             return false;
         };
-        let now = self.clock.now_ms();
-        let (month_start, next) = month_bounds(self.tz, now);
+        let (month_start, next) = month_bounds(self.tz, self.clock.now_ms());
         let projects: Vec<&str> = caps.keys().map(|p| &**p).collect();
         let read = match ledger.project_costs_since(month_start, &projects).await {
             Ok(r) => r,
@@ -108,6 +107,12 @@ impl SpendCaps {
                 return false;
             }
         };
+        // Dated when it returned, not when it was asked: a cost billed while the shared ledger
+        // was read, and written there before the read ran, is in the reading, and counted
+        // again after it would show it twice (a slow Redis showed $0.90 for $0.60 spent). A
+        // cost billed then and not yet written shows at the next reading instead, as any cost
+        // the shared ledger has not caught up with does.
+        let now = self.clock.now_ms();
         let mut behind = false;
         let mut reached = Vec::new();
         {
