@@ -98,11 +98,9 @@ impl Carry {
 enum Fed {
     /// It needs more bytes.
     More,
-    /// The object ended at this offset (exclusive) of the bytes fed.
-    Done(usize),
-    /// The object was whole in the bytes fed, and read where it was: its usage (`None`: not
-    /// readable), and the offset it ended at.
-    Read(Option<TokenUsage>, usize),
+    /// The object ended at this offset (exclusive) of the bytes fed: its usage (`None`: not
+    /// readable).
+    Done(Option<TokenUsage>, usize),
     /// Not a usage object after all (or too long): stop at this offset.
     Abandon(usize),
 }
@@ -141,7 +139,7 @@ impl Capture {
         }
         if let (Some(at), true) = (opened, closed) {
             // Whole in this chunk (an answer's usual case): read where it is, not copied.
-            return Fed::Read(parse(self.openai, &bytes[at..i + took]), i + took);
+            return Fed::Done(parse(self.openai, &bytes[at..i + took]), i + took);
         }
         if opened.is_some() {
             // A usage object's usual size reserved: no growing byte by byte.
@@ -150,14 +148,10 @@ impl Capture {
         }
         self.buf.extend_from_slice(&rest[..took]);
         if closed {
-            Fed::Done(i + took)
+            Fed::Done(parse(self.openai, &self.buf), i + took)
         } else {
             Fed::More
         }
-    }
-
-    fn parse(&self) -> Option<TokenUsage> {
-        parse(self.openai, &self.buf)
     }
 }
 
@@ -187,14 +181,7 @@ impl UsageScanner {
                         self.carry.clear();
                         return;
                     }
-                    Fed::Done(n) => {
-                        if let Some(u) = capture.parse() {
-                            self.last = Some(u);
-                        }
-                        self.object = None;
-                        rest = &rest[n..];
-                    }
-                    Fed::Read(usage, n) => {
+                    Fed::Done(usage, n) => {
                         if usage.is_some() {
                             self.last = usage;
                         }
