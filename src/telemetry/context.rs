@@ -5,8 +5,11 @@
 use bytes::Bytes;
 use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
 
-pub(super) const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
-const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+/// The trace context's headers: written by the proxy itself on the request to Google while
+/// export is on (the client's are not copied there, `upstream::request`).
+pub const HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+pub(super) const TRACEPARENT: http::HeaderName = http::HeaderName::from_static(HEADERS[0]);
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static(HEADERS[1]);
 
 /// A byte's two lowercase hex digits, for every byte.
 static HEX_PAIRS: [[u8; 2]; 256] = {

@@ -16,6 +16,8 @@ pub mod record;
 pub mod scan;
 pub mod span;
 
+pub use context::HEADERS as TRACE_CONTEXT_HEADERS;
+
 use std::io::IsTerminal;
 
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};

@@ -216,7 +216,7 @@ pub fn build_request_from(
             || n == "accept-encoding"
             || n == MAX_WAIT_HEADER
             || n == crate::fallback::REQUEST_HEADER
-            || (own_trace && (n == "traceparent" || n == "tracestate"))
+            || (own_trace && crate::telemetry::TRACE_CONTEXT_HEADERS.contains(&n))
         {
             continue;
         }
