@@ -2,14 +2,20 @@
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# The benchmarks' tools: wrk, nginx (nginx-light) and redis-server, each installed when missing.
-install_bench_tools() {
-  local missing=()
-  command -v wrk >/dev/null || missing+=(wrk)
-  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
-  command -v redis-server >/dev/null || missing+=(redis-server)
+# `install_missing COMMAND:PACKAGE ...`: each package whose command is not found (on the PATH or
+# in /usr/sbin, where nginx lives), installed in one apt-get run.
+install_missing() {
+  local missing=() pair
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null || [ -x "/usr/sbin/${pair%%:*}" ] || missing+=("${pair#*:}")
+  done
   if [ ${#missing[@]} -gt 0 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
+}
+
+# The benchmarks' tools: wrk, nginx (nginx-light) and redis-server.
+install_bench_tools() {
+  install_missing wrk:wrk nginx:nginx-light redis-server:redis-server
 }
