@@ -159,15 +159,14 @@ def main():
     ns = {b: {k: v * us * 1000 / max(served[b], 1) for k, v in per[b].items()} for b in bins}
     print(f"perf cpu-clock at {HZ} Hz, {rounds} alternated rounds of {secs} s per build, wrk -c32,"
           " one Tokio worker, memory store, nginx upstream; per request:")
-    names = [os.path.relpath(b) if len(b) < 60 else "..." + b[-57:] for b in bins]
-    for b, name in zip(bins, names):
-        k = sum(v for (d, _), v in ns[b].items() if "kernel" in d)
-        u = sum(v for (d, _), v in ns[b].items() if "kernel" not in d)
-        print(f"  {name}: {served[b]} requests; kernel {k / 1000:.2f} us, user {u / 1000:.2f} us")
     areas = {b: collections.Counter() for b in bins}
     for b in bins:
         for (d, s), v in ns[b].items():
             areas[b][area(d, s)] += v
+    names = [os.path.relpath(b) if len(b) < 60 else "..." + b[-57:] for b in bins]
+    for b, name in zip(bins, names):
+        k, u = areas[b]["kernel"], areas[b].total() - areas[b]["kernel"]
+        print(f"  {name}: {served[b]} requests; kernel {k / 1000:.2f} us, user {u / 1000:.2f} us")
     first = bins[0]
     keys = sorted(set().union(*areas.values()), key=lambda a: -max(areas[b][a] for b in bins))
     print("\nby area (ns per request):")
