@@ -81,8 +81,8 @@ pub fn ledger_client(ledger: &crate::ledger::Ledger, caller: Option<&Caller>) ->
     }
 }
 
-/// The caller of a request, as the authenticate step found it (a request extension, and on
-/// the response for the log line and the request counter).
+/// The caller of a request, as the authenticate step found it (a request extension; on the
+/// response it is the caller of the request's `layers::Outcome`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallerTag(pub Caller);
 

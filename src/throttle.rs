@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::response::Response;
 
-use crate::auth::{CallerTag, client_credential};
+use crate::auth::client_credential;
 use crate::conn::source;
 use crate::error::ApiError;
 
@@ -119,7 +119,7 @@ impl Throttle {
     /// caller, so Google's own 403s are not counted) is a failure of the source.
     pub fn judge(&self, ip: IpAddr, kind: Kind, resp: &Response) {
         let refused = matches!(resp.status().as_u16(), 401 | 403)
-            && resp.extensions().get::<CallerTag>().is_none();
+            && crate::layers::Outcome::of(resp).is_none_or(|o| o.caller.is_none());
         if !refused {
             return;
         }
@@ -145,5 +145,46 @@ impl Throttle {
                 "too many failed credentials: this source gets 429 until its window ends"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Caller;
+    use crate::layers::Outcome;
+
+    fn failures(t: &Throttle, ip: IpAddr) -> u32 {
+        t.sources
+            .get(&source(ip))
+            .map_or(0, |f| f.count.load(Ordering::Relaxed))
+    }
+
+    fn answer(status: u16, caller: Option<Caller>) -> Response {
+        let mut resp = Response::new(axum::body::Body::empty());
+        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        if caller.is_some() {
+            Outcome::on(&mut resp).caller = caller;
+        }
+        resp
+    }
+
+    #[test]
+    fn only_the_proxys_own_refusals_of_a_credential_count_against_its_source() {
+        let t = Throttle::default();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        // Refused before a caller was known: the credential failed.
+        t.judge(ip, Kind::ClientKey, &answer(403, None));
+        t.judge(ip, Kind::ClientKey, &answer(401, None));
+        assert_eq!(failures(&t, ip), 2);
+        // Google's own 403 to an authenticated caller does not, nor does a success.
+        t.judge(ip, Kind::ClientKey, &answer(403, Some(Caller::Anonymous)));
+        t.judge(ip, Kind::ClientKey, &answer(200, None));
+        assert_eq!(failures(&t, ip), 2);
+        // An outcome with other parts filled but no caller is still a refusal.
+        let mut partial = answer(403, None);
+        Outcome::on(&mut partial).served = Some(Default::default());
+        t.judge(ip, Kind::ClientKey, &partial);
+        assert_eq!(failures(&t, ip), 3);
     }
 }

@@ -15,10 +15,9 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::access_log::RequestLine;
-use crate::auth::CallerTag;
 use crate::layers::{
     Authenticate, AuthenticateLayer, CacheLayer, CacheStep, EstimateLayer, EstimateStep, Forward,
-    Quota, QuotaLayer, Served, Traced,
+    Outcome, Quota, QuotaLayer,
 };
 use crate::reload::Live;
 use crate::state::AppState;
@@ -177,14 +176,14 @@ impl Future for Logged {
         let this = &mut *self;
         // Log lines written on the request's way carry its trace id.
         let _entered = this.trace.as_ref().map(|(_, s)| s.enter());
-        let Poll::Ready(Ok(resp)) = Pin::new(&mut this.answer).poll(cx) else {
+        let Poll::Ready(Ok(mut resp)) = Pin::new(&mut this.answer).poll(cx) else {
             return Poll::Pending;
         };
         let mut line = log_request(
             &this.state,
             std::mem::take(&mut this.method),
             std::mem::take(&mut this.uri),
-            &resp,
+            &mut resp,
             this.started,
         );
         if let Some((t, span)) = &this.trace {
@@ -246,27 +245,32 @@ fn log_request(
     state: &Arc<AppState>,
     method: http::Method,
     uri: http::Uri,
-    resp: &Response,
+    resp: &mut Response,
     started: Instant,
 ) -> RequestLine {
     let head = started.elapsed();
-    let traced = resp.extensions().get::<Traced>();
-    let served = resp
-        .extensions()
-        .get::<Served>()
-        .copied()
-        .unwrap_or_default();
+    // The outcome's parts the line keeps are taken, not copied; the caller stays on the
+    // response for the sign-in throttle.
+    let (traced, fell, served, caller) = match resp.extensions_mut().get_mut::<Outcome>() {
+        Some(o) => (
+            o.traced.take(),
+            o.fell.take(),
+            o.served.unwrap_or_default(),
+            o.caller.clone(),
+        ),
+        None => Default::default(),
+    };
+    let est_tokens = traced.as_ref().map_or(0, |t| t.tokens);
     // A fallback model's answer is logged and counted under the model that served it.
-    let fell = resp.extensions().get::<crate::fallback::Fellback>();
-    let model = fell
-        .map(|f| &*f.served)
-        .or(traced.and_then(|t| t.model.as_deref()));
+    let model = match &fell {
+        Some(f) => Some(f.served.to_string()),
+        None => traced.and_then(|t| t.model),
+    };
     let key = served.key.map(|i| (i, state.pool.keys[i].masked.as_str()));
     let status = resp.status().as_u16();
-    let caller = resp.extensions().get::<CallerTag>().map(|c| c.0.clone());
     let client = caller.as_ref().map_or((0, "-"), |c| (c.slot(), c.name()));
     state.metrics.request(
-        model,
+        model.as_deref(),
         key,
         client,
         status,
@@ -278,13 +282,13 @@ fn log_request(
         state: state.clone(),
         method,
         uri,
-        model: model.map(str::to_string),
+        model,
         asked_model: fell.map(|f| f.asked.to_string()),
         key: served.key,
         caller,
         status,
         attempts: served.attempts,
-        est_tokens: traced.map_or(0, |t| t.tokens),
+        est_tokens,
         waited: served.waited,
         started,
         head,

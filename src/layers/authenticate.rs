@@ -128,7 +128,7 @@ where
             let mut req = http::Request::from_parts(parts, body);
             req.extensions_mut().insert(CallerTag(Caller::Anonymous));
             let mut resp = inner.call(req).await?;
-            resp.extensions_mut().insert(CallerTag(Caller::Anonymous));
+            super::Outcome::on(&mut resp).caller = Some(Caller::Anonymous);
             Ok(resp)
         }))
     }
@@ -158,8 +158,8 @@ async fn keyless_upload(
     if allowed { Ok(()) } else { Err(refusal) }
 }
 
-/// The next step's answer, tagged with the caller ([`CallerTag`] on the response) for the log
-/// line and the request counter, which see only the response.
+/// The next step's answer, tagged with the caller (its [`super::Outcome`]) for the log line and
+/// the request counter, which see only the response.
 pub struct Tagged<F> {
     inner: F,
     caller: Caller,
@@ -176,7 +176,7 @@ where
         let Poll::Ready(Ok(mut resp)) = Pin::new(&mut this.inner).poll(cx) else {
             return Poll::Pending;
         };
-        resp.extensions_mut().insert(CallerTag(this.caller.clone()));
+        super::Outcome::on(&mut resp).caller = Some(this.caller.clone());
         Poll::Ready(Ok(resp))
     }
 }

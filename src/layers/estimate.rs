@@ -180,7 +180,7 @@ where
                 }
                 Err(e) => e.into_response(),
             };
-            resp.extensions_mut().insert(traced);
+            super::Outcome::on(&mut resp).traced = Some(traced);
             Ok(resp)
         })
     }

@@ -165,17 +165,19 @@ where
             };
             let mut resp = answered.unwrap_or_else(IntoResponse::into_response);
             rec.status = Some(resp.status());
-            if let Some(f) = fell {
-                if let Ok(v) = HeaderValue::from_str(&f.served) {
-                    resp.headers_mut().insert(MODEL_HEADER, v);
-                }
-                resp.extensions_mut().insert(f);
+            if let Some(v) = fell
+                .as_ref()
+                .and_then(|f| HeaderValue::from_str(&f.served).ok())
+            {
+                resp.headers_mut().insert(MODEL_HEADER, v);
             }
             if let Some(w) = rec.served.waited {
                 resp.headers_mut()
                     .insert(WAITED_MS, HeaderValue::from(w.as_millis() as u64));
             }
-            resp.extensions_mut().insert(rec.served);
+            let outcome = crate::layers::Outcome::on(&mut resp);
+            outcome.served = Some(rec.served);
+            outcome.fell = fell;
             Ok(resp)
         })
     }

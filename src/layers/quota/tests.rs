@@ -155,7 +155,9 @@ async fn disabled_keys(st: &Core) -> usize {
 }
 
 fn served(resp: &Response) -> Served {
-    *resp.extensions().get::<Served>().unwrap()
+    crate::layers::Outcome::of(resp)
+        .and_then(|o| o.served)
+        .unwrap()
 }
 
 #[tokio::test(start_paused = true)]
