@@ -206,16 +206,11 @@ impl UsageScanner {
                 None => break,
             }
         }
-        // Keep the tail, for a needle that continues in the next chunk.
+        // Keep the tail, for a needle that continues in the next chunk: after a short chunk,
+        // what was carried before still counts (none of it after a full tail).
         let tail = &rest[rest.len().saturating_sub(CARRY)..];
-        if tail.len() == CARRY {
-            self.carry.clear();
-            self.carry.extend(tail);
-        } else {
-            // A short chunk: what was carried before still counts.
-            self.carry.keep_last(CARRY - tail.len());
-            self.carry.extend(tail);
-        }
+        self.carry.keep_last(CARRY - tail.len());
+        self.carry.extend(tail);
     }
 
     /// The usage in a whole body.
